@@ -1,0 +1,79 @@
+"""Measure `lora-kata batch` throughput on generated submissions, and look for stray processes after it.
+
+    python benchmarks/batch_throughput.py [--submissions 100] [--jobs 2]
+
+The submissions are the reference answers, the wrong answers of tests/wrong_answers and a few hostile
+ones (os._exit, a 50 GB allocation, a leftover child process, a hang under the --timeout), in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPOSITORY))
+
+from tests.implementations import implementation_folder  # noqa: E402
+from tests.wrong_answers import all_wrong_answers  # noqa: E402
+
+HOSTILE = {
+    "os-exit": ("apply_lora", "import os\nos._exit(0)\n"),
+    "huge-allocation": ("merge_weights", "import torch\nHUGE = torch.ones(50 * 2**30, dtype=torch.uint8)\n"),
+    "leftover-child": ("merge_weights", "import subprocess\nsubprocess.Popen(['sleep', '600'])\n"),
+    "hang": ("merge_weights", "while True:\n    pass\n"),
+}
+
+
+def make_submissions(folder: Path, count: int) -> None:
+    """``count`` submission folders: references, wrong answers and hostile ones, in turn."""
+    kinds = [("reference", {})] + [(w.name, {w.kata: w.source()}) for w in all_wrong_answers()]
+    kinds += [(name, {kata: source}) for name, (kata, source) in HOSTILE.items()]
+    for number, (name, sources) in zip(range(count), itertools.cycle(kinds), strict=False):
+        implementation_folder(folder / f"{number:03d}-{name.replace(' ', '-').replace('/', '-')}", sources)
+
+
+def strays(scratch: str) -> list[str]:
+    """Command lines of processes the batch grading of ``scratch`` left behind."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+        except OSError:
+            continue
+        if scratch in command or command.startswith("sleep 600"):
+            found.append(command)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--submissions", type=int, default=100)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--timeout", type=float, default=60.0, help="per-submission limit (the hang uses it up)")
+    arguments = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        submissions = Path(scratch) / "submissions"
+        make_submissions(submissions, arguments.submissions)
+        command = [sys.executable, "-m", "grader", "batch", str(submissions), "--out", f"{scratch}/grades.csv",
+                   "--jobs", str(arguments.jobs), "--timeout", str(arguments.timeout)]  # fmt: skip
+        start = time.perf_counter()
+        completed = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - start
+        rows = len(Path(f"{scratch}/grades.csv").read_text().splitlines()) - 1 if completed.returncode == 0 else 0
+        left = strays(scratch)
+    print(f"graded {rows}/{arguments.submissions} submissions with --jobs {arguments.jobs} in {seconds:.1f} s: "
+          f"{60 * rows / seconds:.1f} submissions/minute; exit code {completed.returncode}; "
+          f"stray processes afterwards: {len(left)}")  # fmt: skip
+    for command_line in left:
+        print(f"  stray: {command_line}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Grade an implementation in a child process with a wall-clock limit and a memory cap, so an endless
+loop, ``os._exit``, a segfault or a huge allocation costs that submission its points and nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from grader.implementation import KATAS
+from grader.results import CheckResult, read_journal
+from grader.tamper import changed_files, fingerprint
+
+GRADER = Path(__file__).resolve().parent
+
+DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_MEMORY_MB = 4096
+EARLY_EXIT = "the grading process stopped before finishing: does the submission call os._exit or sys.exit?"
+
+
+@dataclass(frozen=True)
+class Grading:
+    """What an isolated grading produced: the results, how long it took, and what went wrong, if anything."""
+
+    results: list[CheckResult]
+    seconds: float
+    problem: str  # '' when the grading process ran to its end
+
+
+def grade_isolated(
+    implementation: Path,
+    katas: Sequence[str] = (),
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+) -> Grading:
+    """Grade ``implementation`` in fresh processes; checks never finished count as failed.
+
+    When a kata kills its grading process, only that kata loses its unfinished checks: the katas
+    after it are graded in a new process, within the same overall ``timeout_s``.
+    """
+    start = time.perf_counter()
+    remaining, results, problems = list(katas or KATAS), [], []
+    while remaining:
+        time_left = timeout_s - (time.perf_counter() - start)
+        batch, problem = _run_worker(implementation, remaining, time_left, memory_mb, timeout_s)
+        unfinished = [result for result in batch if result.message.startswith("not run")]
+        if not batch:
+            problems.append(problem or EARLY_EXIT)
+            break
+        if not unfinished:
+            results.extend(batch)
+            problems += [problem] if problem else []
+            break
+        culprit = unfinished[0].kata
+        started = remaining[: remaining.index(culprit) + 1]
+        results.extend(result for result in batch if result.kata in started)
+        problems.append(f"{culprit}: {problem or EARLY_EXIT}")
+        remaining = remaining[len(started) :] if time.perf_counter() - start < timeout_s else []
+    return Grading(results, time.perf_counter() - start, "; ".join(problems))
+
+
+def _run_worker(
+    implementation: Path, katas: Sequence[str], time_left_s: float, memory_mb: int, timeout_s: float
+) -> tuple[list[CheckResult], str]:
+    """The journalled results of one grading process, and what ended it early ('' if nothing did)."""
+    with tempfile.TemporaryDirectory(prefix="lora-kata-") as scratch:
+        # The worker runs a private copy of the grader: a submission that edits the grader's files
+        # changes only that copy, and is caught by comparing it afterwards.
+        grader_copy = Path(scratch) / "grader"
+        shutil.copytree(GRADER, grader_copy, ignore=shutil.ignore_patterns("__pycache__"))
+        pristine = fingerprint(grader_copy)
+        journal = Path(scratch) / "journal.jsonl"
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join([scratch, os.environ.get("PYTHONPATH", "")])}
+        command = [sys.executable, str(grader_copy / "worker.py"), str(implementation), str(journal), *katas]
+        process = subprocess.Popen(
+            command,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group, so everything it starts can be ended with it
+            preexec_fn=lambda: _cap_memory(memory_mb),
+        )
+        try:
+            _, stderr = process.communicate(timeout=max(time_left_s, 0.1))
+            problem = _problem(process.returncode, stderr.decode(errors="replace"), memory_mb)
+        except subprocess.TimeoutExpired:
+            problem = f"grading took longer than {timeout_s:g} s and was stopped"
+        finally:
+            _end_process_group(process)
+        results = read_journal(journal, problem or EARLY_EXIT)
+        edited = changed_files(pristine, grader_copy)
+        if edited:
+            problem = f"tampering: the submission edited the grader's {sorted(p.name for p in edited)}; no points"
+            results = [replace(r, outcome="failed", message=problem) for r in results if r.outcome != "skipped"]
+        return results, problem
+
+
+def _cap_memory(memory_mb: int) -> None:
+    limit = memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _problem(returncode: int, stderr: str, memory_mb: int) -> str:
+    """'' for a grading that ran to its end (pytest exit 0 or 1), else what happened, in words."""
+    if returncode in (0, 1):
+        return ""
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        return f"the grading process was killed by {name} (a crash in the submission, or over {memory_mb} MB?)"
+    last_line = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "")
+    return f"the grading process exited with code {returncode}" + (f": {last_line}" if last_line else "")
+
+
+def _end_process_group(process: subprocess.Popen) -> None:
+    """Kill the process and anything it left running in its group; reap the process."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

@@ -1,0 +1,140 @@
+"""Behavioural probes of a LoRA layer: they find its factors through its trainable parameters and
+its outputs, never through private names, so every sane layout can be graded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from grader.implementation import KataUnavailable
+
+CUDA = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here: grade on a GPU machine to run the cuda cases"
+)
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=CUDA)]
+
+
+def trainable(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``module`` that require grad, in registration order."""
+    return [parameter for parameter in module.parameters() if parameter.requires_grad]
+
+
+@dataclass
+class Factors:
+    """The two trainable factors of a LoRA layer, seen in the canonical layout A (r, in), B (out, r)."""
+
+    stored_A: torch.Tensor
+    stored_B: torch.Tensor
+    A_transposed: bool
+    B_transposed: bool
+
+    @property
+    def A(self) -> torch.Tensor:
+        return self.stored_A.T if self.A_transposed else self.stored_A
+
+    @property
+    def B(self) -> torch.Tensor:
+        return self.stored_B.T if self.B_transposed else self.stored_B
+
+    def grads(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The gradients of A and B in the canonical layout (None where none was computed)."""
+        grad_A, grad_B = self.stored_A.grad, self.stored_B.grad
+        if grad_A is not None and self.A_transposed:
+            grad_A = grad_A.T
+        if grad_B is not None and self.B_transposed:
+            grad_B = grad_B.T
+        return grad_A, grad_B
+
+
+def factors(layer: nn.Module, in_features: int, out_features: int, r: int) -> Factors:
+    """Identify A and B among the layer's trainable tensors by their shapes.
+
+    The caller picks ``in_features``, ``out_features`` and ``r`` all different, so that each shape
+    says which factor it is and in which orientation it is stored.
+    """
+    assert len({in_features, out_features, r}) == 3, "grader bug: factors() needs distinct dimensions"
+    tensors = trainable(layer)
+    shapes = [tuple(t.shape) for t in tensors]
+    A = B = None
+    for tensor, shape in zip(tensors, shapes, strict=True):
+        if shape in ((r, in_features), (in_features, r)):
+            A = Factors(tensor, tensor, shape == (in_features, r), False)
+        elif shape in ((out_features, r), (r, out_features)):
+            B = Factors(tensor, tensor, False, shape == (r, out_features))
+    assert len(tensors) == 2 and A is not None and B is not None, (
+        f"expected two trainable factors shaped (r, in)=({r}, {in_features}) and (out, r)=({out_features}, {r}) "
+        f"(either orientation), measured trainable shapes {shapes}: is the base frozen, with no extra parameters?"
+    )
+    return Factors(A.stored_A, B.stored_B, A.A_transposed, B.B_transposed)
+
+
+def randomize_factors(layer: nn.Module, std: float = 0.1) -> None:
+    """Give every trainable tensor of ``layer`` random values, as training would (B stops being zero)."""
+    with torch.no_grad():
+        for tensor in trainable(layer):
+            tensor.normal_(0.0, std)
+
+
+def measured_update(layer: nn.Module, base: nn.Linear) -> torch.Tensor:
+    """The (out, in) matrix the layer adds to the base's weight, read off its eval-mode outputs."""
+    was_training = layer.training
+    layer.eval()
+    try:
+        with torch.no_grad():
+            identity = torch.eye(base.in_features, dtype=base.weight.dtype, device=base.weight.device)
+            return (layer(identity) - base(identity)).T
+    finally:
+        layer.train(was_training)
+
+
+def max_difference(measured: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest absolute difference, computed in float64."""
+    return (measured.double() - expected.double()).abs().max().item()
+
+
+def train(
+    parameters: list[nn.Parameter], loss_fn: Callable[[], torch.Tensor], steps: int, lr: float = 1e-2
+) -> list[float]:
+    """Run Adam on every parameter that receives a gradient, as an optimizer over
+    ``model.parameters()`` does; returns the losses. (``torch.optim`` would import
+    torch._dynamo on first use, which costs the grader two seconds.)"""
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    losses = []
+    for step in range(1, steps + 1):
+        for parameter in parameters:
+            parameter.grad = None
+        loss = loss_fn()
+        loss.backward()
+        losses.append(loss.item())
+        with torch.no_grad():
+            for parameter in parameters:
+                if parameter.grad is None:
+                    continue
+                grad = parameter.grad.float()
+                mean, square = moments.get(id(parameter), (torch.zeros_like(grad), torch.zeros_like(grad)))
+                mean.lerp_(grad, 1 - beta1)
+                square.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                moments[id(parameter)] = (mean, square)
+                step_size = lr / (1 - beta1**step)
+                update = mean / ((square / (1 - beta2**step)).sqrt() + eps)
+                parameter.sub_((step_size * update).to(parameter.dtype))
+    return losses
+
+
+def expect_value_error(call: Callable[[], object], description: str) -> None:
+    """Fail the check unless ``call()`` raises a ValueError that has a message."""
+    try:
+        call()
+    except (NotImplementedError, KataUnavailable):
+        raise
+    except ValueError as error:
+        assert str(error).strip(), f"{description} raised a ValueError without a message: say what is wrong"
+        return
+    except Exception as error:
+        pytest.fail(f"{description} raised {type(error).__name__} ({error}); expected a ValueError", pytrace=False)
+    pytest.fail(f"{description} raised nothing; expected a ValueError saying what is wrong", pytrace=False)

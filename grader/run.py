@@ -1,0 +1,41 @@
+"""Run the grader in this process and collect every check's outcome (for tests and the CLI)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pytest
+
+from grader.implementation import KATAS
+from grader.results import CheckResult, Collector
+
+GRADER = Path(__file__).resolve().parent
+
+
+class GraderError(Exception):
+    """The grader could not run at all (a bad --impl, say); the message says why."""
+
+
+def run_grader(
+    implementation: str | Path, katas: Iterable[str] = KATAS, pytest_args: Sequence[str] = ()
+) -> list[CheckResult]:
+    """Grade the kata modules in ``implementation`` and return one result per check, in run order."""
+    collector = Collector()
+    paths = [str(GRADER / f"test_{kata}.py") for kata in katas]
+    arguments = [
+        *paths,
+        "--impl",
+        str(implementation),
+        "-o",
+        "addopts=",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:terminal",
+        *pytest_args,
+    ]
+    exit_code = pytest.main(arguments, plugins=[collector])
+    if exit_code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        raise GraderError(f"the grader stopped with pytest exit code {exit_code} ({pytest.ExitCode(exit_code).name})")
+    return collector.results

@@ -1,0 +1,89 @@
+"""Tamper evidence: what a submission may not touch while it is graded.
+
+The grader records the objects it compares with before any submission code runs; after each check
+it looks for replaced ones, restores them and fails the check. It also refuses imports of the
+reference solutions and notices edits to its own files. A determined attacker running code in the
+grader's process can still do more; grade untrusted code with `lora-kata grade` or `batch`, whose
+separate processes add time, memory and file guards.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib.abc
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from torch import nn
+
+GUARDED_CLASSES: tuple[type, ...] = (torch.Tensor, nn.Module, nn.Linear, nn.Parameter)
+GUARDED_MODULES = ("torch", "torch.nn", "torch.nn.functional", "torch.linalg", "torch.testing", "math", "builtins")
+_UNSET = object()
+
+
+class ObjectGuard:
+    """The attributes of the guarded modules and classes as they were when the guard was made.
+
+    A guarded class may gain no attribute (setting ``torch.Tensor.abs`` shadows the C method);
+    a guarded module may (torch adds submodules as they are first imported).
+    """
+
+    def __init__(self) -> None:
+        modules: list[ModuleType] = [math, builtins, pytest]
+        modules += [sys.modules[name] for name in GUARDED_MODULES if name in sys.modules]
+        modules += [module for name, module in sys.modules.items() if name.split(".")[0] == "grader" and module]
+        self.modules = {module: dict(vars(module)) for module in modules}
+        self.classes = {cls: dict(vars(cls)) for cls in GUARDED_CLASSES}
+
+    def replaced(self) -> list[str]:
+        """Qualified names of the guarded attributes that are no longer the objects they were."""
+        found = []
+        for owner, saved in [*self.modules.items(), *self.classes.items()]:
+            now = vars(owner)
+            found += [f"{owner.__name__}.{name}" for name, value in saved.items() if now.get(name, _UNSET) is not value]
+            if owner in self.classes:
+                found += [f"{owner.__name__}.{name}" for name in now.keys() - saved.keys()]
+        return found
+
+    def restore(self) -> None:
+        """Put every guarded attribute back as it was."""
+        for owner, saved in [*self.modules.items(), *self.classes.items()]:
+            for name, value in saved.items():
+                if vars(owner).get(name, _UNSET) is not value:
+                    setattr(owner, name, value)
+            if owner in self.classes:
+                for name in vars(owner).keys() - saved.keys():
+                    delattr(owner, name)
+
+
+class ReferenceBlocker(importlib.abc.MetaPathFinder):
+    """Refuses imports of the reference solutions while a submission is graded, and remembers them."""
+
+    def __init__(self) -> None:
+        self.attempts: list[str] = []
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname == "solutions" or fullname.startswith("solutions."):
+            self.attempts.append(fullname)
+            raise ImportError(f"tampering: the submission imports {fullname}, the reference answers; write your own")
+        return None
+
+
+def fingerprint(folder: Path) -> dict[Path, bytes]:
+    """The contents of the grader's source and data files, to notice and undo edits."""
+    return {path: path.read_bytes() for path in sorted(folder.rglob("*")) if path.suffix in {".py", ".toml", ".txt"}}
+
+
+def changed_files(before: dict[Path, bytes], folder: Path) -> list[Path]:
+    """Files of ``before`` whose contents differ now (or that are gone)."""
+    now = fingerprint(folder)
+    return [path for path, content in before.items() if now.get(path) != content]
+
+
+def restore_files(before: dict[Path, bytes], paths: list[Path]) -> None:
+    for path in paths:
+        path.write_bytes(before[path])

@@ -1,0 +1,20 @@
+"""Terminal conventions: colour only on a terminal and never with NO_COLOR; errors as one line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TextIO
+
+COLOURS = {"red": "31", "green": "32", "yellow": "33", "bold": "1", "dim": "2"}
+
+
+def paint(text: str, colour: str, stream: TextIO = sys.stdout) -> str:
+    """``text`` in ``colour`` when ``stream`` is a terminal and NO_COLOR is unset."""
+    if "NO_COLOR" in os.environ or not stream.isatty():
+        return text
+    return f"\033[{COLOURS[colour]}m{text}\033[0m"
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: printed as one line, exit code 2."""

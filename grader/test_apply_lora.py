@@ -1,0 +1,198 @@
+"""Checks of the `apply_lora` kata: apply_lora(model, target_modules, r, alpha, dropout)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+
+from grader.models import ToyTransformer, inputs, matching_linears
+from grader.probes import DEVICES, max_difference, randomize_factors, train, trainable
+
+SUBJECT = "apply_lora"  # the definition a failing check points at
+
+DEFAULT_TARGETS = ("q_proj", "v_proj")
+TARGET_CASES = [
+    DEFAULT_TARGETS,
+    ("fc1",),  # not fc10
+    ("proj",),  # not q_proj, k_proj, v_proj or out_proj
+    ("0.attn.q_proj",),  # layers.0, not layers.10
+    ("layers.3.mlp.fc10", "head"),  # a full qualified name, and a layer without bias
+    ["out_proj"],  # any iterable of names
+]
+
+
+def adapters(model: nn.Module, LoRALinear: type) -> dict[str, nn.Module]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("targets", TARGET_CASES, ids=lambda targets: "+".join(targets))
+def test_adapts_exactly_the_linears_whose_names_match(apply_lora, LoRALinear, targets):
+    model = ToyTransformer()
+    expected = set(matching_linears(model, targets))
+    apply_lora(model, targets, r=2, alpha=4.0)
+    adapted = set(adapters(model, LoRALinear))
+    wrong, missed = sorted(adapted - expected), sorted(expected - adapted)
+    cause = "match a name when it equals a target or ends with '.' + target"
+    if wrong and any(t in name for name in wrong for t in targets):
+        cause = "substring or bare endswith matching: " + cause
+    elif missed and any("." in t for t in targets):
+        cause = "a dotted target matches the end of the qualified name: " + cause
+    assert not wrong and not missed, (
+        f"targets {list(targets)}: expected LoRALinear on {len(expected)} layers, got {len(adapted)}; "
+        f"wrongly adapted {wrong[:3]}, missed {missed[:3]}: {cause}"
+    )
+
+
+@pytest.mark.points(2)
+def test_wraps_the_original_layers_in_place(apply_lora, LoRALinear):
+    model = ToyTransformer()
+    originals = {name: model.get_submodule(name) for name in matching_linears(model, DEFAULT_TARGETS)}
+    returned = apply_lora(model, DEFAULT_TARGETS, r=2, alpha=4.0)
+    assert returned is model, (
+        f"apply_lora returned {type(returned).__name__}, expected the model itself, adapted in place"
+    )
+    for name, original in originals.items():
+        layer = model.get_submodule(name)
+        assert isinstance(layer, LoRALinear), f"{name} is a {type(layer).__name__}, expected the package's LoRALinear"
+        assert any(module is original for module in layer.modules()), (
+            f"{name}: the LoRALinear does not hold the model's original nn.Linear: wrap the layer object itself"
+        )
+
+
+@pytest.mark.points(1)
+def test_passes_r_and_alpha_to_every_adapter(apply_lora, LoRALinear):
+    model = ToyTransformer()
+    originals = {name: model.get_submodule(name) for name in matching_linears(model, ["fc1"])}
+    apply_lora(model, ["fc1"], r=3, alpha=6.0)
+    for name, base in originals.items():
+        layer = model.get_submodule(name)
+        count, expected = sum(t.numel() for t in trainable(layer)), 3 * (base.in_features + base.out_features)
+        measured = (getattr(layer, "r", None), getattr(layer, "alpha", None), count)
+        assert measured == (3, 6.0, expected), (
+            f"{name}: expected r=3, alpha=6.0 and {expected} trainable numbers, measured r={measured[0]}, "
+            f"alpha={measured[1]}, {count}: pass r and alpha on to LoRALinear"
+        )
+
+
+@pytest.mark.points(1)
+def test_passes_dropout_to_every_adapter(apply_lora, LoRALinear):
+    x = inputs()
+    outputs = {}
+    for dropout in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = apply_lora(ToyTransformer(), DEFAULT_TARGETS, r=2, alpha=4.0, dropout=dropout)
+        for layer in adapters(model, LoRALinear).values():
+            randomize_factors(layer, std=0.5)
+        model.train()
+        with torch.no_grad():
+            outputs[dropout] = max_difference(model(x), model(x))
+    assert outputs[0.0] == 0, f"with dropout=0 two train-mode calls differ by {outputs[0.0]:.3g}: dropout was not 0"
+    assert outputs[0.5] > 0, "with dropout=0.5 two train-mode calls gave the same output: pass dropout on to LoRALinear"
+
+
+@pytest.mark.points(3)
+def test_freezes_everything_but_the_adapters(apply_lora, LoRALinear):
+    model = apply_lora(ToyTransformer(), DEFAULT_TARGETS, r=2, alpha=4.0)
+    inside = {id(p) for layer in adapters(model, LoRALinear).values() for p in trainable(layer)}
+    loose = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
+    assert not loose, f"{len(loose)} parameters outside the adapters still train, e.g. {loose[:3]}: freeze them"
+    measured = sum(p.numel() for p in trainable(model))
+    reference = ToyTransformer()
+    expected = sum(
+        2 * (reference.get_submodule(name).in_features + reference.get_submodule(name).out_features)
+        for name in matching_linears(reference, DEFAULT_TARGETS)
+    )
+    assert measured == expected, (
+        f"expected r*(in+out) summed over the adapted layers = {expected} trainable numbers, measured {measured}"
+    )
+
+
+@pytest.mark.points(1)
+def test_leaves_the_output_unchanged(apply_lora):
+    model, x = ToyTransformer(), inputs()
+    with torch.no_grad():
+        before = model(x)
+        change = max_difference(apply_lora(model, DEFAULT_TARGETS, r=2, alpha=4.0)(x), before)
+    assert change < 1e-5, f"the model's output changed by {change:.3g} right after apply_lora: adapters start at zero"
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize(
+    "targets", [("nonexistent_proj", "qproj"), ("router.q_proj",)], ids=["no-such-name", "not-linear"]
+)
+def test_raises_naming_the_targets_when_nothing_matches(apply_lora, targets):
+    try:
+        apply_lora(ToyTransformer(), targets, r=2, alpha=4.0)
+    except ValueError as error:
+        unnamed = [t for t in targets if t not in str(error)]
+        assert not unnamed, f"the ValueError does not name the targets {unnamed}: say what was looked for ({error})"
+    else:
+        pytest.fail(
+            f"apply_lora with targets {list(targets)} matched no nn.Linear and raised nothing; "
+            "expected a ValueError naming the targets",
+            pytrace=False,
+        )
+
+
+@pytest.mark.points(1)
+def test_never_wraps_an_adapter_again(apply_lora, LoRALinear):
+    model = apply_lora(ToyTransformer(), DEFAULT_TARGETS, r=2, alpha=4.0)
+    first = set(adapters(model, LoRALinear))
+    with contextlib.suppress(ValueError):  # "nothing left to adapt" is a fair answer too
+        apply_lora(model, DEFAULT_TARGETS, r=2, alpha=4.0)
+    nested = [
+        name
+        for name, layer in adapters(model, LoRALinear).items()
+        if any(isinstance(m, LoRALinear) for m in list(layer.modules())[1:])
+    ]
+    assert not nested and set(adapters(model, LoRALinear)) == first, (
+        f"applying LoRA twice wrapped adapters again (nested in {nested[:3]}): skip layers that are LoRALinear already"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_changes_only_the_adapters(apply_lora, LoRALinear, device):
+    model = ToyTransformer().to(device)
+    apply_lora(model, DEFAULT_TARGETS, r=2, alpha=4.0)
+    misplaced = [t.device for t in trainable(model) if t.device.type != device]
+    assert not misplaced, f"adapters of a model on {device} were created on {misplaced[0]}: follow the base's device"
+    inside = {id(p) for layer in adapters(model, LoRALinear).values() for p in trainable(layer)}
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if id(p) not in inside}
+    x, target = inputs(device=device), torch.randn(2, 3, 5, device=device)
+    losses = train(list(model.parameters()), lambda: nn.functional.mse_loss(model(x), target), steps=20)
+    assert losses[-1] < losses[0], f"training did not lower the loss ({losses[0]:.3g} -> {losses[-1]:.3g})"
+    changed = [name for name, p in model.named_parameters() if name in frozen and not torch.equal(p, frozen[name])]
+    assert not changed, f"training changed {len(changed)} parameters outside the adapters, e.g. {changed[:3]}"
+
+
+@pytest.mark.points(1)
+def test_defaults_are_q_proj_v_proj_r_8_alpha_16_and_no_dropout(apply_lora, LoRALinear):
+    model = ToyTransformer()
+    originals = {name: model.get_submodule(name) for name in matching_linears(model, DEFAULT_TARGETS)}
+    apply_lora(model)
+    adapted = sorted(adapters(model, LoRALinear))
+    assert adapted == sorted(originals), (
+        f"apply_lora(model) adapted {len(adapted)} layers, e.g. {adapted[:2]}, expected the {len(originals)} "
+        "q_proj and v_proj: keep the stub's default target_modules=('q_proj', 'v_proj')"
+    )
+    for name, base in originals.items():
+        layer = model.get_submodule(name)
+        count, expected = sum(t.numel() for t in trainable(layer)), 8 * (base.in_features + base.out_features)
+        measured = (getattr(layer, "r", None), getattr(layer, "alpha", None), count)
+        assert measured == (8, 16.0, expected), (
+            f"apply_lora(model) made {name} with r={measured[0]}, alpha={measured[1]}, {count} trainable numbers, "
+            f"expected r=8, alpha=16.0, {expected}: keep the stub's defaults r=8, alpha=16.0"
+        )
+        randomize_factors(layer, std=0.5)
+    x = inputs()
+    with torch.no_grad():
+        repeat = max_difference(model.train()(x), model(x))
+    assert repeat == 0, (
+        f"apply_lora(model) in train mode gives outputs varying by {repeat:.3g} between calls, expected none: "
+        "the default dropout is 0.0"
+    )

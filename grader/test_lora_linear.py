@@ -1,0 +1,357 @@
+"""Checks of the `lora_linear` kata: LoRALinear(base, r, alpha, dropout)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+from torch import nn
+
+from grader.probes import (
+    DEVICES,
+    expect_value_error,
+    factors,
+    max_difference,
+    measured_update,
+    randomize_factors,
+    train,
+    trainable,
+)
+
+SUBJECT = "LoRALinear"  # the definition a failing check points at
+
+IN, OUT, R, ALPHA = 12, 10, 4, 10.0  # distinct dims: a factor's shape tells which it is; alpha / r not whole
+SCALING = ALPHA / R
+
+
+def make_layer(LoRALinear, dtype=torch.float32, device="cpu", bias=True, **kwargs):
+    base = nn.Linear(IN, OUT, bias=bias, dtype=dtype, device=device)
+    return base, LoRALinear(base, **{"r": R, "alpha": ALPHA, **kwargs})
+
+
+@pytest.mark.points(1)
+def test_is_a_module_holding_the_very_base_layer(LoRALinear):
+    base, layer = make_layer(LoRALinear)
+    assert isinstance(layer, nn.Module), f"LoRALinear(...) is a {type(layer).__name__}: subclass nn.Module"
+    assert any(module is base for module in layer.modules()), (
+        "the nn.Linear passed in is not a submodule of the LoRALinear: keep the object itself (self.base = base)"
+    )
+
+
+@pytest.mark.points(2)
+def test_computes_with_the_base_it_was_given(LoRALinear):
+    base, layer = make_layer(LoRALinear)
+    with torch.no_grad():
+        base.weight.add_(1.0)
+        base.bias.add_(1.0)
+        x = torch.randn(5, IN)
+        change = max_difference(layer(x), base(x))
+    assert change < 1e-5, (
+        f"after editing the base's weights the layer's output differs from base(x) by {change:.3g}: "
+        "it computes with a copy; use the very base passed in"
+    )
+
+
+@pytest.mark.points(1)
+def test_records_r_alpha_and_scaling(LoRALinear):
+    _, layer = make_layer(LoRALinear)
+    measured = {name: getattr(layer, name, None) for name in ("r", "alpha", "scaling")}
+    assert measured["r"] == R and measured["alpha"] == ALPHA, (
+        f"expected attributes r={R}, alpha={ALPHA}, measured r={measured['r']}, alpha={measured['alpha']}: "
+        "store the constructor's arguments as self.r and self.alpha"
+    )
+    scaling = measured["scaling"]
+    assert scaling is not None and math.isclose(float(scaling), SCALING), (
+        f"expected scaling = alpha / r = {SCALING}, measured {scaling}: set self.scaling = alpha / r"
+    )
+
+
+@pytest.mark.points(2)
+def test_freezes_every_base_parameter(LoRALinear):
+    base, _ = make_layer(LoRALinear)
+    still_trainable = [name for name, parameter in base.named_parameters() if parameter.requires_grad]
+    assert not still_trainable, (
+        f"base parameters {still_trainable} still require grad: freeze the base with base.requires_grad_(False)"
+    )
+
+
+@pytest.mark.points(3)
+def test_trains_exactly_two_low_rank_factors(LoRALinear):
+    _, layer = make_layer(LoRALinear)
+    tensors = trainable(layer)
+    count, expected = sum(t.numel() for t in tensors), R * (IN + OUT)
+    assert count == expected and len(tensors) == 2, (
+        f"expected 2 trainable factors with r*(in+out) = {expected} numbers, measured {len(tensors)} tensors "
+        f"{[tuple(t.shape) for t in tensors]} = {count}: only A and B train (no bias, base frozen)"
+    )
+    factors(layer, IN, OUT, R)
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_lives_on_the_base_device_and_dtype(LoRALinear, device, dtype):
+    base, layer = make_layer(LoRALinear, dtype=dtype, device=device)
+    misplaced = [(tuple(t.shape), t.dtype, str(t.device)) for t in trainable(layer)]
+    misplaced = [m for m in misplaced if m[1] != dtype or m[2] != str(base.weight.device)]
+    assert not misplaced, (
+        f"factors must be created on the base's device and dtype ({device}, {dtype}), "
+        f"measured {misplaced}: pass device= and dtype= from base.weight when creating them"
+    )
+    for batch_shape in [(), (5,), (2, 3)]:
+        x = torch.randn(*batch_shape, IN, dtype=dtype, device=device)
+        y = layer(x)
+        assert (y.shape, y.dtype, y.device) == ((*batch_shape, OUT), dtype, base.weight.device), (
+            f"for x of shape {(*batch_shape, IN)} expected output {(*batch_shape, OUT)} {dtype} on {device}, "
+            f"measured {tuple(y.shape)} {y.dtype} on {y.device}"
+        )
+
+
+@pytest.mark.points(4)
+@given(
+    in_features=st.integers(1, 24),
+    out_features=st.integers(1, 24),
+    r=st.integers(1, 8),
+    alpha=st.sampled_from([1.0, 8.0, 16.0, 32.0]),
+    batch_shape=st.lists(st.integers(1, 3), max_size=3),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=[3], dtype=torch.float32)
+def test_output_equals_the_base_at_init(LoRALinear, in_features, out_features, r, alpha, batch_shape, dtype):
+    base = nn.Linear(in_features, out_features, dtype=dtype)
+    layer = LoRALinear(base, r=r, alpha=alpha)
+    x = torch.randn(*batch_shape, in_features, dtype=dtype)
+    with torch.no_grad():
+        expected, measured = base(x), layer(x)
+    assert measured.shape == expected.shape, (
+        f"output shape {tuple(measured.shape)}, expected {tuple(expected.shape)} for x of shape {tuple(x.shape)}"
+    )
+    change = max_difference(measured, expected)
+    tolerance = 10 * torch.finfo(dtype).eps * (1 + expected.abs().max().item())
+    assert change <= tolerance, f"output changed at init by {change:.3g}: is B initialised to zeros?"
+
+
+@pytest.mark.points(2)
+def test_B_starts_at_zero_and_A_random(LoRALinear):
+    _, layer = make_layer(LoRALinear)
+    found = factors(layer, IN, OUT, R)
+    A_size, B_size = found.A.abs().max().item(), found.B.abs().max().item()
+    assert not (A_size == 0 and B_size > 0), (
+        "A is zero and B random at init: swap them, B = zeros and A random (Kaiming-uniform or Gaussian)"
+    )
+    assert B_size == 0, f"B is not zero at init (max |B| = {B_size:.3g}): initialise B with zeros"
+    assert A_size > 0, "A is zero at init: with A and B both zero no gradient reaches either; make A random"
+
+
+@pytest.mark.points(1)
+def test_A_is_random_and_full_rank(LoRALinear):
+    draws = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        draws.append(factors(make_layer(LoRALinear)[1], IN, OUT, R).A.detach().double())
+    assert torch.isfinite(draws[0]).all(), "A holds NaN or inf at init: initialise it (torch.empty is not)"
+    assert not torch.equal(*draws), "A is the same for every seed: initialise it randomly"
+    rank = torch.linalg.matrix_rank(draws[0]).item()
+    assert rank == R, f"A has rank {rank} at init, expected r = {R}: are its rows copies of one another?"
+
+
+@pytest.mark.points(4)
+def test_update_is_scaling_times_B_at_A(LoRALinear):
+    base, layer = make_layer(LoRALinear, dtype=torch.float64)
+    randomize_factors(layer)
+    found = factors(layer, IN, OUT, R)
+    product = (found.B @ found.A).detach()
+    measured = measured_update(layer, base)
+    ratio = ((measured * product).sum() / (product * product).sum()).item()
+    proportional = max_difference(measured, ratio * product) <= 1e-9 * (1 + product.abs().max().item())
+    causes = {
+        ALPHA: "scaled by alpha instead of alpha / r?",
+        R / ALPHA: "scaled by r / alpha, upside down?",
+        ALPHA // R: "alpha // r rounds down: use alpha / r",
+        1.0: "the scaling alpha / r is missing",
+        ALPHA / math.sqrt(R): "alpha / sqrt(r) is rsLoRA: use alpha / r",
+    }
+    cause = next((text for value, text in causes.items() if math.isclose(ratio, value, rel_tol=1e-6)), "")
+    assert proportional, (
+        "the update dW, read off the outputs, is not proportional to B @ A: "
+        "is it x A^T B^T, with nothing (no activation) between A and B?"
+    )
+    assert math.isclose(ratio, SCALING, rel_tol=1e-6), (
+        f"update dW measured {ratio:.4g} x B @ A, expected alpha / r = {SCALING:g} x: {cause or 'check the scaling'}"
+    )
+
+
+@pytest.mark.points(2)
+@given(
+    in_features=st.integers(2, 16),
+    out_features=st.integers(2, 16),
+    r=st.integers(1, 8),
+)
+@example(in_features=IN, out_features=OUT, r=R)
+def test_update_has_rank_at_most_r(LoRALinear, in_features, out_features, r):
+    base = nn.Linear(in_features, out_features, dtype=torch.float64)
+    layer = LoRALinear(base, r=r, alpha=2.0 * r)
+    randomize_factors(layer, std=1.0)
+    rank = torch.linalg.matrix_rank(measured_update(layer, base)).item()
+    assert rank <= r, f"the update dW has rank {rank}, expected at most r = {r}: dW must be B @ A"
+
+
+@pytest.mark.points(4)
+def test_gradients_reach_the_factors_and_input_but_not_the_base(LoRALinear):
+    base, layer = make_layer(LoRALinear, dtype=torch.float64)
+    randomize_factors(layer)
+    found = factors(layer, IN, OUT, R)
+    x = torch.randn(6, IN, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(6, OUT, dtype=torch.float64)
+    (layer(x) * upstream).sum().backward()
+    touched = [name for name, parameter in base.named_parameters() if parameter.grad is not None]
+    assert not touched, f"the base's {touched} received a gradient: the base must stay frozen"
+
+    A, B = found.A.detach().clone().requires_grad_(), found.B.detach().clone().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    reference = base(x_ref) + SCALING * (x_ref @ A.T) @ B.T
+    (reference * upstream).sum().backward()
+    for name, measured, expected in [("A", found.grads()[0], A.grad), ("B", found.grads()[1], B.grad)]:
+        assert measured is not None, f"factor {name} received no gradient: is it used in forward, not detached?"
+        error = max_difference(measured, expected)
+        assert error < 1e-9, f"gradient of {name} off by {error:.3g}: is the forward exactly base(x) + scaling B A x?"
+    error = max_difference(x.grad, x_ref.grad)
+    assert error < 1e-9, (
+        f"gradient w.r.t. the input off by {error:.3g}: does a path use x.detach(), or run under torch.no_grad()?"
+    )
+
+
+@pytest.mark.points(2)
+def test_dropout_never_touches_the_base_path(LoRALinear):
+    base, layer = make_layer(LoRALinear, dropout=0.5)
+    layer.train()
+    x = torch.randn(8, IN)
+    with torch.no_grad():
+        change = max_difference(layer(x), base(x))
+    assert change < 1e-5, (
+        f"with dropout in train mode the output at init differs from base(x) by {change:.3g}: "
+        "dropout belongs on the adapter branch's input only"
+    )
+
+
+@pytest.mark.points(1)
+def test_dropout_is_off_in_eval_mode(LoRALinear):
+    base, layer = make_layer(LoRALinear, dtype=torch.float64, dropout=0.5)
+    randomize_factors(layer)
+    update = measured_update(layer, base)  # eval mode
+    layer.eval()
+    x = torch.randn(8, IN, dtype=torch.float64)
+    with torch.no_grad():
+        error = max_difference(layer(x), base(x) + x @ update.T)
+        repeat = max_difference(layer(x), layer(x))
+    assert repeat == 0 and error < 1e-9, (
+        f"in eval mode with dropout=0.5, outputs vary by {repeat:.3g} between calls: "
+        "dropout must be off in eval mode (nn.Dropout, or F.dropout(..., training=self.training))"
+    )
+
+
+@pytest.mark.points(2)
+def test_dropout_zeroes_adapter_inputs_in_train_mode(LoRALinear):
+    p, draws = 0.5, 16
+    base, layer = make_layer(LoRALinear, dtype=torch.float64, dropout=p)
+    randomize_factors(layer)
+    found = factors(layer, IN, OUT, R)
+    x = torch.randn(IN, dtype=torch.float64)
+    masks = torch.tensor(list(itertools.product((0.0, 1.0), repeat=IN)), dtype=torch.float64)
+    with torch.no_grad():
+        # Every output dropout could produce: base(x) + scaling B A (mask * x) / (1 - p).
+        candidates = base(x) + SCALING * ((masks * x / (1 - p)) @ found.A.T) @ found.B.T
+        without_dropout = layer.eval()(x)
+        outputs = [layer.train()(x) for _ in range(draws)]
+    assert any(max_difference(output, without_dropout) > 0 for output in outputs), (
+        f"dropout={p} changed nothing over {draws} train-mode calls: apply nn.Dropout(p) to the adapter's input"
+    )
+    for output in outputs:
+        distances = (candidates - output).abs().amax(dim=1)
+        closest = distances.min().item()
+        assert closest < 1e-9, (
+            f"a train-mode output (dropout={p}) matches no input-dropout mask (closest off by {closest:.3g}): "
+            "drop the adapter's input x, scaled by 1/(1-p) as nn.Dropout does, not its output"
+        )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize(
+    "arguments",
+    [{"r": 0}, {"r": -2}, {"dropout": 1.0}, {"dropout": -0.1}, {"dropout": 1.5}],
+    ids=lambda arguments: ",".join(f"{k}={v}" for k, v in arguments.items()),
+)
+def test_rejects_invalid_arguments(LoRALinear, arguments):
+    call = ", ".join(f"{k}={v}" for k, v in arguments.items())
+    expect_value_error(lambda: LoRALinear(nn.Linear(IN, OUT), **arguments), f"LoRALinear(base, {call})")
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize(
+    "make_base", [lambda: nn.Conv1d(IN, OUT, 1), lambda: nn.Bilinear(IN, IN, OUT)], ids=["Conv1d", "Bilinear"]
+)
+def test_rejects_a_base_that_is_not_linear(LoRALinear, make_base):
+    base = make_base()
+    expect_value_error(lambda: LoRALinear(base, r=R), f"LoRALinear({type(base).__name__}(...))")
+
+
+@pytest.mark.points(3)
+@pytest.mark.parametrize(
+    "device, dtype",
+    [
+        ("cpu", torch.float32),
+        ("cpu", torch.bfloat16),
+        *[
+            pytest.param(*case, marks=DEVICES[1].marks, id=f"cuda-{case[1]}")
+            for case in [("cuda", torch.float32), ("cuda", torch.bfloat16)]
+        ],
+    ],
+    ids=str,
+)
+def test_training_reduces_the_loss_and_leaves_the_base_untouched(LoRALinear, device, dtype):
+    in_features, out_features, steps = 16, 8, 150
+    base = nn.Linear(in_features, out_features, device=device, dtype=dtype)
+    frozen = {name: value.clone() for name, value in base.state_dict().items()}
+    teacher = 0.5 * torch.randn(out_features, 2, device=device) @ torch.randn(2, in_features, device=device)
+    x = torch.randn(64, in_features, device=device, dtype=dtype)
+    with torch.no_grad():
+        target = base(x) + (x.float() @ teacher.T).to(dtype)
+    layer = LoRALinear(base, r=4, alpha=8.0)
+    losses = train(list(layer.parameters()), lambda: nn.functional.mse_loss(layer(x).float(), target.float()), steps)
+    assert losses[-1] < 0.1 * losses[0], (
+        f"training loss went from {losses[0]:.3g} to {losses[-1]:.3g} in {steps} Adam steps, expected below 10%: "
+        "does the gradient reach both factors?"
+    )
+    assert all(parameter.grad is None for parameter in base.parameters()), "the base received gradients"
+    changed = [name for name, value in base.state_dict().items() if not torch.equal(value, frozen[name])]
+    assert not changed, f"training changed the base's {changed}: the base must be frozen"
+
+
+@pytest.mark.points(1)
+def test_defaults_are_r_8_alpha_16_and_no_dropout(LoRALinear):
+    base = nn.Linear(IN, OUT, dtype=torch.float64)
+    layer = LoRALinear(base)
+    count = sum(t.numel() for t in trainable(layer))
+    assert count == 8 * (IN + OUT), (
+        f"LoRALinear(base) trains {count} numbers, expected r*(in+out) = {8 * (IN + OUT)} with the default r=8: "
+        "keep the stub's defaults, LoRALinear(base, r=8, alpha=16.0, dropout=0.0)"
+    )
+    randomize_factors(layer)
+    found = factors(layer, IN, OUT, 8)
+    product = (found.B @ found.A).detach()
+    ratio = ((measured_update(layer, base) * product).sum() / (product * product).sum()).item()
+    assert math.isclose(ratio, 16.0 / 8, rel_tol=1e-6), (
+        f"LoRALinear(base) adds {ratio:.4g} x B @ A, expected alpha / r = 16 / 8 = 2 x with the defaults: "
+        "keep the stub's defaults alpha=16.0 and r=8"
+    )
+    x = torch.randn(8, IN, dtype=torch.float64)
+    with torch.no_grad():
+        repeat = max_difference(layer.train()(x), layer(x))
+    assert repeat == 0, (
+        f"LoRALinear(base) in train mode gives outputs varying by {repeat:.3g} between calls, expected none: "
+        "the default dropout is 0.0"
+    )

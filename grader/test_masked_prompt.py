@@ -1,0 +1,529 @@
+"""Checks of the `masked_prompt` kata: format_prompt, build_example and collate, graded with a real
+byte-level BPE (grader/tokenizer.py) in which " Hello" is one token, so the prompt/response seam matters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from grader.probes import expect_value_error
+from grader.tokenizer import GraderTokenizer, transformers_tokenizer
+
+SUBJECT = "build_example"  # the definition a failing check points at
+
+IGNORE = -100
+KEYS = ("input_ids", "labels", "attention_mask")
+INSTRUCTION, INPUT, OUTPUT = "Greet the user politely.", "", "Hello there! How are you today?"
+FIX_THE_IDS_FIRST = "build_example's input_ids are wrong: fix test_input_ids_are_bos_prompt_response_eos first"
+SEAM = "(- masked, + trained, | where the response begins)"
+
+# Pieces that merge differently at a seam (" Hello", "[/INST]"), whitespace, accents, emoji, other scripts.
+PIECES = st.sampled_from(
+    ["Hello", " Hello", "hello", " world", "!", ",", " ", "  ", "\n", "\t", " the", "[/INST]", "é", " café",
+     "🙂", " 🚀", "👍🏽", "日本語", "Привет", " 42"]
+)  # fmt: skip
+TEXTS = st.lists(PIECES | st.text(max_size=3), max_size=5).map("".join)
+OUTPUTS = st.lists(PIECES | st.text(min_size=1, max_size=3), min_size=1, max_size=5).map("".join)
+TOKENIZERS = ["bpe", "bpe-without-bos", "transformers"]
+
+
+@pytest.fixture
+def tokenizer() -> GraderTokenizer:
+    """A fresh tokenizer per check (a submission may set its attributes) over the session's trained BPE."""
+    return GraderTokenizer()
+
+
+@pytest.fixture(params=TOKENIZERS)
+def any_tokenizer(request: pytest.FixtureRequest):
+    """The grader's BPE with bos, without bos (GPT-2 style), and as transformers' PreTrainedTokenizerFast."""
+    if request.param == "transformers":
+        try:
+            return transformers_tokenizer()
+        except ModuleNotFoundError as error:
+            pytest.skip(str(error))
+    return GraderTokenizer(bos=request.param == "bpe")
+
+
+def enc(tokenizer, text: str) -> list[int]:
+    """The ids of ``text`` alone, as the spec's enc()."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def template(instruction: str, input: str) -> str:
+    return f"[INST] {instruction}\n{input} [/INST] " if input else f"[INST] {instruction} [/INST] "
+
+
+@dataclass
+class Expected:
+    """The example the spec asks for: ``prefix`` = [bos] + prompt ids (masked), ``response`` = output ids + [eos]."""
+
+    prefix: list[int]
+    response: list[int]
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prefix + self.response
+
+    @property
+    def labels(self) -> list[int]:
+        return [IGNORE] * len(self.prefix) + self.response
+
+
+def expected_example(tokenizer, instruction: str, input: str, output: str) -> Expected:
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    return Expected(
+        bos + enc(tokenizer, template(instruction, input)), [*enc(tokenizer, output), tokenizer.eos_token_id]
+    )
+
+
+def fields(example: object) -> tuple[list, list, list]:
+    """input_ids, labels and attention_mask of what build_example returned, as lists."""
+    assert isinstance(example, Mapping), (
+        f"build_example returned a {type(example).__name__}, expected a dict of input_ids, labels and attention_mask"
+    )
+    missing = [key for key in KEYS if key not in example]
+    assert not missing, f"build_example's dict lacks {missing}, has {list(example)}: return all of {list(KEYS)}"
+    values = []
+    for key in KEYS:
+        value = example[key]
+        assert hasattr(value, "__len__"), f"build_example's {key} is a {type(value).__name__}, expected a list of ints"
+        values.append(value.tolist() if isinstance(value, torch.Tensor) else list(value))
+    return values[0], values[1], values[2]
+
+
+def token(tokenizer, token_id: object) -> str:
+    """``token_id`` decoded, quoted."""
+    if isinstance(token_id, int) and 0 <= token_id < len(tokenizer):
+        return repr(tokenizer.decode([token_id]))
+    return repr(token_id)
+
+
+def tokens(tokenizer, ids: list, start: int, stop: int, labels: list | None = None, seam: int | None = None) -> str:
+    """ids[start:stop] decoded, | at the seam; with labels, each marked - (label -100), + (label = its id) or with
+    its odd label decoded ("(label '<pad>')")."""
+    parts = [] if start <= 0 else ["..."]
+    for i in range(max(start, 0), min(stop, len(ids))):
+        if i == seam:
+            parts.append("|")
+        mark = "" if labels is None else label_mark(tokenizer, labels[i] if i < len(labels) else None, ids[i])
+        parts.append(mark + token(tokenizer, ids[i]))
+    return " ".join(parts + ([] if stop >= len(ids) else ["..."]))
+
+
+def label_mark(tokenizer, label: object, token_id: object) -> str:
+    if label == IGNORE:
+        return "-"
+    return "+" if label == token_id else f"(label {token(tokenizer, label)})"
+
+
+def first_difference(measured: list, expected: list) -> int:
+    return next(
+        (i for i, (m, e) in enumerate(zip(measured, expected, strict=False)) if m != e),
+        min(len(measured), len(expected)),
+    )
+
+
+def ids_cause(tokenizer, measured: list, expected: Expected, prompt: str, output: str) -> str:
+    """The likely mistake behind input_ids that differ from [bos] + enc(prompt) + enc(output) + [eos]."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    first = [] if bos is None else [bos]
+    if measured == first + enc(tokenizer, prompt + output) + [eos]:
+        return (
+            "prompt + output were tokenized in one call, and a merge across the seam changed the tokens there: "
+            "tokenize the prompt and the output separately"
+        )
+    if bos is None and measured[:1] == [None]:
+        return "this tokenizer has no bos (bos_token_id is None, as GPT-2's): add none then"
+    if bos is not None and measured == expected.input_ids[1:]:
+        zero = " (here it is 0: test `is not None`, not truthiness)" if bos == 0 else ""
+        return f"bos is missing: start with tokenizer.bos_token_id{zero}"
+    if bos is not None and measured.count(bos) > expected.input_ids.count(bos):
+        return (
+            f"{measured.count(bos)} bos tokens where {expected.input_ids.count(bos)} belongs: the tokenizer adds "
+            "its own bos to each text: pass add_special_tokens=False"
+        )
+    if measured == expected.input_ids[:-1]:
+        return "eos is missing: append tokenizer.eos_token_id after the output's tokens"
+    if measured[: len(expected.prefix)] != expected.prefix:
+        return "the start is not [bos] + the tokens of format_prompt(instruction, input)"
+    return "the response part is not the tokens of the output, tokenized alone, followed by eos"
+
+
+def assert_input_ids(tokenizer, measured: list, expected: Expected, prompt: str, output: str) -> None:
+    if measured == expected.input_ids:
+        return
+    i = first_difference(measured, expected.input_ids)
+    start = len(expected.prefix)
+    around_expected = tokens(tokenizer, expected.input_ids, i - 3, i + 4, seam=start)
+    around_measured = tokens(tokenizer, measured, i - 3, i + 4)
+    pytest.fail(
+        f"input_ids differ from [bos] + enc(prompt) + enc(output) + [eos] at position {i} of {len(expected.input_ids)}"
+        f" (| where the response begins): expected {around_expected}, measured {around_measured}: "
+        + ids_cause(tokenizer, measured, expected, prompt, output),
+        pytrace=False,
+    )
+
+
+def labels_cause(tokenizer, ids: list, labels: list, expected: Expected, i: int) -> str:
+    """The likely mistake behind labels that differ first at position ``i``."""
+    start, has_bos = len(expected.prefix), tokenizer.bos_token_id is not None
+    if all(label == IGNORE for label in labels):
+        return "every label is -100, so nothing is learned: the response and eos keep their ids as labels"
+    if labels == ids:
+        return "nothing is masked: set the labels of bos and of every prompt token to -100"
+    if labels[:-1] in (ids[1:], expected.labels[1:]):
+        return "the labels are shifted by one: keep them aligned with input_ids; the model shifts them itself"
+    masked_with = set(labels[:start])
+    if start > 1 and len(masked_with) == 1 and masked_with != {IGNORE}:
+        return f"prompt labels are {labels[0]}, expected -100 (IGNORE_INDEX): cross_entropy ignores only -100"
+    if i == 0 and has_bos and labels[0] == ids[0]:
+        return "bos is trained: its label is -100, as the prompt's"
+    if i == start and labels[i] == IGNORE:
+        return "the first response token is masked too: mask exactly len([bos] + prompt ids) labels, no more"
+    if i == start - 1 and labels[i] != IGNORE:
+        forgot = " (did the count forget bos?)" if has_bos else ""
+        return f"the last prompt token is trained: mask len([bos] + prompt ids) labels{forgot}"
+    if i == len(ids) - 1 and labels[i] == IGNORE:
+        return "eos is masked: train on it, or the model never learns to stop"
+    return "labels are -100 on bos and the prompt, and equal input_ids on the response and eos"
+
+
+def assert_labels(tokenizer, ids: list, labels: list, expected: Expected) -> None:
+    assert ids == expected.input_ids, FIX_THE_IDS_FIRST
+    assert len(labels) == len(ids), f"{len(labels)} labels for {len(ids)} input_ids: one label per input id"
+    if labels == expected.labels:
+        return
+    i, start = first_difference(labels, expected.labels), len(expected.prefix)
+    window = (i - 3, i + 4)
+    pytest.fail(
+        f"labels differ at position {i} (the response begins at {start}) {SEAM}: "
+        f"expected {tokens(tokenizer, ids, *window, expected.labels, start)}, "
+        f"measured {tokens(tokenizer, ids, *window, labels, start)}: "
+        + labels_cause(tokenizer, ids, labels, expected, i),
+        pytrace=False,
+    )
+
+
+@pytest.mark.points(2)
+@given(instruction=TEXTS, input=TEXTS)
+@example(instruction="Say hello.", input="")
+@example(instruction="Translate to French.", input="Hello, my friend.")
+def test_format_prompt_follows_the_template(format_prompt, instruction, input):
+    expected = template(instruction, input)
+    measured = format_prompt(instruction, input)
+    cause = "follow the template character for character"
+    if not isinstance(measured, str):
+        cause = "return the prompt as a str"
+    elif measured.rstrip() == expected.rstrip():
+        cause = "the prompt ends with exactly one space after [/INST], where the response begins"
+    elif not input and measured == f"[INST] {instruction}\n [/INST] ":
+        cause = "with an empty input there is no newline: '[INST] {instruction} [/INST] '"
+    elif input and measured == f"[INST] {instruction} {input} [/INST] ":
+        cause = "the input goes on its own line: a newline between instruction and input, not a space"
+    assert measured == expected, (
+        f"format_prompt({instruction!r}, {input!r}) returned {measured!r}, expected {expected!r}: {cause}"
+    )
+    if not input:
+        short = format_prompt(instruction)
+        assert short == expected, f"format_prompt({instruction!r}) returned {short!r}, expected {expected!r}"
+
+
+@pytest.mark.points(1)
+def test_returns_three_lists_of_ints_of_equal_length(build_example, tokenizer, implementation):
+    example_ = build_example(tokenizer, INSTRUCTION, INPUT, OUTPUT)
+    fields(example_)
+    for key in KEYS:
+        value = example_[key]
+        assert isinstance(value, list), f"build_example's {key} is a {type(value).__name__}, expected a list of ints"
+        odd = [item for item in value if not isinstance(item, int) or isinstance(item, bool)]
+        assert not odd, (
+            f"build_example's {key} holds {type(odd[0]).__name__} items ({odd[0]!r}), expected plain ints: "
+            "convert with int() or .tolist()"
+        )
+    lengths = {key: len(example_[key]) for key in KEYS}
+    assert len(set(lengths.values())) == 1, f"the three lists differ in length, {lengths}: one entry per token in each"
+    ignore_index = implementation.attribute("masked_prompt", "IGNORE_INDEX")
+    assert ignore_index == IGNORE, f"IGNORE_INDEX is {ignore_index!r}, expected -100, the label cross_entropy ignores"
+
+
+@pytest.mark.points(4)
+@given(instruction=TEXTS, input=TEXTS, output=OUTPUTS)
+@example(instruction="Say hello to the world.", input="", output="Hello world!")
+@example(instruction="Translate to French.", input="Hello, my friend.", output=" Bonjour, mon ami.")
+def test_input_ids_are_bos_prompt_response_eos(build_example, any_tokenizer, instruction, input, output):
+    expected = expected_example(any_tokenizer, instruction, input, output)
+    ids, _, _ = fields(build_example(any_tokenizer, instruction, input, output))
+    assert_input_ids(any_tokenizer, ids, expected, template(instruction, input), output)
+
+
+@pytest.mark.points(4)
+@given(instruction=TEXTS, input=TEXTS, output=OUTPUTS)
+@example(instruction="Say hello to the world.", input="", output="Hello world!")
+@example(instruction="Translate to French.", input="Hello, my friend.", output=" Bonjour, mon ami.")
+def test_labels_mask_bos_and_the_prompt_and_nothing_else(build_example, any_tokenizer, instruction, input, output):
+    expected = expected_example(any_tokenizer, instruction, input, output)
+    ids, labels, _ = fields(build_example(any_tokenizer, instruction, input, output))
+    assert_labels(any_tokenizer, ids, labels, expected)
+
+
+@pytest.mark.points(2)
+def test_eos_ends_the_example_and_is_trained(build_example, tokenizer):
+    eos = tokenizer.eos_token_id
+    ids, labels, _ = fields(build_example(tokenizer, INSTRUCTION, INPUT, OUTPUT))
+    last = token(tokenizer, ids[-1]) if ids else "nothing"
+    assert ids and ids[-1] == eos, (
+        f"the example ends with {last}, expected eos {token(tokenizer, eos)} (id {eos}): "
+        "append tokenizer.eos_token_id after the output's tokens, so the model learns to stop"
+    )
+    assert ids.count(eos) == 1, f"eos appears {ids.count(eos)} times, expected once, at the end"
+    assert labels[-1] == eos, (
+        f"the label of eos is {labels[-1]}, expected its id {eos}: train on eos (do not mask it), "
+        "or the model never learns to stop"
+    )
+
+
+@pytest.mark.points(1)
+def test_attention_mask_is_all_ones(build_example, tokenizer):
+    prompt_length = len(expected_example(tokenizer, INSTRUCTION, INPUT, OUTPUT).prefix)
+    ids, _, mask = fields(build_example(tokenizer, INSTRUCTION, INPUT, OUTPUT))
+    cause = "every token of an example is attended to"
+    if mask[:prompt_length] == [0] * prompt_length:
+        cause = "the prompt is masked in attention: the model must read the prompt; mask it in labels only"
+    assert mask == [1] * len(ids), (
+        f"attention_mask holds {len(mask) - mask.count(1)} values other than 1 (first at position "
+        f"{first_difference(mask, [1] * len(ids))}), expected {len(ids)} ones: {cause}"
+    )
+
+
+@pytest.mark.points(3)
+def test_loss_with_these_labels_is_the_cross_entropy_of_the_response(build_example, collate, tokenizer):
+    cases = [(INSTRUCTION, INPUT, OUTPUT), ("Translate to French.", "Hello, my friend.", "Bonjour, mon ami."),
+             ("Count to five.", "", "One, two, three, four, five.")]  # fmt: skip
+    expected = [expected_example(tokenizer, *case) for case in cases]
+    examples = [build_example(tokenizer, *case) for case in cases]
+    for example_, expected_ in zip(examples, expected, strict=True):
+        assert fields(example_)[0] == expected_.input_ids, FIX_THE_IDS_FIRST
+    batch = collate(examples, tokenizer.pad_token_id)
+    labels = batch["labels"] if isinstance(batch, Mapping) else None
+    longest = max(len(e.input_ids) for e in expected)
+    assert isinstance(labels, torch.Tensor) and labels.dtype == torch.long and labels.shape == (3, longest), (
+        f"collate's labels should be a LongTensor of shape (3, {longest}) here, measured "
+        f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}: "
+        "see the collate checks"
+    )
+    logits = torch.randn(3, longest, len(tokenizer), dtype=torch.float64)
+    try:  # what a causal LM computes: position t predicts token t + 1
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten()).item()
+    except (IndexError, RuntimeError) as error:
+        pytest.fail(f"cross_entropy rejects these labels ({error}): labels are -100 or a token id", pytrace=False)
+    log_probs = logits.log_softmax(-1)
+    terms = [
+        -log_probs[b, t - 1, e.input_ids[t]]
+        for b, e in enumerate(expected)
+        for t in range(len(e.prefix), len(e.input_ids))
+    ]
+    response_loss = torch.stack(terms).mean().item()
+    counted = int((labels[:, 1:] != IGNORE).sum())
+    cause = f"{counted} targets carry loss, expected {len(terms)}: only the response tokens and eos"
+    if loss != loss:
+        cause = "the loss is NaN: every label is -100, nothing is trained"
+    elif counted == len(terms):
+        cause = "the right number of targets, but not the right ones: labels aligned with input_ids, right padding"
+    assert abs(loss - response_loss) < 1e-9, (
+        f"cross-entropy with these labels is {loss:.6f}, expected {response_loss:.6f}, "
+        f"the mean over the response and eos only: {cause}"
+    )
+
+
+@pytest.mark.points(1)
+def test_empty_input_gives_the_short_prompt(build_example, tokenizer):
+    expected = expected_example(tokenizer, "Say hello.", "", "Hello!")
+    with_newline = [*expected.prefix[:1], *enc(tokenizer, "[INST] Say hello.\n [/INST] "), *expected.response]
+    ids, _, _ = fields(build_example(tokenizer, "Say hello.", "", "Hello!"))
+    assert ids != with_newline, (
+        "with input='' the prompt decodes to '[INST] Say hello.\\n [/INST] ', expected '[INST] Say hello. [/INST] ': "
+        "with no input the template has no newline (build the prompt with format_prompt(instruction, input))"
+    )
+    assert_input_ids(tokenizer, ids, expected, template("Say hello.", ""), "Hello!")
+
+
+UNICODE = {
+    "accents": ("Réponds en français.", "Où est la gare ?", "La gare est à droite, près du café."),
+    "emoji": ("Reply with emoji.", "", "Sure 🙂👍🏽 👨‍👩‍👧 🚀 done"),
+    "cjk": ("日本語で答えて。", "こんにちは", "はい、世界。"),
+    "cyrillic-arabic-combining": ("Say hello.", "Привет", "مرحبا e\u0301 n\u0303"),
+}
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("case", UNICODE)
+def test_unicode_and_emoji(build_example, tokenizer, case):
+    instruction, input, output = UNICODE[case]
+    expected = expected_example(tokenizer, instruction, input, output)
+    ids, labels, _ = fields(build_example(tokenizer, instruction, input, output))
+    assert_input_ids(tokenizer, ids, expected, template(instruction, input), output)
+    assert_labels(tokenizer, ids, labels, expected)
+
+
+@pytest.mark.points(1)
+def test_very_long_output(build_example, tokenizer):
+    output = " ".join(f"Step {i}: the sea is wide, the sea is deep. Hello 🙂" for i in range(400))
+    expected = expected_example(tokenizer, "Write a long story.", "", output)
+    ids, labels, _ = fields(build_example(tokenizer, "Write a long story.", "", output))
+    assert len(ids) >= len(expected.input_ids), (
+        f"a {len(expected.input_ids)}-token example came back with {len(ids)} input_ids: "
+        "no truncation unless max_length is given"
+    )
+    assert_input_ids(tokenizer, ids, expected, template("Write a long story.", ""), output)
+    assert_labels(tokenizer, ids, labels, expected)
+
+
+TRUNCATED = ("Translate to French.", "Hello, my friend.", "Bonjour, mon ami. See you soon!")
+TRUNCATIONS = {  # max_length from the example's length n and the length p of bos + prompt
+    "longer-than-the-example": lambda n, p: n + 5,
+    "exactly-the-example": lambda n, p: n,
+    "cuts-eos": lambda n, p: n - 1,
+    "cuts-into-the-response": lambda n, p: (n + p) // 2,
+    "leaves-one-response-token": lambda n, p: p + 1,
+}
+
+
+@pytest.mark.points(3)
+@pytest.mark.parametrize("case", TRUNCATIONS)
+def test_max_length_keeps_the_first_tokens(build_example, tokenizer, case):
+    full = expected_example(tokenizer, *TRUNCATED)
+    n, p = len(full.input_ids), len(full.prefix)
+    max_length = TRUNCATIONS[case](n, p)
+    untruncated = fields(build_example(tokenizer, *TRUNCATED))
+    assert untruncated == (full.input_ids, full.labels, [1] * n), (
+        "without max_length the example is already wrong, so its truncation cannot be judged: "
+        "fix test_input_ids_are_bos_prompt_response_eos and test_labels_mask_bos_and_the_prompt_and_nothing_else first"
+    )
+    try:
+        measured = build_example(tokenizer, *TRUNCATED, max_length=max_length)
+    except ValueError as error:
+        pytest.fail(
+            f"max_length={max_length} keeps {min(max_length, n) - p} response token(s), yet build_example raised "
+            f"ValueError ({error}): raise only when no response token remains",
+            pytrace=False,
+        )
+    ids, labels, mask = fields(measured)
+    expected = (full.input_ids[:max_length], full.labels[:max_length], [1] * min(max_length, n))
+    if (ids, labels, mask) == expected:
+        return
+    cause = "keep the first max_length items of each list"
+    if len({len(ids), len(labels), len(mask)}) > 1:
+        cause = f"input_ids has {len(ids)} items, labels {len(labels)}, attention_mask {len(mask)}: truncate all three"
+    elif ids == full.input_ids[-max_length:] and max_length < n:
+        cause = "truncated on the left: keep the first max_length tokens (the prompt) and cut the end"
+    elif max_length < n and ids == [*full.input_ids[: max_length - 1], tokenizer.eos_token_id]:
+        cause = "eos was put back after truncation: the spec cuts the end, eos included, like any token"
+    elif len(ids) != len(expected[0]):
+        cause = f"{len(ids)} tokens for max_length={max_length}: keep the first max_length items ([:max_length])"
+    i = first_difference(labels, expected[1]) if ids == expected[0] else first_difference(ids, expected[0])
+    around_expected = tokens(tokenizer, expected[0], i - 3, i + 3, expected[1], p)
+    around_measured = tokens(tokenizer, ids, i - 3, i + 3, labels, p)
+    pytest.fail(
+        f"with max_length={max_length} (the full example has {n} tokens, bos + prompt {p}) {SEAM}, "
+        f"expected {around_expected}, measured {around_measured} ({len(ids)} tokens): {cause}",
+        pytrace=False,
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("case", ["bos-and-prompt-exactly", "inside-the-prompt", "one", "zero"])
+@pytest.mark.parametrize("bos", [True, False], ids=["with-bos", "without-bos"])
+def test_max_length_that_leaves_no_response_token_raises(build_example, case, bos):
+    tokenizer = GraderTokenizer(bos=bos)
+    p = len(expected_example(tokenizer, INSTRUCTION, INPUT, OUTPUT).prefix)
+    max_length = {"bos-and-prompt-exactly": p, "inside-the-prompt": p // 2, "one": 1, "zero": 0}[case]
+    expect_value_error(
+        lambda: build_example(tokenizer, INSTRUCTION, INPUT, OUTPUT, max_length=max_length),
+        f"build_example(..., max_length={max_length}), which keeps only bos + prompt ({p} tokens) or less, so every "
+        "label would be -100 and the loss NaN,",
+    )
+
+
+PAD = 2  # the grader tokenizer's pad id; the examples' own ids start at 10
+
+
+def synthetic_examples(lengths: list[int]) -> list[dict[str, list[int]]]:
+    """Examples of the given lengths, their first third masked, ids 10, 11, ..."""
+    examples = []
+    for n in lengths:
+        ids = list(range(10, 10 + n))
+        masked = n // 3
+        examples.append({"input_ids": ids, "labels": [IGNORE] * masked + ids[masked:], "attention_mask": [1] * n})
+    return examples
+
+
+def checked_batch(batch: object) -> Mapping:
+    """What collate returned, once it is known to be a dict holding the three keys."""
+    keys = list(batch) if isinstance(batch, Mapping) else None
+    assert keys is not None and all(key in keys for key in KEYS), (
+        f"collate returned a {type(batch).__name__} with keys {keys}, expected a dict of {list(KEYS)}"
+    )
+    return batch
+
+
+def padded(rows: list[list[int]], value: int, longest: int, left: bool = False) -> list[list[int]]:
+    return [[value] * (longest - len(row)) + row if left else row + [value] * (longest - len(row)) for row in rows]
+
+
+def collate_cause(key: str, measured: list[list[int]], rows: list[list[int]], fill: int, longest: int) -> str:
+    if measured == padded(rows, fill, longest, left=True):
+        return "padded on the left: append the padding on the right"
+    if any(len(got) != longest for got in measured):
+        return (
+            f"rows of {sorted({len(got) for got in measured})} items: pad every row to the longest example, {longest}"
+        )
+    used = {value for row, got in zip(rows, measured, strict=False) for value in got[len(row) :]}
+    if key == "labels" and PAD in used:
+        return f"labels padded with pad_token_id {PAD}: pad labels with -100, so padding carries no loss"
+    if key == "attention_mask" and 1 in used:
+        return "attention_mask padded with 1: padding gets 0, so nothing attends to it"
+    if used and used != {fill}:
+        return f"{key} padded with {sorted(used)}, expected {fill}"
+    return "each row is the example's own list, then padding"
+
+
+@pytest.mark.points(3)
+@given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=5))
+@example(lengths=[3, 7, 1])
+@example(lengths=[4])
+def test_collate_pads_on_the_right_to_the_longest(collate, lengths):
+    examples = synthetic_examples(lengths)
+    longest, fills = max(lengths), {"input_ids": PAD, "labels": IGNORE, "attention_mask": 0}
+    rows = {key: [list(example[key]) for example in examples] for key in KEYS}
+    batch = checked_batch(collate(examples, PAD))
+    for key, fill in fills.items():
+        measured = batch[key].tolist() if hasattr(batch[key], "tolist") else [list(row) for row in batch[key]]
+        expected = padded(rows[key], fill, longest)
+        assert measured == expected, (
+            f"collate of examples with lengths {lengths} (pad_token_id={PAD}): {key} is {measured}, expected "
+            f"{expected}: {collate_cause(key, measured, rows[key], fill, longest)}"
+        )
+
+
+@pytest.mark.points(1)
+def test_collate_returns_long_tensors_of_shape_batch_by_longest(collate):
+    batch = checked_batch(collate(synthetic_examples([2, 5, 3]), PAD))
+    for key in KEYS:
+        value = batch[key]
+        assert isinstance(value, torch.Tensor), f"collate's {key} is a {type(value).__name__}, expected a torch tensor"
+        assert value.dtype == torch.long, (
+            f"collate's {key} is {value.dtype}, expected torch.int64: embeddings and cross_entropy need long "
+            "indices; pass dtype=torch.long"
+        )
+        assert tuple(value.shape) == (3, 5), f"collate's {key} has shape {tuple(value.shape)}, expected (3, 5)"
+
+
+@pytest.mark.points(1)
+def test_collate_rejects_an_empty_batch(collate):
+    expect_value_error(lambda: collate([], PAD), "collate([], pad_token_id)")

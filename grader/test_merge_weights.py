@@ -1,0 +1,145 @@
+"""Checks of the `merge_weights` kata: merge_weights(model) folds every LoRALinear into an nn.Linear."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+from torch import nn
+
+from grader.models import ToyTransformer, inputs, matching_linears
+from grader.probes import DEVICES, factors, max_difference, measured_update, randomize_factors
+
+SUBJECT = "merge_weights"  # the definition a failing check points at
+
+TARGETS = ("q_proj", "v_proj", "fc1", "head")  # "head" has no bias
+
+
+def adapted_model(LoRALinear, dropout=0.0, **placement):
+    """A ToyTransformer whose targeted layers the grader itself wrapped and gave trained-looking factors."""
+    model = ToyTransformer().to(**placement)
+    for name in matching_linears(model, TARGETS):
+        parent, _, child = name.rpartition(".")
+        layer = LoRALinear(model.get_submodule(name), r=2, alpha=4.0, dropout=dropout)
+        randomize_factors(layer, std=0.3)
+        setattr(model.get_submodule(parent), child, layer)
+    return model
+
+
+def eval_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.points(4)
+@pytest.mark.parametrize("device", DEVICES)
+def test_merged_model_computes_what_the_adapted_one_did(LoRALinear, merge_weights, device):
+    model, x = adapted_model(LoRALinear, device=device), inputs(device=device)
+    expected = eval_outputs(model, x)
+    error = max_difference(eval_outputs(merge_weights(model), x), expected)
+    assert error < 1e-5, f"merged model's outputs differ from the adapted model's by {error:.3g}, expected < 1e-5"
+
+
+@pytest.mark.points(4)
+@given(
+    in_features=st.integers(1, 16),
+    out_features=st.integers(1, 16),
+    r=st.integers(1, 6),
+    alpha=st.sampled_from([1.0, 4.0, 16.0]),
+    bias=st.booleans(),
+)
+@example(in_features=8, out_features=8, r=2, alpha=4.0, bias=False)  # square: a transposed update fits
+@example(in_features=12, out_features=10, r=4, alpha=8.0, bias=True)
+def test_merged_weight_is_W_plus_the_update(LoRALinear, merge_weights, in_features, out_features, r, alpha, bias):
+    base = nn.Linear(in_features, out_features, bias=bias)
+    layer = LoRALinear(base, r=r, alpha=alpha)
+    randomize_factors(layer, std=0.3)
+    weight, update = base.weight.detach().clone(), measured_update(layer, base)
+    expected_bias = None if base.bias is None else base.bias.detach().clone()
+    model = nn.Sequential(layer)
+    merged = merge_weights(model)[0]
+    assert type(merged) is nn.Linear, f"merged layer is a {type(merged).__name__}, expected a plain nn.Linear"
+    error = max_difference(merged.weight, weight + update)
+    transposed = in_features == out_features and max_difference(merged.weight, weight + update.T) < 1e-5
+    assert error < 1e-5, f"merged weight differs from W + scaling B @ A by {error:.3g}" + (
+        ": the update is transposed, (B @ A).T" if transposed else ": check the scaling and the order B @ A"
+    )
+    if expected_bias is None:
+        assert merged.bias is None, "the base had no bias but the merged layer has one: keep bias=None"
+    else:
+        assert merged.bias is not None, "the merged layer lost the base's bias: keep it"
+        assert torch.equal(merged.bias.detach(), expected_bias), (
+            "the merged bias differs from the base's: keep it as is"
+        )
+
+
+@pytest.mark.points(3)
+def test_replaces_every_adapter_by_a_plain_linear(LoRALinear, merge_weights):
+    model = adapted_model(LoRALinear)
+    returned = merge_weights(model)
+    assert returned is model, f"merge_weights returned {type(returned).__name__}, expected the model itself"
+    left = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
+    assert not left, f"{len(left)} LoRALinear left after merging, e.g. {left[:3]}: replace every one, at any depth"
+    for name in matching_linears(ToyTransformer(), TARGETS):
+        layer = model.get_submodule(name)
+        assert type(layer) is nn.Linear, f"{name} is a {type(layer).__name__} after merging, expected nn.Linear"
+        weight = layer.weight
+        assert isinstance(weight, nn.Parameter) and weight.grad_fn is None, (
+            f"{name}.weight has grad history ({weight.grad_fn}): compute the merge under torch.no_grad()"
+        )
+
+
+@pytest.mark.points(1)
+def test_merging_a_single_layer_returns_the_linear(LoRALinear, merge_weights):
+    base = nn.Linear(12, 10)
+    layer = LoRALinear(base, r=4, alpha=8.0)
+    randomize_factors(layer)
+    x = torch.randn(5, 12)
+    expected = eval_outputs(layer, x)
+    merged = merge_weights(layer)
+    assert type(merged) is nn.Linear, f"merge_weights(LoRALinear) returned {type(merged).__name__}, expected nn.Linear"
+    error = max_difference(merged(x), expected)
+    assert error < 1e-5, f"the merged layer's outputs differ from the LoRALinear's by {error:.3g}"
+
+
+@pytest.mark.points(2)
+def test_merges_the_same_in_train_mode_with_dropout(LoRALinear, merge_weights):
+    model, x = adapted_model(LoRALinear, dropout=0.5), inputs()
+    expected = eval_outputs(model, x)
+    model.train()
+    error = max_difference(eval_outputs(merge_weights(model), x), expected)
+    assert error < 1e-5, (
+        f"merged in train mode (dropout=0.5), the outputs differ by {error:.3g}: compute W + scaling B @ A "
+        "from the factors, not from a forward pass"
+    )
+
+
+@pytest.mark.points(1)
+def test_merging_twice_changes_nothing(LoRALinear, merge_weights):
+    model, x = adapted_model(LoRALinear), inputs()
+    once = eval_outputs(merge_weights(model), x)
+    error = max_difference(eval_outputs(merge_weights(model), x), once)
+    assert error == 0, f"a second merge_weights changed the outputs by {error:.3g}: merging must be idempotent"
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weights, device, dtype):
+    base = nn.Linear(64, 48, device=device, dtype=dtype)
+    layer = LoRALinear(base, r=8, alpha=16.0)
+    randomize_factors(layer, std=0.2)
+    found = factors(layer, 64, 48, 8)
+    exact = base.weight.double() + 16.0 / 8 * found.B.double() @ found.A.double()
+    merged = merge_weights(layer)
+    assert merged.weight.dtype == dtype and merged.weight.device.type == device, (
+        f"merged weight is {merged.weight.dtype} on {merged.weight.device}, expected {dtype} on {device}"
+    )
+    rounded_once = exact.to(dtype)
+    off = (merged.weight != rounded_once).float().mean().item()
+    assert off < 0.01, (
+        f"{off:.0%} of the merged {dtype} weights differ from W + dW computed exactly and rounded once: "
+        "upcast W, A and B to float32, add, then cast back"
+    )

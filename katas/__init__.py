@@ -1,0 +1,1 @@
+"""The katas: fill in each module, then grade it with `pytest grader/` (or `make grade`)."""

@@ -1,0 +1,39 @@
+"""Kata `apply_lora`: put LoRA adapters on the named linear layers of a model.
+
+Grade it with: pytest grader/test_apply_lora.py (needs a working LoRALinear first)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+from .lora_linear import LoRALinear  # noqa: F401  (use the package's own LoRALinear)
+
+
+def apply_lora(
+    model: nn.Module,
+    target_modules: Iterable[str] = ("q_proj", "v_proj"),
+    r: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """Replace, in place, every targeted ``nn.Linear`` of ``model`` by ``LoRALinear(layer, r, alpha, dropout)``.
+
+    Spec:
+        - A module is targeted when it is an ``nn.Linear`` and its qualified name (as in
+          ``model.named_modules()``) equals a target or ends with ``"." + target``:
+          ``"fc1"`` never matches ``"fc10"``, ``"proj"`` never matches ``"q_proj"``, and
+          ``"0.q_proj"`` matches ``"layers.0.q_proj"`` but not ``"layers.10.q_proj"``.
+        - The replacement wraps the original layer object (no copies) and is this package's
+          own ``LoRALinear``.
+        - Every other parameter of the model is frozen: afterwards only the adapters' factors
+          are trainable.
+        - A layer that already is a ``LoRALinear`` is never wrapped again.
+        - Returns ``model`` itself.
+
+    Raises:
+        ValueError: nothing matched; the message names the targets.
+    """
+    raise NotImplementedError("kata apply_lora: write apply_lora (spec in its docstring)")

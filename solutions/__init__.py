@@ -1,0 +1,1 @@
+"""Reference answers to the katas: the code we would show as the model answer."""

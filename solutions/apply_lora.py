@@ -1,0 +1,51 @@
+"""Reference answer to the `apply_lora` kata: put LoRA adapters on the named linear layers of a model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+from .lora_linear import LoRALinear
+
+
+def apply_lora(
+    model: nn.Module,
+    target_modules: Iterable[str] = ("q_proj", "v_proj"),
+    r: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """Replace, in place, every targeted ``nn.Linear`` of ``model`` by a ``LoRALinear``; freeze the rest.
+
+    A module is targeted when its qualified name equals a target or ends with ``"." + target``
+    (``"fc1"`` never matches ``"fc10"``). Layers that already are ``LoRALinear`` are left as they are.
+
+    Raises:
+        ValueError: no ``nn.Linear`` (nor ``LoRALinear``) of ``model`` matches ``target_modules``.
+    """
+    targets = (target_modules,) if isinstance(target_modules, str) else tuple(target_modules)
+    matched = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, LoRALinear)) and _is_target(name, targets)
+    ]
+    if not matched:
+        linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+        raise ValueError(
+            f"apply_lora: no nn.Linear matches target_modules={targets}; "
+            f"the model's linear layers are {linear_names[:8]}"
+        )
+    for name, module in matched:
+        if isinstance(module, nn.Linear):
+            parent_name, _, child_name = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child_name, LoRALinear(module, r, alpha, dropout))
+    adapters = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in m.parameters()}
+    for parameter in model.parameters():
+        if id(parameter) not in adapters:
+            parameter.requires_grad_(False)
+    return model
+
+
+def _is_target(name: str, targets: tuple[str, ...]) -> bool:
+    return any(name == target or name.endswith("." + target) for target in targets)

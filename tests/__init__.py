@@ -1,0 +1,1 @@
+"""The project's own tests: they prove the grader right against right and wrong implementations."""

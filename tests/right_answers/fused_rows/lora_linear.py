@@ -1,0 +1,41 @@
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LoRALinear(nn.Module):
+    """Computes the base and the rank-r projection in one matmul over the rows [W; A]."""
+
+    def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.0):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise ValueError(f"expected nn.Linear, got {type(base)}")
+        if r < 1:
+            raise ValueError(f"r must be >= 1, got {r}")
+        if dropout < 0 or dropout >= 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.base = base.requires_grad_(False)
+        self.r, self.alpha, self.scaling = r, alpha, alpha / r
+        self.dropout = nn.Dropout(dropout)
+        w = base.weight
+        self.A = nn.Parameter(torch.empty(r, base.in_features, dtype=w.dtype, device=w.device))
+        self.B = nn.Parameter(torch.zeros(base.out_features, r, dtype=w.dtype, device=w.device))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.B @ self.A) * self.scaling
+
+    def forward(self, x):
+        out_features = self.base.out_features
+        if self.training and self.dropout.p > 0:
+            both = F.linear(x, self.base.weight, self.base.bias)
+            low = F.linear(self.dropout(x), self.A)
+        else:
+            rows = torch.cat([self.base.weight, self.A])
+            fused = F.linear(x, rows)
+            both, low = fused[..., :out_features], fused[..., out_features:]
+            if self.base.bias is not None:
+                both = both + self.base.bias
+        return both + F.linear(low * self.scaling, self.B)

@@ -1,0 +1,29 @@
+import torch
+from torch import nn
+
+from .lora_linear import LoRALinear
+
+
+def _merged(layer):
+    base = layer.linear
+    new = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None).to(base.weight.device)
+    new = new.to(base.weight.dtype)
+    with torch.no_grad():
+        delta = (layer.adapter["down"].float() @ layer.adapter["up"].float()).T * (layer.alpha / layer.r)
+        new.weight.copy_(base.weight.float() + delta)
+        if base.bias is not None:
+            new.bias.copy_(base.bias)
+    return new
+
+
+def merge_weights(model):
+    if isinstance(model, LoRALinear):
+        return _merged(model)
+    names = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
+    for name in names:
+        *path, last = name.split(".")
+        parent = model
+        for part in path:
+            parent = getattr(parent, part)
+        setattr(parent, last, _merged(getattr(parent, last)))
+    return model

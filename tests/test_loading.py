@@ -1,0 +1,97 @@
+"""--impl finds any folder of kata modules, and a broken kata never breaks the grading of the others."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from grader.implementation import ImplementationNotFound, locate
+from grader.run import run_grader
+from tests.implementations import REPOSITORY, SOLUTIONS, implementation_folder
+
+
+def outcomes(results) -> dict[str, set[str]]:
+    """kata -> the set of outcomes of its checks."""
+    summary: dict[str, set[str]] = {}
+    for result in results:
+        summary.setdefault(result.kata, set()).add(result.outcome)
+    return summary
+
+
+def messages(results, kata: str) -> set[str]:
+    return {result.message for result in results if result.kata == kata and result.outcome == "failed"}
+
+
+def test_locate_finds_repository_folders_paths_and_checkouts(tmp_path):
+    assert locate("solutions") == SOLUTIONS
+    assert locate(str(SOLUTIONS)) == SOLUTIONS
+    checkout = implementation_folder(tmp_path / "alice" / "katas")
+    assert locate(tmp_path / "alice") == checkout.resolve()
+
+
+@pytest.mark.parametrize("spec", ["no/such/folder", "tests"], ids=["missing", "no-kata-modules"])
+def test_locate_explains_a_bad_impl(spec):
+    with pytest.raises(ImplementationNotFound, match="--impl"):
+        locate(spec)
+
+
+def test_a_bad_impl_is_one_error_line_and_exit_code_4():
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "grader/", "--impl", "no/such/folder", "-p", "no:cacheprovider"],
+        cwd=REPOSITORY, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 4
+    assert completed.stderr.strip().splitlines() == [
+        "ERROR: --impl no/such/folder: no such folder or importable package: "
+        "pass a path (e.g. --impl submissions/alice), 'katas' or 'solutions'"
+    ]
+
+
+def test_any_folder_name_and_absolute_imports_work(tmp_path):
+    source = (SOLUTIONS / "apply_lora.py").read_text().replace("from .lora_linear", "from katas.lora_linear")
+    folder = implementation_folder(tmp_path / "submission-2024 (final)", {"apply_lora": source})
+    assert outcomes(run_grader(folder, ["apply_lora"])) == {"apply_lora": {"passed", "skipped"}}
+
+
+def test_a_syntax_error_fails_its_kata_and_blocks_the_katas_that_need_it(tmp_path):
+    folder = implementation_folder(tmp_path / "sub", {"lora_linear": "class LoRALinear(:\n"})
+    results = run_grader(folder)
+    blocked = {kata: {"failed", "skipped"} for kata in ("lora_linear", "apply_lora", "merge_weights")}
+    assert outcomes(results) == {**blocked, "masked_prompt": {"passed", "skipped"}}
+    (message,) = messages(results, "lora_linear")
+    assert message.startswith("lora_linear.py could not be imported: SyntaxError") and "lora_linear.py:1" in message
+    assert all(m.startswith("blocked: fix lora_linear.py first") for m in messages(results, "apply_lora"))
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("import no_such_module\n", "ModuleNotFoundError"),
+        ("import sys\nsys.exit(0)\n", "SystemExit"),
+        ("raise RuntimeError('boom at import')\n", "boom at import"),
+        ("x = 1\n", "defines no merge_weights"),
+    ],
+    ids=["import-error", "sys-exit", "exception", "missing-function"],
+)
+def test_a_broken_module_costs_only_its_own_kata(tmp_path, source, expected):
+    results = run_grader(implementation_folder(tmp_path / "sub", {"merge_weights": source}))
+    assert outcomes(results)["lora_linear"] == outcomes(results)["apply_lora"] == {"passed", "skipped"}
+    assert outcomes(results)["merge_weights"] == {"failed", "skipped"}
+    assert all(expected in message for message in messages(results, "merge_weights"))
+
+
+def test_a_missing_module_says_which_file_to_write(tmp_path):
+    folder = implementation_folder(tmp_path / "sub")
+    (folder / "merge_weights.py").unlink()
+    results = run_grader(folder, ["merge_weights"])
+    assert all("merge_weights.py does not exist" in message for message in messages(results, "merge_weights"))
+
+
+def test_the_same_submission_always_gets_the_same_grade(tmp_path):
+    wrong = (SOLUTIONS / "lora_linear.py").read_text().replace("self.scaling = alpha / r", "self.scaling = alpha")
+    folder = implementation_folder(tmp_path / "sub", {"lora_linear": wrong})
+    first, second = run_grader(folder), run_grader(folder, pytest_args=["-p", "no:randomly"])
+    assert first == second
+    assert any(result.outcome == "failed" for result in first)

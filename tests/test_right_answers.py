@@ -1,0 +1,29 @@
+"""The grader passes correct answers whatever their layout: the references and those in right_answers/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from grader.run import run_grader
+from tests.implementations import SOLUTIONS, implementation_folder
+
+RIGHT_ANSWERS = sorted(path for path in (Path(__file__).parent / "right_answers").iterdir() if path.is_dir())
+
+
+def assert_all_pass(folder: Path) -> None:
+    results = run_grader(folder)
+    failures = [f"{result.kata}::{result.check}: {result.message}" for result in results if result.outcome == "failed"]
+    assert not failures, f"{len(failures)} checks fail a correct answer: {failures}"
+    assert sum(result.outcome == "passed" for result in results) >= 40, "suspiciously few checks ran"
+
+
+def test_the_reference_solutions_pass_every_check():
+    assert_all_pass(SOLUTIONS)
+
+
+@pytest.mark.parametrize("layout", RIGHT_ANSWERS, ids=lambda path: path.name)
+def test_a_correct_answer_in_another_layout_passes_every_check(layout: Path, tmp_path):
+    sources = {module.stem: module.read_text() for module in layout.glob("*.py")}
+    assert_all_pass(implementation_folder(tmp_path / layout.name, sources))

@@ -1,0 +1,83 @@
+"""A submission that imports the references, patches what the grader compares with, or edits the
+grader gains no points, and is flagged."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from grader.isolation import grade_isolated
+from grader.run import GRADER, run_grader
+from tests.implementations import SOLUTIONS, implementation_folder
+
+B_RANDOM = (
+    (SOLUTIONS / "lora_linear.py").read_text().replace("torch.zeros(base.out_features", "torch.randn(base.out_features")
+)
+EDIT_THE_GRADER = (
+    "\nimport pathlib\n\nimport grader.probes\n\npathlib.Path(grader.probes.__file__).write_text('# edited\\n')\n"
+)
+
+
+def failures(results) -> dict[str, str]:
+    return {result.check: result.message for result in results if result.outcome == "failed"}
+
+
+def test_importing_the_reference_answers_is_refused_and_flagged(tmp_path):
+    source = "from solutions.lora_linear import LoRALinear  # noqa: F401\n"
+    results = run_grader(implementation_folder(tmp_path / "sub", {"lora_linear": source}), ["lora_linear"])
+    failed = failures(results)
+    assert failed and all("tampering" in m and "solutions" in m and "reference answers" in m for m in failed.values())
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        "torch.Tensor.max = lambda self, *args, **kwargs: torch.zeros(())",
+        "torch.linalg.matrix_rank = lambda *args, **kwargs: torch.tensor(1)",
+        "import math\nmath.isclose = lambda *args, **kwargs: True",
+        "import pytest\npytest.fail = lambda *args, **kwargs: None",
+        "import sys\nsys.modules['grader.test_lora_linear'].max_difference = lambda *args: 0.0",
+    ],
+    ids=["Tensor.max", "matrix_rank", "math.isclose", "pytest.fail", "grader-helper"],
+)
+def test_patching_what_the_grader_compares_with_gains_nothing(tmp_path, patch):
+    folder = implementation_folder(tmp_path / "sub", {"lora_linear": B_RANDOM + "\n" + patch + "\n"})
+    failed = failures(run_grader(folder, ["lora_linear"]))
+    assert any(message.startswith("tampering: the submission replaced") for message in failed.values()), failed
+    assert "test_output_equals_the_base_at_init" in failed, "the wrong answer gained the points it patched for"
+
+
+def test_patching_at_call_time_is_caught_after_the_check(tmp_path):
+    patched = B_RANDOM.replace(
+        "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n",
+        "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        torch.Tensor.abs = lambda t: t * 0\n",
+    )
+    failed = failures(run_grader(implementation_folder(tmp_path / "sub", {"lora_linear": patched}), ["lora_linear"]))
+    assert failed.get("test_output_equals_the_base_at_init", "").startswith("tampering: the submission replaced")
+
+
+def test_editing_the_grader_in_an_isolated_grading_zeroes_the_submission(tmp_path):
+    source = (SOLUTIONS / "apply_lora.py").read_text() + EDIT_THE_GRADER
+    before = (GRADER / "probes.py").read_bytes()
+    grading = grade_isolated(implementation_folder(tmp_path / "sub", {"apply_lora": source}))
+    assert (GRADER / "probes.py").read_bytes() == before, "the real grader was edited"
+    assert "tampering: the submission edited the grader's ['probes.py']" in grading.problem
+    assert all(result.outcome != "passed" for result in grading.results)
+
+
+def test_editing_the_grader_under_plain_pytest_is_flagged_and_fails_the_run(tmp_path):
+    copy = tmp_path / "trusted" / "grader"
+    shutil.copytree(GRADER, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    source = (SOLUTIONS / "apply_lora.py").read_text() + EDIT_THE_GRADER
+    folder = implementation_folder(tmp_path / "sub", {"apply_lora": source})
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", str(copy / "test_apply_lora.py"), "--impl", str(folder), "-p", "no:cacheprovider"],  # noqa: E501
+        cwd=tmp_path / "trusted", env={**os.environ, "PYTHONPATH": str(tmp_path / "trusted")},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert "tampering: the grader's files changed during grading: ['probes.py']" in completed.stdout

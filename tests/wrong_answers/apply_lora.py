@@ -1,0 +1,51 @@
+"""Wrong answers to the `apply_lora` kata."""
+
+from tests.wrong_answers import WrongAnswer
+
+KATA = "apply_lora"
+MATCH = 'return any(name == target or name.endswith("." + target) for target in targets)'
+WRAP = "LoRALinear(module, r, alpha, dropout)"
+FREEZE = "        if id(parameter) not in adapters:"
+MESSAGE = 'f"apply_lora: no nn.Linear matches target_modules={targets}; "'
+
+WRONG_ANSWERS = [
+    WrongAnswer("substring matching", KATA, MATCH, "return any(target in name for target in targets)",
+                "test_adapts_exactly_the_linears_whose_names_match", "substring or bare endswith"),
+    WrongAnswer("endswith without the dot", KATA, MATCH, "return any(name.endswith(target) for target in targets)",
+                "test_adapts_exactly_the_linears_whose_names_match", "substring or bare endswith"),
+    WrongAnswer("regex search", KATA, MATCH, 'return any(__import__("re").search(target, name) for target in targets)',
+                "test_adapts_exactly_the_linears_whose_names_match", "substring or bare endswith"),
+    WrongAnswer("last name component only", KATA, MATCH, 'return name.rpartition(".")[2] in targets',
+                "test_adapts_exactly_the_linears_whose_names_match", "a dotted target matches the end"),
+    WrongAnswer("any name component", KATA, MATCH, 'return any(target in name.split(".") for target in targets)',
+                "test_never_wraps_an_adapter_again", "wrapped adapters again"),
+    WrongAnswer("direct children only", KATA, "for name, module in model.named_modules()\n        if isinstance",
+                "for name, module in model.named_children()\n        if isinstance",
+                "test_adapts_exactly_the_linears_whose_names_match", "ValueError raised"),
+    WrongAnswer("any module with a matching name", KATA, "if isinstance(module, (nn.Linear, LoRALinear)) and", "if",
+                "test_adapts_exactly_the_linears_whose_names_match", "LayerNorm",
+                more_edits=(("        if isinstance(module, nn.Linear):", "        if not isinstance(module, LoRALinear):"),)),
+    WrongAnswer("nothing frozen", KATA, "parameter.requires_grad_(False)", "pass",
+                "test_freezes_everything_but_the_adapters", "still train"),
+    WrongAnswer("only weights frozen", KATA, "for parameter in model.parameters():\n" + FREEZE,
+                "for pname, parameter in model.named_parameters():\n"
+                '        if id(parameter) not in adapters and pname.endswith("weight"):',
+                "test_freezes_everything_but_the_adapters", "still train"),
+    WrongAnswer("adapters frozen too", KATA, FREEZE, "        if True:",
+                "test_freezes_everything_but_the_adapters", "measured 0"),
+    WrongAnswer("silent when nothing matched", KATA, "if not matched:", "if False:",
+                "test_raises_naming_the_targets_when_nothing_matches", "raised nothing"),
+    WrongAnswer("error that does not name the targets", KATA, MESSAGE, '"apply_lora: nothing matched; "',
+                "test_raises_naming_the_targets_when_nothing_matches", "does not name the targets"),
+    WrongAnswer("r and alpha not passed on", KATA, WRAP, "LoRALinear(module, dropout=dropout)",
+                "test_passes_r_and_alpha_to_every_adapter", "pass r and alpha on"),
+    WrongAnswer("dropout not passed on", KATA, WRAP, "LoRALinear(module, r, alpha)",
+                "test_passes_dropout_to_every_adapter", "pass dropout on"),
+    WrongAnswer("adapts a copy of the model", KATA, "    targets = (target_modules,)",
+                '    model = __import__("copy").deepcopy(model)\n    targets = (target_modules,)',
+                "test_wraps_the_original_layers_in_place", "expected the model itself"),
+    WrongAnswer("returns None", KATA, "    return model\n", "    return None\n",
+                "test_wraps_the_original_layers_in_place", "expected the model itself"),
+    WrongAnswer("wraps copies of the layers", KATA, WRAP, 'LoRALinear(__import__("copy").deepcopy(module), r, alpha, dropout)',
+                "test_wraps_the_original_layers_in_place", "original nn.Linear"),
+]  # fmt: skip

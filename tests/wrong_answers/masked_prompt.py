@@ -1,0 +1,109 @@
+"""Wrong answers to the `masked_prompt` kata."""
+
+from tests.wrong_answers import WrongAnswer
+
+KATA = "masked_prompt"
+FULL_TEMPLATE = 'f"[INST] {instruction}\\n{input} [/INST] "'
+SHORT_TEMPLATE = 'return f"[INST] {instruction} [/INST] "'
+PROMPT = "prompt_ids = _encode(tokenizer, format_prompt(instruction, input))"
+BOS = (
+    "if tokenizer.bos_token_id is not None:  # 0 is a real id: test None, not truthiness\n"
+    "        prompt_ids = [tokenizer.bos_token_id, *prompt_ids]"
+)
+RESPONSE = "response_ids = [*_encode(tokenizer, output), tokenizer.eos_token_id]"
+INPUT_IDS = "input_ids = prompt_ids + response_ids"
+LABELS = "labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids"
+CHECK = "if max_length <= len(prompt_ids):"
+RAISE = CHECK + "\n            raise ValueError("
+CUT = "input_ids, labels = input_ids[:max_length], labels[:max_length]"
+MASK = '"attention_mask": [1] * len(input_ids)}'
+ENCODE = 'return list(tokenizer(text, add_special_tokens=False)["input_ids"])'
+PADDING = 'padding = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0}'
+ROWS = "[example[key] + [value] * (longest - len(example[key])) for example in examples]"
+EMPTY = 'raise ValueError("collate needs at least one example, got an empty list")'
+
+WRONG_ANSWERS = [
+    # format_prompt
+    WrongAnswer("no space after [/INST]", KATA, SHORT_TEMPLATE, SHORT_TEMPLATE.replace('[/INST] "', '[/INST]"'),
+                "test_format_prompt_follows_the_template", "exactly one space after [/INST]"),
+    WrongAnswer("input after a space, not a newline", KATA, FULL_TEMPLATE, FULL_TEMPLATE.replace("\\n", " "),
+                "test_format_prompt_follows_the_template", "on its own line"),
+    WrongAnswer("newline kept when the input is empty", KATA, "if input:", "if input is not None:",
+                "test_format_prompt_follows_the_template", "no newline"),
+    # build_example: the ids
+    WrongAnswer("prompt + output tokenized in one call", KATA, INPUT_IDS,
+                "bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]\n    "
+                "input_ids = bos + _encode(tokenizer, format_prompt(instruction, input) + output) + [tokenizer.eos_token_id]",
+                "test_input_ids_are_bos_prompt_response_eos", "tokenize the prompt and the output separately",
+                more_edits=((LABELS, "labels = [IGNORE_INDEX] * len(prompt_ids) + input_ids[len(prompt_ids) :]"),)),
+    WrongAnswer("input left out of the prompt", KATA, PROMPT, PROMPT.replace("(instruction, input)", "(instruction)"),
+                "test_input_ids_are_bos_prompt_response_eos", "format_prompt(instruction, input)"),
+    WrongAnswer("output stripped", KATA, RESPONSE, RESPONSE.replace("output)", "output.strip())"),
+                "test_input_ids_are_bos_prompt_response_eos", "the output, tokenized alone"),
+    WrongAnswer("add_special_tokens left at its default", KATA, ENCODE, 'return list(tokenizer(text)["input_ids"])',
+                "test_input_ids_are_bos_prompt_response_eos", "add_special_tokens=False"),
+    WrongAnswer("bos added when the tokenizer has none", KATA, BOS, "prompt_ids = [tokenizer.bos_token_id, *prompt_ids]",
+                "test_input_ids_are_bos_prompt_response_eos", "bos_token_id is None"),
+    WrongAnswer("bos tested by truthiness (its id is 0)", KATA, "if tokenizer.bos_token_id is not None:",
+                "if tokenizer.bos_token_id:", "test_input_ids_are_bos_prompt_response_eos", "`is not None`"),
+    WrongAnswer("no eos", KATA, RESPONSE, "response_ids = _encode(tokenizer, output)",
+                "test_eos_ends_the_example_and_is_trained", "append tokenizer.eos_token_id"),
+    # build_example: the labels
+    WrongAnswer("first response token masked too", KATA, LABELS,
+                "labels = [IGNORE_INDEX] * (len(prompt_ids) + 1) + response_ids[1:]",
+                "test_labels_mask_bos_and_the_prompt_and_nothing_else", "first response token is masked"),
+    WrongAnswer("last prompt token trained (mask counted without bos)", KATA, LABELS,
+                "labels = [IGNORE_INDEX] * (len(prompt_ids) - 1) + input_ids[len(prompt_ids) - 1 :]",
+                "test_labels_mask_bos_and_the_prompt_and_nothing_else", "last prompt token is trained"),
+    WrongAnswer("bos trained", KATA, LABELS, "labels = prompt_ids[:1] + [IGNORE_INDEX] * (len(prompt_ids) - 1) + response_ids",
+                "test_labels_mask_bos_and_the_prompt_and_nothing_else", "bos is trained"),
+    WrongAnswer("nothing masked", KATA, LABELS, "labels = list(input_ids)",
+                "test_labels_mask_bos_and_the_prompt_and_nothing_else", "nothing is masked"),
+    WrongAnswer("labels shifted for the model", KATA, LABELS, LABELS + "\n    labels = labels[1:] + [IGNORE_INDEX]",
+                "test_labels_mask_bos_and_the_prompt_and_nothing_else", "shifted by one"),
+    WrongAnswer("prompt labelled with the pad id", KATA, LABELS, LABELS.replace("[IGNORE_INDEX]", "[tokenizer.pad_token_id]"),
+                "test_labels_mask_bos_and_the_prompt_and_nothing_else", "expected -100 (IGNORE_INDEX)"),
+    WrongAnswer("IGNORE_INDEX is -1", KATA, "IGNORE_INDEX = -100", "IGNORE_INDEX = -1",
+                "test_returns_three_lists_of_ints_of_equal_length", "expected -100"),
+    WrongAnswer("eos masked", KATA, LABELS, LABELS.replace("response_ids", "response_ids[:-1] + [IGNORE_INDEX]"),
+                "test_eos_ends_the_example_and_is_trained", "train on eos"),
+    WrongAnswer("only bos masked", KATA, LABELS,
+                "labels = [IGNORE_INDEX] + input_ids[1:]",
+                "test_loss_with_these_labels_is_the_cross_entropy_of_the_response", "targets carry loss"),
+    WrongAnswer("attention mask hides the prompt", KATA, MASK,
+                '"attention_mask": [0] * len(prompt_ids) + [1] * (len(input_ids) - len(prompt_ids))}',
+                "test_attention_mask_is_all_ones", "mask it in labels only"),
+    WrongAnswer("tensors instead of lists", KATA, 'return {"input_ids": input_ids, "labels": labels',
+                'return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels)',
+                "test_returns_three_lists_of_ints_of_equal_length", "expected a list of ints"),
+    # build_example: max_length
+    WrongAnswer("truncated on the left", KATA, CUT, "input_ids, labels = input_ids[-max_length:], labels[-max_length:]",
+                "test_max_length_keeps_the_first_tokens", "truncated on the left"),
+    WrongAnswer("eos put back after truncation", KATA, CUT,
+                "if len(input_ids) > max_length:\n            "
+                "input_ids, labels = input_ids[: max_length - 1] + input_ids[-1:], labels[: max_length - 1] + labels[-1:]",
+                "test_max_length_keeps_the_first_tokens", "eos was put back"),
+    WrongAnswer("only input_ids truncated", KATA, CUT, "input_ids = input_ids[:max_length]",
+                "test_max_length_keeps_the_first_tokens", "truncate all three"),
+    WrongAnswer("truncation one token short", KATA, CUT, CUT.replace("[:max_length]", "[: max_length - 1]"),
+                "test_max_length_keeps_the_first_tokens", "keep the first max_length items"),
+    WrongAnswer("only a negative max_length rejected", KATA, RAISE, RAISE.replace(CHECK, "if max_length < 0:"),
+                "test_max_length_that_leaves_no_response_token_raises", "raised nothing"),
+    WrongAnswer("ValueError check off by one", KATA, CHECK, CHECK.replace("<=", "<"),
+                "test_max_length_that_leaves_no_response_token_raises", "raised nothing"),
+    WrongAnswer("ValueError with one response token left", KATA, CHECK, CHECK.replace("len(prompt_ids)", "len(prompt_ids) + 1"),
+                "test_max_length_keeps_the_first_tokens", "raise only when no response token remains"),
+    # collate
+    WrongAnswer("padded on the left", KATA, ROWS, "[[value] * (longest - len(example[key])) + example[key] for example in examples]",
+                "test_collate_pads_on_the_right_to_the_longest", "padded on the left"),
+    WrongAnswer("labels padded with the pad id", KATA, PADDING, PADDING.replace('"labels": IGNORE_INDEX', '"labels": pad_token_id'),
+                "test_collate_pads_on_the_right_to_the_longest", "pad labels with -100"),
+    WrongAnswer("attention mask padded with 1", KATA, PADDING, PADDING.replace('"attention_mask": 0', '"attention_mask": 1'),
+                "test_collate_pads_on_the_right_to_the_longest", "padding gets 0"),
+    WrongAnswer("input_ids padded with 0", KATA, PADDING, PADDING.replace('"input_ids": pad_token_id', '"input_ids": 0'),
+                "test_collate_pads_on_the_right_to_the_longest", "expected 2"),
+    WrongAnswer("int32 tensors", KATA, "dtype=torch.long", "dtype=torch.int32",
+                "test_collate_returns_long_tensors_of_shape_batch_by_longest", "torch.int64"),
+    WrongAnswer("empty batch gives an empty dict", KATA, EMPTY, "return {}",
+                "test_collate_rejects_an_empty_batch", "raised nothing"),
+]  # fmt: skip

@@ -1,0 +1,46 @@
+"""Wrong answers to the `merge_weights` kata."""
+
+from tests.wrong_answers import WrongAnswer
+
+KATA = "merge_weights"
+UPDATE = "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling"
+SUM = "nn.Parameter((weight.to(accumulate) + update).to(weight.dtype), requires_grad=False)"
+REPLACE = "setattr(model.get_submodule(parent_name), child_name, merged_linear(module))"
+
+WRONG_ANSWERS = [
+    WrongAnswer("transposed update", KATA, UPDATE, UPDATE.replace(" * layer.scaling", ".T * layer.scaling"),
+                "test_merged_weight_is_W_plus_the_update", "transposed"),
+    WrongAnswer("no scaling", KATA, UPDATE, UPDATE.replace(" * layer.scaling", ""),
+                "test_merged_weight_is_W_plus_the_update", "check the scaling"),
+    WrongAnswer("scaled by alpha", KATA, UPDATE, UPDATE.replace("layer.scaling", "layer.alpha"),
+                "test_merged_weight_is_W_plus_the_update", "check the scaling"),
+    WrongAnswer("update subtracted", KATA, SUM, SUM.replace("+ update", "- update"),
+                "test_merged_weight_is_W_plus_the_update", "differs from W + scaling B @ A"),
+    WrongAnswer("bias dropped", KATA, "bias=base.bias is not None", "bias=False",
+                "test_merged_weight_is_W_plus_the_update", "lost the base's bias",
+                more_edits=(("    if base.bias is not None:\n        merged.bias = base.bias\n", ""),)),
+    WrongAnswer("adapters kept with B zeroed", KATA, REPLACE,
+                "module.base.weight.data = merged_linear(module).weight.data; module.lora_B.data.zero_()",
+                "test_replaces_every_adapter_by_a_plain_linear", "LoRALinear left"),
+    WrongAnswer("merge with grad history", KATA, "@torch.no_grad()\n", "",
+                "test_replaces_every_adapter_by_a_plain_linear", "grad history",
+                more_edits=(("merged.weight = " + SUM,
+                             "del merged.weight\n    merged.weight = (weight.to(accumulate) + update).to(weight.dtype)"),)),
+    WrongAnswer("half precision added in half precision", KATA,
+                "accumulate = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype",
+                "accumulate = weight.dtype", "test_half_precision_merges_in_float32_and_rounds_once", "upcast"),
+    WrongAnswer("merged half-precision weight left in float32", KATA, SUM, SUM.replace(".to(weight.dtype)", ""),
+                "test_half_precision_merges_in_float32_and_rounds_once", "merged weight is torch.float32"),
+    WrongAnswer("top-level adapters only", KATA, "for name, module in list(model.named_modules()):",
+                "for name, module in list(model.named_children()):",
+                "test_replaces_every_adapter_by_a_plain_linear", "LoRALinear left"),
+    WrongAnswer("returns None", KATA, "    return model\n", "    return None\n",
+                "test_replaces_every_adapter_by_a_plain_linear", "expected the model itself"),
+    WrongAnswer("update read off a forward pass in the current mode", KATA, UPDATE,
+                "eye = torch.eye(base.in_features, dtype=weight.dtype, device=weight.device)\n"
+                "    update = (layer(eye) - base(eye)).T.to(accumulate)",
+                "test_merges_the_same_in_train_mode_with_dropout", "not from a forward pass"),
+    WrongAnswer("a single LoRALinear not handled", KATA,
+                "    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n", "",
+                "test_merging_a_single_layer_returns_the_linear", "expected nn.Linear"),
+]  # fmt: skip
