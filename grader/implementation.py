@@ -113,12 +113,13 @@ class Implementation:
             return f"blocked: fix {culprit}.py first ({problem} at {location})"
         return f"{kata}.py could not be imported: {problem} at {location}"
 
-    def innermost_frame(self, error: BaseException) -> tuple[Path, int] | None:
-        """File and line of the deepest traceback frame inside the implementation's folder."""
+    def innermost_frame(self, error: BaseException, kata: str | None = None) -> tuple[Path, int] | None:
+        """File and line of the deepest traceback frame inside the implementation's folder
+        (inside ``<kata>.py`` when ``kata`` is given)."""
         found = None
         for frame in traceback.extract_tb(error.__traceback__):
             path = Path(frame.filename)
-            if path.is_relative_to(self.folder):
+            if path.is_relative_to(self.folder) and kata in (None, path.stem):
                 found = (path, frame.lineno)
         return found
 

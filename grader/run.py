@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -18,24 +20,22 @@ class GraderError(Exception):
 
 
 def run_grader(
-    implementation: str | Path, katas: Iterable[str] = KATAS, pytest_args: Sequence[str] = ()
+    implementation: str | Path,
+    katas: Iterable[str] = KATAS,
+    pytest_args: Sequence[str] = (),
+    journal: Path | None = None,
 ) -> list[CheckResult]:
-    """Grade the kata modules in ``implementation`` and return one result per check, in run order."""
-    collector = Collector()
+    """Grade the kata modules in ``implementation`` and return one result per check, in run order.
+
+    With a ``journal`` path every check is also appended there as it is collected and graded (see
+    ``Collector``). pytest's terminal output is swallowed; the results carry each check's verdict.
+    """
+    collector = Collector(journal)
     paths = [str(GRADER / f"test_{kata}.py") for kata in katas]
-    arguments = [
-        *paths,
-        "--impl",
-        str(implementation),
-        "-o",
-        "addopts=",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "no:terminal",
-        *pytest_args,
-    ]
-    exit_code = pytest.main(arguments, plugins=[collector])
+    arguments = [*paths, "--impl", str(implementation), "-o", "addopts=", "-p", "no:cacheprovider", *pytest_args]
+    # The terminal plugin stays loaded (pytest-timeout reports a timeout through it); its output goes nowhere.
+    with contextlib.redirect_stdout(io.StringIO()):
+        exit_code = pytest.main(arguments, plugins=[collector])
     if exit_code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         raise GraderError(f"the grader stopped with pytest exit code {exit_code} ({pytest.ExitCode(exit_code).name})")
     return collector.results

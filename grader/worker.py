@@ -9,18 +9,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 from grader.implementation import KATAS
-from grader.results import Collector
-from grader.run import GRADER
+from grader.run import GraderError, run_grader
 
 
 def main(arguments: list[str]) -> int:
     implementation, journal, *katas = arguments
-    paths = [str(GRADER / f"test_{kata}.py") for kata in katas or KATAS]
-    options = ["--impl", implementation, "-o", "addopts=", "-p", "no:cacheprovider", "-p", "no:terminal"]
-    return pytest.main([*paths, *options], plugins=[Collector(Path(journal))])
+    try:
+        results = run_grader(implementation, katas or KATAS, journal=Path(journal))
+    except GraderError as error:
+        print(error, file=sys.stderr)
+        return 2
+    return int(any(result.outcome == "failed" for result in results))
 
 
 if __name__ == "__main__":

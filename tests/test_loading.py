@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from grader.implementation import ImplementationNotFound, locate
+from grader.implementation import KATAS, ImplementationNotFound, locate
 from grader.run import run_grader
 from tests.implementations import REPOSITORY, SOLUTIONS, implementation_folder
 
@@ -92,6 +92,37 @@ def test_a_missing_module_says_which_file_to_write(tmp_path):
 def test_the_same_submission_always_gets_the_same_grade(tmp_path):
     wrong = (SOLUTIONS / "lora_linear.py").read_text().replace("self.scaling = alpha / r", "self.scaling = alpha")
     folder = implementation_folder(tmp_path / "sub", {"lora_linear": wrong})
-    first, second = run_grader(folder), run_grader(folder, pytest_args=["-p", "no:randomly"])
-    assert first == second
-    assert any(result.outcome == "failed" for result in first)
+    runs = [run_grader(folder), run_grader(folder), run_grader(folder, list(reversed(KATAS)))]
+    grades = [sorted(results, key=lambda result: (result.kata, result.check)) for results in runs]
+    assert grades[0] == grades[1] == grades[2], "the grade depends on the run, or on the order of the katas"
+    assert {result.outcome for result in runs[0]} == {"passed", "failed", "skipped"}
+
+
+def test_an_error_raised_in_another_kata_points_at_the_call_in_this_one(tmp_path):
+    swapped = (
+        (SOLUTIONS / "apply_lora.py")
+        .read_text()
+        .replace("LoRALinear(module, r, alpha, dropout)", "LoRALinear(module, alpha, r, dropout)")
+    )
+    folder = implementation_folder(tmp_path / "sub", {"apply_lora": swapped})
+    failed = [result for result in run_grader(folder, ["apply_lora"]) if result.outcome == "failed"]
+    call_line = next(
+        number for number, line in enumerate(swapped.splitlines(), 1) if "LoRALinear(module, alpha" in line
+    )
+    assert failed and all(result.location == f"{folder / 'apply_lora.py'}:{call_line}" for result in failed)
+    assert all(f"(called from {folder / 'apply_lora.py'}:{call_line})" in result.message for result in failed)
+
+
+def test_a_check_that_never_returns_fails_at_its_time_limit_with_the_line_it_was_stuck_on(tmp_path):
+    source = (SOLUTIONS / "lora_linear.py").read_text()
+    stuck = source.replace("        self.scaling = alpha / r\n", "        while True:\n            pass\n")
+    folder = implementation_folder(tmp_path / "sub", {"lora_linear": stuck})
+    checks = ["--check-timeout", "0.5", "-k", "test_records_r_alpha_and_scaling"]
+    (result,) = run_grader(folder, ["lora_linear"], pytest_args=checks)
+    loop = next(number for number, text in enumerate(stuck.splitlines(), 1) if text.strip() == "while True:")
+    stuck_at = {f"{folder / 'lora_linear.py'}:{line}" for line in (loop, loop + 1)}  # either line of the loop
+    assert result.outcome == "failed" and result.location in stuck_at
+    assert (
+        result.message
+        == f"timed out after 0.5 s, stuck at {result.location}: an endless loop, or far slower than it should be?"
+    )

@@ -1,0 +1,121 @@
+"""How a graded run reads: one line per failed check (expected, measured, likely cause) and a score table.
+
+``Reporter`` is a pytest plugin: it replaces a failed check's traceback with a ``Verdict`` and points it
+at the place in the implementation to look at; ``--tb=long`` (or any other ``--tb``) keeps pytest's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grader.implementation import KATAS, Implementation, KataUnavailable
+from grader.results import Collector, score_table
+
+
+@dataclass
+class _Crash:
+    message: str
+
+
+class Verdict:
+    """A failure report of one line; ``location`` is the place in the implementation to look at ("path:line")."""
+
+    def __init__(self, text: str, location: str) -> None:
+        self.text = text
+        self.location = location
+        self.reprcrash = _Crash(text)
+
+    def toterminal(self, writer: Any) -> None:
+        writer.line(self.text, red=True, bold=True)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def kata_of(item: pytest.Item) -> str:
+    """The kata a check grades: ``test_<kata>.py`` holds the checks of ``<kata>``."""
+    return Path(item.path).stem.removeprefix("test_")
+
+
+class Reporter:
+    """Turns failed checks into one-line verdicts and ends the run with the score table."""
+
+    def __init__(self, implementation: Implementation) -> None:
+        self.implementation = implementation
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+        report = yield
+        if report.failed and call.excinfo is not None and getattr(item.config.option, "tbstyle", "auto") == "auto":
+            error = call.excinfo.value
+            report.longrepr = Verdict(self.verdict(item, error), self.blame(item, error))
+        return report
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+        collector = next(plugin for plugin in config.pluginmanager.get_plugins() if isinstance(plugin, Collector))
+        if collector.results:
+            terminalreporter.write_sep("=", "lora-kata score")
+            for line in score_table(collector.results):
+                terminalreporter.write_line(line)
+
+    def _frame(self, item: pytest.Item, error: BaseException) -> tuple[Path, int] | None:
+        """The implementation's frame to show: the deepest one in the check's own kata, else the deepest one.
+
+        When apply_lora passes LoRALinear bad arguments, the error is raised in lora_linear.py but the
+        mistake is the call in apply_lora.py.
+        """
+        return self.implementation.innermost_frame(error, kata_of(item)) or self.implementation.innermost_frame(error)
+
+    def blame(self, item: pytest.Item, error: BaseException) -> str:
+        """Where in the implementation to look: the frame of its code in the traceback, else the definition
+        the check is about (the ``subject`` marker, else its module's SUBJECT), else the top of the kata's file."""
+        kata = kata_of(item)
+        where = self._frame(item, error)
+        if where is None:
+            path, line = self.implementation.folder / f"{kata}.py", 1
+            marker = item.get_closest_marker("subject")
+            subject = marker.args[0] if marker else getattr(item.module, "SUBJECT", "")
+            with contextlib.suppress(KataUnavailable, OSError, TypeError):
+                definition = self.implementation.attribute(kata, subject)
+                path, line = Path(inspect.getsourcefile(definition)), inspect.getsourcelines(definition)[1]
+            where = (path, line)
+        return f"{self.implementation.relative(where[0])}:{where[1]}"
+
+    def verdict(self, item: pytest.Item, error: BaseException) -> str:
+        """One line explaining why ``item`` failed with ``error``."""
+        kata = kata_of(item)
+        first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
+        if isinstance(error, KataUnavailable):
+            return str(error)
+        deepest = self.implementation.innermost_frame(error)
+        if isinstance(error, NotImplementedError):
+            culprit = deepest[0].stem if deepest else kata
+            if culprit != kata and culprit in KATAS:
+                return f"blocked: finish {culprit} first ({first_line})"
+            return f"not implemented yet: {first_line}"
+        if deepest is None:  # a check of the grader failed: its message is the verdict
+            message = str(error).split("\nassert ")[0].strip() or first_line
+            return " ".join([message, *_hypothesis_notes(error)])
+        location = f"{self.implementation.relative(deepest[0])}:{deepest[1]}"
+        caller = self._frame(item, error)
+        if caller != deepest and caller is not None:
+            location += f" (called from {self.implementation.relative(caller[0])}:{caller[1]})"
+        if isinstance(error, pytest.fail.Exception) and first_line.startswith("Timeout"):
+            marker = item.get_closest_marker("timeout")
+            limit = f"{marker.args[0]} s" if marker and marker.args else "its time limit"
+            return f"timed out after {limit}, stuck at {location}: an endless loop, or far slower than it should be?"
+        return f"{type(error).__name__} raised at {location}: {first_line}"
+
+
+def _hypothesis_notes(error: BaseException) -> list[str]:
+    """Hypothesis's 'Falsifying example' note, folded onto one line."""
+    notes = getattr(error, "__notes__", [])
+    return [" ".join(note.split()) for note in notes if note.startswith("Falsifying")]
