@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import difflib
 import os
@@ -18,10 +19,28 @@ from grader.isolation import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, Grading, grad
 from grader.results import gradescope, kata_totals, score_table, write_json
 from grader.terminal import UserError, paint
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader went away
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    arguments = parser.parse_args(argv)
+    """Run the command ``argv`` (default: ``sys.argv[1:]``) and return its exit code.
+
+    A reader that goes away (``lora-kata history | head -1``) ends the command quietly, as the Python
+    documentation recommends (https://docs.python.org/3/library/signal.html#note-on-sigpipe).
+    """
+    try:
+        try:
+            return _run(argv)
+        finally:
+            if sys.stdout is not None:  # None: started with stdout closed
+                sys.stdout.flush()  # a closed pipe shows here, and not as "Exception ignored" at exit
+    except BrokenPipeError:
+        _discard_output()
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    arguments = _parser().parse_args(argv)
     try:
         return arguments.run(arguments)
     except UserError as error:
@@ -29,6 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _discard_output() -> None:
+    """Point stdout and stderr at /dev/null, so that flushing them at exit raises nothing more."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # no file descriptor: a test's capture
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:

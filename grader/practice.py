@@ -9,14 +9,11 @@ waits for input unless stdin is a terminal.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from grader.metadata import KataInfo, in_dependency_order, kata_info, practice_k
 from grader.results import CheckResult, kata_totals, score_table
 from grader.state import Session, State, changing_state, load_state, now, restore_stub, working_copy
 from grader.terminal import UserError, paint
+from grader.watching import snapshot, wait_for_save
 
 SPARKS = "▁▂▃▄▅▆▇█"
 MOCK_MINUTES = 60.0
@@ -174,14 +172,14 @@ def _watch(arguments: argparse.Namespace) -> int:
     checks = 0
     try:
         while True:
-            before = _snapshot(folder)
+            before = snapshot(folder)
             code = _grade(root, katas, as_json=False)
             checks += 1
             if code == 0 or checks == arguments.max_checks:
                 return code
             session = load_state(root).session
             print(paint("waiting for a save in katas/ (Ctrl-C stops)", "dim"), flush=True)
-            _wait_for_save(folder, before, lambda session=session: _countdown(session, katas))
+            wait_for_save(folder, before, lambda session=session: _countdown(session, katas))
             print(paint(f"{time.strftime('%H:%M:%S')} a file changed: checking again", "dim"), flush=True)
     except KeyboardInterrupt:
         running = load_state(root).session is not None
@@ -412,60 +410,6 @@ def _countdown(session: Session | None, katas: list[str]) -> str:
     if session is None or not set(katas) & set(session.katas):
         return f"watching {', '.join(katas)}: no clock running (lora-kata start KATA times you)"
     return f"{', '.join(session.katas)}: {_time_used(session, now())}"
-
-
-# Watching for saves
-
-
-def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Modification time (ns) and size of each kata module in ``folder``."""
-    snapshot = {}
-    for path in folder.glob("*.py"):
-        with contextlib.suppress(FileNotFoundError):
-            status = path.stat()
-            snapshot[path.name] = (status.st_mtime_ns, status.st_size)
-    return snapshot
-
-
-def _wait_for_save(folder: Path, before: dict[str, tuple[int, int]], status: Callable[[], str]) -> None:
-    """Return once a kata module in ``folder`` differs from ``before``; show ``status()`` meanwhile on a terminal."""
-    with _status_line(status) as refresh:
-        for _ in _wakeups(folder):
-            if _snapshot(folder) != before:
-                return
-            refresh()
-
-
-def _wakeups(folder: Path) -> Iterator[None]:
-    """Yields twice a second, and at once when something in ``folder`` changes (with watchfiles installed)."""
-    try:
-        import watchfiles
-    except ImportError:
-        while True:
-            time.sleep(0.5)
-            yield
-    else:
-        for _ in watchfiles.watch(folder, debounce=100, rust_timeout=500, yield_on_timeout=True):
-            yield
-
-
-@contextmanager
-def _status_line(status: Callable[[], str]) -> Iterator[Callable[[], None]]:
-    """A line showing ``status()``, kept up to date on a terminal (by rich when installed); none elsewhere."""
-    if not sys.stdout.isatty():
-        yield lambda: None
-        return
-    try:
-        from rich.live import Live
-        from rich.text import Text
-    except ImportError:
-        try:
-            yield lambda: print(f"\r{status()}\033[K", end="", flush=True)
-        finally:
-            print()
-        return
-    with Live(get_renderable=lambda: Text(status()), refresh_per_second=2, transient=True):
-        yield lambda: None  # Live refreshes itself
 
 
 # Helpers

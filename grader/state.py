@@ -91,7 +91,13 @@ def load_state(root: Path) -> State:
     if not path.exists():
         return State()
     try:
-        document = json.loads(path.read_text())
+        text = path.read_text()
+    except OSError as error:
+        raise UserError(
+            f"cannot read {path} ({error.strerror}): make it a readable file, or move it away to start afresh"
+        ) from None
+    try:
+        document = json.loads(text)
         if not isinstance(document, dict) or document.get("version") != VERSION:
             version = document.get("version") if isinstance(document, dict) else None
             raise ValueError(f"format version {version!r}, this lora-kata reads version {VERSION}")
@@ -110,13 +116,19 @@ def load_state(root: Path) -> State:
 def save_state(root: Path, state: State) -> None:
     """Write ``state`` atomically: a reader sees the old file or the new one, never half of one."""
     path = _state_file(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
     document = {"version": VERSION, **asdict(state)}
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".state-", suffix=".tmp", delete=False) as file:
-        file.write(json.dumps(document, indent=1) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(file.name, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".state-", suffix=".tmp", delete=False) as file:
+            file.write(json.dumps(document, indent=1) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(file.name, path)
+    except OSError as error:
+        raise UserError(
+            f"cannot write {path} ({error.strerror}): lora-kata keeps its state in {path.parent}, "
+            "which must be a folder you can write in"
+        ) from None
 
 
 @contextmanager
@@ -176,14 +188,28 @@ def restore_stub(root: Path, kata: str) -> Path | None:
     stub = _stub_from_git(root, kata)
     target = root / "katas" / f"{kata}.py"
     backup = None
-    if target.exists() and target.read_bytes() != stub:
+    if target.exists() and _read_bytes(target) != stub:
         backup = _unused(root / ".lora-kata" / "backups" / f"{kata}-{stamp(time.time())}.py")
-        backup.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(target, backup)
+        try:
+            backup.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(target, backup)
+        except OSError as error:
+            raise UserError(
+                f"cannot back up katas/{kata}.py to {backup.parent} ({error.strerror}), so it was left as it was: "
+                f"make {backup.parent} a folder you can write in, or copy your file elsewhere first"
+            ) from None
     temporary = target.with_name(f".{target.name}.tmp")
     temporary.write_bytes(stub)
     temporary.replace(target)
     return backup
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The contents of the learner's file ``path``; a one-line error when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {path} ({error.strerror}): it should be your kata's Python file") from None
 
 
 def _stub_from_git(root: Path, kata: str) -> bytes:

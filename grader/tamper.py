@@ -16,11 +16,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-import torch
-from torch import nn
-
-GUARDED_CLASSES: tuple[type, ...] = (torch.Tensor, nn.Module, nn.Linear, nn.Parameter)
 GUARDED_MODULES = ("torch", "torch.nn", "torch.nn.functional", "torch.linalg", "torch.testing", "math", "builtins")
 _UNSET = object()
 
@@ -33,11 +28,13 @@ class ObjectGuard:
     """
 
     def __init__(self) -> None:
+        import pytest  # here, like torch in guarded_classes: the parent `lora-kata` process needs neither
+
         modules: list[ModuleType] = [math, builtins, pytest]
         modules += [sys.modules[name] for name in GUARDED_MODULES if name in sys.modules]
         modules += [module for name, module in sys.modules.items() if name.split(".")[0] == "grader" and module]
         self.modules = {module: dict(vars(module)) for module in modules}
-        self.classes = {cls: dict(vars(cls)) for cls in GUARDED_CLASSES}
+        self.classes = {cls: dict(vars(cls)) for cls in guarded_classes()}
 
     def replaced(self) -> list[str]:
         """Qualified names of the guarded attributes that are no longer the objects they were."""
@@ -58,6 +55,17 @@ class ObjectGuard:
             if owner in self.classes:
                 for name in vars(owner).keys() - saved.keys():
                     delattr(owner, name)
+
+
+def guarded_classes() -> tuple[type, ...]:
+    """The torch classes whose attributes a submission may not replace.
+
+    torch is imported here, not at the top: `lora-kata` itself only fingerprints files, and starts faster without it.
+    """
+    import torch
+    from torch import nn
+
+    return (torch.Tensor, nn.Module, nn.Linear, nn.Parameter)
 
 
 class ReferenceBlocker(importlib.abc.MetaPathFinder):
@@ -82,8 +90,3 @@ def changed_files(before: dict[Path, bytes], folder: Path) -> list[Path]:
     """Files of ``before`` whose contents differ now (or that are gone)."""
     now = fingerprint(folder)
     return [path for path, content in before.items() if now.get(path) != content]
-
-
-def restore_files(before: dict[Path, bytes], paths: list[Path]) -> None:
-    for path in paths:
-        path.write_bytes(before[path])

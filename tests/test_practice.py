@@ -19,6 +19,7 @@ import pytest
 from grader.cli import main
 from grader.implementation import KATAS
 from grader.metadata import DIFFICULTIES, practice_katas
+from grader.results import CheckResult, gradescope, write_json
 from grader.state import Session, State, save_state
 from tests.implementations import KATAS as KATAS_FOLDER
 from tests.implementations import REPOSITORY, SOLUTIONS, is_stub
@@ -298,3 +299,65 @@ def test_reset_outside_a_git_clone_is_one_line_error(tmp_path, monkeypatch, run)
     monkeypatch.setenv("LORA_KATA_ROOT", str(tmp_path))
     code, _, err = run("reset", "lora_linear")
     assert code == 2 and err.count("\n") == 1 and "is not a git clone" in err
+
+
+def test_mock_fresh_backs_up_every_learners_file_before_restoring_the_stubs(root, run):
+    solve(root, "lora_linear")
+    (root / "katas" / "apply_lora.py").write_text("# my attempt\n")
+    code, out, _ = run("mock", "--kata", "apply_lora", "--kata", "lora_linear", "--fresh")
+    assert code == 0 and out.count("your file is saved as .lora-kata/backups/") == 2, out
+    backups = {path.name.partition("-")[0]: path.read_text() for path in (root / ".lora-kata" / "backups").iterdir()}
+    assert backups == {"lora_linear": (SOLUTIONS / "lora_linear.py").read_text(), "apply_lora": "# my attempt\n"}
+    assert all("raise NotImplementedError" in (root / "katas" / f"{kata}.py").read_text() for kata in backups)
+
+
+def test_a_state_folder_that_cannot_be_used_is_one_line_error_and_loses_nothing(root, run):
+    (root / ".lora-kata" / "state.json").mkdir(parents=True)
+    code, out, err = run("list")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith("lora-kata: cannot read ") and "move it away to start afresh" in err, err
+    shutil.rmtree(root / ".lora-kata")
+    (root / ".lora-kata").write_text("")  # a file where the state folder should be
+    code, out, err = run("start", "lora_linear")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "must be a folder you can write in" in err, err
+    (root / "katas" / "apply_lora.py").write_text("# my attempt\n")
+    code, out, err = run("reset", "apply_lora")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "so it was left as it was" in err, err
+    assert (root / "katas" / "apply_lora.py").read_text() == "# my attempt\n"
+
+
+def test_commands_that_do_not_grade_start_without_importing_torch(root, tmp_path):
+    """torch takes seconds to import: list, hint, history, report and --help must not pay for it."""
+    results = tmp_path / "results.json"
+    write_json(results, gradescope([CheckResult("lora_linear", "test_init", "passed", "", 1.0)], 0.1))
+    commands = ["list", "hint lora_linear", "history", "--help", f"report {results}"]
+    harness = (
+        "import sys\nfrom grader.cli import main\nfor command in sys.argv[1:]:\n"
+        "    try:\n        main(command.split())\n    except SystemExit:\n        pass\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", harness, *commands],
+        capture_output=True, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert completed.returncode == 0 and completed.stderr == "", completed.stderr
+    assert "Points 1/1" in completed.stdout and "usage: lora-kata" in completed.stdout, "a command did not run"
+    assert completed.stdout.splitlines()[-1] == "torch imported: False"
+
+
+@pytest.mark.parametrize(
+    "arguments, code",
+    [(["history"], 141), (["list"], 141), (["--help"], 0)],  # argparse itself ignores a failed write of the help
+)
+def test_a_reader_that_goes_away_ends_the_command_quietly(root, arguments, code):
+    """As in `lora-kata history | head -1`, with the reader gone before the first write: no traceback, exit 141."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "grader", *arguments],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert completed.returncode == code and completed.stderr == "", completed.stderr
