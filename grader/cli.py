@@ -9,7 +9,7 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -71,9 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     grade.set_defaults(run=_grade)
 
     batch = commands.add_parser("batch", help="grade every submission folder in a directory")
-    batch.add_argument("submissions", type=Path, metavar="SUBMISSIONS_DIR")
+    batch.add_argument(
+        "submissions", type=Path, metavar="SUBMISSIONS_DIR", help="one folder per submission (kata modules or katas/)"
+    )
     batch.add_argument("--out", type=Path, required=True, metavar="CSV", help="the gradebook to write")
-    batch.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="submissions graded at once")
+    batch.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="submissions graded at once (default: the CPU count)"
+    )
     _isolation_options(batch)
     batch.set_defaults(run=_batch)
     from grader import practice  # here, not at the top: practice imports this module
@@ -84,8 +88,35 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _isolation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S", help="wall-clock limit")
-    parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, metavar="MB", help="memory cap")
+    parser.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help=f"wall-clock limit in seconds for grading one implementation (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--memory-mb",
+        type=_positive(int),
+        default=DEFAULT_MEMORY_MB,
+        metavar="MB",
+        help=f"address-space cap of the grading process, in MiB (default {DEFAULT_MEMORY_MB})",
+    )
+
+
+def _positive(kind: type[float] | type[int]) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` above zero."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'} above 0")
+        return value
+
+    return parse
 
 
 def kata_names(names: Sequence[str] | None) -> list[str]:

@@ -77,6 +77,22 @@ def test_bad_input_is_one_error_line_and_exit_code_2(arguments, message):
     assert completed.stderr.count("\n") == 1 and completed.stderr.startswith(message), completed.stderr
 
 
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["grade", "--timeout", "-1"], "argument --timeout: '-1' is not a number above 0"),
+        (
+            ["batch", "subs", "--out", "g.csv", "--memory-mb", "0"],
+            "argument --memory-mb: '0' is not a whole number above 0",
+        ),
+    ],
+    ids=["negative-timeout", "zero-memory"],
+)
+def test_limits_must_be_above_zero(arguments, message):
+    completed = lora_kata(*arguments, timeout=60)
+    assert completed.returncode == 2 and completed.stderr.strip().splitlines()[-1].endswith(message), completed.stderr
+
+
 def test_batch_refuses_an_empty_submissions_folder(tmp_path):
     completed = lora_kata("batch", str(tmp_path), "--out", str(tmp_path / "grades.csv"), timeout=60)
     assert completed.returncode == 2 and "holds no submission folders" in completed.stderr
