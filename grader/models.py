@@ -9,7 +9,14 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from grader.probes import expect_instance
+
 WIDTH, HIDDEN, DEPTH, CLASSES = 8, 12, 11, 5
+
+
+def layer_output(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``, after failing the check unless the layer (an adapter, maybe) returned a tensor."""
+    return expect_instance(layer(x), torch.Tensor, f"a {type(layer).__name__} layer of the model", "a torch.Tensor")
 
 
 class Attention(nn.Module):
@@ -19,8 +26,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (batch, seq, width) -> (batch, seq, width)."""
-        scores = self.q_proj(x) @ self.k_proj(x).transpose(-1, -2) / x.shape[-1] ** 0.5
-        return self.out_proj(scores.softmax(dim=-1) @ self.v_proj(x))
+        scores = layer_output(self.q_proj, x) @ layer_output(self.k_proj, x).transpose(-1, -2) / x.shape[-1] ** 0.5
+        return layer_output(self.out_proj, scores.softmax(dim=-1) @ layer_output(self.v_proj, x))
 
 
 class MLP(nn.Module):
@@ -33,7 +40,7 @@ class MLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.tanh(self.fc10(torch.tanh(self.fc1(x)))))
+        return layer_output(self.fc2, torch.tanh(layer_output(self.fc10, torch.tanh(layer_output(self.fc1, x)))))
 
 
 class Block(nn.Module):
@@ -61,7 +68,7 @@ class ToyTransformer(nn.Module):
         x = self.router["q_proj"](x)
         for layer in self.layers:
             x = layer(x)
-        return self.head(self.proj(x)) * self.temperature
+        return layer_output(self.head, layer_output(self.proj, x)) * self.temperature
 
 
 def inputs(batch: int = 2, seq: int = 3, **placement: object) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pytest
 import torch
@@ -16,6 +17,28 @@ CUDA = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device here: grade on a GPU machine to run the cuda cases"
 )
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=CUDA)]
+T = TypeVar("T")
+
+
+def describe(value: object) -> str:
+    """How a value the implementation returned reads in a verdict: its type, never its repr (which may
+    hold a memory address or a grad_fn)."""
+    if value is None:
+        return "None"
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def expect_instance(value: object, expected: type[T], call: str, wanted: str) -> T:
+    """``value``, after failing the check with what ``call`` returned unless it is an ``expected``."""
+    assert isinstance(value, expected), f"{call} returned {describe(value)}, expected {wanted}"
+    return value
+
+
+def output(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``, after failing the check unless the forward returned a tensor."""
+    return expect_instance(layer(x), torch.Tensor, "the LoRALinear's forward", "one torch.Tensor of shape (..., out)")
 
 
 def trainable(module: nn.Module) -> list[nn.Parameter]:
@@ -79,20 +102,78 @@ def randomize_factors(layer: nn.Module, std: float = 0.1) -> None:
             tensor.normal_(0.0, std)
 
 
+NUDGE_GAIN = 4096.0  # the larger change of x, which float32 resolves, is this many times the nudge
+
+
+def expect_base_precision(layer: nn.Module, base: nn.Linear) -> None:
+    """Fail the check, saying so, unless the layer's eval-mode output is a tensor in the base's dtype and,
+    for a float64 base, computed in float64 throughout.
+
+    An output upcast, or a forward that computes in float32 internally, would otherwise meet the 1e-9
+    comparisons of the float64 checks and be blamed on some other cause. The test: nudge x by less than
+    float32 resolves. A float64 layer's output, and its adapter's share of it, move by about 1/NUDGE_GAIN of
+    what a NUDGE_GAIN times larger change moves them; one that rounds x to float32 does not move at all.
+    """
+    dtype, device = base.weight.dtype, base.weight.device
+    generator = torch.Generator().manual_seed(20211016)  # its own: the checks' random draws stay the same
+    x = torch.randn(8, base.in_features, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    was_training = layer.training
+    layer.eval()
+    try:
+        with torch.no_grad():
+            y = output(layer, x)
+            assert y.dtype == dtype, (
+                f"for {dtype} inputs and a {dtype} base the layer returned {y.dtype}: "
+                "compute and return in the base's dtype (no .float() or .to(...) on the way)"
+            )
+            if dtype != torch.float64:
+                return
+            coarse = x.float().double()
+            far = coarse + NUDGE_GAIN * (x - coarse)
+            start = output(layer, coarse)
+            total = [y - start, output(layer, far) - start]  # the layer's response to the nudge, to the larger change
+            adapter = [change - (base(moved) - base(coarse)) for change, moved in zip(total, (x, far), strict=True)]
+    finally:
+        layer.train(was_training)
+    floor = 1e-12 * (1 + y.abs().max().item())  # a response below this is float64 rounding, not the layer's
+    for near, larger in (total, adapter):
+        predicted = larger.abs().max().item() / NUDGE_GAIN
+        measured = near.abs().max().item()
+        assert larger.abs().max().item() <= floor or measured >= 1e-3 * predicted, (
+            f"with a float64 base the layer's output ignores changes of x below float32 resolution (it moves "
+            f"{measured:.2g} where {predicted:.2g} was due): it computes in float32 internally; compute in x's "
+            "dtype, with no .float()"
+        )
+
+
 def measured_update(layer: nn.Module, base: nn.Linear) -> torch.Tensor:
-    """The (out, in) matrix the layer adds to the base's weight, read off its eval-mode outputs."""
+    """The (out, in) matrix the layer adds to the base's weight, read off its eval-mode outputs; fails the
+    check first when those outputs are not in the base's dtype and precision (expect_base_precision)."""
+    expect_base_precision(layer, base)
     was_training = layer.training
     layer.eval()
     try:
         with torch.no_grad():
             identity = torch.eye(base.in_features, dtype=base.weight.dtype, device=base.weight.device)
-            return (layer(identity) - base(identity)).T
+            return (output(layer, identity) - base(identity)).T
     finally:
         layer.train(was_training)
 
 
+def scaling_ratio(layer: nn.Module, base: nn.Linear, found: Factors) -> tuple[float, bool]:
+    """How many times B @ A the layer adds to the base's weight (least squares), and whether the update
+    is proportional to B @ A at all."""
+    product = (found.B @ found.A).detach().to(torch.float64)
+    measured = measured_update(layer, base).to(torch.float64)
+    ratio = ((measured * product).sum() / (product * product).sum()).item()
+    proportional = max_difference(measured, ratio * product) <= 1e-9 * (1 + product.abs().max().item())
+    return ratio, proportional
+
+
 def max_difference(measured: torch.Tensor, expected: torch.Tensor) -> float:
     """Largest absolute difference, computed in float64."""
+    for value in (measured, expected):
+        expect_instance(value, torch.Tensor, "the implementation", "a torch.Tensor")
     return (measured.double() - expected.double()).abs().max().item()
 
 

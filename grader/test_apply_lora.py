@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import traceback
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from grader.models import ToyTransformer, inputs, matching_linears
-from grader.probes import DEVICES, max_difference, randomize_factors, train, trainable
+from grader.probes import DEVICES, describe, expect_instance, max_difference, randomize_factors, train, trainable
 
 SUBJECT = "apply_lora"  # the definition a failing check points at
 
@@ -24,8 +26,40 @@ TARGET_CASES = [
 ]
 
 
+ONCE = (
+    "target_modules is any iterable of names (Iterable[str]), and a generator can be read only once: "
+    "take list(target_modules) first"
+)
+
+
 def adapters(model: nn.Module, LoRALinear: type) -> dict[str, nn.Module]:
     return {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
+
+
+def adapted(returned: object) -> nn.Module:
+    """What apply_lora returned, after failing the check unless it is a model."""
+    return expect_instance(returned, nn.Module, "apply_lora(model, ...)", "the model itself, adapted in place")
+
+
+def raised_by_apply_lora(error: BaseException) -> bool:
+    """Whether apply_lora raised ``error`` itself ("nothing matched"), not something it called (LoRALinear)."""
+    return Path(traceback.extract_tb(error.__traceback__)[-1].filename).stem == SUBJECT
+
+
+def matching_cause(targets: tuple[str, ...], wrong: list[str], missed: list[str], adapted_none: bool) -> str:
+    """The likely mistake behind adapting ``wrong`` and missing ``missed`` for ``targets``."""
+    rule = "match a name when it equals a target or ends with '.' + target"
+    if any(t in name for name in wrong for t in targets):
+        return "substring or bare endswith matching: " + rule
+    for name in missed:
+        for t in (t for t in targets if "." in t):
+            if name == t:
+                return f"a target may be a whole qualified name ({t!r} is a layer's name): " + rule
+            if name.endswith("." + t):
+                return f"a dotted target matches the end of the qualified name ({t!r} matches {name!r}): " + rule
+    if adapted_none and all("." in name for name in missed):
+        return rule + ", at any depth (walk model.named_modules())"
+    return rule
 
 
 @pytest.mark.points(2)
@@ -33,17 +67,42 @@ def adapters(model: nn.Module, LoRALinear: type) -> dict[str, nn.Module]:
 def test_adapts_exactly_the_linears_whose_names_match(apply_lora, LoRALinear, targets):
     model = ToyTransformer()
     expected = set(matching_linears(model, targets))
-    apply_lora(model, targets, r=2, alpha=4.0)
-    adapted = set(adapters(model, LoRALinear))
-    wrong, missed = sorted(adapted - expected), sorted(expected - adapted)
-    cause = "match a name when it equals a target or ends with '.' + target"
-    if wrong and any(t in name for name in wrong for t in targets):
-        cause = "substring or bare endswith matching: " + cause
-    elif missed and any("." in t for t in targets):
-        cause = "a dotted target matches the end of the qualified name: " + cause
+    try:
+        apply_lora(model, targets, r=2, alpha=4.0)
+    except ValueError as error:
+        if not raised_by_apply_lora(error):
+            raise  # LoRALinear refusing its arguments, say: reported as it is, at the call
+        refused = True
+    else:
+        refused = False
+    found = set(adapters(model, LoRALinear))
+    wrong, missed = sorted(found - expected), sorted(expected - found)
+    cause = matching_cause(tuple(targets), wrong, missed, adapted_none=not found)
+    assert not refused, (
+        f"targets {list(targets)}: apply_lora raised ValueError (nothing matched?), expected LoRALinear on "
+        f"{len(expected)} layers, e.g. {sorted(expected)[:2]}: {cause}"
+    )
     assert not wrong and not missed, (
-        f"targets {list(targets)}: expected LoRALinear on {len(expected)} layers, got {len(adapted)}; "
+        f"targets {list(targets)}: expected LoRALinear on {len(expected)} layers, got {len(found)}; "
         f"wrongly adapted {wrong[:3]}, missed {missed[:3]}: {cause}"
+    )
+
+
+@pytest.mark.points(1)
+def test_accepts_any_iterable_of_target_names(apply_lora, LoRALinear):
+    model = ToyTransformer()
+    expected = sorted(matching_linears(model, DEFAULT_TARGETS))
+    call = "apply_lora(model, (name for name in ['q_proj', 'v_proj']))"
+    try:
+        apply_lora(model, (name for name in DEFAULT_TARGETS), r=2, alpha=4.0)
+    except ValueError as error:
+        if not raised_by_apply_lora(error):
+            raise
+        pytest.fail(f"{call} raised ValueError, expected LoRALinear on {len(expected)} layers: {ONCE}", pytrace=False)
+    found = sorted(adapters(model, LoRALinear))
+    assert found == expected, (
+        f"{call} adapted {len(found)} layers, expected {len(expected)}, missed e.g. "
+        f"{sorted(set(expected) - set(found))[:2]}: {ONCE}"
     )
 
 
@@ -52,9 +111,7 @@ def test_wraps_the_original_layers_in_place(apply_lora, LoRALinear):
     model = ToyTransformer()
     originals = {name: model.get_submodule(name) for name in matching_linears(model, DEFAULT_TARGETS)}
     returned = apply_lora(model, DEFAULT_TARGETS, r=2, alpha=4.0)
-    assert returned is model, (
-        f"apply_lora returned {type(returned).__name__}, expected the model itself, adapted in place"
-    )
+    assert returned is model, f"apply_lora returned {describe(returned)}, expected the model itself, adapted in place"
     for name, original in originals.items():
         layer = model.get_submodule(name)
         assert isinstance(layer, LoRALinear), f"{name} is a {type(layer).__name__}, expected the package's LoRALinear"
@@ -84,7 +141,7 @@ def test_passes_dropout_to_every_adapter(apply_lora, LoRALinear):
     outputs = {}
     for dropout in (0.0, 0.5):
         torch.manual_seed(0)
-        model = apply_lora(ToyTransformer(), DEFAULT_TARGETS, r=2, alpha=4.0, dropout=dropout)
+        model = adapted(apply_lora(ToyTransformer(), DEFAULT_TARGETS, r=2, alpha=4.0, dropout=dropout))
         for layer in adapters(model, LoRALinear).values():
             randomize_factors(layer, std=0.5)
         model.train()
@@ -96,7 +153,7 @@ def test_passes_dropout_to_every_adapter(apply_lora, LoRALinear):
 
 @pytest.mark.points(3)
 def test_freezes_everything_but_the_adapters(apply_lora, LoRALinear):
-    model = apply_lora(ToyTransformer(), DEFAULT_TARGETS, r=2, alpha=4.0)
+    model = adapted(apply_lora(ToyTransformer(), DEFAULT_TARGETS, r=2, alpha=4.0))
     inside = {id(p) for layer in adapters(model, LoRALinear).values() for p in trainable(layer)}
     loose = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
     assert not loose, f"{len(loose)} parameters outside the adapters still train, e.g. {loose[:3]}: freeze them"
@@ -116,7 +173,7 @@ def test_leaves_the_output_unchanged(apply_lora):
     model, x = ToyTransformer(), inputs()
     with torch.no_grad():
         before = model(x)
-        change = max_difference(apply_lora(model, DEFAULT_TARGETS, r=2, alpha=4.0)(x), before)
+        change = max_difference(adapted(apply_lora(model, DEFAULT_TARGETS, r=2, alpha=4.0))(x), before)
     assert change < 1e-5, f"the model's output changed by {change:.3g} right after apply_lora: adapters start at zero"
 
 
@@ -140,7 +197,7 @@ def test_raises_naming_the_targets_when_nothing_matches(apply_lora, targets):
 
 @pytest.mark.points(1)
 def test_never_wraps_an_adapter_again(apply_lora, LoRALinear):
-    model = apply_lora(ToyTransformer(), DEFAULT_TARGETS, r=2, alpha=4.0)
+    model = adapted(apply_lora(ToyTransformer(), DEFAULT_TARGETS, r=2, alpha=4.0))
     first = set(adapters(model, LoRALinear))
     with contextlib.suppress(ValueError):  # "nothing left to adapt" is a fair answer too
         apply_lora(model, DEFAULT_TARGETS, r=2, alpha=4.0)

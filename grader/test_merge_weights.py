@@ -9,7 +9,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 from grader.models import ToyTransformer, inputs, matching_linears
-from grader.probes import DEVICES, factors, max_difference, measured_update, randomize_factors
+from grader.probes import (
+    DEVICES,
+    describe,
+    expect_instance,
+    factors,
+    max_difference,
+    measured_update,
+    randomize_factors,
+)
 
 SUBJECT = "merge_weights"  # the definition a failing check points at
 
@@ -27,6 +35,16 @@ def adapted_model(LoRALinear, dropout=0.0, **placement):
     return model
 
 
+def returned_model(returned: object) -> nn.Module:
+    """What merge_weights returned for a model, after failing the check unless it is a model."""
+    return expect_instance(returned, nn.Module, "merge_weights(model)", "the model itself, merged in place")
+
+
+def returned_linear(returned: object) -> nn.Linear:
+    """What merge_weights returned for a single LoRALinear, after failing the check unless it is an nn.Linear."""
+    return expect_instance(returned, nn.Linear, "merge_weights(a LoRALinear)", "the new nn.Linear")
+
+
 def eval_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
@@ -38,7 +56,7 @@ def eval_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_merged_model_computes_what_the_adapted_one_did(LoRALinear, merge_weights, device):
     model, x = adapted_model(LoRALinear, device=device), inputs(device=device)
     expected = eval_outputs(model, x)
-    error = max_difference(eval_outputs(merge_weights(model), x), expected)
+    error = max_difference(eval_outputs(returned_model(merge_weights(model)), x), expected)
     assert error < 1e-5, f"merged model's outputs differ from the adapted model's by {error:.3g}, expected < 1e-5"
 
 
@@ -59,35 +77,39 @@ def test_merged_weight_is_W_plus_the_update(LoRALinear, merge_weights, in_featur
     weight, update = base.weight.detach().clone(), measured_update(layer, base)
     expected_bias = None if base.bias is None else base.bias.detach().clone()
     model = nn.Sequential(layer)
-    merged = merge_weights(model)[0]
-    assert type(merged) is nn.Linear, f"merged layer is a {type(merged).__name__}, expected a plain nn.Linear"
-    error = max_difference(merged.weight, weight + update)
-    transposed = in_features == out_features and max_difference(merged.weight, weight + update.T) < 1e-5
+    returned_model(merge_weights(model))
+    new = model[0]
+    assert type(new) is nn.Linear, f"merged layer is a {type(new).__name__}, expected a plain nn.Linear"
+    error = max_difference(new.weight, weight + update)
+    transposed = in_features == out_features and max_difference(new.weight, weight + update.T) < 1e-5
     assert error < 1e-5, f"merged weight differs from W + scaling B @ A by {error:.3g}" + (
         ": the update is transposed, (B @ A).T" if transposed else ": check the scaling and the order B @ A"
     )
     if expected_bias is None:
-        assert merged.bias is None, "the base had no bias but the merged layer has one: keep bias=None"
+        assert new.bias is None, "the base had no bias but the merged layer has one: keep bias=None"
     else:
-        assert merged.bias is not None, "the merged layer lost the base's bias: keep it"
-        assert torch.equal(merged.bias.detach(), expected_bias), (
-            "the merged bias differs from the base's: keep it as is"
-        )
+        assert new.bias is not None, "the merged layer lost the base's bias: keep it"
+        assert torch.equal(new.bias.detach(), expected_bias), "the merged bias differs from the base's: keep it as is"
 
 
 @pytest.mark.points(3)
 def test_replaces_every_adapter_by_a_plain_linear(LoRALinear, merge_weights):
     model = adapted_model(LoRALinear)
     returned = merge_weights(model)
-    assert returned is model, f"merge_weights returned {type(returned).__name__}, expected the model itself"
+    assert returned is model, f"merge_weights returned {describe(returned)}, expected the model itself"
     left = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
     assert not left, f"{len(left)} LoRALinear left after merging, e.g. {left[:3]}: replace every one, at any depth"
     for name in matching_linears(ToyTransformer(), TARGETS):
         layer = model.get_submodule(name)
         assert type(layer) is nn.Linear, f"{name} is a {type(layer).__name__} after merging, expected nn.Linear"
         weight = layer.weight
-        assert isinstance(weight, nn.Parameter) and weight.grad_fn is None, (
-            f"{name}.weight has grad history ({weight.grad_fn}): compute the merge under torch.no_grad()"
+        assert weight.grad_fn is None, (
+            f"{name}.weight has grad history (autograd recorded the sum W + scaling B @ A): "
+            "compute the merge under torch.no_grad()"
+        )
+        assert isinstance(weight, nn.Parameter), (
+            f"{name}.weight is {describe(weight)}, not an nn.Parameter, so model.parameters() and state_dict() "
+            "miss it: store it as nn.Parameter(merged, requires_grad=False)"
         )
 
 
@@ -98,9 +120,9 @@ def test_merging_a_single_layer_returns_the_linear(LoRALinear, merge_weights):
     randomize_factors(layer)
     x = torch.randn(5, 12)
     expected = eval_outputs(layer, x)
-    merged = merge_weights(layer)
-    assert type(merged) is nn.Linear, f"merge_weights(LoRALinear) returned {type(merged).__name__}, expected nn.Linear"
-    error = max_difference(merged(x), expected)
+    returned = merge_weights(layer)
+    assert type(returned) is nn.Linear, f"merge_weights(LoRALinear) returned {describe(returned)}, expected nn.Linear"
+    error = max_difference(returned(x), expected)
     assert error < 1e-5, f"the merged layer's outputs differ from the LoRALinear's by {error:.3g}"
 
 
@@ -109,7 +131,7 @@ def test_merges_the_same_in_train_mode_with_dropout(LoRALinear, merge_weights):
     model, x = adapted_model(LoRALinear, dropout=0.5), inputs()
     expected = eval_outputs(model, x)
     model.train()
-    error = max_difference(eval_outputs(merge_weights(model), x), expected)
+    error = max_difference(eval_outputs(returned_model(merge_weights(model)), x), expected)
     assert error < 1e-5, (
         f"merged in train mode (dropout=0.5), the outputs differ by {error:.3g}: compute W + scaling B @ A "
         "from the factors, not from a forward pass"
@@ -119,8 +141,8 @@ def test_merges_the_same_in_train_mode_with_dropout(LoRALinear, merge_weights):
 @pytest.mark.points(1)
 def test_merging_twice_changes_nothing(LoRALinear, merge_weights):
     model, x = adapted_model(LoRALinear), inputs()
-    once = eval_outputs(merge_weights(model), x)
-    error = max_difference(eval_outputs(merge_weights(model), x), once)
+    once = eval_outputs(returned_model(merge_weights(model)), x)
+    error = max_difference(eval_outputs(returned_model(merge_weights(model)), x), once)
     assert error == 0, f"a second merge_weights changed the outputs by {error:.3g}: merging must be idempotent"
 
 
@@ -133,7 +155,7 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
     randomize_factors(layer, std=0.2)
     found = factors(layer, 64, 48, 8)
     exact = base.weight.double() + 16.0 / 8 * found.B.double() @ found.A.double()
-    merged = merge_weights(layer)
+    merged = returned_linear(merge_weights(layer))
     assert merged.weight.dtype == dtype and merged.weight.device.type == device, (
         f"merged weight is {merged.weight.dtype} on {merged.weight.device}, expected {dtype} on {device}"
     )

@@ -9,6 +9,12 @@ DOWN = "down = F.linear(self.dropout(x), self.lora_A) * self.scaling"
 RESULT = "return self.base(x) + F.linear(down, self.lora_B)"
 FREEZE = "self.base = base.requires_grad_(False)"
 PLACE = '{"device": base.weight.device, "dtype": base.weight.dtype}'
+DROPOUT = "self.dropout = nn.Dropout(dropout)"
+P = "self.dropout.p"
+MASK_AT_INIT = DROPOUT + (
+    '; self.register_buffer("mask", (torch.rand(base.in_features, **same_place) >= dropout).to(base.weight.dtype)'
+    " / (1 - dropout))"
+)
 
 WRONG_ANSWERS = [
     WrongAnswer("B random at init", KATA, B_ZEROS, "0.01 * torch.randn(base.out_features, r, **same_place)",
@@ -83,4 +89,42 @@ WRONG_ANSWERS = [
     WrongAnswer("an activation between A and B", KATA, DOWN, DOWN.replace("F.linear(self.dropout(x), self.lora_A)",
                 "torch.relu(F.linear(self.dropout(x), self.lora_A))"),
                 "test_update_is_scaling_times_B_at_A", "not proportional to B @ A"),
+    WrongAnswer("dropout keeps with probability p", KATA, DROPOUT, "self.dropout = nn.Dropout(1 - dropout)",
+                "test_dropout_zeroes_adapter_inputs_in_train_mode", "keep probability"),
+    WrongAnswer("dropout survivors scaled by 1/p", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", f"(x * (torch.rand_like(x) >= {P}) / {P} if self.training else x)"),
+                "test_dropout_zeroes_adapter_inputs_in_train_mode", "that is 1/p"),
+    WrongAnswer("dropout mask keeps a fraction p", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", f"(x * (torch.rand_like(x) < {P}) / (1 - {P}) if self.training else x)"),
+                "test_dropout_zeroes_a_fraction_p_of_the_adapter_inputs", "not of keeping it"),
+    WrongAnswer("one dropout mask shared across the batch", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", "(x * (torch.rand(x.shape[-1], dtype=x.dtype) >= "
+                                                f"{P}) / (1 - {P}) if self.training else x)"),
+                "test_dropout_draws_a_fresh_mask_for_every_input_and_call", "share one dropout mask"),
+    WrongAnswer("whole rows dropped", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", "(x * (torch.rand(*x.shape[:-1], 1, dtype=x.dtype) >= "
+                                                f"{P}) / (1 - {P}) if self.training else x)"),
+                "test_dropout_draws_a_fresh_mask_for_every_input_and_call", "drop each element of x on its own"),
+    WrongAnswer("dropout mask drawn once in __init__", KATA, DROPOUT, MASK_AT_INIT,
+                "test_dropout_draws_a_fresh_mask_for_every_input_and_call", "not once in __init__",
+                more_edits=((DOWN, DOWN.replace("self.dropout(x)", "(x * self.mask if self.training else x)")),)),
+    WrongAnswer("dropout mask drawn once in __init__, applied in eval mode too", KATA, DROPOUT, MASK_AT_INIT,
+                "test_dropout_is_off_in_eval_mode", "a mask drawn in __init__",
+                more_edits=((DOWN, DOWN.replace("self.dropout(x)", "(x * self.mask)")),)),
+    WrongAnswer("rank clamped to min(in, out)", KATA, "self.r = r",
+                "r = min(r, base.in_features, base.out_features)\n        self.r = r",
+                "test_a_rank_above_min_in_out_is_kept", "keep r as given"),
+    WrongAnswer("alpha truncated to an integer", KATA, "self.alpha = alpha", "self.alpha = alpha = int(alpha)",
+                "test_a_fractional_alpha_is_kept", "rounded to a whole number"),
+    WrongAnswer("A uniform in [0, 1)", KATA, A_INIT, "nn.init.uniform_(self.lora_A)",
+                "test_A_starts_centred_on_zero", "centred on 0"),
+    WrongAnswer("adapter computed in float32", KATA, DOWN,
+                DOWN.replace("self.dropout(x), self.lora_A", "self.dropout(x).float(), self.lora_A.float()"),
+                "test_update_is_scaling_times_B_at_A", "computes in float32 internally",
+                more_edits=((RESULT, "return self.base(x) + F.linear(down, self.lora_B.float()).to(x.dtype)"),)),
+    WrongAnswer("output upcast to float32, seen in float64", KATA, RESULT,
+                "return (self.base(x) + F.linear(down, self.lora_B)).float()",
+                "test_gradients_reach_the_factors_and_input_but_not_the_base", "returned torch.float32"),
+    WrongAnswer("forward returns a tuple", KATA, RESULT, RESULT + ", down",
+                "test_computes_with_the_base_it_was_given", "returned a tuple"),
 ]  # fmt: skip

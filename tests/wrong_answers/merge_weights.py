@@ -43,4 +43,9 @@ WRONG_ANSWERS = [
     WrongAnswer("a single LoRALinear not handled", KATA,
                 "    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n", "",
                 "test_merging_a_single_layer_returns_the_linear", "expected nn.Linear"),
+    WrongAnswer("merged weight a plain tensor", KATA, "merged.weight = " + SUM,
+                "del merged.weight\n    merged.weight = (weight.to(accumulate) + update).to(weight.dtype)",
+                "test_replaces_every_adapter_by_a_plain_linear", "not an nn.Parameter"),
+    WrongAnswer("returns None, the model then used", KATA, "    return model\n", "    return None\n",
+                "test_merged_model_computes_what_the_adapted_one_did", "merge_weights(model) returned None"),
 ]  # fmt: skip
