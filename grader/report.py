@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,12 @@ class Reporter:
         """
         return self.implementation.innermost_frame(error, kata_of(item)) or self.implementation.innermost_frame(error)
 
+    def _raised_by_the_implementation(self, error: BaseException) -> bool:
+        """Whether the implementation's own code raised ``error`` (a stub's ``raise NotImplementedError``),
+        rather than a library it called (torch raises NotImplementedError for what it does not support)."""
+        frames = traceback.extract_tb(error.__traceback__)
+        return bool(frames) and Path(frames[-1].filename).is_relative_to(self.implementation.folder)
+
     def blame(self, item: pytest.Item, error: BaseException) -> str:
         """Where in the implementation to look: the frame of its code in the traceback, else the definition
         the check is about (the ``subject`` marker, else its module's SUBJECT), else the top of the kata's file."""
@@ -96,7 +103,7 @@ class Reporter:
         if isinstance(error, KataUnavailable):
             return str(error)
         deepest = self.implementation.innermost_frame(error)
-        if isinstance(error, NotImplementedError):
+        if isinstance(error, NotImplementedError) and self._raised_by_the_implementation(error):
             culprit = deepest[0].stem if deepest else kata
             if culprit != kata and culprit in KATAS:
                 return f"blocked: finish {culprit} first ({first_line})"

@@ -126,3 +126,14 @@ def test_a_check_that_never_returns_fails_at_its_time_limit_with_the_line_it_was
         result.message
         == f"timed out after 0.5 s, stuck at {result.location}: an endless loop, or far slower than it should be?"
     )
+
+
+def test_a_not_implemented_error_from_torch_is_an_error_not_an_unsolved_stub(tmp_path):
+    source = (SOLUTIONS / "lora_linear.py").read_text()
+    unsupported = source.replace(
+        "        self.scaling = alpha / r\n",
+        "        self.scaling = alpha / r\n        nn.init.orthogonal_(torch.empty(2, 2, dtype=torch.bfloat16))\n",
+    )
+    results = run_grader(implementation_folder(tmp_path / "sub", {"lora_linear": unsupported}), ["lora_linear"])
+    (message,) = {result.message.split(":")[0] for result in results if result.outcome == "failed"}
+    assert message == f"NotImplementedError raised at {tmp_path / 'sub' / 'lora_linear.py'}"
