@@ -2,8 +2,9 @@
 
     python benchmarks/batch_throughput.py [--submissions 100] [--jobs 2]
 
-The submissions are the reference answers, the wrong answers of tests/wrong_answers and a few hostile
-ones (os._exit, a 50 GB allocation, a leftover child process, a hang under the --timeout), in turn.
+The submissions are the reference answers, a few hostile ones (os._exit, a 50 GB allocation, a leftover
+child process, a hang under the --timeout) and the wrong answers of tests/wrong_answers, in turn. The
+baseline, timed in the same run, is `lora-kata grade` of the reference answers: one submission at a time.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ HOSTILE = {
 
 
 def make_submissions(folder: Path, count: int) -> None:
-    """``count`` submission folders: references, wrong answers and hostile ones, in turn."""
-    kinds = [("reference", {})] + [(w.name, {w.kata: w.source()}) for w in all_wrong_answers()]
-    kinds += [(name, {kata: source}) for name, (kata, source) in HOSTILE.items()]
+    """``count`` submission folders: references, hostile ones and wrong answers, in turn."""
+    kinds = [("reference", {})] + [(name, {kata: source}) for name, (kata, source) in HOSTILE.items()]
+    kinds += [(w.name, {w.kata: w.source()}) for w in all_wrong_answers()]
     for number, (name, sources) in zip(range(count), itertools.cycle(kinds), strict=False):
         implementation_folder(folder / f"{number:03d}-{name.replace(' ', '-').replace('/', '-')}", sources)
 
@@ -58,6 +59,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--timeout", type=float, default=60.0, help="per-submission limit (the hang uses it up)")
     arguments = parser.parse_args()
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "grader", "grade", "--impl", "solutions"], cwd=REPOSITORY, check=True,
+                   capture_output=True)  # fmt: skip
+    one_at_a_time = 60 / (time.perf_counter() - start)
     with tempfile.TemporaryDirectory() as scratch:
         submissions = Path(scratch) / "submissions"
         make_submissions(submissions, arguments.submissions)
@@ -68,9 +73,11 @@ def main() -> None:
         seconds = time.perf_counter() - start
         rows = len(Path(f"{scratch}/grades.csv").read_text().splitlines()) - 1 if completed.returncode == 0 else 0
         left = strays(scratch)
+    rate = 60 * rows / seconds
+    print(f"baseline: lora-kata grade --impl solutions, one at a time: {one_at_a_time:.1f} submissions/minute")
     print(f"graded {rows}/{arguments.submissions} submissions with --jobs {arguments.jobs} in {seconds:.1f} s: "
-          f"{60 * rows / seconds:.1f} submissions/minute; exit code {completed.returncode}; "
-          f"stray processes afterwards: {len(left)}")  # fmt: skip
+          f"{rate:.1f} submissions/minute ({rate / one_at_a_time:.2f}x the baseline); "
+          f"exit code {completed.returncode}; stray processes afterwards: {len(left)}")  # fmt: skip
     for command_line in left:
         print(f"  stray: {command_line}")
 

@@ -6,12 +6,12 @@ Needs cosmic-ray (`pip install -e '.[mutation]'`). The mutants are cosmic-ray's:
 its that takes no argument, at every place where it applies in solutions/<kata>.py, enumerated as
 `cosmic-ray init` does. Each mutant is graded in a subprocess by grader/test_<kata>.py alone, on a
 copy of solutions/ in which only that module is mutated, with -x: the first failing check kills the
-mutant, and so does running past --timeout (the grader's own 20 s limit per check is raised to it, so
-that a busy machine fakes no kill). The grader, solutions/ and pyproject.toml are copied first: edits
-made to them during the run change nothing. Prints the kill rate per module and in all, then every
-survivor with its diff. A survivor listed in EQUIVALENT below is reported with the reason no check
-can kill it. Exits 1 if a survivor is not listed or the grader could not run on a mutant, 2 if the
-grader fails the unmutated answers.
+mutant, and so does running past --timeout (the grader's own 20 s limit per check is raised to it
+with --check-timeout, so that a busy machine fakes no kill). The grader, solutions/ and
+pyproject.toml are copied first: edits made to them during the run change nothing. Prints the kill
+rate per module and in all, then every survivor with its diff. A survivor listed in EQUIVALENT below
+is reported with the reason no check can kill it. Exits 1 if a survivor is not listed or the grader
+could not run on a mutant, 2 if the grader fails the unmutated answers.
 
 Why cosmic-ray's library API and not `cosmic-ray exec` or mutmut: `cosmic-ray exec` writes each
 mutant over the module in place, runs one test command for every module, and runs in parallel only
@@ -40,19 +40,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-# Loaded into each grading process: the grader's limit per check (20 s) becomes --timeout, so that a check
-# slowed down by a busy machine never counts as a kill; a mutant that hangs is still killed at --timeout.
-PLUGIN = """
-import os
-
-import pytest
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items):
-    for item in items:
-        item.add_marker(pytest.mark.timeout(float(os.environ["MUTATION_CHECK_TIMEOUT_S"])), append=False)
-"""
 
 
 @dataclass(frozen=True)
@@ -151,7 +138,6 @@ def snapshot(destination: Path) -> Path:
     for path in (REPOSITORY / "solutions").glob("*.py"):
         shutil.copyfile(path, destination / "solutions" / path.name)
     shutil.copyfile(REPOSITORY / "pyproject.toml", destination / "pyproject.toml")
-    (destination / "mutation_plugin.py").write_text(PLUGIN)
     (destination / "mutants").mkdir()
     return destination
 
@@ -211,9 +197,11 @@ def grade(module: str, code: str | None, root: Path, index: int, timeout: float)
     if code is not None:
         (folder / f"{module}.py").write_text(code)
     command = [sys.executable, "-m", "pytest", f"grader/test_{module}.py", "--impl", str(folder)]
-    command += ["-x", "-q", "-p", "no:cacheprovider", "-p", "mutation_plugin"]
+    # The grader's limit per check (20 s) becomes the mutant's: a check slowed down by a busy machine never
+    # counts as a kill; a mutant that hangs is still killed at ``timeout``.
+    command += ["-x", "-q", "-p", "no:cacheprovider", "--check-timeout", str(timeout)]
     environment = {key: value for key, value in os.environ.items() if key != "KATA_IMPL"}
-    environment.update(PYTHONDONTWRITEBYTECODE="1", MUTATION_CHECK_TIMEOUT_S=str(timeout), COLUMNS="400")
+    environment.update(PYTHONDONTWRITEBYTECODE="1", COLUMNS="400")
     start = time.perf_counter()
     process = subprocess.Popen(
         command,

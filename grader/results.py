@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,9 +109,8 @@ def score_table(results: list[CheckResult]) -> list[str]:
         checks = f"{total['passed']:.0f}/{total['checks']:.0f}"
         points = f"{total['score']:g}/{total['max_score']:g}"
         lines.append(f"{kata:<16}{checks:>10}{points:>14}" + (f"   {blocked.split(' (')[0]}" if blocked else ""))
-    skipped = [result for result in results if result.outcome == "skipped"]
-    if skipped:
-        lines.append(f"({len(skipped)} checks skipped: {skipped[0].message})")
+    reasons = Counter(result.message for result in results if result.outcome == "skipped")
+    lines += [f"({count} {'check' if count == 1 else 'checks'} skipped: {reason})" for reason, count in reasons.items()]
     return lines
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from grader.implementation import KATAS
 from grader.isolation import grade_isolated
+from grader.results import CheckResult, score_table
 from grader.run import run_grader
 from tests.implementations import REPOSITORY, SOLUTIONS, implementation_folder
 
@@ -43,7 +44,7 @@ def test_grade_prints_the_score_table_and_writes_gradescope_json(tmp_path):
     completed = lora_kata("grade", "--impl", str(folder), "--json", str(tmp_path / "results.json"))
     assert completed.returncode == 1, completed.stderr
     assert "FAIL lora_linear::test_records_r_alpha_and_scaling: expected scaling = alpha / r" in completed.stdout
-    assert completed.stdout.splitlines()[-2].startswith("total")
+    assert any(line.startswith("total ") for line in completed.stdout.splitlines()[-4:]), completed.stdout
     document = json.loads((tmp_path / "results.json").read_text())
     assert {"score", "max_score", "execution_time", "output", "tests"} <= document.keys()
     assert 0 < document["score"] < document["max_score"] == sum(test["max_score"] for test in document["tests"])
@@ -173,3 +174,16 @@ def test_pytest_junitxml_carries_each_check_its_verdict_and_points(tmp_path):
         assert failure.get("message").startswith("not implemented yet"), failure.get("message")
         points = {p.get("name"): p.get("value") for p in case.iter("property")}
         assert float(points["points"]) > 0
+
+
+def test_the_score_table_counts_each_reason_for_skipping_apart():
+    results = [
+        CheckResult("lora_linear", "a[cuda]", "skipped", "no CUDA device here", 1.0),
+        CheckResult("lora_linear", "b[cuda]", "skipped", "no CUDA device here", 1.0),
+        CheckResult("masked_prompt", "c[transformers]", "skipped", "transformers is not installed", 2.0),
+        CheckResult("masked_prompt", "d", "passed", "", 2.0),
+    ]
+    assert score_table(results)[-2:] == [
+        "(2 checks skipped: no CUDA device here)",
+        "(1 check skipped: transformers is not installed)",
+    ]
