@@ -32,7 +32,10 @@ def run_grader(
     """
     collector = Collector(journal)
     paths = [str(GRADER / f"test_{kata}.py") for kata in katas]
-    arguments = [*paths, "--impl", str(implementation), "-o", "addopts=", "-p", "no:cacheprovider", *pytest_args]
+    # "--impl=PATH" in one word: pytest would read a separate PATH as a test path and pick its rootdir (and
+    # so the test ids, and any pytest.ini a submission ships) from there.
+    arguments = [*paths, f"--impl={implementation}", "--rootdir", str(GRADER.parent), "-o", "addopts="]
+    arguments += ["-p", "no:cacheprovider", *pytest_args]
     # The terminal plugin stays loaded (pytest-timeout reports a timeout through it); its output goes nowhere.
     with contextlib.redirect_stdout(io.StringIO()):
         exit_code = pytest.main(arguments, plugins=[collector])

@@ -81,3 +81,15 @@ def test_editing_the_grader_under_plain_pytest_is_flagged_and_fails_the_run(tmp_
     )  # fmt: skip
     assert completed.returncode == 1
     assert "tampering: the grader's files changed during grading: ['probes.py']" in completed.stdout
+
+
+@pytest.mark.parametrize("config", ["pytest.ini", "pyproject.toml"])
+def test_a_pytest_configuration_in_the_submission_changes_nothing(tmp_path, config):
+    folder = implementation_folder(tmp_path / "sub", {"lora_linear": B_RANDOM})
+    header = "[pytest]" if config == "pytest.ini" else "[tool.pytest.ini_options]"
+    (folder / config).write_text(f'{header}\npython_functions = "nothing_"\nfilterwarnings = "ignore"\n')
+    results = grade_isolated(folder, ["lora_linear", "fused_lora"]).results
+    assert "test_output_equals_the_base_at_init" in failures(results)
+    checks = {(result.kata, result.check) for result in results}
+    assert len(checks) == len(results), "two checks were reported under one name"
+    assert {kata for kata, _ in checks} == {"lora_linear", "fused_lora"}
