@@ -4,9 +4,10 @@
                                    [--dtype bfloat16] [--steps 50] [--warmup 10]
 
 Rows: floor (a frozen nn.Linear: forward + input grad, the least any adapter can cost), full (a
-trainable nn.Linear: full fine-tuning), solutions (the reference LoRALinear), and peft / loralib when
-they are installed. Each is a median over --steps steps after --warmup, timed with CUDA events on a
-GPU; ratios are to the floor measured in the same run. Peak memory is what the step allocates beyond
+trainable nn.Linear: full fine-tuning), solutions (the reference LoRALinear), fused (the reference
+FusedLoRALinear of the fused_lora kata), and peft / loralib when they are installed. Each is a median
+over --steps steps after --warmup, timed with CUDA events on a GPU; ratios are to the floor measured
+in the same run. Peak memory is what the step allocates beyond
 its inputs (CUDA only).
 """
 
@@ -24,6 +25,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from solutions.fused_lora import FusedLoRALinear
 from solutions.lora_linear import LoRALinear
 
 
@@ -36,8 +38,16 @@ def full_linear(features: tuple[int, int], rank: int, alpha: float, **placement:
 
 
 def solutions_layer(features: tuple[int, int], rank: int, alpha: float, **placement: object) -> nn.Module:
-    layer = LoRALinear(nn.Linear(*features, **placement), r=rank, alpha=alpha)
-    nn.init.normal_(layer.lora_B, std=0.01)  # a trained adapter: B is no longer zero
+    return trained(LoRALinear(nn.Linear(*features, **placement), r=rank, alpha=alpha))
+
+
+def fused_layer(features: tuple[int, int], rank: int, alpha: float, **placement: object) -> nn.Module:
+    return trained(FusedLoRALinear(nn.Linear(*features, **placement), r=rank, alpha=alpha))
+
+
+def trained(layer: nn.Module) -> nn.Module:
+    """``layer`` with B no longer zero, as after training (a zero B could let a kernel skip work)."""
+    nn.init.normal_(layer.lora_B, std=0.01)
     return layer
 
 
@@ -57,6 +67,7 @@ VARIANTS: dict[str, Callable[..., nn.Module]] = {
     "floor": frozen_linear,
     "full": full_linear,
     "solutions": solutions_layer,
+    "fused": fused_layer,
     "peft": peft_layer,
     "loralib": loralib_layer,
 }

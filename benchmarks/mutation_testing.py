@@ -62,6 +62,11 @@ _BY_NN_DROPOUT = (
 )
 _KAIMING = "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))"
 _SIGNATURE = "tokenizer: Any, instruction: str, input: str, output: str, max_length: int | None = None"
+_FUSED_ANNOTATIONS = (
+    "bias: torch.Tensor | None,",
+    "def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:",
+)
+_OPERATORS = ("+", "-", "*", "/", "//", "%", "**", "<<", ">>", "&", "^")
 _MERGED = "merged.weight = nn.Parameter((weight.to(accumulate) + update).to(weight.dtype), requires_grad={})"
 
 EQUIVALENT = [
@@ -73,9 +78,10 @@ EQUIVALENT = [
                "same verdict for every int r, the spec's domain; only a bool (True taken as rank 1) or a float r "
                "(TypeError from torch.empty instead of ValueError) goes differently"),
     *[
-        Equivalent("lora_linear", _KAIMING, _KAIMING.replace("sqrt(5)", f"sqrt( {n})"),
+        Equivalent(module, _KAIMING, _KAIMING.replace("sqrt(5)", f"sqrt( {n})"),
                    "A stays Kaiming-uniform, 7% narrower (a = sqrt(6)) or 10% wider (a = 2); the spec lets A be "
                    "a Gaussian of any scale, so A's scale is free and no check may pin it")
+        for module in ("lora_linear", "fused_lora")
         for n in (4, 6)
     ],
     Equivalent("lora_linear", _DROPOUT_CHECK, _DROPOUT_CHECK.replace("0.0 <=", "-1.0 <="),
@@ -90,8 +96,17 @@ EQUIVALENT = [
     *[
         Equivalent("masked_prompt", _SIGNATURE, _SIGNATURE.replace("int | None", f"int {operator} None"),
                    "an annotation: under `from __future__ import annotations` it is never evaluated")
-        for operator in ("+", "-", "*", "/", "//", "%", "**", "<<", ">>", "&", "^")
+        for operator in _OPERATORS
     ],
+    *[
+        Equivalent("fused_lora", annotation, annotation.replace("Tensor | None", f"Tensor {operator} None"),
+                   "an annotation: under `from __future__ import annotations` it is never evaluated")
+        for annotation in _FUSED_ANNOTATIONS
+        for operator in _OPERATORS
+    ],
+    Equivalent("fused_lora", "@staticmethod", "",
+               "Function.apply looks forward and backward up on the class, where a plain function is called "
+               "exactly as a staticmethod is"),
 ]  # fmt: skip
 
 

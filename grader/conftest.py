@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
-from torch import nn
 
 from grader.implementation import Implementation, ImplementationNotFound, KataUnavailable, locate
 from grader.report import Reporter, kata_of
@@ -85,22 +84,31 @@ def implementation(pytestconfig: pytest.Config) -> Implementation:
     return pytestconfig.stash[IMPLEMENTATION]
 
 
+class Unavailable(type):
+    """The type of a stand-in for what a kata's module cannot give: calling it or reading any attribute
+    (``FusedLoRAFunction.apply``) raises the import problem, so the check fails with it."""
+
+    problem: str
+
+    def __call__(cls, *args: object, **kwargs: object) -> Any:
+        raise KataUnavailable(cls.problem)
+
+    def __getattr__(cls, name: str) -> Any:
+        if name.startswith("__"):  # introspection (copy, inspect) asks for optional dunders
+            raise AttributeError(name)
+        raise KataUnavailable(cls.problem)
+
+
 def kata_fixture(kata: str, name: str) -> Any:
     """A session fixture named ``name``: that object of the kata's module, or, when the module cannot give
-    it, a stand-in that raises the import problem when the check calls it."""
+    it, a stand-in that raises the import problem when the check uses it."""
 
     @pytest.fixture(scope="session", name=name)
     def kata_object(implementation: Implementation) -> Any:
         try:
             return implementation.attribute(kata, name)
         except KataUnavailable as error:
-            message = str(error)
-
-            class Unavailable(nn.Module):
-                def __init__(self, *args: object, **kwargs: object) -> None:
-                    raise KataUnavailable(message)
-
-            return Unavailable
+            return Unavailable(name, (), {"problem": str(error)})
 
     return kata_object
 
@@ -112,6 +120,8 @@ merge_weights = kata_fixture("merge_weights", "merge_weights")
 format_prompt = kata_fixture("masked_prompt", "format_prompt")
 build_example = kata_fixture("masked_prompt", "build_example")
 collate = kata_fixture("masked_prompt", "collate")
+FusedLoRAFunction = kata_fixture("fused_lora", "FusedLoRAFunction")
+FusedLoRALinear = kata_fixture("fused_lora", "FusedLoRALinear")
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@ its outputs, never through private names, so every sane layout can be graded."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -17,6 +18,11 @@ CUDA = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device here: grade on a GPU machine to run the cuda cases"
 )
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=CUDA)]
+TRAINING_CASES = [  # (device, dtype) of the toy regression: bf16 too, as LoRA is trained in practice
+    pytest.param(device, dtype, id=f"{device}-{dtype}", marks=() if device == "cpu" else CUDA)
+    for device in ("cpu", "cuda")
+    for dtype in (torch.float32, torch.bfloat16)
+]
 T = TypeVar("T")
 
 
@@ -205,6 +211,46 @@ def train(
                 update = mean / ((square / (1 - beta2**step)).sqrt() + eps)
                 parameter.sub_((step_size * update).to(parameter.dtype))
     return losses
+
+
+def expect_training_fits_a_low_rank_target(
+    make_layer: Callable[[nn.Linear], nn.Module], device: str, dtype: torch.dtype, steps: int = 150
+) -> None:
+    """Fail the check unless Adam on ``make_layer(base)``'s parameters brings the mean squared error to a
+    rank-2 change of the base's outputs below 10% of its start, leaving the base untouched."""
+    in_features, out_features = 16, 8
+    base = nn.Linear(in_features, out_features, device=device, dtype=dtype)
+    frozen = {name: value.clone() for name, value in base.state_dict().items()}
+    teacher = 0.5 * torch.randn(out_features, 2, device=device) @ torch.randn(2, in_features, device=device)
+    x = torch.randn(64, in_features, device=device, dtype=dtype)
+    with torch.no_grad():
+        target = base(x) + (x.float() @ teacher.T).to(dtype)
+    layer = make_layer(base)
+
+    def loss() -> torch.Tensor:
+        return nn.functional.mse_loss(output(layer, x).float(), target.float())
+
+    losses = train(list(layer.parameters()), loss, steps)
+    assert losses[-1] < 0.1 * losses[0], (
+        f"training loss went from {losses[0]:.3g} to {losses[-1]:.3g} in {steps} Adam steps, expected below 10%: "
+        "does the gradient reach both factors?"
+    )
+    assert all(parameter.grad is None for parameter in base.parameters()), "the base received gradients"
+    changed = [name for name, value in base.state_dict().items() if not torch.equal(value, frozen[name])]
+    assert not changed, f"training changed the base's {changed}: the base must be frozen"
+
+
+def expect_r_alpha_and_scaling(layer: nn.Module, r: int, alpha: float) -> None:
+    """Fail the check unless the layer records ``r``, ``alpha`` and ``scaling == alpha / r`` as attributes."""
+    measured = {name: getattr(layer, name, None) for name in ("r", "alpha", "scaling")}
+    assert measured["r"] == r and measured["alpha"] == alpha, (
+        f"expected attributes r={r}, alpha={alpha}, measured r={measured['r']}, alpha={measured['alpha']}: "
+        "store the constructor's arguments as self.r and self.alpha"
+    )
+    scaling = measured["scaling"]
+    assert scaling is not None and math.isclose(float(scaling), alpha / r), (
+        f"expected scaling = alpha / r = {alpha / r:g}, measured {scaling}: set self.scaling = alpha / r"
+    )
 
 
 def expect_value_error(call: Callable[[], object], description: str) -> None:

@@ -1,0 +1,444 @@
+"""Checks of the `fused_lora` kata: FusedLoRAFunction (a hand-written backward) and FusedLoRALinear."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+from torch import nn
+from torch.autograd.gradcheck import GradcheckError
+
+from grader.flops import MatmulFlops
+from grader.probes import (
+    DEVICES,
+    TRAINING_CASES,
+    describe,
+    expect_instance,
+    expect_r_alpha_and_scaling,
+    expect_training_fits_a_low_rank_target,
+    expect_value_error,
+    factors,
+    max_difference,
+    output,
+    randomize_factors,
+    scaling_ratio,
+    trainable,
+)
+
+SUBJECT = "FusedLoRAFunction"  # the definition a failing check points at
+
+IN, OUT, R, ALPHA = 12, 10, 4, 10.0  # distinct dims: a factor's shape tells which it is; alpha / r not whole
+SCALING = ALPHA / R
+INPUTS = ("x", "weight", "bias", "lora_A", "lora_B")  # the tensor arguments of apply, in order
+GRADIENTS = {  # each input's gradient, g = dL/dy (N, out), for the failure messages
+    "x": "g W + scaling (g B) A",
+    "weight": "g^T x",
+    "bias": "g summed over the rows",
+    "lora_A": "scaling (g B)^T x",
+    "lora_B": "scaling g^T (x A^T)",
+}
+FROZEN_BASE = ("x", "lora_A", "lora_B")
+
+
+def function_inputs(
+    in_features: int = IN,
+    out_features: int = OUT,
+    r: int = R,
+    batch_shape: tuple[int, ...] = (6,),
+    bias: bool = True,
+    dtype: torch.dtype = torch.float64,
+    device: str = "cpu",
+) -> dict[str, torch.Tensor | None]:
+    """Random arguments for FusedLoRAFunction.apply, B non-zero (as after training), none requiring grad."""
+    place = {"dtype": dtype, "device": device}
+    return {
+        "x": torch.randn(*batch_shape, in_features, **place),
+        "weight": torch.randn(out_features, in_features, **place) / math.sqrt(in_features),
+        "bias": torch.randn(out_features, **place) if bias else None,
+        "lora_A": torch.randn(r, in_features, **place) / math.sqrt(in_features),
+        "lora_B": torch.randn(out_features, r, **place) / math.sqrt(r),
+    }
+
+
+def lora_formula(inputs: dict[str, torch.Tensor | None], scaling: float = SCALING) -> torch.Tensor:
+    """x W^T + b + scaling (x A^T) B^T with torch's own ops, in the inputs' dtype."""
+    x, weight, bias, A, B = (inputs[name] for name in INPUTS)
+    y = x @ weight.T + scaling * (x @ A.T) @ B.T
+    return y if bias is None else y + bias
+
+
+def apply(FusedLoRAFunction, inputs: dict[str, torch.Tensor | None], scaling: float = SCALING) -> torch.Tensor:
+    """FusedLoRAFunction.apply on ``inputs``, after failing the check unless it returned one tensor."""
+    y = FusedLoRAFunction.apply(*(inputs[name] for name in INPUTS), scaling)
+    return expect_instance(y, torch.Tensor, "FusedLoRAFunction.apply", "one tensor y of shape (..., out)")
+
+
+def requiring_grad(inputs: dict[str, torch.Tensor | None], names: tuple[str, ...]) -> dict[str, torch.Tensor | None]:
+    """Fresh leaf copies of ``inputs``, those in ``names`` requiring grad."""
+    return {
+        name: None if value is None else value.detach().clone().requires_grad_(name in names)
+        for name, value in inputs.items()
+    }
+
+
+def backward(y: torch.Tensor, upstream: torch.Tensor) -> None:
+    """``y.backward(upstream)``, failing the check with a plain explanation when autograd rejects what
+    the Function's backward returned."""
+    try:
+        y.backward(upstream)
+    except RuntimeError as error:
+        rejected = re.search(r"returned an (invalid gradient at index (\d)|incorrect number of gradients)", str(error))
+        if rejected is None:
+            raise
+        index = rejected.group(2)
+        which = f" for {(*INPUTS, 'scaling')[int(index)]}" if index is not None else ""
+        pytest.fail(
+            f"autograd rejected what backward returned{which}: {str(error).splitlines()[0]}; return six gradients, "
+            "for (x, weight, bias, lora_A, lora_B, scaling), each shaped like its input or None",
+            pytrace=False,
+        )
+
+
+def tolerance(dtype: torch.dtype, expected: torch.Tensor) -> float:
+    """How far a correct answer may land from the float64 value: a few roundings of the inputs' dtype."""
+    steps = 8 if dtype == torch.bfloat16 else 50
+    return steps * torch.finfo(dtype).eps * (1 + expected.abs().max().item())
+
+
+def forward_cause(measured: torch.Tensor, inputs: dict[str, torch.Tensor | None]) -> str:
+    """The likely mistake behind a wrong forward, when the output matches a classic one."""
+    exact = inputs | {name: value.double() for name, value in inputs.items() if value is not None}
+    no_bias = exact | {"bias": None}
+    mistakes = {
+        "the adapter path is missing": lora_formula(exact, 0.0),
+        "the scaling is missing": lora_formula(exact, 1.0),
+        "scaled by alpha / r twice": lora_formula(exact, SCALING**2),
+        "the bias is missing": lora_formula(no_bias),
+    }
+    for cause, wrong in mistakes.items():
+        if max_difference(measured, wrong) <= tolerance(measured.dtype, wrong):
+            return cause
+    return "is it x W^T + b + scaling (x A^T) B^T?"
+
+
+@pytest.mark.points(1)
+def test_is_an_autograd_function_that_autograd_records(FusedLoRAFunction):
+    inputs = requiring_grad(function_inputs(), FROZEN_BASE)
+    y = apply(FusedLoRAFunction, inputs)
+    assert isinstance(FusedLoRAFunction, type) and issubclass(FusedLoRAFunction, torch.autograd.Function), (
+        f"FusedLoRAFunction is {describe(FusedLoRAFunction)}, expected a subclass of torch.autograd.Function "
+        "with static forward and backward methods"
+    )
+    node = type(y.grad_fn).__name__ if y.grad_fn is not None else "no grad_fn"
+    assert node == f"{FusedLoRAFunction.__name__}Backward", (
+        f"the output of FusedLoRAFunction.apply was made by {node}, expected {FusedLoRAFunction.__name__}Backward: "
+        "return the result of forward as is, with no torch.enable_grad() or ops after apply"
+    )
+
+
+@pytest.mark.points(3)
+@given(
+    in_features=st.integers(1, 16),
+    out_features=st.integers(1, 16),
+    r=st.integers(1, 8),
+    batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
+    bias=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+@example(in_features=IN, out_features=OUT, r=R, batch_shape=(6,), bias=True, dtype=torch.float32)
+def test_forward_computes_the_lora_formula(FusedLoRAFunction, in_features, out_features, r, batch_shape, bias, dtype):
+    inputs = function_inputs(in_features, out_features, r, batch_shape, bias, dtype)
+    with torch.no_grad():
+        y = apply(FusedLoRAFunction, inputs)
+    expected = lora_formula({name: None if t is None else t.double() for name, t in inputs.items()})
+    assert y.shape == expected.shape, (
+        f"for x of shape {tuple(inputs['x'].shape)} expected y of shape {tuple(expected.shape)}, measured "
+        f"{tuple(y.shape)}: flatten the batch dimensions into rows, and restore them at the end"
+    )
+    assert y.dtype == dtype, f"for {dtype} inputs y is {y.dtype}: return y in x's dtype (no .float() or .to())"
+    error = max_difference(y, expected)
+    assert error <= tolerance(dtype, expected), (
+        f"forward is off the LoRA formula by {error:.3g} (bias {'given' if bias else 'None'}): "
+        f"{forward_cause(y, inputs)}"
+    )
+
+
+@pytest.mark.points(4)
+@pytest.mark.parametrize(
+    "trained, bias",
+    [
+        (FROZEN_BASE, True),
+        (FROZEN_BASE, False),
+        (("lora_A", "lora_B"), True),
+        (("x", "lora_B"), True),
+        (INPUTS, True),
+    ],
+    ids=["frozen-base", "no-bias", "factors-only", "frozen-A", "every-input"],  # frozen A: LoRA-FA
+)
+@given(
+    in_features=st.integers(1, 12),
+    out_features=st.integers(1, 12),
+    r=st.integers(1, 6),
+    batch_shape=st.lists(st.integers(1, 3), min_size=1, max_size=3).map(tuple),
+)
+@example(in_features=IN, out_features=OUT, r=R, batch_shape=(2, 3))
+def test_backward_gives_each_input_its_gradient(
+    FusedLoRAFunction, trained, bias, in_features, out_features, r, batch_shape
+):
+    inputs = function_inputs(in_features, out_features, r, batch_shape, bias)
+    trained = tuple(name for name in trained if inputs[name] is not None)
+    measured, expected = requiring_grad(inputs, trained), requiring_grad(inputs, trained)
+    upstream = torch.randn(*batch_shape, out_features, dtype=torch.float64)
+    backward(apply(FusedLoRAFunction, measured), upstream)
+    lora_formula(expected).backward(upstream)
+    asked = f"with {', '.join(trained)} requiring grad"
+    for name in trained:
+        grad = measured[name].grad
+        assert grad is not None, (
+            f"backward returned None for {name} {asked}: return a gradient for each input ctx.needs_input_grad marks"
+        )
+        error = max_difference(grad, expected[name].grad)
+        assert error <= 1e-9 * (1 + expected[name].grad.abs().max().item()), (
+            f"the gradient of {name} is off by {error:.3g} {asked}: expected {GRADIENTS[name]}"
+        )
+
+
+@pytest.mark.points(3)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_passes_gradcheck_in_float64(FusedLoRAFunction, bias):
+    inputs = requiring_grad(function_inputs(7, 5, 3, (2, 3), bias), INPUTS)
+    arguments = (*inputs.values(), SCALING)
+    try:
+        torch.autograd.gradcheck(FusedLoRAFunction.apply, arguments, eps=1e-6, atol=1e-6, rtol=1e-5)
+    except GradcheckError as error:
+        first_line = str(error).strip().splitlines()[0]
+        index = re.search(r"with respect to input (\d)", first_line)
+        which = f" (input {index.group(1)} is {INPUTS[int(index.group(1))]})" if index else ""
+        pytest.fail(f"torch.autograd.gradcheck failed: {first_line}{which}", pytrace=False)
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize(
+    "gradient",
+    [
+        pytest.param(lambda y: y.sum(), id="stride-0"),  # y.sum() sends backward an expanded gradient
+        pytest.param(lambda y: (y * torch.randn(OUT, 3, 2, dtype=y.dtype).permute(2, 1, 0)).sum(), id="permuted"),
+    ],
+)
+def test_takes_non_contiguous_inputs_and_gradients(FusedLoRAFunction, gradient):
+    inputs = function_inputs()
+    inputs["x"] = torch.randn(IN, 3, 2, dtype=torch.float64).permute(2, 1, 0)  # .view() cannot flatten it
+    measured, expected = requiring_grad(inputs, FROZEN_BASE), requiring_grad(inputs, FROZEN_BASE)
+    assert not measured["x"].is_contiguous(), "grader bug: x must be non-contiguous here"
+    torch.manual_seed(1)
+    gradient(apply(FusedLoRAFunction, measured)).backward()
+    torch.manual_seed(1)
+    gradient(lora_formula(expected)).backward()
+    for name in FROZEN_BASE:
+        grad = measured[name].grad
+        assert grad is not None and max_difference(grad, expected[name].grad) <= 1e-9, (
+            f"with a non-contiguous x and incoming gradient the gradient of {name} is wrong: "
+            "use reshape, not view, and never write into grad_output"
+        )
+
+
+@pytest.mark.points(1)
+def test_leaves_its_inputs_untouched(FusedLoRAFunction):
+    inputs = requiring_grad(function_inputs(), FROZEN_BASE)
+    before = {name: value.detach().clone() for name, value in inputs.items()}
+    upstream = torch.randn(6, OUT, dtype=torch.float64)
+    kept = upstream.clone()
+    backward(apply(FusedLoRAFunction, inputs), upstream)
+    changed = [name for name, value in inputs.items() if not torch.equal(value.detach(), before[name])]
+    assert not changed, f"forward or backward changed {changed} in place: compute into new tensors"
+    assert torch.equal(upstream, kept), "backward changed the incoming gradient in place: it belongs to autograd"
+
+
+@pytest.mark.points(3)
+def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction):
+    rows, in_features, out_features, r = 64, 48, 40, 2
+    inputs = requiring_grad(function_inputs(in_features, out_features, r, (rows,)), FROZEN_BASE)
+    with MatmulFlops() as counter:
+        backward(apply(FusedLoRAFunction, inputs), torch.randn(rows, out_features, dtype=torch.float64))
+    frozen_layer = 4 * rows * in_features * out_features  # x W^T forward, g W backward
+    adapter = 6 * rows * r * (in_features + out_features)  # x A^T, u B^T, g B, g_B A, g_B^T x, g^T u
+    allowed = frozen_layer + adapter + frozen_layer // 8
+    assert counter.flops <= allowed, (
+        f"a forward + backward with a frozen base did {counter.flops / 1e6:.3g} MFLOP of matrix products, expected "
+        f"{(frozen_layer + adapter) / 1e6:.3g} (the frozen layer alone does {frozen_layer / 1e6:.3g}): is a gradient "
+        "computed that ctx.needs_input_grad does not ask for, or a full (out, in) product like g^T x or B A?"
+    )
+
+
+def graph_nodes(y: torch.Tensor) -> Iterator[str]:
+    """The type names of the autograd nodes that produced ``y``."""
+    seen, pending = set(), [y.grad_fn]
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        yield type(node).__name__
+        pending.extend(next_node for next_node, _ in node.next_functions)
+
+
+def make_layer(FusedLoRALinear, dtype=torch.float64, device="cpu", **kwargs):
+    base = nn.Linear(IN, OUT, dtype=dtype, device=device)
+    return base, FusedLoRALinear(base, **{"r": R, "alpha": ALPHA, **kwargs})
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("FusedLoRALinear")
+def test_the_layer_runs_through_the_function(FusedLoRALinear, FusedLoRAFunction):
+    _, layer = make_layer(FusedLoRALinear)
+    y = output(layer, torch.randn(5, IN, dtype=torch.float64, requires_grad=True))
+    nodes = set(graph_nodes(y))
+    assert f"{FusedLoRAFunction.__name__}Backward" in nodes, (
+        f"FusedLoRALinear's output was computed by {sorted(nodes)}, not FusedLoRAFunction: "
+        "forward must return FusedLoRAFunction.apply(x, weight, bias, A, B, scaling)"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("FusedLoRALinear")
+def test_the_layer_keeps_the_very_base_frozen(FusedLoRALinear):
+    base, layer = make_layer(FusedLoRALinear)
+    assert any(module is base for module in layer.modules()), (
+        "the nn.Linear passed in is not a submodule of the FusedLoRALinear: keep the object itself (self.base = base)"
+    )
+    still_trainable = [name for name, parameter in base.named_parameters() if parameter.requires_grad]
+    assert not still_trainable, f"base parameters {still_trainable} still require grad: freeze the base"
+    with torch.no_grad():
+        base.weight.add_(1.0)
+        x = torch.randn(5, IN, dtype=torch.float64)
+        change = max_difference(output(layer, x), base(x))
+    assert change < 1e-9, (
+        f"after editing the base's weight the layer's output differs from base(x) by {change:.3g}: "
+        "it computes with a copy; pass the base's own weight and bias to the Function"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("FusedLoRALinear")
+def test_the_layer_records_r_alpha_and_scaling(FusedLoRALinear):
+    _, layer = make_layer(FusedLoRALinear)
+    expect_r_alpha_and_scaling(layer, R, ALPHA)
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("FusedLoRALinear")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_layer_trains_two_factors_in_the_base_dtype_and_device(FusedLoRALinear, device, dtype):
+    base, layer = make_layer(FusedLoRALinear, dtype=dtype, device=device)
+    tensors = trainable(layer)
+    count, expected = sum(t.numel() for t in tensors), R * (IN + OUT)
+    assert count == expected and len(tensors) == 2, (
+        f"expected 2 trainable factors with r*(in+out) = {expected} numbers, measured {len(tensors)} tensors "
+        f"{[tuple(t.shape) for t in tensors]} = {count}: only A and B train"
+    )
+    factors(layer, IN, OUT, R)
+    misplaced = [(tuple(t.shape), t.dtype, str(t.device)) for t in tensors]
+    misplaced = [m for m in misplaced if m[1] != dtype or m[2] != str(base.weight.device)]
+    assert not misplaced, (
+        f"factors must be created on the base's device and dtype ({device}, {dtype}), measured {misplaced}"
+    )
+    x = torch.randn(2, 3, IN, dtype=dtype, device=device)
+    y = output(layer, x)
+    assert (y.shape, y.dtype, y.device) == ((2, 3, OUT), dtype, base.weight.device), (
+        f"for x of shape (2, 3, {IN}) expected output (2, 3, {OUT}) {dtype} on {device}, "
+        f"measured {tuple(y.shape)} {y.dtype} on {y.device}"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("FusedLoRALinear")
+def test_the_layer_computes_the_base_at_init(FusedLoRALinear):
+    base, layer = make_layer(FusedLoRALinear)
+    x = torch.randn(3, 5, IN, dtype=torch.float64)
+    with torch.no_grad():
+        change = max_difference(output(layer, x), base(x))
+    assert change <= 1e-12 * (1 + base(x).abs().max().item()), (
+        f"output changed at init by {change:.3g}: is B initialised to zeros?"
+    )
+    assert factors(layer, IN, OUT, R).A.abs().sum().item() > 0, (
+        "A is all zeros at init: with B zero too, neither factor gets a gradient; initialise A randomly"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("FusedLoRALinear")
+@pytest.mark.parametrize("r", [1, R], ids=lambda r: f"r={r}")
+def test_the_layer_adds_scaling_times_B_at_A(FusedLoRALinear, r):
+    base, layer = make_layer(FusedLoRALinear, r=r, alpha=SCALING * r)
+    randomize_factors(layer)
+    ratio, proportional = scaling_ratio(layer, base, factors(layer, IN, OUT, r))
+    assert proportional, "the update read off the outputs is not proportional to B @ A: is it x A^T B^T?"
+    assert math.isclose(ratio, SCALING, rel_tol=1e-6), (
+        f"update dW measured {ratio:.4g} x B @ A, expected alpha / r = {SCALING:g} x: pass scaling = alpha / r"
+    )
+
+
+@pytest.mark.points(3)
+@pytest.mark.subject("FusedLoRALinear")
+def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
+    base, layer = make_layer(FusedLoRALinear)
+    randomize_factors(layer)
+    found = factors(layer, IN, OUT, R)
+    x = torch.randn(2, 3, IN, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 3, OUT, dtype=torch.float64)
+    y = output(layer, x)
+    backward(y, upstream)
+    A, B = found.A.detach().clone().requires_grad_(), found.B.detach().clone().requires_grad_()
+    x_plain = x.detach().clone().requires_grad_()
+    plain = base(x_plain) + SCALING * (x_plain @ A.T) @ B.T
+    plain.backward(upstream)
+    assert max_difference(y, plain) <= 1e-9, f"output differs from plain LoRA by {max_difference(y, plain):.3g}"
+    for name, measured, expected in [
+        ("A", found.grads()[0], A.grad),
+        ("B", found.grads()[1], B.grad),
+        ("x", x.grad, x_plain.grad),
+    ]:
+        assert measured is not None, f"{name} received no gradient through the layer: is it passed to the Function?"
+        error = max_difference(measured, expected)
+        assert error <= 1e-9, f"the gradient of {name} through the layer differs from plain LoRA's by {error:.3g}"
+    touched = [name for name, parameter in base.named_parameters() if parameter.grad is not None]
+    assert not touched, f"the base's {touched} received a gradient: the base must stay frozen"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("FusedLoRALinear")
+@pytest.mark.parametrize("r", [0, -2, 2.5], ids=lambda r: f"r={r}")
+def test_the_layer_rejects_a_rank_that_is_not_a_positive_integer(FusedLoRALinear, r):
+    expect_value_error(lambda: FusedLoRALinear(nn.Linear(IN, OUT), r=r), f"FusedLoRALinear(base, r={r})")
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("FusedLoRALinear")
+def test_the_layer_rejects_a_base_that_is_not_linear(FusedLoRALinear):
+    expect_value_error(lambda: FusedLoRALinear(nn.Conv1d(IN, OUT, 1), r=R), "FusedLoRALinear(Conv1d(...))")
+
+
+@pytest.mark.points(3)
+@pytest.mark.subject("FusedLoRALinear")
+@pytest.mark.parametrize("device, dtype", TRAINING_CASES)
+def test_training_reduces_the_loss_and_leaves_the_base_untouched(FusedLoRALinear, device, dtype):
+    expect_training_fits_a_low_rank_target(lambda base: FusedLoRALinear(base, r=4, alpha=8.0), device, dtype)
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("FusedLoRALinear")
+def test_the_layer_defaults_to_r_8_alpha_16(FusedLoRALinear):
+    base = nn.Linear(IN, OUT, dtype=torch.float64)
+    layer = FusedLoRALinear(base)
+    randomize_factors(layer)
+    ratio, _ = scaling_ratio(layer, base, factors(layer, IN, OUT, 8))
+    assert math.isclose(ratio, 16.0 / 8, rel_tol=1e-6), (
+        f"FusedLoRALinear(base) adds {ratio:.4g} x B @ A, expected alpha / r = 16 / 8 = 2 x: "
+        "keep the stub's defaults, FusedLoRALinear(base, r=8, alpha=16.0)"
+    )

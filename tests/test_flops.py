@@ -1,0 +1,44 @@
+"""grader/flops.py counts the matrix-product work the fused_lora check budgets, whatever the spelling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from grader.flops import MatmulFlops
+
+M, K, N = 6, 5, 4
+EXPECTED = 2 * M * K * N
+
+
+@pytest.mark.parametrize(
+    "product",
+    [
+        pytest.param(lambda a, b: a @ b, id="matmul"),
+        pytest.param(lambda a, b: F.linear(a, b.T), id="linear"),
+        pytest.param(lambda a, b: torch.addmm(torch.zeros(N), a, b), id="addmm"),
+        pytest.param(lambda a, b: torch.zeros(M, N).addmm_(a, b), id="addmm_"),
+        pytest.param(lambda a, b: torch.einsum("mk,kn->mn", a, b), id="einsum"),
+        pytest.param(lambda a, b: (a.reshape(2, 3, K) @ b).sum(), id="batched-by-broadcast"),
+        pytest.param(lambda a, b: torch.bmm(a.reshape(2, 3, K), b.expand(2, K, N)), id="bmm"),
+    ],
+)
+def test_every_spelling_of_a_product_counts_2_m_k_n(product):
+    a, b = torch.randn(M, K), torch.randn(K, N)
+    with MatmulFlops() as counter:
+        product(a, b)
+    assert counter.flops == EXPECTED
+
+
+def test_a_backward_pass_is_counted_too():
+    a, b = torch.randn(M, K, requires_grad=True), torch.randn(K, N)
+    with MatmulFlops() as counter:
+        (a @ b).sum().backward()
+    assert counter.flops == 2 * EXPECTED  # forward, and dL/da = g b^T; b needs no gradient
+
+
+def test_elementwise_work_is_not_counted():
+    with MatmulFlops() as counter:
+        torch.randn(M, K).mul(2).add(1).sum()
+    assert counter.flops == 0

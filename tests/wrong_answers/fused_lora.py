@@ -1,0 +1,65 @@
+"""Wrong answers to the `fused_lora` kata."""
+
+from tests.wrong_answers import WrongAnswer
+
+KATA = "fused_lora"
+DOWN = "down = (rows @ lora_A.T).mul_(scaling)"
+BASE_PRODUCT = "y = rows @ weight.T if bias is None else torch.addmm(bias, rows, weight.T)"
+RESULT = "return y.reshape(*x.shape[:-1], weight.shape[0])"
+G = "g = grad_output.reshape(-1, grad_output.shape[-1])"
+G_B = "g_B = (g @ lora_B).mul_(ctx.scaling)"
+GRAD_X = "grad_x = (g @ weight).addmm_(g_B, lora_A).reshape(ctx.x_shape)"
+GRAD_A = "grad_A = g_B.T @ rows"
+GRAD_B = "grad_B = g.T @ down"
+GRAD_WEIGHT = "if need_weight:\n            grad_weight = g.T @ rows"
+RETURN = "return grad_x, grad_weight, grad_bias, grad_A, grad_B, None"
+APPLY = "return FusedLoRAFunction.apply(x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling)"
+BACKWARD = "test_backward_gives_each_input_its_gradient"
+
+WRONG_ANSWERS = [
+    WrongAnswer("the frozen weight's gradient computed anyway", KATA, GRAD_WEIGHT, "grad_weight = g.T @ rows",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "ctx.needs_input_grad does not ask for"),
+    WrongAnswer("the frozen weight's gradient accumulated with addmm_", KATA, GRAD_WEIGHT,
+                "grad_weight = torch.zeros_like(weight).addmm_(g.T, rows)",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "ctx.needs_input_grad does not ask for"),
+    WrongAnswer("dL/dA through the full-size product g^T x", KATA, GRAD_A,
+                "grad_A = ctx.scaling * lora_B.T @ (g.T @ rows)",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "full (out, in) product"),
+    WrongAnswer("forward without the bias", KATA, BASE_PRODUCT, "y = rows @ weight.T",
+                "test_forward_computes_the_lora_formula", "the bias is missing"),
+    WrongAnswer("forward without the scaling", KATA, DOWN, "down = rows @ lora_A.T",
+                "test_forward_computes_the_lora_formula", "the scaling is missing"),
+    WrongAnswer("forward scales twice", KATA, "y.addmm_(down, lora_B.T)", "y.addmm_(down, lora_B.T, alpha=scaling)",
+                "test_forward_computes_the_lora_formula", "scaled by alpha / r twice"),
+    WrongAnswer("forward returns float32", KATA, RESULT, RESULT.replace("return y", "return y.float()"),
+                "test_forward_computes_the_lora_formula", "y is torch.float32"),
+    WrongAnswer("dL/dx without the adapter's term", KATA, GRAD_X, "grad_x = (g @ weight).reshape(ctx.x_shape)",
+                BACKWARD, "the gradient of x is off"),
+    WrongAnswer("g_B without the scaling", KATA, G_B, "g_B = g @ lora_B", BACKWARD, "scaling (g B) A"),
+    WrongAnswer("dL/dB from the unscaled down-projection", KATA, GRAD_B, "grad_B = g.T @ (rows @ lora_A.T)",
+                BACKWARD, "the gradient of lora_B is off by"),
+    WrongAnswer("dL/dA transposed", KATA, GRAD_A, "grad_A = rows.T @ g_B", BACKWARD, "for lora_A"),
+    WrongAnswer("no gradient slot for scaling", KATA, RETURN, "return grad_x, grad_weight, grad_bias, grad_A, grad_B",
+                BACKWARD, "return six gradients"),
+    WrongAnswer("dL/dA only when x needs a gradient", KATA, "if need_x or need_A:", "if need_x:",
+                BACKWARD, "backward returned None for lora_A"),
+    WrongAnswer("view instead of reshape", KATA, "rows = x.reshape(-1, x.shape[-1])", "rows = x.view(-1, x.shape[-1])",
+                "test_takes_non_contiguous_inputs_and_gradients", "view size is not compatible"),
+    WrongAnswer("grad_output viewed", KATA, G, G.replace("grad_output.reshape", "grad_output.view"),
+                "test_takes_non_contiguous_inputs_and_gradients", "view size is not compatible"),
+    WrongAnswer("scaling folded into A in place", KATA, DOWN, "down = rows @ lora_A.mul_(scaling).T",
+                "test_leaves_its_inputs_untouched", "changed ['lora_A'] in place"),
+    WrongAnswer("the layer bypasses the Function", KATA, APPLY,
+                "return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T",
+                "test_the_layer_runs_through_the_function", "not FusedLoRAFunction"),
+    WrongAnswer("the layer's B random at init", KATA, "torch.zeros(base.out_features, r, **same_place)",
+                "0.01 * torch.randn(base.out_features, r, **same_place)",
+                "test_the_layer_computes_the_base_at_init", "is B initialised to zeros"),
+    WrongAnswer("the layer's base not frozen", KATA, "self.base = base.requires_grad_(False)", "self.base = base",
+                "test_the_layer_keeps_the_very_base_frozen", "still require grad"),
+    WrongAnswer("the layer scales by alpha", KATA, "self.r, self.alpha, self.scaling = r, alpha, alpha / r",
+                "self.r, self.alpha, self.scaling = r, alpha, alpha",
+                "test_the_layer_records_r_alpha_and_scaling", "set self.scaling = alpha / r"),
+    WrongAnswer("the layer accepts any rank", KATA, "or not isinstance(r, int) or r < 1", "",
+                "test_the_layer_rejects_a_rank_that_is_not_a_positive_integer", "expected a ValueError"),
+]  # fmt: skip
