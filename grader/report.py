@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,9 @@ import pytest
 
 from grader.implementation import KATAS, Implementation, KataUnavailable
 from grader.results import Collector, score_table
+
+if sys.version_info < (3, 11):  # pytest's dependency there
+    from exceptiongroup import BaseExceptionGroup
 
 
 @dataclass
@@ -51,12 +54,32 @@ class Reporter:
     def __init__(self, implementation: Implementation) -> None:
         self.implementation = implementation
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-        report = yield
-        if report.failed and call.excinfo is not None and getattr(item.config.option, "tbstyle", "auto") == "auto":
-            error = call.excinfo.value
-            report.longrepr = Verdict(self.verdict(item, error), self.blame(item, error))
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport | None:
+        """The report of a failed phase, with its verdict as the longrepr; None leaves the report to pytest.
+
+        pytest's own report would first render the whole traceback, reading and parsing the check's file
+        for every frame (most of the time a run of failing stubs takes), only for the verdict to replace it.
+        So pytest builds the report of the same phase as if it had raised nothing, which fills in every
+        other field (captured output, duration, user properties), and the outcome and longrepr are set
+        here. pytest's hook wrappers (xfail, hypothesis, the tamper guard) still see the report after.
+        """
+        excinfo = call.excinfo
+        if excinfo is None:
+            return None
+        if _reported_as_skip(excinfo.value):
+            if not self._skipped_by_the_implementation(excinfo.value):
+                return None  # the grader's own skip: no GPU here, transformers not installed
+        elif not _writes_verdicts(item.config):
+            return None
+        call.excinfo = None
+        try:
+            report = pytest.TestReport.from_item_and_call(item, call)
+        finally:
+            call.excinfo = excinfo
+        error = excinfo.value
+        report.outcome = "failed"
+        report.longrepr = Verdict(self.verdict(item, error), self.blame(item, error))
         return report
 
     @pytest.hookimpl(trylast=True)
@@ -80,6 +103,13 @@ class Reporter:
         rather than a library it called (torch raises NotImplementedError for what it does not support)."""
         frames = traceback.extract_tb(error.__traceback__)
         return bool(frames) and Path(frames[-1].filename).is_relative_to(self.implementation.folder)
+
+    def _skipped_by_the_implementation(self, error: BaseException) -> bool:
+        """Whether the implementation's code raised the skip (or one of a group of them): a submission may
+        not skip the checks it would fail, since skipped checks count neither way."""
+        if isinstance(error, BaseExceptionGroup):
+            return any(self._skipped_by_the_implementation(inner) for inner in error.exceptions)
+        return self.implementation.innermost_frame(error) is not None
 
     def blame(self, item: pytest.Item, error: BaseException) -> str:
         """Where in the implementation to look: the frame of its code in the traceback, else the definition
@@ -119,7 +149,27 @@ class Reporter:
             marker = item.get_closest_marker("timeout")
             limit = f"{marker.args[0]} s" if marker and marker.args else "its time limit"
             return f"timed out after {limit}, stuck at {location}: an endless loop, or far slower than it should be?"
+        if _reported_as_skip(error):
+            return f"the submission skipped the check ({type(error).__name__} at {location}): that counts as failed"
         return f"{type(error).__name__} raised at {location}: {first_line}"
+
+
+def _writes_verdicts(config: pytest.Config) -> bool:
+    """Whether failures read as verdicts: yes unless a ``--tb`` style was asked for."""
+    return getattr(config.option, "tbstyle", "auto") == "auto"
+
+
+def _reported_as_skip(error: BaseException) -> bool:
+    """Whether pytest reports a phase that raised ``error`` as skipped: ``pytest.skip``, an exception group
+    of nothing else, or ``unittest.SkipTest`` (which pytest's unittest plugin turns into a skip)."""
+    unittest = sys.modules.get("unittest")
+    return (unittest is not None and isinstance(error, unittest.SkipTest)) or _only_skips(error)
+
+
+def _only_skips(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return all(_only_skips(inner) for inner in error.exceptions)
+    return isinstance(error, pytest.skip.Exception)
 
 
 def _hypothesis_notes(error: BaseException) -> list[str]:
