@@ -93,3 +93,17 @@ def test_a_pytest_configuration_in_the_submission_changes_nothing(tmp_path, conf
     checks = {(result.kata, result.check) for result in results}
     assert len(checks) == len(results), "two checks were reported under one name"
     assert {kata for kata, _ in checks} == {"lora_linear", "fused_lora"}
+
+
+@pytest.mark.parametrize(
+    "skip", ["__import__('pytest').skip('not today')", "raise __import__('unittest').SkipTest('not today')"]
+)
+def test_a_check_the_submission_skips_counts_as_failed(tmp_path, skip):
+    source = (SOLUTIONS / "lora_linear.py").read_text()
+    source = source.replace("        super().__init__()\n", f"        super().__init__()\n        {skip}\n", 1)
+    results = run_grader(implementation_folder(tmp_path / "sub", {"lora_linear": source}), ["lora_linear"])
+    skipped = {result.message for result in results if result.outcome == "skipped"}
+    assert skipped == {"no CUDA device here: grade on a GPU machine to run the cuda cases"}
+    failed = failures(results)
+    assert len(failed) == len(results) - sum(result.outcome == "skipped" for result in results)
+    assert any(message.startswith("the submission skipped the check") for message in failed.values())
