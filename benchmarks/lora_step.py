@@ -6,9 +6,9 @@
 Rows: floor (a frozen nn.Linear: forward + input grad, the least any adapter can cost), full (a
 trainable nn.Linear: full fine-tuning), solutions (the reference LoRALinear), fused (the reference
 FusedLoRALinear of the fused_lora kata), and peft / loralib when they are installed. Each is a median
-over --steps steps after --warmup, timed with CUDA events on a GPU; ratios are to the floor measured
-in the same run. Peak memory is what the step allocates beyond
-its inputs (CUDA only).
+over --steps steps after --warmup, the variants' steps taken in turn, timed with CUDA events on a GPU;
+ratios are to the floor measured in the same run. Peak memory is what a step allocates beyond what is
+already allocated (CUDA only).
 """
 
 from __future__ import annotations
@@ -73,34 +73,45 @@ VARIANTS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def step_seconds(layer: nn.Module, x: torch.Tensor, steps: int, warmup: int) -> tuple[float, int]:
-    """Median seconds of one forward + backward, and the peak bytes it allocated (CUDA only)."""
-    upstream = torch.randn(*x.shape[:-1], layer(x).shape[-1], device=x.device, dtype=x.dtype)
-    cuda = x.device.type == "cuda"
-    times = []
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    baseline = torch.cuda.memory_allocated() if cuda else 0
-    for step in range(warmup + steps):
-        x.grad = None
-        for parameter in layer.parameters():
-            parameter.grad = None
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            layer(x).backward(upstream)
-            end.record()
-            torch.cuda.synchronize()
-            seconds = start.elapsed_time(end) / 1000
-        else:
-            began = time.perf_counter()
-            layer(x).backward(upstream)
-            seconds = time.perf_counter() - began
-        if step >= warmup:
-            times.append(seconds)
-    peak = torch.cuda.max_memory_allocated() - baseline if cuda else 0
-    return statistics.median(times), peak
+def one_step(layer: nn.Module, x: torch.Tensor, upstream: torch.Tensor) -> float:
+    """Seconds of one forward + backward, timed with CUDA events on a GPU."""
+    x.grad = None
+    for parameter in layer.parameters():
+        parameter.grad = None
+    if x.device.type != "cuda":
+        began = time.perf_counter()
+        layer(x).backward(upstream)
+        return time.perf_counter() - began
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    layer(x).backward(upstream)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1000
+
+
+def peak_bytes(layer: nn.Module, x: torch.Tensor, upstream: torch.Tensor) -> int:
+    """What one step allocates beyond what is already allocated (CUDA only; 0 elsewhere)."""
+    if x.device.type != "cuda":
+        return 0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    one_step(layer, x, upstream)
+    return torch.cuda.max_memory_allocated() - baseline
+
+
+def median_steps(layers: dict[str, nn.Module], x: torch.Tensor, steps: int, warmup: int) -> dict[str, float]:
+    """Each layer's median step time. Steps go round-robin, one of each layer per round, so a change in the
+    machine's load or clock reaches every layer alike."""
+    upstream = {name: torch.randn_like(layer(x)) for name, layer in layers.items()}
+    times: dict[str, list[float]] = {name: [] for name in layers}
+    for round_number in range(warmup + steps):
+        for name, layer in layers.items():
+            seconds = one_step(layer, x, upstream[name])
+            if round_number >= warmup:
+                times[name].append(seconds)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
 def main() -> None:
@@ -120,19 +131,18 @@ def main() -> None:
     print(f"{arguments.tokens} tokens, {arguments.features[0]} -> {arguments.features[1]}, r = {arguments.rank}, "
           f"{arguments.dtype} on {torch.cuda.get_device_name() if arguments.device == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}; median of {arguments.steps} steps")  # fmt: skip
-    rows = {}
+    layers = {}
     for name, make in VARIANTS.items():
         try:
-            layer = make(tuple(arguments.features), arguments.rank, arguments.alpha, **placement)
+            layers[name] = make(tuple(arguments.features), arguments.rank, arguments.alpha, **placement)
         except ImportError:
             print(f"{name:<10} not installed, skipped")
-            continue
-        rows[name] = step_seconds(layer, x, arguments.steps, arguments.warmup)
-    floor = rows["floor"][0]
+    medians = median_steps(layers, x, arguments.steps, arguments.warmup)
     print(f"{'variant':<10} {'ms':>9} {'x floor':>8} {'peak MiB':>9}")
-    for name, (seconds, peak) in rows.items():
+    for name, layer in layers.items():
+        peak = peak_bytes(layer, x, torch.randn_like(layer(x)))
         memory = f"{peak / 2**20:9.0f}" if arguments.device == "cuda" else f"{'n/a':>9}"
-        print(f"{name:<10} {1000 * seconds:9.3f} {seconds / floor:8.2f} {memory}")
+        print(f"{name:<10} {1000 * medians[name]:9.3f} {medians[name] / medians['floor']:8.2f} {memory}")
 
 
 if __name__ == "__main__":
