@@ -44,7 +44,8 @@ def expect_instance(value: object, expected: type[T], call: str, wanted: str) ->
 
 def output(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)``, after failing the check unless the forward returned a tensor."""
-    return expect_instance(layer(x), torch.Tensor, "the LoRALinear's forward", "one torch.Tensor of shape (..., out)")
+    call = f"the {type(layer).__name__}'s forward"
+    return expect_instance(layer(x), torch.Tensor, call, "one torch.Tensor of shape (..., out)")
 
 
 def trainable(module: nn.Module) -> list[nn.Parameter]:
@@ -164,6 +165,18 @@ def measured_update(layer: nn.Module, base: nn.Linear) -> torch.Tensor:
             return (output(layer, identity) - base(identity)).T
     finally:
         layer.train(was_training)
+
+
+def plain_lora(
+    base: nn.Linear, found: Factors, scaling: float, x: torch.Tensor, upstream: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """What plain LoRA with the layer's factors computes, ``base(x) + scaling (x A^T) B^T``, and the
+    gradients of A, B and x for ``upstream`` (dL/dy), by autograd on copies of them."""
+    A, B = found.A.detach().clone().requires_grad_(), found.B.detach().clone().requires_grad_()
+    x = x.detach().clone().requires_grad_()
+    y = base(x) + scaling * (x @ A.T) @ B.T
+    y.backward(upstream)
+    return y.detach(), {"A": A.grad, "B": B.grad, "x": x.grad}
 
 
 def scaling_ratio(layer: nn.Module, base: nn.Linear, found: Factors) -> tuple[float, bool]:

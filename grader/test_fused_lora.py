@@ -25,6 +25,7 @@ from grader.probes import (
     factors,
     max_difference,
     output,
+    plain_lora,
     randomize_factors,
     scaling_ratio,
     trainable,
@@ -63,6 +64,11 @@ def function_inputs(
         "lora_A": torch.randn(r, in_features, **place) / math.sqrt(in_features),
         "lora_B": torch.randn(out_features, r, **place) / math.sqrt(r),
     }
+
+
+def in_float64(inputs: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
+    """``inputs`` converted to float64, the dtype of the exact values a forward is compared with."""
+    return {name: None if value is None else value.double() for name, value in inputs.items()}
 
 
 def lora_formula(inputs: dict[str, torch.Tensor | None], scaling: float = SCALING) -> torch.Tensor:
@@ -112,7 +118,7 @@ def tolerance(dtype: torch.dtype, expected: torch.Tensor) -> float:
 
 def forward_cause(measured: torch.Tensor, inputs: dict[str, torch.Tensor | None]) -> str:
     """The likely mistake behind a wrong forward, when the output matches a classic one."""
-    exact = inputs | {name: value.double() for name, value in inputs.items() if value is not None}
+    exact = in_float64(inputs)
     no_bias = exact | {"bias": None}
     mistakes = {
         "the adapter path is missing": lora_formula(exact, 0.0),
@@ -155,7 +161,7 @@ def test_forward_computes_the_lora_formula(FusedLoRAFunction, in_features, out_f
     inputs = function_inputs(in_features, out_features, r, batch_shape, bias, dtype)
     with torch.no_grad():
         y = apply(FusedLoRAFunction, inputs)
-    expected = lora_formula({name: None if t is None else t.double() for name, t in inputs.items()})
+    expected = lora_formula(in_float64(inputs))
     assert y.shape == expected.shape, (
         f"for x of shape {tuple(inputs['x'].shape)} expected y of shape {tuple(expected.shape)}, measured "
         f"{tuple(y.shape)}: flatten the batch dimensions into rows, and restore them at the end"
@@ -394,18 +400,11 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
     upstream = torch.randn(2, 3, OUT, dtype=torch.float64)
     y = output(layer, x)
     backward(y, upstream)
-    A, B = found.A.detach().clone().requires_grad_(), found.B.detach().clone().requires_grad_()
-    x_plain = x.detach().clone().requires_grad_()
-    plain = base(x_plain) + SCALING * (x_plain @ A.T) @ B.T
-    plain.backward(upstream)
+    plain, expected = plain_lora(base, found, SCALING, x, upstream)
     assert max_difference(y, plain) <= 1e-9, f"output differs from plain LoRA by {max_difference(y, plain):.3g}"
-    for name, measured, expected in [
-        ("A", found.grads()[0], A.grad),
-        ("B", found.grads()[1], B.grad),
-        ("x", x.grad, x_plain.grad),
-    ]:
+    for name, measured in zip("ABx", (*found.grads(), x.grad), strict=True):
         assert measured is not None, f"{name} received no gradient through the layer: is it passed to the Function?"
-        error = max_difference(measured, expected)
+        error = max_difference(measured, expected[name])
         assert error <= 1e-9, f"the gradient of {name} through the layer differs from plain LoRA's by {error:.3g}"
     touched = [name for name, parameter in base.named_parameters() if parameter.grad is not None]
     assert not touched, f"the base's {touched} received a gradient: the base must stay frozen"

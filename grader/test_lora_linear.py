@@ -21,6 +21,7 @@ from grader.probes import (
     max_difference,
     measured_update,
     output,
+    plain_lora,
     randomize_factors,
     scaling_ratio,
     trainable,
@@ -257,15 +258,12 @@ def test_gradients_reach_the_factors_and_input_but_not_the_base(LoRALinear):
     touched = [name for name, parameter in base.named_parameters() if parameter.grad is not None]
     assert not touched, f"the base's {touched} received a gradient: the base must stay frozen"
 
-    A, B = found.A.detach().clone().requires_grad_(), found.B.detach().clone().requires_grad_()
-    x_ref = x.detach().clone().requires_grad_()
-    reference = base(x_ref) + SCALING * (x_ref @ A.T) @ B.T
-    (reference * upstream).sum().backward()
-    for name, measured, expected in [("A", found.grads()[0], A.grad), ("B", found.grads()[1], B.grad)]:
+    _, expected = plain_lora(base, found, SCALING, x, upstream)
+    for name, measured in zip("AB", found.grads(), strict=True):
         assert measured is not None, f"factor {name} received no gradient: is it used in forward, not detached?"
-        error = max_difference(measured, expected)
+        error = max_difference(measured, expected[name])
         assert error < 1e-9, f"gradient of {name} off by {error:.3g}: is the forward exactly base(x) + scaling B A x?"
-    error = max_difference(x.grad, x_ref.grad)
+    error = max_difference(x.grad, expected["x"])
     assert error < 1e-9, (
         f"gradient w.r.t. the input off by {error:.3g}: does a path use x.detach(), or run under torch.no_grad()?"
     )
