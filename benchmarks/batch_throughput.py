@@ -60,13 +60,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="per-submission limit (the hang uses it up)")
     arguments = parser.parse_args()
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "grader", "grade", "--impl", "solutions"], cwd=REPOSITORY, check=True,
+    subprocess.run([sys.executable, "-m", "lora_kata", "grade", "--impl", "solutions"], cwd=REPOSITORY, check=True,
                    capture_output=True)  # fmt: skip
     one_at_a_time = 60 / (time.perf_counter() - start)
     with tempfile.TemporaryDirectory() as scratch:
         submissions = Path(scratch) / "submissions"
         make_submissions(submissions, arguments.submissions)
-        command = [sys.executable, "-m", "grader", "batch", str(submissions), "--out", f"{scratch}/grades.csv",
+        command = [sys.executable, "-m", "lora_kata", "batch", str(submissions), "--out", f"{scratch}/grades.csv",
                    "--jobs", str(arguments.jobs), "--timeout", str(arguments.timeout)]  # fmt: skip
         start = time.perf_counter()
         completed = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, check=False)

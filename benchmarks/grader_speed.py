@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 PYTEST = [sys.executable, "-m", "pytest"]
-CHECK = [sys.executable, "-m", "grader", "check", "lora_linear", "--json"]
+CHECK = [sys.executable, "-m", "lora_kata", "check", "lora_linear", "--json"]
 Command = tuple[list[str], dict[str, str] | None]  # the command line and its environment (None: this one's)
 
 

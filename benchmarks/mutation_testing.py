@@ -146,9 +146,10 @@ def operators() -> list[tuple[str, object]]:
 
 
 def snapshot(destination: Path) -> Path:
-    """Copy the grader, the reference answers and pyproject.toml (pytest's settings) to ``destination``:
-    every mutant is graded by the grader as it was at the start, whatever is edited meanwhile."""
-    shutil.copytree(REPOSITORY / "grader", destination / "grader", ignore=shutil.ignore_patterns("__pycache__"))
+    """Copy the grader (its checks and the engine), the reference answers and pyproject.toml (pytest's settings)
+    to ``destination``: every mutant is graded by the grader as it was at the start, whatever is edited meanwhile."""
+    for folder in ("grader", "lora_kata"):
+        shutil.copytree(REPOSITORY / folder, destination / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (destination / "solutions").mkdir()
     for path in (REPOSITORY / "solutions").glob("*.py"):
         shutil.copyfile(path, destination / "solutions" / path.name)

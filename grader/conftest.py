@@ -1,7 +1,7 @@
 """pytest plumbing of the grader: the --impl option, the kata fixtures, a fixed random state.
 
-The one-line reports and the score table live in ``grader/report.py``, the tamper guards in
-``grader/tamper_plugin.py``; both are plugins this file registers.
+The one-line reports and the score table live in ``lora_kata/grading/report.py``, the tamper guards in
+``lora_kata/grading/tamper_plugin.py``; both are plugins of the grading engine that this file registers.
 """
 
 from __future__ import annotations
@@ -15,10 +15,16 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-from grader.implementation import Implementation, ImplementationNotFound, KataUnavailable, locate
-from grader.report import Reporter, kata_of
-from grader.results import Collector
-from grader.tamper_plugin import TamperWatch
+from lora_kata.grading.implementation import (
+    ENGINE,
+    Implementation,
+    ImplementationNotFound,
+    KataUnavailable,
+    locate,
+)
+from lora_kata.grading.report import Reporter, kata_of
+from lora_kata.grading.results import Collector
+from lora_kata.grading.tamper_plugin import TamperWatch
 
 GRADER = Path(__file__).resolve().parent
 CHECK_TIMEOUT_S = 20
@@ -62,7 +68,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImplementationNotFound as error:
         raise pytest.UsageError(str(error)) from None
     implementation = config.stash[IMPLEMENTATION] = Implementation(folder)
-    config.pluginmanager.register(TamperWatch(GRADER), "lora-kata-tamper")
+    config.pluginmanager.register(TamperWatch(GRADER, ENGINE), "lora-kata-tamper")
     config.pluginmanager.register(Reporter(implementation), "lora-kata-report")
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from grader.implementation import KataUnavailable
+from lora_kata.grading.implementation import KataUnavailable
 
 CUDA = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device here: grade on a GPU machine to run the cuda cases"

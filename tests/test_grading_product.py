@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from grader.implementation import KATAS
-from grader.isolation import grade_isolated
-from grader.results import CheckResult, score_table
-from grader.run import run_grader
+from lora_kata.grading.implementation import KATAS
+from lora_kata.grading.isolation import grade_isolated
+from lora_kata.grading.results import CheckResult, score_table
+from lora_kata.grading.run import run_grader
 from tests.implementations import REPOSITORY, SOLUTIONS, implementation_folder
 
 
 def lora_kata(*arguments: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "grader", *arguments],
+        [sys.executable, "-m", "lora_kata", *arguments],
         cwd=REPOSITORY, capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from grader.implementation import KATAS, ImplementationNotFound, locate
-from grader.run import run_grader
+from lora_kata.grading.implementation import KATAS, ImplementationNotFound, locate
+from lora_kata.grading.run import run_grader
 from tests.implementations import REPOSITORY, SOLUTIONS, implementation_folder
 
 
@@ -58,9 +58,11 @@ def test_any_folder_name_and_absolute_imports_work(tmp_path):
 def test_a_syntax_error_fails_its_kata_and_blocks_the_katas_that_need_it(tmp_path):
     folder = implementation_folder(tmp_path / "sub", {"lora_linear": "class LoRALinear(:\n"})
     results = run_grader(folder)
-    blocked = {kata: {"failed", "skipped"} for kata in ("lora_linear", "apply_lora", "merge_weights")}
-    standalone = {kata: {"passed", "skipped"} for kata in ("masked_prompt", "fused_lora")}
-    assert outcomes(results) == {**blocked, **standalone}
+    graded = outcomes(results)
+    for kata in ("lora_linear", "apply_lora", "merge_weights"):  # broken, and blocked by it
+        assert graded[kata] == {"failed", "skipped"}, (kata, graded[kata])
+    for kata in ("masked_prompt", "fused_lora"):  # standalone: every check passes (or skips, with no GPU or oracle)
+        assert "passed" in graded[kata] and graded[kata] <= {"passed", "skipped"}, (kata, graded[kata])
     (message,) = messages(results, "lora_linear")
     assert message.startswith("lora_linear.py could not be imported: SyntaxError") and "lora_linear.py:1" in message
     assert all(m.startswith("blocked: fix lora_linear.py first") for m in messages(results, "apply_lora"))

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from grader.cli import main
-from grader.implementation import KATAS
-from grader.metadata import DIFFICULTIES, practice_katas
-from grader.results import CheckResult, gradescope, write_json
-from grader.state import Session, State, save_state
+from lora_kata.cli import main
+from lora_kata.grading.implementation import KATAS
+from lora_kata.grading.results import CheckResult, gradescope, write_json
+from lora_kata.practice.metadata import DIFFICULTIES, practice_katas
+from lora_kata.practice.state import Session, State, save_state
 from tests.implementations import KATAS as KATAS_FOLDER
 from tests.implementations import REPOSITORY, SOLUTIONS, is_stub
 
@@ -59,7 +59,7 @@ def solve(root: Path, *katas: str) -> None:
 def lora_kata(*arguments: str) -> subprocess.CompletedProcess[str]:
     """The real command in a process of its own, with stdin not a terminal."""
     return subprocess.run(
-        [sys.executable, "-m", "grader", *arguments],
+        [sys.executable, "-m", "lora_kata", *arguments],
         capture_output=True, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -136,7 +136,7 @@ def test_a_session_is_solved_at_the_first_passing_check_with_its_time_and_hints(
 def test_watch_shows_failures_checks_again_on_a_save_and_stops_when_solved(root, run):
     run("start", "merge_weights", "--minutes", "5", now=T0)
     watch = subprocess.Popen(
-        [sys.executable, "-m", "grader", "watch", "--max-checks", "3"],
+        [sys.executable, "-m", "lora_kata", "watch", "--max-checks", "3"],
         env={**os.environ, "LORA_KATA_NOW": str(T0 + 90)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, text=True,
     )  # fmt: skip
@@ -332,7 +332,7 @@ def test_commands_that_do_not_grade_start_without_importing_torch(root, tmp_path
     write_json(results, gradescope([CheckResult("lora_linear", "test_init", "passed", "", 1.0)], 0.1))
     commands = ["list", "hint lora_linear", "history", "--help", f"report {results}"]
     harness = (
-        "import sys\nfrom grader.cli import main\nfor command in sys.argv[1:]:\n"
+        "import sys\nfrom lora_kata.cli import main\nfor command in sys.argv[1:]:\n"
         "    try:\n        main(command.split())\n    except SystemExit:\n        pass\n"
         "print('torch imported:', 'torch' in sys.modules)\n"
     )
@@ -355,7 +355,7 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(root, arguments, code)
     os.close(read_end)
     try:
         completed = subprocess.run(
-            [sys.executable, "-m", "grader", *arguments],
+            [sys.executable, "-m", "lora_kata", *arguments],
             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     finally:

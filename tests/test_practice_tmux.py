@@ -64,7 +64,7 @@ def test_first_session_in_a_terminal(tmp_path, terminal):
     root = make_working_copy(tmp_path / "copy")
     shutil.copy(root / "solutions" / "lora_linear.py", root / "katas" / "lora_linear.py")  # merge_weights builds on it
     command = Path(sys.executable).parent / "lora-kata"
-    lora_kata = shlex.quote(str(command)) if command.exists() else f"{shlex.quote(sys.executable)} -m grader"
+    lora_kata = shlex.quote(str(command)) if command.exists() else f"{shlex.quote(sys.executable)} -m lora_kata"
     terminal.type(f"cd {shlex.quote(str(root))} && export LORA_KATA_ROOT=$PWD && unset NO_COLOR")
 
     code, screen = terminal.type(f"LORA_KATA_NOW={T0:.0f} {lora_kata} start merge_weights")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.run import run_grader
+from lora_kata.grading.run import run_grader
 from tests.implementations import SOLUTIONS, implementation_folder
 
 RIGHT_ANSWERS = sorted(path for path in (Path(__file__).parent / "right_answers").iterdir() if path.is_dir())

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from grader.implementation import KATAS
-from grader.run import run_grader
+from lora_kata.grading.implementation import KATAS
+from lora_kata.grading.run import run_grader
 from tests.implementations import KATAS as KATAS_FOLDER
 from tests.implementations import REPOSITORY, is_stub
 

@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from grader.isolation import grade_isolated
-from grader.run import GRADER, run_grader
+from lora_kata.grading.implementation import CHECKS
+from lora_kata.grading.isolation import grade_isolated
+from lora_kata.grading.run import run_grader
 from tests.implementations import SOLUTIONS, implementation_folder
 
 B_RANDOM = (
@@ -62,16 +63,16 @@ def test_patching_at_call_time_is_caught_after_the_check(tmp_path):
 
 def test_editing_the_grader_in_an_isolated_grading_zeroes_the_submission(tmp_path):
     source = (SOLUTIONS / "apply_lora.py").read_text() + EDIT_THE_GRADER
-    before = (GRADER / "probes.py").read_bytes()
+    before = (CHECKS / "probes.py").read_bytes()
     grading = grade_isolated(implementation_folder(tmp_path / "sub", {"apply_lora": source}))
-    assert (GRADER / "probes.py").read_bytes() == before, "the real grader was edited"
+    assert (CHECKS / "probes.py").read_bytes() == before, "the real grader was edited"
     assert "tampering: the submission edited the grader's ['probes.py']" in grading.problem
     assert all(result.outcome != "passed" for result in grading.results)
 
 
 def test_editing_the_grader_under_plain_pytest_is_flagged_and_fails_the_run(tmp_path):
     copy = tmp_path / "trusted" / "grader"
-    shutil.copytree(GRADER, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(CHECKS, copy, ignore=shutil.ignore_patterns("__pycache__"))
     source = (SOLUTIONS / "apply_lora.py").read_text() + EDIT_THE_GRADER
     folder = implementation_folder(tmp_path / "sub", {"apply_lora": source})
     completed = subprocess.run(

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grader.cli import main
-from grader.github import annotation
-from grader.implementation import KATAS
-from grader.results import CheckResult, gradescope, read_results, write_json
+from lora_kata.cli import main
+from lora_kata.github import annotation
+from lora_kata.grading.implementation import KATAS
+from lora_kata.grading.results import CheckResult, gradescope, read_results, write_json
 from tests.implementations import REPOSITORY, SOLUTIONS, is_stub
 
 WORKFLOWS = REPOSITORY / ".github" / "workflows"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from grader.run import run_grader
+from lora_kata.grading.run import run_grader
 from tests.implementations import implementation_folder
 from tests.wrong_answers import WrongAnswer, all_wrong_answers
 

@@ -16,11 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from grader.implementation import KATAS
-from grader.results import CheckResult, read_journal
-from grader.tamper import changed_files, fingerprint
-
-GRADER = Path(__file__).resolve().parent
+from lora_kata.grading.implementation import CHECKS, ENGINE, KATAS
+from lora_kata.grading.results import CheckResult, read_journal
+from lora_kata.grading.tamper import changed_files, fingerprint
 
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MEMORY_MB = 4096
@@ -73,14 +71,16 @@ def _run_worker(
 ) -> tuple[list[CheckResult], str]:
     """The journalled results of one grading process, and what ended it early ('' if nothing did)."""
     with tempfile.TemporaryDirectory(prefix="lora-kata-") as scratch:
-        # The worker runs a private copy of the grader: a submission that edits the grader's files
-        # changes only that copy, and is caught by comparing it afterwards.
-        grader_copy = Path(scratch) / "grader"
-        shutil.copytree(GRADER, grader_copy, ignore=shutil.ignore_patterns("__pycache__"))
-        pristine = fingerprint(grader_copy)
-        journal = Path(scratch) / "journal.jsonl"
+        # The worker runs a private copy of the grader (the checks and this engine): a submission that edits
+        # the grader's files changes only that copy, and is caught by comparing it afterwards.
+        copy = Path(scratch)
+        for folder in (CHECKS, ENGINE):
+            shutil.copytree(folder, copy / folder.name, ignore=shutil.ignore_patterns("__pycache__"))
+        pristine = fingerprint(copy)
+        journal = copy / "journal.jsonl"
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join([scratch, os.environ.get("PYTHONPATH", "")])}
-        command = [sys.executable, str(grader_copy / "worker.py"), str(implementation), str(journal), *katas]
+        worker = copy / ENGINE.name / "grading" / "worker.py"
+        command = [sys.executable, str(worker), str(implementation), str(journal), *katas]
         process = subprocess.Popen(
             command,
             env=environment,
@@ -98,7 +98,7 @@ def _run_worker(
         finally:
             _end_process_group(process)
         results = read_journal(journal, problem or EARLY_EXIT)
-        edited = changed_files(pristine, grader_copy)
+        edited = changed_files(pristine, copy)
         if edited:
             problem = f"tampering: the submission edited the grader's {sorted(p.name for p in edited)}; no points"
             results = [replace(r, outcome="failed", message=problem) for r in results if r.outcome != "skipped"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 GUARDED_MODULES = ("torch", "torch.nn", "torch.nn.functional", "torch.linalg", "torch.testing", "math", "builtins")
+GRADER_PACKAGES = ("grader", "lora_kata")  # the checks and the engine that runs them
 _UNSET = object()
 
 
@@ -32,7 +33,7 @@ class ObjectGuard:
 
         modules: list[ModuleType] = [math, builtins, pytest]
         modules += [sys.modules[name] for name in GUARDED_MODULES if name in sys.modules]
-        modules += [module for name, module in sys.modules.items() if name.split(".")[0] == "grader" and module]
+        modules += [module for name, module in sys.modules.items() if name.split(".")[0] in GRADER_PACKAGES and module]
         self.modules = {module: dict(vars(module)) for module in modules}
         self.classes = {cls: dict(vars(cls)) for cls in guarded_classes()}
 
@@ -81,12 +82,13 @@ class ReferenceBlocker(importlib.abc.MetaPathFinder):
         return None
 
 
-def fingerprint(folder: Path) -> dict[Path, bytes]:
-    """The contents of the grader's source and data files, to notice and undo edits."""
-    return {path: path.read_bytes() for path in sorted(folder.rglob("*")) if path.suffix in {".py", ".toml", ".txt"}}
+def fingerprint(*folders: Path) -> dict[Path, bytes]:
+    """The contents of the grader's source and data files in ``folders``, to notice and undo edits."""
+    suffixes = {".py", ".toml", ".txt"}
+    return {path: path.read_bytes() for f in folders for path in sorted(f.rglob("*")) if path.suffix in suffixes}
 
 
-def changed_files(before: dict[Path, bytes], folder: Path) -> list[Path]:
-    """Files of ``before`` whose contents differ now (or that are gone)."""
-    now = fingerprint(folder)
+def changed_files(before: dict[Path, bytes], *folders: Path) -> list[Path]:
+    """Files of ``before`` whose contents differ now in ``folders`` (or that are gone)."""
+    now = fingerprint(*folders)
     return [path for path, content in before.items() if now.get(path) != content]

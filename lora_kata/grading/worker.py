@@ -1,7 +1,7 @@
 """The grading process that ``lora-kata grade`` and ``batch`` start: grades one implementation and
 journals every check, so the parent can score it even if the submission kills this process.
 
-    python -m grader.worker IMPLEMENTATION JOURNAL [KATA ...]
+    python lora_kata/grading/worker.py IMPLEMENTATION JOURNAL [KATA ...]
 """
 
 from __future__ import annotations
@@ -9,8 +9,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from grader.implementation import KATAS
-from grader.run import GraderError, run_grader
+if __name__ == "__main__":
+    # Run as a script from a copy of the grader: import that copy (two folders up), not this folder's modules
+    # as top-level names, nor an installed lora_kata.
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
+
+from lora_kata.grading.implementation import KATAS
+from lora_kata.grading.run import GraderError, run_grader
 
 
 def main(arguments: list[str]) -> int:

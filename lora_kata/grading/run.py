@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from grader.implementation import KATAS
-from grader.results import CheckResult, Collector
-
-GRADER = Path(__file__).resolve().parent
+from lora_kata.grading.implementation import CHECKS, KATAS
+from lora_kata.grading.results import CheckResult, Collector
 
 
 class GraderError(Exception):
@@ -31,10 +29,10 @@ def run_grader(
     ``Collector``). pytest's terminal output is swallowed; the results carry each check's verdict.
     """
     collector = Collector(journal)
-    paths = [str(GRADER / f"test_{kata}.py") for kata in katas]
+    paths = [str(CHECKS / f"test_{kata}.py") for kata in katas]
     # "--impl=PATH" in one word: pytest would read a separate PATH as a test path and pick its rootdir (and
     # so the test ids, and any pytest.ini a submission ships) from there.
-    arguments = [*paths, f"--impl={implementation}", "--rootdir", str(GRADER.parent), "-o", "addopts="]
+    arguments = [*paths, f"--impl={implementation}", "--rootdir", str(CHECKS.parent), "-o", "addopts="]
     arguments += ["-p", "no:cacheprovider", *pytest_args]
     # The terminal plugin stays loaded (pytest-timeout reports a timeout through it); its output goes nowhere.
     with contextlib.redirect_stdout(io.StringIO()):

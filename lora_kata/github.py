@@ -15,23 +15,14 @@ import json
 import os
 from pathlib import Path
 
-from grader.results import CheckResult, read_results
-from grader.terminal import UserError, paint
+from lora_kata.grading.results import CheckResult, read_results
+from lora_kata.terminal import UserError, paint
 
 FAILED_TABLE_HEADER = ("| kata | check | verdict | where |", "| --- | --- | --- | --- |")
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Add report to `lora-kata`."""
-    report = commands.add_parser("report", help="show a results JSON; --github: as a GitHub Actions run shows it")
-    report.add_argument("results", type=Path, metavar="RESULTS_JSON", help="written by lora-kata grade --json")
-    report.add_argument(
-        "--github", action="store_true", help="annotations, job summary and GitHub Classroom's points output"
-    )
-    report.set_defaults(run=_report)
-
-
-def _report(arguments: argparse.Namespace) -> int:
+def report(arguments: argparse.Namespace) -> int:
+    """`lora-kata report`: a results JSON's failed checks and points (``--github``: as GitHub Actions shows them)."""
     document = _load(arguments.results)
     failed = [result for result in read_results(document) if result.outcome == "failed"]
     workspace = Path(os.environ.get("GITHUB_WORKSPACE") or Path.cwd())

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from grader.implementation import KATAS
+from lora_kata.grading.implementation import KATAS
 
 if TYPE_CHECKING:  # pytest only calls the Collector's hooks; `lora-kata` itself starts faster without it
     import pytest

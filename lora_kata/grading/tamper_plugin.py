@@ -1,4 +1,4 @@
-"""The pytest plugin that applies the guards of ``grader/tamper.py`` around every check of a grading session."""
+"""The pytest plugin that applies the guards of ``lora_kata/grading/tamper.py`` around every check."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from grader.report import Verdict
-from grader.tamper import ObjectGuard, ReferenceBlocker, changed_files, fingerprint
+from lora_kata.grading.report import Verdict
+from lora_kata.grading.tamper import ObjectGuard, ReferenceBlocker, changed_files, fingerprint
 
 
 class TamperWatch:
@@ -19,9 +19,9 @@ class TamperWatch:
     fails with a ``tampering:`` verdict; edits to the grader's files fail the whole run.
     """
 
-    def __init__(self, grader: Path) -> None:
-        self.grader = grader
-        self.grader_files = fingerprint(grader)
+    def __init__(self, *grader: Path) -> None:
+        self.grader = grader  # the folders of the checks and of the engine
+        self.grader_files = fingerprint(*grader)
         self.notes: list[str] = []
         self.guard: ObjectGuard | None = None
         self.blocker = ReferenceBlocker()
@@ -61,7 +61,7 @@ class TamperWatch:
         return ""
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        changed = changed_files(self.grader_files, self.grader)
+        changed = changed_files(self.grader_files, *self.grader)
         if changed:
             self.notes.append(f"the grader's files changed during grading: {[path.name for path in changed]}")
             session.exitstatus = pytest.ExitCode.TESTS_FAILED

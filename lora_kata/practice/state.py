@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grader.implementation import REPOSITORY
-from grader.terminal import UserError
+from lora_kata.grading.implementation import REPOSITORY
+from lora_kata.terminal import UserError
 
 VERSION = 1  # of the state file's format
 STUB_MARK = b"raise NotImplementedError"

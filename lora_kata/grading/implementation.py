@@ -21,7 +21,9 @@ from typing import Any
 
 PACKAGE = "katas"
 KATAS = ("lora_linear", "apply_lora", "merge_weights", "masked_prompt", "fused_lora")
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
+CHECKS = REPOSITORY / "grader"  # the checks, one test_<kata>.py per kata
+ENGINE = REPOSITORY / "lora_kata"  # this package: what runs them
 
 
 class ImplementationNotFound(Exception):

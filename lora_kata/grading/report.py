@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from grader.implementation import KATAS, Implementation, KataUnavailable
-from grader.results import Collector, score_table
+from lora_kata.grading.implementation import KATAS, Implementation, KataUnavailable
+from lora_kata.grading.results import Collector, score_table
 
 if sys.version_info < (3, 11):  # pytest's dependency there
     from exceptiongroup import BaseExceptionGroup

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader.implementation import KATAS
-from grader.terminal import UserError
+from lora_kata.grading.implementation import KATAS
+from lora_kata.terminal import UserError
 
 if sys.version_info >= (3, 11):
     import tomllib

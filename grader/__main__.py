@@ -1,7 +1,0 @@
-"""`python -m grader` is the `lora-kata` command."""
-
-import sys
-
-from grader.cli import main
-
-sys.exit(main())

@@ -1,0 +1,74 @@
+"""`hint` and `solution`: the next of a kata's hints, and the reference answer, recorded with the session."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+from lora_kata.practice.metadata import kata_info
+from lora_kata.practice.sessions import checked_kata, confirm, session_katas
+from lora_kata.practice.state import State, changing_state, load_state, working_copy
+from lora_kata.terminal import UserError, paint
+
+
+def hint(arguments: argparse.Namespace) -> int:
+    root = working_copy()
+    with changing_state(root) as state:
+        info = kata_info(_hint_kata(arguments.kata, state))
+        session = state.session if state.session is not None and info.name in state.session.katas else None
+        counts = session.hints if session is not None else state.hints
+        counts[info.name] = shown = min(counts.get(info.name, 0) + 1, len(info.hints))
+    width = min(shutil.get_terminal_size((100, 24)).columns, 100)
+    for number, text in enumerate(info.hints[:shown], start=1):
+        label = f"hint {number}/{len(info.hints)}: "
+        wrapped = textwrap.fill(text, width, initial_indent=label, subsequent_indent="  ")
+        print(wrapped if number == shown else paint(wrapped, "dim"))
+    if shown == len(info.hints):
+        print(paint(f"that was the last hint: lora-kata solution {info.name} shows the reference answer", "dim"))
+    if session is not None:
+        print(paint(f"recorded with the session: {shown} of {len(info.hints)} hints used", "dim"))
+    return 0
+
+
+def solution(arguments: argparse.Namespace) -> int:
+    kata = checked_kata(arguments.kata).name
+    root = working_copy()
+    path = root / "solutions" / f"{kata}.py"
+    if not path.is_file():
+        raise UserError(f"solutions/{kata}.py is missing: restore it with git checkout -- solutions/{kata}.py")
+    session = load_state(root).session
+    if session is not None and kata in session.katas and kata not in session.revealed:
+        if not confirm(f"A session on {kata} is running: reveal the solution (recorded as revealed)?", arguments.yes):
+            print(f"lora-kata: not revealed, the session on {kata} runs on: add --yes to reveal it", file=sys.stderr)
+            return 1
+        with changing_state(root) as state:
+            if state.session is not None:
+                state.session.revealed.append(kata)
+    _show_source(path)
+    return 0
+
+
+def _hint_kata(name: str | None, state: State) -> str:
+    """The kata named, else the session's first kata not yet solved."""
+    katas = session_katas(name, state, "hint")
+    session = state.session
+    unsolved = [kata for kata in katas if session is None or kata not in session.solved]
+    return (unsolved or katas)[0]
+
+
+def _show_source(path: Path) -> None:
+    """Print a Python file, highlighted by rich on a terminal when it is installed."""
+    source = path.read_text()
+    if sys.stdout.isatty():
+        try:
+            from rich.console import Console
+            from rich.syntax import Syntax
+        except ImportError:
+            pass
+        else:
+            Console().print(Syntax(source, "python", line_numbers=True, background_color="default"))
+            return
+    print(source, end="")
