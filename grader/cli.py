@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from grader import github
-from grader.implementation import KATAS, ImplementationNotFound, locate
+from grader.implementation import GRADED, ImplementationNotFound, locate
 from grader.isolation import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, Grading, grade_isolated
 from grader.results import gradescope, kata_totals, score_table, write_json
 from grader.terminal import UserError, paint
@@ -122,9 +122,9 @@ def _positive(kind: type[float] | type[int]) -> Callable[[str], float]:
 def kata_names(names: Sequence[str] | None) -> list[str]:
     """The katas asked for, checked; a typo gets the nearest name."""
     for name in names or []:
-        if name not in KATAS:
-            nearest = difflib.get_close_matches(name, KATAS, n=1)
-            hint = f": did you mean {nearest[0]}?" if nearest else f"; the katas are {', '.join(KATAS)}"
+        if name not in GRADED:
+            nearest = difflib.get_close_matches(name, GRADED, n=1)
+            hint = f": did you mean {nearest[0]}?" if nearest else f"; the katas are {', '.join(GRADED)}"
             raise UserError(f"unknown kata {name!r}{hint}")
     return list(names or [])
 
@@ -190,7 +190,7 @@ def _batch(arguments: argparse.Namespace) -> int:
             submission = futures[future]
             grading, note = future.result()
             totals = kata_totals(grading.results)
-            rows[submission.name] = {kata: f"{totals[kata]['score']:g}" if kata in totals else "0" for kata in KATAS}
+            rows[submission.name] = {kata: f"{totals[kata]['score']:g}" if kata in totals else "0" for kata in GRADED}
             rows[submission.name]["total"] = f"{sum(t['score'] for t in totals.values()):g}"
             notes = tuple(n for n in (note, grading.problem and f"problem: {grading.problem}") if n)
             write_json(
@@ -198,7 +198,7 @@ def _batch(arguments: argparse.Namespace) -> int:
             )
             _progress(done, len(submissions), submission.name, rows[submission.name]["total"], notes)
     with out.open("w", newline="") as gradebook:
-        writer = csv.DictWriter(gradebook, fieldnames=["submission", *KATAS, "total"])
+        writer = csv.DictWriter(gradebook, fieldnames=["submission", *GRADED, "total"])
         writer.writeheader()
         for name in sorted(rows):
             writer.writerow({"submission": name, **rows[name]})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.implementation import KATAS
+from grader.implementation import GRADED
 from grader.results import CheckResult, Collector
 
 GRADER = Path(__file__).resolve().parent
@@ -21,7 +21,7 @@ class GraderError(Exception):
 
 def run_grader(
     implementation: str | Path,
-    katas: Iterable[str] = KATAS,
+    katas: Iterable[str] = GRADED,
     pytest_args: Sequence[str] = (),
     journal: Path | None = None,
 ) -> list[CheckResult]:

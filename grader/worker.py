@@ -9,14 +9,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from grader.implementation import KATAS
+from grader.implementation import GRADED
 from grader.run import GraderError, run_grader
 
 
 def main(arguments: list[str]) -> int:
     implementation, journal, *katas = arguments
     try:
-        results = run_grader(implementation, katas or KATAS, journal=Path(journal))
+        results = run_grader(implementation, katas or GRADED, journal=Path(journal))
     except GraderError as error:
         print(error, file=sys.stderr)
         return 2
