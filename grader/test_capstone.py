@@ -190,6 +190,7 @@ def test_the_prompt_never_carries_loss(run, build_example, collate, train_step):
         model = copy.deepcopy(run.model)
         spy = SpyOptimizer([p for p in model.parameters() if p.requires_grad], lr=0.0)
         train_step(model, [{**learner, "labels": labels}], spy, SpyScheduler(spy.events), max_grad_norm=None)
+        assert len(spy.handed) == 1, f"train_step called optimizer.step() {len(spy.handed)} times, expected once"
         return spy.handed[0]
 
     as_built = handed(learner["labels"])

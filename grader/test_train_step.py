@@ -153,6 +153,9 @@ def test_loss_gradient_reaches_the_logits(causal_lm_loss):
     logits, labels = random_case(2, 5, 6, 0.3, seed=3)
     for reduction in ("sum", "mean"):
         mine, reference = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        if reduction == "mean":  # non-contiguous logits and labels, as slices and transposes give them
+            mine = mine.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+            labels = labels.T.contiguous().T
         loss = loss_value(causal_lm_loss(mine, labels, reduction=reduction), "causal_lm_loss")
         assert loss.requires_grad, f"causal_lm_loss(reduction={reduction!r}) is detached from the logits: no .item()"
         loss.backward()
@@ -376,8 +379,20 @@ def test_schedule_refuses_impossible_steps(cosine_with_warmup):
 def test_gradients_weight_every_token_of_the_window_equally(train_step, returns):
     r, window = rig(returns), unequal_window()
     expected, mistakes = expected_and_mistakes(r.model, window, None)
+    mistakes["the gradients were clipped though max_grad_norm is None (no clipping)"] = clipped(expected, 1.0)
     train_step(r.model, window if returns == "object" else tuple(window), r.optimizer, r.scheduler, None)
     expect_handed(r.optimizer, expected, mistakes, EXACT, "micro-batches of 3, 12 and 6 targets, no clipping")
+
+
+@pytest.mark.points(1)
+def test_max_grad_norm_defaults_to_one(train_step):
+    r, window = rig(), unequal_window()
+    expected, mistakes = expected_and_mistakes(r.model, window, 1.0)
+    unclipped, _ = expected_and_mistakes(r.model, window, None)
+    assert total_norm(unclipped) > 2, "grader bug: the window's gradient norm must exceed the default max_grad_norm"
+    mistakes["train_step(model, window, optimizer, scheduler) did not clip: max_grad_norm defaults to 1.0"] = unclipped
+    train_step(r.model, window, r.optimizer, r.scheduler)
+    expect_handed(r.optimizer, expected, mistakes, EXACT, "max_grad_norm left at its default")
 
 
 @pytest.mark.points(2)

@@ -132,4 +132,13 @@ WRONG_ANSWERS = [
     WrongAnswer("refused only after the forward passes", KATA, NO_TARGETS, "    if False:\n        raise ValueError(",
                 "test_a_window_without_targets_is_refused_before_any_forward", "forward passes before the ValueError",
                 more_edits=(("    parameters = [parameter", "    if tokens == 0:\n        raise ValueError('no target')\n    parameters = [parameter"),)),
+    # defaults and odd inputs
+    WrongAnswer("Adam with L2 instead of AdamW", KATA, ADAMW, ADAMW.replace("AdamW", "Adam"),
+                "test_optimizer_holds_exactly_the_trainable_parameters_in_one_group", "expected torch.optim.AdamW"),
+    WrongAnswer("warmup divides by zero when there is none", KATA, "        if step < warmup_steps:\n", "        if step <= warmup_steps:\n",
+                "test_schedule_warms_up_linearly_then_falls_as_a_cosine_to_zero", "ZeroDivisionError"),
+    WrongAnswer("max_grad_norm defaults to None", KATA, "    max_grad_norm: float | None = 1.0,", "    max_grad_norm: float | None = None,",
+                "test_max_grad_norm_defaults_to_one", "max_grad_norm defaults to 1.0"),
+    WrongAnswer("clipped to 1.0 when max_grad_norm is None", KATA, CLIP_BLOCK, "    nn.utils.clip_grad_norm_(parameters, max_grad_norm or 1.0)\n",
+                "test_gradients_weight_every_token_of_the_window_equally", "though max_grad_norm is None"),
 ]  # fmt: skip
