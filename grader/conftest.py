@@ -128,6 +128,10 @@ build_example = kata_fixture("masked_prompt", "build_example")
 collate = kata_fixture("masked_prompt", "collate")
 FusedLoRAFunction = kata_fixture("fused_lora", "FusedLoRAFunction")
 FusedLoRALinear = kata_fixture("fused_lora", "FusedLoRALinear")
+causal_lm_loss = kata_fixture("train_step", "causal_lm_loss")
+make_optimizer = kata_fixture("train_step", "make_optimizer")
+cosine_with_warmup = kata_fixture("train_step", "cosine_with_warmup")
+train_step = kata_fixture("train_step", "train_step")
 
 
 @pytest.fixture(autouse=True)

@@ -8,16 +8,16 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lora_kata.grading.implementation import KATAS
+from lora_kata.grading.implementation import GRADED
 from lora_kata.terminal import UserError
 
 
 def kata_names(names: Sequence[str] | None) -> list[str]:
     """The katas asked for, checked; a typo gets the nearest name."""
     for name in names or []:
-        if name not in KATAS:
-            nearest = difflib.get_close_matches(name, KATAS, n=1)
-            hint = f": did you mean {nearest[0]}?" if nearest else f"; the katas are {', '.join(KATAS)}"
+        if name not in GRADED:
+            nearest = difflib.get_close_matches(name, GRADED, n=1)
+            hint = f": did you mean {nearest[0]}?" if nearest else f"; the katas are {', '.join(GRADED)}"
             raise UserError(f"unknown kata {name!r}{hint}")
     return list(names or [])
 

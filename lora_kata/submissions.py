@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from lora_kata.arguments import kata_names, writable
-from lora_kata.grading.implementation import KATAS, ImplementationNotFound, locate
+from lora_kata.grading.implementation import GRADED, ImplementationNotFound, locate
 from lora_kata.grading.isolation import Grading, grade_isolated
 from lora_kata.grading.results import gradescope, kata_totals, score_table, write_json
 from lora_kata.terminal import UserError, paint
@@ -68,7 +68,7 @@ def batch(arguments: argparse.Namespace) -> int:
             submission = futures[future]
             grading, note = future.result()
             totals = kata_totals(grading.results)
-            rows[submission.name] = {kata: f"{totals[kata]['score']:g}" if kata in totals else "0" for kata in KATAS}
+            rows[submission.name] = {kata: f"{totals[kata]['score']:g}" if kata in totals else "0" for kata in GRADED}
             rows[submission.name]["total"] = f"{sum(t['score'] for t in totals.values()):g}"
             notes = tuple(n for n in (note, grading.problem and f"problem: {grading.problem}") if n)
             write_json(
@@ -76,7 +76,7 @@ def batch(arguments: argparse.Namespace) -> int:
             )
             _progress(done, len(submissions), submission.name, rows[submission.name]["total"], notes)
     with out.open("w", newline="") as gradebook:
-        writer = csv.DictWriter(gradebook, fieldnames=["submission", *KATAS, "total"])
+        writer = csv.DictWriter(gradebook, fieldnames=["submission", *GRADED, "total"])
         writer.writeheader()
         for name in sorted(rows):
             writer.writerow({"submission": name, **rows[name]})

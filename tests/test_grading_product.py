@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_kata.grading.implementation import KATAS
+from lora_kata.grading.implementation import GRADED
 from lora_kata.grading.isolation import grade_isolated
 from lora_kata.grading.results import CheckResult, score_table
 from lora_kata.grading.run import run_grader
@@ -145,7 +145,7 @@ def test_batch_writes_a_gradebook_and_leaves_no_process_behind(tmp_path):
     assert completed.returncode == 0, completed.stderr
     with (tmp_path / "grades.csv").open() as gradebook:
         rows = {row["submission"]: row for row in csv.DictReader(gradebook)}
-    assert list(next(iter(rows.values()))) == ["submission", *KATAS, "total"]
+    assert list(next(iter(rows.values()))) == ["submission", *GRADED, "total"]
     assert rows["alice"]["total"] == rows["carol"]["total"] != "0"
     assert rows["bob"]["apply_lora"] == "0" and rows["bob"]["merge_weights"] == rows["alice"]["merge_weights"]
     assert rows["dave"]["total"] == rows["eve"]["total"] == "0"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lora_kata.grading.implementation import KATAS, ImplementationNotFound, locate
+from lora_kata.grading.implementation import GRADED, ImplementationNotFound, locate
 from lora_kata.grading.run import run_grader
 from tests.implementations import REPOSITORY, SOLUTIONS, implementation_folder
 
@@ -95,7 +95,7 @@ def test_a_missing_module_says_which_file_to_write(tmp_path):
 def test_the_same_submission_always_gets_the_same_grade(tmp_path):
     wrong = (SOLUTIONS / "lora_linear.py").read_text().replace("self.scaling = alpha / r", "self.scaling = alpha")
     folder = implementation_folder(tmp_path / "sub", {"lora_linear": wrong})
-    runs = [run_grader(folder), run_grader(folder), run_grader(folder, list(reversed(KATAS)))]
+    runs = [run_grader(folder), run_grader(folder), run_grader(folder, list(reversed(GRADED)))]
     grades = [sorted(results, key=lambda result: (result.kata, result.check)) for results in runs]
     assert grades[0] == grades[1] == grades[2], "the grade depends on the run, or on the order of the katas"
     assert {result.outcome for result in runs[0]} == {"passed", "failed", "skipped"}

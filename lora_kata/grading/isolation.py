@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lora_kata.grading.implementation import CHECKS, ENGINE, KATAS
+from lora_kata.grading.implementation import CHECKS, ENGINE, GRADED
 from lora_kata.grading.results import CheckResult, read_journal
 from lora_kata.grading.tamper import changed_files, fingerprint
 
@@ -46,7 +46,7 @@ def grade_isolated(
     after it are graded in a new process, within the same overall ``timeout_s``.
     """
     start = time.perf_counter()
-    remaining, results, problems = list(katas or KATAS), [], []
+    remaining, results, problems = list(katas or GRADED), [], []
     while remaining:
         time_left = timeout_s - (time.perf_counter() - start)
         batch, problem = _run_worker(implementation, remaining, time_left, memory_mb, timeout_s)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lora_kata.grading.implementation import KATAS
+from lora_kata.grading.implementation import GRADED
 
 if TYPE_CHECKING:  # pytest only calls the Collector's hooks; `lora-kata` itself starts faster without it
     import pytest
@@ -90,7 +90,7 @@ def kata_totals(results: list[CheckResult]) -> dict[str, dict[str, float]]:
 
 
 def _kata_order(kata: str) -> tuple[int, str]:
-    return (KATAS.index(kata) if kata in KATAS else len(KATAS), kata)
+    return (GRADED.index(kata) if kata in GRADED else len(GRADED), kata)
 
 
 def score_table(results: list[CheckResult]) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_kata.grading.implementation import CHECKS, KATAS
+from lora_kata.grading.implementation import CHECKS, GRADED
 from lora_kata.grading.results import CheckResult, Collector
 
 
@@ -19,7 +19,7 @@ class GraderError(Exception):
 
 def run_grader(
     implementation: str | Path,
-    katas: Iterable[str] = KATAS,
+    katas: Iterable[str] = GRADED,
     pytest_args: Sequence[str] = (),
     journal: Path | None = None,
 ) -> list[CheckResult]:

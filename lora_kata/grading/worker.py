@@ -14,14 +14,14 @@ if __name__ == "__main__":
     # as top-level names, nor an installed lora_kata.
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from lora_kata.grading.implementation import KATAS
+from lora_kata.grading.implementation import GRADED
 from lora_kata.grading.run import GraderError, run_grader
 
 
 def main(arguments: list[str]) -> int:
     implementation, journal, *katas = arguments
     try:
-        results = run_grader(implementation, katas or KATAS, journal=Path(journal))
+        results = run_grader(implementation, katas or GRADED, journal=Path(journal))
     except GraderError as error:
         print(error, file=sys.stderr)
         return 2

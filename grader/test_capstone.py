@@ -1,0 +1,233 @@
+"""The capstone: the learner's katas fine-tune a real (tiny) model together, the way a LoRA run does.
+
+A ``LlamaForCausalLM`` built from a config (seeded, nothing downloaded), the grader's BPE wrapped as a
+``PreTrainedTokenizerFast`` and the instruction set in ``grader/capstone.json`` (animals and their sounds:
+"The cow says moo.", a pattern a tiny model picks up in seconds) go through the learner's ``apply_lora``
+(q_proj and v_proj), ``build_example`` and ``collate``, ``make_optimizer``, ``cosine_with_warmup`` and
+``train_step`` for STEPS windows; then ``merge_weights``. The run happens once per grading session (the
+``run`` fixture); each check reads one of its outcomes. A kata that is still a stub blocks the checks that
+need it: they say ``blocked: finish KATA first``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from grader.probes import max_difference
+from grader.tokenizer import TRANSFORMERS_MISSING, transformers_tokenizer
+from grader.training import SpyOptimizer, SpyScheduler, relative_difference
+
+SUBJECT = "train_step"  # the definition a failing check points at when no frame of the learner's code is to blame
+DATA = Path(__file__).with_name("capstone.json")
+IGNORE = -100
+TARGETS = ("q_proj", "v_proj")
+STEPS, WARMUP, LR, R, ALPHA = 24, 3, 3e-2, 8, 16.0
+MICRO_BATCH, MICRO_BATCHES = 6, 2  # a window of 2 micro-batches of 6 examples: 12 examples per step
+MARGIN = 1 / 3  # the response loss must fall by at least this share of where it started
+MISSING = TRANSFORMERS_MISSING.replace("PreTrainedTokenizerFast", "the capstone (LlamaForCausalLM)")
+# The first check to run also imports transformers (seconds on a loaded machine) and trains the model once.
+pytestmark = pytest.mark.timeout(60)
+
+
+def template(instruction: str, input: str) -> str:
+    return f"[INST] {instruction}\n{input} [/INST] " if input else f"[INST] {instruction} [/INST] "
+
+
+def enc(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@dataclass
+class Run:
+    """What the learner's pipeline did to the model, and what the grader measured around it."""
+
+    model: nn.Module
+    tokenizer: Any
+    rows: list[dict[str, str]]
+    loss_before: float
+    loss_after: float
+    returned: list[float]  # what train_step returned, window by window
+    adapted_state: dict[str, torch.Tensor]  # the state_dict right after apply_lora
+    originals: dict[str, tuple[torch.Tensor, torch.Tensor]]  # the Llama's own tensors before apply_lora, and copies
+    trainable: set[str]  # names of the parameters that required grad after apply_lora
+
+
+def llama(tokenizer: Any) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM  # slow to import: only once the capstone runs
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.2,  # logits large enough that a pattern can be learned in a few steps
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        use_cache=False,
+    )
+    torch.manual_seed(0)
+    had_smart_apply = hasattr(nn.Module, "smart_apply")
+    model = LlamaForCausalLM(config)
+    if not had_smart_apply and hasattr(nn.Module, "smart_apply"):
+        # transformers sets nn.Module.smart_apply while it initialises a model (and again whenever it is missing);
+        # the tamper guard, which records nn.Module, would blame the submission for it
+        delattr(nn.Module, "smart_apply")
+    return model
+
+
+def grader_batch(tokenizer: Any, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:
+    """The grader's own batch of ``rows``: [bos] + prompt + response + [eos], labels -100 on bos and the prompt."""
+    sequences, labels = [], []
+    for row in rows:
+        prefix = [tokenizer.bos_token_id, *enc(tokenizer, template(row["instruction"], row["input"]))]
+        response = [*enc(tokenizer, row["output"]), tokenizer.eos_token_id]
+        sequences.append(prefix + response)
+        labels.append([IGNORE] * len(prefix) + response)
+    longest = max(map(len, sequences))
+    pad = tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([s + [pad] * (longest - len(s)) for s in sequences]),
+        "labels": torch.tensor([s + [IGNORE] * (longest - len(s)) for s in labels]),
+        "attention_mask": torch.tensor([[1] * len(s) + [0] * (longest - len(s)) for s in sequences]),
+    }
+
+
+def logits_of(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        model.train(was_training)
+
+
+def response_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    """The mean loss over the response tokens (and eos), measured by the grader in eval mode."""
+    logits = logits_of(model, batch).float()
+    return nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE
+    ).item()
+
+
+@pytest.fixture(scope="module")
+def run(apply_lora, build_example, collate, make_optimizer, cosine_with_warmup, train_step) -> Run:
+    """The learner's pipeline, once: adapters on a tiny Llama, STEPS windows of training."""
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip(MISSING)
+    tokenizer = transformers_tokenizer()
+    rows = json.loads(DATA.read_text())
+    model = llama(tokenizer)
+    originals = {
+        name: (tensor, tensor.detach().clone()) for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+    }
+    returned_model = apply_lora(model, TARGETS, r=R, alpha=ALPHA, dropout=0.0)
+    model = returned_model if isinstance(returned_model, nn.Module) else model
+    adapted_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    batch = grader_batch(tokenizer, rows)
+    loss_before = response_loss(model, batch)
+    examples = [build_example(tokenizer, row["instruction"], row["input"], row["output"]) for row in rows]
+    optimizer = make_optimizer(model, lr=LR)
+    scheduler = cosine_with_warmup(optimizer, WARMUP, STEPS)
+    order = torch.Generator().manual_seed(0)
+    returned = []
+    model.train()
+    for _ in range(STEPS):
+        chosen = torch.randperm(len(examples), generator=order)[: MICRO_BATCH * MICRO_BATCHES].tolist()
+        window = [
+            collate([examples[i] for i in chosen[start : start + MICRO_BATCH]], tokenizer.pad_token_id)
+            for start in range(0, len(chosen), MICRO_BATCH)
+        ]
+        returned.append(train_step(model, window, optimizer, scheduler, max_grad_norm=1.0))
+    return Run(
+        model, tokenizer, rows, loss_before, response_loss(model, batch), returned, adapted_state, originals, trainable
+    )
+
+
+@pytest.mark.points(4)
+def test_the_response_loss_falls(run):
+    target = (1 - MARGIN) * run.loss_before
+    assert run.loss_after < target, (
+        f"after {STEPS} steps (AdamW lr {LR:g}, cosine with {WARMUP} warmup steps, windows of {MICRO_BATCHES} x "
+        f"{MICRO_BATCH} examples) the response loss went from {run.loss_before:.3f} to {run.loss_after:.3f}, "
+        f"expected below {target:.3f} (a fall of {MARGIN:.0%} at least; train_step returned "
+        f"{run.returned[0]:.3f} first, {run.returned[-1]:.3f} last): do the adapters get gradients, and the "
+        "optimizer a non-zero lr?"
+    )
+
+
+@pytest.mark.points(3)
+def test_the_prompt_never_carries_loss(run, build_example, collate, train_step):
+    rows = run.rows[:MICRO_BATCH]
+    tokenizer = run.tokenizer
+    examples = [build_example(tokenizer, r["instruction"], r["input"], r["output"]) for r in rows]
+    learner = collate(examples, tokenizer.pad_token_id)
+    expected = grader_batch(tokenizer, rows)
+    assert torch.equal(learner["input_ids"], expected["input_ids"]), (
+        "the pipeline's input_ids are not [bos] + prompt + response + [eos], right-padded: pass the masked_prompt "
+        "checks first"
+    )
+    prompt = torch.zeros_like(expected["labels"], dtype=torch.bool)
+    for row_number, row in enumerate(rows):
+        prompt[row_number, : 1 + len(enc(tokenizer, template(row["instruction"], row["input"])))] = True
+
+    def handed(labels: torch.Tensor) -> list[torch.Tensor]:
+        model = copy.deepcopy(run.model)
+        spy = SpyOptimizer([p for p in model.parameters() if p.requires_grad], lr=0.0)
+        train_step(model, [{**learner, "labels": labels}], spy, SpyScheduler(spy.events), max_grad_norm=None)
+        assert len(spy.handed) == 1, f"train_step called optimizer.step() {len(spy.handed)} times, expected once"
+        return spy.handed[0]
+
+    as_built = handed(learner["labels"])
+    masked = handed(learner["labels"].masked_fill(prompt, IGNORE))
+    labelled = handed(torch.where(prompt, learner["input_ids"], learner["labels"]))
+    assert relative_difference(labelled, masked) > 1e-3, "grader bug: labelling the prompt changes no gradient"
+    difference = relative_difference(as_built, masked)
+    assert difference < 1e-6, (
+        f"the gradients of a training step change by {difference:.3g} when the prompt's labels are set to -100: "
+        "the prompt carried loss; build_example must label bos and every prompt token -100"
+    )
+
+
+@pytest.mark.points(3)
+def test_only_the_adapters_changed(run):
+    frozen_changed = [name for name, (tensor, saved) in run.originals.items() if not torch.equal(tensor, saved)]
+    assert not frozen_changed, (
+        f"training changed the base model's {frozen_changed[:3]}: freeze everything but the adapters"
+    )
+    outside = sorted(name for name in run.trainable if not any(f".{t}." in f".{name}" for t in TARGETS))
+    assert not outside, f"parameters outside q_proj and v_proj were trainable: {outside[:3]}"
+    state = run.model.state_dict()
+    changed = {name for name, value in state.items() if not torch.equal(value, run.adapted_state.get(name, value))}
+    stray = sorted(changed - run.trainable)
+    assert not stray, f"training changed {stray[:3]}, which are not adapter parameters"
+    assert changed, "training changed no tensor of the model: did the optimizer step?"
+
+
+@pytest.mark.points(3)
+def test_the_merged_model_gives_the_same_logits(run, merge_weights):
+    batch = grader_batch(run.tokenizer, run.rows)
+    expected = logits_of(run.model, batch)
+    merged = merge_weights(copy.deepcopy(run.model))
+    assert isinstance(merged, nn.Module), f"merge_weights returned a {type(merged).__name__}, expected the model"
+    scale = expected.abs().max().item()  # float32 logits of up to ~scale: compare relative to it
+    error = max_difference(logits_of(merged, batch), expected) / max(1.0, scale)
+    assert error < 1e-5, (
+        f"the merged Llama's logits differ from the adapted one's by {error:.3g} of the largest logit "
+        f"({scale:.3g}), expected < 1e-5: W + (alpha / r) B @ A for every adapter"
+    )

@@ -1,0 +1,630 @@
+"""Checks of the `train_step` kata: causal_lm_loss, make_optimizer, cosine_with_warmup and train_step.
+
+train_step is graded in float64 against the grader's own reference step (grader/training.py): a spy optimizer
+records the gradients it is handed at step(), a spy scheduler its calls, so mistakes that Adam would hide
+(a gradient off by a constant factor) still show, and each verdict names the mistake the gradients match.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import example, given
+from hypothesis import strategies as st
+from torch import nn
+
+from grader.probes import describe, expect_value_error
+from grader.training import (
+    IGNORE,
+    SpyScheduler,
+    TinyLM,
+    clipped,
+    combine,
+    expect_handed,
+    expected_and_mistakes,
+    micro_batch,
+    rig,
+    targets,
+    token_loss_sum,
+    total_norm,
+    unequal_window,
+)
+
+SUBJECT = "train_step"  # the definition a failing check points at
+TRANSFORMERS_MISSING = "transformers is not installed: pip install transformers to also compare with its schedule"
+EXACT = 1e-9  # float64: the reference and a right answer differ by rounding only
+
+
+# causal_lm_loss
+
+
+def reference_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str, shifted: bool = True) -> torch.Tensor:
+    logits = logits.double()
+    if shifted:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction=reduction)
+
+
+def random_case(batch: int, seq: int, vocab: int, masked: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 logits and labels with a share ``masked`` of -100, at least one target left after the shift."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = 2 * torch.randn(batch, seq, vocab, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, vocab, (batch, seq), generator=generator)
+    labels[torch.rand(batch, seq, generator=generator) < masked] = IGNORE
+    labels[0, -1] = 1 % vocab  # one target at least
+    labels[0, 0] = 0  # the first label is a token id: it must still not be a target
+    return logits, labels
+
+
+def loss_cause(measured: float, logits: torch.Tensor, labels: torch.Tensor, reduction: str) -> str:
+    """The likely mistake behind a loss that differs from the reference."""
+    shifted_count = int((labels[:, 1:] != IGNORE).sum())
+    total = reference_loss(logits, labels, "sum").item()
+    candidates = {
+        "not shifted (position t scored against label t): logits[:, :-1] predict labels[:, 1:]": reference_loss(
+            logits, labels, reduction, shifted=False
+        ).item(),
+        "the -100 labels were not ignored": F.cross_entropy(
+            logits[:, :-1].flatten(0, 1), labels[:, 1:].clamp(min=0).flatten(), reduction=reduction
+        ).item(),
+    }
+    if reduction == "mean":
+        candidates["the mean was taken over every position, ignored ones too: divide by the targets' count"] = (
+            total / labels[:, 1:].numel()
+        )
+        candidates["the mean counted labels before the shift: count labels[:, 1:] != -100"] = total / max(
+            1, int((labels != IGNORE).sum())
+        )
+        candidates["a mean per row, then over rows: the mean is over every target of the batch"] = sum(
+            reference_loss(logits[i : i + 1], labels[i : i + 1], "sum").item()
+            / max(1, int((labels[i, 1:] != IGNORE).sum()))
+            for i in range(labels.shape[0])
+            if (labels[i, 1:] != IGNORE).any()
+        ) / sum(bool((labels[i, 1:] != IGNORE).any()) for i in range(labels.shape[0]))
+    else:
+        candidates["this is the mean, reduction='sum' asks for the sum"] = total / shifted_count
+    for cause, value in candidates.items():
+        if math.isclose(measured, value, rel_tol=1e-9, abs_tol=1e-12):
+            return cause
+    return "the sum of -log softmax(logits[:, t])[labels[:, t + 1]] over the targets that are not -100"
+
+
+def loss_value(returned: object, call: str) -> torch.Tensor:
+    assert isinstance(returned, torch.Tensor) and returned.dim() == 0, (
+        f"{call} returned {describe(returned)}, expected a 0-dim tensor"
+    )
+    return returned
+
+
+@pytest.mark.points(4)
+@pytest.mark.subject("causal_lm_loss")
+@given(
+    batch=st.integers(1, 3),
+    seq=st.integers(2, 7),
+    vocab=st.integers(2, 9),
+    masked=st.sampled_from([0.0, 0.3, 0.7]),
+    seed=st.integers(0, 1000),
+)
+@example(batch=2, seq=6, vocab=5, masked=0.5, seed=0)
+def test_loss_is_the_shifted_cross_entropy_of_the_targets(causal_lm_loss, batch, seq, vocab, masked, seed):
+    logits, labels = random_case(batch, seq, vocab, masked, seed)
+    for reduction in ("sum", "mean"):
+        call = f"causal_lm_loss(logits {tuple(logits.shape)}, labels, reduction={reduction!r})"
+        measured = loss_value(causal_lm_loss(logits.clone(), labels.clone(), reduction=reduction), call)
+        expected = reference_loss(logits, labels, reduction).item()
+        assert math.isclose(measured.item(), expected, rel_tol=1e-9, abs_tol=1e-12), (
+            f"{call} = {measured.item():.6g}, expected {expected:.6g}: "
+            + loss_cause(measured.item(), logits, labels, reduction)
+        )
+    default = loss_value(causal_lm_loss(logits, labels), "causal_lm_loss(logits, labels)").item()
+    assert math.isclose(default, reference_loss(logits, labels, "sum").item(), rel_tol=1e-9), (
+        "causal_lm_loss(logits, labels) without reduction did not give the sum: the default is reduction='sum'"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("causal_lm_loss")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_loss, dtype):
+    logits, labels = random_case(4, 40, 200, 0.2, seed=7)
+    logits = (4 * logits).to(dtype)
+    expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    measured = loss_value(causal_lm_loss(logits, labels, reduction="sum"), "causal_lm_loss")
+    assert measured.dtype == expected_dtype, (
+        f"the loss of {dtype} logits is {measured.dtype}, expected {expected_dtype}: "
+        + ("keep float64 (logits.float() would round it)" if dtype == torch.float64 else "upcast with logits.float()")
+    )
+    expected = reference_loss(logits.to(expected_dtype), labels, "sum").item()
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-6
+    assert math.isclose(measured.item(), expected, rel_tol=tolerance), (
+        f"the summed loss of {dtype} logits is {measured.item():.8g}, expected {expected:.8g} (computed in "
+        f"{expected_dtype}): compute the loss in float32, not in {dtype}"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("causal_lm_loss")
+def test_loss_gradient_reaches_the_logits(causal_lm_loss):
+    logits, labels = random_case(2, 5, 6, 0.3, seed=3)
+    for reduction in ("sum", "mean"):
+        mine, reference = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        if reduction == "mean":  # non-contiguous logits and labels, as slices and transposes give them
+            mine = mine.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+            labels = labels.T.contiguous().T
+        loss = loss_value(causal_lm_loss(mine, labels, reduction=reduction), "causal_lm_loss")
+        assert loss.requires_grad, f"causal_lm_loss(reduction={reduction!r}) is detached from the logits: no .item()"
+        loss.backward()
+        reference_loss(reference, labels, reduction).backward()
+        assert mine.grad is not None, "no gradient reached the logits"
+        error = (mine.grad - reference.grad).abs().max().item()
+        assert error < 1e-12, (
+            f"d loss / d logits (reduction={reduction!r}) differs from cross-entropy's by {error:.3g}: "
+            "the last position predicts nothing, so its logits get no gradient"
+        )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("causal_lm_loss")
+def test_loss_without_targets_is_zero_summed_and_refused_as_a_mean(causal_lm_loss):
+    logits = torch.randn(2, 4, 5, dtype=torch.float64)
+    labels = torch.full((2, 4), IGNORE)
+    labels[:, 0] = 3  # the first label is never a target
+    total = loss_value(causal_lm_loss(logits, labels, reduction="sum"), "causal_lm_loss(no targets, 'sum')")
+    assert total.item() == 0, f"the summed loss over no target is {total.item():.4g}, expected 0"
+    expect_value_error(
+        lambda: causal_lm_loss(logits, labels, reduction="mean"),
+        "causal_lm_loss(reduction='mean') with no target after the shift (the mean would be NaN)",
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("causal_lm_loss")
+def test_loss_rejects_bad_arguments(causal_lm_loss):
+    logits, labels = random_case(2, 4, 5, 0.0, seed=1)
+    expect_value_error(lambda: causal_lm_loss(logits, labels, reduction="none"), "causal_lm_loss(reduction='none')")
+    expect_value_error(lambda: causal_lm_loss(logits, labels, "avg"), "causal_lm_loss(logits, labels, 'avg')")
+    expect_value_error(lambda: causal_lm_loss(logits[0], labels[0]), "causal_lm_loss(2-D logits, 1-D labels)")
+    expect_value_error(lambda: causal_lm_loss(logits, labels[:, :3]), "causal_lm_loss(labels shorter than logits)")
+
+
+# make_optimizer
+
+
+class Adapted(nn.Module):
+    """Frozen layers, trainable factors at several depths, and one trainable parameter registered twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = nn.Linear(4, 4)
+        self.base.requires_grad_(False)
+        self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+        self.blocks[0].requires_grad_(False)
+        self.blocks[1].weight.requires_grad_(False)  # its bias stays trainable
+        self.lora_A = nn.Parameter(torch.randn(2, 4))
+        self.lora_B = nn.Parameter(torch.zeros(4, 2))
+        self.shared = nn.Linear(4, 2, bias=False)
+        self.tied = self.shared  # the same parameter under two names
+
+    def expected(self) -> list[nn.Parameter]:
+        return [self.blocks[1].bias, self.lora_A, self.lora_B, self.shared.weight]
+
+
+def held(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [parameter for group in optimizer.param_groups for parameter in group["params"]]
+
+
+def returned_adamw(optimizer: object, call: str) -> torch.optim.AdamW:
+    assert isinstance(optimizer, torch.optim.AdamW), (
+        f"{call} returned {describe(optimizer)}, expected torch.optim.AdamW"
+    )
+    return optimizer
+
+
+@pytest.mark.points(3)
+@pytest.mark.subject("make_optimizer")
+def test_optimizer_holds_exactly_the_trainable_parameters_in_one_group(make_optimizer):
+    model = Adapted()
+    optimizer = returned_adamw(make_optimizer(model), "make_optimizer(model)")
+    assert len(optimizer.param_groups) == 1, (
+        f"the optimizer has {len(optimizer.param_groups)} parameter groups, expected one (no decay split)"
+    )
+    ids = [id(parameter) for parameter in held(optimizer)]
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad and id(p) in ids]
+    assert not frozen, f"the optimizer holds frozen parameters {frozen}: give it only those that require grad"
+    assert len(ids) == len(set(ids)), "the optimizer holds a parameter twice (a tied one?): list each once"
+    wanted = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
+    missing = [name for key, name in wanted.items() if key not in ids]
+    assert not missing, f"the optimizer lacks the trainable parameters {missing}: give it every one"
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("make_optimizer")
+def test_optimizer_has_the_learning_rate_no_decay_and_adams_betas(make_optimizer):
+    cases = {
+        "make_optimizer(model)": (make_optimizer(Adapted()), 3e-4, 0.0),
+        "make_optimizer(model, 0.01, 0.1)": (make_optimizer(Adapted(), 0.01, 0.1), 0.01, 0.1),
+        "make_optimizer(model, lr=2e-3, weight_decay=0.05)": (
+            make_optimizer(Adapted(), lr=2e-3, weight_decay=0.05),
+            2e-3,
+            0.05,
+        ),
+    }
+    for call, (optimizer, lr, weight_decay) in cases.items():
+        group = returned_adamw(optimizer, call).param_groups[0]
+        assert group["lr"] == lr, f"{call}: lr {group['lr']}, expected {lr}: pass lr to AdamW"
+        assert group["weight_decay"] == weight_decay, (
+            f"{call}: weight_decay {group['weight_decay']}, expected {weight_decay}"
+            + (": AdamW's own default is 0.01, pass weight_decay" if weight_decay == 0 else "")
+        )
+        assert tuple(group["betas"]) == (0.9, 0.999), f"{call}: betas {group['betas']}, expected (0.9, 0.999)"
+        assert group["eps"] == 1e-8, f"{call}: eps {group['eps']}, expected 1e-8"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("make_optimizer")
+def test_optimizer_refuses_a_model_without_trainable_parameters(make_optimizer):
+    model = nn.Linear(3, 3).requires_grad_(False)
+    expect_value_error(lambda: make_optimizer(model), "make_optimizer(a model with every parameter frozen)")
+
+
+# cosine_with_warmup
+
+
+def factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return step / warmup
+    if step > total:
+        return 0.0
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def schedule_cause(measured: float, step: int, warmup: int, total: int) -> str:
+    progress = (step - warmup) / max(1, total - warmup)
+    candidates = {
+        "rises again past total_steps (transformers' formula): the lr stays 0 after total_steps": 0.5
+        * (1 + math.cos(math.pi * progress)),
+        "the warmup is one step ahead ((n + 1) / warmup_steps): it starts at 0": (step + 1) / max(1, warmup),
+        "a full cosine period: the cosine falls once, from 1 at warmup_steps to 0 at total_steps": 0.5
+        * (1 + math.cos(2 * math.pi * progress)),
+        "the cosine ran over total_steps, not over total_steps - warmup_steps": 0.5
+        * (1 + math.cos(math.pi * step / total)),
+    }
+    for cause, value in candidates.items():
+        if math.isclose(measured, value, rel_tol=1e-9, abs_tol=1e-12):
+            return cause
+    phase = "warmup" if step < warmup else "after total_steps" if step > total else "cosine"
+    return f"see the {phase} formula in the spec"
+
+
+@pytest.mark.points(4)
+@pytest.mark.subject("cosine_with_warmup")
+@given(warmup=st.integers(0, 8), extra=st.integers(0, 12))
+@example(warmup=0, extra=1)
+@example(warmup=3, extra=7)
+@example(warmup=4, extra=0)
+def test_schedule_warms_up_linearly_then_falls_as_a_cosine_to_zero(cosine_with_warmup, warmup, extra):
+    total = max(1, warmup + extra)
+    parameters = [nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.SGD([{"params": parameters[:1], "lr": 0.1}, {"params": parameters[1:], "lr": 0.02}])
+    scheduler = cosine_with_warmup(optimizer, warmup, total)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler), (
+        f"cosine_with_warmup returned {describe(scheduler)}, expected a torch.optim.lr_scheduler.LambdaLR"
+    )
+    for step in range(total + 3):
+        if step:
+            optimizer.step()
+            scheduler.step()
+        for group, initial in zip(optimizer.param_groups, (0.1, 0.02), strict=True):
+            expected = initial * factor(step, warmup, total)
+            assert math.isclose(group["lr"], expected, rel_tol=1e-9, abs_tol=1e-15), (
+                f"cosine_with_warmup(warmup_steps={warmup}, total_steps={total}): after {step} steps the lr is "
+                f"{group['lr'] / initial:.6g} x the initial lr, expected {factor(step, warmup, total):.6g}: "
+                + schedule_cause(group["lr"] / initial, step, warmup, total)
+            )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("cosine_with_warmup")
+@pytest.mark.timeout(60)  # importing transformers takes over 10 s on a loaded 2-core machine
+def test_schedule_gives_transformers_numbers_up_to_total_steps(cosine_with_warmup):
+    cases = ((0, 5), (2, 9), (5, 5), (3, 40))
+    mine = {case: lrs_of(lambda optimizer, case=case: cosine_with_warmup(optimizer, *case), case[1]) for case in cases}
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip(TRANSFORMERS_MISSING)
+    from transformers import get_cosine_schedule_with_warmup  # slow to import: only here, after the kata's part
+
+    for (warmup, total), measured in mine.items():
+        theirs = lrs_of(lambda optimizer, w=warmup, t=total: get_cosine_schedule_with_warmup(optimizer, w, t), total)
+        for step, (lr, expected) in enumerate(zip(measured, theirs, strict=True)):
+            assert math.isclose(lr, expected, rel_tol=1e-9, abs_tol=1e-15), (
+                f"warmup_steps={warmup}, total_steps={total}: after {step} steps the lr is {lr:.6g}, "
+                f"transformers' get_cosine_schedule_with_warmup gives {expected:.6g}"
+            )
+
+
+def lrs_of(make_schedule, total: int, lr: float = 0.5) -> list[float]:
+    """The lr of an SGD optimizer after 0, 1, ... total steps of the schedule ``make_schedule`` builds for it."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    schedule = make_schedule(optimizer)
+    lrs = []
+    for _ in range(total + 1):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return lrs
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("cosine_with_warmup")
+def test_schedule_refuses_impossible_steps(cosine_with_warmup):
+    def optimizer() -> torch.optim.SGD:
+        return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    for warmup, total in ((11, 10), (-1, 10), (0, 0), (1, 0)):
+        expect_value_error(
+            lambda warmup=warmup, total=total: cosine_with_warmup(optimizer(), warmup, total),
+            f"cosine_with_warmup(warmup_steps={warmup}, total_steps={total})",
+        )
+
+
+# train_step
+
+
+@pytest.mark.points(4)
+@pytest.mark.parametrize("returns", ["object", "tensor"])
+def test_gradients_weight_every_token_of_the_window_equally(train_step, returns):
+    r, window = rig(returns), unequal_window()
+    expected, mistakes = expected_and_mistakes(r.model, window, None)
+    mistakes["the gradients were clipped though max_grad_norm is None (no clipping)"] = clipped(expected, 1.0)
+    train_step(r.model, window if returns == "object" else tuple(window), r.optimizer, r.scheduler, None)
+    expect_handed(r.optimizer, expected, mistakes, EXACT, "micro-batches of 3, 12 and 6 targets, no clipping")
+
+
+@pytest.mark.points(1)
+def test_max_grad_norm_defaults_to_one(train_step):
+    r, window = rig(), unequal_window()
+    expected, mistakes = expected_and_mistakes(r.model, window, 1.0)
+    unclipped, _ = expected_and_mistakes(r.model, window, None)
+    assert total_norm(unclipped) > 2, "grader bug: the window's gradient norm must exceed the default max_grad_norm"
+    mistakes["train_step(model, window, optimizer, scheduler) did not clip: max_grad_norm defaults to 1.0"] = unclipped
+    train_step(r.model, window, r.optimizer, r.scheduler)
+    expect_handed(r.optimizer, expected, mistakes, EXACT, "max_grad_norm left at its default")
+
+
+@pytest.mark.points(2)
+def test_clipping_changes_nothing_below_max_grad_norm(train_step):
+    r, window = rig(), unequal_window()
+    expected, mistakes = expected_and_mistakes(r.model, window, None)
+    norm = total_norm(expected)
+    mistakes["the gradients were clipped though their norm is below max_grad_norm"] = clipped(expected, norm / 2)
+    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=4 * norm)
+    expect_handed(r.optimizer, expected, mistakes, EXACT, f"max_grad_norm {4 * norm:.3g} above the norm {norm:.3g}")
+
+
+@pytest.mark.points(4)
+def test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters(train_step):
+    r, window = rig(), unequal_window()
+    unclipped, _ = expected_and_mistakes(r.model, window, None)
+    max_norm = 0.3 * total_norm(unclipped)
+    expected, mistakes = expected_and_mistakes(r.model, window, max_norm)
+    mistakes["the gradients were not clipped: clip_grad_norm_(parameters, max_grad_norm) before the step"] = unclipped
+    mistakes["the gradients were clipped by value (clip_grad_value_): clip their total L2 norm"] = [
+        g.clamp(-max_norm, max_norm) for g in unclipped
+    ]
+    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm)
+    expect_handed(r.optimizer, expected, mistakes, EXACT, f"max_grad_norm {max_norm:.3g}, 0.3 x the norm")
+
+
+@pytest.mark.points(3)
+def test_one_optimizer_step_then_one_scheduler_step_and_the_gradients_zeroed(train_step):
+    r, first = rig(), []
+    windows = [unequal_window(), [micro_batch([6, 3], [3, 2], seed=4), micro_batch([8], [8], raw=True, seed=5)]]
+    for number, window in enumerate(windows, start=1):
+        del r.events[:]
+        r.optimizer.handed.clear()
+        expected, mistakes = expected_and_mistakes(r.model, window, None)
+        if number == 2:
+            leftover = [g + e for g, e in zip(expected, first, strict=True)]
+            mistakes["the first window's gradients were still there: zero them after optimizer.step()"] = leftover
+        train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None)
+        steps = [event for event in r.events if event.endswith(".step")]
+        assert steps == ["optimizer.step", "scheduler.step"], (
+            f"window {number} of {len(window)} micro-batches: the steps went {steps}, expected one optimizer.step() "
+            "then one scheduler.step(): "
+            + (
+                "the scheduler was stepped before the optimizer"
+                if steps[:1] == ["scheduler.step"]
+                else "step both once per window, after the last backward"
+            )
+        )
+        expect_handed(r.optimizer, expected, mistakes, EXACT, f"window {number}")
+        left = [name for name, p in r.model.named_parameters() if p.grad is not None and p.grad.abs().max() > 0]
+        assert not left, (
+            f"after train_step {left} still hold gradients: zero them after the step (optimizer.zero_grad())"
+        )
+        first = expected
+
+
+@pytest.mark.points(3)
+def test_learning_rates_of_a_whole_schedule(train_step):
+    warmup, total, lr = 2, 6, 0.05
+    r = rig(lr=lr)
+    inner = torch.optim.lr_scheduler.LambdaLR(r.optimizer, lambda step: factor(step, warmup, total))
+    r.scheduler = SpyScheduler(r.events, inner)
+    window = [micro_batch([4, 3], [2, 2], seed=6), micro_batch([5], [3], seed=7)]
+    for _ in range(total):
+        train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0)
+    expected = [lr * factor(step, warmup, total) for step in range(total)]
+    measured = r.optimizer.lrs
+    assert r.scheduler.steps == total, (
+        f"{total} windows stepped the scheduler {r.scheduler.steps} times, expected {total}: "
+        + ("once per micro-batch, not once per window" if r.scheduler.steps == 2 * total else "step it once per window")
+    )
+    ahead = [lr * factor(step + 1, warmup, total) for step in range(total)]
+    assert all(math.isclose(m, e, rel_tol=1e-9, abs_tol=1e-15) for m, e in zip(measured, expected, strict=True)), (
+        f"the optimizer stepped with the lrs {[round(m, 6) for m in measured]}, expected "
+        f"{[round(e, 6) for e in expected]} (warmup 2, total 6): "
+        + (
+            "one step ahead: the scheduler was stepped before optimizer.step()"
+            if all(math.isclose(m, a, abs_tol=1e-15) for m, a in zip(measured, ahead, strict=True))
+            else "one optimizer.step() then one scheduler.step() per window"
+        )
+    )
+
+
+def window_loss(model: TinyLM, window: list[dict[str, torch.Tensor]]) -> float:
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        return sum(token_loss_sum(model, batch).item() for batch in window) / sum(map(targets, window))
+
+
+@pytest.mark.points(2)
+def test_returns_the_windows_mean_token_loss(train_step):
+    r, window = rig(), unequal_window()
+    expected = window_loss(r.model, window)
+    returned = train_step(r.model, window, r.optimizer, r.scheduler)
+    assert isinstance(returned, float), (
+        f"train_step returned {describe(returned)}, expected a Python float: return loss.item(), no graph kept"
+    )
+    if math.isclose(returned, expected, rel_tol=1e-9):
+        return
+    with torch.no_grad():
+        means = [token_loss_sum(copy.deepcopy(rig().model), b).item() / targets(b) for b in window]
+    causes = {
+        "the last micro-batch's loss only": means[-1],
+        "the mean of the micro-batches' means: weigh every token alike": sum(means) / len(means),
+        "the sum of the micro-batches' means": sum(means),
+        "the loss after the step: return the loss the gradients were computed with": window_loss(r.model, window),
+        "the sum of the token losses: divide it by the window's label tokens": expected * sum(map(targets, window)),
+    }
+    cause = next((c for c, v in causes.items() if math.isclose(returned, v, rel_tol=1e-9)), "")
+    raise AssertionError(
+        f"train_step returned {returned:.6g}, expected the window's mean token loss {expected:.6g}"
+        + (f": it returned {cause}" if cause else ": every token loss of the window over its label tokens")
+    )
+
+
+def scaler(init_scale: float = 2.0**12) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=1)
+
+
+@pytest.mark.points(3)
+def test_a_gradscaler_is_unscaled_before_clipping(train_step):
+    r, window, scale = rig(), unequal_window(), 2.0**12
+    unclipped, _ = expected_and_mistakes(r.model, window, None)
+    max_norm = 0.3 * total_norm(unclipped)
+    expected, mistakes = expected_and_mistakes(r.model, window, max_norm)
+    mistakes["the scaled gradients were clipped: call scaler.unscale_(optimizer) before clipping"] = [
+        g / scale for g in clipped([g * scale for g in unclipped], max_norm)
+    ]
+    mistakes["backward() on the unscaled loss: call scaler.scale(loss).backward()"] = clipped(
+        [g / scale for g in unclipped], max_norm
+    )
+    grad_scaler = scaler(scale)
+    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm, scaler=grad_scaler)
+    expect_handed(
+        r.optimizer, expected, mistakes, EXACT, f"GradScaler at scale {scale:g}, max_grad_norm {max_norm:.3g}"
+    )
+    assert grad_scaler.get_scale() == 2 * scale, (
+        f"the scaler's scale is {grad_scaler.get_scale():g} after a good step, expected {2 * scale:g} (growth "
+        "every step here): call scaler.update() once per window, after scaler.step(optimizer)"
+    )
+    assert r.scheduler.steps == 1, f"the scheduler was stepped {r.scheduler.steps} times, expected once"
+
+
+@pytest.mark.points(3)
+def test_a_step_the_scaler_skips_steps_no_scheduler(train_step):
+    r, window, scale = rig(), unequal_window(), 2.0**12
+    r.model.poisoned = True
+    grad_scaler = scaler(scale)
+    returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0, scaler=grad_scaler)
+    assert not r.optimizer.handed, (
+        "with inf gradients optimizer.step() ran: let scaler.step(optimizer) call it (it skips inf/NaN steps)"
+    )
+    assert grad_scaler.get_scale() == scale / 2, (
+        f"after inf gradients the scale is {grad_scaler.get_scale():g}, expected {scale / 2:g}: call "
+        "scaler.update() once per window"
+    )
+    assert r.scheduler.steps == 0, (
+        f"the scaler skipped the step but the scheduler was stepped {r.scheduler.steps} times: step it only when "
+        "the scale did not drop (scaler.get_scale() before and after update())"
+    )
+    left = [name for name, p in r.model.named_parameters() if p.grad is not None and p.grad.abs().max() > 0]
+    assert not left, f"after a skipped step {left} still hold gradients: zero them whether or not the step ran"
+    assert isinstance(returned, float) and math.isclose(returned, window_loss(r.model, window), rel_tol=1e-9), (
+        f"a skipped step returned {returned!r}, expected the window's mean token loss (finite: only the gradients "
+        "were inf)"
+    )
+
+
+def autocast_reference(model: TinyLM, window, dtype: torch.dtype, scale: float) -> list[torch.Tensor]:
+    """The gradients of the reference step under CPU autocast, through a loss scaled by ``scale``."""
+    total = sum(map(targets, window))
+    per_batch = []
+    for batch in window:
+        copied = copy.deepcopy(model)
+        with torch.autocast("cpu", dtype=dtype):
+            loss = token_loss_sum(copied, batch) * (scale / total)
+        per_batch.append([g / scale for g in torch.autograd.grad(loss, copied.trainable())])
+    return combine(per_batch, [1.0] * len(window))
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_steps_under_autocast(train_step, dtype):
+    r, window = rig(dtype=torch.float32), unequal_window()
+    scale = 2.0**12 if dtype == torch.float16 else 1.0
+    expected = autocast_reference(r.model, window, dtype, scale)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        loss = sum(token_loss_sum(copy.deepcopy(r.model), batch).item() for batch in window) / sum(map(targets, window))
+    # growth_interval 2000 (the default): a good step leaves the scale as it is
+    grad_scaler = torch.amp.GradScaler("cpu", init_scale=scale) if dtype == torch.float16 else None
+    with torch.autocast("cpu", dtype=dtype):
+        returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None, scaler=grad_scaler)
+    expect_handed(r.optimizer, expected, {}, 2e-3, f"a float32 model under {dtype} autocast")
+    assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-4), (
+        f"under {dtype} autocast train_step returned {returned!r}, expected {loss:.6g}: compute the loss in float32"
+    )
+    assert r.scheduler.steps == 1, (
+        f"a good step under {dtype} autocast stepped the scheduler {r.scheduler.steps} times, expected once"
+        + (": the scale did not grow, but it did not drop either (scale_after >= scale_before)" if scale > 1 else "")
+    )
+
+
+@pytest.mark.points(2)
+def test_a_window_without_targets_is_refused_before_any_forward(train_step):
+    r = rig()
+    masked = [micro_batch([5, 3], [0, 0], seed=8), micro_batch([4], [1], seed=9)]  # one label: at position 0 only
+    masked[1]["labels"][:, 1:] = IGNORE
+    masked[1]["labels"][0, 0] = masked[1]["input_ids"][0, 0]
+    expect_value_error(
+        lambda: train_step(r.model, masked, r.optimizer, r.scheduler),
+        "train_step on a window whose only label is at position 0 (no target after the shift)",
+    )
+    assert r.model.forwards == 0, (
+        f"the model ran {r.model.forwards} forward passes before the ValueError: count the targets first"
+    )
+    assert not r.optimizer.handed and r.scheduler.steps == 0, "a refused window stepped the optimizer or scheduler"
+    expect_value_error(lambda: train_step(r.model, [], r.optimizer, r.scheduler), "train_step on an empty window")
+
+
+@pytest.mark.points(1)
+def test_the_model_is_called_with_the_attention_mask(train_step):
+    r, window = rig(), [micro_batch([6, 2], [3, 1], seed=10), micro_batch([3, 5, 4], [2, 2, 2], seed=11)]
+    train_step(r.model, window, r.optimizer, r.scheduler)
+    assert r.model.forwards == len(window), (
+        f"the model ran {r.model.forwards} forward passes for {len(window)} micro-batches, expected one each"
+    )
+    for number, (seen, batch) in enumerate(zip(r.model.masks, window, strict=True), start=1):
+        assert seen is not None, (
+            f"micro-batch {number}: the model was called without its attention mask: "
+            "model(input_ids=..., attention_mask=...)"
+        )
+        assert torch.equal(seen, batch["attention_mask"]), (
+            f"micro-batch {number}: the model got another attention mask than the micro-batch's: pass it as it is"
+        )

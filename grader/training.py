@@ -1,0 +1,296 @@
+"""What the train_step checks grade with: a tiny causal LM, micro-batches with traps, spies on the optimizer and
+the scheduler, and the grader's own reference step, which also computes what the classic mistakes would give."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch._dynamo
+import torch.nn.functional as F  # it now, before the tamper guard records torch, or the first check looks tampered)
+from torch import nn
+
+IGNORE = -100
+PAD = 0
+VOCAB, WIDTH, RANK = 11, 6, 2
+
+
+@dataclass
+class Output:
+    """What a transformers causal LM returns: ``.logits``, and ``.loss`` (its own mean over the batch) with labels."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+class TinyLM(nn.Module):
+    """A causal LM small enough to grade in float64: a frozen embedding and projection with a trainable
+    low-rank adapter beside it and a trainable head bias. Each position sees the mean of the attended
+    embeddings up to it, so both the shift and the attention mask change the gradients.
+
+    ``returns="object"`` gives an ``Output`` (and, with ``labels``, transformers' per-batch mean loss);
+    ``"tensor"`` gives the logits and takes no labels.
+    """
+
+    def __init__(self, returns: str = "object", dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(1)
+        self.returns = returns
+        self.embed = nn.Embedding(VOCAB, WIDTH, dtype=dtype)
+        self.weight = nn.Parameter(torch.randn(WIDTH, WIDTH, generator=generator, dtype=dtype) / WIDTH**0.5)
+        self.lora_A = nn.Parameter(0.5 * torch.randn(RANK, WIDTH, generator=generator, dtype=dtype))
+        self.lora_B = nn.Parameter(0.5 * torch.randn(WIDTH, RANK, generator=generator, dtype=dtype))
+        self.head = nn.Linear(WIDTH, VOCAB, dtype=dtype)
+        with torch.no_grad():
+            self.embed.weight.copy_(torch.randn(VOCAB, WIDTH, generator=generator, dtype=dtype))
+            self.head.weight.copy_(3 * torch.randn(VOCAB, WIDTH, generator=generator, dtype=dtype))
+            self.head.bias.copy_(0.3 * torch.randn(VOCAB, generator=generator, dtype=dtype))
+        for frozen in (self.embed.weight, self.weight, self.head.weight):
+            frozen.requires_grad_(False)
+        self.forwards = 0
+        self.masks: list[torch.Tensor | None] = []  # the attention_mask of every forward
+        self.poisoned = False  # True: every backward through the logits gives inf gradients
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ):
+        if labels is not None and self.returns == "tensor":
+            raise TypeError("this model takes input_ids and attention_mask only: pass no labels")
+        self.forwards += 1
+        self.masks.append(attention_mask)
+        if attention_mask is None:  # as transformers models: attend to everything
+            attention_mask = torch.ones_like(input_ids)
+        mask = attention_mask.to(self.embed.weight.dtype).unsqueeze(-1)
+        hidden = self.embed(input_ids) * mask
+        context = hidden.cumsum(1) / (mask.cumsum(1) + 1)
+        z = torch.tanh(context @ self.weight.T + (context @ self.lora_A.T) @ self.lora_B.T)
+        logits = self.head(z)
+        if self.poisoned and logits.requires_grad:
+            logits.register_hook(lambda grad: grad * math.inf)
+        if self.returns == "tensor":
+            return logits
+        loss = None
+        if labels is not None:  # transformers' own loss: the mean over this batch's targets
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+        return Output(logits, loss)
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [parameter for parameter in self.parameters() if parameter.requires_grad]
+
+
+PARAMETER_NAMES = ("lora_A", "lora_B", "head.bias")
+
+
+def micro_batch(lengths: list[int], labelled: list[int], raw: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A right-padded micro-batch as collate makes it: row i holds ``lengths[i]`` tokens whose last
+    ``labelled[i]`` carry labels; ``raw`` labels every token, the first too (plain language modelling)."""
+    generator = torch.Generator().manual_seed(seed)
+    seq = max(lengths)
+    input_ids = torch.full((len(lengths), seq), PAD, dtype=torch.long)
+    labels = torch.full((len(lengths), seq), IGNORE, dtype=torch.long)
+    attention_mask = torch.zeros((len(lengths), seq), dtype=torch.long)
+    for row, (length, count) in enumerate(zip(lengths, labelled, strict=True)):
+        input_ids[row, :length] = torch.randint(1, VOCAB, (length,), generator=generator)
+        attention_mask[row, :length] = 1
+        start = 0 if raw else length - count
+        labels[row, start:length] = input_ids[row, start:length]
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def unequal_window() -> list[dict[str, torch.Tensor]]:
+    """Three micro-batches of very different label counts (3, 12, 6 targets), padding, and one raw row whose
+    first label is not -100: every way of counting the normaliser wrong gives another number."""
+    return [
+        micro_batch([9, 4], [1, 2], seed=1),
+        micro_batch([5, 5, 5], [4, 4, 4], seed=2),
+        micro_batch([7], [7], raw=True, seed=3),
+    ]
+
+
+def targets(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+class Events(list):
+    """What happened, in order: "forward", "optimizer.step", "scheduler.step", "zero_grad"."""
+
+
+class SpyOptimizer(torch.optim.SGD):
+    """Plain SGD that records, at each ``step()``, the gradients it is handed and its learning rates."""
+
+    def __init__(self, parameters: list[nn.Parameter], lr: float = 0.1, events: Events | None = None) -> None:
+        super().__init__(parameters, lr=lr)
+        self.events = Events() if events is None else events
+        self.handed: list[list[torch.Tensor | None]] = []
+        self.lrs: list[float] = []
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        self.events.append("optimizer.step")
+        parameters = [p for group in self.param_groups for p in group["params"]]
+        self.handed.append([None if p.grad is None else p.grad.detach().clone() for p in parameters])
+        self.lrs.append(self.param_groups[0]["lr"])
+        return super().step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.events.append("zero_grad")
+        super().zero_grad(set_to_none)
+
+
+class SpyScheduler:
+    """A scheduler that records its ``step()`` calls; with ``inner`` (a real LRScheduler) it also steps that."""
+
+    def __init__(self, events: Events, inner: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
+        self.events, self.inner, self.steps = events, inner, 0
+
+    def step(self, *args: object) -> None:
+        self.events.append("scheduler.step")
+        self.steps += 1
+        if self.inner is not None:
+            self.inner.step(*args)
+
+    def get_last_lr(self) -> list[float]:
+        return self.inner.get_last_lr() if self.inner is not None else []
+
+
+@dataclass
+class Rig:
+    """A model with a spy optimizer and scheduler sharing one event log."""
+
+    model: TinyLM
+    optimizer: SpyOptimizer
+    scheduler: SpyScheduler
+    events: Events = field(default_factory=Events)
+
+
+def rig(returns: str = "object", dtype: torch.dtype = torch.float64, lr: float = 0.1) -> Rig:
+    events = Events()
+    model = TinyLM(returns, dtype)
+    optimizer = SpyOptimizer(model.trainable(), lr=lr, events=events)
+    return Rig(model, optimizer, SpyScheduler(events), events)
+
+
+# The reference step, and the gradients of the classic mistakes.
+
+
+def token_loss_sum(model: TinyLM, batch: dict[str, torch.Tensor], shifted: bool = True) -> torch.Tensor:
+    """The summed token loss of one micro-batch, computed in float32 or better (unshifted: the mistake)."""
+    output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = output if isinstance(output, torch.Tensor) else output.logits
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    labels = batch["labels"]
+    if shifted:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+def batch_grads(model: TinyLM, batch: dict[str, torch.Tensor], shifted: bool = True) -> list[torch.Tensor]:
+    """d(summed token loss)/d(trainable parameters) of one micro-batch, on a copy of the model."""
+    model = copy.deepcopy(model)
+    model.poisoned = False
+    return list(torch.autograd.grad(token_loss_sum(model, batch, shifted), model.trainable()))
+
+
+def clipped(grads: list[torch.Tensor], max_norm: float | None) -> list[torch.Tensor]:
+    """``grads`` clipped as ``clip_grad_norm_`` does: one total L2 norm over all of them."""
+    if max_norm is None:
+        return grads
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    factor = min(1.0, max_norm / (norm.item() + 1e-6))
+    return [g * factor for g in grads]
+
+
+def combine(per_batch: list[list[torch.Tensor]], weights: list[float]) -> list[torch.Tensor]:
+    return [sum(w * grads[i] for w, grads in zip(weights, per_batch, strict=True)) for i in range(len(per_batch[0]))]
+
+
+def total_norm(grads: list[torch.Tensor]) -> float:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads])).item()
+
+
+def expected_and_mistakes(
+    model: TinyLM, window: list[dict[str, torch.Tensor]], max_norm: float | None
+) -> tuple[list[torch.Tensor], dict[str, list[torch.Tensor]]]:
+    """The gradients the reference step hands the optimizer, and what each classic mistake would hand it."""
+    per_batch = [batch_grads(model, batch) for batch in window]
+    counts = [targets(batch) for batch in window]
+    total = sum(counts)
+    k = len(window)
+    padded = sum(int(batch["attention_mask"].sum()) for batch in window)
+    unshifted = sum(int((batch["labels"] != IGNORE).sum()) for batch in window)
+    mean_of = [1 / count if count else 0.0 for count in counts]
+    expected = clipped(combine(per_batch, [1 / total] * k), max_norm)
+    mistakes = {
+        "each micro-batch's mean loss divided by the number of micro-batches weights tokens unequally (the bug "
+        "transformers fixed in 2024): divide each micro-batch's summed loss by the label tokens of the whole "
+        "window": clipped(combine(per_batch, [m / k for m in mean_of]), max_norm),
+        "each micro-batch's mean loss summed over the window: divide each micro-batch's summed loss by the "
+        "label tokens of the whole window": clipped(combine(per_batch, mean_of), max_norm),
+        "the summed token loss was never divided by the window's label tokens": clipped(
+            combine(per_batch, [1.0] * k), max_norm
+        ),
+        "only the last micro-batch's gradients reached the optimizer: zero_grad inside the loop? zero the "
+        "gradients once, after optimizer.step()": clipped([g / total for g in per_batch[-1]], max_norm),
+        "padding was counted in the normaliser (attention_mask.sum()): count the labels that are not -100": clipped(
+            combine(per_batch, [1 / padded] * k), max_norm
+        ),
+        "the normaliser counted labels before the shift (the first label is never a target): count "
+        "labels[:, 1:] != -100": clipped(combine(per_batch, [1 / unshifted] * k), max_norm),
+        "the loss was not shifted (position t scored against label t): logits[:, :-1] predict labels[:, 1:]": clipped(
+            combine([batch_grads(model, batch, shifted=False) for batch in window], [1 / unshifted] * k), max_norm
+        ),
+    }
+    if max_norm is not None:
+        mistakes["each micro-batch's gradients were clipped on their own: clip once, after the last backward"] = (
+            _clipped_per_batch(per_batch, total, max_norm)
+        )
+        mistakes["each parameter was clipped to max_grad_norm on its own: clip_grad_norm_ takes one norm over all"] = [
+            clipped([g], max_norm)[0] for g in combine(per_batch, [1 / total] * k)
+        ]
+    return expected, mistakes
+
+
+def _clipped_per_batch(per_batch: list[list[torch.Tensor]], total: int, max_norm: float) -> list[torch.Tensor]:
+    accumulated = [torch.zeros_like(g) for g in per_batch[0]]
+    for grads in per_batch:
+        accumulated = clipped([a + g / total for a, g in zip(accumulated, grads, strict=True)], max_norm)
+    return accumulated
+
+
+def relative_difference(measured: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    """max |measured - expected| over max |expected|, over every parameter, in float64."""
+    scale = max(g.double().abs().max().item() for g in expected) or 1.0
+    return max((m.double() - e.double()).abs().max().item() for m, e in zip(measured, expected, strict=True)) / scale
+
+
+def expect_handed(
+    optimizer: SpyOptimizer,
+    expected: list[torch.Tensor],
+    mistakes: dict[str, list[torch.Tensor]],
+    tolerance: float,
+    what: str,
+) -> None:
+    """Fail the check unless the optimizer's single step was handed ``expected``; name the mistake that
+    explains what it was handed when one does."""
+    steps = len(optimizer.handed)
+    assert steps == 1, f"optimizer.step() was called {steps} times in one train_step, expected once: " + (
+        "step once per window, after every micro-batch's backward" if steps else "call optimizer.step()"
+    )
+    handed = optimizer.handed[0]
+    missing = [name for name, grad in zip(PARAMETER_NAMES, handed, strict=True) if grad is None]
+    assert not missing, f"optimizer.step() was handed no gradient for {missing}: was backward() called?"
+    error = relative_difference(handed, expected)
+    if error <= tolerance:
+        return
+    for cause, grads in mistakes.items():  # loosely: a mistake may come with a harmless extra (a second clip)
+        if relative_difference(handed, grads) <= max(10 * tolerance, 1e-4):
+            raise AssertionError(f"{what}: the gradients handed to optimizer.step() are off by {error:.2g}: {cause}")
+    ratio = total_norm(handed) / total_norm(expected)
+    raise AssertionError(
+        f"{what}: the gradients handed to optimizer.step() differ from the reference step's by {error:.2g} "
+        f"(their norm is {ratio:.3g} x the reference's): each micro-batch's summed token loss over the window's "
+        "label tokens, one backward each, clipped once after the last"
+    )

@@ -1,0 +1,144 @@
+"""Wrong answers to the `train_step` kata."""
+
+from tests.wrong_answers import WrongAnswer
+
+KATA = "train_step"
+LOSS = 'loss = causal_lm_loss(logits, batch["labels"], reduction="sum") / tokens'
+BACKWARD = "(loss if scaler is None else scaler.scale(loss)).backward()"
+FORWARD = 'outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])'
+TOKENS = 'tokens = sum(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in micro_batches)'
+UNSCALE = "scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones"
+CLIP = "nn.utils.clip_grad_norm_(parameters, max_grad_norm)"
+CLIP_BLOCK = "    if max_grad_norm is not None:\n        " + CLIP + "\n"
+STEP_SCHEDULER = "    if stepped:\n        scheduler.step()\n"
+ZERO = "    optimizer.zero_grad(set_to_none=True)\n"
+ADAMW = "torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)"
+TRAINABLE = "trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]"
+SHIFT = (
+    "predictions = logits[:, :-1].reshape(-1, logits.shape[-1])  # position t predicts token t + 1\n"
+    "    targets = labels[:, 1:].reshape(-1).to(predictions.device)"
+)
+UPCAST = "    if logits.dtype in (torch.float16, torch.bfloat16):\n        logits = logits.float()\n"
+WARMUP = "return step / warmup_steps"
+PAST = "        if step > total_steps:\n            return 0.0\n"
+CHECK_STEPS = "if warmup_steps < 0 or total_steps < 1 or warmup_steps > total_steps:"
+NO_TARGETS = "    if tokens == 0:\n        raise ValueError("
+MEAN_CHECK = (
+    '    if count == 0:\n        raise ValueError("no label carries loss after the shift: the mean would be NaN")\n'
+)
+SKIP = "stepped = scaler.get_scale() >= scale  # the scale drops exactly when the step was skipped"
+
+WRONG_ANSWERS = [
+    # the normaliser of gradient accumulation
+    WrongAnswer("mean per micro-batch over the number of micro-batches (the 2024 bug)", KATA, LOSS,
+                'loss = causal_lm_loss(logits, batch["labels"], reduction="mean") / len(micro_batches)',
+                "test_gradients_weight_every_token_of_the_window_equally", "transformers fixed in 2024"),
+    WrongAnswer("the model's own loss over the number of micro-batches", KATA, FORWARD,
+                'outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])',
+                "test_gradients_weight_every_token_of_the_window_equally", "transformers fixed in 2024",
+                more_edits=((LOSS, "loss = outputs.loss / len(micro_batches)"),)),
+    WrongAnswer("micro-batch means summed", KATA, LOSS, 'loss = causal_lm_loss(logits, batch["labels"], reduction="mean")',
+                "test_gradients_weight_every_token_of_the_window_equally", "summed over the window"),
+    WrongAnswer("summed loss never normalised", KATA, LOSS, 'loss = causal_lm_loss(logits, batch["labels"], reduction="sum")',
+                "test_gradients_weight_every_token_of_the_window_equally", "never divided"),
+    WrongAnswer("padding counted in the normaliser", KATA, TOKENS,
+                'tokens = sum(int(batch["attention_mask"].sum()) for batch in micro_batches)',
+                "test_gradients_weight_every_token_of_the_window_equally", "padding was counted"),
+    WrongAnswer("labels counted before the shift", KATA, TOKENS, TOKENS.replace('batch["labels"][:, 1:]', 'batch["labels"]'),
+                "test_gradients_weight_every_token_of_the_window_equally", "before the shift"),
+    WrongAnswer("zero_grad inside the loop", KATA, FORWARD, "optimizer.zero_grad()\n        " + FORWARD,
+                "test_gradients_weight_every_token_of_the_window_equally", "only the last micro-batch"),
+    WrongAnswer("attention mask not passed", KATA, FORWARD, 'outputs = model(input_ids=batch["input_ids"])',
+                "test_the_model_is_called_with_the_attention_mask", "without its attention mask"),
+    # clipping
+    WrongAnswer("clipped per micro-batch", KATA, BACKWARD,
+                BACKWARD + "\n        if max_grad_norm is not None:\n            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)",
+                "test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters", "clipped on their own"),
+    WrongAnswer("clipped by value", KATA, CLIP, "nn.utils.clip_grad_value_(parameters, max_grad_norm)",
+                "test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters", "clipped by value"),
+    WrongAnswer("each parameter clipped on its own", KATA, CLIP,
+                "for parameter in parameters:\n            nn.utils.clip_grad_norm_([parameter], max_grad_norm)",
+                "test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters", "each parameter was clipped"),
+    WrongAnswer("max_grad_norm ignored", KATA, CLIP_BLOCK, "",
+                "test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters", "were not clipped"),
+    WrongAnswer("always clipped to 1.0", KATA, CLIP, "nn.utils.clip_grad_norm_(parameters, 1.0)",
+                "test_clipping_changes_nothing_below_max_grad_norm", "handed to optimizer.step()"),
+    # the optimizer, the scheduler, zeroing
+    WrongAnswer("no zero_grad", KATA, ZERO, "",
+                "test_one_optimizer_step_then_one_scheduler_step_and_the_gradients_zeroed", "still hold gradients"),
+    WrongAnswer("zero_grad before the step instead of after", KATA, ZERO, "",
+                "test_one_optimizer_step_then_one_scheduler_step_and_the_gradients_zeroed", "still hold gradients",
+                more_edits=(("    micro_batches = list(micro_batches)\n", "    micro_batches = list(micro_batches)\n    optimizer.zero_grad()\n"),)),
+    WrongAnswer("scheduler stepped before the optimizer", KATA, STEP_SCHEDULER, "",
+                "test_learning_rates_of_a_whole_schedule", "scheduler was stepped before optimizer.step()",
+                more_edits=(("    if scaler is None:\n        optimizer.step()", "    scheduler.step()\n    if scaler is None:\n        optimizer.step()"),)),
+    WrongAnswer("scheduler stepped per micro-batch", KATA, STEP_SCHEDULER, "",
+                "test_learning_rates_of_a_whole_schedule", "once per micro-batch",
+                more_edits=((BACKWARD, BACKWARD + "\n        scheduler.step()"),)),
+    WrongAnswer("optimizer stepped per micro-batch", KATA, BACKWARD, BACKWARD + "\n        optimizer.step()",
+                "test_gradients_weight_every_token_of_the_window_equally", "called 4 times"),
+    WrongAnswer("optimizer over every parameter, frozen ones too", KATA, TRAINABLE, "trainable = list(model.parameters())",
+                "test_optimizer_holds_exactly_the_trainable_parameters_in_one_group", "frozen parameters"),
+    WrongAnswer("weight decay left at AdamW's default", KATA, ADAMW, "torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.999), eps=1e-8)",
+                "test_optimizer_has_the_learning_rate_no_decay_and_adams_betas", "AdamW's own default is 0.01"),
+    WrongAnswer("lr left at AdamW's default", KATA, ADAMW, ADAMW.replace("lr=lr, ", ""),
+                "test_optimizer_has_the_learning_rate_no_decay_and_adams_betas", "pass lr to AdamW"),
+    WrongAnswer("decay and no-decay groups", KATA, ADAMW,
+                'torch.optim.AdamW([{"params": [p for p in trainable if p.dim() > 1], "weight_decay": weight_decay}, '
+                '{"params": [p for p in trainable if p.dim() <= 1], "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999), eps=1e-8)',
+                "test_optimizer_holds_exactly_the_trainable_parameters_in_one_group", "expected one"),
+    # the schedule
+    WrongAnswer("warmup one step ahead", KATA, WARMUP, "return (step + 1) / warmup_steps",
+                "test_schedule_warms_up_linearly_then_falls_as_a_cosine_to_zero", "one step ahead"),
+    WrongAnswer("cosine rises again past total_steps", KATA, PAST, "",
+                "test_schedule_warms_up_linearly_then_falls_as_a_cosine_to_zero", "rises again past total_steps"),
+    WrongAnswer("a full cosine period", KATA, "math.cos(math.pi * progress)", "math.cos(2 * math.pi * progress)",
+                "test_schedule_warms_up_linearly_then_falls_as_a_cosine_to_zero", "a full cosine period"),
+    WrongAnswer("warmup longer than the run accepted", KATA, CHECK_STEPS, "if warmup_steps < 0 or total_steps < 1:",
+                "test_schedule_refuses_impossible_steps", "raised nothing"),
+    # the loss
+    WrongAnswer("loss not shifted", KATA, SHIFT,
+                "predictions = logits.reshape(-1, logits.shape[-1])\n    targets = labels.reshape(-1).to(predictions.device)",
+                "test_loss_is_the_shifted_cross_entropy_of_the_targets", "not shifted"),
+    WrongAnswer("mean over every position", KATA, "return total / count", "return total / targets.numel()",
+                "test_loss_is_the_shifted_cross_entropy_of_the_targets", "every position, ignored ones too"),
+    WrongAnswer("half precision not upcast", KATA, UPCAST, "",
+                "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "upcast with logits.float()"),
+    WrongAnswer("float64 rounded to float32", KATA, UPCAST, "    logits = logits.float()\n",
+                "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "keep float64"),
+    WrongAnswer("NaN mean over no target", KATA, MEAN_CHECK, "",
+                "test_loss_without_targets_is_zero_summed_and_refused_as_a_mean", "raised nothing"),
+    # mixed precision
+    WrongAnswer("clipped before unscaling", KATA, UNSCALE, "pass", "test_a_gradscaler_is_unscaled_before_clipping",
+                "call scaler.unscale_(optimizer) before clipping",
+                more_edits=(("        scaler.step(optimizer)  #", "        scaler.unscale_(optimizer)\n        scaler.step(optimizer)  #"),)),
+    WrongAnswer("backward on the unscaled loss", KATA, BACKWARD, "loss.backward()",
+                "test_a_gradscaler_is_unscaled_before_clipping", "did not use scaler.scale"),
+    WrongAnswer("no scaler.update()", KATA, "        scaler.update()\n", "",
+                "test_a_gradscaler_is_unscaled_before_clipping", "call scaler.update()"),
+    WrongAnswer("scheduler stepped after a skipped step", KATA, STEP_SCHEDULER, "    scheduler.step()\n",
+                "test_a_step_the_scaler_skips_steps_no_scheduler", "the scheduler was stepped"),
+    WrongAnswer("a step counted only when the scale grew", KATA, SKIP, "stepped = scaler.get_scale() > scale",
+                "test_steps_under_autocast", "did not drop either"),
+    # the returned loss and the errors
+    WrongAnswer("returns a tensor", KATA, "total += loss.item()", "total += loss.detach()",
+                "test_returns_the_windows_mean_token_loss", "expected a Python float"),
+    WrongAnswer("returns the last micro-batch's loss", KATA, "total += loss.item()", "total = loss.item() * tokens / max(1, int((batch['labels'][:, 1:] != IGNORE_INDEX).sum()))",
+                "test_returns_the_windows_mean_token_loss", "the last micro-batch's loss only"),
+    WrongAnswer("returns the summed token loss", KATA, ZERO + "    return total", ZERO + "    return total * tokens",
+                "test_returns_the_windows_mean_token_loss", "the sum of the token losses"),
+    WrongAnswer("a window without targets is a NaN step", KATA, NO_TARGETS, "    if tokens < 0:\n        raise ValueError(",
+                "test_a_window_without_targets_is_refused_before_any_forward", "expected a ValueError"),
+    WrongAnswer("refused only after the forward passes", KATA, NO_TARGETS, "    if False:\n        raise ValueError(",
+                "test_a_window_without_targets_is_refused_before_any_forward", "forward passes before the ValueError",
+                more_edits=(("    parameters = [parameter", "    if tokens == 0:\n        raise ValueError('no target')\n    parameters = [parameter"),)),
+    # defaults and odd inputs
+    WrongAnswer("Adam with L2 instead of AdamW", KATA, ADAMW, ADAMW.replace("AdamW", "Adam"),
+                "test_optimizer_holds_exactly_the_trainable_parameters_in_one_group", "expected torch.optim.AdamW"),
+    WrongAnswer("warmup divides by zero when there is none", KATA, "        if step < warmup_steps:\n", "        if step <= warmup_steps:\n",
+                "test_schedule_warms_up_linearly_then_falls_as_a_cosine_to_zero", "ZeroDivisionError"),
+    WrongAnswer("max_grad_norm defaults to None", KATA, "    max_grad_norm: float | None = 1.0,", "    max_grad_norm: float | None = None,",
+                "test_max_grad_norm_defaults_to_one", "max_grad_norm defaults to 1.0"),
+    WrongAnswer("clipped to 1.0 when max_grad_norm is None", KATA, CLIP_BLOCK, "    nn.utils.clip_grad_norm_(parameters, max_grad_norm or 1.0)\n",
+                "test_gradients_weight_every_token_of_the_window_equally", "though max_grad_norm is None"),
+]  # fmt: skip
