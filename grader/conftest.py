@@ -122,6 +122,12 @@ build_example = kata_fixture("masked_prompt", "build_example")
 collate = kata_fixture("masked_prompt", "collate")
 FusedLoRAFunction = kata_fixture("fused_lora", "FusedLoRAFunction")
 FusedLoRALinear = kata_fixture("fused_lora", "FusedLoRALinear")
+nf4_code_book = kata_fixture("nf4", "nf4_code_book")
+quantize_nf4 = kata_fixture("nf4", "quantize_nf4")
+dequantize_nf4 = kata_fixture("nf4", "dequantize_nf4")
+QuantizedAbsmax = kata_fixture("nf4", "QuantizedAbsmax")
+double_quantize = kata_fixture("nf4", "double_quantize")
+dequantize_absmax = kata_fixture("nf4", "dequantize_absmax")
 
 
 @pytest.fixture(autouse=True)
