@@ -64,9 +64,11 @@ def expect_sizes(packed, absmax, weight, block_size, call):
     blocks = math.ceil(n / block_size)
     if absmax.numel() != blocks:
         cause = "one absmax per block of block_size consecutive values of the flattened tensor"
+        row_blocks = rows * math.ceil(weight.shape[-1] / block_size)
         if absmax.numel() == rows and rows != blocks:
-            cause = "one absmax per row? " + cause
-        elif weight.dim() > 1 and absmax.numel() == rows * math.ceil(weight.shape[-1] / block_size):
+            either = " (or blocks cut within each row)" if row_blocks == rows else ""
+            cause = f"one absmax per row{either}? " + cause
+        elif weight.dim() > 1 and absmax.numel() == row_blocks:
             cause = "blocks cut within each row? " + cause
         pytest.fail(
             f"{call}: {absmax.numel()} absmax values, expected ceil(n / block_size) = {blocks}: {cause}", pytrace=False
@@ -139,9 +141,9 @@ def expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 
     cause = "replace each scaled value x / absmax by the index of the nearest code, cutting at the midpoints"
     if torch.equal(swap_nibbles(packed), expected_packed.reshape(-1)):
         cause = "nibbles swapped: element 2i goes in the high nibble, 2i + 1 in the low one"
-    elif torch.equal(measured[:n], floor_codes(scaled)):
+    elif (measured[:n] == floor_codes(scaled)).double().mean() > 0.99:
         cause = "rounded down (truncation, floor or searchsorted on the codes): " + cause
-    elif torch.equal(measured[:n], toward_zero_codes(scaled)):
+    elif (measured[:n] == toward_zero_codes(scaled)).double().mean() > 0.99:
         cause = "rounded towards zero: " + cause
     elif (measured[:n] == 15 - expected[:n]).float().mean() > 0.9:
         cause = "the code book runs from -1 to 1 ascending: index 0 is -1.0, 15 is 1.0"
@@ -180,7 +182,7 @@ def test_code_book_is_the_16_nf4_values_bit_for_bit(nf4_code_book):
 @pytest.mark.points(2)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_quantize_returns_packed_uint8_bytes_and_float32_absmax(quantize_nf4, dtype):
-    weight = draw_weight((6, 40), dtype, 1.0, 1)  # 240 values: 4 blocks of 64, the last one short
+    weight = draw_weight((6, 100), dtype, 1.0, 1)  # 600 values: 10 blocks of 64, the last one short; 2 per row
     call = call_of(weight, 64)
     packed, absmax = result_pair(quantize_nf4(weight, 64), call)
     expect_sizes(packed, absmax, weight, 64, call)
