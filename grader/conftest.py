@@ -128,6 +128,9 @@ dequantize_nf4 = kata_fixture("nf4", "dequantize_nf4")
 QuantizedAbsmax = kata_fixture("nf4", "QuantizedAbsmax")
 double_quantize = kata_fixture("nf4", "double_quantize")
 dequantize_absmax = kata_fixture("nf4", "dequantize_absmax")
+NF4Linear = kata_fixture("qlora", "NF4Linear")
+QLoRALinear = kata_fixture("qlora", "QLoRALinear")
+apply_qlora = kata_fixture("qlora", "apply_qlora")
 
 
 @pytest.fixture(autouse=True)

@@ -4,10 +4,12 @@ same bytes: tests/test_nf4_reference.py checks that where bitsandbytes is instal
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import math
 import warnings
+from collections.abc import Iterator
 from types import ModuleType
 
 import torch
@@ -83,22 +85,28 @@ def dequantize(
     return (CODE_BOOK.to(packed.device)[unpack(packed, n)] * scale).reshape(shape).to(dtype)
 
 
-def import_oracle(name: str) -> ModuleType | None:
-    """The library module ``name`` the checks compare with, or None where it is not installed.
-
-    Imported only when a check asks (bitsandbytes takes ~3 s), and without blame: importing it imports
-    torch._dynamo, which wraps ``torch.manual_seed``; what the import replaced among the objects the tamper
-    guard watches is put back, so the check is not failed for the grader's own import.
-    """
-    if importlib.util.find_spec(name.split(".")[0]) is None:
-        return None
+@contextlib.contextmanager
+def library_side_effects_undone() -> Iterator[None]:
+    """Run the grader's own calls into an oracle library (never the submission's code) and put back what they
+    replaced among the objects the tamper guard watches: importing bitsandbytes or peft imports torch._dynamo,
+    which wraps ``torch.manual_seed``, and building a transformers model adds ``nn.Module.smart_apply``. The
+    check is not failed for what the grader itself ran; the library's warnings are not the submission's either."""
     guard = ObjectGuard()
     try:
-        with warnings.catch_warnings():  # its deprecation warnings are not the submission's
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return importlib.import_module(name)
+            yield
     finally:
         guard.restore()
+
+
+def import_oracle(name: str) -> ModuleType | None:
+    """The library module ``name`` the checks compare with, or None where it is not installed; imported only
+    when a check asks (bitsandbytes takes ~3 s, peft ~3 s more)."""
+    if importlib.util.find_spec(name.split(".")[0]) is None:
+        return None
+    with library_side_effects_undone():
+        return importlib.import_module(name)
 
 
 def bitsandbytes_functional() -> ModuleType | None:
