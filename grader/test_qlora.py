@@ -263,6 +263,8 @@ def test_nf4_linear_computes_F_linear_with_the_dequantized_weight(NF4Linear, nf4
                 + ("is the bias added (once)? " if bias else "a bias out of nowhere? ")
                 + "compute F.linear(x, dequantize_nf4(packed, absmax, (out, in), x.dtype), b)"
             )
+        bias_bytes = 0 if kept_bias is None else kept_bias.numel() * kept_bias.element_size()
+        expect_only_nf4_storage(layer, OUT, IN, bias_bytes, what + " after its forward")
 
 
 @pytest.mark.points(1)
@@ -324,13 +326,20 @@ def test_qlora_computes_the_nf4_base_at_init(QLoRALinear, nf4_works):
     found = factors(layer, IN, OUT, R)
     assert found.B.abs().max().item() == 0, "B is not zero at init: initialise B with zeros (A random)"
     assert found.A.abs().max().item() > 0, "A is zero at init: make A random (Kaiming-uniform or Gaussian)"
-    x = torch.randn(4, 3, IN)
-    with torch.no_grad():
-        change = max_difference(output(layer, x), nf4_base(x))
-    assert change <= 1e-5 * (1 + nf4_base(x).abs().max().item()), (
-        f"at init the output differs by {change:.3g} from F.linear(x, dequantized W, b): the base must be the NF4 "
-        "weight (not the full-precision one), and B zero"
-    )
+    for dtype in (torch.float32, torch.bfloat16):
+        layer, nf4_base = qlora_layer(QLoRALinear, dtype)
+        x = torch.randn(4, 3, IN).to(dtype)
+        with torch.no_grad():
+            y, expected = output(layer, x), nf4_base(x.float())
+        assert y.dtype == dtype and y.shape == expected.shape, (
+            f"QLoRALinear over a {dtype} base returned {describe(y)} for x {dtype} of shape {tuple(x.shape)}, expected "
+            f"{dtype} of shape {tuple(expected.shape)}: compute and return in the base's dtype"
+        )
+        change = max_difference(y, expected)
+        assert change <= tolerance(dtype, expected), (
+            f"at init ({dtype}) the output differs by {change:.3g} from F.linear(x, dequantized W, b): the base must "
+            "be the NF4 weight (not the full-precision one), and B zero"
+        )
 
 
 @pytest.mark.points(4)
@@ -449,6 +458,11 @@ def test_qlora_defaults_are_r_8_alpha_16_and_no_dropout(QLoRALinear, nf4_works):
 TOY_SKIP = ("head",)
 
 
+def names(value):
+    """A name list as the spec reads it: a plain string is one name."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 def quantized_layers(model, NF4Linear, QLoRALinear):
     """The outermost NF4Linear and QLoRALinear layers of the model, by name (not the NF4Linear inside a QLoRALinear)."""
     found = {}
@@ -461,19 +475,28 @@ def quantized_layers(model, NF4Linear, QLoRALinear):
 @pytest.mark.points(3)
 @pytest.mark.subject("apply_qlora")
 @pytest.mark.parametrize(
-    "targets",
-    [("q_proj", "v_proj"), ("fc1",), ("proj",), ("0.attn.q_proj",), ["out_proj", "head"]],
-    ids=lambda targets: "+".join(targets),
+    ("targets", "skip"),
+    [
+        pytest.param(targets, skip, id="+".join(names(targets)) + ("-plain-strings" if isinstance(skip, str) else ""))
+        for targets, skip in [
+            (("q_proj", "v_proj"), TOY_SKIP),
+            (("fc1",), TOY_SKIP),  # not fc10
+            (("proj",), TOY_SKIP),  # not q_proj
+            (("0.attn.q_proj",), TOY_SKIP),  # not 10.attn.q_proj
+            (["out_proj", "head"], ["head"]),  # skipped even when targeted
+            ("q_proj", "head"),  # a plain string is one name, not its characters
+        ]
+    ],
 )
 def test_apply_qlora_quantizes_every_linear_and_adapts_the_targets(
-    apply_qlora, NF4Linear, QLoRALinear, nf4_works, targets
+    apply_qlora, NF4Linear, QLoRALinear, nf4_works, targets, skip
 ):
     nf4_works()
     model = ToyTransformer()
     linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    skipped = set(matching_linears(model, TOY_SKIP))
-    adapted = set(matching_linears(model, targets)) - skipped
-    returned = apply_qlora(model, targets, r=2, alpha=4.0, skip=TOY_SKIP)
+    skipped = set(matching_linears(model, names(skip)))
+    adapted = set(matching_linears(model, names(targets))) - skipped
+    returned = apply_qlora(model, targets, r=2, alpha=4.0, skip=skip)
     assert returned is model, f"apply_qlora returned {describe(returned)}, expected the model itself, changed in place"
     wrong = []
     for name, original in linears.items():
@@ -485,7 +508,9 @@ def test_apply_qlora_quantizes_every_linear_and_adapts_the_targets(
     cause = "quantize every nn.Linear outside skip; QLoRALinear where the name equals a target or ends in '.' + target"
     if any("expected nn.Linear" in w for w in wrong):
         cause = "layers matched by skip stay as they are, even when targeted: " + cause
-    assert not wrong, f"targets {list(targets)}, skip {list(TOY_SKIP)}: {len(wrong)} layers wrong, {wrong[:3]}: {cause}"
+    if isinstance(skip, str) or isinstance(targets, str):
+        cause = "a plain string is one name, not an iterable of its characters: " + cause
+    assert not wrong, f"targets {targets!r}, skip {skip!r}: {len(wrong)} layers wrong, {wrong[:3]}: {cause}"
 
 
 @pytest.mark.points(2)

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-# apply_lora, masked_prompt, fused_lora and nf4 stand on their own; merge_weights needs a working LoRALinear first.
+# apply_lora, masked_prompt, fused_lora and nf4 stand on their own; merge_weights needs a working LoRALinear first,
+# qlora a working nf4.
 EXPECTED_FIRST_WORDS = {
     "lora_linear": "not implemented yet: kata lora_linear",
     "apply_lora": "not implemented yet: kata apply_lora",
@@ -25,6 +26,7 @@ EXPECTED_FIRST_WORDS = {
     "masked_prompt": "not implemented yet: kata masked_prompt",
     "fused_lora": "not implemented yet: kata fused_lora",
     "nf4": "not implemented yet: kata nf4",
+    "qlora": "blocked: finish nf4 first",
 }
 
 
