@@ -348,6 +348,14 @@ def test_double_quantize_returns_one_byte_per_absmax(double_quantize, QuantizedA
     )
     assert quantized.block_size == 256, f"{call}.block_size is {quantized.block_size!r}, expected 256 (the default)"
     assert torch.equal(absmax, before), "double_quantize changed the absmax it was given: work on a copy"
+    tracked = absmax.clone().requires_grad_()
+    quantized, _ = quantized_absmax(QuantizedAbsmax, double_quantize(tracked), call)
+    history = [
+        name for name, value in zip(quantized._fields, quantized, strict=True) if getattr(value, "grad_fn", None)
+    ]
+    assert not history, (
+        f"double_quantize(absmax requiring grad) returned {history} with autograd history: work on absmax.detach()"
+    )
 
 
 @pytest.mark.points(3)

@@ -102,10 +102,11 @@ def double_quantize(absmax: torch.Tensor, block_size: int = 256) -> QuantizedAbs
           consecutive ones (the last possibly shorter), and code each value in one byte relative to a
           float32 scale of its block. The 8-bit code is yours: linear (int8 times scale / 127) or
           bitsandbytes' dynamic map both do.
-        - Graded by size and error, not bit for bit: the ``QuantizedAbsmax`` holds only tensors and numbers,
-          at most n bytes of codes plus 4 bytes per block and per number (a 512 x 1024 NF4 weight then takes
-          at most 0.52 bytes per parameter, against 0.5625 with float32 absmaxes), and
-          ``dequantize_absmax`` gives each absmax back within 1% of its block's largest |absmax - mean|.
+        - Graded by size and error, not bit for bit: the ``QuantizedAbsmax`` holds only tensors and numbers
+          (a number counts 4 bytes): one byte per absmax, a float32 per block and the offset, so that a
+          512 x 1024 NF4 weight takes at most 0.52 bytes per parameter (against 0.5625 with float32
+          absmaxes); and ``dequantize_absmax`` gives each absmax back within 1% of its block's largest
+          |absmax - mean|.
         - No autograd history; ``absmax`` is never modified.
     """
     raise NotImplementedError("kata nf4: write double_quantize (spec in its docstring)")

@@ -93,4 +93,6 @@ WRONG_ANSWERS = [
                              "    kept = codes.reshape(-1)[: flat.numel()]\n    _CACHE[kept.data_ptr()] = _CACHE.pop(-1)\n"
                              "    return QuantizedAbsmax(kept, scales, offset, block_size)"),
                             ("class QuantizedAbsmax(NamedTuple):", "_CACHE = {}\n\n\nclass QuantizedAbsmax(NamedTuple):"))),
+    WrongAnswer("double quantization keeps the graph", KATA, "flat = absmax.detach().reshape(-1).float()", "flat = absmax.reshape(-1).float()",
+                "test_double_quantize_returns_one_byte_per_absmax", "autograd history"),
 ]  # fmt: skip
