@@ -79,4 +79,9 @@ WRONG_ANSWERS = [
                 "test_qlora_computes_the_nf4_base_at_init", "compute and return in the base's dtype"),
     WrongAnswer("skip read as characters", KATA, "    skipped = _names(skip)", "    skipped = tuple(skip)",
                 "test_apply_qlora_quantizes_every_linear_and_adapts_the_targets", "a plain string is one name"),
+    WrongAnswer("the weight's memory kept in a closure", KATA, FORWARD, "return F.linear(x, self.weight(x.dtype), bias)  # self.peek() reads it",
+                "test_nf4_linear_keeps_no_reference_to_the_original_weight", "sharing the original weight's memory",
+                more_edits=((BUFFERS, BUFFERS + "; kept = base.weight.detach(); self.peek = lambda: kept"),)),
+    WrongAnswer("scaled by alpha, seen against peft", KATA, DOWN, DOWN.replace("self.scaling", "self.alpha"),
+                "test_qlora_agrees_with_peft_over_bitsandbytes_linear4bit", "where bf16 rounding allows"),
 ]  # fmt: skip
