@@ -100,10 +100,15 @@ def library_side_effects_undone() -> Iterator[None]:
         guard.restore()
 
 
+def installed(name: str) -> bool:
+    """Whether the library ``name`` can be imported (without importing it)."""
+    return importlib.util.find_spec(name) is not None
+
+
 def import_oracle(name: str) -> ModuleType | None:
     """The library module ``name`` the checks compare with, or None where it is not installed; imported only
     when a check asks (bitsandbytes takes ~3 s, peft ~3 s more)."""
-    if importlib.util.find_spec(name.split(".")[0]) is None:
+    if not installed(name.split(".")[0]):
         return None
     with library_side_effects_undone():
         return importlib.import_module(name)

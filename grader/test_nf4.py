@@ -122,13 +122,12 @@ def test_quantize_packs_the_nf4_codes_bit_for_bit(quantize_nf4, shape, block_siz
 
 
 @pytest.mark.points(3)
+@pytest.mark.skipif(not ref.installed("bitsandbytes"), reason=ref.BITSANDBYTES_MISSING)
 @settings(max_examples=10)
 @given(shape=shapes, block_size=block_sizes, dtype=dtypes, scale=scales, seed=seeds)
 @example(shape=(128, 96), block_size=64, dtype=torch.float32, scale=1.0, seed=0)
 @example(shape=(3, 5, 7), block_size=32, dtype=torch.bfloat16, scale=1.0, seed=1)
 def test_quantize_equals_bitsandbytes_quantize_4bit(quantize_nf4, shape, block_size, dtype, scale, seed):
-    if ref.bitsandbytes_functional() is None:
-        pytest.skip(ref.BITSANDBYTES_MISSING)
     weight = draw_weight(shape, dtype, scale, seed)
     call = call_of(weight, block_size)
     packed, absmax = result_pair(quantize_nf4(weight, block_size), call)
