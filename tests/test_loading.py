@@ -58,11 +58,10 @@ def test_any_folder_name_and_absolute_imports_work(tmp_path):
 def test_a_syntax_error_fails_its_kata_and_blocks_the_katas_that_need_it(tmp_path):
     folder = implementation_folder(tmp_path / "sub", {"lora_linear": "class LoRALinear(:\n"})
     results = run_grader(folder)
-    graded = outcomes(results)
-    for kata in ("lora_linear", "apply_lora", "merge_weights"):  # broken, and blocked by it
-        assert graded[kata] == {"failed", "skipped"}, (kata, graded[kata])
-    for kata in ("masked_prompt", "fused_lora"):  # standalone: every check passes (or skips, with no GPU or oracle)
-        assert "passed" in graded[kata] and graded[kata] <= {"passed", "skipped"}, (kata, graded[kata])
+    blocked = {kata: {"failed"} for kata in ("lora_linear", "apply_lora", "merge_weights", "capstone")}
+    standalone = {kata: {"passed"} for kata in ("masked_prompt", "fused_lora", "nf4", "qlora", "train_step")}
+    ran = {kata: found - {"skipped"} for kata, found in outcomes(results).items()}  # skips depend on what is installed
+    assert ran == {**blocked, **standalone}
     (message,) = messages(results, "lora_linear")
     assert message.startswith("lora_linear.py could not be imported: SyntaxError") and "lora_linear.py:1" in message
     assert all(m.startswith("blocked: fix lora_linear.py first") for m in messages(results, "apply_lora"))

@@ -1,0 +1,751 @@
+"""Checks of the `qlora` kata: NF4Linear (a base stored only in NF4), QLoRALinear (LoRA over it) and apply_qlora,
+on the toy transformer, a tiny Llama (transformers) and against peft's LoRA over bitsandbytes' Linear4bit."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import math
+import weakref
+from collections.abc import Iterator
+
+import numpy
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from grader import nf4_reference as ref
+from grader.models import ToyTransformer, inputs, matching_linears
+from grader.nf4_checks import expect_same_codes
+from grader.probes import (
+    TRAINING_CASES,
+    describe,
+    expect_r_alpha_and_scaling,
+    expect_training_fits_a_low_rank_target,
+    expect_value_error,
+    factors,
+    max_difference,
+    output,
+    plain_lora,
+    randomize_factors,
+    trainable,
+)
+
+SUBJECT = "QLoRALinear"  # the definition a failing check points at
+
+IN, OUT, R, ALPHA = 96, 40, 4, 10.0  # distinct dims: a factor's shape tells which it is; 3840 weights, 60 blocks
+SCALING = ALPHA / R
+BLOCK = 64
+TRANSFORMERS_MISSING = "transformers is not installed: pip install transformers to also grade apply_qlora on a Llama"
+PEFT_MISSING = "peft or bitsandbytes is not installed: pip install peft bitsandbytes to also compare with their QLoRA"
+LOW = {torch.float32: 1e-5, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}  # relative tolerance per dtype
+
+
+def gate_weight() -> torch.Tensor:
+    """A (4, 100) weight with no value near a midpoint between codes: any right quantizer packs it alike."""
+    for seed in range(100):
+        weight = torch.randn(4, 100, generator=torch.Generator().manual_seed(seed))
+        flat = weight.reshape(-1).double()
+        scaled = flat / ref.absmax_per_block(flat, BLOCK).repeat_interleave(BLOCK)[: flat.numel()]
+        if (scaled[:, None] - ref.MIDPOINTS.double()[None, :]).abs().min() > 1e-4:
+            return weight
+    raise AssertionError("grader bug: no gate weight found")
+
+
+GATE = gate_weight()
+
+
+def require_nf4(quantize_nf4, dequantize_nf4) -> None:
+    """Fail the check as blocked unless the nf4 kata quantizes and dequantizes as NF4 does (a stub's
+    NotImplementedError reads 'blocked: finish nf4 first' by itself)."""
+    expected_packed, expected_absmax = ref.quantize(GATE, BLOCK)
+    returned = quantize_nf4(GATE, BLOCK)
+    works = isinstance(returned, tuple) and len(returned) == 2 and all(isinstance(t, torch.Tensor) for t in returned)
+    works = (
+        works and torch.equal(returned[0].reshape(-1), expected_packed) and torch.equal(returned[1], expected_absmax)
+    )
+    if works:
+        restored = dequantize_nf4(expected_packed, expected_absmax, (4, 100), torch.float32, BLOCK)
+        expected = ref.dequantize(expected_packed, expected_absmax, (4, 100), torch.float32, BLOCK)
+        works = isinstance(restored, torch.Tensor) and restored.shape == expected.shape
+        works = works and torch.equal(restored.float(), expected)
+    if not works:
+        pytest.fail(
+            "blocked: finish nf4 first (its quantize_nf4 or dequantize_nf4 does not give NF4's results: "
+            "pytest grader/test_nf4.py says what to fix)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+def nf4_works(quantize_nf4, dequantize_nf4):
+    return lambda: require_nf4(quantize_nf4, dequantize_nf4)
+
+
+def walk_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor the module holds, by where: parameters, buffers and plain attributes, in containers too,
+    in submodules and in modules kept as attributes (each tensor once)."""
+    seen: set[int] = set()
+
+    def visit(value, where, depth):
+        if id(value) in seen or depth > 6:
+            return
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            yield where, value
+        elif isinstance(value, nn.Module):
+            for name, inner in vars(value).items():
+                if name in ("_parameters", "_buffers", "_modules"):
+                    for key, item in inner.items():
+                        yield from visit(item, f"{where}.{key}", depth + 1)
+                elif not name.startswith("__"):
+                    yield from visit(inner, f"{where}.{name}", depth + 1)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield from visit(item, f"{where}[{key!r}]", depth + 1)
+        elif isinstance(value, (list, tuple, set)):
+            for index, item in enumerate(value):
+                yield from visit(item, f"{where}[{index}]", depth + 1)
+
+    yield from visit(module, type(module).__name__, 0)
+
+
+def nf4_buffers(layer: nn.Module, out_features: int, in_features: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packed codes and the absmax among the layer's registered buffers, found by dtype and size."""
+    n = out_features * in_features
+    buffers = list(layer.buffers())
+    packed = [b for b in buffers if b.dtype == torch.uint8 and b.numel() == math.ceil(n / 2)]
+    absmax = [b for b in buffers if b.dtype == torch.float32 and b.numel() == math.ceil(n / BLOCK)]
+    shapes = [(tuple(b.shape), b.dtype) for b in buffers]
+    assert packed and absmax, (
+        f"{what} has registered buffers {shapes}, expected a uint8 one of ceil(out * in / 2) = {math.ceil(n / 2)} "
+        f"bytes and a float32 absmax of ceil(out * in / 64) = {math.ceil(n / BLOCK)} values: keep quantize_nf4's "
+        "results with self.register_buffer(...)"
+    )
+    return packed[0], absmax[0]
+
+
+def dequantized(layer, out_features, in_features, what, dtype=torch.float32) -> torch.Tensor:
+    """The weight the layer's own NF4 buffers encode, dequantized by the grader."""
+    packed, absmax = nf4_buffers(layer, out_features, in_features, what)
+    return ref.dequantize(packed, absmax, (out_features, in_features), dtype, BLOCK)
+
+
+def dequantized_linear(layer, base_bias, out_features, in_features, what) -> nn.Linear:
+    """A plain float32 nn.Linear with the weight the layer's buffers encode and the given bias."""
+    linear = nn.Linear(in_features, out_features, bias=base_bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(dequantized(layer, out_features, in_features, what))
+        if base_bias is not None:
+            linear.bias.copy_(base_bias.float())
+    return linear.requires_grad_(False)
+
+
+def make_base(in_features=IN, out_features=OUT, dtype=torch.float32, bias=True, seed=0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(in_features, out_features, bias=bias, dtype=dtype)
+
+
+def tolerance(dtype, reference: torch.Tensor) -> float:
+    return LOW[dtype] * (1 + reference.abs().max().item())
+
+
+def expect_only_nf4_storage(layer, out_features, in_features, bias_bytes, what, allowed_extra=0):
+    """Fail the check unless the layer's tensors, wherever kept, fit NF4: half a byte a weight plus a float32
+    absmax per block, the bias, and ``allowed_extra`` bytes (the adapters)."""
+    n = out_features * in_features
+    budget = math.ceil(n / 2) + 4 * math.ceil(n / BLOCK) + bias_bytes + allowed_extra
+    tensors = list(walk_tensors(layer))
+    copies = [where for where, t in tensors if t.is_floating_point() and t.numel() == n and t.element_size() > 1]
+    assert not copies, (
+        f"{what} holds {copies[0]}, a float tensor of out * in = {n} values: a full-precision copy of the weight; "
+        "keep it only as NF4 codes and absmax"
+    )
+    total = sum(t.numel() * t.element_size() for _, t in tensors)
+    largest = max(tensors, key=lambda item: item[1].numel() * item[1].element_size(), default=("nothing", None))[0]
+    assert total <= budget, (
+        f"{what} holds {total} bytes of tensors, expected at most {budget} (ceil(n / 2) codes + 4 bytes per block of "
+        f"64 + bias{' + adapters' if allowed_extra else ''}); the largest is {largest}: no full-precision copy"
+    )
+
+
+@pytest.mark.points(3)
+@pytest.mark.subject("NF4Linear")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("in_features", "out_features"), [(IN, OUT), (9, 7)], ids=["96x40", "odd-9x7"])
+def test_nf4_linear_keeps_the_weight_only_as_nf4_buffers(NF4Linear, nf4_works, dtype, in_features, out_features):
+    nf4_works()
+    base = make_base(in_features, out_features, dtype)
+    weight = base.weight.detach().clone()
+    layer = NF4Linear(base)
+    what = f"NF4Linear(nn.Linear({in_features}, {out_features}, dtype={dtype}))"
+    packed, absmax = nf4_buffers(layer, out_features, in_features, what)
+    expected_packed, expected_absmax = ref.quantize(weight, BLOCK)
+    expect_same_codes(
+        packed,
+        absmax,
+        expected_packed,
+        expected_absmax,
+        weight,
+        BLOCK,
+        what + "'s buffers",
+        "quantize_nf4(base.weight, 64)'s",
+    )
+    bias_bytes = base.bias.numel() * base.bias.element_size()
+    expect_only_nf4_storage(layer, out_features, in_features, bias_bytes, what)
+    assert not trainable(layer), f"{what} has trainable parameters {[tuple(p.shape) for p in trainable(layer)]}"
+    assert (
+        getattr(layer, "in_features", None) == in_features and getattr(layer, "out_features", None) == out_features
+    ), (
+        f"{what} records in_features={getattr(layer, 'in_features', None)}, out_features="
+        f"{getattr(layer, 'out_features', None)}: keep the base's"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("NF4Linear")
+def test_nf4_linear_keeps_no_reference_to_the_original_weight(NF4Linear, QLoRALinear, nf4_works):
+    nf4_works()
+    for make in (NF4Linear, lambda base: QLoRALinear(base, r=R, alpha=ALPHA)):
+        base = nn.Linear(IN, OUT)
+        # The weight's memory is a numpy array's: any tensor sharing it (.data, .detach(), a view, in an attribute
+        # or a closure) keeps the array alive, which a weak reference to the array sees.
+        memory = numpy.random.default_rng(0).standard_normal((OUT, IN), dtype=numpy.float32) / IN**0.5
+        base.weight = nn.Parameter(torch.from_numpy(memory))
+        weight, module, storage = weakref.ref(base.weight), weakref.ref(base), weakref.ref(memory)
+        layer = make(base)
+        name = type(layer).__name__
+        del base, memory
+        gc.collect()
+        assert module() is None, (
+            f"{name} keeps the original nn.Linear alive (as a submodule, an attribute or in a closure): it must not "
+            "hold the full-precision weight; keep only the NF4 buffers and the bias"
+        )
+        assert weight() is None, (
+            f"{name} keeps the original weight alive: an attribute, a list, or an autograd graph from quantizing "
+            "base.weight without .detach() holds it; keep only the NF4 buffers"
+        )
+        assert storage() is None, (
+            f"{name} keeps a tensor sharing the original weight's memory (weight.data, weight.detach() or a view, "
+            "in an attribute, a container or a closure): keep only the NF4 buffers"
+        )
+        del layer
+
+
+@pytest.mark.points(3)
+@pytest.mark.subject("NF4Linear")
+@pytest.mark.parametrize(
+    ("base_dtype", "x_dtype"),
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float16, torch.float16),
+        (torch.float32, torch.bfloat16),
+        (torch.bfloat16, torch.float32),
+    ],
+    ids=lambda dtype: str(dtype).removeprefix("torch."),
+)
+def test_nf4_linear_computes_F_linear_with_the_dequantized_weight(NF4Linear, nf4_works, base_dtype, x_dtype):
+    nf4_works()
+    for bias in (True, False):
+        base = make_base(dtype=base_dtype, bias=bias)
+        kept_bias = None if base.bias is None else base.bias.detach().clone()
+        layer = NF4Linear(base)
+        what = f"NF4Linear(a {base_dtype} base{'' if bias else ' without bias'})"
+        weight = dequantized(layer, OUT, IN, what, x_dtype)
+        for batch in [(), (5,), (2, 3)]:
+            x = torch.randn(*batch, IN).to(x_dtype)
+            with torch.no_grad():
+                y = output(layer, x)
+                expected = F.linear(x, weight, None if kept_bias is None else kept_bias.to(x_dtype))
+            call = f"{what} on x {x_dtype} of shape {tuple(x.shape)}"
+            assert y.dtype == x_dtype and y.shape == expected.shape, (
+                f"{call} returned {describe(y)}, expected {x_dtype} of shape {tuple(expected.shape)}: dequantize in "
+                "x's dtype and return F.linear(x, W, b) in it"
+            )
+            error = max_difference(y, expected)
+            exact = F.linear(x.double(), weight.double(), None if kept_bias is None else kept_bias.double())
+            assert error <= tolerance(x_dtype, expected) or max_difference(y, exact) <= tolerance(x_dtype, expected), (
+                f"{call}: output off F.linear(x, dequantized W, b) by {error:.3g}: "
+                + ("is the bias added (once)? " if bias else "a bias out of nowhere? ")
+                + "compute F.linear(x, dequantize_nf4(packed, absmax, (out, in), x.dtype), b)"
+            )
+        bias_bytes = 0 if kept_bias is None else kept_bias.numel() * kept_bias.element_size()
+        expect_only_nf4_storage(layer, OUT, IN, bias_bytes, what + " after its forward")
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("NF4Linear")
+def test_nf4_linear_keeps_the_bias_as_it_was_and_passes_gradients_to_x(NF4Linear, nf4_works):
+    nf4_works()
+    base = make_base(dtype=torch.bfloat16)
+    original = base.bias.detach().clone()
+    layer = NF4Linear(base)
+    biases = [t for where, t in walk_tensors(layer) if t.numel() == OUT and t.is_floating_point()]
+    assert any(t.dtype == original.dtype and torch.equal(t.detach(), original) for t in biases), (
+        f"NF4Linear holds no bias equal to the base's bfloat16 bias (found {[describe(t) for t in biases]}): keep the "
+        "bias as it was, not quantized nor converted"
+    )
+    layer = NF4Linear(make_base())
+    weight = dequantized(layer, OUT, IN, "NF4Linear")
+    x = torch.randn(6, IN, requires_grad=True)
+    upstream = torch.randn(6, OUT)
+    y = output(layer, x)
+    assert y.requires_grad, "NF4Linear's output does not require grad for an x that does: no torch.no_grad() inside"
+    y.backward(upstream)
+    assert x.grad is not None, "no gradient reached x through NF4Linear: do not detach x"
+    error = max_difference(x.grad, upstream @ weight)
+    assert error <= 1e-5 * (1 + x.grad.abs().max().item()), f"dL/dx through NF4Linear off g W by {error:.3g}"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("NF4Linear")
+def test_nf4_linear_rejects_a_base_that_is_not_linear(NF4Linear, nf4_works):
+    nf4_works()
+    expect_value_error(lambda: NF4Linear(nn.Conv1d(IN, OUT, 1)), "NF4Linear(nn.Conv1d(...))")
+
+
+def qlora_layer(QLoRALinear, dtype=torch.float32, bias=True, seed=0, **kwargs):
+    base = make_base(dtype=dtype, bias=bias, seed=seed)
+    kept_bias = None if base.bias is None else base.bias.detach().clone()
+    layer = QLoRALinear(base, **{"r": R, "alpha": ALPHA, **kwargs})
+    nf4_base = dequantized_linear(layer, kept_bias, OUT, IN, "QLoRALinear")
+    return layer, nf4_base
+
+
+@pytest.mark.points(2)
+def test_qlora_stores_the_base_in_nf4_and_trains_two_factors(QLoRALinear, nf4_works):
+    nf4_works()
+    for dtype in (torch.float32, torch.bfloat16):
+        layer, _ = qlora_layer(QLoRALinear, dtype)
+        expect_r_alpha_and_scaling(layer, R, ALPHA)
+        found = factors(layer, IN, OUT, R)
+        misplaced = [t.dtype for t in (found.stored_A, found.stored_B) if t.dtype != dtype]
+        assert not misplaced, f"with a {dtype} base the factors are {misplaced}: create them in the base's dtype"
+        adapter_bytes = sum(t.numel() * t.element_size() for t in trainable(layer))
+        expect_only_nf4_storage(layer, OUT, IN, OUT * torch.finfo(dtype).bits // 8, "QLoRALinear", adapter_bytes)
+
+
+@pytest.mark.points(2)
+def test_qlora_computes_the_nf4_base_at_init(QLoRALinear, nf4_works):
+    nf4_works()
+    layer, nf4_base = qlora_layer(QLoRALinear)
+    found = factors(layer, IN, OUT, R)
+    assert found.B.abs().max().item() == 0, "B is not zero at init: initialise B with zeros (A random)"
+    assert found.A.abs().max().item() > 0, "A is zero at init: make A random (Kaiming-uniform or Gaussian)"
+    for dtype in (torch.float32, torch.bfloat16):
+        layer, nf4_base = qlora_layer(QLoRALinear, dtype)
+        x = torch.randn(4, 3, IN).to(dtype)
+        with torch.no_grad():
+            y, expected = output(layer, x), nf4_base(x.float())
+        assert y.dtype == dtype and y.shape == expected.shape, (
+            f"QLoRALinear over a {dtype} base returned {describe(y)} for x {dtype} of shape {tuple(x.shape)}, expected "
+            f"{dtype} of shape {tuple(expected.shape)}: compute and return in the base's dtype"
+        )
+        change = max_difference(y, expected)
+        assert change <= tolerance(dtype, expected), (
+            f"at init ({dtype}) the output differs by {change:.3g} from F.linear(x, dequantized W, b): the base must "
+            "be the NF4 weight (not the full-precision one), and B zero"
+        )
+
+
+@pytest.mark.points(4)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight(QLoRALinear, nf4_works, bias):
+    nf4_works()
+    layer, nf4_base = qlora_layer(QLoRALinear, bias=bias)
+    randomize_factors(layer, std=0.2)
+    found = factors(layer, IN, OUT, R)
+    buffers = [b.clone() for b in layer.buffers()]
+    x = torch.randn(2, 5, IN, requires_grad=True)
+    upstream = torch.randn(2, 5, OUT)
+    y = output(layer, x)
+    expected, grads = plain_lora(nf4_base, found, SCALING, x, upstream)
+    size = 1 + expected.abs().max().item()
+    error = max_difference(y, expected)
+    ratio = ((y.detach() - nf4_base(x.detach())).double() * (expected - nf4_base(x.detach())).double()).sum() / (
+        (expected - nf4_base(x.detach())).double().square().sum()
+    )
+    hint = f" (the adapter's share measures {ratio.item() * SCALING:.4g} x B A, expected alpha / r = {SCALING:g} x)"
+    assert error <= 1e-5 * size, (
+        f"output off the LoRA over the dequantized weight, F.linear(x, W_nf4, b) + scaling (x A^T) B^T, by {error:.3g}"
+        + (hint if not math.isclose(ratio.item(), 1.0, rel_tol=1e-3) else "")
+    )
+    y.backward(upstream)
+    for name, measured in zip("AB", found.grads(), strict=True):
+        assert measured is not None, f"factor {name} received no gradient: use it in forward, not detached"
+        off = max_difference(measured, grads[name])
+        assert off <= 1e-5 * (1 + grads[name].abs().max().item()), f"gradient of {name} off by {off:.3g}"
+    assert x.grad is not None, "no gradient reached x: do not detach x or run the forward under no_grad"
+    off = max_difference(x.grad, grads["x"])
+    assert off <= 1e-5 * (1 + grads["x"].abs().max().item()), (
+        f"gradient w.r.t. x off by {off:.3g}: it must flow through the NF4 base (g W_nf4) and the adapter"
+    )
+    touched = [where for where, t in walk_tensors(layer) if t.grad is not None and not _is_factor(t, found)]
+    assert not touched, f"{touched} received gradients: only A and B train"
+    assert all(torch.equal(a, b) for a, b in zip(buffers, layer.buffers(), strict=True)), "a buffer changed in forward"
+
+
+def _is_factor(tensor, found) -> bool:
+    return tensor is found.stored_A or tensor is found.stored_B
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("device, dtype", TRAINING_CASES)
+def test_qlora_training_reduces_the_loss_and_never_changes_the_quantized_buffers(QLoRALinear, nf4_works, device, dtype):
+    nf4_works()
+    made = []
+
+    def make(base):
+        made.append(QLoRALinear(base, r=4, alpha=8.0))
+        made.append({name: b.clone() for name, b in made[0].named_buffers()})
+        return made[0]
+
+    expect_training_fits_a_low_rank_target(make, device, dtype)
+    layer, before = made
+    changed = [name for name, b in layer.named_buffers() if not torch.equal(b, before[name])]
+    assert not changed, f"training changed the quantized buffers {changed}: they are frozen NF4 codes"
+
+
+@pytest.mark.points(2)
+def test_qlora_dropout_acts_on_the_adapter_input_in_train_mode_only(QLoRALinear, nf4_works):
+    nf4_works()
+    layer, nf4_base = qlora_layer(QLoRALinear, dropout=0.5)
+    x = torch.randn(8, IN)
+    layer.train()
+    with torch.no_grad():
+        change = max_difference(output(layer, x), nf4_base(x))
+    assert change <= 1e-5 * (1 + nf4_base(x).abs().max().item()), (
+        f"with dropout=0.5 in train mode the output at init differs from the NF4 base's by {change:.3g}: dropout "
+        "belongs on the adapter branch's input only"
+    )
+    randomize_factors(layer, std=0.2)
+    found = factors(layer, IN, OUT, R)
+    layer.eval()
+    with torch.no_grad():
+        expected = nf4_base(x) + SCALING * (x @ found.A.T) @ found.B.T
+        error = max_difference(output(layer, x), expected)
+        layer.train()
+        varied = max_difference(output(layer, x), expected)
+    assert error <= 1e-5 * (1 + expected.abs().max().item()), (
+        f"in eval mode with dropout=0.5 the output is off the LoRA formula by {error:.3g}: dropout must be off in eval"
+    )
+    assert varied > 1e-3, "with dropout=0.5 in train mode the adapter's inputs are never dropped: apply nn.Dropout"
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize(
+    "arguments", [{"r": 0}, {"r": -2}, {"dropout": 1.0}, {"dropout": -0.1}], ids=["r=0", "r=-2", "p=1", "p=-0.1"]
+)
+def test_qlora_rejects_bad_arguments(QLoRALinear, nf4_works, arguments):
+    nf4_works()
+    call = ", ".join(f"{key}={value}" for key, value in arguments.items())
+    expect_value_error(lambda: QLoRALinear(nn.Linear(IN, OUT), **arguments), f"QLoRALinear(base, {call})")
+    expect_value_error(lambda: QLoRALinear(nn.Conv1d(IN, OUT, 1)), "QLoRALinear(nn.Conv1d(...))")
+
+
+@pytest.mark.points(1)
+def test_qlora_defaults_are_r_8_alpha_16_and_no_dropout(QLoRALinear, nf4_works):
+    nf4_works()
+    layer = QLoRALinear(make_base())
+    expect_r_alpha_and_scaling(layer, 8, 16.0)
+    count = sum(t.numel() for t in trainable(layer))
+    assert count == 8 * (IN + OUT), (
+        f"QLoRALinear(base) trains {count} numbers, expected 8 * (in + out) = {8 * (IN + OUT)}"
+    )
+    randomize_factors(layer)
+    x = torch.randn(8, IN)
+    with torch.no_grad():
+        repeat = max_difference(output(layer.train(), x), output(layer, x))
+    assert repeat == 0, (
+        f"QLoRALinear(base) in train mode varies by {repeat:.3g} between calls: the default dropout is 0"
+    )
+
+
+TOY_SKIP = ("head",)
+
+
+def names(value):
+    """A name list as the spec reads it: a plain string is one name."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def quantized_layers(model, NF4Linear, QLoRALinear):
+    """The outermost NF4Linear and QLoRALinear layers of the model, by name (not the NF4Linear inside a QLoRALinear)."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (NF4Linear, QLoRALinear)) and not any(name.startswith(f + ".") for f in found):
+            found[name] = module
+    return found
+
+
+@pytest.mark.points(3)
+@pytest.mark.subject("apply_qlora")
+@pytest.mark.parametrize(
+    ("targets", "skip"),
+    [
+        pytest.param(targets, skip, id="+".join(names(targets)) + ("-plain-strings" if isinstance(skip, str) else ""))
+        for targets, skip in [
+            (("q_proj", "v_proj"), TOY_SKIP),
+            (("fc1",), TOY_SKIP),  # not fc10
+            (("proj",), TOY_SKIP),  # not q_proj
+            (("0.attn.q_proj",), TOY_SKIP),  # not 10.attn.q_proj
+            (["out_proj", "head"], ["head"]),  # skipped even when targeted
+            ("q_proj", "head"),  # a plain string is one name, not its characters
+        ]
+    ],
+)
+def test_apply_qlora_quantizes_every_linear_and_adapts_the_targets(
+    apply_qlora, NF4Linear, QLoRALinear, nf4_works, targets, skip
+):
+    nf4_works()
+    model = ToyTransformer()
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    skipped = set(matching_linears(model, names(skip)))
+    adapted = set(matching_linears(model, names(targets))) - skipped
+    returned = apply_qlora(model, targets, r=2, alpha=4.0, skip=skip)
+    assert returned is model, f"apply_qlora returned {describe(returned)}, expected the model itself, changed in place"
+    wrong = []
+    for name, original in linears.items():
+        layer = model.get_submodule(name)
+        expected = "nn.Linear" if name in skipped else "QLoRALinear" if name in adapted else "NF4Linear"
+        kind = {nn.Linear: "nn.Linear", NF4Linear: "NF4Linear", QLoRALinear: "QLoRALinear"}.get(type(layer), "?")
+        if expected != kind or (expected == "nn.Linear" and layer is not original):
+            wrong.append(f"{name} is {type(layer).__name__}, expected {expected}")
+    cause = "quantize every nn.Linear outside skip; QLoRALinear where the name equals a target or ends in '.' + target"
+    if any("expected nn.Linear" in w for w in wrong):
+        cause = "layers matched by skip stay as they are, even when targeted: " + cause
+    if isinstance(skip, str) or isinstance(targets, str):
+        cause = "a plain string is one name, not an iterable of its characters: " + cause
+    assert not wrong, f"targets {targets!r}, skip {skip!r}: {len(wrong)} layers wrong, {wrong[:3]}: {cause}"
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("apply_qlora")
+def test_apply_qlora_freezes_everything_but_the_factors(apply_qlora, NF4Linear, QLoRALinear, nf4_works):
+    nf4_works()
+    model = ToyTransformer()
+    adapted = matching_linears(model, ("q_proj", "v_proj"))
+    expected = sum(2 * (m.in_features + m.out_features) for m in map(model.get_submodule, adapted))
+    apply_qlora(model, ("q_proj", "v_proj"), r=2, alpha=4.0, skip=TOY_SKIP)
+    still = [name for name, p in model.named_parameters() if p.requires_grad]
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert count == expected, (
+        f"{count} trainable numbers after apply_qlora, expected the factors' {expected} (r (in + out) per adapter): "
+        f"trainable are {still[:4]}...; freeze everything else (the temperature, norms, biases, the skipped head)"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("apply_qlora")
+def test_apply_qlora_model_computes_with_the_dequantized_weights(apply_qlora, NF4Linear, QLoRALinear, nf4_works):
+    nf4_works()
+    model = ToyTransformer()
+    reference = copy.deepcopy(model)
+    apply_qlora(model, ("q_proj", "v_proj"), r=2, alpha=4.0, skip=TOY_SKIP)
+    for name, layer in quantized_layers(model, NF4Linear, QLoRALinear).items():
+        linear = reference.get_submodule(name)
+        with torch.no_grad():
+            linear.weight.copy_(dequantized(layer, linear.out_features, linear.in_features, name))
+    x = inputs()
+    with torch.no_grad():
+        expected, measured = reference(x), output(model, x)
+    error = max_difference(measured, expected)
+    assert error <= 1e-5 * (1 + expected.abs().max().item()), (
+        f"the model after apply_qlora differs by {error:.3g} from the same model with every quantized layer's weight "
+        "replaced by its dequantized NF4 weight (adapters at init): each layer must compute F.linear(x, W_nf4, b)"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_qlora")
+@pytest.mark.parametrize(("targets", "skip"), [(("nope",), ()), (("head",), ("head",))], ids=["no-match", "skipped"])
+def test_apply_qlora_raises_when_no_target_is_left(apply_qlora, nf4_works, targets, skip):
+    nf4_works()
+    expect_value_error(
+        lambda: apply_qlora(ToyTransformer(), targets, r=2, alpha=4.0, skip=skip),
+        f"apply_qlora(model, {list(targets)}, skip={list(skip)}) (no nn.Linear outside skip matches)",
+    )
+
+
+def tiny_llama():
+    transformers = ref.import_oracle("transformers")
+    if transformers is None:
+        pytest.skip(TRANSFORMERS_MISSING)
+    config = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    with ref.library_side_effects_undone():
+        model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # trained-looking weights: HF's init is 0.02 std
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.05)
+            else:
+                parameter.uniform_(0.8, 1.2)
+    return model
+
+
+def logits(model, ids, grader_owned=False):
+    """The model's logits for ``ids``; the side effects of transformers' code are undone for the grader's own
+    models only (a submission's model is watched like any of its code)."""
+    with torch.no_grad(), ref.library_side_effects_undone() if grader_owned else contextlib.nullcontext():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.points(3)
+@pytest.mark.subject("apply_qlora")
+def test_a_quantized_llama_keeps_half_a_byte_per_weight(apply_qlora, NF4Linear, QLoRALinear, nf4_works):
+    nf4_works()
+    model = tiny_llama()
+    originals = {name: t.detach().clone() for name, t in model.state_dict().items()}
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    apply_qlora(model, r=4, alpha=8.0)
+    for name, original in linears.items():
+        layer = model.get_submodule(name)
+        if name == "lm_head":
+            assert layer is original, "lm_head is not the original nn.Linear: the default skip=('lm_head',) keeps it"
+            continue
+        targeted = name.endswith((".q_proj", ".v_proj"))
+        expected = QLoRALinear if targeted else NF4Linear
+        assert type(layer) is expected, f"{name} is {type(layer).__name__}, expected {expected.__name__}"
+        extra = 4 * 4 * (original.in_features + original.out_features) if targeted else 0
+        expect_only_nf4_storage(layer, original.out_features, original.in_features, 0, name, extra)
+    for name, value in model.state_dict().items():
+        if name in originals:
+            assert value.dtype == originals[name].dtype and torch.equal(value, originals[name]), (
+                f"{name} changed ({describe(originals[name])} became {describe(value)}): only the linear layers "
+                "outside skip are quantized; embeddings, norms and lm_head stay as they were"
+            )
+    kept = [name for name in originals if name.startswith(("model.embed_tokens", "model.norm", "lm_head"))]
+    assert all(name in model.state_dict() for name in kept), "the embeddings, the final norm or lm_head went missing"
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("apply_qlora")
+def test_a_quantized_llama_gives_the_logits_of_its_nf4_weights(apply_qlora, NF4Linear, QLoRALinear, nf4_works):
+    nf4_works()
+    model = tiny_llama()
+    full = copy.deepcopy(model)
+    nf4 = copy.deepcopy(model)  # the grader's own NF4 model: each weight replaced by its NF4 dequantization
+    with torch.no_grad():
+        for name, linear in nf4.named_modules():
+            if isinstance(linear, nn.Linear) and name != "lm_head":
+                linear.weight.copy_(
+                    ref.dequantize(*ref.quantize(linear.weight), tuple(linear.weight.shape), torch.float32)
+                )
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(5))
+    full_logits, nf4_logits = logits(full, ids, grader_owned=True), logits(nf4, ids, grader_owned=True)
+    apply_qlora(model, r=4, alpha=8.0)
+    measured = logits(model, ids)
+    nf4_error = max_difference(nf4_logits, full_logits)
+    bound = 1.5 * nf4_error + 1e-4
+    error = max_difference(measured, full_logits)
+    assert error <= bound, (
+        f"the quantized Llama's logits are {error:.3g} off the full-precision model's, expected at most {bound:.3g} "
+        f"(1.5 x the {nf4_error:.3g} that NF4's rounding alone moves them): is each weight's NF4 dequantized right?"
+    )
+    for name, layer in quantized_layers(model, NF4Linear, QLoRALinear).items():
+        linear = nf4.get_submodule(name)
+        with torch.no_grad():
+            linear.weight.copy_(dequantized(layer, linear.out_features, linear.in_features, name))
+    error = max_difference(measured, logits(nf4, ids, grader_owned=True))
+    assert error <= 1e-4 * (1 + full_logits.abs().max().item()), (
+        f"the quantized Llama's logits are {error:.3g} off those of the same Llama with each weight replaced by the "
+        "dequantized NF4 buffers of its layer: every layer must compute F.linear(x, W_nf4, b) (adapters at init)"
+    )
+
+
+def peft_over_bitsandbytes(base: nn.Linear, r: int, alpha: float) -> nn.Module:
+    """peft's LoRA (r, alpha, no dropout) over a bitsandbytes Linear4bit holding ``base``'s weight in NF4,
+    blocks of 64 and float32 absmaxes (no double quantization)."""
+    bnb = ref.import_oracle("bitsandbytes")
+    peft = ref.import_oracle("peft")
+    if bnb is None or peft is None:
+        pytest.skip(PEFT_MISSING)
+    dtype = base.weight.dtype
+
+    class Holder(nn.Module):
+        is_loaded_in_4bit = True  # what peft reads to dispatch its bitsandbytes LoRA layer
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.q = bnb.nn.Linear4bit(
+                base.in_features, base.out_features, bias=base.bias is not None, compute_dtype=dtype, quant_type="nf4"
+            )
+            self.q.weight = bnb.nn.Params4bit(
+                base.weight.detach().clone(),
+                requires_grad=False,
+                quant_type="nf4",
+                blocksize=BLOCK,
+                compress_statistics=False,
+            )
+            if base.bias is not None:
+                self.q.bias = nn.Parameter(base.bias.detach().clone(), requires_grad=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.q(x)
+
+    with ref.library_side_effects_undone():
+        try:
+            holder = Holder().to("cpu")  # quantizes the weight
+            config = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=["q"], lora_dropout=0.0)
+            model = peft.get_peft_model(holder, config)
+            model.eval()(torch.zeros(1, base.in_features, dtype=dtype))
+        except Exception as error:  # the oracle itself does not run on this machine
+            pytest.skip(f"bitsandbytes' Linear4bit under peft does not run here ({type(error).__name__}: {error})")
+    return model
+
+
+@pytest.mark.points(3)
+def test_qlora_agrees_with_peft_over_bitsandbytes_linear4bit(QLoRALinear, nf4_works):
+    nf4_works()
+    in_features, out_features, r = 128, 192, 4  # multiples of 64, as bitsandbytes' kernels want
+    base = make_base(in_features, out_features, torch.bfloat16)
+    theirs = peft_over_bitsandbytes(base, r, 8.0)
+    layer = QLoRALinear(base, r=r, alpha=8.0)
+    randomize_factors(layer, std=0.3)
+    found = factors(layer, in_features, out_features, r)
+    linear4bit = theirs.base_model.model.q
+    packed, absmax = nf4_buffers(layer, out_features, in_features, "QLoRALinear")
+    expect_same_codes(
+        packed,
+        absmax,
+        linear4bit.base_layer.weight.data,
+        linear4bit.base_layer.weight.quant_state.absmax,
+        base.weight,
+        BLOCK,
+        "QLoRALinear's buffers",
+        "bitsandbytes' Linear4bit",
+    )
+    with torch.no_grad():
+        linear4bit.lora_A["default"].weight.copy_(found.A)
+        linear4bit.lora_B["default"].weight.copy_(found.B)
+    theirs.eval()
+    layer.eval()
+    x = torch.randn(7, in_features).to(torch.bfloat16)
+    with torch.no_grad():
+        with ref.library_side_effects_undone():
+            expected = theirs(x)
+        measured = output(layer, x)
+    weight = ref.dequantize(packed, absmax, (out_features, in_features), torch.float64)
+    size = x.double().abs() @ weight.abs().T + base.bias.double().abs()
+    size += 2.0 * (x.double().abs() @ found.A.double().abs().T) @ found.B.double().abs().T
+    bound = 2.0**-6 * size  # a few bfloat16 roundings of the terms
+    off = (measured.double() - expected.double()).abs()
+    worst = int((off / bound).argmax())
+    assert measured.dtype == torch.bfloat16 and bool((off <= bound).all()), (
+        f"with its factors copied into peft's LoRA over bitsandbytes' Linear4bit (same NF4 weight, bf16), the layer's "
+        f"output ({describe(measured)}) is off theirs by {off.view(-1)[worst].item():.3g} where bf16 rounding allows "
+        f"{bound.view(-1)[worst].item():.3g}: base(x) + (alpha / r) (x A^T) B^T"
+    )

@@ -1,0 +1,98 @@
+"""QLoRA as the paper runs it: the base's weight is dequantized in forward and again in backward by an
+autograd.Function, so no full-size weight is saved between them; codes kept as bitsandbytes' (n / 2, 1)
+column under other names, the bias as a buffer, peft-style bias-free nn.Linear factors with Gaussian init,
+F.dropout, and apply_qlora recursing through named_children."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from katas.nf4 import dequantize_nf4, quantize_nf4
+
+
+class _DequantizedMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, codes, scales, shape):
+        ctx.save_for_backward(codes, scales)
+        ctx.shape = shape
+        return x @ dequantize_nf4(codes, scales, shape, x.dtype).T
+
+    @staticmethod
+    def backward(ctx, grad):
+        codes, scales = ctx.saved_tensors
+        return grad @ dequantize_nf4(codes, scales, ctx.shape, grad.dtype), None, None, None
+
+
+class NF4Linear(nn.Module):
+    def __init__(self, base):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise ValueError("NF4Linear wants an nn.Linear")
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        with torch.no_grad():
+            codes, scales = quantize_nf4(base.weight)
+        self.register_buffer("weight_codes", codes.reshape(-1, 1))
+        self.register_buffer("weight_scales", scales)
+        self.register_buffer("bias_values", None if base.bias is None else base.bias.detach().clone())
+
+    def forward(self, x):
+        y = _DequantizedMatmul.apply(x, self.weight_codes, self.weight_scales, (self.out_features, self.in_features))
+        return y if self.bias_values is None else y + self.bias_values.to(x.dtype)
+
+
+class QLoRALinear(nn.Module):
+    def __init__(self, base, r=8, alpha=16.0, dropout=0.0):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise ValueError("QLoRALinear wants an nn.Linear")
+        if type(r) is not int or r <= 0:
+            raise ValueError(f"bad rank {r!r}")
+        if dropout < 0 or dropout >= 1:
+            raise ValueError(f"bad dropout {dropout!r}")
+        self.r, self.alpha, self.scaling, self.p = r, alpha, alpha / r, dropout
+        kind = {"dtype": base.weight.dtype, "device": base.weight.device}
+        self.lora_A = nn.Linear(base.in_features, r, bias=False, **kind)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False, **kind)
+        nn.init.normal_(self.lora_A.weight, std=1 / r)
+        nn.init.zeros_(self.lora_B.weight)
+        self.base_layer = NF4Linear(base)
+
+    def forward(self, x):
+        adapter = self.lora_B(self.lora_A(F.dropout(x, self.p, self.training)))
+        return self.base_layer(x) + adapter * self.scaling
+
+
+def _hit(name, names):
+    return any(name == n or name.endswith("." + n) for n in names)
+
+
+def apply_qlora(model, target_modules=("q_proj", "v_proj"), r=8, alpha=16.0, dropout=0.0, skip=("lm_head",)):
+    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    skipped = [skip] if isinstance(skip, str) else list(skip)
+    adapted = []
+
+    def visit(module, prefix):
+        for child_name, child in list(module.named_children()):
+            name = f"{prefix}{child_name}"
+            if isinstance(child, nn.Linear) and not _hit(name, skipped):
+                if _hit(name, targets):
+                    replacement = QLoRALinear(child, r, alpha, dropout)
+                    adapted.append(replacement)
+                else:
+                    replacement = NF4Linear(child)
+                setattr(module, child_name, replacement)
+            else:
+                visit(child, name + ".")
+
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _hit(n, skipped)]
+    if not any(_hit(n, targets) for n in linears):
+        raise ValueError(f"nothing outside {skipped} matches {targets}")
+    visit(model, "")
+    model.requires_grad_(False)
+    for layer in adapted:
+        layer.lora_A.requires_grad_(True)
+        layer.lora_B.requires_grad_(True)
+    return model

@@ -1,0 +1,98 @@
+"""Wrong answers to the `nf4` kata."""
+
+from tests.wrong_answers import WrongAnswer
+
+KATA = "nf4"
+DIVIDE = "return values / values.max()"
+NORMAL = "normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))"
+POSITIVE = "torch.linspace(OFFSET, 0.5, 9)[:-1].double()"
+NEGATIVE = "torch.linspace(OFFSET, 0.5, 8)[:-1].double()"
+FLAT = "flat = weight.detach().reshape(-1).float()"
+PADDED = "padded = torch.nn.functional.pad(flat, (0, blocks * block_size - n)).view(blocks, block_size)"
+ABSMAX = "absmax = padded.abs().amax(dim=1)"
+SCALED = "scaled = (padded * absmax.clamp(min=1e-38).reciprocal()[:, None]).clamp(-1, 1).reshape(-1)[:n]"
+NEAREST = "indices = torch.bucketize(scaled, (code[:-1] + code[1:]) / 2)"
+PACK = "return (nibbles[0::2] << 4) | nibbles[1::2], absmax"
+UNPACK = "indices = torch.stack([flat >> 4, flat & 0xF], dim=1).reshape(-1)[:n]"
+DEQUANTIZED = "return (nf4_code_book().to(packed.device)[indices] * scale).reshape(shape).to(dtype)"
+ROW_BLOCKS = (
+    "rows = weight.detach().float().reshape(-1, weight.shape[-1])\n"
+    "    per_row = math.ceil(rows.shape[1] / block_size)\n"
+    "    n, blocks = weight.numel(), rows.shape[0] * per_row\n"
+    "    padded = torch.nn.functional.pad(rows, (0, per_row * block_size - rows.shape[1])).reshape(blocks, block_size)"
+)
+ROW_SCALED = (
+    "scaled = (padded * absmax.clamp(min=1e-38).reciprocal()[:, None]).clamp(-1, 1)"
+    ".reshape(rows.shape[0], -1)[:, : rows.shape[1]].reshape(-1)"
+)
+CENTRE = "offset = flat.mean()"
+CODES = "codes = (centred / scales.clamp(min=1e-38)[:, None]).round().clamp(-127, 127).to(torch.int8)"
+BACK = "return codes.float() * scale + offset"
+
+WRONG_ANSWERS = [
+    WrongAnswer("code book typed with 4 decimals", KATA, DIVIDE, "return (values / values.max()).mul(1e4).round().div(1e4)",
+                "test_code_book_is_the_16_nf4_values_bit_for_bit", "typed in with 4 decimals"),
+    WrongAnswer("inverse CDF in float32", KATA, NORMAL, "normal = torch.distributions.Normal(0.0, 1.0)",
+                "test_code_book_is_the_16_nf4_values_bit_for_bit", "compute the inverse CDF in float64",
+                more_edits=((POSITIVE, POSITIVE.removesuffix(".double()")), (NEGATIVE, NEGATIVE.removesuffix(".double()")))),
+    WrongAnswer("offset rounded to 0.9677", KATA, "OFFSET = 0.9677083", "OFFSET = 0.9677",
+                "test_code_book_is_the_16_nf4_values_bit_for_bit", "is the offset 0.9677083"),
+    WrongAnswer("absmax per row instead of per block", KATA, FLAT, FLAT + "; block_size = weight.shape[-1] if weight.dim() > 1 else block_size",
+                "test_quantize_returns_packed_uint8_bytes_and_float32_absmax", "one absmax per row"),
+    WrongAnswer("blocks over each row instead of the flattened tensor", KATA, FLAT + "\n    n, blocks = flat.numel(), math.ceil(flat.numel() / block_size)\n    " + PADDED,
+                ROW_BLOCKS, "test_quantize_returns_packed_uint8_bytes_and_float32_absmax", "blocks cut within each row",
+                more_edits=((SCALED, ROW_SCALED), ("code = nf4_code_book().to(flat.device)", "code = nf4_code_book().to(rows.device)"))),
+    WrongAnswer("max x instead of max |x|", KATA, ABSMAX, "absmax = padded.amax(dim=1)",
+                "test_quantize_packs_the_nf4_codes_bit_for_bit", "max x, not max |x|"),
+    WrongAnswer("absmax in the weight's dtype", KATA, PACK, "return (nibbles[0::2] << 4) | nibbles[1::2], absmax.to(weight.dtype)",
+                "test_quantize_returns_packed_uint8_bytes_and_float32_absmax", "keep the absmax in float32"),
+    WrongAnswer("nibbles swapped", KATA, PACK, "return (nibbles[1::2] << 4) | nibbles[0::2], absmax",
+                "test_quantize_packs_the_nf4_codes_bit_for_bit", "nibbles swapped"),
+    WrongAnswer("odd count padded with 0 instead of 7", KATA, "indices.new_full((1,), ZERO_CODE)", "indices.new_full((1,), 0)",
+                "test_quantize_packs_the_nf4_codes_bit_for_bit", "pad an odd count with the code of 0.0 (7)"),
+    WrongAnswer("rounding by truncation", KATA, NEAREST, "indices = torch.bucketize(scaled, code, right=True) - 1",
+                "test_quantize_packs_the_nf4_codes_bit_for_bit", "rounded down"),
+    WrongAnswer("scaled in the weight's dtype", KATA, FLAT, "flat = weight.detach().reshape(-1)",
+                "test_quantize_packs_the_nf4_codes_bit_for_bit", "codes differ from NF4's",
+                more_edits=((PACK, "return (nibbles[0::2] << 4) | nibbles[1::2], absmax.float()"),)),
+    WrongAnswer("0 / 0 in an all-zero block", KATA, SCALED, SCALED.replace("absmax.clamp(min=1e-38).reciprocal()", "absmax.reciprocal()"),
+                "test_an_all_zero_block_takes_the_code_of_zero", "codes differ"),
+    WrongAnswer("weight not detached", KATA, FLAT, "flat = weight.reshape(-1).float()",
+                "test_quantize_leaves_the_weight_alone_and_keeps_no_history", "autograd history"),
+    WrongAnswer("view on a non-contiguous weight", KATA, FLAT, "flat = weight.detach().view(-1).float()",
+                "test_quantize_reads_a_non_contiguous_weight_in_row_major_order", "RuntimeError"),
+    WrongAnswer("block size not checked", KATA, "    _check_block_size(block_size)\n    if not isinstance(weight", "    if not isinstance(weight",
+                "test_quantize_refuses_what_bitsandbytes_refuses", "expected a ValueError"),
+    WrongAnswer("an empty tensor accepted", KATA, "    if weight.numel() == 0:\n", "    if False:\n",
+                "test_quantize_refuses_what_bitsandbytes_refuses", "expected a ValueError"),
+    WrongAnswer("integer weights accepted", KATA, "not isinstance(weight, torch.Tensor) or not weight.is_floating_point()",
+                "not isinstance(weight, torch.Tensor)", "test_quantize_refuses_what_bitsandbytes_refuses", "expected a ValueError"),
+    WrongAnswer("dequantize returns float32 whatever the dtype", KATA, DEQUANTIZED, "return (nf4_code_book().to(packed.device)[indices] * scale).reshape(shape)",
+                "test_dequantize_gives_code_times_absmax_in_the_dtype_asked", "return the dtype asked for"),
+    WrongAnswer("dequantize computed in the low dtype", KATA, DEQUANTIZED,
+                "return (nf4_code_book().to(packed.device, dtype)[indices] * scale.to(dtype)).reshape(shape)",
+                "test_dequantize_gives_code_times_absmax_in_the_dtype_asked", "rounding the codes and absmax first"),
+    WrongAnswer("dequantize with nibbles swapped", KATA, UNPACK, "indices = torch.stack([flat & 0xF, flat >> 4], dim=1).reshape(-1)[:n]",
+                "test_dequantize_gives_code_times_absmax_in_the_dtype_asked", "nibbles swapped"),
+    WrongAnswer("dequantize does not check the sizes", KATA, "    if packed.numel() != math.ceil(n / 2) or", "    if False and",
+                "test_dequantize_refuses_sizes_that_do_not_fit_the_shape", "expected a ValueError"),
+    WrongAnswer("double quantization without the mean", KATA, CENTRE, "offset = flat.new_zeros(())",
+                "test_double_quantized_absmax_comes_back_within_1_percent", "subtract the mean"),
+    WrongAnswer("negative codes wrapped into uint8", KATA, CODES, CODES.replace(".clamp(-127, 127).to(torch.int8)", ".to(torch.uint8)"),
+                "test_double_quantized_absmax_comes_back_within_1_percent", "within 1%"),
+    WrongAnswer("dequantize_absmax forgets the offset", KATA, BACK, "return codes.float() * scale",
+                "test_double_quantized_absmax_comes_back_within_1_percent", "within 1%"),
+    WrongAnswer("codes stored as int32", KATA, CODES, CODES.replace("torch.int8", "torch.int32"),
+                "test_a_512_x_1024_weight_takes_at_most_0_52_bytes_per_parameter", "expected at most 0.52"),
+    WrongAnswer("centred absmaxes kept in float16", KATA, CODES, "codes = centred.half()",
+                "test_double_quantize_returns_one_byte_per_absmax", "one byte"),
+    WrongAnswer("float32 absmaxes cached for dequantize_absmax", KATA, BACK, "return _CACHE.get(codes.data_ptr(), codes.float() * scale + offset)",
+                "test_double_quantized_absmax_comes_back_within_1_percent", "kept somewhere",
+                more_edits=((CENTRE, CENTRE + "; _CACHE[-1] = flat.clone()"),
+                            ("    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()], scales, offset, block_size)",
+                             "    kept = codes.reshape(-1)[: flat.numel()]\n    _CACHE[kept.data_ptr()] = _CACHE.pop(-1)\n"
+                             "    return QuantizedAbsmax(kept, scales, offset, block_size)"),
+                            ("class QuantizedAbsmax(NamedTuple):", "_CACHE = {}\n\n\nclass QuantizedAbsmax(NamedTuple):"))),
+    WrongAnswer("double quantization keeps the graph", KATA, "flat = absmax.detach().reshape(-1).float()", "flat = absmax.reshape(-1).float()",
+                "test_double_quantize_returns_one_byte_per_absmax", "autograd history"),
+]  # fmt: skip

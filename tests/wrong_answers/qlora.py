@@ -1,0 +1,87 @@
+"""Wrong answers to the `qlora` kata."""
+
+from tests.wrong_answers import WrongAnswer
+
+KATA = "qlora"
+BUFFERS = 'self.register_buffer("packed", packed)'
+BIAS = "self.bias = None if base.bias is None else nn.Parameter(base.bias.detach(), requires_grad=False)"
+FORWARD = "return F.linear(x, self.weight(x.dtype), bias)"
+DOWN = "down = F.linear(self.dropout(x), self.lora_A) * self.scaling"
+RESULT = "return self.base(x) + F.linear(down, self.lora_B)"
+QUANTIZE = "self.base = NF4Linear(base)"
+FREEZE = """    for parameter in model.parameters():
+        if id(parameter) not in adapters:
+            parameter.requires_grad_(False)"""
+CHOICE = "layer = QLoRALinear(module, r, alpha, dropout) if _matches(name, targets) else NF4Linear(module)"
+LINEARS = "if isinstance(module, nn.Linear) and not _matches(name, skipped)"
+CHECK = "    if not any(_matches(name, targets) for name, _ in linears):"
+
+WRONG_ANSWERS = [
+    WrongAnswer("a full-precision weight kept for speed", KATA, BUFFERS, BUFFERS + '; self.register_buffer("fast_weight", base.weight.detach().clone())',
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "full-precision copy",
+                more_edits=((FORWARD, "return F.linear(x, self.fast_weight.to(x.dtype), bias)"),)),
+    WrongAnswer("the original layer kept in a list", KATA, BUFFERS, BUFFERS + "; self.originals = [base]",
+                "test_nf4_linear_keeps_no_reference_to_the_original_weight", "keeps the original nn.Linear alive"),
+    WrongAnswer("the weight kept for a later merge", KATA, BUFFERS, BUFFERS + "; self.source = base.weight",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "full-precision copy"),
+    WrongAnswer("packed codes as a plain attribute", KATA, BUFFERS, "self.packed = packed",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "register_buffer"),
+    WrongAnswer("blocks of 128", KATA, "BLOCK_SIZE = 64", "BLOCK_SIZE = 128",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "float32 absmax of ceil(out * in / 64)"),
+    WrongAnswer("the transposed weight quantized", KATA, "packed, absmax = quantize_nf4(base.weight.detach(), BLOCK_SIZE)",
+                "packed, absmax = quantize_nf4(base.weight.detach().T, BLOCK_SIZE)",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "codes differ",
+                more_edits=(("return dequantize_nf4(self.packed, self.absmax, (self.out_features, self.in_features), dtype, BLOCK_SIZE)",
+                             "return dequantize_nf4(self.packed, self.absmax, (self.in_features, self.out_features), dtype, BLOCK_SIZE).T"),)),
+    WrongAnswer("computed and returned in float32", KATA, FORWARD, "return F.linear(x.float(), self.weight(torch.float32), None if bias is None else bias.float())",
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "dequantize in x's dtype"),
+    WrongAnswer("dequantized in the base's dtype", KATA, FORWARD, "return F.linear(x, self.weight(self.dtype), bias)",
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "RuntimeError",
+                more_edits=((BUFFERS, BUFFERS + "; self.dtype = base.weight.dtype"),)),
+    WrongAnswer("bias dropped", KATA, BIAS, "self.bias = None",
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "is the bias added"),
+    WrongAnswer("bias converted to float32", KATA, BIAS, BIAS.replace("base.bias.detach()", "base.bias.detach().float()"),
+                "test_nf4_linear_keeps_the_bias_as_it_was_and_passes_gradients_to_x", "keep the bias as it was"),
+    WrongAnswer("bias left trainable", KATA, BIAS, BIAS.replace(", requires_grad=False", ""),
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "has trainable parameters"),
+    WrongAnswer("forward under no_grad", KATA, FORWARD, "with torch.no_grad():\n            " + FORWARD,
+                "test_nf4_linear_keeps_the_bias_as_it_was_and_passes_gradients_to_x", "no torch.no_grad() inside"),
+    WrongAnswer("the full-precision base under the adapter", KATA, QUANTIZE, "self.base = base.requires_grad_(False)",
+                "test_qlora_computes_the_nf4_base_at_init", "keep quantize_nf4's results"),
+    WrongAnswer("B random at init", KATA, "torch.zeros(base.out_features, r, **same_place)", "0.01 * torch.randn(base.out_features, r, **same_place)",
+                "test_qlora_computes_the_nf4_base_at_init", "B is not zero at init"),
+    WrongAnswer("scaled by alpha", KATA, DOWN, DOWN.replace("self.scaling", "self.alpha"),
+                "test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight", "expected alpha / r"),
+    WrongAnswer("dropout on the base path too", KATA, DOWN, "x = self.dropout(x)\n        " + DOWN.replace("self.dropout(x)", "x"),
+                "test_qlora_dropout_acts_on_the_adapter_input_in_train_mode_only", "adapter branch's input only"),
+    WrongAnswer("factors always float32", KATA, '"dtype": base.weight.dtype}', '"dtype": torch.float32}',
+                "test_qlora_stores_the_base_in_nf4_and_trains_two_factors", "create them in the base's dtype"),
+    WrongAnswer("x detached on the base path", KATA, RESULT, "return self.base(x.detach()) + F.linear(down, self.lora_B)",
+                "test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight", "gradient w.r.t. x"),
+    WrongAnswer("substring matching", KATA, "return any(name == n or name.endswith(\".\" + n) for n in names)", "return any(n in name for n in names)",
+                "test_apply_qlora_quantizes_every_linear_and_adapts_the_targets", "expected NF4Linear"),
+    WrongAnswer("skip ignored", KATA, LINEARS, "if isinstance(module, nn.Linear)",
+                "test_apply_qlora_quantizes_every_linear_and_adapts_the_targets", "stay as they are"),
+    WrongAnswer("only the targets quantized", KATA, CHOICE, "layer = QLoRALinear(module, r, alpha, dropout) if _matches(name, targets) else module",
+                "test_apply_qlora_quantizes_every_linear_and_adapts_the_targets", "expected NF4Linear"),
+    WrongAnswer("the base left trainable", KATA, FREEZE, "    pass",
+                "test_apply_qlora_freezes_everything_but_the_factors", "freeze everything else"),
+    WrongAnswer("no error when nothing matches", KATA, CHECK, "    if False:",
+                "test_apply_qlora_raises_when_no_target_is_left", "expected a ValueError"),
+    WrongAnswer("skipped targets still count as matches", KATA, CHECK,
+                "    if not any(_matches(name, targets) for name, m in model.named_modules() if isinstance(m, nn.Linear)):",
+                "test_apply_qlora_raises_when_no_target_is_left", "expected a ValueError"),
+    WrongAnswer("the weight cached on the first forward", KATA, FORWARD,
+                'if not hasattr(self, "cache"):\n            self.cache = self.weight(torch.float32)\n        '
+                "return F.linear(x, self.cache.to(x.dtype), bias)",
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "after its forward"),
+    WrongAnswer("QLoRA computed in float32", KATA, RESULT, "return (self.base(x.float()) + F.linear(down.float(), self.lora_B.float()))",
+                "test_qlora_computes_the_nf4_base_at_init", "compute and return in the base's dtype"),
+    WrongAnswer("skip read as characters", KATA, "    skipped = _names(skip)", "    skipped = tuple(skip)",
+                "test_apply_qlora_quantizes_every_linear_and_adapts_the_targets", "a plain string is one name"),
+    WrongAnswer("the weight's memory kept in a closure", KATA, FORWARD, "return F.linear(x, self.weight(x.dtype), bias)  # self.peek() reads it",
+                "test_nf4_linear_keeps_no_reference_to_the_original_weight", "sharing the original weight's memory",
+                more_edits=((BUFFERS, BUFFERS + "; kept = base.weight.detach(); self.peek = lambda: kept"),)),
+    WrongAnswer("scaled by alpha, seen against peft", KATA, DOWN, DOWN.replace("self.scaling", "self.alpha"),
+                "test_qlora_agrees_with_peft_over_bitsandbytes_linear4bit", "where bf16 rounding allows"),
+]  # fmt: skip
