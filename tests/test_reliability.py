@@ -1,0 +1,55 @@
+"""Reliability as a new user and a hostile submission meet it (issue 14): no hang, no traceback, nothing lost.
+
+Each test drives the real command in a process of its own: `python -m pytest grader/...` or `python -m lora_kata`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.implementations import REPOSITORY, SOLUTIONS
+
+LOOP = "\nwhile True:  # an endless loop at import\n    pass\n"
+
+
+def command(*arguments: str, timeout: float = 120, cwd: Path = REPOSITORY, **kwargs) -> subprocess.CompletedProcess:
+    """``python ARGUMENTS`` in a process of its own, stdin not a terminal; a hang fails the test at ``timeout``."""
+    environment = {**os.environ, **kwargs.pop("env", {})}
+    return subprocess.run(
+        [sys.executable, *arguments],
+        capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL, cwd=cwd,
+        env=environment, **kwargs,
+    )  # fmt: skip
+
+
+def submission(folder: Path, **sources: str) -> Path:
+    """The reference answers in ``folder``, with the modules named in ``sources`` appended to."""
+    folder.mkdir(parents=True)
+    for module in SOLUTIONS.glob("*.py"):
+        shutil.copy(module, folder / module.name)
+    for kata, source in sources.items():
+        (folder / f"{kata}.py").write_text((folder / f"{kata}.py").read_text() + source)
+    return folder
+
+
+# --- 1: a kata module that loops at import ---------------------------------------------------------------
+
+
+def test_plain_pytest_fails_every_check_of_a_kata_that_loops_at_import_within_its_time_limit(tmp_path):
+    """apply_lora and merge_weights import lora_linear, which loops; merge_weights loops too: every check fails
+    with one line, the whole run takes about one time limit per looping module, and the header gives that limit."""
+    looping = submission(tmp_path / "loop", lora_linear=LOOP, merge_weights=LOOP)
+    run = command(
+        "-m", "pytest", "grader/test_apply_lora.py", "grader/test_merge_weights.py", f"--impl={looping}",
+        "--check-timeout", "3", "-p", "no:cacheprovider", timeout=90,
+    )  # fmt: skip
+    assert "timeout: 3.0s" in run.stdout, run.stdout[:600]
+    assert "timeout: 300" not in run.stdout
+    assert " passed" not in run.stdout.splitlines()[-1], run.stdout[-2000:]
+    assert "an endless loop at import?" in run.stdout
+    assert "Traceback" not in run.stdout
+    assert "blocked: fix lora_linear.py first" in run.stdout
