@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.implementations import REPOSITORY, SOLUTIONS
 
 LOOP = "\nwhile True:  # an endless loop at import\n    pass\n"
@@ -53,3 +55,43 @@ def test_plain_pytest_fails_every_check_of_a_kata_that_loops_at_import_within_it
     assert "an endless loop at import?" in run.stdout
     assert "Traceback" not in run.stdout
     assert "blocked: fix lora_linear.py first" in run.stdout
+
+
+# --- 2: a state file that is not UTF-8, nested too deep, or holds numbers no clock can be -----------------
+
+
+def _state_with_a_session_started_at(started: str) -> bytes:
+    session = f'{{"katas": ["lora_linear"], "started": {started}, "minutes": 30, "ended": 1800000060}}'
+    return f'{{"version": 1, "session": null, "status": {{}}, "hints": {{}}, "history": [{session}]}}'.encode()
+
+
+HOSTILE_STATES = {
+    "not-utf-8": b"\xff\xfe garbage",
+    "nested-100k-deep": b"[" * 100_000 + b"]" * 100_000,
+    "started-1e400": _state_with_a_session_started_at("1e400"),
+    "started-nan": _state_with_a_session_started_at("NaN"),
+    "started-10e300": _state_with_a_session_started_at("1" + "0" * 300),
+}
+
+
+@pytest.fixture
+def working_copy(tmp_path: Path) -> Path:
+    from tests.test_practice import make_working_copy
+
+    return make_working_copy(tmp_path / "copy")
+
+
+@pytest.mark.parametrize("practice", ["list", "history", "check"])
+@pytest.mark.parametrize("content", HOSTILE_STATES.values(), ids=HOSTILE_STATES.keys())
+def test_a_hostile_state_file_is_set_aside_with_one_warning_never_a_traceback(working_copy, content, practice):
+    state = working_copy / ".lora-kata" / "state.json"
+    state.parent.mkdir()
+    state.write_bytes(content)
+    arguments = [practice, "merge_weights"] if practice == "check" else [practice]
+    run = command("-m", "lora_kata", *arguments, env={"LORA_KATA_ROOT": str(working_copy)}, cwd=working_copy)
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert run.returncode == (1 if practice == "check" else 0), run.stderr
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("lora-kata: warning: ")]
+    assert len(warnings) == 1 and "started afresh" in warnings[0], run.stderr
+    (aside,) = state.parent.glob("state.json.corrupt-*")
+    assert aside.read_bytes() == content

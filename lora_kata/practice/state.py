@@ -91,18 +91,18 @@ def load_state(root: Path) -> State:
     if not path.exists():
         return State()
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as error:
         raise UserError(
             f"cannot read {path} ({error.strerror}): make it a readable file, or move it away to start afresh"
         ) from None
     try:
-        document = json.loads(text)
+        document = json.loads(data.decode("utf-8"))  # not UTF-8: a ValueError (UnicodeDecodeError) too
         if not isinstance(document, dict) or document.get("version") != VERSION:
             version = document.get("version") if isinstance(document, dict) else None
             raise ValueError(f"format version {version!r}, this lora-kata reads version {VERSION}")
         return _parse(document)
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:  # RecursionError: nesting
         aside = _unused(path.with_name(f"{path.name}.corrupt-{stamp(time.time())}"))
         path.replace(aside)
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -167,8 +167,12 @@ def _session(fields: dict[str, Any]) -> Session:
     return session
 
 
+LARGEST = 1e11  # seconds since 1970 (the year 5138), minutes or a count: anything larger is no time of ours
+
+
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number that a clock, a budget or a count can be (1e400 reads as inf, NaN as nan)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -LARGEST <= value <= LARGEST
 
 
 def _unused(path: Path) -> Path:
