@@ -5,6 +5,7 @@ Each test drives the real command in a process of its own: `python -m pytest gra
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -95,3 +96,37 @@ def test_a_hostile_state_file_is_set_aside_with_one_warning_never_a_traceback(wo
     assert len(warnings) == 1 and "started afresh" in warnings[0], run.stderr
     (aside,) = state.parent.glob("state.json.corrupt-*")
     assert aside.read_bytes() == content
+
+
+# --- 5: output paths are checked before grading, and what a grading computed is never lost ----------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["grade", "--kata", "merge_weights", "--json", "/proc/x.json"], "--json /proc/x.json: cannot write in /proc"),
+        (["batch", "tests/right_answers", "--out", "/proc/x.csv"], "--out /proc/x.csv: cannot write in /proc"),
+        (["batch", "tests/right_answers", "--out", "{tmp}/grades.csv"], "JSONs go, is a file"),
+    ],
+    ids=["json-in-proc", "out-in-proc", "results-folder-is-a-file"],
+)
+def test_an_output_path_that_cannot_be_written_is_one_line_before_any_grading(tmp_path, arguments, message):
+    (tmp_path / "grades-results").write_text("not a folder")
+    arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
+    run = command("-m", "lora_kata", *arguments, timeout=30)
+    assert run.returncode == 2 and run.stdout == "", run.stdout
+    assert run.stderr.count("\n") == 1 and message in run.stderr, run.stderr
+
+
+def test_results_whose_folder_the_submission_removed_are_written_elsewhere_and_named(tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    removes = f"\nimport shutil\nshutil.rmtree({str(output)!r}, ignore_errors=True)\n"
+    hostile = submission(tmp_path / "hostile", merge_weights=removes)
+    json_path = str(output / "r.json")
+    run = command("-m", "lora_kata", "grade", "--impl", str(hostile), "--kata", "merge_weights", "--json", json_path)
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    (line,) = [line for line in run.stderr.splitlines() if "cannot write" in line]
+    kept = Path(line.split(": wrote ")[1].removesuffix(" instead"))
+    assert json.loads(kept.read_text())["score"] > 0
+    kept.unlink()
