@@ -17,7 +17,7 @@ from lora_kata.arguments import kata_names, writable, writable_folder
 from lora_kata.grading.implementation import KATAS, ImplementationNotFound, locate
 from lora_kata.grading.isolation import Grading, grade_isolated
 from lora_kata.grading.results import gradescope, kata_totals, score_table, write_json
-from lora_kata.terminal import UserError, paint
+from lora_kata.terminal import UserError, is_terminal, paint
 
 
 def _folder(spec: str) -> Path:
@@ -119,7 +119,7 @@ def _safe_name(name: str) -> str:
 
 
 def _progress(done: int, total: int, name: str, score: str, notes: tuple[str, ...]) -> None:
-    if sys.stderr.isatty():
+    if is_terminal(sys.stderr):
         bar = "#" * (30 * done // total)
         print(f"\r[{bar:<30}] {done}/{total} graded", end="\n" if done == total else "", file=sys.stderr, flush=True)
     else:

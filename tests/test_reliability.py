@@ -130,3 +130,44 @@ def test_results_whose_folder_the_submission_removed_are_written_elsewhere_and_n
     kept = Path(line.split(": wrote ")[1].removesuffix(" instead"))
     assert json.loads(kept.read_text())["score"] > 0
     kept.unlink()
+
+
+# --- 6: a closed stdout ------------------------------------------------------------------------------------
+
+
+def closed_stdout(working_copy: Path, *arguments: str) -> subprocess.CompletedProcess:
+    """``lora-kata ARGUMENTS >&-``: started with stdout closed, as a shell does it."""
+    line = " ".join([sys.executable, "-m", "lora_kata", *arguments]) + " >&-"
+    environment = {**os.environ, "LORA_KATA_ROOT": str(working_copy)}
+    return subprocess.run(
+        ["bash", "-c", line], capture_output=True, text=True, timeout=120, env=environment, cwd=REPOSITORY,
+        stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("arguments", "code"),
+    [
+        (["list"], 0),
+        (["history"], 0),
+        (["check", "merge_weights"], 1),
+        (["grade", "--kata", "merge_weights", "--impl", "solutions"], 0),
+    ],
+    ids=["list", "history", "check", "grade"],
+)
+def test_a_closed_stdout_is_no_traceback(working_copy, arguments, code):
+    run = closed_stdout(working_copy, *arguments)
+    assert "Traceback" not in run.stderr and "Error" not in run.stderr, run.stderr[-2000:]
+    assert run.returncode == code, run.stderr
+
+
+@pytest.mark.parametrize("arguments", [["hint", "merge_weights"], ["solution", "merge_weights", "--yes"]])
+def test_a_hint_or_solution_that_cannot_be_shown_is_not_recorded(working_copy, arguments):
+    assert (
+        command("-m", "lora_kata", "start", "merge_weights", env={"LORA_KATA_ROOT": str(working_copy)}).returncode == 0
+    )
+    run = closed_stdout(working_copy, *arguments)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert run.stderr.count("\n") == 1 and "stdout is closed" in run.stderr and "not shown, nor recorded" in run.stderr
+    session = json.loads((working_copy / ".lora-kata" / "state.json").read_text())["session"]
+    assert session["hints"] == {} and session["revealed"] == []
