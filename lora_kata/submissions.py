@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from lora_kata.arguments import kata_names, writable, writable_folder
+from lora_kata.grading.expected import complete
 from lora_kata.grading.implementation import KATAS, ImplementationNotFound, locate
 from lora_kata.grading.isolation import Grading, grade_isolated
 from lora_kata.grading.results import gradescope, kata_totals, score_table, write_json
@@ -110,7 +111,8 @@ def _grade_submission(submission: Path, timeout_s: float, memory_mb: int) -> tup
     try:
         folder = locate(submission)
     except ImplementationNotFound:
-        return Grading([], 0.0, ""), f"no kata modules found in {submission}"
+        note = f"no kata modules found in {submission}"
+        return Grading(complete([], (), note), 0.0, ""), note
     return grade_isolated(folder, (), timeout_s, memory_mb), ""
 
 

@@ -171,3 +171,41 @@ def test_a_hint_or_solution_that_cannot_be_shown_is_not_recorded(working_copy, a
     assert run.stderr.count("\n") == 1 and "stdout is closed" in run.stderr and "not shown, nor recorded" in run.stderr
     session = json.loads((working_copy / ".lora-kata" / "state.json").read_text())["session"]
     assert session["hints"] == {} and session["revealed"] == []
+
+
+# --- 3: a grading cut short keeps the maximum score of every other grading ---------------------------------
+
+EXIT_IN_FORWARD = (
+    "\nimport os as _os\n\n\ndef _exit(self, *args, **kwargs):\n    _os._exit(0)\n\n\nLoRALinear.forward = _exit\n"
+)
+
+
+def graded_json(tmp_path: Path, implementation: Path, name: str) -> dict:
+    path = tmp_path / f"{name}.json"
+    run = command(
+        "-m", "lora_kata", "grade", "--impl", str(implementation), "--kata", "lora_linear", "--json", str(path)
+    )
+    assert path.exists(), run.stderr[-2000:]
+    return json.loads(path.read_text())
+
+
+def test_a_grading_cut_short_counts_the_same_checks_as_any_other(tmp_path):
+    reference = graded_json(tmp_path, SOLUTIONS, "reference")
+    crashed = graded_json(tmp_path, submission(tmp_path / "crash", lora_linear=EXIT_IN_FORWARD), "crashed")
+    assert "os._exit" in crashed["output"]
+    assert crashed["max_score"] == reference["max_score"] and crashed["score"] < reference["score"]
+    assert [test["name"] for test in crashed["tests"]] == [test["name"] for test in reference["tests"]]
+    skipped = [r["check"] for r in crashed["lora_kata"]["results"] if r["outcome"] == "skipped"]
+    assert skipped == [r["check"] for r in reference["lora_kata"]["results"] if r["outcome"] == "skipped"]
+
+
+def test_batch_gives_every_submission_the_same_maximum_score(tmp_path):
+    submissions = tmp_path / "submissions"
+    (submissions / "nothing").mkdir(parents=True)
+    (submissions / "exits").mkdir()
+    (submissions / "exits" / "lora_linear.py").write_text("import os\nos._exit(0)\n")
+    run = command("-m", "lora_kata", "batch", str(submissions), "--out", str(tmp_path / "grades.csv"), "--jobs", "1")
+    assert run.returncode == 0, run.stderr[-2000:]
+    documents = [json.loads(path.read_text()) for path in sorted((tmp_path / "grades-results").glob("*.json"))]
+    assert len(documents) == 2 and documents[0]["max_score"] == documents[1]["max_score"] > 200
+    assert [t["name"] for t in documents[0]["tests"]] == [t["name"] for t in documents[1]["tests"]]

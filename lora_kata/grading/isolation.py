@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lora_kata.grading.expected import complete
 from lora_kata.grading.implementation import CHECKS, ENGINE, KATAS
 from lora_kata.grading.results import CheckResult, read_journal
 from lora_kata.grading.tamper import changed_files, fingerprint
@@ -40,7 +41,8 @@ def grade_isolated(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     memory_mb: int = DEFAULT_MEMORY_MB,
 ) -> Grading:
-    """Grade ``implementation`` in fresh processes; checks never finished count as failed.
+    """Grade ``implementation`` in fresh processes; checks never finished count as failed (those that skip on
+    this machine whatever the submission, skipped: every grading has the same maximum score).
 
     When a kata kills its grading process, only that kata loses its unfinished checks: the katas
     after it are graded in a new process, within the same overall ``timeout_s``.
@@ -63,7 +65,10 @@ def grade_isolated(
         results.extend(result for result in batch if result.kata in started)
         problems.append(f"{culprit}: {problem or EARLY_EXIT}")
         remaining = remaining[len(started) :] if time.perf_counter() - start < timeout_s else []
-    return Grading(results, time.perf_counter() - start, "; ".join(problems))
+    seconds = time.perf_counter() - start  # the grading's: what complete() may take is the grader's own
+    # Checks never reached count as failed, as for any submission, except those that skip here for everyone.
+    results = complete(results, katas, problems[-1] if problems else EARLY_EXIT)
+    return Grading(results, seconds, "; ".join(problems))
 
 
 def _run_worker(
