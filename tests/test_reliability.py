@@ -140,7 +140,7 @@ def closed_stdout(working_copy: Path, *arguments: str) -> subprocess.CompletedPr
     line = " ".join([sys.executable, "-m", "lora_kata", *arguments]) + " >&-"
     environment = {**os.environ, "LORA_KATA_ROOT": str(working_copy)}
     return subprocess.run(
-        ["bash", "-c", line], capture_output=True, text=True, timeout=120, env=environment, cwd=REPOSITORY,
+        ["bash", "-c", line], capture_output=True, text=True, timeout=120, env=environment, cwd=working_copy,
         stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
 
@@ -163,9 +163,7 @@ def test_a_closed_stdout_is_no_traceback(working_copy, arguments, code):
 
 @pytest.mark.parametrize("arguments", [["hint", "merge_weights"], ["solution", "merge_weights", "--yes"]])
 def test_a_hint_or_solution_that_cannot_be_shown_is_not_recorded(working_copy, arguments):
-    assert (
-        command("-m", "lora_kata", "start", "merge_weights", env={"LORA_KATA_ROOT": str(working_copy)}).returncode == 0
-    )
+    assert command("-m", "lora_kata", "start", "merge_weights", cwd=working_copy).returncode == 0
     run = closed_stdout(working_copy, *arguments)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert run.stderr.count("\n") == 1 and "stdout is closed" in run.stderr and "not shown, nor recorded" in run.stderr
@@ -209,3 +207,28 @@ def test_batch_gives_every_submission_the_same_maximum_score(tmp_path):
     documents = [json.loads(path.read_text()) for path in sorted((tmp_path / "grades-results").glob("*.json"))]
     assert len(documents) == 2 and documents[0]["max_score"] == documents[1]["max_score"] > 200
     assert [t["name"] for t in documents[0]["tests"]] == [t["name"] for t in documents[1]["tests"]]
+
+
+# --- 9: which working copy ---------------------------------------------------------------------------------
+
+
+def test_the_working_copy_is_found_from_the_current_folder_upward_then_lora_kata_root(working_copy, tmp_path):
+    """Standing in a clone (or any folder inside it) acts on that clone, not the one lora-kata runs from nor
+    LORA_KATA_ROOT; elsewhere LORA_KATA_ROOT; with neither, the copy lora-kata runs from. `list` says which."""
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    inside = working_copy / "katas"
+    run = command("-m", "lora_kata", "start", "merge_weights", cwd=inside, env={"LORA_KATA_ROOT": str(other)})
+    assert run.returncode == 0, run.stderr
+    assert json.loads((working_copy / ".lora-kata" / "state.json").read_text())["session"]["katas"] == ["merge_weights"]
+    listed = command("-m", "lora_kata", "list", cwd=inside, env={"LORA_KATA_ROOT": str(other)})
+    assert listed.stdout.splitlines()[0] == f"working copy: {working_copy} (the current folder is in it)"
+    assert "(session running)" in listed.stdout
+    by_variable = command("-m", "lora_kata", "list", cwd=other, env={"LORA_KATA_ROOT": str(working_copy)})
+    assert by_variable.stdout.splitlines()[0] == f"working copy: {working_copy} (LORA_KATA_ROOT)"
+    environment = {key: value for key, value in os.environ.items() if key != "LORA_KATA_ROOT"}
+    installed = subprocess.run(
+        [sys.executable, "-m", "lora_kata", "list"], capture_output=True, text=True, timeout=60, cwd=other,
+        env=environment, check=False,
+    )  # fmt: skip
+    assert installed.stdout.splitlines()[0] == f"working copy: {REPOSITORY} (the copy lora-kata runs from)"

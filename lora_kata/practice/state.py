@@ -1,6 +1,7 @@
 """The learner's working copy as practice sees it: where it is, the clock, the state file, and stubs.
 
-``LORA_KATA_ROOT`` names the working copy (default: this repository): its ``katas/`` are practised,
+The working copy is found from the current folder upward, else ``LORA_KATA_ROOT``, else it is this
+repository (``find_working_copy``): its ``katas/`` are practised,
 and its ``.lora-kata/`` (git-ignored) holds ``state.json`` and the backups of the learner's files.
 ``LORA_KATA_NOW`` (epoch seconds) sets the sessions' clock to that time, so tests can let time pass
 without sleeping.
@@ -8,8 +9,10 @@ without sleeping.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_kata.grading.implementation import REPOSITORY
+from lora_kata.grading.implementation import KATAS, REPOSITORY
 from lora_kata.terminal import UserError
 
 VERSION = 1  # of the state file's format
@@ -60,13 +63,45 @@ class State:
 
 
 def working_copy() -> Path:
-    """The folder whose katas/ are practised: $LORA_KATA_ROOT, else this repository."""
+    """The folder whose katas/ are practised (see ``find_working_copy``)."""
+    return find_working_copy()[0]
+
+
+def find_working_copy() -> tuple[Path, str]:
+    """The working copy and how it was found: the nearest folder from the current one upward that is a
+    lora-kata working copy (as git finds its repository), else $LORA_KATA_ROOT, else the copy this
+    lora-kata runs from."""
+    with contextlib.suppress(OSError):  # a current folder that was removed has no path
+        here = Path.cwd()
+        for folder in (here, *here.parents):
+            if is_working_copy(folder):
+                return folder, "the current folder is in it"
     chosen = os.environ.get("LORA_KATA_ROOT")
-    root = Path(chosen or REPOSITORY).expanduser().resolve()
-    if not (root / "katas").is_dir():
-        where = f"LORA_KATA_ROOT={chosen}" if chosen else str(root)
-        raise UserError(f"{where} has no katas/ folder: set LORA_KATA_ROOT to your clone of lora-kata")
-    return root
+    if chosen:
+        root = Path(chosen).expanduser().resolve()
+        if not (root / "katas").is_dir():
+            raise UserError(
+                f"LORA_KATA_ROOT={chosen} has no katas/ folder: set LORA_KATA_ROOT to your clone of lora-kata"
+            )
+        return root, "LORA_KATA_ROOT"
+    if not (REPOSITORY / "katas").is_dir():
+        raise UserError(
+            f"no lora-kata working copy here, nor in {REPOSITORY}: cd into your clone, or set LORA_KATA_ROOT to it"
+        )
+    return REPOSITORY, "the copy lora-kata runs from"
+
+
+def is_working_copy(folder: Path) -> bool:
+    """Whether ``folder`` is a lora-kata working copy: a katas/ folder of kata modules, and a pyproject.toml
+    naming the project lora-kata."""
+    katas = folder / "katas"
+    if not any((katas / f"{kata}.py").is_file() for kata in KATAS):
+        return False
+    try:
+        project = (folder / "pyproject.toml").read_text(errors="replace")
+    except OSError:
+        return False
+    return re.search(r"""^name\s*=\s*["']lora-kata["']""", project, re.MULTILINE) is not None
 
 
 def now() -> float:
