@@ -34,7 +34,7 @@ def grade(arguments: argparse.Namespace) -> int:
     json_path = writable(arguments.json, "--json") if arguments.json else None
     folder = _folder(arguments.impl)
     print(paint(f"grading {folder}", "dim"))
-    grading = grade_isolated(folder, katas, arguments.timeout, arguments.memory_mb)
+    grading = grade_isolated(folder, katas, arguments.timeout, arguments.memory_mb, arguments.check_timeout)
     for result in grading.results:
         if result.outcome == "failed":
             print(f"{paint('FAIL', 'red')} {result.kata}::{result.check}: {result.message}")
@@ -71,7 +71,8 @@ def batch(arguments: argparse.Namespace) -> int:
     writable_folder(results_dir, f"--out {out}: the results folder")
     rows: dict[str, dict[str, str]] = {}
     with ThreadPoolExecutor(max_workers=arguments.jobs) as pool:
-        futures = {pool.submit(_grade_submission, s, arguments.timeout, arguments.memory_mb): s for s in submissions}
+        limits = (arguments.timeout, arguments.memory_mb, arguments.check_timeout)
+        futures = {pool.submit(_grade_submission, s, *limits): s for s in submissions}
         for done, future in enumerate(as_completed(futures), start=1):
             submission = futures[future]
             grading, note = future.result()
@@ -107,13 +108,15 @@ def _save(path: Path, write: Callable[[Path], None]) -> None:
         print(f"lora-kata: cannot write {path} ({error.strerror}): wrote {name} instead", file=sys.stderr)
 
 
-def _grade_submission(submission: Path, timeout_s: float, memory_mb: int) -> tuple[Grading, str]:
+def _grade_submission(
+    submission: Path, timeout_s: float, memory_mb: int, check_timeout_s: float | None = None
+) -> tuple[Grading, str]:
     try:
         folder = locate(submission)
     except ImplementationNotFound:
         note = f"no kata modules found in {submission}"
         return Grading(complete([], (), note), 0.0, ""), note
-    return grade_isolated(folder, (), timeout_s, memory_mb), ""
+    return grade_isolated(folder, (), timeout_s, memory_mb, check_timeout_s), ""
 
 
 def _safe_name(name: str) -> str:
@@ -122,6 +125,9 @@ def _safe_name(name: str) -> str:
 
 def _progress(done: int, total: int, name: str, score: str, notes: tuple[str, ...]) -> None:
     if is_terminal(sys.stderr):
+        if notes:  # a crash, a time-out, tampering: named as it happens, on a line of its own above the bar
+            line = f"{name}: {score} points" + "".join(f"; {n}" for n in notes)
+            print(f"\r\033[K{paint(line, 'yellow', sys.stderr)}", file=sys.stderr)
         bar = "#" * (30 * done // total)
         print(f"\r[{bar:<30}] {done}/{total} graded", end="\n" if done == total else "", file=sys.stderr, flush=True)
     else:

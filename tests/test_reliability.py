@@ -5,8 +5,11 @@ Each test drives the real command in a process of its own: `python -m pytest gra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -197,14 +200,34 @@ def test_a_grading_cut_short_counts_the_same_checks_as_any_other(tmp_path):
     assert skipped == [r["check"] for r in reference["lora_kata"]["results"] if r["outcome"] == "skipped"]
 
 
-def test_batch_gives_every_submission_the_same_maximum_score(tmp_path):
-    submissions = tmp_path / "submissions"
+@pytest.fixture(scope="module")
+def batch_on_a_terminal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`lora-kata batch` with stderr on a terminal (a pty), over a submission that exits at import and one that
+    holds no kata module: the results folder, and what the terminal showed."""
+    folder = tmp_path_factory.mktemp("batch")
+    submissions = folder / "submissions"
     (submissions / "nothing").mkdir(parents=True)
     (submissions / "exits").mkdir()
     (submissions / "exits" / "lora_linear.py").write_text("import os\nos._exit(0)\n")
-    run = command("-m", "lora_kata", "batch", str(submissions), "--out", str(tmp_path / "grades.csv"), "--jobs", "1")
-    assert run.returncode == 0, run.stderr[-2000:]
-    documents = [json.loads(path.read_text()) for path in sorted((tmp_path / "grades-results").glob("*.json"))]
+    arguments = ["-m", "lora_kata", "batch", str(submissions), "--out", str(folder / "grades.csv"), "--jobs", "1"]
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, *arguments], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower,
+        cwd=REPOSITORY, env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+    os.close(follower)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the command has closed the terminal
+        while chunk := os.read(leader, 4096):
+            shown += chunk
+    os.close(leader)
+    assert process.wait(timeout=300) == 0, shown.decode(errors="replace")[-2000:]
+    return folder / "grades-results", shown.decode(errors="replace")
+
+
+def test_batch_gives_every_submission_the_same_maximum_score(batch_on_a_terminal):
+    results, _ = batch_on_a_terminal
+    documents = [json.loads(path.read_text()) for path in sorted(results.glob("*.json"))]
     assert len(documents) == 2 and documents[0]["max_score"] == documents[1]["max_score"] > 200
     assert [t["name"] for t in documents[0]["tests"]] == [t["name"] for t in documents[1]["tests"]]
 
@@ -232,3 +255,69 @@ def test_the_working_copy_is_found_from_the_current_folder_upward_then_lora_kata
         env=environment, check=False,
     )  # fmt: skip
     assert installed.stdout.splitlines()[0] == f"working copy: {REPOSITORY} (the copy lora-kata runs from)"
+
+
+# --- 8: the smaller ones -------------------------------------------------------------------------------------
+
+
+def test_batch_on_a_terminal_names_each_submission_with_a_problem_as_it_happens(batch_on_a_terminal):
+    _, shown = batch_on_a_terminal
+    lines = [line.rsplit("\r", 1)[-1].replace("\x1b[K", "") for line in shown.splitlines()]
+    assert any(line.startswith("exits: 0 points; problem: lora_linear: ") for line in lines), shown
+    assert any(line.startswith("nothing: 0 points; no kata modules found in ") for line in lines), shown
+    assert "[##############################] 2/2 graded" in shown
+
+
+def test_a_kata_that_passed_before_the_mock_is_solved_in_it_only_once_changed(working_copy):
+    def lora_kata(*arguments: str) -> subprocess.CompletedProcess:
+        return command("-m", "lora_kata", *arguments, cwd=working_copy, timeout=200)
+
+    shutil.copy(SOLUTIONS / "lora_linear.py", working_copy / "katas" / "lora_linear.py")
+    assert lora_kata("check", "lora_linear").returncode == 0
+    assert "count as solved only once changed" in lora_kata("mock", "--kata", "lora_linear").stdout
+    unchanged = lora_kata("check")
+    assert unchanged.returncode == 0 and "solved lora_linear" not in unchanged.stdout, unchanged.stdout[-1500:]
+    state = working_copy / ".lora-kata" / "state.json"
+    assert json.loads(state.read_text())["session"]["solved"] == {}
+    with (working_copy / "katas" / "lora_linear.py").open("a") as solution:
+        solution.write("# solved again, in the mock\n")
+    changed = lora_kata("check")
+    assert "solved lora_linear at " in changed.stdout and "1/1 katas solved" in changed.stdout, changed.stdout[-1500:]
+
+
+def test_check_and_grade_name_a_checks_cases_alike(working_copy):
+    checked = command("-m", "lora_kata", "check", "apply_lora", cwd=working_copy).stdout
+    graded = command("-m", "lora_kata", "grade", "--kata", "apply_lora", cwd=working_copy).stdout
+    cases = [set(re.findall(r"\[[^\]]+\]", output.split("kata ")[0])) for output in (checked, graded)]
+    assert "[q_proj+v_proj]" in cases[1] and cases[0] == cases[1], (checked, graded)
+
+
+def test_grade_takes_the_check_timeout(tmp_path):
+    slow = """
+import time as _time
+
+_merge = merge_weights
+
+
+def merge_weights(model):
+    _time.sleep(3)
+    return _merge(model)
+"""
+    folder = submission(tmp_path / "slow", merge_weights=slow)
+    arguments = ["grade", "--impl", str(folder), "--kata", "merge_weights", "--check-timeout", "1"]
+    run = command("-m", "lora_kata", *arguments, timeout=200)
+    assert run.returncode == 1 and "timed out after 1.0 s" in run.stdout, (run.stdout[-1500:], run.stderr)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["-m", "lora_kata", "grade", "--impl", "solutions/lora_linear.py"],
+        ["-m", "pytest", "grader/test_lora_linear.py", "--impl", "solutions/lora_linear.py"],
+    ],
+    ids=["grade", "pytest"],
+)
+def test_impl_at_a_file_says_it_is_a_file(arguments):
+    run = command(*arguments, timeout=60)
+    assert run.returncode in (2, 4), run.stdout + run.stderr
+    assert "solutions/lora_linear.py is a file, not a folder: point --impl at the folder" in run.stdout + run.stderr

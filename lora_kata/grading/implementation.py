@@ -72,6 +72,11 @@ def locate(spec: str | Path) -> Path:
     resolves to that ``katas/`` folder.
     """
     for candidate in _candidates(str(spec)):
+        if candidate.is_file():
+            raise ImplementationNotFound(
+                f"--impl {spec}: {candidate} is a file, not a folder: point --impl at the folder that holds the kata "
+                f"modules ({candidate.parent or '.'})"
+            )
         if candidate.is_dir():
             for folder in (candidate, candidate / PACKAGE):
                 if any((folder / f"{kata}.py").is_file() for kata in KATAS):

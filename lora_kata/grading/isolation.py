@@ -40,6 +40,7 @@ def grade_isolated(
     katas: Sequence[str] = (),
     timeout_s: float = DEFAULT_TIMEOUT_S,
     memory_mb: int = DEFAULT_MEMORY_MB,
+    check_timeout_s: float | None = None,
 ) -> Grading:
     """Grade ``implementation`` in fresh processes; checks never finished count as failed (those that skip on
     this machine whatever the submission, skipped: every grading has the same maximum score).
@@ -51,7 +52,7 @@ def grade_isolated(
     remaining, results, problems = list(katas or KATAS), [], []
     while remaining:
         time_left = timeout_s - (time.perf_counter() - start)
-        batch, problem = _run_worker(implementation, remaining, time_left, memory_mb, timeout_s)
+        batch, problem = _run_worker(implementation, remaining, time_left, memory_mb, timeout_s, check_timeout_s)
         unfinished = [result for result in batch if result.message.startswith("not run")]
         if not batch:
             problems.append(problem or EARLY_EXIT)
@@ -72,7 +73,12 @@ def grade_isolated(
 
 
 def _run_worker(
-    implementation: Path, katas: Sequence[str], time_left_s: float, memory_mb: int, timeout_s: float
+    implementation: Path,
+    katas: Sequence[str],
+    time_left_s: float,
+    memory_mb: int,
+    timeout_s: float,
+    check_timeout_s: float | None = None,
 ) -> tuple[list[CheckResult], str]:
     """The journalled results of one grading process, and what ended it early ('' if nothing did)."""
     with tempfile.TemporaryDirectory(prefix="lora-kata-") as scratch:
@@ -84,6 +90,8 @@ def _run_worker(
         pristine = fingerprint(copy)
         journal = copy / "journal.jsonl"
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join([scratch, os.environ.get("PYTHONPATH", "")])}
+        if check_timeout_s is not None:  # the worker passes it to the checks' --check-timeout
+            environment["LORA_KATA_CHECK_TIMEOUT"] = f"{check_timeout_s:g}"
         worker = copy / ENGINE.name / "grading" / "worker.py"
         command = [sys.executable, str(worker), str(implementation), str(journal), *katas]
         process = subprocess.Popen(

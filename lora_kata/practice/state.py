@@ -10,6 +10,7 @@ without sleeping.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -43,6 +44,8 @@ class Session:
     revealed: list[str] = field(default_factory=list)  # katas whose solution was shown
     solved: dict[str, float] = field(default_factory=dict)  # kata -> seconds from the start to its first pass
     ended: float | None = None
+    # kata -> digest of its file at the start, for the katas that passed already then: solved only once changed
+    passed_before: dict[str, str] = field(default_factory=dict)
 
     def seconds(self, at: float) -> float:
         """Seconds on the clock at ``at`` (or when the session ended); never negative."""
@@ -102,6 +105,21 @@ def is_working_copy(folder: Path) -> bool:
     except OSError:
         return False
     return re.search(r"""^name\s*=\s*["']lora-kata["']""", project, re.MULTILINE) is not None
+
+
+def new_session(root: Path, state: State, katas: list[str], minutes: float, mock: bool = False) -> Session:
+    """A session starting now; the katas that pass already are noted with their file's digest, so that only
+    a pass of a changed file counts as solved in it."""
+    passing = [kata for kata in katas if state.status.get(kata) == "passed"]
+    return Session(katas, now(), minutes, mock=mock, passed_before={k: file_digest(root, k) for k in passing})
+
+
+def file_digest(root: Path, kata: str) -> str:
+    """The SHA-256 of katas/<kata>.py ('' when it cannot be read)."""
+    try:
+        return hashlib.sha256((root / "katas" / f"{kata}.py").read_bytes()).hexdigest()
+    except OSError:
+        return ""
 
 
 def now() -> float:
@@ -195,6 +213,7 @@ def _parse(document: dict[str, Any]) -> State:
 def _session(fields: dict[str, Any]) -> Session:
     session = Session(**fields)
     names = [*session.katas, *session.revealed, *session.hints, *session.solved]
+    names += [*session.passed_before, *session.passed_before.values()]
     numbers = [session.started, session.minutes, *session.hints.values(), *session.solved.values()]
     numbers += [session.ended] if session.ended is not None else []
     if not all(isinstance(name, str) for name in names) or not all(_is_number(number) for number in numbers):
