@@ -32,7 +32,8 @@ def median_seconds(commands: dict[str, Command], runs: int) -> dict[str, float]:
     for round_number in range(runs + 1):
         for name, (command, environment) in commands.items():
             start = time.perf_counter()
-            subprocess.run(command, cwd=REPOSITORY, env=environment, check=False, capture_output=True)
+            folder = (environment or {}).get("LORA_KATA_ROOT", REPOSITORY)  # lora-kata looks from the cwd first
+            subprocess.run(command, cwd=folder, env=environment, check=False, capture_output=True)
             if round_number:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(seconds) for name, seconds in times.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,15 +24,30 @@ def kata_names(names: Sequence[str] | None) -> list[str]:
 
 
 def writable(path: Path, what: str) -> Path:
-    """``path``, after checking that a file can be written there."""
+    """``path``, after checking that a file can be written there, by writing one next to it (``os.access``
+    says yes to root, and for /proc)."""
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder: give a file name")
     if not folder.is_dir():
         raise UserError(f"{what} {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"{what} {path}: cannot write in {folder}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{what} {path}: the file is read-only: give another path, or make it writable")
+    writable_folder(folder, f"{what} {path}")
     return path
+
+
+def writable_folder(folder: Path, what: str) -> Path:
+    """``folder``, created if need be, after checking that a file can be written in it."""
+    try:
+        folder.mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lora-kata-", suffix=".probe"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        message = f"{what}: cannot write in {folder} ({reason}): give a path in a folder you can write in"
+        raise UserError(message) from None
+    return folder
 
 
 def positive(kind: type[float] | type[int]) -> Callable[[str], float]:

@@ -105,6 +105,12 @@ def _isolation_options(parser: argparse.ArgumentParser) -> None:
         metavar="MB",
         help=f"address-space cap of the grading process, in MiB (default {DEFAULT_MEMORY_MB})",
     )
+    parser.add_argument(
+        "--check-timeout",
+        type=positive(float),
+        metavar="S",
+        help="seconds each check may take before it fails as stuck (default: the grader's, 20)",
+    )
 
 
 def _practice_commands(commands: argparse._SubParsersAction) -> None:

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import re
 import sys
+import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from lora_kata.arguments import kata_names, writable
+from lora_kata.arguments import kata_names, writable, writable_folder
+from lora_kata.grading.expected import complete
 from lora_kata.grading.implementation import GRADED, ImplementationNotFound, locate
 from lora_kata.grading.isolation import Grading, grade_isolated
 from lora_kata.grading.results import gradescope, kata_totals, score_table, write_json
-from lora_kata.terminal import UserError, paint
+from lora_kata.terminal import UserError, is_terminal, paint
 
 
 def _folder(spec: str) -> Path:
@@ -30,7 +34,7 @@ def grade(arguments: argparse.Namespace) -> int:
     json_path = writable(arguments.json, "--json") if arguments.json else None
     folder = _folder(arguments.impl)
     print(paint(f"grading {folder}", "dim"))
-    grading = grade_isolated(folder, katas, arguments.timeout, arguments.memory_mb)
+    grading = grade_isolated(folder, katas, arguments.timeout, arguments.memory_mb, arguments.check_timeout)
     for result in grading.results:
         if result.outcome == "failed":
             print(f"{paint('FAIL', 'red')} {result.kata}::{result.check}: {result.message}")
@@ -40,7 +44,8 @@ def grade(arguments: argparse.Namespace) -> int:
         print(line)
     if json_path is not None:
         notes = (f"problem: {grading.problem}",) if grading.problem else ()
-        write_json(json_path, gradescope(grading.results, grading.seconds, notes))
+        document = gradescope(grading.results, grading.seconds, notes)
+        _save(json_path, lambda path: write_json(path, document))
     graded = [result for result in grading.results if result.outcome != "skipped"]
     return 0 if graded and all(result.outcome == "passed" for result in graded) and not grading.problem else 1
 
@@ -60,10 +65,14 @@ def batch(arguments: argparse.Namespace) -> int:
         raise UserError(f"--jobs {arguments.jobs}: give at least 1")
     out = writable(arguments.out, "--out")
     results_dir = out.with_name(f"{out.stem}-results")
-    results_dir.mkdir(exist_ok=True)
+    if results_dir.exists() and not results_dir.is_dir():
+        where = f"{results_dir}, where the results JSONs go,"
+        raise UserError(f"--out {out}: {where} is a file: move it, or use another --out")
+    writable_folder(results_dir, f"--out {out}: the results folder")
     rows: dict[str, dict[str, str]] = {}
     with ThreadPoolExecutor(max_workers=arguments.jobs) as pool:
-        futures = {pool.submit(_grade_submission, s, arguments.timeout, arguments.memory_mb): s for s in submissions}
+        limits = (arguments.timeout, arguments.memory_mb, arguments.check_timeout)
+        futures = {pool.submit(_grade_submission, s, *limits): s for s in submissions}
         for done, future in enumerate(as_completed(futures), start=1):
             submission = futures[future]
             grading, note = future.result()
@@ -71,25 +80,43 @@ def batch(arguments: argparse.Namespace) -> int:
             rows[submission.name] = {kata: f"{totals[kata]['score']:g}" if kata in totals else "0" for kata in GRADED}
             rows[submission.name]["total"] = f"{sum(t['score'] for t in totals.values()):g}"
             notes = tuple(n for n in (note, grading.problem and f"problem: {grading.problem}") if n)
-            write_json(
-                results_dir / f"{_safe_name(submission.name)}.json", gradescope(grading.results, grading.seconds, notes)
-            )
+            document = gradescope(grading.results, grading.seconds, notes)
+            _save(results_dir / f"{_safe_name(submission.name)}.json", lambda path, d=document: write_json(path, d))
             _progress(done, len(submissions), submission.name, rows[submission.name]["total"], notes)
-    with out.open("w", newline="") as gradebook:
-        writer = csv.DictWriter(gradebook, fieldnames=["submission", *GRADED, "total"])
-        writer.writeheader()
-        for name in sorted(rows):
-            writer.writerow({"submission": name, **rows[name]})
+    _save(out, lambda path: _write_gradebook(path, rows))
     print(f"wrote {out} ({len(rows)} submissions) and one results JSON each in {results_dir}", file=sys.stderr)
     return 0
 
 
-def _grade_submission(submission: Path, timeout_s: float, memory_mb: int) -> tuple[Grading, str]:
+def _write_gradebook(path: Path, rows: dict[str, dict[str, str]]) -> None:
+    with path.open("w", newline="") as gradebook:
+        writer = csv.DictWriter(gradebook, fieldnames=["submission", *GRADED, "total"])
+        writer.writeheader()
+        for name in sorted(rows):
+            writer.writerow({"submission": name, **rows[name]})
+
+
+def _save(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(path)``; should that fail after all (a full disk, a folder removed while grading), the same goes
+    to a temporary file, named in one line: what a grading computed is never lost."""
+    try:
+        write(path)
+    except OSError as error:
+        handle, name = tempfile.mkstemp(prefix="lora-kata-", suffix=f"-{path.name}")
+        os.close(handle)
+        write(Path(name))
+        print(f"lora-kata: cannot write {path} ({error.strerror}): wrote {name} instead", file=sys.stderr)
+
+
+def _grade_submission(
+    submission: Path, timeout_s: float, memory_mb: int, check_timeout_s: float | None = None
+) -> tuple[Grading, str]:
     try:
         folder = locate(submission)
     except ImplementationNotFound:
-        return Grading([], 0.0, ""), f"no kata modules found in {submission}"
-    return grade_isolated(folder, (), timeout_s, memory_mb), ""
+        note = f"no kata modules found in {submission}"
+        return Grading(complete([], (), note), 0.0, ""), note
+    return grade_isolated(folder, (), timeout_s, memory_mb, check_timeout_s), ""
 
 
 def _safe_name(name: str) -> str:
@@ -97,7 +124,10 @@ def _safe_name(name: str) -> str:
 
 
 def _progress(done: int, total: int, name: str, score: str, notes: tuple[str, ...]) -> None:
-    if sys.stderr.isatty():
+    if is_terminal(sys.stderr):
+        if notes:  # a crash, a time-out, tampering: named as it happens, on a line of its own above the bar
+            line = f"{name}: {score} points" + "".join(f"; {n}" for n in notes)
+            print(f"\r\033[K{paint(line, 'yellow', sys.stderr)}", file=sys.stderr)
         bar = "#" * (30 * done // total)
         print(f"\r[{bar:<30}] {done}/{total} graded", end="\n" if done == total else "", file=sys.stderr, flush=True)
     else:

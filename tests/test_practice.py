@@ -34,6 +34,7 @@ def make_working_copy(folder: Path) -> Path:
     for kata in KATAS:
         (folder / "katas" / f"{kata}.py").write_text(_shipped_stub(kata))
     shutil.copytree(SOLUTIONS, folder / "solutions", ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "pyproject.toml").write_text('[project]\nname = "lora-kata"\n')  # what marks a working copy
     for command in (["init", "-q"], ["add", "katas"], ["commit", "-q", "-m", "stubs"]):
         subprocess.run(
             ["git", "-c", "user.name=learner", "-c", "user.email=learner@example.com", *command],
@@ -68,7 +69,9 @@ def lora_kata(*arguments: str) -> subprocess.CompletedProcess[str]:
 def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LORA_KATA_ROOT", str(tmp_path / "copy"))
     monkeypatch.delenv("NO_COLOR", raising=False)
-    return make_working_copy(tmp_path / "copy")
+    copy = make_working_copy(tmp_path / "copy")
+    monkeypatch.chdir(copy)  # the commands find the working copy from the current folder first
+    return copy
 
 
 @pytest.fixture
@@ -100,7 +103,8 @@ def test_every_kata_has_metadata_with_three_graded_hints():
 def test_list_shows_every_kata_and_suggests_the_first_to_do(root, run):
     code, out, _ = run("list")
     assert code == 0
-    assert [line.split()[0] for line in out.splitlines()[1:-1]] == list(KATAS)
+    assert out.splitlines()[0] == f"working copy: {root} (the current folder is in it)"
+    assert [line.split()[0] for line in out.splitlines()[2:-1]] == list(KATAS)
     assert "25:00  todo" in out and out.splitlines()[-1] == f"next: lora-kata start {KATAS[0]}"
     code, out, _ = run("list", "--json")
     rows = json.loads(out)
@@ -129,7 +133,7 @@ def test_a_session_is_solved_at_the_first_passing_check_with_its_time_and_hints(
     sessions = json.loads(out)["sessions"]
     assert code == 0 and len(sessions) == 1 and sessions[0]["seconds"] == 600 and json.loads(out)["running"] is None
     out = run("list")[1]
-    assert "passed" in out.splitlines()[1] and "10:00" in out.splitlines()[1]
+    assert "passed" in out.splitlines()[2] and "10:00" in out.splitlines()[2]
     assert sorted(p.name for p in (root / ".lora-kata").iterdir()) == ["state.json"], "a temporary file was left"
 
 
@@ -266,7 +270,7 @@ def test_history_lists_sessions_and_charts_each_katas_solve_times(root, run):
     assert "not solved" in rows[1] and rows[2].split()[3:6] == ["15:00", "25:00", "2"]
     chart = next(line for line in out.splitlines() if line.startswith("lora_linear") and "->" in line)
     assert chart.split()[1] == "█▆▄" and chart.endswith("24:00 -> 9:45, best 9:45"), chart
-    assert "9:45" in run("list")[1].splitlines()[1]
+    assert "9:45" in run("list")[1].splitlines()[2]
     assert [s["seconds"] for s in json.loads(run("history", "--json")[1])["sessions"]] == [1440, 1500, 900, 60, 585]
 
 
@@ -297,6 +301,7 @@ def test_the_real_command_reports_a_typo_in_one_line(root):
 def test_reset_outside_a_git_clone_is_one_line_error(tmp_path, monkeypatch, run):
     (tmp_path / "katas").mkdir()
     monkeypatch.setenv("LORA_KATA_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
     code, _, err = run("reset", "lora_linear")
     assert code == 2 and err.count("\n") == 1 and "is not a git clone" in err
 

@@ -10,8 +10,10 @@ never hides the others.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import importlib.machinery
 import importlib.util
+import re
 import sys
 import traceback
 from collections.abc import Iterator
@@ -36,6 +38,35 @@ class KataUnavailable(Exception):
     """A kata module could not be imported, or lacks what the grader needs from it."""
 
 
+class ImportTimedOut(Exception):
+    """A kata module's import ran past the check's time limit (an endless loop at import, say).
+
+    Raised once, in the check whose timer fired, so that check stops there: its timer is spent, and the
+    rest of its set-up must not run unguarded. The kata's module is not imported again (``_Refuse``).
+    """
+
+    def __init__(self, problem: str, location: str) -> None:
+        super().__init__(problem)
+        self.location = location
+
+
+class _ImportRefused(ImportError):
+    """``import katas.<kata>`` of a kata whose import timed out before: refused at once."""
+
+
+class _Refuse(importlib.abc.MetaPathFinder):
+    """Refuses the kata modules whose import timed out, so another kata importing them
+    (``from .lora_linear import LoRALinear``) fails at once instead of looping again, unguarded."""
+
+    def __init__(self) -> None:
+        self.refused: dict[str, str] = {}  # kata -> why
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        kata = name.removeprefix(PACKAGE + ".")
+        if name.startswith(PACKAGE + ".") and kata in self.refused:
+            raise _ImportRefused(f"blocked: fix {kata}.py first ({self.refused[kata]})")
+
+
 def locate(spec: str | Path) -> Path:
     """The folder of kata modules named by ``spec``: a path, a folder of this repository, or a package.
 
@@ -43,6 +74,11 @@ def locate(spec: str | Path) -> Path:
     resolves to that ``katas/`` folder.
     """
     for candidate in _candidates(str(spec)):
+        if candidate.is_file():
+            raise ImplementationNotFound(
+                f"--impl {spec}: {candidate} is a file, not a folder: point --impl at the folder that holds the kata "
+                f"modules ({candidate.parent or '.'})"
+            )
         if candidate.is_dir():
             for folder in (candidate, candidate / PACKAGE):
                 if any((folder / f"{kata}.py").is_file() for kata in KATAS):
@@ -76,7 +112,7 @@ class Implementation:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._imported: dict[str, ModuleType | KataUnavailable] = {}
-        _install_package(folder)
+        self._refuse = _install_package(folder)
 
     def module(self, kata: str) -> ModuleType:
         """The kata's module; raises ``KataUnavailable`` (with file, line and error) when it cannot be imported."""
@@ -102,9 +138,22 @@ class Implementation:
         except KeyboardInterrupt:
             raise
         except BaseException as error:  # SystemExit and pytest's outcomes too: an import must not end grading
-            return KataUnavailable(self._describe_import_failure(kata, error))
+            limit = _time_limit(error)
+            if limit is None:
+                return KataUnavailable(self._describe_import_failure(kata, error))
+            path, line = self.innermost_frame(error) or (self.folder / f"{kata}.py", 1)
+            location = f"{self.relative(path)}:{line}"
+            why = f"its import ran past the {limit} check time limit at {location}: an endless loop at import?"
+            culprit = Path(path).stem if Path(path).stem in KATAS else kata
+            self._refuse.refused[culprit] = why
+            self._imported[culprit] = KataUnavailable(f"{culprit}.py could not be imported: {why}")
+            problem = str(self._imported[culprit]) if culprit == kata else f"blocked: fix {culprit}.py first ({why})"
+            self._imported[kata] = KataUnavailable(problem)
+            raise ImportTimedOut(problem, location) from None
 
     def _describe_import_failure(self, kata: str, error: BaseException) -> str:
+        if isinstance(error, _ImportRefused):
+            return str(error)
         if isinstance(error, SyntaxError) and error.filename:
             where = (Path(error.filename), error.lineno)
         else:
@@ -136,11 +185,22 @@ class Implementation:
             return str(path)
 
 
-def _install_package(folder: Path) -> None:
-    """Make ``import katas.<kata>`` load ``folder/<kata>.py``, replacing any earlier ``katas``."""
+def _time_limit(error: BaseException) -> str | None:
+    """The time limit (e.g. '20 s') when ``error`` is pytest-timeout's failure of a check that ran past it."""
+    found = re.match(r"Timeout \(>(\d+(?:\.\d+)?)s\)", str(error)) if type(error).__name__ == "Failed" else None
+    return f"{float(found.group(1)):g} s" if found else None
+
+
+def _install_package(folder: Path) -> _Refuse:
+    """Make ``import katas.<kata>`` load ``folder/<kata>.py``, replacing any earlier ``katas``; the finder
+    returned refuses the kata modules whose import timed out."""
     for name in [name for name in sys.modules if name == PACKAGE or name.startswith(PACKAGE + ".")]:
         del sys.modules[name]
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _Refuse)]
+    refuse = _Refuse()
+    sys.meta_path.insert(0, refuse)
     spec = importlib.machinery.ModuleSpec(PACKAGE, None, is_package=True)
     spec.submodule_search_locations = [str(folder)]
     sys.modules[PACKAGE] = importlib.util.module_from_spec(spec)
     importlib.invalidate_caches()
+    return refuse

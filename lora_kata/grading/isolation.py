@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lora_kata.grading.expected import complete
 from lora_kata.grading.implementation import CHECKS, ENGINE, GRADED
 from lora_kata.grading.results import CheckResult, read_journal
 from lora_kata.grading.tamper import changed_files, fingerprint
@@ -39,8 +40,10 @@ def grade_isolated(
     katas: Sequence[str] = (),
     timeout_s: float = DEFAULT_TIMEOUT_S,
     memory_mb: int = DEFAULT_MEMORY_MB,
+    check_timeout_s: float | None = None,
 ) -> Grading:
-    """Grade ``implementation`` in fresh processes; checks never finished count as failed.
+    """Grade ``implementation`` in fresh processes; checks never finished count as failed (those that skip on
+    this machine whatever the submission, skipped: every grading has the same maximum score).
 
     When a kata kills its grading process, only that kata loses its unfinished checks: the katas
     after it are graded in a new process, within the same overall ``timeout_s``.
@@ -49,7 +52,7 @@ def grade_isolated(
     remaining, results, problems = list(katas or GRADED), [], []
     while remaining:
         time_left = timeout_s - (time.perf_counter() - start)
-        batch, problem = _run_worker(implementation, remaining, time_left, memory_mb, timeout_s)
+        batch, problem = _run_worker(implementation, remaining, time_left, memory_mb, timeout_s, check_timeout_s)
         unfinished = [result for result in batch if result.message.startswith("not run")]
         if not batch:
             problems.append(problem or EARLY_EXIT)
@@ -63,11 +66,19 @@ def grade_isolated(
         results.extend(result for result in batch if result.kata in started)
         problems.append(f"{culprit}: {problem or EARLY_EXIT}")
         remaining = remaining[len(started) :] if time.perf_counter() - start < timeout_s else []
-    return Grading(results, time.perf_counter() - start, "; ".join(problems))
+    seconds = time.perf_counter() - start  # the grading's: what complete() may take is the grader's own
+    # Checks never reached count as failed, as for any submission, except those that skip here for everyone.
+    results = complete(results, katas, problems[-1] if problems else EARLY_EXIT)
+    return Grading(results, seconds, "; ".join(problems))
 
 
 def _run_worker(
-    implementation: Path, katas: Sequence[str], time_left_s: float, memory_mb: int, timeout_s: float
+    implementation: Path,
+    katas: Sequence[str],
+    time_left_s: float,
+    memory_mb: int,
+    timeout_s: float,
+    check_timeout_s: float | None = None,
 ) -> tuple[list[CheckResult], str]:
     """The journalled results of one grading process, and what ended it early ('' if nothing did)."""
     with tempfile.TemporaryDirectory(prefix="lora-kata-") as scratch:
@@ -79,6 +90,8 @@ def _run_worker(
         pristine = fingerprint(copy)
         journal = copy / "journal.jsonl"
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join([scratch, os.environ.get("PYTHONPATH", "")])}
+        if check_timeout_s is not None:  # the worker passes it to the checks' --check-timeout
+            environment["LORA_KATA_CHECK_TIMEOUT"] = f"{check_timeout_s:g}"
         worker = copy / ENGINE.name / "grading" / "worker.py"
         command = [sys.executable, str(worker), str(implementation), str(journal), *katas]
         process = subprocess.Popen(

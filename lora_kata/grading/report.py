@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from lora_kata.grading.implementation import KATAS, Implementation, KataUnavailable
+from lora_kata.grading.implementation import KATAS, Implementation, ImportTimedOut, KataUnavailable
 from lora_kata.grading.results import Collector, score_table
 
 if sys.version_info < (3, 11):  # pytest's dependency there
@@ -115,6 +115,8 @@ class Reporter:
         """Where in the implementation to look: the frame of its code in the traceback, else the definition
         the check is about (the ``subject`` marker, else its module's SUBJECT), else the top of the kata's file."""
         kata = kata_of(item)
+        if isinstance(error, ImportTimedOut):
+            return error.location
         where = self._frame(item, error)
         if where is None:
             path, line = self.implementation.folder / f"{kata}.py", 1
@@ -130,7 +132,7 @@ class Reporter:
         """One line explaining why ``item`` failed with ``error``."""
         kata = kata_of(item)
         first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
-        if isinstance(error, KataUnavailable):
+        if isinstance(error, (KataUnavailable, ImportTimedOut)):
             return str(error)
         deepest = self.implementation.innermost_frame(error)
         if isinstance(error, NotImplementedError) and self._raised_by_the_implementation(error):

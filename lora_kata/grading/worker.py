@@ -6,6 +6,7 @@ journals every check, so the parent can score it even if the submission kills th
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from lora_kata.grading.run import GraderError, run_grader
 def main(arguments: list[str]) -> int:
     implementation, journal, *katas = arguments
     try:
-        results = run_grader(implementation, katas or GRADED, journal=Path(journal))
+        check_timeout = os.environ.get("LORA_KATA_CHECK_TIMEOUT")  # set by isolation.py for --check-timeout
+        options = [f"--check-timeout={check_timeout}"] if check_timeout else []
+        results = run_grader(implementation, katas or GRADED, pytest_args=options, journal=Path(journal))
     except GraderError as error:
         print(error, file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from lora_kata.grading.results import CheckResult, kata_totals, score_table
 from lora_kata.practice.clock import clock, over, time_used
 from lora_kata.practice.progress import solve_times
 from lora_kata.practice.sessions import close_session, print_json, require_kata_file, session_json, session_katas
-from lora_kata.practice.state import Session, State, changing_state, load_state, now, working_copy
+from lora_kata.practice.state import Session, State, changing_state, file_digest, load_state, now, working_copy
 from lora_kata.practice.watching import snapshot, wait_for_save
 from lora_kata.terminal import paint
 
@@ -58,6 +58,8 @@ def grade_against_the_clock(root: Path, katas: list[str], as_json: bool, end_ses
         state.status.update({kata: "passed" if passed else "failing" for kata, passed in passes.items()})
         session = state.session if state.session is not None and set(katas) & set(state.session.katas) else None
         solved = [kata for kata in katas if session and passes[kata] and kata not in session.solved]
+        before = session.passed_before if session else {}
+        solved = [kata for kata in solved if kata not in before or before[kata] != file_digest(root, kata)]
         if session is not None:
             session.solved.update({kata: session.seconds(at) for kata in solved})
             if session.is_solved() or end_session:
@@ -112,7 +114,8 @@ def _print_checks(results: list[CheckResult], several: bool) -> None:
     for result in results:
         if result.outcome == "skipped":
             continue
-        name = result.check.removeprefix("test_").replace("_", " ")
+        function, bracket, case = result.check.partition("[")  # the case's id as the grader names it: q_proj
+        name = function.removeprefix("test_").replace("_", " ") + bracket + case
         name = f"{result.kata}: {name}" if several else name
         if result.outcome == "passed":
             print(f"{paint('PASS', 'green')} {name}")

@@ -11,26 +11,35 @@ from pathlib import Path
 from lora_kata.practice.metadata import kata_info
 from lora_kata.practice.sessions import checked_kata, confirm, session_katas
 from lora_kata.practice.state import State, changing_state, load_state, working_copy
-from lora_kata.terminal import UserError, paint
+from lora_kata.terminal import UserError, is_terminal, paint
 
 
 def hint(arguments: argparse.Namespace) -> int:
+    """Show the next hint; it counts as used only once it reached stdout (not when stdout is closed or gone)."""
     root = working_copy()
-    with changing_state(root) as state:
+    with changing_state(root) as state:  # saved only when the block ends without an error
         info = kata_info(_hint_kata(arguments.kata, state))
         session = state.session if state.session is not None and info.name in state.session.katas else None
         counts = session.hints if session is not None else state.hints
-        counts[info.name] = shown = min(counts.get(info.name, 0) + 1, len(info.hints))
-    width = min(shutil.get_terminal_size((100, 24)).columns, 100)
-    for number, text in enumerate(info.hints[:shown], start=1):
-        label = f"hint {number}/{len(info.hints)}: "
-        wrapped = textwrap.fill(text, width, initial_indent=label, subsequent_indent="  ")
-        print(wrapped if number == shown else paint(wrapped, "dim"))
-    if shown == len(info.hints):
-        print(paint(f"that was the last hint: lora-kata solution {info.name} shows the reference answer", "dim"))
-    if session is not None:
-        print(paint(f"recorded with the session: {shown} of {len(info.hints)} hints used", "dim"))
+        shown = min(counts.get(info.name, 0) + 1, len(info.hints))
+        _require_stdout("the hint")
+        width = min(shutil.get_terminal_size((100, 24)).columns, 100)
+        for number, text in enumerate(info.hints[:shown], start=1):
+            label = f"hint {number}/{len(info.hints)}: "
+            wrapped = textwrap.fill(text, width, initial_indent=label, subsequent_indent="  ")
+            print(wrapped if number == shown else paint(wrapped, "dim"))
+        if shown == len(info.hints):
+            print(paint(f"that was the last hint: lora-kata solution {info.name} shows the reference answer", "dim"))
+        if session is not None:
+            print(paint(f"recorded with the session: {shown} of {len(info.hints)} hints used", "dim"))
+        sys.stdout.flush()  # a reader gone away raises here (BrokenPipeError): nothing is recorded
+        counts[info.name] = shown
     return 0
+
+
+def _require_stdout(what: str) -> None:
+    if sys.stdout is None:
+        raise UserError(f"stdout is closed, so {what} was not shown, nor recorded: run the command with stdout open")
 
 
 def solution(arguments: argparse.Namespace) -> int:
@@ -44,9 +53,14 @@ def solution(arguments: argparse.Namespace) -> int:
         if not confirm(f"A session on {kata} is running: reveal the solution (recorded as revealed)?", arguments.yes):
             print(f"lora-kata: not revealed, the session on {kata} runs on: add --yes to reveal it", file=sys.stderr)
             return 1
-        with changing_state(root) as state:
+        _require_stdout("the solution")
+        with changing_state(root) as state:  # recorded as revealed only once it was shown
+            _show_source(path)
+            sys.stdout.flush()
             if state.session is not None:
                 state.session.revealed.append(kata)
+        return 0
+    _require_stdout("the solution")
     _show_source(path)
     return 0
 
@@ -62,7 +76,7 @@ def _hint_kata(name: str | None, state: State) -> str:
 def _show_source(path: Path) -> None:
     """Print a Python file, highlighted by rich on a terminal when it is installed."""
     source = path.read_text()
-    if sys.stdout.isatty():
+    if is_terminal(sys.stdout):
         try:
             from rich.console import Console
             from rich.syntax import Syntax

@@ -8,7 +8,7 @@ from lora_kata.practice.checking import grade_against_the_clock
 from lora_kata.practice.clock import clock
 from lora_kata.practice.metadata import in_dependency_order, kata_info, practice_katas
 from lora_kata.practice.sessions import budget, checked_kata, end_running_session, require_kata_file, restore
-from lora_kata.practice.state import Session, changing_state, load_state, now, working_copy
+from lora_kata.practice.state import changing_state, load_state, new_session, working_copy
 from lora_kata.terminal import UserError, paint
 
 MOCK_MINUTES = 60.0
@@ -39,7 +39,7 @@ def mock(arguments: argparse.Namespace) -> int:
         end_running_session(state, arguments.yes, "start a mock interview")
         for kata in katas if arguments.fresh else []:
             restore(root, state, kata)
-        state.session = Session(katas, now(), minutes, mock=True)
+        state.session = new_session(root, state, katas, minutes, mock=True)
     on_the_clock = clock(minutes * 60)
     print(paint(f"mock interview: {len(katas)} katas, {on_the_clock} on the clock; solve them in this order:", "bold"))
     for kata in katas:
@@ -47,5 +47,6 @@ def mock(arguments: argparse.Namespace) -> int:
         print(f"  {kata:<16}{info.difficulty:<8}about {clock(info.minutes * 60)}   katas/{kata}.py")
     print("lora-kata check grades them all (check KATA one); lora-kata mock --finish ends it with a summary")
     if any(state.status.get(kata) == "passed" for kata in katas):
-        print(paint("note: some of these pass already: add --fresh to start from the stubs", "yellow"))
+        note = "note: some of these pass already, and count as solved only once changed: --fresh starts from the stubs"
+        print(paint(note, "yellow"))
     return 0

@@ -8,7 +8,7 @@ import time
 from lora_kata.practice.clock import clock
 from lora_kata.practice.metadata import practice_katas
 from lora_kata.practice.sessions import print_json, session_json
-from lora_kata.practice.state import Session, State, load_state, now, working_copy
+from lora_kata.practice.state import Session, State, find_working_copy, load_state, now, working_copy
 from lora_kata.terminal import paint
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -16,7 +16,8 @@ STATUS_COLOURS = {"todo": "dim", "failing": "red", "passed": "green"}
 
 
 def list_katas(arguments: argparse.Namespace) -> int:
-    state = load_state(working_copy())
+    root, found = find_working_copy()
+    state = load_state(root)
     rows = [
         {
             "kata": info.name,
@@ -33,6 +34,7 @@ def list_katas(arguments: argparse.Namespace) -> int:
     if arguments.json:
         print_json(rows)
         return 0
+    print(paint(f"working copy: {root} ({found})", "dim"))
     print(paint(f"{'kata':<16}{'level':<8}{'budget':>7}  {'status':<9}{'best':>7}  title", "bold"))
     for row in rows:
         status = paint(f"{row['status']:<9}", STATUS_COLOURS[row["status"]])

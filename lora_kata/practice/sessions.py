@@ -13,7 +13,7 @@ from typing import Any
 from lora_kata.arguments import kata_names
 from lora_kata.practice.clock import clock
 from lora_kata.practice.metadata import KataInfo, kata_info, practice_katas
-from lora_kata.practice.state import Session, State, changing_state, now, restore_stub, working_copy
+from lora_kata.practice.state import Session, State, changing_state, new_session, now, restore_stub, working_copy
 from lora_kata.terminal import UserError, paint
 
 
@@ -27,7 +27,7 @@ def start(arguments: argparse.Namespace) -> int:
         end_running_session(state, arguments.yes, f"start {info.name}")
         if arguments.fresh:
             restore(root, state, info.name)
-        state.session = Session([info.name], now(), minutes)
+        state.session = new_session(root, state, [info.name], minutes)
     for dependency in info.depends_on:
         if state.status.get(dependency) != "passed":
             note = f"note: {info.name} builds on {dependency}, which does not pass yet: its checks wait for it"

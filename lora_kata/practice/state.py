@@ -1,6 +1,7 @@
 """The learner's working copy as practice sees it: where it is, the clock, the state file, and stubs.
 
-``LORA_KATA_ROOT`` names the working copy (default: this repository): its ``katas/`` are practised,
+The working copy is found from the current folder upward, else ``LORA_KATA_ROOT``, else it is this
+repository (``find_working_copy``): its ``katas/`` are practised,
 and its ``.lora-kata/`` (git-ignored) holds ``state.json`` and the backups of the learner's files.
 ``LORA_KATA_NOW`` (epoch seconds) sets the sessions' clock to that time, so tests can let time pass
 without sleeping.
@@ -8,8 +9,11 @@ without sleeping.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_kata.grading.implementation import REPOSITORY
+from lora_kata.grading.implementation import KATAS, REPOSITORY
 from lora_kata.terminal import UserError
 
 VERSION = 1  # of the state file's format
@@ -40,6 +44,8 @@ class Session:
     revealed: list[str] = field(default_factory=list)  # katas whose solution was shown
     solved: dict[str, float] = field(default_factory=dict)  # kata -> seconds from the start to its first pass
     ended: float | None = None
+    # kata -> digest of its file at the start, for the katas that passed already then: solved only once changed
+    passed_before: dict[str, str] = field(default_factory=dict)
 
     def seconds(self, at: float) -> float:
         """Seconds on the clock at ``at`` (or when the session ended); never negative."""
@@ -60,13 +66,60 @@ class State:
 
 
 def working_copy() -> Path:
-    """The folder whose katas/ are practised: $LORA_KATA_ROOT, else this repository."""
+    """The folder whose katas/ are practised (see ``find_working_copy``)."""
+    return find_working_copy()[0]
+
+
+def find_working_copy() -> tuple[Path, str]:
+    """The working copy and how it was found: the nearest folder from the current one upward that is a
+    lora-kata working copy (as git finds its repository), else $LORA_KATA_ROOT, else the copy this
+    lora-kata runs from."""
+    with contextlib.suppress(OSError):  # a current folder that was removed has no path
+        here = Path.cwd()
+        for folder in (here, *here.parents):
+            if is_working_copy(folder):
+                return folder, "the current folder is in it"
     chosen = os.environ.get("LORA_KATA_ROOT")
-    root = Path(chosen or REPOSITORY).expanduser().resolve()
-    if not (root / "katas").is_dir():
-        where = f"LORA_KATA_ROOT={chosen}" if chosen else str(root)
-        raise UserError(f"{where} has no katas/ folder: set LORA_KATA_ROOT to your clone of lora-kata")
-    return root
+    if chosen:
+        root = Path(chosen).expanduser().resolve()
+        if not (root / "katas").is_dir():
+            raise UserError(
+                f"LORA_KATA_ROOT={chosen} has no katas/ folder: set LORA_KATA_ROOT to your clone of lora-kata"
+            )
+        return root, "LORA_KATA_ROOT"
+    if not (REPOSITORY / "katas").is_dir():
+        raise UserError(
+            f"no lora-kata working copy here, nor in {REPOSITORY}: cd into your clone, or set LORA_KATA_ROOT to it"
+        )
+    return REPOSITORY, "the copy lora-kata runs from"
+
+
+def is_working_copy(folder: Path) -> bool:
+    """Whether ``folder`` is a lora-kata working copy: a katas/ folder of kata modules, and a pyproject.toml
+    naming the project lora-kata."""
+    katas = folder / "katas"
+    if not any((katas / f"{kata}.py").is_file() for kata in KATAS):
+        return False
+    try:
+        project = (folder / "pyproject.toml").read_text(errors="replace")
+    except OSError:
+        return False
+    return re.search(r"""^name\s*=\s*["']lora-kata["']""", project, re.MULTILINE) is not None
+
+
+def new_session(root: Path, state: State, katas: list[str], minutes: float, mock: bool = False) -> Session:
+    """A session starting now; the katas that pass already are noted with their file's digest, so that only
+    a pass of a changed file counts as solved in it."""
+    passing = [kata for kata in katas if state.status.get(kata) == "passed"]
+    return Session(katas, now(), minutes, mock=mock, passed_before={k: file_digest(root, k) for k in passing})
+
+
+def file_digest(root: Path, kata: str) -> str:
+    """The SHA-256 of katas/<kata>.py ('' when it cannot be read)."""
+    try:
+        return hashlib.sha256((root / "katas" / f"{kata}.py").read_bytes()).hexdigest()
+    except OSError:
+        return ""
 
 
 def now() -> float:
@@ -91,18 +144,18 @@ def load_state(root: Path) -> State:
     if not path.exists():
         return State()
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as error:
         raise UserError(
             f"cannot read {path} ({error.strerror}): make it a readable file, or move it away to start afresh"
         ) from None
     try:
-        document = json.loads(text)
+        document = json.loads(data.decode("utf-8"))  # not UTF-8: a ValueError (UnicodeDecodeError) too
         if not isinstance(document, dict) or document.get("version") != VERSION:
             version = document.get("version") if isinstance(document, dict) else None
             raise ValueError(f"format version {version!r}, this lora-kata reads version {VERSION}")
         return _parse(document)
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:  # RecursionError: nesting
         aside = _unused(path.with_name(f"{path.name}.corrupt-{stamp(time.time())}"))
         path.replace(aside)
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -160,6 +213,7 @@ def _parse(document: dict[str, Any]) -> State:
 def _session(fields: dict[str, Any]) -> Session:
     session = Session(**fields)
     names = [*session.katas, *session.revealed, *session.hints, *session.solved]
+    names += [*session.passed_before, *session.passed_before.values()]
     numbers = [session.started, session.minutes, *session.hints.values(), *session.solved.values()]
     numbers += [session.ended] if session.ended is not None else []
     if not all(isinstance(name, str) for name in names) or not all(_is_number(number) for number in numbers):
@@ -167,8 +221,12 @@ def _session(fields: dict[str, Any]) -> Session:
     return session
 
 
+LARGEST = 1e11  # seconds since 1970 (the year 5138), minutes or a count: anything larger is no time of ours
+
+
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number that a clock, a budget or a count can be (1e400 reads as inf, NaN as nan)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -LARGEST <= value <= LARGEST
 
 
 def _unused(path: Path) -> Path:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lora_kata.terminal import is_terminal
+
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Modification time (ns) and size of each kata module in ``folder``."""
@@ -49,7 +51,7 @@ def _wakeups(folder: Path) -> Iterator[None]:
 @contextmanager
 def _status_line(status: Callable[[], str]) -> Iterator[Callable[[], None]]:
     """A line showing ``status()``, kept up to date on a terminal (by rich when installed); none elsewhere."""
-    if not sys.stdout.isatty():
+    if not is_terminal(sys.stdout):
         yield lambda: None
         return
     try:
