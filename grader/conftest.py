@@ -135,6 +135,8 @@ FusedLoRALinear = kata_fixture("fused_lora", "FusedLoRALinear")
 LoRAConv1D = kata_fixture("gpt2_conv1d", "LoRAConv1D")
 apply_lora_gpt2 = kata_fixture("gpt2_conv1d", "apply_lora_gpt2")
 merge_gpt2 = kata_fixture("gpt2_conv1d", "merge_gpt2")
+save_adapter = kata_fixture("adapter_io", "save_adapter")
+load_adapter = kata_fixture("adapter_io", "load_adapter")
 
 
 @pytest.fixture(autouse=True)

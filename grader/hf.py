@@ -111,11 +111,12 @@ def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids).logits
 
 
-def peft_model(model: nn.Module, targets: Iterable[str], r: int, alpha: float, **options: Any) -> nn.Module:
+def peft_model(model: nn.Module, targets: Iterable[str] | str, r: int, alpha: float, **options: Any) -> nn.Module:
     """peft's ``get_peft_model`` on ``model`` (changed in place) with LoRA on ``targets``."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, **options)
+    targets = targets if isinstance(targets, str) else list(targets)  # a str is a regex to peft
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, **options)
     with quiet():
         return get_peft_model(model, config)
 
