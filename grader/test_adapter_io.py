@@ -232,11 +232,10 @@ def test_saved_tensors_are_exactly_the_factors(save_adapter, LoRALinear, LoRACon
             if file_A.shape == candidate.shape and torch.equal(file_A, candidate.to(file_A.dtype)):
                 pytest.fail(f"{name}: lora_A holds B (or B transposed): A and B swapped", pytrace=False)
         for key, stored, factor in ((keys[0], file_A, A), (keys[1], file_B, B)):
-            shapes = (
-                "" if stored.shape == factor.shape else f"(shape {tuple(stored.shape)}, expected {tuple(factor.shape)})"
-            )
+            shapes = f" (shape {tuple(stored.shape)}, expected {tuple(factor.shape)})"
+            shapes = shapes if stored.shape != factor.shape else ""
             assert stored.shape == factor.shape and torch.equal(stored, factor.detach()), (
-                f"{key} is not the layer's factor {shapes}: "
+                f"{key} is not the layer's factor{shapes}: "
                 "save A (r, in) as lora_A and B (out, r) as lora_B, exactly, not scaled"
             )
 

@@ -58,9 +58,13 @@ def test_any_folder_name_and_absolute_imports_work(tmp_path):
 def test_a_syntax_error_fails_its_kata_and_blocks_the_katas_that_need_it(tmp_path):
     folder = implementation_folder(tmp_path / "sub", {"lora_linear": "class LoRALinear(:\n"})
     results = run_grader(folder)
-    blocked = {kata: {"failed", "skipped"} for kata in ("lora_linear", "apply_lora", "merge_weights")}
-    standalone = {kata: {"passed", "skipped"} for kata in ("masked_prompt", "fused_lora")}
-    assert outcomes(results) == {**blocked, **standalone}
+    blocked = {kata: {"failed", "skipped"} for kata in ("lora_linear", "apply_lora", "merge_weights", "gpt2_conv1d")}
+    blocked["adapter_io"] = {"failed"}  # no cuda case to skip
+    found = outcomes(results)
+    assert {kata: found[kata] for kata in blocked} == blocked
+    for kata in ("masked_prompt", "fused_lora"):  # stand alone; skips only where cuda or transformers is missing
+        assert "passed" in found[kata] and found[kata] <= {"passed", "skipped"}, (kata, found[kata])
+    assert set(found) == {*blocked, "masked_prompt", "fused_lora"}
     (message,) = messages(results, "lora_linear")
     assert message.startswith("lora_linear.py could not be imported: SyntaxError") and "lora_linear.py:1" in message
     assert all(m.startswith("blocked: fix lora_linear.py first") for m in messages(results, "apply_lora"))
