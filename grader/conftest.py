@@ -88,6 +88,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(config.getoption("check_timeout")))
 
 
+@pytest.hookimpl(tryfirst=True)  # before the tamper guard records torch, which transformers patches on import
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Import transformers and peft now when a selected check needs them (the `_the_stack` fixture): it takes
+    seconds, which must not count against the first such check's time limit."""
+    if any("_the_stack" in getattr(item, "fixturenames", ()) for item in session.items):
+        from grader.hf import load_the_stack
+
+        load_the_stack(session.config)
+
+
 @pytest.fixture(scope="session")
 def implementation(pytestconfig: pytest.Config) -> Implementation:
     return pytestconfig.stash[IMPLEMENTATION]
@@ -144,6 +154,11 @@ dequantize_absmax = kata_fixture("nf4", "dequantize_absmax")
 NF4Linear = kata_fixture("qlora", "NF4Linear")
 QLoRALinear = kata_fixture("qlora", "QLoRALinear")
 apply_qlora = kata_fixture("qlora", "apply_qlora")
+LoRAConv1D = kata_fixture("gpt2_conv1d", "LoRAConv1D")
+apply_lora_gpt2 = kata_fixture("gpt2_conv1d", "apply_lora_gpt2")
+merge_gpt2 = kata_fixture("gpt2_conv1d", "merge_gpt2")
+save_adapter = kata_fixture("adapter_io", "save_adapter")
+load_adapter = kata_fixture("adapter_io", "load_adapter")
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,18 @@ from types import ModuleType
 from typing import Any
 
 PACKAGE = "katas"
-KATAS = ("lora_linear", "apply_lora", "merge_weights", "masked_prompt", "fused_lora", "nf4", "qlora", "train_step")
+KATAS = (
+    "lora_linear",
+    "apply_lora",
+    "merge_weights",
+    "masked_prompt",
+    "fused_lora",
+    "gpt2_conv1d",
+    "adapter_io",
+    "nf4",
+    "qlora",
+    "train_step",
+)
 CAPSTONE = "capstone"  # grader/test_capstone.py: checks over several katas at once, with no module of its own
 GRADED = (*KATAS, CAPSTONE)  # what a full grading runs, each with its row in the score table
 REPOSITORY = Path(__file__).resolve().parents[2]

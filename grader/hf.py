@@ -1,0 +1,204 @@
+"""The real stack as an oracle: tiny transformers models built from configs in memory (nothing is ever
+downloaded), peft models with the same factors as the learner's, and reading a LoRA layer's factors
+whatever their layout.
+
+transformers, peft and safetensors are imported inside the functions that need them: importing them costs
+seconds, and the katas that do not use them must stay fast. A check module that needs one marks itself
+with ``requires(...)``, so each of its checks skips with one line where it is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import itertools
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from grader.probes import output, trainable
+
+VOCAB, POSITIONS, WIDTH = 64, 16, 16
+
+
+def load_the_stack(config: pytest.Config) -> None:
+    """Import transformers and peft (where installed) and build a model of each kind once, then let the
+    tamper guard accept what they change for good (transformers replaces ``torch.manual_seed`` on import and
+    adds ``nn.Module.smart_apply`` on a model's first init): the library did it, not the submission.
+
+    The grader's conftest calls this once collection is done, when a selected check uses the ``_the_stack``
+    fixture: the seconds of importing then count against no check's time limit, and the tamper guard records
+    torch after it. The fixture calls it again, in case: then nothing is accepted when something is already
+    replaced (the check will say so), and it runs before any of the check's submission code.
+    """
+    from lora_kata.grading.tamper import ObjectGuard
+
+    if importlib.util.find_spec("transformers") is None:
+        return  # the checks that need it skip, saying so
+    watch = config.pluginmanager.get_plugin("lora-kata-tamper")
+    clean = watch is None or watch.guard is None or not watch.guard.replaced()
+    with quiet():
+        tiny_gpt2(n_layer=1)
+        tiny_llama()
+        if importlib.util.find_spec("peft") is not None:
+            peft_model(tiny_gpt2(n_layer=1), ["c_attn"], 2, 4.0, fan_in_fan_out=True)
+            peft_model(tiny_llama(), ["q_proj"], 2, 4.0)
+    if clean and watch is not None and watch.guard is not None:
+        watch.guard = ObjectGuard()
+
+
+def requires(*packages: str) -> list[pytest.MarkDecorator]:
+    """Marks that skip a check, with one line each, when one of ``packages`` is not installed."""
+    return [
+        pytest.mark.skipif(
+            importlib.util.find_spec(package) is None,
+            reason=f"{package} is not installed: pip install {package} (or -e '.[test]') to grade this kata",
+        )
+        for package in packages
+    ]
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence transformers' and peft's warnings (deprecations, fan_in_fan_out notes): they are no verdict."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def tiny_gpt2(n_layer: int = 2, seed: int = 0) -> nn.Module:
+    """A GPT2LMHeadModel of width 16 in eval mode: c_attn Conv1D 16 -> 48, attn.c_proj 16 -> 16 (square),
+    mlp.c_fc 16 -> 64, mlp.c_proj 64 -> 16, and lm_head tied to wte."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=VOCAB, n_positions=POSITIONS, n_embd=WIDTH, n_layer=n_layer, n_head=2, bos_token_id=0,
+        eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    with quiet():
+        model = GPT2LMHeadModel(config)
+    return model.eval()
+
+
+def tiny_llama(seed: int = 0) -> nn.Module:
+    """A LlamaForCausalLM of width 16: q/o 16 -> 16, k/v 16 -> 8 (one key-value head), gate/up 16 -> 24,
+    down 24 -> 16."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=POSITIONS, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    with quiet():
+        model = LlamaForCausalLM(config)
+    return model.eval()
+
+
+def token_ids(batch: int = 2, seq: int = 7) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(7))
+
+
+def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The eval-mode logits of a causal LM (the model is left in eval mode)."""
+    model.eval()
+    with torch.no_grad(), quiet():
+        return model(input_ids=ids).logits
+
+
+def peft_model(model: nn.Module, targets: Iterable[str] | str, r: int, alpha: float, **options: Any) -> nn.Module:
+    """peft's ``get_peft_model`` on ``model`` (changed in place) with LoRA on ``targets``."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = targets if isinstance(targets, str) else list(targets)  # a str is a regex to peft
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, **options)
+    with quiet():
+        return get_peft_model(model, config)
+
+
+def peft_layers(peft: nn.Module) -> dict[str, nn.Module]:
+    """peft's LoRA layers by their name in the plain model (without ``base_model.model.``)."""
+    from peft.tuners.lora import LoraLayer
+
+    prefix = "base_model.model."
+    return {name.removeprefix(prefix): m for name, m in peft.named_modules() if isinstance(m, LoraLayer)}
+
+
+def base_of(layer: nn.Module) -> nn.Module:
+    """The frozen layer a LoRA layer adapts: its first submodule with a weight and nothing trainable."""
+    for module in layer.modules():
+        weight = getattr(module, "weight", None)
+        if module is not layer and isinstance(weight, torch.Tensor) and not trainable(module):
+            return module
+    raise AssertionError(f"the {type(layer).__name__} holds no frozen base layer: keep the base as a submodule")
+
+
+def dimensions(base: nn.Module) -> tuple[int, int]:
+    """(in, out) of an nn.Linear, or of a Conv1D (weight (in, out))."""
+    if isinstance(base, nn.Linear):
+        return base.in_features, base.out_features
+    return tuple(base.weight.shape)
+
+
+def measured_update(layer: nn.Module, base: nn.Module) -> torch.Tensor:
+    """The (out, in) matrix the layer adds to its base's map, read off its eval-mode outputs, in float64."""
+    in_features, _ = dimensions(base)
+    was_training = layer.training
+    layer.eval()
+    try:
+        with torch.no_grad():
+            eye = torch.eye(in_features, dtype=base.weight.dtype, device=base.weight.device)
+            return (output(layer, eye).double() - base(eye).double()).T
+    finally:
+        layer.train(was_training)
+
+
+def lora_factors(layer: nn.Module, r: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's A (r, in) and B (out, r), as views of its own trainable tensors, whatever their layout.
+
+    The shapes say which tensor is which unless some dimensions are equal (a square layer); then the
+    reading whose ``scaling * B @ A`` is the update the layer computes wins (give the factors random values
+    first: with B zero every reading fits).
+    """
+    base = base_of(layer)
+    in_features, out_features = dimensions(base)
+    tensors = trainable(layer)
+    shapes = [tuple(t.shape) for t in tensors]
+    readings = []
+    if len(tensors) == 2:
+        for first, second in itertools.permutations(tensors):
+            for A in (first, first.T):
+                for B in (second, second.T):
+                    if A.shape == (r, in_features) and B.shape == (out_features, r):
+                        readings.append((A, B))
+    assert readings, (
+        f"expected two trainable factors shaped (r, in)=({r}, {in_features}) and (out, r)=({out_features}, {r}) "
+        f"(either orientation), measured trainable shapes {shapes}: is the base frozen, with no extra parameters?"
+    )
+    if len(readings) == 1:
+        return readings[0]
+    update = measured_update(layer, base)
+    return min(readings, key=lambda AB: (update - scaling * AB[1].double() @ AB[0].double()).abs().max().item())
+
+
+def randomize(module: nn.Module, std: float = 0.1) -> None:
+    """Random values for every trainable tensor under ``module``, as training would give (B stops being zero)."""
+    with torch.no_grad():
+        for tensor in trainable(module):
+            tensor.normal_(0.0, std)
+
+
+def copy_factors_into_peft(adapted: dict[str, nn.Module], peft: nn.Module, r: int, alpha: float) -> None:
+    """Give each of peft's LoRA layers the factors of the learner's layer of the same name."""
+    layers = peft_layers(peft)
+    assert sorted(layers) == sorted(adapted), f"grader bug: peft adapted {sorted(layers)}, not {sorted(adapted)}"
+    with torch.no_grad():
+        for name, layer in adapted.items():
+            A, B = lora_factors(layer, r, alpha / r)
+            layers[name].lora_A["default"].weight.copy_(A)
+            layers[name].lora_B["default"].weight.copy_(B)

@@ -1,0 +1,478 @@
+"""Checks of the `adapter_io` kata: save_adapter and load_adapter, graded for real: peft's
+``PeftModel.from_pretrained`` loads the learner's files, and ``load_adapter`` loads what peft's
+``save_pretrained`` writes, on a tiny LlamaForCausalLM, the toy transformer and a tiny GPT-2."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from grader.hf import (
+    load_the_stack,
+    logits,
+    lora_factors,
+    peft_layers,
+    peft_model,
+    quiet,
+    randomize,
+    requires,
+    tiny_gpt2,
+    tiny_llama,
+    token_ids,
+)
+from grader.models import WIDTH, ToyTransformer, matching_linears
+from grader.probes import describe, max_difference
+
+SUBJECT = "save_adapter"  # the definition a failing check points at
+pytestmark = requires("transformers", "peft", "safetensors")
+
+R, ALPHA = 4, 8.0
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TOY_TARGETS = ("q_proj", "v_proj", "fc1", "fc10", "head")  # router.q_proj is a LayerNorm: peft cannot adapt it
+GPT2_TARGETS = ("c_attn", "c_proj")
+KINDS = ["llama", "toy", "gpt2"]
+CONFIG, WEIGHTS, PREFIX = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _the_stack(pytestconfig):
+    """transformers and peft, imported once, before any submission code runs (see load_the_stack)."""
+    load_the_stack(pytestconfig)
+
+
+def plain(kind: str) -> nn.Module:
+    if kind == "llama":
+        return tiny_llama()
+    if kind == "gpt2":
+        return tiny_gpt2()
+    torch.manual_seed(0)
+    return ToyTransformer().eval()
+
+
+def target_names(kind: str, model: nn.Module) -> list[str]:
+    """The qualified names of the layers the checks adapt."""
+    if kind == "toy":
+        return matching_linears(model, TOY_TARGETS)
+    suffixes = LLAMA_TARGETS if kind == "llama" else GPT2_TARGETS
+    return [name for name, _ in model.named_modules() if name.rpartition(".")[2] in suffixes]
+
+
+def outputs(kind: str, model: nn.Module) -> torch.Tensor:
+    if kind != "toy":
+        return logits(model, token_ids())
+    model.eval()
+    with torch.no_grad(), quiet():
+        x = torch.randn(2, 3, WIDTH, generator=torch.Generator().manual_seed(7))  # the same batch every call
+        return model(x.to(next(model.parameters()).dtype))
+
+
+def wrap(model: nn.Module, names: list[str], make) -> dict[str, nn.Module]:
+    """The grader's own adapters: ``make(layer)`` put in place of each named layer."""
+    layers = {}
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        layers[name] = make(model.get_submodule(name))
+        setattr(model.get_submodule(parent), child, layers[name])
+    return layers
+
+
+def adapted_model(kind: str, LoRALinear, LoRAConv1D, dtype=torch.float32):
+    """(the model adapted with the learner's layers and trained-looking factors, a copy of the plain model,
+    the adapters by name)."""
+    model = plain(kind).to(dtype).requires_grad_(False)  # only the factors get random values below
+    fresh = copy.deepcopy(model)
+    names = target_names(kind, model)
+    make = (lambda layer: LoRAConv1D(layer, r=R, alpha=ALPHA)) if kind == "gpt2" else None
+    layers = wrap(model, names, make or (lambda layer: LoRALinear(layer, r=R, alpha=ALPHA)))
+    randomize(model, std=0.2)
+    return model, fresh, layers
+
+
+def saved(save_adapter, model: nn.Module, directory: Path) -> Path:
+    """save_adapter's files, after failing the check unless both are there."""
+    save_adapter(model, directory)
+    absent = [name for name in (CONFIG, WEIGHTS) if not (directory / name).is_file()]
+    assert not absent, f"save_adapter(model, directory) wrote no {' and no '.join(absent)} in the directory"
+    return directory
+
+
+def read_config(directory: Path) -> dict:
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+    except json.JSONDecodeError as error:
+        pytest.fail(f"{CONFIG} is not JSON ({error}): write it with json.dump", pytrace=False)
+    assert isinstance(config, dict), f"{CONFIG} holds {describe(config)}, expected a JSON object"
+    return config
+
+
+def read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(directory / WEIGHTS), "pt") as file:
+            return {key: file.get_tensor(key) for key in file.keys()}, file.metadata()  # noqa: SIM118
+    except (SafetensorError, OSError) as error:
+        pytest.fail(f"{WEIGHTS} is not a safetensors file ({error}): write it with safetensors.torch.save_file")
+
+
+def peft_loaded(fresh: nn.Module, directory: Path) -> nn.Module:
+    """``PeftModel.from_pretrained(fresh, directory)``, after failing the check with what it raised."""
+    from peft import PeftModel
+
+    try:
+        with quiet():
+            return PeftModel.from_pretrained(fresh, str(directory))
+    except Exception as error:
+        text = str(error).strip() or type(error).__name__
+        first_line = text.splitlines()[0][:200]
+        cause = "see the spec of adapter_config.json and the tensor names"
+        if "size mismatch" in text:
+            first_line = next(line.strip() for line in text.splitlines() if "size mismatch" in line)[:300]
+            cause = "a tensor has the wrong shape: lora_A is (r, in), lora_B (out, r)"
+        elif "prepare_inputs_for_generation" in first_line or "task_type" in first_line.lower():
+            cause = "the config's task_type makes peft wrap a plain model in a task class: leave task_type out"
+        elif "is not supported" in first_line or "not found in the base model" in first_line:
+            cause = "target_modules makes peft adapt other layers than the adapted ones: list their qualified names"
+        pytest.fail(
+            f"PeftModel.from_pretrained(base, directory) raised {type(error).__name__}: {first_line}: {cause}",
+            pytrace=False,
+        )
+
+
+def peft_saved(kind: str, directory: Path, **options) -> tuple[nn.Module, nn.Module]:
+    """(a plain model, a peft model of a copy of it with random factors, whose save_pretrained wrote ``directory``)."""
+    model = plain(kind)
+    names = options.pop("target_modules", None) or target_names(kind, model)
+    oracle = peft_model(copy.deepcopy(model), names, R, ALPHA, fan_in_fan_out=kind == "gpt2", **options)
+    randomize(oracle, std=0.2)
+    with quiet():
+        oracle.save_pretrained(str(directory))
+    return model, oracle
+
+
+def loaded(load_adapter, model: nn.Module, directory: Path) -> nn.Module:
+    returned = load_adapter(model, directory)
+    assert returned is model, f"load_adapter returned {describe(returned)}, expected the model itself, adapted in place"
+    return model
+
+
+# save_adapter, read by peft.
+
+
+@pytest.mark.points(3)
+@pytest.mark.parametrize("kind", KINDS)
+def test_peft_loads_the_saved_adapter_and_computes_the_same(save_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
+    model, fresh, _ = adapted_model(kind, LoRALinear, LoRAConv1D)
+    expected, base = outputs(kind, model), outputs(kind, copy.deepcopy(fresh))
+    theirs = outputs(kind, peft_loaded(fresh, saved(save_adapter, model, tmp_path)))
+    error = max_difference(theirs, expected)
+    if error >= 1e-5 and max_difference(theirs, base) < 1e-6:
+        cause = (
+            "peft loaded no factor (it only warns about missing keys): are the keys "
+            "base_model.model.<name>.lora_A.weight, with no adapter name (.default.)?"
+        )
+    else:
+        cause = "are lora_A (r, in) and lora_B (out, r) in the right places, and lora_alpha alpha, not alpha / r?"
+    assert error < 1e-5, (
+        f"{kind}: PeftModel.from_pretrained on the saved files computes outputs {error:.3g} away from the "
+        f"model's: {cause}"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("kind", KINDS)
+def test_saved_keys_and_shapes_are_what_peft_writes(save_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
+    model, fresh, layers = adapted_model(kind, LoRALinear, LoRAConv1D)
+    mine, metadata = read_tensors(saved(save_adapter, model, tmp_path / "mine"))
+    oracle = peft_model(fresh, list(layers), R, ALPHA, fan_in_fan_out=kind == "gpt2")
+    with quiet():
+        oracle.save_pretrained(str(tmp_path / "peft"))
+    theirs, _ = read_tensors(tmp_path / "peft")
+    extra, missing = sorted(mine.keys() - theirs.keys()), sorted(theirs.keys() - mine.keys())
+    cause = "each adapted layer NAME gives base_model.model.NAME.lora_A.weight and .lora_B.weight, nothing else"
+    if extra and all(".default." in key for key in extra):
+        cause = "the adapter name is left in the keys: peft's files have none (.default. is in-memory only)"
+    elif extra and all(not key.startswith(PREFIX) for key in extra):
+        cause = "the keys lack the prefix base_model.model."
+    elif extra and all(not key.endswith((".lora_A.weight", ".lora_B.weight")) for key in extra):
+        cause = "the file holds more than the adapters (a base weight?): save the factors only"
+    assert not extra and not missing, (
+        f"{kind}: the file's keys differ from peft's save_pretrained for the same adapters: extra {extra[:2]}, "
+        f"missing {missing[:2]}: {cause}"
+    )
+    shapes = {key: (tuple(mine[key].shape), tuple(theirs[key].shape)) for key in theirs}
+    wrong = {key: pair for key, pair in shapes.items() if pair[0] != pair[1]}
+    assert not wrong, (
+        f"{kind}: {len(wrong)} tensors have other shapes than peft's, e.g. {next(iter(wrong))} is "
+        f"{next(iter(wrong.values()))[0]}, peft's {next(iter(wrong.values()))[1]}: lora_A is (r, in), lora_B (out, r), "
+        "whatever the layout in memory"
+    )
+    assert metadata == {"format": "pt"}, (
+        f"the file's metadata is {metadata}, peft's is {{'format': 'pt'}}: save_file(..., metadata={{'format': 'pt'}})"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("kind", ["llama", "toy"])
+def test_saved_tensors_are_exactly_the_factors(save_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
+    model, _, layers = adapted_model(kind, LoRALinear, LoRAConv1D)
+    tensors, _ = read_tensors(saved(save_adapter, model, tmp_path))
+    for name, layer in layers.items():
+        A, B = lora_factors(layer, R, ALPHA / R)
+        keys = f"{PREFIX}{name}.lora_A.weight", f"{PREFIX}{name}.lora_B.weight"
+        absent = [key for key in keys if key not in tensors]
+        assert not absent, f"the file has no {absent[0]}: see test_saved_keys_and_shapes_are_what_peft_writes"
+        file_A, file_B = (tensors[key] for key in keys)
+        for candidate in (B.detach(), B.detach().T):
+            if file_A.shape == candidate.shape and torch.equal(file_A, candidate.to(file_A.dtype)):
+                pytest.fail(f"{name}: lora_A holds B (or B transposed): A and B swapped", pytrace=False)
+        for key, stored, factor in ((keys[0], file_A, A), (keys[1], file_B, B)):
+            shapes = f" (shape {tuple(stored.shape)}, expected {tuple(factor.shape)})"
+            shapes = shapes if stored.shape != factor.shape else ""
+            assert stored.shape == factor.shape and torch.equal(stored, factor.detach()), (
+                f"{key} is not the layer's factor{shapes}: "
+                "save A (r, in) as lora_A and B (out, r) as lora_B, exactly, not scaled"
+            )
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("kind", ["llama", "toy"])
+def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
+    model, fresh, layers = adapted_model(kind, LoRALinear, LoRAConv1D)
+    config = read_config(saved(save_adapter, model, tmp_path))
+    assert config.get("peft_type") == "LORA", f"peft_type is {config.get('peft_type')!r}, expected 'LORA'"
+    assert config.get("r") == R, f"r is {config.get('r')!r} in the config, the adapters have r={R}"
+    alpha = config.get("lora_alpha")
+    assert alpha == ALPHA, f"lora_alpha is {alpha!r} in the config, expected alpha = {ALPHA:g}" + (
+        ": that is the scaling alpha / r; peft computes it from lora_alpha and r" if alpha == ALPHA / R else ""
+    )
+    assert config.get("bias", "none") == "none", f"bias is {config.get('bias')!r}, expected 'none': no bias trains"
+    assert config.get("fan_in_fan_out") is False, (
+        f"fan_in_fan_out is {config.get('fan_in_fan_out')!r} for nn.Linear adapters, expected false"
+    )
+    assert config.get("task_type") is None, (
+        f"task_type is {config.get('task_type')!r}: peft would wrap a plain model in that task's class; leave it out"
+    )
+    targets = config.get("target_modules")
+    assert isinstance(targets, list) and all(isinstance(t, str) for t in targets), (
+        f"target_modules is {describe(targets)}, expected a list of names"
+    )
+    adapted_by_peft = sorted(peft_layers(peft_loaded(fresh, tmp_path)))
+    wrong, missed = sorted(set(adapted_by_peft) - set(layers)), sorted(set(layers) - set(adapted_by_peft))
+    assert not wrong and not missed, (
+        f"with target_modules {targets[:4]} peft adapts {len(adapted_by_peft)} layers, the model had {len(layers)} "
+        f"adapters: wrongly {wrong[:2]}, missed {missed[:2]}: list the adapted layers' qualified names"
+    )
+
+
+@pytest.mark.points(1)
+def test_gpt2_adapters_are_saved_fan_in_fan_out(save_adapter, LoRALinear, LoRAConv1D, tmp_path):
+    model, _, _ = adapted_model("gpt2", LoRALinear, LoRAConv1D)
+    config = read_config(saved(save_adapter, model, tmp_path))
+    assert config.get("fan_in_fan_out") is True, (
+        f"fan_in_fan_out is {config.get('fan_in_fan_out')!r} for LoRAConv1D adapters, expected true: a Conv1D "
+        "stores its weight (in, out)"
+    )
+
+
+@pytest.mark.points(1)
+def test_save_returns_the_directory_it_creates(save_adapter, LoRALinear, LoRAConv1D, tmp_path):
+    model, _, _ = adapted_model("toy", LoRALinear, LoRAConv1D)
+    directory = tmp_path / "runs" / "adapter"
+    returned = save_adapter(model, str(directory))
+    assert isinstance(returned, Path) and returned.resolve() == directory.resolve(), (
+        f"save_adapter(model, {str(directory)!r}) returned {describe(returned)}, expected Path of that directory"
+    )
+    assert (directory / CONFIG).is_file() and (directory / WEIGHTS).is_file(), (
+        "save_adapter into a directory that does not exist yet wrote no files: create it (mkdir(parents=True))"
+    )
+
+
+@pytest.mark.points(1)
+def test_save_leaves_the_model_as_it_was(save_adapter, LoRALinear, LoRAConv1D, tmp_path):
+    model, _, _ = adapted_model("llama", LoRALinear, LoRAConv1D)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    save_adapter(model, tmp_path)
+    changed = [name for name, value in model.state_dict().items() if not torch.equal(value, before[name])]
+    assert not changed, f"save_adapter changed the model's {changed[:2]}: saving reads, it never writes"
+    flipped = [name for name, p in model.named_parameters() if p.requires_grad != flags[name]]
+    assert not flipped, f"save_adapter changed requires_grad of {flipped[:2]}: saving must leave the model alone"
+
+
+@pytest.mark.points(1)
+def test_save_refuses_a_model_without_adapters(save_adapter, LoRALinear, tmp_path):
+    LoRALinear(nn.Linear(3, 2), r=1)  # the kata builds on a working LoRALinear
+    for model in (ToyTransformer(), nn.Linear(3, 2)):
+        try:
+            save_adapter(model, tmp_path / type(model).__name__)
+        except ValueError as error:
+            assert str(error).strip(), "save_adapter raised a ValueError without a message: say what is wrong"
+        else:
+            pytest.fail(
+                f"save_adapter on a {type(model).__name__} without adapters raised nothing: an empty adapter file "
+                "'saves' fine and loads as nothing; raise ValueError",
+                pytrace=False,
+            )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("differs", ["r", "alpha"])
+def test_save_refuses_adapters_that_disagree(save_adapter, LoRALinear, differs, tmp_path):
+    model = ToyTransformer()
+    names = matching_linears(model, TOY_TARGETS)
+    wrap(model, names[:1], lambda layer: LoRALinear(layer, r=2 if differs == "r" else R, alpha=ALPHA))
+    wrap(model, names[1:], lambda layer: LoRALinear(layer, r=R, alpha=2.0 if differs == "alpha" else ALPHA))
+    try:
+        save_adapter(model, tmp_path)
+    except ValueError as error:
+        assert str(error).strip(), "save_adapter raised a ValueError without a message: say what is wrong"
+    else:
+        pytest.fail(
+            f"save_adapter on adapters with different {differs} raised nothing: the config holds one r and one "
+            "lora_alpha, so peft would load some layers wrong; raise ValueError",
+            pytrace=False,
+        )
+
+
+# load_adapter
+
+
+def adapters_in(model: nn.Module, LoRALinear, LoRAConv1D) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, (LoRALinear, LoRAConv1D))}
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("load_adapter")
+@pytest.mark.parametrize("kind", KINDS)
+def test_loads_what_peft_saves_and_computes_what_peft_does(load_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
+    model, oracle = peft_saved(kind, tmp_path)
+    loaded(load_adapter, model, tmp_path)
+    expected = outputs(kind, oracle)
+    found = sorted(adapters_in(model, LoRALinear, LoRAConv1D))
+    wanted = sorted(peft_layers(oracle))
+    assert found == wanted, (
+        f"{kind}: load_adapter put adapters on {len(found)} layers, e.g. {found[:2]}, peft's file adapts "
+        f"{len(wanted)}, e.g. {wanted[:2]}: adapt what target_modules names, with the package's own layers"
+    )
+    error = max_difference(outputs(kind, model), expected)
+    assert error < 1e-5, (
+        f"{kind}: after load_adapter the outputs differ from peft's by {error:.3g}: lora_A is A (r, in), lora_B "
+        "B (out, r); copy them into your layout (transpose if you store them the other way)"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("load_adapter")
+def test_loads_a_regex_target_string(load_adapter, LoRALinear, LoRAConv1D, tmp_path):
+    pattern = r".*\.(q_proj|v_proj)"
+    model, oracle = peft_saved("llama", tmp_path, target_modules=pattern)
+    assert read_config(tmp_path)["target_modules"] == pattern, "grader bug: peft saved a list"
+    loaded(load_adapter, model, tmp_path)
+    found, wanted = sorted(adapters_in(model, LoRALinear, LoRAConv1D)), sorted(peft_layers(oracle))
+    assert found == wanted, (
+        f"target_modules {pattern!r} (a string: a regex each whole name must match, re.fullmatch) made load_adapter "
+        f"adapt {found[:2]}..., peft adapts {wanted[:2]}...: a string target is a pattern, not a list of characters"
+    )
+    error = max_difference(outputs("llama", model), outputs("llama", oracle))
+    assert error < 1e-5, f"after load_adapter the outputs differ from peft's by {error:.3g}"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("load_adapter")
+@pytest.mark.parametrize(
+    "kind, dtype",
+    [("llama", torch.float32), ("toy", torch.float32), ("gpt2", torch.float32), ("llama", torch.bfloat16),
+     ("toy", torch.bfloat16)],
+    ids=lambda value: str(value).removeprefix("torch."),
+)  # fmt: skip
+def test_save_then_load_is_bit_exact(save_adapter, load_adapter, LoRALinear, LoRAConv1D, kind, dtype, tmp_path):
+    model, fresh, layers = adapted_model(kind, LoRALinear, LoRAConv1D, dtype)
+    saved(save_adapter, model, tmp_path)
+    tensors, _ = read_tensors(tmp_path)
+    dtypes = sorted({str(t.dtype) for t in tensors.values()})
+    assert dtypes == [str(dtype)], f"the file holds {dtypes} tensors for {dtype} factors: save them in their dtype"
+    loaded(load_adapter, fresh, tmp_path)
+    again = adapters_in(fresh, LoRALinear, LoRAConv1D)
+    assert sorted(again) == sorted(layers), (
+        f"loading the saved files adapted {sorted(again)[:2]}..., the saved model had {sorted(layers)[:2]}..."
+    )
+    for name, layer in layers.items():
+        pairs = zip(lora_factors(layer, R, ALPHA / R), lora_factors(again[name], R, ALPHA / R), strict=True)
+        for what, (before, after) in zip("AB", pairs, strict=True):
+            assert after.dtype == before.dtype and torch.equal(after, before), (
+                f"{name}: factor {what} after save and load is not bit for bit the saved one"
+                + (f" ({after.dtype}, saved {before.dtype})" if after.dtype != before.dtype else "")
+                + ": no rounding, scaling or transposing on the way"
+            )
+    error = max_difference(outputs(kind, fresh), outputs(kind, model))
+    assert error == 0, f"{kind} {dtype}: the model loaded from the files computes outputs {error:.3g} away"
+
+
+CORRUPTIONS = {
+    "a base weight too": lambda tensors, config: tensors.update(
+        {f"{PREFIX}layers.0.mlp.fc1.weight": torch.zeros(12, 8)}
+    ),
+    "the adapter name left in": lambda tensors, config: tensors.update(
+        {k.replace(".weight", ".default.weight"): tensors.pop(k) for k in [next(iter(tensors))]}
+    ),
+    "a lora_B missing": lambda tensors, config: tensors.pop(f"{PREFIX}layers.0.mlp.fc1.lora_B.weight"),
+    "a transposed lora_A": lambda tensors, config: tensors.update(
+        {f"{PREFIX}layers.0.mlp.fc1.lora_A.weight": tensors[f"{PREFIX}layers.0.mlp.fc1.lora_A.weight"].T.contiguous()}
+    ),
+    "peft_type LOHA": lambda tensors, config: config.update(peft_type="LOHA"),
+    "use_dora": lambda tensors, config: config.update(use_dora=True),
+    "use_rslora": lambda tensors, config: config.update(use_rslora=True),
+    "bias all": lambda tensors, config: config.update(bias="all"),
+    "targets that match nothing": lambda tensors, config: config.update(target_modules=["attention.query"]),
+}
+WORDS = {  # what the message must name
+    "a base weight too": [f"{PREFIX}layers.0.mlp.fc1.weight"],
+    "a lora_B missing": ["layers.0.mlp.fc1"],
+    "a transposed lora_A": [f"{PREFIX}layers.0.mlp.fc1.lora_A.weight", "4,8", "8,4"],
+}
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("load_adapter")
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_a_bad_file_is_refused_and_leaves_the_model_as_it_was(load_adapter, LoRALinear, corruption, tmp_path):
+    from safetensors.torch import save_file
+
+    LoRALinear(nn.Linear(3, 2), r=1)  # the kata builds on a working LoRALinear
+    model, _ = peft_saved("toy", tmp_path)
+    tensors, _ = read_tensors(tmp_path)
+    config = read_config(tmp_path)
+    CORRUPTIONS[corruption](tensors, config)
+    save_file(tensors, str(tmp_path / WEIGHTS), metadata={"format": "pt"})
+    (tmp_path / CONFIG).write_text(json.dumps(config))
+    modules = dict(model.named_modules())
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        load_adapter(model, tmp_path)
+    except ValueError as error:
+        message = str(error)
+        unnamed = [w for w in WORDS.get(corruption, []) if w not in message.replace(" ", "") and w not in message]
+        assert not unnamed, f"{corruption}: the ValueError ({message[:200]}) does not name {unnamed}"
+    else:
+        pytest.fail(
+            f"load_adapter accepted a file with {corruption}, expected a ValueError: never a silent partial load",
+            pytrace=False,
+        )
+    now = dict(model.named_modules())
+    swapped = sorted(name for name in modules if now.get(name) is not modules[name])
+    swapped += sorted(now.keys() - modules.keys())
+    assert not swapped, (
+        f"{corruption}: the refused load changed the model's modules (e.g. {swapped[:2]}): check the whole file "
+        "before touching the model"
+    )
+    changed = [n for n, v in model.state_dict().items() if n not in state or not torch.equal(v, state[n])]
+    assert not changed, f"{corruption}: the refused load changed {changed[:2]}: check everything first"
+    flipped = [n for n, p in model.named_parameters() if p.requires_grad != flags.get(n)]
+    assert not flipped, f"{corruption}: the refused load changed requires_grad of {flipped[:2]}: check everything first"

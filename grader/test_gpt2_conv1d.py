@@ -1,0 +1,757 @@
+"""Checks of the `gpt2_conv1d` kata: LoRAConv1D, apply_lora_gpt2 and merge_gpt2, graded on a tiny
+GPT2LMHeadModel built from a config, with peft (``fan_in_fan_out=True``) as the oracle."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import pytest
+import torch
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+from torch import nn
+
+from grader.hf import (
+    copy_factors_into_peft,
+    load_the_stack,
+    logits,
+    peft_model,
+    quiet,
+    randomize,
+    requires,
+    tiny_gpt2,
+    token_ids,
+)
+from grader.probes import (
+    DEVICES,
+    describe,
+    expect_instance,
+    expect_r_alpha_and_scaling,
+    expect_value_error,
+    factors,
+    max_difference,
+    measured_update,
+    output,
+    plain_lora,
+    randomize_factors,
+    scaling_ratio,
+    trainable,
+)
+from grader.test_lora_linear import adapter_input_multipliers
+
+SUBJECT = "LoRAConv1D"  # the definition a failing check points at
+pytestmark = requires("transformers")
+(PEFT,) = requires("peft")
+
+IN, OUT, R, ALPHA = 12, 10, 4, 10.0  # distinct dims: a factor's shape tells which it is; alpha / r not whole
+SCALING = ALPHA / R
+ATTENTION = ("c_attn",)
+EVERYWHERE = ("c_attn", "c_proj", "c_fc")  # attn.c_proj is square (16 -> 16), mlp.c_proj 64 -> 16
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _the_stack(pytestconfig):
+    """transformers and peft, imported once, before any submission code runs (see load_the_stack)."""
+    load_the_stack(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def Conv1D():
+    from transformers.pytorch_utils import Conv1D
+
+    return Conv1D
+
+
+def conv1d_twin(linear: nn.Linear):
+    """A Conv1D computing what ``linear`` computes: weight ``linear.weight.T`` (in, out), the same bias."""
+    from transformers.pytorch_utils import Conv1D
+
+    weight = linear.weight.detach()
+    conv = Conv1D(linear.out_features, linear.in_features).to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(weight.T)
+        conv.bias.copy_(linear.bias.detach() if linear.bias is not None else torch.zeros_like(conv.bias))
+    return conv
+
+
+def on_a_twin(LoRAConv1D):
+    """LoRAConv1D as the lora_linear probes call a layer: given an nn.Linear, it adapts that layer's Conv1D twin.
+    The probes measure against the nn.Linear, which computes what the twin does."""
+
+    def make(base: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> nn.Module:
+        return LoRAConv1D(conv1d_twin(base), r=r, alpha=alpha, dropout=dropout)
+
+    return make
+
+
+def make_layer(LoRAConv1D, dtype=torch.float32, device="cpu", in_features=IN, out_features=OUT, **kwargs):
+    """(twin nn.Linear, its Conv1D, LoRAConv1D on the Conv1D)."""
+    twin = nn.Linear(in_features, out_features, dtype=dtype, device=device)
+    conv = conv1d_twin(twin)
+    return twin, conv, LoRAConv1D(conv, **{"r": R, "alpha": ALPHA, **kwargs})
+
+
+def adapters(model: nn.Module, *classes: type) -> dict[str, nn.Module]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, classes)}
+
+
+def matching(model: nn.Module, targets, Conv1D) -> list[str]:
+    """The Conv1D and nn.Linear layers the spec targets: a name equal to a target or ending in '.' + target."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (Conv1D, nn.Linear)) and any(name == t or name.endswith("." + t) for t in targets)
+    ]
+
+
+def adapted(returned: object) -> nn.Module:
+    return expect_instance(returned, nn.Module, "apply_lora_gpt2(model, ...)", "the model itself, adapted in place")
+
+
+def merged(returned: object) -> nn.Module:
+    return expect_instance(returned, nn.Module, "merge_gpt2(model)", "the model itself, merged in place")
+
+
+# LoRAConv1D: LoRALinear's contract for a Conv1D base.
+
+
+@pytest.mark.points(1)
+def test_holds_the_very_conv1d_and_freezes_it(LoRAConv1D):
+    _, conv, layer = make_layer(LoRAConv1D)
+    assert isinstance(layer, nn.Module), f"LoRAConv1D(...) is a {type(layer).__name__}: subclass nn.Module"
+    assert any(module is conv for module in layer.modules()), (
+        "the Conv1D passed in is not a submodule of the LoRAConv1D: keep the object itself (self.base = base)"
+    )
+    loose = [name for name, parameter in conv.named_parameters() if parameter.requires_grad]
+    assert not loose, f"the Conv1D's {loose} still require grad: freeze the base with base.requires_grad_(False)"
+
+
+@pytest.mark.points(1)
+def test_computes_with_the_conv1d_it_was_given(LoRAConv1D):
+    _, conv, layer = make_layer(LoRAConv1D)
+    with torch.no_grad():
+        conv.weight.add_(1.0)
+        conv.bias.add_(1.0)
+        x = torch.randn(5, IN)
+        change = max_difference(output(layer, x), conv(x))
+    assert change < 1e-5, (
+        f"after editing the Conv1D's weights the layer's output differs from base(x) by {change:.3g}: "
+        "it computes with a copy; use the very base passed in"
+    )
+
+
+@pytest.mark.points(1)
+def test_records_r_alpha_and_scaling(LoRAConv1D):
+    expect_r_alpha_and_scaling(make_layer(LoRAConv1D)[2], R, ALPHA)
+
+
+@pytest.mark.points(3)
+def test_trains_two_factors_shaped_by_the_conv1d_in_and_out(LoRAConv1D):
+    _, _, layer = make_layer(LoRAConv1D)
+    tensors = trainable(layer)
+    count, expected = sum(t.numel() for t in tensors), R * (IN + OUT)
+    shapes = [tuple(t.shape) for t in tensors]
+    assert count == expected and len(tensors) == 2, (
+        f"expected 2 trainable factors with r*(in+out) = {expected} numbers, measured {len(tensors)} tensors "
+        f"{shapes} = {count}: only A and B train (no bias, base frozen)"
+    )
+    factors_message = (
+        f"a Conv1D's weight is (in, out) = ({IN}, {OUT}): in is weight.shape[0] (nx), out weight.shape[1] (nf); "
+        f"measured factors {shapes}: in and out read the wrong way round?"
+    )
+    try:
+        factors(layer, IN, OUT, R)
+    except AssertionError:
+        pytest.fail(factors_message, pytrace=False)
+    try:  # (r, out) and (in, r) pass for factors stored transposed: the forward tells
+        output(layer, torch.randn(5, IN))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0]
+        pytest.fail(f"a forward on x of shape (5, {IN}) raised {first_line!r}: {factors_message}", pytrace=False)
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_lives_on_the_base_device_and_dtype(LoRAConv1D, device, dtype):
+    _, conv, layer = make_layer(LoRAConv1D, dtype=dtype, device=device)
+    misplaced = [(tuple(t.shape), t.dtype, str(t.device)) for t in trainable(layer)]
+    misplaced = [m for m in misplaced if m[1] != dtype or m[2] != str(conv.weight.device)]
+    assert not misplaced, (
+        f"factors must be created on the base's device and dtype ({device}, {dtype}), "
+        f"measured {misplaced}: pass device= and dtype= from base.weight when creating them"
+    )
+    for batch_shape in [(), (5,), (2, 3)]:
+        x = torch.randn(*batch_shape, IN, dtype=dtype, device=device)
+        y = output(layer, x)
+        assert (y.shape, y.dtype, y.device) == ((*batch_shape, OUT), dtype, conv.weight.device), (
+            f"for x of shape {(*batch_shape, IN)} expected output {(*batch_shape, OUT)} {dtype} on {device}, "
+            f"measured {tuple(y.shape)} {y.dtype} on {y.device}"
+        )
+
+
+@pytest.mark.points(3)
+@given(
+    in_features=st.integers(1, 24),
+    out_features=st.integers(1, 24),
+    r=st.integers(1, 8),
+    alpha=st.sampled_from([1.0, 8.0, 16.0]),
+    batch_shape=st.lists(st.integers(1, 3), max_size=3),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=[3], dtype=torch.float32)
+@example(in_features=16, out_features=48, r=8, alpha=16.0, batch_shape=[2, 5], dtype=torch.float32)  # c_attn
+def test_output_equals_the_base_at_init(LoRAConv1D, in_features, out_features, r, alpha, batch_shape, dtype):
+    _, conv, layer = make_layer(LoRAConv1D, dtype, in_features=in_features, out_features=out_features, r=r, alpha=alpha)
+    x = torch.randn(*batch_shape, in_features, dtype=dtype)
+    with torch.no_grad():
+        expected, measured = conv(x), output(layer, x)
+    assert measured.shape == expected.shape, (
+        f"output shape {tuple(measured.shape)}, expected {tuple(expected.shape)} for x of shape {tuple(x.shape)}: "
+        "a Conv1D maps (..., in) to (..., out), with in = weight.shape[0]"
+    )
+    change = max_difference(measured, expected)
+    tolerance = 10 * torch.finfo(dtype).eps * (1 + expected.abs().max().item())
+    assert change <= tolerance, f"output changed at init by {change:.3g}: is B initialised to zeros?"
+
+
+@pytest.mark.points(1)
+def test_B_starts_at_zero_and_A_random(LoRAConv1D):
+    found = factors(make_layer(LoRAConv1D)[2], IN, OUT, R)
+    A_size, B_size = found.A.abs().max().item(), found.B.abs().max().item()
+    assert not (A_size == 0 and B_size > 0), "A is zero and B random at init: swap them, B = zeros and A random"
+    assert B_size == 0, f"B is not zero at init (max |B| = {B_size:.3g}): initialise B with zeros"
+    assert A_size > 0, "A is zero at init: with A and B both zero no gradient reaches either; make A random"
+
+
+@pytest.mark.points(4)
+@given(
+    in_features=st.integers(2, 20),
+    out_features=st.integers(2, 20),
+    r=st.integers(1, 8),
+    alpha=st.sampled_from([1.0, 10.0, 16.0]),
+)
+@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA)
+@example(in_features=16, out_features=48, r=8, alpha=16.0)  # c_attn
+def test_update_is_scaling_times_B_at_A(LoRAConv1D, in_features, out_features, r, alpha):
+    assume(len({in_features, out_features, r}) == 3)  # then the shapes say which factor is which
+    twin, _, layer = make_layer(
+        LoRAConv1D, torch.float64, in_features=in_features, out_features=out_features, r=r, alpha=alpha
+    )
+    randomize_factors(layer)
+    found = factors(layer, in_features, out_features, r)
+    ratio, proportional = scaling_ratio(layer, twin, found)
+    assert proportional, (
+        "the update dW (out, in), read off the outputs, is not proportional to B @ A: "
+        "is it x A^T B^T, with nothing between A and B? (the Conv1D's (in, out) weight is the base's business)"
+    )
+    causes = {alpha: "scaled by alpha instead of alpha / r?", 1.0: "the scaling alpha / r is missing"}
+    cause = next((text for value, text in causes.items() if abs(ratio - value) <= 1e-6 * value), "check the scaling")
+    assert abs(ratio - alpha / r) <= 1e-6 * alpha / r, (
+        f"update dW measured {ratio:.4g} x B @ A, expected alpha / r = {alpha / r:g} x: {cause}"
+    )
+
+
+@pytest.mark.points(3)
+def test_gradients_reach_the_factors_and_input_but_not_the_base(LoRAConv1D):
+    twin, conv, layer = make_layer(LoRAConv1D, dtype=torch.float64)
+    randomize_factors(layer)
+    found = factors(layer, IN, OUT, R)
+    x = torch.randn(6, IN, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(6, OUT, dtype=torch.float64)
+    (output(layer, x) * upstream).sum().backward()
+    touched = [name for name, parameter in conv.named_parameters() if parameter.grad is not None]
+    assert not touched, f"the Conv1D's {touched} received a gradient: the base must stay frozen"
+    _, expected = plain_lora(twin, found, SCALING, x, upstream)
+    for name, measured in zip("AB", found.grads(), strict=True):
+        assert measured is not None, f"factor {name} received no gradient: is it used in forward, not detached?"
+        error = max_difference(measured, expected[name])
+        assert error < 1e-9, f"gradient of {name} off by {error:.3g}: is the forward exactly base(x) + scaling B A x?"
+    error = max_difference(x.grad, expected["x"])
+    assert error < 1e-9, f"gradient w.r.t. the input off by {error:.3g}: does a path use x.detach()?"
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("in_features, out_features", [(16, 48), (16, 16), (64, 16)], ids=["c_attn", "square", "mlp"])
+@PEFT
+def test_outputs_and_gradients_equal_peft_with_fan_in_fan_out(LoRAConv1D, in_features, out_features):
+    _, conv, layer = make_layer(LoRAConv1D, in_features=in_features, out_features=out_features, r=4, alpha=8.0)
+    randomize(layer)
+    oracle = peft_model(nn.ModuleDict({"c_attn": copy.deepcopy(conv)}), ["c_attn"], 4, 8.0, fan_in_fan_out=True)
+    copy_factors_into_peft({"c_attn": layer}, oracle, 4, 8.0)
+    theirs = oracle.base_model.model["c_attn"]
+    x = torch.randn(3, 5, in_features)
+    mine_x, their_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    upstream = torch.randn(3, 5, out_features)
+    layer.train()
+    mine = output(layer, mine_x)
+    with quiet():
+        expected = theirs(their_x)
+    error = max_difference(mine, expected)
+    assert error < 1e-5, (
+        f"a {in_features} -> {out_features} LoRAConv1D's output differs from peft's (fan_in_fan_out=True, the same "
+        f"factors) by {error:.3g}: the update is x A^T B^T scaled by alpha / r, on top of base(x)"
+    )
+    (mine * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    error = max_difference(mine_x.grad, their_x.grad)
+    assert error < 1e-5, f"the input's gradient differs from peft's by {error:.3g}: does a path use x.detach()?"
+
+
+@pytest.mark.points(1)
+def test_dropout_never_touches_the_base_path(LoRAConv1D):
+    _, conv, layer = make_layer(LoRAConv1D, dropout=0.5)
+    layer.train()
+    x = torch.randn(8, IN)
+    with torch.no_grad():
+        change = max_difference(output(layer, x), conv(x))
+    assert change < 1e-5, (
+        f"with dropout in train mode the output at init differs from base(x) by {change:.3g}: "
+        "dropout belongs on the adapter branch's input only"
+    )
+
+
+@pytest.mark.points(2)
+def test_dropout_zeroes_adapter_inputs_in_train_mode_only(LoRAConv1D):
+    p = 0.25
+    multipliers = adapter_input_multipliers(on_a_twin(LoRAConv1D), p)  # fails first if eval mode drops anything
+    kept = multipliers[multipliers.abs() > 1e-6]
+    scale, expected = kept.mean().item(), 1 / (1 - p)
+    assert abs(scale - expected) <= 1e-6 * expected, (
+        f"with dropout={p} the kept adapter inputs are multiplied by {scale:.4g}, expected 1/(1-p) = {expected:.4g}: "
+        "apply nn.Dropout(p) to the adapter's input"
+    )
+    zeroed = (multipliers.abs() <= 1e-6).double().mean().item()
+    assert abs(zeroed - p) <= 0.06, (
+        f"with dropout={p} train mode zeroed {zeroed:.1%} of the adapter inputs, expected {p:.0%}: "
+        "zero each input with probability p, as nn.Dropout(p) does"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize(
+    "arguments",
+    [{"r": 0}, {"r": -2}, {"dropout": 1.0}, {"dropout": -0.1}],
+    ids=lambda arguments: ",".join(f"{k}={v}" for k, v in arguments.items()),
+)
+def test_rejects_invalid_arguments(LoRAConv1D, Conv1D, arguments):
+    call = ", ".join(f"{k}={v}" for k, v in arguments.items())
+    expect_value_error(lambda: LoRAConv1D(Conv1D(OUT, IN), **arguments), f"LoRAConv1D(base, {call})")
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize(
+    "make_base", [lambda: nn.Linear(IN, OUT), lambda: nn.Conv1d(IN, OUT, 1)], ids=["Linear", "torch-Conv1d"]
+)
+def test_rejects_a_base_that_is_not_a_transformers_conv1d(LoRAConv1D, make_base):
+    base = make_base()
+    expect_value_error(lambda: LoRAConv1D(base, r=R), f"LoRAConv1D({type(base).__name__}(...))")
+
+
+@pytest.mark.points(1)
+def test_defaults_are_r_8_alpha_16_and_no_dropout(LoRAConv1D):
+    twin = nn.Linear(IN, OUT, dtype=torch.float64)
+    layer = LoRAConv1D(conv1d_twin(twin))
+    count = sum(t.numel() for t in trainable(layer))
+    assert count == 8 * (IN + OUT), (
+        f"LoRAConv1D(base) trains {count} numbers, expected r*(in+out) = {8 * (IN + OUT)} with the default r=8: "
+        "keep the stub's defaults, LoRAConv1D(base, r=8, alpha=16.0, dropout=0.0)"
+    )
+    randomize_factors(layer)
+    ratio, _ = scaling_ratio(layer, twin, factors(layer, IN, OUT, 8))
+    assert abs(ratio - 2.0) <= 1e-6, f"LoRAConv1D(base) scales B @ A by {ratio:.4g}, expected 16 / 8 = 2"
+    x = torch.randn(4, IN, dtype=torch.float64)
+    with torch.no_grad():
+        repeat = max_difference(output(layer.train(), x), output(layer, x))
+    assert repeat == 0, f"LoRAConv1D(base) in train mode varies by {repeat:.3g} between calls: default dropout is 0.0"
+
+
+# apply_lora_gpt2 on a tiny GPT2LMHeadModel.
+
+TARGET_CASES = [
+    ATTENTION,
+    ("c_proj",),  # attn.c_proj and mlp.c_proj
+    ("attn.c_proj",),  # not mlp.c_proj
+    ("1.attn.c_attn",),  # h.1, not h.11
+    ("c_fc", "lm_head"),  # a Conv1D and an nn.Linear
+    ["transformer.h.11.mlp.c_proj"],  # a whole qualified name
+]
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_lora_gpt2")
+@pytest.mark.parametrize("targets", TARGET_CASES, ids=lambda targets: "+".join(targets))
+def test_adapts_exactly_the_conv1d_and_linear_layers_named(apply_lora_gpt2, LoRAConv1D, LoRALinear, Conv1D, targets):
+    model = tiny_gpt2(n_layer=12)
+    expected = set(matching(model, targets, Conv1D))
+    kinds = {name: type(model.get_submodule(name)) for name in expected}
+    adapted(apply_lora_gpt2(model, targets, r=2, alpha=4.0))
+    found = set(adapters(model, LoRAConv1D, LoRALinear))
+    wrong, missed = sorted(found - expected), sorted(expected - found)
+    cause = "match a name when it equals a target or ends with '.' + target"
+    if missed and all(kinds[name] is Conv1D for name in missed):
+        cause = "GPT-2's c_attn, c_proj and c_fc are transformers' Conv1D, not nn.Linear: adapt both kinds"
+    elif any(t in name for name in wrong for t in targets):
+        cause = "substring or bare endswith matching: " + cause
+    assert not wrong and not missed, (
+        f"targets {list(targets)}: expected adapters on {len(expected)} layers, got {len(found)}; "
+        f"wrongly adapted {wrong[:3]}, missed {missed[:3]}: {cause}"
+    )
+    for name in expected:
+        layer, wanted = model.get_submodule(name), LoRAConv1D if kinds[name] is Conv1D else LoRALinear
+        assert isinstance(layer, wanted), (
+            f"{name} (a {kinds[name].__name__}) became a {type(layer).__name__}, expected {wanted.__name__}: "
+            "Conv1D layers get LoRAConv1D, nn.Linear layers the package's LoRALinear"
+        )
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("apply_lora_gpt2")
+def test_wraps_the_original_layers_in_place(apply_lora_gpt2, LoRAConv1D, LoRALinear, Conv1D):
+    model = tiny_gpt2()
+    originals = {name: model.get_submodule(name) for name in matching(model, (*EVERYWHERE, "lm_head"), Conv1D)}
+    returned = apply_lora_gpt2(model, (*EVERYWHERE, "lm_head"), r=2, alpha=4.0)
+    assert returned is model, f"apply_lora_gpt2 returned {describe(returned)}, expected the model itself"
+    for name, original in originals.items():
+        layer = model.get_submodule(name)
+        assert any(module is original for module in layer.modules()), (
+            f"{name}: the adapter does not hold the model's original layer: wrap the layer object itself"
+        )
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("apply_lora_gpt2")
+@pytest.mark.parametrize("targets", [ATTENTION, ("c_attn", "lm_head")], ids=["c_attn", "c_attn+lm_head"])
+def test_lm_head_stays_tied_to_wte(apply_lora_gpt2, LoRALinear, targets):
+    model = tiny_gpt2()
+    embedding = model.transformer.wte.weight
+    adapted(apply_lora_gpt2(model, targets, r=2, alpha=4.0))
+    head = model.lm_head
+    if "lm_head" not in targets:
+        assert isinstance(head, nn.Linear) and not isinstance(head, LoRALinear), (
+            f"targets {list(targets)} do not name lm_head, yet it became a {type(head).__name__}: adapt only the "
+            "layers a target names"
+        )
+    assert model.transformer.wte.weight is embedding, "wte's weight was replaced: leave the embedding alone"
+    tied = [m for m in head.modules() if isinstance(m, nn.Linear) and m.weight is embedding]
+    assert tied, (
+        f"with targets {list(targets)} lm_head's weight is no longer wte's Parameter: the tie is broken "
+        "(a copy of the layer or of its weight?); wrap the very layer, whose weight is wte's"
+    )
+    assert not embedding.requires_grad, "wte's weight (shared with lm_head) still trains: freeze it"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_lora_gpt2")
+@pytest.mark.parametrize(
+    "targets", [ATTENTION, ("c_attn", "c_proj", "lm_head")], ids=["c_attn", "c_attn+c_proj+lm_head"]
+)
+@pytest.mark.parametrize("r", [2, 8])
+@PEFT
+def test_trains_as_many_numbers_as_peft(apply_lora_gpt2, targets, r):
+    model = tiny_gpt2()
+    oracle = peft_model(copy.deepcopy(model), targets, r, 2.0 * r, fan_in_fan_out=True)
+    expected_trainable, expected_all = oracle.get_nb_trainable_parameters()
+    adapted(apply_lora_gpt2(model, targets, r=r, alpha=2.0 * r))
+    measured_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    measured_all = sum(p.numel() for p in model.parameters())
+    assert measured_trainable == expected_trainable, (
+        f"targets {list(targets)}, r={r}: {measured_trainable} trainable numbers, peft trains {expected_trainable} "
+        "(r*(in+out) per adapted layer, nothing else): freeze everything but the factors"
+    )
+    assert measured_all == expected_all, (
+        f"targets {list(targets)}, r={r}: the model holds {measured_all} numbers, peft's {expected_all}: "
+        "a copied base or a broken lm_head tie counts twice"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("apply_lora_gpt2")
+@pytest.mark.parametrize("targets", [ATTENTION, EVERYWHERE, ("c_attn", "lm_head")], ids="+".join)
+@PEFT
+def test_logits_equal_peft_with_the_same_factors(apply_lora_gpt2, LoRAConv1D, LoRALinear, targets):
+    model, ids = tiny_gpt2(), token_ids()
+    oracle = peft_model(copy.deepcopy(model), targets, 4, 8.0, fan_in_fan_out=True)
+    plain = logits(model, ids)
+    adapted(apply_lora_gpt2(model, targets, r=4, alpha=8.0))
+    change = max_difference(logits(model, ids), plain)
+    assert change < 1e-5, f"the logits changed by {change:.3g} right after apply_lora_gpt2: adapters start at zero"
+    layers = adapters(model, LoRAConv1D, LoRALinear)
+    randomize(model, std=0.2)
+    copy_factors_into_peft(layers, oracle, 4, 8.0)
+    error = max_difference(logits(model, ids), logits(oracle, ids))
+    assert error < 1e-5, (
+        f"targets {list(targets)}: with the same factors the logits differ from peft's by {error:.3g}: "
+        "each adapted layer computes base(x) + (alpha / r) x A^T B^T"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("apply_lora_gpt2")
+def test_freezes_everything_but_the_adapters(apply_lora_gpt2, LoRAConv1D, LoRALinear):
+    model = adapted(apply_lora_gpt2(tiny_gpt2(), EVERYWHERE, r=2, alpha=4.0))
+    inside = {id(p) for layer in adapters(model, LoRAConv1D, LoRALinear).values() for p in trainable(layer)}
+    loose = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
+    assert not loose, f"{len(loose)} parameters outside the adapters still train, e.g. {loose[:3]}: freeze them"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_lora_gpt2")
+def test_passes_r_alpha_and_dropout_on(apply_lora_gpt2, LoRAConv1D):
+    model = adapted(apply_lora_gpt2(tiny_gpt2(), ATTENTION, r=3, alpha=6.0, dropout=0.5))
+    for name, layer in adapters(model, LoRAConv1D).items():
+        count = sum(t.numel() for t in trainable(layer))
+        measured = (getattr(layer, "r", None), getattr(layer, "alpha", None), count)
+        assert measured == (3, 6.0, 3 * (16 + 48)), (
+            f"{name}: expected r=3, alpha=6.0 and {3 * 64} trainable numbers, measured r={measured[0]}, "
+            f"alpha={measured[1]}, {count}: pass r and alpha on to LoRAConv1D"
+        )
+    randomize(model, std=0.5)
+    model.train()
+    x = torch.randn(2, 5, 16)
+    layer = model.transformer.h[0].attn.c_attn
+    with torch.no_grad():
+        varies = max_difference(output(layer, x), output(layer, x))
+    assert varies > 0, "with dropout=0.5 two train-mode calls gave the same output: pass dropout on to LoRAConv1D"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_lora_gpt2")
+@pytest.mark.parametrize("targets", [("q_proj", "v_proj"), ("wte",), ("attn",)], ids="+".join)
+def test_raises_naming_the_targets_when_nothing_matches(apply_lora_gpt2, targets):
+    try:
+        apply_lora_gpt2(tiny_gpt2(), targets, r=2, alpha=4.0)
+    except ValueError as error:
+        unnamed = [t for t in targets if t not in str(error)]
+        assert not unnamed, f"the ValueError does not name the targets {unnamed}: say what was looked for ({error})"
+    else:
+        pytest.fail(
+            f"apply_lora_gpt2 with targets {list(targets)} matched no Conv1D or nn.Linear and raised nothing; "
+            "expected a ValueError naming the targets",
+            pytrace=False,
+        )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_lora_gpt2")
+def test_never_wraps_an_adapter_again(apply_lora_gpt2, LoRAConv1D, LoRALinear):
+    model = adapted(apply_lora_gpt2(tiny_gpt2(), ("c_attn", "lm_head"), r=2, alpha=4.0))
+    first = set(adapters(model, LoRAConv1D, LoRALinear))
+    with contextlib.suppress(ValueError):  # "nothing left to adapt" is a fair answer too
+        apply_lora_gpt2(model, ("c_attn", "lm_head"), r=2, alpha=4.0)
+    found = adapters(model, LoRAConv1D, LoRALinear)
+    nested = [
+        n for n, m in found.items() if any(isinstance(s, (LoRAConv1D, LoRALinear)) for s in list(m.modules())[1:])
+    ]
+    assert not nested and set(found) == first, (
+        f"applying LoRA twice wrapped adapters again (nested in {nested[:3]}): skip layers that are adapters already"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_lora_gpt2")
+def test_defaults_are_c_attn_r_8_alpha_16(apply_lora_gpt2, LoRAConv1D, LoRALinear):
+    model = tiny_gpt2()
+    adapted(apply_lora_gpt2(model))
+    names = sorted(adapters(model, LoRAConv1D, LoRALinear))
+    expected = [f"transformer.h.{i}.attn.c_attn" for i in range(2)]
+    assert names == expected, f"apply_lora_gpt2(model) adapted {names}, expected {expected}: keep the stub's defaults"
+    layer = model.get_submodule(expected[0])
+    measured = (getattr(layer, "r", None), getattr(layer, "alpha", None), sum(t.numel() for t in trainable(layer)))
+    assert measured == (8, 16.0, 8 * 64), (
+        f"apply_lora_gpt2(model) made r={measured[0]}, alpha={measured[1]}, {measured[2]} trainable numbers, "
+        "expected r=8, alpha=16.0, 512: keep the stub's defaults"
+    )
+
+
+# merge_gpt2
+
+
+def adapted_gpt2(apply_lora_gpt2, targets, dtype=torch.float32, **placement) -> nn.Module:
+    model = tiny_gpt2().to(dtype=dtype, **placement)
+    adapted(apply_lora_gpt2(model, targets, r=4, alpha=8.0))
+    randomize(model, std=0.2)
+    return model
+
+
+@pytest.mark.points(4)
+@pytest.mark.subject("merge_gpt2")
+@pytest.mark.parametrize("device", DEVICES)
+@PEFT
+def test_merged_logits_equal_peft_merged(apply_lora_gpt2, merge_gpt2, LoRAConv1D, LoRALinear, Conv1D, device):
+    ids = token_ids().to(device)
+    oracle = peft_model(tiny_gpt2().to(device), EVERYWHERE, 4, 8.0, fan_in_fan_out=True)
+    model = adapted_gpt2(apply_lora_gpt2, EVERYWHERE, device=device)
+    copy_factors_into_peft(adapters(model, LoRAConv1D, LoRALinear), oracle, 4, 8.0)
+    with quiet():
+        expected = logits(oracle.merge_and_unload(), ids)
+    returned = merged(merge_gpt2(model))
+    assert returned is model, f"merge_gpt2 returned {describe(returned)}, expected the model itself"
+    left = sorted(adapters(model, LoRAConv1D, LoRALinear))
+    assert not left, f"{len(left)} adapters left after merge_gpt2, e.g. {left[:2]}: replace every one, at any depth"
+    error = max_difference(logits(model, ids), expected)
+    assert error < 1e-5, (
+        f"merged logits differ from peft's merge_and_unload by {error:.3g}: a Conv1D's weight is (in, out), "
+        "so it takes W + dW.T, with dW = scaling * B @ A (out, in)"
+    )
+
+
+@pytest.mark.points(3)
+@pytest.mark.subject("merge_gpt2")
+@given(
+    in_features=st.integers(1, 12),
+    out_features=st.integers(1, 12),
+    r=st.integers(1, 5),
+    alpha=st.sampled_from([1.0, 4.0, 16.0]),
+)
+@example(in_features=8, out_features=8, r=2, alpha=4.0)  # square: a transposed update fits the weight
+@example(in_features=16, out_features=48, r=8, alpha=16.0)
+def test_merged_conv1d_holds_W_plus_the_update_transposed(
+    LoRAConv1D, merge_gpt2, Conv1D, in_features, out_features, r, alpha
+):
+    twin, conv, layer = make_layer(LoRAConv1D, in_features=in_features, out_features=out_features, r=r, alpha=alpha)
+    randomize_factors(layer, std=0.3)
+    weight, bias, update = conv.weight.detach().clone(), conv.bias.detach().clone(), measured_update(layer, twin)
+    model = nn.Sequential(layer)
+    merged(merge_gpt2(model))
+    new = model[0]
+    assert type(new) is Conv1D, f"the merged layer is a {type(new).__name__}, expected transformers' Conv1D itself"
+    assert tuple(new.weight.shape) == (in_features, out_features), (
+        f"the merged Conv1D's weight is {tuple(new.weight.shape)}, expected (in, out) = {(in_features, out_features)}"
+    )
+    error = max_difference(new.weight, weight + update.T)
+    flipped = in_features == out_features and max_difference(new.weight, weight + update) < 1e-5
+    assert error < 1e-5, f"the merged (in, out) weight differs from W + dW.T by {error:.3g}" + (
+        ": the update is not transposed (a Conv1D stores its weight (in, out), dW is (out, in))"
+        if flipped
+        else ": check the scaling, the order B @ A and the transpose"
+    )
+    assert torch.equal(new.bias.detach(), bias), "the merged bias differs from the base's: keep it as is"
+    assert (new.nf, getattr(new, "nx", in_features)) == (out_features, in_features), (
+        f"the merged Conv1D has nf={new.nf}, expected out = {out_features}: build Conv1D(nf=out, nx=in)"
+    )
+    x = torch.randn(3, in_features)
+    with torch.no_grad():
+        error = max_difference(new(x), twin(x) + x @ update.T)
+    assert error < 1e-5, f"the merged Conv1D's outputs differ from the adapted layer's by {error:.3g}"
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("merge_gpt2")
+def test_merged_weights_are_parameters_without_grad_history(apply_lora_gpt2, merge_gpt2, Conv1D):
+    model = adapted_gpt2(apply_lora_gpt2, (*EVERYWHERE, "lm_head"))
+    merged(merge_gpt2(model))
+    for name in matching(tiny_gpt2(), (*EVERYWHERE, "lm_head"), Conv1D):
+        layer = model.get_submodule(name)
+        wanted = nn.Linear if name == "lm_head" else Conv1D
+        assert type(layer) is wanted, f"{name} is a {type(layer).__name__} after merging, expected {wanted.__name__}"
+        weight = layer.weight
+        assert weight.grad_fn is None, (
+            f"{name}.weight has grad history (autograd recorded W + dW.T): compute the merge under torch.no_grad()"
+        )
+        assert isinstance(weight, nn.Parameter), (
+            f"{name}.weight is {describe(weight)}, not an nn.Parameter, so state_dict() misses it: "
+            "store it as nn.Parameter(merged, requires_grad=False)"
+        )
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("merge_gpt2")
+def test_merging_a_tied_lm_head_leaves_wte_alone(apply_lora_gpt2, merge_gpt2):
+    model, ids = adapted_gpt2(apply_lora_gpt2, ("c_attn", "lm_head")), token_ids()
+    expected, embedding = logits(model, ids), model.transformer.wte.weight.detach().clone()
+    merged(merge_gpt2(model))
+    drift = max_difference(model.transformer.wte.weight, embedding)
+    assert drift == 0, (
+        f"merging lm_head changed wte's weight by {drift:.3g}: the two share one Parameter, so an in-place merge "
+        "(peft's merge_and_unload does it) changes the embeddings too; give the merged lm_head a weight of its own"
+    )
+    error = max_difference(logits(model, ids), expected)
+    assert error < 1e-5, f"the merged model's logits differ from the adapted one's by {error:.3g}"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+def test_an_unadapted_lm_head_stays_tied_after_merging(apply_lora_gpt2, merge_gpt2):
+    model = adapted_gpt2(apply_lora_gpt2, EVERYWHERE)
+    merged(merge_gpt2(model))
+    assert model.lm_head.weight is model.transformer.wte.weight, (
+        "after merging, lm_head (not adapted) no longer shares wte's weight: rebuild only the adapted layers"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+def test_merges_the_same_in_train_mode_with_dropout(apply_lora_gpt2, merge_gpt2):
+    model = tiny_gpt2()
+    adapted(apply_lora_gpt2(model, EVERYWHERE, r=4, alpha=8.0, dropout=0.5))
+    randomize(model, std=0.2)
+    ids = token_ids()
+    expected = logits(model, ids)
+    model.train()
+    merged(merge_gpt2(model))
+    error = max_difference(logits(model, ids), expected)
+    assert error < 1e-5, (
+        f"merged in train mode (dropout=0.5), the logits differ by {error:.3g}: compute W + dW.T from the factors, "
+        "not from a forward pass"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+def test_merging_twice_changes_nothing(apply_lora_gpt2, merge_gpt2):
+    model, ids = adapted_gpt2(apply_lora_gpt2, EVERYWHERE), token_ids()
+    once = logits(merged(merge_gpt2(model)), ids)
+    error = max_difference(logits(merged(merge_gpt2(model)), ids), once)
+    assert error == 0, f"a second merge_gpt2 changed the logits by {error:.3g}: merging must be idempotent"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+def test_merging_a_single_layer_returns_the_conv1d(LoRAConv1D, merge_gpt2, Conv1D):
+    _, _, layer = make_layer(LoRAConv1D)
+    randomize_factors(layer)
+    x = torch.randn(5, IN)
+    with torch.no_grad():
+        expected = output(layer.eval(), x)
+    returned = merge_gpt2(layer)
+    assert type(returned) is Conv1D, f"merge_gpt2(a LoRAConv1D) returned {describe(returned)}, expected a Conv1D"
+    error = max_difference(returned(x), expected)
+    assert error < 1e-5, f"the merged Conv1D's outputs differ from the LoRAConv1D's by {error:.3g}"
+
+
+def cancelling_layer(LoRAConv1D, dtype, device):
+    """A 64 -> 48 LoRAConv1D in ``dtype`` whose base weight nearly cancels the update in some places, where a
+    sum rounded twice is off by many units in the last place."""
+    _, conv, layer = make_layer(LoRAConv1D, dtype, device, in_features=64, out_features=48, r=8, alpha=16.0)
+    randomize_factors(layer, std=0.2)
+    A, B = factors(layer, 64, 48, 8).A, factors(layer, 64, 48, 8).B
+    with torch.no_grad():
+        exact = (2.0 * B.double() @ A.double()).T  # (in, out)
+        weight = torch.randn(64, 48, dtype=torch.float64, device=device) * 0.02
+        weight[::2] = -exact[::2] + 1e-3 * torch.randn_like(exact[::2])  # every other row nearly cancels
+        conv.weight.copy_(weight)
+    return conv, layer, A, B
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_half_precision_merges_in_float32_and_rounds_once(LoRAConv1D, merge_gpt2, Conv1D, device, dtype):
+    conv, layer, A, B = cancelling_layer(LoRAConv1D, dtype, device)
+    rounded_once = (conv.weight.float() + (2.0 * B.float() @ A.float()).T).to(dtype)
+    model = nn.Sequential(layer)
+    merged(merge_gpt2(model))
+    weight = model[0].weight
+    assert weight.dtype == dtype and weight.device.type == device, (
+        f"merged weight is {weight.dtype} on {weight.device}, expected {dtype} on {device}"
+    )
+    ulp = (torch.nextafter(rounded_once, torch.full_like(rounded_once, float("inf"))) - rounded_once).float().abs()
+    off = ((weight.float() - rounded_once.float()).abs() / ulp).max().item()
+    assert off <= 1, (
+        f"merged {dtype} weights are up to {off:.3g} units in the last place from W + dW.T added in float32 and "
+        "rounded once (the update rounded to half precision before the sum, or W added in it?): upcast W, A and B "
+        "to float32, add, then cast back"
+    )

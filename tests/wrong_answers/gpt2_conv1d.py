@@ -1,0 +1,95 @@
+"""Wrong answers to the `gpt2_conv1d` kata."""
+
+from tests.wrong_answers import WrongAnswer
+
+KATA = "gpt2_conv1d"
+MATCH = 'any(name == t or name.endswith("." + t) for t in targets)'
+WRAP = "wrapper(module, r, alpha, dropout)"
+UPDATE = "(weight.to(accumulate) + update.T).to(weight.dtype)"
+FORWARD = "return self.base(x) + F.linear(down, self.lora_B)"
+MERGE_LINEARS = "    _untie_adapted_weights(model)\n    return merge_weights(model)"
+FOLD_IN_PLACE = """    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            with torch.no_grad():
+                module.base.weight += (module.lora_B @ module.lora_A) * module.scaling
+            parent_name, _, child_name = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child_name, module.base)
+    return model"""
+
+WRONG_ANSWERS = [
+    WrongAnswer("Conv1D weight not transposed when merged", KATA, UPDATE, UPDATE.replace("update.T", "update"),
+                "test_merged_conv1d_holds_W_plus_the_update_transposed", "the update is not transposed"),
+    WrongAnswer("in and out read the wrong way round", KATA, "in_features, out_features = base.weight.shape",
+                "out_features, in_features = base.weight.shape",
+                "test_trains_two_factors_shaped_by_the_conv1d_in_and_out", "wrong way round"),
+    WrongAnswer("isinstance(nn.Linear) skips every Conv1D", KATA,
+                "adaptable = (Conv1D, nn.Linear, LoRAConv1D, LoRALinear)", "adaptable = (nn.Linear, LoRALinear)",
+                "test_adapts_exactly_the_conv1d_and_linear_layers_named", "not nn.Linear: adapt both kinds"),
+    WrongAnswer("lm_head always wrapped", KATA, MATCH, MATCH + ' or name == "lm_head"',
+                "test_lm_head_stays_tied_to_wte", "do not name lm_head"),
+    WrongAnswer("lm_head untied: a copy wrapped", KATA, WRAP,
+                'wrapper(module if wrapper is LoRAConv1D else __import__("copy").deepcopy(module), r, alpha, dropout)',
+                "test_lm_head_stays_tied_to_wte", "the tie is broken"),
+    WrongAnswer("tied lm_head merged in place, changing wte", KATA, MERGE_LINEARS, FOLD_IN_PLACE,
+                "test_merging_a_tied_lm_head_leaves_wte_alone", "changes the embeddings too"),
+    WrongAnswer("scaled by alpha", KATA, "down = F.linear(self.dropout(x), self.lora_A) * self.scaling",
+                "down = F.linear(self.dropout(x), self.lora_A) * self.alpha",
+                "test_update_is_scaling_times_B_at_A", "scaled by alpha instead of alpha / r"),
+    WrongAnswer("dropout on the base path too", KATA, FORWARD,
+                "x = self.dropout(x)\n        return self.base(x) + F.linear(F.linear(x, self.lora_A) * self.scaling, self.lora_B)",
+                "test_dropout_never_touches_the_base_path", "adapter branch's input only"),
+    WrongAnswer("dropout always on, even in eval mode", KATA,
+                "down = F.linear(self.dropout(x), self.lora_A)",
+                "down = F.linear(F.dropout(x, self.dropout.p, training=True), self.lora_A)",
+                "test_dropout_zeroes_adapter_inputs_in_train_mode_only", "eval mode"),
+    WrongAnswer("A zero and B random", KATA,
+                "self.lora_A = nn.Parameter(torch.empty(r, in_features, **same_place))\n        self.lora_B = nn.Parameter(torch.zeros(out_features, r, **same_place))\n        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+                "self.lora_A = nn.Parameter(torch.zeros(r, in_features, **same_place))\n        self.lora_B = nn.Parameter(torch.empty(out_features, r, **same_place))\n        nn.init.kaiming_uniform_(self.lora_B, a=math.sqrt(5))",
+                "test_B_starts_at_zero_and_A_random", "swap them"),
+    WrongAnswer("the Conv1D left trainable", KATA, "self.base = base.requires_grad_(False)", "self.base = base",
+                "test_holds_the_very_conv1d_and_freezes_it", "still require grad"),
+    WrongAnswer("substring matching", KATA, MATCH, "any(t in name for t in targets)",
+                "test_adapts_exactly_the_conv1d_and_linear_layers_named", "substring or bare endswith"),
+    WrongAnswer("endswith without the dot", KATA, MATCH, "any(name.endswith(t) for t in targets)",
+                "test_adapts_exactly_the_conv1d_and_linear_layers_named", "substring or bare endswith"),
+    WrongAnswer("no error when nothing matches", KATA, "    if not matched:\n        raise ValueError", "    if False:\n        raise ValueError",
+                "test_raises_naming_the_targets_when_nothing_matches", "raised nothing"),
+    WrongAnswer("the rest of the model left trainable", KATA, "            parameter.requires_grad_(False)\n    return model", "            pass\n    return model",
+                "test_trains_as_many_numbers_as_peft", "freeze everything but the factors"),
+    WrongAnswer("B random at init", KATA, "self.lora_B = nn.Parameter(torch.zeros(out_features, r, **same_place))",
+                "self.lora_B = nn.Parameter(0.01 * torch.randn(out_features, r, **same_place))",
+                "test_output_equals_the_base_at_init", "is B initialised to zeros"),
+    WrongAnswer("merged half-precision weight left in float32", KATA, "merged.weight = nn.Parameter(" + UPDATE,
+                "merged.weight = nn.Parameter((weight.to(accumulate) + update.T)",
+                "test_half_precision_merges_in_float32_and_rounds_once", "merged weight is torch.float32"),
+    WrongAnswer("merge with grad history", KATA, "@torch.no_grad()\ndef merged_conv1d", "def merged_conv1d",
+                "test_merged_weights_are_parameters_without_grad_history", "grad history",
+                more_edits=(("merged.weight = nn.Parameter(" + UPDATE + ", requires_grad=False)",
+                             "del merged.weight\n    merged.weight = " + UPDATE),)),
+    WrongAnswer("half precision added in half precision", KATA,
+                "accumulate = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype",
+                "accumulate = weight.dtype", "test_half_precision_merges_in_float32_and_rounds_once", "units in the last place"),
+    WrongAnswer("merged into an nn.Linear", KATA,
+                '    with torch.device("meta"):  # no throwaway allocation: both parameters are replaced\n        merged = Conv1D(weight.shape[1], weight.shape[0])\n    merged.weight = nn.Parameter(' + UPDATE + ", requires_grad=False)",
+                "    merged = nn.Linear(weight.shape[0], weight.shape[1])\n    merged.weight = nn.Parameter(" + UPDATE + ".T.contiguous(), requires_grad=False)",
+                "test_merged_weights_are_parameters_without_grad_history", "expected Conv1D"),
+    WrongAnswer("LoRALinear layers left unmerged", KATA, MERGE_LINEARS, "    return model",
+                "test_merged_weights_are_parameters_without_grad_history", "expected Linear"),
+    WrongAnswer("merged bias zeroed", KATA, "    merged.bias = bias\n", "    merged.bias = nn.Parameter(torch.zeros_like(bias))\n",
+                "test_merged_conv1d_holds_W_plus_the_update_transposed", "bias differs"),
+    WrongAnswer("an nn.Linear accepted as a base", KATA, "        if not isinstance(base, Conv1D):\n            raise ValueError",
+                "        if False:\n            raise ValueError",
+                "test_rejects_a_base_that_is_not_a_transformers_conv1d", "raised nothing"),
+    WrongAnswer("default targets q_proj, v_proj", KATA, 'target_modules: Iterable[str] = ("c_attn",),',
+                'target_modules: Iterable[str] = ("c_attn", "q_proj", "v_proj", "c_proj"),',
+                "test_defaults_are_c_attn_r_8_alpha_16", "keep the stub's defaults"),
+    WrongAnswer("merge_gpt2 returns None", KATA, MERGE_LINEARS, "    _untie_adapted_weights(model)\n    merge_weights(model)",
+                "test_merged_logits_equal_peft_merged", "merge_gpt2(model) returned None"),
+    WrongAnswer("a single LoRAConv1D not handled", KATA,
+                "    if isinstance(model, LoRAConv1D):\n        return merged_conv1d(model)\n", "",
+                "test_merging_a_single_layer_returns_the_conv1d", "expected a Conv1D"),
+    WrongAnswer("update read off a forward pass in the current mode", KATA,
+                "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling  # (out, in)",
+                "eye = torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)\n    update = (layer(eye) - layer.base(eye)).T.to(accumulate)",
+                "test_merges_the_same_in_train_mode_with_dropout", "not from a forward pass"),
+]  # fmt: skip
