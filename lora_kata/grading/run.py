@@ -22,14 +22,16 @@ def run_grader(
     katas: Iterable[str] = GRADED,
     pytest_args: Sequence[str] = (),
     journal: Path | None = None,
+    only: Sequence[str] = (),
 ) -> list[CheckResult]:
     """Grade the kata modules in ``implementation`` and return one result per check, in run order.
 
     With a ``journal`` path every check is also appended there as it is collected and graded (see
-    ``Collector``). pytest's terminal output is swallowed; the results carry each check's verdict.
+    ``Collector``). ``only`` names the check functions to run (every case of each), in each kata's module;
+    default all. pytest's terminal output is swallowed; the results carry each check's verdict.
     """
     collector = Collector(journal)
-    paths = [str(CHECKS / f"test_{kata}.py") for kata in katas]
+    paths = [str(CHECKS / f"test_{kata}.py") + f"::{check}" * bool(check) for kata in katas for check in only or [""]]
     # "--impl=PATH" in one word: pytest would read a separate PATH as a test path and pick its rootdir (and
     # so the test ids, and any pytest.ini a submission ships) from there.
     arguments = [*paths, f"--impl={implementation}", "--rootdir", str(CHECKS.parent), "-o", "addopts="]
