@@ -122,6 +122,7 @@ build_example = kata_fixture("masked_prompt", "build_example")
 collate = kata_fixture("masked_prompt", "collate")
 FusedLoRAFunction = kata_fixture("fused_lora", "FusedLoRAFunction")
 FusedLoRALinear = kata_fixture("fused_lora", "FusedLoRALinear")
+MultiLoRALinear = kata_fixture("multi_adapter", "MultiLoRALinear")
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 PACKAGE = "katas"
-KATAS = ("lora_linear", "apply_lora", "merge_weights", "masked_prompt", "fused_lora")
+KATAS = ("lora_linear", "apply_lora", "merge_weights", "masked_prompt", "fused_lora", "multi_adapter")
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
