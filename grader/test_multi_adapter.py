@@ -365,7 +365,7 @@ def test_add_adapter_defaults_are_r_8_alpha_16_and_no_dropout(MultiLoRALinear):
         f"add_adapter('sql') registered {count} numbers, expected r*(in+out) = {8 * (IN + OUT)} with the default "
         "r=8: keep the stub's defaults add_adapter(name, r=8, alpha=16.0, dropout=0.0)"
     )
-    sql = Adapter("sql", next(iter([_factors_of(new, 8)])), 16.0 / 8)
+    sql = Adapter("sql", _factors_of(new, 8), 16.0 / 8)
     sql.randomize()
     expect_update(layer.train(), base, base.weight, sql.delta(), "with add_adapter's defaults",
                   {"the default alpha is 16 and r 8, so the scaling is 2": sql.delta() / 2})  # fmt: skip
@@ -376,8 +376,12 @@ def test_add_adapter_defaults_are_r_8_alpha_16_and_no_dropout(MultiLoRALinear):
 
 
 def _factors_of(tensors: list[torch.Tensor], r: int) -> Factors:
-    A = next(t for t in tensors if tuple(t.shape) in ((r, IN), (IN, r)))
-    B = next(t for t in tensors if tuple(t.shape) in ((OUT, r), (r, OUT)))
+    A = next((t for t in tensors if tuple(t.shape) in ((r, IN), (IN, r))), None)
+    B = next((t for t in tensors if tuple(t.shape) in ((OUT, r), (r, OUT))), None)
+    assert A is not None and B is not None, (
+        f"add_adapter('sql') registered tensors shaped {[tuple(t.shape) for t in tensors]}, expected (r, in) and "
+        f"(out, r) with the default r=8 (either orientation)"
+    )
     return Factors(A, B, tuple(A.shape) == (IN, r), tuple(B.shape) == (r, OUT))
 
 
