@@ -97,8 +97,9 @@ class MultiLoRALinear(nn.Module):
     def merge(self, safe: bool = False) -> None:
         """Fold the active adapter into the base's weight, in place: the very ``nn.Parameter``
         ``base.weight`` (not a new one) then holds ``W + scaling * B @ A``, still frozen and with no grad
-        history, and ``merged_adapters`` lists the adapter. Forward on a merged layer computes the base
-        alone, which gives the same output as before (to float rounding).
+        history, and ``merged_adapters`` lists the adapter; the factors are left as they are. Forward on
+        a merged layer computes the base alone, which gives the same output as before (to float rounding).
+        The update comes from the factors, whatever the mode (train or eval) and the dropout.
 
         - The sum is accumulated in float32 for fp16/bf16 weights (``W``, ``A`` and ``B`` upcast) and
           rounded to the weight's dtype once; float32 and float64 weights are summed in their own dtype.

@@ -136,4 +136,14 @@ WRONG_ANSWERS = [
                 "test_set_adapter_on_a_merged_layer_unmerges_first", "even when the name is the active one"),
     WrongAnswer("active_adapter a method", KATA, "    @property\n    def active_adapter(self)", "    def active_adapter(self)",
                 "test_the_first_adapter_becomes_active_trainable_and_adds_nothing", "make it a @property"),
+    WrongAnswer("merge zeroing B, unmerge putting it back", KATA, "        weight.copy_(merged)  # the very Parameter, changed in place\n",
+                "        weight.copy_(merged)  # the very Parameter, changed in place\n"
+                "        self._saved_B = self.lora_B[name].detach().clone()\n        self.lora_B[name].zero_()\n",
+                "test_merge_folds_the_active_adapter_into_the_very_base_weight", "leaves them as they are",
+                more_edits=(("            name = self._merged.pop()\n",
+                             "            name = self._merged.pop()\n            self.lora_B[name].copy_(self._saved_B)\n"),)),
+    WrongAnswer("merge reading the update off a forward pass", KATA, MERGED,
+                "eye = torch.eye(self.base.in_features, dtype=weight.dtype, device=weight.device)\n"
+                "        merged = (weight + (self(eye) - self.base(eye)).T).to(weight.dtype)",
+                "test_merge_in_train_mode_ignores_dropout", "not from a forward pass"),
 ]  # fmt: skip
