@@ -829,14 +829,22 @@ def test_deleting_the_active_adapter_leaves_none_active(MultiLoRALinear):
 
 
 @pytest.mark.points(1)
-def test_deleting_another_adapter_keeps_the_active_one(MultiLoRALinear):
+def test_deleting_another_adapter_keeps_the_active_one_and_its_merge(MultiLoRALinear):
     base, layer, sql, chat = two_adapters(MultiLoRALinear)
+    W0, d_sql = base.weight.detach().double().clone(), sql.delta()
+    layer.merge()
     layer.delete_adapter("chat")
-    when = "after delete_adapter('chat') with 'sql' active"
+    when = "after merge() of 'sql', delete_adapter('chat')"
     assert active(layer) == "sql", f"{when}, active_adapter is {active(layer)!r}, expected 'sql'"
     assert not registered(layer, chat), f"{when}, chat's factors are still parameters of the layer: remove them"
-    expect_trainable(layer, [sql], sql, when, "the active adapter still trains")
-    expect_update(layer, base, base.weight, sql.delta(), when, {})
+    assert merged_list(layer, when) == ["sql"], (
+        f"{when}, merged_adapters is {merged_list(layer, when)}, expected ['sql']: delete_adapter unmerges only the "
+        "adapter it deletes; another merged adapter stays merged"
+    )
+    expect_weight(base, W0 + d_sql, when, {"sql was unmerged: delete_adapter unmerges only the adapter it deletes": W0})
+    layer.unmerge()
+    expect_trainable(layer, [sql], sql, f"{when}, unmerge()", "the active adapter still trains")
+    expect_update(layer, base, base.weight, d_sql, f"{when}, unmerge()", {})
     expect_value_error(lambda: layer.delete_adapter("chat"), "delete_adapter('chat') a second time")
 
 
@@ -1097,6 +1105,12 @@ def machine_class(MultiLoRALinear, LoraConfig, PeftLinear):
         @rule(merged=st.booleans())
         def delete_the_active_adapter(self, merged: bool) -> None:
             self.delete_adapter(self.oracle_active(), merged)
+
+        @precondition(lambda self: any(name not in self.oracle.active_adapters for name in self.adapters))
+        @rule(merged=st.booleans())
+        def delete_an_inactive_adapter(self, merged: bool) -> None:
+            name = next(name for name in self.adapters if name not in self.oracle.active_adapters)
+            self.delete_adapter(name, merged)
 
         @precondition(lambda self: self.oracle_active() is not None and not self.oracle.merged)
         @rule()

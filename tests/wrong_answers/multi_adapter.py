@@ -121,7 +121,7 @@ WRONG_ANSWERS = [
                 "test_agrees_with_peft_over_random_sequences_of_calls", "no merging on eval()"),
     WrongAnswer("delete_adapter unmerging whatever is merged", KATA, DELETE_UNMERGE,
                 "        self.unmerge()\n        del self.lora_A[name]",
-                "test_agrees_with_peft_over_random_sequences_of_calls", "leaves another merged adapter merged"),
+                "test_deleting_another_adapter_keeps_the_active_one_and_its_merge", "another merged adapter stays merged"),
     WrongAnswer("safe merge listing the adapter before the check", KATA, SAFE_CHECK,
                 "        self._merged.append(name)\n" + SAFE_CHECK,
                 "test_safe_merge_of_a_broken_adapter_raises_and_leaves_the_weight_untouched", "list an adapter only once merged",
