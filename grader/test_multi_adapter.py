@@ -1189,7 +1189,7 @@ def machine_class(MultiLoRALinear, LoraConfig, PeftLinear):
 
 
 @pytest.mark.points(6)
-@pytest.mark.timeout(60)  # importing peft (transformers, accelerate, torch._dynamo): ~5 s on 2 cores, 22 s loaded
+@pytest.mark.timeout(120)  # importing peft (transformers, accelerate, torch._dynamo): 5 s idle, 20-40 s loaded
 def test_agrees_with_peft_over_random_sequences_of_calls(MultiLoRALinear):
     MultiLoRALinear(nn.Linear(SEQUENCE_IN, SEQUENCE_OUT))  # a stub fails here, before peft is imported
     LoraConfig, PeftLinear = peft_lora()
