@@ -159,6 +159,7 @@ apply_lora_gpt2 = kata_fixture("gpt2_conv1d", "apply_lora_gpt2")
 merge_gpt2 = kata_fixture("gpt2_conv1d", "merge_gpt2")
 save_adapter = kata_fixture("adapter_io", "save_adapter")
 load_adapter = kata_fixture("adapter_io", "load_adapter")
+MultiLoRALinear = kata_fixture("multi_adapter", "MultiLoRALinear")
 
 
 @pytest.fixture(autouse=True)

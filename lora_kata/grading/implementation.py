@@ -30,6 +30,7 @@ KATAS = (
     "fused_lora",
     "gpt2_conv1d",
     "adapter_io",
+    "multi_adapter",
     "nf4",
     "qlora",
     "train_step",

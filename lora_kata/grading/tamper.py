@@ -42,7 +42,11 @@ class ObjectGuard:
         found = []
         for owner, saved in [*self.modules.items(), *self.classes.items()]:
             now = vars(owner)
-            found += [f"{owner.__name__}.{name}" for name, value in saved.items() if now.get(name, _UNSET) is not value]
+            found += [
+                f"{owner.__name__}.{name}"
+                for name, value in saved.items()
+                if now.get(name, _UNSET) is not value and not _wrapped_by_torch(now.get(name), value)
+            ]
             if owner in self.classes:
                 found += [f"{owner.__name__}.{name}" for name in now.keys() - saved.keys()]
         return found
@@ -51,11 +55,25 @@ class ObjectGuard:
         """Put every guarded attribute back as it was."""
         for owner, saved in [*self.modules.items(), *self.classes.items()]:
             for name, value in saved.items():
-                if vars(owner).get(name, _UNSET) is not value:
+                now = vars(owner).get(name, _UNSET)
+                if now is not value and not _wrapped_by_torch(now, value):
                     setattr(owner, name, value)
             if owner in self.classes:
                 for name in vars(owner).keys() - saved.keys():
                     delattr(owner, name)
+
+
+def _wrapped_by_torch(now: object, saved: object) -> bool:
+    """Whether ``now`` is torch's own wrapper of ``saved``: importing torch._dynamo (transformers and peft do)
+    wraps ``torch.manual_seed`` in torch/_compile.py's disable-dynamo wrapper. That is not the submission's doing."""
+    code = getattr(now, "__code__", None)
+    torch = sys.modules.get("torch")
+    return (
+        getattr(now, "__wrapped__", None) is saved
+        and code is not None
+        and torch is not None
+        and Path(code.co_filename).parent == Path(torch.__file__).parent
+    )
 
 
 def guarded_classes() -> tuple[type, ...]:

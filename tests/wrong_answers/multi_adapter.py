@@ -1,0 +1,149 @@
+"""Wrong answers to the `multi_adapter` kata."""
+
+from tests.wrong_answers import WrongAnswer
+
+KATA = "multi_adapter"
+SET_ACTIVE = "        if self._merged:\n            self.unmerge()\n        self._active = name\n"
+SAFE_CHECK = (
+    "        if safe and not torch.isfinite(merged).all():\n"
+    '            raise ValueError(f"merging adapter {name!r} gives a weight with NaN or inf: the adapter is broken")\n'
+    "        weight.copy_(merged)  # the very Parameter, changed in place\n"
+)
+MERGED = "merged = (weight.to(self._accumulation()) + self._delta(name)).to(weight.dtype)"
+RESTORE = "        try:\n            yield\n        finally:\n            self._disabled = was_disabled\n"
+DELETE_UNMERGE = "        if name in self._merged:\n            self.unmerge()\n        del self.lora_A[name]"
+UNKNOWN = '            raise ValueError(f"no adapter named {name!r}: the adapters are {self._names()}")'
+TRAINS = "trains = name == self._active and not self._disabled"
+FORWARD_BASE = "if name is None or self._disabled or self._merged:"
+LORALIB_TRAIN = '''
+    def train(self, mode: bool = True) -> "MultiLoRALinear":
+        """As loralib does: merge in eval mode, unmerge in train mode."""
+        super().train(mode)
+        if hasattr(self, "_merged"):
+            self.unmerge() if mode else self.merge()
+        return self
+
+    def forward('''
+
+WRONG_ANSWERS = [
+    WrongAnswer("unmerge subtracting the new active adapter", KATA, SET_ACTIVE,
+                "        self._active = name\n        if self._merged:\n            self.unmerge()\n",
+                "test_set_adapter_on_a_merged_layer_unmerges_first", "subtracted chat's update instead of sql's",
+                more_edits=(("            name = self._merged.pop()\n",
+                             "            self._merged.pop()\n            name = self._active\n"),)),
+    WrongAnswer("set_adapter leaving the merged adapter in", KATA, SET_ACTIVE, "        self._active = name\n",
+                "test_set_adapter_on_a_merged_layer_unmerges_first", "set_adapter must unmerge first"),
+    WrongAnswer("merge applied twice", KATA, "if name is None or name in self._merged:", "if name is None:",
+                "test_merging_twice_adds_nothing", "added three times"),
+    WrongAnswer("safe merge that writes first", KATA, SAFE_CHECK,
+                "        weight.copy_(merged)\n"
+                "        if safe and not torch.isfinite(weight).all():\n"
+                '            raise ValueError("merging gives a weight with NaN or inf")\n',
+                "test_safe_merge_of_a_broken_adapter_raises_and_leaves_the_weight_untouched", "wrote first"),
+    WrongAnswer("safe merge that checks NaN only", KATA, "not torch.isfinite(merged).all()", "torch.isnan(merged).any()",
+                "test_safe_merge_of_a_broken_adapter_raises_and_leaves_the_weight_untouched", "raised nothing"),
+    WrongAnswer("safe merge that checks the float32 sum", KATA, MERGED + "\n" + SAFE_CHECK,
+                "merged = weight.to(self._accumulation()) + self._delta(name)\n"
+                + SAFE_CHECK.replace("weight.copy_(merged)", "weight.copy_(merged.to(weight.dtype))"),
+                "test_safe_merge_checks_the_merged_weight_in_its_own_dtype", "raised nothing"),
+    WrongAnswer("a deleted merged adapter left in the weight", KATA, DELETE_UNMERGE,
+                "        self._merged = [other for other in self._merged if other != name]\n        del self.lora_A[name]",
+                "test_delete_adapter_unmerges_a_merged_adapter_first", "stayed in the weight for good"),
+    WrongAnswer("set_adapter leaving others trainable", KATA, "        self._active = name\n        self._refresh_trainable()\n\n    @contextlib",
+                "        self._active = name\n        self.lora_A[name].requires_grad_(True)\n"
+                "        self.lora_B[name].requires_grad_(True)\n\n    @contextlib",
+                "test_set_adapter_trains_only_the_active_adapter", "set_adapter makes the new active adapter trainable"),
+    WrongAnswer("half-precision merge summed in half precision", KATA,
+                "return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype", "return dtype",
+                "test_half_precision_merge_and_unmerge_accumulate_in_float32", "upcast W, A and B to float32"),
+    WrongAnswer("every merge summed in float32, float64 too", KATA,
+                "return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype", "return torch.float32",
+                "test_merge_folds_the_active_adapter_into_the_very_base_weight", "merged and unmerged in float64"),
+    WrongAnswer("update rounded before the sum, as peft's layer does", KATA, MERGED,
+                "merged = weight + self._delta(name).to(weight.dtype)",
+                "test_half_precision_merge_and_unmerge_accumulate_in_float32", "rounded to torch.bfloat16 before the sum"),
+    WrongAnswer("merge replaces the weight Parameter", KATA, "        weight.copy_(merged)  # the very Parameter",
+                "        self.base.weight = nn.Parameter(merged, requires_grad=False)  # a new Parameter",
+                "test_merge_folds_the_active_adapter_into_the_very_base_weight", "another object"),
+    WrongAnswer("merge with grad history", KATA, "    @torch.no_grad()\n    def merge(", "    def merge(",
+                "test_merge_folds_the_active_adapter_into_the_very_base_weight", "grad history"),
+    WrongAnswer("forward adds the adapter on a merged layer", KATA, FORWARD_BASE, "if name is None or self._disabled:",
+                "test_merge_folds_the_active_adapter_into_the_very_base_weight", "on top of the merged weight"),
+    WrongAnswer("deleting the active adapter activates another, as peft's layer does", KATA,
+                "        if self._active == name:\n            self._active = None\n",
+                "        if self._active == name:\n            self._active = next(iter(self.lora_A), None)\n",
+                "test_deleting_the_active_adapter_leaves_none_active", "another adapter was made active"),
+    WrongAnswer("disable_adapters without finally", KATA, RESTORE, "        yield\n        if True:\n            self._disabled = was_disabled\n",
+                "test_disable_adapters_restores_the_state_after_an_exception", "finally clause"),
+    WrongAnswer("disable_adapters swallowing the exception", KATA, RESTORE,
+                "        try:\n            yield\n        except Exception:\n            pass\n        finally:\n"
+                "            self._disabled = was_disabled\n",
+                "test_disable_adapters_restores_the_state_after_an_exception", "swallows it"),
+    WrongAnswer("disable_adapters merging again on exit", KATA, "        if self._merged:\n            self.unmerge()\n        was_disabled",
+                "        was_merged = bool(self._merged)\n        if self._merged:\n            self.unmerge()\n        was_disabled",
+                "test_disable_adapters_unmerges_a_merged_layer_and_does_not_merge_again", "merged again on exit",
+                more_edits=(("            self._refresh_trainable()\n\n    @torch.no_grad()\n    def merge(",
+                             "            self._refresh_trainable()\n            if was_merged:\n                self.merge()\n\n"
+                             "    @torch.no_grad()\n    def merge("),)),
+    WrongAnswer("disable_adapters computing with the merged weight", KATA,
+                "        if self._merged:\n            self.unmerge()\n        was_disabled", "        was_disabled",
+                "test_disable_adapters_unmerges_a_merged_layer_and_does_not_merge_again", "unmerge first",
+                more_edits=(("        if self._disabled and self._merged:\n            self.unmerge()\n", ""),)),
+    WrongAnswer("disable_adapters leaving the active adapter trainable", KATA, TRAINS, "trains = name == self._active",
+                "test_disable_adapters_computes_the_base_with_nothing_trainable", "expected nothing"),
+    WrongAnswer("unknown name not naming the adapters", KATA, UNKNOWN,
+                '            raise ValueError(f"no adapter named {name!r}")',
+                "test_unknown_names_are_value_errors_naming_the_known_adapters", "does not name the adapters"),
+    WrongAnswer("unknown name a KeyError", KATA, "        if name not in self.lora_A:\n" + UNKNOWN,
+                "        self.lora_A[name]  # KeyError for an unknown name",
+                "test_unknown_names_are_value_errors_naming_the_known_adapters", "expected a ValueError"),
+    WrongAnswer("set_adapter unmerging before checking the name", KATA,
+                "        self._expect_known(name)\n        if self._merged:\n            self.unmerge()\n        self._active",
+                "        if self._merged:\n            self.unmerge()\n        self._expect_known(name)\n        self._active",
+                "test_unknown_names_are_value_errors_naming_the_known_adapters", "check the name before changing"),
+    WrongAnswer("a name already there overwritten", KATA,
+                '        if name in self.lora_A:\n            raise ValueError(f"an adapter named {name!r} already exists '
+                '(adapters: {self._names()})")\n', "",
+                "test_adding_a_name_already_there_is_a_value_error_that_keeps_it", "raised nothing"),
+    WrongAnswer("every new adapter becomes active", KATA, "        if self._active is None:\n            self._active = name\n",
+                "        self._active = name\n",
+                "test_a_second_adapter_leaves_the_active_one_active_and_frozen_itself", "only when no adapter is"),
+    WrongAnswer("one scaling for the layer, the first adapter's", KATA, "self.scaling[name] = alpha / r",
+                "self.scaling[name] = next(iter(self.scaling.values()), alpha / r)",
+                "test_each_adapter_computes_with_its_own_factors_and_scaling", "keep a scaling per adapter"),
+    WrongAnswer("one dropout for the layer, the first adapter's", KATA, "self.lora_dropout[name] = nn.Dropout(dropout)",
+                "self.lora_dropout[name] = next(iter(self.lora_dropout.values()), None) or nn.Dropout(dropout)",
+                "test_each_adapter_has_its_own_dropout", "apply each adapter's own dropout"),
+    WrongAnswer("factors kept in a plain dict", KATA, "        self.lora_A = nn.ParameterDict()\n        self.lora_B = nn.ParameterDict()\n",
+                "        self.lora_A: dict[str, nn.Parameter] = {}\n        self.lora_B: dict[str, nn.Parameter] = {}\n",
+                "test_the_first_adapter_becomes_active_trainable_and_adds_nothing", "not in a plain dict"),
+    WrongAnswer("eval() merges, as loralib does", KATA, "\n    def forward(", LORALIB_TRAIN,
+                "test_agrees_with_peft_over_random_sequences_of_calls", "no merging on eval()"),
+    WrongAnswer("delete_adapter unmerging whatever is merged", KATA, DELETE_UNMERGE,
+                "        self.unmerge()\n        del self.lora_A[name]",
+                "test_deleting_another_adapter_keeps_the_active_one_and_its_merge", "another merged adapter stays merged"),
+    WrongAnswer("safe merge listing the adapter before the check", KATA, SAFE_CHECK,
+                "        self._merged.append(name)\n" + SAFE_CHECK,
+                "test_safe_merge_of_a_broken_adapter_raises_and_leaves_the_weight_untouched", "list an adapter only once merged",
+                more_edits=(("        weight.copy_(merged)  # the very Parameter, changed in place\n        self._merged.append(name)\n",
+                             "        weight.copy_(merged)  # the very Parameter, changed in place\n"),)),
+    WrongAnswer("unmerge subtracting in half precision", KATA,
+                "weight.copy_((weight.to(self._accumulation()) - self._delta(name)).to(weight.dtype))",
+                "weight.sub_(self._delta(name).to(weight.dtype))",
+                "test_half_precision_merge_and_unmerge_accumulate_in_float32", "before the difference"),
+    WrongAnswer("set_adapter unmerging only for another name", KATA, SET_ACTIVE,
+                "        if self._merged and name != self._active:\n            self.unmerge()\n        self._active = name\n",
+                "test_set_adapter_on_a_merged_layer_unmerges_first", "even when the name is the active one"),
+    WrongAnswer("active_adapter a method", KATA, "    @property\n    def active_adapter(self)", "    def active_adapter(self)",
+                "test_the_first_adapter_becomes_active_trainable_and_adds_nothing", "make it a @property"),
+    WrongAnswer("merge zeroing B, unmerge putting it back", KATA, "        weight.copy_(merged)  # the very Parameter, changed in place\n",
+                "        weight.copy_(merged)  # the very Parameter, changed in place\n"
+                "        self._saved_B = self.lora_B[name].detach().clone()\n        self.lora_B[name].zero_()\n",
+                "test_merge_folds_the_active_adapter_into_the_very_base_weight", "leaves them as they are",
+                more_edits=(("            name = self._merged.pop()\n",
+                             "            name = self._merged.pop()\n            self.lora_B[name].copy_(self._saved_B)\n"),)),
+    WrongAnswer("merge reading the update off a forward pass", KATA, MERGED,
+                "eye = torch.eye(self.base.in_features, dtype=weight.dtype, device=weight.device)\n"
+                "        merged = (weight + (self(eye) - self.base(eye)).T).to(weight.dtype)",
+                "test_merge_in_train_mode_ignores_dropout", "not from a forward pass"),
+]  # fmt: skip
