@@ -17,9 +17,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-# apply_lora, masked_prompt, fused_lora, gpt2_conv1d, multi_adapter, nf4 and train_step stand on their own; merge_weights
-# needs a working LoRALinear first, qlora a working nf4, the capstone a working apply_lora (and the katas
-# after it); adapter_io's checks first build the model with LoRALinear (or LoRAConv1D), or call load_adapter.
+# apply_lora, masked_prompt, fused_lora, gpt2_conv1d, multi_adapter, nf4 and train_step stand on their own;
+# merge_weights needs a working LoRALinear first, qlora a working nf4, the capstone a working apply_lora (and the
+# katas after it); adapter_io's checks first build the model with LoRALinear (or LoRAConv1D), or call load_adapter.
 EXPECTED_FIRST_WORDS = {
     "lora_linear": "not implemented yet: kata lora_linear",
     "apply_lora": "not implemented yet: kata apply_lora",
