@@ -18,9 +18,7 @@ CUDA = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device here: grade on a GPU machine to run the cuda cases"
 )
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=CUDA)]
-# The meta device (shapes and dtypes, no data) shows on any machine what a GPU would: a tensor created on the
-# default device instead of the base's lands on the CPU.
-PLACES = [pytest.param("meta", id="meta"), *DEVICES]
+FOREIGN_DEFAULT = "meta"  # the default device while the checks below build layers next to a CPU base
 TRAINING_CASES = [  # (device, dtype) of the toy regression: bf16 too, as LoRA is trained in practice
     pytest.param(device, dtype, id=f"{device}-{dtype}", marks=() if device == "cpu" else CUDA)
     for device in ("cpu", "cuda")
@@ -376,3 +374,30 @@ def expect_plain_lora_in_regime(
             )
         for tensor in (found.stored_A, found.stored_B):
             tensor.grad = None
+
+
+def made_under_a_foreign_default_device(make: Callable[[], T]) -> T | None:
+    """``make()`` run with ``meta`` as torch's default device, for a CPU base built before: what it creates
+    without saying where lands on ``meta``, as it would land on the CPU next to a GPU base. This shows on any
+    machine what only a GPU showed. None when ``make()`` could not run so: it created a tensor on the default
+    device and moved it (``.to(base.weight)``), which is right, and cannot be told apart here.
+
+    Only when the answer leaves something on the default device is a meta tensor made at all (the first meta
+    op costs torch seconds of imports): a right answer pays nothing.
+    """
+    try:
+        with torch.device(FOREIGN_DEFAULT):
+            return make()
+    except (NotImplementedError, RuntimeError) as error:
+        if FOREIGN_DEFAULT not in str(error):
+            raise
+        return None
+
+
+def expect_on_the_base_device(tensors: list[torch.Tensor], base_device: torch.device, what: str) -> None:
+    """Fail the check unless every tensor of ``tensors`` is on ``base_device`` (after made_under_a_foreign...)."""
+    misplaced = sorted({str(t.device) for t in tensors if t.device != base_device})
+    assert not misplaced, (
+        f"{what} on {misplaced[0]}, the default device of this check, not on the base's {base_device}: create "
+        "them with device=base.weight.device (on a GPU they would land on the CPU)"
+    )

@@ -15,17 +15,19 @@ from torch.autograd.gradcheck import GradcheckError
 
 from grader.flops import ArithmeticWork
 from grader.probes import (
+    DEVICES,
     FLOAT_DTYPES,
-    PLACES,
     RELATIVE_TOLERANCE,
     TRAINING_CASES,
     describe,
     expect_instance,
+    expect_on_the_base_device,
     expect_plain_lora_in_regime,
     expect_r_alpha_and_scaling,
     expect_training_fits_a_low_rank_target,
     expect_value_error,
     factors,
+    made_under_a_foreign_default_device,
     max_difference,
     output,
     plain_lora,
@@ -474,7 +476,7 @@ def test_the_layer_records_r_alpha_and_scaling(FusedLoRALinear):
 @pytest.mark.points(2)
 @pytest.mark.subject("FusedLoRALinear")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("device", PLACES)
+@pytest.mark.parametrize("device", DEVICES)
 def test_the_layer_trains_two_factors_in_the_base_dtype_and_device(FusedLoRALinear, device, dtype):
     base, layer = make_layer(FusedLoRALinear, dtype=dtype, device=device)
     tensors = trainable(layer)
@@ -495,6 +497,15 @@ def test_the_layer_trains_two_factors_in_the_base_dtype_and_device(FusedLoRALine
         f"for x of shape (2, 3, {IN}) expected output (2, 3, {OUT}) {dtype} on {device}, "
         f"measured {tuple(y.shape)} {y.dtype} on {y.device}"
     )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("FusedLoRALinear")
+def test_the_layer_creates_its_factors_on_the_base_device(FusedLoRALinear):
+    base = nn.Linear(IN, OUT, dtype=torch.float64)
+    layer = made_under_a_foreign_default_device(lambda: FusedLoRALinear(base, R, ALPHA))
+    if layer is not None:
+        expect_on_the_base_device(trainable(layer), base.weight.device, "the factors were created")
 
 
 @pytest.mark.points(2)

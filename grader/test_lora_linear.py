@@ -11,15 +11,17 @@ from hypothesis import strategies as st
 from torch import nn
 
 from grader.probes import (
+    DEVICES,
     FLOAT_DTYPES,
-    PLACES,
     TRAINING_CASES,
     expect_base_precision,
+    expect_on_the_base_device,
     expect_plain_lora_in_regime,
     expect_r_alpha_and_scaling,
     expect_training_fits_a_low_rank_target,
     expect_value_error,
     factors,
+    made_under_a_foreign_default_device,
     max_difference,
     measured_update,
     output,
@@ -92,7 +94,7 @@ def test_trains_exactly_two_low_rank_factors(LoRALinear):
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("device", PLACES)
+@pytest.mark.parametrize("device", DEVICES)
 def test_lives_on_the_base_device_and_dtype(LoRALinear, device, dtype):
     base, layer = make_layer(LoRALinear, dtype=dtype, device=device)
     misplaced = [(tuple(t.shape), t.dtype, str(t.device)) for t in trainable(layer)]
@@ -108,6 +110,14 @@ def test_lives_on_the_base_device_and_dtype(LoRALinear, device, dtype):
             f"for x of shape {(*batch_shape, IN)} expected output {(*batch_shape, OUT)} {dtype} on {device}, "
             f"measured {tuple(y.shape)} {y.dtype} on {y.device}"
         )
+
+
+@pytest.mark.points(1)
+def test_factors_follow_the_base_device_not_the_default_one(LoRALinear):
+    base = nn.Linear(IN, OUT, dtype=torch.float64)
+    layer = made_under_a_foreign_default_device(lambda: LoRALinear(base, R, ALPHA))
+    if layer is not None:
+        expect_on_the_base_device(trainable(layer), base.weight.device, "the factors were created")
 
 
 @pytest.mark.points(4)
