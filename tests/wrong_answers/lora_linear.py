@@ -150,5 +150,5 @@ WRONG_ANSWERS = [
                 "def __init__(self, base: nn.Linear, alpha: float = 16.0, r: int = 8, dropout: float = 0.0)",
                 "test_matches_plain_lora_in_every_regime", "callable by position and by keyword"),
     WrongAnswer("factors on the default device", KATA, PLACE, '{"dtype": base.weight.dtype}',
-                "test_lives_on_the_base_device_and_dtype", "(meta, torch.float32)"),
+                "test_factors_follow_the_base_device_not_the_default_one", "not on the base's cpu"),
 ]  # fmt: skip
