@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import torch
@@ -79,3 +80,88 @@ def matching_linears(model: nn.Module, targets: Iterable[str]) -> list[str]:
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
     ]
+
+
+# The model zoo: the structures real models have, and the odd ones the spec allows. Each maps
+# (batch, WIDTH) to (batch, CLASSES), calling its layers through the containers that hold them.
+def _linear(fan_in: int, fan_out: int, bias: bool = True) -> nn.Linear:
+    return nn.Linear(fan_in, fan_out, bias=bias)
+
+
+class Nested(nn.Module):
+    """Linears at depth 4 inside ModuleList > ModuleDict > Sequential, named as in transformers' models,
+    and a ModuleDict whose keys are also target names ("heads.q_proj")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "attn": nn.Sequential(
+                        OrderedDict(q_proj=_linear(WIDTH, WIDTH), act=nn.Tanh(), v_proj=_linear(WIDTH, WIDTH))
+                    ),
+                    "mlp": nn.Sequential(_linear(WIDTH, HIDDEN), nn.Tanh(), _linear(HIDDEN, WIDTH, bias=False)),
+                }
+            )
+            for _ in range(2)
+        )
+        self.heads = nn.ModuleDict({"q_proj": _linear(WIDTH, WIDTH), "out": nn.Sequential(_linear(WIDTH, CLASSES))})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = x + block["attn"](x)
+            x = x + block["mlp"](x)
+        return self.heads["out"](torch.tanh(self.heads["q_proj"](x)))
+
+
+class Tied(nn.Module):
+    """One block applied twice (ALBERT's layer sharing: ``layers.0`` and ``layers.1`` are one object, which
+    ``named_modules()`` lists once), an alias of a linear under a second name, and an output layer whose
+    weight is the input layer's (tied embeddings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        shared = nn.Sequential(OrderedDict(q_proj=_linear(WIDTH, WIDTH), act=nn.Tanh(), v_proj=_linear(WIDTH, WIDTH)))
+        self.embed = _linear(WIDTH, WIDTH, bias=False)
+        self.layers = nn.ModuleList([shared, shared])
+        self.unembed = _linear(WIDTH, WIDTH, bias=False)
+        self.unembed.weight = self.embed.weight
+        self.head = _linear(WIDTH, CLASSES)
+        self.alias = shared.v_proj  # the same layer again, under another name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for layer in self.layers:
+            x = x + layer(x)
+        return self.head(torch.tanh(self.unembed(x)))
+
+
+class LookAlikes(nn.Module):
+    """Names that are prefixes, suffixes and substrings of one another (proj, q_proj, qq_proj, proj_q; fc1,
+    fc10, fc1_gate; o, oo), a LayerNorm named like a target, and parameters named like LoRA factors
+    (``lora_scale``, ``gate.lora_A``) that are the model's own and must be frozen."""
+
+    NAMES = ("proj", "q_proj", "qq_proj", "proj_q", "fc1", "fc10", "fc1_gate", "o", "oo")
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in self.NAMES:
+            self.add_module(name, _linear(WIDTH, WIDTH))
+        self.norms = nn.ModuleDict({"v_proj": nn.LayerNorm(WIDTH)})
+        self.gate = nn.Module()
+        self.gate.lora_A = nn.Parameter(torch.ones(WIDTH))
+        self.lora_scale = nn.Parameter(torch.ones(()))
+        self.v_proj = _linear(WIDTH, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.NAMES:
+            x = torch.tanh(getattr(self, name)(x))
+        return self.v_proj(self.norms["v_proj"](x) * self.gate.lora_A) * self.lora_scale
+
+
+MODEL_ZOO = {"nested": Nested, "tied": Tied, "look-alikes": LookAlikes}
+
+
+def zoo_inputs(batch: int = 3, **placement: object) -> torch.Tensor:
+    """A random input batch for the zoo's models, (batch, WIDTH)."""
+    return torch.randn(batch, WIDTH, **placement)

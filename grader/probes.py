@@ -18,6 +18,7 @@ CUDA = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device here: grade on a GPU machine to run the cuda cases"
 )
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=CUDA)]
+FOREIGN_DEFAULT = "meta"  # the default device while the checks below build layers next to a CPU base
 TRAINING_CASES = [  # (device, dtype) of the toy regression: bf16 too, as LoRA is trained in practice
     pytest.param(device, dtype, id=f"{device}-{dtype}", marks=() if device == "cpu" else CUDA)
     for device in ("cpu", "cuda")
@@ -278,3 +279,125 @@ def expect_value_error(call: Callable[[], object], description: str) -> None:
     except Exception as error:
         pytest.fail(f"{description} raised {type(error).__name__} ({error}); expected a ValueError", pytrace=False)
     pytest.fail(f"{description} raised nothing; expected a ValueError saying what is wrong", pytrace=False)
+
+
+# Relative error (Frobenius norm) a correct answer stays under, per dtype: a few roundings of that dtype.
+RELATIVE_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 8e-3, torch.bfloat16: 5e-2}
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def relative_error(measured: torch.Tensor, expected: torch.Tensor) -> float:
+    """||measured - expected|| / ||expected|| in float64 (the absolute error when expected is 0)."""
+    difference = (measured.detach().double() - expected.detach().double()).norm().item()
+    return difference / max(expected.detach().double().norm().item(), 1e-30)
+
+
+def lora_in_float64(
+    base: nn.Linear, found: Factors, scaling: float, x: torch.Tensor, upstream: torch.Tensor | None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Plain LoRA computed exactly (float64) from the current values of the base, the factors and x:
+    ``base(x) + scaling (x A^T) B^T``, and with ``upstream`` the gradients of A, B and x."""
+    weight = base.weight.detach().double()
+    bias = None if base.bias is None else base.bias.detach().double()
+    A = found.A.detach().double().requires_grad_()
+    B = found.B.detach().double().requires_grad_()
+    x = x.detach().double().requires_grad_()
+    with torch.enable_grad():
+        y = nn.functional.linear(x, weight, bias) + scaling * (x @ A.T) @ B.T
+        if upstream is None:
+            return y.detach(), {}
+        y.backward(upstream.double())
+    return y.detach(), {"A": A.grad, "B": B.grad, "x": x.grad}
+
+
+def strided(shape: tuple[int, ...], contiguous: bool, **placement: object) -> torch.Tensor:
+    """A random tensor of ``shape``; when not ``contiguous``, a view of a larger one taking every other
+    element of the last dimension, its first two batch dimensions (if any) swapped: then ``.view(-1, in)``
+    cannot flatten it."""
+    if contiguous:
+        return torch.randn(*shape, **placement)
+    if len(shape) >= 3:
+        swapped = (shape[1], shape[0], *shape[2:-1], 2 * shape[-1])
+        return torch.randn(*swapped, **placement).transpose(0, 1)[..., ::2]
+    return torch.randn(*shape[:-1], 2 * shape[-1], **placement)[..., ::2]
+
+
+def expect_plain_lora_in_regime(
+    layer: nn.Module,
+    base: nn.Linear,
+    r: int,
+    scaling: float,
+    batch_shape: tuple[int, ...],
+    contiguous: bool,
+    grad: bool,
+    regime: str,
+) -> None:
+    """Fail the check unless ``layer`` (factors made trained-looking here) computes plain LoRA, and with
+    ``grad`` its gradients, in the regime the caller set up (dtype, mode, call style: described by ``regime``),
+    then again after its factors and its base are edited in place (nothing may be cached between calls)."""
+    dtype = base.weight.dtype
+    tolerance = RELATIVE_TOLERANCE[dtype]
+    found = factors(layer, base.in_features, base.out_features, r)
+    for step in ("", " after its factors and base were edited in place"):
+        with torch.no_grad():
+            for tensor in (found.stored_A, found.stored_B):
+                tensor.normal_(0.0, 0.5)
+            if step:
+                base.weight.mul_(-0.5).add_(0.25)
+        x = strided((*batch_shape, base.in_features), contiguous, dtype=dtype)
+        upstream = torch.randn(*batch_shape, base.out_features, dtype=dtype) if grad else None
+        with torch.set_grad_enabled(grad):
+            if grad:
+                x.requires_grad_()
+            y = output(layer, x)
+        expected, gradients = lora_in_float64(base, found, scaling, x, upstream)
+        where = f"{regime}, x {tuple(x.shape)}{'' if contiguous else ' non-contiguous'}{step}"
+        assert (tuple(y.shape), y.dtype) == (tuple(expected.shape), dtype), (
+            f"{where}: the output is {y.dtype} {tuple(y.shape)}, expected {dtype} {tuple(expected.shape)}: "
+            "map (..., in) to (..., out) in the base's dtype, for any number of batch dimensions"
+        )
+        error = relative_error(y, expected)
+        assert error <= tolerance, (
+            f"{where}: the output is off plain LoRA base(x) + scaling (x A^T) B^T by {error:.2g} (relative), "
+            f"expected under {tolerance:.0e}: does the forward depend on the mode, the call style, or a value "
+            "cached from an earlier call?"
+        )
+        if not grad:
+            continue
+        y.backward(upstream)
+        for name, measured in zip("ABx", (*found.grads(), x.grad), strict=True):
+            assert measured is not None, f"{where}: {name} received no gradient: is it used in forward, not detached?"
+            error = relative_error(measured, gradients[name])
+            assert error <= tolerance, (
+                f"{where}: the gradient of {name} is off plain LoRA's by {error:.2g} (relative), expected under "
+                f"{tolerance:.0e}: is a constant factor or a detach on the way in this regime?"
+            )
+        for tensor in (found.stored_A, found.stored_B):
+            tensor.grad = None
+
+
+def made_under_a_foreign_default_device(make: Callable[[], T]) -> T | None:
+    """``make()`` run with ``meta`` as torch's default device, for a CPU base built before: what it creates
+    without saying where lands on ``meta``, as it would land on the CPU next to a GPU base. This shows on any
+    machine what only a GPU showed. None when ``make()`` could not run so: it created a tensor on the default
+    device and moved it (``.to(base.weight)``), which is right, and cannot be told apart here.
+
+    Only when the answer leaves something on the default device is a meta tensor made at all (the first meta
+    op costs torch seconds of imports): a right answer pays nothing.
+    """
+    try:
+        with torch.device(FOREIGN_DEFAULT):
+            return make()
+    except (NotImplementedError, RuntimeError) as error:
+        if FOREIGN_DEFAULT not in str(error):
+            raise
+        return None
+
+
+def expect_on_the_base_device(tensors: list[torch.Tensor], base_device: torch.device, what: str) -> None:
+    """Fail the check unless every tensor of ``tensors`` is on ``base_device`` (after made_under_a_foreign...)."""
+    misplaced = sorted({str(t.device) for t in tensors if t.device != base_device})
+    assert not misplaced, (
+        f"{what} on {misplaced[0]}, the default device of this check, not on the base's {base_device}: create "
+        "them with device=base.weight.device (on a GPU they would land on the CPU)"
+    )

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from grader.models import ToyTransformer, inputs, matching_linears
+from grader.models import MODEL_ZOO, WIDTH, ToyTransformer, inputs, matching_linears, zoo_inputs
 from grader.probes import DEVICES, describe, expect_instance, max_difference, randomize_factors, train, trainable
 
 SUBJECT = "apply_lora"  # the definition a failing check points at
@@ -179,11 +179,13 @@ def test_leaves_the_output_unchanged(apply_lora):
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize(
-    "targets", [("nonexistent_proj", "qproj"), ("router.q_proj",)], ids=["no-such-name", "not-linear"]
+    "targets",
+    [("nonexistent_proj", "qproj"), ("router.q_proj",), ("q_proj",)],
+    ids=["no-such-name", "not-linear", "the-model-is-a-linear"],
 )
 def test_raises_naming_the_targets_when_nothing_matches(apply_lora, targets):
     try:
-        apply_lora(ToyTransformer(), targets, r=2, alpha=4.0)
+        apply_lora(ToyTransformer() if targets != ("q_proj",) else nn.Linear(WIDTH, WIDTH), targets, r=2, alpha=4.0)
     except ValueError as error:
         unnamed = [t for t in targets if t not in str(error)]
         assert not unnamed, f"the ValueError does not name the targets {unnamed}: say what was looked for ({error})"
@@ -253,3 +255,163 @@ def test_defaults_are_q_proj_v_proj_r_8_alpha_16_and_no_dropout(apply_lora, LoRA
         f"apply_lora(model) in train mode gives outputs varying by {repeat:.3g} between calls, expected none: "
         "the default dropout is 0.0"
     )
+
+
+ZOO_CASES = [  # (model, targets): every match the spec determines, none reached through an alias only
+    ("nested", ("q_proj", "v_proj")),
+    ("nested", ("mlp.0", "out.0")),  # Sequential members are named by index
+    ("nested", ("1.attn.v_proj", "heads.q_proj")),
+    ("tied", ("q_proj", "v_proj")),  # in the block used twice
+    ("tied", ("embed",)),  # not unembed, which shares its weight
+    ("tied", ("unembed", "head")),
+    ("look-alikes", ("proj", "o")),  # not q_proj, qq_proj, proj_q or oo
+    ("look-alikes", ("fc1", "q_proj")),  # not fc10 or fc1_gate
+    ("look-alikes", ("v_proj",)),  # the nn.Linear, not the LayerNorm norms.v_proj
+]
+
+
+def zoo_model(name: str) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return MODEL_ZOO[name](), zoo_inputs()
+
+
+def aliases(model: nn.Module) -> dict[int, list[str]]:
+    """Every name under which each module of ``model`` is registered, by id (named_modules lists one)."""
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    return names
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize(
+    "model_name, targets", ZOO_CASES, ids=lambda value: value if isinstance(value, str) else "+".join(value)
+)
+def test_adapts_the_model_zoo(apply_lora, LoRALinear, model_name, targets):
+    model, x = zoo_model(model_name)
+    expected = {name: model.get_submodule(name) for name in matching_linears(model, targets)}
+    names_of = aliases(model)
+    allowed = {alias for module in expected.values() for alias in names_of[id(module)]}  # a tied layer's aliases too
+    with torch.no_grad():
+        before = model.eval()(x)
+    call = f"apply_lora({model_name} model, {list(targets)}, 2, 4.0)"
+    returned = apply_lora(model, targets, 2, 4.0)
+    assert returned is model, f"{call} returned {describe(returned)}, expected the model itself, adapted in place"
+    found = {name for name, module in model.named_modules(remove_duplicate=False) if isinstance(module, LoRALinear)}
+    missed = sorted(set(expected) - found)
+    wrong = sorted(found - allowed)
+    assert not missed and not wrong, (
+        f"{call}: expected LoRALinear on {sorted(expected)}, wrongly adapted {wrong[:3]}, missed {missed[:3]}: "
+        f"{matching_cause(tuple(targets), wrong, missed, adapted_none=not found)}"
+    )
+    layers = {id(m): m for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, LoRALinear)}
+    for layer in layers.values():
+        inner = [m for m in list(layer.modules())[1:] if isinstance(m, LoRALinear)]
+        assert not inner, f"{call} nested a LoRALinear inside another: wrap each nn.Linear once"
+        assert any(m is original for m in layer.modules() for original in expected.values()), (
+            f"{call}: a LoRALinear holds none of the model's original layers: wrap the layer objects themselves"
+        )
+    inside = {id(p) for layer in layers.values() for p in trainable(layer)}
+    loose = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
+    assert not loose, (
+        f"{call}: parameters outside the adapters still train: {loose[:3]}: freeze every parameter of the model "
+        "that is not an adapter's factor, whatever its name (model.parameters(), not a filter on names)"
+    )
+    assert inside, f"{call}: no adapter factor is trainable"
+    with torch.no_grad():
+        change = max_difference(model.eval()(x), before)
+    assert change < 1e-5, f"{call}: the model's output changed by {change:.3g} right after apply_lora"
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("targets", [("q_proj", "fc1"), ("fc1",)], ids=["old-and-new-targets", "new-targets-only"])
+def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lora, LoRALinear, targets):
+    model = adapted(apply_lora(ToyTransformer(), ["q_proj"], r=2, alpha=4.0))
+    first = adapters(model, LoRALinear)
+    trained = {}
+    for name, layer in first.items():
+        randomize_factors(layer, std=0.5)  # as after training
+        trained[name] = [p.detach().clone() for p in trainable(layer)]
+    call = f"a second apply_lora(model, {list(targets)}) on a model adapted on ['q_proj']"
+    adapted(apply_lora(model, targets, r=2, alpha=4.0))
+    now = adapters(model, LoRALinear)
+    for name, layer in first.items():
+        assert now.get(name) is layer, (
+            f"{call} replaced the adapter at {name}: keep LoRALinear layers as they are (the very objects), "
+            "and adapt only the nn.Linear layers not yet adapted"
+        )
+        values = [p.detach() for p in trainable(layer)]
+        same = len(values) == len(trained[name]) and all(
+            torch.equal(a, b) for a, b in zip(values, trained[name], strict=False)
+        )
+        assert same, (
+            f"{call} froze or changed the trained factors of {name}: the adapters already there keep their "
+            "values and stay trainable"
+        )
+    expected_new = set(matching_linears(ToyTransformer(), ["fc1"]))
+    missed = sorted(expected_new - set(now))
+    assert not missed, f"{call} left {missed[:3]} unadapted: the new targets get adapters"
+    nested = [name for name, layer in now.items() if any(isinstance(m, LoRALinear) for m in list(layer.modules())[1:])]
+    assert not nested, (
+        f"{call} wrapped adapters again (nested in {nested[:3]}): skip layers that are LoRALinear already"
+    )
+    inside = {id(p) for layer in now.values() for p in trainable(layer)}
+    loose = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
+    assert not loose, f"{call}: parameters outside the adapters train again: {loose[:3]}"
+    assert len(inside) == 2 * len(now), (
+        f"{call}: {len(inside)} trainable factors in {len(now)} adapters, expected 2 each: the old adapters "
+        "stay trainable"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize(
+    "call",
+    ["positional", "keyword"],
+)
+def test_passes_r_alpha_and_dropout_by_position_and_keyword(apply_lora, LoRALinear, call):
+    model = ToyTransformer()
+    originals = {name: model.get_submodule(name) for name in matching_linears(model, ["fc1"])}
+    try:
+        if call == "positional":
+            apply_lora(model, ["fc1"], 3, 6.0, 0.25)
+        else:
+            apply_lora(model=model, dropout=0.25, alpha=6.0, r=3, target_modules=["fc1"])
+    except (TypeError, ValueError) as error:
+        pytest.fail(
+            f"apply_lora called by {call} raised {type(error).__name__} ({error}): keep the stub's signature "
+            "apply_lora(model, target_modules, r, alpha, dropout)",
+            pytrace=False,
+        )
+    for name, base in originals.items():
+        layer = model.get_submodule(name)
+        count, expected = sum(t.numel() for t in trainable(layer)), 3 * (base.in_features + base.out_features)
+        measured = (getattr(layer, "r", None), getattr(layer, "alpha", None), count)
+        assert measured == (3, 6.0, expected), (
+            f"apply_lora(model, ['fc1'], r=3, alpha=6.0, dropout=0.25) called by {call}: {name} has r={measured[0]}, "
+            f"alpha={measured[1]}, {count} trainable numbers, expected r=3, alpha=6.0, {expected}: keep the order "
+            "(model, target_modules, r, alpha, dropout) and pass each on to LoRALinear"
+        )
+        randomize_factors(layer, std=0.5)
+        x = torch.randn(64, base.in_features)
+        with torch.no_grad():
+            varies = max_difference(layer.train()(x), layer(x)) > 0
+        assert varies, (
+            f"apply_lora(..., dropout=0.25) called by {call}: {name} gives the same train-mode output twice: "
+            "pass dropout on to LoRALinear"
+        )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_adapters_follow_the_model_dtype(apply_lora, LoRALinear, dtype):
+    model = ToyTransformer().to(dtype=dtype)
+    apply_lora(model, DEFAULT_TARGETS, r=2, alpha=4.0)
+    misplaced = sorted({str(p.dtype) for p in model.parameters()} - {str(dtype)})
+    assert not misplaced, (
+        f"after apply_lora on a {dtype} model some parameters are {misplaced}: leave every layer in its dtype "
+        "(LoRALinear(layer, r, alpha, dropout) as it is, no .float() or .to(...))"
+    )
+    with torch.no_grad():
+        y = model(torch.randn(2, 3, WIDTH, dtype=dtype))
+    assert y.dtype == dtype, f"the adapted {dtype} model computes in {y.dtype}"

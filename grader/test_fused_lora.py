@@ -13,21 +13,28 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.autograd.gradcheck import GradcheckError
 
-from grader.flops import MatmulFlops
+from grader.flops import ArithmeticWork
 from grader.probes import (
     DEVICES,
+    FLOAT_DTYPES,
+    RELATIVE_TOLERANCE,
     TRAINING_CASES,
     describe,
     expect_instance,
+    expect_on_the_base_device,
+    expect_plain_lora_in_regime,
     expect_r_alpha_and_scaling,
     expect_training_fits_a_low_rank_target,
     expect_value_error,
     factors,
+    made_under_a_foreign_default_device,
     max_difference,
     output,
     plain_lora,
     randomize_factors,
+    relative_error,
     scaling_ratio,
+    strided,
     trainable,
 )
 
@@ -54,11 +61,12 @@ def function_inputs(
     bias: bool = True,
     dtype: torch.dtype = torch.float64,
     device: str = "cpu",
+    contiguous: bool = True,
 ) -> dict[str, torch.Tensor | None]:
     """Random arguments for FusedLoRAFunction.apply, B non-zero (as after training), none requiring grad."""
     place = {"dtype": dtype, "device": device}
     return {
-        "x": torch.randn(*batch_shape, in_features, **place),
+        "x": strided((*batch_shape, in_features), contiguous, **place),
         "weight": torch.randn(out_features, in_features, **place) / math.sqrt(in_features),
         "bias": torch.randn(out_features, **place) if bias else None,
         "lora_A": torch.randn(r, in_features, **place) / math.sqrt(in_features),
@@ -116,15 +124,15 @@ def tolerance(dtype: torch.dtype, expected: torch.Tensor) -> float:
     return steps * torch.finfo(dtype).eps * (1 + expected.abs().max().item())
 
 
-def forward_cause(measured: torch.Tensor, inputs: dict[str, torch.Tensor | None]) -> str:
+def forward_cause(measured: torch.Tensor, inputs: dict[str, torch.Tensor | None], scaling: float = SCALING) -> str:
     """The likely mistake behind a wrong forward, when the output matches a classic one."""
     exact = in_float64(inputs)
     no_bias = exact | {"bias": None}
     mistakes = {
         "the adapter path is missing": lora_formula(exact, 0.0),
         "the scaling is missing": lora_formula(exact, 1.0),
-        "scaled by alpha / r twice": lora_formula(exact, SCALING**2),
-        "the bias is missing": lora_formula(no_bias),
+        "scaled by alpha / r twice": lora_formula(exact, scaling**2),
+        "the bias is missing": lora_formula(no_bias, scaling),
     }
     for cause, wrong in mistakes.items():
         if max_difference(measured, wrong) <= tolerance(measured.dtype, wrong):
@@ -154,23 +162,84 @@ def test_is_an_autograd_function_that_autograd_records(FusedLoRAFunction):
     r=st.integers(1, 8),
     batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
     bias=st.booleans(),
-    dtype=st.sampled_from([torch.float32, torch.float64]),
+    dtype=st.sampled_from(FLOAT_DTYPES),
+    contiguous=st.booleans(),
+    grad=st.booleans(),
+    scaling=st.sampled_from([SCALING, 10 / 3, 0.7]),
 )
-@example(in_features=IN, out_features=OUT, r=R, batch_shape=(6,), bias=True, dtype=torch.float32)
-def test_forward_computes_the_lora_formula(FusedLoRAFunction, in_features, out_features, r, batch_shape, bias, dtype):
-    inputs = function_inputs(in_features, out_features, r, batch_shape, bias, dtype)
-    with torch.no_grad():
-        y = apply(FusedLoRAFunction, inputs)
-    expected = lora_formula(in_float64(inputs))
+@example(
+    in_features=IN,
+    out_features=OUT,
+    r=R,
+    batch_shape=(6,),
+    bias=True,
+    dtype=torch.float32,
+    contiguous=True,
+    grad=False,
+    scaling=SCALING,
+)
+@example(
+    in_features=IN,
+    out_features=OUT,
+    r=R,
+    batch_shape=(),
+    bias=True,
+    dtype=torch.float16,
+    contiguous=True,
+    grad=True,
+    scaling=10 / 3,
+)
+@example(
+    in_features=IN,
+    out_features=OUT,
+    r=1,
+    batch_shape=(1,),
+    bias=False,
+    dtype=torch.bfloat16,
+    contiguous=False,
+    grad=True,
+    scaling=0.7,
+)
+@example(
+    in_features=IN,
+    out_features=OUT,
+    r=R,
+    batch_shape=(3, 2, 2),
+    bias=True,
+    dtype=torch.float32,
+    contiguous=False,
+    grad=True,
+    scaling=SCALING,
+)
+@example(
+    in_features=IN,
+    out_features=OUT,
+    r=R,
+    batch_shape=(130,),
+    bias=True,
+    dtype=torch.float64,
+    contiguous=False,
+    grad=True,
+    scaling=10 / 3,
+)
+def test_forward_computes_the_lora_formula(
+    FusedLoRAFunction, in_features, out_features, r, batch_shape, bias, dtype, contiguous, grad, scaling
+):  # fmt: skip
+    inputs = function_inputs(in_features, out_features, r, batch_shape, bias, dtype, contiguous=contiguous)
+    with torch.set_grad_enabled(grad):
+        inputs = requiring_grad(inputs, ("x", "lora_A", "lora_B") if grad else ())
+        y = apply(FusedLoRAFunction, inputs, scaling)
+    expected = lora_formula(in_float64(inputs), scaling)
     assert y.shape == expected.shape, (
         f"for x of shape {tuple(inputs['x'].shape)} expected y of shape {tuple(expected.shape)}, measured "
         f"{tuple(y.shape)}: flatten the batch dimensions into rows, and restore them at the end"
     )
     assert y.dtype == dtype, f"for {dtype} inputs y is {y.dtype}: return y in x's dtype (no .float() or .to())"
     error = max_difference(y, expected)
+    regime = f"{dtype}, x {tuple(inputs['x'].shape)}{'' if contiguous else ' non-contiguous'}, grad {grad}"
     assert error <= tolerance(dtype, expected), (
-        f"forward is off the LoRA formula by {error:.3g} (bias {'given' if bias else 'None'}): "
-        f"{forward_cause(y, inputs)}"
+        f"forward is off the LoRA formula by {error:.3g} (bias {'given' if bias else 'None'}, scaling {scaling:.4g}, "
+        f"{regime}): {forward_cause(y, inputs, scaling)}"
     )
 
 
@@ -190,27 +259,36 @@ def test_forward_computes_the_lora_formula(FusedLoRAFunction, in_features, out_f
     in_features=st.integers(1, 12),
     out_features=st.integers(1, 12),
     r=st.integers(1, 6),
-    batch_shape=st.lists(st.integers(1, 3), min_size=1, max_size=3).map(tuple),
+    batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
+    dtype=st.sampled_from(FLOAT_DTYPES),
+    contiguous=st.booleans(),
 )
-@example(in_features=IN, out_features=OUT, r=R, batch_shape=(2, 3))
+@example(in_features=IN, out_features=OUT, r=R, batch_shape=(2, 3), dtype=torch.float64, contiguous=True)
+@example(in_features=IN, out_features=OUT, r=R, batch_shape=(3, 2, 2), dtype=torch.float32, contiguous=False)
+@example(in_features=IN, out_features=OUT, r=R, batch_shape=(), dtype=torch.bfloat16, contiguous=True)
+@example(in_features=IN, out_features=OUT, r=R, batch_shape=(1,), dtype=torch.float16, contiguous=True)
 def test_backward_gives_each_input_its_gradient(
-    FusedLoRAFunction, trained, bias, in_features, out_features, r, batch_shape
+    FusedLoRAFunction, trained, bias, in_features, out_features, r, batch_shape, dtype, contiguous
 ):
-    inputs = function_inputs(in_features, out_features, r, batch_shape, bias)
+    inputs = function_inputs(in_features, out_features, r, batch_shape, bias, dtype, contiguous=contiguous)
     trained = tuple(name for name in trained if inputs[name] is not None)
-    measured, expected = requiring_grad(inputs, trained), requiring_grad(inputs, trained)
-    upstream = torch.randn(*batch_shape, out_features, dtype=torch.float64)
+    measured, expected = requiring_grad(inputs, trained), requiring_grad(in_float64(inputs), trained)
+    upstream = torch.randn(*batch_shape, out_features, dtype=dtype)
     backward(apply(FusedLoRAFunction, measured), upstream)
-    lora_formula(expected).backward(upstream)
-    asked = f"with {', '.join(trained)} requiring grad"
+    lora_formula(expected).backward(upstream.double())
+    where = f"{dtype}, x {tuple(inputs['x'].shape)}{'' if contiguous else ' non-contiguous'}"
+    asked = f"with {', '.join(trained)} requiring grad ({where})"
     for name in trained:
         grad = measured[name].grad
         assert grad is not None, (
             f"backward returned None for {name} {asked}: return a gradient for each input ctx.needs_input_grad marks"
         )
-        error = max_difference(grad, expected[name].grad)
-        assert error <= 1e-9 * (1 + expected[name].grad.abs().max().item()), (
-            f"the gradient of {name} is off by {error:.3g} {asked}: expected {GRADIENTS[name]}"
+        assert (grad.shape, grad.dtype) == (measured[name].shape, dtype), (
+            f"backward returned {describe(grad)} for {name} {asked}, expected the shape and dtype of {name}"
+        )
+        error = relative_error(grad, expected[name].grad)
+        assert error <= RELATIVE_TOLERANCE[dtype], (
+            f"the gradient of {name} is off by {error:.3g} (relative) {asked}: expected {GRADIENTS[name]}"
         )
 
 
@@ -265,20 +343,79 @@ def test_leaves_its_inputs_untouched(FusedLoRAFunction):
     assert torch.equal(upstream, kept), "backward changed the incoming gradient in place: it belongs to autograd"
 
 
-@pytest.mark.points(3)
-def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction):
-    rows, in_features, out_features, r = 64, 48, 40, 2
-    inputs = requiring_grad(function_inputs(in_features, out_features, r, (rows,)), FROZEN_BASE)
-    with MatmulFlops() as counter:
-        backward(apply(FusedLoRAFunction, inputs), torch.randn(rows, out_features, dtype=torch.float64))
+# Who trains, with the base frozen (weight and bias), every non-empty choice of x, A and B; then everything.
+TRAINABLE_CHOICES = [
+    ("x", "lora_A", "lora_B"), ("lora_A", "lora_B"), ("x", "lora_B"), ("x", "lora_A"),
+    ("x",), ("lora_A",), ("lora_B",), INPUTS,
+]  # fmt: skip
+COST_SIZES = {"many-rows": (64, 48, 40, 2), "few-rows": (2, 48, 40, 2)}  # (rows, in, out, r)
+
+
+def needed_work(rows: int, in_features: int, out_features: int, r: int, trained: tuple[str, ...]) -> int:
+    """The matrix-product flops of a forward + backward that computes only the gradients ``trained`` asks for."""
+    work = 2 * rows * (in_features * out_features + r * (in_features + out_features))  # x W^T, u = x A^T, u B^T
+    if "x" in trained or "lora_A" in trained:
+        work += 2 * rows * out_features * r  # g_B = scaling g B
+    if "x" in trained:
+        work += 2 * rows * in_features * (out_features + r)  # g W + g_B A
+    if "lora_A" in trained:
+        work += 2 * rows * r * in_features  # g_B^T x
+    if "lora_B" in trained:
+        work += 2 * rows * out_features * r  # g^T u
+    if "weight" in trained:
+        work += 2 * rows * out_features * in_features  # g^T x
+    return work
+
+
+def counted_step(FusedLoRAFunction, rows: int, in_features: int, out_features: int, r: int, trained: tuple[str, ...]):
+    """One forward and one backward (``backward(ctx, g)`` called as autograd calls it), under ArithmeticWork:
+    the counter, what backward returned (a tuple) and the ``needs_input_grad`` it saw."""
+    inputs = requiring_grad(function_inputs(in_features, out_features, r, (rows,)), trained)
+    upstream = torch.randn(rows, out_features, dtype=torch.float64)
+    with ArithmeticWork() as counter:
+        y = apply(FusedLoRAFunction, inputs)
+        node = y.grad_fn
+        assert node is not None and hasattr(node, "needs_input_grad"), (
+            f"the output of FusedLoRAFunction.apply was made by {type(node).__name__}, not the Function: "
+            "see test_is_an_autograd_function_that_autograd_records"
+        )
+        gradients = node.apply(upstream)
+    return counter, gradients if isinstance(gradients, tuple) else (gradients,), node.needs_input_grad
+
+
+@pytest.mark.points(2)
+def test_backward_returns_None_where_no_gradient_is_needed(FusedLoRAFunction):
+    for trained in TRAINABLE_CHOICES:
+        _, gradients, needs = counted_step(FusedLoRAFunction, 6, IN, OUT, R, trained)
+        asked = f"with only {', '.join(trained)} requiring grad"
+        assert len(gradients) == 6, f"backward returned {len(gradients)} values {asked}, expected 6, one per input"
+        unasked = [
+            name
+            for name, needed, gradient in zip((*INPUTS, "scaling"), needs, gradients, strict=True)
+            if not needed and gradient is not None
+        ]
+        assert not unasked, (
+            f"backward returned a gradient for {', '.join(unasked)} {asked}: return None where "
+            "ctx.needs_input_grad is False (autograd throws such a gradient away; computing it was wasted work)"
+        )
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("size", COST_SIZES)
+def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
+    rows, in_features, out_features, r = COST_SIZES[size]
     frozen_layer = 4 * rows * in_features * out_features  # x W^T forward, g W backward
-    adapter = 6 * rows * r * (in_features + out_features)  # x A^T, u B^T, g B, g_B A, g_B^T x, g^T u
-    allowed = frozen_layer + adapter + frozen_layer // 8
-    assert counter.flops <= allowed, (
-        f"a forward + backward with a frozen base did {counter.flops / 1e6:.3g} MFLOP of matrix products, expected "
-        f"{(frozen_layer + adapter) / 1e6:.3g} (the frozen layer alone does {frozen_layer / 1e6:.3g}): is a gradient "
-        "computed that ctx.needs_input_grad does not ask for, or a full (out, in) product like g^T x or B A?"
-    )
+    for trained in TRAINABLE_CHOICES:
+        counter, _, _ = counted_step(FusedLoRAFunction, rows, in_features, out_features, r, trained)
+        needed = needed_work(rows, in_features, out_features, r, trained)
+        # Room for the element-wise work (bias, scaling, sums): less than one (out, in) or (N, in, out) product.
+        allowed = needed + rows * in_features * out_features // 2 + 4 * (rows + r) * (in_features + out_features)
+        assert counter.flops <= allowed, (
+            f"a forward + backward with only {', '.join(trained)} requiring grad ({rows} rows, in={in_features}, "
+            f"out={out_features}, r={r}) did {counter.flops / 1e3:.4g} kFLOP of arithmetic, expected "
+            f"{needed / 1e3:.4g} (the frozen layer alone does {frozen_layer / 1e3:.4g}): is a gradient computed "
+            "that ctx.needs_input_grad does not ask for, or a full (out, in) product like g^T x or B A?"
+        )
 
 
 def graph_nodes(y: torch.Tensor) -> Iterator[str]:
@@ -362,6 +499,15 @@ def test_the_layer_trains_two_factors_in_the_base_dtype_and_device(FusedLoRALine
     )
 
 
+@pytest.mark.points(1)
+@pytest.mark.subject("FusedLoRALinear")
+def test_the_layer_creates_its_factors_on_the_base_device(FusedLoRALinear):
+    base = nn.Linear(IN, OUT, dtype=torch.float64)
+    layer = made_under_a_foreign_default_device(lambda: FusedLoRALinear(base, R, ALPHA))
+    if layer is not None:
+        expect_on_the_base_device(trainable(layer), base.weight.device, "the factors were created")
+
+
 @pytest.mark.points(2)
 @pytest.mark.subject("FusedLoRALinear")
 def test_the_layer_computes_the_base_at_init(FusedLoRALinear):
@@ -408,6 +554,70 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
         assert error <= 1e-9, f"the gradient of {name} through the layer differs from plain LoRA's by {error:.3g}"
     touched = [name for name, parameter in base.named_parameters() if parameter.grad is not None]
     assert not touched, f"the base's {touched} received a gradient: the base must stay frozen"
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("FusedLoRALinear")
+@given(
+    r=st.integers(1, 4),
+    alpha=st.sampled_from([1.0, 7.0, 10.0, 16.0]),
+    positional=st.booleans(),
+    dtype=st.sampled_from(FLOAT_DTYPES),
+    batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
+    contiguous=st.booleans(),
+    grad=st.booleans(),
+    train=st.booleans(),
+    bias=st.booleans(),
+)
+@example(
+    r=R,
+    alpha=ALPHA,
+    positional=True,
+    dtype=torch.float32,
+    batch_shape=(1,),
+    contiguous=True,
+    grad=True,
+    train=True,
+    bias=True,
+)
+@example(
+    r=3,
+    alpha=10.0,
+    positional=True,
+    dtype=torch.float16,
+    batch_shape=(2, 3, 2),
+    contiguous=False,
+    grad=True,
+    train=False,
+    bias=False,
+)
+@example(
+    r=R,
+    alpha=ALPHA,
+    positional=False,
+    dtype=torch.bfloat16,
+    batch_shape=(),
+    contiguous=True,
+    grad=True,
+    train=True,
+    bias=True,
+)
+def test_the_layer_matches_plain_lora_in_every_regime(
+    FusedLoRALinear, r, alpha, positional, dtype, batch_shape, contiguous, grad, train, bias
+):  # fmt: skip
+    base = nn.Linear(IN, OUT, bias=bias, dtype=dtype)
+    call = "FusedLoRALinear(base, r, alpha)" if positional else "FusedLoRALinear(base=base, alpha=alpha, r=r)"
+    try:
+        layer = FusedLoRALinear(base, r, alpha) if positional else FusedLoRALinear(base=base, alpha=alpha, r=r)
+    except (TypeError, ValueError) as error:
+        pytest.fail(
+            f"{call} with r={r}, alpha={alpha} raised {type(error).__name__} ({error}): keep the stub's signature "
+            "FusedLoRALinear(base, r=8, alpha=16.0), callable by position and by keyword",
+            pytrace=False,
+        )
+    layer.train(train)
+    regime = f"{call} with r={r}, alpha={alpha}, {dtype}, {'train' if train else 'eval'} mode, grad {grad}"
+    expect_plain_lora_in_regime(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime)
 
 
 @pytest.mark.points(1)

@@ -12,12 +12,16 @@ from torch import nn
 
 from grader.probes import (
     DEVICES,
+    FLOAT_DTYPES,
     TRAINING_CASES,
     expect_base_precision,
+    expect_on_the_base_device,
+    expect_plain_lora_in_regime,
     expect_r_alpha_and_scaling,
     expect_training_fits_a_low_rank_target,
     expect_value_error,
     factors,
+    made_under_a_foreign_default_device,
     max_difference,
     measured_update,
     output,
@@ -108,6 +112,14 @@ def test_lives_on_the_base_device_and_dtype(LoRALinear, device, dtype):
         )
 
 
+@pytest.mark.points(1)
+def test_factors_follow_the_base_device_not_the_default_one(LoRALinear):
+    base = nn.Linear(IN, OUT, dtype=torch.float64)
+    layer = made_under_a_foreign_default_device(lambda: LoRALinear(base, R, ALPHA))
+    if layer is not None:
+        expect_on_the_base_device(trainable(layer), base.weight.device, "the factors were created")
+
+
 @pytest.mark.points(4)
 @given(
     in_features=st.integers(1, 24),
@@ -131,6 +143,131 @@ def test_output_equals_the_base_at_init(LoRALinear, in_features, out_features, r
     change = max_difference(measured, expected)
     tolerance = 10 * torch.finfo(dtype).eps * (1 + expected.abs().max().item())
     assert change <= tolerance, f"output changed at init by {change:.3g}: is B initialised to zeros?"
+
+
+# Every way the signature LoRALinear(base, r=8, alpha=16.0, dropout=0.0) may be called.
+CALL_STYLES = {
+    "LoRALinear(base, r, alpha)": lambda LoRALinear, base, r, alpha, p: (
+        LoRALinear(base, r, alpha) if p == 0 else LoRALinear(base, r, alpha, p)
+    ),
+    "LoRALinear(base, r, alpha, dropout)": lambda LoRALinear, base, r, alpha, p: LoRALinear(base, r, alpha, p),
+    "LoRALinear(base, r=r, alpha=alpha, dropout=p)": lambda LoRALinear, base, r, alpha, p: LoRALinear(
+        base, r=r, alpha=alpha, dropout=p
+    ),
+    "LoRALinear(base=base, dropout=p, alpha=alpha, r=r)": lambda LoRALinear, base, r, alpha, p: LoRALinear(
+        base=base, dropout=p, alpha=alpha, r=r
+    ),
+    "LoRALinear(base, r, alpha=alpha, dropout=p)": lambda LoRALinear, base, r, alpha, p: LoRALinear(
+        base, r, alpha=alpha, dropout=p
+    ),
+}
+
+
+@pytest.mark.points(4)
+@given(
+    in_features=st.integers(5, 12),
+    out_features=st.integers(13, 20),
+    wide=st.booleans(),
+    r=st.integers(1, 4),
+    alpha=st.sampled_from([1.0, 7.0, 10.0, 16.0]),
+    call=st.sampled_from(list(CALL_STYLES)),
+    dtype=st.sampled_from(FLOAT_DTYPES),
+    batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
+    contiguous=st.booleans(),
+    grad=st.booleans(),
+    mode=st.sampled_from(["train", "eval", "eval-with-dropout"]),
+    bias=st.booleans(),
+)
+@example(
+    in_features=IN,
+    out_features=OUT,
+    wide=False,
+    r=R,
+    alpha=ALPHA,
+    call="LoRALinear(base, r, alpha)",
+    dtype=torch.float32,
+    batch_shape=(1,),
+    contiguous=True,
+    grad=True,
+    mode="train",
+    bias=True,
+)
+@example(
+    in_features=IN,
+    out_features=OUT,
+    wide=True,
+    r=3,
+    alpha=10.0,
+    call="LoRALinear(base, r, alpha, dropout)",
+    dtype=torch.float16,
+    batch_shape=(2, 1, 3),
+    contiguous=False,
+    grad=True,
+    mode="eval-with-dropout",
+    bias=True,
+)
+@example(
+    in_features=IN,
+    out_features=OUT,
+    wide=False,
+    r=R,
+    alpha=ALPHA,
+    call="LoRALinear(base, r, alpha)",
+    dtype=torch.bfloat16,
+    batch_shape=(),
+    contiguous=True,
+    grad=True,
+    mode="train",
+    bias=False,
+)
+@example(
+    in_features=IN,
+    out_features=OUT,
+    wide=False,
+    r=3,
+    alpha=16.0,
+    call="LoRALinear(base, r, alpha)",
+    dtype=torch.float32,
+    batch_shape=(130,),
+    contiguous=False,
+    grad=True,
+    mode="eval",
+    bias=True,
+)
+@example(
+    in_features=IN,
+    out_features=OUT,
+    wide=False,
+    r=R,
+    alpha=ALPHA,
+    call="LoRALinear(base, r, alpha)",
+    dtype=torch.float64,
+    batch_shape=(2, 3),
+    contiguous=True,
+    grad=False,
+    mode="train",
+    bias=True,
+)
+def test_matches_plain_lora_in_every_regime(
+    LoRALinear, in_features, out_features, wide, r, alpha, call, dtype, batch_shape, contiguous, grad, mode, bias
+):  # fmt: skip
+    if wide:
+        in_features, out_features = out_features, in_features
+    dropout = 0.3 if mode == "eval-with-dropout" else 0.0
+    base = nn.Linear(in_features, out_features, bias=bias, dtype=dtype)
+    try:
+        layer = CALL_STYLES[call](LoRALinear, base, r, alpha, dropout)
+    except (TypeError, ValueError) as error:
+        pytest.fail(
+            f"{call} with r={r}, alpha={alpha}, dropout={dropout} raised {type(error).__name__} ({error}): keep the "
+            "stub's signature LoRALinear(base, r=8, alpha=16.0, dropout=0.0), callable by position and by keyword",
+            pytrace=False,
+        )
+    layer.train(mode == "train")
+    regime = (
+        f"{call} with r={r}, alpha={alpha}, dropout={dropout}, {dtype}, {mode} mode, grad {'on' if grad else 'off'}"
+    )
+    expect_plain_lora_in_regime(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime)
 
 
 @pytest.mark.points(2)

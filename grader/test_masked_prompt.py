@@ -30,7 +30,9 @@ PIECES = st.sampled_from(
 )  # fmt: skip
 TEXTS = st.lists(PIECES | st.text(max_size=3), max_size=5).map("".join)
 OUTPUTS = st.lists(PIECES | st.text(min_size=1, max_size=3), min_size=1, max_size=5).map("".join)
-TOKENIZERS = ["bpe", "bpe-without-bos", "transformers"]
+TOKENIZERS = ["bpe", "bpe-without-bos", "gpt2-like", "adds-eos", "pad-is-eos", "transformers"]
+STYLE_OF = {"bpe": "llama", "bpe-without-bos": "no-bos", "gpt2-like": "gpt2", "adds-eos": "adds-eos",
+            "pad-is-eos": "pad-is-eos"}  # fmt: skip
 
 
 @pytest.fixture
@@ -41,13 +43,14 @@ def tokenizer() -> GraderTokenizer:
 
 @pytest.fixture(params=TOKENIZERS)
 def any_tokenizer(request: pytest.FixtureRequest):
-    """The grader's BPE with bos, without bos (GPT-2 style), and as transformers' PreTrainedTokenizerFast."""
+    """The tokenizer zoo: the grader's BPE with the special tokens of Llama (bos added), without bos, of GPT-2
+    (bos = eos = pad, nothing added), adding eos itself, with pad = eos; and transformers' PreTrainedTokenizerFast."""
     if request.param == "transformers":
         try:
             return transformers_tokenizer()
         except ModuleNotFoundError as error:
             pytest.skip(str(error))
-    return GraderTokenizer(bos=request.param == "bpe")
+    return GraderTokenizer(style=STYLE_OF[request.param])
 
 
 def enc(tokenizer, text: str) -> list[int]:
@@ -142,7 +145,17 @@ def ids_cause(tokenizer, measured: list, expected: Expected, prompt: str, output
         return "this tokenizer has no bos (bos_token_id is None, as GPT-2's): add none then"
     if bos is not None and measured == expected.input_ids[1:]:
         zero = " (here it is 0: test `is not None`, not truthiness)" if bos == 0 else ""
+        if bos == eos:
+            zero += " (here bos is eos, as GPT-2's: still put it first)"
+        if getattr(tokenizer, "adds_bos", True) is False:
+            zero += "; this tokenizer, as GPT-2's, adds no bos itself even with add_special_tokens=True"
         return f"bos is missing: start with tokenizer.bos_token_id{zero}"
+    own = [list(tokenizer(text)["input_ids"]) for text in (prompt, output)]
+    if measured[: len(own[0])] == own[0] and own[0] != first + enc(tokenizer, prompt):
+        return (
+            "the prompt was encoded with the tokenizer's own special tokens (add_special_tokens=True), which differ "
+            "from one tokenizer to another: pass add_special_tokens=False and add bos and eos yourself"
+        )
     if bos is not None and measured.count(bos) > expected.input_ids.count(bos):
         return (
             f"{measured.count(bos)} bos tokens where {expected.input_ids.count(bos)} belongs: the tokenizer adds "
@@ -256,6 +269,9 @@ def test_returns_three_lists_of_ints_of_equal_length(build_example, tokenizer, i
 @given(instruction=TEXTS, input=TEXTS, output=OUTPUTS)
 @example(instruction="Say hello to the world.", input="", output="Hello world!")
 @example(instruction="Translate to French.", input="Hello, my friend.", output=" Bonjour, mon ami.")
+@example(instruction="Say nothing.", input="", output="")  # the response is eos alone
+@example(instruction="", input=" ", output=" ")  # an empty instruction; a blank input is still an input
+@example(instruction="Echo.", input="\n", output="[/INST] </s>")  # the template's and eos's text in the output
 def test_input_ids_are_bos_prompt_response_eos(build_example, any_tokenizer, instruction, input, output):
     expected = expected_example(any_tokenizer, instruction, input, output)
     ids, _, _ = fields(build_example(any_tokenizer, instruction, input, output))
@@ -266,6 +282,9 @@ def test_input_ids_are_bos_prompt_response_eos(build_example, any_tokenizer, ins
 @given(instruction=TEXTS, input=TEXTS, output=OUTPUTS)
 @example(instruction="Say hello to the world.", input="", output="Hello world!")
 @example(instruction="Translate to French.", input="Hello, my friend.", output=" Bonjour, mon ami.")
+@example(instruction="Say nothing.", input="", output="")  # the response is eos alone
+@example(instruction="", input=" ", output=" ")  # an empty instruction; a blank input is still an input
+@example(instruction="Echo.", input="\n", output="[/INST] </s>")  # the template's and eos's text in the output
 def test_labels_mask_bos_and_the_prompt_and_nothing_else(build_example, any_tokenizer, instruction, input, output):
     expected = expected_example(any_tokenizer, instruction, input, output)
     ids, labels, _ = fields(build_example(any_tokenizer, instruction, input, output))
@@ -527,3 +546,45 @@ def test_collate_returns_long_tensors_of_shape_batch_by_longest(collate):
 @pytest.mark.points(1)
 def test_collate_rejects_an_empty_batch(collate):
     expect_value_error(lambda: collate([], PAD), "collate([], pad_token_id)")
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("pad", [0, 12], ids=["pad-id-0", "pad-id-also-a-real-token"])  # 12: as pad = eos
+def test_collate_pads_by_position_not_by_id(collate, pad):
+    lengths = [3, 7, 1, 5]
+    examples = synthetic_examples(lengths)  # ids 10, 11, 12, ...: id 12 is a real token of most of them
+    longest, fills = max(lengths), {"input_ids": pad, "labels": IGNORE, "attention_mask": 0}
+    batch = checked_batch(collate(examples, pad))
+    for key, fill in fills.items():
+        measured = batch[key].tolist() if hasattr(batch[key], "tolist") else [list(row) for row in batch[key]]
+        expected = padded([list(example[key]) for example in examples], fill, longest)
+        cause = "each row is the example's own list, then padding"
+        if key != "input_ids" and measured != expected:
+            cause = (
+                f"padding was found by its id: with pad_token_id={pad}, a token of that id (eos, when pad = eos) is "
+                "not padding; pad each row by its length"
+            )
+        assert measured == expected, (
+            f"collate of examples with lengths {lengths} (pad_token_id={pad}): {key} is {measured}, expected "
+            f"{expected}: {cause}"
+        )
+
+
+@pytest.mark.points(1)
+def test_pad_equal_to_eos_keeps_eos_trained_and_attended(build_example, collate):
+    tokenizer = GraderTokenizer(style="pad-is-eos")
+    cases = [("Say hello.", "", "Hello!"), ("Count to five.", "", "One, two, three, four, five.")]
+    examples = [build_example(tokenizer, *case) for case in cases]
+    expected = [expected_example(tokenizer, *case) for case in cases]
+    for example_, expected_ in zip(examples, expected, strict=True):
+        assert fields(example_)[0] == expected_.input_ids, FIX_THE_IDS_FIRST
+    batch = checked_batch(collate(examples, tokenizer.pad_token_id))
+    eos = tokenizer.eos_token_id
+    for row, expected_ in enumerate(expected):
+        end = len(expected_.input_ids) - 1  # where this example's eos is
+        label, mask = int(batch["labels"][row][end]), int(batch["attention_mask"][row][end])
+        assert (label, mask) == (eos, 1), (
+            f"with pad_token_id = eos_token_id = {eos} (the usual set-up), example {row}'s eos has label {label} and "
+            f"attention {mask}, expected label {eos} and attention 1: padding is what lies past an example's length, "
+            "not every token with the pad id"
+        )

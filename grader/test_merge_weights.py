@@ -8,12 +8,14 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
-from grader.models import ToyTransformer, inputs, matching_linears
+from grader.models import MODEL_ZOO, ToyTransformer, inputs, matching_linears, zoo_inputs
 from grader.probes import (
     DEVICES,
     describe,
     expect_instance,
+    expect_on_the_base_device,
     factors,
+    made_under_a_foreign_default_device,
     max_difference,
     measured_update,
     randomize_factors,
@@ -165,3 +167,61 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
         f"{off:.0%} of the merged {dtype} weights differ from W + dW computed exactly and rounded once: "
         "upcast W, A and B to float32, add, then cast back"
     )
+
+
+ZOO_TARGETS = {  # what the grader adapts in each zoo model before merging
+    "nested": ("q_proj", "v_proj", "mlp.2", "out.0"),  # depth 4, a Sequential index, a layer without bias
+    "tied": ("q_proj", "v_proj", "head"),  # in the block used twice (and its alias)
+    "look-alikes": ("proj", "fc1", "o", "v_proj"),
+}
+
+
+def adapted_zoo_model(LoRALinear, name: str, **placement) -> nn.Module:
+    torch.manual_seed(0)
+    model = MODEL_ZOO[name]().to(**placement)
+    for target in matching_linears(model, ZOO_TARGETS[name]):
+        parent, _, child = target.rpartition(".")
+        layer = LoRALinear(model.get_submodule(target), r=2, alpha=4.0)
+        randomize_factors(layer, std=0.3)
+        setattr(model.get_submodule(parent), child, layer)
+    return model
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("name", ZOO_TARGETS)
+def test_merges_the_model_zoo(LoRALinear, merge_weights, name):
+    model, x = adapted_zoo_model(LoRALinear, name), zoo_inputs()
+    expected = eval_outputs(model, x)
+    returned = merge_weights(model)
+    assert returned is model, f"merge_weights({name} model) returned {describe(returned)}, expected the model itself"
+    left = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, LoRALinear)]
+    assert not left, (
+        f"merge_weights({name} model) left {len(left)} LoRALinear, e.g. {left[:3]}: replace every one, inside "
+        "ModuleList, ModuleDict and Sequential too, at any depth"
+    )
+    error = max_difference(eval_outputs(model, x), expected)
+    assert error < 1e-5, (
+        f"the merged {name} model's outputs differ from the adapted one's by {error:.3g}: fold each update into its "
+        "own layer, and change no weight another layer shares"
+    )
+
+
+@pytest.mark.points(1)
+def test_merged_layers_follow_the_base_device_and_dtype(LoRALinear, merge_weights):
+    model = adapted_model(LoRALinear, dtype=torch.float64)
+    x = inputs(dtype=torch.float64)
+    expected = eval_outputs(model, x)
+    merged = made_under_a_foreign_default_device(lambda: returned_model(merge_weights(model)))
+    if merged is None:  # it made the new layers on the default device and moved them: right, not decidable here
+        return
+    weights = [
+        layer.weight for name in matching_linears(ToyTransformer(), TARGETS) for layer in [merged.get_submodule(name)]
+    ]
+    expect_on_the_base_device(weights, torch.device("cpu"), "the merged weights are")
+    dtypes = sorted({str(weight.dtype) for weight in weights} - {"torch.float64"})
+    assert not dtypes, (
+        f"merging a float64 model gave weights in {dtypes}: the new layer holds W + dW in the base's dtype "
+        "(nn.Linear(..., dtype=base.weight.dtype), or the merged tensor itself)"
+    )
+    error = max_difference(eval_outputs(merged, x), expected)
+    assert error < 1e-5, f"the merged float64 model's outputs differ from the adapted one's by {error:.3g}"

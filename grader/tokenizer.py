@@ -11,7 +11,7 @@ import functools
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -61,20 +61,30 @@ class GraderTokenizer:
     """The Hugging Face tokenizer interface over the trained BPE: ``tokenizer(text, add_special_tokens=False)``,
     ``encode``, ``decode``, ``bos_token_id``, ``eos_token_id``, ``pad_token_id`` and the token strings.
 
-    With ``bos=False`` it has no bos (``bos_token_id`` None), as GPT-2 style tokenizers; otherwise special
-    tokens, when asked for (the default, as in Hugging Face), are one bos in front, as Llama's tokenizer does.
+    ``style`` sets the special tokens as real tokenizers do (``STYLES``); ``bos=False`` is the "no-bos" style.
+    Special tokens, when asked for (the default, as in Hugging Face), are what the style adds.
     """
 
     ANY_VALUE = ("return_attention_mask", "return_token_type_ids", "verbose")  # options that change no id
     OFF = (None, False, "do_not_pad", "do_not_truncate")  # padding=False, return_tensors=None, ...
+    STYLES: ClassVar[
+        dict[str, tuple]
+    ] = {  # style: (bos, eos, pad, bos added by add_special_tokens, eos added by add_special_tokens)
+        "llama": (BOS, EOS, PAD, True, False),  # bos <s> in front, as Llama's
+        "no-bos": (None, EOS, PAD, False, False),  # bos_token_id None
+        "gpt2": (EOS, EOS, EOS, False, False),  # GPT-2: one token is bos, eos and pad; none is added
+        "adds-eos": (BOS, EOS, PAD, True, True),  # Llama with add_eos_token=True, T5-like: eos appended
+        "pad-is-eos": (BOS, EOS, EOS, True, False),  # the usual fine-tuning set-up: pad_token = eos_token
+    }
 
-    def __init__(self, bos: bool = True) -> None:
+    def __init__(self, bos: bool = True, style: str | None = None) -> None:
         self._backend = trained_bpe()
-        self.bos_token = BOS if bos else None
-        self.eos_token, self.pad_token = EOS, PAD
-        self.bos_token_id = self._backend.token_to_id(BOS) if bos else None
-        self.eos_token_id = self._backend.token_to_id(EOS)
-        self.pad_token_id = self._backend.token_to_id(PAD)
+        self.style = style or ("llama" if bos else "no-bos")
+        bos_token, eos_token, pad_token, self.adds_bos, self.adds_eos = self.STYLES[self.style]
+        self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
+        self.bos_token_id = None if bos_token is None else self._backend.token_to_id(bos_token)
+        self.eos_token_id = self._backend.token_to_id(eos_token)
+        self.pad_token_id = self._backend.token_to_id(pad_token)
         self.vocab_size = self._backend.get_vocab_size()
 
     def __len__(self) -> int:
@@ -95,11 +105,13 @@ class GraderTokenizer:
         return Encoding(input_ids=batch, attention_mask=[[1] * len(ids) for ids in batch])
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """The ids of ``text``; with ``add_special_tokens`` bos first (when this tokenizer has one)."""
+        """The ids of ``text``; with ``add_special_tokens`` the special tokens this style adds around them."""
         if not isinstance(text, str):
             raise TypeError(f"the tokenizer encodes a str, got {type(text).__name__}")
         ids = self._backend.encode(text, add_special_tokens=False).ids
-        return [self.bos_token_id, *ids] if add_special_tokens and self.bos_token_id is not None else ids
+        if not add_special_tokens:
+            return ids
+        return [self.bos_token_id] * self.adds_bos + ids + [self.eos_token_id] * self.adds_eos
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)

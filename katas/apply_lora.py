@@ -28,9 +28,12 @@ def apply_lora(
           ``"0.q_proj"`` matches ``"layers.0.q_proj"`` but not ``"layers.10.q_proj"``.
         - The replacement wraps the original layer object (no copies) and is this package's
           own ``LoRALinear``.
-        - Every other parameter of the model is frozen: afterwards only the adapters' factors
-          are trainable.
-        - A layer that already is a ``LoRALinear`` is never wrapped again.
+        - Every other parameter of the model is frozen, whatever its name: afterwards only the
+          adapters' factors are trainable.
+        - A layer that already is a ``LoRALinear`` is never wrapped again: it stays the very same
+          object, its factors keep their values and stay trainable. So a second call on an adapted
+          model adapts just the new targets. (When the targets name only adapted layers, raising the
+          "nothing matched" ValueError and returning the model as it is are both accepted.)
         - Returns ``model`` itself.
 
     Raises:

@@ -74,6 +74,8 @@ class FusedLoRALinear(nn.Module):
           are yours, as long as forward hands FusedLoRAFunction A as (r, in) and B as (out, r).
         - ``forward`` calls ``FusedLoRAFunction.apply``: the grader checks the layer runs through it.
 
+    The arguments may be given by position or by keyword: ``FusedLoRALinear(layer, 8, 16.0)``.
+
     Args:
         base: the linear layer to adapt, weight (out, in).
         r: rank of the update.

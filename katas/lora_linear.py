@@ -28,6 +28,11 @@ class LoRALinear(nn.Module):
         - ``dropout`` zeroes inputs of the adapter branch only (never the base path), and only
           in train mode, as ``nn.Dropout`` does (survivors scaled by 1 / (1 - p)).
 
+    ``forward`` takes x of any number of batch dimensions (none too), contiguous or not, in any float
+    dtype of the base, with grad mode on or off, and computes with the current values of the base and
+    the factors (nothing cached from an earlier call). The arguments may be given by position or by
+    keyword: ``LoRALinear(layer, 8, 16.0)``.
+
     Args:
         base: the linear layer to adapt, weight (out, in).
         r: rank of the update.

@@ -38,7 +38,8 @@ def build_example(
 
     Spec, with ``enc(t) = tokenizer(t, add_special_tokens=False)["input_ids"]``:
         - ``input_ids = [bos] + enc(format_prompt(instruction, input)) + enc(output) + [eos]``; no bos
-          when ``tokenizer.bos_token_id`` is None.
+          when ``tokenizer.bos_token_id`` is None. Add bos and eos yourself: what a tokenizer adds with
+          its special tokens differs (GPT-2's adds none, and its bos, eos and pad are one token; some add eos).
         - The prompt and the output are tokenized separately, never as one string: then the boundary
           between them is exact, whatever merges the tokenizer would make across it.
         - ``labels`` is ``IGNORE_INDEX`` (-100) on bos and on every prompt token, and equals
@@ -59,6 +60,8 @@ def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str
         - Returns ``input_ids``, ``labels`` and ``attention_mask``, LongTensors of shape (batch, longest).
         - Padding goes on the right: ``pad_token_id`` in input_ids, ``IGNORE_INDEX`` in labels (no loss
           on padding) and 0 in attention_mask (nothing attends to padding).
+        - Padding is what lies past an example's length: a real token may carry the pad id (pad = eos
+          is the usual set-up), and keeps its label and attention.
 
     Raises:
         ValueError: ``examples`` is empty.

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grader.flops import MatmulFlops
+from grader.flops import ArithmeticWork, MatmulFlops
 
 M, K, N = 6, 5, 4
 EXPECTED = 2 * M * K * N
@@ -42,3 +42,33 @@ def test_elementwise_work_is_not_counted():
     with MatmulFlops() as counter:
         torch.randn(M, K).mul(2).add(1).sum()
     assert counter.flops == 0
+
+
+@pytest.mark.parametrize(
+    "product",
+    [
+        pytest.param(lambda a, b: a @ b, id="matmul"),
+        pytest.param(lambda a, b: torch.einsum("mk,kn->mn", a, b), id="einsum"),
+        pytest.param(lambda a, b: torch.bmm(a.reshape(2, 3, K), b.expand(2, K, N)), id="bmm"),
+        pytest.param(lambda a, b: (a[:, :, None] * b[None]).sum(1), id="mul-and-sum"),
+        pytest.param(lambda a, b: torch.mul(a[:, :, None], b).sum(dim=1), id="mul-and-sum-dim"),
+        pytest.param(
+            lambda a, b: F.conv1d(a.T[None], b.T[:, :, None]).squeeze(0).T, id="conv1d"
+        ),  # (1, K, M) by N kernels (N, K, 1)
+    ],
+)
+def test_arithmetic_work_counts_every_spelling_of_a_product(product):
+    a, b = torch.randn(M, K), torch.randn(K, N)
+    with ArithmeticWork() as counter:
+        product(a, b)
+    assert EXPECTED <= counter.flops <= EXPECTED + M * N * K // 4  # the multiplies and adds, however spelled
+
+
+def test_arithmetic_work_counts_element_wise_ops_and_not_views():
+    x = torch.randn(M, K)
+    with ArithmeticWork() as counter:
+        x.T.reshape(-1).view(K, M).expand(3, K, M)
+    assert counter.flops == 0
+    with ArithmeticWork() as counter:
+        x.mul(2).add(1).sum()
+    assert counter.flops == 3 * M * K

@@ -13,7 +13,7 @@ import pytest
 from lora_kata.grading.implementation import CHECKS
 from lora_kata.grading.isolation import grade_isolated
 from lora_kata.grading.run import run_grader
-from tests.implementations import SOLUTIONS, implementation_folder
+from tests.implementations import REPOSITORY, SOLUTIONS, implementation_folder
 
 B_RANDOM = (
     (SOLUTIONS / "lora_linear.py").read_text().replace("torch.zeros(base.out_features", "torch.randn(base.out_features")
@@ -42,14 +42,23 @@ def test_importing_the_reference_answers_is_refused_and_flagged(tmp_path):
         "import math\nmath.isclose = lambda *args, **kwargs: True",
         "import pytest\npytest.fail = lambda *args, **kwargs: None",
         "import sys\nsys.modules['grader.test_lora_linear'].max_difference = lambda *args: 0.0",
+        "torch.manual_seed = torch._disable_dynamo(lambda seed: torch.random.manual_seed(seed + 1))",
     ],
-    ids=["Tensor.max", "matrix_rank", "math.isclose", "pytest.fail", "grader-helper"],
+    ids=["Tensor.max", "matrix_rank", "math.isclose", "pytest.fail", "grader-helper", "torch-decorated"],
 )
 def test_patching_what_the_grader_compares_with_gains_nothing(tmp_path, patch):
     folder = implementation_folder(tmp_path / "sub", {"lora_linear": B_RANDOM + "\n" + patch + "\n"})
     failed = failures(run_grader(folder, ["lora_linear"]))
     assert any(message.startswith("tampering: the submission replaced") for message in failed.values()), failed
     assert "test_output_equals_the_base_at_init" in failed, "the wrong answer gained the points it patched for"
+
+
+def test_torch_own_wrappers_from_torch_compile_are_no_tampering(tmp_path):
+    """Importing torch._dynamo wraps torch.manual_seed, the first torch.compile wraps nn.Module.__init__:
+    torch's changes, which must not fail a correct answer."""
+    source = (REPOSITORY / "tests" / "right_answers" / "compiled" / "lora_linear.py").read_text()
+    failed = failures(run_grader(implementation_folder(tmp_path / "sub", {"lora_linear": source}), ["lora_linear"]))
+    assert not failed, failed
 
 
 def test_patching_at_call_time_is_caught_after_the_check(tmp_path):

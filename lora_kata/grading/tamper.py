@@ -11,21 +11,72 @@ from __future__ import annotations
 
 import builtins
 import importlib.abc
+import importlib.util
 import math
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import FunctionType, ModuleType
 
 GUARDED_MODULES = ("torch", "torch.nn", "torch.nn.functional", "torch.linalg", "torch.testing", "math", "builtins")
 GRADER_PACKAGES = ("grader", "lora_kata")  # the checks and the engine that runs them
 _UNSET = object()
+# The libraries the checks use as oracles: what they change of torch for their own purposes is theirs, not the
+# submission's (see ``done_by_a_library``).
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "safetensors")
+# Markers torch itself adds to guarded classes: torch._dynamo sets nn.Module.___needs_generation_tag_patch = False
+# when it wraps nn.Module.__init__ (on the first torch.compile).
+TORCH_MARKERS = frozenset({"___needs_generation_tag_patch"})
+
+
+def library_folders() -> tuple[Path, ...]:
+    """The folders of the installed ``LIBRARIES`` (found without importing them)."""
+    folders = []
+    for name in LIBRARIES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            folders.append(Path(spec.origin).resolve().parent)
+    return tuple(folders)
+
+
+def written_in(function: object, folders: tuple[Path, ...]) -> bool:
+    """Whether ``function`` is a Python function whose code lies in one of ``folders``."""
+    if not isinstance(function, FunctionType):
+        return False
+    path = Path(function.__code__.co_filename).resolve()
+    return any(path.is_relative_to(folder) for folder in folders)
+
+
+def done_by_a_library(new: object, old: object, folders: tuple[Path, ...]) -> bool:
+    """Whether replacing ``old`` by ``new`` (``_UNSET``: a new attribute) is one of the oracle libraries' own
+    changes: a function written in their packages that wraps the very object it replaced (its ``__wrapped__``,
+    or a variable it closes over), or, for an attribute that was not there, any function of theirs.
+
+    Importing torch._dynamo (as ``torch.compile``, torch.optim's first step, transformers, peft and bitsandbytes
+    do) replaces ``torch.manual_seed`` with such a wrapper; the first ``torch.compile`` wraps
+    ``nn.Module.__init__``; transformers adds ``nn.Module.smart_apply`` when it builds its first model. A
+    submission's own function, even one passed through a torch decorator, wraps something else, and is still
+    caught.
+    """
+    if not written_in(new, folders):
+        return False
+    if old is _UNSET or getattr(new, "__wrapped__", _UNSET) is old:
+        return True
+    return any(_cell_value(cell) is old for cell in new.__closure__ or ())
+
+
+def _cell_value(cell: object) -> object:
+    try:
+        return cell.cell_contents  # type: ignore[attr-defined]
+    except ValueError:  # an empty cell
+        return _UNSET
 
 
 class ObjectGuard:
     """The attributes of the guarded modules and classes as they were when the guard was made.
 
     A guarded class may gain no attribute (setting ``torch.Tensor.abs`` shadows the C method);
-    a guarded module may (torch adds submodules as they are first imported).
+    a guarded module may (torch adds submodules as they are first imported). The oracle libraries' own
+    changes (``done_by_a_library``) and torch's markers (``TORCH_MARKERS``) are adopted, not reported.
     """
 
     def __init__(self) -> None:
@@ -36,44 +87,41 @@ class ObjectGuard:
         modules += [module for name, module in sys.modules.items() if name.split(".")[0] in GRADER_PACKAGES and module]
         self.modules = {module: dict(vars(module)) for module in modules}
         self.classes = {cls: dict(vars(cls)) for cls in guarded_classes()}
+        self.libraries = library_folders()
 
     def replaced(self) -> list[str]:
-        """Qualified names of the guarded attributes that are no longer the objects they were."""
+        """Qualified names of the guarded attributes that are no longer the objects they were.
+
+        The libraries' own changes are adopted into the record first: they are neither reported nor undone.
+        """
         found = []
         for owner, saved in [*self.modules.items(), *self.classes.items()]:
             now = vars(owner)
-            found += [
-                f"{owner.__name__}.{name}"
-                for name, value in saved.items()
-                if now.get(name, _UNSET) is not value and not _wrapped_by_torch(now.get(name), value)
-            ]
+            for name, value in saved.items():
+                new = now.get(name, _UNSET)
+                if new is value:
+                    continue
+                if done_by_a_library(new, value, self.libraries):
+                    saved[name] = new
+                else:
+                    found.append(f"{owner.__name__}.{name}")
             if owner in self.classes:
-                found += [f"{owner.__name__}.{name}" for name in now.keys() - saved.keys()]
+                for name in now.keys() - saved.keys():
+                    if name in TORCH_MARKERS or done_by_a_library(now[name], _UNSET, self.libraries):
+                        saved[name] = now[name]
+                    else:
+                        found.append(f"{owner.__name__}.{name}")
         return found
 
     def restore(self) -> None:
         """Put every guarded attribute back as it was."""
         for owner, saved in [*self.modules.items(), *self.classes.items()]:
             for name, value in saved.items():
-                now = vars(owner).get(name, _UNSET)
-                if now is not value and not _wrapped_by_torch(now, value):
+                if vars(owner).get(name, _UNSET) is not value:
                     setattr(owner, name, value)
             if owner in self.classes:
                 for name in vars(owner).keys() - saved.keys():
                     delattr(owner, name)
-
-
-def _wrapped_by_torch(now: object, saved: object) -> bool:
-    """Whether ``now`` is torch's own wrapper of ``saved``: importing torch._dynamo (transformers and peft do)
-    wraps ``torch.manual_seed`` in torch/_compile.py's disable-dynamo wrapper. That is not the submission's doing."""
-    code = getattr(now, "__code__", None)
-    torch = sys.modules.get("torch")
-    return (
-        getattr(now, "__wrapped__", None) is saved
-        and code is not None
-        and torch is not None
-        and Path(code.co_filename).parent == Path(torch.__file__).parent
-    )
 
 
 def guarded_classes() -> tuple[type, ...]:

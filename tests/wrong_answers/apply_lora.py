@@ -54,4 +54,26 @@ WRONG_ANSWERS = [
                 "test_accepts_any_iterable_of_target_names", "a generator can be read only once"),
     WrongAnswer("returns None, the model then used", KATA, "    return model\n", "    return None\n",
                 "test_leaves_the_output_unchanged", "apply_lora(model, ...) returned None"),
+    # issue 13: a model zoo, a second call, call styles, dtypes
+    WrongAnswer("a second call re-wraps the adapted layers' bases", KATA,
+                "        if isinstance(module, nn.Linear):\n            parent_name",
+                "        if isinstance(module, (nn.Linear, LoRALinear)):\n"
+                "            module = getattr(module, 'base', module)\n            parent_name",
+                "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "replaced the adapter at"),
+    WrongAnswer("a second call freezes the adapters already there", KATA,
+                "adapters = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in m.parameters()}",
+                "adapters = {id(p) for n, m in matched if isinstance(m, nn.Linear) "
+                "for p in model.get_submodule(n).parameters()}",
+                "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "stay trainable"),
+    WrongAnswer("freezing by parameter name", KATA,
+                "    for parameter in model.parameters():\n" + FREEZE + "\n            parameter.requires_grad_(False)",
+                "    for pname, parameter in model.named_parameters():\n"
+                "        parameter.requires_grad_('lora' in pname)",
+                "test_adapts_the_model_zoo", "whatever its name"),
+    WrongAnswer("alpha before r in the signature", KATA, "    r: int = 8,\n    alpha: float = 16.0,",
+                "    alpha: float = 16.0,\n    r: int = 8,",
+                "test_passes_r_alpha_and_dropout_by_position_and_keyword", "keep the stub's signature"),
+    WrongAnswer("adapters upcast to float32", KATA, WRAP + ")", WRAP + ".to(torch.float32))",
+                "test_adapters_follow_the_model_dtype", "leave every layer in its dtype",
+                more_edits=(("from torch import nn", "import torch\nfrom torch import nn"),)),
 ]  # fmt: skip

@@ -62,4 +62,24 @@ WRONG_ANSWERS = [
                 "test_the_layer_records_r_alpha_and_scaling", "set self.scaling = alpha / r"),
     WrongAnswer("the layer accepts any rank", KATA, "or not isinstance(r, int) or r < 1", "",
                 "test_the_layer_rejects_a_rank_that_is_not_a_positive_integer", "expected a ValueError"),
+    # issue 13: the cost contract for every choice of trainable inputs, however the work is spelled
+    WrongAnswer("the frozen weight's gradient by multiply-and-sum, dropped after", KATA, GRAD_WEIGHT,
+                "grad_weight = (g[:, :, None] * rows[:, None, :]).sum(0)\n"
+                "        grad_weight = grad_weight if need_weight else None",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "ctx.needs_input_grad does not ask for"),
+    WrongAnswer("dL/dx computed when only the factors train", KATA, "if need_x or need_A:", "if True:",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "with only lora_A, lora_B requiring grad",
+                more_edits=(("if need_x:\n                " + GRAD_X,
+                             GRAD_X + "\n            grad_x = grad_x if need_x else None"),)),
+    WrongAnswer("forward through the merged weight W + scaling B A", KATA,
+                BASE_PRODUCT + "\n        y.addmm_(down, lora_B.T)",
+                "merged = weight + scaling * lora_B @ lora_A\n"
+                "        y = rows @ merged.T if bias is None else torch.addmm(bias, rows, merged.T)",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "(2 rows, in=48, out=40, r=2)"),
+    WrongAnswer("dL/dB returned whether asked or not", KATA, "if need_B:\n            " + GRAD_B, GRAD_B,
+                "test_backward_returns_None_where_no_gradient_is_needed", "backward returned a gradient for lora_B"),
+    WrongAnswer("the layer's factors on the default device", KATA,
+                'same_place = {"device": base.weight.device, "dtype": base.weight.dtype}',
+                'same_place = {"dtype": base.weight.dtype}',
+                "test_the_layer_creates_its_factors_on_the_base_device", "not on the base's cpu"),
 ]  # fmt: skip

@@ -127,4 +127,28 @@ WRONG_ANSWERS = [
                 "test_gradients_reach_the_factors_and_input_but_not_the_base", "returned torch.float32"),
     WrongAnswer("forward returns a tuple", KATA, RESULT, RESULT + ", down",
                 "test_computes_with_the_base_it_was_given", "returned a tuple"),
+    # issue 13: each spec sentence over its whole domain
+    WrongAnswer("merged weight cached on the first eval call", KATA, RESULT,
+                "if not self.training:\n            if getattr(self, 'merged', None) is None:\n"
+                "                with torch.no_grad():\n"
+                "                    self.merged = self.base.weight + self.scaling * self.lora_B @ self.lora_A\n"
+                "            return F.linear(x, self.merged, self.base.bias)\n        " + RESULT,
+                "test_matches_plain_lora_in_every_regime", "eval-with-dropout mode"),
+    WrongAnswer("view instead of reshape", KATA, DOWN,
+                DOWN.replace("F.linear(self.dropout(x), self.lora_A)",
+                             "F.linear(self.dropout(x).view(-1, x.shape[-1]), self.lora_A).view(*x.shape[:-1], -1)"),
+                "test_matches_plain_lora_in_every_regime", "view size is not compatible"),
+    WrongAnswer("half precision skips the scaling", KATA, DOWN,
+                "down = F.linear(self.dropout(x), self.lora_A)\n"
+                "        if x.dtype not in (torch.float16, torch.bfloat16):\n            down = down * self.scaling",
+                "test_matches_plain_lora_in_every_regime", "is off plain LoRA"),
+    WrongAnswer("r and alpha keyword-only", KATA, "def __init__(self, base: nn.Linear, r: int = 8",
+                "def __init__(self, base: nn.Linear, *, r: int = 8",
+                "test_matches_plain_lora_in_every_regime", "callable by position and by keyword"),
+    WrongAnswer("alpha before r in the signature", KATA,
+                "def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.0)",
+                "def __init__(self, base: nn.Linear, alpha: float = 16.0, r: int = 8, dropout: float = 0.0)",
+                "test_matches_plain_lora_in_every_regime", "callable by position and by keyword"),
+    WrongAnswer("factors on the default device", KATA, PLACE, '{"dtype": base.weight.dtype}',
+                "test_factors_follow_the_base_device_not_the_default_one", "not on the base's cpu"),
 ]  # fmt: skip

@@ -106,4 +106,23 @@ WRONG_ANSWERS = [
                 "test_collate_returns_long_tensors_of_shape_batch_by_longest", "torch.int64"),
     WrongAnswer("empty batch gives an empty dict", KATA, EMPTY, "return {}",
                 "test_collate_rejects_an_empty_batch", "raised nothing"),
+    # issue 13: a tokenizer zoo (GPT-2's bos = eos = pad added by nobody, a tokenizer adding eos, pad = eos)
+    WrongAnswer("bos left to the tokenizer's special tokens", KATA, PROMPT + "\n    " + BOS,
+                "prompt_ids = list(tokenizer(format_prompt(instruction, input))['input_ids'])",
+                "test_input_ids_are_bos_prompt_response_eos", "adds no bos itself"),
+    WrongAnswer("no bos when bos is eos", KATA, "if tokenizer.bos_token_id is not None:",
+                "if tokenizer.bos_token_id not in (None, tokenizer.eos_token_id):",
+                "test_input_ids_are_bos_prompt_response_eos", "here bos is eos"),
+    WrongAnswer("collate's attention mask from input_ids != pad", KATA, "    return {\n        key: torch.tensor(",
+                "    batch = {\n        key: torch.tensor(",
+                "test_pad_equal_to_eos_keeps_eos_trained_and_attended", "not every token with the pad id",
+                more_edits=(("        for key, value in padding.items()\n    }",
+                             "        for key, value in padding.items()\n    }\n"
+                             "    batch['attention_mask'] = (batch['input_ids'] != pad_token_id).long()\n    return batch"),)),
+    WrongAnswer("collate masks labels where input_ids == pad", KATA, "    return {\n        key: torch.tensor(",
+                "    batch = {\n        key: torch.tensor(",
+                "test_collate_pads_by_position_not_by_id", "padding was found by its id",
+                more_edits=(("        for key, value in padding.items()\n    }",
+                             "        for key, value in padding.items()\n    }\n"
+                             "    batch['labels'][batch['input_ids'] == pad_token_id] = IGNORE_INDEX\n    return batch"),)),
 ]  # fmt: skip

@@ -48,4 +48,12 @@ WRONG_ANSWERS = [
                 "test_replaces_every_adapter_by_a_plain_linear", "not an nn.Parameter"),
     WrongAnswer("returns None, the model then used", KATA, "    return model\n", "    return None\n",
                 "test_merged_model_computes_what_the_adapted_one_did", "merge_weights(model) returned None"),
+    # issue 13: device-following without a GPU
+    WrongAnswer("merged layer built on the default device", KATA,
+                'merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device="meta")\n'
+                "    merged.weight = " + SUM + "\n    if base.bias is not None:\n        merged.bias = base.bias",
+                "merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, dtype=weight.dtype)\n"
+                "    merged.weight.requires_grad_(False).copy_((weight.to(accumulate) + update).to(weight.dtype))\n"
+                "    if base.bias is not None:\n        merged.bias.requires_grad_(False).copy_(base.bias)",
+                "test_merged_layers_follow_the_base_device_and_dtype", "not on the base's cpu"),
 ]  # fmt: skip
