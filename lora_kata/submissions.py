@@ -12,8 +12,9 @@ from pathlib import Path
 
 from lora_kata.arguments import kata_names, writable
 from lora_kata.grading.implementation import KATAS, ImplementationNotFound, locate
-from lora_kata.grading.isolation import Grading, grade_isolated
+from lora_kata.grading.isolation import Grading, Launch, grade_isolated
 from lora_kata.grading.results import gradescope, kata_totals, score_table, write_json
+from lora_kata.grading.server import preloaded
 from lora_kata.terminal import UserError, paint
 
 
@@ -62,8 +63,9 @@ def batch(arguments: argparse.Namespace) -> int:
     results_dir = out.with_name(f"{out.stem}-results")
     results_dir.mkdir(exist_ok=True)
     rows: dict[str, dict[str, str]] = {}
-    with ThreadPoolExecutor(max_workers=arguments.jobs) as pool:
-        futures = {pool.submit(_grade_submission, s, arguments.timeout, arguments.memory_mb): s for s in submissions}
+    with preloaded() as launch, ThreadPoolExecutor(max_workers=arguments.jobs) as pool:
+        limits = arguments.timeout, arguments.memory_mb, launch
+        futures = {pool.submit(_grade_submission, s, *limits): s for s in submissions}
         for done, future in enumerate(as_completed(futures), start=1):
             submission = futures[future]
             grading, note = future.result()
@@ -84,12 +86,12 @@ def batch(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _grade_submission(submission: Path, timeout_s: float, memory_mb: int) -> tuple[Grading, str]:
+def _grade_submission(submission: Path, timeout_s: float, memory_mb: int, launch: Launch | None) -> tuple[Grading, str]:
     try:
         folder = locate(submission)
     except ImplementationNotFound:
         return Grading([], 0.0, ""), f"no kata modules found in {submission}"
-    return grade_isolated(folder, (), timeout_s, memory_mb), ""
+    return grade_isolated(folder, (), timeout_s, memory_mb, launch), ""
 
 
 def _safe_name(name: str) -> str:
