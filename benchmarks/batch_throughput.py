@@ -3,8 +3,9 @@
     python benchmarks/batch_throughput.py [--submissions 100] [--jobs 2]
 
 The submissions are the reference answers, a few hostile ones (os._exit, a 50 GB allocation, a leftover
-child process, a hang under the --timeout) and the wrong answers of tests/wrong_answers, in turn. The
-baseline, timed in the same run, is `lora-kata grade` of the reference answers: one submission at a time.
+child process, one that detaches itself, a hang under the --timeout) and the wrong answers of tests/wrong_answers,
+in turn. The baseline, timed in the same run (before the batch and after it), is `lora-kata grade` of the reference
+answers: one submission at a time.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ HOSTILE = {
     "os-exit": ("apply_lora", "import os\nos._exit(0)\n"),
     "huge-allocation": ("merge_weights", "import torch\nHUGE = torch.ones(50 * 2**30, dtype=torch.uint8)\n"),
     "leftover-child": ("merge_weights", "import subprocess\nsubprocess.Popen(['sleep', '600'])\n"),
+    "detached-child": ("fused_lora", "import subprocess\nsubprocess.Popen(['sleep', '600'], start_new_session=True)\n"),
     "hang": ("merge_weights", "while True:\n    pass\n"),
 }
 
@@ -53,16 +55,22 @@ def strays(scratch: str) -> list[str]:
     return found
 
 
+def baseline() -> float:
+    """Submissions a minute of `lora-kata grade` on the reference answers, one at a time."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "lora_kata", "grade", "--impl", "solutions"], cwd=REPOSITORY, check=True,
+                   capture_output=True)  # fmt: skip
+    return 60 / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--submissions", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--timeout", type=float, default=60.0, help="per-submission limit (the hang uses it up)")
     arguments = parser.parse_args()
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "lora_kata", "grade", "--impl", "solutions"], cwd=REPOSITORY, check=True,
-                   capture_output=True)  # fmt: skip
-    one_at_a_time = 60 / (time.perf_counter() - start)
+    print(f"load average (1, 5, 15 min) at the start: {', '.join(f'{load:.2f}' for load in os.getloadavg())}")
+    one_at_a_time = [baseline()]  # timed before the batch and again after it: the mean of the two
     with tempfile.TemporaryDirectory() as scratch:
         submissions = Path(scratch) / "submissions"
         make_submissions(submissions, arguments.submissions)
@@ -73,11 +81,15 @@ def main() -> None:
         seconds = time.perf_counter() - start
         rows = len(Path(f"{scratch}/grades.csv").read_text().splitlines()) - 1 if completed.returncode == 0 else 0
         left = strays(scratch)
+    one_at_a_time = sum([*one_at_a_time, baseline()]) / 2
     rate = 60 * rows / seconds
-    print(f"baseline: lora-kata grade --impl solutions, one at a time: {one_at_a_time:.1f} submissions/minute")
+    how = "a fresh process each" if os.environ.get("LORA_KATA_PRELOAD") == "0" else "forks of the preloaded server"
+    print(f"baseline: lora-kata grade --impl solutions, one at a time (before and after): {one_at_a_time:.1f} "
+          f"submissions/minute; the batch grades in {how}")  # fmt: skip
     print(f"graded {rows}/{arguments.submissions} submissions with --jobs {arguments.jobs} in {seconds:.1f} s: "
           f"{rate:.1f} submissions/minute ({rate / one_at_a_time:.2f}x the baseline); "
           f"exit code {completed.returncode}; stray processes afterwards: {len(left)}")  # fmt: skip
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{load:.2f}' for load in os.getloadavg())}")
     for command_line in left:
         print(f"  stray: {command_line}")
 
