@@ -65,3 +65,11 @@ def test_batch_through_the_server_grades_like_grade_one_at_a_time(tmp_path):
         batched = json.loads((tmp_path / "g-results" / f"{folder.name}.json").read_text())
         assert graded(batched) == graded(document), f"{folder.name}: batch and grade disagree"
     assert len({json.dumps(graded(document)) for document in one_at_a_time.values()}) == len(folders)
+
+
+def test_the_server_preloads_without_asking_torch_about_cuda():
+    """A fork cannot use CUDA once its parent has initialised it: preloading must not even count the devices."""
+    probe = "from lora_kata.grading.server import preload; import torch; print(preload(), torch.cuda.is_initialized())"
+    completed = subprocess.run([sys.executable, "-c", probe], cwd=REPOSITORY, capture_output=True, text=True,
+                               timeout=300, check=True)  # fmt: skip
+    assert completed.stdout.split("\n")[-2] == "[] False", completed.stdout + completed.stderr

@@ -85,7 +85,6 @@ class GradingServer:
         ready = self.process.stdout.readline()
         with contextlib.suppress(ValueError):
             self.alive = json.loads(ready).get("ready") is True
-        self.preload_problem = "" if self.alive else f"the grading server did not start: {ready.strip()!r}"
         if self.alive:
             threading.Thread(target=self._read_replies, daemon=True).start()
 
@@ -100,15 +99,17 @@ class GradingServer:
                    "pythonpath": os.environ.get("PYTHONPATH", "")}  # fmt: skip
         done = threading.Event()
         with self.lock:
-            if not self.alive:
-                return self.fallback(copy, implementation, journal, katas, time_left_s, memory_mb)
-            request["id"], self.next_id = self.next_id, self.next_id + 1
-            self.waiting[request["id"]] = done
-            try:
-                self.process.stdin.write(json.dumps(request) + "\n")
-                self.process.stdin.flush()
-            except OSError:
-                self.alive = False
+            sent = self.alive
+            if sent:
+                request["id"], self.next_id = self.next_id, self.next_id + 1
+                self.waiting[request["id"]] = done
+                try:
+                    self.process.stdin.write(json.dumps(request) + "\n")
+                    self.process.stdin.flush()
+                except OSError:
+                    self.alive = sent = False
+        if not sent:
+            return self.fallback(copy, implementation, journal, katas, time_left_s, memory_mb)
         done.wait(request["time_left_s"] + REPLY_GRACE_S)
         with self.lock:
             reply = self.replies.pop(request["id"], None)
