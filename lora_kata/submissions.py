@@ -16,8 +16,9 @@ from pathlib import Path
 from lora_kata.arguments import kata_names, writable, writable_folder
 from lora_kata.grading.expected import complete
 from lora_kata.grading.implementation import GRADED, ImplementationNotFound, locate
-from lora_kata.grading.isolation import Grading, grade_isolated
+from lora_kata.grading.isolation import Grading, Launch, grade_isolated
 from lora_kata.grading.results import gradescope, kata_totals, score_table, write_json
+from lora_kata.grading.server import preloaded
 from lora_kata.terminal import UserError, is_terminal, paint
 
 
@@ -70,8 +71,8 @@ def batch(arguments: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: {where} is a file: move it, or use another --out")
     writable_folder(results_dir, f"--out {out}: the results folder")
     rows: dict[str, dict[str, str]] = {}
-    with ThreadPoolExecutor(max_workers=arguments.jobs) as pool:
-        limits = (arguments.timeout, arguments.memory_mb, arguments.check_timeout)
+    with preloaded() as launch, ThreadPoolExecutor(max_workers=arguments.jobs) as pool:
+        limits = (arguments.timeout, arguments.memory_mb, arguments.check_timeout, launch)
         futures = {pool.submit(_grade_submission, s, *limits): s for s in submissions}
         for done, future in enumerate(as_completed(futures), start=1):
             submission = futures[future]
@@ -109,14 +110,14 @@ def _save(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _grade_submission(
-    submission: Path, timeout_s: float, memory_mb: int, check_timeout_s: float | None = None
+    submission: Path, timeout_s: float, memory_mb: int, check_timeout_s: float | None, launch: Launch | None
 ) -> tuple[Grading, str]:
     try:
         folder = locate(submission)
     except ImplementationNotFound:
         note = f"no kata modules found in {submission}"
         return Grading(complete([], (), note), 0.0, ""), note
-    return grade_isolated(folder, (), timeout_s, memory_mb, check_timeout_s), ""
+    return grade_isolated(folder, (), timeout_s, memory_mb, check_timeout_s, launch), ""
 
 
 def _safe_name(name: str) -> str:

@@ -1,0 +1,75 @@
+"""`lora-kata batch` grades in forks of a preloaded server: each submission gets exactly the grade that
+`lora-kata grade` gives it alone, in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.implementations import REPOSITORY, SOLUTIONS, implementation_folder
+from tests.wrong_answers import all_wrong_answers
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the preloaded server forks")
+
+SAMPLE_EVERY = 15  # every 15th wrong answer of the zoo (9 of 134): the whole zoo twice takes too long for make test
+HOSTILE = {
+    "os-exit": {"apply_lora": "import os\nos._exit(0)\n"},
+    "segfault": {"merge_weights": "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"},
+    "sys-exit": {"masked_prompt": "import sys\nsys.exit(0)\n"},
+}
+
+
+def lora_kata(*arguments: str, **environment: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lora_kata", *arguments], cwd=REPOSITORY, capture_output=True, text=True,
+        timeout=600, check=False, stdin=subprocess.DEVNULL, env={**os.environ, **environment},
+    )  # fmt: skip
+
+
+def graded(document: dict) -> tuple[list[dict], list[str]]:
+    """What a grade is: every check's outcome, verdict, points and location, and the notes (problems)."""
+    return document["lora_kata"]["results"], document["lora_kata"]["notes"]
+
+
+def test_batch_through_the_server_grades_like_grade_one_at_a_time(tmp_path):
+    submissions = tmp_path / "subs"
+    implementation_folder(submissions / "reference")
+    stubs = {path.stem: path.read_text() for path in (REPOSITORY / "katas").glob("*.py") if path.stem != "__init__"}
+    implementation_folder(submissions / "stubs", stubs)
+    for name, sources in HOSTILE.items():
+        implementation_folder(submissions / name, sources)
+    for number, wrong in enumerate(all_wrong_answers()[::SAMPLE_EVERY]):
+        implementation_folder(submissions / f"wrong-{number:02d}", {wrong.kata: wrong.source()})
+    # Where the grading ran: its parent is the reaper, forked from the server (or a fresh worker.py).
+    record = f"open({str(tmp_path / 'parent.txt')!r}, 'wb').write(open(f'/proc/{{os.getppid()}}/cmdline', 'rb').read())"
+    probe = (SOLUTIONS / "lora_linear.py").read_text() + f"\nimport os\n{record}\n"
+    implementation_folder(submissions / "probe", {"lora_linear": probe})
+    completed = lora_kata("batch", str(submissions), "--out", str(tmp_path / "g.csv"), "--jobs", "2")
+    assert completed.returncode == 0, completed.stderr
+    assert b"server.py" in (tmp_path / "parent.txt").read_bytes(), "batch did not grade through the preloaded server"
+
+    def alone(folder: Path) -> dict:
+        lora_kata("grade", "--impl", str(folder), "--json", str(tmp_path / f"{folder.name}.json"))
+        return json.loads((tmp_path / f"{folder.name}.json").read_text())
+
+    folders = sorted(path for path in submissions.iterdir() if path.name != "probe")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        one_at_a_time = dict(zip(folders, pool.map(alone, folders), strict=True))
+    for folder, document in one_at_a_time.items():
+        batched = json.loads((tmp_path / "g-results" / f"{folder.name}.json").read_text())
+        assert graded(batched) == graded(document), f"{folder.name}: batch and grade disagree"
+    assert len({json.dumps(graded(document)) for document in one_at_a_time.values()}) == len(folders)
+
+
+def test_the_server_preloads_without_asking_torch_about_cuda():
+    """A fork cannot use CUDA once its parent has initialised it: preloading must not even count the devices."""
+    probe = "from lora_kata.grading.server import preload; import torch; print(preload(), torch.cuda.is_initialized())"
+    completed = subprocess.run([sys.executable, "-c", probe], cwd=REPOSITORY, capture_output=True, text=True,
+                               timeout=300, check=True)  # fmt: skip
+    assert completed.stdout.split("\n")[-2] == "[] False", completed.stdout + completed.stderr
