@@ -88,16 +88,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(config.getoption("check_timeout")))
 
 
-@pytest.hookimpl(tryfirst=True)  # before the tamper guard records torch, which transformers patches on import
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Import transformers and peft now when a selected check needs them (the `_the_stack` fixture): it takes
-    seconds, which must not count against the first such check's time limit."""
-    if any("_the_stack" in getattr(item, "fixturenames", ()) for item in session.items):
-        from grader.hf import load_the_stack
-
-        load_the_stack(session.config)
-
-
 @pytest.fixture(scope="session")
 def implementation(pytestconfig: pytest.Config) -> Implementation:
     return pytestconfig.stash[IMPLEMENTATION]

@@ -2,64 +2,24 @@
 downloaded), peft models with the same factors as the learner's, and reading a LoRA layer's factors
 whatever their layout.
 
-transformers, peft and safetensors are imported inside the functions that need them: importing them costs
-seconds, and the katas that do not use them must stay fast. A check module that needs one marks itself
-with ``requires(...)``, so each of its checks skips with one line where it is missing.
+The check modules that use these import transformers, peft and safetensors when they are collected
+(``grader/oracles.py``); the functions here only name what they build from them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import itertools
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import pytest
 import torch
 from torch import nn
 
 from grader.probes import output, trainable
 
 VOCAB, POSITIONS, WIDTH = 64, 16, 16
-
-
-def load_the_stack(config: pytest.Config) -> None:
-    """Import transformers and peft (where installed) and build a model of each kind once, then let the
-    tamper guard accept what they change for good (transformers replaces ``torch.manual_seed`` on import and
-    adds ``nn.Module.smart_apply`` on a model's first init): the library did it, not the submission.
-
-    The grader's conftest calls this once collection is done, when a selected check uses the ``_the_stack``
-    fixture: the seconds of importing then count against no check's time limit, and the tamper guard records
-    torch after it. The fixture calls it again, in case: then nothing is accepted when something is already
-    replaced (the check will say so), and it runs before any of the check's submission code.
-    """
-    from lora_kata.grading.tamper import ObjectGuard
-
-    if importlib.util.find_spec("transformers") is None:
-        return  # the checks that need it skip, saying so
-    watch = config.pluginmanager.get_plugin("lora-kata-tamper")
-    clean = watch is None or watch.guard is None or not watch.guard.replaced()
-    with quiet():
-        tiny_gpt2(n_layer=1)
-        tiny_llama()
-        if importlib.util.find_spec("peft") is not None:
-            peft_model(tiny_gpt2(n_layer=1), ["c_attn"], 2, 4.0, fan_in_fan_out=True)
-            peft_model(tiny_llama(), ["q_proj"], 2, 4.0)
-    if clean and watch is not None and watch.guard is not None:
-        watch.guard = ObjectGuard()
-
-
-def requires(*packages: str) -> list[pytest.MarkDecorator]:
-    """Marks that skip a check, with one line each, when one of ``packages`` is not installed."""
-    return [
-        pytest.mark.skipif(
-            importlib.util.find_spec(package) is None,
-            reason=f"{package} is not installed: pip install {package} (or -e '.[test]') to grade this kata",
-        )
-        for package in packages
-    ]
 
 
 @contextlib.contextmanager

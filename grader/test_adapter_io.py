@@ -13,23 +13,24 @@ import torch
 from torch import nn
 
 from grader.hf import (
-    load_the_stack,
     logits,
     lora_factors,
     peft_layers,
     peft_model,
     quiet,
     randomize,
-    requires,
     tiny_gpt2,
     tiny_llama,
     token_ids,
 )
 from grader.models import WIDTH, ToyTransformer, matching_linears
+from grader.oracles import requires
 from grader.probes import describe, max_difference
 
 SUBJECT = "save_adapter"  # the definition a failing check points at
-pytestmark = requires("transformers", "peft", "safetensors")
+pytestmark = requires(
+    "transformers:LlamaForCausalLM", "transformers:GPT2LMHeadModel", "peft:PeftModel", "safetensors.torch"
+)
 
 R, ALPHA = 4, 8.0
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -37,12 +38,6 @@ TOY_TARGETS = ("q_proj", "v_proj", "fc1", "fc10", "head")  # router.q_proj is a 
 GPT2_TARGETS = ("c_attn", "c_proj")
 KINDS = ["llama", "toy", "gpt2"]
 CONFIG, WEIGHTS, PREFIX = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _the_stack(pytestconfig):
-    """transformers and peft, imported once, before any submission code runs (see load_the_stack)."""
-    load_the_stack(pytestconfig)
 
 
 def plain(kind: str) -> nn.Module:

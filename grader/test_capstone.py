@@ -22,6 +22,7 @@ import pytest
 import torch
 from torch import nn
 
+from grader.oracles import load
 from grader.probes import max_difference
 from grader.tokenizer import TRANSFORMERS_MISSING, transformers_tokenizer
 from grader.training import SpyOptimizer, SpyScheduler, relative_difference
@@ -34,8 +35,8 @@ STEPS, WARMUP, LR, R, ALPHA = 24, 3, 3e-2, 8, 16.0
 MICRO_BATCH, MICRO_BATCHES = 6, 2  # a window of 2 micro-batches of 6 examples: 12 examples per step
 MARGIN = 1 / 3  # the response loss must fall by at least this share of where it started
 MISSING = TRANSFORMERS_MISSING.replace("PreTrainedTokenizerFast", "the capstone (LlamaForCausalLM)")
-# The first check to run also imports transformers (seconds on a loaded machine) and trains the model once.
-pytestmark = pytest.mark.timeout(60)
+# transformers' Llama and fast tokenizer, imported while the checks are collected (the checks skip without them).
+load("transformers:LlamaForCausalLM", "transformers:PreTrainedTokenizerFast")
 
 
 def template(instruction: str, input: str) -> str:
@@ -62,7 +63,7 @@ class Run:
 
 
 def llama(tokenizer: Any) -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM  # slow to import: only once the capstone runs
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -80,13 +81,7 @@ def llama(tokenizer: Any) -> nn.Module:
         use_cache=False,
     )
     torch.manual_seed(0)
-    had_smart_apply = hasattr(nn.Module, "smart_apply")
-    model = LlamaForCausalLM(config)
-    if not had_smart_apply and hasattr(nn.Module, "smart_apply"):
-        # transformers sets nn.Module.smart_apply while it initialises a model (and again whenever it is missing);
-        # the tamper guard, which records nn.Module, would blame the submission for it
-        delattr(nn.Module, "smart_apply")
-    return model
+    return LlamaForCausalLM(config)
 
 
 def grader_batch(tokenizer: Any, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:

@@ -14,15 +14,14 @@ from torch import nn
 
 from grader.hf import (
     copy_factors_into_peft,
-    load_the_stack,
     logits,
     peft_model,
     quiet,
     randomize,
-    requires,
     tiny_gpt2,
     token_ids,
 )
+from grader.oracles import requires
 from grader.probes import (
     DEVICES,
     describe,
@@ -41,19 +40,13 @@ from grader.probes import (
 from grader.test_lora_linear import adapter_input_multipliers
 
 SUBJECT = "LoRAConv1D"  # the definition a failing check points at
-pytestmark = requires("transformers")
-(PEFT,) = requires("peft")
+pytestmark = requires("transformers:GPT2LMHeadModel", "transformers.pytorch_utils")
+(PEFT,) = requires("peft:get_peft_model")
 
 IN, OUT, R, ALPHA = 12, 10, 4, 10.0  # distinct dims: a factor's shape tells which it is; alpha / r not whole
 SCALING = ALPHA / R
 ATTENTION = ("c_attn",)
 EVERYWHERE = ("c_attn", "c_proj", "c_fc")  # attn.c_proj is square (16 -> 16), mlp.c_proj 64 -> 16
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _the_stack(pytestconfig):
-    """transformers and peft, imported once, before any submission code runs (see load_the_stack)."""
-    load_the_stack(pytestconfig)
 
 
 @pytest.fixture(scope="session")

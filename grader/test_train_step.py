@@ -18,6 +18,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
+from grader.oracles import load
 from grader.probes import describe, expect_value_error
 from grader.training import (
     IGNORE,
@@ -37,6 +38,7 @@ from grader.training import (
 
 SUBJECT = "train_step"  # the definition a failing check points at
 TRANSFORMERS_MISSING = "transformers is not installed: pip install transformers to also compare with its schedule"
+load("transformers:get_cosine_schedule_with_warmup")  # the schedule's oracle, imported while collecting
 EXACT = 1e-9  # float64: the reference and a right answer differ by rounding only
 
 
@@ -330,13 +332,12 @@ def test_schedule_warms_up_linearly_then_falls_as_a_cosine_to_zero(cosine_with_w
 
 @pytest.mark.points(1)
 @pytest.mark.subject("cosine_with_warmup")
-@pytest.mark.timeout(60)  # importing transformers takes over 10 s on a loaded 2-core machine
 def test_schedule_gives_transformers_numbers_up_to_total_steps(cosine_with_warmup):
     cases = ((0, 5), (2, 9), (5, 5), (3, 40))
     mine = {case: lrs_of(lambda optimizer, case=case: cosine_with_warmup(optimizer, *case), case[1]) for case in cases}
     if importlib.util.find_spec("transformers") is None:
         pytest.skip(TRANSFORMERS_MISSING)
-    from transformers import get_cosine_schedule_with_warmup  # slow to import: only here, after the kata's part
+    from transformers import get_cosine_schedule_with_warmup  # imported when this module was collected
 
     for (warmup, total), measured in mine.items():
         theirs = lrs_of(lambda optimizer, w=warmup, t=total: get_cosine_schedule_with_warmup(optimizer, w, t), total)
