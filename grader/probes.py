@@ -54,6 +54,16 @@ def trainable(module: nn.Module) -> list[nn.Parameter]:
     return [parameter for parameter in module.parameters() if parameter.requires_grad]
 
 
+def trained_numbers(layer: nn.Module, base: nn.Module) -> int:
+    """How many numbers ``layer`` trains, after the first premise of any such count: its base is frozen."""
+    loose = [name for name, parameter in base.named_parameters() if parameter.requires_grad]
+    assert not loose, (
+        f"the base's {loose} still require grad, so the layer trains them too and no count of its factors can be "
+        "right: freeze the base first (base.requires_grad_(False))"
+    )
+    return sum(tensor.numel() for tensor in trainable(layer))
+
+
 @dataclass
 class Factors:
     """The two trainable factors of a LoRA layer, seen in the canonical layout A (r, in), B (out, r)."""

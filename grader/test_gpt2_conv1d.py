@@ -36,6 +36,7 @@ from grader.probes import (
     randomize_factors,
     scaling_ratio,
     trainable,
+    trained_numbers,
 )
 from grader.test_lora_linear import adapter_input_multipliers
 
@@ -345,8 +346,9 @@ def test_rejects_a_base_that_is_not_a_transformers_conv1d(LoRAConv1D, make_base)
 @pytest.mark.points(1)
 def test_defaults_are_r_8_alpha_16_and_no_dropout(LoRAConv1D):
     twin = nn.Linear(IN, OUT, dtype=torch.float64)
-    layer = LoRAConv1D(conv1d_twin(twin))
-    count = sum(t.numel() for t in trainable(layer))
+    base = conv1d_twin(twin)
+    layer = LoRAConv1D(base)
+    count = trained_numbers(layer, base)
     assert count == 8 * (IN + OUT), (
         f"LoRAConv1D(base) trains {count} numbers, expected r*(in+out) = {8 * (IN + OUT)} with the default r=8: "
         "keep the stub's defaults, LoRAConv1D(base, r=8, alpha=16.0, dropout=0.0)"

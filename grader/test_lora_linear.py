@@ -29,6 +29,7 @@ from grader.probes import (
     randomize_factors,
     scaling_ratio,
     trainable,
+    trained_numbers,
 )
 
 SUBJECT = "LoRALinear"  # the definition a failing check points at
@@ -311,7 +312,7 @@ def test_a_rank_above_min_in_out_is_kept(LoRALinear):
     in_features, out_features, r, alpha = 3, 2, 8, 16.0
     base = nn.Linear(in_features, out_features, dtype=torch.float64)
     layer = LoRALinear(base, r=r, alpha=alpha)
-    count, expected = sum(t.numel() for t in trainable(layer)), r * (in_features + out_features)
+    count, expected = trained_numbers(layer, base), r * (in_features + out_features)
     assert count == expected, (
         f"LoRALinear(nn.Linear({in_features}, {out_features}), r={r}) trains {count} numbers, expected "
         f"r*(in+out) = {expected}: keep r as given, even above min(in, out) (dW's rank is then at most min(in, out))"
@@ -409,9 +410,15 @@ def test_gradients_reach_the_factors_and_input_but_not_the_base(LoRALinear):
 @pytest.mark.points(2)
 def test_dropout_never_touches_the_base_path(LoRALinear):
     base, layer = make_layer(LoRALinear, dropout=0.5)
-    layer.train()
     x = torch.randn(8, IN)
     with torch.no_grad():
+        layer.eval()  # the first premise: with dropout off the output at init is base(x) (B starts at zero)
+        change = max_difference(output(layer, x), base(x))
+        assert change < 1e-5, (
+            f"even in eval mode, with dropout off, the output at init differs from base(x) by {change:.3g}: is B "
+            "initialised to zeros? (see test_output_equals_the_base_at_init)"
+        )
+        layer.train()
         change = max_difference(output(layer, x), base(x))
     assert change < 1e-5, (
         f"with dropout in train mode the output at init differs from base(x) by {change:.3g}: "
@@ -598,7 +605,7 @@ def test_training_reduces_the_loss_and_leaves_the_base_untouched(LoRALinear, dev
 def test_defaults_are_r_8_alpha_16_and_no_dropout(LoRALinear):
     base = nn.Linear(IN, OUT, dtype=torch.float64)
     layer = LoRALinear(base)
-    count = sum(t.numel() for t in trainable(layer))
+    count = trained_numbers(layer, base)
     assert count == 8 * (IN + OUT), (
         f"LoRALinear(base) trains {count} numbers, expected r*(in+out) = {8 * (IN + OUT)} with the default r=8: "
         "keep the stub's defaults, LoRALinear(base, r=8, alpha=16.0, dropout=0.0)"

@@ -151,4 +151,11 @@ WRONG_ANSWERS = [
                 "test_matches_plain_lora_in_every_regime", "callable by position and by keyword"),
     WrongAnswer("factors on the default device", KATA, PLACE, '{"dtype": base.weight.dtype}',
                 "test_factors_follow_the_base_device_not_the_default_one", "not on the base's cpu"),
+    # The first broken premise is named, not a downstream symptom (issue 14, item 7).
+    WrongAnswer("base not frozen, seen by a count", KATA, FREEZE, "self.base = base",
+                "test_a_rank_above_min_in_out_is_kept", "freeze the base first"),
+    WrongAnswer("base not frozen, seen by the defaults", KATA, FREEZE, "self.base = base",
+                "test_defaults_are_r_8_alpha_16_and_no_dropout", "freeze the base first"),
+    WrongAnswer("B random, seen by dropout", KATA, B_ZEROS, "0.01 * torch.randn(base.out_features, r, **same_place)",
+                "test_dropout_never_touches_the_base_path", "is B initialised to zeros"),
 ]  # fmt: skip
