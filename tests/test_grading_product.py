@@ -116,11 +116,16 @@ def test_a_kata_that_kills_the_grader_costs_only_its_own_points(tmp_path, source
 
 
 def test_a_hang_is_stopped_at_the_time_limit(tmp_path):
+    # apply_lora's checks take a few seconds alone; the limit leaves room for a machine loaded several times over,
+    # and each check's own limit is above it, so that the grading's limit is what stops the hang.
     grading = grade_isolated(
-        implementation_folder(tmp_path / "sub", {"merge_weights": "while True:\n    pass\n"}), timeout_s=12
+        implementation_folder(tmp_path / "sub", {"merge_weights": "while True:\n    pass\n"}),
+        ["apply_lora", "merge_weights"],
+        timeout_s=40,
+        check_timeout_s=120,
     )
-    assert "took longer than 12 s" in grading.problem and grading.seconds < 20
-    assert kata_outcomes(grading.results)["lora_linear"] == {"passed", "skipped"}
+    assert "took longer than 40 s" in grading.problem and grading.seconds < 60
+    assert kata_outcomes(grading.results)["apply_lora"] == {"passed", "skipped"}
     assert "failed" in kata_outcomes(grading.results)["merge_weights"]
 
 
