@@ -1,6 +1,6 @@
 """The grader's own NF4 (QLoRA's 4-bit NormalFloat): the code book, the quantizer and the dequantizer the
 `nf4` and `qlora` checks compare with, written from the definition (bitsandbytes' CPU quantizer packs the
-same bytes: tests/test_nf4_reference.py checks that where bitsandbytes is installed)."""
+same bytes: test_quantize_equals_bitsandbytes_quantize_4bit checks that where bitsandbytes is installed)."""
 
 from __future__ import annotations
 
@@ -105,9 +105,27 @@ def installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def import_at_collection(name: str) -> ModuleType | None:
+    """The oracle module ``name``, imported now, while pytest collects the check module that calls this at its top
+    (bitsandbytes, transformers and peft take seconds each, over 10 s on a loaded machine: never inside a check's
+    time limit); None where it is not installed or does not import, and each check that needs it skips with one line.
+
+    Its side effects are adopted, as grader/training.py adopts torch._dynamo's: they happen before the tamper guard
+    records what it watches (after collection), so a submission that imports the same library later (delegating to
+    bitsandbytes, say) changes nothing the guard sees."""
+    if not installed(name.split(".")[0]):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(name)
+    except Exception:  # a broken install: the checks that need it skip
+        return None
+
+
 def import_oracle(name: str) -> ModuleType | None:
-    """The library module ``name`` the checks compare with, or None where it is not installed; imported only
-    when a check asks (bitsandbytes takes ~3 s, peft ~3 s more)."""
+    """The library module ``name``, or None where it is not installed: a cache hit where the check module imported
+    it at collection (``import_at_collection``); otherwise its side effects are undone, as for any grader call."""
     if not installed(name.split(".")[0]):
         return None
     with library_side_effects_undone():

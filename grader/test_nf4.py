@@ -23,12 +23,15 @@ from grader.nf4_checks import (
 from grader.probes import describe, expect_instance, expect_value_error
 
 SUBJECT = "quantize_nf4"  # the definition a failing check points at
+BITSANDBYTES = ref.import_at_collection("bitsandbytes.functional")  # seconds: never inside a check's time limit
 
 shapes = st.lists(st.integers(1, 80), min_size=1, max_size=3).map(tuple)
 block_sizes = st.sampled_from((32, 64, 128, 256))
 dtypes = st.sampled_from(DTYPES)
 scales = st.sampled_from((1e-3, 0.02, 1.0, 37.0))
 seeds = st.integers(0, 2**16)
+# What bitsandbytes refuses: below 32, above 4096, and multiples of 32 (or 16) that are not powers of two.
+REFUSED_BLOCK_SIZES = (0, -64, 8, 16, 48, 96, 100, 160, 192, 384, 3072, 4095, 8192)
 
 
 def draw_weight(shape, dtype, scale, seed):
@@ -122,7 +125,7 @@ def test_quantize_packs_the_nf4_codes_bit_for_bit(quantize_nf4, shape, block_siz
 
 
 @pytest.mark.points(3)
-@pytest.mark.skipif(not ref.installed("bitsandbytes"), reason=ref.BITSANDBYTES_MISSING)
+@pytest.mark.skipif(BITSANDBYTES is None, reason=ref.BITSANDBYTES_MISSING)
 @settings(max_examples=10)
 @given(shape=shapes, block_size=block_sizes, dtype=dtypes, scale=scales, seed=seeds)
 @example(shape=(128, 96), block_size=64, dtype=torch.float32, scale=1.0, seed=0)
@@ -138,16 +141,17 @@ def test_quantize_equals_bitsandbytes_quantize_4bit(quantize_nf4, shape, block_s
 
 
 @pytest.mark.points(1)
-def test_an_all_zero_block_takes_the_code_of_zero(quantize_nf4, dequantize_nf4):
-    weight = torch.randn(200)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_an_all_zero_block_takes_the_code_of_zero(quantize_nf4, dequantize_nf4, dtype):
+    weight = torch.randn(200).to(dtype)
     weight[64:128] = 0.0  # block 1 of 4
     weight[192:] = 0.0  # the short last block
-    call = "quantize_nf4(200 values whose blocks 1 and 3 are all zeros)"
+    call = f"quantize_nf4(200 {dtype} values whose blocks 1 and 3 are all zeros)"
     packed, absmax = result_pair(quantize_nf4(weight, 64), call)
     expected_packed, expected_absmax = ref.quantize(weight, 64)
     expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, call, "NF4's")
-    restored = dequantize_nf4(packed, absmax, (200,))
-    assert torch.isfinite(restored).all() and torch.equal(restored[64:128], weight[64:128]), (
+    restored = dequantize_nf4(packed, absmax, (200,), torch.float32, 64)
+    assert torch.isfinite(restored).all() and torch.equal(restored[64:128], weight[64:128].float()), (
         "an all-zero block does not dequantize to zeros (NaN from 0 / 0?): clamp the absmax you divide by, "
         "not the one you store"
     )
@@ -162,10 +166,7 @@ def test_an_all_zero_block_takes_the_code_of_zero(quantize_nf4, dequantize_nf4):
             ("empty", lambda: torch.zeros(0, 64), 64),
             ("int64", lambda: torch.arange(128), 64),
             ("bool", lambda: torch.ones(128, dtype=torch.bool), 64),
-            ("block_size=16", lambda: torch.randn(128), 16),
-            ("block_size=48", lambda: torch.randn(128), 48),
-            ("block_size=8192", lambda: torch.randn(128), 8192),
-            ("block_size=0", lambda: torch.randn(128), 0),
+            *((f"block_size={size}", lambda: torch.randn(128), size) for size in REFUSED_BLOCK_SIZES),
         ]
     ],
 )
@@ -174,6 +175,65 @@ def test_quantize_refuses_what_bitsandbytes_refuses(quantize_nf4, case, make_wei
     expect_value_error(
         lambda: quantize_nf4(weight, block_size), f"quantize_nf4 ({case}: {call_of(weight, block_size)})"
     )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("dequantize_nf4")
+@pytest.mark.parametrize("block_size", REFUSED_BLOCK_SIZES, ids=lambda size: f"block_size={size}")
+def test_dequantize_refuses_the_block_sizes_bitsandbytes_refuses(dequantize_nf4, block_size):
+    n = 8192  # as many absmax values as that block size would give: only the block size itself is wrong
+    packed, absmax = torch.zeros(n // 2, dtype=torch.uint8), torch.ones(max(1, math.ceil(n / (block_size or 1))))
+    expect_value_error(
+        lambda: dequantize_nf4(packed, absmax, (64, 128), torch.float32, block_size),
+        f"dequantize_nf4({n // 2} bytes, {absmax.numel()} absmax values, shape (64, 128), block_size={block_size}) "
+        "(bitsandbytes takes powers of two from 32 to 4096 only)",
+    )
+
+
+def expect_taken(call, description):
+    """``call()``, after failing the check if it refuses (a ValueError) what the spec accepts."""
+    try:
+        return call()
+    except ValueError as error:
+        pytest.fail(f"{description} raised ValueError ({error}); expected it taken: {TAKEN}", pytrace=False)
+
+
+TAKEN = "bitsandbytes takes every power of two from 32 to 4096 (32, 64, ..., 1024, 2048, 4096), and nothing else"
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("block_size", ref.BLOCK_SIZES)
+def test_every_block_size_bitsandbytes_takes_is_taken(quantize_nf4, dequantize_nf4, block_size):
+    weight = draw_weight((3, 2777), torch.float32, 1.0, block_size)  # 8331 values: two blocks of 4096 and a short one
+    call = call_of(weight, block_size)
+    packed, absmax = result_pair(expect_taken(lambda: quantize_nf4(weight, block_size), call), call)
+    expected_packed, expected_absmax = ref.quantize(weight, block_size)
+    expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, block_size, call, "NF4's")
+    call = f"dequantize_nf4(packed, absmax, (3, 2777), torch.float32, block_size={block_size})"
+    restored = expect_taken(
+        lambda: dequantize_nf4(expected_packed, expected_absmax, (3, 2777), torch.float32, block_size), call
+    )
+    restored = expect_instance(restored, torch.Tensor, call, "a float32 tensor of shape (3, 2777)")
+    expected = ref.dequantize(expected_packed, expected_absmax, (3, 2777), torch.float32, block_size)
+    assert restored.shape == expected.shape and torch.equal(restored, expected), (
+        f"{call} returned {describe(restored)}, off the codes times their block's absmax by "
+        f"{(restored.double() - expected.double()).abs().max().item() if restored.shape == expected.shape else 'all'}"
+        f": blocks of {block_size} consecutive values"
+    )
+
+
+PACKED_LAYOUTS = ("flat", "column", "matrix")  # (m,), bitsandbytes' (m, 1), and (k, m / k): "any shape"
+
+
+def laid_out(packed, layout):
+    """The m packed bytes as (m,), (m, 1) or a 2-D (k, m / k) with k > 1 where m has a small divisor."""
+    m = packed.numel()
+    if layout == "column":
+        return packed.reshape(m, 1)
+    if layout == "matrix":
+        rows = next((k for k in (4, 2, 3, 5, 7) if m % k == 0 and m > k), 1)
+        return packed.reshape(rows, m // rows)
+    return packed
 
 
 def random_codes(n, block_size, seed):
@@ -190,16 +250,30 @@ def random_codes(n, block_size, seed):
 
 @pytest.mark.points(4)
 @pytest.mark.subject("dequantize_nf4")
-@given(shape=shapes, block_size=block_sizes, dtype=dtypes, seed=seeds, kind=st.sampled_from((tuple, list, torch.Size)))
-@example(shape=(128, 96), block_size=64, dtype=torch.float32, seed=0, kind=tuple)
-@example(shape=(3, 5, 7), block_size=32, dtype=torch.bfloat16, seed=1, kind=torch.Size)
-@example(shape=(33,), block_size=64, dtype=torch.float16, seed=2, kind=list)
-def test_dequantize_gives_code_times_absmax_in_the_dtype_asked(dequantize_nf4, shape, block_size, dtype, seed, kind):
+@given(
+    shape=shapes,
+    block_size=block_sizes,
+    dtype=dtypes,
+    seed=seeds,
+    kind=st.sampled_from((tuple, list, torch.Size)),
+    layout=st.sampled_from(PACKED_LAYOUTS),
+)
+@example(shape=(128, 96), block_size=64, dtype=torch.float32, seed=0, kind=tuple, layout="flat")
+@example(shape=(128, 96), block_size=64, dtype=torch.float32, seed=0, kind=tuple, layout="matrix")
+@example(shape=(3, 5, 7), block_size=32, dtype=torch.bfloat16, seed=1, kind=torch.Size, layout="column")
+@example(shape=(33,), block_size=64, dtype=torch.float16, seed=2, kind=list, layout="flat")
+def test_dequantize_gives_code_times_absmax_in_the_dtype_asked(
+    dequantize_nf4, shape, block_size, dtype, seed, kind, layout
+):
     n = math.prod(shape)
     packed, absmax = random_codes(n, block_size, seed)
-    call = f"dequantize_nf4(packed, absmax, {kind(shape)!r}, {dtype}, block_size={block_size})"
+    given_packed = laid_out(packed, layout)
+    call = (
+        f"dequantize_nf4(packed of shape {tuple(given_packed.shape)}, absmax, {kind(shape)!r}, {dtype}, "
+        f"block_size={block_size})"
+    )
     restored = expect_instance(
-        dequantize_nf4(packed, absmax, kind(shape), dtype, block_size), torch.Tensor, call, "a tensor"
+        dequantize_nf4(given_packed, absmax, kind(shape), dtype, block_size), torch.Tensor, call, "a tensor"
     )
     assert restored.dtype == dtype, f"{call} returned {restored.dtype}: return the dtype asked for (round once)"
     assert tuple(restored.shape) == tuple(shape), f"{call} returned shape {tuple(restored.shape)}, expected {shape}"
@@ -221,7 +295,10 @@ def test_dequantize_gives_code_times_absmax_in_the_dtype_asked(dequantize_nf4, s
         row_blocks += torch.arange(n // shape[-1]).repeat_interleave(shape[-1]) * math.ceil(shape[-1] / block_size)
         if int(row_blocks.max()) < absmax.numel():
             per_row = (ref.CODE_BOOK[indices] * absmax[row_blocks]).reshape(shape).to(dtype)
-    if dtype != torch.float32 and torch.equal(restored, low):
+    flat = dequantize_nf4(packed, absmax, kind(shape), dtype, block_size) if layout != "flat" else None
+    if isinstance(flat, torch.Tensor) and torch.equal(flat, torch.where(flat == exact, exact, expected)):
+        cause = "the packed bytes read in another order when they come 2-D: read them flattened (reshape(-1))"
+    elif dtype != torch.float32 and torch.equal(restored, low):
         cause = f"computed in {dtype}, rounding the codes and absmax first: " + cause
     elif torch.equal(restored, swapped):
         cause = "nibbles swapped: the high nibble holds element 2i, the low one 2i + 1"
@@ -333,22 +410,46 @@ def quantized_absmax(QuantizedAbsmax, returned, call):
 
 @pytest.mark.points(1)
 @pytest.mark.subject("double_quantize")
-def test_double_quantize_returns_one_byte_per_absmax(double_quantize, QuantizedAbsmax):
-    _, absmax = absmax_of_a_weight(64, 1000)  # 1000 blocks: three and a bit blocks of 256
+@pytest.mark.parametrize(
+    ("count", "block_size"),
+    [(1000, None), (700, 64), (700, 128), (700, 1024), (5, 256), (1, 32)],
+    ids=["1000-default", "700-64", "700-128", "700-1024", "5-256", "1-32"],
+)
+def test_double_quantize_returns_one_byte_per_absmax(double_quantize, QuantizedAbsmax, count, block_size):
+    _, absmax = absmax_of_a_weight(64, count)  # count absmax values: ceil(count / block_size) blocks, the last short
     before = absmax.clone()
-    call = "double_quantize(1000 absmax values)"
-    quantized, codes = quantized_absmax(QuantizedAbsmax, double_quantize(absmax), call)
-    assert codes.dtype in (torch.uint8, torch.int8) and codes.numel() == 1000, (
-        f"{call}.codes is {describe(codes)}, expected 1000 codes of one byte (torch.uint8 or torch.int8)"
+    size = 256 if block_size is None else block_size
+    blocks = math.ceil(count / size)
+    call = f"double_quantize({count} absmax values{'' if block_size is None else f', block_size={block_size}'})"
+    returned = double_quantize(absmax) if block_size is None else double_quantize(absmax, block_size)
+    quantized, codes = quantized_absmax(QuantizedAbsmax, returned, call)
+    assert codes.dtype in (torch.uint8, torch.int8) and codes.numel() == count, (
+        f"{call}.codes is {describe(codes)}, expected {count} codes of one byte (torch.uint8 or torch.int8)"
     )
     scales = expect_instance(quantized.scales, torch.Tensor, call + ".scales", "float32, one per block")
-    assert scales.dtype == torch.float32 and scales.numel() == 4, (
-        f"{call}.scales is {describe(scales)}, expected float32, one per block of 256: ceil(1000 / 256) = 4"
+    assert scales.dtype == torch.float32 and scales.numel() == blocks, (
+        f"{call}.scales is {describe(scales)}, expected float32, one per block of {size}: ceil({count} / {size}) = "
+        f"{blocks}" + (" (the default block size is 256)" if block_size is None else ": use the block_size given")
     )
-    assert quantized.block_size == 256, f"{call}.block_size is {quantized.block_size!r}, expected 256 (the default)"
+    assert quantized.block_size == size, f"{call}.block_size is {quantized.block_size!r}, expected {size}"
+    offset = quantized.offset
+    offset_values = offset.numel() if isinstance(offset, torch.Tensor) else 1 if isinstance(offset, float) else 0
+    assert offset_values == 1 and not isinstance(offset, bool), (
+        f"{call}.offset is {describe(offset)}, expected one number, the mean of all {count} absmaxes (a float32 "
+        "0-d tensor or a float): not one per block"
+    )
+    mean = absmax.double().mean().item()
+    assert math.isclose(float(offset), mean, rel_tol=1e-6), (
+        f"{call}.offset is {float(offset):.9g}, expected the mean of all the absmaxes, {mean:.9g}"
+    )
+    total, budget = stored_bytes(quantized, call), count + 4 * blocks + 4 + 4
+    assert total <= budget, (
+        f"{call} holds {total} bytes, expected at most {budget}: {count} one-byte codes, a float32 scale for each of "
+        f"the {blocks} blocks, the offset and the block size (4 bytes each)"
+    )
     assert torch.equal(absmax, before), "double_quantize changed the absmax it was given: work on a copy"
     tracked = absmax.clone().requires_grad_()
-    quantized, _ = quantized_absmax(QuantizedAbsmax, double_quantize(tracked), call)
+    quantized, _ = quantized_absmax(QuantizedAbsmax, double_quantize(tracked, size), call)
     history = [
         name for name, value in zip(quantized._fields, quantized, strict=True) if getattr(value, "grad_fn", None)
     ]
@@ -401,4 +502,28 @@ def test_a_512_x_1024_weight_takes_at_most_0_52_bytes_per_parameter(quantize_nf4
         f"the 512 x 1024 weight takes {per_parameter:.4f} bytes per parameter with double quantization (packed "
         f"{packed.numel()} + QuantizedAbsmax {total - packed.numel()} bytes), expected at most 0.52 (QLoRA: 4.127 "
         "bits): one byte per absmax and a float32 per block of 256"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_the_defaults_are_blocks_of_64_and_float32(quantize_nf4, dequantize_nf4, dtype):
+    weight = draw_weight((10, 100), dtype, 1.0, 5)  # 1000 values: 16 blocks of 64, 8 of 128, 4 of 256
+    call = f"quantize_nf4(a {dtype} tensor of shape (10, 100)) (no block_size)"
+    packed, absmax = result_pair(quantize_nf4(weight), call)
+    expected_packed, expected_absmax = ref.quantize(weight, 64)
+    expect_sizes(packed, absmax, weight, 64, call + ": the default block_size is 64")
+    expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, call, "those of blocks of 64")
+    call = "dequantize_nf4(packed, absmax, (10, 100)) (no dtype, no block_size)"
+    try:
+        restored = dequantize_nf4(expected_packed, expected_absmax, (10, 100))
+    except ValueError as error:
+        pytest.fail(f"{call} raised ValueError ({error}): the defaults are float32 and block_size=64", pytrace=False)
+    restored = expect_instance(restored, torch.Tensor, call, "a float32 tensor of shape (10, 100)")
+    expected = ref.dequantize(expected_packed, expected_absmax, (10, 100), torch.float32, 64)
+    assert restored.dtype == torch.float32 and restored.shape == expected.shape, (
+        f"{call} returned {describe(restored)}, expected float32 of shape (10, 100): the default dtype is float32"
+    )
+    assert torch.equal(restored, expected), (
+        f"{call} does not give the codes times their absmax: blocks of 64 by default"
     )

@@ -7,7 +7,10 @@ import contextlib
 import copy
 import gc
 import math
+import sys
+import types
 import weakref
+from collections import deque
 from collections.abc import Iterator
 
 import numpy
@@ -40,6 +43,9 @@ SCALING = ALPHA / R
 BLOCK = 64
 TRANSFORMERS_MISSING = "transformers is not installed: pip install transformers to also grade apply_qlora on a Llama"
 PEFT_MISSING = "peft or bitsandbytes is not installed: pip install peft bitsandbytes to also compare with their QLoRA"
+# The oracles, imported while pytest collects this module (seconds each, over 10 s under load): never inside a check.
+LLAMA = ref.import_at_collection("transformers.models.llama.modeling_llama")
+PEFT, BITSANDBYTES = ref.import_at_collection("peft"), ref.import_at_collection("bitsandbytes")
 LOW = {torch.float32: 1e-5, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}  # relative tolerance per dtype
 
 
@@ -84,32 +90,50 @@ def nf4_works(quantize_nf4, dequantize_nf4):
     return lambda: require_nf4(quantize_nf4, dequantize_nf4)
 
 
-def walk_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor the module holds, by where: parameters, buffers and plain attributes, in containers too,
-    in submodules and in modules kept as attributes (each tensor once)."""
+def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor that ``root`` keeps alive, by where: whatever the garbage collector sees it refer to
+    (``gc.get_referents``: attributes, containers, closures, default arguments, ``functools`` caches, bound methods,
+    class attributes), and through the globals and classes of the submission's own modules (a module-level cache);
+    not through other modules or classes (torch's, the grader's). Each tensor once."""
+    package = type(root).__module__.split(".")[0]
+    own = lambda name: isinstance(name, str) and name.split(".")[0] == package  # noqa: E731
+    foreign = {id(vars(m)) for m in list(sys.modules.values()) if m is not None and not own(m.__name__)}
     seen: set[int] = set()
-
-    def visit(value, where, depth):
-        if id(value) in seen or depth > 6:
-            return
+    queue = deque([(root, type(root).__name__)])
+    while queue and len(seen) < 200_000:
+        value, where = queue.popleft()
+        if id(value) in seen or isinstance(value, (types.ModuleType, str, bytes, int, float, types.CodeType)):
+            continue
+        if id(value) in foreign or (isinstance(value, type) and not own(value.__module__)):
+            continue
         seen.add(id(value))
         if isinstance(value, torch.Tensor):
             yield where, value
-        elif isinstance(value, nn.Module):
-            for name, inner in vars(value).items():
-                if name in ("_parameters", "_buffers", "_modules"):
-                    for key, item in inner.items():
-                        yield from visit(item, f"{where}.{key}", depth + 1)
-                elif not name.startswith("__"):
-                    yield from visit(inner, f"{where}.{name}", depth + 1)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                yield from visit(item, f"{where}[{key!r}]", depth + 1)
-        elif isinstance(value, (list, tuple, set)):
-            for index, item in enumerate(value):
-                yield from visit(item, f"{where}[{index}]", depth + 1)
+        if isinstance(value, dict):
+            children = [(item, f"{where}[{key!r}]") for key, item in value.items()]
+            children += [(key, f"{where} key") for key in value]
+        elif isinstance(value, (list, tuple)):
+            children = [(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        elif isinstance(getattr(value, "__dict__", None), dict) and not isinstance(value, type):
+            attributes = vars(value)
+            inner = {"_parameters", "_buffers", "_modules"}
+            children = [
+                (item, f"{where}.{key}") for name in inner & attributes.keys() for key, item in attributes[name].items()
+            ]
+            children += [(item, f"{where}.{name}") for name, item in attributes.items() if name not in inner]
+            children += [(item, f"{where} (via {type(item).__name__})") for item in gc.get_referents(value)]
+        else:
+            children = [(item, f"{where} (via {type(value).__name__})") for item in gc.get_referents(value)]
+        queue.extend(children)
 
-    yield from visit(module, type(module).__name__, 0)
+
+def storage_bytes(tensor: torch.Tensor) -> tuple[tuple[object, int], int]:
+    """(a key naming the tensor's memory, the bytes of that memory): a view keeps its whole storage alive."""
+    try:
+        storage = tensor.untyped_storage()
+        return (tensor.device, storage.data_ptr()), storage.nbytes()
+    except (RuntimeError, NotImplementedError):  # no storage of its own (a sparse or wrapper tensor)
+        return ("tensor", id(tensor)), tensor.numel() * tensor.element_size()
 
 
 def nf4_buffers(layer: nn.Module, out_features: int, in_features: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,22 +176,34 @@ def tolerance(dtype, reference: torch.Tensor) -> float:
     return LOW[dtype] * (1 + reference.abs().max().item())
 
 
+CONSTANTS_ALLOWED = (
+    2048  # bytes of small constant tensors a layer may keep besides (the code book: 64), as the spec says
+)
+
+
 def expect_only_nf4_storage(layer, out_features, in_features, bias_bytes, what, allowed_extra=0):
-    """Fail the check unless the layer's tensors, wherever kept, fit NF4: half a byte a weight plus a float32
-    absmax per block, the bias, and ``allowed_extra`` bytes (the adapters)."""
+    """Fail the check unless the memory of the tensors the layer keeps alive, wherever (``walk_tensors``), fits NF4:
+    half a byte a weight plus a float32 absmax per block, the bias, ``allowed_extra`` bytes (the adapters) and
+    CONSTANTS_ALLOWED bytes of small constants; and no float tensor's memory holds out * in values (a copy)."""
     n = out_features * in_features
-    budget = math.ceil(n / 2) + 4 * math.ceil(n / BLOCK) + bias_bytes + allowed_extra
-    tensors = list(walk_tensors(layer))
-    copies = [where for where, t in tensors if t.is_floating_point() and t.numel() == n and t.element_size() > 1]
-    assert not copies, (
-        f"{what} holds {copies[0]}, a float tensor of out * in = {n} values: a full-precision copy of the weight; "
-        "keep it only as NF4 codes and absmax"
-    )
-    total = sum(t.numel() * t.element_size() for _, t in tensors)
-    largest = max(tensors, key=lambda item: item[1].numel() * item[1].element_size(), default=("nothing", None))[0]
+    budget = math.ceil(n / 2) + 4 * math.ceil(n / BLOCK) + bias_bytes + allowed_extra + CONSTANTS_ALLOWED
+    memory: dict[object, tuple[str, int]] = {}
+    for where, tensor in walk_tensors(layer):
+        key, size = storage_bytes(tensor)
+        if tensor.is_floating_point() and tensor.element_size() > 1 and size >= n * tensor.element_size():
+            pytest.fail(
+                f"{what} keeps {where} alive, {describe(tensor)} whose memory holds {size // tensor.element_size()} "
+                f"values, at least out * in = {n}: a full-precision copy of the weight (a cache or a view counts); "
+                "keep it only as NF4 codes and absmax",
+                pytrace=False,
+            )
+        memory.setdefault(key, (where, size))
+    total = sum(size for _, size in memory.values())
+    largest = max(memory.values(), key=lambda item: item[1], default=("nothing", 0))[0]
     assert total <= budget, (
-        f"{what} holds {total} bytes of tensors, expected at most {budget} (ceil(n / 2) codes + 4 bytes per block of "
-        f"64 + bias{' + adapters' if allowed_extra else ''}); the largest is {largest}: no full-precision copy"
+        f"{what} keeps {total} bytes of tensors alive, expected at most {budget} (ceil(n / 2) codes + 4 bytes per "
+        f"block of 64 + bias{' + adapters' if allowed_extra else ''} + {CONSTANTS_ALLOWED} of small constants); "
+        f"the largest is {largest}: no full-precision copy"
     )
 
 
@@ -276,6 +312,65 @@ def test_nf4_linear_computes_F_linear_with_the_dequantized_weight(NF4Linear, nf4
         expect_only_nf4_storage(layer, OUT, IN, bias_bytes, what + " after its forward")
 
 
+def cancelling_weight(dtype: torch.dtype) -> torch.Tensor:
+    """A (4, 128) weight, exact in ``dtype``, whose NF4 dequantization has two entries of row 0 in different blocks,
+    (0, 1) and (0, 65), that differ in float32 but are the same number in ``dtype``: for x = e_1 - e_65, W rounded to
+    x's dtype before the product (the spec) gives exactly 0 in row 0; the product computed in float32 (or float64)
+    and cast afterwards does not."""
+    code = ref.CODE_BOOK
+    grid = torch.arange(0.5, 1.0, 2.0**-12).to(dtype).unique().float()  # block maxima exact in dtype
+    for first, second in [(12, 13), (13, 12), (12, 14), (14, 13), (11, 12), (13, 14)]:
+        for a1 in grid.flip(0)[:64]:
+            d1, d2 = code[first] * a1, code[second] * grid
+            wide1, wide2 = code[first].double() * a1.double(), code[second].double() * grid.double()
+            low = d1.to(dtype)
+            fits = (d2 != d1) & (d2.to(dtype) == low) & (wide2.to(dtype) == low) & (wide1.to(dtype) == low)
+            fits &= (d2 - d1).abs() > 2.0**-18  # a difference that dtype itself still resolves
+            if fits.any():
+                a2 = grid[int(fits.nonzero()[0])]
+                weight = torch.zeros(4, 128)
+                weight[0, 0], weight[0, 1], weight[0, 64], weight[0, 65] = a1, low.float(), a2, code[second] * a2
+                weight[1:] = torch.randn(3, 128, generator=torch.Generator().manual_seed(7)) * 0.1
+                weight = weight.to(dtype)
+                restored = ref.dequantize(*ref.quantize(weight, BLOCK), (4, 128), torch.float32, BLOCK)
+                low_restored = ref.dequantize(*ref.quantize(weight, BLOCK), (4, 128), dtype, BLOCK)
+                assert restored[0, 1] != restored[0, 65] and low_restored[0, 1] == low_restored[0, 65], "grader bug"
+                return weight
+    raise AssertionError(f"grader bug: no cancelling weight in {dtype}")
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("NF4Linear")
+@pytest.mark.parametrize(
+    ("base_dtype", "x_dtype"),
+    [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16), (torch.float32, torch.bfloat16)],
+    ids=["bf16", "fp16", "fp32-base-bf16-x"],
+)
+def test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product(
+    NF4Linear, QLoRALinear, nf4_works, base_dtype, x_dtype
+):
+    nf4_works()
+    weight = cancelling_weight(x_dtype).to(base_dtype)
+    x = torch.zeros(2, 128, dtype=x_dtype)
+    x[:, 1], x[:, 65] = 1.0, -1.0
+    makers = [NF4Linear] + ([lambda base: QLoRALinear(base, r=2, alpha=4.0)] if base_dtype == x_dtype else [])
+    for make in makers:
+        base = nn.Linear(128, 4, bias=False, dtype=base_dtype)
+        with torch.no_grad():
+            base.weight.copy_(weight)
+        layer = make(base)
+        with torch.no_grad():
+            y = output(layer.eval(), x)
+        name = type(layer).__name__
+        assert y.dtype == x_dtype, f"{name} returned {describe(y)} for x {x_dtype}: return x's dtype"
+        assert bool((y[:, 0] == 0).all()), (
+            f"{name}(a {base_dtype} base) on x {x_dtype} = e_1 - e_65, whose dequantized W[0, 1] and W[0, 65] are "
+            f"the same number in {x_dtype}, gives {y[0, 0].item():.3g} in row 0, expected exactly 0: the weight is not "
+            f"dequantized in x's dtype before F.linear (computed in float32 and cast afterwards?); the spec says "
+            f"F.linear(x, dequantize_nf4(packed, absmax, (out, in), x.dtype), b)"
+        )
+
+
 @pytest.mark.points(1)
 @pytest.mark.subject("NF4Linear")
 def test_nf4_linear_keeps_the_bias_as_it_was_and_passes_gradients_to_x(NF4Linear, nf4_works):
@@ -316,10 +411,22 @@ def qlora_layer(QLoRALinear, dtype=torch.float32, bias=True, seed=0, **kwargs):
 
 
 @pytest.mark.points(2)
-def test_qlora_stores_the_base_in_nf4_and_trains_two_factors(QLoRALinear, nf4_works):
+def test_qlora_stores_the_base_in_nf4_and_trains_two_factors(QLoRALinear, NF4Linear, nf4_works):
     nf4_works()
     for dtype in (torch.float32, torch.bfloat16):
         layer, _ = qlora_layer(QLoRALinear, dtype)
+        inner = [m for m in layer.modules() if isinstance(m, NF4Linear)]
+        assert len(inner) == 1, (
+            f"QLoRALinear holds {len(inner)} NF4Linear submodules, expected one: the base becomes an NF4Linear "
+            "submodule (self.base = NF4Linear(base)), not NF4 buffers of QLoRALinear's own"
+        )
+        x = torch.randn(5, IN).to(dtype)
+        with torch.no_grad():
+            y, expected = output(layer.eval(), x), output(inner[0], x)
+        assert torch.equal(y, expected), (
+            f"at construction QLoRALinear(a {dtype} base)(x) differs from its NF4Linear submodule's output by "
+            f"{max_difference(y, expected):.3g}, expected exactly it (B is zero): the base is that submodule"
+        )
         expect_r_alpha_and_scaling(layer, R, ALPHA)
         found = factors(layer, IN, OUT, R)
         misplaced = [t.dtype for t in (found.stored_A, found.stored_B) if t.dtype != dtype]
@@ -481,31 +588,44 @@ def quantized_layers(model, NF4Linear, QLoRALinear):
     return found
 
 
+def case_id(targets, skip, generators=False):
+    plain = "-plain-strings" if isinstance(skip, str) else ""
+    return "+".join(names(targets)) + "-skip-" + "+".join(names(skip)) + plain + ("-generators" if generators else "")
+
+
 @pytest.mark.points(3)
 @pytest.mark.subject("apply_qlora")
 @pytest.mark.parametrize(
-    ("targets", "skip"),
+    ("targets", "skip", "generators"),
     [
-        pytest.param(targets, skip, id="+".join(names(targets)) + ("-plain-strings" if isinstance(skip, str) else ""))
-        for targets, skip in [
-            (("q_proj", "v_proj"), TOY_SKIP),
-            (("fc1",), TOY_SKIP),  # not fc10
-            (("proj",), TOY_SKIP),  # not q_proj
-            (("0.attn.q_proj",), TOY_SKIP),  # not 10.attn.q_proj
-            (["out_proj", "head"], ["head"]),  # skipped even when targeted
-            ("q_proj", "head"),  # a plain string is one name, not its characters
+        pytest.param(targets, skip, generators, id=case_id(targets, skip, generators))
+        for targets, skip, generators in [
+            (("q_proj", "v_proj"), TOY_SKIP, False),
+            (("fc1",), TOY_SKIP, False),  # not fc10
+            (("proj",), TOY_SKIP, False),  # not q_proj
+            (("0.attn.q_proj",), TOY_SKIP, False),  # not 10.attn.q_proj
+            (["out_proj", "head"], ["head"], False),  # skipped even when targeted
+            ("q_proj", "head", False),  # a plain string is one name, not its characters
+            # skip matches as the targets do: equal, or ending in "." + the name
+            (("q_proj", "v_proj"), ("proj", "head"), False),  # skips proj, not q_proj
+            (("fc1", "fc10"), ("fc1", "head"), False),  # skips fc1, not fc10
+            (("q_proj",), ("layers.1.attn.q_proj", "head"), False),  # a dotted name
+            (("q_proj",), ("0.attn.q_proj", "head"), False),  # layers.0, not layers.10
+            (("q_proj", "v_proj"), ("layers.2.attn.v_proj", "head"), True),  # any iterable, read once
+            (("fc1", "proj"), ("head",), True),
         ]
     ],
 )
 def test_apply_qlora_quantizes_every_linear_and_adapts_the_targets(
-    apply_qlora, NF4Linear, QLoRALinear, nf4_works, targets, skip
+    apply_qlora, NF4Linear, QLoRALinear, nf4_works, targets, skip, generators
 ):
     nf4_works()
     model = ToyTransformer()
     linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     skipped = set(matching_linears(model, names(skip)))
     adapted = set(matching_linears(model, names(targets))) - skipped
-    returned = apply_qlora(model, targets, r=2, alpha=4.0, skip=skip)
+    given = ((t for t in names(targets)), (s for s in names(skip))) if generators else (targets, skip)
+    returned = apply_qlora(model, given[0], r=2, alpha=4.0, skip=given[1])
     assert returned is model, f"apply_qlora returned {describe(returned)}, expected the model itself, changed in place"
     wrong = []
     for name, original in linears.items():
@@ -517,9 +637,149 @@ def test_apply_qlora_quantizes_every_linear_and_adapts_the_targets(
     cause = "quantize every nn.Linear outside skip; QLoRALinear where the name equals a target or ends in '.' + target"
     if any("expected nn.Linear" in w for w in wrong):
         cause = "layers matched by skip stay as they are, even when targeted: " + cause
+    elif any(w.split(" is ")[1].startswith("Linear") for w in wrong):
+        cause = "skip matches as target_modules does (equal, or ending in '.' + a name; 'proj' is not q_proj): " + cause
     if isinstance(skip, str) or isinstance(targets, str):
         cause = "a plain string is one name, not an iterable of its characters: " + cause
-    assert not wrong, f"targets {targets!r}, skip {skip!r}: {len(wrong)} layers wrong, {wrong[:3]}: {cause}"
+    if generators:
+        cause = "target_modules and skip may be any iterable, a generator too, which can be read only once: " + cause
+    shown = "generators of " if generators else ""
+    assert not wrong, (
+        f"targets {shown}{targets!r}, skip {shown}{skip!r}: {len(wrong)} layers wrong, {wrong[:3]}: {cause}"
+    )
+
+
+def adapted_factors(model, QLoRALinear, r, width=8, hidden=12):
+    """name -> (layer, its factors) of every QLoRALinear of a ToyTransformer adapted on fc1 and fc2 (whose in, out
+    and r all differ, so that the factors' shapes tell which is which)."""
+    dims = {"fc1": (width, hidden), "fc2": (hidden, width)}
+    return {
+        name: (layer, factors(layer, *dims[name.rpartition(".")[2]], r))
+        for name, layer in model.named_modules()
+        if isinstance(layer, QLoRALinear)
+    }
+
+
+@pytest.mark.points(3)
+@pytest.mark.subject("apply_qlora")
+@pytest.mark.parametrize("dropout", [0.0, 0.3], ids=["no-dropout", "dropout-0.3"])
+def test_apply_qlora_passes_r_alpha_and_dropout_to_every_adapter(
+    apply_qlora, NF4Linear, QLoRALinear, nf4_works, dropout
+):
+    nf4_works()
+    r, alpha = 3, 7.5  # scaling 2.5, not the defaults
+    model = ToyTransformer()
+    reference = copy.deepcopy(model)
+    apply_qlora(model, ("fc1", "fc2"), r=r, alpha=alpha, dropout=dropout, skip=TOY_SKIP)
+    adapters = adapted_factors(model, QLoRALinear, r)
+    assert len(adapters) == 2 * 11, f"{len(adapters)} QLoRALinear layers, expected the 22 fc1 and fc2 layers"
+    generator = torch.Generator().manual_seed(3)
+    for name, layer in quantized_layers(model, NF4Linear, QLoRALinear).items():
+        linear = reference.get_submodule(name)
+        with torch.no_grad():
+            weight = dequantized(layer, linear.out_features, linear.in_features, name)
+            if name in adapters:
+                found = adapters[name][1]
+                for tensor in (found.stored_A, found.stored_B):  # as training leaves them: B no longer zero
+                    tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.3)
+                weight = weight + (alpha / r) * found.B.float() @ found.A.float()
+            linear.weight.copy_(weight)
+    x = inputs()
+    with torch.no_grad():
+        expected, measured = reference(x), output(model.eval(), x)
+    error = max_difference(measured, expected)
+    assert error <= 1e-5 * (1 + expected.abs().max().item()), (
+        f"with apply_qlora(model, ('fc1', 'fc2'), r={r}, alpha={alpha}, dropout={dropout}) and random factors, the "
+        f"model in eval mode is {error:.3g} off W_nf4 + (alpha / r) B A in each adapted layer: pass r, alpha and "
+        "dropout on to every QLoRALinear"
+    )
+    name, (layer, _) = next(iter(adapters.items()))
+    x = torch.randn(16, 8, generator=generator)
+    with torch.no_grad():
+        varied = max_difference(output(layer.train(), x), output(layer.eval(), x))
+    if dropout:
+        assert varied > 0, (
+            f"with apply_qlora(..., dropout={dropout}), {name} in train mode gives its eval-mode output: the adapters "
+            "get no dropout; pass dropout on to QLoRALinear"
+        )
+    else:
+        assert varied == 0, f"with dropout=0, {name} in train mode differs from eval mode by {varied:.3g}"
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("apply_qlora")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_apply_qlora_keeps_a_half_precision_model_in_its_dtype(apply_qlora, NF4Linear, QLoRALinear, nf4_works, dtype):
+    nf4_works()
+    model = ToyTransformer().to(dtype)
+    modules = dict(model.named_modules())
+    originals = {name: t.detach().clone() for name, t in model.named_parameters()}
+    linears = {name for name, m in modules.items() if isinstance(m, nn.Linear)} - {"head"}
+    apply_qlora(model, ("fc1", "fc2"), r=3, alpha=6.0, skip=TOY_SKIP)
+    for name, value in model.named_parameters():
+        if name in originals and name.rpartition(".")[0] not in linears:
+            assert value.dtype == dtype and torch.equal(value.detach(), originals[name]), (
+                f"{name} changed ({describe(originals[name])} became {describe(value)}) in a {dtype} model: nothing "
+                "but the linear layers outside skip changes (norms, scalars and skipped layers keep values and dtypes)"
+            )
+    kept = [
+        name for name, m in modules.items() if name and name.rpartition(".")[0] not in linears and name not in linears
+    ]
+    moved = [name for name in kept if model.get_submodule(name) is not modules[name]]
+    assert not moved, f"apply_qlora replaced {moved[:3]}, which are no nn.Linear outside skip: keep those objects"
+    for name, (_, found) in adapted_factors(model, QLoRALinear, 3).items():
+        assert found.stored_A.dtype == found.stored_B.dtype == dtype, (
+            f"{name}'s factors are {found.stored_A.dtype}, expected the model's {dtype}"
+        )
+    y = output(model, inputs().to(dtype))
+    assert y.dtype == dtype, f"the {dtype} model after apply_qlora returns {describe(y)}, expected {dtype}"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_qlora")
+def test_apply_qlora_defaults_are_q_v_r_8_alpha_16_no_dropout_and_skip_lm_head(
+    apply_qlora, NF4Linear, QLoRALinear, nf4_works
+):
+    nf4_works()
+
+    class WithHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model, self.lm_head = ToyTransformer(depth=2), nn.Linear(5, 7)
+
+    model = WithHead()
+    head = model.lm_head
+    apply_qlora(model)
+    kinds = {
+        name: "QLoRALinear" if isinstance(m, QLoRALinear) else "NF4Linear"
+        for name, m in quantized_layers(model, NF4Linear, QLoRALinear).items()
+    }
+    adapted = sorted(name for name, kind in kinds.items() if kind == "QLoRALinear")
+    expected = sorted(matching_linears(WithHead(), ("q_proj", "v_proj")))
+    assert adapted == expected and model.lm_head is head, (
+        f"apply_qlora(model) adapted {adapted[:4]} and {'kept' if model.lm_head is head else 'replaced'} lm_head, "
+        f"expected {expected[:4]} and lm_head kept: the defaults are target_modules=('q_proj', 'v_proj'), "
+        "skip=('lm_head',)"
+    )
+    model = ToyTransformer(width=16, hidden=24, depth=2)  # r = 8 differs from in and out
+    apply_qlora(model, ("fc1",), skip=TOY_SKIP)
+    count = sum(t.numel() for t in trainable(model.get_submodule("layers.0.mlp.fc1")))
+    assert count == 8 * (16 + 24), (
+        f"apply_qlora(model, ('fc1',)) trains {count} numbers in a 16 -> 24 fc1, expected 8 * (16 + 24) = 320: "
+        "the default r is 8"
+    )
+    layer, found = adapted_factors(model, QLoRALinear, 8, 16, 24)["layers.0.mlp.fc1"]
+    randomize_factors(layer, std=0.3)
+    x = torch.randn(6, 16)
+    with torch.no_grad():
+        adapter = output(layer.eval(), x) - output(layer.eval(), torch.zeros_like(x))  # W x + the adapter's share
+        expected = x @ dequantized(layer, 24, 16, "fc1").T + 2.0 * (x @ found.A.T) @ found.B.T
+        repeat = max_difference(output(layer.train(), x), output(layer.eval(), x))
+    error = max_difference(adapter, expected)
+    assert error <= 1e-5 * (1 + expected.abs().max().item()) and repeat == 0, (
+        f"apply_qlora(model, ('fc1',)) gives adapters off base + 2 B A (alpha / r = 16 / 8) by {error:.3g} and "
+        f"varying by {repeat:.3g} in train mode: the defaults are r=8, alpha=16.0 and dropout=0.0"
+    )
 
 
 @pytest.mark.points(2)
@@ -571,10 +831,9 @@ def test_apply_qlora_raises_when_no_target_is_left(apply_qlora, nf4_works, targe
 
 
 def tiny_llama():
-    transformers = ref.import_oracle("transformers")
-    if transformers is None:
+    if LLAMA is None:
         pytest.skip(TRANSFORMERS_MISSING)
-    config = transformers.LlamaConfig(
+    config = LLAMA.LlamaConfig(
         vocab_size=96,
         hidden_size=64,
         intermediate_size=128,
@@ -586,7 +845,7 @@ def tiny_llama():
     )
     torch.manual_seed(0)
     with ref.library_side_effects_undone():
-        model = transformers.LlamaForCausalLM(config).eval()
+        model = LLAMA.LlamaForCausalLM(config).eval()
     with torch.no_grad():
         for parameter in model.parameters():  # trained-looking weights: HF's init is 0.02 std
             if parameter.dim() > 1:
@@ -669,8 +928,7 @@ def test_a_quantized_llama_gives_the_logits_of_its_nf4_weights(apply_qlora, NF4L
 def peft_over_bitsandbytes(base: nn.Linear, r: int, alpha: float) -> nn.Module:
     """peft's LoRA (r, alpha, no dropout) over a bitsandbytes Linear4bit holding ``base``'s weight in NF4,
     blocks of 64 and float32 absmaxes (no double quantization)."""
-    bnb = ref.import_oracle("bitsandbytes")
-    peft = ref.import_oracle("peft")
+    bnb, peft = BITSANDBYTES, PEFT
     if bnb is None or peft is None:
         pytest.skip(PEFT_MISSING)
     dtype = base.weight.dtype

@@ -19,13 +19,17 @@ class NF4Linear(nn.Module):
         - ``base`` is an ``nn.Linear`` with weight (out, in) in float32, float16 or bfloat16. Its weight is
           quantized with ``quantize_nf4(base.weight, 64)`` (blocks of 64) and kept only as two registered
           buffers (``register_buffer``): the packed uint8 codes and the float32 absmax. No full-precision
-          copy is kept anywhere: no parameter, buffer or attribute holds the weight or a copy of it, and
-          nothing keeps a reference to ``base`` or to its weight (an autograd graph would, too).
+          copy is kept anywhere: no parameter, buffer, attribute, closure, cache (``functools.lru_cache``
+          included) or module-level variable holds the weight or a copy of it, and nothing keeps a reference to
+          ``base`` or to its weight (an autograd graph would, too). The memory of every tensor the layer keeps
+          alive counts whole (a view keeps all of its storage): at most ceil(n / 2) bytes of codes, 4 bytes per
+          block of 64, the bias, and small constant tensors (a copy of the code book, say) of 2 KiB in all.
         - The bias is kept as it was (values and dtype; the very parameter is fine), frozen; None stays None.
         - Attributes ``in_features`` and ``out_features``. The layer has no trainable parameter.
         - ``forward(x)``, x (..., in) in any of the three float dtypes: ``F.linear(x, W, b)`` where ``W`` is the
-          weight dequantized (``dequantize_nf4``) in x's dtype and ``b`` the bias in x's dtype; the output is
-          (..., out) in x's dtype. Gradients flow to x.
+          weight dequantized (``dequantize_nf4``) in x's dtype, so rounded to x's dtype before the product (as
+          bitsandbytes' compute_dtype: computing in float32 and casting the output is not the same), and ``b`` the
+          bias in x's dtype; the output is (..., out) in x's dtype. Gradients flow to x.
 
     Raises:
         ValueError: ``base`` is not an ``nn.Linear``.
@@ -78,11 +82,15 @@ def apply_qlora(
     Spec:
         - Names match as in the `apply_lora` kata: a layer matches a list of names when its qualified name
           equals one of them or ends with "." + one of them (``fc1`` is not ``fc10``); a plain string is one name.
+          ``skip`` matches the same way (``"proj"`` skips ``proj``, not ``q_proj``; ``"layers.1.q_proj"`` works).
+          Both may be any iterable of names, a generator too (read it once).
         - Every ``nn.Linear`` that matches ``skip`` is left as it is (full precision), even when targeted.
         - Every other ``nn.Linear`` that matches ``target_modules`` becomes ``QLoRALinear(layer, r, alpha,
-          dropout)``, and every remaining ``nn.Linear`` becomes ``NF4Linear(layer)``, in place.
+          dropout)`` (with the r, alpha and dropout given), and every remaining ``nn.Linear`` becomes
+          ``NF4Linear(layer)``, in place.
         - Everything but the adapters' factors is frozen (``requires_grad`` False); nothing else changes
-          (embeddings, norms and skipped layers keep their values, dtypes and objects).
+          (embeddings, norms and skipped layers keep their values, dtypes and objects: a bfloat16 or float16
+          model stays in its dtype).
         - Returns ``model`` itself.
 
     Raises:

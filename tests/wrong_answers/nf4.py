@@ -95,4 +95,42 @@ WRONG_ANSWERS = [
                             ("class QuantizedAbsmax(NamedTuple):", "_CACHE = {}\n\n\nclass QuantizedAbsmax(NamedTuple):"))),
     WrongAnswer("double quantization keeps the graph", KATA, "flat = absmax.detach().reshape(-1).float()", "flat = absmax.reshape(-1).float()",
                 "test_double_quantize_returns_one_byte_per_absmax", "autograd history"),
+    # Holes found by the red team (round 1): each passed the grader before its check was sharpened.
+    WrongAnswer("any multiple of 32 taken as a block size", KATA, "block_size not in BLOCK_SIZES",
+                "block_size % 32 or not 32 <= block_size <= 4096", "test_quantize_refuses_what_bitsandbytes_refuses",
+                "expected a ValueError"),
+    WrongAnswer("dequantize takes any block size", KATA, "    _check_block_size(block_size)\n    shape = tuple(shape)",
+                "    shape = tuple(shape)", "test_dequantize_refuses_the_block_sizes_bitsandbytes_refuses",
+                "expected a ValueError"),
+    WrongAnswer("packed bytes read as 1-D", KATA, "flat = packed.reshape(-1).to(torch.int64)", "flat = packed.to(torch.int64)",
+                "test_dequantize_gives_code_times_absmax_in_the_dtype_asked", "read them flattened"),
+    WrongAnswer("double quantization in blocks of 256 whatever asked", KATA, "    flat = absmax.detach().reshape(-1).float()\n",
+                "    block_size = 256\n    flat = absmax.detach().reshape(-1).float()\n",
+                "test_double_quantize_returns_one_byte_per_absmax", "use the block_size given"),
+    WrongAnswer("an offset per block", KATA,
+                "    centred = torch.nn.functional.pad(flat - offset, (0, blocks * block_size - flat.numel())).view(blocks, block_size)",
+                "    raw = torch.nn.functional.pad(flat, (0, blocks * block_size - flat.numel())).view(blocks, block_size)\n"
+                "    counts = torch.full((blocks,), float(block_size))\n"
+                "    counts[-1] = flat.numel() - (blocks - 1) * block_size\n"
+                "    offset = raw.sum(dim=1) / counts\n"
+                "    centred = (raw - offset[:, None]).reshape(-1)\n"
+                "    centred[flat.numel():] = 0\n"
+                "    centred = centred.view(blocks, block_size)",
+                "test_double_quantize_returns_one_byte_per_absmax", "not one per block",
+                more_edits=((BACK, "return codes.float() * scale + offset.repeat_interleave(block_size)[: codes.numel()]"),)),
+    WrongAnswer("an all-zero block's absmax clamped to the dtype's tiny", KATA, ABSMAX,
+                "absmax = padded.abs().amax(dim=1).clamp(min=torch.finfo(weight.dtype).tiny)",
+                "test_an_all_zero_block_takes_the_code_of_zero", "expected 0 (or a clamp"),
+    WrongAnswer("block size 4096 refused", KATA, "BLOCK_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)",
+                "BLOCK_SIZES = (32, 64, 128, 256, 512, 1024, 2048)", "test_every_block_size_bitsandbytes_takes_is_taken",
+                "expected it taken"),
+    WrongAnswer("quantize's default block size 128", KATA, "def quantize_nf4(weight: torch.Tensor, block_size: int = 64)",
+                "def quantize_nf4(weight: torch.Tensor, block_size: int = 128)",
+                "test_the_defaults_are_blocks_of_64_and_float32", "the default block_size is 64"),
+    WrongAnswer("dequantize's default block size 256", KATA, "    block_size: int = 64,\n) -> torch.Tensor:",
+                "    block_size: int = 256,\n) -> torch.Tensor:",
+                "test_the_defaults_are_blocks_of_64_and_float32", "the defaults are float32 and block_size=64"),
+    WrongAnswer("dequantize's default dtype bfloat16", KATA, "    dtype: torch.dtype = torch.float32,",
+                "    dtype: torch.dtype = torch.bfloat16,",
+                "test_the_defaults_are_blocks_of_64_and_float32", "the default dtype is float32"),
 ]  # fmt: skip

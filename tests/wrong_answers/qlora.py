@@ -84,4 +84,50 @@ WRONG_ANSWERS = [
                 more_edits=((BUFFERS, BUFFERS + "; kept = base.weight.detach(); self.peek = lambda: kept"),)),
     WrongAnswer("scaled by alpha, seen against peft", KATA, DOWN, DOWN.replace("self.scaling", "self.alpha"),
                 "test_qlora_agrees_with_peft_over_bitsandbytes_linear4bit", "where bf16 rounding allows"),
+    # Holes found by the red team (round 1): each passed the grader before its check was sharpened.
+    WrongAnswer("the dequantized weight in an lru_cache", KATA, BUFFERS,
+                BUFFERS + "; self.cached = functools.lru_cache(maxsize=3)(self.weight)",
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "full-precision copy",
+                more_edits=((FORWARD, "return F.linear(x, self.cached(x.dtype), bias)"),
+                            ("import math\n", "import functools\nimport math\n"))),
+    WrongAnswer("the dequantized weight in a module-level cache", KATA, FORWARD,
+                "return F.linear(x, _CACHE.setdefault(self, {}).setdefault(x.dtype, self.weight(x.dtype)), bias)",
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "full-precision copy",
+                more_edits=(("BLOCK_SIZE = 64\n", "BLOCK_SIZE = 64\n_CACHE = weakref.WeakKeyDictionary()\n"),
+                            ("import math\n", "import math\nimport weakref\n"))),
+    WrongAnswer("computed in float32 and cast afterwards", KATA, FORWARD,
+                "return F.linear(x.float(), self.weight(torch.float32), None if bias is None else bias.float()).to(x.dtype)",
+                "test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product", "expected exactly 0"),
+    WrongAnswer("no NF4Linear submodule under the adapter", KATA, QUANTIZE,
+                "inner = NF4Linear(base)\n"
+                '        self.register_buffer("packed", inner.packed)\n'
+                '        self.register_buffer("absmax", inner.absmax)\n'
+                "        self.bias, self.shape = inner.bias, (inner.out_features, inner.in_features)\n"
+                "        self.base = lambda x: F.linear(\n"
+                "            x, dequantize_nf4(self.packed, self.absmax, self.shape, x.dtype, BLOCK_SIZE),\n"
+                "            None if self.bias is None else self.bias.to(x.dtype),\n"
+                "        )",
+                "test_qlora_stores_the_base_in_nf4_and_trains_two_factors", "NF4Linear submodule"),
+    WrongAnswer("apply_qlora ignores alpha", KATA, CHOICE, CHOICE.replace("QLoRALinear(module, r, alpha, dropout)", "QLoRALinear(module, r, dropout=dropout)"),
+                "test_apply_qlora_passes_r_alpha_and_dropout_to_every_adapter", "pass r, alpha and dropout on"),
+    WrongAnswer("apply_qlora ignores dropout", KATA, CHOICE, CHOICE.replace("QLoRALinear(module, r, alpha, dropout)", "QLoRALinear(module, r, alpha)"),
+                "test_apply_qlora_passes_r_alpha_and_dropout_to_every_adapter", "the adapters get no dropout"),
+    WrongAnswer("skip by substring", KATA, LINEARS, "if isinstance(module, nn.Linear) and not any(s in name for s in skipped)",
+                "test_apply_qlora_quantizes_every_linear_and_adapts_the_targets", "skip matches as target_modules does"),
+    WrongAnswer("skip by the last name component", KATA, LINEARS, "if isinstance(module, nn.Linear) and name.split('.')[-1] not in skipped",
+                "test_apply_qlora_quantizes_every_linear_and_adapts_the_targets", "stay as they are"),
+    WrongAnswer("target and skip generators read twice", KATA, "    targets = _names(target_modules)\n    skipped = _names(skip)",
+                "    targets = (target_modules,) if isinstance(target_modules, str) else target_modules\n"
+                "    skipped = (skip,) if isinstance(skip, str) else skip",
+                "test_apply_qlora_quantizes_every_linear_and_adapts_the_targets", "a generator too"),
+    WrongAnswer("half-precision parameters upcast", KATA, FREEZE,
+                FREEZE + "\n        if parameter.dtype in (torch.float16, torch.bfloat16) and id(parameter) not in adapters:\n"
+                "            parameter.data = parameter.data.float()",
+                "test_apply_qlora_keeps_a_half_precision_model_in_its_dtype", "keep values and dtypes"),
+    WrongAnswer("apply_qlora's default r 4", KATA, "    r: int = 8,\n    alpha: float = 16.0,\n    dropout: float = 0.0,\n    skip",
+                "    r: int = 4,\n    alpha: float = 16.0,\n    dropout: float = 0.0,\n    skip",
+                "test_apply_qlora_defaults_are_q_v_r_8_alpha_16_no_dropout_and_skip_lm_head", "the default r is 8"),
+    WrongAnswer("apply_qlora's default alpha 8", KATA, "    r: int = 8,\n    alpha: float = 16.0,\n    dropout: float = 0.0,\n    skip",
+                "    r: int = 8,\n    alpha: float = 8.0,\n    dropout: float = 0.0,\n    skip",
+                "test_apply_qlora_defaults_are_q_v_r_8_alpha_16_no_dropout_and_skip_lm_head", "alpha=16.0"),
 ]  # fmt: skip
