@@ -60,11 +60,11 @@ class TinyLM(nn.Module):
     def forward(
         self,
         *positional: torch.Tensor,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ):
-        if positional:  # a forward(self, *, input_ids, attention_mask), as the spec allows
+        if positional or input_ids is None:  # a forward(self, *, input_ids, attention_mask), as the spec allows
             raise TypeError("this model takes keyword arguments only: call model(input_ids=..., attention_mask=...)")
         if labels is not None and self.returns == "tensor":
             raise TypeError("this model takes input_ids and attention_mask only: pass no labels")
