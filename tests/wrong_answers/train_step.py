@@ -157,7 +157,7 @@ WRONG_ANSWERS = [
                 '    if logits.shape[1] < 2:\n        raise ValueError("need two positions to shift")\n' + UPCAST,
                 "test_loss_without_targets_is_zero_summed_and_refused_as_a_mean", "seq 1 is valid"),
     WrongAnswer("a detached zero for no targets", KATA, SUM_RETURN,
-                "    if not (targets != IGNORE_INDEX).any():\n        return torch.zeros((), dtype=total.dtype)\n" + SUM_RETURN,
+                SUM_RETURN.replace("return total", "return total if (targets != IGNORE_INDEX).any() else torch.zeros((), dtype=total.dtype)"),
                 "test_loss_without_targets_is_zero_summed_and_refused_as_a_mean", "does not require grad"),
     WrongAnswer("AdamW with amsgrad", KATA, ADAMW, ADAMW.replace("weight_decay)", "weight_decay, amsgrad=True)"),
                 "test_optimizer_has_the_learning_rate_no_decay_and_adams_betas", "amsgrad"),
