@@ -25,7 +25,7 @@ from torch import nn
 from grader.oracles import load
 from grader.probes import max_difference
 from grader.tokenizer import TRANSFORMERS_MISSING, transformers_tokenizer
-from grader.training import SpyOptimizer, SpyScheduler, relative_difference
+from grader.training import SpyOptimizer, SpyScheduler, holding_gradients, relative_difference
 
 SUBJECT = "train_step"  # the definition a failing check points at when no frame of the learner's code is to blame
 DATA = Path(__file__).with_name("capstone.json")
@@ -197,6 +197,68 @@ def test_the_prompt_never_carries_loss(run, build_example, collate, train_step):
         f"the gradients of a training step change by {difference:.3g} when the prompt's labels are set to -100: "
         "the prompt carried loss; build_example must label bos and every prompt token -100"
     )
+
+
+def reference_gradients(model: nn.Module, window: list[dict[str, torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """d(summed response-token loss)/d(trainable parameters) of each micro-batch, on a copy of ``model``."""
+    model = copy.deepcopy(model)
+    held = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    per_batch = []
+    for batch in window:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        loss = nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
+        )
+        per_batch.append(list(torch.autograd.grad(loss, held)))
+    return per_batch
+
+
+def weighted(per_batch: list[list[torch.Tensor]], weights: list[float]) -> list[torch.Tensor]:
+    return [sum(w * grads[i] for w, grads in zip(weights, per_batch, strict=True)) for i in range(len(per_batch[0]))]
+
+
+@pytest.mark.points(3)
+def test_the_optimizer_is_handed_the_reference_gradients(run, train_step):
+    left = holding_gradients(run.model)
+    assert not left, (
+        f"after the last train_step of the run {left[:3]} still hold gradients: zero them after optimizer.step(), "
+        "or every window adds the previous ones' gradients"
+    )
+    model = copy.deepcopy(run.model)
+    spy = SpyOptimizer([p for p in model.parameters() if p.requires_grad], lr=0.0)  # lr 0: the model stays put
+    rows = run.rows
+    windows = [  # micro-batches of 2 and 6 examples, then 5 and 1: a mean per micro-batch weighs tokens unequally
+        [grader_batch(run.tokenizer, rows[:2]), grader_batch(run.tokenizer, rows[2:8])],
+        [grader_batch(run.tokenizer, rows[8:13]), grader_batch(run.tokenizer, rows[13:14])],
+    ]
+    previous = None
+    for number, window in enumerate(windows, start=1):
+        per_batch = reference_gradients(model, window)
+        counts = [int((batch["labels"][:, 1:] != IGNORE).sum()) for batch in window]
+        expected = weighted(per_batch, [1 / sum(counts)] * len(window))
+        mistakes = {
+            "each micro-batch's mean loss over the number of micro-batches: divide each micro-batch's summed loss "
+            "by the label tokens of the whole window": weighted(per_batch, [1 / c / len(window) for c in counts]),
+            "each micro-batch's mean loss, summed: divide each micro-batch's summed loss by the window's label "
+            "tokens": weighted(per_batch, [1 / c for c in counts]),
+        }
+        if previous is not None:
+            mistakes["the previous window's gradients were still there: zero them after optimizer.step()"] = [
+                e + p for e, p in zip(expected, previous, strict=True)
+            ]
+        train_step(model, window, spy, SpyScheduler(spy.events), max_grad_norm=None)
+        assert len(spy.handed) == number, f"train_step called optimizer.step() {len(spy.handed) - number + 1} times"
+        handed = spy.handed[-1]
+        missing = sum(grad is None for grad in handed)
+        assert not missing, f"window {number}: optimizer.step() got no gradient for {missing} adapter parameters"
+        error = relative_difference(handed, expected)
+        cause = next((c for c, g in mistakes.items() if relative_difference(handed, g) < 1e-3), None)
+        assert error < 1e-4, (
+            f"window {number} of the Llama ({counts} label tokens per micro-batch, no clipping): the gradients "
+            f"handed to optimizer.step() differ from the grader's by {error:.3g} of the largest, expected < 1e-4: "
+            + (cause or "each micro-batch's summed token loss over the window's label tokens, one backward each")
+        )
+        previous = expected
 
 
 @pytest.mark.points(3)

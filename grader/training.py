@@ -35,7 +35,7 @@ class TinyLM(nn.Module):
     ``"tensor"`` gives the logits and takes no labels.
     """
 
-    def __init__(self, returns: str = "object", dtype: torch.dtype = torch.float64) -> None:
+    def __init__(self, returns: str = "object", dtype: torch.dtype = torch.float64, stray: bool = False) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(1)
         self.returns = returns
@@ -50,13 +50,22 @@ class TinyLM(nn.Module):
             self.head.bias.copy_(0.3 * torch.randn(VOCAB, generator=generator, dtype=dtype))
         for frozen in (self.embed.weight, self.weight, self.head.weight):
             frozen.requires_grad_(False)
+        # stray: a trainable logit bias that the optimizer does not hold (zero: the logits are the same)
+        self.stray = nn.Parameter(torch.zeros(VOCAB, dtype=dtype)) if stray else None
         self.forwards = 0
+        self.backward_passes: list[int] = []  # the autograd graph task of every backward through the logits
         self.masks: list[torch.Tensor | None] = []  # the attention_mask of every forward
         self.poisoned = False  # True: every backward through the logits gives inf gradients
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+        self,
+        *positional: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ):
+        if positional or input_ids is None:  # a forward(self, *, input_ids, attention_mask), as the spec allows
+            raise TypeError("this model takes keyword arguments only: call model(input_ids=..., attention_mask=...)")
         if labels is not None and self.returns == "tensor":
             raise TypeError("this model takes input_ids and attention_mask only: pass no labels")
         self.forwards += 1
@@ -67,7 +76,9 @@ class TinyLM(nn.Module):
         hidden = self.embed(input_ids) * mask
         context = hidden.cumsum(1) / (mask.cumsum(1) + 1)
         z = torch.tanh(context @ self.weight.T + (context @ self.lora_A.T) @ self.lora_B.T)
-        logits = self.head(z)
+        logits = self.head(z) if self.stray is None else self.head(z) + self.stray
+        if logits.requires_grad:
+            logits.register_hook(self._count_backward)
         if self.poisoned and logits.requires_grad:
             logits.register_hook(lambda grad: grad * math.inf)
         if self.returns == "tensor":
@@ -77,8 +88,22 @@ class TinyLM(nn.Module):
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
         return Output(logits, loss)
 
+    def _count_backward(self, grad: torch.Tensor) -> None:
+        self.backward_passes.append(torch._C._current_graph_task_id())
+
+    @property
+    def backwards(self) -> int:
+        """How many backward passes (``backward()`` or ``autograd.grad`` calls) went through the logits."""
+        return len(set(self.backward_passes))
+
     def trainable(self) -> list[nn.Parameter]:
-        return [parameter for parameter in self.parameters() if parameter.requires_grad]
+        """The parameters the rig's optimizer holds (not ``stray``)."""
+        return [self.lora_A, self.lora_B, self.head.bias]
+
+
+def holding_gradients(model: nn.Module) -> list[str]:
+    """The parameters of ``model`` whose gradient is neither None nor all zeros (NaN and inf count as held)."""
+    return [name for name, p in model.named_parameters() if p.grad is not None and not bool((p.grad == 0).all())]
 
 
 PARAMETER_NAMES = ("lora_A", "lora_B", "head.bias")
@@ -121,8 +146,8 @@ class Events(list):
 class SpyOptimizer(torch.optim.SGD):
     """Plain SGD that records, at each ``step()``, the gradients it is handed and its learning rates."""
 
-    def __init__(self, parameters: list[nn.Parameter], lr: float = 0.1, events: Events | None = None) -> None:
-        super().__init__(parameters, lr=lr)
+    def __init__(self, parameters: list, lr: float = 0.1, events: Events | None = None) -> None:
+        super().__init__(parameters, lr=lr)  # a list of parameters, or of parameter groups
         self.events = Events() if events is None else events
         self.handed: list[list[torch.Tensor | None]] = []
         self.lrs: list[float] = []
@@ -165,10 +190,19 @@ class Rig:
     events: Events = field(default_factory=Events)
 
 
-def rig(returns: str = "object", dtype: torch.dtype = torch.float64, lr: float = 0.1) -> Rig:
+def rig(
+    returns: str = "object",
+    dtype: torch.dtype = torch.float64,
+    lr: float = 0.1,
+    groups: bool = False,
+    stray: bool = False,
+) -> Rig:
+    """``groups``: the optimizer holds the factors and the head bias in two parameter groups; ``stray``: the model
+    also has a trainable parameter that the optimizer does not hold."""
     events = Events()
-    model = TinyLM(returns, dtype)
-    optimizer = SpyOptimizer(model.trainable(), lr=lr, events=events)
+    model = TinyLM(returns, dtype, stray)
+    held = model.trainable()
+    optimizer = SpyOptimizer([{"params": held[:2]}, {"params": held[2:]}] if groups else held, lr=lr, events=events)
     return Rig(model, optimizer, SpyScheduler(events), events)
 
 

@@ -50,7 +50,8 @@ def make_optimizer(model: nn.Module, lr: float = 3e-4, weight_decay: float = 0.0
         - Holds every parameter of ``model`` that requires grad, each once, and no other (no frozen
           base weight), in one parameter group.
         - That group has ``lr``, ``weight_decay`` (default 0: no decay on the adapters), betas
-          (0.9, 0.999) and eps 1e-8.
+          (0.9, 0.999) and eps 1e-8; AdamW's other options keep their defaults (plain AdamW: amsgrad
+          and maximize off).
 
     Raises:
         ValueError: ``model`` has no trainable parameter.

@@ -27,6 +27,11 @@ MEAN_CHECK = (
     '    if count == 0:\n        raise ValueError("no label carries loss after the shift: the mean would be NaN")\n'
 )
 SKIP = "stepped = scaler.get_scale() >= scale  # the scale drops exactly when the step was skipped"
+REDUCTION = '    if reduction not in ("sum", "mean"):\n'
+SHAPES = "if logits.dim() != 3 or labels.shape != logits.shape[:2]:"
+HELD = 'parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]'
+SUM_RETURN = '    if reduction == "sum":\n        return total\n'
+TAIL = "    if stepped:\n        scheduler.step()\n" + ZERO
 
 WRONG_ANSWERS = [
     # the normaliser of gradient accumulation
@@ -141,4 +146,46 @@ WRONG_ANSWERS = [
                 "test_max_grad_norm_defaults_to_one", "max_grad_norm defaults to 1.0"),
     WrongAnswer("clipped to 1.0 when max_grad_norm is None", KATA, CLIP_BLOCK, "    nn.utils.clip_grad_norm_(parameters, max_grad_norm or 1.0)\n",
                 "test_gradients_weight_every_token_of_the_window_equally", "though max_grad_norm is None"),
+    # the red team's round 1b: every error sentence over its domain, mixed windows, the optimizer's own groups
+    WrongAnswer("reduction read case-insensitively", KATA, REDUCTION, "    reduction = reduction.lower()\n" + REDUCTION,
+                "test_loss_rejects_bad_arguments", "reduction='SUM'"),
+    WrongAnswer("labels' shape checked by its dimensions only", KATA, SHAPES, "if logits.dim() != 3 or labels.dim() != 2:",
+                "test_loss_rejects_bad_arguments", "shifted sizes match"),
+    WrongAnswer("logits' dimensions not checked", KATA, SHAPES, "if labels.shape != logits.shape[:2]:",
+                "test_loss_rejects_bad_arguments", "2-D logits (4, 5), labels (4, 5)"),
+    WrongAnswer("one position refused", KATA, UPCAST,
+                '    if logits.shape[1] < 2:\n        raise ValueError("need two positions to shift")\n' + UPCAST,
+                "test_loss_without_targets_is_zero_summed_and_refused_as_a_mean", "seq 1 is valid"),
+    WrongAnswer("a detached zero for no targets", KATA, SUM_RETURN,
+                SUM_RETURN.replace("return total", "return total if (targets != IGNORE_INDEX).any() else torch.zeros((), dtype=total.dtype)"),
+                "test_loss_without_targets_is_zero_summed_and_refused_as_a_mean", "does not require grad"),
+    WrongAnswer("AdamW with amsgrad", KATA, ADAMW, ADAMW.replace("weight_decay)", "weight_decay, amsgrad=True)"),
+                "test_optimizer_has_the_learning_rate_no_decay_and_adams_betas", "amsgrad"),
+    WrongAnswer("max_grad_norm 0.0 taken as off", KATA, "    if max_grad_norm is not None:\n", "    if max_grad_norm:\n",
+                "test_max_grad_norm_zero_clips_every_gradient_to_zero", "only None turns clipping off"),
+    WrongAnswer("clipped over the model's trainable parameters", KATA, HELD,
+                "parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]",
+                "test_clipping_takes_one_norm_over_every_group_of_the_optimizer", "the model's trainable parameters"),
+    WrongAnswer("clipped over the first parameter group only", KATA, HELD, 'parameters = optimizer.param_groups[0]["params"]',
+                "test_clipping_takes_one_norm_over_every_group_of_the_optimizer", "only the first parameter group"),
+    WrongAnswer("one backward for the whole window", KATA, BACKWARD, "window = loss if window is None else window + loss",
+                "test_one_backward_per_micro_batch", "backpropagated once",
+                more_edits=(("    total = 0.0\n", "    total = 0.0\n    window = None\n"),
+                            ("    parameters = [parameter for group",
+                             "    (window if scaler is None else scaler.scale(window)).backward()\n    parameters = [parameter for group"))),
+    WrongAnswer("the model called positionally", KATA, FORWARD, 'outputs = model(batch["input_ids"], batch["attention_mask"])',
+                "test_the_model_is_called_with_the_attention_mask", "keyword arguments only"),
+    WrongAnswer("a window refused when one micro-batch has no target", KATA, NO_TARGETS,
+                '    if tokens == 0 or not all((b["labels"][:, 1:] != IGNORE_INDEX).any() for b in micro_batches):\n'
+                "        raise ValueError(",
+                "test_a_micro_batch_without_targets_still_belongs_to_the_window", "only a window with no target at all"),
+    WrongAnswer("a micro-batch without targets skipped", KATA, FORWARD,
+                'if not (batch["labels"][:, 1:] != IGNORE_INDEX).any():\n            continue\n        ' + FORWARD,
+                "test_a_micro_batch_without_targets_still_belongs_to_the_window", "one forward and one backward per micro-batch"),
+    WrongAnswer("micro-batch mean times its share of the window", KATA, LOSS,
+                'loss = causal_lm_loss(logits, batch["labels"], reduction="mean") * int((batch["labels"][:, 1:] != '
+                "IGNORE_INDEX).sum()) / tokens",
+                "test_a_micro_batch_without_targets_still_belongs_to_the_window", "raised ValueError"),
+    WrongAnswer("zero_grad only when the scaler stepped", KATA, TAIL, "    if stepped:\n        scheduler.step()\n    " + ZERO,
+                "test_a_step_the_scaler_skips_steps_no_scheduler", "whether or not the step ran"),
 ]  # fmt: skip
