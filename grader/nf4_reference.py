@@ -14,6 +14,7 @@ from types import ModuleType
 
 import torch
 
+from grader.oracles import installed
 from lora_kata.grading.tamper import ObjectGuard
 
 OFFSET = 0.9677083  # bitsandbytes' create_normal_map: the outermost quantile
@@ -100,32 +101,9 @@ def library_side_effects_undone() -> Iterator[None]:
         guard.restore()
 
 
-def installed(name: str) -> bool:
-    """Whether the library ``name`` can be imported (without importing it)."""
-    return importlib.util.find_spec(name) is not None
-
-
-def import_at_collection(name: str) -> ModuleType | None:
-    """The oracle module ``name``, imported now, while pytest collects the check module that calls this at its top
-    (bitsandbytes, transformers and peft take seconds each, over 10 s on a loaded machine: never inside a check's
-    time limit); None where it is not installed or does not import, and each check that needs it skips with one line.
-
-    Its side effects are adopted, as grader/training.py adopts torch._dynamo's: they happen before the tamper guard
-    records what it watches (after collection), so a submission that imports the same library later (delegating to
-    bitsandbytes, say) changes nothing the guard sees."""
-    if not installed(name.split(".")[0]):
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return importlib.import_module(name)
-    except Exception:  # a broken install: the checks that need it skip
-        return None
-
-
 def import_oracle(name: str) -> ModuleType | None:
     """The library module ``name``, or None where it is not installed: a cache hit where the check module imported
-    it at collection (``import_at_collection``); otherwise its side effects are undone, as for any grader call."""
+    it at collection (``grader.oracles.optional``); otherwise its side effects are undone, as for any grader call."""
     if not installed(name.split(".")[0]):
         return None
     with library_side_effects_undone():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import warnings
+from types import ModuleType
 
 import pytest
 
@@ -30,17 +31,27 @@ def missing(package: str) -> str:
     return f"{package} is not installed: pip install {package} (or -e '.[test]') to grade this kata"
 
 
-def load(*names: str) -> None:
-    """Import each of ``names`` (``module`` or ``module:attribute``) whose package is installed; skip the rest."""
-    for name in names:
-        module, _, attribute = name.partition(":")
-        if not installed(module.partition(".")[0]):
-            continue
+def optional(name: str) -> ModuleType | None:
+    """The module ``name`` (or, for ``module:attribute``, that module once the attribute is loaded), imported now;
+    None where its package is not installed or does not import (a broken install): the checks that need it skip."""
+    module, _, attribute = name.partition(":")
+    if not installed(module.partition(".")[0]):
+        return None
+    try:
         with warnings.catch_warnings():  # deprecation notes of the libraries' own imports are no verdict
             warnings.simplefilter("ignore")
             imported = importlib.import_module(module)
             if attribute:
                 getattr(imported, attribute)
+    except Exception:
+        return None
+    return imported
+
+
+def load(*names: str) -> None:
+    """``optional`` for each of ``names``: import what is installed, now."""
+    for name in names:
+        optional(name)
 
 
 def requires(*names: str) -> list[pytest.MarkDecorator]:

@@ -22,6 +22,7 @@ from torch import nn
 from grader import nf4_reference as ref
 from grader.models import ToyTransformer, inputs, matching_linears
 from grader.nf4_checks import expect_same_codes
+from grader.oracles import optional
 from grader.probes import (
     TRAINING_CASES,
     describe,
@@ -44,8 +45,8 @@ BLOCK = 64
 TRANSFORMERS_MISSING = "transformers is not installed: pip install transformers to also grade apply_qlora on a Llama"
 PEFT_MISSING = "peft or bitsandbytes is not installed: pip install peft bitsandbytes to also compare with their QLoRA"
 # The oracles, imported while pytest collects this module (seconds each, over 10 s under load): never inside a check.
-LLAMA = ref.import_at_collection("transformers.models.llama.modeling_llama")
-PEFT, BITSANDBYTES = ref.import_at_collection("peft"), ref.import_at_collection("bitsandbytes")
+LLAMA = optional("transformers.models.llama.modeling_llama")
+PEFT, BITSANDBYTES = optional("peft"), optional("bitsandbytes")
 LOW = {torch.float32: 1e-5, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}  # relative tolerance per dtype
 
 
