@@ -578,7 +578,7 @@ def test_dropout_draws_a_fresh_mask_for_every_input_and_call(LoRALinear):
 @pytest.mark.points(1)
 @pytest.mark.parametrize(
     "arguments",
-    [{"r": 0}, {"r": -2}, {"dropout": 1.0}, {"dropout": -0.1}, {"dropout": 1.5}],
+    [{"r": 0}, {"r": -2}, {"dropout": 1.0}, {"dropout": -0.1}, {"dropout": 1.5}, {"dropout": math.nan}],
     ids=lambda arguments: ",".join(f"{k}={v}" for k, v in arguments.items()),
 )
 def test_rejects_invalid_arguments(LoRALinear, arguments):
@@ -593,6 +593,23 @@ def test_rejects_invalid_arguments(LoRALinear, arguments):
 def test_rejects_a_base_that_is_not_linear(LoRALinear, make_base):
     base = make_base()
     expect_value_error(lambda: LoRALinear(base, r=R), f"LoRALinear({type(base).__name__}(...))")
+
+
+@pytest.mark.points(1)
+def test_accepts_a_subclass_of_nn_linear(LoRALinear):
+    # nn.MultiheadAttention's out_proj is one: an isinstance test accepts it, `type(base) is nn.Linear` does not.
+    base = nn.modules.linear.NonDynamicallyQuantizableLinear(IN, OUT)
+    try:
+        layer = LoRALinear(base, r=R, alpha=ALPHA)
+    except ValueError as error:
+        raise AssertionError(
+            f"LoRALinear(NonDynamicallyQuantizableLinear(...)) raised ValueError ({error}): a subclass of nn.Linear is "
+            "an nn.Linear; test isinstance(base, nn.Linear), not type(base) is nn.Linear"
+        ) from None
+    x = torch.randn(3, IN)
+    with torch.no_grad():
+        change = max_difference(output(layer, x), base(x))
+    assert change < 1e-5, f"on an nn.Linear subclass the output at init differs from base(x) by {change:.3g}"
 
 
 @pytest.mark.points(3)

@@ -158,4 +158,9 @@ WRONG_ANSWERS = [
                 "test_defaults_are_r_8_alpha_16_and_no_dropout", "freeze the base first"),
     WrongAnswer("B random, seen by dropout", KATA, B_ZEROS, "0.01 * torch.randn(base.out_features, r, **same_place)",
                 "test_dropout_never_touches_the_base_path", "is B initialised to zeros"),
+    # Red-team round 1 (issue 13): an error sentence over every value it covers, and a subclass of nn.Linear.
+    WrongAnswer("NaN dropout accepted", KATA, "if not 0.0 <= dropout < 1.0:", "if dropout < 0.0 or dropout >= 1.0:",
+                "test_rejects_invalid_arguments", "expected a ValueError"),
+    WrongAnswer("nn.Linear subclass refused", KATA, "if not isinstance(base, nn.Linear):", "if type(base) is not nn.Linear:",
+                "test_accepts_a_subclass_of_nn_linear", "a subclass of nn.Linear is an nn.Linear"),
 ]  # fmt: skip

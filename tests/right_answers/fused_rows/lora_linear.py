@@ -14,7 +14,7 @@ class LoRALinear(nn.Module):
             raise ValueError(f"expected nn.Linear, got {type(base)}")
         if r < 1:
             raise ValueError(f"r must be >= 1, got {r}")
-        if dropout < 0 or dropout >= 1:
+        if not 0 <= dropout < 1:  # NaN is outside too
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.base = base.requires_grad_(False)
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
