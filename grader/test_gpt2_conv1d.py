@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 
 import pytest
 import torch
@@ -326,7 +327,7 @@ def test_dropout_zeroes_adapter_inputs_in_train_mode_only(LoRAConv1D):
 @pytest.mark.points(1)
 @pytest.mark.parametrize(
     "arguments",
-    [{"r": 0}, {"r": -2}, {"dropout": 1.0}, {"dropout": -0.1}],
+    [{"r": 0}, {"r": -2}, {"r": 2.5}, {"dropout": 1.0}, {"dropout": -0.1}, {"dropout": math.nan}],
     ids=lambda arguments: ",".join(f"{k}={v}" for k, v in arguments.items()),
 )
 def test_rejects_invalid_arguments(LoRAConv1D, Conv1D, arguments):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -343,7 +344,7 @@ def test_adding_a_name_already_there_is_a_value_error_that_keeps_it(MultiLoRALin
 @pytest.mark.points(1)
 @pytest.mark.parametrize(
     "arguments",
-    [{"r": 0}, {"r": -2}, {"dropout": 1.0}, {"dropout": -0.1}],
+    [{"r": 0}, {"r": -2}, {"r": 2.5}, {"dropout": 1.0}, {"dropout": -0.1}, {"dropout": math.nan}],
     ids=lambda arguments: ",".join(f"{k}={v}" for k, v in arguments.items()),
 )
 def test_add_adapter_rejects_invalid_arguments(MultiLoRALinear, arguments):

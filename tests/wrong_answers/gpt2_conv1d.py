@@ -92,4 +92,9 @@ WRONG_ANSWERS = [
                 "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling  # (out, in)",
                 "eye = torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)\n    update = (layer(eye) - layer.base(eye)).T.to(accumulate)",
                 "test_merges_the_same_in_train_mode_with_dropout", "not from a forward pass"),
+    # Red-team round 1 (issue 13): an error sentence over every value it covers.
+    WrongAnswer("NaN dropout accepted", KATA, "if not 0.0 <= dropout < 1.0:", "if dropout < 0.0 or dropout >= 1.0:",
+                "test_rejects_invalid_arguments", "expected a ValueError"),
+    WrongAnswer("a fractional r accepted", KATA, "if isinstance(r, bool) or not isinstance(r, int) or r < 1:",
+                "if r < 1:", "test_rejects_invalid_arguments", "expected a ValueError"),
 ]  # fmt: skip

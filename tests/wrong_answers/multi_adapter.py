@@ -146,4 +146,9 @@ WRONG_ANSWERS = [
                 "eye = torch.eye(self.base.in_features, dtype=weight.dtype, device=weight.device)\n"
                 "        merged = (weight + (self(eye) - self.base(eye)).T).to(weight.dtype)",
                 "test_merge_in_train_mode_ignores_dropout", "not from a forward pass"),
+    # Red-team round 1 (issue 13): an error sentence over every value it covers.
+    WrongAnswer("NaN dropout accepted", KATA, "if not 0.0 <= dropout < 1.0:", "if dropout < 0.0 or dropout >= 1.0:",
+                "test_add_adapter_rejects_invalid_arguments", "expected a ValueError"),
+    WrongAnswer("a fractional r accepted", KATA, "if isinstance(r, bool) or not isinstance(r, int) or r < 1:",
+                "if r < 1:", "test_add_adapter_rejects_invalid_arguments", "expected a ValueError"),
 ]  # fmt: skip
