@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.implementations import REPOSITORY
 from tests.test_practice import make_working_copy, solve
 
 ORACLES = ("transformers", "peft", "bitsandbytes")
@@ -41,7 +40,7 @@ def check_logging_oracle_imports(tmp_path: Path, kata: str) -> tuple[subprocess.
     environment = {**os.environ, "LORA_KATA_ROOT": str(root), "ORACLE_IMPORT_LOG": str(log),
                    "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     completed = subprocess.run(
-        [sys.executable, "-m", "lora_kata", "check", kata], cwd=REPOSITORY, env=environment,
+        [sys.executable, "-m", "lora_kata", "check", kata], cwd=root, env=environment,
         capture_output=True, text=True, timeout=300, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     return completed, log.read_text() if log.exists() else ""

@@ -29,12 +29,14 @@ TORCH_MARKERS = frozenset({"___needs_generation_tag_patch"})
 
 
 def library_folders() -> tuple[Path, ...]:
-    """The folders of the installed ``LIBRARIES`` (found without importing them)."""
+    """The folders of the ``LIBRARIES`` imported so far (only an imported library can have changed torch; looking
+    up the others would be an import of theirs to anyone watching the import system)."""
     folders = []
     for name in LIBRARIES:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.origin:
-            folders.append(Path(spec.origin).resolve().parent)
+        module = sys.modules.get(name)
+        origin = getattr(module, "__file__", None)
+        if origin:
+            folders.append(Path(origin).resolve().parent)
     return tuple(folders)
 
 
@@ -87,27 +89,26 @@ class ObjectGuard:
         modules += [module for name, module in sys.modules.items() if name.split(".")[0] in GRADER_PACKAGES and module]
         self.modules = {module: dict(vars(module)) for module in modules}
         self.classes = {cls: dict(vars(cls)) for cls in guarded_classes()}
-        self.libraries = library_folders()
 
     def replaced(self) -> list[str]:
         """Qualified names of the guarded attributes that are no longer the objects they were.
 
         The libraries' own changes are adopted into the record first: they are neither reported nor undone.
         """
-        found = []
+        found, libraries = [], library_folders()
         for owner, saved in [*self.modules.items(), *self.classes.items()]:
             now = vars(owner)
             for name, value in saved.items():
                 new = now.get(name, _UNSET)
                 if new is value:
                     continue
-                if done_by_a_library(new, value, self.libraries):
+                if done_by_a_library(new, value, libraries):
                     saved[name] = new
                 else:
                     found.append(f"{owner.__name__}.{name}")
             if owner in self.classes:
                 for name in now.keys() - saved.keys():
-                    if name in TORCH_MARKERS or done_by_a_library(now[name], _UNSET, self.libraries):
+                    if name in TORCH_MARKERS or done_by_a_library(now[name], _UNSET, libraries):
                         saved[name] = now[name]
                     else:
                         found.append(f"{owner.__name__}.{name}")
