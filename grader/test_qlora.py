@@ -421,6 +421,9 @@ def test_qlora_stores_the_base_in_nf4_and_trains_two_factors(QLoRALinear, NF4Lin
             f"QLoRALinear holds {len(inner)} NF4Linear submodules, expected one: the base becomes an NF4Linear "
             "submodule (self.base = NF4Linear(base)), not NF4 buffers of QLoRALinear's own"
         )
+        found = factors(layer, IN, OUT, R)  # the factors' dtype first: a forward would fail on it downstream
+        misplaced = [t.dtype for t in (found.stored_A, found.stored_B) if t.dtype != dtype]
+        assert not misplaced, f"with a {dtype} base the factors are {misplaced}: create them in the base's dtype"
         x = torch.randn(5, IN).to(dtype)
         with torch.no_grad():
             y, expected = output(layer.eval(), x), output(inner[0], x)
@@ -429,9 +432,6 @@ def test_qlora_stores_the_base_in_nf4_and_trains_two_factors(QLoRALinear, NF4Lin
             f"{max_difference(y, expected):.3g}, expected exactly it (B is zero): the base is that submodule"
         )
         expect_r_alpha_and_scaling(layer, R, ALPHA)
-        found = factors(layer, IN, OUT, R)
-        misplaced = [t.dtype for t in (found.stored_A, found.stored_B) if t.dtype != dtype]
-        assert not misplaced, f"with a {dtype} base the factors are {misplaced}: create them in the base's dtype"
         adapter_bytes = sum(t.numel() * t.element_size() for t in trainable(layer))
         expect_only_nf4_storage(layer, OUT, IN, OUT * torch.finfo(dtype).bits // 8, "QLoRALinear", adapter_bytes)
 

@@ -17,7 +17,7 @@ from tests.wrong_answers import all_wrong_answers
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the preloaded server forks")
 
-SAMPLE_EVERY = 15  # every 15th wrong answer of the zoo (9 of 134): the whole zoo twice takes too long for make test
+SAMPLE = 4  # wrong answers spread over the zoo: each submission is graded twice, over every kata
 HOSTILE = {
     "os-exit": {"apply_lora": "import os\nos._exit(0)\n"},
     "segfault": {"merge_weights": "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"},
@@ -37,6 +37,7 @@ def graded(document: dict) -> tuple[list[dict], list[str]]:
     return document["lora_kata"]["results"], document["lora_kata"]["notes"]
 
 
+@pytest.mark.timeout(900)  # nine submissions graded twice over twelve rows: minutes on 2 cores
 def test_batch_through_the_server_grades_like_grade_one_at_a_time(tmp_path):
     submissions = tmp_path / "subs"
     implementation_folder(submissions / "reference")
@@ -44,7 +45,8 @@ def test_batch_through_the_server_grades_like_grade_one_at_a_time(tmp_path):
     implementation_folder(submissions / "stubs", stubs)
     for name, sources in HOSTILE.items():
         implementation_folder(submissions / name, sources)
-    for number, wrong in enumerate(all_wrong_answers()[::SAMPLE_EVERY]):
+    zoo = all_wrong_answers()
+    for number, wrong in enumerate(zoo[:: len(zoo) // SAMPLE][:SAMPLE]):
         implementation_folder(submissions / f"wrong-{number:02d}", {wrong.kata: wrong.source()})
     # Where the grading ran: its parent is the reaper, forked from the server (or a fresh worker.py).
     record = f"open({str(tmp_path / 'parent.txt')!r}, 'wb').write(open(f'/proc/{{os.getppid()}}/cmdline', 'rb').read())"

@@ -18,7 +18,7 @@ import yaml
 
 from lora_kata.cli import main
 from lora_kata.github import annotation
-from lora_kata.grading.implementation import KATAS
+from lora_kata.grading.implementation import GRADED, KATAS
 from lora_kata.grading.results import CheckResult, gradescope, read_results, write_json
 from tests.implementations import REPOSITORY, SOLUTIONS, is_stub
 
@@ -105,7 +105,7 @@ def test_autograde_with_a_trusted_grader_fails_the_stubs_with_an_annotation_per_
     assert len(annotations) == len(failed) == len(document["tests"]) > 0
     assert all(ANNOTATION.match(line) for line in annotations), annotations[:3]
     assert ANNOTATION.match(annotations[0]).groups() == ("lora_linear", "lora_linear")
-    assert {ANNOTATION.match(line).group(2) for line in annotations} == set(KATAS)
+    assert {ANNOTATION.match(line).group(2) for line in annotations} == set(GRADED)
     assert f"## ❌ lora-kata: 0/{document['max_score']:g} points" in job.summary
     assert f"### Failed checks ({len(failed)})" in job.summary and "<code>katas/lora_linear.py:" in job.summary
     classroom = job.classroom_result()
