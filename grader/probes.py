@@ -54,6 +54,25 @@ def trainable(module: nn.Module) -> list[nn.Parameter]:
     return [parameter for parameter in module.parameters() if parameter.requires_grad]
 
 
+def expect_on_the_base_device_and_dtype(
+    layer: nn.Module, weight: torch.Tensor, in_features: int, out_features: int, device: str, dtype: torch.dtype
+) -> None:
+    """The layer's factors live where its base's ``weight`` does, and it computes there for 0 to 2 batch dims."""
+    misplaced = [(tuple(t.shape), t.dtype, str(t.device)) for t in trainable(layer)]
+    misplaced = [m for m in misplaced if m[1] != dtype or m[2] != str(weight.device)]
+    assert not misplaced, (
+        f"factors must be created on the base's device and dtype ({device}, {dtype}), "
+        f"measured {misplaced}: pass device= and dtype= from base.weight when creating them"
+    )
+    for batch_shape in [(), (5,), (2, 3)]:
+        x = torch.randn(*batch_shape, in_features, dtype=dtype, device=device)
+        y = output(layer, x)
+        assert (y.shape, y.dtype, y.device) == ((*batch_shape, out_features), dtype, weight.device), (
+            f"for x of shape {(*batch_shape, in_features)} expected output {(*batch_shape, out_features)} {dtype} "
+            f"on {device}, measured {tuple(y.shape)} {y.dtype} on {y.device}"
+        )
+
+
 def trained_numbers(layer: nn.Module, base: nn.Module) -> int:
     """How many numbers ``layer`` trains, after the first premise of any such count: its base is frozen."""
     loose = [name for name, parameter in base.named_parameters() if parameter.requires_grad]

@@ -27,6 +27,7 @@ from grader.probes import (
     DEVICES,
     describe,
     expect_instance,
+    expect_on_the_base_device_and_dtype,
     expect_r_alpha_and_scaling,
     expect_value_error,
     factors,
@@ -171,19 +172,7 @@ def test_trains_two_factors_shaped_by_the_conv1d_in_and_out(LoRAConv1D):
 @pytest.mark.parametrize("device", DEVICES)
 def test_lives_on_the_base_device_and_dtype(LoRAConv1D, device, dtype):
     _, conv, layer = make_layer(LoRAConv1D, dtype=dtype, device=device)
-    misplaced = [(tuple(t.shape), t.dtype, str(t.device)) for t in trainable(layer)]
-    misplaced = [m for m in misplaced if m[1] != dtype or m[2] != str(conv.weight.device)]
-    assert not misplaced, (
-        f"factors must be created on the base's device and dtype ({device}, {dtype}), "
-        f"measured {misplaced}: pass device= and dtype= from base.weight when creating them"
-    )
-    for batch_shape in [(), (5,), (2, 3)]:
-        x = torch.randn(*batch_shape, IN, dtype=dtype, device=device)
-        y = output(layer, x)
-        assert (y.shape, y.dtype, y.device) == ((*batch_shape, OUT), dtype, conv.weight.device), (
-            f"for x of shape {(*batch_shape, IN)} expected output {(*batch_shape, OUT)} {dtype} on {device}, "
-            f"measured {tuple(y.shape)} {y.dtype} on {y.device}"
-        )
+    expect_on_the_base_device_and_dtype(layer, conv.weight, IN, OUT, device, dtype)
 
 
 @pytest.mark.points(3)

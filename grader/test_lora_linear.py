@@ -16,6 +16,7 @@ from grader.probes import (
     TRAINING_CASES,
     expect_base_precision,
     expect_on_the_base_device,
+    expect_on_the_base_device_and_dtype,
     expect_plain_lora_in_regime,
     expect_r_alpha_and_scaling,
     expect_training_fits_a_low_rank_target,
@@ -98,19 +99,7 @@ def test_trains_exactly_two_low_rank_factors(LoRALinear):
 @pytest.mark.parametrize("device", DEVICES)
 def test_lives_on_the_base_device_and_dtype(LoRALinear, device, dtype):
     base, layer = make_layer(LoRALinear, dtype=dtype, device=device)
-    misplaced = [(tuple(t.shape), t.dtype, str(t.device)) for t in trainable(layer)]
-    misplaced = [m for m in misplaced if m[1] != dtype or m[2] != str(base.weight.device)]
-    assert not misplaced, (
-        f"factors must be created on the base's device and dtype ({device}, {dtype}), "
-        f"measured {misplaced}: pass device= and dtype= from base.weight when creating them"
-    )
-    for batch_shape in [(), (5,), (2, 3)]:
-        x = torch.randn(*batch_shape, IN, dtype=dtype, device=device)
-        y = output(layer, x)
-        assert (y.shape, y.dtype, y.device) == ((*batch_shape, OUT), dtype, base.weight.device), (
-            f"for x of shape {(*batch_shape, IN)} expected output {(*batch_shape, OUT)} {dtype} on {device}, "
-            f"measured {tuple(y.shape)} {y.dtype} on {y.device}"
-        )
+    expect_on_the_base_device_and_dtype(layer, base.weight, IN, OUT, device, dtype)
 
 
 @pytest.mark.points(1)
