@@ -25,6 +25,7 @@ from lora_kata.grading.implementation import (
 from lora_kata.grading.report import Reporter, kata_of
 from lora_kata.grading.results import Collector
 from lora_kata.grading.tamper_plugin import TamperWatch
+from lora_kata.grading.time_limit import WALL_FACTOR, CpuTimeLimit
 
 GRADER = Path(__file__).resolve().parent
 CHECK_TIMEOUT_S = 20
@@ -54,7 +55,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--check-timeout",
         type=float,
         default=CHECK_TIMEOUT_S,
-        help=f"seconds each check may take before it fails as stuck (default {CHECK_TIMEOUT_S})",
+        help=f"seconds of CPU time each check may take before it fails as stuck (default {CHECK_TIMEOUT_S}; "
+        f"a check waiting {WALL_FACTOR} times as long on the clock fails too)",
     )
 
 
@@ -72,6 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(error)) from None
     implementation = config.stash[IMPLEMENTATION] = Implementation(folder)
     config.pluginmanager.register(TamperWatch(GRADER, ENGINE), "lora-kata-tamper")
+    config.pluginmanager.register(CpuTimeLimit(), "lora-kata-time-limit")
     config.pluginmanager.register(Reporter(implementation), "lora-kata-report")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from lora_kata.grading.time_limit import WALL_FACTOR
 from tests.implementations import REPOSITORY, SOLUTIONS
 
 LOOP = "\nwhile True:  # an endless loop at import\n    pass\n"
@@ -293,20 +294,32 @@ def test_check_and_grade_name_a_checks_cases_alike(working_copy):
 
 
 def test_grade_takes_the_check_timeout(tmp_path):
+    """The limit counts CPU seconds (a loaded machine does not change a grade); a check that only waits fails at
+    WALL_FACTOR times the limit on the clock. Each way is taken once here: the first merge computes for 30 s of
+    CPU time, the second sleeps for 60 s."""
     slow = """
 import time as _time
 
 _merge = merge_weights
+_calls = []
 
 
 def merge_weights(model):
-    _time.sleep(3)
+    _calls.append(model)
+    if len(_calls) == 1:
+        started = _time.process_time()
+        while _time.process_time() - started < 30:
+            pass
+    if len(_calls) == 2:
+        _time.sleep(60)
     return _merge(model)
 """
     folder = submission(tmp_path / "slow", merge_weights=slow)
     arguments = ["grade", "--impl", str(folder), "--kata", "merge_weights", "--check-timeout", "1"]
     run = command("-m", "lora_kata", *arguments, timeout=200)
-    assert run.returncode == 1 and "timed out after 1.0 s" in run.stdout, (run.stdout[-1500:], run.stderr)
+    assert run.returncode == 1, (run.stdout[-1500:], run.stderr)
+    assert "timed out after 1 s of CPU time" in run.stdout, run.stdout[-1500:]
+    assert f"timed out after {WALL_FACTOR} s of waiting (wall clock)" in run.stdout, run.stdout[-1500:]
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,14 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import re
 import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from lora_kata.grading.time_limit import time_limit_of
 
 PACKAGE = "katas"
 KATAS = (
@@ -150,7 +151,7 @@ class Implementation:
         except KeyboardInterrupt:
             raise
         except BaseException as error:  # SystemExit and pytest's outcomes too: an import must not end grading
-            limit = _time_limit(error)
+            limit = time_limit_of(error)
             if limit is None:
                 return KataUnavailable(self._describe_import_failure(kata, error))
             path, line = self.innermost_frame(error) or (self.folder / f"{kata}.py", 1)
@@ -195,12 +196,6 @@ class Implementation:
             return str(path.relative_to(Path.cwd()))
         except ValueError:
             return str(path)
-
-
-def _time_limit(error: BaseException) -> str | None:
-    """The time limit (e.g. '20 s') when ``error`` is pytest-timeout's failure of a check that ran past it."""
-    found = re.match(r"Timeout \(>(\d+(?:\.\d+)?)s\)", str(error)) if type(error).__name__ == "Failed" else None
-    return f"{float(found.group(1)):g} s" if found else None
 
 
 def _install_package(folder: Path) -> _Refuse:

@@ -18,6 +18,7 @@ import pytest
 
 from lora_kata.grading.implementation import KATAS, Implementation, ImportTimedOut, KataUnavailable
 from lora_kata.grading.results import Collector, score_table
+from lora_kata.grading.time_limit import time_limit_of, waited
 
 if sys.version_info < (3, 11):  # pytest's dependency there
     from exceptiongroup import BaseExceptionGroup
@@ -147,9 +148,9 @@ class Reporter:
         caller = self._frame(item, error)
         if caller != deepest and caller is not None:
             location += f" (called from {self.implementation.relative(caller[0])}:{caller[1]})"
-        if isinstance(error, pytest.fail.Exception) and first_line.startswith("Timeout"):
-            marker = item.get_closest_marker("timeout")
-            limit = f"{marker.args[0]} s" if marker and marker.args else "its time limit"
+        if limit := time_limit_of(error):
+            if waited(limit):
+                return f"timed out after {limit}, stuck at {location}: a sleep, a lock or a read that never returns?"
             return f"timed out after {limit}, stuck at {location}: an endless loop, or far slower than it should be?"
         if _reported_as_skip(error):
             return f"the submission skipped the check ({type(error).__name__} at {location}): that counts as failed"
