@@ -65,7 +65,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "timeout", None) is None:  # pytest-timeout's default (and header): a check's limit
         config.option.timeout = config.getoption("check_timeout")
     config.addinivalue_line("markers", "points(n): what each case of a check is worth")
-    config.addinivalue_line("markers", "subject(name): the definition a failing check points at, if not SUBJECT")
+    config.addinivalue_line(
+        "markers", "subject(name): the definition a failing check points at, if not SUBJECT (KATA:NAME: another kata's)"
+    )
     if not any(isinstance(plugin, Collector) for plugin in config.pluginmanager.get_plugins()):
         config.pluginmanager.register(Collector(), "lora-kata-results")
     try:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -79,6 +81,30 @@ def peft_model(model: nn.Module, targets: Iterable[str] | str, r: int, alpha: fl
     config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, **options)
     with quiet():
         return get_peft_model(model, config)
+
+
+def peft_loaded(fresh: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
+    """``PeftModel.from_pretrained(fresh, directory)``, after failing the check with what it raised."""
+    from peft import PeftModel
+
+    try:
+        with quiet():
+            return PeftModel.from_pretrained(fresh, str(directory))
+    except Exception as error:
+        text = str(error).strip() or type(error).__name__
+        first_line = text.splitlines()[0][:200]
+        cause = "see the spec of adapter_config.json and the tensor names"
+        if "size mismatch" in text:
+            first_line = next(line.strip() for line in text.splitlines() if "size mismatch" in line)[:300]
+            cause = "a tensor has the wrong shape: lora_A is (r, in), lora_B (out, r)"
+        elif "prepare_inputs_for_generation" in first_line or "task_type" in first_line.lower():
+            cause = "the config's task_type makes peft wrap a plain model in a task class: leave task_type out"
+        elif "is not supported" in first_line or "not found in the base model" in first_line:
+            cause = "target_modules makes peft adapt other layers than the adapted ones: list their qualified names"
+        pytest.fail(
+            f"PeftModel.from_pretrained(base, directory) raised {type(error).__name__}: {first_line}: {cause}",
+            pytrace=False,
+        )
 
 
 def peft_layers(peft: nn.Module) -> dict[str, nn.Module]:

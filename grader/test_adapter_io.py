@@ -16,6 +16,7 @@ from grader.hf import (
     logits,
     lora_factors,
     peft_layers,
+    peft_loaded,
     peft_model,
     quiet,
     randomize,
@@ -113,30 +114,6 @@ def read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             return {key: file.get_tensor(key) for key in file.keys()}, file.metadata()  # noqa: SIM118
     except (SafetensorError, OSError) as error:
         pytest.fail(f"{WEIGHTS} is not a safetensors file ({error}): write it with safetensors.torch.save_file")
-
-
-def peft_loaded(fresh: nn.Module, directory: Path) -> nn.Module:
-    """``PeftModel.from_pretrained(fresh, directory)``, after failing the check with what it raised."""
-    from peft import PeftModel
-
-    try:
-        with quiet():
-            return PeftModel.from_pretrained(fresh, str(directory))
-    except Exception as error:
-        text = str(error).strip() or type(error).__name__
-        first_line = text.splitlines()[0][:200]
-        cause = "see the spec of adapter_config.json and the tensor names"
-        if "size mismatch" in text:
-            first_line = next(line.strip() for line in text.splitlines() if "size mismatch" in line)[:300]
-            cause = "a tensor has the wrong shape: lora_A is (r, in), lora_B (out, r)"
-        elif "prepare_inputs_for_generation" in first_line or "task_type" in first_line.lower():
-            cause = "the config's task_type makes peft wrap a plain model in a task class: leave task_type out"
-        elif "is not supported" in first_line or "not found in the base model" in first_line:
-            cause = "target_modules makes peft adapt other layers than the adapted ones: list their qualified names"
-        pytest.fail(
-            f"PeftModel.from_pretrained(base, directory) raised {type(error).__name__}: {first_line}: {cause}",
-            pytrace=False,
-        )
 
 
 def peft_saved(kind: str, directory: Path, **options) -> tuple[nn.Module, nn.Module]:

@@ -4,7 +4,8 @@ A ``LlamaForCausalLM`` built from a config (seeded, nothing downloaded), the gra
 ``PreTrainedTokenizerFast`` and the instruction set in ``grader/capstone.json`` (animals and their sounds:
 "The cow says moo.", a pattern a tiny model picks up in seconds) go through the learner's ``apply_lora``
 (q_proj and v_proj), ``build_example`` and ``collate``, ``make_optimizer``, ``cosine_with_warmup`` and
-``train_step`` for STEPS windows; then ``merge_weights``. The run happens once per grading session (the
+``train_step`` for STEPS windows; then ``merge_weights``, and ``save_adapter``'s files are loaded by peft's
+``PeftModel.from_pretrained`` on the plain Llama. The run happens once per grading session (the
 ``run`` fixture); each check reads one of its outcomes. A kata that is still a stub blocks the checks that
 need it: they say ``blocked: finish KATA first``.
 """
@@ -22,12 +23,13 @@ import pytest
 import torch
 from torch import nn
 
-from grader.oracles import load
+from grader.hf import peft_loaded, quiet
+from grader.oracles import installed, load, missing
 from grader.probes import max_difference
 from grader.tokenizer import TRANSFORMERS_MISSING, transformers_tokenizer
 from grader.training import SpyOptimizer, SpyScheduler, holding_gradients, relative_difference
 
-SUBJECT = "train_step"  # the definition a failing check points at when no frame of the learner's code is to blame
+SUBJECT = "train_step:train_step"  # what a failing check points at when no frame of the learner's code is to blame
 DATA = Path(__file__).with_name("capstone.json")
 IGNORE = -100
 TARGETS = ("q_proj", "v_proj")
@@ -35,8 +37,8 @@ STEPS, WARMUP, LR, R, ALPHA = 24, 3, 3e-2, 8, 16.0
 MICRO_BATCH, MICRO_BATCHES = 6, 2  # a window of 2 micro-batches of 6 examples: 12 examples per step
 MARGIN = 1 / 3  # the response loss must fall by at least this share of where it started
 MISSING = TRANSFORMERS_MISSING.replace("PreTrainedTokenizerFast", "the capstone (LlamaForCausalLM)")
-# transformers' Llama and fast tokenizer, imported while the checks are collected (the checks skip without them).
-load("transformers:LlamaForCausalLM", "transformers:PreTrainedTokenizerFast")
+# transformers' Llama and fast tokenizer, and peft, imported while the checks are collected (they skip without them).
+load("transformers:LlamaForCausalLM", "transformers:PreTrainedTokenizerFast", "peft:PeftModel")
 
 
 def template(instruction: str, input: str) -> str:
@@ -167,6 +169,7 @@ def test_the_response_loss_falls(run):
 
 
 @pytest.mark.points(3)
+@pytest.mark.subject("masked_prompt:build_example")
 def test_the_prompt_never_carries_loss(run, build_example, collate, train_step):
     rows = run.rows[:MICRO_BATCH]
     tokenizer = run.tokenizer
@@ -277,6 +280,7 @@ def test_only_the_adapters_changed(run):
 
 
 @pytest.mark.points(3)
+@pytest.mark.subject("merge_weights:merge_weights")
 def test_the_merged_model_gives_the_same_logits(run, merge_weights):
     batch = grader_batch(run.tokenizer, run.rows)
     expected = logits_of(run.model, batch)
@@ -287,4 +291,31 @@ def test_the_merged_model_gives_the_same_logits(run, merge_weights):
     assert error < 1e-5, (
         f"the merged Llama's logits differ from the adapted one's by {error:.3g} of the largest logit "
         f"({scale:.3g}), expected < 1e-5: W + (alpha / r) B @ A for every adapter"
+    )
+
+
+@pytest.mark.points(3)
+@pytest.mark.subject("adapter_io:save_adapter")
+def test_peft_loads_the_saved_adapter_and_gives_the_same_logits(run, save_adapter, tmp_path):
+    if not installed("peft"):
+        pytest.skip(missing("peft"))
+    batch = grader_batch(run.tokenizer, run.rows)
+    expected = logits_of(run.model, batch)
+    save_adapter(copy.deepcopy(run.model), tmp_path)
+    peft = peft_loaded(llama(run.tokenizer), tmp_path)
+    theirs = logits_of(peft, batch)
+    with quiet(), peft.disable_adapter():
+        base = logits_of(peft, batch)
+    scale = expected.abs().max().item()
+    error = max_difference(theirs, expected) / max(1.0, scale)
+    if max_difference(theirs, base) == 0:
+        cause = (
+            "peft loaded no factor (it only warns about missing keys): are the keys "
+            "base_model.model.<name>.lora_A.weight, with no adapter name?"
+        )
+    else:
+        cause = "are lora_A (r, in) and lora_B (out, r) the trained factors, and lora_alpha alpha, not alpha / r?"
+    assert error < 1e-5, (
+        f"PeftModel.from_pretrained on the plain Llama and save_adapter's files of the trained one gives logits "
+        f"{error:.3g} of the largest ({scale:.3g}) away from the trained Llama's, expected < 1e-5: {cause}"
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lora_kata.cli import main
-from lora_kata.grading.implementation import KATAS
+from lora_kata.grading.implementation import CAPSTONE, GRADED, KATAS
 from lora_kata.grading.results import CheckResult, gradescope, write_json
 from lora_kata.practice.metadata import DIFFICULTIES, practice_katas
 from lora_kata.practice.state import Session, State, save_state
@@ -93,7 +93,7 @@ def state_of(root: Path) -> dict:
 
 def test_every_kata_has_metadata_with_three_graded_hints():
     katas = practice_katas()
-    assert [info.name for info in katas] == list(KATAS)
+    assert [info.name for info in katas] == list(GRADED), "every kata, and the capstone last"
     for info in katas:
         assert info.difficulty in DIFFICULTIES and 5 <= info.minutes <= 60 and info.title
         assert len(info.hints) == 3 and len(set(info.hints)) == 3, info.name
@@ -104,11 +104,11 @@ def test_list_shows_every_kata_and_suggests_the_first_to_do(root, run):
     code, out, _ = run("list")
     assert code == 0
     assert out.splitlines()[0] == f"working copy: {root} (the current folder is in it)"
-    assert [line.split()[0] for line in out.splitlines()[2:-1]] == list(KATAS)
+    assert [line.split()[0] for line in out.splitlines()[2:-1]] == list(GRADED)
     assert "25:00  todo" in out and out.splitlines()[-1] == f"next: lora-kata start {KATAS[0]}"
     code, out, _ = run("list", "--json")
     rows = json.loads(out)
-    assert [row["kata"] for row in rows] == list(KATAS)
+    assert [row["kata"] for row in rows] == list(GRADED)
     assert rows[0] | {"title": ""} == {
         "kata": "lora_linear", "title": "", "difficulty": "medium", "minutes": 25.0, "depends_on": [],
         "status": "todo", "best_seconds": None, "running": False,
@@ -174,6 +174,79 @@ def test_mock_interview_puts_katas_under_one_clock_and_ends_with_a_summary(root,
     code, out, _ = run("history", now=T0 + 1300)
     assert "mock (2 katas)" in out and "2/2 solved" in out
     assert run("mock", "--finish")[0] == 2, "no mock is running any more"
+
+
+CAPSTONE_KATAS = ["lora_linear", "apply_lora", "merge_weights", "masked_prompt", "gpt2_conv1d", "adapter_io",
+                  "train_step"]  # fmt: skip
+
+
+def test_the_capstone_is_practised_over_the_learners_katas_and_destroys_nothing(root, run):
+    """The capstone has no module: start names the katas it grades, hints exist, solution points at the katas'
+    reference answers, and reset and start --fresh refuse in one line, leaving every file as it was."""
+    (capstone,) = [row for row in json.loads(run("list", "--json")[1]) if row["kata"] == CAPSTONE]
+    assert capstone | {"title": ""} == {
+        "kata": CAPSTONE, "title": "", "difficulty": "hard", "minutes": 20.0, "depends_on": CAPSTONE_KATAS,
+        "status": "todo", "best_seconds": None, "running": False,
+    }  # fmt: skip
+    files = {path: path.read_bytes() for path in (root / "katas").iterdir()}
+    completed = lora_kata("start", CAPSTONE)
+    assert completed.returncode == 0, completed.stderr
+    assert "started capstone (hard): 20:00 on the clock" in completed.stdout
+    assert "no file of its own" in completed.stdout and ", ".join(CAPSTONE_KATAS) in completed.stdout
+    assert f"note: capstone builds on {', '.join(CAPSTONE_KATAS)}, which do not pass yet" in completed.stdout
+    assert state_of(root)["session"]["katas"] == [CAPSTONE]
+    assert "hint 1/3: The capstone has no file of its own" in run("hint")[1]
+    assert state_of(root)["session"]["hints"] == {CAPSTONE: 1}
+    code, out, _ = run("solution", CAPSTONE)
+    assert code == 0 and [line.split()[2:] for line in out.splitlines()[1:]] == [
+        [kata, f"solutions/{kata}.py"] for kata in CAPSTONE_KATAS
+    ]
+    assert state_of(root)["session"]["revealed"] == [], "no answer was shown"
+    for arguments, says in [
+        (["reset", CAPSTONE], "lora-kata: capstone has no file of its own to reset: lora-kata reset KATA restores"),
+        (["start", CAPSTONE, "--fresh", "--yes"], "lora-kata: capstone has no stub of its own to restore: start it"),
+    ]:
+        code, out, err = run(*arguments)
+        assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith(says), err
+    assert state_of(root)["session"]["katas"] == [CAPSTONE], "the refused start ended nothing"
+    (root / "katas" / "train_step.py").unlink()
+    code, out, err = run("check")
+    assert code == 2 and err.startswith("lora-kata: katas/train_step.py is missing: lora-kata reset train_step"), err
+    (root / "katas" / "train_step.py").write_bytes(files[root / "katas" / "train_step.py"])
+    assert {path: path.read_bytes() for path in (root / "katas").iterdir()} == files
+    assert not (root / ".lora-kata" / "backups").exists()
+
+
+def test_mock_gives_the_capstone_its_own_budget_last_and_fresh_restores_only_katas(root, run):
+    code, out, _ = run("mock", "--yes")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith(f"mock interview: {len(GRADED)} katas"), out
+    assert lines[len(GRADED)].split() == [CAPSTONE, "hard", "about", "20:00", "no", "file:", "your", "katas,", "graded",
+                                          "together"]  # fmt: skip
+    (root / "katas" / "train_step.py").write_text("# my attempt\n")
+    code, out, _ = run("mock", "--kata", CAPSTONE, "--kata", "lora_linear", "--fresh", "--yes")
+    assert code == 0 and out.count("restored the stub") == 1, "the capstone has no stub to restore"
+    assert (root / "katas" / "train_step.py").read_text() == "# my attempt\n"
+    assert state_of(root)["session"]["katas"] == ["lora_linear", CAPSTONE]
+
+
+def test_the_capstone_is_blocked_by_a_stub_then_solved_when_its_katas_work(root, run):
+    """Graded for real (seconds: the capstone trains a tiny Llama): blocked on the stubs, solved once they pass."""
+    run("start", CAPSTONE, now=T0)
+    code, out, _ = run("check", now=T0 + 60)
+    assert code == 1 and "FAIL the response loss falls: blocked: finish apply_lora first" in out, out
+    assert out.splitlines()[-1] == "next: finish apply_lora first"
+    solve(root, *CAPSTONE_KATAS)
+    completed = lora_kata("check", "--json")  # LORA_KATA_NOW is still T0 + 60 in the environment
+    document = json.loads(completed.stdout)
+    assert completed.returncode == 0, [r["message"] for r in document["results"] if r["outcome"] == "failed"]
+    assert document["katas"] == [CAPSTONE] and document["solved"] == [CAPSTONE]
+    assert document["totals"][CAPSTONE]["passed"] == document["totals"][CAPSTONE]["checks"] == 6
+    assert json.loads(run("history", "--json")[1])["sessions"][0]["solved"] == {CAPSTONE: 60.0}
+    code, out, _ = run("start", CAPSTONE, now=T0 + 120)
+    assert "note: capstone passes already: it counts as solved once one of its katas changes" in out
+    (root / "katas" / "train_step.py").write_text((SOLUTIONS / "train_step.py").read_text() + "# changed\n")
+    assert json.loads(run("check", "--json", now=T0 + 180)[1])["solved"] == [CAPSTONE], "a changed kata counts"
 
 
 def test_hints_come_one_at_a_time_and_are_recorded_with_the_session(root, run):

@@ -9,11 +9,11 @@ from tests.implementations import implementation_folder
 from tests.wrong_answers import WrongAnswer, all_wrong_answers
 
 
-@pytest.mark.parametrize("wrong", all_wrong_answers(), ids=lambda wrong: f"{wrong.kata}: {wrong.name}")
+@pytest.mark.parametrize("wrong", all_wrong_answers(), ids=lambda wrong: f"{wrong.graded}: {wrong.name}")
 def test_the_grader_fails_and_explains_the_mistake(wrong: WrongAnswer, tmp_path):
     folder = implementation_folder(tmp_path / "submission", {wrong.kata: wrong.source()})
     # The check that must catch it, every case of it: a failed check is enough to deny full marks.
-    results = run_grader(folder, [wrong.kata], only=[wrong.caught_by])
+    results = run_grader(folder, [wrong.graded], only=[wrong.caught_by])
     failures = [result for result in results if result.outcome == "failed"]
     assert failures, f"the grader passed the wrong answer {wrong.name!r}"
     caught = [result.message for result in failures if result.check.partition("[")[0] == wrong.caught_by]

@@ -114,7 +114,8 @@ class Reporter:
 
     def blame(self, item: pytest.Item, error: BaseException) -> str:
         """Where in the implementation to look: the frame of its code in the traceback, else the definition
-        the check is about (the ``subject`` marker, else its module's SUBJECT), else the top of the kata's file."""
+        the check is about (the ``subject`` marker, else its module's SUBJECT; ``KATA:NAME`` names another kata's,
+        as the capstone's checks do), else the top of the kata's file."""
         kata = kata_of(item)
         if isinstance(error, ImportTimedOut):
             return error.location
@@ -123,8 +124,9 @@ class Reporter:
             path, line = self.implementation.folder / f"{kata}.py", 1
             marker = item.get_closest_marker("subject")
             subject = marker.args[0] if marker else getattr(item.module, "SUBJECT", "")
+            owner, _, subject = subject.rpartition(":")
             with contextlib.suppress(KataUnavailable, OSError, TypeError):
-                definition = self.implementation.attribute(kata, subject)
+                definition = self.implementation.attribute(owner or kata, subject)
                 path, line = Path(inspect.getsourcefile(definition)), inspect.getsourcelines(definition)[1]
             where = (path, line)
         return f"{self.implementation.relative(where[0])}:{where[1]}"

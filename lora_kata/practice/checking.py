@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from lora_kata.grading.implementation import KATAS
 from lora_kata.grading.isolation import grade_isolated
 from lora_kata.grading.results import CheckResult, kata_totals, score_table
 from lora_kata.practice.clock import clock, over, time_used
@@ -91,7 +92,9 @@ def grade_against_the_clock(root: Path, katas: list[str], as_json: bool, end_ses
         if session.mock and session.ended is not None:
             print("\n".join(_mock_summary(session, grading.results, at)))
     elif passed:
-        print(paint(f"every check passes: lora-kata start {katas[0]} --fresh to time yourself", "green"))
+        own_module = katas[0] in KATAS
+        again = f"lora-kata start {katas[0]} --fresh to time yourself" if own_module else "your katas work together"
+        print(paint(f"every check passes: {again}", "green"))
     if not passed:
         print(paint(f"next: {_next_step(grading.results, katas)}", "dim"))
     return 0 if passed else 1
@@ -106,7 +109,11 @@ def _next_step(results: list[CheckResult], katas: list[str]) -> str:
     failed = next((result for result in results if result.outcome == "failed"), None)
     if failed is not None and failed.message.startswith("blocked: "):
         return failed.message.removeprefix("blocked: ").split(" (")[0]
-    return f"fix the first FAIL above in katas/{failed.kata if failed else katas[0]}.py"
+    kata = failed.kata if failed else katas[0]
+    if kata in KATAS:
+        return f"fix the first FAIL above in katas/{kata}.py"
+    where = f", starting at {failed.location}" if failed and failed.location else ""
+    return f"fix the first FAIL above: {kata} runs your katas together, so the mistake is in one of them{where}"
 
 
 def _print_checks(results: list[CheckResult], several: bool) -> None:

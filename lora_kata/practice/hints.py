@@ -8,7 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from lora_kata.practice.metadata import kata_info
+from lora_kata.grading.implementation import KATAS
+from lora_kata.practice.metadata import kata_info, modules_of
 from lora_kata.practice.sessions import checked_kata, confirm, session_katas
 from lora_kata.practice.state import State, changing_state, load_state, working_copy
 from lora_kata.terminal import UserError, is_terminal, paint
@@ -44,6 +45,11 @@ def _require_stdout(what: str) -> None:
 
 def solution(arguments: argparse.Namespace) -> int:
     kata = checked_kata(arguments.kata).name
+    if kata not in KATAS:
+        print(f"{kata} has no reference answer of its own: it runs the katas it builds on, whose answers are its own:")
+        for module in modules_of(kata):
+            print(f"  lora-kata solution {module:<16}solutions/{module}.py")
+        return 0
     root = working_copy()
     path = root / "solutions" / f"{kata}.py"
     if not path.is_file():

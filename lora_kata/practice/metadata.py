@@ -1,4 +1,7 @@
-"""What practice knows about each kata (title, difficulty, time budget, prerequisites, hints), from katas.toml."""
+"""What practice knows about each kata (title, difficulty, time budget, prerequisites, hints), from katas.toml.
+
+The capstone is practised like a kata, but has no module of its own: it is graded over the modules of the
+katas it builds on (``modules_of``)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_kata.grading.implementation import KATAS
+from lora_kata.grading.implementation import GRADED, KATAS
 from lora_kata.terminal import UserError
 
 if sys.version_info >= (3, 11):
@@ -54,15 +57,15 @@ def _metadata() -> dict[str, KataInfo]:
             raise UserError(f"{METADATA}: [{name}] lacks or mistypes {error}: see the other katas' tables") from None
         if info.difficulty not in DIFFICULTIES or info.minutes <= 0 or not info.hints:
             raise UserError(f"{METADATA}: [{name}] needs a difficulty in {DIFFICULTIES}, minutes > 0 and hints")
-        if name in KATAS and any(d not in KATAS[: KATAS.index(name)] for d in info.depends_on):
+        if name in GRADED and any(d not in KATAS[: GRADED.index(name)] for d in info.depends_on):
             raise UserError(f"{METADATA}: [{name}] may depend only on katas before it in {KATAS}")
         katas[name] = info
     return katas
 
 
 def practice_katas() -> list[KataInfo]:
-    """The katas that can be practised (graded and described), in the grader's order."""
-    return [_metadata()[name] for name in KATAS if name in _metadata()]
+    """The katas that can be practised (graded and described), in the grader's order: the capstone last."""
+    return [_metadata()[name] for name in GRADED if name in _metadata()]
 
 
 def kata_info(name: str) -> KataInfo:
@@ -74,4 +77,9 @@ def kata_info(name: str) -> KataInfo:
 
 def in_dependency_order(names: Iterable[str]) -> list[str]:
     """``names`` without repeats, each after the katas it depends on (the grader's order guarantees it)."""
-    return sorted(set(names), key=KATAS.index)
+    return sorted(set(names), key=GRADED.index)
+
+
+def modules_of(name: str) -> tuple[str, ...]:
+    """The kata modules ``name`` is graded over: its own, or, for the capstone, those of the katas it builds on."""
+    return (name,) if name in KATAS else kata_info(name).depends_on

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lora_kata.grading.implementation import KATAS
 from lora_kata.practice.checking import grade_against_the_clock
 from lora_kata.practice.clock import clock
 from lora_kata.practice.metadata import in_dependency_order, kata_info, practice_katas
@@ -14,10 +15,11 @@ from lora_kata.terminal import UserError, paint
 MOCK_MINUTES = 60.0
 MOCK_DESCRIPTION = """\
 A mock interview: several katas under one clock (default: every kata, each after the katas it
-builds on). While it runs, `lora-kata check` grades all of its katas (`check KATA` one of them),
-`watch` re-checks them on every save, and hints and solutions shown are recorded with it. It ends
-by itself when every kata passes, or with `lora-kata mock --finish`, which grades them one last
-time and prints the summary: each kata's checks, when it was solved, the hints used."""
+builds on, then the capstone, which grades them together). While it runs, `lora-kata check`
+grades all of its katas (`check KATA` one of them), `watch` re-checks them on every save, and
+hints and solutions shown are recorded with it. It ends by itself when every kata passes, or
+with `lora-kata mock --finish`, which grades them one last time and prints the summary: each
+kata's checks, when it was solved, the hints used."""
 
 
 def mock(arguments: argparse.Namespace) -> int:
@@ -38,13 +40,15 @@ def mock(arguments: argparse.Namespace) -> int:
     with changing_state(root) as state:
         end_running_session(state, arguments.yes, "start a mock interview")
         for kata in katas if arguments.fresh else []:
-            restore(root, state, kata)
+            if kata in KATAS:  # the capstone has no stub: it is graded over the others
+                restore(root, state, kata)
         state.session = new_session(root, state, katas, minutes, mock=True)
     on_the_clock = clock(minutes * 60)
     print(paint(f"mock interview: {len(katas)} katas, {on_the_clock} on the clock; solve them in this order:", "bold"))
     for kata in katas:
         info = kata_info(kata)
-        print(f"  {kata:<16}{info.difficulty:<8}about {clock(info.minutes * 60)}   katas/{kata}.py")
+        where = f"katas/{kata}.py" if kata in KATAS else "no file: your katas, graded together"
+        print(f"  {kata:<16}{info.difficulty:<8}about {clock(info.minutes * 60)}   {where}")
     print("lora-kata check grades them all (check KATA one); lora-kata mock --finish ends it with a summary")
     if any(state.status.get(kata) == "passed" for kata in katas):
         note = "note: some of these pass already, and count as solved only once changed: --fresh starts from the stubs"

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from lora_kata.arguments import kata_names
+from lora_kata.grading.implementation import KATAS
 from lora_kata.practice.clock import clock
-from lora_kata.practice.metadata import KataInfo, kata_info, practice_katas
+from lora_kata.practice.metadata import KataInfo, kata_info, modules_of, practice_katas
 from lora_kata.practice.state import Session, State, changing_state, new_session, now, restore_stub, working_copy
 from lora_kata.terminal import UserError, paint
 
@@ -21,6 +22,12 @@ def start(arguments: argparse.Namespace) -> int:
     info = checked_kata(arguments.kata)
     minutes = budget(arguments.minutes, info.minutes)
     root = working_copy()
+    own_module = info.name in KATAS
+    if arguments.fresh and not own_module:
+        raise UserError(
+            f"{info.name} has no stub of its own to restore: start it without --fresh, it grades your katas as they "
+            "are (lora-kata reset KATA restores one of them)"
+        )
     if not arguments.fresh:
         require_kata_file(root, info.name)
     with changing_state(root) as state:
@@ -28,14 +35,23 @@ def start(arguments: argparse.Namespace) -> int:
         if arguments.fresh:
             restore(root, state, info.name)
         state.session = new_session(root, state, [info.name], minutes)
-    for dependency in info.depends_on:
-        if state.status.get(dependency) != "passed":
-            note = f"note: {info.name} builds on {dependency}, which does not pass yet: its checks wait for it"
-            print(paint(note, "yellow"))
+    waiting = [dependency for dependency in info.depends_on if state.status.get(dependency) != "passed"]
+    if waiting:
+        which = "which does not pass yet: its checks wait for it" if len(waiting) == 1 else "which do not pass yet"
+        print(paint(f"note: {info.name} builds on {', '.join(waiting)}, {which}", "yellow"))
     if state.status.get(info.name) == "passed":
-        print(paint(f"note: katas/{info.name}.py passes already: add --fresh to start from the stub", "yellow"))
+        note = (
+            f"note: katas/{info.name}.py passes already: add --fresh to start from the stub"
+            if own_module
+            else f"note: {info.name} passes already: it counts as solved once one of its katas changes and it passes"
+        )
+        print(paint(note, "yellow"))
     print(paint(f"started {info.name} ({info.difficulty}): {clock(minutes * 60)} on the clock", "bold"))
-    print(f"  edit katas/{info.name}.py (its docstrings are the spec), then")
+    if own_module:
+        print(f"  edit katas/{info.name}.py (its docstrings are the spec), then")
+    else:
+        print("  no file of its own: it fine-tunes a tiny Llama with your katas, graded together (README.md:")
+        print(f"  The capstone): {', '.join(modules_of(info.name))}; then")
     print("  lora-kata check    grade it                 lora-kata watch    grade it on every save")
     print(f"  lora-kata hint     one of {len(info.hints)} hints           lora-kata solution {info.name}")
     return 0
@@ -43,6 +59,8 @@ def start(arguments: argparse.Namespace) -> int:
 
 def reset(arguments: argparse.Namespace) -> int:
     kata = checked_kata(arguments.kata).name
+    if kata not in KATAS:
+        raise UserError(f"{kata} has no file of its own to reset: lora-kata reset KATA restores one of its katas")
     root = working_copy()
     with changing_state(root) as state:
         restore(root, state, kata)
@@ -55,8 +73,10 @@ def checked_kata(name: str) -> KataInfo:
 
 
 def require_kata_file(root: Path, kata: str) -> None:
-    if not (root / "katas" / f"{kata}.py").is_file():
-        raise UserError(f"katas/{kata}.py is missing: lora-kata reset {kata} restores the stub")
+    """Refuse (one line) when a module ``kata`` is graded over is missing: its own, or the capstone's katas'."""
+    for module in modules_of(kata):
+        if not (root / "katas" / f"{module}.py").is_file():
+            raise UserError(f"katas/{module}.py is missing: lora-kata reset {module} restores the stub")
 
 
 def session_katas(name: str | None, state: State, command: str) -> list[str]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_kata.grading.implementation import KATAS, REPOSITORY
+from lora_kata.practice.metadata import modules_of
 from lora_kata.terminal import UserError
 
 VERSION = 1  # of the state file's format
@@ -115,11 +116,14 @@ def new_session(root: Path, state: State, katas: list[str], minutes: float, mock
 
 
 def file_digest(root: Path, kata: str) -> str:
-    """The SHA-256 of katas/<kata>.py ('' when it cannot be read)."""
+    """The SHA-256 of katas/<kata>.py, or of the capstone's modules one after another ('' when one cannot be read)."""
+    digest = hashlib.sha256()
     try:
-        return hashlib.sha256((root / "katas" / f"{kata}.py").read_bytes()).hexdigest()
+        for module in modules_of(kata):
+            digest.update((root / "katas" / f"{module}.py").read_bytes())
     except OSError:
         return ""
+    return digest.hexdigest()
 
 
 def now() -> float:

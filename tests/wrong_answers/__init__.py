@@ -1,8 +1,9 @@
 """The zoo of wrong answers: each is a reference answer with one realistic mistake written into it.
 
-Every kata has a module here defining ``WRONG_ANSWERS``. A wrong answer names the grader check that
-must catch it and words its one-line failure message must contain, so the zoo proves both that the
-grader fails the mistake and that it explains it.
+Every kata has a module here defining ``WRONG_ANSWERS``, and so does the capstone (mistakes in a kata
+that its checks catch). A wrong answer names the grader check that must catch it and words its one-line
+failure message must contain, so the zoo proves both that the grader fails the mistake and that it
+explains it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ class WrongAnswer:
     caught_by: str  # a grader check, by function name
     explains: str  # words its failure message must contain
     more_edits: tuple[tuple[str, str], ...] = ()  # further (find, replace) pairs, for a mistake in two places
+    checks: str = ""  # the row of checks that must catch it (grader/test_<checks>.py), when not the kata's own
+
+    @property
+    def graded(self) -> str:
+        """The row of the score table whose checks catch it: the kata's, or the capstone's."""
+        return self.checks or self.kata
 
     def source(self) -> str:
         source = (SOLUTIONS / f"{self.kata}.py").read_text()
