@@ -23,12 +23,15 @@ from torch import nn
 from grader.oracles import load
 from grader.probes import (
     DEVICES,
+    FLOAT_DTYPES,
+    RELATIVE_TOLERANCE,
     Factors,
     describe,
     expect_value_error,
     max_difference,
     output,
     plain_lora,
+    relative_error,
 )
 from lora_kata.grading.implementation import KataUnavailable
 
@@ -89,9 +92,31 @@ def add(
     return Adapter(name, found, alpha / r)
 
 
-def make(MultiLoRALinear, dtype=torch.float64, device="cpu", bias=True, in_features=IN, out_features=OUT):
-    base = nn.Linear(in_features, out_features, bias=bias, dtype=dtype, device=device)
-    return base, MultiLoRALinear(base)
+BASE_KINDS: dict[str, tuple[Callable[..., nn.Linear], str]] = {  # the bases an answer must take: builder, trap
+    "nn.Linear": (nn.Linear, ""),
+    "bias-free nn.Linear": (
+        lambda *dims, **place: nn.Linear(*dims, bias=False, **place),
+        "a base may have no bias (base.bias is None): freeze it with base.requires_grad_(False)",
+    ),
+    "nn.Linear subclass": (  # as nn.MultiheadAttention's out_proj is
+        nn.modules.linear.NonDynamicallyQuantizableLinear,
+        "accept any nn.Linear, subclasses too: isinstance(base, nn.Linear), not type(base) is nn.Linear",
+    ),
+}
+
+
+def make(MultiLoRALinear, dtype=torch.float64, device="cpu", kind="nn.Linear", in_features=IN, out_features=OUT):
+    """A base of the ``BASE_KINDS`` ``kind`` and the layer adapting it; a layer that cannot take that base fails
+    the check with one line naming the kind."""
+    build, trap = BASE_KINDS[kind]
+    base = build(in_features, out_features, dtype=dtype, device=device)
+    try:
+        return base, MultiLoRALinear(base)
+    except (NotImplementedError, KataUnavailable):
+        raise
+    except Exception as error:
+        pytest.fail(f"MultiLoRALinear({kind}) raised {type(error).__name__} ({error})" + (f": {trap}" if trap else ""),
+                    pytrace=False)  # fmt: skip
 
 
 def two_adapters(MultiLoRALinear, dtype=torch.float64):
@@ -196,6 +221,15 @@ def expect_weight(base: nn.Linear, expected: torch.Tensor, when: str, causes: di
     assert error <= tolerance, f"{when}, the base's weight differs by {error:.3g} from the one expected" + (
         f": {cause}" if cause else ""
     )
+
+
+def expect_the_very_weight(base: nn.Linear, weight: torch.Tensor, when: str) -> None:
+    """Fail the check unless ``base.weight`` is still ``weight``, the nn.Parameter it was, in its dtype."""
+    assert base.weight is weight, (
+        f"{when} the base's weight is another object: change the very Parameter in place "
+        "(with torch.no_grad(): base.weight.copy_(merged)), so references to it (an optimizer, tied weights) follow"
+    )
+    assert weight.dtype == base.weight.dtype, f"{when} the weight is {base.weight.dtype}, expected {weight.dtype}"
 
 
 def merged_list(layer: nn.Module, when: str) -> list[str]:
@@ -354,6 +388,15 @@ def test_add_adapter_rejects_invalid_arguments(MultiLoRALinear, arguments):
     assert not list(layer.parameters())[2:] and active(layer) is None, (
         f"a failed add_adapter('sql', {call}) left an adapter behind: check the arguments before creating anything"
     )
+    try:
+        layer.add_adapter("sql", r=2)
+    except ValueError as error:
+        pytest.fail(f"after a failed add_adapter('sql', {call}), add_adapter('sql', r=2) raised ValueError ({error}): "
+                    "the failed call left the name behind; check every argument before recording anything",
+                    pytrace=False)  # fmt: skip
+    assert active(layer) == "sql", (
+        f"after a failed add_adapter('sql', {call}), add_adapter('sql', r=2) left active_adapter {active(layer)!r}"
+    )
 
 
 @pytest.mark.points(1)
@@ -389,7 +432,7 @@ def _factors_of(tensors: list[torch.Tensor], r: int) -> Factors:
 
 
 @pytest.mark.points(1)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 def test_adapters_live_on_the_base_device_and_dtype(MultiLoRALinear, device, dtype):
     base, layer = make(MultiLoRALinear, dtype=dtype, device=device)
@@ -408,6 +451,60 @@ def test_adapters_live_on_the_base_device_and_dtype(MultiLoRALinear, device, dty
             f"for x of shape {(*batch_shape, IN)} expected output {(*batch_shape, OUT)} {dtype} on {device}, "
             f"measured {tuple(y.shape)} {y.dtype} on {y.device}"
         )
+
+
+LIFECYCLE_CASES = [  # (kind of base, dtype): each trap of BASE_KINDS, and each dtype whose merge differs
+    ("bias-free nn.Linear", torch.float64),
+    ("nn.Linear subclass", torch.float64),
+    ("bias-free nn.Linear", torch.float16),
+    ("nn.Linear", torch.bfloat16),
+    ("nn.Linear subclass", torch.float32),
+]
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize(("kind", "dtype"), LIFECYCLE_CASES, ids=[f"{k}-{d}" for k, d in LIFECYCLE_CASES])
+def test_every_kind_of_base_goes_through_add_merge_disable_switch_and_delete(MultiLoRALinear, kind, dtype):
+    base, layer = make(MultiLoRALinear, dtype=dtype, kind=kind)
+    sql, chat = add(layer, "sql", r=2, alpha=5.0), add(layer, "chat", r=4, alpha=6.0)
+    sql.randomize()
+    chat.randomize()
+    weight, W0, x = base.weight, base.weight.detach().double().clone(), batch(dtype)
+    tolerance, case = RELATIVE_TOLERANCE[dtype], f"on a {dtype} {kind}"
+
+    def expect_output(adapter: Adapter | None, when: str) -> None:
+        """The eval-mode output is x W0^T + b plus the adapter's update, in the base's dtype."""
+        y = computed(layer, x)
+        assert y.dtype == dtype, f"{case}, {when}, the output is {y.dtype}: compute and return in the base's dtype"
+        expected = linear(x, W0, base.bias) + (0 if adapter is None else x.double() @ adapter.delta().T)
+        error = relative_error(y, expected)
+        assert error <= tolerance, (
+            f"{case}, {when}, the output is off x W^T + b + scaling x A^T B^T by {error:.2g} (relative), expected "
+            f"under {tolerance:.0e}"
+        )
+
+    expect_output(sql, "with 'sql' active")
+    layer.merge()
+    expect_the_very_weight(base, weight, f"{case}, after merge(),")
+    error = relative_error(weight, W0 + sql.delta())
+    assert error <= tolerance, (
+        f"{case}, after merge() the weight is off W + scaling * B @ A by {error:.2g} (relative), expected under "
+        f"{tolerance:.0e}: sum in float32 for fp16/bf16 weights, in the weight's own dtype for float32/float64"
+    )
+    expect_output(sql, "after merge()")
+    with disabled(layer):
+        expect_output(None, "inside disable_adapters() on the merged layer")
+        expect_trainable(layer, [sql, chat], None, f"{case}, inside disable_adapters()", "nothing trains there")
+    assert merged_list(layer, case) == [] and relative_error(weight, W0) <= tolerance, (
+        f"{case}, after disable_adapters() on the merged layer, the weight or merged_adapters still holds sql"
+    )
+    layer.set_adapter("chat")
+    expect_output(chat, "after set_adapter('chat')")
+    expect_trainable(layer, [sql, chat], chat, f"{case}, after set_adapter('chat')", "the active adapter trains")
+    layer.delete_adapter("sql")
+    layer.delete_adapter("chat")
+    expect_output(None, "after deleting both adapters")
+    assert not registered(layer, sql) and not registered(layer, chat), f"{case}, deleted factors are still registered"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -587,6 +684,53 @@ def test_disable_adapters_restores_the_state_after_an_exception(MultiLoRALinear)
     )
 
 
+DISABLED_BLOCKS = [  # what a disable_adapters() block holds besides a forward: the state it must still keep
+    "a nested disable_adapters()",
+    "set_adapter('chat')",
+    "delete_adapter('sql') of the active adapter",
+    "nothing else, on a merged layer",
+]
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("inside", DISABLED_BLOCKS)
+def test_disable_adapters_holds_through_calls_inside_the_block_and_exits_consistent(MultiLoRALinear, inside):
+    base, layer, sql, chat = two_adapters(MultiLoRALinear)
+    held = {"sql": sql, "chat": chat}
+    W0, x = base.weight.detach().double().clone(), batch()
+    if inside == DISABLED_BLOCKS[3]:
+        layer.merge()
+    with disabled(layer):
+        if inside == DISABLED_BLOCKS[0]:
+            with disabled(layer):
+                pass
+        elif inside == DISABLED_BLOCKS[1]:
+            layer.set_adapter("chat")
+        elif inside == DISABLED_BLOCKS[2]:
+            layer.delete_adapter("sql")
+            del held["sql"]
+        y = computed(layer, x)
+        trains = describe_trainable(layer, list(held.values()))
+    when = f"inside disable_adapters(), after {inside}"
+    error = max_difference(y, linear(x, W0, base.bias))
+    cause = "an inner block's exit restores the state it found, disabled: save and restore the flag, never set False"
+    assert error < 1e-9, f"{when}, the output differs from the base's own by {error:.3g}: " + (
+        cause if inside == DISABLED_BLOCKS[0] else "the block computes base(x) until it exits"
+    )
+    assert trains == "nothing", f"{when}, {trains} trains, expected nothing until the block exits"
+    when = f"after a disable_adapters() block holding {inside}"
+    name = active(layer)
+    assert name in (None, *held) and not (inside == DISABLED_BLOCKS[2] and name is not None), (
+        f"{when}, active_adapter is {name!r}, expected None: deleting the active adapter leaves none active, and the "
+        "exit must not bring back a name that is gone"
+    )
+    assert merged_list(layer, when) == [], f"{when}, merged_adapters is {merged_list(layer, when)}, expected []"
+    adapter = held.get(name) if name is not None else None
+    cause = "on exit the active adapter, whichever it is now, trains: set the flags from the state, not a saved copy"
+    expect_trainable(layer, list(held.values()), adapter, when, cause)
+    expect_update(layer, base, W0, torch.zeros_like(W0) if adapter is None else adapter.delta(), when, {})
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # merge, unmerge
 
@@ -605,10 +749,7 @@ def test_merge_folds_the_active_adapter_into_the_very_base_weight(MultiLoRALinea
     assert unchanged, (
         f"{when}, an adapter's factors changed: merging writes the base's weight and leaves them as they are"
     )
-    assert base.weight is weight and any(module is base for module in layer.modules()), (
-        "after merge() the base's weight is another object: change the very Parameter in place "
-        "(with torch.no_grad(): base.weight.copy_(merged)), so references to it (an optimizer, tied weights) follow"
-    )
+    expect_the_very_weight(base, weight, "after merge()")
     assert not weight.requires_grad and weight.grad_fn is None, (
         "after merge() the base's weight requires grad or has grad history: merge under torch.no_grad()"
     )
@@ -628,6 +769,24 @@ def test_merge_folds_the_active_adapter_into_the_very_base_weight(MultiLoRALinea
     if max_difference(after, before + x @ d_sql.T) < 1e-9:
         cause = ": it adds sql's update on top of the merged weight; on a merged layer forward computes the base alone"
     assert error < 1e-9, f"{when}, the output changed by {error:.3g}{cause}"
+
+
+@pytest.mark.points(1)
+def test_train_and_eval_switch_dropout_only_never_merging(MultiLoRALinear):
+    base, layer, sql, _ = two_adapters(MultiLoRALinear)
+    W0 = base.weight.detach().double().clone()
+    for merged in (False, True):
+        if merged:
+            layer.merge()
+        for mode in (False, True, False):
+            layer.train(mode)
+            when = f"after {'merge(), ' if merged else ''}{'train()' if mode else 'eval()'}"
+            listed, expected = merged_list(layer, when), ["sql"] if merged else []
+            assert listed == expected, (
+                f"{when}, merged_adapters is {listed}, expected {expected}: train() and eval() switch dropout only, "
+                "they never merge or unmerge (loralib merges on eval(); this kata does not)"
+            )
+            expect_weight(base, W0 + sql.delta() if merged else W0, when, {})
 
 
 @pytest.mark.points(1)
@@ -688,17 +847,29 @@ def test_safe_merge_of_a_broken_adapter_raises_and_leaves_the_weight_untouched(M
     )
 
 
+FP16_OVERFLOWS = {  # an fp16 weight and finite fp16 factors (r=2, alpha=4) whose merged weight is inf in fp16
+    # the update alone, 2 * 2 * 200 * 200 = 160000, exceeds fp16's 65504
+    "an update beyond fp16's max": (None, 200.0),
+    # the update, 2 * 2 * 50 * 50 = 10000, is finite in fp16; the weight it lands on, 60000 + 10000, is not
+    "a weight near fp16's max": (60000.0, 50.0),
+}
+
+
 @pytest.mark.points(1)
-def test_safe_merge_checks_the_merged_weight_in_its_own_dtype(MultiLoRALinear):
+@pytest.mark.parametrize("case", FP16_OVERFLOWS)
+def test_safe_merge_checks_the_merged_weight_in_its_own_dtype(MultiLoRALinear, case):
+    weight_value, factor_value = FP16_OVERFLOWS[case]
     base, layer = make(MultiLoRALinear, dtype=torch.float16)
     sql = add(layer, "sql", r=2, alpha=4.0)
-    with torch.no_grad():  # finite fp16 factors whose update, 2 * 2 * 200 * 200 = 160000, exceeds fp16's 65504
-        sql.factors.A.fill_(200.0)
-        sql.factors.B.fill_(200.0)
+    with torch.no_grad():
+        if weight_value is not None:
+            base.weight.fill_(weight_value)
+        sql.factors.A.fill_(factor_value)
+        sql.factors.B.fill_(factor_value)
     kept = base.weight.detach().clone()
     expect_value_error(lambda: layer.merge(safe=True),
-                       "merge(safe=True) whose float32 sum (160000) overflows fp16, the weight's dtype "
-                       "(check the merged weight after rounding it to the weight's dtype)")  # fmt: skip
+                       f"merge(safe=True) of {case}, whose merged weight is inf in fp16, the weight's dtype (check "
+                       "W + scaling * B @ A itself, rounded to the weight's dtype, not the update alone)")  # fmt: skip
     assert torch.equal(base.weight, kept), "a failed merge(safe=True) changed the fp16 weight: check before writing"
 
 
@@ -724,9 +895,10 @@ def test_half_precision_merge_and_unmerge_accumulate_in_float32(MultiLoRALinear,
     sql.randomize(std=0.2)
     W0, delta = base.weight.detach().double().clone(), sql.delta()
     cause = "upcast W, A and B to float32, add (or subtract), then round once to the weight's dtype"
+    weight = base.weight
     layer.merge()
     merged = base.weight.detach().double().clone()
-    assert base.weight.dtype == dtype, f"after merge() the weight is {base.weight.dtype}, expected {dtype}"
+    expect_the_very_weight(base, weight, f"after merge() of a {dtype} weight")
     off = (merged != (W0 + delta).to(dtype).double()).float().mean().item()
     twice = (merged != (W0 + delta.to(dtype).double()).to(dtype).double()).float().mean().item()
     assert off < 0.01, (
@@ -734,7 +906,7 @@ def test_half_precision_merge_and_unmerge_accumulate_in_float32(MultiLoRALinear,
         "once: " + (f"the update was rounded to {dtype} before the sum: " if twice < off else "") + cause
     )
     layer.unmerge()
-    assert base.weight.dtype == dtype, f"after unmerge() the weight is {base.weight.dtype}, expected {dtype}"
+    expect_the_very_weight(base, weight, f"after unmerge() of a {dtype} weight")
     # Either reading is right: the merged weight minus the update, rounded once, or the original weight restored.
     off = (base.weight.double() != (merged - delta).to(dtype).double()).float().mean().item()
     restored = (base.weight.double() != W0).float().mean().item()
@@ -886,6 +1058,63 @@ def test_each_adapter_has_its_own_dropout(MultiLoRALinear):
             "with 'chat' (dropout=0.5) active, train-mode outputs do not vary: apply each adapter's own dropout"
         )
     expect_update(layer, base, base.weight, chat.delta(), "with 'chat' (dropout=0.5) active, in eval mode", {})
+
+
+DROPOUT = 0.5
+DROPOUT_REGIMES = [  # (dtype, autograd on, x requires grad): a train-mode forward drops alike in each
+    (torch.float64, False, False),
+    (torch.float64, True, False),
+    (torch.float64, True, True),
+    (torch.float32, True, True),
+]
+DRAWS = 8  # one-hot rows per input feature: IN * DRAWS draws of the dropout
+
+
+def expect_input_dropout(layer: nn.Module, base: nn.Linear, adapter: Adapter, dtype: torch.dtype, grad: bool,
+                         x_grad: bool) -> None:  # fmt: skip
+    """Fail the check unless a train-mode forward of one-hot rows adds to each row j either nothing or
+    ``delta[:, j] / (1 - p)``, for about a share p of them nothing: ``nn.Dropout(p)`` on the adapter's input x,
+    with the caller's x left as it was."""
+    regime = f"in train mode, dropout={DROPOUT}, {dtype}, autograd {'on' if grad else 'off'}" + (
+        ", x requiring grad" if x_grad else ""
+    )
+    rows = torch.eye(IN, dtype=dtype).repeat(DRAWS, 1)
+    x = rows.clone().requires_grad_(x_grad)
+    with torch.set_grad_enabled(grad):
+        y = output(layer.train(), x)
+    changed = int((x.detach() != rows).sum())
+    assert not changed, (
+        f"{regime}, the forward changed {changed} entries of the caller's x: dropout must not work in place "
+        "(nn.Dropout(p), not inplace=True)"
+    )
+    share = y.detach().double() - linear(rows, base.weight, base.bias)  # the adapter's share of each row
+    full = rows.double() @ adapter.delta().T
+    tolerance = RELATIVE_TOLERANCE[dtype] * (1 + full.abs().max().item())
+    dropped = share.abs().amax(dim=1) <= tolerance
+    kept = (share - full / (1 - DROPOUT)).abs().amax(dim=1) <= tolerance
+    unscaled = (share - full).abs().amax(dim=1) <= tolerance
+    assert (dropped | kept).all(), f"{regime}, {int((~(dropped | kept)).sum())} of {len(rows)} one-hot rows get an " + (
+        "update neither 0 nor scaling B A x / (1 - p): "
+        + (
+            "kept entries are not rescaled by 1 / (1 - p): use nn.Dropout(p), which rescales"
+            if (dropped | unscaled).all()
+            else "drop entries of the adapter's input x, before A (B A dropout(x)), not of x A^T or of the output"
+        )
+    )
+    fraction = dropped.double().mean().item()
+    assert abs(fraction - DROPOUT) <= 0.2, (
+        f"{regime}, {fraction:.0%} of the one-hot rows were dropped, expected about {DROPOUT:.0%}: drop each entry of "
+        "x with probability p"
+    )
+
+
+@pytest.mark.points(2)
+def test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime(MultiLoRALinear):
+    for dtype, grad, x_grad in DROPOUT_REGIMES:
+        base, layer = make(MultiLoRALinear, dtype=dtype)
+        sql = add(layer, "sql", r=3, alpha=6.0, dropout=DROPOUT)
+        sql.randomize()
+        expect_input_dropout(layer, base, sql, dtype, grad, x_grad)
 
 
 # ---------------------------------------------------------------------------------------------------------------
