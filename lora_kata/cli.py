@@ -86,6 +86,9 @@ def _grading_commands(commands: argparse._SubParsersAction) -> None:
     batch.add_argument(
         "--jobs", type=int, default=os.cpu_count() or 1, help="submissions graded at once (default: the CPU count)"
     )
+    batch.add_argument(
+        "--kata", action="append", metavar="NAME", help="grade only this kata (repeatable): the gradebook's columns"
+    )
     _isolation_options(batch)
     batch.set_defaults(run=submissions.batch)
 
@@ -109,7 +112,7 @@ def _isolation_options(parser: argparse.ArgumentParser) -> None:
         "--check-timeout",
         type=positive(float),
         metavar="S",
-        help="seconds each check may take before it fails as stuck (default: the grader's, 20)",
+        help="seconds of CPU time each check may take before it fails as stuck (default: the grader's, 20)",
     )
 
 

@@ -64,6 +64,8 @@ def batch(arguments: argparse.Namespace) -> int:
         )
     if arguments.jobs < 1:
         raise UserError(f"--jobs {arguments.jobs}: give at least 1")
+    asked = kata_names(arguments.kata)
+    katas = [kata for kata in GRADED if kata in asked] or list(GRADED)  # the gradebook's columns, in order
     out = writable(arguments.out, "--out")
     results_dir = out.with_name(f"{out.stem}-results")
     if results_dir.exists() and not results_dir.is_dir():
@@ -72,26 +74,26 @@ def batch(arguments: argparse.Namespace) -> int:
     writable_folder(results_dir, f"--out {out}: the results folder")
     rows: dict[str, dict[str, str]] = {}
     with preloaded() as launch, ThreadPoolExecutor(max_workers=arguments.jobs) as pool:
-        limits = (arguments.timeout, arguments.memory_mb, arguments.check_timeout, launch)
+        limits = (katas, arguments.timeout, arguments.memory_mb, arguments.check_timeout, launch)
         futures = {pool.submit(_grade_submission, s, *limits): s for s in submissions}
         for done, future in enumerate(as_completed(futures), start=1):
             submission = futures[future]
             grading, note = future.result()
             totals = kata_totals(grading.results)
-            rows[submission.name] = {kata: f"{totals[kata]['score']:g}" if kata in totals else "0" for kata in GRADED}
+            rows[submission.name] = {kata: f"{totals[kata]['score']:g}" if kata in totals else "0" for kata in katas}
             rows[submission.name]["total"] = f"{sum(t['score'] for t in totals.values()):g}"
             notes = tuple(n for n in (note, grading.problem and f"problem: {grading.problem}") if n)
             document = gradescope(grading.results, grading.seconds, notes)
             _save(results_dir / f"{_safe_name(submission.name)}.json", lambda path, d=document: write_json(path, d))
             _progress(done, len(submissions), submission.name, rows[submission.name]["total"], notes)
-    _save(out, lambda path: _write_gradebook(path, rows))
+    _save(out, lambda path: _write_gradebook(path, katas, rows))
     print(f"wrote {out} ({len(rows)} submissions) and one results JSON each in {results_dir}", file=sys.stderr)
     return 0
 
 
-def _write_gradebook(path: Path, rows: dict[str, dict[str, str]]) -> None:
+def _write_gradebook(path: Path, katas: list[str], rows: dict[str, dict[str, str]]) -> None:
     with path.open("w", newline="") as gradebook:
-        writer = csv.DictWriter(gradebook, fieldnames=["submission", *GRADED, "total"])
+        writer = csv.DictWriter(gradebook, fieldnames=["submission", *katas, "total"])
         writer.writeheader()
         for name in sorted(rows):
             writer.writerow({"submission": name, **rows[name]})
@@ -110,14 +112,19 @@ def _save(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _grade_submission(
-    submission: Path, timeout_s: float, memory_mb: int, check_timeout_s: float | None, launch: Launch | None
+    submission: Path,
+    katas: list[str],
+    timeout_s: float,
+    memory_mb: int,
+    check_timeout_s: float | None,
+    launch: Launch | None,
 ) -> tuple[Grading, str]:
     try:
         folder = locate(submission)
     except ImplementationNotFound:
         note = f"no kata modules found in {submission}"
-        return Grading(complete([], (), note), 0.0, ""), note
-    return grade_isolated(folder, (), timeout_s, memory_mb, check_timeout_s, launch), ""
+        return Grading(complete([], katas, note), 0.0, ""), note
+    return grade_isolated(folder, katas, timeout_s, memory_mb, check_timeout_s, launch), ""
 
 
 def _safe_name(name: str) -> str:

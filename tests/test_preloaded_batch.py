@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from lora_kata.grading.implementation import GRADED
 from tests.implementations import REPOSITORY, SOLUTIONS, implementation_folder
 from tests.wrong_answers import all_wrong_answers
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the preloaded server forks")
 
-SAMPLE = 4  # wrong answers spread over the zoo: each submission is graded twice, over every kata
+SAMPLE = 4  # wrong answers spread over the zoo: each is graded twice, over the rows of the sample's katas
 HOSTILE = {
     "os-exit": {"apply_lora": "import os\nos._exit(0)\n"},
     "segfault": {"merge_weights": "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"},
@@ -37,34 +38,44 @@ def graded(document: dict) -> tuple[list[dict], list[str]]:
     return document["lora_kata"]["results"], document["lora_kata"]["notes"]
 
 
-@pytest.mark.timeout(900)  # nine submissions graded twice over twelve rows: minutes on 2 cores
+@pytest.mark.timeout(900)  # fourteen gradings, five of them over all twelve rows: minutes on 2 cores
 def test_batch_through_the_server_grades_like_grade_one_at_a_time(tmp_path):
-    submissions = tmp_path / "subs"
-    implementation_folder(submissions / "reference")
+    """The reference, the stubs and the hostile submissions over every row; wrong answers spread over the zoo over
+    their own katas' rows (``--kata``: every other row of theirs is the reference, graded in full already)."""
+    whole = tmp_path / "whole"
+    implementation_folder(whole / "reference")
     stubs = {path.stem: path.read_text() for path in (REPOSITORY / "katas").glob("*.py") if path.stem != "__init__"}
-    implementation_folder(submissions / "stubs", stubs)
+    implementation_folder(whole / "stubs", stubs)
     for name, sources in HOSTILE.items():
-        implementation_folder(submissions / name, sources)
-    zoo = all_wrong_answers()
-    for number, wrong in enumerate(zoo[:: len(zoo) // SAMPLE][:SAMPLE]):
-        implementation_folder(submissions / f"wrong-{number:02d}", {wrong.kata: wrong.source()})
+        implementation_folder(whole / name, sources)
     # Where the grading ran: its parent is the reaper, forked from the server (or a fresh worker.py).
     record = f"open({str(tmp_path / 'parent.txt')!r}, 'wb').write(open(f'/proc/{{os.getppid()}}/cmdline', 'rb').read())"
     probe = (SOLUTIONS / "lora_linear.py").read_text() + f"\nimport os\n{record}\n"
-    implementation_folder(submissions / "probe", {"lora_linear": probe})
-    completed = lora_kata("batch", str(submissions), "--out", str(tmp_path / "g.csv"), "--jobs", "2")
-    assert completed.returncode == 0, completed.stderr
+    implementation_folder(whole / "probe", {"lora_linear": probe})
+    rows = tmp_path / "rows"
+    zoo = all_wrong_answers()
+    sample = zoo[:: len(zoo) // SAMPLE][:SAMPLE]
+    for number, wrong in enumerate(sample):
+        implementation_folder(rows / f"wrong-{number:02d}", {wrong.kata: wrong.source()})
+    katas = [kata for kata in GRADED if kata in {wrong.kata for wrong in sample}]
+    only = {whole: [], rows: [argument for kata in katas for argument in ("--kata", kata)]}
+    for submissions, kata_options in only.items():
+        gradebook = tmp_path / f"{submissions.name}.csv"
+        completed = lora_kata("batch", str(submissions), "--out", str(gradebook), "--jobs", "2", *kata_options)
+        assert completed.returncode == 0, completed.stderr
     assert b"server.py" in (tmp_path / "parent.txt").read_bytes(), "batch did not grade through the preloaded server"
+    assert (tmp_path / "rows.csv").read_text().splitlines()[0] == ",".join(["submission", *katas, "total"])
 
     def alone(folder: Path) -> dict:
-        lora_kata("grade", "--impl", str(folder), "--json", str(tmp_path / f"{folder.name}.json"))
-        return json.loads((tmp_path / f"{folder.name}.json").read_text())
+        graded_as = tmp_path / f"{folder.name}.json"
+        lora_kata("grade", "--impl", str(folder), "--json", str(graded_as), *only[folder.parent])
+        return json.loads(graded_as.read_text())
 
-    folders = sorted(path for path in submissions.iterdir() if path.name != "probe")
+    folders = sorted(path for submissions in only for path in submissions.iterdir() if path.name != "probe")
     with ThreadPoolExecutor(max_workers=2) as pool:
         one_at_a_time = dict(zip(folders, pool.map(alone, folders), strict=True))
     for folder, document in one_at_a_time.items():
-        batched = json.loads((tmp_path / "g-results" / f"{folder.name}.json").read_text())
+        batched = json.loads((tmp_path / f"{folder.parent.name}-results" / f"{folder.name}.json").read_text())
         assert graded(batched) == graded(document), f"{folder.name}: batch and grade disagree"
     assert len({json.dumps(graded(document)) for document in one_at_a_time.values()}) == len(folders)
 
