@@ -25,10 +25,12 @@ def apply_lora(
         ValueError: no ``nn.Linear`` (nor ``LoRALinear``) of ``model`` matches ``target_modules``.
     """
     targets = (target_modules,) if isinstance(target_modules, str) else tuple(target_modules)
+    # An adapter's own base (and factors) are never targets: wrapping them would nest adapters.
+    inside = {id(m) for a in model.modules() if isinstance(a, LoRALinear) for m in list(a.modules())[1:]}
     matched = [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, LoRALinear)) and _is_target(name, targets)
+        if isinstance(module, (nn.Linear, LoRALinear)) and id(module) not in inside and _is_target(name, targets)
     ]
     if not matched:
         linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
@@ -40,7 +42,7 @@ def apply_lora(
         if isinstance(module, nn.Linear):
             parent_name, _, child_name = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child_name, LoRALinear(module, r, alpha, dropout))
-    adapters = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in m.parameters()}
+    adapters = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_A, m.lora_B)}
     for parameter in model.parameters():
         if id(parameter) not in adapters:
             parameter.requires_grad_(False)

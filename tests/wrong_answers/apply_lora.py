@@ -61,7 +61,7 @@ WRONG_ANSWERS = [
                 "            module = getattr(module, 'base', module)\n            parent_name",
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "replaced the adapter at"),
     WrongAnswer("a second call freezes the adapters already there", KATA,
-                "adapters = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in m.parameters()}",
+                "adapters = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_A, m.lora_B)}",
                 "adapters = {id(p) for n, m in matched if isinstance(m, nn.Linear) "
                 "for p in model.get_submodule(n).parameters()}",
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "stay trainable"),
@@ -76,4 +76,17 @@ WRONG_ANSWERS = [
     WrongAnswer("adapters upcast to float32", KATA, WRAP + ")", WRAP + ".to(torch.float32))",
                 "test_adapters_follow_the_model_dtype", "leave every layer in its dtype",
                 more_edits=(("from torch import nn", "import torch\nfrom torch import nn"),)),
+    # Red-team round 1: names compared as strings, nn.Linear subclasses, a second call on an unfrozen model.
+    WrongAnswer("targets as anchored regular expressions", KATA, MATCH,
+                'return any(__import__("re").search(r"(^|\\.)" + target + "$", name) for target in targets)',
+                "test_adapts_the_model_zoo", "a target read as a regular expression"),
+    WrongAnswer("exact type nn.Linear", KATA, "if isinstance(module, (nn.Linear, LoRALinear)) and",
+                "if (type(module) is nn.Linear or isinstance(module, LoRALinear)) and",
+                "test_adapts_the_model_zoo", "a subclass of nn.Linear and so an nn.Linear"),
+    WrongAnswer("frozen on the first call only", KATA, "    targets = (target_modules,)",
+                "    first_call = not any(isinstance(m, LoRALinear) for m in model.modules())\n    targets = (target_modules,)",
+                "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "not just the first one",
+                more_edits=((FREEZE, "        if first_call and id(parameter) not in adapters:"),)),
+    WrongAnswer("an adapter's own base adapted", KATA, " and id(module) not in inside", "",
+                "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "and every layer inside them"),
 ]  # fmt: skip
