@@ -362,8 +362,10 @@ def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lor
         inner = next((inner for inner, module in layer.named_modules() if module is originals[name]), "")
         assert inner, f"the adapter at {name} does not hold the model's original nn.Linear: wrap the layer itself"
         targets = tuple(inner if target == INNER_BASE else target for target in targets)
-    model.requires_grad_(True)  # as a user who unfroze the model between the calls
-    call = f"a second apply_lora(model, {list(targets)}) on a model adapted on ['q_proj'] and then unfrozen"
+    within = {id(p) for layer in first.values() for p in layer.parameters()}
+    for p in model.parameters():  # as a user who unfroze the backbone (norms, head) between the calls
+        p.requires_grad_(p.requires_grad or id(p) not in within)
+    call = f"a second apply_lora(model, {list(targets)}) on a model adapted on ['q_proj'], its backbone then unfrozen"
     adapted(apply_lora(model, targets, r=2, alpha=4.0))
     now = adapters(model, LoRALinear)
     nested = [name for name, layer in now.items() if any(isinstance(m, LoRALinear) for m in list(layer.modules())[1:])]

@@ -42,7 +42,7 @@ def apply_lora(
         if isinstance(module, nn.Linear):
             parent_name, _, child_name = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child_name, LoRALinear(module, r, alpha, dropout))
-    adapters = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_A, m.lora_B)}
+    adapters = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in m.parameters()}
     for parameter in model.parameters():
         if id(parameter) not in adapters:
             parameter.requires_grad_(False)

@@ -61,7 +61,7 @@ WRONG_ANSWERS = [
                 "            module = getattr(module, 'base', module)\n            parent_name",
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "replaced the adapter at"),
     WrongAnswer("a second call freezes the adapters already there", KATA,
-                "adapters = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_A, m.lora_B)}",
+                "adapters = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in m.parameters()}",
                 "adapters = {id(p) for n, m in matched if isinstance(m, nn.Linear) "
                 "for p in model.get_submodule(n).parameters()}",
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "stay trainable"),
