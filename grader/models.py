@@ -90,7 +90,8 @@ def _linear(fan_in: int, fan_out: int, bias: bool = True) -> nn.Linear:
 
 class Nested(nn.Module):
     """Linears at depth 4 inside ModuleList > ModuleDict > Sequential, named as in transformers' models,
-    and a ModuleDict whose keys are also target names ("heads.q_proj")."""
+    a ModuleDict whose keys are also target names ("heads.q_proj"), and a subclass of nn.Linear
+    ("heads.out_proj", the class of nn.MultiheadAttention's out_proj)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -105,13 +106,20 @@ class Nested(nn.Module):
             )
             for _ in range(2)
         )
-        self.heads = nn.ModuleDict({"q_proj": _linear(WIDTH, WIDTH), "out": nn.Sequential(_linear(WIDTH, CLASSES))})
+        self.heads = nn.ModuleDict(
+            {
+                "q_proj": _linear(WIDTH, WIDTH),
+                "out_proj": nn.modules.linear.NonDynamicallyQuantizableLinear(WIDTH, WIDTH),
+                "out": nn.Sequential(_linear(WIDTH, CLASSES)),
+            }
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             x = x + block["attn"](x)
             x = x + block["mlp"](x)
-        return self.heads["out"](torch.tanh(self.heads["q_proj"](x)))
+        x = torch.tanh(self.heads["out_proj"](torch.tanh(self.heads["q_proj"](x))))
+        return self.heads["out"](x)
 
 
 class Tied(nn.Module):
@@ -138,15 +146,18 @@ class Tied(nn.Module):
 
 class LookAlikes(nn.Module):
     """Names that are prefixes, suffixes and substrings of one another (proj, q_proj, qq_proj, proj_q; fc1,
-    fc10, fc1_gate; o, oo), a LayerNorm named like a target, and parameters named like LoRA factors
-    (``lora_scale``, ``gate.lora_A``) that are the model's own and must be frozen."""
+    fc10, fc1_gate; o, oo), names a regular expression confuses (attn.q and attn_q: "." matches any
+    character), a LayerNorm named like a target, and parameters named like LoRA factors (``lora_scale``,
+    ``gate.lora_A``) that are the model's own and must be frozen."""
 
-    NAMES = ("proj", "q_proj", "qq_proj", "proj_q", "fc1", "fc10", "fc1_gate", "o", "oo")
+    NAMES = ("proj", "q_proj", "qq_proj", "proj_q", "fc1", "fc10", "fc1_gate", "o", "oo", "attn_q")
 
     def __init__(self) -> None:
         super().__init__()
         for name in self.NAMES:
             self.add_module(name, _linear(WIDTH, WIDTH))
+        self.attn = nn.Module()
+        self.attn.q = _linear(WIDTH, WIDTH)
         self.norms = nn.ModuleDict({"v_proj": nn.LayerNorm(WIDTH)})
         self.gate = nn.Module()
         self.gate.lora_A = nn.Parameter(torch.ones(WIDTH))
@@ -156,6 +167,7 @@ class LookAlikes(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.NAMES:
             x = torch.tanh(getattr(self, name)(x))
+        x = torch.tanh(self.attn.q(x))
         return self.v_proj(self.norms["v_proj"](x) * self.gate.lora_A) * self.lora_scale
 
 

@@ -44,9 +44,16 @@ def expect_instance(value: object, expected: type[T], call: str, wanted: str) ->
 
 
 def output(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)``, after failing the check unless the forward returned a tensor."""
+    """``layer(x)``, after failing the check unless the forward returned a tensor and left ``x`` as it was."""
     call = f"the {type(layer).__name__}'s forward"
-    return expect_instance(layer(x), torch.Tensor, call, "one torch.Tensor of shape (..., out)")
+    before = x.detach().clone()
+    y = expect_instance(layer(x), torch.Tensor, call, "one torch.Tensor of shape (..., out)")
+    changed = not torch.equal(x.detach(), before)
+    assert not changed, (
+        f"{call} changed its input x in place (measured max change {max_difference(x, before):.3g}, expected none): "
+        "leave the caller's tensor alone, no in-place op on x (dropout(..., inplace=True), x.mul_(...))"
+    )
+    return y
 
 
 def trainable(module: nn.Module) -> list[nn.Parameter]:

@@ -456,15 +456,35 @@ def test_dropout_is_off_in_eval_mode(LoRALinear):
 # back the adapter's input z: no factor or scaling is assumed, so a wrong scaling is not blamed on dropout.
 DROPOUT = 0.25  # not 0.5, where 1/p = 1/(1-p) and a drop probability reads the same as a keep probability
 DROP_IN, DROP_OUT, DROP_R = 8, 12, 8
-DROP_SHAPE, DROP_CALLS = (4, 16), 4  # 4 train-mode calls on a (4, 16, in) batch: 2048 mask entries
+DROP_SHAPE = (4, 16)  # a (4, 16, in) batch, one train-mode call in each regime below: 2048 mask entries
+# (grad mode, the base's own mode) of each call: the wrapper is in train mode in all, and dropout follows it alone.
+DROP_REGIMES = ((False, True), (True, True), (False, False), (True, False))
+DROP_CALLS = len(DROP_REGIMES)
 DROP_TOLERANCE = 0.06  # on the zeroed fraction: 6 standard deviations over 2048 draws at p = 0.25
 
 
+def regimes(call: int | None = None) -> str:
+    """The regime of train-mode call ``call`` of DROP_REGIMES, or of all of them, in words."""
+    words = [f"grad {'on' if g else 'off'}, base in {'train' if t else 'eval'} mode" for g, t in DROP_REGIMES]
+    return "; ".join(words) if call is None else words[call]
+
+
+def train_mode_change(layer: nn.Module, base: nn.Linear, x: torch.Tensor, grad: bool, base_training: bool):
+    """``layer(x) - base(x)`` for the layer in train mode, in the given grad mode, its base put in ``base_training``."""
+    layer.train()
+    base.train(base_training)
+    with torch.set_grad_enabled(grad):
+        y = output(layer, x).detach()
+    with torch.no_grad():
+        return y - base(x)
+
+
 def adapter_input_multipliers(LoRALinear, p: float = DROPOUT) -> torch.Tensor:
-    """What train-mode dropout multiplied each adapter input by, over DROP_CALLS calls on one batch:
-    shape (calls, *DROP_SHAPE, in), 0 where an input was zeroed and 1 / (1 - p) where it was kept, for nn.Dropout.
-    Fails the check unless every input came out zeroed or multiplied by one common factor."""
-    base = nn.Linear(DROP_IN, DROP_OUT, dtype=torch.float64)
+    """What train-mode dropout multiplied each adapter input by, over one call in each of DROP_REGIMES on one
+    batch: shape (calls, *DROP_SHAPE, in), 0 where an input was zeroed and 1 / (1 - p) where it was kept, for
+    nn.Dropout. The base is built in eval mode (as a frozen base often is). Fails the check unless every call
+    zeroed some inputs and every input came out zeroed or multiplied by one common factor."""
+    base = nn.Linear(DROP_IN, DROP_OUT, dtype=torch.float64).eval()
     layer = LoRALinear(base, r=DROP_R, alpha=2.0 * DROP_R, dropout=p)
     randomize_factors(layer, std=0.5)
     update = measured_update(layer, base)
@@ -486,15 +506,20 @@ def adapter_input_multipliers(LoRALinear, p: float = DROPOUT) -> torch.Tensor:
     x = (1 + torch.rand(*DROP_SHAPE, DROP_IN, dtype=torch.float64)) * torch.randn(*DROP_SHAPE, DROP_IN).sign()
     with torch.no_grad():
         nonlinear = max_difference(output(layer.eval(), x), base(x) + x @ update.T)
-        layer.train()
-        changes = torch.stack([output(layer, x) - base(x) for _ in range(DROP_CALLS)])
+    changes = torch.stack([train_mode_change(layer, base, x, *regime) for regime in DROP_REGIMES])
     size = 1 + changes.abs().max().item()
     assert nonlinear <= 1e-9 * size, (
         f"in eval mode the output differs by {nonlinear:.3g} from base(x) + x dW^T, with dW read off one-hot inputs: "
         "the update must be linear in x (see test_update_is_scaling_times_B_at_A); this check reads masks through it"
     )
     assert max_difference(changes, torch.broadcast_to(x @ update.T, changes.shape)) > 1e-9 * size, (
-        f"dropout={p} changed nothing over {DROP_CALLS} train-mode calls: apply nn.Dropout(p) to the adapter's input"
+        f"dropout={p} changed nothing over {DROP_CALLS} train-mode calls ({regimes()}): apply nn.Dropout(p) to the "
+        "adapter's input, on whenever the LoRALinear is in train mode"
+    )
+    idle = [regimes(i) for i in range(DROP_CALLS) if max_difference(changes[i], x @ update.T) <= 1e-9 * size]
+    assert not idle, (
+        f"dropout={p} changed nothing in the train-mode call with {idle[0]}, but did in others: dropout follows "
+        "the LoRALinear's train mode alone (self.training), whatever the grad mode or the base's own mode"
     )
     inputs = changes @ torch.linalg.pinv(update).T
     residual = max_difference(inputs @ update.T, changes)

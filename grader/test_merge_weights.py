@@ -11,6 +11,7 @@ from torch import nn
 from grader.models import MODEL_ZOO, ToyTransformer, inputs, matching_linears, zoo_inputs
 from grader.probes import (
     DEVICES,
+    RELATIVE_TOLERANCE,
     describe,
     expect_instance,
     expect_on_the_base_device,
@@ -19,11 +20,13 @@ from grader.probes import (
     max_difference,
     measured_update,
     randomize_factors,
+    relative_error,
 )
 
 SUBJECT = "merge_weights"  # the definition a failing check points at
 
 TARGETS = ("q_proj", "v_proj", "fc1", "head")  # "head" has no bias
+FLOAT64_TOLERANCE = 1e-12  # on a float64 W + dW, relative to the sizes of W and dW: float32 is 1e-7 off
 
 
 def adapted_model(LoRALinear, dropout=0.0, **placement):
@@ -69,11 +72,15 @@ def test_merged_model_computes_what_the_adapted_one_did(LoRALinear, merge_weight
     r=st.integers(1, 6),
     alpha=st.sampled_from([1.0, 4.0, 16.0]),
     bias=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
 )
-@example(in_features=8, out_features=8, r=2, alpha=4.0, bias=False)  # square: a transposed update fits
-@example(in_features=12, out_features=10, r=4, alpha=8.0, bias=True)
-def test_merged_weight_is_W_plus_the_update(LoRALinear, merge_weights, in_features, out_features, r, alpha, bias):
-    base = nn.Linear(in_features, out_features, bias=bias)
+@example(in_features=8, out_features=8, r=2, alpha=4.0, bias=False, dtype=torch.float32)  # a transposed update fits
+@example(in_features=12, out_features=10, r=4, alpha=8.0, bias=True, dtype=torch.float32)
+@example(in_features=12, out_features=10, r=4, alpha=8.0, bias=True, dtype=torch.float64)
+def test_merged_weight_is_W_plus_the_update(
+    LoRALinear, merge_weights, in_features, out_features, r, alpha, bias, dtype
+):  # fmt: skip
+    base = nn.Linear(in_features, out_features, bias=bias, dtype=dtype)
     layer = LoRALinear(base, r=r, alpha=alpha)
     randomize_factors(layer, std=0.3)
     weight, update = base.weight.detach().clone(), measured_update(layer, base)
@@ -86,6 +93,11 @@ def test_merged_weight_is_W_plus_the_update(LoRALinear, merge_weights, in_featur
     transposed = in_features == out_features and max_difference(new.weight, weight + update.T) < 1e-5
     assert error < 1e-5, f"merged weight differs from W + scaling B @ A by {error:.3g}" + (
         ": the update is transposed, (B @ A).T" if transposed else ": check the scaling and the order B @ A"
+    )
+    tolerance = FLOAT64_TOLERANCE * (1 + weight.abs().max().item() + update.abs().max().item())
+    assert dtype != torch.float64 or error <= tolerance, (
+        f"the merged {dtype} weight differs from W + scaling B @ A by {error:.3g}, expected under {tolerance:.1g}: "
+        "summed in float32? Only fp16/bf16 weights are summed in float32; add in the base's dtype otherwise"
     )
     if expected_bias is None:
         assert new.bias is None, "the base had no bias but the merged layer has one: keep bias=None"
@@ -157,6 +169,8 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
     randomize_factors(layer, std=0.2)
     found = factors(layer, 64, 48, 8)
     exact = base.weight.double() + 16.0 / 8 * found.B.double() @ found.A.double()
+    x = torch.randn(5, 64, device=device, dtype=dtype)
+    expected = eval_outputs(layer, x)
     merged = returned_linear(merge_weights(layer))
     assert merged.weight.dtype == dtype and merged.weight.device.type == device, (
         f"merged weight is {merged.weight.dtype} on {merged.weight.device}, expected {dtype} on {device}"
@@ -167,23 +181,39 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
         f"{off:.0%} of the merged {dtype} weights differ from W + dW computed exactly and rounded once: "
         "upcast W, A and B to float32, add, then cast back"
     )
+    bias = merged.bias
+    assert bias is not None and (bias.dtype, bias.device) == (dtype, base.weight.device), (
+        f"the merged layer's bias is {describe(bias) if bias is None else f'{bias.dtype} on {bias.device}'}, "
+        f"expected the base's bias, {dtype} on {base.weight.device}: keep the bias as it is, not in float32"
+    )
+    with torch.no_grad():
+        y = merged(x)
+    error = relative_error(y, expected)
+    assert y.dtype == dtype and error <= RELATIVE_TOLERANCE[dtype], (
+        f"the merged {dtype} layer computes {y.dtype} outputs off the LoRALinear's by {error:.2g} (relative), "
+        f"expected {dtype} within {RELATIVE_TOLERANCE[dtype]:.0e}"
+    )
 
 
 ZOO_TARGETS = {  # what the grader adapts in each zoo model before merging
     "nested": ("q_proj", "v_proj", "mlp.2", "out.0"),  # depth 4, a Sequential index, a layer without bias
-    "tied": ("q_proj", "v_proj", "head"),  # in the block used twice (and its alias)
+    "tied": ("q_proj", "v_proj", "head", "embed"),  # in the block used twice (and its alias); embed shares its weight
     "look-alikes": ("proj", "fc1", "o", "v_proj"),
 }
 
 
 def adapted_zoo_model(LoRALinear, name: str, **placement) -> nn.Module:
+    """A zoo model whose targeted layers the grader wrapped, under every name each is registered by (aliases too)."""
     torch.manual_seed(0)
     model = MODEL_ZOO[name]().to(**placement)
     for target in matching_linears(model, ZOO_TARGETS[name]):
-        parent, _, child = target.rpartition(".")
-        layer = LoRALinear(model.get_submodule(target), r=2, alpha=4.0)
+        original = model.get_submodule(target)
+        registered = [alias for alias, module in model.named_modules(remove_duplicate=False) if module is original]
+        layer = LoRALinear(original, r=2, alpha=4.0)
         randomize_factors(layer, std=0.3)
-        setattr(model.get_submodule(parent), child, layer)
+        for alias in registered:
+            parent, _, child = alias.rpartition(".")
+            setattr(model.get_submodule(parent), child, layer)
     return model
 
 
@@ -218,10 +248,11 @@ def test_merged_layers_follow_the_base_device_and_dtype(LoRALinear, merge_weight
         layer.weight for name in matching_linears(ToyTransformer(), TARGETS) for layer in [merged.get_submodule(name)]
     ]
     expect_on_the_base_device(weights, torch.device("cpu"), "the merged weights are")
-    dtypes = sorted({str(weight.dtype) for weight in weights} - {"torch.float64"})
+    biases = [merged.get_submodule(name).bias for name in matching_linears(ToyTransformer(), TARGETS)]
+    dtypes = sorted({str(t.dtype) for t in weights + biases if t is not None} - {"torch.float64"})
     assert not dtypes, (
-        f"merging a float64 model gave weights in {dtypes}: the new layer holds W + dW in the base's dtype "
-        "(nn.Linear(..., dtype=base.weight.dtype), or the merged tensor itself)"
+        f"merging a float64 model gave weights or biases in {dtypes}: the new layer holds W + dW and the base's "
+        "bias in the base's dtype (nn.Linear(..., dtype=base.weight.dtype), or the merged tensor itself)"
     )
     error = max_difference(eval_outputs(merged, x), expected)
     assert error < 1e-5, f"the merged float64 model's outputs differ from the adapted one's by {error:.3g}"

@@ -22,18 +22,19 @@ def apply_lora(
     """Replace, in place, every targeted ``nn.Linear`` of ``model`` by ``LoRALinear(layer, r, alpha, dropout)``.
 
     Spec:
-        - A module is targeted when it is an ``nn.Linear`` and its qualified name (as in
-          ``model.named_modules()``) equals a target or ends with ``"." + target``:
-          ``"fc1"`` never matches ``"fc10"``, ``"proj"`` never matches ``"q_proj"``, and
+        - A module is targeted when it is an ``nn.Linear`` (a subclass is one too) and its qualified
+          name (as in ``model.named_modules()``) equals a target or ends with ``"." + target``, compared
+          as strings: ``"fc1"`` never matches ``"fc10"``, ``"proj"`` never matches ``"q_proj"``, and
           ``"0.q_proj"`` matches ``"layers.0.q_proj"`` but not ``"layers.10.q_proj"``.
         - The replacement wraps the original layer object (no copies) and is this package's
           own ``LoRALinear``.
         - Every other parameter of the model is frozen, whatever its name: afterwards only the
-          adapters' factors are trainable.
-        - A layer that already is a ``LoRALinear`` is never wrapped again: it stays the very same
-          object, its factors keep their values and stay trainable. So a second call on an adapted
-          model adapts just the new targets. (When the targets name only adapted layers, raising the
-          "nothing matched" ValueError and returning the model as it is are both accepted.)
+          adapters' factors are trainable, after every call (a backbone unfrozen in between is frozen again).
+        - A layer that already is a ``LoRALinear`` is never wrapped again, nor is any layer inside
+          one (its base): it stays the very same object, its factors keep their values and stay
+          trainable. So a second call on an adapted model adapts just the new targets. (When the
+          targets name only adapted layers, raising the "nothing matched" ValueError and returning
+          the model as it is are both accepted.)
         - Returns ``model`` itself.
 
     Raises:

@@ -25,8 +25,10 @@ class LoRALinear(nn.Module):
         - The update is ``dW = scaling * B @ A``, shape (out, in), rank <= r.
         - At construction the layer computes exactly ``base(x)``: ``B`` is zeros and ``A`` is
           random (Kaiming-uniform as ``nn.Linear`` does, or Gaussian).
-        - ``dropout`` zeroes inputs of the adapter branch only (never the base path), and only
-          in train mode, as ``nn.Dropout`` does (survivors scaled by 1 / (1 - p)).
+        - ``dropout`` zeroes inputs of the adapter branch only (never the base path, nor the
+          caller's ``x`` in place), and only in train mode, as ``nn.Dropout`` does (survivors scaled
+          by 1 / (1 - p)): the LoRALinear's own mode decides, with grad on or off, whatever the
+          base's mode.
 
     ``forward`` takes x of any number of batch dimensions (none too), contiguous or not, in any float
     dtype of the base, with grad mode on or off, and computes with the current values of the base and

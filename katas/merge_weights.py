@@ -17,7 +17,10 @@ def merge_weights(model: nn.Module) -> nn.Module:
         - The new layer holds weight ``W + scaling * B @ A`` (out, in) and the base's bias
           (or no bias when the base had none), in the base's dtype and on its device.
         - The new weight is computed without autograd: a leaf with no grad history.
-        - With fp16/bf16 weights, the sum is computed in float32 and rounded once.
+        - With fp16/bf16 weights, the sum is computed in float32 and rounded once; other dtypes add in
+          their own (a float64 model keeps float64 precision).
+        - An adapter registered under several names (a shared block, an alias) is replaced under each,
+          and no weight another layer shares (a tied embedding) is changed.
         - In eval mode the merged model computes what the unmerged one did (to 1e-5 in float32),
           whatever mode (train or eval) the model was in when merged.
         - Returns ``model``, or the new ``nn.Linear`` when ``model`` is a ``LoRALinear`` itself.

@@ -25,10 +25,12 @@ def apply_lora(
         ValueError: no ``nn.Linear`` (nor ``LoRALinear``) of ``model`` matches ``target_modules``.
     """
     targets = (target_modules,) if isinstance(target_modules, str) else tuple(target_modules)
+    # An adapter's own base (and factors) are never targets: wrapping them would nest adapters.
+    inside = {id(m) for a in model.modules() if isinstance(a, LoRALinear) for m in list(a.modules())[1:]}
     matched = [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, LoRALinear)) and _is_target(name, targets)
+        if isinstance(module, (nn.Linear, LoRALinear)) and id(module) not in inside and _is_target(name, targets)
     ]
     if not matched:
         linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]

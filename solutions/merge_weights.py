@@ -15,10 +15,13 @@ def merge_weights(model: nn.Module) -> nn.Module:
     """
     if isinstance(model, LoRALinear):
         return merged_linear(model)
-    for name, module in list(model.named_modules()):
+    merged: dict[int, nn.Linear] = {}  # one new layer per adapter, put under every name it is registered by
+    for name, module in list(model.named_modules(remove_duplicate=False)):
         if isinstance(module, LoRALinear):
             parent_name, _, child_name = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child_name, merged_linear(module))
+            if id(module) not in merged:
+                merged[id(module)] = merged_linear(module)
+            setattr(model.get_submodule(parent_name), child_name, merged[id(module)])
     return model
 
 

@@ -163,4 +163,17 @@ WRONG_ANSWERS = [
                 "test_rejects_invalid_arguments", "expected a ValueError"),
     WrongAnswer("nn.Linear subclass refused", KATA, "if not isinstance(base, nn.Linear):", "if type(base) is not nn.Linear:",
                 "test_accepts_a_subclass_of_nn_linear", "a subclass of nn.Linear is an nn.Linear"),
+    # Red-team round 1: dropout probed in every regime (grad on and off, the base's own mode), and x left as it is.
+    WrongAnswer("dropout only with grad off", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", "(x if torch.is_grad_enabled() else self.dropout(x))"),
+                "test_dropout_zeroes_adapter_inputs_in_train_mode", "whatever the grad mode"),
+    WrongAnswer("dropout chosen by the base's mode at construction", KATA, DROPOUT,
+                "self.dropout = nn.Dropout(dropout) if base.training else nn.Identity()",
+                "test_dropout_zeroes_adapter_inputs_in_train_mode", "changed nothing over 4 train-mode calls"),
+    WrongAnswer("dropout following the base's mode", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", f"F.dropout(x, {P}, self.base.training)"),
+                "test_dropout_zeroes_a_fraction_p_of_the_adapter_inputs", "base in eval mode"),
+    WrongAnswer("in-place dropout with grad off", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", f"F.dropout(x, {P}, self.training, inplace=not torch.is_grad_enabled())"),
+                "test_dropout_never_touches_the_base_path", "changed its input x in place"),
 ]  # fmt: skip

@@ -5,7 +5,13 @@ from tests.wrong_answers import WrongAnswer
 KATA = "merge_weights"
 UPDATE = "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling"
 SUM = "nn.Parameter((weight.to(accumulate) + update).to(weight.dtype), requires_grad=False)"
-REPLACE = "setattr(model.get_submodule(parent_name), child_name, merged_linear(module))"
+REPLACE = "setattr(model.get_submodule(parent_name), child_name, merged[id(module)])"
+ACCUMULATE = "accumulate = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype"
+BIAS = "merged.bias = base.bias"
+NEW_LAYER = (
+    'merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device="meta")\n'
+    "    merged.weight = " + SUM + "\n    if base.bias is not None:\n        merged.bias = base.bias\n    return merged"
+)
 
 WRONG_ANSWERS = [
     WrongAnswer("transposed update", KATA, UPDATE, UPDATE.replace(" * layer.scaling", ".T * layer.scaling"),
@@ -31,7 +37,7 @@ WRONG_ANSWERS = [
                 "accumulate = weight.dtype", "test_half_precision_merges_in_float32_and_rounds_once", "upcast"),
     WrongAnswer("merged half-precision weight left in float32", KATA, SUM, SUM.replace(".to(weight.dtype)", ""),
                 "test_half_precision_merges_in_float32_and_rounds_once", "merged weight is torch.float32"),
-    WrongAnswer("top-level adapters only", KATA, "for name, module in list(model.named_modules()):",
+    WrongAnswer("top-level adapters only", KATA, "for name, module in list(model.named_modules(remove_duplicate=False)):",
                 "for name, module in list(model.named_children()):",
                 "test_replaces_every_adapter_by_a_plain_linear", "LoRALinear left"),
     WrongAnswer("returns None", KATA, "    return model\n", "    return None\n",
@@ -56,4 +62,20 @@ WRONG_ANSWERS = [
                 "    merged.weight.requires_grad_(False).copy_((weight.to(accumulate) + update).to(weight.dtype))\n"
                 "    if base.bias is not None:\n        merged.bias.requires_grad_(False).copy_(base.bias)",
                 "test_merged_layers_follow_the_base_device_and_dtype", "not on the base's cpu"),
+    # Red-team round 1: a tied weight, an alias, float64 precision, half-precision roundings and bias.
+    WrongAnswer("merged in place into a tied weight", KATA, NEW_LAYER,
+                "weight.copy_((weight.to(accumulate) + update).to(weight.dtype))\n    return base",
+                "test_merges_the_model_zoo", "change no weight another layer shares"),
+    WrongAnswer("an alias left unmerged", KATA, "named_modules(remove_duplicate=False)", "named_modules()",
+                "test_merges_the_model_zoo", "left 1 LoRALinear"),
+    WrongAnswer("float64 summed in float32", KATA, ACCUMULATE, "accumulate = torch.float32",
+                "test_merged_weight_is_W_plus_the_update", "summed in float32?"),
+    WrongAnswer("half-precision update rounded before the sum", KATA, UPDATE,
+                "update = (layer.lora_B @ layer.lora_A * layer.scaling).to(accumulate)",
+                "test_half_precision_merges_in_float32_and_rounds_once", "rounded once"),
+    WrongAnswer("bias upcast to float32", KATA, BIAS, "merged.bias = nn.Parameter(base.bias.float(), requires_grad=False)",
+                "test_merged_layers_follow_the_base_device_and_dtype", "weights or biases in ['torch.float32']"),
+    WrongAnswer("half-precision bias kept in the float32 accumulator", KATA, BIAS,
+                "merged.bias = nn.Parameter(base.bias.to(accumulate), requires_grad=False)",
+                "test_half_precision_merges_in_float32_and_rounds_once", "not in float32"),
 ]  # fmt: skip

@@ -28,7 +28,7 @@ def plain(layer: LoRALinear) -> nn.Linear:
 def merge_weights(model: nn.Module) -> nn.Module:
     if isinstance(model, LoRALinear):
         return plain(model)
-    for name, module in list(model.named_modules()):
+    for name, module in list(model.named_modules(remove_duplicate=False)):  # aliases too
         if isinstance(module, LoRALinear):
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, plain(module))

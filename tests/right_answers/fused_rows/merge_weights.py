@@ -7,7 +7,8 @@ from .lora_linear import LoRALinear
 def to_linear(layer: LoRALinear) -> nn.Linear:
     base = layer.base
     with torch.no_grad():
-        weight = base.weight.float() + (layer.B.float() @ layer.A.float()) * layer.scaling
+        wide = torch.float32 if base.weight.dtype in (torch.float16, torch.bfloat16) else base.weight.dtype
+        weight = base.weight.to(wide) + (layer.B.to(wide) @ layer.A.to(wide)) * layer.scaling
         merged = nn.Linear(
             base.in_features,
             base.out_features,
@@ -24,7 +25,7 @@ def to_linear(layer: LoRALinear) -> nn.Linear:
 def merge_weights(model: nn.Module) -> nn.Module:
     if isinstance(model, LoRALinear):
         return to_linear(model)
-    for name, module in list(model.named_modules()):
+    for name, module in list(model.named_modules(remove_duplicate=False)):  # aliases too
         if isinstance(module, LoRALinear):
             parent, _, child = name.rpartition(".")
             model.get_submodule(parent).register_module(child, to_linear(module))

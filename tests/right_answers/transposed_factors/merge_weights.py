@@ -9,8 +9,9 @@ def _merged(layer):
     new = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None).to(base.weight.device)
     new = new.to(base.weight.dtype)
     with torch.no_grad():
-        delta = (layer.adapter["down"].float() @ layer.adapter["up"].float()).T * (layer.alpha / layer.r)
-        new.weight.copy_(base.weight.float() + delta)
+        wide = torch.float32 if base.weight.dtype in (torch.float16, torch.bfloat16) else base.weight.dtype
+        delta = (layer.adapter["down"].to(wide) @ layer.adapter["up"].to(wide)).T * (layer.alpha / layer.r)
+        new.weight.copy_(base.weight.to(wide) + delta)
         if base.bias is not None:
             new.bias.copy_(base.bias)
     return new
@@ -19,11 +20,12 @@ def _merged(layer):
 def merge_weights(model):
     if isinstance(model, LoRALinear):
         return _merged(model)
-    names = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
+    names = [name for name, module in model.named_modules(remove_duplicate=False) if isinstance(module, LoRALinear)]
     for name in names:
         *path, last = name.split(".")
         parent = model
         for part in path:
             parent = getattr(parent, part)
-        setattr(parent, last, _merged(getattr(parent, last)))
+        if isinstance(getattr(parent, last), LoRALinear):  # a shared parent's child may be merged already
+            setattr(parent, last, _merged(getattr(parent, last)))
     return model
