@@ -109,9 +109,8 @@ def fields(example: object) -> tuple[list, list, list]:
 
 def token(tokenizer, token_id: object) -> str:
     """``token_id`` decoded, quoted."""
-    if isinstance(token_id, int) and 0 <= token_id < len(tokenizer):
-        return repr(tokenizer.decode([token_id]))
-    return repr(token_id)
+    text = tokenizer.decode([token_id]) if isinstance(token_id, int) and 0 <= token_id < len(tokenizer) else ""
+    return repr(text) if text else repr(token_id)
 
 
 def tokens(tokenizer, ids: list, start: int, stop: int, labels: list | None = None, seam: int | None = None) -> str:

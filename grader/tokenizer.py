@@ -122,7 +122,8 @@ class GraderTokenizer:
         return [self.bos_token_id] * self.adds_bos + ids + [self.eos_token_id] * self.adds_eos
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        return self._backend.decode([i - self._offset for i in ids], skip_special_tokens=skip_special_tokens)
+        own = [i - self._offset for i in ids if i >= self._offset]  # an id of no token decodes to nothing, as in HF
+        return self._backend.decode(own, skip_special_tokens=skip_special_tokens)
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str | None]:
         return [self._backend.id_to_token(i - self._offset) for i in ids]
