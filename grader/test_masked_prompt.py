@@ -100,8 +100,9 @@ def fields(example: object) -> tuple[list, list, list]:
         value = example[key]
         assert isinstance(value, list), f"build_example's {key} is a {type(value).__name__}, expected a list of ints"
         odd = [item for item in value if not isinstance(item, int) or isinstance(item, bool)]
+        none = " (bos_token_id is None for a tokenizer without bos, as GPT-2's: add none then)" if None in odd else ""
         assert not odd, (
-            f"build_example's {key} holds {type(odd[0]).__name__} items ({odd[0]!r}), expected plain ints: "
+            f"build_example's {key} holds {type(odd[0]).__name__} items ({odd[0]!r}), expected plain ints{none}: "
             "convert with int() or .tolist()"
         )
     return example["input_ids"], example["labels"], example["attention_mask"]
@@ -169,10 +170,10 @@ def ids_cause(tokenizer, measured: list, expected: Expected, prompt: str, output
         )
     if measured == expected.input_ids[:-1]:
         return "eos is missing: append tokenizer.eos_token_id after the output's tokens"
-    if measured == expected.prefix + expected.response[1:]:
+    if expected.response[:-1][:1] == [bos] and measured == expected.prefix + expected.response[1:]:  # not eos
         return (
-            f"the output's first token {token(tokenizer, expected.response[0])} was dropped (a special token's text "
-            "encodes to its id, bos's too): keep enc(output) whole, whatever it holds"
+            "the output's first token, bos (the text of a special token encodes to its id), was dropped: "
+            "keep enc(output) whole, whatever it holds"
         )
     if measured[: len(expected.prefix)] != expected.prefix:
         return "the start is not [bos] + the tokens of format_prompt(instruction, input)"
