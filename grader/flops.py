@@ -73,8 +73,9 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 # existing values, and tensors made from nothing but a shape or a constant.
 _MOVES = {
     *_COPIES, aten._unsafe_view, aten.cat, aten.stack, aten.index_select, aten.gather, aten.index,
-    aten.constant_pad_nd, aten.ones_like, aten.zeros_like, aten.empty_like, aten.full_like, aten.new_empty,
-    aten.new_zeros, aten.new_ones, aten.new_full, aten.fill_, aten.zero_, aten._local_scalar_dense,
+    aten.index_put, aten.index_put_, aten.slice_scatter, aten.select_scatter, aten.repeat, aten.flip, aten.roll,
+    aten.resize_, aten.constant_pad_nd, aten.ones_like, aten.zeros_like, aten.empty_like, aten.full_like,
+    aten.new_empty, aten.new_zeros, aten.new_ones, aten.new_full, aten.fill_, aten.zero_, aten._local_scalar_dense,
 }  # fmt: skip
 # The ways out of torch: whatever numpy or Python computes from them, the dispatcher never sees.
 _EXITS = ("__array__", "numpy", "tolist", "__dlpack__")
