@@ -4,12 +4,14 @@ Counting at the dispatcher sees every product torch runs, the ones inside a cust
 Function's backward included, whatever Python spelling produced them (``@``, ``F.linear``,
 ``torch.einsum``, ``addmm_``). ``MatmulFlops`` counts the matrix products only; ``ArithmeticWork``
 counts every arithmetic op, so that a product spelled as a broadcast multiply and a sum, or as a
-convolution, costs what it does.
+convolution, costs what it does, and names the work it cannot count: an op it has no formula for
+(a sparse product, ``_trilinear``, ``cdist``, ...) and a tensor handed to numpy or Python lists.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -67,13 +69,65 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
+# Ops that do no arithmetic: views (``func.is_view``, ``squeeze_``), copies, joins and gathers of
+# existing values, and tensors made from nothing but a shape or a constant.
+_MOVES = {
+    *_COPIES, aten._unsafe_view, aten.cat, aten.stack, aten.index_select, aten.gather, aten.index,
+    aten.index_put, aten.index_put_, aten.slice_scatter, aten.select_scatter, aten.repeat, aten.flip, aten.roll,
+    aten.resize_, aten.constant_pad_nd, aten.ones_like, aten.zeros_like, aten.empty_like, aten.full_like,
+    aten.new_empty, aten.new_zeros, aten.new_ones, aten.new_full, aten.fill_, aten.zero_, aten._local_scalar_dense,
+}  # fmt: skip
+# The ways out of torch: whatever numpy or Python computes from them, the dispatcher never sees.
+_EXITS = ("__array__", "numpy", "tolist", "__dlpack__")
+
+
+def _does_no_arithmetic(func: Any, args: tuple) -> bool:
+    """Whether ``func`` only moves, views or makes values (no tensor argument: a factory such as ``zeros``)."""
+    if func.is_view or torch.Tag.inplace_view in func.tags or func.overloadpacket in _MOVES:
+        return True
+    return not any(_tensors(arg) for arg in args)
+
+
 class ArithmeticWork(MatmulFlops):
     """Within ``with ArithmeticWork() as counter:``, ``counter.flops`` adds up the floating-point operations
     of every arithmetic op torch runs: matrix products (2 m k n) and convolutions (2 per multiply-add),
     one per output element of an element-wise op (``mul``, ``add``, ``where``) and
     one per input element of a reduction (``sum``, ``mean``, ``amax``). Views, reshapes and copies
     (``clone``, ``contiguous``, dtype casts) cost nothing. A product written as
-    ``(a[:, :, None] * b[None]).sum(1)`` costs 2 m k n, as ``a @ b`` does."""
+    ``(a[:, :, None] * b[None]).sum(1)`` costs 2 m k n, as ``a @ b`` does.
+
+    What it cannot count it names: ``counter.uncounted`` holds each op that ran with no formula here
+    (``aten._sparse_addmm``, ``aten._trilinear``, ...), and ``counter.exits`` each way a tensor left torch
+    (``Tensor.numpy``, ``Tensor.__array__``, ``Tensor.tolist``, ``Tensor.__dlpack__``), so that a budget
+    can refuse work it cannot see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uncounted: set[str] = set()
+        self.exits: set[str] = set()
+        self._saved_exits: dict[str, Any] = {}
+
+    def __enter__(self) -> ArithmeticWork:
+        for name in _EXITS:
+            if name in vars(torch.Tensor):
+                self._saved_exits[name] = vars(torch.Tensor)[name]
+            setattr(torch.Tensor, name, self._watched_exit(name, getattr(torch.Tensor, name)))
+        return super().__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        super().__exit__(*exc_info)
+        for name in _EXITS:  # restore what torch.Tensor itself defined; the C methods of its base show again
+            if name in self._saved_exits:
+                setattr(torch.Tensor, name, self._saved_exits.pop(name))
+            else:
+                delattr(torch.Tensor, name)
+
+    def _watched_exit(self, name: str, method: Callable) -> Callable:
+        def watched(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            self.exits.add(f"Tensor.{name}")
+            return method(tensor, *args, **kwargs)
+
+        return watched
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         result = func(*args, **(kwargs or {}))
@@ -90,4 +144,6 @@ class ArithmeticWork(MatmulFlops):
             self.flops += args[0].numel() if isinstance(args[0], torch.Tensor) else 0
         elif _POINTWISE in func.tags and packet not in _COPIES:
             self.flops += sum(tensor.numel() for tensor in _tensors(result))
+        elif not _does_no_arithmetic(func, args):
+            self.uncounted.add(str(packet))
         return result

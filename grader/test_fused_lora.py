@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -334,21 +335,71 @@ def test_takes_non_contiguous_inputs_and_gradients(FusedLoRAFunction, gradient):
 @pytest.mark.points(1)
 def test_leaves_its_inputs_untouched(FusedLoRAFunction):
     inputs = requiring_grad(function_inputs(), FROZEN_BASE)
-    before = {name: value.detach().clone() for name, value in inputs.items()}
     upstream = torch.randn(6, OUT, dtype=torch.float64)
-    kept = upstream.clone()
+    before = {name: (value.detach().clone(), value._version) for name, value in {**inputs, "g": upstream}.items()}
     backward(apply(FusedLoRAFunction, inputs), upstream)
-    changed = [name for name, value in inputs.items() if not torch.equal(value.detach(), before[name])]
-    assert not changed, f"forward or backward changed {changed} in place: compute into new tensors"
-    assert torch.equal(upstream, kept), "backward changed the incoming gradient in place: it belongs to autograd"
+    changed = [  # a write undone after (B scaled in place, then unscaled) still moves the version counter
+        name
+        for name, value in inputs.items()
+        if not torch.equal(value.detach(), before[name][0]) or value._version != before[name][1]
+    ]
+    assert not changed, (
+        f"forward or backward changed {changed} in place (even a write undone after moves the tensor's version "
+        "counter, which autograd checks for every other use of it): compute into new tensors"
+    )
+    assert torch.equal(upstream, before["g"][0]) and upstream._version == before["g"][1], (
+        "backward changed the incoming gradient in place: it belongs to autograd"
+    )
 
 
-# Who trains, with the base frozen (weight and bias), every non-empty choice of x, A and B; then everything.
+@pytest.mark.points(1)
+def test_forward_saves_only_what_backward_needs(FusedLoRAFunction):
+    rows, in_features, out_features, r = COST_SIZES["many-rows"]
+    inputs = requiring_grad(function_inputs(in_features, out_features, r, (2, rows // 2)), FROZEN_BASE)
+    node = apply(FusedLoRAFunction, inputs).grad_fn
+    kept = [*getattr(node, "saved_tensors", ()), *(t for value in vars(node).values() for t in tensors_in(value))]
+    own = {value.untyped_storage().data_ptr() for value in inputs.values() if value is not None}
+    extra = {t.untyped_storage().data_ptr(): t for t in kept if t.untyped_storage().data_ptr() not in own}
+    held = sum(t.untyped_storage().nbytes() // t.element_size() for t in extra.values())
+    allowed = rows * r + r * (in_features + out_features)  # u = scaling x A^T (N, r), and room for a factor's copy
+    assert held <= allowed, (
+        f"forward keeps {held} numbers alive for backward besides its inputs ({rows} rows, in={in_features}, "
+        f"out={out_features}, r={r}: tensors {sorted(tuple(t.shape) for t in extra.values())}), expected at most "
+        f"N r + r (in + out) = {allowed}: save x, W, A, B themselves and the rank-r u = x A^T, not y, copies or [W; A]"
+    )
+
+
+def tensors_in(value: object) -> list[torch.Tensor]:
+    """The tensors ``value`` is or holds (in a tuple, list or dict), as a ctx attribute may keep them."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [t for item in value for t in tensors_in(item)] if isinstance(value, (tuple, list)) else []
+
+
+# Who trains, with the base frozen (weight and bias), every non-empty choice of x, A and B; a trained bias with
+# the weight frozen; then everything.
 TRAINABLE_CHOICES = [
     ("x", "lora_A", "lora_B"), ("lora_A", "lora_B"), ("x", "lora_B"), ("x", "lora_A"),
-    ("x",), ("lora_A",), ("lora_B",), INPUTS,
+    ("x",), ("lora_A",), ("lora_B",), ("x", "bias", "lora_A", "lora_B"), INPUTS,
 ]  # fmt: skip
+EVERY_CHOICE = [choice for n in range(1, len(INPUTS) + 1) for choice in itertools.combinations(INPUTS, n)]
 COST_SIZES = {"many-rows": (64, 48, 40, 2), "few-rows": (2, 48, 40, 2)}  # (rows, in, out, r)
+# How x and the incoming gradient g are laid out: (x's batch shape for N rows, x contiguous, g from its shape).
+LAYOUTS: dict[str, tuple[Callable[[int], tuple[int, ...]], bool, Callable[[tuple[int, ...]], torch.Tensor]]] = {
+    "x 2-D, g dense": (lambda rows: (rows,), True, lambda shape: torch.randn(shape, dtype=torch.float64)),
+    "x 3-D non-contiguous, g of stride 0 as y.sum() sends": (
+        lambda rows: (2, rows // 2),
+        False,
+        lambda shape: torch.ones((), dtype=torch.float64).expand(shape),
+    ),
+    "x 3-D, g permuted": (
+        lambda rows: (2, rows // 2),
+        True,
+        lambda shape: torch.randn(shape[::-1], dtype=torch.float64).permute(*reversed(range(len(shape)))),
+    ),
+}
 
 
 def needed_work(rows: int, in_features: int, out_features: int, r: int, trained: tuple[str, ...]) -> int:
@@ -367,11 +418,23 @@ def needed_work(rows: int, in_features: int, out_features: int, r: int, trained:
     return work
 
 
-def counted_step(FusedLoRAFunction, rows: int, in_features: int, out_features: int, r: int, trained: tuple[str, ...]):
-    """One forward and one backward (``backward(ctx, g)`` called as autograd calls it), under ArithmeticWork:
-    the counter, what backward returned (a tuple) and the ``needs_input_grad`` it saw."""
-    inputs = requiring_grad(function_inputs(in_features, out_features, r, (rows,)), trained)
-    upstream = torch.randn(rows, out_features, dtype=torch.float64)
+def counted_step(
+    FusedLoRAFunction,
+    rows: int,
+    in_features: int,
+    out_features: int,
+    r: int,
+    trained: tuple[str, ...],
+    layout: str = "x 2-D, g dense",
+):
+    """One forward and one backward (``backward(ctx, g)`` called as autograd calls it) of x and g laid out as
+    ``layout`` says, under ArithmeticWork: the counter, what backward returned (a tuple) and the
+    ``needs_input_grad`` it saw."""
+    batch_shape, contiguous, gradient = LAYOUTS[layout]
+    shape = batch_shape(rows)
+    inputs = function_inputs(in_features, out_features, r, shape, contiguous=contiguous)
+    inputs = requiring_grad(inputs, trained)
+    upstream = gradient((*shape, out_features))
     with ArithmeticWork() as counter:
         y = apply(FusedLoRAFunction, inputs)
         node = y.grad_fn
@@ -385,18 +448,20 @@ def counted_step(FusedLoRAFunction, rows: int, in_features: int, out_features: i
 
 @pytest.mark.points(2)
 def test_backward_returns_None_where_no_gradient_is_needed(FusedLoRAFunction):
-    for trained in TRAINABLE_CHOICES:
+    for trained in EVERY_CHOICE:
         _, gradients, needs = counted_step(FusedLoRAFunction, 6, IN, OUT, R, trained)
         asked = f"with only {', '.join(trained)} requiring grad"
         assert len(gradients) == 6, f"backward returned {len(gradients)} values {asked}, expected 6, one per input"
-        unasked = [
-            name
-            for name, needed, gradient in zip((*INPUTS, "scaling"), needs, gradients, strict=True)
-            if not needed and gradient is not None
-        ]
+        named = list(zip((*INPUTS, "scaling"), needs, gradients, strict=True))
+        unasked = [name for name, needed, gradient in named if not needed and gradient is not None]
         assert not unasked, (
             f"backward returned a gradient for {', '.join(unasked)} {asked}: return None where "
             "ctx.needs_input_grad is False (autograd throws such a gradient away; computing it was wasted work)"
+        )
+        missing = [name for name, needed, gradient in named if needed and gradient is None]
+        assert not missing, (
+            f"backward returned None for {', '.join(missing)} {asked}: each input ctx.needs_input_grad marks gets "
+            "its gradient, whichever others are asked for (is one computed only inside another's branch?)"
         )
 
 
@@ -405,14 +470,20 @@ def test_backward_returns_None_where_no_gradient_is_needed(FusedLoRAFunction):
 def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
     rows, in_features, out_features, r = COST_SIZES[size]
     frozen_layer = 4 * rows * in_features * out_features  # x W^T forward, g W backward
-    for trained in TRAINABLE_CHOICES:
-        counter, _, _ = counted_step(FusedLoRAFunction, rows, in_features, out_features, r, trained)
+    for trained, layout in itertools.product(TRAINABLE_CHOICES, LAYOUTS):
+        counter, _, _ = counted_step(FusedLoRAFunction, rows, in_features, out_features, r, trained, layout)
+        unseen = sorted(counter.uncounted | counter.exits)
+        assert not unseen, (
+            f"a forward + backward with only {', '.join(trained)} requiring grad, {layout}, ran {', '.join(unseen)}: "
+            "work the grader cannot count (an op with no flop formula here, or values handed to numpy or Python); "
+            "compute with torch's dense ops (mm, addmm, matmul, einsum, element-wise ops)"
+        )
         needed = needed_work(rows, in_features, out_features, r, trained)
         # Room for the element-wise work (bias, scaling, sums): less than one (out, in) or (N, in, out) product.
         allowed = needed + rows * in_features * out_features // 2 + 4 * (rows + r) * (in_features + out_features)
         assert counter.flops <= allowed, (
-            f"a forward + backward with only {', '.join(trained)} requiring grad ({rows} rows, in={in_features}, "
-            f"out={out_features}, r={r}) did {counter.flops / 1e3:.4g} kFLOP of arithmetic, expected "
+            f"a forward + backward with only {', '.join(trained)} requiring grad, {layout} ({rows} rows, "
+            f"in={in_features}, out={out_features}, r={r}) did {counter.flops / 1e3:.4g} kFLOP of arithmetic, expected "
             f"{needed / 1e3:.4g} (the frozen layer alone does {frozen_layer / 1e3:.4g}): is a gradient computed "
             "that ctx.needs_input_grad does not ask for, or a full (out, in) product like g^T x or B A?"
         )

@@ -3,6 +3,7 @@ byte-level BPE (grader/tokenizer.py) in which " Hello" is one token, so the prom
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,13 +27,14 @@ SEAM = "(- masked, + trained, | where the response begins)"
 # Pieces that merge differently at a seam (" Hello", "[/INST]"), whitespace, accents, emoji, other scripts.
 PIECES = st.sampled_from(
     ["Hello", " Hello", "hello", " world", "!", ",", " ", "  ", "\n", "\t", " the", "[/INST]", "é", " café",
-     "🙂", " 🚀", "👍🏽", "日本語", "Привет", " 42"]
+     "🙂", " 🚀", "👍🏽", "日本語", "Привет", " 42", "<s>", "</s>"]
 )  # fmt: skip
 TEXTS = st.lists(PIECES | st.text(max_size=3), max_size=5).map("".join)
 OUTPUTS = st.lists(PIECES | st.text(min_size=1, max_size=3), min_size=1, max_size=5).map("".join)
-TOKENIZERS = ["bpe", "bpe-without-bos", "gpt2-like", "adds-eos", "pad-is-eos", "transformers"]
-STYLE_OF = {"bpe": "llama", "bpe-without-bos": "no-bos", "gpt2-like": "gpt2", "adds-eos": "adds-eos",
-            "pad-is-eos": "pad-is-eos"}  # fmt: skip
+# "other-vocab" right after "bpe": the same texts again, in another vocabulary (a cache keyed by text goes stale).
+TOKENIZERS = ["bpe", "other-vocab", "bpe-without-bos", "gpt2-like", "adds-eos", "pad-is-eos", "transformers"]
+STYLE_OF = {"bpe": "llama", "other-vocab": "other-vocab", "bpe-without-bos": "no-bos", "gpt2-like": "gpt2",
+            "adds-eos": "adds-eos", "pad-is-eos": "pad-is-eos"}  # fmt: skip
 
 
 @pytest.fixture
@@ -43,8 +45,9 @@ def tokenizer() -> GraderTokenizer:
 
 @pytest.fixture(params=TOKENIZERS)
 def any_tokenizer(request: pytest.FixtureRequest):
-    """The tokenizer zoo: the grader's BPE with the special tokens of Llama (bos added), without bos, of GPT-2
-    (bos = eos = pad, nothing added), adding eos itself, with pad = eos; and transformers' PreTrainedTokenizerFast."""
+    """The tokenizer zoo: the grader's BPE with the special tokens of Llama (bos added), in another vocabulary,
+    without bos, of GPT-2 (bos = eos = pad, nothing added), adding eos itself, with pad = eos; and transformers'
+    PreTrainedTokenizerFast."""
     if request.param == "transformers":
         try:
             return transformers_tokenizer()
@@ -86,25 +89,29 @@ def expected_example(tokenizer, instruction: str, input: str, output: str) -> Ex
 
 
 def fields(example: object) -> tuple[list, list, list]:
-    """input_ids, labels and attention_mask of what build_example returned, as lists."""
+    """input_ids, labels and attention_mask of what build_example returned, after failing the check unless each
+    is a list of plain ints: on every path (truncated or not, any tokenizer), as the spec's lists of ints."""
     assert isinstance(example, Mapping), (
         f"build_example returned a {type(example).__name__}, expected a dict of input_ids, labels and attention_mask"
     )
     missing = [key for key in KEYS if key not in example]
     assert not missing, f"build_example's dict lacks {missing}, has {list(example)}: return all of {list(KEYS)}"
-    values = []
     for key in KEYS:
         value = example[key]
-        assert hasattr(value, "__len__"), f"build_example's {key} is a {type(value).__name__}, expected a list of ints"
-        values.append(value.tolist() if isinstance(value, torch.Tensor) else list(value))
-    return values[0], values[1], values[2]
+        assert isinstance(value, list), f"build_example's {key} is a {type(value).__name__}, expected a list of ints"
+        odd = [item for item in value if not isinstance(item, int) or isinstance(item, bool)]
+        none = " (bos_token_id is None for a tokenizer without bos, as GPT-2's: add none then)" if None in odd else ""
+        assert not odd, (
+            f"build_example's {key} holds {type(odd[0]).__name__} items ({odd[0]!r}), expected plain ints{none}: "
+            "convert with int() or .tolist()"
+        )
+    return example["input_ids"], example["labels"], example["attention_mask"]
 
 
 def token(tokenizer, token_id: object) -> str:
     """``token_id`` decoded, quoted."""
-    if isinstance(token_id, int) and 0 <= token_id < len(tokenizer):
-        return repr(tokenizer.decode([token_id]))
-    return repr(token_id)
+    text = tokenizer.decode([token_id]) if isinstance(token_id, int) and 0 <= token_id < len(tokenizer) else ""
+    return repr(text) if text else repr(token_id)
 
 
 def tokens(tokenizer, ids: list, start: int, stop: int, labels: list | None = None, seam: int | None = None) -> str:
@@ -163,6 +170,11 @@ def ids_cause(tokenizer, measured: list, expected: Expected, prompt: str, output
         )
     if measured == expected.input_ids[:-1]:
         return "eos is missing: append tokenizer.eos_token_id after the output's tokens"
+    if expected.response[:-1][:1] == [bos] and measured == expected.prefix + expected.response[1:]:  # not eos
+        return (
+            "the output's first token, bos (the text of a special token encodes to its id), was dropped: "
+            "keep enc(output) whole, whatever it holds"
+        )
     if measured[: len(expected.prefix)] != expected.prefix:
         return "the start is not [bos] + the tokens of format_prompt(instruction, input)"
     return "the response part is not the tokens of the output, tokenized alone, followed by eos"
@@ -250,15 +262,7 @@ def test_format_prompt_follows_the_template(format_prompt, instruction, input):
 @pytest.mark.points(1)
 def test_returns_three_lists_of_ints_of_equal_length(build_example, tokenizer, implementation):
     example_ = build_example(tokenizer, INSTRUCTION, INPUT, OUTPUT)
-    fields(example_)
-    for key in KEYS:
-        value = example_[key]
-        assert isinstance(value, list), f"build_example's {key} is a {type(value).__name__}, expected a list of ints"
-        odd = [item for item in value if not isinstance(item, int) or isinstance(item, bool)]
-        assert not odd, (
-            f"build_example's {key} holds {type(odd[0]).__name__} items ({odd[0]!r}), expected plain ints: "
-            "convert with int() or .tolist()"
-        )
+    fields(example_)  # lists of plain ints, as every check of build_example requires
     lengths = {key: len(example_[key]) for key in KEYS}
     assert len(set(lengths.values())) == 1, f"the three lists differ in length, {lengths}: one entry per token in each"
     ignore_index = implementation.attribute("masked_prompt", "IGNORE_INDEX")
@@ -272,6 +276,7 @@ def test_returns_three_lists_of_ints_of_equal_length(build_example, tokenizer, i
 @example(instruction="Say nothing.", input="", output="")  # the response is eos alone
 @example(instruction="", input=" ", output=" ")  # an empty instruction; a blank input is still an input
 @example(instruction="Echo.", input="\n", output="[/INST] </s>")  # the template's and eos's text in the output
+@example(instruction="Echo the bos.", input="", output="<s> is a token")  # enc(output) starts with bos's id
 def test_input_ids_are_bos_prompt_response_eos(build_example, any_tokenizer, instruction, input, output):
     expected = expected_example(any_tokenizer, instruction, input, output)
     ids, _, _ = fields(build_example(any_tokenizer, instruction, input, output))
@@ -285,6 +290,7 @@ def test_input_ids_are_bos_prompt_response_eos(build_example, any_tokenizer, ins
 @example(instruction="Say nothing.", input="", output="")  # the response is eos alone
 @example(instruction="", input=" ", output=" ")  # an empty instruction; a blank input is still an input
 @example(instruction="Echo.", input="\n", output="[/INST] </s>")  # the template's and eos's text in the output
+@example(instruction="Echo the bos.", input="", output="<s> is a token")  # enc(output) starts with bos's id
 def test_labels_mask_bos_and_the_prompt_and_nothing_else(build_example, any_tokenizer, instruction, input, output):
     expected = expected_example(any_tokenizer, instruction, input, output)
     ids, labels, _ = fields(build_example(any_tokenizer, instruction, input, output))
@@ -328,8 +334,8 @@ def test_loss_with_these_labels_is_the_cross_entropy_of_the_response(build_examp
     examples = [build_example(tokenizer, *case) for case in cases]
     for example_, expected_ in zip(examples, expected, strict=True):
         assert fields(example_)[0] == expected_.input_ids, FIX_THE_IDS_FIRST
-    batch = collate(examples, tokenizer.pad_token_id)
-    labels = batch["labels"] if isinstance(batch, Mapping) else None
+    batch = collated(collate, examples, tokenizer.pad_token_id)
+    labels = batch["labels"]
     longest = max(len(e.input_ids) for e in expected)
     assert isinstance(labels, torch.Tensor) and labels.dtype == torch.long and labels.shape == (3, longest), (
         f"collate's labels should be a LongTensor of shape (3, {longest}) here, measured "
@@ -482,8 +488,16 @@ def synthetic_examples(lengths: list[int]) -> list[dict[str, list[int]]]:
     return examples
 
 
-def checked_batch(batch: object) -> Mapping:
-    """What collate returned, once it is known to be a dict holding the three keys."""
+def collated(collate, examples: list[dict[str, list[int]]], pad_token_id: int) -> Mapping:
+    """``collate(examples, pad_token_id)``, once it is known to be a dict holding the three keys and to have left
+    ``examples`` as they were (a data set's examples are collated again, epoch after epoch)."""
+    before = copy.deepcopy(examples)
+    batch = collate(examples, pad_token_id)
+    assert examples == before, (
+        f"collate changed the examples it was given (their lengths {[len(e['input_ids']) for e in before]} before, "
+        f"{[len(e['input_ids']) if isinstance(e, Mapping) else '?' for e in examples]} after): pad copies into the "
+        "batch, never the examples' own lists"
+    )
     keys = list(batch) if isinstance(batch, Mapping) else None
     assert keys is not None and all(key in keys for key in KEYS), (
         f"collate returned a {type(batch).__name__} with keys {keys}, expected a dict of {list(KEYS)}"
@@ -520,7 +534,7 @@ def test_collate_pads_on_the_right_to_the_longest(collate, lengths):
     examples = synthetic_examples(lengths)
     longest, fills = max(lengths), {"input_ids": PAD, "labels": IGNORE, "attention_mask": 0}
     rows = {key: [list(example[key]) for example in examples] for key in KEYS}
-    batch = checked_batch(collate(examples, PAD))
+    batch = collated(collate, examples, PAD)
     for key, fill in fills.items():
         measured = batch[key].tolist() if hasattr(batch[key], "tolist") else [list(row) for row in batch[key]]
         expected = padded(rows[key], fill, longest)
@@ -532,7 +546,7 @@ def test_collate_pads_on_the_right_to_the_longest(collate, lengths):
 
 @pytest.mark.points(1)
 def test_collate_returns_long_tensors_of_shape_batch_by_longest(collate):
-    batch = checked_batch(collate(synthetic_examples([2, 5, 3]), PAD))
+    batch = collated(collate, synthetic_examples([2, 5, 3]), PAD)
     for key in KEYS:
         value = batch[key]
         assert isinstance(value, torch.Tensor), f"collate's {key} is a {type(value).__name__}, expected a torch tensor"
@@ -554,7 +568,7 @@ def test_collate_pads_by_position_not_by_id(collate, pad):
     lengths = [3, 7, 1, 5]
     examples = synthetic_examples(lengths)  # ids 10, 11, 12, ...: id 12 is a real token of most of them
     longest, fills = max(lengths), {"input_ids": pad, "labels": IGNORE, "attention_mask": 0}
-    batch = checked_batch(collate(examples, pad))
+    batch = collated(collate, examples, pad)
     for key, fill in fills.items():
         measured = batch[key].tolist() if hasattr(batch[key], "tolist") else [list(row) for row in batch[key]]
         expected = padded([list(example[key]) for example in examples], fill, longest)
@@ -578,7 +592,7 @@ def test_pad_equal_to_eos_keeps_eos_trained_and_attended(build_example, collate)
     expected = [expected_example(tokenizer, *case) for case in cases]
     for example_, expected_ in zip(examples, expected, strict=True):
         assert fields(example_)[0] == expected_.input_ids, FIX_THE_IDS_FIRST
-    batch = checked_batch(collate(examples, tokenizer.pad_token_id))
+    batch = collated(collate, examples, tokenizer.pad_token_id)
     eos = tokenizer.eos_token_id
     for row, expected_ in enumerate(expected):
         end = len(expected_.input_ids) - 1  # where this example's eos is

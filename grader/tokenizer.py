@@ -62,7 +62,9 @@ class GraderTokenizer:
     ``encode``, ``decode``, ``bos_token_id``, ``eos_token_id``, ``pad_token_id`` and the token strings.
 
     ``style`` sets the special tokens as real tokenizers do (``STYLES``); ``bos=False`` is the "no-bos" style.
-    Special tokens, when asked for (the default, as in Hugging Face), are what the style adds.
+    Special tokens, when asked for (the default, as in Hugging Face), are what the style adds. The
+    "other-vocab" style numbers every token ``OTHER_VOCAB_OFFSET`` higher: another model's vocabulary, in
+    which the same text has other ids (an encoding cached by text alone goes stale).
     """
 
     ANY_VALUE = ("return_attention_mask", "return_token_type_ids", "verbose")  # options that change no id
@@ -75,17 +77,23 @@ class GraderTokenizer:
         "gpt2": (EOS, EOS, EOS, False, False),  # GPT-2: one token is bos, eos and pad; none is added
         "adds-eos": (BOS, EOS, PAD, True, True),  # Llama with add_eos_token=True, T5-like: eos appended
         "pad-is-eos": (BOS, EOS, EOS, True, False),  # the usual fine-tuning set-up: pad_token = eos_token
+        "other-vocab": (BOS, EOS, PAD, True, False),  # Llama's special tokens, every id shifted
     }
+    OTHER_VOCAB_OFFSET = 1000
 
     def __init__(self, bos: bool = True, style: str | None = None) -> None:
         self._backend = trained_bpe()
         self.style = style or ("llama" if bos else "no-bos")
         bos_token, eos_token, pad_token, self.adds_bos, self.adds_eos = self.STYLES[self.style]
+        self._offset = self.OTHER_VOCAB_OFFSET if self.style == "other-vocab" else 0
         self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
-        self.bos_token_id = None if bos_token is None else self._backend.token_to_id(bos_token)
-        self.eos_token_id = self._backend.token_to_id(eos_token)
-        self.pad_token_id = self._backend.token_to_id(pad_token)
-        self.vocab_size = self._backend.get_vocab_size()
+        self.bos_token_id = None if bos_token is None else self._id(bos_token)
+        self.eos_token_id = self._id(eos_token)
+        self.pad_token_id = self._id(pad_token)
+        self.vocab_size = self._offset + self._backend.get_vocab_size()
+
+    def _id(self, token: str) -> int:
+        return self._offset + self._backend.token_to_id(token)
 
     def __len__(self) -> int:
         return self.vocab_size
@@ -108,16 +116,17 @@ class GraderTokenizer:
         """The ids of ``text``; with ``add_special_tokens`` the special tokens this style adds around them."""
         if not isinstance(text, str):
             raise TypeError(f"the tokenizer encodes a str, got {type(text).__name__}")
-        ids = self._backend.encode(text, add_special_tokens=False).ids
+        ids = [self._offset + i for i in self._backend.encode(text, add_special_tokens=False).ids]
         if not add_special_tokens:
             return ids
         return [self.bos_token_id] * self.adds_bos + ids + [self.eos_token_id] * self.adds_eos
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        own = [i - self._offset for i in ids if i >= self._offset]  # an id of no token decodes to nothing, as in HF
+        return self._backend.decode(own, skip_special_tokens=skip_special_tokens)
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str | None]:
-        return [self._backend.id_to_token(i) for i in ids]
+        return [self._backend.id_to_token(i - self._offset) for i in ids]
 
 
 def transformers_tokenizer() -> Any:

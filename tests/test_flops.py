@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -72,3 +73,29 @@ def test_arithmetic_work_counts_element_wise_ops_and_not_views():
     with ArithmeticWork() as counter:
         x.mul(2).add(1).sum()
     assert counter.flops == 3 * M * K
+
+
+@pytest.mark.parametrize(
+    "product, unseen",
+    [
+        pytest.param(lambda a, b: torch.sparse.mm(a.to_sparse(), b), "aten._sparse_addmm", id="sparse"),
+        pytest.param(lambda a, b: torch.cdist(a, b.T), "aten._cdist_forward", id="cdist"),
+        pytest.param(lambda a, b: torch.from_numpy(a.numpy() @ b.numpy()), "Tensor.numpy", id="numpy"),
+        pytest.param(lambda a, b: torch.tensor(np.asarray(a) @ np.asarray(b)), "Tensor.__array__", id="asarray"),
+        pytest.param(lambda a, b: torch.tensor(a.tolist()) @ b, "Tensor.tolist", id="tolist"),
+    ],
+)
+def test_arithmetic_work_names_the_work_it_cannot_count(product, unseen):
+    a, b = torch.randn(M, K), torch.randn(K, N)
+    with ArithmeticWork() as counter:
+        product(a, b)
+    assert unseen in counter.uncounted | counter.exits
+    assert "numpy" not in vars(torch.Tensor) and "tolist" not in vars(torch.Tensor), "the exits were not restored"
+
+
+def test_arithmetic_work_sees_nothing_unseen_in_dense_work():
+    a = torch.randn(M, K, requires_grad=True)
+    with ArithmeticWork() as counter:
+        torch.cat([a, a]).split(M)[0].addmm(torch.zeros(M, K), torch.eye(K)).mul(2).sum().backward()
+        torch.zeros(3).fill_(1).new_zeros(2)
+    assert not counter.uncounted and not counter.exits, (counter.uncounted, counter.exits)

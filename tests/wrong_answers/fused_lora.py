@@ -3,6 +3,7 @@
 from tests.wrong_answers import WrongAnswer
 
 KATA = "fused_lora"
+IMPORTS = "import torch\nfrom torch import nn"
 DOWN = "down = (rows @ lora_A.T).mul_(scaling)"
 BASE_PRODUCT = "y = rows @ weight.T if bias is None else torch.addmm(bias, rows, weight.T)"
 RESULT = "return y.reshape(*x.shape[:-1], weight.shape[0])"
@@ -82,4 +83,26 @@ WRONG_ANSWERS = [
                 'same_place = {"device": base.weight.device, "dtype": base.weight.dtype}',
                 'same_place = {"dtype": base.weight.dtype}',
                 "test_the_layer_creates_its_factors_on_the_base_device", "not on the base's cpu"),
+    # round 1 (r1d): work the counter could not see, a layout the cost check never sent, saved copies
+    WrongAnswer("the frozen weight's gradient norm logged through numpy", KATA, GRAD_WEIGHT,
+                "ctx.weight_grad_norm = float(np.linalg.norm(np.asarray(g.T.detach()) @ np.asarray(rows.detach())))\n        "
+                + GRAD_WEIGHT, "test_a_step_does_only_the_matrix_work_lora_needs", "ran Tensor.__array__",
+                more_edits=((IMPORTS, "import numpy as np\n" + IMPORTS),)),
+    WrongAnswer("the frozen weight's gradient by a sparse product, dropped after", KATA, GRAD_WEIGHT,
+                "grad_weight = torch.sparse.mm(g.T.to_sparse(), rows)\n"
+                "        grad_weight = grad_weight if need_weight else None",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "aten._sparse_addmm"),
+    WrongAnswer("the frozen weight's gradient on a non-contiguous gradient's path", KATA, G,
+                "need_weight = need_weight or not grad_output.is_contiguous()  # the general path\n        " + G,
+                "test_a_step_does_only_the_matrix_work_lora_needs", "g of stride 0 as y.sum() sends"),
+    WrongAnswer("dL/db only when the weight trains", KATA, GRAD_WEIGHT + "\n        if need_bias:\n            ",
+                GRAD_WEIGHT + "\n            if need_bias:\n                ",
+                "test_backward_returns_None_where_no_gradient_is_needed", "backward returned None for bias"),
+    WrongAnswer("B scaled in place and restored from a copy", KATA, "y.addmm_(down, lora_B.T)",
+                "original = lora_B.clone()\n        y.addmm_(down.div(scaling), lora_B.mul_(scaling).T)\n"
+                "        lora_B.copy_(original)",
+                "test_leaves_its_inputs_untouched", "changed ['lora_B'] in place"),
+    WrongAnswer("a private copy of x saved for backward", KATA, "ctx.save_for_backward(rows, weight",
+                "ctx.save_for_backward(rows.clone(), weight",
+                "test_forward_saves_only_what_backward_needs", "numbers alive for backward"),
 ]  # fmt: skip

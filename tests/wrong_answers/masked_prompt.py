@@ -125,4 +125,19 @@ WRONG_ANSWERS = [
                 more_edits=(("        for key, value in padding.items()\n    }",
                              "        for key, value in padding.items()\n    }\n"
                              "    batch['labels'][batch['input_ids'] == pad_token_id] = IGNORE_INDEX\n    return batch"),)),
+    # round 1 (r1d): state kept between calls, a special token's text in the output, the max_length path's types
+    WrongAnswer("encodings cached by text alone", KATA, ENCODE,
+                'return list(_CACHE.setdefault(text, tokenizer(text, add_special_tokens=False)["input_ids"]))',
+                "test_input_ids_are_bos_prompt_response_eos", "input_ids differ",
+                more_edits=(("IGNORE_INDEX = -100", "_CACHE: dict[str, list[int]] = {}\nIGNORE_INDEX = -100"),)),
+    WrongAnswer("a bos at the output's start dropped", KATA, RESPONSE,
+                "output_ids = _encode(tokenizer, output)\n    if output_ids[:1] == [tokenizer.bos_token_id]:  # never two bos\n"
+                "        output_ids = output_ids[1:]\n    response_ids = [*output_ids, tokenizer.eos_token_id]",
+                "test_input_ids_are_bos_prompt_response_eos", "was dropped"),
+    WrongAnswer("tuples after truncation", KATA, CUT,
+                "input_ids, labels = tuple(input_ids[:max_length]), tuple(labels[:max_length])",
+                "test_max_length_keeps_the_first_tokens", "expected a list of ints"),
+    WrongAnswer("collate pads the examples' own lists", KATA, ROWS,
+                "[example[key].extend([value] * (longest - len(example[key]))) or example[key] for example in examples]",
+                "test_collate_pads_on_the_right_to_the_longest", "collate changed the examples"),
 ]  # fmt: skip
