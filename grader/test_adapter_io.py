@@ -560,6 +560,8 @@ def test_a_bad_file_is_refused_and_leaves_the_model_as_it_was(
         message = str(error)
         unnamed = [w for w in WORDS.get(corruption, []) if w not in message.replace(" ", "") and w not in message]
         assert not unnamed, f"{corruption}: the ValueError ({message[:200]}) does not name {unnamed}"
+    except NotImplementedError:  # a stub: the report says so
+        raise
     except (KeyError, IndexError, RuntimeError) as error:  # tripped over the corruption instead of checking
         pytest.fail(
             f"a file with {corruption}: load_adapter raised {type(error).__name__} ({str(error)[:120]}), expected "
