@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from grader.hf import (
+    base_of,
     copy_factors_into_peft,
     logits,
+    lora_factors,
     peft_model,
     quiet,
     randomize,
@@ -391,6 +393,35 @@ def test_adapts_exactly_the_conv1d_and_linear_layers_named(apply_lora_gpt2, LoRA
         )
 
 
+TARGET_FORMS = {  # what the stub allows for target_modules besides a tuple or list, built afresh for each call
+    "one str": lambda: "c_proj",
+    "a one-shot iterator": lambda: iter(["attn.c_proj", "c_fc", "lm_head"]),
+}
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_lora_gpt2")
+@pytest.mark.parametrize("form", list(TARGET_FORMS))
+def test_takes_one_str_or_any_iterable_of_targets(apply_lora_gpt2, LoRAConv1D, LoRALinear, Conv1D, form):
+    model = tiny_gpt2()
+    names = [TARGET_FORMS[form]()] if form == "one str" else list(TARGET_FORMS[form]())
+    expected = sorted(matching(model, names, Conv1D))
+    cause = (
+        "a str is one name, not an iterable of one-letter targets"
+        if form == "one str"
+        else "an iterator is used up by the first module's test: turn target_modules into a tuple once"
+    )
+    try:
+        adapted(apply_lora_gpt2(model, TARGET_FORMS[form](), r=2, alpha=4.0))
+    except ValueError as error:
+        pytest.fail(f"target_modules as {form} {names}: raised ValueError ({error}): {cause}", pytrace=False)
+    found = sorted(adapters(model, LoRAConv1D, LoRALinear))
+    assert found == expected, (
+        f"target_modules as {form} {names}: expected adapters on {len(expected)} layers, got {len(found)} "
+        f"(e.g. {found[:2]}): {cause}"
+    )
+
+
 @pytest.mark.points(2)
 @pytest.mark.subject("apply_lora_gpt2")
 def test_wraps_the_original_layers_in_place(apply_lora_gpt2, LoRAConv1D, LoRALinear, Conv1D):
@@ -522,16 +553,33 @@ def test_raises_naming_the_targets_when_nothing_matches(apply_lora_gpt2, targets
 @pytest.mark.subject("apply_lora_gpt2")
 def test_never_wraps_an_adapter_again(apply_lora_gpt2, LoRAConv1D, LoRALinear):
     model = adapted(apply_lora_gpt2(tiny_gpt2(), ("c_attn", "lm_head"), r=2, alpha=4.0))
-    first = set(adapters(model, LoRAConv1D, LoRALinear))
+    randomize(model, std=0.2)  # trained values, which applying again must keep
+    first = adapters(model, LoRAConv1D, LoRALinear)
+    values = {name: [t.detach().clone() for t in trainable(layer)] for name, layer in first.items()}
     with contextlib.suppress(ValueError):  # "nothing left to adapt" is a fair answer too
         apply_lora_gpt2(model, ("c_attn", "lm_head"), r=2, alpha=4.0)
+    adapted(apply_lora_gpt2(model, ("c_attn", "lm_head", "c_fc"), r=2, alpha=4.0))  # c_fc is new: no error
     found = adapters(model, LoRAConv1D, LoRALinear)
     nested = [
         n for n, m in found.items() if any(isinstance(s, (LoRAConv1D, LoRALinear)) for s in list(m.modules())[1:])
     ]
-    assert not nested and set(found) == first, (
-        f"applying LoRA twice wrapped adapters again (nested in {nested[:3]}): skip layers that are adapters already"
+    new = sorted(set(found) - set(first))
+    assert not nested and new == [f"transformer.h.{i}.mlp.c_fc" for i in range(2)], (
+        f"applying LoRA again wrapped adapters again (nested in {nested[:3]}) or adapted {new[:3]}, expected only "
+        "the two mlp.c_fc: skip layers that are adapters already"
     )
+    replaced = [name for name, layer in first.items() if found.get(name) is not layer]
+    assert not replaced, (
+        f"applying LoRA again replaced the adapters {replaced[:2]} by new ones: their trained factors are lost; "
+        "keep every LoRAConv1D and LoRALinear as it is"
+    )
+    for name, layer in first.items():
+        now = trainable(layer)
+        kept = len(now) == len(values[name]) and all(torch.equal(a, b) for a, b in zip(now, values[name], strict=True))
+        assert kept, (
+            f"applying LoRA again changed the factors of {name} or froze them ({len(now)} trainable tensors): "
+            "leave an adapter's factors and their requires_grad alone"
+        )
 
 
 @pytest.mark.points(1)
@@ -706,37 +754,46 @@ def test_merging_a_single_layer_returns_the_conv1d(LoRAConv1D, merge_gpt2, Conv1
     assert error < 1e-5, f"the merged Conv1D's outputs differ from the LoRAConv1D's by {error:.3g}"
 
 
-def cancelling_layer(LoRAConv1D, dtype, device):
-    """A 64 -> 48 LoRAConv1D in ``dtype`` whose base weight nearly cancels the update in some places, where a
-    sum rounded twice is off by many units in the last place."""
-    _, conv, layer = make_layer(LoRAConv1D, dtype, device, in_features=64, out_features=48, r=8, alpha=16.0)
-    randomize_factors(layer, std=0.2)
-    A, B = factors(layer, 64, 48, 8).A, factors(layer, 64, 48, 8).B
+HALF_MERGED = ("transformer.h.0.mlp.c_fc", "lm_head")  # a Conv1D 16 -> 64 and the tied nn.Linear 16 -> 64
+
+
+def nearly_cancelling(layer: nn.Module, r: int, scaling: float) -> torch.Tensor:
+    """Give the base of ``layer`` (random factors) a weight that nearly cancels the update in every other row,
+    where a sum rounded twice is off by many units in the last place; return W + update added in float32 and
+    rounded once, in the base's layout ((in, out) for a Conv1D, (out, in) for an nn.Linear)."""
+    base = base_of(layer)
+    A, B = lora_factors(layer, r, scaling)
     with torch.no_grad():
-        exact = (2.0 * B.double() @ A.double()).T  # (in, out)
-        weight = torch.randn(64, 48, dtype=torch.float64, device=device) * 0.02
-        weight[::2] = -exact[::2] + 1e-3 * torch.randn_like(exact[::2])  # every other row nearly cancels
-        conv.weight.copy_(weight)
-    return conv, layer, A, B
+        update = scaling * (B.float() @ A.float())  # (out, in)
+        update = update if isinstance(base, nn.Linear) else update.T
+        weight = torch.randn(update.shape, device=update.device) * 0.02
+        weight[::2] = -update[::2] + 1e-3 * torch.randn_like(update[::2])
+        base.weight.copy_(weight)
+        return (base.weight.float() + update).to(base.weight.dtype)
 
 
 @pytest.mark.points(1)
 @pytest.mark.subject("merge_gpt2")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("device", DEVICES)
-def test_half_precision_merges_in_float32_and_rounds_once(LoRAConv1D, merge_gpt2, Conv1D, device, dtype):
-    conv, layer, A, B = cancelling_layer(LoRAConv1D, dtype, device)
-    rounded_once = (conv.weight.float() + (2.0 * B.float() @ A.float()).T).to(dtype)
-    model = nn.Sequential(layer)
+def test_half_precision_merges_in_float32_and_rounds_once(apply_lora_gpt2, merge_gpt2, device, dtype):
+    model = tiny_gpt2().to(device=device, dtype=dtype)
+    adapted(apply_lora_gpt2(model, HALF_MERGED, r=8, alpha=16.0))
+    randomize(model, std=0.2)
+    rounded_once = {name: nearly_cancelling(model.get_submodule(name), 8, 2.0) for name in HALF_MERGED}
     merged(merge_gpt2(model))
-    weight = model[0].weight
-    assert weight.dtype == dtype and weight.device.type == device, (
-        f"merged weight is {weight.dtype} on {weight.device}, expected {dtype} on {device}"
-    )
-    ulp = (torch.nextafter(rounded_once, torch.full_like(rounded_once, float("inf"))) - rounded_once).float().abs()
-    off = ((weight.float() - rounded_once.float()).abs() / ulp).max().item()
-    assert off <= 1, (
-        f"merged {dtype} weights are up to {off:.3g} units in the last place from W + dW.T added in float32 and "
-        "rounded once (the update rounded to half precision before the sum, or W added in it?): upcast W, A and B "
-        "to float32, add, then cast back"
-    )
+    for name, expected in rounded_once.items():
+        weight = model.get_submodule(name).weight
+        assert weight.dtype == dtype and weight.device.type == device, (
+            f"{name}: merged weight is {weight.dtype} on {weight.device}, expected {dtype} on {device}"
+        )
+        assert weight.shape == expected.shape, (
+            f"{name}: merged weight is {tuple(weight.shape)}, expected {tuple(expected.shape)}"
+        )
+        ulp = (torch.nextafter(expected, torch.full_like(expected, float("inf"))) - expected).float().abs()
+        off = ((weight.float() - expected.float()).abs() / ulp).max().item()
+        assert off <= 1, (
+            f"{name}: merged {dtype} weights are up to {off:.3g} units in the last place from W + dW summed in "
+            "float32 and rounded once: upcast W, A and B to float32, add, then cast back, "
+            "for Conv1D and nn.Linear layers alike"
+        )

@@ -14,6 +14,7 @@ APPLY = (
 )
 COPY_B = '            B.copy_(tensors[f"{PREFIX}{name}.lora_B.weight"])\n'
 CHECK = "    _check_config(config)\n"
+DROPOUT = 'dropout=float(config.get("lora_dropout") or 0.0)'
 
 WRONG_ANSWERS = [
     WrongAnswer("keys without the base_model.model. prefix", KATA, SAVE_A, SAVE_A.replace("{PREFIX}", ""),
@@ -86,4 +87,28 @@ WRONG_ANSWERS = [
     WrongAnswer("load returns None", KATA, "            B.copy_(tensors[f\"{PREFIX}{name}.lora_B.weight\"])\n    return model\n",
                 "            B.copy_(tensors[f\"{PREFIX}{name}.lora_B.weight\"])\n    return None\n",
                 "test_loads_what_peft_saves_and_computes_what_peft_does", "load_adapter returned None"),
+    # Red-team round 1, the habits behind them: targets where peft's matching parts from near misses, the config's
+    # optional keys, and every corruption of one kind only, A and B alike.
+    WrongAnswer("a regex target matched with re.search", KATA, "return re.fullmatch(target_modules, name) is not None",
+                "return re.search(target_modules, name) is not None",
+                "test_loads_a_regex_target_string", "not re.search"),
+    WrongAnswer("list targets matched by a bare endswith", KATA,
+                'return any(name == t or name.endswith("." + t) for t in target_modules)',
+                "return any(name.endswith(t) for t in target_modules)",
+                "test_loads_short_target_names_as_peft_matches_them", "not a bare endswith"),
+    WrongAnswer("the config's lora_dropout ignored", KATA, DROPOUT, "dropout=0.0",
+                "test_uses_the_configs_lora_dropout_0_when_absent", "give each layer the config's lora_dropout"),
+    WrongAnswer("lora_dropout required in the config", KATA, DROPOUT, 'dropout=float(config["lora_dropout"])',
+                "test_uses_the_configs_lora_dropout_0_when_absent", "raised KeyError 'lora_dropout'"),
+    WrongAnswer("keys without the prefix dropped unread", KATA, "tensors = load_file(directory / WEIGHTS)",
+                "tensors = {k: v for k, v in load_file(directory / WEIGHTS).items() if k.startswith(PREFIX)}",
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "accepted a file with a key without the prefix"),
+    WrongAnswer("only lora_B looked for", KATA, "missing = sorted(expected.keys() - tensors.keys())",
+                'missing = sorted(k for k in expected.keys() - tensors.keys() if k.endswith("lora_B.weight"))',
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "a lora_A missing: load_adapter raised KeyError"),
+    WrongAnswer("only lora_A's shape checked", KATA, "if tuple(tensors[key].shape) != shape:",
+                'if key.endswith("lora_A.weight") and tuple(tensors[key].shape) != shape:',
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "a transposed lora_B: load_adapter raised"),
+    WrongAnswer("only bias 'all' refused", KATA, 'if config.get("bias", "none") != "none":', 'if config.get("bias") == "all":',
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "accepted a file with bias lora_only"),
 ]  # fmt: skip

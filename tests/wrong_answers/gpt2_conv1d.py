@@ -15,6 +15,17 @@ FOLD_IN_PLACE = """    for name, module in list(model.named_modules()):
             parent_name, _, child_name = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child_name, module.base)
     return model"""
+HALF_LINEAR_MERGE = """    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            base = module.base
+            with torch.no_grad():
+                weight = base.weight + (module.lora_B @ module.lora_A) * module.scaling
+            merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
+            merged.weight, merged.bias = nn.Parameter(weight, requires_grad=False), base.bias
+            parent_name, _, child_name = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child_name, merged)
+    return model"""
+TARGETS = "targets = (target_modules,) if isinstance(target_modules, str) else tuple(target_modules)"
 
 WRONG_ANSWERS = [
     WrongAnswer("Conv1D weight not transposed when merged", KATA, UPDATE, UPDATE.replace("update.T", "update"),
@@ -97,4 +108,19 @@ WRONG_ANSWERS = [
                 "test_rejects_invalid_arguments", "expected a ValueError"),
     WrongAnswer("a fractional r accepted", KATA, "if isinstance(r, bool) or not isinstance(r, int) or r < 1:",
                 "if r < 1:", "test_rejects_invalid_arguments", "expected a ValueError"),
+    # Red-team round 1, the habits behind them: targets in every form, a second apply, every layer of a half merge.
+    WrongAnswer("a str target split into letters", KATA, TARGETS, "targets = tuple(target_modules)",
+                "test_takes_one_str_or_any_iterable_of_targets", "not an iterable of one-letter targets"),
+    WrongAnswer("an iterator of targets used up by the first module", KATA, TARGETS,
+                "targets = (target_modules,) if isinstance(target_modules, str) else target_modules",
+                "test_takes_one_str_or_any_iterable_of_targets", "used up by the first module's test"),
+    WrongAnswer("adapters made afresh on a second apply", KATA,
+                "        if isinstance(module, (LoRAConv1D, LoRALinear)) or _inside_an_adapter(model, name):\n            continue",
+                '        if _inside_an_adapter(model, name):\n            continue\n        module = getattr(module, "base", module)',
+                "test_never_wraps_an_adapter_again", "trained factors are lost"),
+    WrongAnswer("Conv1D update transposed only when the shapes differ", KATA, UPDATE,
+                "(weight.to(accumulate) + (update.T if update.shape != weight.shape else update)).to(weight.dtype)",
+                "test_merged_conv1d_holds_W_plus_the_update_transposed", "the update is not transposed"),
+    WrongAnswer("a tied lm_head merged in half precision", KATA, MERGE_LINEARS, HALF_LINEAR_MERGE,
+                "test_half_precision_merges_in_float32_and_rounds_once", "lm_head: merged torch.bfloat16 weights"),
 ]  # fmt: skip

@@ -57,7 +57,7 @@ def load_adapter(model, directory):
         wanted = lambda name: re.fullmatch(targets, name) is not None  # noqa: E731
     else:
         wanted = lambda name: any(name == t or name.endswith("." + t) for t in targets)  # noqa: E731
-    r, alpha = config["r"], config["lora_alpha"]
+    r, alpha, dropout = config["r"], config["lora_alpha"], config.get("lora_dropout") or 0.0
     plan, shapes = [], {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, Conv1D)) and wanted(name):
@@ -78,7 +78,7 @@ def load_adapter(model, directory):
     for name, module in plan:
         kind = LoRAConv1D if isinstance(module, Conv1D) else LoRALinear
         parent, _, child = name.rpartition(".")
-        model.get_submodule(parent).register_module(child, kind(module, r=r, alpha=alpha))
+        model.get_submodule(parent).register_module(child, kind(module, r=r, alpha=alpha, dropout=dropout))
         for mine, theirs in RENAMES[kind].items():
             renamed[f"{name}.{mine}"] = file[f"base_model.model.{name}.{theirs}"]
     missing, unexpected = model.load_state_dict(renamed, strict=False)
