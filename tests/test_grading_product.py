@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lora_kata.grading.implementation import GRADED
 from lora_kata.grading.isolation import grade_isolated
 from lora_kata.grading.results import CheckResult, score_table
-from lora_kata.grading.run import run_grader
-from tests.implementations import REPOSITORY, SOLUTIONS, implementation_folder
+from tests.implementations import REPOSITORY, SOLUTIONS, implementation_folder, reference_results
 
 
 def lora_kata(*arguments: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -33,15 +31,17 @@ def kata_outcomes(results) -> dict[str, set[str]]:
     return outcomes
 
 
+@pytest.mark.xdist_group("reference")  # the reference's grading, shared with test_right_answers on one worker
 def test_every_check_carries_points():
-    unpointed = [result.check for result in run_grader(SOLUTIONS) if result.points <= 0]
+    unpointed = [result.check for result in reference_results() if result.points <= 0]
     assert not unpointed, f"checks without a points marker: {unpointed}"
 
 
 def test_grade_prints_the_score_table_and_writes_gradescope_json(tmp_path):
     wrong = (SOLUTIONS / "lora_linear.py").read_text().replace("self.scaling = alpha / r", "self.scaling = alpha")
     folder = implementation_folder(tmp_path / "sub", {"lora_linear": wrong})
-    completed = lora_kata("grade", "--impl", str(folder), "--json", str(tmp_path / "results.json"))
+    rows = ["--kata", "lora_linear", "--kata", "merge_weights"]
+    completed = lora_kata("grade", "--impl", str(folder), "--json", str(tmp_path / "results.json"), *rows)
     assert completed.returncode == 1, completed.stderr
     assert "FAIL lora_linear::test_records_r_alpha_and_scaling: expected scaling = alpha / r" in completed.stdout
     assert any(line.startswith("total ") for line in completed.stdout.splitlines()[-4:]), completed.stdout
@@ -108,7 +108,9 @@ def test_batch_refuses_an_empty_submissions_folder(tmp_path):
     ids=["os._exit", "segfault"],
 )
 def test_a_kata_that_kills_the_grader_costs_only_its_own_points(tmp_path, source, problem):
-    grading = grade_isolated(implementation_folder(tmp_path / "sub", {"apply_lora": source}))
+    # The rows before and after the kata that kills its grading process, graded in that order.
+    katas = ["lora_linear", "apply_lora", "merge_weights"]
+    grading = grade_isolated(implementation_folder(tmp_path / "sub", {"apply_lora": source}), katas)
     assert problem in grading.problem and grading.problem.startswith("apply_lora: ")
     outcomes = kata_outcomes(grading.results)
     assert outcomes["apply_lora"] == {"failed", "skipped"} or outcomes["apply_lora"] == {"failed"}
@@ -131,7 +133,8 @@ def test_a_hang_is_stopped_at_the_time_limit(tmp_path):
 
 def test_a_huge_allocation_fails_its_kata_under_the_memory_cap(tmp_path):
     source = "import torch\nHUGE = torch.ones(50 * 2**30, dtype=torch.uint8)\n"
-    grading = grade_isolated(implementation_folder(tmp_path / "sub", {"merge_weights": source}), memory_mb=4096)
+    folder = implementation_folder(tmp_path / "sub", {"merge_weights": source})
+    grading = grade_isolated(folder, ["merge_weights", "masked_prompt"], memory_mb=4096)
     messages = {
         result.message for result in grading.results if result.kata == "merge_weights" and result.outcome == "failed"
     }
@@ -146,11 +149,13 @@ def test_batch_writes_a_gradebook_and_leaves_no_process_behind(tmp_path):
     (submissions / "dave").mkdir()
     (submissions / "eve").mkdir()
     (submissions / "eve" / "merge_weights.py").write_text("import subprocess\nsubprocess.Popen(['sleep', '300'])\n")
-    completed = lora_kata("batch", str(submissions), "--out", str(tmp_path / "grades.csv"), "--jobs", "2")
+    katas = ["lora_linear", "apply_lora", "merge_weights"]  # bob kills the grading in the middle one
+    arguments = ["--out", str(tmp_path / "grades.csv"), "--jobs", "2", *(f"--kata={kata}" for kata in katas)]
+    completed = lora_kata("batch", str(submissions), *arguments)
     assert completed.returncode == 0, completed.stderr
     with (tmp_path / "grades.csv").open() as gradebook:
         rows = {row["submission"]: row for row in csv.DictReader(gradebook)}
-    assert list(next(iter(rows.values()))) == ["submission", *GRADED, "total"]
+    assert list(next(iter(rows.values()))) == ["submission", *katas, "total"]
     assert rows["alice"]["total"] == rows["carol"]["total"] != "0"
     assert rows["bob"]["apply_lora"] == "0" and rows["bob"]["merge_weights"] == rows["alice"]["merge_weights"]
     assert rows["dave"]["total"] == rows["eve"]["total"] == "0"

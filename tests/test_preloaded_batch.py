@@ -64,6 +64,7 @@ def test_batch_through_the_server_grades_like_grade_one_at_a_time(tmp_path):
         completed = lora_kata("batch", str(submissions), "--out", str(gradebook), "--jobs", "2", *kata_options)
         assert completed.returncode == 0, completed.stderr
     assert b"server.py" in (tmp_path / "parent.txt").read_bytes(), "batch did not grade through the preloaded server"
+    assert (tmp_path / "whole.csv").read_text().splitlines()[0] == ",".join(["submission", *GRADED, "total"])
     assert (tmp_path / "rows.csv").read_text().splitlines()[0] == ",".join(["submission", *katas, "total"])
 
     def alone(folder: Path) -> dict:
