@@ -42,7 +42,7 @@ def expect_sizes(packed, absmax, weight, block_size, call):
     blocks = math.ceil(n / block_size)
     if absmax.numel() != blocks:
         cause = "one absmax per block of block_size consecutive values of the flattened tensor"
-        row_blocks = rows * math.ceil(weight.shape[-1] / block_size)
+        row_blocks = rows * math.ceil(weight.shape[-1] / block_size) if weight.dim() else 1
         if absmax.numel() == rows and rows != blocks:
             either = " (or blocks cut within each row)" if row_blocks == rows else ""
             cause = f"one absmax per row{either}? " + cause

@@ -303,6 +303,17 @@ def expect_r_alpha_and_scaling(layer: nn.Module, r: int, alpha: float) -> None:
     )
 
 
+def expect_centred(A: torch.Tensor, what: str) -> None:
+    """Fail the check unless the entries of a factor A drawn at init average near 0 (within half their std, which
+    any centred init over a few hundred entries meets): Kaiming-uniform or Gaussian, not torch.rand."""
+    A = A.detach().double()
+    mean, spread = A.mean().item(), A.std().item()
+    assert abs(mean) <= 0.5 * spread, (
+        f"{what}: A's {A.numel()} entries average {mean:.3g} at init, with a spread (std) of only {spread:.3g}: draw "
+        "them centred on 0, Kaiming-uniform as nn.Linear does or Gaussian with mean 0 (torch.rand draws from [0, 1))"
+    )
+
+
 def expect_value_error(call: Callable[[], object], description: str) -> None:
     """Fail the check unless ``call()`` raises a ValueError that has a message."""
     try:

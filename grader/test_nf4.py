@@ -26,13 +26,16 @@ from grader.probes import describe, expect_instance, expect_value_error
 SUBJECT = "quantize_nf4"  # the definition a failing check points at
 BITSANDBYTES = optional("bitsandbytes.functional")  # seconds: never inside a check's time limit
 
-shapes = st.lists(st.integers(1, 80), min_size=1, max_size=3).map(tuple)
+shapes = st.lists(st.integers(1, 80), min_size=0, max_size=3).map(tuple)  # () too: a 0-d tensor holds one value
 block_sizes = st.sampled_from((32, 64, 128, 256))
 dtypes = st.sampled_from(DTYPES)
-scales = st.sampled_from((1e-3, 0.02, 1.0, 37.0))
+# Down to 1e-8: blocks whose absmax is below float32's eps (a clamp there changes their codes), fp16 subnormals.
+scales = st.sampled_from((1e-8, 1e-6, 1e-3, 0.02, 1.0, 37.0))
 seeds = st.integers(0, 2**16)
 # What bitsandbytes refuses: below 32, above 4096, and multiples of 32 (or 16) that are not powers of two.
 REFUSED_BLOCK_SIZES = (0, -64, 8, 16, 48, 96, 100, 160, 192, 384, 3072, 4095, 8192)
+# Tensors that are not floating point: every integer width, bool, complex.
+NOT_FLOATS = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64)
 
 
 def draw_weight(shape, dtype, scale, seed):
@@ -117,6 +120,9 @@ def test_quantize_reads_a_non_contiguous_weight_in_row_major_order(quantize_nf4)
 @example(shape=(3, 5, 7), block_size=32, dtype=torch.bfloat16, scale=1.0, seed=1)  # odd n, a short last block
 @example(shape=(7,), block_size=64, dtype=torch.float16, scale=0.02, seed=2)
 @example(shape=(64,), block_size=64, dtype=torch.float32, scale=1.0, seed=3)
+@example(shape=(), block_size=64, dtype=torch.float32, scale=1.0, seed=4)  # 0-d: one value, n = 1
+@example(shape=(5, 13), block_size=32, dtype=torch.float32, scale=1e-8, seed=5)  # absmaxes below float32's eps
+@example(shape=(5, 13), block_size=32, dtype=torch.float16, scale=1e-6, seed=6)  # float16 subnormals
 def test_quantize_packs_the_nf4_codes_bit_for_bit(quantize_nf4, shape, block_size, dtype, scale, seed):
     weight = draw_weight(shape, dtype, scale, seed)
     call = call_of(weight, block_size)
@@ -165,17 +171,20 @@ def test_an_all_zero_block_takes_the_code_of_zero(quantize_nf4, dequantize_nf4, 
         pytest.param(case, make, size, id=case)
         for case, make, size in [
             ("empty", lambda: torch.zeros(0, 64), 64),
-            ("int64", lambda: torch.arange(128), 64),
-            ("bool", lambda: torch.ones(128, dtype=torch.bool), 64),
+            ("empty (64, 0)", lambda: torch.zeros(64, 0), 64),  # len() is 64: count elements with numel()
+            *(
+                (str(dtype).removeprefix("torch."), lambda dtype=dtype: torch.ones(128, dtype=dtype), 64)
+                for dtype in NOT_FLOATS
+            ),
+            ("a list of floats", lambda: [0.5] * 128, 64),
             *((f"block_size={size}", lambda: torch.randn(128), size) for size in REFUSED_BLOCK_SIZES),
         ]
     ],
 )
 def test_quantize_refuses_what_bitsandbytes_refuses(quantize_nf4, case, make_weight, block_size):
     weight = make_weight()
-    expect_value_error(
-        lambda: quantize_nf4(weight, block_size), f"quantize_nf4 ({case}: {call_of(weight, block_size)})"
-    )
+    call = call_of(weight, block_size) if isinstance(weight, torch.Tensor) else f"quantize_nf4({case})"
+    expect_value_error(lambda: quantize_nf4(weight, block_size), f"quantize_nf4 ({case}: {call})")
 
 
 @pytest.mark.points(1)
@@ -223,17 +232,20 @@ def test_every_block_size_bitsandbytes_takes_is_taken(quantize_nf4, dequantize_n
     )
 
 
-PACKED_LAYOUTS = ("flat", "column", "matrix")  # (m,), bitsandbytes' (m, 1), and (k, m / k): "any shape"
+# (m,), bitsandbytes' (m, 1), (k, m / k): "any shape"; and that matrix not contiguous (stored column by column)
+PACKED_LAYOUTS = ("flat", "column", "matrix", "strided")
 
 
 def laid_out(packed, layout):
-    """The m packed bytes as (m,), (m, 1) or a 2-D (k, m / k) with k > 1 where m has a small divisor."""
+    """The m packed bytes as (m,), (m, 1) or a 2-D (k, m / k) with k > 1 where m has a small divisor, the same
+    bytes in the same row-major order; "strided" is that matrix stored transposed (``.view`` cannot flatten it)."""
     m = packed.numel()
     if layout == "column":
         return packed.reshape(m, 1)
-    if layout == "matrix":
+    if layout in ("matrix", "strided"):
         rows = next((k for k in (4, 2, 3, 5, 7) if m % k == 0 and m > k), 1)
-        return packed.reshape(rows, m // rows)
+        matrix = packed.reshape(rows, m // rows)
+        return matrix.T.contiguous().T if layout == "strided" else matrix
     return packed
 
 
@@ -263,6 +275,9 @@ def random_codes(n, block_size, seed):
 @example(shape=(128, 96), block_size=64, dtype=torch.float32, seed=0, kind=tuple, layout="matrix")
 @example(shape=(3, 5, 7), block_size=32, dtype=torch.bfloat16, seed=1, kind=torch.Size, layout="column")
 @example(shape=(33,), block_size=64, dtype=torch.float16, seed=2, kind=list, layout="flat")
+@example(shape=(12, 20), block_size=32, dtype=torch.float32, seed=3, kind=tuple, layout="strided")
+@example(shape=(), block_size=64, dtype=torch.float32, seed=4, kind=tuple, layout="flat")  # 0-d: n = prod(()) = 1
+@example(shape=(), block_size=32, dtype=torch.bfloat16, seed=5, kind=torch.Size, layout="column")
 def test_dequantize_gives_code_times_absmax_in_the_dtype_asked(
     dequantize_nf4, shape, block_size, dtype, seed, kind, layout
 ):
@@ -315,22 +330,25 @@ def test_dequantize_gives_code_times_absmax_in_the_dtype_asked(
 @pytest.mark.points(1)
 @pytest.mark.subject("dequantize_nf4")
 @pytest.mark.parametrize(
-    ("case", "packed_bytes", "absmax_values"),
+    ("case", "packed_bytes", "absmax_values", "shape"),
     [
-        pytest.param(case, size, count, id=case.replace(" ", "-"))
-        for case, size, count in [
-            ("one byte short", 63, 2),
-            ("one byte over", 65, 2),
-            ("an absmax short", 64, 1),
-            ("an absmax over", 64, 3),
+        pytest.param(case, size, count, shape, id=case.replace(" ", "-"))
+        for case, size, count, shape in [
+            ("one byte short", 63, 2, (8, 16)),
+            ("one byte over", 65, 2, (8, 16)),
+            ("an absmax short", 64, 1, (8, 16)),
+            ("an absmax over", 64, 3, (8, 16)),
+            ("odd n, the padded byte missing", 7, 1, (3, 5)),  # 15 values need ceil(15 / 2) = 8 bytes
+            ("odd n, a byte over", 9, 1, (3, 5)),
         ]
     ],
 )
-def test_dequantize_refuses_sizes_that_do_not_fit_the_shape(dequantize_nf4, case, packed_bytes, absmax_values):
+def test_dequantize_refuses_sizes_that_do_not_fit_the_shape(dequantize_nf4, case, packed_bytes, absmax_values, shape):
     packed, absmax = torch.zeros(packed_bytes, dtype=torch.uint8), torch.ones(absmax_values)
     expect_value_error(
-        lambda: dequantize_nf4(packed, absmax, (8, 16)),
-        f"dequantize_nf4({packed_bytes} bytes, {absmax_values} absmax values, shape (8, 16)) ({case})",
+        lambda: dequantize_nf4(packed, absmax, shape),
+        f"dequantize_nf4({packed_bytes} bytes, {absmax_values} absmax values, shape {shape}) ({case}: "
+        f"ceil(n / 2) = {math.ceil(math.prod(shape) / 2)} bytes needed)",
     )
 
 
@@ -338,6 +356,7 @@ def test_dequantize_refuses_sizes_that_do_not_fit_the_shape(dequantize_nf4, case
 @pytest.mark.subject("dequantize_nf4")
 @given(shape=shapes, block_size=block_sizes, dtype=dtypes, scale=scales, seed=seeds)
 @example(shape=(128, 96), block_size=64, dtype=torch.bfloat16, scale=1.0, seed=0)
+@example(shape=(), block_size=64, dtype=torch.float16, scale=1.0, seed=1)
 def test_round_trip_error_is_within_half_the_widest_gap(
     quantize_nf4, dequantize_nf4, shape, block_size, dtype, scale, seed
 ):
@@ -424,13 +443,17 @@ def test_double_quantize_returns_one_byte_per_absmax(double_quantize, QuantizedA
     call = f"double_quantize({count} absmax values{'' if block_size is None else f', block_size={block_size}'})"
     returned = double_quantize(absmax) if block_size is None else double_quantize(absmax, block_size)
     quantized, codes = quantized_absmax(QuantizedAbsmax, returned, call)
-    assert codes.dtype in (torch.uint8, torch.int8) and codes.numel() == count, (
-        f"{call}.codes is {describe(codes)}, expected {count} codes of one byte (torch.uint8 or torch.int8)"
+    assert codes.dtype in (torch.uint8, torch.int8) and tuple(codes.shape) == (count,), (
+        f"{call}.codes is {describe(codes)}, expected shape ({count},): one code of one byte (torch.uint8 or "
+        "torch.int8) per absmax"
     )
     scales = expect_instance(quantized.scales, torch.Tensor, call + ".scales", "float32, one per block")
     assert scales.dtype == torch.float32 and scales.numel() == blocks, (
         f"{call}.scales is {describe(scales)}, expected float32, one per block of {size}: ceil({count} / {size}) = "
         f"{blocks}" + (" (the default block size is 256)" if block_size is None else ": use the block_size given")
+    )
+    assert tuple(scales.shape) == (blocks,), (
+        f"{call}.scales has shape {tuple(scales.shape)}, expected ({blocks},) (keepdim=True left a dimension?)"
     )
     assert quantized.block_size == size, f"{call}.block_size is {quantized.block_size!r}, expected {size}"
     offset = quantized.offset

@@ -9,6 +9,7 @@ import gc
 import math
 import sys
 import types
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from grader.oracles import optional
 from grader.probes import (
     TRAINING_CASES,
     describe,
+    expect_centred,
     expect_r_alpha_and_scaling,
     expect_training_fits_a_low_rank_target,
     expect_value_error,
@@ -95,11 +97,13 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor that ``root`` keeps alive, by where: whatever the garbage collector sees it refer to
     (``gc.get_referents``: attributes, containers, closures, default arguments, ``functools`` caches, bound methods,
     class attributes), and through the globals and classes of the submission's own modules (a module-level cache);
-    not through other modules or classes (torch's, the grader's). Each tensor once."""
+    not through other modules or classes (torch's, the grader's). Each tensor once. A numpy array counts as the tensor
+    sharing its memory, and the floats of a list or tuple as a float64 tensor of them (a weight kept by .tolist())."""
     package = type(root).__module__.split(".")[0]
     own = lambda name: isinstance(name, str) and name.split(".")[0] == package  # noqa: E731
     foreign = {id(vars(m)) for m in list(sys.modules.values()) if m is not None and not own(m.__name__)}
     seen: set[int] = set()
+    made: list[torch.Tensor] = []  # the tensors standing for arrays and lists, alive until the walk ends
     queue = deque([(root, type(root).__name__)])
     while queue and len(seen) < 200_000:
         value, where = queue.popleft()
@@ -110,6 +114,14 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
         seen.add(id(value))
         if isinstance(value, torch.Tensor):
             yield where, value
+        elif isinstance(value, numpy.ndarray) and value.dtype.kind in "biufc":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a read-only array: the tensor is only measured
+                made.append(torch.from_numpy(value))
+            yield f"{where} (a numpy array)", made[-1]
+        elif isinstance(value, (list, tuple)) and any(isinstance(item, float) for item in value):
+            made.append(torch.tensor([item for item in value if isinstance(item, float)], dtype=torch.float64))
+            yield f"{where} (its Python floats)", made[-1]
         if isinstance(value, dict):
             children = [(item, f"{where}[{key!r}]") for key, item in value.items()]
             children += [(key, f"{where} key") for key in value]
@@ -138,7 +150,8 @@ def storage_bytes(tensor: torch.Tensor) -> tuple[tuple[object, int], int]:
 
 
 def nf4_buffers(layer: nn.Module, out_features: int, in_features: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The packed codes and the absmax among the layer's registered buffers, found by dtype and size."""
+    """The packed codes and the absmax among the layer's registered buffers, found by dtype and size, flattened: the
+    spec fixes no buffer shape ((n / 2,), bitsandbytes' (n / 2, 1), a row layout all hold the same bytes)."""
     n = out_features * in_features
     buffers = list(layer.buffers())
     packed = [b for b in buffers if b.dtype == torch.uint8 and b.numel() == math.ceil(n / 2)]
@@ -149,7 +162,7 @@ def nf4_buffers(layer: nn.Module, out_features: int, in_features: int, what: str
         f"bytes and a float32 absmax of ceil(out * in / 64) = {math.ceil(n / BLOCK)} values: keep quantize_nf4's "
         "results with self.register_buffer(...)"
     )
-    return packed[0], absmax[0]
+    return packed[0].reshape(-1), absmax[0].reshape(-1)
 
 
 def dequantized(layer, out_features, in_features, what, dtype=torch.float32) -> torch.Tensor:
@@ -166,6 +179,16 @@ def dequantized_linear(layer, base_bias, out_features, in_features, what) -> nn.
         if base_bias is not None:
             linear.bias.copy_(base_bias.float())
     return linear.requires_grad_(False)
+
+
+def expect_no_bias(layer: nn.Module, out_features: int, what: str) -> None:
+    """Fail the check unless a layer over a bias-free base has no bias: None stays None (no zero bias)."""
+    bias = getattr(layer, "bias", None)
+    held = [name for name, t in [*layer.named_parameters(), *layer.named_buffers()] if t.numel() == out_features]
+    assert bias is None and not held, (
+        f"{what} holds a bias ({describe(bias) if bias is not None else held}) though its base has none: None stays "
+        "None; a zero bias is not the missing one"
+    )
 
 
 def make_base(in_features=IN, out_features=OUT, dtype=torch.float32, bias=True, seed=0) -> nn.Linear:
@@ -311,6 +334,8 @@ def test_nf4_linear_computes_F_linear_with_the_dequantized_weight(NF4Linear, nf4
             )
         bias_bytes = 0 if kept_bias is None else kept_bias.numel() * kept_bias.element_size()
         expect_only_nf4_storage(layer, OUT, IN, bias_bytes, what + " after its forward")
+        if kept_bias is None:
+            expect_no_bias(layer, OUT, what)
 
 
 def cancelling_weight(dtype: torch.dtype) -> torch.Tensor:
@@ -403,10 +428,23 @@ def test_nf4_linear_rejects_a_base_that_is_not_linear(NF4Linear, nf4_works):
     expect_value_error(lambda: NF4Linear(nn.Conv1d(IN, OUT, 1)), "NF4Linear(nn.Conv1d(...))")
 
 
-def qlora_layer(QLoRALinear, dtype=torch.float32, bias=True, seed=0, **kwargs):
+def called_by_position(make, call):
+    """``make()``, a call by position as the stub's signature allows, after failing the check on a TypeError."""
+    try:
+        return make()
+    except TypeError as error:
+        pytest.fail(
+            f"{call} raised TypeError ({error}): keep the stub's signature, callable by position and by keyword",
+            pytrace=False,
+        )
+
+
+def qlora_layer(QLoRALinear, dtype=torch.float32, bias=True, seed=0, dropout=0.0):
     base = make_base(dtype=dtype, bias=bias, seed=seed)
     kept_bias = None if base.bias is None else base.bias.detach().clone()
-    layer = QLoRALinear(base, **{"r": R, "alpha": ALPHA, **kwargs})
+    layer = called_by_position(
+        lambda: QLoRALinear(base, R, ALPHA, dropout), f"QLoRALinear(base, {R}, {ALPHA}, {dropout})"
+    )
     nf4_base = dequantized_linear(layer, kept_bias, OUT, IN, "QLoRALinear")
     return layer, nf4_base
 
@@ -443,6 +481,7 @@ def test_qlora_computes_the_nf4_base_at_init(QLoRALinear, nf4_works):
     found = factors(layer, IN, OUT, R)
     assert found.B.abs().max().item() == 0, "B is not zero at init: initialise B with zeros (A random)"
     assert found.A.abs().max().item() > 0, "A is zero at init: make A random (Kaiming-uniform or Gaussian)"
+    expect_centred(found.A, f"QLoRALinear(nn.Linear({IN}, {OUT}), r={R})")
     for dtype in (torch.float32, torch.bfloat16):
         layer, nf4_base = qlora_layer(QLoRALinear, dtype)
         x = torch.randn(4, 3, IN).to(dtype)
@@ -464,6 +503,8 @@ def test_qlora_computes_the_nf4_base_at_init(QLoRALinear, nf4_works):
 def test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight(QLoRALinear, nf4_works, bias):
     nf4_works()
     layer, nf4_base = qlora_layer(QLoRALinear, bias=bias)
+    if not bias:
+        expect_no_bias(layer, OUT, "QLoRALinear over a base without bias")
     randomize_factors(layer, std=0.2)
     found = factors(layer, IN, OUT, R)
     buffers = [b.clone() for b in layer.buffers()]
@@ -541,6 +582,25 @@ def test_qlora_dropout_acts_on_the_adapter_input_in_train_mode_only(QLoRALinear,
         f"in eval mode with dropout=0.5 the output is off the LoRA formula by {error:.3g}: dropout must be off in eval"
     )
     assert varied > 1e-3, "with dropout=0.5 in train mode the adapter's inputs are never dropped: apply nn.Dropout"
+    expect_inputs_dropped_whole(layer, nf4_base, SCALING * found.B @ found.A, 0.5)
+
+
+def expect_inputs_dropped_whole(layer, nf4_base, update, p) -> None:
+    """Fail the check unless, in train mode, the adapter's share for each one-hot input e_i is either 0 or
+    update e_i / (1 - p): dropout on x zeroes or rescales the input as a whole; dropout between A and B (on the r
+    hidden values) gives some other combination of B's columns."""
+    x = torch.eye(update.shape[1]).repeat(4, 1)  # every input direction, four times
+    with torch.no_grad():
+        change, full = output(layer.train(), x) - nf4_base(x), x @ update.T
+    ratio = (change * full).sum(-1) / full.square().sum(-1)
+    residual = max_difference(change, ratio[:, None] * full)
+    allowed = 1e-4 * (1 + full.abs().max().item())
+    scaled = torch.minimum(ratio.abs(), (ratio - 1 / (1 - p)).abs()).max().item()
+    assert residual <= allowed and scaled <= 1e-4, (
+        f"with dropout={p} in train mode, a one-hot input e_i gives an adapter share off both 0 and "
+        f"(alpha / r) B A e_i / (1 - p) by {max(residual, scaled):.3g}: dropout zeroes inputs of the adapter branch "
+        "(nn.Dropout on x, before A), not its hidden values between A and B"
+    )
 
 
 @pytest.mark.points(1)
@@ -612,6 +672,9 @@ def case_id(targets, skip, generators=False):
             (("fc1", "fc10"), ("fc1", "head"), False),  # skips fc1, not fc10
             (("q_proj",), ("layers.1.attn.q_proj", "head"), False),  # a dotted name
             (("q_proj",), ("0.attn.q_proj", "head"), False),  # layers.0, not layers.10
+            # skip names nn.Linear layers: a container's name skips nothing inside it
+            (("q_proj",), ("layers.1", "head"), False),
+            (("fc1", "v_proj"), ("mlp", "attn", "head"), False),
             (("q_proj", "v_proj"), ("layers.2.attn.v_proj", "head"), True),  # any iterable, read once
             (("fc1", "proj"), ("head",), True),
         ]
@@ -625,6 +688,10 @@ def test_apply_qlora_quantizes_every_linear_and_adapts_the_targets(
     linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     skipped = set(matching_linears(model, names(skip)))
     adapted = set(matching_linears(model, names(targets))) - skipped
+    held = [name for name, _ in model.named_modules()]
+    containers = [
+        s for s in names(skip) if any(n == s or n.endswith("." + s) for n in held) and not matching_linears(model, (s,))
+    ]
     given = ((t for t in names(targets)), (s for s in names(skip))) if generators else (targets, skip)
     returned = apply_qlora(model, given[0], r=2, alpha=4.0, skip=given[1])
     assert returned is model, f"apply_qlora returned {describe(returned)}, expected the model itself, changed in place"
@@ -640,6 +707,10 @@ def test_apply_qlora_quantizes_every_linear_and_adapts_the_targets(
         cause = "layers matched by skip stay as they are, even when targeted: " + cause
     elif any(w.split(" is ")[1].startswith("Linear") for w in wrong):
         cause = "skip matches as target_modules does (equal, or ending in '.' + a name; 'proj' is not q_proj): " + cause
+    if containers:
+        cause = (
+            f"skip matches nn.Linear layers only: {containers[0]!r} names a container, which skips nothing: " + cause
+        )
     if isinstance(skip, str) or isinstance(targets, str):
         cause = "a plain string is one name, not an iterable of its characters: " + cause
     if generators:
@@ -671,7 +742,10 @@ def test_apply_qlora_passes_r_alpha_and_dropout_to_every_adapter(
     r, alpha = 3, 7.5  # scaling 2.5, not the defaults
     model = ToyTransformer()
     reference = copy.deepcopy(model)
-    apply_qlora(model, ("fc1", "fc2"), r=r, alpha=alpha, dropout=dropout, skip=TOY_SKIP)
+    called_by_position(
+        lambda: apply_qlora(model, ("fc1", "fc2"), r, alpha, dropout, TOY_SKIP),
+        f"apply_qlora(model, ('fc1', 'fc2'), {r}, {alpha}, {dropout}, {TOY_SKIP})",
+    )
     adapters = adapted_factors(model, QLoRALinear, r)
     assert len(adapters) == 2 * 11, f"{len(adapters)} QLoRALinear layers, expected the 22 fc1 and fc2 layers"
     generator = torch.Generator().manual_seed(3)
@@ -822,12 +896,26 @@ def test_apply_qlora_model_computes_with_the_dequantized_weights(apply_qlora, NF
 
 @pytest.mark.points(1)
 @pytest.mark.subject("apply_qlora")
-@pytest.mark.parametrize(("targets", "skip"), [(("nope",), ()), (("head",), ("head",))], ids=["no-match", "skipped"])
-def test_apply_qlora_raises_when_no_target_is_left(apply_qlora, nf4_works, targets, skip):
+@pytest.mark.parametrize(
+    ("targets", "skip", "twice"),
+    [
+        (("nope",), (), False),
+        (("head",), ("head",), False),
+        (("router.q_proj",), (), False),  # a LayerNorm: only nn.Linear layers count
+        (("attn",), (), False),  # a container of linear layers, no nn.Linear itself
+        (("q_proj",), TOY_SKIP, True),  # applied a second time: the q_proj layers are QLoRALinear now
+    ],
+    ids=["no-match", "skipped", "a-LayerNorm", "a-container", "applied-twice"],
+)
+def test_apply_qlora_raises_when_no_target_is_left(apply_qlora, nf4_works, targets, skip, twice):
     nf4_works()
+    model = ToyTransformer()
+    if twice:
+        apply_qlora(model, targets, r=2, alpha=4.0, skip=skip)
+    case = "the targets already adapted by a first call" if twice else "no nn.Linear outside skip matches"
     expect_value_error(
-        lambda: apply_qlora(ToyTransformer(), targets, r=2, alpha=4.0, skip=skip),
-        f"apply_qlora(model, {list(targets)}, skip={list(skip)}) (no nn.Linear outside skip matches)",
+        lambda: apply_qlora(model, targets, r=2, alpha=4.0, skip=skip),
+        f"apply_qlora(model, {list(targets)}, skip={list(skip)}) ({case}; only nn.Linear layers count)",
     )
 
 
@@ -881,8 +969,9 @@ def test_a_quantized_llama_keeps_half_a_byte_per_weight(apply_qlora, NF4Linear, 
         assert type(layer) is expected, f"{name} is {type(layer).__name__}, expected {expected.__name__}"
         extra = 4 * 4 * (original.in_features + original.out_features) if targeted else 0
         expect_only_nf4_storage(layer, original.out_features, original.in_features, 0, name, extra)
+    quantized = tuple(f"{name}." for name in linears if name != "lm_head")
     for name, value in model.state_dict().items():
-        if name in originals:
+        if name in originals and not name.startswith(quantized):  # a layer's own keys may reuse a name ("weight")
             assert value.dtype == originals[name].dtype and torch.equal(value, originals[name]), (
                 f"{name} changed ({describe(originals[name])} became {describe(value)}): only the linear layers "
                 "outside skip are quantized; embeddings, norms and lm_head stay as they were"

@@ -130,4 +130,41 @@ WRONG_ANSWERS = [
     WrongAnswer("apply_qlora's default alpha 8", KATA, "    r: int = 8,\n    alpha: float = 16.0,\n    dropout: float = 0.0,\n    skip",
                 "    r: int = 8,\n    alpha: float = 8.0,\n    dropout: float = 0.0,\n    skip",
                 "test_apply_qlora_defaults_are_q_v_r_8_alpha_16_no_dropout_and_skip_lm_head", "alpha=16.0"),
+    # Holes found by the red team (round 2): each passed the grader before its check was sharpened.
+    WrongAnswer("a missing bias made a zero bias", KATA, BIAS,
+                "self.bias = nn.Parameter(base.bias.detach() if base.bias is not None else "
+                "torch.zeros(base.out_features, dtype=base.weight.dtype), requires_grad=False)",
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "None stays None"),
+    WrongAnswer("adapted layers count as matches on a second call", KATA, CHECK,
+                "    if not any(_matches(name, targets) for name, _ in linears) and not any(\n"
+                "        _matches(name, targets) for name, m in model.named_modules() if isinstance(m, QLoRALinear)\n"
+                "    ):",
+                "test_apply_qlora_raises_when_no_target_is_left", "expected a ValueError"),
+    WrongAnswer("QLoRALinear's r, alpha and dropout keyword-only", KATA,
+                "def __init__(self, base: nn.Linear, r: int = 8,", "def __init__(self, base: nn.Linear, *, r: int = 8,",
+                "test_qlora_computes_the_nf4_base_at_init", "callable by position",
+                more_edits=((CHOICE, CHOICE.replace("QLoRALinear(module, r, alpha, dropout)",
+                                                    "QLoRALinear(module, r=r, alpha=alpha, dropout=dropout)")),)),
+    WrongAnswer("skip leaves whole subtrees alone", KATA, LINEARS,
+                "if isinstance(module, nn.Linear) and not any(\n"
+                "            _matches(\".\".join(name.split(\".\")[:k]), skipped) for k in range(1, name.count(\".\") + 2)\n"
+                "        )",
+                "test_apply_qlora_quantizes_every_linear_and_adapts_the_targets", "names a container"),
+    WrongAnswer("a numpy copy of the weight kept", KATA, BUFFERS,
+                BUFFERS + "; self.reference = base.weight.detach().float().numpy().copy()",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "full-precision copy"),
+    WrongAnswer("the weight kept as nested Python lists", KATA, BUFFERS, BUFFERS + "; self.rows = base.weight.detach().tolist()",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "full-precision copy"),
+    WrongAnswer("A drawn with torch.rand", KATA, "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+                "nn.init.uniform_(self.lora_A, 0.0, 1.0 / math.sqrt(base.in_features))",
+                "test_qlora_computes_the_nf4_base_at_init", "centred on 0"),
+    WrongAnswer("dropout between A and B", KATA, DOWN, "down = self.dropout(F.linear(x, self.lora_A)) * self.scaling",
+                "test_qlora_dropout_acts_on_the_adapter_input_in_train_mode_only", "not its hidden values"),
+    WrongAnswer("any module counts as a target match", KATA, CHECK,
+                "    if not any(_matches(name, targets) and not _matches(name, skipped) for name, _ in model.named_modules()):",
+                "test_apply_qlora_raises_when_no_target_is_left", "expected a ValueError"),
+    WrongAnswer("apply_qlora's skip before dropout", KATA,
+                '    dropout: float = 0.0,\n    skip: Iterable[str] = ("lm_head",),\n) -> nn.Module:',
+                '    skip: Iterable[str] = ("lm_head",),\n    dropout: float = 0.0,\n) -> nn.Module:',
+                "test_apply_qlora_passes_r_alpha_and_dropout_to_every_adapter", "callable by position"),
 ]  # fmt: skip
