@@ -42,6 +42,7 @@ SUBJECT = "train_step"  # the definition a failing check points at
 TRANSFORMERS_MISSING = "transformers is not installed: pip install transformers to also compare with its schedule"
 load("transformers:get_cosine_schedule_with_warmup")  # the schedule's oracle, imported while collecting
 EXACT = 1e-9  # float64: the reference and a right answer differ by rounding only
+FLOAT32 = 1e-5  # float32 likewise; float16 rounding (autocast) is off by 1e-3
 
 
 # causal_lm_loss
@@ -634,8 +635,9 @@ def scaler(init_scale: float = 2.0**12) -> torch.amp.GradScaler:
 
 
 @pytest.mark.points(3)
-def test_a_gradscaler_is_unscaled_before_clipping(train_step):
-    r, window, scale = rig(), unequal_window(), 2.0**12
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_a_gradscaler_is_unscaled_before_clipping(train_step, dtype):
+    r, window, scale = rig(dtype=dtype), unequal_window(), 2.0**12  # float32: what autocast would cast, not entered
     unclipped, _ = expected_and_mistakes(r.model, window, None)
     max_norm = 0.3 * total_norm(unclipped)
     expected, mistakes = expected_and_mistakes(r.model, window, max_norm)
@@ -645,14 +647,18 @@ def test_a_gradscaler_is_unscaled_before_clipping(train_step):
     mistakes["backward() on the unscaled loss: call scaler.scale(loss).backward()"] = clipped(
         [g / scale for g in unclipped], max_norm
     )
+    if dtype == torch.float32:
+        mistakes["the forward ran under float16 autocast: a GradScaler alone asks for none, the caller enters it"] = (
+            clipped(autocast_reference(r.model, window, torch.float16, scale), max_norm)
+        )
     grad_scaler = scaler(scale)
     train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm, scaler=grad_scaler)
     expect_handed(
         r.optimizer,
         expected,
         mistakes,
-        EXACT,
-        f"GradScaler at scale {scale:g}, max_grad_norm {max_norm:.3g}",
+        EXACT if dtype == torch.float64 else FLOAT32,
+        f"a {dtype} model, no autocast, GradScaler at scale {scale:g}, max_grad_norm {max_norm:.3g}",
         clip_to=max_norm,
     )
     assert grad_scaler.get_scale() == 2 * scale, (
@@ -740,9 +746,17 @@ def test_steps_under_autocast(train_step, dtype):
     grad_scaler = torch.amp.GradScaler("cpu", init_scale=scale) if dtype == torch.float16 else None
     with torch.autocast("cpu", dtype=dtype):
         returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None, scaler=grad_scaler)
-    # two rounding steps of the autocast dtype: another order of the same operations (the gradients divided by N
-    # after the backward, the model run in float32) rounds otherwise; a wrong normaliser is off by far more
+    # two rounding steps of the autocast dtype: another order of the same operations (under bf16, the gradients
+    # divided by N after the backward; the model run in float32) rounds otherwise; a wrong normaliser is off by
+    # far more. Under fp16 and a GradScaler the loss must be divided by N before the backward: the scaled
+    # gradients of the summed loss overflow float16, and the scaler skips the step.
     tolerance = 2 * torch.finfo(dtype).eps
+    if grad_scaler is not None and grad_scaler.get_scale() < scale:
+        raise AssertionError(
+            f"under {dtype} autocast the GradScaler skipped the step (its scale fell from {scale:g} to "
+            f"{grad_scaler.get_scale():g}): the scaled gradients overflowed float16; backward "
+            "scaler.scale(summed loss / N), not the summed loss with the gradients divided after"
+        )
     expect_handed(r.optimizer, expected, {}, tolerance, f"a float32 model under {dtype} autocast")
     assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-4), (
         f"under {dtype} autocast train_step returned {returned!r}, expected {loss:.6g}: compute the loss in float32"
@@ -750,6 +764,20 @@ def test_steps_under_autocast(train_step, dtype):
     assert r.scheduler.steps == 1, (
         f"a good step under {dtype} autocast stepped the scheduler {r.scheduler.steps} times, expected once"
         + (": the scale did not grow, but it did not drop either (scale_after >= scale_before)" if scale > 1 else "")
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_steps_a_half_precision_model_without_autocast(train_step, dtype):
+    r, window = rig(dtype=dtype), unequal_window()  # a model loaded in half precision, no autocast
+    expected, mistakes = expected_and_mistakes(r.model, window, None)
+    loss = window_loss(r.model, window)  # the model's half-precision logits, the loss in float32
+    returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None)
+    expect_handed(r.optimizer, expected, mistakes, 2 * torch.finfo(dtype).eps, f"a {dtype} model, no autocast")
+    assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-5), (
+        f"a {dtype} model without autocast: train_step returned {returned!r}, expected {loss:.8g} (its {dtype} "
+        f"logits upcast to float32 before the loss): compute the loss in float32, as causal_lm_loss does"
     )
 
 

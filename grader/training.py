@@ -283,6 +283,13 @@ def expected_and_mistakes(
             combine([batch_grads(model, batch, shifted=False) for batch in window], [1 / unshifted] * k), max_norm
         ),
     }
+    unpadded = [{**batch, "labels": batch["labels"].masked_fill(batch["labels"] == PAD, IGNORE)} for batch in window]
+    mistakes[
+        f"the labels equal to the pad id ({PAD}) carried no loss: only -100 marks a label without loss (the pad id "
+        "is a token too, eos for many tokenizers)"
+    ] = clipped(
+        combine([batch_grads(model, batch) for batch in unpadded], [1 / sum(map(targets, unpadded))] * k), max_norm
+    )
     if max_norm is not None:
         mistakes["each micro-batch's gradients were clipped on their own: clip once, after the last backward"] = (
             _clipped_per_batch(per_batch, total, max_norm)
