@@ -308,6 +308,7 @@ def test_optimizer_has_the_learning_rate_no_decay_and_adams_betas(make_optimizer
             0.05,
         ),
     }
+    plain = torch.optim.AdamW([nn.Parameter(torch.zeros(1))]).defaults  # the options of a plain AdamW
     for call, (optimizer, lr, weight_decay) in cases.items():
         group = returned_adamw(optimizer, call).param_groups[0]
         assert group["lr"] == lr, f"{call}: lr {group['lr']}, expected {lr}: pass lr to AdamW"
@@ -317,11 +318,9 @@ def test_optimizer_has_the_learning_rate_no_decay_and_adams_betas(make_optimizer
         )
         assert tuple(group["betas"]) == (0.9, 0.999), f"{call}: betas {group['betas']}, expected (0.9, 0.999)"
         assert group["eps"] == 1e-8, f"{call}: eps {group['eps']}, expected 1e-8"
-        plain = torch.optim.AdamW([nn.Parameter(torch.zeros(1))]).defaults  # every other option at its default
         off = {k: group.get(k) for k, v in plain.items() if k not in SET_OPTIONS and group.get(k) != v}
-        assert not off, (
-            f"{call}: {off}, expected plain AdamW's { ({k: plain[k] for k in off}) }: leave them at AdamW's defaults"
-        )
+        defaults = {k: plain[k] for k in off}
+        assert not off, f"{call}: {off}, expected plain AdamW's {defaults}: leave them at AdamW's defaults"
 
 
 @pytest.mark.points(1)
