@@ -80,6 +80,7 @@ def llama(tokenizer: Any) -> nn.Module:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        attention_bias=True,  # base biases too: only the adapters may train, whatever a parameter's name
         use_cache=False,
     )
     torch.manual_seed(0)
@@ -170,7 +171,7 @@ def test_the_response_loss_falls(run):
 
 @pytest.mark.points(3)
 @pytest.mark.subject("masked_prompt:build_example")
-def test_the_prompt_never_carries_loss(run, build_example, collate, train_step):
+def test_the_prompt_never_carries_loss_and_the_response_does(run, build_example, collate, train_step):
     rows = run.rows[:MICRO_BATCH]
     tokenizer = run.tokenizer
     examples = [build_example(tokenizer, r["instruction"], r["input"], r["output"]) for r in rows]
@@ -183,6 +184,14 @@ def test_the_prompt_never_carries_loss(run, build_example, collate, train_step):
     prompt = torch.zeros_like(expected["labels"], dtype=torch.bool)
     for row_number, row in enumerate(rows):
         prompt[row_number, : 1 + len(enc(tokenizer, template(row["instruction"], row["input"])))] = True
+    answer = expected["labels"] != IGNORE  # the response and eos: the model must learn them, and to stop
+    unlabelled = answer & (learner["labels"] != expected["labels"])
+    eos = unlabelled & (expected["input_ids"] == tokenizer.eos_token_id)
+    assert not unlabelled.any(), (
+        f"{int(unlabelled.sum())} response tokens of the pipeline's batch do not carry their own id as label"
+        + (f" ({int(eos.sum())} of them eos): label eos too, or the model never learns to stop" if eos.any() else "")
+        + ": build_example labels every response token and eos with its id"
+    )
 
     def handed(labels: torch.Tensor) -> list[torch.Tensor]:
         model = copy.deepcopy(run.model)

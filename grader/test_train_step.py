@@ -22,6 +22,7 @@ from grader.oracles import load
 from grader.probes import describe, expect_value_error
 from grader.training import (
     IGNORE,
+    SpyOptimizer,
     SpyScheduler,
     TinyLM,
     clipped,
@@ -41,6 +42,7 @@ SUBJECT = "train_step"  # the definition a failing check points at
 TRANSFORMERS_MISSING = "transformers is not installed: pip install transformers to also compare with its schedule"
 load("transformers:get_cosine_schedule_with_warmup")  # the schedule's oracle, imported while collecting
 EXACT = 1e-9  # float64: the reference and a right answer differ by rounding only
+FLOAT32 = 1e-5  # float32 likewise; float16 rounding (autocast) is off by 1e-3
 
 
 # causal_lm_loss
@@ -137,17 +139,22 @@ def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_los
     logits, labels = random_case(4, 40, 200, 0.2, seed=7)
     logits = (4 * logits).to(dtype)
     expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    measured = loss_value(causal_lm_loss(logits, labels, reduction="sum"), "causal_lm_loss")
-    assert measured.dtype == expected_dtype, (
-        f"the loss of {dtype} logits is {measured.dtype}, expected {expected_dtype}: "
-        + ("keep float64 (logits.float() would round it)" if dtype == torch.float64 else "upcast with logits.float()")
-    )
-    expected = reference_loss(logits.to(expected_dtype), labels, "sum").item()
-    tolerance = 1e-12 if dtype == torch.float64 else 1e-6
-    assert math.isclose(measured.item(), expected, rel_tol=tolerance), (
-        f"the summed loss of {dtype} logits is {measured.item():.8g}, expected {expected:.8g} (computed in "
-        f"{expected_dtype}): compute the loss in float32, not in {dtype}"
-    )
+    for reduction in ("sum", "mean"):  # every path of the loss, the mean's division too
+        call = f"causal_lm_loss({dtype} logits, labels, reduction={reduction!r})"
+        measured = loss_value(causal_lm_loss(logits, labels, reduction=reduction), call)
+        assert measured.dtype == expected_dtype, f"{call} is {measured.dtype}, expected {expected_dtype}: " + (
+            "keep float64 (logits.float() would round it)"
+            if dtype == torch.float64
+            else "upcast with logits.float()"
+            if measured.dtype == dtype
+            else "divide by the count as an int or a tensor of the loss's dtype"
+        )
+        expected = reference_loss(logits.to(expected_dtype), labels, reduction).item()
+        tolerance = 1e-12 if dtype == torch.float64 else 1e-6
+        assert math.isclose(measured.item(), expected, rel_tol=tolerance), (
+            f"{call} = {measured.item():.8g}, expected {expected:.8g} (computed in {expected_dtype}): compute the "
+            f"loss in float32, not in {dtype}"
+        )
 
 
 @pytest.mark.points(2)
@@ -222,12 +229,14 @@ def test_loss_rejects_bad_arguments(causal_lm_loss):
     expect_value_error(lambda: causal_lm_loss(logits, labels[:, :3]), "causal_lm_loss(labels shorter than logits)")
     expect_value_error(lambda: causal_lm_loss(logits, labels[..., None]), "causal_lm_loss(3-D labels (2, 4, 1))")
     # as many targets after the shift as logits[:, :-1] has positions (6), in another shape: shape (batch, seq) only
-    for shape in ((3, 3), (1, 7), (6, 2)):
+    # and labels of the same seq but another batch, which a gather or a product would broadcast
+    sizes, seq = "their shifted sizes match", "their seq matches: a gather would broadcast them"
+    for shape, when in (((3, 3), sizes), ((1, 7), sizes), ((6, 2), sizes), ((1, 4), seq), ((3, 4), seq)):
         other = torch.randint(0, 5, shape)
         expect_value_error(
             lambda other=other: causal_lm_loss(logits, other),
             f"causal_lm_loss(logits (2, 4, 5), labels {shape}) (labels must be (batch, seq) = (2, 4), even when "
-            "their shifted sizes match)",
+            f"{when})",
         )
 
 
@@ -235,7 +244,8 @@ def test_loss_rejects_bad_arguments(causal_lm_loss):
 
 
 class Adapted(nn.Module):
-    """Frozen layers, trainable factors at several depths, and one trainable parameter registered twice."""
+    """Frozen layers, trainable factors at several depths, one trainable module registered twice, and one
+    trainable parameter tied between two modules (as embeddings and heads are)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -247,10 +257,15 @@ class Adapted(nn.Module):
         self.lora_A = nn.Parameter(torch.randn(2, 4))
         self.lora_B = nn.Parameter(torch.zeros(4, 2))
         self.shared = nn.Linear(4, 2, bias=False)
-        self.tied = self.shared  # the same parameter under two names
+        self.tied = self.shared  # the same module under two names
+        self.sharing = nn.Linear(4, 2, bias=False)
+        self.sharing.weight = self.lora_A  # another module holding the same parameter
 
     def expected(self) -> list[nn.Parameter]:
         return [self.blocks[1].bias, self.lora_A, self.lora_B, self.shared.weight]
+
+
+SET_OPTIONS = ("lr", "weight_decay", "betas", "eps")  # what make_optimizer sets; AdamW's other options keep defaults
 
 
 def held(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -293,6 +308,7 @@ def test_optimizer_has_the_learning_rate_no_decay_and_adams_betas(make_optimizer
             0.05,
         ),
     }
+    plain = torch.optim.AdamW([nn.Parameter(torch.zeros(1))]).defaults  # the options of a plain AdamW
     for call, (optimizer, lr, weight_decay) in cases.items():
         group = returned_adamw(optimizer, call).param_groups[0]
         assert group["lr"] == lr, f"{call}: lr {group['lr']}, expected {lr}: pass lr to AdamW"
@@ -302,8 +318,9 @@ def test_optimizer_has_the_learning_rate_no_decay_and_adams_betas(make_optimizer
         )
         assert tuple(group["betas"]) == (0.9, 0.999), f"{call}: betas {group['betas']}, expected (0.9, 0.999)"
         assert group["eps"] == 1e-8, f"{call}: eps {group['eps']}, expected 1e-8"
-        on = [option for option in ("amsgrad", "maximize") if group.get(option)]
-        assert not on, f"{call}: {on} on, expected plain AdamW (amsgrad and maximize off, AdamW's defaults)"
+        off = {k: group.get(k) for k, v in plain.items() if k not in SET_OPTIONS and group.get(k) != v}
+        defaults = {k: plain[k] for k in off}
+        assert not off, f"{call}: {off}, expected plain AdamW's {defaults}: leave them at AdamW's defaults"
 
 
 @pytest.mark.points(1)
@@ -433,7 +450,7 @@ def test_max_grad_norm_defaults_to_one(train_step):
     assert total_norm(unclipped) > 2, "grader bug: the window's gradient norm must exceed the default max_grad_norm"
     mistakes["train_step(model, window, optimizer, scheduler) did not clip: max_grad_norm defaults to 1.0"] = unclipped
     train_step(r.model, window, r.optimizer, r.scheduler)
-    expect_handed(r.optimizer, expected, mistakes, EXACT, "max_grad_norm left at its default")
+    expect_handed(r.optimizer, expected, mistakes, EXACT, "max_grad_norm left at its default", clip_to=1.0)
 
 
 @pytest.mark.points(2)
@@ -457,7 +474,9 @@ def test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters(train_s
         g.clamp(-max_norm, max_norm) for g in unclipped
     ]
     train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm)
-    expect_handed(r.optimizer, expected, mistakes, EXACT, f"max_grad_norm {max_norm:.3g}, 0.3 x the norm")
+    expect_handed(
+        r.optimizer, expected, mistakes, EXACT, f"max_grad_norm {max_norm:.3g}, 0.3 x the norm", clip_to=max_norm
+    )
 
 
 @pytest.mark.points(2)
@@ -487,6 +506,28 @@ def test_clipping_takes_one_norm_over_every_group_of_the_optimizer(train_step):
         EXACT,
         f"an optimizer with two parameter groups, a model with a trainable parameter outside it, max_grad_norm "
         f"{max_norm:.3g}",
+        clip_to=max_norm,
+    )
+
+
+@pytest.mark.points(1)
+def test_clipping_takes_the_groups_the_optimizer_holds_at_each_call(train_step):
+    r, window = rig(), unequal_window()
+    factors, bias = r.model.trainable()[:2], r.model.head.bias
+    r.optimizer = SpyOptimizer(factors, events=r.events)  # the first window trains the factors only
+    bias.requires_grad_(False)
+    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0)
+    bias.requires_grad_(True)
+    r.optimizer.add_param_group({"params": [bias]})  # a group added between windows, as a run may do
+    r.optimizer.handed.clear()
+    unclipped, _ = expected_and_mistakes(r.model, window, None)
+    max_norm = 0.3 * total_norm(unclipped)
+    expected, mistakes = expected_and_mistakes(r.model, window, max_norm)
+    mistakes["the parameters to clip were those of an earlier call: take them from optimizer.param_groups at each "
+             "call (a group may have been added)"] = [*clipped(unclipped[:2], max_norm), unclipped[2]]  # fmt: skip
+    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm)
+    expect_handed(
+        r.optimizer, expected, mistakes, EXACT, "a parameter group added between two windows", clip_to=max_norm
     )
 
 
@@ -593,8 +634,9 @@ def scaler(init_scale: float = 2.0**12) -> torch.amp.GradScaler:
 
 
 @pytest.mark.points(3)
-def test_a_gradscaler_is_unscaled_before_clipping(train_step):
-    r, window, scale = rig(), unequal_window(), 2.0**12
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_a_gradscaler_is_unscaled_before_clipping(train_step, dtype):
+    r, window, scale = rig(dtype=dtype), unequal_window(), 2.0**12  # float32: what autocast would cast, not entered
     unclipped, _ = expected_and_mistakes(r.model, window, None)
     max_norm = 0.3 * total_norm(unclipped)
     expected, mistakes = expected_and_mistakes(r.model, window, max_norm)
@@ -604,10 +646,19 @@ def test_a_gradscaler_is_unscaled_before_clipping(train_step):
     mistakes["backward() on the unscaled loss: call scaler.scale(loss).backward()"] = clipped(
         [g / scale for g in unclipped], max_norm
     )
+    if dtype == torch.float32:
+        mistakes["the forward ran under float16 autocast: a GradScaler alone asks for none, the caller enters it"] = (
+            clipped(autocast_reference(r.model, window, torch.float16, scale), max_norm)
+        )
     grad_scaler = scaler(scale)
     train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm, scaler=grad_scaler)
     expect_handed(
-        r.optimizer, expected, mistakes, EXACT, f"GradScaler at scale {scale:g}, max_grad_norm {max_norm:.3g}"
+        r.optimizer,
+        expected,
+        mistakes,
+        EXACT if dtype == torch.float64 else FLOAT32,
+        f"a {dtype} model, no autocast, GradScaler at scale {scale:g}, max_grad_norm {max_norm:.3g}",
+        clip_to=max_norm,
     )
     assert grad_scaler.get_scale() == 2 * scale, (
         f"the scaler's scale is {grad_scaler.get_scale():g} after a good step, expected {2 * scale:g} (growth "
@@ -619,7 +670,7 @@ def test_a_gradscaler_is_unscaled_before_clipping(train_step):
 @pytest.mark.points(3)
 def test_a_step_the_scaler_skips_steps_no_scheduler(train_step):
     r, window, scale = rig(), unequal_window(), 2.0**12
-    r.model.poisoned = True
+    r.model.grad_factor = math.inf
     grad_scaler = scaler(scale)
     returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0, scaler=grad_scaler)
     assert not r.optimizer.handed, (
@@ -638,6 +689,35 @@ def test_a_step_the_scaler_skips_steps_no_scheduler(train_step):
     assert isinstance(returned, float) and math.isclose(returned, window_loss(r.model, window), rel_tol=1e-9), (
         f"a skipped step returned {returned!r}, expected the window's mean token loss (finite: only the gradients "
         "were inf)"
+    )
+
+
+@pytest.mark.points(1)
+def test_without_a_scaler_every_window_steps(train_step):
+    r = rig()
+    r.model.grad_factor = math.inf
+    train_step(r.model, unequal_window(), r.optimizer, r.scheduler, max_grad_norm=1.0)
+    steps = [event for event in r.events if event.endswith(".step")]
+    assert steps == ["optimizer.step", "scheduler.step"], (
+        f"without a GradScaler, a window of inf gradients stepped {steps}, expected one optimizer.step() then one "
+        "scheduler.step(): only a scaler skips steps; without one, step whatever the gradients"
+    )
+
+
+@pytest.mark.points(1)
+def test_the_scaler_alone_tells_a_skipped_step(train_step):
+    r, scale = rig(dtype=torch.float32), 2.0**12
+    r.model.grad_factor = 1e20  # finite float32 gradients whose squares, and so their float32 norm, overflow
+    grad_scaler = scaler(scale)
+    train_step(r.model, unequal_window(), r.optimizer, r.scheduler, max_grad_norm=None, scaler=grad_scaler)
+    assert len(r.optimizer.handed) == 1 and grad_scaler.get_scale() == 2 * scale, (
+        f"finite gradients of about 1e20 under a GradScaler: {len(r.optimizer.handed)} optimizer steps and a scale "
+        f"of {grad_scaler.get_scale():g}, expected one step and the scale grown to {2 * scale:g}"
+    )
+    assert r.scheduler.steps == 1, (
+        f"the scaler stepped (finite gradients of about 1e20) but the scheduler was stepped {r.scheduler.steps} "
+        "times, expected once: tell a skipped step by the scaler's scale, not by the gradients' norm (a float32 "
+        "norm of finite gradients may overflow)"
     )
 
 
@@ -665,9 +745,17 @@ def test_steps_under_autocast(train_step, dtype):
     grad_scaler = torch.amp.GradScaler("cpu", init_scale=scale) if dtype == torch.float16 else None
     with torch.autocast("cpu", dtype=dtype):
         returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None, scaler=grad_scaler)
-    # two rounding steps of the autocast dtype: another order of the same operations (the gradients divided by N
-    # after the backward, the model run in float32) rounds otherwise; a wrong normaliser is off by far more
+    # two rounding steps of the autocast dtype: another order of the same operations (under bf16, the gradients
+    # divided by N after the backward; the model run in float32) rounds otherwise; a wrong normaliser is off by
+    # far more. Under fp16 and a GradScaler the loss must be divided by N before the backward: the scaled
+    # gradients of the summed loss overflow float16, and the scaler skips the step.
     tolerance = 2 * torch.finfo(dtype).eps
+    if grad_scaler is not None and grad_scaler.get_scale() < scale:
+        raise AssertionError(
+            f"under {dtype} autocast the GradScaler skipped the step (its scale fell from {scale:g} to "
+            f"{grad_scaler.get_scale():g}): the scaled gradients overflowed float16; backward "
+            "scaler.scale(summed loss / N), not the summed loss with the gradients divided after"
+        )
     expect_handed(r.optimizer, expected, {}, tolerance, f"a float32 model under {dtype} autocast")
     assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-4), (
         f"under {dtype} autocast train_step returned {returned!r}, expected {loss:.6g}: compute the loss in float32"
@@ -675,6 +763,20 @@ def test_steps_under_autocast(train_step, dtype):
     assert r.scheduler.steps == 1, (
         f"a good step under {dtype} autocast stepped the scheduler {r.scheduler.steps} times, expected once"
         + (": the scale did not grow, but it did not drop either (scale_after >= scale_before)" if scale > 1 else "")
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_steps_a_half_precision_model_without_autocast(train_step, dtype):
+    r, window = rig(dtype=dtype), unequal_window()  # a model loaded in half precision, no autocast
+    expected, mistakes = expected_and_mistakes(r.model, window, None)
+    loss = window_loss(r.model, window)  # the model's half-precision logits, the loss in float32
+    returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None)
+    expect_handed(r.optimizer, expected, mistakes, 2 * torch.finfo(dtype).eps, f"a {dtype} model, no autocast")
+    assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-5), (
+        f"a {dtype} model without autocast: train_step returned {returned!r}, expected {loss:.8g} (its {dtype} "
+        f"logits upcast to float32 before the loss): compute the loss in float32, as causal_lm_loss does"
     )
 
 
@@ -700,7 +802,11 @@ def test_the_model_is_called_with_the_attention_mask(train_step):
     r, window = rig(), [micro_batch([6, 2], [3, 1], seed=10), micro_batch([3, 5, 4], [2, 2, 2], seed=11)]
     train_step(r.model, window, r.optimizer, r.scheduler)
     assert r.model.forwards == len(window), (
-        f"the model ran {r.model.forwards} forward passes for {len(window)} micro-batches, expected one each"
+        f"the model was called {r.model.forwards} times for {len(window)} micro-batches, expected once each"
+        + (
+            ": model.forward(...) skips the model's hooks (peft's, accelerate's): call model(...)"
+            * (not r.model.forwards)
+        )
     )
     for number, (seen, batch) in enumerate(zip(r.model.masks, window, strict=True), start=1):
         assert seen is not None, (

@@ -11,4 +11,13 @@ WRONG_ANSWERS = [
                 more_edits=((SAVE_B, SAVE_B.replace("{PREFIX}", "")),), checks="capstone"),
     WrongAnswer("adapter_io: the scaling saved as lora_alpha", "adapter_io", '"lora_alpha": alpha,',
                 '"lora_alpha": alpha / r,', PEFT_LOADS, "lora_alpha alpha, not alpha / r", checks="capstone"),
+    WrongAnswer("masked_prompt: eos carries no loss", "masked_prompt",
+                "labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids",
+                "labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids[:-1] + [IGNORE_INDEX]",
+                "test_the_prompt_never_carries_loss_and_the_response_does", "label eos too", checks="capstone"),
+    WrongAnswer("apply_lora: only the parameters named weight frozen", "apply_lora",
+                "    for parameter in model.parameters():\n        if id(parameter) not in adapters:",
+                '    for name, parameter in model.named_parameters():\n        if id(parameter) not in adapters and '
+                'name.endswith("weight"):',
+                "test_only_the_adapters_changed", "freeze everything but the adapters", checks="capstone"),
 ]  # fmt: skip

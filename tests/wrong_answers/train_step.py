@@ -32,6 +32,9 @@ SHAPES = "if logits.dim() != 3 or labels.shape != logits.shape[:2]:"
 HELD = 'parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]'
 SUM_RETURN = '    if reduction == "sum":\n        return total\n'
 TAIL = "    if stepped:\n        scheduler.step()\n" + ZERO
+CROSS_ENTROPY = 'total = F.cross_entropy(predictions, targets, ignore_index=IGNORE_INDEX, reduction="sum")'
+OPTIMIZER_STEP = "    if scaler is None:\n        optimizer.step()\n        stepped = True\n"
+FINITE = "all(p.grad is None or bool(p.grad.isfinite().all()) for p in parameters)"
 
 WRONG_ANSWERS = [
     # the normaliser of gradient accumulation
@@ -188,4 +191,48 @@ WRONG_ANSWERS = [
                 "test_a_micro_batch_without_targets_still_belongs_to_the_window", "raised ValueError"),
     WrongAnswer("zero_grad only when the scaler stepped", KATA, TAIL, "    if stepped:\n        scheduler.step()\n    " + ZERO,
                 "test_a_step_the_scaler_skips_steps_no_scheduler", "whether or not the step ran"),
+    # the red team's round 2: every path of the loss, odd models and optimizers, what a scaler alone decides
+    WrongAnswer("the mean not upcast", KATA, UPCAST, "",
+                "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "upcast with logits.float()",
+                more_edits=((CROSS_ENTROPY, CROSS_ENTROPY.replace("(predictions,", "(predictions.float() if reduction == "
+                             '"sum" and predictions.dtype in (torch.float16, torch.bfloat16) else predictions,')),)),
+    WrongAnswer("the mean divided by a float64 count", KATA, "return total / count", "return total / count.double()",
+                "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "divide by the count as an int"),
+    WrongAnswer("labels of another batch broadcast by a gather", KATA, SHAPES,
+                "if logits.dim() != 3 or labels.dim() != 2 or labels.shape[1] != logits.shape[1]:",
+                "test_loss_rejects_bad_arguments", "a gather would broadcast them",
+                more_edits=((CROSS_ENTROPY, "total = -(logits[:, :-1].log_softmax(-1).gather(-1, labels[:, 1:].clamp(min=0)"
+                             ".unsqueeze(-1)).squeeze(-1) * (labels[:, 1:] != IGNORE_INDEX)).sum()"),)),
+    WrongAnswer("AdamW's fused kernel", KATA, ADAMW, ADAMW.replace("weight_decay)", "weight_decay, fused=True)"),
+                "test_optimizer_has_the_learning_rate_no_decay_and_adams_betas", "'fused': True"),
+    WrongAnswer("a parameter tied between two modules held twice", KATA, TRAINABLE,
+                "trainable = [p for module in model.modules() for p in module.parameters(recurse=False) if p.requires_grad]",
+                "test_optimizer_holds_exactly_the_trainable_parameters_in_one_group", "holds a parameter twice"),
+    WrongAnswer("labels equal to the pad id dropped", KATA, "    micro_batches = list(micro_batches)\n",
+                '    micro_batches = [{**b, "labels": b["labels"].masked_fill(b["input_ids"] == 0, IGNORE_INDEX)} for b in micro_batches]\n',
+                "test_gradients_weight_every_token_of_the_window_equally", "equal to the pad id"),
+    WrongAnswer("a non-finite guard without a scaler", KATA, OPTIMIZER_STEP,
+                f"    if scaler is None:\n        stepped = {FINITE}\n        if stepped:\n            optimizer.step()\n",
+                "test_without_a_scaler_every_window_steps", "only a scaler skips steps"),
+    WrongAnswer("model.forward called", KATA, FORWARD, FORWARD.replace("model(", "model.forward("),
+                "test_the_model_is_called_with_the_attention_mask", "skips the model's hooks"),
+    WrongAnswer("a skipped step told by a non-finite norm", KATA, SKIP,
+                "stepped = bool(torch.isfinite(nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])))",
+                "test_the_scaler_alone_tells_a_skipped_step", "not by the gradients' norm"),
+    WrongAnswer("fp16 autocast entered whenever a scaler is given", KATA, FORWARD,
+                'with torch.autocast("cpu", dtype=torch.float16) if scaler is not None else contextlib.nullcontext():\n'
+                '            outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])',
+                "test_a_gradscaler_is_unscaled_before_clipping", "float16 autocast",
+                more_edits=(("import math\n", "import contextlib\nimport math\n"),)),
+    WrongAnswer("the parameters to clip cached on the optimizer", KATA, HELD,
+                'parameters = optimizer.__dict__.setdefault("clip_parameters", [p for g in optimizer.param_groups for p in g["params"]])',
+                "test_clipping_takes_the_groups_the_optimizer_holds_at_each_call", "an earlier call"),
+    WrongAnswer("the loss of a half-precision model not upcast", KATA, LOSS,
+                'loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), reduction="sum") / tokens',
+                "test_steps_a_half_precision_model_without_autocast", "compute the loss in float32"),
+    WrongAnswer("the summed loss backpropagated under fp16, divided after", KATA, LOSS,
+                'loss = causal_lm_loss(logits, batch["labels"], reduction="sum")',
+                "test_steps_under_autocast", "the GradScaler skipped the step",
+                more_edits=(("total += loss.item()", "total += loss.item() / tokens"),
+                            (HELD, HELD + "\n    for parameter in parameters:\n        parameter.grad.div_(tokens)"))),
 ]  # fmt: skip

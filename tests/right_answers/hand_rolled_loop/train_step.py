@@ -74,11 +74,10 @@ def train_step(model, micro_batches, optimizer, scheduler, max_grad_norm=1.0, sc
     if scaler:
         scaler.unscale_(optimizer)
     if max_grad_norm is not None and params:
-        norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params))
-        coefficient = min(1.0, max_grad_norm / (norm.item() + 1e-6))
-        if coefficient < 1.0:
+        norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)).item()
+        if norm > max_grad_norm:  # exactly to max_grad_norm (torch divides by norm + 1e-6)
             for p in params:
-                p.grad.mul_(coefficient)
+                p.grad.mul_(max_grad_norm / norm)
     skipped = False
     if scaler:
         before = scaler.get_scale()
