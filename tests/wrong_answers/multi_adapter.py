@@ -15,6 +15,11 @@ DELETE_UNMERGE = "        if name in self._merged:\n            self.unmerge()\n
 UNKNOWN = '            raise ValueError(f"no adapter named {name!r}: the adapters are {self._names()}")'
 TRAINS = "trains = name == self._active and not self._disabled"
 FORWARD_BASE = "if name is None or self._disabled or self._merged:"
+FORWARD_DELTA = (
+    "        down = F.linear(self.lora_dropout[name](x), self.lora_A[name]) * self.scaling[name]\n"
+    "        return self.base(x) + F.linear(down, self.lora_B[name])"
+)
+UNMERGE_SUB = "            weight.copy_((weight.to(self._accumulation()) - self._delta(name)).to(weight.dtype))\n"
 LORALIB_TRAIN = '''
     def train(self, mode: bool = True) -> "MultiLoRALinear":
         """As loralib does: merge in eval mode, unmerge in train mode."""
@@ -204,4 +209,63 @@ WRONG_ANSWERS = [
                 '\n    def train(self, mode: bool = True) -> "MultiLoRALinear":\n        super().train(mode)\n'
                 '        if not mode and hasattr(self, "_merged"):\n            self.merge()\n        return self\n\n    def forward(',
                 "test_train_and_eval_switch_dropout_only_never_merging", "never merge or unmerge"),
+    # round 2 (red-team attempts w01-w18)
+    WrongAnswer("dropout of whole rows", KATA, "down = F.linear(self.lora_dropout[name](x), ",
+                "down = F.linear(self.lora_dropout[name](torch.ones_like(x[..., :1])) * x, ",
+                "test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime", "not whole rows"),
+    WrongAnswer("forward flattening x with view", KATA, FORWARD_DELTA,
+                "        down = F.linear(self.lora_dropout[name](x.view(-1, x.shape[-1])), self.lora_A[name])"
+                " * self.scaling[name]\n"
+                "        return self.base(x) + F.linear(down, self.lora_B[name]).view(*x.shape[:-1], -1)",
+                "test_adapters_live_on_the_base_device_and_dtype", "reshape"),
+    WrongAnswer("A drawn from torch.rand", KATA, "nn.init.kaiming_uniform_(self.lora_A[name], a=math.sqrt(5))",
+                "nn.init.uniform_(self.lora_A[name])",
+                "test_add_adapter_defaults_are_r_8_alpha_16_and_no_dropout", "centred on 0"),
+    WrongAnswer("every adapter computing, gated by 0 or 1", KATA,
+                "        name = self._active\n        " + FORWARD_BASE + "\n            return self.base(x)\n"
+                + FORWARD_DELTA,
+                "        y = self.base(x)\n        for name in self.lora_A:\n"
+                "            gate = float(name == self._active and not self._disabled and not self._merged)\n"
+                "            down = F.linear(self.lora_dropout[name](x), self.lora_A[name]) * self.scaling[name]\n"
+                "            y = y + gate * F.linear(down, self.lora_B[name])\n        return y",
+                "test_each_adapter_computes_with_its_own_factors_and_scaling", "an inactive adapter computed"),
+    WrongAnswer("the base's dtype and device cached in __init__", KATA,
+                '        same_place = {"device": weight.device, "dtype": weight.dtype}\n',
+                "        same_place = self._place\n",
+                "test_adapters_live_on_the_base_device_and_dtype", "not cached in __init__",
+                more_edits=(("        self._disabled = False\n",
+                             "        self._disabled = False\n"
+                             '        self._place = {"device": base.weight.device, "dtype": base.weight.dtype}\n'),)),
+    WrongAnswer("add_adapter inside disable_adapters making the new active one trainable", KATA,
+                "            self._active = name\n        self._refresh_trainable()\n",
+                "            self._active = name\n        else:\n            self.lora_A[name].requires_grad_(False)\n"
+                "            self.lora_B[name].requires_grad_(False)\n",
+                "test_disable_adapters_holds_through_calls_inside_the_block_and_exits_consistent",
+                "expected nothing until the block exits"),
+    WrongAnswer("a failed safe merge freezing the active adapter", KATA,
+                "        if safe and not torch.isfinite(merged).all():",
+                "        self.lora_A[name].requires_grad_(False)\n        self.lora_B[name].requires_grad_(False)\n"
+                "        if safe and not torch.isfinite(merged).all():",
+                "test_safe_merge_of_a_broken_adapter_raises_and_leaves_the_weight_untouched",
+                "every ValueError leaves the layer as it was",
+                more_edits=((UNMERGE_SUB, UNMERGE_SUB + "        self._refresh_trainable()\n"),)),
+    WrongAnswer("r=None raising TypeError", KATA, "if isinstance(r, bool) or not isinstance(r, int) or r < 1:",
+                "if r < 1 or int(r) != r:", "test_add_adapter_rejects_invalid_arguments", "expected a ValueError"),
+    WrongAnswer("merge taking safe by keyword only", KATA, "def merge(self, safe: bool = False)",
+                "def merge(self, *, safe: bool = False)",
+                "test_safe_merge_of_a_broken_adapter_raises_and_leaves_the_weight_untouched", "safe positional"),
+    WrongAnswer("add_adapter taking dropout before alpha", KATA, "r: int = 8, alpha: float = 16.0, dropout: float = 0.0",
+                "r: int = 8, dropout: float = 0.0, alpha: float = 16.0",
+                "test_add_adapter_takes_positional_arguments_and_alpha_zero", "keep the stub's order"),
+    WrongAnswer("an adapter named like a layer attribute replacing it", KATA, "        self.scaling[name] = alpha / r\n",
+                "        self.scaling[name] = alpha / r\n        setattr(self, name, nn.Module())\n        delattr(self, name)\n",
+                "test_an_adapter_may_be_named_like_the_layer_s_own_attributes", "no longer a submodule"),
+    WrongAnswer("float32 weights merged in float64", KATA,
+                "return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype",
+                "return torch.float32 if dtype in (torch.float16, torch.bfloat16) else torch.float64",
+                "test_float32_merge_is_summed_in_float32", "summed in their own dtype"),
+    WrongAnswer("alpha = 0 rejected", KATA, "        weight = self.base.weight\n        same_place",
+                '        if alpha <= 0:\n            raise ValueError(f"alpha must be > 0, got {alpha!r}")\n'
+                "        weight = self.base.weight\n        same_place",
+                "test_add_adapter_takes_positional_arguments_and_alpha_zero", "do not list alpha"),
 ]  # fmt: skip
