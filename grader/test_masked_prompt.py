@@ -37,7 +37,8 @@ OUTPUTS = st.lists(PIECES | st.text(min_size=1, max_size=3), min_size=1, max_siz
 TOKENIZERS = ["bpe", "other-vocab", "permuted-vocab", "bpe-without-bos", "gpt2-like", "adds-eos", "pad-is-eos",
               "transformers"]  # fmt: skip
 STYLE_OF = {"bpe": "llama", "other-vocab": "other-vocab", "permuted-vocab": "permuted-vocab",
-            "bpe-without-bos": "no-bos", "gpt2-like": "gpt2", "adds-eos": "adds-eos", "pad-is-eos": "pad-is-eos"}  # fmt: skip
+            "bpe-without-bos": "no-bos", "gpt2-like": "gpt2", "adds-eos": "adds-eos",
+            "pad-is-eos": "pad-is-eos"}  # fmt: skip
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ class GraderTokenizer:
     """
 
     ANY_VALUE = ("return_attention_mask", "return_token_type_ids", "verbose")  # options that change no id
-    EXTRA_FIELDS = {  # options that add a field beside input_ids, and the field
+    EXTRA_FIELDS: ClassVar[dict[str, str]] = {  # options that add a field beside input_ids, and the field
         "return_offsets_mapping": "offset_mapping",
         "return_length": "length",
         "return_special_tokens_mask": "special_tokens_mask",
