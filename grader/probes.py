@@ -4,6 +4,7 @@ its outputs, never through private names, so every sane layout can be graded."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -412,11 +413,12 @@ def expect_plain_lora_in_regime(
             tensor.grad = None
 
 
-def made_under_a_foreign_default_device(make: Callable[[], T]) -> T | None:
+def made_under_a_foreign_default_device(make: Callable[[], T], refuse_mixing: bool = False) -> T | None:
     """``make()`` run with ``meta`` as torch's default device, for a CPU base built before: what it creates
     without saying where lands on ``meta``, as it would land on the CPU next to a GPU base. This shows on any
     machine what only a GPU showed. None when ``make()`` could not run so: it created a tensor on the default
-    device and moved it (``.to(base.weight)``), which is right, and cannot be told apart here.
+    device and moved it (``.to(base.weight)``), which is right, and cannot be told apart here. With
+    ``refuse_mixing``, a tensor of the default device that met the inputs' in one op fails the check.
 
     Only when the answer leaves something on the default device is a meta tensor made at all (the first meta
     op costs torch seconds of imports): a right answer pays nothing.
@@ -427,6 +429,14 @@ def made_under_a_foreign_default_device(make: Callable[[], T]) -> T | None:
     except (NotImplementedError, RuntimeError) as error:
         if FOREIGN_DEFAULT not in str(error):
             raise
+        mixed = re.search(r"not on the expected device|Expected all tensors to be on the same device", str(error))
+        if refuse_mixing and mixed:
+            pytest.fail(
+                f"with {FOREIGN_DEFAULT} as torch's default device, a tensor made without a device met the inputs' "
+                f"({str(error).splitlines()[0]}): create it with device= (and dtype=) of an input, as on a GPU it "
+                "would land on the CPU",
+                pytrace=False,
+            )
         return None
 
 
@@ -436,4 +446,15 @@ def expect_on_the_base_device(tensors: list[torch.Tensor], base_device: torch.de
     assert not misplaced, (
         f"{what} on {misplaced[0]}, the default device of this check, not on the base's {base_device}: create "
         "them with device=base.weight.device (on a GPU they would land on the CPU)"
+    )
+
+
+def expect_centred_on_zero(A: torch.Tensor) -> None:
+    """Fail the check unless the entries of ``A`` at init average near 0 against their spread (a few hundred
+    entries: their mean is within 0.05 std of 0 for any centred init; torch.rand's [0, 1) averages 1.7 std)."""
+    A = A.detach().double()
+    mean, spread = A.mean().item(), A.std().item()
+    assert abs(mean) <= 0.5 * spread, (
+        f"A's {A.numel()} entries average {mean:.3g} at init, with a spread (std) of only {spread:.3g}: draw them "
+        "centred on 0, Kaiming-uniform as nn.Linear does or Gaussian with mean 0 (torch.rand draws from [0, 1))"
     )

@@ -15,6 +15,7 @@ from grader.probes import (
     FLOAT_DTYPES,
     TRAINING_CASES,
     expect_base_precision,
+    expect_centred_on_zero,
     expect_on_the_base_device,
     expect_on_the_base_device_and_dtype,
     expect_plain_lora_in_regime,
@@ -288,12 +289,7 @@ def test_A_is_random_and_full_rank(LoRALinear):
 def test_A_starts_centred_on_zero(LoRALinear):
     in_features, out_features, r = 64, 48, 8  # 512 entries: their mean is within 0.05 std of 0 for any centred init
     layer = LoRALinear(nn.Linear(in_features, out_features), r=r, alpha=16.0)
-    A = factors(layer, in_features, out_features, r).A.detach().double()
-    mean, spread = A.mean().item(), A.std().item()
-    assert abs(mean) <= 0.5 * spread, (
-        f"A's {A.numel()} entries average {mean:.3g} at init, with a spread (std) of only {spread:.3g}: draw them "
-        "centred on 0, Kaiming-uniform as nn.Linear does or Gaussian with mean 0 (torch.rand draws from [0, 1))"
-    )
+    expect_centred_on_zero(factors(layer, in_features, out_features, r).A)
 
 
 @pytest.mark.points(1)
