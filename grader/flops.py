@@ -102,11 +102,13 @@ class ArithmeticWork(MatmulFlops):
     can refuse work it cannot see.
 
     ``counter.products``, ``counter.elementwise`` and ``counter.reductions`` split ``counter.flops`` into the
-    matrix products (and convolutions), the element-wise ops and the reductions, for budgets of each."""
+    matrix products (and convolutions), the element-wise ops and the reductions, for budgets of each;
+    ``counter.product_shapes`` holds the shape of each matrix product's result."""
 
     def __init__(self) -> None:
         super().__init__()
         self.products = self.elementwise = self.reductions = 0
+        self.product_shapes: list[tuple[int, ...]] = []
         self.uncounted: set[str] = set()
         self.exits: set[str] = set()
         self._saved_exits: dict[str, Any] = {}
@@ -139,6 +141,7 @@ class ArithmeticWork(MatmulFlops):
         factors = _FACTORS.get(packet)
         if factors is not None:
             self.products += _product_flops(args[factors[0]], args[factors[1]])
+            self.product_shapes.append(tuple(result.shape))
         elif packet is aten.convolution:
             weight = args[1]
             self.products += 2 * result.numel() * math.prod(weight.shape[1:])

@@ -496,6 +496,18 @@ def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
             "work the grader cannot count (an op with no flop formula here, or values handed to numpy or Python); "
             "compute with torch's dense ops (mm, addmm, matmul, einsum, element-wise ops)"
         )
+        factor_shapes = {"weight": (out_features, in_features), "lora_A": (r, in_features), "lora_B": (out_features, r)}
+        if rows not in (in_features, out_features, r):  # then a product shaped like a factor's gradient is one
+            unasked = [
+                name
+                for name, shape in factor_shapes.items()
+                if name not in trained and any(made[-2:] in (shape, shape[::-1]) for made in counter.product_shapes)
+            ]
+            assert not unasked, (
+                f"a forward + backward with only {', '.join(trained)} requiring grad, {layout}, computed a product "
+                f"shaped like the gradient of {', '.join(unasked)}: a gradient that ctx.needs_input_grad does not ask "
+                "for (compute each gradient only in its own branch)"
+            )
         needed = needed_work(rows, in_features, out_features, r, trained)
         for what, measured, allowed in work_budgets(rows, in_features, out_features, r, trained, layout, counter):
             assert measured <= allowed, (
@@ -511,16 +523,16 @@ def work_budgets(
     rows: int, in_features: int, out_features: int, r: int, trained: tuple[str, ...], layout: str, counter
 ) -> list[tuple[str, int, int]]:
     """(kind of work, flops measured, flops allowed) for the matrix products, the element-wise ops and the
-    reductions of a counted step. The products are budgeted to what the trained inputs need plus one rank-r
-    product (the spec's O(N r (in + out)) lets g B be computed twice), so that rank-r gradients computed and
-    dropped show; element-wise work and reductions get room of their own."""
+    reductions of a counted step. The products are budgeted to what the trained inputs need plus two rank-r
+    products (the spec's O(N r (in + out)) lets x A^T be recomputed in backward, g B computed always);
+    element-wise work and reductions get room of their own."""
     batches = math.prod(LAYOUTS[layout][0](rows)[:-1])  # x's leading batch entries: 1 when x is 2-D
     sizes = {"weight": out_features * in_features, "bias": out_features, "lora_A": r * in_features}
     sizes["lora_B"] = out_features * r
     small = 4 * (rows + r) * (in_features + out_features)  # scaling, reshapes' casts, and the like
-    return [  # room for the products: one rank-r product, the bias gradient as a product with a vector of ones
+    return [  # room for the products: two rank-r products, the bias gradient as a product with a vector of ones
         ("matrix products", counter.products, needed_work(rows, in_features, out_features, r, trained)
-         + 2 * rows * (r * max(in_features, out_features) + out_features)),
+         + 2 * rows * (r * (in_features + out_features) + out_features)),
         # Less than one (out, in) or (N, in, out) product: a product spelled as multiply-and-sum shows.
         ("element-wise work", counter.elementwise, rows * in_features * out_features // 2 + small),
         # Summing g over the rows for the bias, and per-batch parameter gradients over the batch dimensions.
