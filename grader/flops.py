@@ -99,10 +99,16 @@ class ArithmeticWork(MatmulFlops):
     What it cannot count it names: ``counter.uncounted`` holds each op that ran with no formula here
     (``aten._sparse_addmm``, ``aten._trilinear``, ...), and ``counter.exits`` each way a tensor left torch
     (``Tensor.numpy``, ``Tensor.__array__``, ``Tensor.tolist``, ``Tensor.__dlpack__``), so that a budget
-    can refuse work it cannot see."""
+    can refuse work it cannot see.
+
+    ``counter.products``, ``counter.elementwise`` and ``counter.reductions`` split ``counter.flops`` into the
+    matrix products (and convolutions), the element-wise ops and the reductions, for budgets of each;
+    ``counter.product_shapes`` holds the shape of each matrix product's result."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.products = self.elementwise = self.reductions = 0
+        self.product_shapes: list[tuple[int, ...]] = []
         self.uncounted: set[str] = set()
         self.exits: set[str] = set()
         self._saved_exits: dict[str, Any] = {}
@@ -134,16 +140,18 @@ class ArithmeticWork(MatmulFlops):
         packet = func.overloadpacket
         factors = _FACTORS.get(packet)
         if factors is not None:
-            self.flops += _product_flops(args[factors[0]], args[factors[1]])
+            self.products += _product_flops(args[factors[0]], args[factors[1]])
+            self.product_shapes.append(tuple(result.shape))
         elif packet is aten.convolution:
             weight = args[1]
-            self.flops += 2 * result.numel() * math.prod(weight.shape[1:])
+            self.products += 2 * result.numel() * math.prod(weight.shape[1:])
         elif packet is aten.vdot:
-            self.flops += 2 * args[0].numel()
+            self.products += 2 * args[0].numel()
         elif _REDUCTION in func.tags:
-            self.flops += args[0].numel() if isinstance(args[0], torch.Tensor) else 0
+            self.reductions += args[0].numel() if isinstance(args[0], torch.Tensor) else 0
         elif _POINTWISE in func.tags and packet not in _COPIES:
-            self.flops += sum(tensor.numel() for tensor in _tensors(result))
+            self.elementwise += sum(tensor.numel() for tensor in _tensors(result))
         elif not _does_no_arithmetic(func, args):
             self.uncounted.add(str(packet))
+        self.flops = self.products + self.elementwise + self.reductions
         return result

@@ -4,6 +4,7 @@ its outputs, never through private names, so every sane layout can be graded."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -423,11 +424,12 @@ def expect_plain_lora_in_regime(
             tensor.grad = None
 
 
-def made_under_a_foreign_default_device(make: Callable[[], T]) -> T | None:
+def made_under_a_foreign_default_device(make: Callable[[], T], refuse_mixing: bool = False) -> T | None:
     """``make()`` run with ``meta`` as torch's default device, for a CPU base built before: what it creates
     without saying where lands on ``meta``, as it would land on the CPU next to a GPU base. This shows on any
     machine what only a GPU showed. None when ``make()`` could not run so: it created a tensor on the default
-    device and moved it (``.to(base.weight)``), which is right, and cannot be told apart here.
+    device and moved it (``.to(base.weight)``), which is right, and cannot be told apart here. With
+    ``refuse_mixing``, a tensor of the default device that met the inputs' in one op fails the check.
 
     Only when the answer leaves something on the default device is a meta tensor made at all (the first meta
     op costs torch seconds of imports): a right answer pays nothing.
@@ -438,6 +440,14 @@ def made_under_a_foreign_default_device(make: Callable[[], T]) -> T | None:
     except (NotImplementedError, RuntimeError) as error:
         if FOREIGN_DEFAULT not in str(error):
             raise
+        mixed = re.search(r"not on the expected device|Expected all tensors to be on the same device", str(error))
+        if refuse_mixing and mixed:
+            pytest.fail(
+                f"with {FOREIGN_DEFAULT} as torch's default device, a tensor made without a device met the inputs' "
+                f"({str(error).splitlines()[0]}): create it with device= (and dtype=) of an input, as on a GPU it "
+                "would land on the CPU",
+                pytrace=False,
+            )
         return None
 
 

@@ -21,6 +21,7 @@ from grader.probes import (
     RELATIVE_TOLERANCE,
     TRAINING_CASES,
     describe,
+    expect_centred,
     expect_instance,
     expect_on_the_base_device,
     expect_plain_lora_in_regime,
@@ -402,6 +403,23 @@ LAYOUTS: dict[str, tuple[Callable[[int], tuple[int, ...]], bool, Callable[[tuple
 }
 
 
+@pytest.mark.points(1)
+@pytest.mark.parametrize("trained", [FROZEN_BASE, INPUTS], ids=["frozen-base", "every-input"])
+def test_forward_and_backward_create_nothing_on_the_default_device(FusedLoRAFunction, trained):
+    inputs = requiring_grad(function_inputs(), trained)
+    upstream = torch.randn(6, OUT, dtype=torch.float64)
+
+    def step() -> tuple:
+        y = apply(FusedLoRAFunction, inputs)
+        gradients = y.grad_fn.apply(upstream)  # backward(ctx, g) on this thread, as autograd calls it
+        return (y, *(gradients if isinstance(gradients, tuple) else (gradients,)))
+
+    made = made_under_a_foreign_default_device(step, refuse_mixing=True)
+    if made is not None:
+        tensors = [t for t in made if isinstance(t, torch.Tensor)]
+        expect_on_the_base_device(tensors, inputs["x"].device, "y and the gradients of FusedLoRAFunction were made")
+
+
 def needed_work(rows: int, in_features: int, out_features: int, r: int, trained: tuple[str, ...]) -> int:
     """The matrix-product flops of a forward + backward that computes only the gradients ``trained`` asks for."""
     work = 2 * rows * (in_features * out_features + r * (in_features + out_features))  # x W^T, u = x A^T, u B^T
@@ -478,15 +496,49 @@ def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
             "work the grader cannot count (an op with no flop formula here, or values handed to numpy or Python); "
             "compute with torch's dense ops (mm, addmm, matmul, einsum, element-wise ops)"
         )
+        factor_shapes = {"weight": (out_features, in_features), "lora_A": (r, in_features), "lora_B": (out_features, r)}
+        if rows not in (in_features, out_features, r):  # then a product shaped like a factor's gradient is one
+            unasked = [
+                name
+                for name, shape in factor_shapes.items()
+                if name not in trained and any(made[-2:] in (shape, shape[::-1]) for made in counter.product_shapes)
+            ]
+            assert not unasked, (
+                f"a forward + backward with only {', '.join(trained)} requiring grad, {layout}, computed a product "
+                f"shaped like the gradient of {', '.join(unasked)}: a gradient that ctx.needs_input_grad does not ask "
+                "for (compute each gradient only in its own branch)"
+            )
         needed = needed_work(rows, in_features, out_features, r, trained)
-        # Room for the element-wise work (bias, scaling, sums): less than one (out, in) or (N, in, out) product.
-        allowed = needed + rows * in_features * out_features // 2 + 4 * (rows + r) * (in_features + out_features)
-        assert counter.flops <= allowed, (
-            f"a forward + backward with only {', '.join(trained)} requiring grad, {layout} ({rows} rows, "
-            f"in={in_features}, out={out_features}, r={r}) did {counter.flops / 1e3:.4g} kFLOP of arithmetic, expected "
-            f"{needed / 1e3:.4g} (the frozen layer alone does {frozen_layer / 1e3:.4g}): is a gradient computed "
-            "that ctx.needs_input_grad does not ask for, or a full (out, in) product like g^T x or B A?"
-        )
+        for what, measured, allowed in work_budgets(rows, in_features, out_features, r, trained, layout, counter):
+            assert measured <= allowed, (
+                f"a forward + backward with only {', '.join(trained)} requiring grad, {layout} ({rows} rows, "
+                f"in={in_features}, out={out_features}, r={r}) did {measured / 1e3:.4g} kFLOP of {what}, expected at "
+                f"most {allowed / 1e3:.4g} (the products it needs: {needed / 1e3:.4g}; the frozen layer alone does "
+                f"{frozen_layer / 1e3:.4g}): is a gradient computed that ctx.needs_input_grad does not ask for, or a "
+                "full (out, in) product like g^T x or B A?"
+            )
+
+
+def work_budgets(
+    rows: int, in_features: int, out_features: int, r: int, trained: tuple[str, ...], layout: str, counter
+) -> list[tuple[str, int, int]]:
+    """(kind of work, flops measured, flops allowed) for the matrix products, the element-wise ops and the
+    reductions of a counted step. The products are budgeted to what the trained inputs need plus two rank-r
+    products (the spec's O(N r (in + out)) lets x A^T be recomputed in backward, g B computed always);
+    element-wise work and reductions get room of their own."""
+    batches = math.prod(LAYOUTS[layout][0](rows)[:-1])  # x's leading batch entries: 1 when x is 2-D
+    sizes = {"weight": out_features * in_features, "bias": out_features, "lora_A": r * in_features}
+    sizes["lora_B"] = out_features * r
+    small = 4 * (rows + r) * (in_features + out_features)  # scaling, reshapes' casts, and the like
+    return [  # room for the products: two rank-r products, the bias gradient as a product with a vector of ones
+        ("matrix products", counter.products, needed_work(rows, in_features, out_features, r, trained)
+         + 2 * rows * (r * (in_features + out_features) + out_features)),
+        # Less than one (out, in) or (N, in, out) product: a product spelled as multiply-and-sum shows.
+        ("element-wise work", counter.elementwise, rows * in_features * out_features // 2 + small),
+        # Summing g over the rows for the bias, and per-batch parameter gradients over the batch dimensions.
+        ("reductions", counter.reductions,
+         rows * out_features + batches * sum(sizes[name] for name in trained if name in sizes) + small),
+    ]  # fmt: skip
 
 
 def graph_nodes(y: torch.Tensor) -> Iterator[str]:
@@ -515,6 +567,33 @@ def test_the_layer_runs_through_the_function(FusedLoRALinear, FusedLoRAFunction)
     assert f"{FusedLoRAFunction.__name__}Backward" in nodes, (
         f"FusedLoRALinear's output was computed by {sorted(nodes)}, not FusedLoRAFunction: "
         "forward must return FusedLoRAFunction.apply(x, weight, bias, A, B, scaling)"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("FusedLoRALinear")
+def test_the_layer_passes_scaling_as_a_python_float(FusedLoRALinear, FusedLoRAFunction, monkeypatch):
+    _, layer = make_layer(FusedLoRALinear)
+    calls, original = [], FusedLoRAFunction.apply
+    recording = staticmethod(lambda *args, **kwargs: calls.append((args, kwargs)) or original(*args, **kwargs))
+    monkeypatch.setattr(FusedLoRAFunction, "apply", recording)
+    output(layer, torch.randn(5, IN, dtype=torch.float64, requires_grad=True))
+    assert calls, "the layer never called FusedLoRAFunction.apply: see the check it runs through it"
+    args, kwargs = calls[-1]
+    scaling = args[5] if len(args) > 5 else kwargs.get("scaling")
+    assert isinstance(scaling, float) and scaling == SCALING, (
+        f"FusedLoRALinear passed scaling={describe(scaling)} to FusedLoRAFunction.apply, expected the Python float "
+        f"alpha / r = {SCALING!r}: pass self.scaling, not a tensor or buffer (the Function's spec takes a float)"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("FusedLoRALinear")
+def test_the_layer_starts_A_centred_on_zero(FusedLoRALinear):
+    in_features, out_features, r = 64, 48, 8
+    layer = FusedLoRALinear(nn.Linear(in_features, out_features), r, 16.0)
+    expect_centred(
+        factors(layer, in_features, out_features, r).A, f"FusedLoRALinear(nn.Linear({in_features}, {out_features}))"
     )
 
 

@@ -25,16 +25,20 @@ FIX_THE_IDS_FIRST = "build_example's input_ids are wrong: fix test_input_ids_are
 SEAM = "(- masked, + trained, | where the response begins)"
 
 # Pieces that merge differently at a seam (" Hello", "[/INST]"), whitespace, accents, emoji, other scripts.
+# A combining accent, the Angstrom sign, CR LF and CR: text a prompt keeps as given (no normalizing).
 PIECES = st.sampled_from(
     ["Hello", " Hello", "hello", " world", "!", ",", " ", "  ", "\n", "\t", " the", "[/INST]", "é", " café",
-     "🙂", " 🚀", "👍🏽", "日本語", "Привет", " 42", "<s>", "</s>"]
+     "🙂", " 🚀", "👍🏽", "日本語", "Привет", " 42", "<s>", "</s>", "e\u0301", "\u212b", "\r\n", "\r"]
 )  # fmt: skip
 TEXTS = st.lists(PIECES | st.text(max_size=3), max_size=5).map("".join)
 OUTPUTS = st.lists(PIECES | st.text(min_size=1, max_size=3), min_size=1, max_size=5).map("".join)
-# "other-vocab" right after "bpe": the same texts again, in another vocabulary (a cache keyed by text goes stale).
-TOKENIZERS = ["bpe", "other-vocab", "bpe-without-bos", "gpt2-like", "adds-eos", "pad-is-eos", "transformers"]
-STYLE_OF = {"bpe": "llama", "other-vocab": "other-vocab", "bpe-without-bos": "no-bos", "gpt2-like": "gpt2",
-            "adds-eos": "adds-eos", "pad-is-eos": "pad-is-eos"}  # fmt: skip
+# "other-vocab" and "permuted-vocab" right after "bpe": the same texts again, in another vocabulary, then in one of
+# the same class and size (a cache keyed by text, or by text and len(tokenizer), goes stale).
+TOKENIZERS = ["bpe", "other-vocab", "permuted-vocab", "bpe-without-bos", "gpt2-like", "adds-eos", "pad-is-eos",
+              "transformers"]  # fmt: skip
+STYLE_OF = {"bpe": "llama", "other-vocab": "other-vocab", "permuted-vocab": "permuted-vocab",
+            "bpe-without-bos": "no-bos", "gpt2-like": "gpt2", "adds-eos": "adds-eos",
+            "pad-is-eos": "pad-is-eos"}  # fmt: skip
 
 
 @pytest.fixture
@@ -239,6 +243,7 @@ def assert_labels(tokenizer, ids: list, labels: list, expected: Expected) -> Non
 @given(instruction=TEXTS, input=TEXTS)
 @example(instruction="Say hello.", input="")
 @example(instruction="Translate to French.", input="Hello, my friend.")
+@example(instruction="Re\u0301sume\u0301 in \u212b.", input="line one\r\nline two\rend")
 def test_format_prompt_follows_the_template(format_prompt, instruction, input):
     expected = template(instruction, input)
     measured = format_prompt(instruction, input)
@@ -251,6 +256,8 @@ def test_format_prompt_follows_the_template(format_prompt, instruction, input):
         cause = "with an empty input there is no newline: '[INST] {instruction} [/INST] '"
     elif input and measured == f"[INST] {instruction} {input} [/INST] ":
         cause = "the input goes on its own line: a newline between instruction and input, not a space"
+    elif isinstance(measured, str) and measured.startswith("[INST] ") and measured.endswith(" [/INST] "):
+        cause = "keep instruction and input as given, character for character (no Unicode or line-end normalizing)"
     assert measured == expected, (
         f"format_prompt({instruction!r}, {input!r}) returned {measured!r}, expected {expected!r}: {cause}"
     )
@@ -410,6 +417,7 @@ def test_very_long_output(build_example, tokenizer):
 
 
 TRUNCATED = ("Translate to French.", "Hello, my friend.", "Bonjour, mon ami. See you soon!")
+EMPTY_OUTPUT = ("Say nothing.", "", "")  # the response is eos alone: kept, it is trained, and nothing is raised
 TRUNCATIONS = {  # max_length from the example's length n and the length p of bos + prompt
     "longer-than-the-example": lambda n, p: n + 5,
     "exactly-the-example": lambda n, p: n,
@@ -417,25 +425,32 @@ TRUNCATIONS = {  # max_length from the example's length n and the length p of bo
     "cuts-into-the-response": lambda n, p: (n + p) // 2,
     "leaves-one-response-token": lambda n, p: p + 1,
 }
+TRUNCATION_CASES = [(TRUNCATED, case) for case in TRUNCATIONS] + [
+    (EMPTY_OUTPUT, "exactly-the-example"),
+    (EMPTY_OUTPUT, "longer-than-the-example"),
+]
 
 
 @pytest.mark.points(3)
-@pytest.mark.parametrize("case", TRUNCATIONS)
-def test_max_length_keeps_the_first_tokens(build_example, tokenizer, case):
-    full = expected_example(tokenizer, *TRUNCATED)
+@pytest.mark.parametrize(
+    "texts, case", TRUNCATION_CASES, ids=[f"{'empty-output-' * (t is EMPTY_OUTPUT)}{c}" for t, c in TRUNCATION_CASES]
+)
+def test_max_length_keeps_the_first_tokens(build_example, tokenizer, texts, case):
+    full = expected_example(tokenizer, *texts)
     n, p = len(full.input_ids), len(full.prefix)
     max_length = TRUNCATIONS[case](n, p)
-    untruncated = fields(build_example(tokenizer, *TRUNCATED))
+    untruncated = fields(build_example(tokenizer, *texts))
     assert untruncated == (full.input_ids, full.labels, [1] * n), (
         "without max_length the example is already wrong, so its truncation cannot be judged: "
         "fix test_input_ids_are_bos_prompt_response_eos and test_labels_mask_bos_and_the_prompt_and_nothing_else first"
     )
     try:
-        measured = build_example(tokenizer, *TRUNCATED, max_length=max_length)
+        measured = build_example(tokenizer, *texts, max_length=max_length)
     except ValueError as error:
         pytest.fail(
-            f"max_length={max_length} keeps {min(max_length, n) - p} response token(s), yet build_example raised "
-            f"ValueError ({error}): raise only when no response token remains",
+            f"max_length={max_length} keeps {min(max_length, n) - p} response token(s) (eos counts, the whole "
+            f"response of an output {texts[2]!r}), yet build_example raised ValueError ({error}): "
+            "raise only when no response token remains",
             pytrace=False,
         )
     ids, labels, mask = fields(measured)
@@ -502,7 +517,21 @@ def collated(collate, examples: list[dict[str, list[int]]], pad_token_id: int) -
     assert keys is not None and all(key in keys for key in KEYS), (
         f"collate returned a {type(batch).__name__} with keys {keys}, expected a dict of {list(KEYS)}"
     )
+    kept = copy.deepcopy({key: batch[key] for key in KEYS})
+    collate(synthetic_examples([2, 6]), pad_token_id + 1)  # the next step's batch, while this one is still in use
+    changed = [key for key in KEYS if not equal(batch[key], kept[key])]
+    assert not changed, (
+        f"collating another batch changed the {', '.join(changed)} of the batch collate returned before: "
+        "return fresh tensors each call, never a buffer reused across calls"
+    )
     return batch
+
+
+def equal(measured: object, kept: object) -> bool:
+    """Whether a field of a batch still holds what a copy of it kept."""
+    if isinstance(measured, torch.Tensor) and isinstance(kept, torch.Tensor):
+        return measured.shape == kept.shape and torch.equal(measured, kept)
+    return measured == kept
 
 
 def padded(rows: list[list[int]], value: int, longest: int, left: bool = False) -> list[list[int]]:

@@ -64,10 +64,16 @@ class GraderTokenizer:
     ``style`` sets the special tokens as real tokenizers do (``STYLES``); ``bos=False`` is the "no-bos" style.
     Special tokens, when asked for (the default, as in Hugging Face), are what the style adds. The
     "other-vocab" style numbers every token ``OTHER_VOCAB_OFFSET`` higher: another model's vocabulary, in
-    which the same text has other ids (an encoding cached by text alone goes stale).
+    which the same text has other ids (an encoding cached by text alone goes stale); "permuted-vocab" numbers
+    them backwards, a vocabulary of the same class and size (a cache keyed by text and ``len`` goes stale).
     """
 
     ANY_VALUE = ("return_attention_mask", "return_token_type_ids", "verbose")  # options that change no id
+    EXTRA_FIELDS: ClassVar[dict[str, str]] = {  # options that add a field beside input_ids, and the field
+        "return_offsets_mapping": "offset_mapping",
+        "return_length": "length",
+        "return_special_tokens_mask": "special_tokens_mask",
+    }
     OFF = (None, False, "do_not_pad", "do_not_truncate")  # padding=False, return_tensors=None, ...
     STYLES: ClassVar[
         dict[str, tuple]
@@ -78,6 +84,7 @@ class GraderTokenizer:
         "adds-eos": (BOS, EOS, PAD, True, True),  # Llama with add_eos_token=True, T5-like: eos appended
         "pad-is-eos": (BOS, EOS, EOS, True, False),  # the usual fine-tuning set-up: pad_token = eos_token
         "other-vocab": (BOS, EOS, PAD, True, False),  # Llama's special tokens, every id shifted
+        "permuted-vocab": (BOS, EOS, PAD, True, False),  # Llama's special tokens, the ids in reverse order
     }
     OTHER_VOCAB_OFFSET = 1000
 
@@ -86,47 +93,75 @@ class GraderTokenizer:
         self.style = style or ("llama" if bos else "no-bos")
         bos_token, eos_token, pad_token, self.adds_bos, self.adds_eos = self.STYLES[self.style]
         self._offset = self.OTHER_VOCAB_OFFSET if self.style == "other-vocab" else 0
+        self._reversed = self.style == "permuted-vocab"
         self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
+        self.vocab_size = self._offset + self._backend.get_vocab_size()
         self.bos_token_id = None if bos_token is None else self._id(bos_token)
         self.eos_token_id = self._id(eos_token)
         self.pad_token_id = self._id(pad_token)
-        self.vocab_size = self._offset + self._backend.get_vocab_size()
 
     def _id(self, token: str) -> int:
-        return self._offset + self._backend.token_to_id(token)
+        return self._own_id(self._backend.token_to_id(token))
+
+    def _own_id(self, backend_id: int) -> int:
+        """This style's id of the backend's token ``backend_id`` (reversal is its own inverse)."""
+        return self.vocab_size - 1 - backend_id if self._reversed else self._offset + backend_id
+
+    def _backend_id(self, own_id: int) -> int:
+        return self.vocab_size - 1 - own_id if self._reversed else own_id - self._offset
 
     def __len__(self) -> int:
         return self.vocab_size
 
     def __call__(self, text: str | Sequence[str], add_special_tokens: bool = True, **options: Any) -> Encoding:
-        """``{"input_ids": ids, "attention_mask": ones}`` of ``text``, or of each text of a list."""
-        refused = [name for name, value in options.items() if name not in self.ANY_VALUE and value not in self.OFF]
+        """``{"input_ids": ids, "attention_mask": ones}`` of ``text``, or of each text of a list, and the fields
+        ``EXTRA_FIELDS`` asks for."""
+        refused = [
+            name
+            for name, value in options.items()
+            if name not in self.ANY_VALUE and name not in self.EXTRA_FIELDS and value not in self.OFF
+        ]
         if refused:
             raise TypeError(
                 f"the grader's tokenizer does not support {', '.join(refused)}: "
                 "the kata needs tokenizer(text, add_special_tokens=False)['input_ids'] only"
             )
+        extra = [field for option, field in self.EXTRA_FIELDS.items() if options.get(option)]
         if isinstance(text, str):
-            ids = self.encode(text, add_special_tokens)
-            return Encoding(input_ids=ids, attention_mask=[1] * len(ids))
-        batch = [self.encode(one, add_special_tokens) for one in text]
-        return Encoding(input_ids=batch, attention_mask=[[1] * len(ids) for ids in batch])
+            return Encoding(self._fields(text, add_special_tokens, extra))
+        batch = [self._fields(one, add_special_tokens, extra) for one in text]
+        return Encoding({key: [one[key] for one in batch] for key in ("input_ids", "attention_mask", *extra)})
+
+    def _fields(self, text: str, add_special_tokens: bool, extra: list[str]) -> dict[str, Any]:
+        """input_ids and attention_mask of ``text``, and the ``extra`` fields of EXTRA_FIELDS."""
+        ids = self.encode(text, add_special_tokens)
+        fields: dict[str, Any] = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+        if extra:
+            spans = self._backend.encode(text, add_special_tokens=False).offsets
+            added = (self.adds_bos, self.adds_eos) if add_special_tokens else (False, False)
+            every = {
+                "offset_mapping": [(0, 0)] * added[0] + list(spans) + [(0, 0)] * added[1],
+                "length": len(ids),
+                "special_tokens_mask": [1] * added[0] + [0] * len(spans) + [1] * added[1],
+            }
+            fields |= {field: every[field] for field in extra}
+        return fields
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """The ids of ``text``; with ``add_special_tokens`` the special tokens this style adds around them."""
         if not isinstance(text, str):
             raise TypeError(f"the tokenizer encodes a str, got {type(text).__name__}")
-        ids = [self._offset + i for i in self._backend.encode(text, add_special_tokens=False).ids]
+        ids = [self._own_id(i) for i in self._backend.encode(text, add_special_tokens=False).ids]
         if not add_special_tokens:
             return ids
         return [self.bos_token_id] * self.adds_bos + ids + [self.eos_token_id] * self.adds_eos
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        own = [i - self._offset for i in ids if i >= self._offset]  # an id of no token decodes to nothing, as in HF
-        return self._backend.decode(own, skip_special_tokens=skip_special_tokens)
+        own = [self._backend_id(i) for i in ids if 0 <= self._backend_id(i) < self._backend.get_vocab_size()]
+        return self._backend.decode(own, skip_special_tokens=skip_special_tokens)  # an id of no token: nothing, as HF
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str | None]:
-        return [self._backend.id_to_token(i - self._offset) for i in ids]
+        return [self._backend.id_to_token(self._backend_id(i)) for i in ids]
 
 
 def transformers_tokenizer() -> Any:

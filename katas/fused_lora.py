@@ -24,6 +24,7 @@ class FusedLoRAFunction(torch.autograd.Function):
           ``FusedLoRAFunction.apply(x, weight, bias, lora_A, lora_B, scaling)`` with
           ``x`` (..., in) of any number of batch dimensions, contiguous or not; ``weight`` (out, in);
           ``bias`` (out,) or None; ``lora_A`` (r, in); ``lora_B`` (out, r); ``scaling`` a Python float.
+          The tensors share one dtype and one device (mixed dtypes are the caller's to cast, as for ``F.linear``).
         - Returns ``y`` (..., out) in x's dtype and on its device; changes none of its inputs.
         - ``backward`` returns one gradient per input of forward, in order, each shaped like that
           input: a tensor for every input ``ctx.needs_input_grad`` marks, None for the others (and
@@ -90,5 +91,5 @@ class FusedLoRALinear(nn.Module):
         raise NotImplementedError("kata fused_lora: write FusedLoRALinear.__init__ (spec in its class docstring)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``x`` of shape (..., in) to (..., out), in the base's dtype and on its device."""
+        """Map ``x`` of shape (..., in), in the base's dtype and on its device, to (..., out) in the same."""
         raise NotImplementedError("kata fused_lora: write FusedLoRALinear.forward (spec in its class docstring)")

@@ -105,4 +105,17 @@ WRONG_ANSWERS = [
     WrongAnswer("a private copy of x saved for backward", KATA, "ctx.save_for_backward(rows, weight",
                 "ctx.save_for_backward(rows.clone(), weight",
                 "test_forward_saves_only_what_backward_needs", "numbers alive for backward"),
+    # round 2 (red2/f): rank-r gradients computed and dropped, a tensor scaling, A from torch.rand, the default device
+    WrongAnswer("every rank-r gradient computed, only the asked ones returned", KATA, "if need_x or need_A:", "if True:",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "ctx.needs_input_grad does not ask for",
+                more_edits=(("if need_A:\n                " + GRAD_A, GRAD_A + "\n            grad_A = grad_A if need_A else None"),
+                            ("if need_B:\n            " + GRAD_B, GRAD_B + "\n        grad_B = grad_B if need_B else None"))),
+    WrongAnswer("the layer passes scaling as a tensor", KATA, APPLY, APPLY.replace("self.scaling)", "torch.tensor(self.scaling))"),
+                "test_the_layer_passes_scaling_as_a_python_float", "expected the Python float"),
+    WrongAnswer("the layer's A drawn from [0, 1)", KATA, "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+                "nn.init.uniform_(self.lora_A, 0.0, 1.0 / math.sqrt(base.in_features))",
+                "test_the_layer_starts_A_centred_on_zero", "centred on 0"),
+    WrongAnswer("the bias gradient through ones on the default device", KATA, "grad_bias = g.sum(0)",
+                "grad_bias = g.T @ torch.ones(g.shape[0], dtype=g.dtype)",
+                "test_forward_and_backward_create_nothing_on_the_default_device", "a tensor made without a device"),
 ]  # fmt: skip

@@ -140,4 +140,27 @@ WRONG_ANSWERS = [
     WrongAnswer("collate pads the examples' own lists", KATA, ROWS,
                 "[example[key].extend([value] * (longest - len(example[key]))) or example[key] for example in examples]",
                 "test_collate_pads_on_the_right_to_the_longest", "collate changed the examples"),
+    # round 2 (red2/f): a cache keyed by vocabulary size, a reused collate buffer, normalized prompts, eos-only responses
+    WrongAnswer("encodings cached by tokenizer class, len and text", KATA, ENCODE,
+                "key = (type(tokenizer).__name__, len(tokenizer), text)\n    "
+                'return list(_CACHE.setdefault(key, tokenizer(text, add_special_tokens=False)["input_ids"]))',
+                "test_input_ids_are_bos_prompt_response_eos", "input_ids differ",
+                more_edits=(("IGNORE_INDEX = -100", "_CACHE: dict = {}\nIGNORE_INDEX = -100"),)),
+    WrongAnswer("collate writes into one buffer reused across calls", KATA, "    return {\n        key: torch.tensor(",
+                "    return {\n        key: _BUFFER.setdefault(key, torch.empty(64, 512, dtype=torch.long))"
+                "[: len(examples), :longest].copy_(torch.tensor(",
+                "test_collate_pads_on_the_right_to_the_longest", "never a buffer reused",
+                more_edits=(("dtype=torch.long\n        )", "dtype=torch.long\n        ))"),
+                            ("IGNORE_INDEX = -100", "_BUFFER: dict = {}\nIGNORE_INDEX = -100"))),
+    WrongAnswer("prompt normalized to NFC", KATA, "    if input:\n",
+                "    instruction, input = (__import__('unicodedata').normalize('NFC', t) for t in (instruction, input))\n"
+                "    if input:\n",
+                "test_format_prompt_follows_the_template", "no Unicode or line-end normalizing"),
+    WrongAnswer("prompt line ends normalized to \\n", KATA, "    if input:\n",
+                "    instruction, input = (t.replace('\\r\\n', '\\n').replace('\\r', '\\n') for t in (instruction, input))\n"
+                "    if input:\n",
+                "test_format_prompt_follows_the_template", "no Unicode or line-end normalizing"),
+    WrongAnswer("ValueError when an empty output keeps only eos", KATA, CHECK,
+                "if max_length <= len(prompt_ids) or not output:",
+                "test_max_length_keeps_the_first_tokens", "raise only when no response token remains"),
 ]  # fmt: skip
