@@ -206,9 +206,8 @@ def test_raises_naming_the_targets_when_nothing_matches(apply_lora, targets, gen
         apply_lora(model, (t for t in targets) if generator else targets, r=2, alpha=4.0)
     except ValueError as error:
         unnamed = [t for t in targets if t not in str(error)]
-        assert not unnamed, (
-            f"the ValueError does not name the targets {unnamed}: say what was looked for ({error})"
-            + (": a generator's repr names no target; name list(target_modules)" if generator else "")
+        assert not unnamed, f"the ValueError does not name the targets {unnamed}: say what was looked for ({error})" + (
+            ": a generator's repr names no target; name list(target_modules)" if generator else ""
         )
     else:
         pytest.fail(
