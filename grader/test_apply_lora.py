@@ -474,7 +474,7 @@ def test_adapters_follow_the_model_dtype(apply_lora, LoRALinear, dtype):
         if p.dtype != originals.get(name, p.dtype)
     )[:1]
     assert not misplaced, (
-        f"after apply_lora on {what} some parameters are {misplaced}: leave every layer in its own dtype "
+        f"after apply_lora on {what} some parameters are {misplaced}: leave every layer in its dtype "
         "(LoRALinear(layer, r, alpha, dropout) as it is, no .float() or .to(...) after the model's first parameter)"
     )
     if dtype is None:

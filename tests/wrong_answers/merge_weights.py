@@ -78,14 +78,10 @@ WRONG_ANSWERS = [
     WrongAnswer("half-precision bias kept in the float32 accumulator", KATA, BIAS,
                 "merged.bias = nn.Parameter(base.bias.to(accumulate), requires_grad=False)",
                 "test_half_precision_merges_in_float32_and_rounds_once", "not in float32"),
-    # Red-team round 2: a scaling folded into a half-precision factor, a copied subclass, a tie outside the part.
+    # Red-team round 2: a scaling folded into a half-precision factor, a tie outside the merged part.
     WrongAnswer("scaling folded into a half-precision B", KATA, UPDATE,
                 "update = (layer.lora_B * layer.scaling).to(accumulate) @ layer.lora_A.to(accumulate)",
                 "test_half_precision_merges_in_float32_and_rounds_once", "scale and add there"),
-    WrongAnswer("the merged layer a deep copy of the base", KATA,
-                'merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device="meta")',
-                'merged = __import__("copy").deepcopy(base)',
-                "test_merges_the_model_zoo", "NonDynamicallyQuantizableLinear"),
     WrongAnswer("merged in place unless tied within the model", KATA, NEW_LAYER,
                 "uses = [p for _, p in MODEL.named_parameters(remove_duplicate=False) if p is weight] if MODEL is not None else [1, 1]\n"
                 "    if len(uses) == 1:\n"
