@@ -146,11 +146,11 @@ class Tied(nn.Module):
 
 class LookAlikes(nn.Module):
     """Names that are prefixes, suffixes and substrings of one another (proj, q_proj, qq_proj, proj_q; fc1,
-    fc10, fc1_gate; o, oo), names a regular expression confuses (attn.q and attn_q: "." matches any
-    character), a LayerNorm named like a target, and parameters named like LoRA factors (``lora_scale``,
-    ``gate.lora_A``) that are the model's own and must be frozen."""
+    fc10, fc1_gate; o, oo), names differing only by case (Fc1, Q_PROJ), names a regular expression confuses
+    (attn.q and attn_q: "." matches any character), a LayerNorm named like a target, and parameters named like
+    LoRA factors (``lora_scale``, ``gate.lora_A``) that are the model's own and must be frozen."""
 
-    NAMES = ("proj", "q_proj", "qq_proj", "proj_q", "fc1", "fc10", "fc1_gate", "o", "oo", "attn_q")
+    NAMES = ("proj", "q_proj", "qq_proj", "proj_q", "fc1", "fc10", "fc1_gate", "o", "oo", "attn_q", "Fc1", "Q_PROJ")
 
     def __init__(self) -> None:
         super().__init__()

@@ -50,10 +50,24 @@ def raised_by_apply_lora(error: BaseException) -> bool:
 def matching_cause(targets: tuple[str, ...], wrong: list[str], missed: list[str], adapted_none: bool) -> str:
     """The likely mistake behind adapting ``wrong`` and missing ``missed`` for ``targets``."""
     rule = "match a name when it equals a target or ends with '.' + target"
+    containers = [(name, t) for name in wrong for t in targets if f".{t}." in f".{name}"]
+    if containers:
+        name, t = containers[0]
+        return (
+            f"{name} lies inside a module that {t!r} names, which is no nn.Linear: a target names the layer itself "
+            "(by the end of its qualified name), never the layers inside a container; " + rule
+        )
     if any(t in name for name in wrong for t in targets):
         return "substring or bare endswith matching: " + rule
     if any(re.search(t, name) for name in wrong for t in targets):
         return "a target read as a regular expression ('.' matches any character): compare names as strings: " + rule
+    prefixed = [(name, t) for name in missed for t in targets if name != t and name.startswith(t)]
+    if prefixed and not wrong:
+        name, t = prefixed[0]
+        return (
+            f"{name} was skipped, as if inside the adapter of {t}: a layer inside another has a name starting with "
+            f"that name + '.', not a name merely starting with it; " + rule
+        )
     for name in missed:
         for t in (t for t in targets if "." in t):
             if name == t:
@@ -182,16 +196,19 @@ def test_leaves_the_output_unchanged(apply_lora):
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize(
-    "targets",
-    [("nonexistent_proj", "qproj"), ("router.q_proj",), ("q_proj",)],
-    ids=["no-such-name", "not-linear", "the-model-is-a-linear"],
+    "targets, generator",
+    [(("nonexistent_proj", "qproj"), False), (("router.q_proj",), False), (("q_proj",), False), (("qproj",), True)],
+    ids=["no-such-name", "not-linear", "the-model-is-a-linear", "given-by-a-generator"],
 )
-def test_raises_naming_the_targets_when_nothing_matches(apply_lora, targets):
+def test_raises_naming_the_targets_when_nothing_matches(apply_lora, targets, generator):
+    model = ToyTransformer() if targets != ("q_proj",) else nn.Linear(WIDTH, WIDTH)
     try:
-        apply_lora(ToyTransformer() if targets != ("q_proj",) else nn.Linear(WIDTH, WIDTH), targets, r=2, alpha=4.0)
+        apply_lora(model, (t for t in targets) if generator else targets, r=2, alpha=4.0)
     except ValueError as error:
         unnamed = [t for t in targets if t not in str(error)]
-        assert not unnamed, f"the ValueError does not name the targets {unnamed}: say what was looked for ({error})"
+        assert not unnamed, f"the ValueError does not name the targets {unnamed}: say what was looked for ({error})" + (
+            ": a generator's repr names no target; name list(target_modules)" if generator else ""
+        )
     else:
         pytest.fail(
             f"apply_lora with targets {list(targets)} matched no nn.Linear and raised nothing; "
@@ -269,7 +286,9 @@ ZOO_CASES = [  # (model, targets): every match the spec determines, none reached
     ("tied", ("embed",)),  # not unembed, which shares its weight
     ("tied", ("unembed", "head")),
     ("look-alikes", ("proj", "o")),  # not q_proj, qq_proj, proj_q or oo
-    ("look-alikes", ("fc1", "q_proj")),  # not fc10 or fc1_gate
+    ("look-alikes", ("fc1", "q_proj")),  # not fc10, fc1_gate, Fc1 or Q_PROJ
+    ("look-alikes", ("fc1", "fc10", "o", "oo")),  # a name that starts another is adapted with it, not instead
+    ("nested", ("attn", "blocks.0", "out", "heads.q_proj")),  # containers named, not their layers: heads.q_proj only
     ("look-alikes", ("v_proj",)),  # the nn.Linear, not the LayerNorm norms.v_proj
     ("look-alikes", ("attn.q",)),  # not attn_q: a target is a name, not a regular expression
 ]
@@ -438,15 +457,28 @@ def test_passes_r_alpha_and_dropout_by_position_and_keyword(apply_lora, LoRALine
 
 
 @pytest.mark.points(1)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, None], ids=["float64", "bfloat16", "mixed"])
 def test_adapters_follow_the_model_dtype(apply_lora, LoRALinear, dtype):
-    model = ToyTransformer().to(dtype=dtype)
+    model = ToyTransformer().to(dtype=dtype or torch.float64)
+    if dtype is None:  # float32 first (model.parameters() starts with the temperature), float64 layers after it
+        model.temperature.data = model.temperature.data.float()
+    what = f"a {dtype} model" if dtype else "a model whose first parameters are float32, its linears float64"
+    before = {id(p): p.dtype for p in model.parameters()}
+    originals = {name: model.get_submodule(name).weight.dtype for name in matching_linears(model, DEFAULT_TARGETS)}
     apply_lora(model, DEFAULT_TARGETS, r=2, alpha=4.0)
-    misplaced = sorted({str(p.dtype) for p in model.parameters()} - {str(dtype)})
+    misplaced = sorted({str(p.dtype) for p in model.parameters() if id(p) in before and p.dtype != before[id(p)]})
+    misplaced += sorted(
+        f"{name}: {p.dtype} (its base {originals[name]})"
+        for name, layer in adapters(model, LoRALinear).items()
+        for p in layer.parameters()
+        if p.dtype != originals.get(name, p.dtype)
+    )[:1]
     assert not misplaced, (
-        f"after apply_lora on a {dtype} model some parameters are {misplaced}: leave every layer in its dtype "
-        "(LoRALinear(layer, r, alpha, dropout) as it is, no .float() or .to(...))"
+        f"after apply_lora on {what} some parameters are {misplaced}: leave every layer in its dtype "
+        "(LoRALinear(layer, r, alpha, dropout) as it is, no .float() or .to(...) after the model's first parameter)"
     )
+    if dtype is None:
+        return
     with torch.no_grad():
         y = model(torch.randn(2, 3, WIDTH, dtype=dtype))
     assert y.dtype == dtype, f"the adapted {dtype} model computes in {y.dtype}"

@@ -57,15 +57,19 @@ def test_is_a_module_holding_the_very_base_layer(LoRALinear):
 @pytest.mark.points(2)
 def test_computes_with_the_base_it_was_given(LoRALinear):
     base, layer = make_layer(LoRALinear)
-    with torch.no_grad():
-        base.weight.add_(1.0)
-        base.bias.add_(1.0)
-        x = torch.randn(5, IN)
-        change = max_difference(output(layer, x), base(x))
-    assert change < 1e-5, (
-        f"after editing the base's weights the layer's output differs from base(x) by {change:.3g}: "
-        "it computes with a copy; use the very base passed in"
-    )
+    x = torch.randn(5, IN)
+    for mode in ("train", "eval"):  # eval mode under no_grad after a first call: an inference cache would show
+        layer.train(mode == "train")
+        with torch.no_grad():
+            output(layer, x)
+            base.weight.add_(1.0)
+            base.bias.add_(1.0)
+            change = max_difference(output(layer, x), base(x))
+        assert change < 1e-5, (
+            f"in {mode} mode, after editing the base's weights in place following a call, the layer's output "
+            f"differs from base(x) by {change:.3g}: it computes with a copy or a weight cached from an earlier call; "
+            "use the very base passed in, as it is now"
+        )
 
 
 @pytest.mark.points(1)
@@ -74,12 +78,28 @@ def test_records_r_alpha_and_scaling(LoRALinear):
     expect_r_alpha_and_scaling(layer, R, ALPHA)
 
 
+class GatedLinear(nn.Linear):
+    """An nn.Linear subclass with a parameter of its own besides weight and bias, as model code has."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        self.gain = nn.Parameter(torch.ones(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.gain
+
+
 @pytest.mark.points(2)
-def test_freezes_every_base_parameter(LoRALinear):
-    base, _ = make_layer(LoRALinear)
+@pytest.mark.parametrize(
+    "make_base", [lambda: nn.Linear(IN, OUT), lambda: GatedLinear(IN, OUT)], ids=["Linear", "GatedLinear"]
+)
+def test_freezes_every_base_parameter(LoRALinear, make_base):
+    base = make_base()
+    LoRALinear(base, r=R, alpha=ALPHA)
     still_trainable = [name for name, parameter in base.named_parameters() if parameter.requires_grad]
     assert not still_trainable, (
-        f"base parameters {still_trainable} still require grad: freeze the base with base.requires_grad_(False)"
+        f"the {type(base).__name__} base's parameters {still_trainable} still require grad: freeze every parameter "
+        "of the base, whatever its name, with base.requires_grad_(False)"
     )
 
 
@@ -96,7 +116,7 @@ def test_trains_exactly_two_low_rank_factors(LoRALinear):
 
 
 @pytest.mark.points(1)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 def test_lives_on_the_base_device_and_dtype(LoRALinear, device, dtype):
     base, layer = make_layer(LoRALinear, dtype=dtype, device=device)
@@ -239,6 +259,20 @@ CALL_STYLES = {
     mode="train",
     bias=True,
 )
+@example(
+    in_features=IN,
+    out_features=OUT,
+    wide=True,
+    r=R,
+    alpha=ALPHA,
+    call="LoRALinear(base, r=r, alpha=alpha, dropout=p)",
+    dtype=torch.float32,
+    batch_shape=(3,),
+    contiguous=True,
+    grad=False,
+    mode="eval",
+    bias=True,
+)
 def test_matches_plain_lora_in_every_regime(
     LoRALinear, in_features, out_features, wide, r, alpha, call, dtype, batch_shape, contiguous, grad, mode, bias
 ):  # fmt: skip
@@ -291,6 +325,27 @@ def test_A_starts_centred_on_zero(LoRALinear):
     layer = LoRALinear(nn.Linear(in_features, out_features), r=r, alpha=16.0)
     expect_centred(
         factors(layer, in_features, out_features, r).A, f"LoRALinear(nn.Linear({in_features}, {out_features}))"
+    )
+
+
+@pytest.mark.points(1)
+def test_a_uniform_A_has_nn_linears_bound(LoRALinear):
+    # 4096 entries: a uniform draw's largest |entry| is within 0.1% of its bound and under 1.8 std; a Gaussian's
+    # is over 3 std. Gaussian A may have any spread (the spec names none); Kaiming-uniform is nn.Linear's, bound
+    # 1/sqrt(in) for in inputs, whichever way A is stored.
+    in_features, out_features, r = 256, 24, 16
+    A = factors(LoRALinear(nn.Linear(in_features, out_features), r=r, alpha=16.0), in_features, out_features, r)
+    A = A.A.detach().double()
+    largest, spread = A.abs().max().item(), A.std().item()
+    if largest > 2.5 * spread:
+        return  # Gaussian (or another bell-shaped draw)
+    bound = 1 / math.sqrt(in_features)
+    cause = "nn.init.kaiming_uniform_(A, a=math.sqrt(5)) on A shaped (r, in), as nn.Linear(in, r) is"
+    if math.isclose(largest, 1 / math.sqrt(r), rel_tol=0.01):
+        cause = "the fan-in was taken from A stored (in, r), which is r: run kaiming_uniform_ on A.T, or use " + cause
+    assert math.isclose(largest, bound, rel_tol=0.01), (
+        f"A (r={r}, in={in_features}) starts uniform within +-{largest:.3g}, expected nn.Linear's Kaiming-uniform "
+        f"bound 1/sqrt(in) = {bound:.3g}: {cause}"
     )
 
 
@@ -467,14 +522,21 @@ def regimes(call: int | None = None) -> str:
     return "; ".join(words) if call is None else words[call]
 
 
-def train_mode_change(layer: nn.Module, base: nn.Linear, x: torch.Tensor, grad: bool, base_training: bool):
-    """``layer(x) - base(x)`` for the layer in train mode, in the given grad mode, its base put in ``base_training``."""
+def train_mode_change(
+    layer: nn.Module, base: nn.Linear, x: torch.Tensor, grad: bool, base_training: bool, upstream: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``layer(x) - base(x)`` for the layer in train mode, in the given grad mode, its base put in ``base_training``,
+    and with grad on dL/dx for dL/dy = ``upstream``. With grad on, x reaches the layer as an intermediate
+    activation (it has a grad_fn), as inside a model: ``output`` then sees an in-place dropout of it."""
     layer.train()
     base.train(base_training)
+    leaf = x.detach().clone().requires_grad_(grad)
     with torch.set_grad_enabled(grad):
-        y = output(layer, x).detach()
+        y = output(layer, leaf * 1.0 if grad else leaf)
+        if grad:
+            y.backward(upstream)
     with torch.no_grad():
-        return y - base(x)
+        return y.detach() - base(x), leaf.grad
 
 
 def adapter_input_multipliers(LoRALinear, p: float = DROPOUT) -> torch.Tensor:
@@ -504,7 +566,9 @@ def adapter_input_multipliers(LoRALinear, p: float = DROPOUT) -> torch.Tensor:
     x = (1 + torch.rand(*DROP_SHAPE, DROP_IN, dtype=torch.float64)) * torch.randn(*DROP_SHAPE, DROP_IN).sign()
     with torch.no_grad():
         nonlinear = max_difference(output(layer.eval(), x), base(x) + x @ update.T)
-    changes = torch.stack([train_mode_change(layer, base, x, *regime) for regime in DROP_REGIMES])
+    upstream = torch.randn(*DROP_SHAPE, DROP_OUT, dtype=torch.float64)
+    calls = [train_mode_change(layer, base, x, *regime, upstream) for regime in DROP_REGIMES]
+    changes, input_grads = torch.stack([change for change, _ in calls]), [grad for _, grad in calls]
     size = 1 + changes.abs().max().item()
     assert nonlinear <= 1e-9 * size, (
         f"in eval mode the output differs by {nonlinear:.3g} from base(x) + x dW^T, with dW read off one-hot inputs: "
@@ -532,6 +596,15 @@ def adapter_input_multipliers(LoRALinear, p: float = DROPOUT) -> torch.Tensor:
         f"a train-mode output (dropout={p}) matches no input-dropout mask: each adapter input must come out zeroed "
         "or multiplied by one common factor 1/(1-p); is dropout applied to x, before A, and not between A and B?"
     )
+    for call, measured in enumerate(input_grads):
+        if measured is None:
+            continue
+        expected = upstream @ base.weight.detach() + (upstream @ update) * multipliers[call]
+        error = max_difference(measured, expected)
+        assert error <= 1e-9 * (1 + expected.abs().max().item()), (
+            f"in the train-mode call with {regimes(call)}, dL/dx is off by {error:.3g} from the base's share plus the "
+            "adapter's through the dropout mask: is the adapter fed x.data or x.detach()? use dropout(x), in the graph"
+        )
     return multipliers
 
 
@@ -581,6 +654,12 @@ def test_dropout_draws_a_fresh_mask_for_every_input_and_call(LoRALinear):
         f"the rows of a {shape} input share one dropout mask along {' and '.join(shared)}: "
         "draw a mask shaped like x, one entry per element, as nn.Dropout does"
     )
+    counts = sorted({int(call.sum()) for call in kept})
+    assert len(counts) > 1, (
+        f"each of {DROP_CALLS} train-mode calls kept exactly {counts[0]} of {kept[0].numel()} adapter inputs: "
+        "nn.Dropout zeroes each input on its own with probability p, so the count varies from call to call; "
+        "do not drop an exact fraction (randperm)"
+    )
     assert not (kept == kept[..., :1]).all(), (
         f"dropout zeroes or keeps all {DROP_IN} inputs of a row together: drop each element of x on its own, "
         "with a mask shaped like x, not like (..., 1)"
@@ -598,9 +677,24 @@ def test_rejects_invalid_arguments(LoRALinear, arguments):
     expect_value_error(lambda: LoRALinear(nn.Linear(IN, OUT), **arguments), f"LoRALinear(base, {call})")
 
 
+class Conv1DLike(nn.Module):
+    """What transformers' Conv1D (GPT-2) is, without importing transformers: a 2-D weight stored (in, out), and
+    no nn.Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(IN, OUT))
+        self.bias = nn.Parameter(torch.zeros(OUT))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
 @pytest.mark.points(1)
 @pytest.mark.parametrize(
-    "make_base", [lambda: nn.Conv1d(IN, OUT, 1), lambda: nn.Bilinear(IN, IN, OUT)], ids=["Conv1d", "Bilinear"]
+    "make_base",
+    [lambda: nn.Conv1d(IN, OUT, 1), lambda: nn.Bilinear(IN, IN, OUT), lambda: nn.Embedding(OUT, IN), Conv1DLike],
+    ids=["Conv1d", "Bilinear", "Embedding", "Conv1D"],
 )
 def test_rejects_a_base_that_is_not_linear(LoRALinear, make_base):
     base = make_base()

@@ -164,11 +164,12 @@ def test_merging_twice_changes_nothing(LoRALinear, merge_weights):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weights, device, dtype):
+    r, alpha = 8, 20.0  # scaling 2.5, not a power of two: scaling a half-precision factor first rounds it
     base = nn.Linear(64, 48, device=device, dtype=dtype)
-    layer = LoRALinear(base, r=8, alpha=16.0)
+    layer = LoRALinear(base, r=r, alpha=alpha)
     randomize_factors(layer, std=0.2)
-    found = factors(layer, 64, 48, 8)
-    exact = base.weight.double() + 16.0 / 8 * found.B.double() @ found.A.double()
+    found = factors(layer, 64, 48, r)
+    exact = base.weight.double() + alpha / r * found.B.double() @ found.A.double()
     x = torch.randn(5, 64, device=device, dtype=dtype)
     expected = eval_outputs(layer, x)
     merged = returned_linear(merge_weights(layer))
@@ -179,7 +180,7 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
     off = (merged.weight != rounded_once).float().mean().item()
     assert off < 0.01, (
         f"{off:.0%} of the merged {dtype} weights differ from W + dW computed exactly and rounded once: "
-        "upcast W, A and B to float32, add, then cast back"
+        "upcast W, A and B to float32, scale and add there, then cast back once"
     )
     bias = merged.bias
     assert bias is not None and (bias.dtype, bias.device) == (dtype, base.weight.device), (
@@ -196,7 +197,7 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
 
 
 ZOO_TARGETS = {  # what the grader adapts in each zoo model before merging
-    "nested": ("q_proj", "v_proj", "mlp.2", "out.0"),  # depth 4, a Sequential index, a layer without bias
+    "nested": ("q_proj", "v_proj", "mlp.2", "out.0", "out_proj"),  # depth 4, a Sequential index, no bias, a subclass
     "tied": ("q_proj", "v_proj", "head", "embed"),  # in the block used twice (and its alias); embed shares its weight
     "look-alikes": ("proj", "fc1", "o", "v_proj"),
 }
@@ -234,6 +235,24 @@ def test_merges_the_model_zoo(LoRALinear, merge_weights, name):
         f"the merged {name} model's outputs differ from the adapted one's by {error:.3g}: fold each update into its "
         "own layer, and change no weight another layer shares"
     )
+
+
+@pytest.mark.points(1)
+def test_merging_a_part_leaves_a_weight_tied_outside_it_alone(LoRALinear, merge_weights):
+    outside, base = nn.Linear(12, 10), nn.Linear(12, 10)
+    base.weight = outside.weight  # tied to a layer that is not in the merged part
+    layer = LoRALinear(base, r=4, alpha=10.0)
+    randomize_factors(layer, std=0.3)
+    expected, before = base.weight.detach() + measured_update(layer, base), outside.weight.detach().clone()
+    part = nn.Sequential(layer)
+    returned_model(merge_weights(part))
+    change = max_difference(outside.weight, before)
+    assert change == 0, (
+        f"merging nn.Sequential(adapter) changed by {change:.3g} the weight its base shares with a layer outside that "
+        "part: merge_weights sees only the module given; build a new weight, never write into the base's"
+    )
+    error = max_difference(part[0].weight, expected)
+    assert error < 1e-5, f"the merged layer's weight differs from W + scaling B @ A by {error:.3g}"
 
 
 @pytest.mark.points(1)

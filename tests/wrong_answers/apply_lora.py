@@ -93,4 +93,29 @@ WRONG_ANSWERS = [
                 more_edits=((FREEZE, "        if first_call and id(parameter) not in adapters:"),)),
     WrongAnswer("an adapter's own base adapted", KATA, " and id(module) not in inside", "",
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "and every layer inside them"),
+    # Red-team round 2: names matched by components or containers, a generator's repr, mixed dtypes, prefixes, case.
+    WrongAnswer("dot-bounded substring matching", KATA, MATCH,
+                'return any(f".{target}." in f".{name}." for target in targets)',
+                "test_adapts_the_model_zoo", "a target names the layer itself"),
+    WrongAnswer("a targeted container adapts its linears", KATA,
+                "and id(module) not in inside and _is_target(name, targets)",
+                "and id(module) not in inside and any(_is_target(n, targets) for n in _parents(name))",
+                "test_adapts_the_model_zoo", "never the layers inside a container",
+                more_edits=(("def _is_target(", 'def _parents(name):\n    parts = name.split(".")\n'
+                             '    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]\n\n\ndef _is_target('),)),
+    WrongAnswer("the error names the generator given", KATA, MESSAGE,
+                'f"apply_lora: no nn.Linear matches target_modules={target_modules!r}; "',
+                "test_raises_naming_the_targets_when_nothing_matches", "a generator's repr names no target"),
+    WrongAnswer("adapters cast to the first parameter's dtype", KATA, WRAP,
+                WRAP + ".to(next(model.parameters()).dtype)",
+                "test_adapters_follow_the_model_dtype", "after the model's first parameter"),
+    WrongAnswer("names inside an adapted layer skipped by a bare prefix", KATA,
+                "        if isinstance(module, nn.Linear):\n            parent_name",
+                "        if isinstance(module, nn.Linear) and not any(name != m and name.startswith(m) "
+                "for m, _ in matched):\n            parent_name",
+                "test_adapts_the_model_zoo", "as if inside the adapter of fc1"),
+    WrongAnswer("case-insensitive matching", KATA, MATCH,
+                'return any(name.lower() == target.lower() or name.lower().endswith("." + target.lower()) '
+                "for target in targets)",
+                "test_adapts_the_model_zoo", "wrongly adapted ['Fc1'"),
 ]  # fmt: skip

@@ -176,4 +176,40 @@ WRONG_ANSWERS = [
     WrongAnswer("in-place dropout with grad off", KATA, DOWN,
                 DOWN.replace("self.dropout(x)", f"F.dropout(x, {P}, self.training, inplace=not torch.is_grad_enabled())"),
                 "test_dropout_never_touches_the_base_path", "changed its input x in place"),
+    # Red-team round 2: a cache keyed on the factors only, a base subclass's own parameter, in-place dropout of an
+    # activation, float32 factors for float16, Kaiming's fan-in of a transposed A, duck-typed bases, dropout off the
+    # graph, an exact dropped fraction, a tensor read on the default device.
+    WrongAnswer("eval-mode weight cached by the factors' versions", KATA, RESULT,
+                "if not self.training and not torch.is_grad_enabled():\n"
+                "            key = (self.lora_A._version, self.lora_B._version)\n"
+                "            if getattr(self, 'cache', (None,))[0] != key:\n"
+                "                self.cache = (key, self.base.weight + self.scaling * self.lora_B @ self.lora_A)\n"
+                "            return F.linear(x, self.cache[1], self.base.bias)\n        " + RESULT,
+                "test_computes_with_the_base_it_was_given", "cached from an earlier call"),
+    WrongAnswer("only the base's weight and bias frozen", KATA, FREEZE,
+                "self.base = base; base.weight.requires_grad_(False)\n"
+                "        if base.bias is not None:\n            base.bias.requires_grad_(False)",
+                "test_freezes_every_base_parameter", "['gain']"),
+    WrongAnswer("in-place dropout of an intermediate activation", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", f"F.dropout(x, {P}, self.training, inplace=x.grad_fn is not None)"),
+                "test_dropout_zeroes_adapter_inputs_in_train_mode", "changed its input x in place"),
+    WrongAnswer("float32 factors for a float16 base", KATA, PLACE,
+                '{"device": base.weight.device, "dtype": torch.float32 if base.weight.dtype == torch.float16 '
+                'else base.weight.dtype}',
+                "test_lives_on_the_base_device_and_dtype", "torch.float16"),
+    WrongAnswer("Kaiming-uniform on A stored (in, r)", KATA, A_INIT,
+                "nn.init.kaiming_uniform_(self.lora_A.T, a=math.sqrt(5))",
+                "test_a_uniform_A_has_nn_linears_bound", "fan-in was taken from A stored (in, r)"),
+    WrongAnswer("any module with a 2-D weight accepted as base", KATA, "if not isinstance(base, nn.Linear):",
+                'if getattr(getattr(base, "weight", None), "ndim", 0) != 2:',
+                "test_rejects_a_base_that_is_not_linear", "LoRALinear(Embedding(...)) raised AttributeError"),
+    WrongAnswer("dropout applied to x.data", KATA, DOWN, DOWN.replace("self.dropout(x)", "self.dropout(x.data)"),
+                "test_dropout_zeroes_adapter_inputs_in_train_mode", "is the adapter fed x.data"),
+    WrongAnswer("an exact fraction p dropped", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", "(x * torch.randperm(x.numel()).view(x.shape).ge(round("
+                             f"{P} * x.numel())) / (1 - {P}) if self.training else x)"),
+                "test_dropout_draws_a_fresh_mask_for_every_input_and_call", "the count varies from call to call"),
+    WrongAnswer("A seeded from a draw on the default device", KATA, A_INIT,
+                A_INIT + "; int(torch.randint(2**31, ()))",
+                "test_factors_follow_the_base_device_not_the_default_one", "Tensor.item() cannot be called on meta"),
 ]  # fmt: skip

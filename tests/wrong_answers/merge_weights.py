@@ -78,4 +78,18 @@ WRONG_ANSWERS = [
     WrongAnswer("half-precision bias kept in the float32 accumulator", KATA, BIAS,
                 "merged.bias = nn.Parameter(base.bias.to(accumulate), requires_grad=False)",
                 "test_half_precision_merges_in_float32_and_rounds_once", "not in float32"),
+    # Red-team round 2: a scaling folded into a half-precision factor, a tie outside the merged part.
+    WrongAnswer("scaling folded into a half-precision B", KATA, UPDATE,
+                "update = (layer.lora_B * layer.scaling).to(accumulate) @ layer.lora_A.to(accumulate)",
+                "test_half_precision_merges_in_float32_and_rounds_once", "scale and add there"),
+    WrongAnswer("merged in place unless tied within the model", KATA, NEW_LAYER,
+                "uses = [p for _, p in MODEL.named_parameters(remove_duplicate=False) if p is weight] if MODEL is not None else [1, 1]\n"
+                "    if len(uses) == 1:\n"
+                "        weight.copy_((weight.to(accumulate) + update).to(weight.dtype))\n        return base\n    "
+                + NEW_LAYER,
+                "test_merging_a_part_leaves_a_weight_tied_outside_it_alone", "sees only the module given",
+                more_edits=(("    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n",
+                             "    global MODEL\n    MODEL = model\n"
+                             "    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n"),
+                            ("@torch.no_grad()\n", "MODEL = None\n\n\n@torch.no_grad()\n"))),
 ]  # fmt: skip

@@ -10,9 +10,8 @@ class LoRALinear(nn.Module):
             raise ValueError(f"invalid LoRALinear arguments: base={type(base).__name__}, r={r}, dropout={dropout}")
         super().__init__()
         self.linear = base
-        self.linear.weight.requires_grad_(False)
-        if self.linear.bias is not None:
-            self.linear.bias.requires_grad_(False)
+        for parameter in self.linear.parameters():  # every one, a subclass's own too, not just weight and bias
+            parameter.requires_grad_(False)
         self.r = r
         self.alpha = alpha
         self.register_buffer("scale", torch.tensor(alpha / r, dtype=base.weight.dtype, device=base.weight.device))
