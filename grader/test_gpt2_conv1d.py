@@ -28,6 +28,7 @@ from grader.oracles import requires
 from grader.probes import (
     DEVICES,
     describe,
+    expect_centred,
     expect_instance,
     expect_on_the_base_device_and_dtype,
     expect_r_alpha_and_scaling,
@@ -170,7 +171,7 @@ def test_trains_two_factors_shaped_by_the_conv1d_in_and_out(LoRAConv1D):
 
 
 @pytest.mark.points(1)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 def test_lives_on_the_base_device_and_dtype(LoRAConv1D, device, dtype):
     _, conv, layer = make_layer(LoRAConv1D, dtype=dtype, device=device)
@@ -209,6 +210,8 @@ def test_B_starts_at_zero_and_A_random(LoRAConv1D):
     assert not (A_size == 0 and B_size > 0), "A is zero and B random at init: swap them, B = zeros and A random"
     assert B_size == 0, f"B is not zero at init (max |B| = {B_size:.3g}): initialise B with zeros"
     assert A_size > 0, "A is zero at init: with A and B both zero no gradient reaches either; make A random"
+    wide = factors(make_layer(LoRAConv1D, in_features=96, out_features=OUT, r=R)[2], 96, OUT, R)
+    expect_centred(wide.A, f"LoRAConv1D on a Conv1D of in=96, out={OUT}, r={R}")
 
 
 @pytest.mark.points(4)
@@ -637,13 +640,18 @@ def test_merged_logits_equal_peft_merged(apply_lora_gpt2, merge_gpt2, LoRAConv1D
     out_features=st.integers(1, 12),
     r=st.integers(1, 5),
     alpha=st.sampled_from([1.0, 4.0, 16.0]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
 )
-@example(in_features=8, out_features=8, r=2, alpha=4.0)  # square: a transposed update fits the weight
-@example(in_features=16, out_features=48, r=8, alpha=16.0)
+@example(in_features=8, out_features=8, r=2, alpha=4.0, dtype=torch.float32)  # square: a transposed update fits
+@example(in_features=16, out_features=48, r=8, alpha=16.0, dtype=torch.float32)
+@example(in_features=16, out_features=48, r=8, alpha=16.0, dtype=torch.float64)  # summed in float64, not float32
 def test_merged_conv1d_holds_W_plus_the_update_transposed(
-    LoRAConv1D, merge_gpt2, Conv1D, in_features, out_features, r, alpha
+    LoRAConv1D, merge_gpt2, Conv1D, in_features, out_features, r, alpha, dtype
 ):
-    twin, conv, layer = make_layer(LoRAConv1D, in_features=in_features, out_features=out_features, r=r, alpha=alpha)
+    twin, conv, layer = make_layer(
+        LoRAConv1D, dtype, in_features=in_features, out_features=out_features, r=r, alpha=alpha
+    )
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
     randomize_factors(layer, std=0.3)
     weight, bias, update = conv.weight.detach().clone(), conv.bias.detach().clone(), measured_update(layer, twin)
     model = nn.Sequential(layer)
@@ -654,20 +662,22 @@ def test_merged_conv1d_holds_W_plus_the_update_transposed(
         f"the merged Conv1D's weight is {tuple(new.weight.shape)}, expected (in, out) = {(in_features, out_features)}"
     )
     error = max_difference(new.weight, weight + update.T)
-    flipped = in_features == out_features and max_difference(new.weight, weight + update) < 1e-5
-    assert error < 1e-5, f"the merged (in, out) weight differs from W + dW.T by {error:.3g}" + (
+    flipped = in_features == out_features and max_difference(new.weight, weight + update) < tolerance
+    assert error < tolerance, f"the merged (in, out) {dtype} weight differs from W + dW.T by {error:.3g}" + (
         ": the update is not transposed (a Conv1D stores its weight (in, out), dW is (out, in))"
         if flipped
+        else ": a float64 base is summed in float64, not float32"
+        if dtype == torch.float64 and error < 1e-5
         else ": check the scaling, the order B @ A and the transpose"
     )
     assert torch.equal(new.bias.detach(), bias), "the merged bias differs from the base's: keep it as is"
     assert (new.nf, getattr(new, "nx", in_features)) == (out_features, in_features), (
         f"the merged Conv1D has nf={new.nf}, expected out = {out_features}: build Conv1D(nf=out, nx=in)"
     )
-    x = torch.randn(3, in_features)
+    x = torch.randn(3, in_features, dtype=dtype)
     with torch.no_grad():
         error = max_difference(new(x), twin(x) + x @ update.T)
-    assert error < 1e-5, f"the merged Conv1D's outputs differ from the adapted layer's by {error:.3g}"
+    assert error < tolerance, f"the merged Conv1D's outputs differ from the adapted layer's by {error:.3g}"
 
 
 @pytest.mark.points(2)
@@ -797,3 +807,12 @@ def test_half_precision_merges_in_float32_and_rounds_once(apply_lora_gpt2, merge
             "float32 and rounded once: upcast W, A and B to float32, add, then cast back, "
             "for Conv1D and nn.Linear layers alike"
         )
+        bias = model.get_submodule(name).bias
+        assert bias is None or bias.dtype == dtype, (
+            f"{name}: merged bias is {bias.dtype}, expected {dtype}: keep the base's bias as it is"
+        )
+    try:
+        logits(model, token_ids().to(device))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0]
+        pytest.fail(f"the merged {dtype} model's forward raised {first_line!r}: keep every tensor in {dtype}", False)
