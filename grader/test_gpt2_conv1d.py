@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -140,9 +141,25 @@ def test_computes_with_the_conv1d_it_was_given(LoRAConv1D):
     )
 
 
+def positionally(call: Callable[[], nn.Module], description: str) -> nn.Module:
+    """``call()``, a call passing r, alpha and dropout by position as the stub's signature allows; fails the check
+    with a clear verdict when the signature refuses them (keyword-only parameters, say)."""
+    try:
+        return call()
+    except TypeError as error:
+        pytest.fail(
+            f"{description} raised TypeError ({error}): keep the stub's signature, r, alpha and dropout "
+            "may be passed by position",
+            pytrace=False,
+        )
+
+
 @pytest.mark.points(1)
 def test_records_r_alpha_and_scaling(LoRAConv1D):
     expect_r_alpha_and_scaling(make_layer(LoRAConv1D)[2], R, ALPHA)
+    conv = make_layer(LoRAConv1D)[1]
+    layer = positionally(lambda: LoRAConv1D(conv, R, ALPHA, 0.0), f"LoRAConv1D(conv, {R}, {ALPHA}, 0.0)")
+    expect_r_alpha_and_scaling(layer, R, ALPHA)
 
 
 @pytest.mark.points(3)
@@ -315,6 +332,12 @@ def test_dropout_zeroes_adapter_inputs_in_train_mode_only(LoRAConv1D):
     assert abs(zeroed - p) <= 0.06, (
         f"with dropout={p} train mode zeroed {zeroed:.1%} of the adapter inputs, expected {p:.0%}: "
         "zero each input with probability p, as nn.Dropout(p) does"
+    )
+    dropped = multipliers.abs() <= 1e-6  # (calls, batch, seq, in)
+    copies = [i for i in range(1, dropped.shape[1]) if torch.equal(dropped[:, i], dropped[:, 0])]
+    assert not copies, (
+        f"with dropout={p} batch items {copies} got the very mask of item 0 in every call: draw one mask entry per "
+        "input element, independent across the batch, as nn.Dropout(p) does on x of shape (batch, ..., in)"
     )
 
 
@@ -518,7 +541,13 @@ def test_freezes_everything_but_the_adapters(apply_lora_gpt2, LoRAConv1D, LoRALi
 @pytest.mark.points(1)
 @pytest.mark.subject("apply_lora_gpt2")
 def test_passes_r_alpha_and_dropout_on(apply_lora_gpt2, LoRAConv1D):
-    model = adapted(apply_lora_gpt2(tiny_gpt2(), ATTENTION, r=3, alpha=6.0, dropout=0.5))
+    targets = (*ATTENTION, "lm_head")
+    model = adapted(
+        positionally(
+            lambda: apply_lora_gpt2(tiny_gpt2(), targets, 3, 6.0, 0.5),
+            f"apply_lora_gpt2(model, {targets}, 3, 6.0, 0.5)",
+        )
+    )
     for name, layer in adapters(model, LoRAConv1D).items():
         count = sum(t.numel() for t in trainable(layer))
         measured = (getattr(layer, "r", None), getattr(layer, "alpha", None), count)
@@ -529,10 +558,13 @@ def test_passes_r_alpha_and_dropout_on(apply_lora_gpt2, LoRAConv1D):
     randomize(model, std=0.5)
     model.train()
     x = torch.randn(2, 5, 16)
-    layer = model.transformer.h[0].attn.c_attn
-    with torch.no_grad():
-        varies = max_difference(output(layer, x), output(layer, x))
-    assert varies > 0, "with dropout=0.5 two train-mode calls gave the same output: pass dropout on to LoRAConv1D"
+    for name, kind in (("transformer.h.0.attn.c_attn", "LoRAConv1D"), ("lm_head", "LoRALinear")):
+        layer = model.get_submodule(name)
+        with torch.no_grad():
+            varies = max_difference(output(layer, x), output(layer, x))
+        assert varies > 0, (
+            f"{name}: with dropout=0.5 two train-mode calls gave the same output: pass dropout on to {kind}"
+        )
 
 
 @pytest.mark.points(1)
