@@ -487,9 +487,14 @@ CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of t
     ),
     "a lora_A missing": missing("A"),
     "a lora_B missing": missing("B"),
+    "both factors of a layer missing": lambda tensors, config: [missing(f)(tensors, config) for f in "AB"],
+    "a lora pair for an untargeted layer": lambda tensors, config: config.update(
+        target_modules=[t for t in config["target_modules"] if t != "fc1"]  # peft's file lists short names
+    ),
     "a transposed lora_A": transposed("A"),
     "a transposed lora_B": transposed("B"),
     "peft_type LOHA": lambda tensors, config: config.update(peft_type="LOHA"),
+    "peft_type lora, lowercase": lambda tensors, config: config.update(peft_type="lora"),
     "use_dora": lambda tensors, config: config.update(use_dora=True),
     "use_rslora": lambda tensors, config: config.update(use_rslora=True),
     "bias all": lambda tensors, config: config.update(bias="all"),
@@ -501,6 +506,8 @@ WORDS = {  # what the message must name
     "a key without the prefix too": [FACTOR_KEY.format("A").removeprefix(PREFIX)],
     "a lora_A missing": ["layers.0.mlp.fc1"],
     "a lora_B missing": ["layers.0.mlp.fc1"],
+    "both factors of a layer missing": ["layers.0.mlp.fc1"],
+    "a lora pair for an untargeted layer": ["fc1"],
     "a transposed lora_A": [FACTOR_KEY.format("A"), "4,8", "8,4"],
     "a transposed lora_B": [FACTOR_KEY.format("B"), "12,4", "4,12"],
 }

@@ -111,4 +111,15 @@ WRONG_ANSWERS = [
                 "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "a transposed lora_B: load_adapter raised"),
     WrongAnswer("only bias 'all' refused", KATA, 'if config.get("bias", "none") != "none":', 'if config.get("bias") == "all":',
                 "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "accepted a file with bias lora_only"),
+    # Red-team round 2: a file checked against the config, not the config against the file.
+    WrongAnswer("only the layers the file holds tensors for adapted", KATA,
+                'targets = _targeted(model, config["target_modules"])',
+                'targets = {n: m for n, m in _targeted(model, config["target_modules"]).items() if any(k.startswith(f"{PREFIX}{n}.lora_") for k in tensors)}',
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "accepted a file with both factors of a layer missing"),
+    WrongAnswer("lora pairs of untargeted layers skipped", KATA, "unplaced = sorted(tensors.keys() - expected.keys())",
+                'unplaced = sorted(k for k in tensors.keys() - expected.keys() if not k.endswith((".lora_A.weight", ".lora_B.weight")))',
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "accepted a file with a lora pair for an untargeted layer"),
+    WrongAnswer("peft_type compared case-blind", KATA, 'config.get("peft_type") != "LORA"',
+                'str(config.get("peft_type")).upper() != "LORA"',
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "accepted a file with peft_type lora, lowercase"),
 ]  # fmt: skip
