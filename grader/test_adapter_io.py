@@ -358,6 +358,22 @@ def test_loads_what_peft_saves_and_computes_what_peft_does(load_adapter, LoRALin
     expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, oracle, tmp_path, "qualified names")
 
 
+@pytest.mark.points(1)
+@pytest.mark.subject("load_adapter")
+def test_a_float64_model_loads_a_float32_file_in_float64(load_adapter, LoRALinear, LoRAConv1D, tmp_path):
+    model, oracle = peft_saved("toy", tmp_path)
+    model, oracle = model.double(), oracle.double()  # peft casts what it loads to the model's dtype
+    loaded(load_adapter, model, tmp_path)
+    dtypes = sorted({str(p.dtype) for layer in adapters_in(model, LoRALinear, LoRAConv1D).values()
+                     for p in layer.parameters() if p.requires_grad})  # fmt: skip
+    assert dtypes == ["torch.float64"], (
+        f"a float64 model loading a float32 file holds {dtypes} factors, expected torch.float64: copy the file's "
+        "tensors into the layers' own factors (copy_), do not replace them with the file's"
+    )
+    error = max_difference(outputs("toy", model), outputs("toy", oracle))
+    assert error < 1e-12, f"the float64 model loaded from a float32 file computes outputs {error:.3g} from peft's"
+
+
 # Where re.search and a bare endswith part from peft's matching: a match that stops short of the name's end or
 # starts after its beginning, and an entry that ends a longer name without the dot.
 PATTERNS = {

@@ -122,4 +122,8 @@ WRONG_ANSWERS = [
     WrongAnswer("peft_type compared case-blind", KATA, 'config.get("peft_type") != "LORA"',
                 'str(config.get("peft_type")).upper() != "LORA"',
                 "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "accepted a file with peft_type lora, lowercase"),
+    WrongAnswer("factors replaced by the file's tensors", KATA,
+                '            A.copy_(tensors[f"{PREFIX}{name}.lora_A.weight"])\n            B.copy_(tensors[f"{PREFIX}{name}.lora_B.weight"])',
+                '            layer = model.get_submodule(name)\n            layer.lora_A = nn.Parameter(tensors[f"{PREFIX}{name}.lora_A.weight"])\n            layer.lora_B = nn.Parameter(tensors[f"{PREFIX}{name}.lora_B.weight"])',
+                "test_a_float64_model_loads_a_float32_file_in_float64", "holds ['torch.float32'"),
 ]  # fmt: skip
