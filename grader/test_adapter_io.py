@@ -296,11 +296,12 @@ def test_save_refuses_a_model_without_adapters(save_adapter, LoRALinear, tmp_pat
 
 
 @pytest.mark.points(1)
-@pytest.mark.parametrize("differs", ["r", "alpha"])
+@pytest.mark.parametrize("differs", ["r", "alpha", "r and alpha"])  # the last: one alpha / r, two ranks
 def test_save_refuses_adapters_that_disagree(save_adapter, LoRALinear, differs, tmp_path):
     model = ToyTransformer()
     names = matching_linears(model, TOY_TARGETS)
-    wrap(model, names[:1], lambda layer: LoRALinear(layer, r=2 if differs == "r" else R, alpha=ALPHA))
+    first = {"r": 2 if "r" in differs.split() else R, "alpha": ALPHA / 2 if differs == "r and alpha" else ALPHA}
+    wrap(model, names[:1], lambda layer: LoRALinear(layer, **first))
     wrap(model, names[1:], lambda layer: LoRALinear(layer, r=R, alpha=2.0 if differs == "alpha" else ALPHA))
     try:
         save_adapter(model, tmp_path)

@@ -126,4 +126,7 @@ WRONG_ANSWERS = [
                 '            A.copy_(tensors[f"{PREFIX}{name}.lora_A.weight"])\n            B.copy_(tensors[f"{PREFIX}{name}.lora_B.weight"])',
                 '            layer = model.get_submodule(name)\n            layer.lora_A = nn.Parameter(tensors[f"{PREFIX}{name}.lora_A.weight"])\n            layer.lora_B = nn.Parameter(tensors[f"{PREFIX}{name}.lora_B.weight"])',
                 "test_a_float64_model_loads_a_float32_file_in_float64", "holds ['torch.float32'"),
+    WrongAnswer("adapters compared by alpha / r alone", KATA, "    if len(settings) > 1:\n",
+                "    if len({alpha / r for r, alpha in settings}) > 1:\n",
+                "test_save_refuses_adapters_that_disagree", "different r and alpha raised nothing"),
 ]  # fmt: skip
