@@ -128,5 +128,6 @@ WRONG_ANSWERS = [
                 "test_a_float64_model_loads_a_float32_file_in_float64", "holds ['torch.float32'"),
     WrongAnswer("adapters compared by alpha / r alone", KATA, "    if len(settings) > 1:\n",
                 "    if len({alpha / r for r, alpha in settings}) > 1:\n",
-                "test_save_refuses_adapters_that_disagree", "different r and alpha raised nothing"),
+                "test_save_refuses_adapters_that_disagree", "different r and alpha raised nothing",
+                more_edits=(("    ((r, alpha),) = settings", "    r, alpha = min(settings)"),)),
 ]  # fmt: skip
