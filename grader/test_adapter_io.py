@@ -296,11 +296,12 @@ def test_save_refuses_a_model_without_adapters(save_adapter, LoRALinear, tmp_pat
 
 
 @pytest.mark.points(1)
-@pytest.mark.parametrize("differs", ["r", "alpha"])
+@pytest.mark.parametrize("differs", ["r", "alpha", "r and alpha"])  # the last: one alpha / r, two ranks
 def test_save_refuses_adapters_that_disagree(save_adapter, LoRALinear, differs, tmp_path):
     model = ToyTransformer()
     names = matching_linears(model, TOY_TARGETS)
-    wrap(model, names[:1], lambda layer: LoRALinear(layer, r=2 if differs == "r" else R, alpha=ALPHA))
+    first = {"r": 2 if "r" in differs.split() else R, "alpha": ALPHA / 2 if differs == "r and alpha" else ALPHA}
+    wrap(model, names[:1], lambda layer: LoRALinear(layer, **first))
     wrap(model, names[1:], lambda layer: LoRALinear(layer, r=R, alpha=2.0 if differs == "alpha" else ALPHA))
     try:
         save_adapter(model, tmp_path)
@@ -356,6 +357,22 @@ def expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, ora
 def test_loads_what_peft_saves_and_computes_what_peft_does(load_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
     model, oracle = peft_saved(kind, tmp_path)
     expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, oracle, tmp_path, "qualified names")
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("load_adapter")
+def test_a_float64_model_loads_a_float32_file_in_float64(load_adapter, LoRALinear, LoRAConv1D, tmp_path):
+    model, oracle = peft_saved("toy", tmp_path)
+    model, oracle = model.double(), oracle.double()  # peft casts what it loads to the model's dtype
+    loaded(load_adapter, model, tmp_path)
+    dtypes = sorted({str(p.dtype) for layer in adapters_in(model, LoRALinear, LoRAConv1D).values()
+                     for p in layer.parameters() if p.requires_grad})  # fmt: skip
+    assert dtypes == ["torch.float64"], (
+        f"a float64 model loading a float32 file holds {dtypes} factors, expected torch.float64: copy the file's "
+        "tensors into the layers' own factors (copy_), do not replace them with the file's"
+    )
+    error = max_difference(outputs("toy", model), outputs("toy", oracle))
+    assert error < 1e-12, f"the float64 model loaded from a float32 file computes outputs {error:.3g} from peft's"
 
 
 # Where re.search and a bare endswith part from peft's matching: a match that stops short of the name's end or
@@ -487,9 +504,14 @@ CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of t
     ),
     "a lora_A missing": missing("A"),
     "a lora_B missing": missing("B"),
+    "both factors of a layer missing": lambda tensors, config: [missing(f)(tensors, config) for f in "AB"],
+    "a lora pair for an untargeted layer": lambda tensors, config: config.update(
+        target_modules=[t for t in config["target_modules"] if t != "fc1"]  # peft's file lists short names
+    ),
     "a transposed lora_A": transposed("A"),
     "a transposed lora_B": transposed("B"),
     "peft_type LOHA": lambda tensors, config: config.update(peft_type="LOHA"),
+    "peft_type lora, lowercase": lambda tensors, config: config.update(peft_type="lora"),
     "use_dora": lambda tensors, config: config.update(use_dora=True),
     "use_rslora": lambda tensors, config: config.update(use_rslora=True),
     "bias all": lambda tensors, config: config.update(bias="all"),
@@ -501,6 +523,8 @@ WORDS = {  # what the message must name
     "a key without the prefix too": [FACTOR_KEY.format("A").removeprefix(PREFIX)],
     "a lora_A missing": ["layers.0.mlp.fc1"],
     "a lora_B missing": ["layers.0.mlp.fc1"],
+    "both factors of a layer missing": ["layers.0.mlp.fc1"],
+    "a lora pair for an untargeted layer": ["fc1"],
     "a transposed lora_A": [FACTOR_KEY.format("A"), "4,8", "8,4"],
     "a transposed lora_B": [FACTOR_KEY.format("B"), "12,4", "4,12"],
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ from grader.oracles import requires
 from grader.probes import (
     DEVICES,
     describe,
+    expect_centred,
     expect_instance,
     expect_on_the_base_device_and_dtype,
     expect_r_alpha_and_scaling,
@@ -139,9 +141,25 @@ def test_computes_with_the_conv1d_it_was_given(LoRAConv1D):
     )
 
 
+def positionally(call: Callable[[], nn.Module], description: str) -> nn.Module:
+    """``call()``, a call passing r, alpha and dropout by position as the stub's signature allows; fails the check
+    with a clear verdict when the signature refuses them (keyword-only parameters, say)."""
+    try:
+        return call()
+    except TypeError as error:
+        pytest.fail(
+            f"{description} raised TypeError ({error}): keep the stub's signature, r, alpha and dropout "
+            "may be passed by position",
+            pytrace=False,
+        )
+
+
 @pytest.mark.points(1)
 def test_records_r_alpha_and_scaling(LoRAConv1D):
     expect_r_alpha_and_scaling(make_layer(LoRAConv1D)[2], R, ALPHA)
+    conv = make_layer(LoRAConv1D)[1]
+    layer = positionally(lambda: LoRAConv1D(conv, R, ALPHA, 0.0), f"LoRAConv1D(conv, {R}, {ALPHA}, 0.0)")
+    expect_r_alpha_and_scaling(layer, R, ALPHA)
 
 
 @pytest.mark.points(3)
@@ -170,7 +188,7 @@ def test_trains_two_factors_shaped_by_the_conv1d_in_and_out(LoRAConv1D):
 
 
 @pytest.mark.points(1)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 def test_lives_on_the_base_device_and_dtype(LoRAConv1D, device, dtype):
     _, conv, layer = make_layer(LoRAConv1D, dtype=dtype, device=device)
@@ -209,6 +227,8 @@ def test_B_starts_at_zero_and_A_random(LoRAConv1D):
     assert not (A_size == 0 and B_size > 0), "A is zero and B random at init: swap them, B = zeros and A random"
     assert B_size == 0, f"B is not zero at init (max |B| = {B_size:.3g}): initialise B with zeros"
     assert A_size > 0, "A is zero at init: with A and B both zero no gradient reaches either; make A random"
+    wide = factors(make_layer(LoRAConv1D, in_features=96, out_features=OUT, r=R)[2], 96, OUT, R)
+    expect_centred(wide.A, f"LoRAConv1D on a Conv1D of in=96, out={OUT}, r={R}")
 
 
 @pytest.mark.points(4)
@@ -312,6 +332,12 @@ def test_dropout_zeroes_adapter_inputs_in_train_mode_only(LoRAConv1D):
     assert abs(zeroed - p) <= 0.06, (
         f"with dropout={p} train mode zeroed {zeroed:.1%} of the adapter inputs, expected {p:.0%}: "
         "zero each input with probability p, as nn.Dropout(p) does"
+    )
+    dropped = multipliers.abs() <= 1e-6  # (calls, batch, seq, in)
+    copies = [i for i in range(1, dropped.shape[1]) if torch.equal(dropped[:, i], dropped[:, 0])]
+    assert not copies, (
+        f"with dropout={p} batch items {copies} got the very mask of item 0 in every call: draw one mask entry per "
+        "input element, independent across the batch, as nn.Dropout(p) does on x of shape (batch, ..., in)"
     )
 
 
@@ -515,7 +541,13 @@ def test_freezes_everything_but_the_adapters(apply_lora_gpt2, LoRAConv1D, LoRALi
 @pytest.mark.points(1)
 @pytest.mark.subject("apply_lora_gpt2")
 def test_passes_r_alpha_and_dropout_on(apply_lora_gpt2, LoRAConv1D):
-    model = adapted(apply_lora_gpt2(tiny_gpt2(), ATTENTION, r=3, alpha=6.0, dropout=0.5))
+    targets = (*ATTENTION, "lm_head")
+    model = adapted(
+        positionally(
+            lambda: apply_lora_gpt2(tiny_gpt2(), targets, 3, 6.0, 0.5),
+            f"apply_lora_gpt2(model, {targets}, 3, 6.0, 0.5)",
+        )
+    )
     for name, layer in adapters(model, LoRAConv1D).items():
         count = sum(t.numel() for t in trainable(layer))
         measured = (getattr(layer, "r", None), getattr(layer, "alpha", None), count)
@@ -526,10 +558,13 @@ def test_passes_r_alpha_and_dropout_on(apply_lora_gpt2, LoRAConv1D):
     randomize(model, std=0.5)
     model.train()
     x = torch.randn(2, 5, 16)
-    layer = model.transformer.h[0].attn.c_attn
-    with torch.no_grad():
-        varies = max_difference(output(layer, x), output(layer, x))
-    assert varies > 0, "with dropout=0.5 two train-mode calls gave the same output: pass dropout on to LoRAConv1D"
+    for name, kind in (("transformer.h.0.attn.c_attn", "LoRAConv1D"), ("lm_head", "LoRALinear")):
+        layer = model.get_submodule(name)
+        with torch.no_grad():
+            varies = max_difference(output(layer, x), output(layer, x))
+        assert varies > 0, (
+            f"{name}: with dropout=0.5 two train-mode calls gave the same output: pass dropout on to {kind}"
+        )
 
 
 @pytest.mark.points(1)
@@ -637,13 +672,18 @@ def test_merged_logits_equal_peft_merged(apply_lora_gpt2, merge_gpt2, LoRAConv1D
     out_features=st.integers(1, 12),
     r=st.integers(1, 5),
     alpha=st.sampled_from([1.0, 4.0, 16.0]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
 )
-@example(in_features=8, out_features=8, r=2, alpha=4.0)  # square: a transposed update fits the weight
-@example(in_features=16, out_features=48, r=8, alpha=16.0)
+@example(in_features=8, out_features=8, r=2, alpha=4.0, dtype=torch.float32)  # square: a transposed update fits
+@example(in_features=16, out_features=48, r=8, alpha=16.0, dtype=torch.float32)
+@example(in_features=16, out_features=48, r=8, alpha=16.0, dtype=torch.float64)  # summed in float64, not float32
 def test_merged_conv1d_holds_W_plus_the_update_transposed(
-    LoRAConv1D, merge_gpt2, Conv1D, in_features, out_features, r, alpha
+    LoRAConv1D, merge_gpt2, Conv1D, in_features, out_features, r, alpha, dtype
 ):
-    twin, conv, layer = make_layer(LoRAConv1D, in_features=in_features, out_features=out_features, r=r, alpha=alpha)
+    twin, conv, layer = make_layer(
+        LoRAConv1D, dtype, in_features=in_features, out_features=out_features, r=r, alpha=alpha
+    )
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
     randomize_factors(layer, std=0.3)
     weight, bias, update = conv.weight.detach().clone(), conv.bias.detach().clone(), measured_update(layer, twin)
     model = nn.Sequential(layer)
@@ -654,20 +694,22 @@ def test_merged_conv1d_holds_W_plus_the_update_transposed(
         f"the merged Conv1D's weight is {tuple(new.weight.shape)}, expected (in, out) = {(in_features, out_features)}"
     )
     error = max_difference(new.weight, weight + update.T)
-    flipped = in_features == out_features and max_difference(new.weight, weight + update) < 1e-5
-    assert error < 1e-5, f"the merged (in, out) weight differs from W + dW.T by {error:.3g}" + (
+    flipped = in_features == out_features and max_difference(new.weight, weight + update) < tolerance
+    assert error < tolerance, f"the merged (in, out) {dtype} weight differs from W + dW.T by {error:.3g}" + (
         ": the update is not transposed (a Conv1D stores its weight (in, out), dW is (out, in))"
         if flipped
+        else ": a float64 base is summed in float64, not float32"
+        if dtype == torch.float64 and error < 1e-5
         else ": check the scaling, the order B @ A and the transpose"
     )
     assert torch.equal(new.bias.detach(), bias), "the merged bias differs from the base's: keep it as is"
     assert (new.nf, getattr(new, "nx", in_features)) == (out_features, in_features), (
         f"the merged Conv1D has nf={new.nf}, expected out = {out_features}: build Conv1D(nf=out, nx=in)"
     )
-    x = torch.randn(3, in_features)
+    x = torch.randn(3, in_features, dtype=dtype)
     with torch.no_grad():
         error = max_difference(new(x), twin(x) + x @ update.T)
-    assert error < 1e-5, f"the merged Conv1D's outputs differ from the adapted layer's by {error:.3g}"
+    assert error < tolerance, f"the merged Conv1D's outputs differ from the adapted layer's by {error:.3g}"
 
 
 @pytest.mark.points(2)
@@ -797,3 +839,12 @@ def test_half_precision_merges_in_float32_and_rounds_once(apply_lora_gpt2, merge
             "float32 and rounded once: upcast W, A and B to float32, add, then cast back, "
             "for Conv1D and nn.Linear layers alike"
         )
+        bias = model.get_submodule(name).bias
+        assert bias is None or bias.dtype == dtype, (
+            f"{name}: merged bias is {bias.dtype}, expected {dtype}: keep the base's bias as it is"
+        )
+    try:
+        logits(model, token_ids().to(device))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0]
+        pytest.fail(f"the merged {dtype} model's forward raised {first_line!r}: keep every tensor in {dtype}", False)
