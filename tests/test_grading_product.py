@@ -148,7 +148,8 @@ def test_batch_writes_a_gradebook_and_leaves_no_process_behind(tmp_path):
     implementation_folder(submissions / "carol" / "katas")
     (submissions / "dave").mkdir()
     (submissions / "eve").mkdir()
-    (submissions / "eve" / "merge_weights.py").write_text("import subprocess\nsubprocess.Popen(['sleep', '300'])\n")
+    mark = f"300.{os.getpid()}"  # this test's own sleep: another run's cannot be taken for one left behind here
+    (submissions / "eve" / "merge_weights.py").write_text(f"import subprocess\nsubprocess.Popen(['sleep', '{mark}'])\n")
     katas = ["lora_linear", "apply_lora", "merge_weights"]  # bob kills the grading in the middle one
     arguments = ["--out", str(tmp_path / "grades.csv"), "--jobs", "2", *(f"--kata={kata}" for kata in katas)]
     completed = lora_kata("batch", str(submissions), *arguments)
@@ -160,7 +161,7 @@ def test_batch_writes_a_gradebook_and_leaves_no_process_behind(tmp_path):
     assert rows["bob"]["apply_lora"] == "0" and rows["bob"]["merge_weights"] == rows["alice"]["merge_weights"]
     assert rows["dave"]["total"] == rows["eve"]["total"] == "0"
     assert sorted(p.name for p in (tmp_path / "grades-results").iterdir()) == [f"{n}.json" for n in sorted(rows)]
-    strays = [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline(pid).startswith("sleep\x00300")]
+    strays = [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline(pid) == f"sleep\x00{mark}\x00"]
     assert not strays, f"processes left behind: {strays}"
 
 
