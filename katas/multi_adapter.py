@@ -57,7 +57,9 @@ class MultiLoRALinear(nn.Module):
     @property
     def merged_adapters(self) -> list[str]:
         """The names of the adapters whose update is in the base's weight now, in the order merged:
-        ``[]``, or ``[active_adapter]`` (set_adapter, disable_adapters and delete_adapter unmerge)."""
+        ``[]``, or ``[active_adapter]`` (set_adapter, disable_adapters and delete_adapter unmerge).
+
+        A new list at every call: a caller that changes the list it got changes nothing in the layer."""
         raise NotImplementedError("kata multi_adapter: write MultiLoRALinear.merged_adapters")
 
     def add_adapter(self, name: str, r: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> None:
@@ -89,8 +91,12 @@ class MultiLoRALinear(nn.Module):
         ``base(x)`` with the base's own weight and nothing is trainable.
 
         A merged layer is unmerged first (when entering, or at the latest at the first forward inside).
-        On exit, even by an exception (which goes on propagating), the state before returns: the same
-        active adapter, trainable as before, but not merged again.
+        Every forward inside the block computes ``base(x)`` with the base's own (unmerged) weight, whatever
+        was called inside it: ``merge()`` inside the block may do nothing, raise ValueError, or merge, to be
+        unmerged by the next forward (as peft does). On exit, even by an exception (which goes on
+        propagating), the state before returns: the same active adapter, trainable as before, but not
+        merged: after the block ``merged_adapters`` is ``[]`` and the weight is the unmerged ``W``, even
+        when no forward ran inside.
         """
         raise NotImplementedError("kata multi_adapter: write MultiLoRALinear.disable_adapters")
 
@@ -113,8 +119,10 @@ class MultiLoRALinear(nn.Module):
         raise NotImplementedError("kata multi_adapter: write MultiLoRALinear.merge")
 
     def unmerge(self) -> None:
-        """Take the merged adapter's update back out of the base's weight (float32 accumulation for
-        fp16/bf16, as merge), in place; ``merged_adapters`` is then empty. On a layer with nothing
+        """Take the merged adapter's update back out of the base's weight as it is now: subtract
+        ``scaling * B @ A`` from the weight it holds (float32 accumulation for fp16/bf16, as merge), in
+        place, as peft does, so that a change made to ``base.weight`` while merged stays (restoring a copy
+        saved by merge would throw it away); ``merged_adapters`` is then empty. On a layer with nothing
         merged it changes nothing (doing nothing, warning, or raising ValueError are all fine)."""
         raise NotImplementedError("kata multi_adapter: write MultiLoRALinear.unmerge")
 

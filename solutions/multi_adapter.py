@@ -43,7 +43,7 @@ class MultiLoRALinear(nn.Module):
 
     @property
     def merged_adapters(self) -> list[str]:
-        """The adapters folded into the base's weight (a copy: at most the active one)."""
+        """The adapters folded into the base's weight (a new list at every call: at most the active one)."""
         return list(self._merged)
 
     def add_adapter(self, name: str, r: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> None:
@@ -79,8 +79,9 @@ class MultiLoRALinear(nn.Module):
 
     @contextlib.contextmanager
     def disable_adapters(self) -> Iterator[None]:
-        """Compute ``base(x)`` with nothing trainable inside the block; the state before returns on exit
-        (even by an exception), except that a merged adapter stays unmerged."""
+        """Compute ``base(x)`` with the unmerged weight and nothing trainable inside the block; the state before
+        returns on exit (even by an exception), except that the layer leaves it unmerged, even after a merge()
+        inside that no forward undid."""
         if self._merged:
             self.unmerge()
         was_disabled, self._disabled = self._disabled, True
@@ -89,6 +90,8 @@ class MultiLoRALinear(nn.Module):
             yield
         finally:
             self._disabled = was_disabled
+            if self._merged:
+                self.unmerge()
             self._refresh_trainable()
 
     @torch.no_grad()
@@ -110,7 +113,8 @@ class MultiLoRALinear(nn.Module):
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Take every merged adapter back out of the base's weight; nothing to do on an unmerged layer."""
+        """Subtract every merged adapter's update from the base's weight as it is now (a change made to it while
+        merged stays); nothing to do on an unmerged layer."""
         weight = self.base.weight
         while self._merged:
             name = self._merged.pop()
@@ -127,7 +131,8 @@ class MultiLoRALinear(nn.Module):
         self._refresh_trainable()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``x`` (..., in) to (..., out) in the base's dtype."""
+        """Map ``x`` (..., in) to (..., out) in the base's dtype; inside disable_adapters() a merge() made there is
+        undone first, as peft's forward does."""
         if self._disabled and self._merged:
             self.unmerge()
         name = self._active

@@ -26,7 +26,8 @@ class _Adapter(nn.Module):
 
 
 class _Disabled:
-    """disable_adapters() as a class: the merged layer is unmerged lazily, by the first forward inside."""
+    """disable_adapters() as a class: the merged layer is unmerged lazily, by the first forward inside, or at the
+    latest on exit."""
 
     def __init__(self, layer: "MultiLoRALinear") -> None:
         self.layer = layer
@@ -38,7 +39,7 @@ class _Disabled:
 
     def __exit__(self, *exc_info: object) -> bool:
         self.layer.adapters_enabled = self.saved
-        self.layer.freeze_all()
+        self.layer.unmerge()  # nothing to do when a forward inside unmerged already
         return False
 
 
@@ -51,8 +52,8 @@ class MultiLoRALinear(nn.Module):
             parameter.requires_grad = False
         self.base_layer = base
         self.lora = nn.ModuleDict()
-        self.active_adapter = None  # plain attributes, not properties
-        self.merged_adapters = []
+        self.active_adapter = None  # a plain attribute, not a property
+        self._merged = []
         self.adapters_enabled = True
 
     def add_adapter(self, name, r=8, alpha=16.0, dropout=0.0):
@@ -65,10 +66,14 @@ class MultiLoRALinear(nn.Module):
             self.active_adapter = name
         self.freeze_all()
 
+    @property
+    def merged_adapters(self) -> list:
+        return list(self._merged)  # a copy: a caller's changes stay the caller's
+
     def freeze_all(self) -> None:
         """Only the active adapter trains, and only while enabled and not merged (this answer's reading)."""
         for name, adapter in self.lora.items():
-            trains = name == self.active_adapter and self.adapters_enabled and not self.merged_adapters
+            trains = name == self.active_adapter and self.adapters_enabled and not self._merged
             adapter.requires_grad_(trains)
 
     def _known(self, name):
@@ -87,7 +92,7 @@ class MultiLoRALinear(nn.Module):
     def merge(self, safe=False):
         if self.active_adapter is None:
             raise ValueError("no active adapter to merge")
-        if self.active_adapter in self.merged_adapters:
+        if self.active_adapter in self._merged:
             return
         weight = self.base_layer.weight
         delta = self.lora[self.active_adapter].delta_weight().detach()
@@ -96,12 +101,12 @@ class MultiLoRALinear(nn.Module):
         if safe and not merged.isfinite().all():
             raise ValueError(f"adapter {self.active_adapter!r} would make the weight non-finite")
         weight.data = merged  # same Parameter object, new storage
-        self.merged_adapters.append(self.active_adapter)
+        self._merged.append(self.active_adapter)
         self.freeze_all()
 
     def unmerge(self):
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
+        while self._merged:
+            name = self._merged.pop()
             weight = self.base_layer.weight
             delta = self.lora[name].delta_weight().detach()
             weight.data = (weight.detach().to(delta.dtype) - delta).to(weight.dtype)
@@ -109,7 +114,7 @@ class MultiLoRALinear(nn.Module):
 
     def delete_adapter(self, name):
         self._known(name)
-        if name in self.merged_adapters:
+        if name in self._merged:
             self.unmerge()
         del self.lora[name]
         if self.active_adapter == name:
@@ -120,6 +125,6 @@ class MultiLoRALinear(nn.Module):
         if not self.adapters_enabled:
             self.unmerge()
             return self.base_layer(x)
-        if self.active_adapter is None or self.merged_adapters:
+        if self.active_adapter is None or self._merged:
             return self.base_layer(x)
         return self.base_layer(x) + self.lora[self.active_adapter](x)

@@ -6,8 +6,9 @@ from torch import nn
 
 
 class MultiLoRALinear(nn.Module):
-    """Factors stored transposed, (in, r) and (r, out), in two ParameterDicts; unmerge restores the weight saved
-    when merging (exact, no drift); merge and unmerge with nothing to do warn, as peft does."""
+    """Factors stored transposed, (in, r) and (r, out), in two ParameterDicts; merge and unmerge write the weight
+    through its transposed (in, out) view; merge and unmerge with nothing to do warn, as peft does, and so does
+    merge inside disable_adapters(), where it does nothing."""
 
     def __init__(self, base):
         if not isinstance(base, nn.Linear):
@@ -20,7 +21,6 @@ class MultiLoRALinear(nn.Module):
         self.scales = {}
         self._active = None
         self._merged = ()
-        self._saved_weight = None
         self._off = 0  # depth of nested disable_adapters() blocks
 
     active_adapter = property(lambda self: self._active)
@@ -73,25 +73,28 @@ class MultiLoRALinear(nn.Module):
 
     def merge(self, safe=False):
         name = self._active
-        if name is None or name in self._merged:
-            warnings.warn("nothing to merge", stacklevel=2)
+        if name is None or name in self._merged or self._off:
+            warnings.warn("nothing to merge" if not self._off else "adapters disabled: nothing merged", stacklevel=2)
             return
-        w = self.linear.weight
+        w_t = self.linear.weight.T  # (in, out), a view of the very Parameter
         with torch.no_grad():
-            merged = (w.to(self._delta_t(name).dtype) + self._delta_t(name).T).to(w.dtype)
-            if safe and not bool(torch.isfinite(merged).all()):
+            delta_t = self._delta_t(name)
+            merged_t = (w_t.to(delta_t.dtype) + delta_t).to(w_t.dtype)
+            if safe and not bool(torch.isfinite(merged_t).all()):
                 raise ValueError(f"merging {name!r} gives NaN or inf")
-            self._saved_weight = w.detach().clone()
-            w.copy_(merged)
+            w_t.copy_(merged_t)
         self._merged = (*self._merged, name)
 
     def unmerge(self):
         if not self._merged:
             warnings.warn("nothing merged", stacklevel=2)
             return
+        w_t = self.linear.weight.T
         with torch.no_grad():
-            self.linear.weight.copy_(self._saved_weight)
-        self._saved_weight, self._merged = None, ()
+            for name in reversed(self._merged):  # from the weight as it is now
+                delta_t = self._delta_t(name)
+                w_t.copy_((w_t.to(delta_t.dtype) - delta_t).to(w_t.dtype))
+        self._merged = ()
 
     def delete_adapter(self, name):
         self._check(name)
