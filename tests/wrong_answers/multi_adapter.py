@@ -20,6 +20,13 @@ FORWARD_DELTA = (
     "        return self.base(x) + F.linear(down, self.lora_B[name])"
 )
 UNMERGE_SUB = "            weight.copy_((weight.to(self._accumulation()) - self._delta(name)).to(weight.dtype))\n"
+MERGE_COMMIT = (
+    "        weight.copy_(merged)  # the very Parameter, changed in place\n        self._merged.append(name)\n"
+)
+ENTER_UNMERGE = "        if self._merged:\n            self.unmerge()\n        was_disabled"
+EXIT_UNMERGE = (
+    "            self._disabled = was_disabled\n            if self._merged:\n                self.unmerge()\n"
+)
 LORALIB_TRAIN = '''
     def train(self, mode: bool = True) -> "MultiLoRALinear":
         """As loralib does: merge in eval mode, unmerge in train mode."""
@@ -268,4 +275,24 @@ WRONG_ANSWERS = [
                 '        if alpha <= 0:\n            raise ValueError(f"alpha must be > 0, got {alpha!r}")\n'
                 "        weight = self.base.weight\n        same_place",
                 "test_add_adapter_takes_positional_arguments_and_alpha_zero", "do not list alpha"),
+    # round 2, the lead's decisions on the behaviours right answers shared (w11, w14, w15, w18)
+    WrongAnswer("unmerge restoring the weight saved by merge", KATA, MERGE_COMMIT,
+                "        self._saved_weight = weight.detach().clone()\n" + MERGE_COMMIT,
+                "test_unmerge_subtracts_the_update_from_the_weight_as_it_is_now", "restored the weight saved by merge",
+                more_edits=((UNMERGE_SUB, "            weight.copy_(self._saved_weight)\n"),)),
+    WrongAnswer("merge() inside disable_adapters reaching the forward", KATA,
+                "        if self._disabled and self._merged:\n            self.unmerge()\n", "",
+                "test_disable_adapters_holds_through_calls_inside_the_block_and_exits_consistent",
+                "the forward used the weight merge() changed inside the block"),
+    WrongAnswer("merge() inside disable_adapters left merged on exit", KATA, EXIT_UNMERGE,
+                "            self._disabled = was_disabled\n",
+                "test_disable_adapters_holds_through_calls_inside_the_block_and_exits_consistent",
+                "the layer leaves the block unmerged, forward or not"),
+    WrongAnswer("disable_adapters unmerging only at a forward inside", KATA, ENTER_UNMERGE, "        was_disabled",
+                "test_disable_adapters_holds_through_calls_inside_the_block_and_exits_consistent",
+                "expected []: the layer leaves the block unmerged, forward or not",
+                more_edits=((EXIT_UNMERGE, "            self._disabled = was_disabled\n"),)),
+    WrongAnswer("merged_adapters returning the layer's own list", KATA, "        return list(self._merged)\n",
+                "        return self._merged\n",
+                "test_merged_adapters_is_a_new_list_the_caller_may_change", "return a new list at every call"),
 ]  # fmt: skip
