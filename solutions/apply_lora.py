@@ -16,7 +16,7 @@ def apply_lora(
     alpha: float = 16.0,
     dropout: float = 0.0,
 ) -> nn.Module:
-    """Replace, in place, every targeted ``nn.Linear`` of ``model`` by a ``LoRALinear``; freeze the rest.
+    """Replace, in place, every targeted ``nn.Linear`` of ``model`` by a ``LoRALinear``; only the factors train.
 
     A module is targeted when its qualified name equals a target or ends with ``"." + target``
     (``"fc1"`` never matches ``"fc10"``). Layers that already are ``LoRALinear`` are left as they are.
@@ -42,10 +42,10 @@ def apply_lora(
         if isinstance(module, nn.Linear):
             parent_name, _, child_name = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child_name, LoRALinear(module, r, alpha, dropout))
-    adapters = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in m.parameters()}
+    # Only the factors train: a base unfrozen since an earlier call is frozen again, like the rest of the model.
+    factors = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_A, m.lora_B)}
     for parameter in model.parameters():
-        if id(parameter) not in adapters:
-            parameter.requires_grad_(False)
+        parameter.requires_grad_(id(parameter) in factors)
     return model
 
 
