@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 from .lora_linear import LoRALinear
@@ -43,10 +44,20 @@ def apply_lora(
             parent_name, _, child_name = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child_name, LoRALinear(module, r, alpha, dropout))
     # Only the factors train: a base unfrozen since an earlier call is frozen again, like the rest of the model.
-    factors = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_A, m.lora_B)}
+    trained = _factor_names()
+    factors = {
+        id(p) for m in model.modules() if isinstance(m, LoRALinear) for n, p in m.named_parameters() if n in trained
+    }
     for parameter in model.parameters():
         parameter.requires_grad_(id(parameter) in factors)
     return model
+
+
+def _factor_names() -> set[str]:
+    """The names of a LoRALinear's factors inside it, whatever its layout: the parameters a fresh one trains."""
+    with torch.random.fork_rng(devices=[]):  # its random init leaves the caller's random stream as it was
+        fresh = LoRALinear(nn.Linear(2, 2), r=1, alpha=1.0)
+    return {name for name, parameter in fresh.named_parameters() if parameter.requires_grad}
 
 
 def _is_target(name: str, targets: tuple[str, ...]) -> bool:

@@ -5,7 +5,7 @@ from tests.wrong_answers import WrongAnswer
 KATA = "apply_lora"
 MATCH = 'return any(name == target or name.endswith("." + target) for target in targets)'
 WRAP = "LoRALinear(module, r, alpha, dropout)"
-FACTORS = "for p in (m.lora_A, m.lora_B)}"
+FACTORS = "for n, p in m.named_parameters() if n in trained"
 FREEZE = "        parameter.requires_grad_(id(parameter) in factors)"
 MESSAGE = 'f"apply_lora: no nn.Linear matches target_modules={targets}; "'
 
@@ -66,9 +66,9 @@ WRONG_ANSWERS = [
                 "            module = getattr(module, 'base', module)\n            parent_name",
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "replaced the adapter at"),
     WrongAnswer("a second call freezes the adapters already there", KATA,
-                "factors = {id(p) for m in model.modules() if isinstance(m, LoRALinear) " + FACTORS,
-                "factors = {id(p) for n, m in matched if isinstance(m, nn.Linear) "
-                "for p in (model.get_submodule(n).lora_A, model.get_submodule(n).lora_B)}",
+                "for m in model.modules() if isinstance(m, LoRALinear) " + FACTORS,
+                "for k, m in matched if isinstance(m, nn.Linear) "
+                "for n, p in model.get_submodule(k).named_parameters() if n in trained",
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "stay trainable"),
     WrongAnswer("freezing by parameter name", KATA,
                 "    for parameter in model.parameters():\n" + FREEZE,
@@ -119,7 +119,7 @@ WRONG_ANSWERS = [
                 'return any(name.lower() == target.lower() or name.lower().endswith("." + target.lower()) '
                 "for target in targets)",
                 "test_adapts_the_model_zoo", "wrongly adapted ['Fc1'"),
-    WrongAnswer("what lies inside an adapter left as it is", KATA, FACTORS, "for p in m.parameters()}",
+    WrongAnswer("what lies inside an adapter left as it is", KATA, FACTORS, "for p in m.parameters()",
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters",
                 "the layers inside the adapters included",
                 more_edits=((FREEZE, "        if id(parameter) not in factors:\n            parameter.requires_grad_(False)"),)),
