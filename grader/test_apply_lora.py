@@ -381,10 +381,11 @@ def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lor
         inner = next((inner for inner, module in layer.named_modules() if module is originals[name]), "")
         assert inner, f"the adapter at {name} does not hold the model's original nn.Linear: wrap the layer itself"
         targets = tuple(inner if target == INNER_BASE else target for target in targets)
-    within = {id(p) for layer in first.values() for p in layer.parameters()}
-    for p in model.parameters():  # as a user who unfroze the backbone (norms, head) between the calls
-        p.requires_grad_(p.requires_grad or id(p) not in within)
-    call = f"a second apply_lora(model, {list(targets)}) on a model adapted on ['q_proj'], its backbone then unfrozen"
+    model.requires_grad_(True)  # as a user who unfroze the whole model (backbone, the adapters' bases) in between
+    call = (
+        f"a second apply_lora(model, {list(targets)}) on a model adapted on ['q_proj'], then unfrozen whole "
+        "(model.requires_grad_(True))"
+    )
     adapted(apply_lora(model, targets, r=2, alpha=4.0))
     now = adapters(model, LoRALinear)
     nested = [name for name, layer in now.items() if any(isinstance(m, LoRALinear) for m in list(layer.modules())[1:])]
@@ -407,10 +408,22 @@ def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lor
     assert not missed, f"{call} left {missed[:3]} unadapted: the new targets get adapters"
     inside = {id(p) for factors in trained.values() for p, _ in factors}
     inside |= {id(p) for name, layer in now.items() if name not in first for p in trainable(layer)}
-    loose = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
+    bases = {id(p) for base in originals.values() for p in base.parameters()}  # held since before the first call
+    loose = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in inside | bases]
     assert not loose, (
         f"{call}: parameters other than the adapters' factors train again: {loose[:3]}: every call freezes all "
         "the model's parameters but the adapters' factors, not just the first one"
+    )
+    loose_bases = [  # found on the very nn.Linear objects, whatever the wrapper's layout
+        f"{name}'s base {parameter_name}"
+        for name, base in originals.items()
+        for parameter_name, parameter in base.named_parameters()
+        if parameter.requires_grad
+    ]
+    assert not loose_bases, (
+        f"{call}: expected only the factors trainable, measured the adapters' own bases training again "
+        f"({loose_bases[:2]}): every call freezes all the model's parameters but the factors, the layers inside "
+        "the adapters included (not only those outside them)"
     )
     assert len(inside) == 2 * len(now), (
         f"{call}: {len(inside)} trainable factors in {len(now)} adapters, expected 2 each: the old adapters "

@@ -386,7 +386,9 @@ TRAINABLE_CHOICES = [
     ("x",), ("lora_A",), ("lora_B",), ("x", "bias", "lora_A", "lora_B"), INPUTS,
 ]  # fmt: skip
 EVERY_CHOICE = [choice for n in range(1, len(INPUTS) + 1) for choice in itertools.combinations(INPUTS, n)]
-COST_SIZES = {"many-rows": (64, 48, 40, 2), "few-rows": (2, 48, 40, 2)}  # (rows, in, out, r)
+# (rows, in, out, r); in every size the rows differ from in, out and r (fewer rows than r in few-rows), so that a
+# product shaped like a factor's gradient is one, and the check of unasked gradients runs at each size.
+COST_SIZES = {"many-rows": (64, 48, 40, 2), "few-rows": (2, 48, 40, 3)}
 # How x and the incoming gradient g are laid out: (x's batch shape for N rows, x contiguous, g from its shape).
 LAYOUTS: dict[str, tuple[Callable[[int], tuple[int, ...]], bool, Callable[[tuple[int, ...]], torch.Tensor]]] = {
     "x 2-D, g dense": (lambda rows: (rows,), True, lambda shape: torch.randn(shape, dtype=torch.float64)),
@@ -488,6 +490,8 @@ def test_backward_returns_None_where_no_gradient_is_needed(FusedLoRAFunction):
 def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
     rows, in_features, out_features, r = COST_SIZES[size]
     frozen_layer = 4 * rows * in_features * out_features  # x W^T forward, g W backward
+    assert rows not in (in_features, out_features, r), f"grader bug: {size} has as many rows as a factor's side"
+    factor_shapes = {"weight": (out_features, in_features), "lora_A": (r, in_features), "lora_B": (out_features, r)}
     for trained, layout in itertools.product(TRAINABLE_CHOICES, LAYOUTS):
         counter, _, _ = counted_step(FusedLoRAFunction, rows, in_features, out_features, r, trained, layout)
         unseen = sorted(counter.uncounted | counter.exits)
@@ -496,18 +500,17 @@ def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
             "work the grader cannot count (an op with no flop formula here, or values handed to numpy or Python); "
             "compute with torch's dense ops (mm, addmm, matmul, einsum, element-wise ops)"
         )
-        factor_shapes = {"weight": (out_features, in_features), "lora_A": (r, in_features), "lora_B": (out_features, r)}
-        if rows not in (in_features, out_features, r):  # then a product shaped like a factor's gradient is one
-            unasked = [
-                name
-                for name, shape in factor_shapes.items()
-                if name not in trained and any(made[-2:] in (shape, shape[::-1]) for made in counter.product_shapes)
-            ]
-            assert not unasked, (
-                f"a forward + backward with only {', '.join(trained)} requiring grad, {layout}, computed a product "
-                f"shaped like the gradient of {', '.join(unasked)}: a gradient that ctx.needs_input_grad does not ask "
-                "for (compute each gradient only in its own branch)"
-            )
+        unasked = [
+            name
+            for name, shape in factor_shapes.items()
+            if name not in trained and any(made[-2:] in (shape, shape[::-1]) for made in counter.product_shapes)
+        ]
+        assert not unasked, (
+            f"a forward + backward with only {', '.join(trained)} requiring grad, {layout} ({rows} rows, "
+            f"in={in_features}, out={out_features}, r={r}), computed a product shaped like the gradient of "
+            f"{', '.join(unasked)}: a gradient that ctx.needs_input_grad does not ask for (compute each gradient only "
+            "in its own branch)" + (", or a full (out, in) product like B A" if "weight" in unasked else "")
+        )
         needed = needed_work(rows, in_features, out_features, r, trained)
         for what, measured, allowed in work_budgets(rows, in_features, out_features, r, trained, layout, counter):
             assert measured <= allowed, (

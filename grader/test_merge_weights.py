@@ -223,12 +223,19 @@ def adapted_zoo_model(LoRALinear, name: str, **placement) -> nn.Module:
 def test_merges_the_model_zoo(LoRALinear, merge_weights, name):
     model, x = adapted_zoo_model(LoRALinear, name), zoo_inputs()
     expected = eval_outputs(model, x)
+    adapted = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, LoRALinear)]
     returned = merge_weights(model)
     assert returned is model, f"merge_weights({name} model) returned {describe(returned)}, expected the model itself"
     left = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, LoRALinear)]
     assert not left, (
         f"merge_weights({name} model) left {len(left)} LoRALinear, e.g. {left[:3]}: replace every one, inside "
         "ModuleList, ModuleDict and Sequential too, at any depth"
+    )
+    merged = {n: model.get_submodule(n) for n in adapted}  # a subclass of nn.Linear among the bases: out_proj
+    other = [f"{n}: {type(layer).__name__}" for n, layer in merged.items() if not isinstance(layer, nn.Linear)]
+    assert not other, (
+        f"merge_weights({name} model) put what is no nn.Linear where adapters were ({other[:2]}), expected an "
+        "nn.Linear: the base layer itself, its weight replaced by W + dW, or a new nn.Linear"
     )
     error = max_difference(eval_outputs(model, x), expected)
     assert error < 1e-5, (

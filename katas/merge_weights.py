@@ -11,10 +11,12 @@ from .lora_linear import LoRALinear  # noqa: F401  (use the package's own LoRALi
 
 
 def merge_weights(model: nn.Module) -> nn.Module:
-    """Replace every ``LoRALinear`` in ``model`` by a plain ``nn.Linear`` holding ``W + dW``, in place.
+    """Replace every ``LoRALinear`` in ``model`` by an ``nn.Linear`` holding ``W + dW``, in place.
 
     Spec:
-        - The new layer holds weight ``W + scaling * B @ A`` (out, in) and the base's bias
+        - The merged layer is an ``nn.Linear``: the base layer itself with its weight replaced (its class
+          kept, as peft's ``merge_and_unload`` does), or a new ``nn.Linear``.
+        - It holds weight ``W + scaling * B @ A`` (out, in) and the base's bias
           (or no bias when the base had none), in the base's dtype and on its device.
         - The new weight is computed without autograd: a leaf with no grad history.
         - With fp16/bf16 weights, the sum is computed in float32 and rounded once; other dtypes add in
@@ -23,6 +25,6 @@ def merge_weights(model: nn.Module) -> nn.Module:
           and no weight another layer shares (a tied embedding) is changed.
         - In eval mode the merged model computes what the unmerged one did (to 1e-5 in float32),
           whatever mode (train or eval) the model was in when merged.
-        - Returns ``model``, or the new ``nn.Linear`` when ``model`` is a ``LoRALinear`` itself.
+        - Returns ``model``, or the merged ``nn.Linear`` when ``model`` is a ``LoRALinear`` itself.
     """
     raise NotImplementedError("kata merge_weights: write merge_weights (spec in its docstring)")

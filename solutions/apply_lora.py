@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 from .lora_linear import LoRALinear
@@ -16,7 +17,7 @@ def apply_lora(
     alpha: float = 16.0,
     dropout: float = 0.0,
 ) -> nn.Module:
-    """Replace, in place, every targeted ``nn.Linear`` of ``model`` by a ``LoRALinear``; freeze the rest.
+    """Replace, in place, every targeted ``nn.Linear`` of ``model`` by a ``LoRALinear``; only the factors train.
 
     A module is targeted when its qualified name equals a target or ends with ``"." + target``
     (``"fc1"`` never matches ``"fc10"``). Layers that already are ``LoRALinear`` are left as they are.
@@ -42,11 +43,21 @@ def apply_lora(
         if isinstance(module, nn.Linear):
             parent_name, _, child_name = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child_name, LoRALinear(module, r, alpha, dropout))
-    adapters = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in m.parameters()}
+    # Only the factors train: a base unfrozen since an earlier call is frozen again, like the rest of the model.
+    trained = _factor_names()
+    factors = {
+        id(p) for m in model.modules() if isinstance(m, LoRALinear) for n, p in m.named_parameters() if n in trained
+    }
     for parameter in model.parameters():
-        if id(parameter) not in adapters:
-            parameter.requires_grad_(False)
+        parameter.requires_grad_(id(parameter) in factors)
     return model
+
+
+def _factor_names() -> set[str]:
+    """The names of a LoRALinear's factors inside it, whatever its layout: the parameters a fresh one trains."""
+    with torch.random.fork_rng(devices=[]):  # its random init leaves the caller's random stream as it was
+        fresh = LoRALinear(nn.Linear(2, 2), r=1, alpha=1.0)
+    return {name for name, parameter in fresh.named_parameters() if parameter.requires_grad}
 
 
 def _is_target(name: str, targets: tuple[str, ...]) -> bool:

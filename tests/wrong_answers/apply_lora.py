@@ -5,7 +5,8 @@ from tests.wrong_answers import WrongAnswer
 KATA = "apply_lora"
 MATCH = 'return any(name == target or name.endswith("." + target) for target in targets)'
 WRAP = "LoRALinear(module, r, alpha, dropout)"
-FREEZE = "        if id(parameter) not in adapters:"
+FACTORS = "for n, p in m.named_parameters() if n in trained"
+FREEZE = "        parameter.requires_grad_(id(parameter) in factors)"
 MESSAGE = 'f"apply_lora: no nn.Linear matches target_modules={targets}; "'
 
 WRONG_ANSWERS = [
@@ -29,13 +30,13 @@ WRONG_ANSWERS = [
     WrongAnswer("any module with a matching name", KATA, "if isinstance(module, (nn.Linear, LoRALinear)) and", "if",
                 "test_adapts_exactly_the_linears_whose_names_match", "LayerNorm",
                 more_edits=(("        if isinstance(module, nn.Linear):", "        if not isinstance(module, LoRALinear):"),)),
-    WrongAnswer("nothing frozen", KATA, "parameter.requires_grad_(False)", "pass",
+    WrongAnswer("nothing frozen", KATA, FREEZE, "        pass",
                 "test_freezes_everything_but_the_adapters", "still train"),
     WrongAnswer("only weights frozen", KATA, "for parameter in model.parameters():\n" + FREEZE,
                 "for pname, parameter in model.named_parameters():\n"
-                '        if id(parameter) not in adapters and pname.endswith("weight"):',
+                '        if id(parameter) in factors or pname.endswith("weight"):\n    ' + FREEZE,
                 "test_freezes_everything_but_the_adapters", "still train"),
-    WrongAnswer("adapters frozen too", KATA, FREEZE, "        if True:",
+    WrongAnswer("adapters frozen too", KATA, FREEZE, "        parameter.requires_grad_(False)",
                 "test_freezes_everything_but_the_adapters", "measured 0"),
     WrongAnswer("silent when nothing matched", KATA, "if not matched:", "if False:",
                 "test_raises_naming_the_targets_when_nothing_matches", "raised nothing"),
@@ -65,12 +66,12 @@ WRONG_ANSWERS = [
                 "            module = getattr(module, 'base', module)\n            parent_name",
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "replaced the adapter at"),
     WrongAnswer("a second call freezes the adapters already there", KATA,
-                "adapters = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in m.parameters()}",
-                "adapters = {id(p) for n, m in matched if isinstance(m, nn.Linear) "
-                "for p in model.get_submodule(n).parameters()}",
+                "for m in model.modules() if isinstance(m, LoRALinear) " + FACTORS,
+                "for k, m in matched if isinstance(m, nn.Linear) "
+                "for n, p in model.get_submodule(k).named_parameters() if n in trained",
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "stay trainable"),
     WrongAnswer("freezing by parameter name", KATA,
-                "    for parameter in model.parameters():\n" + FREEZE + "\n            parameter.requires_grad_(False)",
+                "    for parameter in model.parameters():\n" + FREEZE,
                 "    for pname, parameter in model.named_parameters():\n"
                 "        parameter.requires_grad_('lora' in pname)",
                 "test_adapts_the_model_zoo", "whatever its name"),
@@ -90,7 +91,7 @@ WRONG_ANSWERS = [
     WrongAnswer("frozen on the first call only", KATA, "    targets = (target_modules,)",
                 "    first_call = not any(isinstance(m, LoRALinear) for m in model.modules())\n    targets = (target_modules,)",
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "not just the first one",
-                more_edits=((FREEZE, "        if first_call and id(parameter) not in adapters:"),)),
+                more_edits=((FREEZE, "        if first_call:\n    " + FREEZE),)),
     WrongAnswer("an adapter's own base adapted", KATA, " and id(module) not in inside", "",
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "and every layer inside them"),
     # Red-team round 2: names matched by components or containers, a generator's repr, mixed dtypes, prefixes, case.
@@ -118,4 +119,8 @@ WRONG_ANSWERS = [
                 'return any(name.lower() == target.lower() or name.lower().endswith("." + target.lower()) '
                 "for target in targets)",
                 "test_adapts_the_model_zoo", "wrongly adapted ['Fc1'"),
+    WrongAnswer("what lies inside an adapter left as it is", KATA, FACTORS, "for p in m.parameters()",
+                "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters",
+                "the layers inside the adapters included",
+                more_edits=((FREEZE, "        if id(parameter) not in factors:\n            parameter.requires_grad_(False)"),)),
 ]  # fmt: skip

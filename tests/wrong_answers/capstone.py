@@ -16,8 +16,8 @@ WRONG_ANSWERS = [
                 "labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids[:-1] + [IGNORE_INDEX]",
                 "test_the_prompt_never_carries_loss_and_the_response_does", "label eos too", checks="capstone"),
     WrongAnswer("apply_lora: only the parameters named weight frozen", "apply_lora",
-                "    for parameter in model.parameters():\n        if id(parameter) not in adapters:",
-                '    for name, parameter in model.named_parameters():\n        if id(parameter) not in adapters and '
-                'name.endswith("weight"):',
+                "    for parameter in model.parameters():\n        parameter.requires_grad_(id(parameter) in factors)",
+                '    for name, parameter in model.named_parameters():\n        if id(parameter) in factors or '
+                'name.endswith("weight"):\n            parameter.requires_grad_(id(parameter) in factors)',
                 "test_only_the_adapters_changed", "freeze everything but the adapters", checks="capstone"),
 ]  # fmt: skip

@@ -76,7 +76,7 @@ WRONG_ANSWERS = [
                 BASE_PRODUCT + "\n        y.addmm_(down, lora_B.T)",
                 "merged = weight + scaling * lora_B @ lora_A\n"
                 "        y = rows @ merged.T if bias is None else torch.addmm(bias, rows, merged.T)",
-                "test_a_step_does_only_the_matrix_work_lora_needs", "(2 rows, in=48, out=40, r=2)"),
+                "test_a_step_does_only_the_matrix_work_lora_needs", "or a full (out, in) product like B A"),
     WrongAnswer("dL/dB returned whether asked or not", KATA, "if need_B:\n            " + GRAD_B, GRAD_B,
                 "test_backward_returns_None_where_no_gradient_is_needed", "backward returned a gradient for lora_B"),
     WrongAnswer("the layer's factors on the default device", KATA,
@@ -118,4 +118,13 @@ WRONG_ANSWERS = [
     WrongAnswer("the bias gradient through ones on the default device", KATA, "grad_bias = g.sum(0)",
                 "grad_bias = g.T @ torch.ones(g.shape[0], dtype=g.dtype)",
                 "test_forward_and_backward_create_nothing_on_the_default_device", "a tensor made without a device"),
+    # round 2 (lead): unasked rank-r gradients at the few-rows size, where the shape check did not look
+    WrongAnswer("every rank-r gradient computed for a few rows, the unasked dropped", KATA, G,
+                G + "\n        few = g.shape[0] < 16  # a decoding step: rank-r products cost nothing, skip the branches",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "(2 rows, in=48, out=40, r=3)",
+                more_edits=(("if need_x or need_A:", "if need_x or need_A or few:"),
+                            ("if need_A:\n                " + GRAD_A, "if need_A or few:\n                " + GRAD_A),
+                            ("if need_B:\n            " + GRAD_B, "if need_B or few:\n            " + GRAD_B),
+                            (RETURN, "return grad_x, grad_weight, grad_bias, grad_A if need_A else None, "
+                             "grad_B if need_B else None, None"))),
 ]  # fmt: skip
