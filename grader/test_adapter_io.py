@@ -38,9 +38,10 @@ pytestmark = requires(
 R, ALPHA = 4, 8.0
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TOY_TARGETS = ("q_proj", "v_proj", "fc1", "fc10", "head")  # router.q_proj is a LayerNorm: peft cannot adapt it
-GPT2_TARGETS = ("c_attn", "c_proj")
+GPT2_TARGETS = ("c_attn", "c_proj", "lm_head")  # both kinds of layer: Conv1D and the tied nn.Linear lm_head
 KINDS = ["llama", "toy", "gpt2"]
 CONFIG, WEIGHTS, PREFIX = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
+SAVE_EMBEDDINGS = False  # peft saves a tied lm_head's weight beside its factors unless told not to: adapters only
 
 
 def plain(kind: str) -> nn.Module:
@@ -53,7 +54,7 @@ def plain(kind: str) -> nn.Module:
 
 
 def target_names(kind: str, model: nn.Module) -> list[str]:
-    """The qualified names of the layers the checks adapt."""
+    """The qualified names of the layers the checks adapt (on GPT-2, Conv1D layers and an nn.Linear)."""
     if kind == "toy":
         return matching_linears(model, TOY_TARGETS)
     suffixes = LLAMA_TARGETS if kind == "llama" else GPT2_TARGETS
@@ -79,14 +80,15 @@ def wrap(model: nn.Module, names: list[str], make) -> dict[str, nn.Module]:
     return layers
 
 
-def adapted_model(kind: str, LoRALinear, LoRAConv1D, dtype=torch.float32):
+def adapted_model(kind: str, LoRALinear, LoRAConv1D, dtype=torch.float32, names: list[str] | None = None):
     """(the model adapted with the learner's layers and trained-looking factors, a copy of the plain model,
-    the adapters by name)."""
+    the adapters by name): a LoRALinear on each named nn.Linear, a LoRAConv1D on each named Conv1D; ``names``
+    defaults to ``target_names``."""
     model = plain(kind).to(dtype).requires_grad_(False)  # only the factors get random values below
     fresh = copy.deepcopy(model)
-    names = target_names(kind, model)
-    make = (lambda layer: LoRAConv1D(layer, r=R, alpha=ALPHA)) if kind == "gpt2" else None
-    layers = wrap(model, names, make or (lambda layer: LoRALinear(layer, r=R, alpha=ALPHA)))
+    names = target_names(kind, model) if names is None else names
+    kind_of = lambda layer: LoRALinear if isinstance(layer, nn.Linear) else LoRAConv1D  # noqa: E731
+    layers = wrap(model, names, lambda layer: kind_of(layer)(layer, r=R, alpha=ALPHA))
     randomize(model, std=0.2)
     return model, fresh, layers
 
@@ -125,12 +127,27 @@ def peft_saved(kind: str, directory: Path, **options) -> tuple[nn.Module, nn.Mod
     oracle = peft_model(copy.deepcopy(model), names, R, ALPHA, fan_in_fan_out=kind == "gpt2", **options)
     randomize(oracle, std=0.2)
     with quiet():
-        oracle.save_pretrained(str(directory))
+        oracle.save_pretrained(str(directory), save_embedding_layers=SAVE_EMBEDDINGS)
     return model, oracle
 
 
-def loaded(load_adapter, model: nn.Module, directory: Path) -> nn.Module:
-    returned = load_adapter(model, directory)
+def loaded(load_adapter, model: nn.Module, directory: Path, what: str = "") -> nn.Module:
+    """``load_adapter(model, directory)``, failing the check with a verdict when it refuses the files or trips over
+    an optional key; ``what`` says whose files these are, when they are valid ones."""
+    try:
+        returned = load_adapter(model, directory)
+    except ValueError as error:
+        if not what:
+            raise
+        pytest.fail(f"{what}: load_adapter refused them ({str(error)[:160]})", pytrace=False)
+    except KeyError as error:
+        if not what:
+            raise
+        pytest.fail(
+            f"{what}: load_adapter raised KeyError {error}: a config may leave out optional keys; "
+            "read them with config.get and peft's defaults (lora_dropout 0)",
+            pytrace=False,
+        )
     assert returned is model, f"load_adapter returned {describe(returned)}, expected the model itself, adapted in place"
     return model
 
@@ -165,7 +182,7 @@ def test_saved_keys_and_shapes_are_what_peft_writes(save_adapter, LoRALinear, Lo
     mine, metadata = read_tensors(saved(save_adapter, model, tmp_path / "mine"))
     oracle = peft_model(fresh, list(layers), R, ALPHA, fan_in_fan_out=kind == "gpt2")
     with quiet():
-        oracle.save_pretrained(str(tmp_path / "peft"))
+        oracle.save_pretrained(str(tmp_path / "peft"), save_embedding_layers=SAVE_EMBEDDINGS)
     theirs, _ = read_tensors(tmp_path / "peft")
     extra, missing = sorted(mine.keys() - theirs.keys()), sorted(theirs.keys() - mine.keys())
     cause = "each adapted layer NAME gives base_model.model.NAME.lora_A.weight and .lora_B.weight, nothing else"
@@ -246,7 +263,8 @@ def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALine
 
 @pytest.mark.points(1)
 def test_gpt2_adapters_are_saved_fan_in_fan_out(save_adapter, LoRALinear, LoRAConv1D, tmp_path):
-    model, _, _ = adapted_model("gpt2", LoRALinear, LoRAConv1D)
+    conv1d_layers = [name for name in target_names("gpt2", plain("gpt2")) if name != "lm_head"]  # with both kinds,
+    model, _, _ = adapted_model("gpt2", LoRALinear, LoRAConv1D, names=conv1d_layers)  # peft sets it per layer
     config = read_config(saved(save_adapter, model, tmp_path))
     assert config.get("fan_in_fan_out") is True, (
         f"fan_in_fan_out is {config.get('fan_in_fan_out')!r} for LoRAConv1D adapters, expected true: a Conv1D "
@@ -328,16 +346,7 @@ MATCHING = "a list entry matches a name equal to it or ending with '.' + entry, 
 def expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, oracle, directory, what) -> None:
     """Load peft's files in ``directory`` into ``model`` and fail the check unless the adapters sit on the layers
     peft adapted (``oracle``) and the model computes what peft's does. ``what`` says what the files hold."""
-    try:
-        loaded(load_adapter, model, directory)
-    except ValueError as error:
-        pytest.fail(f"{kind}, {what}: load_adapter refused peft's own files ({str(error)[:160]})", pytrace=False)
-    except KeyError as error:
-        pytest.fail(
-            f"{kind}, {what}: load_adapter raised KeyError {error}: a config may leave out optional keys; "
-            "read them with config.get and peft's defaults (lora_dropout 0)",
-            pytrace=False,
-        )
+    loaded(load_adapter, model, directory, f"{kind}, {what}, peft's own files")
     found, wanted = sorted(adapters_in(model, LoRALinear, LoRAConv1D)), sorted(peft_layers(oracle))
     wrong, missed = sorted(set(found) - set(wanted)), sorted(set(wanted) - set(found))
     assert not wrong and not missed, (
@@ -402,12 +411,16 @@ def test_loads_short_target_names_as_peft_matches_them(load_adapter, LoRALinear,
     expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, "toy", model, oracle, tmp_path, what)
 
 
-DROPOUT_LAYER = "layers.0.mlp.fc1"  # 8 -> 12 in the toy transformer
+DROPOUT_LAYERS = {  # an adapter of each kind the model has
+    "toy": ["layers.0.mlp.fc1"],  # 8 -> 12
+    "gpt2": ["transformer.h.0.attn.c_attn", "lm_head"],  # a Conv1D 16 -> 48, the tied nn.Linear 16 -> 64
+}
 
 
 def dropout_multipliers(layer: nn.Module, repeats: int = 50) -> torch.Tensor:
-    """What train-mode dropout multiplied each input of the adapter branch by, for ``repeats`` one-hot rows per
-    input: 0 where it was dropped, 1 / (1 - p) where it was kept, as nn.Dropout(p) does."""
+    """What train-mode dropout multiplied each input of the adapter branch of ``layer`` (a LoRALinear or a
+    LoRAConv1D) by, for ``repeats`` one-hot rows per input: 0 where it was dropped, 1 / (1 - p) where it was kept,
+    as nn.Dropout(p) does."""
     base = base_of(layer)
     update = measured_update(layer, base).float()  # (out, in), eval mode
     x = torch.eye(update.shape[1]).repeat(repeats, 1)
@@ -423,8 +436,9 @@ def dropout_multipliers(layer: nn.Module, repeats: int = 50) -> torch.Tensor:
 @pytest.mark.points(1)
 @pytest.mark.subject("load_adapter")
 @pytest.mark.parametrize("dropout", [0.25, None], ids=["lora_dropout 0.25", "no lora_dropout key"])
-def test_uses_the_configs_lora_dropout_0_when_absent(load_adapter, LoRALinear, LoRAConv1D, dropout, tmp_path):
-    model, oracle = peft_saved("toy", tmp_path)
+@pytest.mark.parametrize("kind", list(DROPOUT_LAYERS))
+def test_uses_the_configs_lora_dropout_0_when_absent(load_adapter, LoRALinear, LoRAConv1D, kind, dropout, tmp_path):
+    model, oracle = peft_saved(kind, tmp_path)
     config = read_config(tmp_path)
     if dropout is None:  # the least a config can say, and peft loads it
         config = {key: config[key] for key in ("peft_type", "r", "lora_alpha", "target_modules")}
@@ -432,19 +446,21 @@ def test_uses_the_configs_lora_dropout_0_when_absent(load_adapter, LoRALinear, L
         config["lora_dropout"] = dropout  # the eval-mode outputs peft's model gives do not depend on it
     (tmp_path / CONFIG).write_text(json.dumps(config))
     what = "a config without lora_dropout" if dropout is None else f"lora_dropout {dropout}"
-    expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, "toy", model, oracle, tmp_path, what)
-    multipliers = dropout_multipliers(model.get_submodule(DROPOUT_LAYER))
+    expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, oracle, tmp_path, what)
     p = dropout or 0.0
-    kept = multipliers[multipliers.abs() > 1e-4]
-    zeroed, worst = len(multipliers) - len(kept), 1 / (1 - p)
-    if len(kept):
-        worst = kept[(kept - 1 / (1 - p)).abs().argmax()].item()
-    assert abs(worst - 1 / (1 - p)) <= 1e-4 / (1 - p) and (zeroed > 0) == (p > 0), (
-        f"{what}: in train mode {DROPOUT_LAYER}'s adapter zeroed {zeroed} of {len(multipliers)} inputs and "
-        f"multiplied others by {worst:.4g}, expected "
-        + ("none zeroed, the others by 1" if p == 0 else f"some zeroed, the others by 1/(1-p) = {1 / (1 - p):.4g}")
-        + ": give each layer the config's lora_dropout, 0 when the config has none"
-    )
+    for name in DROPOUT_LAYERS[kind]:
+        layer = model.get_submodule(name)
+        multipliers = dropout_multipliers(layer)
+        kept = multipliers[multipliers.abs() > 1e-4]
+        zeroed, worst = len(multipliers) - len(kept), 1 / (1 - p)
+        if len(kept):
+            worst = kept[(kept - 1 / (1 - p)).abs().argmax()].item()
+        assert abs(worst - 1 / (1 - p)) <= 1e-4 / (1 - p) and (zeroed > 0) == (p > 0), (
+            f"{kind}, {what}: in train mode {name}'s adapter (a {type(layer).__name__}) zeroed {zeroed} of "
+            f"{len(multipliers)} inputs and multiplied others by {worst:.4g}, expected "
+            + ("none zeroed, the others by 1" if p == 0 else f"some zeroed, the others by 1/(1-p) = {1 / (1 - p):.4g}")
+            + ": give every layer, LoRALinear and LoRAConv1D alike, the config's lora_dropout (0 when absent)"
+        )
 
 
 @pytest.mark.points(1)
@@ -461,7 +477,7 @@ def test_save_then_load_is_bit_exact(save_adapter, load_adapter, LoRALinear, LoR
     tensors, _ = read_tensors(tmp_path)
     dtypes = sorted({str(t.dtype) for t in tensors.values()})
     assert dtypes == [str(dtype)], f"the file holds {dtypes} tensors for {dtype} factors: save them in their dtype"
-    loaded(load_adapter, fresh, tmp_path)
+    loaded(load_adapter, fresh, tmp_path, f"{kind} {dtype}, save_adapter's own files")
     again = adapters_in(fresh, LoRALinear, LoRAConv1D)
     assert sorted(again) == sorted(layers), (
         f"loading the saved files adapted {sorted(again)[:2]}..., the saved model had {sorted(layers)[:2]}..."
@@ -517,6 +533,7 @@ CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of t
     "bias all": lambda tensors, config: config.update(bias="all"),
     "bias lora_only": lambda tensors, config: config.update(bias="lora_only"),
     "targets that match nothing": lambda tensors, config: config.update(target_modules=["attention.query"]),
+    "a config's r other than the tensors' rank": lambda tensors, config: config.update(r=config["r"] // 2),
 }
 WORDS = {  # what the message must name
     "a base weight too": [f"{PREFIX}layers.0.mlp.fc1.weight"],

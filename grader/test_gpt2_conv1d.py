@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from collections.abc import Callable
 
 import pytest
@@ -44,7 +43,7 @@ from grader.probes import (
     trainable,
     trained_numbers,
 )
-from grader.test_lora_linear import adapter_input_multipliers
+from grader.test_lora_linear import INVALID_ARGUMENTS, Conv1DLike, adapter_input_multipliers, arguments_id
 
 SUBJECT = "LoRAConv1D"  # the definition a failing check points at
 pytestmark = requires("transformers:GPT2LMHeadModel", "transformers.pytorch_utils")
@@ -343,22 +342,27 @@ def test_dropout_zeroes_adapter_inputs_in_train_mode_only(LoRAConv1D):
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize(
-    "arguments",
-    [{"r": 0}, {"r": -2}, {"r": 2.5}, {"dropout": 1.0}, {"dropout": -0.1}, {"dropout": math.nan}],
-    ids=lambda arguments: ",".join(f"{k}={v}" for k, v in arguments.items()),
-)
+    "arguments", [*INVALID_ARGUMENTS, {"r": 2.5}, {"r": 2.0}], ids=arguments_id
+)  # r is "an int >= 1": 2.0 is a float, even if a whole one
 def test_rejects_invalid_arguments(LoRAConv1D, Conv1D, arguments):
     call = ", ".join(f"{k}={v}" for k, v in arguments.items())
     expect_value_error(lambda: LoRAConv1D(Conv1D(OUT, IN), **arguments), f"LoRAConv1D(base, {call})")
 
 
+# Another library's layer named Conv1D, computing x @ weight + bias as transformers' does: not one, by the stub.
+ForeignConv1D = type("Conv1D", (Conv1DLike,), {"__module__": "another_library"})
+
+
 @pytest.mark.points(1)
 @pytest.mark.parametrize(
-    "make_base", [lambda: nn.Linear(IN, OUT), lambda: nn.Conv1d(IN, OUT, 1)], ids=["Linear", "torch-Conv1d"]
+    "make_base",
+    [lambda: nn.Linear(IN, OUT), lambda: nn.Conv1d(IN, OUT, 1), ForeignConv1D],
+    ids=["Linear", "torch-Conv1d", "another-library-Conv1D"],
 )
 def test_rejects_a_base_that_is_not_a_transformers_conv1d(LoRAConv1D, make_base):
     base = make_base()
-    expect_value_error(lambda: LoRAConv1D(base, r=R), f"LoRAConv1D({type(base).__name__}(...))")
+    kind = type(base)
+    expect_value_error(lambda: LoRAConv1D(base, r=R), f"LoRAConv1D({kind.__module__}.{kind.__qualname__}(...))")
 
 
 @pytest.mark.points(1)
@@ -569,13 +573,22 @@ def test_passes_r_alpha_and_dropout_on(apply_lora_gpt2, LoRAConv1D):
 
 @pytest.mark.points(1)
 @pytest.mark.subject("apply_lora_gpt2")
-@pytest.mark.parametrize("targets", [("q_proj", "v_proj"), ("wte",), ("attn",)], ids="+".join)
-def test_raises_naming_the_targets_when_nothing_matches(apply_lora_gpt2, targets):
+@pytest.mark.parametrize(
+    "targets, form",
+    [(("q_proj", "v_proj"), "a tuple"), (("wte",), "a tuple"), (("attn",), "a tuple"), (("wte",), "one str"),
+     (("q_proj", "v_proj"), "a one-shot iterator")],
+    ids=lambda value: "+".join(value) if isinstance(value, tuple) else value,
+)  # fmt: skip
+def test_raises_naming_the_targets_when_nothing_matches(apply_lora_gpt2, targets, form):
+    given = {"a tuple": targets, "one str": targets[0], "a one-shot iterator": iter(targets)}[form]
     try:
-        apply_lora_gpt2(tiny_gpt2(), targets, r=2, alpha=4.0)
+        apply_lora_gpt2(tiny_gpt2(), given, r=2, alpha=4.0)
     except ValueError as error:
         unnamed = [t for t in targets if t not in str(error)]
-        assert not unnamed, f"the ValueError does not name the targets {unnamed}: say what was looked for ({error})"
+        assert not unnamed, (
+            f"with target_modules as {form} the ValueError does not name the targets {unnamed}: say what was looked "
+            f"for, the names themselves, not the object holding them ({error})"
+        )
     else:
         pytest.fail(
             f"apply_lora_gpt2 with targets {list(targets)} matched no Conv1D or nn.Linear and raised nothing; "

@@ -29,7 +29,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
           a module when its qualified name equals an entry or ends with ``"." + entry``): the layers' qualified
           names are the safe choice, a short name like ``"q_proj"`` may match modules that were not adapted;
         - ``"fan_in_fan_out"``: true when the adapted layers are ``LoRAConv1D`` (a weight stored (in, out)),
-          false for ``LoRALinear``;
+          false for ``LoRALinear`` (with both kinds, as on GPT-2 with its ``lm_head``, peft corrects it per layer:
+          either is fine);
         - no ``"task_type"`` (or ``null``): peft would wrap a plain ``nn.Module`` in a class for that task,
           such as ``"CAUSAL_LM"``, which it cannot serve.
 
@@ -51,7 +52,8 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     """Put the adapters saved in ``directory`` on ``model`` (a plain model, in place) and return ``model``.
 
     It reads what ``save_adapter`` writes and what ``PeftModel.save_pretrained`` writes (its config holds about
-    40 keys: ignore those you do not need):
+    40 keys: ignore those you do not need; with an adapted ``lm_head`` peft saves its weight too unless given
+    ``save_embedding_layers=False``, and such a file holds a tensor the model has no place for):
         - The layers to adapt are the ``nn.Linear`` (and ``Conv1D``) modules that the config's ``target_modules``
           names as peft matches them: a list matches a qualified name equal to an entry or ending with
           ``"." + entry``; a string is a regular expression the whole name must match (``re.fullmatch``).

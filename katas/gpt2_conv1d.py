@@ -45,8 +45,8 @@ class LoRAConv1D(nn.Module):
         dropout: dropout probability on the adapter branch's input.
 
     Raises:
-        ValueError: ``base`` is not a ``Conv1D`` (an ``nn.Linear`` is not one), ``r`` is not an int >= 1,
-            or ``dropout`` is outside [0, 1).
+        ValueError: ``base`` is not a transformers ``Conv1D`` (an ``nn.Linear`` is not one, nor another
+            library's class of that name), ``r`` is not an int >= 1 (2.0 is not), or ``dropout`` is outside [0, 1).
     """
 
     def __init__(self, base: Conv1D, r: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> None:

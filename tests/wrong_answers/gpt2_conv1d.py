@@ -150,4 +150,15 @@ WRONG_ANSWERS = [
                 "def __init__(self, base: Conv1D, r: int = 8,", "def __init__(self, base: Conv1D, *, r: int = 8,",
                 "test_records_r_alpha_and_scaling", "may be passed by position",
                 more_edits=((WRAP, "wrapper(module, r=r, alpha=alpha, dropout=dropout)"),)),
+    # Red-team round 3: a whole float rank, the targets' holder named, a class told by its name.
+    WrongAnswer("a whole float rank accepted", KATA, "if isinstance(r, bool) or not isinstance(r, int) or r < 1:",
+                "if isinstance(r, bool) or int(r) != r or r < 1:",
+                "test_rejects_invalid_arguments", "LoRAConv1D(base, r=2.0) raised nothing",
+                more_edits=(('got r={r!r}")\n', 'got r={r!r}")\n        r = int(r)\n'),)),
+    WrongAnswer("the no-match error names an iterator, not the targets", KATA,
+                "matches target_modules={targets}", "matches target_modules={target_modules!r}",
+                "test_raises_naming_the_targets_when_nothing_matches", "not the object holding them"),
+    WrongAnswer("the base told by its class name", KATA, "if not isinstance(base, Conv1D):",
+                'if type(base).__name__ != "Conv1D":',
+                "test_rejects_a_base_that_is_not_a_transformers_conv1d", "another_library.Conv1D(...)) raised nothing"),
 ]  # fmt: skip
