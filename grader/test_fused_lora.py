@@ -353,32 +353,6 @@ def test_leaves_its_inputs_untouched(FusedLoRAFunction):
     )
 
 
-@pytest.mark.points(1)
-def test_forward_saves_only_what_backward_needs(FusedLoRAFunction):
-    rows, in_features, out_features, r = COST_SIZES["many-rows"]
-    inputs = requiring_grad(function_inputs(in_features, out_features, r, (2, rows // 2)), FROZEN_BASE)
-    node = apply(FusedLoRAFunction, inputs).grad_fn
-    kept = [*getattr(node, "saved_tensors", ()), *(t for value in vars(node).values() for t in tensors_in(value))]
-    own = {value.untyped_storage().data_ptr() for value in inputs.values() if value is not None}
-    extra = {t.untyped_storage().data_ptr(): t for t in kept if t.untyped_storage().data_ptr() not in own}
-    held = sum(t.untyped_storage().nbytes() // t.element_size() for t in extra.values())
-    allowed = rows * r + r * (in_features + out_features)  # u = scaling x A^T (N, r), and room for a factor's copy
-    assert held <= allowed, (
-        f"forward keeps {held} numbers alive for backward besides its inputs ({rows} rows, in={in_features}, "
-        f"out={out_features}, r={r}: tensors {sorted(tuple(t.shape) for t in extra.values())}), expected at most "
-        f"N r + r (in + out) = {allowed}: save x, W, A, B themselves and the rank-r u = x A^T, not y, copies or [W; A]"
-    )
-
-
-def tensors_in(value: object) -> list[torch.Tensor]:
-    """The tensors ``value`` is or holds (in a tuple, list or dict), as a ctx attribute may keep them."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    return [t for item in value for t in tensors_in(item)] if isinstance(value, (tuple, list)) else []
-
-
 # Who trains, with the base frozen (weight and bias), every non-empty choice of x, A and B; a trained bias with
 # the weight frozen; then everything.
 TRAINABLE_CHOICES = [
@@ -403,6 +377,36 @@ LAYOUTS: dict[str, tuple[Callable[[int], tuple[int, ...]], bool, Callable[[tuple
         lambda shape: torch.randn(shape[::-1], dtype=torch.float64).permute(*reversed(range(len(shape)))),
     ),
 }
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_forward_saves_only_what_backward_needs(FusedLoRAFunction, layout):
+    rows, in_features, out_features, r = COST_SIZES["many-rows"]
+    batch_shape, contiguous, _ = LAYOUTS[layout]
+    inputs = function_inputs(in_features, out_features, r, batch_shape(rows), contiguous=contiguous)
+    inputs = requiring_grad(inputs, FROZEN_BASE)
+    node = apply(FusedLoRAFunction, inputs).grad_fn
+    kept = [*getattr(node, "saved_tensors", ()), *(t for value in vars(node).values() for t in tensors_in(value))]
+    own = {value.untyped_storage().data_ptr() for value in inputs.values() if value is not None}
+    extra = {t.untyped_storage().data_ptr(): t for t in kept if t.untyped_storage().data_ptr() not in own}
+    held = sum(t.untyped_storage().nbytes() // t.element_size() for t in extra.values())
+    allowed = rows * r + r * (in_features + out_features)  # u = scaling x A^T (N, r), and room for a factor's copy
+    assert held <= allowed, (
+        f"forward keeps {held} numbers alive for backward besides its inputs ({layout}, {rows} rows, in={in_features}, "
+        f"out={out_features}, r={r}: tensors {sorted(tuple(t.shape) for t in extra.values())}), expected at most "
+        f"N r + r (in + out) = {allowed}: save x, W, A, B themselves (x as given: flattening a non-contiguous x "
+        "copies it) and the rank-r u = x A^T, not y, copies or [W; A]"
+    )
+
+
+def tensors_in(value: object) -> list[torch.Tensor]:
+    """The tensors ``value`` is or holds (in a tuple, list or dict), as a ctx attribute may keep them."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [t for item in value for t in tensors_in(item)] if isinstance(value, (tuple, list)) else []
 
 
 @pytest.mark.points(1)
@@ -485,6 +489,59 @@ def test_backward_returns_None_where_no_gradient_is_needed(FusedLoRAFunction):
         )
 
 
+# x of one to three dimensions (the 3-D one non-contiguous), for the checks run over every choice of inputs.
+X_BATCH_SHAPES = {"x 1-D": ((), True), "x 2-D": ((6,), True), "x 3-D non-contiguous": ((2, 3), False)}
+
+
+def for_every_choice(x_layout: str) -> Iterator[tuple[tuple[str, ...], str, dict[str, torch.Tensor | None]]]:
+    """For each choice of inputs requiring grad (EVERY_CHOICE): the choice, its description for a failure
+    message, and float64 inputs laid out as ``x_layout`` says, the chosen ones requiring grad."""
+    batch_shape, contiguous = X_BATCH_SHAPES[x_layout]
+    inputs = function_inputs(batch_shape=batch_shape, contiguous=contiguous)
+    for trained in EVERY_CHOICE:
+        yield trained, f"with only {', '.join(trained)} requiring grad, {x_layout}", requiring_grad(inputs, trained)
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("x_layout", X_BATCH_SHAPES)
+def test_backward_gives_the_right_gradients_for_every_choice_of_inputs(FusedLoRAFunction, x_layout):
+    for trained, asked, measured in for_every_choice(x_layout):
+        expected = requiring_grad(measured, trained)
+        upstream = torch.randn(*measured["x"].shape[:-1], OUT, dtype=torch.float64)
+        backward(apply(FusedLoRAFunction, measured), upstream)
+        lora_formula(expected).backward(upstream)
+        for name in trained:
+            grad = measured[name].grad
+            assert grad is not None, (
+                f"backward returned None for {name} {asked}: return a gradient for each input ctx.needs_input_grad "
+                "marks"
+            )
+            error = relative_error(grad, expected[name].grad)
+            assert error <= RELATIVE_TOLERANCE[torch.float64], (
+                f"the gradient of {name} is off by {error:.3g} (relative) {asked} (float64): expected "
+                f"{GRADIENTS[name]}, whichever other inputs train (is a term computed only in another's branch?)"
+            )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("x_layout", X_BATCH_SHAPES)
+def test_backward_returns_each_gradient_shaped_like_its_input(FusedLoRAFunction, x_layout):
+    # Autograd sums a gradient shaped (..., out) down to the bias's (out,): only backward's own values show it.
+    for _, asked, inputs in for_every_choice(x_layout):
+        y = apply(FusedLoRAFunction, inputs)
+        gradients = y.grad_fn.apply(torch.randn_like(y))  # backward(ctx, g) as autograd calls it
+        gradients = gradients if isinstance(gradients, tuple) else (gradients,)
+        misshapen = [
+            f"a gradient of shape {tuple(gradient.shape)} for {name} {tuple(inputs[name].shape)}"
+            for name, gradient in zip(INPUTS, gradients, strict=False)  # scaling's slot: see the None check
+            if isinstance(gradient, torch.Tensor) and gradient.shape != inputs[name].shape
+        ]
+        assert not misshapen, (
+            f"backward returned {', '.join(misshapen)} {asked}: return each gradient shaped like its input "
+            "(sum the bias's and the factors' gradients over every row, whatever x's batch dimensions)"
+        )
+
+
 @pytest.mark.points(2)
 @pytest.mark.parametrize("size", COST_SIZES)
 def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
@@ -556,6 +613,10 @@ def graph_nodes(y: torch.Tensor) -> Iterator[str]:
         pending.extend(next_node for next_node, _ in node.next_functions)
 
 
+# The bases the layer takes: nn.Linear and a subclass of it (the class of nn.MultiheadAttention's out_proj).
+LINEAR_KINDS = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
+
+
 def make_layer(FusedLoRALinear, dtype=torch.float64, device="cpu", **kwargs):
     base = nn.Linear(IN, OUT, dtype=dtype, device=device)
     return base, FusedLoRALinear(base, **{"r": R, "alpha": ALPHA, **kwargs})
@@ -575,13 +636,19 @@ def test_the_layer_runs_through_the_function(FusedLoRALinear, FusedLoRAFunction)
 
 @pytest.mark.points(1)
 @pytest.mark.subject("FusedLoRALinear")
-def test_the_layer_passes_scaling_as_a_python_float(FusedLoRALinear, FusedLoRAFunction, monkeypatch):
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no-grad"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_the_layer_passes_scaling_as_a_python_float(FusedLoRALinear, FusedLoRAFunction, monkeypatch, grad, train):
     _, layer = make_layer(FusedLoRALinear)
     calls, original = [], FusedLoRAFunction.apply
     recording = staticmethod(lambda *args, **kwargs: calls.append((args, kwargs)) or original(*args, **kwargs))
     monkeypatch.setattr(FusedLoRAFunction, "apply", recording)
-    output(layer, torch.randn(5, IN, dtype=torch.float64, requires_grad=True))
-    assert calls, "the layer never called FusedLoRAFunction.apply: see the check it runs through it"
+    with torch.set_grad_enabled(grad):
+        output(layer.train(train), torch.randn(5, IN, dtype=torch.float64, requires_grad=grad))
+    assert calls, (
+        f"the layer never called FusedLoRAFunction.apply in {'train' if train else 'eval'} mode with grad {grad}: "
+        "forward calls it in every mode, under torch.no_grad() too (no plain-ops shortcut)"
+    )
     args, kwargs = calls[-1]
     scaling = args[5] if len(args) > 5 else kwargs.get("scaling")
     assert isinstance(scaling, float) and scaling == SCALING, (
@@ -628,7 +695,7 @@ def test_the_layer_records_r_alpha_and_scaling(FusedLoRALinear):
 
 @pytest.mark.points(2)
 @pytest.mark.subject("FusedLoRALinear")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_layer_trains_two_factors_in_the_base_dtype_and_device(FusedLoRALinear, device, dtype):
     base, layer = make_layer(FusedLoRALinear, dtype=dtype, device=device)
@@ -721,6 +788,7 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
     grad=st.booleans(),
     train=st.booleans(),
     bias=st.booleans(),
+    linear=st.sampled_from(LINEAR_KINDS),
 )
 @example(
     r=R,
@@ -732,6 +800,7 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
     grad=True,
     train=True,
     bias=True,
+    linear=nn.Linear,
 )
 @example(
     r=3,
@@ -743,6 +812,7 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
     grad=True,
     train=False,
     bias=False,
+    linear=LINEAR_KINDS[1],
 )
 @example(
     r=R,
@@ -754,18 +824,24 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
     grad=True,
     train=True,
     bias=True,
+    linear=nn.Linear,
 )
 def test_the_layer_matches_plain_lora_in_every_regime(
-    FusedLoRALinear, r, alpha, positional, dtype, batch_shape, contiguous, grad, train, bias
+    FusedLoRALinear, r, alpha, positional, dtype, batch_shape, contiguous, grad, train, bias, linear
 ):  # fmt: skip
-    base = nn.Linear(IN, OUT, bias=bias, dtype=dtype)
+    base = linear(IN, OUT, bias=bias, dtype=dtype)
     call = "FusedLoRALinear(base, r, alpha)" if positional else "FusedLoRALinear(base=base, alpha=alpha, r=r)"
     try:
         layer = FusedLoRALinear(base, r, alpha) if positional else FusedLoRALinear(base=base, alpha=alpha, r=r)
     except (TypeError, ValueError) as error:
+        hint = (
+            "keep the stub's signature FusedLoRALinear(base, r=8, alpha=16.0), callable by position and by keyword"
+            if linear is nn.Linear
+            else "a subclass of nn.Linear is an nn.Linear: test isinstance(base, nn.Linear), not type(base)"
+        )
         pytest.fail(
-            f"{call} with r={r}, alpha={alpha} raised {type(error).__name__} ({error}): keep the stub's signature "
-            "FusedLoRALinear(base, r=8, alpha=16.0), callable by position and by keyword",
+            f"{call} with r={r}, alpha={alpha}, base a {linear.__name__}, raised {type(error).__name__} ({error}): "
+            f"{hint}",
             pytrace=False,
         )
     layer.train(train)
@@ -775,7 +851,7 @@ def test_the_layer_matches_plain_lora_in_every_regime(
 
 @pytest.mark.points(1)
 @pytest.mark.subject("FusedLoRALinear")
-@pytest.mark.parametrize("r", [0, -2, 2.5], ids=lambda r: f"r={r}")
+@pytest.mark.parametrize("r", [0, -2, 2.5, 2.0], ids=lambda r: f"r={r}")  # 2.0: a float, even whole
 def test_the_layer_rejects_a_rank_that_is_not_a_positive_integer(FusedLoRALinear, r):
     expect_value_error(lambda: FusedLoRALinear(nn.Linear(IN, OUT), r=r), f"FusedLoRALinear(base, r={r})")
 

@@ -33,11 +33,12 @@ PIECES = st.sampled_from(
 TEXTS = st.lists(PIECES | st.text(max_size=3), max_size=5).map("".join)
 OUTPUTS = st.lists(PIECES | st.text(min_size=1, max_size=3), min_size=1, max_size=5).map("".join)
 # "other-vocab" and "permuted-vocab" right after "bpe": the same texts again, in another vocabulary, then in one of
-# the same class and size (a cache keyed by text, or by text and len(tokenizer), goes stale).
-TOKENIZERS = ["bpe", "other-vocab", "permuted-vocab", "bpe-without-bos", "gpt2-like", "adds-eos", "pad-is-eos",
-              "transformers"]  # fmt: skip
+# the same class, size and special ids (a cache keyed by text, or by text, len(tokenizer) and the special ids, goes
+# stale).
+TOKENIZERS = ["bpe", "other-vocab", "permuted-vocab", "bpe-without-bos", "gpt2-like", "neox-like", "adds-eos",
+              "pad-is-eos", "transformers"]  # fmt: skip
 STYLE_OF = {"bpe": "llama", "other-vocab": "other-vocab", "permuted-vocab": "permuted-vocab",
-            "bpe-without-bos": "no-bos", "gpt2-like": "gpt2", "adds-eos": "adds-eos",
+            "bpe-without-bos": "no-bos", "gpt2-like": "gpt2", "neox-like": "neox", "adds-eos": "adds-eos",
             "pad-is-eos": "pad-is-eos"}  # fmt: skip
 
 
@@ -50,8 +51,8 @@ def tokenizer() -> GraderTokenizer:
 @pytest.fixture(params=TOKENIZERS)
 def any_tokenizer(request: pytest.FixtureRequest):
     """The tokenizer zoo: the grader's BPE with the special tokens of Llama (bos added), in another vocabulary,
-    without bos, of GPT-2 (bos = eos = pad, nothing added), adding eos itself, with pad = eos; and transformers'
-    PreTrainedTokenizerFast."""
+    in a permuted one with the same special ids, without bos, of GPT-2 (bos = eos = pad, nothing added), of
+    GPT-NeoX (the same, of id 0), adding eos itself, with pad = eos; and transformers' PreTrainedTokenizerFast."""
     if request.param == "transformers":
         try:
             return transformers_tokenizer()
@@ -173,7 +174,8 @@ def ids_cause(tokenizer, measured: list, expected: Expected, prompt: str, output
             "its own bos to each text: pass add_special_tokens=False"
         )
     if measured == expected.input_ids[:-1]:
-        return "eos is missing: append tokenizer.eos_token_id after the output's tokens"
+        zero = " (here it is 0: test `is not None`, not truthiness)" if eos == 0 else ""
+        return f"eos is missing: append tokenizer.eos_token_id after the output's tokens{zero}"
     if expected.response[:-1][:1] == [bos] and measured == expected.prefix + expected.response[1:]:  # not eos
         return (
             "the output's first token, bos (the text of a special token encodes to its id), was dropped: "

@@ -432,6 +432,16 @@ def test_schedule_refuses_impossible_steps(cosine_with_warmup):
 # train_step
 
 
+# Every clipping check runs on both of train_step's paths: without a GradScaler and with one (at a power-of-two
+# scale, which changes no float64 gradient once unscaled).
+SCALER_PATHS = [pytest.param(False, id="no-scaler"), pytest.param(True, id="gradscaler")]
+
+
+def on_the_path(with_scaler: bool) -> tuple[torch.amp.GradScaler | None, str]:
+    """The GradScaler of that path (None without one), and the words a failure message gives the path."""
+    return (scaler(), ", under a GradScaler") if with_scaler else (None, ", without a GradScaler")
+
+
 @pytest.mark.points(4)
 @pytest.mark.parametrize("returns", ["object", "tensor"])
 def test_gradients_weight_every_token_of_the_window_equally(train_step, returns):
@@ -443,29 +453,36 @@ def test_gradients_weight_every_token_of_the_window_equally(train_step, returns)
 
 
 @pytest.mark.points(1)
-def test_max_grad_norm_defaults_to_one(train_step):
+@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
+def test_max_grad_norm_defaults_to_one(train_step, with_scaler):
     r, window = rig(), unequal_window()
+    grad_scaler, path = on_the_path(with_scaler)
     expected, mistakes = expected_and_mistakes(r.model, window, 1.0)
     unclipped, _ = expected_and_mistakes(r.model, window, None)
     assert total_norm(unclipped) > 2, "grader bug: the window's gradient norm must exceed the default max_grad_norm"
     mistakes["train_step(model, window, optimizer, scheduler) did not clip: max_grad_norm defaults to 1.0"] = unclipped
-    train_step(r.model, window, r.optimizer, r.scheduler)
-    expect_handed(r.optimizer, expected, mistakes, EXACT, "max_grad_norm left at its default", clip_to=1.0)
+    train_step(r.model, window, r.optimizer, r.scheduler, scaler=grad_scaler)
+    expect_handed(r.optimizer, expected, mistakes, EXACT, f"max_grad_norm left at its default{path}", clip_to=1.0)
 
 
 @pytest.mark.points(2)
-def test_clipping_changes_nothing_below_max_grad_norm(train_step):
+@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
+def test_clipping_changes_nothing_below_max_grad_norm(train_step, with_scaler):
     r, window = rig(), unequal_window()
+    grad_scaler, path = on_the_path(with_scaler)
     expected, mistakes = expected_and_mistakes(r.model, window, None)
     norm = total_norm(expected)
     mistakes["the gradients were clipped though their norm is below max_grad_norm"] = clipped(expected, norm / 2)
-    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=4 * norm)
-    expect_handed(r.optimizer, expected, mistakes, EXACT, f"max_grad_norm {4 * norm:.3g} above the norm {norm:.3g}")
+    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=4 * norm, scaler=grad_scaler)
+    above = f"max_grad_norm {4 * norm:.3g} above the norm {norm:.3g}{path}"
+    expect_handed(r.optimizer, expected, mistakes, EXACT, above)
 
 
 @pytest.mark.points(4)
-def test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters(train_step):
+@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
+def test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters(train_step, with_scaler):
     r, window = rig(), unequal_window()
+    grad_scaler, path = on_the_path(with_scaler)
     unclipped, _ = expected_and_mistakes(r.model, window, None)
     max_norm = 0.3 * total_norm(unclipped)
     expected, mistakes = expected_and_mistakes(r.model, window, max_norm)
@@ -473,19 +490,23 @@ def test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters(train_s
     mistakes["the gradients were clipped by value (clip_grad_value_): clip their total L2 norm"] = [
         g.clamp(-max_norm, max_norm) for g in unclipped
     ]
-    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm)
+    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm, scaler=grad_scaler)
     expect_handed(
-        r.optimizer, expected, mistakes, EXACT, f"max_grad_norm {max_norm:.3g}, 0.3 x the norm", clip_to=max_norm
+        r.optimizer, expected, mistakes, EXACT, f"max_grad_norm {max_norm:.3g}, 0.3 x the norm{path}", clip_to=max_norm
     )
 
 
 @pytest.mark.points(2)
-def test_clipping_takes_one_norm_over_every_group_of_the_optimizer(train_step):
+@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
+def test_clipping_takes_one_norm_over_every_group_of_the_optimizer(train_step, with_scaler):
     r, window = rig(groups=True, stray=True), unequal_window()
+    grad_scaler, path = on_the_path(with_scaler)
     unclipped, _ = expected_and_mistakes(r.model, window, None)
     max_norm = 0.3 * total_norm(unclipped)
     expected, mistakes = expected_and_mistakes(r.model, window, max_norm)
     stray = unclipped[2]  # the stray logit bias's gradient is the head bias's: both add to the logits alike
+    if grad_scaler is not None:  # scaler.unscale_(optimizer) leaves the stray's gradient scaled
+        stray = stray * grad_scaler.get_scale()
     mistakes[
         "the norm was taken over the model's trainable parameters, one of which the optimizer does not hold: clip "
         "the optimizer's parameters (every param_group's)"
@@ -498,25 +519,27 @@ def test_clipping_takes_one_norm_over_every_group_of_the_optimizer(train_step):
         *clipped(unclipped[:2], max_norm),
         *clipped(unclipped[2:], max_norm),
     ]
-    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm)
+    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm, scaler=grad_scaler)
     expect_handed(
         r.optimizer,
         expected,
         mistakes,
         EXACT,
         f"an optimizer with two parameter groups, a model with a trainable parameter outside it, max_grad_norm "
-        f"{max_norm:.3g}",
+        f"{max_norm:.3g}{path}",
         clip_to=max_norm,
     )
 
 
 @pytest.mark.points(1)
-def test_clipping_takes_the_groups_the_optimizer_holds_at_each_call(train_step):
+@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
+def test_clipping_takes_the_groups_the_optimizer_holds_at_each_call(train_step, with_scaler):
     r, window = rig(), unequal_window()
+    grad_scaler, path = on_the_path(with_scaler)
     factors, bias = r.model.trainable()[:2], r.model.head.bias
     r.optimizer = SpyOptimizer(factors, events=r.events)  # the first window trains the factors only
     bias.requires_grad_(False)
-    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0)
+    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0, scaler=grad_scaler)
     bias.requires_grad_(True)
     r.optimizer.add_param_group({"params": [bias]})  # a group added between windows, as a run may do
     r.optimizer.handed.clear()
@@ -525,19 +548,22 @@ def test_clipping_takes_the_groups_the_optimizer_holds_at_each_call(train_step):
     expected, mistakes = expected_and_mistakes(r.model, window, max_norm)
     mistakes["the parameters to clip were those of an earlier call: take them from optimizer.param_groups at each "
              "call (a group may have been added)"] = [*clipped(unclipped[:2], max_norm), unclipped[2]]  # fmt: skip
-    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm)
+    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm, scaler=grad_scaler)
     expect_handed(
-        r.optimizer, expected, mistakes, EXACT, "a parameter group added between two windows", clip_to=max_norm
+        r.optimizer, expected, mistakes, EXACT, f"a parameter group added between two windows{path}", clip_to=max_norm
     )
 
 
 @pytest.mark.points(1)
-def test_max_grad_norm_zero_clips_every_gradient_to_zero(train_step):
+@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
+def test_max_grad_norm_zero_clips_every_gradient_to_zero(train_step, with_scaler):
     r, window = rig(), unequal_window()
+    grad_scaler, path = on_the_path(with_scaler)
     unclipped, _ = expected_and_mistakes(r.model, window, None)
     mistakes = {"max_grad_norm=0.0 was taken as no clipping: only None turns clipping off, 0.0 clips to 0": unclipped}
-    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=0.0)
-    expect_handed(r.optimizer, clipped(unclipped, 0.0), mistakes, EXACT, "max_grad_norm 0.0 (clip to a norm of 0)")
+    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=0.0, scaler=grad_scaler)
+    zero = f"max_grad_norm 0.0 (clip to a norm of 0){path}"
+    expect_handed(r.optimizer, clipped(unclipped, 0.0), mistakes, EXACT, zero)
 
 
 @pytest.mark.points(3)
@@ -705,19 +731,21 @@ def test_without_a_scaler_every_window_steps(train_step):
 
 
 @pytest.mark.points(1)
-def test_the_scaler_alone_tells_a_skipped_step(train_step):
+@pytest.mark.parametrize("max_grad_norm", [None, 1.0], ids=["no-clipping", "clipping"])  # the norm at hand or not
+def test_the_scaler_alone_tells_a_skipped_step(train_step, max_grad_norm):
     r, scale = rig(dtype=torch.float32), 2.0**12
     r.model.grad_factor = 1e20  # finite float32 gradients whose squares, and so their float32 norm, overflow
     grad_scaler = scaler(scale)
-    train_step(r.model, unequal_window(), r.optimizer, r.scheduler, max_grad_norm=None, scaler=grad_scaler)
+    train_step(r.model, unequal_window(), r.optimizer, r.scheduler, max_grad_norm=max_grad_norm, scaler=grad_scaler)
     assert len(r.optimizer.handed) == 1 and grad_scaler.get_scale() == 2 * scale, (
-        f"finite gradients of about 1e20 under a GradScaler: {len(r.optimizer.handed)} optimizer steps and a scale "
+        f"finite gradients of about 1e20 under a GradScaler, max_grad_norm {max_grad_norm}: "
+        f"{len(r.optimizer.handed)} optimizer steps and a scale "
         f"of {grad_scaler.get_scale():g}, expected one step and the scale grown to {2 * scale:g}"
     )
     assert r.scheduler.steps == 1, (
-        f"the scaler stepped (finite gradients of about 1e20) but the scheduler was stepped {r.scheduler.steps} "
-        "times, expected once: tell a skipped step by the scaler's scale, not by the gradients' norm (a float32 "
-        "norm of finite gradients may overflow)"
+        f"the scaler stepped (finite gradients of about 1e20, max_grad_norm {max_grad_norm}) but the scheduler was "
+        f"stepped {r.scheduler.steps} times, expected once: tell a skipped step by the scaler's scale, not by the "
+        "gradients' norm (a float32 norm of finite gradients may overflow, clip_grad_norm_'s too)"
     )
 
 

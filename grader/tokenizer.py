@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 CORPUS = Path(__file__).with_name("corpus.txt")
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"  # ids 0, 1, 2: a bos id of 0 catches `if tokenizer.bos_token_id:`
+SPECIAL_TOKENS = [BOS, EOS, PAD]  # trained first: their ids are 0, 1, 2 in the backend
 VOCAB_SIZE = 1000
 TRANSFORMERS_MISSING = (
     "transformers is not installed: pip install transformers to also grade with PreTrainedTokenizerFast"
@@ -32,7 +33,7 @@ def trained_bpe() -> Tokenizer:
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
         min_frequency=2,
-        special_tokens=[BOS, EOS, PAD],
+        special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -65,7 +66,8 @@ class GraderTokenizer:
     Special tokens, when asked for (the default, as in Hugging Face), are what the style adds. The
     "other-vocab" style numbers every token ``OTHER_VOCAB_OFFSET`` higher: another model's vocabulary, in
     which the same text has other ids (an encoding cached by text alone goes stale); "permuted-vocab" numbers
-    them backwards, a vocabulary of the same class and size (a cache keyed by text and ``len`` goes stale).
+    every other token backwards, its special tokens keeping their ids: a vocabulary of the same class, size and
+    special ids, as Llama-2's and Mistral's (a cache keyed by text, ``len`` and the special ids goes stale).
     """
 
     ANY_VALUE = ("return_attention_mask", "return_token_type_ids", "verbose")  # options that change no id
@@ -81,10 +83,11 @@ class GraderTokenizer:
         "llama": (BOS, EOS, PAD, True, False),  # bos <s> in front, as Llama's
         "no-bos": (None, EOS, PAD, False, False),  # bos_token_id None
         "gpt2": (EOS, EOS, EOS, False, False),  # GPT-2: one token is bos, eos and pad; none is added
+        "neox": (BOS, BOS, BOS, False, False),  # GPT-NeoX, Pythia: bos = eos = pad of id 0 (`if eos_token_id:`)
         "adds-eos": (BOS, EOS, PAD, True, True),  # Llama with add_eos_token=True, T5-like: eos appended
         "pad-is-eos": (BOS, EOS, EOS, True, False),  # the usual fine-tuning set-up: pad_token = eos_token
         "other-vocab": (BOS, EOS, PAD, True, False),  # Llama's special tokens, every id shifted
-        "permuted-vocab": (BOS, EOS, PAD, True, False),  # Llama's special tokens, the ids in reverse order
+        "permuted-vocab": (BOS, EOS, PAD, True, False),  # Llama's special tokens and ids, the others reversed
     }
     OTHER_VOCAB_OFFSET = 1000
 
@@ -105,10 +108,12 @@ class GraderTokenizer:
 
     def _own_id(self, backend_id: int) -> int:
         """This style's id of the backend's token ``backend_id`` (reversal is its own inverse)."""
-        return self.vocab_size - 1 - backend_id if self._reversed else self._offset + backend_id
+        if self._reversed and backend_id >= len(SPECIAL_TOKENS):
+            return self.vocab_size - 1 + len(SPECIAL_TOKENS) - backend_id
+        return self._offset + backend_id
 
     def _backend_id(self, own_id: int) -> int:
-        return self.vocab_size - 1 - own_id if self._reversed else own_id - self._offset
+        return self._own_id(own_id) if self._reversed else own_id - self._offset
 
     def __len__(self) -> int:
         return self.vocab_size

@@ -52,7 +52,8 @@ class FusedLoRAFunction(torch.autograd.Function):
         lora_B: torch.Tensor,
         scaling: float,
     ) -> torch.Tensor:
-        """Map ``x`` (..., in) to (..., out); save for backward only what backward needs."""
+        """Map ``x`` (..., in) to (..., out); save for backward only what backward needs (the inputs themselves:
+        flattening a non-contiguous ``x`` makes a copy)."""
         raise NotImplementedError("kata fused_lora: write FusedLoRAFunction.forward (spec in its class docstring)")
 
     @staticmethod

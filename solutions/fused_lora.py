@@ -37,20 +37,21 @@ class FusedLoRAFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         """Map ``x`` (..., in) to (..., out) with ``weight`` (out, in), ``bias`` (out,) or None,
         ``lora_A`` (r, in), ``lora_B`` (out, r) and the float ``scaling``."""
-        rows = x.reshape(-1, x.shape[-1])
+        rows = x.reshape(-1, x.shape[-1])  # a copy when x is non-contiguous: forward's own, not saved
         down = (rows @ lora_A.T).mul_(scaling)  # (N, r): the scaled rank-r activation u
         y = rows @ weight.T if bias is None else torch.addmm(bias, rows, weight.T)
         y.addmm_(down, lora_B.T)
-        ctx.save_for_backward(rows, weight, lora_A, lora_B, down)
+        ctx.save_for_backward(x, weight, lora_A, lora_B, down)  # x itself, as given: no copy outlives forward
         ctx.scaling, ctx.x_shape = scaling, x.shape
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """Gradients for (x, weight, bias, lora_A, lora_B, scaling): None where none is needed."""
-        rows, weight, lora_A, lora_B, down = ctx.saved_tensors
+        x, weight, lora_A, lora_B, down = ctx.saved_tensors
         need_x, need_weight, need_bias, need_A, need_B, _ = ctx.needs_input_grad
         g = grad_output.reshape(-1, grad_output.shape[-1])  # reshape: y.sum() sends a stride-0 gradient
+        rows = x.reshape(-1, x.shape[-1])  # flattened again: a copy, if any, lives only through backward
         grad_x = grad_weight = grad_bias = grad_A = grad_B = None
         if need_x or need_A:
             g_B = (g @ lora_B).mul_(ctx.scaling)  # (N, r)

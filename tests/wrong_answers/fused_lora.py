@@ -6,6 +6,8 @@ KATA = "fused_lora"
 IMPORTS = "import torch\nfrom torch import nn"
 DOWN = "down = (rows @ lora_A.T).mul_(scaling)"
 BASE_PRODUCT = "y = rows @ weight.T if bias is None else torch.addmm(bias, rows, weight.T)"
+FLATTEN = "rows = x.reshape(-1, x.shape[-1])  # a copy when x is non-contiguous"
+SAVE = "ctx.save_for_backward(x, weight"
 RESULT = "return y.reshape(*x.shape[:-1], weight.shape[0])"
 G = "g = grad_output.reshape(-1, grad_output.shape[-1])"
 G_B = "g_B = (g @ lora_B).mul_(ctx.scaling)"
@@ -44,7 +46,7 @@ WRONG_ANSWERS = [
                 BACKWARD, "return six gradients"),
     WrongAnswer("dL/dA only when x needs a gradient", KATA, "if need_x or need_A:", "if need_x:",
                 BACKWARD, "backward returned None for lora_A"),
-    WrongAnswer("view instead of reshape", KATA, "rows = x.reshape(-1, x.shape[-1])", "rows = x.view(-1, x.shape[-1])",
+    WrongAnswer("view instead of reshape", KATA, FLATTEN, FLATTEN.replace("x.reshape", "x.view"),
                 "test_takes_non_contiguous_inputs_and_gradients", "view size is not compatible"),
     WrongAnswer("grad_output viewed", KATA, G, G.replace("grad_output.reshape", "grad_output.view"),
                 "test_takes_non_contiguous_inputs_and_gradients", "view size is not compatible"),
@@ -102,8 +104,7 @@ WRONG_ANSWERS = [
                 "original = lora_B.clone()\n        y.addmm_(down.div(scaling), lora_B.mul_(scaling).T)\n"
                 "        lora_B.copy_(original)",
                 "test_leaves_its_inputs_untouched", "changed ['lora_B'] in place"),
-    WrongAnswer("a private copy of x saved for backward", KATA, "ctx.save_for_backward(rows, weight",
-                "ctx.save_for_backward(rows.clone(), weight",
+    WrongAnswer("a private copy of x saved for backward", KATA, SAVE, "ctx.save_for_backward(x.clone(), weight",
                 "test_forward_saves_only_what_backward_needs", "numbers alive for backward"),
     # round 2 (red2/f): rank-r gradients computed and dropped, a tensor scaling, A from torch.rand, the default device
     WrongAnswer("every rank-r gradient computed, only the asked ones returned", KATA, "if need_x or need_A:", "if True:",
@@ -127,4 +128,36 @@ WRONG_ANSWERS = [
                             ("if need_B:\n            " + GRAD_B, "if need_B or few:\n            " + GRAD_B),
                             (RETURN, "return grad_x, grad_weight, grad_bias, grad_A if need_A else None, "
                              "grad_B if need_B else None, None"))),
+    # round 3 (red3/w-ft): fp16 factors, a subclassed base, choices of inputs and layouts of x, regimes of the layer
+    WrongAnswer("the layer's factors in float32 under a float16 base", KATA,
+                'same_place = {"device": base.weight.device, "dtype": base.weight.dtype}',
+                'same_place = {"device": base.weight.device, "dtype": torch.float32 if base.weight.dtype == '
+                'torch.float16 else base.weight.dtype}',
+                "test_the_layer_trains_two_factors_in_the_base_dtype_and_device", "torch.float16",
+                more_edits=((APPLY, APPLY.replace("self.lora_A, self.lora_B,", "self.lora_A.to(self.base.weight.dtype), "
+                                                  "self.lora_B.to(self.base.weight.dtype),")),)),
+    WrongAnswer("the layer refuses subclasses of nn.Linear", KATA, "if not isinstance(base, nn.Linear):",
+                "if type(base) is not nn.Linear:",
+                "test_the_layer_matches_plain_lora_in_every_regime", "a subclass of nn.Linear is an nn.Linear"),
+    WrongAnswer("dL/dx without the adapter's term when the factors are frozen", KATA,
+                "if need_x or need_A:\n            " + G_B + "  # (N, r)\n            if need_x:\n                " + GRAD_X,
+                "if need_x:\n            grad_x = (g @ weight).reshape(ctx.x_shape)\n"
+                "        if need_A or need_B:\n            " + G_B + "  # (N, r)\n            if need_x:\n"
+                "                grad_x = grad_x + (g_B @ lora_A).reshape(ctx.x_shape)",
+                "test_backward_gives_the_right_gradients_for_every_choice_of_inputs",
+                "the gradient of x is off by"),
+    WrongAnswer("the flattened x saved, a copy when x is non-contiguous", KATA, SAVE, "ctx.save_for_backward(rows, weight",
+                "test_forward_saves_only_what_backward_needs", "x 3-D non-contiguous"),
+    WrongAnswer("the layer accepts a whole float rank", KATA, "or not isinstance(r, int) or r < 1:",
+                "or r < 1 or int(r) != r:",
+                more_edits=(("self.base = base.requires_grad_(False)", "r = int(r)\n        self.base = base.requires_grad_(False)"),),
+                caught_by="test_the_layer_rejects_a_rank_that_is_not_a_positive_integer",
+                explains="FusedLoRALinear(base, r=2.0)"),
+    WrongAnswer("the bias gradient left (..., out) for x of three dimensions", KATA, "grad_bias = g.sum(0)",
+                "grad_bias = grad_output.sum(0) if grad_output.dim() > 1 else grad_output",
+                "test_backward_returns_each_gradient_shaped_like_its_input", "for bias (10,)"),
+    WrongAnswer("the layer bypasses the Function under no_grad", KATA, APPLY,
+                "if not torch.is_grad_enabled():\n            "
+                "return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T\n        " + APPLY,
+                "test_the_layer_passes_scaling_as_a_python_float", "under torch.no_grad() too"),
 ]  # fmt: skip

@@ -163,4 +163,13 @@ WRONG_ANSWERS = [
     WrongAnswer("ValueError when an empty output keeps only eos", KATA, CHECK,
                 "if max_length <= len(prompt_ids) or not output:",
                 "test_max_length_keeps_the_first_tokens", "raise only when no response token remains"),
+    # round 3 (red3/w-ft): a cache keyed by the special ids too, an eos id of 0 taken for none
+    WrongAnswer("encodings cached by len, bos and eos ids and text", KATA, ENCODE,
+                "key = (len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, text)\n    "
+                'return list(_CACHE.setdefault(key, tokenizer(text, add_special_tokens=False)["input_ids"]))',
+                "test_input_ids_are_bos_prompt_response_eos", "input_ids differ",
+                more_edits=(("IGNORE_INDEX = -100", "_CACHE: dict = {}\nIGNORE_INDEX = -100"),)),
+    WrongAnswer("eos appended only when its id is truthy", KATA, RESPONSE,
+                "response_ids = _encode(tokenizer, output) + ([tokenizer.eos_token_id] if tokenizer.eos_token_id else [])",
+                "test_input_ids_are_bos_prompt_response_eos", "here it is 0"),
 ]  # fmt: skip

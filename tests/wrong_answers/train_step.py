@@ -235,4 +235,16 @@ WRONG_ANSWERS = [
                 "test_steps_under_autocast", "the GradScaler skipped the step",
                 more_edits=(("total += loss.item()", "total += loss.item() / tokens"),
                             (HELD, HELD + "\n    for parameter in parameters:\n        parameter.grad.div_(tokens)"))),
+    # round 3 (red3/w-ft): clipping sentences that held only without a GradScaler
+    WrongAnswer("a skipped step told by clip_grad_norm_'s norm when clipping", KATA, CLIP_BLOCK,
+                "    norm = None\n    if max_grad_norm is not None:\n        norm = " + CLIP + "\n",
+                "test_the_scaler_alone_tells_a_skipped_step", "max_grad_norm 1.0",
+                more_edits=((SKIP, "stepped = scaler.get_scale() >= scale if norm is None else bool(torch.isfinite(norm))"),)),
+    WrongAnswer("max_grad_norm 0.0 taken as off under a GradScaler", KATA, "    if max_grad_norm is not None:\n",
+                "    if (max_grad_norm is not None) if scaler is None else max_grad_norm:\n",
+                "test_max_grad_norm_zero_clips_every_gradient_to_zero", "under a GradScaler"),
+    WrongAnswer("clipped over the model's trainable parameters under a GradScaler", KATA, CLIP,
+                "nn.utils.clip_grad_norm_(parameters if scaler is None else [p for p in model.parameters() if p.requires_grad], "
+                "max_grad_norm)",
+                "test_clipping_takes_one_norm_over_every_group_of_the_optimizer", "the model's trainable parameters"),
 ]  # fmt: skip
