@@ -102,9 +102,11 @@ def test_a_missing_module_says_which_file_to_write(tmp_path):
 def test_the_same_submission_always_gets_the_same_grade(tmp_path):
     wrong = (SOLUTIONS / "lora_linear.py").read_text().replace("self.scaling = alpha / r", "self.scaling = alpha")
     folder = implementation_folder(tmp_path / "sub", {"lora_linear": wrong})
-    runs = [run_grader(folder), run_grader(folder), run_grader(folder, list(reversed(GRADED)))]
+    # A second grading in the reverse order, in the same process: what one kata's checks leave behind (seeds,
+    # caches, modules) must change neither that grading nor the next.
+    runs = [run_grader(folder), run_grader(folder, list(reversed(GRADED)))]
     grades = [sorted(results, key=lambda result: (result.kata, result.check)) for results in runs]
-    assert grades[0] == grades[1] == grades[2], "the grade depends on the run, or on the order of the katas"
+    assert grades[0] == grades[1], "the grade depends on the run, or on the order of the katas"
     assert {result.outcome for result in runs[0]} == {"passed", "failed", "skipped"}
 
 
