@@ -88,10 +88,22 @@ def _linear(fan_in: int, fan_out: int, bias: bool = True) -> nn.Linear:
     return nn.Linear(fan_in, fan_out, bias=bias)
 
 
+class GatedLinear(nn.Linear):
+    """An nn.Linear subclass with a parameter of its own besides weight and bias (a gain), as model code has."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        self.gain = nn.Parameter(torch.ones(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.gain
+
+
 class Nested(nn.Module):
     """Linears at depth 4 inside ModuleList > ModuleDict > Sequential, named as in transformers' models,
-    a ModuleDict whose keys are also target names ("heads.q_proj"), and a subclass of nn.Linear
-    ("heads.out_proj", the class of nn.MultiheadAttention's out_proj)."""
+    a ModuleDict whose keys are also target names ("heads.q_proj"), and subclasses of nn.Linear
+    ("heads.out_proj", the class of nn.MultiheadAttention's out_proj; "mlp.0", a GatedLinear whose gain
+    is frozen like every parameter but the factors)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -101,7 +113,7 @@ class Nested(nn.Module):
                     "attn": nn.Sequential(
                         OrderedDict(q_proj=_linear(WIDTH, WIDTH), act=nn.Tanh(), v_proj=_linear(WIDTH, WIDTH))
                     ),
-                    "mlp": nn.Sequential(_linear(WIDTH, HIDDEN), nn.Tanh(), _linear(HIDDEN, WIDTH, bias=False)),
+                    "mlp": nn.Sequential(GatedLinear(WIDTH, HIDDEN), nn.Tanh(), _linear(HIDDEN, WIDTH, bias=False)),
                 }
             )
             for _ in range(2)
@@ -171,7 +183,26 @@ class LookAlikes(nn.Module):
         return self.v_proj(self.norms["v_proj"](x) * self.gate.lora_A) * self.lora_scale
 
 
-MODEL_ZOO = {"nested": Nested, "tied": Tied, "look-alikes": LookAlikes}
+class Reused(nn.Module):
+    """One projection held by two containers: an encoder list registered first (``enc.0``) and a block after it
+    (``block.q_proj``). ``named_modules()`` lists it once, as ``enc.0``, so once the block alone is adapted
+    (``apply_lora(model.block, ...)``) the adapter's base is still reached under a name outside the adapter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        shared = _linear(WIDTH, WIDTH)
+        self.enc = nn.ModuleList([shared, _linear(WIDTH, WIDTH)])
+        self.block = nn.Module()
+        self.block.q_proj, self.block.v_proj = shared, _linear(WIDTH, WIDTH)
+        self.head = _linear(WIDTH, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.enc[1](torch.tanh(self.enc[0](x))))
+        x = x + self.block.v_proj(torch.tanh(self.block.q_proj(x)))
+        return self.head(x)
+
+
+MODEL_ZOO = {"nested": Nested, "tied": Tied, "look-alikes": LookAlikes, "reused": Reused}
 
 
 def zoo_inputs(batch: int = 3, **placement: object) -> torch.Tensor:

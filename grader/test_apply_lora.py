@@ -346,11 +346,16 @@ def test_adapts_the_model_zoo(apply_lora, LoRALinear, model_name, targets):
         assert any(m is original for m in layer.modules() for original in expected.values()), (
             f"{call}: a LoRALinear holds none of the model's original layers: wrap the layer objects themselves"
         )
-    inside = {id(p) for layer in layers.values() for p in trainable(layer)}
+    held = {id(p): name for name, original in expected.items() for p in original.parameters()}  # the bases' own
+    inside = {id(p) for layer in layers.values() for p in trainable(layer)} - held.keys()  # the factors
     loose = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
-    assert not loose, (
-        f"{call}: parameters outside the adapters still train: {loose[:3]}: freeze every parameter of the model "
-        "that is not an adapter's factor, whatever its name (model.parameters(), not a filter on names)"
+    of_bases = [name for name, p in model.named_parameters() if p.requires_grad and id(p) in held]
+    assert not loose, f"{call}: parameters other than the adapters' factors still train: {loose[:3]}: " + (
+        f"{of_bases[0]} is a parameter of the adapted layer itself (its nn.Linear subclass's own, beside weight and "
+        "bias): freeze every parameter but the factors, by identity, not by name"
+        if of_bases
+        else "freeze every parameter of the model that is not an adapter's factor, whatever its name "
+        "(model.parameters(), not a filter on names)"
     )
     assert inside, f"{call}: no adapter factor is trainable"
     with torch.no_grad():
@@ -428,6 +433,67 @@ def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lor
     assert len(inside) == 2 * len(now), (
         f"{call}: {len(inside)} trainable factors in {len(now)} adapters, expected 2 each: the old adapters "
         "stay trainable"
+    )
+
+
+SECOND_CALL_CASES = [  # (zoo model, the part adapted first, its targets, the whole model's targets next)
+    ("reused", "block", ("q_proj",), ("0", "v_proj")),  # enc.0, listed first, is block.q_proj's base
+    ("tied", "layers", ("v_proj",), ("alias", "q_proj")),  # alias, listed after it, is layers.0.v_proj's base
+]
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize(
+    "model_name, part, first, second",
+    SECOND_CALL_CASES,
+    ids=lambda value: value if isinstance(value, str) else "+".join(value),
+)
+def test_a_second_call_leaves_the_adapters_bases_alone_under_every_name(
+    apply_lora, LoRALinear, model_name, part, first, second
+):  # fmt: skip
+    model, _ = zoo_model(model_name)
+    adapted_first = model.get_submodule(part)
+    bases = [adapted_first.get_submodule(name) for name in matching_linears(adapted_first, first)]
+    adapted(apply_lora(adapted_first, first, 2, 4.0))
+    names_of = aliases(model)
+    held = {name: base for base in bases for name in names_of[id(base)]}  # its names inside the adapter and outside
+    expected_new = set(matching_linears(MODEL_ZOO[model_name](), second)) - set(held)
+    call = f"apply_lora({model_name} model, {list(second)}) after apply_lora(model.{part}, {list(first)})"
+    try:
+        apply_lora(model, second, 2, 4.0)
+    except ValueError as error:
+        if not raised_by_apply_lora(error):
+            raise
+    replaced = {name: model.get_submodule(name) for name, base in held.items() if model.get_submodule(name) is not base}
+    name, layer = next(iter(replaced.items()), ("", None))
+    others = [other for other in names_of[id(held[name])] if other != name] if replaced else []
+    assert not replaced, (
+        f"{call}: {name} is now a {type(layer).__name__}, expected the very nn.Linear it was: it is the base of an "
+        f"adapter, registered as {others[:2]} too: skip the layers inside adapters by identity (id(module) of "
+        "every module inside one), not by a name prefix"
+    )
+    missed = sorted(name for name in expected_new if not isinstance(model.get_submodule(name), LoRALinear))
+    assert not missed, f"{call} left {missed[:3]} unadapted: the new targets get adapters"
+
+
+@pytest.mark.points(1)
+def test_adapters_stay_on_their_layers_devices(apply_lora, LoRALinear):
+    model = ToyTransformer()
+    model.temperature = nn.Parameter(torch.ones((), device="meta"))  # the model's first parameters on meta
+    for module in [model.router, *model.layers[1::2]]:  # layers.0 on cpu
+        module.to("meta")
+    placed = {name: model.get_submodule(name).weight.device for name in matching_linears(model, DEFAULT_TARGETS)}
+    apply_lora(model, DEFAULT_TARGETS, 2, 4.0)
+    misplaced = [
+        (name, parameter.device, device)
+        for name, device in placed.items()
+        for parameter in model.get_submodule(name).parameters()
+        if parameter.device != device
+    ]
+    assert not misplaced, (
+        f"after apply_lora on a model spread over two devices (its first parameters on meta, layers.0 on cpu), "
+        f"{misplaced[0][0]} has parameters on {misplaced[0][1]}, its layer was on {misplaced[0][2]}: leave each "
+        "adapter where its layer is (LoRALinear(layer, ...) as it is, no .to(the model's device))"
     )
 
 

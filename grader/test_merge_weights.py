@@ -89,6 +89,11 @@ def test_merged_weight_is_W_plus_the_update(
     returned_model(merge_weights(model))
     new = model[0]
     assert type(new) is nn.Linear, f"merged layer is a {type(new).__name__}, expected a plain nn.Linear"
+    declared = (new.in_features, new.out_features)
+    assert declared == (in_features, out_features), (
+        f"the merged layer says in_features={declared[0]}, out_features={declared[1]}, expected {in_features} and "
+        f"{out_features} (its weight is (out, in)): nn.Linear(base.in_features, base.out_features), in first"
+    )
     error = max_difference(new.weight, weight + update)
     transposed = in_features == out_features and max_difference(new.weight, weight + update.T) < 1e-5
     assert error < 1e-5, f"merged weight differs from W + scaling B @ A by {error:.3g}" + (
@@ -245,18 +250,31 @@ def test_merges_the_model_zoo(LoRALinear, merge_weights, name):
 
 
 @pytest.mark.points(1)
-def test_merging_a_part_leaves_a_weight_tied_outside_it_alone(LoRALinear, merge_weights):
+def test_merging_a_part_leaves_what_it_shares_outside_alone(LoRALinear, merge_weights):
     outside, base = nn.Linear(12, 10), nn.Linear(12, 10)
     base.weight = outside.weight  # tied to a layer that is not in the merged part
     layer = LoRALinear(base, r=4, alpha=10.0)
     randomize_factors(layer, std=0.3)
     expected, before = base.weight.detach() + measured_update(layer, base), outside.weight.detach().clone()
+    bases = {id(parameter) for parameter in base.parameters()}  # the base itself may become the merged layer
+    held = {  # the factors (and buffers): an adapter another model may hold too, a teacher say
+        name: tensor.detach().clone()
+        for name, tensor in layer.state_dict(keep_vars=True).items()
+        if id(tensor) not in bases
+    }
     part = nn.Sequential(layer)
     returned_model(merge_weights(part))
     change = max_difference(outside.weight, before)
     assert change == 0, (
         f"merging nn.Sequential(adapter) changed by {change:.3g} the weight its base shares with a layer outside that "
         "part: merge_weights sees only the module given; build a new weight, never write into the base's"
+    )
+    now = layer.state_dict()
+    written = [name for name, value in held.items() if name not in now or not torch.equal(now[name], value)]
+    assert not written, (
+        f"merging nn.Sequential(adapter) changed the adapter's own {written[:2]}, which a model holding the same "
+        "adapter outside that part still computes with: read the factors, never scale or write them in place "
+        "(W + scaling * (B @ A) into a new tensor)"
     )
     error = max_difference(part[0].weight, expected)
     assert error < 1e-5, f"the merged layer's weight differs from W + scaling B @ A by {error:.3g}"

@@ -123,4 +123,16 @@ WRONG_ANSWERS = [
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters",
                 "the layers inside the adapters included",
                 more_edits=((FREEZE, "        if id(parameter) not in factors:\n            parameter.requires_grad_(False)"),)),
+    # Red-team round 3: adapters' insides skipped by name, a subclass's own parameter left training, one device for all.
+    WrongAnswer("the layers inside adapters skipped by a name prefix", KATA,
+                "inside = {id(m) for a in model.modules() if isinstance(a, LoRALinear) for m in list(a.modules())[1:]}",
+                "inside = [n for n, a in model.named_modules() if isinstance(a, LoRALinear)]",
+                "test_a_second_call_leaves_the_adapters_bases_alone_under_every_name", "by identity",
+                more_edits=((" and id(module) not in inside and", " and not any(name.startswith(a + '.') for a in inside) and"),)),
+    WrongAnswer("only the bases' weight and bias frozen", KATA, FACTORS,
+                "for n, p in m.named_parameters() if p is not m.base.weight and p is not m.base.bias",
+                "test_adapts_the_model_zoo", "a parameter of the adapted layer itself"),
+    WrongAnswer("adapters moved to the model's first device", KATA, WRAP,
+                WRAP + ".to(next(model.parameters()).device)",
+                "test_adapters_stay_on_their_layers_devices", "leave each adapter where its layer is"),
 ]  # fmt: skip

@@ -87,9 +87,17 @@ WRONG_ANSWERS = [
                 "    if len(uses) == 1:\n"
                 "        weight.copy_((weight.to(accumulate) + update).to(weight.dtype))\n        return base\n    "
                 + NEW_LAYER,
-                "test_merging_a_part_leaves_a_weight_tied_outside_it_alone", "sees only the module given",
+                "test_merging_a_part_leaves_what_it_shares_outside_alone", "sees only the module given",
                 more_edits=(("    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n",
                              "    global MODEL\n    MODEL = model\n"
                              "    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n"),
                             ("@torch.no_grad()\n", "MODEL = None\n\n\n@torch.no_grad()\n"))),
+    # Red-team round 3: the scaling folded into the adapter's own B, in and out features swapped.
+    WrongAnswer("scaling folded into B in place", KATA, UPDATE,
+                "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling "
+                "if accumulate != weight.dtype else layer.lora_B.mul_(layer.scaling) @ layer.lora_A",
+                "test_merging_a_part_leaves_what_it_shares_outside_alone", "changed the adapter's own"),
+    WrongAnswer("in_features and out_features swapped", KATA, "nn.Linear(base.in_features, base.out_features,",
+                "nn.Linear(base.out_features, base.in_features,",
+                "test_merged_weight_is_W_plus_the_update", "in_features"),
 ]  # fmt: skip

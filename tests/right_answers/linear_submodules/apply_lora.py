@@ -6,16 +6,21 @@ from katas.lora_linear import LoRALinear
 def apply_lora(model, target_modules=("q_proj", "v_proj"), r=8, alpha=16.0, dropout=0.0):
     targets = list(target_modules)
     replaced = []
+    # An adapter's base may be registered outside it too (enc.0 and block.q_proj one layer): skip it by identity.
+    inside = {id(m) for a in model.modules() if isinstance(a, LoRALinear) for m in list(a.modules())[1:]}
 
     def visit(module: nn.Module, prefix: str) -> None:
         for child_name, child in module.named_children():
             name = f"{prefix}.{child_name}" if prefix else child_name
+            if id(child) in inside:
+                continue
             if isinstance(child, LoRALinear):
                 if any(name == t or name.endswith("." + t) for t in targets):
                     replaced.append(name)
                 continue
             if isinstance(child, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
                 setattr(module, child_name, LoRALinear(child, r, alpha, dropout))
+                inside.add(id(child))
                 replaced.append(name)
             else:
                 visit(child, name)
