@@ -69,6 +69,35 @@ def toward_zero_codes(scaled):
     return torch.where((scaled >= 0) | at_code, down, up)
 
 
+def storage_bytes(tensor: torch.Tensor) -> tuple[tuple[object, int], int]:
+    """(a key naming the tensor's memory, the bytes of that memory): a view keeps its whole storage alive."""
+    try:
+        storage = tensor.untyped_storage()
+        return (tensor.device, storage.data_ptr()), storage.nbytes()
+    except (RuntimeError, NotImplementedError):  # no storage of its own (a sparse or wrapper tensor)
+        return ("tensor", id(tensor)), tensor.numel() * tensor.element_size()
+
+
+def state_of(tensor: torch.Tensor) -> tuple[torch.Tensor, bool, int]:
+    """What a function that leaves ``tensor`` alone keeps as it was: its values, requires_grad, its version counter
+    (which any in-place write bumps, even one that writes the same values back)."""
+    return tensor.detach().clone(), tensor.requires_grad, tensor._version
+
+
+def expect_left_alone(tensor: torch.Tensor, before: tuple[torch.Tensor, bool, int], what: str) -> None:
+    """Fail the check unless ``tensor`` still has the values, requires_grad and version ``state_of`` saw."""
+    values, requires_grad, version = before
+    assert torch.equal(tensor.detach(), values), f"{what} changed the values of the tensor it was given: work on a copy"
+    assert tensor.requires_grad == requires_grad, (
+        f"{what} turned requires_grad of the tensor it was given from {requires_grad} to {tensor.requires_grad} "
+        "(requires_grad_(False) on the caller's Parameter freezes it for training): work on tensor.detach()"
+    )
+    assert tensor._version == version, (
+        f"{what} wrote into the tensor it was given in place (its version went from {version} to "
+        f"{tensor._version}): work on a copy"
+    )
+
+
 def swap_nibbles(packed):
     return ((packed.reshape(-1) & 0xF) << 4) | (packed.reshape(-1) >> 4)
 

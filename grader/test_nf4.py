@@ -15,13 +15,23 @@ from grader import nf4_reference as ref
 from grader.nf4_checks import (
     DTYPES,
     call_of,
+    expect_left_alone,
     expect_same_codes,
     expect_sizes,
     result_pair,
+    state_of,
+    storage_bytes,
     swap_nibbles,
 )
 from grader.oracles import optional
-from grader.probes import describe, expect_instance, expect_value_error
+from grader.probes import (
+    DEVICES,
+    FOREIGN_DEFAULT,
+    describe,
+    expect_instance,
+    expect_on_the_base_device,
+    expect_value_error,
+)
 
 SUBJECT = "quantize_nf4"  # the definition a failing check points at
 BITSANDBYTES = optional("bitsandbytes.functional")  # seconds: never inside a check's time limit
@@ -88,12 +98,51 @@ def test_quantize_returns_packed_uint8_bytes_and_float32_absmax(quantize_nf4, dt
 @pytest.mark.points(1)
 def test_quantize_leaves_the_weight_alone_and_keeps_no_history(quantize_nf4):
     parameter = nn.Parameter(draw_weight((4, 48), torch.float32, 1.0, 2))
-    before = parameter.detach().clone()
+    before = state_of(parameter)
     packed, absmax = result_pair(quantize_nf4(parameter, 64), call_of(parameter, 64))
-    assert torch.equal(parameter.detach(), before), "quantize_nf4 changed the weight it was given: work on a copy"
+    expect_left_alone(parameter, before, "quantize_nf4(an nn.Parameter)")
     assert absmax.grad_fn is None and not absmax.requires_grad and not packed.requires_grad, (
         "quantize_nf4(an nn.Parameter) returned an absmax with autograd history: quantize weight.detach()"
     )
+
+
+def under_a_foreign_default_device(make):
+    """``make()`` with meta as torch's default device, or None where it failed on a meta tensor: an answer may read
+    (``.item()``, ``.numpy()``) or move a constant it made on the default device, which on a GPU machine is the CPU
+    and works; only results left on the default device tell a tensor made without device=."""
+    try:
+        with torch.device(FOREIGN_DEFAULT):
+            return make()
+    except (NotImplementedError, RuntimeError, TypeError) as error:
+        if FOREIGN_DEFAULT not in str(error):
+            raise
+        return None
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_quantize_and_dequantize_give_results_on_the_input_device(quantize_nf4, dequantize_nf4, device):
+    """On a GPU the results are due there; on the CPU with meta as torch's default device, a tensor made without
+    device= (a padding buffer, the code book) lands on meta, as on a GPU machine it would land on the CPU."""
+    weight = draw_weight((6, 100), torch.float32, 1.0, 8).to(device)
+    run = (lambda make: make()) if device == "cuda" else under_a_foreign_default_device
+    call = call_of(weight, 64) + f" on {device}"
+    returned = run(lambda: quantize_nf4(weight, 64))
+    expected_packed, expected_absmax = ref.quantize(weight.cpu(), 64)
+    if returned is not None:
+        packed, absmax = result_pair(returned, call)
+        expect_on_the_base_device([packed, absmax], weight.device, f"{call}: the packed codes and absmax are")
+        expect_same_codes(packed.cpu(), absmax.cpu(), expected_packed, expected_absmax, weight.cpu(), 64, call, "NF4's")
+    packed, absmax = expected_packed.to(device), expected_absmax.to(device)
+    call = f"dequantize_nf4(packed and absmax on {device}, (6, 100), torch.bfloat16)"
+    restored = run(lambda: dequantize_nf4(packed, absmax, (6, 100), torch.bfloat16, 64))
+    if restored is not None:
+        restored = expect_instance(restored, torch.Tensor, call, "a bfloat16 tensor of shape (6, 100)")
+        expect_on_the_base_device([restored], weight.device, f"{call}: the result is")
+        expected = ref.dequantize(expected_packed, expected_absmax, (6, 100), torch.bfloat16, 64)
+        assert restored.shape == expected.shape and torch.equal(restored.cpu(), expected), (
+            f"{call} returned {describe(restored)}, not the codes times their absmax, on {device}"
+        )
 
 
 @pytest.mark.points(1)
@@ -409,17 +458,20 @@ def absmax_of_a_weight(rows=512, columns=1024, seed=4):
 
 
 def stored_bytes(quantized, call):
-    total = 0
+    """The bytes a QuantizedAbsmax keeps alive: each tensor's whole memory (a view keeps all of its storage), each
+    memory once, and 4 bytes a number."""
+    total, memory = 0, {}
     for name, value in zip(getattr(quantized, "_fields", range(len(quantized))), quantized, strict=True):
         if isinstance(value, torch.Tensor):
-            total += value.numel() * value.element_size()
+            key, size = storage_bytes(value)
+            memory[key] = size
         elif isinstance(value, (int, float)):
             total += 4
         else:
             pytest.fail(
                 f"{call}.{name} is {describe(value)}: a QuantizedAbsmax holds tensors and numbers only", pytrace=False
             )
-    return total
+    return total + sum(memory.values())
 
 
 def quantized_absmax(QuantizedAbsmax, returned, call):
@@ -437,7 +489,7 @@ def quantized_absmax(QuantizedAbsmax, returned, call):
 )
 def test_double_quantize_returns_one_byte_per_absmax(double_quantize, QuantizedAbsmax, count, block_size):
     _, absmax = absmax_of_a_weight(64, count)  # count absmax values: ceil(count / block_size) blocks, the last short
-    before = absmax.clone()
+    before = state_of(absmax)
     size = 256 if block_size is None else block_size
     blocks = math.ceil(count / size)
     call = f"double_quantize({count} absmax values{'' if block_size is None else f', block_size={block_size}'})"
@@ -469,11 +521,14 @@ def test_double_quantize_returns_one_byte_per_absmax(double_quantize, QuantizedA
     total, budget = stored_bytes(quantized, call), count + 4 * blocks + 4 + 4
     assert total <= budget, (
         f"{call} holds {total} bytes, expected at most {budget}: {count} one-byte codes, a float32 scale for each of "
-        f"the {blocks} blocks, the offset and the block size (4 bytes each)"
+        f"the {blocks} blocks, the offset and the block size (4 bytes each); a tensor's memory counts whole (a view of "
+        "a padded tensor keeps all of it: .clone() the slice)"
     )
-    assert torch.equal(absmax, before), "double_quantize changed the absmax it was given: work on a copy"
+    expect_left_alone(absmax, before, call)
     tracked = absmax.clone().requires_grad_()
+    before = state_of(tracked)
     quantized, _ = quantized_absmax(QuantizedAbsmax, double_quantize(tracked, size), call)
+    expect_left_alone(tracked, before, f"double_quantize(absmax requiring grad, block_size={size})")
     history = [
         name for name, value in zip(quantized._fields, quantized, strict=True) if getattr(value, "grad_fn", None)
     ]

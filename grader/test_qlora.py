@@ -21,13 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from grader import nf4_reference as ref
-from grader.models import ToyTransformer, inputs, matching_linears
-from grader.nf4_checks import expect_same_codes
+from grader.models import MODEL_ZOO, ToyTransformer, inputs, matching_linears, zoo_inputs
+from grader.nf4_checks import expect_same_codes, storage_bytes
 from grader.oracles import optional
 from grader.probes import (
+    CUDA,
     TRAINING_CASES,
     describe,
     expect_centred,
+    expect_on_the_base_device,
     expect_r_alpha_and_scaling,
     expect_training_fits_a_low_rank_target,
     expect_value_error,
@@ -98,11 +100,13 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
     (``gc.get_referents``: attributes, containers, closures, default arguments, ``functools`` caches, bound methods,
     class attributes), and through the globals and classes of the submission's own modules (a module-level cache);
     not through other modules or classes (torch's, the grader's). Each tensor once. A numpy array counts as the tensor
-    sharing its memory, and the floats of a list or tuple as a float64 tensor of them (a weight kept by .tolist())."""
+    sharing its memory, and the floats of a list or tuple as a float64 tensor of them (a weight kept by .tolist()),
+    but for a function's default arguments (``alpha=16.0``), which are constants of the code, not of the layer."""
     package = type(root).__module__.split(".")[0]
     own = lambda name: isinstance(name, str) and name.split(".")[0] == package  # noqa: E731
     foreign = {id(vars(m)) for m in list(sys.modules.values()) if m is not None and not own(m.__name__)}
     seen: set[int] = set()
+    constants: set[int] = set()  # the default-argument tuples of functions (alpha=16.0): no state of the layer's
     made: list[torch.Tensor] = []  # the tensors standing for arrays and lists, alive until the walk ends
     queue = deque([(root, type(root).__name__)])
     while queue and len(seen) < 200_000:
@@ -112,6 +116,8 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
         if id(value) in foreign or (isinstance(value, type) and not own(value.__module__)):
             continue
         seen.add(id(value))
+        if isinstance(value, types.FunctionType) and value.__defaults__ is not None:
+            constants.add(id(value.__defaults__))
         if isinstance(value, torch.Tensor):
             yield where, value
         elif isinstance(value, numpy.ndarray) and value.dtype.kind in "biufc":
@@ -119,7 +125,9 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
                 warnings.simplefilter("ignore")  # a read-only array: the tensor is only measured
                 made.append(torch.from_numpy(value))
             yield f"{where} (a numpy array)", made[-1]
-        elif isinstance(value, (list, tuple)) and any(isinstance(item, float) for item in value):
+        elif (
+            isinstance(value, (list, tuple)) and id(value) not in constants and any(isinstance(i, float) for i in value)
+        ):
             made.append(torch.tensor([item for item in value if isinstance(item, float)], dtype=torch.float64))
             yield f"{where} (its Python floats)", made[-1]
         if isinstance(value, dict):
@@ -138,15 +146,6 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
         else:
             children = [(item, f"{where} (via {type(value).__name__})") for item in gc.get_referents(value)]
         queue.extend(children)
-
-
-def storage_bytes(tensor: torch.Tensor) -> tuple[tuple[object, int], int]:
-    """(a key naming the tensor's memory, the bytes of that memory): a view keeps its whole storage alive."""
-    try:
-        storage = tensor.untyped_storage()
-        return (tensor.device, storage.data_ptr()), storage.nbytes()
-    except (RuntimeError, NotImplementedError):  # no storage of its own (a sparse or wrapper tensor)
-        return ("tensor", id(tensor)), tensor.numel() * tensor.element_size()
 
 
 def nf4_buffers(layer: nn.Module, out_features: int, in_features: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,20 +204,51 @@ CONSTANTS_ALLOWED = (
 )
 
 
-def expect_only_nf4_storage(layer, out_features, in_features, bias_bytes, what, allowed_extra=0):
+def memory_values(tensor: torch.Tensor) -> torch.Tensor:
+    """Every value of the memory ``tensor`` keeps alive (its whole storage: a view's too), flattened, as float64."""
+    try:
+        whole = torch.empty(0, dtype=tensor.dtype, device=tensor.device).set_(tensor.untyped_storage())
+    except (RuntimeError, NotImplementedError, TypeError):  # no storage of its own
+        whole = tensor
+    return whole.detach().reshape(-1).double().cpu()
+
+
+def holds_the_weight(tensor: torch.Tensor, out_features: int, in_features: int, weights: list[torch.Tensor]) -> bool:
+    """Whether a float tensor's memory is a copy of the weight: out * in values or more, shaped like the weight (or
+    its transpose, or flattened), or holding most of the values of one of ``weights`` (the original weight, its
+    NF4 dequantization) to within bfloat16 rounding. A constant table of that size (a code book per byte) is not."""
+    n = out_features * in_features
+    values = memory_values(tensor)
+    if values.numel() < n:
+        return False
+    if tuple(tensor.shape) in ((out_features, in_features), (in_features, out_features)) or tensor.numel() == n:
+        return True
+    values = values.sort().values
+    for weight in weights:
+        flat = weight.detach().reshape(-1).double().cpu()
+        above = torch.searchsorted(values, flat).clamp(max=values.numel() - 1)
+        nearest = torch.minimum((values[above] - flat).abs(), (values[(above - 1).clamp(min=0)] - flat).abs())
+        if (nearest <= 2.0**-8 * flat.abs() + 1e-12).double().mean().item() > 0.5:
+            return True
+    return False
+
+
+def expect_only_nf4_storage(layer, out_features, in_features, bias_bytes, what, allowed_extra=0, weight=None):
     """Fail the check unless the memory of the tensors the layer keeps alive, wherever (``walk_tensors``), fits NF4:
     half a byte a weight plus a float32 absmax per block, the bias, ``allowed_extra`` bytes (the adapters) and
-    CONSTANTS_ALLOWED bytes of small constants; and no float tensor's memory holds out * in values (a copy)."""
+    CONSTANTS_ALLOWED bytes of small constants; and no float tensor's memory is a copy of the weight (the original
+    ``weight`` where given, or the layer's own NF4 weight: ``holds_the_weight``)."""
     n = out_features * in_features
     budget = math.ceil(n / 2) + 4 * math.ceil(n / BLOCK) + bias_bytes + allowed_extra + CONSTANTS_ALLOWED
+    weights = [dequantized(layer, out_features, in_features, what)] + ([] if weight is None else [weight])
     memory: dict[object, tuple[str, int]] = {}
     for where, tensor in walk_tensors(layer):
         key, size = storage_bytes(tensor)
-        if tensor.is_floating_point() and tensor.element_size() > 1 and size >= n * tensor.element_size():
+        if tensor.is_floating_point() and holds_the_weight(tensor, out_features, in_features, weights):
             pytest.fail(
                 f"{what} keeps {where} alive, {describe(tensor)} whose memory holds {size // tensor.element_size()} "
-                f"values, at least out * in = {n}: a full-precision copy of the weight (a cache or a view counts); "
-                "keep it only as NF4 codes and absmax",
+                f"values, a full-precision copy of the (out, in) = ({out_features}, {in_features}) weight (a cache "
+                "or a view counts); keep it only as NF4 codes and absmax",
                 pytrace=False,
             )
         memory.setdefault(key, (where, size))
@@ -254,7 +284,7 @@ def test_nf4_linear_keeps_the_weight_only_as_nf4_buffers(NF4Linear, nf4_works, d
         "quantize_nf4(base.weight, 64)'s",
     )
     bias_bytes = base.bias.numel() * base.bias.element_size()
-    expect_only_nf4_storage(layer, out_features, in_features, bias_bytes, what)
+    expect_only_nf4_storage(layer, out_features, in_features, bias_bytes, what, weight=weight)
     assert not trainable(layer), f"{what} has trainable parameters {[tuple(p.shape) for p in trainable(layer)]}"
     assert (
         getattr(layer, "in_features", None) == in_features and getattr(layer, "out_features", None) == out_features
@@ -312,6 +342,7 @@ def test_nf4_linear_computes_F_linear_with_the_dequantized_weight(NF4Linear, nf4
     for bias in (True, False):
         base = make_base(dtype=base_dtype, bias=bias)
         kept_bias = None if base.bias is None else base.bias.detach().clone()
+        original = base.weight.detach().clone()
         layer = NF4Linear(base)
         what = f"NF4Linear(a {base_dtype} base{'' if bias else ' without bias'})"
         weight = dequantized(layer, OUT, IN, what, x_dtype)
@@ -332,10 +363,21 @@ def test_nf4_linear_computes_F_linear_with_the_dequantized_weight(NF4Linear, nf4
                 + ("is the bias added (once)? " if bias else "a bias out of nowhere? ")
                 + "compute F.linear(x, dequantize_nf4(packed, absmax, (out, in), x.dtype), b)"
             )
+        forward_and_backward(layer, torch.randn(2, IN).to(x_dtype))
         bias_bytes = 0 if kept_bias is None else kept_bias.numel() * kept_bias.element_size()
-        expect_only_nf4_storage(layer, OUT, IN, bias_bytes, what + " after its forward")
+        expect_only_nf4_storage(
+            layer, OUT, IN, bias_bytes, what + " after forwards without and with grad (and a backward)", weight=original
+        )
         if kept_bias is None:
             expect_no_bias(layer, OUT, what)
+
+
+def forward_and_backward(layer: nn.Module, x: torch.Tensor) -> None:
+    """A training step's forward (grad on, train mode, x requiring grad) and backward through ``layer``: what a
+    layer caches only while it trains shows after it."""
+    x = x.detach().clone().requires_grad_()
+    with torch.enable_grad():
+        output(layer.train(), x).float().square().sum().backward()
 
 
 def cancelling_weight(dtype: torch.dtype) -> torch.Tensor:
@@ -421,11 +463,64 @@ def test_nf4_linear_keeps_the_bias_as_it_was_and_passes_gradients_to_x(NF4Linear
     assert error <= 1e-5 * (1 + x.grad.abs().max().item()), f"dL/dx through NF4Linear off g W by {error:.3g}"
 
 
+class LinearLookAlike(nn.Module):
+    """No nn.Linear, though it has all an nn.Linear's attributes: a 2-D (out, in) weight, a bias, in_features and
+    out_features (a duck-typed test on them takes it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_features, self.out_features = IN, OUT
+        self.weight = nn.Parameter(torch.randn(OUT, IN))
+        self.bias = nn.Parameter(torch.zeros(OUT))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+NOT_LINEAR_BASES = {  # what is no nn.Linear: a 2-D weight (Embedding's, a look-alike's) does not make one
+    "Conv1d": lambda: nn.Conv1d(IN, OUT, 1),
+    "Bilinear": lambda: nn.Bilinear(IN, IN, OUT),
+    "Embedding": lambda: nn.Embedding(OUT, IN),
+    "a look-alike": LinearLookAlike,
+}
+
+
 @pytest.mark.points(1)
 @pytest.mark.subject("NF4Linear")
-def test_nf4_linear_rejects_a_base_that_is_not_linear(NF4Linear, nf4_works):
+@pytest.mark.parametrize("device", [pytest.param("meta", id="meta"), pytest.param("cuda", id="cuda", marks=CUDA)])
+def test_nf4_and_qlora_layers_live_on_the_base_device(NF4Linear, QLoRALinear, nf4_works, device):
+    """On a GPU the layers' tensors are due there. On the CPU the base is built on the meta device (no values, no
+    memory): a tensor made without device= lands on the CPU, off the base's device, as next to a GPU base."""
     nf4_works()
-    expect_value_error(lambda: NF4Linear(nn.Conv1d(IN, OUT, 1)), "NF4Linear(nn.Conv1d(...))")
+    for make in (NF4Linear, lambda base: QLoRALinear(base, R, ALPHA)):
+        base = make_base().to(device)
+        try:
+            layer = make(base)
+        except (NotImplementedError, RuntimeError, TypeError) as error:
+            if device != "meta" or "meta" not in str(error):
+                raise
+            continue  # it reads a value of the weight (.item(), .numpy()), which a meta tensor has not: cannot tell
+        name = type(layer).__name__
+        expect_on_the_base_device(
+            [*layer.parameters(), *layer.buffers()], base.weight.device, f"{name}'s parameters and buffers are"
+        )
+        if device == "cuda":
+            x = torch.randn(3, IN, device=device)
+            with torch.no_grad():
+                y = output(layer, x)
+            assert y.device == x.device, f"{name} on a cuda base returned {describe(y)} on {y.device} for x on cuda"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("NF4Linear")
+@pytest.mark.parametrize("kind", NOT_LINEAR_BASES)
+def test_nf4_linear_rejects_a_base_that_is_not_linear(NF4Linear, QLoRALinear, nf4_works, kind):
+    nf4_works()
+    for make in (NF4Linear, QLoRALinear):
+        expect_value_error(
+            lambda make=make: make(NOT_LINEAR_BASES[kind]()),
+            f"{make.__name__}({kind}, no nn.Linear) (test isinstance(base, nn.Linear), not the weight's shape)",
+        )
 
 
 def called_by_position(make, call):
@@ -508,10 +603,28 @@ def test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight(QLoRALi
     randomize_factors(layer, std=0.2)
     found = factors(layer, IN, OUT, R)
     buffers = [b.clone() for b in layer.buffers()]
-    x = torch.randn(2, 5, IN, requires_grad=True)
-    upstream = torch.randn(2, 5, OUT)
+    for batch in [(), (2, 5)]:  # x (in,) with no batch dimension too, as nn.Linear takes it
+        expect_lora_output_and_gradients(layer, nf4_base, found, batch)
+    touched = [where for where, t in walk_tensors(layer) if t.grad is not None and not _is_factor(t, found)]
+    assert not touched, f"{touched} received gradients: only A and B train"
+    assert all(torch.equal(a, b) for a, b in zip(buffers, layer.buffers(), strict=True)), "a buffer changed in forward"
+    adapter_bytes = 2 * sum(t.numel() * t.element_size() for t in trainable(layer))  # the factors and their grads
+    bias_bytes = OUT * 4 if bias else 0
+    expect_only_nf4_storage(layer, OUT, IN, bias_bytes, "QLoRALinear after a forward and backward", adapter_bytes)
+
+
+def expect_lora_output_and_gradients(layer, nf4_base, found, batch) -> None:
+    """Fail the check unless the layer's output for x (*batch, IN) and the gradients of A, B and x are plain LoRA's
+    over the dequantized base."""
+    x = torch.randn(*batch, IN, requires_grad=True)
+    upstream = torch.randn(*batch, OUT)
+    for tensor in (found.stored_A, found.stored_B):
+        tensor.grad = None
     y = output(layer, x)
     expected, grads = plain_lora(nf4_base, found, SCALING, x, upstream)
+    assert y.shape == expected.shape, (
+        f"for x of shape {tuple(x.shape)} the output is {describe(y)}, expected (..., out)"
+    )
     size = 1 + expected.abs().max().item()
     error = max_difference(y, expected)
     ratio = ((y.detach() - nf4_base(x.detach())).double() * (expected - nf4_base(x.detach())).double()).sum() / (
@@ -519,22 +632,22 @@ def test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight(QLoRALi
     )
     hint = f" (the adapter's share measures {ratio.item() * SCALING:.4g} x B A, expected alpha / r = {SCALING:g} x)"
     assert error <= 1e-5 * size, (
-        f"output off the LoRA over the dequantized weight, F.linear(x, W_nf4, b) + scaling (x A^T) B^T, by {error:.3g}"
-        + (hint if not math.isclose(ratio.item(), 1.0, rel_tol=1e-3) else "")
+        f"x {tuple(x.shape)}: output off the LoRA over the dequantized weight, F.linear(x, W_nf4, b) + scaling "
+        f"(x A^T) B^T, by {error:.3g}" + (hint if not math.isclose(ratio.item(), 1.0, rel_tol=1e-3) else "")
     )
     y.backward(upstream)
     for name, measured in zip("AB", found.grads(), strict=True):
         assert measured is not None, f"factor {name} received no gradient: use it in forward, not detached"
         off = max_difference(measured, grads[name])
-        assert off <= 1e-5 * (1 + grads[name].abs().max().item()), f"gradient of {name} off by {off:.3g}"
+        assert off <= 1e-5 * (1 + grads[name].abs().max().item()), (
+            f"x {tuple(x.shape)}: gradient of {name} off by {off:.3g}"
+        )
     assert x.grad is not None, "no gradient reached x: do not detach x or run the forward under no_grad"
     off = max_difference(x.grad, grads["x"])
     assert off <= 1e-5 * (1 + grads["x"].abs().max().item()), (
-        f"gradient w.r.t. x off by {off:.3g}: it must flow through the NF4 base (g W_nf4) and the adapter"
+        f"x {tuple(x.shape)}: gradient w.r.t. x off by {off:.3g}: it must flow through the NF4 base (g W_nf4) and the "
+        "adapter"
     )
-    touched = [where for where, t in walk_tensors(layer) if t.grad is not None and not _is_factor(t, found)]
-    assert not touched, f"{touched} received gradients: only A and B train"
-    assert all(torch.equal(a, b) for a, b in zip(buffers, layer.buffers(), strict=True)), "a buffer changed in forward"
 
 
 def _is_factor(tensor, found) -> bool:
@@ -583,6 +696,32 @@ def test_qlora_dropout_acts_on_the_adapter_input_in_train_mode_only(QLoRALinear,
     )
     assert varied > 1e-3, "with dropout=0.5 in train mode the adapter's inputs are never dropped: apply nn.Dropout"
     expect_inputs_dropped_whole(layer, nf4_base, SCALING * found.B @ found.A, 0.5)
+    expect_a_dropout_mask_per_element(QLoRALinear, 0.5)
+
+
+def expect_a_dropout_mask_per_element(QLoRALinear, p) -> None:
+    """Fail the check unless train-mode dropout draws its mask element by element, as nn.Dropout on x does: for a
+    batch of identical dense rows, the rows' masks differ, and no row is zeroed or kept as a whole. With in < out
+    and r >= in the update (out, in) has full column rank, so each row's dropped input is read back off the output."""
+    in_features, out_features, r, rows = 6, 12, 8, 64
+    layer = QLoRALinear(nn.Linear(in_features, out_features, bias=False), r, 2.0 * r, p)
+    randomize_factors(layer, std=0.5)
+    found = factors(layer, in_features, out_features, r)
+    update = 2.0 * (found.B @ found.A).detach().double()
+    nf4_base = dequantized_linear(layer, None, out_features, in_features, "QLoRALinear")
+    row = (1 + torch.rand(in_features)) * torch.randn(in_features).sign()
+    x = row.repeat(rows, 1)
+    with torch.no_grad():
+        change = (output(layer.train(), x) - nf4_base(x)).double()
+    kept = (change @ torch.linalg.pinv(update).T / x.double()) > 0.5 / (1 - p)  # multipliers 0 or 1 / (1 - p)
+    assert not (kept == kept[:1]).all(), (
+        f"with dropout={p} in train mode, {rows} identical rows of x got the very same dropout mask: draw one mask "
+        "entry per element of x (nn.Dropout on x), not one per input feature shared by the batch"
+    )
+    assert not (kept == kept[:, :1]).all(), (
+        f"with dropout={p} in train mode, each row of x is dropped or kept as a whole: draw one mask entry per "
+        "element of x (nn.Dropout on x), not one per row"
+    )
 
 
 def expect_inputs_dropped_whole(layer, nf4_base, update, p) -> None:
@@ -605,13 +744,19 @@ def expect_inputs_dropped_whole(layer, nf4_base, update, p) -> None:
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize(
-    "arguments", [{"r": 0}, {"r": -2}, {"dropout": 1.0}, {"dropout": -0.1}], ids=["r=0", "r=-2", "p=1", "p=-0.1"]
+    "arguments",
+    [{"r": 0}, {"r": -2}, {"dropout": 1.0}, {"dropout": -0.1}, {"dropout": 1.5}, {"dropout": math.nan}],
+    ids=lambda arguments: ",".join(f"{k}={v}" for k, v in arguments.items()),
 )
 def test_qlora_rejects_bad_arguments(QLoRALinear, nf4_works, arguments):
     nf4_works()
     call = ", ".join(f"{key}={value}" for key, value in arguments.items())
-    expect_value_error(lambda: QLoRALinear(nn.Linear(IN, OUT), **arguments), f"QLoRALinear(base, {call})")
-    expect_value_error(lambda: QLoRALinear(nn.Conv1d(IN, OUT, 1)), "QLoRALinear(nn.Conv1d(...))")
+    cause = (
+        " (NaN fails every comparison: test 0 <= dropout < 1, not dropout < 0 or dropout >= 1)"
+        if call.endswith("nan")
+        else ""
+    )
+    expect_value_error(lambda: QLoRALinear(nn.Linear(IN, OUT), **arguments), f"QLoRALinear(base, {call}){cause}")
 
 
 @pytest.mark.points(1)
@@ -916,6 +1061,88 @@ def test_apply_qlora_raises_when_no_target_is_left(apply_qlora, nf4_works, targe
     expect_value_error(
         lambda: apply_qlora(model, targets, r=2, alpha=4.0, skip=skip),
         f"apply_qlora(model, {list(targets)}, skip={list(skip)}) ({case}; only nn.Linear layers count)",
+    )
+
+
+def held_names(model: nn.Module) -> dict[int, list[str]]:
+    """Every name under which each module of ``model`` is held, by id (named_modules() lists a shared one once)."""
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    return names
+
+
+QLORA_ZOO_CASES = [  # (model, targets)
+    ("nested", ("q_proj", "v_proj")),  # heads.out_proj, a subclass of nn.Linear, becomes an NF4Linear too
+    ("nested", ("out_proj", "mlp.0")),  # the subclass targeted
+    ("tied", ("q_proj", "v_proj")),  # one block used twice, its v_proj held a third time as `alias`
+    ("look-alikes", ("fc1", "q_proj")),  # lora_scale and gate.lora_A are the model's own parameters: frozen
+]
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("apply_qlora")
+@pytest.mark.parametrize(
+    "model_name, targets", QLORA_ZOO_CASES, ids=lambda value: value if isinstance(value, str) else "+".join(value)
+)
+def test_apply_qlora_quantizes_the_model_zoo(apply_qlora, NF4Linear, QLoRALinear, nf4_works, model_name, targets):
+    nf4_works()
+    torch.manual_seed(0)
+    model = MODEL_ZOO[model_name]()
+    reference = copy.deepcopy(model)  # keeps the sharing: one layer under several names stays one
+    names_of = held_names(model)
+    linears = {id(m): m for _, m in model.named_modules() if isinstance(m, nn.Linear)}
+    adapted = {key for key in linears if any(n == t or n.endswith("." + t) for n in names_of[key] for t in targets)}
+    call = f"apply_qlora({model_name} model, {list(targets)}, r=2, alpha=4.0, skip=())"
+    apply_qlora(model, targets, r=2, alpha=4.0, skip=())
+    wrong, split = [], []
+    for key in linears:
+        expected = QLoRALinear if key in adapted else NF4Linear
+        now = {name: model.get_submodule(name) for name in names_of[key]}
+        wrong += [f"{n} is {type(m).__name__}, expected {expected.__name__}" for n, m in now.items() if not
+                  isinstance(m, expected)]  # fmt: skip
+        if len({id(m) for m in now.values()}) > 1:
+            split.append(sorted(now))
+    subclassed = [n for key, m in linears.items() if type(m) is not nn.Linear for n in names_of[key]]
+    cause = "quantize every nn.Linear outside skip, in place; QLoRALinear on the targets"
+    if any(w.startswith(tuple(subclassed)) for w in wrong):
+        cause = (
+            f"{subclassed[0]} is a subclass of nn.Linear, so an nn.Linear: test isinstance, not type(m) is nn.Linear"
+        )
+    elif any(len(names_of[key]) > 1 for key in linears):
+        cause = (
+            "a layer held under several names (a shared block, an alias) is replaced under all of them: "
+            "named_modules() lists it once, named_modules(remove_duplicate=False) under every name; " + cause
+        )
+    assert not wrong, f"{call}: {len(wrong)} layers wrong, {wrong[:3]}: {cause}"
+    assert not split, (
+        f"{call}: the layer held as {split[0]} became different layers under its names: replace a shared layer by "
+        "one new layer under all of them (it stays shared, its adapter too)"
+    )
+    layers = {id(model.get_submodule(names_of[key][0])): model.get_submodule(names_of[key][0]) for key in linears}
+    factor_ids = {id(p) for m in layers.values() if isinstance(m, QLoRALinear) for p in trainable(m)}
+    loose = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in factor_ids]
+    assert not loose, (
+        f"{call}: {loose[:3]} still train: freeze every parameter that is no adapter factor, whatever its name "
+        "(a model may name its own parameters lora_...): model.parameters(), not a filter on names"
+    )
+    for key, original in linears.items():
+        layer, linear = model.get_submodule(names_of[key][0]), reference.get_submodule(names_of[key][0])
+        if isinstance(layer, QLoRALinear):
+            count = sum(t.numel() for t in trainable(layer))
+            assert count == 2 * (original.in_features + original.out_features), (
+                f"{call}: {names_of[key][0]} trains {count} numbers, expected r (in + out) = "
+                f"{2 * (original.in_features + original.out_features)}"
+            )
+        with torch.no_grad():
+            linear.weight.copy_(dequantized(layer, linear.out_features, linear.in_features, names_of[key][0]))
+    x = zoo_inputs()
+    with torch.no_grad():
+        expected, measured = reference.eval()(x), output(model.eval(), x)
+    error = max_difference(measured, expected)
+    assert error <= 1e-5 * (1 + expected.abs().max().item()), (
+        f"{call}: the model is {error:.3g} off the same model with every linear layer's weight replaced by its NF4 "
+        "dequantization (adapters at init)"
     )
 
 

@@ -31,8 +31,8 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> tuple[torch.Tens
 
     Spec:
         - ``weight``: any shape, float32, float16 or bfloat16, contiguous or not, possibly requiring grad
-          (an ``nn.Parameter``). It is never modified. Its n elements are taken flattened in row-major
-          order (``weight.reshape(-1)``) and converted to float32.
+          (an ``nn.Parameter``). It is never modified (neither its values nor its ``requires_grad``). Its n
+          elements are taken flattened in row-major order (``weight.reshape(-1)``) and converted to float32.
         - Blocks: runs of ``block_size`` consecutive elements of the flattened tensor (not of each row);
           the last block holds the remaining n % block_size elements when n is not a multiple.
         - ``absmax``: float32, shape (ceil(n / block_size),), each block's max |x|. An all-zero block's
@@ -103,11 +103,12 @@ def double_quantize(absmax: torch.Tensor, block_size: int = 256) -> QuantizedAbs
           float32 scale of its block. The 8-bit code is yours: linear (int8 times scale / 127) or
           bitsandbytes' dynamic map both do.
         - Graded by size and error, not bit for bit: the ``QuantizedAbsmax`` holds only tensors and numbers
-          (a number counts 4 bytes): one byte per absmax, a float32 per block and the offset, so that a
+          (a number counts 4 bytes, a tensor all the memory it keeps alive: a slice of a padded tensor keeps the
+          padding, so clone it): one byte per absmax, a float32 per block and the offset, so that a
           512 x 1024 NF4 weight takes at most 0.52 bytes per parameter (against 0.5625 with float32
           absmaxes); and ``dequantize_absmax`` gives each absmax back within 1% of its block's largest
           |absmax - mean|.
-        - No autograd history; ``absmax`` is never modified.
+        - No autograd history; ``absmax`` is never modified (values and ``requires_grad``).
     """
     raise NotImplementedError("kata nf4: write double_quantize (spec in its docstring)")
 

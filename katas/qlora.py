@@ -84,7 +84,9 @@ def apply_qlora(
           equals one of them or ends with "." + one of them (``fc1`` is not ``fc10``); a plain string is one name.
           ``skip`` matches the same way (``"proj"`` skips ``proj``, not ``q_proj``; ``"layers.1.q_proj"`` works).
           Both may be any iterable of names, a generator too (read it once).
-        - Every ``nn.Linear`` that matches ``skip`` is left as it is (full precision), even when targeted.
+        - Every ``nn.Linear`` (a subclass of it too) that matches ``skip`` is left as it is (full precision), even
+          when targeted. A layer held under several names (a shared block, an alias) is one layer: it matches when
+          any of its names does, and is replaced by one new layer under all of them.
         - Every other ``nn.Linear`` that matches ``target_modules`` becomes ``QLoRALinear(layer, r, alpha,
           dropout)`` (with the r, alpha and dropout given), and every remaining ``nn.Linear`` becomes
           ``NF4Linear(layer)``, in place.

@@ -86,7 +86,8 @@ def apply_qlora(
 ) -> nn.Module:
     """Quantize every ``nn.Linear`` of ``model`` not in ``skip`` to NF4, in place, with LoRA on the targeted ones.
 
-    Names match as in apply_lora: equal to a name or ending with "." + name. Everything but the factors is
+    Names match as in apply_lora: equal to a name or ending with "." + name; a layer held under several names
+    matches when one of them does, and is replaced by one layer under all of them. Everything but the factors is
     frozen.
 
     Raises:
@@ -94,17 +95,18 @@ def apply_qlora(
     """
     targets = _names(target_modules)
     skipped = _names(skip)
-    linears = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not _matches(name, skipped)
-    ]
-    if not any(_matches(name, targets) for name, _ in linears):
+    held: dict[int, tuple[nn.Module, list[str]]] = {}  # a shared layer is held under several names: one entry
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, nn.Linear):
+            held.setdefault(id(module), (module, []))[1].append(name)
+    linears = [(names, module) for module, names in held.values() if not _matches(names, skipped)]
+    if not any(_matches(names, targets) for names, _ in linears):
         raise ValueError(f"apply_qlora: no nn.Linear outside skip={skipped} matches target_modules={targets}")
-    for name, module in linears:
-        layer = QLoRALinear(module, r, alpha, dropout) if _matches(name, targets) else NF4Linear(module)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer)
+    for names, module in linears:
+        layer = QLoRALinear(module, r, alpha, dropout) if _matches(names, targets) else NF4Linear(module)
+        for name in names:  # one new layer under every name of the old one
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, layer)
     adapters = {id(p) for m in model.modules() if isinstance(m, QLoRALinear) for p in (m.lora_A, m.lora_B)}
     for parameter in model.parameters():
         if id(parameter) not in adapters:
@@ -116,5 +118,5 @@ def _names(names: Iterable[str] | str) -> tuple[str, ...]:
     return (names,) if isinstance(names, str) else tuple(names)
 
 
-def _matches(name: str, names: tuple[str, ...]) -> bool:
-    return any(name == n or name.endswith("." + n) for n in names)
+def _matches(names: list[str], patterns: tuple[str, ...]) -> bool:
+    return any(name == n or name.endswith("." + n) for name in names for n in patterns)

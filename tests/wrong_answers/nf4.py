@@ -89,8 +89,8 @@ WRONG_ANSWERS = [
     WrongAnswer("float32 absmaxes cached for dequantize_absmax", KATA, BACK, "return _CACHE.get(codes.data_ptr(), codes.float() * scale + offset)",
                 "test_double_quantized_absmax_comes_back_within_1_percent", "kept somewhere",
                 more_edits=((CENTRE, CENTRE + "; _CACHE[-1] = flat.clone()"),
-                            ("    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()], scales, offset, block_size)",
-                             "    kept = codes.reshape(-1)[: flat.numel()]\n    _CACHE[kept.data_ptr()] = _CACHE.pop(-1)\n"
+                            ("    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)",
+                             "    kept = codes.reshape(-1)[: flat.numel()].clone()\n    _CACHE[kept.data_ptr()] = _CACHE.pop(-1)\n"
                              "    return QuantizedAbsmax(kept, scales, offset, block_size)"),
                             ("class QuantizedAbsmax(NamedTuple):", "_CACHE = {}\n\n\nclass QuantizedAbsmax(NamedTuple):"))),
     WrongAnswer("double quantization keeps the graph", KATA, "flat = absmax.detach().reshape(-1).float()", "flat = absmax.reshape(-1).float()",
@@ -157,4 +157,15 @@ WRONG_ANSWERS = [
     WrongAnswer("packed bytes flattened with view", KATA, "flat = packed.reshape(-1).to(torch.int64)",
                 "flat = packed.view(-1).to(torch.int64)",
                 "test_dequantize_gives_code_times_absmax_in_the_dtype_asked", "RuntimeError"),
+    # Holes found by the red team (round 3): each passed the grader before its check was sharpened.
+    WrongAnswer("quantize's buffers made on the default device", KATA, PADDED,
+                "padded = torch.zeros(blocks * block_size)\n    padded[:n] = flat\n    padded = padded.view(blocks, block_size)",
+                "test_quantize_and_dequantize_give_results_on_the_input_device", "the default device of this check",
+                more_edits=(("code = nf4_code_book().to(flat.device)", "code = nf4_code_book()"),)),
+    WrongAnswer("quantize freezes the weight it is given", KATA, FLAT,
+                "weight.requires_grad_(False)\n    flat = weight.reshape(-1).float()",
+                "test_quantize_leaves_the_weight_alone_and_keeps_no_history", "turned requires_grad"),
+    WrongAnswer("double-quantized codes a slice of the padded blocks", KATA,
+                "codes.reshape(-1)[: flat.numel()].clone(), scales", "codes.reshape(-1)[: flat.numel()], scales",
+                "test_double_quantize_returns_one_byte_per_absmax", "a view of a padded tensor"),
 ]  # fmt: skip

@@ -5,6 +5,7 @@ transposed, (in, r) and (r, out); apply_qlora that walks ``named_modules`` once 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ class NF4Linear(nn.Module):
         packed, absmax = quantize_nf4(base.weight.detach(), 64)
         self.register_buffer("packed", packed)
         self.register_buffer("absmax", absmax)
-        self.register_buffer("code", nf4_code_book(), persistent=False)
+        self.register_buffer("code", nf4_code_book().to(packed.device), persistent=False)
         self.bias = None if base.bias is None else nn.Parameter(base.bias.detach().clone(), requires_grad=False)
 
     def forward(self, x):
@@ -62,13 +63,18 @@ def apply_qlora(model, target_modules=("q_proj", "v_proj"), r=8, alpha=16.0, dro
         parts = name.split(".")
         return any(".".join(parts[i:]) in names for i in range(len(parts)))
 
-    chosen = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not hit(n, skipped)]
-    if not any(hit(n, targets) for n, _ in chosen):
+    places = defaultdict(list)  # a layer held under several names (shared, aliased) is one layer
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, nn.Linear):
+            places[module].append(name)
+    chosen = {m: names for m, names in places.items() if not any(hit(n, skipped) for n in names)}
+    if not any(hit(n, targets) for names in chosen.values() for n in names):
         raise ValueError(f"no nn.Linear outside {sorted(skipped)} matches {sorted(targets)}")
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    for name, module in chosen:
-        parent, _, child = name.rpartition(".")
-        layer = QLoRALinear(module, r, alpha, dropout) if hit(name, targets) else NF4Linear(module)
-        setattr(model.get_submodule(parent), child, layer)
+    for module, names in chosen.items():
+        layer = QLoRALinear(module, r, alpha, dropout) if any(hit(n, targets) for n in names) else NF4Linear(module)
+        for name in names:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, layer)
     return model

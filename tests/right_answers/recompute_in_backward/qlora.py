@@ -50,7 +50,7 @@ class QLoRALinear(nn.Module):
             raise ValueError("QLoRALinear wants an nn.Linear")
         if type(r) is not int or r <= 0:
             raise ValueError(f"bad rank {r!r}")
-        if dropout < 0 or dropout >= 1:
+        if not 0 <= dropout < 1:  # NaN too
             raise ValueError(f"bad dropout {dropout!r}")
         self.r, self.alpha, self.scaling, self.p = r, alpha, alpha / r, dropout
         kind = {"dtype": base.weight.dtype, "device": base.weight.device}
@@ -73,22 +73,33 @@ def apply_qlora(model, target_modules=("q_proj", "v_proj"), r=8, alpha=16.0, dro
     targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     skipped = [skip] if isinstance(skip, str) else list(skip)
     adapted = []
+    names = {}  # id -> every name of the module: a shared layer is targeted or skipped by any of them
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    replaced = {}  # id of an nn.Linear -> its one replacement, met again under another name
 
     def visit(module, prefix):
         for child_name, child in list(module.named_children()):
             name = f"{prefix}{child_name}"
-            if isinstance(child, nn.Linear) and not _hit(name, skipped):
-                if _hit(name, targets):
-                    replacement = QLoRALinear(child, r, alpha, dropout)
-                    adapted.append(replacement)
-                else:
-                    replacement = NF4Linear(child)
-                setattr(module, child_name, replacement)
+            held = names.get(id(child), [name])
+            if any(child is layer for layer in replaced.values()):
+                continue  # a shared block met again: its layers are replaced already (their factors are no targets)
+            if isinstance(child, nn.Linear) and not any(_hit(n, skipped) for n in held):
+                if id(child) not in replaced:
+                    if any(_hit(n, targets) for n in held):
+                        replaced[id(child)] = QLoRALinear(child, r, alpha, dropout)
+                        adapted.append(replaced[id(child)])
+                    else:
+                        replaced[id(child)] = NF4Linear(child)
+                setattr(module, child_name, replaced[id(child)])
             else:
                 visit(child, name + ".")
 
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _hit(n, skipped)]
-    if not any(_hit(n, targets) for n in linears):
+    linears = [
+        held for key, held in names.items() if key in {id(m) for m in model.modules() if isinstance(m, nn.Linear)}
+    ]
+    linears = [held for held in linears if not any(_hit(n, skipped) for n in held)]
+    if not any(_hit(n, targets) for held in linears for n in held):
         raise ValueError(f"nothing outside {skipped} matches {targets}")
     visit(model, "")
     model.requires_grad_(False)

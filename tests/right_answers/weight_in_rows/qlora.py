@@ -96,17 +96,22 @@ def apply_qlora(
     """
     targets = _names(target_modules)
     skipped = _names(skip)
+    everywhere: dict[int, list[str]] = {}  # every name of each module: a shared layer has several
+    for name, module in model.named_modules(remove_duplicate=False):
+        everywhere.setdefault(id(module), []).append(name)
     linears = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not _matches(name, skipped)
+        (everywhere[id(module)], module)
+        for _, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not any(_matches(name, skipped) for name in everywhere[id(module)])
     ]
-    if not any(_matches(name, targets) for name, _ in linears):
+    if not any(_matches(name, targets) for names, _ in linears for name in names):
         raise ValueError(f"apply_qlora: no nn.Linear outside skip={skipped} matches target_modules={targets}")
-    for name, module in linears:
-        layer = QLoRALinear(module, r, alpha, dropout) if _matches(name, targets) else NF4Linear(module)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer)
+    for names, module in linears:
+        targeted = any(_matches(name, targets) for name in names)
+        layer = QLoRALinear(module, r, alpha, dropout) if targeted else NF4Linear(module)
+        for name in names:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, layer)
     adapters = {id(p) for m in model.modules() if isinstance(m, QLoRALinear) for p in (m.lora_A, m.lora_B)}
     for parameter in model.parameters():
         if id(parameter) not in adapters:
