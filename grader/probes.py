@@ -428,13 +428,15 @@ def expect_plain_lora_in_regime(
             tensor.grad = None
 
 
-def made_under_a_foreign_default_device(make: Callable[[], T]) -> T | None:
+def made_under_a_foreign_default_device(make: Callable[[], T], reads_constants: bool = False) -> T | None:
     """``make()`` run with ``meta`` as torch's default device, for a CPU base built before: what it creates
     without saying where lands on ``meta``, as it would land on the CPU next to a GPU base. This shows on any
     machine what only a GPU showed. None when ``make()`` could not run so because it created a tensor on the
     default device and moved it (``.to(base.weight)``, ``copy_``), which is right, and cannot be told apart here;
     any other failure there (``.item()`` of such a tensor, or such a tensor meeting the inputs in one op) fails
-    the check.
+    the check, unless ``reads_constants``: where the spec lets an answer read a constant it made on the default
+    device (``.item()``, ``.numpy()`` of a code book: on a GPU machine that is the CPU, and works), any failure on
+    a meta tensor gives None, and only results left on the default device tell a tensor made without device=.
 
     Only when the answer leaves something on the default device is a meta tensor made at all (the first meta
     op costs torch seconds of imports): a right answer pays nothing.
@@ -442,10 +444,10 @@ def made_under_a_foreign_default_device(make: Callable[[], T]) -> T | None:
     try:
         with torch.device(FOREIGN_DEFAULT):
             return make()
-    except (NotImplementedError, RuntimeError) as error:
+    except (NotImplementedError, RuntimeError, TypeError) as error:
         if FOREIGN_DEFAULT not in str(error):
             raise
-        if MOVED_OFF_THE_DEFAULT_DEVICE in str(error):
+        if MOVED_OFF_THE_DEFAULT_DEVICE in str(error) or reads_constants:
             return None
         if re.search(r"not on the expected device|Expected all tensors to be on the same device", str(error)):
             cause = "a tensor made without a device met the inputs'"
