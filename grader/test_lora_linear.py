@@ -400,8 +400,8 @@ def test_A_starts_centred_on_zero(LoRALinear):
 @pytest.mark.points(1)
 def test_a_uniform_A_has_nn_linears_bound(LoRALinear):
     # 4096 entries: a uniform draw's largest |entry| is within 0.1% of its bound and under 1.8 std; a Gaussian's
-    # is over 3 std, and one truncated at 2 std still over 2.2 std. Gaussian A may have any spread (the spec names none); Kaiming-uniform is nn.Linear's, bound
-    # 1/sqrt(in) for in inputs, whichever way A is stored.
+    # is over 3 std, and one truncated at 2 std still over 2.2 std. Gaussian A may have any spread (the spec names
+    # none); Kaiming-uniform is nn.Linear's, bound 1/sqrt(in) for in inputs, whichever way A is stored.
     in_features, out_features, r = 256, 24, 16
     A = factors(LoRALinear(nn.Linear(in_features, out_features), r=r, alpha=16.0), in_features, out_features, r)
     A = A.A.detach().double()
