@@ -342,17 +342,24 @@ def relative_error(measured: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def lora_in_float64(
-    base: nn.Linear, found: Factors, scaling: float, x: torch.Tensor, upstream: torch.Tensor | None
+    base: nn.Linear,
+    found: Factors,
+    scaling: float,
+    x: torch.Tensor,
+    upstream: torch.Tensor | None,
+    kept: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Plain LoRA computed exactly (float64) from the current values of the base, the factors and x:
-    ``base(x) + scaling (x A^T) B^T``, and with ``upstream`` the gradients of A, B and x."""
+    ``base(x) + scaling (x A^T) B^T``, and with ``upstream`` the gradients of A, B and x. With ``kept``, a dropout
+    mask (0, or 1 / (1 - p)) broadcast over x, the adapter's input is ``kept * x``."""
     weight = base.weight.detach().double()
     bias = None if base.bias is None else base.bias.detach().double()
     A = found.A.detach().double().requires_grad_()
     B = found.B.detach().double().requires_grad_()
     x = x.detach().double().requires_grad_()
     with torch.enable_grad():
-        y = nn.functional.linear(x, weight, bias) + scaling * (x @ A.T) @ B.T
+        z = x if kept is None else x * kept.double()
+        y = nn.functional.linear(x, weight, bias) + scaling * (z @ A.T) @ B.T
         if upstream is None:
             return y.detach(), {}
         y.backward(upstream.double())
@@ -371,6 +378,13 @@ def strided(shape: tuple[int, ...], contiguous: bool, **placement: object) -> to
     return torch.randn(*shape[:-1], 2 * shape[-1], **placement)[..., ::2]
 
 
+# A word of a RuntimeError the forward raises in one regime only, and its likely cause.
+FORWARD_FAILURES = {
+    "view": "x may be non-contiguous: use reshape, not view",
+    "dtype": "a tensor made on the way (a dropout mask?) is not in x's dtype: make it like x (torch.rand_like(x))",
+}
+
+
 def expect_plain_lora_in_regime(
     layer: nn.Module,
     base: nn.Linear,
@@ -380,30 +394,52 @@ def expect_plain_lora_in_regime(
     contiguous: bool,
     grad: bool,
     regime: str,
+    dropout: float = 0.0,
 ) -> None:
     """Fail the check unless ``layer`` (factors made trained-looking here) computes plain LoRA, and with
     ``grad`` its gradients, in the regime the caller set up (dtype, mode, call style: described by ``regime``),
-    then again after its base, then its factors, are edited in place (nothing may be cached between calls)."""
+    then again after its base is edited in place, then its factors through .data (nothing may be cached between
+    calls). With ``dropout``, the layer's probability, active in this regime: each row of x holds one nonzero
+    feature, so the mask can be told from the output, each row's adapter share dropped (0) or kept (1 / (1 - p))."""
     dtype = base.weight.dtype
     tolerance = RELATIVE_TOLERANCE[dtype]
     found = factors(layer, base.in_features, base.out_features, r)
-    # Each call after the first edits one thing in place: a cache keyed on the other (say on the factors'
-    # versions, while the base changed) computes with stale values.
-    for step in ("", " after its base was edited in place", " after its factors were edited in place"):
+    # Each call after the first edits one thing: a cache keyed on the other (say on the factors' versions, while the
+    # base changed) computes with stale values; an edit through .data bumps no version at all.
+    for step in ("", " after its base was edited in place", " after its factors were edited through .data"):
         with torch.no_grad():
             if "base" in step:
                 base.weight.mul_(-0.5).add_(0.25)
             else:
                 for tensor in (found.stored_A, found.stored_B):
-                    tensor.normal_(0.0, 0.5)
+                    tensor.data.normal_(0.0, 0.5)
         x = strided((*batch_shape, base.in_features), contiguous, dtype=dtype)
+        told = torch.ones_like(x)  # where dL/dx is known: with dropout, only where x is nonzero (the mask is seen)
+        if dropout:  # one nonzero feature per row, written in place: x stays as (non-)contiguous as it was
+            rows = torch.arange(x[..., 0].numel()).view(x.shape[:-1])
+            told = nn.functional.one_hot(rows % base.in_features, base.in_features).to(dtype)
+            x.mul_(told)
         upstream = torch.randn(*batch_shape, base.out_features, dtype=dtype) if grad else None
+        where = f"{regime}, x {tuple(x.shape)}{'' if contiguous else ' non-contiguous'}{step}"
         with torch.set_grad_enabled(grad):
             if grad:
                 x.requires_grad_()
-            y = output(layer, x)
-        expected, gradients = lora_in_float64(base, found, scaling, x, upstream)
-        where = f"{regime}, x {tuple(x.shape)}{'' if contiguous else ' non-contiguous'}{step}"
+            try:
+                y = output(layer, x)
+            except RuntimeError as error:
+                message = str(error).splitlines()[0]
+                cause = next((text for word, text in FORWARD_FAILURES.items() if word in message), None)
+                if cause is None:
+                    raise
+                pytest.fail(f"{where}: the forward raised RuntimeError ({message}), expected a {dtype} output: {cause}",
+                            pytrace=False)  # fmt: skip
+        kept = None
+        if dropout:
+            plain, share = (lora_in_float64(base, found, s, x, None)[0] for s in (scaling, 0.0))
+            plain, measured = plain - share, y.detach().double() - share  # each row's adapter share
+            ratio = (measured * plain).sum(-1, keepdim=True) / (plain * plain).sum(-1, keepdim=True).clamp_min(1e-30)
+            kept = (ratio > 0.5 / (1 - dropout)).double() / (1 - dropout)
+        expected, gradients = lora_in_float64(base, found, scaling, x, upstream, kept)
         assert (tuple(y.shape), y.dtype) == (tuple(expected.shape), dtype), (
             f"{where}: the output is {y.dtype} {tuple(y.shape)}, expected {dtype} {tuple(expected.shape)}: "
             "map (..., in) to (..., out) in the base's dtype, for any number of batch dimensions"
@@ -411,14 +447,17 @@ def expect_plain_lora_in_regime(
         error = relative_error(y, expected)
         assert error <= tolerance, (
             f"{where}: the output is off plain LoRA base(x) + scaling (x A^T) B^T by {error:.2g} (relative), "
-            f"expected under {tolerance:.0e}: does the forward depend on the mode, the call style, or a value "
-            "cached from an earlier call?"
+            f"expected under {tolerance:.0e}"
+            + (f" for any dropout mask (p={dropout}), each input zeroed or scaled by 1/(1-p)" if dropout else "")
+            + ": does the forward depend on the mode, the call style, or a value cached from an earlier call?"
         )
         if not grad:
             continue
         y.backward(upstream)
         for name, measured in zip("ABx", (*found.grads(), x.grad), strict=True):
             assert measured is not None, f"{where}: {name} received no gradient: is it used in forward, not detached?"
+            if name == "x":
+                measured, gradients[name] = measured * told, gradients[name] * told.double()
             error = relative_error(measured, gradients[name])
             assert error <= tolerance, (
                 f"{where}: the gradient of {name} is off plain LoRA's by {error:.2g} (relative), expected under "

@@ -212,4 +212,41 @@ WRONG_ANSWERS = [
     WrongAnswer("A seeded from a draw on the default device", KATA, A_INIT,
                 A_INIT + "; int(torch.randint(2**31, ()))",
                 "test_factors_follow_the_base_device_not_the_default_one", "Tensor.item() cannot be called on meta"),
+    # Red-team round 3: a subclass's own forward skipped, a merged weight a rounding off base(x) with grad on, a dropout
+    # mask promoted to float32 or put on the default device, .view on the dropout path, a cache keyed on versions that
+    # edits through .data miss, a duck-typed base.
+    WrongAnswer("F.linear with the base's weights instead of base(x)", KATA, RESULT,
+                "return F.linear(x, self.base.weight, self.base.bias) + F.linear(down, self.lora_B)",
+                "test_accepts_a_subclass_of_nn_linear", "skips the subclass's own forward: call base(x)"),
+    WrongAnswer("F.linear with the base's weights, seen at init", KATA, RESULT,
+                "return F.linear(x, self.base.weight, self.base.bias) + F.linear(down, self.lora_B)",
+                "test_output_equals_the_base_at_init", "skipping the subclass's own forward"),
+    WrongAnswer("one merged-weight F.linear whenever no dropout is active", KATA, RESULT,
+                "if type(self.base).forward is nn.Linear.forward and not (self.training and self.dropout.p > 0):\n"
+                "            merged = self.base.weight + self.scaling * self.lora_B @ self.lora_A\n"
+                "            return F.linear(x, merged, self.base.bias)\n        " + RESULT,
+                "test_output_equals_the_base_at_init", "with grad on, a Linear base"),
+    WrongAnswer("hand-written dropout mask promoted to float32", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", f"(x * ((torch.rand_like(x) >= {P}) / (1 - {P})) if self.training and "
+                                                f"{P} > 0 else x)"),
+                "test_matches_plain_lora_in_every_regime", "is not in x's dtype"),
+    WrongAnswer("view on the dropout path", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", f"(self.dropout(x.view(-1, x.shape[-1])).view(x.shape) if self.training "
+                                                f"and {P} > 0 else x)"),
+                "test_matches_plain_lora_in_every_regime", "use reshape, not view"),
+    WrongAnswer("dropout mask made on the default device", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", f"(x * (torch.rand(x.shape, dtype=x.dtype) >= {P}) / (1 - {P}) if "
+                                                "self.training else x)"),
+                "test_factors_follow_the_base_device_not_the_default_one", "a tensor made without a device met"),
+    WrongAnswer("eval-mode weight cached by every parameter's version", KATA, RESULT,
+                "if not self.training and not torch.is_grad_enabled():\n"
+                "            key = tuple((id(t), t._version) for t in self.parameters())\n"
+                "            if getattr(self, 'cache', (None,))[0] != key:\n"
+                "                self.cache = (key, self.base.weight + self.scaling * self.lora_B @ self.lora_A)\n"
+                "            return F.linear(x, self.cache[1], self.base.bias)\n        " + RESULT,
+                "test_computes_with_the_base_it_was_given", "through .data"),
+    WrongAnswer("any module with in_features and out_features accepted as base", KATA,
+                "if not isinstance(base, nn.Linear):",
+                'if not (hasattr(base, "in_features") and hasattr(base, "out_features")):',
+                "test_rejects_a_base_that_is_not_linear", "LoRALinear(DenseLike(...)) raised nothing"),
 ]  # fmt: skip
