@@ -89,11 +89,15 @@ def _linear(fan_in: int, fan_out: int, bias: bool = True) -> nn.Linear:
 
 
 class GatedLinear(nn.Linear):
-    """An nn.Linear subclass with a parameter of its own besides weight and bias (a gain), as model code has."""
+    """An nn.Linear subclass with a parameter of its own besides weight and bias (a gain), and its own forward, as
+    model code has: with gains other than 1 its output is not F.linear(x, weight, bias), so a layer that skips
+    base(x) shows (the zoo's keep 1: a quantized copy computes F.linear, as NF4Linear's spec says)."""
 
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__(in_features, out_features)
-        self.gain = nn.Parameter(torch.ones(out_features))
+    def __init__(
+        self, in_features: int, out_features: int, gains: tuple[float, float] = (1.0, 1.0), **placement: object
+    ) -> None:
+        super().__init__(in_features, out_features, **placement)
+        self.gain = nn.Parameter(torch.linspace(*gains, out_features, **placement))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) * self.gain

@@ -10,6 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
+from grader.models import GatedLinear
 from grader.probes import (
     DEVICES,
     FLOAT_DTYPES,
@@ -39,6 +40,7 @@ SUBJECT = "LoRALinear"  # the definition a failing check points at
 
 IN, OUT, R, ALPHA = 12, 10, 4, 10.0  # distinct dims: a factor's shape tells which it is; alpha / r not whole
 SCALING = ALPHA / R
+GAINS = (0.5, 2.0)  # a GatedLinear base whose output is not F.linear(x, weight, bias): skipping base(x) shows
 
 
 def make_layer(LoRALinear, dtype=torch.float32, device="cpu", bias=True, **kwargs):
@@ -87,18 +89,6 @@ def test_computes_with_the_base_it_was_given(LoRALinear):
 def test_records_r_alpha_and_scaling(LoRALinear):
     _, layer = make_layer(LoRALinear)
     expect_r_alpha_and_scaling(layer, R, ALPHA)
-
-
-class GatedLinear(nn.Linear):
-    """An nn.Linear subclass with a parameter of its own besides weight and bias, and its own forward, as model code
-    has: its output is not F.linear(x, weight, bias), so a layer that skips base(x) shows."""
-
-    def __init__(self, in_features: int, out_features: int, **placement: object) -> None:
-        super().__init__(in_features, out_features, **placement)
-        self.gain = nn.Parameter(torch.linspace(0.5, 2.0, out_features, **placement))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) * self.gain
 
 
 @pytest.mark.points(2)
@@ -170,7 +160,8 @@ def test_factors_follow_the_base_device_not_the_default_one(LoRALinear):
 def test_output_equals_the_base_at_init(
     LoRALinear, in_features, out_features, r, alpha, batch_shape, dtype, gated, contiguous
 ):  # fmt: skip
-    base = (GatedLinear if gated else nn.Linear)(in_features, out_features, dtype=dtype)
+    sizes = (in_features, out_features)
+    base = GatedLinear(*sizes, GAINS, dtype=dtype) if gated else nn.Linear(*sizes, dtype=dtype)
     layer = LoRALinear(base, r=r, alpha=alpha)
     expect_base_precision(layer, base)
     x = strided((*batch_shape, in_features), contiguous, dtype=dtype)
@@ -801,7 +792,7 @@ def test_rejects_a_base_that_is_not_linear(LoRALinear, make_base):
     "make_base",
     # nn.MultiheadAttention's out_proj is one: an isinstance test accepts it, `type(base) is nn.Linear` does not. A
     # subclass with its own forward is computed by calling it, base(x), not by F.linear with its weight and bias.
-    [lambda: nn.modules.linear.NonDynamicallyQuantizableLinear(IN, OUT), lambda: GatedLinear(IN, OUT)],
+    [lambda: nn.modules.linear.NonDynamicallyQuantizableLinear(IN, OUT), lambda: GatedLinear(IN, OUT, GAINS)],
     ids=["NonDynamicallyQuantizableLinear", "GatedLinear"],
 )
 def test_accepts_a_subclass_of_nn_linear(LoRALinear, make_base):
