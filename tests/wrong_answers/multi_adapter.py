@@ -295,4 +295,64 @@ WRONG_ANSWERS = [
     WrongAnswer("merged_adapters returning the layer's own list", KATA, "        return list(self._merged)\n",
                 "        return self._merged\n",
                 "test_merged_adapters_is_a_new_list_the_caller_may_change", "return a new list at every call"),
+    # round 3 (red-team attempts W01-W17)
+    WrongAnswer("dropout with a float32 mask", KATA, "F.linear(self.lora_dropout[name](x), ",
+                "F.linear(x * torch.empty(x.shape).bernoulli_(1 - self.lora_dropout[name].p)"
+                " / (1 - self.lora_dropout[name].p) if self.training else x, ",
+                "test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime", "same dtype"),
+    WrongAnswer("merge swapping the weight's data", KATA, "        weight.copy_(merged)  # the very Parameter",
+                "        weight.data = merged  # the very Parameter",
+                "test_merge_folds_the_active_adapter_into_the_very_base_weight", "holds new memory"),
+    WrongAnswer("an unknown name naming only the closest adapter", KATA, UNKNOWN,
+                '            close = __import__("difflib").get_close_matches(name, list(self.lora_A), n=1)\n'
+                "            if close:\n"
+                '                raise ValueError(f"no adapter named {name!r}: did you mean {close[0]!r}?")\n' + UNKNOWN,
+                "test_unknown_names_are_value_errors_naming_the_known_adapters", "does not name the adapters"),
+    WrongAnswer("set_adapter naming its argument adapter_name, as peft does", KATA,
+                "    def set_adapter(self, name: str) -> None:\n",
+                "    def set_adapter(self, adapter_name: str) -> None:\n        name = adapter_name\n",
+                "test_add_adapter_takes_positional_and_keyword_arguments_and_alpha_zero",
+                "keep the stub's parameter names"),
+    WrongAnswer("merged_adapters a tuple", KATA, "        return list(self._merged)\n", "        return tuple(self._merged)\n",
+                "test_merge_folds_the_active_adapter_into_the_very_base_weight", "expected a list of names"),
+    WrongAnswer("trainable by a substring of the parameter's name", KATA,
+                "        for name in self.lora_A:\n            " + TRAINS + "\n"
+                "            self.lora_A[name].requires_grad_(trains)\n            self.lora_B[name].requires_grad_(trains)\n",
+                "        for key, parameter in self.named_parameters():\n"
+                "            parameter.requires_grad_(self._active is not None and not self._disabled and self._active in key)\n",
+                "test_set_adapter_trains_only_the_active_adapter", "by its exact name"),
+    WrongAnswer("a whole-number float r accepted", KATA, "if isinstance(r, bool) or not isinstance(r, int) or r < 1:",
+                "if isinstance(r, float) and r.is_integer():\n            r = int(r)\n"
+                "        if isinstance(r, bool) or not isinstance(r, int) or r < 1:",
+                "test_add_adapter_rejects_invalid_arguments", "raised nothing"),
+    WrongAnswer("the scaling a float32 tensor", KATA, "self.scaling[name] = alpha / r",
+                "self.scaling[name] = torch.tensor(alpha / r)",
+                "test_each_adapter_computes_with_its_own_factors_and_scaling", "rounded to float32"),
+    WrongAnswer("Kaiming-uniform on A stored (in, r)", KATA, "nn.init.kaiming_uniform_(self.lora_A[name], a=math.sqrt(5))",
+                "nn.init.kaiming_uniform_(self.lora_A[name].T, a=math.sqrt(5))",
+                "test_a_uniform_A_has_nn_linears_bound", "the fan-in was taken from A stored (in, r)"),
+    WrongAnswer("disable_adapters restoring after an Exception only", KATA,
+                "        finally:\n            self._disabled = was_disabled\n",
+                "        except Exception:\n            self._disabled = was_disabled\n            self._refresh_trainable()\n"
+                "            raise\n        else:\n            self._disabled = was_disabled\n",
+                "test_disable_adapters_restores_the_state_after_an_exception", "KeyboardInterrupt"),
+    WrongAnswer("the base's forward under no_grad", KATA, "        return self.base(x) + F.linear(down, self.lora_B[name])",
+                "        with torch.no_grad():\n            y = self.base(x)\n        return y + F.linear(down, self.lora_B[name])",
+                "test_set_adapter_trains_only_the_active_adapter", "the base's share is missing"),
+    WrongAnswer("a failed add_adapter freezing the active adapter", KATA, "        if isinstance(r, bool)",
+                "        for parameter in self.parameters():\n            parameter.requires_grad_(False)\n"
+                "        if isinstance(r, bool)",
+                "test_add_adapter_rejects_invalid_arguments", "every ValueError leaves the layer as it was"),
+    WrongAnswer("factors on the default device", KATA, 'same_place = {"device": weight.device, "dtype": weight.dtype}',
+                'same_place = {"dtype": weight.dtype}',
+                "test_factors_follow_the_base_device_not_the_default_one", "the default device of this check"),
+    WrongAnswer("float32 unmerge in float64", KATA, UNMERGE_SUB,
+                "            wide = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else torch.float64\n"
+                "            delta = (self.lora_B[name].to(wide) @ self.lora_A[name].to(wide)) * self.scaling[name]\n"
+                "            weight.copy_((weight.to(wide) - delta).to(weight.dtype))\n",
+                "test_float32_merge_and_unmerge_are_summed_in_float32", "unmerged in their own dtype"),
+    WrongAnswer("disable_adapters as a zero scaling in forward", KATA, FORWARD_BASE, "if name is None or self._merged:",
+                "test_disable_adapters_computes_the_base_with_nothing_trainable", "0 * inf is NaN",
+                more_edits=(("self.lora_A[name]) * self.scaling[name]\n",
+                             "self.lora_A[name]) * (0.0 if self._disabled else self.scaling[name])\n"),)),
 ]  # fmt: skip
