@@ -298,7 +298,7 @@ WRONG_ANSWERS = [
     # round 3 (red-team attempts W01-W17)
     WrongAnswer("dropout with a float32 mask", KATA, "F.linear(self.lora_dropout[name](x), ",
                 "F.linear(x * torch.empty(x.shape).bernoulli_(1 - self.lora_dropout[name].p)"
-                " / (1 - self.lora_dropout[name].p) if self.training else x, ",
+                " / (1 - self.lora_dropout[name].p) if self.training and self.lora_dropout[name].p else x, ",
                 "test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime", "same dtype"),
     WrongAnswer("merge swapping the weight's data", KATA, "        weight.copy_(merged)  # the very Parameter",
                 "        weight.data = merged  # the very Parameter",
