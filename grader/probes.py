@@ -316,6 +316,28 @@ def expect_centred(A: torch.Tensor, what: str) -> None:
     )
 
 
+UNIFORM_LARGEST = 1.8  # a uniform draw's largest |entry| is sqrt(3) = 1.73 std; a bell-shaped one's is above 1.8
+
+
+def expect_nn_linear_bound_if_uniform(A: torch.Tensor, what: str) -> None:
+    """Fail the check unless a factor A (r, in) drawn at init, when uniform, has nn.Linear's Kaiming-uniform
+    bound 1/sqrt(in), whichever way it is stored. Give it a few thousand entries: a uniform draw's largest
+    |entry| is then within 0.1% of its bound and under UNIFORM_LARGEST std; a Gaussian A may have any spread."""
+    r, in_features = A.shape
+    A = A.detach().double()
+    largest, spread = A.abs().max().item(), A.std().item()
+    if largest > UNIFORM_LARGEST * spread:
+        return  # Gaussian (or another bell-shaped draw)
+    bound = 1 / math.sqrt(in_features)
+    cause = "nn.init.kaiming_uniform_(A, a=math.sqrt(5)) on A shaped (r, in), as nn.Linear(in, r) is"
+    if math.isclose(largest, 1 / math.sqrt(r), rel_tol=0.01):
+        cause = "the fan-in was taken from A stored (in, r), which is r: run kaiming_uniform_ on A.T, or use " + cause
+    assert math.isclose(largest, bound, rel_tol=0.01), (
+        f"{what}: A (r={r}, in={in_features}) starts uniform within +-{largest:.3g}, expected nn.Linear's "
+        f"Kaiming-uniform bound 1/sqrt(in) = {bound:.3g}: {cause}"
+    )
+
+
 def expect_value_error(call: Callable[[], object], description: str) -> None:
     """Fail the check unless ``call()`` raises a ValueError that has a message."""
     try:

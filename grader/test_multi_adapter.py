@@ -28,7 +28,10 @@ from grader.probes import (
     Factors,
     describe,
     expect_centred,
+    expect_nn_linear_bound_if_uniform,
+    expect_on_the_base_device,
     expect_value_error,
+    made_under_a_foreign_default_device,
     max_difference,
     output,
     plain_lora,
@@ -43,6 +46,7 @@ load("peft:LoraConfig", "peft.tuners.lora")  # the last check's oracle, imported
 IN, OUT = 12, 10  # distinct from each other and from every rank used: a factor's shape tells which it is
 X = (5, IN)  # the batch the checks compare outputs on
 UNKNOWN = "poetry"  # a name no check ever adds
+NEAR_MISS = "sqll"  # an unknown name one letter off a name the checks add
 
 
 @dataclass
@@ -60,6 +64,10 @@ class Adapter:
     def delta(self) -> torch.Tensor:
         """``scaling * B @ A`` (out, in) in float64."""
         return self.scaling * self.factors.B.detach().double() @ self.factors.A.detach().double()
+
+    def delta_scaled_in_float32(self) -> torch.Tensor:
+        """``delta()`` with the scaling rounded to float32, as a float32 tensor holding alpha / r gives."""
+        return self.delta() * (torch.tensor(self.scaling, dtype=torch.float32).item() / self.scaling)
 
     def randomize(self, std: float = 0.3) -> None:
         """Random values in both factors, as training would give (B stops being zero)."""
@@ -122,9 +130,10 @@ def make(MultiLoRALinear, dtype=torch.float64, device="cpu", kind="nn.Linear", i
 
 
 def two_adapters(MultiLoRALinear, dtype=torch.float64):
-    """A layer holding "sql" (active, r=2, alpha=5) and "chat" (r=4, alpha=6), both with random factors."""
+    """A layer holding "sql" (active, r=3, alpha=16: a scaling of 16/3, which float32 does not hold) and "chat"
+    (r=4, alpha=6), both with random factors."""
     base, layer = make(MultiLoRALinear, dtype=dtype)
-    sql, chat = add(layer, "sql", r=2, alpha=5.0), add(layer, "chat", r=4, alpha=6.0)
+    sql, chat = add(layer, "sql", r=3, alpha=16.0), add(layer, "chat", r=4, alpha=6.0)
     sql.randomize()
     chat.randomize()
     return base, layer, sql, chat
@@ -225,19 +234,25 @@ def expect_weight(base: nn.Linear, expected: torch.Tensor, when: str, causes: di
     )
 
 
-def expect_the_very_weight(base: nn.Linear, weight: torch.Tensor, when: str) -> None:
-    """Fail the check unless ``base.weight`` is still ``weight``, the nn.Parameter it was, in its dtype."""
+def expect_the_very_weight(base: nn.Linear, weight: torch.Tensor, storage: int, when: str) -> None:
+    """Fail the check unless ``base.weight`` is still ``weight``, the nn.Parameter it was, in its dtype, holding
+    its values in the memory it held them in (``storage``, its ``data_ptr()`` then): written in place."""
     assert base.weight is weight, (
         f"{when} the base's weight is another object: change the very Parameter in place "
         "(with torch.no_grad(): base.weight.copy_(merged)), so references to it (an optimizer, tied weights) follow"
     )
     assert weight.dtype == base.weight.dtype, f"{when} the weight is {base.weight.dtype}, expected {weight.dtype}"
+    assert base.weight.data_ptr() == storage, (
+        f"{when} the base's weight Parameter holds new memory (weight.data = ... ?), so a view of the weight taken "
+        "before sees the old values: write the values in place (with torch.no_grad(): base.weight.copy_(merged))"
+    )
 
 
 def merged_list(layer: nn.Module, when: str) -> list[str]:
     value = getattr(layer, "merged_adapters", None)
-    assert isinstance(value, (list, tuple)), (
-        f"{when}, layer.merged_adapters is {type(value).__name__}, expected a list of names (a property or attribute)"
+    assert isinstance(value, list), (
+        f"{when}, layer.merged_adapters is {type(value).__name__}, expected a list of names (a property or attribute"
+        " giving a new list(...) at every call)"
     )
     return list(value)
 
@@ -413,6 +428,7 @@ def test_adding_a_name_already_there_is_a_value_error_that_keeps_it(MultiLoRALin
         {"r": 0},
         {"r": -2},
         {"r": 2.5},
+        {"r": 4.0},
         {"r": None},
         {"r": "4"},
         {"dropout": 1.0},
@@ -437,6 +453,9 @@ def test_add_adapter_rejects_invalid_arguments(MultiLoRALinear, arguments):
     assert active(layer) == "sql", (
         f"after a failed add_adapter('sql', {call}), add_adapter('sql', r=2) left active_adapter {active(layer)!r}"
     )
+    state = observable_state(layer)
+    expect_value_error(lambda: layer.add_adapter("chat", **arguments), f"add_adapter('chat', {call}) beside 'sql'")
+    expect_state_unchanged(layer, state, f"after a failed add_adapter('chat', {call}) beside the active 'sql'")
 
 
 @pytest.mark.points(1)
@@ -463,7 +482,7 @@ def test_add_adapter_defaults_are_r_8_alpha_16_and_no_dropout(MultiLoRALinear):
 
 
 @pytest.mark.points(1)
-def test_add_adapter_takes_positional_arguments_and_alpha_zero(MultiLoRALinear):
+def test_add_adapter_takes_positional_and_keyword_arguments_and_alpha_zero(MultiLoRALinear):
     base, layer = make(MultiLoRALinear)
     before = {id(parameter) for parameter in layer.parameters()}
     layer.add_adapter("sql", 8, 0.5)  # positional, in the stub's order: name, r, alpha, dropout
@@ -473,16 +492,30 @@ def test_add_adapter_takes_positional_arguments_and_alpha_zero(MultiLoRALinear):
                   {"0.5 was taken for the dropout, not alpha: keep the stub's order add_adapter(name, r, alpha, "
                    "dropout)": sql.delta() * 32})  # fmt: skip
     try:
-        layer.add_adapter("chat", r=8, alpha=0.0)
+        by_keyword(lambda: layer.add_adapter(name="chat", r=8, alpha=0.0), "add_adapter(name='chat', r=8, alpha=0.0)")
     except ValueError as error:
-        pytest.fail(f"add_adapter('chat', r=8, alpha=0.0) raised ValueError ({error}): the stub's Raises do not "
+        pytest.fail(f"add_adapter(name='chat', r=8, alpha=0.0) raised ValueError ({error}): the stub's Raises do not "
                     "list alpha; alpha = 0 is a scaling of 0, an adapter that adds nothing", pytrace=False)  # fmt: skip
-    layer.set_adapter("chat")
+    by_keyword(lambda: layer.set_adapter(name="chat"), "set_adapter(name='chat')")
     with torch.no_grad():
         for parameter in layer.parameters():
             if parameter.requires_grad:
                 parameter.normal_()
     expect_update(layer, base, base.weight, torch.zeros_like(sql.delta()), "with 'chat' (alpha=0) active", {})
+    by_keyword(lambda: layer.delete_adapter(name="sql"), "delete_adapter(name='sql')")
+    assert not registered(layer, sql), "after delete_adapter(name='sql'), sql's factors are still parameters"
+
+
+def by_keyword(call: Callable[[], object], description: str) -> None:
+    """``call()``, a method called with its arguments by the stub's names, failing the check in one line when the
+    method names them otherwise."""
+    try:
+        call()
+    except TypeError as error:
+        if "keyword argument" not in str(error):
+            raise
+        pytest.fail(f"{description} raised TypeError ({error}): keep the stub's parameter names, add_adapter(name, r, "
+                    "alpha, dropout), set_adapter(name), delete_adapter(name)", pytrace=False)  # fmt: skip
 
 
 def _factors_of(tensors: list[torch.Tensor], r: int) -> Factors:
@@ -527,6 +560,23 @@ def test_adapters_live_on_the_base_device_and_dtype(MultiLoRALinear, device, dty
             )
 
 
+@pytest.mark.points(1)
+def test_factors_follow_the_base_device_not_the_default_one(MultiLoRALinear):
+    base, layer = make(MultiLoRALinear)
+    sql = made_under_a_foreign_default_device(lambda: add(layer, "sql", r=3, alpha=6.0))
+    if sql is not None:
+        expect_on_the_base_device(list(sql.tensors), base.weight.device, "add_adapter's factors were created")
+
+
+@pytest.mark.points(1)
+def test_a_uniform_A_has_nn_linears_bound(MultiLoRALinear):
+    in_features, out_features, r = 256, 24, 16  # 4096 entries in A: see expect_nn_linear_bound_if_uniform
+    _, layer = make(MultiLoRALinear, in_features=in_features, out_features=out_features)
+    sql = add(layer, "sql", r=r, in_features=in_features, out_features=out_features)
+    expect_nn_linear_bound_if_uniform(sql.factors.A, f"after add_adapter('sql', r={r}) on nn.Linear({in_features}, "
+                                      f"{out_features})")  # fmt: skip
+
+
 LIFECYCLE_CASES = [  # (kind of base, dtype): each trap of BASE_KINDS, and each dtype whose merge differs
     ("bias-free nn.Linear", torch.float64),
     ("nn.Linear subclass", torch.float64),
@@ -540,10 +590,10 @@ LIFECYCLE_CASES = [  # (kind of base, dtype): each trap of BASE_KINDS, and each 
 @pytest.mark.parametrize(("kind", "dtype"), LIFECYCLE_CASES, ids=[f"{k}-{d}" for k, d in LIFECYCLE_CASES])
 def test_every_kind_of_base_goes_through_add_merge_disable_switch_and_delete(MultiLoRALinear, kind, dtype):
     base, layer = make(MultiLoRALinear, dtype=dtype, kind=kind)
-    sql, chat = add(layer, "sql", r=2, alpha=5.0), add(layer, "chat", r=4, alpha=6.0)
+    sql, chat = add(layer, "sql", r=2, alpha=5.0), add(layer, "chat", r=4, alpha=6.0, dropout=0.5)
     sql.randomize()
     chat.randomize()
-    weight, W0, x = base.weight, base.weight.detach().double().clone(), batch(dtype)
+    weight, storage, W0, x = base.weight, base.weight.data_ptr(), base.weight.detach().double().clone(), batch(dtype)
     tolerance, case = RELATIVE_TOLERANCE[dtype], f"on a {dtype} {kind}"
 
     def expect_output(adapter: Adapter | None, when: str) -> None:
@@ -559,7 +609,7 @@ def test_every_kind_of_base_goes_through_add_merge_disable_switch_and_delete(Mul
 
     expect_output(sql, "with 'sql' active")
     layer.merge()
-    expect_the_very_weight(base, weight, f"{case}, after merge(),")
+    expect_the_very_weight(base, weight, storage, f"{case}, after merge(),")
     error = relative_error(weight, W0 + sql.delta())
     assert error <= tolerance, (
         f"{case}, after merge() the weight is off W + scaling * B @ A by {error:.2g} (relative), expected under "
@@ -575,6 +625,11 @@ def test_every_kind_of_base_goes_through_add_merge_disable_switch_and_delete(Mul
     layer.set_adapter("chat")
     expect_output(chat, "after set_adapter('chat')")
     expect_trainable(layer, [sql, chat], chat, f"{case}, after set_adapter('chat')", "the active adapter trains")
+    y = output(layer.train(), x)  # chat's dropout=0.5 at work
+    assert (y.dtype, tuple(y.shape)) == (dtype, (X[0], OUT)), (
+        f"{case}, a train-mode forward with chat's dropout=0.5 returned {y.dtype} {tuple(y.shape)}, expected {dtype} "
+        f"{(X[0], OUT)}: drop x in its own dtype (nn.Dropout(p), or a mask made with dtype=x.dtype)"
+    )
     layer.delete_adapter("sql")
     layer.delete_adapter("chat")
     expect_output(None, "after deleting both adapters")
@@ -589,16 +644,19 @@ def test_every_kind_of_base_goes_through_add_merge_disable_switch_and_delete(Mul
 def test_each_adapter_computes_with_its_own_factors_and_scaling(MultiLoRALinear):
     base, layer, sql, chat = two_adapters(MultiLoRALinear)
     both = sql.delta() + chat.delta()
-    expect_update(layer, base, base.weight, sql.delta(), "with 'sql' (r=2, alpha=5) active",
+    float32_scaling = "the scaling was rounded to float32 (a float32 tensor?): keep alpha / r a Python float"
+    expect_update(layer, base, base.weight, sql.delta(), "with 'sql' (r=3, alpha=16) active",
                   {"every adapter computes: only the active one must": both,
-                   "scaled by alpha instead of alpha / r?": sql.delta() * sql.factors.A.shape[0]})  # fmt: skip
+                   "scaled by alpha instead of alpha / r?": sql.delta() * sql.factors.A.shape[0],
+                   float32_scaling: sql.delta_scaled_in_float32()})  # fmt: skip
     layer.set_adapter("chat")
     assert active(layer) == "chat", f"after set_adapter('chat'), active_adapter is {active(layer)!r}, expected 'chat'"
     expect_update(layer, base, base.weight, chat.delta(), "after set_adapter('chat') (r=4, alpha=6)",
                   {"it still computes with sql's factors: set_adapter must switch": sql.delta(),
                    "every adapter computes: only the active one must": both,
-                   "chat is scaled with sql's alpha / r: keep a scaling per adapter": chat.delta() * 2.5 / 1.5,
-                   "chat is scaled by r / alpha?": chat.delta() * (4 / 6) / 1.5})  # fmt: skip
+                   "chat is scaled with sql's alpha / r: keep a scaling per adapter":
+                       chat.delta() * sql.scaling / chat.scaling,
+                   "chat is scaled by r / alpha?": chat.delta() / chat.scaling**2})  # fmt: skip
     with torch.no_grad():
         sql.factors.B[0, 0] = math.inf
     y = computed(layer, batch())
@@ -611,14 +669,14 @@ def test_each_adapter_computes_with_its_own_factors_and_scaling(MultiLoRALinear)
 @pytest.mark.points(3)
 def test_set_adapter_trains_only_the_active_adapter(MultiLoRALinear):
     base, layer = make(MultiLoRALinear)
-    adapters = [add(layer, name, r=r, alpha=6.0) for name, r in (("sql", 2), ("chat", 3), ("math", 4))]
+    adapters = [add(layer, name, r=r, alpha=6.0) for name, r in (("sql", 2), ("sql2", 3), ("chat", 4))]
     for adapter in adapters:
         adapter.randomize()
     for adapter in (adapters[1], adapters[2], adapters[0]):
         layer.set_adapter(adapter.name)
         when = f"after set_adapter({adapter.name!r})"
-        expect_trainable(layer, adapters, adapter, when,
-                         "set_adapter makes the new active adapter trainable and freezes every other")  # fmt: skip
+        expect_trainable(layer, adapters, adapter, when, "set_adapter makes the new active adapter trainable and "
+                         "freezes every other, each found by its exact name ('sql' is a part of 'sql2')")  # fmt: skip
         for tensor in layer.parameters():
             tensor.grad = None
         x = torch.randn(6, IN, dtype=torch.float64, requires_grad=True)
@@ -629,10 +687,11 @@ def test_set_adapter_trains_only_the_active_adapter(MultiLoRALinear):
         assert not touched, f"{when}, the inactive adapters {touched} received gradients: only the active one computes"
         assert base.weight.grad is None, f"{when}, the base's weight received a gradient: keep it frozen"
         _, expected = plain_lora(base, adapter.factors, adapter.scaling, x, upstream)
-        for name, measured in zip("AB", adapter.factors.grads(), strict=True):
-            assert measured is not None, f"{when}, {adapter.name}'s factor {name} received no gradient"
+        for name, measured in zip("ABx", (*adapter.factors.grads(), x.grad), strict=True):
+            assert measured is not None, f"{when}, {name} received no gradient: is it used in forward, not detached?"
             error = max_difference(measured, expected[name])
-            assert error < 1e-9, f"{when}, the gradient of {adapter.name}'s {name} is off by {error:.3g}"
+            cause = ": the base's share is missing (base(x) under torch.no_grad()?)" if name == "x" else ""
+            assert error < 1e-9, f"{when}, the gradient of {name} is off by {error:.3g}{cause}"
 
 
 @pytest.mark.points(3)
@@ -669,15 +728,16 @@ def test_unknown_names_are_value_errors_naming_the_known_adapters(MultiLoRALinea
     chat.randomize()
     layer.merge()
     W, state = base.weight.detach().clone(), observable_state(layer)
-    description = f"{method}({UNKNOWN!r}) on a layer holding 'sql' (merged) and 'chat'"
-    expect_error_naming(lambda: getattr(layer, method)(UNKNOWN), description, ["sql", "chat"])
-    when = f"after a failed {method}({UNKNOWN!r})"
-    assert torch.equal(base.weight, W) and merged_list(layer, when) == ["sql"], (
-        f"{when} the merged layer was unmerged or its weight changed: check the name before changing anything"
-    )
-    assert active(layer) == "sql", f"{when} active_adapter is {active(layer)!r}, expected 'sql', as before"
-    assert registered(layer, sql) and registered(layer, chat), f"{when} an adapter's factors were removed"
-    expect_state_unchanged(layer, state, when)
+    for unknown in (UNKNOWN, NEAR_MISS):  # far from every name, and a typo of one: the message names them all
+        description = f"{method}({unknown!r}) on a layer holding 'sql' (merged) and 'chat'"
+        expect_error_naming(lambda name=unknown: getattr(layer, method)(name), description, ["sql", "chat"])
+        when = f"after a failed {method}({unknown!r})"
+        assert torch.equal(base.weight, W) and merged_list(layer, when) == ["sql"], (
+            f"{when} the merged layer was unmerged or its weight changed: check the name before changing anything"
+        )
+        assert active(layer) == "sql", f"{when} active_adapter is {active(layer)!r}, expected 'sql', as before"
+        assert registered(layer, sql) and registered(layer, chat), f"{when} an adapter's factors were removed"
+        expect_state_unchanged(layer, state, when)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -687,12 +747,20 @@ def test_unknown_names_are_value_errors_naming_the_known_adapters(MultiLoRALinea
 @pytest.mark.points(2)
 def test_disable_adapters_computes_the_base_with_nothing_trainable(MultiLoRALinear):
     base, layer, sql, chat = two_adapters(MultiLoRALinear)
-    x = batch()
+    x, kept = batch(), sql.factors.B.detach().clone()
     with disabled(layer):
         inside = computed(layer, x)
         trains = describe_trainable(layer, [sql, chat])
+        with torch.no_grad():
+            sql.factors.B[0, 0] = math.inf  # a broken active adapter: a disabled layer does not compute it at all
+            broken = computed(layer, x)
+            sql.factors.B.copy_(kept)
     error = max_difference(inside, base(x))
     assert error < 1e-12, f"inside disable_adapters() the output differs from base(x) by {error:.3g}: compute base(x)"
+    assert torch.isfinite(broken).all() and max_difference(broken, base(x)) < 1e-12, (
+        "inside disable_adapters() with the active adapter's B holding inf, the output is not base(x) (it holds NaN "
+        "or inf): the adapter computed, scaled by 0 (0 * inf is NaN); return base(x) without computing the adapter"
+    )
     assert trains == "nothing", f"inside disable_adapters(), {trains} trains, expected nothing: freeze every adapter"
     assert active(layer) == "sql", f"after disable_adapters() active_adapter is {active(layer)!r}, expected 'sql'"
     expect_trainable(layer, [sql, chat], sql, "after leaving disable_adapters()",
@@ -734,21 +802,27 @@ class Sentinel(Exception):
     """Raised inside a disable_adapters() block by the checks."""
 
 
+class Interrupt(BaseException):
+    """Raised inside a disable_adapters() block by a check, as KeyboardInterrupt is: no Exception."""
+
+
 @pytest.mark.points(2)
-def test_disable_adapters_restores_the_state_after_an_exception(MultiLoRALinear):
+@pytest.mark.parametrize("raised", [Sentinel, Interrupt], ids=["Exception", "BaseException"])
+def test_disable_adapters_restores_the_state_after_an_exception(MultiLoRALinear, raised):
     base, layer, sql, chat = two_adapters(MultiLoRALinear)
     layer.set_adapter("chat")
     propagated = False
     try:
         with disabled(layer):
-            raise Sentinel("raised inside the block")
-    except Sentinel:
+            raise raised("raised inside the block")
+    except raised:
         propagated = True
+    kind = "an Exception" if raised is Sentinel else "a BaseException (as KeyboardInterrupt is)"
     assert propagated, (
-        "an exception raised inside disable_adapters() did not come out of the block: the context manager swallows "
+        f"{kind} raised inside disable_adapters() did not come out of the block: the context manager swallows "
         "it; restore the state in a finally clause and let the exception go on"
     )
-    when = "after an exception inside disable_adapters()"
+    when = f"after {kind} inside disable_adapters()"
     assert active(layer) == "chat", f"{when}, active_adapter is {active(layer)!r}, expected 'chat', as before"
     expect_trainable(
         layer,
@@ -843,7 +917,7 @@ def test_disable_adapters_holds_through_calls_inside_the_block_and_exits_consist
 @pytest.mark.points(3)
 def test_merge_folds_the_active_adapter_into_the_very_base_weight(MultiLoRALinear):
     base, layer, sql, chat = two_adapters(MultiLoRALinear)
-    weight = base.weight
+    weight, storage = base.weight, base.weight.data_ptr()
     W0, d_sql, d_chat = weight.detach().double().clone(), sql.delta(), chat.delta()
     kept = [tensor.detach().clone() for adapter in (sql, chat) for tensor in adapter.tensors]
     x = batch()
@@ -854,7 +928,7 @@ def test_merge_folds_the_active_adapter_into_the_very_base_weight(MultiLoRALinea
     assert unchanged, (
         f"{when}, an adapter's factors changed: merging writes the base's weight and leaves them as they are"
     )
-    expect_the_very_weight(base, weight, "after merge()")
+    expect_the_very_weight(base, weight, storage, "after merge()")
     assert not weight.requires_grad and weight.grad_fn is None, (
         "after merge() the base's weight requires grad or has grad history: merge under torch.no_grad()"
     )
@@ -864,6 +938,8 @@ def test_merge_folds_the_active_adapter_into_the_very_base_weight(MultiLoRALinea
         "the weight did not change: write the merged weight into base.weight itself": W0,
         "the update was subtracted": W0 - d_sql,
         "the update is unscaled: W + scaling * B @ A": W0 + d_sql / sql.scaling,
+        "the scaling was rounded to float32 (a float32 tensor?): keep alpha / r a Python float":
+            W0 + sql.delta_scaled_in_float32(),
     })  # fmt: skip
     assert merged_list(layer, when) == ["sql"], (
         f"{when}, merged_adapters is {merged_list(layer, when)}, expected ['sql']"
@@ -1008,10 +1084,10 @@ def test_half_precision_merge_and_unmerge_accumulate_in_float32(MultiLoRALinear,
     sql.randomize(std=0.2)
     W0, delta = base.weight.detach().double().clone(), sql.delta()
     cause = "upcast W, A and B to float32, add (or subtract), then round once to the weight's dtype"
-    weight = base.weight
+    weight, storage = base.weight, base.weight.data_ptr()
     layer.merge()
     merged = base.weight.detach().double().clone()
-    expect_the_very_weight(base, weight, f"after merge() of a {dtype} weight")
+    expect_the_very_weight(base, weight, storage, f"after merge() of a {dtype} weight")
     off = (merged != (W0 + delta).to(dtype).double()).float().mean().item()
     twice = (merged != (W0 + delta.to(dtype).double()).to(dtype).double()).float().mean().item()
     assert off < 0.01, (
@@ -1019,7 +1095,7 @@ def test_half_precision_merge_and_unmerge_accumulate_in_float32(MultiLoRALinear,
         "once: " + (f"the update was rounded to {dtype} before the sum: " if twice < off else "") + cause
     )
     layer.unmerge()
-    expect_the_very_weight(base, weight, f"after unmerge() of a {dtype} weight")
+    expect_the_very_weight(base, weight, storage, f"after unmerge() of a {dtype} weight")
     # Either reading is right: the merged weight minus the update, rounded once, or the original weight restored.
     off = (base.weight.double() != (merged - delta).to(dtype).double()).float().mean().item()
     restored = (base.weight.double() != W0).float().mean().item()
@@ -1033,7 +1109,7 @@ def test_half_precision_merge_and_unmerge_accumulate_in_float32(MultiLoRALinear,
 
 
 @pytest.mark.points(1)
-def test_float32_merge_is_summed_in_float32(MultiLoRALinear):
+def test_float32_merge_and_unmerge_are_summed_in_float32(MultiLoRALinear):
     in_features, out_features, r = 64, 48, 8
     base, layer = make(MultiLoRALinear, dtype=torch.float32, in_features=in_features, out_features=out_features)
     sql = add(layer, "sql", r=r, alpha=16.0, in_features=in_features, out_features=out_features)
@@ -1052,6 +1128,19 @@ def test_float32_merge_is_summed_in_float32(MultiLoRALinear):
         f"after merge() of a float32 weight, all {merged.numel()} entries equal W + scaling * B @ A summed in float64 "
         "and rounded once, which float32 arithmetic does not give: float32 weights are summed in their own dtype "
         "(upcast only fp16/bf16)"
+    )
+    layer.unmerge()
+    unmerged = base.weight.detach().double()
+    error = max_difference(unmerged, merged - sql.delta()) / (1 + sql.delta().abs().max().item())
+    assert error <= RELATIVE_TOLERANCE[torch.float32], (
+        f"after unmerge() of a float32 weight, it is off the merged weight minus scaling * B @ A by {error:.2g} "
+        "(relative to the update)"
+    )
+    exact = (merged - sql.delta()).float().double()  # the difference in float64, rounded once
+    assert not torch.equal(unmerged, exact), (
+        f"after unmerge() of a float32 weight, all {unmerged.numel()} entries equal the merged weight minus scaling "
+        "* B @ A computed in float64 and rounded once, which float32 arithmetic does not give: float32 weights are "
+        "unmerged in their own dtype (upcast only fp16/bf16)"
     )
 
 
@@ -1235,6 +1324,8 @@ def test_an_adapter_may_be_named_like_the_layer_s_own_attributes(MultiLoRALinear
         "their own (nn.ParameterDict, nn.ModuleDict), never as attributes of the layer named after the adapter"
     )
     assert active(layer) == "base", f"{when}, active_adapter is {active(layer)!r}, expected 'base'"
+    expect_trainable(layer, [named_base], named_base, when, "only the active adapter's own factors train, found by "
+                     "its exact name, not as a part of a parameter's name (the base's is 'base.weight')")  # fmt: skip
     expect_update(layer, base, base.weight, named_base.delta(), when, {})
     layer.delete_adapter("base")
     expect_update(layer, base, base.weight, torch.zeros_like(named_base.delta()), "after delete_adapter('base')", {})
@@ -1268,6 +1359,8 @@ DROPOUT_REGIMES = [  # (dtype, autograd on, x requires grad): a train-mode forwa
     (torch.float64, True, False),
     (torch.float64, True, True),
     (torch.float32, True, True),
+    (torch.float16, True, True),
+    (torch.bfloat16, False, False),
 ]
 DRAWS = 8  # one-hot rows per input feature: IN * DRAWS draws of the dropout; and DRAWS dense rows of ones
 
@@ -1381,7 +1474,7 @@ def machine_class(MultiLoRALinear, LoraConfig, PeftLinear):
             super().__init__()
             torch.manual_seed(0)
             self.base = nn.Linear(SEQUENCE_IN, SEQUENCE_OUT)
-            self.weight = self.base.weight
+            self.weight, self.storage = self.base.weight, self.base.weight.data_ptr()
             self.W0 = self.base.weight.detach().clone()
             oracle_base = copy.deepcopy(self.base).requires_grad_(False)
             self.layer = MultiLoRALinear(self.base)
@@ -1605,6 +1698,9 @@ def machine_class(MultiLoRALinear, LoraConfig, PeftLinear):
                 f"{where}: merged_adapters is {listed}, expected {list(self.oracle.merged_adapters)}{cause}"
             )
             assert self.base.weight is self.weight, f"{where}: the base's weight was replaced by another Parameter"
+            assert self.base.weight.data_ptr() == self.storage, (
+                f"{where}: the base's weight holds new memory (weight.data = ... ?): write it in place (copy_)"
+            )
             error = relative_difference(self.base.weight, self.oracle.base_layer.weight)
             assert error <= SEQUENCE_TOLERANCE, (
                 f"{where}: the base's weight differs from peft's by {error:.3g} (relative){cause}"

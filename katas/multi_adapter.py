@@ -34,9 +34,10 @@ class MultiLoRALinear(nn.Module):
         - Only the active adapter computes and is trainable (``requires_grad``): the factors of every
           other adapter, and the base, are frozen. (While it is merged, the active adapter may be
           trainable or frozen; it trains again once unmerged.)
-        - Adapter names are plain identifiers such as ``"sql"``. An unknown name given to
-          ``set_adapter`` or ``delete_adapter`` is a ValueError whose message names every adapter the
-          layer holds. Every ValueError leaves the layer as it was.
+        - Adapter names are plain identifiers such as ``"sql"``, not the name of an attribute of ``nn.Module``
+          or of a dict (e.g. ``"train"``, ``"update"``, ``"to"``), which peft's ModuleDicts refuse too. An
+          unknown name given to ``set_adapter`` or ``delete_adapter`` is a ValueError whose message names
+          every adapter the layer holds. Every ValueError leaves the layer as it was.
 
     Args:
         base: the linear layer to adapt, weight (out, in).

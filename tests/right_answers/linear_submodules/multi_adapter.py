@@ -100,7 +100,7 @@ class MultiLoRALinear(nn.Module):
         merged = merged.to(weight.dtype)
         if safe and not merged.isfinite().all():
             raise ValueError(f"adapter {self.active_adapter!r} would make the weight non-finite")
-        weight.data = merged  # same Parameter object, new storage
+        weight.detach().copy_(merged)  # in place: the same Parameter and memory, so views follow
         self._merged.append(self.active_adapter)
         self.freeze_all()
 
@@ -109,7 +109,7 @@ class MultiLoRALinear(nn.Module):
             name = self._merged.pop()
             weight = self.base_layer.weight
             delta = self.lora[name].delta_weight().detach()
-            weight.data = (weight.detach().to(delta.dtype) - delta).to(weight.dtype)
+            weight.detach().copy_((weight.detach().to(delta.dtype) - delta).to(weight.dtype))
         self.freeze_all()
 
     def delete_adapter(self, name):
