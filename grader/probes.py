@@ -333,8 +333,9 @@ def expect_nn_linear_bound_if_uniform(A: torch.Tensor, what: str) -> None:
     if math.isclose(largest, 1 / math.sqrt(r), rel_tol=0.01):
         cause = "the fan-in was taken from A stored (in, r), which is r: run kaiming_uniform_ on A.T, or use " + cause
     assert math.isclose(largest, bound, rel_tol=0.01), (
-        f"{what}: A (r={r}, in={in_features}) starts uniform within +-{largest:.3g}, expected nn.Linear's "
-        f"Kaiming-uniform bound 1/sqrt(in) = {bound:.3g}: {cause}"
+        f"{what}: A (r={r}, in={in_features}) starts uniform within +-{largest:.3g} (max / std = "
+        f"{largest / spread:.2f}, a uniform's sqrt(3)), expected nn.Linear's Kaiming-uniform bound 1/sqrt(in) = "
+        f"{bound:.3g}: {cause}; or draw A Gaussian (truncated at 2 std or wider is fine), the other init accepted"
     )
 
 
