@@ -845,7 +845,7 @@ def test_merges_an_adapter_registered_under_two_names(apply_lora_gpt2, merge_gpt
     model, ids = adapted_gpt2(apply_lora_gpt2, ("c_attn", "lm_head")), token_ids()
     blocks = model.transformer.h
     blocks[1].attn.c_attn = blocks[0].attn.c_attn  # two blocks share one adapter (ALBERT shares whole layers)
-    model.add_module("output_head", model.lm_head)  # a second handle on the adapted lm_head
+    model.transformer.add_module("output_head", model.lm_head)  # a second handle on the adapted lm_head
     expected = logits(model, ids)
     merged(merge_gpt2(model))
     left = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, (LoRAConv1D, LoRALinear))]
