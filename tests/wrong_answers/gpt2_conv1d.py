@@ -174,7 +174,7 @@ WRONG_ANSWERS = [
                 "            self.lora_A.copy_(self.lora_A[:1].expand_as(self.lora_A).clone())",
                 "test_B_starts_at_zero_and_A_random", "are its rows copies of one another"),
     WrongAnswer("one dropout mask shared along positions", KATA, "down = F.linear(self.dropout(x), self.lora_A)",
-                "down = F.linear(x * self.dropout(torch.ones_like(x[..., :1, :])), self.lora_A)",
+                "down = F.linear(x * self.dropout(torch.ones_like(x[..., :1, :])) if x.dim() >= 3 else self.dropout(x), self.lora_A)",
                 "test_dropout_zeroes_adapter_inputs_in_train_mode_only", "along dim 1"),
     WrongAnswer("dropout of an exact fraction", KATA, "down = F.linear(self.dropout(x), self.lora_A)",
                 "p = self.dropout.p\n        keep = torch.ones(x.numel(), dtype=x.dtype).index_fill_(0, torch.randperm(x.numel())[: round(p * x.numel())], 0.0)\n"
