@@ -529,3 +529,195 @@ def expect_on_the_base_device(tensors: list[torch.Tensor], base_device: torch.de
         f"{what} on {misplaced[0]}, the default device of this check, not on the base's {base_device}: create "
         "them with device=base.weight.device (on a GPU they would land on the CPU)"
     )
+
+
+# Train-mode dropout, read back off a LoRA layer's outputs (a LoRALinear, or a LoRAConv1D measured through an
+# nn.Linear computing what its Conv1D does). With r = in < out the eval-mode update dW (out, in) has full column
+# rank, so a train-mode output minus base(x), dW z, gives back the adapter's input z: no factor or scaling is
+# assumed, so a wrong scaling is not blamed on dropout.
+DROPOUT = 0.25  # not 0.5, where 1/p = 1/(1-p) and a drop probability reads the same as a keep probability
+DROP_IN, DROP_OUT, DROP_R = 8, 12, 8  # the float64 base and rank a probed layer is built with
+DROP_SHAPE = (4, 16)  # a (4, 16, in) batch, one train-mode call in each regime below: 2048 mask entries
+# (grad mode, the base's own mode) of each call: the wrapper is in train mode in all, and dropout follows it alone.
+DROP_REGIMES = ((False, True), (True, True), (False, False), (True, False))
+DROP_CALLS = len(DROP_REGIMES)
+DROP_TOLERANCE = 0.06  # on the zeroed fraction: 6 standard deviations over 2048 draws at p = 0.25
+
+
+def dropout_regimes(call: int | None = None) -> str:
+    """The regime of train-mode call ``call`` of DROP_REGIMES, or of all of them, in words."""
+    words = [f"grad {'on' if g else 'off'}, base in {'train' if t else 'eval'} mode" for g, t in DROP_REGIMES]
+    return "; ".join(words) if call is None else words[call]
+
+
+def frozen_submodules(layer: nn.Module) -> list[nn.Module]:
+    """The submodules of ``layer`` holding parameters of their own, none of them trainable: its base."""
+    return [
+        module
+        for module in layer.modules()
+        if module is not layer
+        and list(module.parameters(recurse=False))
+        and not any(p.requires_grad for p in module.parameters(recurse=False))
+    ]
+
+
+def _train_mode_change(
+    layer: nn.Module, linear: nn.Linear, x: torch.Tensor, grad: bool, base_training: bool, upstream: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``layer(x) - linear(x)`` for the layer in train mode, in the given grad mode, its base put in
+    ``base_training``, and with grad on dL/dx for dL/dy = ``upstream``. With grad on, x reaches the layer as an
+    intermediate activation (it has a grad_fn), as inside a model: ``output`` then sees an in-place dropout of it."""
+    layer.train()
+    for module in frozen_submodules(layer):
+        module.train(base_training)
+    leaf = x.detach().clone().requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        y = output(layer, leaf * 1.0 if grad else leaf)
+        if grad:
+            y.backward(upstream)
+    with torch.no_grad():
+        return y.detach() - linear(x), leaf.grad
+
+
+def adapter_input_multipliers(layer: nn.Module, linear: nn.Linear, p: float = DROPOUT) -> torch.Tensor:
+    """What train-mode dropout multiplied each adapter input of ``layer`` by, over one call in each of DROP_REGIMES
+    on one batch: shape (calls, *DROP_SHAPE, in), 0 where an input was zeroed and 1 / (1 - p) where it was kept,
+    for nn.Dropout. ``layer`` was made with dropout ``p`` and r = in < out on a float64 base that computes what
+    ``linear`` computes (``linear`` itself for a LoRALinear). Fails the check unless eval mode drops nothing, every
+    call zeroed some inputs and every input came out zeroed or multiplied by one common factor."""
+    randomize_factors(layer, std=0.5)
+    update = measured_update(layer, linear)
+    repeat = max_difference(update, measured_update(layer, linear))
+    assert repeat == 0, (
+        f"in eval mode with dropout={p}, outputs vary by {repeat:.3g} between calls: "
+        "dropout must be off in eval mode (this check reads the update off eval-mode outputs)"
+    )
+    in_features, out_features = linear.in_features, linear.out_features
+    ignored = [i for i in range(in_features) if not update[:, i].any()]
+    assert not ignored, (
+        f"in eval mode (dropout={p}) the output ignores inputs {ignored} of {in_features}: "
+        "eval mode still drops adapter inputs (a mask drawn in __init__?); dropout must be off in eval mode"
+    )
+    rank = torch.linalg.matrix_rank(update).item()
+    assert rank == in_features, (
+        f"with random factors and r = in = {in_features}, the update dW has rank {rank}, expected {in_features}: "
+        "dW must be scaling B @ A (see test_update_is_scaling_times_B_at_A)"
+    )
+    x = (1 + torch.rand(*DROP_SHAPE, in_features, dtype=torch.float64)) * torch.randn(*DROP_SHAPE, in_features).sign()
+    with torch.no_grad():
+        nonlinear = max_difference(output(layer.eval(), x), linear(x) + x @ update.T)
+    upstream = torch.randn(*DROP_SHAPE, out_features, dtype=torch.float64)
+    calls = [_train_mode_change(layer, linear, x, *regime, upstream) for regime in DROP_REGIMES]
+    changes, input_grads = torch.stack([change for change, _ in calls]), [grad for _, grad in calls]
+    size = 1 + changes.abs().max().item()
+    assert nonlinear <= 1e-9 * size, (
+        f"in eval mode the output differs by {nonlinear:.3g} from base(x) + x dW^T, with dW read off one-hot inputs: "
+        "the update must be linear in x (see test_update_is_scaling_times_B_at_A); this check reads masks through it"
+    )
+    kind = type(layer).__name__
+    assert max_difference(changes, torch.broadcast_to(x @ update.T, changes.shape)) > 1e-9 * size, (
+        f"dropout={p} changed nothing over {DROP_CALLS} train-mode calls ({dropout_regimes()}): apply nn.Dropout(p) "
+        f"to the adapter's input, on whenever the {kind} is in train mode"
+    )
+    idle = [dropout_regimes(i) for i in range(DROP_CALLS) if max_difference(changes[i], x @ update.T) <= 1e-9 * size]
+    assert not idle, (
+        f"dropout={p} changed nothing in the train-mode call with {idle[0]}, but did in others: dropout follows "
+        f"the {kind}'s train mode alone (self.training), whatever the grad mode or the base's own mode"
+    )
+    inputs = changes @ torch.linalg.pinv(update).T
+    residual = max_difference(inputs @ update.T, changes)
+    assert residual <= 1e-9 * size, (
+        f"a train-mode output (dropout={p}) minus base(x) is dW applied to no input at all (off by {residual:.3g}): "
+        "drop the adapter's input x, not its output"
+    )
+    multipliers = inputs / x
+    kept = multipliers[multipliers.abs() > 1e-6]
+    assert kept.numel() > 0, f"dropout={p} zeroed every adapter input in train mode: it must drop a fraction p"
+    assert (kept.max() - kept.min()).item() <= 1e-6 * kept.abs().max().item(), (
+        f"a train-mode output (dropout={p}) matches no input-dropout mask: each adapter input must come out zeroed "
+        "or multiplied by one common factor 1/(1-p); is dropout applied to x, before A, and not between A and B?"
+    )
+    for call, measured in enumerate(input_grads):
+        if measured is None:
+            continue
+        expected = upstream @ linear.weight.detach() + (upstream @ update) * multipliers[call]
+        error = max_difference(measured, expected)
+        assert error <= 1e-9 * (1 + expected.abs().max().item()), (
+            f"in the train-mode call with {dropout_regimes(call)}, dL/dx is off by {error:.3g} from the base's share "
+            "plus the adapter's through the dropout mask: is the adapter fed x.data or x.detach()? use dropout(x), "
+            "in the graph"
+        )
+    return multipliers
+
+
+def expect_kept_inputs_rescaled(multipliers: torch.Tensor, p: float) -> None:
+    """Fail the check unless the inputs dropout kept (``adapter_input_multipliers``) were scaled by 1 / (1 - p)."""
+    kept = multipliers[multipliers.abs() > 1e-6]
+    scale, expected = kept.mean().item(), 1 / (1 - p)
+    causes = {
+        1.0: "the 1/(1-p) rescale of the kept inputs is missing; nn.Dropout does it",
+        1 / p: "that is 1/p: is p taken as the keep probability, nn.Dropout(1 - p)?",
+    }
+    cause = next((text for value, text in causes.items() if math.isclose(scale, value, rel_tol=1e-6)), "")
+    assert math.isclose(scale, expected, rel_tol=1e-6), (
+        f"with dropout={p} the kept adapter inputs are multiplied by {scale:.4g}, expected 1/(1-p) = {expected:.4g}: "
+        + (cause or "scale the kept inputs by 1/(1-p), as nn.Dropout does")
+    )
+
+
+def expect_a_fraction_p_zeroed(multipliers: torch.Tensor, p: float) -> None:
+    """Fail the check unless dropout zeroed a fraction p of the inputs (within DROP_TOLERANCE)."""
+    zeroed = (multipliers.abs() <= 1e-6).double().mean().item()
+    cause = "zero each input independently with probability p, as nn.Dropout(p) does"
+    if abs(zeroed - (1 - p)) <= DROP_TOLERANCE:
+        cause = "p is the probability of zeroing an input, not of keeping it: " + cause
+    assert abs(zeroed - p) <= DROP_TOLERANCE, (
+        f"with dropout={p} train mode zeroed {zeroed:.1%} of {multipliers.numel()} adapter inputs, "
+        f"expected {p:.0%} (within {DROP_TOLERANCE:.0%}): {cause}"
+    )
+
+
+def expect_a_fresh_mask_for_every_element_and_call(multipliers: torch.Tensor) -> None:
+    """Fail the check unless each call drew its own mask, one independent entry per element of x, as nn.Dropout
+    does: no call repeats another's mask, no index along any dimension (batch, position, feature) gets the very
+    mask of index 0 in every call, and the number of inputs kept varies from call to call (no exact fraction)."""
+    kept = multipliers.abs() > 1e-6  # (calls, *DROP_SHAPE, in)
+    calls = range(kept.shape[0])
+    repeats = [(first, then) for then in calls for first in range(then) if torch.equal(kept[first], kept[then])]
+    assert not repeats, (
+        f"train-mode calls {repeats[0][0] + 1} and {repeats[0][1] + 1} on the same batch zeroed the very same "
+        "adapter inputs: draw a fresh dropout mask on every call, not once in __init__"
+    )
+    shape, last = tuple(kept.shape[1:]), kept.dim() - 1
+    copies = {  # per dim of x: the indices whose mask is the very mask of index 0, in every call
+        dim: [i for i in range(1, kept.shape[dim]) if torch.equal(kept.select(dim, i), kept.select(dim, 0))]
+        for dim in range(1, kept.dim())
+    }
+    dim = next((dim for dim, indices in copies.items() if indices), None)
+    what = "feature" if dim == last else "item"
+    cause = (
+        "the inputs of a row are zeroed or kept together: drop each element of x on its own, with a mask shaped like "
+        "x, not like (..., 1)"
+        if dim == last
+        else "they share one dropout mask: draw a mask shaped like x, one entry per element, as nn.Dropout does"
+    )
+    assert dim is None, (
+        f"along dim {dim - 1} of a {shape} input, {len(copies[dim])} of the {kept.shape[dim] - 1} other {what}s got "
+        f"the very mask of {what} 0 in every train-mode call: {cause}"
+    )
+    counts = sorted({int(call.sum()) for call in kept})
+    assert len(counts) > 1, (
+        f"each of {len(calls)} train-mode calls kept exactly {counts[0]} of {kept[0].numel()} adapter inputs: "
+        "nn.Dropout zeroes each input on its own with probability p, so the count varies from call to call; "
+        "do not drop an exact fraction (randperm)"
+    )
+
+
+def expect_dropout_like_nn_dropout(layer: nn.Module, linear: nn.Linear, p: float = DROPOUT) -> None:
+    """Fail the check unless ``layer`` (made as ``adapter_input_multipliers`` says) drops its adapter's inputs in
+    train mode as nn.Dropout(p) does, in every regime: survivors scaled by 1 / (1 - p), a fraction p zeroed, a
+    fresh mask for every element and call. The fraction is looked at last: only independent entries tell it."""
+    multipliers = adapter_input_multipliers(layer, linear, p)
+    expect_kept_inputs_rescaled(multipliers, p)
+    expect_a_fresh_mask_for_every_element_and_call(multipliers)
+    expect_a_fraction_p_zeroed(multipliers, p)

@@ -27,13 +27,20 @@ from grader.hf import (
 from grader.oracles import requires
 from grader.probes import (
     DEVICES,
+    DROP_IN,
+    DROP_OUT,
+    DROP_R,
+    DROPOUT,
     describe,
     expect_centred,
+    expect_dropout_like_nn_dropout,
     expect_instance,
+    expect_on_the_base_device,
     expect_on_the_base_device_and_dtype,
     expect_r_alpha_and_scaling,
     expect_value_error,
     factors,
+    made_under_a_foreign_default_device,
     max_difference,
     measured_update,
     output,
@@ -43,7 +50,7 @@ from grader.probes import (
     trainable,
     trained_numbers,
 )
-from grader.test_lora_linear import INVALID_ARGUMENTS, Conv1DLike, adapter_input_multipliers, arguments_id
+from grader.test_lora_linear import INVALID_ARGUMENTS, Conv1DLike, arguments_id
 
 SUBJECT = "LoRAConv1D"  # the definition a failing check points at
 pytestmark = requires("transformers:GPT2LMHeadModel", "transformers.pytorch_utils")
@@ -72,16 +79,6 @@ def conv1d_twin(linear: nn.Linear):
         conv.weight.copy_(weight.T)
         conv.bias.copy_(linear.bias.detach() if linear.bias is not None else torch.zeros_like(conv.bias))
     return conv
-
-
-def on_a_twin(LoRAConv1D):
-    """LoRAConv1D as the lora_linear probes call a layer: given an nn.Linear, it adapts that layer's Conv1D twin.
-    The probes measure against the nn.Linear, which computes what the twin does."""
-
-    def make(base: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> nn.Module:
-        return LoRAConv1D(conv1d_twin(base), r=r, alpha=alpha, dropout=dropout)
-
-    return make
 
 
 def make_layer(LoRAConv1D, dtype=torch.float32, device="cpu", in_features=IN, out_features=OUT, **kwargs):
@@ -140,15 +137,15 @@ def test_computes_with_the_conv1d_it_was_given(LoRAConv1D):
     )
 
 
-def positionally(call: Callable[[], nn.Module], description: str) -> nn.Module:
-    """``call()``, a call passing r, alpha and dropout by position as the stub's signature allows; fails the check
-    with a clear verdict when the signature refuses them (keyword-only parameters, say)."""
+def as_the_stub_allows(call: Callable[[], nn.Module], description: str) -> nn.Module:
+    """``call()``, a call the stub's signature allows (r, alpha and dropout by position, any parameter by its
+    name); fails the check with a clear verdict when the signature refuses it (keyword-only or renamed parameters)."""
     try:
         return call()
     except TypeError as error:
         pytest.fail(
-            f"{description} raised TypeError ({error}): keep the stub's signature, r, alpha and dropout "
-            "may be passed by position",
+            f"{description} raised TypeError ({error}): keep the stub's signature, its parameters' names and order: "
+            "r, alpha and dropout may be passed by position, target_modules by name",
             pytrace=False,
         )
 
@@ -157,7 +154,7 @@ def positionally(call: Callable[[], nn.Module], description: str) -> nn.Module:
 def test_records_r_alpha_and_scaling(LoRAConv1D):
     expect_r_alpha_and_scaling(make_layer(LoRAConv1D)[2], R, ALPHA)
     conv = make_layer(LoRAConv1D)[1]
-    layer = positionally(lambda: LoRAConv1D(conv, R, ALPHA, 0.0), f"LoRAConv1D(conv, {R}, {ALPHA}, 0.0)")
+    layer = as_the_stub_allows(lambda: LoRAConv1D(conv, R, ALPHA, 0.0), f"LoRAConv1D(conv, {R}, {ALPHA}, 0.0)")
     expect_r_alpha_and_scaling(layer, R, ALPHA)
 
 
@@ -194,6 +191,14 @@ def test_lives_on_the_base_device_and_dtype(LoRAConv1D, device, dtype):
     expect_on_the_base_device_and_dtype(layer, conv.weight, IN, OUT, device, dtype)
 
 
+@pytest.mark.points(1)
+def test_factors_follow_the_base_device_not_the_default_one(LoRAConv1D):
+    conv = conv1d_twin(nn.Linear(IN, OUT, dtype=torch.float64))
+    layer = made_under_a_foreign_default_device(lambda: LoRAConv1D(conv, R, ALPHA))
+    if layer is not None:
+        expect_on_the_base_device(trainable(layer), conv.weight.device, "the factors were created")
+
+
 @pytest.mark.points(3)
 @given(
     in_features=st.integers(1, 24),
@@ -226,6 +231,11 @@ def test_B_starts_at_zero_and_A_random(LoRAConv1D):
     assert not (A_size == 0 and B_size > 0), "A is zero and B random at init: swap them, B = zeros and A random"
     assert B_size == 0, f"B is not zero at init (max |B| = {B_size:.3g}): initialise B with zeros"
     assert A_size > 0, "A is zero at init: with A and B both zero no gradient reaches either; make A random"
+    rank = torch.linalg.matrix_rank(found.A.detach().double()).item()
+    assert rank == R, (
+        f"A ({R}, {IN}) has rank {rank} at init, expected r = {R}: are its rows copies of one another? Draw every "
+        "entry (kaiming_uniform_ on the whole (r, in) tensor): rows that start equal get equal updates and stay equal"
+    )
     wide = factors(make_layer(LoRAConv1D, in_features=96, out_features=OUT, r=R)[2], 96, OUT, R)
     expect_centred(wide.A, f"LoRAConv1D on a Conv1D of in=96, out={OUT}, r={R}")
 
@@ -319,25 +329,11 @@ def test_dropout_never_touches_the_base_path(LoRAConv1D):
 
 @pytest.mark.points(2)
 def test_dropout_zeroes_adapter_inputs_in_train_mode_only(LoRAConv1D):
-    p = 0.25
-    multipliers = adapter_input_multipliers(on_a_twin(LoRAConv1D), p)  # fails first if eval mode drops anything
-    kept = multipliers[multipliers.abs() > 1e-6]
-    scale, expected = kept.mean().item(), 1 / (1 - p)
-    assert abs(scale - expected) <= 1e-6 * expected, (
-        f"with dropout={p} the kept adapter inputs are multiplied by {scale:.4g}, expected 1/(1-p) = {expected:.4g}: "
-        "apply nn.Dropout(p) to the adapter's input"
-    )
-    zeroed = (multipliers.abs() <= 1e-6).double().mean().item()
-    assert abs(zeroed - p) <= 0.06, (
-        f"with dropout={p} train mode zeroed {zeroed:.1%} of the adapter inputs, expected {p:.0%}: "
-        "zero each input with probability p, as nn.Dropout(p) does"
-    )
-    dropped = multipliers.abs() <= 1e-6  # (calls, batch, seq, in)
-    copies = [i for i in range(1, dropped.shape[1]) if torch.equal(dropped[:, i], dropped[:, 0])]
-    assert not copies, (
-        f"with dropout={p} batch items {copies} got the very mask of item 0 in every call: draw one mask entry per "
-        "input element, independent across the batch, as nn.Dropout(p) does on x of shape (batch, ..., in)"
-    )
+    twin, _, layer = make_layer(
+        LoRAConv1D, torch.float64, in_features=DROP_IN, out_features=DROP_OUT, r=DROP_R, alpha=2.0 * DROP_R,
+        dropout=DROPOUT,
+    )  # fmt: skip
+    expect_dropout_like_nn_dropout(layer, twin, DROPOUT)
 
 
 @pytest.mark.points(1)
@@ -363,6 +359,23 @@ def test_rejects_a_base_that_is_not_a_transformers_conv1d(LoRAConv1D, make_base)
     base = make_base()
     kind = type(base)
     expect_value_error(lambda: LoRAConv1D(base, r=R), f"LoRAConv1D({kind.__module__}.{kind.__qualname__}(...))")
+
+
+@pytest.mark.points(1)
+def test_accepts_a_subclass_of_transformers_conv1d(LoRAConv1D, Conv1D):
+    base = type("ModelConv1D", (Conv1D,), {"__module__": "a_model"})(OUT, IN)  # a model's own Conv1D
+    try:
+        layer = LoRAConv1D(base, r=R, alpha=ALPHA)
+    except ValueError as error:
+        pytest.fail(
+            f"LoRAConv1D(a subclass of transformers' Conv1D) raised ValueError ({error}): a subclass of Conv1D is a "
+            "Conv1D; test isinstance(base, Conv1D), not type(base) is Conv1D",
+            pytrace=False,
+        )
+    x = torch.randn(3, IN)
+    with torch.no_grad():
+        change = max_difference(output(layer, x), base(x))
+    assert change < 1e-5, f"on a Conv1D subclass the output at init differs from base(x) by {change:.3g}"
 
 
 @pytest.mark.points(1)
@@ -393,6 +406,7 @@ TARGET_CASES = [
     ("1.attn.c_attn",),  # h.1, not h.11
     ("c_fc", "lm_head"),  # a Conv1D and an nn.Linear
     ["transformer.h.11.mlp.c_proj"],  # a whole qualified name
+    ("c_attn", "q_proj"),  # q_proj names nothing in GPT-2: no error, as c_attn matches
 ]
 
 
@@ -403,7 +417,15 @@ def test_adapts_exactly_the_conv1d_and_linear_layers_named(apply_lora_gpt2, LoRA
     model = tiny_gpt2(n_layer=12)
     expected = set(matching(model, targets, Conv1D))
     kinds = {name: type(model.get_submodule(name)) for name in expected}
-    adapted(apply_lora_gpt2(model, targets, r=2, alpha=4.0))
+    call = f"apply_lora_gpt2(model, target_modules={list(targets)}, r=2, alpha=4.0)"
+    try:
+        adapted(as_the_stub_allows(lambda: apply_lora_gpt2(model, target_modules=targets, r=2, alpha=4.0), call))
+    except ValueError as error:
+        pytest.fail(
+            f"{call} raised ValueError ({error}) though {len(expected)} layers match: raise only when nothing "
+            "matches; a target that names no layer is no error while another one does",
+            pytrace=False,
+        )
     found = set(adapters(model, LoRAConv1D, LoRALinear))
     wrong, missed = sorted(found - expected), sorted(expected - found)
     cause = "match a name when it equals a target or ends with '.' + target"
@@ -547,7 +569,7 @@ def test_freezes_everything_but_the_adapters(apply_lora_gpt2, LoRAConv1D, LoRALi
 def test_passes_r_alpha_and_dropout_on(apply_lora_gpt2, LoRAConv1D):
     targets = (*ATTENTION, "lm_head")
     model = adapted(
-        positionally(
+        as_the_stub_allows(
             lambda: apply_lora_gpt2(tiny_gpt2(), targets, 3, 6.0, 0.5),
             f"apply_lora_gpt2(model, {targets}, 3, 6.0, 0.5)",
         )
@@ -797,16 +819,42 @@ def test_merging_twice_changes_nothing(apply_lora_gpt2, merge_gpt2):
 
 @pytest.mark.points(1)
 @pytest.mark.subject("merge_gpt2")
-def test_merging_a_single_layer_returns_the_conv1d(LoRAConv1D, merge_gpt2, Conv1D):
-    _, _, layer = make_layer(LoRAConv1D)
+@pytest.mark.parametrize("kind", ["LoRAConv1D", "LoRALinear"])
+def test_merging_a_single_layer_returns_the_conv1d(LoRAConv1D, LoRALinear, merge_gpt2, Conv1D, kind):
+    twin, _, layer = make_layer(LoRAConv1D)
+    layer = layer if kind == "LoRAConv1D" else LoRALinear(twin, r=R, alpha=ALPHA)
     randomize_factors(layer)
     x = torch.randn(5, IN)
     with torch.no_grad():
         expected = output(layer.eval(), x)
     returned = merge_gpt2(layer)
-    assert type(returned) is Conv1D, f"merge_gpt2(a LoRAConv1D) returned {describe(returned)}, expected a Conv1D"
+    if kind == "LoRAConv1D":
+        assert type(returned) is Conv1D, f"merge_gpt2(a LoRAConv1D) returned {describe(returned)}, expected a Conv1D"
+    else:
+        assert isinstance(returned, nn.Linear) and not isinstance(returned, LoRALinear), (
+            f"merge_gpt2(a LoRALinear) returned {describe(returned)}, expected the merged nn.Linear, as "
+            "merge_weights(a LoRALinear) returns it"
+        )
     error = max_difference(returned(x), expected)
-    assert error < 1e-5, f"the merged Conv1D's outputs differ from the LoRAConv1D's by {error:.3g}"
+    assert error < 1e-5, f"the layer merge_gpt2 returned computes outputs {error:.3g} away from the {kind}'s"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+def test_merges_an_adapter_registered_under_two_names(apply_lora_gpt2, merge_gpt2, LoRAConv1D, LoRALinear):
+    model, ids = adapted_gpt2(apply_lora_gpt2, ("c_attn", "lm_head")), token_ids()
+    blocks = model.transformer.h
+    blocks[1].attn.c_attn = blocks[0].attn.c_attn  # two blocks share one adapter (ALBERT shares whole layers)
+    model.transformer.add_module("output_head", model.lm_head)  # a second handle on the adapted lm_head
+    expected = logits(model, ids)
+    merged(merge_gpt2(model))
+    left = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, (LoRAConv1D, LoRALinear))]
+    assert not left, (
+        f"merge_gpt2 left {len(left)} adapters under a second name, e.g. {left[:2]}: named_modules() lists a module "
+        "registered twice only once; walk named_modules(remove_duplicate=False), as merge_weights does"
+    )
+    error = max_difference(logits(model, ids), expected)
+    assert error < 1e-5, f"the merged model's logits differ from the adapted one's by {error:.3g}"
 
 
 HALF_MERGED = ("transformer.h.0.mlp.c_fc", "lm_head")  # a Conv1D 16 -> 64 and the tied nn.Linear 16 -> 64

@@ -45,8 +45,9 @@ class LoRAConv1D(nn.Module):
         dropout: dropout probability on the adapter branch's input.
 
     Raises:
-        ValueError: ``base`` is not a transformers ``Conv1D`` (an ``nn.Linear`` is not one, nor another
-            library's class of that name), ``r`` is not an int >= 1 (2.0 is not), or ``dropout`` is outside [0, 1).
+        ValueError: ``base`` is not a transformers ``Conv1D`` (a subclass of it is one; an ``nn.Linear`` is
+            not, nor another library's class of that name), ``r`` is not an int >= 1 (2.0 is not), or
+            ``dropout`` is outside [0, 1).
     """
 
     def __init__(self, base: Conv1D, r: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> None:
@@ -104,7 +105,9 @@ def merge_gpt2(model: nn.Module) -> nn.Module:
           ``merge_and_unload`` does), whatever mode it was in when merged. That includes a tied ``lm_head``:
           merging it must not change ``wte`` (peft's ``merge_and_unload`` writes the update into the shared
           weight, so the embeddings change too: do better), so give the merged layer a weight of its own.
+        - An adapter registered under several names (a shared block, an alias) is replaced under each.
         - Merging a model with nothing left to merge changes nothing.
-        - Returns ``model``, or the new ``Conv1D`` when ``model`` is a ``LoRAConv1D`` itself.
+        - Returns ``model``, or the new ``Conv1D`` when ``model`` is a ``LoRAConv1D`` itself (the merged
+          ``nn.Linear`` when it is a ``LoRALinear``, as ``merge_weights`` returns it).
     """
     raise NotImplementedError("kata gpt2_conv1d: write merge_gpt2 (spec in its docstring)")

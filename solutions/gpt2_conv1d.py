@@ -97,16 +97,20 @@ def _inside_an_adapter(model: nn.Module, name: str) -> bool:
 def merge_gpt2(model: nn.Module) -> nn.Module:
     """Replace, in place, every ``LoRAConv1D`` by a ``Conv1D`` holding ``W + dW^T`` and every ``LoRALinear``
     by an ``nn.Linear`` (through ``merge_weights``). A weight shared with another layer (GPT-2's ``lm_head``
-    is tied to ``wte``) is copied first, so merging never changes the layer it is shared with.
+    is tied to ``wte``) is copied first, so merging never changes the layer it is shared with. An adapter registered
+    under several names is replaced under each.
 
-    Returns ``model``, or the new ``Conv1D`` when ``model`` is a ``LoRAConv1D`` itself.
+    Returns ``model``, or the merged layer when ``model`` is a ``LoRAConv1D`` or a ``LoRALinear`` itself.
     """
     if isinstance(model, LoRAConv1D):
         return merged_conv1d(model)
-    for name, module in list(model.named_modules()):
+    merged: dict[int, Conv1D] = {}  # one new layer per adapter, put under every name it is registered by
+    for name, module in list(model.named_modules(remove_duplicate=False)):
         if isinstance(module, LoRAConv1D):
+            if id(module) not in merged:
+                merged[id(module)] = merged_conv1d(module)
             parent_name, _, child_name = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child_name, merged_conv1d(module))
+            setattr(model.get_submodule(parent_name), child_name, merged[id(module)])
     _untie_adapted_weights(model)
     return merge_weights(model)
 

@@ -143,4 +143,24 @@ WRONG_ANSWERS = [
     WrongAnswer("only the Conv1D adapters of a GPT-2 saved", KATA, "    layers = adapters(model)\n",
                 "    layers = adapters(model)\n    layers = {n: m for n, m in layers.items() if isinstance(m, LoRAConv1D)} or layers\n",
                 "test_saved_keys_and_shapes_are_what_peft_writes", "missing ['base_model.model.lm_head.lora_A.weight'"),
+    # Red-team round 3 (w-g): an alpha that is not whole, a str directory, a model off the CPU, the config's keys
+    # required as the spec says, a str target read as peft reads it.
+    WrongAnswer("alpha saved as an int", KATA, '"lora_alpha": alpha,', '"lora_alpha": int(alpha),',
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "lora_alpha is 6 in the config"),
+    WrongAnswer("a str directory not loaded", KATA, "    directory = Path(directory)\n    config = json.loads", "    config = json.loads",
+                "test_save_then_load_is_bit_exact", "raised TypeError"),
+    WrongAnswer("loaded factors left where the file was read", KATA,
+                '            A.copy_(tensors[f"{PREFIX}{name}.lora_A.weight"])\n            B.copy_(tensors[f"{PREFIX}{name}.lora_B.weight"])',
+                '            layer = model.get_submodule(name)\n'
+                '            layer.lora_A = nn.Parameter(tensors[f"{PREFIX}{name}.lora_A.weight"].to(layer.lora_A.dtype))\n'
+                '            layer.lora_B = nn.Parameter(tensors[f"{PREFIX}{name}.lora_B.weight"].to(layer.lora_B.dtype))',
+                "test_loads_the_factors_where_the_layers_are", "on ['cpu']"),
+    WrongAnswer("a missing peft_type taken for LORA", KATA, 'if config.get("peft_type") != "LORA":',
+                'if config.get("peft_type", "LORA") != "LORA":',
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "accepted a file with no peft_type"),
+    WrongAnswer("a str target also matched as a name", KATA, "return re.fullmatch(target_modules, name) is not None",
+                'return re.fullmatch(target_modules, name) is not None or name.endswith("." + target_modules)',
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "accepted a file with a str target"),
+    WrongAnswer("bias left out of the config", KATA, '        "bias": "none",\n', "",
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "the config has no bias key"),
 ]  # fmt: skip

@@ -13,7 +13,7 @@ class LoRAConv1D(nn.Module):
 
     def __init__(self, base, r=8, alpha=16.0, dropout=0.0):
         super().__init__()
-        if type(base).__name__ != "Conv1D" or not isinstance(base, Conv1D):
+        if not isinstance(base, Conv1D):
             raise ValueError("LoRAConv1D wants a transformers Conv1D")
         if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
             raise ValueError("r must be a positive int")
@@ -87,9 +87,12 @@ def _fold(layer):
 def merge_gpt2(model):
     if isinstance(model, LoRAConv1D):
         return _fold(model)
+    folded = {}  # an adapter registered under several names is folded once
     for parent, name, _, child in list(_walk(model)):
         if isinstance(child, LoRAConv1D):
-            parent.register_module(name, _fold(child))
+            if id(child) not in folded:
+                folded[id(child)] = _fold(child)
+            parent.register_module(name, folded[id(child)])
         elif isinstance(child, LoRALinear):
             base = next(m for m in child.modules() if isinstance(m, nn.Linear) and not m.weight.requires_grad)
             base.weight = nn.Parameter(base.weight.detach().clone(), requires_grad=False)  # never share a merge
