@@ -13,10 +13,18 @@ from torch import nn
 from grader.models import GatedLinear
 from grader.probes import (
     DEVICES,
+    DROP_IN,
+    DROP_OUT,
+    DROP_R,
+    DROPOUT,
     FLOAT_DTYPES,
     TRAINING_CASES,
+    adapter_input_multipliers,
+    expect_a_fraction_p_zeroed,
+    expect_a_fresh_mask_for_every_element_and_call,
     expect_base_precision,
     expect_centred,
+    expect_kept_inputs_rescaled,
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
     expect_on_the_base_device_and_dtype,
@@ -552,166 +560,26 @@ def test_dropout_is_off_in_eval_mode(LoRALinear):
     )
 
 
-# The train-mode dropout checks read each adapter input back off the outputs. With r = in < out the
-# eval-mode update dW (out, in) has full column rank, so a train-mode output minus base(x), dW z, gives
-# back the adapter's input z: no factor or scaling is assumed, so a wrong scaling is not blamed on dropout.
-DROPOUT = 0.25  # not 0.5, where 1/p = 1/(1-p) and a drop probability reads the same as a keep probability
-DROP_IN, DROP_OUT, DROP_R = 8, 12, 8
-DROP_SHAPE = (4, 16)  # a (4, 16, in) batch, one train-mode call in each regime below: 2048 mask entries
-# (grad mode, the base's own mode) of each call: the wrapper is in train mode in all, and dropout follows it alone.
-DROP_REGIMES = ((False, True), (True, True), (False, False), (True, False))
-DROP_CALLS = len(DROP_REGIMES)
-DROP_TOLERANCE = 0.06  # on the zeroed fraction: 6 standard deviations over 2048 draws at p = 0.25
-
-
-def regimes(call: int | None = None) -> str:
-    """The regime of train-mode call ``call`` of DROP_REGIMES, or of all of them, in words."""
-    words = [f"grad {'on' if g else 'off'}, base in {'train' if t else 'eval'} mode" for g, t in DROP_REGIMES]
-    return "; ".join(words) if call is None else words[call]
-
-
-def train_mode_change(
-    layer: nn.Module, base: nn.Linear, x: torch.Tensor, grad: bool, base_training: bool, upstream: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``layer(x) - base(x)`` for the layer in train mode, in the given grad mode, its base put in ``base_training``,
-    and with grad on dL/dx for dL/dy = ``upstream``. With grad on, x reaches the layer as an intermediate
-    activation (it has a grad_fn), as inside a model: ``output`` then sees an in-place dropout of it."""
-    layer.train()
-    base.train(base_training)
-    leaf = x.detach().clone().requires_grad_(grad)
-    with torch.set_grad_enabled(grad):
-        y = output(layer, leaf * 1.0 if grad else leaf)
-        if grad:
-            y.backward(upstream)
-    with torch.no_grad():
-        return y.detach() - base(x), leaf.grad
-
-
-def adapter_input_multipliers(LoRALinear, p: float = DROPOUT) -> torch.Tensor:
-    """What train-mode dropout multiplied each adapter input by, over one call in each of DROP_REGIMES on one
-    batch: shape (calls, *DROP_SHAPE, in), 0 where an input was zeroed and 1 / (1 - p) where it was kept, for
-    nn.Dropout. The base is built in eval mode (as a frozen base often is). Fails the check unless every call
-    zeroed some inputs and every input came out zeroed or multiplied by one common factor."""
+def dropout_multipliers(LoRALinear, p: float = DROPOUT) -> torch.Tensor:
+    """probes.adapter_input_multipliers of a LoRALinear made with dropout ``p`` on a float64 base built in eval
+    mode (as a frozen base often is: dropout follows the LoRALinear's own mode)."""
     base = nn.Linear(DROP_IN, DROP_OUT, dtype=torch.float64).eval()
-    layer = LoRALinear(base, r=DROP_R, alpha=2.0 * DROP_R, dropout=p)
-    randomize_factors(layer, std=0.5)
-    update = measured_update(layer, base)
-    repeat = max_difference(update, measured_update(layer, base))
-    assert repeat == 0, (
-        f"in eval mode with dropout={p}, outputs vary by {repeat:.3g} between calls: "
-        "dropout must be off in eval mode (this check reads the update off eval-mode outputs)"
-    )
-    ignored = [i for i in range(DROP_IN) if not update[:, i].any()]
-    assert not ignored, (
-        f"in eval mode (dropout={p}) the output ignores inputs {ignored} of {DROP_IN}: "
-        "eval mode still drops adapter inputs (a mask drawn in __init__?); dropout must be off in eval mode"
-    )
-    rank = torch.linalg.matrix_rank(update).item()
-    assert rank == DROP_IN, (
-        f"with random factors and r = in = {DROP_R}, the update dW has rank {rank}, expected {DROP_IN}: "
-        "dW must be scaling B @ A (see test_update_is_scaling_times_B_at_A)"
-    )
-    x = (1 + torch.rand(*DROP_SHAPE, DROP_IN, dtype=torch.float64)) * torch.randn(*DROP_SHAPE, DROP_IN).sign()
-    with torch.no_grad():
-        nonlinear = max_difference(output(layer.eval(), x), base(x) + x @ update.T)
-    upstream = torch.randn(*DROP_SHAPE, DROP_OUT, dtype=torch.float64)
-    calls = [train_mode_change(layer, base, x, *regime, upstream) for regime in DROP_REGIMES]
-    changes, input_grads = torch.stack([change for change, _ in calls]), [grad for _, grad in calls]
-    size = 1 + changes.abs().max().item()
-    assert nonlinear <= 1e-9 * size, (
-        f"in eval mode the output differs by {nonlinear:.3g} from base(x) + x dW^T, with dW read off one-hot inputs: "
-        "the update must be linear in x (see test_update_is_scaling_times_B_at_A); this check reads masks through it"
-    )
-    assert max_difference(changes, torch.broadcast_to(x @ update.T, changes.shape)) > 1e-9 * size, (
-        f"dropout={p} changed nothing over {DROP_CALLS} train-mode calls ({regimes()}): apply nn.Dropout(p) to the "
-        "adapter's input, on whenever the LoRALinear is in train mode"
-    )
-    idle = [regimes(i) for i in range(DROP_CALLS) if max_difference(changes[i], x @ update.T) <= 1e-9 * size]
-    assert not idle, (
-        f"dropout={p} changed nothing in the train-mode call with {idle[0]}, but did in others: dropout follows "
-        "the LoRALinear's train mode alone (self.training), whatever the grad mode or the base's own mode"
-    )
-    inputs = changes @ torch.linalg.pinv(update).T
-    residual = max_difference(inputs @ update.T, changes)
-    assert residual <= 1e-9 * size, (
-        f"a train-mode output (dropout={p}) minus base(x) is dW applied to no input at all (off by {residual:.3g}): "
-        "drop the adapter's input x, not its output"
-    )
-    multipliers = inputs / x
-    kept = multipliers[multipliers.abs() > 1e-6]
-    assert kept.numel() > 0, f"dropout={p} zeroed every adapter input in train mode: it must drop a fraction p"
-    assert (kept.max() - kept.min()).item() <= 1e-6 * kept.abs().max().item(), (
-        f"a train-mode output (dropout={p}) matches no input-dropout mask: each adapter input must come out zeroed "
-        "or multiplied by one common factor 1/(1-p); is dropout applied to x, before A, and not between A and B?"
-    )
-    for call, measured in enumerate(input_grads):
-        if measured is None:
-            continue
-        expected = upstream @ base.weight.detach() + (upstream @ update) * multipliers[call]
-        error = max_difference(measured, expected)
-        assert error <= 1e-9 * (1 + expected.abs().max().item()), (
-            f"in the train-mode call with {regimes(call)}, dL/dx is off by {error:.3g} from the base's share plus the "
-            "adapter's through the dropout mask: is the adapter fed x.data or x.detach()? use dropout(x), in the graph"
-        )
-    return multipliers
+    return adapter_input_multipliers(LoRALinear(base, r=DROP_R, alpha=2.0 * DROP_R, dropout=p), base, p)
 
 
 @pytest.mark.points(2)
 def test_dropout_zeroes_adapter_inputs_in_train_mode(LoRALinear):
-    p = DROPOUT
-    multipliers = adapter_input_multipliers(LoRALinear, p)
-    kept = multipliers[multipliers.abs() > 1e-6]
-    scale, expected = kept.mean().item(), 1 / (1 - p)
-    causes = {
-        1.0: "the 1/(1-p) rescale of the kept inputs is missing; nn.Dropout does it",
-        1 / p: "that is 1/p: is p taken as the keep probability, nn.Dropout(1 - p)?",
-    }
-    cause = next((text for value, text in causes.items() if math.isclose(scale, value, rel_tol=1e-6)), "")
-    assert math.isclose(scale, expected, rel_tol=1e-6), (
-        f"with dropout={p} the kept adapter inputs are multiplied by {scale:.4g}, expected 1/(1-p) = {expected:.4g}: "
-        + (cause or "scale the kept inputs by 1/(1-p), as nn.Dropout does")
-    )
+    expect_kept_inputs_rescaled(dropout_multipliers(LoRALinear), DROPOUT)
 
 
 @pytest.mark.points(1)
 def test_dropout_zeroes_a_fraction_p_of_the_adapter_inputs(LoRALinear):
-    p = DROPOUT
-    multipliers = adapter_input_multipliers(LoRALinear, p)
-    zeroed = (multipliers.abs() <= 1e-6).double().mean().item()
-    cause = "zero each input independently with probability p, as nn.Dropout(p) does"
-    if abs(zeroed - (1 - p)) <= DROP_TOLERANCE:
-        cause = "p is the probability of zeroing an input, not of keeping it: " + cause
-    assert abs(zeroed - p) <= DROP_TOLERANCE, (
-        f"with dropout={p} train mode zeroed {zeroed:.1%} of {multipliers.numel()} adapter inputs, "
-        f"expected {p:.0%} (within {DROP_TOLERANCE:.0%}): {cause}"
-    )
+    expect_a_fraction_p_zeroed(dropout_multipliers(LoRALinear), DROPOUT)
 
 
 @pytest.mark.points(1)
 def test_dropout_draws_a_fresh_mask_for_every_input_and_call(LoRALinear):
-    kept = adapter_input_multipliers(LoRALinear).abs() > 1e-6  # (calls, *DROP_SHAPE, in)
-    calls = range(DROP_CALLS)
-    repeats = [(first, then) for then in calls for first in range(then) if torch.equal(kept[first], kept[then])]
-    assert not repeats, (
-        f"train-mode calls {repeats[0][0] + 1} and {repeats[0][1] + 1} on the same batch zeroed the very same "
-        "adapter inputs: draw a fresh dropout mask on every call, not once in __init__"
-    )
-    shape = (*DROP_SHAPE, DROP_IN)
-    shared = [f"dim {dim}" for dim in range(len(DROP_SHAPE)) if (kept == kept.narrow(dim + 1, 0, 1)).all()]
-    assert not shared, (
-        f"the rows of a {shape} input share one dropout mask along {' and '.join(shared)}: "
-        "draw a mask shaped like x, one entry per element, as nn.Dropout does"
-    )
-    counts = sorted({int(call.sum()) for call in kept})
-    assert len(counts) > 1, (
-        f"each of {DROP_CALLS} train-mode calls kept exactly {counts[0]} of {kept[0].numel()} adapter inputs: "
-        "nn.Dropout zeroes each input on its own with probability p, so the count varies from call to call; "
-        "do not drop an exact fraction (randperm)"
-    )
-    assert not (kept == kept[..., :1]).all(), (
-        f"dropout zeroes or keeps all {DROP_IN} inputs of a row together: drop each element of x on its own, "
-        "with a mask shaped like x, not like (..., 1)"
-    )
+    expect_a_fresh_mask_for_every_element_and_call(dropout_multipliers(LoRALinear))
 
 
 # Arguments every LoRA layer refuses with a ValueError (gpt2_conv1d's LoRAConv1D adds a rank that is no int).
