@@ -721,3 +721,25 @@ def expect_dropout_like_nn_dropout(layer: nn.Module, linear: nn.Linear, p: float
     expect_kept_inputs_rescaled(multipliers, p)
     expect_a_fresh_mask_for_every_element_and_call(multipliers)
     expect_a_fraction_p_zeroed(multipliers, p)
+
+
+# Arguments every LoRA layer refuses with a ValueError (gpt2_conv1d's LoRAConv1D adds a rank that is no int).
+INVALID_ARGUMENTS = [{"r": 0}, {"r": -2}, {"dropout": 1.0}, {"dropout": -0.1}, {"dropout": 1.5}, {"dropout": math.nan}]
+
+
+def arguments_id(arguments: dict[str, object]) -> str:
+    """A test id for keyword arguments: 'r=0', 'dropout=nan'."""
+    return ",".join(f"{k}={v}" for k, v in arguments.items())
+
+
+class Conv1DLike(nn.Module):
+    """What transformers' Conv1D (GPT-2) is, without importing transformers: a 2-D weight stored (in, out), and
+    no nn.Linear."""
+
+    def __init__(self, in_features: int = 12, out_features: int = 10) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias

@@ -31,6 +31,9 @@ from grader.probes import (
     DROP_OUT,
     DROP_R,
     DROPOUT,
+    INVALID_ARGUMENTS,
+    Conv1DLike,
+    arguments_id,
     describe,
     expect_centred,
     expect_dropout_like_nn_dropout,
@@ -50,7 +53,6 @@ from grader.probes import (
     trainable,
     trained_numbers,
 )
-from grader.test_lora_linear import INVALID_ARGUMENTS, Conv1DLike, arguments_id
 
 SUBJECT = "LoRAConv1D"  # the definition a failing check points at
 pytestmark = requires("transformers:GPT2LMHeadModel", "transformers.pytorch_utils")

@@ -18,8 +18,11 @@ from grader.probes import (
     DROP_R,
     DROPOUT,
     FLOAT_DTYPES,
+    INVALID_ARGUMENTS,
     TRAINING_CASES,
+    Conv1DLike,
     adapter_input_multipliers,
+    arguments_id,
     expect_a_fraction_p_zeroed,
     expect_a_fresh_mask_for_every_element_and_call,
     expect_base_precision,
@@ -582,33 +585,11 @@ def test_dropout_draws_a_fresh_mask_for_every_input_and_call(LoRALinear):
     expect_a_fresh_mask_for_every_element_and_call(dropout_multipliers(LoRALinear))
 
 
-# Arguments every LoRA layer refuses with a ValueError (gpt2_conv1d's LoRAConv1D adds a rank that is no int).
-INVALID_ARGUMENTS = [{"r": 0}, {"r": -2}, {"dropout": 1.0}, {"dropout": -0.1}, {"dropout": 1.5}, {"dropout": math.nan}]
-
-
-def arguments_id(arguments: dict[str, object]) -> str:
-    """A test id for keyword arguments: 'r=0', 'dropout=nan'."""
-    return ",".join(f"{k}={v}" for k, v in arguments.items())
-
-
 @pytest.mark.points(1)
 @pytest.mark.parametrize("arguments", INVALID_ARGUMENTS, ids=arguments_id)
 def test_rejects_invalid_arguments(LoRALinear, arguments):
     call = ", ".join(f"{k}={v}" for k, v in arguments.items())
     expect_value_error(lambda: LoRALinear(nn.Linear(IN, OUT), **arguments), f"LoRALinear(base, {call})")
-
-
-class Conv1DLike(nn.Module):
-    """What transformers' Conv1D (GPT-2) is, without importing transformers: a 2-D weight stored (in, out), and
-    no nn.Linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(IN, OUT))
-        self.bias = nn.Parameter(torch.zeros(OUT))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight + self.bias
 
 
 class DenseLike(nn.Module):
