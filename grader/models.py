@@ -140,8 +140,9 @@ class Nested(nn.Module):
 
 class Tied(nn.Module):
     """One block applied twice (ALBERT's layer sharing: ``layers.0`` and ``layers.1`` are one object, which
-    ``named_modules()`` lists once), an alias of a linear under a second name, and an output layer whose
-    weight is the input layer's (tied embeddings)."""
+    ``named_modules()`` lists once), an alias of a linear under a second name, another under a second name of
+    the same parent (``head`` and ``classifier``, which ``named_children()`` lists once), and an output layer
+    whose weight is the input layer's (tied embeddings)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -151,6 +152,7 @@ class Tied(nn.Module):
         self.unembed = _linear(WIDTH, WIDTH, bias=False)
         self.unembed.weight = self.embed.weight
         self.head = _linear(WIDTH, CLASSES)
+        self.classifier = self.head  # the same layer under a second name of the same parent
         self.alias = shared.v_proj  # the same layer again, under another name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -848,12 +848,14 @@ def test_merges_an_adapter_registered_under_two_names(apply_lora_gpt2, merge_gpt
     blocks = model.transformer.h
     blocks[1].attn.c_attn = blocks[0].attn.c_attn  # two blocks share one adapter (ALBERT shares whole layers)
     model.transformer.add_module("output_head", model.lm_head)  # a second handle on the adapted lm_head
+    blocks[0].attn.add_module("qkv", blocks[0].attn.c_attn)  # and one beside it, in the same parent
     expected = logits(model, ids)
     merged(merge_gpt2(model))
     left = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, (LoRAConv1D, LoRALinear))]
     assert not left, (
-        f"merge_gpt2 left {len(left)} adapters under a second name, e.g. {left[:2]}: named_modules() lists a module "
-        "registered twice only once; walk named_modules(remove_duplicate=False), as merge_weights does"
+        f"merge_gpt2 left {len(left)} adapters under a second name, e.g. {left[:2]}: named_modules() and "
+        "named_children() list a module registered twice only once; walk named_modules(remove_duplicate=False), "
+        "as merge_weights does"
     )
     error = max_difference(logits(model, ids), expected)
     assert error < 1e-5, f"the merged model's logits differ from the adapted one's by {error:.3g}"

@@ -233,8 +233,9 @@ def test_merges_the_model_zoo(LoRALinear, merge_weights, name):
     assert returned is model, f"merge_weights({name} model) returned {describe(returned)}, expected the model itself"
     left = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, LoRALinear)]
     assert not left, (
-        f"merge_weights({name} model) left {len(left)} LoRALinear, e.g. {left[:3]}: replace every one, inside "
-        "ModuleList, ModuleDict and Sequential too, at any depth"
+        f"merge_weights({name} model) left {len(left)} LoRALinear, e.g. {left[:3]}: replace every one under every "
+        "name it is held by (named_modules(remove_duplicate=False); named_modules() and named_children() list a "
+        "module once), inside ModuleList, ModuleDict and Sequential too, at any depth"
     )
     merged = {n: model.get_submodule(n) for n in adapted}  # a subclass of nn.Linear among the bases: out_proj
     other = [f"{n}: {type(layer).__name__}" for n, layer in merged.items() if not isinstance(layer, nn.Linear)]

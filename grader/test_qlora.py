@@ -1112,7 +1112,8 @@ def test_apply_qlora_quantizes_the_model_zoo(apply_qlora, NF4Linear, QLoRALinear
     elif any(len(names_of[key]) > 1 for key in linears):
         cause = (
             "a layer held under several names (a shared block, an alias) is replaced under all of them: "
-            "named_modules() lists it once, named_modules(remove_duplicate=False) under every name; " + cause
+            "named_modules() and named_children() list it once, named_modules(remove_duplicate=False) under every "
+            "name; " + cause
         )
     assert not wrong, f"{call}: {len(wrong)} layers wrong, {wrong[:3]}: {cause}"
     assert not split, (

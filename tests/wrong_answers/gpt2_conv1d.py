@@ -192,4 +192,8 @@ WRONG_ANSWERS = [
                 more_edits=((TARGETS, "targets = (targets,) if isinstance(targets, str) else tuple(targets)"),)),
     WrongAnswer("a Conv1D subclass refused", KATA, "if not isinstance(base, Conv1D):", "if type(base) is not Conv1D:",
                 "test_accepts_a_subclass_of_transformers_conv1d", "not type(base) is Conv1D"),
+    # Round 4 (lead): a walk of named_children() lists an adapter held under two names of one parent once.
+    WrongAnswer("children walked with named_children()", KATA, 'list(model.named_modules(remove_duplicate=False))',
+                '[(f"{p}.{c}".lstrip("."), m) for p, parent in model.named_modules(remove_duplicate=False) for c, m in parent.named_children()]',
+                "test_merges_an_adapter_registered_under_two_names", "remove_duplicate=False"),
 ]  # fmt: skip

@@ -42,7 +42,10 @@ class LoRAConv1D(nn.Module):
 
 
 def _walk(module, prefix=""):
-    for name, child in module.named_children():
+    # _modules, not named_children(): that lists a child held under two names of one parent once.
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
         full = f"{prefix}.{name}" if prefix else name
         yield module, name, full, child
         if not isinstance(child, (LoRAConv1D, LoRALinear)):

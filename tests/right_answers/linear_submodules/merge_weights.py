@@ -19,7 +19,8 @@ def merge_weights(model):
         return _fold(model)
     folded = {}  # an adapter registered under several names is folded once
     for module in list(model.modules()):
-        for name, child in list(module.named_children()):
+        # _modules, not named_children(): that lists a child held under two names of one parent once.
+        for name, child in list(module._modules.items()):
             if isinstance(child, LoRALinear):
                 if id(child) not in folded:
                     folded[id(child)] = _fold(child)

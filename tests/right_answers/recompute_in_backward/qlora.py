@@ -1,7 +1,7 @@
 """QLoRA as the paper runs it: the base's weight is dequantized in forward and again in backward by an
 autograd.Function, so no full-size weight is saved between them; codes kept as bitsandbytes' (n / 2, 1)
 column under other names, the bias as a buffer, peft-style bias-free nn.Linear factors with Gaussian init,
-F.dropout, and apply_qlora recursing through named_children."""
+F.dropout, and apply_qlora recursing through every module's children."""
 
 from __future__ import annotations
 
@@ -79,7 +79,9 @@ def apply_qlora(model, target_modules=("q_proj", "v_proj"), r=8, alpha=16.0, dro
     replaced = {}  # id of an nn.Linear -> its one replacement, met again under another name
 
     def visit(module, prefix):
-        for child_name, child in list(module.named_children()):
+        for child_name, child in list(module._modules.items()):  # named_children() skips a second name
+            if child is None:
+                continue
             name = f"{prefix}{child_name}"
             held = names.get(id(child), [name])
             if any(child is layer for layer in replaced.values()):
