@@ -733,10 +733,17 @@ def test_defaults_are_r_8_alpha_16_and_no_dropout(LoRALinear):
         f"LoRALinear(base) in train mode gives outputs varying by {repeat:.3g} between calls, expected none: "
         "the default dropout is 0.0"
     )
-    for call, make in {"LoRALinear(base, 4)": lambda: LoRALinear(base, 4), "LoRALinear(base, r=32)": lambda: (
-            LoRALinear(base, r=32))}.items():  # fmt: skip
+    calls = {
+        "LoRALinear(base, 4)": (4, lambda: LoRALinear(base, 4)),
+        "LoRALinear(base, r=32)": (32, lambda: LoRALinear(base, r=32)),
+    }
+    for call, (r, make) in calls.items():  # alpha keeps its default 16.0 whatever r is given, by position or name
         layer = make()
-        r = trained_numbers(layer, base) // (IN + OUT)
+        count = trained_numbers(layer, base)
+        assert count == r * (IN + OUT), (
+            f"{call} trains {count} numbers, expected r*(in+out) = {r * (IN + OUT)}: use the r given, by position or "
+            "by name"
+        )
         randomize_factors(layer)
         ratio, proportional = scaling_ratio(layer, base, factors(layer, IN, OUT, r))
         cause = "alpha follows r (alpha = 2r?)" if math.isclose(ratio, 2.0, rel_tol=1e-6) else "check the scaling"
