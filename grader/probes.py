@@ -401,6 +401,12 @@ def strided(shape: tuple[int, ...], contiguous: bool, **placement: object) -> to
     return torch.randn(*shape[:-1], 2 * shape[-1], **placement)[..., ::2]
 
 
+# The grad modes a forward is called in, by their words in a verdict: a training step, torch.no_grad(), and
+# torch.inference_mode() (generation, serving), which a cache or a branch on torch.is_inference_mode_enabled() tells
+# apart from no_grad.
+GRAD_MODES = {"grad on": torch.enable_grad, "grad off": torch.no_grad, "inference mode": torch.inference_mode}
+
+
 # A word of a RuntimeError the forward raises in one regime only, and its likely cause.
 FORWARD_FAILURES = {
     "view": "x may be non-contiguous: use reshape, not view",
@@ -415,24 +421,37 @@ def expect_plain_lora_in_regime(
     scaling: float,
     batch_shape: tuple[int, ...],
     contiguous: bool,
-    grad: bool,
+    grad: str,
     regime: str,
     dropout: float = 0.0,
 ) -> None:
     """Fail the check unless ``layer`` (factors made trained-looking here) computes plain LoRA, and with
-    ``grad`` its gradients, in the regime the caller set up (dtype, mode, call style: described by ``regime``),
-    then again after its base is edited in place, then its factors through .data (nothing may be cached between
-    calls). With ``dropout``, the layer's probability, active in this regime: each row of x holds one nonzero
-    feature, so the mask can be told from the output, each row's adapter share dropped (0) or kept (1 / (1 - p))."""
+    ``grad`` "grad on" its gradients, in the grad mode ``grad`` (of GRAD_MODES) and the regime the caller set up
+    (dtype, mode, call style: described by ``regime``), then again after its base is edited in place, then its
+    factors through .data, then after load_state_dict(..., assign=True) put new Parameters in place of all of its
+    own (as loading onto a model built on the meta device does): nothing may be cached between calls, nor a
+    factor held from construction. With ``dropout``, the layer's probability, active in this regime: each row of x
+    holds one nonzero feature, so the mask can be told from the output, each row's adapter share dropped (0) or kept
+    (1 / (1 - p))."""
     dtype = base.weight.dtype
     tolerance = RELATIVE_TOLERANCE[dtype]
     found = factors(layer, base.in_features, base.out_features, r)
     # Each call after the first edits one thing: a cache keyed on the other (say on the factors' versions, while the
     # base changed) computes with stale values; an edit through .data bumps no version at all.
-    for step in ("", " after its base was edited in place", " after its factors were edited through .data"):
+    steps = ("", " after its base was edited in place", " after its factors were edited through .data",
+             " after load_state_dict(..., assign=True) replaced its Parameters")  # fmt: skip
+    for step in steps:
         with torch.no_grad():
             if "base" in step:
                 base.weight.mul_(-0.5).add_(0.25)
+            elif "assign" in step:
+                factor_storage = {found.stored_A.data_ptr(), found.stored_B.data_ptr()}
+                state = {
+                    name: value.clone().normal_(0.0, 0.5) if value.data_ptr() in factor_storage else value.clone()
+                    for name, value in layer.state_dict().items()
+                }
+                layer.load_state_dict(state, assign=True)
+                found = factors(layer, base.in_features, base.out_features, r)
             else:
                 for tensor in (found.stored_A, found.stored_B):
                     tensor.data.normal_(0.0, 0.5)
@@ -442,10 +461,11 @@ def expect_plain_lora_in_regime(
             rows = torch.arange(x[..., 0].numel()).view(x.shape[:-1])
             told = nn.functional.one_hot(rows % base.in_features, base.in_features).to(dtype)
             x.mul_(told)
-        upstream = torch.randn(*batch_shape, base.out_features, dtype=dtype) if grad else None
+        training_step = grad == "grad on"
+        upstream = torch.randn(*batch_shape, base.out_features, dtype=dtype) if training_step else None
         where = f"{regime}, x {tuple(x.shape)}{'' if contiguous else ' non-contiguous'}{step}"
-        with torch.set_grad_enabled(grad):
-            if grad:
+        with GRAD_MODES[grad]():
+            if training_step:
                 x.requires_grad_()
             try:
                 y = output(layer, x)
@@ -472,9 +492,14 @@ def expect_plain_lora_in_regime(
             f"{where}: the output is off plain LoRA base(x) + scaling (x A^T) B^T by {error:.2g} (relative), "
             f"expected under {tolerance:.0e}"
             + (f" for any dropout mask (p={dropout}), each input zeroed or scaled by 1/(1-p)" if dropout else "")
-            + ": does the forward depend on the mode, the call style, or a value cached from an earlier call?"
+            + (
+                ": does the forward compute with the Parameters it was built with (a tuple or list of them, kept "
+                "at construction)? read them off the module at every call"
+                if "assign" in step
+                else ": does the forward depend on the mode, the call style, or a value cached from an earlier call?"
+            )
         )
-        if not grad:
+        if not training_step:
             continue
         y.backward(upstream)
         for name, measured in zip("ABx", (*found.grads(), x.grad), strict=True):
@@ -517,7 +542,9 @@ def made_under_a_foreign_default_device(make: Callable[[], T], reads_constants: 
             cause = f"the answer raised {type(error).__name__}: it read a tensor it created without device="
         pytest.fail(
             f"with {FOREIGN_DEFAULT} as torch's default device (a CPU base), {cause} ({str(error).splitlines()[0]}): "
-            "create every tensor with device= (and dtype=) of the base or an input, as on a GPU it would be on the CPU",
+            "a tensor made without device= lands on torch's default device, not the base's (under "
+            "torch.set_default_device('cuda') a CUDA one next to a CPU base, which PyTorch refuses even 0-dim); create "
+            "every tensor with device= (and dtype=) of the base or an input",
             pytrace=False,
         )
 
@@ -537,16 +564,19 @@ def expect_on_the_base_device(tensors: list[torch.Tensor], base_device: torch.de
 # assumed, so a wrong scaling is not blamed on dropout.
 DROPOUT = 0.25  # not 0.5, where 1/p = 1/(1-p) and a drop probability reads the same as a keep probability
 DROP_IN, DROP_OUT, DROP_R = 8, 12, 8  # the float64 base and rank a probed layer is built with
-DROP_SHAPE = (4, 16)  # a (4, 16, in) batch, one train-mode call in each regime below: 2048 mask entries
-# (grad mode, the base's own mode) of each call: the wrapper is in train mode in all, and dropout follows it alone.
-DROP_REGIMES = ((False, True), (True, True), (False, False), (True, False))
+DROP_SHAPE = (4, 16)  # a (4, 16, in) batch, one train-mode call in each regime below: 2560 mask entries
+# (grad mode of GRAD_MODES, the base's own mode) of each call: the wrapper is in train mode in all, and dropout
+# follows it alone (torch.inference_mode() is no eval mode).
+DROP_REGIMES = (
+    ("grad off", True), ("grad on", True), ("grad off", False), ("grad on", False), ("inference mode", True)
+)  # fmt: skip
 DROP_CALLS = len(DROP_REGIMES)
-DROP_TOLERANCE = 0.06  # on the zeroed fraction: 6 standard deviations over 2048 draws at p = 0.25
+DROP_TOLERANCE = 0.06  # on the zeroed fraction: 7 standard deviations over 2560 draws at p = 0.25
 
 
 def dropout_regimes(call: int | None = None) -> str:
     """The regime of train-mode call ``call`` of DROP_REGIMES, or of all of them, in words."""
-    words = [f"grad {'on' if g else 'off'}, base in {'train' if t else 'eval'} mode" for g, t in DROP_REGIMES]
+    words = [f"{grad}, base in {'train' if t else 'eval'} mode" for grad, t in DROP_REGIMES]
     return "; ".join(words) if call is None else words[call]
 
 
@@ -562,18 +592,19 @@ def frozen_submodules(layer: nn.Module) -> list[nn.Module]:
 
 
 def _train_mode_change(
-    layer: nn.Module, linear: nn.Linear, x: torch.Tensor, grad: bool, base_training: bool, upstream: torch.Tensor
+    layer: nn.Module, linear: nn.Linear, x: torch.Tensor, grad: str, base_training: bool, upstream: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``layer(x) - linear(x)`` for the layer in train mode, in the given grad mode, its base put in
-    ``base_training``, and with grad on dL/dx for dL/dy = ``upstream``. With grad on, x reaches the layer as an
+    """``layer(x) - linear(x)`` for the layer in train mode, in the grad mode ``grad`` (of GRAD_MODES), its base put
+    in ``base_training``, and with grad on dL/dx for dL/dy = ``upstream``. With grad on, x reaches the layer as an
     intermediate activation (it has a grad_fn), as inside a model: ``output`` then sees an in-place dropout of it."""
     layer.train()
     for module in frozen_submodules(layer):
         module.train(base_training)
-    leaf = x.detach().clone().requires_grad_(grad)
-    with torch.set_grad_enabled(grad):
-        y = output(layer, leaf * 1.0 if grad else leaf)
-        if grad:
+    training_step = grad == "grad on"
+    leaf = x.detach().clone().requires_grad_(training_step)
+    with GRAD_MODES[grad]():
+        y = output(layer, leaf * 1.0 if training_step else leaf)
+        if training_step:
             y.backward(upstream)
     with torch.no_grad():
         return y.detach() - linear(x), leaf.grad

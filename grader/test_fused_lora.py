@@ -18,6 +18,7 @@ from grader.flops import ArithmeticWork
 from grader.probes import (
     DEVICES,
     FLOAT_DTYPES,
+    GRAD_MODES,
     RELATIVE_TOLERANCE,
     TRAINING_CASES,
     describe,
@@ -785,7 +786,7 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
     dtype=st.sampled_from(FLOAT_DTYPES),
     batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
     contiguous=st.booleans(),
-    grad=st.booleans(),
+    grad=st.sampled_from(list(GRAD_MODES)),
     train=st.booleans(),
     bias=st.booleans(),
     linear=st.sampled_from(LINEAR_KINDS),
@@ -797,7 +798,7 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
     dtype=torch.float32,
     batch_shape=(1,),
     contiguous=True,
-    grad=True,
+    grad="grad on",
     train=True,
     bias=True,
     linear=nn.Linear,
@@ -809,7 +810,7 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
     dtype=torch.float16,
     batch_shape=(2, 3, 2),
     contiguous=False,
-    grad=True,
+    grad="grad on",
     train=False,
     bias=False,
     linear=LINEAR_KINDS[1],
@@ -821,7 +822,7 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
     dtype=torch.bfloat16,
     batch_shape=(),
     contiguous=True,
-    grad=True,
+    grad="grad on",
     train=True,
     bias=True,
     linear=nn.Linear,
@@ -845,7 +846,7 @@ def test_the_layer_matches_plain_lora_in_every_regime(
             pytrace=False,
         )
     layer.train(train)
-    regime = f"{call} with r={r}, alpha={alpha}, {dtype}, {'train' if train else 'eval'} mode, grad {grad}"
+    regime = f"{call} with r={r}, alpha={alpha}, {dtype}, {'train' if train else 'eval'} mode, {grad}"
     expect_plain_lora_in_regime(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime)
 
 

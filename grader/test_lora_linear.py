@@ -18,6 +18,7 @@ from grader.probes import (
     DROP_R,
     DROPOUT,
     FLOAT_DTYPES,
+    GRAD_MODES,
     INVALID_ARGUMENTS,
     TRAINING_CASES,
     Conv1DLike,
@@ -55,6 +56,23 @@ SCALING = ALPHA / R
 GAINS = (0.5, 2.0)  # a GatedLinear base whose output is not F.linear(x, weight, bias): skipping base(x) shows
 
 
+def hooked_linear(in_features: int, out_features: int, **placement: object) -> nn.Linear:
+    """An nn.Linear with a forward pre-hook (doubling its input) and a forward hook (adding 1 to its output), as
+    accelerate's offloading hooks or a quantization observer attach them: base(x) runs them, base.forward(x) not."""
+    base = nn.Linear(in_features, out_features, **placement)
+    base.register_forward_pre_hook(lambda module, args: (2 * args[0], *args[1:]))
+    base.register_forward_hook(lambda module, args, result: result + 1)
+    return base
+
+
+# The bases "computes exactly base(x)" is checked on: a subclass with its own forward, and one with hooks.
+BASE_KINDS = {
+    "Linear": lambda i, o, dtype: nn.Linear(i, o, dtype=dtype),
+    "GatedLinear": lambda i, o, dtype: GatedLinear(i, o, GAINS, dtype=dtype),
+    "hooked Linear": lambda i, o, dtype: hooked_linear(i, o, dtype=dtype),
+}
+
+
 def make_layer(LoRALinear, dtype=torch.float32, device="cpu", bias=True, **kwargs):
     base = nn.Linear(IN, OUT, bias=bias, dtype=dtype, device=device)
     return base, LoRALinear(base, **{"r": R, "alpha": ALPHA, **kwargs})
@@ -82,18 +100,21 @@ EDITS = {
 def test_computes_with_the_base_it_was_given(LoRALinear):
     base, layer = make_layer(LoRALinear)
     x = torch.randn(5, IN)
-    for mode in ("train", "eval"):  # eval mode under no_grad after a first call: an inference cache would show
+    # eval mode with grad off, or in inference mode, after a first call: an inference cache would show
+    for mode, grad in [(mode, grad) for mode in ("train", "eval") for grad in ("grad off", "inference mode")]:
         layer.train(mode == "train")
         for edit, apply in EDITS.items():
-            with torch.no_grad():
+            with GRAD_MODES[grad]():
                 output(layer, x)
+            with torch.no_grad():
                 apply(base.weight)
                 apply(base.bias)
+            with GRAD_MODES[grad]():
                 change = max_difference(output(layer, x), base(x))
             assert change < 1e-5, (
-                f"in {mode} mode, after editing the base's weights {edit} following a call, the layer's output "
-                f"differs from base(x) by {change:.3g}: it computes with a copy or a weight cached from an earlier "
-                "call; use the very base passed in, as it is now"
+                f"in {mode} mode, {grad}, after editing the base's weights {edit} following a call, the layer's "
+                f"output differs from base(x) by {change:.3g}: it computes with a copy or a weight cached from an "
+                "earlier call; use the very base passed in, as it is now"
             )
 
 
@@ -135,6 +156,17 @@ def test_trains_exactly_two_low_rank_factors(LoRALinear):
 def test_lives_on_the_base_device_and_dtype(LoRALinear, device, dtype):
     base, layer = make_layer(LoRALinear, dtype=dtype, device=device, dropout=0.25)  # train mode: dropout computes too
     expect_on_the_base_device_and_dtype(layer, base.weight, IN, OUT, device, dtype)
+    # Built on the CPU in float32, then converted as model.to(device, dtype) or model.half() after apply_lora does:
+    # the layer follows its base there too, nothing kept from construction time (a dtype, a device, a tensor).
+    base, layer = make_layer(LoRALinear, dropout=0.25)
+    layer.to(device=device, dtype=dtype)
+    try:
+        expect_on_the_base_device_and_dtype(layer, base.weight, IN, OUT, device, dtype)
+    except AssertionError as error:
+        raise AssertionError(
+            f"after layer.to({device}, {dtype}) of a LoRALinear built on a float32 CPU base: {error}; the output "
+            "must follow the base as it is now (no dtype or device stored at construction)"
+        ) from None
 
 
 @pytest.mark.points(1)
@@ -160,27 +192,28 @@ def test_factors_follow_the_base_device_not_the_default_one(LoRALinear):
     alpha=st.sampled_from([1.0, 8.0, 16.0, 32.0]),
     batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
     dtype=st.sampled_from([torch.float32, torch.float64]),
-    gated=st.booleans(),
+    kind=st.sampled_from(list(BASE_KINDS)),
     contiguous=st.booleans(),
 )
-@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(3,), dtype=torch.float32, gated=False,
+@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(3,), dtype=torch.float32, kind="Linear",
          contiguous=True)  # fmt: skip
-@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(2, 3), dtype=torch.float32, gated=True,
+@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(2, 3), dtype=torch.float32,
+         kind="GatedLinear", contiguous=False)  # fmt: skip
+@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(2, 3), dtype=torch.float32, kind="Linear",
          contiguous=False)  # fmt: skip
-@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(2, 3), dtype=torch.float32, gated=False,
-         contiguous=False)  # fmt: skip
+@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(3,), dtype=torch.float32,
+         kind="hooked Linear", contiguous=True)  # fmt: skip
 def test_output_equals_the_base_at_init(
-    LoRALinear, in_features, out_features, r, alpha, batch_shape, dtype, gated, contiguous
+    LoRALinear, in_features, out_features, r, alpha, batch_shape, dtype, kind, contiguous
 ):  # fmt: skip
-    sizes = (in_features, out_features)
-    base = GatedLinear(*sizes, GAINS, dtype=dtype) if gated else nn.Linear(*sizes, dtype=dtype)
+    base = BASE_KINDS[kind](in_features, out_features, dtype)
     layer = LoRALinear(base, r=r, alpha=alpha)
     expect_base_precision(layer, base)
     x = strided((*batch_shape, in_features), contiguous, dtype=dtype)
-    for grad in (False, True):  # "exactly base(x)": bit for bit, whether a training step or inference calls it
-        with torch.set_grad_enabled(grad):
+    for grad in GRAD_MODES:  # "exactly base(x)": bit for bit, whether a training step or inference calls it
+        with GRAD_MODES[grad]():
             expected, measured = base(x), output(layer, x)
-        where = f"with grad {'on' if grad else 'off'}, a {type(base).__name__} base and x {tuple(x.shape)}"
+        where = f"with {grad}, a {kind} base and x {tuple(x.shape)}"
         assert measured.shape == expected.shape, (
             f"{where}: output shape {tuple(measured.shape)}, expected {tuple(expected.shape)}"
         )
@@ -188,9 +221,13 @@ def test_output_equals_the_base_at_init(
             continue
         change = max_difference(measured, expected)
         with torch.no_grad():
-            skipped = gated and torch.equal(measured, nn.functional.linear(x, base.weight, base.bias))
+            unhooked = base.forward(x)  # base(x) without the base's hooks, which a GatedLinear has not
+            skipped = kind == "GatedLinear" and torch.equal(measured, nn.functional.linear(x, base.weight, base.bias))
         if skipped:
             cause = "it computes F.linear(x, base.weight, base.bias), skipping the subclass's own forward: call base(x)"
+        elif kind == "hooked Linear" and torch.equal(measured, unhooked):
+            cause = ("it computes base.forward(x) (or F.linear), skipping the base's forward hooks and pre-hooks "
+                     "(accelerate's offloading runs there): call base(x)")  # fmt: skip
         elif change <= 10 * torch.finfo(dtype).eps * (1 + expected.abs().max().item()):
             cause = ("a rounding apart: base(x) is computed another way (a merged or fused weight?); add the adapter's "
                      "share to base(x) itself")  # fmt: skip
@@ -228,7 +265,7 @@ CALL_STYLES = {
     dtype=st.sampled_from(FLOAT_DTYPES),
     batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
     contiguous=st.booleans(),
-    grad=st.booleans(),
+    grad=st.sampled_from(list(GRAD_MODES)),
     mode=st.sampled_from(["train", "eval", "eval-with-dropout", "train-with-dropout"]),
     bias=st.booleans(),
 )
@@ -242,7 +279,7 @@ CALL_STYLES = {
     dtype=torch.float32,
     batch_shape=(1,),
     contiguous=True,
-    grad=True,
+    grad="grad on",
     mode="train",
     bias=True,
 )
@@ -256,7 +293,7 @@ CALL_STYLES = {
     dtype=torch.float16,
     batch_shape=(2, 1, 3),
     contiguous=False,
-    grad=True,
+    grad="grad on",
     mode="eval-with-dropout",
     bias=True,
 )
@@ -270,7 +307,7 @@ CALL_STYLES = {
     dtype=torch.bfloat16,
     batch_shape=(),
     contiguous=True,
-    grad=True,
+    grad="grad on",
     mode="train",
     bias=False,
 )
@@ -284,7 +321,7 @@ CALL_STYLES = {
     dtype=torch.float32,
     batch_shape=(130,),
     contiguous=False,
-    grad=True,
+    grad="grad on",
     mode="eval",
     bias=True,
 )
@@ -298,7 +335,7 @@ CALL_STYLES = {
     dtype=torch.float64,
     batch_shape=(2, 3),
     contiguous=True,
-    grad=False,
+    grad="grad off",
     mode="train",
     bias=True,
 )
@@ -312,7 +349,7 @@ CALL_STYLES = {
     dtype=torch.float32,
     batch_shape=(3,),
     contiguous=True,
-    grad=False,
+    grad="grad off",
     mode="eval",
     bias=True,
 )
@@ -326,7 +363,7 @@ CALL_STYLES = {
     dtype=torch.float16,
     batch_shape=(2, 3),
     contiguous=False,
-    grad=True,
+    grad="grad on",
     mode="train-with-dropout",
     bias=True,
 )
@@ -340,9 +377,23 @@ CALL_STYLES = {
     dtype=torch.bfloat16,
     batch_shape=(3, 2, 2),
     contiguous=False,
-    grad=False,
+    grad="grad off",
     mode="train-with-dropout",
     bias=False,
+)
+@example(
+    in_features=IN,
+    out_features=OUT,
+    wide=False,
+    r=R,
+    alpha=ALPHA,
+    call="LoRALinear(base, r, alpha=alpha, dropout=p)",
+    dtype=torch.float32,
+    batch_shape=(2, 3),
+    contiguous=True,
+    grad="inference mode",
+    mode="eval",
+    bias=True,
 )
 def test_matches_plain_lora_in_every_regime(
     LoRALinear, in_features, out_features, wide, r, alpha, call, dtype, batch_shape, contiguous, grad, mode, bias
@@ -360,9 +411,7 @@ def test_matches_plain_lora_in_every_regime(
             pytrace=False,
         )
     layer.train(mode.startswith("train"))
-    regime = (
-        f"{call} with r={r}, alpha={alpha}, dropout={dropout}, {dtype}, {mode} mode, grad {'on' if grad else 'off'}"
-    )
+    regime = f"{call} with r={r}, alpha={alpha}, dropout={dropout}, {dtype}, {mode} mode, {grad}"
     active = dropout if layer.training else 0.0
     expect_plain_lora_in_regime(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime, active)
 
@@ -684,3 +733,22 @@ def test_defaults_are_r_8_alpha_16_and_no_dropout(LoRALinear):
         f"LoRALinear(base) in train mode gives outputs varying by {repeat:.3g} between calls, expected none: "
         "the default dropout is 0.0"
     )
+    calls = {
+        "LoRALinear(base, 4)": (4, lambda: LoRALinear(base, 4)),
+        "LoRALinear(base, r=32)": (32, lambda: LoRALinear(base, r=32)),
+    }
+    for call, (r, make) in calls.items():  # alpha keeps its default 16.0 whatever r is given, by position or name
+        layer = make()
+        count = trained_numbers(layer, base)
+        assert count == r * (IN + OUT), (
+            f"{call} trains {count} numbers, expected r*(in+out) = {r * (IN + OUT)}: use the r given, by position or "
+            "by name"
+        )
+        randomize_factors(layer)
+        ratio, proportional = scaling_ratio(layer, base, factors(layer, IN, OUT, r))
+        cause = "alpha follows r (alpha = 2r?)" if math.isclose(ratio, 2.0, rel_tol=1e-6) else "check the scaling"
+        assert proportional and math.isclose(ratio, 16.0 / r, rel_tol=1e-6), (
+            f"{call} adds "
+            + (f"{ratio:.4g} x B @ A" if proportional else "an update not proportional to B @ A")
+            + f", expected alpha / r = 16 / {r} = {16.0 / r:g} x: the default alpha is 16.0 whatever r: {cause}"
+        )

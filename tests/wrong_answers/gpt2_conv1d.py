@@ -196,4 +196,8 @@ WRONG_ANSWERS = [
     WrongAnswer("children walked with named_children()", KATA, 'list(model.named_modules(remove_duplicate=False))',
                 '[(f"{p}.{c}".lstrip("."), m) for p, parent in model.named_modules(remove_duplicate=False) for c, m in parent.named_children()]',
                 "test_merges_an_adapter_registered_under_two_names", "remove_duplicate=False"),
+    # Round 4 (w-l): the shared dropout probe calls in inference mode too (torch.inference_mode() is no eval mode).
+    WrongAnswer("dropout off under inference_mode", KATA, "down = F.linear(self.dropout(x), self.lora_A)",
+                "down = F.linear(F.dropout(x, self.dropout.p, self.training and not torch.is_inference_mode_enabled()), self.lora_A)",
+                "test_dropout_zeroes_adapter_inputs_in_train_mode_only", "inference mode, base in train mode"),
 ]  # fmt: skip

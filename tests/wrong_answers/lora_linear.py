@@ -169,7 +169,7 @@ WRONG_ANSWERS = [
                 "test_dropout_zeroes_adapter_inputs_in_train_mode", "whatever the grad mode"),
     WrongAnswer("dropout chosen by the base's mode at construction", KATA, DROPOUT,
                 "self.dropout = nn.Dropout(dropout) if base.training else nn.Identity()",
-                "test_dropout_zeroes_adapter_inputs_in_train_mode", "changed nothing over 4 train-mode calls"),
+                "test_dropout_zeroes_adapter_inputs_in_train_mode", "changed nothing over 5 train-mode calls"),
     WrongAnswer("dropout following the base's mode", KATA, DOWN,
                 DOWN.replace("self.dropout(x)", f"F.dropout(x, {P}, self.base.training)"),
                 "test_dropout_zeroes_a_fraction_p_of_the_adapter_inputs", "base in eval mode"),
@@ -249,4 +249,32 @@ WRONG_ANSWERS = [
                 "if not isinstance(base, nn.Linear):",
                 'if not (hasattr(base, "in_features") and hasattr(base, "out_features")):',
                 "test_rejects_a_base_that_is_not_linear", "LoRALinear(DenseLike(...)) raised nothing"),
+    # Red-team round 4: a layer converted after construction (model.half()), inference mode as a grad regime, factor
+    # Parameters replaced (load_state_dict(assign=True)), the base's hooks, alpha's default, a 0-dim default-device zero.
+    WrongAnswer("output cast to the dtype cached at construction", KATA, "self.scaling = alpha / r",
+                "self.scaling = alpha / r; self.dtype = base.weight.dtype",
+                "test_lives_on_the_base_device_and_dtype", "after layer.to(",
+                more_edits=((RESULT, "return (self.base(x) + F.linear(down, self.lora_B)).to(self.dtype)"),)),
+    WrongAnswer("update cached under inference_mode in eval mode", KATA, RESULT,
+                "if torch.is_inference_mode_enabled() and not self.training:\n"
+                "            if getattr(self, 'delta', None) is None:\n"
+                "                self.delta = self.scaling * self.lora_B @ self.lora_A\n"
+                "            return self.base(x) + F.linear(x, self.delta)\n        self.delta = None\n        " + RESULT,
+                "test_matches_plain_lora_in_every_regime", "inference mode"),
+    WrongAnswer("dropout off under inference_mode", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", f"F.dropout(x, {P}, self.training and not torch.is_inference_mode_enabled())"),
+                "test_dropout_zeroes_adapter_inputs_in_train_mode", "inference mode, base in train mode"),
+    WrongAnswer("factors held in a tuple made at init", KATA, A_INIT, A_INIT + "; self.pair = (self.lora_A, self.lora_B)",
+                "test_matches_plain_lora_in_every_regime", "the Parameters it was built with",
+                more_edits=((DOWN, "A, B = self.pair\n        " + DOWN.replace("self.lora_A", "A")),
+                            (RESULT, RESULT.replace("self.lora_B", "B")))),
+    WrongAnswer("base.forward(x) instead of base(x)", KATA, RESULT, RESULT.replace("self.base(x)", "self.base.forward(x)"),
+                "test_output_equals_the_base_at_init", "skipping the base's forward hooks"),
+    WrongAnswer("alpha defaulting to 2r", KATA, "alpha: float = 16.0", "alpha: float | None = None",
+                "test_defaults_are_r_8_alpha_16_and_no_dropout", "whatever r",
+                more_edits=(("self.alpha = alpha", "self.alpha = alpha = 2.0 * r if alpha is None else alpha"),)),
+    WrongAnswer("dropout by torch.where with a 0-dim zero on the default device", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", f"(torch.where(torch.rand_like(x) >= {P}, x / (1 - {P}), "
+                                                "torch.zeros((), dtype=x.dtype)) if self.training else x)"),
+                "test_factors_follow_the_base_device_not_the_default_one", "lands on torch's default device"),
 ]  # fmt: skip
