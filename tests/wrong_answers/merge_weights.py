@@ -104,4 +104,18 @@ WRONG_ANSWERS = [
     WrongAnswer("children walked with named_children()", KATA, 'list(model.named_modules(remove_duplicate=False))',
                 '[(f"{p}.{c}".lstrip("."), m) for p, parent in model.named_modules(remove_duplicate=False) for c, m in parent.named_children()]',
                 "test_merges_the_model_zoo", "remove_duplicate=False"),
+    # Red-team round 4: merged under inference_mode, the precision read off the model's first parameter, the base
+    # reused while a name outside the adapter still holds it.
+    WrongAnswer("merged under torch.inference_mode()", KATA, "@torch.no_grad()\n", "@torch.inference_mode()\n",
+                "test_replaces_every_adapter_by_a_plain_linear", "inference_mode"),
+    WrongAnswer("summed in float32 only when the model's first parameter is half precision", KATA, ACCUMULATE,
+                "accumulate = torch.float32 if FIRST in (torch.float16, torch.bfloat16) else weight.dtype",
+                "test_half_precision_merges_in_float32_and_rounds_once", "whatever the model's first parameter",
+                more_edits=(("    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n",
+                             "    global FIRST\n    FIRST = next(model.parameters()).dtype\n"
+                             "    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n"),
+                            ("@torch.no_grad()\n", "FIRST = None\n\n\n@torch.no_grad()\n"))),
+    WrongAnswer("the base reused while held outside its adapter", KATA, NEW_LAYER,
+                "base.weight = " + SUM + "\n    return base",
+                "test_merges_the_model_zoo", "held outside"),
 ]  # fmt: skip
