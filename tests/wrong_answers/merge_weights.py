@@ -67,7 +67,7 @@ WRONG_ANSWERS = [
                 "weight.copy_((weight.to(accumulate) + update).to(weight.dtype))\n    return base",
                 "test_merges_the_model_zoo", "change no weight another layer shares"),
     WrongAnswer("an alias left unmerged", KATA, "named_modules(remove_duplicate=False)", "named_modules()",
-                "test_merges_the_model_zoo", "left 1 LoRALinear"),
+                "test_merges_the_model_zoo", "under every name it is held by"),
     WrongAnswer("float64 summed in float32", KATA, ACCUMULATE, "accumulate = torch.float32",
                 "test_merged_weight_is_W_plus_the_update", "summed in float32?"),
     WrongAnswer("half-precision update rounded before the sum", KATA, UPDATE,
