@@ -195,7 +195,10 @@ def plant_factor_names(model: nn.Module, LoRALinear: type) -> list[str]:
 @pytest.mark.points(3)
 def test_freezes_everything_but_the_adapters(apply_lora, LoRALinear):
     model = ToyTransformer()
-    planted = plant_factor_names(model, LoRALinear)
+    try:
+        planted = plant_factor_names(model, LoRALinear)
+    except NotImplementedError:  # LoRALinear not written yet: apply_lora's own stub, or LoRALinear's, says so below
+        planted = []
     adapted(apply_lora(model, DEFAULT_TARGETS, r=2, alpha=4.0))
     inside = {id(p) for layer in adapters(model, LoRALinear).values() for p in trainable(layer)}
     loose = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
