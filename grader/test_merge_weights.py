@@ -105,9 +105,9 @@ def test_merged_weight_is_W_plus_the_update(
     randomize_factors(layer, std=0.3)
     weight, update = base.weight.detach().clone(), measured_update(layer, base)
     expected_bias = None if base.bias is None else base.bias.detach().clone()
-    model = nn.Sequential(layer)
+    model = nn.Sequential(nn.LayerNorm(2, dtype=torch.bfloat16), layer)  # a half-precision first parameter
     returned_model(merge_weights(model))
-    new = model[0]
+    new = model[1]
     assert type(new) is nn.Linear, f"merged layer is a {type(new).__name__}, expected a plain nn.Linear"
     declared = (new.in_features, new.out_features)
     assert declared == (in_features, out_features), (
@@ -122,7 +122,8 @@ def test_merged_weight_is_W_plus_the_update(
     tolerance = FLOAT64_TOLERANCE * (1 + weight.abs().max().item() + update.abs().max().item())
     assert dtype != torch.float64 or error <= tolerance, (
         f"the merged {dtype} weight differs from W + scaling B @ A by {error:.3g}, expected under {tolerance:.1g}: "
-        "summed in float32? Only fp16/bf16 weights are summed in float32; add in the base's dtype otherwise"
+        "summed in float32? Only fp16/bf16 weights are summed in float32 (each layer's own dtype decides, not the "
+        "model's first parameter, bfloat16 here); add in the base's dtype otherwise"
     )
     if expected_bias is None:
         assert new.bias is None, "the base had no bias but the merged layer has one: keep bias=None"

@@ -12,6 +12,12 @@ NEW_LAYER = (
     'merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device="meta")\n'
     "    merged.weight = " + SUM + "\n    if base.bias is not None:\n        merged.bias = base.bias\n    return merged"
 )
+FIRST_PARAMETER_EDITS = (  # merge_weights notes the dtype of the model's first parameter in FIRST
+    ("    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n",
+     "    global FIRST\n    FIRST = next(model.parameters()).dtype\n"
+     "    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n"),
+    ("@torch.no_grad()\n", "FIRST = None\n\n\n@torch.no_grad()\n"),
+)  # fmt: skip
 
 WRONG_ANSWERS = [
     WrongAnswer("transposed update", KATA, UPDATE, UPDATE.replace(" * layer.scaling", ".T * layer.scaling"),
@@ -111,10 +117,11 @@ WRONG_ANSWERS = [
     WrongAnswer("summed in float32 only when the model's first parameter is half precision", KATA, ACCUMULATE,
                 "accumulate = torch.float32 if FIRST in (torch.float16, torch.bfloat16) else weight.dtype",
                 "test_half_precision_merges_in_float32_and_rounds_once", "whatever the model's first parameter",
-                more_edits=(("    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n",
-                             "    global FIRST\n    FIRST = next(model.parameters()).dtype\n"
-                             "    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n"),
-                            ("@torch.no_grad()\n", "FIRST = None\n\n\n@torch.no_grad()\n"))),
+                more_edits=FIRST_PARAMETER_EDITS),
+    WrongAnswer("float64 summed in float32 when the model's first parameter is half precision", KATA, ACCUMULATE,
+                "accumulate = torch.float32 if FIRST in (torch.float16, torch.bfloat16) else weight.dtype",
+                "test_merged_weight_is_W_plus_the_update", "not the model's first parameter",
+                more_edits=FIRST_PARAMETER_EDITS),
     WrongAnswer("the base reused while held outside its adapter", KATA, NEW_LAYER,
                 "base.weight = " + SUM + "\n    return base",
                 "test_merges_the_model_zoo", "held outside"),
