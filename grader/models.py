@@ -208,7 +208,30 @@ class Reused(nn.Module):
         return self.head(x)
 
 
-MODEL_ZOO = {"nested": Nested, "tied": Tied, "look-alikes": LookAlikes, "reused": Reused}
+class GatedProjection(nn.Linear):
+    """An nn.Linear subclass holding a layer of its own, a gate (``nn.Linear`` too), as GLU-style projections do."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        self.gate = _linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * torch.sigmoid(self.gate(x))
+
+
+class Gated(nn.Module):
+    """A targeted layer with a linear inside it (``up_proj.gate``): once ``up_proj`` is adapted, its gate lies inside
+    the adapter, and a later call targeting ``gate`` must leave it alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up_proj, self.down_proj = GatedProjection(WIDTH, HIDDEN), _linear(HIDDEN, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(torch.tanh(self.up_proj(x)))
+
+
+MODEL_ZOO = {"nested": Nested, "tied": Tied, "look-alikes": LookAlikes, "reused": Reused, "gated": Gated}
 
 
 def zoo_inputs(batch: int = 3, **placement: object) -> torch.Tensor:

@@ -50,6 +50,26 @@ def returned_linear(returned: object) -> nn.Linear:
     return expect_instance(returned, nn.Linear, "merge_weights(a LoRALinear)", "the new nn.Linear")
 
 
+def expect_usable_with_autograd(model: nn.Module, x: torch.Tensor, call: str) -> None:
+    """Fail unless the merged ``model`` holds no inference tensor and backpropagates to an input that requires grad."""
+    made = [name for name, tensor in model.state_dict(keep_vars=True).items() if tensor.is_inference()]
+    assert not made, (
+        f"{call}: {made[:2]} are inference tensors (made under torch.inference_mode()), which autograd refuses: "
+        "the merged model fails with an input that requires grad, and load_state_dict into it raises: merge under "
+        "torch.no_grad()"
+    )
+    x = x.detach().requires_grad_()
+    try:
+        model.eval()(x).sum().backward()
+    except RuntimeError as error:
+        pytest.fail(
+            f"{call}: a backward pass from the merged model in eval mode to its input raised {error}: the merged "
+            "layers must work under autograd (merge under torch.no_grad(), not torch.inference_mode())",
+            pytrace=False,
+        )
+    assert x.grad is not None, f"{call}: no gradient reached the input through the merged model"
+
+
 def eval_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
@@ -85,9 +105,9 @@ def test_merged_weight_is_W_plus_the_update(
     randomize_factors(layer, std=0.3)
     weight, update = base.weight.detach().clone(), measured_update(layer, base)
     expected_bias = None if base.bias is None else base.bias.detach().clone()
-    model = nn.Sequential(layer)
+    model = nn.Sequential(nn.LayerNorm(2, dtype=torch.bfloat16), layer)  # a half-precision first parameter
     returned_model(merge_weights(model))
-    new = model[0]
+    new = model[1]
     assert type(new) is nn.Linear, f"merged layer is a {type(new).__name__}, expected a plain nn.Linear"
     declared = (new.in_features, new.out_features)
     assert declared == (in_features, out_features), (
@@ -102,7 +122,8 @@ def test_merged_weight_is_W_plus_the_update(
     tolerance = FLOAT64_TOLERANCE * (1 + weight.abs().max().item() + update.abs().max().item())
     assert dtype != torch.float64 or error <= tolerance, (
         f"the merged {dtype} weight differs from W + scaling B @ A by {error:.3g}, expected under {tolerance:.1g}: "
-        "summed in float32? Only fp16/bf16 weights are summed in float32; add in the base's dtype otherwise"
+        "summed in float32? Only fp16/bf16 weights are summed in float32 (each layer's own dtype decides, not the "
+        "model's first parameter, bfloat16 here); add in the base's dtype otherwise"
     )
     if expected_bias is None:
         assert new.bias is None, "the base had no bias but the merged layer has one: keep bias=None"
@@ -130,6 +151,7 @@ def test_replaces_every_adapter_by_a_plain_linear(LoRALinear, merge_weights):
             f"{name}.weight is {describe(weight)}, not an nn.Parameter, so model.parameters() and state_dict() "
             "miss it: store it as nn.Parameter(merged, requires_grad=False)"
         )
+    expect_usable_with_autograd(model, inputs(), "merge_weights(model)")
 
 
 @pytest.mark.points(1)
@@ -166,9 +188,10 @@ def test_merging_twice_changes_nothing(LoRALinear, merge_weights):
 
 
 @pytest.mark.points(1)
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "after-a-float32-layernorm"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("device", DEVICES)
-def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weights, device, dtype):
+def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weights, device, dtype, alone):
     r, alpha = 8, 20.0  # scaling 2.5, not a power of two: scaling a half-precision factor first rounds it
     base = nn.Linear(64, 48, device=device, dtype=dtype)
     layer = LoRALinear(base, r=r, alpha=alpha)
@@ -177,15 +200,25 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
     exact = base.weight.double() + alpha / r * found.B.double() @ found.A.double()
     x = torch.randn(5, 64, device=device, dtype=dtype)
     expected = eval_outputs(layer, x)
-    merged = returned_linear(merge_weights(layer))
+    if alone:
+        merged, where = returned_linear(merge_weights(layer)), ""
+    else:  # the model's first parameter is float32, its adapted layer half precision: the layer's dtype decides
+        model = nn.Sequential(nn.LayerNorm(64, device=device), layer)
+        returned_model(merge_weights(model))
+        merged, where = expect_instance(model[1], nn.Linear, "the merged model[1]", "an nn.Linear"), " of model[1]"
     assert merged.weight.dtype == dtype and merged.weight.device.type == device, (
         f"merged weight is {merged.weight.dtype} on {merged.weight.device}, expected {dtype} on {device}"
     )
     rounded_once = exact.to(dtype)
     off = (merged.weight != rounded_once).float().mean().item()
     assert off < 0.01, (
-        f"{off:.0%} of the merged {dtype} weights differ from W + dW computed exactly and rounded once: "
+        f"{off:.0%} of the merged {dtype} weights{where} differ from W + dW computed exactly and rounded once: "
         "upcast W, A and B to float32, scale and add there, then cast back once"
+        + (
+            ""
+            if alone
+            else " (after a float32 LayerNorm: each layer's own dtype decides, whatever the model's first parameter)"
+        )
     )
     bias = merged.bias
     assert bias is not None and (bias.dtype, bias.device) == (dtype, base.weight.device), (
@@ -201,30 +234,34 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
     )
 
 
-ZOO_TARGETS = {  # what the grader adapts in each zoo model before merging
-    "nested": ("q_proj", "v_proj", "mlp.2", "out.0", "out_proj"),  # depth 4, a Sequential index, no bias, a subclass
-    "tied": ("q_proj", "v_proj", "head", "embed"),  # in the block used twice (and its alias); embed shares its weight
-    "look-alikes": ("proj", "fc1", "o", "v_proj"),
+ZOO_CASES = {  # id: the zoo model, the part of it the grader adapts before merging (the model: ""), the targets
+    "nested": ("nested", "", ("q_proj", "v_proj", "mlp.2", "out.0", "out_proj")),  # depth 4, no bias, a subclass
+    "tied": ("tied", "", ("q_proj", "v_proj", "head", "embed")),  # a block used twice, an alias; a tied embed
+    "look-alikes": ("look-alikes", "", ("proj", "fc1", "o", "v_proj")),
+    "reused-block-only": ("reused", "block", ("q_proj",)),  # the base of block.q_proj is enc.0 too
 }
 
 
-def adapted_zoo_model(LoRALinear, name: str, **placement) -> nn.Module:
-    """A zoo model whose targeted layers the grader wrapped, under every name each is registered by (aliases too)."""
+def adapted_zoo_model(LoRALinear, case: str, **placement) -> nn.Module:
+    """A zoo model whose targeted layers (in its part) the grader wrapped, under every name each is registered by
+    in that part (aliases too)."""
+    name, part_name, targets = ZOO_CASES[case]
     torch.manual_seed(0)
     model = MODEL_ZOO[name]().to(**placement)
-    for target in matching_linears(model, ZOO_TARGETS[name]):
-        original = model.get_submodule(target)
-        registered = [alias for alias, module in model.named_modules(remove_duplicate=False) if module is original]
+    part = model.get_submodule(part_name)
+    for target in matching_linears(part, targets):
+        original = part.get_submodule(target)
+        registered = [alias for alias, module in part.named_modules(remove_duplicate=False) if module is original]
         layer = LoRALinear(original, r=2, alpha=4.0)
         randomize_factors(layer, std=0.3)
         for alias in registered:
             parent, _, child = alias.rpartition(".")
-            setattr(model.get_submodule(parent), child, layer)
+            setattr(part.get_submodule(parent), child, layer)
     return model
 
 
 @pytest.mark.points(1)
-@pytest.mark.parametrize("name", ZOO_TARGETS)
+@pytest.mark.parametrize("name", ZOO_CASES)
 def test_merges_the_model_zoo(LoRALinear, merge_weights, name):
     model, x = adapted_zoo_model(LoRALinear, name), zoo_inputs()
     expected = eval_outputs(model, x)
@@ -243,10 +280,15 @@ def test_merges_the_model_zoo(LoRALinear, merge_weights, name):
         f"merge_weights({name} model) put what is no nn.Linear where adapters were ({other[:2]}), expected an "
         "nn.Linear: the base layer itself, its weight replaced by W + dW, or a new nn.Linear"
     )
+    bases = {id(m) for n, m in model.named_modules(remove_duplicate=False) if n not in merged} & {
+        id(layer) for layer in merged.values()
+    }  # merged layers that are also registered where no adapter was: the bases reused
     error = max_difference(eval_outputs(model, x), expected)
-    assert error < 1e-5, (
-        f"the merged {name} model's outputs differ from the adapted one's by {error:.3g}: fold each update into its "
-        "own layer, and change no weight another layer shares"
+    assert error < 1e-5, f"the merged {name} model's outputs differ from the adapted one's by {error:.3g}: " + (
+        "a merged layer is also registered where no adapter was (a base held outside its adapter, computing W there "
+        "before): reuse the base as the merged layer only when nothing else holds it, else build a new nn.Linear"
+        if bases
+        else "fold each update into its own layer, and change no weight another layer shares"
     )
 
 

@@ -24,20 +24,22 @@ def apply_lora(
     Spec:
         - A module is targeted when it is an ``nn.Linear`` (a subclass is one too) and its qualified
           name (as in ``model.named_modules()``) equals a target or ends with ``"." + target``, compared
-          as strings: ``"fc1"`` never matches ``"fc10"``, ``"proj"`` never matches ``"q_proj"``, and
-          ``"0.q_proj"`` matches ``"layers.0.q_proj"`` but not ``"layers.10.q_proj"``.
+          as strings: ``"fc1"`` never matches ``"fc10"``, ``"proj"`` never matches ``"q_proj"``,
+          ``"0.q_proj"`` matches ``"layers.0.q_proj"`` but not ``"layers.10.q_proj"``, and no target is a
+          pattern (``"fc*"``, ``"[qv]_proj"`` or ``"q_pro."`` name no layer).
         - The replacement wraps the original layer object (no copies) and is this package's
-          own ``LoRALinear``.
+          own ``LoRALinear``. A layer held under several names is wrapped once: one adapter, put
+          under one or more of those names, never two adapters around it.
         - Every other parameter of the model is frozen, whatever its name: afterwards only the
           adapters' factors are trainable, after every call (a backbone unfrozen in between is frozen again).
         - A layer that already is a ``LoRALinear`` is never wrapped again, nor is any layer inside
-          one (its base): it stays the very same object, its factors keep their values and stay
-          trainable. So a second call on an adapted model adapts just the new targets. (When the
-          targets name only adapted layers, raising the "nothing matched" ValueError and returning
-          the model as it is are both accepted.)
+          one (its base, and any layer within the base): it stays the very same object, its factors
+          keep their values and stay trainable. So a second call on an adapted model adapts just the
+          new targets. (When the targets name only adapted layers, raising the "nothing matched"
+          ValueError and returning the model as it is are both accepted.)
         - Returns ``model`` itself.
 
     Raises:
-        ValueError: nothing matched; the message names the targets.
+        ValueError: nothing matched (on a model adapted before, too); the message names the targets.
     """
     raise NotImplementedError("kata apply_lora: write apply_lora (spec in its docstring)")

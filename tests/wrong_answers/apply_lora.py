@@ -135,4 +135,25 @@ WRONG_ANSWERS = [
     WrongAnswer("adapters moved to the model's first device", KATA, WRAP,
                 WRAP + ".to(next(model.parameters()).device)",
                 "test_adapters_stay_on_their_layers_devices", "leave each adapter where its layer is"),
+    # Red-team round 4: glob matching, no error on an adapted model, an adapter per alias, factors freed by name,
+    # only the bases skipped (not the layers inside them).
+    WrongAnswer("targets matched as glob patterns", KATA, MATCH,
+                'return any(__import__("fnmatch").fnmatchcase(name, target) '
+                'or __import__("fnmatch").fnmatchcase(name, "*." + target) for target in targets)',
+                "test_raises_naming_the_targets_when_nothing_matches", "compared as strings"),
+    WrongAnswer("nothing matched raised only on a model without adapters", KATA, "    if not matched:\n",
+                "    if not matched and not inside:\n",
+                "test_raises_naming_the_targets_when_nothing_matches", "already adapted"),
+    WrongAnswer("an adapter for every name of a layer", KATA,
+                "for name, module in model.named_modules()\n        if isinstance",
+                "for name, module in model.named_modules(remove_duplicate=False)\n        if isinstance",
+                "test_adapts_the_model_zoo", "two adapters"),
+    WrongAnswer("factors unfrozen by their names", KATA, "    for parameter in model.parameters():\n" + FREEZE,
+                "    for name, parameter in model.named_parameters():\n"
+                '        parameter.requires_grad_(name.rsplit(".", 1)[-1] in trained)',
+                "test_freezes_everything_but_the_adapters", "whatever its name"),
+    WrongAnswer("only the adapters' bases skipped, not the layers inside them", KATA,
+                "inside = {id(m) for a in model.modules() if isinstance(a, LoRALinear) for m in list(a.modules())[1:]}",
+                "inside = {id(a.base) for a in model.modules() if isinstance(a, LoRALinear)}",
+                "test_a_second_call_leaves_the_adapters_bases_alone_under_every_name", "inside an adapter"),
 ]  # fmt: skip

@@ -12,6 +12,12 @@ NEW_LAYER = (
     'merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device="meta")\n'
     "    merged.weight = " + SUM + "\n    if base.bias is not None:\n        merged.bias = base.bias\n    return merged"
 )
+FIRST_PARAMETER_EDITS = (  # merge_weights notes the dtype of the model's first parameter in FIRST
+    ("    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n",
+     "    global FIRST\n    FIRST = next(model.parameters()).dtype\n"
+     "    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n"),
+    ("@torch.no_grad()\n", "FIRST = None\n\n\n@torch.no_grad()\n"),
+)  # fmt: skip
 
 WRONG_ANSWERS = [
     WrongAnswer("transposed update", KATA, UPDATE, UPDATE.replace(" * layer.scaling", ".T * layer.scaling"),
@@ -67,7 +73,7 @@ WRONG_ANSWERS = [
                 "weight.copy_((weight.to(accumulate) + update).to(weight.dtype))\n    return base",
                 "test_merges_the_model_zoo", "change no weight another layer shares"),
     WrongAnswer("an alias left unmerged", KATA, "named_modules(remove_duplicate=False)", "named_modules()",
-                "test_merges_the_model_zoo", "left 1 LoRALinear"),
+                "test_merges_the_model_zoo", "under every name it is held by"),
     WrongAnswer("float64 summed in float32", KATA, ACCUMULATE, "accumulate = torch.float32",
                 "test_merged_weight_is_W_plus_the_update", "summed in float32?"),
     WrongAnswer("half-precision update rounded before the sum", KATA, UPDATE,
@@ -104,4 +110,19 @@ WRONG_ANSWERS = [
     WrongAnswer("children walked with named_children()", KATA, 'list(model.named_modules(remove_duplicate=False))',
                 '[(f"{p}.{c}".lstrip("."), m) for p, parent in model.named_modules(remove_duplicate=False) for c, m in parent.named_children()]',
                 "test_merges_the_model_zoo", "remove_duplicate=False"),
+    # Red-team round 4: merged under inference_mode, the precision read off the model's first parameter, the base
+    # reused while a name outside the adapter still holds it.
+    WrongAnswer("merged under torch.inference_mode()", KATA, "@torch.no_grad()\n", "@torch.inference_mode()\n",
+                "test_replaces_every_adapter_by_a_plain_linear", "inference_mode"),
+    WrongAnswer("summed in float32 only when the model's first parameter is half precision", KATA, ACCUMULATE,
+                "accumulate = torch.float32 if FIRST in (torch.float16, torch.bfloat16) else weight.dtype",
+                "test_half_precision_merges_in_float32_and_rounds_once", "whatever the model's first parameter",
+                more_edits=FIRST_PARAMETER_EDITS),
+    WrongAnswer("float64 summed in float32 when the model's first parameter is half precision", KATA, ACCUMULATE,
+                "accumulate = torch.float32 if FIRST in (torch.float16, torch.bfloat16) else weight.dtype",
+                "test_merged_weight_is_W_plus_the_update", "not the model's first parameter",
+                more_edits=FIRST_PARAMETER_EDITS),
+    WrongAnswer("the base reused while held outside its adapter", KATA, NEW_LAYER,
+                "base.weight = " + SUM + "\n    return base",
+                "test_merges_the_model_zoo", "held outside"),
 ]  # fmt: skip
