@@ -19,9 +19,9 @@ from grader.signatures import expect_the_stubs_signatures
 @pytest.mark.points(1)
 def test_takes_the_stubs_parameters(implementation, apply_lora):
     """Callers pass the stub's parameters by name or by position: each definition takes them as the stub does."""
-    # First a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
-    apply_lora(ToyTransformer())
     expect_the_stubs_signatures(implementation, "apply_lora")
+    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
+    apply_lora(ToyTransformer())
 
 
 SUBJECT = "apply_lora"  # the definition a failing check points at

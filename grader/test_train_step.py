@@ -43,9 +43,9 @@ from grader.training import (
 @pytest.mark.points(1)
 def test_takes_the_stubs_parameters(implementation, causal_lm_loss):
     """Callers pass the stub's parameters by name or by position: each definition takes them as the stub does."""
-    # First a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
-    causal_lm_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long))
     expect_the_stubs_signatures(implementation, "train_step")
+    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
+    causal_lm_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long))
 
 
 SUBJECT = "train_step"  # the definition a failing check points at

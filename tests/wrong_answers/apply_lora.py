@@ -135,4 +135,8 @@ WRONG_ANSWERS = [
     WrongAnswer("adapters moved to the model's first device", KATA, WRAP,
                 WRAP + ".to(next(model.parameters()).device)",
                 "test_adapters_stay_on_their_layers_devices", "leave each adapter where its layer is"),
+    # The stub's signature: a caller passes its parameters by name or by position (one check for them all).
+    WrongAnswer('target_modules without a default', KATA, '    target_modules: Iterable[str] = ("q_proj", "v_proj"),\n    r: int = 8,',
+                '    target_modules: Iterable[str],\n    r: int = 8,',
+                "test_takes_the_stubs_parameters", 'gives `target_modules` no default'),
 ]  # fmt: skip

@@ -249,4 +249,11 @@ WRONG_ANSWERS = [
                 "if not isinstance(base, nn.Linear):",
                 'if not (hasattr(base, "in_features") and hasattr(base, "out_features")):',
                 "test_rejects_a_base_that_is_not_linear", "LoRALinear(DenseLike(...)) raised nothing"),
+    # The stub's signature: a caller passes its parameters by name or by position (one check for them all).
+    WrongAnswer("peft's names lora_alpha and lora_dropout", KATA, 'alpha: float = 16.0, dropout: float = 0.0) -> None:\n        super().__init__()',
+                'lora_alpha: float = 16.0, lora_dropout: float = 0.0) -> None:\n        super().__init__()\n        alpha, dropout = lora_alpha, lora_dropout',
+                "test_takes_the_stubs_parameters", 'has no parameter `alpha` (renamed `lora_alpha`?)'),
+    WrongAnswer('r and alpha without defaults', KATA, 'def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0,',
+                'def __init__(self, base: nn.Linear, r: int, alpha: float,',
+                "test_takes_the_stubs_parameters", 'gives `r` no default'),
 ]  # fmt: skip
