@@ -94,15 +94,15 @@ def signature_of(definition: Any, method: str = "") -> inspect.Signature:
     """How a caller sees ``definition`` (a function or a class: its constructor), or its ``method`` called on an
     instance (without ``self``); decorators are followed through ``__wrapped__``. Raises AssertionError with the
     verdict when there is no such method or no signature to read."""
-    target = definition
+    target, label = definition, getattr(definition, "__name__", type(definition).__name__)
     if method:
         target = getattr(definition, method, None)
-        assert callable(target), f"{definition.__name__} has no method {method} (the stub's): callers call it by name"
+        assert callable(target), f"{label} has no method {method} (the stub's): callers call it by name"
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError) as error:
-        name = f"{definition.__name__}{'.' + method if method else ''}"
-        raise AssertionError(f"{name}: no signature to read ({error}): define it with def, as the stub does") from None
+        label += f".{method}" if method else ""
+        raise AssertionError(f"{label}: no signature to read ({error}): define it with def, as the stub does") from None
     static = inspect.getattr_static(definition, method, None) if method else None
     parameters = list(signature.parameters.values())
     if method and not isinstance(static, (staticmethod, classmethod)) and parameters[:1]:
