@@ -29,6 +29,16 @@ from grader.hf import (
 from grader.models import WIDTH, ToyTransformer, matching_linears
 from grader.oracles import requires
 from grader.probes import FOREIGN_DEFAULT, describe, max_difference, output
+from grader.signatures import expect_the_stubs_signatures
+
+
+@pytest.mark.points(1)
+def test_takes_the_stubs_parameters(implementation, LoRALinear, save_adapter, tmp_path):
+    """Callers pass the stub's parameters by name or by position: each definition takes them as the stub does."""
+    expect_the_stubs_signatures(implementation, "adapter_io")
+    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
+    save_adapter(nn.Sequential(LoRALinear(nn.Linear(4, 3))), tmp_path)
+
 
 SUBJECT = "save_adapter"  # the definition a failing check points at
 pytestmark = requires(

@@ -13,6 +13,16 @@ from torch import nn
 
 from grader.models import MODEL_ZOO, WIDTH, ToyTransformer, inputs, matching_linears, zoo_inputs
 from grader.probes import DEVICES, describe, expect_instance, max_difference, randomize_factors, train, trainable
+from grader.signatures import expect_the_stubs_signatures
+
+
+@pytest.mark.points(1)
+def test_takes_the_stubs_parameters(implementation, apply_lora):
+    """Callers pass the stub's parameters by name or by position: each definition takes them as the stub does."""
+    expect_the_stubs_signatures(implementation, "apply_lora")
+    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
+    apply_lora(ToyTransformer())
+
 
 SUBJECT = "apply_lora"  # the definition a failing check points at
 

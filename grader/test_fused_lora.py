@@ -40,6 +40,16 @@ from grader.probes import (
     strided,
     trainable,
 )
+from grader.signatures import expect_the_stubs_signatures
+
+
+@pytest.mark.points(1)
+def test_takes_the_stubs_parameters(implementation, FusedLoRALinear):
+    """Callers pass the stub's parameters by name or by position: each definition takes them as the stub does."""
+    expect_the_stubs_signatures(implementation, "fused_lora")
+    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
+    FusedLoRALinear(nn.Linear(4, 3))
+
 
 SUBJECT = "FusedLoRAFunction"  # the definition a failing check points at
 

@@ -53,6 +53,16 @@ from grader.probes import (
     trainable,
     trained_numbers,
 )
+from grader.signatures import expect_the_stubs_signatures
+
+
+@pytest.mark.points(1)
+def test_takes_the_stubs_parameters(implementation, LoRAConv1D, Conv1D):
+    """Callers pass the stub's parameters by name or by position: each definition takes them as the stub does."""
+    expect_the_stubs_signatures(implementation, "gpt2_conv1d")
+    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
+    LoRAConv1D(Conv1D(3, 4))
+
 
 SUBJECT = "LoRAConv1D"  # the definition a failing check points at
 pytestmark = requires("transformers:GPT2LMHeadModel", "transformers.pytorch_utils")

@@ -48,6 +48,16 @@ from grader.probes import (
     trainable,
     trained_numbers,
 )
+from grader.signatures import expect_the_stubs_signatures
+
+
+@pytest.mark.points(1)
+def test_takes_the_stubs_parameters(implementation, LoRALinear):
+    """Callers pass the stub's parameters by name or by position: each definition takes them as the stub does."""
+    expect_the_stubs_signatures(implementation, "lora_linear")
+    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
+    LoRALinear(nn.Linear(4, 3))
+
 
 SUBJECT = "LoRALinear"  # the definition a failing check points at
 

@@ -14,7 +14,17 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from grader.probes import expect_value_error
+from grader.signatures import expect_the_stubs_signatures
 from grader.tokenizer import GraderTokenizer, transformers_tokenizer
+
+
+@pytest.mark.points(1)
+def test_takes_the_stubs_parameters(implementation, format_prompt):
+    """Callers pass the stub's parameters by name or by position: each definition takes them as the stub does."""
+    expect_the_stubs_signatures(implementation, "masked_prompt")
+    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
+    format_prompt("Say hi.")
+
 
 SUBJECT = "build_example"  # the definition a failing check points at
 

@@ -22,6 +22,16 @@ from grader.probes import (
     randomize_factors,
     relative_error,
 )
+from grader.signatures import expect_the_stubs_signatures
+
+
+@pytest.mark.points(1)
+def test_takes_the_stubs_parameters(implementation, LoRALinear, merge_weights):
+    """Callers pass the stub's parameters by name or by position: each definition takes them as the stub does."""
+    expect_the_stubs_signatures(implementation, "merge_weights")
+    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
+    merge_weights(nn.Sequential(LoRALinear(nn.Linear(4, 3))))
+
 
 SUBJECT = "merge_weights"  # the definition a failing check points at
 

@@ -38,7 +38,17 @@ from grader.probes import (
     relative_error,
     strided,
 )
+from grader.signatures import expect_the_stubs_signatures
 from lora_kata.grading.implementation import KataUnavailable
+
+
+@pytest.mark.points(1)
+def test_takes_the_stubs_parameters(implementation, MultiLoRALinear):
+    """Callers pass the stub's parameters by name or by position: each definition takes them as the stub does."""
+    expect_the_stubs_signatures(implementation, "multi_adapter")
+    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
+    MultiLoRALinear(nn.Linear(4, 3))
+
 
 SUBJECT = "MultiLoRALinear"  # the definition a failing check points at
 load("peft:LoraConfig", "peft.tuners.lora")  # the last check's oracle, imported while collecting (seconds)

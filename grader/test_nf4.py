@@ -33,6 +33,16 @@ from grader.probes import (
     expect_value_error,
     made_under_a_foreign_default_device,
 )
+from grader.signatures import expect_the_stubs_signatures
+
+
+@pytest.mark.points(1)
+def test_takes_the_stubs_parameters(implementation, nf4_code_book):
+    """Callers pass the stub's parameters by name or by position: each definition takes them as the stub does."""
+    expect_the_stubs_signatures(implementation, "nf4")
+    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
+    nf4_code_book()
+
 
 SUBJECT = "quantize_nf4"  # the definition a failing check points at
 BITSANDBYTES = optional("bitsandbytes.functional")  # seconds: never inside a check's time limit

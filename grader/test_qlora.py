@@ -40,6 +40,17 @@ from grader.probes import (
     randomize_factors,
     trainable,
 )
+from grader.signatures import expect_the_stubs_signatures
+
+
+@pytest.mark.points(1)
+def test_takes_the_stubs_parameters(implementation, NF4Linear, nf4_works):
+    """Callers pass the stub's parameters by name or by position: each definition takes them as the stub does."""
+    expect_the_stubs_signatures(implementation, "qlora")
+    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
+    nf4_works()
+    NF4Linear(nn.Linear(64, 2))
+
 
 SUBJECT = "QLoRALinear"  # the definition a failing check points at
 

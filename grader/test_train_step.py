@@ -20,6 +20,7 @@ from torch import nn
 
 from grader.oracles import load
 from grader.probes import describe, expect_value_error
+from grader.signatures import expect_the_stubs_signatures
 from grader.training import (
     IGNORE,
     SpyOptimizer,
@@ -37,6 +38,15 @@ from grader.training import (
     total_norm,
     unequal_window,
 )
+
+
+@pytest.mark.points(1)
+def test_takes_the_stubs_parameters(implementation, causal_lm_loss):
+    """Callers pass the stub's parameters by name or by position: each definition takes them as the stub does."""
+    expect_the_stubs_signatures(implementation, "train_step")
+    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
+    causal_lm_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long))
+
 
 SUBJECT = "train_step"  # the definition a failing check points at
 TRANSFORMERS_MISSING = "transformers is not installed: pip install transformers to also compare with its schedule"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
 import pytest
+import torch
 
-from lora_kata.grading.implementation import KATAS
+from grader.signatures import SIGNATURES, plain, signature_of
+from lora_kata.grading.implementation import KATAS, Implementation
 from lora_kata.grading.run import run_grader
 from tests.implementations import KATAS as KATAS_FOLDER
 from tests.implementations import REPOSITORY, is_stub
@@ -64,3 +67,36 @@ def test_pytest_grader_reports_one_line_per_check_without_tracebacks():
     assert all(header.startswith("_") and header.endswith("_") for header in headers), section
     assert all(verdict.startswith("not implemented yet: kata lora_linear") for verdict in verdicts), section
     assert "Traceback" not in completed.stdout and "ERROR" not in completed.stdout
+
+
+def called_by_name(module: object) -> list[str]:
+    """What callers call by name in a stub module: its public functions and classes (not an autograd.Function,
+    which torch calls), and the public methods of those classes that override nothing (forward, nn.Module's hooks
+    and autograd.Function's methods are torch's to call)."""
+    names = []
+    for name, value in vars(module).items():
+        if name.startswith("_") or not callable(value) or value.__module__ != module.__name__:
+            continue
+        if inspect.isclass(value) and issubclass(value, torch.autograd.Function):
+            continue
+        names.append(name)
+        methods = vars(value).items() if inspect.isclass(value) else ()
+        names += [
+            f"{name}.{method}"
+            for method, function in methods
+            if inspect.isfunction(function)
+            and not method.startswith("_")
+            and not any(hasattr(base, method) for base in value.__mro__[1:])
+        ]
+    return names
+
+
+def test_the_signature_table_is_the_shipped_stubs():
+    stubs = Implementation(KATAS_FOLDER)
+    assert list(SIGNATURES) == list(KATAS)
+    for kata, table in SIGNATURES.items():
+        module = stubs.module(kata)
+        assert list(table) == called_by_name(module), f"grader/signatures.py lists other definitions of {kata}"
+        for name, text in table.items():
+            owner, _, method = name.partition(".")
+            assert plain(signature_of(getattr(module, owner), method)) == text, f"{kata}.{name}"

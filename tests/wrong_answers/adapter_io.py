@@ -163,4 +163,8 @@ WRONG_ANSWERS = [
                 "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "accepted a file with a str target"),
     WrongAnswer("bias left out of the config", KATA, '        "bias": "none",\n', "",
                 "test_config_says_lora_r_alpha_and_exactly_the_targets", "the config has no bias key"),
+    # The stub's signature: a caller passes its parameters by name or by position (one check for them all).
+    WrongAnswer("save_adapter's directory named save_directory (peft's)", KATA, 'def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:',
+                'def save_adapter(model: nn.Module, save_directory: str | os.PathLike[str]) -> Path:\n    directory = save_directory',
+                "test_takes_the_stubs_parameters", 'has no parameter `directory` (renamed `save_directory`?)'),
 ]  # fmt: skip

@@ -156,4 +156,8 @@ WRONG_ANSWERS = [
                 "inside = {id(m) for a in model.modules() if isinstance(a, LoRALinear) for m in list(a.modules())[1:]}",
                 "inside = {id(a.base) for a in model.modules() if isinstance(a, LoRALinear)}",
                 "test_a_second_call_leaves_the_adapters_bases_alone_under_every_name", "inside an adapter"),
+    # The stub's signature: a caller passes its parameters by name or by position (one check for them all).
+    WrongAnswer('target_modules without a default', KATA, '    target_modules: Iterable[str] = ("q_proj", "v_proj"),\n    r: int = 8,',
+                '    target_modules: Iterable[str],\n    r: int = 8,',
+                "test_takes_the_stubs_parameters", 'gives `target_modules` no default'),
 ]  # fmt: skip

@@ -277,4 +277,11 @@ WRONG_ANSWERS = [
                 DOWN.replace("self.dropout(x)", f"(torch.where(torch.rand_like(x) >= {P}, x / (1 - {P}), "
                                                 "torch.zeros((), dtype=x.dtype)) if self.training else x)"),
                 "test_factors_follow_the_base_device_not_the_default_one", "lands on torch's default device"),
+    # The stub's signature: a caller passes its parameters by name or by position (one check for them all).
+    WrongAnswer("peft's names lora_alpha and lora_dropout", KATA, 'alpha: float = 16.0, dropout: float = 0.0) -> None:\n        super().__init__()',
+                'lora_alpha: float = 16.0, lora_dropout: float = 0.0) -> None:\n        super().__init__()\n        alpha, dropout = lora_alpha, lora_dropout',
+                "test_takes_the_stubs_parameters", 'has no parameter `alpha` (renamed `lora_alpha`?)'),
+    WrongAnswer('r and alpha without defaults', KATA, 'def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0,',
+                'def __init__(self, base: nn.Linear, r: int, alpha: float,',
+                "test_takes_the_stubs_parameters", 'gives `r` no default'),
 ]  # fmt: skip

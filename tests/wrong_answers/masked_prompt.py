@@ -172,4 +172,15 @@ WRONG_ANSWERS = [
     WrongAnswer("eos appended only when its id is truthy", KATA, RESPONSE,
                 "response_ids = _encode(tokenizer, output) + ([tokenizer.eos_token_id] if tokenizer.eos_token_id else [])",
                 "test_input_ids_are_bos_prompt_response_eos", "here it is 0"),
+    # The stub's signature: a caller passes its parameters by name or by position (one check for them all).
+    WrongAnswer("collate's pad_token_id renamed pad_id", KATA, 'pad_token_id: int) -> dict[str, torch.Tensor]:',
+                'pad_id: int) -> dict[str, torch.Tensor]:',
+                "test_takes_the_stubs_parameters", 'has no parameter `pad_token_id` (renamed `pad_id`?)',
+                more_edits=(("\"input_ids\": pad_token_id,", "\"input_ids\": pad_id,"),)),
+    WrongAnswer("build_example's max_length keyword-only", KATA, 'output: str, max_length: int | None = None',
+                'output: str, *, max_length: int | None = None',
+                "test_takes_the_stubs_parameters", 'takes `max_length` keyword-only'),
+    WrongAnswer("format_prompt's input without a default", KATA, 'def format_prompt(instruction: str, input: str = "")',
+                'def format_prompt(instruction: str, input: str)',
+                "test_takes_the_stubs_parameters", 'gives `input` no default'),
 ]  # fmt: skip

@@ -355,4 +355,11 @@ WRONG_ANSWERS = [
                 "test_disable_adapters_computes_the_base_with_nothing_trainable", "0 * inf is NaN",
                 more_edits=(("self.lora_A[name]) * self.scaling[name]\n",
                              "self.lora_A[name]) * (0.0 if self._disabled else self.scaling[name])\n"),)),
+    # The stub's signature: a caller passes its parameters by name or by position (one check for them all).
+    WrongAnswer("set_adapter's name renamed adapter_name (peft's)", KATA, 'def set_adapter(self, name: str) -> None:',
+                'def set_adapter(self, adapter_name: str) -> None:\n        name = adapter_name',
+                "test_takes_the_stubs_parameters", 'has no parameter `name` (renamed `adapter_name`?)'),
+    WrongAnswer("add_adapter's r and alpha without defaults", KATA, 'def add_adapter(self, name: str, r: int = 8, alpha: float = 16.0,',
+                'def add_adapter(self, name: str, r: int, alpha: float,',
+                "test_takes_the_stubs_parameters", 'gives `r` no default'),
 ]  # fmt: skip

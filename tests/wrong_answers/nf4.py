@@ -168,4 +168,15 @@ WRONG_ANSWERS = [
     WrongAnswer("double-quantized codes a slice of the padded blocks", KATA,
                 "codes.reshape(-1)[: flat.numel()].clone(), scales", "codes.reshape(-1)[: flat.numel()], scales",
                 "test_double_quantize_returns_one_byte_per_absmax", "a view of a padded tensor"),
+    # The stub's signature: a caller passes its parameters by name or by position (one check for them all).
+    WrongAnswer("quantize_nf4's block_size named blocksize (bitsandbytes')", KATA, 'def quantize_nf4(weight: torch.Tensor, block_size: int = 64)',
+                'def quantize_nf4(weight: torch.Tensor, blocksize: int = 64)',
+                "test_takes_the_stubs_parameters", 'has no parameter `block_size` (renamed `blocksize`?)',
+                more_edits=(("    _check_block_size(block_size)\n    if not isinstance(weight,", "    block_size = blocksize\n    _check_block_size(block_size)\n    if not isinstance(weight,"),)),
+    WrongAnswer("dequantize_nf4's dtype and block_size keyword-only", KATA, '    shape: tuple[int, ...] | torch.Size,\n    dtype:',
+                '    shape: tuple[int, ...] | torch.Size,\n    *,\n    dtype:',
+                "test_takes_the_stubs_parameters", 'takes `dtype` keyword-only'),
+    WrongAnswer("double_quantize's block_size without a default", KATA, 'def double_quantize(absmax: torch.Tensor, block_size: int = 256)',
+                'def double_quantize(absmax: torch.Tensor, block_size: int)',
+                "test_takes_the_stubs_parameters", 'gives `block_size` no default'),
 ]  # fmt: skip

@@ -247,4 +247,15 @@ WRONG_ANSWERS = [
                 "nn.utils.clip_grad_norm_(parameters if scaler is None else [p for p in model.parameters() if p.requires_grad], "
                 "max_grad_norm)",
                 "test_clipping_takes_one_norm_over_every_group_of_the_optimizer", "the model's trainable parameters"),
+    # The stub's signature: a caller passes its parameters by name or by position (one check for them all).
+    WrongAnswer("cosine_with_warmup with transformers' parameter names", KATA, 'optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int\n)',
+                'optimizer: torch.optim.Optimizer, num_warmup_steps: int, num_training_steps: int\n)',
+                "test_takes_the_stubs_parameters", 'has no parameter `warmup_steps` (renamed `num_warmup_steps`?)',
+                more_edits=(("then 0.\"\"\"\n", "then 0.\"\"\"\n    warmup_steps, total_steps = num_warmup_steps, num_training_steps\n"),)),
+    WrongAnswer("train_step's scaler keyword-only", KATA, '    max_grad_norm: float | None = 1.0,\n    scaler:',
+                '    max_grad_norm: float | None = 1.0,\n    *,\n    scaler:',
+                "test_takes_the_stubs_parameters", 'takes `scaler` keyword-only'),
+    WrongAnswer("make_optimizer's lr without a default", KATA, 'def make_optimizer(model: nn.Module, lr: float = 3e-4,',
+                'def make_optimizer(model: nn.Module, lr: float,',
+                "test_takes_the_stubs_parameters", 'gives `lr` no default'),
 ]  # fmt: skip
