@@ -13,6 +13,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -182,11 +183,12 @@ class Implementation:
     def innermost_frame(self, error: BaseException, kata: str | None = None) -> tuple[Path, int] | None:
         """File and line of the deepest traceback frame inside the implementation's folder
         (inside ``<kata>.py`` when ``kata`` is given)."""
-        found = None
-        for frame in traceback.extract_tb(error.__traceback__):
-            path = Path(frame.filename)
-            if path.is_relative_to(self.folder) and kata in (None, path.stem):
-                found = (path, frame.lineno)
+        found, inside = None, os.path.join(self.folder, "")
+        # Frames and line numbers only: extract_tb would read every frame's source line, deep into torch.
+        for frame, line in traceback.walk_tb(error.__traceback__):
+            filename = frame.f_code.co_filename
+            if filename.startswith(inside) and kata in (None, Path(filename).stem):
+                found = (Path(filename), line)
         return found
 
     def relative(self, path: Path | str) -> str:

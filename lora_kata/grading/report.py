@@ -102,8 +102,8 @@ class Reporter:
     def _raised_by_the_implementation(self, error: BaseException) -> bool:
         """Whether the implementation's own code raised ``error`` (a stub's ``raise NotImplementedError``),
         rather than a library it called (torch raises NotImplementedError for what it does not support)."""
-        frames = traceback.extract_tb(error.__traceback__)
-        return bool(frames) and Path(frames[-1].filename).is_relative_to(self.implementation.folder)
+        frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
+        return bool(frames) and Path(frames[-1].f_code.co_filename).is_relative_to(self.implementation.folder)
 
     def _skipped_by_the_implementation(self, error: BaseException) -> bool:
         """Whether the implementation's code raised the skip (or one of a group of them): a submission may
