@@ -160,4 +160,27 @@ WRONG_ANSWERS = [
                 "if not torch.is_grad_enabled():\n            "
                 "return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T\n        " + APPLY,
                 "test_the_layer_passes_scaling_as_a_python_float", "under torch.no_grad() too"),
+    # round 4 (red4/w-ft): a duck-typed base, a rank test that raises TypeError, a float32 x saved, A's fan from (in, r)
+    WrongAnswer("the layer takes any base with a 2-D weight", KATA, "if not isinstance(base, nn.Linear):",
+                "if not isinstance(getattr(base, 'weight', None), torch.Tensor) or base.weight.dim() != 2:",
+                more_edits=(("torch.empty(r, base.in_features,", "torch.empty(r, base.weight.shape[1],"),
+                            ("torch.zeros(base.out_features, r,", "torch.zeros(base.weight.shape[0], r,")),
+                caught_by="test_the_layer_rejects_a_base_that_is_not_linear", explains="Embedding(...)) raised nothing"),
+    WrongAnswer("the layer's rank test raises TypeError for no number", KATA,
+                "if isinstance(r, bool) or not isinstance(r, int) or r < 1:", "if isinstance(r, float) or r < 1:",
+                "test_the_layer_rejects_a_rank_that_is_not_a_positive_integer", "raised TypeError"),
+    WrongAnswer("a float32 copy of a half-precision x saved for backward", KATA, SAVE,
+                "ctx.save_for_backward(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, weight",
+                more_edits=(("rows = x.reshape(-1, x.shape[-1])  # flattened again",
+                             "rows = x.reshape(-1, x.shape[-1]).to(g.dtype)  # flattened again"),),
+                caught_by="test_forward_saves_only_what_backward_needs", explains="no float32 copy"),
+    WrongAnswer("A Kaiming-uniform with the fan-in of its (in, r) transpose", KATA,
+                "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+                "nn.init.kaiming_uniform_(self.lora_A.T, a=math.sqrt(5))",
+                "test_the_layer_draws_a_uniform_A_within_nn_linears_bound", "the fan-in was taken"),
+    WrongAnswer("alpha defaults to 2 r", KATA, "alpha: float = 16.0) -> None:", "alpha: float | None = None) -> None:",
+                more_edits=(("self.r, self.alpha, self.scaling = r, alpha, alpha / r",
+                             "alpha = 2.0 * r if alpha is None else alpha\n        "
+                             "self.r, self.alpha, self.scaling = r, alpha, alpha / r"),),
+                caught_by="test_the_layer_defaults_to_r_8_alpha_16", explains="not 2 r"),
 ]  # fmt: skip
