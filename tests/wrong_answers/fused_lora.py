@@ -105,7 +105,7 @@ WRONG_ANSWERS = [
                 "        lora_B.copy_(original)",
                 "test_leaves_its_inputs_untouched", "changed ['lora_B'] in place"),
     WrongAnswer("a private copy of x saved for backward", KATA, SAVE, "ctx.save_for_backward(x.clone(), weight",
-                "test_forward_saves_only_what_backward_needs", "numbers alive for backward"),
+                "test_forward_saves_only_what_backward_needs", "bytes alive for backward"),
     # round 2 (red2/f): rank-r gradients computed and dropped, a tensor scaling, A from torch.rand, the default device
     WrongAnswer("every rank-r gradient computed, only the asked ones returned", KATA, "if need_x or need_A:", "if True:",
                 "test_a_step_does_only_the_matrix_work_lora_needs", "ctx.needs_input_grad does not ask for",
