@@ -21,9 +21,11 @@ from grader.probes import (
     GRAD_MODES,
     RELATIVE_TOLERANCE,
     TRAINING_CASES,
+    Conv1DLike,
     describe,
     expect_centred,
     expect_instance,
+    expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
     expect_plain_lora_in_regime,
     expect_r_alpha_and_scaling,
@@ -392,22 +394,25 @@ LAYOUTS: dict[str, tuple[Callable[[int], tuple[int, ...]], bool, Callable[[tuple
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_forward_saves_only_what_backward_needs(FusedLoRAFunction, layout):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_forward_saves_only_what_backward_needs(FusedLoRAFunction, layout, dtype):
     rows, in_features, out_features, r = COST_SIZES["many-rows"]
     batch_shape, contiguous, _ = LAYOUTS[layout]
-    inputs = function_inputs(in_features, out_features, r, batch_shape(rows), contiguous=contiguous)
+    inputs = function_inputs(in_features, out_features, r, batch_shape(rows), dtype=dtype, contiguous=contiguous)
     inputs = requiring_grad(inputs, FROZEN_BASE)
     node = apply(FusedLoRAFunction, inputs).grad_fn
     kept = [*getattr(node, "saved_tensors", ()), *(t for value in vars(node).values() for t in tensors_in(value))]
     own = {value.untyped_storage().data_ptr() for value in inputs.values() if value is not None}
     extra = {t.untyped_storage().data_ptr(): t for t in kept if t.untyped_storage().data_ptr() not in own}
-    held = sum(t.untyped_storage().nbytes() // t.element_size() for t in extra.values())
-    allowed = rows * r + r * (in_features + out_features)  # u = scaling x A^T (N, r), and room for a factor's copy
+    held = sum(t.untyped_storage().nbytes() for t in extra.values())
+    size = inputs["x"].element_size()
+    allowed = size * (rows * r + r * (in_features + out_features))  # u = scaling x A^T (N, r), a factor's copy
+    kept_as = sorted((tuple(t.shape), str(t.dtype).removeprefix("torch.")) for t in extra.values())
     assert held <= allowed, (
-        f"forward keeps {held} numbers alive for backward besides its inputs ({layout}, {rows} rows, in={in_features}, "
-        f"out={out_features}, r={r}: tensors {sorted(tuple(t.shape) for t in extra.values())}), expected at most "
-        f"N r + r (in + out) = {allowed}: save x, W, A, B themselves (x as given: flattening a non-contiguous x "
-        "copies it) and the rank-r u = x A^T, not y, copies or [W; A]"
+        f"forward keeps {held} bytes alive for backward besides its inputs ({layout}, {dtype}, {rows} rows, "
+        f"in={in_features}, out={out_features}, r={r}: tensors {kept_as}), expected at most N r + r (in + out) "
+        f"numbers of x's dtype = {allowed} bytes: save x, W, A, B themselves (x as given: flattening a non-contiguous "
+        "x copies it; no float32 copy of a half-precision x) and the rank-r u = x A^T, not y, copies or [W; A]"
     )
 
 
@@ -670,6 +675,18 @@ def test_the_layer_passes_scaling_as_a_python_float(FusedLoRALinear, FusedLoRAFu
 
 @pytest.mark.points(1)
 @pytest.mark.subject("FusedLoRALinear")
+def test_the_layer_draws_a_uniform_A_within_nn_linears_bound(FusedLoRALinear):
+    # 4096 entries; a Gaussian's largest |entry| is over 3 std, one truncated at 2 std still over 2.2 std.
+    in_features, out_features, r = 256, 24, 16
+    layer = FusedLoRALinear(nn.Linear(in_features, out_features), r, 16.0)
+    expect_nn_linear_bound_if_uniform(
+        factors(layer, in_features, out_features, r).A,
+        f"FusedLoRALinear(nn.Linear({in_features}, {out_features}), r={r})",
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("FusedLoRALinear")
 def test_the_layer_starts_A_centred_on_zero(FusedLoRALinear):
     in_features, out_features, r = 64, 48, 8
     layer = FusedLoRALinear(nn.Linear(in_features, out_features), r, 16.0)
@@ -862,15 +879,22 @@ def test_the_layer_matches_plain_lora_in_every_regime(
 
 @pytest.mark.points(1)
 @pytest.mark.subject("FusedLoRALinear")
-@pytest.mark.parametrize("r", [0, -2, 2.5, 2.0], ids=lambda r: f"r={r}")  # 2.0: a float, even whole
+# 2.0: a float, even whole; None, "4" and [4]: no number at all, which a bare `r < 1` meets with a TypeError
+@pytest.mark.parametrize("r", [0, -2, 2.5, 2.0, None, "4", [4]], ids=lambda r: f"r={r!r}")
 def test_the_layer_rejects_a_rank_that_is_not_a_positive_integer(FusedLoRALinear, r):
-    expect_value_error(lambda: FusedLoRALinear(nn.Linear(IN, OUT), r=r), f"FusedLoRALinear(base, r={r})")
+    expect_value_error(lambda: FusedLoRALinear(nn.Linear(IN, OUT), r=r), f"FusedLoRALinear(base, r={r!r})")
 
 
 @pytest.mark.points(1)
 @pytest.mark.subject("FusedLoRALinear")
-def test_the_layer_rejects_a_base_that_is_not_linear(FusedLoRALinear):
-    expect_value_error(lambda: FusedLoRALinear(nn.Conv1d(IN, OUT, 1), r=R), "FusedLoRALinear(Conv1d(...))")
+@pytest.mark.parametrize(  # an Embedding's weight and a Conv1D's (stored (in, out)) are 2-D too, yet no nn.Linear
+    "make_base",
+    [lambda: nn.Conv1d(IN, OUT, 1), lambda: nn.Embedding(OUT, IN), Conv1DLike],
+    ids=["Conv1d", "Embedding", "Conv1D"],
+)
+def test_the_layer_rejects_a_base_that_is_not_linear(FusedLoRALinear, make_base):
+    base = make_base()
+    expect_value_error(lambda: FusedLoRALinear(base, r=R), f"FusedLoRALinear({type(base).__name__}(...))")
 
 
 @pytest.mark.points(3)
@@ -882,12 +906,15 @@ def test_training_reduces_the_loss_and_leaves_the_base_untouched(FusedLoRALinear
 
 @pytest.mark.points(1)
 @pytest.mark.subject("FusedLoRALinear")
-def test_the_layer_defaults_to_r_8_alpha_16(FusedLoRALinear):
+@pytest.mark.parametrize("r", [None, 4], ids=["FusedLoRALinear(base)", "FusedLoRALinear(base, 4)"])
+def test_the_layer_defaults_to_r_8_alpha_16(FusedLoRALinear, r):
     base = nn.Linear(IN, OUT, dtype=torch.float64)
-    layer = FusedLoRALinear(base)
+    layer = FusedLoRALinear(base) if r is None else FusedLoRALinear(base, r)
+    rank = 8 if r is None else r
     randomize_factors(layer)
-    ratio, _ = scaling_ratio(layer, base, factors(layer, IN, OUT, 8))
-    assert math.isclose(ratio, 16.0 / 8, rel_tol=1e-6), (
-        f"FusedLoRALinear(base) adds {ratio:.4g} x B @ A, expected alpha / r = 16 / 8 = 2 x: "
-        "keep the stub's defaults, FusedLoRALinear(base, r=8, alpha=16.0)"
+    ratio, _ = scaling_ratio(layer, base, factors(layer, IN, OUT, rank))
+    call = "FusedLoRALinear(base)" if r is None else f"FusedLoRALinear(base, {r})"
+    assert math.isclose(ratio, 16.0 / rank, rel_tol=1e-6), (
+        f"{call} adds {ratio:.4g} x B @ A, expected alpha / r = 16 / {rank} = {16 / rank:g} x: "
+        "keep the stub's defaults, FusedLoRALinear(base, r=8, alpha=16.0) (alpha is 16 whatever r is, not 2 r)"
     )

@@ -38,7 +38,7 @@ SEAM = "(- masked, + trained, | where the response begins)"
 # A combining accent, the Angstrom sign, CR LF and CR: text a prompt keeps as given (no normalizing).
 PIECES = st.sampled_from(
     ["Hello", " Hello", "hello", " world", "!", ",", " ", "  ", "\n", "\t", " the", "[/INST]", "é", " café",
-     "🙂", " 🚀", "👍🏽", "日本語", "Привет", " 42", "<s>", "</s>", "e\u0301", "\u212b", "\r\n", "\r"]
+     "🙂", " 🚀", "👍🏽", "日本語", "Привет", " 42", "<s>", "</s>", "<pad>", "e\u0301", "\u212b", "\r\n", "\r"]
 )  # fmt: skip
 TEXTS = st.lists(PIECES | st.text(max_size=3), max_size=5).map("".join)
 OUTPUTS = st.lists(PIECES | st.text(min_size=1, max_size=3), min_size=1, max_size=5).map("".join)
@@ -191,6 +191,12 @@ def ids_cause(tokenizer, measured: list, expected: Expected, prompt: str, output
             "the output's first token, bos (the text of a special token encodes to its id), was dropped: "
             "keep enc(output) whole, whatever it holds"
         )
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad not in (None, eos) and measured == expected.prefix + [t for t in expected.response if t != pad]:
+        return (
+            "the output's pad tokens (the text '<pad>' encodes to the pad id) were dropped: keep enc(output) whole, "
+            "whatever it holds; padding is collate's, past an example's length"
+        )
     if measured[: len(expected.prefix)] != expected.prefix:
         return "the start is not [bos] + the tokens of format_prompt(instruction, input)"
     return "the response part is not the tokens of the output, tokenized alone, followed by eos"
@@ -286,6 +292,16 @@ def test_returns_three_lists_of_ints_of_equal_length(build_example, tokenizer, i
     assert len(set(lengths.values())) == 1, f"the three lists differ in length, {lengths}: one entry per token in each"
     ignore_index = implementation.attribute("masked_prompt", "IGNORE_INDEX")
     assert ignore_index == IGNORE, f"IGNORE_INDEX is {ignore_index!r}, expected -100, the label cross_entropy ignores"
+    kept = copy.deepcopy(example_)
+    for key in KEYS:  # what a caller may do with its own example: extend it (a second turn), mask a label
+        example_[key].append(IGNORE)
+        example_[key][0] = IGNORE
+    again = build_example(tokenizer, INSTRUCTION, INPUT, OUTPUT)
+    assert again == kept, (
+        "after the caller edited the example build_example returned, the same call returned the edited example "
+        f"({len(again['input_ids'])} input_ids, {len(kept['input_ids'])} before): return new lists at every call "
+        "(a cache, e.g. functools.lru_cache, hands every caller the same dict)"
+    )
 
 
 @pytest.mark.points(4)
@@ -296,6 +312,7 @@ def test_returns_three_lists_of_ints_of_equal_length(build_example, tokenizer, i
 @example(instruction="", input=" ", output=" ")  # an empty instruction; a blank input is still an input
 @example(instruction="Echo.", input="\n", output="[/INST] </s>")  # the template's and eos's text in the output
 @example(instruction="Echo the bos.", input="", output="<s> is a token")  # enc(output) starts with bos's id
+@example(instruction="Echo the pad.", input="", output="a <pad> b<pad>")  # the pad token's text in the output
 def test_input_ids_are_bos_prompt_response_eos(build_example, any_tokenizer, instruction, input, output):
     expected = expected_example(any_tokenizer, instruction, input, output)
     ids, _, _ = fields(build_example(any_tokenizer, instruction, input, output))
@@ -310,6 +327,7 @@ def test_input_ids_are_bos_prompt_response_eos(build_example, any_tokenizer, ins
 @example(instruction="", input=" ", output=" ")  # an empty instruction; a blank input is still an input
 @example(instruction="Echo.", input="\n", output="[/INST] </s>")  # the template's and eos's text in the output
 @example(instruction="Echo the bos.", input="", output="<s> is a token")  # enc(output) starts with bos's id
+@example(instruction="Echo the pad.", input="", output="a <pad> b<pad>")  # the pad token's text in the output
 def test_labels_mask_bos_and_the_prompt_and_nothing_else(build_example, any_tokenizer, instruction, input, output):
     expected = expected_example(any_tokenizer, instruction, input, output)
     ids, labels, _ = fields(build_example(any_tokenizer, instruction, input, output))
@@ -443,11 +461,16 @@ TRUNCATION_CASES = [(TRUNCATED, case) for case in TRUNCATIONS] + [
 ]
 
 
+BOS_OR_NOT = pytest.mark.parametrize("bos", [True, False], ids=["with-bos", "without-bos"])
+
+
 @pytest.mark.points(3)
 @pytest.mark.parametrize(
     "texts, case", TRUNCATION_CASES, ids=[f"{'empty-output-' * (t is EMPTY_OUTPUT)}{c}" for t, c in TRUNCATION_CASES]
 )
-def test_max_length_keeps_the_first_tokens(build_example, tokenizer, texts, case):
+@BOS_OR_NOT
+def test_max_length_keeps_the_first_tokens(build_example, texts, case, bos):
+    tokenizer = GraderTokenizer(bos=bos)
     full = expected_example(tokenizer, *texts)
     n, p = len(full.input_ids), len(full.prefix)
     max_length = TRUNCATIONS[case](n, p)
@@ -490,26 +513,28 @@ def test_max_length_keeps_the_first_tokens(build_example, tokenizer, texts, case
 
 @pytest.mark.points(2)
 @pytest.mark.parametrize("case", ["bos-and-prompt-exactly", "inside-the-prompt", "one", "zero"])
-@pytest.mark.parametrize("bos", [True, False], ids=["with-bos", "without-bos"])
-def test_max_length_that_leaves_no_response_token_raises(build_example, case, bos):
+@pytest.mark.parametrize("texts", [(INSTRUCTION, INPUT, OUTPUT), EMPTY_OUTPUT], ids=["output", "empty-output"])
+@BOS_OR_NOT
+def test_max_length_that_leaves_no_response_token_raises(build_example, case, texts, bos):
     tokenizer = GraderTokenizer(bos=bos)
-    p = len(expected_example(tokenizer, INSTRUCTION, INPUT, OUTPUT).prefix)
+    p = len(expected_example(tokenizer, *texts).prefix)
     max_length = {"bos-and-prompt-exactly": p, "inside-the-prompt": p // 2, "one": 1, "zero": 0}[case]
+    eos_alone = f" (the output {texts[2]!r} leaves eos the whole response, and it is cut)" if not texts[2] else ""
     expect_value_error(
-        lambda: build_example(tokenizer, INSTRUCTION, INPUT, OUTPUT, max_length=max_length),
+        lambda: build_example(tokenizer, *texts, max_length=max_length),
         f"build_example(..., max_length={max_length}), which keeps only bos + prompt ({p} tokens) or less, so every "
-        "label would be -100 and the loss NaN,",
+        f"label would be -100 and the loss NaN{eos_alone},",
     )
 
 
 PAD = 2  # the grader tokenizer's pad id; the examples' own ids start at 10
 
 
-def synthetic_examples(lengths: list[int]) -> list[dict[str, list[int]]]:
-    """Examples of the given lengths, their first third masked, ids 10, 11, ..."""
+def synthetic_examples(lengths: list[int], first: int = 10) -> list[dict[str, list[int]]]:
+    """Examples of the given lengths, their first third masked, ids ``first``, ``first`` + 1, ..."""
     examples = []
     for n in lengths:
-        ids = list(range(10, 10 + n))
+        ids = list(range(first, first + n))
         masked = n // 3
         examples.append({"input_ids": ids, "labels": [IGNORE] * masked + ids[masked:], "attention_mask": [1] * n})
     return examples
@@ -530,7 +555,9 @@ def collated(collate, examples: list[dict[str, list[int]]], pad_token_id: int) -
         f"collate returned a {type(batch).__name__} with keys {keys}, expected a dict of {list(KEYS)}"
     )
     kept = copy.deepcopy({key: batch[key] for key in KEYS})
-    collate(synthetic_examples([2, 6]), pad_token_id + 1)  # the next step's batch, while this one is still in use
+    lengths = [len(example["input_ids"]) for example in examples]
+    collate(synthetic_examples(lengths, first=100), pad_token_id)  # the next step's batch: same shape, same pad
+    collate(synthetic_examples([2, 6]), pad_token_id + 1)  # and one of another shape and pad
     changed = [key for key in KEYS if not equal(batch[key], kept[key])]
     assert not changed, (
         f"collating another batch changed the {', '.join(changed)} of the batch collate returned before: "

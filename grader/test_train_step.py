@@ -190,6 +190,31 @@ def test_loss_gradient_reaches_the_logits(causal_lm_loss):
 
 @pytest.mark.points(1)
 @pytest.mark.subject("causal_lm_loss")
+@pytest.mark.parametrize("poison", ["nan", "-inf"])
+def test_loss_ignores_the_logits_of_positions_without_a_target(causal_lm_loss, poison):
+    logits, labels = random_case(3, 8, 6, 0.4, seed=5)
+    no_target = F.pad(labels[:, 1:] == IGNORE, (0, 1), value=True)  # the position predicts -100, or nothing
+    vocab = logits.shape[-1]
+    fill = (
+        torch.full((vocab,), math.nan)
+        if poison == "nan"
+        else torch.zeros(vocab).index_fill(0, torch.tensor([0]), -math.inf)
+    )
+    poisoned = logits.clone()
+    poisoned[no_target] = fill.double()  # what a fully masked attention row or a vocabulary mask leaves there
+    for reduction in ("sum", "mean"):
+        call = f"causal_lm_loss(logits with {poison} where the target is -100 or none, reduction={reduction!r})"
+        measured = loss_value(causal_lm_loss(poisoned, labels, reduction=reduction), call).item()
+        expected = reference_loss(logits, labels, reduction).item()
+        assert math.isclose(measured, expected, rel_tol=1e-9), (
+            f"{call} = {measured:.6g}, expected {expected:.6g}, as with any other logits there: a -100 target carries "
+            "no loss whatever its logits; leave it out (ignore_index, or select the targets), never weight it by 0 "
+            "(NaN or -inf times 0 is NaN)"
+        )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("causal_lm_loss")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 def test_loss_without_targets_is_zero_summed_and_refused_as_a_mean(causal_lm_loss, dtype):
     expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -491,7 +516,7 @@ def test_clipping_changes_nothing_below_max_grad_norm(train_step, with_scaler):
 @pytest.mark.points(4)
 @pytest.mark.parametrize("with_scaler", SCALER_PATHS)
 def test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters(train_step, with_scaler):
-    r, window = rig(), unequal_window()
+    r, window = rig(idle=True), unequal_window()  # idle: the optimizer holds a parameter whose gradient stays None
     grad_scaler, path = on_the_path(with_scaler)
     unclipped, _ = expected_and_mistakes(r.model, window, None)
     max_norm = 0.3 * total_norm(unclipped)
@@ -500,9 +525,22 @@ def test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters(train_s
     mistakes["the gradients were clipped by value (clip_grad_value_): clip their total L2 norm"] = [
         g.clamp(-max_norm, max_norm) for g in unclipped
     ]
-    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm, scaler=grad_scaler)
+    try:
+        train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm, scaler=grad_scaler)
+    except (AttributeError, TypeError) as error:  # what p.grad.pow(...) on a None gradient raises
+        pytest.fail(
+            f"train_step raised {type(error).__name__} ({error}) with an optimizer parameter whose gradient is None "
+            "(no forward reaches it, as an inactive adapter's): skip None gradients when clipping, as "
+            "clip_grad_norm_ does",
+            pytrace=False,
+        )
     expect_handed(
-        r.optimizer, expected, mistakes, EXACT, f"max_grad_norm {max_norm:.3g}, 0.3 x the norm{path}", clip_to=max_norm
+        r.optimizer,
+        expected,
+        mistakes,
+        EXACT,
+        f"max_grad_norm {max_norm:.3g}, 0.3 x the norm, an optimizer parameter without a gradient{path}",
+        clip_to=max_norm,
     )
 
 
@@ -578,7 +616,7 @@ def test_max_grad_norm_zero_clips_every_gradient_to_zero(train_step, with_scaler
 
 @pytest.mark.points(3)
 def test_one_optimizer_step_then_one_scheduler_step_and_the_gradients_zeroed(train_step):
-    r, first = rig(), []
+    r, first = rig(outside=True), []  # the optimizer also holds a parameter that is not the model's
     windows = [unequal_window(), [micro_batch([6, 3], [3, 2], seed=4), micro_batch([8], [8], raw=True, seed=5)]]
     for number, window in enumerate(windows, start=1):
         del r.events[:]
@@ -599,9 +637,11 @@ def test_one_optimizer_step_then_one_scheduler_step_and_the_gradients_zeroed(tra
             )
         )
         expect_handed(r.optimizer, expected, mistakes, EXACT, f"window {number}")
-        left = holding_gradients(r.model)
+        left = holding_gradients(r.model, r.optimizer)
+        missed = left and all("outside the model" in name for name in left)
+        outside = " (model.zero_grad() misses what the optimizer holds outside the model)" if missed else ""
         assert not left, (
-            f"after train_step {left} still hold gradients: zero them after the step (optimizer.zero_grad())"
+            f"after train_step {left} still hold gradients: zero them after the step (optimizer.zero_grad()){outside}"
         )
         first = expected
 
@@ -804,14 +844,30 @@ def test_steps_under_autocast(train_step, dtype):
     )
 
 
+HALF_SPIKE = 2.0**10  # a loss spike: every gradient that many times larger (exactly), some over 256, whose square
+# overflows float16 (65504) though they are well inside its range
+
+
 @pytest.mark.points(1)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_steps_a_half_precision_model_without_autocast(train_step, dtype):
+@pytest.mark.parametrize("max_grad_norm", [None, 1.0], ids=["no-clipping", "clipped-after-a-spike"])
+def test_steps_a_half_precision_model_without_autocast(train_step, dtype, max_grad_norm):
     r, window = rig(dtype=dtype), unequal_window()  # a model loaded in half precision, no autocast
     expected, mistakes = expected_and_mistakes(r.model, window, None)
     loss = window_loss(r.model, window)  # the model's half-precision logits, the loss in float32
-    returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None)
-    expect_handed(r.optimizer, expected, mistakes, 2 * torch.finfo(dtype).eps, f"a {dtype} model, no autocast")
+    what = f"a {dtype} model, no autocast"
+    if max_grad_norm is not None:
+        r.model.grad_factor = HALF_SPIKE
+        spiked = [HALF_SPIKE * g.double() for g in expected]
+        expected = [g.to(dtype) for g in clipped(spiked, max_grad_norm)]
+        mistakes = {
+            "the norm overflowed (g * g in float16 is inf past 256): take the norm in float32, as clip_grad_norm_ "
+            "does": [torch.zeros_like(g) for g in expected],
+            "the gradients were not clipped": [g.to(dtype) for g in spiked],
+        }
+        what += f", max_grad_norm {max_grad_norm} after a spike (gradients up to {total_norm(spiked):.3g} in norm)"
+    returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_grad_norm)
+    expect_handed(r.optimizer, expected, mistakes, 2 * torch.finfo(dtype).eps, what)
     assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-5), (
         f"a {dtype} model without autocast: train_step returned {returned!r}, expected {loss:.8g} (its {dtype} "
         f"logits upcast to float32 before the loss): compute the loss in float32, as causal_lm_loss does"

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 CORPUS = Path(__file__).with_name("corpus.txt")
@@ -59,8 +60,9 @@ class Encoding(dict):
 
 
 class GraderTokenizer:
-    """The Hugging Face tokenizer interface over the trained BPE: ``tokenizer(text, add_special_tokens=False)``,
-    ``encode``, ``decode``, ``bos_token_id``, ``eos_token_id``, ``pad_token_id`` and the token strings.
+    """The Hugging Face tokenizer interface over the trained BPE: ``tokenizer(text, add_special_tokens=False)`` (with
+    ``return_tensors="pt"`` too), ``encode``, ``decode``, ``tokenize`` and ``convert_tokens_to_ids``,
+    ``bos_token_id``, ``eos_token_id``, ``pad_token_id`` and the token strings.
 
     ``style`` sets the special tokens as real tokenizers do (``STYLES``); ``bos=False`` is the "no-bos" style.
     Special tokens, when asked for (the default, as in Hugging Face), are what the style adds. The
@@ -121,21 +123,26 @@ class GraderTokenizer:
     def __call__(self, text: str | Sequence[str], add_special_tokens: bool = True, **options: Any) -> Encoding:
         """``{"input_ids": ids, "attention_mask": ones}`` of ``text``, or of each text of a list, and the fields
         ``EXTRA_FIELDS`` asks for."""
+        tensors = options.pop("return_tensors", None)
         refused = [
             name
             for name, value in options.items()
             if name not in self.ANY_VALUE and name not in self.EXTRA_FIELDS and value not in self.OFF
         ]
-        if refused:
+        if refused or tensors not in (None, "pt"):
             raise TypeError(
-                f"the grader's tokenizer does not support {', '.join(refused)}: "
+                f"the grader's tokenizer does not support {', '.join(refused) or f'return_tensors={tensors!r}'}: "
                 "the kata needs tokenizer(text, add_special_tokens=False)['input_ids'] only"
             )
         extra = [field for option, field in self.EXTRA_FIELDS.items() if options.get(option)]
         if isinstance(text, str):
-            return Encoding(self._fields(text, add_special_tokens, extra))
+            encoding = self._fields(text, add_special_tokens, extra)
+            return Encoding({key: torch.tensor([value]) for key, value in encoding.items()} if tensors else encoding)
         batch = [self._fields(one, add_special_tokens, extra) for one in text]
-        return Encoding({key: [one[key] for one in batch] for key in ("input_ids", "attention_mask", *extra)})
+        fields = {key: [one[key] for one in batch] for key in ("input_ids", "attention_mask", *extra)}
+        if tensors and len({len(ids) for ids in fields["input_ids"]}) > 1:  # as Hugging Face refuses ragged rows
+            raise ValueError("texts of different lengths make no tensor without padding=True")
+        return Encoding({key: torch.tensor(value) for key, value in fields.items()} if tensors else fields)
 
     def _fields(self, text: str, add_special_tokens: bool, extra: list[str]) -> dict[str, Any]:
         """input_ids and attention_mask of ``text``, and the ``extra`` fields of EXTRA_FIELDS."""
@@ -167,6 +174,16 @@ class GraderTokenizer:
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str | None]:
         return [self._backend.id_to_token(self._backend_id(i)) for i in ids]
+
+    def tokenize(self, text: str) -> list[str]:
+        """The tokens of ``text`` alone, as strings (no special tokens added): ``encode(text, False)``'s tokens."""
+        return self._backend.encode(text, add_special_tokens=False).tokens
+
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
+        """The id of a token string, or the ids of a list of them."""
+        if isinstance(tokens, str):
+            return self._id(tokens)
+        return [self._id(one) for one in tokens]
 
 
 def transformers_tokenizer() -> Any:

@@ -33,9 +33,17 @@ class TinyLM(nn.Module):
 
     ``returns="object"`` gives an ``Output`` (and, with ``labels``, transformers' per-batch mean loss);
     ``"tensor"`` gives the logits and takes no labels.
+    ``stray``, ``idle`` and ``outside`` add the parameters of ``rig``'s options of those names.
     """
 
-    def __init__(self, returns: str = "object", dtype: torch.dtype = torch.float64, stray: bool = False) -> None:
+    def __init__(
+        self,
+        returns: str = "object",
+        dtype: torch.dtype = torch.float64,
+        stray: bool = False,
+        idle: bool = False,
+        outside: bool = False,
+    ) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(1)
         self.returns = returns
@@ -52,6 +60,10 @@ class TinyLM(nn.Module):
             frozen.requires_grad_(False)
         # stray: a trainable logit bias that the optimizer does not hold (zero: the logits are the same)
         self.stray = nn.Parameter(torch.zeros(VOCAB, dtype=dtype)) if stray else None
+        # idle: a second adapter's factor, trainable, that this forward never reaches (its gradient stays None)
+        self.idle = nn.Parameter(torch.zeros(RANK, WIDTH, dtype=dtype)) if idle else None
+        # outside: a logit bias the forward uses, held in a plain list, so that no model.parameters() walk sees it
+        self.outside = [nn.Parameter(torch.zeros(VOCAB, dtype=dtype))] if outside else []
         self.forwards = 0  # calls of the model (model(...)), counted by a hook: model.forward(...) skips hooks
         self.backward_passes: list[int] = []  # the autograd graph task of every backward through the logits
         self.masks: list[torch.Tensor | None] = []  # the attention_mask of every call
@@ -81,6 +93,8 @@ class TinyLM(nn.Module):
         context = hidden.cumsum(1) / (mask.cumsum(1) + 1)
         z = torch.tanh(context @ self.weight.T + (context @ self.lora_A.T) @ self.lora_B.T)
         logits = self.head(z) if self.stray is None else self.head(z) + self.stray
+        for bias in self.outside:
+            logits = logits + bias
         if logits.requires_grad:
             logits.register_hook(self._count_backward)
         if self.grad_factor != 1 and logits.requires_grad:
@@ -101,13 +115,19 @@ class TinyLM(nn.Module):
         return len(set(self.backward_passes))
 
     def trainable(self) -> list[nn.Parameter]:
-        """The parameters the rig's optimizer holds (not ``stray``)."""
+        """The parameters the rig's optimizer holds first (not ``stray``; ``idle`` and ``outside`` come after)."""
         return [self.lora_A, self.lora_B, self.head.bias]
 
 
-def holding_gradients(model: nn.Module) -> list[str]:
-    """The parameters of ``model`` whose gradient is neither None nor all zeros (NaN and inf count as held)."""
-    return [name for name, p in model.named_parameters() if p.grad is not None and not bool((p.grad == 0).all())]
+def holding_gradients(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> list[str]:
+    """The parameters of ``model``, and those ``optimizer`` holds outside it, whose gradient is neither None nor all
+    zeros (NaN and inf count as held)."""
+    named = dict(model.named_parameters())
+    own = {id(p) for p in named.values()}
+    if optimizer is not None:
+        held = [p for group in optimizer.param_groups for p in group["params"] if id(p) not in own]
+        named |= {f"a parameter the optimizer holds outside the model ({i})": p for i, p in enumerate(held)}
+    return [name for name, p in named.items() if p.grad is not None and not bool((p.grad == 0).all())]
 
 
 PARAMETER_NAMES = ("lora_A", "lora_B", "head.bias")
@@ -202,13 +222,19 @@ def rig(
     lr: float = 0.1,
     groups: bool = False,
     stray: bool = False,
+    idle: bool = False,
+    outside: bool = False,
 ) -> Rig:
     """``groups``: the optimizer holds the factors and the head bias in two parameter groups; ``stray``: the model
-    also has a trainable parameter that the optimizer does not hold."""
+    also has a trainable parameter that the optimizer does not hold. The optimizer also holds, after the model's
+    three (``PARAMETER_NAMES``), with ``idle`` a trainable parameter of the model that no forward reaches, and with
+    ``outside`` one the forward uses that is no parameter of the model."""
     events = Events()
-    model = TinyLM(returns, dtype, stray)
+    model = TinyLM(returns, dtype, stray, idle, outside)
     held = model.trainable()
-    optimizer = SpyOptimizer([{"params": held[:2]}, {"params": held[2:]}] if groups else held, lr=lr, events=events)
+    extra = [p for p in (model.idle, *model.outside) if p is not None]
+    parameters = [{"params": held[:2]}, {"params": held[2:] + extra}] if groups else held + extra
+    optimizer = SpyOptimizer(parameters, lr=lr, events=events)
     return Rig(model, optimizer, SpyScheduler(events), events)
 
 
@@ -340,7 +366,7 @@ def expect_handed(
     assert steps == 1, f"optimizer.step() was called {steps} times in one train_step, expected once: " + (
         "step once per window, after every micro-batch's backward" if steps else "call optimizer.step()"
     )
-    handed = optimizer.handed[0]
+    handed = optimizer.handed[0][: len(PARAMETER_NAMES)]  # the model's three; a rig's extra parameters follow them
     missing = [name for name, grad in zip(PARAMETER_NAMES, handed, strict=True) if grad is None]
     assert not missing, f"optimizer.step() was handed no gradient for {missing}: was backward() called?"
     error = relative_difference(handed, expected)

@@ -71,9 +71,10 @@ class FusedLoRALinear(nn.Module):
         - ``base`` is kept as a submodule, the very object passed in, with every parameter frozen.
         - Attributes ``r``, ``alpha`` and ``scaling == alpha / r``.
         - Exactly two trainable tensors, the factors, r * (in + out) numbers on the base's device
-          and in its dtype: ``A`` (r, in) random (Kaiming-uniform or Gaussian) and ``B`` (out, r)
-          zeros, so that the layer first computes exactly ``base(x)``. Names and storage layout
-          are yours, as long as forward hands FusedLoRAFunction A as (r, in) and B as (out, r).
+          and in its dtype: ``A`` (r, in) random (Kaiming-uniform as ``nn.Linear(in, r)`` draws its
+          weight, within 1/sqrt(in), or Gaussian) and ``B`` (out, r) zeros, so that the layer first
+          computes exactly ``base(x)``. Names and storage layout are yours, as long as forward hands
+          FusedLoRAFunction A as (r, in) and B as (out, r).
         - ``forward`` calls ``FusedLoRAFunction.apply``: the grader checks the layer runs through it.
 
     The arguments may be given by position or by keyword: ``FusedLoRALinear(layer, 8, 16.0)``.
@@ -84,7 +85,8 @@ class FusedLoRALinear(nn.Module):
         alpha: numerator of the scaling ``alpha / r``.
 
     Raises:
-        ValueError: ``base`` is not an ``nn.Linear``, or ``r`` is not an integer >= 1.
+        ValueError: ``base`` is not an ``nn.Linear`` (an ``nn.Embedding`` or GPT-2's Conv1D, whose weights are
+            2-D too, is not), or ``r`` is not an integer >= 1 (None, "4" and 2.0 are not).
     """
 
     def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0) -> None:

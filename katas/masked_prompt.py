@@ -5,8 +5,10 @@ Instruction tuning with LoRA trains on the response: every prompt token gets the
 shows with a real subword tokenizer, where a space and the next word merge into one token (" Hello").
 
 The tokenizer is any Hugging Face style tokenizer: ``tokenizer(text, add_special_tokens=False)["input_ids"]``
-gives the ids of ``text`` alone, and it has ``bos_token_id`` (None for tokenizers without one) and
-``eos_token_id``. An answer that works here works unchanged with ``transformers.AutoTokenizer``.
+gives the ids of ``text`` alone (so do ``return_tensors="pt"``, a list of texts, and ``tokenize`` followed by
+``convert_tokens_to_ids``: the grader's tokenizers take these calls too), and it has ``bos_token_id`` (None for
+tokenizers without one) and ``eos_token_id``. An answer that works here works unchanged with
+``transformers.AutoTokenizer``.
 
 Grade it with: pytest grader/test_masked_prompt.py
 """

@@ -183,4 +183,25 @@ WRONG_ANSWERS = [
     WrongAnswer("format_prompt's input without a default", KATA, 'def format_prompt(instruction: str, input: str = "")',
                 'def format_prompt(instruction: str, input: str)',
                 "test_takes_the_stubs_parameters", 'gives `input` no default'),
+    # round 4 (red4/w-ft): room for bos kept without a bos, a cached example, pad tokens dropped, a buffer per shape
+    WrongAnswer("truncation leaves room for bos even without one", KATA, CUT,
+                "cut = max_length if tokenizer.bos_token_id is not None else max_length - 1  # room for bos\n        "
+                "input_ids, labels = input_ids[:cut], labels[:cut]",
+                "test_max_length_keeps_the_first_tokens", "keep the first max_length items"),
+    WrongAnswer("examples cached with functools.lru_cache", KATA, "def build_example(",
+                "@__import__('functools').lru_cache(maxsize=None)\ndef build_example(",
+                "test_returns_three_lists_of_ints_of_equal_length", "return new lists at every call"),
+    WrongAnswer("pad tokens dropped from the output", KATA, RESPONSE,
+                "pad = tokenizer.pad_token_id\n    response_ids = [t for t in _encode(tokenizer, output) "
+                "if pad == tokenizer.eos_token_id or t != pad] + [tokenizer.eos_token_id]",
+                "test_input_ids_are_bos_prompt_response_eos", "pad tokens"),
+    WrongAnswer("collate reuses buffers keyed by shape and pad", KATA, "    return {\n        key: torch.tensor(",
+                "    return {\n        key: _BUFFER.setdefault((key, len(examples), longest, pad_token_id), "
+                "torch.empty(len(examples), longest, dtype=torch.long)).copy_(torch.tensor(",
+                "test_collate_pads_on_the_right_to_the_longest", "never a buffer reused",
+                more_edits=(("dtype=torch.long\n        )", "dtype=torch.long\n        ))"),
+                            ("IGNORE_INDEX = -100", "_BUFFER: dict = {}\nIGNORE_INDEX = -100"))),
+    WrongAnswer("no ValueError when an empty output's eos is cut", KATA, CHECK,
+                "if output and max_length <= len(prompt_ids):",
+                "test_max_length_that_leaves_no_response_token_raises", "raised nothing"),
 ]  # fmt: skip

@@ -258,4 +258,22 @@ WRONG_ANSWERS = [
     WrongAnswer("make_optimizer's lr without a default", KATA, 'def make_optimizer(model: nn.Module, lr: float = 3e-4,',
                 'def make_optimizer(model: nn.Module, lr: float,',
                 "test_takes_the_stubs_parameters", 'gives `lr` no default'),
+    # round 4 (red4/w-ft): clipping written out (a None gradient, an fp16 norm), a loss weighted by a mask, model.zero_grad
+    WrongAnswer("hand-written clip reads every parameter's gradient", KATA, CLIP,
+                "norm = sum(p.grad.double().pow(2).sum() for p in parameters).sqrt()\n        "
+                "for p in parameters:\n            p.grad.mul_(min(1.0, max_grad_norm / (norm.item() + 1e-6)))",
+                "test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters", "skip None gradients"),
+    WrongAnswer("hand-written clip squares the gradients in their dtype", KATA, CLIP,
+                "grads = [p.grad for p in parameters if p.grad is not None]\n        "
+                "norm = torch.stack([(g * g).sum() for g in grads]).sum().sqrt()\n        "
+                "for g in grads:\n            g.mul_((max_grad_norm / (norm + 1e-6)).clamp(max=1.0).to(g.dtype))",
+                "test_steps_a_half_precision_model_without_autocast", "the norm overflowed"),
+    WrongAnswer("the token losses weighted by a 0/1 mask", KATA,
+                "total = F.cross_entropy(predictions, targets, ignore_index=IGNORE_INDEX, reduction=\"sum\")",
+                "keep = targets != IGNORE_INDEX\n    picked = predictions.log_softmax(-1).gather(-1, "
+                "targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)\n    total = -(picked * keep.to(picked.dtype)).sum()",
+                "test_loss_ignores_the_logits_of_positions_without_a_target", "never weight it by 0"),
+    WrongAnswer("the model's gradients zeroed, not the optimizer's", KATA, ZERO, "    model.zero_grad(set_to_none=True)\n",
+                "test_one_optimizer_step_then_one_scheduler_step_and_the_gradients_zeroed",
+                "model.zero_grad() misses"),
 ]  # fmt: skip
