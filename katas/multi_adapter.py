@@ -72,7 +72,8 @@ class MultiLoRALinear(nn.Module):
 
         Raises:
             ValueError: an adapter ``name`` is already there (it is kept as it was), ``r`` is not an
-                integer >= 1, or ``dropout`` is outside [0, 1).
+                int >= 1 (a float such as 4.0 is refused too), or ``dropout`` is outside [0, 1). Any real
+                ``alpha`` is taken, an int, 0 or a negative one too.
         """
         raise NotImplementedError("kata multi_adapter: write MultiLoRALinear.add_adapter")
 
@@ -110,7 +111,7 @@ class MultiLoRALinear(nn.Module):
 
         - The sum is accumulated in float32 for fp16/bf16 weights (``W``, ``A`` and ``B`` upcast) and
           rounded to the weight's dtype once; float32 and float64 weights are summed in their own dtype.
-        - A second merge of a merged adapter adds nothing. With no active adapter, nothing changes
+        - A second merge of a merged adapter adds nothing and raises nothing. With no active adapter, nothing changes
           (doing nothing or raising ValueError are both fine).
         - ``safe=True`` first computes the merged weight aside, in the weight's dtype, and checks that
           every entry is finite: if one is NaN or inf it raises ValueError and leaves the weight

@@ -63,7 +63,7 @@ class MultiLoRALinear(nn.Module):
         self.lora_A[name] = nn.Parameter(torch.empty(r, self.base.in_features, **same_place))
         self.lora_B[name] = nn.Parameter(torch.zeros(self.base.out_features, r, **same_place))
         nn.init.kaiming_uniform_(self.lora_A[name], a=math.sqrt(5))
-        self.lora_dropout[name] = nn.Dropout(dropout)
+        self.lora_dropout[name] = nn.Dropout(dropout).train(self.training)  # in the layer's mode, as it is now
         self.scaling[name] = alpha / r
         if self._active is None:
             self._active = name

@@ -169,7 +169,7 @@ WRONG_ANSWERS = [
                 "test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime", "before A"),
     WrongAnswer("dropout without the 1 / (1 - p) rescale", KATA, "F.linear(self.lora_dropout[name](x), ",
                 "F.linear(x * (torch.rand_like(x) >= self.lora_dropout[name].p) if self.training else x, ",
-                "test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime", "not rescaled by 1 / (1 - p)"),
+                "test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime", "rescale of the kept inputs is missing"),
     WrongAnswer("in-place dropout on the caller's x", KATA, "nn.Dropout(dropout)", "nn.Dropout(dropout, inplace=True)",
                 "test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime", "changed"),
     WrongAnswer("disable_adapters not re-entrant", KATA, "            self._disabled = was_disabled\n",
@@ -219,7 +219,7 @@ WRONG_ANSWERS = [
     # round 2 (red-team attempts w01-w18)
     WrongAnswer("dropout of whole rows", KATA, "down = F.linear(self.lora_dropout[name](x), ",
                 "down = F.linear(self.lora_dropout[name](torch.ones_like(x[..., :1])) * x, ",
-                "test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime", "not whole rows"),
+                "test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime", "zeroed or kept together"),
     WrongAnswer("forward flattening x with view", KATA, FORWARD_DELTA,
                 "        down = F.linear(self.lora_dropout[name](x.view(-1, x.shape[-1])), self.lora_A[name])"
                 " * self.scaling[name]\n"
@@ -299,7 +299,7 @@ WRONG_ANSWERS = [
     WrongAnswer("dropout with a float32 mask", KATA, "F.linear(self.lora_dropout[name](x), ",
                 "F.linear(x * torch.empty(x.shape).bernoulli_(1 - self.lora_dropout[name].p)"
                 " / (1 - self.lora_dropout[name].p) if self.training and self.lora_dropout[name].p else x, ",
-                "test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime", "same dtype"),
+                "test_every_kind_of_base_goes_through_add_merge_disable_switch_and_delete", "same dtype"),
     WrongAnswer("merge swapping the weight's data", KATA, "        weight.copy_(merged)  # the very Parameter",
                 "        weight.data = merged  # the very Parameter",
                 "test_merge_folds_the_active_adapter_into_the_very_base_weight", "holds new memory"),
@@ -362,4 +362,85 @@ WRONG_ANSWERS = [
     WrongAnswer("add_adapter's r and alpha without defaults", KATA, 'def add_adapter(self, name: str, r: int = 8, alpha: float = 16.0,',
                 'def add_adapter(self, name: str, r: int, alpha: float,',
                 "test_takes_the_stubs_parameters", 'gives `r` no default'),
+    # round 4 (red-team attempts w01-w17)
+    WrongAnswer("dropout p taken as the keep probability", KATA, "nn.Dropout(dropout).train(self.training)",
+                "(nn.Dropout(1 - dropout) if dropout else nn.Identity()).train(self.training)",
+                "test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime", "taken as the keep probability"),
+    WrongAnswer("dropout rescaling the kept inputs by 1 / p", KATA, "F.linear(self.lora_dropout[name](x), ",
+                "F.linear(x * (torch.rand_like(x) >= self.lora_dropout[name].p) / self.lora_dropout[name].p"
+                " if self.training and self.lora_dropout[name].p else x, ",
+                "test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime", "that is 1/p"),
+    WrongAnswer("one dropout mask over the features, shared by every row", KATA, "F.linear(self.lora_dropout[name](x), ",
+                "F.linear(x * self.lora_dropout[name](torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)), ",
+                "test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime", "share one dropout mask"),
+    WrongAnswer("a new adapter's dropout in train mode on a layer in eval mode", KATA,
+                ".train(self.training)  # in the layer's mode, as it is now", "",
+                "test_an_adapter_added_in_eval_mode_drops_nothing_until_train", "the new nn.Dropout is in train mode"),
+    WrongAnswer("the base-only paths under no_grad", KATA, "            return self.base(x)\n        down",
+                "            with torch.no_grad():\n                return self.base(x)\n        down",
+                "test_the_base_alone_passes_the_gradient_on_to_x", "never under torch.no_grad()"),
+    WrongAnswer("unmerge subtracting the update saved at merge time", KATA, MERGED,
+                "self._saved = self._delta(name)\n        merged = (weight.to(self._accumulation()) + self._saved)"
+                ".to(weight.dtype)",
+                "test_unmerge_subtracts_the_update_from_the_weight_as_it_is_now", "saved at merge time",
+                more_edits=((UNMERGE_SUB,
+                             "            weight.copy_((weight.to(self._accumulation()) - self._saved).to(weight.dtype))\n"),)),
+    WrongAnswer("set_adapter unmerging in half precision", KATA, SET_ACTIVE,
+                "        if self._merged:\n"
+                "            self.base.weight.sub_(self._delta(self._merged.pop()).to(self.base.weight.dtype))\n"
+                "        self._active = name\n",
+                "test_half_precision_merge_and_unmerge_accumulate_in_float32", "before the difference"),
+    WrongAnswer("delete_adapter unmerging a float32 weight in float64", KATA, DELETE_UNMERGE,
+                "        if name in self._merged:\n            self._merged.remove(name)\n            wide = torch.float64\n"
+                "            delta = (self.lora_B[name].to(wide) @ self.lora_A[name].to(wide)).detach() * self.scaling[name]\n"
+                "            self.base.weight.copy_((self.base.weight.to(wide) - delta).to(self.base.weight.dtype))\n"
+                "        del self.lora_A[name]",
+                "test_float32_merge_and_unmerge_are_summed_in_float32", "unmerged in their own dtype"),
+    WrongAnswer("the accumulation dtype read in __init__", KATA,
+                "        dtype = self.base.weight.dtype\n        return torch.float32 if dtype in (torch.float16, "
+                "torch.bfloat16) else dtype",
+                "        return self._accumulate",
+                "test_float32_merge_and_unmerge_are_summed_in_float32", "read the dtype off the weight at merge time",
+                more_edits=(("        self._disabled = False\n",
+                             "        self._disabled = False\n        dtype = base.weight.dtype\n"
+                             "        self._accumulate = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype\n"),)),
+    WrongAnswer("a negative alpha refused", KATA, "        if not 0.0 <= dropout < 1.0:",
+                '        if alpha < 0:\n            raise ValueError(f"alpha must be >= 0, got {alpha}")\n'
+                "        if not 0.0 <= dropout < 1.0:",
+                "test_add_adapter_takes_any_real_alpha", "any real alpha is taken"),
+    WrongAnswer("an int alpha refused", KATA, "        if not 0.0 <= dropout < 1.0:",
+                '        if not isinstance(alpha, float):\n            raise ValueError(f"alpha must be a float, got {alpha}")\n'
+                "        if not 0.0 <= dropout < 1.0:",
+                "test_add_adapter_takes_any_real_alpha", "any real alpha is taken"),
+    WrongAnswer("trainable by the end of the parameter's name", KATA,
+                "        for name in self.lora_A:\n            " + TRAINS + "\n"
+                "            self.lora_A[name].requires_grad_(trains)\n            self.lora_B[name].requires_grad_(trains)\n",
+                "        for key, parameter in self.named_parameters():\n"
+                "            parameter.requires_grad_(self._active is not None and not self._disabled"
+                " and key.endswith(self._active))\n",
+                "test_set_adapter_trains_only_the_active_adapter", "ends 'mysql'"),
+    WrongAnswer("any module with a 2-D weight taken as a base", KATA, "if not isinstance(base, nn.Linear):",
+                'if getattr(getattr(base, "weight", None), "dim", lambda: 0)() != 2:',
+                "test_rejects_a_base_that_is_not_linear", "a 2-D weight is not enough"),
+    WrongAnswer("disable_adapters disabling at the call, before the block", KATA,
+                "    @contextlib.contextmanager\n    def disable_adapters(self) -> Iterator[None]:\n",
+                "    def disable_adapters(self) -> contextlib.AbstractContextManager[None]:\n"
+                "        was_disabled, self._disabled = self._disabled, True\n        self._refresh_trainable()\n"
+                "        return self._disabling(was_disabled)\n\n"
+                "    @contextlib.contextmanager\n    def _disabling(self, was_disabled: bool) -> Iterator[None]:\n",
+                "test_disable_adapters_computes_the_base_with_nothing_trainable", "when the block is entered",
+                more_edits=(("        was_disabled, self._disabled = self._disabled, True\n        self._refresh_trainable()\n"
+                             "        try:\n", "        try:\n"),)),
+    WrongAnswer("merge(safe=False) checking anyway", KATA, "if safe and not torch.isfinite(merged).all():",
+                "if not torch.isfinite(merged).all():",
+                "test_safe_merge_of_a_broken_adapter_raises_and_leaves_the_weight_untouched", "safe=False does not check"),
+    WrongAnswer("the base computed with F.linear, bypassing its forward and hooks", KATA,
+                "            return self.base(x)\n        down",
+                "            return F.linear(x, self.base.weight, self.base.bias)\n        down",
+                "test_the_base_runs_its_own_forward_and_hooks", "so its forward and hooks run",
+                more_edits=(("return self.base(x) + F.linear(down", "return F.linear(x, self.base.weight, self.base.bias)"
+                             " + F.linear(down"),)),
+    WrongAnswer("safe merge checking +inf and NaN only", KATA, "not torch.isfinite(merged).all()",
+                '(merged.isnan().any() or merged.max() == float("inf"))',
+                "test_safe_merge_checks_the_merged_weight_in_its_own_dtype", "raised nothing"),
 ]  # fmt: skip

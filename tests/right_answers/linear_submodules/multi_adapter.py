@@ -61,7 +61,7 @@ class MultiLoRALinear(nn.Module):
             raise ValueError(f"adapter {name!r} exists already; adapters: {list(self.lora)}")
         if not isinstance(r, int) or r < 1 or not 0 <= dropout < 1:
             raise ValueError(f"bad adapter arguments r={r}, dropout={dropout}")
-        self.lora[name] = _Adapter(self.base_layer, r, alpha, dropout)
+        self.lora[name] = _Adapter(self.base_layer, r, alpha, dropout).train(self.training)
         if self.active_adapter is None:
             self.active_adapter = name
         self.freeze_all()

@@ -34,7 +34,7 @@ class MultiLoRALinear(nn.Module):
         nn.init.kaiming_uniform_(down.T, a=5**0.5)
         self.down[name] = nn.Parameter(down)
         self.up[name] = nn.Parameter(torch.zeros(r, w.shape[0], dtype=w.dtype, device=w.device))
-        self.drops[name] = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.drops[name] = (nn.Dropout(dropout) if dropout else nn.Identity()).train(self.training)
         self.scales[name] = alpha / r
         self._active = self._active or name
         self._grads()
