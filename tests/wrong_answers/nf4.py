@@ -168,4 +168,13 @@ WRONG_ANSWERS = [
     WrongAnswer("double-quantized codes a slice of the padded blocks", KATA,
                 "codes.reshape(-1)[: flat.numel()].clone(), scales", "codes.reshape(-1)[: flat.numel()], scales",
                 "test_double_quantize_returns_one_byte_per_absmax", "a view of a padded tensor"),
+    # Round 4 of the red team.
+    WrongAnswer("a whole block of padding when n is a multiple of the block size", KATA,
+                "    blocks = math.ceil(flat.numel() / block_size)\n    centred",
+                "    blocks = flat.numel() // block_size + 1\n    centred",
+                "test_double_quantize_returns_one_byte_per_absmax", "so no block of padding"),
+    WrongAnswer("the code book cached and handed out shared", KATA, "def nf4_code_book() -> torch.Tensor:",
+                "@functools.lru_cache(maxsize=None)\ndef nf4_code_book() -> torch.Tensor:",
+                "test_code_book_is_the_16_nf4_values_bit_for_bit", "a tensor of its own",
+                more_edits=(("import math\n", "import functools\nimport math\n"),)),
 ]  # fmt: skip
