@@ -92,6 +92,19 @@ def test_code_book_is_the_16_nf4_values_bit_for_bit(nf4_code_book):
     elif off < 1e-3:
         cause = "close but not NF4's: is the offset 0.9677083, with 9 and 8 probabilities from linspace(offset, 0.5)?"
     assert off == 0, f"the code book differs from bitsandbytes' NF4 table by up to {off:.3g}: {cause}"
+    saved = code.clone()
+    with torch.no_grad():
+        code.mul_(0.5)  # a caller scaling the result it was handed (to plot it, say)
+    again = nf4_code_book()
+    intact = isinstance(again, torch.Tensor) and torch.equal(again, ref.CODE_BOOK)
+    with torch.no_grad():
+        code.copy_(saved)  # a cached table is put back for the checks that follow
+    assert intact, (
+        "after a caller scaled the tensor one nf4_code_book() call returned (code.mul_(0.5)), the next call returned "
+        f"{describe(again)} of other values: each call must return a tensor of its own (a cached table, "
+        "functools.lru_cache, is handed out shared: return a clone), or every later call and quantize_nf4's codes "
+        "change with it"
+    )
 
 
 @pytest.mark.points(2)
@@ -473,6 +486,23 @@ def stored_bytes(quantized, call):
     return total + sum(memory.values())
 
 
+def expect_one_scale_per_block(quantized, count, size, call, default=False):
+    """Fail the check unless ``quantized.scales`` is float32 of shape (ceil(count / size),): one scale per block of
+    ``size`` absmaxes, and no block of padding when ``count`` is a multiple of ``size``."""
+    blocks = math.ceil(count / size)
+    scales = expect_instance(quantized.scales, torch.Tensor, call + ".scales", "float32, one per block")
+    cause = " (the default block size is 256)" if default else ": use the block_size given"
+    if scales.numel() == blocks + 1 and count % size == 0:
+        cause = f": {count} is a multiple of {size}, so no block of padding (pad by -count % block_size)"
+    assert scales.dtype == torch.float32 and scales.numel() == blocks, (
+        f"{call}.scales is {describe(scales)}, expected float32, one per block of {size}: ceil({count} / {size}) = "
+        f"{blocks}{cause}"
+    )
+    assert tuple(scales.shape) == (blocks,), (
+        f"{call}.scales has shape {tuple(scales.shape)}, expected ({blocks},) (keepdim=True left a dimension?)"
+    )
+
+
 def quantized_absmax(QuantizedAbsmax, returned, call):
     quantized = expect_instance(returned, QuantizedAbsmax, call, "a QuantizedAbsmax (the stub's NamedTuple)")
     codes = expect_instance(quantized.codes, torch.Tensor, call + ".codes", "a tensor of one byte per absmax")
@@ -483,11 +513,11 @@ def quantized_absmax(QuantizedAbsmax, returned, call):
 @pytest.mark.subject("double_quantize")
 @pytest.mark.parametrize(
     ("count", "block_size"),
-    [(1000, None), (700, 64), (700, 128), (700, 1024), (5, 256), (1, 32)],
-    ids=["1000-default", "700-64", "700-128", "700-1024", "5-256", "1-32"],
+    [(1000, None), (512, None), (700, 64), (704, 64), (700, 128), (700, 1024), (5, 256), (1, 32)],
+    ids=["1000-default", "512-default", "700-64", "704-64", "700-128", "700-1024", "5-256", "1-32"],
 )
 def test_double_quantize_returns_one_byte_per_absmax(double_quantize, QuantizedAbsmax, count, block_size):
-    _, absmax = absmax_of_a_weight(64, count)  # count absmax values: ceil(count / block_size) blocks, the last short
+    _, absmax = absmax_of_a_weight(64, count)  # count absmax values: ceil(count / block_size) blocks (a multiple too)
     before = state_of(absmax)
     size = 256 if block_size is None else block_size
     blocks = math.ceil(count / size)
@@ -498,14 +528,7 @@ def test_double_quantize_returns_one_byte_per_absmax(double_quantize, QuantizedA
         f"{call}.codes is {describe(codes)}, expected shape ({count},): one code of one byte (torch.uint8 or "
         "torch.int8) per absmax"
     )
-    scales = expect_instance(quantized.scales, torch.Tensor, call + ".scales", "float32, one per block")
-    assert scales.dtype == torch.float32 and scales.numel() == blocks, (
-        f"{call}.scales is {describe(scales)}, expected float32, one per block of {size}: ceil({count} / {size}) = "
-        f"{blocks}" + (" (the default block size is 256)" if block_size is None else ": use the block_size given")
-    )
-    assert tuple(scales.shape) == (blocks,), (
-        f"{call}.scales has shape {tuple(scales.shape)}, expected ({blocks},) (keepdim=True left a dimension?)"
-    )
+    expect_one_scale_per_block(quantized, count, size, call, default=block_size is None)
     assert quantized.block_size == size, f"{call}.block_size is {quantized.block_size!r}, expected {size}"
     offset = quantized.offset
     offset_values = offset.numel() if isinstance(offset, torch.Tensor) else 1 if isinstance(offset, float) else 0
@@ -574,6 +597,7 @@ def test_a_512_x_1024_weight_takes_at_most_0_52_bytes_per_parameter(quantize_nf4
     expect_sizes(packed, absmax, weight, 64, call_of(weight, 64))
     call = "double_quantize(absmax of a 512 x 1024 weight)"
     quantized, _ = quantized_absmax(QuantizedAbsmax, double_quantize(absmax), call)
+    expect_one_scale_per_block(quantized, absmax.numel(), 256, call, default=True)
     total = packed.numel() + stored_bytes(quantized, call)
     per_parameter = total / weight.numel()
     assert per_parameter <= 0.52, (

@@ -13,8 +13,10 @@ import torch
 def nf4_code_book() -> torch.Tensor:
     """The 16 NF4 values: float32, shape (16,), ascending, from -1.0 to 1.0 with an exact 0.0 at index 7.
 
-    Derive them, do not type them in (the grader compares bit for bit with bitsandbytes' table). They are
-    quantiles of the standard normal at evenly spaced probabilities, with offset = 0.9677083:
+    The grader compares them bit for bit with bitsandbytes' table (a table typed in with every bit right passes
+    too; deriving it is what the kata teaches). Each call returns a tensor of its own: a caller editing one result
+    changes no later one. The values are quantiles of the standard normal at evenly spaced probabilities, with
+    offset = 0.9677083:
         - 8 positive values: icdf(p) for p in ``torch.linspace(offset, 0.5, 9)[:-1]``;
         - 7 negative values: -icdf(p) for p in ``torch.linspace(offset, 0.5, 8)[:-1]``;
         - and 0.0;

@@ -20,4 +20,15 @@ WRONG_ANSWERS = [
                 '    for name, parameter in model.named_parameters():\n        if id(parameter) in factors or '
                 'name.endswith("weight"):\n            parameter.requires_grad_(id(parameter) in factors)',
                 "test_only_the_adapters_changed", "freeze everything but the adapters", checks="capstone"),
+    # Round 4 of the red team.
+    WrongAnswer("masked_prompt: the padding labelled with the pad id", "masked_prompt",
+                '"labels": IGNORE_INDEX, "attention_mask": 0}', '"labels": pad_token_id, "attention_mask": 0}',
+                "test_the_prompt_never_carries_loss_and_the_response_does", "the padding carried loss", checks="capstone"),
+    WrongAnswer("apply_lora: the adapted layers' biases trained, as copies", "apply_lora",
+                "        parameter.requires_grad_(id(parameter) in factors)\n    return model",
+                "        parameter.requires_grad_(id(parameter) in factors)\n"
+                "    for layer in model.modules():  # bias=\"lora_only\", on copies: the original biases stay as they were\n"
+                "        if isinstance(layer, LoRALinear) and layer.base.bias is not None:\n"
+                "            layer.base.bias = nn.Parameter(layer.base.bias.detach().clone())\n    return model",
+                "test_only_the_adapters_changed", "the base's bias too", checks="capstone"),
 ]  # fmt: skip

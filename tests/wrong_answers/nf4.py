@@ -179,4 +179,13 @@ WRONG_ANSWERS = [
     WrongAnswer("double_quantize's block_size without a default", KATA, 'def double_quantize(absmax: torch.Tensor, block_size: int = 256)',
                 'def double_quantize(absmax: torch.Tensor, block_size: int)',
                 "test_takes_the_stubs_parameters", 'gives `block_size` no default'),
+    # Round 4 of the red team.
+    WrongAnswer("a whole block of padding when n is a multiple of the block size", KATA,
+                "    blocks = math.ceil(flat.numel() / block_size)\n    centred",
+                "    blocks = flat.numel() // block_size + 1\n    centred",
+                "test_double_quantize_returns_one_byte_per_absmax", "so no block of padding"),
+    WrongAnswer("the code book cached and handed out shared", KATA, "def nf4_code_book() -> torch.Tensor:",
+                "@functools.lru_cache(maxsize=None)\ndef nf4_code_book() -> torch.Tensor:",
+                "test_code_book_is_the_16_nf4_values_bit_for_bit", "a tensor of its own",
+                more_edits=(("import math\n", "import functools\nimport math\n"),)),
 ]  # fmt: skip
