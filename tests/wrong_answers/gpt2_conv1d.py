@@ -205,8 +205,10 @@ WRONG_ANSWERS = [
                 'if (isinstance(module, (Conv1D, LoRAConv1D, LoRALinear)) or module is getattr(model, "lm_head", None)) and any(',
                 "test_adapts_exactly_the_conv1d_and_linear_layers_named", "not lm_head alone"),
     WrongAnswer("only lm_head merged among the nn.Linear layers", KATA, MERGE_LINEARS,
-                "    _untie_adapted_weights(model)\n    if isinstance(getattr(model, \"lm_head\", None), LoRALinear):\n"
-                "        model.lm_head = merge_weights(model.lm_head)\n    return model",
+                "    _untie_adapted_weights(model)\n    if isinstance(model, LoRALinear):\n        return merge_weights(model)\n"
+                "    head = getattr(model, \"lm_head\", None)\n    if isinstance(head, LoRALinear):\n        new = merge_weights(head)\n"
+                "        for parent in list(model.modules()):\n            for child_name, child in list(parent._modules.items()):\n"
+                "                if child is head:\n                    setattr(parent, child_name, new)\n    return model",
                 "test_merges_a_model_of_its_own_layer_classes", "not lm_head alone"),
     WrongAnswer("layers told by their exact type", KATA, "if isinstance(module, adaptable) and any(",
                 "if type(module) in adaptable and any(",
