@@ -32,19 +32,49 @@ def quiet() -> Iterator[None]:
         yield
 
 
-def tiny_gpt2(n_layer: int = 2, seed: int = 0) -> nn.Module:
+def tiny_gpt2(n_layer: int = 2, seed: int = 0, classifier: bool = False) -> nn.Module:
     """A GPT2LMHeadModel of width 16 in eval mode: c_attn Conv1D 16 -> 48, attn.c_proj 16 -> 16 (square),
-    mlp.c_fc 16 -> 64, mlp.c_proj 64 -> 16, and lm_head tied to wte."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    mlp.c_fc 16 -> 64, mlp.c_proj 64 -> 16, and lm_head tied to wte. With ``classifier``, the same layers under
+    a GPT2ForSequenceClassification: no lm_head, and ``score``, an nn.Linear 16 -> 3 without bias, on top."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
     config = GPT2Config(
         vocab_size=VOCAB, n_positions=POSITIONS, n_embd=WIDTH, n_layer=n_layer, n_head=2, bos_token_id=0,
         eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
     )  # fmt: skip
+    if classifier:
+        config.num_labels, config.pad_token_id = 3, 0  # a pad token: batches of more than one sequence
     torch.manual_seed(seed)
     with quiet():
-        model = GPT2LMHeadModel(config)
+        model = (GPT2ForSequenceClassification if classifier else GPT2LMHeadModel)(config)
     return model.eval()
+
+
+OWN_CLASSES: dict[type, type] = {}  # a layer class: a model's own subclass of it, made once
+
+
+def own_class(layer_class: type) -> type:
+    """A model's own subclass of ``layer_class`` (transformers' Conv1D, nn.Linear), adding nothing to it."""
+    if layer_class not in OWN_CLASSES:
+        OWN_CLASSES[layer_class] = type(f"Model{layer_class.__name__}", (layer_class,), {"__module__": "a_model"})
+    return OWN_CLASSES[layer_class]
+
+
+def with_own_layer_classes(model: nn.Module) -> nn.Module:
+    """``model``, its every Conv1D and nn.Linear made, in place, an instance of ``own_class`` of its class, as in
+    models that define their own layers: the same weights and outputs; peft adapts them, a test of
+    ``type(m) is Conv1D`` skips them."""
+    from transformers.pytorch_utils import Conv1D
+
+    for module in model.modules():
+        if type(module) in (Conv1D, nn.Linear):
+            module.__class__ = own_class(type(module))
+    return model
+
+
+def own_layers(model: nn.Module) -> list[str]:
+    """The qualified names of the layers of ``model`` that ``with_own_layer_classes`` made of its own classes."""
+    return [name for name, module in model.named_modules() if type(module) in OWN_CLASSES.values()]
 
 
 def tiny_llama(seed: int = 0) -> nn.Module:
@@ -144,16 +174,25 @@ def measured_update(layer: nn.Module, base: nn.Module) -> torch.Tensor:
         layer.train(was_training)
 
 
-def lora_factors(layer: nn.Module, r: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's A (r, in) and B (out, r), as views of its own trainable tensors, whatever their layout.
+def outside(layer: nn.Module, base: nn.Module) -> list[nn.Parameter]:
+    """The parameters of a LoRA layer that are not its base's: its factors, trainable or not."""
+    held = {id(parameter) for parameter in base.parameters()}
+    return [parameter for parameter in layer.parameters() if id(parameter) not in held]
+
+
+def lora_factors(
+    layer: nn.Module, r: int, scaling: float, base: nn.Module | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's A (r, in) and B (out, r), as views of its own trainable tensors, whatever their layout; or,
+    given the ``base`` it adapts, of its tensors outside that base, trainable or not.
 
     The shapes say which tensor is which unless some dimensions are equal (a square layer); then the
     reading whose ``scaling * B @ A`` is the update the layer computes wins (give the factors random values
     first: with B zero every reading fits).
     """
-    base = base_of(layer)
+    tensors = trainable(layer) if base is None else outside(layer, base)
+    base = base_of(layer) if base is None else base
     in_features, out_features = dimensions(base)
-    tensors = trainable(layer)
     shapes = [tuple(t.shape) for t in tensors]
     readings = []
     if len(tensors) == 2:

@@ -1,6 +1,7 @@
 """Checks of the `adapter_io` kata: save_adapter and load_adapter, graded for real: peft's
 ``PeftModel.from_pretrained`` loads the learner's files, and ``load_adapter`` loads what peft's
-``save_pretrained`` writes, on a tiny LlamaForCausalLM, the toy transformer and a tiny GPT-2."""
+``save_pretrained`` writes, on a tiny LlamaForCausalLM, the toy transformer and a tiny GPT-2 (of a model's own
+layer classes: subclasses of Conv1D and nn.Linear)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from torch import nn
 
 from grader.hf import (
     base_of,
+    dimensions,
     logits,
     lora_factors,
     measured_update,
+    outside,
+    own_layers,
     peft_layers,
     peft_loaded,
     peft_model,
@@ -25,10 +29,11 @@ from grader.hf import (
     tiny_gpt2,
     tiny_llama,
     token_ids,
+    with_own_layer_classes,
 )
 from grader.models import WIDTH, ToyTransformer, matching_linears
 from grader.oracles import requires
-from grader.probes import FOREIGN_DEFAULT, describe, max_difference, output
+from grader.probes import FOREIGN_DEFAULT, describe, max_difference, output, trainable
 from grader.signatures import expect_the_stubs_signatures
 
 
@@ -57,8 +62,8 @@ SAVE_EMBEDDINGS = False  # peft saves a tied lm_head's weight beside its factors
 def plain(kind: str) -> nn.Module:
     if kind == "llama":
         return tiny_llama()
-    if kind == "gpt2":
-        return tiny_gpt2()
+    if kind == "gpt2":  # a subclass of a kind of layer is one: peft adapts them, a test of type(m) is skips them
+        return with_own_layer_classes(tiny_gpt2())
     torch.manual_seed(0)
     return ToyTransformer().eval()
 
@@ -158,7 +163,13 @@ def loaded(load_adapter, model: nn.Module, directory: Path | str, what: str = ""
     except ValueError as error:
         if not what:
             raise
-        pytest.fail(f"{what}: load_adapter refused them ({str(error)[:160]})", pytrace=False)
+        hint = ""
+        if own_layers(model):
+            hint = (
+                ": its layers are the model's own subclasses of Conv1D and nn.Linear, which peft adapts: are they told "
+                "by isinstance, not type(m)?"
+            )
+        pytest.fail(f"{what}: load_adapter refused them ({str(error)[:160]}){hint}", pytrace=False)
     except KeyError as error:
         if not what:
             raise
@@ -390,12 +401,30 @@ def test_loads_what_peft_saves_and_computes_what_peft_does(load_adapter, LoRALin
 
 @pytest.mark.points(1)
 @pytest.mark.subject("load_adapter")
+def test_the_loaded_factors_train(load_adapter, LoRALinear, LoRAConv1D, tmp_path):
+    model, _ = peft_saved("gpt2", tmp_path)  # a LoRAConv1D and a LoRALinear (the tied lm_head) among the layers
+    originals = dict(model.named_modules())
+    loaded(load_adapter, model, tmp_path, "gpt2, peft's own files")
+    for name, layer in adapters_in(model, LoRALinear, LoRAConv1D).items():
+        in_features, out_features = dimensions(originals[name])
+        count, expected = sum(t.numel() for t in trainable(layer)), R * (in_features + out_features)
+        frozen = "the loaded factors are frozen" if count == 0 else f"{count} numbers train"
+        assert count == expected, (
+            f"{name} (a {type(layer).__name__}): {frozen}, expected r*(in+out) = {expected}: load_adapter builds the "
+            "package's layers, whose factors train, ready to train on; leave them so (peft's from_pretrained "
+            "freezes them unless is_trainable=True)"
+        )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("load_adapter")
 def test_a_float64_model_loads_a_float32_file_in_float64(load_adapter, LoRALinear, LoRAConv1D, tmp_path):
     model, oracle = peft_saved("toy", tmp_path)
     model, oracle = model.double(), oracle.double()  # peft casts what it loads to the model's dtype
+    originals = dict(model.named_modules())
     loaded(load_adapter, model, tmp_path)
-    dtypes = sorted({str(p.dtype) for layer in adapters_in(model, LoRALinear, LoRAConv1D).values()
-                     for p in layer.parameters() if p.requires_grad})  # fmt: skip
+    dtypes = sorted({str(p.dtype) for name, layer in adapters_in(model, LoRALinear, LoRAConv1D).items()
+                     for p in outside(layer, originals[name])})  # fmt: skip
     assert dtypes == ["torch.float64"], (
         f"a float64 model loading a float32 file holds {dtypes} factors, expected torch.float64: copy the file's "
         "tensors into the layers' own factors (copy_), do not replace them with the file's"
@@ -434,13 +463,15 @@ def test_loads_the_factors_where_the_layers_are(load_adapter, LoRALinear, LoRACo
     )
 
 
-# Where re.search and a bare endswith part from peft's matching: a match that stops short of the name's end or
-# starts after its beginning, and an entry that ends a longer name without the dot.
+# Where re.search, re.match(pattern + "$") and a bare endswith or an unescaped regex part from peft's matching: a
+# match that stops short of the name's end (in an alternation's first branch, which a "$" appended does not end) or
+# starts after its beginning, an entry that ends a longer name without the dot, and a dot read as any character.
 PATTERNS = {
-    "stops short": r".*\.(q_proj|v_proj|gate)",  # re.search also takes gate_proj
+    "stops short": r".*\.gate|.*\.(q_proj|v_proj)",  # re.search and re.match(pattern + "$") also take gate_proj
     "unanchored start": r".*\.v_proj|layers\.1\.self_attn\.q_proj",  # re.search also takes model.layers.1...q_proj
 }
-SHORT_NAMES = ["proj", "fc1", "1.attn.q_proj", "head"]  # a bare endswith also takes q_proj, layers.11.attn.q_proj
+# A bare endswith also takes q_proj and layers.11.attn.q_proj; "out.proj" names nothing, read as a regex every out_proj.
+SHORT_NAMES = ["proj", "fc1", "1.attn.q_proj", "head", "out.proj"]
 
 
 @pytest.mark.points(1)
@@ -449,7 +480,7 @@ SHORT_NAMES = ["proj", "fc1", "1.attn.q_proj", "head"]  # a bare endswith also t
 def test_loads_a_regex_target_string(load_adapter, LoRALinear, LoRAConv1D, pattern, tmp_path):
     model, oracle = peft_saved("llama", tmp_path, target_modules=PATTERNS[pattern])
     assert read_config(tmp_path)["target_modules"] == PATTERNS[pattern], "grader bug: peft saved a list"
-    what = f"target_modules {PATTERNS[pattern]!r} (a str: re.fullmatch, not re.search)"
+    what = f"target_modules {PATTERNS[pattern]!r} (a str: re.fullmatch, not re.search nor re.match(pattern + '$'))"
     expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, "llama", model, oracle, tmp_path, what)
 
 
@@ -457,7 +488,10 @@ def test_loads_a_regex_target_string(load_adapter, LoRALinear, LoRAConv1D, patte
 @pytest.mark.subject("load_adapter")
 def test_loads_short_target_names_as_peft_matches_them(load_adapter, LoRALinear, LoRAConv1D, tmp_path):
     model, oracle = peft_saved("toy", tmp_path, target_modules=SHORT_NAMES)
-    what = f"target_modules {SHORT_NAMES} (a list: equal or ending with '.' + entry, not a bare endswith)"
+    what = (
+        f"target_modules {SHORT_NAMES} (a list: equal or ending with '.' + entry, not a bare endswith; an entry is a "
+        "name, not a regex: its dots are dots)"
+    )
     expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, "toy", model, oracle, tmp_path, what)
 
 
@@ -518,7 +552,7 @@ def test_uses_the_configs_lora_dropout_0_when_absent(load_adapter, LoRALinear, L
 @pytest.mark.parametrize(
     "kind, dtype",
     [("llama", torch.float32), ("toy", torch.float32), ("gpt2", torch.float32), ("llama", torch.bfloat16),
-     ("toy", torch.bfloat16)],
+     ("toy", torch.bfloat16), ("toy", torch.float64), ("llama", torch.float16)],
     ids=lambda value: str(value).removeprefix("torch."),
 )  # fmt: skip
 def test_save_then_load_is_bit_exact(save_adapter, load_adapter, LoRALinear, LoRAConv1D, kind, dtype, tmp_path):
@@ -527,13 +561,15 @@ def test_save_then_load_is_bit_exact(save_adapter, load_adapter, LoRALinear, LoR
     tensors, _ = read_tensors(tmp_path)
     dtypes = sorted({str(t.dtype) for t in tensors.values()})
     assert dtypes == [str(dtype)], f"the file holds {dtypes} tensors for {dtype} factors: save them in their dtype"
+    originals = dict(fresh.named_modules())
     loaded(load_adapter, fresh, str(tmp_path), f"{kind} {dtype}, save_adapter's own files")  # a str, as scripts pass
     again = adapters_in(fresh, LoRALinear, LoRAConv1D)
     assert sorted(again) == sorted(layers), (
         f"loading the saved files adapted {sorted(again)[:2]}..., the saved model had {sorted(layers)[:2]}..."
     )
     for name, layer in layers.items():
-        pairs = zip(lora_factors(layer, R, ALPHA / R), lora_factors(again[name], R, ALPHA / R), strict=True)
+        loaded_factors = lora_factors(again[name], R, ALPHA / R, base=originals[name])
+        pairs = zip(lora_factors(layer, R, ALPHA / R), loaded_factors, strict=True)
         for what, (before, after) in zip("AB", pairs, strict=True):
             assert after.dtype == before.dtype and torch.equal(after, before), (
                 f"{name}: factor {what} after save and load is not bit for bit the saved one"
@@ -551,6 +587,14 @@ def transposed(factor: str):
     """A corruption: one layer's lora_A or lora_B stored transposed."""
     key = FACTOR_KEY.format(factor)
     return lambda tensors, config: tensors.update({key: tensors[key].T.contiguous()})
+
+
+def of_rank(factor: str, rank: int):
+    """A corruption: one layer's lora_A or lora_B of another rank than the config's, the other factor as it was."""
+    key = FACTOR_KEY.format(factor)
+    return lambda tensors, config: tensors.update(
+        {key: tensors[key][:rank].clone() if factor == "A" else tensors[key][:, :rank].clone()}
+    )
 
 
 def missing(factor: str):
@@ -576,6 +620,8 @@ CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of t
     ),
     "a transposed lora_A": transposed("A"),
     "a transposed lora_B": transposed("B"),
+    "a lora_A of rank 2": of_rank("A", 2),  # the rank of one factor only: the other's, and the config's, fit
+    "a lora_B of rank 1": of_rank("B", 1),  # (12, 1) broadcasts into (12, 4) in a copy_
     "peft_type LOHA": lambda tensors, config: config.update(peft_type="LOHA"),
     "peft_type lora, lowercase": lambda tensors, config: config.update(peft_type="lora"),
     "use_dora": lambda tensors, config: config.update(use_dora=True),
@@ -599,6 +645,8 @@ WORDS = {  # what the message must name
     "a lora pair for an untargeted layer": ["fc1"],
     "a transposed lora_A": [FACTOR_KEY.format("A"), "4,8", "8,4"],
     "a transposed lora_B": [FACTOR_KEY.format("B"), "12,4", "4,12"],
+    "a lora_A of rank 2": [FACTOR_KEY.format("A"), "2,8", "4,8"],
+    "a lora_B of rank 1": [FACTOR_KEY.format("B"), "12,1", "12,4"],
 }
 
 

@@ -23,6 +23,7 @@ from grader.hf import (
     randomize,
     tiny_gpt2,
     token_ids,
+    with_own_layer_classes,
 )
 from grader.oracles import requires
 from grader.probes import (
@@ -38,6 +39,7 @@ from grader.probes import (
     expect_centred,
     expect_dropout_like_nn_dropout,
     expect_instance,
+    expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
     expect_on_the_base_device_and_dtype,
     expect_r_alpha_and_scaling,
@@ -248,8 +250,13 @@ def test_B_starts_at_zero_and_A_random(LoRAConv1D):
         f"A ({R}, {IN}) has rank {rank} at init, expected r = {R}: are its rows copies of one another? Draw every "
         "entry (kaiming_uniform_ on the whole (r, in) tensor): rows that start equal get equal updates and stay equal"
     )
-    wide = factors(make_layer(LoRAConv1D, in_features=96, out_features=OUT, r=R)[2], 96, OUT, R)
-    expect_centred(wide.A, f"LoRAConv1D on a Conv1D of in=96, out={OUT}, r={R}")
+    # 4096 entries, as expect_nn_linear_bound_if_uniform wants them; distinct dims tell how A is stored
+    in_features, out_features, r = 256, 24, 16
+    layer = make_layer(LoRAConv1D, in_features=in_features, out_features=out_features, r=r)[2]
+    wide = factors(layer, in_features, out_features, r)
+    what = f"LoRAConv1D on a Conv1D of in={in_features}, out={out_features}, r={r}"
+    expect_centred(wide.A, what)
+    expect_nn_linear_bound_if_uniform(wide.A, what)
 
 
 @pytest.mark.points(4)
@@ -409,48 +416,77 @@ def test_defaults_are_r_8_alpha_16_and_no_dropout(LoRAConv1D):
     assert repeat == 0, f"LoRAConv1D(base) in train mode varies by {repeat:.3g} between calls: default dropout is 0.0"
 
 
-# apply_lora_gpt2 on a tiny GPT2LMHeadModel.
+# apply_lora_gpt2 on a tiny GPT2LMHeadModel, and on a GPT-2 of a model's own layer classes.
 
+
+def own_classifier() -> nn.Module:
+    """A tiny GPT2ForSequenceClassification of a model's own layer classes: every Conv1D a subclass of it, and
+    ``score``, an nn.Linear subclass; no lm_head, so an nn.Linear other than lm_head is adapted and merged."""
+    return with_own_layer_classes(tiny_gpt2(classifier=True))
+
+
+GPT2_MODELS = {"GPT2LMHeadModel": lambda: tiny_gpt2(n_layer=12), "own classes": own_classifier}
 TARGET_CASES = [
-    ATTENTION,
-    ("c_proj",),  # attn.c_proj and mlp.c_proj
-    ("attn.c_proj",),  # not mlp.c_proj
-    ("1.attn.c_attn",),  # h.1, not h.11
-    ("c_fc", "lm_head"),  # a Conv1D and an nn.Linear
-    ["transformer.h.11.mlp.c_proj"],  # a whole qualified name
-    ("c_attn", "q_proj"),  # q_proj names nothing in GPT-2: no error, as c_attn matches
+    ("GPT2LMHeadModel", ATTENTION),
+    ("GPT2LMHeadModel", ("c_proj",)),  # attn.c_proj and mlp.c_proj
+    ("GPT2LMHeadModel", ("attn.c_proj",)),  # not mlp.c_proj
+    ("GPT2LMHeadModel", ("1.attn.c_attn",)),  # h.1, not h.11
+    ("GPT2LMHeadModel", ("c_fc", "lm_head")),  # a Conv1D and an nn.Linear
+    ("GPT2LMHeadModel", ["transformer.h.11.mlp.c_proj"]),  # a whole qualified name
+    ("GPT2LMHeadModel", ("c_attn", "q_proj")),  # q_proj names nothing in GPT-2: no error, as c_attn matches
+    ("own classes", ("c_fc", "score")),  # subclasses of Conv1D and nn.Linear, an nn.Linear that is not lm_head
 ]
+SUBCLASSES = "a subclass of Conv1D or nn.Linear is one (models define their own): test isinstance, not type(m)"
+
+
+def missed_cause(missed: list[str], kinds: dict[str, type], Conv1D) -> str:
+    """Why the layers ``missed``, of those named (``kinds``: their classes), were left as they were, as far as
+    their classes tell, or ""."""
+    subclassed = [name for name in missed if kinds[name] not in (Conv1D, nn.Linear)]
+    if not missed:
+        return ""
+    if len(subclassed) == len(kinds) or (subclassed and all(issubclass(kinds[n], Conv1D) for n in missed)):
+        return SUBCLASSES
+    if all(kinds[name] is Conv1D for name in missed):
+        return "GPT-2's c_attn, c_proj and c_fc are transformers' Conv1D, not nn.Linear: adapt both kinds"
+    if all(issubclass(kinds[name], nn.Linear) and name != "lm_head" for name in missed):
+        return "adapt every nn.Linear a target names, a subclass of it too, not lm_head alone"
+    return ""
 
 
 @pytest.mark.points(1)
 @pytest.mark.subject("apply_lora_gpt2")
-@pytest.mark.parametrize("targets", TARGET_CASES, ids=lambda targets: "+".join(targets))
-def test_adapts_exactly_the_conv1d_and_linear_layers_named(apply_lora_gpt2, LoRAConv1D, LoRALinear, Conv1D, targets):
-    model = tiny_gpt2(n_layer=12)
+@pytest.mark.parametrize(
+    "model_name, targets", TARGET_CASES, ids=lambda value: value if isinstance(value, str) else "+".join(value)
+)
+def test_adapts_exactly_the_conv1d_and_linear_layers_named(
+    apply_lora_gpt2, LoRAConv1D, LoRALinear, Conv1D, model_name, targets
+):
+    model = GPT2_MODELS[model_name]()
     expected = set(matching(model, targets, Conv1D))
     kinds = {name: type(model.get_submodule(name)) for name in expected}
     call = f"apply_lora_gpt2(model, target_modules={list(targets)}, r=2, alpha=4.0)"
     try:
         adapted(as_the_stub_allows(lambda: apply_lora_gpt2(model, target_modules=targets, r=2, alpha=4.0), call))
     except ValueError as error:
-        pytest.fail(
-            f"{call} raised ValueError ({error}) though {len(expected)} layers match: raise only when nothing "
-            "matches; a target that names no layer is no error while another one does",
-            pytrace=False,
-        )
+        cause = "raise only when nothing matches; a target that names no layer is no error while another one does"
+        if all(kind not in (Conv1D, nn.Linear) for kind in kinds.values()):
+            cause = SUBCLASSES
+        pytest.fail(f"{call} raised ValueError ({error}) though {len(expected)} layers match: {cause}", pytrace=False)
     found = set(adapters(model, LoRAConv1D, LoRALinear))
     wrong, missed = sorted(found - expected), sorted(expected - found)
-    cause = "match a name when it equals a target or ends with '.' + target"
-    if missed and all(kinds[name] is Conv1D for name in missed):
-        cause = "GPT-2's c_attn, c_proj and c_fc are transformers' Conv1D, not nn.Linear: adapt both kinds"
-    elif any(t in name for name in wrong for t in targets):
-        cause = "substring or bare endswith matching: " + cause
+    cause = missed_cause(missed, kinds, Conv1D)
+    if not cause:
+        cause = "match a name when it equals a target or ends with '.' + target"
+        if any(t in name for name in wrong for t in targets):
+            cause = "substring or bare endswith matching: " + cause
     assert not wrong and not missed, (
-        f"targets {list(targets)}: expected adapters on {len(expected)} layers, got {len(found)}; "
+        f"{model_name}, targets {list(targets)}: expected adapters on {len(expected)} layers, got {len(found)}; "
         f"wrongly adapted {wrong[:3]}, missed {missed[:3]}: {cause}"
     )
     for name in expected:
-        layer, wanted = model.get_submodule(name), LoRAConv1D if kinds[name] is Conv1D else LoRALinear
+        layer = model.get_submodule(name)
+        wanted = LoRAConv1D if issubclass(kinds[name], Conv1D) else LoRALinear
         assert isinstance(layer, wanted), (
             f"{name} (a {kinds[name].__name__}) became a {type(layer).__name__}, expected {wanted.__name__}: "
             "Conv1D layers get LoRAConv1D, nn.Linear layers the package's LoRALinear"
@@ -570,10 +606,19 @@ def test_logits_equal_peft_with_the_same_factors(apply_lora_gpt2, LoRAConv1D, Lo
 @pytest.mark.points(2)
 @pytest.mark.subject("apply_lora_gpt2")
 def test_freezes_everything_but_the_adapters(apply_lora_gpt2, LoRAConv1D, LoRALinear):
+    def loose(model: nn.Module) -> list[str]:
+        inside = {id(p) for layer in adapters(model, LoRAConv1D, LoRALinear).values() for p in trainable(layer)}
+        return [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
+
     model = adapted(apply_lora_gpt2(tiny_gpt2(), EVERYWHERE, r=2, alpha=4.0))
-    inside = {id(p) for layer in adapters(model, LoRAConv1D, LoRALinear).values() for p in trainable(layer)}
-    loose = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
-    assert not loose, f"{len(loose)} parameters outside the adapters still train, e.g. {loose[:3]}: freeze them"
+    first = loose(model)
+    assert not first, f"{len(first)} parameters outside the adapters still train, e.g. {first[:3]}: freeze them"
+    model.transformer.wpe.weight.requires_grad_(True)  # unfrozen between two calls, as a user may do
+    second = loose(adapted(apply_lora_gpt2(model, ("lm_head",), r=2, alpha=4.0)))
+    assert not second, (
+        f"after a second call (adding lm_head) {second[:3]} still train, unfrozen since the first call: freeze "
+        "everything but the factors on every call, not only on the first"
+    )
 
 
 @pytest.mark.points(1)
@@ -811,8 +856,14 @@ def test_merges_the_same_in_train_mode_with_dropout(apply_lora_gpt2, merge_gpt2)
     randomize(model, std=0.2)
     ids = token_ids()
     expected = logits(model, ids)
-    model.train()
+    modes = [(name, module, module.training) for name, module in model.train().named_modules()]
     merged(merge_gpt2(model))
+    kept = {id(module) for module in model.modules()}  # the modules merging left in place
+    flipped = [name or "the model" for name, module, mode in modes if id(module) in kept and module.training != mode]
+    assert not flipped, (
+        f"merging a model in train mode put {flipped[:3]} in eval mode: merge_gpt2 replaces the adapters and leaves "
+        "every other module as it was (no model.eval())"
+    )
     error = max_difference(logits(model, ids), expected)
     assert error < 1e-5, (
         f"merged in train mode (dropout=0.5), the logits differ by {error:.3g}: compute W + dW.T from the factors, "
@@ -866,6 +917,35 @@ def test_merges_an_adapter_registered_under_two_names(apply_lora_gpt2, merge_gpt
         f"merge_gpt2 left {len(left)} adapters under a second name, e.g. {left[:2]}: named_modules() and "
         "named_children() list a module registered twice only once; walk named_modules(remove_duplicate=False), "
         "as merge_weights does"
+    )
+    error = max_difference(logits(model, ids), expected)
+    assert error < 1e-5, f"the merged model's logits differ from the adapted one's by {error:.3g}"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+def test_merges_a_model_of_its_own_layer_classes(merge_gpt2, LoRAConv1D, LoRALinear, Conv1D):
+    model, ids = own_classifier().requires_grad_(False), token_ids()
+    targets = (*EVERYWHERE, "score")  # score: an nn.Linear subclass that is not lm_head (the classifier has none)
+    names = matching(model, targets, Conv1D)
+    for name in names:  # the grader's own wrapping: what apply_lora_gpt2 does is checked above
+        parent, _, child = name.rpartition(".")
+        layer = model.get_submodule(name)
+        wrapper = LoRAConv1D if isinstance(layer, Conv1D) else LoRALinear
+        setattr(model.get_submodule(parent), child, wrapper(layer, r=4, alpha=8.0))
+    randomize(model, std=0.2)
+    expected = logits(model, ids)
+    merged(merge_gpt2(model))
+    left = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, (LoRAConv1D, LoRALinear))]
+    assert not left, (
+        f"merge_gpt2 left {left[:2]} adapted on a GPT2ForSequenceClassification: merge every LoRALinear, not lm_head "
+        "alone (merge_weights(model) finds them all)"
+    )
+    kinds = {name: type(model.get_submodule(name)) for name in names if name != "score"}
+    subclassed = {name: f"{kind.__module__}.{kind.__qualname__}" for name, kind in kinds.items() if kind is not Conv1D}
+    assert not subclassed, (
+        f"merged, {next(iter(subclassed))} is of class {next(iter(subclassed.values()))} (its base's), expected "
+        "transformers' Conv1D itself: build a new Conv1D(nf, nx), not a copy of the base or the base itself"
     )
     error = max_difference(logits(model, ids), expected)
     assert error < 1e-5, f"the merged model's logits differ from the adapted one's by {error:.3g}"

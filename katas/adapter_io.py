@@ -54,12 +54,15 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     It reads what ``save_adapter`` writes and what ``PeftModel.save_pretrained`` writes (its config holds about
     40 keys: ignore those you do not need; with an adapted ``lm_head`` peft saves its weight too unless given
     ``save_embedding_layers=False``, and such a file holds a tensor the model has no place for):
-        - The layers to adapt are the ``nn.Linear`` (and ``Conv1D``) modules that the config's ``target_modules``
-          names as peft matches them: a list matches a qualified name equal to an entry or ending with
-          ``"." + entry``; a string is a regular expression the whole name must match (``re.fullmatch``).
+        - The layers to adapt are the ``nn.Linear`` (and ``Conv1D``) modules, subclasses of them included, that
+          the config's ``target_modules`` names as peft matches them: a list matches a qualified name equal to an
+          entry or ending with ``"." + entry`` (an entry is a name, not a pattern: its dots are dots); a string
+          is a regular expression the whole name must match (``re.fullmatch``).
         - Each becomes this package's ``LoRALinear`` (or ``LoRAConv1D``) with the config's ``r`` and
           ``lora_alpha`` (and ``lora_dropout``, 0 when absent), and receives the file's A and B, whatever the layout
-          the package's own layers store them in; afterwards the model computes what peft's model does.
+          the package's own layers store them in; afterwards the model computes what peft's model does, and the
+          factors train as those layers' factors do, ready to train on (peft's ``from_pretrained`` freezes them
+          unless given ``is_trainable=True``: do not).
 
     Strict, never a silent partial load; the whole file is checked before the model is touched, so a failed
     load leaves the model as it was (same modules, same weights).

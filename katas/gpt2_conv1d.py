@@ -34,7 +34,7 @@ class LoRAConv1D(nn.Module):
         - The update is ``dW = scaling * B @ A``, shape (out, in), rank <= r: the layer computes
           ``base(x) + x @ dW.T``. (Added to the Conv1D's (in, out) weight, it is ``dW.T``.)
         - At construction the layer computes exactly ``base(x)``: ``B`` is zeros and ``A`` is random
-          (Kaiming-uniform, or Gaussian).
+          (Kaiming-uniform as ``nn.Linear`` does, or Gaussian).
         - ``dropout`` zeroes inputs of the adapter branch only (never the base path), and only in train
           mode, as ``nn.Dropout`` does (survivors scaled by 1 / (1 - p)).
 
@@ -69,10 +69,11 @@ def apply_lora_gpt2(
     """Put LoRA adapters, in place, on the targeted ``Conv1D`` and ``nn.Linear`` layers of ``model`` (a GPT-2).
 
     Spec (apply_lora's contract, for both kinds of layer):
-        - A module is targeted when it is a ``Conv1D`` or an ``nn.Linear`` and its qualified name (as in
-          ``model.named_modules()``) equals a target or ends with ``"." + target``: ``"c_proj"`` is both
-          ``attn.c_proj`` and ``mlp.c_proj``, ``"attn.c_proj"`` only the first, ``"1.attn.c_attn"`` is in
-          ``h.1`` and not in ``h.11``. ``target_modules`` is any iterable of names (a str is one name).
+        - A module is targeted when it is a ``Conv1D`` or an ``nn.Linear`` (a subclass of either, as models
+          define them, is one) and its qualified name (as in ``model.named_modules()``) equals a target or
+          ends with ``"." + target``: ``"c_proj"`` is both ``attn.c_proj`` and ``mlp.c_proj``,
+          ``"attn.c_proj"`` only the first, ``"1.attn.c_attn"`` is in ``h.1`` and not in ``h.11``.
+          ``target_modules`` is any iterable of names (a str is one name).
         - Each targeted ``Conv1D`` becomes ``LoRAConv1D(layer, r, alpha, dropout)``, each targeted
           ``nn.Linear`` this package's own ``LoRALinear(layer, r, alpha, dropout)``, wrapping the original
           layer object (no copies).
@@ -80,7 +81,8 @@ def apply_lora_gpt2(
           ``transformer.wte``) is adapted only when a target names it, and the tie survives: no copy of
           the weight, ever.
         - Every other parameter of the model is frozen: afterwards only the adapters' factors are
-          trainable, as many numbers as peft's ``get_peft_model`` trains for the same targets and r.
+          trainable, as many numbers as peft's ``get_peft_model`` trains for the same targets and r (after
+          every call: a parameter unfrozen since an earlier call is frozen again).
         - A layer that already is a ``LoRAConv1D`` or ``LoRALinear`` is never wrapped again.
         - Returns ``model`` itself.
 
@@ -94,9 +96,10 @@ def merge_gpt2(model: nn.Module) -> nn.Module:
     """Fold every adapter of ``model`` into a plain layer, in place, for inference.
 
     Spec:
-        - Every ``LoRAConv1D`` becomes a ``Conv1D`` (the class itself, not a subclass) holding weight
-          ``W + dW.T`` (in, out), with ``dW = scaling * B @ A`` (out, in), and the base's bias, in the base's
-          dtype and on its device; every ``LoRALinear`` becomes an ``nn.Linear`` (use ``merge_weights``).
+        - Every ``LoRAConv1D`` becomes a ``Conv1D`` (the class itself, not a subclass, whatever the base's
+          class) holding weight ``W + dW.T`` (in, out), with ``dW = scaling * B @ A`` (out, in), and the base's
+          bias, in the base's dtype and on its device; every ``LoRALinear`` becomes an ``nn.Linear`` (use
+          ``merge_weights``).
         - The new weights are computed without autograd: ``nn.Parameter`` leaves with no grad history.
         - With fp16/bf16 weights, W and the update are added in float32 and the sum rounded once: every
           merged number within one unit in the last place of that sum (peft's merge, with its float32
@@ -106,7 +109,8 @@ def merge_gpt2(model: nn.Module) -> nn.Module:
           merging it must not change ``wte`` (peft's ``merge_and_unload`` writes the update into the shared
           weight, so the embeddings change too: do better), so give the merged layer a weight of its own.
         - An adapter registered under several names (a shared block, an alias) is replaced under each.
-        - Merging a model with nothing left to merge changes nothing.
+        - Only the adapters are replaced: every other module is left as it was, its train or eval mode
+          included (merging is no ``model.eval()``). Merging a model with nothing left to merge changes nothing.
         - Returns ``model``, or the new ``Conv1D`` when ``model`` is a ``LoRAConv1D`` itself (the merged
           ``nn.Linear`` when it is a ``LoRALinear``, as ``merge_weights`` returns it).
     """

@@ -167,4 +167,30 @@ WRONG_ANSWERS = [
     WrongAnswer("save_adapter's directory named save_directory (peft's)", KATA, 'def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:',
                 'def save_adapter(model: nn.Module, save_directory: str | os.PathLike[str]) -> Path:\n    directory = save_directory',
                 "test_takes_the_stubs_parameters", 'has no parameter `directory` (renamed `save_directory`?)'),
+    # Red-team round 4 (w-g): an alternation under a "$", float64 and fp16 round trips, one factor's rank, a dot in a
+    # list entry, a model's own layer classes, the loaded factors left to train.
+    WrongAnswer("a regex target matched with re.match and a $", KATA, "return re.fullmatch(target_modules, name) is not None",
+                'return re.match(target_modules + "$", name) is not None',
+                "test_loads_a_regex_target_string", "nor re.match(pattern + '$')"),
+    WrongAnswer("the file's tensors read as float32", KATA, "    tensors = load_file(directory / WEIGHTS)\n",
+                "    tensors = {key: value.float() for key, value in load_file(directory / WEIGHTS).items()}\n",
+                "test_save_then_load_is_bit_exact", "not bit for bit the saved one"),
+    WrongAnswer("lora_B's rank unchecked", KATA, SHAPES,
+                '        if tuple(tensors[key].shape)[: 1 if key.endswith("lora_B.weight") else 2] != shape[: 1 if key.endswith("lora_B.weight") else 2]:\n'
+                "            raise ValueError",
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "accepted a file with a lora_B of rank 1"),
+    WrongAnswer("lora_A's rank unchecked", KATA, SHAPES,
+                '        if tuple(tensors[key].shape)[1 if key.endswith("lora_A.weight") else 0 :] != shape[1 if key.endswith("lora_A.weight") else 0 :]:\n'
+                "            raise ValueError",
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "a file with a lora_A of rank 2: load_adapter raised RuntimeError"),
+    WrongAnswer("list entries read as regular expressions", KATA,
+                'return any(name == t or name.endswith("." + t) for t in target_modules)',
+                'return any(re.search(rf"(^|\\.){t}$", name) for t in target_modules)',
+                "test_loads_short_target_names_as_peft_matches_them", "layers.0.attn.out_proj"),
+    WrongAnswer("layers told by their exact type", KATA, "isinstance(m, (nn.Linear, Conv1D)) and targeted(name)",
+                "type(m) in (nn.Linear, Conv1D) and targeted(name)",
+                "test_loads_what_peft_saves_and_computes_what_peft_does", "told by isinstance, not type(m)"),
+    WrongAnswer("the loaded factors frozen, as for inference", KATA, COPY_B,
+                COPY_B + "            model.get_submodule(name).requires_grad_(False)\n",
+                "test_the_loaded_factors_train", "the loaded factors are frozen"),
 ]  # fmt: skip

@@ -200,4 +200,32 @@ WRONG_ANSWERS = [
     WrongAnswer("dropout off under inference_mode", KATA, "down = F.linear(self.dropout(x), self.lora_A)",
                 "down = F.linear(F.dropout(x, self.dropout.p, self.training and not torch.is_inference_mode_enabled()), self.lora_A)",
                 "test_dropout_zeroes_adapter_inputs_in_train_mode_only", "inference mode, base in train mode"),
+    # Red-team round 4 (w-g): nn.Linear's bound for a uniform A, layers of a model's own classes, an nn.Linear
+    # other than lm_head, the train mode of the rest, a backbone unfrozen between two calls.
+    WrongAnswer("Kaiming's fan-in taken from A stored (in, r)", KATA, "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+                "nn.init.kaiming_uniform_(self.lora_A.T, a=math.sqrt(5))",
+                "test_B_starts_at_zero_and_A_random", "the fan-in was taken from A stored (in, r)"),
+    WrongAnswer("no nn.Linear adapted but lm_head", KATA, "if isinstance(module, adaptable) and any(",
+                'if (isinstance(module, (Conv1D, LoRAConv1D, LoRALinear)) or module is getattr(model, "lm_head", None)) and any(',
+                "test_adapts_exactly_the_conv1d_and_linear_layers_named", "not lm_head alone"),
+    WrongAnswer("only lm_head merged among the nn.Linear layers", KATA, MERGE_LINEARS,
+                "    _untie_adapted_weights(model)\n    if isinstance(model, LoRALinear):\n        return merge_weights(model)\n"
+                "    head = getattr(model, \"lm_head\", None)\n    if isinstance(head, LoRALinear):\n        new = merge_weights(head)\n"
+                "        for parent in list(model.modules()):\n            for child_name, child in list(parent._modules.items()):\n"
+                "                if child is head:\n                    setattr(parent, child_name, new)\n    return model",
+                "test_merges_a_model_of_its_own_layer_classes", "not lm_head alone"),
+    WrongAnswer("layers told by their exact type", KATA, "if isinstance(module, adaptable) and any(",
+                "if type(module) in adaptable and any(",
+                "test_adapts_exactly_the_conv1d_and_linear_layers_named", "test isinstance, not type(m)"),
+    WrongAnswer("merged into the base's own class", KATA, "        merged = Conv1D(weight.shape[1], weight.shape[0])",
+                "        merged = type(layer.base)(weight.shape[1], weight.shape[0])",
+                "test_merges_a_model_of_its_own_layer_classes", "expected transformers' Conv1D itself"),
+    WrongAnswer("merging puts the model in eval mode", KATA,
+                "    if isinstance(model, LoRAConv1D):\n        return merged_conv1d(model)\n",
+                "    if isinstance(model, LoRAConv1D):\n        return merged_conv1d(model)\n    model.eval()\n",
+                "test_merges_the_same_in_train_mode_with_dropout", "no model.eval()"),
+    WrongAnswer("frozen on the first call only", KATA, "        if id(parameter) not in adapters:",
+                "        if id(parameter) not in adapters and first_call:",
+                "test_freezes_everything_but_the_adapters", "not only on the first",
+                more_edits=((TARGETS, TARGETS + "\n    first_call = not any(isinstance(m, (LoRAConv1D, LoRALinear)) for m in model.modules())"),)),
 ]  # fmt: skip

@@ -80,8 +80,13 @@ def apply_lora_gpt2(model, target_modules=("c_attn",), r=8, alpha=16.0, dropout=
 
 @torch.no_grad()
 def _fold(layer):
-    """Folds the update into the Conv1D itself and hands that very Conv1D back."""
+    """Folds the update into the Conv1D itself and hands that very Conv1D back (into a plain Conv1D copy of a
+    model's own subclass of Conv1D: the merged layer is Conv1D itself)."""
     conv = layer.conv
+    if type(conv) is not Conv1D:
+        plain = Conv1D(conv.nf, conv.weight.shape[0]).to(conv.weight)
+        plain.load_state_dict(conv.state_dict())
+        conv = plain.requires_grad_(False)
     wide = torch.float32 if conv.weight.dtype in (torch.float16, torch.bfloat16) else conv.weight.dtype
     conv.weight.copy_(conv.weight.to(wide) + layer.delta_fan_in_fan_out(wide))
     return conv
