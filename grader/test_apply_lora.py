@@ -14,6 +14,7 @@ from torch import nn
 from grader.models import MODEL_ZOO, WIDTH, ToyTransformer, inputs, matching_linears, zoo_inputs
 from grader.probes import DEVICES, describe, expect_instance, max_difference, randomize_factors, train, trainable
 from grader.signatures import expect_the_stubs_signatures
+from lora_kata.grading.implementation import KataUnavailable
 
 
 @pytest.mark.points(1)
@@ -207,7 +208,7 @@ def test_freezes_everything_but_the_adapters(apply_lora, LoRALinear):
     model = ToyTransformer()
     try:
         planted = plant_factor_names(model, LoRALinear)
-    except NotImplementedError:  # LoRALinear not written yet: apply_lora's own stub, or LoRALinear's, says so below
+    except (NotImplementedError, KataUnavailable):  # no working LoRALinear yet: the call to apply_lora says why below
         planted = []
     adapted(apply_lora(model, DEFAULT_TARGETS, r=2, alpha=4.0))
     inside = {id(p) for layer in adapters(model, LoRALinear).values() for p in trainable(layer)}

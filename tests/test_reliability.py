@@ -289,7 +289,7 @@ def test_a_kata_that_passed_before_the_mock_is_solved_in_it_only_once_changed(wo
 def test_check_and_grade_name_a_checks_cases_alike(working_copy):
     checked = command("-m", "lora_kata", "check", "apply_lora", cwd=working_copy).stdout
     graded = command("-m", "lora_kata", "grade", "--kata", "apply_lora", cwd=working_copy).stdout
-    cases = [set(re.findall(r"\[[^\]]+\]", output.split("kata ")[0])) for output in (checked, graded)]
+    cases = [set(re.findall(r"\[[^\]]+\]", output.split("\nkata ")[0])) for output in (checked, graded)]
     assert "[q_proj+v_proj]" in cases[1] and cases[0] == cases[1], (checked, graded)
 
 
