@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import pytest
 import torch
+from hypothesis import example
 from torch import nn
 
 from lora_kata.grading.implementation import KataUnavailable
@@ -27,6 +28,19 @@ TRAINING_CASES = [  # (device, dtype) of the toy regression: bf16 too, as LoRA i
     for dtype in (torch.float32, torch.bfloat16)
 ]
 T = TypeVar("T")
+
+
+def examples(fields: str, *rows: tuple) -> Callable:
+    """One hypothesis ``@example`` per row of values, named by ``fields`` ("a, b, c"), run in the order written, as
+    stacked ``@example`` lines are: a property's explicit cases as a table."""
+    names = [name.strip() for name in fields.split(",")]
+
+    def decorate(test: Callable) -> Callable:
+        for row in reversed(rows):  # decorators apply bottom-up
+            test = example(**dict(zip(names, row, strict=True)))(test)
+        return test
+
+    return decorate
 
 
 def describe(value: object) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
-from hypothesis import example, given
+from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 from torch.autograd.gradcheck import GradcheckError
@@ -23,6 +23,7 @@ from grader.probes import (
     TRAINING_CASES,
     Conv1DLike,
     describe,
+    examples,
     expect_centred,
     expect_instance,
     expect_nn_linear_bound_if_uniform,
@@ -182,61 +183,14 @@ def test_is_an_autograd_function_that_autograd_records(FusedLoRAFunction):
     grad=st.booleans(),
     scaling=st.sampled_from([SCALING, 10 / 3, 0.7]),
 )
-@example(
-    in_features=IN,
-    out_features=OUT,
-    r=R,
-    batch_shape=(6,),
-    bias=True,
-    dtype=torch.float32,
-    contiguous=True,
-    grad=False,
-    scaling=SCALING,
-)
-@example(
-    in_features=IN,
-    out_features=OUT,
-    r=R,
-    batch_shape=(),
-    bias=True,
-    dtype=torch.float16,
-    contiguous=True,
-    grad=True,
-    scaling=10 / 3,
-)
-@example(
-    in_features=IN,
-    out_features=OUT,
-    r=1,
-    batch_shape=(1,),
-    bias=False,
-    dtype=torch.bfloat16,
-    contiguous=False,
-    grad=True,
-    scaling=0.7,
-)
-@example(
-    in_features=IN,
-    out_features=OUT,
-    r=R,
-    batch_shape=(3, 2, 2),
-    bias=True,
-    dtype=torch.float32,
-    contiguous=False,
-    grad=True,
-    scaling=SCALING,
-)
-@example(
-    in_features=IN,
-    out_features=OUT,
-    r=R,
-    batch_shape=(130,),
-    bias=True,
-    dtype=torch.float64,
-    contiguous=False,
-    grad=True,
-    scaling=10 / 3,
-)
+@examples(
+    "in_features, out_features, r, batch_shape, bias, dtype, contiguous, grad, scaling",
+    (IN, OUT, R, (6,), True, torch.float32, True, False, SCALING),
+    (IN, OUT, R, (), True, torch.float16, True, True, 10 / 3),
+    (IN, OUT, 1, (1,), False, torch.bfloat16, False, True, 0.7),
+    (IN, OUT, R, (3, 2, 2), True, torch.float32, False, True, SCALING),
+    (IN, OUT, R, (130,), True, torch.float64, False, True, 10 / 3),
+)  # fmt: skip
 def test_forward_computes_the_lora_formula(
     FusedLoRAFunction, in_features, out_features, r, batch_shape, bias, dtype, contiguous, grad, scaling
 ):  # fmt: skip
@@ -278,10 +232,13 @@ def test_forward_computes_the_lora_formula(
     dtype=st.sampled_from(FLOAT_DTYPES),
     contiguous=st.booleans(),
 )
-@example(in_features=IN, out_features=OUT, r=R, batch_shape=(2, 3), dtype=torch.float64, contiguous=True)
-@example(in_features=IN, out_features=OUT, r=R, batch_shape=(3, 2, 2), dtype=torch.float32, contiguous=False)
-@example(in_features=IN, out_features=OUT, r=R, batch_shape=(), dtype=torch.bfloat16, contiguous=True)
-@example(in_features=IN, out_features=OUT, r=R, batch_shape=(1,), dtype=torch.float16, contiguous=True)
+@examples(
+    "in_features, out_features, r, batch_shape, dtype, contiguous",
+    (IN, OUT, R, (2, 3), torch.float64, True),
+    (IN, OUT, R, (3, 2, 2), torch.float32, False),
+    (IN, OUT, R, (), torch.bfloat16, True),
+    (IN, OUT, R, (1,), torch.float16, True),
+)  # fmt: skip
 def test_backward_gives_each_input_its_gradient(
     FusedLoRAFunction, trained, bias, in_features, out_features, r, batch_shape, dtype, contiguous
 ):
@@ -818,42 +775,12 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
     bias=st.booleans(),
     linear=st.sampled_from(LINEAR_KINDS),
 )
-@example(
-    r=R,
-    alpha=ALPHA,
-    positional=True,
-    dtype=torch.float32,
-    batch_shape=(1,),
-    contiguous=True,
-    grad="grad on",
-    train=True,
-    bias=True,
-    linear=nn.Linear,
-)
-@example(
-    r=3,
-    alpha=10.0,
-    positional=True,
-    dtype=torch.float16,
-    batch_shape=(2, 3, 2),
-    contiguous=False,
-    grad="grad on",
-    train=False,
-    bias=False,
-    linear=LINEAR_KINDS[1],
-)
-@example(
-    r=R,
-    alpha=ALPHA,
-    positional=False,
-    dtype=torch.bfloat16,
-    batch_shape=(),
-    contiguous=True,
-    grad="grad on",
-    train=True,
-    bias=True,
-    linear=nn.Linear,
-)
+@examples(
+    "r, alpha, positional, dtype, batch_shape, contiguous, grad, train, bias, linear",
+    (R, ALPHA, True, torch.float32, (1,), True, "grad on", True, True, nn.Linear),
+    (3, 10.0, True, torch.float16, (2, 3, 2), False, "grad on", False, False, LINEAR_KINDS[1]),
+    (R, ALPHA, False, torch.bfloat16, (), True, "grad on", True, True, nn.Linear),
+)  # fmt: skip
 def test_the_layer_matches_plain_lora_in_every_regime(
     FusedLoRALinear, r, alpha, positional, dtype, batch_shape, contiguous, grad, train, bias, linear
 ):  # fmt: skip
