@@ -496,6 +496,49 @@ def test_backward_gives_the_right_gradients_for_every_choice_of_inputs(FusedLoRA
             )
 
 
+# Two calls of the Function alive at once, of different shapes, scalings, biases and trained inputs, in float64:
+# what a backward reads from the class or a module global instead of ctx is the last forward's, the other call's.
+TWO_CALLS = (  # (in, out, r, x's batch shape, bias, x contiguous, trained, scaling) of each call
+    (IN, OUT, R, (2, 3), True, False, FROZEN_BASE, SCALING),
+    (OUT, 7, 2, (2, 3), False, True, ("x", "weight", "lora_A", "lora_B"), 0.7),
+)
+# How the two calls meet: the second fed the first's y (one graph), or two graphs, forwarded one after the other,
+# then backpropagated last in first out, or first in first out (a stack of states on the class gets one right).
+TWO_CALL_ORDERS = ("chained in one graph", "two graphs, backward in reverse order", "two graphs, backward in order")
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("order", TWO_CALL_ORDERS)
+def test_backward_keeps_each_calls_state_apart(FusedLoRAFunction, order):
+    calls = [function_inputs(*call[:5], contiguous=call[5]) for call in TWO_CALLS]
+    measured = [requiring_grad(inputs, call[6]) for inputs, call in zip(calls, TWO_CALLS, strict=True)]
+    expected = [requiring_grad(inputs, call[6]) for inputs, call in zip(calls, TWO_CALLS, strict=True)]
+    scalings = [call[7] for call in TWO_CALLS]
+    chained = order == TWO_CALL_ORDERS[0]
+    outputs = []  # (y, the reference's y) of each graph, in the order they were forwarded
+    for inputs, reference, scaling in zip(measured, expected, scalings, strict=True):
+        if chained and outputs:  # the second call's x is the first's y: one graph, backpropagated from its end
+            inputs["x"], reference["x"] = outputs.pop()
+        outputs.append((apply(FusedLoRAFunction, inputs, scaling), lora_formula(reference, scaling)))
+    for y, reference_y in outputs if order == TWO_CALL_ORDERS[2] else outputs[::-1]:
+        upstream = torch.randn(y.shape, dtype=torch.float64)
+        backward(y, upstream)
+        reference_y.backward(upstream)
+    for which, (call, got, want) in enumerate(zip(TWO_CALLS, measured, expected, strict=True)):
+        for name in call[6]:
+            if chained and which == 1 and name == "x":
+                continue  # the first call's y: no leaf, its gradient flowed on into the first call
+            grad = got[name].grad
+            error = None if grad is None else relative_error(grad, want[name].grad)
+            assert error is not None and error <= RELATIVE_TOLERANCE[torch.float64], (
+                f"with two calls alive at once ({order}, scalings {scalings[0]:g} and {scalings[1]:g}) the gradient "
+                f"of {name} of the {('first', 'second')[which]} is "
+                f"{'None' if error is None else f'off by {error:.3g} (relative)'}, expected {GRADIENTS[name]} with "
+                "its own call's values: state kept outside ctx between forward and backward (on the class, a global) "
+                "is the other call's"
+            )
+
+
 @pytest.mark.points(1)
 @pytest.mark.parametrize("x_layout", X_BATCH_SHAPES)
 def test_backward_returns_each_gradient_shaped_like_its_input(FusedLoRAFunction, x_layout):

@@ -18,6 +18,8 @@ GRAD_WEIGHT = "if need_weight:\n            grad_weight = g.T @ rows"
 RETURN = "return grad_x, grad_weight, grad_bias, grad_A, grad_B, None"
 APPLY = "return FusedLoRAFunction.apply(x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling)"
 BACKWARD = "test_backward_gives_each_input_its_gradient"
+CTX_STATE = "ctx.scaling, ctx.x_shape = scaling, x.shape"
+TWO_CALLS = "test_backward_keeps_each_calls_state_apart"
 
 WRONG_ANSWERS = [
     WrongAnswer("the frozen weight's gradient computed anyway", KATA, GRAD_WEIGHT, "grad_weight = g.T @ rows",
@@ -187,4 +189,15 @@ WRONG_ANSWERS = [
                              "alpha = 2.0 * r if alpha is None else alpha\n        "
                              "self.r, self.alpha, self.scaling = r, alpha, alpha / r"),),
                 caught_by="test_the_layer_defaults_to_r_8_alpha_16", explains="not 2 r"),
+    # round 5 (red5/w-b fl_state): state kept on the class between forward and backward, another call's by then
+    WrongAnswer("the scaling kept on the Function's class", KATA, CTX_STATE,
+                CTX_STATE.replace("ctx.scaling,", "FusedLoRAFunction.scaling,"),
+                more_edits=((G_B, G_B.replace("ctx.scaling", "FusedLoRAFunction.scaling")),),
+                caught_by=TWO_CALLS, explains="state kept outside ctx"),
+    WrongAnswer("the scalings kept on a stack on the Function's class", KATA, CTX_STATE,
+                CTX_STATE.replace("ctx.scaling,", "FusedLoRAFunction.scalings.append(scaling)\n        ctx.scaling,"),
+                more_edits=((G_B, G_B.replace("ctx.scaling", "FusedLoRAFunction.scalings.pop()")),
+                            ("    @staticmethod\n    def forward(", "    scalings: list[float] = []  # nested calls: last in, first out\n\n"
+                             "    @staticmethod\n    def forward(")),
+                caught_by=TWO_CALLS, explains="two graphs, backward in order"),
 ]  # fmt: skip
