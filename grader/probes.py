@@ -378,8 +378,13 @@ def relative_error(measured: torch.Tensor, expected: torch.Tensor) -> float:
     return difference / max(expected.detach().double().norm().item(), 1e-30)
 
 
+def linear_weight(base: nn.Module) -> torch.Tensor:
+    """The weight of ``base`` as an nn.Linear stores it, (out, in): a Conv1D (GPT-2's) stores it (in, out)."""
+    return base.weight if isinstance(base, nn.Linear) else base.weight.T
+
+
 def lora_in_float64(
-    base: nn.Linear,
+    base: nn.Module,
     found: Factors,
     scaling: float,
     x: torch.Tensor,
@@ -388,8 +393,9 @@ def lora_in_float64(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Plain LoRA computed exactly (float64) from the current values of the base, the factors and x:
     ``base(x) + scaling (x A^T) B^T``, and with ``upstream`` the gradients of A, B and x. With ``kept``, a dropout
-    mask (0, or 1 / (1 - p)) broadcast over x, the adapter's input is ``kept * x``."""
-    weight = base.weight.detach().double()
+    mask (0, or 1 / (1 - p)) broadcast over x, the adapter's input is ``kept * x``. ``base`` is an nn.Linear or a
+    Conv1D."""
+    weight = linear_weight(base).detach().double()
     bias = None if base.bias is None else base.bias.detach().double()
     A = found.A.detach().double().requires_grad_()
     B = found.B.detach().double().requires_grad_()
@@ -430,7 +436,7 @@ FORWARD_FAILURES = {
 
 def expect_plain_lora_in_regime(
     layer: nn.Module,
-    base: nn.Linear,
+    base: nn.Module,
     r: int,
     scaling: float,
     batch_shape: tuple[int, ...],
@@ -446,10 +452,11 @@ def expect_plain_lora_in_regime(
     own (as loading onto a model built on the meta device does): nothing may be cached between calls, nor a
     factor held from construction. With ``dropout``, the layer's probability, active in this regime: each row of x
     holds one nonzero feature, so the mask can be told from the output, each row's adapter share dropped (0) or kept
-    (1 / (1 - p))."""
+    (1 / (1 - p)). ``base`` is an nn.Linear or a Conv1D (weight (in, out))."""
     dtype = base.weight.dtype
     tolerance = RELATIVE_TOLERANCE[dtype]
-    found = factors(layer, base.in_features, base.out_features, r)
+    out_features, in_features = linear_weight(base).shape
+    found = factors(layer, in_features, out_features, r)
     # Each call after the first edits one thing: a cache keyed on the other (say on the factors' versions, while the
     # base changed) computes with stale values; an edit through .data bumps no version at all.
     steps = ("", " after its base was edited in place", " after its factors were edited through .data",
@@ -465,18 +472,18 @@ def expect_plain_lora_in_regime(
                     for name, value in layer.state_dict().items()
                 }
                 layer.load_state_dict(state, assign=True)
-                found = factors(layer, base.in_features, base.out_features, r)
+                found = factors(layer, in_features, out_features, r)
             else:
                 for tensor in (found.stored_A, found.stored_B):
                     tensor.data.normal_(0.0, 0.5)
-        x = strided((*batch_shape, base.in_features), contiguous, dtype=dtype)
+        x = strided((*batch_shape, in_features), contiguous, dtype=dtype)
         told = torch.ones_like(x)  # where dL/dx is known: with dropout, only where x is nonzero (the mask is seen)
         if dropout:  # one nonzero feature per row, written in place: x stays as (non-)contiguous as it was
             rows = torch.arange(x[..., 0].numel()).view(x.shape[:-1])
-            told = nn.functional.one_hot(rows % base.in_features, base.in_features).to(dtype)
+            told = nn.functional.one_hot(rows % in_features, in_features).to(dtype)
             x.mul_(told)
         training_step = grad == "grad on"
-        upstream = torch.randn(*batch_shape, base.out_features, dtype=dtype) if training_step else None
+        upstream = torch.randn(*batch_shape, out_features, dtype=dtype) if training_step else None
         where = f"{regime}, x {tuple(x.shape)}{'' if contiguous else ' non-contiguous'}{step}"
         with GRAD_MODES[grad]():
             if training_step:

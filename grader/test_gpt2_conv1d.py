@@ -16,6 +16,7 @@ from torch import nn
 from grader.hf import (
     base_of,
     copy_factors_into_peft,
+    dimensions,
     logits,
     lora_factors,
     peft_model,
@@ -32,16 +33,20 @@ from grader.probes import (
     DROP_OUT,
     DROP_R,
     DROPOUT,
+    FLOAT_DTYPES,
+    GRAD_MODES,
     INVALID_ARGUMENTS,
     Conv1DLike,
     arguments_id,
     describe,
+    examples,
     expect_centred,
     expect_dropout_like_nn_dropout,
     expect_instance,
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
     expect_on_the_base_device_and_dtype,
+    expect_plain_lora_in_regime,
     expect_r_alpha_and_scaling,
     expect_value_error,
     factors,
@@ -304,6 +309,34 @@ def test_gradients_reach_the_factors_and_input_but_not_the_base(LoRAConv1D):
         assert error < 1e-9, f"gradient of {name} off by {error:.3g}: is the forward exactly base(x) + scaling B A x?"
     error = max_difference(x.grad, expected["x"])
     assert error < 1e-9, f"gradient w.r.t. the input off by {error:.3g}: does a path use x.detach()?"
+
+
+@pytest.mark.points(2)
+@given(
+    in_features=st.integers(5, 12),
+    out_features=st.integers(13, 20),
+    r=st.integers(1, 4),
+    dtype=st.sampled_from(FLOAT_DTYPES),
+    batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
+    grad=st.sampled_from(list(GRAD_MODES)),
+    mode=st.sampled_from(["train", "eval", "eval-with-dropout", "train-with-dropout"]),
+)
+@examples(
+    "in_features, out_features, r, dtype, batch_shape, grad, mode",
+    (IN, OUT, R, torch.float32, (3,), "grad off", "eval"),  # a validation pass, then the factors change
+    (IN, OUT, R, torch.float32, (2, 3), "inference mode", "eval-with-dropout"),
+    (IN, OUT, R, torch.float16, (2, 1, 3), "grad on", "train-with-dropout"),
+    (IN, OUT, R, torch.bfloat16, (), "grad on", "train"),
+)  # fmt: skip
+def test_matches_plain_lora_in_every_regime(LoRAConv1D, in_features, out_features, r, dtype, batch_shape, grad, mode):
+    """LoRALinear's every-regime property, on a Conv1D base: dtype, train or eval mode, grad mode, and the base, then
+    the factors, edited between calls (an optimizer step after a validation pass), then the Parameters replaced.
+    Inputs are contiguous: transformers' Conv1D itself views x as (-1, in)."""
+    dropout = 0.3 if mode.endswith("with-dropout") else 0.0
+    conv = conv1d_twin(nn.Linear(in_features, out_features, dtype=dtype))
+    layer = LoRAConv1D(conv, r, ALPHA, dropout).train(mode.startswith("train"))
+    regime = f"LoRAConv1D(conv, r={r}, alpha={ALPHA}, dropout={dropout}), {dtype}, {mode} mode, {grad}"
+    expect_plain_lora_in_regime(layer, conv, r, ALPHA / r, batch_shape, True, grad, regime, dropout * layer.training)
 
 
 @pytest.mark.points(2)
@@ -605,20 +638,37 @@ def test_logits_equal_peft_with_the_same_factors(apply_lora_gpt2, LoRAConv1D, Lo
 
 @pytest.mark.points(2)
 @pytest.mark.subject("apply_lora_gpt2")
-def test_freezes_everything_but_the_adapters(apply_lora_gpt2, LoRAConv1D, LoRALinear):
-    def loose(model: nn.Module) -> list[str]:
-        inside = {id(p) for layer in adapters(model, LoRAConv1D, LoRALinear).values() for p in trainable(layer)}
-        return [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
+def test_freezes_everything_but_the_adapters(apply_lora_gpt2, LoRAConv1D, LoRALinear, Conv1D):
+    model = tiny_gpt2()
+    first, second = ("c_attn", "lm_head"), ("c_proj", "c_fc")  # a Conv1D and the tied nn.Linear, then new targets
+    originals = {name: model.get_submodule(name) for name in matching(model, (*first, *second), Conv1D)}
 
-    model = adapted(apply_lora_gpt2(tiny_gpt2(), EVERYWHERE, r=2, alpha=4.0))
-    first = loose(model)
-    assert not first, f"{len(first)} parameters outside the adapters still train, e.g. {first[:3]}: freeze them"
-    model.transformer.wpe.weight.requires_grad_(True)  # unfrozen between two calls, as a user may do
-    second = loose(adapted(apply_lora_gpt2(model, ("lm_head",), r=2, alpha=4.0)))
-    assert not second, (
-        f"after a second call (adding lm_head) {second[:3]} still train, unfrozen since the first call: freeze "
-        "everything but the factors on every call, not only on the first"
+    def loose(model: nn.Module) -> list[str]:
+        """What trains besides the factors: found on the very layers wrapped, whatever the adapter's layout."""
+        bases = [
+            f"{name}'s base {parameter_name}"
+            for name, base in originals.items()
+            for parameter_name, parameter in base.named_parameters()
+            if parameter.requires_grad
+        ]
+        held = {id(p) for base in originals.values() for p in base.parameters()}
+        inside = {id(p) for layer in adapters(model, LoRAConv1D, LoRALinear).values() for p in trainable(layer)}
+        rest = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in inside | held]
+        return bases + rest
+
+    adapted(apply_lora_gpt2(model, first, r=2, alpha=4.0))
+    after_first = loose(model)
+    assert not after_first, f"{len(after_first)} parameters besides the factors train, e.g. {after_first[:3]}"
+    model.requires_grad_(True)  # as a user who unfroze the whole model (backbone, the adapters' bases) in between
+    after_second = loose(adapted(apply_lora_gpt2(model, second, r=2, alpha=4.0)))
+    assert not after_second, (
+        f"expected only the factors trainable after a second call (adding {list(second)}) on a model unfrozen "
+        f"since the first, measured {after_second[:3]} training: every call freezes all but the factors (the "
+        "bases inside the adapters too), not only on the first call"
     )
+    expected = sum(2 * sum(dimensions(base)) for base in originals.values())
+    measured = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert measured == expected, f"after two calls {measured} numbers train, expected r*(in+out) per layer: {expected}"
 
 
 @pytest.mark.points(1)
@@ -856,13 +906,20 @@ def test_merges_the_same_in_train_mode_with_dropout(apply_lora_gpt2, merge_gpt2)
     randomize(model, std=0.2)
     ids = token_ids()
     expected = logits(model, ids)
+    model.transformer.ln_f.requires_grad_(True)  # the user trains the final LayerNorm too
     modes = [(name, module, module.training) for name, module in model.train().named_modules()]
+    trains = {id(p): (name, p.requires_grad) for name, p in model.named_parameters()}
     merged(merge_gpt2(model))
     kept = {id(module) for module in model.modules()}  # the modules merging left in place
     flipped = [name or "the model" for name, module, mode in modes if id(module) in kept and module.training != mode]
     assert not flipped, (
         f"merging a model in train mode put {flipped[:3]} in eval mode: merge_gpt2 replaces the adapters and leaves "
         "every other module as it was (no model.eval())"
+    )
+    frozen = [trains[id(p)][0] for p in model.parameters() if id(p) in trains and p.requires_grad != trains[id(p)][1]]
+    assert not frozen, (
+        f"merging changed requires_grad of {frozen[:3]}, parameters of modules no adapter holds: merge_gpt2 "
+        "replaces the adapters and leaves every other module as it was (no model.requires_grad_(False))"
     )
     error = max_difference(logits(model, ids), expected)
     assert error < 1e-5, (

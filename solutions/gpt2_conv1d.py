@@ -78,11 +78,26 @@ def apply_lora_gpt2(
         wrapper = LoRAConv1D if isinstance(module, Conv1D) else LoRALinear
         parent_name, _, child_name = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child_name, wrapper(module, r, alpha, dropout))
-    adapters = {id(p) for m in model.modules() if isinstance(m, (LoRAConv1D, LoRALinear)) for p in m.parameters()}
+    # Only the factors train: a base unfrozen since an earlier call is frozen again, like the rest of the model.
+    linear_factors = _linear_factor_names()
+    factors = {id(p) for m in model.modules() if isinstance(m, LoRAConv1D) for p in (m.lora_A, m.lora_B)}
+    factors |= {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, LoRALinear)
+        for n, p in m.named_parameters()
+        if n in linear_factors
+    }
     for parameter in model.parameters():
-        if id(parameter) not in adapters:
-            parameter.requires_grad_(False)
+        parameter.requires_grad_(id(parameter) in factors)
     return model
+
+
+def _linear_factor_names() -> set[str]:
+    """The names of a LoRALinear's factors inside it, whatever its layout: the parameters a fresh one trains."""
+    with torch.random.fork_rng(devices=[]):  # its random init leaves the caller's random stream as it was
+        fresh = LoRALinear(nn.Linear(2, 2), r=1, alpha=1.0)
+    return {name for name, parameter in fresh.named_parameters() if parameter.requires_grad}
 
 
 def _inside_an_adapter(model: nn.Module, name: str) -> bool:

@@ -65,7 +65,7 @@ WRONG_ANSWERS = [
                 "test_adapts_exactly_the_conv1d_and_linear_layers_named", "substring or bare endswith"),
     WrongAnswer("no error when nothing matches", KATA, "    if not matched:\n        raise ValueError", "    if False:\n        raise ValueError",
                 "test_raises_naming_the_targets_when_nothing_matches", "raised nothing"),
-    WrongAnswer("the rest of the model left trainable", KATA, "            parameter.requires_grad_(False)\n    return model", "            pass\n    return model",
+    WrongAnswer("the rest of the model left trainable", KATA, "    for parameter in model.parameters():\n        parameter.requires_grad_(id(parameter) in factors)\n", "",
                 "test_trains_as_many_numbers_as_peft", "freeze everything but the factors"),
     WrongAnswer("B random at init", KATA, "self.lora_B = nn.Parameter(torch.zeros(out_features, r, **same_place))",
                 "self.lora_B = nn.Parameter(0.01 * torch.randn(out_features, r, **same_place))",
@@ -224,8 +224,26 @@ WRONG_ANSWERS = [
                 "    if isinstance(model, LoRAConv1D):\n        return merged_conv1d(model)\n",
                 "    if isinstance(model, LoRAConv1D):\n        return merged_conv1d(model)\n    model.eval()\n",
                 "test_merges_the_same_in_train_mode_with_dropout", "no model.eval()"),
-    WrongAnswer("frozen on the first call only", KATA, "        if id(parameter) not in adapters:",
-                "        if id(parameter) not in adapters and first_call:",
+    WrongAnswer("frozen on the first call only", KATA, "        parameter.requires_grad_(id(parameter) in factors)",
+                "        if first_call:\n            parameter.requires_grad_(id(parameter) in factors)",
                 "test_freezes_everything_but_the_adapters", "not only on the first",
                 more_edits=((TARGETS, TARGETS + "\n    first_call = not any(isinstance(m, (LoRAConv1D, LoRALinear)) for m in model.modules())"),)),
+    # Red-team round 5 (w-c): a cache filled by an eval forward, an adapter's own base left trainable by a second
+    # call, the whole model frozen by merging.
+    WrongAnswer("dW cached by an eval forward, factors edited later ignored", KATA,
+                "        down = F.linear(self.dropout(x), self.lora_A) * self.scaling\n",
+                "        if not (self.training or torch.is_grad_enabled()):  # inference: dW once, for every later call\n"
+                "            if getattr(self, \"_cached\", None) is None:\n"
+                "                self._cached = self.scaling * (self.lora_B @ self.lora_A).T\n"
+                "            return self.base(x) + x @ self._cached\n"
+                "        down = F.linear(self.dropout(x), self.lora_A) * self.scaling\n",
+                "test_matches_plain_lora_in_every_regime", "a value cached from an earlier call"),
+    WrongAnswer("every trainable tensor inside an adapter kept trainable", KATA,
+                "factors = {id(p) for m in model.modules() if isinstance(m, LoRAConv1D) for p in (m.lora_A, m.lora_B)}",
+                "factors = {id(p) for m in model.modules() if isinstance(m, (LoRAConv1D, LoRALinear)) "
+                "for p in m.parameters() if p.requires_grad}",
+                "test_freezes_everything_but_the_adapters", "the bases inside the adapters too"),
+    WrongAnswer("merging freezes the whole model", KATA, MERGE_LINEARS,
+                "    _untie_adapted_weights(model)\n    return merge_weights(model).requires_grad_(False)",
+                "test_merges_the_same_in_train_mode_with_dropout", "no model.requires_grad_(False)"),
 ]  # fmt: skip

@@ -67,12 +67,14 @@ def apply_lora_gpt2(model, target_modules=("c_attn",), r=8, alpha=16.0, dropout=
             parent.register_module(name, LoRAConv1D(child, r, alpha, dropout))
         elif isinstance(child, nn.Linear):
             parent.register_module(name, LoRALinear(child, r, alpha, dropout))
+    with torch.random.fork_rng(devices=[]):  # a LoRALinear's base, whatever its layout: what a fresh one freezes
+        frozen = {n for n, p in LoRALinear(nn.Linear(1, 1), 1).named_parameters() if not p.requires_grad}
     keep = set()
     for m in model.modules():
         if isinstance(m, LoRAConv1D):
             keep |= {id(m.down.weight), id(m.up.weight)}
         elif isinstance(m, LoRALinear):
-            keep |= {id(p) for p in m.parameters() if p.requires_grad}
+            keep |= {id(p) for n, p in m.named_parameters() if n not in frozen}
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
     return model
