@@ -639,8 +639,8 @@ def bare_name_target(tensors: dict[str, torch.Tensor], config: dict, layer: str)
 
 CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of them is no check
     "a base weight too": lambda tensors, config, layer: tensors.update(
-        {f"{PREFIX}{layer}.weight": torch.zeros(tensors[factor_key(layer, "B")].shape[0], tensors[factor_key(layer, "A")].shape[1])}
-    ),  # fmt: skip
+        {f"{PREFIX}{layer}.weight": torch.zeros(len(tensors[factor_key(layer, "B")]), 3)}  # no place for its key
+    ),
     "a key without the prefix too": lambda tensors, config, layer: tensors.update(
         {factor_key(layer, "A").removeprefix(PREFIX): tensors[factor_key(layer, "A")].clone()}
     ),
@@ -649,7 +649,9 @@ CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of t
     ),
     "a lora_A missing": missing("A"),
     "a lora_B missing": missing("B"),
-    "both factors of a layer missing": lambda tensors, config, layer: [missing(f)(tensors, config, layer) for f in "AB"],
+    "both factors of a layer missing": lambda tensors, config, layer: [
+        missing(f)(tensors, config, layer) for f in "AB"
+    ],
     "a lora pair for an untargeted layer": untargeted,
     "a transposed lora_A": transposed("A"),
     "a transposed lora_B": transposed("B"),
