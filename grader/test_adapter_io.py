@@ -21,6 +21,7 @@ from grader.hf import (
     lora_factors,
     measured_update,
     outside,
+    own_class,
     own_layers,
     peft_layers,
     peft_loaded,
@@ -103,8 +104,11 @@ def adapted_model(kind: str, LoRALinear, LoRAConv1D, dtype=torch.float32, names:
     model = plain(kind).to(dtype).requires_grad_(False)  # only the factors get random values below
     fresh = copy.deepcopy(model)
     names = target_names(kind, model) if names is None else names
-    kind_of = lambda layer: LoRALinear if isinstance(layer, nn.Linear) else LoRAConv1D  # noqa: E731
-    layers = wrap(model, names, lambda layer: kind_of(layer)(layer, r=R, alpha=ALPHA))
+    layers = {}
+    for name in names:  # on GPT-2, past the first block, the model's own subclasses of the adapters: each is one
+        make = LoRALinear if isinstance(model.get_submodule(name), nn.Linear) else LoRAConv1D
+        make = own_class(make) if kind == "gpt2" and not name.startswith("transformer.h.0.") else make
+        layers |= wrap(model, [name], lambda layer, make=make: make(layer, r=R, alpha=ALPHA))
     randomize(model, std=0.2)
     return model, fresh, layers
 
@@ -223,6 +227,11 @@ def test_saved_keys_and_shapes_are_what_peft_writes(save_adapter, LoRALinear, Lo
         cause = "the keys lack the prefix base_model.model."
     elif extra and all(not key.endswith((".lora_A.weight", ".lora_B.weight")) for key in extra):
         cause = "the file holds more than the adapters (a base weight?): save the factors only"
+    elif missing and {layer_of(key) for key in missing} <= set(own_layers(model)):
+        cause = (
+            "the missing layers' adapters are the model's own subclasses of LoRALinear and LoRAConv1D: a subclass is "
+            "one, tell them by isinstance, not type(m)"
+        )
     assert not extra and not missing, (
         f"{kind}: the file's keys differ from peft's save_pretrained for the same adapters: extra {extra[:2]}, "
         f"missing {missing[:2]}: {cause}"
