@@ -54,7 +54,7 @@ OWN_CLASSES: dict[type, type] = {}  # a layer class: a model's own subclass of i
 
 
 def own_class(layer_class: type) -> type:
-    """A model's own subclass of ``layer_class`` (transformers' Conv1D, nn.Linear), adding nothing to it."""
+    """A model's own subclass of ``layer_class`` (transformers' Conv1D, nn.Linear, a LoRA layer), adding nothing."""
     if layer_class not in OWN_CLASSES:
         OWN_CLASSES[layer_class] = type(f"Model{layer_class.__name__}", (layer_class,), {"__module__": "a_model"})
     return OWN_CLASSES[layer_class]
@@ -73,7 +73,7 @@ def with_own_layer_classes(model: nn.Module) -> nn.Module:
 
 
 def own_layers(model: nn.Module) -> list[str]:
-    """The qualified names of the layers of ``model`` that ``with_own_layer_classes`` made of its own classes."""
+    """The qualified names of the layers of ``model`` of its own classes (``own_class``)."""
     return [name for name, module in model.named_modules() if type(module) in OWN_CLASSES.values()]
 
 

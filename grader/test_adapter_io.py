@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from grader.hf import (
     lora_factors,
     measured_update,
     outside,
+    own_class,
     own_layers,
     peft_layers,
     peft_loaded,
@@ -102,8 +104,11 @@ def adapted_model(kind: str, LoRALinear, LoRAConv1D, dtype=torch.float32, names:
     model = plain(kind).to(dtype).requires_grad_(False)  # only the factors get random values below
     fresh = copy.deepcopy(model)
     names = target_names(kind, model) if names is None else names
-    kind_of = lambda layer: LoRALinear if isinstance(layer, nn.Linear) else LoRAConv1D  # noqa: E731
-    layers = wrap(model, names, lambda layer: kind_of(layer)(layer, r=R, alpha=ALPHA))
+    layers = {}
+    for name in names:  # on GPT-2, past the first block, the model's own subclasses of the adapters: each is one
+        make = LoRALinear if isinstance(model.get_submodule(name), nn.Linear) else LoRAConv1D
+        make = own_class(make) if kind == "gpt2" and not name.startswith("transformer.h.0.") else make
+        layers |= wrap(model, [name], lambda layer, make=make: make(layer, r=R, alpha=ALPHA))
     randomize(model, std=0.2)
     return model, fresh, layers
 
@@ -222,6 +227,11 @@ def test_saved_keys_and_shapes_are_what_peft_writes(save_adapter, LoRALinear, Lo
         cause = "the keys lack the prefix base_model.model."
     elif extra and all(not key.endswith((".lora_A.weight", ".lora_B.weight")) for key in extra):
         cause = "the file holds more than the adapters (a base weight?): save the factors only"
+    elif missing and {layer_of(key) for key in missing} <= set(own_layers(model)):
+        cause = (
+            "the missing layers' adapters are the model's own subclasses of LoRALinear and LoRAConv1D: a subclass is "
+            "one, tell them by isinstance, not type(m)"
+        )
     assert not extra and not missing, (
         f"{kind}: the file's keys differ from peft's save_pretrained for the same adapters: extra {extra[:2]}, "
         f"missing {missing[:2]}: {cause}"
@@ -552,7 +562,8 @@ def test_uses_the_configs_lora_dropout_0_when_absent(load_adapter, LoRALinear, L
 @pytest.mark.parametrize(
     "kind, dtype",
     [("llama", torch.float32), ("toy", torch.float32), ("gpt2", torch.float32), ("llama", torch.bfloat16),
-     ("toy", torch.bfloat16), ("toy", torch.float64), ("llama", torch.float16)],
+     ("toy", torch.bfloat16), ("gpt2", torch.bfloat16), ("toy", torch.float64), ("llama", torch.float16),
+     ("gpt2", torch.float16)],
     ids=lambda value: str(value).removeprefix("torch."),
 )  # fmt: skip
 def test_save_then_load_is_bit_exact(save_adapter, load_adapter, LoRALinear, LoRAConv1D, kind, dtype, tmp_path):
@@ -560,7 +571,10 @@ def test_save_then_load_is_bit_exact(save_adapter, load_adapter, LoRALinear, LoR
     saved(save_adapter, model, tmp_path)
     tensors, _ = read_tensors(tmp_path)
     dtypes = sorted({str(t.dtype) for t in tensors.values()})
-    assert dtypes == [str(dtype)], f"the file holds {dtypes} tensors for {dtype} factors: save them in their dtype"
+    assert dtypes == [str(dtype)], (
+        f"{kind}: the file holds {dtypes} tensors for {dtype} factors: save every layer's, LoRALinear and LoRAConv1D "
+        "alike, in their dtype"
+    )
     originals = dict(fresh.named_modules())
     loaded(load_adapter, fresh, str(tmp_path), f"{kind} {dtype}, save_adapter's own files")  # a str, as scripts pass
     again = adapters_in(fresh, LoRALinear, LoRAConv1D)
@@ -580,128 +594,177 @@ def test_save_then_load_is_bit_exact(save_adapter, load_adapter, LoRALinear, LoR
     assert error == 0, f"{kind} {dtype}: the model loaded from the files computes outputs {error:.3g} away"
 
 
-FACTOR_KEY = f"{PREFIX}layers.0.mlp.fc1.lora_{{}}.weight"  # fc1 is 8 -> 12: A (4, 8), B (12, 4)
+CORRUPTED = {  # the layer each corruption spoils, of each kind a file holds: an nn.Linear, and a Conv1D (in, out)
+    "toy": "layers.0.mlp.fc1",  # 8 -> 12: A (4, 8), B (12, 4)
+    "gpt2": "transformer.h.0.attn.c_attn",  # 16 -> 48: A (4, 16), B (48, 4)
+}
+
+
+def factor_key(layer: str, factor: str) -> str:
+    """The file's key of ``layer``'s lora_A or lora_B."""
+    return f"{PREFIX}{layer}.lora_{factor}.weight"
+
+
+def layer_of(key: str) -> str:
+    """The qualified name of the layer a file's key belongs to."""
+    return key.removeprefix(PREFIX).rsplit(".", 2)[0]
 
 
 def transposed(factor: str):
     """A corruption: one layer's lora_A or lora_B stored transposed."""
-    key = FACTOR_KEY.format(factor)
-    return lambda tensors, config: tensors.update({key: tensors[key].T.contiguous()})
+    return lambda tensors, config, layer: tensors.update(
+        {factor_key(layer, factor): tensors[factor_key(layer, factor)].T.contiguous()}
+    )
 
 
 def of_rank(factor: str, rank: int):
     """A corruption: one layer's lora_A or lora_B of another rank than the config's, the other factor as it was."""
-    key = FACTOR_KEY.format(factor)
-    return lambda tensors, config: tensors.update(
-        {key: tensors[key][:rank].clone() if factor == "A" else tensors[key][:, :rank].clone()}
-    )
+
+    def corrupt(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> None:
+        key = factor_key(layer, factor)
+        tensors[key] = tensors[key][:rank].clone() if factor == "A" else tensors[key][:, :rank].clone()
+
+    return corrupt
 
 
 def missing(factor: str):
     """A corruption: one layer's lora_A or lora_B left out."""
-    return lambda tensors, config: tensors.pop(FACTOR_KEY.format(factor))
+    return lambda tensors, config, layer: tensors.pop(factor_key(layer, factor))
+
+
+def untargeted(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> None:
+    """A corruption: the targets' entries that match ``layer`` left out (peft's file may list short names)."""
+    config["target_modules"] = [t for t in config["target_modules"] if not (layer == t or layer.endswith("." + t))]
+
+
+def bare_name_target(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> None:
+    """A corruption: a str target, the layer's short name, which no whole name is (a str is a regex, fullmatched:
+    it names no layers.N.mlp.fc1), with a file that fits the suffix reading of it."""
+    short = layer.rpartition(".")[2]
+    config["target_modules"] = short
+    for key in [key for key in tensors if not layer_of(key).endswith("." + short)]:
+        tensors.pop(key)
 
 
 CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of them is no check
-    "a base weight too": lambda tensors, config: tensors.update(
-        {f"{PREFIX}layers.0.mlp.fc1.weight": torch.zeros(12, 8)}
+    "a base weight too": lambda tensors, config, layer: tensors.update(
+        {f"{PREFIX}{layer}.weight": torch.zeros(len(tensors[factor_key(layer, "B")]), 3)}  # no place for its key
     ),
-    "a key without the prefix too": lambda tensors, config: tensors.update(
-        {FACTOR_KEY.format("A").removeprefix(PREFIX): tensors[FACTOR_KEY.format("A")].clone()}
+    "a key without the prefix too": lambda tensors, config, layer: tensors.update(
+        {factor_key(layer, "A").removeprefix(PREFIX): tensors[factor_key(layer, "A")].clone()}
     ),
-    "the adapter name left in": lambda tensors, config: tensors.update(
+    "the adapter name left in": lambda tensors, config, layer: tensors.update(
         {k.replace(".weight", ".default.weight"): tensors.pop(k) for k in [next(iter(tensors))]}
     ),
     "a lora_A missing": missing("A"),
     "a lora_B missing": missing("B"),
-    "both factors of a layer missing": lambda tensors, config: [missing(f)(tensors, config) for f in "AB"],
-    "a lora pair for an untargeted layer": lambda tensors, config: config.update(
-        target_modules=[t for t in config["target_modules"] if t != "fc1"]  # peft's file lists short names
-    ),
+    "both factors of a layer missing": lambda tensors, config, layer: [
+        missing(f)(tensors, config, layer) for f in "AB"
+    ],
+    "a lora pair for an untargeted layer": untargeted,
     "a transposed lora_A": transposed("A"),
     "a transposed lora_B": transposed("B"),
     "a lora_A of rank 2": of_rank("A", 2),  # the rank of one factor only: the other's, and the config's, fit
-    "a lora_B of rank 1": of_rank("B", 1),  # (12, 1) broadcasts into (12, 4) in a copy_
-    "peft_type LOHA": lambda tensors, config: config.update(peft_type="LOHA"),
-    "peft_type lora, lowercase": lambda tensors, config: config.update(peft_type="lora"),
-    "use_dora": lambda tensors, config: config.update(use_dora=True),
-    "use_rslora": lambda tensors, config: config.update(use_rslora=True),
-    "bias all": lambda tensors, config: config.update(bias="all"),
-    "bias lora_only": lambda tensors, config: config.update(bias="lora_only"),
-    "targets that match nothing": lambda tensors, config: config.update(target_modules=["attention.query"]),
-    "a str target, a bare name no whole name is": lambda tensors, config: [
-        config.update(target_modules="fc1"),  # a str is a regex, fullmatched: it names no layers.N.mlp.fc1
-        [tensors.pop(key) for key in list(tensors) if ".mlp.fc1." not in key],  # the file fits the suffix reading
-    ],
-    "no peft_type": lambda tensors, config: config.pop("peft_type"),
-    "a config's r other than the tensors' rank": lambda tensors, config: config.update(r=config["r"] // 2),
+    "a lora_B of rank 1": of_rank("B", 1),  # (out, 1) broadcasts into (out, 4) in a copy_
+    "peft_type LOHA": lambda tensors, config, layer: config.update(peft_type="LOHA"),
+    "peft_type lora, lowercase": lambda tensors, config, layer: config.update(peft_type="lora"),
+    "use_dora": lambda tensors, config, layer: config.update(use_dora=True),
+    "use_rslora": lambda tensors, config, layer: config.update(use_rslora=True),
+    "bias all": lambda tensors, config, layer: config.update(bias="all"),
+    "bias lora_only": lambda tensors, config, layer: config.update(bias="lora_only"),
+    "targets that match nothing": lambda tensors, config, layer: config.update(target_modules=["attention.query"]),
+    "a str target, a bare name no whole name is": bare_name_target,
+    "no peft_type": lambda tensors, config, layer: config.pop("peft_type"),
+    "a config's r other than the tensors' rank": lambda tensors, config, layer: config.update(r=config["r"] // 2),
 }
-WORDS = {  # what the message must name
-    "a base weight too": [f"{PREFIX}layers.0.mlp.fc1.weight"],
-    "a key without the prefix too": [FACTOR_KEY.format("A").removeprefix(PREFIX)],
-    "a lora_A missing": ["layers.0.mlp.fc1"],
-    "a lora_B missing": ["layers.0.mlp.fc1"],
-    "both factors of a layer missing": ["layers.0.mlp.fc1"],
-    "a lora pair for an untargeted layer": ["fc1"],
-    "a transposed lora_A": [FACTOR_KEY.format("A"), "4,8", "8,4"],
-    "a transposed lora_B": [FACTOR_KEY.format("B"), "12,4", "4,12"],
-    "a lora_A of rank 2": [FACTOR_KEY.format("A"), "2,8", "4,8"],
-    "a lora_B of rank 1": [FACTOR_KEY.format("B"), "12,1", "12,4"],
+WORDS = {  # what the message must name: fields of the corrupted layer, its keys, and their shapes (was and now)
+    "a base weight too": ["{prefix}{layer}.weight"],
+    "a key without the prefix too": ["{layer}.lora_A.weight"],
+    "a lora_A missing": ["{layer}"],
+    "a lora_B missing": ["{layer}"],
+    "both factors of a layer missing": ["{layer}"],
+    "a lora pair for an untargeted layer": ["{short}"],
+    "a transposed lora_A": ["{key_A}", "{was_A}", "{now_A}"],
+    "a transposed lora_B": ["{key_B}", "{was_B}", "{now_B}"],
+    "a lora_A of rank 2": ["{key_A}", "{was_A}", "{now_A}"],
+    "a lora_B of rank 1": ["{key_B}", "{was_B}", "{now_B}"],
 }
+
+
+def named(corruption: str, layer: str, was: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) -> list[str]:
+    """What the message about ``corruption`` of ``layer`` must name; a shape spelled "4,8", as "(4, 8)" reads
+    without its spaces."""
+    fields = {"prefix": PREFIX, "layer": layer, "short": layer.rpartition(".")[2]}
+    for factor in "AB":
+        key = fields[f"key_{factor}"] = factor_key(layer, factor)
+        for when, tensors in (("was", was), ("now", now)):
+            fields[f"{when}_{factor}"] = ",".join(map(str, tensors[key].shape)) if key in tensors else ""
+    return [word.format(**fields) for word in WORDS.get(corruption, [])]
 
 
 @pytest.fixture(scope="module")
-def peft_toy_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, config) of peft's save_pretrained for the toy transformer, written once for every corruption."""
-    directory = tmp_path_factory.mktemp("peft_toy")
-    peft_saved("toy", directory)
-    return read_tensors(directory)[0], read_config(directory)
+def peft_files(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[dict[str, torch.Tensor], dict]]:
+    """(tensors, config) of peft's save_pretrained for a kind of model, written once for every corruption."""
+    written: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}
+
+    def files(kind: str) -> tuple[dict[str, torch.Tensor], dict]:
+        if kind not in written:
+            directory = tmp_path_factory.mktemp(f"peft_{kind}")
+            peft_saved(kind, directory)
+            written[kind] = read_tensors(directory)[0], read_config(directory)
+        return written[kind]
+
+    return files
 
 
 @pytest.mark.points(1)
 @pytest.mark.subject("load_adapter")
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+@pytest.mark.parametrize("kind", list(CORRUPTED))
 def test_a_bad_file_is_refused_and_leaves_the_model_as_it_was(
-    load_adapter, LoRALinear, peft_toy_files, corruption, tmp_path
+    load_adapter, LoRALinear, peft_files, kind, corruption, tmp_path
 ):
     from safetensors.torch import save_file
 
     LoRALinear(nn.Linear(3, 2), r=1)  # the kata builds on a working LoRALinear
-    model = plain("toy")
-    tensors, config = dict(peft_toy_files[0]), copy.deepcopy(peft_toy_files[1])
-    CORRUPTIONS[corruption](tensors, config)
+    model = plain(kind)
+    tensors, config = dict(peft_files(kind)[0]), copy.deepcopy(peft_files(kind)[1])
+    CORRUPTIONS[corruption](tensors, config, CORRUPTED[kind])
     save_file(tensors, str(tmp_path / WEIGHTS), metadata={"format": "pt"})
     (tmp_path / CONFIG).write_text(json.dumps(config))
     modules = dict(model.named_modules())
     state = {name: value.clone() for name, value in model.state_dict().items()}
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    what = f"{kind}, a file with {corruption}"
     try:
         load_adapter(model, tmp_path)
     except ValueError as error:
         message = str(error)
-        unnamed = [w for w in WORDS.get(corruption, []) if w not in message.replace(" ", "") and w not in message]
-        assert not unnamed, f"{corruption}: the ValueError ({message[:200]}) does not name {unnamed}"
+        words = named(corruption, CORRUPTED[kind], peft_files(kind)[0], tensors)
+        unnamed = [w for w in words if w not in message.replace(" ", "") and w not in message]
+        assert not unnamed, f"{what}: the ValueError ({message[:200]}) does not name {unnamed}"
     except NotImplementedError:  # a stub: the report says so
         raise
     except (KeyError, IndexError, RuntimeError) as error:  # tripped over the corruption instead of checking
         pytest.fail(
-            f"a file with {corruption}: load_adapter raised {type(error).__name__} ({str(error)[:120]}), expected "
-            "a ValueError that says what is wrong: check every key and shape, A and B alike, before loading",
+            f"{what}: load_adapter raised {type(error).__name__} ({str(error)[:120]}), expected a ValueError that "
+            "says what is wrong: check every key and shape, A and B alike, of every kind of layer, before loading",
             pytrace=False,
         )
     else:
         pytest.fail(
-            f"load_adapter accepted a file with {corruption}, expected a ValueError: never a silent partial load",
+            f"{kind}: load_adapter accepted a file with {corruption}, expected a ValueError: never a silent partial "
+            "load; check every layer, nn.Linear and Conv1D alike",
             pytrace=False,
         )
     now = dict(model.named_modules())
     swapped = sorted(name for name in modules if now.get(name) is not modules[name])
     swapped += sorted(now.keys() - modules.keys())
     assert not swapped, (
-        f"{corruption}: the refused load changed the model's modules (e.g. {swapped[:2]}): check the whole file "
+        f"{what}: the refused load changed the model's modules (e.g. {swapped[:2]}): check the whole file "
         "before touching the model"
     )
     changed = [n for n, v in model.state_dict().items() if n not in state or not torch.equal(v, state[n])]
-    assert not changed, f"{corruption}: the refused load changed {changed[:2]}: check everything first"
+    assert not changed, f"{what}: the refused load changed {changed[:2]}: check everything first"
     flipped = [n for n, p in model.named_parameters() if p.requires_grad != flags.get(n)]
-    assert not flipped, f"{corruption}: the refused load changed requires_grad of {flipped[:2]}: check everything first"
+    assert not flipped, f"{what}: the refused load changed requires_grad of {flipped[:2]}: check everything first"

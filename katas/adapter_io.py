@@ -35,7 +35,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
           such as ``"CAUSAL_LM"``, which it cannot serve.
 
     ``adapter_model.safetensors`` (safetensors, metadata ``{"format": "pt"}``) holding, for every adapted layer
-    of qualified name ``NAME`` (every ``LoRALinear``, and every ``LoRAConv1D`` where that kata is solved):
+    of qualified name ``NAME`` (every ``LoRALinear``, and every ``LoRAConv1D`` where that kata is solved,
+    subclasses of them included):
         - ``base_model.model.NAME.lora_A.weight``: A, shape (r, in);
         - ``base_model.model.NAME.lora_B.weight``: B, shape (out, r);
       whatever the layout the layer stores them in, in the factors' own dtype, and nothing else: no base

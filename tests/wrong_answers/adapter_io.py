@@ -45,7 +45,7 @@ WRONG_ANSWERS = [
                 '"fan_in_fan_out": any(isinstance(layer, LoRAConv1D) for layer in layers.values()),', '"fan_in_fan_out": False,',
                 "test_gpt2_adapters_are_saved_fan_in_fan_out", "expected true"),
     WrongAnswer("bf16 factors saved as float32", KATA, SAVE_A, SAVE_A.replace(".contiguous()", ".float().contiguous()"),
-                "test_save_then_load_is_bit_exact", "save them in their dtype",
+                "test_save_then_load_is_bit_exact", "alike, in their dtype",
                 more_edits=((SAVE_B, SAVE_B.replace(".contiguous()", ".float().contiguous()")),)),
     WrongAnswer("an empty adapter saved", KATA, "    if not layers:\n        raise ValueError", "    if False:\n        raise ValueError",
                 "test_save_refuses_a_model_without_adapters", "raised nothing",
@@ -193,4 +193,14 @@ WRONG_ANSWERS = [
     WrongAnswer("the loaded factors frozen, as for inference", KATA, COPY_B,
                 COPY_B + "            model.get_submodule(name).requires_grad_(False)\n",
                 "test_the_loaded_factors_train", "the loaded factors are frozen"),
+    # Red-team round 5 (w-c): a Conv1D layer in the bad files, a bf16 / fp16 GPT-2 round trip, subclassed adapters.
+    WrongAnswer("Conv1D layers spared the shape check", KATA, "if tuple(tensors[key].shape) != shape:",
+                "if isinstance(targets[key.removeprefix(PREFIX).rsplit('.', 2)[0]], nn.Linear) and tuple(tensors[key].shape) != shape:",
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "gpt2: load_adapter accepted a file with a lora_B of rank 1"),
+    WrongAnswer("LoRAConv1D factors saved in float32", KATA, SAVE_A,
+                SAVE_A.replace("A.detach()", "(A.detach().float() if isinstance(layer, LoRAConv1D) else A.detach())"),
+                "test_save_then_load_is_bit_exact", "gpt2: the file holds ['torch.bfloat16', 'torch.float32']",
+                more_edits=((SAVE_B, SAVE_B.replace("B.detach()", "(B.detach().float() if isinstance(layer, LoRAConv1D) else B.detach())")),)),
+    WrongAnswer("adapters found by their exact type", KATA, "if isinstance(module, ADAPTERS)}", "if type(module) in ADAPTERS}",
+                "test_saved_keys_and_shapes_are_what_peft_writes", "a subclass is one, tell them by isinstance"),
 ]  # fmt: skip

@@ -16,8 +16,13 @@ RENAMES = {LoRALinear: {"lora_A": "lora_A.weight", "lora_B": "lora_B.weight"},
            LoRAConv1D: {"down.weight": "lora_A.weight", "up.weight": "lora_B.weight"}}  # fmt: skip
 
 
+def _renames(module):
+    """The RENAMES of a LoRA layer (a subclass of one is one), None for any other module."""
+    return next((renames for kind, renames in RENAMES.items() if isinstance(module, kind)), None)
+
+
 def _lora_layers(model):
-    return [(n, m) for n, m in model.named_modules() if type(m) in RENAMES]
+    return [(n, m) for n, m in model.named_modules() if _renames(m)]
 
 
 def save_adapter(model, directory):
@@ -29,7 +34,7 @@ def save_adapter(model, directory):
     state = model.state_dict()
     out = {}
     for name, module in layers:
-        for mine, theirs in RENAMES[type(module)].items():
+        for mine, theirs in _renames(module).items():
             out[f"base_model.model.{name}.{theirs}"] = state[f"{name}.{mine}"].contiguous()
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
