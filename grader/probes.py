@@ -162,6 +162,13 @@ def randomize_factors(layer: nn.Module, std: float = 0.1) -> None:
             tensor.normal_(0.0, std)
 
 
+def rounded_once_from_float64(measured: torch.Tensor, exact: torch.Tensor) -> bool:
+    """Whether every entry of ``measured`` (a float32 weight) equals ``exact`` (float64) rounded once to its dtype:
+    what a sum carried out in float64 gives, and float32 arithmetic, rounding each product and sum, does not over
+    thousands of entries of an update far larger than the weight (whatever the order of its sums)."""
+    return torch.equal(measured.detach(), exact.to(measured.dtype))
+
+
 NUDGE_GAIN = 4096.0  # the larger change of x, which float32 resolves, is this many times the nudge
 
 
