@@ -72,12 +72,13 @@ def inputs(batch: int = 2, seq: int = 3, **placement: object) -> torch.Tensor:
     return torch.randn(batch, seq, WIDTH, **placement)
 
 
-def matching_linears(model: nn.Module, targets: Iterable[str]) -> list[str]:
-    """Names of the nn.Linear layers the spec targets: equal to a target or ending in '.' + target."""
+def matching_linears(model: nn.Module, targets: Iterable[str], every_name: bool = False) -> list[str]:
+    """Names of the nn.Linear layers the spec targets: equal to a target or ending in '.' + target; with
+    ``every_name``, among all the names of a layer registered under several (as apply_lora's spec reads them)."""
     targets = tuple(targets)
     return [
         name
-        for name, module in model.named_modules()
+        for name, module in model.named_modules(remove_duplicate=not every_name)
         if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
     ]
 

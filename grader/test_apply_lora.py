@@ -339,7 +339,7 @@ def test_defaults_are_q_proj_v_proj_r_8_alpha_16_and_no_dropout(apply_lora, LoRA
     )
 
 
-ZOO_CASES = [  # (model, targets): every match the spec determines, none reached through an alias only
+ZOO_CASES = [  # (model, targets): every layer one of whose names matches (named_modules(remove_duplicate=False))
     ("nested", ("q_proj", "v_proj")),
     ("nested", ("mlp.0", "out.0")),  # Sequential members are named by index
     ("nested", ("1.attn.v_proj", "heads.q_proj")),
@@ -354,6 +354,9 @@ ZOO_CASES = [  # (model, targets): every match the spec determines, none reached
     ("look-alikes", ("v_proj",)),  # the nn.Linear, not the LayerNorm norms.v_proj
     ("look-alikes", ("attn.q",)),  # not attn_q: a target is a name, not a regular expression
     ("tied", ("v_proj", "alias")),  # both names of one layer: one adapter (under both, or under v_proj only)
+    ("tied", ("alias",)),  # only a second name matches: named_modules() (deduplicated) lists layers.0.v_proj alone
+    ("tied", ("classifier",)),  # a second name of the same parent as head
+    ("tied", ("1.q_proj",)),  # the shared block's second name, layers.1
 ]
 
 
@@ -376,9 +379,14 @@ def aliases(model: nn.Module) -> dict[int, list[str]]:
 )
 def test_adapts_the_model_zoo(apply_lora, LoRALinear, model_name, targets):
     model, x = zoo_model(model_name)
-    expected = {name: model.get_submodule(name) for name in matching_linears(model, targets)}
     names_of = aliases(model)
+    expected: dict[str, nn.Module] = {}  # each layer one of whose names matches, by its first matching name
+    for name in matching_linears(model, targets, every_name=True):
+        layer = model.get_submodule(name)
+        if all(other is not layer for other in expected.values()):
+            expected[name] = layer
     allowed = {alias for module in expected.values() for alias in names_of[id(module)]}  # a tied layer's aliases too
+    listed_once = {name for name, _ in model.named_modules()}  # the names a deduplicating walk sees
     with torch.no_grad():
         before = model.eval()(x)
     call = f"apply_lora({model_name} model, {list(targets)}, 2, 4.0)"
@@ -390,13 +398,16 @@ def test_adapts_the_model_zoo(apply_lora, LoRALinear, model_name, targets):
         returned = model  # "nothing matched": reported below by the layers it missed
     assert returned is model, f"{call} returned {describe(returned)}, expected the model itself, adapted in place"
     found = {name for name, module in model.named_modules(remove_duplicate=False) if isinstance(module, LoRALinear)}
-    missed = sorted(set(expected) - found)
+    missed = sorted(name for name, layer in expected.items() if not found & set(names_of[id(layer)]))
     wrong = sorted(found - allowed)
     subclassed = [name for name in missed if type(expected[name]) is not nn.Linear]
     cause = (
         f"{subclassed[0]} is a {type(expected[subclassed[0]]).__name__}, a subclass of nn.Linear and so an nn.Linear: "
         "test isinstance(module, nn.Linear), not type(module) is nn.Linear"
         if subclassed
+        else f"{missed[0]} is a second name of a layer that named_modules() lists once, under "
+        f"{names_of[id(expected[missed[0]])][0]}: match every name, as named_modules(remove_duplicate=False) lists them"
+        if missed and missed[0] not in listed_once
         else matching_cause(tuple(targets), wrong, missed, adapted_none=not found)
     )
     assert not missed and not wrong, (

@@ -21,6 +21,8 @@ from grader.probes import (
     GRAD_MODES,
     RELATIVE_TOLERANCE,
     TRAINING_CASES,
+    UNROUNDED_ALPHA,
+    UNROUNDED_R,
     Conv1DLike,
     describe,
     examples,
@@ -823,6 +825,7 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
     (R, ALPHA, True, torch.float32, (1,), True, "grad on", True, True, nn.Linear),
     (3, 10.0, True, torch.float16, (2, 3, 2), False, "grad on", False, False, LINEAR_KINDS[1]),
     (R, ALPHA, False, torch.bfloat16, (), True, "grad on", True, True, nn.Linear),
+    (UNROUNDED_R, UNROUNDED_ALPHA, True, torch.float64, (3,), True, "grad on", False, False, nn.Linear),
 )  # fmt: skip
 def test_the_layer_matches_plain_lora_in_every_regime(
     FusedLoRALinear, r, alpha, positional, dtype, batch_shape, contiguous, grad, train, bias, linear

@@ -21,6 +21,7 @@ from grader.probes import (
     measured_update,
     randomize_factors,
     relative_error,
+    rounded_once_from_float64,
 )
 from grader.signatures import expect_the_stubs_signatures
 
@@ -241,6 +242,36 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
     assert y.dtype == dtype and error <= RELATIVE_TOLERANCE[dtype], (
         f"the merged {dtype} layer computes {y.dtype} outputs off the LoRALinear's by {error:.2g} (relative), "
         f"expected {dtype} within {RELATIVE_TOLERANCE[dtype]:.0e}"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "after-a-float64-layernorm"])
+def test_float32_weights_are_summed_in_float32(LoRALinear, merge_weights, alone):
+    in_features, out_features, r = 64, 48, 8  # 3072 weights: a float32 rounding shows in many
+    base = nn.Linear(in_features, out_features)
+    layer = LoRALinear(base, r=r, alpha=20.0)
+    randomize_factors(layer, std=1.0)
+    with torch.no_grad():
+        base.weight.mul_(1e-3)  # an update far larger than W: its float32 rounding shows in the sum
+    found = factors(layer, in_features, out_features, r)
+    exact = base.weight.double() + layer.scaling * found.B.double() @ found.A.double()
+    if alone:
+        merged, where = returned_linear(merge_weights(layer)), ""
+    else:  # the model's first parameter is float64, its adapted layer float32: the layer's dtype decides
+        model = nn.Sequential(nn.LayerNorm(in_features, dtype=torch.float64), layer)
+        returned_model(merge_weights(model))
+        merged, where = expect_instance(model[1], nn.Linear, "the merged model[1]", "an nn.Linear"), " of model[1]"
+    error = relative_error(merged.weight, exact)
+    assert merged.weight.dtype == torch.float32 and error <= RELATIVE_TOLERANCE[torch.float32], (
+        f"the merged weight{where} is {merged.weight.dtype}, off W + scaling * B @ A by {error:.2g} (relative), "
+        f"expected float32 within {RELATIVE_TOLERANCE[torch.float32]:.0e}"
+    )
+    assert not rounded_once_from_float64(merged.weight, exact), (
+        f"all {merged.weight.numel()} entries of the merged float32 weight{where} equal W + scaling * B @ A summed in "
+        "float64 and rounded once, which float32 arithmetic does not give: only fp16/bf16 weights are upcast (to "
+        "float32); float32 weights add in float32"
+        + ("" if alone else " (each layer's own dtype decides, not the model's first parameter, float64 here)")
     )
 
 

@@ -43,6 +43,7 @@ from grader.probes import (
     output,
     plain_lora,
     relative_error,
+    rounded_once_from_float64,
     strided,
 )
 from grader.signatures import expect_the_stubs_signatures
@@ -1265,8 +1266,7 @@ def test_float32_merge_and_unmerge_are_summed_in_float32(MultiLoRALinear, unmerg
     assert error <= RELATIVE_TOLERANCE[torch.float32], (
         f"after merge() of a float32 weight, it is off W + scaling * B @ A by {error:.2g} (relative)"
     )
-    exact = (W0 + sql.delta()).float().double()  # the sum in float64, rounded once: not a float32 sum
-    assert not torch.equal(merged, exact), (
+    assert not rounded_once_from_float64(base.weight, W0 + sql.delta()), (
         f"after merge() of a float32 weight, all {merged.numel()} entries equal W + scaling * B @ A summed in float64 "
         "and rounded once, which float32 arithmetic does not give: float32 weights are summed in their own dtype "
         "(upcast only fp16/bf16; read the dtype off the weight at merge time, after layer.to(torch.float32))"
@@ -1278,8 +1278,7 @@ def test_float32_merge_and_unmerge_are_summed_in_float32(MultiLoRALinear, unmerg
         f"after {unmerging} of a float32 weight, it is off the merged weight minus scaling * B @ A by {error:.2g} "
         "(relative to the update)"
     )
-    exact = (merged - sql.delta()).float().double()  # the difference in float64, rounded once
-    assert not torch.equal(unmerged, exact), (
+    assert not rounded_once_from_float64(base.weight, merged - sql.delta()), (
         f"after {unmerging} of a float32 weight, all {unmerged.numel()} entries equal the merged weight minus scaling "
         "* B @ A computed in float64 and rounded once, which float32 arithmetic does not give: float32 weights are "
         "unmerged in their own dtype (upcast only fp16/bf16)"

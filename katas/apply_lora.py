@@ -22,8 +22,10 @@ def apply_lora(
     """Replace, in place, every targeted ``nn.Linear`` of ``model`` by ``LoRALinear(layer, r, alpha, dropout)``.
 
     Spec:
-        - A module is targeted when it is an ``nn.Linear`` (a subclass is one too) and its qualified
-          name (as in ``model.named_modules()``) equals a target or ends with ``"." + target``, compared
+        - A module is targeted when it is an ``nn.Linear`` (a subclass is one too) and one of its qualified
+          names (a layer in a shared block or under an alias has several: all of them, as
+          ``model.named_modules(remove_duplicate=False)`` lists them; one matching is enough) equals a target or
+          ends with ``"." + target``, compared
           as strings: ``"fc1"`` never matches ``"fc10"``, ``"proj"`` never matches ``"q_proj"``,
           ``"0.q_proj"`` matches ``"layers.0.q_proj"`` but not ``"layers.10.q_proj"``, and no target is a
           pattern (``"fc*"``, ``"[qv]_proj"`` or ``"q_pro."`` name no layer).

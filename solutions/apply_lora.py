@@ -19,18 +19,19 @@ def apply_lora(
 ) -> nn.Module:
     """Replace, in place, every targeted ``nn.Linear`` of ``model`` by a ``LoRALinear``; only the factors train.
 
-    A module is targeted when its qualified name equals a target or ends with ``"." + target``
+    A module is targeted when one of its qualified names equals a target or ends with ``"." + target``
     (``"fc1"`` never matches ``"fc10"``). Layers that already are ``LoRALinear`` are left as they are.
 
     Raises:
         ValueError: no ``nn.Linear`` (nor ``LoRALinear``) of ``model`` matches ``target_modules``.
     """
     targets = (target_modules,) if isinstance(target_modules, str) else tuple(target_modules)
-    # An adapter's own base (and factors) are never targets: wrapping them would nest adapters.
+    # An adapter's own base (and factors) are never targets: wrapping them would nest adapters. A layer under several
+    # names (a shared block, an alias) is targeted when any of them matches.
     inside = {id(m) for a in model.modules() if isinstance(a, LoRALinear) for m in list(a.modules())[1:]}
     matched = [
         (name, module)
-        for name, module in model.named_modules()
+        for name, module in model.named_modules(remove_duplicate=False)
         if isinstance(module, (nn.Linear, LoRALinear)) and id(module) not in inside and _is_target(name, targets)
     ]
     if not matched:
@@ -39,10 +40,13 @@ def apply_lora(
             f"apply_lora: no nn.Linear matches target_modules={targets}; "
             f"the model's linear layers are {linear_names[:8]}"
         )
+    adapters: dict[int, LoRALinear] = {}  # one adapter per layer, put under each of its matching names
     for name, module in matched:
         if isinstance(module, nn.Linear):
             parent_name, _, child_name = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child_name, LoRALinear(module, r, alpha, dropout))
+            if id(module) not in adapters:
+                adapters[id(module)] = LoRALinear(module, r, alpha, dropout)
+            setattr(model.get_submodule(parent_name), child_name, adapters[id(module)])
     # Only the factors train: a base unfrozen since an earlier call is frozen again, like the rest of the model.
     trained = _factor_names()
     factors = {

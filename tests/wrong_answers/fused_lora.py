@@ -22,6 +22,10 @@ CTX_STATE = "ctx.scaling, ctx.x_shape = scaling, x.shape"
 TWO_CALLS = "test_backward_keeps_each_calls_state_apart"
 
 WRONG_ANSWERS = [
+    WrongAnswer("scaling kept as a float32 0-dim buffer", KATA, APPLY, APPLY.replace("self.scaling", "self.scale"),
+                "test_the_layer_matches_plain_lora_in_every_regime", "off by float32 rounding",
+                more_edits=(("self.r, self.alpha, self.scaling = r, alpha, alpha / r", "self.r, self.alpha, self.scaling = r, alpha, alpha / r"
+                             "\n        self.register_buffer('scale', torch.tensor(alpha / r, device=base.weight.device), persistent=False)"),)),
     WrongAnswer("the frozen weight's gradient computed anyway", KATA, GRAD_WEIGHT, "grad_weight = g.T @ rows",
                 "test_a_step_does_only_the_matrix_work_lora_needs", "ctx.needs_input_grad does not ask for"),
     WrongAnswer("the frozen weight's gradient accumulated with addmm_", KATA, GRAD_WEIGHT,

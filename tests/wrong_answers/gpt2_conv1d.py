@@ -43,6 +43,11 @@ WRONG_ANSWERS = [
                 "test_lm_head_stays_tied_to_wte", "the tie is broken"),
     WrongAnswer("tied lm_head merged in place, changing wte", KATA, MERGE_LINEARS, FOLD_IN_PLACE,
                 "test_merging_a_tied_lm_head_leaves_wte_alone", "changes the embeddings too"),
+    WrongAnswer("scaling kept as a float32 0-dim buffer", KATA, "down = F.linear(self.dropout(x), self.lora_A) * self.scaling",
+                "down = F.linear(self.dropout(x), self.lora_A) * self.scale",
+                "test_update_is_scaling_times_B_at_A", "off by float32 rounding",
+                more_edits=(("self.r, self.alpha, self.scaling = r, alpha, alpha / r", "self.r, self.alpha, self.scaling = r, alpha, alpha / r"
+                             "\n        self.register_buffer('scale', torch.tensor(alpha / r, device=base.weight.device), persistent=False)"),)),
     WrongAnswer("scaled by alpha", KATA, "down = F.linear(self.dropout(x), self.lora_A) * self.scaling",
                 "down = F.linear(self.dropout(x), self.lora_A) * self.alpha",
                 "test_update_is_scaling_times_B_at_A", "scaled by alpha instead of alpha / r"),

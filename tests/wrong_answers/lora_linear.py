@@ -122,6 +122,10 @@ WRONG_ANSWERS = [
                 DOWN.replace("self.dropout(x), self.lora_A", "self.dropout(x).float(), self.lora_A.float()"),
                 "test_update_is_scaling_times_B_at_A", "computes in float32 internally",
                 more_edits=((RESULT, "return self.base(x) + F.linear(down, self.lora_B.float()).to(x.dtype)"),)),
+    WrongAnswer("scaling kept as a float32 0-dim buffer", KATA, DOWN, DOWN.replace("self.scaling", "self.scale"),
+                "test_matches_plain_lora_in_every_regime", "off by float32 rounding",
+                more_edits=(("self.scaling = alpha / r", "self.scaling = alpha / r\n        self.register_buffer("
+                             "'scale', torch.tensor(alpha / r, device=base.weight.device), persistent=False)"),)),
     WrongAnswer("output upcast to float32, seen in float64", KATA, RESULT,
                 "return (self.base(x) + F.linear(down, self.lora_B)).float()",
                 "test_gradients_reach_the_factors_and_input_but_not_the_base", "returned torch.float32"),
