@@ -10,9 +10,11 @@ def apply_lora(model, target_modules=("q_proj", "v_proj"), r=8, alpha=16.0, drop
     inside = {id(m) for a in model.modules() if isinstance(a, LoRALinear) for m in list(a.modules())[1:]}
 
     def visit(module: nn.Module, prefix: str) -> None:
-        for child_name, child in module.named_children():
+        # Every name, not named_children(): a layer (or block) held twice is listed once there, and the
+        # second name may be the one a target matches.
+        for child_name, child in list(module._modules.items()):
             name = f"{prefix}.{child_name}" if prefix else child_name
-            if id(child) in inside:
+            if child is None or id(child) in inside:
                 continue
             if isinstance(child, LoRALinear):
                 if any(name == t or name.endswith("." + t) for t in targets):
