@@ -1152,43 +1152,72 @@ def test_safe_merge_of_a_broken_adapter_raises_and_leaves_the_weight_untouched(M
     )
 
 
-FP16_OVERFLOWS = {  # an fp16 weight and finite fp16 factors A, B (r=2, alpha=4) whose merged weight is inf in fp16
-    # the update alone, 2 * 2 * 200 * 200 = 160000, exceeds fp16's 65504
-    "an update beyond fp16's max": (None, 200.0, 200.0),
-    # the update, 2 * 2 * 50 * 50 = 10000, is finite in fp16; the weight it lands on, 60000 + 10000, is not
-    "a weight near fp16's max": (60000.0, 50.0, 50.0),
+OVERFLOWS = {  # a weight and finite factors A, B (r=2, alpha=4: the update is 4 A B) whose merged weight is inf in
+    # the weight's dtype, though a wider dtype holds it
+    # fp16: the update alone, 4 * 200 * 200 = 160000, exceeds fp16's 65504
+    "an update beyond fp16's max": (torch.float16, None, 200.0, 200.0),
+    # fp16: the update, 4 * 50 * 50 = 10000, is finite; the weight it lands on, 60000 + 10000, is not
+    "a weight near fp16's max": (torch.float16, 60000.0, 50.0, 50.0),
     # the same below: -60000 - 10000 is -inf, and nothing is +inf
-    "a weight near fp16's lowest": (-60000.0, 50.0, -50.0),
+    "a weight near fp16's lowest": (torch.float16, -60000.0, 50.0, -50.0),
+    # bf16 has float32's range but not its precision: max + 1e36 is finite in float32 and rounds to inf in bf16
+    "a weight at bf16's max": (torch.bfloat16, torch.finfo(torch.bfloat16).max, 5e17, 5e17),
+    # float32: 3e38 + 1e38 is finite in float64 only
+    "a weight near float32's max": (torch.float32, 3e38, 5e18, 5e18),
+}
+SOUND_MERGES = {  # finite in the weight's dtype (None: two_adapters' random float64 factors)
+    "random factors": None,
+    # 1e300 + 1 is finite in float64 and inf in float32: the check must not be made after a cast to float32
+    "a float64 weight beyond float32's max": (torch.float64, 1e300, 0.5, 0.5),
 }
 
 
-@pytest.mark.points(1)
-@pytest.mark.parametrize("case", FP16_OVERFLOWS)
-def test_safe_merge_checks_the_merged_weight_in_its_own_dtype(MultiLoRALinear, case):
-    weight_value, A_value, B_value = FP16_OVERFLOWS[case]
-    base, layer = make(MultiLoRALinear, dtype=torch.float16)
+def adapter_on_filled_weight(MultiLoRALinear, dtype, weight_value, A_value, B_value):
+    """A layer over a ``dtype`` base holding "sql" (r=2, alpha=4), its factors filled with ``A_value`` and
+    ``B_value``, its weight with ``weight_value`` (None: left as made)."""
+    base, layer = make(MultiLoRALinear, dtype=dtype)
     sql = add(layer, "sql", r=2, alpha=4.0)
     with torch.no_grad():
         if weight_value is not None:
             base.weight.fill_(weight_value)
         sql.factors.A.fill_(A_value)
         sql.factors.B.fill_(B_value)
-    kept = base.weight.detach().clone()
-    expect_value_error(lambda: layer.merge(safe=True),
-                       f"merge(safe=True) of {case}, whose merged weight is inf or -inf in fp16, the weight's dtype "
-                       "(check W + scaling * B @ A itself, rounded to the weight's dtype, not the update alone, with "
-                       "torch.isfinite)")  # fmt: skip
-    assert torch.equal(base.weight, kept), "a failed merge(safe=True) changed the fp16 weight: check before writing"
+    return base, layer, sql
 
 
 @pytest.mark.points(1)
-def test_safe_merge_of_a_sound_adapter_merges_as_merge_does(MultiLoRALinear):
-    base, layer, sql, _ = two_adapters(MultiLoRALinear)
+@pytest.mark.parametrize("case", OVERFLOWS)
+def test_safe_merge_checks_the_merged_weight_in_its_own_dtype(MultiLoRALinear, case):
+    dtype, *values = OVERFLOWS[case]
+    dtype_name = str(dtype).removeprefix("torch.")
+    base, layer, _ = adapter_on_filled_weight(MultiLoRALinear, dtype, *values)
+    kept = base.weight.detach().clone()
+    expect_value_error(lambda: layer.merge(safe=True),
+                       f"merge(safe=True) of {case}, whose merged weight is inf or -inf in {dtype_name}, the weight's "
+                       "dtype (check W + scaling * B @ A itself, rounded to the weight's dtype, not the update alone "
+                       "nor a wider sum, with torch.isfinite)")  # fmt: skip
+    assert torch.equal(base.weight, kept), (
+        f"a failed merge(safe=True) changed the {str(dtype).removeprefix('torch.')} weight: check before writing"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("case", SOUND_MERGES)
+def test_safe_merge_of_a_sound_adapter_merges_as_merge_does(MultiLoRALinear, case):
+    filled = SOUND_MERGES[case]
+    dtype_name = "float64" if filled is None else str(filled[0]).removeprefix("torch.")
+    if filled is None:
+        base, layer, sql, _ = two_adapters(MultiLoRALinear)
+    else:
+        base, layer, sql = adapter_on_filled_weight(MultiLoRALinear, *filled)
     W0 = base.weight.detach().double().clone()
-    layer.merge(safe=True)
-    expect_weight(base, W0 + sql.delta(), "after merge(safe=True) of a sound adapter",
-                  {"safe merge did not write the weight": W0})  # fmt: skip
-    when = "after merge(safe=True)"
+    when = f"after merge(safe=True) of {case}"
+    try:
+        layer.merge(safe=True)
+    except ValueError as error:
+        pytest.fail(f"{when}: ValueError ({error}), though the merged weight is finite in {dtype_name}, the "
+                    "weight's dtype: check it in that dtype, not after a cast", pytrace=False)  # fmt: skip
+    expect_weight(base, W0 + sql.delta(), when, {"safe merge did not write the weight": W0})
     assert merged_list(layer, when) == ["sql"], (
         f"{when}, merged_adapters is {merged_list(layer, when)}, expected ['sql']"
     )

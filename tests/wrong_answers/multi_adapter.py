@@ -58,6 +58,13 @@ WRONG_ANSWERS = [
                 "merged = weight.to(self._accumulation()) + self._delta(name)\n"
                 + SAFE_CHECK.replace("weight.copy_(merged)", "weight.copy_(merged.to(weight.dtype))"),
                 "test_safe_merge_checks_the_merged_weight_in_its_own_dtype", "raised nothing"),
+    WrongAnswer("safe merge that checks after a cast to float32", KATA, "not torch.isfinite(merged).all()",
+                "not torch.isfinite(merged.float()).all()",
+                "test_safe_merge_of_a_sound_adapter_merges_as_merge_does", "not after a cast"),
+    WrongAnswer("safe merge that checks bf16's float32 sum (bf16 has float32's range)", KATA, MERGED + "\n" + SAFE_CHECK,
+                "summed = weight.to(self._accumulation()) + self._delta(name)\n        merged = summed.to(weight.dtype)\n"
+                + SAFE_CHECK.replace("isfinite(merged)", "isfinite(summed if weight.dtype == torch.bfloat16 else merged)"),
+                "test_safe_merge_checks_the_merged_weight_in_its_own_dtype", "raised nothing"),
     WrongAnswer("a deleted merged adapter left in the weight", KATA, DELETE_UNMERGE,
                 "        self._merged = [other for other in self._merged if other != name]\n        del self.lora_A[name]",
                 "test_delete_adapter_unmerges_a_merged_adapter_first", "stayed in the weight for good"),
