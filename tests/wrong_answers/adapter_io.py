@@ -203,4 +203,10 @@ WRONG_ANSWERS = [
                 more_edits=((SAVE_B, SAVE_B.replace("B.detach()", "(B.detach().float() if isinstance(layer, LoRAConv1D) else B.detach())")),)),
     WrongAnswer("adapters found by their exact type", KATA, "if isinstance(module, ADAPTERS)}", "if type(module) in ADAPTERS}",
                 "test_saved_keys_and_shapes_are_what_peft_writes", "a subclass is one, tell them by isinstance"),
+    WrongAnswer("factors saved as they are stored, not contiguous", KATA,
+                'tensors[f"{PREFIX}{name}.lora_A.weight"] = A.detach().contiguous()',
+                'tensors[f"{PREFIX}{name}.lora_A.weight"] = A.detach()',
+                "test_saved_tensors_are_exactly_the_factors", "save .contiguous() copies"),
+    WrongAnswer("the directory returned resolved", KATA, "    return directory\n", "    return directory.resolve()\n",
+                "test_save_returns_the_directory_it_creates", "expected Path(directory) as given"),
 ]  # fmt: skip
