@@ -1188,16 +1188,15 @@ def adapter_on_filled_weight(MultiLoRALinear, dtype, weight_value, A_value, B_va
 @pytest.mark.points(1)
 @pytest.mark.parametrize("case", OVERFLOWS)
 def test_safe_merge_checks_the_merged_weight_in_its_own_dtype(MultiLoRALinear, case):
-    dtype, *values = OVERFLOWS[case]
-    dtype_name = str(dtype).removeprefix("torch.")
-    base, layer, _ = adapter_on_filled_weight(MultiLoRALinear, dtype, *values)
+    base, layer, _ = adapter_on_filled_weight(MultiLoRALinear, *OVERFLOWS[case])
+    dtype_name = str(base.weight.dtype).removeprefix("torch.")
     kept = base.weight.detach().clone()
     expect_value_error(lambda: layer.merge(safe=True),
                        f"merge(safe=True) of {case}, whose merged weight is inf or -inf in {dtype_name}, the weight's "
                        "dtype (check W + scaling * B @ A itself, rounded to the weight's dtype, not the update alone "
                        "nor a wider sum, with torch.isfinite)")  # fmt: skip
     assert torch.equal(base.weight, kept), (
-        f"a failed merge(safe=True) changed the {str(dtype).removeprefix('torch.')} weight: check before writing"
+        f"a failed merge(safe=True) changed the {dtype_name} weight: check before writing"
     )
 
 
@@ -1205,11 +1204,11 @@ def test_safe_merge_checks_the_merged_weight_in_its_own_dtype(MultiLoRALinear, c
 @pytest.mark.parametrize("case", SOUND_MERGES)
 def test_safe_merge_of_a_sound_adapter_merges_as_merge_does(MultiLoRALinear, case):
     filled = SOUND_MERGES[case]
-    dtype_name = "float64" if filled is None else str(filled[0]).removeprefix("torch.")
     if filled is None:
         base, layer, sql, _ = two_adapters(MultiLoRALinear)
     else:
         base, layer, sql = adapter_on_filled_weight(MultiLoRALinear, *filled)
+    dtype_name = str(base.weight.dtype).removeprefix("torch.")
     W0 = base.weight.detach().double().clone()
     when = f"after merge(safe=True) of {case}"
     try:
