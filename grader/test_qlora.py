@@ -32,6 +32,7 @@ from grader.probes import (
     DROPOUT,
     TRAINING_CASES,
     describe,
+    dtype_name,
     expect_centred,
     expect_dropout_like_nn_dropout,
     expect_on_the_base_device,
@@ -369,7 +370,7 @@ def test_nf4_linear_keeps_no_reference_to_the_original_weight(NF4Linear, QLoRALi
         (torch.float32, torch.bfloat16),
         (torch.bfloat16, torch.float32),
     ],
-    ids=lambda dtype: str(dtype).removeprefix("torch."),
+    ids=dtype_name,
 )
 def test_nf4_linear_computes_F_linear_with_the_dequantized_weight(NF4Linear, nf4_works, base_dtype, x_dtype):
     nf4_works()
@@ -1295,6 +1296,9 @@ def peft_over_bitsandbytes(base: nn.Linear, r: int, alpha: float) -> nn.Module:
             self.q = bnb.nn.Linear4bit(
                 base.in_features, base.out_features, bias=base.bias is not None, compute_dtype=dtype, quant_type="nf4"
             )
+            # On a CPU with AVX512-bf16, bitsandbytes repacks the weight and its absmax in place at the first eval
+            # forward, for its own kernel: keep the layout quantize_4bit gives, the same on every machine.
+            self.q.support_avx512bf16_for_cpu = False
             self.q.weight = bnb.nn.Params4bit(
                 base.weight.detach().clone(),
                 requires_grad=False,
