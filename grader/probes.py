@@ -53,6 +53,11 @@ def describe(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
+def dtype_name(dtype: object) -> str:
+    """A dtype as a verdict or a case id writes it: ``float16`` for ``torch.float16`` (any other value as ``str``)."""
+    return str(dtype).removeprefix("torch.")
+
+
 def expect_instance(value: object, expected: type[T], call: str, wanted: str) -> T:
     """``value``, after failing the check with what ``call`` returned unless it is an ``expected``."""
     assert isinstance(value, expected), f"{call} returned {describe(value)}, expected {wanted}"
@@ -237,6 +242,28 @@ def plain_lora(
     y = base(x) + scaling * (x @ A.T) @ B.T
     y.backward(upstream)
     return y.detach(), {"A": A.grad, "B": B.grad, "x": x.grad}
+
+
+def expect_plain_lora_gradients(
+    layer: nn.Module, frozen: nn.Module, twin: nn.Linear, found: Factors, scaling: float, what: str
+) -> None:
+    """Fail the check, saying so, unless a float64 backward through ``layer`` gives A, B and x plain LoRA's
+    gradients (to 1e-9) and none to the parameters of ``frozen``, its base (``twin``: that base as an
+    ``nn.Linear``; ``what``: how a verdict names the base)."""
+    x = torch.randn(6, twin.in_features, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(6, twin.out_features, dtype=torch.float64)
+    (output(layer, x) * upstream).sum().backward()
+    touched = [name for name, parameter in frozen.named_parameters() if parameter.grad is not None]
+    assert not touched, f"{what}'s {touched} received a gradient: the base must stay frozen"
+    _, expected = plain_lora(twin, found, scaling, x, upstream)
+    for name, measured in zip("AB", found.grads(), strict=True):
+        assert measured is not None, f"factor {name} received no gradient: is it used in forward, not detached?"
+        error = max_difference(measured, expected[name])
+        assert error < 1e-9, f"gradient of {name} off by {error:.3g}: is the forward exactly base(x) + scaling B A x?"
+    error = max_difference(x.grad, expected["x"])
+    assert error < 1e-9, (
+        f"gradient w.r.t. the input off by {error:.3g}: does a path use x.detach(), or run under torch.no_grad()?"
+    )
 
 
 def scaling_ratio(layer: nn.Module, base: nn.Linear, found: Factors) -> tuple[float, bool]:

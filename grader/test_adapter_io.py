@@ -35,7 +35,7 @@ from grader.hf import (
 )
 from grader.models import WIDTH, ToyTransformer, matching_linears
 from grader.oracles import requires
-from grader.probes import FOREIGN_DEFAULT, describe, max_difference, output, trainable
+from grader.probes import FOREIGN_DEFAULT, describe, dtype_name, max_difference, output, trainable
 from grader.signatures import expect_the_stubs_signatures
 
 
@@ -576,7 +576,7 @@ def test_uses_the_configs_lora_dropout_0_when_absent(load_adapter, LoRALinear, L
     [("llama", torch.float32), ("toy", torch.float32), ("gpt2", torch.float32), ("llama", torch.bfloat16),
      ("toy", torch.bfloat16), ("gpt2", torch.bfloat16), ("toy", torch.float64), ("llama", torch.float16),
      ("gpt2", torch.float16)],
-    ids=lambda value: str(value).removeprefix("torch."),
+    ids=dtype_name,
 )  # fmt: skip
 def test_save_then_load_is_bit_exact(save_adapter, load_adapter, LoRALinear, LoRAConv1D, kind, dtype, tmp_path):
     model, fresh, layers = adapted_model(kind, LoRALinear, LoRAConv1D, dtype)

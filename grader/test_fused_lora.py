@@ -25,6 +25,7 @@ from grader.probes import (
     UNROUNDED_R,
     Conv1DLike,
     describe,
+    dtype_name,
     examples,
     expect_centred,
     expect_instance,
@@ -366,7 +367,7 @@ def test_forward_saves_only_what_backward_needs(FusedLoRAFunction, layout, dtype
     held = sum(t.untyped_storage().nbytes() for t in extra.values())
     size = inputs["x"].element_size()
     allowed = size * (rows * r + r * (in_features + out_features))  # u = scaling x A^T (N, r), a factor's copy
-    kept_as = sorted((tuple(t.shape), str(t.dtype).removeprefix("torch.")) for t in extra.values())
+    kept_as = sorted((tuple(t.shape), dtype_name(t.dtype)) for t in extra.values())
     assert held <= allowed, (
         f"forward keeps {held} bytes alive for backward besides its inputs ({layout}, {dtype}, {rows} rows, "
         f"in={in_features}, out={out_features}, r={r}: tensors {kept_as}), expected at most N r + r (in + out) "

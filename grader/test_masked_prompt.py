@@ -304,15 +304,26 @@ def test_returns_three_lists_of_ints_of_equal_length(build_example, tokenizer, i
     )
 
 
+EXAMPLES = (  # build_example's edge inputs, given to every check of its ids and labels as explicit examples
+    dict(instruction="Say hello to the world.", input="", output="Hello world!"),
+    dict(instruction="Translate to French.", input="Hello, my friend.", output=" Bonjour, mon ami."),
+    dict(instruction="Say nothing.", input="", output=""),  # the response is eos alone
+    dict(instruction="", input=" ", output=" "),  # an empty instruction; a blank input is still an input
+    dict(instruction="Echo.", input="\n", output="[/INST] </s>"),  # the template's and eos's text in the output
+    dict(instruction="Echo the bos.", input="", output="<s> is a token"),  # enc(output) starts with bos's id
+    dict(instruction="Echo the pad.", input="", output="a <pad> b<pad>"),  # the pad token's text in the output
+)
+
+
+def over_examples(check):
+    """``check`` over hypothesis-drawn instruction, input and output texts, and over every one of ``EXAMPLES``."""
+    for case in reversed(EXAMPLES):
+        check = example(**case)(check)
+    return given(instruction=TEXTS, input=TEXTS, output=OUTPUTS)(check)
+
+
 @pytest.mark.points(4)
-@given(instruction=TEXTS, input=TEXTS, output=OUTPUTS)
-@example(instruction="Say hello to the world.", input="", output="Hello world!")
-@example(instruction="Translate to French.", input="Hello, my friend.", output=" Bonjour, mon ami.")
-@example(instruction="Say nothing.", input="", output="")  # the response is eos alone
-@example(instruction="", input=" ", output=" ")  # an empty instruction; a blank input is still an input
-@example(instruction="Echo.", input="\n", output="[/INST] </s>")  # the template's and eos's text in the output
-@example(instruction="Echo the bos.", input="", output="<s> is a token")  # enc(output) starts with bos's id
-@example(instruction="Echo the pad.", input="", output="a <pad> b<pad>")  # the pad token's text in the output
+@over_examples
 def test_input_ids_are_bos_prompt_response_eos(build_example, any_tokenizer, instruction, input, output):
     expected = expected_example(any_tokenizer, instruction, input, output)
     ids, _, _ = fields(build_example(any_tokenizer, instruction, input, output))
@@ -320,14 +331,7 @@ def test_input_ids_are_bos_prompt_response_eos(build_example, any_tokenizer, ins
 
 
 @pytest.mark.points(4)
-@given(instruction=TEXTS, input=TEXTS, output=OUTPUTS)
-@example(instruction="Say hello to the world.", input="", output="Hello world!")
-@example(instruction="Translate to French.", input="Hello, my friend.", output=" Bonjour, mon ami.")
-@example(instruction="Say nothing.", input="", output="")  # the response is eos alone
-@example(instruction="", input=" ", output=" ")  # an empty instruction; a blank input is still an input
-@example(instruction="Echo.", input="\n", output="[/INST] </s>")  # the template's and eos's text in the output
-@example(instruction="Echo the bos.", input="", output="<s> is a token")  # enc(output) starts with bos's id
-@example(instruction="Echo the pad.", input="", output="a <pad> b<pad>")  # the pad token's text in the output
+@over_examples
 def test_labels_mask_bos_and_the_prompt_and_nothing_else(build_example, any_tokenizer, instruction, input, output):
     expected = expected_example(any_tokenizer, instruction, input, output)
     ids, labels, _ = fields(build_example(any_tokenizer, instruction, input, output))

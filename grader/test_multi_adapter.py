@@ -33,6 +33,7 @@ from grader.probes import (
     Conv1DLike,
     Factors,
     describe,
+    dtype_name,
     expect_centred,
     expect_dropout_like_nn_dropout,
     expect_nn_linear_bound_if_uniform,
@@ -1189,15 +1190,13 @@ def adapter_on_filled_weight(MultiLoRALinear, dtype, weight_value, A_value, B_va
 @pytest.mark.parametrize("case", OVERFLOWS)
 def test_safe_merge_checks_the_merged_weight_in_its_own_dtype(MultiLoRALinear, case):
     base, layer, _ = adapter_on_filled_weight(MultiLoRALinear, *OVERFLOWS[case])
-    dtype_name = str(base.weight.dtype).removeprefix("torch.")
+    dtype = dtype_name(base.weight.dtype)
     kept = base.weight.detach().clone()
     expect_value_error(lambda: layer.merge(safe=True),
-                       f"merge(safe=True) of {case}, whose merged weight is inf or -inf in {dtype_name}, the weight's "
+                       f"merge(safe=True) of {case}, whose merged weight is inf or -inf in {dtype}, the weight's "
                        "dtype (check W + scaling * B @ A itself, rounded to the weight's dtype, not the update alone "
                        "nor a wider sum, with torch.isfinite)")  # fmt: skip
-    assert torch.equal(base.weight, kept), (
-        f"a failed merge(safe=True) changed the {dtype_name} weight: check before writing"
-    )
+    assert torch.equal(base.weight, kept), f"a failed merge(safe=True) changed the {dtype} weight: check before writing"
 
 
 @pytest.mark.points(1)
@@ -1208,13 +1207,13 @@ def test_safe_merge_of_a_sound_adapter_merges_as_merge_does(MultiLoRALinear, cas
         base, layer, sql, _ = two_adapters(MultiLoRALinear)
     else:
         base, layer, sql = adapter_on_filled_weight(MultiLoRALinear, *filled)
-    dtype_name = str(base.weight.dtype).removeprefix("torch.")
+    dtype = dtype_name(base.weight.dtype)
     W0 = base.weight.detach().double().clone()
     when = f"after merge(safe=True) of {case}"
     try:
         layer.merge(safe=True)
     except ValueError as error:
-        pytest.fail(f"{when}: ValueError ({error}), though the merged weight is finite in {dtype_name}, the "
+        pytest.fail(f"{when}: ValueError ({error}), though the merged weight is finite in {dtype}, the "
                     "weight's dtype: check it in that dtype, not after a cast", pytrace=False)  # fmt: skip
     expect_weight(base, W0 + sql.delta(), when, {"safe merge did not write the weight": W0})
     assert merged_list(layer, when) == ["sql"], (

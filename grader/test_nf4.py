@@ -28,6 +28,7 @@ from grader.oracles import optional
 from grader.probes import (
     DEVICES,
     describe,
+    dtype_name,
     expect_instance,
     expect_on_the_base_device,
     expect_value_error,
@@ -233,10 +234,7 @@ def test_an_all_zero_block_takes_the_code_of_zero(quantize_nf4, dequantize_nf4, 
         for case, make, size in [
             ("empty", lambda: torch.zeros(0, 64), 64),
             ("empty (64, 0)", lambda: torch.zeros(64, 0), 64),  # len() is 64: count elements with numel()
-            *(
-                (str(dtype).removeprefix("torch."), lambda dtype=dtype: torch.ones(128, dtype=dtype), 64)
-                for dtype in NOT_FLOATS
-            ),
+            *((dtype_name(dtype), lambda dtype=dtype: torch.ones(128, dtype=dtype), 64) for dtype in NOT_FLOATS),
             ("a list of floats", lambda: [0.5] * 128, 64),
             *((f"block_size={size}", lambda: torch.randn(128), size) for size in REFUSED_BLOCK_SIZES),
         ]
