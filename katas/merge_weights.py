@@ -27,7 +27,9 @@ def merge_weights(model: nn.Module) -> nn.Module:
         - An adapter registered under several names (a shared block, an alias) is replaced under each,
           and no weight another layer shares (a tied embedding) is changed.
         - In eval mode the merged model computes what the unmerged one did (to 1e-5 in float32),
-          whatever mode (train or eval) the model was in when merged.
+          whatever mode (train or eval) the model was in when merged. That holds where the base computes
+          ``F.linear(x, weight, bias)``: a subclass with its own forward, or a layer with hooks, cannot fold
+          an update into one weight, and there either merge the first sentence allows is accepted.
         - Returns ``model``, or the merged ``nn.Linear`` when ``model`` is a ``LoRALinear`` itself.
     """
     raise NotImplementedError("kata merge_weights: write merge_weights (spec in its docstring)")
