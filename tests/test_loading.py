@@ -57,7 +57,9 @@ def test_any_folder_name_and_absolute_imports_work(tmp_path):
 
 def test_a_syntax_error_fails_its_kata_and_blocks_the_katas_that_need_it(tmp_path):
     folder = implementation_folder(tmp_path / "sub", {"lora_linear": "class LoRALinear(:\n"})
-    results = run_grader(folder)
+    # One check of each kata, which imports and calls it: that every other kata is still graded is what matters here.
+    first_checks = ["-k", "test_takes_the_stubs_parameters or test_the_response_loss_falls"]
+    results = run_grader(folder, pytest_args=first_checks)
     blocked = {
         kata: {"failed"}
         for kata in ("lora_linear", "apply_lora", "merge_weights", "gpt2_conv1d", "adapter_io", "capstone")

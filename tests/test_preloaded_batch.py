@@ -18,7 +18,7 @@ from tests.wrong_answers import all_wrong_answers
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the preloaded server forks")
 
-SAMPLE = 4  # wrong answers spread over the zoo: each is graded twice, over the rows of the sample's katas
+SAMPLE = 4  # wrong answers spread over the zoo: each is graded twice, over its own kata's row
 HOSTILE = {
     "os-exit": {"apply_lora": "import os\nos._exit(0)\n"},
     "segfault": {"merge_weights": "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"},
@@ -38,31 +38,27 @@ def graded(document: dict) -> tuple[list[dict], list[str]]:
     return document["lora_kata"]["results"], document["lora_kata"]["notes"]
 
 
-@pytest.mark.timeout(900)  # eleven gradings, three of them over all twelve rows: minutes on 2 cores
+@pytest.mark.timeout(900)  # nine gradings, two of them over all twelve rows: minutes on 2 cores
 def test_batch_through_the_server_grades_like_grade_one_at_a_time(tmp_path):
     """The reference and the stubs over every row; the hostile submissions over the rows before, at and after the
-    kata that kills its grading; wrong answers spread over the zoo over their own katas' rows (``--kata``: every
-    other row of theirs is the reference, graded in full already)."""
-    whole, hostile, rows = tmp_path / "whole", tmp_path / "hostile", tmp_path / "rows"
+    kata that kills its grading; wrong answers spread over the zoo, each in a batch of its own over its own kata's
+    row (``--kata``: every other row of theirs is the reference, graded in full already)."""
+    whole, hostile = tmp_path / "whole", tmp_path / "hostile"
     implementation_folder(whole / "reference")
     stubs = {path.stem: path.read_text() for path in (REPOSITORY / "katas").glob("*.py") if path.stem != "__init__"}
     implementation_folder(whole / "stubs", stubs)
-    for name, sources in HOSTILE.items():
-        implementation_folder(hostile / name, sources)
-    # Where the grading ran: its parent is the reaper, forked from the server (or a fresh worker.py).
+    # Where the grading ran: its parent is the reaper, forked from the server (or a fresh worker.py). The first
+    # hostile submission records it from its lora_linear, graded before the kata that kills its grading.
     record = f"open({str(tmp_path / 'parent.txt')!r}, 'wb').write(open(f'/proc/{{os.getppid()}}/cmdline', 'rb').read())"
     probe = (SOLUTIONS / "lora_linear.py").read_text() + f"\nimport os\n{record}\n"
-    implementation_folder(hostile / "probe", {"lora_linear": probe})
-    zoo = all_wrong_answers()
-    sample = zoo[:: len(zoo) // SAMPLE][:SAMPLE]
-    for number, wrong in enumerate(sample):
-        implementation_folder(rows / f"wrong-{number:02d}", {wrong.kata: wrong.source()})
+    for name, sources in HOSTILE.items():
+        implementation_folder(hostile / name, {**sources, **({"lora_linear": probe} if name == "os-exit" else {})})
     around_crashes = ["lora_linear", *{kata for sources in HOSTILE.values() for kata in sources}, "fused_lora"]
-    katas = {
-        whole: list(GRADED),
-        hostile: [kata for kata in GRADED if kata in around_crashes],
-        rows: [kata for kata in GRADED if kata in {wrong.kata for wrong in sample}],
-    }
+    katas = {whole: list(GRADED), hostile: [kata for kata in GRADED if kata in around_crashes]}
+    zoo = all_wrong_answers()
+    for number, wrong in enumerate(zoo[:: len(zoo) // SAMPLE][:SAMPLE]):
+        implementation_folder(tmp_path / f"rows-{number:02d}" / f"wrong-{number:02d}", {wrong.kata: wrong.source()})
+        katas[tmp_path / f"rows-{number:02d}"] = [wrong.kata]
     for submissions, graded_katas in katas.items():
         kata_options = [] if submissions == whole else [f"--kata={kata}" for kata in graded_katas]
         gradebook = tmp_path / f"{submissions.name}.csv"
@@ -77,7 +73,7 @@ def test_batch_through_the_server_grades_like_grade_one_at_a_time(tmp_path):
         lora_kata("grade", "--impl", str(folder), "--json", str(graded_as), *kata_options)
         return json.loads(graded_as.read_text())
 
-    folders = sorted(path for submissions in katas for path in submissions.iterdir() if path.name != "probe")
+    folders = sorted(path for submissions in katas for path in submissions.iterdir())
     with ThreadPoolExecutor(max_workers=2) as pool:
         one_at_a_time = dict(zip(folders, pool.map(alone, folders), strict=True))
     for folder, document in one_at_a_time.items():
