@@ -26,6 +26,7 @@ from grader.hf import (
     token_ids,
     with_own_layer_classes,
 )
+from grader.models import gated, with_forward_hooks
 from grader.oracles import requires
 from grader.probes import (
     DEVICES,
@@ -42,9 +43,11 @@ from grader.probes import (
     Conv1DLike,
     arguments_id,
     describe,
+    dtype_name,
     examples,
     expect_centred,
     expect_dropout_like_nn_dropout,
+    expect_exactly_the_base,
     expect_instance,
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
@@ -221,29 +224,42 @@ def test_factors_follow_the_base_device_not_the_default_one(LoRAConv1D):
         expect_on_the_base_device(trainable(layer), conv.weight.device, "the factors were created")
 
 
+# The bases "computes exactly base(x)" is checked on, as LoRALinear's are: a model's own Conv1D subclass with its own
+# forward (its output is not x @ W + b), and a Conv1D with hooks; each with a random bias (a Conv1D's starts at 0).
+CONV1D_KINDS = {
+    "Conv1D": lambda i, o, dtype: conv1d_twin(nn.Linear(i, o, dtype=dtype)),
+    "GatedConv1D": lambda i, o, dtype: gated(conv1d_twin(nn.Linear(i, o, dtype=dtype)), o),
+    "hooked Conv1D": lambda i, o, dtype: with_forward_hooks(conv1d_twin(nn.Linear(i, o, dtype=dtype))),
+}
+
+
 @pytest.mark.points(3)
 @given(
     in_features=st.integers(1, 24),
     out_features=st.integers(1, 24),
     r=st.integers(1, 8),
     alpha=st.sampled_from([1.0, 8.0, 16.0]),
-    batch_shape=st.lists(st.integers(1, 3), max_size=3),
-    dtype=st.sampled_from([torch.float32, torch.float64]),
+    batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
+    dtype=st.sampled_from(FLOAT_DTYPES),
+    kind=st.sampled_from(list(CONV1D_KINDS)),
 )
-@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=[3], dtype=torch.float32)
-@example(in_features=16, out_features=48, r=8, alpha=16.0, batch_shape=[2, 5], dtype=torch.float32)  # c_attn
-def test_output_equals_the_base_at_init(LoRAConv1D, in_features, out_features, r, alpha, batch_shape, dtype):
-    _, conv, layer = make_layer(LoRAConv1D, dtype, in_features=in_features, out_features=out_features, r=r, alpha=alpha)
+@examples(
+    "in_features, out_features, r, alpha, batch_shape, dtype, kind",
+    (IN, OUT, R, ALPHA, (2, 3), torch.float32, "GatedConv1D"),
+    (IN, OUT, R, ALPHA, (3,), torch.float32, "hooked Conv1D"),
+    (IN, OUT, R, ALPHA, (3,), torch.float32, "Conv1D"),
+    (16, 48, 8, 16.0, (2, 5), torch.float32, "Conv1D"),  # c_attn
+    (IN, OUT, R, ALPHA, (3,), torch.float64, "GatedConv1D"),
+    (IN, OUT, R, ALPHA, (2, 3), torch.bfloat16, "hooked Conv1D"),
+    (IN, OUT, R, ALPHA, (3,), torch.float16, "GatedConv1D"),
+)  # fmt: skip
+def test_output_equals_the_base_at_init(LoRAConv1D, in_features, out_features, r, alpha, batch_shape, dtype, kind):
+    """The spec's "at construction the layer computes exactly base(x)": bit for bit, in every dtype and grad mode,
+    whatever the base's class computes and whatever hooks it carries (LoRALinear's check, for a Conv1D base)."""
+    base = CONV1D_KINDS[kind](in_features, out_features, dtype)
+    layer = LoRAConv1D(base, r=r, alpha=alpha)
     x = torch.randn(*batch_shape, in_features, dtype=dtype)
-    with torch.no_grad():
-        expected, measured = conv(x), output(layer, x)
-    assert measured.shape == expected.shape, (
-        f"output shape {tuple(measured.shape)}, expected {tuple(expected.shape)} for x of shape {tuple(x.shape)}: "
-        "a Conv1D maps (..., in) to (..., out), with in = weight.shape[0]"
-    )
-    change = max_difference(measured, expected)
-    tolerance = 10 * torch.finfo(dtype).eps * (1 + expected.abs().max().item())
-    assert change <= tolerance, f"output changed at init by {change:.3g}: is B initialised to zeros?"
+    expect_exactly_the_base(layer, base, x, f"a {kind} base in {dtype_name(dtype)} and x {tuple(x.shape)}")
 
 
 @pytest.mark.points(1)

@@ -251,4 +251,9 @@ WRONG_ANSWERS = [
     WrongAnswer("merging freezes the whole model", KATA, MERGE_LINEARS,
                 "    _untie_adapted_weights(model)\n    return merge_weights(model).requires_grad_(False)",
                 "test_merges_the_same_in_train_mode_with_dropout", "no model.requires_grad_(False)"),
+    # Red-team round 7 (w-f): the Conv1D's arithmetic written out instead of base(x) (a subclass's own forward, the
+    # base's hooks).
+    WrongAnswer("the Conv1D's arithmetic written out instead of base(x)", KATA, FORWARD,
+                "return x @ self.base.weight + self.base.bias + F.linear(down, self.lora_B)",
+                "test_output_equals_the_base_at_init", "skipping the subclass's own forward"),
 ]  # fmt: skip
