@@ -1022,21 +1022,28 @@ def test_merges_a_model_of_its_own_layer_classes(merge_gpt2, LoRAConv1D, LoRALin
 
 
 HALF_MERGED = ("transformer.h.0.mlp.c_fc", "lm_head")  # a Conv1D 16 -> 64 and the tied nn.Linear 16 -> 64
+# alpha / r = 10 / 3, which no half dtype holds: a scaling rounded to the weight's dtype before the float32 sum
+# shows (a power of two, 16 / 8, hides it)
+HALF_R, HALF_ALPHA = UNROUNDED_R, UNROUNDED_ALPHA
 
 
-def nearly_cancelling(layer: nn.Module, r: int, scaling: float) -> torch.Tensor:
+def nearly_cancelling(layer: nn.Module, r: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Give the base of ``layer`` (random factors) a weight that nearly cancels the update in every other row,
     where a sum rounded twice is off by many units in the last place; return W + update added in float32 and
-    rounded once, in the base's layout ((in, out) for a Conv1D, (out, in) for an nn.Linear)."""
+    rounded once, in the base's layout ((in, out) for a Conv1D, (out, in) for an nn.Linear), and the same sum with
+    the scaling rounded to the weight's dtype first (what a scaling taken as W.new_tensor(scaling) gives)."""
     base = base_of(layer)
     A, B = lora_factors(layer, r, scaling)
+    dtype = base.weight.dtype
     with torch.no_grad():
-        update = scaling * (B.float() @ A.float())  # (out, in)
-        update = update if isinstance(base, nn.Linear) else update.T
+        product = B.float() @ A.float()  # (out, in)
+        product = product if isinstance(base, nn.Linear) else product.T
+        update = scaling * product
         weight = torch.randn(update.shape, device=update.device) * 0.02
         weight[::2] = -update[::2] + 1e-3 * torch.randn_like(update[::2])
         base.weight.copy_(weight)
-        return (base.weight.float() + update).to(base.weight.dtype)
+        rounded_scaling = torch.tensor(scaling, dtype=dtype).item()
+        return (base.weight.float() + update).to(dtype), (base.weight.float() + rounded_scaling * product).to(dtype)
 
 
 @pytest.mark.points(1)
@@ -1045,11 +1052,12 @@ def nearly_cancelling(layer: nn.Module, r: int, scaling: float) -> torch.Tensor:
 @pytest.mark.parametrize("device", DEVICES)
 def test_half_precision_merges_in_float32_and_rounds_once(apply_lora_gpt2, merge_gpt2, device, dtype):
     model = tiny_gpt2().to(device=device, dtype=dtype)
-    adapted(apply_lora_gpt2(model, HALF_MERGED, r=8, alpha=16.0))
+    adapted(apply_lora_gpt2(model, HALF_MERGED, r=HALF_R, alpha=HALF_ALPHA))
     randomize(model, std=0.2)
-    rounded_once = {name: nearly_cancelling(model.get_submodule(name), 8, 2.0) for name in HALF_MERGED}
+    scaling = HALF_ALPHA / HALF_R
+    rounded_once = {name: nearly_cancelling(model.get_submodule(name), HALF_R, scaling) for name in HALF_MERGED}
     merged(merge_gpt2(model))
-    for name, expected in rounded_once.items():
+    for name, (expected, with_rounded_scaling) in rounded_once.items():
         weight = model.get_submodule(name).weight
         assert weight.dtype == dtype and weight.device.type == device, (
             f"{name}: merged weight is {weight.dtype} on {weight.device}, expected {dtype} on {device}"
@@ -1059,10 +1067,16 @@ def test_half_precision_merges_in_float32_and_rounds_once(apply_lora_gpt2, merge
         )
         ulp = (torch.nextafter(expected, torch.full_like(expected, float("inf"))) - expected).float().abs()
         off = ((weight.float() - expected.float()).abs() / ulp).max().item()
+        scaling_rounded = torch.equal(weight.detach(), with_rounded_scaling)
         assert off <= 1, (
             f"{name}: merged {dtype} weights are up to {off:.3g} units in the last place from W + dW summed in "
-            "float32 and rounded once: upcast W, A and B to float32, add, then cast back, "
-            "for Conv1D and nn.Linear layers alike"
+            f"float32 and rounded once (r={HALF_R}, alpha={HALF_ALPHA}): "
+            + (
+                f"the scaling alpha / r was rounded to {dtype_name(dtype)} before the sum (a tensor in the weight's "
+                "dtype, W.new_tensor(scaling)?): multiply the float32 product by the Python float alpha / r"
+                if scaling_rounded
+                else "upcast W, A and B to float32, add, then cast back, for Conv1D and nn.Linear layers alike"
+            )
         )
         bias = model.get_submodule(name).bias
         assert bias is None or bias.dtype == dtype, (
