@@ -101,6 +101,22 @@ def expect_on_the_base_device_and_dtype(
         )
 
 
+def expect_following_its_base_after_to(
+    layer: nn.Module, base: nn.Module, in_features: int, out_features: int, device: str, dtype: torch.dtype, what: str
+) -> None:
+    """``layer`` (``what``, built on a float32 CPU ``base``) converted as model.to(device, dtype) or model.half()
+    after adapting converts it: its factors and output follow its base there too, nothing kept from construction
+    time (a dtype, a device, a tensor)."""
+    layer.to(device=device, dtype=dtype)
+    try:
+        expect_on_the_base_device_and_dtype(layer, base.weight, in_features, out_features, device, dtype)
+    except AssertionError as error:
+        raise AssertionError(
+            f"after layer.to({device}, {dtype}) of a {what} built on a float32 CPU base: {error}; the output "
+            "must follow the base as it is now (no dtype or device stored at construction)"
+        ) from None
+
+
 def trained_numbers(layer: nn.Module, base: nn.Module) -> int:
     """How many numbers ``layer`` trains, after the first premise of any such count: its base is frozen."""
     loose = [name for name, parameter in base.named_parameters() if parameter.requires_grad]

@@ -48,6 +48,7 @@ from grader.probes import (
     expect_centred,
     expect_dropout_like_nn_dropout,
     expect_exactly_the_base,
+    expect_following_its_base_after_to,
     expect_instance,
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
@@ -214,6 +215,8 @@ def test_trains_two_factors_shaped_by_the_conv1d_in_and_out(LoRAConv1D):
 def test_lives_on_the_base_device_and_dtype(LoRAConv1D, device, dtype):
     _, conv, layer = make_layer(LoRAConv1D, dtype=dtype, device=device)
     expect_on_the_base_device_and_dtype(layer, conv.weight, IN, OUT, device, dtype)
+    _, conv, layer = make_layer(LoRAConv1D, dropout=0.25)  # built in float32 on the CPU, then converted
+    expect_following_its_base_after_to(layer, conv, IN, OUT, device, dtype, "LoRAConv1D")
 
 
 @pytest.mark.points(1)
@@ -333,22 +336,32 @@ def test_gradients_reach_the_factors_and_input_but_not_the_base(LoRAConv1D):
     batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
     grad=st.sampled_from(list(GRAD_MODES)),
     mode=st.sampled_from(["train", "eval", "eval-with-dropout", "train-with-dropout"]),
+    converted=st.booleans(),
 )
 @examples(
-    "in_features, out_features, r, dtype, batch_shape, grad, mode",
-    (IN, OUT, R, torch.float32, (3,), "grad off", "eval"),  # a validation pass, then the factors change
-    (IN, OUT, R, torch.float32, (2, 3), "inference mode", "eval-with-dropout"),
-    (IN, OUT, R, torch.float16, (2, 1, 3), "grad on", "train-with-dropout"),
-    (IN, OUT, R, torch.bfloat16, (), "grad on", "train"),
+    "in_features, out_features, r, dtype, batch_shape, grad, mode, converted",
+    (IN, OUT, R, torch.float32, (3,), "grad off", "eval", False),  # a validation pass, then the factors change
+    (IN, OUT, R, torch.float32, (2, 3), "inference mode", "eval-with-dropout", False),
+    (IN, OUT, R, torch.float16, (2, 1, 3), "grad on", "train-with-dropout", False),
+    (IN, OUT, R, torch.bfloat16, (), "grad on", "train", False),
+    (IN, OUT, UNROUNDED_R, torch.float64, (2, 3), "grad on", "eval", True),  # model.double() after adapting
+    (IN, OUT, R, torch.bfloat16, (3,), "grad off", "train-with-dropout", True),  # model.to(torch.bfloat16)
 )  # fmt: skip
-def test_matches_plain_lora_in_every_regime(LoRAConv1D, in_features, out_features, r, dtype, batch_shape, grad, mode):
+def test_matches_plain_lora_in_every_regime(
+    LoRAConv1D, in_features, out_features, r, dtype, batch_shape, grad, mode, converted
+):  # fmt: skip
     """LoRALinear's every-regime property, on a Conv1D base: dtype, train or eval mode, grad mode, and the base, then
     the factors, edited between calls (an optimizer step after a validation pass), then the Parameters replaced.
-    Inputs are contiguous: transformers' Conv1D itself views x as (-1, in)."""
+    The layer is built in its dtype, or ``converted``: built in float32, then ``.to(dtype)`` (model.half() after
+    adapting), and meets the same comparison (float64 to 1e-9, alpha / r unrounded). Inputs are contiguous:
+    transformers' Conv1D itself views x as (-1, in)."""
     dropout = 0.3 if mode.endswith("with-dropout") else 0.0
-    conv = conv1d_twin(nn.Linear(in_features, out_features, dtype=dtype))
+    conv = conv1d_twin(nn.Linear(in_features, out_features, dtype=torch.float32 if converted else dtype))
     layer = LoRAConv1D(conv, r, ALPHA, dropout).train(mode.startswith("train"))
-    regime = f"LoRAConv1D(conv, r={r}, alpha={ALPHA}, dropout={dropout}), {dtype}, {mode} mode, {grad}"
+    built = f"built in float32, then .to({dtype_name(dtype)})" if converted else dtype_name(dtype)
+    if converted:
+        layer.to(dtype)
+    regime = f"LoRAConv1D(conv, r={r}, alpha={ALPHA}, dropout={dropout}), {built}, {mode} mode, {grad}"
     expect_plain_lora_in_regime(layer, conv, r, ALPHA / r, batch_shape, True, grad, regime, dropout * layer.training)
 
 

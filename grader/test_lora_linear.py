@@ -32,6 +32,7 @@ from grader.probes import (
     expect_base_precision,
     expect_centred,
     expect_exactly_the_base,
+    expect_following_its_base_after_to,
     expect_kept_inputs_rescaled,
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
@@ -159,17 +160,8 @@ def test_trains_exactly_two_low_rank_factors(LoRALinear):
 def test_lives_on_the_base_device_and_dtype(LoRALinear, device, dtype):
     base, layer = make_layer(LoRALinear, dtype=dtype, device=device, dropout=0.25)  # train mode: dropout computes too
     expect_on_the_base_device_and_dtype(layer, base.weight, IN, OUT, device, dtype)
-    # Built on the CPU in float32, then converted as model.to(device, dtype) or model.half() after apply_lora does:
-    # the layer follows its base there too, nothing kept from construction time (a dtype, a device, a tensor).
-    base, layer = make_layer(LoRALinear, dropout=0.25)
-    layer.to(device=device, dtype=dtype)
-    try:
-        expect_on_the_base_device_and_dtype(layer, base.weight, IN, OUT, device, dtype)
-    except AssertionError as error:
-        raise AssertionError(
-            f"after layer.to({device}, {dtype}) of a LoRALinear built on a float32 CPU base: {error}; the output "
-            "must follow the base as it is now (no dtype or device stored at construction)"
-        ) from None
+    base, layer = make_layer(LoRALinear, dropout=0.25)  # built in float32 on the CPU, then converted
+    expect_following_its_base_after_to(layer, base, IN, OUT, device, dtype, "LoRALinear")
 
 
 @pytest.mark.points(1)
