@@ -89,10 +89,25 @@ def _linear(fan_in: int, fan_out: int, bias: bool = True) -> nn.Linear:
     return nn.Linear(fan_in, fan_out, bias=bias)
 
 
-class GatedLinear(nn.Linear):
-    """An nn.Linear subclass with a parameter of its own besides weight and bias (a gain), and its own forward, as
-    model code has: with gains other than 1 its output is not F.linear(x, weight, bias), so a layer that skips
-    base(x) shows (the zoo's keep 1: a quantized copy computes F.linear, as NF4Linear's spec says)."""
+GAINS = (0.5, 2.0)  # a gated base's gains, spread over its outputs: its output is not x W^T + b, skipping base(x) shows
+
+
+class GatedForward(nn.Module):
+    """A mixin for a layer class (nn.Linear, transformers' Conv1D): a subclass with a parameter of its own besides
+    weight and bias (``gain``, one per output) and its own forward, the layer's output times the gain, as model code
+    has. With gains other than 1 its output is not the layer's arithmetic (F.linear(x, weight, bias), x @ W + b for
+    a Conv1D), so an adapter that writes that arithmetic out instead of calling base(x) shows."""
+
+    gain: nn.Parameter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.gain
+
+
+class GatedLinear(GatedForward, nn.Linear):
+    """An nn.Linear subclass with its own forward (GatedForward): with gains other than 1 its output is not
+    F.linear(x, weight, bias), so a layer that skips base(x) shows (the zoo's keep 1: a quantized copy computes
+    F.linear, as NF4Linear's spec says)."""
 
     def __init__(
         self, in_features: int, out_features: int, gains: tuple[float, float] = (1.0, 1.0), **placement: object
@@ -100,8 +115,30 @@ class GatedLinear(nn.Linear):
         super().__init__(in_features, out_features, **placement)
         self.gain = nn.Parameter(torch.linspace(*gains, out_features, **placement))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) * self.gain
+
+GATED_CLASSES: dict[type, type] = {}  # a layer class: its GatedForward subclass, made once
+
+
+def gated(layer: nn.Module, out_features: int, gains: tuple[float, float] = GAINS) -> nn.Module:
+    """``layer`` made, in place, an instance of a GatedForward subclass of its class (``Gated<its class name>``, a
+    model's own), its gain spread from ``gains[0]`` to ``gains[1]`` over its ``out_features`` outputs, on its
+    weight's device and in its dtype: GatedLinear for a class imported elsewhere (transformers' Conv1D)."""
+    kind = type(layer)
+    if kind not in GATED_CLASSES:
+        GATED_CLASSES[kind] = type(f"Gated{kind.__name__}", (GatedForward, kind), {"__module__": "a_model"})
+    layer.__class__ = GATED_CLASSES[kind]
+    weight = layer.weight
+    layer.gain = nn.Parameter(torch.linspace(*gains, out_features, device=weight.device, dtype=weight.dtype))
+    return layer
+
+
+def with_forward_hooks(layer: nn.Module) -> nn.Module:
+    """``layer`` with a forward pre-hook (doubling its input) and a forward hook (adding 1 to its output), as
+    accelerate's offloading hooks or a quantization observer attach them: base(x) runs them, base.forward(x) and
+    the layer's arithmetic written out do not."""
+    layer.register_forward_pre_hook(lambda module, args: (2 * args[0], *args[1:]))
+    layer.register_forward_hook(lambda module, args, result: result + 1)
+    return layer
 
 
 class Nested(nn.Module):

@@ -101,6 +101,22 @@ def expect_on_the_base_device_and_dtype(
         )
 
 
+def expect_following_its_base_after_to(
+    layer: nn.Module, base: nn.Module, in_features: int, out_features: int, device: str, dtype: torch.dtype, what: str
+) -> None:
+    """``layer`` (``what``, built on a float32 CPU ``base``) converted as model.to(device, dtype) or model.half()
+    after adapting converts it: its factors and output follow its base there too, nothing kept from construction
+    time (a dtype, a device, a tensor)."""
+    layer.to(device=device, dtype=dtype)
+    try:
+        expect_on_the_base_device_and_dtype(layer, base.weight, in_features, out_features, device, dtype)
+    except AssertionError as error:
+        raise AssertionError(
+            f"after layer.to({device}, {dtype}) of a {what} built on a float32 CPU base: {error}; the output "
+            "must follow the base as it is now (no dtype or device stored at construction)"
+        ) from None
+
+
 def trained_numbers(layer: nn.Module, base: nn.Module) -> int:
     """How many numbers ``layer`` trains, after the first premise of any such count: its base is frozen."""
     loose = [name for name, parameter in base.named_parameters() if parameter.requires_grad]
@@ -466,6 +482,44 @@ def strided(shape: tuple[int, ...], contiguous: bool, **placement: object) -> to
 # torch.inference_mode() (generation, serving), which a cache or a branch on torch.is_inference_mode_enabled() tells
 # apart from no_grad.
 GRAD_MODES = {"grad on": torch.enable_grad, "grad off": torch.no_grad, "inference mode": torch.inference_mode}
+
+
+def expect_exactly_the_base(layer: nn.Module, base: nn.Module, x: torch.Tensor, where: str) -> None:
+    """Fail the check unless ``layer(x)`` is ``base(x)`` bit for bit in every grad mode ("at construction the layer
+    computes exactly base(x)": a training step and inference alike), naming the likely cause: the base's arithmetic
+    written out (F.linear, x @ W + b), which skips the forward of a subclass (models.GatedForward) or the base's hooks
+    (models.with_forward_hooks); base(x) computed another way (a merged weight); or B not zero. ``base`` is an
+    nn.Linear or a Conv1D (weight (in, out)); ``where`` describes the base and x ("a Linear base and x (3, 12)")."""
+    rounding = 10 * torch.finfo(x.dtype).eps
+    for grad in GRAD_MODES:
+        with GRAD_MODES[grad]():
+            expected, measured = base(x), output(layer, x)
+        here = f"with {grad}, {where}"
+        assert measured.shape == expected.shape, (
+            f"{here}: output shape {tuple(measured.shape)}, expected {tuple(expected.shape)}: map (..., in) to "
+            "(..., out), with in and out read off the base's weight"
+        )
+        if torch.equal(measured, expected):
+            continue
+        change = max_difference(measured, expected)
+        with torch.no_grad():
+            unhooked = base.forward(x)  # base(x) without the base's hooks
+            arithmetic = nn.functional.linear(x, linear_weight(base), base.bias)  # without its own forward, too
+        scale = rounding * (1 + expected.abs().max().item())  # a few roundings of x's dtype
+        hooked = bool(base._forward_hooks or base._forward_pre_hooks)
+        if hooked and max_difference(measured, unhooked) <= scale:
+            cause = ("it computes base.forward(x) (or the base's arithmetic, F.linear or x @ W + b), skipping the "
+                     "base's forward hooks and pre-hooks (accelerate's offloading runs there): "
+                     "call base(x)")  # fmt: skip
+        elif max_difference(measured, arithmetic) <= scale < max_difference(unhooked, arithmetic):
+            cause = ("it computes the base's arithmetic (F.linear(x, base.weight, base.bias), x @ W + b for a "
+                     "Conv1D), skipping the subclass's own forward: call base(x)")  # fmt: skip
+        elif change <= scale:
+            cause = ("a rounding apart: base(x) is computed another way (a merged or fused weight?); add the adapter's "
+                     "share to base(x) itself")  # fmt: skip
+        else:
+            cause = "is B initialised to zeros?"
+        raise AssertionError(f"{here}: the output at init differs from base(x) by {change:.3g}, expected 0: {cause}")
 
 
 # A word of a RuntimeError the forward raises in one regime only, and its likely cause.

@@ -26,6 +26,7 @@ from grader.hf import (
     token_ids,
     with_own_layer_classes,
 )
+from grader.models import gated, with_forward_hooks
 from grader.oracles import requires
 from grader.probes import (
     DEVICES,
@@ -42,9 +43,12 @@ from grader.probes import (
     Conv1DLike,
     arguments_id,
     describe,
+    dtype_name,
     examples,
     expect_centred,
     expect_dropout_like_nn_dropout,
+    expect_exactly_the_base,
+    expect_following_its_base_after_to,
     expect_instance,
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
@@ -211,6 +215,8 @@ def test_trains_two_factors_shaped_by_the_conv1d_in_and_out(LoRAConv1D):
 def test_lives_on_the_base_device_and_dtype(LoRAConv1D, device, dtype):
     _, conv, layer = make_layer(LoRAConv1D, dtype=dtype, device=device)
     expect_on_the_base_device_and_dtype(layer, conv.weight, IN, OUT, device, dtype)
+    _, conv, layer = make_layer(LoRAConv1D, dropout=0.25)  # built in float32 on the CPU, then converted
+    expect_following_its_base_after_to(layer, conv, IN, OUT, device, dtype, "LoRAConv1D")
 
 
 @pytest.mark.points(1)
@@ -221,29 +227,42 @@ def test_factors_follow_the_base_device_not_the_default_one(LoRAConv1D):
         expect_on_the_base_device(trainable(layer), conv.weight.device, "the factors were created")
 
 
+# The bases "computes exactly base(x)" is checked on, as LoRALinear's are: a model's own Conv1D subclass with its own
+# forward (its output is not x @ W + b), and a Conv1D with hooks; each with a random bias (a Conv1D's starts at 0).
+CONV1D_KINDS = {
+    "Conv1D": lambda i, o, dtype: conv1d_twin(nn.Linear(i, o, dtype=dtype)),
+    "GatedConv1D": lambda i, o, dtype: gated(conv1d_twin(nn.Linear(i, o, dtype=dtype)), o),
+    "hooked Conv1D": lambda i, o, dtype: with_forward_hooks(conv1d_twin(nn.Linear(i, o, dtype=dtype))),
+}
+
+
 @pytest.mark.points(3)
 @given(
     in_features=st.integers(1, 24),
     out_features=st.integers(1, 24),
     r=st.integers(1, 8),
     alpha=st.sampled_from([1.0, 8.0, 16.0]),
-    batch_shape=st.lists(st.integers(1, 3), max_size=3),
-    dtype=st.sampled_from([torch.float32, torch.float64]),
+    batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
+    dtype=st.sampled_from(FLOAT_DTYPES),
+    kind=st.sampled_from(list(CONV1D_KINDS)),
 )
-@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=[3], dtype=torch.float32)
-@example(in_features=16, out_features=48, r=8, alpha=16.0, batch_shape=[2, 5], dtype=torch.float32)  # c_attn
-def test_output_equals_the_base_at_init(LoRAConv1D, in_features, out_features, r, alpha, batch_shape, dtype):
-    _, conv, layer = make_layer(LoRAConv1D, dtype, in_features=in_features, out_features=out_features, r=r, alpha=alpha)
+@examples(
+    "in_features, out_features, r, alpha, batch_shape, dtype, kind",
+    (IN, OUT, R, ALPHA, (2, 3), torch.float32, "GatedConv1D"),
+    (IN, OUT, R, ALPHA, (3,), torch.float32, "hooked Conv1D"),
+    (IN, OUT, R, ALPHA, (3,), torch.float32, "Conv1D"),
+    (16, 48, 8, 16.0, (2, 5), torch.float32, "Conv1D"),  # c_attn
+    (IN, OUT, R, ALPHA, (3,), torch.float64, "GatedConv1D"),
+    (IN, OUT, R, ALPHA, (2, 3), torch.bfloat16, "hooked Conv1D"),
+    (IN, OUT, R, ALPHA, (3,), torch.float16, "GatedConv1D"),
+)  # fmt: skip
+def test_output_equals_the_base_at_init(LoRAConv1D, in_features, out_features, r, alpha, batch_shape, dtype, kind):
+    """The spec's "at construction the layer computes exactly base(x)": bit for bit, in every dtype and grad mode,
+    whatever the base's class computes and whatever hooks it carries (LoRALinear's check, for a Conv1D base)."""
+    base = CONV1D_KINDS[kind](in_features, out_features, dtype)
+    layer = LoRAConv1D(base, r=r, alpha=alpha)
     x = torch.randn(*batch_shape, in_features, dtype=dtype)
-    with torch.no_grad():
-        expected, measured = conv(x), output(layer, x)
-    assert measured.shape == expected.shape, (
-        f"output shape {tuple(measured.shape)}, expected {tuple(expected.shape)} for x of shape {tuple(x.shape)}: "
-        "a Conv1D maps (..., in) to (..., out), with in = weight.shape[0]"
-    )
-    change = max_difference(measured, expected)
-    tolerance = 10 * torch.finfo(dtype).eps * (1 + expected.abs().max().item())
-    assert change <= tolerance, f"output changed at init by {change:.3g}: is B initialised to zeros?"
+    expect_exactly_the_base(layer, base, x, f"a {kind} base in {dtype_name(dtype)} and x {tuple(x.shape)}")
 
 
 @pytest.mark.points(1)
@@ -317,22 +336,32 @@ def test_gradients_reach_the_factors_and_input_but_not_the_base(LoRAConv1D):
     batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
     grad=st.sampled_from(list(GRAD_MODES)),
     mode=st.sampled_from(["train", "eval", "eval-with-dropout", "train-with-dropout"]),
+    converted=st.booleans(),
 )
 @examples(
-    "in_features, out_features, r, dtype, batch_shape, grad, mode",
-    (IN, OUT, R, torch.float32, (3,), "grad off", "eval"),  # a validation pass, then the factors change
-    (IN, OUT, R, torch.float32, (2, 3), "inference mode", "eval-with-dropout"),
-    (IN, OUT, R, torch.float16, (2, 1, 3), "grad on", "train-with-dropout"),
-    (IN, OUT, R, torch.bfloat16, (), "grad on", "train"),
+    "in_features, out_features, r, dtype, batch_shape, grad, mode, converted",
+    (IN, OUT, R, torch.float32, (3,), "grad off", "eval", False),  # a validation pass, then the factors change
+    (IN, OUT, R, torch.float32, (2, 3), "inference mode", "eval-with-dropout", False),
+    (IN, OUT, R, torch.float16, (2, 1, 3), "grad on", "train-with-dropout", False),
+    (IN, OUT, R, torch.bfloat16, (), "grad on", "train", False),
+    (IN, OUT, UNROUNDED_R, torch.float64, (2, 3), "grad on", "eval", True),  # model.double() after adapting
+    (IN, OUT, R, torch.bfloat16, (3,), "grad off", "train-with-dropout", True),  # model.to(torch.bfloat16)
 )  # fmt: skip
-def test_matches_plain_lora_in_every_regime(LoRAConv1D, in_features, out_features, r, dtype, batch_shape, grad, mode):
+def test_matches_plain_lora_in_every_regime(
+    LoRAConv1D, in_features, out_features, r, dtype, batch_shape, grad, mode, converted
+):  # fmt: skip
     """LoRALinear's every-regime property, on a Conv1D base: dtype, train or eval mode, grad mode, and the base, then
     the factors, edited between calls (an optimizer step after a validation pass), then the Parameters replaced.
-    Inputs are contiguous: transformers' Conv1D itself views x as (-1, in)."""
+    The layer is built in its dtype, or ``converted``: built in float32, then ``.to(dtype)`` (model.half() after
+    adapting), and meets the same comparison (float64 to 1e-9, alpha / r unrounded). Inputs are contiguous:
+    transformers' Conv1D itself views x as (-1, in)."""
     dropout = 0.3 if mode.endswith("with-dropout") else 0.0
-    conv = conv1d_twin(nn.Linear(in_features, out_features, dtype=dtype))
+    conv = conv1d_twin(nn.Linear(in_features, out_features, dtype=torch.float32 if converted else dtype))
     layer = LoRAConv1D(conv, r, ALPHA, dropout).train(mode.startswith("train"))
-    regime = f"LoRAConv1D(conv, r={r}, alpha={ALPHA}, dropout={dropout}), {dtype}, {mode} mode, {grad}"
+    built = f"built in float32, then .to({dtype_name(dtype)})" if converted else dtype_name(dtype)
+    if converted:
+        layer.to(dtype)
+    regime = f"LoRAConv1D(conv, r={r}, alpha={ALPHA}, dropout={dropout}), {built}, {mode} mode, {grad}"
     expect_plain_lora_in_regime(layer, conv, r, ALPHA / r, batch_shape, True, grad, regime, dropout * layer.training)
 
 
@@ -1006,21 +1035,28 @@ def test_merges_a_model_of_its_own_layer_classes(merge_gpt2, LoRAConv1D, LoRALin
 
 
 HALF_MERGED = ("transformer.h.0.mlp.c_fc", "lm_head")  # a Conv1D 16 -> 64 and the tied nn.Linear 16 -> 64
+# alpha / r = 10 / 3, which no half dtype holds: a scaling rounded to the weight's dtype before the float32 sum
+# shows (a power of two, 16 / 8, hides it)
+HALF_R, HALF_ALPHA = UNROUNDED_R, UNROUNDED_ALPHA
 
 
-def nearly_cancelling(layer: nn.Module, r: int, scaling: float) -> torch.Tensor:
+def nearly_cancelling(layer: nn.Module, r: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Give the base of ``layer`` (random factors) a weight that nearly cancels the update in every other row,
     where a sum rounded twice is off by many units in the last place; return W + update added in float32 and
-    rounded once, in the base's layout ((in, out) for a Conv1D, (out, in) for an nn.Linear)."""
+    rounded once, in the base's layout ((in, out) for a Conv1D, (out, in) for an nn.Linear), and the same sum with
+    the scaling rounded to the weight's dtype first (what a scaling taken as W.new_tensor(scaling) gives)."""
     base = base_of(layer)
     A, B = lora_factors(layer, r, scaling)
+    dtype = base.weight.dtype
     with torch.no_grad():
-        update = scaling * (B.float() @ A.float())  # (out, in)
-        update = update if isinstance(base, nn.Linear) else update.T
+        product = B.float() @ A.float()  # (out, in)
+        product = product if isinstance(base, nn.Linear) else product.T
+        update = scaling * product
         weight = torch.randn(update.shape, device=update.device) * 0.02
         weight[::2] = -update[::2] + 1e-3 * torch.randn_like(update[::2])
         base.weight.copy_(weight)
-        return (base.weight.float() + update).to(base.weight.dtype)
+        rounded_scaling = torch.tensor(scaling, dtype=dtype).item()
+        return (base.weight.float() + update).to(dtype), (base.weight.float() + rounded_scaling * product).to(dtype)
 
 
 @pytest.mark.points(1)
@@ -1029,11 +1065,12 @@ def nearly_cancelling(layer: nn.Module, r: int, scaling: float) -> torch.Tensor:
 @pytest.mark.parametrize("device", DEVICES)
 def test_half_precision_merges_in_float32_and_rounds_once(apply_lora_gpt2, merge_gpt2, device, dtype):
     model = tiny_gpt2().to(device=device, dtype=dtype)
-    adapted(apply_lora_gpt2(model, HALF_MERGED, r=8, alpha=16.0))
+    adapted(apply_lora_gpt2(model, HALF_MERGED, r=HALF_R, alpha=HALF_ALPHA))
     randomize(model, std=0.2)
-    rounded_once = {name: nearly_cancelling(model.get_submodule(name), 8, 2.0) for name in HALF_MERGED}
+    scaling = HALF_ALPHA / HALF_R
+    rounded_once = {name: nearly_cancelling(model.get_submodule(name), HALF_R, scaling) for name in HALF_MERGED}
     merged(merge_gpt2(model))
-    for name, expected in rounded_once.items():
+    for name, (expected, with_rounded_scaling) in rounded_once.items():
         weight = model.get_submodule(name).weight
         assert weight.dtype == dtype and weight.device.type == device, (
             f"{name}: merged weight is {weight.dtype} on {weight.device}, expected {dtype} on {device}"
@@ -1043,10 +1080,16 @@ def test_half_precision_merges_in_float32_and_rounds_once(apply_lora_gpt2, merge
         )
         ulp = (torch.nextafter(expected, torch.full_like(expected, float("inf"))) - expected).float().abs()
         off = ((weight.float() - expected.float()).abs() / ulp).max().item()
+        scaling_rounded = torch.equal(weight.detach(), with_rounded_scaling)
         assert off <= 1, (
             f"{name}: merged {dtype} weights are up to {off:.3g} units in the last place from W + dW summed in "
-            "float32 and rounded once: upcast W, A and B to float32, add, then cast back, "
-            "for Conv1D and nn.Linear layers alike"
+            f"float32 and rounded once (r={HALF_R}, alpha={HALF_ALPHA}): "
+            + (
+                f"the scaling alpha / r was rounded to {dtype_name(dtype)} before the sum (a tensor in the weight's "
+                "dtype, W.new_tensor(scaling)?): multiply the float32 product by the Python float alpha / r"
+                if scaling_rounded
+                else "upcast W, A and B to float32, add, then cast back, for Conv1D and nn.Linear layers alike"
+            )
         )
         bias = model.get_submodule(name).bias
         assert bias is None or bias.dtype == dtype, (

@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
-from grader.models import GatedLinear
+from grader.models import GAINS, GatedLinear, with_forward_hooks
 from grader.probes import (
     DEVICES,
     DROP_IN,
@@ -31,6 +31,8 @@ from grader.probes import (
     expect_a_fresh_mask_for_every_element_and_call,
     expect_base_precision,
     expect_centred,
+    expect_exactly_the_base,
+    expect_following_its_base_after_to,
     expect_kept_inputs_rescaled,
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
@@ -66,23 +68,12 @@ SUBJECT = "LoRALinear"  # the definition a failing check points at
 
 IN, OUT, R, ALPHA = 12, 10, 4, 10.0  # distinct dims: a factor's shape tells which it is; alpha / r not whole
 SCALING = ALPHA / R
-GAINS = (0.5, 2.0)  # a GatedLinear base whose output is not F.linear(x, weight, bias): skipping base(x) shows
-
-
-def hooked_linear(in_features: int, out_features: int, **placement: object) -> nn.Linear:
-    """An nn.Linear with a forward pre-hook (doubling its input) and a forward hook (adding 1 to its output), as
-    accelerate's offloading hooks or a quantization observer attach them: base(x) runs them, base.forward(x) not."""
-    base = nn.Linear(in_features, out_features, **placement)
-    base.register_forward_pre_hook(lambda module, args: (2 * args[0], *args[1:]))
-    base.register_forward_hook(lambda module, args, result: result + 1)
-    return base
-
-
-# The bases "computes exactly base(x)" is checked on: a subclass with its own forward, and one with hooks.
+# The bases "computes exactly base(x)" is checked on: a subclass with its own forward (GAINS: its output is not
+# F.linear(x, weight, bias)), and one with hooks (gpt2_conv1d checks the same two for a Conv1D).
 BASE_KINDS = {
     "Linear": lambda i, o, dtype: nn.Linear(i, o, dtype=dtype),
     "GatedLinear": lambda i, o, dtype: GatedLinear(i, o, GAINS, dtype=dtype),
-    "hooked Linear": lambda i, o, dtype: hooked_linear(i, o, dtype=dtype),
+    "hooked Linear": lambda i, o, dtype: with_forward_hooks(nn.Linear(i, o, dtype=dtype)),
 }
 
 
@@ -169,17 +160,8 @@ def test_trains_exactly_two_low_rank_factors(LoRALinear):
 def test_lives_on_the_base_device_and_dtype(LoRALinear, device, dtype):
     base, layer = make_layer(LoRALinear, dtype=dtype, device=device, dropout=0.25)  # train mode: dropout computes too
     expect_on_the_base_device_and_dtype(layer, base.weight, IN, OUT, device, dtype)
-    # Built on the CPU in float32, then converted as model.to(device, dtype) or model.half() after apply_lora does:
-    # the layer follows its base there too, nothing kept from construction time (a dtype, a device, a tensor).
-    base, layer = make_layer(LoRALinear, dropout=0.25)
-    layer.to(device=device, dtype=dtype)
-    try:
-        expect_on_the_base_device_and_dtype(layer, base.weight, IN, OUT, device, dtype)
-    except AssertionError as error:
-        raise AssertionError(
-            f"after layer.to({device}, {dtype}) of a LoRALinear built on a float32 CPU base: {error}; the output "
-            "must follow the base as it is now (no dtype or device stored at construction)"
-        ) from None
+    base, layer = make_layer(LoRALinear, dropout=0.25)  # built in float32 on the CPU, then converted
+    expect_following_its_base_after_to(layer, base, IN, OUT, device, dtype, "LoRALinear")
 
 
 @pytest.mark.points(1)
@@ -223,30 +205,7 @@ def test_output_equals_the_base_at_init(
     layer = LoRALinear(base, r=r, alpha=alpha)
     expect_base_precision(layer, base)
     x = strided((*batch_shape, in_features), contiguous, dtype=dtype)
-    for grad in GRAD_MODES:  # "exactly base(x)": bit for bit, whether a training step or inference calls it
-        with GRAD_MODES[grad]():
-            expected, measured = base(x), output(layer, x)
-        where = f"with {grad}, a {kind} base and x {tuple(x.shape)}"
-        assert measured.shape == expected.shape, (
-            f"{where}: output shape {tuple(measured.shape)}, expected {tuple(expected.shape)}"
-        )
-        if torch.equal(measured, expected):
-            continue
-        change = max_difference(measured, expected)
-        with torch.no_grad():
-            unhooked = base.forward(x)  # base(x) without the base's hooks, which a GatedLinear has not
-            skipped = kind == "GatedLinear" and torch.equal(measured, nn.functional.linear(x, base.weight, base.bias))
-        if skipped:
-            cause = "it computes F.linear(x, base.weight, base.bias), skipping the subclass's own forward: call base(x)"
-        elif kind == "hooked Linear" and torch.equal(measured, unhooked):
-            cause = ("it computes base.forward(x) (or F.linear), skipping the base's forward hooks and pre-hooks "
-                     "(accelerate's offloading runs there): call base(x)")  # fmt: skip
-        elif change <= 10 * torch.finfo(dtype).eps * (1 + expected.abs().max().item()):
-            cause = ("a rounding apart: base(x) is computed another way (a merged or fused weight?); add the adapter's "
-                     "share to base(x) itself")  # fmt: skip
-        else:
-            cause = "is B initialised to zeros?"
-        raise AssertionError(f"{where}: the output at init differs from base(x) by {change:.3g}, expected 0: {cause}")
+    expect_exactly_the_base(layer, base, x, f"a {kind} base and x {tuple(x.shape)}")
 
 
 # Every way the signature LoRALinear(base, r=8, alpha=16.0, dropout=0.0) may be called.

@@ -251,4 +251,18 @@ WRONG_ANSWERS = [
     WrongAnswer("merging freezes the whole model", KATA, MERGE_LINEARS,
                 "    _untie_adapted_weights(model)\n    return merge_weights(model).requires_grad_(False)",
                 "test_merges_the_same_in_train_mode_with_dropout", "no model.requires_grad_(False)"),
+    # Red-team round 7 (w-f): the Conv1D's arithmetic written out instead of base(x) (a subclass's own forward, the
+    # base's hooks), a half-precision merge's scaling rounded to the weight's dtype, the output dtype fixed at init.
+    WrongAnswer("the Conv1D's arithmetic written out instead of base(x)", KATA, FORWARD,
+                "return x @ self.base.weight + self.base.bias + F.linear(down, self.lora_B)",
+                "test_output_equals_the_base_at_init", "skipping the subclass's own forward"),
+    WrongAnswer("half-precision merge scaling rounded to the weight's dtype", KATA,
+                "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling",
+                "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * weight.new_tensor(layer.scaling)",
+                "test_half_precision_merges_in_float32_and_rounds_once", "the scaling alpha / r was rounded to bfloat16"),
+    WrongAnswer("output cast to the dtype of the base at construction", KATA,
+                "self.r, self.alpha, self.scaling = r, alpha, alpha / r",
+                "self.r, self.alpha, self.scaling = r, alpha, alpha / r\n        self.out_dtype = base.weight.dtype",
+                "test_lives_on_the_base_device_and_dtype", "after layer.to(",
+                more_edits=((FORWARD, "return (self.base(x) + F.linear(down, self.lora_B)).to(self.out_dtype)"),)),
 ]  # fmt: skip
