@@ -3,6 +3,7 @@ byte-level BPE (grader/tokenizer.py) in which " Hello" is one token, so the prom
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,6 +70,31 @@ def any_tokenizer(request: pytest.FixtureRequest):
         except ModuleNotFoundError as error:
             pytest.skip(str(error))
     return GraderTokenizer(style=STYLE_OF[request.param])
+
+
+NOTES = {  # what sets each tokenizer of the zoo apart, for the verdicts of the checks that go over it in one case
+    "bpe": "Llama-like: bos <s> added by add_special_tokens",
+    "other-vocab": "Llama-like, every id 1000 higher",
+    "permuted-vocab": "Llama-like, the ids of the other tokens reversed",
+    "bpe-without-bos": "bos_token_id None",
+    "gpt2-like": "GPT-2-like: bos = eos = pad, none added by add_special_tokens",
+    "neox-like": "GPT-NeoX-like: bos = eos = pad, of id 0, none added",
+    "adds-eos": "add_special_tokens adds bos and eos",
+    "pad-is-eos": "pad = eos",
+    "transformers": "transformers' PreTrainedTokenizerFast",
+}
+
+
+def tokenizer_zoo() -> dict[str, object]:
+    """Every tokenizer of the zoo, fresh, by name (transformers' where it is installed)."""
+    zoo: dict[str, object] = {name: GraderTokenizer(style=style) for name, style in STYLE_OF.items()}
+    with contextlib.suppress(ModuleNotFoundError):
+        zoo["transformers"] = transformers_tokenizer()
+    return zoo
+
+
+def described(name: str) -> str:
+    return f"with the {name} tokenizer ({NOTES[name]})"
 
 
 def enc(tokenizer, text: str) -> list[int]:
@@ -199,7 +225,28 @@ def ids_cause(tokenizer, measured: list, expected: Expected, prompt: str, output
         )
     if measured[: len(expected.prefix)] != expected.prefix:
         return "the start is not [bos] + the tokens of format_prompt(instruction, input)"
+    for how, altered in output_alterations(output).items():
+        if measured == expected.prefix + enc(tokenizer, altered) + [eos]:
+            return (
+                f"the output was {how} before it was tokenized: tokenize it as given, character for character "
+                "(the response part is the tokens of the output, tokenized alone, followed by eos)"
+            )
     return "the response part is not the tokens of the output, tokenized alone, followed by eos"
+
+
+def output_alterations(output: str) -> dict[str, str]:
+    """What a cleaning of the output would give, by what it did (those that change this output)."""
+    unix = output.replace("\r\n", "\n").replace("\r", "\n")
+    altered = {
+        "stripped": output.strip(),
+        "stripped on the right": output.rstrip(),
+        "stripped on the left": output.lstrip(),
+        "given \\n line ends (\\r\\n and \\r replaced)": unix,
+        "given \\n line ends and stripped": unix.strip(),
+        "given spaces for tabs": output.expandtabs(),
+        "given its whitespace collapsed": " ".join(output.split()),
+    }
+    return {how: text for how, text in altered.items() if text != output}
 
 
 def assert_input_ids(tokenizer, measured: list, expected: Expected, prompt: str, output: str) -> None:
@@ -233,6 +280,12 @@ def labels_cause(tokenizer, ids: list, labels: list, expected: Expected, i: int)
         return "bos is trained: its label is -100, as the prompt's"
     if i == start and labels[i] == IGNORE:
         return "the first response token is masked too: mask exactly len([bos] + prompt ids) labels, no more"
+    if i < start - 1 and labels[i] != IGNORE and labels[i:start] == ids[i:start]:
+        return (
+            f"the prompt is trained from position {i} on: mask exactly the first len([bos] + enc(prompt)) = {start} "
+            "labels, a count, not found by searching the ids for the template's marker (an instruction or an "
+            "input may hold ' [/INST]' itself)"
+        )
     if i == start - 1 and labels[i] != IGNORE:
         forgot = " (did the count forget bos?)" if has_bos else ""
         return f"the last prompt token is trained: mask len([bos] + prompt ids) labels{forgot}"
@@ -262,6 +315,10 @@ def assert_labels(tokenizer, ids: list, labels: list, expected: Expected) -> Non
 @example(instruction="Say hello.", input="")
 @example(instruction="Translate to French.", input="Hello, my friend.")
 @example(instruction="Re\u0301sume\u0301 in \u212b.", input="line one\r\nline two\rend")
+@example(instruction="Echo the input.", input=" ")  # a blank input is an input: only "" gives the short template
+@example(instruction="Echo the input.", input="\t")
+@example(instruction="Echo the input.", input="\n")
+@example(instruction=" ", input="  \r\n ")
 def test_format_prompt_follows_the_template(format_prompt, instruction, input):
     expected = template(instruction, input)
     measured = format_prompt(instruction, input)
@@ -270,6 +327,11 @@ def test_format_prompt_follows_the_template(format_prompt, instruction, input):
         cause = "return the prompt as a str"
     elif measured.rstrip() == expected.rstrip():
         cause = "the prompt ends with exactly one space after [/INST], where the response begins"
+    elif input and measured in (template(instruction, ""), template(instruction, input.strip())):
+        cause = (
+            f"a blank input ({input!r}) is still an input, kept as given: only input == '' gives the short template "
+            "(test `if input:`, not `input.strip()`)"
+        )
     elif not input and measured == f"[INST] {instruction}\n [/INST] ":
         cause = "with an empty input there is no newline: '[INST] {instruction} [/INST] '"
     elif input and measured == f"[INST] {instruction} {input} [/INST] ":
@@ -304,6 +366,121 @@ def test_returns_three_lists_of_ints_of_equal_length(build_example, tokenizer, i
     )
 
 
+EDITS = {  # what a fine-tuning script does to its tokenizer before training: new tokens, a chat model's eos
+    "add_tokens": lambda tokenizer: tokenizer.add_tokens(["<|user|>", "<|assistant|>", " Hello"]),
+    "add_special_tokens": lambda tokenizer: tokenizer.add_special_tokens(
+        {"eos_token": "<|im_end|>", "additional_special_tokens": ["<|user|>", "<|assistant|>"]}
+    ),
+}
+EDITED_TEXTS = (
+    "Answer the <|user|> politely.",
+    "<|user|> Hello there",
+    "Hello <|assistant|> at your service<|im_end|>",
+)
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("edit", EDITS)
+def test_a_tokenizer_edited_between_calls_gives_its_new_ids(build_example, edit):
+    """The same tokenizer object, edited between two calls (tokens added, eos changed): the second call encodes with
+    the tokenizer as it is then, so nothing about a tokenizer may be cached across calls."""
+    for name, tokenizer in tokenizer_zoo().items():
+        before = expected_example(tokenizer, *EDITED_TEXTS)
+        assert fields(build_example(tokenizer, *EDITED_TEXTS))[0] == before.input_ids, FIX_THE_IDS_FIRST
+        EDITS[edit](tokenizer)
+        expected = expected_example(tokenizer, *EDITED_TEXTS)
+        assert expected.input_ids != before.input_ids, (
+            f"grader bug: {edit} left the {name} tokenizer's ids as they were"
+        )
+        ids, labels, _ = fields(build_example(tokenizer, *EDITED_TEXTS))
+        if (ids, labels) == (expected.input_ids, expected.labels):
+            continue
+        stale = (before.input_ids, before.prefix + before.response[:-1] + [tokenizer.eos_token_id])
+        cause = ids_cause(tokenizer, ids, expected, template(*EDITED_TEXTS[:2]), EDITED_TEXTS[2])
+        if ids in stale:
+            cause = (
+                "these are the ids of the tokenizer before it was edited: an encoding cached per tokenizer (its "
+                "object, id or vocabulary) goes stale when the tokenizer is edited in place (add_tokens, "
+                "add_special_tokens): encode each text at every call"
+            )
+        elif ids == expected.input_ids:
+            cause = "the ids are right, the labels not: mask len([bos] + enc(prompt)) of the tokenizer as it is now"
+        i = first_difference(ids, expected.input_ids)
+        pytest.fail(
+            f"{described(name)}, edited by {edit} after a first build_example call, the same call differs at "
+            f"position {i}: expected {tokens(tokenizer, expected.input_ids, i - 2, i + 3)}, measured "
+            f"{tokens(tokenizer, ids, i - 2, i + 3)}: {cause}",
+            pytrace=False,
+        )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("call", ["positional", "keyword"])
+def test_every_parameter_by_position_and_by_keyword(format_prompt, build_example, collate, tokenizer, call):
+    """format_prompt, build_example and collate called with every parameter by position, then by keyword in another
+    order: what the stub's signatures allow (a wrapper's own signature counts, whatever functools.wraps reports)."""
+    instruction, input, output = "Translate to French.", "Hello, my friend.", "Bonjour, mon ami."
+    expected = expected_example(tokenizer, instruction, input, output)
+    max_length = len(expected.prefix) + 2
+    calls = {
+        "positional": {
+            "format_prompt(instruction, input)": lambda: format_prompt(instruction, input),
+            "format_prompt(instruction)": lambda: format_prompt(instruction),
+            "build_example(tokenizer, instruction, input, output, max_length)": lambda: build_example(
+                tokenizer, instruction, input, output, max_length
+            ),
+            "collate(examples, pad_token_id)": lambda: collate(examples(), PAD),
+        },
+        "keyword": {
+            "format_prompt(input=..., instruction=...)": lambda: format_prompt(input=input, instruction=instruction),
+            "format_prompt(instruction=...)": lambda: format_prompt(instruction=instruction),
+            "build_example(max_length=..., output=..., input=..., instruction=..., tokenizer=...)": lambda: (
+                build_example(
+                    max_length=max_length, output=output, input=input, instruction=instruction, tokenizer=tokenizer
+                )
+            ),
+            "collate(pad_token_id=..., examples=...)": lambda: collate(pad_token_id=PAD, examples=examples()),
+        },
+    }[call]
+    rows = [expected.input_ids[:max_length], [*enc(tokenizer, "Hi"), tokenizer.eos_token_id]]
+
+    def examples() -> list[dict[str, list[int]]]:
+        return [{"input_ids": row, "labels": list(row), "attention_mask": [1] * len(row)} for row in rows]
+
+    wanted = {
+        "format_prompt": [template(instruction, input), template(instruction, "")],
+        "build_example": [expected.input_ids[:max_length], expected.labels[:max_length], [1] * max_length],
+        "collate": padded(rows, PAD, len(rows[0])),
+    }
+    for described_call, run in calls.items():
+        how = "by position" if call == "positional" else "by keyword"
+        try:
+            result = run()
+        except TypeError as error:
+            pytest.fail(
+                f"{described_call}, every parameter {how} as the stub's signature allows, raised TypeError ({error}): "
+                "take each of the stub's parameters by position and by keyword, wrappers included (functools.wraps "
+                "copies a signature, not what the wrapper accepts)",
+                pytrace=False,
+            )
+        name = described_call.partition("(")[0]
+        if name == "format_prompt":
+            ok = result in wanted[name]
+        elif name == "build_example":
+            ok = isinstance(result, Mapping) and [list(result.get(key, [])) for key in KEYS] == wanted[name]
+        else:
+            ok = isinstance(result, Mapping) and equal_lists(result.get("input_ids"), wanted[name])
+        assert ok, (
+            f"{described_call}, every parameter {how}, returned what the same call does not return otherwise: keep "
+            "the stub's parameter order (format_prompt(instruction, input), build_example(tokenizer, instruction, "
+            "input, output, max_length), collate(examples, pad_token_id))"
+        )
+
+
+def equal_lists(measured: object, expected: list[list[int]]) -> bool:
+    return (measured.tolist() if hasattr(measured, "tolist") else measured) == expected
+
+
 EXAMPLES = (  # build_example's edge inputs, given to every check of its ids and labels as explicit examples
     dict(instruction="Say hello to the world.", input="", output="Hello world!"),
     dict(instruction="Translate to French.", input="Hello, my friend.", output=" Bonjour, mon ami."),
@@ -312,6 +489,15 @@ EXAMPLES = (  # build_example's edge inputs, given to every check of its ids and
     dict(instruction="Echo.", input="\n", output="[/INST] </s>"),  # the template's and eos's text in the output
     dict(instruction="Echo the bos.", input="", output="<s> is a token"),  # enc(output) starts with bos's id
     dict(instruction="Echo the pad.", input="", output="a <pad> b<pad>"),  # the pad token's text in the output
+    # The template's marker inside the instruction and the input: the prompt ends where its tokens end, wherever else
+    # " [/INST]" occurs.
+    dict(instruction="Explain the tag [/INST] here.", input="", output="It closes the instruction."),
+    dict(instruction="Repeat the input.", input="a [/INST] b", output=" [/INST] "),
+    dict(instruction=" [/INST] ", input=" [/INST] ", output="Done. [/INST]"),
+    # The output as given: CR LF, CR, tabs, leading and trailing newlines and spaces, whitespace alone.
+    dict(instruction="Copy.", input="", output="line one\r\nline two\rend\tTab\t"),
+    dict(instruction="Copy.", input="", output="\n\n  Hello there  \n\n"),
+    dict(instruction="Copy.", input="", output=" \t\r\n "),
 )
 
 
@@ -355,16 +541,28 @@ def test_eos_ends_the_example_and_is_trained(build_example, tokenizer):
 
 
 @pytest.mark.points(1)
-def test_attention_mask_is_all_ones(build_example, tokenizer):
-    prompt_length = len(expected_example(tokenizer, INSTRUCTION, INPUT, OUTPUT).prefix)
-    ids, _, mask = fields(build_example(tokenizer, INSTRUCTION, INPUT, OUTPUT))
-    cause = "every token of an example is attended to"
-    if mask[:prompt_length] == [0] * prompt_length:
-        cause = "the prompt is masked in attention: the model must read the prompt; mask it in labels only"
-    assert mask == [1] * len(ids), (
-        f"attention_mask holds {len(mask) - mask.count(1)} values other than 1 (first at position "
-        f"{first_difference(mask, [1] * len(ids))}), expected {len(ids)} ones: {cause}"
-    )
+@over_examples
+def test_attention_mask_is_all_ones(build_example, instruction, input, output):
+    for name, tokenizer in tokenizer_zoo().items():  # pad = eos among them, and texts holding the pad token's text
+        prompt_length = len(expected_example(tokenizer, instruction, input, output).prefix)
+        ids, _, mask = fields(build_example(tokenizer, instruction, input, output))
+        if mask == [1] * len(ids):
+            continue
+        cause = "every token of an example is attended to"
+        zeros = [i for i, value in enumerate(mask) if value != 1]
+        if mask[:prompt_length] == [0] * prompt_length:
+            cause = "the prompt is masked in attention: the model must read the prompt; mask it in labels only"
+        elif len(mask) == len(ids) and all(ids[i] == tokenizer.pad_token_id for i in zeros):
+            cause = (
+                f"attention_mask is 0 where the id is the pad id {tokenizer.pad_token_id} (eos when pad = eos, or a "
+                "'<pad>' text in the output): an example holds no padding, every one of its tokens is attended to"
+            )
+        pytest.fail(
+            f"build_example({instruction!r}, {input!r}, {output!r}) {described(name)}: attention_mask holds "
+            f"{len(zeros)} values other than 1 (first at position {first_difference(mask, [1] * len(ids))}), "
+            f"expected {len(ids)} ones: {cause}",
+            pytrace=False,
+        )
 
 
 @pytest.mark.points(3)
@@ -465,31 +663,43 @@ TRUNCATION_CASES = [(TRUNCATED, case) for case in TRUNCATIONS] + [
 ]
 
 
-BOS_OR_NOT = pytest.mark.parametrize("bos", [True, False], ids=["with-bos", "without-bos"])
+def own_count_hint(tokenizer, texts: tuple[str, str, str], p: int) -> str:
+    """Where this tokenizer's own special tokens make len(tokenizer(prompt)['input_ids']) another count than p."""
+    own = len(tokenizer(template(*texts[:2]))["input_ids"])
+    if own == p:
+        return ""
+    return (
+        f" (tokenizer(prompt)['input_ids'], with this tokenizer's own special tokens, holds {own} ids, [bos] + "
+        f"enc(prompt) {p}: count bos + the prompt as build_example builds them)"
+    )
 
 
-@pytest.mark.points(3)
+@pytest.mark.points(6)
 @pytest.mark.parametrize(
     "texts, case", TRUNCATION_CASES, ids=[f"{'empty-output-' * (t is EMPTY_OUTPUT)}{c}" for t, c in TRUNCATION_CASES]
 )
-@BOS_OR_NOT
-def test_max_length_keeps_the_first_tokens(build_example, texts, case, bos):
-    tokenizer = GraderTokenizer(bos=bos)
+def test_max_length_keeps_the_first_tokens(build_example, texts, case):
+    for name, tokenizer in tokenizer_zoo().items():  # bos or none, added by the tokenizer or not, eos added, ...
+        check_truncation(build_example, tokenizer, name, texts, case)
+
+
+def check_truncation(build_example, tokenizer, name: str, texts: tuple[str, str, str], case: str) -> None:
     full = expected_example(tokenizer, *texts)
     n, p = len(full.input_ids), len(full.prefix)
     max_length = TRUNCATIONS[case](n, p)
     untruncated = fields(build_example(tokenizer, *texts))
     assert untruncated == (full.input_ids, full.labels, [1] * n), (
-        "without max_length the example is already wrong, so its truncation cannot be judged: "
-        "fix test_input_ids_are_bos_prompt_response_eos and test_labels_mask_bos_and_the_prompt_and_nothing_else first"
+        f"{described(name)}, without max_length the example is already wrong, so its truncation cannot be judged: "
+        "fix test_input_ids_are_bos_prompt_response_eos, test_labels_mask_bos_and_the_prompt_and_nothing_else and "
+        "test_attention_mask_is_all_ones first"
     )
     try:
         measured = build_example(tokenizer, *texts, max_length=max_length)
     except ValueError as error:
         pytest.fail(
-            f"max_length={max_length} keeps {min(max_length, n) - p} response token(s) (eos counts, the whole "
-            f"response of an output {texts[2]!r}), yet build_example raised ValueError ({error}): "
-            "raise only when no response token remains",
+            f"{described(name)}, max_length={max_length} keeps {min(max_length, n) - p} response token(s) (eos "
+            f"counts, the whole response of an output {texts[2]!r}), yet build_example raised ValueError ({error}): "
+            f"raise only when no response token remains{own_count_hint(tokenizer, texts, p)}",
             pytrace=False,
         )
     ids, labels, mask = fields(measured)
@@ -509,29 +719,33 @@ def test_max_length_keeps_the_first_tokens(build_example, texts, case, bos):
     around_expected = tokens(tokenizer, expected[0], i - 3, i + 3, expected[1], p)
     around_measured = tokens(tokenizer, ids, i - 3, i + 3, labels, p)
     pytest.fail(
-        f"with max_length={max_length} (the full example has {n} tokens, bos + prompt {p}) {SEAM}, "
-        f"expected {around_expected}, measured {around_measured} ({len(ids)} tokens): {cause}",
+        f"{described(name)}, with max_length={max_length} (the full example has {n} tokens, bos + prompt {p}) "
+        f"{SEAM}, expected {around_expected}, measured {around_measured} ({len(ids)} tokens): {cause}",
         pytrace=False,
     )
 
 
-@pytest.mark.points(2)
+@pytest.mark.points(4)
 @pytest.mark.parametrize("case", ["bos-and-prompt-exactly", "inside-the-prompt", "one", "zero"])
 @pytest.mark.parametrize("texts", [(INSTRUCTION, INPUT, OUTPUT), EMPTY_OUTPUT], ids=["output", "empty-output"])
-@BOS_OR_NOT
-def test_max_length_that_leaves_no_response_token_raises(build_example, case, texts, bos):
-    tokenizer = GraderTokenizer(bos=bos)
-    p = len(expected_example(tokenizer, *texts).prefix)
-    max_length = {"bos-and-prompt-exactly": p, "inside-the-prompt": p // 2, "one": 1, "zero": 0}[case]
-    eos_alone = f" (the output {texts[2]!r} leaves eos the whole response, and it is cut)" if not texts[2] else ""
-    expect_value_error(
-        lambda: build_example(tokenizer, *texts, max_length=max_length),
-        f"build_example(..., max_length={max_length}), which keeps only bos + prompt ({p} tokens) or less, so every "
-        f"label would be -100 and the loss NaN{eos_alone},",
-    )
+def test_max_length_that_leaves_no_response_token_raises(build_example, case, texts):
+    for name, tokenizer in tokenizer_zoo().items():  # bos or none, added by the tokenizer or not, eos added, ...
+        p = len(expected_example(tokenizer, *texts).prefix)
+        max_length = {"bos-and-prompt-exactly": p, "inside-the-prompt": p // 2, "one": 1, "zero": 0}[case]
+        eos_alone = f" (the output {texts[2]!r} leaves eos the whole response, and it is cut)" if not texts[2] else ""
+        expect_value_error(
+            lambda tokenizer=tokenizer, max_length=max_length: build_example(tokenizer, *texts, max_length=max_length),
+            f"{described(name)}, build_example(..., max_length={max_length}), which keeps only bos + prompt ({p} "
+            f"tokens) or less, so every label would be -100 and the loss NaN{eos_alone}"
+            f"{own_count_hint(tokenizer, texts, p)},",
+        )
 
 
 PAD = 2  # the grader tokenizer's pad id; the examples' own ids start at 10
+# Llama-3's vocabulary: 128,256 ids (past 2**16 = 65,536, so no uint16 or int16 holds them), eos <|end_of_text|>
+# 128,001, pad <|finetune_right_pad_id|> 128,004; the examples' ids start at 10, across 2**16, or end at the last id.
+LLAMA3_VOCAB, LLAMA3_EOS, LLAMA3_PAD = 128_256, 128_001, 128_004
+FIRST_IDS = (10, 2**16 - 4, 2**15 - 4, LLAMA3_VOCAB - 9)
 
 
 def synthetic_examples(lengths: list[int], first: int = 10) -> list[dict[str, list[int]]]:
@@ -560,14 +774,29 @@ def collated(collate, examples: list[dict[str, list[int]]], pad_token_id: int) -
     )
     kept = copy.deepcopy({key: batch[key] for key in KEYS})
     lengths = [len(example["input_ids"]) for example in examples]
-    collate(synthetic_examples(lengths, first=100), pad_token_id)  # the next step's batch: same shape, same pad
+    following = collate(synthetic_examples(lengths, first=100), pad_token_id)  # the next step's: same shape and pad
     collate(synthetic_examples([2, 6]), pad_token_id + 1)  # and one of another shape and pad
     changed = [key for key in KEYS if not equal(batch[key], kept[key])]
     assert not changed, (
         f"collating another batch changed the {', '.join(changed)} of the batch collate returned before: "
         "return fresh tensors each call, never a buffer reused across calls"
     )
+    shared = [key for key in KEYS if isinstance(following, Mapping) and shares_memory(batch[key], following.get(key))]
+    assert not shared, (
+        f"two calls of collate on batches of the same lengths returned {', '.join(shared)} that share memory (one "
+        "cached tensor, or views of one buffer): a caller editing one batch in place (masking a token, moving it "
+        "to a device with non_blocking) edits the other: return fresh tensors each call"
+    )
     return batch
+
+
+def shares_memory(first: object, second: object) -> bool:
+    """Whether two tensors (of two batches) lie in one storage."""
+    if not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)):
+        return False
+    if first.numel() == 0 or second.numel() == 0:
+        return False
+    return first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
 
 
 def equal(measured: object, kept: object) -> bool:
@@ -581,7 +810,17 @@ def padded(rows: list[list[int]], value: int, longest: int, left: bool = False) 
     return [[value] * (longest - len(row)) + row if left else row + [value] * (longest - len(row)) for row in rows]
 
 
-def collate_cause(key: str, measured: list[list[int]], rows: list[list[int]], fill: int, longest: int) -> str:
+def collate_cause(
+    key: str, measured: list[list[int]], rows: list[list[int]], fill: int, longest: int, pad: int = PAD
+) -> str:
+    wrapped = [[value % 2**16 for value in row] for row in padded(rows, fill, longest)]
+    if key == "input_ids" and max(map(max, rows)) >= 2**15 and measured != wrapped:
+        wrapped = [[(value + 2**15) % 2**16 - 2**15 for value in row] for row in padded(rows, fill, longest)]
+    if key == "input_ids" and measured == wrapped:
+        return (
+            f"ids of {max(map(max, rows))} came back modulo 2**16: they were held in a 16-bit dtype (uint16, int16): "
+            "a vocabulary of over 65,536 tokens (Llama-3's 128,256) needs int64 throughout"
+        )
     if measured == padded(rows, fill, longest, left=True):
         return "padded on the left: append the padding on the right"
     if any(len(got) != longest for got in measured):
@@ -589,8 +828,8 @@ def collate_cause(key: str, measured: list[list[int]], rows: list[list[int]], fi
             f"rows of {sorted({len(got) for got in measured})} items: pad every row to the longest example, {longest}"
         )
     used = {value for row, got in zip(rows, measured, strict=False) for value in got[len(row) :]}
-    if key == "labels" and PAD in used:
-        return f"labels padded with pad_token_id {PAD}: pad labels with -100, so padding carries no loss"
+    if key == "labels" and pad in used:
+        return f"labels padded with pad_token_id {pad}: pad labels with -100, so padding carries no loss"
     if key == "attention_mask" and 1 in used:
         return "attention_mask padded with 1: padding gets 0, so nothing attends to it"
     if used and used != {fill}:
@@ -599,26 +838,34 @@ def collate_cause(key: str, measured: list[list[int]], rows: list[list[int]], fi
 
 
 @pytest.mark.points(3)
-@given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=5))
-@example(lengths=[3, 7, 1])
-@example(lengths=[4])
-def test_collate_pads_on_the_right_to_the_longest(collate, lengths):
-    examples = synthetic_examples(lengths)
-    longest, fills = max(lengths), {"input_ids": PAD, "labels": IGNORE, "attention_mask": 0}
+@given(
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=5),
+    first=st.sampled_from(FIRST_IDS),
+    pad=st.sampled_from([PAD, LLAMA3_EOS, LLAMA3_PAD]),
+)
+@example(lengths=[3, 7, 1], first=10, pad=PAD)
+@example(lengths=[4], first=10, pad=PAD)
+@example(lengths=[3, 7, 1], first=LLAMA3_VOCAB - 9, pad=LLAMA3_PAD)  # Llama-3's ids, to its last, 128,255
+@example(lengths=[2, 9], first=2**16 - 4, pad=LLAMA3_EOS)  # ids across 2**16, pad = eos of Llama-3
+def test_collate_pads_on_the_right_to_the_longest(collate, lengths, first, pad):
+    examples = synthetic_examples(lengths, first)
+    longest, fills = max(lengths), {"input_ids": pad, "labels": IGNORE, "attention_mask": 0}
     rows = {key: [list(example[key]) for example in examples] for key in KEYS}
-    batch = collated(collate, examples, PAD)
+    batch = collated(collate, examples, pad)
     for key, fill in fills.items():
         measured = batch[key].tolist() if hasattr(batch[key], "tolist") else [list(row) for row in batch[key]]
         expected = padded(rows[key], fill, longest)
         assert measured == expected, (
-            f"collate of examples with lengths {lengths} (pad_token_id={PAD}): {key} is {measured}, expected "
-            f"{expected}: {collate_cause(key, measured, rows[key], fill, longest)}"
+            f"collate of examples with lengths {lengths}, ids {first} to {first + max(lengths) - 1} "
+            f"(pad_token_id={pad}): {key} is {measured}, expected {expected}: "
+            f"{collate_cause(key, measured, rows[key], fill, longest, pad)}"
         )
 
 
 @pytest.mark.points(1)
-def test_collate_returns_long_tensors_of_shape_batch_by_longest(collate):
-    batch = collated(collate, synthetic_examples([2, 5, 3]), PAD)
+@pytest.mark.parametrize("first, pad", [(10, PAD), (LLAMA3_VOCAB - 9, LLAMA3_PAD)], ids=["small-ids", "llama-3-ids"])
+def test_collate_returns_long_tensors_of_shape_batch_by_longest(collate, first, pad):
+    batch = collated(collate, synthetic_examples([2, 5, 3], first), pad)
     for key in KEYS:
         value = batch[key]
         assert isinstance(value, torch.Tensor), f"collate's {key} is a {type(value).__name__}, expected a torch tensor"

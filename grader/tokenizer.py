@@ -59,10 +59,18 @@ class Encoding(dict):
             raise AttributeError(name) from None
 
 
+# add_special_tokens' keys, as Hugging Face's: each names one special token, "additional_special_tokens" a list.
+SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+EXTRA_SPECIAL_KEYS = ("additional_special_tokens", "extra_special_tokens")
+
+
 class GraderTokenizer:
-    """The Hugging Face tokenizer interface over the trained BPE: ``tokenizer(text, add_special_tokens=False)`` (with
-    ``return_tensors="pt"`` too), ``encode``, ``decode``, ``tokenize`` and ``convert_tokens_to_ids``,
-    ``bos_token_id``, ``eos_token_id``, ``pad_token_id`` and the token strings.
+    """The Hugging Face tokenizer interface over the trained BPE, as ``PreTrainedTokenizerFast`` takes it:
+    ``tokenizer(text, add_special_tokens=False)`` (a text or a list of texts, ``return_tensors="pt"`` or ``"np"``,
+    int64 like Hugging Face's even for an empty text), ``encode``, ``decode``, ``tokenize(text, pair=None,
+    add_special_tokens=False, **kwargs)`` and ``convert_tokens_to_ids``, ``convert_ids_to_tokens``, ``add_tokens``
+    and ``add_special_tokens`` (which edit this tokenizer alone), ``bos_token_id``, ``eos_token_id``,
+    ``pad_token_id`` and the token strings. tests/test_grader_tokenizer.py holds it to transformers' answers.
 
     ``style`` sets the special tokens as real tokenizers do (``STYLES``); ``bos=False`` is the "no-bos" style.
     Special tokens, when asked for (the default, as in Hugging Face), are what the style adds. The
@@ -70,15 +78,17 @@ class GraderTokenizer:
     which the same text has other ids (an encoding cached by text alone goes stale); "permuted-vocab" numbers
     every other token backwards, its special tokens keeping their ids: a vocabulary of the same class, size and
     special ids, as Llama-2's and Mistral's (a cache keyed by text, ``len`` and the special ids goes stale).
+    Tokens added later get the next ids, ``len(tokenizer)`` onwards, in every style.
     """
 
-    ANY_VALUE = ("return_attention_mask", "return_token_type_ids", "verbose")  # options that change no id
+    ANY_VALUE = ("verbose", "clean_up_tokenization_spaces", "split_special_tokens")  # options that change no id
     EXTRA_FIELDS: ClassVar[dict[str, str]] = {  # options that add a field beside input_ids, and the field
         "return_offsets_mapping": "offset_mapping",
         "return_length": "length",
         "return_special_tokens_mask": "special_tokens_mask",
+        "return_token_type_ids": "token_type_ids",
     }
-    OFF = (None, False, "do_not_pad", "do_not_truncate")  # padding=False, return_tensors=None, ...
+    OFF = (None, False, 0, "do_not_pad", "do_not_truncate")  # padding=False, return_tensors=None, stride=0, ...
     STYLES: ClassVar[
         dict[str, tuple]
     ] = {  # style: (bos, eos, pad, bos added by add_special_tokens, eos added by add_special_tokens)
@@ -94,96 +104,201 @@ class GraderTokenizer:
     OTHER_VOCAB_OFFSET = 1000
 
     def __init__(self, bos: bool = True, style: str | None = None) -> None:
-        self._backend = trained_bpe()
+        self._backend = trained_bpe()  # shared until this tokenizer is edited (add_tokens): then its own copy
+        self._own_backend = False
+        self._trained = self._backend.get_vocab_size()  # the trained vocabulary; added tokens come after it
         self.style = style or ("llama" if bos else "no-bos")
         bos_token, eos_token, pad_token, self.adds_bos, self.adds_eos = self.STYLES[self.style]
         self._offset = self.OTHER_VOCAB_OFFSET if self.style == "other-vocab" else 0
         self._reversed = self.style == "permuted-vocab"
-        self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
-        self.vocab_size = self._offset + self._backend.get_vocab_size()
+        self.vocab_size = self._offset + self._trained  # as Hugging Face's: without the tokens added later
+        self.bos_token, self.eos_token, self.pad_token, self.unk_token = bos_token, eos_token, pad_token, None
+        self.additional_special_tokens: list[str] = []
         self.bos_token_id = None if bos_token is None else self._id(bos_token)
         self.eos_token_id = self._id(eos_token)
         self.pad_token_id = self._id(pad_token)
+        self.unk_token_id = None
 
-    def _id(self, token: str) -> int:
-        return self._own_id(self._backend.token_to_id(token))
+    def _id(self, token: str) -> int | None:
+        backend_id = self._backend.token_to_id(token)
+        return None if backend_id is None else self._own_id(backend_id)  # no unk token: None, as Hugging Face's
 
     def _own_id(self, backend_id: int) -> int:
         """This style's id of the backend's token ``backend_id`` (reversal is its own inverse)."""
-        if self._reversed and backend_id >= len(SPECIAL_TOKENS):
-            return self.vocab_size - 1 + len(SPECIAL_TOKENS) - backend_id
+        if self._reversed and len(SPECIAL_TOKENS) <= backend_id < self._trained:
+            return self._trained - 1 + len(SPECIAL_TOKENS) - backend_id
         return self._offset + backend_id
 
     def _backend_id(self, own_id: int) -> int:
         return self._own_id(own_id) if self._reversed else own_id - self._offset
 
     def __len__(self) -> int:
-        return self.vocab_size
+        return self._offset + self._backend.get_vocab_size()
 
-    def __call__(self, text: str | Sequence[str], add_special_tokens: bool = True, **options: Any) -> Encoding:
-        """``{"input_ids": ids, "attention_mask": ones}`` of ``text``, or of each text of a list, and the fields
-        ``EXTRA_FIELDS`` asks for."""
+    def _options(self, options: dict[str, Any]) -> tuple[Any, list[str]]:
+        """``return_tensors`` and the fields of EXTRA_FIELDS that ``options`` ask for; TypeError for an option that
+        would change the ids (padding, truncation, ...), which the kata does not need."""
         tensors = options.pop("return_tensors", None)
         refused = [
             name
             for name, value in options.items()
-            if name not in self.ANY_VALUE and name not in self.EXTRA_FIELDS and value not in self.OFF
+            if name not in self.ANY_VALUE
+            and name not in self.EXTRA_FIELDS
+            and name != "return_attention_mask"
+            and value not in self.OFF
         ]
-        if refused or tensors not in (None, "pt"):
+        if refused or tensors not in (None, "pt", "np"):
             raise TypeError(
                 f"the grader's tokenizer does not support {', '.join(refused) or f'return_tensors={tensors!r}'}: "
                 "the kata needs tokenizer(text, add_special_tokens=False)['input_ids'] only"
             )
         extra = [field for option, field in self.EXTRA_FIELDS.items() if options.get(option)]
+        if options.get("return_attention_mask", True) is not False:
+            extra.insert(0, "attention_mask")
+        return tensors, extra
+
+    @staticmethod
+    def _tensors(fields: dict[str, Any], tensors: Any) -> Encoding:
+        """The fields as lists, or as int64 tensors (an empty text too: Hugging Face's (1, 0) LongTensor)."""
+        if tensors == "pt":
+            return Encoding({key: torch.tensor(value, dtype=torch.long) for key, value in fields.items()})
+        if tensors == "np":
+            import numpy as np
+
+            return Encoding({key: np.array(value, dtype=np.int64) for key, value in fields.items()})
+        return Encoding(fields)
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        text_pair: str | Sequence[str] | None = None,
+        add_special_tokens: bool = True,
+        **options: Any,
+    ) -> Encoding:
+        """``{"input_ids": ids, "attention_mask": ones}`` of ``text`` (and ``text_pair`` after it), or of each text
+        of a list, and the fields ``EXTRA_FIELDS`` asks for."""
+        tensors, extra = self._options(options)
         if isinstance(text, str):
-            encoding = self._fields(text, add_special_tokens, extra)
-            return Encoding({key: torch.tensor([value]) for key, value in encoding.items()} if tensors else encoding)
-        batch = [self._fields(one, add_special_tokens, extra) for one in text]
-        fields = {key: [one[key] for one in batch] for key in ("input_ids", "attention_mask", *extra)}
+            encoding = self._fields(text, text_pair, add_special_tokens, extra)
+            if tensors:  # one row of each field; length is one number per text already, as in Hugging Face
+                encoding = {key: value if key == "length" else [value] for key, value in encoding.items()}
+            return self._tensors(encoding, tensors)
+        pairs = [None] * len(text) if text_pair is None else list(text_pair)
+        batch = [self._fields(one, pair, add_special_tokens, extra) for one, pair in zip(text, pairs, strict=True)]
+        fields = {key: [one[key] for one in batch] for key in ("input_ids", *extra)}
+        if "length" in fields:
+            fields["length"] = [length for (length,) in fields["length"]]
         if tensors and len({len(ids) for ids in fields["input_ids"]}) > 1:  # as Hugging Face refuses ragged rows
             raise ValueError("texts of different lengths make no tensor without padding=True")
-        return Encoding({key: torch.tensor(value) for key, value in fields.items()} if tensors else fields)
+        return self._tensors(fields, tensors)
 
-    def _fields(self, text: str, add_special_tokens: bool, extra: list[str]) -> dict[str, Any]:
-        """input_ids and attention_mask of ``text``, and the ``extra`` fields of EXTRA_FIELDS."""
-        ids = self.encode(text, add_special_tokens)
-        fields: dict[str, Any] = {"input_ids": ids, "attention_mask": [1] * len(ids)}
-        if extra:
-            spans = self._backend.encode(text, add_special_tokens=False).offsets
+    def _fields(self, text: str, pair: str | None, add_special_tokens: bool, extra: list[str]) -> dict[str, Any]:
+        """input_ids of ``text`` (and ``pair``), and the ``extra`` fields."""
+        parts = [self._ids(one, add_special_tokens) for one in (text, pair) if one is not None]
+        ids = [i for part in parts for i in part]
+        every: dict[str, Any] = {"input_ids": ids, "attention_mask": [1] * len(ids), "length": [len(ids)]}
+        every["token_type_ids"] = [0] * len(ids)  # the trained template's pair is "<s> $A <s> $B", all of type 0
+        if "offset_mapping" in extra or "special_tokens_mask" in extra:
             added = (self.adds_bos, self.adds_eos) if add_special_tokens else (False, False)
-            every = {
-                "offset_mapping": [(0, 0)] * added[0] + list(spans) + [(0, 0)] * added[1],
-                "length": len(ids),
-                "special_tokens_mask": [1] * added[0] + [0] * len(spans) + [1] * added[1],
-            }
-            fields |= {field: every[field] for field in extra}
-        return fields
+            offsets, special = [], []
+            for one in (text, pair):
+                if one is not None:
+                    spans = self._backend.encode(one, add_special_tokens=False).offsets
+                    offsets += [(0, 0)] * added[0] + list(spans) + [(0, 0)] * added[1]
+                    special += [1] * added[0] + [0] * len(spans) + [1] * added[1]
+            every |= {"offset_mapping": offsets, "special_tokens_mask": special}
+        return {"input_ids": ids} | {field: every[field] for field in extra}
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """The ids of ``text``; with ``add_special_tokens`` the special tokens this style adds around them."""
+    def _ids(self, text: str, add_special_tokens: bool) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"the tokenizer encodes a str, got {type(text).__name__}")
         ids = [self._own_id(i) for i in self._backend.encode(text, add_special_tokens=False).ids]
         if not add_special_tokens:
             return ids
-        return [self.bos_token_id] * self.adds_bos + ids + [self.eos_token_id] * self.adds_eos
+        bos = [self.bos_token_id] * (self.adds_bos and self.bos_token_id is not None)
+        return bos + ids + [self.eos_token_id] * self.adds_eos
 
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        own = [self._backend_id(i) for i in ids if 0 <= self._backend_id(i) < self._backend.get_vocab_size()]
+    def encode(
+        self, text: str, text_pair: str | None = None, add_special_tokens: bool = True, **options: Any
+    ) -> list[int] | Any:
+        """The ids of ``text`` (then ``text_pair``); with ``add_special_tokens`` the special tokens this style adds
+        around each; with ``return_tensors`` a (1, n) int64 tensor, as Hugging Face's."""
+        tensors, _ = self._options(options)
+        ids = self._fields(text, text_pair, add_special_tokens, [])["input_ids"]
+        return self._tensors({"input_ids": [ids]}, tensors)["input_ids"] if tensors else ids
+
+    def decode(self, token_ids: Any, skip_special_tokens: bool = False, **options: Any) -> str | list[str]:
+        """The text of ids (an int, a list, a tensor); of each row of a list of lists, as Hugging Face's."""
+        if hasattr(token_ids, "tolist"):
+            token_ids = token_ids.tolist()
+        if isinstance(token_ids, int):
+            token_ids = [token_ids]
+        if token_ids and all(isinstance(row, list) for row in token_ids):
+            return [self.decode(row, skip_special_tokens) for row in token_ids]
+        size = self._backend.get_vocab_size()
+        own = [self._backend_id(i) for i in token_ids if 0 <= self._backend_id(i) < size]
         return self._backend.decode(own, skip_special_tokens=skip_special_tokens)  # an id of no token: nothing, as HF
 
-    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str | None]:
-        return [self._backend.id_to_token(self._backend_id(i)) for i in ids]
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = False, **options: Any) -> list[str]:
+        return [self.decode(row, skip_special_tokens) for row in sequences]
 
-    def tokenize(self, text: str) -> list[str]:
-        """The tokens of ``text`` alone, as strings (no special tokens added): ``encode(text, False)``'s tokens."""
-        return self._backend.encode(text, add_special_tokens=False).tokens
+    def convert_ids_to_tokens(self, ids: int | Sequence[int], skip_special_tokens: bool = False) -> Any:
+        """The token string of an id, or those of a list of ids (without the special ones if asked)."""
+        if isinstance(ids, int):
+            return self._backend.id_to_token(self._backend_id(ids))
+        special = set(self.all_special_ids) if skip_special_tokens else set()
+        return [self._backend.id_to_token(self._backend_id(i)) for i in ids if i not in special]
 
-    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
-        """The id of a token string, or the ids of a list of them."""
+    def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False, **options: Any) -> list:
+        """The tokens of ``text`` (then ``pair``), as strings: no special tokens unless ``add_special_tokens``."""
+        self._options(dict(options))
+        return self.convert_ids_to_tokens(self._fields(text, pair, add_special_tokens, [])["input_ids"])
+
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int | None] | None:
+        """The id of a token string, or the ids of a list of them (None for a string of no token, as HF's)."""
         if isinstance(tokens, str):
             return self._id(tokens)
         return [self._id(one) for one in tokens]
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        named = [self.bos_token, self.eos_token, self.unk_token, self.pad_token, *self.additional_special_tokens]
+        return list(dict.fromkeys(token for token in named if token is not None))
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return [self._id(token) for token in self.all_special_tokens]
+
+    def _edited_backend(self) -> Tokenizer:
+        """This tokenizer's own backend, copied from the shared one at the first edit (the others stay as they are)."""
+        if not self._own_backend:
+            self._backend, self._own_backend = Tokenizer.from_str(self._backend.to_str()), True
+        return self._backend
+
+    def add_tokens(self, new_tokens: Any, special_tokens: bool = False) -> int:
+        """Add tokens (a string, an ``AddedToken`` or a list of them), with the next ids; how many were new."""
+        new = [new_tokens] if isinstance(new_tokens, str) or not isinstance(new_tokens, Sequence) else new_tokens
+        backend = self._edited_backend()
+        return backend.add_special_tokens(list(new)) if special_tokens else backend.add_tokens(list(new))
+
+    def add_special_tokens(self, special_tokens_dict: dict[str, Any], replace_extra_special_tokens: bool = True) -> int:
+        """Set special tokens (``{"eos_token": "<|im_end|>", "additional_special_tokens": [...]}``, as Hugging Face's),
+        adding those new to the vocabulary; how many were new."""
+        added = 0
+        for key, value in special_tokens_dict.items():
+            if key in EXTRA_SPECIAL_KEYS:
+                tokens = [getattr(one, "content", one) for one in value]
+                added += self.add_tokens(list(value), special_tokens=True)
+                kept = [] if replace_extra_special_tokens else self.additional_special_tokens
+                self.additional_special_tokens = list(dict.fromkeys([*kept, *tokens]))
+            elif key in SPECIAL_KEYS:
+                added += self.add_tokens([value], special_tokens=True)
+                name = key.removesuffix("_token")
+                setattr(self, key, getattr(value, "content", value))
+                setattr(self, f"{name}_token_id", self._id(getattr(value, "content", value)))
+            else:
+                raise ValueError(f"add_special_tokens takes the keys {SPECIAL_KEYS + EXTRA_SPECIAL_KEYS}, got {key!r}")
+        return added
 
 
 def transformers_tokenizer() -> Any:

@@ -204,4 +204,47 @@ WRONG_ANSWERS = [
     WrongAnswer("no ValueError when an empty output's eos is cut", KATA, CHECK,
                 "if output and max_length <= len(prompt_ids):",
                 "test_max_length_that_leaves_no_response_token_raises", "raised nothing"),
+    # round 7 (red7/w-a): a cache per tokenizer object, the Alpaca guard, a mask by the pad id, uint16 ids, a keyword-only
+    # wrapper, masking through the first marker, a cached mask tensor, normalized outputs, a blank input taken for none
+    WrongAnswer("encodings cached per tokenizer object", KATA, ENCODE,
+                "per_tokenizer = _CACHE.setdefault(tokenizer, {})\n    if text not in per_tokenizer:\n        "
+                'per_tokenizer[text] = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])\n    '
+                "return list(per_tokenizer[text])",
+                "test_a_tokenizer_edited_between_calls_gives_its_new_ids", "edited",
+                more_edits=(("IGNORE_INDEX = -100",
+                             "_CACHE = __import__('weakref').WeakKeyDictionary()\nIGNORE_INDEX = -100"),)),
+    WrongAnswer("bos + prompt counted with the tokenizer's own special tokens", KATA, CHECK,
+                "if max_length <= len(tokenizer(format_prompt(instruction, input))['input_ids']):",
+                "test_max_length_that_leaves_no_response_token_raises", "raised nothing"),
+    WrongAnswer("attention mask 0 where the id is the pad id", KATA, MASK,
+                '"attention_mask": [int(i != tokenizer.pad_token_id) for i in input_ids]}',
+                "test_attention_mask_is_all_ones", "the pad id"),
+    WrongAnswer("token ids kept as uint16", KATA, "dtype=torch.long\n        )",
+                'dtype=torch.long\n        ).to(torch.uint16 if key == "input_ids" else torch.long).long()',
+                "test_collate_pads_on_the_right_to_the_longest", "2**16"),
+    WrongAnswer("max_length keyword-only behind functools.wraps", KATA, "def build_example(",
+                "def _validated(fn):\n    @__import__('functools').wraps(fn)\n"
+                "    def wrapper(tokenizer, instruction, input, output, *, max_length=None):\n"
+                "        return fn(tokenizer, instruction, input, output, max_length)\n\n    return wrapper\n\n\n"
+                "@_validated\ndef build_example(",
+                "test_every_parameter_by_position_and_by_keyword", "by position"),
+    WrongAnswer("labels masked through the first [/INST] in the ids", KATA, LABELS,
+                'marker = _encode(tokenizer, " [/INST]")\n    start = next(i + len(marker) + 1 for i in range(len(input_ids)) '
+                "if input_ids[i : i + len(marker)] == marker)\n    labels = [IGNORE_INDEX] * start + input_ids[start:]",
+                "test_labels_mask_bos_and_the_prompt_and_nothing_else", "not found by searching"),
+    WrongAnswer("collate's attention mask cached by the lengths", KATA, "    return {\n        key: torch.tensor(",
+                "    batch = {\n        key: torch.tensor(",
+                "test_collate_pads_on_the_right_to_the_longest", "share memory",
+                more_edits=(("        for key, value in padding.items()\n    }",
+                             "        for key, value in padding.items()\n    }\n"
+                             "    lengths = tuple(len(example['input_ids']) for example in examples)\n"
+                             "    batch['attention_mask'] = _MASKS.setdefault(lengths, batch['attention_mask'])\n"
+                             "    return batch"),
+                            ("IGNORE_INDEX = -100", "_MASKS: dict = {}\nIGNORE_INDEX = -100"))),
+    WrongAnswer("output line ends normalized to \\n", KATA, RESPONSE,
+                "response_ids = [*_encode(tokenizer, output.replace('\\r\\n', '\\n').replace('\\r', '\\n')), "
+                "tokenizer.eos_token_id]",
+                "test_input_ids_are_bos_prompt_response_eos", "as given"),
+    WrongAnswer("a blank input takes the short template", KATA, "if input:", "if input.strip():",
+                "test_format_prompt_follows_the_template", "a blank input"),
 ]  # fmt: skip
