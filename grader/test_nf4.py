@@ -15,13 +15,15 @@ from torch import nn
 from grader import nf4_reference as ref
 from grader.nf4_checks import (
     DTYPES,
+    EPS32,
     call_of,
+    called,
     expect_left_alone,
     expect_same_codes,
     expect_sizes,
+    reachable_bytes,
     result_pair,
     state_of,
-    storage_bytes,
     swap_nibbles,
 )
 from grader.oracles import optional
@@ -51,8 +53,9 @@ BITSANDBYTES = optional("bitsandbytes.functional")  # seconds: never inside a ch
 shapes = st.lists(st.integers(1, 80), min_size=0, max_size=3).map(tuple)  # () too: a 0-d tensor holds one value
 block_sizes = st.sampled_from((32, 64, 128, 256))
 dtypes = st.sampled_from(DTYPES)
-# Down to 1e-8: blocks whose absmax is below float32's eps (a clamp there changes their codes), fp16 subnormals.
-scales = st.sampled_from((1e-8, 1e-6, 1e-3, 0.02, 1.0, 37.0))
+# Down to 1e-30: blocks whose absmax is below float32's eps, below F.normalize's 1e-12 and far below (a divisor
+# clamped anywhere above bitsandbytes' 1e-38 changes their codes), fp16 subnormals and fp16 underflow to zero.
+scales = st.sampled_from((1e-30, 1e-20, 1e-12, 1e-8, 1e-6, 1e-3, 0.02, 1.0, 37.0))
 seeds = st.integers(0, 2**16)
 # What bitsandbytes refuses: below 32, above 4096, and multiples of 32 (or 16) that are not powers of two.
 REFUSED_BLOCK_SIZES = (0, -64, 8, 16, 48, 96, 100, 160, 192, 384, 3072, 4095, 8192)
@@ -93,18 +96,24 @@ def test_code_book_is_the_16_nf4_values_bit_for_bit(nf4_code_book):
     elif off < 1e-3:
         cause = "close but not NF4's: is the offset 0.9677083, with 9 and 8 probabilities from linspace(offset, 0.5)?"
     assert off == 0, f"the code book differs from bitsandbytes' NF4 table by up to {off:.3g}: {cause}"
-    saved = code.clone()
+    first, second = nf4_code_book(), nf4_code_book()  # two results taken before a caller edits either
+    first, second = (expect_instance(t, torch.Tensor, "nf4_code_book()", "a float32 tensor") for t in (first, second))
+    shared = first is second or first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
+    saved = first.clone()
     with torch.no_grad():
-        code.mul_(0.5)  # a caller scaling the result it was handed (to plot it, say)
+        first.mul_(0.5)  # a caller scaling the result it was handed (to plot it, say)
     again = nf4_code_book()
-    intact = isinstance(again, torch.Tensor) and torch.equal(again, ref.CODE_BOOK)
+    intact = (
+        torch.equal(second, ref.CODE_BOOK) and isinstance(again, torch.Tensor) and torch.equal(again, ref.CODE_BOOK)
+    )
     with torch.no_grad():
-        code.copy_(saved)  # a cached table is put back for the checks that follow
-    assert intact, (
-        "after a caller scaled the tensor one nf4_code_book() call returned (code.mul_(0.5)), the next call returned "
-        f"{describe(again)} of other values: each call must return a tensor of its own (a cached table, "
-        "functools.lru_cache, is handed out shared: return a clone), or every later call and quantize_nf4's codes "
-        "change with it"
+        first.copy_(saved)  # a cached table is put back for the checks that follow
+    assert intact and not shared, (
+        "after a caller scaled the tensor one nf4_code_book() call returned (code.mul_(0.5)), "
+        + ("another result taken before it shares its memory" if shared else f"a result changed ({describe(second)})")
+        + ": each call must return a tensor of its own (a cached table, functools.lru_cache, or one table refilled "
+        "on each call, is handed out shared: return a clone), or every result held and quantize_nf4's codes change "
+        "with it"
     )
 
 
@@ -113,22 +122,38 @@ def test_code_book_is_the_16_nf4_values_bit_for_bit(nf4_code_book):
 def test_quantize_returns_packed_uint8_bytes_and_float32_absmax(quantize_nf4, dtype):
     weight = draw_weight((6, 100), dtype, 1.0, 1)  # 600 values: 10 blocks of 64, the last one short; 2 per row
     call = call_of(weight, 64)
-    packed, absmax = result_pair(quantize_nf4(weight, 64), call)
+    packed, absmax = result_pair(called(quantize_nf4, weight, 64, what=call), call)
     expect_sizes(packed, absmax, weight, 64, call)
     assert packed.device == absmax.device == weight.device, (
         f"{call}: results on {packed.device} and {absmax.device}, expected {weight.device}"
     )
 
 
+# What a caller hands quantize_nf4: a Parameter training or frozen, plain tensors of every dtype, a transposed view.
+GIVEN_WEIGHTS = {
+    "an nn.Parameter": lambda: nn.Parameter(draw_weight((4, 48), torch.float32, 1.0, 2)),
+    "a frozen nn.Parameter": lambda: nn.Parameter(draw_weight((4, 48), torch.float32, 1.0, 2), requires_grad=False),
+    **{
+        f"a plain {dtype_name(dtype)} tensor": lambda dtype=dtype: draw_weight((4, 48), dtype, 1.0, 2)
+        for dtype in DTYPES
+    },
+    "a bfloat16 nn.Parameter": lambda: nn.Parameter(draw_weight((4, 48), torch.bfloat16, 1.0, 2)),
+    "a transposed float16 tensor": lambda: draw_weight((48, 4), torch.float16, 1.0, 2).T,
+}
+
+
 @pytest.mark.points(1)
-def test_quantize_leaves_the_weight_alone_and_keeps_no_history(quantize_nf4):
-    parameter = nn.Parameter(draw_weight((4, 48), torch.float32, 1.0, 2))
-    before = state_of(parameter)
-    packed, absmax = result_pair(quantize_nf4(parameter, 64), call_of(parameter, 64))
-    expect_left_alone(parameter, before, "quantize_nf4(an nn.Parameter)")
+@pytest.mark.parametrize("given", GIVEN_WEIGHTS)
+def test_quantize_leaves_the_weight_alone_and_keeps_no_history(quantize_nf4, given):
+    weight = GIVEN_WEIGHTS[given]()
+    before = state_of(weight)
+    packed, absmax = result_pair(quantize_nf4(weight, 64), call_of(weight, 64))
+    expect_left_alone(weight, before, f"quantize_nf4({given})")
     assert absmax.grad_fn is None and not absmax.requires_grad and not packed.requires_grad, (
-        "quantize_nf4(an nn.Parameter) returned an absmax with autograd history: quantize weight.detach()"
+        f"quantize_nf4({given}) returned an absmax with autograd history: quantize weight.detach()"
     )
+    expected_packed, expected_absmax = ref.quantize(before[0], 64)  # from the values given, not those left after
+    expect_same_codes(packed, absmax, expected_packed, expected_absmax, before[0], 64, call_of(weight, 64), "NF4's")
 
 
 @pytest.mark.points(1)
@@ -140,7 +165,9 @@ def test_quantize_and_dequantize_give_results_on_the_input_device(quantize_nf4, 
     foreign = partial(made_under_a_foreign_default_device, reads_constants=True)  # reading a code book is fine
     run = (lambda make: make()) if device == "cuda" else foreign
     call = call_of(weight, 64) + f" on {device}"
+    before = state_of(weight)
     returned = run(lambda: quantize_nf4(weight, 64))
+    expect_left_alone(weight, before, call)
     expected_packed, expected_absmax = ref.quantize(weight.cpu(), 64)
     if returned is not None:
         packed, absmax = result_pair(returned, call)
@@ -162,7 +189,7 @@ def test_quantize_and_dequantize_give_results_on_the_input_device(quantize_nf4, 
 def test_quantize_reads_a_non_contiguous_weight_in_row_major_order(quantize_nf4):
     weight = draw_weight((48, 20), torch.float32, 1.0, 3).T  # (20, 48), not contiguous
     call = "quantize_nf4(a transposed, non-contiguous (20, 48) tensor, block_size=32)"
-    packed, absmax = result_pair(quantize_nf4(weight, 32), call)
+    packed, absmax = result_pair(called(quantize_nf4, weight, 32, what=call), call)
     expected_packed, expected_absmax = ref.quantize(weight.contiguous(), 32)
     expect_same_codes(
         packed,
@@ -185,12 +212,55 @@ def test_quantize_reads_a_non_contiguous_weight_in_row_major_order(quantize_nf4)
 @example(shape=(), block_size=64, dtype=torch.float32, scale=1.0, seed=4)  # 0-d: one value, n = 1
 @example(shape=(5, 13), block_size=32, dtype=torch.float32, scale=1e-8, seed=5)  # absmaxes below float32's eps
 @example(shape=(5, 13), block_size=32, dtype=torch.float16, scale=1e-6, seed=6)  # float16 subnormals
+@example(shape=(5, 13), block_size=32, dtype=torch.float32, scale=1e-12, seed=7)  # around F.normalize's eps
+@example(shape=(5, 13), block_size=32, dtype=torch.float32, scale=1e-20, seed=8)
+@example(shape=(5, 13), block_size=32, dtype=torch.float32, scale=1e-30, seed=9)  # above the 1e-38 clamp only
+@example(shape=(9, 11), block_size=64, dtype=torch.bfloat16, scale=1e-30, seed=10)
 def test_quantize_packs_the_nf4_codes_bit_for_bit(quantize_nf4, shape, block_size, dtype, scale, seed):
     weight = draw_weight(shape, dtype, scale, seed)
     call = call_of(weight, block_size)
-    packed, absmax = result_pair(quantize_nf4(weight, block_size), call)
+    packed, absmax = result_pair(called(quantize_nf4, weight, block_size, what=call), call)
     expected_packed, expected_absmax = ref.quantize(weight, block_size)
     expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, block_size, call, "NF4's")
+
+
+# Distances from each midpoint, in float32 eps relative to it: from twice the freedom float32 rounding leaves there
+# (NEAR_MIDPOINT_EPS) up to 1e-3, both sides; a midpoint typed in with 6 decimals is off by hundreds near 0.04.
+MIDPOINT_LADDER = tuple(sign * 2.0**k for k in range(3, 14) for sign in (-1, 1))
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("block_absmax", [1.0, 0.37, 3.0])
+def test_values_a_few_ulps_from_a_midpoint_take_the_nearest_code(quantize_nf4, block_absmax):
+    """Every midpoint between neighbouring codes, approached from both sides: the cut is at (code[i] + code[i+1]) / 2
+    to float32 rounding, not at midpoints typed in or rounded to some decimals."""
+    midpoints = ref.MIDPOINTS.double()
+    ladder = (midpoints[:, None] * (1 + torch.tensor(MIDPOINT_LADDER).double() * EPS32)).reshape(-1)
+    values = torch.cat([torch.ones(1, dtype=torch.float64), ladder]) * block_absmax  # one block, its absmax planted
+    weight = values.float().reshape(1, -1)
+    block_size = 512
+    call = f"quantize_nf4({weight.numel()} values a few ulps to 1e-3 from each midpoint, block absmax {block_absmax})"
+    packed, absmax = result_pair(called(quantize_nf4, weight, block_size, what=call), call)
+    expected_packed, expected_absmax = ref.quantize(weight, block_size)
+    source = "the nearest code's (cut at (code[i] + code[i+1]) / 2 in float32, not at midpoints typed in or rounded)"
+    expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, block_size, call, source)
+
+
+@pytest.mark.points(1)
+def test_quantizing_a_tensor_again_after_an_in_place_edit_follows_the_edit(quantize_nf4):
+    """The same tensor object quantized, edited in place (w.mul_(2), some signs flipped), quantized again: the codes
+    and absmax are those of its values now (a memo keyed on the object, id(w), hands back the old ones)."""
+    weight = draw_weight((6, 100), torch.float32, 1.0, 11)
+    call = call_of(weight, 64)
+    result_pair(called(quantize_nf4, weight, 64, what=call), call)
+    with torch.no_grad():
+        weight.mul_(2)
+        weight.view(-1)[::3].neg_()
+    call = call_of(weight, 64) + " again, after w.mul_(2) and w.view(-1)[::3].neg_()"
+    packed, absmax = result_pair(called(quantize_nf4, weight, 64, what=call), call)
+    expected_packed, expected_absmax = ref.quantize(weight, 64)
+    source = "those of its values now (a result memoized per tensor object goes stale when the tensor is edited)"
+    expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, call, source)
 
 
 @pytest.mark.points(3)
@@ -202,7 +272,7 @@ def test_quantize_packs_the_nf4_codes_bit_for_bit(quantize_nf4, shape, block_siz
 def test_quantize_equals_bitsandbytes_quantize_4bit(quantize_nf4, shape, block_size, dtype, scale, seed):
     weight = draw_weight(shape, dtype, scale, seed)
     call = call_of(weight, block_size)
-    packed, absmax = result_pair(quantize_nf4(weight, block_size), call)
+    packed, absmax = result_pair(called(quantize_nf4, weight, block_size, what=call), call)
     expected_packed, expected_absmax = ref.bitsandbytes_quantize(weight, block_size)
     expect_same_codes(
         packed, absmax, expected_packed, expected_absmax, weight, block_size, call, "bitsandbytes' quantize_4bit"
@@ -216,10 +286,12 @@ def test_an_all_zero_block_takes_the_code_of_zero(quantize_nf4, dequantize_nf4, 
     weight[64:128] = 0.0  # block 1 of 4
     weight[192:] = 0.0  # the short last block
     call = f"quantize_nf4(200 {dtype} values whose blocks 1 and 3 are all zeros)"
-    packed, absmax = result_pair(quantize_nf4(weight, 64), call)
+    packed, absmax = result_pair(called(quantize_nf4, weight, 64, what=call), call)
     expected_packed, expected_absmax = ref.quantize(weight, 64)
     expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, call, "NF4's")
-    restored = dequantize_nf4(packed, absmax, (200,), torch.float32, 64)
+    restored = called(
+        dequantize_nf4, packed, absmax, (200,), torch.float32, 64, what="dequantize_nf4(packed, absmax, (200,))"
+    )
     assert torch.isfinite(restored).all() and torch.equal(restored[64:128], weight[64:128].float()), (
         "an all-zero block does not dequantize to zeros (NaN from 0 / 0?): clamp the absmax you divide by, "
         "not the one you store"
@@ -275,12 +347,15 @@ TAKEN = "bitsandbytes takes every power of two from 32 to 4096 (32, 64, ..., 102
 def test_every_block_size_bitsandbytes_takes_is_taken(quantize_nf4, dequantize_nf4, block_size):
     weight = draw_weight((3, 2777), torch.float32, 1.0, block_size)  # 8331 values: two blocks of 4096 and a short one
     call = call_of(weight, block_size)
-    packed, absmax = result_pair(expect_taken(lambda: quantize_nf4(weight, block_size), call), call)
+    packed, absmax = result_pair(expect_taken(lambda: called(quantize_nf4, weight, block_size, what=call), call), call)
     expected_packed, expected_absmax = ref.quantize(weight, block_size)
     expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, block_size, call, "NF4's")
     call = f"dequantize_nf4(packed, absmax, (3, 2777), torch.float32, block_size={block_size})"
     restored = expect_taken(
-        lambda: dequantize_nf4(expected_packed, expected_absmax, (3, 2777), torch.float32, block_size), call
+        lambda: called(
+            dequantize_nf4, expected_packed, expected_absmax, (3, 2777), torch.float32, block_size, what=call
+        ),
+        call,
     )
     restored = expect_instance(restored, torch.Tensor, call, "a float32 tensor of shape (3, 2777)")
     expected = ref.dequantize(expected_packed, expected_absmax, (3, 2777), torch.float32, block_size)
@@ -348,7 +423,10 @@ def test_dequantize_gives_code_times_absmax_in_the_dtype_asked(
         f"block_size={block_size})"
     )
     restored = expect_instance(
-        dequantize_nf4(given_packed, absmax, kind(shape), dtype, block_size), torch.Tensor, call, "a tensor"
+        called(dequantize_nf4, given_packed, absmax, kind(shape), dtype, block_size, what=call),
+        torch.Tensor,
+        call,
+        "a tensor",
     )
     assert restored.dtype == dtype, f"{call} returned {restored.dtype}: return the dtype asked for (round once)"
     assert tuple(restored.shape) == tuple(shape), f"{call} returned shape {tuple(restored.shape)}, expected {shape}"
@@ -399,6 +477,9 @@ def test_dequantize_gives_code_times_absmax_in_the_dtype_asked(
             ("an absmax over", 64, 3, (8, 16)),
             ("odd n, the padded byte missing", 7, 1, (3, 5)),  # 15 values need ceil(15 / 2) = 8 bytes
             ("odd n, a byte over", 9, 1, (3, 5)),
+            ("a short last block, its absmax missing", 50, 1, (100,)),  # 100 values: a block of 64 and one of 36
+            ("a short last block, an absmax over", 50, 3, (100,)),
+            ("a short last block, 2-D", 75, 2, (10, 15)),  # 150 values: 3 blocks of 64, the last of 22
         ]
     ],
 )
@@ -407,7 +488,31 @@ def test_dequantize_refuses_sizes_that_do_not_fit_the_shape(dequantize_nf4, case
     expect_value_error(
         lambda: dequantize_nf4(packed, absmax, shape),
         f"dequantize_nf4({packed_bytes} bytes, {absmax_values} absmax values, shape {shape}) ({case}: "
-        f"ceil(n / 2) = {math.ceil(math.prod(shape) / 2)} bytes needed)",
+        f"ceil(n / 2) = {math.ceil(math.prod(shape) / 2)} bytes and ceil(n / 64) = {math.ceil(math.prod(shape) / 64)} "
+        "absmax values needed)",
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("dequantize_nf4")
+@pytest.mark.parametrize("shape", [(0,), (0, 64), (64, 0), (3, 0, 5)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dequantize_takes_a_shape_of_no_values(dequantize_nf4, shape, dtype):
+    """A shape of n = 0 values needs ceil(0 / 2) = 0 bytes and 0 absmax values: legal (the Raises clause refuses
+    sizes that do not fit the shape only), and gives an empty tensor of that shape."""
+    packed, absmax = torch.zeros(0, dtype=torch.uint8), torch.zeros(0)
+    call = f"dequantize_nf4(0 bytes, 0 absmax values, {shape}, {dtype})"
+    try:
+        restored = called(dequantize_nf4, packed, absmax, shape, dtype, 64, what=call)
+    except ValueError as error:
+        pytest.fail(
+            f"{call} raised ValueError ({error}); expected an empty {dtype} tensor of shape {shape}: n = 0 needs "
+            "0 bytes and 0 absmax values, which is what it was given",
+            pytrace=False,
+        )
+    restored = expect_instance(restored, torch.Tensor, call, f"an empty {dtype} tensor of shape {shape}")
+    assert tuple(restored.shape) == shape and restored.dtype == dtype, (
+        f"{call} returned {describe(restored)}, expected an empty {dtype} tensor of shape {shape}"
     )
 
 
@@ -420,9 +525,11 @@ def test_round_trip_error_is_within_half_the_widest_gap(
     quantize_nf4, dequantize_nf4, shape, block_size, dtype, scale, seed
 ):
     weight = draw_weight(shape, dtype, scale, seed)
-    packed, absmax = result_pair(quantize_nf4(weight, block_size), call_of(weight, block_size))
+    packed, absmax = result_pair(
+        called(quantize_nf4, weight, block_size, what=call_of(weight, block_size)), call_of(weight, block_size)
+    )
     restored = expect_instance(
-        dequantize_nf4(packed, absmax, weight.shape, torch.float32, block_size),
+        called(dequantize_nf4, packed, absmax, weight.shape, torch.float32, block_size, what="dequantize_nf4(...)"),
         torch.Tensor,
         "dequantize_nf4(...)",
         "a float32 tensor",
@@ -453,8 +560,10 @@ def test_codes_times_absmax_survive_a_round_trip_exactly(quantize_nf4, dequantiz
     indices[::block_size] = torch.randint(0, 2, (math.ceil(n / block_size),), generator=generator) * 15  # +-1 each
     block_absmax = torch.rand(math.ceil(n / block_size), generator=generator) * 4 + 0.1
     weight = (ref.CODE_BOOK[indices] * block_absmax.repeat_interleave(block_size)[:n]).reshape(8, 125)
-    packed, absmax = result_pair(quantize_nf4(weight, block_size), call_of(weight, block_size))
-    restored = dequantize_nf4(packed, absmax, (8, 125), torch.float32, block_size)
+    packed, absmax = result_pair(
+        called(quantize_nf4, weight, block_size, what=call_of(weight, block_size)), call_of(weight, block_size)
+    )
+    restored = called(dequantize_nf4, packed, absmax, (8, 125), torch.float32, block_size, what="dequantize_nf4(...)")
     off = (restored.double() - weight.double()).abs()
     assert off.max().item() == 0, (
         f"block_size={block_size}: weights that are a code times their block's absmax came back off by up to "
@@ -468,20 +577,20 @@ def absmax_of_a_weight(rows=512, columns=1024, seed=4):
 
 
 def stored_bytes(quantized, call):
-    """The bytes a QuantizedAbsmax keeps alive: each tensor's whole memory (a view keeps all of its storage), each
-    memory once, and 4 bytes a number."""
-    total, memory = 0, {}
-    for name, value in zip(getattr(quantized, "_fields", range(len(quantized))), quantized, strict=True):
-        if isinstance(value, torch.Tensor):
-            key, size = storage_bytes(value)
-            memory[key] = size
-        elif isinstance(value, (int, float)):
-            total += 4
-        else:
-            pytest.fail(
-                f"{call}.{name} is {describe(value)}: a QuantizedAbsmax holds tensors and numbers only", pytrace=False
-            )
-    return total + sum(memory.values())
+    """(the bytes a QuantizedAbsmax keeps alive, what each field's path holds): every tensor memory reachable from its
+    fields counted whole and once (a view keeps all its storage; a sparse tensor its indices and values; a tensor its
+    attributes and .grad), and 4 bytes a number."""
+    memory, parts, seen = {}, {}, set()
+    fields = getattr(quantized, "_fields", [str(i) for i in range(len(quantized))])
+    numbers = sum(
+        reachable_bytes(value, name, memory, parts, seen, call) for name, value in zip(fields, quantized, strict=True)
+    )
+    return numbers + sum(memory.values()), parts
+
+
+def held(parts):
+    """What a QuantizedAbsmax's fields hold, largest first: "codes.source_absmax 4000, codes 1000 bytes"."""
+    return ", ".join(f"{name} {size}" for name, size in sorted(parts.items(), key=lambda item: -item[1])) + " bytes"
 
 
 def expect_one_scale_per_block(quantized, count, size, call, default=False):
@@ -501,6 +610,18 @@ def expect_one_scale_per_block(quantized, count, size, call, default=False):
     )
 
 
+def expect_any_block_size_taken(call, description):
+    """``call()``, after failing the check if double_quantize refuses (a ValueError) a block size >= 1."""
+    try:
+        return call()
+    except ValueError as error:
+        pytest.fail(
+            f"{description} raised ValueError ({error}); expected it taken: double_quantize takes any block size >= 1 "
+            "(bitsandbytes' 4-bit block sizes are quantize_nf4's limit, not this one's)",
+            pytrace=False,
+        )
+
+
 def quantized_absmax(QuantizedAbsmax, returned, call):
     quantized = expect_instance(returned, QuantizedAbsmax, call, "a QuantizedAbsmax (the stub's NamedTuple)")
     codes = expect_instance(quantized.codes, torch.Tensor, call + ".codes", "a tensor of one byte per absmax")
@@ -511,8 +632,37 @@ def quantized_absmax(QuantizedAbsmax, returned, call):
 @pytest.mark.subject("double_quantize")
 @pytest.mark.parametrize(
     ("count", "block_size"),
-    [(1000, None), (512, None), (700, 64), (704, 64), (700, 128), (700, 1024), (5, 256), (1, 32)],
-    ids=["1000-default", "512-default", "700-64", "704-64", "700-128", "700-1024", "5-256", "1-32"],
+    # Any block size >= 1 (the Raises clause names none): powers of two, others, below 32 and above 4096.
+    [
+        (1000, None),
+        (512, None),
+        (700, 64),
+        (704, 64),
+        (700, 128),
+        (700, 1024),
+        (5, 256),
+        (1, 32),
+        (700, 100),
+        (700, 16),
+        (300, 1),
+        (700, 8192),
+        (1000, 3000),
+    ],
+    ids=[
+        "1000-default",
+        "512-default",
+        "700-64",
+        "704-64",
+        "700-128",
+        "700-1024",
+        "5-256",
+        "1-32",
+        "700-100",
+        "700-16",
+        "300-1",
+        "700-8192",
+        "1000-3000",
+    ],
 )
 def test_double_quantize_returns_one_byte_per_absmax(double_quantize, QuantizedAbsmax, count, block_size):
     _, absmax = absmax_of_a_weight(64, count)  # count absmax values: ceil(count / block_size) blocks (a multiple too)
@@ -520,7 +670,8 @@ def test_double_quantize_returns_one_byte_per_absmax(double_quantize, QuantizedA
     size = 256 if block_size is None else block_size
     blocks = math.ceil(count / size)
     call = f"double_quantize({count} absmax values{'' if block_size is None else f', block_size={block_size}'})"
-    returned = double_quantize(absmax) if block_size is None else double_quantize(absmax, block_size)
+    arguments = (absmax,) if block_size is None else (absmax, block_size)
+    returned = expect_any_block_size_taken(lambda: called(double_quantize, *arguments, what=call), call)
     quantized, codes = quantized_absmax(QuantizedAbsmax, returned, call)
     assert codes.dtype in (torch.uint8, torch.int8) and tuple(codes.shape) == (count,), (
         f"{call}.codes is {describe(codes)}, expected shape ({count},): one code of one byte (torch.uint8 or "
@@ -538,16 +689,21 @@ def test_double_quantize_returns_one_byte_per_absmax(double_quantize, QuantizedA
     assert math.isclose(float(offset), mean, rel_tol=1e-6), (
         f"{call}.offset is {float(offset):.9g}, expected the mean of all the absmaxes, {mean:.9g}"
     )
-    total, budget = stored_bytes(quantized, call), count + 4 * blocks + 4 + 4
+    (total, parts), budget = stored_bytes(quantized, call), count + 4 * blocks + 4 + 4
     assert total <= budget, (
-        f"{call} holds {total} bytes, expected at most {budget}: {count} one-byte codes, a float32 scale for each of "
-        f"the {blocks} blocks, the offset and the block size (4 bytes each); a tensor's memory counts whole (a view of "
-        "a padded tensor keeps all of it: .clone() the slice)"
+        f"{call} holds {total} bytes ({held(parts)}), expected at most {budget}: {count} one-byte codes, a float32 "
+        f"scale for each of the {blocks} blocks, the offset and the block size (4 bytes each); a tensor's memory "
+        "counts whole (a view of a padded tensor keeps all of it: .clone() the slice; a sparse one its int64 indices; "
+        "a tensor what is hung on it)"
     )
     expect_left_alone(absmax, before, call)
     tracked = absmax.clone().requires_grad_()
     before = state_of(tracked)
-    quantized, _ = quantized_absmax(QuantizedAbsmax, double_quantize(tracked, size), call)
+    quantized, _ = quantized_absmax(
+        QuantizedAbsmax,
+        expect_any_block_size_taken(lambda: called(double_quantize, tracked, size, what=call), call),
+        call,
+    )
     expect_left_alone(tracked, before, f"double_quantize(absmax requiring grad, block_size={size})")
     history = [
         name for name, value in zip(quantized._fields, quantized, strict=True) if getattr(value, "grad_fn", None)
@@ -559,14 +715,23 @@ def test_double_quantize_returns_one_byte_per_absmax(double_quantize, QuantizedA
 
 @pytest.mark.points(3)
 @pytest.mark.subject("double_quantize")
-@pytest.mark.parametrize(("blocks", "block_size"), [(8192, 256), (1000, 256), (700, 128)])
+@pytest.mark.parametrize(("blocks", "block_size"), [(8192, 256), (1000, 256), (700, 128), (1000, 100), (700, 8192)])
 def test_double_quantized_absmax_comes_back_within_1_percent(
     double_quantize, dequantize_absmax, QuantizedAbsmax, blocks, block_size
 ):
     _, absmax = absmax_of_a_weight(blocks, 64, seed=blocks)
     call = f"double_quantize({blocks} absmax values, block_size={block_size})"
-    quantized, _ = quantized_absmax(QuantizedAbsmax, double_quantize(absmax, block_size), call)
-    restored = expect_instance(dequantize_absmax(quantized), torch.Tensor, "dequantize_absmax(...)", "float32 (n,)")
+    quantized, _ = quantized_absmax(
+        QuantizedAbsmax,
+        expect_any_block_size_taken(lambda: called(double_quantize, absmax, block_size, what=call), call),
+        call,
+    )
+    restored = expect_instance(
+        called(dequantize_absmax, quantized, what="dequantize_absmax(...)"),
+        torch.Tensor,
+        "dequantize_absmax(...)",
+        "float32 (n,)",
+    )
     assert restored.dtype == torch.float32 and tuple(restored.shape) == (blocks,), (
         f"dequantize_absmax(...) returned {describe(restored)}, expected float32 of shape ({blocks},)"
     )
@@ -591,16 +756,17 @@ def test_double_quantized_absmax_comes_back_within_1_percent(
 @pytest.mark.subject("double_quantize")
 def test_a_512_x_1024_weight_takes_at_most_0_52_bytes_per_parameter(quantize_nf4, double_quantize, QuantizedAbsmax):
     weight, _ = absmax_of_a_weight()
-    packed, absmax = result_pair(quantize_nf4(weight, 64), call_of(weight, 64))
+    packed, absmax = result_pair(called(quantize_nf4, weight, 64, what=call_of(weight, 64)), call_of(weight, 64))
     expect_sizes(packed, absmax, weight, 64, call_of(weight, 64))
     call = "double_quantize(absmax of a 512 x 1024 weight)"
-    quantized, _ = quantized_absmax(QuantizedAbsmax, double_quantize(absmax), call)
+    quantized, _ = quantized_absmax(QuantizedAbsmax, called(double_quantize, absmax, what=call), call)
     expect_one_scale_per_block(quantized, absmax.numel(), 256, call, default=True)
-    total = packed.numel() + stored_bytes(quantized, call)
+    stored, parts = stored_bytes(quantized, call)
+    total = packed.numel() + stored
     per_parameter = total / weight.numel()
     assert per_parameter <= 0.52, (
         f"the 512 x 1024 weight takes {per_parameter:.4f} bytes per parameter with double quantization (packed "
-        f"{packed.numel()} + QuantizedAbsmax {total - packed.numel()} bytes), expected at most 0.52 (QLoRA: 4.127 "
+        f"{packed.numel()} + QuantizedAbsmax {stored} bytes: {held(parts)}), expected at most 0.52 (QLoRA: 4.127 "
         "bits): one byte per absmax and a float32 per block of 256"
     )
 
@@ -610,13 +776,13 @@ def test_a_512_x_1024_weight_takes_at_most_0_52_bytes_per_parameter(quantize_nf4
 def test_the_defaults_are_blocks_of_64_and_float32(quantize_nf4, dequantize_nf4, dtype):
     weight = draw_weight((10, 100), dtype, 1.0, 5)  # 1000 values: 16 blocks of 64, 8 of 128, 4 of 256
     call = f"quantize_nf4(a {dtype} tensor of shape (10, 100)) (no block_size)"
-    packed, absmax = result_pair(quantize_nf4(weight), call)
+    packed, absmax = result_pair(called(quantize_nf4, weight, what=call), call)
     expected_packed, expected_absmax = ref.quantize(weight, 64)
     expect_sizes(packed, absmax, weight, 64, call + ": the default block_size is 64")
     expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, call, "those of blocks of 64")
     call = "dequantize_nf4(packed, absmax, (10, 100)) (no dtype, no block_size)"
     try:
-        restored = dequantize_nf4(expected_packed, expected_absmax, (10, 100))
+        restored = called(dequantize_nf4, expected_packed, expected_absmax, (10, 100), what=call)
     except ValueError as error:
         pytest.fail(f"{call} raised ValueError ({error}): the defaults are float32 and block_size=64", pytrace=False)
     restored = expect_instance(restored, torch.Tensor, call, "a float32 tensor of shape (10, 100)")

@@ -39,9 +39,12 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> tuple[torch.Tens
           the last block holds the remaining n % block_size elements when n is not a multiple.
         - ``absmax``: float32, shape (ceil(n / block_size),), each block's max |x|. An all-zero block's
           absmax is 0.0 (a tiny clamp, at most float32's eps, is also accepted) and its codes are those of 0.0.
-        - Codes: each element is scaled by 1 / its block's absmax (in float32) and replaced by the index
-          (0..15) of the nearest value of ``nf4_code_book()``, i.e. rounded at the midpoints between
-          neighbouring values (a scaled value within float32 rounding of a midpoint may take either code).
+        - Codes: each element is scaled by 1 / its block's absmax (in float32; an absmax below 1e-38, a float32
+          subnormal, is clamped to 1e-38 for this division, as bitsandbytes does, and stored unclamped; no
+          larger clamp: blocks with an absmax of 1e-30 are graded) and replaced by the index (0..15) of the
+          nearest value of ``nf4_code_book()``, i.e. rounded at the midpoints (code[i] + code[i + 1]) / 2
+          between neighbouring values (a scaled value within float32 rounding of a midpoint, a few ulps, may
+          take either code).
         - ``packed``: torch.uint8, shape (ceil(n / 2),) (bitsandbytes' (ceil(n / 2), 1) is accepted too),
           two codes a byte: element 2i in the high nibble, element 2i + 1 in the low nibble. For odd n the
           last low nibble is the code of 0.0 (7), as bitsandbytes pads.
@@ -69,7 +72,8 @@ def dequantize_nf4(
     Spec:
         - ``packed``: uint8 codes as ``quantize_nf4`` packs them (any shape holding ceil(n / 2) bytes), where
           n = prod(shape); ``absmax``: float32, ceil(n / block_size) values, one per block.
-        - ``shape``: a tuple, list or torch.Size; the result has exactly this shape and dtype ``dtype``.
+        - ``shape``: a tuple, list or torch.Size; the result has exactly this shape and dtype ``dtype`` (a shape
+          of no values, n = 0, takes 0 bytes and 0 absmax values and gives an empty tensor).
         - Each element is ``nf4_code_book()[code] * absmax[its block]``, computed in float32 and rounded once
           to ``dtype`` (float32, float16 or bfloat16). On ``packed``'s device.
 
@@ -99,7 +103,8 @@ def double_quantize(absmax: torch.Tensor, block_size: int = 256) -> QuantizedAbs
     """Code each absmax in 8 bits (QLoRA's double quantization, 4.127 instead of 4.5 bits per weight).
 
     Spec:
-        - ``absmax``: float32, shape (n,) for any n >= 1 (what ``quantize_nf4`` returns).
+        - ``absmax``: float32, shape (n,) for any n >= 1 (what ``quantize_nf4`` returns); ``block_size``: any
+          int >= 1 (not only bitsandbytes' 4-bit block sizes).
         - Subtract the mean of all n absmaxes, cut the centred values into blocks of ``block_size``
           consecutive ones (the last possibly shorter), and code each value in one byte relative to a
           float32 scale of its block. The 8-bit code is yours: linear (int8 times scale / 127) or

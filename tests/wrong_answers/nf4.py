@@ -188,4 +188,50 @@ WRONG_ANSWERS = [
                 "@functools.lru_cache(maxsize=None)\ndef nf4_code_book() -> torch.Tensor:",
                 "test_code_book_is_the_16_nf4_values_bit_for_bit", "a tensor of its own",
                 more_edits=(("import math\n", "import functools\nimport math\n"),)),
+    # Round 7 of the red team (team d).
+    WrongAnswer("quantize writes the dequantized values back into a weight without grad", KATA, PACK,
+                "if not weight.requires_grad:\n        with torch.no_grad():\n"
+                "            weight.copy_(dequantize_nf4((nibbles[0::2] << 4) | nibbles[1::2], absmax, weight.shape, weight.dtype, block_size))\n"
+                "    " + PACK,
+                "test_quantize_leaves_the_weight_alone_and_keeps_no_history", "changed the values of the tensor it was given"),
+    WrongAnswer("dequantize refuses a shape of no values", KATA, "    n = math.prod(shape)\n",
+                "    n = math.prod(shape)\n    if n == 0:\n        raise ValueError('nothing to dequantize: the shape holds no values')\n",
+                "test_dequantize_takes_a_shape_of_no_values", "expected an empty"),
+    WrongAnswer("the absmax clamped to F.normalize's 1e-12 before dividing", KATA, SCALED,
+                SCALED.replace("absmax.clamp(min=1e-38)", "absmax.clamp(min=1e-12)"),
+                "test_quantize_packs_the_nf4_codes_bit_for_bit", "codes differ from NF4's"),
+    WrongAnswer("dequantize takes floor(n / block_size) absmax values", KATA, "absmax.numel() != math.ceil(n / block_size)",
+                "not n // block_size <= absmax.numel() <= math.ceil(n / block_size)",
+                "test_dequantize_refuses_sizes_that_do_not_fit_the_shape", "expected a ValueError"),
+    WrongAnswer("a float32 copy of the absmaxes hung on the codes", KATA,
+                "    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)",
+                "    kept = codes.reshape(-1)[: flat.numel()].clone()\n    kept.source_absmax = flat.clone()\n"
+                "    return QuantizedAbsmax(kept, scales, offset, block_size)",
+                "test_double_quantize_returns_one_byte_per_absmax", "codes.source_absmax"),
+    WrongAnswer("double-quantized codes stored sparse", KATA,
+                "    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)",
+                "    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].to_sparse(), scales, offset, block_size)",
+                "test_double_quantize_returns_one_byte_per_absmax", "codes._indices()",
+                more_edits=(("    codes, scales, offset, block_size = quantized\n",
+                             "    codes, scales, offset, block_size = quantized\n    codes = codes.to_dense() if codes.is_sparse else codes\n"),)),
+    WrongAnswer("double_quantize refuses block sizes bitsandbytes refuses", KATA,
+                'raise ValueError(f"double_quantize needs a block size >= 1, got {block_size!r}")',
+                'raise ValueError(f"double_quantize needs a block size >= 1, got {block_size!r}")\n    _check_block_size(block_size)',
+                "test_double_quantize_returns_one_byte_per_absmax", "double_quantize takes any block size >= 1"),
+    WrongAnswer("the code book one table refilled on each call", KATA, "def nf4_code_book() -> torch.Tensor:",
+                "def _code_book() -> torch.Tensor:",
+                "test_code_book_is_the_16_nf4_values_bit_for_bit", "shares its memory",
+                more_edits=((DIVIDE, DIVIDE + "\n\n\n_PRISTINE = _code_book()\n_TABLE = _PRISTINE.clone()\n\n\n"
+                             "def nf4_code_book() -> torch.Tensor:\n    with torch.no_grad():\n        _TABLE.copy_(_PRISTINE)\n"
+                             "    return _TABLE"),)),
+    WrongAnswer("midpoints rounded to 6 decimals", KATA, NEAREST,
+                "indices = torch.bucketize(scaled, ((code[:-1] + code[1:]) / 2).double().mul(1e6).round().div(1e6).float())",
+                "test_values_a_few_ulps_from_a_midpoint_take_the_nearest_code", "not at midpoints typed in"),
+    WrongAnswer("quantize memoized per tensor object", KATA, FLAT,
+                "if (id(weight), block_size) in _MEMO:\n        return tuple(t.clone() for t in _MEMO[id(weight), block_size])\n    " + FLAT,
+                "test_quantizing_a_tensor_again_after_an_in_place_edit_follows_the_edit", "goes stale",
+                more_edits=((PACK, "_MEMO[id(weight), block_size] = result = ((nibbles[0::2] << 4) | nibbles[1::2], absmax)\n"
+                                   "    weakref.finalize(weight, _MEMO.pop, (id(weight), block_size), None)\n"
+                                   "    return tuple(t.clone() for t in result)"),
+                            ("import torch\n", "import weakref\n\nimport torch\n\n_MEMO = {}\n"))),
 ]  # fmt: skip
