@@ -60,7 +60,8 @@ WRONG_ANSWERS = [
                 "test_the_model_is_called_with_the_attention_mask", "without its attention mask"),
     # clipping
     WrongAnswer("clipped per micro-batch", KATA, BACKWARD,
-                BACKWARD + "\n        if max_grad_norm is not None:\n            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)",
+                BACKWARD + "\n        if max_grad_norm is not None:\n            nn.utils.clip_grad_norm_("
+                '[p for group in optimizer.param_groups for p in group["params"]], max_grad_norm)',  # the optimizer's: one mistake
                 "test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters", "clipped on their own"),
     WrongAnswer("clipped by value", KATA, CLIP, "nn.utils.clip_grad_value_(parameters, max_grad_norm)",
                 "test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters", "clipped by value"),
