@@ -23,6 +23,7 @@ from grader.probes import describe, expect_value_error
 from grader.signatures import expect_the_stubs_signatures
 from grader.training import (
     IGNORE,
+    VOCAB,
     SpyOptimizer,
     SpyScheduler,
     TinyLM,
@@ -220,10 +221,15 @@ def test_loss_without_targets_is_zero_summed_and_refused_as_a_mean(causal_lm_los
     expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     # seq 1: one position, which predicts nothing (a valid input, not an error); seq 4: every target -100
     for batch, seq in ((2, 4), (3, 1), (1, 1)):
-        logits = torch.randn(batch, seq, 5, dtype=torch.float64).to(dtype).requires_grad_()
+        logits = torch.randn(batch, seq, 5, dtype=torch.float64)
+        logits[..., 0] = -math.inf  # a vocabulary mask: no position is a target, so no logit counts, -inf neither
+        logits = logits.to(dtype).requires_grad_()
         labels = torch.full((batch, seq), IGNORE)
         labels[:, 0] = 3  # the first label is never a target
-        call = f"causal_lm_loss({dtype} logits {tuple(logits.shape)} with no target after the shift, 'sum')"
+        call = (
+            f"causal_lm_loss({dtype} logits {tuple(logits.shape)} with no target after the shift, -inf at a masked "
+            "vocabulary entry, 'sum')"
+        )
         try:
             total = causal_lm_loss(logits, labels, reduction="sum")
         except ValueError as error:
@@ -232,7 +238,12 @@ def test_loss_without_targets_is_zero_summed_and_refused_as_a_mean(causal_lm_los
                 + (" (seq 1 is valid: its one position predicts nothing)" if seq == 1 else "")
             ) from None
         total = loss_value(total, call)
-        assert total.item() == 0, f"{call} = {total.item():.4g}, expected 0"
+        assert total.item() == 0, f"{call} = {total.item():.4g}, expected 0" + (
+            ": a sum over no target is 0 whatever the logits; never weight the logits by 0 (-inf times 0 is NaN), "
+            "keep the cross-entropy's sum (ignore_index) over no target"
+            if not math.isfinite(total.item())
+            else ""
+        )
         assert total.dtype == expected_dtype, f"{call} is {total.dtype}, expected {expected_dtype}, as with targets"
         assert total.requires_grad, (
             f"{call} does not require grad: a micro-batch without targets still takes its backward; "
@@ -257,22 +268,26 @@ def test_loss_rejects_bad_arguments(causal_lm_loss):
             f"causal_lm_loss(reduction={reduction!r}) (only 'sum' and 'mean', exactly)",
         )
     expect_value_error(lambda: causal_lm_loss(logits, labels, "avg"), "causal_lm_loss(logits, labels, 'avg')")
-    expect_value_error(lambda: causal_lm_loss(logits[0], labels[0]), "causal_lm_loss(2-D logits, 1-D labels)")
     square = torch.randint(0, 5, (4, 5))  # labels of logits.shape[:2] for 2-D logits: still not (batch, seq, vocab)
-    expect_value_error(lambda: causal_lm_loss(logits[0], square), "causal_lm_loss(2-D logits (4, 5), labels (4, 5))")
-    expect_value_error(lambda: causal_lm_loss(logits[..., None], labels), "causal_lm_loss(4-D logits (2, 4, 5, 1))")
-    expect_value_error(lambda: causal_lm_loss(logits, labels[:, :3]), "causal_lm_loss(labels shorter than logits)")
-    expect_value_error(lambda: causal_lm_loss(logits, labels[..., None]), "causal_lm_loss(3-D labels (2, 4, 1))")
     # as many targets after the shift as logits[:, :-1] has positions (6), in another shape: shape (batch, seq) only
     # and labels of the same seq but another batch, which a gather or a product would broadcast
     sizes, seq = "their shifted sizes match", "their seq matches: a gather would broadcast them"
+    cases = {
+        "2-D logits, 1-D labels": (logits[0], labels[0]),
+        "2-D logits (4, 5), labels (4, 5)": (logits[0], square),
+        "4-D logits (2, 4, 5, 1)": (logits[..., None], labels),
+        "labels shorter than logits": (logits, labels[:, :3]),
+        "3-D labels (2, 4, 1)": (logits, labels[..., None]),
+    }
     for shape, when in (((3, 3), sizes), ((1, 7), sizes), ((6, 2), sizes), ((1, 4), seq), ((3, 4), seq)):
-        other = torch.randint(0, 5, shape)
-        expect_value_error(
-            lambda other=other: causal_lm_loss(logits, other),
-            f"causal_lm_loss(logits (2, 4, 5), labels {shape}) (labels must be (batch, seq) = (2, 4), even when "
-            f"{when})",
-        )
+        case = f"logits (2, 4, 5), labels {shape} (labels must be (batch, seq) = (2, 4), even when {when})"
+        cases[case] = (logits, torch.randint(0, 5, shape))
+    for reduction in ("sum", "mean"):  # every path of the loss checks the shapes, the mean's too
+        for case, (bad_logits, bad_labels) in cases.items():
+            expect_value_error(
+                lambda x=bad_logits, y=bad_labels, reduction=reduction: causal_lm_loss(x, y, reduction=reduction),
+                f"causal_lm_loss({case}, reduction={reduction!r})",
+            )
 
 
 # make_optimizer
@@ -329,6 +344,12 @@ def test_optimizer_holds_exactly_the_trainable_parameters_in_one_group(make_opti
     wanted = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
     missing = [name for key, name in wanted.items() if key not in ids]
     assert not missing, f"the optimizer lacks the trainable parameters {missing}: give it every one"
+    own = {id(p) for p in model.parameters()}
+    others = [tuple(p.shape) for p in held(optimizer) if id(p) not in own]
+    assert not others, (
+        f"the optimizer also holds parameters that are not the model's (of shapes {others}): hold the model's "
+        "trainable parameters, each once, and no other"
+    )
 
 
 @pytest.mark.points(2)
@@ -467,8 +488,9 @@ def test_schedule_refuses_impossible_steps(cosine_with_warmup):
 # train_step
 
 
-# Every clipping check runs on both of train_step's paths: without a GradScaler and with one (at a power-of-two
-# scale, which changes no float64 gradient once unscaled).
+# Every check of what train_step does with a good window (the gradients, their clipping, the step order, the lrs,
+# the forward and backward passes, the returned loss) runs on both of its paths: without a GradScaler and with one
+# (at a power-of-two scale, which changes no float64 gradient once unscaled).
 SCALER_PATHS = [pytest.param(False, id="no-scaler"), pytest.param(True, id="gradscaler")]
 
 
@@ -478,45 +500,49 @@ def on_the_path(with_scaler: bool) -> tuple[torch.amp.GradScaler | None, str]:
 
 
 @pytest.mark.points(4)
+@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
 @pytest.mark.parametrize("returns", ["object", "tensor"])
-def test_gradients_weight_every_token_of_the_window_equally(train_step, returns):
+def test_gradients_weight_every_token_of_the_window_equally(train_step, returns, with_scaler):
     r, window = rig(returns), unequal_window()
+    grad_scaler, path = on_the_path(with_scaler)
     expected, mistakes = expected_and_mistakes(r.model, window, None)
     mistakes["the gradients were clipped though max_grad_norm is None (no clipping)"] = clipped(expected, 1.0)
-    train_step(r.model, window if returns == "object" else tuple(window), r.optimizer, r.scheduler, None)
-    expect_handed(r.optimizer, expected, mistakes, EXACT, "micro-batches of 3, 12 and 6 targets, no clipping")
+    window = window if returns == "object" else tuple(window)
+    train_step(r.model, window, r.optimizer, r.scheduler, None, grad_scaler)
+    expect_handed(r, expected, mistakes, EXACT, f"micro-batches of 3, 12 and 6 targets, no clipping{path}")
 
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("with_scaler", SCALER_PATHS)
 def test_max_grad_norm_defaults_to_one(train_step, with_scaler):
-    r, window = rig(), unequal_window()
+    r, window = rig(outside=True), unequal_window()  # outside: the optimizer holds a parameter the model does not
     grad_scaler, path = on_the_path(with_scaler)
     expected, mistakes = expected_and_mistakes(r.model, window, 1.0)
     unclipped, _ = expected_and_mistakes(r.model, window, None)
     assert total_norm(unclipped) > 2, "grader bug: the window's gradient norm must exceed the default max_grad_norm"
     mistakes["train_step(model, window, optimizer, scheduler) did not clip: max_grad_norm defaults to 1.0"] = unclipped
     train_step(r.model, window, r.optimizer, r.scheduler, scaler=grad_scaler)
-    expect_handed(r.optimizer, expected, mistakes, EXACT, f"max_grad_norm left at its default{path}", clip_to=1.0)
+    expect_handed(r, expected, mistakes, EXACT, f"max_grad_norm left at its default{path}", clip_to=1.0)
 
 
 @pytest.mark.points(2)
 @pytest.mark.parametrize("with_scaler", SCALER_PATHS)
 def test_clipping_changes_nothing_below_max_grad_norm(train_step, with_scaler):
-    r, window = rig(), unequal_window()
+    r, window = rig(outside=True), unequal_window()
     grad_scaler, path = on_the_path(with_scaler)
     expected, mistakes = expected_and_mistakes(r.model, window, None)
     norm = total_norm(expected)
     mistakes["the gradients were clipped though their norm is below max_grad_norm"] = clipped(expected, norm / 2)
     train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=4 * norm, scaler=grad_scaler)
     above = f"max_grad_norm {4 * norm:.3g} above the norm {norm:.3g}{path}"
-    expect_handed(r.optimizer, expected, mistakes, EXACT, above)
+    expect_handed(r, expected, mistakes, EXACT, above)
 
 
 @pytest.mark.points(4)
 @pytest.mark.parametrize("with_scaler", SCALER_PATHS)
 def test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters(train_step, with_scaler):
-    r, window = rig(idle=True), unequal_window()  # idle: the optimizer holds a parameter whose gradient stays None
+    # idle: the optimizer holds a parameter whose gradient stays None; outside: one the model does not register
+    r, window = rig(idle=True, outside=True), unequal_window()
     grad_scaler, path = on_the_path(with_scaler)
     unclipped, _ = expected_and_mistakes(r.model, window, None)
     max_norm = 0.3 * total_norm(unclipped)
@@ -535,11 +561,12 @@ def test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters(train_s
             pytrace=False,
         )
     expect_handed(
-        r.optimizer,
+        r,
         expected,
         mistakes,
         EXACT,
-        f"max_grad_norm {max_norm:.3g}, 0.3 x the norm, an optimizer parameter without a gradient{path}",
+        f"max_grad_norm {max_norm:.3g}, 0.3 x the norm, optimizer parameters without a gradient and outside the model"
+        f"{path}",
         clip_to=max_norm,
     )
 
@@ -569,7 +596,7 @@ def test_clipping_takes_one_norm_over_every_group_of_the_optimizer(train_step, w
     ]
     train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm, scaler=grad_scaler)
     expect_handed(
-        r.optimizer,
+        r,
         expected,
         mistakes,
         EXACT,
@@ -590,45 +617,46 @@ def test_clipping_takes_the_groups_the_optimizer_holds_at_each_call(train_step, 
     train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0, scaler=grad_scaler)
     bias.requires_grad_(True)
     r.optimizer.add_param_group({"params": [bias]})  # a group added between windows, as a run may do
-    r.optimizer.handed.clear()
+    r.optimizer.forget()
     unclipped, _ = expected_and_mistakes(r.model, window, None)
     max_norm = 0.3 * total_norm(unclipped)
     expected, mistakes = expected_and_mistakes(r.model, window, max_norm)
     mistakes["the parameters to clip were those of an earlier call: take them from optimizer.param_groups at each "
              "call (a group may have been added)"] = [*clipped(unclipped[:2], max_norm), unclipped[2]]  # fmt: skip
     train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm, scaler=grad_scaler)
-    expect_handed(
-        r.optimizer, expected, mistakes, EXACT, f"a parameter group added between two windows{path}", clip_to=max_norm
-    )
+    expect_handed(r, expected, mistakes, EXACT, f"a parameter group added between two windows{path}", clip_to=max_norm)
 
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("with_scaler", SCALER_PATHS)
 def test_max_grad_norm_zero_clips_every_gradient_to_zero(train_step, with_scaler):
-    r, window = rig(), unequal_window()
+    r, window = rig(outside=True), unequal_window()
     grad_scaler, path = on_the_path(with_scaler)
     unclipped, _ = expected_and_mistakes(r.model, window, None)
     mistakes = {"max_grad_norm=0.0 was taken as no clipping: only None turns clipping off, 0.0 clips to 0": unclipped}
     train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=0.0, scaler=grad_scaler)
     zero = f"max_grad_norm 0.0 (clip to a norm of 0){path}"
-    expect_handed(r.optimizer, clipped(unclipped, 0.0), mistakes, EXACT, zero)
+    expect_handed(r, clipped(unclipped, 0.0), mistakes, EXACT, zero)
 
 
 @pytest.mark.points(3)
-def test_one_optimizer_step_then_one_scheduler_step_and_the_gradients_zeroed(train_step):
+@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
+def test_one_optimizer_step_then_one_scheduler_step_and_the_gradients_zeroed(train_step, with_scaler):
     r, first = rig(outside=True), []  # the optimizer also holds a parameter that is not the model's
+    grad_scaler, path = on_the_path(with_scaler)
     windows = [unequal_window(), [micro_batch([6, 3], [3, 2], seed=4), micro_batch([8], [8], raw=True, seed=5)]]
     for number, window in enumerate(windows, start=1):
         del r.events[:]
-        r.optimizer.handed.clear()
+        r.optimizer.forget()
         expected, mistakes = expected_and_mistakes(r.model, window, None)
         if number == 2:
             leftover = [g + e for g, e in zip(expected, first, strict=True)]
             mistakes["the first window's gradients were still there: zero them after optimizer.step()"] = leftover
-        train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None)
+        train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None, scaler=grad_scaler)
         steps = [event for event in r.events if event.endswith(".step")]
         assert steps == ["optimizer.step", "scheduler.step"], (
-            f"window {number} of {len(window)} micro-batches: the steps went {steps}, expected one optimizer.step() "
+            f"window {number} of {len(window)} micro-batches{path}: the steps went {steps}, expected one "
+            "optimizer.step() "
             "then one scheduler.step(): "
             + (
                 "the scheduler was stepped before the optimizer"
@@ -636,35 +664,38 @@ def test_one_optimizer_step_then_one_scheduler_step_and_the_gradients_zeroed(tra
                 else "step both once per window, after the last backward"
             )
         )
-        expect_handed(r.optimizer, expected, mistakes, EXACT, f"window {number}")
+        expect_handed(r, expected, mistakes, EXACT, f"window {number}{path}")
         left = holding_gradients(r.model, r.optimizer)
         missed = left and all("outside the model" in name for name in left)
         outside = " (model.zero_grad() misses what the optimizer holds outside the model)" if missed else ""
         assert not left, (
-            f"after train_step {left} still hold gradients: zero them after the step (optimizer.zero_grad()){outside}"
+            f"after train_step{path} {left} still hold gradients: zero them after the step (optimizer.zero_grad())"
+            f"{outside}"
         )
         first = expected
 
 
 @pytest.mark.points(3)
-def test_learning_rates_of_a_whole_schedule(train_step):
+@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
+def test_learning_rates_of_a_whole_schedule(train_step, with_scaler):
     warmup, total, lr = 2, 6, 0.05
     r = rig(lr=lr)
+    grad_scaler, path = on_the_path(with_scaler)
     inner = torch.optim.lr_scheduler.LambdaLR(r.optimizer, lambda step: factor(step, warmup, total))
     r.scheduler = SpyScheduler(r.events, inner)
     window = [micro_batch([4, 3], [2, 2], seed=6), micro_batch([5], [3], seed=7)]
     for _ in range(total):
-        train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0)
+        train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0, scaler=grad_scaler)
     expected = [lr * factor(step, warmup, total) for step in range(total)]
     measured = r.optimizer.lrs
     assert r.scheduler.steps == total, (
-        f"{total} windows stepped the scheduler {r.scheduler.steps} times, expected {total}: "
+        f"{total} windows{path} stepped the scheduler {r.scheduler.steps} times, expected {total}: "
         + ("once per micro-batch, not once per window" if r.scheduler.steps == 2 * total else "step it once per window")
     )
     ahead = [lr * factor(step + 1, warmup, total) for step in range(total)]
     assert all(math.isclose(m, e, rel_tol=1e-9, abs_tol=1e-15) for m, e in zip(measured, expected, strict=True)), (
         f"the optimizer stepped with the lrs {[round(m, 6) for m in measured]}, expected "
-        f"{[round(e, 6) for e in expected]} (warmup 2, total 6): "
+        f"{[round(e, 6) for e in expected]} (warmup 2, total 6{path}): "
         + (
             "one step ahead: the scheduler was stepped before optimizer.step()"
             if all(math.isclose(m, a, abs_tol=1e-15) for m, a in zip(measured, ahead, strict=True))
@@ -680,12 +711,14 @@ def window_loss(model: TinyLM, window: list[dict[str, torch.Tensor]]) -> float:
 
 
 @pytest.mark.points(2)
-def test_returns_the_windows_mean_token_loss(train_step):
+@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
+def test_returns_the_windows_mean_token_loss(train_step, with_scaler):
     r, window = rig(), unequal_window()
+    grad_scaler, path = on_the_path(with_scaler)
     expected = window_loss(r.model, window)
-    returned = train_step(r.model, window, r.optimizer, r.scheduler)
+    returned = train_step(r.model, window, r.optimizer, r.scheduler, scaler=grad_scaler)
     assert isinstance(returned, float), (
-        f"train_step returned {describe(returned)}, expected a Python float: return loss.item(), no graph kept"
+        f"train_step{path} returned {describe(returned)}, expected a Python float: return loss.item(), no graph kept"
     )
     if math.isclose(returned, expected, rel_tol=1e-9):
         return
@@ -700,7 +733,7 @@ def test_returns_the_windows_mean_token_loss(train_step):
     }
     cause = next((c for c, v in causes.items() if math.isclose(returned, v, rel_tol=1e-9)), "")
     raise AssertionError(
-        f"train_step returned {returned:.6g}, expected the window's mean token loss {expected:.6g}"
+        f"train_step{path} returned {returned:.6g}, expected the window's mean token loss {expected:.6g}"
         + (f": it returned {cause}" if cause else ": every token loss of the window over its label tokens")
     )
 
@@ -729,7 +762,7 @@ def test_a_gradscaler_is_unscaled_before_clipping(train_step, dtype):
     grad_scaler = scaler(scale)
     train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm, scaler=grad_scaler)
     expect_handed(
-        r.optimizer,
+        r,
         expected,
         mistakes,
         EXACT if dtype == torch.float64 else FLOAT32,
@@ -769,14 +802,19 @@ def test_a_step_the_scaler_skips_steps_no_scheduler(train_step):
 
 
 @pytest.mark.points(1)
-def test_without_a_scaler_every_window_steps(train_step):
-    r = rig()
-    r.model.grad_factor = math.inf
-    train_step(r.model, unequal_window(), r.optimizer, r.scheduler, max_grad_norm=1.0)
+@pytest.mark.parametrize("poison", ["inf gradients", "an inf loss", "a NaN loss"])
+def test_without_a_scaler_every_window_steps(train_step, poison):
+    r, window = rig(), unequal_window()
+    if poison == "inf gradients":  # a finite loss
+        r.model.grad_factor = math.inf
+    else:  # every logit of a token the window targets is -inf (a vocabulary mask), or NaN
+        token = int(window[0]["labels"][0, -1])
+        r.model.fill_token = (token, -math.inf if poison == "an inf loss" else math.nan)
+    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0)
     steps = [event for event in r.events if event.endswith(".step")]
     assert steps == ["optimizer.step", "scheduler.step"], (
-        f"without a GradScaler, a window of inf gradients stepped {steps}, expected one optimizer.step() then one "
-        "scheduler.step(): only a scaler skips steps; without one, step whatever the gradients"
+        f"without a GradScaler, a window of {poison} stepped {steps}, expected one optimizer.step() then one "
+        "scheduler.step(): only a scaler skips steps; without one, step whatever the loss and the gradients"
     )
 
 
@@ -807,7 +845,7 @@ def autocast_reference(model: TinyLM, window, dtype: torch.dtype, scale: float) 
         copied = copy.deepcopy(model)
         with torch.autocast("cpu", dtype=dtype):
             loss = token_loss_sum(copied, batch) * (scale / total)
-        per_batch.append([g / scale for g in torch.autograd.grad(loss, copied.trainable())])
+        per_batch.append([g / scale for g in torch.autograd.grad(loss, copied.reached())])
     return combine(per_batch, [1.0] * len(window))
 
 
@@ -834,7 +872,7 @@ def test_steps_under_autocast(train_step, dtype):
             f"{grad_scaler.get_scale():g}): the scaled gradients overflowed float16; backward "
             "scaler.scale(summed loss / N), not the summed loss with the gradients divided after"
         )
-    expect_handed(r.optimizer, expected, {}, tolerance, f"a float32 model under {dtype} autocast")
+    expect_handed(r, expected, {}, tolerance, f"a float32 model under {dtype} autocast")
     assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-4), (
         f"under {dtype} autocast train_step returned {returned!r}, expected {loss:.6g}: compute the loss in float32"
     )
@@ -867,7 +905,7 @@ def test_steps_a_half_precision_model_without_autocast(train_step, dtype, max_gr
         }
         what += f", max_grad_norm {max_grad_norm} after a spike (gradients up to {total_norm(spiked):.3g} in norm)"
     returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_grad_norm)
-    expect_handed(r.optimizer, expected, mistakes, 2 * torch.finfo(dtype).eps, what)
+    expect_handed(r, expected, mistakes, 2 * torch.finfo(dtype).eps, what)
     assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-5), (
         f"a {dtype} model without autocast: train_step returned {returned!r}, expected {loss:.8g} (its {dtype} "
         f"logits upcast to float32 before the loss): compute the loss in float32, as causal_lm_loss does"
@@ -892,11 +930,13 @@ def test_a_window_without_targets_is_refused_before_any_forward(train_step):
 
 
 @pytest.mark.points(1)
-def test_the_model_is_called_with_the_attention_mask(train_step):
+@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
+def test_the_model_is_called_with_the_attention_mask(train_step, with_scaler):
     r, window = rig(), [micro_batch([6, 2], [3, 1], seed=10), micro_batch([3, 5, 4], [2, 2, 2], seed=11)]
-    train_step(r.model, window, r.optimizer, r.scheduler)
+    grad_scaler, path = on_the_path(with_scaler)
+    train_step(r.model, window, r.optimizer, r.scheduler, scaler=grad_scaler)
     assert r.model.forwards == len(window), (
-        f"the model was called {r.model.forwards} times for {len(window)} micro-batches, expected once each"
+        f"the model was called {r.model.forwards} times for {len(window)} micro-batches{path}, expected once each"
         + (
             ": model.forward(...) skips the model's hooks (peft's, accelerate's): call model(...)"
             * (not r.model.forwards)
@@ -904,20 +944,22 @@ def test_the_model_is_called_with_the_attention_mask(train_step):
     )
     for number, (seen, batch) in enumerate(zip(r.model.masks, window, strict=True), start=1):
         assert seen is not None, (
-            f"micro-batch {number}: the model was called without its attention mask: "
+            f"micro-batch {number}{path}: the model was called without its attention mask: "
             "model(input_ids=..., attention_mask=...)"
         )
         assert torch.equal(seen, batch["attention_mask"]), (
-            f"micro-batch {number}: the model got another attention mask than the micro-batch's: pass it as it is"
+            f"micro-batch {number}{path}: the model got another attention mask than the micro-batch's: pass it as it is"
         )
 
 
 @pytest.mark.points(1)
-def test_one_backward_per_micro_batch(train_step):
+@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
+def test_one_backward_per_micro_batch(train_step, with_scaler):
     r, window = rig(), unequal_window()
-    train_step(r.model, window, r.optimizer, r.scheduler)
+    grad_scaler, path = on_the_path(with_scaler)
+    train_step(r.model, window, r.optimizer, r.scheduler, scaler=grad_scaler)
     assert r.model.backwards == len(window), (
-        f"{len(window)} micro-batches took {r.model.backwards} backward passes, expected one each"
+        f"{len(window)} micro-batches took {r.model.backwards} backward passes{path}, expected one each"
         + (
             ": the losses were summed and backpropagated once (the whole window's graph kept)"
             if r.model.backwards == 1
@@ -927,16 +969,21 @@ def test_one_backward_per_micro_batch(train_step):
 
 
 @pytest.mark.points(2)
-def test_a_micro_batch_without_targets_still_belongs_to_the_window(train_step):
+@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
+def test_a_micro_batch_without_targets_still_belongs_to_the_window(train_step, with_scaler):
     r = rig()
+    grad_scaler, path = on_the_path(with_scaler)
     empty = micro_batch([5, 3], [0, 0], seed=12)  # no label at all but one at position 0, never a target
     empty["labels"][0, 0] = empty["input_ids"][0, 0]
     window = [empty, micro_batch([6, 4], [2, 1], seed=13), micro_batch([3], [0], seed=14)]
+    labelled = {int(t) for batch in window for t in batch["labels"].flatten()}
+    masked = min(set(range(VOCAB)) - labelled)  # a token no label holds: its logits never count
+    r.model.fill_token = (masked, -math.inf)  # a vocabulary mask: -inf where no micro-batch has a target
     expected, mistakes = expected_and_mistakes(r.model, window, None)
     loss = window_loss(r.model, window)
-    what = "a window of micro-batches with 0, 3 and 0 targets"
+    what = f"a window of micro-batches with 0, 3 and 0 targets, logits -inf at a masked vocabulary entry{path}"
     try:
-        returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None)
+        returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None, scaler=grad_scaler)
     except ValueError as error:
         raise AssertionError(
             f"{what} raised ValueError ({error}): only a window with no target at all is refused; a micro-batch "
@@ -946,7 +993,15 @@ def test_a_micro_batch_without_targets_still_belongs_to_the_window(train_step):
         f"{what}: {r.model.forwards} forward and {r.model.backwards} backward passes, expected {len(window)} of "
         "each: one forward and one backward per micro-batch, those without targets too"
     )
-    expect_handed(r.optimizer, expected, mistakes, EXACT, what)
+    handed = r.optimizer.handed[0] if r.optimizer.handed else []
+    poisoned = isinstance(returned, float) and not math.isfinite(returned)
+    assert not poisoned and all(g is None or bool(g.isfinite().all()) for g in handed), (
+        f"{what}: train_step returned {returned!r} and handed optimizer.step() "
+        f"{'non-finite' if handed else 'no'} gradients, expected the finite mean {loss:.6g}: a micro-batch without "
+        "targets adds exactly 0 whatever its logits; never weight the logits by 0 (-inf times 0 is NaN), keep the "
+        "cross-entropy's sum (ignore_index) over no target"
+    )
+    expect_handed(r, expected, mistakes, EXACT, what)
     assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-9), (
         f"{what}: train_step returned {returned!r}, expected the window's mean token loss {loss:.6g}"
     )

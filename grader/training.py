@@ -68,6 +68,9 @@ class TinyLM(nn.Module):
         self.backward_passes: list[int] = []  # the autograd graph task of every backward through the logits
         self.masks: list[torch.Tensor | None] = []  # the attention_mask of every call
         self.grad_factor = 1.0  # every backward through the logits multiplies their gradient by it (inf: poisoned)
+        # (token, value): every position's logit of that token is value, as a vocabulary mask leaves it (-inf); a
+        # token that is never a target leaves the loss and the gradients as they are, one that is makes them inf/NaN
+        self.fill_token: tuple[int, float] | None = None
         self.register_forward_pre_hook(self._count_call, with_kwargs=True)
 
     def _count_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -95,6 +98,9 @@ class TinyLM(nn.Module):
         logits = self.head(z) if self.stray is None else self.head(z) + self.stray
         for bias in self.outside:
             logits = logits + bias
+        if self.fill_token is not None:
+            token, value = self.fill_token
+            logits = logits.index_fill(-1, torch.tensor([token]), value)
         if logits.requires_grad:
             logits.register_hook(self._count_backward)
         if self.grad_factor != 1 and logits.requires_grad:
@@ -118,6 +124,14 @@ class TinyLM(nn.Module):
         """The parameters the rig's optimizer holds first (not ``stray``; ``idle`` and ``outside`` come after)."""
         return [self.lora_A, self.lora_B, self.head.bias]
 
+    def reached(self) -> list[nn.Parameter]:
+        """What the reference step differentiates: the trainable parameters the forward reaches, and the
+        ``outside`` one (not ``stray``, which the optimizer does not hold, nor ``idle``, which no forward reaches)."""
+        return [*self.trainable(), *self.outside]
+
+    def reached_names(self) -> list[str]:
+        return [*PARAMETER_NAMES, *(OUTSIDE_NAME for _ in self.outside)]
+
 
 def holding_gradients(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> list[str]:
     """The parameters of ``model``, and those ``optimizer`` holds outside it, whose gradient is neither None nor all
@@ -131,6 +145,7 @@ def holding_gradients(model: nn.Module, optimizer: torch.optim.Optimizer | None 
 
 
 PARAMETER_NAMES = ("lora_A", "lora_B", "head.bias")
+OUTSIDE_NAME = "the logit bias the optimizer holds outside the model"
 
 
 def micro_batch(lengths: list[int], labelled: list[int], raw: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -176,14 +191,21 @@ class SpyOptimizer(torch.optim.SGD):
         super().__init__(parameters, lr=lr)  # a list of parameters, or of parameter groups
         self.events = Events() if events is None else events
         self.handed: list[list[torch.Tensor | None]] = []
+        self.stepped: list[list[torch.Tensor]] = []  # the parameters it held at each step, in handed's order
         self.lrs: list[float] = []
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         self.events.append("optimizer.step")
         parameters = [p for group in self.param_groups for p in group["params"]]
         self.handed.append([None if p.grad is None else p.grad.detach().clone() for p in parameters])
+        self.stepped.append(parameters)
         self.lrs.append(self.param_groups[0]["lr"])
         return super().step(closure)
+
+    def forget(self) -> None:
+        """Forget the steps taken so far (the gradients handed and the parameters held then)."""
+        self.handed.clear()
+        self.stepped.clear()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.events.append("zero_grad")
@@ -254,10 +276,10 @@ def token_loss_sum(model: TinyLM, batch: dict[str, torch.Tensor], shifted: bool 
 
 
 def batch_grads(model: TinyLM, batch: dict[str, torch.Tensor], shifted: bool = True) -> list[torch.Tensor]:
-    """d(summed token loss)/d(trainable parameters) of one micro-batch, on a copy of the model."""
+    """d(summed token loss)/d(the parameters it reaches) of one micro-batch, on a copy of the model."""
     model = copy.deepcopy(model)
     model.grad_factor = 1.0
-    return list(torch.autograd.grad(token_loss_sum(model, batch, shifted), model.trainable()))
+    return list(torch.autograd.grad(token_loss_sum(model, batch, shifted), model.reached()))
 
 
 def clipped(grads: list[torch.Tensor], max_norm: float | None) -> list[torch.Tensor]:
@@ -316,6 +338,12 @@ def expected_and_mistakes(
     ] = clipped(
         combine([batch_grads(model, batch) for batch in unpadded], [1 / sum(map(targets, unpadded))] * k), max_norm
     )
+    if max_norm is not None and model.outside:
+        whole = combine(per_batch, [1 / total] * k)
+        mistakes[
+            "the norm left out the parameter the optimizer holds outside the model (clipped over model.parameters()?): "
+            "clip every parameter of the optimizer's param_groups under one norm"
+        ] = [*clipped(whole[: len(PARAMETER_NAMES)], max_norm), *whole[len(PARAMETER_NAMES) :]]
     if max_norm is not None:
         mistakes["each micro-batch's gradients were clipped on their own: clip once, after the last backward"] = (
             _clipped_per_batch(per_batch, total, max_norm)
@@ -352,23 +380,37 @@ def clipped_alike(handed: list[torch.Tensor], expected: list[torch.Tensor], max_
 
 
 def expect_handed(
-    optimizer: SpyOptimizer,
+    r: Rig,
     expected: list[torch.Tensor],
     mistakes: dict[str, list[torch.Tensor]],
     tolerance: float,
     what: str,
     clip_to: float | None = None,
 ) -> None:
-    """Fail the check unless the optimizer's single step was handed ``expected``; name the mistake that
-    explains what it was handed when one does. ``clip_to``: ``expected`` was clipped to that norm, and any
-    clipping formula that lands there is right."""
+    """Fail the check unless the optimizer's single step was handed ``expected`` (the gradients of
+    ``r.model.reached()``) and no gradient for ``idle``; name the mistake that explains what it was handed when one
+    does. ``clip_to``: ``expected`` was clipped to that norm, and any clipping formula that lands there is right."""
+    optimizer, model = r.optimizer, r.model
     steps = len(optimizer.handed)
     assert steps == 1, f"optimizer.step() was called {steps} times in one train_step, expected once: " + (
         "step once per window, after every micro-batch's backward" if steps else "call optimizer.step()"
     )
-    handed = optimizer.handed[0][: len(PARAMETER_NAMES)]  # the model's three; a rig's extra parameters follow them
-    missing = [name for name, grad in zip(PARAMETER_NAMES, handed, strict=True) if grad is None]
-    assert not missing, f"optimizer.step() was handed no gradient for {missing}: was backward() called?"
+    by_id = {id(p): grad for p, grad in zip(optimizer.stepped[0], optimizer.handed[0], strict=True)}
+    reached, names = model.reached(), model.reached_names()
+    assert all(id(p) in by_id for p in reached), "grader bug: the optimizer does not hold every parameter compared"
+    handed = [by_id[id(p)] for p in reached]  # every gradient the optimizer was handed, in expected's order
+    missing = [name for name, grad in zip(names, handed, strict=True) if grad is None]
+    assert not missing, f"{what}: optimizer.step() was handed no gradient for {missing}: " + (
+        "the backward reached only the model's parameters (backward(inputs=...) or autograd.grad over "
+        "model.parameters()?): every parameter the optimizer holds that the loss depends on gets its gradient"
+        if missing == [OUTSIDE_NAME]
+        else "was backward() called?"
+    )
+    idle = by_id.get(id(model.idle)) if model.idle is not None else None
+    assert idle is None or not bool((idle != 0).any()), (
+        f"{what}: optimizer.step() was handed a nonzero gradient for a parameter that no forward reaches (an "
+        "inactive adapter's): its gradient stays None"
+    )
     error = relative_difference(handed, expected)
     if error <= tolerance or (clip_to and clipped_alike(handed, expected, clip_to, tolerance)):
         return

@@ -60,7 +60,8 @@ WRONG_ANSWERS = [
                 "test_the_model_is_called_with_the_attention_mask", "without its attention mask"),
     # clipping
     WrongAnswer("clipped per micro-batch", KATA, BACKWARD,
-                BACKWARD + "\n        if max_grad_norm is not None:\n            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)",
+                BACKWARD + "\n        if max_grad_norm is not None:\n            nn.utils.clip_grad_norm_("
+                '[p for group in optimizer.param_groups for p in group["params"]], max_grad_norm)',  # the optimizer's: one mistake
                 "test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters", "clipped on their own"),
     WrongAnswer("clipped by value", KATA, CLIP, "nn.utils.clip_grad_value_(parameters, max_grad_norm)",
                 "test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters", "clipped by value"),
@@ -276,4 +277,40 @@ WRONG_ANSWERS = [
     WrongAnswer("the model's gradients zeroed, not the optimizer's", KATA, ZERO, "    model.zero_grad(set_to_none=True)\n",
                 "test_one_optimizer_step_then_one_scheduler_step_and_the_gradients_zeroed",
                 "model.zero_grad() misses"),
+    # round 7 (red7/w-c): the structural checks under a GradScaler too, the optimizer's parameter outside the model,
+    # a make_optimizer that holds another, -inf logits without targets, the mean's shape errors, a non-finite loss
+    WrongAnswer("the scheduler stepped before scaler.step(optimizer)", KATA, "        scaler.step(optimizer)  #",
+                '        if not sum(v.item() for v in scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"].values()):\n'
+                "            scheduler.step()\n        scaler.step(optimizer)  #",
+                "test_learning_rates_of_a_whole_schedule", "under a GradScaler",
+                more_edits=((SKIP, "stepped = False"),)),
+    WrongAnswer("one backward for the whole window under a GradScaler", KATA, BACKWARD,
+                "if scaler is None:\n            loss.backward()\n        else:\n"
+                "            window = loss if window is None else window + loss",
+                "test_one_backward_per_micro_batch", "backpropagated once",
+                more_edits=(("    total = 0.0\n", "    total = 0.0\n    window = None\n"),
+                            ("    parameters = [parameter for group",
+                             "    if scaler is not None:\n        scaler.scale(window).backward()\n    parameters = [parameter for group"))),
+    WrongAnswer("clipped over the optimizer's parameters found through the model", KATA, HELD,
+                'held = {id(p) for group in optimizer.param_groups for p in group["params"]}\n'
+                "    parameters = [p for p in model.parameters() if id(p) in held]",
+                "test_gradients_are_clipped_once_to_max_grad_norm_over_all_parameters", "outside the model"),
+    WrongAnswer("backward into the model's parameters only", KATA, BACKWARD,
+                "(loss if scaler is None else scaler.scale(loss)).backward(inputs=[p for p in model.parameters() if p.requires_grad])",
+                "test_one_optimizer_step_then_one_scheduler_step_and_the_gradients_zeroed", "outside the model"),
+    WrongAnswer("make_optimizer holds a parameter of no model", KATA, ADAMW,
+                ADAMW.replace("AdamW(trainable,", "AdamW(trainable + [nn.Parameter(torch.zeros(1))],"),
+                "test_optimizer_holds_exactly_the_trainable_parameters_in_one_group", "not the model's"),
+    WrongAnswer("no target: the logits times 0", KATA, SUM_RETURN,
+                SUM_RETURN.replace("return total", "return total if (targets != IGNORE_INDEX).any() else predictions.sum() * 0"),
+                "test_loss_without_targets_is_zero_summed_and_refused_as_a_mean", "-inf times 0"),
+    WrongAnswer("no target: the logits times 0, in a window", KATA, SUM_RETURN,
+                SUM_RETURN.replace("return total", "return total if (targets != IGNORE_INDEX).any() else predictions.sum() * 0"),
+                "test_a_micro_batch_without_targets_still_belongs_to_the_window", "-inf times 0"),
+    WrongAnswer("the mean's shapes not checked", KATA, SHAPES,
+                'if reduction == "sum" and (logits.dim() != 3 or labels.shape != logits.shape[:2]):',
+                "test_loss_rejects_bad_arguments", "reduction='mean'"),
+    WrongAnswer("a non-finite loss skipped without a scaler", KATA, OPTIMIZER_STEP,
+                "    if scaler is None:\n        stepped = math.isfinite(total)\n        if stepped:\n            optimizer.step()\n",
+                "test_without_a_scaler_every_window_steps", "only a scaler skips steps"),
 ]  # fmt: skip
