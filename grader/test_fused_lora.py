@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -653,23 +654,39 @@ def test_the_layer_runs_through_the_function(FusedLoRALinear, FusedLoRAFunction)
     )
 
 
+def recorded_calls(FusedLoRAFunction, monkeypatch) -> list[tuple]:
+    """The arguments (x, weight, bias, lora_A, lora_B, scaling) of each call of the Function from now on, recorded
+    at its forward: torch looks forward up on the class at every apply, however apply was reached (through
+    FusedLoRAFunction.apply, or an alias bound at import, flash-attn's `f = FlashAttnFunc.apply`)."""
+    calls, original = [], FusedLoRAFunction.forward
+    takes_ctx = FusedLoRAFunction.setup_context is torch.autograd.Function.setup_context  # not the new-style split
+
+    @functools.wraps(original)  # the signature torch binds a new-style forward's defaults by
+    def recording(*args, **kwargs):
+        calls.append(args[1:] if takes_ctx else args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(FusedLoRAFunction, "forward", staticmethod(recording))
+    return calls
+
+
 @pytest.mark.points(1)
 @pytest.mark.subject("FusedLoRALinear")
-@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no-grad"])
+@pytest.mark.parametrize("grad", GRAD_MODES)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_the_layer_passes_scaling_as_a_python_float(FusedLoRALinear, FusedLoRAFunction, monkeypatch, grad, train):
     _, layer = make_layer(FusedLoRALinear)
-    calls, original = [], FusedLoRAFunction.apply
-    recording = staticmethod(lambda *args, **kwargs: calls.append((args, kwargs)) or original(*args, **kwargs))
-    monkeypatch.setattr(FusedLoRAFunction, "apply", recording)
-    with torch.set_grad_enabled(grad):
-        output(layer.train(train), torch.randn(5, IN, dtype=torch.float64, requires_grad=grad))
+    x = torch.randn(5, IN, dtype=torch.float64, requires_grad=grad == "grad on")
+    calls = recorded_calls(FusedLoRAFunction, monkeypatch)
+    with GRAD_MODES[grad]():
+        output(layer.train(train), x)
     assert calls, (
-        f"the layer never called FusedLoRAFunction.apply in {'train' if train else 'eval'} mode with grad {grad}: "
-        "forward calls it in every mode, under torch.no_grad() too (no plain-ops shortcut)"
+        f"the layer never ran FusedLoRAFunction ({'train' if train else 'eval'} mode, {grad}): forward calls "
+        "FusedLoRAFunction.apply in every mode, under torch.no_grad() and torch.inference_mode() too (no plain-ops "
+        "shortcut)"
     )
-    args, kwargs = calls[-1]
-    scaling = args[5] if len(args) > 5 else kwargs.get("scaling")
+    arguments = calls[-1]
+    scaling = arguments[5] if len(arguments) > 5 else None
     assert isinstance(scaling, float) and scaling == SCALING, (
         f"FusedLoRALinear passed scaling={describe(scaling)} to FusedLoRAFunction.apply, expected the Python float "
         f"alpha / r = {SCALING!r}: pass self.scaling, not a tensor or buffer (the Function's spec takes a float)"

@@ -167,7 +167,7 @@ WRONG_ANSWERS = [
     WrongAnswer("the layer bypasses the Function under no_grad", KATA, APPLY,
                 "if not torch.is_grad_enabled():\n            "
                 "return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T\n        " + APPLY,
-                "test_the_layer_passes_scaling_as_a_python_float", "under torch.no_grad() too"),
+                "test_the_layer_passes_scaling_as_a_python_float", "grad off)"),
     # The stub's signature: a caller passes its parameters by name or by position (one check for them all).
     WrongAnswer('r and alpha keyword-only', KATA, 'def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0) -> None:',
                 'def __init__(self, base: nn.Linear, *, r: int = 8, alpha: float = 16.0) -> None:',
