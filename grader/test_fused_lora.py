@@ -308,23 +308,31 @@ def test_takes_non_contiguous_inputs_and_gradients(FusedLoRAFunction, gradient):
 
 
 @pytest.mark.points(1)
-def test_leaves_its_inputs_untouched(FusedLoRAFunction):
-    inputs = requiring_grad(function_inputs(), FROZEN_BASE)
-    upstream = torch.randn(6, OUT, dtype=torch.float64)
-    before = {name: (value.detach().clone(), value._version) for name, value in {**inputs, "g": upstream}.items()}
-    backward(apply(FusedLoRAFunction, inputs), upstream)
-    changed = [  # a write undone after (B scaled in place, then unscaled) still moves the version counter
-        name
-        for name, value in inputs.items()
-        if not torch.equal(value.detach(), before[name][0]) or value._version != before[name][1]
-    ]
-    assert not changed, (
-        f"forward or backward changed {changed} in place (even a write undone after moves the tensor's version "
-        "counter, which autograd checks for every other use of it): compute into new tensors"
-    )
-    assert torch.equal(upstream, before["g"][0]) and upstream._version == before["g"][1], (
-        "backward changed the incoming gradient in place: it belongs to autograd"
-    )
+@pytest.mark.parametrize("grad", GRAD_MODES)  # no grad at all: a frozen model serving, as merge-in-place tempts
+def test_leaves_its_inputs_untouched(FusedLoRAFunction, grad):
+    for dtype, trained in itertools.product(FLOAT_DTYPES, (FROZEN_BASE, ())):
+        inputs = requiring_grad(function_inputs(dtype=dtype), trained)
+        upstream = torch.randn(6, OUT, dtype=dtype)
+        before = {name: (value.detach().clone(), value._version) for name, value in {**inputs, "g": upstream}.items()}
+        with GRAD_MODES[grad]():
+            y = apply(FusedLoRAFunction, inputs)
+        if y.grad_fn is not None:
+            backward(y, upstream)
+        changed = [  # a write undone after (B scaled in place, then unscaled) still moves the version counter
+            name
+            for name, value in inputs.items()
+            if value is not None
+            and (not torch.equal(value.detach(), before[name][0]) or value._version != before[name][1])
+        ]
+        regime = f"{grad}, {dtype_name(dtype)}, {', '.join(trained) or 'nothing'} requiring grad"
+        assert not changed, (
+            f"forward or backward changed {changed} in place ({regime}): even a write undone after (the update merged "
+            "into the weight and out again) moves the tensor's version counter, which autograd checks for every "
+            "other use of it, and rounds the weight off in low precision; compute into new tensors"
+        )
+        assert torch.equal(upstream, before["g"][0]) and upstream._version == before["g"][1], (
+            f"backward changed the incoming gradient in place ({regime}): it belongs to autograd"
+        )
 
 
 # Who trains, with the base frozen (weight and bias), every non-empty choice of x, A and B; a trained bias with
