@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -343,22 +344,35 @@ TRAINABLE_CHOICES = [
 ]  # fmt: skip
 EVERY_CHOICE = [choice for n in range(1, len(INPUTS) + 1) for choice in itertools.combinations(INPUTS, n)]
 # (rows, in, out, r); in every size the rows differ from in, out and r (fewer rows than r in few-rows), so that a
-# product shaped like a factor's gradient is one, and the check of unasked gradients runs at each size.
-COST_SIZES = {"many-rows": (64, 48, 40, 2), "few-rows": (2, 48, 40, 3)}
-# How x and the incoming gradient g are laid out: (x's batch shape for N rows, x contiguous, g from its shape).
-LAYOUTS: dict[str, tuple[Callable[[int], tuple[int, ...]], bool, Callable[[tuple[int, ...]], torch.Tensor]]] = {
-    "x 2-D, g dense": (lambda rows: (rows,), True, lambda shape: torch.randn(shape, dtype=torch.float64)),
+# product shaped like a factor's gradient is one, and the check of unasked gradients runs at each size. One token
+# (x 1-D, one row) is wide, so that an (out, in) outer product there outgrows the element-wise room.
+COST_SIZES = {"many-rows": (64, 48, 40, 2), "few-rows": (2, 48, 40, 3), "one-token": (1, 96, 80, 2)}
+Layout = tuple[Callable[[int], tuple[int, ...]], bool, Callable[[tuple[int, ...], torch.dtype], torch.Tensor]]
+# How x and the incoming gradient g are laid out: (x's batch shape for N rows, x contiguous, g from its shape and
+# dtype).
+LAYOUTS: dict[str, Layout] = {
+    "x 2-D, g dense": (lambda rows: (rows,), True, lambda shape, dtype: torch.randn(shape, dtype=dtype)),
     "x 3-D non-contiguous, g of stride 0 as y.sum() sends": (
         lambda rows: (2, rows // 2),
         False,
-        lambda shape: torch.ones((), dtype=torch.float64).expand(shape),
+        lambda shape, dtype: torch.ones((), dtype=dtype).expand(shape),
     ),
     "x 3-D, g permuted": (
         lambda rows: (2, rows // 2),
         True,
-        lambda shape: torch.randn(shape[::-1], dtype=torch.float64).permute(*reversed(range(len(shape)))),
+        lambda shape, dtype: torch.randn(shape[::-1], dtype=dtype).permute(*reversed(range(len(shape)))),
     ),
 }
+# The layouts a step's cost and its Nones are checked in: those above, and x of no batch dimension (one token).
+STEP_LAYOUTS: dict[str, Layout] = {
+    **LAYOUTS,
+    "x 1-D, g dense": (lambda rows: (), True, lambda shape, dtype: torch.randn(shape, dtype=dtype)),
+}
+
+
+def layouts_for(rows: int) -> list[str]:
+    """The layouts of STEP_LAYOUTS that lay out ``rows`` rows (x 1-D one, x 3-D an even number)."""
+    return [layout for layout, (batch_shape, _, _) in STEP_LAYOUTS.items() if math.prod(batch_shape(rows)) == rows]
 
 
 @pytest.mark.points(1)
@@ -435,16 +449,18 @@ def counted_step(
     r: int,
     trained: tuple[str, ...],
     layout: str = "x 2-D, g dense",
+    dtype: torch.dtype = torch.float64,
+    counting: bool = True,
 ):
     """One forward and one backward (``backward(ctx, g)`` called as autograd calls it) of x and g laid out as
-    ``layout`` says, under ArithmeticWork: the counter, what backward returned (a tuple) and the
-    ``needs_input_grad`` it saw."""
-    batch_shape, contiguous, gradient = LAYOUTS[layout]
+    ``layout`` (of STEP_LAYOUTS) says, in ``dtype``, under ArithmeticWork: the counter, what backward returned (a
+    tuple) and the ``needs_input_grad`` it saw (no counter, None, unless ``counting``: the count costs time)."""
+    batch_shape, contiguous, gradient = STEP_LAYOUTS[layout]
     shape = batch_shape(rows)
-    inputs = function_inputs(in_features, out_features, r, shape, contiguous=contiguous)
+    inputs = function_inputs(in_features, out_features, r, shape, dtype=dtype, contiguous=contiguous)
     inputs = requiring_grad(inputs, trained)
-    upstream = gradient((*shape, out_features))
-    with ArithmeticWork() as counter:
+    upstream = gradient((*shape, out_features), dtype)
+    with ArithmeticWork() if counting else contextlib.nullcontext() as counter:
         y = apply(FusedLoRAFunction, inputs)
         node = y.grad_fn
         assert node is not None and hasattr(node, "needs_input_grad"), (
@@ -457,9 +473,11 @@ def counted_step(
 
 @pytest.mark.points(2)
 def test_backward_returns_None_where_no_gradient_is_needed(FusedLoRAFunction):
-    for trained in EVERY_CHOICE:
-        _, gradients, needs = counted_step(FusedLoRAFunction, 6, IN, OUT, R, trained)
-        asked = f"with only {', '.join(trained)} requiring grad"
+    # Every dtype (a low-precision path of its own is no licence), every layout of x, one token (x 1-D) included.
+    regimes = [(rows, layout) for rows in (1, 6) for layout in layouts_for(rows)]
+    for dtype, (rows, layout), trained in itertools.product(FLOAT_DTYPES, regimes, EVERY_CHOICE):
+        _, gradients, needs = counted_step(FusedLoRAFunction, rows, IN, OUT, R, trained, layout, dtype, counting=False)
+        asked = f"with only {', '.join(trained)} requiring grad ({dtype_name(dtype)}, {layout})"
         assert len(gradients) == 6, f"backward returned {len(gradients)} values {asked}, expected 6, one per input"
         named = list(zip((*INPUTS, "scaling"), needs, gradients, strict=True))
         unasked = [name for name, needed, gradient in named if not needed and gradient is not None]
@@ -577,11 +595,13 @@ def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
     frozen_layer = 4 * rows * in_features * out_features  # x W^T forward, g W backward
     assert rows not in (in_features, out_features, r), f"grader bug: {size} has as many rows as a factor's side"
     factor_shapes = {"weight": (out_features, in_features), "lora_A": (r, in_features), "lora_B": (out_features, r)}
-    for trained, layout in itertools.product(TRAINABLE_CHOICES, LAYOUTS):
-        counter, _, _ = counted_step(FusedLoRAFunction, rows, in_features, out_features, r, trained, layout)
+    for trained, layout, dtype in itertools.product(TRAINABLE_CHOICES, layouts_for(rows), FLOAT_DTYPES):
+        counter, _, _ = counted_step(FusedLoRAFunction, rows, in_features, out_features, r, trained, layout, dtype)
+        regime = f"{layout}, {dtype_name(dtype)}"
+        size_in_words = f"{rows} row{'s' * (rows != 1)}, in={in_features}, out={out_features}, r={r}"
         unseen = sorted(counter.uncounted | counter.exits)
         assert not unseen, (
-            f"a forward + backward with only {', '.join(trained)} requiring grad, {layout}, ran {', '.join(unseen)}: "
+            f"a forward + backward with only {', '.join(trained)} requiring grad, {regime}, ran {', '.join(unseen)}: "
             "work the grader cannot count (an op with no flop formula here, or values handed to numpy or Python); "
             "compute with torch's dense ops (mm, addmm, matmul, einsum, element-wise ops)"
         )
@@ -591,16 +611,16 @@ def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
             if name not in trained and any(made[-2:] in (shape, shape[::-1]) for made in counter.product_shapes)
         ]
         assert not unasked, (
-            f"a forward + backward with only {', '.join(trained)} requiring grad, {layout} ({rows} rows, "
-            f"in={in_features}, out={out_features}, r={r}), computed a product shaped like the gradient of "
+            f"a forward + backward with only {', '.join(trained)} requiring grad, {regime} ({size_in_words}), "
+            "computed a product shaped like the gradient of "
             f"{', '.join(unasked)}: a gradient that ctx.needs_input_grad does not ask for (compute each gradient only "
             "in its own branch)" + (", or a full (out, in) product like B A" if "weight" in unasked else "")
         )
         needed = needed_work(rows, in_features, out_features, r, trained)
         for what, measured, allowed in work_budgets(rows, in_features, out_features, r, trained, layout, counter):
             assert measured <= allowed, (
-                f"a forward + backward with only {', '.join(trained)} requiring grad, {layout} ({rows} rows, "
-                f"in={in_features}, out={out_features}, r={r}) did {measured / 1e3:.4g} kFLOP of {what}, expected at "
+                f"a forward + backward with only {', '.join(trained)} requiring grad, {regime} ({size_in_words}) "
+                f"did {measured / 1e3:.4g} kFLOP of {what}, expected at "
                 f"most {allowed / 1e3:.4g} (the products it needs: {needed / 1e3:.4g}; the frozen layer alone does "
                 f"{frozen_layer / 1e3:.4g}): is a gradient computed that ctx.needs_input_grad does not ask for, or a "
                 "full (out, in) product like g^T x or B A?"
@@ -614,15 +634,18 @@ def work_budgets(
     reductions of a counted step. The products are budgeted to what the trained inputs need plus two rank-r
     products (the spec's O(N r (in + out)) lets x A^T be recomputed in backward, g B computed always);
     element-wise work and reductions get room of their own."""
-    batches = math.prod(LAYOUTS[layout][0](rows)[:-1])  # x's leading batch entries: 1 when x is 2-D
+    batches = math.prod(STEP_LAYOUTS[layout][0](rows)[:-1])  # x's leading batch entries: 1 when x is 1-D or 2-D
     sizes = {"weight": out_features * in_features, "bias": out_features, "lora_A": r * in_features}
     sizes["lora_B"] = out_features * r
     small = 4 * (rows + r) * (in_features + out_features)  # scaling, reshapes' casts, and the like
+    # Over one row a parameter's gradient (g^T x, g_B^T x, g^T u) is an outer product, which einsum computes as a
+    # broadcast multiply: one element-wise op per entry of each gradient asked for.
+    outer = sum(sizes[name] for name in trained if name in sizes) if rows == 1 else 0
     return [  # room for the products: two rank-r products, the bias gradient as a product with a vector of ones
         ("matrix products", counter.products, needed_work(rows, in_features, out_features, r, trained)
          + 2 * rows * (r * (in_features + out_features) + out_features)),
         # Less than one (out, in) or (N, in, out) product: a product spelled as multiply-and-sum shows.
-        ("element-wise work", counter.elementwise, rows * in_features * out_features // 2 + small),
+        ("element-wise work", counter.elementwise, rows * in_features * out_features // 2 + small + outer),
         # Summing g over the rows for the bias, and per-batch parameter gradients over the batch dimensions.
         ("reductions", counter.reductions,
          rows * out_features + batches * sum(sizes[name] for name in trained if name in sizes) + small),
