@@ -7,6 +7,7 @@ import functools
 import itertools
 import math
 import re
+import types
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -381,31 +382,72 @@ def layouts_for(rows: int) -> list[str]:
 def test_forward_saves_only_what_backward_needs(FusedLoRAFunction, layout, dtype):
     rows, in_features, out_features, r = COST_SIZES["many-rows"]
     batch_shape, contiguous, _ = LAYOUTS[layout]
-    inputs = function_inputs(in_features, out_features, r, batch_shape(rows), dtype=dtype, contiguous=contiguous)
-    inputs = requiring_grad(inputs, FROZEN_BASE)
-    node = apply(FusedLoRAFunction, inputs).grad_fn
-    kept = [*getattr(node, "saved_tensors", ()), *(t for value in vars(node).values() for t in tensors_in(value))]
-    own = {value.untyped_storage().data_ptr() for value in inputs.values() if value is not None}
-    extra = {t.untyped_storage().data_ptr(): t for t in kept if t.untyped_storage().data_ptr() not in own}
-    held = sum(t.untyped_storage().nbytes() for t in extra.values())
-    size = inputs["x"].element_size()
+    given = function_inputs(in_features, out_features, r, batch_shape(rows), dtype=dtype, contiguous=contiguous)
+    size = given["x"].element_size()
     allowed = size * (rows * r + r * (in_features + out_features))  # u = scaling x A^T (N, r), a factor's copy
-    kept_as = sorted((tuple(t.shape), dtype_name(t.dtype)) for t in extra.values())
-    assert held <= allowed, (
-        f"forward keeps {held} bytes alive for backward besides its inputs ({layout}, {dtype}, {rows} rows, "
-        f"in={in_features}, out={out_features}, r={r}: tensors {kept_as}), expected at most N r + r (in + out) "
-        f"numbers of x's dtype = {allowed} bytes: save x, W, A, B themselves (x as given: flattening a non-contiguous "
-        "x copies it; no float32 copy of a half-precision x) and the rank-r u = x A^T, not y, copies or [W; A]"
-    )
+    for trained in EVERY_CHOICE:  # x frozen too: the first adapted layer over frozen embeddings
+        inputs = requiring_grad(given, trained)
+        node = apply(FusedLoRAFunction, inputs).grad_fn
+        kept = [*getattr(node, "saved_tensors", ()), *tensors_in(vars(node))]
+        own = {value.untyped_storage().data_ptr() for value in inputs.values() if value is not None}
+        extra = {t.untyped_storage().data_ptr(): t for t in kept if t.untyped_storage().data_ptr() not in own}
+        held = sum(t.untyped_storage().nbytes() for t in extra.values())
+        kept_as = sorted((tuple(t.shape), dtype_name(t.dtype)) for t in extra.values())
+        assert held <= allowed, (
+            f"forward keeps {held} bytes alive for backward besides its inputs (with only {', '.join(trained)} "
+            f"requiring grad, {layout}, {dtype}, {rows} rows, in={in_features}, out={out_features}, r={r}: tensors "
+            f"{kept_as}), expected at most N r + r (in + out) numbers of x's dtype = {allowed} bytes: save x, W, A, B "
+            "themselves (x as given, whichever inputs train: flattening a non-contiguous x copies it; no float32 copy "
+            "of a half-precision x) and the rank-r u = x A^T, not y, copies or [W; A], on ctx or in an object on it"
+        )
 
 
 def tensors_in(value: object) -> list[torch.Tensor]:
-    """The tensors ``value`` is or holds (in a tuple, list or dict), as a ctx attribute may keep them."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    return [t for item in value for t in tensors_in(item)] if isinstance(value, (tuple, list)) else []
+    """The tensors ``value`` is or holds, however deep, as a ctx attribute may keep them: in tuples, lists, sets and
+    dicts, in an object's attributes (its __dict__, a dataclass's fields, __slots__), a closure's cells, a bound
+    method's object; a bare storage as a byte tensor over it. Modules and classes are not entered."""
+    found, seen, pending = [], set(), [value]
+    while pending:
+        item = pending.pop()
+        if id(item) in seen or item is None or isinstance(item, (str, bytes, int, float, type, types.ModuleType)):
+            continue
+        seen.add(id(item))
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif isinstance(item, torch.UntypedStorage):
+            found.append(torch.empty(0, dtype=torch.uint8, device=item.device).set_(item))
+        elif isinstance(item, torch.TypedStorage):
+            pending.append(item._untyped_storage)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (tuple, list, set, frozenset)):
+            pending.extend(item)
+        else:
+            pending.extend(attributes_of(item))
+    return found
+
+
+def read(item: object, name: str) -> object:
+    """``item.name``, or None where it cannot be read (an unset slot, an empty cell)."""
+    try:
+        return getattr(item, name)
+    except (AttributeError, ValueError):
+        return None
+
+
+def attributes_of(item: object) -> list[object]:
+    """What an object refers to on its own: its __dict__'s values, its __slots__, a closure's cells' contents, a
+    bound method's object and function, a functools.partial's arguments."""
+    held = list(vars(item).values()) if hasattr(item, "__dict__") else []
+    for cls in type(item).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        held += [read(item, slot) for slot in ((slots,) if isinstance(slots, str) else slots)]
+    held += [read(cell, "cell_contents") for cell in getattr(item, "__closure__", None) or ()]
+    if isinstance(item, types.MethodType):
+        held += [item.__self__, item.__func__]
+    if isinstance(item, functools.partial):
+        held += [item.func, item.args, item.keywords]
+    return held
 
 
 @pytest.mark.points(1)
