@@ -847,3 +847,43 @@ class Conv1DLike(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight + self.bias
+
+
+class LinearLookalike(nn.Module):
+    """An nn.Linear in all but type: in_features, out_features, an (out, in) weight and a bias, F.linear in forward
+    (a wrapper of a linear layer, another library's Linear). A base check by duck typing takes it."""
+
+    def __init__(self, in_features: int = 12, out_features: int = 10) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / in_features**0.5)
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+class PeftLoraLinearLike(nn.Module):
+    """What peft's ``lora.Linear`` is (what get_peft_model leaves in a model), without importing peft (seconds of
+    CPU): an nn.Linear kept as ``base_layer``, in_features and out_features, ``weight`` and ``bias`` properties
+    reading the base's, and its own factors in ModuleDicts; no nn.Linear itself. Wrapping it drops its adapter."""
+
+    def __init__(self, in_features: int = 12, out_features: int = 10, r: int = 4) -> None:
+        super().__init__()
+        self.base_layer = nn.Linear(in_features, out_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.lora_A = nn.ModuleDict({"default": nn.Linear(in_features, r, bias=False)})
+        self.lora_B = nn.ModuleDict({"default": nn.Linear(r, out_features, bias=False)})
+        self.scaling = {"default": 2.0}
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = self.lora_B["default"](self.lora_A["default"](x))
+        return self.base_layer(x) + self.scaling["default"] * update

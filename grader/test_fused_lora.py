@@ -27,6 +27,8 @@ from grader.probes import (
     UNROUNDED_ALPHA,
     UNROUNDED_R,
     Conv1DLike,
+    LinearLookalike,
+    PeftLoraLinearLike,
     describe,
     dtype_name,
     examples,
@@ -951,14 +953,21 @@ def test_the_layer_rejects_a_rank_that_is_not_a_positive_integer(FusedLoRALinear
 
 @pytest.mark.points(1)
 @pytest.mark.subject("FusedLoRALinear")
-@pytest.mark.parametrize(  # an Embedding's weight and a Conv1D's (stored (in, out)) are 2-D too, yet no nn.Linear
-    "make_base",
-    [lambda: nn.Conv1d(IN, OUT, 1), lambda: nn.Embedding(OUT, IN), Conv1DLike],
-    ids=["Conv1d", "Embedding", "Conv1D"],
+@pytest.mark.parametrize(  # an Embedding's weight and a Conv1D's (stored (in, out)) are 2-D too, yet no nn.Linear;
+    "make_base",  # the look-alikes even say in_features and out_features and hold an (out, in) weight
+    [lambda: nn.Conv1d(IN, OUT, 1), lambda: nn.Embedding(OUT, IN), Conv1DLike, LinearLookalike, PeftLoraLinearLike],
+    ids=["Conv1d", "Embedding", "Conv1D", "Linear-look-alike", "peft-lora.Linear-like"],
 )
 def test_the_layer_rejects_a_base_that_is_not_linear(FusedLoRALinear, make_base):
     base = make_base()
-    expect_value_error(lambda: FusedLoRALinear(base, r=R), f"FusedLoRALinear({type(base).__name__}(...))")
+    looks_linear = hasattr(base, "in_features") and hasattr(base, "out_features")
+    called = f"FusedLoRALinear({type(base).__name__}(...))" + (
+        ", no nn.Linear though it has in_features, out_features and an (out, in) weight (check isinstance(base, "
+        "nn.Linear), not the attributes),"
+        if looks_linear
+        else ""
+    )
+    expect_value_error(lambda: FusedLoRALinear(base, r=R), called)
 
 
 @pytest.mark.points(3)

@@ -234,7 +234,7 @@ WRONG_ANSWERS = [
                 "weight = getattr(base, 'weight', None)\n        if not (isinstance(getattr(base, 'in_features', None), int)"
                 " and isinstance(getattr(base, 'out_features', None), int) and isinstance(weight, torch.Tensor)"
                 " and tuple(weight.shape) == (base.out_features, base.in_features)):",
-                "test_the_layer_rejects_a_base_that_is_not_linear", "LinearLookalike(...)) raised nothing"),
+                "test_the_layer_rejects_a_base_that_is_not_linear", "LinearLookalike(...)), no nn.Linear"),
     WrongAnswer("x flattened to (N, -1), which no empty batch takes", KATA, FLATTEN,
                 "rows = x.reshape(x.shape[:-1].numel(), -1)  # N rows",
                 "test_forward_computes_the_lora_formula", "x (0, 12)"),
