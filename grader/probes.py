@@ -280,7 +280,8 @@ def max_difference(measured: torch.Tensor, expected: torch.Tensor) -> float:
     """Largest absolute difference, computed in float64."""
     for value in (measured, expected):
         expect_instance(value, torch.Tensor, "the implementation", "a torch.Tensor")
-    return (measured.double() - expected.double()).abs().max().item()
+    difference = (measured.double() - expected.double()).abs()
+    return difference.max().item() if difference.numel() else 0.0  # an empty batch differs nowhere
 
 
 def train(
@@ -472,6 +473,7 @@ GRAD_MODES = {"grad on": torch.enable_grad, "grad off": torch.no_grad, "inferenc
 FORWARD_FAILURES = {
     "view": "x may be non-contiguous: use reshape, not view",
     "dtype": "a tensor made on the way (a dropout mask?) is not in x's dtype: make it like x (torch.rand_like(x))",
+    "of 0 elements": "x may hold no rows (an empty batch): flatten with x.reshape(-1, x.shape[-1]), not reshape(N, -1)",
 }
 
 

@@ -112,7 +112,17 @@ def lora_formula(inputs: dict[str, torch.Tensor | None], scaling: float = SCALIN
 
 def apply(FusedLoRAFunction, inputs: dict[str, torch.Tensor | None], scaling: float = SCALING) -> torch.Tensor:
     """FusedLoRAFunction.apply on ``inputs``, after failing the check unless it returned one tensor."""
-    y = FusedLoRAFunction.apply(*(inputs[name] for name in INPUTS), scaling)
+    try:
+        y = FusedLoRAFunction.apply(*(inputs[name] for name in INPUTS), scaling)
+    except RuntimeError as error:
+        if isinstance(error, NotImplementedError) or inputs["x"].numel():
+            raise
+        pytest.fail(
+            f"FusedLoRAFunction.apply raised RuntimeError ({str(error).splitlines()[0]}) for an empty batch, x "
+            f"{tuple(inputs['x'].shape)}: x (..., in) may hold no rows (no tokens for an expert, an empty sequence); "
+            "flatten with x.reshape(-1, x.shape[-1]) (reshape(N, -1) has no -1 to infer from 0 elements)",
+            pytrace=False,
+        )
     return expect_instance(y, torch.Tensor, "FusedLoRAFunction.apply", "one tensor y of shape (..., out)")
 
 
@@ -145,7 +155,8 @@ def backward(y: torch.Tensor, upstream: torch.Tensor) -> None:
 def tolerance(dtype: torch.dtype, expected: torch.Tensor) -> float:
     """How far a correct answer may land from the float64 value: a few roundings of the inputs' dtype."""
     steps = 8 if dtype == torch.bfloat16 else 50
-    return steps * torch.finfo(dtype).eps * (1 + expected.abs().max().item())
+    largest = expected.abs().max().item() if expected.numel() else 0.0  # an empty batch has no largest value
+    return steps * torch.finfo(dtype).eps * (1 + largest)
 
 
 def forward_cause(measured: torch.Tensor, inputs: dict[str, torch.Tensor | None], scaling: float = SCALING) -> str:
@@ -198,6 +209,8 @@ def test_is_an_autograd_function_that_autograd_records(FusedLoRAFunction):
     (IN, OUT, 1, (1,), False, torch.bfloat16, False, True, 0.7),
     (IN, OUT, R, (3, 2, 2), True, torch.float32, False, True, SCALING),
     (IN, OUT, R, (130,), True, torch.float64, False, True, 10 / 3),
+    (IN, OUT, R, (0,), True, torch.float32, True, True, SCALING),  # an empty batch: no rows at all
+    (IN, OUT, R, (2, 0), False, torch.float64, False, False, 10 / 3),
 )  # fmt: skip
 def test_forward_computes_the_lora_formula(
     FusedLoRAFunction, in_features, out_features, r, batch_shape, bias, dtype, contiguous, grad, scaling
@@ -246,6 +259,8 @@ def test_forward_computes_the_lora_formula(
     (IN, OUT, R, (3, 2, 2), torch.float32, False),
     (IN, OUT, R, (), torch.bfloat16, True),
     (IN, OUT, R, (1,), torch.float16, True),
+    (IN, OUT, R, (0,), torch.float64, True),  # an empty batch: zero gradients for the parameters
+    (IN, OUT, R, (2, 0), torch.float32, False),
 )  # fmt: skip
 def test_backward_gives_each_input_its_gradient(
     FusedLoRAFunction, trained, bias, in_features, out_features, r, batch_shape, dtype, contiguous
@@ -919,6 +934,7 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
     (3, 10.0, True, torch.float16, (2, 3, 2), False, "grad on", False, False, LINEAR_KINDS[1]),
     (R, ALPHA, False, torch.bfloat16, (), True, "grad on", True, True, nn.Linear),
     (UNROUNDED_R, UNROUNDED_ALPHA, True, torch.float64, (3,), True, "grad on", False, False, nn.Linear),
+    (R, ALPHA, True, torch.float32, (2, 0), False, "grad on", True, True, nn.Linear),  # an empty batch
 )  # fmt: skip
 def test_the_layer_matches_plain_lora_in_every_regime(
     FusedLoRALinear, r, alpha, positional, dtype, batch_shape, contiguous, grad, train, bias, linear
