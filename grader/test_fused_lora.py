@@ -469,8 +469,9 @@ def attributes_of(item: object) -> list[object]:
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("trained", [FROZEN_BASE, INPUTS], ids=["frozen-base", "every-input"])
-def test_forward_and_backward_create_nothing_on_the_default_device(FusedLoRAFunction, trained):
-    inputs = requiring_grad(function_inputs(), trained)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])  # bias-free: Llama's q, k, v, o
+def test_forward_and_backward_create_nothing_on_the_default_device(FusedLoRAFunction, trained, bias):
+    inputs = requiring_grad(function_inputs(bias=bias), trained)
     upstream = torch.randn(6, OUT, dtype=torch.float64)
 
     def step() -> tuple:
