@@ -37,6 +37,16 @@ _FACTORS = {
 }
 
 
+def _convolution_flops(args: tuple, result: torch.Tensor) -> int:
+    """2 per multiply-add of ``aten.convolution(input, weight, bias, stride, padding, dilation, transposed, ...)``.
+    A convolution's output element takes one weight slice, (C_in / groups) x kernel, weight (C_out, C_in / groups,
+    *kernel); a transposed one's input element is scattered through one, (C_out / groups) x kernel, weight
+    (C_in, C_out / groups, *kernel): priced per output element it would be off by the stride's and the groups'
+    ratio of output to input (N times too low for N groups of one output channel)."""
+    source = args[0] if args[6] else result  # the side each of whose elements meets weight.shape[1:] once
+    return 2 * source.numel() * math.prod(args[1].shape[1:])
+
+
 class MatmulFlops(TorchDispatchMode):
     """Within ``with MatmulFlops() as counter:``, ``counter.flops`` adds up the floating-point
     operations of every matrix product torch runs, forward and backward."""
@@ -90,7 +100,8 @@ def _does_no_arithmetic(func: Any, args: tuple) -> bool:
 
 class ArithmeticWork(MatmulFlops):
     """Within ``with ArithmeticWork() as counter:``, ``counter.flops`` adds up the floating-point operations
-    of every arithmetic op torch runs: matrix products (2 m k n) and convolutions (2 per multiply-add),
+    of every arithmetic op torch runs: matrix products (2 m k n) and convolutions, transposed ones too (2 per
+    multiply-add),
     one per output element of an element-wise op (``mul``, ``add``, ``where``) and
     one per input element of a reduction (``sum``, ``mean``, ``amax``). Views, reshapes and copies
     (``clone``, ``contiguous``, dtype casts) cost nothing. A product written as
@@ -103,7 +114,7 @@ class ArithmeticWork(MatmulFlops):
 
     ``counter.products``, ``counter.elementwise`` and ``counter.reductions`` split ``counter.flops`` into the
     matrix products (and convolutions), the element-wise ops and the reductions, for budgets of each;
-    ``counter.product_shapes`` holds the shape of each matrix product's result."""
+    ``counter.product_shapes`` holds the shape of each matrix product's (and convolution's) result."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -143,8 +154,8 @@ class ArithmeticWork(MatmulFlops):
             self.products += _product_flops(args[factors[0]], args[factors[1]])
             self.product_shapes.append(tuple(result.shape))
         elif packet is aten.convolution:
-            weight = args[1]
-            self.products += 2 * result.numel() * math.prod(weight.shape[1:])
+            self.products += _convolution_flops(args, result)
+            self.product_shapes.append(tuple(result.shape))
         elif packet is aten.vdot:
             self.products += 2 * args[0].numel()
         elif _REDUCTION in func.tags:

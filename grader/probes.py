@@ -296,7 +296,8 @@ def max_difference(measured: torch.Tensor, expected: torch.Tensor) -> float:
     """Largest absolute difference, computed in float64."""
     for value in (measured, expected):
         expect_instance(value, torch.Tensor, "the implementation", "a torch.Tensor")
-    return (measured.double() - expected.double()).abs().max().item()
+    difference = (measured.double() - expected.double()).abs()
+    return difference.max().item() if difference.numel() else 0.0  # an empty batch differs nowhere
 
 
 def train(
@@ -526,6 +527,7 @@ def expect_exactly_the_base(layer: nn.Module, base: nn.Module, x: torch.Tensor, 
 FORWARD_FAILURES = {
     "view": "x may be non-contiguous: use reshape, not view",
     "dtype": "a tensor made on the way (a dropout mask?) is not in x's dtype: make it like x (torch.rand_like(x))",
+    "of 0 elements": "x may hold no rows (an empty batch): flatten with x.reshape(-1, x.shape[-1]), not reshape(N, -1)",
 }
 
 
@@ -901,3 +903,43 @@ class Conv1DLike(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight + self.bias
+
+
+class LinearLookalike(nn.Module):
+    """An nn.Linear in all but type: in_features, out_features, an (out, in) weight and a bias, F.linear in forward
+    (a wrapper of a linear layer, another library's Linear). A base check by duck typing takes it."""
+
+    def __init__(self, in_features: int = 12, out_features: int = 10) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / in_features**0.5)
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+class PeftLoraLinearLike(nn.Module):
+    """What peft's ``lora.Linear`` is (what get_peft_model leaves in a model), without importing peft (seconds of
+    CPU): an nn.Linear kept as ``base_layer``, in_features and out_features, ``weight`` and ``bias`` properties
+    reading the base's, and its own factors in ModuleDicts; no nn.Linear itself. Wrapping it drops its adapter."""
+
+    def __init__(self, in_features: int = 12, out_features: int = 10, r: int = 4) -> None:
+        super().__init__()
+        self.base_layer = nn.Linear(in_features, out_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.lora_A = nn.ModuleDict({"default": nn.Linear(in_features, r, bias=False)})
+        self.lora_B = nn.ModuleDict({"default": nn.Linear(r, out_features, bias=False)})
+        self.scaling = {"default": 2.0}
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = self.lora_B["default"](self.lora_A["default"](x))
+        return self.base_layer(x) + self.scaling["default"] * update

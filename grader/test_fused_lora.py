@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import math
 import re
+import types
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -24,6 +27,8 @@ from grader.probes import (
     UNROUNDED_ALPHA,
     UNROUNDED_R,
     Conv1DLike,
+    LinearLookalike,
+    PeftLoraLinearLike,
     describe,
     dtype_name,
     examples,
@@ -107,7 +112,17 @@ def lora_formula(inputs: dict[str, torch.Tensor | None], scaling: float = SCALIN
 
 def apply(FusedLoRAFunction, inputs: dict[str, torch.Tensor | None], scaling: float = SCALING) -> torch.Tensor:
     """FusedLoRAFunction.apply on ``inputs``, after failing the check unless it returned one tensor."""
-    y = FusedLoRAFunction.apply(*(inputs[name] for name in INPUTS), scaling)
+    try:
+        y = FusedLoRAFunction.apply(*(inputs[name] for name in INPUTS), scaling)
+    except RuntimeError as error:
+        if isinstance(error, NotImplementedError) or inputs["x"].numel():
+            raise
+        pytest.fail(
+            f"FusedLoRAFunction.apply raised RuntimeError ({str(error).splitlines()[0]}) for an empty batch, x "
+            f"{tuple(inputs['x'].shape)}: x (..., in) may hold no rows (no tokens for an expert, an empty sequence); "
+            "flatten with x.reshape(-1, x.shape[-1]) (reshape(N, -1) has no -1 to infer from 0 elements)",
+            pytrace=False,
+        )
     return expect_instance(y, torch.Tensor, "FusedLoRAFunction.apply", "one tensor y of shape (..., out)")
 
 
@@ -140,7 +155,8 @@ def backward(y: torch.Tensor, upstream: torch.Tensor) -> None:
 def tolerance(dtype: torch.dtype, expected: torch.Tensor) -> float:
     """How far a correct answer may land from the float64 value: a few roundings of the inputs' dtype."""
     steps = 8 if dtype == torch.bfloat16 else 50
-    return steps * torch.finfo(dtype).eps * (1 + expected.abs().max().item())
+    largest = expected.abs().max().item() if expected.numel() else 0.0  # an empty batch has no largest value
+    return steps * torch.finfo(dtype).eps * (1 + largest)
 
 
 def forward_cause(measured: torch.Tensor, inputs: dict[str, torch.Tensor | None], scaling: float = SCALING) -> str:
@@ -193,6 +209,8 @@ def test_is_an_autograd_function_that_autograd_records(FusedLoRAFunction):
     (IN, OUT, 1, (1,), False, torch.bfloat16, False, True, 0.7),
     (IN, OUT, R, (3, 2, 2), True, torch.float32, False, True, SCALING),
     (IN, OUT, R, (130,), True, torch.float64, False, True, 10 / 3),
+    (IN, OUT, R, (0,), True, torch.float32, True, True, SCALING),  # an empty batch: no rows at all
+    (IN, OUT, R, (2, 0), False, torch.float64, False, False, 10 / 3),
 )  # fmt: skip
 def test_forward_computes_the_lora_formula(
     FusedLoRAFunction, in_features, out_features, r, batch_shape, bias, dtype, contiguous, grad, scaling
@@ -241,6 +259,8 @@ def test_forward_computes_the_lora_formula(
     (IN, OUT, R, (3, 2, 2), torch.float32, False),
     (IN, OUT, R, (), torch.bfloat16, True),
     (IN, OUT, R, (1,), torch.float16, True),
+    (IN, OUT, R, (0,), torch.float64, True),  # an empty batch: zero gradients for the parameters
+    (IN, OUT, R, (2, 0), torch.float32, False),
 )  # fmt: skip
 def test_backward_gives_each_input_its_gradient(
     FusedLoRAFunction, trained, bias, in_features, out_features, r, batch_shape, dtype, contiguous
@@ -307,23 +327,31 @@ def test_takes_non_contiguous_inputs_and_gradients(FusedLoRAFunction, gradient):
 
 
 @pytest.mark.points(1)
-def test_leaves_its_inputs_untouched(FusedLoRAFunction):
-    inputs = requiring_grad(function_inputs(), FROZEN_BASE)
-    upstream = torch.randn(6, OUT, dtype=torch.float64)
-    before = {name: (value.detach().clone(), value._version) for name, value in {**inputs, "g": upstream}.items()}
-    backward(apply(FusedLoRAFunction, inputs), upstream)
-    changed = [  # a write undone after (B scaled in place, then unscaled) still moves the version counter
-        name
-        for name, value in inputs.items()
-        if not torch.equal(value.detach(), before[name][0]) or value._version != before[name][1]
-    ]
-    assert not changed, (
-        f"forward or backward changed {changed} in place (even a write undone after moves the tensor's version "
-        "counter, which autograd checks for every other use of it): compute into new tensors"
-    )
-    assert torch.equal(upstream, before["g"][0]) and upstream._version == before["g"][1], (
-        "backward changed the incoming gradient in place: it belongs to autograd"
-    )
+@pytest.mark.parametrize("grad", GRAD_MODES)  # no grad at all: a frozen model serving, as merge-in-place tempts
+def test_leaves_its_inputs_untouched(FusedLoRAFunction, grad):
+    for dtype, trained in itertools.product(FLOAT_DTYPES, (FROZEN_BASE, ())):
+        inputs = requiring_grad(function_inputs(dtype=dtype), trained)
+        upstream = torch.randn(6, OUT, dtype=dtype)
+        before = {name: (value.detach().clone(), value._version) for name, value in {**inputs, "g": upstream}.items()}
+        with GRAD_MODES[grad]():
+            y = apply(FusedLoRAFunction, inputs)
+        if y.grad_fn is not None:
+            backward(y, upstream)
+        changed = [  # a write undone after (B scaled in place, then unscaled) still moves the version counter
+            name
+            for name, value in inputs.items()
+            if value is not None
+            and (not torch.equal(value.detach(), before[name][0]) or value._version != before[name][1])
+        ]
+        regime = f"{grad}, {dtype_name(dtype)}, {', '.join(trained) or 'nothing'} requiring grad"
+        assert not changed, (
+            f"forward or backward changed {changed} in place ({regime}): even a write undone after (the update merged "
+            "into the weight and out again) moves the tensor's version counter, which autograd checks for every "
+            "other use of it, and rounds the weight off in low precision; compute into new tensors"
+        )
+        assert torch.equal(upstream, before["g"][0]) and upstream._version == before["g"][1], (
+            f"backward changed the incoming gradient in place ({regime}): it belongs to autograd"
+        )
 
 
 # Who trains, with the base frozen (weight and bias), every non-empty choice of x, A and B; a trained bias with
@@ -334,22 +362,35 @@ TRAINABLE_CHOICES = [
 ]  # fmt: skip
 EVERY_CHOICE = [choice for n in range(1, len(INPUTS) + 1) for choice in itertools.combinations(INPUTS, n)]
 # (rows, in, out, r); in every size the rows differ from in, out and r (fewer rows than r in few-rows), so that a
-# product shaped like a factor's gradient is one, and the check of unasked gradients runs at each size.
-COST_SIZES = {"many-rows": (64, 48, 40, 2), "few-rows": (2, 48, 40, 3)}
-# How x and the incoming gradient g are laid out: (x's batch shape for N rows, x contiguous, g from its shape).
-LAYOUTS: dict[str, tuple[Callable[[int], tuple[int, ...]], bool, Callable[[tuple[int, ...]], torch.Tensor]]] = {
-    "x 2-D, g dense": (lambda rows: (rows,), True, lambda shape: torch.randn(shape, dtype=torch.float64)),
+# product shaped like a factor's gradient is one, and the check of unasked gradients runs at each size. One token
+# (x 1-D, one row) is wide, so that an (out, in) outer product there outgrows the element-wise room.
+COST_SIZES = {"many-rows": (64, 48, 40, 2), "few-rows": (2, 48, 40, 3), "one-token": (1, 96, 80, 2)}
+Layout = tuple[Callable[[int], tuple[int, ...]], bool, Callable[[tuple[int, ...], torch.dtype], torch.Tensor]]
+# How x and the incoming gradient g are laid out: (x's batch shape for N rows, x contiguous, g from its shape and
+# dtype).
+LAYOUTS: dict[str, Layout] = {
+    "x 2-D, g dense": (lambda rows: (rows,), True, lambda shape, dtype: torch.randn(shape, dtype=dtype)),
     "x 3-D non-contiguous, g of stride 0 as y.sum() sends": (
         lambda rows: (2, rows // 2),
         False,
-        lambda shape: torch.ones((), dtype=torch.float64).expand(shape),
+        lambda shape, dtype: torch.ones((), dtype=dtype).expand(shape),
     ),
     "x 3-D, g permuted": (
         lambda rows: (2, rows // 2),
         True,
-        lambda shape: torch.randn(shape[::-1], dtype=torch.float64).permute(*reversed(range(len(shape)))),
+        lambda shape, dtype: torch.randn(shape[::-1], dtype=dtype).permute(*reversed(range(len(shape)))),
     ),
 }
+# The layouts a step's cost and its Nones are checked in: those above, and x of no batch dimension (one token).
+STEP_LAYOUTS: dict[str, Layout] = {
+    **LAYOUTS,
+    "x 1-D, g dense": (lambda rows: (), True, lambda shape, dtype: torch.randn(shape, dtype=dtype)),
+}
+
+
+def layouts_for(rows: int) -> list[str]:
+    """The layouts of STEP_LAYOUTS that lay out ``rows`` rows (x 1-D one, x 3-D an even number)."""
+    return [layout for layout, (batch_shape, _, _) in STEP_LAYOUTS.items() if math.prod(batch_shape(rows)) == rows]
 
 
 @pytest.mark.points(1)
@@ -358,37 +399,79 @@ LAYOUTS: dict[str, tuple[Callable[[int], tuple[int, ...]], bool, Callable[[tuple
 def test_forward_saves_only_what_backward_needs(FusedLoRAFunction, layout, dtype):
     rows, in_features, out_features, r = COST_SIZES["many-rows"]
     batch_shape, contiguous, _ = LAYOUTS[layout]
-    inputs = function_inputs(in_features, out_features, r, batch_shape(rows), dtype=dtype, contiguous=contiguous)
-    inputs = requiring_grad(inputs, FROZEN_BASE)
-    node = apply(FusedLoRAFunction, inputs).grad_fn
-    kept = [*getattr(node, "saved_tensors", ()), *(t for value in vars(node).values() for t in tensors_in(value))]
-    own = {value.untyped_storage().data_ptr() for value in inputs.values() if value is not None}
-    extra = {t.untyped_storage().data_ptr(): t for t in kept if t.untyped_storage().data_ptr() not in own}
-    held = sum(t.untyped_storage().nbytes() for t in extra.values())
-    size = inputs["x"].element_size()
+    given = function_inputs(in_features, out_features, r, batch_shape(rows), dtype=dtype, contiguous=contiguous)
+    size = given["x"].element_size()
     allowed = size * (rows * r + r * (in_features + out_features))  # u = scaling x A^T (N, r), a factor's copy
-    kept_as = sorted((tuple(t.shape), dtype_name(t.dtype)) for t in extra.values())
-    assert held <= allowed, (
-        f"forward keeps {held} bytes alive for backward besides its inputs ({layout}, {dtype}, {rows} rows, "
-        f"in={in_features}, out={out_features}, r={r}: tensors {kept_as}), expected at most N r + r (in + out) "
-        f"numbers of x's dtype = {allowed} bytes: save x, W, A, B themselves (x as given: flattening a non-contiguous "
-        "x copies it; no float32 copy of a half-precision x) and the rank-r u = x A^T, not y, copies or [W; A]"
-    )
+    for trained in EVERY_CHOICE:  # x frozen too: the first adapted layer over frozen embeddings
+        inputs = requiring_grad(given, trained)
+        node = apply(FusedLoRAFunction, inputs).grad_fn
+        kept = [*getattr(node, "saved_tensors", ()), *tensors_in(vars(node))]
+        own = {value.untyped_storage().data_ptr() for value in inputs.values() if value is not None}
+        extra = {t.untyped_storage().data_ptr(): t for t in kept if t.untyped_storage().data_ptr() not in own}
+        held = sum(t.untyped_storage().nbytes() for t in extra.values())
+        kept_as = sorted((tuple(t.shape), dtype_name(t.dtype)) for t in extra.values())
+        assert held <= allowed, (
+            f"forward keeps {held} bytes alive for backward besides its inputs (with only {', '.join(trained)} "
+            f"requiring grad, {layout}, {dtype}, {rows} rows, in={in_features}, out={out_features}, r={r}: tensors "
+            f"{kept_as}), expected at most N r + r (in + out) numbers of x's dtype = {allowed} bytes: save x, W, A, B "
+            "themselves (x as given, whichever inputs train: flattening a non-contiguous x copies it; no float32 copy "
+            "of a half-precision x) and the rank-r u = x A^T, not y, copies or [W; A], on ctx or in an object on it"
+        )
 
 
 def tensors_in(value: object) -> list[torch.Tensor]:
-    """The tensors ``value`` is or holds (in a tuple, list or dict), as a ctx attribute may keep them."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    return [t for item in value for t in tensors_in(item)] if isinstance(value, (tuple, list)) else []
+    """The tensors ``value`` is or holds, however deep, as a ctx attribute may keep them: in tuples, lists, sets and
+    dicts, in an object's attributes (its __dict__, a dataclass's fields, __slots__), a closure's cells, a bound
+    method's object; a bare storage as a byte tensor over it. Modules and classes are not entered."""
+    found, seen, pending = [], set(), [value]
+    while pending:
+        item = pending.pop()
+        if id(item) in seen or item is None or isinstance(item, (str, bytes, int, float, type, types.ModuleType)):
+            continue
+        seen.add(id(item))
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif isinstance(item, torch.UntypedStorage):
+            found.append(torch.empty(0, dtype=torch.uint8, device=item.device).set_(item))
+        elif isinstance(item, torch.TypedStorage):
+            pending.append(item._untyped_storage)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (tuple, list, set, frozenset)):
+            pending.extend(item)
+        else:
+            pending.extend(attributes_of(item))
+    return found
+
+
+def read(item: object, name: str) -> object:
+    """``item.name``, or None where it cannot be read (an unset slot, an empty cell)."""
+    try:
+        return getattr(item, name)
+    except (AttributeError, ValueError):
+        return None
+
+
+def attributes_of(item: object) -> list[object]:
+    """What an object refers to on its own: its __dict__'s values, its __slots__, a closure's cells' contents, a
+    bound method's object and function, a functools.partial's arguments."""
+    held = list(vars(item).values()) if hasattr(item, "__dict__") else []
+    for cls in type(item).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        held += [read(item, slot) for slot in ((slots,) if isinstance(slots, str) else slots)]
+    held += [read(cell, "cell_contents") for cell in getattr(item, "__closure__", None) or ()]
+    if isinstance(item, types.MethodType):
+        held += [item.__self__, item.__func__]
+    if isinstance(item, functools.partial):
+        held += [item.func, item.args, item.keywords]
+    return held
 
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("trained", [FROZEN_BASE, INPUTS], ids=["frozen-base", "every-input"])
-def test_forward_and_backward_create_nothing_on_the_default_device(FusedLoRAFunction, trained):
-    inputs = requiring_grad(function_inputs(), trained)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])  # bias-free: Llama's q, k, v, o
+def test_forward_and_backward_create_nothing_on_the_default_device(FusedLoRAFunction, trained, bias):
+    inputs = requiring_grad(function_inputs(bias=bias), trained)
     upstream = torch.randn(6, OUT, dtype=torch.float64)
 
     def step() -> tuple:
@@ -426,16 +509,18 @@ def counted_step(
     r: int,
     trained: tuple[str, ...],
     layout: str = "x 2-D, g dense",
+    dtype: torch.dtype = torch.float64,
+    counting: bool = True,
 ):
     """One forward and one backward (``backward(ctx, g)`` called as autograd calls it) of x and g laid out as
-    ``layout`` says, under ArithmeticWork: the counter, what backward returned (a tuple) and the
-    ``needs_input_grad`` it saw."""
-    batch_shape, contiguous, gradient = LAYOUTS[layout]
+    ``layout`` (of STEP_LAYOUTS) says, in ``dtype``, under ArithmeticWork: the counter, what backward returned (a
+    tuple) and the ``needs_input_grad`` it saw (no counter, None, unless ``counting``: the count costs time)."""
+    batch_shape, contiguous, gradient = STEP_LAYOUTS[layout]
     shape = batch_shape(rows)
-    inputs = function_inputs(in_features, out_features, r, shape, contiguous=contiguous)
+    inputs = function_inputs(in_features, out_features, r, shape, dtype=dtype, contiguous=contiguous)
     inputs = requiring_grad(inputs, trained)
-    upstream = gradient((*shape, out_features))
-    with ArithmeticWork() as counter:
+    upstream = gradient((*shape, out_features), dtype)
+    with ArithmeticWork() if counting else contextlib.nullcontext() as counter:
         y = apply(FusedLoRAFunction, inputs)
         node = y.grad_fn
         assert node is not None and hasattr(node, "needs_input_grad"), (
@@ -448,9 +533,11 @@ def counted_step(
 
 @pytest.mark.points(2)
 def test_backward_returns_None_where_no_gradient_is_needed(FusedLoRAFunction):
-    for trained in EVERY_CHOICE:
-        _, gradients, needs = counted_step(FusedLoRAFunction, 6, IN, OUT, R, trained)
-        asked = f"with only {', '.join(trained)} requiring grad"
+    # Every dtype (a low-precision path of its own is no licence), every layout of x, one token (x 1-D) included.
+    regimes = [(rows, layout) for rows in (1, 6) for layout in layouts_for(rows)]
+    for dtype, (rows, layout), trained in itertools.product(FLOAT_DTYPES, regimes, EVERY_CHOICE):
+        _, gradients, needs = counted_step(FusedLoRAFunction, rows, IN, OUT, R, trained, layout, dtype, counting=False)
+        asked = f"with only {', '.join(trained)} requiring grad ({dtype_name(dtype)}, {layout})"
         assert len(gradients) == 6, f"backward returned {len(gradients)} values {asked}, expected 6, one per input"
         named = list(zip((*INPUTS, "scaling"), needs, gradients, strict=True))
         unasked = [name for name, needed, gradient in named if not needed and gradient is not None]
@@ -568,11 +655,13 @@ def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
     frozen_layer = 4 * rows * in_features * out_features  # x W^T forward, g W backward
     assert rows not in (in_features, out_features, r), f"grader bug: {size} has as many rows as a factor's side"
     factor_shapes = {"weight": (out_features, in_features), "lora_A": (r, in_features), "lora_B": (out_features, r)}
-    for trained, layout in itertools.product(TRAINABLE_CHOICES, LAYOUTS):
-        counter, _, _ = counted_step(FusedLoRAFunction, rows, in_features, out_features, r, trained, layout)
+    for trained, layout, dtype in itertools.product(TRAINABLE_CHOICES, layouts_for(rows), FLOAT_DTYPES):
+        counter, _, _ = counted_step(FusedLoRAFunction, rows, in_features, out_features, r, trained, layout, dtype)
+        regime = f"{layout}, {dtype_name(dtype)}"
+        size_in_words = f"{rows} row{'s' * (rows != 1)}, in={in_features}, out={out_features}, r={r}"
         unseen = sorted(counter.uncounted | counter.exits)
         assert not unseen, (
-            f"a forward + backward with only {', '.join(trained)} requiring grad, {layout}, ran {', '.join(unseen)}: "
+            f"a forward + backward with only {', '.join(trained)} requiring grad, {regime}, ran {', '.join(unseen)}: "
             "work the grader cannot count (an op with no flop formula here, or values handed to numpy or Python); "
             "compute with torch's dense ops (mm, addmm, matmul, einsum, element-wise ops)"
         )
@@ -582,16 +671,16 @@ def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
             if name not in trained and any(made[-2:] in (shape, shape[::-1]) for made in counter.product_shapes)
         ]
         assert not unasked, (
-            f"a forward + backward with only {', '.join(trained)} requiring grad, {layout} ({rows} rows, "
-            f"in={in_features}, out={out_features}, r={r}), computed a product shaped like the gradient of "
+            f"a forward + backward with only {', '.join(trained)} requiring grad, {regime} ({size_in_words}), "
+            "computed a product shaped like the gradient of "
             f"{', '.join(unasked)}: a gradient that ctx.needs_input_grad does not ask for (compute each gradient only "
             "in its own branch)" + (", or a full (out, in) product like B A" if "weight" in unasked else "")
         )
         needed = needed_work(rows, in_features, out_features, r, trained)
         for what, measured, allowed in work_budgets(rows, in_features, out_features, r, trained, layout, counter):
             assert measured <= allowed, (
-                f"a forward + backward with only {', '.join(trained)} requiring grad, {layout} ({rows} rows, "
-                f"in={in_features}, out={out_features}, r={r}) did {measured / 1e3:.4g} kFLOP of {what}, expected at "
+                f"a forward + backward with only {', '.join(trained)} requiring grad, {regime} ({size_in_words}) "
+                f"did {measured / 1e3:.4g} kFLOP of {what}, expected at "
                 f"most {allowed / 1e3:.4g} (the products it needs: {needed / 1e3:.4g}; the frozen layer alone does "
                 f"{frozen_layer / 1e3:.4g}): is a gradient computed that ctx.needs_input_grad does not ask for, or a "
                 "full (out, in) product like g^T x or B A?"
@@ -605,15 +694,18 @@ def work_budgets(
     reductions of a counted step. The products are budgeted to what the trained inputs need plus two rank-r
     products (the spec's O(N r (in + out)) lets x A^T be recomputed in backward, g B computed always);
     element-wise work and reductions get room of their own."""
-    batches = math.prod(LAYOUTS[layout][0](rows)[:-1])  # x's leading batch entries: 1 when x is 2-D
+    batches = math.prod(STEP_LAYOUTS[layout][0](rows)[:-1])  # x's leading batch entries: 1 when x is 1-D or 2-D
     sizes = {"weight": out_features * in_features, "bias": out_features, "lora_A": r * in_features}
     sizes["lora_B"] = out_features * r
     small = 4 * (rows + r) * (in_features + out_features)  # scaling, reshapes' casts, and the like
+    # Over one row a parameter's gradient (g^T x, g_B^T x, g^T u) is an outer product, which einsum computes as a
+    # broadcast multiply: one element-wise op per entry of each gradient asked for.
+    outer = sum(sizes[name] for name in trained if name in sizes) if rows == 1 else 0
     return [  # room for the products: two rank-r products, the bias gradient as a product with a vector of ones
         ("matrix products", counter.products, needed_work(rows, in_features, out_features, r, trained)
          + 2 * rows * (r * (in_features + out_features) + out_features)),
         # Less than one (out, in) or (N, in, out) product: a product spelled as multiply-and-sum shows.
-        ("element-wise work", counter.elementwise, rows * in_features * out_features // 2 + small),
+        ("element-wise work", counter.elementwise, rows * in_features * out_features // 2 + small + outer),
         # Summing g over the rows for the bias, and per-batch parameter gradients over the batch dimensions.
         ("reductions", counter.reductions,
          rows * out_features + batches * sum(sizes[name] for name in trained if name in sizes) + small),
@@ -653,23 +745,39 @@ def test_the_layer_runs_through_the_function(FusedLoRALinear, FusedLoRAFunction)
     )
 
 
+def recorded_calls(FusedLoRAFunction, monkeypatch) -> list[tuple]:
+    """The arguments (x, weight, bias, lora_A, lora_B, scaling) of each call of the Function from now on, recorded
+    at its forward: torch looks forward up on the class at every apply, however apply was reached (through
+    FusedLoRAFunction.apply, or an alias bound at import, flash-attn's `f = FlashAttnFunc.apply`)."""
+    calls, original = [], FusedLoRAFunction.forward
+    takes_ctx = FusedLoRAFunction.setup_context is torch.autograd.Function.setup_context  # not the new-style split
+
+    @functools.wraps(original)  # the signature torch binds a new-style forward's defaults by
+    def recording(*args, **kwargs):
+        calls.append(args[1:] if takes_ctx else args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(FusedLoRAFunction, "forward", staticmethod(recording))
+    return calls
+
+
 @pytest.mark.points(1)
 @pytest.mark.subject("FusedLoRALinear")
-@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no-grad"])
+@pytest.mark.parametrize("grad", GRAD_MODES)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_the_layer_passes_scaling_as_a_python_float(FusedLoRALinear, FusedLoRAFunction, monkeypatch, grad, train):
     _, layer = make_layer(FusedLoRALinear)
-    calls, original = [], FusedLoRAFunction.apply
-    recording = staticmethod(lambda *args, **kwargs: calls.append((args, kwargs)) or original(*args, **kwargs))
-    monkeypatch.setattr(FusedLoRAFunction, "apply", recording)
-    with torch.set_grad_enabled(grad):
-        output(layer.train(train), torch.randn(5, IN, dtype=torch.float64, requires_grad=grad))
+    x = torch.randn(5, IN, dtype=torch.float64, requires_grad=grad == "grad on")
+    calls = recorded_calls(FusedLoRAFunction, monkeypatch)
+    with GRAD_MODES[grad]():
+        output(layer.train(train), x)
     assert calls, (
-        f"the layer never called FusedLoRAFunction.apply in {'train' if train else 'eval'} mode with grad {grad}: "
-        "forward calls it in every mode, under torch.no_grad() too (no plain-ops shortcut)"
+        f"the layer never ran FusedLoRAFunction ({'train' if train else 'eval'} mode, {grad}): forward calls "
+        "FusedLoRAFunction.apply in every mode, under torch.no_grad() and torch.inference_mode() too (no plain-ops "
+        "shortcut)"
     )
-    args, kwargs = calls[-1]
-    scaling = args[5] if len(args) > 5 else kwargs.get("scaling")
+    arguments = calls[-1]
+    scaling = arguments[5] if len(arguments) > 5 else None
     assert isinstance(scaling, float) and scaling == SCALING, (
         f"FusedLoRALinear passed scaling={describe(scaling)} to FusedLoRAFunction.apply, expected the Python float "
         f"alpha / r = {SCALING!r}: pass self.scaling, not a tensor or buffer (the Function's spec takes a float)"
@@ -827,6 +935,7 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
     (3, 10.0, True, torch.float16, (2, 3, 2), False, "grad on", False, False, LINEAR_KINDS[1]),
     (R, ALPHA, False, torch.bfloat16, (), True, "grad on", True, True, nn.Linear),
     (UNROUNDED_R, UNROUNDED_ALPHA, True, torch.float64, (3,), True, "grad on", False, False, nn.Linear),
+    (R, ALPHA, True, torch.float32, (2, 0), False, "grad on", True, True, nn.Linear),  # an empty batch
 )  # fmt: skip
 def test_the_layer_matches_plain_lora_in_every_regime(
     FusedLoRALinear, r, alpha, positional, dtype, batch_shape, contiguous, grad, train, bias, linear
@@ -861,14 +970,21 @@ def test_the_layer_rejects_a_rank_that_is_not_a_positive_integer(FusedLoRALinear
 
 @pytest.mark.points(1)
 @pytest.mark.subject("FusedLoRALinear")
-@pytest.mark.parametrize(  # an Embedding's weight and a Conv1D's (stored (in, out)) are 2-D too, yet no nn.Linear
-    "make_base",
-    [lambda: nn.Conv1d(IN, OUT, 1), lambda: nn.Embedding(OUT, IN), Conv1DLike],
-    ids=["Conv1d", "Embedding", "Conv1D"],
+@pytest.mark.parametrize(  # an Embedding's weight and a Conv1D's (stored (in, out)) are 2-D too, yet no nn.Linear;
+    "make_base",  # the look-alikes even say in_features and out_features and hold an (out, in) weight
+    [lambda: nn.Conv1d(IN, OUT, 1), lambda: nn.Embedding(OUT, IN), Conv1DLike, LinearLookalike, PeftLoraLinearLike],
+    ids=["Conv1d", "Embedding", "Conv1D", "Linear-look-alike", "peft-lora.Linear-like"],
 )
 def test_the_layer_rejects_a_base_that_is_not_linear(FusedLoRALinear, make_base):
     base = make_base()
-    expect_value_error(lambda: FusedLoRALinear(base, r=R), f"FusedLoRALinear({type(base).__name__}(...))")
+    looks_linear = hasattr(base, "in_features") and hasattr(base, "out_features")
+    called = f"FusedLoRALinear({type(base).__name__}(...))" + (
+        ", no nn.Linear though it has in_features, out_features and an (out, in) weight (check isinstance(base, "
+        "nn.Linear), not the attributes),"
+        if looks_linear
+        else ""
+    )
+    expect_value_error(lambda: FusedLoRALinear(base, r=R), called)
 
 
 @pytest.mark.points(3)

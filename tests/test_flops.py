@@ -56,6 +56,11 @@ def test_elementwise_work_is_not_counted():
         pytest.param(
             lambda a, b: F.conv1d(a.T[None], b.T[:, :, None]).squeeze(0).T, id="conv1d"
         ),  # (1, K, M) by N kernels (N, K, 1)
+        pytest.param(lambda a, b: F.conv_transpose1d(a.T[None], b[:, :, None])[0].T, id="conv_transpose1d"),
+        pytest.param(  # each row of a one group of K channels over b's rows: 1 output channel of N per group
+            lambda a, b: F.conv_transpose1d(b.repeat(M, 1)[None], a.reshape(M * K, 1, 1), groups=M)[0],
+            id="grouped-conv_transpose1d",
+        ),
     ],
 )
 def test_arithmetic_work_counts_every_spelling_of_a_product(product):
@@ -63,6 +68,15 @@ def test_arithmetic_work_counts_every_spelling_of_a_product(product):
     with ArithmeticWork() as counter:
         product(a, b)
     assert EXPECTED <= counter.flops <= EXPECTED + M * N * K // 4  # the multiplies and adds, however spelled
+
+
+def test_arithmetic_work_records_the_shape_of_each_product_and_convolution():
+    a, b = torch.randn(M, K), torch.randn(K, N)
+    with ArithmeticWork() as counter:
+        a @ b
+        F.conv_transpose1d(b.repeat(M, 1)[None], a.reshape(M * K, 1, 1), groups=M)  # a @ b, as (1, M, N)
+        F.conv1d(a.T[None], b.T[:, :, None])  # (a @ b)^T, as (1, N, M)
+    assert counter.product_shapes == [(M, N), (1, M, N), (1, N, M)]
 
 
 def test_arithmetic_work_counts_element_wise_ops_and_not_views():

@@ -20,6 +20,8 @@ APPLY = "return FusedLoRAFunction.apply(x, self.base.weight, self.base.bias, sel
 BACKWARD = "test_backward_gives_each_input_its_gradient"
 CTX_STATE = "ctx.scaling, ctx.x_shape = scaling, x.shape"
 TWO_CALLS = "test_backward_keeps_each_calls_state_apart"
+UNPACK = "x, weight, lora_A, lora_B, down = ctx.saved_tensors"
+FLATTEN_AGAIN = "rows = x.reshape(-1, x.shape[-1])  # flattened again"
 
 WRONG_ANSWERS = [
     WrongAnswer("scaling kept as a float32 0-dim buffer", KATA, APPLY, APPLY.replace("self.scaling", "self.scale"),
@@ -165,7 +167,7 @@ WRONG_ANSWERS = [
     WrongAnswer("the layer bypasses the Function under no_grad", KATA, APPLY,
                 "if not torch.is_grad_enabled():\n            "
                 "return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T\n        " + APPLY,
-                "test_the_layer_passes_scaling_as_a_python_float", "under torch.no_grad() too"),
+                "test_the_layer_passes_scaling_as_a_python_float", "grad off)"),
     # The stub's signature: a caller passes its parameters by name or by position (one check for them all).
     WrongAnswer('r and alpha keyword-only', KATA, 'def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0) -> None:',
                 'def __init__(self, base: nn.Linear, *, r: int = 8, alpha: float = 16.0) -> None:',
@@ -204,4 +206,67 @@ WRONG_ANSWERS = [
                             ("    @staticmethod\n    def forward(", "    scalings: list[float] = []  # nested calls: last in, first out\n\n"
                              "    @staticmethod\n    def forward(")),
                 caught_by=TWO_CALLS, explains="two graphs, backward in order"),
+    # round 7 (red7/w-b): regimes the checks never sent: a low dtype, x frozen, a 1-D or empty x, no grad at all,
+    # inference mode, no bias; a base that only looks linear, state hidden in an object, g W as a convolution
+    WrongAnswer("every gradient by autograd of a float32 recomputation below float64", KATA, UNPACK,
+                UNPACK + "\n        if x.dtype != torch.float64:  # accumulate in float32: autograd of a recomputation\n"
+                "            leaves = [t.detach().float().requires_grad_() for t in (x, weight, lora_A, lora_B)]\n"
+                "            with torch.enable_grad():\n"
+                "                y = leaves[0] @ leaves[1].T + ctx.scaling * (leaves[0] @ leaves[2].T) @ leaves[3].T\n"
+                "                grads = torch.autograd.grad(y, leaves, grad_output.float())\n"
+                "            grad_x, grad_weight, grad_A, grad_B = (t.to(x.dtype) for t in grads)\n"
+                "            grad_bias = grad_output.reshape(-1, grad_output.shape[-1]).sum(0) if ctx.needs_input_grad[2] else None\n"
+                "            return grad_x, grad_weight, grad_bias, grad_A, grad_B, None",
+                "test_backward_returns_None_where_no_gradient_is_needed", "backward returned a gradient for weight"),
+    WrongAnswer("a flat copy of x saved when x needs no gradient", KATA, SAVE,
+                "ctx.save_for_backward(x if ctx.needs_input_grad[0] else rows.contiguous(), weight",
+                "test_forward_saves_only_what_backward_needs", "x 3-D non-contiguous"),
+    WrongAnswer("every gradient for a one-token x", KATA, UNPACK,
+                UNPACK + "\n        if x.dim() == 1:  # one token: vector ops, every gradient at once\n"
+                "            g_B = ctx.scaling * (lora_B.T @ grad_output)\n"
+                "            return (weight.T @ grad_output + lora_A.T @ g_B, torch.outer(grad_output, x),\n"
+                "                    grad_output.clone() if ctx.has_bias else None, torch.outer(g_B, x),\n"
+                "                    torch.outer(grad_output, down.reshape(-1)), None)",
+                more_edits=((CTX_STATE, "ctx.scaling, ctx.x_shape, ctx.has_bias = scaling, x.shape, bias is not None"),),
+                caught_by="test_backward_returns_None_where_no_gradient_is_needed", explains="x 1-D"),
+    WrongAnswer("the layer takes any module with in_features, out_features and an (out, in) weight", KATA,
+                "if not isinstance(base, nn.Linear):",
+                "weight = getattr(base, 'weight', None)\n        if not (isinstance(getattr(base, 'in_features', None), int)"
+                " and isinstance(getattr(base, 'out_features', None), int) and isinstance(weight, torch.Tensor)"
+                " and tuple(weight.shape) == (base.out_features, base.in_features)):",
+                "test_the_layer_rejects_a_base_that_is_not_linear", "LinearLookalike(...)), no nn.Linear"),
+    WrongAnswer("x flattened to (N, -1), which no empty batch takes", KATA, FLATTEN,
+                "rows = x.reshape(x.shape[:-1].numel(), -1)  # N rows",
+                "test_forward_computes_the_lora_formula", "x (0, 12)"),
+    WrongAnswer("the update merged into the weight and out again when nothing needs a gradient", KATA, DOWN,
+                "if not any(ctx.needs_input_grad) or torch.is_inference_mode_enabled():  # serving: one GEMM\n"
+                "            weight.addmm_(lora_B, lora_A, alpha=scaling)\n"
+                "            y = torch.nn.functional.linear(rows, weight, bias)\n"
+                "            weight.addmm_(lora_B, lora_A, alpha=-scaling)\n"
+                "            return y.reshape(*x.shape[:-1], weight.shape[0])\n        " + DOWN,
+                "test_leaves_its_inputs_untouched", "changed ['weight'] in place"),
+    WrongAnswer("a flat copy of x kept in a dataclass on ctx", KATA, SAVE,
+                "ctx.kept = _Kept(rows.contiguous())\n        " + SAVE,
+                more_edits=((IMPORTS, "from dataclasses import dataclass\n\n" + IMPORTS
+                             + "\n\n\n@dataclass\nclass _Kept:\n    rows: torch.Tensor"),
+                            (FLATTEN_AGAIN, "rows = ctx.kept.rows  # flat")),
+                caught_by="test_forward_saves_only_what_backward_needs", explains="bytes alive for backward"),
+    WrongAnswer("a flat copy of x kept in a __slots__ object on ctx", KATA, SAVE,
+                "ctx.kept = _Kept(rows.contiguous())\n        " + SAVE,
+                more_edits=((IMPORTS, IMPORTS + "\n\n\nclass _Kept:\n    __slots__ = ('rows',)\n\n"
+                             "    def __init__(self, rows):\n        self.rows = rows"),
+                            (FLATTEN_AGAIN, "rows = ctx.kept.rows  # flat")),
+                caught_by="test_forward_saves_only_what_backward_needs", explains="bytes alive for backward"),
+    WrongAnswer("the layer bypasses the Function under inference_mode", KATA, APPLY,
+                "if torch.is_inference_mode_enabled():\n            "
+                "return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T\n        " + APPLY,
+                "test_the_layer_passes_scaling_as_a_python_float", "inference mode)"),
+    WrongAnswer("g W always, as a grouped transposed convolution, dropped when x needs no gradient", KATA, G,
+                G + "\n        base_share = torch.nn.functional.conv_transpose1d(  # g W: row n of g a group over W's rows\n"
+                "            weight.repeat(g.shape[0], 1)[None], g.reshape(-1, 1, 1), groups=g.shape[0])[0]",
+                more_edits=((GRAD_X, GRAD_X.replace("(g @ weight)", "base_share")),),
+                caught_by="test_a_step_does_only_the_matrix_work_lora_needs", explains="kFLOP of matrix products"),
+    WrongAnswer("a zero bias made on the default device for a bias-free base", KATA, BASE_PRODUCT,
+                "y = torch.addmm(torch.zeros(weight.shape[0], dtype=x.dtype) if bias is None else bias, rows, weight.T)",
+                "test_forward_and_backward_create_nothing_on_the_default_device", "a tensor made without a device"),
 ]  # fmt: skip
