@@ -410,6 +410,11 @@ FLOAT32_ROUNDING_IN_FLOAT64 = (
     ": off by float32 rounding: a float64 layer computes in float64 throughout (a scaling alpha / r kept as a "
     "float32 tensor, torch.tensor(alpha / r), rounds it): keep it a Python float or in the base's dtype"
 )
+FLOAT32_ROUNDING_KEPT_FROM_CONSTRUCTION = (
+    ": off by float32 rounding, in a layer built in torch.float32 and converted by .to(torch.float64): something "
+    "made at construction kept float32's rounding (a scaling alpha / r kept as a tensor in the base's dtype of then "
+    "rounds it, and .to() only upcasts the rounded value): keep alpha / r a Python float"
+)
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
@@ -485,6 +490,7 @@ def expect_plain_lora_in_regime(
     grad: str,
     regime: str,
     dropout: float = 0.0,
+    built_in: torch.dtype | None = None,
 ) -> None:
     """Fail the check unless ``layer`` (factors made trained-looking here) computes plain LoRA, and with
     ``grad`` "grad on" its gradients, in the grad mode ``grad`` (of GRAD_MODES) and the regime the caller set up
@@ -493,7 +499,8 @@ def expect_plain_lora_in_regime(
     own (as loading onto a model built on the meta device does): nothing may be cached between calls, nor a
     factor held from construction. With ``dropout``, the layer's probability, active in this regime: each row of x
     holds one nonzero feature, so the mask can be told from the output, each row's adapter share dropped (0) or kept
-    (1 / (1 - p)). ``base`` is an nn.Linear or a Conv1D (weight (in, out))."""
+    (1 / (1 - p)). ``base`` is an nn.Linear or a Conv1D (weight (in, out)). ``built_in``: the dtype the layer was
+    built in, when the caller converted it to the base's dtype since (layer.to(dtype))."""
     dtype = base.weight.dtype
     tolerance = RELATIVE_TOLERANCE[dtype]
     out_features, in_features = linear_weight(base).shape
@@ -558,6 +565,8 @@ def expect_plain_lora_in_regime(
                 ": does the forward compute with the Parameters it was built with (a tuple or list of them, kept "
                 "at construction)? read them off the module at every call"
                 if "assign" in step
+                else FLOAT32_ROUNDING_KEPT_FROM_CONSTRUCTION
+                if built_in == torch.float32 and dtype == torch.float64 and error <= RELATIVE_TOLERANCE[torch.float32]
                 else FLOAT32_ROUNDING_IN_FLOAT64
                 if dtype == torch.float64 and error <= RELATIVE_TOLERANCE[torch.float32]
                 else ": does the forward depend on the mode, the call style, or a value cached from an earlier call?"
