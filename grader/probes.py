@@ -429,13 +429,22 @@ FLOAT32_ROUNDING_IN_FLOAT64 = (
     ": off by float32 rounding: a float64 layer computes in float64 throughout (a scaling alpha / r kept as a "
     "float32 tensor, torch.tensor(alpha / r), rounds it): keep it a Python float or in the base's dtype"
 )
+FLOAT32_ROUNDING_KEPT_FROM_CONSTRUCTION = (
+    ": off by float32 rounding, in a layer built in torch.float32 and converted by .to(torch.float64): something "
+    "made at construction kept float32's rounding (a scaling alpha / r kept as a tensor in the base's dtype of then "
+    "rounds it, and .to() only upcasts the rounded value): keep alpha / r a Python float"
+)
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def relative_error(measured: torch.Tensor, expected: torch.Tensor) -> float:
-    """||measured - expected|| / ||expected|| in float64 (the absolute error when expected is 0)."""
+def relative_error(measured: torch.Tensor, expected: torch.Tensor, scale: torch.Tensor | None = None) -> float:
+    """||measured - expected|| / ||expected|| in float64 (the absolute error when expected is 0); with ``scale``
+    (the same sums over the terms' magnitudes, lora_in_float64(..., absolute=True)), over the larger of the two."""
     difference = (measured.detach().double() - expected.detach().double()).norm().item()
-    return difference / max(expected.detach().double().norm().item(), 1e-30)
+    reference = expected.detach().double().norm().item()
+    if scale is not None:
+        reference = max(reference, scale.detach().double().norm().item())
+    return difference / max(reference, 1e-30)
 
 
 def linear_weight(base: nn.Module) -> torch.Tensor:
@@ -450,22 +459,25 @@ def lora_in_float64(
     x: torch.Tensor,
     upstream: torch.Tensor | None,
     kept: torch.Tensor | None = None,
+    absolute: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Plain LoRA computed exactly (float64) from the current values of the base, the factors and x:
     ``base(x) + scaling (x A^T) B^T``, and with ``upstream`` the gradients of A, B and x. With ``kept``, a dropout
     mask (0, or 1 / (1 - p)) broadcast over x, the adapter's input is ``kept * x``. ``base`` is an nn.Linear or a
-    Conv1D."""
-    weight = linear_weight(base).detach().double()
-    bias = None if base.bias is None else base.bias.detach().double()
-    A = found.A.detach().double().requires_grad_()
-    B = found.B.detach().double().requires_grad_()
-    x = x.detach().double().requires_grad_()
+    Conv1D. ``absolute``: the same sums over the absolute values of every term, the scale a rounding error of
+    each result is relative to (where terms cancel, the result itself is far smaller)."""
+    magnitude = torch.Tensor.abs if absolute else (lambda tensor: tensor)
+    weight = magnitude(linear_weight(base).detach().double())
+    bias = None if base.bias is None else magnitude(base.bias.detach().double())
+    A = magnitude(found.A.detach().double()).requires_grad_()
+    B = magnitude(found.B.detach().double()).requires_grad_()
+    x = magnitude(x.detach().double()).requires_grad_()
     with torch.enable_grad():
         z = x if kept is None else x * kept.double()
-        y = nn.functional.linear(x, weight, bias) + scaling * (z @ A.T) @ B.T
+        y = nn.functional.linear(x, weight, bias) + (abs(scaling) if absolute else scaling) * (z @ A.T) @ B.T
         if upstream is None:
             return y.detach(), {}
-        y.backward(upstream.double())
+        y.backward(magnitude(upstream.double()))
     return y.detach(), {"A": A.grad, "B": B.grad, "x": x.grad}
 
 
@@ -543,6 +555,7 @@ def expect_plain_lora_in_regime(
     grad: str,
     regime: str,
     dropout: float = 0.0,
+    built_in: torch.dtype | None = None,
 ) -> None:
     """Fail the check unless ``layer`` (factors made trained-looking here) computes plain LoRA, and with
     ``grad`` "grad on" its gradients, in the grad mode ``grad`` (of GRAD_MODES) and the regime the caller set up
@@ -551,7 +564,8 @@ def expect_plain_lora_in_regime(
     own (as loading onto a model built on the meta device does): nothing may be cached between calls, nor a
     factor held from construction. With ``dropout``, the layer's probability, active in this regime: each row of x
     holds one nonzero feature, so the mask can be told from the output, each row's adapter share dropped (0) or kept
-    (1 / (1 - p)). ``base`` is an nn.Linear or a Conv1D (weight (in, out))."""
+    (1 / (1 - p)). ``base`` is an nn.Linear or a Conv1D (weight (in, out)). ``built_in``: the dtype the layer was
+    built in, when the caller converted it to the base's dtype since (layer.to(dtype))."""
     dtype = base.weight.dtype
     tolerance = RELATIVE_TOLERANCE[dtype]
     out_features, in_features = linear_weight(base).shape
@@ -603,11 +617,15 @@ def expect_plain_lora_in_regime(
             ratio = (measured * plain).sum(-1, keepdim=True) / (plain * plain).sum(-1, keepdim=True).clamp_min(1e-30)
             kept = (ratio > 0.5 / (1 - dropout)).double() / (1 - dropout)
         expected, gradients = lora_in_float64(base, found, scaling, x, upstream, kept)
+        # In half precision, a sum whose terms nearly cancel is far smaller than its rounding: errors are measured
+        # against the sum of the terms' magnitudes there (float32 and float64 keep the plain relative error).
+        half = dtype in (torch.float16, torch.bfloat16)
+        scale, scales = lora_in_float64(base, found, scaling, x, upstream, kept, absolute=True) if half else (None, {})
         assert (tuple(y.shape), y.dtype) == (tuple(expected.shape), dtype), (
             f"{where}: the output is {y.dtype} {tuple(y.shape)}, expected {dtype} {tuple(expected.shape)}: "
             "map (..., in) to (..., out) in the base's dtype, for any number of batch dimensions"
         )
-        error = relative_error(y, expected)
+        error = relative_error(y, expected, scale)
         assert error <= tolerance, (
             f"{where}: the output is off plain LoRA base(x) + scaling (x A^T) B^T by {error:.2g} (relative), "
             f"expected under {tolerance:.0e}"
@@ -616,6 +634,8 @@ def expect_plain_lora_in_regime(
                 ": does the forward compute with the Parameters it was built with (a tuple or list of them, kept "
                 "at construction)? read them off the module at every call"
                 if "assign" in step
+                else FLOAT32_ROUNDING_KEPT_FROM_CONSTRUCTION
+                if built_in == torch.float32 and dtype == torch.float64 and error <= RELATIVE_TOLERANCE[torch.float32]
                 else FLOAT32_ROUNDING_IN_FLOAT64
                 if dtype == torch.float64 and error <= RELATIVE_TOLERANCE[torch.float32]
                 else ": does the forward depend on the mode, the call style, or a value cached from an earlier call?"
@@ -628,7 +648,7 @@ def expect_plain_lora_in_regime(
             assert measured is not None, f"{where}: {name} received no gradient: is it used in forward, not detached?"
             if name == "x":
                 measured, gradients[name] = measured * told, gradients[name] * told.double()
-            error = relative_error(measured, gradients[name])
+            error = relative_error(measured, gradients[name], scales.get(name))
             assert error <= tolerance, (
                 f"{where}: the gradient of {name} is off plain LoRA's by {error:.2g} (relative), expected under "
                 f"{tolerance:.0e}: is a constant factor or a detach on the way in this regime?"

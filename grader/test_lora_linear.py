@@ -26,6 +26,7 @@ from grader.probes import (
     Conv1DLike,
     adapter_input_multipliers,
     arguments_id,
+    dtype_name,
     examples,
     expect_a_fraction_p_zeroed,
     expect_a_fresh_mask_for_every_element_and_call,
@@ -186,7 +187,7 @@ def test_factors_follow_the_base_device_not_the_default_one(LoRALinear):
     r=st.integers(1, 8),
     alpha=st.sampled_from([1.0, 8.0, 16.0, 32.0]),
     batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
-    dtype=st.sampled_from([torch.float32, torch.float64]),
+    dtype=st.sampled_from(FLOAT_DTYPES),  # every dtype: a half-precision path of its own skips base(x) there only
     kind=st.sampled_from(list(BASE_KINDS)),
     contiguous=st.booleans(),
 )
@@ -198,6 +199,10 @@ def test_factors_follow_the_base_device_not_the_default_one(LoRALinear):
          contiguous=False)  # fmt: skip
 @example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(3,), dtype=torch.float32,
          kind="hooked Linear", contiguous=True)  # fmt: skip
+@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(2, 3), dtype=torch.bfloat16,
+         kind="GatedLinear", contiguous=False)  # fmt: skip
+@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(3,), dtype=torch.float16,
+         kind="hooked Linear", contiguous=True)  # fmt: skip
 def test_output_equals_the_base_at_init(
     LoRALinear, in_features, out_features, r, alpha, batch_shape, dtype, kind, contiguous
 ):  # fmt: skip
@@ -205,7 +210,7 @@ def test_output_equals_the_base_at_init(
     layer = LoRALinear(base, r=r, alpha=alpha)
     expect_base_precision(layer, base)
     x = strided((*batch_shape, in_features), contiguous, dtype=dtype)
-    expect_exactly_the_base(layer, base, x, f"a {kind} base and x {tuple(x.shape)}")
+    expect_exactly_the_base(layer, base, x, f"a {kind} base in {dtype_name(dtype)} and x {tuple(x.shape)}")
 
 
 # Every way the signature LoRALinear(base, r=8, alpha=16.0, dropout=0.0) may be called.
@@ -240,33 +245,47 @@ CALL_STYLES = {
     grad=st.sampled_from(list(GRAD_MODES)),
     mode=st.sampled_from(["train", "eval", "eval-with-dropout", "train-with-dropout"]),
     bias=st.booleans(),
+    converted=st.just(False),  # the explicit examples convert: the drawn cases stay those of before
 )
 @examples(
-    "in_features, out_features, wide, r, alpha, call, dtype, batch_shape, contiguous, grad, mode, bias",
-    (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha)", torch.float32, (1,), True, "grad on", "train", True),
+    "in_features, out_features, wide, r, alpha, call, dtype, batch_shape, contiguous, grad, mode, bias, converted",
+    (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha)",
+    torch.float32, (1,), True, "grad on", "train", True, False),
     (IN, OUT, True, 3, 10.0, "LoRALinear(base, r, alpha, dropout)",
-     torch.float16, (2, 1, 3), False, "grad on", "eval-with-dropout", True),
-    (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha)", torch.bfloat16, (), True, "grad on", "train", False),
-    (IN, OUT, False, 3, 16.0, "LoRALinear(base, r, alpha)", torch.float32, (130,), False, "grad on", "eval", True),
-    (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha)", torch.float64, (2, 3), True, "grad off", "train", True),
+     torch.float16, (2, 1, 3), False, "grad on", "eval-with-dropout", True, False),
+    (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha)",
+    torch.bfloat16, (), True, "grad on", "train", False, False),
+    (IN, OUT, False, 3, 16.0, "LoRALinear(base, r, alpha)",
+    torch.float32, (130,), False, "grad on", "eval", True, False),
+    (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha)",
+    torch.float64, (2, 3), True, "grad off", "train", True, False),
     (IN, OUT, False, UNROUNDED_R, UNROUNDED_ALPHA, "LoRALinear(base, r, alpha)",
-     torch.float64, (3,), True, "grad on", "eval", False),
+     torch.float64, (3,), True, "grad on", "eval", False, False),
     (IN, OUT, True, R, ALPHA, "LoRALinear(base, r=r, alpha=alpha, dropout=p)",
-     torch.float32, (3,), True, "grad off", "eval", True),
+     torch.float32, (3,), True, "grad off", "eval", True, False),
     (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha, dropout)",
-     torch.float16, (2, 3), False, "grad on", "train-with-dropout", True),
+     torch.float16, (2, 3), False, "grad on", "train-with-dropout", True, False),
     (IN, OUT, True, 3, 16.0, "LoRALinear(base, r=r, alpha=alpha, dropout=p)",
-     torch.bfloat16, (3, 2, 2), False, "grad off", "train-with-dropout", False),
+     torch.bfloat16, (3, 2, 2), False, "grad off", "train-with-dropout", False, False),
     (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha=alpha, dropout=p)",
-     torch.float32, (2, 3), True, "inference mode", "eval", True),
+     torch.float32, (2, 3), True, "inference mode", "eval", True, False),
+    # Built in another dtype and converted (model.double() for gradcheck, model.half()): the same comparison as one
+    # built in that dtype, float64 to 1e-10 with alpha / r = 10 / 3, which float32 does not hold.
+    (IN, OUT, False, UNROUNDED_R, UNROUNDED_ALPHA, "LoRALinear(base, r, alpha)",
+     torch.float64, (3,), True, "grad on", "eval", True, True),
+    (IN, OUT, False, UNROUNDED_R, UNROUNDED_ALPHA, "LoRALinear(base, r, alpha, dropout)",
+     torch.bfloat16, (2, 3), True, "grad off", "train-with-dropout", True, True),
 )  # fmt: skip
 def test_matches_plain_lora_in_every_regime(
-    LoRALinear, in_features, out_features, wide, r, alpha, call, dtype, batch_shape, contiguous, grad, mode, bias
+    LoRALinear, in_features, out_features, wide, r, alpha, call, dtype, batch_shape, contiguous, grad, mode, bias,
+    converted,
 ):  # fmt: skip
     if wide:
         in_features, out_features = out_features, in_features
     dropout = 0.3 if mode.endswith("with-dropout") else 0.0
-    base = nn.Linear(in_features, out_features, bias=bias, dtype=dtype)
+    # converted: built in float32 (float64 for a float32 case), then layer.to(dtype), as model.double() or .half() do
+    built_in = (torch.float64 if dtype == torch.float32 else torch.float32) if converted else dtype
+    base = nn.Linear(in_features, out_features, bias=bias, dtype=built_in)
     try:
         layer = CALL_STYLES[call](LoRALinear, base, r, alpha, dropout)
     except (TypeError, ValueError) as error:
@@ -276,9 +295,14 @@ def test_matches_plain_lora_in_every_regime(
             pytrace=False,
         )
     layer.train(mode.startswith("train"))
-    regime = f"{call} with r={r}, alpha={alpha}, dropout={dropout}, {dtype}, {mode} mode, {grad}"
+    built = f"built in {built_in} and converted by .to({dtype})" if converted else str(dtype)
+    if converted:
+        layer.to(dtype)
+    regime = f"{call} with r={r}, alpha={alpha}, dropout={dropout}, {built}, {mode} mode, {grad}"
     active = dropout if layer.training else 0.0
-    expect_plain_lora_in_regime(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime, active)
+    expect_plain_lora_in_regime(
+        layer, base, r, alpha / r, batch_shape, contiguous, grad, regime, active, built_in if converted else None
+    )
 
 
 @pytest.mark.points(2)

@@ -288,4 +288,17 @@ WRONG_ANSWERS = [
     WrongAnswer('r and alpha without defaults', KATA, 'def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0,',
                 'def __init__(self, base: nn.Linear, r: int, alpha: float,',
                 "test_takes_the_stubs_parameters", 'gives `r` no default'),
+    # Red-team round 7 (team f): the trap bases in every dtype, a layer converted after construction.
+    WrongAnswer("half precision through one merged-weight F.linear", KATA, RESULT,
+                "w = self.base.weight\n"
+                "        if w.dtype in (torch.float16, torch.bfloat16) and not (self.training and self.dropout.p > 0):\n"
+                "            merged = (w.float() + self.scaling * (self.lora_B.float() @ self.lora_A.float())).to(w.dtype)\n"
+                "            return F.linear(x, merged, self.base.bias)\n        " + RESULT,
+                "test_output_equals_the_base_at_init", "a torch.bfloat16 GatedLinear base"),
+    WrongAnswer("scaling a buffer in the base's dtype, rounded before .to(float64)", KATA, DOWN,
+                DOWN.replace("self.scaling", "self.scale"),
+                "test_matches_plain_lora_in_every_regime", "built in torch.float32 and converted",
+                more_edits=(("self.scaling = alpha / r", "self.scaling = alpha / r\n        self.register_buffer("
+                             "'scale', torch.tensor(alpha / r, device=base.weight.device, dtype=base.weight.dtype), "
+                             "persistent=False)"),)),
 ]  # fmt: skip

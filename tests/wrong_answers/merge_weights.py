@@ -131,4 +131,8 @@ WRONG_ANSWERS = [
     WrongAnswer("the base reused while held outside its adapter", KATA, NEW_LAYER,
                 "base.weight = " + SUM + "\n    return base",
                 "test_merges_the_model_zoo", "held outside"),
+    # Red-team round 7 (team f): a half-precision merge with a scaling no half dtype holds.
+    WrongAnswer("scaling taken in the weight's dtype", KATA, UPDATE,
+                UPDATE.replace("* layer.scaling", "* weight.new_tensor(layer.scaling)"),
+                "test_half_precision_merges_in_float32_and_rounds_once", "the scaling alpha / r was rounded to"),
 ]  # fmt: skip

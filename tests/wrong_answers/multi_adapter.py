@@ -450,4 +450,9 @@ WRONG_ANSWERS = [
     WrongAnswer("safe merge checking +inf and NaN only", KATA, "not torch.isfinite(merged).all()",
                 '(merged.isnan().any() or merged.max() == float("inf"))',
                 "test_safe_merge_checks_the_merged_weight_in_its_own_dtype", "raised nothing"),
+    # Red-team round 7 (team f): a half-precision merge with a scaling no half dtype holds.
+    WrongAnswer("scaling taken in the weight's dtype", KATA,
+                "@ self.lora_A[name].to(accumulate)) * self.scaling[name]",
+                "@ self.lora_A[name].to(accumulate)) * self.base.weight.new_tensor(self.scaling[name])",
+                "test_half_precision_merge_and_unmerge_accumulate_in_float32", "the scaling alpha / r was rounded to"),
 ]  # fmt: skip

@@ -14,7 +14,6 @@ class LoRALinear(nn.Module):
             parameter.requires_grad_(False)
         self.r = r
         self.alpha = alpha
-        self.register_buffer("scale", torch.tensor(alpha / r, dtype=base.weight.dtype, device=base.weight.device))
         factory = dict(dtype=base.weight.dtype, device=base.weight.device)
         down = torch.empty(base.in_features, r, **factory)
         bound = 1 / math.sqrt(base.in_features)
@@ -29,4 +28,4 @@ class LoRALinear(nn.Module):
         return self.alpha / self.r
 
     def forward(self, x):
-        return self.linear(x) + (self.drop(x) @ self.adapter["down"]) @ self.adapter["up"] * self.scale
+        return self.linear(x) + (self.drop(x) @ self.adapter["down"]) @ self.adapter["up"] * self.scaling
