@@ -294,7 +294,7 @@ WRONG_ANSWERS = [
                 "        if w.dtype in (torch.float16, torch.bfloat16) and not (self.training and self.dropout.p > 0):\n"
                 "            merged = (w.float() + self.scaling * (self.lora_B.float() @ self.lora_A.float())).to(w.dtype)\n"
                 "            return F.linear(x, merged, self.base.bias)\n        " + RESULT,
-                "test_output_equals_the_base_at_init", "a torch.bfloat16 GatedLinear base"),
+                "test_output_equals_the_base_at_init", "a GatedLinear base in bfloat16"),
     WrongAnswer("scaling a buffer in the base's dtype, rounded before .to(float64)", KATA, DOWN,
                 DOWN.replace("self.scaling", "self.scale"),
                 "test_matches_plain_lora_in_every_regime", "built in torch.float32 and converted",
