@@ -75,7 +75,7 @@ WRONG_ANSWERS = [
     WrongAnswer("the weight cached on the first forward", KATA, FORWARD,
                 'if not hasattr(self, "cache"):\n            self.cache = self.weight(torch.float32)\n        '
                 "return F.linear(x, self.cache.to(x.dtype), bias)",
-                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "after forwards without and with grad"),
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "dequantized at an earlier call and kept"),
     WrongAnswer("QLoRA computed in float32", KATA, RESULT, "return (self.base(x.float()) + F.linear(down.float(), self.lora_B.float()))",
                 "test_qlora_computes_the_nf4_base_at_init", "compute and return in the base's dtype"),
     WrongAnswer("skip read as characters", KATA, "    skipped = _names(skip)", "    skipped = tuple(skip)",
@@ -88,12 +88,12 @@ WRONG_ANSWERS = [
     # Holes found by the red team (round 1): each passed the grader before its check was sharpened.
     WrongAnswer("the dequantized weight in an lru_cache", KATA, BUFFERS,
                 BUFFERS + "; self.cached = functools.lru_cache(maxsize=3)(self.weight)",
-                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "full-precision copy",
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "dequantized at an earlier call and kept",
                 more_edits=((FORWARD, "return F.linear(x, self.cached(x.dtype), bias)"),
                             ("import math\n", "import functools\nimport math\n"))),
     WrongAnswer("the dequantized weight in a module-level cache", KATA, FORWARD,
                 "return F.linear(x, _CACHE.setdefault(self, {}).setdefault(x.dtype, self.weight(x.dtype)), bias)",
-                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "full-precision copy",
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "dequantized at an earlier call and kept",
                 more_edits=(("BLOCK_SIZE = 64\n", "BLOCK_SIZE = 64\n_CACHE = weakref.WeakKeyDictionary()\n"),
                             ("import math\n", "import math\nimport weakref\n"))),
     WrongAnswer("computed in float32 and cast afterwards", KATA, FORWARD,
@@ -190,7 +190,7 @@ WRONG_ANSWERS = [
     WrongAnswer("the weight cached while training", KATA, FORWARD,
                 'if torch.is_grad_enabled():\n            if getattr(self, "cache", None) is None or self.cache.dtype != x.dtype:\n'
                 "                self.cache = self.weight(x.dtype)\n            return F.linear(x, self.cache, bias)\n        " + FORWARD,
-                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "one answered by a backward"),
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "dequantized at an earlier call and kept"),
     WrongAnswer("a shared layer replaced under its first name only", KATA,
                 '        for name in names:  # one new layer under every name of the old one\n'
                 '            parent, _, child = name.rpartition(".")\n            setattr(model.get_submodule(parent), child, layer)',
@@ -234,7 +234,7 @@ WRONG_ANSWERS = [
                 "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "(its bytes)"),
     WrongAnswer("the weight's untyped storage kept", KATA, BUFFERS,
                 BUFFERS + "; self._full = base.weight.detach().clone().untyped_storage()",
-                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "(its bytes)"),
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "(a torch storage)"),
     WrongAnswer("the weight's bytes kept as a list of ints", KATA, BUFFERS,
                 BUFFERS + "; self._full = list(base.weight.detach().reshape(-1).view(torch.uint8).numpy().tobytes())",
                 "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "(its Python ints)"),
