@@ -27,18 +27,18 @@ from grader.nf4_checks import expect_same_codes, storage_bytes
 from grader.oracles import optional
 from grader.probes import (
     CUDA,
-    FORWARD_FAILURES,
-    GRAD_MODES,
     DROP_IN,
     DROP_OUT,
     DROP_R,
     DROPOUT,
+    FORWARD_FAILURES,
+    GRAD_MODES,
     TRAINING_CASES,
     describe,
     dtype_name,
     expect_centred,
-    expect_nn_linear_bound_if_uniform,
     expect_dropout_like_nn_dropout,
+    expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
     expect_r_alpha_and_scaling,
     expect_training_fits_a_low_rank_target,
@@ -384,12 +384,17 @@ def test_nf4_linear_keeps_no_reference_to_the_original_weight(NF4Linear, QLoRALi
 
 # The regime table of (base dtype, x dtype): every pair of float32, bfloat16 and float16, each way. NF4Linear
 # dequantizes in x's dtype whatever the base's was, and its backward too.
-DTYPE_PAIRS = [(base, x) for base in (torch.float32, torch.bfloat16, torch.float16) for x in (torch.float32, torch.bfloat16, torch.float16)]  # fmt: skip
+FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+DTYPE_PAIRS = [(base, x) for base in FLOATS for x in FLOATS]
 # The calls of NF4Linear's regime table, one after another on one layer: (batch dims, contiguous x, grad mode, what
 # is edited in place just before). Batch dims 0 to 3, x strided (``probes.strided``: .view(-1, in) cannot flatten a
 # 3-D one), each grad mode, dL/dx measured with grad on; the bias edited, then the NF4 buffers re-quantized from
 # another weight: the outputs follow (nothing cast or dequantized once and kept).
-GRAD_WORDS = {"grad on": "grad on", "grad off": "under torch.no_grad()", "inference mode": "under torch.inference_mode()"}
+GRAD_WORDS = {
+    "grad on": "grad on",
+    "grad off": "under torch.no_grad()",
+    "inference mode": "under torch.inference_mode()",
+}
 NF4_CALLS = [
     ((), True, "grad off", ""),
     ((5,), False, "inference mode", ""),
@@ -802,14 +807,11 @@ def expect_lora_output_and_gradients(layer, nf4_base, found, batch, contiguous=T
     for name, measured in zip("AB", found.grads(), strict=True):
         assert measured is not None, f"factor {name} received no gradient: use it in forward, not detached"
         off = max_difference(measured, grads[name])
-        assert off <= 1e-5 * (1 + grads[name].abs().max().item()), (
-            f"{where}: gradient of {name} off by {off:.3g}"
-        )
+        assert off <= 1e-5 * (1 + grads[name].abs().max().item()), f"{where}: gradient of {name} off by {off:.3g}"
     assert x.grad is not None, "no gradient reached x: do not detach x or run the forward under no_grad"
     off = max_difference(x.grad, grads["x"])
     assert off <= 1e-5 * (1 + grads["x"].abs().max().item()), (
-        f"{where}: gradient w.r.t. x off by {off:.3g}: it must flow through the NF4 base (g W_nf4) and the "
-        "adapter"
+        f"{where}: gradient w.r.t. x off by {off:.3g}: it must flow through the NF4 base (g W_nf4) and the adapter"
     )
 
 
