@@ -582,7 +582,8 @@ def test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product(
         assert bool((y[:, 0] == expected).all()), (
             f"{name}(a {dtype_name(base_dtype)} base) on x {dtype_name(x_dtype)} = e_1 - e_65, whose dequantized "
             f"W[0, 1] and W[0, 65] are {'the same number' if expected == 0 else f'{expected:.6g} apart'} in "
-            f"{dtype_name(x_dtype)} (and the same in {dtype_name(half)}), gives {y[0, 0].item():.6g} in row 0, "
+            f"{dtype_name(x_dtype)}{'' if expected == 0 else f' (the same in {dtype_name(half)})'}, gives "
+            f"{y[0, 0].item():.6g} in row 0, "
             f"expected exactly {expected:.6g}: the weight is not dequantized in x's dtype before F.linear (computed "
             f"in {'float32 and cast afterwards' if expected == 0 else dtype_name(half)}?); the spec says "
             "F.linear(x, dequantize_nf4(packed, absmax, (out, in), x.dtype), b), whatever the base's dtype"
@@ -1230,7 +1231,17 @@ def test_apply_qlora_quantizes_the_model_zoo(apply_qlora, NF4Linear, QLoRALinear
     call = f"apply_qlora({model_name} model, {list(targets)}, r=2, alpha=4.0, skip={list(skip)})"
     held = lambda: [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]  # noqa: E731
     before = {name: tensor.detach().clone() for name, tensor in held()}
-    apply_qlora(model, targets, r=2, alpha=4.0, skip=skip)
+    try:
+        apply_qlora(model, targets, r=2, alpha=4.0, skip=skip)
+    except ValueError as error:
+        shared = [names_of[key] for key in adapted if len(names_of[key]) > 1]
+        pytest.fail(
+            f"{call} raised ValueError ({error}), though "
+            f"{'a layer' if not shared else 'the layer held as ' + ' and '.join(shared[0])} outside skip matches a "
+            "target: a layer held under several names is targeted when any of its names "
+            "matches, not only the first that named_modules() lists",
+            pytrace=False,
+        )
     wrong, split, kinds = [], [], {}
     for key, original in linears.items():
         expected = QLoRALinear if key in adapted else NF4Linear
