@@ -3,6 +3,7 @@ on the toy transformer, a tiny Llama (transformers) and against peft's LoRA over
 
 from __future__ import annotations
 
+import array
 import contextlib
 import copy
 import gc
@@ -30,11 +31,14 @@ from grader.probes import (
     DROP_OUT,
     DROP_R,
     DROPOUT,
+    FORWARD_FAILURES,
+    GRAD_MODES,
     TRAINING_CASES,
     describe,
     dtype_name,
     expect_centred,
     expect_dropout_like_nn_dropout,
+    expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
     expect_r_alpha_and_scaling,
     expect_training_fits_a_low_rank_target,
@@ -44,6 +48,7 @@ from grader.probes import (
     output,
     plain_lora,
     randomize_factors,
+    strided,
     trainable,
 )
 from grader.signatures import expect_the_stubs_signatures
@@ -118,7 +123,10 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
     class attributes), and through the globals and classes of the submission's own modules (a module-level cache);
     not through other modules or classes (torch's, the grader's). Each tensor once. A numpy array counts as the tensor
     sharing its memory, and the floats of a list or tuple as a float64 tensor of them (a weight kept by .tolist()),
-    but for a function's default arguments (``alpha=16.0``), which are constants of the code, not of the layer."""
+    but for a function's default arguments (``alpha=16.0``), which are constants of the code, not of the layer.
+    Whatever can hold the weight's bytes counts as a uint8 tensor of them: bytes, bytearray, memoryview,
+    array.array, a torch storage (untyped or typed), a numpy array of any kind, and the ints of a list or tuple
+    (as int64, 8 bytes each: list(weight_bytes))."""
     package = type(root).__module__.split(".")[0]
     own = lambda name: isinstance(name, str) and name.split(".")[0] == package  # noqa: E731
     foreign = {id(vars(m)) for m in list(sys.modules.values()) if m is not None and not own(m.__name__)}
@@ -128,7 +136,7 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
     queue = deque([(root, type(root).__name__)])
     while queue and len(seen) < 200_000:
         value, where = queue.popleft()
-        if id(value) in seen or isinstance(value, (types.ModuleType, str, bytes, int, float, types.CodeType)):
+        if id(value) in seen or isinstance(value, (types.ModuleType, str, int, float, types.CodeType)):
             continue
         if id(value) in foreign or (isinstance(value, type) and not own(value.__module__)):
             continue
@@ -137,6 +145,16 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
             constants.add(id(value.__defaults__))
         if isinstance(value, torch.Tensor):
             yield where, value
+        elif isinstance(value, (torch.UntypedStorage, torch.TypedStorage)):
+            storage = value.untyped_storage() if isinstance(value, torch.TypedStorage) else value
+            made.append(torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage))
+            yield f"{where} (a torch storage)", made[-1]
+        elif isinstance(value, (bytes, bytearray, memoryview, array.array)) or (
+            isinstance(value, numpy.ndarray) and value.dtype.kind not in "biufc"
+        ):
+            size = value.nbytes if isinstance(value, (numpy.ndarray, memoryview)) else memoryview(value).nbytes
+            made.append(torch.empty(size, dtype=torch.uint8))  # its size is what counts
+            yield f"{where} (its bytes)", made[-1]
         elif isinstance(value, numpy.ndarray) and value.dtype.kind in "biufc":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a read-only array: the tensor is only measured
@@ -147,6 +165,11 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
         ):
             made.append(torch.tensor([item for item in value if isinstance(item, float)], dtype=torch.float64))
             yield f"{where} (its Python floats)", made[-1]
+        elif isinstance(value, (list, tuple)) and id(value) not in constants:
+            ints = sum(1 for item in value if isinstance(item, int) and not isinstance(item, bool))
+            if ints > 16:  # a shape or a few indices cost nothing; a weight's bytes as ints do
+                made.append(torch.zeros(ints, dtype=torch.int64))
+                yield f"{where} (its Python ints)", made[-1]
         if isinstance(value, torch.autograd.graph.Node):
             children = graph_children(value, where)
         elif isinstance(value, dict):
@@ -359,19 +382,60 @@ def test_nf4_linear_keeps_no_reference_to_the_original_weight(NF4Linear, QLoRALi
         del layer
 
 
+# The regime table of (base dtype, x dtype): every pair of float32, bfloat16 and float16, each way. NF4Linear
+# dequantizes in x's dtype whatever the base's was, and its backward too.
+FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+DTYPE_PAIRS = [(base, x) for base in FLOATS for x in FLOATS]
+# The calls of NF4Linear's regime table, one after another on one layer: (batch dims, contiguous x, grad mode, what
+# is edited in place just before). Batch dims 0 to 3, x strided (``probes.strided``: .view(-1, in) cannot flatten a
+# 3-D one), each grad mode, dL/dx measured with grad on; the bias edited, then the NF4 buffers re-quantized from
+# another weight: the outputs follow (nothing cast or dequantized once and kept).
+GRAD_WORDS = {
+    "grad on": "grad on",
+    "grad off": "under torch.no_grad()",
+    "inference mode": "under torch.inference_mode()",
+}
+NF4_CALLS = [
+    ((), True, "grad off", ""),
+    ((5,), False, "inference mode", ""),
+    ((2, 3), False, "grad on", "bias"),
+    ((2, 3, 2), False, "inference mode", "buffers"),
+    ((3,), True, "grad on", ""),
+]
+
+
+# A word of a RuntimeError one regime only raises, and its likely cause here.
+FAILURES = {**FORWARD_FAILURES, "dtype": "dequantize the weight and cast the bias to x's dtype, whatever the base's"}
+
+
+def call_in_regime(layer: nn.Module, x: torch.Tensor, where: str) -> torch.Tensor:
+    """``layer(x)``, after failing the check on a RuntimeError the regime explains (a view of a non-contiguous x)."""
+    try:
+        return output(layer, x)
+    except RuntimeError as error:
+        message = str(error).splitlines()[0]
+        cause = next((text for word, text in FAILURES.items() if word in message), None)
+        if cause is None:
+            raise
+        pytest.fail(f"{where}: the forward raised RuntimeError ({message}): {cause}", pytrace=False)
+
+
+def requantize_buffers(layer: nn.Module, weight: torch.Tensor, what: str) -> None:
+    """Write the NF4 codes and absmax of ``weight`` into the layer's own buffers, in place (as load_state_dict does)."""
+    n = weight.numel()
+    packed, absmax = ref.quantize(weight, BLOCK)
+    nf4_buffers(layer, *weight.shape, what)  # fails the check when there are none
+    for buffer in layer.buffers():
+        with torch.no_grad():
+            if buffer.dtype == torch.uint8 and buffer.numel() == math.ceil(n / 2):
+                buffer.copy_(packed.reshape(buffer.shape))
+            elif buffer.dtype == torch.float32 and buffer.numel() == math.ceil(n / BLOCK):
+                buffer.copy_(absmax.reshape(buffer.shape))
+
+
 @pytest.mark.points(3)
 @pytest.mark.subject("NF4Linear")
-@pytest.mark.parametrize(
-    ("base_dtype", "x_dtype"),
-    [
-        (torch.float32, torch.float32),
-        (torch.bfloat16, torch.bfloat16),
-        (torch.float16, torch.float16),
-        (torch.float32, torch.bfloat16),
-        (torch.bfloat16, torch.float32),
-    ],
-    ids=dtype_name,
-)
+@pytest.mark.parametrize(("base_dtype", "x_dtype"), DTYPE_PAIRS, ids=dtype_name)
 def test_nf4_linear_computes_F_linear_with_the_dequantized_weight(NF4Linear, nf4_works, base_dtype, x_dtype):
     nf4_works()
     for bias in (True, False):
@@ -379,14 +443,32 @@ def test_nf4_linear_computes_F_linear_with_the_dequantized_weight(NF4Linear, nf4
         kept_bias = None if base.bias is None else base.bias.detach().clone()
         original = base.weight.detach().clone()
         layer = NF4Linear(base)
-        what = f"NF4Linear(a {base_dtype} base{'' if bias else ' without bias'})"
-        weight = dequantized(layer, OUT, IN, what, x_dtype)
-        for batch in [(), (5,), (2, 3)]:
-            x = torch.randn(*batch, IN).to(x_dtype)
-            with torch.no_grad():
-                y = output(layer, x)
-                expected = F.linear(x, weight, None if kept_bias is None else kept_bias.to(x_dtype))
-            call = f"{what} on x {x_dtype} of shape {tuple(x.shape)}"
+        what = f"NF4Linear(a {dtype_name(base_dtype)} base{'' if bias else ' without bias'})"
+        edited = False  # after an edit, a wrong output is likely a value kept from an earlier call
+        for batch, contiguous, grad, edit in NF4_CALLS:
+            step = ""
+            if edit == "bias" and kept_bias is not None:
+                held = [t for t in [*layer.parameters(), *layer.buffers()] if t.shape == kept_bias.shape
+                        and t.dtype == kept_bias.dtype and torch.equal(t.detach(), kept_bias)]  # fmt: skip
+                with torch.no_grad():
+                    for tensor in [*held, kept_bias]:
+                        tensor.mul_(-0.5).add_(0.25)
+                step = " after its bias was edited in place"
+            elif edit == "buffers":
+                requantize_buffers(layer, make_base(dtype=base_dtype, seed=1).weight.detach(), what)
+                step = " after its NF4 buffers were re-quantized from another weight, in place"
+            edited = edited or bool(step)
+            weight = dequantized(layer, OUT, IN, what, x_dtype)
+            x = strided((*batch, IN), contiguous).to(x_dtype)
+            call = (
+                f"{what} on x {dtype_name(x_dtype)} {tuple(x.shape)}{'' if contiguous else ' non-contiguous'}, "
+                f"{GRAD_WORDS[grad]}{step}"
+            )
+            with GRAD_MODES[grad]():
+                if grad == "grad on":
+                    x.requires_grad_()
+                y = call_in_regime(layer, x, call)
+            expected = F.linear(x.detach(), weight, None if kept_bias is None else kept_bias.to(x_dtype))
             assert y.dtype == x_dtype and y.shape == expected.shape, (
                 f"{call} returned {describe(y)}, expected {x_dtype} of shape {tuple(expected.shape)}: dequantize in "
                 "x's dtype and return F.linear(x, W, b) in it"
@@ -396,17 +478,33 @@ def test_nf4_linear_computes_F_linear_with_the_dequantized_weight(NF4Linear, nf4
             assert error <= tolerance(x_dtype, expected) or max_difference(y, exact) <= tolerance(x_dtype, expected), (
                 f"{call}: output off F.linear(x, dequantized W, b) by {error:.3g}: "
                 + ("is the bias added (once)? " if bias else "a bias out of nowhere? ")
-                + "compute F.linear(x, dequantize_nf4(packed, absmax, (out, in), x.dtype), b)"
+                + ("a bias or weight cast or dequantized at an earlier call and kept? " if edited else "")
+                + "compute F.linear(x, dequantize_nf4(packed, absmax, (out, in), x.dtype), b) at every call"
             )
+            if grad != "grad on":
+                continue
+            upstream = torch.randn(y.shape).to(x_dtype)
+            y.backward(upstream)
+            assert x.grad is not None, f"{call}: no gradient reached x through NF4Linear: do not detach x"
+            expected = upstream.double() @ weight.double()
+            off = max_difference(x.grad, expected)
+            assert x.grad.dtype == x_dtype and off <= tolerance(x_dtype, expected), (
+                f"{call}: dL/dx is {describe(x.grad)}, off g W by {off:.3g} where W is the weight dequantized in x's "
+                f"dtype ({dtype_name(x_dtype)}): the backward of F.linear(x, dequantize_nf4(..., x.dtype), b), not of "
+                "the weight in the base's dtype"
+            )
+        with torch.inference_mode():
+            output(layer, torch.randn(2, IN).to(x_dtype))
         forward_and_backward(layer, torch.randn(2, IN).to(x_dtype))
-        forward_left_unanswered(layer, torch.randn(2, IN).to(x_dtype))
+        forward_left_unanswered(layer, torch.randn(2, IN).to(x_dtype))  # last: a kept output keeps its graph
         bias_bytes = 0 if kept_bias is None else kept_bias.numel() * kept_bias.element_size()
         expect_only_nf4_storage(
             layer,
             OUT,
             IN,
             bias_bytes,
-            what + " after forwards without and with grad (one answered by a backward, one not)",
+            what + " after forwards without and with grad (one answered by a backward, one not) and under "
+            "torch.inference_mode()",
             weight=original,
         )
         if kept_bias is None:
@@ -429,13 +527,15 @@ def forward_left_unanswered(layer: nn.Module, x: torch.Tensor) -> None:
         output(layer.train(), x.detach().clone().requires_grad_())
 
 
-def cancelling_weight(dtype: torch.dtype) -> torch.Tensor:
-    """A (4, 128) weight, exact in ``dtype``, whose NF4 dequantization has two entries of row 0 in different blocks,
-    (0, 1) and (0, 65), that differ in float32 but are the same number in ``dtype``: for x = e_1 - e_65, W rounded to
-    x's dtype before the product (the spec) gives exactly 0 in row 0; the product computed in float32 (or float64)
-    and cast afterwards does not."""
+def cancelling_weight(dtype: torch.dtype, base_dtype: torch.dtype) -> torch.Tensor:
+    """A (4, 128) weight, exact in ``base_dtype``, whose NF4 dequantization has two entries of row 0 in different
+    blocks, (0, 1) and (0, 65), that differ in float32 but are the same number in ``dtype`` (a half precision): for
+    x = e_1 - e_65 in that dtype, W rounded to x's dtype before the product (the spec) gives exactly 0 in row 0; the
+    product computed in float32 (or float64) and cast afterwards does not. For a float32 x the row is exactly
+    W[0, 1] - W[0, 65] in float32, which a product computed in ``dtype`` makes 0."""
     code = ref.CODE_BOOK
-    grid = torch.arange(0.5, 1.0, 2.0**-12).to(dtype).unique().float()  # block maxima exact in dtype
+    grid = torch.arange(0.5, 1.0, 2.0**-12).to(dtype).unique().float()  # block maxima exact in dtype and the base's
+    grid = grid[grid.to(base_dtype).float() == grid]
     for first, second in [(12, 13), (13, 12), (12, 14), (14, 13), (11, 12), (13, 14)]:
         for a1 in grid.flip(0)[:64]:
             d1, d2 = code[first] * a1, code[second] * grid
@@ -446,30 +546,29 @@ def cancelling_weight(dtype: torch.dtype) -> torch.Tensor:
             if fits.any():
                 a2 = grid[int(fits.nonzero()[0])]
                 weight = torch.zeros(4, 128)
-                weight[0, 0], weight[0, 1], weight[0, 64], weight[0, 65] = a1, low.float(), a2, code[second] * a2
+                weight[0, 0], weight[0, 1], weight[0, 64], weight[0, 65] = a1, d1, a2, code[second] * a2
                 weight[1:] = torch.randn(3, 128, generator=torch.Generator().manual_seed(7)) * 0.1
-                weight = weight.to(dtype)
+                weight = weight.to(base_dtype)
                 restored = ref.dequantize(*ref.quantize(weight, BLOCK), (4, 128), torch.float32, BLOCK)
                 low_restored = ref.dequantize(*ref.quantize(weight, BLOCK), (4, 128), dtype, BLOCK)
                 assert restored[0, 1] != restored[0, 65] and low_restored[0, 1] == low_restored[0, 65], "grader bug"
                 return weight
-    raise AssertionError(f"grader bug: no cancelling weight in {dtype}")
+    raise AssertionError(f"grader bug: no cancelling weight in {dtype} over a {base_dtype} base")
 
 
 @pytest.mark.points(2)
 @pytest.mark.subject("NF4Linear")
-@pytest.mark.parametrize(
-    ("base_dtype", "x_dtype"),
-    [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16), (torch.float32, torch.bfloat16)],
-    ids=["bf16", "fp16", "fp32-base-bf16-x"],
-)
+@pytest.mark.parametrize(("base_dtype", "x_dtype"), DTYPE_PAIRS, ids=dtype_name)
 def test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product(
     NF4Linear, QLoRALinear, nf4_works, base_dtype, x_dtype
 ):
     nf4_works()
-    weight = cancelling_weight(x_dtype).to(base_dtype)
+    half = x_dtype if x_dtype != torch.float32 else base_dtype if base_dtype != torch.float32 else torch.bfloat16
+    weight = cancelling_weight(half, base_dtype)
     x = torch.zeros(2, 128, dtype=x_dtype)
     x[:, 1], x[:, 65] = 1.0, -1.0
+    restored = ref.dequantize(*ref.quantize(weight, BLOCK), (4, 128), x_dtype, BLOCK)
+    expected = (restored[0, 1] - restored[0, 65]).item()  # 0 for a half x; in float32 the difference
     makers = [NF4Linear] + ([lambda base: QLoRALinear(base, r=2, alpha=4.0)] if base_dtype == x_dtype else [])
     for make in makers:
         base = nn.Linear(128, 4, bias=False, dtype=base_dtype)
@@ -480,11 +579,14 @@ def test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product(
             y = output(layer.eval(), x)
         name = type(layer).__name__
         assert y.dtype == x_dtype, f"{name} returned {describe(y)} for x {x_dtype}: return x's dtype"
-        assert bool((y[:, 0] == 0).all()), (
-            f"{name}(a {base_dtype} base) on x {x_dtype} = e_1 - e_65, whose dequantized W[0, 1] and W[0, 65] are "
-            f"the same number in {x_dtype}, gives {y[0, 0].item():.3g} in row 0, expected exactly 0: the weight is not "
-            f"dequantized in x's dtype before F.linear (computed in float32 and cast afterwards?); the spec says "
-            f"F.linear(x, dequantize_nf4(packed, absmax, (out, in), x.dtype), b)"
+        assert bool((y[:, 0] == expected).all()), (
+            f"{name}(a {dtype_name(base_dtype)} base) on x {dtype_name(x_dtype)} = e_1 - e_65, whose dequantized "
+            f"W[0, 1] and W[0, 65] are {'the same number' if expected == 0 else f'{expected:.6g} apart'} in "
+            f"{dtype_name(x_dtype)}{'' if expected == 0 else f' (the same in {dtype_name(half)})'}, gives "
+            f"{y[0, 0].item():.6g} in row 0, "
+            f"expected exactly {expected:.6g}: the weight is not dequantized in x's dtype before F.linear (computed "
+            f"in {'float32 and cast afterwards' if expected == 0 else dtype_name(half)}?); the spec says "
+            "F.linear(x, dequantize_nf4(packed, absmax, (out, in), x.dtype), b), whatever the base's dtype"
         )
 
 
@@ -626,6 +728,10 @@ def test_qlora_computes_the_nf4_base_at_init(QLoRALinear, nf4_works):
     assert found.B.abs().max().item() == 0, "B is not zero at init: initialise B with zeros (A random)"
     assert found.A.abs().max().item() > 0, "A is zero at init: make A random (Kaiming-uniform or Gaussian)"
     expect_centred(found.A, f"QLoRALinear(nn.Linear({IN}, {OUT}), r={R})")
+    # 4096 entries, as expect_nn_linear_bound_if_uniform wants them; distinct dims tell how A is stored
+    in_features, out_features, r = 1024, 8, 4
+    wide = factors(QLoRALinear(make_base(in_features, out_features), r, 8.0), in_features, out_features, r)
+    expect_nn_linear_bound_if_uniform(wide.A, f"QLoRALinear(nn.Linear({in_features}, {out_features}), r={r})")
     for dtype in (torch.float32, torch.bfloat16):
         layer, nf4_base = qlora_layer(QLoRALinear, dtype)
         x = torch.randn(4, 3, IN).to(dtype)
@@ -652,8 +758,9 @@ def test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight(QLoRALi
     randomize_factors(layer, std=0.2)
     found = factors(layer, IN, OUT, R)
     buffers = [b.clone() for b in layer.buffers()]
-    for batch in [(), (2, 5)]:  # x (in,) with no batch dimension too, as nn.Linear takes it
-        expect_lora_output_and_gradients(layer, nf4_base, found, batch)
+    for mode in ("train", "eval"):  # eval mode is no inference: a backward through it gives the same gradients
+        for batch, contiguous in QLORA_CALLS:
+            expect_lora_output_and_gradients(layer.train(mode == "train"), nf4_base, found, batch, contiguous)
     forward_left_unanswered(layer, torch.randn(2, IN))
     touched = [where for where, t in walk_tensors(layer) if t.grad is not None and not _is_factor(t, found)]
     assert not touched, f"{touched} received gradients: only A and B train"
@@ -664,17 +771,28 @@ def test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight(QLoRALi
     expect_only_nf4_storage(layer, OUT, IN, bias_bytes, what, adapter_bytes)
 
 
-def expect_lora_output_and_gradients(layer, nf4_base, found, batch) -> None:
+# (batch dims, contiguous x) of QLoRALinear's calls, in train and eval mode: x (in,) with no batch dimension too, as
+# nn.Linear takes it, up to 3 batch dimensions, x strided (probes.strided) as a transpose or a slice leaves it.
+QLORA_CALLS = [((), True), ((3,), False), ((2, 5), True), ((2, 5), False), ((2, 3, 2), False)]
+
+
+def expect_lora_output_and_gradients(layer, nf4_base, found, batch, contiguous=True) -> None:
     """Fail the check unless the layer's output for x (*batch, IN) and the gradients of A, B and x are plain LoRA's
-    over the dequantized base."""
-    x = torch.randn(*batch, IN, requires_grad=True)
+    over the dequantized base, in the layer's mode."""
+    x = strided((*batch, IN), contiguous).requires_grad_()
     upstream = torch.randn(*batch, OUT)
     for tensor in (found.stored_A, found.stored_B):
         tensor.grad = None
-    y = output(layer, x)
+    mode = "train" if layer.training else "eval"
+    where = f"in {mode} mode, x {tuple(x.shape)}{'' if contiguous else ' non-contiguous'}"
+    y = call_in_regime(layer, x, f"QLoRALinear {where}")
     expected, grads = plain_lora(nf4_base, found, SCALING, x, upstream)
     assert y.shape == expected.shape, (
         f"for x of shape {tuple(x.shape)} the output is {describe(y)}, expected (..., out)"
+    )
+    assert y.requires_grad, (
+        f"{where} (grad on, x requiring grad) the output requires no grad: no torch.no_grad() inside; eval mode "
+        "only turns dropout off, a backward through it (a saliency map, a validation loss) still gets gradients"
     )
     size = 1 + expected.abs().max().item()
     error = max_difference(y, expected)
@@ -683,21 +801,18 @@ def expect_lora_output_and_gradients(layer, nf4_base, found, batch) -> None:
     )
     hint = f" (the adapter's share measures {ratio.item() * SCALING:.4g} x B A, expected alpha / r = {SCALING:g} x)"
     assert error <= 1e-5 * size, (
-        f"x {tuple(x.shape)}: output off the LoRA over the dequantized weight, F.linear(x, W_nf4, b) + scaling "
+        f"{where}: output off the LoRA over the dequantized weight, F.linear(x, W_nf4, b) + scaling "
         f"(x A^T) B^T, by {error:.3g}" + (hint if not math.isclose(ratio.item(), 1.0, rel_tol=1e-3) else "")
     )
     y.backward(upstream)
     for name, measured in zip("AB", found.grads(), strict=True):
         assert measured is not None, f"factor {name} received no gradient: use it in forward, not detached"
         off = max_difference(measured, grads[name])
-        assert off <= 1e-5 * (1 + grads[name].abs().max().item()), (
-            f"x {tuple(x.shape)}: gradient of {name} off by {off:.3g}"
-        )
+        assert off <= 1e-5 * (1 + grads[name].abs().max().item()), f"{where}: gradient of {name} off by {off:.3g}"
     assert x.grad is not None, "no gradient reached x: do not detach x or run the forward under no_grad"
     off = max_difference(x.grad, grads["x"])
     assert off <= 1e-5 * (1 + grads["x"].abs().max().item()), (
-        f"x {tuple(x.shape)}: gradient w.r.t. x off by {off:.3g}: it must flow through the NF4 base (g W_nf4) and the "
-        "adapter"
+        f"{where}: gradient w.r.t. x off by {off:.3g}: it must flow through the NF4 base (g W_nf4) and the adapter"
     )
 
 
@@ -1088,6 +1203,9 @@ QLORA_ZOO_CASES = [  # (model, targets, skip)
     ("tied", ("q_proj",), ("classifier",)),  # head, skipped as its second name in the same parent
     ("look-alikes", ("fc1", "q_proj"), ()),  # lora_scale and gate.lora_A are the model's own parameters: frozen
     ("look-alikes", ("Q_PROJ", "fc10"), ("fc1", "q_proj")),  # skip as written: not Fc1, nor Q_PROJ, nor qq_proj
+    ("reused", ("q_proj",), ()),  # held as enc.0 first, then block.q_proj: targeted by its second name only
+    ("reused", ("block.q_proj", "v_proj"), ("head",)),  # a dotted second name
+    ("tied", ("q_proj",), ("unembed",)),  # embed quantized, its weight tied to unembed, which stays with those values
 ]
 
 
@@ -1111,7 +1229,19 @@ def test_apply_qlora_quantizes_the_model_zoo(apply_qlora, NF4Linear, QLoRALinear
     skipped = {key for key in linears if matches(key, skip)}  # any of its names skipped: the layer is
     adapted = {key for key in linears if matches(key, targets)} - skipped
     call = f"apply_qlora({model_name} model, {list(targets)}, r=2, alpha=4.0, skip={list(skip)})"
-    apply_qlora(model, targets, r=2, alpha=4.0, skip=skip)
+    held = lambda: [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]  # noqa: E731
+    before = {name: tensor.detach().clone() for name, tensor in held()}
+    try:
+        apply_qlora(model, targets, r=2, alpha=4.0, skip=skip)
+    except ValueError as error:
+        shared = [names_of[key] for key in adapted if len(names_of[key]) > 1]
+        pytest.fail(
+            f"{call} raised ValueError ({error}), though "
+            f"{'a layer' if not shared else 'the layer held as ' + ' and '.join(shared[0])} outside skip matches a "
+            "target: a layer held under several names is targeted when any of its names "
+            "matches, not only the first that named_modules() lists",
+            pytrace=False,
+        )
     wrong, split, kinds = [], [], {}
     for key, original in linears.items():
         expected = QLoRALinear if key in adapted else NF4Linear
@@ -1144,6 +1274,12 @@ def test_apply_qlora_quantizes_the_model_zoo(apply_qlora, NF4Linear, QLoRALinear
         )
     elif folded:
         cause = f"skip matches names as written, case and all ({folded[0]!r} skips no other spelling); " + cause
+    elif any(len(names_of[key]) > 1 for key in wrongly & adapted):
+        shared = next(names_of[key] for key in wrongly & adapted if len(names_of[key]) > 1)
+        cause = (
+            f"a layer held under several names ({' and '.join(shared)}) is targeted when any of its names matches, "
+            "not only the first that named_modules() lists; " + cause
+        )
     elif any(len(names_of[key]) > 1 for key in linears):
         cause = (
             "a layer held under several names (a shared block, an alias) is replaced under all of them: "
@@ -1155,6 +1291,18 @@ def test_apply_qlora_quantizes_the_model_zoo(apply_qlora, NF4Linear, QLoRALinear
         f"{call}: the layer held as {split[0]} became different layers under its names: replace a shared layer by "
         "one new layer under all of them (it stays shared, its adapter too)"
     )
+    replaced = (NF4Linear, QLoRALinear)
+    for name, tensor in held():
+        owner = name.rpartition(".")[0]
+        parts = owner.split(".") if owner else []
+        inside = any(isinstance(model.get_submodule(".".join(parts[:k])), replaced) for k in range(len(parts) + 1))
+        if name in before and not inside:
+            was = before[name]
+            assert tensor.shape == was.shape and tensor.dtype == was.dtype and torch.equal(tensor.detach(), was), (
+                f"{call}: {name}, of a module that stays, changed ({describe(was)} became {describe(tensor)}): a "
+                "weight tied to a replaced layer (tied embeddings) or a skipped layer keeps its values; replace the "
+                "layers, never free or edit their tensors in place (weight.data = ..., resize_)"
+            )
     layers = {id(model.get_submodule(names_of[key][0])): model.get_submodule(names_of[key][0]) for key in linears}
     factor_ids = {id(p) for m in layers.values() if isinstance(m, QLoRALinear) for p in trainable(m)}
     loose = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in factor_ids]
@@ -1172,8 +1320,8 @@ def test_apply_qlora_quantizes_the_model_zoo(apply_qlora, NF4Linear, QLoRALinear
                 f"{call}: {names_of[key][0]} trains {count} numbers, expected r (in + out) = "
                 f"{2 * (original.in_features + original.out_features)}"
             )
-        with torch.no_grad():
-            linear.weight.copy_(dequantized(layer, linear.out_features, linear.in_features, names_of[key][0]))
+        weight = dequantized(layer, linear.out_features, linear.in_features, names_of[key][0])
+        linear.weight = nn.Parameter(weight, requires_grad=False)  # untied: a layer tied to it may stay as it was
     x = zoo_inputs()
     with torch.no_grad():
         expected, measured = reference.eval()(x), output(model.eval(), x)
@@ -1184,7 +1332,7 @@ def test_apply_qlora_quantizes_the_model_zoo(apply_qlora, NF4Linear, QLoRALinear
     )
 
 
-def tiny_llama():
+def tiny_llama(tied: bool = False):
     if LLAMA is None:
         pytest.skip(TRANSFORMERS_MISSING)
     config = LLAMA.LlamaConfig(
@@ -1195,7 +1343,7 @@ def tiny_llama():
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=32,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
     )
     torch.manual_seed(0)
     with ref.library_side_effects_undone():
@@ -1218,15 +1366,19 @@ def logits(model, ids, grader_owned=False):
 
 @pytest.mark.points(3)
 @pytest.mark.subject("apply_qlora")
-def test_a_quantized_llama_keeps_half_a_byte_per_weight(apply_qlora, NF4Linear, QLoRALinear, nf4_works):
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied-lm-head-quantized"])
+def test_a_quantized_llama_keeps_half_a_byte_per_weight(apply_qlora, NF4Linear, QLoRALinear, nf4_works, tied):
+    """Untied, with the default skip; tied (lm_head's weight is the embeddings'), with skip=(): lm_head is quantized
+    and the embeddings, which stay, keep their values."""
     nf4_works()
-    model = tiny_llama()
+    model = tiny_llama(tied)
     originals = {name: t.detach().clone() for name, t in model.state_dict().items()}
     linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    apply_qlora(model, r=4, alpha=8.0)
+    skip = () if tied else ("lm_head",)
+    apply_qlora(model, r=4, alpha=8.0, skip=skip)
     for name, original in linears.items():
         layer = model.get_submodule(name)
-        if name == "lm_head":
+        if name in skip:
             assert layer is original, "lm_head is not the original nn.Linear: the default skip=('lm_head',) keeps it"
             continue
         targeted = name.endswith((".q_proj", ".v_proj"))
@@ -1234,14 +1386,15 @@ def test_a_quantized_llama_keeps_half_a_byte_per_weight(apply_qlora, NF4Linear, 
         assert type(layer) is expected, f"{name} is {type(layer).__name__}, expected {expected.__name__}"
         extra = 4 * 4 * (original.in_features + original.out_features) if targeted else 0
         expect_only_nf4_storage(layer, original.out_features, original.in_features, 0, name, extra)
-    quantized = tuple(f"{name}." for name in linears if name != "lm_head")
+    quantized = tuple(f"{name}." for name in linears if name not in skip)
     for name, value in model.state_dict().items():
         if name in originals and not name.startswith(quantized):  # a layer's own keys may reuse a name ("weight")
             assert value.dtype == originals[name].dtype and torch.equal(value, originals[name]), (
                 f"{name} changed ({describe(originals[name])} became {describe(value)}): only the linear layers "
-                "outside skip are quantized; embeddings, norms and lm_head stay as they were"
+                "outside skip are quantized; embeddings, norms and skipped layers stay as they were, a weight tied "
+                "to a quantized layer (tied embeddings) too: never free or edit the replaced layers' tensors in place"
             )
-    kept = [name for name in originals if name.startswith(("model.embed_tokens", "model.norm", "lm_head"))]
+    kept = [name for name in originals if name.startswith(("model.embed_tokens", "model.norm", *skip))]
     assert all(name in model.state_dict() for name in kept), "the embeddings, the final norm or lm_head went missing"
 
 

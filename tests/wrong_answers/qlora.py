@@ -75,7 +75,7 @@ WRONG_ANSWERS = [
     WrongAnswer("the weight cached on the first forward", KATA, FORWARD,
                 'if not hasattr(self, "cache"):\n            self.cache = self.weight(torch.float32)\n        '
                 "return F.linear(x, self.cache.to(x.dtype), bias)",
-                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "after forwards without and with grad"),
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "dequantized at an earlier call and kept"),
     WrongAnswer("QLoRA computed in float32", KATA, RESULT, "return (self.base(x.float()) + F.linear(down.float(), self.lora_B.float()))",
                 "test_qlora_computes_the_nf4_base_at_init", "compute and return in the base's dtype"),
     WrongAnswer("skip read as characters", KATA, "    skipped = _names(skip)", "    skipped = tuple(skip)",
@@ -88,12 +88,12 @@ WRONG_ANSWERS = [
     # Holes found by the red team (round 1): each passed the grader before its check was sharpened.
     WrongAnswer("the dequantized weight in an lru_cache", KATA, BUFFERS,
                 BUFFERS + "; self.cached = functools.lru_cache(maxsize=3)(self.weight)",
-                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "full-precision copy",
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "dequantized at an earlier call and kept",
                 more_edits=((FORWARD, "return F.linear(x, self.cached(x.dtype), bias)"),
                             ("import math\n", "import functools\nimport math\n"))),
     WrongAnswer("the dequantized weight in a module-level cache", KATA, FORWARD,
                 "return F.linear(x, _CACHE.setdefault(self, {}).setdefault(x.dtype, self.weight(x.dtype)), bias)",
-                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "full-precision copy",
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "dequantized at an earlier call and kept",
                 more_edits=(("BLOCK_SIZE = 64\n", "BLOCK_SIZE = 64\n_CACHE = weakref.WeakKeyDictionary()\n"),
                             ("import math\n", "import math\nimport weakref\n"))),
     WrongAnswer("computed in float32 and cast afterwards", KATA, FORWARD,
@@ -190,7 +190,7 @@ WRONG_ANSWERS = [
     WrongAnswer("the weight cached while training", KATA, FORWARD,
                 'if torch.is_grad_enabled():\n            if getattr(self, "cache", None) is None or self.cache.dtype != x.dtype:\n'
                 "                self.cache = self.weight(x.dtype)\n            return F.linear(x, self.cache, bias)\n        " + FORWARD,
-                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "one answered by a backward"),
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "dequantized at an earlier call and kept"),
     WrongAnswer("a shared layer replaced under its first name only", KATA,
                 '        for name in names:  # one new layer under every name of the old one\n'
                 '            parent, _, child = name.rpartition(".")\n            setattr(model.get_submodule(parent), child, layer)',
@@ -222,4 +222,60 @@ WRONG_ANSWERS = [
     WrongAnswer("the last output kept on the layer", KATA, FORWARD,
                 "self.last_output = F.linear(x, self.weight(x.dtype), bias)\n        return self.last_output",
                 "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "last_output.grad_fn"),
+    # Round 7 of the red team (team e).
+    WrongAnswer("the weight cached under inference_mode", KATA, FORWARD,
+                "if torch.is_inference_mode_enabled():\n"
+                '            cache = self.__dict__.setdefault("_served", {})\n'
+                "            if x.dtype not in cache:\n                cache[x.dtype] = self.weight(x.dtype)\n"
+                "            return F.linear(x, cache[x.dtype], bias)\n        " + FORWARD,
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "torch.inference_mode()"),
+    WrongAnswer("the weight's bytes kept", KATA, BUFFERS,
+                BUFFERS + "; self._full = base.weight.detach().reshape(-1).view(torch.uint8).numpy().tobytes()",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "(its bytes)"),
+    WrongAnswer("the weight's untyped storage kept", KATA, BUFFERS,
+                BUFFERS + "; self._full = base.weight.detach().clone().untyped_storage()",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "(a torch storage)"),
+    WrongAnswer("the weight's bytes kept as a list of ints", KATA, BUFFERS,
+                BUFFERS + "; self._full = list(base.weight.detach().reshape(-1).view(torch.uint8).numpy().tobytes())",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "(its Python ints)"),
+    WrongAnswer("A stored (in, r), its fan-in read as r", KATA, "torch.empty(r, base.in_features, **same_place)",
+                "torch.empty(base.in_features, r, **same_place)",
+                "test_qlora_computes_the_nf4_base_at_init", "fan-in was taken from A stored (in, r)",
+                more_edits=((DOWN, DOWN.replace("self.lora_A)", "self.lora_A.T)")),)),
+    WrongAnswer("a shared layer targeted by its first name only", KATA, CHOICE,
+                CHOICE.replace("_matches(names, targets)", "_matches(names[:1], targets)"),
+                "test_apply_qlora_quantizes_the_model_zoo", "targeted when any of its names"),
+    WrongAnswer("x flattened with view", KATA, FORWARD,
+                "return F.linear(x.view(-1, self.in_features), self.weight(x.dtype), bias).view(*x.shape[:-1], -1)",
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "use reshape, not view"),
+    WrongAnswer("the adapter's input flattened with view", KATA, DOWN,
+                "down = F.linear(self.dropout(x).view(-1, x.shape[-1]), self.lora_A).view(*x.shape[:-1], -1) * self.scaling",
+                "test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight", "use reshape, not view"),
+    WrongAnswer("no graph in eval mode", KATA, RESULT,
+                "if not self.training:\n            with torch.no_grad():\n                " + RESULT + "\n        " + RESULT,
+                "test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight", "eval mode"),
+    WrongAnswer("the replaced layers' weights freed in place", KATA, FREEZE,
+                FREEZE + "\n    for names, module in linears:\n"
+                "        module.weight.data = torch.empty(0, dtype=module.weight.dtype, device=module.weight.device)",
+                "test_apply_qlora_quantizes_the_model_zoo", "tied"),
+    WrongAnswer("fp16 x on a wider base computed in float32", KATA, FORWARD,
+                "if x.dtype == torch.float16 and self.weight_dtype != torch.float16:\n"
+                "            return F.linear(x.float(), self.weight(torch.float32), None if bias is None else bias.float()).to(x.dtype)\n"
+                "        " + FORWARD,
+                "test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product", "expected exactly",
+                more_edits=((BUFFERS, BUFFERS + "; self.weight_dtype = base.weight.dtype"),)),
+    WrongAnswer("the bias cast once per dtype", KATA, FORWARD,
+                'cache = self.__dict__.setdefault("_bias_cast", {})\n        if x.dtype not in cache:\n'
+                "            cache[x.dtype] = None if self.bias is None else self.bias.detach().to(x.dtype, copy=True)\n"
+                "        return F.linear(x, self.weight(x.dtype), cache[x.dtype])",
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "bias was edited"),
+    WrongAnswer("the backward dequantizes in the base's dtype", KATA, FORWARD, "return _NF4MatMul.apply(x, self, bias)",
+                "test_nf4_linear_computes_F_linear_with_the_dequantized_weight", "dL/dx",
+                more_edits=((BUFFERS, BUFFERS + "; self.weight_dtype = base.weight.dtype"),
+                            ("def _names(", "class _NF4MatMul(torch.autograd.Function):\n    @staticmethod\n"
+                             "    def forward(ctx, x, layer, bias):\n        ctx.layer = layer\n"
+                             "        return F.linear(x, layer.weight(x.dtype), bias)\n\n    @staticmethod\n"
+                             "    def backward(ctx, grad):\n        weight = ctx.layer.weight(ctx.layer.weight_dtype)\n"
+                             "        return (grad.to(weight.dtype) @ weight).to(grad.dtype), None, None\n\n\n"
+                             "def _names("))),
 ]  # fmt: skip
