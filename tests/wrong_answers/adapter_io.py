@@ -36,7 +36,7 @@ WRONG_ANSWERS = [
     WrongAnswer("the base weight saved too", KATA, SAVE_B,
                 SAVE_B + '\n        tensors[f"{PREFIX}{name}.weight"] = next(m for m in layer.modules() if m is not layer).weight.detach()',
                 "test_saved_keys_and_shapes_are_what_peft_writes", "more than the adapters"),
-    WrongAnswer("short target names", KATA, '"target_modules": sorted(layers),',
+    WrongAnswer("short target names", KATA, '"target_modules": _targets(model, sorted(layers)),',
                 '"target_modules": sorted({name.rpartition(".")[2] for name in layers}),',
                 "test_config_says_lora_r_alpha_and_exactly_the_targets", "list their qualified names"),
     WrongAnswer("task_type CAUSAL_LM", KATA, '"task_type": None,', '"task_type": "CAUSAL_LM",',
