@@ -61,7 +61,13 @@ CONFIG, WEIGHTS, PREFIX = "adapter_config.json", "adapter_model.safetensors", "b
 SAVE_EMBEDDINGS = False  # peft saves a tied lm_head's weight beside its factors unless told not to: adapters only
 
 
+NESTED_TARGETS = ["0", "1.1"]  # adapted; "1.0" is not, though the list entry "0" matches it (it ends with ".0")
+
+
 def plain(kind: str) -> nn.Module:
+    if kind == "nested":  # top-level layer "0" beside an unadapted "1.0": no list of names says "0" alone
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 12), nn.Sequential(nn.Linear(12, 12), nn.Linear(12, 6))).eval()
     if kind == "llama":
         return tiny_llama()
     if kind == "gpt2":  # a subclass of a kind of layer is one: peft adapts them, a test of type(m) is skips them
@@ -74,6 +80,8 @@ def target_names(kind: str, model: nn.Module) -> list[str]:
     """The qualified names of the layers the checks adapt (on GPT-2, Conv1D layers and an nn.Linear)."""
     if kind == "toy":
         return matching_linears(model, TOY_TARGETS)
+    if kind == "nested":
+        return list(NESTED_TARGETS)
     suffixes = LLAMA_TARGETS if kind == "llama" else GPT2_TARGETS
     return [name for name, _ in model.named_modules() if name.rpartition(".")[2] in suffixes]
 
@@ -281,7 +289,7 @@ def test_saved_tensors_are_exactly_the_factors(save_adapter, LoRALinear, LoRACon
 
 
 @pytest.mark.points(2)
-@pytest.mark.parametrize("kind", ["llama", "toy"])
+@pytest.mark.parametrize("kind", ["llama", "toy", "nested"])
 def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
     model, fresh, layers = adapted_model(kind, LoRALinear, LoRAConv1D)
     config = read_config(saved(save_adapter, model, tmp_path))
@@ -300,14 +308,21 @@ def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALine
         f"task_type is {config.get('task_type')!r}: peft would wrap a plain model in that task's class; leave it out"
     )
     targets = config.get("target_modules")
-    assert isinstance(targets, list) and all(isinstance(t, str) for t in targets), (
-        f"target_modules is {describe(targets)}, expected a list of names"
+    assert isinstance(targets, str) or (isinstance(targets, list) and all(isinstance(t, str) for t in targets)), (
+        f"target_modules is {describe(targets)}, expected a list of names (or a str, a regex peft fullmatches)"
     )
     adapted_by_peft = sorted(peft_layers(peft_loaded(fresh, tmp_path)))
     wrong, missed = sorted(set(adapted_by_peft) - set(layers)), sorted(set(layers) - set(adapted_by_peft))
+    shown = targets if isinstance(targets, str) else targets[:4]
     assert not wrong and not missed, (
-        f"with target_modules {targets[:4]} peft adapts {len(adapted_by_peft)} layers, the model had {len(layers)} "
-        f"adapters: wrongly {wrong[:2]}, missed {missed[:2]}: list the adapted layers' qualified names"
+        f"with target_modules {shown!r} peft adapts {len(adapted_by_peft)} layers, the model had {len(layers)} "
+        f"adapters: wrongly {wrong[:2]}, missed {missed[:2]}: "
+        + (
+            f"a list entry also matches every name ending with '.' + entry ({wrong[0]!r}): where no list says "
+            "exactly the adapted layers, write a str, a regex peft fullmatches (re.escape each name, join with |)"
+            if wrong and not missed and any(w.endswith("." + t) for w in wrong for t in layers)
+            else "list the adapted layers' qualified names"
+        )
     )
 
 
@@ -658,10 +673,22 @@ def bare_name_target(tensors: dict[str, torch.Tensor], config: dict, layer: str)
         tensors.pop(key)
 
 
+def base_weight_too(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> None:
+    """A corruption: the layer's base weight, under the key and in the shape peft saves an adapted lm_head's
+    (``NAME.base_layer.weight``; (out, in), or (in, out) for a Conv1D): a key of an adapted layer, no factor."""
+    in_features, out_features = tensors[factor_key(layer, "A")].shape[1], len(tensors[factor_key(layer, "B")])
+    shape = (in_features, out_features) if config.get("fan_in_fan_out") else (out_features, in_features)
+    tensors[f"{PREFIX}{layer}.base_layer.weight"] = torch.zeros(shape)
+
+
+def lora_bias_too(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> None:
+    """A corruption: the bias of the layer's lora_B, as peft saves it with LoraConfig(lora_bias=True)."""
+    tensors[f"{PREFIX}{layer}.lora_B.bias"] = torch.zeros(len(tensors[factor_key(layer, "B")]))
+
+
 CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of them is no check
-    "a base weight too": lambda tensors, config, layer: tensors.update(
-        {f"{PREFIX}{layer}.weight": torch.zeros(len(tensors[factor_key(layer, "B")]), 3)}  # no place for its key
-    ),
+    "a base weight too, as peft saves an adapted lm_head's": base_weight_too,
+    "a lora_B bias too (peft's lora_bias=True)": lora_bias_too,
     "a key without the prefix too": lambda tensors, config, layer: tensors.update(
         {factor_key(layer, "A").removeprefix(PREFIX): tensors[factor_key(layer, "A")].clone()}
     ),
@@ -690,7 +717,8 @@ CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of t
     "a config's r other than the tensors' rank": lambda tensors, config, layer: config.update(r=config["r"] // 2),
 }
 WORDS = {  # what the message must name: fields of the corrupted layer, its keys, and their shapes (was and now)
-    "a base weight too": ["{prefix}{layer}.weight"],
+    "a base weight too, as peft saves an adapted lm_head's": ["{prefix}{layer}.base_layer.weight"],
+    "a lora_B bias too (peft's lora_bias=True)": ["{prefix}{layer}.lora_B.bias"],
     "a key without the prefix too": ["{layer}.lora_A.weight"],
     "a lora_A missing": ["{layer}"],
     "a lora_B missing": ["{layer}"],
@@ -744,9 +772,7 @@ def test_a_bad_file_is_refused_and_leaves_the_model_as_it_was(
     CORRUPTIONS[corruption](tensors, config, CORRUPTED[kind])
     save_file(tensors, str(tmp_path / WEIGHTS), metadata={"format": "pt"})
     (tmp_path / CONFIG).write_text(json.dumps(config))
-    modules = dict(model.named_modules())
-    state = {name: value.clone() for name, value in model.state_dict().items()}
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    before = snapshot(model)
     what = f"{kind}, a file with {corruption}"
     try:
         load_adapter(model, tmp_path)
@@ -766,9 +792,21 @@ def test_a_bad_file_is_refused_and_leaves_the_model_as_it_was(
     else:
         pytest.fail(
             f"{kind}: load_adapter accepted a file with {corruption}, expected a ValueError: never a silent partial "
-            "load; check every layer, nn.Linear and Conv1D alike",
+            "load; check every key, each of an adapted layer's too, of every layer, nn.Linear and Conv1D alike",
             pytrace=False,
         )
+    expect_as_it_was(model, before, what)
+
+
+def snapshot(model: nn.Module) -> tuple[dict, dict, dict]:
+    """(modules, state, requires_grad flags) of ``model``, to see that a refused load left it as it was."""
+    modules = dict(model.named_modules())
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    return modules, state, {name: p.requires_grad for name, p in model.named_parameters()}
+
+
+def expect_as_it_was(model: nn.Module, before: tuple[dict, dict, dict], what: str) -> None:
+    modules, state, flags = before
     now = dict(model.named_modules())
     swapped = sorted(name for name in modules if now.get(name) is not modules[name])
     swapped += sorted(now.keys() - modules.keys())
@@ -780,3 +818,34 @@ def test_a_bad_file_is_refused_and_leaves_the_model_as_it_was(
     assert not changed, f"{what}: the refused load changed {changed[:2]}: check everything first"
     flipped = [n for n, p in model.named_parameters() if p.requires_grad != flags.get(n)]
     assert not flipped, f"{what}: the refused load changed requires_grad of {flipped[:2]}: check everything first"
+
+
+LAYER_PATTERNS = {  # peft's per-layer alpha or r (keys: patterns of layer names): honoured or refused, never ignored
+    "alpha_pattern": {"fc1": 1.0},
+    "rank_pattern": {"fc1": 2},
+}
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("load_adapter")
+@pytest.mark.parametrize("option", list(LAYER_PATTERNS))
+def test_a_per_layer_pattern_is_honoured_or_refused(load_adapter, LoRALinear, LoRAConv1D, option, tmp_path):
+    model, oracle = peft_saved("toy", tmp_path, **{option: LAYER_PATTERNS[option]})
+    before = snapshot(model)
+    what = f"toy, peft's files with {option}={LAYER_PATTERNS[option]}"
+    try:
+        load_adapter(model, tmp_path)
+    except NotImplementedError:
+        raise
+    except ValueError:
+        expect_as_it_was(model, before, f"{what}, refused")
+        return
+    found, wanted = sorted(adapters_in(model, LoRALinear, LoRAConv1D)), sorted(peft_layers(oracle))
+    assert found == wanted, f"{what}: load_adapter adapted {len(found)} layers, peft {len(wanted)}"
+    error = max_difference(outputs("toy", model), outputs("toy", oracle))
+    assert error < 1e-5, (
+        f"{what}: load_adapter accepted them and the outputs differ from peft's by {error:.3g}: the {option} gives "
+        "the layers it names their own "
+        + ("lora_alpha" if option == "alpha_pattern" else "r")
+        + ": honour it per layer, or raise ValueError before touching the model; never load it with one alpha and r"
+    )

@@ -25,9 +25,12 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
     ``adapter_config.json``, a JSON object with at least:
         - ``"peft_type": "LORA"``, ``"r"`` and ``"lora_alpha"`` (alpha as given, not the scaling alpha / r),
           ``"bias": "none"``;
-        - ``"target_modules"``: a list of names that makes peft adapt exactly the adapted layers (it matches
-          a module when its qualified name equals an entry or ends with ``"." + entry``): the layers' qualified
-          names are the safe choice, a short name like ``"q_proj"`` may match modules that were not adapted;
+        - ``"target_modules"``: what makes peft adapt exactly the adapted layers, no other. A list of names
+          matches a module when its qualified name equals an entry or ends with ``"." + entry``: the layers'
+          qualified names usually say it (a short name like ``"q_proj"`` may match modules that were not
+          adapted), but not always: an adapted top-level ``"0"`` beside an unadapted ``"1.0"`` (the entry ``"0"``
+          matches ``"1.0"`` too). Where no list says it, write a str, a regular expression that peft matches
+          against the whole qualified name (``re.fullmatch``), such as the escaped names joined by ``|``;
         - ``"fan_in_fan_out"``: true when the adapted layers are ``LoRAConv1D`` (a weight stored (in, out)),
           false for ``LoRALinear`` (with both kinds, as on GPT-2 with its ``lm_head``, peft corrects it per layer:
           either is fine);
@@ -65,12 +68,17 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
           factors train as those layers' factors do, ready to train on (peft's ``from_pretrained`` freezes them
           unless given ``is_trainable=True``: do not).
 
+    A config with a non-empty ``alpha_pattern`` or ``rank_pattern`` (peft's per-layer lora_alpha or r, keyed by
+    patterns of layer names) is either honoured (those layers get their own alpha or r, as peft gives them) or
+    refused with ValueError: both are fine, loading it with the one ``r`` and ``lora_alpha`` is not.
+
     Strict, never a silent partial load; the whole file is checked before the model is touched, so a failed
     load leaves the model as it was (same modules, same weights).
 
     Raises:
         ValueError: ``peft_type`` is not ``"LORA"``; an option it does not support is on (``use_dora`` or
-            ``use_rslora`` true, a ``bias`` other than ``"none"``); nothing in the model matches the targets; the
+            ``use_rslora`` true, a ``bias`` other than ``"none"``, an ``alpha_pattern`` or ``rank_pattern`` not
+            honoured); nothing in the model matches the targets; the
             file holds a tensor the model has no place for; an adapted layer has no tensor in the file; a tensor's
             shape does not fit (the message names the key and both shapes).
     """

@@ -44,7 +44,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
         "r": r,
         "lora_alpha": alpha,
         "lora_dropout": 0.0,
-        "target_modules": sorted(layers),  # qualified names: peft adapts exactly these layers
+        "target_modules": _targets(model, sorted(layers)),
         "fan_in_fan_out": any(isinstance(layer, LoRAConv1D) for layer in layers.values()),
         "bias": "none",
         "use_rslora": False,
@@ -55,6 +55,19 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
     (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     save_file(tensors, directory / WEIGHTS, metadata={"format": "pt"})
     return directory
+
+
+def _targets(model: nn.Module, names: list[str]) -> list[str] | str:
+    """The adapted layers' qualified names as peft's target_modules: the list where peft's suffix rule matches
+    them alone, else a regex of exactly these names (peft fullmatches a str against each qualified name)."""
+    from transformers.pytorch_utils import Conv1D
+
+    inside = tuple(name + "." for name in names)  # an adapter's own base: no module of the plain model
+    layers = {name for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
+    others = {name for name in layers - set(names) if not name.startswith(inside)}
+    if not any(other.endswith("." + name) for other in others for name in names):
+        return names
+    return "|".join(re.escape(name) for name in names)
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
@@ -159,6 +172,9 @@ def _check_config(config: dict) -> None:
             raise ValueError(f"load_adapter: {option}=true is not supported")
     if config.get("bias", "none") != "none":
         raise ValueError(f"load_adapter: bias={config['bias']!r} is not supported, only 'none'")
+    for option in ("alpha_pattern", "rank_pattern"):
+        if config.get(option):
+            raise ValueError(f"load_adapter: {option}={config[option]!r} (a per-layer alpha or r) is not supported")
 
 
 def _targeted(model: nn.Module, target_modules: list[str] | str) -> dict[str, nn.Module]:

@@ -455,4 +455,29 @@ WRONG_ANSWERS = [
                 "@ self.lora_A[name].to(accumulate)) * self.scaling[name]",
                 "@ self.lora_A[name].to(accumulate)) * self.base.weight.new_tensor(self.scaling[name])",
                 "test_half_precision_merge_and_unmerge_accumulate_in_float32", "the scaling alpha / r was rounded to"),
+    WrongAnswer("unmerge restoring a copy saved by merge, float64 weights excepted", KATA, MERGED,
+                "self._saved = weight.detach().clone() if weight.dtype != torch.float64 else None\n        " + MERGED,
+                "test_unmerge_subtracts_the_update_from_the_weight_as_it_is_now", "throwing the change made while merged",
+                more_edits=((UNMERGE_SUB,
+                             "            saved, self._saved = getattr(self, '_saved', None), None\n"
+                             "            weight.copy_(saved if saved is not None else "
+                             "(weight.to(self._accumulation()) - self._delta(name)).to(weight.dtype))\n"),)),
+    WrongAnswer("a second safe merge checked before noticing the adapter is merged", KATA,
+                "if name is None or name in self._merged:", "if name is None:",
+                "test_a_second_merge_adds_nothing_where_adding_twice_would_overflow", "raised ValueError",
+                more_edits=(("        weight.copy_(merged)  # the very Parameter",
+                             "        if name in self._merged:\n            return\n"
+                             "        weight.copy_(merged)  # the very Parameter"),)),
+    WrongAnswer("safe merge summed in the weight's own half precision", KATA, MERGED,
+                "work = weight.dtype if safe else self._accumulation()\n"
+                "        merged = (weight.to(work) + self._delta(name).to(work)).to(weight.dtype)",
+                "test_half_precision_merge_and_unmerge_accumulate_in_float32", "upcast W, A and B to float32"),
+    WrongAnswer("a merged forward computed with F.linear, skipping the base's forward and hooks", KATA, FORWARD_BASE,
+                "if self._merged and not self._disabled:\n"
+                "            return F.linear(x, self.base.weight, self.base.bias)\n        " + FORWARD_BASE,
+                "test_the_base_runs_its_own_forward_and_hooks", "so its forward and hooks run"),
+    WrongAnswer("the unknown-name message listing the first 8 adapters only", KATA, "the adapters are {self._names()}",
+                "the adapters are {', '.join(map(repr, list(self.lora_A)[:8]))}"
+                "{', ...' if len(self.lora_A) > 8 else ''}",
+                "test_unknown_names_are_value_errors_naming_the_known_adapters", "does not name the adapters"),
 ]  # fmt: skip

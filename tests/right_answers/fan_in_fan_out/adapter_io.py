@@ -41,7 +41,7 @@ def save_adapter(model, directory):
     safetensors.torch.save_file(out, str(path / "adapter_model.safetensors"), {"format": "pt"})
     first = layers[0][1]
     config = dict(peft_type="LORA", r=first.r, lora_alpha=first.alpha, bias="none",
-                  target_modules=[name for name, _ in layers],
+                  target_modules="|".join(re.escape(name) for name, _ in layers),  # a regex: exactly these
                   fan_in_fan_out=any(isinstance(m, LoRAConv1D) for _, m in layers))  # fmt: skip
     with open(path / "adapter_config.json", "w") as handle:
         json.dump(config, handle)
@@ -62,7 +62,14 @@ def load_adapter(model, directory):
         wanted = lambda name: re.fullmatch(targets, name) is not None  # noqa: E731
     else:
         wanted = lambda name: any(name == t or name.endswith("." + t) for t in targets)  # noqa: E731
+    if config.get("rank_pattern"):
+        raise ValueError("a per-layer rank (rank_pattern) is not supported")
     r, alpha, dropout = config["r"], config["lora_alpha"], config.get("lora_dropout") or 0.0
+    alphas = config.get("alpha_pattern") or {}  # honoured, with peft's rule: a key matches a name's dotted ending
+
+    def alpha_of(name):
+        return next((a for key, a in alphas.items() if re.match(rf"(.*\.)?{key}$", name)), alpha)
+
     plan, shapes = [], {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, Conv1D)) and wanted(name):
@@ -83,7 +90,7 @@ def load_adapter(model, directory):
     for name, module in plan:
         kind = LoRAConv1D if isinstance(module, Conv1D) else LoRALinear
         parent, _, child = name.rpartition(".")
-        model.get_submodule(parent).register_module(child, kind(module, r=r, alpha=alpha, dropout=dropout))
+        model.get_submodule(parent).register_module(child, kind(module, r=r, alpha=alpha_of(name), dropout=dropout))
         for mine, theirs in RENAMES[kind].items():
             renamed[f"{name}.{mine}"] = file[f"base_model.model.{name}.{theirs}"]
     missing, unexpected = model.load_state_dict(renamed, strict=False)
