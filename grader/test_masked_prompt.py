@@ -787,7 +787,41 @@ def collated(collate, examples: list[dict[str, list[int]]], pad_token_id: int) -
         "cached tensor, or views of one buffer): a caller editing one batch in place (masking a token, moving it "
         "to a device with non_blocking) edits the other: return fresh tensors each call"
     )
+    expect_ordinary_tensors(batch)
+    again = collate(examples, pad_token_id)  # the same examples, the next epoch: a batch of its own
+    shared = [key for key in KEYS if isinstance(again, Mapping) and shares_memory(batch[key], again.get(key))]
+    assert not shared, (
+        f"collating the same examples twice returned {', '.join(shared)} that share memory (a batch memoized by the "
+        "examples' contents): a caller editing one epoch's batch in place (masking a token) edits the next epoch's: "
+        "return fresh tensors each call"
+    )
+    for key in KEYS:  # the caller edits the next epoch's batch in place: this one stays as it was
+        if isinstance(again, Mapping) and isinstance(again.get(key), torch.Tensor):
+            try:
+                again[key].add_(1)
+            except RuntimeError as error:
+                pytest.fail(
+                    f"collate's {key} cannot be edited in place ({str(error).splitlines()[0]}): expected an ordinary "
+                    "tensor of its own memory, which a caller edits (masking a label): return fresh, writable tensors",
+                    pytrace=False,
+                )
+    changed = [key for key in KEYS if not equal(batch[key], kept[key])]
+    assert not changed, (
+        f"editing in place the batch of a second collate of the same examples changed the {', '.join(changed)} of "
+        "the first (a batch memoized by the examples' contents): return fresh tensors each call"
+    )
     return batch
+
+
+def expect_ordinary_tensors(batch: Mapping) -> None:
+    """Every tensor of a batch is an ordinary one: not an inference tensor, editable in place by the caller, usable
+    as a cross_entropy target under autograd (an inference tensor is none of these)."""
+    odd = [key for key in KEYS if isinstance(batch[key], torch.Tensor) and batch[key].is_inference()]
+    assert not odd, (
+        f"collate's {', '.join(odd)} are inference tensors (made under torch.inference_mode()): expected ordinary "
+        "tensors, which a caller edits in place (masking a label) and autograd saves for backward (cross_entropy's "
+        "target); measured is_inference() True: build the batch outside inference_mode (torch.no_grad is harmless)"
+    )
 
 
 def shares_memory(first: object, second: object) -> bool:
