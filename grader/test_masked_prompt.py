@@ -371,6 +371,11 @@ EDITS = {  # what a fine-tuning script does to its tokenizer before training: ne
     "add_special_tokens": lambda tokenizer: tokenizer.add_special_tokens(
         {"eos_token": "<|im_end|>", "additional_special_tokens": ["<|user|>", "<|assistant|>"]}
     ),
+    # A chat fine-tune's eos made of a token added earlier: the edit keeps len(tokenizer), the eos id changes.
+    "eos-set-to-an-added-token": lambda tokenizer: tokenizer.add_special_tokens({"eos_token": "<|im_end|>"}),
+}
+PREPARED = {  # what an edit's script did to the tokenizer before the first build_example call
+    "eos-set-to-an-added-token": lambda tokenizer: tokenizer.add_tokens(["<|im_end|>"]),
 }
 EDITED_TEXTS = (
     "Answer the <|user|> politely.",
@@ -385,13 +390,16 @@ def test_a_tokenizer_edited_between_calls_gives_its_new_ids(build_example, edit)
     """The same tokenizer object, edited between two calls (tokens added, eos changed): the second call encodes with
     the tokenizer as it is then, so nothing about a tokenizer may be cached across calls."""
     for name, tokenizer in tokenizer_zoo().items():
+        PREPARED.get(edit, lambda tokenizer: None)(tokenizer)
         before = expected_example(tokenizer, *EDITED_TEXTS)
         assert fields(build_example(tokenizer, *EDITED_TEXTS))[0] == before.input_ids, FIX_THE_IDS_FIRST
+        size = len(tokenizer)
         EDITS[edit](tokenizer)
         expected = expected_example(tokenizer, *EDITED_TEXTS)
         assert expected.input_ids != before.input_ids, (
             f"grader bug: {edit} left the {name} tokenizer's ids as they were"
         )
+        assert edit not in PREPARED or len(tokenizer) == size, f"grader bug: {edit} changed len of the {name} tokenizer"
         ids, labels, _ = fields(build_example(tokenizer, *EDITED_TEXTS))
         if (ids, labels) == (expected.input_ids, expected.labels):
             continue
@@ -403,6 +411,8 @@ def test_a_tokenizer_edited_between_calls_gives_its_new_ids(build_example, edit)
                 "object, id or vocabulary) goes stale when the tokenizer is edited in place (add_tokens, "
                 "add_special_tokens): encode each text at every call"
             )
+            if len(tokenizer) == size:
+                cause += f" (this edit kept len(tokenizer) = {size}: a cache keyed by it goes stale too)"
         elif ids == expected.input_ids:
             cause = "the ids are right, the labels not: mask len([bos] + enc(prompt)) of the tokenizer as it is now"
         i = first_difference(ids, expected.input_ids)

@@ -108,6 +108,7 @@ EDITS: dict[str, Callable[[Any], Any]] = {
     "add_special_tokens": lambda t: t.add_special_tokens(
         {"eos_token": "<|im_end|>", "pad_token": "<pad>", "additional_special_tokens": ["<|sys|>"]}
     ),
+    "eos-set-to-an-added-token": lambda t: (t.add_tokens(["<|im_end|>"]), t.add_special_tokens({"eos_token": "<|im_end|>"})),
 }
 
 
