@@ -758,13 +758,15 @@ LLAMA3_VOCAB, LLAMA3_EOS, LLAMA3_PAD = 128_256, 128_001, 128_004
 FIRST_IDS = (10, 2**16 - 4, 2**15 - 4, LLAMA3_VOCAB - 9)
 
 
-def synthetic_examples(lengths: list[int], first: int = 10) -> list[dict[str, list[int]]]:
-    """Examples of the given lengths, their first third masked, ids ``first``, ``first`` + 1, ..."""
+def synthetic_examples(lengths: list[int], first: int = 10, holes: bool = False) -> list[dict[str, list[int]]]:
+    """Examples of the given lengths, their first third masked, ids ``first``, ``first`` + 1, ...; with ``holes``
+    every fourth token's attention_mask is 0 (an example from elsewhere, masking some of its own tokens)."""
     examples = []
     for n in lengths:
         ids = list(range(first, first + n))
         masked = n // 3
-        examples.append({"input_ids": ids, "labels": [IGNORE] * masked + ids[masked:], "attention_mask": [1] * n})
+        mask = [int(not holes or i % 4 != 3) for i in range(n)]
+        examples.append({"input_ids": ids, "labels": [IGNORE] * masked + ids[masked:], "attention_mask": mask})
     return examples
 
 
@@ -876,6 +878,11 @@ def collate_cause(
         return f"labels padded with pad_token_id {pad}: pad labels with -100, so padding carries no loss"
     if key == "attention_mask" and 1 in used:
         return "attention_mask padded with 1: padding gets 0, so nothing attends to it"
+    if key == "attention_mask" and measured == padded([[1] * len(row) for row in rows], fill, longest):
+        return (
+            "attention_mask rebuilt from the lengths (all ones up to each): keep each example's own attention_mask, "
+            "zeros included, then pad with 0"
+        )
     if used and used != {fill}:
         return f"{key} padded with {sorted(used)}, expected {fill}"
     return "each row is the example's own list, then padding"
@@ -886,13 +893,15 @@ def collate_cause(
     lengths=st.lists(st.integers(1, 9), min_size=1, max_size=5),
     first=st.sampled_from(FIRST_IDS),
     pad=st.sampled_from([PAD, LLAMA3_EOS, LLAMA3_PAD]),
+    holes=st.booleans(),
 )
-@example(lengths=[3, 7, 1], first=10, pad=PAD)
-@example(lengths=[4], first=10, pad=PAD)
-@example(lengths=[3, 7, 1], first=LLAMA3_VOCAB - 9, pad=LLAMA3_PAD)  # Llama-3's ids, to its last, 128,255
-@example(lengths=[2, 9], first=2**16 - 4, pad=LLAMA3_EOS)  # ids across 2**16, pad = eos of Llama-3
-def test_collate_pads_on_the_right_to_the_longest(collate, lengths, first, pad):
-    examples = synthetic_examples(lengths, first)
+@example(lengths=[3, 7, 1], first=10, pad=PAD, holes=False)
+@example(lengths=[4], first=10, pad=PAD, holes=False)
+@example(lengths=[3, 7, 1], first=LLAMA3_VOCAB - 9, pad=LLAMA3_PAD, holes=False)  # Llama-3's ids, to its last
+@example(lengths=[2, 9], first=2**16 - 4, pad=LLAMA3_EOS, holes=False)  # ids across 2**16, pad = eos of Llama-3
+@example(lengths=[5, 9, 2], first=10, pad=PAD, holes=True)  # the examples' own masks hold zeros: collate keeps them
+def test_collate_pads_on_the_right_to_the_longest(collate, lengths, first, pad, holes):
+    examples = synthetic_examples(lengths, first, holes)
     longest, fills = max(lengths), {"input_ids": pad, "labels": IGNORE, "attention_mask": 0}
     rows = {key: [list(example[key]) for example in examples] for key in KEYS}
     batch = collated(collate, examples, pad)
@@ -901,7 +910,8 @@ def test_collate_pads_on_the_right_to_the_longest(collate, lengths, first, pad):
         expected = padded(rows[key], fill, longest)
         assert measured == expected, (
             f"collate of examples with lengths {lengths}, ids {first} to {first + max(lengths) - 1} "
-            f"(pad_token_id={pad}): {key} is {measured}, expected {expected}: "
+            f"(pad_token_id={pad}{', their attention_mask 0 at every fourth token' * holes}): {key} is {measured}, "
+            f"expected {expected}: "
             f"{collate_cause(key, measured, rows[key], fill, longest, pad)}"
         )
 
