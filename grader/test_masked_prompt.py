@@ -736,17 +736,20 @@ def check_truncation(build_example, tokenizer, name: str, texts: tuple[str, str,
 
 
 @pytest.mark.points(4)
-@pytest.mark.parametrize("case", ["bos-and-prompt-exactly", "inside-the-prompt", "one", "zero"])
+@pytest.mark.parametrize("case", ["bos-and-prompt-exactly", "inside-the-prompt", "one", "zero", "negative"])
 @pytest.mark.parametrize("texts", [(INSTRUCTION, INPUT, OUTPUT), EMPTY_OUTPUT], ids=["output", "empty-output"])
 def test_max_length_that_leaves_no_response_token_raises(build_example, case, texts):
     for name, tokenizer in tokenizer_zoo().items():  # bos or none, added by the tokenizer or not, eos added, ...
         p = len(expected_example(tokenizer, *texts).prefix)
-        max_length = {"bos-and-prompt-exactly": p, "inside-the-prompt": p // 2, "one": 1, "zero": 0}[case]
+        max_length = {"bos-and-prompt-exactly": p, "inside-the-prompt": p // 2, "one": 1, "zero": 0, "negative": -1}[
+            case
+        ]
+        negative = " (a count below 1 keeps no item: not a slice from the end, as [:-1])" if max_length < 0 else ""
         eos_alone = f" (the output {texts[2]!r} leaves eos the whole response, and it is cut)" if not texts[2] else ""
         expect_value_error(
             lambda tokenizer=tokenizer, max_length=max_length: build_example(tokenizer, *texts, max_length=max_length),
             f"{described(name)}, build_example(..., max_length={max_length}), which keeps only bos + prompt ({p} "
-            f"tokens) or less, so every label would be -100 and the loss NaN{eos_alone}"
+            f"tokens) or less, so every label would be -100 and the loss NaN{eos_alone}{negative}"
             f"{own_count_hint(tokenizer, texts, p)},",
         )
 
