@@ -278,4 +278,7 @@ WRONG_ANSWERS = [
     WrongAnswer("ValueError only when the kept labels are all -100", KATA, RAISE,
                 "if all(label == IGNORE_INDEX for label in labels[:max_length]):\n            raise ValueError(",
                 "test_max_length_that_leaves_no_response_token_raises", "raised nothing"),
+    WrongAnswer("special-token texts split (split_special_tokens=True)", KATA, ENCODE,
+                ENCODE.replace("add_special_tokens=False", "add_special_tokens=False, split_special_tokens=True"),
+                "test_input_ids_are_bos_prompt_response_eos", "split_special_tokens=True"),
 ]  # fmt: skip
