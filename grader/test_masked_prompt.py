@@ -189,6 +189,8 @@ def ids_cause(tokenizer, measured: list, expected: Expected, prompt: str, output
             "prompt + output were tokenized in one call, and a merge across the seam changed the tokens there: "
             "tokenize the prompt and the output separately"
         )
+    if split_special(tokenizer, measured, prompt, output):
+        return SPLIT_SPECIAL
     if bos is None and measured[:1] == [None]:
         return "this tokenizer has no bos (bos_token_id is None, as GPT-2's): add none then"
     if bos is not None and measured == expected.input_ids[1:]:
@@ -232,6 +234,26 @@ def ids_cause(tokenizer, measured: list, expected: Expected, prompt: str, output
                 "(the response part is the tokens of the output, tokenized alone, followed by eos)"
             )
     return "the response part is not the tokens of the output, tokenized alone, followed by eos"
+
+
+SPLIT_SPECIAL = (
+    "the texts of special tokens ('<s>', '</s>', ...) were split into ordinary tokens (split_special_tokens=True): "
+    "the spec's enc(t) is tokenizer(t, add_special_tokens=False)['input_ids'], in which such a text is its token"
+)
+
+
+def split_special(tokenizer, measured: list, prompt: str, output: str) -> bool:
+    """Whether ``measured`` is the example encoded with split_special_tokens=True (where that changes it)."""
+    try:
+        split = [
+            list(tokenizer(t, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+            for t in (prompt, output)
+        ]
+    except TypeError:
+        return False
+    first = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    ids = first + split[0] + split[1] + [tokenizer.eos_token_id]
+    return measured == ids != first + enc(tokenizer, prompt) + enc(tokenizer, output) + [tokenizer.eos_token_id]
 
 
 def output_alterations(output: str) -> dict[str, str]:
@@ -371,6 +393,11 @@ EDITS = {  # what a fine-tuning script does to its tokenizer before training: ne
     "add_special_tokens": lambda tokenizer: tokenizer.add_special_tokens(
         {"eos_token": "<|im_end|>", "additional_special_tokens": ["<|user|>", "<|assistant|>"]}
     ),
+    # A chat fine-tune's eos made of a token added earlier: the edit keeps len(tokenizer), the eos id changes.
+    "eos-set-to-an-added-token": lambda tokenizer: tokenizer.add_special_tokens({"eos_token": "<|im_end|>"}),
+}
+PREPARED = {  # what an edit's script did to the tokenizer before the first build_example call
+    "eos-set-to-an-added-token": lambda tokenizer: tokenizer.add_tokens(["<|im_end|>"]),
 }
 EDITED_TEXTS = (
     "Answer the <|user|> politely.",
@@ -385,24 +412,29 @@ def test_a_tokenizer_edited_between_calls_gives_its_new_ids(build_example, edit)
     """The same tokenizer object, edited between two calls (tokens added, eos changed): the second call encodes with
     the tokenizer as it is then, so nothing about a tokenizer may be cached across calls."""
     for name, tokenizer in tokenizer_zoo().items():
+        PREPARED.get(edit, lambda tokenizer: None)(tokenizer)
         before = expected_example(tokenizer, *EDITED_TEXTS)
         assert fields(build_example(tokenizer, *EDITED_TEXTS))[0] == before.input_ids, FIX_THE_IDS_FIRST
+        size = len(tokenizer)
         EDITS[edit](tokenizer)
         expected = expected_example(tokenizer, *EDITED_TEXTS)
         assert expected.input_ids != before.input_ids, (
             f"grader bug: {edit} left the {name} tokenizer's ids as they were"
         )
+        assert edit not in PREPARED or len(tokenizer) == size, f"grader bug: {edit} changed len of the {name} tokenizer"
         ids, labels, _ = fields(build_example(tokenizer, *EDITED_TEXTS))
         if (ids, labels) == (expected.input_ids, expected.labels):
             continue
         stale = (before.input_ids, before.prefix + before.response[:-1] + [tokenizer.eos_token_id])
         cause = ids_cause(tokenizer, ids, expected, template(*EDITED_TEXTS[:2]), EDITED_TEXTS[2])
-        if ids in stale:
+        if ids in stale and not split_special(tokenizer, ids, template(*EDITED_TEXTS[:2]), EDITED_TEXTS[2]):
             cause = (
                 "these are the ids of the tokenizer before it was edited: an encoding cached per tokenizer (its "
                 "object, id or vocabulary) goes stale when the tokenizer is edited in place (add_tokens, "
                 "add_special_tokens): encode each text at every call"
             )
+            if len(tokenizer) == size:
+                cause += f" (this edit kept len(tokenizer) = {size}: a cache keyed by it goes stale too)"
         elif ids == expected.input_ids:
             cause = "the ids are right, the labels not: mask len([bos] + enc(prompt)) of the tokenizer as it is now"
         i = first_difference(ids, expected.input_ids)
@@ -726,17 +758,20 @@ def check_truncation(build_example, tokenizer, name: str, texts: tuple[str, str,
 
 
 @pytest.mark.points(4)
-@pytest.mark.parametrize("case", ["bos-and-prompt-exactly", "inside-the-prompt", "one", "zero"])
+@pytest.mark.parametrize("case", ["bos-and-prompt-exactly", "inside-the-prompt", "one", "zero", "negative"])
 @pytest.mark.parametrize("texts", [(INSTRUCTION, INPUT, OUTPUT), EMPTY_OUTPUT], ids=["output", "empty-output"])
 def test_max_length_that_leaves_no_response_token_raises(build_example, case, texts):
     for name, tokenizer in tokenizer_zoo().items():  # bos or none, added by the tokenizer or not, eos added, ...
         p = len(expected_example(tokenizer, *texts).prefix)
-        max_length = {"bos-and-prompt-exactly": p, "inside-the-prompt": p // 2, "one": 1, "zero": 0}[case]
+        max_length = {"bos-and-prompt-exactly": p, "inside-the-prompt": p // 2, "one": 1, "zero": 0, "negative": -1}[
+            case
+        ]
+        negative = " (a count below 1 keeps no item: not a slice from the end, as [:-1])" if max_length < 0 else ""
         eos_alone = f" (the output {texts[2]!r} leaves eos the whole response, and it is cut)" if not texts[2] else ""
         expect_value_error(
             lambda tokenizer=tokenizer, max_length=max_length: build_example(tokenizer, *texts, max_length=max_length),
             f"{described(name)}, build_example(..., max_length={max_length}), which keeps only bos + prompt ({p} "
-            f"tokens) or less, so every label would be -100 and the loss NaN{eos_alone}"
+            f"tokens) or less, so every label would be -100 and the loss NaN{eos_alone}{negative}"
             f"{own_count_hint(tokenizer, texts, p)},",
         )
 
@@ -748,13 +783,15 @@ LLAMA3_VOCAB, LLAMA3_EOS, LLAMA3_PAD = 128_256, 128_001, 128_004
 FIRST_IDS = (10, 2**16 - 4, 2**15 - 4, LLAMA3_VOCAB - 9)
 
 
-def synthetic_examples(lengths: list[int], first: int = 10) -> list[dict[str, list[int]]]:
-    """Examples of the given lengths, their first third masked, ids ``first``, ``first`` + 1, ..."""
+def synthetic_examples(lengths: list[int], first: int = 10, holes: bool = False) -> list[dict[str, list[int]]]:
+    """Examples of the given lengths, their first third masked, ids ``first``, ``first`` + 1, ...; with ``holes``
+    every fourth token's attention_mask is 0 (an example from elsewhere, masking some of its own tokens)."""
     examples = []
     for n in lengths:
         ids = list(range(first, first + n))
         masked = n // 3
-        examples.append({"input_ids": ids, "labels": [IGNORE] * masked + ids[masked:], "attention_mask": [1] * n})
+        mask = [int(not holes or i % 4 != 3) for i in range(n)]
+        examples.append({"input_ids": ids, "labels": [IGNORE] * masked + ids[masked:], "attention_mask": mask})
     return examples
 
 
@@ -787,7 +824,41 @@ def collated(collate, examples: list[dict[str, list[int]]], pad_token_id: int) -
         "cached tensor, or views of one buffer): a caller editing one batch in place (masking a token, moving it "
         "to a device with non_blocking) edits the other: return fresh tensors each call"
     )
+    expect_ordinary_tensors(batch)
+    again = collate(examples, pad_token_id)  # the same examples, the next epoch: a batch of its own
+    shared = [key for key in KEYS if isinstance(again, Mapping) and shares_memory(batch[key], again.get(key))]
+    assert not shared, (
+        f"collating the same examples twice returned {', '.join(shared)} that share memory (a batch memoized by the "
+        "examples' contents): a caller editing one epoch's batch in place (masking a token) edits the next epoch's: "
+        "return fresh tensors each call"
+    )
+    for key in KEYS:  # the caller edits the next epoch's batch in place: this one stays as it was
+        if isinstance(again, Mapping) and isinstance(again.get(key), torch.Tensor):
+            try:
+                again[key].add_(1)
+            except RuntimeError as error:
+                pytest.fail(
+                    f"collate's {key} cannot be edited in place ({str(error).splitlines()[0]}): expected an ordinary "
+                    "tensor of its own memory, which a caller edits (masking a label): return fresh, writable tensors",
+                    pytrace=False,
+                )
+    changed = [key for key in KEYS if not equal(batch[key], kept[key])]
+    assert not changed, (
+        f"editing in place the batch of a second collate of the same examples changed the {', '.join(changed)} of "
+        "the first (a batch memoized by the examples' contents): return fresh tensors each call"
+    )
     return batch
+
+
+def expect_ordinary_tensors(batch: Mapping) -> None:
+    """Every tensor of a batch is an ordinary one: not an inference tensor, editable in place by the caller, usable
+    as a cross_entropy target under autograd (an inference tensor is none of these)."""
+    odd = [key for key in KEYS if isinstance(batch[key], torch.Tensor) and batch[key].is_inference()]
+    assert not odd, (
+        f"collate's {', '.join(odd)} are inference tensors (made under torch.inference_mode()): expected ordinary "
+        "tensors, which a caller edits in place (masking a label) and autograd saves for backward (cross_entropy's "
+        "target); measured is_inference() True: build the batch outside inference_mode (torch.no_grad is harmless)"
+    )
 
 
 def shares_memory(first: object, second: object) -> bool:
@@ -832,6 +903,11 @@ def collate_cause(
         return f"labels padded with pad_token_id {pad}: pad labels with -100, so padding carries no loss"
     if key == "attention_mask" and 1 in used:
         return "attention_mask padded with 1: padding gets 0, so nothing attends to it"
+    if key == "attention_mask" and measured == padded([[1] * len(row) for row in rows], fill, longest):
+        return (
+            "attention_mask rebuilt from the lengths (all ones up to each): keep each example's own attention_mask, "
+            "zeros included, then pad with 0"
+        )
     if used and used != {fill}:
         return f"{key} padded with {sorted(used)}, expected {fill}"
     return "each row is the example's own list, then padding"
@@ -842,13 +918,15 @@ def collate_cause(
     lengths=st.lists(st.integers(1, 9), min_size=1, max_size=5),
     first=st.sampled_from(FIRST_IDS),
     pad=st.sampled_from([PAD, LLAMA3_EOS, LLAMA3_PAD]),
+    holes=st.booleans(),
 )
-@example(lengths=[3, 7, 1], first=10, pad=PAD)
-@example(lengths=[4], first=10, pad=PAD)
-@example(lengths=[3, 7, 1], first=LLAMA3_VOCAB - 9, pad=LLAMA3_PAD)  # Llama-3's ids, to its last, 128,255
-@example(lengths=[2, 9], first=2**16 - 4, pad=LLAMA3_EOS)  # ids across 2**16, pad = eos of Llama-3
-def test_collate_pads_on_the_right_to_the_longest(collate, lengths, first, pad):
-    examples = synthetic_examples(lengths, first)
+@example(lengths=[3, 7, 1], first=10, pad=PAD, holes=False)
+@example(lengths=[4], first=10, pad=PAD, holes=False)
+@example(lengths=[3, 7, 1], first=LLAMA3_VOCAB - 9, pad=LLAMA3_PAD, holes=False)  # Llama-3's ids, to its last
+@example(lengths=[2, 9], first=2**16 - 4, pad=LLAMA3_EOS, holes=False)  # ids across 2**16, pad = eos of Llama-3
+@example(lengths=[5, 9, 2], first=10, pad=PAD, holes=True)  # the examples' own masks hold zeros: collate keeps them
+def test_collate_pads_on_the_right_to_the_longest(collate, lengths, first, pad, holes):
+    examples = synthetic_examples(lengths, first, holes)
     longest, fills = max(lengths), {"input_ids": pad, "labels": IGNORE, "attention_mask": 0}
     rows = {key: [list(example[key]) for example in examples] for key in KEYS}
     batch = collated(collate, examples, pad)
@@ -857,7 +935,8 @@ def test_collate_pads_on_the_right_to_the_longest(collate, lengths, first, pad):
         expected = padded(rows[key], fill, longest)
         assert measured == expected, (
             f"collate of examples with lengths {lengths}, ids {first} to {first + max(lengths) - 1} "
-            f"(pad_token_id={pad}): {key} is {measured}, expected {expected}: "
+            f"(pad_token_id={pad}{', their attention_mask 0 at every fourth token' * holes}): {key} is {measured}, "
+            f"expected {expected}: "
             f"{collate_cause(key, measured, rows[key], fill, longest, pad)}"
         )
 

@@ -50,13 +50,21 @@ def trained_bpe() -> Tokenizer:
 
 
 class Encoding(dict):
-    """What calling a tokenizer returns: a dict that also reads as attributes (``encoding.input_ids``)."""
+    """What calling a tokenizer returns: a dict that also reads as attributes (``encoding.input_ids``), with
+    ``sequence_ids(batch_index=0)`` (0 for the text's tokens, 1 for the pair's, None for special tokens and padding)
+    and ``tokens(batch_index=0)``, as transformers' ``BatchEncoding``."""
 
     def __getattr__(self, name: str) -> Any:
         try:
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
+        return list(self.__dict__["_sequence_ids"][batch_index])
+
+    def tokens(self, batch_index: int = 0) -> list[str]:
+        return list(self.__dict__["_tokens"][batch_index])
 
 
 # add_special_tokens' keys, as Hugging Face's: each names one special token, "additional_special_tokens" a list.
@@ -67,7 +75,8 @@ EXTRA_SPECIAL_KEYS = ("additional_special_tokens", "extra_special_tokens")
 class GraderTokenizer:
     """The Hugging Face tokenizer interface over the trained BPE, as ``PreTrainedTokenizerFast`` takes it:
     ``tokenizer(text, add_special_tokens=False)`` (a text or a list of texts, ``return_tensors="pt"`` or ``"np"``,
-    int64 like Hugging Face's even for an empty text), ``encode``, ``decode``, ``tokenize(text, pair=None,
+    int64 like Hugging Face's even for an empty text; a text pair, whose encoding has ``sequence_ids()``; padding=True,
+    "longest" or "max_length", right or left; split_special_tokens), ``encode``, ``decode``, ``tokenize(text, pair=None,
     add_special_tokens=False, **kwargs)`` and ``convert_tokens_to_ids``, ``convert_ids_to_tokens``, ``add_tokens``
     and ``add_special_tokens`` (which edit this tokenizer alone), ``bos_token_id``, ``eos_token_id``,
     ``pad_token_id`` and the token strings. tests/test_grader_tokenizer.py holds it to transformers' answers.
@@ -81,7 +90,7 @@ class GraderTokenizer:
     Tokens added later get the next ids, ``len(tokenizer)`` onwards, in every style.
     """
 
-    ANY_VALUE = ("verbose", "clean_up_tokenization_spaces", "split_special_tokens")  # options that change no id
+    ANY_VALUE = ("verbose", "clean_up_tokenization_spaces")  # options that change no id
     EXTRA_FIELDS: ClassVar[dict[str, str]] = {  # options that add a field beside input_ids, and the field
         "return_offsets_mapping": "offset_mapping",
         "return_length": "length",
@@ -89,6 +98,14 @@ class GraderTokenizer:
         "return_token_type_ids": "token_type_ids",
     }
     OFF = (None, False, 0, "do_not_pad", "do_not_truncate")  # padding=False, return_tensors=None, stride=0, ...
+    # The values of each field where a row is padded, as transformers pads them (sequence_ids: None).
+    PADDING_VALUES: ClassVar[dict[str, Any]] = {
+        "attention_mask": 0,
+        "token_type_ids": 0,
+        "special_tokens_mask": 1,
+        "offset_mapping": (0, 0),
+    }
+    padding_side = "right"  # as transformers' default; a tokenizer's own attribute, or padding_side= in the call
     STYLES: ClassVar[
         dict[str, tuple]
     ] = {  # style: (bos, eos, pad, bos added by add_special_tokens, eos added by add_special_tokens)
@@ -135,10 +152,15 @@ class GraderTokenizer:
     def __len__(self) -> int:
         return self._offset + self._backend.get_vocab_size()
 
-    def _options(self, options: dict[str, Any]) -> tuple[Any, list[str]]:
-        """``return_tensors`` and the fields of EXTRA_FIELDS that ``options`` ask for; TypeError for an option that
-        would change the ids (padding, truncation, ...), which the kata does not need."""
+    def _options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """What ``options`` ask for: return_tensors, the fields of EXTRA_FIELDS, padding (True, "longest", or
+        "max_length" with max_length, pad_to_multiple_of, padding_side) and split_special_tokens; TypeError for an
+        option that would change the ids otherwise (truncation, stride, ...), which the kata does not need."""
         tensors = options.pop("return_tensors", None)
+        padding = options.pop("padding", False)
+        max_length, multiple = options.pop("max_length", None), options.pop("pad_to_multiple_of", None)
+        side = options.pop("padding_side", None) or self.padding_side
+        split = bool(options.pop("split_special_tokens", False))
         refused = [
             name
             for name, value in options.items()
@@ -147,6 +169,11 @@ class GraderTokenizer:
             and name != "return_attention_mask"
             and value not in self.OFF
         ]
+        padding = False if padding in self.OFF else "longest" if padding is True else padding
+        if padding not in (False, "longest", "max_length") or (padding == "max_length") != (max_length is not None):
+            refused.append(f"padding={padding!r} with max_length={max_length!r}")
+        if side not in ("right", "left"):
+            raise ValueError(f"padding_side should be 'right' or 'left', got {side!r}")
         if refused or tensors not in (None, "pt", "np"):
             raise TypeError(
                 f"the grader's tokenizer does not support {', '.join(refused) or f'return_tensors={tensors!r}'}: "
@@ -155,7 +182,10 @@ class GraderTokenizer:
         extra = [field for option, field in self.EXTRA_FIELDS.items() if options.get(option)]
         if options.get("return_attention_mask", True) is not False:
             extra.insert(0, "attention_mask")
-        return tensors, extra
+        if padding and self.pad_token_id is None:
+            raise ValueError("Asking to pad but the tokenizer does not have a padding token")
+        return {"tensors": tensors, "extra": extra, "padding": padding, "max_length": max_length,
+                "multiple": multiple, "side": side, "split": split}  # fmt: skip
 
     @staticmethod
     def _tensors(fields: dict[str, Any], tensors: Any) -> Encoding:
@@ -176,43 +206,81 @@ class GraderTokenizer:
         **options: Any,
     ) -> Encoding:
         """``{"input_ids": ids, "attention_mask": ones}`` of ``text`` (and ``text_pair`` after it), or of each text
-        of a list, and the fields ``EXTRA_FIELDS`` asks for."""
-        tensors, extra = self._options(options)
-        if isinstance(text, str):
-            encoding = self._fields(text, text_pair, add_special_tokens, extra)
-            if tensors:  # one row of each field; length is one number per text already, as in Hugging Face
-                encoding = {key: value if key == "length" else [value] for key, value in encoding.items()}
-            return self._tensors(encoding, tensors)
-        pairs = [None] * len(text) if text_pair is None else list(text_pair)
-        batch = [self._fields(one, pair, add_special_tokens, extra) for one, pair in zip(text, pairs, strict=True)]
-        fields = {key: [one[key] for one in batch] for key in ("input_ids", *extra)}
-        if "length" in fields:
-            fields["length"] = [length for (length,) in fields["length"]]
-        if tensors and len({len(ids) for ids in fields["input_ids"]}) > 1:  # as Hugging Face refuses ragged rows
-            raise ValueError("texts of different lengths make no tensor without padding=True")
-        return self._tensors(fields, tensors)
+        of a list, padded if asked, and the fields ``EXTRA_FIELDS`` asks for."""
+        how = self._options(options)
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        pairs = [text_pair] if single else [None] * len(texts) if text_pair is None else list(text_pair)
+        if len(pairs) != len(texts):
+            raise ValueError(f"{len(texts)} texts and {len(pairs)} pairs")
+        batch = [self._fields(one, pair, add_special_tokens, how) for one, pair in zip(texts, pairs, strict=True)]
+        self._pad(batch, how)
+        keys = ("input_ids", *how["extra"])
+        fields = {key: [row[key] for row in batch] for key in keys if key != "length"}
+        if "length" in keys:
+            fields["length"] = [len(row["input_ids"]) for row in batch]  # after padding, as transformers counts
+        if not single and how["tensors"] and len({len(ids) for ids in fields["input_ids"]}) > 1:
+            raise ValueError("texts of different lengths make no tensor without padding=True")  # as Hugging Face
+        if single and not how["tensors"]:  # one text: each field unwrapped (length stays a list of one number)
+            fields = {key: value if key == "length" else value[0] for key, value in fields.items()}
+        encoding = self._tensors({key: fields[key] for key in keys}, how["tensors"])
+        encoding.__dict__["_sequence_ids"] = [row["sequence_ids"] for row in batch]
+        encoding.__dict__["_tokens"] = [self.convert_ids_to_tokens(row["input_ids"]) for row in batch]
+        return encoding
 
-    def _fields(self, text: str, pair: str | None, add_special_tokens: bool, extra: list[str]) -> dict[str, Any]:
-        """input_ids of ``text`` (and ``pair``), and the ``extra`` fields."""
-        parts = [self._ids(one, add_special_tokens) for one in (text, pair) if one is not None]
+    def _pad(self, batch: list[dict[str, Any]], how: dict[str, Any]) -> None:
+        """Pad each row of ``batch`` in place to the longest (or to max_length), rounded up to pad_to_multiple_of."""
+        if not how["padding"] and not how["multiple"]:
+            return
+        target = how["max_length"] if how["padding"] == "max_length" else max(len(row["input_ids"]) for row in batch)
+        if how["multiple"]:
+            target = -(-target // how["multiple"]) * how["multiple"]
+        values = {"input_ids": self.pad_token_id, "sequence_ids": None, **self.PADDING_VALUES}
+        for row in batch:
+            missing = target - len(row["input_ids"])
+            for key, value in values.items():
+                if missing > 0 and key in row:
+                    padding = [value] * missing
+                    row[key] = padding + row[key] if how["side"] == "left" else row[key] + padding
+
+    def _fields(self, text: str, pair: str | None, add_special_tokens: bool, how: dict[str, Any]) -> dict[str, Any]:
+        """input_ids of ``text`` (and ``pair``), their sequence_ids, and the fields of ``how["extra"]``."""
+        extra, split = how["extra"], how["split"]
+        parts = [self._ids(one, add_special_tokens, split) for one in (text, pair) if one is not None]
         ids = [i for part in parts for i in part]
-        every: dict[str, Any] = {"input_ids": ids, "attention_mask": [1] * len(ids), "length": [len(ids)]}
+        added = (self.adds_bos, self.adds_eos) if add_special_tokens else (False, False)
+        sequence_ids: list[int | None] = []
+        for which, part in enumerate(parts):
+            bos, eos = int(added[0] and self.bos_token_id is not None), int(added[1])
+            sequence_ids += [None] * bos + [which] * (len(part) - bos - eos) + [None] * eos
+        every: dict[str, Any] = {"input_ids": ids, "attention_mask": [1] * len(ids)}
         every["token_type_ids"] = [0] * len(ids)  # the trained template's pair is "<s> $A <s> $B", all of type 0
         if "offset_mapping" in extra or "special_tokens_mask" in extra:
-            added = (self.adds_bos, self.adds_eos) if add_special_tokens else (False, False)
             offsets, special = [], []
             for one in (text, pair):
                 if one is not None:
-                    spans = self._backend.encode(one, add_special_tokens=False).offsets
+                    spans = self._encoded(one, split).offsets
                     offsets += [(0, 0)] * added[0] + list(spans) + [(0, 0)] * added[1]
                     special += [1] * added[0] + [0] * len(spans) + [1] * added[1]
             every |= {"offset_mapping": offsets, "special_tokens_mask": special}
-        return {"input_ids": ids} | {field: every[field] for field in extra}
+        chosen = {field: every[field] for field in extra if field != "length"}
+        return {"input_ids": ids, "sequence_ids": sequence_ids} | chosen
 
-    def _ids(self, text: str, add_special_tokens: bool) -> list[int]:
+    def _encoded(self, text: str, split: bool = False) -> Any:
+        """The backend's encoding of ``text`` alone; with ``split`` the texts of special tokens split into ordinary
+        tokens, as transformers' split_special_tokens=True (the backend's encode_special_tokens, for this call)."""
         if not isinstance(text, str):
             raise TypeError(f"the tokenizer encodes a str, got {type(text).__name__}")
-        ids = [self._own_id(i) for i in self._backend.encode(text, add_special_tokens=False).ids]
+        if not split:
+            return self._backend.encode(text, add_special_tokens=False)
+        self._backend.encode_special_tokens = True
+        try:
+            return self._backend.encode(text, add_special_tokens=False)
+        finally:
+            self._backend.encode_special_tokens = False
+
+    def _ids(self, text: str, add_special_tokens: bool, split: bool = False) -> list[int]:
+        ids = [self._own_id(i) for i in self._encoded(text, split).ids]
         if not add_special_tokens:
             return ids
         bos = [self.bos_token_id] * (self.adds_bos and self.bos_token_id is not None)
@@ -223,9 +291,9 @@ class GraderTokenizer:
     ) -> list[int] | Any:
         """The ids of ``text`` (then ``text_pair``); with ``add_special_tokens`` the special tokens this style adds
         around each; with ``return_tensors`` a (1, n) int64 tensor, as Hugging Face's."""
-        tensors, _ = self._options(options)
-        ids = self._fields(text, text_pair, add_special_tokens, [])["input_ids"]
-        return self._tensors({"input_ids": [ids]}, tensors)["input_ids"] if tensors else ids
+        how = self._options(options)
+        ids = self._fields(text, text_pair, add_special_tokens, how | {"extra": []})["input_ids"]
+        return self._tensors({"input_ids": [ids]}, how["tensors"])["input_ids"] if how["tensors"] else ids
 
     def decode(self, token_ids: Any, skip_special_tokens: bool = False, **options: Any) -> str | list[str]:
         """The text of ids (an int, a list, a tensor); of each row of a list of lists, as Hugging Face's."""
@@ -251,8 +319,10 @@ class GraderTokenizer:
 
     def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False, **options: Any) -> list:
         """The tokens of ``text`` (then ``pair``), as strings: no special tokens unless ``add_special_tokens``."""
-        self._options(dict(options))
-        return self.convert_ids_to_tokens(self._fields(text, pair, add_special_tokens, [])["input_ids"])
+        how = self._options(dict(options))
+        return self.convert_ids_to_tokens(
+            self._fields(text, pair, add_special_tokens, how | {"extra": []})["input_ids"]
+        )
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int | None] | None:
         """The id of a token string, or the ids of a list of them (None for a string of no token, as HF's)."""

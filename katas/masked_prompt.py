@@ -50,7 +50,8 @@ def build_example(
         - ``max_length`` (when not None) keeps the first ``max_length`` items of all three lists.
 
     Raises:
-        ValueError: ``max_length`` leaves no response token, so every label would be -100 (a NaN loss).
+        ValueError: ``max_length`` leaves no response token, so every label would be -100 (a NaN loss);
+            a ``max_length`` below 1 keeps no item at all (it is a count, not a slice from the end).
     """
     raise NotImplementedError("kata masked_prompt: write build_example (spec in its docstring)")
 
@@ -64,6 +65,8 @@ def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str
           on padding) and 0 in attention_mask (nothing attends to padding).
         - Padding is what lies past an example's length: a real token may carry the pad id (pad = eos
           is the usual set-up), and keeps its label and attention.
+        - Each row is the example's own lists, as given, then padding: its attention_mask too, zeros
+          included (an example from elsewhere may mask some of its tokens).
 
     Raises:
         ValueError: ``examples`` is empty.

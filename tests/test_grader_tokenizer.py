@@ -48,6 +48,38 @@ CALLS: dict[str, Callable[[Any, str], Any]] = {
     "call-token-types": lambda t, x: t(x, return_token_type_ids=True),
     "call-keywords": lambda t, x: t(text=x, add_special_tokens=False),
     "call-attribute": lambda t, x: t(x, add_special_tokens=False).input_ids,
+    # round 8: a text pair split by sequence_ids(), padded batches, special-token texts split into ordinary tokens
+    "call-pair-sequence-ids": lambda t, x: with_sequence_ids(t(x, "Hello there", add_special_tokens=False)),
+    "call-pair-special-sequence-ids": lambda t, x: with_sequence_ids(t(x, x + "!")),
+    "call-pair-pt-sequence-ids": lambda t, x: with_sequence_ids(t(x, x, add_special_tokens=False, return_tensors="pt")),
+    "call-list-pairs-padded": lambda t, x: with_sequence_ids(t([x, "a"], ["b c", x], padding=True), rows=2),
+    "call-list-padded-pt": lambda t, x: with_sequence_ids(
+        t([x, x + " Hello there!"], add_special_tokens=False, padding=True, return_tensors="pt"), rows=2
+    ),
+    "call-list-padded-left": lambda t, x: with_sequence_ids(
+        t([x + " Hello there!", x], padding="longest", padding_side="left", return_tensors="pt"), rows=2
+    ),
+    "call-list-padded-fields": lambda t, x: with_sequence_ids(
+        t(
+            [x, "Hello there, my friend"],
+            padding=True,
+            return_offsets_mapping=True,
+            return_length=True,
+            return_special_tokens_mask=True,
+            return_token_type_ids=True,
+        ),
+        rows=2,
+    ),
+    "call-padded-max-length": lambda t, x: with_sequence_ids(t(x, padding="max_length", max_length=12)),
+    "call-list-multiple-np": lambda t, x: t([x, "a"], padding=True, pad_to_multiple_of=4, return_tensors="np"),
+    "call-one-padded": lambda t, x: t(x, add_special_tokens=False, padding=True, return_length=True),
+    "call-split-special": lambda t, x: t(x, add_special_tokens=False, split_special_tokens=True),
+    "call-list-split-special-pt": lambda t, x: t([x, x], split_special_tokens=True, return_tensors="pt"),
+    "call-split-special-offsets": lambda t, x: t(x, split_special_tokens=True, return_offsets_mapping=True),
+    "call-after-split-special": lambda t, x: (t(x, split_special_tokens=True), t(x, add_special_tokens=False))[1],
+    "tokenize-split-special": lambda t, x: t.tokenize(x, split_special_tokens=True),
+    "encode-split-special": lambda t, x: t.encode(x, split_special_tokens=True),
+    "call-tokens": lambda t, x: t(x).tokens(),
     "encode": lambda t, x: t.encode(x),
     "encode-no-special": lambda t, x: t.encode(x, add_special_tokens=False),
     "encode-pt": lambda t, x: t.encode(x, add_special_tokens=False, return_tensors="pt"),
@@ -66,6 +98,11 @@ CALLS: dict[str, Callable[[Any, str], Any]] = {
     "decode-tensor": lambda t, x: t.decode(torch.tensor(t.encode(x))),
     "decode-int": lambda t, x: t.decode(t.encode(x)[0]),
 }
+
+
+def with_sequence_ids(encoding: Any, rows: int = 1) -> tuple[Any, list]:
+    """An encoding and the sequence_ids() of each of its rows, as transformers' BatchEncoding gives them."""
+    return encoding, [encoding.sequence_ids(row) for row in range(rows)]
 
 
 def described(value: Any) -> Any:
@@ -107,6 +144,10 @@ EDITS: dict[str, Callable[[Any], Any]] = {
     "add_tokens-special": lambda t: t.add_tokens(["<|q|>"], special_tokens=True),
     "add_special_tokens": lambda t: t.add_special_tokens(
         {"eos_token": "<|im_end|>", "pad_token": "<pad>", "additional_special_tokens": ["<|sys|>"]}
+    ),
+    "eos-set-to-an-added-token": lambda t: (
+        t.add_tokens(["<|im_end|>"]),
+        t.add_special_tokens({"eos_token": "<|im_end|>"}),
     ),
 }
 

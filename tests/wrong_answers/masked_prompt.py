@@ -247,4 +247,38 @@ WRONG_ANSWERS = [
                 "test_input_ids_are_bos_prompt_response_eos", "as given"),
     WrongAnswer("a blank input takes the short template", KATA, "if input:", "if input.strip():",
                 "test_format_prompt_follows_the_template", "a blank input"),
+    # round 8 (red8/w-a): inference tensors, a collate memo by content, a memo keyed by len, a rebuilt mask, max_length < 1
+    WrongAnswer("collate under torch.inference_mode()", KATA, "def collate(", "@torch.inference_mode()\ndef collate(",
+                "test_collate_pads_on_the_right_to_the_longest", "inference_mode"),
+    WrongAnswer("collate memoized by the examples' contents", KATA, "    return {\n        key: torch.tensor(",
+                "    memo_key = (pad_token_id, repr(examples))\n    if memo_key in _MEMO:\n        return dict(_MEMO[memo_key])\n"
+                "    batch = _MEMO[memo_key] = {\n        key: torch.tensor(",
+                "test_collate_pads_on_the_right_to_the_longest", "the same examples",
+                more_edits=(("        for key, value in padding.items()\n    }",
+                             "        for key, value in padding.items()\n    }\n    return dict(batch)"),
+                            ("IGNORE_INDEX = -100", "_MEMO: dict = {}\nIGNORE_INDEX = -100"))),
+    WrongAnswer("examples memoized per tokenizer by texts and len", KATA, "def build_example(",
+                "_MEMO = __import__('weakref').WeakKeyDictionary()\n\n\ndef build_example(*args, **kwargs):\n"
+                "    names = ('tokenizer', 'instruction', 'input', 'output', 'max_length')\n"
+                "    given = {**dict(zip(names, args)), **kwargs}\n"
+                "    memo = _MEMO.setdefault(given['tokenizer'], {})\n"
+                "    key = (given['instruction'], given['input'], given['output'], given.get('max_length'), "
+                "len(given['tokenizer']))\n"
+                "    if key not in memo:\n        memo[key] = _build_example(**given)\n"
+                "    return {k: list(v) for k, v in memo[key].items()}\n\n\ndef _build_example(",
+                "test_a_tokenizer_edited_between_calls_gives_its_new_ids", "before it was edited"),
+    WrongAnswer("collate rebuilds attention_mask from the lengths", KATA,
+                "    return {\n        key: torch.tensor(", "    batch = {\n        key: torch.tensor(",
+                "test_collate_pads_on_the_right_to_the_longest", "own attention_mask",
+                more_edits=(("        for key, value in padding.items()\n    }",
+                             "        for key, value in padding.items()\n    }\n"
+                             "    lengths = torch.tensor([len(example['input_ids']) for example in examples])\n"
+                             "    batch['attention_mask'] = (torch.arange(longest)[None, :] < lengths[:, None]).long()\n"
+                             "    return batch"),)),
+    WrongAnswer("ValueError only when the kept labels are all -100", KATA, RAISE,
+                "if all(label == IGNORE_INDEX for label in labels[:max_length]):\n            raise ValueError(",
+                "test_max_length_that_leaves_no_response_token_raises", "raised nothing"),
+    WrongAnswer("special-token texts split (split_special_tokens=True)", KATA, ENCODE,
+                ENCODE.replace("add_special_tokens=False", "add_special_tokens=False, split_special_tokens=True"),
+                "test_input_ids_are_bos_prompt_response_eos", "split_special_tokens=True"),
 ]  # fmt: skip

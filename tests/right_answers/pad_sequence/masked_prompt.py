@@ -21,7 +21,7 @@ def build_example(tokenizer, instruction, input, output, max_length=None):
     labels[: len(bos) + len(prompt)] = IGNORE_INDEX
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]
-        if bool((labels == IGNORE_INDEX).all()):
+        if max_length < 1 or bool((labels == IGNORE_INDEX).all()):  # a count: -1 keeps nothing (no [:-1])
             raise ValueError(f"max_length={max_length} cuts off the whole response")
     return {"input_ids": ids.tolist(), "labels": labels.tolist(), "attention_mask": torch.ones_like(ids).tolist()}
 
