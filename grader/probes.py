@@ -464,17 +464,19 @@ def lora_in_float64(
     """Plain LoRA computed exactly (float64) from the current values of the base, the factors and x:
     ``base(x) + scaling (x A^T) B^T``, and with ``upstream`` the gradients of A, B and x. With ``kept``, a dropout
     mask (0, or 1 / (1 - p)) broadcast over x, the adapter's input is ``kept * x``. ``base`` is an nn.Linear or a
-    Conv1D. ``absolute``: the same sums over the absolute values of every term, the scale a rounding error of
+    Conv1D, or a subclass with a forward of its own, or one with hooks: base(x) is the base's own call (its forward
+    and hooks run) with its parameters in float64, and the update is added to it, from the layer's own input x.
+    ``absolute``: the same sums over the absolute values of every term, the scale a rounding error of
     each result is relative to (where terms cancel, the result itself is far smaller)."""
     magnitude = torch.Tensor.abs if absolute else (lambda tensor: tensor)
-    weight = magnitude(linear_weight(base).detach().double())
-    bias = None if base.bias is None else magnitude(base.bias.detach().double())
+    parameters = {name: magnitude(p.detach().double()) for name, p in base.named_parameters(remove_duplicate=False)}
     A = magnitude(found.A.detach().double()).requires_grad_()
     B = magnitude(found.B.detach().double()).requires_grad_()
     x = magnitude(x.detach().double()).requires_grad_()
     with torch.enable_grad():
         z = x if kept is None else x * kept.double()
-        y = nn.functional.linear(x, weight, bias) + (abs(scaling) if absolute else scaling) * (z @ A.T) @ B.T
+        own = torch.func.functional_call(base, parameters, (x,))  # base(x): its own forward and hooks, in float64
+        y = own + (abs(scaling) if absolute else scaling) * (z @ A.T) @ B.T
         if upstream is None:
             return y.detach(), {}
         y.backward(magnitude(upstream.double()))
@@ -541,8 +543,25 @@ def expect_exactly_the_base(layer: nn.Module, base: nn.Module, x: torch.Tensor, 
 FORWARD_FAILURES = {
     "view": "x may be non-contiguous: use reshape, not view",
     "dtype": "a tensor made on the way (a dropout mask?) is not in x's dtype: make it like x (torch.rand_like(x))",
-    "of 0 elements": "x may hold no rows (an empty batch): flatten with x.reshape(-1, x.shape[-1]), not reshape(N, -1)",
+    "of 0 elements": "x may hold no rows (an empty batch): flatten with x.reshape(-1, x.shape[-1]) and restore with "
+    "reshape(*x.shape[:-1], out), never a -1 beside a 0 (reshape(N, -1), reshape(*lead, -1))",
 }
+
+
+OWN_FORWARD_OR_HOOKS = (
+    ": the base has hooks or a forward of its own (a subclass's gain); the output is base(x), the base's own call "
+    "with its hooks, plus scaling (x A^T) B^T of the layer's own input x: the update is not computed inside the base "
+    "(a hook on it sees the input its pre-hooks changed) nor put into its weight (W + dW^T run through the base's "
+    "forward is scaled by the subclass's gain, fed the pre-hooked input)"
+)
+
+
+def own_forward_or_hooks(base: nn.Module) -> bool:
+    """Whether ``base`` has forward hooks or pre-hooks, or parameters besides weight and bias (a subclass's own
+    forward uses them: models.gated's gain): its output is not its layer's arithmetic, and an update that goes
+    through the base shows."""
+    hooked = bool(base._forward_hooks or base._forward_pre_hooks)
+    return hooked or bool({name for name, _ in base.named_parameters()} - {"weight", "bias"})
 
 
 def expect_plain_lora_in_regime(
@@ -638,6 +657,8 @@ def expect_plain_lora_in_regime(
                 if built_in == torch.float32 and dtype == torch.float64 and error <= RELATIVE_TOLERANCE[torch.float32]
                 else FLOAT32_ROUNDING_IN_FLOAT64
                 if dtype == torch.float64 and error <= RELATIVE_TOLERANCE[torch.float32]
+                else OWN_FORWARD_OR_HOOKS
+                if own_forward_or_hooks(base)
                 else ": does the forward depend on the mode, the call style, or a value cached from an earlier call?"
             )
         )

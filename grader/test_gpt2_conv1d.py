@@ -147,6 +147,17 @@ def test_holds_the_very_conv1d_and_freezes_it(LoRAConv1D):
     )
     loose = [name for name, parameter in conv.named_parameters() if parameter.requires_grad]
     assert not loose, f"the Conv1D's {loose} still require grad: freeze the base with base.requires_grad_(False)"
+    gated_conv = CONV1D_KINDS["GatedConv1D"](IN, OUT, torch.float32)  # a parameter of its own besides weight and bias
+    layer = LoRAConv1D(gated_conv, r=R, alpha=ALPHA)
+    loose = [name for name, parameter in gated_conv.named_parameters() if parameter.requires_grad]
+    assert not loose, (
+        f"on a GatedConv1D base (a model's own Conv1D subclass with a parameter gain), its {loose} still require "
+        "grad: freeze every parameter of the base (base.requires_grad_(False)), not weight and bias alone"
+    )
+    count = sum(t.numel() for t in trainable(layer))
+    assert count == R * (IN + OUT), (
+        f"on a GatedConv1D base the layer trains {count} numbers, expected r*(in+out) = {R * (IN + OUT)}: only A and B"
+    )
 
 
 @pytest.mark.points(1)
@@ -333,35 +344,40 @@ def test_gradients_reach_the_factors_and_input_but_not_the_base(LoRAConv1D):
     out_features=st.integers(13, 20),
     r=st.integers(1, 4),
     dtype=st.sampled_from(FLOAT_DTYPES),
-    batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
+    batch_shape=st.lists(st.integers(0, 3), max_size=3).map(tuple),
     grad=st.sampled_from(list(GRAD_MODES)),
     mode=st.sampled_from(["train", "eval", "eval-with-dropout", "train-with-dropout"]),
     converted=st.booleans(),
+    kind=st.sampled_from(list(CONV1D_KINDS)),
 )
 @examples(
-    "in_features, out_features, r, dtype, batch_shape, grad, mode, converted",
-    (IN, OUT, R, torch.float32, (3,), "grad off", "eval", False),  # a validation pass, then the factors change
-    (IN, OUT, R, torch.float32, (2, 3), "inference mode", "eval-with-dropout", False),
-    (IN, OUT, R, torch.float16, (2, 1, 3), "grad on", "train-with-dropout", False),
-    (IN, OUT, R, torch.bfloat16, (), "grad on", "train", False),
-    (IN, OUT, UNROUNDED_R, torch.float64, (2, 3), "grad on", "eval", True),  # model.double() after adapting
-    (IN, OUT, R, torch.bfloat16, (3,), "grad off", "train-with-dropout", True),  # model.to(torch.bfloat16)
+    "in_features, out_features, r, dtype, batch_shape, grad, mode, converted, kind",
+    (IN, OUT, R, torch.float32, (3,), "grad off", "eval", False, "Conv1D"),  # validation, then the factors change
+    (IN, OUT, R, torch.float32, (2, 3), "inference mode", "eval-with-dropout", False, "hooked Conv1D"),
+    (IN, OUT, R, torch.float16, (2, 1, 3), "grad on", "train-with-dropout", False, "GatedConv1D"),
+    (IN, OUT, R, torch.bfloat16, (), "grad on", "train", False, "Conv1D"),
+    (IN, OUT, UNROUNDED_R, torch.float64, (2, 3), "grad on", "eval", True, "GatedConv1D"),  # model.double() after
+    (IN, OUT, R, torch.bfloat16, (3,), "grad off", "train-with-dropout", True, "hooked Conv1D"),  # model.to(bf16)
+    (IN, OUT, R, torch.float32, (0,), "grad on", "train-with-dropout", False, "Conv1D"),  # an empty batch
+    (IN, OUT, R, torch.float64, (2, 0), "grad off", "eval", False, "GatedConv1D"),  # sequences of no tokens
 )  # fmt: skip
 def test_matches_plain_lora_in_every_regime(
-    LoRAConv1D, in_features, out_features, r, dtype, batch_shape, grad, mode, converted
+    LoRAConv1D, in_features, out_features, r, dtype, batch_shape, grad, mode, converted, kind
 ):  # fmt: skip
     """LoRALinear's every-regime property, on a Conv1D base: dtype, train or eval mode, grad mode, and the base, then
     the factors, edited between calls (an optimizer step after a validation pass), then the Parameters replaced.
     The layer is built in its dtype, or ``converted``: built in float32, then ``.to(dtype)`` (model.half() after
     adapting), and meets the same comparison (float64 to 1e-9, alpha / r unrounded). Inputs are contiguous:
-    transformers' Conv1D itself views x as (-1, in)."""
+    transformers' Conv1D itself views x as (-1, in). The base is any of CONV1D_KINDS: with a subclass's own forward
+    or hooks, the output is base(x) (its own call) plus the update of x, with trained-looking factors; a batch may be
+    empty (0 rows, or sequences of 0 tokens)."""
     dropout = 0.3 if mode.endswith("with-dropout") else 0.0
-    conv = conv1d_twin(nn.Linear(in_features, out_features, dtype=torch.float32 if converted else dtype))
+    conv = CONV1D_KINDS[kind](in_features, out_features, torch.float32 if converted else dtype)
     layer = LoRAConv1D(conv, r, ALPHA, dropout).train(mode.startswith("train"))
     built = f"built in float32, then .to({dtype_name(dtype)})" if converted else dtype_name(dtype)
     if converted:
         layer.to(dtype)
-    regime = f"LoRAConv1D(conv, r={r}, alpha={ALPHA}, dropout={dropout}), {built}, {mode} mode, {grad}"
+    regime = f"LoRAConv1D(a {kind}, r={r}, alpha={ALPHA}, dropout={dropout}), {built}, {mode} mode, {grad}"
     expect_plain_lora_in_regime(layer, conv, r, ALPHA / r, batch_shape, True, grad, regime, dropout * layer.training)
 
 
@@ -620,24 +636,31 @@ def test_lm_head_stays_tied_to_wte(apply_lora_gpt2, LoRALinear, targets):
 @pytest.mark.points(1)
 @pytest.mark.subject("apply_lora_gpt2")
 @pytest.mark.parametrize(
-    "targets", [ATTENTION, ("c_attn", "c_proj", "lm_head")], ids=["c_attn", "c_attn+c_proj+lm_head"]
-)
-@pytest.mark.parametrize("r", [2, 8])
+    "model_name, targets, r",
+    [("GPT2LMHeadModel", ATTENTION, 2), ("GPT2LMHeadModel", ("c_attn", "c_proj", "lm_head"), 8),
+     ("GPT2ForSequenceClassification", ATTENTION, 8), ("GPT2ForSequenceClassification", ("c_fc", "score"), 2)],
+    ids=lambda value: value if isinstance(value, str) else "+".join(value) if isinstance(value, tuple) else f"r{value}",
+)  # fmt: skip
 @PEFT
-def test_trains_as_many_numbers_as_peft(apply_lora_gpt2, targets, r):
-    model = tiny_gpt2()
+def test_trains_as_many_numbers_as_peft(apply_lora_gpt2, model_name, targets, r):
+    """A classifier's head (``score``) sits outside ``transformer`` and shares nothing with it: frozen unless a
+    target names it, as every parameter outside the factors is."""
+    model = tiny_gpt2(classifier=model_name == "GPT2ForSequenceClassification")
     oracle = peft_model(copy.deepcopy(model), targets, r, 2.0 * r, fan_in_fan_out=True)
     expected_trainable, expected_all = oracle.get_nb_trainable_parameters()
     adapted(apply_lora_gpt2(model, targets, r=r, alpha=2.0 * r))
     measured_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     measured_all = sum(p.numel() for p in model.parameters())
+    outside = [name for name, p in model.named_parameters() if p.requires_grad and not name.startswith("transformer.")]
+    loose = [name for name in outside if not any(name.startswith(f"{t}.") for t in targets)]  # not a factor there
     assert measured_trainable == expected_trainable, (
-        f"targets {list(targets)}, r={r}: {measured_trainable} trainable numbers, peft trains {expected_trainable} "
-        "(r*(in+out) per adapted layer, nothing else): freeze everything but the factors"
+        f"{model_name}, targets {list(targets)}, r={r}: {measured_trainable} trainable numbers, peft trains "
+        f"{expected_trainable} (r*(in+out) per adapted layer, nothing else): freeze everything but the factors"
+        + (f", {loose[:2]} too (outside model.transformer: freeze the whole model, not its body)" if loose else "")
     )
     assert measured_all == expected_all, (
-        f"targets {list(targets)}, r={r}: the model holds {measured_all} numbers, peft's {expected_all}: "
-        "a copied base or a broken lm_head tie counts twice"
+        f"{model_name}, targets {list(targets)}, r={r}: the model holds {measured_all} numbers, peft's "
+        f"{expected_all}: a copied base or a broken lm_head tie counts twice"
     )
 
 
@@ -902,13 +925,26 @@ def test_merged_weights_are_parameters_without_grad_history(apply_lora_gpt2, mer
 @pytest.mark.points(2)
 @pytest.mark.subject("merge_gpt2")
 def test_merging_a_tied_lm_head_leaves_wte_alone(apply_lora_gpt2, merge_gpt2):
-    model, ids = adapted_gpt2(apply_lora_gpt2, ("c_attn", "lm_head")), token_ids()
+    """Two weights shared with a layer not adapted: lm_head's with wte, and one Conv1D weight Parameter held by
+    h.0.mlp.c_fc (adapted) and h.1.mlp.c_fc (not), as models that share layers' weights hold them."""
+    model, ids = tiny_gpt2(), token_ids()
+    blocks = model.transformer.h
+    blocks[1].mlp.c_fc.weight = blocks[0].mlp.c_fc.weight
+    adapted(apply_lora_gpt2(model, ("c_attn", "lm_head", "h.0.mlp.c_fc"), r=4, alpha=8.0))
+    randomize(model, std=0.2)
     expected, embedding = logits(model, ids), model.transformer.wte.weight.detach().clone()
+    shared = blocks[1].mlp.c_fc.weight.detach().clone()
     merged(merge_gpt2(model))
     drift = max_difference(model.transformer.wte.weight, embedding)
     assert drift == 0, (
         f"merging lm_head changed wte's weight by {drift:.3g}: the two share one Parameter, so an in-place merge "
         "(peft's merge_and_unload does it) changes the embeddings too; give the merged lm_head a weight of its own"
+    )
+    drift = max_difference(blocks[1].mlp.c_fc.weight, shared)
+    assert drift == 0, (
+        f"merging h.0.mlp.c_fc changed the weight of h.1.mlp.c_fc (not adapted) by {drift:.3g}: the two share one "
+        "Parameter, so W + dW.T written into it in place changes the other layer too; give the merged Conv1D a "
+        "weight of its own"
     )
     error = max_difference(logits(model, ids), expected)
     assert error < 1e-5, f"the merged model's logits differ from the adapted one's by {error:.3g}"
@@ -956,11 +992,24 @@ def test_merges_the_same_in_train_mode_with_dropout(apply_lora_gpt2, merge_gpt2)
 
 @pytest.mark.points(1)
 @pytest.mark.subject("merge_gpt2")
-def test_merging_twice_changes_nothing(apply_lora_gpt2, merge_gpt2):
-    model, ids = adapted_gpt2(apply_lora_gpt2, EVERYWHERE), token_ids()
+def test_merging_twice_changes_nothing(apply_lora_gpt2, merge_gpt2, LoRAConv1D, LoRALinear):
+    model, ids = adapted_gpt2(apply_lora_gpt2, ("c_attn", "h.0.mlp.c_fc")), token_ids()  # c_proj, h.1's c_fc not
+    inside = {id(m) for a in adapters(model, LoRAConv1D, LoRALinear).values() for m in a.modules()}
+    kept = {name: module for name, module in model.named_modules() if id(module) not in inside}
     once = logits(merged(merge_gpt2(model)), ids)
+    replaced = [name or "the model" for name, module in kept.items() if model.get_submodule(name) is not module]
+    assert not replaced, (
+        f"merging replaced {len(replaced)} modules no adapter held, e.g. {replaced[:3]}: each must be the same object "
+        "after merge_gpt2, which replaces the adapters alone (no copy of an unadapted Conv1D or of the rest)"
+    )
+    before = dict(model.named_modules())
     error = max_difference(logits(merged(merge_gpt2(model)), ids), once)
     assert error == 0, f"a second merge_gpt2 changed the logits by {error:.3g}: merging must be idempotent"
+    replaced = [name or "the model" for name, module in before.items() if model.get_submodule(name) is not module]
+    assert not replaced, (
+        f"a second merge_gpt2 (no adapter left) replaced {replaced[:3]}: each module must be the same object after "
+        "it, as nothing is left to merge"
+    )
 
 
 @pytest.mark.points(1)

@@ -246,46 +246,53 @@ CALL_STYLES = {
     mode=st.sampled_from(["train", "eval", "eval-with-dropout", "train-with-dropout"]),
     bias=st.booleans(),
     converted=st.just(False),  # the explicit examples convert: the drawn cases stay those of before
+    kind=st.sampled_from(list(BASE_KINDS)),  # a subclass with its own forward, hooks: output base(x) + the update
 )
 @examples(
-    "in_features, out_features, wide, r, alpha, call, dtype, batch_shape, contiguous, grad, mode, bias, converted",
+    "in_features, out_features, wide, r, alpha, call, dtype, batch_shape, contiguous, grad, mode, bias, "
+    "converted, kind",
     (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha)",
-    torch.float32, (1,), True, "grad on", "train", True, False),
+    torch.float32, (1,), True, "grad on", "train", True, False, "Linear"),
     (IN, OUT, True, 3, 10.0, "LoRALinear(base, r, alpha, dropout)",
-     torch.float16, (2, 1, 3), False, "grad on", "eval-with-dropout", True, False),
+     torch.float16, (2, 1, 3), False, "grad on", "eval-with-dropout", True, False, "hooked Linear"),
     (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha)",
-    torch.bfloat16, (), True, "grad on", "train", False, False),
+    torch.bfloat16, (), True, "grad on", "train", False, False, "Linear"),
     (IN, OUT, False, 3, 16.0, "LoRALinear(base, r, alpha)",
-    torch.float32, (130,), False, "grad on", "eval", True, False),
+    torch.float32, (130,), False, "grad on", "eval", True, False, "Linear"),
     (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha)",
-    torch.float64, (2, 3), True, "grad off", "train", True, False),
+    torch.float64, (2, 3), True, "grad off", "train", True, False, "GatedLinear"),
     (IN, OUT, False, UNROUNDED_R, UNROUNDED_ALPHA, "LoRALinear(base, r, alpha)",
-     torch.float64, (3,), True, "grad on", "eval", False, False),
+     torch.float64, (3,), True, "grad on", "eval", False, False, "Linear"),
     (IN, OUT, True, R, ALPHA, "LoRALinear(base, r=r, alpha=alpha, dropout=p)",
-     torch.float32, (3,), True, "grad off", "eval", True, False),
+     torch.float32, (3,), True, "grad off", "eval", True, False, "Linear"),
     (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha, dropout)",
-     torch.float16, (2, 3), False, "grad on", "train-with-dropout", True, False),
+     torch.float16, (2, 3), False, "grad on", "train-with-dropout", True, False, "Linear"),
     (IN, OUT, True, 3, 16.0, "LoRALinear(base, r=r, alpha=alpha, dropout=p)",
-     torch.bfloat16, (3, 2, 2), False, "grad off", "train-with-dropout", False, False),
+     torch.bfloat16, (3, 2, 2), False, "grad off", "train-with-dropout", False, False, "Linear"),
     (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha=alpha, dropout=p)",
-     torch.float32, (2, 3), True, "inference mode", "eval", True, False),
+     torch.float32, (2, 3), True, "inference mode", "eval", True, False, "hooked Linear"),
     # Built in another dtype and converted (model.double() for gradcheck, model.half()): the same comparison as one
     # built in that dtype, float64 to 1e-10 with alpha / r = 10 / 3, which float32 does not hold.
     (IN, OUT, False, UNROUNDED_R, UNROUNDED_ALPHA, "LoRALinear(base, r, alpha)",
-     torch.float64, (3,), True, "grad on", "eval", True, True),
+     torch.float64, (3,), True, "grad on", "eval", True, True, "GatedLinear"),
     (IN, OUT, False, UNROUNDED_R, UNROUNDED_ALPHA, "LoRALinear(base, r, alpha, dropout)",
-     torch.bfloat16, (2, 3), True, "grad off", "train-with-dropout", True, True),
+     torch.bfloat16, (2, 3), True, "grad off", "train-with-dropout", True, True, "Linear"),
 )  # fmt: skip
 def test_matches_plain_lora_in_every_regime(
     LoRALinear, in_features, out_features, wide, r, alpha, call, dtype, batch_shape, contiguous, grad, mode, bias,
-    converted,
+    converted, kind,
 ):  # fmt: skip
     if wide:
         in_features, out_features = out_features, in_features
     dropout = 0.3 if mode.endswith("with-dropout") else 0.0
     # converted: built in float32 (float64 for a float32 case), then layer.to(dtype), as model.double() or .half() do
     built_in = (torch.float64 if dtype == torch.float32 else torch.float32) if converted else dtype
-    base = nn.Linear(in_features, out_features, bias=bias, dtype=built_in)
+    base = (
+        GatedLinear(in_features, out_features, GAINS, dtype=built_in)  # a gain besides weight and bias, which it keeps
+        if kind == "GatedLinear"
+        else nn.Linear(in_features, out_features, bias=bias, dtype=built_in)
+    )
+    base = with_forward_hooks(base) if kind == "hooked Linear" else base
     try:
         layer = CALL_STYLES[call](LoRALinear, base, r, alpha, dropout)
     except (TypeError, ValueError) as error:
@@ -298,7 +305,7 @@ def test_matches_plain_lora_in_every_regime(
     built = f"built in {built_in} and converted by .to({dtype})" if converted else str(dtype)
     if converted:
         layer.to(dtype)
-    regime = f"{call} with r={r}, alpha={alpha}, dropout={dropout}, {built}, {mode} mode, {grad}"
+    regime = f"{call} on a {kind} base, r={r}, alpha={alpha}, dropout={dropout}, {built}, {mode} mode, {grad}"
     active = dropout if layer.training else 0.0
     expect_plain_lora_in_regime(
         layer, base, r, alpha / r, batch_shape, contiguous, grad, regime, active, built_in if converted else None

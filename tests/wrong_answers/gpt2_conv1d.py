@@ -7,6 +7,7 @@ MATCH = 'any(name == t or name.endswith("." + t) for t in targets)'
 WRAP = "wrapper(module, r, alpha, dropout)"
 UPDATE = "(weight.to(accumulate) + update.T).to(weight.dtype)"
 FORWARD = "return self.base(x) + F.linear(down, self.lora_B)"
+FORWARD_BODY = "        down = F.linear(self.dropout(x), self.lora_A) * self.scaling\n        " + FORWARD + "\n"
 MERGE_LINEARS = "    _untie_adapted_weights(model)\n    return merge_weights(model)"
 FOLD_IN_PLACE = """    for name, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
@@ -265,4 +266,46 @@ WRONG_ANSWERS = [
                 "self.r, self.alpha, self.scaling = r, alpha, alpha / r\n        self.out_dtype = base.weight.dtype",
                 "test_lives_on_the_base_device_and_dtype", "after layer.to(",
                 more_edits=((FORWARD, "return (self.base(x) + F.linear(down, self.lora_B)).to(self.out_dtype)"),)),
+    # Red-team round 8 (w-f): the update checked on the trap bases (hooks, a subclass's forward), every parameter of a
+    # gated base frozen, a classifier's head frozen, unadapted modules kept, a weight shared with an unadapted layer,
+    # an empty batch.
+    WrongAnswer("the update added by a forward hook on the base", KATA, FORWARD_BODY,
+                "        def add_update(module, args, result):\n"
+                "            down = F.linear(self.dropout(args[0]), self.lora_A) * self.scaling\n"
+                "            return result + F.linear(down, self.lora_B)\n\n"
+                "        handle = self.base.register_forward_hook(add_update)\n"
+                "        try:\n            return self.base(x)\n        finally:\n            handle.remove()\n",
+                "test_matches_plain_lora_in_every_regime", "of the layer's own input x"),
+    WrongAnswer("the base run with W + dW^T swapped in", KATA, FORWARD_BODY,
+                "        if self.training and self.dropout.p > 0:\n"
+                "            down = F.linear(self.dropout(x), self.lora_A) * self.scaling\n"
+                "            return self.base(x) + F.linear(down, self.lora_B)\n"
+                "        delta = (self.lora_B @ self.lora_A).T * self.scaling\n"
+                "        return torch.func.functional_call(self.base, {\"weight\": self.base.weight + delta}, (x,))\n",
+                "test_matches_plain_lora_in_every_regime", "put into its weight"),
+    WrongAnswer("only the base's weight and bias frozen", KATA, "self.base = base.requires_grad_(False)",
+                "self.base = base\n        for frozen in (base.weight, base.bias):\n            frozen.requires_grad_(False)",
+                "test_holds_the_very_conv1d_and_freezes_it", "not weight and bias alone"),
+    WrongAnswer("only the transformer body frozen", KATA, "    for parameter in model.parameters():\n        parameter.requires_grad_(",
+                "    for parameter in getattr(model, \"transformer\", model).parameters():\n        parameter.requires_grad_(",
+                "test_trains_as_many_numbers_as_peft", "score"),
+    WrongAnswer("merging rebuilds every unadapted Conv1D", KATA, MERGE_LINEARS,
+                "    kept = {id(m) for m in merged.values()}\n"
+                "    for name, module in list(model.named_modules()):\n"
+                "        if type(module) is Conv1D and id(module) not in kept:\n"
+                "            with torch.device(\"meta\"):\n                new = Conv1D(module.nf, module.weight.shape[0])\n"
+                "            new.weight = nn.Parameter(module.weight.detach().clone(), requires_grad=False)\n"
+                "            new.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)\n"
+                "            parent_name, _, child_name = name.rpartition(\".\")\n"
+                "            setattr(model.get_submodule(parent_name), child_name, new)\n" + MERGE_LINEARS,
+                "test_merging_twice_changes_nothing", "the same object"),
+    WrongAnswer("a Conv1D merged in place", KATA,
+                "    merged.weight = nn.Parameter((weight.to(accumulate) + update.T).to(weight.dtype), requires_grad=False)",
+                "    weight.copy_((weight.to(accumulate) + update.T).to(weight.dtype))\n    merged.weight = weight",
+                "test_merging_a_tied_lm_head_leaves_wte_alone", "mlp.c_fc"),
+    WrongAnswer("flattened with reshape(-1, in), restored with reshape(*lead, -1)", KATA, FORWARD_BODY,
+                "        flat = self.dropout(x).reshape(-1, x.shape[-1])\n"
+                "        update = torch.mm(torch.mm(flat, self.lora_A.T), self.lora_B.T) * self.scaling\n"
+                "        return self.base(x) + update.reshape(*x.shape[:-1], -1)\n",
+                "test_matches_plain_lora_in_every_regime", "of 0 elements"),
 ]  # fmt: skip

@@ -301,4 +301,23 @@ WRONG_ANSWERS = [
                 more_edits=(("self.scaling = alpha / r", "self.scaling = alpha / r\n        self.register_buffer("
                              "'scale', torch.tensor(alpha / r, device=base.weight.device, dtype=base.weight.dtype), "
                              "persistent=False)"),)),
+    # Round 8 (w-f, found on gpt2_conv1d): the update checked on the trap bases, not only at init where B = 0.
+    WrongAnswer("the update added by a forward hook on the base", KATA,
+                "        down = F.linear(self.dropout(x), self.lora_A) * self.scaling\n"
+                "        return self.base(x) + F.linear(down, self.lora_B)\n",
+                "        def add_update(module, args, result):\n"
+                "            down = F.linear(self.dropout(args[0]), self.lora_A) * self.scaling\n"
+                "            return result + F.linear(down, self.lora_B)\n\n"
+                "        handle = self.base.register_forward_hook(add_update)\n"
+                "        try:\n            return self.base(x)\n        finally:\n            handle.remove()\n",
+                "test_matches_plain_lora_in_every_regime", "of the layer's own input x"),
+    WrongAnswer("the base run with W + dW swapped in", KATA,
+                "        down = F.linear(self.dropout(x), self.lora_A) * self.scaling\n"
+                "        return self.base(x) + F.linear(down, self.lora_B)\n",
+                "        if self.training and self.dropout.p > 0:\n"
+                "            down = F.linear(self.dropout(x), self.lora_A) * self.scaling\n"
+                "            return self.base(x) + F.linear(down, self.lora_B)\n"
+                "        delta = (self.lora_B @ self.lora_A) * self.scaling\n"
+                "        return torch.func.functional_call(self.base, {\"weight\": self.base.weight + delta}, (x,))\n",
+                "test_matches_plain_lora_in_every_regime", "put into its weight"),
 ]  # fmt: skip

@@ -81,10 +81,13 @@ def apply_lora_gpt2(model, target_modules=("c_attn",), r=8, alpha=16.0, dropout=
 
 
 @torch.no_grad()
-def _fold(layer):
+def _fold(layer, shared=False):
     """Folds the update into the Conv1D itself and hands that very Conv1D back (into a plain Conv1D copy of a
-    model's own subclass of Conv1D: the merged layer is Conv1D itself)."""
+    model's own subclass of Conv1D: the merged layer is Conv1D itself). A weight ``shared`` with another holder
+    is copied first, so that holder keeps W."""
     conv = layer.conv
+    if shared:
+        conv.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
     if type(conv) is not Conv1D:
         plain = Conv1D(conv.nf, conv.weight.shape[0]).to(conv.weight)
         plain.load_state_dict(conv.state_dict())
@@ -98,10 +101,13 @@ def merge_gpt2(model):
     if isinstance(model, LoRAConv1D):
         return _fold(model)
     folded = {}  # an adapter registered under several names is folded once
+    holders = {}  # how many names hold each parameter: a weight held twice may be another layer's too
+    for _, parameter in model.named_parameters(remove_duplicate=False):
+        holders[id(parameter)] = holders.get(id(parameter), 0) + 1
     for parent, name, _, child in list(_walk(model)):
         if isinstance(child, LoRAConv1D):
             if id(child) not in folded:
-                folded[id(child)] = _fold(child)
+                folded[id(child)] = _fold(child, shared=holders.get(id(child.conv.weight), 0) > 1)
             parent.register_module(name, folded[id(child)])
         elif isinstance(child, LoRALinear):
             base = next(m for m in child.modules() if isinstance(m, nn.Linear) and not m.weight.requires_grad)
