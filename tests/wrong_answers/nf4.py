@@ -229,7 +229,7 @@ WRONG_ANSWERS = [
                 "test_values_a_few_ulps_from_a_midpoint_take_the_nearest_code", "not at midpoints typed in"),
     WrongAnswer("quantize memoized per tensor object", KATA, FLAT,
                 "if (id(weight), block_size) in _MEMO:\n        return tuple(t.clone() for t in _MEMO[id(weight), block_size])\n    " + FLAT,
-                "test_quantizing_a_tensor_again_after_an_in_place_edit_follows_the_edit", "goes stale",
+                "test_a_result_follows_the_values_not_the_objects", "goes stale",
                 more_edits=((PACK, "_MEMO[id(weight), block_size] = result = ((nibbles[0::2] << 4) | nibbles[1::2], absmax)\n"
                                    "    weakref.finalize(weight, _MEMO.pop, (id(weight), block_size), None)\n"
                                    "    return tuple(t.clone() for t in result)"),
@@ -244,7 +244,7 @@ WRONG_ANSWERS += [
                 "test_a_subnormal_or_tiny_absmax_divides_as_bitsandbytes", "store max |x| unclamped"),
     WrongAnswer("the divisor clamped at float32's tiny", KATA, SCALED,
                 SCALED.replace("absmax.clamp(min=1e-38)", "absmax.clamp(min=torch.finfo(torch.float32).tiny)"),
-                "test_a_subnormal_or_tiny_absmax_divides_as_bitsandbytes", "not at float32's tiny"),
+                "test_a_subnormal_or_tiny_absmax_divides_as_bitsandbytes", "a clamp at finfo(float32).tiny"),
     WrongAnswer("dequantize memoized per (packed, absmax) object", KATA, "    shape = tuple(shape)\n",
                 "    shape = tuple(shape)\n    key = (id(packed), id(absmax), shape, dtype, block_size)\n"
                 "    if key in _DEQ_MEMO:\n        return _DEQ_MEMO[key][2].clone()\n",
