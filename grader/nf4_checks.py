@@ -13,6 +13,8 @@ from grader.probes import describe, expect_instance
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 EPS32 = torch.finfo(torch.float32).eps
+TINY32 = torch.finfo(torch.float32).tiny  # the smallest normal float32, 1.18e-38: below it, subnormals
+CLAMP = torch.tensor(1e-38).item()  # bitsandbytes' clamp of the divisor, as a float32 (9.99999935e-39)
 # A scaled value within this many float32 eps of a midpoint, relative to it, may take either code: float32 rounding
 # (x / absmax against x * (1 / absmax), the midpoint's own rounding) moves it by at most a few ulps; a midpoint typed
 # in with 6 decimals is off by up to 5e-7 absolute, hundreds of ulps near 0.04, and is not free.
@@ -160,6 +162,20 @@ def called(function, *args, what: str):
     return returned
 
 
+def wrong_divisor(measured, flat, block, block_size, absmax):
+    """The wrong divisor most of a subnormal or tiny block's measured codes come from ("divided by the subnormal
+    absmax itself? "), or "" where neither the absmax itself nor float32's smallest normal explains them."""
+    values, taken = flat[block * block_size : (block + 1) * block_size], measured[block * block_size :][:block_size]
+    candidates = {f"float32's tiny {TINY32:.4g} (a clamp at finfo(float32).tiny)": TINY32}
+    if absmax < CLAMP:
+        candidates = {"the subnormal absmax itself": absmax, **candidates}
+    for name, divisor in candidates.items():
+        codes = torch.bucketize((values / divisor).clamp(-1, 1), ref.MIDPOINTS.double())
+        if (codes == taken).double().mean() > 0.9:
+            return f"divided by {name}? "
+    return ""
+
+
 def swap_nibbles(packed):
     return ((packed.reshape(-1) & 0xF) << 4) | (packed.reshape(-1) >> 4)
 
@@ -170,13 +186,24 @@ def expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 
     expect_sizes(packed, absmax, weight, block_size, call)
     n = weight.numel()
     flat = weight.detach().reshape(-1).double()
-    zero_blocks = ref.absmax_per_block(flat, block_size) == 0
-    wrong = ~zero_blocks & (absmax != expected_absmax)
+    true_absmax = ref.absmax_per_block(flat, block_size).float()
+    zero_blocks = true_absmax == 0
+    # bitsandbytes (0.50.2, CPU) stores a short last block's absmax below 1e-38 clamped to 1e-38, its full blocks'
+    # unclamped: there either is taken, max |x| or 1e-38, whichever the expected one is.
+    short_last = torch.zeros_like(zero_blocks)
+    short_last[-1] = n % block_size != 0 and true_absmax[-1].item() < CLAMP
+    either = short_last & ((absmax == true_absmax) | (absmax == CLAMP))
+    wrong = ~zero_blocks & ~either & (absmax != expected_absmax)
     if wrong.any():
         block = int(wrong.nonzero()[0])
         values = flat[block * block_size : (block + 1) * block_size]
         cause = "each block's absmax is max |x| over its values, in float32"
-        if math.isclose(absmax[block].item(), values.max().item(), rel_tol=1e-7):
+        if absmax[block].item() == CLAMP and expected_absmax[block].item() < CLAMP:
+            cause = (
+                "the 1e-38 clamp stored? clamp only the divisor at 1e-38 and store max |x| unclamped (bitsandbytes "
+                "stores the clamp for a short last block only, where either is taken)"
+            )
+        elif math.isclose(absmax[block].item(), values.max().item(), rel_tol=1e-7):
             cause = "max x, not max |x|: " + cause
         elif absmax[block].item() == torch.tensor(expected_absmax[block].item()).to(weight.dtype).item() != 0:
             cause = f"rounded to {weight.dtype}? " + cause
@@ -199,7 +226,7 @@ def expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 
             f"{int(expected[n])}: pad an odd count with the code of 0.0 (7), as bitsandbytes does",
             pytrace=False,
         )
-    scale = expected_absmax.double().clamp(min=1e-38).repeat_interleave(block_size)[:n]
+    scale = expected_absmax.double().clamp(min=CLAMP).repeat_interleave(block_size)[:n]
     scaled = (flat / scale).clamp(-1, 1)
     midpoints = (ref.CODE_BOOK.double()[measured[:n]] + ref.CODE_BOOK.double()[expected[:n]]) / 2
     near = (scaled - midpoints).abs() <= NEAR_MIDPOINT_EPS * EPS32 * midpoints.abs()
@@ -208,6 +235,7 @@ def expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 
     if not differ.any():
         return
     first = int(differ.nonzero()[0])
+    divided_by = "1e-38" if expected_absmax[first // block_size].item() < CLAMP else "absmax"
     cause = "replace each scaled value x / absmax by the index of the nearest code, cutting at the midpoints"
     if torch.equal(swap_nibbles(packed), expected_packed.reshape(-1)):
         cause = "nibbles swapped: element 2i goes in the high nibble, 2i + 1 in the low one"
@@ -217,14 +245,30 @@ def expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 
         cause = "rounded towards zero: " + cause
     elif (measured[:n] == 15 - expected[:n]).float().mean() > 0.9:
         cause = "the code book runs from -1 to 1 ascending: index 0 is -1.0, 15 is 1.0"
-    elif 0 < expected_absmax[first // block_size].item() < 1e-6:
+    elif 0 < true_absmax[first // block_size].item() < TINY32:
+        block = first // block_size
+        divisor = wrong_divisor(measured[:n], flat, block, block_size, true_absmax[block].item())
+        if true_absmax[block].item() < CLAMP:
+            cause = (
+                f"its block's absmax {true_absmax[block].item():.4g} is below 1e-38 (a float32 subnormal): {divisor}"
+                "divide by 1e-38 instead, as bitsandbytes clamps the divisor"
+            )
+        else:
+            cause = (
+                f"its block's absmax {true_absmax[block].item():.4g} is at or above 1e-38 though below float32's "
+                f"smallest normal {TINY32:.4g}: {divisor}divide by it as it is: only an absmax below 1e-38 is clamped, "
+                "to 1e-38 as bitsandbytes, not at float32's tiny"
+            )
+    elif 0 < true_absmax[first // block_size].item() < 1e-6:
         cause = (
-            f"its block's absmax is {expected_absmax[first // block_size].item():.3g}: divide by it as it is (a clamp "
-            "of the divisor above bitsandbytes' 1e-38, float32's eps or F.normalize's 1e-12 changes tiny blocks' codes)"
+            f"its block's absmax is {true_absmax[first // block_size].item():.3g}: divide by it as it is (a clamp "
+            "of the divisor above bitsandbytes' 1e-38, float32's tiny 1.18e-38, eps or F.normalize's 1e-12 changes "
+            "tiny blocks' codes)"
         )
     pytest.fail(
         f"{call}: {int(differ.sum())} of {n} codes differ from {source}, first at flat index {first}: x = "
-        f"{flat[first].item():.6g}, x / absmax = {scaled[first].item():.6g}, expected code {int(expected[first])} "
-        f"({ref.CODE_BOOK[expected[first]].item():.4f}), measured {int(measured[first])}: {cause}",
+        f"{flat[first].item():.6g}, x / {divided_by} = {scaled[first].item():.6g}, expected code "
+        f"{int(expected[first])} ({ref.CODE_BOOK[expected[first]].item():.4f}), measured {int(measured[first])}: "
+        f"{cause}",
         pytrace=False,
     )

@@ -14,8 +14,10 @@ from torch import nn
 
 from grader import nf4_reference as ref
 from grader.nf4_checks import (
+    CLAMP,
     DTYPES,
     EPS32,
+    TINY32,
     call_of,
     called,
     expect_left_alone,
@@ -53,9 +55,11 @@ BITSANDBYTES = optional("bitsandbytes.functional")  # seconds: never inside a ch
 shapes = st.lists(st.integers(1, 80), min_size=0, max_size=3).map(tuple)  # () too: a 0-d tensor holds one value
 block_sizes = st.sampled_from((32, 64, 128, 256))
 dtypes = st.sampled_from(DTYPES)
-# Down to 1e-30: blocks whose absmax is below float32's eps, below F.normalize's 1e-12 and far below (a divisor
-# clamped anywhere above bitsandbytes' 1e-38 changes their codes), fp16 subnormals and fp16 underflow to zero.
-scales = st.sampled_from((1e-30, 1e-20, 1e-12, 1e-8, 1e-6, 1e-3, 0.02, 1.0, 37.0))
+# Down to float32 subnormals: blocks whose absmax is below float32's eps, below F.normalize's 1e-12 and far below (a
+# divisor clamped anywhere above bitsandbytes' 1e-38 changes their codes), fp16 subnormals and fp16 underflow to zero;
+# at 3e-39 block absmaxes straddle 1e-38 and float32's tiny 1.18e-38, at 3e-41 they are all subnormal below 1e-38
+# (divided by 1e-38, stored as they are).
+scales = st.sampled_from((3e-41, 3e-39, 1e-30, 1e-20, 1e-12, 1e-8, 1e-6, 1e-3, 0.02, 1.0, 37.0))
 seeds = st.integers(0, 2**16)
 # What bitsandbytes refuses: below 32, above 4096, and multiples of 32 (or 16) that are not powers of two.
 REFUSED_BLOCK_SIZES = (0, -64, 8, 16, 48, 96, 100, 160, 192, 384, 3072, 4095, 8192)
@@ -216,6 +220,8 @@ def test_quantize_reads_a_non_contiguous_weight_in_row_major_order(quantize_nf4)
 @example(shape=(5, 13), block_size=32, dtype=torch.float32, scale=1e-20, seed=8)
 @example(shape=(5, 13), block_size=32, dtype=torch.float32, scale=1e-30, seed=9)  # above the 1e-38 clamp only
 @example(shape=(9, 11), block_size=64, dtype=torch.bfloat16, scale=1e-30, seed=10)
+@example(shape=(5, 13), block_size=32, dtype=torch.float32, scale=3e-39, seed=11)  # around 1e-38 and float32's tiny
+@example(shape=(9, 11), block_size=32, dtype=torch.bfloat16, scale=3e-41, seed=12)  # subnormal: divided by 1e-38
 def test_quantize_packs_the_nf4_codes_bit_for_bit(quantize_nf4, shape, block_size, dtype, scale, seed):
     weight = draw_weight(shape, dtype, scale, seed)
     call = call_of(weight, block_size)
@@ -246,29 +252,13 @@ def test_values_a_few_ulps_from_a_midpoint_take_the_nearest_code(quantize_nf4, b
     expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, block_size, call, source)
 
 
-@pytest.mark.points(1)
-def test_quantizing_a_tensor_again_after_an_in_place_edit_follows_the_edit(quantize_nf4):
-    """The same tensor object quantized, edited in place (w.mul_(2), some signs flipped), quantized again: the codes
-    and absmax are those of its values now (a memo keyed on the object, id(w), hands back the old ones)."""
-    weight = draw_weight((6, 100), torch.float32, 1.0, 11)
-    call = call_of(weight, 64)
-    result_pair(called(quantize_nf4, weight, 64, what=call), call)
-    with torch.no_grad():
-        weight.mul_(2)
-        weight.view(-1)[::3].neg_()
-    call = call_of(weight, 64) + " again, after w.mul_(2) and w.view(-1)[::3].neg_()"
-    packed, absmax = result_pair(called(quantize_nf4, weight, 64, what=call), call)
-    expected_packed, expected_absmax = ref.quantize(weight, 64)
-    source = "those of its values now (a result memoized per tensor object goes stale when the tensor is edited)"
-    expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, call, source)
-
-
 @pytest.mark.points(3)
 @pytest.mark.skipif(BITSANDBYTES is None, reason=ref.BITSANDBYTES_MISSING)
 @settings(max_examples=10)
 @given(shape=shapes, block_size=block_sizes, dtype=dtypes, scale=scales, seed=seeds)
 @example(shape=(128, 96), block_size=64, dtype=torch.float32, scale=1.0, seed=0)
 @example(shape=(3, 5, 7), block_size=32, dtype=torch.bfloat16, scale=1.0, seed=1)
+@example(shape=(5, 13), block_size=32, dtype=torch.float32, scale=3e-41, seed=13)  # a short last block, subnormal
 def test_quantize_equals_bitsandbytes_quantize_4bit(quantize_nf4, shape, block_size, dtype, scale, seed):
     weight = draw_weight(shape, dtype, scale, seed)
     call = call_of(weight, block_size)
@@ -296,6 +286,66 @@ def test_an_all_zero_block_takes_the_code_of_zero(quantize_nf4, dequantize_nf4, 
         "an all-zero block does not dequantize to zeros (NaN from 0 / 0?): clamp the absmax you divide by, "
         "not the one you store"
     )
+
+
+def planted(value: float, dtype: torch.dtype) -> float:
+    return torch.tensor(value, dtype=torch.float64).to(dtype).item()
+
+
+# Block absmaxes around bitsandbytes' clamp of the divisor (1e-38, as float32 9.99999935e-39) and float32's smallest
+# normal (finfo.tiny, 1.1754944e-38): deep subnormal, just below, at and just above 1e-38, between 1e-38 and tiny,
+# tiny and its neighbours, normal ones just above; and an all-zero block.
+AROUND_THE_CLAMP = (
+    3e-40,
+    5e-39,
+    torch.nextafter(torch.tensor(CLAMP), torch.tensor(0.0)).item(),
+    CLAMP,
+    torch.nextafter(torch.tensor(CLAMP), torch.tensor(1.0)).item(),
+    1.02e-38,
+    1.1e-38,
+    torch.nextafter(torch.tensor(TINY32), torch.tensor(0.0)).item(),
+    TINY32,
+    torch.nextafter(torch.tensor(TINY32), torch.tensor(1.0)).item(),
+    1.2e-38,
+    3e-38,
+    0.0,
+)
+SHORT_LAST = 3e-40  # the absmax of a short last block of 20 values (bitsandbytes stores it clamped to 1e-38)
+
+
+def weight_around_the_clamp(dtype: torch.dtype, block_size: int = 64) -> torch.Tensor:
+    """One block of Gaussian values per absmax of AROUND_THE_CLAMP (rounded to ``dtype``), scaled so that its max |x|
+    is that absmax exactly, then a short last block of 20 values whose absmax is SHORT_LAST."""
+    generator = torch.Generator().manual_seed(17)
+    blocks = []
+    for size, absmax in [*((block_size, a) for a in AROUND_THE_CLAMP), (20, SHORT_LAST)]:
+        values = torch.randn(size, generator=generator, dtype=torch.float64)
+        values /= values.abs().max()
+        values[values.abs().argmax()] = values[values.abs().argmax()].sign()  # exactly +-1
+        blocks.append((values * planted(absmax, dtype)).to(dtype))  # rounded once: the max stays the planted one
+    return torch.cat(blocks)
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)  # float16 holds none of them
+def test_a_subnormal_or_tiny_absmax_divides_as_bitsandbytes(quantize_nf4, dtype):
+    """Blocks whose absmax is a float32 subnormal (3e-40), just below, at and just above 1e-38, around float32's
+    smallest normal (tiny, 1.18e-38) or just above it: the divisor is max(absmax, 1e-38) (bitsandbytes' clamp, no
+    larger), the absmax stored as it is; bitsandbytes 0.50.2 stores a short last block's below 1e-38 clamped, so
+    there either is taken."""
+    weight = weight_around_the_clamp(dtype)
+    call = (
+        f"quantize_nf4({weight.numel()} {dtype} values, block_size=64, whose blocks' absmaxes run from 3e-40 to 3e-38 "
+        "around 1e-38 and float32's tiny, the short last block's 3e-40)"
+    )
+    packed, absmax = result_pair(called(quantize_nf4, weight, 64, what=call), call)
+    expected_packed, expected_absmax = ref.quantize(weight, 64)
+    source = "NF4's (divided by max(absmax, 1e-38), the absmax stored as it is)"
+    expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, call, source)
+    if BITSANDBYTES is not None:  # where it is installed, against bitsandbytes too (its short last block clamped)
+        expected_packed, expected_absmax = ref.bitsandbytes_quantize(weight, 64)
+        source = "bitsandbytes' quantize_4bit"
+        expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, call, source)
 
 
 @pytest.mark.points(1)
@@ -392,6 +442,7 @@ def random_codes(n, block_size, seed):
     absmax = torch.rand(math.ceil(n / block_size), generator=generator) * 3 + 0.01
     if absmax.numel() > 2:
         absmax[::5] = 0.0
+        absmax[1::5] *= 4e-39  # float32 subnormals, from below 1e-38 to float32's tiny: stored as they are
     return packed, absmax
 
 
@@ -793,3 +844,145 @@ def test_the_defaults_are_blocks_of_64_and_float32(quantize_nf4, dequantize_nf4,
     assert torch.equal(restored, expected), (
         f"{call} does not give the codes times their absmax: blocks of 64 by default"
     )
+
+
+STALE = "a result memoized per tensor object goes stale when the tensor is edited in place"
+
+
+def quantized_again_after_an_edit(fixtures):
+    """quantize_nf4 on a weight, the weight edited in place, quantized again: the codes of its values now."""
+    quantize_nf4 = fixtures["quantize_nf4"]
+    weight = draw_weight((6, 100), torch.float32, 1.0, 11)
+    call = call_of(weight, 64)
+    result_pair(called(quantize_nf4, weight, 64, what=call), call)
+    with torch.no_grad():
+        weight.mul_(2)
+        weight.view(-1)[::3].neg_()
+    call = call_of(weight, 64) + " again, after w.mul_(2) and w.view(-1)[::3].neg_()"
+    packed, absmax = result_pair(called(quantize_nf4, weight, 64, what=call), call)
+    expected_packed, expected_absmax = ref.quantize(weight, 64)
+    source = f"those of its values now ({STALE})"
+    expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, call, source)
+
+
+def dequantized_again_after_an_edit(fixtures):
+    """dequantize_nf4 on packed codes and absmax, other codes copied into the same two tensors (as load_state_dict
+    does into a layer's buffers), dequantized again: the values those codes encode now."""
+    dequantize_nf4 = fixtures["dequantize_nf4"]
+    packed, absmax = ref.quantize(draw_weight((8, 100), torch.float32, 1.0, 12), 64)
+    called(dequantize_nf4, packed, absmax, (8, 100), torch.float32, 64, what="dequantize_nf4(packed, absmax, (8, 100))")
+    new_packed, new_absmax = ref.quantize(draw_weight((8, 100), torch.float32, 3.0, 13), 64)
+    packed.copy_(new_packed)
+    absmax.copy_(new_absmax)
+    call = (
+        "dequantize_nf4(packed, absmax, (8, 100)) again, after packed.copy_(...) and absmax.copy_(...) of other codes"
+    )
+    restored = expect_instance(
+        called(dequantize_nf4, packed, absmax, (8, 100), torch.float32, 64, what=call), torch.Tensor, call, "a tensor"
+    )
+    expected = ref.dequantize(packed, absmax, (8, 100), torch.float32, 64)
+    if restored.shape == expected.shape and torch.equal(restored, expected):
+        return
+    before = ref.dequantize(*ref.quantize(draw_weight((8, 100), torch.float32, 1.0, 12), 64), (8, 100), torch.float32)
+    stale = restored.shape == before.shape and torch.equal(restored, before)
+    pytest.fail(
+        f"{call} returned {describe(restored)}, "
+        + ("the values of the codes it held before" if stale else "not the codes times their absmax now")
+        + f", expected those of the codes now: {STALE} (load_state_dict copies into the same buffers)",
+        pytrace=False,
+    )
+
+
+def double_quantized(fixtures, absmax, call):
+    quantized, _ = quantized_absmax(
+        fixtures["QuantizedAbsmax"], called(fixtures["double_quantize"], absmax, 256, what=call), call
+    )
+    restored = called(fixtures["dequantize_absmax"], quantized, what=f"dequantize_absmax({call})")
+    return quantized, expect_instance(restored, torch.Tensor, f"dequantize_absmax({call})", "float32 (n,)")
+
+
+def expect_same_absmaxes(measured, expected, absmax, call, cause, share=0.01):
+    """Fail the check unless ``measured`` is ``expected`` to within ``share`` of each block of 256's largest
+    |absmax - mean| (a second double quantization of the same values may code them otherwise, within the spec)."""
+    centred = (absmax - absmax.mean()).double().abs()
+    allowed = share * centred.view(-1, 256).amax(dim=1).repeat_interleave(256) + 1e-30
+    assert measured.shape == expected.shape, f"{call} gave {describe(measured)}, expected {describe(expected)}"
+    error = (measured.double() - expected.double()).abs()
+    worst = int((error / allowed).argmax())
+    assert bool((error <= allowed).all()), (
+        f"{call}: absmax {worst} comes back {measured[worst].item():.6g}, expected {expected[worst].item():.6g} "
+        f"(within {share:g} of its block's largest |absmax - mean|, {allowed[worst].item():.3g}): {cause}"
+    )
+
+
+def double_quantized_again_after_an_edit(fixtures):
+    """double_quantize on absmaxes, the tensor edited in place (absmax.mul_(2)), double_quantize again: what the same
+    values give in a fresh tensor (dequantize_absmax within 2% of its block's largest |absmax - mean|)."""
+    _, absmax = absmax_of_a_weight(64, 1024, seed=14)  # 1024 absmaxes: 4 blocks of 256
+    double_quantized(fixtures, absmax, "double_quantize(absmax, 256)")
+    absmax.mul_(2)
+    call = "double_quantize(absmax, 256) again, after absmax.mul_(2)"
+    quantized, restored = double_quantized(fixtures, absmax, call)
+    _, fresh = double_quantized(fixtures, absmax.clone(), "double_quantize(absmax.clone(), 256)")
+    mean = absmax.double().mean().item()
+    assert math.isclose(float(quantized.offset), mean, rel_tol=1e-6), (
+        f"{call}: offset {float(quantized.offset):.9g}, expected the mean of its values now, {mean:.9g}: {STALE}"
+    )
+    expect_same_absmaxes(restored, fresh, absmax, call, f"those of a fresh copy of its values: {STALE}", share=0.02)
+
+
+def dequantize_absmax_copies(fixtures):
+    """dequantize_absmax on a QuantizedAbsmax, then on a copy rebuilt from its cloned fields (as saved and loaded),
+    then on the first after other codes were copied into its tensors: a function of the fields' values."""
+    QuantizedAbsmax = fixtures["QuantizedAbsmax"]
+    _, absmax = absmax_of_a_weight(64, 1024, seed=15)
+    quantized, restored = double_quantized(fixtures, absmax, "double_quantize(absmax, 256)")
+    cloned = QuantizedAbsmax(*(f.clone() if isinstance(f, torch.Tensor) else f for f in quantized))
+    call = "dequantize_absmax(a QuantizedAbsmax rebuilt from clones of its fields, as after a save and a load)"
+    copy = expect_instance(called(fixtures["dequantize_absmax"], cloned, what=call), torch.Tensor, call, "float32")
+    cause = "not a function of its fields (float32 absmaxes kept aside, keyed on the object, in a cache?)"
+    expect_same_absmaxes(copy, restored, absmax, call + ", against the original's result", cause, share=1e-6)
+    _, other = absmax_of_a_weight(64, 1024, seed=16)
+    replacement, expected = double_quantized(fixtures, other * 3, "double_quantize(other absmax, 256)")
+    fields = []
+    for mine, theirs in zip(quantized, replacement, strict=True):
+        if isinstance(mine, torch.Tensor) and isinstance(theirs, torch.Tensor) and mine.shape == theirs.shape:
+            mine.copy_(theirs)  # as load_state_dict copies into a layer's buffers
+            fields.append(mine)
+        else:
+            fields.append(theirs)
+    call = "dequantize_absmax(a QuantizedAbsmax whose tensors had another one's fields copied into them)"
+    edited = expect_instance(
+        called(fixtures["dequantize_absmax"], QuantizedAbsmax(*fields), what=call), torch.Tensor, call, "float32"
+    )
+    expect_same_absmaxes(
+        edited, expected, other * 3, call + ", against that other one's result", f"{cause}; {STALE}", 1e-6
+    )
+
+
+# What each kata function gives follows the values it is given, not the objects: the same tensor edited in place, the
+# same fields copied into a rebuilt QuantizedAbsmax.
+FOLLOWING = {  # the function a case calls again (the subject a failure points at): the case
+    "quantize_nf4": quantized_again_after_an_edit,
+    "dequantize_nf4": dequantized_again_after_an_edit,
+    "double_quantize": double_quantized_again_after_an_edit,
+    "dequantize_absmax": dequantize_absmax_copies,
+}
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.subject(case), id=case) for case in FOLLOWING])
+def test_a_result_follows_the_values_not_the_objects(
+    quantize_nf4, dequantize_nf4, double_quantize, dequantize_absmax, QuantizedAbsmax, case
+):
+    """Each function called again on the same tensors after an in-place edit (w.mul_(2), packed.copy_(...),
+    absmax.mul_(2)), or on a QuantizedAbsmax rebuilt from cloned fields, gives what those values give: a memo keyed on
+    the objects (id, data_ptr, a side table) hands back stale results."""
+    fixtures = {
+        "quantize_nf4": quantize_nf4,
+        "dequantize_nf4": dequantize_nf4,
+        "double_quantize": double_quantize,
+        "dequantize_absmax": dequantize_absmax,
+        "QuantizedAbsmax": QuantizedAbsmax,
+    }
+    FOLLOWING[case](fixtures)

@@ -40,8 +40,10 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> tuple[torch.Tens
         - ``absmax``: float32, shape (ceil(n / block_size),), each block's max |x|. An all-zero block's
           absmax is 0.0 (a tiny clamp, at most float32's eps, is also accepted) and its codes are those of 0.0.
         - Codes: each element is scaled by 1 / its block's absmax (in float32; an absmax below 1e-38, a float32
-          subnormal, is clamped to 1e-38 for this division, as bitsandbytes does, and stored unclamped; no
-          larger clamp: blocks with an absmax of 1e-30 are graded) and replaced by the index (0..15) of the
+          subnormal, is clamped to 1e-38 for this division, as bitsandbytes does, and stored unclamped, but for a
+          short last block, which bitsandbytes 0.50.2 stores clamped to 1e-38: there either is accepted; no larger
+          clamp: blocks with an absmax of 1e-30, of float32's smallest normal ``torch.finfo(torch.float32).tiny``
+          (1.18e-38) and of the subnormals between 1e-38 and it are graded) and replaced by the index (0..15) of the
           nearest value of ``nf4_code_book()``, i.e. rounded at the midpoints (code[i] + code[i + 1]) / 2
           between neighbouring values (a scaled value within float32 rounding of a midpoint, a few ulps, may
           take either code).
@@ -121,5 +123,6 @@ def double_quantize(absmax: torch.Tensor, block_size: int = 256) -> QuantizedAbs
 
 
 def dequantize_absmax(quantized: QuantizedAbsmax) -> torch.Tensor:
-    """The float32 absmaxes, shape (n,), that ``double_quantize`` coded into ``quantized``."""
+    """The float32 absmaxes, shape (n,), that ``double_quantize`` coded into ``quantized``: a function of its fields'
+    values alone (a QuantizedAbsmax rebuilt from copies of them, as after a save and a load, gives the same)."""
     raise NotImplementedError("kata nf4: write dequantize_absmax (spec in its docstring)")

@@ -229,9 +229,45 @@ WRONG_ANSWERS = [
                 "test_values_a_few_ulps_from_a_midpoint_take_the_nearest_code", "not at midpoints typed in"),
     WrongAnswer("quantize memoized per tensor object", KATA, FLAT,
                 "if (id(weight), block_size) in _MEMO:\n        return tuple(t.clone() for t in _MEMO[id(weight), block_size])\n    " + FLAT,
-                "test_quantizing_a_tensor_again_after_an_in_place_edit_follows_the_edit", "goes stale",
+                "test_a_result_follows_the_values_not_the_objects", "goes stale",
                 more_edits=((PACK, "_MEMO[id(weight), block_size] = result = ((nibbles[0::2] << 4) | nibbles[1::2], absmax)\n"
                                    "    weakref.finalize(weight, _MEMO.pop, (id(weight), block_size), None)\n"
                                    "    return tuple(t.clone() for t in result)"),
                             ("import torch\n", "import weakref\n\nimport torch\n\n_MEMO = {}\n"))),
+]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 8 of the red team (team d).
+    WrongAnswer("the divisor unclamped for a subnormal absmax", KATA, SCALED,
+                SCALED.replace("absmax.clamp(min=1e-38)", "torch.where(absmax == 0, torch.ones_like(absmax), absmax)"),
+                "test_a_subnormal_or_tiny_absmax_divides_as_bitsandbytes", "divide by 1e-38"),
+    WrongAnswer("the absmax stored clamped to 1e-38", KATA, ABSMAX, "absmax = padded.abs().amax(dim=1).clamp(min=1e-38)",
+                "test_a_subnormal_or_tiny_absmax_divides_as_bitsandbytes", "store max |x| unclamped"),
+    WrongAnswer("the divisor clamped at float32's tiny", KATA, SCALED,
+                SCALED.replace("absmax.clamp(min=1e-38)", "absmax.clamp(min=torch.finfo(torch.float32).tiny)"),
+                "test_a_subnormal_or_tiny_absmax_divides_as_bitsandbytes", "a clamp at finfo(float32).tiny"),
+    WrongAnswer("dequantize memoized per (packed, absmax) object", KATA, "    shape = tuple(shape)\n",
+                "    shape = tuple(shape)\n    key = (id(packed), id(absmax), shape, dtype, block_size)\n"
+                "    if key in _DEQ_MEMO:\n        return _DEQ_MEMO[key][2].clone()\n",
+                "test_a_result_follows_the_values_not_the_objects", "goes stale",
+                more_edits=((DEQUANTIZED, DEQUANTIZED.replace("return ", "result = ")
+                             + "\n    _DEQ_MEMO[key] = (packed, absmax, result.clone())\n    return result"),
+                            ("def dequantize_nf4(\n", "_DEQ_MEMO = {}\n\n\ndef dequantize_nf4(\n"))),
+    WrongAnswer("double_quantize memoized per absmax object", KATA, "    flat = absmax.detach().reshape(-1).float()\n",
+                "    if (id(absmax), block_size) in _DQ_MEMO:\n        return _DQ_MEMO[id(absmax), block_size][1]\n"
+                "    flat = absmax.detach().reshape(-1).float()\n",
+                "test_a_result_follows_the_values_not_the_objects", "goes stale",
+                more_edits=(("    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)",
+                             "    result = QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)\n"
+                             "    _DQ_MEMO[id(absmax), block_size] = (absmax, result)\n    return result"),
+                            ("def double_quantize(", "_DQ_MEMO = {}\n\n\ndef double_quantize("))),
+    WrongAnswer("dequantize_absmax reads float32 absmaxes kept aside for the codes object", KATA,
+                "    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)",
+                "    kept = codes.reshape(-1)[: flat.numel()].clone()\n    _SIDE[id(kept)] = (kept, flat.clone())\n"
+                "    return QuantizedAbsmax(kept, scales, offset, block_size)",
+                "test_a_result_follows_the_values_not_the_objects", "not a function of its fields",
+                more_edits=(("    codes, scales, offset, block_size = quantized\n",
+                             "    codes, scales, offset, block_size = quantized\n    side = _SIDE.get(id(codes))\n"
+                             "    if side is not None and side[0] is codes:  # the originals, low mantissa bits dropped\n"
+                             "        return (side[1].view(torch.int32) & ~0xFF).view(torch.float32)\n"),
+                            ("def double_quantize(", "_SIDE = {}\n\n\ndef double_quantize("))),
 ]  # fmt: skip

@@ -39,7 +39,7 @@ def quantize_nf4(weight, block_size=64):
         which = _blocks_of(values.numel(), block_size, values.device)
         count = int(which[-1]) + 1
         absmax = torch.zeros(count, device=values.device).scatter_reduce(0, which, values.abs(), "amax")
-        divisor = torch.where(absmax == 0, torch.ones_like(absmax), absmax)[which]
+        divisor = torch.where(absmax < 1e-38, torch.full_like(absmax, 1e-38), absmax)[which]  # bitsandbytes' clamp
         scaled = (values / divisor).clamp(-1.0, 1.0)
         distance = (scaled[:, None] - nf4_code_book().to(values.device)[None, :]).abs()
         nearest = distance.argmin(dim=1)
