@@ -192,8 +192,8 @@ def test_loss_of_large_logits_is_finite(causal_lm_loss, dtype, offset):
         measured = loss_value(causal_lm_loss(logits, labels, reduction=reduction), call).item()
         expected = reference_loss(logits.to(expected_dtype), labels, reduction).item()
         assert math.isclose(measured, expected, rel_tol=1e-5), f"{call} = {measured:.6g}, expected {expected:.6g}" + (
-            f": exp() of the logits overflowed {expected_dtype} (log(sum(exp(z))) is inf or -inf): subtract "
-            "the max before exp, as logsumexp and F.cross_entropy do"
+            f": exp() of the logits overflowed {expected_dtype}, or fell to 0 (log(sum(exp(z))) is inf or -inf): "
+            "subtract the max before exp, as logsumexp and F.cross_entropy do"
             if not math.isfinite(measured)
             else f": compute the loss in {expected_dtype} by a log-softmax (F.cross_entropy)"
         )
