@@ -22,6 +22,7 @@ from grader.oracles import load
 from grader.probes import describe, expect_value_error
 from grader.signatures import expect_the_stubs_signatures
 from grader.training import (
+    CLIP_FORMULAS,
     IGNORE,
     VOCAB,
     SpyOptimizer,
@@ -165,6 +166,36 @@ def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_los
         assert math.isclose(measured.item(), expected, rel_tol=tolerance), (
             f"{call} = {measured.item():.8g}, expected {expected:.8g} (computed in {expected_dtype}): compute the "
             f"loss in float32, not in {dtype}"
+        )
+
+
+# logits far from 0 in every dtype: exp() of them overflows (or underflows to 0) in that dtype, the loss does not
+LARGE_LOGITS = [
+    pytest.param(torch.float64, 1000.0, id="float64-+1000"),
+    pytest.param(torch.float64, -1000.0, id="float64--1000"),
+    pytest.param(torch.float32, 100.0, id="float32-+100"),
+    pytest.param(torch.float32, -110.0, id="float32--110"),
+    pytest.param(torch.bfloat16, 100.0, id="bfloat16-+100"),
+    pytest.param(torch.float16, 100.0, id="float16-+100"),
+]
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("causal_lm_loss")
+@pytest.mark.parametrize(("dtype", "offset"), LARGE_LOGITS)
+def test_loss_of_large_logits_is_finite(causal_lm_loss, dtype, offset):
+    logits, labels = random_case(3, 6, 7, 0.3, seed=11)
+    logits = (logits + offset).to(dtype)  # the loss depends only on the differences of the logits: a few units
+    expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    for reduction in ("sum", "mean"):
+        call = f"causal_lm_loss({dtype} logits about {offset:g}, reduction={reduction!r})"
+        measured = loss_value(causal_lm_loss(logits, labels, reduction=reduction), call).item()
+        expected = reference_loss(logits.to(expected_dtype), labels, reduction).item()
+        assert math.isclose(measured, expected, rel_tol=1e-5), f"{call} = {measured:.6g}, expected {expected:.6g}" + (
+            f": exp() of the logits overflowed {expected_dtype}, or fell to 0 (log(sum(exp(z))) is inf or -inf): "
+            "subtract the max before exp, as logsumexp and F.cross_entropy do"
+            if not math.isfinite(measured)
+            else f": compute the loss in {expected_dtype} by a log-softmax (F.cross_entropy)"
         )
 
 
@@ -363,11 +394,22 @@ def test_optimizer_has_the_learning_rate_no_decay_and_adams_betas(make_optimizer
             2e-3,
             0.05,
         ),
+        # 0.0 is a value, not a missing one: `lr or 3e-4` would turn it into the default (as max_grad_norm=0.0)
+        "make_optimizer(model, lr=0.0, weight_decay=0.1)": (
+            make_optimizer(Adapted(), lr=0.0, weight_decay=0.1),
+            0.0,
+            0.1,
+        ),
+        "make_optimizer(model, 0.0, 0.0)": (make_optimizer(Adapted(), 0.0, 0.0), 0.0, 0.0),
     }
     plain = torch.optim.AdamW([nn.Parameter(torch.zeros(1))]).defaults  # the options of a plain AdamW
     for call, (optimizer, lr, weight_decay) in cases.items():
         group = returned_adamw(optimizer, call).param_groups[0]
-        assert group["lr"] == lr, f"{call}: lr {group['lr']}, expected {lr}: pass lr to AdamW"
+        assert group["lr"] == lr, f"{call}: lr {group['lr']}, expected {lr}: " + (
+            "lr=0.0 was taken as unset (`lr or 3e-4`?): 0.0 is a learning rate, only a missing lr takes the default"
+            if lr == 0
+            else "pass lr to AdamW"
+        )
         assert group["weight_decay"] == weight_decay, (
             f"{call}: weight_decay {group['weight_decay']}, expected {weight_decay}"
             + (": AdamW's own default is 0.01, pass weight_decay" if weight_decay == 0 else "")
@@ -851,16 +893,31 @@ def autocast_reference(model: TinyLM, window, dtype: torch.dtype, scale: float) 
 
 @pytest.mark.points(2)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_steps_under_autocast(train_step, dtype):
+@pytest.mark.parametrize("clipping", [False, True], ids=["no-clipping", "clipped"])
+def test_steps_under_autocast(train_step, dtype, clipping):
     r, window = rig(dtype=torch.float32), unequal_window()
     scale = 2.0**12 if dtype == torch.float16 else 1.0
+    max_norm = None
+    if clipping and dtype == torch.float16:  # a spike: a true norm of about 400, whose square overflows float16
+        r.model.grad_factor, scale, max_norm = 100.0, 2.0**4, 1.0
     expected = autocast_reference(r.model, window, dtype, scale)
+    mistakes = {}
+    if clipping:
+        max_norm = max_norm or 0.3 * total_norm(expected)
+        unclipped, unclipped_norm, expected = expected, total_norm(expected), clipped(expected, max_norm)
+        mistakes["the gradients were not clipped"] = unclipped
+        if dtype == torch.float16:
+            mistakes[
+                f"the clip's norm overflowed float16 (its square, {unclipped_norm**2:.3g}, is past 65504; a dot or "
+                "matmul of the gradients runs in float16 under autocast), so every gradient was scaled to 0: take "
+                "the norm with clip_grad_norm_ or torch.linalg.vector_norm, in float32"
+            ] = [torch.zeros_like(g) for g in expected]
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
         loss = sum(token_loss_sum(copy.deepcopy(r.model), batch).item() for batch in window) / sum(map(targets, window))
     # growth_interval 2000 (the default): a good step leaves the scale as it is
     grad_scaler = torch.amp.GradScaler("cpu", init_scale=scale) if dtype == torch.float16 else None
     with torch.autocast("cpu", dtype=dtype):
-        returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None, scaler=grad_scaler)
+        returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm, scaler=grad_scaler)
     # two rounding steps of the autocast dtype: another order of the same operations (under bf16, the gradients
     # divided by N after the backward; the model run in float32) rounds otherwise; a wrong normaliser is off by
     # far more. Under fp16 and a GradScaler the loss must be divided by N before the backward: the scaled
@@ -872,7 +929,18 @@ def test_steps_under_autocast(train_step, dtype):
             f"{grad_scaler.get_scale():g}): the scaled gradients overflowed float16; backward "
             "scaler.scale(summed loss / N), not the summed loss with the gradients divided after"
         )
-    expect_handed(r, expected, {}, tolerance, f"a float32 model under {dtype} autocast")
+    what = f"a float32 model under {dtype} autocast" + (
+        f", max_grad_norm {max_norm:.3g} (the true norm {unclipped_norm:.3g})" if clipping else ""
+    )
+    expect_handed(r, expected, mistakes, tolerance, what)
+    if clipping:  # the direction rounds in the autocast dtype, the clipped norm does not: the norm is float32
+        by_id = {id(p): g for p, g in zip(r.optimizer.stepped[0], r.optimizer.handed[0], strict=True)}
+        norm = total_norm([by_id[id(p)] for p in r.model.reached()])
+        assert math.isclose(norm, max_norm, rel_tol=CLIP_FORMULAS), (
+            f"{what}: the clipped gradients' norm is {norm:.7g}, expected max_grad_norm {max_norm:.7g}: the norm was "
+            f"computed in {dtype} (a matmul or dot of the gradients runs in {dtype} under autocast, and a float16 "
+            "square overflows past 256): take it with clip_grad_norm_ or torch.linalg.vector_norm, in float32"
+        )
     assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-4), (
         f"under {dtype} autocast train_step returned {returned!r}, expected {loss:.6g}: compute the loss in float32"
     )
@@ -886,11 +954,31 @@ HALF_SPIKE = 2.0**10  # a loss spike: every gradient that many times larger (exa
 # overflows float16 (65504) though they are well inside its range
 
 
+def thousand_and_one_targets() -> list[dict[str, torch.Tensor]]:
+    """A window of 1001 targets: a count that bfloat16 rounds (to 1000), float32 and int64 hold exactly. After a
+    spike, the float16 gradients of its summed loss overflow (about 1001 x 1024 x theirs), those of loss / N do not."""
+    return [micro_batch([9, 4], [1, 2], seed=1), micro_batch([999], [998], seed=15)]
+
+
+def many_targets() -> list[dict[str, torch.Tensor]]:
+    """A window of 8195 targets: a count that float16 rounds too (bfloat16 and float16 both hold it as 8192)."""
+    return [micro_batch([9, 4], [1, 2], seed=1), micro_batch([1025] * 8, [1024] * 8, seed=16)]
+
+
+HALF_WINDOWS = [
+    pytest.param(unequal_window, id="21-targets"),
+    pytest.param(thousand_and_one_targets, id="1001-targets"),
+    pytest.param(many_targets, id="8195-targets"),
+]
+
+
 @pytest.mark.points(1)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("max_grad_norm", [None, 1.0], ids=["no-clipping", "clipped-after-a-spike"])
-def test_steps_a_half_precision_model_without_autocast(train_step, dtype, max_grad_norm):
-    r, window = rig(dtype=dtype), unequal_window()  # a model loaded in half precision, no autocast
+@pytest.mark.parametrize("make_window", HALF_WINDOWS)
+def test_steps_a_half_precision_model_without_autocast(train_step, dtype, max_grad_norm, make_window):
+    r, window = rig(dtype=dtype), make_window()  # a model loaded in half precision, no autocast
+    count = sum(map(targets, window))
     expected, mistakes = expected_and_mistakes(r.model, window, None)
     loss = window_loss(r.model, window)  # the model's half-precision logits, the loss in float32
     what = f"a {dtype} model, no autocast"
@@ -905,10 +993,26 @@ def test_steps_a_half_precision_model_without_autocast(train_step, dtype, max_gr
         }
         what += f", max_grad_norm {max_grad_norm} after a spike (gradients up to {total_norm(spiked):.3g} in norm)"
     returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_grad_norm)
+    what += f", {count} targets"
+    handed = [g for g in (r.optimizer.handed[0] if len(r.optimizer.handed) == 1 else []) if g is not None]
+    assert all(bool(g.isfinite().all()) for g in handed), (
+        f"{what}: optimizer.step() was handed non-finite gradients, the reference step's are finite (at most "
+        f"{max(g.double().abs().max().item() for g in expected):.3g}): the {dtype} gradients of the summed loss "
+        f"overflow ({count} times larger, past {torch.finfo(dtype).max:.3g}), so the summed loss was backpropagated "
+        "and divided after? divide each micro-batch's summed loss by N before its backward"
+    )
     expect_handed(r, expected, mistakes, 2 * torch.finfo(dtype).eps, what)
-    assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-5), (
-        f"a {dtype} model without autocast: train_step returned {returned!r}, expected {loss:.8g} (its {dtype} "
-        f"logits upcast to float32 before the loss): compute the loss in float32, as causal_lm_loss does"
+    rounded = torch.tensor(float(count), dtype=dtype).item()  # what a count held in the model's dtype becomes
+    assert isinstance(returned, float), f"{what}: train_step returned {describe(returned)}, expected a Python float"
+    assert math.isclose(returned, loss, rel_tol=1e-5), (
+        f"{what}: train_step returned {returned!r}, expected {loss:.8g} (its {dtype} logits upcast to float32 "
+        "before the loss): "
+        + (
+            f"it matches a count of {rounded:g}: the count N = {count} is not exact in {dtype} (a tensor of the "
+            "logits' dtype?): divide by N as a Python int, or a float32/int64 tensor"
+            if rounded != count and math.isclose(returned, loss * count / rounded, rel_tol=1e-4)
+            else "compute the loss in float32, as causal_lm_loss does"
+        )
     )
 
 

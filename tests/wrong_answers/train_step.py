@@ -313,4 +313,26 @@ WRONG_ANSWERS = [
     WrongAnswer("a non-finite loss skipped without a scaler", KATA, OPTIMIZER_STEP,
                 "    if scaler is None:\n        stepped = math.isfinite(total)\n        if stepped:\n            optimizer.step()\n",
                 "test_without_a_scaler_every_window_steps", "only a scaler skips steps"),
+    # round 8, red team c
+    WrongAnswer("lr=0.0 taken as unset", KATA, ADAMW, ADAMW.replace("lr=lr,", "lr=lr or 3e-4,"),
+                "test_optimizer_has_the_learning_rate_no_decay_and_adams_betas", "lr=0.0 was taken as unset"),
+    WrongAnswer("log-sum-exp without the max subtracted", KATA, CROSS_ENTROPY,
+                "keep = targets != IGNORE_INDEX\n    chosen, picked = predictions[keep], targets[keep]\n"
+                "    total = (chosen.exp().sum(-1).log() - chosen.gather(-1, picked[:, None]).squeeze(-1)).sum()",
+                "test_loss_of_large_logits_is_finite", "subtract the max"),
+    WrongAnswer("the count held in the logits' dtype", KATA, LOSS,
+                'loss = causal_lm_loss(logits, batch["labels"], reduction="sum") / torch.tensor(tokens, dtype=logits.dtype)',
+                "test_steps_a_half_precision_model_without_autocast", "not exact in"),
+    WrongAnswer("the clip's norm a dot product under autocast", KATA, CLIP,
+                "grads = [p.grad for p in parameters if p.grad is not None]\n"
+                "        norm = torch.stack([g.flatten().float() @ g.flatten().float() for g in grads]).sum().sqrt()\n"
+                "        for g in grads:\n"
+                "            g.mul_(torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0).to(g.dtype))",
+                "test_steps_under_autocast", "the norm was computed in torch.bfloat16"),
+    WrongAnswer("summed loss backpropagated, gradients divided after", KATA, LOSS,
+                'loss = causal_lm_loss(logits, batch["labels"], reduction="sum") / (tokens if scaler is not None else 1)',
+                "test_steps_a_half_precision_model_without_autocast", "divided after",
+                more_edits=((HELD, HELD + "\n    if scaler is None:\n        for p in parameters:\n"
+                             "            if p.grad is not None:\n                p.grad.div_(tokens)"),
+                            ("total += loss.item()", "total += loss.item() / (1 if scaler is not None else tokens)"))),
 ]  # fmt: skip

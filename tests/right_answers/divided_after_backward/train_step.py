@@ -83,7 +83,9 @@ def train_step(
     tokens = sum(counts)
     if tokens == 0:
         raise ValueError("no target in the window: nothing to learn from")
-    divide_first = scaler is not None  # fp16: a summed loss times the scale could overflow the gradients
+    held = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    # fp16: a summed loss's gradients (times the scale, or over many targets after a spike) could overflow
+    divide_first = scaler is not None or any(parameter.dtype == torch.float16 for parameter in held)
     summed = 0.0
     for batch in window:
         outputs = model(attention_mask=batch["attention_mask"], input_ids=batch["input_ids"])
@@ -91,10 +93,9 @@ def train_step(
         loss = causal_lm_loss(logits, batch["labels"])
         summed += loss.item()
         if divide_first:
-            scaler.scale(loss / tokens).backward()
+            (loss / tokens if scaler is None else scaler.scale(loss / tokens)).backward()
         else:
             loss.backward()
-    held = [parameter for group in optimizer.param_groups for parameter in group["params"]]
     if not divide_first:
         for parameter in held:
             if parameter.grad is not None:
