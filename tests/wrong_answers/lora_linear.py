@@ -320,4 +320,6 @@ WRONG_ANSWERS = [
                 "        delta = (self.lora_B @ self.lora_A) * self.scaling\n"
                 "        return torch.func.functional_call(self.base, {\"weight\": self.base.weight + delta}, (x,))\n",
                 "test_matches_plain_lora_in_every_regime", "put into its weight"),
+    WrongAnswer("rank checked as r <= 0", KATA, "if isinstance(r, bool) or not isinstance(r, int) or r < 1:",
+                "if r <= 0:", "test_rejects_invalid_arguments", "expected a ValueError"),
 ]  # fmt: skip
