@@ -277,6 +277,11 @@ CALL_STYLES = {
      torch.float64, (3,), True, "grad on", "eval", True, True, "GatedLinear"),
     (IN, OUT, False, UNROUNDED_R, UNROUNDED_ALPHA, "LoRALinear(base, r, alpha, dropout)",
      torch.bfloat16, (2, 3), True, "grad off", "train-with-dropout", True, True, "Linear"),
+    # Empty batches: 0 rows, and sequences of 0 tokens (a reshape(*lead, -1) of 0 elements fails on them).
+    (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha, dropout)",
+     torch.float32, (0,), True, "grad on", "train-with-dropout", True, False, "Linear"),
+    (IN, OUT, True, 3, 10.0, "LoRALinear(base, r, alpha)",
+     torch.float64, (2, 0), False, "grad off", "eval", False, False, "GatedLinear"),
 )  # fmt: skip
 def test_matches_plain_lora_in_every_regime(
     LoRALinear, in_features, out_features, wide, r, alpha, call, dtype, batch_shape, contiguous, grad, mode, bias,

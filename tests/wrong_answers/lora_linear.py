@@ -322,4 +322,8 @@ WRONG_ANSWERS = [
                 "test_matches_plain_lora_in_every_regime", "put into its weight"),
     WrongAnswer("rank checked as r <= 0", KATA, "if isinstance(r, bool) or not isinstance(r, int) or r < 1:",
                 "if r <= 0:", "test_rejects_invalid_arguments", "expected a ValueError"),
+    WrongAnswer("output reshaped by the batch dims and -1", KATA, RESULT,
+                "return self.base(x) + F.linear(down.reshape(-1, down.shape[-1]), self.lora_B)"
+                ".reshape(*x.shape[:-1], -1)",
+                "test_matches_plain_lora_in_every_regime", "an empty batch"),
 ]  # fmt: skip
