@@ -469,10 +469,10 @@ def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lor
         targets = tuple(inner if target == INNER_BASE else target for target in targets)
     model.requires_grad_(True)  # as a user who unfroze the whole model (backbone, the adapters' bases) in between
     call = (
-        f"a second apply_lora(model, {list(targets)}) on a model adapted on ['q_proj'], then unfrozen whole "
-        "(model.requires_grad_(True))"
+        f"a second apply_lora(model, {list(targets)}, r=3, alpha=12.0, dropout=0.25) on a model adapted on "
+        "['q_proj'] with r=2, alpha=4.0, dropout=0.0, then unfrozen whole (model.requires_grad_(True))"
     )
-    adapted(apply_lora(model, targets, r=2, alpha=4.0))
+    adapted(apply_lora(model, targets, r=3, alpha=12.0, dropout=0.25))  # another config than the first call's
     now = adapters(model, LoRALinear)
     nested = [name for name, layer in now.items() if any(isinstance(m, LoRALinear) for m in list(layer.modules())[1:])]
     assert not nested, (
@@ -515,6 +515,30 @@ def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lor
         f"{call}: {len(inside)} trainable factors in {len(now)} adapters, expected 2 each: the old adapters "
         "stay trainable"
     )
+    shapes = ToyTransformer()
+    for name, layer in now.items():
+        new = name not in first
+        r, alpha, dropout = (3, 12.0, 0.25) if new else (2, 4.0, 0.0)
+        base = shapes.get_submodule(name)
+        count, numbers = sum(t.numel() for t in trainable(layer)), r * (base.in_features + base.out_features)
+        if new:
+            randomize_factors(layer, std=0.5)  # B is zero at init: dropout on the branch shows once it is not
+        x = torch.randn(4, base.in_features)
+        with torch.no_grad():
+            varies = max_difference(layer.train()(x), layer(x)) > 0
+        measured = (getattr(layer, "r", None), getattr(layer, "alpha", None), count, varies)
+        whose = "new adapter" if new else "first call's adapter"
+        assert measured == (r, alpha, numbers, dropout > 0), (
+            f"{call}: the {whose} {name}: expected r={r}, alpha={alpha}, {numbers} "
+            f"trainable numbers, {'a' if dropout else 'no'} dropout, measured r={measured[0]}, alpha={measured[1]}, "
+            f"{count}, {'a' if varies else 'no'} dropout: "
+            + (
+                "a new adapter takes the r, alpha and dropout of the call that makes it, not those of the "
+                "adapters already there"
+                if new
+                else "an adapter already there keeps its own r, alpha and dropout"
+            )
+        )
 
 
 SECOND_CALL_CASES = [  # (zoo model, the part adapted first, its targets, the whole model's targets next)

@@ -163,4 +163,11 @@ WRONG_ANSWERS = [
     WrongAnswer('target_modules without a default', KATA, '    target_modules: Iterable[str] = ("q_proj", "v_proj"),\n    r: int = 8,',
                 '    target_modules: Iterable[str],\n    r: int = 8,',
                 "test_takes_the_stubs_parameters", 'gives `target_modules` no default'),
+    WrongAnswer("a second call inherits the first adapters' config", KATA,
+                "    adapters: dict[int, LoRALinear] = {}  # one adapter per layer",
+                "    existing = [m for _, m in matched if isinstance(m, LoRALinear)]\n"
+                "    if existing:\n"
+                "        r, alpha, dropout = existing[0].r, existing[0].alpha, existing[0].dropout.p\n"
+                "    adapters: dict[int, LoRALinear] = {}  # one adapter per layer",
+                "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "takes the r, alpha and dropout"),
 ]  # fmt: skip
