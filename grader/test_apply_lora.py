@@ -12,7 +12,16 @@ import torch
 from torch import nn
 
 from grader.models import MODEL_ZOO, WIDTH, ToyTransformer, inputs, matching_linears, zoo_inputs
-from grader.probes import DEVICES, describe, expect_instance, max_difference, randomize_factors, train, trainable
+from grader.probes import (
+    DEVICES,
+    describe,
+    expect_instance,
+    make_a_subclass_instance,
+    max_difference,
+    randomize_factors,
+    train,
+    trainable,
+)
 from grader.signatures import expect_the_stubs_signatures
 from lora_kata.grading.implementation import KataUnavailable
 
@@ -458,6 +467,8 @@ def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lor
     originals = {name: model.get_submodule(name) for name in matching_linears(model, ["q_proj"])}
     adapted(apply_lora(model, ["q_proj"], r=2, alpha=4.0))
     first = adapters(model, LoRALinear)
+    subclassed = next(iter(first))
+    make_a_subclass_instance(first[subclassed], LoRALinear)  # a user's subclass of LoRALinear is an adapter too
     trained = {}
     for name, layer in first.items():
         randomize_factors(layer, std=0.5)  # as after training
@@ -470,14 +481,15 @@ def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lor
     model.requires_grad_(True)  # as a user who unfroze the whole model (backbone, the adapters' bases) in between
     call = (
         f"a second apply_lora(model, {list(targets)}, r=3, alpha=12.0, dropout=0.25) on a model adapted on "
-        "['q_proj'] with r=2, alpha=4.0, dropout=0.0, then unfrozen whole (model.requires_grad_(True))"
+        f"['q_proj'] with r=2, alpha=4.0, dropout=0.0 (the one at {subclassed} then made an instance of a subclass of "
+        "LoRALinear), then unfrozen whole (model.requires_grad_(True))"
     )
     adapted(apply_lora(model, targets, r=3, alpha=12.0, dropout=0.25))  # another config than the first call's
     now = adapters(model, LoRALinear)
     nested = [name for name, layer in now.items() if any(isinstance(m, LoRALinear) for m in list(layer.modules())[1:])]
     assert not nested, (
         f"{call} wrapped adapters or their own base again (nested in {nested[:3]}): skip layers that are "
-        "LoRALinear already, and every layer inside them"
+        "LoRALinear already (isinstance: a subclass's instance is one too), and every layer inside them"
     )
     for name, layer in first.items():
         assert now.get(name) is layer, (

@@ -18,6 +18,7 @@ from grader.probes import (
     expect_instance,
     expect_on_the_base_device,
     factors,
+    make_a_subclass_instance,
     made_under_a_foreign_default_device,
     max_difference,
     measured_update,
@@ -148,10 +149,20 @@ def test_merged_weight_is_W_plus_the_update(
 @pytest.mark.points(3)
 def test_replaces_every_adapter_by_a_plain_linear(LoRALinear, merge_weights):
     model = adapted_model(LoRALinear)
+    subclassed = matching_linears(ToyTransformer(), ["head"])[0]
+    make_a_subclass_instance(model.get_submodule(subclassed), LoRALinear)  # a user's subclass: an adapter too
     returned = merge_weights(model)
     assert returned is model, f"merge_weights returned {describe(returned)}, expected the model itself"
     left = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
-    assert not left, f"{len(left)} LoRALinear left after merging, e.g. {left[:3]}: replace every one, at any depth"
+    assert not left, (
+        f"{len(left)} LoRALinear left after merging, e.g. {left[:3]}: replace every one, at any depth"
+        + (
+            f" ({subclassed} is an instance of a subclass of LoRALinear: find adapters with isinstance, not "
+            "type(m) is LoRALinear)"
+            if subclassed in left
+            else ""
+        )
+    )
     for name in matching_linears(ToyTransformer(), TARGETS):
         layer = model.get_submodule(name)
         assert type(layer) is nn.Linear, f"{name} is a {type(layer).__name__} after merging, expected nn.Linear"

@@ -170,4 +170,10 @@ WRONG_ANSWERS = [
                 "        r, alpha, dropout = existing[0].r, existing[0].alpha, existing[0].dropout.p\n"
                 "    adapters: dict[int, LoRALinear] = {}  # one adapter per layer",
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "takes the r, alpha and dropout"),
+    WrongAnswer("adapters found by exact type", KATA,
+                "inside = {id(m) for a in model.modules() if isinstance(a, LoRALinear)",
+                "inside = {id(m) for a in model.modules() if type(a) is LoRALinear",
+                "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "a subclass's instance is one too",
+                more_edits=(("id(p) for m in model.modules() if isinstance(m, LoRALinear)",
+                             "id(p) for m in model.modules() if type(m) is LoRALinear"),)),
 ]  # fmt: skip
