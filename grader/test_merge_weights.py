@@ -356,34 +356,51 @@ def test_merges_the_model_zoo(LoRALinear, merge_weights, name):
 
 
 @pytest.mark.points(1)
-def test_merging_a_part_leaves_what_it_shares_outside_alone(LoRALinear, merge_weights):
-    outside, base = nn.Linear(12, 10), nn.Linear(12, 10)
+@pytest.mark.parametrize(
+    "dtype, alone",
+    [(torch.float32, False), (torch.float32, True), (torch.float16, False), (torch.bfloat16, True)],
+    ids=["float32-part", "float32-alone", "float16-part", "bfloat16-alone"],
+)
+def test_merging_a_part_leaves_what_it_shares_outside_alone(LoRALinear, merge_weights, dtype, alone):
+    """Merging nn.Sequential(adapter), or the adapter alone (merge_weights(model.lm_head)), of any dtype: the base's
+    weight, tied to a layer outside, stays W (a half-precision merge folded in place is no exception)."""
+    outside, base = nn.Linear(12, 10, dtype=dtype), nn.Linear(12, 10, dtype=dtype)
     base.weight = outside.weight  # tied to a layer that is not in the merged part
     layer = LoRALinear(base, r=4, alpha=10.0)
     randomize_factors(layer, std=0.3)
-    expected, before = base.weight.detach() + measured_update(layer, base), outside.weight.detach().clone()
+    expected = base.weight.detach().float() + measured_update(layer, base).float()
+    before = outside.weight.detach().clone()
     bases = {id(parameter) for parameter in base.parameters()}  # the base itself may become the merged layer
     held = {  # the factors (and buffers): an adapter another model may hold too, a teacher say
         name: tensor.detach().clone()
         for name, tensor in layer.state_dict(keep_vars=True).items()
         if id(tensor) not in bases
     }
-    part = nn.Sequential(layer)
-    returned_model(merge_weights(part))
+    call = f"merging a {dtype} adapter " + ("alone (merge_weights(adapter))" if alone else "in nn.Sequential(adapter)")
+    if alone:
+        merged = returned_linear(merge_weights(layer))
+    else:
+        part = nn.Sequential(layer)
+        returned_model(merge_weights(part))
+        merged = part[0]
     change = max_difference(outside.weight, before)
     assert change == 0, (
-        f"merging nn.Sequential(adapter) changed by {change:.3g} the weight its base shares with a layer outside that "
-        "part: merge_weights sees only the module given; build a new weight, never write into the base's"
+        f"{call}: expected the weight its base shares with a layer outside unchanged, measured a change of "
+        f"{change:.3g}: merge_weights sees only the module given; build a new weight, never write into the base's "
+        "(in every dtype)"
     )
     now = layer.state_dict()
     written = [name for name, value in held.items() if name not in now or not torch.equal(now[name], value)]
     assert not written, (
-        f"merging nn.Sequential(adapter) changed the adapter's own {written[:2]}, which a model holding the same "
-        "adapter outside that part still computes with: read the factors, never scale or write them in place "
-        "(W + scaling * (B @ A) into a new tensor)"
+        f"{call} changed the adapter's own {written[:2]}, which a model holding the same adapter outside that part "
+        "still computes with: read the factors, never scale or write them in place (W + scaling * (B @ A) into a "
+        "new tensor)"
     )
-    error = max_difference(part[0].weight, expected)
-    assert error < 1e-5, f"the merged layer's weight differs from W + scaling B @ A by {error:.3g}"
+    error = max_difference(merged.weight.float(), expected)
+    tolerance = 1e-5 if dtype == torch.float32 else 4 * RELATIVE_TOLERANCE[dtype] * (1 + expected.abs().max().item())
+    assert error < tolerance, (
+        f"{call}: the merged layer's weight differs from W + scaling B @ A by {error:.3g}, expected < {tolerance:.1g}"
+    )
 
 
 @pytest.mark.points(1)

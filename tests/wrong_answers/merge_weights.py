@@ -138,4 +138,14 @@ WRONG_ANSWERS = [
     WrongAnswer("adapters found by exact type", KATA, "        if isinstance(module, LoRALinear):",
                 "        if type(module) is LoRALinear:", "test_replaces_every_adapter_by_a_plain_linear",
                 "not type(m) is LoRALinear"),
+    WrongAnswer("half-precision weights folded in place", KATA, "    update = (layer.lora_B",
+                "    if weight.dtype in (torch.float16, torch.bfloat16) and type(base) is nn.Linear:\n"
+                "        weight.copy_((weight.to(accumulate) + (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate))"
+                " * layer.scaling).to(weight.dtype))\n"
+                "        return base\n"
+                "    update = (layer.lora_B",
+                "test_merging_a_part_leaves_what_it_shares_outside_alone", "(in every dtype)"),
+    WrongAnswer("a lone adapter folded into its base in place", KATA, "        return merged_linear(model)",
+                "        model.base.weight.copy_(merged_linear(model).weight)\n        return model.base",
+                "test_merging_a_part_leaves_what_it_shares_outside_alone", "alone (merge_weights(adapter))"),
 ]  # fmt: skip
