@@ -246,6 +246,20 @@ class Reused(nn.Module):
         return self.head(x)
 
 
+class ReusedBlockFirst(Reused):
+    """Reused with the other registration order: the block first (``block.q_proj``), the encoder list after it
+    (``enc.0``). ``named_modules()`` lists the shared layer once, as ``block.q_proj``: once the block is adapted, a
+    deduplicated walk never shows the base under its outside name ``enc.0``."""
+
+    def __init__(self) -> None:
+        nn.Module.__init__(self)
+        shared = _linear(WIDTH, WIDTH)
+        self.block = nn.Module()
+        self.block.q_proj, self.block.v_proj = shared, _linear(WIDTH, WIDTH)
+        self.enc = nn.ModuleList([shared, _linear(WIDTH, WIDTH)])
+        self.head = _linear(WIDTH, CLASSES)
+
+
 class GatedProjection(nn.Linear):
     """An nn.Linear subclass holding a layer of its own, a gate (``nn.Linear`` too), as GLU-style projections do."""
 
@@ -269,7 +283,14 @@ class Gated(nn.Module):
         return self.down_proj(torch.tanh(self.up_proj(x)))
 
 
-MODEL_ZOO = {"nested": Nested, "tied": Tied, "look-alikes": LookAlikes, "reused": Reused, "gated": Gated}
+MODEL_ZOO = {
+    "nested": Nested,
+    "tied": Tied,
+    "look-alikes": LookAlikes,
+    "reused": Reused,
+    "gated": Gated,
+    "reused-block-first": ReusedBlockFirst,
+}
 
 
 def zoo_inputs(batch: int = 3, **placement: object) -> torch.Tensor:

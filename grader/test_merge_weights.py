@@ -302,6 +302,8 @@ ZOO_CASES = {  # id: the zoo model, the part of it the grader adapts before merg
     "tied": ("tied", "", ("q_proj", "v_proj", "head", "embed")),  # a block used twice, an alias; a tied embed
     "look-alikes": ("look-alikes", "", ("proj", "fc1", "o", "v_proj")),
     "reused-block-only": ("reused", "block", ("q_proj",)),  # the base of block.q_proj is enc.0 too
+    # the same, registered block first: named_modules() lists the shared layer as block.q_proj alone
+    "reused-block-first": ("reused-block-first", "block", ("q_proj",)),
 }
 
 

@@ -148,4 +148,11 @@ WRONG_ANSWERS = [
     WrongAnswer("a lone adapter folded into its base in place", KATA, "        return merged_linear(model)",
                 "        model.base.weight.copy_(merged_linear(model).weight)\n        return model.base",
                 "test_merging_a_part_leaves_what_it_shares_outside_alone", "alone (merge_weights(adapter))"),
+    WrongAnswer("base reused unless a deduplicated walk shows it outside", KATA,
+                "                merged[id(module)] = merged_linear(module)\n",
+                "                merged[id(module)] = merged_linear(module)\n"
+                "                if {id(m): n for n, m in model.named_modules()}[id(module.base)].startswith(name + '.'):\n"
+                "                    module.base.weight = merged[id(module)].weight\n"
+                "                    merged[id(module)] = module.base\n",
+                "test_merges_the_model_zoo", "a merged layer is also registered where no adapter was"),
 ]  # fmt: skip
