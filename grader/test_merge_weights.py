@@ -97,6 +97,7 @@ def test_merged_model_computes_what_the_adapted_one_did(LoRALinear, merge_weight
     expected = eval_outputs(model, x)
     error = max_difference(eval_outputs(returned_model(merge_weights(model)), x), expected)
     assert error < 1e-5, f"merged model's outputs differ from the adapted model's by {error:.3g}, expected < 1e-5"
+    expect_usable_with_autograd(model, x, "merge_weights(model) of a model in eval mode")  # eval mode, as for serving
 
 
 @pytest.mark.points(4)
@@ -265,6 +266,7 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
         f"the merged {dtype} layer computes {y.dtype} outputs off the LoRALinear's by {error:.2g} (relative), "
         f"expected {dtype} within {RELATIVE_TOLERANCE[dtype]:.0e}"
     )
+    expect_usable_with_autograd(merged, x, f"merge_weights of a {dtype} LoRALinear in eval mode{where}")
 
 
 @pytest.mark.points(1)

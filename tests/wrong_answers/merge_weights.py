@@ -155,4 +155,11 @@ WRONG_ANSWERS = [
                 "                    module.base.weight = merged[id(module)].weight\n"
                 "                    merged[id(module)] = module.base\n",
                 "test_merges_the_model_zoo", "a merged layer is also registered where no adapter was"),
+    WrongAnswer("inference mode for a model in eval mode", KATA,
+                "@torch.no_grad()\ndef merged_linear(layer: LoRALinear) -> nn.Linear:\n",
+                "def merged_linear(layer: LoRALinear) -> nn.Linear:\n"
+                "    with torch.no_grad() if layer.training else torch.inference_mode():\n"
+                "        return _merged_linear(layer)\n\n\n"
+                "@torch.no_grad()\ndef _merged_linear(layer: LoRALinear) -> nn.Linear:\n",
+                "test_merged_model_computes_what_the_adapted_one_did", "a model in eval mode: ["),
 ]  # fmt: skip
