@@ -256,6 +256,8 @@ NO_MATCH_CASES = {  # id: (targets, the model they are looked for in, given by a
     "glob-patterns": (("[qv]_proj", "?_proj", "fc*"), "toy", False),  # compared as strings, they name no layer
     "regex-patterns": (("q_pro.", "fc1|fc2", "v_pro[j]"), "toy", False),
     "on-an-adapted-model": (("nonexistent_proj",), "adapted on q_proj", False),  # adapters there: still no match
+    "no-targets": ((), "toy", False),  # an empty list names no layer
+    "all-linear": (("all-linear",), "toy", False),  # peft's keyword is no target here: it names a layer so called
 }
 
 
@@ -277,7 +279,7 @@ def test_raises_naming_the_targets_when_nothing_matches(apply_lora, LoRALinear, 
         new = sorted(set(adapters(model, LoRALinear)) - before)
         cause = (
             f"it adapted {new[:3]}: targets are compared as strings (a name equal to one or ending with '.' + one), "
-            "never read as glob or regex patterns"
+            "never read as glob or regex patterns, nor as peft's 'all-linear' (an empty list names no layer either)"
             if new
             else "on a model already adapted (on q_proj) a target naming no layer is an error too"
             if model_kind == "adapted on q_proj"

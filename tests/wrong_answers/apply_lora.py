@@ -176,4 +176,8 @@ WRONG_ANSWERS = [
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "a subclass's instance is one too",
                 more_edits=(("id(p) for m in model.modules() if isinstance(m, LoRALinear)",
                              "id(p) for m in model.modules() if type(m) is LoRALinear"),)),
+    WrongAnswer("all-linear and no targets adapt every linear", KATA,
+                "    return any(name == target or",
+                "    if not targets or \"all-linear\" in targets:\n        return True\n    return any(name == target or",
+                "test_raises_naming_the_targets_when_nothing_matches", "nor as peft's 'all-linear'"),
 ]  # fmt: skip
