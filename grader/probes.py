@@ -935,7 +935,15 @@ def expect_dropout_like_nn_dropout(layer: nn.Module, linear: nn.Linear, p: float
 
 # Arguments every LoRA layer refuses with a ValueError (gpt2_conv1d's LoRAConv1D adds a rank that is no int).
 # r=0.5 is < 1 yet > 0: a check written `r <= 0` lets it through (to a TypeError from torch.empty).
-INVALID_ARGUMENTS = [{"r": 0}, {"r": -2}, {"r": 0.5}, {"dropout": 1.0}, {"dropout": -0.1}, {"dropout": 1.5}, {"dropout": math.nan}]
+INVALID_ARGUMENTS = [
+    {"r": 0},
+    {"r": -2},
+    {"r": 0.5},
+    {"dropout": 1.0},
+    {"dropout": -0.1},
+    {"dropout": 1.5},
+    {"dropout": math.nan},
+]
 
 
 def arguments_id(arguments: dict[str, object]) -> str:

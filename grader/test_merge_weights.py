@@ -18,8 +18,8 @@ from grader.probes import (
     expect_instance,
     expect_on_the_base_device,
     factors,
-    make_a_subclass_instance,
     made_under_a_foreign_default_device,
+    make_a_subclass_instance,
     max_difference,
     measured_update,
     randomize_factors,
@@ -155,14 +155,11 @@ def test_replaces_every_adapter_by_a_plain_linear(LoRALinear, merge_weights):
     returned = merge_weights(model)
     assert returned is model, f"merge_weights returned {describe(returned)}, expected the model itself"
     left = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
-    assert not left, (
-        f"{len(left)} LoRALinear left after merging, e.g. {left[:3]}: replace every one, at any depth"
-        + (
-            f" ({subclassed} is an instance of a subclass of LoRALinear: find adapters with isinstance, not "
-            "type(m) is LoRALinear)"
-            if subclassed in left
-            else ""
-        )
+    assert not left, f"{len(left)} LoRALinear left after merging, e.g. {left[:3]}: replace every one, at any depth" + (
+        f" ({subclassed} is an instance of a subclass of LoRALinear: find adapters with isinstance, not "
+        "type(m) is LoRALinear)"
+        if subclassed in left
+        else ""
     )
     for name in matching_linears(ToyTransformer(), TARGETS):
         layer = model.get_submodule(name)
