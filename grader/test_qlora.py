@@ -732,7 +732,7 @@ def test_qlora_computes_the_nf4_base_at_init(QLoRALinear, nf4_works):
     in_features, out_features, r = 1024, 8, 4
     wide = factors(QLoRALinear(make_base(in_features, out_features), r, 8.0), in_features, out_features, r)
     expect_nn_linear_bound_if_uniform(wide.A, f"QLoRALinear(nn.Linear({in_features}, {out_features}), r={r})")
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in FLOATS:  # float16 too: a half path of its own (addmm, a fused kernel) is checked here
         layer, nf4_base = qlora_layer(QLoRALinear, dtype)
         x = torch.randn(4, 3, IN).to(dtype)
         with torch.no_grad():
@@ -746,6 +746,26 @@ def test_qlora_computes_the_nf4_base_at_init(QLoRALinear, nf4_works):
             f"at init ({dtype}) the output differs by {change:.3g} from F.linear(x, dequantized W, b): the base must "
             "be the NF4 weight (not the full-precision one), and B zero"
         )
+        if dtype == torch.float32:
+            continue
+        randomize_factors(layer, std=0.2)  # B no longer zero: the adapter's share in the half dtype, as trained
+        found = factors(layer, IN, OUT, R)
+        with torch.no_grad():
+            y = output(layer.eval(), x)
+            A, B = found.A.double(), found.B.double()
+            base_bias = None if nf4_base.bias is None else nf4_base.bias.double()
+            expected = F.linear(x.double(), nf4_base.weight.double(), base_bias) + SCALING * (x.double() @ A.T) @ B.T
+            base_share = nf4_base(x.float()).double()
+        error = max_difference(y, expected)
+        if error > tolerance(dtype, expected):
+            adapter = expected - base_share
+            ratio = ((y.double() - base_share) * adapter).sum() / adapter.square().sum()
+            assert False, (
+                f"{dtype} QLoRALinear with random factors (eval): expected F.linear(x, W_nf4, b) + scaling (x A^T) B^T "
+                f"to {tolerance(dtype, expected):.3g}, measured off by {error:.3g} (the adapter's share measures "
+                f"{ratio.item() * SCALING:.4g} x B A, expected alpha / r = {SCALING:g} x): a half-precision path of "
+                "its own that scales the base or the adapter wrongly (addmm's beta and alpha swapped)?"
+            )
 
 
 @pytest.mark.points(4)

@@ -278,4 +278,10 @@ WRONG_ANSWERS = [
                              "    def backward(ctx, grad):\n        weight = ctx.layer.weight(ctx.layer.weight_dtype)\n"
                              "        return (grad.to(weight.dtype) @ weight).to(grad.dtype), None, None\n\n\n"
                              "def _names("))),
+    WrongAnswer("fp16 adapter folded in with addmm's beta and alpha swapped", KATA, RESULT,
+                "if x.dtype == torch.float16:\n            rows = x.reshape(-1, x.shape[-1])\n"
+                "            u = F.linear(self.dropout(rows), self.lora_A)\n"
+                "            y = torch.addmm(self.base(rows), u, self.lora_B.T, beta=self.scaling)\n"
+                "            return y.reshape(*x.shape[:-1], y.shape[-1])\n        " + RESULT,
+                "test_qlora_computes_the_nf4_base_at_init", "torch.float16"),
 ]  # fmt: skip
