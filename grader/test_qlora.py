@@ -13,7 +13,7 @@ import types
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy
 import pytest
@@ -190,6 +190,27 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
         if isinstance(value, torch.Tensor) and value.grad_fn is not None:  # a kept output keeps its whole graph
             children.append((value.grad_fn, f"{where}.grad_fn"))
         queue.extend(children)
+
+
+def still_training(root: nn.Module, allowed: Iterable[torch.Tensor] = ()) -> list[str]:
+    """Where ``root`` holds a tensor that requires grad, but for ``allowed`` (the factors): its parameters, its buffers
+    (a bias Parameter registered as a buffer escapes every parameters()-based freeze) and whatever else it keeps alive."""
+    allowed_ids = {id(t) for t in allowed}
+    named = [*root.named_parameters(), *root.named_buffers()]
+    found = {id(t): name for name, t in reversed(named)}
+    for where, tensor in walk_tensors(root):
+        found.setdefault(id(tensor), where)
+    tensors = {id(t): t for _, t in named} | {id(t): t for _, t in walk_tensors(root)}
+    return [found[key] for key, t in tensors.items() if t.requires_grad and t.is_leaf and key not in allowed_ids]
+
+
+def expect_frozen(root: nn.Module, what: str, allowed: Iterable[torch.Tensor] = ()) -> None:
+    """Fail the check unless no tensor ``root`` holds requires grad, but ``allowed``."""
+    loose = still_training(root, allowed)
+    assert not loose, (
+        f"{what}: expected no tensor requiring grad but the factors, measured {loose[:3]} requiring grad: freeze every "
+        "tensor the layer holds, buffers too (register_buffer('bias', base.bias) keeps a Parameter requiring grad)"
+    )
 
 
 def graph_children(node: torch.autograd.graph.Node, where: str) -> list[tuple[object, str]]:
@@ -602,6 +623,7 @@ def test_nf4_linear_keeps_the_bias_as_it_was_and_passes_gradients_to_x(NF4Linear
         f"NF4Linear holds no bias equal to the base's bfloat16 bias (found {[describe(t) for t in biases]}): keep the "
         "bias as it was, not quantized nor converted"
     )
+    expect_frozen(layer, "NF4Linear(a bfloat16 base)")
     layer = NF4Linear(make_base())
     weight = dequantized(layer, OUT, IN, "NF4Linear")
     x = torch.randn(6, IN, requires_grad=True)
@@ -610,6 +632,7 @@ def test_nf4_linear_keeps_the_bias_as_it_was_and_passes_gradients_to_x(NF4Linear
     assert y.requires_grad, "NF4Linear's output does not require grad for an x that does: no torch.no_grad() inside"
     y.backward(upstream)
     assert x.grad is not None, "no gradient reached x through NF4Linear: do not detach x"
+    expect_frozen(layer, "NF4Linear after a backward")
     error = max_difference(x.grad, upstream @ weight)
     assert error <= 1e-5 * (1 + x.grad.abs().max().item()), f"dL/dx through NF4Linear off g W by {error:.3g}"
 
@@ -716,6 +739,7 @@ def test_qlora_stores_the_base_in_nf4_and_trains_two_factors(QLoRALinear, NF4Lin
             f"{max_difference(y, expected):.3g}, expected exactly it (B is zero): the base is that submodule"
         )
         expect_r_alpha_and_scaling(layer, R, ALPHA)
+        expect_frozen(layer, f"QLoRALinear(a {dtype} base)", (found.stored_A, found.stored_B))
         adapter_bytes = sum(t.numel() * t.element_size() for t in trainable(layer))
         expect_only_nf4_storage(layer, OUT, IN, OUT * torch.finfo(dtype).bits // 8, "QLoRALinear", adapter_bytes)
 
@@ -1160,6 +1184,8 @@ def test_apply_qlora_freezes_everything_but_the_factors(apply_qlora, NF4Linear, 
         f"{count} trainable numbers after apply_qlora, expected the factors' {expected} (r (in + out) per adapter): "
         f"trainable are {still[:4]}...; freeze everything else (the temperature, norms, biases, the skipped head)"
     )
+    factor_tensors = [p for m in model.modules() if isinstance(m, QLoRALinear) for p in trainable(m)]
+    expect_frozen(model, "the model after apply_qlora", factor_tensors)
 
 
 @pytest.mark.points(2)

@@ -284,4 +284,7 @@ WRONG_ANSWERS = [
                 "            y = torch.addmm(self.base(rows), u, self.lora_B.T, beta=self.scaling)\n"
                 "            return y.reshape(*x.shape[:-1], y.shape[-1])\n        " + RESULT,
                 "test_qlora_computes_the_nf4_base_at_init", "torch.float16"),
+    WrongAnswer("the bias Parameter registered as a buffer, requiring grad", KATA, BIAS,
+                'self.register_buffer("bias", base.bias)',
+                "test_nf4_linear_keeps_the_bias_as_it_was_and_passes_gradients_to_x", "requiring grad"),
 ]  # fmt: skip
