@@ -193,8 +193,8 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def still_training(root: nn.Module, allowed: Iterable[torch.Tensor] = ()) -> list[str]:
-    """Where ``root`` holds a tensor that requires grad, but for ``allowed`` (the factors): its parameters, its buffers
-    (a bias Parameter registered as a buffer escapes every parameters()-based freeze) and whatever else it keeps alive."""
+    """Where ``root`` holds a tensor that requires grad, but for ``allowed`` (the factors): its parameters, its
+    buffers (a bias Parameter registered as a buffer escapes every parameters()-based freeze) and the rest it keeps."""
     allowed_ids = {id(t) for t in allowed}
     named = [*root.named_parameters(), *root.named_buffers()]
     found = {id(t): name for name, t in reversed(named)}
