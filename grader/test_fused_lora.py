@@ -849,6 +849,24 @@ def test_the_layer_keeps_the_very_base_frozen(FusedLoRALinear):
         f"after editing the base's weight the layer's output differs from base(x) by {change:.3g}: "
         "it computes with a copy; pass the base's own weight and bias to the Function"
     )
+    # A base whose parameters are replaced, not edited (base.weight = nn.Parameter(...), load_state_dict(...,
+    # assign=True), weight tying, to_empty): the layer computes with the base as it is now, not handles taken once.
+    replacements = {
+        "base.weight = nn.Parameter(...)": lambda: setattr(base, "weight", nn.Parameter(base.weight.detach() * 2.0)),
+        "base.load_state_dict(..., assign=True)": lambda: base.load_state_dict(
+            {name: tensor.detach().clone() - 0.5 for name, tensor in base.state_dict().items()}, assign=True
+        ),
+    }
+    for how, replace in replacements.items():
+        replace()
+        base.requires_grad_(False)
+        with torch.no_grad():
+            change = max_difference(output(layer, x), base(x))
+        assert change < 1e-9, (
+            f"after the base's parameters were replaced ({how}) the layer's output differs from base(x) by "
+            f"{change:.3g}, expected 0: it computes with the tensors it took at construction; read self.base.weight "
+            "and self.base.bias at each forward"
+        )
 
 
 @pytest.mark.points(1)

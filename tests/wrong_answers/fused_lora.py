@@ -273,4 +273,9 @@ WRONG_ANSWERS = [
                 "half = g.dtype in (torch.float16, torch.bfloat16) and not (need_A or need_B)\n"
                 "                grad_x = (g @ weight if half else (g @ weight).addmm_(g_B, lora_A)).reshape(ctx.x_shape)",
                 "test_a_step_does_only_the_matrix_work_lora_needs", "the gradient of x is off"),
+    WrongAnswer("the base's parameters taken once at construction", KATA, APPLY,
+                "return FusedLoRAFunction.apply(x, *self.base_tensors, self.lora_A, self.lora_B, self.scaling)",
+                "test_the_layer_keeps_the_very_base_frozen", "replaced",
+                more_edits=(("self.base = base.requires_grad_(False)",
+                             "self.base = base.requires_grad_(False)\n        self.base_tensors = (base.weight, base.bias)"),)),
 ]  # fmt: skip
