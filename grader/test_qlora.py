@@ -806,13 +806,21 @@ def test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight(QLoRALi
     for mode in ("train", "eval"):  # eval mode is no inference: a backward through it gives the same gradients
         for batch, contiguous in QLORA_CALLS:
             expect_lora_output_and_gradients(layer.train(mode == "train"), nf4_base, found, batch, contiguous)
+    for mode in ("train", "eval"):  # serving: eval mode under torch.inference_mode() (a merged weight tempts there)
+        with torch.inference_mode():
+            output(layer.train(mode == "train"), torch.randn(3, IN))
+        with torch.no_grad():
+            output(layer, torch.randn(3, IN))
     forward_left_unanswered(layer, torch.randn(2, IN))
     touched = [where for where, t in walk_tensors(layer) if t.grad is not None and not _is_factor(t, found)]
     assert not touched, f"{touched} received gradients: only A and B train"
     assert all(torch.equal(a, b) for a, b in zip(buffers, layer.buffers(), strict=True)), "a buffer changed in forward"
     adapter_bytes = 2 * sum(t.numel() * t.element_size() for t in trainable(layer))  # the factors and their grads
     bias_bytes = OUT * 4 if bias else 0
-    what = "QLoRALinear after forwards with grad, answered by a backward and not"
+    what = (
+        "QLoRALinear after forwards with grad (answered by a backward and not), under torch.no_grad() and under "
+        "torch.inference_mode(), in train and eval mode"
+    )
     expect_only_nf4_storage(layer, OUT, IN, bias_bytes, what, adapter_bytes)
 
 

@@ -287,4 +287,10 @@ WRONG_ANSWERS = [
     WrongAnswer("the bias Parameter registered as a buffer, requiring grad", KATA, BIAS,
                 'self.register_buffer("bias", base.bias)',
                 "test_nf4_linear_keeps_the_bias_as_it_was_and_passes_gradients_to_x", "requiring grad"),
+    WrongAnswer("a merged weight cached for inference-mode serving", KATA, RESULT,
+                "if torch.is_inference_mode_enabled():\n"
+                "            self._merged = self.base.weight(x.dtype) + self.scaling * (self.lora_B @ self.lora_A).to(x.dtype)\n"
+                "            bias = None if self.base.bias is None else self.base.bias.to(x.dtype)\n"
+                "            return F.linear(x, self._merged, bias)\n        " + RESULT,
+                "test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight", "inference_mode"),
 ]  # fmt: skip
