@@ -278,4 +278,10 @@ WRONG_ANSWERS = [
                 "test_the_layer_keeps_the_very_base_frozen", "replaced",
                 more_edits=(("self.base = base.requires_grad_(False)",
                              "self.base = base.requires_grad_(False)\n        self.base_tensors = (base.weight, base.bias)"),)),
+    WrongAnswer("the weight's gradient always computed, on a worker thread", KATA, GRAD_WEIGHT,
+                "grad_weight = _POOL.submit(lambda: g.T @ rows).result()\n        if not need_weight:\n"
+                "            grad_weight = None",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "another thread",
+                more_edits=((IMPORTS, IMPORTS + "\nfrom concurrent.futures import ThreadPoolExecutor\n\n"
+                             "_POOL = ThreadPoolExecutor(max_workers=2)"),)),
 ]  # fmt: skip
