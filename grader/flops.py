@@ -10,7 +10,9 @@ convolution, costs what it does, and names the work it cannot count: an op it ha
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +91,15 @@ _MOVES = {
 }  # fmt: skip
 # The ways out of torch: whatever numpy or Python computes from them, the dispatcher never sees.
 _EXITS = ("__array__", "numpy", "tolist", "__dlpack__")
+# Where work leaves for another thread, which a dispatch mode (thread-local) does not see: a thread started, a job
+# handed to a pool (a thread already started by a pool made at import time is reached through submit).
+_THREAD_DOORS = (
+    (threading.Thread, "start"),
+    (concurrent.futures.ThreadPoolExecutor, "submit"),
+    (concurrent.futures.ThreadPoolExecutor, "map"),
+    (concurrent.futures.ProcessPoolExecutor, "submit"),
+    (concurrent.futures.ProcessPoolExecutor, "map"),
+)
 
 
 def _does_no_arithmetic(func: Any, args: tuple) -> bool:
@@ -109,8 +120,9 @@ class ArithmeticWork(MatmulFlops):
 
     What it cannot count it names: ``counter.uncounted`` holds each op that ran with no formula here
     (``aten._sparse_addmm``, ``aten._trilinear``, ...), and ``counter.exits`` each way a tensor left torch
-    (``Tensor.numpy``, ``Tensor.__array__``, ``Tensor.tolist``, ``Tensor.__dlpack__``), so that a budget
-    can refuse work it cannot see.
+    (``Tensor.numpy``, ``Tensor.__array__``, ``Tensor.tolist``, ``Tensor.__dlpack__``) or left for another thread,
+    which a dispatch mode (thread-local) does not see (``Thread.start``, ``ThreadPoolExecutor.submit``), so that
+    a budget can refuse work it cannot see.
 
     ``counter.products``, ``counter.elementwise`` and ``counter.reductions`` split ``counter.flops`` into the
     matrix products (and convolutions), the element-wise ops and the reductions, for budgets of each;
@@ -123,16 +135,22 @@ class ArithmeticWork(MatmulFlops):
         self.uncounted: set[str] = set()
         self.exits: set[str] = set()
         self._saved_exits: dict[str, Any] = {}
+        self._saved_doors: list[tuple[type, str, Any]] = []
 
     def __enter__(self) -> ArithmeticWork:
         for name in _EXITS:
             if name in vars(torch.Tensor):
                 self._saved_exits[name] = vars(torch.Tensor)[name]
             setattr(torch.Tensor, name, self._watched_exit(name, getattr(torch.Tensor, name)))
+        self._saved_doors = [(owner, name, vars(owner)[name]) for owner, name in _THREAD_DOORS if name in vars(owner)]
+        for owner, name, method in self._saved_doors:
+            setattr(owner, name, self._watched_exit(f"{owner.__name__}.{name} (work on another thread)", method))
         return super().__enter__()
 
     def __exit__(self, *exc_info: object) -> None:
         super().__exit__(*exc_info)
+        for owner, name, method in self._saved_doors:
+            setattr(owner, name, method)
         for name in _EXITS:  # restore what torch.Tensor itself defined; the C methods of its base show again
             if name in self._saved_exits:
                 setattr(torch.Tensor, name, self._saved_exits.pop(name))
@@ -141,7 +159,7 @@ class ArithmeticWork(MatmulFlops):
 
     def _watched_exit(self, name: str, method: Callable) -> Callable:
         def watched(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            self.exits.add(f"Tensor.{name}")
+            self.exits.add(name if " " in name else f"Tensor.{name}")
             return method(tensor, *args, **kwargs)
 
         return watched

@@ -511,15 +511,19 @@ def counted_step(
     layout: str = "x 2-D, g dense",
     dtype: torch.dtype = torch.float64,
     counting: bool = True,
+    given: list | None = None,
 ):
     """One forward and one backward (``backward(ctx, g)`` called as autograd calls it) of x and g laid out as
     ``layout`` (of STEP_LAYOUTS) says, in ``dtype``, under ArithmeticWork: the counter, what backward returned (a
-    tuple) and the ``needs_input_grad`` it saw (no counter, None, unless ``counting``: the count costs time)."""
+    tuple) and the ``needs_input_grad`` it saw (no counter, None, unless ``counting``: the count costs time). The
+    inputs and g are appended to ``given``, where one is passed."""
     batch_shape, contiguous, gradient = STEP_LAYOUTS[layout]
     shape = batch_shape(rows)
     inputs = function_inputs(in_features, out_features, r, shape, dtype=dtype, contiguous=contiguous)
     inputs = requiring_grad(inputs, trained)
     upstream = gradient((*shape, out_features), dtype)
+    if given is not None:
+        given.append((inputs, upstream))
     with ArithmeticWork() if counting else contextlib.nullcontext() as counter:
         y = apply(FusedLoRAFunction, inputs)
         node = y.grad_fn
@@ -656,14 +660,18 @@ def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
     assert rows not in (in_features, out_features, r), f"grader bug: {size} has as many rows as a factor's side"
     factor_shapes = {"weight": (out_features, in_features), "lora_A": (r, in_features), "lora_B": (out_features, r)}
     for trained, layout, dtype in itertools.product(TRAINABLE_CHOICES, layouts_for(rows), FLOAT_DTYPES):
-        counter, _, _ = counted_step(FusedLoRAFunction, rows, in_features, out_features, r, trained, layout, dtype)
+        given: list = []
+        step = (rows, in_features, out_features, r, trained, layout, dtype)
+        counter, gradients, _ = counted_step(FusedLoRAFunction, *step, given=given)
         regime = f"{layout}, {dtype_name(dtype)}"
         size_in_words = f"{rows} row{'s' * (rows != 1)}, in={in_features}, out={out_features}, r={r}"
+        expect_gradient_values(gradients, *given[0], trained, f"{regime}, {size_in_words}")
         unseen = sorted(counter.uncounted | counter.exits)
         assert not unseen, (
             f"a forward + backward with only {', '.join(trained)} requiring grad, {regime}, ran {', '.join(unseen)}: "
-            "work the grader cannot count (an op with no flop formula here, or values handed to numpy or Python); "
-            "compute with torch's dense ops (mm, addmm, matmul, einsum, element-wise ops)"
+            "work the grader cannot count (an op with no flop formula here, values handed to numpy or Python, or work "
+            "handed to another thread, which the counter does not see); compute with torch's dense ops (mm, addmm, "
+            "matmul, einsum, element-wise ops) on the calling thread"
         )
         unasked = [
             name
@@ -685,6 +693,25 @@ def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
                 f"{frozen_layer / 1e3:.4g}): is a gradient computed that ctx.needs_input_grad does not ask for, or a "
                 "full (out, in) product like g^T x or B A?"
             )
+
+
+def expect_gradient_values(
+    gradients: tuple, inputs: dict[str, torch.Tensor | None], upstream: torch.Tensor, trained: tuple, where: str
+) -> None:
+    """Fail the check unless each gradient backward returned for a trained input is the float64 one (to the dtype's
+    relative tolerance): every choice of trained inputs in every dtype, x alone too (a frozen adapter, saliency)."""
+    exact = requiring_grad(in_float64(inputs), trained)
+    lora_formula(exact).backward(upstream.double())
+    for name, measured in zip(INPUTS, gradients, strict=False):
+        if name not in trained or not isinstance(measured, torch.Tensor) or measured.shape != inputs[name].shape:
+            continue  # a missing or misshapen gradient: test_backward_returns_None_where_no_gradient_is_needed
+        error = relative_error(measured, exact[name].grad)
+        dtype = inputs["x"].dtype
+        assert error <= RELATIVE_TOLERANCE[dtype], (
+            f"the gradient of {name} is off by {error:.3g} (relative, expected <= {RELATIVE_TOLERANCE[dtype]:g}) with "
+            f"only {', '.join(trained)} requiring grad ({where}): expected {GRADIENTS[name]}; is a term computed only "
+            "when another input trains (g_B only for the factors)?"
+        )
 
 
 def work_budgets(
@@ -823,6 +850,24 @@ def test_the_layer_keeps_the_very_base_frozen(FusedLoRALinear):
         f"after editing the base's weight the layer's output differs from base(x) by {change:.3g}: "
         "it computes with a copy; pass the base's own weight and bias to the Function"
     )
+    # A base whose parameters are replaced, not edited (base.weight = nn.Parameter(...), load_state_dict(...,
+    # assign=True), weight tying, to_empty): the layer computes with the base as it is now, not handles taken once.
+    replacements = {
+        "base.weight = nn.Parameter(...)": lambda: setattr(base, "weight", nn.Parameter(base.weight.detach() * 2.0)),
+        "base.load_state_dict(..., assign=True)": lambda: base.load_state_dict(
+            {name: tensor.detach().clone() - 0.5 for name, tensor in base.state_dict().items()}, assign=True
+        ),
+    }
+    for how, replace in replacements.items():
+        replace()
+        base.requires_grad_(False)
+        with torch.no_grad():
+            change = max_difference(output(layer, x), base(x))
+        assert change < 1e-9, (
+            f"after the base's parameters were replaced ({how}) the layer's output differs from base(x) by "
+            f"{change:.3g}, expected 0: it computes with the tensors it took at construction; read self.base.weight "
+            "and self.base.bias at each forward"
+        )
 
 
 @pytest.mark.points(1)

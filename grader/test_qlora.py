@@ -13,7 +13,7 @@ import types
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy
 import pytest
@@ -190,6 +190,27 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
         if isinstance(value, torch.Tensor) and value.grad_fn is not None:  # a kept output keeps its whole graph
             children.append((value.grad_fn, f"{where}.grad_fn"))
         queue.extend(children)
+
+
+def still_training(root: nn.Module, allowed: Iterable[torch.Tensor] = ()) -> list[str]:
+    """Where ``root`` holds a tensor that requires grad, but for ``allowed`` (the factors): its parameters, its
+    buffers (a bias Parameter registered as a buffer escapes every parameters()-based freeze) and the rest it keeps."""
+    allowed_ids = {id(t) for t in allowed}
+    named = [*root.named_parameters(), *root.named_buffers()]
+    found = {id(t): name for name, t in reversed(named)}
+    for where, tensor in walk_tensors(root):
+        found.setdefault(id(tensor), where)
+    tensors = {id(t): t for _, t in named} | {id(t): t for _, t in walk_tensors(root)}
+    return [found[key] for key, t in tensors.items() if t.requires_grad and t.is_leaf and key not in allowed_ids]
+
+
+def expect_frozen(root: nn.Module, what: str, allowed: Iterable[torch.Tensor] = ()) -> None:
+    """Fail the check unless no tensor ``root`` holds requires grad, but ``allowed``."""
+    loose = still_training(root, allowed)
+    assert not loose, (
+        f"{what}: expected no tensor requiring grad but the factors, measured {loose[:3]} requiring grad: freeze every "
+        "tensor the layer holds, buffers too (register_buffer('bias', base.bias) keeps a Parameter requiring grad)"
+    )
 
 
 def graph_children(node: torch.autograd.graph.Node, where: str) -> list[tuple[object, str]]:
@@ -602,6 +623,7 @@ def test_nf4_linear_keeps_the_bias_as_it_was_and_passes_gradients_to_x(NF4Linear
         f"NF4Linear holds no bias equal to the base's bfloat16 bias (found {[describe(t) for t in biases]}): keep the "
         "bias as it was, not quantized nor converted"
     )
+    expect_frozen(layer, "NF4Linear(a bfloat16 base)")
     layer = NF4Linear(make_base())
     weight = dequantized(layer, OUT, IN, "NF4Linear")
     x = torch.randn(6, IN, requires_grad=True)
@@ -610,6 +632,7 @@ def test_nf4_linear_keeps_the_bias_as_it_was_and_passes_gradients_to_x(NF4Linear
     assert y.requires_grad, "NF4Linear's output does not require grad for an x that does: no torch.no_grad() inside"
     y.backward(upstream)
     assert x.grad is not None, "no gradient reached x through NF4Linear: do not detach x"
+    expect_frozen(layer, "NF4Linear after a backward")
     error = max_difference(x.grad, upstream @ weight)
     assert error <= 1e-5 * (1 + x.grad.abs().max().item()), f"dL/dx through NF4Linear off g W by {error:.3g}"
 
@@ -716,6 +739,7 @@ def test_qlora_stores_the_base_in_nf4_and_trains_two_factors(QLoRALinear, NF4Lin
             f"{max_difference(y, expected):.3g}, expected exactly it (B is zero): the base is that submodule"
         )
         expect_r_alpha_and_scaling(layer, R, ALPHA)
+        expect_frozen(layer, f"QLoRALinear(a {dtype} base)", (found.stored_A, found.stored_B))
         adapter_bytes = sum(t.numel() * t.element_size() for t in trainable(layer))
         expect_only_nf4_storage(layer, OUT, IN, OUT * torch.finfo(dtype).bits // 8, "QLoRALinear", adapter_bytes)
 
@@ -732,7 +756,7 @@ def test_qlora_computes_the_nf4_base_at_init(QLoRALinear, nf4_works):
     in_features, out_features, r = 1024, 8, 4
     wide = factors(QLoRALinear(make_base(in_features, out_features), r, 8.0), in_features, out_features, r)
     expect_nn_linear_bound_if_uniform(wide.A, f"QLoRALinear(nn.Linear({in_features}, {out_features}), r={r})")
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in FLOATS:  # float16 too: a half path of its own (addmm, a fused kernel) is checked here
         layer, nf4_base = qlora_layer(QLoRALinear, dtype)
         x = torch.randn(4, 3, IN).to(dtype)
         with torch.no_grad():
@@ -746,6 +770,27 @@ def test_qlora_computes_the_nf4_base_at_init(QLoRALinear, nf4_works):
             f"at init ({dtype}) the output differs by {change:.3g} from F.linear(x, dequantized W, b): the base must "
             "be the NF4 weight (not the full-precision one), and B zero"
         )
+        if dtype == torch.float32:
+            continue
+        randomize_factors(layer, std=0.2)  # B no longer zero: the adapter's share in the half dtype, as trained
+        found = factors(layer, IN, OUT, R)
+        with torch.no_grad():
+            y = output(layer.eval(), x)
+            A, B = found.A.double(), found.B.double()
+            base_bias = None if nf4_base.bias is None else nf4_base.bias.double()
+            expected = F.linear(x.double(), nf4_base.weight.double(), base_bias) + SCALING * (x.double() @ A.T) @ B.T
+            base_share = nf4_base(x.float()).double()
+        error = max_difference(y, expected)
+        if error > tolerance(dtype, expected):
+            adapter = expected - base_share
+            ratio = ((y.double() - base_share) * adapter).sum() / adapter.square().sum()
+            pytest.fail(
+                f"{dtype} QLoRALinear with random factors (eval): expected F.linear(x, W_nf4, b) + scaling (x A^T) B^T "
+                f"to {tolerance(dtype, expected):.3g}, measured off by {error:.3g} (the adapter's share measures "
+                f"{ratio.item() * SCALING:.4g} x B A, expected alpha / r = {SCALING:g} x): a half-precision path of "
+                "its own that scales the base or the adapter wrongly (addmm's beta and alpha swapped)?",
+                pytrace=False,
+            )
 
 
 @pytest.mark.points(4)
@@ -761,13 +806,21 @@ def test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight(QLoRALi
     for mode in ("train", "eval"):  # eval mode is no inference: a backward through it gives the same gradients
         for batch, contiguous in QLORA_CALLS:
             expect_lora_output_and_gradients(layer.train(mode == "train"), nf4_base, found, batch, contiguous)
+    for mode in ("train", "eval"):  # serving: eval mode under torch.inference_mode() (a merged weight tempts there)
+        with torch.inference_mode():
+            output(layer.train(mode == "train"), torch.randn(3, IN))
+        with torch.no_grad():
+            output(layer, torch.randn(3, IN))
     forward_left_unanswered(layer, torch.randn(2, IN))
     touched = [where for where, t in walk_tensors(layer) if t.grad is not None and not _is_factor(t, found)]
     assert not touched, f"{touched} received gradients: only A and B train"
     assert all(torch.equal(a, b) for a, b in zip(buffers, layer.buffers(), strict=True)), "a buffer changed in forward"
     adapter_bytes = 2 * sum(t.numel() * t.element_size() for t in trainable(layer))  # the factors and their grads
     bias_bytes = OUT * 4 if bias else 0
-    what = "QLoRALinear after forwards with grad, answered by a backward and not"
+    what = (
+        "QLoRALinear after forwards with grad (answered by a backward and not), under torch.no_grad() and under "
+        "torch.inference_mode(), in train and eval mode"
+    )
     expect_only_nf4_storage(layer, OUT, IN, bias_bytes, what, adapter_bytes)
 
 
@@ -1139,6 +1192,8 @@ def test_apply_qlora_freezes_everything_but_the_factors(apply_qlora, NF4Linear, 
         f"{count} trainable numbers after apply_qlora, expected the factors' {expected} (r (in + out) per adapter): "
         f"trainable are {still[:4]}...; freeze everything else (the temperature, norms, biases, the skipped head)"
     )
+    factor_tensors = [p for m in model.modules() if isinstance(m, QLoRALinear) for p in trainable(m)]
+    expect_frozen(model, "the model after apply_qlora", factor_tensors)
 
 
 @pytest.mark.points(2)

@@ -269,4 +269,19 @@ WRONG_ANSWERS = [
     WrongAnswer("a zero bias made on the default device for a bias-free base", KATA, BASE_PRODUCT,
                 "y = torch.addmm(torch.zeros(weight.shape[0], dtype=x.dtype) if bias is None else bias, rows, weight.T)",
                 "test_forward_and_backward_create_nothing_on_the_default_device", "a tensor made without a device"),
+    WrongAnswer("half precision, x only: the adapter's share left out of dL/dx", KATA, GRAD_X,
+                "half = g.dtype in (torch.float16, torch.bfloat16) and not (need_A or need_B)\n"
+                "                grad_x = (g @ weight if half else (g @ weight).addmm_(g_B, lora_A)).reshape(ctx.x_shape)",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "the gradient of x is off"),
+    WrongAnswer("the base's parameters taken once at construction", KATA, APPLY,
+                "return FusedLoRAFunction.apply(x, *self.base_tensors, self.lora_A, self.lora_B, self.scaling)",
+                "test_the_layer_keeps_the_very_base_frozen", "replaced",
+                more_edits=(("self.base = base.requires_grad_(False)",
+                             "self.base = base.requires_grad_(False)\n        self.base_tensors = (base.weight, base.bias)"),)),
+    WrongAnswer("the weight's gradient always computed, on a worker thread", KATA, GRAD_WEIGHT,
+                "grad_weight = _POOL.submit(lambda: g.T @ rows).result()\n        if not need_weight:\n"
+                "            grad_weight = None",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "another thread",
+                more_edits=((IMPORTS, IMPORTS + "\nfrom concurrent.futures import ThreadPoolExecutor\n\n"
+                             "_POOL = ThreadPoolExecutor(max_workers=2)"),)),
 ]  # fmt: skip

@@ -278,4 +278,19 @@ WRONG_ANSWERS = [
                              "    def backward(ctx, grad):\n        weight = ctx.layer.weight(ctx.layer.weight_dtype)\n"
                              "        return (grad.to(weight.dtype) @ weight).to(grad.dtype), None, None\n\n\n"
                              "def _names("))),
+    WrongAnswer("fp16 adapter folded in with addmm's beta and alpha swapped", KATA, RESULT,
+                "if x.dtype == torch.float16:\n            rows = x.reshape(-1, x.shape[-1])\n"
+                "            u = F.linear(self.dropout(rows), self.lora_A)\n"
+                "            y = torch.addmm(self.base(rows), u, self.lora_B.T, beta=self.scaling)\n"
+                "            return y.reshape(*x.shape[:-1], y.shape[-1])\n        " + RESULT,
+                "test_qlora_computes_the_nf4_base_at_init", "torch.float16"),
+    WrongAnswer("the bias Parameter registered as a buffer, requiring grad", KATA, BIAS,
+                'self.register_buffer("bias", base.bias)',
+                "test_nf4_linear_keeps_the_bias_as_it_was_and_passes_gradients_to_x", "requiring grad"),
+    WrongAnswer("a merged weight cached for inference-mode serving", KATA, RESULT,
+                "if torch.is_inference_mode_enabled():\n"
+                "            self._merged = self.base.weight(x.dtype) + self.scaling * (self.lora_B @ self.lora_A).to(x.dtype)\n"
+                "            bias = None if self.base.bias is None else self.base.bias.to(x.dtype)\n"
+                "            return F.linear(x, self._merged, bias)\n        " + RESULT,
+                "test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight", "inference_mode"),
 ]  # fmt: skip
