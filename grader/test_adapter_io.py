@@ -414,12 +414,26 @@ MATCHING = "a list entry matches a name equal to it or ending with '.' + entry, 
 def expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, oracle, directory, what) -> None:
     """Load peft's files in ``directory`` into ``model`` and fail the check unless the adapters sit on the layers
     peft adapted (``oracle``) and the model computes what peft's does. ``what`` says what the files hold."""
+    modes = {name: module.training for name, module in model.named_modules()}
     loaded(load_adapter, model, directory, f"{kind}, {what}, peft's own files")
     found, wanted = sorted(adapters_in(model, LoRALinear, LoRAConv1D)), sorted(peft_layers(oracle))
     wrong, missed = sorted(set(found) - set(wanted)), sorted(set(wanted) - set(found))
     assert not wrong and not missed, (
         f"{kind}, {what}: load_adapter adapted {len(found)} layers, peft {len(wanted)}: wrongly {wrong[:2]}, missed "
         f"{missed[:2]}: adapt what target_modules names as peft does ({MATCHING}), with the package's own layers"
+    )
+    # The checks below put the model in eval mode before each forward; a new layer must not wait for that.
+    astray = sorted(
+        f"{name}.{inner}".rstrip(".")
+        for name in found
+        for inner, module in model.get_submodule(name).named_modules()
+        if module.training != modes[name]
+    )
+    assert not astray, (
+        f"{kind}, {what}: after load_adapter on a model in {'train' if model.training else 'eval'} mode, "
+        f"{astray[:2]} ({len(astray)} in all) are left in the other mode, expected the mode of the layer each "
+        "replaces: a new module starts in train mode (its lora_dropout then drops inputs in an eval-mode model); "
+        "give it the replaced layer's mode (layer.train(module.training))"
     )
     error = max_difference(outputs(kind, model), outputs(kind, oracle))
     assert error < 1e-5, (

@@ -225,4 +225,7 @@ WRONG_ANSWERS = [
     WrongAnswer("target_modules the qualified names even where an entry matches an unadapted layer", KATA,
                 '"target_modules": _targets(model, sorted(layers)),', '"target_modules": sorted(layers),',
                 "test_config_says_lora_r_alpha_and_exactly_the_targets", "a list entry also matches"),
+    WrongAnswer("new layers left in train mode on an eval-mode model", KATA,
+                "        model.get_submodule(name).train(training)  # a new layer", "        pass  # a new layer",
+                "test_uses_the_configs_lora_dropout_0_when_absent", "are left in the other mode"),
 ]  # fmt: skip
