@@ -1119,6 +1119,13 @@ def test_merge_in_train_mode_ignores_dropout(MultiLoRALinear):
         f"after merge() in train mode with dropout=0.5 the weight is off by {error:.3g}: compute scaling * B @ A from "
         "the factors, not from a forward pass (dropout is random in train mode)"
     )
+    x = torch.randn(64, IN, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        error = max_difference(layer(x), base(x))  # still in train mode, dropout 0.5
+    assert error < 1e-9, (
+        f"a merged layer in train mode with dropout=0.5: forward differs from base(x) by {error:.3g}, expected "
+        "y = base(x) (the update is in the weight): a merged adapter's branch, dropout included, is not run"
+    )
 
 
 @pytest.mark.points(2)

@@ -480,4 +480,11 @@ WRONG_ANSWERS = [
                 "the adapters are {', '.join(map(repr, list(self.lora_A)[:8]))}"
                 "{', ...' if len(self.lora_A) > 8 else ''}",
                 "test_unknown_names_are_value_errors_naming_the_known_adapters", "does not name the adapters"),
+    WrongAnswer("merged forward in train mode adds s B A (dropout(x) - x)", KATA,
+                "        if name is None or self._disabled or self._merged:\n            return self.base(x)\n",
+                "        if name is None or self._disabled:\n            return self.base(x)\n"
+                "        if self._merged:\n"
+                "            h = self.lora_dropout[name](x) - x\n"
+                "            return self.base(x) + F.linear(F.linear(h, self.lora_A[name]) * self.scaling[name], self.lora_B[name])\n",
+                "test_merge_in_train_mode_ignores_dropout", "merged layer in train mode"),
 ]  # fmt: skip
