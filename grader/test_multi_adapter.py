@@ -1086,6 +1086,25 @@ def test_merge_folds_the_active_adapter_into_the_very_base_weight(MultiLoRALinea
     if max_difference(after, before + x @ d_sql.T) < 1e-9:
         cause = ": it adds sql's update on top of the merged weight; on a merged layer forward computes the base alone"
     assert error < 1e-9, f"{when}, the output changed by {error:.3g}{cause}"
+    # The base's Parameter replaced between calls (a model built on the meta device, then loaded): merge and unmerge
+    # write the Parameter base.weight is when they run, not the one it was when the layer was built.
+    layer.unmerge()
+    W1 = W0 + torch.randn_like(W0)
+    state = {"weight": W1.to(base.weight.dtype, copy=True), "bias": base.bias.detach().clone()}
+    base.load_state_dict(state, assign=True)
+    base.requires_grad_(False)
+    layer.merge()
+    when = "after base.load_state_dict(..., assign=True) (a new weight Parameter W1) and merge()"
+    expect_weight(base, W1 + d_sql, when, {
+        "the new weight did not change: merge the Parameter base.weight is now, not one held since the layer was "
+        "built (read self.base.weight at each call)": W1,
+    })  # fmt: skip
+    error = max_difference(computed(layer, x), x @ (W1 + d_sql).T + base.bias.detach().double())
+    assert error < 1e-9, f"{when}, the output differs by {error:.3g} from the merged layer's x @ (W1 + s B A).T + b"
+    layer.unmerge()
+    expect_weight(base, W1, f"{when} and unmerge()", {
+        "the new weight still holds sql's update: unmerge the Parameter base.weight is now": W1 + d_sql,
+    })  # fmt: skip
 
 
 @pytest.mark.points(1)

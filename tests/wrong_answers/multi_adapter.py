@@ -487,4 +487,10 @@ WRONG_ANSWERS = [
                 "            h = self.lora_dropout[name](x) - x\n"
                 "            return self.base(x) + F.linear(F.linear(h, self.lora_A[name]) * self.scaling[name], self.lora_B[name])\n",
                 "test_merge_in_train_mode_ignores_dropout", "merged layer in train mode"),
+    WrongAnswer("base.weight cached at construction, merge writes a Parameter the base no longer holds", KATA,
+                "        self.base = base.requires_grad_(False)\n",
+                "        self.base = base.requires_grad_(False)\n        self._weight = base.weight\n",
+                "test_merge_folds_the_active_adapter_into_the_very_base_weight", "load_state_dict(..., assign=True)",
+                more_edits=(("        weight = self.base.weight\n        merged", "        weight = self._weight\n        merged"),
+                            ("        weight = self.base.weight\n        while", "        weight = self._weight\n        while"))),
 ]  # fmt: skip
