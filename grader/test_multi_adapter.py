@@ -1330,13 +1330,25 @@ MERGES = {"merge()": False, "merge(safe=True)": True}  # a safe merge sums as me
 @pytest.mark.points(1)
 @pytest.mark.parametrize("unmerging", UNMERGING)
 @pytest.mark.parametrize("merging", MERGES)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_half_precision_merge_and_unmerge_accumulate_in_float32(MultiLoRALinear, dtype, merging, unmerging):
+@pytest.mark.parametrize(
+    ("dtype", "moves"),
+    [(torch.bfloat16, ()), (torch.float16, ()), (torch.bfloat16, (torch.bfloat16,)),
+     (torch.float16, (torch.bfloat16, torch.float64, torch.float16))],
+    ids=["bfloat16", "float16", "float64 moved to bfloat16", "float64 moved to bfloat16, float64, float16"],
+)  # fmt: skip
+def test_half_precision_merge_and_unmerge_accumulate_in_float32(MultiLoRALinear, dtype, moves, merging, unmerging):
     in_features, out_features, _ = PRECISION_SHAPE
     r, alpha = UNROUNDED_R, UNROUNDED_ALPHA  # scaling 10 / 3, which no half dtype holds: one rounded to it shows
-    base, layer = make(MultiLoRALinear, dtype=dtype, in_features=in_features, out_features=out_features)
+    built = torch.float64 if moves else dtype  # moved by layer.to() while it holds its adapters
+    base, layer = make(MultiLoRALinear, dtype=built, in_features=in_features, out_features=out_features)
     sql = add(layer, "sql", r=r, alpha=alpha, in_features=in_features, out_features=out_features)
     add(layer, "chat", r=CHAT_RANK, in_features=in_features, out_features=out_features)
+    for move in moves:
+        layer.to(move)
+    assert sql.tensors[0].dtype == dtype, (
+        f"after layer.to({dtype}) of a layer holding adapters, the factors are {sql.tensors[0].dtype}: register them "
+        "as nn.Parameters (in an nn.ParameterDict) so that .to() moves them with the base"
+    )
     sql.randomize(std=0.2)
     W0, delta = base.weight.detach().double().clone(), sql.delta()
     half_scaling = torch.tensor(alpha / r, dtype=dtype).double()  # alpha / r rounded to the weight's dtype
@@ -1354,7 +1366,8 @@ def test_half_precision_merge_and_unmerge_accumulate_in_float32(MultiLoRALinear,
         "once: "
         + (f"the update was rounded to {dtype} before the sum: " if twice < min(off, scaled_in_half) else "")
         + (
-            f"the scaling alpha / r was rounded to {dtype} (weight.new_tensor(scaling)?), keep it a Python float: "
+            f"the scaling alpha / r was rounded to {dtype} (weight.new_tensor(scaling)? a buffer cast by layer.to()?), "
+            "keep it a Python float: "
             if scaled_in_half < min(off, twice)
             else ""
         )

@@ -493,4 +493,12 @@ WRONG_ANSWERS = [
                 "test_merge_folds_the_active_adapter_into_the_very_base_weight", "load_state_dict(..., assign=True)",
                 more_edits=(("        weight = self.base.weight\n        merged", "        weight = self._weight\n        merged"),
                             ("        weight = self.base.weight\n        while", "        weight = self._weight\n        while"))),
+    WrongAnswer("scaling kept as a float64 buffer, cast by layer.to()", KATA,
+                "        self.scaling[name] = alpha / r\n",
+                "        self.scaling[name] = alpha / r\n"
+                '        self.register_buffer(f"scaling_{name}", torch.tensor(alpha / r, dtype=torch.float64))\n',
+                "test_half_precision_merge_and_unmerge_accumulate_in_float32", "a buffer cast by layer.to()",
+                more_edits=(("self.lora_A[name]) * self.scaling[name]", 'self.lora_A[name]) * getattr(self, f"scaling_{name}").item()'),
+                            ("self.lora_A[name].to(accumulate)) * self.scaling[name]",
+                             'self.lora_A[name].to(accumulate)) * getattr(self, f"scaling_{name}").item()'))),
 ]  # fmt: skip
