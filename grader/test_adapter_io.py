@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,13 +62,17 @@ CONFIG, WEIGHTS, PREFIX = "adapter_config.json", "adapter_model.safetensors", "b
 SAVE_EMBEDDINGS = False  # peft saves a tied lm_head's weight beside its factors unless told not to: adapters only
 
 
-NESTED_TARGETS = ["0", "1.1"]  # adapted; "1.0" is not, though the list entry "0" matches it (it ends with ".0")
+# Adapted; "1.0" is not, though the list entry "0" matches it (it ends with ".0"); nor is "x_y", which "x.y" read as
+# a regex (its dot unescaped) fullmatches.
+NESTED_TARGETS = ["0", "1.1", "x.y"]
 
 
 def plain(kind: str) -> nn.Module:
     if kind == "nested":  # top-level layer "0" beside an unadapted "1.0": no list of names says "0" alone
         torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(8, 12), nn.Sequential(nn.Linear(12, 12), nn.Linear(12, 6))).eval()
+        layers = {"0": nn.Linear(8, 12), "1": nn.Sequential(nn.Linear(12, 12), nn.Linear(12, 6))}
+        layers |= {"x_y": nn.Linear(6, 6), "x": nn.ModuleDict({"y": nn.Linear(6, 6)})}  # "x.y" beside "x_y"
+        return nn.Sequential(OrderedDict(layers)).eval()
     if kind == "llama":
         return tiny_llama()
     if kind == "gpt2":  # a subclass of a kind of layer is one: peft adapts them, a test of type(m) is skips them
@@ -321,6 +326,8 @@ def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALine
             f"a list entry also matches every name ending with '.' + entry ({wrong[0]!r}): where no list says "
             "exactly the adapted layers, write a str, a regex peft fullmatches (re.escape each name, join with |)"
             if wrong and not missed and any(w.endswith("." + t) for w in wrong for t in layers)
+            else "a str is a regex: re.escape each name (a '.' unescaped matches any character), join with |"
+            if isinstance(targets, str) and wrong and not missed
             else "list the adapted layers' qualified names"
         )
     )

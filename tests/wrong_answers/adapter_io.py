@@ -228,4 +228,7 @@ WRONG_ANSWERS = [
     WrongAnswer("new layers left in train mode on an eval-mode model", KATA,
                 "        model.get_submodule(name).train(training)  # a new layer", "        pass  # a new layer",
                 "test_uses_the_configs_lora_dropout_0_when_absent", "are left in the other mode"),
+    WrongAnswer("target_modules str of the names unescaped (a dot matches any character)", KATA,
+                '    return "|".join(re.escape(name) for name in names)', '    return "|".join(names)',
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "re.escape each name"),
 ]  # fmt: skip
