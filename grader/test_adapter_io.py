@@ -841,19 +841,24 @@ def expect_as_it_was(model: nn.Module, before: tuple[dict, dict, dict], what: st
     assert not flipped, f"{what}: the refused load changed requires_grad of {flipped[:2]}: check everything first"
 
 
-LAYER_PATTERNS = {  # peft's per-layer alpha or r (keys: patterns of layer names): honoured or refused, never ignored
-    "alpha_pattern": {"fc1": 1.0},
-    "rank_pattern": {"fc1": 2},
+# peft's per-layer alpha or r: honoured (as peft does: a key is a regex, re.match(rf"(.*\.)?({key})$", name), the
+# first matching key in the config's order wins) or refused, never ignored.
+LAYER_PATTERNS = {
+    "alpha_pattern": ("alpha_pattern", {"fc1": 1.0}),
+    "alpha_pattern, a regex key": ("alpha_pattern", {r"layers\.1\.mlp\.fc1": 1.0}),
+    "alpha_pattern, two keys for one layer": ("alpha_pattern", {"fc1": 1.0, r"layers\.1\.mlp\.fc1": 4.0}),
+    "rank_pattern": ("rank_pattern", {"fc1": 2}),
 }
 
 
 @pytest.mark.points(1)
 @pytest.mark.subject("load_adapter")
-@pytest.mark.parametrize("option", list(LAYER_PATTERNS))
-def test_a_per_layer_pattern_is_honoured_or_refused(load_adapter, LoRALinear, LoRAConv1D, option, tmp_path):
-    model, oracle = peft_saved("toy", tmp_path, **{option: LAYER_PATTERNS[option]})
+@pytest.mark.parametrize("case", list(LAYER_PATTERNS))
+def test_a_per_layer_pattern_is_honoured_or_refused(load_adapter, LoRALinear, LoRAConv1D, case, tmp_path):
+    option, pattern = LAYER_PATTERNS[case]
+    model, oracle = peft_saved("toy", tmp_path, **{option: pattern})
     before = snapshot(model)
-    what = f"toy, peft's files with {option}={LAYER_PATTERNS[option]}"
+    what = f"toy, {case}: peft's files with {option}={pattern}"
     try:
         load_adapter(model, tmp_path)
     except NotImplementedError:
@@ -868,5 +873,6 @@ def test_a_per_layer_pattern_is_honoured_or_refused(load_adapter, LoRALinear, Lo
         f"{what}: load_adapter accepted them and the outputs differ from peft's by {error:.3g}: the {option} gives "
         "the layers it names their own "
         + ("lora_alpha" if option == "alpha_pattern" else "r")
-        + ": honour it per layer, or raise ValueError before touching the model; never load it with one alpha and r"
+        + " (each key a regex peft re.matches as (.*\\.)?(key)$, the first matching key in order wins): honour it "
+        "per layer, or raise ValueError before touching the model; never load it with one alpha and r"
     )
