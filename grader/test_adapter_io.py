@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,13 +62,17 @@ CONFIG, WEIGHTS, PREFIX = "adapter_config.json", "adapter_model.safetensors", "b
 SAVE_EMBEDDINGS = False  # peft saves a tied lm_head's weight beside its factors unless told not to: adapters only
 
 
-NESTED_TARGETS = ["0", "1.1"]  # adapted; "1.0" is not, though the list entry "0" matches it (it ends with ".0")
+# Adapted; "1.0" is not, though the list entry "0" matches it (it ends with ".0"); nor is "x_y", which "x.y" read as
+# a regex (its dot unescaped) fullmatches.
+NESTED_TARGETS = ["0", "1.1", "x.y"]
 
 
 def plain(kind: str) -> nn.Module:
     if kind == "nested":  # top-level layer "0" beside an unadapted "1.0": no list of names says "0" alone
         torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(8, 12), nn.Sequential(nn.Linear(12, 12), nn.Linear(12, 6))).eval()
+        layers = {"0": nn.Linear(8, 12), "1": nn.Sequential(nn.Linear(12, 12), nn.Linear(12, 6))}
+        layers |= {"x_y": nn.Linear(6, 6), "x": nn.ModuleDict({"y": nn.Linear(6, 6)})}  # "x.y" beside "x_y"
+        return nn.Sequential(OrderedDict(layers)).eval()
     if kind == "llama":
         return tiny_llama()
     if kind == "gpt2":  # a subclass of a kind of layer is one: peft adapts them, a test of type(m) is skips them
@@ -321,6 +326,8 @@ def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALine
             f"a list entry also matches every name ending with '.' + entry ({wrong[0]!r}): where no list says "
             "exactly the adapted layers, write a str, a regex peft fullmatches (re.escape each name, join with |)"
             if wrong and not missed and any(w.endswith("." + t) for w in wrong for t in layers)
+            else "a str is a regex: re.escape each name (a '.' unescaped matches any character), join with |"
+            if isinstance(targets, str) and wrong and not missed
             else "list the adapted layers' qualified names"
         )
     )
@@ -414,12 +421,26 @@ MATCHING = "a list entry matches a name equal to it or ending with '.' + entry, 
 def expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, oracle, directory, what) -> None:
     """Load peft's files in ``directory`` into ``model`` and fail the check unless the adapters sit on the layers
     peft adapted (``oracle``) and the model computes what peft's does. ``what`` says what the files hold."""
+    modes = {name: module.training for name, module in model.named_modules()}
     loaded(load_adapter, model, directory, f"{kind}, {what}, peft's own files")
     found, wanted = sorted(adapters_in(model, LoRALinear, LoRAConv1D)), sorted(peft_layers(oracle))
     wrong, missed = sorted(set(found) - set(wanted)), sorted(set(wanted) - set(found))
     assert not wrong and not missed, (
         f"{kind}, {what}: load_adapter adapted {len(found)} layers, peft {len(wanted)}: wrongly {wrong[:2]}, missed "
         f"{missed[:2]}: adapt what target_modules names as peft does ({MATCHING}), with the package's own layers"
+    )
+    # The checks below put the model in eval mode before each forward; a new layer must not wait for that.
+    astray = sorted(
+        f"{name}.{inner}".rstrip(".")
+        for name in found
+        for inner, module in model.get_submodule(name).named_modules()
+        if module.training != modes[name]
+    )
+    assert not astray, (
+        f"{kind}, {what}: after load_adapter on a model in {'train' if model.training else 'eval'} mode, "
+        f"{astray[:2]} ({len(astray)} in all) are left in the other mode, expected the mode of the layer each "
+        "replaces: a new module starts in train mode (its lora_dropout then drops inputs in an eval-mode model); "
+        "give it the replaced layer's mode (layer.train(module.training))"
     )
     error = max_difference(outputs(kind, model), outputs(kind, oracle))
     assert error < 1e-5, (
@@ -820,19 +841,24 @@ def expect_as_it_was(model: nn.Module, before: tuple[dict, dict, dict], what: st
     assert not flipped, f"{what}: the refused load changed requires_grad of {flipped[:2]}: check everything first"
 
 
-LAYER_PATTERNS = {  # peft's per-layer alpha or r (keys: patterns of layer names): honoured or refused, never ignored
-    "alpha_pattern": {"fc1": 1.0},
-    "rank_pattern": {"fc1": 2},
+# peft's per-layer alpha or r: honoured (as peft does: a key is a regex, re.match(rf"(.*\.)?({key})$", name), the
+# first matching key in the config's order wins) or refused, never ignored.
+LAYER_PATTERNS = {
+    "alpha_pattern": ("alpha_pattern", {"fc1": 1.0}),
+    "alpha_pattern, a regex key": ("alpha_pattern", {r"layers\.1\.mlp\.fc1": 1.0}),
+    "alpha_pattern, two keys for one layer": ("alpha_pattern", {"fc1": 1.0, r"layers\.1\.mlp\.fc1": 4.0}),
+    "rank_pattern": ("rank_pattern", {"fc1": 2}),
 }
 
 
 @pytest.mark.points(1)
 @pytest.mark.subject("load_adapter")
-@pytest.mark.parametrize("option", list(LAYER_PATTERNS))
-def test_a_per_layer_pattern_is_honoured_or_refused(load_adapter, LoRALinear, LoRAConv1D, option, tmp_path):
-    model, oracle = peft_saved("toy", tmp_path, **{option: LAYER_PATTERNS[option]})
+@pytest.mark.parametrize("case", list(LAYER_PATTERNS))
+def test_a_per_layer_pattern_is_honoured_or_refused(load_adapter, LoRALinear, LoRAConv1D, case, tmp_path):
+    option, pattern = LAYER_PATTERNS[case]
+    model, oracle = peft_saved("toy", tmp_path, **{option: pattern})
     before = snapshot(model)
-    what = f"toy, peft's files with {option}={LAYER_PATTERNS[option]}"
+    what = f"toy, {case}: peft's files with {option}={pattern}"
     try:
         load_adapter(model, tmp_path)
     except NotImplementedError:
@@ -847,5 +873,6 @@ def test_a_per_layer_pattern_is_honoured_or_refused(load_adapter, LoRALinear, Lo
         f"{what}: load_adapter accepted them and the outputs differ from peft's by {error:.3g}: the {option} gives "
         "the layers it names their own "
         + ("lora_alpha" if option == "alpha_pattern" else "r")
-        + ": honour it per layer, or raise ValueError before touching the model; never load it with one alpha and r"
+        + " (each key a regex peft re.matches as (.*\\.)?(key)$, the first matching key in order wins): honour it "
+        "per layer, or raise ValueError before touching the model; never load it with one alpha and r"
     )

@@ -1086,6 +1086,25 @@ def test_merge_folds_the_active_adapter_into_the_very_base_weight(MultiLoRALinea
     if max_difference(after, before + x @ d_sql.T) < 1e-9:
         cause = ": it adds sql's update on top of the merged weight; on a merged layer forward computes the base alone"
     assert error < 1e-9, f"{when}, the output changed by {error:.3g}{cause}"
+    # The base's Parameter replaced between calls (a model built on the meta device, then loaded): merge and unmerge
+    # write the Parameter base.weight is when they run, not the one it was when the layer was built.
+    layer.unmerge()
+    W1 = W0 + torch.randn_like(W0)
+    state = {"weight": W1.to(base.weight.dtype, copy=True), "bias": base.bias.detach().clone()}
+    base.load_state_dict(state, assign=True)
+    base.requires_grad_(False)
+    layer.merge()
+    when = "after base.load_state_dict(..., assign=True) (a new weight Parameter W1) and merge()"
+    expect_weight(base, W1 + d_sql, when, {
+        "the new weight did not change: merge the Parameter base.weight is now, not one held since the layer was "
+        "built (read self.base.weight at each call)": W1,
+    })  # fmt: skip
+    error = max_difference(computed(layer, x), x @ (W1 + d_sql).T + base.bias.detach().double())
+    assert error < 1e-9, f"{when}, the output differs by {error:.3g} from the merged layer's x @ (W1 + s B A).T + b"
+    layer.unmerge()
+    expect_weight(base, W1, f"{when} and unmerge()", {
+        "the new weight still holds sql's update: unmerge the Parameter base.weight is now": W1 + d_sql,
+    })  # fmt: skip
 
 
 @pytest.mark.points(1)
@@ -1118,6 +1137,13 @@ def test_merge_in_train_mode_ignores_dropout(MultiLoRALinear):
     assert error < 1e-9, (
         f"after merge() in train mode with dropout=0.5 the weight is off by {error:.3g}: compute scaling * B @ A from "
         "the factors, not from a forward pass (dropout is random in train mode)"
+    )
+    x = torch.randn(64, IN, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        error = max_difference(layer(x), base(x))  # still in train mode, dropout 0.5
+    assert error < 1e-9, (
+        f"a merged layer in train mode with dropout=0.5: forward differs from base(x) by {error:.3g}, expected "
+        "y = base(x) (the update is in the weight): a merged adapter's branch, dropout included, is not run"
     )
 
 
@@ -1304,13 +1330,25 @@ MERGES = {"merge()": False, "merge(safe=True)": True}  # a safe merge sums as me
 @pytest.mark.points(1)
 @pytest.mark.parametrize("unmerging", UNMERGING)
 @pytest.mark.parametrize("merging", MERGES)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_half_precision_merge_and_unmerge_accumulate_in_float32(MultiLoRALinear, dtype, merging, unmerging):
+@pytest.mark.parametrize(
+    ("dtype", "moves"),
+    [(torch.bfloat16, ()), (torch.float16, ()), (torch.bfloat16, (torch.bfloat16,)),
+     (torch.float16, (torch.bfloat16, torch.float64, torch.float16))],
+    ids=["bfloat16", "float16", "float64 moved to bfloat16", "float64 moved to bfloat16, float64, float16"],
+)  # fmt: skip
+def test_half_precision_merge_and_unmerge_accumulate_in_float32(MultiLoRALinear, dtype, moves, merging, unmerging):
     in_features, out_features, _ = PRECISION_SHAPE
     r, alpha = UNROUNDED_R, UNROUNDED_ALPHA  # scaling 10 / 3, which no half dtype holds: one rounded to it shows
-    base, layer = make(MultiLoRALinear, dtype=dtype, in_features=in_features, out_features=out_features)
+    built = torch.float64 if moves else dtype  # moved by layer.to() while it holds its adapters
+    base, layer = make(MultiLoRALinear, dtype=built, in_features=in_features, out_features=out_features)
     sql = add(layer, "sql", r=r, alpha=alpha, in_features=in_features, out_features=out_features)
     add(layer, "chat", r=CHAT_RANK, in_features=in_features, out_features=out_features)
+    for move in moves:
+        layer.to(move)
+    assert sql.tensors[0].dtype == dtype, (
+        f"after layer.to({dtype}) of a layer holding adapters, the factors are {sql.tensors[0].dtype}: register them "
+        "as nn.Parameters (in an nn.ParameterDict) so that .to() moves them with the base"
+    )
     sql.randomize(std=0.2)
     W0, delta = base.weight.detach().double().clone(), sql.delta()
     half_scaling = torch.tensor(alpha / r, dtype=dtype).double()  # alpha / r rounded to the weight's dtype
@@ -1328,7 +1366,8 @@ def test_half_precision_merge_and_unmerge_accumulate_in_float32(MultiLoRALinear,
         "once: "
         + (f"the update was rounded to {dtype} before the sum: " if twice < min(off, scaled_in_half) else "")
         + (
-            f"the scaling alpha / r was rounded to {dtype} (weight.new_tensor(scaling)?), keep it a Python float: "
+            f"the scaling alpha / r was rounded to {dtype} (weight.new_tensor(scaling)? a buffer cast by layer.to()?), "
+            "keep it a Python float: "
             if scaled_in_half < min(off, twice)
             else ""
         )

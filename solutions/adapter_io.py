@@ -98,7 +98,10 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     for key, shape in expected.items():
         if tuple(tensors[key].shape) != shape:
             raise ValueError(f"load_adapter: {key} is {tuple(tensors[key].shape)} in the file, the model needs {shape}")
+    modes = {name: module.training for name, module in targets.items()}
     apply_lora_gpt2(model, list(targets), r=r, alpha=alpha, dropout=float(config.get("lora_dropout") or 0.0))
+    for name, training in modes.items():
+        model.get_submodule(name).train(training)  # a new layer takes the mode of the one it replaces
     with torch.no_grad():
         for name in targets:
             A, B = factor_views(model.get_submodule(name))

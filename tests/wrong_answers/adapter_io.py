@@ -14,6 +14,14 @@ APPLY = (
 )
 COPY_B = '            B.copy_(tensors[f"{PREFIX}{name}.lora_B.weight"])\n'
 CHECK = "    _check_config(config)\n"
+HONOUR_ALPHA = (  # a per-layer lora_alpha set on each adapted layer whose name a key matches ({match}), no break
+    "    for name in targets:\n"
+    '        for key, a in (config.get("alpha_pattern") or {{}}).items():\n'
+    "            if {match}:\n"
+    "                layer = model.get_submodule(name)\n"
+    "                layer.alpha, layer.scaling = a, a / r{then}\n"
+    "    return model\n"
+)
 DROPOUT = 'dropout=float(config.get("lora_dropout") or 0.0)'
 
 WRONG_ANSWERS = [
@@ -225,4 +233,20 @@ WRONG_ANSWERS = [
     WrongAnswer("target_modules the qualified names even where an entry matches an unadapted layer", KATA,
                 '"target_modules": _targets(model, sorted(layers)),', '"target_modules": sorted(layers),',
                 "test_config_says_lora_r_alpha_and_exactly_the_targets", "a list entry also matches"),
+    WrongAnswer("new layers left in train mode on an eval-mode model", KATA,
+                "        model.get_submodule(name).train(training)  # a new layer", "        pass  # a new layer",
+                "test_uses_the_configs_lora_dropout_0_when_absent", "are left in the other mode"),
+    WrongAnswer("target_modules str of the names unescaped (a dot matches any character)", KATA,
+                '    return "|".join(re.escape(name) for name in names)', '    return "|".join(names)',
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "re.escape each name"),
+    WrongAnswer("alpha_pattern keys matched as plain names, not peft's regex", KATA,
+                'for option in ("alpha_pattern", "rank_pattern"):', 'for option in ("rank_pattern",):',
+                "test_a_per_layer_pattern_is_honoured_or_refused", "alpha_pattern, a regex key",
+                more_edits=((COPY_B + "    return model\n", COPY_B + HONOUR_ALPHA.format(
+                    match='name == key or name.endswith("." + key)', then="\n                break")),)),
+    WrongAnswer("alpha_pattern: the last matching key wins, peft takes the first", KATA,
+                'for option in ("alpha_pattern", "rank_pattern"):', 'for option in ("rank_pattern",):',
+                "test_a_per_layer_pattern_is_honoured_or_refused", "alpha_pattern, two keys for one layer",
+                more_edits=((COPY_B + "    return model\n", COPY_B + HONOUR_ALPHA.format(
+                    match='re.match(rf"(.*\\.)?({key})$", name)', then="")),)),
 ]  # fmt: skip

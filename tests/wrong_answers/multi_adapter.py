@@ -480,4 +480,25 @@ WRONG_ANSWERS = [
                 "the adapters are {', '.join(map(repr, list(self.lora_A)[:8]))}"
                 "{', ...' if len(self.lora_A) > 8 else ''}",
                 "test_unknown_names_are_value_errors_naming_the_known_adapters", "does not name the adapters"),
+    WrongAnswer("merged forward in train mode adds s B A (dropout(x) - x)", KATA,
+                "        if name is None or self._disabled or self._merged:\n            return self.base(x)\n",
+                "        if name is None or self._disabled:\n            return self.base(x)\n"
+                "        if self._merged:\n"
+                "            h = self.lora_dropout[name](x) - x\n"
+                "            return self.base(x) + F.linear(F.linear(h, self.lora_A[name]) * self.scaling[name], self.lora_B[name])\n",
+                "test_merge_in_train_mode_ignores_dropout", "merged layer in train mode"),
+    WrongAnswer("base.weight cached at construction, merge writes a Parameter the base no longer holds", KATA,
+                "        self.base = base.requires_grad_(False)\n",
+                "        self.base = base.requires_grad_(False)\n        self._weight = base.weight\n",
+                "test_merge_folds_the_active_adapter_into_the_very_base_weight", "load_state_dict(..., assign=True)",
+                more_edits=(("        weight = self.base.weight\n        merged", "        weight = self._weight\n        merged"),
+                            ("        weight = self.base.weight\n        while", "        weight = self._weight\n        while"))),
+    WrongAnswer("scaling kept as a float64 buffer, cast by layer.to()", KATA,
+                "        self.scaling[name] = alpha / r\n",
+                "        self.scaling[name] = alpha / r\n"
+                '        self.register_buffer(f"scaling_{name}", torch.tensor(alpha / r, dtype=torch.float64))\n',
+                "test_half_precision_merge_and_unmerge_accumulate_in_float32", "a buffer cast by layer.to()",
+                more_edits=(("self.lora_A[name]) * self.scaling[name]", 'self.lora_A[name]) * getattr(self, f"scaling_{name}").item()'),
+                            ("self.lora_A[name].to(accumulate)) * self.scaling[name]",
+                             'self.lora_A[name].to(accumulate)) * getattr(self, f"scaling_{name}").item()'))),
 ]  # fmt: skip

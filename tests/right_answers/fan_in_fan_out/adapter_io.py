@@ -90,7 +90,8 @@ def load_adapter(model, directory):
     for name, module in plan:
         kind = LoRAConv1D if isinstance(module, Conv1D) else LoRALinear
         parent, _, child = name.rpartition(".")
-        model.get_submodule(parent).register_module(child, kind(module, r=r, alpha=alpha_of(name), dropout=dropout))
+        layer = kind(module, r=r, alpha=alpha_of(name), dropout=dropout).train(module.training)  # the mode it replaces
+        model.get_submodule(parent).register_module(child, layer)
         for mine, theirs in RENAMES[kind].items():
             renamed[f"{name}.{mine}"] = file[f"base_model.model.{name}.{theirs}"]
     missing, unexpected = model.load_state_dict(renamed, strict=False)
