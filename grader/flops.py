@@ -141,7 +141,7 @@ class ArithmeticWork(MatmulFlops):
         for name in _EXITS:
             if name in vars(torch.Tensor):
                 self._saved_exits[name] = vars(torch.Tensor)[name]
-            setattr(torch.Tensor, name, self._watched_exit(name, getattr(torch.Tensor, name)))
+            setattr(torch.Tensor, name, self._watched_exit(f"Tensor.{name}", getattr(torch.Tensor, name)))
         self._saved_doors = [(owner, name, vars(owner)[name]) for owner, name in _THREAD_DOORS if name in vars(owner)]
         for owner, name, method in self._saved_doors:
             setattr(owner, name, self._watched_exit(f"{owner.__name__}.{name} (work on another thread)", method))
@@ -157,9 +157,11 @@ class ArithmeticWork(MatmulFlops):
             else:
                 delattr(torch.Tensor, name)
 
-    def _watched_exit(self, name: str, method: Callable) -> Callable:
+    def _watched_exit(self, label: str, method: Callable) -> Callable:
+        """``method``, recording ``label`` in ``self.exits`` at each call."""
+
         def watched(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            self.exits.add(name if " " in name else f"Tensor.{name}")
+            self.exits.add(label)
             return method(tensor, *args, **kwargs)
 
         return watched
