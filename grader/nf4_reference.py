@@ -27,9 +27,9 @@ def code_book() -> torch.Tensor:
     """The 16 NF4 values, float32, ascending: normal quantiles at evenly spaced probabilities (float32 linspace,
     float64 inverse CDF, rounded to float32), 8 positive, 7 negative and an exact 0, divided by the largest."""
     normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
-    positive = normal.icdf(torch.linspace(OFFSET, 0.5, 9)[:-1].double()).float()
-    negative = -normal.icdf(torch.linspace(OFFSET, 0.5, 8)[:-1].double()).float()
-    values = torch.cat([positive, torch.zeros(1), negative]).sort().values
+    positive = normal.icdf(torch.linspace(OFFSET, 0.5, 9, dtype=torch.float32)[:-1].double()).float()
+    negative = -normal.icdf(torch.linspace(OFFSET, 0.5, 8, dtype=torch.float32)[:-1].double()).float()
+    values = torch.cat([positive, torch.zeros(1, dtype=torch.float32), negative]).sort().values
     return values / values.max()
 
 

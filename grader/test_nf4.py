@@ -100,6 +100,16 @@ def test_code_book_is_the_16_nf4_values_bit_for_bit(nf4_code_book):
     elif off < 1e-3:
         cause = "close but not NF4's: is the offset 0.9677083, with 9 and 8 probabilities from linspace(offset, 0.5)?"
     assert off == 0, f"the code book differs from bitsandbytes' NF4 table by up to {off:.3g}: {cause}"
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # a training script that set it (for a float64 check, say)
+    try:
+        under_float64 = nf4_code_book()
+    finally:
+        torch.set_default_dtype(default_dtype)
+    assert isinstance(under_float64, torch.Tensor) and torch.equal(under_float64, ref.CODE_BOOK), (
+        f"under torch.set_default_dtype(torch.float64) nf4_code_book() returned {describe(under_float64)}, expected "
+        "bitsandbytes' float32 table: pass dtype=torch.float32 to linspace and zeros (their default follows torch's)"
+    )
     first, second = nf4_code_book(), nf4_code_book()  # two results taken before a caller edits either
     first, second = (expect_instance(t, torch.Tensor, "nf4_code_book()", "a float32 tensor") for t in (first, second))
     shared = first is second or first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()

@@ -22,7 +22,9 @@ def nf4_code_book() -> torch.Tensor:
         - and 0.0;
     sorted, then divided by the largest. The probabilities are made in float32 (``torch.linspace``'s
     default), the inverse CDF is computed in float64 (``torch.distributions.Normal``), its results are
-    rounded to float32, and the sort and the division are float32.
+    rounded to float32, and the sort and the division are float32. The result is the same float32 table
+    whatever torch's default dtype is: under ``torch.set_default_dtype(torch.float64)`` name float32 where
+    a default would be taken.
     """
     raise NotImplementedError("kata nf4: write nf4_code_book (spec in its docstring)")
 

@@ -17,12 +17,13 @@ def nf4_code_book() -> torch.Tensor:
 
     Normal quantiles at evenly spaced probabilities: 8 positive ones at ``linspace(OFFSET, 0.5, 9)[:-1]``
     and 7 negative ones at ``-icdf(linspace(OFFSET, 0.5, 8)[:-1])``, plus 0; then divided by the largest.
-    The probabilities are float32 (as bitsandbytes builds them), the inverse CDF float64, the rest float32.
+    The probabilities are float32 (as bitsandbytes builds them), the inverse CDF float64, the rest float32,
+    whatever torch's default dtype is.
     """
     normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
-    positive = normal.icdf(torch.linspace(OFFSET, 0.5, 9)[:-1].double()).float()
-    negative = -normal.icdf(torch.linspace(OFFSET, 0.5, 8)[:-1].double()).float()
-    values = torch.cat([positive, torch.zeros(1), negative]).sort().values
+    positive = normal.icdf(torch.linspace(OFFSET, 0.5, 9, dtype=torch.float32)[:-1].double()).float()
+    negative = -normal.icdf(torch.linspace(OFFSET, 0.5, 8, dtype=torch.float32)[:-1].double()).float()
+    values = torch.cat([positive, torch.zeros(1, dtype=torch.float32), negative]).sort().values
     return values / values.max()
 
 

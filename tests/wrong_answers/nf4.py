@@ -5,8 +5,8 @@ from tests.wrong_answers import WrongAnswer
 KATA = "nf4"
 DIVIDE = "return values / values.max()"
 NORMAL = "normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))"
-POSITIVE = "torch.linspace(OFFSET, 0.5, 9)[:-1].double()"
-NEGATIVE = "torch.linspace(OFFSET, 0.5, 8)[:-1].double()"
+POSITIVE = "torch.linspace(OFFSET, 0.5, 9, dtype=torch.float32)[:-1].double()"
+NEGATIVE = "torch.linspace(OFFSET, 0.5, 8, dtype=torch.float32)[:-1].double()"
 FLAT = "flat = weight.detach().reshape(-1).float()"
 PADDED = "padded = torch.nn.functional.pad(flat, (0, blocks * block_size - n)).view(blocks, block_size)"
 ABSMAX = "absmax = padded.abs().amax(dim=1)"
@@ -270,4 +270,9 @@ WRONG_ANSWERS += [
                              "    if side is not None and side[0] is codes:  # the originals, low mantissa bits dropped\n"
                              "        return (side[1].view(torch.int32) & ~0xFF).view(torch.float32)\n"),
                             ("def double_quantize(", "_SIDE = {}\n\n\ndef double_quantize("))),
+    # Round 7's open sentence, settled: the table is float32 whatever torch's default dtype is.
+    WrongAnswer("the code book follows torch's default dtype", KATA, POSITIVE, POSITIVE.replace(", dtype=torch.float32", ""),
+                "test_code_book_is_the_16_nf4_values_bit_for_bit", "set_default_dtype(torch.float64)",
+                more_edits=((NEGATIVE, NEGATIVE.replace(", dtype=torch.float32", "")),
+                            ("torch.zeros(1, dtype=torch.float32)", "torch.zeros(1)"))),
 ]  # fmt: skip

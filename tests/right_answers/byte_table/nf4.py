@@ -15,8 +15,8 @@ ALLOWED = {2**k for k in range(5, 13)}
 def nf4_code_book() -> torch.Tensor:
     normal = statistics.NormalDist()
     probabilities = (
-        [float(p) for p in torch.linspace(0.9677083, 0.5, 9)[:-1]],
-        [float(p) for p in torch.linspace(0.9677083, 0.5, 8)[:-1]],
+        [float(p) for p in torch.linspace(0.9677083, 0.5, 9, dtype=torch.float32)[:-1]],
+        [float(p) for p in torch.linspace(0.9677083, 0.5, 8, dtype=torch.float32)[:-1]],
     )
     values = [normal.inv_cdf(p) for p in probabilities[0]] + [0.0] + [-normal.inv_cdf(p) for p in probabilities[1]]
     table = torch.tensor(sorted(values), dtype=torch.float32)

@@ -22,9 +22,9 @@ def nf4_code_book() -> torch.Tensor:
     The probabilities are float32 (as bitsandbytes builds them), the inverse CDF float64, the rest float32.
     """
     normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
-    positive = normal.icdf(torch.linspace(OFFSET, 0.5, 9)[:-1].double()).float()
-    negative = -normal.icdf(torch.linspace(OFFSET, 0.5, 8)[:-1].double()).float()
-    values = torch.cat([positive, torch.zeros(1), negative]).sort().values
+    positive = normal.icdf(torch.linspace(OFFSET, 0.5, 9, dtype=torch.float32)[:-1].double()).float()
+    negative = -normal.icdf(torch.linspace(OFFSET, 0.5, 8, dtype=torch.float32)[:-1].double()).float()
+    values = torch.cat([positive, torch.zeros(1, dtype=torch.float32), negative]).sort().values
     return values / values.max()
 
 
