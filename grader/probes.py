@@ -267,18 +267,17 @@ def plain_lora(
     return y.detach(), {"A": A.grad, "B": B.grad, "x": x.grad}
 
 
-def expect_plain_lora_gradients(
-    layer: nn.Module, frozen: nn.Module, twin: nn.Linear, found: Factors, scaling: float, what: str
-) -> None:
+def expect_plain_lora_gradients(layer: nn.Module, frozen: nn.Module, found: Factors, scaling: float, what: str) -> None:
     """Fail the check, saying so, unless a float64 backward through ``layer`` gives A, B and x plain LoRA's
-    gradients (to 1e-9) and none to the parameters of ``frozen``, its base (``twin``: that base as an
-    ``nn.Linear``; ``what``: how a verdict names the base)."""
-    x = torch.randn(6, twin.in_features, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(6, twin.out_features, dtype=torch.float64)
+    gradients (to 1e-9) and none to the parameters of ``frozen``, its base (an nn.Linear or a Conv1D; ``what``: how
+    a verdict names the base)."""
+    out_features, in_features = linear_weight(frozen).shape
+    x = torch.randn(6, in_features, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(6, out_features, dtype=torch.float64)
     (output(layer, x) * upstream).sum().backward()
     touched = [name for name, parameter in frozen.named_parameters() if parameter.grad is not None]
     assert not touched, f"{what}'s {touched} received a gradient: the base must stay frozen"
-    _, expected = plain_lora(twin, found, scaling, x, upstream)
+    _, expected = lora_in_float64(frozen, found, scaling, x, upstream)
     for name, measured in zip("AB", found.grads(), strict=True):
         assert measured is not None, f"factor {name} received no gradient: is it used in forward, not detached?"
         error = max_difference(measured, expected[name])
