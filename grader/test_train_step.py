@@ -167,6 +167,17 @@ def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_los
             f"{call} = {measured.item():.8g}, expected {expected:.8g} (computed in {expected_dtype}): compute the "
             f"loss in float32, not in {dtype}"
         )
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # a float64 session: the upcast names float32, not the default dtype
+    try:
+        under_float64 = loss_value(causal_lm_loss(logits, labels), f"causal_lm_loss({dtype} logits, labels)")
+    finally:
+        torch.set_default_dtype(default_dtype)
+    assert under_float64.dtype == expected_dtype, (
+        f"under torch.set_default_dtype(torch.float64), causal_lm_loss({dtype} logits, labels) is "
+        f"{under_float64.dtype}, expected {expected_dtype}: keep float32 and upcast half precision to float32 itself "
+        "(logits.float()), not to torch.get_default_dtype() nor by promotion with a default-dtype tensor"
+    )
 
 
 # logits far from 0 in every dtype: exp() of them overflows (or underflows to 0) in that dtype, the loss does not
@@ -251,7 +262,7 @@ def test_loss_ignores_the_logits_of_positions_without_a_target(causal_lm_loss, p
 def test_loss_without_targets_is_zero_summed_and_refused_as_a_mean(causal_lm_loss, dtype):
     expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     # seq 1: one position, which predicts nothing (a valid input, not an error); seq 4: every target -100
-    for batch, seq in ((2, 4), (3, 1), (1, 1)):
+    for batch, seq in ((2, 4), (3, 1), (1, 1), (0, 4)):  # and an empty batch: (batch, seq) with batch 0
         logits = torch.randn(batch, seq, 5, dtype=torch.float64)
         logits[..., 0] = -math.inf  # a vocabulary mask: no position is a target, so no logit counts, -inf neither
         logits = logits.to(dtype).requires_grad_()
@@ -293,7 +304,8 @@ def test_loss_without_targets_is_zero_summed_and_refused_as_a_mean(causal_lm_los
 @pytest.mark.subject("causal_lm_loss")
 def test_loss_rejects_bad_arguments(causal_lm_loss):
     logits, labels = random_case(2, 4, 5, 0.0, seed=1)
-    for reduction in ("none", "avg", "SUM", "Mean", "MEAN", "sum ", ""):  # only the exact "sum" and "mean"
+    # only the exact "sum" and "mean": their substrings and a string holding both too (`reduction in "sum mean"`)
+    for reduction in ("none", "avg", "SUM", "Mean", "MEAN", "sum ", "", "um", "me", "m", "an", "sum|mean"):
         expect_value_error(
             lambda reduction=reduction: causal_lm_loss(logits, labels, reduction=reduction),
             f"causal_lm_loss(reduction={reduction!r}) (only 'sum' and 'mean', exactly)",
@@ -341,9 +353,10 @@ class Adapted(nn.Module):
         self.tied = self.shared  # the same module under two names
         self.sharing = nn.Linear(4, 2, bias=False)
         self.sharing.weight = self.lora_A  # another module holding the same parameter
-
-    def expected(self) -> list[nn.Parameter]:
-        return [self.blocks[1].bias, self.lora_A, self.lora_B, self.shared.weight]
+        # a distinct parameter on the same storage (nn.Parameter(t.detach())), and two empty ones (data_ptr 0 both):
+        # each is a parameter of its own, which a deduplication by data_ptr() merges
+        self.on_b_storage = nn.Parameter(self.lora_B.detach())
+        self.empty = nn.ParameterList([nn.Parameter(torch.empty(0)), nn.Parameter(torch.empty(0, 4))])
 
 
 SET_OPTIONS = ("lr", "weight_decay", "betas", "eps")  # what make_optimizer sets; AdamW's other options keep defaults
@@ -374,7 +387,10 @@ def test_optimizer_holds_exactly_the_trainable_parameters_in_one_group(make_opti
     assert len(ids) == len(set(ids)), "the optimizer holds a parameter twice (a tied one?): list each once"
     wanted = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
     missing = [name for key, name in wanted.items() if key not in ids]
-    assert not missing, f"the optimizer lacks the trainable parameters {missing}: give it every one"
+    assert not missing, f"the optimizer lacks the trainable parameters {missing}: give it every one" + (
+        " (parameters are told apart by identity: two may share a storage, or be empty with data_ptr() 0)"
+        * any(name.startswith(("on_b_storage", "empty")) for name in missing)
+    )
     own = {id(p) for p in model.parameters()}
     others = [tuple(p.shape) for p in held(optimizer) if id(p) not in own]
     assert not others, (
@@ -650,7 +666,8 @@ def test_clipping_takes_one_norm_over_every_group_of_the_optimizer(train_step, w
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("with_scaler", SCALER_PATHS)
-def test_clipping_takes_the_groups_the_optimizer_holds_at_each_call(train_step, with_scaler):
+@pytest.mark.parametrize("added", ["in a new group", "to a group"])
+def test_clipping_takes_the_groups_the_optimizer_holds_at_each_call(train_step, with_scaler, added):
     r, window = rig(), unequal_window()
     grad_scaler, path = on_the_path(with_scaler)
     factors, bias = r.model.trainable()[:2], r.model.head.bias
@@ -658,15 +675,23 @@ def test_clipping_takes_the_groups_the_optimizer_holds_at_each_call(train_step, 
     bias.requires_grad_(False)
     train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0, scaler=grad_scaler)
     bias.requires_grad_(True)
-    r.optimizer.add_param_group({"params": [bias]})  # a group added between windows, as a run may do
+    if added == "to a group":  # a parameter appended to a group the optimizer holds (the group count stays)
+        r.optimizer.param_groups[0]["params"].append(bias)
+    else:
+        r.optimizer.add_param_group({"params": [bias]})  # a group added between windows, as a run may do
     r.optimizer.forget()
     unclipped, _ = expected_and_mistakes(r.model, window, None)
     max_norm = 0.3 * total_norm(unclipped)
     expected, mistakes = expected_and_mistakes(r.model, window, max_norm)
-    mistakes["the parameters to clip were those of an earlier call: take them from optimizer.param_groups at each "
-             "call (a group may have been added)"] = [*clipped(unclipped[:2], max_norm), unclipped[2]]  # fmt: skip
+    stale = "the parameters to clip were those of an earlier call: take them from optimizer.param_groups at each call"
+    mistakes[stale + " (a group or a parameter may have been added)"] = [
+        *clipped(unclipped[:2], max_norm),
+        unclipped[2],
+    ]
     train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_norm, scaler=grad_scaler)
-    expect_handed(r, expected, mistakes, EXACT, f"a parameter group added between two windows{path}", clip_to=max_norm)
+    expect_handed(
+        r, expected, mistakes, EXACT, f"a parameter added {added} between two windows{path}", clip_to=max_norm
+    )
 
 
 @pytest.mark.points(1)
@@ -1046,7 +1071,12 @@ def test_the_model_is_called_with_the_attention_mask(train_step, with_scaler):
             * (not r.model.forwards)
         )
     )
-    for number, (seen, batch) in enumerate(zip(r.model.masks, window, strict=True), start=1):
+    calls = list(zip(r.model.inputs, r.model.masks, strict=True))
+    for number, batch in enumerate(window, start=1):  # in any order: the sum of the gradients does not depend on it
+        seen = next((mask for ids, mask in calls if ids is not None and torch.equal(ids, batch["input_ids"])), None)
+        assert any(ids is not None and torch.equal(ids, batch["input_ids"]) for ids, _ in calls), (
+            f"micro-batch {number}{path}: no call of the model got its input_ids: pass them as they are"
+        )
         assert seen is not None, (
             f"micro-batch {number}{path}: the model was called without its attention mask: "
             "model(input_ids=..., attention_mask=...)"
@@ -1079,13 +1109,15 @@ def test_a_micro_batch_without_targets_still_belongs_to_the_window(train_step, w
     grad_scaler, path = on_the_path(with_scaler)
     empty = micro_batch([5, 3], [0, 0], seed=12)  # no label at all but one at position 0, never a target
     empty["labels"][0, 0] = empty["input_ids"][0, 0]
-    window = [empty, micro_batch([6, 4], [2, 1], seed=13), micro_batch([3], [0], seed=14)]
+    no_rows = {key: value[:0] for key, value in micro_batch([4], [2], seed=15).items()}  # (0, seq): no row at all
+    window = [empty, micro_batch([6, 4], [2, 1], seed=13), micro_batch([3], [0], seed=14), no_rows]
     labelled = {int(t) for batch in window for t in batch["labels"].flatten()}
     masked = min(set(range(VOCAB)) - labelled)  # a token no label holds: its logits never count
     r.model.fill_token = (masked, -math.inf)  # a vocabulary mask: -inf where no micro-batch has a target
     expected, mistakes = expected_and_mistakes(r.model, window, None)
     loss = window_loss(r.model, window)
-    what = f"a window of micro-batches with 0, 3 and 0 targets, logits -inf at a masked vocabulary entry{path}"
+    what = "a window of micro-batches with 0, 3, 0 and 0 (no rows) targets, logits -inf at a masked vocabulary entry"
+    what += path
     try:
         returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None, scaler=grad_scaler)
     except ValueError as error:

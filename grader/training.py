@@ -67,6 +67,7 @@ class TinyLM(nn.Module):
         self.forwards = 0  # calls of the model (model(...)), counted by a hook: model.forward(...) skips hooks
         self.backward_passes: list[int] = []  # the autograd graph task of every backward through the logits
         self.masks: list[torch.Tensor | None] = []  # the attention_mask of every call
+        self.inputs: list[torch.Tensor | None] = []  # the input_ids of every call
         self.grad_factor = 1.0  # every backward through the logits multiplies their gradient by it (inf: poisoned)
         # (token, value): every position's logit of that token is value, as a vocabulary mask leaves it (-inf); a
         # token that is never a target leaves the loss and the gradients as they are, one that is makes them inf/NaN
@@ -77,6 +78,7 @@ class TinyLM(nn.Module):
         """What peft's and accelerate's hooks see: only a call of the model, not of its forward, runs them."""
         self.forwards += 1
         self.masks.append(kwargs.get("attention_mask"))
+        self.inputs.append(kwargs.get("input_ids"))
 
     def forward(
         self,
@@ -168,12 +170,11 @@ def micro_batch(lengths: list[int], labelled: list[int], raw: bool = False, seed
 
 def unequal_window() -> list[dict[str, torch.Tensor]]:
     """Three micro-batches of very different label counts (3, 12, 6 targets), padding, and one raw row whose
-    first label is not -100: every way of counting the normaliser wrong gives another number."""
-    return [
-        micro_batch([9, 4], [1, 2], seed=1),
-        micro_batch([5, 5, 5], [4, 4, 4], seed=2),
-        micro_batch([7], [7], raw=True, seed=3),
-    ]
+    first label is not -100: every way of counting the normaliser wrong gives another number. One labelled token
+    has an attention_mask of 0 (an example's own mask zero, which collate keeps): it still carries loss."""
+    second = micro_batch([5, 5, 5], [4, 4, 4], seed=2)
+    second["attention_mask"][1, 3] = 0
+    return [micro_batch([9, 4], [1, 2], seed=1), second, micro_batch([7], [7], raw=True, seed=3)]
 
 
 def targets(batch: dict[str, torch.Tensor]) -> int:
@@ -331,6 +332,16 @@ def expected_and_mistakes(
             combine([batch_grads(model, batch, shifted=False) for batch in window], [1 / unshifted] * k), max_norm
         ),
     }
+    unattended = [
+        {**batch, "labels": batch["labels"].masked_fill(batch["attention_mask"] == 0, IGNORE)} for batch in window
+    ]
+    if any(not torch.equal(a["labels"], b["labels"]) for a, b in zip(unattended, window, strict=True)):
+        mistakes[
+            "the labels where attention_mask is 0 carried no loss: only -100 marks a label without loss (collate "
+            "keeps an example's own mask zeros under its labels)"
+        ] = clipped(
+            combine([batch_grads(model, b) for b in unattended], [1 / sum(map(targets, unattended))] * k), max_norm
+        )
     unpadded = [{**batch, "labels": batch["labels"].masked_fill(batch["labels"] == PAD, IGNORE)} for batch in window]
     mistakes[
         f"the labels equal to the pad id ({PAD}) carried no loss: only -100 marks a label without loss (the pad id "

@@ -335,4 +335,31 @@ WRONG_ANSWERS = [
                 more_edits=((HELD, HELD + "\n    if scaler is None:\n        for p in parameters:\n"
                              "            if p.grad is not None:\n                p.grad.div_(tokens)"),
                             ("total += loss.item()", "total += loss.item() / (1 if scaler is not None else tokens)"))),
+    # round 10, red team e
+    WrongAnswer("labels masked where attention_mask is 0", KATA, LOSS,
+                'loss = causal_lm_loss(logits, batch["labels"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX), '
+                'reduction="sum") / tokens',
+                "test_gradients_weight_every_token_of_the_window_equally", "attention_mask is 0",
+                more_edits=((TOKENS, 'tokens = sum(int((batch["labels"].masked_fill(batch["attention_mask"] == 0, '
+                             'IGNORE_INDEX)[:, 1:] != IGNORE_INDEX).sum()) for batch in micro_batches)'),)),
+    WrongAnswer("reduction checked by substring", KATA, REDUCTION, '    if not reduction or reduction not in "summean":\n',
+                "test_loss_rejects_bad_arguments", "reduction='um'"),
+    WrongAnswer("parameters deduplicated by data_ptr()", KATA, TRAINABLE,
+                "trainable = list({p.data_ptr(): p for p in model.parameters() if p.requires_grad}.values())",
+                "test_optimizer_holds_exactly_the_trainable_parameters_in_one_group", "told apart by identity"),
+    WrongAnswer("an empty batch refused by the loss", KATA, SHAPES,
+                "if logits.dim() != 3 or labels.shape != logits.shape[:2] or logits.shape[0] == 0:",
+                "test_loss_without_targets_is_zero_summed_and_refused_as_a_mean", "raised ValueError"),
+    WrongAnswer("half precision upcast to the default dtype", KATA, UPCAST,
+                UPCAST.replace("logits.float()", "logits.to(torch.get_default_dtype())"),
+                "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "set_default_dtype(torch.float64)"),
+    WrongAnswer("a micro-batch without rows skipped", KATA, "    for batch in micro_batches:\n",
+                '    for batch in (b for b in micro_batches if b["input_ids"].numel()):\n',
+                "test_a_micro_batch_without_targets_still_belongs_to_the_window", "(no rows)"),
+    WrongAnswer("the parameters to clip cached until a group is added", KATA, HELD,
+                'cached = getattr(optimizer, "_clip_cache", None)\n'
+                "    if cached is None or cached[0] != len(optimizer.param_groups):\n"
+                '        cached = (len(optimizer.param_groups), [p for group in optimizer.param_groups for p in group["params"]])\n'
+                "        optimizer._clip_cache = cached\n    parameters = cached[1]",
+                "test_clipping_takes_the_groups_the_optimizer_holds_at_each_call", "a parameter may have been added"),
 ]  # fmt: skip
