@@ -5,18 +5,21 @@ Function's backward included, whatever Python spelling produced them (``@``, ``F
 ``torch.einsum``, ``addmm_``). ``MatmulFlops`` counts the matrix products only; ``ArithmeticWork``
 counts every arithmetic op, so that a product spelled as a broadcast multiply and a sum, or as a
 convolution, costs what it does, and names the work it cannot count: an op it has no formula for
-(a sparse product, ``_trilinear``, ``cdist``, ...) and a tensor handed to numpy or Python lists.
+(a sparse product, ``_trilinear``, ``cdist``, ...), a tensor handed to numpy or Python lists, an op run on
+another thread (which torch's profiler, recording every thread, shows) and a process started or handed a job.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import math
-import threading
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch._C._profiler import _ExperimentalConfig
+from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
@@ -91,15 +94,26 @@ _MOVES = {
 }  # fmt: skip
 # The ways out of torch: whatever numpy or Python computes from them, the dispatcher never sees.
 _EXITS = ("__array__", "numpy", "tolist", "__dlpack__")
-# Where work leaves for another thread, which a dispatch mode (thread-local) does not see: a thread started, a job
-# handed to a pool (a thread already started by a pool made at import time is reached through submit).
-_THREAD_DOORS = (
-    (threading.Thread, "start"),
-    (concurrent.futures.ThreadPoolExecutor, "submit"),
-    (concurrent.futures.ThreadPoolExecutor, "map"),
-    (concurrent.futures.ProcessPoolExecutor, "submit"),
-    (concurrent.futures.ProcessPoolExecutor, "map"),
-)
+# Work on another thread, which a dispatch mode (thread-local) does not see, the profiler records, whoever started
+# the thread and however (threading, _thread, a pool, a worker fed by a queue since import, torch's own threads).
+# Work in another process neither sees: a process started shows as its audit event, a job handed to a process pool
+# made before (its workers already started) at the pool's door.
+_HOME = "ArithmeticWork: the counting thread"  # a profiler event marking the thread the dispatch mode watches
+_PROCESS_STARTS = frozenset({
+    "os.fork", "os.forkpty", "os.posix_spawn", "os.posix_spawnp", "os.spawn", "os.exec", "os.system",
+    "subprocess.Popen",
+})  # fmt: skip
+_PROCESS_DOORS = ((concurrent.futures.ProcessPoolExecutor, "submit"), (concurrent.futures.ProcessPoolExecutor, "map"))
+_COUNTING: list[ArithmeticWork] = []  # the counters now counting, told of each process started
+
+
+def _audit_process_starts(event: str, args: tuple) -> None:
+    if _COUNTING and event in _PROCESS_STARTS:
+        for counter in _COUNTING:
+            counter.exits.add(f"{event} (work in another process)")
+
+
+sys.addaudithook(_audit_process_starts)  # once per process: an audit hook cannot be removed
 
 
 def _does_no_arithmetic(func: Any, args: tuple) -> bool:
@@ -120,9 +134,10 @@ class ArithmeticWork(MatmulFlops):
 
     What it cannot count it names: ``counter.uncounted`` holds each op that ran with no formula here
     (``aten._sparse_addmm``, ``aten._trilinear``, ...), and ``counter.exits`` each way a tensor left torch
-    (``Tensor.numpy``, ``Tensor.__array__``, ``Tensor.tolist``, ``Tensor.__dlpack__``) or left for another thread,
-    which a dispatch mode (thread-local) does not see (``Thread.start``, ``ThreadPoolExecutor.submit``), so that
-    a budget can refuse work it cannot see.
+    (``Tensor.numpy``, ``Tensor.__array__``, ``Tensor.tolist``, ``Tensor.__dlpack__``), or for another thread,
+    which a dispatch mode (thread-local) does not see and torch's profiler does (``aten::mm (work on another
+    thread)``), or for another process (``os.fork``, ``ProcessPoolExecutor.submit``), so that a budget can refuse
+    work it cannot see.
 
     ``counter.products``, ``counter.elementwise`` and ``counter.reductions`` split ``counter.flops`` into the
     matrix products (and convolutions), the element-wise ops and the reductions, for budgets of each;
@@ -136,19 +151,33 @@ class ArithmeticWork(MatmulFlops):
         self.exits: set[str] = set()
         self._saved_exits: dict[str, Any] = {}
         self._saved_doors: list[tuple[type, str, Any]] = []
+        self._every_thread = profile(
+            activities=[ProfilerActivity.CPU], experimental_config=_ExperimentalConfig(profile_all_threads=True)
+        )
 
     def __enter__(self) -> ArithmeticWork:
         for name in _EXITS:
             if name in vars(torch.Tensor):
                 self._saved_exits[name] = vars(torch.Tensor)[name]
             setattr(torch.Tensor, name, self._watched_exit(f"Tensor.{name}", getattr(torch.Tensor, name)))
-        self._saved_doors = [(owner, name, vars(owner)[name]) for owner, name in _THREAD_DOORS if name in vars(owner)]
+        self._saved_doors = [(owner, name, vars(owner)[name]) for owner, name in _PROCESS_DOORS if name in vars(owner)]
         for owner, name, method in self._saved_doors:
-            setattr(owner, name, self._watched_exit(f"{owner.__name__}.{name} (work on another thread)", method))
+            setattr(owner, name, self._watched_exit(f"{owner.__name__}.{name} (work in another process)", method))
+        _COUNTING.append(self)
+        self._every_thread.__enter__()
+        with record_function(_HOME):
+            pass
         return super().__enter__()
 
     def __exit__(self, *exc_info: object) -> None:
         super().__exit__(*exc_info)
+        self._every_thread.__exit__(*exc_info)
+        _COUNTING.remove(self)
+        events = self._every_thread.events()
+        home = next(event.thread for event in events if event.name == _HOME)
+        elsewhere = [event.name for event in events if event.thread != home]
+        if elsewhere:
+            self.exits.add(f"{elsewhere[0]} (work on another thread)")
         for owner, name, method in self._saved_doors:
             setattr(owner, name, method)
         for name in _EXITS:  # restore what torch.Tensor itself defined; the C methods of its base show again

@@ -584,25 +584,29 @@ def expect_plain_lora_in_regime(
 ) -> None:
     """Fail the check unless ``layer`` (factors made trained-looking here) computes plain LoRA, and with
     ``grad`` "grad on" its gradients, in the grad mode ``grad`` (of GRAD_MODES) and the regime the caller set up
-    (dtype, mode, call style: described by ``regime``), then again after its base is edited in place, then its
-    factors through .data, then after load_state_dict(..., assign=True) put new Parameters in place of all of its
-    own (as loading onto a model built on the meta device does): nothing may be cached between calls, nor a
-    factor held from construction. With ``dropout``, the layer's probability, active in this regime: each row of x
-    holds one nonzero feature, so the mask can be told from the output, each row's adapter share dropped (0) or kept
-    (1 / (1 - p)). ``base`` is an nn.Linear or a Conv1D (weight (in, out)). ``built_in``: the dtype the layer was
-    built in, when the caller converted it to the base's dtype since (layer.to(dtype))."""
+    (dtype, mode, call style: described by ``regime``), then again after its base is edited in place, then one entry
+    of the base through .data, then its factors through .data, then after load_state_dict(..., assign=True) put new
+    Parameters in place of all of its own (as loading onto a model built on the meta device does): nothing may be
+    cached between calls, nor a factor held from construction. With ``dropout``, the layer's probability, active in
+    this regime: each row of x holds one nonzero feature, so the mask can be told from the output, each row's adapter
+    share dropped (0) or kept (1 / (1 - p)). ``base`` is an nn.Linear or a Conv1D (weight (in, out)). ``built_in``:
+    the dtype the layer was built in, when the caller converted it to the base's dtype since (layer.to(dtype))."""
     dtype = base.weight.dtype
     tolerance = RELATIVE_TOLERANCE[dtype]
     out_features, in_features = linear_weight(base).shape
     found = factors(layer, in_features, out_features, r)
     # Each call after the first edits one thing: a cache keyed on the other (say on the factors' versions, while the
-    # base changed) computes with stale values; an edit through .data bumps no version at all.
-    steps = ("", " after its base was edited in place", " after its factors were edited through .data",
+    # base changed) computes with stale values; an edit through .data bumps no version at all, and one of a single
+    # entry leaves a checksum of a few entries as it was.
+    steps = ("", " after its base was edited in place", " after one entry of its base was edited through .data",
+             " after its factors were edited through .data",
              " after load_state_dict(..., assign=True) replaced its Parameters")  # fmt: skip
     for step in steps:
         with torch.no_grad():
-            if "base" in step:
+            if "base was edited in place" in step:
                 base.weight.mul_(-0.5).add_(0.25)
+            elif "base" in step:
+                base.weight.data[-1, -1] += 1.0
             elif "assign" in step:
                 factor_storage = {found.stored_A.data_ptr(), found.stored_B.data_ptr()}
                 state = {

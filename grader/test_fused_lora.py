@@ -329,21 +329,22 @@ def test_takes_non_contiguous_inputs_and_gradients(FusedLoRAFunction, gradient):
 @pytest.mark.points(1)
 @pytest.mark.parametrize("grad", GRAD_MODES)  # no grad at all: a frozen model serving, as merge-in-place tempts
 def test_leaves_its_inputs_untouched(FusedLoRAFunction, grad):
-    for dtype, trained in itertools.product(FLOAT_DTYPES, (FROZEN_BASE, ())):
-        inputs = requiring_grad(function_inputs(dtype=dtype), trained)
+    for dtype, trained, bias in itertools.product(FLOAT_DTYPES, (FROZEN_BASE, ()), (True, False)):
+        inputs = requiring_grad(function_inputs(dtype=dtype, bias=bias), trained)
         upstream = torch.randn(6, OUT, dtype=dtype)
-        before = {name: (value.detach().clone(), value._version) for name, value in {**inputs, "g": upstream}.items()}
+        given = {name: value for name, value in {**inputs, "g": upstream}.items() if value is not None}
+        before = {name: (value.detach().clone(), value._version) for name, value in given.items()}
         with GRAD_MODES[grad]():
             y = apply(FusedLoRAFunction, inputs)
         if y.grad_fn is not None:
             backward(y, upstream)
         changed = [  # a write undone after (B scaled in place, then unscaled) still moves the version counter
             name
-            for name, value in inputs.items()
-            if value is not None
-            and (not torch.equal(value.detach(), before[name][0]) or value._version != before[name][1])
+            for name, value in given.items()
+            if name != "g" and (value._version != before[name][1] or not torch.equal(value.detach(), before[name][0]))
         ]
-        regime = f"{grad}, {dtype_name(dtype)}, {', '.join(trained) or 'nothing'} requiring grad"
+        requiring = ", ".join(trained) or "nothing"
+        regime = f"{grad}, {dtype_name(dtype)}, {'a' if bias else 'no'} bias, {requiring} requiring grad"
         assert not changed, (
             f"forward or backward changed {changed} in place ({regime}): even a write undone after (the update merged "
             "into the weight and out again) moves the tensor's version counter, which autograd checks for every "
@@ -512,14 +513,15 @@ def counted_step(
     dtype: torch.dtype = torch.float64,
     counting: bool = True,
     given: list | None = None,
+    bias: bool = True,
 ):
     """One forward and one backward (``backward(ctx, g)`` called as autograd calls it) of x and g laid out as
     ``layout`` (of STEP_LAYOUTS) says, in ``dtype``, under ArithmeticWork: the counter, what backward returned (a
     tuple) and the ``needs_input_grad`` it saw (no counter, None, unless ``counting``: the count costs time). The
-    inputs and g are appended to ``given``, where one is passed."""
+    inputs and g are appended to ``given``, where one is passed; ``bias`` False calls it with None for the bias."""
     batch_shape, contiguous, gradient = STEP_LAYOUTS[layout]
     shape = batch_shape(rows)
-    inputs = function_inputs(in_features, out_features, r, shape, dtype=dtype, contiguous=contiguous)
+    inputs = function_inputs(in_features, out_features, r, shape, bias, dtype, contiguous=contiguous)
     inputs = requiring_grad(inputs, trained)
     upstream = gradient((*shape, out_features), dtype)
     if given is not None:
@@ -659,11 +661,14 @@ def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
     frozen_layer = 4 * rows * in_features * out_features  # x W^T forward, g W backward
     assert rows not in (in_features, out_features, r), f"grader bug: {size} has as many rows as a factor's side"
     factor_shapes = {"weight": (out_features, in_features), "lora_A": (r, in_features), "lora_B": (out_features, r)}
-    for trained, layout, dtype in itertools.product(TRAINABLE_CHOICES, layouts_for(rows), FLOAT_DTYPES):
+    regimes = itertools.product(TRAINABLE_CHOICES, layouts_for(rows), FLOAT_DTYPES, (True, False))
+    for trained, layout, dtype, bias in regimes:
+        if "bias" in trained and not bias:
+            continue
         given: list = []
         step = (rows, in_features, out_features, r, trained, layout, dtype)
-        counter, gradients, _ = counted_step(FusedLoRAFunction, *step, given=given)
-        regime = f"{layout}, {dtype_name(dtype)}"
+        counter, gradients, _ = counted_step(FusedLoRAFunction, *step, given=given, bias=bias)
+        regime = f"{layout}, {dtype_name(dtype)}{'' if bias else ', no bias'}"
         size_in_words = f"{rows} row{'s' * (rows != 1)}, in={in_features}, out={out_features}, r={r}"
         expect_gradient_values(gradients, *given[0], trained, f"{regime}, {size_in_words}")
         unseen = sorted(counter.uncounted | counter.exits)

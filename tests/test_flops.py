@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import _thread
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +120,62 @@ def test_arithmetic_work_sees_nothing_unseen_in_dense_work():
         torch.cat([a, a]).split(M)[0].addmm(torch.zeros(M, K), torch.eye(K)).mul(2).sum().backward()
         torch.zeros(3).fill_(1).new_zeros(2)
     assert not counter.uncounted and not counter.exits, (counter.uncounted, counter.exits)
+
+
+def _worker_fed_by_a_queue() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A product done by a thread started before the count, fed through a queue (a pool made at import time)."""
+    jobs: queue.Queue = queue.Queue()
+    results: queue.Queue = queue.Queue()
+
+    def work() -> None:
+        while True:
+            a, b = jobs.get()
+            results.put(a @ b)
+
+    threading.Thread(target=work, daemon=True).start()
+    return lambda a, b: (jobs.put((a, b)), results.get())[1]
+
+
+def _on_a_raw_thread(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    done, product = _thread.allocate_lock(), []
+    done.acquire()
+    _thread.start_new_thread(lambda: (product.append(a @ b), done.release()), ())
+    done.acquire()
+    return product[0]
+
+
+def _on_a_thread(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    product: list[torch.Tensor] = []
+    thread = threading.Thread(target=lambda: product.append(a @ b))
+    thread.start()
+    thread.join()
+    return product[0]
+
+
+_POOL = ThreadPoolExecutor(max_workers=1)
+
+
+@pytest.mark.parametrize(
+    "product",
+    [
+        pytest.param(_on_a_thread, id="threading.Thread"),
+        pytest.param(_on_a_raw_thread, id="_thread.start_new_thread"),
+        pytest.param(lambda a, b: _POOL.submit(torch.mm, a, b).result(), id="a pool made before"),
+        pytest.param(_worker_fed_by_a_queue(), id="a worker fed by a queue"),
+    ],
+)
+def test_arithmetic_work_names_work_on_another_thread(product):
+    a, b = torch.randn(M, K), torch.randn(K, N)
+    with ArithmeticWork() as counter:
+        assert torch.equal(product(a, b), a @ b)
+    assert any(exit.endswith("(work on another thread)") for exit in counter.exits), counter.exits
+    assert counter.products == EXPECTED, "the calling thread's own product, a @ b, was not counted"
+
+
+def test_arithmetic_work_names_a_process_started():
+    with ArithmeticWork() as counter:
+        child = os.fork()
+        if child == 0:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert "os.fork (work in another process)" in counter.exits, counter.exits

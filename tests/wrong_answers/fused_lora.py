@@ -284,4 +284,26 @@ WRONG_ANSWERS = [
                 "test_a_step_does_only_the_matrix_work_lora_needs", "another thread",
                 more_edits=((IMPORTS, IMPORTS + "\nfrom concurrent.futures import ThreadPoolExecutor\n\n"
                              "_POOL = ThreadPoolExecutor(max_workers=2)"),)),
+    WrongAnswer("no bias: the update merged into the weight for the call and out again", KATA,
+                BASE_PRODUCT + "\n        y.addmm_(down, lora_B.T)",
+                "if bias is None and not weight.requires_grad:  # one GEMM: scaling B A folded into the frozen W, then out\n"
+                "            delta = scaling * lora_B @ lora_A\n            weight.add_(delta)\n"
+                "            y = rows @ weight.T\n            weight.sub_(delta)\n"
+                "        else:\n            " + BASE_PRODUCT + "\n            y.addmm_(down, lora_B.T)",
+                "test_leaves_its_inputs_untouched", "changed ['weight'] in place"),
+    WrongAnswer("the transposed weight cached by tensor and version", KATA, BASE_PRODUCT,
+                "key = (id(weight), weight.data_ptr(), weight._version, weight.shape, weight.dtype)\n"
+                "        if key not in _WEIGHT_T:  # a frozen W^T laid out for the GEMM once per version of the weight\n"
+                "            _WEIGHT_T[key] = weight.T.contiguous() if not weight.requires_grad else weight.T\n"
+                "        y = rows @ _WEIGHT_T[key] if bias is None else torch.addmm(bias, rows, _WEIGHT_T[key])\n"
+                "        if weight.requires_grad:\n            del _WEIGHT_T[key]",
+                "test_the_layer_matches_plain_lora_in_every_regime", "through .data",
+                more_edits=((IMPORTS, IMPORTS + "\n\n_WEIGHT_T: dict = {}"),)),
+    WrongAnswer("the weight's gradient always computed, on a raw _thread", KATA, GRAD_WEIGHT,
+                "done = _thread.allocate_lock()\n        done.acquire()\n        box = []\n\n"
+                "        def weight_gradient():\n            box.append(g.T @ rows)\n            done.release()\n\n"
+                "        _thread.start_new_thread(weight_gradient, ())\n        done.acquire()\n"
+                "        if need_weight:\n            grad_weight = box[0]",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "another thread",
+                more_edits=((IMPORTS, "import _thread\n\n" + IMPORTS),)),
 ]  # fmt: skip
