@@ -152,6 +152,10 @@ GIVEN_WEIGHTS = {
         for dtype in DTYPES
     },
     "a bfloat16 nn.Parameter": lambda: nn.Parameter(draw_weight((4, 48), torch.bfloat16, 1.0, 2)),
+    "a plain tensor requiring grad": lambda: draw_weight((4, 48), torch.float32, 1.0, 2).requires_grad_(),
+    "a non-leaf tensor requiring grad (a Parameter times 1)": lambda: (
+        nn.Parameter(draw_weight((4, 48), torch.float32, 1.0, 2)) * 1
+    ),
     "a transposed float16 tensor": lambda: draw_weight((48, 4), torch.float16, 1.0, 2).T,
 }
 
@@ -758,20 +762,24 @@ def test_double_quantize_returns_one_byte_per_absmax(double_quantize, QuantizedA
         "a tensor what is hung on it)"
     )
     expect_left_alone(absmax, before, call)
-    tracked = absmax.clone().requires_grad_()
-    before = state_of(tracked)
-    quantized, _ = quantized_absmax(
-        QuantizedAbsmax,
-        expect_any_block_size_taken(lambda: called(double_quantize, tracked, size, what=call), call),
-        call,
-    )
-    expect_left_alone(tracked, before, f"double_quantize(absmax requiring grad, block_size={size})")
-    history = [
-        name for name, value in zip(quantized._fields, quantized, strict=True) if getattr(value, "grad_fn", None)
-    ]
-    assert not history, (
-        f"double_quantize(absmax requiring grad) returned {history} with autograd history: work on absmax.detach()"
-    )
+    leaf = absmax.clone().requires_grad_()
+    for kind, tracked in {"a leaf": leaf, "a non-leaf (a leaf times 1)": leaf * 1}.items():
+        before = state_of(tracked)
+        quantized, _ = quantized_absmax(
+            QuantizedAbsmax,
+            expect_any_block_size_taken(
+                lambda tracked=tracked: called(double_quantize, tracked, size, what=call), call
+            ),
+            call,
+        )
+        expect_left_alone(tracked, before, f"double_quantize(absmax requiring grad, {kind}, block_size={size})")
+        history = [
+            name for name, value in zip(quantized._fields, quantized, strict=True) if getattr(value, "grad_fn", None)
+        ]
+        assert not history, (
+            f"double_quantize(absmax requiring grad, {kind}) returned {history} with autograd history: work on "
+            "absmax.detach()"
+        )
 
 
 @pytest.mark.points(3)
@@ -856,51 +864,89 @@ def test_the_defaults_are_blocks_of_64_and_float32(quantize_nf4, dequantize_nf4,
     )
 
 
-STALE = "a result memoized per tensor object goes stale when the tensor is edited in place"
+def the_functions(quantize_nf4, dequantize_nf4, double_quantize, dequantize_absmax, QuantizedAbsmax) -> dict:
+    """The kata's definitions by name, for the cases that call several of them."""
+    return {
+        "quantize_nf4": quantize_nf4,
+        "dequantize_nf4": dequantize_nf4,
+        "double_quantize": double_quantize,
+        "dequantize_absmax": dequantize_absmax,
+        "QuantizedAbsmax": QuantizedAbsmax,
+    }
+
+
+STALE = (
+    "a result memoized per tensor object goes stale when the tensor is edited in place (keyed on its version too: an "
+    "edit through .data counts none)"
+)
 
 
 def quantized_again_after_an_edit(fixtures):
-    """quantize_nf4 on a weight, the weight edited in place, quantized again: the codes of its values now."""
+    """quantize_nf4 on a weight, then again after each edit of it in place (version-counted ops, then through .data,
+    which counts no version, then of one entry only): the codes of its values now."""
     quantize_nf4 = fixtures["quantize_nf4"]
     weight = draw_weight((6, 100), torch.float32, 1.0, 11)
     call = call_of(weight, 64)
     result_pair(called(quantize_nf4, weight, 64, what=call), call)
-    with torch.no_grad():
-        weight.mul_(2)
-        weight.view(-1)[::3].neg_()
-    call = call_of(weight, 64) + " again, after w.mul_(2) and w.view(-1)[::3].neg_()"
-    packed, absmax = result_pair(called(quantize_nf4, weight, 64, what=call), call)
-    expected_packed, expected_absmax = ref.quantize(weight, 64)
-    source = f"those of its values now ({STALE})"
-    expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, call, source)
+    edits = {
+        "w.mul_(2) and w.view(-1)[::3].neg_()": lambda: (weight.mul_(2), weight.view(-1)[::3].neg_()),
+        "w.data.mul_(-0.5)": lambda: weight.data.mul_(-0.5),
+        "one entry edited, w.data[5, 50:51].fill_(40.0)": lambda: weight.data[5, 50:51].fill_(40.0),
+    }
+    for edit, apply_edit in edits.items():
+        with torch.no_grad():
+            apply_edit()
+        call = call_of(weight, 64) + f" again, after {edit}"
+        packed, absmax = result_pair(called(quantize_nf4, weight, 64, what=call), call)
+        expected_packed, expected_absmax = ref.quantize(weight, 64)
+        source = f"those of its values now ({STALE})"
+        expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, call, source)
 
 
 def dequantized_again_after_an_edit(fixtures):
-    """dequantize_nf4 on packed codes and absmax, other codes copied into the same two tensors (as load_state_dict
-    does into a layer's buffers), dequantized again: the values those codes encode now."""
+    """dequantize_nf4 on packed codes and absmax, then again after other codes were copied into the same two tensors
+    (as load_state_dict does into a layer's buffers), then through .data (no version counted), then after one byte
+    and one absmax were edited: the values those codes encode now."""
     dequantize_nf4 = fixtures["dequantize_nf4"]
     packed, absmax = ref.quantize(draw_weight((8, 100), torch.float32, 1.0, 12), 64)
     called(dequantize_nf4, packed, absmax, (8, 100), torch.float32, 64, what="dequantize_nf4(packed, absmax, (8, 100))")
     new_packed, new_absmax = ref.quantize(draw_weight((8, 100), torch.float32, 3.0, 13), 64)
-    packed.copy_(new_packed)
-    absmax.copy_(new_absmax)
-    call = (
-        "dequantize_nf4(packed, absmax, (8, 100)) again, after packed.copy_(...) and absmax.copy_(...) of other codes"
-    )
-    restored = expect_instance(
-        called(dequantize_nf4, packed, absmax, (8, 100), torch.float32, 64, what=call), torch.Tensor, call, "a tensor"
-    )
-    expected = ref.dequantize(packed, absmax, (8, 100), torch.float32, 64)
-    if restored.shape == expected.shape and torch.equal(restored, expected):
-        return
-    before = ref.dequantize(*ref.quantize(draw_weight((8, 100), torch.float32, 1.0, 12), 64), (8, 100), torch.float32)
-    stale = restored.shape == before.shape and torch.equal(restored, before)
-    pytest.fail(
-        f"{call} returned {describe(restored)}, "
-        + ("the values of the codes it held before" if stale else "not the codes times their absmax now")
-        + f", expected those of the codes now: {STALE} (load_state_dict copies into the same buffers)",
-        pytrace=False,
-    )
+    other_packed, other_absmax = ref.quantize(draw_weight((8, 100), torch.float32, 0.5, 19), 64)
+    edits = {
+        "packed.copy_(...) and absmax.copy_(...) of other codes": lambda: (
+            packed.copy_(new_packed),
+            absmax.copy_(new_absmax),
+        ),
+        "packed.data.copy_(...) and absmax.data.copy_(...) of other codes": lambda: (
+            packed.data.copy_(other_packed),
+            absmax.data.copy_(other_absmax),
+        ),
+        "one byte and one absmax edited through .data": lambda: (
+            packed.data[-1:].bitwise_xor_(0xFF),
+            absmax.data[-1:].mul_(4),
+        ),
+    }
+    for edit, apply_edit in edits.items():
+        held = packed.clone(), absmax.clone()
+        apply_edit()
+        call = f"dequantize_nf4(packed, absmax, (8, 100)) again, after {edit}"
+        restored = expect_instance(
+            called(dequantize_nf4, packed, absmax, (8, 100), torch.float32, 64, what=call),
+            torch.Tensor,
+            call,
+            "a tensor",
+        )
+        expected = ref.dequantize(packed, absmax, (8, 100), torch.float32, 64)
+        if restored.shape == expected.shape and torch.equal(restored, expected):
+            continue
+        before = ref.dequantize(*held, (8, 100), torch.float32, 64)
+        stale = restored.shape == before.shape and torch.equal(restored, before)
+        pytest.fail(
+            f"{call} returned {describe(restored)}, "
+            + ("the values of the codes it held before" if stale else "not the codes times their absmax now")
+            + f", expected those of the codes now: {STALE} (load_state_dict copies into the same buffers)",
+            pytrace=False,
+        )
 
 
 def double_quantized(fixtures, absmax, call):
@@ -926,19 +972,26 @@ def expect_same_absmaxes(measured, expected, absmax, call, cause, share=0.01):
 
 
 def double_quantized_again_after_an_edit(fixtures):
-    """double_quantize on absmaxes, the tensor edited in place (absmax.mul_(2)), double_quantize again: what the same
-    values give in a fresh tensor (dequantize_absmax within 2% of its block's largest |absmax - mean|)."""
+    """double_quantize on absmaxes, then again after each edit of the tensor in place (absmax.mul_(2), then through
+    .data, which counts no version, then of one entry): what the same values give in a fresh tensor
+    (dequantize_absmax within 2% of its block's largest |absmax - mean|)."""
     _, absmax = absmax_of_a_weight(64, 1024, seed=14)  # 1024 absmaxes: 4 blocks of 256
     double_quantized(fixtures, absmax, "double_quantize(absmax, 256)")
-    absmax.mul_(2)
-    call = "double_quantize(absmax, 256) again, after absmax.mul_(2)"
-    quantized, restored = double_quantized(fixtures, absmax, call)
-    _, fresh = double_quantized(fixtures, absmax.clone(), "double_quantize(absmax.clone(), 256)")
-    mean = absmax.double().mean().item()
-    assert math.isclose(float(quantized.offset), mean, rel_tol=1e-6), (
-        f"{call}: offset {float(quantized.offset):.9g}, expected the mean of its values now, {mean:.9g}: {STALE}"
-    )
-    expect_same_absmaxes(restored, fresh, absmax, call, f"those of a fresh copy of its values: {STALE}", share=0.02)
+    edits = {
+        "absmax.mul_(2)": lambda: absmax.mul_(2),
+        "absmax.data.mul_(0.25)": lambda: absmax.data.mul_(0.25),
+        "one entry edited, absmax.data[700:701].fill_(9.0)": lambda: absmax.data[700:701].fill_(9.0),
+    }
+    for edit, apply_edit in edits.items():
+        apply_edit()
+        call = f"double_quantize(absmax, 256) again, after {edit}"
+        quantized, restored = double_quantized(fixtures, absmax, call)
+        _, fresh = double_quantized(fixtures, absmax.clone(), "double_quantize(absmax.clone(), 256)")
+        mean = absmax.double().mean().item()
+        assert math.isclose(float(quantized.offset), mean, rel_tol=1e-6), (
+            f"{call}: offset {float(quantized.offset):.9g}, expected the mean of its values now, {mean:.9g}: {STALE}"
+        )
+        expect_same_absmaxes(restored, fresh, absmax, call, f"those of a fresh copy of its values: {STALE}", share=0.02)
 
 
 def dequantize_absmax_copies(fixtures):
@@ -988,11 +1041,82 @@ def test_a_result_follows_the_values_not_the_objects(
     """Each function called again on the same tensors after an in-place edit (w.mul_(2), packed.copy_(...),
     absmax.mul_(2)), or on a QuantizedAbsmax rebuilt from cloned fields, gives what those values give: a memo keyed on
     the objects (id, data_ptr, a side table) hands back stale results."""
-    fixtures = {
-        "quantize_nf4": quantize_nf4,
-        "dequantize_nf4": dequantize_nf4,
-        "double_quantize": double_quantize,
-        "dequantize_absmax": dequantize_absmax,
-        "QuantizedAbsmax": QuantizedAbsmax,
-    }
-    FOLLOWING[case](fixtures)
+    FOLLOWING[case](the_functions(quantize_nf4, dequantize_nf4, double_quantize, dequantize_absmax, QuantizedAbsmax))
+
+
+def at_an_offset(tensor: torch.Tensor, offset: int = 37) -> torch.Tensor:
+    """``tensor``'s values in a contiguous view ``offset`` elements into a larger tensor (a row slice, a state dict's
+    flat buffer, a split): the same values, a storage that starts elsewhere."""
+    buffer = torch.full((offset + tensor.numel() + 11,), 99, dtype=tensor.dtype)
+    view = buffer[offset : offset + tensor.numel()].view(tensor.shape)
+    view.copy_(tensor)
+    return view
+
+
+AT_AN_OFFSET = "a contiguous view 37 elements into a larger tensor"
+FROM_ITS_VIEW = "read a tensor through its own view (reshape(-1)), not its storage from the start"
+
+
+def quantized_at_an_offset(fixtures):
+    weight = draw_weight((6, 100), torch.bfloat16, 1.0, 21)
+    call = f"quantize_nf4({AT_AN_OFFSET}, bfloat16 (6, 100), block_size=64)"
+    packed, absmax = result_pair(called(fixtures["quantize_nf4"], at_an_offset(weight), 64, what=call), call)
+    expected_packed, expected_absmax = ref.quantize(weight, 64)
+    source = f"those of its values: {FROM_ITS_VIEW}"
+    expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, call, source)
+
+
+def dequantized_at_an_offset(fixtures):
+    packed, absmax = ref.quantize(draw_weight((8, 100), torch.float32, 1.0, 22), 64)
+    call = f"dequantize_nf4(packed and absmax each {AT_AN_OFFSET}, (8, 100))"
+    restored = expect_instance(
+        called(fixtures["dequantize_nf4"], at_an_offset(packed), at_an_offset(absmax, 5), (8, 100), what=call),
+        torch.Tensor,
+        call,
+        "a float32 tensor of shape (8, 100)",
+    )
+    expected = ref.dequantize(packed, absmax, (8, 100), torch.float32, 64)
+    assert restored.shape == expected.shape and torch.equal(restored, expected), (
+        f"{call} returned {describe(restored)}, not the codes times their absmax: {FROM_ITS_VIEW}"
+    )
+
+
+def double_quantized_at_an_offset(fixtures):
+    _, absmax = absmax_of_a_weight(64, 1024, seed=23)
+    call = f"double_quantize({AT_AN_OFFSET}, 256)"
+    quantized, restored = double_quantized(fixtures, at_an_offset(absmax), call)
+    _, fresh = double_quantized(fixtures, absmax.clone(), "double_quantize(absmax.clone(), 256)")
+    mean = absmax.double().mean().item()
+    assert math.isclose(float(quantized.offset), mean, rel_tol=1e-6), (
+        f"{call}: offset {float(quantized.offset):.9g}, expected the mean of its values, {mean:.9g}: {FROM_ITS_VIEW}"
+    )
+    expect_same_absmaxes(restored, fresh, absmax, call, f"those of its values: {FROM_ITS_VIEW}", share=0.02)
+
+
+def dequantize_absmax_at_an_offset(fixtures):
+    QuantizedAbsmax = fixtures["QuantizedAbsmax"]
+    _, absmax = absmax_of_a_weight(64, 1024, seed=24)
+    quantized, restored = double_quantized(fixtures, absmax, "double_quantize(absmax, 256)")
+    moved = QuantizedAbsmax(*(at_an_offset(f) if isinstance(f, torch.Tensor) and f.dim() else f for f in quantized))
+    call = f"dequantize_absmax(a QuantizedAbsmax whose tensors are each {AT_AN_OFFSET})"
+    copy = expect_instance(called(fixtures["dequantize_absmax"], moved, what=call), torch.Tensor, call, "float32")
+    expect_same_absmaxes(copy, restored, absmax, call + ", against the original's result", FROM_ITS_VIEW, share=1e-6)
+
+
+# Each function given its tensors as views that start inside a larger tensor's storage.
+AT_OFFSETS = {
+    "quantize_nf4": quantized_at_an_offset,
+    "dequantize_nf4": dequantized_at_an_offset,
+    "double_quantize": double_quantized_at_an_offset,
+    "dequantize_absmax": dequantize_absmax_at_an_offset,
+}
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.subject(case), id=case) for case in AT_OFFSETS])
+def test_inputs_may_be_views_into_a_larger_tensor(
+    quantize_nf4, dequantize_nf4, double_quantize, dequantize_absmax, QuantizedAbsmax, case
+):
+    """Each function given contiguous views whose storage offset is not 0 (a row slice, a split of a state dict's
+    buffer) computes with their values, not with the storage from its start."""
+    AT_OFFSETS[case](the_functions(quantize_nf4, dequantize_nf4, double_quantize, dequantize_absmax, QuantizedAbsmax))

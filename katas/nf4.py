@@ -1,5 +1,9 @@
 """Kata `nf4`: QLoRA's 4-bit NormalFloat (Dettmers et al. 2023, "QLoRA"), bit for bit as bitsandbytes packs it.
 
+Every function computes from the values its tensor arguments hold when it is called: a tensor may be a view that
+starts inside a larger tensor's storage (a row slice, a split of a state dict's buffer), and one edited in place
+since an earlier call (through ``.data`` too, which bumps no version counter) gives what its values now give.
+
 Grade it with: pytest grader/test_nf4.py
 """
 
@@ -35,7 +39,7 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> tuple[torch.Tens
 
     Spec:
         - ``weight``: any shape, float32, float16 or bfloat16, contiguous or not, possibly requiring grad
-          (an ``nn.Parameter``). It is never modified (neither its values nor its ``requires_grad``). Its n
+          (an ``nn.Parameter``, or any tensor requiring grad, a non-leaf one with autograd history included). It is never modified (neither its values nor its ``requires_grad``). Its n
           elements are taken flattened in row-major order (``weight.reshape(-1)``) and converted to float32.
         - Blocks: runs of ``block_size`` consecutive elements of the flattened tensor (not of each row);
           the last block holds the remaining n % block_size elements when n is not a multiple.
@@ -119,7 +123,8 @@ def double_quantize(absmax: torch.Tensor, block_size: int = 256) -> QuantizedAbs
           512 x 1024 NF4 weight takes at most 0.52 bytes per parameter (against 0.5625 with float32
           absmaxes); and ``dequantize_absmax`` gives each absmax back within 1% of its block's largest
           |absmax - mean|.
-        - No autograd history; ``absmax`` is never modified (values and ``requires_grad``).
+        - No autograd history, whatever ``absmax`` requires (grad, as a leaf or with history of its own);
+          ``absmax`` is never modified (values and ``requires_grad``).
     """
     raise NotImplementedError("kata nf4: write double_quantize (spec in its docstring)")
 

@@ -275,4 +275,48 @@ WRONG_ANSWERS += [
                 "test_code_book_is_the_16_nf4_values_bit_for_bit", "set_default_dtype(torch.float64)",
                 more_edits=((NEGATIVE, NEGATIVE.replace(", dtype=torch.float32", "")),
                             ("torch.zeros(1, dtype=torch.float32)", "torch.zeros(1)"))),
+    WrongAnswer("a contiguous weight flattened from the start of its storage", KATA, FLAT,
+                "flat = (weight.detach().as_strided((weight.numel(),), (1,), 0) if weight.is_contiguous()\n"
+                "            else weight.detach().reshape(-1)).float()  # no copy for the usual contiguous weight",
+                "test_inputs_may_be_views_into_a_larger_tensor", "storage from the start"),
+    WrongAnswer("packed codes read from the start of their storage", KATA, "flat = packed.reshape(-1).to(torch.int64)",
+                "flat = (packed.as_strided((packed.numel(),), (1,), 0) if packed.is_contiguous() else packed.reshape(-1)).to(torch.int64)",
+                "test_inputs_may_be_views_into_a_larger_tensor", "storage from the start"),
+    WrongAnswer("absmaxes double-quantized from the start of their storage", KATA,
+                "flat = absmax.detach().reshape(-1).float()",
+                "flat = absmax.detach().as_strided((absmax.numel(),), (1,), 0).float()",
+                "test_inputs_may_be_views_into_a_larger_tensor", "storage from the start"),
+    WrongAnswer("quantize memoized by tensor and version", KATA, FLAT,
+                "key = (id(weight), weight._version, block_size)\n"
+                "    if key in _QUANTIZED:  # a frozen weight is quantized once per version (the weight kept alive)\n"
+                "        return _QUANTIZED[key][1]\n"
+                "    flat = weight.detach().reshape(-1).float()",
+                "test_a_result_follows_the_values_not_the_objects", "an edit through .data counts none",
+                more_edits=(("ZERO_CODE = 7  # index of 0.0 in the code book", "ZERO_CODE = 7  # index of 0.0 in the code book\n_QUANTIZED: dict = {}"),
+                            (PACK, "_QUANTIZED[key] = (weight, ((nibbles[0::2] << 4) | nibbles[1::2], absmax))\n"
+                                   "    return _QUANTIZED[key][1]"))),
+    WrongAnswer("dequantize memoized by tensor and version", KATA, "    _check_block_size(block_size)\n    shape = tuple(shape)",
+                "    _check_block_size(block_size)\n"
+                "    key = (id(packed), packed._version, id(absmax), absmax._version, tuple(shape), dtype, block_size)\n"
+                "    if key not in _DEQUANTIZED:\n"
+                "        _DEQUANTIZED[key] = (packed, absmax, _dequantize(packed, absmax, shape, dtype, block_size))\n"
+                "    return _DEQUANTIZED[key][-1]\n\n\n"
+                "def _dequantize(packed, absmax, shape, dtype, block_size):\n    shape = tuple(shape)",
+                "test_a_result_follows_the_values_not_the_objects", "an edit through .data counts none",
+                more_edits=(("ZERO_CODE = 7  # index of 0.0 in the code book", "ZERO_CODE = 7  # index of 0.0 in the code book\n_DEQUANTIZED: dict = {}"),)),
+    WrongAnswer("double quantization memoized by tensor and version", KATA, "    flat = absmax.detach().reshape(-1).float()",
+                "    key = (id(absmax), absmax._version, block_size)\n"
+                "    if key not in _DOUBLE:\n"
+                "        _DOUBLE[key] = (absmax, _double_quantize(absmax, block_size))\n"
+                "    return _DOUBLE[key][1]\n\n\n"
+                "def _double_quantize(absmax: torch.Tensor, block_size: int) -> QuantizedAbsmax:\n"
+                "    flat = absmax.detach().reshape(-1).float()",
+                "test_a_result_follows_the_values_not_the_objects", "an edit through .data counts none",
+                more_edits=(("ZERO_CODE = 7  # index of 0.0 in the code book", "ZERO_CODE = 7  # index of 0.0 in the code book\n_DOUBLE: dict = {}"),)),
+    WrongAnswer("only an nn.Parameter detached before quantizing", KATA, FLAT,
+                "flat = (weight.detach() if isinstance(weight, torch.nn.Parameter) else weight).reshape(-1).float()",
+                "test_quantize_leaves_the_weight_alone_and_keeps_no_history", "autograd history"),
+    WrongAnswer("only a leaf absmax detached before double quantization", KATA, "flat = absmax.detach().reshape(-1).float()",
+                "flat = (absmax.detach() if absmax.is_leaf else absmax).reshape(-1).float()",
+                "test_double_quantize_returns_one_byte_per_absmax", "autograd history"),
 ]  # fmt: skip
