@@ -39,8 +39,9 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> tuple[torch.Tens
 
     Spec:
         - ``weight``: any shape, float32, float16 or bfloat16, contiguous or not, possibly requiring grad
-          (an ``nn.Parameter``, or any tensor requiring grad, a non-leaf one with autograd history included). It is never modified (neither its values nor its ``requires_grad``). Its n
-          elements are taken flattened in row-major order (``weight.reshape(-1)``) and converted to float32.
+          (an ``nn.Parameter``, or any tensor requiring grad, a non-leaf one with autograd history included).
+          It is never modified (neither its values nor its ``requires_grad``). Its n elements are taken
+          flattened in row-major order (``weight.reshape(-1)``) and converted to float32.
         - Blocks: runs of ``block_size`` consecutive elements of the flattened tensor (not of each row);
           the last block holds the remaining n % block_size elements when n is not a multiple.
         - ``absmax``: float32, shape (ceil(n / block_size),), each block's max |x|. An all-zero block's
