@@ -3,9 +3,10 @@ its outputs, never through private names, so every sane layout can be graded."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -443,6 +444,17 @@ FLOAT32_ROUNDING_KEPT_FROM_CONSTRUCTION = (
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Within the block torch's default dtype is ``dtype`` (a training script that set float64, say), restored after."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
 def relative_error(measured: torch.Tensor, expected: torch.Tensor, scale: torch.Tensor | None = None) -> float:
     """||measured - expected|| / ||expected|| in float64 (the absolute error when expected is 0); with ``scale``
     (the same sums over the terms' magnitudes, lora_in_float64(..., absolute=True)), over the larger of the two."""
@@ -551,6 +563,8 @@ FORWARD_FAILURES = {
     "dtype": "a tensor made on the way (a dropout mask?) is not in x's dtype: make it like x (torch.rand_like(x))",
     "of 0 elements": "x may hold no rows (an empty batch): flatten with x.reshape(-1, x.shape[-1]) and restore with "
     "reshape(*x.shape[:-1], out), never a -1 beside a 0 (reshape(N, -1), reshape(*lead, -1))",
+    "Inference tensors": "a tensor an earlier call made under torch.inference_mode() is kept (a constant cached at the "
+    "first call, say) and autograd refuses it: nothing a call makes may outlive it",
 }
 
 
@@ -570,6 +584,19 @@ def own_forward_or_hooks(base: nn.Module) -> bool:
     return hooked or bool({name for name, _ in base.named_parameters()} - {"weight", "bias"})
 
 
+def forward_in_regime(layer: nn.Module, x: torch.Tensor, where: str) -> torch.Tensor:
+    """``layer(x)``, failing the check with the likely cause when the forward raises one of FORWARD_FAILURES."""
+    try:
+        return output(layer, x)
+    except RuntimeError as error:
+        message = str(error).splitlines()[0]
+        cause = next((text for word, text in FORWARD_FAILURES.items() if word in message), None)
+        if cause is None:
+            raise
+        pytest.fail(f"{where}: the forward raised RuntimeError ({message}), expected a {x.dtype} output: {cause}",
+                    pytrace=False)  # fmt: skip
+
+
 def expect_plain_lora_in_regime(
     layer: nn.Module,
     base: nn.Module,
@@ -584,10 +611,11 @@ def expect_plain_lora_in_regime(
 ) -> None:
     """Fail the check unless ``layer`` (factors made trained-looking here) computes plain LoRA, and with
     ``grad`` "grad on" its gradients, in the grad mode ``grad`` (of GRAD_MODES) and the regime the caller set up
-    (dtype, mode, call style: described by ``regime``), then again after its base is edited in place, then one entry
-    of the base through .data, then its factors through .data, then after load_state_dict(..., assign=True) put new
-    Parameters in place of all of its own (as loading onto a model built on the meta device does): nothing may be
-    cached between calls, nor a factor held from construction. With ``dropout``, the layer's probability, active in
+    (dtype, mode, call style: described by ``regime``), the layer called in the other grad modes first, then again
+    after its base is edited in place, then one entry of the base through .data, then its factors through .data,
+    then one entry of each, then after load_state_dict(..., assign=True) put new Parameters in place of all of its
+    own (as loading onto a model built on the meta device does): nothing may be cached between calls, nor a factor
+    held from construction. With ``dropout``, the layer's probability, active in
     this regime: each row of x holds one nonzero feature, so the mask can be told from the output, each row's adapter
     share dropped (0) or kept (1 / (1 - p)). ``base`` is an nn.Linear or a Conv1D (weight (in, out)). ``built_in``:
     the dtype the layer was built in, when the caller converted it to the base's dtype since (layer.to(dtype))."""
@@ -599,8 +627,15 @@ def expect_plain_lora_in_regime(
     # base changed) computes with stale values; an edit through .data bumps no version at all, and one of a single
     # entry leaves a checksum of a few entries as it was.
     steps = ("", " after its base was edited in place", " after one entry of its base was edited through .data",
-             " after its factors were edited through .data",
+             " after its factors were edited through .data", " after one entry of each factor was edited through .data",
              " after load_state_dict(..., assign=True) replaced its Parameters")  # fmt: skip
+    # The layer is called in every other grad mode first (an evaluation under inference_mode before training): what
+    # a call keeps from another mode (a tensor made at the first call) must not change this one.
+    earlier = [mode for mode in reversed(GRAD_MODES) if mode != grad]  # inference mode first
+    for mode in earlier:
+        with GRAD_MODES[mode]():
+            forward_in_regime(layer, strided((*batch_shape, in_features), contiguous, dtype=dtype), f"{regime}, {mode}")
+    regime = f"{regime}, the layer called under {' and '.join(earlier)} first"
     for step in steps:
         with torch.no_grad():
             if "base was edited in place" in step:
@@ -615,6 +650,9 @@ def expect_plain_lora_in_regime(
                 }
                 layer.load_state_dict(state, assign=True)
                 found = factors(layer, in_features, out_features, r)
+            elif "one entry" in step:
+                for tensor in (found.stored_A, found.stored_B):
+                    tensor.data[(-1,) * tensor.dim()].add_(1.0)  # a view of one entry, whatever the layout
             else:
                 for tensor in (found.stored_A, found.stored_B):
                     tensor.data.normal_(0.0, 0.5)
@@ -630,15 +668,7 @@ def expect_plain_lora_in_regime(
         with GRAD_MODES[grad]():
             if training_step:
                 x.requires_grad_()
-            try:
-                y = output(layer, x)
-            except RuntimeError as error:
-                message = str(error).splitlines()[0]
-                cause = next((text for word, text in FORWARD_FAILURES.items() if word in message), None)
-                if cause is None:
-                    raise
-                pytest.fail(f"{where}: the forward raised RuntimeError ({message}), expected a {dtype} output: {cause}",
-                            pytrace=False)  # fmt: skip
+            y = forward_in_regime(layer, x, where)
         kept = None
         if dropout:
             plain, share = (lora_in_float64(base, found, s, x, None)[0] for s in (scaling, 0.0))
@@ -979,6 +1009,11 @@ class LinearLookalike(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.weight, self.bias)
+
+
+# Another library's layer that is named Linear (a quantized Linear, Megatron's ColumnParallelLinear keeps the word):
+# no nn.Linear, though its class name, or a name in its MRO, says Linear. A check by name takes it.
+ForeignLinear = type("Linear", (LinearLookalike,), {"__module__": "another_library"})
 
 
 class PeftLoraLinearLike(nn.Module):

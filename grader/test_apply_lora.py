@@ -363,6 +363,7 @@ ZOO_CASES = [  # (model, targets): every layer one of whose names matches (named
     ("look-alikes", ("fc1", "fc10", "o", "oo")),  # a name that starts another is adapted with it, not instead
     ("nested", ("attn", "blocks.0", "out", "heads.q_proj")),  # containers named, not their layers: heads.q_proj only
     ("look-alikes", ("v_proj",)),  # the nn.Linear, not the LayerNorm norms.v_proj
+    ("look-alikes", ("k_proj", "v_proj")),  # not k_proj, whose class is named Linear but is no nn.Linear
     ("look-alikes", ("attn.q",)),  # not attn_q: a target is a name, not a regular expression
     ("tied", ("v_proj", "alias")),  # both names of one layer: one adapter (under both, or under v_proj only)
     ("tied", ("alias",)),  # only a second name matches: named_modules() (deduplicated) lists layers.0.v_proj alone
@@ -405,7 +406,12 @@ def test_adapts_the_model_zoo(apply_lora, LoRALinear, model_name, targets):
         returned = apply_lora(model, targets, 2, 4.0)
     except ValueError as error:
         if not raised_by_apply_lora(error):
-            raise
+            pytest.fail(
+                f"{call}: apply_lora wrapped a module its LoRALinear refuses ({str(error).splitlines()[0]}): a target "
+                "is an nn.Linear (isinstance(module, nn.Linear)), not a module whose class name says Linear, such "
+                "as another library's k_proj here",
+                pytrace=False,
+            )
         returned = model  # "nothing matched": reported below by the layers it missed
     assert returned is model, f"{call} returned {describe(returned)}, expected the model itself, adapted in place"
     found = {name for name, module in model.named_modules(remove_duplicate=False) if isinstance(module, LoRALinear)}

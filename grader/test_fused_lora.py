@@ -27,6 +27,7 @@ from grader.probes import (
     UNROUNDED_ALPHA,
     UNROUNDED_R,
     Conv1DLike,
+    ForeignLinear,
     LinearLookalike,
     PeftLoraLinearLike,
     describe,
@@ -1022,8 +1023,15 @@ def test_the_layer_rejects_a_rank_that_is_not_a_positive_integer(FusedLoRALinear
 @pytest.mark.subject("FusedLoRALinear")
 @pytest.mark.parametrize(  # an Embedding's weight and a Conv1D's (stored (in, out)) are 2-D too, yet no nn.Linear;
     "make_base",  # the look-alikes even say in_features and out_features and hold an (out, in) weight
-    [lambda: nn.Conv1d(IN, OUT, 1), lambda: nn.Embedding(OUT, IN), Conv1DLike, LinearLookalike, PeftLoraLinearLike],
-    ids=["Conv1d", "Embedding", "Conv1D", "Linear-look-alike", "peft-lora.Linear-like"],
+    [
+        lambda: nn.Conv1d(IN, OUT, 1),
+        lambda: nn.Embedding(OUT, IN),
+        Conv1DLike,
+        LinearLookalike,
+        PeftLoraLinearLike,
+        ForeignLinear,
+    ],
+    ids=["Conv1d", "Embedding", "Conv1D", "Linear-look-alike", "peft-lora.Linear-like", "another-librarys-Linear"],
 )
 def test_the_layer_rejects_a_base_that_is_not_linear(FusedLoRALinear, make_base):
     base = make_base()

@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
-from grader.models import GAINS, GatedLinear, with_forward_hooks
+from grader.models import GAINS, GatedLinear, GatedProjection, with_forward_hooks
 from grader.probes import (
     DEVICES,
     DROP_IN,
@@ -24,6 +24,8 @@ from grader.probes import (
     UNROUNDED_ALPHA,
     UNROUNDED_R,
     Conv1DLike,
+    ForeignLinear,
+    PeftLoraLinearLike,
     adapter_input_multipliers,
     arguments_id,
     dtype_name,
@@ -131,7 +133,9 @@ def test_records_r_alpha_and_scaling(LoRALinear):
 
 @pytest.mark.points(2)
 @pytest.mark.parametrize(
-    "make_base", [lambda: nn.Linear(IN, OUT), lambda: GatedLinear(IN, OUT)], ids=["Linear", "GatedLinear"]
+    "make_base",
+    [lambda: nn.Linear(IN, OUT), lambda: GatedLinear(IN, OUT), lambda: GatedProjection(IN, OUT)],
+    ids=["Linear", "GatedLinear", "GatedProjection"],  # the last holds a layer of its own, a gate
 )
 def test_freezes_every_base_parameter(LoRALinear, make_base):
     base = make_base()
@@ -551,8 +555,10 @@ class DenseLike(nn.Module):
         lambda: nn.Embedding(OUT, IN),
         Conv1DLike,
         DenseLike,
+        lambda: ForeignLinear(IN, OUT),
+        lambda: PeftLoraLinearLike(IN, OUT),
     ],
-    ids=["Conv1d", "Bilinear", "Embedding", "Conv1D", "DenseLike"],
+    ids=["Conv1d", "Bilinear", "Embedding", "Conv1D", "DenseLike", "another-librarys-Linear", "peft-lora.Linear-like"],
 )
 def test_rejects_a_base_that_is_not_linear(LoRALinear, make_base):
     base = make_base()

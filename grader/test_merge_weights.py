@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from hypothesis import example, given
@@ -14,6 +16,7 @@ from grader.probes import (
     RELATIVE_TOLERANCE,
     UNROUNDED_ALPHA,
     UNROUNDED_R,
+    default_dtype,
     describe,
     expect_instance,
     expect_on_the_base_device,
@@ -177,16 +180,43 @@ def test_replaces_every_adapter_by_a_plain_linear(LoRALinear, merge_weights):
 
 
 @pytest.mark.points(1)
-def test_merging_a_single_layer_returns_the_linear(LoRALinear, merge_weights):
+@pytest.mark.parametrize("kind", ["LoRALinear", "a subclass of it"])
+def test_merging_a_single_layer_returns_the_linear(LoRALinear, merge_weights, kind):
     base = nn.Linear(12, 10)
     layer = LoRALinear(base, r=4, alpha=8.0)
+    if kind != "LoRALinear":
+        make_a_subclass_instance(layer, LoRALinear)
     randomize_factors(layer)
     x = torch.randn(5, 12)
     expected = eval_outputs(layer, x)
     returned = merge_weights(layer)
-    assert type(returned) is nn.Linear, f"merge_weights(LoRALinear) returned {describe(returned)}, expected nn.Linear"
+    call = f"merge_weights({type(layer).__name__}" + (", a subclass of LoRALinear)" if kind != "LoRALinear" else ")")
+    assert type(returned) is nn.Linear, f"{call} returned {describe(returned)}, expected the merged nn.Linear" + (
+        ": a subclass of LoRALinear is a LoRALinear, test isinstance(model, LoRALinear)" if kind != "LoRALinear" else ""
+    )
     error = max_difference(returned(x), expected)
-    assert error < 1e-5, f"the merged layer's outputs differ from the LoRALinear's by {error:.3g}"
+    assert error < 1e-5, f"{call}: the merged layer's outputs differ from the adapter's by {error:.3g}"
+
+
+@pytest.mark.points(1)
+def test_merges_adapters_that_share_a_base(LoRALinear, merge_weights):
+    """Two adapters on one base (two tasks trained on one frozen layer): each merged layer computes what its own
+    adapter did, so neither may fold its update into the base both hold."""
+    base = nn.Linear(12, 10)
+    model = nn.ModuleDict({"task_a": LoRALinear(base, r=4, alpha=8.0), "task_b": LoRALinear(base, r=2, alpha=6.0)})
+    for layer in model.values():
+        randomize_factors(layer, std=0.5)
+    x = torch.randn(5, 12)
+    expected = {name: eval_outputs(layer, x) for name, layer in model.items()}
+    returned_model(merge_weights(model))
+    for name, layer in model.items():
+        merged = expect_instance(layer, nn.Linear, f"the merged model[{name!r}]", "an nn.Linear")
+        error = max_difference(eval_outputs(merged, x), expected[name])
+        assert error < 1e-5, (
+            f"two adapters that share one base, merged: model[{name!r}] differs from what its adapter computed by "
+            f"{error:.3g}: the base is held by the other adapter too, so folding an update into it changes both; "
+            "build a new nn.Linear (or reuse the base only where nothing else holds it)"
+        )
 
 
 @pytest.mark.points(2)
@@ -267,8 +297,11 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
 
 
 @pytest.mark.points(1)
-@pytest.mark.parametrize("alone", [True, False], ids=["alone", "after-a-float64-layernorm"])
-def test_float32_weights_are_summed_in_float32(LoRALinear, merge_weights, alone):
+@pytest.mark.parametrize(
+    "alone, default", [(True, None), (False, None), (True, torch.float64)],
+    ids=["alone", "after-a-float64-layernorm", "alone-under-a-float64-default-dtype"],
+)  # fmt: skip
+def test_float32_weights_are_summed_in_float32(LoRALinear, merge_weights, alone, default):
     in_features, out_features, r = 64, 48, 8  # 3072 weights: a float32 rounding shows in many
     base = nn.Linear(in_features, out_features)
     layer = LoRALinear(base, r=r, alpha=20.0)
@@ -278,7 +311,9 @@ def test_float32_weights_are_summed_in_float32(LoRALinear, merge_weights, alone)
     found = factors(layer, in_features, out_features, r)
     exact = base.weight.double() + layer.scaling * found.B.double() @ found.A.double()
     if alone:
-        merged, where = returned_linear(merge_weights(layer)), ""
+        with default_dtype(default) if default else contextlib.nullcontext():
+            merged = returned_linear(merge_weights(layer))
+        where = " (merged under torch.set_default_dtype(torch.float64))" if default else ""
     else:  # the model's first parameter is float64, its adapted layer float32: the layer's dtype decides
         model = nn.Sequential(nn.LayerNorm(in_features, dtype=torch.float64), layer)
         returned_model(merge_weights(model))
@@ -293,6 +328,7 @@ def test_float32_weights_are_summed_in_float32(LoRALinear, merge_weights, alone)
         "float64 and rounded once, which float32 arithmetic does not give: only fp16/bf16 weights are upcast (to "
         "float32); float32 weights add in float32"
         + ("" if alone else " (each layer's own dtype decides, not the model's first parameter, float64 here)")
+        + (" (each layer's own dtype decides, not torch's default dtype)" if default else "")
     )
 
 

@@ -31,6 +31,7 @@ from grader.nf4_checks import (
 from grader.oracles import optional
 from grader.probes import (
     DEVICES,
+    default_dtype,
     describe,
     dtype_name,
     expect_instance,
@@ -100,12 +101,8 @@ def test_code_book_is_the_16_nf4_values_bit_for_bit(nf4_code_book):
     elif off < 1e-3:
         cause = "close but not NF4's: is the offset 0.9677083, with 9 and 8 probabilities from linspace(offset, 0.5)?"
     assert off == 0, f"the code book differs from bitsandbytes' NF4 table by up to {off:.3g}: {cause}"
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # a training script that set it (for a float64 check, say)
-    try:
+    with default_dtype(torch.float64):
         under_float64 = nf4_code_book()
-    finally:
-        torch.set_default_dtype(default_dtype)
     assert isinstance(under_float64, torch.Tensor) and torch.equal(under_float64, ref.CODE_BOOK), (
         f"under torch.set_default_dtype(torch.float64) nf4_code_book() returned {describe(under_float64)}, expected "
         "bitsandbytes' float32 table: pass dtype=torch.float32 to linspace and zeros (their default follows torch's)"

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from grader.oracles import load
-from grader.probes import describe, expect_value_error
+from grader.probes import default_dtype, describe, expect_value_error
 from grader.signatures import expect_the_stubs_signatures
 from grader.training import (
     CLIP_FORMULAS,
@@ -167,12 +167,8 @@ def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_los
             f"{call} = {measured.item():.8g}, expected {expected:.8g} (computed in {expected_dtype}): compute the "
             f"loss in float32, not in {dtype}"
         )
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # a float64 session: the upcast names float32, not the default dtype
-    try:
+    with default_dtype(torch.float64):  # a float64 session: the upcast names float32, not the default dtype
         under_float64 = loss_value(causal_lm_loss(logits, labels), f"causal_lm_loss({dtype} logits, labels)")
-    finally:
-        torch.set_default_dtype(default_dtype)
     assert under_float64.dtype == expected_dtype, (
         f"under torch.set_default_dtype(torch.float64), causal_lm_loss({dtype} logits, labels) is "
         f"{under_float64.dtype}, expected {expected_dtype}: keep float32 and upcast half precision to float32 itself "

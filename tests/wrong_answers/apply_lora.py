@@ -180,4 +180,11 @@ WRONG_ANSWERS = [
                 "    return any(name == target or",
                 "    if not targets or \"all-linear\" in targets:\n        return True\n    return any(name == target or",
                 "test_raises_naming_the_targets_when_nothing_matches", "nor as peft's 'all-linear'"),
+    WrongAnswer("a Linear told by the class names of its MRO", KATA,
+                "if isinstance(module, (nn.Linear, LoRALinear)) and id(module) not in inside",
+                'if (any(c.__name__ == "Linear" for c in type(module).__mro__) or isinstance(module, LoRALinear))\n'
+                "        and id(module) not in inside",
+                "test_adapts_the_model_zoo", "k_proj",
+                more_edits=(("        if isinstance(module, nn.Linear):\n            parent_name",
+                             "        if not isinstance(module, LoRALinear):\n            parent_name"),)),
 ]  # fmt: skip

@@ -326,4 +326,32 @@ WRONG_ANSWERS = [
                 "return self.base(x) + F.linear(down.reshape(-1, down.shape[-1]), self.lora_B)"
                 ".reshape(*x.shape[:-1], -1)",
                 "test_matches_plain_lora_in_every_regime", "an empty batch"),
+    WrongAnswer("alpha / r kept as a tensor made at the first call", KATA, DOWN,
+                "down = F.linear(self.dropout(x), self.lora_A) * self._scale_like(x)",
+                "test_matches_plain_lora_in_every_regime", "an earlier call made under torch.inference_mode() is kept",
+                more_edits=((RESULT, RESULT + "\n\n    def _scale_like(self, x: torch.Tensor) -> torch.Tensor:\n"
+                             "        key = (x.dtype, x.device, self.scaling)  # made once, not copied to the device each call\n"
+                             "        cache = self.__dict__.setdefault(\"_scales\", {})\n"
+                             "        if key not in cache:\n"
+                             "            cache[key] = torch.tensor(self.scaling, dtype=x.dtype, device=x.device)\n"
+                             "        return cache[key]"),)),
+    WrongAnswer("a base told by the word Linear in its class name", KATA, "if not isinstance(base, nn.Linear):",
+                'if "Linear" not in type(base).__name__:  # bitsandbytes\' Linear4bit, LazyLinear, ... without imports',
+                "test_rejects_a_base_that_is_not_linear", "ValueError"),
+    WrongAnswer("only the base's own parameters frozen, not its children's", KATA, FREEZE,
+                "self.base = base\n        for parameter in base.parameters(recurse=False):\n"
+                "            parameter.requires_grad_(False)",
+                "test_freezes_every_base_parameter", "still require grad"),
+    WrongAnswer("the eval-mode update cached under a key of sampled entries", KATA, DOWN,
+                "if not self.training and not torch.is_grad_enabled():  # serving: the update cached\n"
+                "            return self.base(x) + F.linear(x, self._cached_delta())\n        " + DOWN,
+                "test_matches_plain_lora_in_every_regime", "one entry of each factor",
+                more_edits=((RESULT, RESULT + "\n\n    def _cached_delta(self) -> torch.Tensor:\n"
+                             "        key = tuple((t.data_ptr(), t._version, t.detach().reshape(-1)[:: max(1, t.numel() // 8)].tolist(),\n"
+                             "                     self.scaling) for t in (self.lora_A, self.lora_B))\n"
+                             "        cached = self.__dict__.get(\"_delta\")\n"
+                             "        if cached is None or cached[0] != key:\n"
+                             "            with torch.no_grad():\n"
+                             "                cached = self.__dict__[\"_delta\"] = (key, (self.lora_B @ self.lora_A) * self.scaling)\n"
+                             "        return cached[1]"),)),
 ]  # fmt: skip

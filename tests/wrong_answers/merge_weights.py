@@ -54,7 +54,7 @@ WRONG_ANSWERS = [
                 "test_merges_the_same_in_train_mode_with_dropout", "not from a forward pass"),
     WrongAnswer("a single LoRALinear not handled", KATA,
                 "    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n", "",
-                "test_merging_a_single_layer_returns_the_linear", "expected nn.Linear"),
+                "test_merging_a_single_layer_returns_the_linear", "expected the merged nn.Linear"),
     WrongAnswer("merged weight a plain tensor", KATA, "merged.weight = " + SUM,
                 "del merged.weight\n    merged.weight = (weight.to(accumulate) + update).to(weight.dtype)",
                 "test_replaces_every_adapter_by_a_plain_linear", "not an nn.Parameter"),
@@ -162,4 +162,25 @@ WRONG_ANSWERS = [
                 "        return _merged_linear(layer)\n\n\n"
                 "@torch.no_grad()\ndef _merged_linear(layer: LoRALinear) -> nn.Linear:\n",
                 "test_merged_model_computes_what_the_adapted_one_did", "a model in eval mode: ["),
+    WrongAnswer("a lone adapter merged only when its type is exactly LoRALinear", KATA,
+                "if isinstance(model, LoRALinear):\n        return merged_linear(model)",
+                "if type(model) is LoRALinear:  # merge_weights(model.lm_head): the layer itself\n        return merged_linear(model)",
+                "test_merging_a_single_layer_returns_the_linear", "a subclass of LoRALinear is a LoRALinear"),
+    WrongAnswer("the base reused though another adapter holds it too", KATA, "merged[id(module)] = merged_linear(module)",
+                "merged[id(module)] = merged_linear(module, _outside_adapters(model))",
+                "test_merges_adapters_that_share_a_base", "held by the other adapter",
+                more_edits=(("def merged_linear(layer: LoRALinear) -> nn.Linear:",
+                             "def merged_linear(layer: LoRALinear, held_outside: frozenset = frozenset()) -> nn.Linear:"),
+                            (NEW_LAYER.split("\n")[0],
+                             "if id(base) not in held_outside:  # peft's merge_and_unload: the base itself holds W + dW\n"
+                             "        base.weight = " + SUM + "\n        return base\n    " + NEW_LAYER.split("\n")[0]),
+                            ("@torch.no_grad()\ndef merged_linear",
+                             "def _outside_adapters(model: nn.Module) -> frozenset:\n"
+                             "    reached, stack = set(), [model]\n    while stack:\n        module = stack.pop()\n"
+                             "        if id(module) not in reached:\n            reached.add(id(module))\n"
+                             "            stack.extend(c for c in module._modules.values() if c is not None and not isinstance(c, LoRALinear))\n"
+                             "    return frozenset(reached)\n\n\n@torch.no_grad()\ndef merged_linear"))),
+    WrongAnswer("summed in the promotion of the weight's dtype and the default dtype", KATA, ACCUMULATE,
+                "accumulate = torch.promote_types(weight.dtype, torch.get_default_dtype())  # half -> float32",
+                "test_float32_weights_are_summed_in_float32", "set_default_dtype"),
 ]  # fmt: skip
