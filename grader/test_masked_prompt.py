@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from grader.probes import expect_value_error
+from grader.probes import default_dtype, expect_value_error
 from grader.signatures import expect_the_stubs_signatures
 from grader.tokenizer import GraderTokenizer, transformers_tokenizer
 
@@ -341,6 +341,8 @@ def assert_labels(tokenizer, ids: list, labels: list, expected: Expected) -> Non
 @example(instruction="Echo the input.", input="\t")
 @example(instruction="Echo the input.", input="\n")
 @example(instruction=" ", input="  \r\n ")
+@example(instruction="Fill the {input} placeholder.", input="Ada")  # braces in the text are text, not slots
+@example(instruction="Repeat {instruction}.", input="{input} and {instruction}")
 def test_format_prompt_follows_the_template(format_prompt, instruction, input):
     expected = template(instruction, input)
     measured = format_prompt(instruction, input)
@@ -358,6 +360,11 @@ def test_format_prompt_follows_the_template(format_prompt, instruction, input):
         cause = "with an empty input there is no newline: '[INST] {instruction} [/INST] '"
     elif input and measured == f"[INST] {instruction} {input} [/INST] ":
         cause = "the input goes on its own line: a newline between instruction and input, not a space"
+    elif "{" in instruction + input and measured.startswith("[INST] "):
+        cause = (
+            "a placeholder written in the instruction or the input ({input}, {instruction}) is text: fill the template "
+            "once (an f-string), not by str.replace, which rewrites it inside the texts too"
+        )
     elif isinstance(measured, str) and measured.startswith("[INST] ") and measured.endswith(" [/INST] "):
         cause = "keep instruction and input as given, character for character (no Unicode or line-end normalizing)"
     assert measured == expected, (
@@ -668,16 +675,30 @@ def test_unicode_and_emoji(build_example, tokenizer, case):
 
 
 @pytest.mark.points(1)
-def test_very_long_output(build_example, tokenizer):
+def test_very_long_output(build_example, tokenizer, monkeypatch):
+    """An example far longer than the tokenizer's model_max_length (GPT-2's 1024 here) is kept whole unless
+    max_length is given, by default or as max_length=None."""
     output = " ".join(f"Step {i}: the sea is wide, the sea is deep. Hello 🙂" for i in range(400))
     expected = expected_example(tokenizer, "Write a long story.", "", output)
-    ids, labels, _ = fields(build_example(tokenizer, "Write a long story.", "", output))
-    assert len(ids) >= len(expected.input_ids), (
-        f"a {len(expected.input_ids)}-token example came back with {len(ids)} input_ids: "
-        "no truncation unless max_length is given"
-    )
-    assert_input_ids(tokenizer, ids, expected, template("Write a long story.", ""), output)
-    assert_labels(tokenizer, ids, labels, expected)
+    monkeypatch.setattr(tokenizer, "model_max_length", 1024, raising=False)
+    calls = {
+        "build_example(tokenizer, ...)": lambda: build_example(tokenizer, "Write a long story.", "", output),
+        "build_example(tokenizer, ..., max_length=None)": lambda: build_example(
+            tokenizer, "Write a long story.", "", output, max_length=None
+        ),
+    }
+    for call, make in calls.items():
+        try:
+            ids, labels, _ = fields(make())
+        except TypeError as error:
+            pytest.fail(f"{call} raised TypeError ({error}): max_length=None is the stub's no limit", pytrace=False)
+        assert len(ids) >= len(expected.input_ids), (
+            f"{call}: a {len(expected.input_ids)}-token example came back with {len(ids)} input_ids, the tokenizer's "
+            "model_max_length is 1024: no truncation unless max_length is given (not the tokenizer's "
+            "model_max_length either)"
+        )
+        assert_input_ids(tokenizer, ids, expected, template("Write a long story.", ""), output)
+        assert_labels(tokenizer, ids, labels, expected)
 
 
 TRUNCATED = ("Translate to French.", "Hello, my friend.", "Bonjour, mon ami. See you soon!")
@@ -943,8 +964,10 @@ def test_collate_pads_on_the_right_to_the_longest(collate, lengths, first, pad, 
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("first, pad", [(10, PAD), (LLAMA3_VOCAB - 9, LLAMA3_PAD)], ids=["small-ids", "llama-3-ids"])
-def test_collate_returns_long_tensors_of_shape_batch_by_longest(collate, first, pad):
-    batch = collated(collate, synthetic_examples([2, 5, 3], first), pad)
+@pytest.mark.parametrize("lengths", [(2, 5, 3), (3000, 16)], ids=["short", "longer-than-a-context"])
+def test_collate_returns_long_tensors_of_shape_batch_by_longest(collate, first, pad, lengths):
+    batch = collated(collate, synthetic_examples(list(lengths), first), pad)
+    shape = (len(lengths), max(lengths))
     for key in KEYS:
         value = batch[key]
         assert isinstance(value, torch.Tensor), f"collate's {key} is a {type(value).__name__}, expected a torch tensor"
@@ -952,7 +975,43 @@ def test_collate_returns_long_tensors_of_shape_batch_by_longest(collate, first, 
             f"collate's {key} is {value.dtype}, expected torch.int64: embeddings and cross_entropy need long "
             "indices; pass dtype=torch.long"
         )
-        assert tuple(value.shape) == (3, 5), f"collate's {key} has shape {tuple(value.shape)}, expected (3, 5)"
+        assert tuple(value.shape) == shape, (
+            f"collate's {key} has shape {tuple(value.shape)}, expected {shape}: (batch, longest), however long (no "
+            "cap at a context length: truncating is build_example's max_length)"
+        )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=str)
+def test_ids_stay_exact_under_any_default_dtype(build_example, collate, tokenizer, dtype):
+    """A script may set torch's default dtype (bf16 for a model, float64 for a check): token ids are integers, and
+    build_example and collate give each id exactly whatever it is (never through a float tensor)."""
+    examples = synthetic_examples([2, 5, 3], 4097)  # ids from 4097: float16 and bfloat16 round most of them
+    expected = expected_example(tokenizer, INSTRUCTION, INPUT, OUTPUT)
+    with default_dtype(dtype):
+        example = build_example(tokenizer, INSTRUCTION, INPUT, OUTPUT)
+        batch = collated(collate, examples, LLAMA3_PAD)
+    where = f"under torch.set_default_dtype({dtype})"
+    ids, labels, _ = fields(example)
+    assert ids == expected.input_ids and labels == expected.labels, (
+        f"{where} build_example gave other ids or labels than under float32: ids are ints, keep them in lists "
+        "(or torch.long tensors), never in a torch.Tensor(...) of the default float dtype"
+    )
+    for key in KEYS:
+        measured = batch[key].tolist()
+        changed = [
+            i for i, (row, own) in enumerate(zip(measured, examples, strict=True)) if row[: len(own[key])] != own[key]
+        ]
+        assert not changed and batch[key].dtype == torch.long, (
+            f"{where} collate's {key} is {batch[key].dtype}"
+            + (
+                f", row {changed[0]} {measured[changed[0]]} where the example holds {examples[changed[0]][key]}"
+                if changed
+                else ""
+            )
+            + ": build it with torch.tensor(rows, dtype=torch.long), not torch.Tensor(rows).long(), which goes "
+            "through the default float dtype"
+        )
 
 
 @pytest.mark.points(1)

@@ -8,7 +8,7 @@ The tokenizer is any Hugging Face style tokenizer: ``tokenizer(text, add_special
 gives the ids of ``text`` alone (so do ``return_tensors="pt"``, a list of texts, and ``tokenize`` followed by
 ``convert_tokens_to_ids``: the grader's tokenizers take these calls too), and it has ``bos_token_id`` (None for
 tokenizers without one) and ``eos_token_id``. An answer that works here works unchanged with
-``transformers.AutoTokenizer``.
+``transformers.AutoTokenizer``. Every ValueError says in its message what was wrong.
 
 Grade it with: pytest grader/test_masked_prompt.py
 """
@@ -29,6 +29,7 @@ def format_prompt(instruction: str, input: str = "") -> str:
         - ``"[INST] {instruction}\\n{input} [/INST] "``: the input on its own line, after the instruction.
         - ``"[INST] {instruction} [/INST] "`` when ``input`` is empty.
         - Both end with one space after ``[/INST]``; the response follows it.
+        - The texts are put in as they are: braces in them (``"Fill the {input} slot."``) are text.
     """
     raise NotImplementedError("kata masked_prompt: write format_prompt (spec in its docstring)")
 
@@ -47,7 +48,8 @@ def build_example(
         - ``labels`` is ``IGNORE_INDEX`` (-100) on bos and on every prompt token, and equals
           ``input_ids`` on the response tokens and on eos (the model must learn to stop).
         - ``attention_mask`` is all ones (the model attends to the prompt; only the loss ignores it).
-        - ``max_length`` (when not None) keeps the first ``max_length`` items of all three lists.
+        - ``max_length`` (when not None) keeps the first ``max_length`` items of all three lists; None keeps
+          them whole, however long (the tokenizer's ``model_max_length`` is not a limit here).
 
     Raises:
         ValueError: ``max_length`` leaves no response token, so every label would be -100 (a NaN loss);
@@ -60,7 +62,8 @@ def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str
     """Batch examples of ``build_example`` into tensors, right-padded to the longest example.
 
     Spec:
-        - Returns ``input_ids``, ``labels`` and ``attention_mask``, LongTensors of shape (batch, longest).
+        - Returns ``input_ids``, ``labels`` and ``attention_mask``, LongTensors of shape (batch, longest),
+          however long the longest (whatever torch's default dtype: ids are never floats).
         - Padding goes on the right: ``pad_token_id`` in input_ids, ``IGNORE_INDEX`` in labels (no loss
           on padding) and 0 in attention_mask (nothing attends to padding).
         - Padding is what lies past an example's length: a real token may carry the pad id (pad = eos

@@ -281,4 +281,33 @@ WRONG_ANSWERS = [
     WrongAnswer("special-token texts split (split_special_tokens=True)", KATA, ENCODE,
                 ENCODE.replace("add_special_tokens=False", "add_special_tokens=False, split_special_tokens=True"),
                 "test_input_ids_are_bos_prompt_response_eos", "split_special_tokens=True"),
+    WrongAnswer("collate through a float tensor", KATA,
+                "        key: torch.tensor(\n            [example[key] + [value] * (longest - len(example[key])) for example in examples], dtype=torch.long\n        )",
+                "        key: torch.Tensor([example[key] + [value] * (longest - len(example[key])) for example in examples]).long()",
+                "test_ids_stay_exact_under_any_default_dtype", "set_default_dtype"),
+    WrongAnswer("build_example through a float tensor", KATA, INPUT_IDS + "\n    " + LABELS + "  # prompt_ids holds bos too",
+                "ids = torch.Tensor(prompt_ids + response_ids)\n    masked = ids.clone()\n"
+                "    masked[: len(prompt_ids)] = IGNORE_INDEX  # bos and the prompt: no loss\n"
+                "    input_ids, labels = ids.long().tolist(), masked.long().tolist()",
+                "test_ids_stay_exact_under_any_default_dtype", "set_default_dtype",
+                more_edits=(("from typing import Any\n", "from typing import Any\n\nimport torch\n"),)),
+    WrongAnswer("the template filled by str.replace", KATA,
+                "    if input:\n        return " + FULL_TEMPLATE + "\n    " + SHORT_TEMPLATE,
+                '    template = "[INST] {instruction}\\n{input} [/INST] " if input else "[INST] {instruction} [/INST] "\n'
+                '    return template.replace("{instruction}", instruction).replace("{input}", input)',
+                "test_format_prompt_follows_the_template", "str.replace"),
+    WrongAnswer("no limit spelled as a huge default", KATA, "output: str, max_length: int | None = None\n",
+                "output: str, max_length: int = int(1e30)\n",
+                "test_very_long_output", "max_length=None",
+                more_edits=(("    if max_length is not None:\n        if max_length <=", "    if max_length < int(1e30):\n        if max_length <="),)),
+    WrongAnswer("no max_length: the tokenizer's model_max_length", KATA, "    if max_length is not None:\n        if max_length <=",
+                '    if max_length is None:  # no limit given: the model\'s own, as truncation=True does\n'
+                '        max_length = getattr(tokenizer, "model_max_length", None)\n'
+                "        if max_length is not None and len(input_ids) <= max_length:\n            max_length = None\n"
+                "    if max_length is not None:\n        if max_length <=",
+                "test_very_long_output", "model_max_length"),
+    WrongAnswer("collate capped at a context of 2048", KATA, 'longest = max(len(example["input_ids"]) for example in examples)',
+                'longest = min(max(len(example["input_ids"]) for example in examples), 2048)  # the model\'s context',
+                "test_collate_returns_long_tensors_of_shape_batch_by_longest", "expected (2, 3000)",
+                more_edits=(("[example[key] + [value] * (longest", "[example[key][:longest] + [value] * (longest"),)),
 ]  # fmt: skip
