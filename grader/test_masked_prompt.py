@@ -47,10 +47,10 @@ OUTPUTS = st.lists(PIECES | st.text(min_size=1, max_size=3), min_size=1, max_siz
 # the same class, size and special ids (a cache keyed by text, or by text, len(tokenizer) and the special ids, goes
 # stale).
 TOKENIZERS = ["bpe", "other-vocab", "permuted-vocab", "bpe-without-bos", "gpt2-like", "neox-like", "adds-eos",
-              "pad-is-eos", "transformers"]  # fmt: skip
+              "pad-is-eos", "no-pad", "pads-left", "transformers"]  # fmt: skip
 STYLE_OF = {"bpe": "llama", "other-vocab": "other-vocab", "permuted-vocab": "permuted-vocab",
             "bpe-without-bos": "no-bos", "gpt2-like": "gpt2", "neox-like": "neox", "adds-eos": "adds-eos",
-            "pad-is-eos": "pad-is-eos"}  # fmt: skip
+            "pad-is-eos": "pad-is-eos", "no-pad": "no-pad", "pads-left": "pads-left"}  # fmt: skip
 
 
 @pytest.fixture
@@ -63,7 +63,8 @@ def tokenizer() -> GraderTokenizer:
 def any_tokenizer(request: pytest.FixtureRequest):
     """The tokenizer zoo: the grader's BPE with the special tokens of Llama (bos added), in another vocabulary,
     in a permuted one with the same special ids, without bos, of GPT-2 (bos = eos = pad, nothing added), of
-    GPT-NeoX (the same, of id 0), adding eos itself, with pad = eos; and transformers' PreTrainedTokenizerFast."""
+    GPT-NeoX (the same, of id 0), adding eos itself, with pad = eos, without a pad token, padding on the left; and
+    transformers' PreTrainedTokenizerFast."""
     if request.param == "transformers":
         try:
             return transformers_tokenizer()
@@ -81,6 +82,8 @@ NOTES = {  # what sets each tokenizer of the zoo apart, for the verdicts of the 
     "neox-like": "GPT-NeoX-like: bos = eos = pad, of id 0, none added",
     "adds-eos": "add_special_tokens adds bos and eos",
     "pad-is-eos": "pad = eos",
+    "no-pad": "no pad token, as Llama-2's loads: padding=True raises",
+    "pads-left": "padding_side 'left'",
     "transformers": "transformers' PreTrainedTokenizerFast",
 }
 
@@ -95,6 +98,24 @@ def tokenizer_zoo() -> dict[str, object]:
 
 def described(name: str) -> str:
     return f"with the {name} tokenizer ({NOTES[name]})"
+
+
+def described_tokenizer(tokenizer) -> str:
+    """``described`` for a tokenizer of the zoo, by its style (transformers' has none)."""
+    name = {style: name for name, style in STYLE_OF.items()}.get(getattr(tokenizer, "style", None), "transformers")
+    return described(name)
+
+
+def built(build_example, tokenizer, *texts: str) -> dict:
+    """``build_example(tokenizer, *texts)``, failing the check with the tokenizer it was given when it raises."""
+    try:
+        return build_example(tokenizer, *texts)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        pytest.fail(
+            f"build_example raised {type(error).__name__} ({error}) {described_tokenizer(tokenizer)}: ask the "
+            "tokenizer only what every Hugging Face tokenizer answers (texts with add_special_tokens=False)",
+            pytrace=False,
+        )
 
 
 def enc(tokenizer, text: str) -> list[int]:
@@ -279,9 +300,9 @@ def assert_input_ids(tokenizer, measured: list, expected: Expected, prompt: str,
     around_expected = tokens(tokenizer, expected.input_ids, i - 3, i + 4, seam=start)
     around_measured = tokens(tokenizer, measured, i - 3, i + 4)
     pytest.fail(
-        f"input_ids differ from [bos] + enc(prompt) + enc(output) + [eos] at position {i} of {len(expected.input_ids)}"
-        f" (| where the response begins): expected {around_expected}, measured {around_measured}: "
-        + ids_cause(tokenizer, measured, expected, prompt, output),
+        f"input_ids differ from [bos] + enc(prompt) + enc(output) + [eos] {described_tokenizer(tokenizer)} at "
+        f"position {i} of {len(expected.input_ids)} (| where the response begins): expected {around_expected}, "
+        f"measured {around_measured}: " + ids_cause(tokenizer, measured, expected, prompt, output),
         pytrace=False,
     )
 
@@ -551,7 +572,7 @@ def over_examples(check):
 @over_examples
 def test_input_ids_are_bos_prompt_response_eos(build_example, any_tokenizer, instruction, input, output):
     expected = expected_example(any_tokenizer, instruction, input, output)
-    ids, _, _ = fields(build_example(any_tokenizer, instruction, input, output))
+    ids, _, _ = fields(built(build_example, any_tokenizer, instruction, input, output))
     assert_input_ids(any_tokenizer, ids, expected, template(instruction, input), output)
 
 
@@ -559,7 +580,7 @@ def test_input_ids_are_bos_prompt_response_eos(build_example, any_tokenizer, ins
 @over_examples
 def test_labels_mask_bos_and_the_prompt_and_nothing_else(build_example, any_tokenizer, instruction, input, output):
     expected = expected_example(any_tokenizer, instruction, input, output)
-    ids, labels, _ = fields(build_example(any_tokenizer, instruction, input, output))
+    ids, labels, _ = fields(built(build_example, any_tokenizer, instruction, input, output))
     assert_labels(any_tokenizer, ids, labels, expected)
 
 

@@ -117,6 +117,8 @@ class GraderTokenizer:
         "pad-is-eos": (BOS, EOS, EOS, True, False),  # the usual fine-tuning set-up: pad_token = eos_token
         "other-vocab": (BOS, EOS, PAD, True, False),  # Llama's special tokens, every id shifted
         "permuted-vocab": (BOS, EOS, PAD, True, False),  # Llama's special tokens and ids, the others reversed
+        "no-pad": (BOS, EOS, None, True, False),  # Llama-2 as it loads: no pad token, so padding=True refuses
+        "pads-left": (BOS, EOS, PAD, True, False),  # padding_side "left", as generation set-ups load it
     }
     OTHER_VOCAB_OFFSET = 1000
 
@@ -133,8 +135,10 @@ class GraderTokenizer:
         self.additional_special_tokens: list[str] = []
         self.bos_token_id = None if bos_token is None else self._id(bos_token)
         self.eos_token_id = self._id(eos_token)
-        self.pad_token_id = self._id(pad_token)
+        self.pad_token_id = None if pad_token is None else self._id(pad_token)
         self.unk_token_id = None
+        if self.style == "pads-left":
+            self.padding_side = "left"
 
     def _id(self, token: str) -> int | None:
         backend_id = self._backend.token_to_id(token)

@@ -310,4 +310,15 @@ WRONG_ANSWERS = [
                 'longest = min(max(len(example["input_ids"]) for example in examples), 2048)  # the model\'s context',
                 "test_collate_returns_long_tensors_of_shape_batch_by_longest", "expected (2, 3000)",
                 more_edits=(("[example[key] + [value] * (longest", "[example[key][:longest] + [value] * (longest"),)),
+    WrongAnswer("a padded batch call unpadded by the mask's count", KATA, PROMPT,
+                "batch = tokenizer([format_prompt(instruction, input), output], add_special_tokens=False, padding=True)\n"
+                "    prompt_ids, output_ids = (ids[: sum(mask)] for ids, mask in zip(batch[\"input_ids\"], batch[\"attention_mask\"]))",
+                "test_input_ids_are_bos_prompt_response_eos", "with the pads-left tokenizer",
+                more_edits=((RESPONSE, "response_ids = [*output_ids, tokenizer.eos_token_id]"),)),
+    WrongAnswer("a padded batch call, whatever the pad token", KATA, PROMPT,
+                "batch = tokenizer([format_prompt(instruction, input), output], add_special_tokens=False, padding=True)\n"
+                "    prompt_ids, output_ids = ([i for i, m in zip(ids, mask) if m]\n"
+                "                              for ids, mask in zip(batch[\"input_ids\"], batch[\"attention_mask\"]))",
+                "test_input_ids_are_bos_prompt_response_eos", "with the no-pad tokenizer",
+                more_edits=((RESPONSE, "response_ids = [*output_ids, tokenizer.eos_token_id]"),)),
 ]  # fmt: skip

@@ -22,10 +22,13 @@ def _enc(tokenizer: Any, text: str) -> list[int]:
 def build_example(tokenizer: Any, instruction: str, input: str, output: str, max_length: int | None = None):
     """RIGHT, another style: the prompt and the output in one BATCH call (a list of two texts, each tokenized alone),
     padded to a tensor as batch calls usually are, each row's ids taken back by its attention_mask (whatever the
-    tokenizer's padding_side)."""
+    tokenizer's padding_side); a tokenizer without a pad token answers the same call unpadded."""
     prompt = format_prompt(instruction, input)
-    batch = tokenizer([prompt, output], add_special_tokens=False, padding=True, return_tensors="pt")
-    prompt_ids, output_ids = (batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist() for row in range(2))
+    if tokenizer.pad_token_id is None:  # nothing to pad with (Llama-2 as it loads): a list of lists, unpadded
+        prompt_ids, output_ids = tokenizer([prompt, output], add_special_tokens=False)["input_ids"]
+    else:
+        batch = tokenizer([prompt, output], add_special_tokens=False, padding=True, return_tensors="pt")
+        prompt_ids, output_ids = (batch["input_ids"][r][batch["attention_mask"][r].bool()].tolist() for r in range(2))
     bos = [] if tokenizer.bos_token_id is None else [int(tokenizer.bos_token_id)]
     prefix = bos + prompt_ids
     response = [*output_ids, int(tokenizer.eos_token_id)]
