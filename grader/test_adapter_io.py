@@ -508,6 +508,23 @@ def test_the_loaded_factors_train(load_adapter, LoRALinear, LoRAConv1D, tmp_path
             "package's layers, whose factors train, ready to train on; leave them so (peft's from_pretrained "
             "freezes them unless is_trainable=True)"
         )
+    layers = adapters_in(model, LoRALinear, LoRAConv1D)
+    try:  # "ready to train on": one backward pass reaches every factor
+        with quiet():
+            model(input_ids=token_ids()).logits.square().mean().backward()
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0][:160]
+        pytest.fail(
+            f"a training step on the loaded gpt2 raised {first_line!r}: the loaded layers must train as any do; were "
+            "they built or filled under torch.inference_mode() (inference tensors never train)? copy the factors "
+            "under torch.no_grad()",
+            pytrace=False,
+        )
+    gradless = [name for name, layer in layers.items() if any(t.grad is None for t in trainable(layer))]
+    assert not gradless, (
+        f"after a backward pass on the loaded gpt2 the factors of {gradless[:2]} have no gradient: ready to train on, "
+        "each loaded layer's factors take part in the forward and require grad"
+    )
 
 
 @pytest.mark.points(1)

@@ -269,4 +269,9 @@ WRONG_ANSWERS = [
                 "    model.eval()  # as peft's from_pretrained leaves it\n    directory = Path(directory)\n"
                 "    config = json.loads(",
                 "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "its train or eval mode too"),
+    WrongAnswer("load_adapter under torch.inference_mode()", KATA,
+                "def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:",
+                "@torch.inference_mode()  # loading copies values: no autograd needed\n"
+                "def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:",
+                "test_the_loaded_factors_train", "inference_mode"),
 ]  # fmt: skip
