@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +66,9 @@ SAVE_EMBEDDINGS = False  # peft saves a tied lm_head's weight beside its factors
 # Adapted; "1.0" is not, though the list entry "0" matches it (it ends with ".0"); nor is "x_y", which "x.y" read as
 # a regex (its dot unescaped) fullmatches.
 NESTED_TARGETS = ["0", "1.1", "x.y"]
+# The adapted nn.Linear of each, beside an unadapted "1.NAME" of another kind peft adapts (a Conv1D, an nn.Embedding):
+# the list entry NAME matches it too.
+COLLISIONS = {"beside a Conv1D": "0", "beside an Embedding": "embed"}
 
 
 def plain(kind: str) -> nn.Module:
@@ -73,6 +77,13 @@ def plain(kind: str) -> nn.Module:
         layers = {"0": nn.Linear(8, 12), "1": nn.Sequential(nn.Linear(12, 12), nn.Linear(12, 6))}
         layers |= {"x_y": nn.Linear(6, 6), "x": nn.ModuleDict({"y": nn.Linear(6, 6)})}  # "x.y" beside "x_y"
         return nn.Sequential(OrderedDict(layers)).eval()
+    if kind in COLLISIONS:  # an adapted nn.Linear beside an unadapted layer of another kind peft adapts too
+        from transformers.pytorch_utils import Conv1D
+
+        torch.manual_seed(0)
+        other = {"beside a Conv1D": lambda: Conv1D(12, 8), "beside an Embedding": lambda: nn.Embedding(10, 8)}[kind]()
+        name = COLLISIONS[kind]
+        return nn.Sequential(OrderedDict({name: nn.Linear(8, 12), "1": nn.ModuleDict({name: other})})).eval()
     if kind == "llama":
         return tiny_llama()
     if kind == "gpt2":  # a subclass of a kind of layer is one: peft adapts them, a test of type(m) is skips them
@@ -87,6 +98,8 @@ def target_names(kind: str, model: nn.Module) -> list[str]:
         return matching_linears(model, TOY_TARGETS)
     if kind == "nested":
         return list(NESTED_TARGETS)
+    if kind in COLLISIONS:
+        return [COLLISIONS[kind]]
     suffixes = LLAMA_TARGETS if kind == "llama" else GPT2_TARGETS
     return [name for name, _ in model.named_modules() if name.rpartition(".")[2] in suffixes]
 
@@ -294,7 +307,7 @@ def test_saved_tensors_are_exactly_the_factors(save_adapter, LoRALinear, LoRACon
 
 
 @pytest.mark.points(2)
-@pytest.mark.parametrize("kind", ["llama", "toy", "nested"])
+@pytest.mark.parametrize("kind", ["llama", "toy", "nested", *COLLISIONS])
 def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
     model, fresh, layers = adapted_model(kind, LoRALinear, LoRAConv1D)
     config = read_config(saved(save_adapter, model, tmp_path))
@@ -421,8 +434,16 @@ MATCHING = "a list entry matches a name equal to it or ending with '.' + entry, 
 def expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, oracle, directory, what) -> None:
     """Load peft's files in ``directory`` into ``model`` and fail the check unless the adapters sit on the layers
     peft adapted (``oracle``) and the model computes what peft's does. ``what`` says what the files hold."""
-    modes = {name: module.training for name, module in model.named_modules()}
+    modules = dict(model.named_modules())
+    modes = {name: module.training for name, module in modules.items()}
     loaded(load_adapter, model, directory, f"{kind}, {what}, peft's own files")
+    kept = [name for name, module in model.named_modules() if modules.get(name) is module]
+    flipped = [name or "the model" for name in kept if model.get_submodule(name).training != modes[name]]
+    assert not flipped, (
+        f"{kind}, {what}: load_adapter put {flipped[:3]} ({len(flipped)} modules it did not replace) in "
+        f"{'eval' if modes[''] else 'train'} mode: it replaces the targeted layers and leaves every other module's "
+        "train or eval mode as it was (no model.eval(): peft's from_pretrained(..., is_trainable=True) leaves it)"
+    )
     found, wanted = sorted(adapters_in(model, LoRALinear, LoRAConv1D)), sorted(peft_layers(oracle))
     wrong, missed = sorted(set(found) - set(wanted)), sorted(set(wanted) - set(found))
     assert not wrong and not missed, (
@@ -459,6 +480,21 @@ def test_loads_what_peft_saves_and_computes_what_peft_does(load_adapter, LoRALin
 
 @pytest.mark.points(1)
 @pytest.mark.subject("load_adapter")
+@pytest.mark.parametrize("kind", ["toy", "gpt2"])  # an nn.Linear, and Conv1D layers beside the tied lm_head
+def test_loads_into_a_model_in_train_mode(load_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
+    """An adapter loaded to go on training (the spec's "ready to train on"): on a model in train mode, with the
+    config's lora_dropout, each new layer trains as the layer it replaces did and every other module keeps its
+    mode, so the dropout drops inputs in training, as peft's model (is_trainable=True) does."""
+    model, oracle = peft_saved(kind, tmp_path)
+    config = read_config(tmp_path)
+    config["lora_dropout"] = 0.25  # the eval-mode outputs peft's model gives do not depend on it
+    (tmp_path / CONFIG).write_text(json.dumps(config))
+    model.train()
+    expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, oracle, tmp_path, "a model in train mode")
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("load_adapter")
 def test_the_loaded_factors_train(load_adapter, LoRALinear, LoRAConv1D, tmp_path):
     model, _ = peft_saved("gpt2", tmp_path)  # a LoRAConv1D and a LoRALinear (the tied lm_head) among the layers
     originals = dict(model.named_modules())
@@ -472,6 +508,23 @@ def test_the_loaded_factors_train(load_adapter, LoRALinear, LoRAConv1D, tmp_path
             "package's layers, whose factors train, ready to train on; leave them so (peft's from_pretrained "
             "freezes them unless is_trainable=True)"
         )
+    layers = adapters_in(model, LoRALinear, LoRAConv1D)
+    try:  # "ready to train on": one backward pass reaches every factor
+        with quiet():
+            model(input_ids=token_ids()).logits.square().mean().backward()
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0][:160]
+        pytest.fail(
+            f"a training step on the loaded gpt2 raised {first_line!r}: the loaded layers must train as any do; were "
+            "they built or filled under torch.inference_mode() (inference tensors never train)? copy the factors "
+            "under torch.no_grad()",
+            pytrace=False,
+        )
+    gradless = [name for name, layer in layers.items() if any(t.grad is None for t in trainable(layer))]
+    assert not gradless, (
+        f"after a backward pass on the loaded gpt2 the factors of {gradless[:2]} have no gradient: ready to train on, "
+        "each loaded layer's factors take part in the forward and require grad"
+    )
 
 
 @pytest.mark.points(1)
@@ -737,9 +790,10 @@ CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of t
     "no peft_type": lambda tensors, config, layer: config.pop("peft_type"),
     "a config's r other than the tensors' rank": lambda tensors, config, layer: config.update(r=config["r"] // 2),
 }
-WORDS = {  # what the message must name: fields of the corrupted layer, its keys, and their shapes (was and now)
-    "a base weight too, as peft saves an adapted lm_head's": ["{prefix}{layer}.base_layer.weight"],
-    "a lora_B bias too (peft's lora_bias=True)": ["{prefix}{layer}.lora_B.bias"],
+WORDS = {  # what the message must name: fields of the corrupted layer, its keys, and their shapes (was and now);
+    # a tensor by its key in the file or by its name in the model (the key without base_model.model.)
+    "a base weight too, as peft saves an adapted lm_head's": ["{layer}.base_layer.weight"],
+    "a lora_B bias too (peft's lora_bias=True)": ["{layer}.lora_B.bias"],
     "a key without the prefix too": ["{layer}.lora_A.weight"],
     "a lora_A missing": ["{layer}"],
     "a lora_B missing": ["{layer}"],
@@ -753,14 +807,35 @@ WORDS = {  # what the message must name: fields of the corrupted layer, its keys
 
 
 def named(corruption: str, layer: str, was: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) -> list[str]:
-    """What the message about ``corruption`` of ``layer`` must name; a shape spelled "4,8", as "(4, 8)" reads
-    without its spaces."""
+    """What the message about ``corruption`` of ``layer`` must name; a shape as "(4, 8)", which the message may
+    spell in any sane way (see ``unnamed``)."""
     fields = {"prefix": PREFIX, "layer": layer, "short": layer.rpartition(".")[2]}
     for factor in "AB":
         key = fields[f"key_{factor}"] = factor_key(layer, factor)
         for when, tensors in (("was", was), ("now", now)):
-            fields[f"{when}_{factor}"] = ",".join(map(str, tensors[key].shape)) if key in tensors else ""
+            fields[f"{when}_{factor}"] = str(tuple(tensors[key].shape)) if key in tensors else ""
     return [word.format(**fields) for word in WORDS.get(corruption, [])]
+
+
+SHAPE = re.compile(r"\((\d+(?:, \d+)*),?\)")  # a shape as named() writes it: "(4, 8)"
+SHAPE_SEPARATOR = r"\s*(?:,|x|X|\u00d7|\*| by )\s*"  # 4,8  4, 8  4x8  4 x 8  4*8  4 by 8, the times sign
+
+
+def unnamed(words: list[str], message: str) -> list[str]:
+    """The ``words`` the ``message`` does not name: a key or a name as it is, a shape in any sane spelling, its
+    sizes in order with a comma, x, the times sign, * or "by" between them (the tuple, a list, torch.Size, "4x8"
+    as torch's matmul error writes it), not inside a longer number."""
+    missing = []
+    for word in words:
+        shape = SHAPE.fullmatch(word)
+        if shape:
+            sizes = shape.group(1).split(", ")
+            found = re.search(r"(?<![\d.])" + SHAPE_SEPARATOR.join(sizes) + r"(?![\d.])", message)
+        else:
+            found = word in message or word in message.replace(" ", "")
+        if not found:
+            missing.append(word)
+    return missing
 
 
 @pytest.fixture(scope="module")
@@ -788,7 +863,7 @@ def test_a_bad_file_is_refused_and_leaves_the_model_as_it_was(
     from safetensors.torch import save_file
 
     LoRALinear(nn.Linear(3, 2), r=1)  # the kata builds on a working LoRALinear
-    model = plain(kind)
+    model = plain(kind).train(kind == "toy")  # a model in training mode too: a refused load leaves its mode alone
     tensors, config = dict(peft_files(kind)[0]), copy.deepcopy(peft_files(kind)[1])
     CORRUPTIONS[corruption](tensors, config, CORRUPTED[kind])
     save_file(tensors, str(tmp_path / WEIGHTS), metadata={"format": "pt"})
@@ -800,8 +875,8 @@ def test_a_bad_file_is_refused_and_leaves_the_model_as_it_was(
     except ValueError as error:
         message = str(error)
         words = named(corruption, CORRUPTED[kind], peft_files(kind)[0], tensors)
-        unnamed = [w for w in words if w not in message.replace(" ", "") and w not in message]
-        assert not unnamed, f"{what}: the ValueError ({message[:200]}) does not name {unnamed}"
+        absent = unnamed(words, message)
+        assert not absent, f"{what}: the ValueError ({message[:200]}) does not name {absent}"
     except NotImplementedError:  # a stub: the report says so
         raise
     except (KeyError, IndexError, RuntimeError) as error:  # tripped over the corruption instead of checking
@@ -819,15 +894,17 @@ def test_a_bad_file_is_refused_and_leaves_the_model_as_it_was(
     expect_as_it_was(model, before, what)
 
 
-def snapshot(model: nn.Module) -> tuple[dict, dict, dict]:
-    """(modules, state, requires_grad flags) of ``model``, to see that a refused load left it as it was."""
+def snapshot(model: nn.Module) -> tuple[dict, dict, dict, dict]:
+    """(modules, state, requires_grad flags, train or eval modes) of ``model``, to see that a refused load left it
+    as it was."""
     modules = dict(model.named_modules())
     state = {name: value.clone() for name, value in model.state_dict().items()}
-    return modules, state, {name: p.requires_grad for name, p in model.named_parameters()}
+    modes = {name: module.training for name, module in modules.items()}
+    return modules, state, {name: p.requires_grad for name, p in model.named_parameters()}, modes
 
 
-def expect_as_it_was(model: nn.Module, before: tuple[dict, dict, dict], what: str) -> None:
-    modules, state, flags = before
+def expect_as_it_was(model: nn.Module, before: tuple[dict, dict, dict, dict], what: str) -> None:
+    modules, state, flags, modes = before
     now = dict(model.named_modules())
     swapped = sorted(name for name in modules if now.get(name) is not modules[name])
     swapped += sorted(now.keys() - modules.keys())
@@ -839,6 +916,12 @@ def expect_as_it_was(model: nn.Module, before: tuple[dict, dict, dict], what: st
     assert not changed, f"{what}: the refused load changed {changed[:2]}: check everything first"
     flipped = [n for n, p in model.named_parameters() if p.requires_grad != flags.get(n)]
     assert not flipped, f"{what}: the refused load changed requires_grad of {flipped[:2]}: check everything first"
+    moded = [name or "the model" for name, module in model.named_modules() if module.training != modes.get(name)]
+    assert not moded, (
+        f"{what}: the refused load put {moded[:3]} ({len(moded)} modules) in {'eval' if modes[''] else 'train'} mode: "
+        "a failed load leaves the model as it was, its train or eval mode too; check the whole file before touching "
+        "the model (no model.eval() first)"
+    )
 
 
 # peft's per-layer alpha or r: honoured (as peft does: a key is a regex, re.match(rf"(.*\.)?({key})$", name), the

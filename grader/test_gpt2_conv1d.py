@@ -19,6 +19,7 @@ from grader.hf import (
     dimensions,
     logits,
     lora_factors,
+    own_class,
     peft_model,
     quiet,
     randomize,
@@ -233,9 +234,17 @@ def test_lives_on_the_base_device_and_dtype(LoRAConv1D, device, dtype):
 @pytest.mark.points(1)
 def test_factors_follow_the_base_device_not_the_default_one(LoRAConv1D):
     conv = conv1d_twin(nn.Linear(IN, OUT, dtype=torch.float64))
-    layer = made_under_a_foreign_default_device(lambda: LoRAConv1D(conv, R, ALPHA))
-    if layer is not None:
+    x = torch.randn(3, IN, dtype=torch.float64)
+
+    def made_and_called() -> tuple[nn.Module, torch.Tensor]:  # a train-mode call with dropout: a mask made without
+        layer = LoRAConv1D(conv, R, ALPHA, 0.25).train()  # device= shows too
+        return layer, output(layer, x)
+
+    made = made_under_a_foreign_default_device(made_and_called)
+    if made is not None:
+        layer, y = made
         expect_on_the_base_device(trainable(layer), conv.weight.device, "the factors were created")
+        expect_on_the_base_device([y], conv.weight.device, "a train-mode forward with dropout computed its output")
 
 
 # The bases "computes exactly base(x)" is checked on, as LoRALinear's are: a model's own Conv1D subclass with its own
@@ -903,6 +912,29 @@ def test_merged_conv1d_holds_W_plus_the_update_transposed(
     assert error < tolerance, f"the merged Conv1D's outputs differ from the adapted layer's by {error:.3g}"
 
 
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+def test_merged_conv1d_follows_the_base_device_not_the_default_one(apply_lora_gpt2, merge_gpt2, Conv1D):
+    """The spec's "in the base's dtype and on its device", on any machine: merged with meta as torch's default
+    device, a float64 model on the CPU (as a GPU model merged with the CPU the default)."""
+    model, ids = adapted_gpt2(apply_lora_gpt2, EVERYWHERE, torch.float64), token_ids()
+    expected = logits(model, ids)
+    returned = made_under_a_foreign_default_device(lambda: merged(merge_gpt2(model)))
+    if returned is None:  # it made the new layers on the default device and moved them: right, not decidable here
+        return
+    names = matching(tiny_gpt2(), EVERYWHERE, Conv1D)
+    layers = [model.get_submodule(name) for name in names]
+    tensors = [t for layer in layers for t in (layer.weight, layer.bias) if t is not None]
+    expect_on_the_base_device(tensors, torch.device("cpu"), "the merged Conv1D weights and biases are")
+    dtypes = sorted({str(t.dtype) for t in tensors} - {"torch.float64"})
+    assert not dtypes, (
+        f"merging a float64 GPT-2 gave Conv1D weights or biases in {dtypes}: the merged Conv1D holds W + dW.T and "
+        "the base's bias in the base's dtype"
+    )
+    error = max_difference(logits(model, ids), expected)
+    assert error < 1e-9, f"the merged float64 model's logits differ from the adapted one's by {error:.3g}"
+
+
 @pytest.mark.points(2)
 @pytest.mark.subject("merge_gpt2")
 def test_merged_weights_are_parameters_without_grad_history(apply_lora_gpt2, merge_gpt2, Conv1D):
@@ -946,6 +978,63 @@ def test_merging_a_tied_lm_head_leaves_wte_alone(apply_lora_gpt2, merge_gpt2):
         "Parameter, so W + dW.T written into it in place changes the other layer too; give the merged Conv1D a "
         "weight of its own"
     )
+    error = max_difference(logits(model, ids), expected)
+    assert error < 1e-5, f"the merged model's logits differ from the adapted one's by {error:.3g}"
+
+
+def left_outside(model: nn.Module, LoRAConv1D, LoRALinear) -> dict[str, nn.Module]:
+    """The modules of ``model`` under every name that is no adapter's nor inside one (a module registered both
+    inside an adapter and elsewhere is listed under its other name)."""
+    named = list(model.named_modules(remove_duplicate=False))
+    held = [name for name, module in named if isinstance(module, (LoRAConv1D, LoRALinear))]
+    return {name: module for name, module in named if not any(name == a or name.startswith(a + ".") for a in held)}
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+def test_merging_leaves_what_the_adapters_share_alone(apply_lora_gpt2, merge_gpt2, LoRAConv1D, LoRALinear):
+    """The spec's "only the adapters are replaced: every other module is left as it was", where an adapter shares
+    with it: a base Conv1D module registered outside its adapter too (h.1.mlp.c_proj is h.0.mlp.c_proj's base, as
+    models that share layers hold them), and wte, whose weight the tied lm_head's base holds. Each module left
+    in place keeps its very Parameters (a new Parameter is a change, even with the same values: an optimizer or a
+    tie holding the old one no longer reaches the model), their values and requires_grad."""
+    model, ids = tiny_gpt2(), token_ids()
+    adapted(apply_lora_gpt2(model, ("c_attn", "lm_head", "h.0.mlp.c_proj"), r=4, alpha=8.0))
+    blocks = model.transformer.h
+    blocks[1].mlp.c_proj = base_of(blocks[0].mlp.c_proj)  # the same Conv1D, unadapted there
+    randomize(model, std=0.2)
+    expected = logits(model, ids)
+    bases = {id(base_of(m)) for m in adapters(model, LoRAConv1D, LoRALinear).values()}
+    before = {
+        name: (module, [(n, p, p.requires_grad, p.detach().clone()) for n, p in module.named_parameters(recurse=False)])
+        for name, module in left_outside(model, LoRAConv1D, LoRALinear).items()
+    }
+    merged(merge_gpt2(model))
+    for name, (module, parameters) in before.items():
+        if model.get_submodule(name) is not module:
+            continue  # replaced: test_merging_twice_changes_nothing says so
+        shared = id(module) in bases
+        for parameter_name, parameter, requires_grad, value in parameters:
+            now = getattr(module, parameter_name, None)
+            where = f"{name}.{parameter_name}"
+            if shared:
+                assert now is parameter and torch.equal(now.detach(), value), (
+                    f"merging changed {where} (max change {max_difference(now, value):.3g}), a {type(module).__name__} "
+                    "that is an adapter's base and is registered outside its adapter too, where it is no adapter: "
+                    "the update went into the base module itself; build a new Conv1D for the merged layer, so that "
+                    "the base keeps computing W wherever else it is used"
+                )
+            assert now is parameter, (
+                f"merging gave {where} (not an adapter) a new Parameter"
+                + (f", requires_grad {requires_grad} -> {now.requires_grad}" if isinstance(now, torch.Tensor)
+                   and now.requires_grad != requires_grad else "")
+                + ": every module but the adapters is left as it was, its very Parameters; to merge a tied lm_head "
+                "without changing wte, give the merged layer a weight of its own, not wte"
+            )  # fmt: skip
+            assert now.requires_grad == requires_grad and torch.equal(now.detach(), value), (
+                f"merging changed {where} (not an adapter): requires_grad {requires_grad} -> {now.requires_grad}, "
+                f"values by {max_difference(now, value):.3g}: leave every module but the adapters as it was"
+            )
     error = max_difference(logits(model, ids), expected)
     assert error < 1e-5, f"the merged model's logits differ from the adapted one's by {error:.3g}"
 
@@ -1064,14 +1153,27 @@ def test_merges_a_model_of_its_own_layer_classes(merge_gpt2, LoRAConv1D, LoRALin
         parent, _, child = name.rpartition(".")
         layer = model.get_submodule(name)
         wrapper = LoRAConv1D if isinstance(layer, Conv1D) else LoRALinear
+        if name.startswith("transformer.h.1.") and wrapper is LoRAConv1D:  # a model's own subclass of the adapter
+            wrapper = own_class(LoRAConv1D)  # (peft's layers are subclassed too): each one is a LoRAConv1D
         setattr(model.get_submodule(parent), child, wrapper(layer, r=4, alpha=8.0))
     randomize(model, std=0.2)
     expected = logits(model, ids)
     merged(merge_gpt2(model))
     left = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, (LoRAConv1D, LoRALinear))]
+    subclassed = [n for n in left if type(model.get_submodule(n)) is own_class(LoRAConv1D)]
+    assert not subclassed, (
+        f"merge_gpt2 left {subclassed[:2]}, of a model's own subclass of LoRAConv1D, unmerged: a subclass of "
+        "LoRAConv1D is one; tell adapters by isinstance, not type(m) is LoRAConv1D"
+    )
     assert not left, (
         f"merge_gpt2 left {left[:2]} adapted on a GPT2ForSequenceClassification: merge every LoRALinear, not lm_head "
         "alone (merge_weights(model) finds them all)"
+    )
+    lone = own_class(LoRAConv1D)(conv1d_twin(nn.Linear(IN, OUT)), r=R, alpha=ALPHA)
+    returned = merge_gpt2(lone)
+    assert type(returned) is Conv1D, (
+        f"merge_gpt2(a model's own subclass of LoRAConv1D) returned {describe(returned)}, expected the merged "
+        "Conv1D: a subclass of LoRAConv1D is one; test isinstance(model, LoRAConv1D)"
     )
     kinds = {name: type(model.get_submodule(name)) for name in names if name != "score"}
     subclassed = {name: f"{kind.__module__}.{kind.__qualname__}" for name, kind in kinds.items() if kind is not Conv1D}

@@ -29,8 +29,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
           matches a module when its qualified name equals an entry or ends with ``"." + entry``: the layers'
           qualified names usually say it (a short name like ``"q_proj"`` may match modules that were not
           adapted), but not always: an adapted top-level ``"0"`` beside an unadapted ``"1.0"`` (the entry ``"0"``
-          matches ``"1.0"`` too). Where no list says it, write a str, a regular expression that peft matches
-          against the whole qualified name (``re.fullmatch``), such as the escaped names joined by ``|``;
+          matches ``"1.0"`` too, whatever its kind: peft adapts an ``nn.Embedding`` or a ``Conv1D`` it names as
+          well). Where no list says it, write a str, a regular expression that peft matches against the whole
+          qualified name (``re.fullmatch``), such as the escaped names joined by ``|``;
         - ``"fan_in_fan_out"``: true when the adapted layers are ``LoRAConv1D`` (a weight stored (in, out)),
           false for ``LoRALinear`` (with both kinds, as on GPT-2 with its ``lm_head``, peft corrects it per layer:
           either is fine);
@@ -66,14 +67,15 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
           ``lora_alpha`` (and ``lora_dropout``, 0 when absent), and receives the file's A and B, whatever the layout
           the package's own layers store them in; afterwards the model computes what peft's model does, and the
           factors train as those layers' factors do, ready to train on (peft's ``from_pretrained`` freezes them
-          unless given ``is_trainable=True``: do not).
+          unless given ``is_trainable=True``: do not). Each new layer takes the train or eval mode of the layer it
+          replaces; every other module keeps its own (no ``model.eval()``).
 
     A config with a non-empty ``alpha_pattern`` or ``rank_pattern`` (peft's per-layer lora_alpha or r, keyed by
     patterns of layer names) is either honoured (those layers get their own alpha or r, as peft gives them) or
     refused with ValueError: both are fine, loading it with the one ``r`` and ``lora_alpha`` is not.
 
     Strict, never a silent partial load; the whole file is checked before the model is touched, so a failed
-    load leaves the model as it was (same modules, same weights).
+    load leaves the model as it was (same modules, same weights, same train or eval modes).
 
     Raises:
         ValueError: ``peft_type`` is not ``"LORA"``; an option it does not support is on (``use_dora`` or

@@ -59,12 +59,12 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
 
 def _targets(model: nn.Module, names: list[str]) -> list[str] | str:
     """The adapted layers' qualified names as peft's target_modules: the list where peft's suffix rule matches
-    them alone, else a regex of exactly these names (peft fullmatches a str against each qualified name)."""
-    from transformers.pytorch_utils import Conv1D
-
+    them alone, else a regex of exactly these names (peft fullmatches a str against each qualified name). Any
+    other module counts: peft adapts an nn.Embedding or a Conv2d a list entry names too, and refuses a kind it
+    cannot adapt."""
     inside = tuple(name + "." for name in names)  # an adapter's own base: no module of the plain model
-    layers = {name for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
-    others = {name for name in layers - set(names) if not name.startswith(inside)}
+    modules = {name for name, _ in model.named_modules()}
+    others = {name for name in modules - set(names) if not name.startswith(inside)}
     if not any(other.endswith("." + name) for other in others for name in names):
         return names
     return "|".join(re.escape(name) for name in names)

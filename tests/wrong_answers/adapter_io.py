@@ -249,4 +249,29 @@ WRONG_ANSWERS = [
                 "test_a_per_layer_pattern_is_honoured_or_refused", "alpha_pattern, two keys for one layer",
                 more_edits=((COPY_B + "    return model\n", COPY_B + HONOUR_ALPHA.format(
                     match='re.match(rf"(.*\\.)?({key})$", name)', then="")),)),
+    WrongAnswer("target collisions looked for among nn.Linear layers only", KATA,
+                "    modules = {name for name, _ in model.named_modules()}",
+                "    modules = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}",
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "a list entry also matches"),
+    WrongAnswer("target collisions looked for among nn.Linear and Conv1D layers only (an nn.Embedding missed)", KATA,
+                "    modules = {name for name, _ in model.named_modules()}",
+                "    from transformers.pytorch_utils import Conv1D\n\n"
+                "    modules = {name for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}",
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "a list entry also matches"),
+    WrongAnswer("loaded adapters always put in eval mode", KATA,
+                "    for name, training in modes.items():\n"
+                "        model.get_submodule(name).train(training)  # a new layer takes the mode of the one it replaces",
+                "    for name in modes:\n"
+                "        model.get_submodule(name).eval()  # a new module starts in train mode: no dropout at inference",
+                "test_loads_into_a_model_in_train_mode", "are left in the other mode"),
+    WrongAnswer("load_adapter starts with model.eval(), as peft's from_pretrained leaves it", KATA,
+                "    directory = Path(directory)\n    config = json.loads(",
+                "    model.eval()  # as peft's from_pretrained leaves it\n    directory = Path(directory)\n"
+                "    config = json.loads(",
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "its train or eval mode too"),
+    WrongAnswer("load_adapter under torch.inference_mode()", KATA,
+                "def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:",
+                "@torch.inference_mode()  # loading copies values: no autograd needed\n"
+                "def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:",
+                "test_the_loaded_factors_train", "inference_mode"),
 ]  # fmt: skip

@@ -308,4 +308,42 @@ WRONG_ANSWERS = [
                 "        update = torch.mm(torch.mm(flat, self.lora_A.T), self.lora_B.T) * self.scaling\n"
                 "        return self.base(x) + update.reshape(*x.shape[:-1], -1)\n",
                 "test_matches_plain_lora_in_every_regime", "of 0 elements"),
+    WrongAnswer("merged Conv1D built on torch's default device, then copied into", KATA,
+                '    with torch.device("meta"):  # no throwaway allocation: both parameters are replaced\n'
+                "        merged = Conv1D(weight.shape[1], weight.shape[0])\n"
+                "    merged.weight = nn.Parameter((weight.to(accumulate) + update.T).to(weight.dtype), requires_grad=False)\n"
+                "    merged.bias = bias\n",
+                "    merged = Conv1D(weight.shape[1], weight.shape[0]).to(dtype=weight.dtype)\n"
+                "    merged.weight.copy_((weight.to(accumulate) + update.T).to(weight.dtype))\n"
+                "    merged.bias.copy_(bias)\n    merged.requires_grad_(False)\n",
+                "test_merged_conv1d_follows_the_base_device_not_the_default_one", "the default device of this check"),
+    WrongAnswer("dropout mask drawn by torch.rand(x.shape), without device=", KATA,
+                "        down = F.linear(self.dropout(x), self.lora_A) * self.scaling\n",
+                "        p = self.dropout.p\n"
+                "        if self.training and p > 0:  # inverted dropout by hand: keep each input with probability 1 - p\n"
+                "            keep = torch.rand(x.shape) >= p\n            x_in = x * keep.to(x.dtype) / (1 - p)\n"
+                "        else:\n            x_in = x\n"
+                "        down = F.linear(x_in, self.lora_A) * self.scaling\n",
+                "test_factors_follow_the_base_device_not_the_default_one", "create every tensor with device="),
+    WrongAnswer("the update folded into the base Conv1D itself (registered unadapted elsewhere too)", KATA,
+                '    with torch.device("meta"):  # no throwaway allocation: both parameters are replaced\n'
+                "        merged = Conv1D(weight.shape[1], weight.shape[0])\n",
+                "    if type(layer.base) is Conv1D:  # fold the update into it, as peft's merge_and_unload does\n"
+                "        merged = layer.base\n"
+                "    else:  # a model's own subclass: the spec wants transformers' Conv1D itself\n"
+                '        with torch.device("meta"):\n'
+                "            merged = Conv1D(weight.shape[1], weight.shape[0])\n",
+                "test_merging_leaves_what_the_adapters_share_alone", "registered outside its adapter"),
+    WrongAnswer("the tie untied from wte's side: the embeddings given a new Parameter", KATA,
+                MERGE_LINEARS,
+                '    head = getattr(model, "lm_head", None)\n'
+                '    embeddings = getattr(getattr(model, "transformer", None), "wte", None)\n'
+                "    if isinstance(head, LoRALinear) and embeddings is not None and head.base.weight is embeddings.weight:\n"
+                "        embeddings.weight = nn.Parameter(embeddings.weight.detach().clone())\n" + MERGE_LINEARS,
+                "test_merging_leaves_what_the_adapters_share_alone", "a new Parameter"),
+    WrongAnswer("adapters to merge told by their exact type", KATA, "    if isinstance(model, LoRAConv1D):\n        return merged_conv1d",
+                "    if type(model) is LoRAConv1D:\n        return merged_conv1d",
+                "test_merges_a_model_of_its_own_layer_classes", "subclass of LoRAConv1D",
+                more_edits=(("        if isinstance(module, LoRAConv1D):\n            if id(module) not in merged:",
+                             "        if type(module) is LoRAConv1D:\n            if id(module) not in merged:"),)),
 ]  # fmt: skip

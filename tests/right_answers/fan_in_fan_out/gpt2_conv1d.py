@@ -81,17 +81,18 @@ def apply_lora_gpt2(model, target_modules=("c_attn",), r=8, alpha=16.0, dropout=
 
 
 @torch.no_grad()
-def _fold(layer, shared=False):
+def _fold(layer, shared=False, held_elsewhere=False):
     """Folds the update into the Conv1D itself and hands that very Conv1D back (into a plain Conv1D copy of a
-    model's own subclass of Conv1D: the merged layer is Conv1D itself). A weight ``shared`` with another holder
-    is copied first, so that holder keeps W."""
+    model's own subclass of Conv1D, the merged layer being Conv1D itself, or of a Conv1D ``held_elsewhere``, a
+    module the model uses outside its adapter too, which keeps computing W there). A weight ``shared`` with another
+    holder is copied first, so that holder keeps W."""
     conv = layer.conv
-    if shared:
-        conv.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
-    if type(conv) is not Conv1D:
+    if type(conv) is not Conv1D or held_elsewhere:
         plain = Conv1D(conv.nf, conv.weight.shape[0]).to(conv.weight)
         plain.load_state_dict(conv.state_dict())
         conv = plain.requires_grad_(False)
+    elif shared:
+        conv.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
     wide = torch.float32 if conv.weight.dtype in (torch.float16, torch.bfloat16) else conv.weight.dtype
     conv.weight.copy_(conv.weight.to(wide) + layer.delta_fan_in_fan_out(wide))
     return conv
@@ -104,10 +105,16 @@ def merge_gpt2(model):
     holders = {}  # how many names hold each parameter: a weight held twice may be another layer's too
     for _, parameter in model.named_parameters(remove_duplicate=False):
         holders[id(parameter)] = holders.get(id(parameter), 0) + 1
+    slots = {}  # how many parents' slots hold each module: a Conv1D held outside its adapter too is used there
+    for module in model.modules():
+        for held in module._modules.values():
+            if held is not None:
+                slots[id(held)] = slots.get(id(held), 0) + 1
     for parent, name, _, child in list(_walk(model)):
         if isinstance(child, LoRAConv1D):
             if id(child) not in folded:
-                folded[id(child)] = _fold(child, shared=holders.get(id(child.conv.weight), 0) > 1)
+                shared = holders.get(id(child.conv.weight), 0) > 1
+                folded[id(child)] = _fold(child, shared, held_elsewhere=slots.get(id(child.conv), 0) > 1)
             parent.register_module(name, folded[id(child)])
         elif isinstance(child, LoRALinear):
             base = next(m for m in child.modules() if isinstance(m, nn.Linear) and not m.weight.requires_grad)
