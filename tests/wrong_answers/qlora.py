@@ -351,4 +351,7 @@ WRONG_ANSWERS = [
     WrongAnswer("apply_qlora puts the model in train mode", KATA, "            parameter.requires_grad_(False)\n    return model",
                 "            parameter.requires_grad_(False)\n    return model.train()",
                 "test_apply_qlora_changes_no_train_or_eval_mode", "train/eval mode"),
+    WrongAnswer("the weight kept under a module-level name", KATA, BUFFERS,
+                BUFFERS + "\n        global LAST_WEIGHT\n        LAST_WEIGHT = base.weight.detach().clone()",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "full-precision copy"),
 ]  # fmt: skip
