@@ -23,7 +23,9 @@ class NF4Linear(nn.Module):
           included) or module-level variable holds the weight or a copy of it, and nothing keeps a reference to
           ``base`` or to its weight (an autograd graph would, too). The memory of every tensor the layer keeps
           alive counts whole (a view keeps all of its storage): at most ceil(n / 2) bytes of codes, 4 bytes per
-          block of 64, the bias, and small constant tensors (a copy of the code book, say) of 2 KiB in all.
+          block of 64, the bias, and small constant tensors (a copy of the code book, say) of 2 KiB in all; a
+          constant tensor a module-level name holds (a decoding table made at import, one for every layer) is no
+          layer's.
         - The bias is kept as it was (values and dtype; the very parameter is fine), frozen; None stays None.
         - Attributes ``in_features`` and ``out_features``. The layer has no trainable parameter.
         - ``forward(x)``, x (..., in) in any of the three float dtypes: ``F.linear(x, W, b)`` where ``W`` is the
@@ -92,7 +94,7 @@ def apply_qlora(
           ``NF4Linear(layer)``, in place.
         - Everything but the adapters' factors is frozen (``requires_grad`` False); nothing else changes
           (embeddings, norms and skipped layers keep their values, dtypes and objects: a bfloat16 or float16
-          model stays in its dtype).
+          model stays in its dtype; every module that stays keeps its train/eval mode).
         - Returns ``model`` itself.
 
     Raises:

@@ -293,4 +293,65 @@ WRONG_ANSWERS = [
                 "            bias = None if self.base.bias is None else self.base.bias.to(x.dtype)\n"
                 "            return F.linear(x, self._merged, bias)\n        " + RESULT,
                 "test_qlora_output_and_gradients_are_lora_over_the_dequantized_weight", "inference_mode"),
+    # Round 11 (team Q): caches kept only in eval mode under inference_mode, objects replaced by
+    # load_state_dict(assign=True), edits through .data, the rank's domain, half precision in every regime, and
+    # apply_qlora's train/eval modes.
+    WrongAnswer("a dequantized weight served in eval mode, dropped by train()", KATA, FORWARD,
+                "if not self.training and torch.is_inference_mode_enabled():\n"
+                '            cache = self.__dict__.setdefault("_serving", {})\n'
+                "            if x.dtype not in cache:\n                cache[x.dtype] = self.weight(x.dtype)\n"
+                "            return F.linear(x, cache[x.dtype], bias)\n        " + FORWARD,
+                "test_nf4_linear_follows_its_buffers_and_bias_in_every_mode", "eval mode",
+                more_edits=(("def forward(self, x: torch.Tensor) -> torch.Tensor:\n        \"\"\"x (..., in) -> (..., out), in x's dtype.\"\"\"",
+                             "def train(self, mode: bool = True) -> NF4Linear:\n"
+                             '        self.__dict__.pop("_serving", None)\n        return super().train(mode)\n\n'
+                             "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        \"\"\"x (..., in) -> (..., out), in x's dtype.\"\"\""),)),
+    WrongAnswer("merged for serving in eval mode, unmerged by train()", KATA, RESULT,
+                "if not self.training and torch.is_inference_mode_enabled():\n"
+                '            if getattr(self, "_merged", None) is None or self._merged.dtype != x.dtype:\n'
+                "                self._merged = self.base.weight(x.dtype) + (self.scaling * self.lora_B @ self.lora_A).to(x.dtype)\n"
+                "            bias = None if self.base.bias is None else self.base.bias.to(x.dtype)\n"
+                "            return F.linear(x, self._merged, bias)\n        " + RESULT,
+                "test_qlora_follows_its_factors_in_every_mode", "eval mode",
+                more_edits=(("def forward(self, x: torch.Tensor) -> torch.Tensor:\n        \"\"\"x (..., in) -> (..., out), in the base's dtype.\"\"\"",
+                             "def train(self, mode: bool = True) -> QLoRALinear:\n"
+                             "        self._merged = None\n        return super().train(mode)\n\n"
+                             "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        \"\"\"x (..., in) -> (..., out), in the base's dtype.\"\"\""),)),
+    WrongAnswer("the factors' transposes kept from construction", KATA, DOWN,
+                "down = (self.dropout(x) @ self._A_t) * self.scaling",
+                "test_qlora_follows_its_factors_in_every_mode", "assign=True",
+                more_edits=((RESULT, "return self.base(x) + down @ self._B_t"),
+                            (QUANTIZE, QUANTIZE + "\n        self._A_t, self._B_t = self.lora_A.t(), self.lora_B.t()"))),
+    WrongAnswer("flat views of the NF4 buffers kept from construction", KATA,
+                "return dequantize_nf4(self.packed, self.absmax, (self.out_features, self.in_features), dtype, BLOCK_SIZE)",
+                "return dequantize_nf4(self._bytes, self._scales, (self.out_features, self.in_features), dtype, BLOCK_SIZE)",
+                "test_nf4_linear_follows_its_buffers_and_bias_in_every_mode", "assign=True",
+                more_edits=((BUFFERS, BUFFERS + "; self._bytes = packed.view(-1); self._scales = absmax.view(-1)"),)),
+    WrongAnswer("the bias cast memoized by version", KATA, FORWARD,
+                'memo = self.__dict__.setdefault("_cast_bias", {})\n'
+                "        if self.bias is not None and memo.get(x.dtype, (None,))[0] != (self.bias._version, self.bias.data_ptr()):\n"
+                "            memo[x.dtype] = ((self.bias._version, self.bias.data_ptr()), self.bias.detach().to(x.dtype, copy=True))\n"
+                "        bias = None if self.bias is None else memo[x.dtype][1]\n        " + FORWARD,
+                "test_nf4_linear_follows_its_buffers_and_bias_in_every_mode", ".data"),
+    WrongAnswer("rank checked as r <= 0", KATA, "if isinstance(r, bool) or not isinstance(r, int) or r < 1:", "if r <= 0:",
+                "test_qlora_rejects_bad_arguments", "expected a ValueError"),
+    WrongAnswer("rank clamped to min(in, out)", KATA, "self.r, self.alpha, self.scaling = r, alpha, alpha / r",
+                "r = min(r, base.in_features, base.out_features)\n        self.r, self.alpha, self.scaling = r, alpha, alpha / r",
+                "test_qlora_keeps_a_rank_above_min_in_out", "keep r as given"),
+    WrongAnswer("a hand-written dropout mask in float32", KATA, DOWN,
+                "p = self.dropout.p\n        dropped = x * ((torch.rand_like(x) >= p) / (1 - p)) if self.training and p > 0 else x\n"
+                "        down = F.linear(dropped, self.lora_A) * self.scaling",
+                "test_qlora_runs_in_half_precision_with_dropout_and_a_strided_x", "rand_like"),
+    WrongAnswer("a half-precision addmm path flattening x with view", KATA, RESULT,
+                "if x.dtype in (torch.float16, torch.bfloat16):\n            rows = x.view(-1, x.shape[-1])\n"
+                "            down = F.linear(self.dropout(rows), self.lora_A) * self.scaling\n"
+                "            y = torch.addmm(self.base(rows), down, self.lora_B.T)\n"
+                "            return y.view(*x.shape[:-1], y.shape[-1])\n        " + RESULT,
+                "test_qlora_runs_in_half_precision_with_dropout_and_a_strided_x", "reshape, not view"),
+    WrongAnswer("apply_qlora puts the model in train mode", KATA, "            parameter.requires_grad_(False)\n    return model",
+                "            parameter.requires_grad_(False)\n    return model.train()",
+                "test_apply_qlora_changes_no_train_or_eval_mode", "train/eval mode"),
+    WrongAnswer("the weight kept under a module-level name", KATA, BUFFERS,
+                BUFFERS + "\n        global LAST_WEIGHT\n        LAST_WEIGHT = base.weight.detach().clone()",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "full-precision copy"),
 ]  # fmt: skip
