@@ -584,13 +584,16 @@ def own_forward_or_hooks(base: nn.Module) -> bool:
     return hooked or bool({name for name, _ in base.named_parameters()} - {"weight", "bias"})
 
 
-def forward_in_regime(layer: nn.Module, x: torch.Tensor, where: str) -> torch.Tensor:
-    """``layer(x)``, failing the check with the likely cause when the forward raises one of FORWARD_FAILURES."""
+def forward_in_regime(
+    layer: nn.Module, x: torch.Tensor, where: str, failures: dict[str, str] = FORWARD_FAILURES
+) -> torch.Tensor:
+    """``layer(x)``, failing the check with the likely cause when the forward raises a RuntimeError one of
+    ``failures`` (a word of its message: the cause) explains."""
     try:
         return output(layer, x)
     except RuntimeError as error:
         message = str(error).splitlines()[0]
-        cause = next((text for word, text in FORWARD_FAILURES.items() if word in message), None)
+        cause = next((text for word, text in failures.items() if word in message), None)
         if cause is None:
             raise
         pytest.fail(f"{where}: the forward raised RuntimeError ({message}), expected a {x.dtype} output: {cause}",

@@ -477,18 +477,6 @@ NF4_CALLS = [
 FAILURES = {**FORWARD_FAILURES, "dtype": "dequantize the weight and cast the bias to x's dtype, whatever the base's"}
 
 
-def call_in_regime(layer: nn.Module, x: torch.Tensor, where: str) -> torch.Tensor:
-    """``layer(x)``, after failing the check on a RuntimeError the regime explains (a view of a non-contiguous x)."""
-    try:
-        return output(layer, x)
-    except RuntimeError as error:
-        message = str(error).splitlines()[0]
-        cause = next((text for word, text in FAILURES.items() if word in message), None)
-        if cause is None:
-            raise
-        pytest.fail(f"{where}: the forward raised RuntimeError ({message}): {cause}", pytrace=False)
-
-
 def requantize_buffers(layer: nn.Module, weight: torch.Tensor, what: str, through_data: bool = False) -> None:
     """Write the NF4 codes and absmax of ``weight`` into the layer's own buffers, in place (as load_state_dict does),
     or ``through_data`` (``buffer.data.copy_``, which bumps no version)."""
@@ -532,7 +520,7 @@ def test_nf4_linear_computes_F_linear_with_the_dequantized_weight(NF4Linear, nf4
             with GRAD_MODES[grad]():
                 if grad == "grad on":
                     x.requires_grad_()
-                y = call_in_regime(layer, x, call)
+                y = forward_in_regime(layer, x, call, FAILURES)
             expected = F.linear(x.detach(), weight, None if kept_bias is None else kept_bias.to(x_dtype))
             assert y.dtype == x_dtype and y.shape == expected.shape, (
                 f"{call} returned {describe(y)}, expected {x_dtype} of shape {tuple(expected.shape)}: dequantize in "
@@ -632,7 +620,7 @@ def test_nf4_linear_follows_its_buffers_and_bias_in_every_mode(NF4Linear, nf4_wo
             x = strided((2, 3, IN), False).to(x_dtype)
             call = f"{what}, x {dtype_name(x_dtype)} {tuple(x.shape)}{edit}"
             with GRAD_MODES[grad]():
-                y = call_in_regime(layer, x.requires_grad_(grad == "grad on"), call)
+                y = forward_in_regime(layer, x.requires_grad_(grad == "grad on"), call, FAILURES)
             bias = held_bias(layer, OUT, IN, what)
             expected = F.linear(x.detach(), dequantized(layer, OUT, IN, what, x_dtype), bias.detach().to(x_dtype))
             error = max_difference(y, expected)
@@ -952,7 +940,7 @@ def expect_lora_output_and_gradients(layer, nf4_base, found, batch, contiguous=T
         tensor.grad = None
     mode = "train" if layer.training else "eval"
     where = f"in {mode} mode, x {tuple(x.shape)}{'' if contiguous else ' non-contiguous'}"
-    y = call_in_regime(layer, x, f"QLoRALinear {where}")
+    y = forward_in_regime(layer, x, f"QLoRALinear {where}", FAILURES)
     expected, grads = plain_lora(nf4_base, found, SCALING, x, upstream)
     assert y.shape == expected.shape, (
         f"for x of shape {tuple(x.shape)} the output is {describe(y)}, expected (..., out)"
@@ -1023,7 +1011,7 @@ def test_qlora_follows_its_factors_in_every_mode(QLoRALinear, nf4_works, mode, g
         x = strided((2, 3, IN), False)
         call = f"{what}, x {tuple(x.shape)}{edit}"
         with GRAD_MODES[grad]():
-            y = call_in_regime(layer, x.requires_grad_(grad == "grad on"), call)
+            y = forward_in_regime(layer, x.requires_grad_(grad == "grad on"), call, FAILURES)
         expected = plain_lora(nf4_base, found, SCALING, x, torch.ones(*x.shape[:-1], OUT))[0]
         error = max_difference(y, expected)
         assert error <= 1e-5 * (1 + expected.abs().max().item()), (
