@@ -820,6 +820,15 @@ def test_adapters_live_on_the_base_device_and_dtype(MultiLoRALinear, device, dty
                 f"{where} the output differs from the one for x.contiguous() by {error:.2g} (relative): use "
                 "reshape, not view, on inputs of any layout"
             )
+    chat = add(layer, "chat", r=4, alpha=2.0, dropout=DROPOUT)  # a train-mode forward with dropout: its mask too
+    chat.randomize()
+    layer.set_adapter("chat")
+    x = strided((2, 3, IN), False, dtype=dtype, device=device)
+    y = output(layer.train(), x)
+    assert (y.shape, y.dtype, y.device) == ((2, 3, OUT), dtype, base.weight.device), (
+        f"with 'chat' (dropout={DROPOUT}) active in train mode, expected output {(2, 3, OUT)} {dtype} on {device}, "
+        f"measured {tuple(y.shape)} {y.dtype} on {y.device}: make the dropout mask like x (nn.Dropout, rand_like)"
+    )
 
 
 @pytest.mark.points(1)
@@ -1347,8 +1356,15 @@ def test_merge_and_unmerge_read_the_factors_as_they_are_now(MultiLoRALinear, edi
     earlier = sql.delta()
     edit_factors(layer, sql, edit)
     base.requires_grad_(False)
+    with torch.no_grad():  # the base's weight changes alike (one entry, so a checksum of a few misses it too)
+        if edit == "in place":
+            base.weight.mul_(0.5)
+        elif edit == "through .data":
+            base.weight.data.mul_(0.5)
+        elif edit.startswith("one entry"):
+            base.weight.data[-1, -1] += 1.0
     W0 = base.weight.detach().double().clone()
-    when = f"after merge(), unmerge() twice, sql's factors changed {edit}, merge()"
+    when = f"after merge(), unmerge() twice, sql's factors and the base's weight changed {edit}, merge()"
     layer.merge()
     expect_weight(base, W0 + sql.delta(), when, {
         "the merged update is scaling * B @ A of the factors as they were at an earlier merge (a memo keyed on "
