@@ -68,7 +68,9 @@ class MultiLoRALinear(nn.Module):
 
         ``B`` starts at zero and ``A`` random (Kaiming-uniform as ``nn.Linear`` does, or Gaussian), so the
         new adapter adds nothing yet. It becomes the active adapter (and trainable) when no adapter is
-        active; otherwise the active adapter stays active and the new one is frozen.
+        active; otherwise the active adapter stays active and the new one is frozen. Any int ``r`` >= 1 is
+        taken as given (1 too, and one above min(in, out)), and so is an int ``dropout`` (0). It never
+        unmerges: on a merged layer the merged adapter stays merged, its update in the weight.
 
         Raises:
             ValueError: an adapter ``name`` is already there (it is kept as it was), ``r`` is not an

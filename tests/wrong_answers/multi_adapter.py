@@ -501,4 +501,112 @@ WRONG_ANSWERS = [
                 more_edits=(("self.lora_A[name]) * self.scaling[name]", 'self.lora_A[name]) * getattr(self, f"scaling_{name}").item()'),
                             ("self.lora_A[name].to(accumulate)) * self.scaling[name]",
                              'self.lora_A[name].to(accumulate)) * getattr(self, f"scaling_{name}").item()'))),
+    # round 11, team G
+    WrongAnswer("serving forward folded into one matmul under inference_mode, skipping the base's hooks", KATA,
+                FORWARD_DELTA,
+                "        if torch.is_inference_mode_enabled() and not self.training:\n"
+                "            weight = self.base.weight\n"
+                "            return F.linear(x, weight + self._delta(name).to(weight.dtype), self.base.bias)\n"
+                + FORWARD_DELTA,
+                "test_every_base_computes_plain_lora_in_every_grad_mode_and_after_edits", "the base has hooks"),
+    WrongAnswer("rank capped at min(in, out)", KATA, "        weight = self.base.weight\n        same_place",
+                "        r = min(r, self.base.in_features, self.base.out_features)  # more is waste\n"
+                "        weight = self.base.weight\n        same_place",
+                "test_add_adapter_takes_every_valid_rank_and_an_int_dropout", "take the rank as given"),
+    WrongAnswer("rank 1 refused", KATA, "not isinstance(r, int) or r < 1:", "not isinstance(r, int) or r <= 1:",
+                "test_add_adapter_takes_every_valid_rank_and_an_int_dropout", "1 is a rank"),
+    WrongAnswer("an int dropout refused", KATA, "        if not 0.0 <= dropout < 1.0:",
+                "        if not isinstance(dropout, float) or not 0.0 <= dropout < 1.0:",
+                "test_add_adapter_takes_every_valid_rank_and_an_int_dropout", "and 0 a dropout"),
+    WrongAnswer("only weight and bias frozen, a base subclass's gain left trainable", KATA, "        self.base = base.requires_grad_(False)\n",
+                "        self.base = base\n        base.weight.requires_grad_(False)\n"
+                "        if base.bias is not None:\n            base.bias.requires_grad_(False)\n",
+                "test_every_base_computes_plain_lora_in_every_grad_mode_and_after_edits", "with no extra parameters"),
+    WrongAnswer("the update added into base(x) in place", KATA,
+                "        return self.base(x) + F.linear(down, self.lora_B[name])",
+                "        result = self.base(x)\n        result += F.linear(down, self.lora_B[name])\n        return result",
+                "test_every_base_computes_plain_lora_in_every_grad_mode_and_after_edits", "a new tensor"),
+    WrongAnswer("a duck-typed base taken", KATA, "        if not isinstance(base, nn.Linear):\n",
+                '        linear_like = all(hasattr(base, a) for a in ("in_features", "out_features", "weight"))\n'
+                "        if not linear_like or base.weight.shape != (base.out_features, base.in_features):\n",
+                "test_rejects_a_base_that_is_not_linear", "nor in_features and out_features"),
+    WrongAnswer("factors also kept in a plain dict, stale after load_state_dict(assign=True)", KATA,
+                "        self._disabled = False\n",
+                "        self._disabled = False\n        self._factors = {}  # name: (A, B), quick access\n",
+                "test_every_base_computes_plain_lora_in_every_grad_mode_and_after_edits", "kept at construction",
+                more_edits=(("        self.scaling[name] = alpha / r\n",
+                             "        self.scaling[name] = alpha / r\n"
+                             "        self._factors[name] = (self.lora_A[name], self.lora_B[name])\n"),
+                            ("self.lora_dropout[name], self.scaling[name]\n",
+                             "self.lora_dropout[name], self.scaling[name], self._factors[name]\n"),
+                            (FORWARD_DELTA,
+                             "        A, B = self._factors[name]\n"
+                             "        down = F.linear(self.lora_dropout[name](x), A) * self.scaling[name]\n"
+                             "        return self.base(x) + F.linear(down, B)"),
+                            ("        return (self.lora_B[name].to(accumulate) @ self.lora_A[name].to(accumulate))",
+                             "        A, B = self._factors[name]\n        return (B.to(accumulate) @ A.to(accumulate))"))),
+    WrongAnswer("safe merge checking one sum of the merged weight", KATA, "not torch.isfinite(merged).all()",
+                "not torch.isfinite(merged.sum())",
+                "test_safe_merge_of_a_sound_adapter_merges_as_merge_does", "though the merged weight is finite"),
+    WrongAnswer("a dropout mask drawn on the default device", KATA, FORWARD_DELTA,
+                "        p = self.lora_dropout[name].p\n"
+                "        if self.training and p > 0:  # inverted dropout, one Bernoulli keep-mask entry per element\n"
+                "            keep = torch.bernoulli(torch.full(x.shape, 1.0 - p, dtype=x.dtype))\n"
+                "            x_in = x * keep / (1.0 - p)\n"
+                "        else:\n            x_in = x\n"
+                "        down = F.linear(x_in, self.lora_A[name]) * self.scaling[name]\n"
+                "        return self.base(x) + F.linear(down, self.lora_B[name])",
+                "test_factors_follow_the_base_device_not_the_default_one", "create every tensor with device="),
+    WrongAnswer("s B @ A memoized by the factors' versions", KATA, "        self._disabled = False\n",
+                "        self._disabled = False\n        self._delta_memo = {}\n",
+                "test_merge_and_unmerge_read_the_factors_as_they_are_now", "a memo keyed on",
+                more_edits=(("        accumulate = self._accumulation()\n        return (self.lora_B[name].to(accumulate) @ "
+                             "self.lora_A[name].to(accumulate)) * self.scaling[name]\n",
+                             "        accumulate = self._accumulation()\n"
+                             "        A, B = self.lora_A[name], self.lora_B[name]\n"
+                             "        key = (id(A), id(B), A._version, B._version, A.data_ptr(), B.data_ptr(), accumulate)\n"
+                             "        memo = self._delta_memo.get(name)\n"
+                             "        if memo is not None and memo[0] == key:\n            return memo[1]\n"
+                             "        delta = (B.to(accumulate) @ A.to(accumulate)) * self.scaling[name]\n"
+                             "        self._delta_memo[name] = (key, delta)\n        return delta\n"),)),
+    WrongAnswer("disable_adapters' state saved when called, not when entered", KATA,
+                "    @contextlib.contextmanager\n    def disable_adapters(self) -> Iterator[None]:\n",
+                "    def disable_adapters(self) -> contextlib.AbstractContextManager[None]:\n"
+                "        return self._disabled_block(self._active)\n\n"
+                "    @contextlib.contextmanager\n    def _disabled_block(self, was_active: str | None) -> Iterator[None]:\n",
+                "test_disable_adapters_takes_the_state_when_the_block_is_entered", "when the block is entered",
+                more_edits=((RESTORE, RESTORE + "            if was_active in self.lora_A:\n"
+                             "                self._active = was_active\n"),)),
+    WrongAnswer("the exit's unmerge after the finally clause", KATA, EXIT_UNMERGE + "            self._refresh_trainable()\n",
+                "            self._disabled = was_disabled\n            self._refresh_trainable()\n"
+                "        if self._merged:  # a merge() made inside the block that no forward undid\n"
+                "            self.unmerge()\n",
+                "test_disable_adapters_restores_the_state_after_an_exception", "unmerge in the finally clause"),
+    WrongAnswer("unmerge restoring the saved weight while the versions are unchanged", KATA,
+                "        weight.copy_(merged)  # the very Parameter, changed in place\n        self._merged.append(name)\n",
+                "        before = weight.detach().clone()\n"
+                "        weight.copy_(merged)  # the very Parameter, changed in place\n        self._merged.append(name)\n"
+                "        self._saved = (before, self._fingerprint(name))\n",
+                "test_unmerge_subtracts_the_update_from_the_weight_as_it_is_now", "bump no version",
+                more_edits=(("            name = self._merged.pop()\n",
+                             "            name = self._merged.pop()\n"
+                             '            saved, self._saved = getattr(self, "_saved", None), None\n'
+                             "            if saved is not None and saved[1] == self._fingerprint(name):\n"
+                             "                weight.copy_(saved[0])  # untouched since merge: W bit for bit\n"
+                             "                continue\n"),
+                            ("    def _accumulation(self)",
+                             "    def _fingerprint(self, name: str) -> tuple:\n"
+                             "        tensors = (self.base.weight, self.lora_A[name], self.lora_B[name])\n"
+                             "        return tuple((id(t), t.data_ptr(), t._version, t.dtype) for t in tensors)\n\n"
+                             "    def _accumulation(self)"))),
+    WrongAnswer("safe merge checking the update for NaN and the sum for inf only", KATA,
+                MERGED + "\n        if safe and not torch.isfinite(merged).all():",
+                "delta = self._delta(name)\n"
+                "        merged = (weight.to(self._accumulation()) + delta).to(weight.dtype)\n"
+                "        if safe and (not torch.isfinite(delta).all() or torch.isinf(merged).any()):",
+                "test_safe_merge_of_a_broken_adapter_raises_and_leaves_the_weight_untouched", "onto a weight holding nan"),
+    WrongAnswer("add_adapter unmerging a merged layer", KATA, "        weight = self.base.weight\n        same_place",
+                "        if self._merged:  # a new adapter joins an unmerged layer\n            self.unmerge()\n"
+                "        weight = self.base.weight\n        same_place",
+                "test_adding_an_adapter_to_a_merged_layer_keeps_it_merged", "add_adapter never unmerges"),
 ]  # fmt: skip
