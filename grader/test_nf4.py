@@ -46,8 +46,10 @@ from grader.signatures import expect_the_stubs_signatures
 def test_takes_the_stubs_parameters(implementation, nf4_code_book):
     """Callers pass the stub's parameters by name or by position: each definition takes them as the stub does."""
     expect_the_stubs_signatures(implementation, "nf4")
-    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here.
-    nf4_code_book()
+    # Then a call into the kata: an unimplemented stub, its signatures right, scores nothing here. It is the first
+    # call of the grading, made under a float64 default dtype: what is derived once then is what later calls see.
+    with default_dtype(torch.float64):
+        nf4_code_book()
 
 
 SUBJECT = "quantize_nf4"  # the definition a failing check points at
@@ -82,9 +84,17 @@ def draw_weight(shape, dtype, scale, seed):
 @pytest.mark.points(3)
 @pytest.mark.subject("nf4_code_book")
 def test_code_book_is_the_16_nf4_values_bit_for_bit(nf4_code_book):
+    with default_dtype(torch.float64):  # first (a table derived once keeps the default dtype of the first call)
+        under_float64 = nf4_code_book()
     code = expect_instance(nf4_code_book(), torch.Tensor, "nf4_code_book()", "a float32 tensor of 16 values")
     assert code.dtype == torch.float32 and tuple(code.shape) == (16,), (
         f"nf4_code_book() returned {describe(code)}, expected float32 of shape (16,)"
+        + (
+            ", the dtype of a first call under torch.set_default_dtype(torch.float64): a table derived once keeps the "
+            "default dtype of its first call; name float32 in linspace and zeros"
+            if isinstance(under_float64, torch.Tensor) and under_float64.dtype == code.dtype == torch.float64
+            else ""
+        )
     )
     assert bool((code[1:] > code[:-1]).all()), f"the code book is not ascending: {code.tolist()}: sort it"
     assert code[7].item() == 0.0 and code[0].item() == -1.0 and code[15].item() == 1.0, (
@@ -101,8 +111,6 @@ def test_code_book_is_the_16_nf4_values_bit_for_bit(nf4_code_book):
     elif off < 1e-3:
         cause = "close but not NF4's: is the offset 0.9677083, with 9 and 8 probabilities from linspace(offset, 0.5)?"
     assert off == 0, f"the code book differs from bitsandbytes' NF4 table by up to {off:.3g}: {cause}"
-    with default_dtype(torch.float64):
-        under_float64 = nf4_code_book()
     assert isinstance(under_float64, torch.Tensor) and torch.equal(under_float64, ref.CODE_BOOK), (
         f"under torch.set_default_dtype(torch.float64) nf4_code_book() returned {describe(under_float64)}, expected "
         "bitsandbytes' float32 table: pass dtype=torch.float32 to linspace and zeros (their default follows torch's)"
@@ -993,7 +1001,8 @@ def double_quantized_again_after_an_edit(fixtures):
 
 def dequantize_absmax_copies(fixtures):
     """dequantize_absmax on a QuantizedAbsmax, then on a copy rebuilt from its cloned fields (as saved and loaded),
-    then on the first after other codes were copied into its tensors: a function of the fields' values."""
+    then on the first after other codes were copied into its tensors, in place and through .data: a function of the
+    fields' values."""
     QuantizedAbsmax = fixtures["QuantizedAbsmax"]
     _, absmax = absmax_of_a_weight(64, 1024, seed=15)
     quantized, restored = double_quantized(fixtures, absmax, "double_quantize(absmax, 256)")
@@ -1002,22 +1011,25 @@ def dequantize_absmax_copies(fixtures):
     copy = expect_instance(called(fixtures["dequantize_absmax"], cloned, what=call), torch.Tensor, call, "float32")
     cause = "not a function of its fields (float32 absmaxes kept aside, keyed on the object, in a cache?)"
     expect_same_absmaxes(copy, restored, absmax, call + ", against the original's result", cause, share=1e-6)
-    _, other = absmax_of_a_weight(64, 1024, seed=16)
-    replacement, expected = double_quantized(fixtures, other * 3, "double_quantize(other absmax, 256)")
-    fields = []
-    for mine, theirs in zip(quantized, replacement, strict=True):
-        if isinstance(mine, torch.Tensor) and isinstance(theirs, torch.Tensor) and mine.shape == theirs.shape:
-            mine.copy_(theirs)  # as load_state_dict copies into a layer's buffers
-            fields.append(mine)
-        else:
-            fields.append(theirs)
-    call = "dequantize_absmax(a QuantizedAbsmax whose tensors had another one's fields copied into them)"
-    edited = expect_instance(
-        called(fixtures["dequantize_absmax"], QuantizedAbsmax(*fields), what=call), torch.Tensor, call, "float32"
-    )
-    expect_same_absmaxes(
-        edited, expected, other * 3, call + ", against that other one's result", f"{cause}; {STALE}", 1e-6
-    )
+    # Another one's fields copied into its tensors, as load_state_dict copies into a layer's buffers, then a third
+    # one's through .data, which bumps no version.
+    for seed, how, write in ((16, "", torch.Tensor.copy_), (17, " through .data", lambda t, v: t.data.copy_(v))):
+        _, other = absmax_of_a_weight(64, 1024, seed=seed)
+        replacement, expected = double_quantized(fixtures, other * 3, "double_quantize(other absmax, 256)")
+        fields = []
+        for mine, theirs in zip(quantized, replacement, strict=True):
+            if isinstance(mine, torch.Tensor) and isinstance(theirs, torch.Tensor) and mine.shape == theirs.shape:
+                write(mine, theirs)
+                fields.append(mine)
+            else:
+                fields.append(theirs)
+        call = f"dequantize_absmax(a QuantizedAbsmax whose tensors had another one's fields copied into them{how})"
+        edited = expect_instance(
+            called(fixtures["dequantize_absmax"], QuantizedAbsmax(*fields), what=call), torch.Tensor, call, "float32"
+        )
+        expect_same_absmaxes(
+            edited, expected, other * 3, call + ", against that other one's result", f"{cause}; {STALE}", 1e-6
+        )
 
 
 # What each kata function gives follows the values it is given, not the objects: the same tensor edited in place, the
@@ -1117,3 +1129,48 @@ def test_inputs_may_be_views_into_a_larger_tensor(
     """Each function given contiguous views whose storage offset is not 0 (a row slice, a split of a state dict's
     buffer) computes with their values, not with the storage from its start."""
     AT_OFFSETS[case](the_functions(quantize_nf4, dequantize_nf4, double_quantize, dequantize_absmax, QuantizedAbsmax))
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, marks=pytest.mark.subject(case), id=case)
+        for case in ("quantize_nf4", "dequantize_nf4", "double_quantize", "dequantize_absmax")
+    ],
+)
+def test_every_result_is_float32_whatever_the_default_dtype(
+    quantize_nf4, dequantize_nf4, double_quantize, dequantize_absmax, QuantizedAbsmax, case
+):
+    """Under torch.set_default_dtype(torch.float64) (a script checking in float64) every float the stub names float32
+    stays float32, and the values are those of a float32 default: a tensor made without dtype= (a padding, a zero)
+    takes the default dtype, and mixed with float32 promotes the result."""
+    weight = draw_weight((6, 100), torch.float32, 1.0, 25)  # 600 values: a short last block, padded
+    packed, absmax = ref.quantize(weight, 64)
+    _, absmaxes = absmax_of_a_weight(64, 1000, seed=26)  # 1000 absmaxes: a short last block of 256
+    where = "under torch.set_default_dtype(torch.float64)"
+    with default_dtype(torch.float64):
+        if case == "quantize_nf4":
+            call = f"quantize_nf4(a float32 (6, 100) tensor) {where}"
+            measured = result_pair(called(quantize_nf4, weight, 64, what=call), call)[1]
+            expected = absmax
+        elif case == "dequantize_nf4":
+            call = f"dequantize_nf4(packed, absmax, (6, 100)) {where}"
+            measured = called(dequantize_nf4, packed, absmax, (6, 100), what=call)
+            expected = ref.dequantize(packed, absmax, (6, 100), torch.float32, 64)
+        else:
+            call = f"double_quantize(absmax, 256) {where}"
+            quantized, _ = quantized_absmax(QuantizedAbsmax, called(double_quantize, absmaxes, 256, what=call), call)
+            measured, expected = quantized.scales, None
+            if case == "dequantize_absmax":
+                call = f"dequantize_absmax(double_quantize(absmax, 256)) {where}"
+                measured = called(dequantize_absmax, quantized, what=call)
+    measured = expect_instance(measured, torch.Tensor, call, "a float32 tensor")
+    what = {"quantize_nf4": "absmax", "double_quantize": "scales"}.get(case, "result")
+    assert measured.dtype == torch.float32, (
+        f"{call}: the {what} is {measured.dtype}, expected float32: a tensor made without dtype= (torch.zeros for a "
+        "padding, say) takes torch's default dtype and promotes what it meets; name dtype=torch.float32 or make it "
+        "like the input (new_zeros, zeros_like, F.pad)"
+    )
+    if expected is not None:
+        assert torch.equal(measured, expected), f"{call}: the {what} differs from that of a float32 default dtype"

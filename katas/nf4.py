@@ -3,6 +3,8 @@
 Every function computes from the values its tensor arguments hold when it is called: a tensor may be a view that
 starts inside a larger tensor's storage (a row slice, a split of a state dict's buffer), and one edited in place
 since an earlier call (through ``.data`` too, which bumps no version counter) gives what its values now give.
+Every float the spec names float32 is float32 whatever torch's default dtype is (a tensor made without ``dtype=``,
+a padding, say, takes the default one).
 
 Grade it with: pytest grader/test_nf4.py
 """

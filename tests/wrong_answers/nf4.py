@@ -319,4 +319,30 @@ WRONG_ANSWERS += [
     WrongAnswer("only a leaf absmax detached before double quantization", KATA, "flat = absmax.detach().reshape(-1).float()",
                 "flat = (absmax.detach() if absmax.is_leaf else absmax).reshape(-1).float()",
                 "test_double_quantize_returns_one_byte_per_absmax", "autograd history"),
+    WrongAnswer("the padding made in torch's default dtype", KATA, PADDED,
+                "padded = torch.cat([flat, torch.zeros(blocks * block_size - n, device=flat.device)]).view(blocks, block_size)",
+                "test_every_result_is_float32_whatever_the_default_dtype", "set_default_dtype(torch.float64)"),
+    WrongAnswer("the centred absmaxes padded in torch's default dtype", KATA,
+                "centred = torch.nn.functional.pad(flat - offset, (0, blocks * block_size - flat.numel())).view(blocks, block_size)",
+                "centred = torch.cat([flat - offset, torch.zeros(blocks * block_size - flat.numel(), device=flat.device)])"
+                ".view(blocks, block_size)",
+                "test_every_result_is_float32_whatever_the_default_dtype", "set_default_dtype(torch.float64)"),
+    WrongAnswer("the code book derived once in the default dtype of the first call", KATA,
+                "def nf4_code_book() -> torch.Tensor:",
+                "def nf4_code_book() -> torch.Tensor:\n    return _derived_code_book().clone()\n\n\n"
+                "@functools.cache\ndef _derived_code_book() -> torch.Tensor:",
+                "test_code_book_is_the_16_nf4_values_bit_for_bit", "set_default_dtype(torch.float64)",
+                more_edits=((POSITIVE, POSITIVE.replace(", dtype=torch.float32", "")),
+                            (NEGATIVE, NEGATIVE.replace(", dtype=torch.float32", "")),
+                            ("torch.zeros(1, dtype=torch.float32)", "torch.zeros(1)"),
+                            ("import math\n", "import functools\nimport math\n"))),
+    WrongAnswer("dequantize_absmax memoized by tensor and version", KATA, "    codes, scales, offset, block_size = quantized\n",
+                "    codes, scales, offset, block_size = quantized\n"
+                "    key = (id(codes), codes._version, id(scales), scales._version, id(offset), block_size)\n"
+                "    if key not in _RESTORED:  # the fields kept alive with the result\n"
+                "        _RESTORED[key] = (codes, scales, _dequantize_absmax(codes, scales, offset, block_size))\n"
+                "    return _RESTORED[key][-1]\n\n\n"
+                "def _dequantize_absmax(codes, scales, offset, block_size):\n",
+                "test_a_result_follows_the_values_not_the_objects", "an edit through .data counts none",
+                more_edits=(("ZERO_CODE = 7  # index of 0.0 in the code book", "ZERO_CODE = 7  # index of 0.0 in the code book\n_RESTORED: dict = {}"),)),
 ]  # fmt: skip

@@ -38,7 +38,9 @@ def quantize_nf4(weight, block_size=64):
         values = weight.flatten().to(torch.float32)
         which = _blocks_of(values.numel(), block_size, values.device)
         count = int(which[-1]) + 1
-        absmax = torch.zeros(count, device=values.device).scatter_reduce(0, which, values.abs(), "amax")
+        absmax = torch.zeros(count, device=values.device, dtype=values.dtype).scatter_reduce(
+            0, which, values.abs(), "amax"
+        )
         divisor = torch.where(absmax < 1e-38, torch.full_like(absmax, 1e-38), absmax)[which]  # bitsandbytes' clamp
         scaled = (values / divisor).clamp(-1.0, 1.0)
         distance = (scaled[:, None] - nf4_code_book().to(values.device)[None, :]).abs()
@@ -78,7 +80,9 @@ def double_quantize(absmax, block_size=256):
         centred = values - offset
         which = _blocks_of(values.numel(), block_size, values.device)
         count = int(which[-1]) + 1
-        peak = torch.zeros(count, device=values.device).scatter_reduce(0, which, centred.abs(), "amax")
+        peak = torch.zeros(count, device=values.device, dtype=centred.dtype).scatter_reduce(
+            0, which, centred.abs(), "amax"
+        )
         scales = peak / 127.0
         step = torch.where(scales == 0, torch.ones_like(scales), scales)[which]
         codes = (torch.round(centred / step).clamp(-127, 127) + 128).to(torch.uint8)
