@@ -92,8 +92,9 @@ _MOVES = {
     aten.resize_, aten.constant_pad_nd, aten.ones_like, aten.zeros_like, aten.empty_like, aten.full_like,
     aten.new_empty, aten.new_zeros, aten.new_ones, aten.new_full, aten.fill_, aten.zero_, aten._local_scalar_dense,
 }  # fmt: skip
-# The ways out of torch: whatever numpy or Python computes from them, the dispatcher never sees.
-_EXITS = ("__array__", "numpy", "tolist", "__dlpack__")
+# The ways out of torch: whatever numpy or Python computes from them (or from the raw memory behind a data_ptr, read
+# with ctypes), the dispatcher never sees.
+_EXITS = ("__array__", "numpy", "tolist", "__dlpack__", "data_ptr", "untyped_storage")
 # Work on another thread, which a dispatch mode (thread-local) does not see, the profiler records, whoever started
 # the thread and however (threading, _thread, a pool, a worker fed by a queue since import, torch's own threads).
 # Work in another process neither sees: a process started shows as its audit event, a job handed to a process pool
@@ -134,7 +135,8 @@ class ArithmeticWork(MatmulFlops):
 
     What it cannot count it names: ``counter.uncounted`` holds each op that ran with no formula here
     (``aten._sparse_addmm``, ``aten._trilinear``, ...), and ``counter.exits`` each way a tensor left torch
-    (``Tensor.numpy``, ``Tensor.__array__``, ``Tensor.tolist``, ``Tensor.__dlpack__``), or for another thread,
+    (``Tensor.numpy``, ``Tensor.__array__``, ``Tensor.tolist``, ``Tensor.__dlpack__``, and the raw memory behind
+    ``Tensor.data_ptr`` and ``Tensor.untyped_storage``, which ctypes reads), or for another thread,
     which a dispatch mode (thread-local) does not see and torch's profiler does (``aten::mm (work on another
     thread)``), or for another process (``os.fork``, ``ProcessPoolExecutor.submit``), so that a budget can refuse
     work it cannot see.

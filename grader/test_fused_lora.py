@@ -417,18 +417,20 @@ def test_forward_saves_only_what_backward_needs(FusedLoRAFunction, layout, dtype
             f"requiring grad, {layout}, {dtype}, {rows} rows, in={in_features}, out={out_features}, r={r}: tensors "
             f"{kept_as}), expected at most N r + r (in + out) numbers of x's dtype = {allowed} bytes: save x, W, A, B "
             "themselves (x as given, whichever inputs train: flattening a non-contiguous x copies it; no float32 copy "
-            "of a half-precision x) and the rank-r u = x A^T, not y, copies or [W; A], on ctx or in an object on it"
+            "of a half-precision x) and the rank-r u = x A^T, not y, copies or [W; A], on ctx or in an object on it "
+            "(a Python buffer such as a bytearray counts too)"
         )
 
 
 def tensors_in(value: object) -> list[torch.Tensor]:
     """The tensors ``value`` is or holds, however deep, as a ctx attribute may keep them: in tuples, lists, sets and
     dicts, in an object's attributes (its __dict__, a dataclass's fields, __slots__), a closure's cells, a bound
-    method's object; a bare storage as a byte tensor over it. Modules and classes are not entered."""
+    method's object; a bare storage as a byte tensor over it; a Python buffer (bytes, bytearray, array.array, a numpy
+    array) as a byte tensor of its size. Modules and classes are not entered."""
     found, seen, pending = [], set(), [value]
     while pending:
         item = pending.pop()
-        if id(item) in seen or item is None or isinstance(item, (str, bytes, int, float, type, types.ModuleType)):
+        if id(item) in seen or item is None or isinstance(item, (str, int, float, type, types.ModuleType)):
             continue
         seen.add(id(item))
         if isinstance(item, torch.Tensor):
@@ -441,9 +443,19 @@ def tensors_in(value: object) -> list[torch.Tensor]:
             pending.extend(item.values())
         elif isinstance(item, (tuple, list, set, frozenset)):
             pending.extend(item)
+        elif buffer_bytes(item) is not None:
+            found.append(torch.empty(buffer_bytes(item), dtype=torch.uint8))
         else:
             pending.extend(attributes_of(item))
     return found
+
+
+def buffer_bytes(item: object) -> int | None:
+    """The size in bytes of what ``item`` holds through Python's buffer protocol, None where it holds no buffer."""
+    try:
+        return memoryview(item).nbytes
+    except TypeError:
+        return None
 
 
 def read(item: object, name: str) -> object:

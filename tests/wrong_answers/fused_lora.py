@@ -306,4 +306,14 @@ WRONG_ANSWERS = [
                 "        if need_weight:\n            grad_weight = box[0]",
                 "test_a_step_does_only_the_matrix_work_lora_needs", "another thread",
                 more_edits=((IMPORTS, "import _thread\n\n" + IMPORTS),)),
+    WrongAnswer("backward reading g from the raw memory behind data_ptr, in Python", KATA, GRAD_WEIGHT,
+                "buffer = (ctypes.c_double * g.numel()).from_address(g.double().contiguous().data_ptr())\n"
+                "        dw = sum(buffer)  # the base's gradient, always, outside torch\n        if need_weight:\n"
+                "            grad_weight = g.T @ rows",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "Tensor.data_ptr",
+                more_edits=((IMPORTS, "import ctypes\n\n" + IMPORTS),)),
+    WrongAnswer("forward's flat copy of x kept on ctx as a bytearray", KATA, SAVE,
+                "ctx.rows_kept = bytearray(rows.numel() * rows.element_size()) if not x.is_contiguous() else None\n"
+                "        " + SAVE,
+                "test_forward_saves_only_what_backward_needs", "a Python buffer such as a bytearray counts too"),
 ]  # fmt: skip
