@@ -453,7 +453,7 @@ def test_the_merged_model_gives_the_same_logits(run, merge_weights):
     cause = (
         f"the merged Llama has no bias in {dropped} of its {biased} biased layers: keep the base's bias"
         if dropped > 0
-        else "W + (alpha / r) B @ A for every adapter, the base's bias kept"
+        else "W + (alpha / r) B @ A for every adapter, the base's bias kept (by the merge, and by LoRALinear's forward)"
     )
     assert error < 1e-5, (
         f"the merged Llama's logits differ from the adapted one's by {error:.3g} of the largest logit "

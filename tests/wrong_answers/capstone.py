@@ -56,4 +56,8 @@ WRONG_ANSWERS = [
                 "        return 0.5 * (1.0 + math.cos(math.pi * progress))",
                 "        return 1.0  # after warmup: the peak lr",
                 "test_the_learning_rate_follows_the_schedule", "half cosine", checks="capstone"),
+    WrongAnswer("lora_linear: the forward drops the base's bias", "lora_linear",
+                "        return self.base(x) + F.linear(down, self.lora_B)",
+                "        return F.linear(x, self.base.weight) + F.linear(down, self.lora_B)  # W x + B A x",
+                "test_the_merged_model_gives_the_same_logits", "the base's bias kept", checks="capstone"),
 ]  # fmt: skip
