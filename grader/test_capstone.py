@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ class Run:
     loss_before: float
     loss_after: float
     returned: list[float]  # what train_step returned, window by window
+    measured: list[float]  # the grader's mean token loss of each window, just before train_step took it
+    lrs: list[list[float]]  # every parameter group's lr before the first window, then after each window
     adapted_state: dict[str, torch.Tensor]  # the state_dict right after apply_lora
     originals: dict[str, tuple[torch.Tensor, torch.Tensor]]  # the Llama's own tensors before apply_lora, and copies
     trainable: set[str]  # names of the parameters that required grad after apply_lora
@@ -84,7 +87,14 @@ def llama(tokenizer: Any) -> nn.Module:
         use_cache=False,
     )
     torch.manual_seed(0)
-    return LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    # Llama's init zeroes every bias: seeded non-zero ones, or a merge (or a forward) that drops them changes nothing
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias"):
+                parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
+    return model
 
 
 def grader_batch(tokenizer: Any, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:
@@ -112,6 +122,34 @@ def logits_of(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     finally:
         model.train(was_training)
+
+
+def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor], attention_mask: bool = True) -> torch.Tensor:
+    """The summed response-token loss of ``batch`` (the model called with its attention_mask, or without)."""
+    mask = batch["attention_mask"] if attention_mask else None
+    logits = model(input_ids=batch["input_ids"], attention_mask=mask).logits.float()
+    return nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+def label_tokens(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def window_loss(model: nn.Module, window: list[dict[str, torch.Tensor]]) -> float:
+    """The window's mean token loss, as train_step returns it: every token loss of the window over its label tokens."""
+    with torch.no_grad():
+        return sum(summed_loss(model, batch).item() for batch in window) / max(1, sum(map(label_tokens, window)))
+
+
+def schedule(step: int) -> float:
+    """cosine_with_warmup's factor after ``step`` calls of its step(), for the run's WARMUP and STEPS."""
+    if step < WARMUP:
+        return step / WARMUP
+    if step > STEPS:
+        return 0.0
+    return 0.5 * (1 + math.cos(math.pi * (step - WARMUP) / max(1, STEPS - WARMUP)))
 
 
 def response_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
@@ -143,7 +181,7 @@ def run(apply_lora, build_example, collate, make_optimizer, cosine_with_warmup, 
     optimizer = make_optimizer(model, lr=LR)
     scheduler = cosine_with_warmup(optimizer, WARMUP, STEPS)
     order = torch.Generator().manual_seed(0)
-    returned = []
+    returned, measured, lrs = [], [], [[group["lr"] for group in optimizer.param_groups]]
     model.train()
     for _ in range(STEPS):
         chosen = torch.randperm(len(examples), generator=order)[: MICRO_BATCH * MICRO_BATCHES].tolist()
@@ -151,10 +189,11 @@ def run(apply_lora, build_example, collate, make_optimizer, cosine_with_warmup, 
             collate([examples[i] for i in chosen[start : start + MICRO_BATCH]], tokenizer.pad_token_id)
             for start in range(0, len(chosen), MICRO_BATCH)
         ]
+        measured.append(window_loss(model, window))
         returned.append(train_step(model, window, optimizer, scheduler, max_grad_norm=1.0))
-    return Run(
-        model, tokenizer, rows, loss_before, response_loss(model, batch), returned, adapted_state, originals, trainable
-    )
+        lrs.append([group["lr"] for group in optimizer.param_groups])
+    after = response_loss(model, batch)
+    return Run(model, tokenizer, rows, loss_before, after, returned, measured, lrs, adapted_state, originals, trainable)
 
 
 @pytest.mark.points(4)
@@ -208,20 +247,38 @@ def test_the_prompt_never_carries_loss_and_the_response_does(run, build_example,
         f"{int(padded.sum())} padding positions of the pipeline's batch carry a label other than -100 (label "
         f"{int(labels[padded][0])}): the padding carried loss; collate pads the labels with -100"
     )
+    mask, wanted_mask = learner["attention_mask"], expected["attention_mask"]
+    assert mask.shape == wanted_mask.shape, (
+        f"the pipeline's attention_mask has shape {tuple(mask.shape)}, expected {tuple(wanted_mask.shape)}, as its "
+        "input_ids"
+    )
+    off = mask != wanted_mask
+    on_padding = off & padding
+    assert not off.any(), (
+        f"the pipeline's attention_mask differs from the grader's at {int(off.sum())} positions, "
+        f"{int(on_padding.sum())} of them padding"
+        + (f" (given {int(mask[on_padding][0])})" if on_padding.any() else "")
+        + ": build_example's attention_mask is all ones, and collate pads the attention_mask with 0 (nothing "
+        "attends to padding)"
+    )
 
 
-def reference_gradients(model: nn.Module, window: list[dict[str, torch.Tensor]]) -> list[list[torch.Tensor]]:
-    """d(summed response-token loss)/d(trainable parameters) of each micro-batch, on a copy of ``model``."""
+def reference_gradients(
+    model: nn.Module, window: list[dict[str, torch.Tensor]], attention_mask: bool = True
+) -> list[list[torch.Tensor]]:
+    """d(summed response-token loss)/d(trainable parameters) of each micro-batch, on a copy of ``model`` (called
+    with each micro-batch's attention_mask, or without)."""
     model = copy.deepcopy(model)
     held = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    per_batch = []
-    for batch in window:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        loss = nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
-        )
-        per_batch.append(list(torch.autograd.grad(loss, held)))
-    return per_batch
+    return [list(torch.autograd.grad(summed_loss(model, batch, attention_mask), held)) for batch in window]
+
+
+def masked_inside(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` with 0 in attention_mask on tokens 2 and 3 of every row (prompt tokens, labelled -100): a mask that
+    is not all ones before the padding, which a causal model sees, unlike right padding."""
+    mask = batch["attention_mask"].clone()
+    mask[:, 2:4] = 0
+    return {**batch, "attention_mask": mask}
 
 
 def weighted(per_batch: list[list[torch.Tensor]], weights: list[float]) -> list[torch.Tensor]:
@@ -241,6 +298,7 @@ def test_the_optimizer_is_handed_the_reference_gradients(run, train_step):
     windows = [  # micro-batches of 2 and 6 examples, then 5 and 1: a mean per micro-batch weighs tokens unequally
         [grader_batch(run.tokenizer, rows[:2]), grader_batch(run.tokenizer, rows[2:8])],
         [grader_batch(run.tokenizer, rows[8:13]), grader_batch(run.tokenizer, rows[13:14])],
+        [masked_inside(grader_batch(run.tokenizer, rows[14:20]))],
     ]
     previous = None
     for number, window in enumerate(windows, start=1):
@@ -253,6 +311,11 @@ def test_the_optimizer_is_handed_the_reference_gradients(run, train_step):
             "each micro-batch's mean loss, summed: divide each micro-batch's summed loss by the window's label "
             "tokens": weighted(per_batch, [1 / c for c in counts]),
         }
+        if any(bool((batch["attention_mask"][:, 1:] < batch["attention_mask"][:, :-1]).any()) for batch in window):
+            mistakes[
+                "the model was not handed the micro-batch's attention_mask (here 0 on prompt tokens, as collate "
+                "keeps an example's own mask): pass attention_mask, model(input_ids=..., attention_mask=...)"
+            ] = weighted(reference_gradients(model, window, attention_mask=False), [1 / sum(counts)] * len(window))
         if previous is not None:
             mistakes["the previous window's gradients were still there: zero them after optimizer.step()"] = [
                 e + p for e, p in zip(expected, previous, strict=True)
@@ -270,6 +333,68 @@ def test_the_optimizer_is_handed_the_reference_gradients(run, train_step):
             + (cause or "each micro-batch's summed token loss over the window's label tokens, one backward each")
         )
         previous = expected
+
+
+@pytest.mark.points(2)
+def test_train_step_returns_the_window_mean_token_loss(run, train_step):
+    model = copy.deepcopy(run.model)
+    spy = SpyOptimizer([p for p in model.parameters() if p.requires_grad], lr=0.0)  # lr 0: the model stays put
+    window = [grader_batch(run.tokenizer, run.rows[:2]), grader_batch(run.tokenizer, run.rows[2:8])]
+    counts = [label_tokens(batch) for batch in window]
+    with torch.no_grad():
+        sums = [summed_loss(model, batch).item() for batch in window]
+    expected = sum(sums) / sum(counts)
+    mistakes = {
+        "the mean of the micro-batches' mean losses: sum every token loss of the window, divide by its label "
+        "tokens": sum(s / c for s, c in zip(sums, counts, strict=True)) / len(window),
+        "the sum of the micro-batches' mean losses": sum(s / c for s, c in zip(sums, counts, strict=True)),
+        "the last micro-batch's loss alone: add up the whole window's": sums[-1] / sum(counts),
+        "the last micro-batch's mean loss alone: the whole window's token losses over its label tokens": sums[-1]
+        / counts[-1],
+        "the summed token loss, not divided by the label tokens": sum(sums),
+    }
+    got = float(train_step(model, window, spy, SpyScheduler(spy.events), max_grad_norm=None))
+    cause = next((c for c, v in mistakes.items() if math.isclose(got, v, rel_tol=1e-4)), None)
+    assert math.isclose(got, expected, rel_tol=1e-4), (
+        f"train_step on a window of 2 and 6 examples ({counts} label tokens) returned {got:.6g}, expected the "
+        f"window's mean token loss {expected:.6g}: "
+        + (cause or "every token loss of the window over its label tokens, measured before the step")
+    )
+    off = [
+        (number, value, want)
+        for number, (value, want) in enumerate(zip(run.returned, run.measured, strict=True), start=1)
+        if not math.isclose(float(value), want, rel_tol=1e-4)
+    ]
+    assert not off, (
+        f"in the run, train_step returned {float(off[0][1]):.6g} for window {off[0][0]}, whose mean token loss the "
+        f"grader measured {off[0][2]:.6g} just before ({len(off)} of {STEPS} windows off by more than 1e-4): return "
+        "every token loss of the window over its label tokens, measured before the step"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("train_step:cosine_with_warmup")
+def test_the_learning_rate_follows_the_schedule(run):
+    expected = [LR * schedule(n) for n in range(STEPS + 1)]
+    off = [
+        (n, lrs, want)
+        for n, (lrs, want) in enumerate(zip(run.lrs, expected, strict=True))
+        if not lrs or not all(math.isclose(lr, want, rel_tol=1e-6, abs_tol=1e-12) for lr in lrs)
+    ]
+    n, lrs, want = off[0] if off else (0, [], 0.0)
+    flat = [group[0] if group else float("nan") for group in run.lrs]
+    if len({*flat}) == 1:
+        cause = "the lr never changed: train_step calls scheduler.step() once per window, after optimizer.step()"
+    elif all(math.isclose(flat[k], LR * schedule(2 * k), abs_tol=1e-12) for k in range(STEPS + 1)):
+        cause = "the scheduler stepped twice a window: train_step calls scheduler.step() once, after optimizer.step()"
+    elif n > WARMUP and lrs and math.isclose(lrs[0], LR):
+        cause = "after warmup the lr stays at its peak: then a half cosine down to 0 at total_steps"
+    else:
+        cause = "linear warmup from 0 over warmup_steps, then a half cosine down to 0 at total_steps"
+    assert not off, (
+        f"in the run (cosine_with_warmup(optimizer, {WARMUP}, {STEPS}), lr {LR:g}) the lr after {n} windows was "
+        f"{lrs[0] if lrs else 'missing'}, expected {want:.6g} ({len(off)} of {STEPS + 1} off): {cause}"
+    )
 
 
 def adapted_layers(run: Run) -> dict[str, list[str]]:
@@ -323,9 +448,16 @@ def test_the_merged_model_gives_the_same_logits(run, merge_weights):
     assert isinstance(merged, nn.Module), f"merge_weights returned a {type(merged).__name__}, expected the model"
     scale = expected.abs().max().item()  # float32 logits of up to ~scale: compare relative to it
     error = max_difference(logits_of(merged, batch), expected) / max(1.0, scale)
+    biased = sum(name.endswith(".bias") for name in run.originals)
+    dropped = biased - sum(name.endswith(".bias") for name in merged.state_dict())
+    cause = (
+        f"the merged Llama has no bias in {dropped} of its {biased} biased layers: keep the base's bias"
+        if dropped > 0
+        else "W + (alpha / r) B @ A for every adapter, the base's bias kept (by the merge, and by LoRALinear's forward)"
+    )
     assert error < 1e-5, (
         f"the merged Llama's logits differ from the adapted one's by {error:.3g} of the largest logit "
-        f"({scale:.3g}), expected < 1e-5: W + (alpha / r) B @ A for every adapter"
+        f"({scale:.3g}), expected < 1e-5: {cause}"
     )
 
 
