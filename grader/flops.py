@@ -172,14 +172,8 @@ class ArithmeticWork(MatmulFlops):
         return super().__enter__()
 
     def __exit__(self, *exc_info: object) -> None:
-        super().__exit__(*exc_info)
-        self._every_thread.__exit__(*exc_info)
-        _COUNTING.remove(self)
-        events = self._every_thread.events()
-        home = next(event.thread for event in events if event.name == _HOME)
-        elsewhere = [event.name for event in events if event.thread != home]
-        if elsewhere:
-            self.exits.add(f"{elsewhere[0]} (work on another thread)")
+        # torch's own methods are put back first, whatever happens after (a check's time limit may strike here):
+        # left patched, they would read as the submission's tampering.
         for owner, name, method in self._saved_doors:
             setattr(owner, name, method)
         for name in _EXITS:  # restore what torch.Tensor itself defined; the C methods of its base show again
@@ -187,6 +181,16 @@ class ArithmeticWork(MatmulFlops):
                 setattr(torch.Tensor, name, self._saved_exits.pop(name))
             else:
                 delattr(torch.Tensor, name)
+        _COUNTING.remove(self)
+        try:
+            super().__exit__(*exc_info)
+        finally:
+            self._every_thread.__exit__(*exc_info)
+        events = self._every_thread.events()
+        home = next(event.thread for event in events if event.name == _HOME)
+        elsewhere = [event.name for event in events if event.thread != home]
+        if elsewhere:
+            self.exits.add(f"{elsewhere[0]} (work on another thread)")
 
     def _watched_exit(self, label: str, method: Callable) -> Callable:
         """``method``, recording ``label`` in ``self.exits`` at each call."""
