@@ -218,22 +218,26 @@ def test_merging_a_single_layer_returns_the_linear(LoRALinear, merge_weights, ki
 
 
 @pytest.mark.points(1)
-def test_merges_adapters_that_share_a_base(LoRALinear, merge_weights):
-    """Two adapters on one base (two tasks trained on one frozen layer): each merged layer computes what its own
-    adapter did, so neither may fold its update into the base both hold."""
-    base = nn.Linear(12, 10)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_merges_adapters_that_share_a_base(LoRALinear, merge_weights, dtype):
+    """Two adapters on one base (two tasks trained on one frozen layer), of any dtype: each merged layer computes
+    what its own adapter did, so neither may fold its update into the base both hold."""
+    base = nn.Linear(12, 10, dtype=dtype)
     model = nn.ModuleDict({"task_a": LoRALinear(base, r=4, alpha=8.0), "task_b": LoRALinear(base, r=2, alpha=6.0)})
     for layer in model.values():
         randomize_factors(layer, std=0.5)
-    x = torch.randn(5, 12)
+    x = torch.randn(5, 12, dtype=dtype)
     expected = {name: eval_outputs(layer, x) for name, layer in model.items()}
     returned_model(merge_weights(model))
+    tolerance = 1e-5 if dtype == torch.float32 else 4 * RELATIVE_TOLERANCE[dtype]  # relative, in half precision
     for name, layer in model.items():
         merged = expect_instance(layer, nn.Linear, f"the merged model[{name!r}]", "an nn.Linear")
-        error = max_difference(eval_outputs(merged, x), expected[name])
-        assert error < 1e-5, (
-            f"two adapters that share one base, merged: model[{name!r}] differs from what its adapter computed by "
-            f"{error:.3g}: the base is held by the other adapter too, so folding an update into it changes both; "
+        y = eval_outputs(merged, x)
+        error = max_difference(y, expected[name]) if dtype == torch.float32 else relative_error(y, expected[name])
+        assert error < tolerance, (
+            f"two {dtype} adapters that share one base, merged: model[{name!r}] differs from what its adapter "
+            f"computed by {error:.3g}, expected < {tolerance:.0e}: the base is held by the other adapter too, so "
+            "folding an update into it changes both (in every dtype); "
             "build a new nn.Linear (or reuse the base only where nothing else holds it)"
         )
 
@@ -259,13 +263,14 @@ def test_merging_twice_changes_nothing(LoRALinear, merge_weights):
 
 
 @pytest.mark.points(1)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("alone", [True, False], ids=["alone", "after-a-float32-layernorm"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("device", DEVICES)
-def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weights, device, dtype, alone):
+def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weights, device, dtype, alone, bias):
     # scaling 10 / 3, which no half dtype (nor float32) holds: a scaling, or a factor scaled, in half precision rounds
     r, alpha = UNROUNDED_R, UNROUNDED_ALPHA
-    base = nn.Linear(64, 48, device=device, dtype=dtype)
+    base = nn.Linear(64, 48, bias=bias, device=device, dtype=dtype)
     layer = LoRALinear(base, r=r, alpha=alpha)
     randomize_factors(layer, std=0.2)
     found = factors(layer, 64, 48, r)
@@ -301,7 +306,11 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
         )
     )
     bias = merged.bias
-    assert bias is not None and (bias.dtype, bias.device) == (dtype, base.weight.device), (
+    assert bias is None or base.bias is not None, (
+        f"the base had no bias but the merged {dtype} layer{where} has one: keep bias=None (nn.Linear(..., "
+        "bias=base.bias is not None)), in every dtype"
+    )
+    assert base.bias is None or bias is not None and (bias.dtype, bias.device) == (dtype, base.weight.device), (
         f"the merged layer's bias is {describe(bias) if bias is None else f'{bias.dtype} on {bias.device}'}, "
         f"expected the base's bias, {dtype} on {base.weight.device}: keep the bias as it is, not in float32"
     )
@@ -460,22 +469,41 @@ def test_merging_a_part_leaves_what_it_shares_outside_alone(LoRALinear, merge_we
 
 
 @pytest.mark.points(1)
-def test_merged_layers_follow_the_base_device_and_dtype(LoRALinear, merge_weights):
-    model = adapted_model(LoRALinear, dtype=torch.float64)
-    x = inputs(dtype=torch.float64)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_merged_layers_follow_the_base_device_and_dtype(LoRALinear, merge_weights, dtype):
+    if dtype == torch.float64:
+        model, x, names = (
+            adapted_model(LoRALinear, dtype=dtype),
+            inputs(dtype=dtype),
+            matching_linears(ToyTransformer(), TARGETS),
+        )
+    else:  # half precision, which merges on its own path (summed in float32): a layer with a bias, one without
+        model = nn.Sequential(
+            LoRALinear(nn.Linear(12, 10, dtype=dtype), r=2, alpha=4.0),
+            LoRALinear(nn.Linear(10, 8, bias=False, dtype=dtype), r=2, alpha=4.0),
+        )
+        for layer in model:
+            randomize_factors(layer, std=0.3)
+        x, names = torch.randn(5, 12, dtype=dtype), ["0", "1"]
     expected = eval_outputs(model, x)
     merged = made_under_a_foreign_default_device(lambda: returned_model(merge_weights(model)))
     if merged is None:  # it made the new layers on the default device and moved them: right, not decidable here
         return
-    weights = [
-        layer.weight for name in matching_linears(ToyTransformer(), TARGETS) for layer in [merged.get_submodule(name)]
-    ]
-    expect_on_the_base_device(weights, torch.device("cpu"), "the merged weights are")
-    biases = [merged.get_submodule(name).bias for name in matching_linears(ToyTransformer(), TARGETS)]
-    dtypes = sorted({str(t.dtype) for t in weights + biases if t is not None} - {"torch.float64"})
+    layers = [merged.get_submodule(name) for name in names]
+    weights = [layer.weight for layer in layers]
+    expect_on_the_base_device(
+        weights + [layer.bias for layer in layers if layer.bias is not None], torch.device("cpu"),
+        f"the merged {dtype} weights and biases are",
+    )  # fmt: skip
+    biases = [layer.bias for layer in layers]
+    dtypes = sorted({str(t.dtype) for t in weights + biases if t is not None} - {str(dtype)})
     assert not dtypes, (
-        f"merging a float64 model gave weights or biases in {dtypes}: the new layer holds W + dW and the base's "
+        f"merging a {dtype} model gave weights or biases in {dtypes}: the new layer holds W + dW and the base's "
         "bias in the base's dtype (nn.Linear(..., dtype=base.weight.dtype), or the merged tensor itself)"
     )
-    error = max_difference(eval_outputs(merged, x), expected)
-    assert error < 1e-5, f"the merged float64 model's outputs differ from the adapted one's by {error:.3g}"
+    y = eval_outputs(merged, x)
+    error = max_difference(y, expected) if dtype == torch.float64 else relative_error(y, expected)
+    tolerance = 1e-5 if dtype == torch.float64 else 4 * RELATIVE_TOLERANCE[dtype]
+    assert error < tolerance, (
+        f"the merged {dtype} model's outputs differ from the adapted one's by {error:.3g}, expected < {tolerance:.0e}"
+    )
