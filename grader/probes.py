@@ -628,9 +628,10 @@ def expect_plain_lora_in_regime(
     found = factors(layer, in_features, out_features, r)
     # Each call after the first edits one thing: a cache keyed on the other (say on the factors' versions, while the
     # base changed) computes with stale values; an edit through .data bumps no version at all, and one of a single
-    # entry leaves a checksum of a few entries as it was.
+    # entry leaves a checksum of a few entries as it was; a swap of two entries keeps even a factor's sum.
     steps = ("", " after its base was edited in place", " after one entry of its base was edited through .data",
-             " after its factors were edited through .data", " after one entry of each factor was edited through .data",
+             " after its factors were edited through .data",
+             " after one entry of each factor was swapped with another through .data",
              " after load_state_dict(..., assign=True) replaced its Parameters")  # fmt: skip
     # The layer is called in every other grad mode first (an evaluation under inference_mode before training): what
     # a call keeps from another mode (a tensor made at the first call) must not change this one.
@@ -654,8 +655,14 @@ def expect_plain_lora_in_regime(
                 layer.load_state_dict(state, assign=True)
                 found = factors(layer, in_features, out_features, r)
             elif "one entry" in step:
-                for tensor in (found.stored_A, found.stored_B):
-                    tensor.data[(-1,) * tensor.dim()].add_(1.0)  # a view of one entry, whatever the layout
+                for tensor in (found.stored_A, found.stored_B):  # views of single entries, whatever the layout
+                    first, last = tensor.data[(0,) * tensor.dim()], tensor.data[(-1,) * tensor.dim()]
+                    if tensor.numel() < 2 or torch.equal(first, last):  # nothing to swap with: a change of one entry
+                        last.add_(1.0)
+                    else:  # two entries swapped: the factor's sum (a checksum a cache may key on) stays as it was
+                        held = first.clone()
+                        first.copy_(last)
+                        last.copy_(held)
             else:
                 for tensor in (found.stored_A, found.stored_B):
                     tensor.data.normal_(0.0, 0.5)

@@ -70,11 +70,10 @@ def returned_linear(returned: object) -> nn.Linear:
 def expect_a_merged_linear(layer: object, LoRALinear: type, call: str) -> None:
     """Fail unless ``layer`` is an nn.Linear computing nn.Linear's own forward, and no adapter: a subclass of nn.Linear
     that keeps that forward (one that records what was merged, say) is an nn.Linear, as the stub allows."""
-    if isinstance(layer, LoRALinear):
-        assert False, (
-            f"{call} is {describe(layer)}, still a LoRALinear, expected the merged nn.Linear: find adapters with "
-            "isinstance(module, LoRALinear) (a subclass of LoRALinear is a LoRALinear too) and replace each"
-        )
+    assert not isinstance(layer, LoRALinear), (
+        f"{call} is {describe(layer)}, still a LoRALinear, expected the merged nn.Linear: find adapters with "
+        "isinstance(module, LoRALinear) (a subclass of LoRALinear is a LoRALinear too) and replace each"
+    )
     assert isinstance(layer, nn.Linear), f"{call} is {describe(layer)}, expected the merged nn.Linear"
     assert type(layer).forward is nn.Linear.forward, (
         f"{call} is a {type(layer).__name__}, an nn.Linear subclass with its own forward, expected one computing "
@@ -310,7 +309,7 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
         f"the base had no bias but the merged {dtype} layer{where} has one: keep bias=None (nn.Linear(..., "
         "bias=base.bias is not None)), in every dtype"
     )
-    assert base.bias is None or bias is not None and (bias.dtype, bias.device) == (dtype, base.weight.device), (
+    assert base.bias is None or (bias is not None and (bias.dtype, bias.device) == (dtype, base.weight.device)), (
         f"the merged layer's bias is {describe(bias) if bias is None else f'{bias.dtype} on {bias.device}'}, "
         f"expected the base's bias, {dtype} on {base.weight.device}: keep the bias as it is, not in float32"
     )
