@@ -357,7 +357,7 @@ WRONG_ANSWERS = [
     WrongAnswer("served update cached under a checksum of the factors", KATA, RESULT,
                 "if not self.training and not torch.is_grad_enabled():  # serving: B @ A only when the factors changed\n"
                 "            return self.base(x) + F.linear(x, self._served_update())\n        " + RESULT,
-                "test_matches_plain_lora_in_every_regime", "swapped with another",
+                "test_matches_plain_lora_in_every_regime", "swapped through .data",
                 more_edits=(("\n\ndef _check_arguments",
                              "\n    def _served_update(self) -> torch.Tensor:\n"
                              "        key = (self.scaling,) + tuple(\n"
