@@ -616,21 +616,24 @@ def expect_plain_lora_in_regime(
     ``grad`` "grad on" its gradients, in the grad mode ``grad`` (of GRAD_MODES) and the regime the caller set up
     (dtype, mode, call style: described by ``regime``), the layer called in the other grad modes first, then again
     after its base is edited in place, then one entry of the base through .data, then its factors through .data,
-    then one entry of each, then after load_state_dict(..., assign=True) put new Parameters in place of all of its
-    own (as loading onto a model built on the meta device does): nothing may be cached between calls, nor a factor
-    held from construction. With ``dropout``, the layer's probability, active in
-    this regime: each row of x holds one nonzero feature, so the mask can be told from the output, each row's adapter
-    share dropped (0) or kept (1 / (1 - p)). ``base`` is an nn.Linear or a Conv1D (weight (in, out)). ``built_in``:
-    the dtype the layer was built in, when the caller converted it to the base's dtype since (layer.to(dtype))."""
+    then one entry of each, then two entries of each swapped (a factor's sum kept), then after
+    load_state_dict(..., assign=True) put new Parameters in place of all of its own (as loading onto a model built on
+    the meta device does): nothing may be cached between calls, nor a factor held from construction. With
+    ``dropout``, the layer's probability, active in this regime: each row of x holds one nonzero feature, so the
+    mask can be told from the output, each row's adapter share dropped (0) or kept (1 / (1 - p)). ``base`` is an
+    nn.Linear or a Conv1D (weight (in, out)). ``built_in``: the dtype the layer was built in, when the caller
+    converted it to the base's dtype since (layer.to(dtype))."""
     dtype = base.weight.dtype
     tolerance = RELATIVE_TOLERANCE[dtype]
     out_features, in_features = linear_weight(base).shape
     found = factors(layer, in_features, out_features, r)
     # Each call after the first edits one thing: a cache keyed on the other (say on the factors' versions, while the
     # base changed) computes with stale values; an edit through .data bumps no version at all, and one of a single
-    # entry leaves a checksum of a few entries as it was.
+    # entry leaves a checksum of a few entries as it was; a swap of two entries keeps even a factor's sum.
     steps = ("", " after its base was edited in place", " after one entry of its base was edited through .data",
-             " after its factors were edited through .data", " after one entry of each factor was edited through .data",
+             " after its factors were edited through .data",
+             " after one entry of each factor was edited through .data",
+             " after two entries of each factor were swapped through .data",
              " after load_state_dict(..., assign=True) replaced its Parameters")  # fmt: skip
     # The layer is called in every other grad mode first (an evaluation under inference_mode before training): what
     # a call keeps from another mode (a tensor made at the first call) must not change this one.
@@ -656,6 +659,15 @@ def expect_plain_lora_in_regime(
             elif "one entry" in step:
                 for tensor in (found.stored_A, found.stored_B):
                     tensor.data[(-1,) * tensor.dim()].add_(1.0)  # a view of one entry, whatever the layout
+            elif "swapped" in step:
+                for tensor in (found.stored_A, found.stored_B):  # views of single entries, whatever the layout
+                    first, last = tensor.data[(0,) * tensor.dim()], tensor.data[(-1,) * tensor.dim()]
+                    if tensor.numel() < 2 or torch.equal(first, last):  # nothing to swap with: a change of one entry
+                        last.add_(1.0)
+                    else:  # two entries swapped: the factor's sum (a checksum a cache may key on) stays as it was
+                        held = first.clone()
+                        first.copy_(last)
+                        last.copy_(held)
             else:
                 for tensor in (found.stored_A, found.stored_B):
                     tensor.data.normal_(0.0, 0.5)

@@ -258,6 +258,8 @@ NO_MATCH_CASES = {  # id: (targets, the model they are looked for in, given by a
     "on-an-adapted-model": (("nonexistent_proj",), "adapted on q_proj", False),  # adapters there: still no match
     "no-targets": ((), "toy", False),  # an empty list names no layer
     "all-linear": (("all-linear",), "toy", False),  # peft's keyword is no target here: it names a layer so called
+    "off-by-whitespace": ((" q_proj", "v_proj "), "toy", False),  # compared as strings: never stripped
+    "comma-joined": (("q_proj,v_proj", "q_proj, fc1"), "toy", False),  # one string names one layer: never split
 }
 
 
@@ -279,7 +281,8 @@ def test_raises_naming_the_targets_when_nothing_matches(apply_lora, LoRALinear, 
         new = sorted(set(adapters(model, LoRALinear)) - before)
         cause = (
             f"it adapted {new[:3]}: targets are compared as strings (a name equal to one or ending with '.' + one), "
-            "never read as glob or regex patterns, nor as peft's 'all-linear' (an empty list names no layer either)"
+            "never read as glob or regex patterns, nor as peft's 'all-linear', nor stripped of whitespace or split at "
+            "commas (an empty list names no layer either)"
             if new
             else "on a model already adapted (on q_proj) a target naming no layer is an error too"
             if model_kind == "adapted on q_proj"
@@ -470,13 +473,16 @@ INNER_BASE = "<the adapters' own base>"  # stands for the name, inside an adapte
     [("q_proj", "fc1"), ("fc1",), (INNER_BASE, "fc1")],
     ids=["old-and-new-targets", "new-targets-only", "an-adapter's-base-and-new-targets"],
 )
-def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lora, LoRALinear, targets):
+@pytest.mark.parametrize("reloaded", [False, True], ids=["", "reloaded-in-between"])
+def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lora, LoRALinear, targets, reloaded):
     model = ToyTransformer()
     originals = {name: model.get_submodule(name) for name in matching_linears(model, ["q_proj"])}
     adapted(apply_lora(model, ["q_proj"], r=2, alpha=4.0))
     first = adapters(model, LoRALinear)
     subclassed = next(iter(first))
     make_a_subclass_instance(first[subclassed], LoRALinear)  # a user's subclass of LoRALinear is an adapter too
+    if reloaded:  # a checkpoint loaded between the calls puts new Parameters in place of all of them
+        model.load_state_dict({name: value.clone() for name, value in model.state_dict().items()}, assign=True)
     trained = {}
     for name, layer in first.items():
         randomize_factors(layer, std=0.5)  # as after training
@@ -490,7 +496,13 @@ def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lor
     call = (
         f"a second apply_lora(model, {list(targets)}, r=3, alpha=12.0, dropout=0.25) on a model adapted on "
         f"['q_proj'] with r=2, alpha=4.0, dropout=0.0 (the one at {subclassed} then made an instance of a subclass of "
-        "LoRALinear), then unfrozen whole (model.requires_grad_(True))"
+        "LoRALinear), "
+        + (
+            "then reloaded by load_state_dict(..., assign=True), which puts new Parameters in place, "
+            if reloaded
+            else ""
+        )
+        + "then unfrozen whole (model.requires_grad_(True))"
     )
     adapted(apply_lora(model, targets, r=3, alpha=12.0, dropout=0.25))  # another config than the first call's
     now = adapters(model, LoRALinear)
@@ -508,6 +520,11 @@ def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lor
         assert same, (
             f"{call} froze or changed the trained factors of {name}: the adapters already there keep their "
             "values and stay trainable"
+            + (
+                " (find the factors on the adapters at each call, never remember Parameters from an earlier one)"
+                if reloaded
+                else ""
+            )
         )
     expected_new = set(matching_linears(ToyTransformer(), ["fc1"]))
     missed = sorted(expected_new - set(now))

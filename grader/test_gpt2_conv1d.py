@@ -943,7 +943,8 @@ def test_merged_weights_are_parameters_without_grad_history(apply_lora_gpt2, mer
     for name in matching(tiny_gpt2(), (*EVERYWHERE, "lm_head"), Conv1D):
         layer = model.get_submodule(name)
         wanted = nn.Linear if name == "lm_head" else Conv1D
-        assert type(layer) is wanted, f"{name} is a {type(layer).__name__} after merging, expected {wanted.__name__}"
+        kept = isinstance(layer, wanted) and type(layer).forward is wanted.forward  # a subclass keeping its forward
+        assert kept, f"{name} is a {type(layer).__name__} after merging, expected {wanted.__name__}"
         weight = layer.weight
         assert weight.grad_fn is None, (
             f"{name}.weight has grad history (autograd recorded W + dW.T): compute the merge under torch.no_grad()"

@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
-from grader.models import GAINS, GatedLinear, GatedProjection, with_forward_hooks
+from grader.models import GAINS, GatedLinear, GatedProjection, ReLULinear, with_forward_hooks
 from grader.probes import (
     DEVICES,
     DROP_IN,
@@ -77,6 +77,7 @@ BASE_KINDS = {
     "Linear": lambda i, o, dtype: nn.Linear(i, o, dtype=dtype),
     "GatedLinear": lambda i, o, dtype: GatedLinear(i, o, GAINS, dtype=dtype),
     "hooked Linear": lambda i, o, dtype: with_forward_hooks(nn.Linear(i, o, dtype=dtype)),
+    "ReLULinear": lambda i, o, dtype: ReLULinear(i, o, dtype=dtype),  # its backward reads its output
 }
 
 
@@ -123,6 +124,29 @@ def test_computes_with_the_base_it_was_given(LoRALinear):
                 f"output differs from base(x) by {change:.3g}: it computes with a copy or a weight cached from an "
                 "earlier call; use the very base passed in, as it is now"
             )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("grad", GRAD_MODES)
+def test_leaves_the_tensor_the_base_returned_alone(LoRALinear, grad, mode):
+    """A forward hook on the base (an activation observer, a feature cache) keeps the tensor base(x) returned: the
+    layer adds its update into a new tensor, never into that one ("never the base path")."""
+    base, layer = make_layer(LoRALinear)
+    randomize_factors(layer, std=0.5)  # an update that shows
+    kept = []
+    base.register_forward_hook(lambda module, args, result: kept.append((result, result.detach().clone())))
+    layer.train(mode == "train")
+    with GRAD_MODES[grad]():
+        output(layer, torch.randn(5, IN))
+    assert kept, f"{mode} mode, {grad}: a forward hook on the base never ran: call base(x), which runs its hooks"
+    held, made = kept[-1]
+    change = max_difference(held, made)
+    assert change == 0, (
+        f"{mode} mode, {grad}: a forward hook on the base kept the tensor base(x) returned, which changed by "
+        f"{change:.3g} during the LoRALinear's call, expected unchanged: the update was added into base(x) in place "
+        "(y += ...); return base(x) + update, a new tensor"
+    )
 
 
 @pytest.mark.points(1)
@@ -275,6 +299,8 @@ CALL_STYLES = {
      torch.bfloat16, (3, 2, 2), False, "grad off", "train-with-dropout", False, False, "Linear"),
     (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha=alpha, dropout=p)",
      torch.float32, (2, 3), True, "inference mode", "eval", True, False, "hooked Linear"),
+    (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha)",  # a base whose backward reads its own output
+     torch.float32, (2, 3), True, "grad on", "train", True, False, "ReLULinear"),
     # Built in another dtype and converted (model.double() for gradcheck, model.half()): the same comparison as one
     # built in that dtype, float64 to 1e-10 with alpha / r = 10 / 3, which float32 does not hold.
     (IN, OUT, False, UNROUNDED_R, UNROUNDED_ALPHA, "LoRALinear(base, r, alpha)",
@@ -299,6 +325,8 @@ def test_matches_plain_lora_in_every_regime(
     base = (
         GatedLinear(in_features, out_features, GAINS, dtype=built_in)  # a gain besides weight and bias, which it keeps
         if kind == "GatedLinear"
+        else ReLULinear(in_features, out_features, bias=bias, dtype=built_in)
+        if kind == "ReLULinear"
         else nn.Linear(in_features, out_features, bias=bias, dtype=built_in)
     )
     base = with_forward_hooks(base) if kind == "hooked Linear" else base
@@ -316,9 +344,20 @@ def test_matches_plain_lora_in_every_regime(
         layer.to(dtype)
     regime = f"{call} on a {kind} base, r={r}, alpha={alpha}, dropout={dropout}, {built}, {mode} mode, {grad}"
     active = dropout if layer.training else 0.0
-    expect_plain_lora_in_regime(
-        layer, base, r, alpha / r, batch_shape, contiguous, grad, regime, active, built_in if converted else None
-    )
+    try:
+        expect_plain_lora_in_regime(
+            layer, base, r, alpha / r, batch_shape, contiguous, grad, regime, active, built_in if converted else None
+        )
+    except RuntimeError as error:
+        message = str(error).splitlines()[0]
+        if "inplace" not in message:
+            raise
+        pytest.fail(
+            f"{regime}: a training step raised RuntimeError ({message[:120]}): the update was added into base(x) in "
+            "place (y += ...), and the base's backward needs its output (a ReLU's does): return base(x) + update, "
+            "a new tensor",
+            pytrace=False,
+        )
 
 
 @pytest.mark.points(2)
@@ -500,6 +539,34 @@ def test_dropout_is_off_in_eval_mode(LoRALinear):
         f"in eval mode (dropout=0.5) the output for a batch differs by {error:.3g} from base(x) + x dW^T, with dW "
         "read off the outputs for one-hot inputs: it must be base(x) plus a linear map of x, with nothing random, "
         "nonlinear or batch-dependent"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("last", ["eval", "train"], ids=["the-other-put-in-eval-last", "the-other-put-in-train-last"])
+def test_dropout_follows_its_own_mode(LoRALinear, last):
+    """Two LoRALinears with the same dropout p, one in train mode, one in eval mode (a frozen tower beside a trained
+    one): each layer's own mode decides whether it drops, whichever was set last."""
+    layers = {}
+    for mode in ("train", "eval"):
+        base = nn.Linear(IN, OUT, dtype=torch.float64)
+        layers[mode] = LoRALinear(base, r=R, alpha=ALPHA, dropout=0.5)
+        randomize_factors(layers[mode], std=0.5)
+    first = "train" if last == "eval" else "eval"
+    for mode in (first, last):
+        layers[mode].train(mode == "train")
+    x = torch.randn(16, IN, dtype=torch.float64)
+    with torch.no_grad():
+        varies = {mode: max_difference(output(layer, x), output(layer, x)) for mode, layer in layers.items()}
+    assert varies["train"] > 0, (
+        "a LoRALinear in train mode with dropout=0.5 gave the same output twice (no dropout) once another "
+        "LoRALinear with the same p was put in eval mode after it: its own mode decides (an nn.Dropout of its "
+        "own per layer, or F.dropout(..., training=self.training)), never one shared by layers"
+    )
+    assert varies["eval"] == 0, (
+        f"a LoRALinear in eval mode with dropout=0.5 gave outputs that vary by {varies['eval']:.3g} between calls "
+        "once another LoRALinear with the same p was put in train mode after it: its own mode decides (an "
+        "nn.Dropout of its own per layer, or F.dropout(..., training=self.training)), never one shared by layers"
     )
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grader.models import GatedLinear
+from grader.models import GatedLinear, ReLULinear
 from grader.oracles import load
 from grader.probes import (
     DEVICES,
@@ -469,14 +469,6 @@ def test_the_base_runs_its_own_forward_and_hooks(MultiLoRALinear, kind):
     assert error < 1e-12, f"with an {kind} as base and 'sql' merged, the output is off base(x) (the merged weight " + (
         f"in it) by {error:.3g}: {cause}, merged too"
     )
-
-
-class ReLULinear(nn.Linear):
-    """An nn.Linear subclass ending in a ReLU (a fused activation, as model code has): its backward reads its own
-    output, so an answer that adds the update into base(x) in place breaks a training step through it."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(super().forward(x))
 
 
 REGIME_BASES: dict[str, Callable[..., nn.Linear]] = {  # bases whose output is not F.linear(x, W, b)

@@ -187,4 +187,17 @@ WRONG_ANSWERS = [
                 "test_adapts_the_model_zoo", "k_proj",
                 more_edits=(("        if isinstance(module, nn.Linear):\n            parent_name",
                              "        if not isinstance(module, LoRALinear):\n            parent_name"),)),
+    WrongAnswer("targets stripped of whitespace", KATA,
+                "targets = (target_modules,) if isinstance(target_modules, str) else tuple(target_modules)",
+                "targets = (target_modules,) if isinstance(target_modules, str) else tuple(target_modules)\n"
+                "    targets = tuple(target.strip() for target in targets)  # \"q_proj, v_proj\".split(\",\") gives \" v_proj\"",
+                "test_raises_naming_the_targets_when_nothing_matches", "stripped of whitespace"),
+    WrongAnswer("the factors remembered on the model from the first call", KATA,
+                "    factors = {\n        id(p) for m in model.modules() if isinstance(m, LoRALinear) " + FACTORS + "\n    }\n",
+                "    # The factors made so far, kept on the model (for the optimizer: model._lora_parameters), this call's added.\n"
+                "    known = [p for m in model.modules() for p in m.__dict__.get(\"_lora_parameters\", ())]\n"
+                "    known += [p for a in adapters.values() " + FACTORS.replace("for n, p in m.", "for n, p in a.") + "]\n"
+                "    model.__dict__[\"_lora_parameters\"] = known\n"
+                "    factors = {id(p) for p in known}\n",
+                "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "never remember Parameters"),
 ]  # fmt: skip

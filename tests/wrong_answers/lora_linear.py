@@ -354,4 +354,27 @@ WRONG_ANSWERS = [
                              "            with torch.no_grad():\n"
                              "                cached = self.__dict__[\"_delta\"] = (key, (self.lora_B @ self.lora_A) * self.scaling)\n"
                              "        return cached[1]"),)),
+    WrongAnswer("served update cached under a checksum of the factors", KATA, RESULT,
+                "if not self.training and not torch.is_grad_enabled():  # serving: B @ A only when the factors changed\n"
+                "            return self.base(x) + F.linear(x, self._served_update())\n        " + RESULT,
+                "test_matches_plain_lora_in_every_regime", "swapped through .data",
+                more_edits=(("\n\ndef _check_arguments",
+                             "\n    def _served_update(self) -> torch.Tensor:\n"
+                             "        key = (self.scaling,) + tuple(\n"
+                             "            (t.data_ptr(), t._version, t.dtype, t.device, float(t.detach().double().sum()))\n"
+                             "            for t in (self.lora_A, self.lora_B)\n        )\n"
+                             "        cached = self.__dict__.get(\"_update\")\n"
+                             "        if cached is None or cached[0] != key:\n"
+                             "            cached = self.__dict__[\"_update\"] = (key, (self.lora_B @ self.lora_A) * self.scaling)\n"
+                             "        return cached[1]\n\n\ndef _check_arguments"),)),
+    WrongAnswer("update added in place into the base's output", KATA, RESULT,
+                "result = self.base(x)\n"
+                "        result += F.linear(down, self.lora_B)  # accumulate into the base's output: no second buffer\n"
+                "        return result",
+                "test_matches_plain_lora_in_every_regime", "in place"),
+    WrongAnswer("one dropout module shared per probability", KATA, DROPOUT,
+                "self.dropout = _DROPOUTS.setdefault(dropout, nn.Dropout(dropout))  # no weights: one per p, shared",
+                "test_dropout_follows_its_own_mode", "own mode",
+                more_edits=(("\n\ndef _check_arguments",
+                             "\n\n_DROPOUTS: dict[float, nn.Dropout] = {}\n\n\ndef _check_arguments"),)),
 ]  # fmt: skip

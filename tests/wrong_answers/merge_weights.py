@@ -183,4 +183,22 @@ WRONG_ANSWERS = [
     WrongAnswer("summed in the promotion of the weight's dtype and the default dtype", KATA, ACCUMULATE,
                 "accumulate = torch.promote_types(weight.dtype, torch.get_default_dtype())  # half -> float32",
                 "test_float32_weights_are_summed_in_float32", "set_default_dtype"),
+    WrongAnswer("half precision: a layer of its own built with the default bias", KATA, NEW_LAYER.split("\n")[0],
+                "if accumulate is not weight.dtype:  # fp16/bf16: a layer of its own, filled from the float32 sum\n"
+                "        half = nn.Linear(base.in_features, base.out_features, device=weight.device, dtype=weight.dtype)\n"
+                "        half.weight.requires_grad_(False).copy_((weight.to(accumulate) + update).to(weight.dtype))\n"
+                "        if base.bias is not None:\n            half.bias = base.bias\n        return half\n"
+                "    " + NEW_LAYER.split("\n")[0],
+                "test_half_precision_merges_in_float32_and_rounds_once", "the base had no bias"),
+    WrongAnswer("half precision folded into the base whoever holds it", KATA, NEW_LAYER.split("\n")[0],
+                "if accumulate is not weight.dtype:  # fp16/bf16: fold into the base itself, a new weight Parameter\n"
+                "        base.weight = " + SUM + "\n        return base\n    " + NEW_LAYER.split("\n")[0],
+                "test_merges_adapters_that_share_a_base", "held by the other adapter"),
+    WrongAnswer("half precision: a layer made on the default device", KATA, NEW_LAYER.split("\n")[0],
+                "if accumulate is not weight.dtype:  # fp16/bf16: a half-precision layer, filled from the float32 sum\n"
+                "        half = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, dtype=weight.dtype)\n"
+                "        half.weight.requires_grad_(False).copy_((weight.to(accumulate) + update).to(weight.dtype))\n"
+                "        if base.bias is not None:\n            half.bias.requires_grad_(False).copy_(base.bias)\n"
+                "        return half\n    " + NEW_LAYER.split("\n")[0],
+                "test_merged_layers_follow_the_base_device_and_dtype", "the default device of this check"),
 ]  # fmt: skip
