@@ -443,8 +443,8 @@ def tensors_in(value: object) -> list[torch.Tensor]:
             pending.extend(item.values())
         elif isinstance(item, (tuple, list, set, frozenset)):
             pending.extend(item)
-        elif buffer_bytes(item) is not None:
-            found.append(torch.empty(buffer_bytes(item), dtype=torch.uint8))
+        elif (size := buffer_bytes(item)) is not None:
+            found.append(torch.empty(size, dtype=torch.uint8))
         else:
             pending.extend(attributes_of(item))
     return found
