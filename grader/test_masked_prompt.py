@@ -51,6 +51,7 @@ TOKENIZERS = ["bpe", "other-vocab", "permuted-vocab", "bpe-without-bos", "gpt2-l
 STYLE_OF = {"bpe": "llama", "other-vocab": "other-vocab", "permuted-vocab": "permuted-vocab",
             "bpe-without-bos": "no-bos", "gpt2-like": "gpt2", "neox-like": "neox", "adds-eos": "adds-eos",
             "pad-is-eos": "pad-is-eos", "no-pad": "no-pad", "pads-left": "pads-left"}  # fmt: skip
+NAME_OF_STYLE = {style: name for name, style in STYLE_OF.items()}
 
 
 @pytest.fixture
@@ -102,8 +103,7 @@ def described(name: str) -> str:
 
 def described_tokenizer(tokenizer) -> str:
     """``described`` for a tokenizer of the zoo, by its style (transformers' has none)."""
-    name = {style: name for name, style in STYLE_OF.items()}.get(getattr(tokenizer, "style", None), "transformers")
-    return described(name)
+    return described(NAME_OF_STYLE.get(getattr(tokenizer, "style", None), "transformers"))
 
 
 def built(build_example, tokenizer, *texts: str) -> dict:
