@@ -73,9 +73,12 @@ def test_patching_at_call_time_is_caught_after_the_check(tmp_path):
 def test_editing_the_grader_in_an_isolated_grading_zeroes_the_submission(tmp_path):
     source = (SOLUTIONS / "apply_lora.py").read_text() + EDIT_THE_GRADER
     before = (CHECKS / "probes.py").read_bytes()
-    grading = grade_isolated(implementation_folder(tmp_path / "sub", {"apply_lora": source}))
+    # The rows before, at and after the kata that edits the grader: zeroing does not depend on the row.
+    rows = ["lora_linear", "apply_lora", "merge_weights"]
+    grading = grade_isolated(implementation_folder(tmp_path / "sub", {"apply_lora": source}), rows)
     assert (CHECKS / "probes.py").read_bytes() == before, "the real grader was edited"
     assert "tampering: the submission edited the grader's ['probes.py']" in grading.problem
+    assert {result.kata for result in grading.results} == set(rows)
     assert all(result.outcome != "passed" for result in grading.results)
 
 
