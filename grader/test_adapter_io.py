@@ -66,9 +66,20 @@ SAVE_EMBEDDINGS = False  # peft saves a tied lm_head's weight beside its factors
 # Adapted; "1.0" is not, though the list entry "0" matches it (it ends with ".0"); nor is "x_y", which "x.y" read as
 # a regex (its dot unescaped) fullmatches.
 NESTED_TARGETS = ["0", "1.1", "x.y"]
-# The adapted nn.Linear of each, beside an unadapted "1.NAME" of another kind peft adapts (a Conv1D, an nn.Embedding):
-# the list entry NAME matches it too.
-COLLISIONS = {"beside a Conv1D": "0", "beside an Embedding": "embed"}
+# The adapted nn.Linear of each, beside an unadapted "1.NAME" of another kind peft adapts (a Conv1D, an nn.Embedding,
+# an nn.Conv2d, torch's nn.Conv1d: any kind, not only those the stub names): the list entry NAME matches it too.
+COLLISIONS = {
+    "beside a Conv1D": "0",
+    "beside an Embedding": "embed",
+    "beside a Conv2d": "conv",
+    "beside a Conv1d": "seq",
+}
+COLLIDING = {  # the unadapted layer of each
+    "beside a Conv1D": lambda: __import__("transformers.pytorch_utils", fromlist=["Conv1D"]).Conv1D(12, 8),
+    "beside an Embedding": lambda: nn.Embedding(10, 8),
+    "beside a Conv2d": lambda: nn.Conv2d(3, 3, 1),
+    "beside a Conv1d": lambda: nn.Conv1d(3, 3, 1),
+}
 
 
 def plain(kind: str) -> nn.Module:
@@ -78,10 +89,8 @@ def plain(kind: str) -> nn.Module:
         layers |= {"x_y": nn.Linear(6, 6), "x": nn.ModuleDict({"y": nn.Linear(6, 6)})}  # "x.y" beside "x_y"
         return nn.Sequential(OrderedDict(layers)).eval()
     if kind in COLLISIONS:  # an adapted nn.Linear beside an unadapted layer of another kind peft adapts too
-        from transformers.pytorch_utils import Conv1D
-
         torch.manual_seed(0)
-        other = {"beside a Conv1D": lambda: Conv1D(12, 8), "beside an Embedding": lambda: nn.Embedding(10, 8)}[kind]()
+        other = COLLIDING[kind]()
         name = COLLISIONS[kind]
         return nn.Sequential(OrderedDict({name: nn.Linear(8, 12), "1": nn.ModuleDict({name: other})})).eval()
     if kind == "llama":
@@ -274,25 +283,43 @@ def test_saved_keys_and_shapes_are_what_peft_writes(save_adapter, LoRALinear, Lo
     )
 
 
+FREEZES = {  # which factors still train when the model is saved: all, none, or some (a model frozen after training)
+    "trainable": lambda layers: None,
+    "frozen after training": lambda layers: [layer.requires_grad_(False) for layer in layers.values()],
+    "half of them frozen": lambda layers: [layer.requires_grad_(False) for layer in list(layers.values())[::2]],
+}
+
+
 @pytest.mark.points(2)
+@pytest.mark.parametrize("factors", list(FREEZES))
 @pytest.mark.parametrize("kind", ["llama", "toy"])
-def test_saved_tensors_are_exactly_the_factors(save_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
+def test_saved_tensors_are_exactly_the_factors(save_adapter, LoRALinear, LoRAConv1D, kind, factors, tmp_path):
     model, _, layers = adapted_model(kind, LoRALinear, LoRAConv1D)
     first = next(iter(layers.values()))
+    held = {name: lora_factors(layer, R, ALPHA / R) for name, layer in layers.items()}  # read while they train
     for factor in (p for p in first.parameters() if p.requires_grad and p.dim() == 2):
         factor.data = factor.data.t().contiguous().t()  # the same values, not contiguous: a layout kept transposed
+    FREEZES[factors](layers)
+    frozen = "" if factors == "trainable" else (
+        f" on a model whose factors are {factors} (requires_grad False: an adapter still, its factors the tensors "
+        "outside its base; do not find them by requires_grad)"
+    )  # fmt: skip
     try:
         tensors, _ = read_tensors(saved(save_adapter, model, tmp_path))
     except ValueError as error:
+        if frozen:
+            pytest.fail(f"save_adapter raised ValueError ({str(error)[:120]}){frozen}", pytrace=False)
         if "contiguous" not in str(error):
             raise
         pytest.fail(f"save_adapter raised ValueError ({error}) for factors whose storage is not contiguous (a layer "
                     "that keeps them transposed): save .contiguous() copies", pytrace=False)  # fmt: skip
-    for name, layer in layers.items():
-        A, B = lora_factors(layer, R, ALPHA / R)
+    for name in layers:
+        A, B = held[name]
         keys = f"{PREFIX}{name}.lora_A.weight", f"{PREFIX}{name}.lora_B.weight"
         absent = [key for key in keys if key not in tensors]
-        assert not absent, f"the file has no {absent[0]}: see test_saved_keys_and_shapes_are_what_peft_writes"
+        assert not absent, (
+            f"the file has no {absent[0]}{frozen or ': see test_saved_keys_and_shapes_are_what_peft_writes'}"
+        )
         file_A, file_B = (tensors[key] for key in keys)
         for candidate in (B.detach(), B.detach().T):
             if file_A.shape == candidate.shape and torch.equal(file_A, candidate.to(file_A.dtype)):
@@ -440,9 +467,10 @@ def expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, ora
     kept = [name for name, module in model.named_modules() if modules.get(name) is module]
     flipped = [name or "the model" for name in kept if model.get_submodule(name).training != modes[name]]
     assert not flipped, (
-        f"{kind}, {what}: load_adapter put {flipped[:3]} ({len(flipped)} modules it did not replace) in "
-        f"{'eval' if modes[''] else 'train'} mode: it replaces the targeted layers and leaves every other module's "
-        "train or eval mode as it was (no model.eval(): peft's from_pretrained(..., is_trainable=True) leaves it)"
+        f"{kind}, {what}: load_adapter flipped the train or eval mode of {flipped[:3]} ({len(flipped)} modules it did "
+        "not replace): it replaces the targeted layers and leaves every other module's mode as it was, each its own "
+        "(no model.eval() nor model.train(...), which set every module: peft's from_pretrained(..., "
+        "is_trainable=True) leaves them)"
     )
     found, wanted = sorted(adapters_in(model, LoRALinear, LoRAConv1D)), sorted(peft_layers(oracle))
     wrong, missed = sorted(set(found) - set(wanted)), sorted(set(wanted) - set(found))
@@ -484,12 +512,17 @@ def test_loads_what_peft_saves_and_computes_what_peft_does(load_adapter, LoRALin
 def test_loads_into_a_model_in_train_mode(load_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
     """An adapter loaded to go on training (the spec's "ready to train on"): on a model in train mode, with the
     config's lora_dropout, each new layer trains as the layer it replaces did and every other module keeps its
-    mode, so the dropout drops inputs in training, as peft's model (is_trainable=True) does."""
+    mode, so the dropout drops inputs in training, as peft's model (is_trainable=True) does. Some modules are in
+    eval mode inside it (frozen norms, a layer kept in eval), targeted ones too: each keeps its own mode."""
     model, oracle = peft_saved(kind, tmp_path)
     config = read_config(tmp_path)
     config["lora_dropout"] = 0.25  # the eval-mode outputs peft's model gives do not depend on it
     (tmp_path / CONFIG).write_text(json.dumps(config))
     model.train()
+    targets = target_names(kind, model)
+    leaves = [name for name, module in model.named_modules() if name not in targets and not list(module.children())]
+    for name in targets[::2] + leaves[::2]:
+        model.get_submodule(name).eval()
     expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, oracle, tmp_path, "a model in train mode")
 
 
@@ -728,6 +761,17 @@ def of_rank(factor: str, rank: int):
     return corrupt
 
 
+def one_wide(factor: str):
+    """A corruption: one layer's lora_A (r, 1) or lora_B (1, r), the rank right, the other dimension 1 (a copy_
+    broadcasts it into the factor without a word)."""
+
+    def corrupt(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> None:
+        key = factor_key(layer, factor)
+        tensors[key] = tensors[key][:, :1].clone() if factor == "A" else tensors[key][:1].clone()
+
+    return corrupt
+
+
 def missing(factor: str):
     """A corruption: one layer's lora_A or lora_B left out."""
     return lambda tensors, config, layer: tensors.pop(factor_key(layer, factor))
@@ -779,6 +823,8 @@ CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of t
     "a transposed lora_B": transposed("B"),
     "a lora_A of rank 2": of_rank("A", 2),  # the rank of one factor only: the other's, and the config's, fit
     "a lora_B of rank 1": of_rank("B", 1),  # (out, 1) broadcasts into (out, 4) in a copy_
+    "a lora_A one column wide": one_wide("A"),  # each dimension of a shape, not only the rank: (4, 1) broadcasts too
+    "a lora_B one row tall": one_wide("B"),
     "peft_type LOHA": lambda tensors, config, layer: config.update(peft_type="LOHA"),
     "peft_type lora, lowercase": lambda tensors, config, layer: config.update(peft_type="lora"),
     "use_dora": lambda tensors, config, layer: config.update(use_dora=True),
@@ -803,6 +849,8 @@ WORDS = {  # what the message must name: fields of the corrupted layer, its keys
     "a transposed lora_B": ["{key_B}", "{was_B}", "{now_B}"],
     "a lora_A of rank 2": ["{key_A}", "{was_A}", "{now_A}"],
     "a lora_B of rank 1": ["{key_B}", "{was_B}", "{now_B}"],
+    "a lora_A one column wide": ["{key_A}", "{was_A}", "{now_A}"],
+    "a lora_B one row tall": ["{key_B}", "{was_B}", "{now_B}"],
 }
 
 
@@ -894,6 +942,41 @@ def test_a_bad_file_is_refused_and_leaves_the_model_as_it_was(
     expect_as_it_was(model, before, what)
 
 
+UNREADABLE = {  # failures before any ValueError of the kata's own: whatever is raised, the model stays as it was
+    "a weights file cut short": lambda directory: (directory / WEIGHTS).write_bytes(
+        (directory / WEIGHTS).read_bytes()[: (directory / WEIGHTS).stat().st_size // 2]
+    ),
+    "no weights file": lambda directory: (directory / WEIGHTS).unlink(),
+    "a config that is not JSON": lambda directory: (directory / CONFIG).write_text('{"peft_type": "LORA", "r":'),
+}
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("load_adapter")
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_an_unreadable_file_is_refused_and_leaves_the_model_as_it_was(
+    load_adapter, LoRALinear, peft_files, case, tmp_path
+):
+    from safetensors.torch import save_file
+
+    LoRALinear(nn.Linear(3, 2), r=1)  # the kata builds on a working LoRALinear
+    model = plain("toy").train()
+    tensors, config = peft_files("toy")
+    save_file(tensors, str(tmp_path / WEIGHTS), metadata={"format": "pt"})
+    (tmp_path / CONFIG).write_text(json.dumps(config))
+    UNREADABLE[case](tmp_path)
+    before = snapshot(model)
+    what = f"toy, {case} (an interrupted copy)"
+    try:
+        load_adapter(model, tmp_path)
+    except NotImplementedError:  # a stub: the report says so
+        raise
+    except Exception:  # any error of reading it is fine (safetensors' own, OSError, JSONDecodeError)
+        expect_as_it_was(model, before, what)
+        return
+    pytest.fail(f"load_adapter accepted {what}, expected an error: read the whole file first", pytrace=False)
+
+
 def snapshot(model: nn.Module) -> tuple[dict, dict, dict, dict]:
     """(modules, state, requires_grad flags, train or eval modes) of ``model``, to see that a refused load left it
     as it was."""
@@ -930,7 +1013,12 @@ LAYER_PATTERNS = {
     "alpha_pattern": ("alpha_pattern", {"fc1": 1.0}),
     "alpha_pattern, a regex key": ("alpha_pattern", {r"layers\.1\.mlp\.fc1": 1.0}),
     "alpha_pattern, two keys for one layer": ("alpha_pattern", {"fc1": 1.0, r"layers\.1\.mlp\.fc1": 4.0}),
+    # A key is a whole dotted part or more: "c1" names no fc1 (re.search(key + "$") takes it); an alternation is
+    # grouped: "fc1|head" names no fc10 ("(.*\.)?" + key + "$" unbracketed re.matches fc10's start).
+    "alpha_pattern, a key ending a name's last part": ("alpha_pattern", {"c1": 1.0}),
+    "alpha_pattern, an alternation": ("alpha_pattern", {"fc1|head": 1.0}),
     "rank_pattern": ("rank_pattern", {"fc1": 2}),
+    "rank_pattern, an alternation": ("rank_pattern", {"fc1|head": 2}),
 }
 
 

@@ -77,6 +77,11 @@ NEAR_MISS = "sqll"  # an unknown name one letter off a name the checks add
 MANY_NAMES = [  # added after sql and chat: past any first-8 cut, and the cut ones are inside names listed before them
     "mysql", "nosql", "sql_v2", "chatbot", "chat_v2", "math2", "codex", "mathematics", "math", "code",
 ]  # fmt: skip
+LONG_NAMES = [  # added before them: plain identifiers as long as real ones, so no cut of the list (to a width) passes
+    f"{task}_adapter_finetuned_on_{data}_v{version}"
+    for version, (task, data) in enumerate([("customer_support", "tickets"), ("sql_generation", "spider"),
+                                            ("summarization", "news_articles"), ("translation", "europarl")])
+]  # fmt: skip
 
 
 @dataclass
@@ -1015,12 +1020,12 @@ def test_unknown_names_are_value_errors_naming_the_known_adapters(MultiLoRALinea
     sql, chat = add(layer, "sql", r=2, alpha=5.0), add(layer, "chat", r=4, alpha=6.0)
     sql.randomize()
     chat.randomize()
-    others = [add(layer, name, r=3) for name in MANY_NAMES]  # 12 in all, the last added shorter than earlier ones
+    others = [add(layer, name, r=3) for name in LONG_NAMES + MANY_NAMES]  # the last added shorter than earlier ones
     layer.merge()
     W, state = base.weight.detach().clone(), observable_state(layer)
-    known = ["sql", "chat", *MANY_NAMES]
+    known = ["sql", "chat", *LONG_NAMES, *MANY_NAMES]
     for unknown in (UNKNOWN, NEAR_MISS):  # far from every name, and a typo of one: the message names them all
-        description = f"{method}({unknown!r}) on a layer holding 'sql' (merged), 'chat' and {len(MANY_NAMES)} more"
+        description = f"{method}({unknown!r}) on a layer holding 'sql' (merged), 'chat' and {len(others)} more"
         expect_error_naming(lambda name=unknown: getattr(layer, method)(name), description, known)
         when = f"after a failed {method}({unknown!r})"
         assert torch.equal(base.weight, W) and merged_list(layer, when) == ["sql"], (
@@ -1370,6 +1375,17 @@ def test_merge_and_unmerge_read_the_factors_as_they_are_now(MultiLoRALinear, edi
         "unmerge subtracted scaling * B @ A of the factors as they were at an earlier merge: compute it from the "
         "factors as they are now": W0 + sql.delta() - earlier,
     })  # fmt: skip
+    layer.merge()  # the same edit while merged: unmerge takes out the update of the factors the layer holds then
+    at_merge = sql.delta()
+    edit_factors(layer, sql, edit)
+    base.requires_grad_(False)
+    layer.unmerge()
+    expect_weight(base, W0 + at_merge - sql.delta(), f"{when}, unmerge(), merge(), the factors changed {edit} while "
+                  "merged, unmerge()", {
+        "unmerge subtracted the update of the factors as they were at merge (Parameters held since merge, which "
+        "new ones put in while merged leave as they were): subtract scaling * B @ A of the factors the layer holds "
+        "now, read at unmerge": W0,
+    })  # fmt: skip
 
 
 @pytest.mark.points(1)
@@ -1701,6 +1717,60 @@ def test_float32_merge_and_unmerge_are_summed_in_float32(MultiLoRALinear, mergin
     )
 
 
+# Moves by layer.to() before merge and while merged, in every direction between a half dtype and float32 or float64:
+# each call sums in the dtype the weight has when it runs (float32 for fp16/bf16, else its own).
+DTYPE_MOVES = {
+    "float16 moved to float64, merged": (torch.float16, (torch.float64,), ()),
+    "bfloat16 moved to float32, merged": (torch.bfloat16, (torch.float32,), ()),
+    "float16 merged, moved to float64 while merged": (torch.float16, (), (torch.float64,)),
+    "bfloat16 merged, moved to float32 while merged": (torch.bfloat16, (), (torch.float32,)),
+    "float64 merged, moved to float16 while merged": (torch.float64, (), (torch.float16,)),
+}
+
+
+def expect_summed_in_its_dtype(base: nn.Linear, exact: torch.Tensor, update: torch.Tensor, when: str) -> None:
+    """Fail the check unless the base's weight is ``exact`` (the sum of a weight and ``update``) to the rounding of
+    the dtype the weight has now (relative to the larger of the two): float32 arithmetic on a float64 weight, or a
+    half one, shows."""
+    dtype = base.weight.dtype
+    error = relative_error(base.weight.detach().double(), exact, scale=update)
+    assert error <= RELATIVE_TOLERANCE[dtype], (
+        f"{when}, the {dtype} weight is off the exact sum by {error:.2g} (relative), expected at most "
+        f"{RELATIVE_TOLERANCE[dtype]:.0e}: sum in the dtype the weight has at the call (float32 only for fp16/bf16), "
+        "read off base.weight each time, not decided at __init__ or kept from the merge"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("unmerging", UNMERGING)
+@pytest.mark.parametrize("case", list(DTYPE_MOVES))
+def test_merge_and_unmerge_sum_in_the_dtype_the_weight_has_at_each_call(MultiLoRALinear, case, unmerging):
+    built, before, during = DTYPE_MOVES[case]
+    in_features, out_features, r = PRECISION_SHAPE
+    base, layer = make(MultiLoRALinear, dtype=built, in_features=in_features, out_features=out_features)
+    sql = add(layer, "sql", r=r, alpha=16.0, in_features=in_features, out_features=out_features)
+    add(layer, "chat", r=CHAT_RANK, in_features=in_features, out_features=out_features)
+    for move in before:
+        layer.to(move)
+    sql.randomize(std=1.0)
+    with torch.no_grad():
+        base.weight.mul_(1e-3)  # an update far larger than W: a rounding of the sum shows
+    W0 = base.weight.detach().double().clone()
+    layer.merge()
+    expect_summed_in_its_dtype(base, W0 + sql.delta(), sql.delta(), f"{case}: after merge()")
+    for move in during:
+        layer.to(move)
+    merged = base.weight.detach().double().clone()
+    UNMERGING[unmerging](layer)
+    expect_summed_in_its_dtype(
+        base,
+        merged - sql.delta(),
+        sql.delta(),
+        f"{case}: after {unmerging}"
+        + (f" (the weight {base.weight.dtype} now, moved while merged: not the merge's dtype)" if during else ""),
+    )
+
+
 @pytest.mark.points(2)
 def test_unmerge_takes_the_merged_adapter_out(MultiLoRALinear):
     base, layer, sql, chat = two_adapters(MultiLoRALinear)
@@ -1941,6 +2011,49 @@ def test_an_adapter_added_in_eval_mode_drops_nothing_until_train(MultiLoRALinear
     with torch.no_grad():
         varies = max_difference(output(layer, x), output(layer, x))
     assert varies > 0, "after that, layer.train(): train-mode outputs with dropout=0.5 do not vary: dropout is off"
+
+
+def zeroed_fraction(layer: nn.Module, base: nn.Linear, repeats: int = 100) -> float:
+    """The fraction of the active adapter's inputs that train-mode dropout zeroes: each one-hot row's change from
+    base(x), read as a multiple of that input's column of the (eval-mode) update."""
+    eye = torch.eye(base.in_features, dtype=base.weight.dtype).repeat(repeats, 1)
+    with torch.no_grad():
+        columns = computed(layer, eye) - base(eye)
+        layer.train()
+        changes = output(layer, eye) - base(eye)
+        layer.eval()
+    multipliers = (changes * columns).sum(dim=1) / (columns * columns).sum(dim=1)
+    return (multipliers.abs() < 1e-6).double().mean().item()
+
+
+# Adds and deletes of every kind between them: a later adapter's position shifts, a name comes back with another p.
+DROPOUT_STEPS = [("add", "sql", 0.5), ("add", "chat", 0.0), ("add", "math", 0.25), ("delete", "sql", None),
+                 ("add", "sql", 0.0), ("delete", "chat", None), ("add", "chat", 0.5)]  # fmt: skip
+
+
+@pytest.mark.points(1)
+def test_each_adapter_keeps_its_own_dropout_through_delete_and_add(MultiLoRALinear):
+    base, layer = make(MultiLoRALinear)
+    layer.eval()
+    held: dict[str, float] = {}
+    done = []
+    for step, name, p in DROPOUT_STEPS:
+        if step == "add":
+            add(layer, name, r=3, alpha=6.0, dropout=p).randomize()
+            held[name] = p
+        else:
+            layer.delete_adapter(name)
+            del held[name]
+        done.append(f"{step}_adapter({name!r}" + (f", dropout={p})" if step == "add" else ")"))
+        for adapter, expected in held.items():
+            layer.set_adapter(adapter)
+            zeroed = zeroed_fraction(layer, base)
+            assert abs(zeroed - expected) < 0.1, (
+                f"after {', '.join(done)}: {adapter!r} zeroes {zeroed:.0%} of its inputs in train mode, expected about "
+                f"{expected:.0%} (its own dropout={expected}): each adapter's dropout is made at its add_adapter and "
+                "removed at its delete_adapter, kept by name (one kept by position shifts at a delete; one left "
+                "behind at a delete comes back with the name)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -274,4 +274,69 @@ WRONG_ANSWERS = [
                 "@torch.inference_mode()  # loading copies values: no autograd needed\n"
                 "def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:",
                 "test_the_loaded_factors_train", "inference_mode"),
+    # Red-team round 13 (team C): frozen factors, a shape wrong off the rank, pattern keys that are partial names or
+    # alternations, mixed train and eval modes, a collision with another kind peft adapts, a file that cannot be read.
+    WrongAnswer("the factors found by requires_grad (a frozen model saves nothing)", KATA,
+                "    first, second = _outside(layer, base)\n",
+                "    first, second = (p for p in layer.parameters() if p.requires_grad)\n",
+                "test_saved_tensors_are_exactly_the_factors", "frozen after training"),
+    WrongAnswer("only the rank dimension of a tensor checked", KATA, SHAPES,
+                '        rank = 0 if key.endswith("lora_A.weight") else 1\n'
+                "        if tensors[key].dim() != 2 or tensors[key].shape[rank] != shape[rank]:\n"
+                "            raise ValueError",
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "a lora_A one column wide"),
+    WrongAnswer("alpha_pattern keys matched by re.search(key + '$')", KATA,
+                'for option in ("alpha_pattern", "rank_pattern"):', 'for option in ("rank_pattern",):',
+                "test_a_per_layer_pattern_is_honoured_or_refused", "alpha_pattern, a key ending a name's last part",
+                more_edits=((COPY_B + "    return model\n", COPY_B + HONOUR_ALPHA.format(
+                    match='re.search(key + "$", name)', then="\n                break")),)),
+    WrongAnswer("alpha_pattern keys matched as (.*\\.)? + key + $, the key ungrouped", KATA,
+                'for option in ("alpha_pattern", "rank_pattern"):', 'for option in ("rank_pattern",):',
+                "test_a_per_layer_pattern_is_honoured_or_refused", "alpha_pattern, an alternation",
+                more_edits=((COPY_B + "    return model\n", COPY_B + HONOUR_ALPHA.format(
+                    match='re.match(r"(.*\\.)?" + key + "$", name)', then="\n                break")),)),
+    WrongAnswer("the model's mode put back on every module after the load", KATA,
+                "    for name, training in modes.items():\n"
+                "        model.get_submodule(name).train(training)  # a new layer takes the mode of the one it replaces",
+                "    model.train(model.training)  # the new layers take the mode the model is in",
+                "test_loads_into_a_model_in_train_mode", "modules it did not replace"),
+    WrongAnswer("target collisions looked for among nn.Linear, Conv1D and nn.Embedding only (an nn.Conv2d missed)", KATA,
+                "    modules = {name for name, _ in model.named_modules()}",
+                "    from transformers.pytorch_utils import Conv1D\n\n"
+                "    modules = {name for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D, nn.Embedding))}",
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "a list entry also matches"),
+    WrongAnswer("the layers put in place first, rolled back on ValueError only (a truncated file leaves them)", KATA,
+                "def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:",
+                "def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:\n"
+                "    before = dict(model.named_modules())\n"
+                "    modes = {name: module.training for name, module in before.items()}\n"
+                "    flags = {parameter: parameter.requires_grad for parameter in model.parameters()}\n"
+                "    try:\n"
+                "        return _load_in_place(model, directory)\n"
+                "    except ValueError:  # roll back: every replaced layer put back, every mode as it was\n"
+                "        for name, module in before.items():\n"
+                "            if name and model.get_submodule(name) is not module:\n"
+                '                parent, _, child = name.rpartition(".")\n'
+                "                setattr(model.get_submodule(parent), child, module)\n"
+                "        for name, module in before.items():\n"
+                "            module.train(modes[name])\n"
+                "        for parameter, flag in flags.items():\n"
+                "            parameter.requires_grad_(flag)\n"
+                "        raise\n\n\n"
+                "def _load_in_place(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:",
+                "test_an_unreadable_file_is_refused_and_leaves_the_model_as_it_was", "check the whole file before touching",
+                more_edits=(
+                    ("    tensors = load_file(directory / WEIGHTS)\n"
+                     '    r, alpha = int(config["r"]), float(config["lora_alpha"])\n'
+                     '    targets = _targeted(model, config["target_modules"])\n',
+                     '    r, alpha = int(config["r"]), float(config["lora_alpha"])\n'
+                     '    targets = _targeted(model, config["target_modules"])\n'
+                     "    modes = {name: module.training for name, module in targets.items()}\n" + APPLY +
+                     "    for name, training in modes.items():\n"
+                     "        model.get_submodule(name).train(training)\n"
+                     "    tensors = load_file(directory / WEIGHTS)\n"),
+                    ("    modes = {name: module.training for name, module in targets.items()}\n" + APPLY +
+                     "    for name, training in modes.items():\n"
+                     "        model.get_submodule(name).train(training)  # a new layer takes the mode of the one it replaces\n",
+                     ""))),
 ]  # fmt: skip

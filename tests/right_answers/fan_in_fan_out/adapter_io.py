@@ -65,10 +65,10 @@ def load_adapter(model, directory):
     if config.get("rank_pattern"):
         raise ValueError("a per-layer rank (rank_pattern) is not supported")
     r, alpha, dropout = config["r"], config["lora_alpha"], config.get("lora_dropout") or 0.0
-    alphas = config.get("alpha_pattern") or {}  # honoured, with peft's rule: a key matches a name's dotted ending
+    alphas = config.get("alpha_pattern") or {}  # honoured as peft does: (.*\.)?(key)$
 
     def alpha_of(name):
-        return next((a for key, a in alphas.items() if re.match(rf"(.*\.)?{key}$", name)), alpha)
+        return next((a for key, a in alphas.items() if re.match(rf"(.*\.)?({key})$", name)), alpha)
 
     plan, shapes = [], {}
     for name, module in model.named_modules():

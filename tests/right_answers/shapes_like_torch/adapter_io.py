@@ -125,14 +125,13 @@ def factor_views(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """A (r, in) and B (out, r) of a LoRA layer, as views of its own parameters, whatever their layout.
 
     The lora_linear kata leaves the layout free (A stored (r, in) or (in, r), raw Parameters or nn.Linear
-    submodules), so the factors are found among the layer's two trainable tensors by their shapes, and, when
+    submodules), so the factors are found among the layer's two tensors outside its base by their shapes, and, when
     the shapes allow more than one reading (a square layer), by what the layer computes: with random values
     put in for a moment, only the right reading's ``scaling * B @ A`` is the update it adds to its base.
     """
-    base = next(m for m in layer.modules() if m is not layer and isinstance(getattr(m, "weight", None), nn.Parameter)
-                and not any(p.requires_grad for p in m.parameters()))  # fmt: skip
+    base = _base(layer)
     in_features, out_features = _dimensions(base)
-    first, second = (p for p in layer.parameters() if p.requires_grad)
+    first, second = _outside(layer, base)
     readings = [
         (A, B)
         for one, other in itertools.permutations((first, second))
@@ -143,6 +142,27 @@ def factor_views(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     if len(readings) == 1:
         return readings[0]
     return min(readings, key=lambda reading: _misfit(layer, base, reading, (first, second)))
+
+
+def _base(layer: nn.Module) -> nn.Module:
+    """The layer a LoRA layer adapts: the submodule with a weight that leaves two tensors of r * (in + out) numbers
+    outside it, the factors, trainable or frozen (a model frozen after training still holds its adapters); one
+    with nothing trainable first."""
+    fitting = [
+        module
+        for module in layer.modules()
+        if module is not layer
+        and isinstance(getattr(module, "weight", None), nn.Parameter)
+        and len(factors := _outside(layer, module)) == 2
+        and sum(t.numel() for t in factors) == layer.r * sum(_dimensions(module))
+    ]
+    return min(fitting, key=lambda module: any(p.requires_grad for p in module.parameters()))
+
+
+def _outside(layer: nn.Module, base: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``layer`` that are not ``base``'s."""
+    held = {id(p) for p in base.parameters()}
+    return [p for p in layer.parameters() if id(p) not in held]
 
 
 @torch.no_grad()
