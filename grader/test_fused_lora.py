@@ -687,9 +687,9 @@ def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
         unseen = sorted(counter.uncounted | counter.exits)
         assert not unseen, (
             f"a forward + backward with only {', '.join(trained)} requiring grad, {regime}, ran {', '.join(unseen)}: "
-            "work the grader cannot count (an op with no flop formula here, values handed to numpy or Python, or work "
-            "handed to another thread, which the counter does not see); compute with torch's dense ops (mm, addmm, "
-            "matmul, einsum, element-wise ops) on the calling thread"
+            "work the grader cannot count (an op with no flop formula here, values handed to numpy or Python or "
+            "brought back from them, or work handed to another thread, which the counter does not see); compute with "
+            "torch's dense ops (mm, addmm, matmul, einsum, element-wise ops) on the calling thread"
         )
         unasked = [
             name
