@@ -34,6 +34,7 @@ from grader.probes import (
     dtype_name,
     examples,
     expect_centred,
+    expect_following_base_swaps,
     expect_instance,
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
@@ -1021,6 +1022,7 @@ def test_the_layer_matches_plain_lora_in_every_regime(
     layer.train(train)
     regime = f"{call} with r={r}, alpha={alpha}, {dtype}, {'train' if train else 'eval'} mode, {grad}"
     expect_plain_lora_in_regime(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime)
+    expect_following_base_swaps(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime)
 
 
 @pytest.mark.points(1)

@@ -38,6 +38,7 @@ from grader.probes import (
     expect_on_the_base_device,
     expect_value_error,
     made_under_a_foreign_default_device,
+    swap_extremes_through_data,
 )
 from grader.signatures import expect_the_stubs_signatures
 
@@ -895,18 +896,6 @@ def round_through_data(tensor: torch.Tensor) -> None:
     tensor.data.copy_(tensor.data.mul(1024).round().div(1024))
 
 
-def swap_through_data(tensor: torch.Tensor) -> None:
-    """Swap ``tensor``'s largest and smallest entries through .data (a view of one entry each): its version, its sum and
-    any other symmetric checksum of its values stay as they were, its values do not."""
-    high, low = (
-        tensor.data[tuple(int(i) for i in torch.unravel_index(where, tensor.shape))]
-        for where in (tensor.argmax(), tensor.argmin())
-    )
-    held = high.clone()
-    high.copy_(low)
-    low.copy_(held)
-
-
 def quantized_again_after_an_edit(fixtures):
     """quantize_nf4 on a weight, then again after each edit of it in place (version-counted ops, then through .data,
     which counts no version, then of one entry only): the codes of its values now."""
@@ -919,7 +908,7 @@ def quantized_again_after_an_edit(fixtures):
         "w.data.mul_(-0.5)": lambda: weight.data.mul_(-0.5),
         "one entry edited, w.data[5, 50:51].fill_(40.0)": lambda: weight.data[5, 50:51].fill_(40.0),
         ON_A_GRID: lambda: round_through_data(weight),
-        SWAPPED: lambda: swap_through_data(weight),
+        SWAPPED: lambda: swap_extremes_through_data(weight),
     }
     for edit, apply_edit in edits.items():
         with torch.no_grad():
@@ -953,9 +942,9 @@ def dequantized_again_after_an_edit(fixtures):
             packed.data[-1:].bitwise_xor_(0xFF),
             absmax.data[-1:].mul_(4),
         ),
-        f"packed with {SWAPPED}": lambda: swap_through_data(packed),
+        f"packed with {SWAPPED}": lambda: swap_extremes_through_data(packed),
         f"absmax with {ON_A_GRID}": lambda: round_through_data(absmax),
-        f"absmax with {SWAPPED}": lambda: swap_through_data(absmax),
+        f"absmax with {SWAPPED}": lambda: swap_extremes_through_data(absmax),
     }
     for edit, apply_edit in edits.items():
         held = packed.clone(), absmax.clone()
@@ -1013,7 +1002,7 @@ def double_quantized_again_after_an_edit(fixtures):
         "absmax.data.mul_(0.25)": lambda: absmax.data.mul_(0.25),
         "one entry edited, absmax.data[700:701].fill_(9.0)": lambda: absmax.data[700:701].fill_(9.0),
         ON_A_GRID: lambda: round_through_data(absmax),
-        SWAPPED: lambda: swap_through_data(absmax),
+        SWAPPED: lambda: swap_extremes_through_data(absmax),
     }
     for edit, apply_edit in edits.items():
         apply_edit()
@@ -1059,7 +1048,7 @@ def dequantize_absmax_copies(fixtures):
             edited, expected, other * 3, call + ", against that other one's result", f"{cause}; {STALE}", 1e-6
         )
     # Then its codes with two entries swapped through .data: the same tensors, their sum kept.
-    swap_through_data(expect_instance(fields[0], torch.Tensor, "QuantizedAbsmax.codes", "a tensor"))
+    swap_extremes_through_data(expect_instance(fields[0], torch.Tensor, "QuantizedAbsmax.codes", "a tensor"))
     call = f"dequantize_absmax(that QuantizedAbsmax again, its codes with {SWAPPED})"
     edited = expect_instance(
         called(fixtures["dequantize_absmax"], QuantizedAbsmax(*fields), what=call), torch.Tensor, call, "float32"

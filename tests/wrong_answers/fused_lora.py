@@ -326,7 +326,7 @@ WRONG_ANSWERS += [
                 "            if self.__dict__.get('_wt_key') != key:\n"
                 "                self.__dict__['_wt_key'], self.__dict__['_wt'] = key, w.detach().t().contiguous()\n"
                 "        " + APPLY.replace("self.base.weight,", "self.__dict__['_wt'].t(),"),
-                "test_the_layer_matches_plain_lora_in_every_regime", "swapped"),
+                "test_the_layer_matches_plain_lora_in_every_regime", "its base's weight were swapped"),
     WrongAnswer("the weight's gradient always computed, by numpy over to_dlpack", KATA, GRAD_WEIGHT,
                 "left, right = (numpy.from_dlpack(_Memory(t.double().contiguous())) for t in (g, rows))\n"
                 "        grad_weight = torch.from_numpy(left.T @ right).to(g.dtype)  # g^T x, whether or not the base trains\n"
