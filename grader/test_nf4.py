@@ -993,8 +993,8 @@ def expect_same_absmaxes(measured, expected, absmax, call, cause, share=0.01):
 
 def double_quantized_again_after_an_edit(fixtures):
     """double_quantize on absmaxes, then again after each edit of the tensor in place (absmax.mul_(2), then through
-    .data, which counts no version, then of one entry): what the same values give in a fresh tensor
-    (dequantize_absmax within 2% of its block's largest |absmax - mean|)."""
+    .data, which counts no version, then of one entry, then two entries swapped): its values now (dequantize_absmax
+    within 1% of its block's largest |absmax - mean|, as the spec grants)."""
     _, absmax = absmax_of_a_weight(64, 1024, seed=14)  # 1024 absmaxes: 4 blocks of 256
     double_quantized(fixtures, absmax, "double_quantize(absmax, 256)")
     edits = {
@@ -1008,12 +1008,12 @@ def double_quantized_again_after_an_edit(fixtures):
         apply_edit()
         call = f"double_quantize(absmax, 256) again, after {edit}"
         quantized, restored = double_quantized(fixtures, absmax, call)
-        _, fresh = double_quantized(fixtures, absmax.clone(), "double_quantize(absmax.clone(), 256)")
         mean = absmax.double().mean().item()
         assert math.isclose(float(quantized.offset), mean, rel_tol=1e-6), (
             f"{call}: offset {float(quantized.offset):.9g}, expected the mean of its values now, {mean:.9g}: {STALE}"
         )
-        expect_same_absmaxes(restored, fresh, absmax, call, f"those of a fresh copy of its values: {STALE}", share=0.02)
+        # Against its values now, not a fresh copy's result: a memo of the last call only would hold that copy's.
+        expect_same_absmaxes(restored, absmax, absmax, call, f"its values now: {STALE}")
 
 
 def dequantize_absmax_copies(fixtures):
