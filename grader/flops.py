@@ -94,7 +94,15 @@ _MOVES = {
 }  # fmt: skip
 # The ways out of torch: whatever numpy or Python computes from them (or from the raw memory behind a data_ptr, read
 # with ctypes), the dispatcher never sees.
-_EXITS = ("__array__", "numpy", "tolist", "__dlpack__", "data_ptr", "untyped_storage")
+_EXITS = ("__array__", "numpy", "tolist", "__dlpack__", "data_ptr", "untyped_storage", "item", "__float__", "__int__",
+          "__index__")  # fmt: skip
+# The module-level ways out: (module, name) of functions that hand a tensor's memory to another library.
+_MODULE_EXITS = ((torch.utils.dlpack, "to_dlpack"), (torch._C, "_to_dlpack"))
+# The ways back in: a tensor over memory torch did not allocate (torch.from_numpy, torch.from_dlpack, frombuffer:
+# a storage that cannot be resized) met by any op, and a tensor of more Python values than one made by torch.tensor
+# (``aten.lift_fresh``): what was computed outside torch comes back so, however it left (a name bound at import).
+_FOREIGN = "a tensor over memory from outside torch (torch.from_numpy, from_dlpack, frombuffer)"
+_STORAGE = torch._C.TensorBase.untyped_storage  # the C method itself: Tensor.untyped_storage is watched
 # Work on another thread, which a dispatch mode (thread-local) does not see, the profiler records, whoever started
 # the thread and however (threading, _thread, a pool, a worker fed by a queue since import, torch's own threads).
 # Work in another process neither sees: a process started shows as its audit event, a job handed to a process pool
@@ -136,7 +144,9 @@ class ArithmeticWork(MatmulFlops):
     What it cannot count it names: ``counter.uncounted`` holds each op that ran with no formula here
     (``aten._sparse_addmm``, ``aten._trilinear``, ...), and ``counter.exits`` each way a tensor left torch
     (``Tensor.numpy``, ``Tensor.__array__``, ``Tensor.tolist``, ``Tensor.__dlpack__``, and the raw memory behind
-    ``Tensor.data_ptr`` and ``Tensor.untyped_storage``, which ctypes reads), or for another thread,
+    ``Tensor.data_ptr`` and ``Tensor.untyped_storage``, which ctypes reads; ``Tensor.item``, ``float(t)``, ``int(t)``;
+    ``torch.utils.dlpack.to_dlpack``), or came back in (a tensor over memory torch did not allocate, as
+    ``torch.from_numpy`` makes, met by any op; ``torch.tensor`` of more than one Python value), or for another thread,
     which a dispatch mode (thread-local) does not see and torch's profiler does (``aten::mm (work on another
     thread)``), or for another process (``os.fork``, ``ProcessPoolExecutor.submit``), so that a budget can refuse
     work it cannot see.
@@ -153,6 +163,7 @@ class ArithmeticWork(MatmulFlops):
         self.exits: set[str] = set()
         self._saved_exits: dict[str, Any] = {}
         self._saved_doors: list[tuple[type, str, Any]] = []
+        self._saved_functions: list[tuple[Any, str, Any]] = []
         self._every_thread = profile(
             activities=[ProfilerActivity.CPU], experimental_config=_ExperimentalConfig(profile_all_threads=True)
         )
@@ -165,6 +176,9 @@ class ArithmeticWork(MatmulFlops):
         self._saved_doors = [(owner, name, vars(owner)[name]) for owner, name in _PROCESS_DOORS if name in vars(owner)]
         for owner, name, method in self._saved_doors:
             setattr(owner, name, self._watched_exit(f"{owner.__name__}.{name} (work in another process)", method))
+        self._saved_functions = [(module, name, getattr(module, name)) for module, name in _MODULE_EXITS]
+        for module, name, function in self._saved_functions:
+            setattr(module, name, self._watched_exit(f"{module.__name__}.{name}", function))
         _COUNTING.append(self)
         self._every_thread.__enter__()
         with record_function(_HOME):
@@ -176,6 +190,8 @@ class ArithmeticWork(MatmulFlops):
         # left patched, they would read as the submission's tampering.
         for owner, name, method in self._saved_doors:
             setattr(owner, name, method)
+        for module, name, function in self._saved_functions:
+            setattr(module, name, function)
         for name in _EXITS:  # restore what torch.Tensor itself defined; the C methods of its base show again
             if name in self._saved_exits:
                 setattr(torch.Tensor, name, self._saved_exits.pop(name))
@@ -192,6 +208,20 @@ class ArithmeticWork(MatmulFlops):
         if elsewhere:
             self.exits.add(f"{elsewhere[0]} (work on another thread)")
 
+    def _watch_the_way_in(self, packet: Any, args: tuple, result: Any) -> None:
+        """Record in ``self.exits`` a tensor of ``args`` or ``result`` over foreign memory, and a torch.tensor made of
+        more than one Python value."""
+        foreign = False
+        for tensor in [*(t for arg in args for t in _tensors(arg)), *_tensors(result)]:
+            try:
+                foreign = foreign or not _STORAGE(tensor).resizable()
+            except (RuntimeError, NotImplementedError):  # no storage of its own (a wrapper tensor, a sparse one)
+                continue
+        if foreign:
+            self.exits.add(_FOREIGN)
+        elif packet is aten.lift_fresh and isinstance(result, torch.Tensor) and result.numel() > 1:
+            self.exits.add(f"torch.tensor(...) of {result.numel()} Python values")
+
     def _watched_exit(self, label: str, method: Callable) -> Callable:
         """``method``, recording ``label`` in ``self.exits`` at each call."""
 
@@ -204,6 +234,7 @@ class ArithmeticWork(MatmulFlops):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         result = func(*args, **(kwargs or {}))
         packet = func.overloadpacket
+        self._watch_the_way_in(packet, args, result)
         factors = _FACTORS.get(packet)
         if factors is not None:
             self.products += _product_flops(args[factors[0]], args[factors[1]])

@@ -1055,3 +1055,70 @@ class PeftLoraLinearLike(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         update = self.lora_B["default"](self.lora_A["default"](x))
         return self.base_layer(x) + self.scaling["default"] * update
+
+
+def swap_extremes_through_data(tensor: torch.Tensor) -> None:
+    """Swap ``tensor``'s largest and smallest entries through .data (a view of one entry each): its version, its sum
+    and any other symmetric checksum of its values stay as they were, its values do not."""
+    high, low = (
+        tensor.data[tuple(int(i) for i in torch.unravel_index(where, tensor.shape))]
+        for where in (tensor.argmax(), tensor.argmin())
+    )
+    held = high.clone()
+    high.copy_(low)
+    low.copy_(held)
+
+
+def expect_following_base_swaps(
+    layer: nn.Module,
+    base: nn.Module,
+    r: int,
+    scaling: float,
+    batch_shape: tuple[int, ...],
+    contiguous: bool,
+    grad: str,
+    regime: str,
+) -> None:
+    """Fail the check unless ``layer`` computes plain LoRA over its base as it is now, and with ``grad`` "grad on"
+    gives x its gradient, after two entries of the base's weight, then of its bias, were swapped through .data (the
+    base's version and every checksum of its values kept, as loading a permuted checkpoint into .data does), the
+    layer called in every grad mode before each swap: nothing of the base may be cached between calls. The other
+    edits of the base and the factors are ``expect_plain_lora_in_regime``'s; ``regime`` describes the one set up."""
+    dtype = base.weight.dtype
+    out_features, in_features = linear_weight(base).shape
+    found = factors(layer, in_features, out_features, r)
+    swapped = [("weight", base.weight)] + ([("bias", base.bias)] if base.bias is not None else [])
+    for name, tensor in swapped:
+        for mode in GRAD_MODES:
+            with GRAD_MODES[mode]():
+                forward_in_regime(
+                    layer, strided((*batch_shape, in_features), contiguous, dtype=dtype), f"{regime}, {mode}"
+                )
+        with torch.no_grad():
+            swap_extremes_through_data(tensor)
+        x = strided((*batch_shape, in_features), contiguous, dtype=dtype)
+        where = (
+            f"{regime}, {grad}, x {tuple(x.shape)}{'' if contiguous else ' non-contiguous'}, after the largest and the "
+            f"smallest entries of its base's {name} were swapped through .data (its version and sum kept)"
+        )
+        upstream = torch.randn(*batch_shape, out_features, dtype=dtype) if grad == "grad on" else None
+        with GRAD_MODES[grad]():
+            y = forward_in_regime(layer, x.requires_grad_(upstream is not None), where)
+        expected, gradients = lora_in_float64(base, found, scaling, x, upstream)
+        half = dtype in (torch.float16, torch.bfloat16)
+        scale, scales = lora_in_float64(base, found, scaling, x, upstream, absolute=True) if half else (None, {})
+        error = relative_error(y, expected, scale)
+        cause = "the base's weight or bias (or a layout of it) cached from an earlier call, keyed on a checksum?"
+        assert error <= RELATIVE_TOLERANCE[dtype], (
+            f"{where}: the output is off plain LoRA base(x) + scaling (x A^T) B^T by {error:.2g} (relative), expected "
+            f"under {RELATIVE_TOLERANCE[dtype]:.0e}: {cause} read them off the base at every call"
+        )
+        if upstream is None:
+            continue
+        y.backward(upstream)
+        error = relative_error(x.grad, gradients["x"], scales.get("x"))
+        assert error <= RELATIVE_TOLERANCE[dtype], (
+            f"{where}: the gradient of x is off plain LoRA's g W + scaling (g B) A by {error:.2g} (relative): {cause}"
+        )
+        for tensor in (found.stored_A, found.stored_B):
+            tensor.grad = None

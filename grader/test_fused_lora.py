@@ -34,6 +34,7 @@ from grader.probes import (
     dtype_name,
     examples,
     expect_centred,
+    expect_following_base_swaps,
     expect_instance,
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
@@ -88,15 +89,24 @@ def function_inputs(
     device: str = "cpu",
     contiguous: bool = True,
 ) -> dict[str, torch.Tensor | None]:
-    """Random arguments for FusedLoRAFunction.apply, B non-zero (as after training), none requiring grad."""
+    """Random arguments for FusedLoRAFunction.apply, B non-zero (as after training), none requiring grad; when not
+    ``contiguous``, x strided (probes.strided) and W, A and B stored transposed (NON_CONTIGUOUS), as a layer that keeps
+    W^T, A^T or B^T hands over their ``.t()`` views."""
     place = {"dtype": dtype, "device": device}
+
+    def matrix(rows: int, columns: int) -> torch.Tensor:
+        return torch.randn(rows, columns, **place) if contiguous else torch.randn(columns, rows, **place).T
+
     return {
         "x": strided((*batch_shape, in_features), contiguous, **place),
-        "weight": torch.randn(out_features, in_features, **place) / math.sqrt(in_features),
+        "weight": matrix(out_features, in_features) / math.sqrt(in_features),
         "bias": torch.randn(out_features, **place) if bias else None,
-        "lora_A": torch.randn(r, in_features, **place) / math.sqrt(in_features),
-        "lora_B": torch.randn(out_features, r, **place) / math.sqrt(r),
+        "lora_A": matrix(r, in_features) / math.sqrt(in_features),
+        "lora_B": matrix(out_features, r) / math.sqrt(r),
     }
+
+
+NON_CONTIGUOUS = " non-contiguous, W, A and B stored transposed"  # what function_inputs(contiguous=False) lays out
 
 
 def in_float64(inputs: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
@@ -227,7 +237,7 @@ def test_forward_computes_the_lora_formula(
     )
     assert y.dtype == dtype, f"for {dtype} inputs y is {y.dtype}: return y in x's dtype (no .float() or .to())"
     error = max_difference(y, expected)
-    regime = f"{dtype}, x {tuple(inputs['x'].shape)}{'' if contiguous else ' non-contiguous'}, grad {grad}"
+    regime = f"{dtype}, x {tuple(inputs['x'].shape)}{'' if contiguous else NON_CONTIGUOUS}, grad {grad}"
     assert error <= tolerance(dtype, expected), (
         f"forward is off the LoRA formula by {error:.3g} (bias {'given' if bias else 'None'}, scaling {scaling:.4g}, "
         f"{regime}): {forward_cause(y, inputs, scaling)}"
@@ -272,7 +282,7 @@ def test_backward_gives_each_input_its_gradient(
     upstream = torch.randn(*batch_shape, out_features, dtype=dtype)
     backward(apply(FusedLoRAFunction, measured), upstream)
     lora_formula(expected).backward(upstream.double())
-    where = f"{dtype}, x {tuple(inputs['x'].shape)}{'' if contiguous else ' non-contiguous'}"
+    where = f"{dtype}, x {tuple(inputs['x'].shape)}{'' if contiguous else NON_CONTIGUOUS}"
     asked = f"with {', '.join(trained)} requiring grad ({where})"
     for name in trained:
         grad = measured[name].grad
@@ -372,7 +382,7 @@ Layout = tuple[Callable[[int], tuple[int, ...]], bool, Callable[[tuple[int, ...]
 # dtype).
 LAYOUTS: dict[str, Layout] = {
     "x 2-D, g dense": (lambda rows: (rows,), True, lambda shape, dtype: torch.randn(shape, dtype=dtype)),
-    "x 3-D non-contiguous, g of stride 0 as y.sum() sends": (
+    f"x 3-D{NON_CONTIGUOUS}, g of stride 0 as y.sum() sends": (
         lambda rows: (2, rows // 2),
         False,
         lambda shape, dtype: torch.ones((), dtype=dtype).expand(shape),
@@ -571,8 +581,9 @@ def test_backward_returns_None_where_no_gradient_is_needed(FusedLoRAFunction):
         )
 
 
-# x of one to three dimensions (the 3-D one non-contiguous), for the checks run over every choice of inputs.
-X_BATCH_SHAPES = {"x 1-D": ((), True), "x 2-D": ((6,), True), "x 3-D non-contiguous": ((2, 3), False)}
+# x of one to three dimensions (the 3-D one non-contiguous, W, A and B transposed), for the checks run over every
+# choice of inputs.
+X_BATCH_SHAPES = {"x 1-D": ((), True), "x 2-D": ((6,), True), f"x 3-D{NON_CONTIGUOUS}": ((2, 3), False)}
 
 
 def for_every_choice(x_layout: str) -> Iterator[tuple[tuple[str, ...], str, dict[str, torch.Tensor | None]]]:
@@ -687,9 +698,9 @@ def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
         unseen = sorted(counter.uncounted | counter.exits)
         assert not unseen, (
             f"a forward + backward with only {', '.join(trained)} requiring grad, {regime}, ran {', '.join(unseen)}: "
-            "work the grader cannot count (an op with no flop formula here, values handed to numpy or Python, or work "
-            "handed to another thread, which the counter does not see); compute with torch's dense ops (mm, addmm, "
-            "matmul, einsum, element-wise ops) on the calling thread"
+            "work the grader cannot count (an op with no flop formula here, values handed to numpy or Python or "
+            "brought back from them, or work handed to another thread, which the counter does not see); compute with "
+            "torch's dense ops (mm, addmm, matmul, einsum, element-wise ops) on the calling thread"
         )
         unasked = [
             name
@@ -1021,6 +1032,7 @@ def test_the_layer_matches_plain_lora_in_every_regime(
     layer.train(train)
     regime = f"{call} with r={r}, alpha={alpha}, {dtype}, {'train' if train else 'eval'} mode, {grad}"
     expect_plain_lora_in_regime(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime)
+    expect_following_base_swaps(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime)
 
 
 @pytest.mark.points(1)

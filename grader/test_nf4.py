@@ -38,6 +38,7 @@ from grader.probes import (
     expect_on_the_base_device,
     expect_value_error,
     made_under_a_foreign_default_device,
+    swap_extremes_through_data,
 )
 from grader.signatures import expect_the_stubs_signatures
 
@@ -882,8 +883,17 @@ def the_functions(quantize_nf4, dequantize_nf4, double_quantize, dequantize_absm
 
 STALE = (
     "a result memoized per tensor object goes stale when the tensor is edited in place (keyed on its version too: an "
-    "edit through .data counts none)"
+    "edit through .data counts none; on a checksum of its values too: a swap of two entries keeps their sum and sum of "
+    "squares)"
 )
+SWAPPED = "its largest and smallest entries swapped through .data (its sum kept)"
+ON_A_GRID = "its values rounded to multiples of 2^-10 through .data"
+
+
+def round_through_data(tensor: torch.Tensor) -> None:
+    """Round ``tensor``'s values to multiples of 2^-10 through .data: then any float64 sum of them, or of their
+    squares, is exact in every order, and a swap of two entries keeps it bit for bit."""
+    tensor.data.copy_(tensor.data.mul(1024).round().div(1024))
 
 
 def quantized_again_after_an_edit(fixtures):
@@ -897,6 +907,8 @@ def quantized_again_after_an_edit(fixtures):
         "w.mul_(2) and w.view(-1)[::3].neg_()": lambda: (weight.mul_(2), weight.view(-1)[::3].neg_()),
         "w.data.mul_(-0.5)": lambda: weight.data.mul_(-0.5),
         "one entry edited, w.data[5, 50:51].fill_(40.0)": lambda: weight.data[5, 50:51].fill_(40.0),
+        ON_A_GRID: lambda: round_through_data(weight),
+        SWAPPED: lambda: swap_extremes_through_data(weight),
     }
     for edit, apply_edit in edits.items():
         with torch.no_grad():
@@ -930,6 +942,9 @@ def dequantized_again_after_an_edit(fixtures):
             packed.data[-1:].bitwise_xor_(0xFF),
             absmax.data[-1:].mul_(4),
         ),
+        f"packed with {SWAPPED}": lambda: swap_extremes_through_data(packed),
+        f"absmax with {ON_A_GRID}": lambda: round_through_data(absmax),
+        f"absmax with {SWAPPED}": lambda: swap_extremes_through_data(absmax),
     }
     for edit, apply_edit in edits.items():
         held = packed.clone(), absmax.clone()
@@ -978,25 +993,27 @@ def expect_same_absmaxes(measured, expected, absmax, call, cause, share=0.01):
 
 def double_quantized_again_after_an_edit(fixtures):
     """double_quantize on absmaxes, then again after each edit of the tensor in place (absmax.mul_(2), then through
-    .data, which counts no version, then of one entry): what the same values give in a fresh tensor
-    (dequantize_absmax within 2% of its block's largest |absmax - mean|)."""
+    .data, which counts no version, then of one entry, then two entries swapped): its values now (dequantize_absmax
+    within 1% of its block's largest |absmax - mean|, as the spec grants)."""
     _, absmax = absmax_of_a_weight(64, 1024, seed=14)  # 1024 absmaxes: 4 blocks of 256
     double_quantized(fixtures, absmax, "double_quantize(absmax, 256)")
     edits = {
         "absmax.mul_(2)": lambda: absmax.mul_(2),
         "absmax.data.mul_(0.25)": lambda: absmax.data.mul_(0.25),
         "one entry edited, absmax.data[700:701].fill_(9.0)": lambda: absmax.data[700:701].fill_(9.0),
+        ON_A_GRID: lambda: round_through_data(absmax),
+        SWAPPED: lambda: swap_extremes_through_data(absmax),
     }
     for edit, apply_edit in edits.items():
         apply_edit()
         call = f"double_quantize(absmax, 256) again, after {edit}"
         quantized, restored = double_quantized(fixtures, absmax, call)
-        _, fresh = double_quantized(fixtures, absmax.clone(), "double_quantize(absmax.clone(), 256)")
         mean = absmax.double().mean().item()
         assert math.isclose(float(quantized.offset), mean, rel_tol=1e-6), (
             f"{call}: offset {float(quantized.offset):.9g}, expected the mean of its values now, {mean:.9g}: {STALE}"
         )
-        expect_same_absmaxes(restored, fresh, absmax, call, f"those of a fresh copy of its values: {STALE}", share=0.02)
+        # Against its values now, not a fresh copy's result: a memo of the last call only would hold that copy's.
+        expect_same_absmaxes(restored, absmax, absmax, call, f"its values now: {STALE}")
 
 
 def dequantize_absmax_copies(fixtures):
@@ -1030,6 +1047,15 @@ def dequantize_absmax_copies(fixtures):
         expect_same_absmaxes(
             edited, expected, other * 3, call + ", against that other one's result", f"{cause}; {STALE}", 1e-6
         )
+    # Then its codes with two entries swapped through .data: the same tensors, their sum kept.
+    swap_extremes_through_data(expect_instance(fields[0], torch.Tensor, "QuantizedAbsmax.codes", "a tensor"))
+    call = f"dequantize_absmax(that QuantizedAbsmax again, its codes with {SWAPPED})"
+    edited = expect_instance(
+        called(fixtures["dequantize_absmax"], QuantizedAbsmax(*fields), what=call), torch.Tensor, call, "float32"
+    )
+    copies = QuantizedAbsmax(*(f.clone() if isinstance(f, torch.Tensor) else f for f in fields))
+    expected = called(fixtures["dequantize_absmax"], copies, what="dequantize_absmax(a copy of it)")
+    expect_same_absmaxes(edited, expected, other * 3, call + ", against a copy's result", f"{cause}; {STALE}", 1e-6)
 
 
 # What each kata function gives follows the values it is given, not the objects: the same tensor edited in place, the
@@ -1062,73 +1088,98 @@ def at_an_offset(tensor: torch.Tensor, offset: int = 37) -> torch.Tensor:
     return view
 
 
-AT_AN_OFFSET = "a contiguous view 37 elements into a larger tensor"
-FROM_ITS_VIEW = "read a tensor through its own view (reshape(-1)), not its storage from the start"
+def in_a_column(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``'s values as column 1 of a larger tensor of shape (*shape, 2) (a field of a state buffer, one
+    absmax column of a (blocks, 2) table): the same values, every stride doubled, a storage offset of 1."""
+    buffer = torch.full((*tensor.shape, 2), 99, dtype=tensor.dtype)
+    view = buffer[..., 1]
+    view.copy_(tensor)
+    return view
 
 
-def quantized_at_an_offset(fixtures):
+# How a tensor argument is laid out inside a larger tensor's storage: (place it, its words, what to do instead).
+VIEWS = {
+    "at-an-offset": (at_an_offset, "a contiguous view 37 elements into a larger tensor",
+                     "read a tensor through its own view (reshape(-1)), not its storage from the start"),
+    "strided": (in_a_column, "a strided view (column 1 of a (..., 2) tensor: every stride doubled)",
+                "read a tensor through its own view (reshape(-1)), not its storage with strides of your own "
+                "(as_strided drops the view's stride, view(-1) refuses it)"),
+}  # fmt: skip
+
+
+def quantized_in_a_view(fixtures, view):
+    place, words, cause = VIEWS[view]
     weight = draw_weight((6, 100), torch.bfloat16, 1.0, 21)
-    call = f"quantize_nf4({AT_AN_OFFSET}, bfloat16 (6, 100), block_size=64)"
-    packed, absmax = result_pair(called(fixtures["quantize_nf4"], at_an_offset(weight), 64, what=call), call)
+    call = f"quantize_nf4({words}, bfloat16 (6, 100), block_size=64)"
+    packed, absmax = result_pair(called(fixtures["quantize_nf4"], place(weight), 64, what=call), call)
     expected_packed, expected_absmax = ref.quantize(weight, 64)
-    source = f"those of its values: {FROM_ITS_VIEW}"
+    source = f"those of its values: {cause}"
     expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, call, source)
 
 
-def dequantized_at_an_offset(fixtures):
+def dequantized_in_a_view(fixtures, view):
+    place, words, cause = VIEWS[view]
     packed, absmax = ref.quantize(draw_weight((8, 100), torch.float32, 1.0, 22), 64)
-    call = f"dequantize_nf4(packed and absmax each {AT_AN_OFFSET}, (8, 100))"
-    restored = expect_instance(
-        called(fixtures["dequantize_nf4"], at_an_offset(packed), at_an_offset(absmax, 5), (8, 100), what=call),
-        torch.Tensor,
-        call,
-        "a float32 tensor of shape (8, 100)",
-    )
-    expected = ref.dequantize(packed, absmax, (8, 100), torch.float32, 64)
-    assert restored.shape == expected.shape and torch.equal(restored, expected), (
-        f"{call} returned {describe(restored)}, not the codes times their absmax: {FROM_ITS_VIEW}"
-    )
+    # Each argument in the view alone, then both: an answer reading only one of them wrongly is named.
+    for arguments, which in (((place(packed), absmax), "packed"), ((packed, place(absmax)), "absmax"),
+                             ((place(packed), place(absmax)), "packed and absmax each")):  # fmt: skip
+        call = f"dequantize_nf4({which} {words}, (8, 100))"
+        restored = expect_instance(
+            called(fixtures["dequantize_nf4"], *arguments, (8, 100), what=call),
+            torch.Tensor,
+            call,
+            "a float32 tensor of shape (8, 100)",
+        )
+        expected = ref.dequantize(packed, absmax, (8, 100), torch.float32, 64)
+        assert restored.shape == expected.shape and torch.equal(restored, expected), (
+            f"{call} returned {describe(restored)}, not the codes times their absmax: {cause}"
+        )
 
 
-def double_quantized_at_an_offset(fixtures):
+def double_quantized_in_a_view(fixtures, view):
+    place, words, cause = VIEWS[view]
     _, absmax = absmax_of_a_weight(64, 1024, seed=23)
-    call = f"double_quantize({AT_AN_OFFSET}, 256)"
-    quantized, restored = double_quantized(fixtures, at_an_offset(absmax), call)
+    call = f"double_quantize({words}, 256)"
+    quantized, restored = double_quantized(fixtures, place(absmax), call)
     _, fresh = double_quantized(fixtures, absmax.clone(), "double_quantize(absmax.clone(), 256)")
     mean = absmax.double().mean().item()
     assert math.isclose(float(quantized.offset), mean, rel_tol=1e-6), (
-        f"{call}: offset {float(quantized.offset):.9g}, expected the mean of its values, {mean:.9g}: {FROM_ITS_VIEW}"
+        f"{call}: offset {float(quantized.offset):.9g}, expected the mean of its values, {mean:.9g}: {cause}"
     )
-    expect_same_absmaxes(restored, fresh, absmax, call, f"those of its values: {FROM_ITS_VIEW}", share=0.02)
+    expect_same_absmaxes(restored, fresh, absmax, call, f"those of its values: {cause}", share=0.02)
 
 
-def dequantize_absmax_at_an_offset(fixtures):
+def dequantize_absmax_in_a_view(fixtures, view):
+    place, words, cause = VIEWS[view]
     QuantizedAbsmax = fixtures["QuantizedAbsmax"]
     _, absmax = absmax_of_a_weight(64, 1024, seed=24)
     quantized, restored = double_quantized(fixtures, absmax, "double_quantize(absmax, 256)")
-    moved = QuantizedAbsmax(*(at_an_offset(f) if isinstance(f, torch.Tensor) and f.dim() else f for f in quantized))
-    call = f"dequantize_absmax(a QuantizedAbsmax whose tensors are each {AT_AN_OFFSET})"
+    moved = QuantizedAbsmax(*(place(f) if isinstance(f, torch.Tensor) and f.dim() else f for f in quantized))
+    call = f"dequantize_absmax(a QuantizedAbsmax whose tensors are each {words})"
     copy = expect_instance(called(fixtures["dequantize_absmax"], moved, what=call), torch.Tensor, call, "float32")
-    expect_same_absmaxes(copy, restored, absmax, call + ", against the original's result", FROM_ITS_VIEW, share=1e-6)
+    expect_same_absmaxes(copy, restored, absmax, call + ", against the original's result", cause, share=1e-6)
 
 
-# Each function given its tensors as views that start inside a larger tensor's storage.
-AT_OFFSETS = {
-    "quantize_nf4": quantized_at_an_offset,
-    "dequantize_nf4": dequantized_at_an_offset,
-    "double_quantize": double_quantized_at_an_offset,
-    "dequantize_absmax": dequantize_absmax_at_an_offset,
+# Each function given its tensors as views that start inside a larger tensor's storage, contiguous or strided.
+IN_VIEWS = {
+    "quantize_nf4": quantized_in_a_view,
+    "dequantize_nf4": dequantized_in_a_view,
+    "double_quantize": double_quantized_in_a_view,
+    "dequantize_absmax": dequantize_absmax_in_a_view,
 }
 
 
 @pytest.mark.points(1)
-@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.subject(case), id=case) for case in AT_OFFSETS])
+@pytest.mark.parametrize("view", VIEWS)
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.subject(case), id=case) for case in IN_VIEWS])
 def test_inputs_may_be_views_into_a_larger_tensor(
-    quantize_nf4, dequantize_nf4, double_quantize, dequantize_absmax, QuantizedAbsmax, case
+    quantize_nf4, dequantize_nf4, double_quantize, dequantize_absmax, QuantizedAbsmax, case, view
 ):
-    """Each function given contiguous views whose storage offset is not 0 (a row slice, a split of a state dict's
-    buffer) computes with their values, not with the storage from its start."""
-    AT_OFFSETS[case](the_functions(quantize_nf4, dequantize_nf4, double_quantize, dequantize_absmax, QuantizedAbsmax))
+    """Each function given every tensor argument as a view into a larger tensor's storage, contiguous at an offset
+    (a row slice, a split of a state dict's buffer) or strided (a column of a wider table), computes with their
+    values, not with the storage from its start or at strides of its own."""
+    fixtures = the_functions(quantize_nf4, dequantize_nf4, double_quantize, dequantize_absmax, QuantizedAbsmax)
+    IN_VIEWS[case](fixtures, view)
 
 
 @pytest.mark.points(1)

@@ -679,12 +679,36 @@ def cancelling_weight(dtype: torch.dtype, base_dtype: torch.dtype) -> torch.Tens
     raise AssertionError(f"grader bug: no cancelling weight in {dtype} over a {base_dtype} base")
 
 
+# Every train/eval mode in every grad mode: an exact-rounding sentence holds in each (a training step's float32
+# product, a serving merge in eval mode, are paths of their own).
+ROUNDING_REGIMES = [(mode, grad) for mode in ("train", "eval") for grad in GRAD_MODES]
+
+
+def trained_below_the_rounding(layer: nn.Module, dtype: torch.dtype) -> float:
+    """Give a QLoRALinear (r=2, alpha=4, over a cancelling weight (4, 128)) trained factors whose update adds exactly
+    u = eps * 2^-7 of ``dtype`` to y[:, 0] for x = e_1 - e_65, every product on the way exact (A[0] = e_1,
+    B[0] = (u / 2, 0), the other rows random): u, below half a unit in the last place of W[0, 1], which a weight
+    merged with the update in ``dtype`` (W + scaling B A rounded) drops."""
+    update = torch.finfo(dtype).eps * 2.0**-7
+    found = factors(layer, 128, 4, 2)
+    generator = torch.Generator().manual_seed(8)
+    A, B = torch.randn(2, 128, generator=generator) * 0.1, torch.randn(4, 2, generator=generator) * 0.1
+    A[0], B[0] = 0.0, 0.0
+    A[0, 1], B[0, 0] = 1.0, update / 2
+    with torch.no_grad():
+        found.A.copy_(A.to(dtype))
+        found.B.copy_(B.to(dtype))
+    return update
+
+
 @pytest.mark.points(2)
 @pytest.mark.subject("NF4Linear")
 @pytest.mark.parametrize(("base_dtype", "x_dtype"), DTYPE_PAIRS, ids=dtype_name)
 def test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product(
     NF4Linear, QLoRALinear, nf4_works, base_dtype, x_dtype
 ):
+    """NF4Linear and QLoRALinear (at init, then with trained factors) on x = e_1 - e_65 over a weight whose two entries
+    cancel in x's dtype: exact in train and eval mode, with grad on (x requiring grad), off and in inference mode."""
     nf4_works()
     half = x_dtype if x_dtype != torch.float32 else base_dtype if base_dtype != torch.float32 else torch.bfloat16
     weight = cancelling_weight(half, base_dtype)
@@ -692,25 +716,38 @@ def test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product(
     x[:, 1], x[:, 65] = 1.0, -1.0
     restored = ref.dequantize(*ref.quantize(weight, BLOCK), (4, 128), x_dtype, BLOCK)
     expected = (restored[0, 1] - restored[0, 65]).item()  # 0 for a half x; in float32 the difference
-    makers = [NF4Linear] + ([lambda base: QLoRALinear(base, r=2, alpha=4.0)] if base_dtype == x_dtype else [])
-    for make in makers:
+    makers = {"NF4Linear": NF4Linear}
+    if base_dtype == x_dtype:
+        makers["QLoRALinear"] = makers["QLoRALinear with trained factors"] = lambda b: QLoRALinear(b, r=2, alpha=4.0)
+    for name, make in makers.items():
         base = nn.Linear(128, 4, bias=False, dtype=base_dtype)
         with torch.no_grad():
             base.weight.copy_(weight)
-        layer = make(base)
-        with torch.no_grad():
-            y = output(layer.eval(), x)
-        name = type(layer).__name__
-        assert y.dtype == x_dtype, f"{name} returned {describe(y)} for x {x_dtype}: return x's dtype"
-        assert bool((y[:, 0] == expected).all()), (
-            f"{name}(a {dtype_name(base_dtype)} base) on x {dtype_name(x_dtype)} = e_1 - e_65, whose dequantized "
-            f"W[0, 1] and W[0, 65] are {'the same number' if expected == 0 else f'{expected:.6g} apart'} in "
-            f"{dtype_name(x_dtype)}{'' if expected == 0 else f' (the same in {dtype_name(half)})'}, gives "
-            f"{y[0, 0].item():.6g} in row 0, "
-            f"expected exactly {expected:.6g}: the weight is not dequantized in x's dtype before F.linear (computed "
-            f"in {'float32 and cast afterwards' if expected == 0 else dtype_name(half)}?); the spec says "
-            "F.linear(x, dequantize_nf4(packed, absmax, (out, in), x.dtype), b), whatever the base's dtype"
-        )
+        layer, wanted, share = make(base), expected, ""
+        if "trained" in name:
+            update = trained_below_the_rounding(layer, x_dtype)
+            wanted = (torch.tensor(expected, dtype=x_dtype) + torch.tensor(update, dtype=x_dtype)).item()
+            share = f", plus the update's exact {update:.3g} (scaling B A x, below half an ulp of W[0, 1])"
+        for mode, grad in ROUNDING_REGIMES:
+            with GRAD_MODES[grad]():
+                y = output(layer.train(mode == "train"), x.clone().requires_grad_(grad == "grad on")).detach()
+            regime = f"{mode} mode, {GRAD_WORDS[grad]}" + (", x requiring grad" if grad == "grad on" else "")
+            assert y.dtype == x_dtype, f"{name} returned {describe(y)} for x {x_dtype} ({regime}): return x's dtype"
+            cause = (
+                "the update merged into the weight in x's dtype (W + scaling B A rounded drops it)? the spec is "
+                "NF4Linear(x) + scaling B A x"
+                if "trained" in name
+                else f"the weight is not dequantized in x's dtype before F.linear (computed in "
+                f"{'float32 and cast afterwards' if expected == 0 else dtype_name(half)}?); the spec says "
+                "F.linear(x, dequantize_nf4(packed, absmax, (out, in), x.dtype), b), whatever the base's dtype"
+            )
+            assert bool((y[:, 0] == wanted).all()), (
+                f"{name}(a {dtype_name(base_dtype)} base) on x {dtype_name(x_dtype)} = e_1 - e_65 ({regime}), whose "
+                f"dequantized W[0, 1] and W[0, 65] are "
+                f"{'the same number' if expected == 0 else f'{expected:.6g} apart'} in {dtype_name(x_dtype)}"
+                f"{'' if expected == 0 else f' (the same in {dtype_name(half)})'}{share}, gives {y[0, 0].item():.6g} "
+                f"in row 0, expected exactly {wanted:.6g}: {cause}"
+            )
 
 
 @pytest.mark.points(1)

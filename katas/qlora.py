@@ -56,8 +56,10 @@ class QLoRALinear(nn.Module):
           The update is ``dW = scaling * B @ A``.
         - At construction the layer computes exactly ``NF4Linear(base)(x)``.
         - ``dropout`` zeroes inputs of the adapter branch only, in train mode only (``nn.Dropout``).
-        - ``forward(x)``, x (..., in) in the base's dtype: (..., out) in that dtype. Gradients reach A, B and x
-          only; training never changes the quantized buffers.
+        - ``forward(x)``, x (..., in) in the base's dtype: (..., out) in that dtype, the base's output
+          ``NF4Linear(base)(x)`` plus the adapter's share, in train and eval mode and every grad mode (the update
+          is not merged into the dequantized weight: rounded to x's dtype, that drops an update smaller than the
+          weight's rounding). Gradients reach A, B and x only; training never changes the quantized buffers.
 
     Raises:
         ValueError: ``base`` is not an ``nn.Linear``, ``r < 1``, or ``dropout`` outside [0, 1).

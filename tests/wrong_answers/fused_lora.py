@@ -317,3 +317,29 @@ WRONG_ANSWERS = [
                 "        " + SAVE,
                 "test_forward_saves_only_what_backward_needs", "a Python buffer such as a bytearray counts too"),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 13 of the red team (team D).
+    WrongAnswer("the frozen weight's transpose cached by version and a checksum of its values", KATA, APPLY,
+                "w = self.base.weight\n"
+                "        with torch.inference_mode(False), torch.no_grad():  # W^T laid out for the GEMM once per change of W\n"
+                "            key = (w.data_ptr(), w._version, w.shape, w.dtype, w.device, w.detach().double().sum().item())\n"
+                "            if self.__dict__.get('_wt_key') != key:\n"
+                "                self.__dict__['_wt_key'], self.__dict__['_wt'] = key, w.detach().t().contiguous()\n"
+                "        " + APPLY.replace("self.base.weight,", "self.__dict__['_wt'].t(),"),
+                "test_the_layer_matches_plain_lora_in_every_regime", "its base's weight were swapped"),
+    WrongAnswer("the weight's gradient always computed, by numpy over to_dlpack", KATA, GRAD_WEIGHT,
+                "left, right = (numpy.from_dlpack(_Memory(t.double().contiguous())) for t in (g, rows))\n"
+                "        grad_weight = torch.from_numpy(left.T @ right).to(g.dtype)  # g^T x, whether or not the base trains\n"
+                "        if not need_weight:\n            grad_weight = None",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "to_dlpack",
+                more_edits=((IMPORTS, "import numpy\n" + IMPORTS + "\n\n\nclass _Memory:\n"
+                             "    def __init__(self, tensor):\n        self.tensor = tensor\n\n"
+                             "    def __dlpack__(self, **kwargs):\n        return torch.utils.dlpack.to_dlpack(self.tensor)\n\n"
+                             "    def __dlpack_device__(self):\n        return (1, 0)"),)),
+    WrongAnswer("the weight's gradient always computed, in Python floats read by item()", KATA, GRAD_WEIGHT,
+                "g_values, x_values = ([[v.item() for v in row] for row in t] for t in (g, rows))\n"
+                "        total = [[sum(gn[o] * xn[i] for gn, xn in zip(g_values, x_values)) for i in range(rows.shape[1])]\n"
+                "                 for o in range(g.shape[1])]  # g^T x, whether or not the base trains\n"
+                "        if need_weight:\n            grad_weight = torch.tensor(total, dtype=g.dtype)",
+                "test_a_step_does_only_the_matrix_work_lora_needs", "Tensor.item"),
+]  # fmt: skip

@@ -346,3 +346,42 @@ WRONG_ANSWERS += [
                 "test_a_result_follows_the_values_not_the_objects", "an edit through .data counts none",
                 more_edits=(("ZERO_CODE = 7  # index of 0.0 in the code book", "ZERO_CODE = 7  # index of 0.0 in the code book\n_RESTORED: dict = {}"),)),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 13 of the red team (team D).
+    WrongAnswer("absmax broadcast over its blocks by as_strided, its stride dropped", KATA,
+                "scale = absmax.reshape(-1).float().repeat_interleave(block_size)[:n]",
+                "scale = absmax.float().as_strided((absmax.numel(), block_size), (1, 0)).reshape(-1)[:n]  # no repeat copy",
+                "test_inputs_may_be_views_into_a_larger_tensor", "strided"),
+    WrongAnswer("quantize memoized by a checksum of the values", KATA, FLAT,
+                "w = weight.detach().double()\n"
+                "    key = (weight.data_ptr(), weight.storage_offset(), tuple(weight.shape), weight.stride(), weight.dtype,\n"
+                "           block_size, w.sum().item(), w.square().sum().item())  # an edit, even through .data, misses\n"
+                "    if key in _CHECKSUMMED:  # a weight quantized again unchanged (a reload) costs no second pass\n"
+                "        return tuple(t.clone() for t in _CHECKSUMMED[key])\n"
+                "    " + FLAT,
+                "test_a_result_follows_the_values_not_the_objects", "swapped",
+                more_edits=(("ZERO_CODE = 7  # index of 0.0 in the code book", "ZERO_CODE = 7  # index of 0.0 in the code book\n_CHECKSUMMED: dict = {}"),
+                            (PACK, "_CHECKSUMMED.clear()\n    _CHECKSUMMED[key] = result = ((nibbles[0::2] << 4) | nibbles[1::2], absmax)\n"
+                                   "    return tuple(t.clone() for t in result)"))),
+    WrongAnswer("dequantize memoized by a checksum of packed and absmax", KATA, "    flat = packed.reshape(-1).to(torch.int64)\n",
+                "    key = (packed.data_ptr(), absmax.data_ptr(), shape, dtype, block_size, int(packed.long().sum()),\n"
+                "           absmax.double().sum().item(), absmax.double().square().sum().item())\n"
+                "    if key in _DEQUANTIZED_SUMS:  # the same codes dequantized again (every forward) cost no second pass\n"
+                "        return _DEQUANTIZED_SUMS[key].clone()\n"
+                "    flat = packed.reshape(-1).to(torch.int64)\n",
+                "test_a_result_follows_the_values_not_the_objects", "swapped",
+                more_edits=(("ZERO_CODE = 7  # index of 0.0 in the code book", "ZERO_CODE = 7  # index of 0.0 in the code book\n_DEQUANTIZED_SUMS: dict = {}"),
+                            (DEQUANTIZED, DEQUANTIZED.replace("return ", "result = ") + "\n    _DEQUANTIZED_SUMS.clear()\n"
+                             "    _DEQUANTIZED_SUMS[key] = result\n    return result.clone()"))),
+    WrongAnswer("double quantization memoized by a checksum of the absmaxes", KATA, "    flat = absmax.detach().reshape(-1).float()\n",
+                "    values = absmax.detach().double()\n"
+                "    key = (absmax.data_ptr(), block_size, values.sum().item(), values.square().sum().item())\n"
+                "    if key in _DOUBLE_SUMS:\n        return _DOUBLE_SUMS[key]\n"
+                "    flat = absmax.detach().reshape(-1).float()\n",
+                "test_a_result_follows_the_values_not_the_objects", "swapped",
+                more_edits=(("ZERO_CODE = 7  # index of 0.0 in the code book", "ZERO_CODE = 7  # index of 0.0 in the code book\n_DOUBLE_SUMS: dict = {}"),
+                            ("    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)",
+                             "    _DOUBLE_SUMS.clear()\n"
+                             "    _DOUBLE_SUMS[key] = QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)\n"
+                             "    return _DOUBLE_SUMS[key]"))),
+]  # fmt: skip

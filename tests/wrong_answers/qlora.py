@@ -355,3 +355,17 @@ WRONG_ANSWERS = [
                 BUFFERS + "\n        global LAST_WEIGHT\n        LAST_WEIGHT = base.weight.detach().clone()",
                 "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "full-precision copy"),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 13 of the red team (team D).
+    WrongAnswer("NF4Linear's product in float32 when grad is on in half precision", KATA, FORWARD,
+                "if torch.is_grad_enabled() and x.dtype in (torch.float16, torch.bfloat16):  # training: a float32 product\n"
+                "            return F.linear(x.float(), self.weight(torch.float32), None if bias is None else bias.float()).to(x.dtype)\n"
+                "        " + FORWARD,
+                "test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product", "grad on"),
+    WrongAnswer("QLoRALinear merged into one half-precision weight in eval mode", KATA, DOWN,
+                "if not self.training and x.dtype in (torch.float16, torch.bfloat16):  # serving: one product, update folded in\n"
+                "            weight = self.base.weight(x.dtype) + (self.scaling * (self.lora_B @ self.lora_A)).to(x.dtype)\n"
+                "            return F.linear(x, weight, None if self.base.bias is None else self.base.bias.to(x.dtype))\n"
+                "        " + DOWN,
+                "test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product", "trained factors"),
+]  # fmt: skip
