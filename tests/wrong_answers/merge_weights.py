@@ -8,6 +8,7 @@ SUM = "nn.Parameter((weight.to(accumulate) + update).to(weight.dtype), requires_
 REPLACE = "setattr(model.get_submodule(parent_name), child_name, merged[id(module)])"
 ACCUMULATE = "accumulate = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype"
 BIAS = "merged.bias = base.bias"
+INFERENCE_OFF = "@torch.inference_mode(False)  # under the caller's inference_mode too: no inference tensor\n"
 NEW_LAYER = (
     'merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device="meta")\n'
     "    merged.weight = " + SUM + "\n    if base.bias is not None:\n        merged.bias = base.bias\n    return merged"
@@ -201,4 +202,11 @@ WRONG_ANSWERS = [
                 "        if base.bias is not None:\n            half.bias.requires_grad_(False).copy_(base.bias)\n"
                 "        return half\n    " + NEW_LAYER.split("\n")[0],
                 "test_merged_layers_follow_the_base_device_and_dtype", "the default device of this check"),
+    # Red-team round 13 (team A): float64 folded into a shared base; merged under the caller's inference_mode.
+    WrongAnswer("float64 folded into the base in place", KATA, NEW_LAYER.split("\n")[0],
+                "if weight.dtype == torch.float64:  # no upcast, no rounding: fold the update into the base itself\n"
+                "        weight.add_(update)\n        return base\n    " + NEW_LAYER.split("\n")[0],
+                "test_merges_adapters_that_share_a_base", "held by the other adapter"),
+    WrongAnswer("merged weights made under the caller's inference_mode", KATA, INFERENCE_OFF, "",
+                "test_merges_under_every_grad_mode", "inference tensors"),
 ]  # fmt: skip
