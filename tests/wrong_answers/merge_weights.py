@@ -17,7 +17,7 @@ FIRST_PARAMETER_EDITS = (  # merge_weights notes the dtype of the model's first 
     ("    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n",
      "    global FIRST\n    FIRST = next(model.parameters()).dtype\n"
      "    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n"),
-    ("@torch.no_grad()\n", "FIRST = None\n\n\n@torch.no_grad()\n"),
+    (INFERENCE_OFF, "FIRST = None\n\n\n" + INFERENCE_OFF),
 )  # fmt: skip
 
 WRONG_ANSWERS = [
@@ -98,7 +98,7 @@ WRONG_ANSWERS = [
                 more_edits=(("    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n",
                              "    global MODEL\n    MODEL = model\n"
                              "    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n"),
-                            ("@torch.no_grad()\n", "MODEL = None\n\n\n@torch.no_grad()\n"))),
+                            (INFERENCE_OFF, "MODEL = None\n\n\n" + INFERENCE_OFF))),
     # Red-team round 3: the scaling folded into the adapter's own B, in and out features swapped.
     WrongAnswer("scaling folded into B in place", KATA, UPDATE,
                 "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling "
