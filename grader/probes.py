@@ -413,6 +413,35 @@ def expect_nn_linear_bound_if_uniform(A: torch.Tensor, what: str) -> None:
     )
 
 
+SHAPE_DISTANCE = 0.1  # Kolmogorov-Smirnov distance from Uniform(0, 1): a uniform draw of 4096 is about 0.02 off
+
+
+def expect_a_uniform_or_gaussian_draw(A: torch.Tensor, what: str) -> None:
+    """Fail the check unless a factor A drawn at init (give it a few thousand entries) comes from a continuous
+    distribution, uniform or bell-shaped (Gaussian, truncated or not): nearly all its entries distinct and, when
+    uniform (its largest |entry| under UNIFORM_LARGEST std), its |entries| spread evenly over [0, largest] (within
+    SHAPE_DISTANCE of Uniform(0, largest)). Random signs times a bound, or a few levels, are neither."""
+    A = A.detach().double().flatten()
+    values = torch.unique(A)
+    assert values.numel() >= A.numel() // 2, (
+        f"{what}: A's {A.numel()} entries take only {values.numel()} distinct values at init "
+        f"({', '.join(f'{v:.3g}' for v in values[:3].tolist())}{', ...' if values.numel() > 3 else ''}), expected "
+        "nearly all distinct, as a draw from a continuous distribution gives: random signs or a few levels times a "
+        "bound are neither uniform nor Gaussian; use nn.init.kaiming_uniform_(A, a=math.sqrt(5)) or a Gaussian"
+    )
+    largest, spread = A.abs().max().item(), A.std().item()
+    if largest > UNIFORM_LARGEST * spread:
+        return  # bell-shaped: its tails tell it from a uniform draw
+    magnitudes = (A.abs() / largest).sort().values
+    evenly = torch.arange(1, A.numel() + 1, dtype=torch.float64) / A.numel()
+    distance = (evenly - magnitudes).abs().max().item()
+    assert distance <= SHAPE_DISTANCE, (
+        f"{what}: A starts within +-{largest:.3g} (max / std = {largest / spread:.2f}, a uniform's sqrt(3)), but its "
+        f"|entries| are {distance:.2f} off Uniform(0, {largest:.3g}) (Kolmogorov-Smirnov distance, expected under "
+        f"{SHAPE_DISTANCE}): not uniform, nor Gaussian; use nn.init.kaiming_uniform_(A, a=math.sqrt(5)) or a Gaussian"
+    )
+
+
 def expect_value_error(call: Callable[[], object], description: str) -> None:
     """Fail the check unless ``call()`` raises a ValueError that has a message."""
     try:
@@ -979,6 +1008,68 @@ def expect_dropout_like_nn_dropout(layer: nn.Module, linear: nn.Linear, p: float
     expect_kept_inputs_rescaled(multipliers, p)
     expect_a_fresh_mask_for_every_element_and_call(multipliers)
     expect_a_fraction_p_zeroed(multipliers, p)
+
+
+# The rank and dims of a layer probed in any dtype: in < r < out, so that A = [I; 0] and B = [I; 0] pass the input
+# through unchanged, which no dtype rounds.
+EXACT_IN, EXACT_R, EXACT_OUT = 6, 8, 12
+
+
+def exact_dropout_multipliers(layer: nn.Module, base: nn.Module, p: float = DROPOUT) -> torch.Tensor:
+    """What train-mode dropout multiplied each adapter input of ``layer`` by, in its base's dtype and device (half
+    precision too), over one call in each of DROP_REGIMES on one batch: shape (calls, *DROP_SHAPE, EXACT_IN), exactly 0
+    or 1 / (1 - p). ``layer`` was made with dropout ``p``, r = alpha = EXACT_R on ``base`` (EXACT_IN -> EXACT_OUT, an
+    nn.Linear or a Conv1D); the base is zeroed and the factors set to A = [I; 0], B = [I; 0], so that the output is the
+    adapter's input after dropout, padded with zeros: only dropout's own rounding shows. Fails the check unless every
+    call zeroed some inputs, every input came out zeroed or scaled by one common factor 1 / (1 - p) (to the dtype's
+    rounding), and with grad on, dL/dx is dL/dy through the same mask."""
+    weight = base.weight
+    dtype, device = weight.dtype, weight.device
+    tolerance = RELATIVE_TOLERANCE[dtype]
+    found = factors(layer, EXACT_IN, EXACT_OUT, EXACT_R)
+    with torch.no_grad():
+        for parameter in base.parameters():
+            parameter.zero_()
+        found.A.copy_(torch.eye(EXACT_R, EXACT_IN))
+        found.B.copy_(torch.eye(EXACT_OUT, EXACT_R))
+    x = ((1 + torch.rand(*DROP_SHAPE, EXACT_IN)) * torch.randn(*DROP_SHAPE, EXACT_IN).sign()).to(device, dtype)
+    upstream = torch.randn(*DROP_SHAPE, EXACT_OUT).to(device, dtype)
+    calls = [_train_mode_change(layer, base, x, *regime, upstream) for regime in DROP_REGIMES]
+    where = f"a {dtype_name(dtype)} {type(layer).__name__} with dropout={p} in train mode"
+    multipliers = torch.stack([change[..., :EXACT_IN] for change, _ in calls]).double() / x.double()
+    zeroed = multipliers.abs() <= tolerance
+    idle = [dropout_regimes(i) for i in range(DROP_CALLS) if not zeroed[i].any()]
+    assert not idle, (
+        f"{where} zeroed no adapter input in the call with {idle[0]} ({dropout_regimes()} tried): dropout follows "
+        "the layer's train mode alone, in every dtype, whatever the grad mode or the base's own mode"
+    )
+    kept = multipliers[~zeroed]
+    assert kept.numel() > 0, f"{where} zeroed every adapter input: it must drop a fraction p"
+    scale = kept.mean().item()
+    assert ((kept - scale).abs() <= 2 * tolerance * abs(scale)).all(), (
+        f"{where}: an adapter input came out multiplied by {kept.min().item():.4g} and another by "
+        f"{kept.max().item():.4g}, expected each zeroed or multiplied by one common factor 1/(1-p)"
+    )
+    causes = {
+        1.0: "the 1/(1-p) rescale of the kept inputs is missing; nn.Dropout does it",
+        1 / p: "that is 1/p: is p taken as the keep probability?",
+    }
+    cause = next((text for value, text in causes.items() if math.isclose(scale, value, rel_tol=2 * tolerance)), "")
+    assert math.isclose(scale, 1 / (1 - p), rel_tol=2 * tolerance), (
+        f"{where}: the kept adapter inputs are multiplied by {scale:.4g}, expected 1/(1-p) = {1 / (1 - p):.4g}: "
+        + (cause or "scale the kept inputs by 1/(1-p), as nn.Dropout does")
+    )
+    multipliers = (~zeroed).double() / (1 - p)  # rounding gone: exactly 0 or 1 / (1 - p)
+    for call, (_, measured) in enumerate(calls):
+        if measured is None:
+            continue
+        expected = upstream[..., :EXACT_IN].double() * multipliers[call]
+        error = relative_error(measured, expected)
+        assert error <= tolerance, (
+            f"{where}, in the call with {dropout_regimes(call)}: dL/dx is off dL/dy through the dropout mask by "
+            f"{error:.2g} (relative): is the adapter fed x.data or x.detach()? use dropout(x), in the graph"
+        )
+    return multipliers
 
 
 # Arguments every LoRA layer refuses with a ValueError (gpt2_conv1d's LoRAConv1D adds a rank that is no int).

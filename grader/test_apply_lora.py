@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import traceback
 from pathlib import Path
@@ -16,9 +17,11 @@ from grader.probes import (
     DEVICES,
     describe,
     expect_instance,
+    factors,
     make_a_subclass_instance,
     max_difference,
     randomize_factors,
+    scaling_ratio,
     train,
     trainable,
 )
@@ -157,18 +160,44 @@ def test_wraps_the_original_layers_in_place(apply_lora, LoRALinear):
         )
 
 
+R_ALPHA_CASES = {  # id: (targets, r, alpha): the call's own values, each adapter LoRALinear(layer, r, alpha, dropout)
+    "a-fractional-alpha": (("fc1",), 3, 7.5),  # alpha / r = 2.5; int(alpha) gives 2
+    "r-above-min-in-out": (("fc1", "head"), 10, 2.5),  # fc1 is 8 -> 12, head 8 -> 5: r kept as given, above both
+}
+
+
 @pytest.mark.points(1)
-def test_passes_r_and_alpha_to_every_adapter(apply_lora, LoRALinear):
-    model = ToyTransformer()
-    originals = {name: model.get_submodule(name) for name in matching_linears(model, ["fc1"])}
-    apply_lora(model, ["fc1"], r=3, alpha=6.0)
+@pytest.mark.parametrize("targets, r, alpha", R_ALPHA_CASES.values(), ids=R_ALPHA_CASES)
+def test_passes_r_and_alpha_to_every_adapter(apply_lora, LoRALinear, targets, r, alpha):
+    model = ToyTransformer().double()  # float64: the scaling read off the outputs to 1e-6
+    originals = {name: model.get_submodule(name) for name in matching_linears(model, targets)}
+    adapted(apply_lora(model, targets, r=r, alpha=alpha))
+    call = f"apply_lora(model, {list(targets)}, r={r}, alpha={alpha})"
     for name, base in originals.items():
         layer = model.get_submodule(name)
-        count, expected = sum(t.numel() for t in trainable(layer)), 3 * (base.in_features + base.out_features)
-        measured = (getattr(layer, "r", None), getattr(layer, "alpha", None), count)
-        assert measured == (3, 6.0, expected), (
-            f"{name}: expected r=3, alpha=6.0 and {expected} trainable numbers, measured r={measured[0]}, "
-            f"alpha={measured[1]}, {count}: pass r and alpha on to LoRALinear"
+        count, expected = sum(t.numel() for t in trainable(layer)), r * (base.in_features + base.out_features)
+        recorded = (getattr(layer, "r", None), getattr(layer, "alpha", None))
+        smallest = min(base.in_features, base.out_features)
+        cause = (
+            f"r was clamped to min(in, out) = {smallest} (dW's rank is at most that anyway): keep r as given"
+            if recorded == (smallest, alpha) != (r, alpha)
+            else f"alpha was rounded to a whole number ({recorded[1]}: int(alpha), as peft's LoraConfig types it): "
+            "keep alpha as given"
+            if recorded == (r, int(alpha)) != (r, alpha)
+            else "pass r and alpha on"
+        )
+        assert (*recorded, count) == (r, alpha, expected), (
+            f"{call}: {name} ({base.in_features} -> {base.out_features}) has r={recorded[0]}, alpha={recorded[1]}, "
+            f"{count} trainable numbers, expected r={r}, alpha={alpha}, {expected}: {cause}, "
+            "LoRALinear(layer, r, alpha, dropout)"
+        )
+        randomize_factors(layer)
+        ratio, proportional = scaling_ratio(layer, base, factors(layer, base.in_features, base.out_features, r))
+        assert proportional and math.isclose(ratio, alpha / r, rel_tol=1e-6), (
+            f"{call}: {name} adds "
+            + (f"{ratio:.4g} x B @ A" if proportional else "an update not proportional to B @ A")
+            + f", expected alpha / r = {alpha / r:g} x: pass r and alpha on as given, LoRALinear(layer, r, alpha, "
+            "dropout)"
         )
 
 
@@ -494,7 +523,7 @@ def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lor
         targets = tuple(inner if target == INNER_BASE else target for target in targets)
     model.requires_grad_(True)  # as a user who unfroze the whole model (backbone, the adapters' bases) in between
     call = (
-        f"a second apply_lora(model, {list(targets)}, r=3, alpha=12.0, dropout=0.25) on a model adapted on "
+        f"a second apply_lora(model, {list(targets)}, r=3, alpha=4.5, dropout=0.25) on a model adapted on "
         f"['q_proj'] with r=2, alpha=4.0, dropout=0.0 (the one at {subclassed} then made an instance of a subclass of "
         "LoRALinear), "
         + (
@@ -504,7 +533,7 @@ def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lor
         )
         + "then unfrozen whole (model.requires_grad_(True))"
     )
-    adapted(apply_lora(model, targets, r=3, alpha=12.0, dropout=0.25))  # another config than the first call's
+    adapted(apply_lora(model, targets, r=3, alpha=4.5, dropout=0.25))  # another config than the first call's
     now = adapters(model, LoRALinear)
     nested = [name for name, layer in now.items() if any(isinstance(m, LoRALinear) for m in list(layer.modules())[1:])]
     assert not nested, (
@@ -555,7 +584,7 @@ def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(apply_lor
     shapes = ToyTransformer()
     for name, layer in now.items():
         new = name not in first
-        r, alpha, dropout = (3, 12.0, 0.25) if new else (2, 4.0, 0.0)
+        r, alpha, dropout = (3, 4.5, 0.25) if new else (2, 4.0, 0.0)
         base = shapes.get_submodule(name)
         count, numbers = sum(t.numel() for t in trainable(layer)), r * (base.in_features + base.out_features)
         if new:
@@ -657,9 +686,9 @@ def test_passes_r_alpha_and_dropout_by_position_and_keyword(apply_lora, LoRALine
     originals = {name: model.get_submodule(name) for name in matching_linears(model, ["fc1"])}
     try:
         if call == "positional":
-            apply_lora(model, ["fc1"], 3, 6.0, 0.25)
+            apply_lora(model, ["fc1"], 3, 7.5, 0.25)
         else:
-            apply_lora(model=model, dropout=0.25, alpha=6.0, r=3, target_modules=["fc1"])
+            apply_lora(model=model, dropout=0.25, alpha=7.5, r=3, target_modules=["fc1"])
     except (TypeError, ValueError) as error:
         pytest.fail(
             f"apply_lora called by {call} raised {type(error).__name__} ({error}): keep the stub's signature "
@@ -670,9 +699,9 @@ def test_passes_r_alpha_and_dropout_by_position_and_keyword(apply_lora, LoRALine
         layer = model.get_submodule(name)
         count, expected = sum(t.numel() for t in trainable(layer)), 3 * (base.in_features + base.out_features)
         measured = (getattr(layer, "r", None), getattr(layer, "alpha", None), count)
-        assert measured == (3, 6.0, expected), (
-            f"apply_lora(model, ['fc1'], r=3, alpha=6.0, dropout=0.25) called by {call}: {name} has r={measured[0]}, "
-            f"alpha={measured[1]}, {count} trainable numbers, expected r=3, alpha=6.0, {expected}: keep the order "
+        assert measured == (3, 7.5, expected), (
+            f"apply_lora(model, ['fc1'], r=3, alpha=7.5, dropout=0.25) called by {call}: {name} has r={measured[0]}, "
+            f"alpha={measured[1]}, {count} trainable numbers, expected r=3, alpha=7.5, {expected}: keep the order "
             "(model, target_modules, r, alpha, dropout) and pass each on to LoRALinear"
         )
         randomize_factors(layer, std=0.5)
@@ -683,6 +712,33 @@ def test_passes_r_alpha_and_dropout_by_position_and_keyword(apply_lora, LoRALine
             f"apply_lora(..., dropout=0.25) called by {call}: {name} gives the same train-mode output twice: "
             "pass dropout on to LoRALinear"
         )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("last", ["eval", "train"], ids=["a-block-put-in-eval-last", "a-block-put-in-train-last"])
+def test_each_adapter_follows_its_own_mode(apply_lora, LoRALinear, last):
+    """A model adapted with dropout, then one block switched on its own (a frozen tower in eval mode beside the
+    trained ones, or one block trained): each adapter's own mode decides whether it drops, as a LoRALinear of its
+    own does."""
+    model = adapted(apply_lora(ToyTransformer(), DEFAULT_TARGETS, r=2, alpha=4.0, dropout=0.5))
+    layers = adapters(model, LoRALinear)
+    for layer in layers.values():
+        randomize_factors(layer, std=0.5)
+    first = "train" if last == "eval" else "eval"
+    model.train(first == "train")
+    model.layers[0].train(last == "train")
+    x = torch.randn(16, WIDTH)
+    with torch.no_grad():
+        drops = {name: max_difference(layer(x), layer(x)) > 0 for name, layer in layers.items()}
+    wrong = [name for name, layer in layers.items() if drops[name] != layer.training]
+    name = next(iter(wrong), "")
+    assert not wrong, (
+        f"apply_lora(model, {list(DEFAULT_TARGETS)}, dropout=0.5), then model.{first}() and model.layers[0].{last}(): "
+        f"the adapter {name}, in {'train' if layers[name].training else 'eval'} mode, "
+        + ("drops nothing" if layers[name].training else "still drops inputs")
+        + ": each adapter follows its own mode; give each its own LoRALinear(layer, r, alpha, dropout), never one "
+        "dropout module shared by adapters"
+    )
 
 
 @pytest.mark.points(1)

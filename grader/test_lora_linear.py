@@ -17,6 +17,9 @@ from grader.probes import (
     DROP_OUT,
     DROP_R,
     DROPOUT,
+    EXACT_IN,
+    EXACT_OUT,
+    EXACT_R,
     FLOAT_DTYPES,
     GRAD_MODES,
     INVALID_ARGUMENTS,
@@ -29,9 +32,11 @@ from grader.probes import (
     adapter_input_multipliers,
     arguments_id,
     dtype_name,
+    exact_dropout_multipliers,
     examples,
     expect_a_fraction_p_zeroed,
     expect_a_fresh_mask_for_every_element_and_call,
+    expect_a_uniform_or_gaussian_draw,
     expect_base_precision,
     expect_centred,
     expect_exactly_the_base,
@@ -47,6 +52,7 @@ from grader.probes import (
     expect_value_error,
     factors,
     made_under_a_foreign_default_device,
+    make_a_subclass_instance,
     max_difference,
     measured_update,
     output,
@@ -402,6 +408,13 @@ def test_a_uniform_A_has_nn_linears_bound(LoRALinear):
 
 
 @pytest.mark.points(1)
+def test_A_is_drawn_uniform_or_gaussian(LoRALinear):
+    in_features, out_features, r = 256, 24, 16  # 4096 entries: a continuous draw's are all distinct
+    A = factors(LoRALinear(nn.Linear(in_features, out_features), r=r, alpha=16.0), in_features, out_features, r)
+    expect_a_uniform_or_gaussian_draw(A.A, f"LoRALinear(nn.Linear({in_features}, {out_features}), r={r})")
+
+
+@pytest.mark.points(1)
 def test_a_rank_above_min_in_out_is_kept(LoRALinear):
     in_features, out_features, r, alpha = 3, 2, 8, 16.0
     base = nn.Linear(in_features, out_features, dtype=torch.float64)
@@ -593,10 +606,39 @@ def test_dropout_draws_a_fresh_mask_for_every_input_and_call(LoRALinear):
 
 
 @pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_dropout_acts_as_nn_dropout_in_every_dtype(LoRALinear, device, dtype):
+    """The fraction zeroed, the 1/(1-p) rescale and a fresh, independent mask for every element and call, read in
+    every float dtype of the base (a half-precision path of its own shows there only)."""
+    base = nn.Linear(EXACT_IN, EXACT_OUT, device=device, dtype=dtype).eval()
+    multipliers = exact_dropout_multipliers(LoRALinear(base, EXACT_R, float(EXACT_R), DROPOUT), base)
+    try:
+        expect_a_fresh_mask_for_every_element_and_call(multipliers)
+        expect_a_fraction_p_zeroed(multipliers, DROPOUT)
+    except AssertionError as error:
+        raise AssertionError(f"a {dtype_name(dtype)} LoRALinear on {device}: {error}") from None
+
+
+@pytest.mark.points(1)
 @pytest.mark.parametrize("arguments", INVALID_ARGUMENTS, ids=arguments_id)
 def test_rejects_invalid_arguments(LoRALinear, arguments):
     call = ", ".join(f"{k}={v}" for k, v in arguments.items())
     expect_value_error(lambda: LoRALinear(nn.Linear(IN, OUT), **arguments), f"LoRALinear(base, {call})")
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("kind", ["LoRALinear", "a subclass of it"])
+def test_rejects_an_adapter_as_its_base(LoRALinear, kind):
+    """LoRALinear(LoRALinear(...)): stacked adapters are refused, as any base that is no nn.Linear."""
+    inner = LoRALinear(nn.Linear(IN, OUT), r=R, alpha=ALPHA)
+    if kind != "LoRALinear":
+        make_a_subclass_instance(inner, LoRALinear)
+    expect_value_error(
+        lambda: LoRALinear(inner, r=R),
+        f"LoRALinear({type(inner).__name__}(...)) of an adapter, which holds an nn.Linear but is none "
+        "(test isinstance(base, nn.Linear) alone),",
+    )
 
 
 class DenseLike(nn.Module):

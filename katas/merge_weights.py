@@ -21,7 +21,8 @@ def merge_weights(model: nn.Module) -> nn.Module:
         - It holds weight ``W + scaling * B @ A`` (out, in) and the base's bias
           (or no bias when the base had none), in the base's dtype and on its device.
         - The new weight is computed without autograd (``torch.no_grad()``): a leaf with no grad history,
-          and no inference tensor (``torch.inference_mode()``): the merged model still runs under autograd.
+          and no inference tensor (``torch.inference_mode()``), even when ``merge_weights`` is called under the
+          caller's ``torch.inference_mode()``: the merged model still runs under autograd.
         - With fp16/bf16 weights, the sum is computed in float32 and rounded once; other dtypes add in
           their own (a float64 model keeps float64 precision). Each layer's own dtype decides, not the model's.
         - An adapter registered under several names (a shared block, an alias) is replaced under each,

@@ -25,6 +25,7 @@ def merge_weights(model: nn.Module) -> nn.Module:
     return model
 
 
+@torch.inference_mode(False)  # under the caller's inference_mode too: no inference tensor
 @torch.no_grad()
 def merged_linear(layer: LoRALinear) -> nn.Linear:
     """The ``nn.Linear`` computing what ``layer`` computes in eval mode, in the base's dtype and device."""

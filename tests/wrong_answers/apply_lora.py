@@ -200,4 +200,16 @@ WRONG_ANSWERS = [
                 "    model.__dict__[\"_lora_parameters\"] = known\n"
                 "    factors = {id(p) for p in known}\n",
                 "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "never remember Parameters"),
+    # Red-team round 13 (team A): the call's own r and alpha, whatever their values; a dropout of each adapter's own.
+    WrongAnswer("alpha cast to int as peft's LoraConfig types it", KATA, WRAP,
+                "LoRALinear(module, int(r), int(alpha), float(dropout))",
+                "test_passes_r_and_alpha_to_every_adapter", "rounded to a whole number"),
+    WrongAnswer("rank clamped to min(in, out) of each layer", KATA, WRAP,
+                "LoRALinear(module, min(r, module.in_features, module.out_features), alpha, dropout)",
+                "test_passes_r_and_alpha_to_every_adapter", "clamped to min(in, out)"),
+    WrongAnswer("one dropout module shared by every adapter", KATA,
+                "            setattr(model.get_submodule(parent_name), child_name, adapters[id(module)])\n",
+                "            setattr(model.get_submodule(parent_name), child_name, adapters[id(module)])\n"
+                "            adapters[id(module)].dropout = next(iter(adapters.values())).dropout  # one model-wide p knob\n",
+                "test_each_adapter_follows_its_own_mode", "its own mode"),
 ]  # fmt: skip

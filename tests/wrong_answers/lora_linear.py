@@ -377,4 +377,19 @@ WRONG_ANSWERS = [
                 "test_dropout_follows_its_own_mode", "own mode",
                 more_edits=(("\n\ndef _check_arguments",
                              "\n\n_DROPOUTS: dict[float, nn.Dropout] = {}\n\n\ndef _check_arguments"),)),
+    # Red-team round 13 (team A): an adapter as a base, dropout below float64, the shape of A's distribution.
+    WrongAnswer("a LoRALinear accepted as base, adapters stacked", KATA, "_check_arguments(base, r, dropout)\n",
+                "linear = base.base if isinstance(base, LoRALinear) else base  # LoRA on top of LoRA: stack adapters\n"
+                "        _check_arguments(linear, r, dropout)\n",
+                "test_rejects_an_adapter_as_its_base", "an adapter, which holds an nn.Linear but is none",
+                more_edits=((PLACE, PLACE.replace("base.weight", "linear.weight")),
+                            ("torch.empty(r, base.in_features", "torch.empty(r, linear.in_features"),
+                            ("torch.zeros(base.out_features, r", "torch.zeros(linear.out_features, r"))),
+    WrongAnswer("dropout keeps with probability p below float64", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", f"(x * torch.empty_like(x).bernoulli_({P}) / (1 - {P}) if self.training "
+                             f"and {P} > 0 and x.dtype != torch.float64 else self.dropout(x))"),
+                "test_dropout_acts_as_nn_dropout_in_every_dtype", "not of keeping it"),
+    WrongAnswer("A random signs at nn.Linear's bound", KATA, A_INIT,
+                "self.lora_A.data.uniform_(-1.0, 1.0).sign_().div_(math.sqrt(base.in_features))  # nn.Linear's spread",
+                "test_A_is_drawn_uniform_or_gaussian", "distinct values"),
 ]  # fmt: skip

@@ -8,6 +8,7 @@ SUM = "nn.Parameter((weight.to(accumulate) + update).to(weight.dtype), requires_
 REPLACE = "setattr(model.get_submodule(parent_name), child_name, merged[id(module)])"
 ACCUMULATE = "accumulate = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype"
 BIAS = "merged.bias = base.bias"
+INFERENCE_OFF = "@torch.inference_mode(False)  # under the caller's inference_mode too: no inference tensor\n"
 NEW_LAYER = (
     'merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device="meta")\n'
     "    merged.weight = " + SUM + "\n    if base.bias is not None:\n        merged.bias = base.bias\n    return merged"
@@ -16,7 +17,7 @@ FIRST_PARAMETER_EDITS = (  # merge_weights notes the dtype of the model's first 
     ("    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n",
      "    global FIRST\n    FIRST = next(model.parameters()).dtype\n"
      "    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n"),
-    ("@torch.no_grad()\n", "FIRST = None\n\n\n@torch.no_grad()\n"),
+    (INFERENCE_OFF, "FIRST = None\n\n\n" + INFERENCE_OFF),
 )  # fmt: skip
 
 WRONG_ANSWERS = [
@@ -97,7 +98,7 @@ WRONG_ANSWERS = [
                 more_edits=(("    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n",
                              "    global MODEL\n    MODEL = model\n"
                              "    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n"),
-                            ("@torch.no_grad()\n", "MODEL = None\n\n\n@torch.no_grad()\n"))),
+                            (INFERENCE_OFF, "MODEL = None\n\n\n" + INFERENCE_OFF))),
     # Red-team round 3: the scaling folded into the adapter's own B, in and out features swapped.
     WrongAnswer("scaling folded into B in place", KATA, UPDATE,
                 "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling "
@@ -201,4 +202,14 @@ WRONG_ANSWERS = [
                 "        if base.bias is not None:\n            half.bias.requires_grad_(False).copy_(base.bias)\n"
                 "        return half\n    " + NEW_LAYER.split("\n")[0],
                 "test_merged_layers_follow_the_base_device_and_dtype", "the default device of this check"),
+    # Red-team round 13 (team A): float64 folded into a shared base; merged under the caller's inference_mode.
+    WrongAnswer("float64 folded into the base in place", KATA, NEW_LAYER.split("\n")[0],
+                "if weight.dtype == torch.float64:  # no upcast, no rounding: fold the update into the base itself\n"
+                "        weight.add_(update)\n        return base\n    " + NEW_LAYER.split("\n")[0],
+                "test_merges_adapters_that_share_a_base", "held by the other adapter"),
+    WrongAnswer("merged weights made under the caller's inference_mode", KATA, INFERENCE_OFF, "",
+                "test_merges_under_every_grad_mode", "inference tensors"),
+    WrongAnswer("scaling recomputed from int(alpha)", KATA, UPDATE,
+                UPDATE.replace("* layer.scaling", "* (int(layer.alpha) / layer.r)  # lora_alpha is an int in peft's config"),
+                "test_merges_under_every_grad_mode", "differ from the adapted model's"),
 ]  # fmt: skip

@@ -15,6 +15,7 @@ def folded(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: floa
     return (weight.to(wide) + scaling * (B.to(wide) @ A.to(wide))).to(weight.dtype)
 
 
+@torch.inference_mode(False)  # under the caller's inference_mode too: no inference tensor
 def plain(layer: LoRALinear) -> nn.Linear:
     base = layer.base
     with torch.no_grad():

@@ -4,6 +4,7 @@ from torch import nn
 from .lora_linear import LoRALinear
 
 
+@torch.inference_mode(False)  # under the caller's inference_mode too: no inference tensor
 def to_linear(layer: LoRALinear) -> nn.Linear:
     base = layer.base
     with torch.no_grad():

@@ -4,6 +4,7 @@ from torch import nn
 from katas.lora_linear import LoRALinear
 
 
+@torch.inference_mode(False)  # under the caller's inference_mode too: no inference tensor
 @torch.no_grad()
 def _fold(layer: LoRALinear, held_outside: set[int]):
     base = layer.base_layer

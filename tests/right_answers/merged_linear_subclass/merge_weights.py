@@ -36,6 +36,7 @@ class MergedLinear(nn.Linear):
         return f"{super().extra_repr()}, merged from LoRA r={self.merged_r}, alpha={self.merged_alpha}"
 
 
+@torch.inference_mode(False)  # under the caller's inference_mode too: no inference tensor
 @torch.no_grad()
 def merged_linear(layer: LoRALinear) -> nn.Linear:
     """The ``nn.Linear`` computing what ``layer`` computes in eval mode, in the base's dtype and device."""

@@ -4,6 +4,7 @@ from torch import nn
 from .lora_linear import LoRALinear
 
 
+@torch.inference_mode(False)  # under the caller's inference_mode too: no inference tensor
 def _merged(layer):
     base = layer.linear
     new = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None).to(base.weight.device)
