@@ -40,6 +40,7 @@ from grader.probes import (
     expect_base_precision,
     expect_centred,
     expect_exactly_the_base,
+    expect_following_base_swaps,
     expect_following_its_base_after_to,
     expect_kept_inputs_rescaled,
     expect_nn_linear_bound_if_uniform,
@@ -354,6 +355,9 @@ def test_matches_plain_lora_in_every_regime(
         expect_plain_lora_in_regime(
             layer, base, r, alpha / r, batch_shape, contiguous, grad, regime, active, built_in if converted else None
         )
+        if not active:  # the swaps compare with dropout off
+            built_as = regime.removesuffix(f", {grad}")  # the probe names the grad mode itself
+            expect_following_base_swaps(layer, base, r, alpha / r, batch_shape, contiguous, grad, built_as)
     except RuntimeError as error:
         message = str(error).splitlines()[0]
         if "inplace" not in message:

@@ -43,6 +43,7 @@ from grader.probes import (
     dtype_name,
     expect_centred,
     expect_dropout_like_nn_dropout,
+    expect_following_base_swaps,
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
     expect_plain_lora_in_regime,
@@ -506,6 +507,9 @@ def test_every_base_computes_plain_lora_in_every_grad_mode_and_after_edits(Multi
     try:
         expect_plain_lora_in_regime(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime,
                                     DROPOUT if mode == "train" else 0.0)  # fmt: skip
+        if mode == "eval":  # the swaps compare with dropout off
+            built_as = regime.removesuffix(f", {grad}")  # the probe names the grad mode itself
+            expect_following_base_swaps(layer, base, r, alpha / r, batch_shape, contiguous, grad, built_as)
     except RuntimeError as error:
         message = str(error).splitlines()[0]
         if "inplace" not in message:

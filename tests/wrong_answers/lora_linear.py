@@ -392,4 +392,17 @@ WRONG_ANSWERS = [
     WrongAnswer("A random signs at nn.Linear's bound", KATA, A_INIT,
                 "self.lora_A.data.uniform_(-1.0, 1.0).sign_().div_(math.sqrt(base.in_features))  # nn.Linear's spread",
                 "test_A_is_drawn_uniform_or_gaussian", "distinct values"),
+    WrongAnswer("a plain base's weight cached by version and a checksum of its values", KATA,
+                "        return self.base(x) + F.linear(down, self.lora_B)\n",
+                "        base = self.base\n"
+                "        if type(base) is nn.Linear and not base._forward_hooks and not base._forward_pre_hooks:\n"
+                "            weight = base.weight\n"
+                "            key = (weight.data_ptr(), weight._version, weight.dtype, float(weight.detach().double().sum()))\n"
+                "            if self.__dict__.get('cached_key') != key:\n"
+                "                with torch.inference_mode(False):\n"
+                "                    self.__dict__['cached_weight'] = weight.detach().clone()\n"
+                "                self.__dict__['cached_key'] = key\n"
+                "            return F.linear(x, self.__dict__['cached_weight'], base.bias) + F.linear(down, self.lora_B)\n"
+                "        return self.base(x) + F.linear(down, self.lora_B)\n",
+                "test_matches_plain_lora_in_every_regime", "cached from an earlier call"),
 ]  # fmt: skip
