@@ -40,6 +40,8 @@ def apply_lora(
           between calls may stay frozen or be made trainable again: both are accepted). So a second call
           on an adapted model adapts just the new targets. (When the targets name only adapted layers,
           raising the "nothing matched" ValueError and returning the model as it is are both accepted.)
+          Within one call too: a target inside another target (a layer that a targeted ``nn.Linear``
+          subclass holds) ends inside the outer one's adapter, so only the outer one is wrapped.
         - Returns ``model`` itself.
 
     Raises:

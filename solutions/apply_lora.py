@@ -34,6 +34,9 @@ def apply_lora(
         for name, module in model.named_modules(remove_duplicate=False)
         if isinstance(module, (nn.Linear, LoRALinear)) and id(module) not in inside and _is_target(name, targets)
     ]
+    # A target inside another (a linear that a targeted nn.Linear subclass holds) ends up inside that one's adapter.
+    held = {id(inner) for _, outer in matched if isinstance(outer, nn.Linear) for inner in list(outer.modules())[1:]}
+    matched = [(name, module) for name, module in matched if id(module) not in held]
     if not matched:
         linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
         raise ValueError(

@@ -212,4 +212,7 @@ WRONG_ANSWERS = [
                 "            setattr(model.get_submodule(parent_name), child_name, adapters[id(module)])\n"
                 "            adapters[id(module)].dropout = next(iter(adapters.values())).dropout  # one model-wide p knob\n",
                 "test_each_adapter_follows_its_own_mode", "its own mode"),
+    WrongAnswer("a target inside another target wrapped as well (an adapter no forward calls)", KATA,
+                "    matched = [(name, module) for name, module in matched if id(module) not in held]\n", "",
+                "test_adapts_the_model_zoo", "adapt the outer target only"),
 ]  # fmt: skip
