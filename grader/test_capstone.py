@@ -97,8 +97,9 @@ def llama(tokenizer: Any) -> nn.Module:
     return model
 
 
-def grader_batch(tokenizer: Any, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:
-    """The grader's own batch of ``rows``: [bos] + prompt + response + [eos], labels -100 on bos and the prompt."""
+def grader_batch(tokenizer: Any, rows: list[dict[str, str]], pad: int | None = None) -> dict[str, torch.Tensor]:
+    """The grader's own batch of ``rows``: [bos] + prompt + response + [eos], labels -100 on bos and the prompt,
+    padded with ``pad`` (the tokenizer's pad id when None)."""
     sequences, labels = [], []
     for row in rows:
         prefix = [tokenizer.bos_token_id, *enc(tokenizer, template(row["instruction"], row["input"]))]
@@ -106,7 +107,7 @@ def grader_batch(tokenizer: Any, rows: list[dict[str, str]]) -> dict[str, torch.
         sequences.append(prefix + response)
         labels.append([IGNORE] * len(prefix) + response)
     longest = max(map(len, sequences))
-    pad = tokenizer.pad_token_id
+    pad = tokenizer.pad_token_id if pad is None else pad
     return {
         "input_ids": torch.tensor([s + [pad] * (longest - len(s)) for s in sequences]),
         "labels": torch.tensor([s + [IGNORE] * (longest - len(s)) for s in labels]),
@@ -293,24 +294,35 @@ def test_the_optimizer_is_handed_the_reference_gradients(run, train_step):
         "or every window adds the previous ones' gradients"
     )
     model = copy.deepcopy(run.model)
+    eos = run.tokenizer.eos_token_id
+    model.config.pad_token_id = eos  # pad = eos, as GPT-2's and many Llama set-ups have it: eos still carries loss
     spy = SpyOptimizer([p for p in model.parameters() if p.requires_grad], lr=0.0)  # lr 0: the model stays put
     rows = run.rows
+    no_targets = grader_batch(run.tokenizer, rows[:2], pad=eos)
+    no_targets["labels"] = torch.full_like(no_targets["labels"], IGNORE)  # a micro-batch of prompts only
     windows = [  # micro-batches of 2 and 6 examples, then 5 and 1: a mean per micro-batch weighs tokens unequally
         [grader_batch(run.tokenizer, rows[:2]), grader_batch(run.tokenizer, rows[2:8])],
         [grader_batch(run.tokenizer, rows[8:13]), grader_batch(run.tokenizer, rows[13:14])],
         [masked_inside(grader_batch(run.tokenizer, rows[14:20]))],
+        [grader_batch(run.tokenizer, rows[20:24], pad=eos), no_targets],  # padded with eos; then no target at all
     ]
     previous = None
     for number, window in enumerate(windows, start=1):
         per_batch = reference_gradients(model, window)
         counts = [int((batch["labels"][:, 1:] != IGNORE).sum()) for batch in window]
         expected = weighted(per_batch, [1 / sum(counts)] * len(window))
+        means = [1 / c if c else 0.0 for c in counts]
         mistakes = {
             "each micro-batch's mean loss over the number of micro-batches: divide each micro-batch's summed loss "
-            "by the label tokens of the whole window": weighted(per_batch, [1 / c / len(window) for c in counts]),
+            "by the label tokens of the whole window": weighted(per_batch, [m / len(window) for m in means]),
             "each micro-batch's mean loss, summed: divide each micro-batch's summed loss by the window's label "
-            "tokens": weighted(per_batch, [1 / c for c in counts]),
+            "tokens": weighted(per_batch, means),
         }
+        unpadded = [{**b, "labels": b["labels"].masked_fill(b["labels"] == eos, IGNORE)} for b in window]
+        mistakes[
+            f"the labels equal to model.config.pad_token_id ({eos}, eos here) carried no loss: only -100 marks a label "
+            "without loss; with pad = eos, eos must still be learned"
+        ] = weighted(reference_gradients(model, unpadded), [1 / sum(map(label_tokens, unpadded))] * len(window))
         if any(bool((batch["attention_mask"][:, 1:] < batch["attention_mask"][:, :-1]).any()) for batch in window):
             mistakes[
                 "the model was not handed the micro-batch's attention_mask (here 0 on prompt tokens, as collate "
@@ -325,6 +337,11 @@ def test_the_optimizer_is_handed_the_reference_gradients(run, train_step):
         handed = spy.handed[-1]
         missing = sum(grad is None for grad in handed)
         assert not missing, f"window {number}: optimizer.step() got no gradient for {missing} adapter parameters"
+        assert all(bool(grad.isfinite().all()) for grad in handed), (
+            f"window {number} of the Llama ({counts} label tokens per micro-batch): optimizer.step() was handed "
+            "NaN or inf gradients, expected finite ones: a micro-batch without targets adds exactly 0 whatever its "
+            "logits (sum the token losses with causal_lm_loss; never weight them by 0)"
+        )
         error = relative_difference(handed, expected)
         cause = next((c for c, g in mistakes.items() if relative_difference(handed, g) < 1e-3), None)
         assert error < 1e-4, (
@@ -359,6 +376,17 @@ def test_train_step_returns_the_window_mean_token_loss(run, train_step):
         f"train_step on a window of 2 and 6 examples ({counts} label tokens) returned {got:.6g}, expected the "
         f"window's mean token loss {expected:.6g}: "
         + (cause or "every token loss of the window over its label tokens, measured before the step")
+    )
+    eos = run.tokenizer.eos_token_id
+    no_targets = grader_batch(run.tokenizer, run.rows[:2], pad=eos)
+    no_targets["labels"] = torch.full_like(no_targets["labels"], IGNORE)  # a micro-batch of prompts only
+    window = [grader_batch(run.tokenizer, run.rows[20:24], pad=eos), no_targets]
+    expected = window_loss(model, window)
+    got = float(train_step(model, window, spy, SpyScheduler(spy.events), max_grad_norm=None))
+    assert math.isclose(got, expected, rel_tol=1e-4), (
+        f"train_step on a window of 4 examples and 2 without targets returned {got:.6g}, expected the window's mean "
+        f"token loss {expected:.6g}: the micro-batch without targets adds 0"
+        + (" (the model's own .loss is a mean, NaN over no target: sum the token losses)" if math.isnan(got) else "")
     )
     off = [
         (number, value, want)

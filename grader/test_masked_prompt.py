@@ -423,9 +423,13 @@ EDITS = {  # what a fine-tuning script does to its tokenizer before training: ne
     ),
     # A chat fine-tune's eos made of a token added earlier: the edit keeps len(tokenizer), the eos id changes.
     "eos-set-to-an-added-token": lambda tokenizer: tokenizer.add_special_tokens({"eos_token": "<|im_end|>"}),
+    # bos too, the other special token build_example reads: a new one (a tokenizer without bos gets one), an added one
+    "bos-set-to-a-new-token": lambda tokenizer: tokenizer.add_special_tokens({"bos_token": "<|begin_of_text|>"}),
+    "bos-set-to-an-added-token": lambda tokenizer: tokenizer.add_special_tokens({"bos_token": "<|begin_of_text|>"}),
 }
 PREPARED = {  # what an edit's script did to the tokenizer before the first build_example call
     "eos-set-to-an-added-token": lambda tokenizer: tokenizer.add_tokens(["<|im_end|>"]),
+    "bos-set-to-an-added-token": lambda tokenizer: tokenizer.add_tokens(["<|begin_of_text|>"]),
 }
 EDITED_TEXTS = (
     "Answer the <|user|> politely.",
@@ -443,7 +447,7 @@ def test_a_tokenizer_edited_between_calls_gives_its_new_ids(build_example, edit)
         PREPARED.get(edit, lambda tokenizer: None)(tokenizer)
         before = expected_example(tokenizer, *EDITED_TEXTS)
         assert fields(build_example(tokenizer, *EDITED_TEXTS))[0] == before.input_ids, FIX_THE_IDS_FIRST
-        size = len(tokenizer)
+        size, bos_before = len(tokenizer), tokenizer.bos_token_id
         EDITS[edit](tokenizer)
         expected = expected_example(tokenizer, *EDITED_TEXTS)
         assert expected.input_ids != before.input_ids, (
@@ -455,7 +459,13 @@ def test_a_tokenizer_edited_between_calls_gives_its_new_ids(build_example, edit)
             continue
         stale = (before.input_ids, before.prefix + before.response[:-1] + [tokenizer.eos_token_id])
         cause = ids_cause(tokenizer, ids, expected, template(*EDITED_TEXTS[:2]), EDITED_TEXTS[2])
-        if ids in stale and not split_special(tokenizer, ids, template(*EDITED_TEXTS[:2]), EDITED_TEXTS[2]):
+        old_bos = [bos_before] * (bos_before is not None)
+        if tokenizer.bos_token_id != bos_before and ids == old_bos + expected.input_ids[1:]:
+            cause = (
+                f"bos is the id from before the edit ({bos_before}), not the tokenizer's bos_token_id now "
+                f"({tokenizer.bos_token_id}): a bos read once per tokenizer goes stale; read bos_token_id at every call"
+            )
+        elif ids in stale and not split_special(tokenizer, ids, template(*EDITED_TEXTS[:2]), EDITED_TEXTS[2]):
             cause = (
                 "these are the ids of the tokenizer before it was edited: an encoding cached per tokenizer (its "
                 "object, id or vocabulary) goes stale when the tokenizer is edited in place (add_tokens, "

@@ -255,6 +255,30 @@ def test_loss_ignores_the_logits_of_positions_without_a_target(causal_lm_loss, p
 @pytest.mark.points(1)
 @pytest.mark.subject("causal_lm_loss")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_loss_takes_a_vocabulary_mask_at_the_targets(causal_lm_loss, dtype):
+    """-inf at vocabulary entries no target names, at every position (targets' too), as a vocabulary mask leaves it:
+    the loss and its gradient are those of the cross-entropy, finite."""
+    logits, labels = random_case(3, 8, 7, 0.3, seed=9)
+    labels[labels >= 4] = 3  # entries 4, 5, 6 are never a target: masked everywhere
+    masked = logits.clone()
+    masked[..., 4:] = -math.inf
+    for reduction in ("sum", "mean"):
+        given = masked.to(dtype).requires_grad_()
+        call = f"causal_lm_loss({dtype} logits -inf at vocabulary entries no target names, reduction={reduction!r})"
+        loss = loss_value(causal_lm_loss(given, labels, reduction=reduction), call)
+        expected = reference_loss(masked.to(dtype), labels, reduction).item()
+        assert math.isclose(loss.item(), expected, rel_tol=1e-9 if dtype == torch.float64 else 1e-5), (
+            f"{call} = {loss.item():.6g}, expected {expected:.6g}: a target's loss is -log softmax at its own entry; "
+            "-inf at other entries is a probability of 0 there, never to be weighted by 0 (a one-hot times -inf is "
+            "NaN): use cross_entropy, or gather the target's log-probability"
+        )
+        loss.backward()
+        assert bool(given.grad.isfinite().all()), f"{call}: its gradient is not finite (NaN from -inf times 0?)"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("causal_lm_loss")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 def test_loss_without_targets_is_zero_summed_and_refused_as_a_mean(causal_lm_loss, dtype):
     expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     # seq 1: one position, which predicts nothing (a valid input, not an error); seq 4: every target -100
@@ -301,7 +325,9 @@ def test_loss_without_targets_is_zero_summed_and_refused_as_a_mean(causal_lm_los
 def test_loss_rejects_bad_arguments(causal_lm_loss):
     logits, labels = random_case(2, 4, 5, 0.0, seed=1)
     # only the exact "sum" and "mean": their substrings and a string holding both too (`reduction in "sum mean"`)
-    for reduction in ("none", "avg", "SUM", "Mean", "MEAN", "sum ", "", "um", "me", "m", "an", "sum|mean"):
+    # and objects that are no string at all: None is no default here (the default is "sum"), nor 0, False, bytes
+    bad = ("none", "avg", "SUM", "Mean", "MEAN", "sum ", "", "um", "me", "m", "an", "sum|mean")
+    for reduction in (*bad, None, 0, False, b"sum", ("sum",)):
         expect_value_error(
             lambda reduction=reduction: causal_lm_loss(logits, labels, reduction=reduction),
             f"causal_lm_loss(reduction={reduction!r}) (only 'sum' and 'mean', exactly)",
@@ -392,6 +418,27 @@ def test_optimizer_holds_exactly_the_trainable_parameters_in_one_group(make_opti
     assert not others, (
         f"the optimizer also holds parameters that are not the model's (of shapes {others}): hold the model's "
         "trainable parameters, each once, and no other"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("make_optimizer")
+def test_optimizer_reads_the_trainable_parameters_at_each_call(make_optimizer):
+    """One model, two phases: between the calls, adapters frozen, a frozen weight thawed, a new adapter added."""
+    model = Adapted()
+    make_optimizer(model)
+    model.lora_A.requires_grad_(False)  # the shared module's weight as well: it is the same parameter
+    model.base.weight.requires_grad_(True)
+    model.extra = nn.Parameter(torch.zeros(2))
+    optimizer = returned_adamw(make_optimizer(model), "make_optimizer(model), a second time")
+    ids = {id(parameter) for parameter in held(optimizer)}
+    names = {id(p): name for name, p in model.named_parameters()}
+    wanted = {id(p) for p in model.parameters() if p.requires_grad}
+    stale, missing = sorted(names[i] for i in ids - wanted), sorted(names[i] for i in wanted - ids)
+    assert not stale and not missing, (
+        f"make_optimizer(model) called again after its trainable parameters changed holds the frozen {stale} and "
+        f"lacks the trainable {missing}: the trainable parameters of an earlier call (cached per model?); read "
+        "requires_grad of the model as it is at each call"
     )
 
 
@@ -864,6 +911,32 @@ def test_a_step_the_scaler_skips_steps_no_scheduler(train_step):
     )
 
 
+SKIP_RUNS = {  # growth_interval, then each window: skipped (inf gradients) or not; a skip drops the scale by half
+    "skip-then-good": (1000, [True, False, False]),  # an fp16 run's start: the scale falls, then holds below the first
+    "grown-then-skips": (1, [False, False, True, True, False]),  # a skip from a grown scale lands at the first
+}
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("run", SKIP_RUNS)
+def test_steps_after_a_skipped_one_step_the_scheduler(train_step, run):
+    """Several windows under one GradScaler: each is judged by its own update(), whatever the scale of other calls."""
+    growth_interval, skips = SKIP_RUNS[run]
+    r, scale = rig(), 2.0**12
+    grad_scaler = torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=growth_interval)
+    for i, skip in enumerate(skips):
+        r.model.grad_factor = math.inf if skip else 1.0
+        before, steps = grad_scaler.get_scale(), r.scheduler.steps
+        train_step(r.model, unequal_window(), r.optimizer, r.scheduler, max_grad_norm=1.0, scaler=grad_scaler)
+        after = grad_scaler.get_scale()
+        assert (after < before) == skip, f"grader bug: window {i} of {run} moved the scale {before:g} to {after:g}"
+        assert r.scheduler.steps - steps == (not skip), (
+            f"window {i} of {skips} (True: skipped) under one GradScaler: the scale went {before:g} -> {after:g} and "
+            f"the scheduler was stepped {r.scheduler.steps - steps} times, expected {int(not skip)}: tell a skip "
+            "by the scale before this window's update() and after it, not by the scale of an earlier call"
+        )
+
+
 @pytest.mark.points(1)
 @pytest.mark.parametrize("poison", ["inf gradients", "an inf loss", "a NaN loss"])
 def test_without_a_scaler_every_window_steps(train_step, poison):
@@ -1084,10 +1157,18 @@ def test_the_model_is_called_with_the_attention_mask(train_step, with_scaler):
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("with_scaler", SCALER_PATHS)
-def test_one_backward_per_micro_batch(train_step, with_scaler):
-    r, window = rig(), unequal_window()
+def test_one_forward_and_one_backward_per_micro_batch(train_step, with_scaler):
+    """A window whose micro-batches repeat a shape (as a fixed padding length makes them): each is its own forward
+    and backward."""
+    r = rig()
+    window = [*unequal_window(), micro_batch([5, 3, 4], [2, 1, 3], seed=20), micro_batch([7], [4], seed=21)]
     grad_scaler, path = on_the_path(with_scaler)
     train_step(r.model, window, r.optimizer, r.scheduler, scaler=grad_scaler)
+    shapes = [tuple(batch["input_ids"].shape) for batch in window]
+    assert r.model.forwards == len(window), (
+        f"{len(window)} micro-batches of shapes {shapes} took {r.model.forwards} forward passes{path}, expected one "
+        "each: micro-batches of one shape were merged (concatenated) into one forward; call the model on each"
+    )
     assert r.model.backwards == len(window), (
         f"{len(window)} micro-batches took {r.model.backwards} backward passes{path}, expected one each"
         + (

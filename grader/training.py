@@ -7,6 +7,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 import torch._dynamo
@@ -73,6 +74,8 @@ class TinyLM(nn.Module):
         # token that is never a target leaves the loss and the gradients as they are, one that is makes them inf/NaN
         self.fill_token: tuple[int, float] | None = None
         self.register_forward_pre_hook(self._count_call, with_kwargs=True)
+        # as a transformers model of a GPT-2 or Llama set-up: pad = eos, a token whose labels carry loss
+        self.config = SimpleNamespace(pad_token_id=PAD, eos_token_id=PAD)
 
     def _count_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """What peft's and accelerate's hooks see: only a call of the model, not of its forward, runs them."""
@@ -170,11 +173,14 @@ def micro_batch(lengths: list[int], labelled: list[int], raw: bool = False, seed
 
 def unequal_window() -> list[dict[str, torch.Tensor]]:
     """Three micro-batches of very different label counts (3, 12, 6 targets), padding, and one raw row whose
-    first label is not -100: every way of counting the normaliser wrong gives another number. One labelled token
-    has an attention_mask of 0 (an example's own mask zero, which collate keeps): it still carries loss."""
+    first label is not -100: every way of counting the normaliser wrong gives another number. Two labelled tokens
+    have an attention_mask of 0 (an example's own mask zeros, which collate keeps): one inside the batch, one the
+    last column of every row (no padding to trim); they still carry loss."""
     second = micro_batch([5, 5, 5], [4, 4, 4], seed=2)
     second["attention_mask"][1, 3] = 0
-    return [micro_batch([9, 4], [1, 2], seed=1), second, micro_batch([7], [7], raw=True, seed=3)]
+    third = micro_batch([7], [7], raw=True, seed=3)
+    third["attention_mask"][:, -1] = 0
+    return [micro_batch([9, 4], [1, 2], seed=1), second, third]
 
 
 def targets(batch: dict[str, torch.Tensor]) -> int:
@@ -338,10 +344,16 @@ def expected_and_mistakes(
     if any(not torch.equal(a["labels"], b["labels"]) for a, b in zip(unattended, window, strict=True)):
         mistakes[
             "the labels where attention_mask is 0 carried no loss: only -100 marks a label without loss (collate "
-            "keeps an example's own mask zeros under its labels)"
+            "keeps an example's own mask zeros under its labels, the last column's too: no column is padding to trim)"
         ] = clipped(
             combine([batch_grads(model, b) for b in unattended], [1 / sum(map(targets, unattended))] * k), max_norm
         )
+    trimmed = [_trimmed(batch) for batch in window]
+    if any(a["labels"].shape != b["labels"].shape for a, b in zip(trimmed, window, strict=True)):
+        mistakes[
+            "the columns past every row's last attended token were dropped (trimmed as padding): their attention_mask "
+            "is 0 but their labels carry loss; only -100 marks a label without loss, keep every column"
+        ] = clipped(combine([batch_grads(model, b) for b in trimmed], [1 / total] * k), max_norm)
     unpadded = [{**batch, "labels": batch["labels"].masked_fill(batch["labels"] == PAD, IGNORE)} for batch in window]
     mistakes[
         f"the labels equal to the pad id ({PAD}) carried no loss: only -100 marks a label without loss (the pad id "
@@ -363,6 +375,13 @@ def expected_and_mistakes(
             clipped([g], max_norm)[0] for g in combine(per_batch, [1 / total] * k)
         ]
     return expected, mistakes
+
+
+def _trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` without the columns past every row's last attended token (the mistake)."""
+    attended = batch["attention_mask"].bool().any(0).nonzero()
+    width = int(attended.max()) + 1 if attended.numel() else batch["input_ids"].shape[1]
+    return {key: value[:, :width] for key, value in batch.items()}
 
 
 def _clipped_per_batch(per_batch: list[list[torch.Tensor]], total: int, max_norm: float) -> list[torch.Tensor]:

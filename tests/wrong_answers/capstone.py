@@ -60,4 +60,20 @@ WRONG_ANSWERS = [
                 "        return self.base(x) + F.linear(down, self.lora_B)",
                 "        return F.linear(x, self.base.weight) + F.linear(down, self.lora_B)  # W x + B A x",
                 "test_the_merged_model_gives_the_same_logits", "the base's bias kept", checks="capstone"),
+    # Round 13 of the red team (B): train_step mistakes that only a real model's config brings out.
+    WrongAnswer("train_step: labels equal to model.config.pad_token_id masked", "train_step",
+                "    micro_batches = list(micro_batches)\n",
+                '    pad = getattr(getattr(model, "config", None), "pad_token_id", None)\n'
+                "    micro_batches = list(micro_batches) if pad is None else [\n"
+                '        {**b, "labels": b["labels"].masked_fill(b["labels"] == pad, IGNORE_INDEX)} for b in micro_batches]\n',
+                "test_the_optimizer_is_handed_the_reference_gradients", "model.config.pad_token_id", checks="capstone"),
+    WrongAnswer("train_step: a transformers model's own mean loss times the micro-batch's targets", "train_step",
+                'outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])',
+                'outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], '
+                '**({"labels": batch["labels"]} if hasattr(model, "config") else {}))',
+                "test_train_step_returns_the_window_mean_token_loss", "NaN over no target",
+                more_edits=(('loss = causal_lm_loss(logits, batch["labels"], reduction="sum") / tokens',
+                             'loss = (outputs.loss * int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) if hasattr(model, "config") '
+                             'else causal_lm_loss(logits, batch["labels"], reduction="sum")) / tokens'),),
+                checks="capstone"),
 ]  # fmt: skip

@@ -321,4 +321,9 @@ WRONG_ANSWERS = [
                 "                              for ids, mask in zip(batch[\"input_ids\"], batch[\"attention_mask\"]))",
                 "test_input_ids_are_bos_prompt_response_eos", "with the no-pad tokenizer",
                 more_edits=((RESPONSE, "response_ids = [*output_ids, tokenizer.eos_token_id]"),)),
+    # round 13, red team B
+    WrongAnswer("bos read once per tokenizer", KATA, BOS,
+                'bos = tokenizer.__dict__.setdefault("_bos", tokenizer.bos_token_id)  # read once per tokenizer\n'
+                "    if bos is not None:\n        prompt_ids = [bos, *prompt_ids]",
+                "test_a_tokenizer_edited_between_calls_gives_its_new_ids", "a bos read once per tokenizer"),
 ]  # fmt: skip

@@ -173,7 +173,7 @@ WRONG_ANSWERS = [
     WrongAnswer("clipped over the first parameter group only", KATA, HELD, 'parameters = optimizer.param_groups[0]["params"]',
                 "test_clipping_takes_one_norm_over_every_group_of_the_optimizer", "only the first parameter group"),
     WrongAnswer("one backward for the whole window", KATA, BACKWARD, "window = loss if window is None else window + loss",
-                "test_one_backward_per_micro_batch", "backpropagated once",
+                "test_one_forward_and_one_backward_per_micro_batch", "backpropagated once",
                 more_edits=(("    total = 0.0\n", "    total = 0.0\n    window = None\n"),
                             ("    parameters = [parameter for group",
                              "    (window if scaler is None else scaler.scale(window)).backward()\n    parameters = [parameter for group"))),
@@ -287,7 +287,7 @@ WRONG_ANSWERS = [
     WrongAnswer("one backward for the whole window under a GradScaler", KATA, BACKWARD,
                 "if scaler is None:\n            loss.backward()\n        else:\n"
                 "            window = loss if window is None else window + loss",
-                "test_one_backward_per_micro_batch", "backpropagated once",
+                "test_one_forward_and_one_backward_per_micro_batch", "backpropagated once",
                 more_edits=(("    total = 0.0\n", "    total = 0.0\n    window = None\n"),
                             ("    parameters = [parameter for group",
                              "    if scaler is not None:\n        scaler.scale(window).backward()\n    parameters = [parameter for group"))),
@@ -362,4 +362,43 @@ WRONG_ANSWERS = [
                 '        cached = (len(optimizer.param_groups), [p for group in optimizer.param_groups for p in group["params"]])\n'
                 "        optimizer._clip_cache = cached\n    parameters = cached[1]",
                 "test_clipping_takes_the_groups_the_optimizer_holds_at_each_call", "a parameter may have been added"),
+    # round 13, red team B
+    WrongAnswer("the token losses picked by a one-hot over the vocabulary", KATA, CROSS_ENTROPY,
+                "keep = targets != IGNORE_INDEX\n    log_probs = predictions[keep].log_softmax(-1)\n"
+                "    total = -(log_probs * F.one_hot(targets[keep], predictions.shape[-1]).to(log_probs.dtype)).sum()",
+                "test_loss_takes_a_vocabulary_mask_at_the_targets", "one-hot",
+                more_edits=((LOSS, 'half = logits.dtype in (torch.float16, torch.bfloat16)\n        '
+                             'loss = F.cross_entropy((logits.float() if half else logits)[:, :-1].flatten(0, 1), '
+                             'batch["labels"][:, 1:].flatten(), reduction="sum") / tokens'),)),
+    WrongAnswer("columns past every row's last attended token trimmed", KATA, FORWARD,
+                'attended = batch["attention_mask"].bool().any(0).nonzero()\n'
+                "        if attended.numel():  # a speed-up: the columns past it are padding\n"
+                "            batch = {key: value[:, : int(attended.max()) + 1] for key, value in batch.items()}\n        " + FORWARD,
+                "test_gradients_weight_every_token_of_the_window_equally", "trimmed as padding"),
+    WrongAnswer("reduction=None taken as the default sum", KATA, REDUCTION,
+                '    if reduction is None:  # no reduction given: the default\n        reduction = "sum"\n' + REDUCTION,
+                "test_loss_rejects_bad_arguments", "reduction=None"),
+    WrongAnswer("a skipped step judged against the first call's scale", KATA, "        scale = scaler.get_scale()\n",
+                '        scale = scaler.__dict__.setdefault("first_scale", scaler.get_scale())  # the scale the run started from\n',
+                "test_steps_after_a_skipped_one_step_the_scheduler", "the scale before this window's update()"),
+    WrongAnswer("labels equal to the model's config.pad_token_id masked", KATA, "    micro_batches = list(micro_batches)\n",
+                '    pad = getattr(getattr(model, "config", None), "pad_token_id", None)\n'
+                "    micro_batches = list(micro_batches) if pad is None else [\n"
+                '        {**b, "labels": b["labels"].masked_fill(b["labels"] == pad, IGNORE_INDEX)} for b in micro_batches]\n',
+                "test_gradients_weight_every_token_of_the_window_equally", "equal to the pad id"),
+    WrongAnswer("a transformers model's own mean loss times the micro-batch's targets", KATA, FORWARD,
+                'outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], '
+                '**({"labels": batch["labels"]} if hasattr(model, "config") else {}))',
+                "test_a_micro_batch_without_targets_still_belongs_to_the_window", "NaN",
+                more_edits=((LOSS, 'loss = (outputs.loss * int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) if hasattr(model, "config") '
+                             'else causal_lm_loss(logits, batch["labels"], reduction="sum")) / tokens'),)),
+    WrongAnswer("micro-batches of one shape merged into one forward", KATA, "    total = 0.0\n",
+                "    merged: dict[tuple, list] = {}  # a speed-up: one forward for the micro-batches of one shape\n"
+                '    for batch in micro_batches:\n        merged.setdefault(tuple(batch["input_ids"].shape[1:]), []).append(batch)\n'
+                "    micro_batches = [{key: torch.cat([b[key] for b in group]) for key in group[0]} for group in merged.values()]\n"
+                "    total = 0.0\n",
+                "test_one_forward_and_one_backward_per_micro_batch", "merged"),
+    WrongAnswer("the trainable list memoized per model", KATA, TRAINABLE,
+                'trainable = model.__dict__.setdefault("_trainable", [p for p in model.parameters() if p.requires_grad])',
+                "test_optimizer_reads_the_trainable_parameters_at_each_call", "an earlier call"),
 ]  # fmt: skip
