@@ -358,7 +358,7 @@ WRONG_ANSWERS = [
                 "self.r, self.alpha, self.scaling = r, alpha, alpha / r",
                 "alpha = int(alpha)  # lora_alpha is an int, as in peft's LoraConfig\n"
                 "        self.r, self.alpha, self.scaling = r, alpha, alpha / r",
-                "test_records_r_alpha_and_scaling", "expected alpha=2.5"),
+                "test_a_fractional_alpha_is_kept", "rounded to a whole number"),
     WrongAnswer("a plain Conv1D base folded in place when nothing outside the adapters holds it", KATA,
                 "@torch.no_grad()\ndef merged_conv1d(layer: LoRAConv1D) -> Conv1D:",
                 "def _held_outside_adapters(model: nn.Module, weight: torch.Tensor) -> bool:\n"
@@ -391,7 +391,7 @@ WRONG_ANSWERS = [
                 "        merged.weight = nn.Parameter((weight.to(accumulate) + update.T).to(weight.dtype), requires_grad=False)\n"
                 "        return merged.requires_grad_(False)\n"
                 '    with torch.device("meta"):  # no throwaway allocation',
-                "test_half_precision_merges_in_float32_and_rounds_once", "merged bias differs from the base's"),
+                "test_half_precision_merges_in_float32_and_rounds_once", "it is all zero, a fresh Conv1D's own"),
     WrongAnswer("a second call reuses the first call's r, alpha and dropout", KATA, TARGETS,
                 TARGETS + "\n    config = model.__dict__.setdefault(\"lora_config\", {\"r\": r, \"alpha\": alpha, \"dropout\": dropout})"
                 "\n    r, alpha, dropout = config[\"r\"], config[\"alpha\"], config[\"dropout\"]  # as a PeftModel keeps its peft_config",
@@ -424,5 +424,5 @@ WRONG_ANSWERS = [
                 "        else:\n"
                 "            z = self.dropout(x)\n"
                 "        down = F.linear(z, self.lora_A) * self.scaling\n",
-                "test_dropout_zeroes_adapter_inputs_in_train_mode_only", "p is the probability of zeroing"),
+                "test_dropout_is_nn_dropouts_in_every_dtype", "p is the probability of zeroing"),
 ]  # fmt: skip
