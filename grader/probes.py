@@ -1213,3 +1213,100 @@ def expect_following_base_swaps(
         )
         for tensor in (found.stored_A, found.stored_B):
             tensor.grad = None
+
+
+# Targets that name no layer when compared as strings (a name equal to one, or ending with "." + one), built from two
+# layer names of the model at hand, and that match layers when misread: as glob or regex patterns, stripped of
+# whitespace, split at commas, as peft's "all-linear"; and no target at all. apply_lora's contract, for any model.
+NAMED_AS_STRINGS = (
+    "targets are compared as strings (a name equal to one or ending with '.' + one), never read as glob or regex "
+    "patterns, nor as peft's 'all-linear', nor stripped of whitespace or split at commas (a str is one name)"
+)
+
+
+def targets_that_name_no_layer(first: str, second: str) -> dict[str, tuple[str, ...]]:
+    """By case id, targets made of the layer names ``first`` and ``second`` that, compared as strings, name no layer."""
+    return {
+        "glob-patterns": (f"{first[:-1]}*", f"{second[:-1]}?", f"[{first[0]}]{first[1:]}"),
+        "regex-patterns": (f"{first[:-1]}.", f"{first}|{second}", f"{second[:-1]}[{second[-1]}]"),
+        "off-by-whitespace": (f" {first}", f"{second} "),
+        "comma-joined": (f"{first},{second}", f"{first}, {second}"),
+        "all-linear": ("all-linear",),
+        "no-targets": (),
+    }
+
+
+def expect_a_fractional_alpha_kept(layer: nn.Module, base: nn.Linear, found: Factors, r: int, alpha: float) -> None:
+    """Fail the check unless ``layer`` (made with ``r`` and a fractional ``alpha``, on a base computing what ``base``
+    computes) scales B @ A by alpha / r and records alpha as given: no int(alpha), alpha // r, int(alpha / r)."""
+    ratio, proportional = scaling_ratio(layer, base, found)
+    assert proportional, "the update dW is not proportional to B @ A: fix test_update_is_scaling_times_B_at_A first"
+    cause = "use alpha / r, with alpha as given"
+    if math.isclose(ratio, round(ratio), rel_tol=1e-6):
+        cause = "rounded to a whole number (int(alpha), alpha // r, int(alpha / r)?): keep alpha a float, " + cause
+    assert math.isclose(ratio, alpha / r, rel_tol=1e-6), (
+        f"with r={r}, alpha={alpha} the update dW is {ratio:.4g} x B @ A, expected alpha / r = {alpha / r:g} x: {cause}"
+    )
+    recorded, scaling = getattr(layer, "alpha", None), getattr(layer, "scaling", None)
+    assert recorded == alpha and scaling is not None and math.isclose(float(scaling), alpha / r), (
+        f"with r={r}, alpha={alpha} the layer records alpha={recorded}, scaling={scaling}, expected alpha={alpha}, "
+        f"scaling={alpha / r:g}: store alpha as given, not rounded"
+    )
+
+
+# Train-mode dropout read in the layer's own dtype, half precision included: with in < r < out, alpha = r (scaling 1)
+# and a base computing zero, the factors A = [I; 0] (r, in) and B = [I, 0] (out, r) make dW pick the input out
+# (dW[:in] = I), so the output's first ``in`` entries are the dropped input itself, rounded by dropout alone.
+SELECT_IN, SELECT_R, SELECT_OUT = 8, 10, 12
+
+
+def dropout_multipliers_in_its_dtype(layer: nn.Module, p: float = DROPOUT) -> torch.Tensor:
+    """What train-mode dropout multiplied each adapter input of ``layer`` by, over one call in each of DROP_REGIMES:
+    shape (calls, *DROP_SHAPE, SELECT_IN), 0 where an input was zeroed, and where it was kept one common factor,
+    1 / (1 - p) for nn.Dropout (exactly, when within the dtype's rounding of it, or of 1 or 1 / p). ``layer`` was
+    made with dropout ``p``, r = alpha = SELECT_R, on a SELECT_IN -> SELECT_OUT base whose weight and bias are zero,
+    in any float dtype. Fails the check unless eval mode gives the input back and every train-mode input came out
+    zeroed or multiplied by one common factor."""
+    found = factors(layer, SELECT_IN, SELECT_OUT, SELECT_R)
+    dtype, device = found.A.dtype, found.A.device
+    with torch.no_grad():
+        found.A.copy_(torch.eye(SELECT_R, SELECT_IN, dtype=dtype, device=device))
+        found.B.copy_(torch.eye(SELECT_OUT, SELECT_R, dtype=dtype, device=device))
+    zero = nn.Linear(SELECT_IN, SELECT_OUT, dtype=dtype, device=device).requires_grad_(False)
+    with torch.no_grad():
+        zero.weight.zero_()
+        zero.bias.zero_()
+    x = ((1 + torch.rand(*DROP_SHAPE, SELECT_IN)) * torch.randn(*DROP_SHAPE, SELECT_IN).sign()).to(dtype)
+    x = x.to(device)
+    tolerance = RELATIVE_TOLERANCE[dtype]
+    with torch.no_grad():
+        given_back = relative_error(output(layer.eval(), x)[..., :SELECT_IN], x)
+    assert given_back <= tolerance, (
+        f"a {dtype_name(dtype)} layer with A = [I; 0], B = [I, 0], alpha = r and a zero base, in eval mode, gives "
+        f"its input back off by {given_back:.3g} (relative), expected <= {tolerance:g}: the output must be base(x) + "
+        "(alpha / r) x A^T B^T, with dropout off in eval mode (see test_update_is_scaling_times_B_at_A)"
+    )
+    upstream = torch.randn(*DROP_SHAPE, SELECT_OUT, dtype=dtype, device=device)
+    changes = torch.stack([_train_mode_change(layer, zero, x, *regime, upstream)[0] for regime in DROP_REGIMES])
+    multipliers = changes[..., :SELECT_IN].double() / x.double()
+    kept = multipliers[multipliers.abs() > 1e-3]
+    assert kept.numel() > 0, f"dropout={p} zeroed every adapter input in train mode: it must drop a fraction p"
+    spread = (kept.max() - kept.min()).item()
+    assert spread <= 2 * tolerance * kept.abs().max().item(), (
+        f"in {dtype_name(dtype)}, a train-mode output (dropout={p}) matches no input-dropout mask: kept adapter inputs "
+        f"came out multiplied by {kept.min().item():.4g} to {kept.max().item():.4g}, expected one common factor "
+        "1/(1-p); is dropout applied to x, before A, and not between A and B?"
+    )
+    scale = kept.mean().item()
+    scale = next((value for value in (1 / (1 - p), 1.0, 1 / p) if math.isclose(scale, value, rel_tol=tolerance)), scale)
+    return torch.where(multipliers.abs() > 1e-3, scale, 0.0)
+
+
+def expect_dropout_like_nn_dropout_in_its_dtype(layer: nn.Module, p: float = DROPOUT) -> None:
+    """Fail the check unless ``layer`` (made as ``dropout_multipliers_in_its_dtype`` says) drops its adapter's inputs
+    in train mode as nn.Dropout(p) does, in its own dtype: survivors scaled by 1 / (1 - p), a fresh mask for every
+    element and call, a fraction p zeroed."""
+    multipliers = dropout_multipliers_in_its_dtype(layer, p)
+    expect_kept_inputs_rescaled(multipliers, p)
+    expect_a_fresh_mask_for_every_element_and_call(multipliers)
+    expect_a_fraction_p_zeroed(multipliers, p)

@@ -39,6 +39,11 @@ from grader.probes import (
     FLOAT_DTYPES,
     GRAD_MODES,
     INVALID_ARGUMENTS,
+    NAMED_AS_STRINGS,
+    RELATIVE_TOLERANCE,
+    SELECT_IN,
+    SELECT_OUT,
+    SELECT_R,
     UNROUNDED_ALPHA,
     UNROUNDED_R,
     Conv1DLike,
@@ -46,8 +51,10 @@ from grader.probes import (
     describe,
     dtype_name,
     examples,
+    expect_a_fractional_alpha_kept,
     expect_centred,
     expect_dropout_like_nn_dropout,
+    expect_dropout_like_nn_dropout_in_its_dtype,
     expect_exactly_the_base,
     expect_following_its_base_after_to,
     expect_instance,
@@ -64,7 +71,9 @@ from grader.probes import (
     measured_update,
     output,
     randomize_factors,
+    relative_error,
     scaling_ratio,
+    targets_that_name_no_layer,
     trainable,
     trained_numbers,
 )
@@ -113,6 +122,18 @@ def make_layer(LoRAConv1D, dtype=torch.float32, device="cpu", in_features=IN, ou
     twin = nn.Linear(in_features, out_features, dtype=dtype, device=device)
     conv = conv1d_twin(twin)
     return twin, conv, LoRAConv1D(conv, **{"r": R, "alpha": ALPHA, **kwargs})
+
+
+def gpt2(n_layer: int = 2, classifier: bool = False) -> nn.Module:
+    """A tiny GPT-2 (``tiny_gpt2``) with trained-looking biases: GPT-2 starts every Conv1D and LayerNorm bias at
+    zero, where a merge that drops or zeroes a bias computes the same; random ones, the same on every call, show it."""
+    model = tiny_gpt2(n_layer=n_layer, classifier=classifier)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias"):
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model
 
 
 def adapters(model: nn.Module, *classes: type) -> dict[str, nn.Module]:
@@ -196,6 +217,14 @@ def test_records_r_alpha_and_scaling(LoRAConv1D):
     expect_r_alpha_and_scaling(layer, R, ALPHA)
 
 
+@pytest.mark.points(1)
+def test_a_fractional_alpha_is_kept(LoRAConv1D):
+    r, alpha = 2, 2.5
+    twin, _, layer = make_layer(LoRAConv1D, torch.float64, r=r, alpha=alpha)
+    randomize_factors(layer)
+    expect_a_fractional_alpha_kept(layer, twin, factors(layer, IN, OUT, r), r, alpha)
+
+
 @pytest.mark.points(3)
 def test_trains_two_factors_shaped_by_the_conv1d_in_and_out(LoRAConv1D):
     _, _, layer = make_layer(LoRAConv1D)
@@ -261,7 +290,7 @@ CONV1D_KINDS = {
     in_features=st.integers(1, 24),
     out_features=st.integers(1, 24),
     r=st.integers(1, 8),
-    alpha=st.sampled_from([1.0, 8.0, 16.0]),
+    alpha=st.sampled_from([1.0, 2.5, 8.0, 16.0]),
     batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
     dtype=st.sampled_from(FLOAT_DTYPES),
     kind=st.sampled_from(list(CONV1D_KINDS)),
@@ -311,7 +340,7 @@ def test_B_starts_at_zero_and_A_random(LoRAConv1D):
     in_features=st.integers(2, 20),
     out_features=st.integers(2, 20),
     r=st.integers(1, 8),
-    alpha=st.sampled_from([1.0, 10.0, 16.0]),
+    alpha=st.sampled_from([1.0, 2.5, 10.0, 16.0]),
 )
 @example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA)
 @example(in_features=16, out_features=48, r=8, alpha=16.0)  # c_attn
@@ -440,6 +469,19 @@ def test_dropout_zeroes_adapter_inputs_in_train_mode_only(LoRAConv1D):
 
 
 @pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_name)
+def test_dropout_is_nn_dropouts_in_every_dtype(LoRAConv1D, dtype):
+    """The float64 probe above, read in the layer's own dtype (half precision too): the same fraction p zeroed, the
+    same 1 / (1 - p) rescale, a fresh mask for every element and call, whatever path a dtype takes."""
+    zero = conv1d_twin(nn.Linear(SELECT_IN, SELECT_OUT, dtype=dtype))
+    with torch.no_grad():
+        zero.weight.zero_()
+        zero.bias.zero_()
+    layer = LoRAConv1D(zero, r=SELECT_R, alpha=float(SELECT_R), dropout=DROPOUT)
+    expect_dropout_like_nn_dropout_in_its_dtype(layer, DROPOUT)
+
+
+@pytest.mark.points(1)
 @pytest.mark.parametrize(
     "arguments", [*INVALID_ARGUMENTS, {"r": 2.5}, {"r": 2.0}], ids=arguments_id
 )  # r is "an int >= 1": 2.0 is a float, even if a whole one
@@ -452,16 +494,26 @@ def test_rejects_invalid_arguments(LoRAConv1D, Conv1D, arguments):
 ForeignConv1D = type("Conv1D", (Conv1DLike,), {"__module__": "another_library"})
 
 
+NOT_CONV1D = {  # id: a base that is no transformers Conv1D, made from the kata's LoRAConv1D and LoRALinear
+    "Linear": lambda LoRAConv1D, LoRALinear: nn.Linear(IN, OUT),
+    "torch-Conv1d": lambda LoRAConv1D, LoRALinear: nn.Conv1d(IN, OUT, 1),
+    "another-library-Conv1D": lambda LoRAConv1D, LoRALinear: ForeignConv1D(),
+    "a-LoRAConv1D": lambda LoRAConv1D, LoRALinear: make_layer(LoRAConv1D)[2],  # an adapter holds a Conv1D: is none
+    "a-LoRALinear": lambda LoRAConv1D, LoRALinear: LoRALinear(nn.Linear(IN, OUT), r=R, alpha=ALPHA),
+}
+
+
 @pytest.mark.points(1)
-@pytest.mark.parametrize(
-    "make_base",
-    [lambda: nn.Linear(IN, OUT), lambda: nn.Conv1d(IN, OUT, 1), ForeignConv1D],
-    ids=["Linear", "torch-Conv1d", "another-library-Conv1D"],
-)
-def test_rejects_a_base_that_is_not_a_transformers_conv1d(LoRAConv1D, make_base):
-    base = make_base()
-    kind = type(base)
-    expect_value_error(lambda: LoRAConv1D(base, r=R), f"LoRAConv1D({kind.__module__}.{kind.__qualname__}(...))")
+@pytest.mark.parametrize("kind", list(NOT_CONV1D))
+def test_rejects_a_base_that_is_not_a_transformers_conv1d(LoRAConv1D, LoRALinear, kind):
+    LoRAConv1D(conv1d_twin(nn.Linear(IN, OUT)), r=R)  # the kata's own layer first: an unfinished one says so here
+    base = NOT_CONV1D[kind](LoRAConv1D, LoRALinear)
+    made = type(base)
+    expect_value_error(
+        lambda: LoRAConv1D(base, r=R),
+        f"LoRAConv1D({made.__module__}.{made.__qualname__}(...))"
+        + (", an adapter: LoRA is never stacked on LoRA; a base is a Conv1D itself," if kind.startswith("a-") else ""),
+    )
 
 
 @pytest.mark.points(1)
@@ -506,10 +558,10 @@ def test_defaults_are_r_8_alpha_16_and_no_dropout(LoRAConv1D):
 def own_classifier() -> nn.Module:
     """A tiny GPT2ForSequenceClassification of a model's own layer classes: every Conv1D a subclass of it, and
     ``score``, an nn.Linear subclass; no lm_head, so an nn.Linear other than lm_head is adapted and merged."""
-    return with_own_layer_classes(tiny_gpt2(classifier=True))
+    return with_own_layer_classes(gpt2(classifier=True))
 
 
-GPT2_MODELS = {"GPT2LMHeadModel": lambda: tiny_gpt2(n_layer=12), "own classes": own_classifier}
+GPT2_MODELS = {"GPT2LMHeadModel": lambda: gpt2(n_layer=12), "own classes": own_classifier}
 TARGET_CASES = [
     ("GPT2LMHeadModel", ATTENTION),
     ("GPT2LMHeadModel", ("c_proj",)),  # attn.c_proj and mlp.c_proj
@@ -587,7 +639,7 @@ TARGET_FORMS = {  # what the stub allows for target_modules besides a tuple or l
 @pytest.mark.subject("apply_lora_gpt2")
 @pytest.mark.parametrize("form", list(TARGET_FORMS))
 def test_takes_one_str_or_any_iterable_of_targets(apply_lora_gpt2, LoRAConv1D, LoRALinear, Conv1D, form):
-    model = tiny_gpt2()
+    model = gpt2()
     names = [TARGET_FORMS[form]()] if form == "one str" else list(TARGET_FORMS[form]())
     expected = sorted(matching(model, names, Conv1D))
     cause = (
@@ -609,7 +661,7 @@ def test_takes_one_str_or_any_iterable_of_targets(apply_lora_gpt2, LoRAConv1D, L
 @pytest.mark.points(2)
 @pytest.mark.subject("apply_lora_gpt2")
 def test_wraps_the_original_layers_in_place(apply_lora_gpt2, LoRAConv1D, LoRALinear, Conv1D):
-    model = tiny_gpt2()
+    model = gpt2()
     originals = {name: model.get_submodule(name) for name in matching(model, (*EVERYWHERE, "lm_head"), Conv1D)}
     returned = apply_lora_gpt2(model, (*EVERYWHERE, "lm_head"), r=2, alpha=4.0)
     assert returned is model, f"apply_lora_gpt2 returned {describe(returned)}, expected the model itself"
@@ -624,7 +676,7 @@ def test_wraps_the_original_layers_in_place(apply_lora_gpt2, LoRAConv1D, LoRALin
 @pytest.mark.subject("apply_lora_gpt2")
 @pytest.mark.parametrize("targets", [ATTENTION, ("c_attn", "lm_head")], ids=["c_attn", "c_attn+lm_head"])
 def test_lm_head_stays_tied_to_wte(apply_lora_gpt2, LoRALinear, targets):
-    model = tiny_gpt2()
+    model = gpt2()
     embedding = model.transformer.wte.weight
     adapted(apply_lora_gpt2(model, targets, r=2, alpha=4.0))
     head = model.lm_head
@@ -646,7 +698,7 @@ def test_lm_head_stays_tied_to_wte(apply_lora_gpt2, LoRALinear, targets):
 @pytest.mark.subject("apply_lora_gpt2")
 @pytest.mark.parametrize(
     "model_name, targets, r",
-    [("GPT2LMHeadModel", ATTENTION, 2), ("GPT2LMHeadModel", ("c_attn", "c_proj", "lm_head"), 8),
+    [("GPT2LMHeadModel", ATTENTION, 2), ("GPT2LMHeadModel", ("c_attn", "c_proj", "lm_head"), 24),  # r > 16 = min dims
      ("GPT2ForSequenceClassification", ATTENTION, 8), ("GPT2ForSequenceClassification", ("c_fc", "score"), 2)],
     ids=lambda value: value if isinstance(value, str) else "+".join(value) if isinstance(value, tuple) else f"r{value}",
 )  # fmt: skip
@@ -654,7 +706,7 @@ def test_lm_head_stays_tied_to_wte(apply_lora_gpt2, LoRALinear, targets):
 def test_trains_as_many_numbers_as_peft(apply_lora_gpt2, model_name, targets, r):
     """A classifier's head (``score``) sits outside ``transformer`` and shares nothing with it: frozen unless a
     target names it, as every parameter outside the factors is."""
-    model = tiny_gpt2(classifier=model_name == "GPT2ForSequenceClassification")
+    model = gpt2(classifier=model_name == "GPT2ForSequenceClassification")
     oracle = peft_model(copy.deepcopy(model), targets, r, 2.0 * r, fan_in_fan_out=True)
     expected_trainable, expected_all = oracle.get_nb_trainable_parameters()
     adapted(apply_lora_gpt2(model, targets, r=r, alpha=2.0 * r))
@@ -678,7 +730,7 @@ def test_trains_as_many_numbers_as_peft(apply_lora_gpt2, model_name, targets, r)
 @pytest.mark.parametrize("targets", [ATTENTION, EVERYWHERE, ("c_attn", "lm_head")], ids="+".join)
 @PEFT
 def test_logits_equal_peft_with_the_same_factors(apply_lora_gpt2, LoRAConv1D, LoRALinear, targets):
-    model, ids = tiny_gpt2(), token_ids()
+    model, ids = gpt2(), token_ids()
     oracle = peft_model(copy.deepcopy(model), targets, 4, 8.0, fan_in_fan_out=True)
     plain = logits(model, ids)
     adapted(apply_lora_gpt2(model, targets, r=4, alpha=8.0))
@@ -697,7 +749,7 @@ def test_logits_equal_peft_with_the_same_factors(apply_lora_gpt2, LoRAConv1D, Lo
 @pytest.mark.points(2)
 @pytest.mark.subject("apply_lora_gpt2")
 def test_freezes_everything_but_the_adapters(apply_lora_gpt2, LoRAConv1D, LoRALinear, Conv1D):
-    model = tiny_gpt2()
+    model = gpt2()
     first, second = ("c_attn", "lm_head"), ("c_proj", "c_fc")  # a Conv1D and the tied nn.Linear, then new targets
     originals = {name: model.get_submodule(name) for name in matching(model, (*first, *second), Conv1D)}
 
@@ -731,20 +783,27 @@ def test_freezes_everything_but_the_adapters(apply_lora_gpt2, LoRAConv1D, LoRALi
 
 @pytest.mark.points(1)
 @pytest.mark.subject("apply_lora_gpt2")
-def test_passes_r_alpha_and_dropout_on(apply_lora_gpt2, LoRAConv1D):
-    targets = (*ATTENTION, "lm_head")
+def test_passes_r_alpha_and_dropout_on(apply_lora_gpt2, LoRAConv1D, LoRALinear):
+    """r, alpha and dropout reach every adapter as given, out of the comfortable range too: r above every targeted
+    layer's min(in, out) (16; peft trains r * (in + out) all the same) and a fractional alpha."""
+    targets, r, alpha = (*ATTENTION, "lm_head"), 20, 7.5
     model = adapted(
         as_the_stub_allows(
-            lambda: apply_lora_gpt2(tiny_gpt2(), targets, 3, 6.0, 0.5),
-            f"apply_lora_gpt2(model, {targets}, 3, 6.0, 0.5)",
+            lambda: apply_lora_gpt2(gpt2(), targets, r, alpha, 0.5),
+            f"apply_lora_gpt2(model, {targets}, {r}, {alpha}, 0.5)",
         )
     )
-    for name, layer in adapters(model, LoRAConv1D).items():
-        count = sum(t.numel() for t in trainable(layer))
+    for name, layer in adapters(model, LoRAConv1D, LoRALinear).items():
+        count, dims = sum(t.numel() for t in trainable(layer)), dimensions(base_of(layer))
         measured = (getattr(layer, "r", None), getattr(layer, "alpha", None), count)
-        assert measured == (3, 6.0, 3 * (16 + 48)), (
-            f"{name}: expected r=3, alpha=6.0 and {3 * 64} trainable numbers, measured r={measured[0]}, "
-            f"alpha={measured[1]}, {count}: pass r and alpha on to LoRAConv1D"
+        cause = f"pass r and alpha on to {type(layer).__name__} as given"
+        if measured[0] == min(dims) or count == min(dims) * sum(dims):
+            cause = f"r clamped to min(in, out) = {min(dims)}? a rank above it is the caller's to choose: " + cause
+        elif measured[1] == int(alpha):
+            cause = f"alpha rounded to {int(alpha)} (int(alpha), as peft's LoraConfig types it?): " + cause
+        assert measured == (r, alpha, r * sum(dims)), (
+            f"{name}: expected r={r}, alpha={alpha} and {r * sum(dims)} trainable numbers, measured r={measured[0]}, "
+            f"alpha={measured[1]}, {count}: {cause}"
         )
     randomize(model, std=0.5)
     model.train()
@@ -758,18 +817,31 @@ def test_passes_r_alpha_and_dropout_on(apply_lora_gpt2, LoRAConv1D):
         )
 
 
+NO_MATCH_CASES = {  # id: (targets, as what they are given: a tuple, one str of targets[0], a one-shot iterator, or
+    # a tuple on a model adapted on c_attn already)
+    "q_proj+v_proj": (("q_proj", "v_proj"), "a tuple"),
+    "wte": (("wte",), "a tuple"),  # an nn.Embedding
+    "attn": (("attn",), "a tuple"),  # a container of Conv1D layers, no layer itself
+    "wte-as-one-str": (("wte",), "one str"),
+    "q_proj+v_proj-as-an-iterator": (("q_proj", "v_proj"), "a one-shot iterator"),
+    **{case: (targets, "a tuple") for case, targets in targets_that_name_no_layer("c_attn", "c_fc").items()},
+    "comma-joined-as-one-str": (("c_fc,c_proj",), "one str"),  # one str is one name, as on no command line
+    "regex-as-one-str": (("c_.ttn",), "one str"),
+    "on-an-adapted-model": (("q_proj",), "a tuple on an adapted model"),  # adapters there: still no match
+}
+
+
 @pytest.mark.points(1)
 @pytest.mark.subject("apply_lora_gpt2")
-@pytest.mark.parametrize(
-    "targets, form",
-    [(("q_proj", "v_proj"), "a tuple"), (("wte",), "a tuple"), (("attn",), "a tuple"), (("wte",), "one str"),
-     (("q_proj", "v_proj"), "a one-shot iterator")],
-    ids=lambda value: "+".join(value) if isinstance(value, tuple) else value,
-)  # fmt: skip
-def test_raises_naming_the_targets_when_nothing_matches(apply_lora_gpt2, targets, form):
-    given = {"a tuple": targets, "one str": targets[0], "a one-shot iterator": iter(targets)}[form]
+@pytest.mark.parametrize("targets, form", NO_MATCH_CASES.values(), ids=NO_MATCH_CASES)
+def test_raises_naming_the_targets_when_nothing_matches(apply_lora_gpt2, LoRAConv1D, LoRALinear, targets, form):
+    model = gpt2()
+    if form == "a tuple on an adapted model":
+        adapted(apply_lora_gpt2(model, ATTENTION, r=2, alpha=4.0))
+    before = set(adapters(model, LoRAConv1D, LoRALinear))
+    given = targets[0] if form == "one str" else iter(targets) if form == "a one-shot iterator" else targets
     try:
-        apply_lora_gpt2(tiny_gpt2(), given, r=2, alpha=4.0)
+        apply_lora_gpt2(model, given, r=2, alpha=4.0)
     except ValueError as error:
         unnamed = [t for t in targets if t not in str(error)]
         assert not unnamed, (
@@ -777,9 +849,17 @@ def test_raises_naming_the_targets_when_nothing_matches(apply_lora_gpt2, targets
             f"for, the names themselves, not the object holding them ({error})"
         )
     else:
+        new = sorted(set(adapters(model, LoRAConv1D, LoRALinear)) - before)
+        cause = (
+            f"it adapted {len(new)} layers, e.g. {new[:2]}: {NAMED_AS_STRINGS}"
+            if new
+            else "on a model already adapted (on c_attn) a target naming no layer is an error too"
+            if form == "a tuple on an adapted model"
+            else "expected a ValueError naming the targets"
+        )
         pytest.fail(
-            f"apply_lora_gpt2 with targets {list(targets)} matched no Conv1D or nn.Linear and raised nothing; "
-            "expected a ValueError naming the targets",
+            f"apply_lora_gpt2 with targets {list(targets)} as {form}, which name no Conv1D or nn.Linear, raised "
+            f"nothing: {cause}",
             pytrace=False,
         )
 
@@ -787,7 +867,7 @@ def test_raises_naming_the_targets_when_nothing_matches(apply_lora_gpt2, targets
 @pytest.mark.points(1)
 @pytest.mark.subject("apply_lora_gpt2")
 def test_never_wraps_an_adapter_again(apply_lora_gpt2, LoRAConv1D, LoRALinear):
-    model = adapted(apply_lora_gpt2(tiny_gpt2(), ("c_attn", "lm_head"), r=2, alpha=4.0))
+    model = adapted(apply_lora_gpt2(gpt2(), ("c_attn", "lm_head"), r=2, alpha=4.0))
     randomize(model, std=0.2)  # trained values, which applying again must keep
     first = adapters(model, LoRAConv1D, LoRALinear)
     values = {name: [t.detach().clone() for t in trainable(layer)] for name, layer in first.items()}
@@ -817,10 +897,112 @@ def test_never_wraps_an_adapter_again(apply_lora_gpt2, LoRAConv1D, LoRALinear):
         )
 
 
+INNER_BASE = "<the adapters' own base>"  # stands for c_attn's name inside its adapter: c_attn.base, say
+FIRST, SECOND = ((2, 4.0, 0.0), (3, 7.5, 0.25))  # (r, alpha, dropout) of each call: all three differ
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("apply_lora_gpt2")
+@pytest.mark.parametrize(
+    "targets",
+    [("c_attn", "c_fc"), ("c_fc",), (INNER_BASE, "c_fc")],
+    ids=["old-and-new-targets", "new-targets-only", "an-adapter's-base-and-new-targets"],
+)
+@pytest.mark.parametrize("reloaded", [False, True], ids=["", "reloaded-in-between"])
+def test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters(
+    apply_lora_gpt2, LoRAConv1D, LoRALinear, Conv1D, targets, reloaded
+):
+    """apply_lora's second-call contract for GPT-2: a call of another r, alpha and dropout, after training, perhaps a
+    checkpoint loaded (new Parameters in place of all of them) and the whole model unfrozen, adapts only the new
+    targets, with its own r, alpha and dropout; it never wraps an adapter or a layer inside one (its base); the
+    first call's adapters keep their factors, trainable, and their own r, alpha and dropout; all else is frozen."""
+    model = gpt2()
+    originals = {name: model.get_submodule(name) for name in matching(model, ("c_attn", "lm_head", "c_fc"), Conv1D)}
+    adapted(apply_lora_gpt2(model, ("c_attn", "lm_head"), *FIRST))
+    first = adapters(model, LoRAConv1D, LoRALinear)
+    if reloaded:
+        model.load_state_dict({name: value.clone() for name, value in model.state_dict().items()}, assign=True)
+    trained = {}
+    for name, layer in first.items():
+        randomize_factors(layer, std=0.5)  # as after training
+        trained[name] = [(p, p.detach().clone()) for p in trainable(layer)]  # the factors, seen before unfreezing
+    if INNER_BASE in targets:
+        name = "transformer.h.0.attn.c_attn"
+        inner = next((inner for inner, m in first[name].named_modules() if m is originals[name]), "")
+        assert inner, f"the adapter at {name} does not hold the model's original Conv1D: wrap the layer itself"
+        targets = tuple(f"c_attn.{inner}" if target == INNER_BASE else target for target in targets)
+    model.requires_grad_(True)  # as a user who unfroze the whole model (backbone, the adapters' bases) in between
+    call = (
+        f"a second apply_lora_gpt2(model, {list(targets)}, r={SECOND[0]}, alpha={SECOND[1]}, dropout={SECOND[2]}) on "
+        f"a model adapted on ['c_attn', 'lm_head'] with r={FIRST[0]}, alpha={FIRST[1]}, dropout={FIRST[2]}, "
+        + (
+            "then reloaded by load_state_dict(..., assign=True), which puts new Parameters in place, "
+            if reloaded
+            else ""
+        )
+        + "then unfrozen whole"
+    )
+    adapted(apply_lora_gpt2(model, targets, *SECOND))
+    now = adapters(model, LoRAConv1D, LoRALinear)
+    kinds = (LoRAConv1D, LoRALinear)
+    nested = [name for name, layer in now.items() if any(isinstance(m, kinds) for m in list(layer.modules())[1:])]
+    assert not nested, (
+        f"{call} wrapped an adapter or its own base again (nested in {nested[:2]}): skip every LoRAConv1D and "
+        "LoRALinear, and every layer inside one"
+    )
+    for name, layer in first.items():
+        assert now.get(name) is layer, f"{call} replaced the adapter at {name}: keep adapters as they are"
+        same = all(p.requires_grad and torch.equal(p.detach(), value) for p, value in trained[name])
+        assert same, (
+            f"{call} froze or changed the trained factors of {name}: the adapters already there keep their values "
+            "and stay trainable"
+            + (
+                " (find the factors on the adapters at each call, never remember Parameters from an earlier one)"
+                if reloaded
+                else ""
+            )
+        )
+    expected_new = set(matching(gpt2(), ("c_fc",), Conv1D))
+    missed = sorted(expected_new - set(now))
+    assert not missed, f"{call} left {missed[:2]} unadapted: the new targets get adapters"
+    inside = {id(p) for layer in now.values() for p in trainable(layer)}
+    loose = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
+    loose += [
+        f"{name}'s base {parameter_name}"
+        for name, base in originals.items()
+        for parameter_name, parameter in base.named_parameters()
+        if parameter.requires_grad
+    ]
+    assert not loose, (
+        f"{call}: parameters other than the adapters' factors train again: {loose[:3]}: every call freezes all the "
+        "model's parameters but the factors, the layers inside the adapters included"
+    )
+    for name, layer in now.items():
+        new = name not in first
+        r, alpha, dropout = SECOND if new else FIRST
+        count, numbers = sum(t.numel() for t in trainable(layer)), r * sum(dimensions(originals[name]))
+        randomize_factors(layer, std=0.5)  # B is zero at init: dropout on the branch shows once it is not
+        x = torch.randn(64, dimensions(originals[name])[0])
+        with torch.no_grad():
+            varies = max_difference(output(layer.train(), x), output(layer, x)) > 0
+        measured = (getattr(layer, "r", None), getattr(layer, "alpha", None), count, varies)
+        whose = "new adapter" if new else "first call's adapter"
+        assert measured == (r, alpha, numbers, dropout > 0), (
+            f"{call}: the {whose} {name}: expected r={r}, "
+            f"alpha={alpha}, {numbers} trainable numbers, {'a' if dropout else 'no'} dropout, measured "
+            f"r={measured[0]}, alpha={measured[1]}, {count}, {'a' if varies else 'no'} dropout: "
+            + (
+                "a new adapter takes the r, alpha and dropout of the call that makes it, not an earlier call's"
+                if new
+                else "an adapter already there keeps its own r, alpha and dropout"
+            )
+        )
+
+
 @pytest.mark.points(1)
 @pytest.mark.subject("apply_lora_gpt2")
 def test_defaults_are_c_attn_r_8_alpha_16(apply_lora_gpt2, LoRAConv1D, LoRALinear):
-    model = tiny_gpt2()
+    model = gpt2()
     adapted(apply_lora_gpt2(model))
     names = sorted(adapters(model, LoRAConv1D, LoRALinear))
     expected = [f"transformer.h.{i}.attn.c_attn" for i in range(2)]
@@ -837,7 +1019,7 @@ def test_defaults_are_c_attn_r_8_alpha_16(apply_lora_gpt2, LoRAConv1D, LoRALinea
 
 
 def adapted_gpt2(apply_lora_gpt2, targets, dtype=torch.float32, **placement) -> nn.Module:
-    model = tiny_gpt2().to(dtype=dtype, **placement)
+    model = gpt2().to(dtype=dtype, **placement)
     adapted(apply_lora_gpt2(model, targets, r=4, alpha=8.0))
     randomize(model, std=0.2)
     return model
@@ -849,7 +1031,7 @@ def adapted_gpt2(apply_lora_gpt2, targets, dtype=torch.float32, **placement) -> 
 @PEFT
 def test_merged_logits_equal_peft_merged(apply_lora_gpt2, merge_gpt2, LoRAConv1D, LoRALinear, Conv1D, device):
     ids = token_ids().to(device)
-    oracle = peft_model(tiny_gpt2().to(device), EVERYWHERE, 4, 8.0, fan_in_fan_out=True)
+    oracle = peft_model(gpt2().to(device), EVERYWHERE, 4, 8.0, fan_in_fan_out=True)
     model = adapted_gpt2(apply_lora_gpt2, EVERYWHERE, device=device)
     copy_factors_into_peft(adapters(model, LoRAConv1D, LoRALinear), oracle, 4, 8.0)
     with quiet():
@@ -871,7 +1053,7 @@ def test_merged_logits_equal_peft_merged(apply_lora_gpt2, merge_gpt2, LoRAConv1D
     in_features=st.integers(1, 12),
     out_features=st.integers(1, 12),
     r=st.integers(1, 5),
-    alpha=st.sampled_from([1.0, 4.0, 16.0]),
+    alpha=st.sampled_from([1.0, 2.5, 4.0, 16.0]),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
 @example(in_features=8, out_features=8, r=2, alpha=4.0, dtype=torch.float32)  # square: a transposed update fits
@@ -922,7 +1104,7 @@ def test_merged_conv1d_follows_the_base_device_not_the_default_one(apply_lora_gp
     returned = made_under_a_foreign_default_device(lambda: merged(merge_gpt2(model)))
     if returned is None:  # it made the new layers on the default device and moved them: right, not decidable here
         return
-    names = matching(tiny_gpt2(), EVERYWHERE, Conv1D)
+    names = matching(gpt2(), EVERYWHERE, Conv1D)
     layers = [model.get_submodule(name) for name in names]
     tensors = [t for layer in layers for t in (layer.weight, layer.bias) if t is not None]
     expect_on_the_base_device(tensors, torch.device("cpu"), "the merged Conv1D weights and biases are")
@@ -940,7 +1122,7 @@ def test_merged_conv1d_follows_the_base_device_not_the_default_one(apply_lora_gp
 def test_merged_weights_are_parameters_without_grad_history(apply_lora_gpt2, merge_gpt2, Conv1D):
     model = adapted_gpt2(apply_lora_gpt2, (*EVERYWHERE, "lm_head"))
     merged(merge_gpt2(model))
-    for name in matching(tiny_gpt2(), (*EVERYWHERE, "lm_head"), Conv1D):
+    for name in matching(gpt2(), (*EVERYWHERE, "lm_head"), Conv1D):
         layer = model.get_submodule(name)
         wanted = nn.Linear if name == "lm_head" else Conv1D
         kept = isinstance(layer, wanted) and type(layer).forward is wanted.forward  # a subclass keeping its forward
@@ -960,7 +1142,7 @@ def test_merged_weights_are_parameters_without_grad_history(apply_lora_gpt2, mer
 def test_merging_a_tied_lm_head_leaves_wte_alone(apply_lora_gpt2, merge_gpt2):
     """Two weights shared with a layer not adapted: lm_head's with wte, and one Conv1D weight Parameter held by
     h.0.mlp.c_fc (adapted) and h.1.mlp.c_fc (not), as models that share layers' weights hold them."""
-    model, ids = tiny_gpt2(), token_ids()
+    model, ids = gpt2(), token_ids()
     blocks = model.transformer.h
     blocks[1].mlp.c_fc.weight = blocks[0].mlp.c_fc.weight
     adapted(apply_lora_gpt2(model, ("c_attn", "lm_head", "h.0.mlp.c_fc"), r=4, alpha=8.0))
@@ -999,7 +1181,7 @@ def test_merging_leaves_what_the_adapters_share_alone(apply_lora_gpt2, merge_gpt
     models that share layers hold them), and wte, whose weight the tied lm_head's base holds. Each module left
     in place keeps its very Parameters (a new Parameter is a change, even with the same values: an optimizer or a
     tie holding the old one no longer reaches the model), their values and requires_grad."""
-    model, ids = tiny_gpt2(), token_ids()
+    model, ids = gpt2(), token_ids()
     adapted(apply_lora_gpt2(model, ("c_attn", "lm_head", "h.0.mlp.c_proj"), r=4, alpha=8.0))
     blocks = model.transformer.h
     blocks[1].mlp.c_proj = base_of(blocks[0].mlp.c_proj)  # the same Conv1D, unadapted there
@@ -1053,7 +1235,7 @@ def test_an_unadapted_lm_head_stays_tied_after_merging(apply_lora_gpt2, merge_gp
 @pytest.mark.points(1)
 @pytest.mark.subject("merge_gpt2")
 def test_merges_the_same_in_train_mode_with_dropout(apply_lora_gpt2, merge_gpt2):
-    model = tiny_gpt2()
+    model = gpt2()
     adapted(apply_lora_gpt2(model, EVERYWHERE, r=4, alpha=8.0, dropout=0.5))
     randomize(model, std=0.2)
     ids = token_ids()
@@ -1146,6 +1328,37 @@ def test_merges_an_adapter_registered_under_two_names(apply_lora_gpt2, merge_gpt
 
 @pytest.mark.points(1)
 @pytest.mark.subject("merge_gpt2")
+@pytest.mark.parametrize("shared", ["one Conv1D", "one weight"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_name)
+def test_merges_adapters_that_share_a_conv1d(LoRAConv1D, merge_gpt2, dtype, shared):
+    """merge_weights' shared-base case for Conv1D, in every dtype: two adapters (two tasks trained on one frozen
+    layer) on one Conv1D, or on two Conv1D that share one weight Parameter (tied layers). Each merged layer computes
+    what its own adapter did, so neither may fold its update into the weight both hold."""
+    conv = conv1d_twin(nn.Linear(IN, OUT, dtype=dtype))
+    other = conv if shared == "one Conv1D" else conv1d_twin(nn.Linear(IN, OUT, dtype=dtype))
+    other.weight = conv.weight
+    model = nn.ModuleDict({"task_a": LoRAConv1D(conv, r=4, alpha=8.0), "task_b": LoRAConv1D(other, r=2, alpha=6.0)})
+    for layer in model.values():
+        randomize_factors(layer, std=0.5)
+    x = torch.randn(5, IN, dtype=dtype)
+    with torch.no_grad():
+        expected = {name: output(layer.eval(), x) for name, layer in model.items()}
+    merged(merge_gpt2(model))
+    tolerance = 4 * RELATIVE_TOLERANCE[dtype] if dtype != torch.float32 else 1e-5
+    for name, layer in model.items():
+        with torch.no_grad():
+            y = output(layer, x)
+        error = relative_error(y, expected[name]) if dtype != torch.float32 else max_difference(y, expected[name])
+        assert error < tolerance, (
+            f"two {dtype_name(dtype)} adapters on {shared} (two tasks, or tied layers), merged: model[{name!r}] "
+            f"differs from what its adapter computed by {error:.3g}, expected < {tolerance:.0e}: "
+            "the weight is held by the other adapter too, so an update folded into it in place changes both and both "
+            "wrote into it; build a new Conv1D (or reuse the base only where nothing else holds its weight)"
+        )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
 def test_merges_a_model_of_its_own_layer_classes(merge_gpt2, LoRAConv1D, LoRALinear, Conv1D):
     model, ids = own_classifier().requires_grad_(False), token_ids()
     targets = (*EVERYWHERE, "score")  # score: an nn.Linear subclass that is not lm_head (the classifier has none)
@@ -1216,11 +1429,13 @@ def nearly_cancelling(layer: nn.Module, r: int, scaling: float) -> tuple[torch.T
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 def test_half_precision_merges_in_float32_and_rounds_once(apply_lora_gpt2, merge_gpt2, device, dtype):
-    model = tiny_gpt2().to(device=device, dtype=dtype)
+    model = gpt2().to(device=device, dtype=dtype)
     adapted(apply_lora_gpt2(model, HALF_MERGED, r=HALF_R, alpha=HALF_ALPHA))
     randomize(model, std=0.2)
     scaling = HALF_ALPHA / HALF_R
     rounded_once = {name: nearly_cancelling(model.get_submodule(name), HALF_R, scaling) for name in HALF_MERGED}
+    biases = {name: base_of(model.get_submodule(name)).bias for name in HALF_MERGED}  # trained: none is all zero
+    biases = {name: None if bias is None else bias.detach().clone() for name, bias in biases.items()}
     merged(merge_gpt2(model))
     for name, (expected, with_rounded_scaling) in rounded_once.items():
         weight = model.get_submodule(name).weight
@@ -1247,6 +1462,15 @@ def test_half_precision_merges_in_float32_and_rounds_once(apply_lora_gpt2, merge
         assert bias is None or bias.dtype == dtype, (
             f"{name}: merged bias is {bias.dtype}, expected {dtype}: keep the base's bias as it is"
         )
+        if biases[name] is not None:
+            change = max_difference(bias, biases[name]) if bias is not None else float("inf")
+            zeroed = bias is not None and not bias.detach().any()
+            assert change == 0, (
+                f"{name}: the merged {dtype_name(dtype)} bias differs from the base's (trained, non-zero) by "
+                f"{change:.3g}: "
+                + ("it is all zero, a fresh Conv1D's own: " if zeroed else "")
+                + "give the merged layer the base's bias, in every dtype (in the half-precision path too)"
+            )
     try:
         logits(model, token_ids().to(device))
     except RuntimeError as error:

@@ -27,7 +27,7 @@ class LoRAConv1D(nn.Module):
     Spec (LoRALinear's contract, for a Conv1D base):
         - ``base`` is kept as a submodule: the very object passed in, never a copy. Every parameter of it
           (weight and bias) is frozen (``requires_grad`` False).
-        - Attributes ``r``, ``alpha`` and ``scaling == alpha / r``.
+        - Attributes ``r``, ``alpha`` and ``scaling == alpha / r``, with alpha as given (2.5 stays 2.5, never rounded).
         - Exactly two trainable tensors, the low-rank factors, r * (in + out) numbers in all, created on the
           base's device and in its dtype: ``A`` (r, in) or (in, r), and ``B`` (out, r) or (r, out). Raw
           ``nn.Parameter`` or bias-free ``nn.Linear`` submodules are both fine; the names are yours.
@@ -46,7 +46,8 @@ class LoRAConv1D(nn.Module):
 
     Raises:
         ValueError: ``base`` is not a transformers ``Conv1D`` (a subclass of it is one; an ``nn.Linear`` is
-            not, nor another library's class of that name), ``r`` is not an int >= 1 (2.0 is not), or
+            not, nor another library's class of that name, nor an adapter: LoRA is never stacked on LoRA),
+            ``r`` is not an int >= 1 (2.0 is not), or
             ``dropout`` is outside [0, 1).
     """
 
@@ -71,19 +72,22 @@ def apply_lora_gpt2(
     Spec (apply_lora's contract, for both kinds of layer):
         - A module is targeted when it is a ``Conv1D`` or an ``nn.Linear`` (a subclass of either, as models
           define them, is one) and its qualified name (as in ``model.named_modules()``) equals a target or
-          ends with ``"." + target``: ``"c_proj"`` is both ``attn.c_proj`` and ``mlp.c_proj``,
+          ends with ``"." + target``, compared as strings (never as glob or regex patterns, never stripped or
+          split at commas): ``"c_proj"`` is both ``attn.c_proj`` and ``mlp.c_proj``,
           ``"attn.c_proj"`` only the first, ``"1.attn.c_attn"`` is in ``h.1`` and not in ``h.11``.
           ``target_modules`` is any iterable of names (a str is one name).
         - Each targeted ``Conv1D`` becomes ``LoRAConv1D(layer, r, alpha, dropout)``, each targeted
           ``nn.Linear`` this package's own ``LoRALinear(layer, r, alpha, dropout)``, wrapping the original
-          layer object (no copies).
+          layer object (no copies), with this call's r, alpha and dropout as given (r above min(in, out) too).
         - ``lm_head`` (an ``nn.Linear`` whose weight is tied to, i.e. is the very Parameter of,
           ``transformer.wte``) is adapted only when a target names it, and the tie survives: no copy of
           the weight, ever.
         - Every other parameter of the model is frozen: afterwards only the adapters' factors are
           trainable, as many numbers as peft's ``get_peft_model`` trains for the same targets and r (after
           every call: a parameter unfrozen since an earlier call is frozen again).
-        - A layer that already is a ``LoRAConv1D`` or ``LoRALinear`` is never wrapped again.
+        - A layer that already is a ``LoRAConv1D`` or ``LoRALinear`` is never wrapped again, nor is any layer
+          inside one (its base): a second call adapts only its new targets, and the adapters already there keep
+          their own r, alpha, dropout and factors, trainable (after a checkpoint's reload too).
         - Returns ``model`` itself.
 
     Raises:

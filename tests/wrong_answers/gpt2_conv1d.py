@@ -346,4 +346,83 @@ WRONG_ANSWERS = [
                 "test_merges_a_model_of_its_own_layer_classes", "subclass of LoRAConv1D",
                 more_edits=(("        if isinstance(module, LoRAConv1D):\n            if id(module) not in merged:",
                              "        if type(module) is LoRAConv1D:\n            if id(module) not in merged:"),)),
+    # Red-team round 13 (team A): apply_lora's and merge_weights' cases for GPT-2 (pattern-like and comma-joined
+    # targets, a layer inside an adapter targeted, a second call of another config, a reload in between, one Conv1D
+    # under two adapters), arguments out of the comfortable range (a fractional alpha, r above min(in, out), an
+    # adapter as the base), trained biases in a half merge, dropout's fraction below float64.
+    WrongAnswer("targets read as regular expressions", KATA, MATCH,
+                'any(re.fullmatch(r"(?:.*\\.)?" + t, name) for t in targets)',
+                "test_raises_naming_the_targets_when_nothing_matches", "never read as glob or regex patterns",
+                more_edits=(("import math\n", "import math\nimport re\n"),)),
+    WrongAnswer("alpha taken as an int, as peft's LoraConfig types it", KATA,
+                "self.r, self.alpha, self.scaling = r, alpha, alpha / r",
+                "alpha = int(alpha)  # lora_alpha is an int, as in peft's LoraConfig\n"
+                "        self.r, self.alpha, self.scaling = r, alpha, alpha / r",
+                "test_a_fractional_alpha_is_kept", "rounded to a whole number"),
+    WrongAnswer("a plain Conv1D base folded in place when nothing outside the adapters holds it", KATA,
+                "@torch.no_grad()\ndef merged_conv1d(layer: LoRAConv1D) -> Conv1D:",
+                "def _held_outside_adapters(model: nn.Module, weight: torch.Tensor) -> bool:\n"
+                "    named = list(model.named_modules(remove_duplicate=False))\n"
+                "    held = [name for name, m in named if isinstance(m, (LoRAConv1D, LoRALinear))]\n"
+                "    return any(\n"
+                "        any(p is weight for p in m.parameters(recurse=False))\n"
+                "        for name, m in named\n"
+                '        if not any(name == a or name.startswith(a + ".") for a in held)\n'
+                "    )\n\n\n"
+                "@torch.no_grad()\ndef merged_conv1d(layer: LoRAConv1D, model: nn.Module | None = None) -> Conv1D:",
+                "test_merges_adapters_that_share_a_conv1d", "both wrote into it",
+                more_edits=(("merged[id(module)] = merged_conv1d(module)", "merged[id(module)] = merged_conv1d(module, model)"),
+                            ('    with torch.device("meta"):  # no throwaway allocation',
+                             "    if model is not None and type(layer.base) is Conv1D and not _held_outside_adapters(model, weight):\n"
+                             "        weight.copy_((weight.to(accumulate) + update.T).to(weight.dtype))  # nothing else holds it\n"
+                             "        return layer.base\n"
+                             '    with torch.device("meta"):  # no throwaway allocation'))),
+    WrongAnswer("a layer inside an adapter wrapped again", KATA,
+                "        if isinstance(module, (LoRAConv1D, LoRALinear)) or _inside_an_adapter(model, name):\n",
+                "        if isinstance(module, (LoRAConv1D, LoRALinear)):\n",
+                "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "nested in"),
+    WrongAnswer("a str target split at commas", KATA, TARGETS,
+                'targets = tuple(target_modules.split(",")) if isinstance(target_modules, str) else tuple(target_modules)',
+                "test_raises_naming_the_targets_when_nothing_matches", "split at commas"),
+    WrongAnswer("a half-precision merge into a fresh Conv1D, its zero bias kept", KATA,
+                '    with torch.device("meta"):  # no throwaway allocation',
+                "    if accumulate is not weight.dtype:  # half precision: a fresh Conv1D in that dtype, rounded once\n"
+                "        merged = Conv1D(weight.shape[1], weight.shape[0]).to(device=weight.device, dtype=weight.dtype)\n"
+                "        merged.weight = nn.Parameter((weight.to(accumulate) + update.T).to(weight.dtype), requires_grad=False)\n"
+                "        return merged.requires_grad_(False)\n"
+                '    with torch.device("meta"):  # no throwaway allocation',
+                "test_half_precision_merges_in_float32_and_rounds_once", "it is all zero, a fresh Conv1D's own"),
+    WrongAnswer("a second call reuses the first call's r, alpha and dropout", KATA, TARGETS,
+                TARGETS + "\n    config = model.__dict__.setdefault(\"lora_config\", {\"r\": r, \"alpha\": alpha, \"dropout\": dropout})"
+                "\n    r, alpha, dropout = config[\"r\"], config[\"alpha\"], config[\"dropout\"]  # as a PeftModel keeps its peft_config",
+                "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "takes the r, alpha and dropout of the call"),
+    WrongAnswer("factors found in a registry of the ids made earlier", KATA,
+                "        setattr(model.get_submodule(parent_name), child_name, wrapper(module, r, alpha, dropout))\n",
+                "        adapter = wrapper(module, r, alpha, dropout)\n"
+                "        setattr(model.get_submodule(parent_name), child_name, adapter)\n"
+                "        registry |= {id(p) for p in adapter.parameters() if p.requires_grad}\n",
+                "test_a_second_call_adds_new_targets_and_keeps_the_trained_adapters", "never remember Parameters",
+                more_edits=(("    for name, module in matched:\n",
+                             '    registry = model.__dict__.setdefault("_lora_factor_ids", set())  # by identity, never by name\n'
+                             "    for name, module in matched:\n"),
+                            ("parameter.requires_grad_(id(parameter) in factors)", "parameter.requires_grad_(id(parameter) in registry)"))),
+    WrongAnswer("r clamped to min(in, out) per layer", KATA, WRAP, "wrapper(module, min(r, *module.weight.shape), alpha, dropout)",
+                "test_passes_r_alpha_and_dropout_on", "clamped"),
+    WrongAnswer("an adapter accepted as a base, stacking LoRA on LoRA", KATA, "        if not isinstance(base, Conv1D):\n",
+                "        if not isinstance(base, (Conv1D, LoRAConv1D)):  # let adapters stack: LoRA on top of LoRA\n",
+                "test_rejects_a_base_that_is_not_a_transformers_conv1d", "raised nothing",
+                more_edits=(("in_features, out_features = base.weight.shape",
+                             "weight = base.weight if isinstance(base, Conv1D) else base.base.weight\n"
+                             "        in_features, out_features = weight.shape"),
+                            ('same_place = {"device": base.weight.device, "dtype": base.weight.dtype}',
+                             'same_place = {"device": weight.device, "dtype": weight.dtype}'))),
+    WrongAnswer("dropout's keep mask drawn with probability p below float64", KATA,
+                "        down = F.linear(self.dropout(x), self.lora_A) * self.scaling\n",
+                "        p = self.dropout.p\n"
+                "        if self.training and p > 0 and x.dtype != torch.float64:  # one Bernoulli draw in x's dtype\n"
+                "            z = x * torch.empty_like(x).bernoulli_(p) / (1 - p)\n"
+                "        else:\n"
+                "            z = self.dropout(x)\n"
+                "        down = F.linear(z, self.lora_A) * self.scaling\n",
+                "test_dropout_is_nn_dropouts_in_every_dtype", "p is the probability of zeroing"),
 ]  # fmt: skip
