@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from torch._C._profiler import _ExperimentalConfig
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.autograd.profiler import profile, record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
@@ -164,9 +164,9 @@ class ArithmeticWork(MatmulFlops):
         self._saved_exits: dict[str, Any] = {}
         self._saved_doors: list[tuple[type, str, Any]] = []
         self._saved_functions: list[tuple[Any, str, Any]] = []
-        self._every_thread = profile(
-            activities=[ProfilerActivity.CPU], experimental_config=_ExperimentalConfig(profile_all_threads=True)
-        )
+        # torch.autograd's profiler, not torch.profiler's: that one's start asks hasattr(torch, "_inductor"), which
+        # imports inductor and dynamo (4 CPU seconds of the first check that counts, and torch.manual_seed replaced).
+        self._every_thread = profile(use_kineto=True, experimental_config=_ExperimentalConfig(profile_all_threads=True))
 
     def __enter__(self) -> ArithmeticWork:
         for name in _EXITS:
@@ -202,9 +202,10 @@ class ArithmeticWork(MatmulFlops):
             super().__exit__(*exc_info)
         finally:
             self._every_thread.__exit__(*exc_info)
-        events = self._every_thread.events()
-        home = next(event.thread for event in events if event.name == _HOME)
-        elsewhere = [event.name for event in events if event.thread != home]
+        # The raw events: the profiler's own FunctionEvents would cost more than the step they watch.
+        events = [(event.name(), event.start_thread_id()) for event in self._every_thread.kineto_results.events()]
+        home = next(thread for name, thread in events if name == _HOME)
+        elsewhere = [name for name, thread in events if thread != home]
         if elsewhere:
             self.exits.add(f"{elsewhere[0]} (work on another thread)")
 
