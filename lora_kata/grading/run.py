@@ -48,7 +48,9 @@ def run_grader(
     # "--impl=PATH" in one word: pytest would read a separate PATH as a test path and pick its rootdir (and
     # so the test ids, and any pytest.ini a submission ships) from there.
     arguments = [*paths, f"--impl={implementation}", "--rootdir", str(CHECKS.parent), "-o", "addopts="]
-    arguments += ["-p", "no:cacheprovider", *pytest_args]
+    # No log capture: it attaches a handler to each of the ~90 non-propagating loggers torch and transformers
+    # make, around every phase of every check (3 CPU seconds a grading); the verdicts never show logs.
+    arguments += ["-p", "no:cacheprovider", "-p", "no:logging", *pytest_args]
     # The terminal plugin stays loaded (pytest-timeout reports a timeout through it); its output goes nowhere.
     with contextlib.redirect_stdout(io.StringIO()):
         exit_code = pytest.main(arguments, plugins=[collector, _NoFinalCollection()])

@@ -89,29 +89,42 @@ class ObjectGuard:
         modules += [module for name, module in sys.modules.items() if name.split(".")[0] in GRADER_PACKAGES and module]
         self.modules = {module: dict(vars(module)) for module in modules}
         self.classes = {cls: dict(vars(cls)) for cls in guarded_classes()}
+        # Each owner's names and the identities of their values when last found untouched: a check that changed
+        # nothing of an owner costs one comparison of these, not a look at each attribute (milliseconds a check).
+        self._untouched: dict[object, tuple[tuple, tuple]] = {}
 
     def replaced(self) -> list[str]:
         """Qualified names of the guarded attributes that are no longer the objects they were.
 
         The libraries' own changes are adopted into the record first: they are neither reported nor undone.
         """
-        found, libraries = [], library_folders()
+        found: list[str] = []
+        libraries: tuple[Path, ...] | None = None  # looked up at the first change: most checks change nothing
         for owner, saved in [*self.modules.items(), *self.classes.items()]:
             now = vars(owner)
+            # The saved objects stay alive in ``saved``, so an id seen there is never another object's.
+            signature = (tuple(now), tuple(map(id, now.values())))
+            if self._untouched.get(owner) == signature:
+                continue
+            reported = len(found)
             for name, value in saved.items():
                 new = now.get(name, _UNSET)
                 if new is value:
                     continue
+                libraries = library_folders() if libraries is None else libraries
                 if done_by_a_library(new, value, libraries):
                     saved[name] = new
                 else:
                     found.append(f"{owner.__name__}.{name}")
             if owner in self.classes:
                 for name in now.keys() - saved.keys():
+                    libraries = library_folders() if libraries is None else libraries
                     if name in TORCH_MARKERS or done_by_a_library(now[name], _UNSET, libraries):
                         saved[name] = now[name]
                     else:
                         found.append(f"{owner.__name__}.{name}")
+            if len(found) == reported:
+                self._untouched[owner] = signature
         return found
 
     def restore(self) -> None:
