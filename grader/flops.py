@@ -165,7 +165,7 @@ class ArithmeticWork(MatmulFlops):
         self._saved_doors: list[tuple[type, str, Any]] = []
         self._saved_functions: list[tuple[Any, str, Any]] = []
         # torch.autograd's profiler, not torch.profiler's: that one's start asks hasattr(torch, "_inductor"), which
-        # imports inductor and dynamo (4 CPU seconds of the first check that counts, and torch.manual_seed replaced).
+        # imports inductor and dynamo (1.5 CPU seconds of the first check that counts, and torch.manual_seed replaced).
         self._every_thread = profile(use_kineto=True, experimental_config=_ExperimentalConfig(profile_all_threads=True))
 
     def __enter__(self) -> ArithmeticWork:

@@ -10,6 +10,7 @@ separate processes add time, memory and file guards.
 from __future__ import annotations
 
 import builtins
+import functools
 import importlib.abc
 import importlib.util
 import math
@@ -90,7 +91,7 @@ class ObjectGuard:
         self.modules = {module: dict(vars(module)) for module in modules}
         self.classes = {cls: dict(vars(cls)) for cls in guarded_classes()}
         # Each owner's names and the identities of their values when last found untouched: a check that changed
-        # nothing of an owner costs one comparison of these, not a look at each attribute (milliseconds a check).
+        # nothing of an owner costs one comparison of these, not a look at each attribute (half the guard's time).
         self._untouched: dict[object, tuple[tuple, tuple]] = {}
 
     def replaced(self) -> list[str]:
@@ -99,7 +100,7 @@ class ObjectGuard:
         The libraries' own changes are adopted into the record first: they are neither reported nor undone.
         """
         found: list[str] = []
-        libraries: tuple[Path, ...] | None = None  # looked up at the first change: most checks change nothing
+        libraries = functools.cache(library_folders)  # looked up at the first change: most checks change nothing
         for owner, saved in [*self.modules.items(), *self.classes.items()]:
             now = vars(owner)
             # The saved objects stay alive in ``saved``, so an id seen there is never another object's.
@@ -111,15 +112,13 @@ class ObjectGuard:
                 new = now.get(name, _UNSET)
                 if new is value:
                     continue
-                libraries = library_folders() if libraries is None else libraries
-                if done_by_a_library(new, value, libraries):
+                if done_by_a_library(new, value, libraries()):
                     saved[name] = new
                 else:
                     found.append(f"{owner.__name__}.{name}")
             if owner in self.classes:
                 for name in now.keys() - saved.keys():
-                    libraries = library_folders() if libraries is None else libraries
-                    if name in TORCH_MARKERS or done_by_a_library(now[name], _UNSET, libraries):
+                    if name in TORCH_MARKERS or done_by_a_library(now[name], _UNSET, libraries()):
                         saved[name] = now[name]
                     else:
                         found.append(f"{owner.__name__}.{name}")
