@@ -22,7 +22,8 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
         logits = logits.float()
     shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
     targets = labels[:, 1:].reshape(-1)
-    total = F.cross_entropy(shifted, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    keep = targets != IGNORE_INDEX
+    total = F.cross_entropy(shifted[keep], targets[keep], reduction="sum")
     if reduction == "sum":
         return total
     count = int((targets != IGNORE_INDEX).sum())
