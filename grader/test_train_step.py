@@ -147,12 +147,17 @@ def test_loss_is_the_shifted_cross_entropy_of_the_targets(causal_lm_loss, batch,
 @pytest.mark.points(2)
 @pytest.mark.subject("causal_lm_loss")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
-def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_loss, dtype):
-    logits, labels = random_case(4, 40, 200, 0.2, seed=7)
+@pytest.mark.parametrize("targets", [125, 2097], ids=lambda n: f"{n}-targets")
+def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_loss, dtype, targets):
+    """About 125 targets, and 2097: a count past 2048 that neither float16 nor bfloat16 holds (both round it to 2096),
+    as a mean whose count is summed in the logits' dtype would see."""
+    logits, labels = random_case(4, 40, 200, 0.2, seed=7) if targets == 125 else random_case(3, 700, 8, 0.0, seed=7)
+    count = int((labels[:, 1:] != IGNORE).sum())
+    assert targets == 125 or count == targets, f"grader bug: {count} targets, expected {targets}"
     logits = (4 * logits).to(dtype)
     expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     for reduction in ("sum", "mean"):  # every path of the loss, the mean's division too
-        call = f"causal_lm_loss({dtype} logits, labels, reduction={reduction!r})"
+        call = f"causal_lm_loss({dtype} logits, labels ({count} targets), reduction={reduction!r})"
         measured = loss_value(causal_lm_loss(logits, labels, reduction=reduction), call)
         assert measured.dtype == expected_dtype, f"{call} is {measured.dtype}, expected {expected_dtype}: " + (
             "keep float64 (logits.float() would round it)"
@@ -163,9 +168,22 @@ def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_los
         )
         expected = reference_loss(logits.to(expected_dtype), labels, reduction).item()
         tolerance = 1e-12 if dtype == torch.float64 else 1e-6
+        halves = sorted((torch.float16, torch.bfloat16), key=lambda d: d != dtype)  # the logits' own dtype first
+        rounded = {d: torch.tensor(float(count), dtype=d).item() for d in halves}
+        held_in = [
+            d
+            for d in halves
+            if rounded[d] != count and math.isclose(measured.item() * rounded[d], expected * count, rel_tol=1e-6)
+        ]
         assert math.isclose(measured.item(), expected, rel_tol=tolerance), (
-            f"{call} = {measured.item():.8g}, expected {expected:.8g} (computed in {expected_dtype}): compute the "
-            f"loss in float32, not in {dtype}"
+            f"{call} = {measured.item():.8g}, expected {expected:.8g} (computed in {expected_dtype}): "
+            + (
+                f"it is the sum over a count of {rounded[held_in[0]]:g}, not {count}: the targets were counted in "
+                f"{held_in[0]} (a mask summed in the logits' dtype?), which holds integers exactly only up to "
+                f"{256 if held_in[0] == torch.bfloat16 else 2048}: count them as an int64 tensor or a Python int"
+                if reduction == "mean" and held_in
+                else f"compute the loss in float32, not in {dtype}"
+            )
         )
     with default_dtype(torch.float64):  # a float64 session: the upcast names float32, not the default dtype
         under_float64 = loss_value(causal_lm_loss(logits, labels), f"causal_lm_loss({dtype} logits, labels)")

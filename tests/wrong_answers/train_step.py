@@ -402,6 +402,10 @@ WRONG_ANSWERS = [
                 'trainable = model.__dict__.setdefault("_trainable", [p for p in model.parameters() if p.requires_grad])',
                 "test_optimizer_reads_the_trainable_parameters_at_each_call", "an earlier call"),
     # round 14, red team B
+    WrongAnswer("the mean's count summed in the logits' own dtype", KATA, "    count = keep.sum()\n",
+                "    count = keep.to(given_dtype).sum()  # the targets' count, in the dtype the logits came in\n",
+                "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "the targets were counted in",
+                more_edits=((UPCAST, "    given_dtype = logits.dtype\n" + UPCAST),)),
     WrongAnswer("every shifted position through ignore_index (NaN gradients where no target is)", KATA, CROSS_ENTROPY,
                 EVERY_POSITION, "test_loss_gradient_is_zero_at_the_logits_of_positions_without_a_target", "0 x NaN is NaN"),
     WrongAnswer("the log-softmax of every position, the targets picked under a where", KATA, CROSS_ENTROPY,
