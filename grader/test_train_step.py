@@ -649,14 +649,26 @@ def test_schedule_refuses_impossible_steps(cosine_with_warmup):
 
 
 # Every check of what train_step does with a good window (the gradients, their clipping, the step order, the lrs,
-# the forward and backward passes, the returned loss) runs on both of its paths: without a GradScaler and with one
-# (at a power-of-two scale, which changes no float64 gradient once unscaled).
-SCALER_PATHS = [pytest.param(False, id="no-scaler"), pytest.param(True, id="gradscaler")]
+# the forward and backward passes, the returned loss) runs on each of its paths: without a GradScaler, with one
+# (at a power-of-two scale, which changes no float64 gradient once unscaled), and with a disabled one
+# (GradScaler(enabled=False), what a script passes as GradScaler(enabled=use_fp16): scale() returns the loss, step()
+# steps, get_scale() is 1.0, and none of an enabled scaler's internals exist).
+SCALER_PATHS = [
+    pytest.param(False, id="no-scaler"),
+    pytest.param(True, id="gradscaler"),
+    pytest.param("disabled", id="disabled-gradscaler"),
+]
 
 
-def on_the_path(with_scaler: bool) -> tuple[torch.amp.GradScaler | None, str]:
+def on_the_path(with_scaler: bool | str) -> tuple[torch.amp.GradScaler | None, str]:
     """The GradScaler of that path (None without one), and the words a failure message gives the path."""
+    if with_scaler == "disabled":
+        return disabled_scaler(), ", under a disabled GradScaler (enabled=False)"
     return (scaler(), ", under a GradScaler") if with_scaler else (None, ", without a GradScaler")
+
+
+def disabled_scaler() -> torch.amp.GradScaler:
+    return torch.amp.GradScaler("cpu", enabled=False)
 
 
 @pytest.mark.points(4)
@@ -997,19 +1009,53 @@ def test_steps_after_a_skipped_one_step_the_scheduler(train_step, run):
 
 
 @pytest.mark.points(1)
+@pytest.mark.parametrize("with_scaler", [pytest.param(False, id="no-scaler"), pytest.param("disabled", id="disabled")])
 @pytest.mark.parametrize("poison", ["inf gradients", "an inf loss", "a NaN loss"])
-def test_without_a_scaler_every_window_steps(train_step, poison):
+def test_without_a_scaler_every_window_steps(train_step, poison, with_scaler):
+    """Without a GradScaler, or with a disabled one (which never skips: its step() is optimizer.step())."""
     r, window = rig(), unequal_window()
+    grad_scaler, path = on_the_path(with_scaler)
     if poison == "inf gradients":  # a finite loss
         r.model.grad_factor = math.inf
     else:  # every logit of a token the window targets is -inf (a vocabulary mask), or NaN
         token = int(window[0]["labels"][0, -1])
         r.model.fill_token = (token, -math.inf if poison == "an inf loss" else math.nan)
-    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0)
+    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0, scaler=grad_scaler)
     steps = [event for event in r.events if event.endswith(".step")]
     assert steps == ["optimizer.step", "scheduler.step"], (
-        f"without a GradScaler, a window of {poison} stepped {steps}, expected one optimizer.step() then one "
-        "scheduler.step(): only a scaler skips steps; without one, step whatever the loss and the gradients"
+        f"{path.removeprefix(', ')}, a window of {poison} stepped {steps}, expected one optimizer.step() then one "
+        "scheduler.step(): only a scaler skips steps (an enabled one, told by its scale falling at update()); "
+        "without one, or with GradScaler(enabled=False), step whatever the loss and the gradients"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("max_grad_norm", [None, 0.5], ids=["no-clipping", "clipping"])
+def test_a_disabled_gradscaler_steps_as_without_one(train_step, max_grad_norm):
+    """GradScaler(enabled=False), as GradScaler(enabled=use_fp16) gives in a float32 run: a torch.amp.GradScaler whose
+    scale() returns the loss, unscale_() and update() do nothing, step() calls optimizer.step() and get_scale() is 1.0;
+    it has none of an enabled scaler's internals (_scale, _growth_tracker, the per-optimizer found-inf)."""
+    r, window = rig(outside=True), unequal_window()
+    expected, mistakes = expected_and_mistakes(r.model, window, max_grad_norm)
+    loss = window_loss(r.model, window)
+    what = f"a disabled GradScaler (enabled=False), max_grad_norm {max_grad_norm}"
+    try:
+        returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm, disabled_scaler())
+    except (AttributeError, KeyError, TypeError, RuntimeError, AssertionError) as error:
+        pytest.fail(
+            f"train_step with {what} raised {type(error).__name__} ({str(error).splitlines()[0] if str(error) else ''})"
+            ", expected one step as without a scaler: a disabled scaler has none of an enabled one's internals; ask "
+            "it only through its public methods (scale, unscale_, step, update, get_scale, is_enabled)",
+            pytrace=False,
+        )
+    steps = [event for event in r.events if event.endswith(".step")]
+    assert steps == ["optimizer.step", "scheduler.step"], (
+        f"{what}: the steps went {steps}, expected one optimizer.step() (through scaler.step) then one "
+        "scheduler.step(): a disabled scaler never skips, and its scale stays 1.0"
+    )
+    expect_handed(r, expected, mistakes, EXACT, what, clip_to=max_grad_norm)
+    assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-9), (
+        f"{what}: train_step returned {returned!r}, expected the window's mean token loss {loss:.6g}"
     )
 
 

@@ -402,6 +402,16 @@ WRONG_ANSWERS = [
                 'trainable = model.__dict__.setdefault("_trainable", [p for p in model.parameters() if p.requires_grad])',
                 "test_optimizer_reads_the_trainable_parameters_at_each_call", "an earlier call"),
     # round 14, red team B
+    WrongAnswer("a skipped step told by the scaler's private _scale", KATA, "        scale = scaler.get_scale()\n",
+                "        scale = scaler._scale.item()  # the scale tensor that scale() set up\n",
+                "test_a_disabled_gradscaler_steps_as_without_one", "public methods",
+                more_edits=((SKIP, "stepped = scaler._scale.item() >= scale"),)),
+    WrongAnswer("a skipped step told by the scaler's private found-inf", KATA,
+                "        scaler.step(optimizer)  # skipped when the gradients hold inf or NaN\n",
+                "        found = any(v.item() for v in scaler._found_inf_per_device(optimizer).values())  # after unscale_\n"
+                "        scaler.step(optimizer)  # skipped when the gradients hold inf or NaN\n",
+                "test_a_disabled_gradscaler_steps_as_without_one", "none of an enabled one's internals",
+                more_edits=((SKIP, "stepped = not found"),)),
     WrongAnswer("the mean's count summed in the logits' own dtype", KATA, "    count = keep.sum()\n",
                 "    count = keep.to(given_dtype).sum()  # the targets' count, in the dtype the logits came in\n",
                 "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "the targets were counted in",
