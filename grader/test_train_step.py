@@ -1041,6 +1041,8 @@ def test_a_disabled_gradscaler_steps_as_without_one(train_step, max_grad_norm):
     what = f"a disabled GradScaler (enabled=False), max_grad_norm {max_grad_norm}"
     try:
         returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm, disabled_scaler())
+    except NotImplementedError:  # a stub: the report says so
+        raise
     except (AttributeError, KeyError, TypeError, RuntimeError, AssertionError) as error:
         pytest.fail(
             f"train_step with {what} raised {type(error).__name__} ({str(error).splitlines()[0] if str(error) else ''})"
