@@ -278,41 +278,6 @@ def test_loss_ignores_the_logits_of_positions_without_a_target(causal_lm_loss, p
 
 @pytest.mark.points(1)
 @pytest.mark.subject("causal_lm_loss")
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=str)
-@pytest.mark.parametrize("poison", NO_TARGET_POISONS)
-def test_loss_gradient_is_zero_at_the_logits_of_positions_without_a_target(causal_lm_loss, poison, dtype):
-    """The loss does not depend on those logits, whatever they hold: its gradient there is 0, finite, and elsewhere
-    that of clean logits (a NaN there would reach every parameter of the model through the backward)."""
-    logits, labels = random_case(3, 8, 6, 0.4, seed=5)
-    logits = logits.to(dtype)
-    no_target = F.pad(labels[:, 1:] == IGNORE, (0, 1), value=True)  # the position predicts -100, or nothing
-    poisoned = logits.clone()
-    poisoned[no_target] = NO_TARGET_POISONS[poison](logits.shape[-1]).to(dtype)
-    clean = logits.double().requires_grad_()
-    for reduction in ("sum", "mean"):
-        call = f"causal_lm_loss({dtype} logits with {poison} where the target is -100 or none, reduction={reduction!r})"
-        mine = poisoned.clone().requires_grad_()
-        loss_value(causal_lm_loss(mine, labels, reduction=reduction), call).backward()
-        assert mine.grad is not None, f"{call}.backward() gave the logits no gradient"
-        (expected,) = torch.autograd.grad(reference_loss(clean, labels, reduction), clean)
-        bad = ~mine.grad.isfinite() | ((mine.grad != 0) & no_target.unsqueeze(-1))
-        assert not bool(bad.any()), (
-            f"{call}.backward(): the gradient is {mine.grad[bad][0].item()} at {int(bad.sum())} of "
-            f"{int(no_target.sum()) * logits.shape[-1]} logits of those positions, expected 0 (finite): they take no "
-            "part in the loss, yet their logits went through the log-softmax (F.cross_entropy over every position "
-            "with ignore_index only leaves them out of the sum: 0 x NaN is NaN in its backward): select the "
-            "positions with a target first, logits[:, :-1][labels[:, 1:] != -100]"
-        )
-        error = (mine.grad.double() - expected).abs().max().item()
-        tolerance = 1e-12 if dtype == torch.float64 else 2e-3
-        assert error < tolerance, (
-            f"{call}.backward(): the gradient differs from that of clean logits by {error:.3g}: those logits carry "
-            "no loss, the others must get the cross-entropy's gradient as with any logits there"
-        )
-
-
-@pytest.mark.points(1)
-@pytest.mark.subject("causal_lm_loss")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 def test_loss_takes_a_vocabulary_mask_at_the_targets(causal_lm_loss, dtype):
     """-inf at vocabulary entries no target names, at every position (targets' too), as a vocabulary mask leaves it:
@@ -1320,52 +1285,6 @@ def test_a_micro_batch_without_targets_still_belongs_to_the_window(train_step, w
         f"{'non-finite' if handed else 'no'} gradients, expected the finite mean {loss:.6g}: a micro-batch without "
         "targets adds exactly 0 whatever its logits; never weight the logits by 0 (-inf times 0 is NaN), keep the "
         "cross-entropy's sum (ignore_index) over no target"
-    )
-    expect_handed(r, expected, mistakes, EXACT, what)
-    assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-9), (
-        f"{what}: train_step returned {returned!r}, expected the window's mean token loss {loss:.6g}"
-    )
-
-
-def poison_positions_without_a_target(model: TinyLM, window: list[dict[str, torch.Tensor]], poison: str) -> None:
-    """From now on the model's logits hold ``NO_TARGET_POISONS[poison]`` at every position of the window without a
-    target, added to them (so the backward hands their gradient on to the parameters, as a real model's does)."""
-
-    def poisoned(module: nn.Module, args: tuple, kwargs: dict, output: object) -> object:
-        ids = kwargs.get("input_ids")
-        batch = next((b for b in window if ids is not None and torch.equal(b["input_ids"], ids)), None)
-        logits = output if isinstance(output, torch.Tensor) else output.logits
-        if batch is None:  # input_ids not passed as they are: another check says so
-            return output
-        no_target = F.pad(batch["labels"][:, 1:] == IGNORE, (0, 1), value=True)
-        added = torch.zeros_like(logits)
-        added[no_target] = NO_TARGET_POISONS[poison](logits.shape[-1]).to(logits.dtype)
-        return logits + added if isinstance(output, torch.Tensor) else type(output)(logits + added, output.loss)
-
-    model.register_forward_hook(poisoned, with_kwargs=True)
-
-
-@pytest.mark.points(1)
-@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
-@pytest.mark.parametrize("poison", ["nan", "overflow"])
-def test_logits_of_positions_without_a_target_never_reach_the_gradients(train_step, poison, with_scaler):
-    """NaN or inf logits where no target is (padding or prompt positions: a fully masked attention row, an fp16
-    overflow) carry no loss: the gradients handed to the optimizer are those of clean logits there."""
-    r, window = rig(), unequal_window()
-    grad_scaler, path = on_the_path(with_scaler)
-    expected, mistakes = expected_and_mistakes(r.model, window, None)
-    loss = window_loss(r.model, window)
-    poison_positions_without_a_target(r.model, window, poison)
-    what = f"logits {poison} at every position without a target (prompt, padding, the last), no clipping{path}"
-    returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None, scaler=grad_scaler)
-    handed = [g for g in (r.optimizer.handed[0] if r.optimizer.handed else []) if g is not None]
-    assert r.optimizer.handed and all(bool(g.isfinite().all()) for g in handed), (
-        f"{what}: optimizer.step() was "
-        + ("handed non-finite gradients" if r.optimizer.handed else "never called (the scaler saw inf/NaN gradients)")
-        + ", the reference step's are finite: those logits carry no loss, but they went through the loss's "
-        "log-softmax and its backward sent NaN into the model (F.cross_entropy over every position with "
-        "ignore_index: 0 x NaN is NaN): compute each micro-batch's loss over the positions with a target only, as "
-        "causal_lm_loss does"
     )
     expect_handed(r, expected, mistakes, EXACT, what)
     assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-9), (

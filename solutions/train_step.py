@@ -29,8 +29,8 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
     predictions = logits[:, :-1].reshape(-1, logits.shape[-1])  # position t predicts token t + 1
     targets = labels[:, 1:].reshape(-1).to(predictions.device)
     keep = targets != IGNORE_INDEX
-    # only the targets enter the loss: the logits elsewhere (NaN from a fully masked attention row, inf from an fp16
-    # overflow) get a zero gradient; ignore_index alone would run them through the log-softmax, 0 x NaN in its backward
+    # only the targets enter the loss and its backward: ignore_index gives the same loss, but its backward turns NaN or
+    # inf logits elsewhere (a fully masked attention row, an fp16 overflow) into NaN gradients there (0 x NaN)
     total = F.cross_entropy(predictions[keep], targets[keep], reduction="sum")
     if reduction == "sum":
         return total

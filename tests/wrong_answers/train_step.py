@@ -33,7 +33,6 @@ HELD = 'parameters = [parameter for group in optimizer.param_groups for paramete
 SUM_RETURN = '    if reduction == "sum":\n        return total\n'
 TAIL = "    if stepped:\n        scheduler.step()\n" + ZERO
 CROSS_ENTROPY = 'total = F.cross_entropy(predictions[keep], targets[keep], reduction="sum")'
-EVERY_POSITION = 'total = F.cross_entropy(predictions, targets, ignore_index=IGNORE_INDEX, reduction="sum")'
 OPTIMIZER_STEP = "    if scaler is None:\n        optimizer.step()\n        stepped = True\n"
 FINITE = "all(p.grad is None or bool(p.grad.isfinite().all()) for p in parameters)"
 
@@ -416,15 +415,4 @@ WRONG_ANSWERS = [
                 "    count = keep.to(given_dtype).sum()  # the targets' count, in the dtype the logits came in\n",
                 "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "the targets were counted in",
                 more_edits=((UPCAST, "    given_dtype = logits.dtype\n" + UPCAST),)),
-    WrongAnswer("every shifted position through ignore_index (NaN gradients where no target is)", KATA, CROSS_ENTROPY,
-                EVERY_POSITION, "test_loss_gradient_is_zero_at_the_logits_of_positions_without_a_target", "0 x NaN is NaN"),
-    WrongAnswer("the log-softmax of every position, the targets picked under a where", KATA, CROSS_ENTROPY,
-                "picked = predictions.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)\n"
-                "    total = -torch.where(keep, picked, torch.zeros_like(picked)).sum()",
-                "test_loss_gradient_is_zero_at_the_logits_of_positions_without_a_target", "select the positions"),
-    WrongAnswer("train_step's own loss over every position with ignore_index", KATA, LOSS,
-                'half = logits.dtype in (torch.float16, torch.bfloat16)\n        '
-                'loss = F.cross_entropy((logits.float() if half else logits)[:, :-1].flatten(0, 1), '
-                'batch["labels"][:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum") / tokens',
-                "test_logits_of_positions_without_a_target_never_reach_the_gradients", "sent NaN into the model"),
 ]  # fmt: skip

@@ -31,11 +31,10 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
         logits = logits.float()
     predictions = logits[:, :-1].reshape(-1, logits.shape[-1])  # position t predicts token t + 1
     targets = labels[:, 1:].reshape(-1).to(predictions.device)
-    keep = targets != IGNORE_INDEX  # only the targets enter the loss (and its backward)
-    total = F.cross_entropy(predictions[keep], targets[keep], reduction="sum")
+    total = F.cross_entropy(predictions, targets, ignore_index=IGNORE_INDEX, reduction="sum")
     if reduction == "sum":
         return total
-    count = keep.sum()
+    count = (targets != IGNORE_INDEX).sum()
     if count == 0:
         raise ValueError("no label carries loss after the shift: the mean would be NaN")
     return total / count

@@ -17,8 +17,7 @@ def causal_lm_loss(logits, labels, reduction="sum"):
         logits = logits.to(torch.float32)
     targets = labels[..., 1:]
     keep = targets.ne(IGNORE_INDEX)
-    # the logits of positions without a target (NaN, inf) never reach the log-softmax, so their gradient is 0
-    log_probs = torch.log_softmax(torch.where(keep.unsqueeze(-1), logits[..., :-1, :], 0.0), dim=-1)
+    log_probs = torch.log_softmax(logits[..., :-1, :], dim=-1)
     picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     total = -torch.where(keep, picked, torch.zeros_like(picked)).sum()
     if reduction == "mean":

@@ -22,8 +22,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
         logits = logits.float()
     shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
     targets = labels[:, 1:].reshape(-1)
-    keep = targets != IGNORE_INDEX
-    total = F.cross_entropy(shifted[keep], targets[keep], reduction="sum")
+    total = F.cross_entropy(shifted, targets, ignore_index=IGNORE_INDEX, reduction="sum")
     if reduction == "sum":
         return total
     count = int((targets != IGNORE_INDEX).sum())
@@ -84,8 +83,7 @@ def train_step(
     skipped = False
     if scaler is not None:
         scaler.unscale_(optimizer)
-        # a disabled scaler (GradScaler(enabled=False)) records no found-inf: it never skips
-        skipped = scaler.is_enabled() and any(v.item() for v in scaler._found_inf_per_device(optimizer).values())
+        skipped = any(v.item() for v in scaler._found_inf_per_device(optimizer).values())
     if max_grad_norm is not None:
         grads = [p.grad for p in held if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads, 2.0)
