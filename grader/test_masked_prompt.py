@@ -426,7 +426,12 @@ EDITS = {  # what a fine-tuning script does to its tokenizer before training: ne
     # bos too, the other special token build_example reads: a new one (a tokenizer without bos gets one), an added one
     "bos-set-to-a-new-token": lambda tokenizer: tokenizer.add_special_tokens({"bos_token": "<|begin_of_text|>"}),
     "bos-set-to-an-added-token": lambda tokenizer: tokenizer.add_special_tokens({"bos_token": "<|begin_of_text|>"}),
+    # A string the BPE vocabulary of every zoo tokenizer already holds ("Hello"): added, it keeps its id, so
+    # len(tokenizer) and every special id stay, but an added token is split off the text before the BPE, so " Hello"
+    # is no longer the one token "ĠHello": the encoding changes, and nothing a cache could key on does.
+    "add_tokens-already-in-the-vocabulary": lambda tokenizer: tokenizer.add_tokens(["Hello"]),
 }
+KEEPS_LEN = {"add_tokens-already-in-the-vocabulary", "eos-set-to-an-added-token", "bos-set-to-an-added-token"}
 PREPARED = {  # what an edit's script did to the tokenizer before the first build_example call
     "eos-set-to-an-added-token": lambda tokenizer: tokenizer.add_tokens(["<|im_end|>"]),
     "bos-set-to-an-added-token": lambda tokenizer: tokenizer.add_tokens(["<|begin_of_text|>"]),
@@ -447,13 +452,20 @@ def test_a_tokenizer_edited_between_calls_gives_its_new_ids(build_example, edit)
         PREPARED.get(edit, lambda tokenizer: None)(tokenizer)
         before = expected_example(tokenizer, *EDITED_TEXTS)
         assert fields(build_example(tokenizer, *EDITED_TEXTS))[0] == before.input_ids, FIX_THE_IDS_FIRST
-        size, bos_before = len(tokenizer), tokenizer.bos_token_id
+        size, bos_before, eos_before = len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id
         EDITS[edit](tokenizer)
         expected = expected_example(tokenizer, *EDITED_TEXTS)
         assert expected.input_ids != before.input_ids, (
             f"grader bug: {edit} left the {name} tokenizer's ids as they were"
         )
-        assert edit not in PREPARED or len(tokenizer) == size, f"grader bug: {edit} changed len of the {name} tokenizer"
+        assert edit not in KEEPS_LEN or len(tokenizer) == size, (
+            f"grader bug: {edit} changed len of the {name} tokenizer"
+        )
+        assert (
+            edit in PREPARED
+            or edit.startswith(("bos", "add_special"))
+            or ((tokenizer.bos_token_id, tokenizer.eos_token_id) == (bos_before, eos_before))
+        ), f"grader bug: {edit} changed a special id of the {name} tokenizer"
         ids, labels, _ = fields(build_example(tokenizer, *EDITED_TEXTS))
         if (ids, labels) == (expected.input_ids, expected.labels):
             continue
@@ -471,7 +483,12 @@ def test_a_tokenizer_edited_between_calls_gives_its_new_ids(build_example, edit)
                 "object, id or vocabulary) goes stale when the tokenizer is edited in place (add_tokens, "
                 "add_special_tokens): encode each text at every call"
             )
-            if len(tokenizer) == size:
+            if len(tokenizer) == size and (tokenizer.bos_token_id, tokenizer.eos_token_id) == (bos_before, eos_before):
+                cause += (
+                    f" (this edit kept len(tokenizer) = {size} and the bos and eos ids: a cache keyed by them goes "
+                    "stale too)"
+                )
+            elif len(tokenizer) == size:
                 cause += f" (this edit kept len(tokenizer) = {size}: a cache keyed by it goes stale too)"
         elif ids == expected.input_ids:
             cause = "the ids are right, the labels not: mask len([bos] + enc(prompt)) of the tokenizer as it is now"

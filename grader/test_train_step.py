@@ -147,12 +147,17 @@ def test_loss_is_the_shifted_cross_entropy_of_the_targets(causal_lm_loss, batch,
 @pytest.mark.points(2)
 @pytest.mark.subject("causal_lm_loss")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
-def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_loss, dtype):
-    logits, labels = random_case(4, 40, 200, 0.2, seed=7)
+@pytest.mark.parametrize("targets", [125, 2097], ids=lambda n: f"{n}-targets")
+def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_loss, dtype, targets):
+    """About 125 targets, and 2097: a count past 2048 that neither float16 nor bfloat16 holds (both round it to 2096),
+    as a mean whose count is summed in the logits' dtype would see."""
+    logits, labels = random_case(4, 40, 200, 0.2, seed=7) if targets == 125 else random_case(3, 700, 8, 0.0, seed=7)
+    count = int((labels[:, 1:] != IGNORE).sum())
+    assert targets == 125 or count == targets, f"grader bug: {count} targets, expected {targets}"
     logits = (4 * logits).to(dtype)
     expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     for reduction in ("sum", "mean"):  # every path of the loss, the mean's division too
-        call = f"causal_lm_loss({dtype} logits, labels, reduction={reduction!r})"
+        call = f"causal_lm_loss({dtype} logits, labels ({count} targets), reduction={reduction!r})"
         measured = loss_value(causal_lm_loss(logits, labels, reduction=reduction), call)
         assert measured.dtype == expected_dtype, f"{call} is {measured.dtype}, expected {expected_dtype}: " + (
             "keep float64 (logits.float() would round it)"
@@ -163,9 +168,22 @@ def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_los
         )
         expected = reference_loss(logits.to(expected_dtype), labels, reduction).item()
         tolerance = 1e-12 if dtype == torch.float64 else 1e-6
+        halves = sorted((torch.float16, torch.bfloat16), key=lambda d: d != dtype)  # the logits' own dtype first
+        rounded = {d: torch.tensor(float(count), dtype=d).item() for d in halves}
+        held_in = [
+            d
+            for d in halves
+            if rounded[d] != count and math.isclose(measured.item() * rounded[d], expected * count, rel_tol=1e-6)
+        ]
         assert math.isclose(measured.item(), expected, rel_tol=tolerance), (
-            f"{call} = {measured.item():.8g}, expected {expected:.8g} (computed in {expected_dtype}): compute the "
-            f"loss in float32, not in {dtype}"
+            f"{call} = {measured.item():.8g}, expected {expected:.8g} (computed in {expected_dtype}): "
+            + (
+                f"it is the sum over a count of {rounded[held_in[0]]:g}, not {count}: the targets were counted in "
+                f"{held_in[0]} (a mask summed in the logits' dtype?), which holds integers exactly only up to "
+                f"{256 if held_in[0] == torch.bfloat16 else 2048}: count them as an int64 tensor or a Python int"
+                if reduction == "mean" and held_in
+                else f"compute the loss in float32, not in {dtype}"
+            )
         )
     with default_dtype(torch.float64):  # a float64 session: the upcast names float32, not the default dtype
         under_float64 = loss_value(causal_lm_loss(logits, labels), f"causal_lm_loss({dtype} logits, labels)")
@@ -227,27 +245,33 @@ def test_loss_gradient_reaches_the_logits(causal_lm_loss):
         )
 
 
+# What the logits of a position without a target may hold: "nan" a fully masked attention row's, "-inf" a vocabulary
+# mask's (one entry), "all--inf" a row masked whole, "overflow" an fp16 model's past 65504 (+inf and -inf).
+NO_TARGET_POISONS = {
+    "nan": lambda vocab: torch.full((vocab,), math.nan),
+    "-inf": lambda vocab: torch.zeros(vocab).index_fill(0, torch.tensor([0]), -math.inf),
+    "all--inf": lambda vocab: torch.full((vocab,), -math.inf),
+    "overflow": lambda vocab: (
+        torch.zeros(vocab).index_fill(0, torch.tensor([0]), math.inf).index_fill(0, torch.tensor([1]), -math.inf)
+    ),
+}
+
+
 @pytest.mark.points(1)
 @pytest.mark.subject("causal_lm_loss")
-@pytest.mark.parametrize("poison", ["nan", "-inf"])
+@pytest.mark.parametrize("poison", NO_TARGET_POISONS)
 def test_loss_ignores_the_logits_of_positions_without_a_target(causal_lm_loss, poison):
     logits, labels = random_case(3, 8, 6, 0.4, seed=5)
     no_target = F.pad(labels[:, 1:] == IGNORE, (0, 1), value=True)  # the position predicts -100, or nothing
-    vocab = logits.shape[-1]
-    fill = (
-        torch.full((vocab,), math.nan)
-        if poison == "nan"
-        else torch.zeros(vocab).index_fill(0, torch.tensor([0]), -math.inf)
-    )
     poisoned = logits.clone()
-    poisoned[no_target] = fill.double()  # what a fully masked attention row or a vocabulary mask leaves there
+    poisoned[no_target] = NO_TARGET_POISONS[poison](logits.shape[-1]).double()
     for reduction in ("sum", "mean"):
         call = f"causal_lm_loss(logits with {poison} where the target is -100 or none, reduction={reduction!r})"
         measured = loss_value(causal_lm_loss(poisoned, labels, reduction=reduction), call).item()
         expected = reference_loss(logits, labels, reduction).item()
         assert math.isclose(measured, expected, rel_tol=1e-9), (
             f"{call} = {measured:.6g}, expected {expected:.6g}, as with any other logits there: a -100 target carries "
-            "no loss whatever its logits; leave it out (ignore_index, or select the targets), never weight it by 0 "
+            "no loss whatever its logits; leave it out (select the targets), never weight it by 0 "
             "(NaN or -inf times 0 is NaN)"
         )
 
@@ -590,14 +614,26 @@ def test_schedule_refuses_impossible_steps(cosine_with_warmup):
 
 
 # Every check of what train_step does with a good window (the gradients, their clipping, the step order, the lrs,
-# the forward and backward passes, the returned loss) runs on both of its paths: without a GradScaler and with one
-# (at a power-of-two scale, which changes no float64 gradient once unscaled).
-SCALER_PATHS = [pytest.param(False, id="no-scaler"), pytest.param(True, id="gradscaler")]
+# the forward and backward passes, the returned loss) runs on each of its paths: without a GradScaler, with one
+# (at a power-of-two scale, which changes no float64 gradient once unscaled), and with a disabled one
+# (GradScaler(enabled=False), what a script passes as GradScaler(enabled=use_fp16): scale() returns the loss, step()
+# steps, get_scale() is 1.0, and none of an enabled scaler's internals exist).
+SCALER_PATHS = [
+    pytest.param(False, id="no-scaler"),
+    pytest.param(True, id="gradscaler"),
+    pytest.param("disabled", id="disabled-gradscaler"),
+]
 
 
-def on_the_path(with_scaler: bool) -> tuple[torch.amp.GradScaler | None, str]:
+def on_the_path(with_scaler: bool | str) -> tuple[torch.amp.GradScaler | None, str]:
     """The GradScaler of that path (None without one), and the words a failure message gives the path."""
+    if with_scaler == "disabled":
+        return disabled_scaler(), ", under a disabled GradScaler (enabled=False)"
     return (scaler(), ", under a GradScaler") if with_scaler else (None, ", without a GradScaler")
+
+
+def disabled_scaler() -> torch.amp.GradScaler:
+    return torch.amp.GradScaler("cpu", enabled=False)
 
 
 @pytest.mark.points(4)
@@ -938,19 +974,55 @@ def test_steps_after_a_skipped_one_step_the_scheduler(train_step, run):
 
 
 @pytest.mark.points(1)
+@pytest.mark.parametrize("with_scaler", [pytest.param(False, id="no-scaler"), pytest.param("disabled", id="disabled")])
 @pytest.mark.parametrize("poison", ["inf gradients", "an inf loss", "a NaN loss"])
-def test_without_a_scaler_every_window_steps(train_step, poison):
+def test_without_a_scaler_every_window_steps(train_step, poison, with_scaler):
+    """Without a GradScaler, or with a disabled one (which never skips: its step() is optimizer.step())."""
     r, window = rig(), unequal_window()
+    grad_scaler, path = on_the_path(with_scaler)
     if poison == "inf gradients":  # a finite loss
         r.model.grad_factor = math.inf
     else:  # every logit of a token the window targets is -inf (a vocabulary mask), or NaN
         token = int(window[0]["labels"][0, -1])
         r.model.fill_token = (token, -math.inf if poison == "an inf loss" else math.nan)
-    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0)
+    train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0, scaler=grad_scaler)
     steps = [event for event in r.events if event.endswith(".step")]
     assert steps == ["optimizer.step", "scheduler.step"], (
-        f"without a GradScaler, a window of {poison} stepped {steps}, expected one optimizer.step() then one "
-        "scheduler.step(): only a scaler skips steps; without one, step whatever the loss and the gradients"
+        f"{path.removeprefix(', ')}, a window of {poison} stepped {steps}, expected one optimizer.step() then one "
+        "scheduler.step(): only a scaler skips steps (an enabled one, told by its scale falling at update()); "
+        "without one, or with GradScaler(enabled=False), step whatever the loss and the gradients"
+    )
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("max_grad_norm", [None, 0.5], ids=["no-clipping", "clipping"])
+def test_a_disabled_gradscaler_steps_as_without_one(train_step, max_grad_norm):
+    """GradScaler(enabled=False), as GradScaler(enabled=use_fp16) gives in a float32 run: a torch.amp.GradScaler whose
+    scale() returns the loss, unscale_() and update() do nothing, step() calls optimizer.step() and get_scale() is 1.0;
+    it has none of an enabled scaler's internals (_scale, _growth_tracker, the per-optimizer found-inf)."""
+    r, window = rig(outside=True), unequal_window()
+    expected, mistakes = expected_and_mistakes(r.model, window, max_grad_norm)
+    loss = window_loss(r.model, window)
+    what = f"a disabled GradScaler (enabled=False), max_grad_norm {max_grad_norm}"
+    try:
+        returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm, disabled_scaler())
+    except NotImplementedError:  # a stub: the report says so
+        raise
+    except (AttributeError, KeyError, TypeError, RuntimeError, AssertionError) as error:
+        pytest.fail(
+            f"train_step with {what} raised {type(error).__name__} ({str(error).splitlines()[0] if str(error) else ''})"
+            ", expected one step as without a scaler: a disabled scaler has none of an enabled one's internals; ask "
+            "it only through its public methods (scale, unscale_, step, update, get_scale, is_enabled)",
+            pytrace=False,
+        )
+    steps = [event for event in r.events if event.endswith(".step")]
+    assert steps == ["optimizer.step", "scheduler.step"], (
+        f"{what}: the steps went {steps}, expected one optimizer.step() (through scaler.step) then one "
+        "scheduler.step(): a disabled scaler never skips, and its scale stays 1.0"
+    )
+    expect_handed(r, expected, mistakes, EXACT, what, clip_to=max_grad_norm)
+    assert isinstance(returned, float) and math.isclose(returned, loss, rel_tol=1e-9), (
+        f"{what}: train_step returned {returned!r}, expected the window's mean token loss {loss:.6g}"
     )
 
 

@@ -30,7 +30,9 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
     Spec:
         - ``logits`` (batch, seq, vocab), ``labels`` (batch, seq) of token ids or ``IGNORE_INDEX``.
         - Shift by one as causal LMs do: the last position predicts nothing, the first label is never a
-          target; targets equal to ``IGNORE_INDEX`` carry no loss.
+          target; targets equal to ``IGNORE_INDEX`` carry no loss. A position without a target (its target
+          ``IGNORE_INDEX``, or the last) takes no part in the loss whatever its logits: NaN or inf there (a fully
+          masked attention row, an fp16 overflow) leave the loss unchanged.
         - ``reduction="sum"``: the sum of the token losses (cross-entropy, natural log) over the targets
           that carry loss; ``"mean"``: that sum divided by their count.
         - Returns a 0-dim tensor that autograd can differentiate. Half-precision logits (float16, bfloat16)

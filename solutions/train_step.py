@@ -13,7 +13,7 @@ IGNORE_INDEX = -100  # the label F.cross_entropy skips by default
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-    """Cross-entropy of each position's logits against the next position's label, -100 ignored.
+    """Cross-entropy of each position's logits against the next position's label, -100 ignored (left out).
 
     Half-precision logits are upcast to float32 first (as transformers does); float32 and float64 stay.
     """
@@ -28,10 +28,13 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
         logits = logits.float()
     predictions = logits[:, :-1].reshape(-1, logits.shape[-1])  # position t predicts token t + 1
     targets = labels[:, 1:].reshape(-1).to(predictions.device)
-    total = F.cross_entropy(predictions, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    keep = targets != IGNORE_INDEX
+    # only the targets enter the loss and its backward: ignore_index gives the same loss, but its backward turns NaN or
+    # inf logits elsewhere (a fully masked attention row, an fp16 overflow) into NaN gradients there (0 x NaN)
+    total = F.cross_entropy(predictions[keep], targets[keep], reduction="sum")
     if reduction == "sum":
         return total
-    count = (targets != IGNORE_INDEX).sum()
+    count = keep.sum()
     if count == 0:
         raise ValueError("no label carries loss after the shift: the mean would be NaN")
     return total / count

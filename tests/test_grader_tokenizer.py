@@ -141,6 +141,7 @@ def test_the_special_ids_and_the_size_are_transformers(pair):
 EDITS: dict[str, Callable[[Any], Any]] = {
     "add_tokens": lambda t: t.add_tokens(["<|user|>", " Hello", "<|user|>"]),
     "add_token": lambda t: t.add_tokens("<|assistant|>"),
+    "add_tokens-already-in-the-vocabulary": lambda t: t.add_tokens(["Hello"]),  # its id kept, the text split
     "add_tokens-special": lambda t: t.add_tokens(["<|q|>"], special_tokens=True),
     "add_special_tokens": lambda t: t.add_special_tokens(
         {"eos_token": "<|im_end|>", "pad_token": "<pad>", "additional_special_tokens": ["<|sys|>"]}

@@ -326,4 +326,14 @@ WRONG_ANSWERS = [
                 'bos = tokenizer.__dict__.setdefault("_bos", tokenizer.bos_token_id)  # read once per tokenizer\n'
                 "    if bos is not None:\n        prompt_ids = [bos, *prompt_ids]",
                 "test_a_tokenizer_edited_between_calls_gives_its_new_ids", "a bos read once per tokenizer"),
+    # round 14, red team B
+    WrongAnswer("encodings memoized per tokenizer, keyed by len, bos, eos and text", KATA, ENCODE,
+                "key = (len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, text)\n    "
+                "memo = _MEMO.setdefault(tokenizer, {})  # weakly held: a new tokenizer starts empty\n    "
+                "if key not in memo:\n        "
+                'memo[key] = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])\n    '
+                "return list(memo[key])",
+                "test_a_tokenizer_edited_between_calls_gives_its_new_ids", "and the bos and eos ids: a cache keyed by them",
+                more_edits=(("IGNORE_INDEX = -100",
+                             "_MEMO = __import__('weakref').WeakKeyDictionary()\nIGNORE_INDEX = -100"),)),
 ]  # fmt: skip

@@ -32,7 +32,7 @@ SHAPES = "if logits.dim() != 3 or labels.shape != logits.shape[:2]:"
 HELD = 'parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]'
 SUM_RETURN = '    if reduction == "sum":\n        return total\n'
 TAIL = "    if stepped:\n        scheduler.step()\n" + ZERO
-CROSS_ENTROPY = 'total = F.cross_entropy(predictions, targets, ignore_index=IGNORE_INDEX, reduction="sum")'
+CROSS_ENTROPY = 'total = F.cross_entropy(predictions[keep], targets[keep], reduction="sum")'
 OPTIMIZER_STEP = "    if scaler is None:\n        optimizer.step()\n        stepped = True\n"
 FINITE = "all(p.grad is None or bool(p.grad.isfinite().all()) for p in parameters)"
 
@@ -154,7 +154,7 @@ WRONG_ANSWERS = [
     WrongAnswer("reduction read case-insensitively", KATA, REDUCTION, "    reduction = reduction.lower()\n" + REDUCTION,
                 "test_loss_rejects_bad_arguments", "reduction='SUM'"),
     WrongAnswer("labels' shape checked by its dimensions only", KATA, SHAPES, "if logits.dim() != 3 or labels.dim() != 2:",
-                "test_loss_rejects_bad_arguments", "shifted sizes match"),
+                "test_loss_rejects_bad_arguments", "labels shorter than logits"),
     WrongAnswer("logits' dimensions not checked", KATA, SHAPES, "if labels.shape != logits.shape[:2]:",
                 "test_loss_rejects_bad_arguments", "2-D logits (4, 5), labels (4, 5)"),
     WrongAnswer("one position refused", KATA, UPCAST,
@@ -195,8 +195,8 @@ WRONG_ANSWERS = [
     # the red team's round 2: every path of the loss, odd models and optimizers, what a scaler alone decides
     WrongAnswer("the mean not upcast", KATA, UPCAST, "",
                 "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "upcast with logits.float()",
-                more_edits=((CROSS_ENTROPY, CROSS_ENTROPY.replace("(predictions,", "(predictions.float() if reduction == "
-                             '"sum" and predictions.dtype in (torch.float16, torch.bfloat16) else predictions,')),)),
+                more_edits=((CROSS_ENTROPY, CROSS_ENTROPY.replace("(predictions[keep],", "((predictions.float() if reduction == "
+                             '"sum" and predictions.dtype in (torch.float16, torch.bfloat16) else predictions)[keep],')),)),
     WrongAnswer("the mean divided by a float64 count", KATA, "return total / count", "return total / count.double()",
                 "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "divide by the count as an int"),
     WrongAnswer("labels of another batch broadcast by a gather", KATA, SHAPES,
@@ -269,9 +269,8 @@ WRONG_ANSWERS = [
                 "norm = torch.stack([(g * g).sum() for g in grads]).sum().sqrt()\n        "
                 "for g in grads:\n            g.mul_((max_grad_norm / (norm + 1e-6)).clamp(max=1.0).to(g.dtype))",
                 "test_steps_a_half_precision_model_without_autocast", "the norm overflowed"),
-    WrongAnswer("the token losses weighted by a 0/1 mask", KATA,
-                "total = F.cross_entropy(predictions, targets, ignore_index=IGNORE_INDEX, reduction=\"sum\")",
-                "keep = targets != IGNORE_INDEX\n    picked = predictions.log_softmax(-1).gather(-1, "
+    WrongAnswer("the token losses weighted by a 0/1 mask", KATA, CROSS_ENTROPY,
+                "picked = predictions.log_softmax(-1).gather(-1, "
                 "targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)\n    total = -(picked * keep.to(picked.dtype)).sum()",
                 "test_loss_ignores_the_logits_of_positions_without_a_target", "never weight it by 0"),
     WrongAnswer("the model's gradients zeroed, not the optimizer's", KATA, ZERO, "    model.zero_grad(set_to_none=True)\n",
@@ -401,4 +400,19 @@ WRONG_ANSWERS = [
     WrongAnswer("the trainable list memoized per model", KATA, TRAINABLE,
                 'trainable = model.__dict__.setdefault("_trainable", [p for p in model.parameters() if p.requires_grad])',
                 "test_optimizer_reads_the_trainable_parameters_at_each_call", "an earlier call"),
+    # round 14, red team B
+    WrongAnswer("a skipped step told by the scaler's private _scale", KATA, "        scale = scaler.get_scale()\n",
+                "        scale = scaler._scale.item()  # the scale tensor that scale() set up\n",
+                "test_a_disabled_gradscaler_steps_as_without_one", "public methods",
+                more_edits=((SKIP, "stepped = scaler._scale.item() >= scale"),)),
+    WrongAnswer("a skipped step told by the scaler's private found-inf", KATA,
+                "        scaler.step(optimizer)  # skipped when the gradients hold inf or NaN\n",
+                "        found = any(v.item() for v in scaler._found_inf_per_device(optimizer).values())  # after unscale_\n"
+                "        scaler.step(optimizer)  # skipped when the gradients hold inf or NaN\n",
+                "test_a_disabled_gradscaler_steps_as_without_one", "none of an enabled one's internals",
+                more_edits=((SKIP, "stepped = not found"),)),
+    WrongAnswer("the mean's count summed in the logits' own dtype", KATA, "    count = keep.sum()\n",
+                "    count = keep.to(given_dtype).sum()  # the targets' count, in the dtype the logits came in\n",
+                "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "the targets were counted in",
+                more_edits=((UPCAST, "    given_dtype = logits.dtype\n" + UPCAST),)),
 ]  # fmt: skip
