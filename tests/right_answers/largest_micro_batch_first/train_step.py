@@ -83,7 +83,8 @@ def train_step(
     skipped = False
     if scaler is not None:
         scaler.unscale_(optimizer)
-        skipped = any(v.item() for v in scaler._found_inf_per_device(optimizer).values())
+        # a disabled scaler (GradScaler(enabled=False)) records no found-inf: it never skips
+        skipped = scaler.is_enabled() and any(v.item() for v in scaler._found_inf_per_device(optimizer).values())
     if max_grad_norm is not None:
         grads = [p.grad for p in held if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads, 2.0)
