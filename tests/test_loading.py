@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -110,6 +111,23 @@ def test_the_same_submission_always_gets_the_same_grade(tmp_path):
     grades = [sorted(results, key=lambda result: (result.kata, result.check)) for results in runs]
     assert grades[0] == grades[1], "the grade depends on the run, or on the order of the katas"
     assert {result.outcome for result in runs[0]} == {"passed", "failed", "skipped"}
+
+
+def test_an_edit_of_the_same_length_within_the_same_second_is_graded_as_edited(tmp_path, monkeypatch):
+    """Python matches a .pyc to its source by size and mtime in whole seconds: the grader compiles a submission from
+    its source every time, so that a quick one-character fix is never graded as the code before it."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as on a learner's machine (this one may set it)
+    right = (SOLUTIONS / "lora_linear.py").read_text()
+    folder = implementation_folder(tmp_path / "sub", {"lora_linear": right})
+    module = folder / "lora_linear.py"
+    check = ["test_records_r_alpha_and_scaling"]
+    assert {result.outcome for result in run_grader(folder, ["lora_linear"], only=check)} == {"passed"}
+    saved = module.stat()
+    module.write_text(right.replace("self.scaling = alpha / r", "self.scaling = alpha * r"))
+    os.utime(module, ns=(saved.st_atime_ns, saved.st_mtime_ns))
+    assert module.stat().st_size == saved.st_size
+    assert {result.outcome for result in run_grader(folder, ["lora_linear"], only=check)} == {"failed"}
+    assert not (folder / "__pycache__").exists(), "the grader wrote bytecode into the submission's folder"
 
 
 def test_an_error_raised_in_another_kata_points_at_the_call_in_this_one(tmp_path):

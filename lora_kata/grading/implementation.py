@@ -56,7 +56,7 @@ class ImportTimedOut(Exception):
     """A kata module's import ran past the check's time limit (an endless loop at import, say).
 
     Raised once, in the check whose timer fired, so that check stops there: its timer is spent, and the
-    rest of its set-up must not run unguarded. The kata's module is not imported again (``_Refuse``).
+    rest of its set-up must not run unguarded. The kata's module is not imported again (``_KataFinder``).
     """
 
     def __init__(self, problem: str, location: str) -> None:
@@ -68,17 +68,34 @@ class _ImportRefused(ImportError):
     """``import katas.<kata>`` of a kata whose import timed out before: refused at once."""
 
 
-class _Refuse(importlib.abc.MetaPathFinder):
-    """Refuses the kata modules whose import timed out, so another kata importing them
-    (``from .lora_linear import LoRALinear``) fails at once instead of looping again, unguarded."""
+class _FromSource(importlib.machinery.SourceFileLoader):
+    """Compiles a submission's module from its source at every import: no ``__pycache__`` file is read or written.
+    A .pyc is matched to its source by size and mtime in whole seconds, so an edit of the same length saved within
+    the second of the last grading (``lora-kata watch``) would be graded as the code before it."""
 
-    def __init__(self) -> None:
+    def path_stats(self, path: str) -> dict[str, float]:
+        raise OSError("a submission's bytecode is never cached")  # get_code then compiles, and writes nothing
+
+
+class _KataFinder(importlib.abc.MetaPathFinder):
+    """Finds ``katas.<name>`` in the implementation's folder, always from source (``_FromSource``), and refuses
+    the kata modules whose import timed out, so another kata importing them (``from .lora_linear import LoRALinear``)
+    fails at once instead of looping again, unguarded."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
         self.refused: dict[str, str] = {}  # kata -> why
 
-    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+    def find_spec(self, name: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        if not name.startswith(PACKAGE + ".") or name.count(".") != 1:
+            return None
         kata = name.removeprefix(PACKAGE + ".")
-        if name.startswith(PACKAGE + ".") and kata in self.refused:
+        if kata in self.refused:
             raise _ImportRefused(f"blocked: fix {kata}.py first ({self.refused[kata]})")
+        source = self.folder / f"{kata}.py"
+        if not source.is_file():
+            return None  # a package of the folder, or nothing: the path finder decides
+        return importlib.util.spec_from_file_location(name, source, loader=_FromSource(name, str(source)))
 
 
 def locate(spec: str | Path) -> Path:
@@ -126,7 +143,7 @@ class Implementation:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._imported: dict[str, ModuleType | KataUnavailable] = {}
-        self._refuse = _install_package(folder)
+        self._finder = _install_package(folder)
 
     def module(self, kata: str) -> ModuleType:
         """The kata's module; raises ``KataUnavailable`` (with file, line and error) when it cannot be imported."""
@@ -159,7 +176,7 @@ class Implementation:
             location = f"{self.relative(path)}:{line}"
             why = f"its import ran past the {limit} check time limit at {location}: an endless loop at import?"
             culprit = Path(path).stem if Path(path).stem in KATAS else kata
-            self._refuse.refused[culprit] = why
+            self._finder.refused[culprit] = why
             self._imported[culprit] = KataUnavailable(f"{culprit}.py could not be imported: {why}")
             problem = str(self._imported[culprit]) if culprit == kata else f"blocked: fix {culprit}.py first ({why})"
             self._imported[kata] = KataUnavailable(problem)
@@ -200,16 +217,16 @@ class Implementation:
             return str(path)
 
 
-def _install_package(folder: Path) -> _Refuse:
+def _install_package(folder: Path) -> _KataFinder:
     """Make ``import katas.<kata>`` load ``folder/<kata>.py``, replacing any earlier ``katas``; the finder
     returned refuses the kata modules whose import timed out."""
     for name in [name for name in sys.modules if name == PACKAGE or name.startswith(PACKAGE + ".")]:
         del sys.modules[name]
-    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _Refuse)]
-    refuse = _Refuse()
-    sys.meta_path.insert(0, refuse)
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _KataFinder)]
+    finder = _KataFinder(folder)
+    sys.meta_path.insert(0, finder)
     spec = importlib.machinery.ModuleSpec(PACKAGE, None, is_package=True)
     spec.submodule_search_locations = [str(folder)]
     sys.modules[PACKAGE] = importlib.util.module_from_spec(spec)
     importlib.invalidate_caches()
-    return refuse
+    return finder
