@@ -13,8 +13,10 @@ grade: $(VENV)/.ready
 
 # Two workers (pytest-xdist): most tests grade in-process and wait on nothing, so both cores stay busy. Tests
 # marked with one xdist_group run on one worker, so that what they share (the reference's grading) is made once.
+# The tests start many fresh grading processes; where the environment sets PYTHONDONTWRITEBYTECODE each would compile
+# the grader again, pytest's assertion rewriting included (~2 CPU s a whole grading). A submission is never cached.
 test: $(VENV)/.ready
-	$(BIN)/pytest -n 2 --dist loadgroup $(ARGS)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n 2 --dist loadgroup $(ARGS)
 
 lint: $(VENV)/.ready
 	$(BIN)/ruff check .
