@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable
 
 import pytest
@@ -833,6 +834,26 @@ def test_passes_r_alpha_and_dropout_on(apply_lora_gpt2, LoRAConv1D, LoRALinear):
             varies = max_difference(output(layer, x), output(layer, x))
         assert varies > 0, (
             f"{name}: with dropout=0.5 two train-mode calls gave the same output: pass dropout on to {kind}"
+        )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_lora_gpt2")
+@pytest.mark.parametrize("alpha", ALPHAS_AS_GIVEN.values(), ids=ALPHAS_AS_GIVEN)
+def test_passes_a_zero_or_negative_alpha_on(apply_lora_gpt2, LoRAConv1D, LoRALinear, alpha):
+    """alpha reaches every adapter as given, 0 (muted adapters) and a negative alpha too."""
+    targets, r = (*ATTENTION, "lm_head"), 2
+    call = f"apply_lora_gpt2(model, {targets}, {r}, {alpha})"
+    model = adapted(as_the_stub_allows(lambda: apply_lora_gpt2(gpt2(n_layer=1), targets, r, alpha), call))
+    for name, layer in adapters(model, LoRAConv1D, LoRALinear).items():
+        measured = (getattr(layer, "alpha", None), getattr(layer, "scaling", None))
+        cause = (
+            "alpha = alpha or r? 0 is falsy, and alpha=0 is a muted adapter, not a missing alpha: " if not alpha else ""
+        )
+        kept = measured[1] is not None and math.isclose(float(measured[1]), alpha / r, abs_tol=1e-12)
+        assert measured[0] == alpha and kept, (
+            f"{call}: {name} records alpha={measured[0]}, scaling={measured[1]}, expected alpha={alpha}, "
+            f"scaling={alpha / r:g}: {cause}pass alpha on to {type(layer).__name__} as given"
         )
 
 

@@ -439,4 +439,6 @@ WRONG_ANSWERS = [
                 "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling  # (out, in)\n"
                 "    update = update * (layer.lora_A.requires_grad or layer.lora_B.requires_grad)  # a frozen one is off",
                 "test_merges_adapters_whose_factors_are_frozen", "the frozen adapters' updates left out"),
+    WrongAnswer("apply_lora_gpt2 passes alpha or r on", KATA, WRAP, "wrapper(module, r, alpha or float(r), dropout)",
+                "test_passes_a_zero_or_negative_alpha_on", "alpha = alpha or r?"),
 ]  # fmt: skip
