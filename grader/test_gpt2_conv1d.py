@@ -424,7 +424,7 @@ def test_matches_plain_lora_in_every_regime(
     adapting), and meets the same comparison (float64 to 1e-9, alpha / r unrounded). Inputs are contiguous:
     transformers' Conv1D itself views x as (-1, in). The base is any of CONV1D_KINDS: with a subclass's own forward
     or hooks, the output is base(x) (its own call) plus the update of x, with trained-looking factors; a batch may be
-    empty (0 rows, or sequences of 0 tokens)."""
+    empty (0 rows, or sequences of 0 tokens). Then the same regime with A, B, or both frozen by the caller."""
     dropout = 0.3 if mode.endswith("with-dropout") else 0.0
     conv = CONV1D_KINDS[kind](in_features, out_features, torch.float32 if converted else dtype)
     layer = LoRAConv1D(conv, r, ALPHA, dropout).train(mode.startswith("train"))
