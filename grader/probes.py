@@ -1310,3 +1310,195 @@ def expect_dropout_like_nn_dropout_in_its_dtype(layer: nn.Module, p: float = DRO
     expect_kept_inputs_rescaled(multipliers, p)
     expect_a_fresh_mask_for_every_element_and_call(multipliers)
     expect_a_fraction_p_zeroed(multipliers, p)
+
+
+# The factors a user froze, each state of the pair: LoRA-FA trains B alone, a first-stage adapter is kept whole while
+# the layers before it train. A frozen factor still computes its share of y and of the input gradient.
+FROZEN_FACTORS = {"A frozen": (True, False), "B frozen": (False, True), "both frozen": (True, True)}
+FROZEN_CAUSE = (
+    "a frozen factor (requires_grad False) still computes its share of y and of dL/dx: no branch on the factors' "
+    "requires_grad (a torch.no_grad() block, x.detach() or .detach() of the branch when a factor is frozen)"
+)
+
+
+def expect_plain_lora_with_frozen_factors(
+    layer: nn.Module,
+    base: nn.Module,
+    r: int,
+    scaling: float,
+    batch_shape: tuple[int, ...],
+    contiguous: bool,
+    grad: str,
+    regime: str,
+    dropout: float = 0.0,
+) -> None:
+    """Fail the check unless ``layer`` computes plain LoRA, and with ``grad`` "grad on" (x requiring grad) its
+    gradients of x and of the factor that still trains, with each of FROZEN_FACTORS set by requires_grad_(False), in
+    the regime the caller set up (``regime`` describes it, as for ``expect_plain_lora_in_regime``, whose arguments
+    these are); a forward never unfreezes a factor. The factors are found while both train (``factors`` sees only
+    trainable tensors), given trained-looking values, and left trainable again at the end."""
+    dtype = base.weight.dtype
+    tolerance = RELATIVE_TOLERANCE[dtype]
+    out_features, in_features = linear_weight(base).shape
+    found = factors(layer, in_features, out_features, r)
+    pair = (found.stored_A, found.stored_B)
+    with torch.no_grad():
+        for tensor in pair:
+            tensor.normal_(0.0, 0.5)
+    try:
+        for state, flags in FROZEN_FACTORS.items():
+            for tensor, frozen in zip(pair, flags, strict=True):
+                tensor.requires_grad_(not frozen)
+                tensor.grad = None
+            x = strided((*batch_shape, in_features), contiguous, dtype=dtype)
+            told = torch.ones_like(x)  # where dL/dx is known: with dropout, only where x is nonzero (the mask is seen)
+            if dropout:  # one nonzero feature per row, as expect_plain_lora_in_regime does
+                rows = torch.arange(x[..., 0].numel()).view(x.shape[:-1])
+                told = nn.functional.one_hot(rows % in_features, in_features).to(dtype)
+                x.mul_(told)
+            training_step = grad == "grad on"
+            upstream = torch.randn(*batch_shape, out_features, dtype=dtype) if training_step else None
+            where = (
+                f"{regime}, {state} by requires_grad_(False){', x requiring grad' if training_step else ''}, "
+                f"x {tuple(x.shape)}{'' if contiguous else ' non-contiguous'}"
+            )
+            with GRAD_MODES[grad]():
+                if training_step:
+                    x.requires_grad_()
+                y = forward_in_regime(layer, x, where)
+            unfrozen = [
+                name for name, tensor, frozen in zip("AB", pair, flags, strict=True) if frozen and tensor.requires_grad
+            ]
+            assert not unfrozen, (
+                f"{where}: the forward set requires_grad back on factor {unfrozen}, expected it left frozen: the "
+                "caller's requires_grad_(False) is theirs to keep"
+            )
+            kept = None
+            if dropout:
+                plain, share = (lora_in_float64(base, found, s, x, None)[0] for s in (scaling, 0.0))
+                plain, measured = plain - share, y.detach().double() - share  # each row's adapter share
+                ratio = (measured * plain).sum(-1, keepdim=True) / (plain * plain).sum(-1, keepdim=True).clamp_min(
+                    1e-30
+                )
+                kept = (ratio > 0.5 / (1 - dropout)).double() / (1 - dropout)
+            expected, gradients = lora_in_float64(base, found, scaling, x, upstream, kept)
+            half = dtype in (torch.float16, torch.bfloat16)
+            scale, scales = (
+                lora_in_float64(base, found, scaling, x, upstream, kept, absolute=True) if half else (None, {})
+            )
+            assert (tuple(y.shape), y.dtype) == (tuple(expected.shape), dtype), (
+                f"{where}: the output is {y.dtype} {tuple(y.shape)}, expected {dtype} {tuple(expected.shape)}"
+            )
+            error = relative_error(y, expected, scale)
+            assert error <= tolerance, (
+                f"{where}: the output is off plain LoRA base(x) + scaling (x A^T) B^T by {error:.2g} (relative), "
+                f"expected under {tolerance:.0e}: {FROZEN_CAUSE}"
+            )
+            if not training_step:
+                continue
+            y.backward(upstream)
+            measured_x = None if x.grad is None else x.grad * told
+            expected_x = gradients["x"] * told.double()
+            assert measured_x is not None, f"{where}: x received no gradient: {FROZEN_CAUSE}"
+            error = relative_error(measured_x, expected_x, scales.get("x"))
+            base_alone = lora_in_float64(base, found, 0.0, x, upstream)[1]["x"] * told.double()
+            only_the_base = relative_error(measured_x, base_alone, scales.get("x"))
+            assert error <= tolerance, (
+                f"{where}: dL/dx is off plain LoRA's g W + scaling (g B) A by {error:.2g} (relative), expected under "
+                f"{tolerance:.0e}"
+                + (" (it is the base's alone: the adapter's share is lost)" if only_the_base <= tolerance else "")
+                + f": {FROZEN_CAUSE}"
+            )
+            for name, measured, frozen in zip("AB", found.grads(), flags, strict=True):
+                if frozen:
+                    continue
+                assert measured is not None, (
+                    f"{where}: the trainable factor {name} received no gradient: {FROZEN_CAUSE}"
+                )
+                error = relative_error(measured, gradients[name], scales.get(name))
+                assert error <= tolerance, (
+                    f"{where}: the gradient of the trainable factor {name} is off plain LoRA's by {error:.2g} "
+                    f"(relative), expected under {tolerance:.0e}: {FROZEN_CAUSE}"
+                )
+    finally:
+        for tensor in pair:
+            tensor.requires_grad_(True)
+            tensor.grad = None
+
+
+# alpha values outside the comfortable positive range, which the stubs take as given: 0 mutes the adapter (scaling 0,
+# the layer computes its base), a negative alpha subtracts the update. `alpha or r` turns 0 into r, abs(alpha) or a
+# clamp to a positive floor changes the other.
+ALPHAS_AS_GIVEN = {"alpha-zero": 0.0, "alpha-negative": -8.0}
+
+
+def expect_alpha_as_given(make: Callable[[], nn.Module], base: nn.Module, r: int, alpha: float, call: str) -> None:
+    """Fail the check unless ``make()`` (``call``, a layer of rank ``r`` on a float64 base computing what ``base``, an
+    nn.Linear, computes) takes ``alpha`` as given: records alpha and scaling == alpha / r, and adds alpha / r x B @ A,
+    for a zero or negative alpha too (ALPHAS_AS_GIVEN)."""
+    try:
+        layer = make()
+    except (TypeError, ValueError) as error:
+        pytest.fail(
+            f"{call} raised {type(error).__name__} ({error}), expected a layer: the stub takes any alpha (0 mutes "
+            "the adapter, a negative alpha subtracts the update); only base, r and dropout are checked",
+            pytrace=False,
+        )
+    randomize_factors(layer)
+    likely = {
+        1.0: "alpha = alpha or r? 0 is falsy, and alpha=0 is a muted adapter, not a missing alpha",
+        abs(alpha) / r: "abs(alpha)? a negative alpha subtracts the update",
+    }
+    recorded, scaling = getattr(layer, "alpha", None), getattr(layer, "scaling", None)
+    measured = None if scaling is None else float(scaling)
+    cause = next((text for value, text in likely.items() if measured is not None and math.isclose(measured, value)), "")
+    assert recorded == alpha and measured is not None and math.isclose(measured, alpha / r, abs_tol=1e-12), (
+        f"{call} records alpha={recorded}, scaling={scaling}, expected alpha={alpha}, scaling = alpha / r = "
+        f"{alpha / r:g}: {cause or 'store alpha as given'}; self.alpha = alpha, self.scaling = alpha / r"
+    )
+    found = factors(layer, base.in_features, base.out_features, r)
+    ratio, proportional = scaling_ratio(layer, base, found)
+    cause = next((text for value, text in likely.items() if math.isclose(ratio, value, rel_tol=1e-6)), "")
+    assert proportional and math.isclose(ratio, alpha / r, rel_tol=1e-6, abs_tol=1e-9), (
+        f"{call} adds "
+        + (f"{ratio:.4g} x B @ A" if proportional else "an update not proportional to B @ A")
+        + f", expected alpha / r = {alpha / r:g} x (its scaling attribute is right): "
+        + (cause or "scale by the alpha as given, in forward too")
+    )
+
+
+# How a user freezes an adapter before merging it: one factor, the other, both, or the whole model (for export).
+FROZEN_BEFORE_MERGING = (
+    "one factor frozen",
+    "the other factor frozen",
+    "both factors frozen",
+    "model.requires_grad_(False)",
+)
+
+
+def freeze_before_merging(model: nn.Module, adapters: list[nn.Module], how: str) -> None:
+    """Freeze, as ``how`` (one of FROZEN_BEFORE_MERGING) says, the factors of each of ``adapters`` (their trainable
+    tensors, in registration order), or every parameter of ``model``."""
+    if how == "model.requires_grad_(False)":
+        model.requires_grad_(False)
+        return
+    for adapter in adapters:
+        pair = trainable(adapter)
+        chosen = pair if how.startswith("both") else pair[:1] if how.startswith("one") else pair[1:]
+        for tensor in chosen:
+            tensor.requires_grad_(False)
+
+
+def expect_merged_like_the_adapted(merged: torch.Tensor, adapted: torch.Tensor, base_alone: torch.Tensor, how: str,
+                                   tolerance: float = 1e-5) -> None:  # fmt: skip
+    """Fail the check unless the outputs of a model merged after its adapters were frozen (``how``) are what the
+    adapted model computed, saying so where they are the outputs of its bases alone (``base_alone``)."""
+    error = max_difference(merged, adapted)
+    skipped = max_difference(merged, base_alone) < tolerance
+    assert error < tolerance, (
+        f"with {how} before merging, the merged model's outputs differ from the adapted model's by "
+        f"{error:.3g}, expected < {tolerance:g}"
+        + (": they are the bases' alone, the frozen adapters' updates left out" if skipped else "")
+        + ": a frozen adapter still computes W + scaling B @ A, and merging folds that in whatever the factors' "
+        "requires_grad (no branch on it)"
+    )

@@ -163,6 +163,8 @@ def test_wraps_the_original_layers_in_place(apply_lora, LoRALinear):
 R_ALPHA_CASES = {  # id: (targets, r, alpha): the call's own values, each adapter LoRALinear(layer, r, alpha, dropout)
     "a-fractional-alpha": (("fc1",), 3, 7.5),  # alpha / r = 2.5; int(alpha) gives 2
     "r-above-min-in-out": (("fc1", "head"), 10, 2.5),  # fc1 is 8 -> 12, head 8 -> 5: r kept as given, above both
+    "alpha-zero": (("fc1",), 2, 0.0),  # a muted adapter: `alpha or r` makes it r
+    "alpha-negative": (("fc1",), 2, -8.0),  # the update subtracted: abs(alpha) adds it
 }
 
 
@@ -184,6 +186,8 @@ def test_passes_r_and_alpha_to_every_adapter(apply_lora, LoRALinear, targets, r,
             else f"alpha was rounded to a whole number ({recorded[1]}: int(alpha), as peft's LoraConfig types it): "
             "keep alpha as given"
             if recorded == (r, int(alpha)) != (r, alpha)
+            else "alpha = alpha or r? 0 is falsy, and alpha=0 is a muted adapter: keep alpha as given"
+            if alpha == 0 and recorded == (r, r)
             else "pass r and alpha on"
         )
         assert (*recorded, count) == (r, alpha, expected), (

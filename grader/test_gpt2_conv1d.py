@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable
 
 import pytest
@@ -30,6 +31,7 @@ from grader.hf import (
 from grader.models import gated, with_forward_hooks
 from grader.oracles import requires
 from grader.probes import (
+    ALPHAS_AS_GIVEN,
     DEVICES,
     DROP_IN,
     DROP_OUT,
@@ -37,6 +39,7 @@ from grader.probes import (
     DROPOUT,
     FLOAT32_ROUNDING_IN_FLOAT64,
     FLOAT_DTYPES,
+    FROZEN_BEFORE_MERGING,
     GRAD_MODES,
     INVALID_ARGUMENTS,
     NAMED_AS_STRINGS,
@@ -52,20 +55,24 @@ from grader.probes import (
     dtype_name,
     examples,
     expect_a_fractional_alpha_kept,
+    expect_alpha_as_given,
     expect_centred,
     expect_dropout_like_nn_dropout,
     expect_dropout_like_nn_dropout_in_its_dtype,
     expect_exactly_the_base,
     expect_following_its_base_after_to,
     expect_instance,
+    expect_merged_like_the_adapted,
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
     expect_on_the_base_device_and_dtype,
     expect_plain_lora_gradients,
     expect_plain_lora_in_regime,
+    expect_plain_lora_with_frozen_factors,
     expect_r_alpha_and_scaling,
     expect_value_error,
     factors,
+    freeze_before_merging,
     made_under_a_foreign_default_device,
     max_difference,
     measured_update,
@@ -223,6 +230,15 @@ def test_a_fractional_alpha_is_kept(LoRAConv1D):
     twin, _, layer = make_layer(LoRAConv1D, torch.float64, r=r, alpha=alpha)
     randomize_factors(layer)
     expect_a_fractional_alpha_kept(layer, twin, factors(layer, IN, OUT, r), r, alpha)
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("alpha", ALPHAS_AS_GIVEN.values(), ids=ALPHAS_AS_GIVEN)
+def test_a_zero_or_negative_alpha_is_kept(LoRAConv1D, alpha):
+    """scaling == alpha / r with alpha as given: 0 (a muted adapter) and a negative alpha too."""
+    twin = nn.Linear(IN, OUT, dtype=torch.float64)
+    conv = conv1d_twin(twin)
+    expect_alpha_as_given(lambda: LoRAConv1D(conv, R, alpha), twin, R, alpha, f"LoRAConv1D(conv, {R}, {alpha})")
 
 
 @pytest.mark.points(3)
@@ -408,7 +424,7 @@ def test_matches_plain_lora_in_every_regime(
     adapting), and meets the same comparison (float64 to 1e-9, alpha / r unrounded). Inputs are contiguous:
     transformers' Conv1D itself views x as (-1, in). The base is any of CONV1D_KINDS: with a subclass's own forward
     or hooks, the output is base(x) (its own call) plus the update of x, with trained-looking factors; a batch may be
-    empty (0 rows, or sequences of 0 tokens)."""
+    empty (0 rows, or sequences of 0 tokens). Then the same regime with A, B, or both frozen by the caller."""
     dropout = 0.3 if mode.endswith("with-dropout") else 0.0
     conv = CONV1D_KINDS[kind](in_features, out_features, torch.float32 if converted else dtype)
     layer = LoRAConv1D(conv, r, ALPHA, dropout).train(mode.startswith("train"))
@@ -417,6 +433,10 @@ def test_matches_plain_lora_in_every_regime(
         layer.to(dtype)
     regime = f"LoRAConv1D(a {kind}, r={r}, alpha={ALPHA}, dropout={dropout}), {built}, {mode} mode, {grad}"
     expect_plain_lora_in_regime(layer, conv, r, ALPHA / r, batch_shape, True, grad, regime, dropout * layer.training)
+    # The factors' requires_grad is a regime too: A frozen (LoRA-FA), B frozen, both (a frozen adapter)
+    expect_plain_lora_with_frozen_factors(
+        layer, conv, r, ALPHA / r, batch_shape, True, grad, regime, dropout * layer.training
+    )
 
 
 @pytest.mark.points(2)
@@ -814,6 +834,26 @@ def test_passes_r_alpha_and_dropout_on(apply_lora_gpt2, LoRAConv1D, LoRALinear):
             varies = max_difference(output(layer, x), output(layer, x))
         assert varies > 0, (
             f"{name}: with dropout=0.5 two train-mode calls gave the same output: pass dropout on to {kind}"
+        )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_lora_gpt2")
+@pytest.mark.parametrize("alpha", ALPHAS_AS_GIVEN.values(), ids=ALPHAS_AS_GIVEN)
+def test_passes_a_zero_or_negative_alpha_on(apply_lora_gpt2, LoRAConv1D, LoRALinear, alpha):
+    """alpha reaches every adapter as given, 0 (muted adapters) and a negative alpha too."""
+    targets, r = (*ATTENTION, "lm_head"), 2
+    call = f"apply_lora_gpt2(model, {targets}, {r}, {alpha})"
+    model = adapted(as_the_stub_allows(lambda: apply_lora_gpt2(gpt2(n_layer=1), targets, r, alpha), call))
+    for name, layer in adapters(model, LoRAConv1D, LoRALinear).items():
+        measured = (getattr(layer, "alpha", None), getattr(layer, "scaling", None))
+        cause = (
+            "alpha = alpha or r? 0 is falsy, and alpha=0 is a muted adapter, not a missing alpha: " if not alpha else ""
+        )
+        kept = measured[1] is not None and math.isclose(float(measured[1]), alpha / r, abs_tol=1e-12)
+        assert measured[0] == alpha and kept, (
+            f"{call}: {name} records alpha={measured[0]}, scaling={measured[1]}, expected alpha={alpha}, "
+            f"scaling={alpha / r:g}: {cause}pass alpha on to {type(layer).__name__} as given"
         )
 
 
@@ -1220,6 +1260,21 @@ def test_merging_leaves_what_the_adapters_share_alone(apply_lora_gpt2, merge_gpt
             )
     error = max_difference(logits(model, ids), expected)
     assert error < 1e-5, f"the merged model's logits differ from the adapted one's by {error:.3g}"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+@pytest.mark.parametrize("how", FROZEN_BEFORE_MERGING)
+def test_merges_adapters_whose_factors_are_frozen(apply_lora_gpt2, merge_gpt2, LoRAConv1D, LoRALinear, how):
+    """A frozen adapter (a factor frozen in training, or the model frozen for export) is merged all the same."""
+    model, ids = adapted_gpt2(apply_lora_gpt2, EVERYWHERE), token_ids()  # LoRAConv1D adapters only
+    expected = logits(model, ids)
+    muted = copy.deepcopy(model)
+    with torch.no_grad():
+        for tensor in (t for m in adapters(muted, LoRAConv1D, LoRALinear).values() for t in trainable(m)):
+            tensor.zero_()  # the adapters' factors: the bases alone
+    freeze_before_merging(model, list(adapters(model, LoRAConv1D, LoRALinear).values()), how)
+    expect_merged_like_the_adapted(logits(merged(merge_gpt2(model)), ids), expected, logits(muted, ids), how)
 
 
 @pytest.mark.points(1)

@@ -12,6 +12,7 @@ from torch import nn
 
 from grader.models import GAINS, GatedLinear, GatedProjection, ReLULinear, with_forward_hooks
 from grader.probes import (
+    ALPHAS_AS_GIVEN,
     DEVICES,
     DROP_IN,
     DROP_OUT,
@@ -37,6 +38,7 @@ from grader.probes import (
     expect_a_fraction_p_zeroed,
     expect_a_fresh_mask_for_every_element_and_call,
     expect_a_uniform_or_gaussian_draw,
+    expect_alpha_as_given,
     expect_base_precision,
     expect_centred,
     expect_exactly_the_base,
@@ -48,6 +50,7 @@ from grader.probes import (
     expect_on_the_base_device_and_dtype,
     expect_plain_lora_gradients,
     expect_plain_lora_in_regime,
+    expect_plain_lora_with_frozen_factors,
     expect_r_alpha_and_scaling,
     expect_training_fits_a_low_rank_target,
     expect_value_error,
@@ -358,6 +361,8 @@ def test_matches_plain_lora_in_every_regime(
         if not active:  # the swaps compare with dropout off
             built_as = regime.removesuffix(f", {grad}")  # the probe names the grad mode itself
             expect_following_base_swaps(layer, base, r, alpha / r, batch_shape, contiguous, grad, built_as)
+        # The factors' requires_grad is a regime too: A frozen (LoRA-FA), B frozen, both (a frozen adapter)
+        expect_plain_lora_with_frozen_factors(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime, active)
     except RuntimeError as error:
         message = str(error).splitlines()[0]
         if "inplace" not in message:
@@ -456,6 +461,14 @@ def test_a_fractional_alpha_is_kept(LoRALinear):
         f"with alpha={alpha}, r={r} the layer records alpha={recorded}, scaling={scaling}, "
         f"expected alpha={alpha}, scaling={alpha / r:g}: store alpha as given, not rounded"
     )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("alpha", ALPHAS_AS_GIVEN.values(), ids=ALPHAS_AS_GIVEN)
+def test_a_zero_or_negative_alpha_is_kept(LoRALinear, alpha):
+    """scaling == alpha / r with alpha as given: 0 (a muted adapter) and a negative alpha too."""
+    base = nn.Linear(IN, OUT, dtype=torch.float64)
+    expect_alpha_as_given(lambda: LoRALinear(base, R, alpha), base, R, alpha, f"LoRALinear(base, {R}, {alpha})")
 
 
 @pytest.mark.points(4)

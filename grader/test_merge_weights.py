@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from grader.models import MODEL_ZOO, ToyTransformer, inputs, matching_linears, z
 from grader.probes import (
     DEVICES,
     FLOAT_DTYPES,
+    FROZEN_BEFORE_MERGING,
     GRAD_MODES,
     RELATIVE_TOLERANCE,
     UNROUNDED_ALPHA,
@@ -21,8 +23,10 @@ from grader.probes import (
     default_dtype,
     describe,
     expect_instance,
+    expect_merged_like_the_adapted,
     expect_on_the_base_device,
     factors,
+    freeze_before_merging,
     made_under_a_foreign_default_device,
     make_a_subclass_instance,
     max_difference,
@@ -30,6 +34,7 @@ from grader.probes import (
     randomize_factors,
     relative_error,
     rounded_once_from_float64,
+    trainable,
 )
 from grader.signatures import expect_the_stubs_signatures
 
@@ -117,6 +122,22 @@ def test_merged_model_computes_what_the_adapted_one_did(LoRALinear, merge_weight
     error = max_difference(eval_outputs(returned_model(merge_weights(model)), x), expected)
     assert error < 1e-5, f"merged model's outputs differ from the adapted model's by {error:.3g}, expected < 1e-5"
     expect_usable_with_autograd(model, x, "merge_weights(model) of a model in eval mode")  # eval mode, as for serving
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("how", FROZEN_BEFORE_MERGING)
+def test_merges_adapters_whose_factors_are_frozen(LoRALinear, merge_weights, how):
+    """A frozen adapter (a factor frozen in training, or the model frozen for export) is merged all the same."""
+    model, x = adapted_model(LoRALinear), inputs()
+    expected = eval_outputs(model, x)
+    muted = copy.deepcopy(model)
+    with torch.no_grad():
+        for tensor in (t for m in muted.modules() if isinstance(m, LoRALinear) for t in trainable(m)):
+            tensor.zero_()  # the adapters' factors: the bases alone
+    freeze_before_merging(model, [m for m in model.modules() if isinstance(m, LoRALinear)], how)
+    expect_merged_like_the_adapted(
+        eval_outputs(returned_model(merge_weights(model)), x), expected, eval_outputs(muted, x), how
+    )
 
 
 @pytest.mark.points(4)

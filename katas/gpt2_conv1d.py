@@ -37,6 +37,8 @@ class LoRAConv1D(nn.Module):
           (Kaiming-uniform as ``nn.Linear`` does, or Gaussian).
         - ``dropout`` zeroes inputs of the adapter branch only (never the base path), and only in train
           mode, as ``nn.Dropout`` does (survivors scaled by 1 / (1 - p)).
+        - A factor the caller froze (``requires_grad_(False)``, one or both) still adds its share to y and
+          to the gradient of x, and ``merge_gpt2`` folds it in all the same.
 
     Args:
         base: the Conv1D to adapt, weight (in, out).

@@ -32,7 +32,8 @@ class LoRALinear(nn.Module):
 
     ``forward`` takes x of any number of batch dimensions (none too), contiguous or not, in any float
     dtype of the base, with grad mode on or off, and computes with the current values of the base and
-    the factors (nothing cached from an earlier call). The arguments may be given by position or by
+    the factors (nothing cached from an earlier call). A factor the caller froze (``requires_grad_(False)``,
+    one or both) still adds its share to y and to the gradient of x. The arguments may be given by position or by
     keyword: ``LoRALinear(layer, 8, 16.0)``.
 
     Args:

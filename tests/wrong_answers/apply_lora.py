@@ -215,4 +215,6 @@ WRONG_ANSWERS = [
     WrongAnswer("a target inside another target wrapped as well (an adapter no forward calls)", KATA,
                 "    matched = [(name, module) for name, module in matched if id(module) not in held]\n", "",
                 "test_adapts_the_model_zoo", "adapt the outer target only"),
+    WrongAnswer("alpha = alpha or r passed on", KATA, WRAP, "LoRALinear(module, r, alpha or float(r), dropout)",
+                "test_passes_r_and_alpha_to_every_adapter", "alpha = alpha or r?"),
 ]  # fmt: skip

@@ -425,4 +425,20 @@ WRONG_ANSWERS = [
                 "            z = self.dropout(x)\n"
                 "        down = F.linear(z, self.lora_A) * self.scaling\n",
                 "test_dropout_is_nn_dropouts_in_every_dtype", "p is the probability of zeroing"),
+    # Frozen factors (requires_grad False) as a regime, and merges of frozen adapters.
+    WrongAnswer("a frozen LoRAConv1D's branch detached", KATA, FORWARD,
+                "frozen = not (self.lora_A.requires_grad or self.lora_B.requires_grad)  # nothing of it trains\n"
+                "        return self.base(x) + (F.linear(down, self.lora_B).detach() if frozen else F.linear(down, self.lora_B))",
+                "test_matches_plain_lora_in_every_regime", "both frozen by requires_grad_(False)"),
+    WrongAnswer("LoRAConv1D's alpha = alpha or r", KATA, "self.r, self.alpha, self.scaling = r, alpha, alpha / r",
+                "alpha = alpha or float(r)  # alpha left out (0 / None): scaling 1\n"
+                "        self.r, self.alpha, self.scaling = r, alpha, alpha / r",
+                "test_a_zero_or_negative_alpha_is_kept", "alpha = alpha or r?"),
+    WrongAnswer("merge_gpt2 skips frozen LoRAConv1D adapters", KATA,
+                "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling  # (out, in)",
+                "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling  # (out, in)\n"
+                "    update = update * (layer.lora_A.requires_grad or layer.lora_B.requires_grad)  # a frozen one is off",
+                "test_merges_adapters_whose_factors_are_frozen", "the frozen adapters' updates left out"),
+    WrongAnswer("apply_lora_gpt2 passes alpha or r on", KATA, WRAP, "wrapper(module, r, alpha or float(r), dropout)",
+                "test_passes_a_zero_or_negative_alpha_on", "alpha = alpha or r?"),
 ]  # fmt: skip

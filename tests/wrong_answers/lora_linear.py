@@ -405,4 +405,17 @@ WRONG_ANSWERS = [
                 "            return F.linear(x, self.__dict__['cached_weight'], base.bias) + F.linear(down, self.lora_B)\n"
                 "        return self.base(x) + F.linear(down, self.lora_B)\n",
                 "test_matches_plain_lora_in_every_regime", "cached from an earlier call"),
+    # Frozen factors (requires_grad False) as a regime: the branch must stay in the graph of x.
+    WrongAnswer("a frozen adapter's branch detached", KATA, RESULT,
+                "frozen = not (self.lora_A.requires_grad or self.lora_B.requires_grad)  # nothing of it trains\n"
+                "        return self.base(x) + (F.linear(down, self.lora_B).detach() if frozen else F.linear(down, self.lora_B))",
+                "test_matches_plain_lora_in_every_regime", "both frozen by requires_grad_(False)"),
+    WrongAnswer("LoRA-FA: x detached for the branch while A is frozen", KATA, DOWN,
+                DOWN.replace("self.dropout(x)", "self.dropout(x if self.lora_A.requires_grad else x.detach())"),
+                "test_matches_plain_lora_in_every_regime", "A frozen by requires_grad_(False)"),
+    WrongAnswer("alpha = alpha or r", KATA, "self.alpha = alpha\n",
+                "alpha = alpha or float(r)  # no alpha given: scaling 1, as the paper's alpha = r\n        self.alpha = alpha\n",
+                "test_a_zero_or_negative_alpha_is_kept", "alpha = alpha or r?"),
+    WrongAnswer("alpha taken as abs(alpha)", KATA, "self.scaling = alpha / r", "self.scaling = abs(alpha) / r",
+                "test_a_zero_or_negative_alpha_is_kept", "abs(alpha)?"),
 ]  # fmt: skip

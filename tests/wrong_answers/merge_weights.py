@@ -212,4 +212,7 @@ WRONG_ANSWERS = [
     WrongAnswer("scaling recomputed from int(alpha)", KATA, UPDATE,
                 UPDATE.replace("* layer.scaling", "* (int(layer.alpha) / layer.r)  # lora_alpha is an int in peft's config"),
                 "test_merges_under_every_grad_mode", "differ from the adapted model's"),
+    WrongAnswer("frozen adapters merged as W alone", KATA, UPDATE,
+                UPDATE + "\n    update = update * (layer.lora_A.requires_grad or layer.lora_B.requires_grad)  # a frozen one is off",
+                "test_merges_adapters_whose_factors_are_frozen", "the frozen adapters' updates left out"),
 ]  # fmt: skip
