@@ -377,14 +377,38 @@ def unmerge_allowing_value_error(layer: nn.Module) -> None:
 
 def observable_state(layer: nn.Module) -> dict[str, object]:
     """Everything a caller can see of the layer: active and merged adapters, its parameters (which, their values,
-    which train)."""
+    which train), its submodules (a dropout's p) and what it computes in train mode (the active adapter's dropout and
+    scaling), read under a seed of its own."""
     return {
         "active_adapter": active(layer),
         "merged_adapters": merged_list(layer, "reading the layer's state"),
         "parameters": [id(parameter) for parameter in layer.parameters()],
         "values": [parameter.detach().clone() for parameter in layer.parameters()],
         "trainable": [parameter.requires_grad for parameter in layer.parameters()],
+        "submodules (a dropout's p?)": [(name, repr(module)) for name, module in layer.named_modules()],
+        "train-mode output (the active adapter's dropout or scaling?)": [seeded_train_output(layer)],
     }
+
+
+def seeded_train_output(layer: nn.Module) -> torch.Tensor:
+    """The layer's train-mode output for a fixed batch under a fixed seed, every module's mode and the caller's random
+    state left as they were."""
+    modes = {module: module.training for module in layer.modules()}
+    weight = next(parameter for parameter in layer.parameters())
+    x = torch.randn(*X, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(weight)
+    try:
+        with torch.random.fork_rng(devices=[weight.device] if weight.is_cuda else []), torch.no_grad():
+            torch.manual_seed(11)
+            layer.train()
+            return output(layer, x).detach().clone()
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def same_tensors(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes and values, NaN where NaN was."""
+    return a.shape == b.shape and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
 def expect_state_unchanged(layer: nn.Module, before: dict[str, object], when: str) -> None:
@@ -392,11 +416,12 @@ def expect_state_unchanged(layer: nn.Module, before: dict[str, object], when: st
     as it was."""
     after = observable_state(layer)
     same_values = len(after["values"]) == len(before["values"]) and all(
-        torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
-        for a, b in zip(after["values"], before["values"], strict=True)
+        same_tensors(a, b) for a, b in zip(after["values"], before["values"], strict=True)
     )
-    changed = [key for key in before if key != "values" and after[key] != before[key]]
+    outputs = "train-mode output (the active adapter's dropout or scaling?)"
+    changed = [key for key in before if key not in ("values", outputs) and after[key] != before[key]]
     changed += [] if same_values else ["parameter values"]
+    changed += [] if same_tensors(after[outputs][0], before[outputs][0]) else [outputs]
     assert not changed, (
         f"{when}, the layer's {' and '.join(changed)} changed: every ValueError leaves the layer as it was (check "
         "first, then change anything)"
@@ -606,12 +631,28 @@ def test_adding_an_adapter_to_a_merged_layer_keeps_it_merged(MultiLoRALinear):
 @pytest.mark.points(2)
 def test_adding_a_name_already_there_is_a_value_error_that_keeps_it(MultiLoRALinear):
     base, layer = make(MultiLoRALinear)
-    sql = add(layer, "sql", r=2, alpha=5.0)
+    sql = add(layer, "sql", r=2, alpha=5.0, dropout=0.5)
     sql.randomize()
     kept = [tensor.detach().clone() for tensor in sql.tensors]
     count, state = len(list(layer.parameters())), observable_state(layer)
-    expect_value_error(lambda: layer.add_adapter("sql", r=4, alpha=8.0), "add_adapter('sql') when 'sql' is there")
-    expect_state_unchanged(layer, state, "after a failed add_adapter('sql') when 'sql' is there")
+    expect_value_error(lambda: layer.add_adapter("sql", r=4, alpha=8.0, dropout=0.0),
+                       "add_adapter('sql', dropout=0.0) when 'sql' (dropout=0.5) is there")  # fmt: skip
+    expect_state_unchanged(layer, state, "after a failed add_adapter('sql', dropout=0.0) when 'sql' is there")
+    chat = add(layer, "chat", r=4, alpha=6.0)  # inactive, dropout 0: a refused call must not touch it either
+    chat.randomize()
+    state = observable_state(layer)
+    expect_value_error(lambda: layer.add_adapter("chat", r=3, dropout=0.5), "add_adapter('chat') when 'chat' is there")
+    expect_state_unchanged(layer, state, "after a failed add_adapter('chat', dropout=0.5) when 'chat' is there")
+    layer.eval()
+    for adapter, p in (("chat", 0.0), ("sql", 0.5)):
+        layer.set_adapter(adapter)
+        zeroed = zeroed_fraction(layer, base)
+        assert abs(zeroed - p) < 0.1, (
+            f"after failed add_adapter calls for the names there (with other dropouts), {adapter!r} zeroes "
+            f"{zeroed:.0%} of its inputs in train mode, expected about {p:.0%} (its own dropout={p}): the refused call "
+            "replaced the kept adapter's dropout; check the name before making anything"
+        )
+    layer.delete_adapter("chat")
     assert registered(layer, sql) and len(list(layer.parameters())) == count, (
         "a failed add_adapter('sql') replaced or added parameters: check the name before creating anything"
     )
