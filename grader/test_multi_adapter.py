@@ -1597,14 +1597,26 @@ def test_safe_merge_of_a_sound_adapter_merges_as_merge_does(MultiLoRALinear, cas
         base, layer, sql, _ = two_adapters(MultiLoRALinear)
     else:
         base, layer, sql = adapter_on_filled_weight(MultiLoRALinear, *filled)
+    broken = add(layer, "broken", r=5)  # inactive: merge never reads it, so its NaN and inf must not matter
+    with torch.no_grad():
+        broken.factors.A.fill_(float("nan"))
+        broken.factors.B.fill_(float("inf"))
     dtype = dtype_name(base.weight.dtype)
     W0 = base.weight.detach().double().clone()
-    when = f"after merge(safe=True) of {case}"
+    when = f"after merge(safe=True) of {case} (an inactive adapter 'broken' beside it holding NaN and inf)"
     try:
         layer.merge(safe=True)
     except ValueError as error:
-        pytest.fail(f"{when}: ValueError ({error}), though the merged weight is finite in {dtype}, the "
-                    "weight's dtype: check it in that dtype, not after a cast", pytrace=False)  # fmt: skip
+        layer.delete_adapter("broken")
+        try:
+            layer.merge(safe=True)
+        except ValueError:
+            cause = f"though the merged weight is finite in {dtype}, the weight's dtype: check it in that dtype, not " \
+                "after a cast"  # fmt: skip
+        else:
+            cause = "raised for the inactive adapter 'broken' (its merge(safe=True) passed once it was deleted): " \
+                "only the active adapter merges, check its merged weight alone"  # fmt: skip
+        pytest.fail(f"{when}: ValueError ({error}), {cause}", pytrace=False)
     expect_weight(base, W0 + sql.delta(), when, {"safe merge did not write the weight": W0})
     assert merged_list(layer, when) == ["sql"], (
         f"{when}, merged_adapters is {merged_list(layer, when)}, expected ['sql']"
