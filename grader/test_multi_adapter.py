@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grader.flops import ArithmeticWork
 from grader.models import GatedLinear, ReLULinear
 from grader.oracles import load
 from grader.probes import (
@@ -976,6 +977,65 @@ def test_every_kind_of_base_goes_through_add_merge_disable_switch_and_delete(Mul
 
 # ---------------------------------------------------------------------------------------------------------------
 # set_adapter
+
+
+COST_SHAPE = (64, 48, 4, 32)  # in, out, the active adapter's r, each inactive one's: an inactive branch costs 8x it
+COST_ROWS, INACTIVE = 6, 5
+COST_PATHS = {  # (how the layer computes then, whether the active adapter's branch runs)
+    "grad on, train mode": (True, "train", True),
+    "grad off, eval mode": (False, "eval", True),
+    "grad on, eval mode": (True, "eval", True),
+    "inside disable_adapters()": (False, "eval", False),
+    "merged": (False, "eval", False),
+    "no adapter active": (False, "eval", False),  # the last: 'sql' deleted
+}
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_forward_costs_the_active_adapter_alone(MultiLoRALinear, dtype):
+    """A forward's arithmetic (counted at torch's dispatcher) is base(x) and the active adapter's branch: a budget
+    that does not grow with the number of adapters the layer holds."""
+    in_features, out_features, r, r_inactive = COST_SHAPE
+    base, layer = make(MultiLoRALinear, dtype=dtype, in_features=in_features, out_features=out_features)
+    sql = add(layer, "sql", r=r, in_features=in_features, out_features=out_features)
+    sql.randomize()
+    for index in range(INACTIVE):
+        add(layer, f"other{index}", r=r_inactive, in_features=in_features, out_features=out_features).randomize()
+    x = torch.randn(COST_ROWS, in_features, dtype=dtype)
+    products = 2 * COST_ROWS * in_features * out_features
+    slack = 8 * COST_ROWS * (in_features + out_features + r)  # element-wise work: dropout, scaling, sums, a bias
+    for path, (grad, mode, branch) in COST_PATHS.items():
+        # The active branch as B (A x) or as (B A) x: the order of the products is the answer's; their count is not.
+        active = max(2 * COST_ROWS * r * (in_features + out_features), 2 * r * in_features * out_features + products)
+        ideal = products + (active if branch else 0)
+        budget = ideal * 5 // 4 + slack
+        inactive_branch = 2 * COST_ROWS * r_inactive * (in_features + out_features)
+        layer.train(mode == "train")
+        context = contextlib.ExitStack()
+        if path == "inside disable_adapters()":
+            context.enter_context(disabled(layer))
+        elif path == "merged":
+            layer.merge()
+        elif path == "no adapter active":
+            layer.delete_adapter("sql")
+        with context, torch.set_grad_enabled(grad):
+            for call in ("first", "second"):
+                with ArithmeticWork() as counter:
+                    output(layer, x)
+                described = f"base(x) ({products} flops)" + (
+                    f" and the active 'sql' (r={r}) branch (at most {active})" if branch else " alone"
+                )
+                assert counter.flops <= budget, (
+                    f"{dtype_name(dtype)}, {path}, {call} forward, beside {INACTIVE} inactive adapters (r={r_inactive}, "
+                    f"{inactive_branch} flops a branch): the forward costs {counter.flops} flops, expected at most "
+                    f"{budget} ({described}): "
+                    + ("only the active adapter computes: it computes the inactive adapters' branches (and throws them "
+                       "away?); compute the active one's alone" if counter.flops - budget >= inactive_branch
+                       else "it does more than base(x) and one adapter's branch")
+                )  # fmt: skip
+        if path == "merged":
+            layer.unmerge()
 
 
 @pytest.mark.points(3)
