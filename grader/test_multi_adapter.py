@@ -997,7 +997,7 @@ def test_forward_costs_the_active_adapter_alone(MultiLoRALinear, dtype):
     """A forward's arithmetic (counted at torch's dispatcher) is base(x) and the active adapter's branch: a budget
     that does not grow with the number of adapters the layer holds."""
     in_features, out_features, r, r_inactive = COST_SHAPE
-    base, layer = make(MultiLoRALinear, dtype=dtype, in_features=in_features, out_features=out_features)
+    _, layer = make(MultiLoRALinear, dtype=dtype, in_features=in_features, out_features=out_features)
     sql = add(layer, "sql", r=r, in_features=in_features, out_features=out_features)
     sql.randomize()
     for index in range(INACTIVE):
@@ -1027,9 +1027,9 @@ def test_forward_costs_the_active_adapter_alone(MultiLoRALinear, dtype):
                     f" and the active 'sql' (r={r}) branch (at most {active})" if branch else " alone"
                 )
                 assert counter.flops <= budget, (
-                    f"{dtype_name(dtype)}, {path}, {call} forward, beside {INACTIVE} inactive adapters (r={r_inactive}, "
-                    f"{inactive_branch} flops a branch): the forward costs {counter.flops} flops, expected at most "
-                    f"{budget} ({described}): "
+                    f"{dtype_name(dtype)}, {path}, {call} forward, beside {INACTIVE} inactive adapters "
+                    f"(r={r_inactive}, {inactive_branch} flops a branch): the forward costs {counter.flops} flops, "
+                    f"expected at most {budget} ({described}): "
                     + ("only the active adapter computes: it computes the inactive adapters' branches (and throws them "
                        "away?); compute the active one's alone" if counter.flops - budget >= inactive_branch
                        else "it does more than base(x) and one adapter's branch")
