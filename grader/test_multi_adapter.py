@@ -79,6 +79,7 @@ NEAR_MISS = "sqll"  # an unknown name one letter off a name the checks add
 MANY_NAMES = [  # added after sql and chat: past any first-8 cut, and the cut ones are inside names listed before them
     "mysql", "nosql", "sql_v2", "chatbot", "chat_v2", "math2", "codex", "mathematics", "math", "code",
 ]  # fmt: skip
+CUSTOMER_NAMES = [f"customer{number}" for number in range(48)]  # between them: 64 names, past any cut of the list
 LONG_NAMES = [  # added before them: plain identifiers as long as real ones, so no cut of the list (to a width) passes
     f"{task}_adapter_finetuned_on_{data}_v{version}"
     for version, (task, data) in enumerate([("customer_support", "tickets"), ("sql_generation", "spider"),
@@ -353,10 +354,13 @@ def expect_error_naming(call: Callable[[], object], description: str, known: lis
         raise
     except ValueError as error:
         missing = [name for name in known if name not in names_in(str(error))]
+        shown = str(error) if len(str(error)) <= 300 else f"{str(error)[:300]}..."
+        listed = ", ".join(map(repr, known)) if len(known) <= 16 else f"{', '.join(map(repr, known[:6]))}, ..."
         assert not missing, (
-            f"{description} raised ValueError({str(error)!r}), which does not name the adapters {missing}: say "
-            f"which names the layer holds, all {len(known)}, each whole ({', '.join(map(repr, known))}), so the "
-            "typo shows"
+            f"{description} raised ValueError({shown!r}), which does not name the adapters "
+            f"{', '.join(map(repr, missing[:6]))}{f', ... ({len(missing)} in all)' if len(missing) > 6 else ''}: say "
+            "which names the layer "
+            f"holds, all {len(known)} (no cut of the list), each whole ({listed}), so the typo shows"
         )
         return
     except Exception as error:
@@ -1125,10 +1129,10 @@ def test_unknown_names_are_value_errors_naming_the_known_adapters(MultiLoRALinea
     sql, chat = add(layer, "sql", r=2, alpha=5.0), add(layer, "chat", r=4, alpha=6.0)
     sql.randomize()
     chat.randomize()
-    others = [add(layer, name, r=3) for name in LONG_NAMES + MANY_NAMES]  # the last added shorter than earlier ones
+    others = [add(layer, name, r=3) for name in LONG_NAMES + CUSTOMER_NAMES + MANY_NAMES]  # the last ones shorter
     layer.merge()
     W, state = base.weight.detach().clone(), observable_state(layer)
-    known = ["sql", "chat", *LONG_NAMES, *MANY_NAMES]
+    known = ["sql", "chat", *LONG_NAMES, *CUSTOMER_NAMES, *MANY_NAMES]
     for unknown in (UNKNOWN, NEAR_MISS):  # far from every name, and a typo of one: the message names them all
         description = f"{method}({unknown!r}) on a layer holding 'sql' (merged), 'chat' and {len(others)} more"
         expect_error_naming(lambda name=unknown: getattr(layer, method)(name), description, known)
