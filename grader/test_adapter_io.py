@@ -66,19 +66,26 @@ SAVE_EMBEDDINGS = False  # peft saves a tied lm_head's weight beside its factors
 # Adapted; "1.0" is not, though the list entry "0" matches it (it ends with ".0"); nor is "x_y", which "x.y" read as
 # a regex (its dot unescaped) fullmatches.
 NESTED_TARGETS = ["0", "1.1", "x.y"]
-# The adapted nn.Linear of each, beside an unadapted "1.NAME" of another kind peft adapts (a Conv1D, an nn.Embedding,
-# an nn.Conv2d, torch's nn.Conv1d: any kind, not only those the stub names): the list entry NAME matches it too.
+# The adapted nn.Linear NAME of each, beside an unadapted PARENT.NAME of another kind peft adapts (a Conv1D, an
+# nn.Embedding, an nn.Conv2d, torch's nn.Conv1d: any kind, not only those the stub names), or of a kind it refuses (a
+# container, whose own layers the entry does not match), or beside a sibling whose name it starts ("fc" and
+# "fc_stack.fc": a test of startswith without the dot takes that for a module of the adapter): the list entry NAME
+# matches it too. kind: (NAME, PARENT).
 COLLISIONS = {
-    "beside a Conv1D": "0",
-    "beside an Embedding": "embed",
-    "beside a Conv2d": "conv",
-    "beside a Conv1d": "seq",
+    "beside a Conv1D": ("0", "1"),
+    "beside an Embedding": ("embed", "1"),
+    "beside a Conv2d": ("conv", "1"),
+    "beside a Conv1d": ("seq", "1"),
+    "beside a container": ("0", "1"),
+    "beside a sibling it prefixes": ("fc", "fc_stack"),
 }
-COLLIDING = {  # the unadapted layer of each
+COLLIDING = {  # the unadapted module of each
     "beside a Conv1D": lambda: __import__("transformers.pytorch_utils", fromlist=["Conv1D"]).Conv1D(12, 8),
     "beside an Embedding": lambda: nn.Embedding(10, 8),
     "beside a Conv2d": lambda: nn.Conv2d(3, 3, 1),
     "beside a Conv1d": lambda: nn.Conv1d(3, 3, 1),
+    "beside a container": lambda: nn.ModuleDict({"proj": nn.Linear(3, 3)}),  # no weight of its own: still a module
+    "beside a sibling it prefixes": lambda: nn.Linear(8, 12),
 }
 
 
@@ -91,8 +98,8 @@ def plain(kind: str) -> nn.Module:
     if kind in COLLISIONS:  # an adapted nn.Linear beside an unadapted layer of another kind peft adapts too
         torch.manual_seed(0)
         other = COLLIDING[kind]()
-        name = COLLISIONS[kind]
-        return nn.Sequential(OrderedDict({name: nn.Linear(8, 12), "1": nn.ModuleDict({name: other})})).eval()
+        name, parent = COLLISIONS[kind]
+        return nn.Sequential(OrderedDict({name: nn.Linear(8, 12), parent: nn.ModuleDict({name: other})})).eval()
     if kind == "llama":
         return tiny_llama()
     if kind == "gpt2":  # a subclass of a kind of layer is one: peft adapts them, a test of type(m) is skips them
@@ -108,7 +115,7 @@ def target_names(kind: str, model: nn.Module) -> list[str]:
     if kind == "nested":
         return list(NESTED_TARGETS)
     if kind in COLLISIONS:
-        return [COLLISIONS[kind]]
+        return [COLLISIONS[kind][0]]
     suffixes = LLAMA_TARGETS if kind == "llama" else GPT2_TARGETS
     return [name for name, _ in model.named_modules() if name.rpartition(".")[2] in suffixes]
 
@@ -356,6 +363,34 @@ def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALine
     assert isinstance(targets, str) or (isinstance(targets, list) and all(isinstance(t, str) for t in targets)), (
         f"target_modules is {describe(targets)}, expected a list of names (or a str, a regex peft fullmatches)"
     )
+    if isinstance(targets, list):  # before peft, which adapts a layer wrongly matched and refuses a container
+        matched = [(name, module) for name, module in fresh.named_modules()
+                   if name not in layers and any(name == t or name.endswith("." + t) for t in targets)]  # fmt: skip
+        if matched:
+            name, module = matched[0]
+            entry = next(t for t in targets if name == t or name.endswith("." + t))
+            container = any(True for _ in module.children()) and getattr(module, "weight", None) is None
+            prefixed = [layer for layer in layers if name.startswith(layer) and not name.startswith(layer + ".")]
+            cause = (
+                f"{entry!r} is no adapted layer's qualified name: list their qualified names"
+                if entry not in layers
+                else "a list entry also matches every name ending with '.' + entry, a module of any kind, containers "
+                "too"
+                + (
+                    f" ({name!r} only starts with {prefixed[0]!r}: it is no module of that adapter, which "
+                    "startswith(name + '.') tells)"
+                    if prefixed
+                    else ""
+                )
+                + ": where no list says exactly the adapted layers, write a str, a regex peft fullmatches (re.escape "
+                "each name, join with |)"
+            )
+            pytest.fail(
+                f"target_modules {targets[:4]!r}: the entry {entry!r} also matches the unadapted {name!r} (a "
+                f"{type(module).__name__}{', a container' if container else ''}), which peft would adapt or refuse: "
+                f"{cause}",
+                pytrace=False,
+            )
     adapted_by_peft = sorted(peft_layers(peft_loaded(fresh, tmp_path)))
     wrong, missed = sorted(set(adapted_by_peft) - set(layers)), sorted(set(layers) - set(adapted_by_peft))
     shown = targets if isinstance(targets, str) else targets[:4]

@@ -347,7 +347,7 @@ WRONG_ANSWERS = [
     WrongAnswer("an adapter's own modules told by startswith without the dot ('fc' hides 'fc_stack.fc')", KATA,
                 '    inside = tuple(name + "." for name in names)',
                 "    inside = tuple(names)",
-                "test_config_says_lora_r_alpha_and_exactly_the_targets", "wrongly ['fc_stack.fc']"),
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "also matches the unadapted 'fc_stack.fc'"),
     WrongAnswer("r and alpha compared within the first layer's kind only", KATA,
                 "    settings = {(layer.r, float(layer.alpha)) for layer in layers.values()}",
                 "    first = next(iter(layers.values()), None)\n"
