@@ -463,22 +463,40 @@ def test_save_refuses_a_model_without_adapters(save_adapter, LoRALinear, tmp_pat
             )
 
 
+PER_KIND = {  # GPT-2's Conv1D adapters at r=R, alpha=ALPHA, its lm_head (an nn.Linear) with another r or alpha:
+    # each kind agrees within itself (peft's rank_pattern and alpha_pattern would say it; the file has one of each)
+    "r per kind (GPT-2: Conv1D r=4, lm_head r=8)": {"r": 2 * R, "alpha": ALPHA},
+    "alpha per kind (GPT-2: Conv1D alpha=6.5, lm_head alpha=13)": {"r": R, "alpha": 2 * ALPHA},
+}
+
+
 @pytest.mark.points(1)
-@pytest.mark.parametrize("differs", ["r", "alpha", "r and alpha"])  # the last: one alpha / r, two ranks
-def test_save_refuses_adapters_that_disagree(save_adapter, LoRALinear, differs, tmp_path):
-    model = ToyTransformer()
-    names = matching_linears(model, TOY_TARGETS)
-    first = {"r": 2 if "r" in differs.split() else R, "alpha": ALPHA / 2 if differs == "r and alpha" else ALPHA}
-    wrap(model, names[:1], lambda layer: LoRALinear(layer, **first))
-    wrap(model, names[1:], lambda layer: LoRALinear(layer, r=R, alpha=2.0 if differs == "alpha" else ALPHA))
+@pytest.mark.parametrize("differs", ["r", "alpha", "r and alpha", *PER_KIND])  # "r and alpha": one alpha / r
+def test_save_refuses_adapters_that_disagree(save_adapter, LoRALinear, LoRAConv1D, differs, tmp_path):
+    if differs in PER_KIND:
+        model = plain("gpt2")
+        for name in target_names("gpt2", model):
+            if name == "lm_head":
+                wrap(model, [name], lambda layer: LoRALinear(layer, **PER_KIND[differs]))
+            else:
+                wrap(model, [name], lambda layer: LoRAConv1D(layer, r=R, alpha=ALPHA))
+    else:
+        model = ToyTransformer()
+        names = matching_linears(model, TOY_TARGETS)
+        first = {"r": 2 if "r" in differs.split() else R, "alpha": ALPHA / 2 if differs == "r and alpha" else ALPHA}
+        wrap(model, names[:1], lambda layer: LoRALinear(layer, **first))
+        wrap(model, names[1:], lambda layer: LoRALinear(layer, r=R, alpha=2.0 if differs == "alpha" else ALPHA))
     try:
         save_adapter(model, tmp_path)
     except ValueError as error:
         assert str(error).strip(), "save_adapter raised a ValueError without a message: say what is wrong"
     else:
+        written = read_config(tmp_path) if (tmp_path / CONFIG).is_file() else {}
         pytest.fail(
-            f"save_adapter on adapters with different {differs} raised nothing: the config holds one r and one "
-            "lora_alpha, so peft would load some layers wrong; raise ValueError",
+            f"save_adapter on adapters with different {differs} raised nothing"
+            + (f" (it wrote r={written.get('r')!r}, lora_alpha={written.get('lora_alpha')!r})" if written else "")
+            + ": the config holds one r and one lora_alpha, so peft would load some layers wrong; compare every "
+            "adapter, of every kind (LoRALinear and LoRAConv1D alike), and raise ValueError",
             pytrace=False,
         )
 
