@@ -781,6 +781,40 @@ def test_save_then_load_is_bit_exact(save_adapter, load_adapter, LoRALinear, LoR
     assert error == 0, f"{kind} {dtype}: the model loaded from the files computes outputs {error:.3g} away"
 
 
+SECOND_SAVES = {  # what the directory holds at the second load: other factors (the same r), or another r and alpha
+    "other factors": (R, ALPHA),
+    "another r and alpha": (2, 3.0),
+}
+
+
+@pytest.mark.points(1)
+def test_a_second_load_reads_the_files_as_they_are_now(save_adapter, load_adapter, LoRALinear, LoRAConv1D, tmp_path):
+    first, fresh, _ = adapted_model("toy", LoRALinear, LoRAConv1D)
+    saved(save_adapter, first, tmp_path)
+    loaded(load_adapter, copy.deepcopy(fresh), str(tmp_path), "toy, save_adapter's own files")
+    for step, (r, alpha) in enumerate(SECOND_SAVES.values()):
+        rewritten = copy.deepcopy(fresh)
+        wrap(
+            rewritten,
+            target_names("toy", rewritten),
+            lambda layer, r=r, alpha=alpha: LoRALinear(layer, r=r, alpha=alpha),
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(100 + step)  # not the first model's values
+            randomize(rewritten, std=0.3)
+        saved(save_adapter, rewritten, tmp_path)  # the same directory, rewritten
+        model = loaded(load_adapter, copy.deepcopy(fresh), tmp_path if step else str(tmp_path), "the rewritten files")
+        error = max_difference(outputs("toy", model), outputs("toy", rewritten))
+        was = max_difference(outputs("toy", model), outputs("toy", first))
+        what = list(SECOND_SAVES)[step]
+        assert error == 0, (
+            f"load_adapter of a directory rewritten since an earlier load of it ({what}: r={r}, alpha={alpha:g}) "
+            f"computes outputs {error:.3g} away from the rewritten model's"
+            + (" and exactly the first files' model's: it loaded the first files again (a cache by path?); read the "
+               "files at every call" if was == 0 else "")
+        )  # fmt: skip
+
+
 CORRUPTED = {  # the layer each corruption spoils, of each kind a file holds: an nn.Linear, and a Conv1D (in, out)
     "toy": "layers.0.mlp.fc1",  # 8 -> 12: A (4, 8), B (12, 4)
     "gpt2": "transformer.h.0.attn.c_attn",  # 16 -> 48: A (4, 16), B (48, 4)
