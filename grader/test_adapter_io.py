@@ -869,6 +869,14 @@ def untargeted(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> No
     config["target_modules"] = [t for t in config["target_modules"] if not (layer == t or layer.endswith("." + t))]
 
 
+def untargeted_sibling(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> None:
+    """A corruption: the pair of a sibling whose name starts with the layer's (the toy's fc10 beside fc1) left
+    untargeted, the layer still targeted: a test of startswith without the dot takes the sibling's keys for the
+    layer's. (GPT-2's names hold no such pair: there, the layer itself left untargeted.)"""
+    siblings = sorted({layer_of(key) for key in tensors} - {layer})
+    untargeted(tensors, config, next((name for name in siblings if name.startswith(layer)), layer))
+
+
 def bare_name_target(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> None:
     """A corruption: a str target, the layer's short name, which no whole name is (a str is a regex, fullmatched:
     it names no layers.N.mlp.fc1), with a file that fits the suffix reading of it."""
@@ -906,6 +914,7 @@ CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of t
         missing(f)(tensors, config, layer) for f in "AB"
     ],
     "a lora pair for an untargeted layer": untargeted,
+    "a lora pair for an untargeted sibling whose name starts with the layer's": untargeted_sibling,
     "a transposed lora_A": transposed("A"),
     "a transposed lora_B": transposed("B"),
     "a lora_A of rank 2": of_rank("A", 2),  # the rank of one factor only: the other's, and the config's, fit

@@ -361,4 +361,9 @@ WRONG_ANSWERS = [
                             ("def adapters(model: nn.Module)",
                              "@functools.lru_cache(maxsize=16)\ndef _read_once(path: str) -> dict[str, torch.Tensor]:\n"
                              "    return load_file(path)\n\n\ndef adapters(model: nn.Module)"))),
+    WrongAnswer("tensors placed by startswith without the dot ('fc1' claims the keys of 'fc10')", KATA,
+                "    unplaced = sorted(tensors.keys() - expected.keys())",
+                "    unplaced = sorted(key for key in tensors if not any(key.startswith(f\"{PREFIX}{name}\") for name in targets)\n"
+                "                      or not key.endswith((\".lora_A.weight\", \".lora_B.weight\")))",
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "untargeted sibling"),
 ]  # fmt: skip
