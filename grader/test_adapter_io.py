@@ -66,19 +66,26 @@ SAVE_EMBEDDINGS = False  # peft saves a tied lm_head's weight beside its factors
 # Adapted; "1.0" is not, though the list entry "0" matches it (it ends with ".0"); nor is "x_y", which "x.y" read as
 # a regex (its dot unescaped) fullmatches.
 NESTED_TARGETS = ["0", "1.1", "x.y"]
-# The adapted nn.Linear of each, beside an unadapted "1.NAME" of another kind peft adapts (a Conv1D, an nn.Embedding,
-# an nn.Conv2d, torch's nn.Conv1d: any kind, not only those the stub names): the list entry NAME matches it too.
+# The adapted nn.Linear NAME of each, beside an unadapted PARENT.NAME of another kind peft adapts (a Conv1D, an
+# nn.Embedding, an nn.Conv2d, torch's nn.Conv1d: any kind, not only those the stub names), or of a kind it refuses (a
+# container, whose own layers the entry does not match), or beside a sibling whose name it starts ("fc" and
+# "fc_stack.fc": a test of startswith without the dot takes that for a module of the adapter): the list entry NAME
+# matches it too. kind: (NAME, PARENT).
 COLLISIONS = {
-    "beside a Conv1D": "0",
-    "beside an Embedding": "embed",
-    "beside a Conv2d": "conv",
-    "beside a Conv1d": "seq",
+    "beside a Conv1D": ("0", "1"),
+    "beside an Embedding": ("embed", "1"),
+    "beside a Conv2d": ("conv", "1"),
+    "beside a Conv1d": ("seq", "1"),
+    "beside a container": ("0", "1"),
+    "beside a sibling it prefixes": ("fc", "fc_stack"),
 }
-COLLIDING = {  # the unadapted layer of each
+COLLIDING = {  # the unadapted module of each
     "beside a Conv1D": lambda: __import__("transformers.pytorch_utils", fromlist=["Conv1D"]).Conv1D(12, 8),
     "beside an Embedding": lambda: nn.Embedding(10, 8),
     "beside a Conv2d": lambda: nn.Conv2d(3, 3, 1),
     "beside a Conv1d": lambda: nn.Conv1d(3, 3, 1),
+    "beside a container": lambda: nn.ModuleDict({"proj": nn.Linear(3, 3)}),  # no weight of its own: still a module
+    "beside a sibling it prefixes": lambda: nn.Linear(8, 12),
 }
 
 
@@ -91,8 +98,8 @@ def plain(kind: str) -> nn.Module:
     if kind in COLLISIONS:  # an adapted nn.Linear beside an unadapted layer of another kind peft adapts too
         torch.manual_seed(0)
         other = COLLIDING[kind]()
-        name = COLLISIONS[kind]
-        return nn.Sequential(OrderedDict({name: nn.Linear(8, 12), "1": nn.ModuleDict({name: other})})).eval()
+        name, parent = COLLISIONS[kind]
+        return nn.Sequential(OrderedDict({name: nn.Linear(8, 12), parent: nn.ModuleDict({name: other})})).eval()
     if kind == "llama":
         return tiny_llama()
     if kind == "gpt2":  # a subclass of a kind of layer is one: peft adapts them, a test of type(m) is skips them
@@ -108,7 +115,7 @@ def target_names(kind: str, model: nn.Module) -> list[str]:
     if kind == "nested":
         return list(NESTED_TARGETS)
     if kind in COLLISIONS:
-        return [COLLISIONS[kind]]
+        return [COLLISIONS[kind][0]]
     suffixes = LLAMA_TARGETS if kind == "llama" else GPT2_TARGETS
     return [name for name, _ in model.named_modules() if name.rpartition(".")[2] in suffixes]
 
@@ -356,6 +363,34 @@ def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALine
     assert isinstance(targets, str) or (isinstance(targets, list) and all(isinstance(t, str) for t in targets)), (
         f"target_modules is {describe(targets)}, expected a list of names (or a str, a regex peft fullmatches)"
     )
+    if isinstance(targets, list):  # before peft, which adapts a layer wrongly matched and refuses a container
+        matched = [(name, module) for name, module in fresh.named_modules()
+                   if name not in layers and any(name == t or name.endswith("." + t) for t in targets)]  # fmt: skip
+        if matched:
+            name, module = matched[0]
+            entry = next(t for t in targets if name == t or name.endswith("." + t))
+            container = any(True for _ in module.children()) and getattr(module, "weight", None) is None
+            prefixed = [layer for layer in layers if name.startswith(layer) and not name.startswith(layer + ".")]
+            cause = (
+                f"{entry!r} is no adapted layer's qualified name: list their qualified names"
+                if entry not in layers
+                else "a list entry also matches every name ending with '.' + entry, a module of any kind, containers "
+                "too"
+                + (
+                    f" ({name!r} only starts with {prefixed[0]!r}: it is no module of that adapter, which "
+                    "startswith(name + '.') tells)"
+                    if prefixed
+                    else ""
+                )
+                + ": where no list says exactly the adapted layers, write a str, a regex peft fullmatches (re.escape "
+                "each name, join with |)"
+            )
+            pytest.fail(
+                f"target_modules {targets[:4]!r}: the entry {entry!r} also matches the unadapted {name!r} (a "
+                f"{type(module).__name__}{', a container' if container else ''}), which peft would adapt or refuse: "
+                f"{cause}",
+                pytrace=False,
+            )
     adapted_by_peft = sorted(peft_layers(peft_loaded(fresh, tmp_path)))
     wrong, missed = sorted(set(adapted_by_peft) - set(layers)), sorted(set(layers) - set(adapted_by_peft))
     shown = targets if isinstance(targets, str) else targets[:4]
@@ -428,22 +463,40 @@ def test_save_refuses_a_model_without_adapters(save_adapter, LoRALinear, tmp_pat
             )
 
 
+PER_KIND = {  # GPT-2's Conv1D adapters at r=R, alpha=ALPHA, its lm_head (an nn.Linear) with another r or alpha:
+    # each kind agrees within itself (peft's rank_pattern and alpha_pattern would say it; the file has one of each)
+    "r per kind (GPT-2: Conv1D r=4, lm_head r=8)": {"r": 2 * R, "alpha": ALPHA},
+    "alpha per kind (GPT-2: Conv1D alpha=6.5, lm_head alpha=13)": {"r": R, "alpha": 2 * ALPHA},
+}
+
+
 @pytest.mark.points(1)
-@pytest.mark.parametrize("differs", ["r", "alpha", "r and alpha"])  # the last: one alpha / r, two ranks
-def test_save_refuses_adapters_that_disagree(save_adapter, LoRALinear, differs, tmp_path):
-    model = ToyTransformer()
-    names = matching_linears(model, TOY_TARGETS)
-    first = {"r": 2 if "r" in differs.split() else R, "alpha": ALPHA / 2 if differs == "r and alpha" else ALPHA}
-    wrap(model, names[:1], lambda layer: LoRALinear(layer, **first))
-    wrap(model, names[1:], lambda layer: LoRALinear(layer, r=R, alpha=2.0 if differs == "alpha" else ALPHA))
+@pytest.mark.parametrize("differs", ["r", "alpha", "r and alpha", *PER_KIND])  # "r and alpha": one alpha / r
+def test_save_refuses_adapters_that_disagree(save_adapter, LoRALinear, LoRAConv1D, differs, tmp_path):
+    if differs in PER_KIND:
+        model = plain("gpt2")
+        for name in target_names("gpt2", model):
+            if name == "lm_head":
+                wrap(model, [name], lambda layer: LoRALinear(layer, **PER_KIND[differs]))
+            else:
+                wrap(model, [name], lambda layer: LoRAConv1D(layer, r=R, alpha=ALPHA))
+    else:
+        model = ToyTransformer()
+        names = matching_linears(model, TOY_TARGETS)
+        first = {"r": 2 if "r" in differs.split() else R, "alpha": ALPHA / 2 if differs == "r and alpha" else ALPHA}
+        wrap(model, names[:1], lambda layer: LoRALinear(layer, **first))
+        wrap(model, names[1:], lambda layer: LoRALinear(layer, r=R, alpha=2.0 if differs == "alpha" else ALPHA))
     try:
         save_adapter(model, tmp_path)
     except ValueError as error:
         assert str(error).strip(), "save_adapter raised a ValueError without a message: say what is wrong"
     else:
+        written = read_config(tmp_path) if (tmp_path / CONFIG).is_file() else {}
         pytest.fail(
-            f"save_adapter on adapters with different {differs} raised nothing: the config holds one r and one "
-            "lora_alpha, so peft would load some layers wrong; raise ValueError",
+            f"save_adapter on adapters with different {differs} raised nothing"
+            + (f" (it wrote r={written.get('r')!r}, lora_alpha={written.get('lora_alpha')!r})" if written else "")
+            + ": the config holds one r and one lora_alpha, so peft would load some layers wrong; compare every "
+            "adapter, of every kind (LoRALinear and LoRAConv1D alike), and raise ValueError",
             pytrace=False,
         )
 
@@ -728,6 +781,40 @@ def test_save_then_load_is_bit_exact(save_adapter, load_adapter, LoRALinear, LoR
     assert error == 0, f"{kind} {dtype}: the model loaded from the files computes outputs {error:.3g} away"
 
 
+SECOND_SAVES = {  # what the directory holds at the second load: other factors (the same r), or another r and alpha
+    "other factors": (R, ALPHA),
+    "another r and alpha": (2, 3.0),
+}
+
+
+@pytest.mark.points(1)
+def test_a_second_load_reads_the_files_as_they_are_now(save_adapter, load_adapter, LoRALinear, LoRAConv1D, tmp_path):
+    first, fresh, _ = adapted_model("toy", LoRALinear, LoRAConv1D)
+    saved(save_adapter, first, tmp_path)
+    loaded(load_adapter, copy.deepcopy(fresh), str(tmp_path), "toy, save_adapter's own files")
+    for step, (r, alpha) in enumerate(SECOND_SAVES.values()):
+        rewritten = copy.deepcopy(fresh)
+        wrap(
+            rewritten,
+            target_names("toy", rewritten),
+            lambda layer, r=r, alpha=alpha: LoRALinear(layer, r=r, alpha=alpha),
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(100 + step)  # not the first model's values
+            randomize(rewritten, std=0.3)
+        saved(save_adapter, rewritten, tmp_path)  # the same directory, rewritten
+        model = loaded(load_adapter, copy.deepcopy(fresh), tmp_path if step else str(tmp_path), "the rewritten files")
+        error = max_difference(outputs("toy", model), outputs("toy", rewritten))
+        was = max_difference(outputs("toy", model), outputs("toy", first))
+        what = list(SECOND_SAVES)[step]
+        assert error == 0, (
+            f"load_adapter of a directory rewritten since an earlier load of it ({what}: r={r}, alpha={alpha:g}) "
+            f"computes outputs {error:.3g} away from the rewritten model's"
+            + (" and exactly the first files' model's: it loaded the first files again (a cache by path?); read the "
+               "files at every call" if was == 0 else "")
+        )  # fmt: skip
+
+
 CORRUPTED = {  # the layer each corruption spoils, of each kind a file holds: an nn.Linear, and a Conv1D (in, out)
     "toy": "layers.0.mlp.fc1",  # 8 -> 12: A (4, 8), B (12, 4)
     "gpt2": "transformer.h.0.attn.c_attn",  # 16 -> 48: A (4, 16), B (48, 4)
@@ -782,6 +869,14 @@ def untargeted(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> No
     config["target_modules"] = [t for t in config["target_modules"] if not (layer == t or layer.endswith("." + t))]
 
 
+def untargeted_sibling(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> None:
+    """A corruption: the pair of a sibling whose name starts with the layer's (the toy's fc10 beside fc1) left
+    untargeted, the layer still targeted: a test of startswith without the dot takes the sibling's keys for the
+    layer's. (GPT-2's names hold no such pair: there, the layer itself left untargeted.)"""
+    siblings = sorted({layer_of(key) for key in tensors} - {layer})
+    untargeted(tensors, config, next((name for name in siblings if name.startswith(layer)), layer))
+
+
 def bare_name_target(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> None:
     """A corruption: a str target, the layer's short name, which no whole name is (a str is a regex, fullmatched:
     it names no layers.N.mlp.fc1), with a file that fits the suffix reading of it."""
@@ -819,6 +914,7 @@ CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of t
         missing(f)(tensors, config, layer) for f in "AB"
     ],
     "a lora pair for an untargeted layer": untargeted,
+    "a lora pair for an untargeted sibling whose name starts with the layer's": untargeted_sibling,
     "a transposed lora_A": transposed("A"),
     "a transposed lora_B": transposed("B"),
     "a lora_A of rank 2": of_rank("A", 2),  # the rank of one factor only: the other's, and the config's, fit

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grader.flops import ArithmeticWork
 from grader.models import GatedLinear, ReLULinear
 from grader.oracles import load
 from grader.probes import (
@@ -78,6 +79,7 @@ NEAR_MISS = "sqll"  # an unknown name one letter off a name the checks add
 MANY_NAMES = [  # added after sql and chat: past any first-8 cut, and the cut ones are inside names listed before them
     "mysql", "nosql", "sql_v2", "chatbot", "chat_v2", "math2", "codex", "mathematics", "math", "code",
 ]  # fmt: skip
+CUSTOMER_NAMES = [f"customer{number}" for number in range(48)]  # between them: 64 names, past any cut of the list
 LONG_NAMES = [  # added before them: plain identifiers as long as real ones, so no cut of the list (to a width) passes
     f"{task}_adapter_finetuned_on_{data}_v{version}"
     for version, (task, data) in enumerate([("customer_support", "tickets"), ("sql_generation", "spider"),
@@ -352,10 +354,13 @@ def expect_error_naming(call: Callable[[], object], description: str, known: lis
         raise
     except ValueError as error:
         missing = [name for name in known if name not in names_in(str(error))]
+        shown = str(error) if len(str(error)) <= 300 else f"{str(error)[:300]}..."
+        listed = ", ".join(map(repr, known)) if len(known) <= 16 else f"{', '.join(map(repr, known[:6]))}, ..."
         assert not missing, (
-            f"{description} raised ValueError({str(error)!r}), which does not name the adapters {missing}: say "
-            f"which names the layer holds, all {len(known)}, each whole ({', '.join(map(repr, known))}), so the "
-            "typo shows"
+            f"{description} raised ValueError({shown!r}), which does not name the adapters "
+            f"{', '.join(map(repr, missing[:6]))}{f', ... ({len(missing)} in all)' if len(missing) > 6 else ''}: say "
+            "which names the layer "
+            f"holds, all {len(known)} (no cut of the list), each whole ({listed}), so the typo shows"
         )
         return
     except Exception as error:
@@ -377,14 +382,38 @@ def unmerge_allowing_value_error(layer: nn.Module) -> None:
 
 def observable_state(layer: nn.Module) -> dict[str, object]:
     """Everything a caller can see of the layer: active and merged adapters, its parameters (which, their values,
-    which train)."""
+    which train), its submodules (a dropout's p) and what it computes in train mode (the active adapter's dropout and
+    scaling), read under a seed of its own."""
     return {
         "active_adapter": active(layer),
         "merged_adapters": merged_list(layer, "reading the layer's state"),
         "parameters": [id(parameter) for parameter in layer.parameters()],
         "values": [parameter.detach().clone() for parameter in layer.parameters()],
         "trainable": [parameter.requires_grad for parameter in layer.parameters()],
+        "submodules (a dropout's p?)": [(name, repr(module)) for name, module in layer.named_modules()],
+        "train-mode output (the active adapter's dropout or scaling?)": [seeded_train_output(layer)],
     }
+
+
+def seeded_train_output(layer: nn.Module) -> torch.Tensor:
+    """The layer's train-mode output for a fixed batch under a fixed seed, every module's mode and the caller's random
+    state left as they were."""
+    modes = {module: module.training for module in layer.modules()}
+    weight = next(parameter for parameter in layer.parameters())
+    x = torch.randn(*X, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(weight)
+    try:
+        with torch.random.fork_rng(devices=[weight.device] if weight.is_cuda else []), torch.no_grad():
+            torch.manual_seed(11)
+            layer.train()
+            return output(layer, x).detach().clone()
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def same_tensors(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes and values, NaN where NaN was."""
+    return a.shape == b.shape and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
 def expect_state_unchanged(layer: nn.Module, before: dict[str, object], when: str) -> None:
@@ -392,11 +421,12 @@ def expect_state_unchanged(layer: nn.Module, before: dict[str, object], when: st
     as it was."""
     after = observable_state(layer)
     same_values = len(after["values"]) == len(before["values"]) and all(
-        torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
-        for a, b in zip(after["values"], before["values"], strict=True)
+        same_tensors(a, b) for a, b in zip(after["values"], before["values"], strict=True)
     )
-    changed = [key for key in before if key != "values" and after[key] != before[key]]
+    outputs = "train-mode output (the active adapter's dropout or scaling?)"
+    changed = [key for key in before if key not in ("values", outputs) and after[key] != before[key]]
     changed += [] if same_values else ["parameter values"]
+    changed += [] if same_tensors(after[outputs][0], before[outputs][0]) else [outputs]
     assert not changed, (
         f"{when}, the layer's {' and '.join(changed)} changed: every ValueError leaves the layer as it was (check "
         "first, then change anything)"
@@ -606,12 +636,28 @@ def test_adding_an_adapter_to_a_merged_layer_keeps_it_merged(MultiLoRALinear):
 @pytest.mark.points(2)
 def test_adding_a_name_already_there_is_a_value_error_that_keeps_it(MultiLoRALinear):
     base, layer = make(MultiLoRALinear)
-    sql = add(layer, "sql", r=2, alpha=5.0)
+    sql = add(layer, "sql", r=2, alpha=5.0, dropout=0.5)
     sql.randomize()
     kept = [tensor.detach().clone() for tensor in sql.tensors]
     count, state = len(list(layer.parameters())), observable_state(layer)
-    expect_value_error(lambda: layer.add_adapter("sql", r=4, alpha=8.0), "add_adapter('sql') when 'sql' is there")
-    expect_state_unchanged(layer, state, "after a failed add_adapter('sql') when 'sql' is there")
+    expect_value_error(lambda: layer.add_adapter("sql", r=4, alpha=8.0, dropout=0.0),
+                       "add_adapter('sql', dropout=0.0) when 'sql' (dropout=0.5) is there")  # fmt: skip
+    expect_state_unchanged(layer, state, "after a failed add_adapter('sql', dropout=0.0) when 'sql' is there")
+    chat = add(layer, "chat", r=4, alpha=6.0)  # inactive, dropout 0: a refused call must not touch it either
+    chat.randomize()
+    state = observable_state(layer)
+    expect_value_error(lambda: layer.add_adapter("chat", r=3, dropout=0.5), "add_adapter('chat') when 'chat' is there")
+    expect_state_unchanged(layer, state, "after a failed add_adapter('chat', dropout=0.5) when 'chat' is there")
+    layer.eval()
+    for adapter, p in (("chat", 0.0), ("sql", 0.5)):
+        layer.set_adapter(adapter)
+        zeroed = zeroed_fraction(layer, base)
+        assert abs(zeroed - p) < 0.1, (
+            f"after failed add_adapter calls for the names there (with other dropouts), {adapter!r} zeroes "
+            f"{zeroed:.0%} of its inputs in train mode, expected about {p:.0%} (its own dropout={p}): the refused call "
+            "replaced the kept adapter's dropout; check the name before making anything"
+        )
+    layer.delete_adapter("chat")
     assert registered(layer, sql) and len(list(layer.parameters())) == count, (
         "a failed add_adapter('sql') replaced or added parameters: check the name before creating anything"
     )
@@ -937,6 +983,65 @@ def test_every_kind_of_base_goes_through_add_merge_disable_switch_and_delete(Mul
 # set_adapter
 
 
+COST_SHAPE = (64, 48, 4, 32)  # in, out, the active adapter's r, each inactive one's: an inactive branch costs 8x it
+COST_ROWS, INACTIVE = 6, 5
+COST_PATHS = {  # (how the layer computes then, whether the active adapter's branch runs)
+    "grad on, train mode": (True, "train", True),
+    "grad off, eval mode": (False, "eval", True),
+    "grad on, eval mode": (True, "eval", True),
+    "inside disable_adapters()": (False, "eval", False),
+    "merged": (False, "eval", False),
+    "no adapter active": (False, "eval", False),  # the last: 'sql' deleted
+}
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_forward_costs_the_active_adapter_alone(MultiLoRALinear, dtype):
+    """A forward's arithmetic (counted at torch's dispatcher) is base(x) and the active adapter's branch: a budget
+    that does not grow with the number of adapters the layer holds."""
+    in_features, out_features, r, r_inactive = COST_SHAPE
+    _, layer = make(MultiLoRALinear, dtype=dtype, in_features=in_features, out_features=out_features)
+    sql = add(layer, "sql", r=r, in_features=in_features, out_features=out_features)
+    sql.randomize()
+    for index in range(INACTIVE):
+        add(layer, f"other{index}", r=r_inactive, in_features=in_features, out_features=out_features).randomize()
+    x = torch.randn(COST_ROWS, in_features, dtype=dtype)
+    products = 2 * COST_ROWS * in_features * out_features
+    slack = 8 * COST_ROWS * (in_features + out_features + r)  # element-wise work: dropout, scaling, sums, a bias
+    for path, (grad, mode, branch) in COST_PATHS.items():
+        # The active branch as B (A x) or as (B A) x: the order of the products is the answer's; their count is not.
+        active = max(2 * COST_ROWS * r * (in_features + out_features), 2 * r * in_features * out_features + products)
+        ideal = products + (active if branch else 0)
+        budget = ideal * 5 // 4 + slack
+        inactive_branch = 2 * COST_ROWS * r_inactive * (in_features + out_features)
+        layer.train(mode == "train")
+        context = contextlib.ExitStack()
+        if path == "inside disable_adapters()":
+            context.enter_context(disabled(layer))
+        elif path == "merged":
+            layer.merge()
+        elif path == "no adapter active":
+            layer.delete_adapter("sql")
+        with context, torch.set_grad_enabled(grad):
+            for call in ("first", "second"):
+                with ArithmeticWork() as counter:
+                    output(layer, x)
+                described = f"base(x) ({products} flops)" + (
+                    f" and the active 'sql' (r={r}) branch (at most {active})" if branch else " alone"
+                )
+                assert counter.flops <= budget, (
+                    f"{dtype_name(dtype)}, {path}, {call} forward, beside {INACTIVE} inactive adapters "
+                    f"(r={r_inactive}, {inactive_branch} flops a branch): the forward costs {counter.flops} flops, "
+                    f"expected at most {budget} ({described}): "
+                    + ("only the active adapter computes: it computes the inactive adapters' branches (and throws them "
+                       "away?); compute the active one's alone" if counter.flops - budget >= inactive_branch
+                       else "it does more than base(x) and one adapter's branch")
+                )  # fmt: skip
+        if path == "merged":
+            layer.unmerge()
+
+
 @pytest.mark.points(3)
 def test_each_adapter_computes_with_its_own_factors_and_scaling(MultiLoRALinear):
     base, layer, sql, chat = two_adapters(MultiLoRALinear)
@@ -1024,10 +1129,10 @@ def test_unknown_names_are_value_errors_naming_the_known_adapters(MultiLoRALinea
     sql, chat = add(layer, "sql", r=2, alpha=5.0), add(layer, "chat", r=4, alpha=6.0)
     sql.randomize()
     chat.randomize()
-    others = [add(layer, name, r=3) for name in LONG_NAMES + MANY_NAMES]  # the last added shorter than earlier ones
+    others = [add(layer, name, r=3) for name in LONG_NAMES + CUSTOMER_NAMES + MANY_NAMES]  # the last ones shorter
     layer.merge()
     W, state = base.weight.detach().clone(), observable_state(layer)
-    known = ["sql", "chat", *LONG_NAMES, *MANY_NAMES]
+    known = ["sql", "chat", *LONG_NAMES, *CUSTOMER_NAMES, *MANY_NAMES]
     for unknown in (UNKNOWN, NEAR_MISS):  # far from every name, and a typo of one: the message names them all
         description = f"{method}({unknown!r}) on a layer holding 'sql' (merged), 'chat' and {len(others)} more"
         expect_error_naming(lambda name=unknown: getattr(layer, method)(name), description, known)
@@ -1556,14 +1661,26 @@ def test_safe_merge_of_a_sound_adapter_merges_as_merge_does(MultiLoRALinear, cas
         base, layer, sql, _ = two_adapters(MultiLoRALinear)
     else:
         base, layer, sql = adapter_on_filled_weight(MultiLoRALinear, *filled)
+    broken = add(layer, "broken", r=5)  # inactive: merge never reads it, so its NaN and inf must not matter
+    with torch.no_grad():
+        broken.factors.A.fill_(float("nan"))
+        broken.factors.B.fill_(float("inf"))
     dtype = dtype_name(base.weight.dtype)
     W0 = base.weight.detach().double().clone()
-    when = f"after merge(safe=True) of {case}"
+    when = f"after merge(safe=True) of {case} (an inactive adapter 'broken' beside it holding NaN and inf)"
     try:
         layer.merge(safe=True)
     except ValueError as error:
-        pytest.fail(f"{when}: ValueError ({error}), though the merged weight is finite in {dtype}, the "
-                    "weight's dtype: check it in that dtype, not after a cast", pytrace=False)  # fmt: skip
+        layer.delete_adapter("broken")
+        try:
+            layer.merge(safe=True)
+        except ValueError:
+            cause = f"though the merged weight is finite in {dtype}, the weight's dtype: check it in that dtype, not " \
+                "after a cast"  # fmt: skip
+        else:
+            cause = "raised for the inactive adapter 'broken' (its merge(safe=True) passed once it was deleted): " \
+                "only the active adapter merges, check its merged weight alone"  # fmt: skip
+        pytest.fail(f"{when}: ValueError ({error}), {cause}", pytrace=False)
     expect_weight(base, W0 + sql.delta(), when, {"safe merge did not write the weight": W0})
     assert merged_list(layer, when) == ["sql"], (
         f"{when}, merged_adapters is {merged_list(layer, when)}, expected ['sql']"

@@ -339,4 +339,31 @@ WRONG_ANSWERS = [
                      "    for name, training in modes.items():\n"
                      "        model.get_submodule(name).train(training)  # a new layer takes the mode of the one it replaces\n",
                      ""))),
+    # Round 14, team C.
+    WrongAnswer("collisions looked for among modules with a weight only (a container '1.0' missed)", KATA,
+                "    modules = {name for name, _ in model.named_modules()}",
+                '    modules = {name for name, module in model.named_modules() if hasattr(module, "weight")}',
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "container"),
+    WrongAnswer("an adapter's own modules told by startswith without the dot ('fc' hides 'fc_stack.fc')", KATA,
+                '    inside = tuple(name + "." for name in names)',
+                "    inside = tuple(names)",
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "also matches the unadapted 'fc_stack.fc'"),
+    WrongAnswer("r and alpha compared within the first layer's kind only", KATA,
+                "    settings = {(layer.r, float(layer.alpha)) for layer in layers.values()}",
+                "    first = next(iter(layers.values()), None)\n"
+                "    settings = {(layer.r, float(layer.alpha)) for layer in layers.values() if type(layer) is type(first)}",
+                "test_save_refuses_adapters_that_disagree", "lm_head"),
+    WrongAnswer("the files read once per path (a second load of a rewritten directory gets the old adapter)", KATA,
+                "    tensors = load_file(directory / WEIGHTS)\n",
+                "    tensors = _read_once(str(directory / WEIGHTS))\n",
+                "test_a_second_load_reads_the_files_as_they_are_now", "cache",
+                more_edits=(("import itertools\n", "import functools\nimport itertools\n"),
+                            ("def adapters(model: nn.Module)",
+                             "@functools.lru_cache(maxsize=16)\ndef _read_once(path: str) -> dict[str, torch.Tensor]:\n"
+                             "    return load_file(path)\n\n\ndef adapters(model: nn.Module)"))),
+    WrongAnswer("tensors placed by startswith without the dot ('fc1' claims the keys of 'fc10')", KATA,
+                "    unplaced = sorted(tensors.keys() - expected.keys())",
+                "    unplaced = sorted(key for key in tensors if not any(key.startswith(f\"{PREFIX}{name}\") for name in targets)\n"
+                "                      or not key.endswith((\".lora_A.weight\", \".lora_B.weight\")))",
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "untargeted sibling"),
 ]  # fmt: skip

@@ -656,4 +656,23 @@ WRONG_ANSWERS = [
                             ("        return (self.lora_B[name].to(accumulate) @ self.lora_A[name].to(accumulate)) * self.scaling[name]",
                              "        A, B = (self.lora_A[name], self.lora_B[name]) if A is None else (A, B)\n"
                              "        return (B.to(accumulate) @ A.to(accumulate)) * self.scaling[name]"))),
+    # Round 14, team C.
+    WrongAnswer("a refused duplicate add_adapter replaces the kept adapter's dropout", KATA,
+                "        if name in self.lora_A:\n            raise ValueError",
+                "        self.lora_dropout[name] = nn.Dropout(dropout).train(self.training)  # made first, kept below\n"
+                "        if name in self.lora_A:\n            raise ValueError",
+                "test_adding_a_name_already_there_is_a_value_error_that_keeps_it", "dropout"),
+    WrongAnswer("a safe merge refusing when an inactive adapter is broken", KATA,
+                "        if safe and not torch.isfinite(merged).all():\n",
+                "        if safe and not (torch.isfinite(merged).all() and all(torch.isfinite(self._delta(n)).all() for n in self.lora_A)):\n",
+                "test_safe_merge_of_a_sound_adapter_merges_as_merge_does", "for the inactive adapter"),
+    WrongAnswer("every adapter's branch computed, the inactive ones thrown away", KATA, FORWARD_DELTA,
+                "        branches = {n: F.linear(F.linear(self.lora_dropout[n](x), self.lora_A[n]) * self.scaling[n], self.lora_B[n])\n"
+                "                    for n in self.lora_A}\n"
+                "        return self.base(x) + branches[name]",
+                "test_forward_costs_the_active_adapter_alone", "inactive"),
+    WrongAnswer("the unknown-name message lists the first 20 adapters", KATA,
+                '        return ", ".join(repr(name) for name in self.lora_A) or "none yet"',
+                '        return ", ".join(repr(name) for name in list(self.lora_A)[:20]) or "none yet"',
+                "test_unknown_names_are_value_errors_naming_the_known_adapters", "all 64"),
 ]  # fmt: skip
