@@ -360,4 +360,8 @@ WRONG_ANSWERS += [
                 "            raise ValueError(f\"FusedLoRALinear needs alpha > 0, got alpha={alpha!r}\")\n"
                 "        self.base = base.requires_grad_(False)\n",
                 "test_the_layer_takes_every_argument_the_stub_allows", "alpha=0.0"),
+    WrongAnswer("FusedLoRALinear skips the Function at alpha 0", KATA, APPLY,
+                "if self.scaling == 0:  # the adapter adds nothing: the base alone\n"
+                "            return self.base(x)\n        " + APPLY,
+                "test_the_layer_takes_every_argument_the_stub_allows", "zeros at alpha 0, not None"),
 ]  # fmt: skip

@@ -376,4 +376,8 @@ WRONG_ANSWERS += [
                 "            raise ValueError(f\"QLoRALinear needs alpha > 0, got alpha={alpha!r}\")\n"
                 "        self.r, self.alpha, self.scaling = r, alpha, alpha / r\n",
                 "test_qlora_takes_every_argument_the_stub_allows", "alpha=0.0"),
+    WrongAnswer("QLoRALinear skips the adapter at alpha 0", KATA, DOWN,
+                "if self.scaling == 0:  # the adapter adds nothing: the base alone\n"
+                "            return self.base(x)\n        " + DOWN,
+                "test_qlora_takes_every_argument_the_stub_allows", "zeros at alpha 0, not None"),
 ]  # fmt: skip
