@@ -322,16 +322,25 @@ def test_backward_gives_each_input_its_gradient(
 
 @pytest.mark.points(3)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-def test_passes_gradcheck_in_float64(FusedLoRAFunction, bias):
+@pytest.mark.parametrize("scaling", [SCALING, -1.75], ids=lambda scaling: f"scaling={scaling:g}")
+def test_passes_gradcheck_in_float64(FusedLoRAFunction, bias, scaling):
     inputs = requiring_grad(function_inputs(7, 5, 3, (2, 3), bias), INPUTS)
-    arguments = (*inputs.values(), SCALING)
+    arguments = (*inputs.values(), scaling)
     try:
         torch.autograd.gradcheck(FusedLoRAFunction.apply, arguments, eps=1e-6, atol=1e-6, rtol=1e-5)
+    except (ValueError, ArithmeticError) as error:
+        if scaling > 0:
+            raise
+        pytest.fail(
+            f"FusedLoRAFunction raised {type(error).__name__} ({str(error).splitlines()[0]}) at scaling {scaling:g}: "
+            "scaling is any Python float, negative too; is sqrt(scaling) put on each factor?",
+            pytrace=False,
+        )
     except GradcheckError as error:
         first_line = str(error).strip().splitlines()[0]
         index = re.search(r"with respect to input (\d)", first_line)
         which = f" (input {index.group(1)} is {INPUTS[int(index.group(1))]})" if index else ""
-        pytest.fail(f"torch.autograd.gradcheck failed: {first_line}{which}", pytrace=False)
+        pytest.fail(f"torch.autograd.gradcheck failed at scaling {scaling:g}: {first_line}{which}", pytrace=False)
 
 
 @pytest.mark.points(1)
