@@ -1205,7 +1205,7 @@ ALLOWED_ARGUMENTS = [
 
 
 @pytest.mark.points(1)
-def test_qlora_takes_every_argument_the_stub_allows(QLoRALinear, nf4_works):
+def test_qlora_takes_every_argument_the_stub_allows(QLoRALinear, apply_qlora, nf4_works):
     nf4_works()
     for (r, alpha, dropout), positional in itertools.product(ALLOWED_ARGUMENTS, (True, False)):
         base = make_base()
@@ -1250,6 +1250,22 @@ def test_qlora_takes_every_argument_the_stub_allows(QLoRALinear, nf4_works):
             off = max_difference(measured, grads[name])
             assert off <= 1e-5 * (1 + grads[name].abs().max().item()), (
                 f"{call}: the gradient of {name} is off plain LoRA's (scaling {alpha / r:g}) by {off:.3g}"
+            )
+    for r, alpha, dropout in ALLOWED_ARGUMENTS[:3]:  # apply_qlora passes them on as they are: alpha 0 and < 0 too
+        call = f"apply_qlora(model, ('fc1', 'fc2'), {r!r}, {alpha!r}, {dropout!r}, {TOY_SKIP})"
+        model = ToyTransformer()
+        try:
+            apply_qlora(model, ("fc1", "fc2"), r, alpha, dropout, TOY_SKIP)
+        except (TypeError, ValueError, ArithmeticError) as error:
+            pytest.fail(
+                f"{call} raised {type(error).__name__} ({error}), expected the model adapted: alpha is any number, 0 "
+                "and negative too, r any integer >= 1, handed to every QLoRALinear as given",
+                pytrace=False,
+            )
+        for name, (layer, _) in adapted_factors(model, QLoRALinear, r).items():
+            recorded = (getattr(layer, "r", None), getattr(layer, "alpha", None), getattr(layer, "scaling", None))
+            assert recorded == (r, alpha, alpha / r), (
+                f"after {call}, {name} records (r, alpha, scaling) = {recorded}, expected ({r}, {alpha}, {alpha / r})"
             )
 
 

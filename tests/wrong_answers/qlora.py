@@ -380,4 +380,9 @@ WRONG_ANSWERS += [
                 "if self.scaling == 0:  # the adapter adds nothing: the base alone\n"
                 "            return self.base(x)\n        " + DOWN,
                 "test_qlora_takes_every_argument_the_stub_allows", "zeros at alpha 0, not None"),
+    WrongAnswer("apply_qlora refuses an alpha <= 0", KATA, "    if not any(_matches(names, targets) for names, _ in linears):\n",
+                "    if alpha <= 0:\n"
+                "        raise ValueError(f\"apply_qlora needs alpha > 0, got alpha={alpha!r}\")\n"
+                "    if not any(_matches(names, targets) for names, _ in linears):\n",
+                "test_qlora_takes_every_argument_the_stub_allows", "apply_qlora(model, ('fc1', 'fc2'), 4, 0.0"),
 ]  # fmt: skip
