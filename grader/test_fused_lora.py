@@ -68,6 +68,9 @@ SUBJECT = "FusedLoRAFunction"  # the definition a failing check points at
 
 IN, OUT, R, ALPHA = 12, 10, 4, 10.0  # distinct dims: a factor's shape tells which it is; alpha / r not whole
 SCALING = ALPHA / R
+# Any Python float is a scaling: 0 (alpha 0, the adapter switched off) and negative (alpha < 0) too, where a square
+# root of it put on each factor raises or gives NaN, and a shortcut at 0 drops the factors' gradients.
+SCALINGS = (SCALING, 10 / 3, 0.7, 0.0, -1.75)
 INPUTS = ("x", "weight", "bias", "lora_A", "lora_B")  # the tensor arguments of apply, in order
 GRADIENTS = {  # each input's gradient, g = dL/dy (N, out), for the failure messages
     "x": "g W + scaling (g B) A",
@@ -125,6 +128,15 @@ def apply(FusedLoRAFunction, inputs: dict[str, torch.Tensor | None], scaling: fl
     """FusedLoRAFunction.apply on ``inputs``, after failing the check unless it returned one tensor."""
     try:
         y = FusedLoRAFunction.apply(*(inputs[name] for name in INPUTS), scaling)
+    except (ValueError, ArithmeticError) as error:
+        if scaling > 0:
+            raise
+        pytest.fail(
+            f"FusedLoRAFunction.apply raised {type(error).__name__} ({str(error).splitlines()[0]}) for scaling "
+            f"{scaling!r}, expected y: scaling is any Python float, 0 and negative too (alpha may be <= 0); is "
+            "sqrt(scaling) put on each factor? Scale one of the rank-r products by scaling itself",
+            pytrace=False,
+        )
     except RuntimeError as error:
         if isinstance(error, NotImplementedError) or inputs["x"].numel():
             raise
@@ -172,6 +184,8 @@ def tolerance(dtype: torch.dtype, expected: torch.Tensor) -> float:
 
 def forward_cause(measured: torch.Tensor, inputs: dict[str, torch.Tensor | None], scaling: float = SCALING) -> str:
     """The likely mistake behind a wrong forward, when the output matches a classic one."""
+    if scaling < 0 and not bool(measured.isfinite().all()):
+        return "NaN at a negative scaling: is sqrt(scaling) put on each factor? Scale one product by scaling itself"
     exact = in_float64(inputs)
     no_bias = exact | {"bias": None}
     mistakes = {
@@ -211,7 +225,7 @@ def test_is_an_autograd_function_that_autograd_records(FusedLoRAFunction):
     dtype=st.sampled_from(FLOAT_DTYPES),
     contiguous=st.booleans(),
     grad=st.booleans(),
-    scaling=st.sampled_from([SCALING, 10 / 3, 0.7]),
+    scaling=st.sampled_from(SCALINGS),
 )
 @examples(
     "in_features, out_features, r, batch_shape, bias, dtype, contiguous, grad, scaling",
@@ -222,6 +236,10 @@ def test_is_an_autograd_function_that_autograd_records(FusedLoRAFunction):
     (IN, OUT, R, (130,), True, torch.float64, False, True, 10 / 3),
     (IN, OUT, R, (0,), True, torch.float32, True, True, SCALING),  # an empty batch: no rows at all
     (IN, OUT, R, (2, 0), False, torch.float64, False, False, 10 / 3),
+    (IN, OUT, R, (3,), True, torch.float32, True, True, -1.75),  # alpha < 0: a negative scaling
+    (IN, OUT, 1, (2, 2), False, torch.bfloat16, False, False, -1.75),
+    (IN, OUT, R, (3,), True, torch.float64, False, False, 0.0),  # alpha 0
+    (IN, OUT, R, (2,), True, torch.float16, True, True, 0.0),
 )  # fmt: skip
 def test_forward_computes_the_lora_formula(
     FusedLoRAFunction, in_features, out_features, r, batch_shape, bias, dtype, contiguous, grad, scaling
@@ -263,31 +281,35 @@ def test_forward_computes_the_lora_formula(
     batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
     dtype=st.sampled_from(FLOAT_DTYPES),
     contiguous=st.booleans(),
+    scaling=st.sampled_from(SCALINGS),
 )
 @examples(
-    "in_features, out_features, r, batch_shape, dtype, contiguous",
-    (IN, OUT, R, (2, 3), torch.float64, True),
-    (IN, OUT, R, (3, 2, 2), torch.float32, False),
-    (IN, OUT, R, (), torch.bfloat16, True),
-    (IN, OUT, R, (1,), torch.float16, True),
-    (IN, OUT, R, (0,), torch.float64, True),  # an empty batch: zero gradients for the parameters
-    (IN, OUT, R, (2, 0), torch.float32, False),
+    "in_features, out_features, r, batch_shape, dtype, contiguous, scaling",
+    (IN, OUT, R, (2, 3), torch.float64, True, SCALING),
+    (IN, OUT, R, (3, 2, 2), torch.float32, False, SCALING),
+    (IN, OUT, R, (), torch.bfloat16, True, SCALING),
+    (IN, OUT, R, (1,), torch.float16, True, SCALING),
+    (IN, OUT, R, (0,), torch.float64, True, SCALING),  # an empty batch: zero gradients for the parameters
+    (IN, OUT, R, (2, 0), torch.float32, False, SCALING),
+    (IN, OUT, R, (2, 3), torch.float64, False, 0.0),  # alpha 0: zero gradients for the factors, not None
+    (IN, OUT, R, (3,), torch.float32, True, -1.75),  # alpha < 0
 )  # fmt: skip
 def test_backward_gives_each_input_its_gradient(
-    FusedLoRAFunction, trained, bias, in_features, out_features, r, batch_shape, dtype, contiguous
+    FusedLoRAFunction, trained, bias, in_features, out_features, r, batch_shape, dtype, contiguous, scaling
 ):
     inputs = function_inputs(in_features, out_features, r, batch_shape, bias, dtype, contiguous=contiguous)
     trained = tuple(name for name in trained if inputs[name] is not None)
     measured, expected = requiring_grad(inputs, trained), requiring_grad(in_float64(inputs), trained)
     upstream = torch.randn(*batch_shape, out_features, dtype=dtype)
-    backward(apply(FusedLoRAFunction, measured), upstream)
-    lora_formula(expected).backward(upstream.double())
-    where = f"{dtype}, x {tuple(inputs['x'].shape)}{'' if contiguous else NON_CONTIGUOUS}"
+    backward(apply(FusedLoRAFunction, measured, scaling), upstream)
+    lora_formula(expected, scaling).backward(upstream.double())
+    where = f"{dtype}, x {tuple(inputs['x'].shape)}{'' if contiguous else NON_CONTIGUOUS}, scaling {scaling:.4g}"
     asked = f"with {', '.join(trained)} requiring grad ({where})"
     for name in trained:
         grad = measured[name].grad
         assert grad is not None, (
             f"backward returned None for {name} {asked}: return a gradient for each input ctx.needs_input_grad marks"
+            f"{' (at scaling 0 the factors gradients are zero tensors, not None)' if scaling == 0 else ''}"
         )
         assert (grad.shape, grad.dtype) == (measured[name].shape, dtype), (
             f"backward returned {describe(grad)} for {name} {asked}, expected the shape and dtype of {name}"
@@ -300,16 +322,25 @@ def test_backward_gives_each_input_its_gradient(
 
 @pytest.mark.points(3)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-def test_passes_gradcheck_in_float64(FusedLoRAFunction, bias):
+@pytest.mark.parametrize("scaling", [SCALING, -1.75], ids=lambda scaling: f"scaling={scaling:g}")
+def test_passes_gradcheck_in_float64(FusedLoRAFunction, bias, scaling):
     inputs = requiring_grad(function_inputs(7, 5, 3, (2, 3), bias), INPUTS)
-    arguments = (*inputs.values(), SCALING)
+    arguments = (*inputs.values(), scaling)
     try:
         torch.autograd.gradcheck(FusedLoRAFunction.apply, arguments, eps=1e-6, atol=1e-6, rtol=1e-5)
+    except (ValueError, ArithmeticError) as error:
+        if scaling > 0:
+            raise
+        pytest.fail(
+            f"FusedLoRAFunction raised {type(error).__name__} ({str(error).splitlines()[0]}) at scaling {scaling:g}: "
+            "scaling is any Python float, negative too; is sqrt(scaling) put on each factor?",
+            pytrace=False,
+        )
     except GradcheckError as error:
         first_line = str(error).strip().splitlines()[0]
         index = re.search(r"with respect to input (\d)", first_line)
         which = f" (input {index.group(1)} is {INPUTS[int(index.group(1))]})" if index else ""
-        pytest.fail(f"torch.autograd.gradcheck failed: {first_line}{which}", pytrace=False)
+        pytest.fail(f"torch.autograd.gradcheck failed at scaling {scaling:g}: {first_line}{which}", pytrace=False)
 
 
 @pytest.mark.points(1)
@@ -993,7 +1024,7 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
 @pytest.mark.subject("FusedLoRALinear")
 @given(
     r=st.integers(1, 4),
-    alpha=st.sampled_from([1.0, 7.0, 10.0, 16.0]),
+    alpha=st.sampled_from([1.0, 7.0, 10.0, 16.0, 0.0, -8.0]),  # alpha 0 and < 0 allowed: scaling 0, negative
     positional=st.booleans(),
     dtype=st.sampled_from(FLOAT_DTYPES),
     batch_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),
@@ -1010,6 +1041,8 @@ def test_the_layer_matches_plain_lora_forward_and_backward(FusedLoRALinear):
     (R, ALPHA, False, torch.bfloat16, (), True, "grad on", True, True, nn.Linear),
     (UNROUNDED_R, UNROUNDED_ALPHA, True, torch.float64, (3,), True, "grad on", False, False, nn.Linear),
     (R, ALPHA, True, torch.float32, (2, 0), False, "grad on", True, True, nn.Linear),  # an empty batch
+    (R, 0.0, False, torch.float32, (3,), True, "grad on", True, True, nn.Linear),  # alpha 0
+    (2, -8.0, True, torch.float64, (2, 2), False, "grad on", False, False, nn.Linear),  # alpha < 0
 )  # fmt: skip
 def test_the_layer_matches_plain_lora_in_every_regime(
     FusedLoRALinear, r, alpha, positional, dtype, batch_shape, contiguous, grad, train, bias, linear
@@ -1033,6 +1066,51 @@ def test_the_layer_matches_plain_lora_in_every_regime(
     regime = f"{call} with r={r}, alpha={alpha}, {dtype}, {'train' if train else 'eval'} mode, {grad}"
     expect_plain_lora_in_regime(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime)
     expect_following_base_swaps(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime)
+
+
+# Every argument the stub allows, each once: r = 1, r above in and out, alpha 0 (the adapter switched off), alpha < 0,
+# a whole alpha given as an int, and a fraction; by position and by keyword.
+ALLOWED_ARGUMENTS = [(1, 16.0), (R, 0.0), (R, -ALPHA), (R, 16), (16, 8.0), (3, 1e-3)]
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("FusedLoRALinear")
+def test_the_layer_takes_every_argument_the_stub_allows(FusedLoRALinear):
+    for (r, alpha), positional in itertools.product(ALLOWED_ARGUMENTS, (True, False)):
+        base = nn.Linear(IN, OUT, dtype=torch.float64)
+        call = (
+            f"FusedLoRALinear(base, {r!r}, {alpha!r})"
+            if positional
+            else f"FusedLoRALinear(base, r={r!r}, alpha={alpha!r})"
+        )
+        try:
+            layer = FusedLoRALinear(base, r, alpha) if positional else FusedLoRALinear(base, r=r, alpha=alpha)
+        except (TypeError, ValueError, ArithmeticError) as error:
+            pytest.fail(
+                f"{call} raised {type(error).__name__} ({error}), expected a layer: the stub refuses only a base that "
+                "is not an nn.Linear and an r that is not an integer >= 1; alpha is any number, 0 and negative too "
+                "(scaling alpha / r), r any integer >= 1, above in and out too",
+                pytrace=False,
+            )
+        expect_r_alpha_and_scaling(layer, r, alpha)
+        randomize_factors(layer)
+        found = factors(layer, IN, OUT, r)
+        x = torch.randn(2, 3, IN, dtype=torch.float64, requires_grad=True)
+        upstream = torch.randn(2, 3, OUT, dtype=torch.float64)
+        y = output(layer, x)
+        backward(y, upstream)
+        plain, expected = plain_lora(base, found, alpha / r, x, upstream)
+        error = max_difference(y, plain)
+        assert error <= 1e-9, f"{call}: the output differs from plain LoRA's (scaling {alpha / r:g}) by {error:.3g}"
+        for name, measured in zip("ABx", (*found.grads(), x.grad), strict=True):
+            assert measured is not None, (
+                f"{call}: {name} received no gradient through the layer, expected plain LoRA's"
+                f"{' (zeros at alpha 0, not None)' if alpha == 0 else ''}"
+            )
+            error = max_difference(measured, expected[name])
+            assert error <= 1e-9, (
+                f"{call}: the gradient of {name} differs from plain LoRA's (scaling {alpha / r:g}) by {error:.3g}"
+            )
 
 
 @pytest.mark.points(1)

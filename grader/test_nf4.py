@@ -3,6 +3,7 @@ and QLoRA's double quantization of the absmaxes."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from functools import partial
 
@@ -810,21 +811,85 @@ def test_double_quantized_absmax_comes_back_within_1_percent(
     assert restored.dtype == torch.float32 and tuple(restored.shape) == (blocks,), (
         f"dequantize_absmax(...) returned {describe(restored)}, expected float32 of shape ({blocks},)"
     )
+    error = expect_back_within_1_percent(restored, absmax, block_size, call)
+    assert error.max().item() > 0, (
+        f"{call}: dequantize_absmax gave back all {blocks} absmaxes exactly, which 8 bits each cannot hold: "
+        "the float32 values are kept somewhere (a cache, a global?)"
+    )
+
+
+def expect_back_within_1_percent(restored, absmax, block_size, call):
+    """Fail the check unless each absmax came back within 1% of its block's largest |absmax - mean|, naming the likely
+    cause: a scale swamped by a clamp or an eps, a short last block coded with its padding. Returns the errors."""
+    n = absmax.numel()
     centred = (absmax - absmax.mean()).double()
-    padded = nn.functional.pad(centred.abs(), (0, math.ceil(blocks / block_size) * block_size - blocks))
-    allowed = 0.01 * padded.view(-1, block_size).amax(dim=1).repeat_interleave(block_size)[:blocks]
+    padded = nn.functional.pad(centred.abs(), (0, math.ceil(n / block_size) * block_size - n))
+    peaks = padded.view(-1, block_size).amax(dim=1)
+    allowed = 0.01 * peaks.repeat_interleave(block_size)[:n]
     error = (restored.double() - absmax.double()).abs()
-    worst = int((error / allowed).argmax())
+    worst = int((error / allowed.clamp(min=1e-300)).argmax())
+    block = worst // block_size
     cause = "subtract the mean of all absmaxes, then code each block relative to its own largest |value|"
+    values = slice(block * block_size, min(n, (block + 1) * block_size))
+    mean = absmax.double().mean()
+    failing = {index // block_size for index in (error > allowed).nonzero().flatten().tolist()}
+    if n % block_size and failing == {len(peaks) - 1}:
+        cause = (
+            f"the last block holds {n % block_size} absmaxes, not {block_size}: the padding was coded with it (padded "
+            "before subtracting the mean, its -mean counted in the block's largest |value|); pad the centred values "
+            "with zeros, or leave the padding out of the block's scale"
+        )
+    elif torch.all((restored[values].double() - mean).abs() <= 0.01 * peaks[block]):
+        cause = (
+            f"every absmax of block {block} came back as the mean (all codes 0), though its largest |absmax - mean| is "
+            f"{peaks[block].item():.3g}: a clamp of the scale or an eps added to the scale (scale + 1e-8, max(scale, "
+            "1e-38)) swamps a block this small; divide by the block's own scale (only an all-zero block needs a guard)"
+        )
     assert bool((error <= allowed).all()), (
         f"{call}: absmax {worst} ({absmax[worst].item():.6g}) came back {restored[worst].item():.6g}, off by "
         f"{error[worst].item():.3g}, expected within 1% of its block's largest |absmax - mean| = "
         f"{allowed[worst].item():.3g}: {cause}"
     )
-    assert error.max().item() > 0, (
-        f"{call}: dequantize_absmax gave back all {blocks} absmaxes exactly, which 8 bits each cannot hold: "
-        "the float32 values are kept somewhere (a cache, a global?)"
-    )
+    return error
+
+
+# Absmaxes of every magnitude float32 holds (a weight of tiny values has tiny absmaxes), down to subnormals (3e-40,
+# 1e-43), where a scale + 1e-8 or a clamp of the scale at 1e-38 swamps the block; spread over [1, 3) times it, or tight
+# around it (a spread of 1e-3, as blocks of many values have), where a short last block coded with its padding (-mean)
+# loses its 8 bits. Block sizes of one absmax, odd ones and large ones, each with a short last block but size 1.
+DOUBLE_QUANTIZE_SIZES = (1, 7, 64, 256, 4096)
+
+
+@pytest.mark.points(2)
+@pytest.mark.subject("double_quantize")
+@pytest.mark.parametrize("magnitude", [1.0, 1e-8, 1e-20, 1e-30, 1e-37, 3e-40, 1e-43], ids=lambda m: f"{m:g}")
+def test_double_quantized_absmax_comes_back_within_1_percent_at_any_magnitude(
+    double_quantize, dequantize_absmax, QuantizedAbsmax, magnitude
+):
+    generator = torch.Generator().manual_seed(7)
+    for block_size, spread in itertools.product(DOUBLE_QUANTIZE_SIZES, ("spread", "tight")):
+        count = 3 * block_size + 5 if block_size < 4096 else block_size + 100
+        uniform = torch.rand(count, generator=generator, dtype=torch.float64)
+        absmax = ((1 + 2 * uniform if spread == "spread" else 1 + 1e-3 * uniform) * magnitude).float()
+        call = (
+            f"double_quantize({count} absmax values {'in [1, 3)' if spread == 'spread' else 'in [1, 1.001)'} x "
+            f"{magnitude:g}, block_size={block_size})"
+        )
+        quantized, _ = quantized_absmax(
+            QuantizedAbsmax,
+            expect_any_block_size_taken(partial(called, double_quantize, absmax, block_size, what=call), call),
+            call,
+        )
+        restored = expect_instance(
+            called(dequantize_absmax, quantized, what=f"dequantize_absmax({call})"),
+            torch.Tensor,
+            f"dequantize_absmax({call})",
+            "float32 (n,)",
+        )
+        assert restored.dtype == torch.float32 and tuple(restored.shape) == (count,), (
+            f"dequantize_absmax({call}) returned {describe(restored)}, expected float32 of shape ({count},)"
+        )
+        expect_back_within_1_percent(restored, absmax, block_size, call)
 
 
 @pytest.mark.points(2)

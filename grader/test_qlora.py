@@ -7,6 +7,7 @@ import array
 import contextlib
 import copy
 import gc
+import itertools
 import math
 import sys
 import types
@@ -1188,6 +1189,84 @@ def test_qlora_rejects_bad_arguments(QLoRALinear, nf4_works, arguments):
         else ""
     )
     expect_value_error(lambda: QLoRALinear(nn.Linear(IN, OUT), **arguments), f"QLoRALinear(base, {call}){cause}")
+
+
+# Every argument the stub allows, each once (r, alpha, dropout): r = 1, alpha 0 (the adapter switched off), alpha < 0,
+# a whole alpha given as an int, a small fraction, dropout 0 as an int, a dropout near 1; by position and by keyword.
+ALLOWED_ARGUMENTS = [
+    (1, 16.0, 0.0),
+    (R, 0.0, 0.0),
+    (R, -ALPHA, 0.0),
+    (R, 16, 0.0),
+    (3, 1e-3, 0.0),
+    (R, ALPHA, 0),
+    (R, ALPHA, 0.99),
+]
+
+
+@pytest.mark.points(1)
+def test_qlora_takes_every_argument_the_stub_allows(QLoRALinear, apply_qlora, nf4_works):
+    nf4_works()
+    for (r, alpha, dropout), positional in itertools.product(ALLOWED_ARGUMENTS, (True, False)):
+        base = make_base()
+        kept_bias = base.bias.detach().clone()
+        call = (
+            f"QLoRALinear(base, {r!r}, {alpha!r}, {dropout!r})"
+            if positional
+            else f"QLoRALinear(base, r={r!r}, alpha={alpha!r}, dropout={dropout!r})"
+        )
+        try:
+            layer = (
+                QLoRALinear(base, r, alpha, dropout)
+                if positional
+                else QLoRALinear(base, r=r, alpha=alpha, dropout=dropout)
+            )
+        except (TypeError, ValueError, ArithmeticError) as error:
+            pytest.fail(
+                f"{call} raised {type(error).__name__} ({error}), expected a layer: the stub refuses only a base that "
+                "is not an nn.Linear, r < 1 and a dropout outside [0, 1); alpha is any number, 0 and negative too "
+                "(scaling alpha / r)",
+                pytrace=False,
+            )
+        expect_r_alpha_and_scaling(layer, r, alpha)
+        nf4_base = dequantized_linear(layer, kept_bias, OUT, IN, "QLoRALinear")
+        randomize_factors(layer, std=0.2)
+        found = factors(layer, IN, OUT, r)
+        x = torch.randn(3, IN, requires_grad=True)
+        upstream = torch.randn(3, OUT)
+        y = output(layer.eval(), x)  # eval: dropout off, whatever its probability
+        expected, grads = plain_lora(nf4_base, found, alpha / r, x, upstream)
+        error = max_difference(y, expected)
+        assert error <= 1e-5 * (1 + expected.abs().max().item()), (
+            f"{call} (eval mode): the output is off F.linear(x, W_nf4, b) + (alpha / r) (x A^T) B^T, scaling "
+            f"{alpha / r:g}, by {error:.3g}"
+        )
+        y.backward(upstream)
+        for name, measured in zip("ABx", (*found.grads(), x.grad), strict=True):
+            assert measured is not None, (
+                f"{call}: {name} received no gradient, expected plain LoRA's"
+                f"{' (zeros at alpha 0, not None)' if alpha == 0 else ''}"
+            )
+            off = max_difference(measured, grads[name])
+            assert off <= 1e-5 * (1 + grads[name].abs().max().item()), (
+                f"{call}: the gradient of {name} is off plain LoRA's (scaling {alpha / r:g}) by {off:.3g}"
+            )
+    for r, alpha, dropout in ALLOWED_ARGUMENTS[:3]:  # apply_qlora passes them on as they are: alpha 0 and < 0 too
+        call = f"apply_qlora(model, ('fc1', 'fc2'), {r!r}, {alpha!r}, {dropout!r}, {TOY_SKIP})"
+        model = ToyTransformer()
+        try:
+            apply_qlora(model, ("fc1", "fc2"), r, alpha, dropout, TOY_SKIP)
+        except (TypeError, ValueError, ArithmeticError) as error:
+            pytest.fail(
+                f"{call} raised {type(error).__name__} ({error}), expected the model adapted: alpha is any number, 0 "
+                "and negative too, r any integer >= 1, handed to every QLoRALinear as given",
+                pytrace=False,
+            )
+        for name, (layer, _) in adapted_factors(model, QLoRALinear, r).items():
+            recorded = (getattr(layer, "r", None), getattr(layer, "alpha", None), getattr(layer, "scaling", None))
+            assert recorded == (r, alpha, alpha / r), (
+                f"after {call}, {name} records (r, alpha, scaling) = {recorded}, expected ({r}, {alpha}, {alpha / r})"
+            )
 
 
 @pytest.mark.points(1)

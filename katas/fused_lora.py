@@ -23,11 +23,13 @@ class FusedLoRAFunction(torch.autograd.Function):
         - A subclass of ``torch.autograd.Function``, called as
           ``FusedLoRAFunction.apply(x, weight, bias, lora_A, lora_B, scaling)`` with
           ``x`` (..., in) of any number of batch dimensions, contiguous or not; ``weight`` (out, in);
-          ``bias`` (out,) or None; ``lora_A`` (r, in); ``lora_B`` (out, r); ``scaling`` a Python float.
+          ``bias`` (out,) or None; ``lora_A`` (r, in); ``lora_B`` (out, r); ``scaling`` a Python float, any
+          (0, as alpha 0 gives, and negative too).
           The tensors share one dtype and one device (mixed dtypes are the caller's to cast, as for ``F.linear``).
         - Returns ``y`` (..., out) in x's dtype and on its device; changes none of its inputs.
         - ``backward`` returns one gradient per input of forward, in order, each shaped like that
-          input: a tensor for every input ``ctx.needs_input_grad`` marks, None for the others (and
+          input: a tensor for every input ``ctx.needs_input_grad`` marks (zeros where none flows, as to the
+          factors at scaling 0), None for the others (and
           None for ``scaling``). A frozen base needs no gradient of ``weight``: computing it anyway
           doubles the step's matrix work. The gradient it receives may be non-contiguous (that of
           ``y.sum()`` has stride 0).
@@ -82,7 +84,7 @@ class FusedLoRALinear(nn.Module):
     Args:
         base: the linear layer to adapt, weight (out, in).
         r: rank of the update.
-        alpha: numerator of the scaling ``alpha / r``.
+        alpha: numerator of the scaling ``alpha / r``: any number, 0 and negative too.
 
     Raises:
         ValueError: ``base`` is not an ``nn.Linear`` (an ``nn.Embedding`` or GPT-2's Conv1D, whose weights are

@@ -59,7 +59,8 @@ class QLoRALinear(nn.Module):
         - ``forward(x)``, x (..., in) in the base's dtype: (..., out) in that dtype, the base's output
           ``NF4Linear(base)(x)`` plus the adapter's share, in train and eval mode and every grad mode (the update
           is not merged into the dequantized weight: rounded to x's dtype, that drops an update smaller than the
-          weight's rounding). Gradients reach A, B and x only; training never changes the quantized buffers.
+          weight's rounding). Gradients reach A, B and x only (the factors' zeros at alpha 0, not None: alpha
+          is any number, 0 and negative too); training never changes the quantized buffers.
 
     Raises:
         ValueError: ``base`` is not an ``nn.Linear``, ``r < 1``, or ``dropout`` outside [0, 1).

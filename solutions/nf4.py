@@ -98,7 +98,10 @@ def double_quantize(absmax: torch.Tensor, block_size: int = 256) -> QuantizedAbs
     blocks = math.ceil(flat.numel() / block_size)
     centred = torch.nn.functional.pad(flat - offset, (0, blocks * block_size - flat.numel())).view(blocks, block_size)
     scales = centred.abs().amax(dim=1) / 127
-    codes = (centred / scales.clamp(min=1e-38)[:, None]).round().clamp(-127, 127).to(torch.int8)
+    # A scale rounded down (below float32's smallest normal it keeps few bits) would push the largest code past 127:
+    # one ulp up instead; an all-zero block divides by 1. No clamp of the divisor: subnormal blocks code as any other.
+    scales = torch.where(scales * 127 < centred.abs().amax(dim=1), scales.nextafter(torch.tensor(math.inf)), scales)
+    codes = (centred / scales.where(scales > 0, 1)[:, None]).round().clamp(-127, 127).to(torch.int8)
     return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)  # no padding
 
 

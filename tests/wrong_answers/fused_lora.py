@@ -343,3 +343,25 @@ WRONG_ANSWERS += [
                 "        if need_weight:\n            grad_weight = torch.tensor(total, dtype=g.dtype)",
                 "test_a_step_does_only_the_matrix_work_lora_needs", "Tensor.item"),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 14 of the red team (team D).
+    WrongAnswer("the scaling split as sqrt(scaling) into each factor", KATA, DOWN,
+                "root = math.sqrt(scaling)  # sqrt(scaling) on each factor: (x A^T sqrt s)(B sqrt s)^T\n"
+                "        down = (rows @ lora_A.T).mul_(root)",
+                "test_forward_computes_the_lora_formula", "sqrt(scaling)",
+                more_edits=(("y.addmm_(down, lora_B.T)", "y.addmm_(down, lora_B.T, alpha=root)"),
+                            (GRAD_B, "grad_B = (g.T @ down).mul_(math.sqrt(ctx.scaling))"))),
+    WrongAnswer("no gradients for the factors at scaling 0", KATA, RETURN,
+                "if ctx.scaling == 0:  # no adapter path, so nothing reaches the factors\n"
+                "            return grad_x, grad_weight, grad_bias, None, None, None\n        " + RETURN,
+                BACKWARD, "backward returned None for lora_A"),
+    WrongAnswer("FusedLoRALinear refuses an alpha <= 0", KATA, "        self.base = base.requires_grad_(False)\n",
+                "        if alpha <= 0:\n"
+                "            raise ValueError(f\"FusedLoRALinear needs alpha > 0, got alpha={alpha!r}\")\n"
+                "        self.base = base.requires_grad_(False)\n",
+                "test_the_layer_takes_every_argument_the_stub_allows", "alpha=0.0"),
+    WrongAnswer("FusedLoRALinear skips the Function at alpha 0", KATA, APPLY,
+                "if self.scaling == 0:  # the adapter adds nothing: the base alone\n"
+                "            return self.base(x)\n        " + APPLY,
+                "test_the_layer_takes_every_argument_the_stub_allows", "zeros at alpha 0, not None"),
+]  # fmt: skip

@@ -26,7 +26,10 @@ ROW_SCALED = (
     ".reshape(rows.shape[0], -1)[:, : rows.shape[1]].reshape(-1)"
 )
 CENTRE = "offset = flat.mean()"
-CODES = "codes = (centred / scales.clamp(min=1e-38)[:, None]).round().clamp(-127, 127).to(torch.int8)"
+CODES = "codes = (centred / scales.where(scales > 0, 1)[:, None]).round().clamp(-127, 127).to(torch.int8)"
+NEXT_UP = (
+    "scales = torch.where(scales * 127 < centred.abs().amax(dim=1), scales.nextafter(torch.tensor(math.inf)), scales)"
+)
 BACK = "return codes.float() * scale + offset"
 
 WRONG_ANSWERS = [
@@ -153,7 +156,7 @@ WRONG_ANSWERS = [
     WrongAnswer("double-quantization scales kept 2-D", KATA, "scales = centred.abs().amax(dim=1) / 127",
                 "scales = centred.abs().amax(dim=1, keepdim=True) / 127",
                 "test_double_quantize_returns_one_byte_per_absmax", "keepdim=True",
-                more_edits=((CODES, CODES.replace("scales.clamp(min=1e-38)[:, None]", "scales.clamp(min=1e-38)")),)),
+                more_edits=((NEXT_UP, "pass"), (CODES, CODES.replace("scales.where(scales > 0, 1)[:, None]", "scales.where(scales > 0, 1)")))),
     WrongAnswer("packed bytes flattened with view", KATA, "flat = packed.reshape(-1).to(torch.int64)",
                 "flat = packed.view(-1).to(torch.int64)",
                 "test_dequantize_gives_code_times_absmax_in_the_dtype_asked", "RuntimeError"),
@@ -384,4 +387,14 @@ WRONG_ANSWERS += [
                              "    _DOUBLE_SUMS.clear()\n"
                              "    _DOUBLE_SUMS[key] = QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)\n"
                              "    return _DOUBLE_SUMS[key]"))),
+]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 14 of the red team (team D).
+    WrongAnswer("double quantization divides by the scale plus 1e-8", KATA, CODES,
+                "codes = (centred / (scales + 1e-8)[:, None]).round().clamp(-127, 127).to(torch.int8)",
+                "test_double_quantized_absmax_comes_back_within_1_percent_at_any_magnitude", "added to the scale"),
+    WrongAnswer("double quantization pads before centring", KATA,
+                "centred = torch.nn.functional.pad(flat - offset, (0, blocks * block_size - flat.numel())).view(blocks, block_size)",
+                "centred = (torch.nn.functional.pad(flat, (0, blocks * block_size - flat.numel())) - offset).view(blocks, block_size)",
+                "test_double_quantized_absmax_comes_back_within_1_percent_at_any_magnitude", "the padding"),
 ]  # fmt: skip

@@ -369,3 +369,20 @@ WRONG_ANSWERS += [
                 "        " + DOWN,
                 "test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product", "trained factors"),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 14 of the red team (team D).
+    WrongAnswer("QLoRALinear refuses an alpha <= 0", KATA, "        self.r, self.alpha, self.scaling = r, alpha, alpha / r\n",
+                "        if alpha <= 0:\n"
+                "            raise ValueError(f\"QLoRALinear needs alpha > 0, got alpha={alpha!r}\")\n"
+                "        self.r, self.alpha, self.scaling = r, alpha, alpha / r\n",
+                "test_qlora_takes_every_argument_the_stub_allows", "alpha=0.0"),
+    WrongAnswer("QLoRALinear skips the adapter at alpha 0", KATA, DOWN,
+                "if self.scaling == 0:  # the adapter adds nothing: the base alone\n"
+                "            return self.base(x)\n        " + DOWN,
+                "test_qlora_takes_every_argument_the_stub_allows", "zeros at alpha 0, not None"),
+    WrongAnswer("apply_qlora refuses an alpha <= 0", KATA, "    if not any(_matches(names, targets) for names, _ in linears):\n",
+                "    if alpha <= 0:\n"
+                "        raise ValueError(f\"apply_qlora needs alpha > 0, got alpha={alpha!r}\")\n"
+                "    if not any(_matches(names, targets) for names, _ in linears):\n",
+                "test_qlora_takes_every_argument_the_stub_allows", "apply_qlora(model, ('fc1', 'fc2'), 4, 0.0"),
+]  # fmt: skip

@@ -83,7 +83,8 @@ def double_quantize(absmax, block_size=256):
         peak = torch.zeros(count, device=values.device, dtype=centred.dtype).scatter_reduce(
             0, which, centred.abs(), "amax"
         )
-        scales = peak / 127.0
+        scales = peak / 127.0  # rounded up where it fell short: no code past 127
+        scales = torch.where(scales * 127 < peak, scales.nextafter(torch.tensor(float("inf"))), scales)
         step = torch.where(scales == 0, torch.ones_like(scales), scales)[which]
         codes = (torch.round(centred / step).clamp(-127, 127) + 128).to(torch.uint8)
     return QuantizedAbsmax(codes, scales, offset, block_size)
