@@ -671,6 +671,10 @@ WRONG_ANSWERS = [
                 "                    for n in self.lora_A}\n"
                 "        return self.base(x) + branches[name]",
                 "test_forward_costs_the_active_adapter_alone", "inactive"),
+    WrongAnswer("the inactive adapters' branches computed in numpy, out of sight", KATA, FORWARD_DELTA,
+                "        rows = x.detach().reshape(-1, x.shape[-1]).numpy()\n"
+                "        hidden = [rows @ self.lora_A[n].detach().numpy().T for n in self.lora_A if n != name]\n"
+                + FORWARD_DELTA, "test_forward_costs_the_active_adapter_alone", "cannot count"),
     WrongAnswer("the unknown-name message lists the first 20 adapters", KATA,
                 '        return ", ".join(repr(name) for name in self.lora_A) or "none yet"',
                 '        return ", ".join(repr(name) for name in list(self.lora_A)[:20]) or "none yet"',
