@@ -13,8 +13,9 @@ grade: $(VENV)/.ready
 
 # Two workers (pytest-xdist): most tests grade in-process and wait on nothing, so both cores stay busy. Tests
 # marked with one xdist_group run on one worker, so that what they share (the reference's grading) is made once.
-# The tests start many fresh grading processes; where the environment sets PYTHONDONTWRITEBYTECODE each would compile
-# the grader again, pytest's assertion rewriting included (~2 CPU s a whole grading). A submission is never cached.
+# The tests start many fresh grading processes; where the environment sets PYTHONDONTWRITEBYTECODE each would
+# compile the grader again, pytest's assertion rewriting included. A submission's modules are never cached
+# (lora_kata/grading/implementation.py compiles them from source).
 test: $(VENV)/.ready
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n 2 --dist loadgroup $(ARGS)
 
