@@ -41,9 +41,7 @@ def make_optimizer(model: nn.Module, lr: float = 3e-4, weight_decay: float = 0.0
     params = [p for p in model.parameters() if p.requires_grad]  # parameters() deduplicates by identity
     if not params:
         raise ValueError("the model has no trainable parameter")
-    return torch.optim.AdamW(
-        [{"params": params}], lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8
-    )
+    return torch.optim.AdamW([{"params": params}], lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8)
 
 
 def cosine_with_warmup(
