@@ -332,7 +332,7 @@ def test_the_optimizer_is_handed_the_reference_gradients(run, train_step):
             mistakes["the previous window's gradients were still there: zero them after optimizer.step()"] = [
                 e + p for e, p in zip(expected, previous, strict=True)
             ]
-        train_step(model, window, spy, SpyScheduler(spy.events), max_grad_norm=None)
+        train_step(model, window, spy, SpyScheduler(spy.events, optimizer=spy), max_grad_norm=None)
         assert len(spy.handed) == number, f"train_step called optimizer.step() {len(spy.handed) - number + 1} times"
         handed = spy.handed[-1]
         missing = sum(grad is None for grad in handed)
@@ -370,7 +370,7 @@ def test_train_step_returns_the_window_mean_token_loss(run, train_step):
         / counts[-1],
         "the summed token loss, not divided by the label tokens": sum(sums),
     }
-    got = float(train_step(model, window, spy, SpyScheduler(spy.events), max_grad_norm=None))
+    got = float(train_step(model, window, spy, SpyScheduler(spy.events, optimizer=spy), max_grad_norm=None))
     cause = next((c for c, v in mistakes.items() if math.isclose(got, v, rel_tol=1e-4)), None)
     assert math.isclose(got, expected, rel_tol=1e-4), (
         f"train_step on a window of 2 and 6 examples ({counts} label tokens) returned {got:.6g}, expected the "
@@ -382,7 +382,7 @@ def test_train_step_returns_the_window_mean_token_loss(run, train_step):
     no_targets["labels"] = torch.full_like(no_targets["labels"], IGNORE)  # a micro-batch of prompts only
     window = [grader_batch(run.tokenizer, run.rows[20:24], pad=eos), no_targets]
     expected = window_loss(model, window)
-    got = float(train_step(model, window, spy, SpyScheduler(spy.events), max_grad_norm=None))
+    got = float(train_step(model, window, spy, SpyScheduler(spy.events, optimizer=spy), max_grad_norm=None))
     assert math.isclose(got, expected, rel_tol=1e-4), (
         f"train_step on a window of 4 examples and 2 without targets returned {got:.6g}, expected the window's mean "
         f"token loss {expected:.6g}: the micro-batch without targets adds 0"

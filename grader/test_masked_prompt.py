@@ -794,6 +794,10 @@ def check_truncation(build_example, tokenizer, name: str, texts: tuple[str, str,
         "fix test_input_ids_are_bos_prompt_response_eos, test_labels_mask_bos_and_the_prompt_and_nothing_else and "
         "test_attention_mask_is_all_ones first"
     )
+    # the tokenizer's context is set below what max_length keeps (where a response token is left above it): the
+    # spec's max_length alone limits the example, model_max_length is not a limit here
+    context = max(p + 1, min(max_length, n) - 1)
+    tokenizer.model_max_length = context
     try:
         measured = build_example(tokenizer, *texts, max_length=max_length)
     except ValueError as error:
@@ -814,13 +818,19 @@ def check_truncation(build_example, tokenizer, name: str, texts: tuple[str, str,
         cause = "truncated on the left: keep the first max_length tokens (the prompt) and cut the end"
     elif max_length < n and ids == [*full.input_ids[: max_length - 1], tokenizer.eos_token_id]:
         cause = "eos was put back after truncation: the spec cuts the end, eos included, like any token"
+    elif len(ids) == context < len(expected[0]):
+        cause = (
+            f"the example stops at the tokenizer's model_max_length {context}, not at max_length={max_length}: "
+            "max_length alone limits it (the tokenizer's model_max_length is not a limit here)"
+        )
     elif len(ids) != len(expected[0]):
         cause = f"{len(ids)} tokens for max_length={max_length}: keep the first max_length items ([:max_length])"
     i = first_difference(labels, expected[1]) if ids == expected[0] else first_difference(ids, expected[0])
     around_expected = tokens(tokenizer, expected[0], i - 3, i + 3, expected[1], p)
     around_measured = tokens(tokenizer, ids, i - 3, i + 3, labels, p)
     pytest.fail(
-        f"{described(name)}, with max_length={max_length} (the full example has {n} tokens, bos + prompt {p}) "
+        f"{described(name)}, with max_length={max_length} (the full example has {n} tokens, bos + prompt {p}; "
+        f"the tokenizer's model_max_length {context}) "
         f"{SEAM}, expected {around_expected}, measured {around_measured} ({len(ids)} tokens): {cause}",
         pytrace=False,
     )
@@ -854,13 +864,16 @@ FIRST_IDS = (10, 2**16 - 4, 2**15 - 4, LLAMA3_VOCAB - 9)
 
 def synthetic_examples(lengths: list[int], first: int = 10, holes: bool = False) -> list[dict[str, list[int]]]:
     """Examples of the given lengths, their first third masked, ids ``first``, ``first`` + 1, ...; with ``holes``
-    every fourth token's attention_mask is 0 (an example from elsewhere, masking some of its own tokens)."""
+    every fourth token's attention_mask is 0 (an example from elsewhere, masking some of its own tokens). Their
+    labels are already shifted (each the next token's id, the last -100): labels other than the ids, which collate
+    keeps as given."""
     examples = []
     for n in lengths:
         ids = list(range(first, first + n))
         masked = n // 3
         mask = [int(not holes or i % 4 != 3) for i in range(n)]
-        examples.append({"input_ids": ids, "labels": [IGNORE] * masked + ids[masked:], "attention_mask": mask})
+        labels = [IGNORE] * masked + ids[masked + 1 :] + [IGNORE]
+        examples.append({"input_ids": ids, "labels": labels, "attention_mask": mask})
     return examples
 
 
@@ -951,8 +964,22 @@ def padded(rows: list[list[int]], value: int, longest: int, left: bool = False) 
 
 
 def collate_cause(
-    key: str, measured: list[list[int]], rows: list[list[int]], fill: int, longest: int, pad: int = PAD
+    key: str,
+    measured: list[list[int]],
+    rows: list[list[int]],
+    fill: int,
+    longest: int,
+    pad: int = PAD,
+    ids: list[list[int]] | None = None,
 ) -> str:
+    if key == "labels" and ids is not None:
+        from_ids = [[IGNORE if label == IGNORE else i for label, i in zip(row, own, strict=True)] for row, own in
+                    zip(rows, ids, strict=True)]  # fmt: skip
+        if from_ids != rows and measured == padded(from_ids, fill, longest):
+            return (
+                "the labels that carry loss were filled in from input_ids: each row's labels are the example's own, "
+                "as given (labels already shifted, or of other tokens, stay), then padding"
+            )
     wrapped = [[value % 2**16 for value in row] for row in padded(rows, fill, longest)]
     if key == "input_ids" and max(map(max, rows)) >= 2**15 and measured != wrapped:
         wrapped = [[(value + 2**15) % 2**16 - 2**15 for value in row] for row in padded(rows, fill, longest)]
@@ -1006,7 +1033,7 @@ def test_collate_pads_on_the_right_to_the_longest(collate, lengths, first, pad, 
             f"collate of examples with lengths {lengths}, ids {first} to {first + max(lengths) - 1} "
             f"(pad_token_id={pad}{', their attention_mask 0 at every fourth token' * holes}): {key} is {measured}, "
             f"expected {expected}: "
-            f"{collate_cause(key, measured, rows[key], fill, longest, pad)}"
+            f"{collate_cause(key, measured, rows[key], fill, longest, pad, rows['input_ids'])}"
         )
 
 

@@ -185,13 +185,35 @@ def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_los
                 else f"compute the loss in float32, not in {dtype}"
             )
         )
-    with default_dtype(torch.float64):  # a float64 session: the upcast names float32, not the default dtype
-        under_float64 = loss_value(causal_lm_loss(logits, labels), f"causal_lm_loss({dtype} logits, labels)")
-    assert under_float64.dtype == expected_dtype, (
-        f"under torch.set_default_dtype(torch.float64), causal_lm_loss({dtype} logits, labels) is "
-        f"{under_float64.dtype}, expected {expected_dtype}: keep float32 and upcast half precision to float32 itself "
-        "(logits.float()), not to torch.get_default_dtype() nor by promotion with a default-dtype tensor"
-    )
+    for default in (
+        torch.float64,
+        torch.bfloat16,
+    ):  # a session's default dtype: neither the result nor a count takes it
+        for reduction in ("sum", "mean"):
+            call = (
+                f"under torch.set_default_dtype({default}), causal_lm_loss({dtype} logits, labels ({count} targets), "
+                f"reduction={reduction!r})"
+            )
+            with default_dtype(default):
+                measured = loss_value(causal_lm_loss(logits, labels, reduction=reduction), call)
+            assert measured.dtype == expected_dtype, (
+                f"{call} is {measured.dtype}, expected {expected_dtype}: keep float32 and upcast half precision to "
+                "float32 itself (logits.float()), not to torch.get_default_dtype() nor by promotion with a tensor of "
+                "the default dtype (torch.tensor(0.0), count * 1.0)"
+            )
+            expected = reference_loss(logits.to(expected_dtype), labels, reduction).item()
+            held = torch.tensor(float(count), dtype=default).item()  # the count, held in a default-dtype tensor
+            assert math.isclose(measured.item(), expected, rel_tol=1e-12 if dtype == torch.float64 else 1e-6), (
+                f"{call} = {measured.item():.8g}, expected {expected:.8g}, as under the float32 default: "
+                + (
+                    f"it is the sum over a count of {held:g}, not {count}: the count was held in a tensor of the "
+                    f"default dtype (count * 1.0, torch.tensor(...)): divide by the int64 count or a Python int"
+                    if reduction == "mean"
+                    and held != count
+                    and math.isclose(measured.item() * held, expected * count, rel_tol=1e-6)
+                    else "no value may depend on the default dtype"
+                )
+            )
 
 
 # logits far from 0 in every dtype: exp() of them overflows (or underflows to 0) in that dtype, the loss does not
@@ -554,17 +576,47 @@ def test_schedule_warms_up_linearly_then_falls_as_a_cosine_to_zero(cosine_with_w
     assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler), (
         f"cosine_with_warmup returned {describe(scheduler)}, expected a torch.optim.lr_scheduler.LambdaLR"
     )
+    # a second schedule, of other steps, built before the first is run (two runs in one process, a sweep): each is
+    # stepped in turn, and each keeps its own warmup_steps and total_steps
+    other = (warmup + 1, total + 3)
+    second_optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5)
+    second = cosine_with_warmup(second_optimizer, *other)
+    runs = [
+        (optimizer, scheduler, (warmup, total), (0.1, 0.02), other, "a second schedule built after it"),
+        (second_optimizer, second, other, (0.5,), (warmup, total), "the schedule built before it"),
+    ]
+    measured = [[] for _ in runs]  # each schedule's lr / initial lr, per group, after 0, 1, ... steps
     for step in range(total + 3):
-        if step:
-            optimizer.step()
-            scheduler.step()
-        for group, initial in zip(optimizer.param_groups, (0.1, 0.02), strict=True):
-            expected = initial * factor(step, warmup, total)
-            assert math.isclose(group["lr"], expected, rel_tol=1e-9, abs_tol=1e-15), (
-                f"cosine_with_warmup(warmup_steps={warmup}, total_steps={total}): after {step} steps the lr is "
-                f"{group['lr'] / initial:.6g} x the initial lr, expected {factor(step, warmup, total):.6g}: "
-                + schedule_cause(group["lr"] / initial, step, warmup, total)
+        for (optimizer_, scheduler_, _, initials, _, _), lrs in zip(runs, measured, strict=True):
+            if step:
+                optimizer_.step()
+                scheduler_.step()
+            lrs.append(
+                [group["lr"] / initial for group, initial in zip(optimizer_.param_groups, initials, strict=True)]
             )
+    for (_, _, (w, t), _, (ow, ot), neighbour), lrs in zip(runs, measured, strict=True):
+        for step, ratios in enumerate(lrs):
+            for ratio in ratios:
+                if math.isclose(ratio, factor(step, w, t), rel_tol=1e-9, abs_tol=1e-14):
+                    continue
+                cause = schedule_cause(ratio, step, w, t)
+                if all(
+                    math.isclose(r, factor(n, ow, ot), rel_tol=1e-9, abs_tol=1e-12)
+                    for n, rs in enumerate(lrs)
+                    if n
+                    for r in rs
+                ):  # step 0's lr was set when the schedule was built, before the other one
+                    cause = (
+                        f"it is the lr of {neighbour} (warmup_steps={ow}, total_steps={ot}) at every step since: each "
+                        "schedule keeps its own steps (a closure, or functools.partial), never module or class state "
+                        "that the last call of cosine_with_warmup set"
+                    )
+                pytest.fail(
+                    f"cosine_with_warmup(warmup_steps={w}, total_steps={t}), one of two schedules (the other of "
+                    f"warmup_steps={ow}, total_steps={ot}) built before either is run, stepped in turn: after {step} "
+                    f"steps the lr is {ratio:.6g} x the initial lr, expected {factor(step, w, t):.6g}: {cause}",
+                    pytrace=False,
+                )
 
 
 @pytest.mark.points(1)
@@ -923,27 +975,34 @@ def test_a_gradscaler_is_unscaled_before_clipping(train_step, dtype):
 
 
 @pytest.mark.points(3)
-def test_a_step_the_scaler_skips_steps_no_scheduler(train_step):
+@pytest.mark.parametrize("max_grad_norm", [1.0, None], ids=["clipping", "no-clipping"])  # the skip, clipped or not
+def test_a_step_the_scaler_skips_steps_no_scheduler(train_step, max_grad_norm):
     r, window, scale = rig(), unequal_window(), 2.0**12
     r.model.grad_factor = math.inf
     grad_scaler = scaler(scale)
-    returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=1.0, scaler=grad_scaler)
+    where = f"max_grad_norm {max_grad_norm}"
+    returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_grad_norm, scaler=grad_scaler)
     assert not r.optimizer.handed, (
-        "with inf gradients optimizer.step() ran: let scaler.step(optimizer) call it (it skips inf/NaN steps)"
+        f"{where}: with inf gradients optimizer.step() ran: let scaler.step(optimizer) call it (it skips inf/NaN steps)"
     )
     assert grad_scaler.get_scale() == scale / 2, (
-        f"after inf gradients the scale is {grad_scaler.get_scale():g}, expected {scale / 2:g}: call "
+        f"{where}: after inf gradients the scale is {grad_scaler.get_scale():g}, expected {scale / 2:g}: call "
         "scaler.update() once per window"
     )
     assert r.scheduler.steps == 0, (
-        f"the scaler skipped the step but the scheduler was stepped {r.scheduler.steps} times: step it only when "
-        "the scale did not drop (scaler.get_scale() before and after update())"
+        f"{where}: the scaler skipped the step but the scheduler was stepped {r.scheduler.steps} times: step it only "
+        "when the scale did not drop (scaler.get_scale() before and after update())"
+        + (
+            ", whether or not the gradients are clipped (max_grad_norm None: no clipping, the skip all the same)"
+            if max_grad_norm is None
+            else ""
+        )
     )
     left = holding_gradients(r.model)  # inf or NaN gradients count as held
-    assert not left, f"after a skipped step {left} still hold gradients: zero them whether or not the step ran"
+    assert not left, f"{where}: after a skipped step {left} still hold gradients: zero them whether or not the step ran"
     assert isinstance(returned, float) and math.isclose(returned, window_loss(r.model, window), rel_tol=1e-9), (
-        f"a skipped step returned {returned!r}, expected the window's mean token loss (finite: only the gradients "
-        "were inf)"
+        f"{where}: a skipped step returned {returned!r}, expected the window's mean token loss (finite: only the "
+        "gradients were inf)"
     )
 
 
@@ -963,11 +1022,13 @@ def test_steps_after_a_skipped_one_step_the_scheduler(train_step, run):
     for i, skip in enumerate(skips):
         r.model.grad_factor = math.inf if skip else 1.0
         before, steps = grad_scaler.get_scale(), r.scheduler.steps
-        train_step(r.model, unequal_window(), r.optimizer, r.scheduler, max_grad_norm=1.0, scaler=grad_scaler)
+        max_grad_norm = None if i % 2 else 1.0  # clipping or not: the skip is the scaler's either way
+        train_step(r.model, unequal_window(), r.optimizer, r.scheduler, max_grad_norm=max_grad_norm, scaler=grad_scaler)
         after = grad_scaler.get_scale()
         assert (after < before) == skip, f"grader bug: window {i} of {run} moved the scale {before:g} to {after:g}"
         assert r.scheduler.steps - steps == (not skip), (
-            f"window {i} of {skips} (True: skipped) under one GradScaler: the scale went {before:g} -> {after:g} and "
+            f"window {i} of {skips} (True: skipped) under one GradScaler, max_grad_norm {max_grad_norm}: the scale "
+            f"went {before:g} -> {after:g} and "
             f"the scheduler was stepped {r.scheduler.steps - steps} times, expected {int(not skip)}: tell a skip "
             "by the scale before this window's update() and after it, not by the scale of an earlier call"
         )
@@ -1179,6 +1240,116 @@ def test_steps_a_half_precision_model_without_autocast(train_step, dtype, max_gr
             if rounded != count and math.isclose(returned, loss * count / rounded, rel_tol=1e-4)
             else "compute the loss in float32, as causal_lm_loss does"
         )
+    )
+
+
+def count_held_in(window: list[dict[str, torch.Tensor]], dtype: torch.dtype) -> float:
+    """The window's target count as a running sum in a tensor of ``dtype`` (torch.zeros(()) under that default)."""
+    count = torch.zeros((), dtype=dtype)
+    for batch in window:
+        count += (batch["labels"][:, 1:] != IGNORE).sum()
+    return count.item()
+
+
+# each default dtype with a window whose count it does not hold exactly (float64: a promotion to it)
+DEFAULT_DTYPE_CASES = [
+    pytest.param(torch.bfloat16, thousand_and_one_targets, id="bfloat16-default-1001-targets"),
+    pytest.param(torch.float16, many_targets, id="float16-default-8195-targets"),
+    pytest.param(torch.float64, thousand_and_one_targets, id="float64-default-1001-targets"),
+]
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize(("default", "make_window"), DEFAULT_DTYPE_CASES)
+@pytest.mark.parametrize("max_grad_norm", [None, 1.0], ids=["no-clipping", "clipped-after-a-spike"])
+def test_steps_the_same_under_any_default_dtype(train_step, default, make_window, max_grad_norm):
+    """A script may set torch's default dtype (bf16 for a model, float64 for a check): a float64 model's step is the
+    same whatever it is, so no count, normaliser or norm is held in a tensor of the default dtype (torch.zeros(()),
+    torch.tensor(0.0), x * 1.0): every gradient, the clip's norm and the returned loss."""
+    r, window = rig(), make_window()
+    count = sum(map(targets, window))
+    held = count_held_in(window, default)
+    expected, mistakes = expected_and_mistakes(r.model, window, None)
+    loss = window_loss(r.model, window)
+    if held != count:
+        mistakes[
+            f"they match a count held in the default dtype ({held:g} for {count} targets: a running sum in "
+            "torch.zeros(())): count the targets as a Python int or an int64 tensor"
+        ] = [g * count / held for g in expected]
+    what = f"under torch.set_default_dtype({default}), a float64 model, {count} targets"
+    if max_grad_norm is not None:
+        r.model.grad_factor = HALF_SPIKE
+        spiked = [HALF_SPIKE * g for g in expected]
+        expected, mistakes = clipped(spiked, max_grad_norm), {}
+        what += f", max_grad_norm {max_grad_norm} after a spike (gradients of {total_norm(spiked):.4g} in norm)"
+    with default_dtype(default):
+        returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_grad_norm)
+    if max_grad_norm is not None and len(r.optimizer.handed) == 1:
+        handed = [g for g in r.optimizer.handed[0] if g is not None]
+        norm = total_norm(handed) if handed else 0.0
+        assert math.isclose(norm, max_grad_norm, rel_tol=1e-6), (
+            f"{what}: the gradients handed to optimizer.step() have a norm of {norm:.6g}, expected max_grad_norm "
+            f"{max_grad_norm}: "
+            + (
+                "the norm was taken in the default dtype (a sum of squares in torch.tensor(0.0) overflows float16 "
+                "past 65504, bfloat16 rounds it): take it as clip_grad_norm_ does, in the gradients' own dtype (or "
+                "float32 or better), never in a tensor of the default dtype"
+                if default != torch.float64 and (norm == 0 or not math.isfinite(norm) or abs(norm - 1) < 2e-2)
+                else "clip once, to one total L2 norm over the optimizer's parameters"
+            )
+        )
+    expect_handed(r, expected, mistakes, EXACT, what, clip_to=max_grad_norm)
+    assert isinstance(returned, float), f"{what}: train_step returned {describe(returned)}, expected a Python float"
+    assert math.isclose(returned, loss, rel_tol=1e-9), (
+        f"{what}: train_step returned {returned!r}, expected {loss:.12g}, as under the float32 default: "
+        + (
+            f"it matches a count of {held:g}: a count held in the default dtype (a running sum in torch.zeros(())): "
+            "count the targets as a Python int or an int64 tensor"
+            if held != count and math.isclose(returned, loss * count / held, rel_tol=1e-6)
+            else "no value may depend on the default dtype"
+        )
+    )
+
+
+NO_GRADIENT_PATHS = [pytest.param(False, id="no-scaler"), pytest.param("disabled", id="disabled-gradscaler")]
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("with_scaler", NO_GRADIENT_PATHS)
+@pytest.mark.parametrize("max_grad_norm", [1.0, None], ids=["clipping", "no-clipping"])
+def test_an_optimizer_whose_parameters_get_no_gradient_still_steps(train_step, with_scaler, max_grad_norm):
+    """The optimizer may hold only parameters that no forward reaches (an inactive adapter's): none gets a gradient,
+    and the window still takes its one optimizer.step() and one scheduler.step() (nothing to clip)."""
+    r, window = rig(idle=True), unequal_window()
+    r.optimizer = SpyOptimizer([r.model.idle], events=r.events)
+    r.scheduler = SpyScheduler(r.events, optimizer=r.optimizer)
+    grad_scaler, path = on_the_path(with_scaler)
+    what = (
+        f"an optimizer holding only a parameter that no forward reaches (no gradient), max_grad_norm "
+        f"{max_grad_norm}{path}"
+    )
+    try:
+        returned = train_step(
+            r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_grad_norm, scaler=grad_scaler
+        )
+    except (RuntimeError, ValueError, IndexError, ZeroDivisionError, TypeError, AttributeError) as error:
+        pytest.fail(
+            f"{what}: train_step raised {type(error).__name__} ({str(error).splitlines()[0] if str(error) else ''}), "
+            "expected one optimizer step: no parameter of the optimizer got a gradient, so there is nothing to clip "
+            "(clip_grad_norm_ of no gradient is a no-op; a hand-written torch.stack of no norm raises): the only "
+            "refusal is a window without targets",
+            pytrace=False,
+        )
+    assert len(r.optimizer.handed) == 1 and r.scheduler.steps == 1, (
+        f"{what}: {len(r.optimizer.handed)} optimizer steps and {r.scheduler.steps} scheduler steps, expected one "
+        "of each: a window with targets steps, whatever gradients the optimizer's parameters got"
+    )
+    assert all(g is None or not bool((g != 0).any()) for g in r.optimizer.handed[0]), (
+        f"{what}: optimizer.step() was handed a nonzero gradient for a parameter that no forward reaches"
+    )
+    assert isinstance(returned, float) and math.isclose(returned, window_loss(r.model, window), rel_tol=1e-9), (
+        f"{what}: train_step returned {returned!r}, expected the window's mean token loss "
+        f"{window_loss(r.model, window):.8g}"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -219,20 +220,37 @@ class SpyOptimizer(torch.optim.SGD):
         super().zero_grad(set_to_none)
 
 
-class SpyScheduler:
-    """A scheduler that records its ``step()`` calls; with ``inner`` (a real LRScheduler) it also steps that."""
+class SpyScheduler(torch.optim.lr_scheduler.LRScheduler):
+    """A real LRScheduler (the type the spec promises: ``last_epoch``, ``get_last_lr()``, ``state_dict()`` ...) that
+    records its ``step()`` calls and keeps the optimizer's learning rates as they are; with ``inner`` (a real
+    LRScheduler) it also steps that, and its lrs are inner's."""
 
-    def __init__(self, events: Events, inner: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
-        self.events, self.inner, self.steps = events, inner, 0
+    def __init__(
+        self,
+        events: Events,
+        inner: torch.optim.lr_scheduler.LRScheduler | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        self.events, self.inner, self.steps, self._recording = events, inner, 0, False
+        if optimizer is None:
+            optimizer = inner.optimizer if inner is not None else torch.optim.SGD([torch.zeros(1, requires_grad=True)])
+        super().__init__(optimizer)  # takes its initial step, which is not recorded
+        self._recording = True
+
+    def get_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
 
     def step(self, *args: object) -> None:
+        if not self._recording:
+            super().step()
+            return
         self.events.append("scheduler.step")
         self.steps += 1
         if self.inner is not None:
             self.inner.step(*args)
-
-    def get_last_lr(self) -> list[float]:
-        return self.inner.get_last_lr() if self.inner is not None else []
+        with warnings.catch_warnings():  # a step before any optimizer.step() (a skipped one) is the checks' to judge
+            warnings.simplefilter("ignore", UserWarning)
+            super().step()
 
 
 @dataclass
@@ -264,7 +282,7 @@ def rig(
     extra = [p for p in (model.idle, *model.outside) if p is not None]
     parameters = [{"params": held[:2]}, {"params": held[2:] + extra}] if groups else held + extra
     optimizer = SpyOptimizer(parameters, lr=lr, events=events)
-    return Rig(model, optimizer, SpyScheduler(events), events)
+    return Rig(model, optimizer, SpyScheduler(events, optimizer=optimizer), events)
 
 
 # The reference step, and the gradients of the classic mistakes.

@@ -336,4 +336,14 @@ WRONG_ANSWERS = [
                 "test_a_tokenizer_edited_between_calls_gives_its_new_ids", "and the bos and eos ids: a cache keyed by them",
                 more_edits=(("IGNORE_INDEX = -100",
                              "_MEMO = __import__('weakref').WeakKeyDictionary()\nIGNORE_INDEX = -100"),)),
+    # round 15, red team B
+    WrongAnswer("max_length capped at the tokenizer's model_max_length", KATA, CHECK,
+                "max_length = min(max_length, getattr(tokenizer, \"model_max_length\", max_length))  # the context\n"
+                "        " + CHECK,
+                "test_max_length_keeps_the_first_tokens", "stops at the tokenizer's model_max_length"),
+    WrongAnswer("collate's labels filled in from input_ids", KATA, ROWS,
+                ROWS.replace("example[key] + [value]",
+                             "(example[key] if key != \"labels\" else [IGNORE_INDEX if label == IGNORE_INDEX else i "
+                             "for label, i in zip(example[\"labels\"], example[\"input_ids\"])]) + [value]"),
+                "test_collate_pads_on_the_right_to_the_longest", "filled in from input_ids"),
 ]  # fmt: skip

@@ -415,4 +415,56 @@ WRONG_ANSWERS = [
                 "    count = keep.to(given_dtype).sum()  # the targets' count, in the dtype the logits came in\n",
                 "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "the targets were counted in",
                 more_edits=((UPCAST, "    given_dtype = logits.dtype\n" + UPCAST),)),
+    # round 15, red team B
+    WrongAnswer("the window's count summed in a tensor of the default dtype", KATA, TOKENS,
+                "tokens = torch.zeros(())  # the window's target count\n"
+                "    for batch in micro_batches:\n"
+                "        tokens += (batch[\"labels\"][:, 1:] != IGNORE_INDEX).sum()",
+                "test_steps_the_same_under_any_default_dtype", "a count held in the default dtype"),
+    WrongAnswer("a hand-written clip whose squares are summed into torch.tensor(0.0)", KATA, CLIP,
+                "grads = [p.grad for p in parameters if p.grad is not None]\n"
+                "        squares = torch.tensor(0.0)\n"
+                "        for g in grads:\n"
+                "            squares += g.detach().float().pow(2).sum()\n"
+                "        coef = max_grad_norm / (squares.sqrt() + 1e-6)\n"
+                "        if coef < 1:\n"
+                "            for g in grads:\n"
+                "                g.mul_(coef.to(g.dtype))",
+                "test_steps_the_same_under_any_default_dtype", "the norm was taken in the default dtype"),
+    WrongAnswer("a skipped step told from the unscaled gradients, in the clipping block", KATA,
+                "    if scaler is not None:\n        " + UNSCALE + "\n" + CLIP_BLOCK,
+                "    skipped = False\n"
+                "    if max_grad_norm is not None:\n"
+                "        if scaler is not None:\n"
+                "            scaler.unscale_(optimizer)\n"
+                "            skipped = scaler.is_enabled() and not " + FINITE + "\n"
+                "        " + CLIP + "\n",
+                "test_a_step_the_scaler_skips_steps_no_scheduler", "max_grad_norm None",
+                more_edits=((SKIP, "stepped = not skipped"),)),
+    WrongAnswer("a hand-written clip that stacks the per-parameter norms", KATA, CLIP,
+                "grads = [p.grad for p in parameters if p.grad is not None]\n"
+                "        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().double()) "
+                "for g in grads]))\n"
+                "        coef = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0)\n"
+                "        for g in grads:\n"
+                "            g.mul_(coef.to(g.dtype))",
+                "test_an_optimizer_whose_parameters_get_no_gradient_still_steps", "no parameter of the optimizer"),
+    WrongAnswer("the schedule's lr_lambda reads module state", KATA,
+                "    def factor(step: int) -> float:\n",
+                "    _SCHEDULE.update(warmup=warmup_steps, total=total_steps)  # a module-level lr_lambda pickles\n"
+                "    return torch.optim.lr_scheduler.LambdaLR(optimizer, _factor)\n\n"
+                "    def factor(step: int) -> float:\n",
+                "test_schedule_warms_up_linearly_then_falls_as_a_cosine_to_zero", "at every step since: each schedule keeps its own",
+                more_edits=(("\n\ndef train_step(",
+                             "\n\n_SCHEDULE = {\"warmup\": 0, \"total\": 1}\n\n\n"
+                             "def _factor(step: int) -> float:\n"
+                             "    warmup_steps, total_steps = _SCHEDULE[\"warmup\"], _SCHEDULE[\"total\"]\n"
+                             "    if step < warmup_steps:\n        return step / warmup_steps\n"
+                             "    if step > total_steps:\n        return 0.0\n"
+                             "    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)\n"
+                             "    return 0.5 * (1.0 + math.cos(math.pi * progress))\n\n\n"
+                             "def train_step("),)),
+    WrongAnswer("the mean's count made a float by * 1.0", KATA, "    return total / count\n",
+                "    return total / (count * 1.0)  # a float count for the division\n",
+                "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "a tensor of the default dtype"),
 ]  # fmt: skip
