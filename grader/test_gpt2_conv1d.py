@@ -1391,6 +1391,42 @@ def test_merges_the_same_in_train_mode_with_dropout(apply_lora_gpt2, merge_gpt2)
     )
 
 
+def zero_update_conv(LoRAConv1D, conv: nn.Module, zero: str) -> nn.Module:
+    """A LoRAConv1D on ``conv`` whose update is zero: B all zeros (just made, never trained) or alpha 0 (muted)."""
+    if zero.startswith("B zeros"):
+        return LoRAConv1D(conv, 4, 8.0)
+    layer = LoRAConv1D(conv, 4, 0.0)
+    randomize_factors(layer, std=0.2)  # trained factors, scaling 0
+    return layer
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+@pytest.mark.parametrize("zero", ["B zeros (never trained)", "alpha 0 (muted)"])
+def test_merges_adapters_with_a_zero_update(apply_lora_gpt2, merge_gpt2, LoRAConv1D, LoRALinear, Conv1D, zero):
+    """ "Every LoRAConv1D becomes a Conv1D": one whose update is zero too, among trained ones, and alone."""
+    model, ids = adapted_gpt2(apply_lora_gpt2, EVERYWHERE), token_ids()
+    zeroed = [name for name in adapters(model, LoRAConv1D) if name.endswith("attn.c_attn")]
+    for name in zeroed:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, zero_update_conv(LoRAConv1D, model.get_submodule(name).base, zero))
+    expected = logits(model, ids)
+    merged(merge_gpt2(model))
+    left = sorted(adapters(model, LoRAConv1D, LoRALinear))
+    assert not left, (
+        f"with {zero} on {zeroed}, {left[:3]} are still adapters after merge_gpt2, expected every one replaced: an "
+        "adapter with a zero update merges too (into W alone); skipping it as nothing to fold leaves its factors, "
+        "dropout and lora keys in the model"
+    )
+    error = max_difference(logits(model, ids), expected)
+    assert error < 1e-5, f"with {zero} on {zeroed}, the merged logits differ by {error:.3g}, expected < 1e-5"
+    alone = merge_gpt2(zero_update_conv(LoRAConv1D, conv1d_twin(nn.Linear(IN, OUT)), zero))
+    assert type(alone) is Conv1D, (
+        f"merge_gpt2(a LoRAConv1D with {zero}) returned {describe(alone)}, expected the merged Conv1D: an adapter "
+        "with a zero update merges too"
+    )
+
+
 # Models in mixed modes: the model in eval with one block in train (a block fine-tuned with dropout on), and in train
 # with one block in eval (a frozen block, its dropout off); no mode of the tree is the model's own flag alone.
 MIXED_MODES = {

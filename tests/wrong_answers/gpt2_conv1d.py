@@ -458,4 +458,8 @@ WRONG_ANSWERS = [
                 "            return (x.reshape(-1, x.shape[-1]) @ weight + self.base.bias).view(*x.shape[:-1], -1)\n"
                 "        " + FORWARD,
                 "test_output_equals_the_base_at_init", "call base(x)"),
+    WrongAnswer("merge_gpt2 skips LoRAConv1D adapters with a zero update", KATA,
+                "        if isinstance(module, LoRAConv1D):\n",
+                "        if isinstance(module, LoRAConv1D) and module.scaling != 0 and bool(module.lora_B.detach().any()):\n",
+                "test_merges_adapters_with_a_zero_update", "zero update"),
 ]  # fmt: skip
