@@ -1405,21 +1405,23 @@ def zero_update_conv(LoRAConv1D, conv: nn.Module, zero: str) -> nn.Module:
 @pytest.mark.parametrize("zero", ["B zeros (never trained)", "alpha 0 (muted)"])
 def test_merges_adapters_with_a_zero_update(apply_lora_gpt2, merge_gpt2, LoRAConv1D, LoRALinear, Conv1D, zero):
     """ "Every LoRAConv1D becomes a Conv1D": one whose update is zero too, among trained ones, and alone."""
-    model, ids = adapted_gpt2(apply_lora_gpt2, EVERYWHERE), token_ids()
-    zeroed = [name for name in adapters(model, LoRAConv1D) if name.endswith("attn.c_attn")]
-    for name in zeroed:
+    model, ids = gpt2(), token_ids()
+    zeroed = {name: module for name, module in model.named_modules() if name.endswith("attn.c_attn")}  # the bases
+    adapted(apply_lora_gpt2(model, EVERYWHERE, r=4, alpha=8.0))
+    randomize(model, std=0.2)
+    for name, conv in zeroed.items():
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, zero_update_conv(LoRAConv1D, model.get_submodule(name).base, zero))
+        setattr(model.get_submodule(parent), child, zero_update_conv(LoRAConv1D, conv, zero))
     expected = logits(model, ids)
     merged(merge_gpt2(model))
     left = sorted(adapters(model, LoRAConv1D, LoRALinear))
     assert not left, (
-        f"with {zero} on {zeroed}, {left[:3]} are still adapters after merge_gpt2, expected every one replaced: an "
-        "adapter with a zero update merges too (into W alone); skipping it as nothing to fold leaves its factors, "
-        "dropout and lora keys in the model"
+        f"with {zero} on {list(zeroed)}, {left[:3]} are still adapters after merge_gpt2, expected every one "
+        "replaced: an adapter with a zero update merges too (into W alone); skipping it as nothing to fold leaves "
+        "its factors, dropout and lora keys in the model"
     )
     error = max_difference(logits(model, ids), expected)
-    assert error < 1e-5, f"with {zero} on {zeroed}, the merged logits differ by {error:.3g}, expected < 1e-5"
+    assert error < 1e-5, f"with {zero} on {list(zeroed)}, the merged logits differ by {error:.3g}, expected < 1e-5"
     alone = merge_gpt2(zero_update_conv(LoRAConv1D, conv1d_twin(nn.Linear(IN, OUT)), zero))
     assert type(alone) is Conv1D, (
         f"merge_gpt2(a LoRAConv1D with {zero}) returned {describe(alone)}, expected the merged Conv1D: an adapter "
