@@ -678,6 +678,36 @@ def test_a_second_call_leaves_the_adapters_bases_alone_under_every_name(
 
 
 @pytest.mark.points(1)
+def test_a_second_call_leaves_factor_layers_alone(apply_lora, LoRALinear):
+    """Factors held as bias-free nn.Linear submodules (a layout the LoRALinear spec allows) are layers inside an
+    adapter too: a later call whose targets name them wraps nothing there. (Raw nn.Parameter factors: nothing to
+    target, and the check passes.)"""
+    model = ToyTransformer()
+    originals = {id(module) for module in model.modules()}
+    apply_lora(model, ["q_proj"], 2, 4.0)
+    factor_layers = {
+        name: module
+        for name, module in model.named_modules(remove_duplicate=False)
+        if isinstance(module, nn.Linear) and not isinstance(module, LoRALinear) and id(module) not in originals
+    }
+    if not factor_layers:
+        return  # factors as raw parameters
+    before = dict(model.named_modules(remove_duplicate=False))
+    call = f"apply_lora(model, {sorted(factor_layers)[:2]}...) after apply_lora(model, ['q_proj'])"
+    try:
+        apply_lora(model, sorted(factor_layers), 2, 4.0)
+    except ValueError as error:
+        if not raised_by_apply_lora(error):
+            raise
+    replaced = [name for name, module in before.items() if model.get_submodule(name) is not module]
+    assert not replaced, (
+        f"{call}: {replaced[:2]} are no longer the modules they were, expected every one unchanged: {replaced[0]} is "
+        "a factor layer inside an adapter, and no layer inside a LoRALinear is wrapped (skip every module in "
+        "adapter.modules(), not only those within its base)"
+    )
+
+
+@pytest.mark.points(1)
 def test_adapters_stay_on_their_layers_devices(apply_lora, LoRALinear):
     model = ToyTransformer()
     model.temperature = nn.Parameter(torch.ones((), device="meta"))  # the model's first parameters on meta
