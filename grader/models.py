@@ -293,6 +293,17 @@ class Gated(nn.Module):
         return self.down_proj(torch.tanh(self.up_proj(x)))
 
 
+class GatedGateFirst(Gated):
+    """Gated with the gate of ``up_proj`` also registered first, at the top (``gate``, then ``up_proj``, then
+    ``up_proj.gate``): a walk in listing order meets that inner target before the outer one that holds it."""
+
+    def __init__(self) -> None:
+        nn.Module.__init__(self)
+        up_proj = GatedProjection(WIDTH, HIDDEN)
+        self.gate = up_proj.gate  # a second name of the inner layer, listed before its holder
+        self.up_proj, self.down_proj = up_proj, _linear(HIDDEN, CLASSES)
+
+
 MODEL_ZOO = {
     "nested": Nested,
     "tied": Tied,
@@ -300,6 +311,7 @@ MODEL_ZOO = {
     "reused": Reused,
     "gated": Gated,
     "reused-block-first": ReusedBlockFirst,
+    "gated-gate-first": GatedGateFirst,
 }
 
 

@@ -406,6 +406,9 @@ ZOO_CASES = [  # (model, targets): every layer one of whose names matches (named
     ("tied", ("classifier",)),  # a second name of the same parent as head
     ("tied", ("1.q_proj",)),  # the shared block's second name, layers.1
     ("gated", ("up_proj", "gate")),  # up_proj.gate lies inside up_proj: adapting up_proj puts it inside the adapter
+    # The inner target listed first (its alias gate registered before up_proj): the outcome is that of any order.
+    ("gated-gate-first", ("up_proj", "gate")),
+    ("gated-gate-first", ("gate",)),  # the inner layer alone: wrapped, under both its names (or one)
 ]
 
 
@@ -439,6 +442,8 @@ def test_adapts_the_model_zoo(apply_lora, LoRALinear, model_name, targets):
     expected = {name: layer for name, layer in expected.items() if id(layer) not in within}
     allowed = {alias for module in expected.values() for alias in names_of[id(module)]}  # a tied layer's aliases too
     listed_once = {name for name, _ in model.named_modules()}  # the names a deduplicating walk sees
+    holder = {id(inner): name for name, layer in expected.items() for inner in list(layer.modules())[1:]}
+    held_by = {name: holder[id(m)] for name, m in model.named_modules(remove_duplicate=False) if id(m) in holder}
     with torch.no_grad():
         before = model.eval()(x)
     call = f"apply_lora({model_name} model, {list(targets)}, 2, 4.0)"
@@ -459,6 +464,10 @@ def test_adapts_the_model_zoo(apply_lora, LoRALinear, model_name, targets):
     wrong = sorted(found - allowed)
     subclassed = [name for name in missed if type(expected[name]) is not nn.Linear]
     inner = [(name, outer) for name in wrong for outer in sorted(allowed) if name.startswith(outer + ".")]
+    # or a name, outside it, of a layer inside it (an alias registered before the outer target, listed first)
+    inner = inner or [
+        (f"{name} (a name of {held_by[name]}'s inner layer)", held_by[name]) for name in wrong if name in held_by
+    ]
     cause = (
         f"{inner[0][0]} lies inside {inner[0][1]}, a target adapted in the same call: it is inside that adapter (in "
         "its base), and no layer inside an adapter is wrapped: adapt the outer target only"
@@ -623,6 +632,7 @@ SECOND_CALL_CASES = [  # (zoo model, the part adapted first, its targets, the wh
     ("reused", "block", ("q_proj",), ("0", "v_proj")),  # enc.0, listed first, is block.q_proj's base
     ("tied", "layers", ("v_proj",), ("alias", "q_proj")),  # alias, listed after it, is layers.0.v_proj's base
     ("gated", "", ("up_proj",), ("gate", "down_proj")),  # up_proj.gate lies inside the base of up_proj's adapter
+    ("gated-gate-first", "", ("up_proj",), ("gate", "down_proj")),  # and is listed first, as gate, outside it
 ]
 
 
@@ -665,6 +675,36 @@ def test_a_second_call_leaves_the_adapters_bases_alone_under_every_name(
     )
     missed = sorted(name for name in expected_new if not isinstance(model.get_submodule(name), LoRALinear))
     assert not missed, f"{call} left {missed[:3]} unadapted: the new targets get adapters"
+
+
+@pytest.mark.points(1)
+def test_a_second_call_leaves_factor_layers_alone(apply_lora, LoRALinear):
+    """Factors held as bias-free nn.Linear submodules (a layout the LoRALinear spec allows) are layers inside an
+    adapter too: a later call whose targets name them wraps nothing there. (Raw nn.Parameter factors: nothing to
+    target, and the check passes.)"""
+    model = ToyTransformer()
+    originals = {id(module) for module in model.modules()}
+    apply_lora(model, ["q_proj"], 2, 4.0)
+    factor_layers = {
+        name: module
+        for name, module in model.named_modules(remove_duplicate=False)
+        if isinstance(module, nn.Linear) and not isinstance(module, LoRALinear) and id(module) not in originals
+    }
+    if not factor_layers:
+        return  # factors as raw parameters
+    before = dict(model.named_modules(remove_duplicate=False))
+    call = f"apply_lora(model, {sorted(factor_layers)[:2]}...) after apply_lora(model, ['q_proj'])"
+    try:
+        apply_lora(model, sorted(factor_layers), 2, 4.0)
+    except ValueError as error:
+        if not raised_by_apply_lora(error):
+            raise
+    replaced = [name for name, module in before.items() if model.get_submodule(name) is not module]
+    assert not replaced, (
+        f"{call}: {replaced[:2]} are no longer the modules they were, expected every one unchanged: {replaced[0]} is "
+        "a factor layer inside an adapter, and no layer inside a LoRALinear is wrapped (skip every module in "
+        "adapter.modules(), not only those within its base)"
+    )
 
 
 @pytest.mark.points(1)

@@ -299,6 +299,29 @@ CONV1D_KINDS = {
     "GatedConv1D": lambda i, o, dtype: gated(conv1d_twin(nn.Linear(i, o, dtype=dtype)), o),
     "hooked Conv1D": lambda i, o, dtype: with_forward_hooks(conv1d_twin(nn.Linear(i, o, dtype=dtype))),
 }
+RELU_CLASSES: dict[type, type] = {}  # a Conv1D class: its subclass ending in a ReLU, made once
+
+
+def relu_ending(conv: nn.Module) -> nn.Module:
+    """``conv`` made, in place, an instance of a subclass of its class ending in a ReLU (models.ReLULinear's twin):
+    its backward reads its own output, so an update added into base(x) in place breaks a training step through it."""
+    kind = type(conv)
+    if kind not in RELU_CLASSES:
+        forward = kind.forward
+        RELU_CLASSES[kind] = type(
+            f"ReLU{kind.__name__}",
+            (kind,),
+            {"forward": lambda self, x: torch.relu(forward(self, x)), "__module__": "a_model"},
+        )
+    conv.__class__ = RELU_CLASSES[kind]
+    return conv
+
+
+# The drawn cases sample CONV1D_KINDS; the explicit examples may name these too (ReLULinear's twin for a Conv1D).
+CONV1D_TRAPS = {
+    **CONV1D_KINDS,
+    "ReLUConv1D": lambda i, o, dtype: relu_ending(conv1d_twin(nn.Linear(i, o, dtype=dtype))),
+}
 
 
 @pytest.mark.points(3)
@@ -320,14 +343,47 @@ CONV1D_KINDS = {
     (IN, OUT, R, ALPHA, (3,), torch.float64, "GatedConv1D"),
     (IN, OUT, R, ALPHA, (2, 3), torch.bfloat16, "hooked Conv1D"),
     (IN, OUT, R, ALPHA, (3,), torch.float16, "GatedConv1D"),
+    # Large batches on the trap bases too (a GPT-2 prefill): a fast path from some token count on (dW.T folded into W,
+    # one matmul) skips base(x) there only. Row counts from 300 to 16384, in every dtype, each trap kind.
+    (IN, OUT, R, ALPHA, (4, 75), torch.float32, "hooked Conv1D"),
+    (IN, OUT, R, ALPHA, (2, 1100), torch.float64, "GatedConv1D"),
+    (IN, OUT, R, ALPHA, (4100,), torch.bfloat16, "ReLUConv1D"),
+    (IN, OUT, R, ALPHA, (8, 2048), torch.float16, "hooked Conv1D"),
+    (IN, OUT, R, ALPHA, (16384,), torch.float32, "GatedConv1D"),
 )  # fmt: skip
 def test_output_equals_the_base_at_init(LoRAConv1D, in_features, out_features, r, alpha, batch_shape, dtype, kind):
     """The spec's "at construction the layer computes exactly base(x)": bit for bit, in every dtype and grad mode,
     whatever the base's class computes and whatever hooks it carries (LoRALinear's check, for a Conv1D base)."""
-    base = CONV1D_KINDS[kind](in_features, out_features, dtype)
+    base = CONV1D_TRAPS[kind](in_features, out_features, dtype)
     layer = LoRAConv1D(base, r=r, alpha=alpha)
     x = torch.randn(*batch_shape, in_features, dtype=dtype)
-    expect_exactly_the_base(layer, base, x, f"a {kind} base in {dtype_name(dtype)} and x {tuple(x.shape)}")
+    rows = math.prod(batch_shape)  # a fast path for many rows shows at its size only
+    expect_exactly_the_base(
+        layer, base, x, f"a {kind} base in {dtype_name(dtype)} and x {tuple(x.shape)} ({rows} rows)"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("grad", GRAD_MODES)
+def test_leaves_the_tensor_the_base_returned_alone(LoRAConv1D, grad, mode):
+    """LoRALinear's check, on a Conv1D base: a forward hook on the base (an activation observer, a feature cache)
+    keeps the tensor base(x) returned; the layer adds its update into a new tensor, never into that one."""
+    _, conv, layer = make_layer(LoRAConv1D)
+    randomize_factors(layer, std=0.5)  # an update that shows
+    kept = []
+    conv.register_forward_hook(lambda module, args, result: kept.append((result, result.detach().clone())))
+    layer.train(mode == "train")
+    with GRAD_MODES[grad]():
+        output(layer, torch.randn(5, IN))
+    assert kept, f"{mode} mode, {grad}: a forward hook on the Conv1D never ran: call base(x), which runs its hooks"
+    held, made = kept[-1]
+    change = max_difference(held, made)
+    assert change == 0, (
+        f"{mode} mode, {grad}: a forward hook on the Conv1D kept the tensor base(x) returned, which changed by "
+        f"{change:.3g} during the LoRAConv1D's call, expected unchanged: the update was added into base(x) in place "
+        "(y += ..., y.add_(...)); return base(x) + update, a new tensor"
+    )
 
 
 @pytest.mark.points(1)
@@ -414,6 +470,11 @@ def test_gradients_reach_the_factors_and_input_but_not_the_base(LoRAConv1D):
     (IN, OUT, R, torch.bfloat16, (3,), "grad off", "train-with-dropout", True, "hooked Conv1D"),  # model.to(bf16)
     (IN, OUT, R, torch.float32, (0,), "grad on", "train-with-dropout", False, "Conv1D"),  # an empty batch
     (IN, OUT, R, torch.float64, (2, 0), "grad off", "eval", False, "GatedConv1D"),  # sequences of no tokens
+    (IN, OUT, R, torch.float32, (2, 3), "grad on", "train", False, "ReLUConv1D"),  # its backward reads its output
+    # Large batches on the trap bases, with trained-looking factors: a fast path from some row count on skips base(x).
+    (IN, OUT, R, torch.float32, (4, 75), "grad off", "eval", False, "GatedConv1D"),
+    (IN, OUT, R, torch.float64, (2100,), "inference mode", "eval", False, "hooked Conv1D"),
+    (IN, OUT, R, torch.float32, (2, 260), "grad on", "train", False, "ReLUConv1D"),
 )  # fmt: skip
 def test_matches_plain_lora_in_every_regime(
     LoRAConv1D, in_features, out_features, r, dtype, batch_shape, grad, mode, converted, kind
@@ -426,17 +487,30 @@ def test_matches_plain_lora_in_every_regime(
     or hooks, the output is base(x) (its own call) plus the update of x, with trained-looking factors; a batch may be
     empty (0 rows, or sequences of 0 tokens). Then the same regime with A, B, or both frozen by the caller."""
     dropout = 0.3 if mode.endswith("with-dropout") else 0.0
-    conv = CONV1D_KINDS[kind](in_features, out_features, torch.float32 if converted else dtype)
+    conv = CONV1D_TRAPS[kind](in_features, out_features, torch.float32 if converted else dtype)
     layer = LoRAConv1D(conv, r, ALPHA, dropout).train(mode.startswith("train"))
     built = f"built in float32, then .to({dtype_name(dtype)})" if converted else dtype_name(dtype)
     if converted:
         layer.to(dtype)
     regime = f"LoRAConv1D(a {kind}, r={r}, alpha={ALPHA}, dropout={dropout}), {built}, {mode} mode, {grad}"
-    expect_plain_lora_in_regime(layer, conv, r, ALPHA / r, batch_shape, True, grad, regime, dropout * layer.training)
-    # The factors' requires_grad is a regime too: A frozen (LoRA-FA), B frozen, both (a frozen adapter)
-    expect_plain_lora_with_frozen_factors(
-        layer, conv, r, ALPHA / r, batch_shape, True, grad, regime, dropout * layer.training
-    )
+    try:
+        expect_plain_lora_in_regime(
+            layer, conv, r, ALPHA / r, batch_shape, True, grad, regime, dropout * layer.training
+        )
+        # The factors' requires_grad is a regime too: A frozen (LoRA-FA), B frozen, both (a frozen adapter)
+        expect_plain_lora_with_frozen_factors(
+            layer, conv, r, ALPHA / r, batch_shape, True, grad, regime, dropout * layer.training
+        )
+    except RuntimeError as error:
+        message = str(error).splitlines()[0]
+        if "inplace" not in message:
+            raise
+        pytest.fail(
+            f"{regime}: a training step raised RuntimeError ({message[:120]}): the update was added into base(x) in "
+            "place (y += ...), and the base's backward needs its output (a ReLU's does): return base(x) + update, "
+            "a new tensor",
+            pytrace=False,
+        )
 
 
 @pytest.mark.points(2)
@@ -1315,6 +1389,77 @@ def test_merges_the_same_in_train_mode_with_dropout(apply_lora_gpt2, merge_gpt2)
         f"merged in train mode (dropout=0.5), the logits differ by {error:.3g}: compute W + dW.T from the factors, "
         "not from a forward pass"
     )
+
+
+def zero_update_conv(LoRAConv1D, conv: nn.Module, zero: str) -> nn.Module:
+    """A LoRAConv1D on ``conv`` whose update is zero: B all zeros (just made, never trained) or alpha 0 (muted)."""
+    if zero.startswith("B zeros"):
+        return LoRAConv1D(conv, 4, 8.0)
+    layer = LoRAConv1D(conv, 4, 0.0)
+    randomize_factors(layer, std=0.2)  # trained factors, scaling 0
+    return layer
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+@pytest.mark.parametrize("zero", ["B zeros (never trained)", "alpha 0 (muted)"])
+def test_merges_adapters_with_a_zero_update(apply_lora_gpt2, merge_gpt2, LoRAConv1D, LoRALinear, Conv1D, zero):
+    """ "Every LoRAConv1D becomes a Conv1D": one whose update is zero too, among trained ones, and alone."""
+    model, ids = gpt2(), token_ids()
+    zeroed = {name: module for name, module in model.named_modules() if name.endswith("attn.c_attn")}  # the bases
+    adapted(apply_lora_gpt2(model, EVERYWHERE, r=4, alpha=8.0))
+    randomize(model, std=0.2)
+    for name, conv in zeroed.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, zero_update_conv(LoRAConv1D, conv, zero))
+    expected = logits(model, ids)
+    merged(merge_gpt2(model))
+    left = sorted(adapters(model, LoRAConv1D, LoRALinear))
+    assert not left, (
+        f"with {zero} on {list(zeroed)}, {left[:3]} are still adapters after merge_gpt2, expected every one "
+        "replaced: an adapter with a zero update merges too (into W alone); skipping it as nothing to fold leaves "
+        "its factors, dropout and lora keys in the model"
+    )
+    error = max_difference(logits(model, ids), expected)
+    assert error < 1e-5, f"with {zero} on {list(zeroed)}, the merged logits differ by {error:.3g}, expected < 1e-5"
+    alone = merge_gpt2(zero_update_conv(LoRAConv1D, conv1d_twin(nn.Linear(IN, OUT)), zero))
+    assert type(alone) is Conv1D, (
+        f"merge_gpt2(a LoRAConv1D with {zero}) returned {describe(alone)}, expected the merged Conv1D: an adapter "
+        "with a zero update merges too"
+    )
+
+
+# Models in mixed modes: the model in eval with one block in train (a block fine-tuned with dropout on), and in train
+# with one block in eval (a frozen block, its dropout off); no mode of the tree is the model's own flag alone.
+MIXED_MODES = {
+    "eval, h.0 in train": (False, "transformer.h.0", True),
+    "train, h.1 in eval": (True, "transformer.h.1", False),
+}
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+@pytest.mark.parametrize("modes", MIXED_MODES)
+def test_merging_keeps_every_modules_mode(apply_lora_gpt2, merge_gpt2, modes):
+    """ "Every other module is left as it was, its train or eval mode included": in a model in mixed modes, and in a
+    second merge with nothing left to merge ("changes nothing")."""
+    model = adapted_gpt2(apply_lora_gpt2, EVERYWHERE)
+    whole, block, block_mode = MIXED_MODES[modes]
+    model.train(whole).get_submodule(block).train(block_mode)
+    for merge in ("merging", "a second merge (nothing left to merge)"):
+        before = [(name, module, module.training) for name, module in model.named_modules()]
+        merged(merge_gpt2(model))
+        kept = {id(module) for module in model.modules()}  # the modules merging left in place
+        flipped = [
+            f"{name or 'the model'} ({'train' if mode else 'eval'} -> {'train' if module.training else 'eval'})"
+            for name, module, mode in before
+            if id(module) in kept and module.training != mode
+        ]
+        assert not flipped, (
+            f"{merge} a model in {modes} mode changed the mode of {len(flipped)} modules, e.g. {flipped[:2]}, "
+            "expected each as it was: merge_gpt2 replaces the adapters alone; saving model.training, calling "
+            "model.eval() and restoring with model.train(was_training) sets every module to the model's one flag"
+        )
 
 
 @pytest.mark.points(1)

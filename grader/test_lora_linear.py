@@ -241,6 +241,18 @@ def test_factors_follow_the_base_device_not_the_default_one(LoRALinear):
          kind="GatedLinear", contiguous=False)  # fmt: skip
 @example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(3,), dtype=torch.float16,
          kind="hooked Linear", contiguous=True)  # fmt: skip
+# Large batches on the trap bases too (a prefill, an eval pass): a fast path from some row count on (a fold of dW into
+# W, one matmul) skips base(x) there only. Row counts from 300 to 16384, in every dtype, each trap kind.
+@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(4, 75), dtype=torch.float32,
+         kind="hooked Linear", contiguous=True)  # fmt: skip
+@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(2, 1100), dtype=torch.float64,
+         kind="GatedLinear", contiguous=False)  # fmt: skip
+@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(4100,), dtype=torch.bfloat16,
+         kind="ReLULinear", contiguous=True)  # fmt: skip
+@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(8, 2048), dtype=torch.float16,
+         kind="hooked Linear", contiguous=True)  # fmt: skip
+@example(in_features=IN, out_features=OUT, r=R, alpha=ALPHA, batch_shape=(16384,), dtype=torch.float32,
+         kind="GatedLinear", contiguous=True)  # fmt: skip
 def test_output_equals_the_base_at_init(
     LoRALinear, in_features, out_features, r, alpha, batch_shape, dtype, kind, contiguous
 ):  # fmt: skip
@@ -248,7 +260,9 @@ def test_output_equals_the_base_at_init(
     layer = LoRALinear(base, r=r, alpha=alpha)
     expect_base_precision(layer, base)
     x = strided((*batch_shape, in_features), contiguous, dtype=dtype)
-    expect_exactly_the_base(layer, base, x, f"a {kind} base in {dtype_name(dtype)} and x {tuple(x.shape)}")
+    rows = math.prod(batch_shape)  # a fast path for many rows shows at its size only
+    where = f"a {kind} base in {dtype_name(dtype)} and x {tuple(x.shape)} ({rows} rows)"
+    expect_exactly_the_base(layer, base, x, where)
 
 
 # Every way the signature LoRALinear(base, r=8, alpha=16.0, dropout=0.0) may be called.
@@ -311,6 +325,13 @@ CALL_STYLES = {
      torch.float32, (2, 3), True, "inference mode", "eval", True, False, "hooked Linear"),
     (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha)",  # a base whose backward reads its own output
      torch.float32, (2, 3), True, "grad on", "train", True, False, "ReLULinear"),
+    # Large batches on the trap bases, with trained-looking factors: a fast path from some row count on skips base(x).
+    (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha)",
+     torch.float32, (4, 75), True, "grad off", "eval", True, False, "GatedLinear"),
+    (IN, OUT, True, R, ALPHA, "LoRALinear(base, r, alpha)",
+     torch.float64, (2100,), False, "inference mode", "eval", True, False, "hooked Linear"),
+    (IN, OUT, False, R, ALPHA, "LoRALinear(base, r, alpha)",
+     torch.float32, (2, 260), True, "grad on", "train", True, False, "ReLULinear"),
     # Built in another dtype and converted (model.double() for gradcheck, model.half()): the same comparison as one
     # built in that dtype, float64 to 1e-10 with alpha / r = 10 / 3, which float32 does not hold.
     (IN, OUT, False, UNROUNDED_R, UNROUNDED_ALPHA, "LoRALinear(base, r, alpha)",

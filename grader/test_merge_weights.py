@@ -216,6 +216,54 @@ def test_replaces_every_adapter_by_a_plain_linear(LoRALinear, merge_weights):
     expect_usable_with_autograd(model, inputs(), "merge_weights(model)")
 
 
+# Adapters whose update is zero, among trained ones: B all zeros (just applied, never trained) and alpha 0 (muted).
+def muted(LoRALinear, base: nn.Linear) -> nn.Module:
+    layer = LoRALinear(base, r=2, alpha=0.0)
+    randomize_factors(layer, std=0.3)  # trained factors, scaling 0
+    return layer
+
+
+ZERO_UPDATES = {
+    "B zeros (never trained)": lambda LoRALinear, base: LoRALinear(base, r=2, alpha=4.0),
+    "alpha 0 (muted)": muted,
+}
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("zero", ZERO_UPDATES)
+def test_merges_adapters_with_a_zero_update(LoRALinear, merge_weights, zero):
+    """ "Replace every LoRALinear": one whose update is zero too, which merges to W (no adapter, no factor left)."""
+    model = ToyTransformer()
+    names = matching_linears(model, TARGETS)
+    zeroed = [name for name in names if name.endswith(("v_proj", "head"))]
+    for name in names:  # the adapters the grader makes, each wrapping the model's own layer
+        parent, _, child = name.rpartition(".")
+        base = model.get_submodule(name)
+        if name in zeroed:
+            layer = ZERO_UPDATES[zero](LoRALinear, base)
+        else:
+            layer = LoRALinear(base, r=2, alpha=4.0)
+            randomize_factors(layer, std=0.3)
+        setattr(model.get_submodule(parent), child, layer)
+    x = inputs()
+    expected = eval_outputs(model, x)
+    merge_weights(model)
+    left = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
+    assert not left, (
+        f"with {zero} on {zeroed[:3]}, {left[:3]} are still LoRALinear after merging, expected every adapter replaced: "
+        "an adapter with a zero update merges too (into W alone); skipping it as nothing to fold leaves its "
+        "factors, dropout and lora keys in the model"
+    )
+    for name in matching_linears(ToyTransformer(), TARGETS):
+        expect_a_merged_linear(model.get_submodule(name), LoRALinear, f"{name} after merging")
+    error = max_difference(eval_outputs(model, x), expected)
+    assert error < 1e-5, (
+        f"with {zero} on {zeroed[:3]}, the merged model's outputs differ by {error:.3g}, expected < 1e-5"
+    )
+    alone = merge_weights(ZERO_UPDATES[zero](LoRALinear, nn.Linear(12, 10)))
+    expect_a_merged_linear(alone, LoRALinear, f"merge_weights(a LoRALinear with {zero})")
+
+
 @pytest.mark.points(1)
 @pytest.mark.parametrize("kind", ["LoRALinear", "a subclass of it"])
 def test_merging_a_single_layer_returns_the_linear(LoRALinear, merge_weights, kind):

@@ -35,11 +35,12 @@ def apply_lora(
         - Every other parameter of the model is frozen, whatever its name: afterwards only the
           adapters' factors are trainable, after every call (a backbone unfrozen in between is frozen again).
         - A layer that already is a ``LoRALinear`` is never wrapped again, nor is any layer inside
-          one (its base, and any layer within the base): it stays the very same object, its factors
-          keep their values and stay trainable (a call never freezes them; a factor you froze yourself
-          between calls may stay frozen or be made trainable again: both are accepted). So a second call
-          on an adapted model adapts just the new targets. (When the targets name only adapted layers,
-          raising the "nothing matched" ValueError and returning the model as it is are both accepted.)
+          one (its base, any layer within the base, and factors held as ``nn.Linear`` submodules): it stays
+          the very same object, its factors keep their values and stay trainable (a call never freezes
+          them; a factor you froze yourself between calls may stay frozen or be made trainable again: both
+          are accepted). So a second call on an adapted model adapts just the new targets. (When the
+          targets name only adapted layers, raising the "nothing matched" ValueError and returning the
+          model as it is are both accepted.)
           Within one call too: a target inside another target (a layer that a targeted ``nn.Linear``
           subclass holds) ends inside the outer one's adapter, so only the outer one is wrapped.
         - Returns ``model`` itself.

@@ -217,4 +217,15 @@ WRONG_ANSWERS = [
                 "test_adapts_the_model_zoo", "adapt the outer target only"),
     WrongAnswer("alpha = alpha or r passed on", KATA, WRAP, "LoRALinear(module, r, alpha or float(r), dropout)",
                 "test_passes_r_and_alpha_to_every_adapter", "alpha = alpha or r?"),
+    # Red-team round 15 (team A): nested targets dropped in listing order only (an alias of the inner one listed first).
+    WrongAnswer("targets inside others dropped in listing order only", KATA,
+                "    held = {id(inner) for _, outer in matched if isinstance(outer, nn.Linear) for inner in list(outer.modules())[1:]}\n"
+                "    matched = [(name, module) for name, module in matched if id(module) not in held]\n",
+                "    held, kept = set(), []  # one pass: a layer inside a target met earlier is skipped\n"
+                "    for name, module in matched:\n"
+                "        if id(module) not in held:\n"
+                "            kept.append((name, module))\n"
+                "            held.update(id(inner) for inner in list(module.modules())[1:])\n"
+                "    matched = kept\n",
+                "test_adapts_the_model_zoo", "adapt the outer target only"),
 ]  # fmt: skip

@@ -441,4 +441,25 @@ WRONG_ANSWERS = [
                 "test_merges_adapters_whose_factors_are_frozen", "the frozen adapters' updates left out"),
     WrongAnswer("apply_lora_gpt2 passes alpha or r on", KATA, WRAP, "wrapper(module, r, alpha or float(r), dropout)",
                 "test_passes_a_zero_or_negative_alpha_on", "alpha = alpha or r?"),
+    # Red-team round 15 (team A): merge_gpt2 in eval mode with one flag restored; LoRAConv1D without LoRALinear's traps.
+    WrongAnswer("merge_gpt2 puts the model in eval mode and restores one flag", KATA,
+                "    merged: dict[int, Conv1D] = {}",
+                "    was_training = model.training\n    model.eval()  # merge with dropout off\n"
+                "    merged: dict[int, Conv1D] = {}",
+                "test_merging_keeps_every_modules_mode", "was_training",
+                more_edits=((MERGE_LINEARS, "    _untie_adapted_weights(model)\n    model.train(was_training)  # back in the "
+                             "mode it was in\n    return merge_weights(model)"),)),
+    WrongAnswer("LoRAConv1D adds its update into base(x) in place", KATA, FORWARD,
+                "return self.base(x).add_(F.linear(down, self.lora_B))  # no second (..., out) tensor",
+                "test_leaves_the_tensor_the_base_returned_alone", "in place"),
+    WrongAnswer("LoRAConv1D folds dW.T into W for large batches, skipping base(x)", KATA, FORWARD,
+                "if x.numel() >= 256 * x.shape[-1] and not (self.training and self.dropout.p > 0):  # GPT-2 prefill\n"
+                "            weight = self.base.weight + self.scaling * (self.lora_B @ self.lora_A).T  # (in, out)\n"
+                "            return (x.reshape(-1, x.shape[-1]) @ weight + self.base.bias).view(*x.shape[:-1], -1)\n"
+                "        " + FORWARD,
+                "test_output_equals_the_base_at_init", "call base(x)"),
+    WrongAnswer("merge_gpt2 skips LoRAConv1D adapters with a zero update", KATA,
+                "        if isinstance(module, LoRAConv1D):\n",
+                "        if isinstance(module, LoRAConv1D) and module.scaling != 0 and bool(module.lora_B.detach().any()):\n",
+                "test_merges_adapters_with_a_zero_update", "zero update"),
 ]  # fmt: skip

@@ -418,4 +418,10 @@ WRONG_ANSWERS = [
                 "test_a_zero_or_negative_alpha_is_kept", "alpha = alpha or r?"),
     WrongAnswer("alpha taken as abs(alpha)", KATA, "self.scaling = alpha / r", "self.scaling = abs(alpha) / r",
                 "test_a_zero_or_negative_alpha_is_kept", "abs(alpha)?"),
+    # Red-team round 15 (team A): a fast path for large batches that bypasses base(x) (a subclass's forward, hooks).
+    WrongAnswer("large batches folded into one matmul with W + dW, skipping base(x)", KATA, RESULT,
+                "if x.numel() >= 256 * x.shape[-1] and not (self.training and self.dropout.p > 0):  # prefill: one matmul\n"
+                "            return F.linear(x, self.base.weight + self.scaling * (self.lora_B @ self.lora_A), self.base.bias)\n"
+                "        " + RESULT,
+                "test_output_equals_the_base_at_init", "call base(x)"),
 ]  # fmt: skip

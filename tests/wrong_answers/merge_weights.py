@@ -215,4 +215,9 @@ WRONG_ANSWERS = [
     WrongAnswer("frozen adapters merged as W alone", KATA, UPDATE,
                 UPDATE + "\n    update = update * (layer.lora_A.requires_grad or layer.lora_B.requires_grad)  # a frozen one is off",
                 "test_merges_adapters_whose_factors_are_frozen", "the frozen adapters' updates left out"),
+    # Red-team round 15 (team A): adapters with a zero update (B zeros, alpha 0) skipped.
+    WrongAnswer("adapters with a zero update left unmerged", KATA,
+                "        if isinstance(module, LoRALinear):\n",
+                "        if isinstance(module, LoRALinear) and module.scaling != 0 and bool(module.lora_B.detach().any()):\n",
+                "test_merges_adapters_with_a_zero_update", "zero update"),
 ]  # fmt: skip

@@ -8,6 +8,16 @@ def apply_lora(model, target_modules=("q_proj", "v_proj"), r=8, alpha=16.0, drop
     replaced = []
     # An adapter's base may be registered outside it too (enc.0 and block.q_proj one layer): skip it by identity.
     inside = {id(m) for a in model.modules() if isinstance(a, LoRALinear) for m in list(a.modules())[1:]}
+    # A target inside another target (a layer a targeted nn.Linear subclass holds) ends inside that one's adapter,
+    # whichever of their names is listed first: skip those too.
+    matched = [
+        m
+        for n, m in model.named_modules(remove_duplicate=False)
+        if isinstance(m, nn.Linear) and id(m) not in inside and any(n == t or n.endswith("." + t) for t in targets)
+    ]
+    inside |= {
+        id(inner) for outer in matched if not isinstance(outer, LoRALinear) for inner in list(outer.modules())[1:]
+    }
 
     def visit(module: nn.Module, prefix: str) -> None:
         # Every name, not named_children(): a layer (or block) held twice is listed once there, and the
