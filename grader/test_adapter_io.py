@@ -793,6 +793,42 @@ def test_save_then_load_is_bit_exact(save_adapter, load_adapter, LoRALinear, LoR
     assert error == 0, f"{kind} {dtype}: the model loaded from the files computes outputs {error:.3g} away"
 
 
+@pytest.mark.points(1)
+@pytest.mark.subject("load_adapter")
+@pytest.mark.parametrize("kind", ["toy", "gpt2"])
+def test_adapters_of_mixed_dtypes_are_saved_and_loaded_each_in_its_own(
+    save_adapter, load_adapter, LoRALinear, LoRAConv1D, kind, tmp_path
+):
+    """A model may mix dtypes (a float32 head on a bf16 body): every other adapter (the first, the last and those
+    between, of both kinds on GPT-2) cast to float32, the rest bf16; the file holds each factor in its own dtype and
+    a model of the same dtypes loads them back bit for bit."""
+    model, fresh, layers = adapted_model(kind, LoRALinear, LoRAConv1D, torch.bfloat16)
+    for name in list(layers)[1::2]:
+        for one in (model, fresh):
+            one.get_submodule(name).to(torch.float32)
+    saved(save_adapter, model, tmp_path)
+    tensors, _ = read_tensors(tmp_path)
+    for name, layer in layers.items():
+        for what, factor in zip("AB", lora_factors(layer, R, ALPHA / R), strict=True):
+            key = f"{PREFIX}{name}.lora_{what}.weight"
+            held = tensors[key].dtype if key in tensors else None
+            assert held == factor.dtype, (
+                f"{kind} with float32 and bfloat16 adapters: the file holds {key} as {held}, the layer's factor {what} "
+                f"is {factor.dtype}: save each factor in its own dtype, not one dtype for the whole file"
+            )
+    originals = dict(fresh.named_modules())
+    loaded(load_adapter, fresh, tmp_path, f"{kind} with float32 and bfloat16 adapters, save_adapter's own files")
+    again = adapters_in(fresh, LoRALinear, LoRAConv1D)
+    for name, layer in layers.items():
+        after_load = lora_factors(again[name], R, ALPHA / R, base=originals[name])
+        pairs = zip(lora_factors(layer, R, ALPHA / R), after_load, strict=True)
+        for what, (before, after) in zip("AB", pairs, strict=True):
+            assert after.dtype == before.dtype and torch.equal(after, before), (
+                f"{kind} with float32 and bfloat16 adapters: {name}'s factor {what} after save and load is "
+                f"{after.dtype}, not bit for bit the saved {before.dtype} one: each layer's factors in its base's dtype"
+            )
+
+
 SECOND_SAVES = {  # what the directory holds at the second load: other factors (the same r), or another r and alpha
     "other factors": (R, ALPHA),
     "another r and alpha": (2, 3.0),

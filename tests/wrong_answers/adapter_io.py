@@ -377,4 +377,9 @@ WRONG_ANSWERS = [
                 '    return "|".join(re.escape(name) for name in names)',
                 '    return "|".join(name.replace(".", r"\\.") for name in names)  # a dot is the only special char',
                 "test_config_says_lora_r_alpha_and_exactly_the_targets", "re.escape each name"),
+    WrongAnswer("every factor saved in the first adapter's dtype (one dtype per file)", KATA,
+                "    tensors = {}\n    for name, layer in layers.items():\n        A, B = factor_views(layer)\n",
+                "    tensors = {}\n    dtype = factor_views(next(iter(layers.values())))[0].dtype  # one dtype per file\n"
+                "    for name, layer in layers.items():\n        A, B = (f.to(dtype) for f in factor_views(layer))\n",
+                "test_adapters_of_mixed_dtypes_are_saved_and_loaded_each_in_its_own", "not one dtype for the whole file"),
 ]  # fmt: skip
