@@ -195,7 +195,7 @@ def peft_saved(kind: str, directory: Path, **options) -> tuple[nn.Module, nn.Mod
     """(a plain model, a peft model of a copy of it with random factors, whose save_pretrained wrote ``directory``)."""
     model = plain(kind)
     names = options.pop("target_modules", None) or target_names(kind, model)
-    oracle = peft_model(copy.deepcopy(model), names, R, ALPHA, fan_in_fan_out=kind == "gpt2", **options)
+    oracle = peft_model(copy.deepcopy(model), names, R, ALPHA, fan_in_fan_out=kind.startswith("gpt2"), **options)
     randomize(oracle, std=0.2)
     with quiet():
         oracle.save_pretrained(str(directory), save_embedding_layers=SAVE_EMBEDDINGS)
@@ -866,6 +866,9 @@ def test_a_second_load_reads_the_files_as_they_are_now(save_adapter, load_adapte
 CORRUPTED = {  # the layer each corruption spoils, of each kind a file holds: an nn.Linear, and a Conv1D (in, out)
     "toy": "layers.0.mlp.fc1",  # 8 -> 12: A (4, 8), B (12, 4)
     "gpt2": "transformer.h.0.attn.c_attn",  # 16 -> 48: A (4, 16), B (48, 4)
+    # the same file spoilt at a later layer, the first block's wrapped already: a loader that checks each layer only
+    # as it wraps it passes a file spoilt at the first one it processes, and leaves the earlier layers replaced here
+    "gpt2, a later layer": "transformer.h.1.mlp.c_proj",  # 64 -> 16: A (4, 64), B (16, 4)
 }
 
 
@@ -1036,6 +1039,7 @@ def peft_files(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tupl
     written: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}
 
     def files(kind: str) -> tuple[dict[str, torch.Tensor], dict]:
+        kind = kind.partition(",")[0]  # "gpt2, a later layer": GPT-2's file, spoilt elsewhere
         if kind not in written:
             directory = tmp_path_factory.mktemp(f"peft_{kind}")
             peft_saved(kind, directory)
