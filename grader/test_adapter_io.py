@@ -109,7 +109,7 @@ def plain(kind: str) -> nn.Module:
         return nn.Sequential(OrderedDict({name: nn.Linear(8, 12), parent: nn.ModuleDict({name: other})})).eval()
     if kind == "llama":
         return tiny_llama()
-    if kind.startswith("gpt2"):  # a subclass of a kind of layer is one: peft adapts them, a type(m) is test skips them
+    if kind.startswith("gpt2"):  # a subclass of a kind of layer is one: peft adapts them, a type(m) test skips them
         return with_own_layer_classes(tiny_gpt2())
     torch.manual_seed(0)
     return ToyTransformer().eval()
