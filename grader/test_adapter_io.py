@@ -65,7 +65,10 @@ SAVE_EMBEDDINGS = False  # peft saves a tied lm_head's weight beside its factors
 
 # Adapted; "1.0" is not, though the list entry "0" matches it (it ends with ".0"); nor is "x_y", which "x.y" read as
 # a regex (its dot unescaped) fullmatches.
-NESTED_TARGETS = ["0", "1.1", "x.y"]
+NESTED_TARGETS = ["0", "1.1", "x.y", "heads.q+k", "heads.o[1]"]
+# GPT-2 partly adapted: one c_attn and one attn.c_proj of its two blocks, the other block's c_attn and every mlp.c_proj
+# not: the short names ["c_attn", "c_proj"] of peft's GPT-2 examples would adapt those too.
+GPT2_SOME_TARGETS = ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_proj"]
 # The adapted nn.Linear NAME of each, beside an unadapted PARENT.NAME of another kind peft adapts (a Conv1D, an
 # nn.Embedding, an nn.Conv2d, torch's nn.Conv1d: any kind, not only those the stub names), or of a kind it refuses (a
 # container, whose own layers the entry does not match), or beside a sibling whose name it starts ("fc" and
@@ -94,6 +97,10 @@ def plain(kind: str) -> nn.Module:
         torch.manual_seed(0)
         layers = {"0": nn.Linear(8, 12), "1": nn.Sequential(nn.Linear(12, 12), nn.Linear(12, 6))}
         layers |= {"x_y": nn.Linear(6, 6), "x": nn.ModuleDict({"y": nn.Linear(6, 6)})}  # "x.y" beside "x_y"
+        # names with regex metacharacters beyond the dot, each beside the name the unescaped regex fullmatches:
+        # "heads.q+k" (q+ is one q or more) matches "heads.qk", "heads.o[1]" (a class) matches "heads.o1"
+        heads = {name: nn.Linear(6, 6) for name in ("q+k", "qk", "o[1]", "o1")}
+        layers |= {"heads": nn.ModuleDict(heads)}
         return nn.Sequential(OrderedDict(layers)).eval()
     if kind in COLLISIONS:  # an adapted nn.Linear beside an unadapted layer of another kind peft adapts too
         torch.manual_seed(0)
@@ -102,7 +109,7 @@ def plain(kind: str) -> nn.Module:
         return nn.Sequential(OrderedDict({name: nn.Linear(8, 12), parent: nn.ModuleDict({name: other})})).eval()
     if kind == "llama":
         return tiny_llama()
-    if kind == "gpt2":  # a subclass of a kind of layer is one: peft adapts them, a test of type(m) is skips them
+    if kind.startswith("gpt2"):  # a subclass of a kind of layer is one: peft adapts them, a type(m) test skips them
         return with_own_layer_classes(tiny_gpt2())
     torch.manual_seed(0)
     return ToyTransformer().eval()
@@ -114,6 +121,8 @@ def target_names(kind: str, model: nn.Module) -> list[str]:
         return matching_linears(model, TOY_TARGETS)
     if kind == "nested":
         return list(NESTED_TARGETS)
+    if kind == "gpt2, some layers":
+        return list(GPT2_SOME_TARGETS)
     if kind in COLLISIONS:
         return [COLLISIONS[kind][0]]
     suffixes = LLAMA_TARGETS if kind == "llama" else GPT2_TARGETS
@@ -149,7 +158,7 @@ def adapted_model(kind: str, LoRALinear, LoRAConv1D, dtype=torch.float32, names:
     layers = {}
     for name in names:  # on GPT-2, past the first block, the model's own subclasses of the adapters: each is one
         make = LoRALinear if isinstance(model.get_submodule(name), nn.Linear) else LoRAConv1D
-        make = own_class(make) if kind == "gpt2" and not name.startswith("transformer.h.0.") else make
+        make = own_class(make) if kind.startswith("gpt2") and not name.startswith("transformer.h.0.") else make
         layers |= wrap(model, [name], lambda layer, make=make: make(layer, r=R, alpha=ALPHA))
     randomize(model, std=0.2)
     return model, fresh, layers
@@ -186,7 +195,7 @@ def peft_saved(kind: str, directory: Path, **options) -> tuple[nn.Module, nn.Mod
     """(a plain model, a peft model of a copy of it with random factors, whose save_pretrained wrote ``directory``)."""
     model = plain(kind)
     names = options.pop("target_modules", None) or target_names(kind, model)
-    oracle = peft_model(copy.deepcopy(model), names, R, ALPHA, fan_in_fan_out=kind == "gpt2", **options)
+    oracle = peft_model(copy.deepcopy(model), names, R, ALPHA, fan_in_fan_out=kind.startswith("gpt2"), **options)
     randomize(oracle, std=0.2)
     with quiet():
         oracle.save_pretrained(str(directory), save_embedding_layers=SAVE_EMBEDDINGS)
@@ -341,7 +350,7 @@ def test_saved_tensors_are_exactly_the_factors(save_adapter, LoRALinear, LoRACon
 
 
 @pytest.mark.points(2)
-@pytest.mark.parametrize("kind", ["llama", "toy", "nested", *COLLISIONS])
+@pytest.mark.parametrize("kind", ["llama", "toy", "nested", "gpt2, some layers", *COLLISIONS])
 def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
     model, fresh, layers = adapted_model(kind, LoRALinear, LoRAConv1D)
     config = read_config(saved(save_adapter, model, tmp_path))
@@ -353,8 +362,10 @@ def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALine
     )
     bias = f"bias is {config['bias']!r}" if "bias" in config else "the config has no bias key"
     assert config.get("bias") == "none", f'{bias}, expected "bias": "none": no bias trains'
-    assert config.get("fan_in_fan_out") is False, (
-        f"fan_in_fan_out is {config.get('fan_in_fan_out')!r} for nn.Linear adapters, expected false"
+    conv1d = any(isinstance(layer, LoRAConv1D) for layer in layers.values())  # GPT-2's: fan_in_fan_out
+    assert config.get("fan_in_fan_out") is conv1d, (
+        f"fan_in_fan_out is {config.get('fan_in_fan_out')!r} for {'Conv1D' if conv1d else 'nn.Linear'} adapters, "
+        f"expected {str(conv1d).lower()}"
     )
     assert config.get("task_type") is None, (
         f"task_type is {config.get('task_type')!r}: peft would wrap a plain model in that task's class; leave it out"
@@ -401,8 +412,9 @@ def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALine
             f"a list entry also matches every name ending with '.' + entry ({wrong[0]!r}): where no list says "
             "exactly the adapted layers, write a str, a regex peft fullmatches (re.escape each name, join with |)"
             if wrong and not missed and any(w.endswith("." + t) for w in wrong for t in layers)
-            else "a str is a regex: re.escape each name (a '.' unescaped matches any character), join with |"
-            if isinstance(targets, str) and wrong and not missed
+            else "a str is a regex: re.escape each name (a '.' unescaped matches any character; '+', '[', '(' and "
+            "the other metacharacters too, so an unescaped name may miss itself), join with |"
+            if isinstance(targets, str) and wrong
             else "list the adapted layers' qualified names"
         )
     )
@@ -781,6 +793,42 @@ def test_save_then_load_is_bit_exact(save_adapter, load_adapter, LoRALinear, LoR
     assert error == 0, f"{kind} {dtype}: the model loaded from the files computes outputs {error:.3g} away"
 
 
+@pytest.mark.points(1)
+@pytest.mark.subject("load_adapter")
+@pytest.mark.parametrize("kind", ["toy", "gpt2"])
+def test_adapters_of_mixed_dtypes_are_saved_and_loaded_each_in_its_own(
+    save_adapter, load_adapter, LoRALinear, LoRAConv1D, kind, tmp_path
+):
+    """A model may mix dtypes (a float32 head on a bf16 body): every other adapter (the first, the last and those
+    between, of both kinds on GPT-2) cast to float32, the rest bf16; the file holds each factor in its own dtype and
+    a model of the same dtypes loads them back bit for bit."""
+    model, fresh, layers = adapted_model(kind, LoRALinear, LoRAConv1D, torch.bfloat16)
+    for name in list(layers)[1::2]:
+        for one in (model, fresh):
+            one.get_submodule(name).to(torch.float32)
+    saved(save_adapter, model, tmp_path)
+    tensors, _ = read_tensors(tmp_path)
+    for name, layer in layers.items():
+        for what, factor in zip("AB", lora_factors(layer, R, ALPHA / R), strict=True):
+            key = f"{PREFIX}{name}.lora_{what}.weight"
+            held = tensors[key].dtype if key in tensors else None
+            assert held == factor.dtype, (
+                f"{kind} with float32 and bfloat16 adapters: the file holds {key} as {held}, the layer's factor {what} "
+                f"is {factor.dtype}: save each factor in its own dtype, not one dtype for the whole file"
+            )
+    originals = dict(fresh.named_modules())
+    loaded(load_adapter, fresh, tmp_path, f"{kind} with float32 and bfloat16 adapters, save_adapter's own files")
+    again = adapters_in(fresh, LoRALinear, LoRAConv1D)
+    for name, layer in layers.items():
+        after_load = lora_factors(again[name], R, ALPHA / R, base=originals[name])
+        pairs = zip(lora_factors(layer, R, ALPHA / R), after_load, strict=True)
+        for what, (before, after) in zip("AB", pairs, strict=True):
+            assert after.dtype == before.dtype and torch.equal(after, before), (
+                f"{kind} with float32 and bfloat16 adapters: {name}'s factor {what} after save and load is "
+                f"{after.dtype}, not bit for bit the saved {before.dtype} one: each layer's factors in its base's dtype"
+            )
+
+
 SECOND_SAVES = {  # what the directory holds at the second load: other factors (the same r), or another r and alpha
     "other factors": (R, ALPHA),
     "another r and alpha": (2, 3.0),
@@ -818,6 +866,9 @@ def test_a_second_load_reads_the_files_as_they_are_now(save_adapter, load_adapte
 CORRUPTED = {  # the layer each corruption spoils, of each kind a file holds: an nn.Linear, and a Conv1D (in, out)
     "toy": "layers.0.mlp.fc1",  # 8 -> 12: A (4, 8), B (12, 4)
     "gpt2": "transformer.h.0.attn.c_attn",  # 16 -> 48: A (4, 16), B (48, 4)
+    # the same file spoilt at a later layer, the first block's wrapped already: a loader that checks each layer only
+    # as it wraps it passes a file spoilt at the first one it processes, and leaves the earlier layers replaced here
+    "gpt2, a later layer": "transformer.h.1.mlp.c_proj",  # 64 -> 16: A (4, 64), B (16, 4)
 }
 
 
@@ -988,6 +1039,7 @@ def peft_files(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tupl
     written: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}
 
     def files(kind: str) -> tuple[dict[str, torch.Tensor], dict]:
+        kind = kind.partition(",")[0]  # "gpt2, a later layer": GPT-2's file, spoilt elsewhere
         if kind not in written:
             directory = tmp_path_factory.mktemp(f"peft_{kind}")
             peft_saved(kind, directory)

@@ -30,6 +30,9 @@ from grader.probes import (
     DROP_OUT,
     DROP_R,
     DROPOUT,
+    EXACT_IN,
+    EXACT_OUT,
+    EXACT_R,
     FLOAT_DTYPES,
     GRAD_MODES,
     RELATIVE_TOLERANCE,
@@ -42,6 +45,9 @@ from grader.probes import (
     PeftLoraLinearLike,
     describe,
     dtype_name,
+    exact_dropout_multipliers,
+    expect_a_fraction_p_zeroed,
+    expect_a_fresh_mask_for_every_element_and_call,
     expect_centred,
     expect_dropout_like_nn_dropout,
     expect_following_base_swaps,
@@ -49,6 +55,7 @@ from grader.probes import (
     expect_on_the_base_device,
     expect_plain_lora_in_regime,
     expect_value_error,
+    factors,
     made_under_a_foreign_default_device,
     max_difference,
     output,
@@ -879,6 +886,54 @@ def test_adapters_live_on_the_base_device_and_dtype(MultiLoRALinear, device, dty
 
 
 @pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_dtype_drops_like_nn_dropout_and_trains_the_active_adapter(MultiLoRALinear, device, dtype):
+    """Behaviour, not just rounding, in every dtype of the base (a half-precision path of its own shows there only):
+    train-mode dropout read exactly (lora_linear's dtype-aware probe, dL/dx through the mask with grad on), then a
+    training step whose gradients (A's, B's, x's) are the float64 ones of the same values, to the dtype's rounding."""
+    base = nn.Linear(EXACT_IN, EXACT_OUT, device=device, dtype=dtype).eval()
+    layer = MultiLoRALinear(base)
+    layer.add_adapter("sql", r=EXACT_R, alpha=float(EXACT_R), dropout=DROPOUT)
+    layer.add_adapter("chat", r=3, alpha=6.0)  # beside it, frozen
+    where = f"a {dtype_name(dtype)} MultiLoRALinear on {device} with 'sql' (dropout={DROPOUT}) active"
+    try:
+        multipliers = exact_dropout_multipliers(layer, base)
+        expect_a_fresh_mask_for_every_element_and_call(multipliers)
+        expect_a_fraction_p_zeroed(multipliers, DROPOUT)
+    except AssertionError as error:
+        raise AssertionError(f"{where}: {error}") from None
+    torch.manual_seed(0)
+    found = factors(layer, EXACT_IN, EXACT_OUT, EXACT_R)
+    with torch.no_grad():
+        base.weight.copy_(torch.randn(EXACT_OUT, EXACT_IN))
+        found.A.copy_(torch.randn_like(found.A, dtype=torch.float32) * 0.5)
+        found.B.copy_(torch.randn_like(found.B, dtype=torch.float32) * 0.5)
+        found.stored_A.grad = found.stored_B.grad = None
+    layer.eval()  # no dropout: the gradients are those of plain LoRA
+    x = torch.randn(4, EXACT_IN).to(device, dtype).requires_grad_()
+    upstream = torch.randn(4, EXACT_OUT).to(device, dtype)
+    output(layer, x).backward(upstream)
+    x64, A64, B64 = (t.detach().double().requires_grad_() for t in (x, found.A, found.B))
+    y64 = F.linear(x64, base.weight.detach().double(), base.bias.detach().double())
+    (y64 + F.linear(F.linear(x64, A64), B64)).backward(upstream.double())  # scaling alpha / r = 1
+    when = f"{where}, eval mode, after y.backward(dL/dy)"
+    grads = (*found.grads(), x.grad)
+    for name, grad, expected in zip("ABx", grads, (A64.grad, B64.grad, x64.grad), strict=True):
+        assert grad is not None, (
+            f"{when}: {name}.grad is None, expected the float64 gradient of the same values: the {dtype_name(dtype)} "
+            "branch is computed off the graph (a detached update, as merge's under torch.no_grad()): compute "
+            "B A dropout(x) from the factors in the graph, in every dtype"
+        )
+        error = relative_error(grad, expected)
+        assert error <= 2 * RELATIVE_TOLERANCE[dtype], (
+            f"{when}: {name}.grad is off the float64 gradient of the same values by {error:.2g} (relative), expected "
+            f"within {2 * RELATIVE_TOLERANCE[dtype]:g}: the {dtype_name(dtype)} branch leaves the graph somewhere "
+            "(a detached update or input): compute B A dropout(x) from the factors in the graph, in every dtype"
+        )
+
+
+@pytest.mark.points(1)
 def test_factors_follow_the_base_device_not_the_default_one(MultiLoRALinear):
     base, layer = make(MultiLoRALinear)
     sql = made_under_a_foreign_default_device(lambda: add(layer, "sql", r=3, alpha=6.0, dropout=DROPOUT))
@@ -1630,6 +1685,9 @@ SOUND_MERGES = {  # finite in the weight's dtype (None: two_adapters' random flo
     # every entry finite, their sum not: a check of one reduction (torch.isfinite(merged.sum())) raises
     "an fp16 weight of 8000s (finite; their sum is not)": (torch.float16, 8000.0, 1.0, 1.0),
     "a float32 weight of 1e37s (finite; their sum is not)": (torch.float32, 1e37, 0.5, 0.5),
+    # the update alone, 4 * 125 * 200 = 100000, exceeds fp16's 65504; the merged weight, -60000 + 100000, does not:
+    # the check is of the merged weight, not of the update cast to the weight's dtype
+    "an fp16 update beyond fp16's max, the merged weight finite": (torch.float16, -60000.0, 125.0, 200.0),
 }
 
 

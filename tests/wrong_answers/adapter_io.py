@@ -366,4 +366,20 @@ WRONG_ANSWERS = [
                 "    unplaced = sorted(key for key in tensors if not any(key.startswith(f\"{PREFIX}{name}\") for name in targets)\n"
                 "                      or not key.endswith((\".lora_A.weight\", \".lora_B.weight\")))",
                 "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "untargeted sibling"),
+    # Round 15, team C.
+    WrongAnswer("GPT-2's Conv1D adapters saved under their short names, as in peft's GPT-2 examples", KATA,
+                '    inside = tuple(name + "." for name in names)',
+                "    if any(isinstance(model.get_submodule(n), LoRAConv1D) for n in names):  # c_attn, c_proj, lm_head\n"
+                '        return sorted({n.rpartition(".")[2] for n in names})\n'
+                '    inside = tuple(name + "." for name in names)',
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "no adapted layer's qualified name"),
+    WrongAnswer("the regex of the targets escaping dots only", KATA,
+                '    return "|".join(re.escape(name) for name in names)',
+                '    return "|".join(name.replace(".", r"\\.") for name in names)  # a dot is the only special char',
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "re.escape each name"),
+    WrongAnswer("every factor saved in the first adapter's dtype (one dtype per file)", KATA,
+                "    tensors = {}\n    for name, layer in layers.items():\n        A, B = factor_views(layer)\n",
+                "    tensors = {}\n    dtype = factor_views(next(iter(layers.values())))[0].dtype  # one dtype per file\n"
+                "    for name, layer in layers.items():\n        A, B = (f.to(dtype) for f in factor_views(layer))\n",
+                "test_adapters_of_mixed_dtypes_are_saved_and_loaded_each_in_its_own", "not one dtype for the whole file"),
 ]  # fmt: skip

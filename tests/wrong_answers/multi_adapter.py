@@ -679,4 +679,21 @@ WRONG_ANSWERS = [
                 '        return ", ".join(repr(name) for name in self.lora_A) or "none yet"',
                 '        return ", ".join(repr(name) for name in list(self.lora_A)[:20]) or "none yet"',
                 "test_unknown_names_are_value_errors_naming_the_known_adapters", "all 64"),
+    # Round 15, team C.
+    WrongAnswer("a half-precision forward reusing merge's detached float32 update", KATA, FORWARD_DELTA,
+                "        if x.dtype in (torch.float16, torch.bfloat16):  # the update in float32, as merge sums it\n"
+                "            with torch.no_grad():\n"
+                "                delta = self._delta(name)\n"
+                "            return self.base(x) + (self.lora_dropout[name](x).float() @ delta.T).to(x.dtype)\n"
+                + FORWARD_DELTA, "test_every_dtype_drops_like_nn_dropout_and_trains_the_active_adapter", "A.grad is None"),
+    WrongAnswer("a half-precision branch in float32 without the dropout", KATA, FORWARD_DELTA,
+                "        if x.dtype in (torch.float16, torch.bfloat16):  # the branch in float32, rounded once\n"
+                "            down = F.linear(x.float(), self.lora_A[name].float()) * self.scaling[name]\n"
+                "            return self.base(x) + F.linear(down, self.lora_B[name].float()).to(x.dtype)\n"
+                + FORWARD_DELTA, "test_every_dtype_drops_like_nn_dropout_and_trains_the_active_adapter",
+                "zeroed no adapter input"),
+    WrongAnswer("a safe merge also requiring the update alone finite in the weight's dtype", KATA,
+                "        if safe and not torch.isfinite(merged).all():\n",
+                "        if safe and not (torch.isfinite(merged).all() and torch.isfinite(self._delta(name).to(weight.dtype)).all()):\n",
+                "test_safe_merge_of_a_sound_adapter_merges_as_merge_does", "finite in float16"),
 ]  # fmt: skip
