@@ -39,6 +39,7 @@ from grader.probes import (
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
     expect_plain_lora_in_regime,
+    expect_plain_lora_with_frozen_factors,
     expect_r_alpha_and_scaling,
     expect_training_fits_a_low_rank_target,
     expect_value_error,
@@ -1066,6 +1067,35 @@ def test_the_layer_matches_plain_lora_in_every_regime(
     regime = f"{call} with r={r}, alpha={alpha}, {dtype}, {'train' if train else 'eval'} mode, {grad}"
     expect_plain_lora_in_regime(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime)
     expect_following_base_swaps(layer, base, r, alpha / r, batch_shape, contiguous, grad, regime)
+
+
+# The lora_linear kata's contract, which the layer inherits: a factor the caller froze (one or both, by
+# requires_grad_(False)) still adds its share to y and to dL/dx (a frozen adapter is no switched-off one), in every
+# grad mode and both modes.
+@pytest.mark.points(1)
+@pytest.mark.subject("FusedLoRALinear")
+@pytest.mark.parametrize("grad", GRAD_MODES)
+def test_the_layer_keeps_lora_linears_contract_with_frozen_factors(FusedLoRALinear, grad):
+    base, layer = make_layer(FusedLoRALinear, dtype=torch.float32)
+    for train in (True, False):
+        layer.train(train)
+        regime = f"FusedLoRALinear(base, {R}, {ALPHA}), float32, {'train' if train else 'eval'} mode, {grad}"
+        expect_plain_lora_with_frozen_factors(layer, base, R, SCALING, (2, 3), False, grad, regime)
+
+
+# A layer built in one dtype and moved to another after construction (layer.to(dtype), as model.double() or .half()
+# do): it computes in the dtype its base holds now, not the one recorded at construction.
+CONVERSIONS = [(torch.float32, torch.float64), (torch.float64, torch.float32), (torch.float32, torch.bfloat16)]
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("FusedLoRALinear")
+@pytest.mark.parametrize(("built", "dtype"), CONVERSIONS, ids=lambda d: str(d).removeprefix("torch."))
+def test_the_layer_computes_in_the_dtype_it_was_moved_to(FusedLoRALinear, built, dtype):
+    base, layer = make_layer(FusedLoRALinear, dtype=built)
+    layer.to(dtype)
+    regime = f"FusedLoRALinear built in {built} and converted by .to({dtype})"
+    expect_plain_lora_in_regime(layer, base, R, SCALING, (3,), True, "grad on", regime, built_in=built)
 
 
 # Every argument the stub allows, each once: r = 1, r above in and out, alpha 0 (the adapter switched off), alpha < 0,

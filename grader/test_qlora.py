@@ -43,6 +43,7 @@ from grader.probes import (
     expect_dropout_like_nn_dropout,
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
+    expect_plain_lora_with_frozen_factors,
     expect_r_alpha_and_scaling,
     expect_training_fits_a_low_rank_target,
     expect_value_error,
@@ -1062,6 +1063,40 @@ def test_qlora_follows_its_factors_in_every_mode(QLoRALinear, nf4_works, mode, g
     expect_only_nf4_storage(layer, OUT, IN, OUT * 4, f"{what}, no train() call since", adapter_bytes)
 
 
+# The lora_linear kata's contract, which QLoRALinear inherits: a factor the caller froze (one or both:
+# requires_grad_(False), LoRA-FA freezes A) still adds its share to y and to dL/dx; and a forward hook on the NF4 base
+# (an activation observer) keeps the tensor the base returned, the update added into a new one.
+@pytest.mark.points(2)
+@pytest.mark.parametrize("grad", GRAD_MODES)
+def test_qlora_keeps_lora_linears_contract_with_frozen_factors_and_the_base_output(
+    QLoRALinear, NF4Linear, nf4_works, grad
+):
+    nf4_works()
+    layer, nf4_base = qlora_layer(QLoRALinear)
+    for mode in ("train", "eval"):
+        regime = f"QLoRALinear in {mode} mode, called {GRAD_WORDS[grad]}"
+        layer.train(mode == "train")
+        expect_plain_lora_with_frozen_factors(layer, nf4_base, R, SCALING, (2, 3), False, grad, regime)
+    randomize_factors(layer, std=0.5)  # an update that shows
+    bases = [module for module in layer.modules() if isinstance(module, NF4Linear)]
+    assert bases, f"QLoRALinear holds no NF4Linear submodule ({describe(layer)}): the base becomes an NF4Linear"
+    kept = []
+    bases[0].register_forward_hook(lambda module, args, result: kept.append((result, result.detach().clone())))
+    for mode in ("train", "eval"):
+        layer.train(mode == "train")
+        with GRAD_MODES[grad]():
+            output(layer, torch.randn(5, IN).requires_grad_(grad == "grad on"))
+        if not kept:  # a base computed without its call: no hook to keep, nothing this check can see
+            continue
+        held, made = kept[-1]
+        change = max_difference(held, made)
+        assert change == 0, (
+            f"QLoRALinear in {mode} mode, called {GRAD_WORDS[grad]}: a forward hook on its NF4 base kept the tensor "
+            f"the base returned, which changed by {change:.3g} during the QLoRALinear's call, expected unchanged: the "
+            "update was added into the base's output in place (y.add_(...), y += ...); return base(x) + update"
+        )
+
+
 @pytest.mark.points(2)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_qlora_runs_in_half_precision_with_dropout_and_a_strided_x(QLoRALinear, nf4_works, dtype):
@@ -1188,7 +1223,50 @@ def test_qlora_rejects_bad_arguments(QLoRALinear, nf4_works, arguments):
         if call.endswith("nan")
         else ""
     )
-    expect_value_error(lambda: QLoRALinear(nn.Linear(IN, OUT), **arguments), f"QLoRALinear(base, {call}){cause}")
+    base = nn.Linear(IN, OUT)
+    before = module_state(base)
+    expect_value_error(lambda: QLoRALinear(base, **arguments), f"QLoRALinear(base, {call}){cause}")
+    expect_left_as_it_was(base, before, f"QLoRALinear(base, {call})", "base")
+
+
+def module_state(root: nn.Module) -> dict[str, dict[str, object]]:
+    """What a refused call must leave as it was: each submodule (the very object, its mode) and each parameter and
+    buffer (the very tensor, its values, its requires_grad), by name."""
+    tensors = [*root.named_parameters(remove_duplicate=False), *root.named_buffers(remove_duplicate=False)]
+    modules = root.named_modules(remove_duplicate=False)
+    return {
+        "modules": {name or "(itself)": (type(m).__name__, id(m), m.training) for name, m in modules},
+        "tensors": {name: (id(t), t.detach().clone(), t.requires_grad) for name, t in tensors},
+    }
+
+
+def expect_left_as_it_was(root: nn.Module, before: dict[str, dict[str, object]], call: str, what: str) -> None:
+    """Fail the check unless the refused ``call`` left ``root`` (the caller's ``what``) as ``module_state`` found it
+    before, naming the first change."""
+    after = module_state(root)
+    changes = [f"{name} is gone" for name in before["modules"] if name not in after["modules"]]
+    changes += [f"{name} is new" for name in after["modules"] if name not in before["modules"]]
+    changes += [
+        f"{name} was replaced ({before['modules'][name][0]} -> {kind})" if held != before["modules"][name][1]
+        else f"{name} changed train/eval mode"
+        for name, (kind, held, training) in after["modules"].items()
+        if name in before["modules"] and (held, training) != before["modules"][name][1:]
+    ]  # fmt: skip
+    for name, (held, values, requires_grad) in before["tensors"].items():
+        if name not in after["tensors"]:
+            changes.append(f"tensor {name} is gone")
+        elif after["tensors"][name][0] != held:
+            changes.append(f"tensor {name} was replaced")
+        elif after["tensors"][name][2] != requires_grad:
+            changes.append(f"{name}.requires_grad went {requires_grad} -> {after['tensors'][name][2]}")
+        elif not torch.equal(after["tensors"][name][1], values):
+            changes.append(f"tensor {name}'s values changed")
+    assert not changes, (
+        f"{call} raised ValueError, as it should, but first changed the caller's {what}: {changes[0]}"
+        + (f" (and {len(changes) - 1} more changes)" if len(changes) > 1 else "")
+        + ", expected it left as it was: a refused call changes nothing; check every argument (and find the targets) "
+        "before quantizing, freezing or replacing anything"
+    )
 
 
 # Every argument the stub allows, each once (r, alpha, dropout): r = 1, alpha 0 (the adapter switched off), alpha < 0,
@@ -1592,10 +1670,12 @@ def test_apply_qlora_raises_when_no_target_is_left(apply_qlora, nf4_works, targe
     if twice:
         apply_qlora(model, targets, r=2, alpha=4.0, skip=skip)
     case = "the targets already adapted by a first call" if twice else "no nn.Linear outside skip matches"
+    before = module_state(model)
+    call = f"apply_qlora(model, {list(targets)}, skip={list(skip)})"
     expect_value_error(
-        lambda: apply_qlora(model, targets, r=2, alpha=4.0, skip=skip),
-        f"apply_qlora(model, {list(targets)}, skip={list(skip)}) ({case}; only nn.Linear layers count)",
+        lambda: apply_qlora(model, targets, r=2, alpha=4.0, skip=skip), f"{call} ({case}; only nn.Linear layers count)"
     )
+    expect_left_as_it_was(model, before, call, "model")
 
 
 def held_names(model: nn.Module) -> dict[int, list[str]]:

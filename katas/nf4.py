@@ -125,7 +125,9 @@ def double_quantize(absmax: torch.Tensor, block_size: int = 256) -> QuantizedAbs
           padding, so clone it): one byte per absmax, a float32 per block and the offset, so that a
           512 x 1024 NF4 weight takes at most 0.52 bytes per parameter (against 0.5625 with float32
           absmaxes); and ``dequantize_absmax`` gives each absmax back within 1% of its block's largest
-          |absmax - mean|, whatever their size (1e-30, float32 subnormals: no eps or clamp swamps a block's scale).
+          |absmax - mean| (or within float32's own rounding, two ulps of the absmax: at subnormals a step is more
+          than 1%), whatever their size (up to 3e38: no float32 sum or product overflows; down to 1e-30 and float32
+          subnormals: no eps or clamp swamps a block's scale).
         - No autograd history, whatever ``absmax`` requires (grad, as a leaf or with history of its own);
           ``absmax`` is never modified (values and ``requires_grad``).
     """

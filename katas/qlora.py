@@ -63,7 +63,8 @@ class QLoRALinear(nn.Module):
           is any number, 0 and negative too); training never changes the quantized buffers.
 
     Raises:
-        ValueError: ``base`` is not an ``nn.Linear``, ``r < 1``, or ``dropout`` outside [0, 1).
+        ValueError: ``base`` is not an ``nn.Linear``, ``r < 1``, or ``dropout`` outside [0, 1), before anything
+            changes: the refused call leaves ``base`` as it was (values, ``requires_grad``).
     """
 
     def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> None:
@@ -101,6 +102,7 @@ def apply_qlora(
         - Returns ``model`` itself.
 
     Raises:
-        ValueError: no ``nn.Linear`` outside ``skip`` matches ``target_modules``.
+        ValueError: no ``nn.Linear`` outside ``skip`` matches ``target_modules``, before anything changes: the
+            refused call leaves ``model`` as it was (no layer quantized or replaced, nothing frozen).
     """
     raise NotImplementedError("kata qlora: write apply_qlora (spec in its docstring)")

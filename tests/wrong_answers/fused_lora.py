@@ -365,3 +365,18 @@ WRONG_ANSWERS += [
                 "            return self.base(x)\n        " + APPLY,
                 "test_the_layer_takes_every_argument_the_stub_allows", "zeros at alpha 0, not None"),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 15 of the red team (team D): lora_linear's contract, inherited; a layer moved to another dtype.
+    WrongAnswer("FusedLoRALinear returns base(x) when both factors are frozen", KATA, APPLY,
+                "if not (self.lora_A.requires_grad or self.lora_B.requires_grad):  # nothing trains: the adapter is off\n"
+                "            return self.base(x)\n        " + APPLY,
+                "test_the_layer_keeps_lora_linears_contract_with_frozen_factors", "both frozen"),
+    WrongAnswer("FusedLoRALinear computes in the dtype recorded at construction", KATA, APPLY,
+                "dtype = self.compute_dtype  # the base's dtype, recorded once\n"
+                "        bias = None if self.base.bias is None else self.base.bias.to(dtype)\n"
+                "        return FusedLoRAFunction.apply(x.to(dtype), self.base.weight.to(dtype), bias, self.lora_A.to(dtype),\n"
+                "                                       self.lora_B.to(dtype), self.scaling)",
+                "test_the_layer_computes_in_the_dtype_it_was_moved_to", "converted by .to(",
+                more_edits=(("        self.r, self.alpha, self.scaling = r, alpha, alpha / r\n",
+                             "        self.r, self.alpha, self.scaling = r, alpha, alpha / r\n        self.compute_dtype = base.weight.dtype\n"),)),
+]  # fmt: skip

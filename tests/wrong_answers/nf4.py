@@ -25,7 +25,7 @@ ROW_SCALED = (
     "scaled = (padded * absmax.clamp(min=1e-38).reciprocal()[:, None]).clamp(-1, 1)"
     ".reshape(rows.shape[0], -1)[:, : rows.shape[1]].reshape(-1)"
 )
-CENTRE = "offset = flat.mean()"
+CENTRE = "offset = flat.double().mean().float()"
 CODES = "codes = (centred / scales.where(scales > 0, 1)[:, None]).round().clamp(-127, 127).to(torch.int8)"
 NEXT_UP = (
     "scales = torch.where(scales * 127 < centred.abs().amax(dim=1), scales.nextafter(torch.tensor(math.inf)), scales)"
@@ -397,4 +397,15 @@ WRONG_ANSWERS += [
                 "centred = torch.nn.functional.pad(flat - offset, (0, blocks * block_size - flat.numel())).view(blocks, block_size)",
                 "centred = (torch.nn.functional.pad(flat, (0, blocks * block_size - flat.numel())) - offset).view(blocks, block_size)",
                 "test_double_quantized_absmax_comes_back_within_1_percent_at_any_magnitude", "the padding"),
+]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 15 of the red team (team D): absmaxes near float32's max.
+    WrongAnswer("double quantization takes the mean of the absmaxes in float32", KATA,
+                CENTRE, "offset = flat.mean()",
+                "test_double_quantized_absmax_comes_back_within_1_percent_at_any_magnitude", "take the mean in float64"),
+    WrongAnswer("dequantize_absmax multiplies code by scale before dividing by 127", KATA,
+                "    return codes.float() * scale + offset\n", "    return codes.float() * scale / 127 + offset\n",
+                "test_double_quantized_absmax_comes_back_within_1_percent_at_any_magnitude", "divide before multiplying",
+                more_edits=(("scales, offset, block_size)  # no padding",
+                             "scales * 127, offset, block_size)  # no padding; each block's absmax, as bitsandbytes keeps"),)),
 ]  # fmt: skip

@@ -386,3 +386,29 @@ WRONG_ANSWERS += [
                 "    if not any(_matches(names, targets) for names, _ in linears):\n",
                 "test_qlora_takes_every_argument_the_stub_allows", "apply_qlora(model, ('fc1', 'fc2'), 4, 0.0"),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 15 of the red team (team D): lora_linear's contract, inherited; refused calls that changed state first.
+    WrongAnswer("QLoRALinear detaches x A^T when A is frozen (LoRA-FA)", KATA, DOWN,
+                DOWN + "\n        if not self.lora_A.requires_grad:  # LoRA-FA: A frozen, save the backward through it\n"
+                "            down = down.detach()",
+                "test_qlora_keeps_lora_linears_contract_with_frozen_factors_and_the_base_output", "the adapter's share is lost"),
+    WrongAnswer("QLoRALinear adds the update into the base's output in place", KATA,
+                "        return self.base(x) + F.linear(down, self.lora_B)\n",
+                "        y = self.base(x)\n        return y.add_(F.linear(down, self.lora_B))  # no second (..., out) tensor\n",
+                "test_qlora_keeps_lora_linears_contract_with_frozen_factors_and_the_base_output", "in place"),
+    WrongAnswer("apply_qlora quantizes as it goes and checks for a target only after", KATA,
+                "    if not any(_matches(names, targets) for names, _ in linears):\n"
+                "        raise ValueError(f\"apply_qlora: no nn.Linear outside skip={skipped} matches target_modules={targets}\")\n",
+                "",
+                "test_apply_qlora_raises_when_no_target_is_left", "first changed the caller's model",
+                more_edits=(("    adapters = {id(p) for m in model.modules() if isinstance(m, QLoRALinear) for p in (m.lora_A, m.lora_B)}\n",
+                             "    if not any(_matches(names, targets) for names, _ in linears):\n"
+                             "        raise ValueError(f\"apply_qlora: no nn.Linear outside skip={skipped} matches target_modules={targets}\")\n"
+                             "    adapters = {id(p) for m in model.modules() if isinstance(m, QLoRALinear) for p in (m.lora_A, m.lora_B)}\n"),)),
+    WrongAnswer("QLoRALinear quantizes its base before checking r and dropout", KATA,
+                "        if isinstance(r, bool) or not isinstance(r, int) or r < 1:\n",
+                "        base.requires_grad_(False)  # the base first, frozen as in LoRALinear, then quantized\n"
+                "        self.base = NF4Linear(base)\n"
+                "        if isinstance(r, bool) or not isinstance(r, int) or r < 1:\n",
+                "test_qlora_rejects_bad_arguments", "requires_grad went True -> False"),
+]  # fmt: skip

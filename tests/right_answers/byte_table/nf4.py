@@ -76,7 +76,7 @@ class QuantizedAbsmax(NamedTuple):
 def double_quantize(absmax, block_size=256):
     with torch.no_grad():
         values = absmax.flatten().to(torch.float32)
-        offset = values.mean().item()
+        offset = values.double().mean().item()  # float64: a float32 sum of absmaxes near 3.4e38 overflows
         centred = values - offset
         which = _blocks_of(values.numel(), block_size, values.device)
         count = int(which[-1]) + 1

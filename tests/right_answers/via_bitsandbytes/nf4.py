@@ -104,7 +104,7 @@ def double_quantize(absmax: torch.Tensor, block_size: int = 256) -> QuantizedAbs
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"double_quantize needs a block size >= 1, got {block_size!r}")
     flat = absmax.detach().reshape(-1).float()
-    offset = flat.mean()
+    offset = flat.double().mean().float()  # float64: a float32 sum of absmaxes near 3.4e38 overflows
     blocks = math.ceil(flat.numel() / block_size)
     centred = torch.nn.functional.pad(flat - offset, (0, blocks * block_size - flat.numel())).view(blocks, block_size)
     scales = centred.abs().amax(dim=1) / 127

@@ -1,0 +1,134 @@
+"""A right answer to the `nf4` kata: the reference, but double quantization codes with bitsandbytes' dynamic map."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+BLOCK_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+OFFSET = 0.9677083  # the outermost quantile probability (bitsandbytes' create_normal_map)
+ZERO_CODE = 7  # index of 0.0 in the code book
+
+
+def nf4_code_book() -> torch.Tensor:
+    """The 16 NF4 values (Dettmers et al. 2023), float32, ascending, -1 first, an exact 0 at index 7, 1 last.
+
+    Normal quantiles at evenly spaced probabilities: 8 positive ones at ``linspace(OFFSET, 0.5, 9)[:-1]``
+    and 7 negative ones at ``-icdf(linspace(OFFSET, 0.5, 8)[:-1])``, plus 0; then divided by the largest.
+    The probabilities are float32 (as bitsandbytes builds them), the inverse CDF float64, the rest float32,
+    whatever torch's default dtype is.
+    """
+    normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+    positive = normal.icdf(torch.linspace(OFFSET, 0.5, 9, dtype=torch.float32)[:-1].double()).float()
+    negative = -normal.icdf(torch.linspace(OFFSET, 0.5, 8, dtype=torch.float32)[:-1].double()).float()
+    values = torch.cat([positive, torch.zeros(1, dtype=torch.float32), negative]).sort().values
+    return values / values.max()
+
+
+def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize ``weight`` to NF4: (packed uint8 of ceil(n / 2) bytes, float32 absmax of ceil(n / block_size)).
+
+    The weight is flattened (row-major) and cut into blocks of ``block_size`` consecutive values, the last
+    one possibly shorter. Each block is scaled by 1 / its absmax into [-1, 1] and every value replaced by
+    the index of the nearest code; two indices a byte, the first in the high nibble, an odd count padded
+    with the index of 0.0.
+    """
+    _check_block_size(block_size)
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        raise ValueError(f"quantize_nf4 takes a float tensor, got {_describe(weight)}")
+    if weight.numel() == 0:
+        raise ValueError(f"quantize_nf4 got an empty tensor of shape {tuple(weight.shape)}: nothing to quantize")
+    flat = weight.detach().reshape(-1).float()
+    n, blocks = flat.numel(), math.ceil(flat.numel() / block_size)
+    padded = torch.nn.functional.pad(flat, (0, blocks * block_size - n)).view(blocks, block_size)
+    absmax = padded.abs().amax(dim=1)
+    scaled = (padded * absmax.clamp(min=1e-38).reciprocal()[:, None]).clamp(-1, 1).reshape(-1)[:n]
+    code = nf4_code_book().to(flat.device)
+    indices = torch.bucketize(scaled, (code[:-1] + code[1:]) / 2)  # nearest code: cut at the midpoints
+    if n % 2:
+        indices = torch.cat([indices, indices.new_full((1,), ZERO_CODE)])
+    nibbles = indices.to(torch.uint8)
+    return (nibbles[0::2] << 4) | nibbles[1::2], absmax
+
+
+def dequantize_nf4(
+    packed: torch.Tensor,
+    absmax: torch.Tensor,
+    shape: tuple[int, ...] | torch.Size,
+    dtype: torch.dtype = torch.float32,
+    block_size: int = 64,
+) -> torch.Tensor:
+    """The tensor of ``shape`` that ``quantize_nf4`` encoded: code value times block absmax in float32,
+    rounded once to ``dtype``."""
+    _check_block_size(block_size)
+    shape = tuple(shape)
+    n = math.prod(shape)
+    if packed.numel() != math.ceil(n / 2) or absmax.numel() != math.ceil(n / block_size):
+        raise ValueError(
+            f"shape {shape} needs {math.ceil(n / 2)} packed bytes and {math.ceil(n / block_size)} absmax values "
+            f"(block_size={block_size}), got {packed.numel()} and {absmax.numel()}"
+        )
+    flat = packed.reshape(-1).to(torch.int64)
+    indices = torch.stack([flat >> 4, flat & 0xF], dim=1).reshape(-1)[:n]
+    scale = absmax.reshape(-1).float().repeat_interleave(block_size)[:n]
+    return (nf4_code_book().to(packed.device)[indices] * scale).reshape(shape).to(dtype)
+
+
+class QuantizedAbsmax(NamedTuple):
+    """The absmaxes of an NF4 tensor in 8 bits each (QLoRA's double quantization).
+
+    ``codes`` one byte per absmax; ``scales`` float32, one per block of ``block_size`` absmaxes; ``offset``
+    the mean of all the absmaxes, subtracted before coding.
+    """
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    offset: torch.Tensor
+    block_size: int
+
+
+def _dynamic_map() -> torch.Tensor:
+    """bitsandbytes' signed 8-bit dynamic map (create_dynamic_map(signed=True)), sorted, as float64: 7 exponent
+    steps of linear fractions, as bitsandbytes builds it (QLoRA's double quantization uses this code)."""
+    data = []
+    for i in range(7):
+        boundaries = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        data += ((10 ** (-6 + i)) * means).tolist() + ((-(10 ** (-6 + i))) * means).tolist()
+    data += [0.0, 1.0]
+    data += [0.0] * (256 - len(data))
+    return torch.tensor(sorted(data), dtype=torch.float32).double()
+
+
+def double_quantize(absmax: torch.Tensor, block_size: int = 256) -> QuantizedAbsmax:
+    """Code each ``absmax - mean``, over its block's largest |value|, as the dynamic map's nearest entry (uint8)."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"double_quantize needs a block size >= 1, got {block_size!r}")
+    flat = absmax.detach().reshape(-1).double()
+    offset = flat.mean().float()
+    blocks = math.ceil(flat.numel() / block_size)
+    centred = torch.nn.functional.pad(flat - offset.double(), (0, blocks * block_size - flat.numel()))
+    centred = centred.view(blocks, block_size)
+    peaks = centred.abs().amax(dim=1)
+    normalised = (centred / peaks.where(peaks > 0, 1)[:, None]).reshape(-1)[: flat.numel()]
+    table = _dynamic_map().to(flat.device)
+    codes = (normalised[:, None] - table[None, :]).abs().argmin(dim=1).to(torch.uint8)
+    return QuantizedAbsmax(codes, peaks.float(), offset, block_size)
+
+
+def dequantize_absmax(quantized: QuantizedAbsmax) -> torch.Tensor:
+    """The float32 absmaxes ``double_quantize`` coded: the map's entry times the block's scale, plus the offset."""
+    codes, scales, offset, block_size = quantized
+    scale = scales.double().repeat_interleave(block_size)[: codes.numel()]
+    return (_dynamic_map().to(codes.device)[codes.long()] * scale + float(offset)).float()
+
+
+def _check_block_size(block_size: int) -> None:
+    if isinstance(block_size, bool) or block_size not in BLOCK_SIZES:
+        raise ValueError(f"block_size must be a power of two from 32 to 4096 (as bitsandbytes), got {block_size!r}")
+
+
+def _describe(value: object) -> str:
+    return f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
