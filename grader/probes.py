@@ -1502,3 +1502,28 @@ def expect_merged_like_the_adapted(merged: torch.Tensor, adapted: torch.Tensor, 
         + ": a frozen adapter still computes W + scaling B @ A, and merging folds that in whatever the factors' "
         "requires_grad (no branch on it)"
     )
+
+
+def expect_the_base_output_left_alone(
+    layer: nn.Module, base: nn.Module, x: torch.Tensor, grad: str, where: str, the_base: str = "the base"
+) -> bool:
+    """Fail the check if ``layer``'s forward on ``x`` (in grad mode ``grad``) changes the tensor its ``base``
+    submodule returned, which a forward hook (an activation observer, a feature cache) keeps: the update goes into
+    a new tensor ("never the base path"). Returns whether the hook ran (``base`` was called as a module)."""
+    kept = []
+    handle = base.register_forward_hook(lambda module, args, result: kept.append((result, result.detach().clone())))
+    try:
+        with GRAD_MODES[grad]():
+            output(layer, x)
+    finally:
+        handle.remove()
+    if not kept:
+        return False
+    held, made = kept[-1]
+    change = max_difference(held, made)
+    assert change == 0, (
+        f"{where}: a forward hook on {the_base} kept the tensor it returned, which changed by {change:.3g} during "
+        "the layer's call, expected unchanged: the update was added into base(x) in place (y += ..., y.add_(...)); "
+        "return base(x) + update, a new tensor"
+    )
+    return True
