@@ -1527,3 +1527,22 @@ def expect_the_base_output_left_alone(
         "return base(x) + update, a new tensor"
     )
     return True
+
+
+@contextlib.contextmanager
+def an_in_place_update_named(regime: str) -> Iterator[None]:
+    """Inside the block, autograd's "modified by an inplace operation" RuntimeError (a training step through a base
+    whose backward needs its output, as a ReLU's does) fails the check with its cause: the update added into base(x)
+    in place. Any other RuntimeError goes on up."""
+    try:
+        yield
+    except RuntimeError as error:
+        message = str(error).splitlines()[0]
+        if "inplace" not in message:
+            raise
+        pytest.fail(
+            f"{regime}: a training step raised RuntimeError ({message[:120]}): the update was added into base(x) in "
+            "place (y += ...), and the base's backward needs its output (a ReLU's does): return base(x) + update, "
+            "a new tensor",
+            pytrace=False,
+        )
