@@ -1332,6 +1332,8 @@ def test_an_optimizer_whose_parameters_get_no_gradient_still_steps(train_step, w
         returned = train_step(
             r.model, window, r.optimizer, r.scheduler, max_grad_norm=max_grad_norm, scaler=grad_scaler
         )
+    except NotImplementedError:  # a stub: the report says so
+        raise
     except (RuntimeError, ValueError, IndexError, ZeroDivisionError, TypeError, AttributeError) as error:
         pytest.fail(
             f"{what}: train_step raised {type(error).__name__} ({str(error).splitlines()[0] if str(error) else ''}), "
