@@ -653,7 +653,6 @@ def expect_plain_lora_in_regime(
     nn.Linear or a Conv1D (weight (in, out)). ``built_in``: the dtype the layer was built in, when the caller
     converted it to the base's dtype since (layer.to(dtype))."""
     dtype = base.weight.dtype
-    tolerance = RELATIVE_TOLERANCE[dtype]
     out_features, in_features = linear_weight(base).shape
     found = factors(layer, in_features, out_features, r)
     # Each call after the first edits one thing: a cache keyed on the other (say on the factors' versions, while the
@@ -700,66 +699,112 @@ def expect_plain_lora_in_regime(
             else:
                 for tensor in (found.stored_A, found.stored_B):
                     tensor.data.normal_(0.0, 0.5)
-        x = strided((*batch_shape, in_features), contiguous, dtype=dtype)
-        told = torch.ones_like(x)  # where dL/dx is known: with dropout, only where x is nonzero (the mask is seen)
-        if dropout:  # one nonzero feature per row, written in place: x stays as (non-)contiguous as it was
-            rows = torch.arange(x[..., 0].numel()).view(x.shape[:-1])
-            told = nn.functional.one_hot(rows % in_features, in_features).to(dtype)
-            x.mul_(told)
-        training_step = grad == "grad on"
-        upstream = torch.randn(*batch_shape, out_features, dtype=dtype) if training_step else None
-        where = f"{regime}, x {tuple(x.shape)}{'' if contiguous else ' non-contiguous'}{step}"
-        with GRAD_MODES[grad]():
-            if training_step:
-                x.requires_grad_()
-            y = forward_in_regime(layer, x, where)
-        kept = None
-        if dropout:
-            plain, share = (lora_in_float64(base, found, s, x, None)[0] for s in (scaling, 0.0))
-            plain, measured = plain - share, y.detach().double() - share  # each row's adapter share
-            ratio = (measured * plain).sum(-1, keepdim=True) / (plain * plain).sum(-1, keepdim=True).clamp_min(1e-30)
-            kept = (ratio > 0.5 / (1 - dropout)).double() / (1 - dropout)
-        expected, gradients = lora_in_float64(base, found, scaling, x, upstream, kept)
-        # In half precision, a sum whose terms nearly cancel is far smaller than its rounding: errors are measured
-        # against the sum of the terms' magnitudes there (float32 and float64 keep the plain relative error).
-        half = dtype in (torch.float16, torch.bfloat16)
-        scale, scales = lora_in_float64(base, found, scaling, x, upstream, kept, absolute=True) if half else (None, {})
-        assert (tuple(y.shape), y.dtype) == (tuple(expected.shape), dtype), (
-            f"{where}: the output is {y.dtype} {tuple(y.shape)}, expected {dtype} {tuple(expected.shape)}: "
-            "map (..., in) to (..., out) in the base's dtype, for any number of batch dimensions"
-        )
-        error = relative_error(y, expected, scale)
-        assert error <= tolerance, (
-            f"{where}: the output is off plain LoRA base(x) + scaling (x A^T) B^T by {error:.2g} (relative), "
-            f"expected under {tolerance:.0e}"
-            + (f" for any dropout mask (p={dropout}), each input zeroed or scaled by 1/(1-p)" if dropout else "")
-            + (
-                ": does the forward compute with the Parameters it was built with (a tuple or list of them, kept "
-                "at construction)? read them off the module at every call"
-                if "assign" in step
-                else FLOAT32_ROUNDING_KEPT_FROM_CONSTRUCTION
-                if built_in == torch.float32 and dtype == torch.float64 and error <= RELATIVE_TOLERANCE[torch.float32]
-                else FLOAT32_ROUNDING_IN_FLOAT64
-                if dtype == torch.float64 and error <= RELATIVE_TOLERANCE[torch.float32]
-                else OWN_FORWARD_OR_HOOKS
-                if own_forward_or_hooks(base)
-                else ": does the forward depend on the mode, the call style, or a value cached from an earlier call?"
-            )
-        )
-        if not training_step:
+        if "assign" in step:
+            cause = (": does the forward compute with the Parameters it was built with (a tuple or list of them, kept "
+                     "at construction)? read them off the module at every call")  # fmt: skip
+        elif own_forward_or_hooks(base):
+            cause = OWN_FORWARD_OR_HOOKS
+        else:
+            cause = ": does the forward depend on the mode, the call style, or a value cached from an earlier call?"
+        expect_one_plain_lora_call(layer, base, found, scaling, batch_shape, contiguous, grad, regime + step, cause,
+                                   dropout=dropout, built_in=built_in)  # fmt: skip
+
+
+def expect_one_plain_lora_call(
+    layer: nn.Module,
+    base: nn.Module,
+    found: Factors,
+    scaling: float,
+    batch_shape: tuple[int, ...],
+    contiguous: bool,
+    grad: str,
+    where: str,
+    cause: str,
+    dropout: float = 0.0,
+    built_in: torch.dtype | None = None,
+    frozen: tuple[bool, bool] = (False, False),
+) -> None:
+    """Fail the check unless one call of ``layer`` on a fresh x (batch ``batch_shape``, ``contiguous`` or not), in
+    grad mode ``grad``, computes plain LoRA with the factors ``found`` and, with "grad on" (x requiring grad), its
+    gradients of x and of each factor not ``frozen`` (A, B), against float64. ``where`` describes the regime,
+    ``cause`` (": ...") is the likely cause of an output off plain LoRA; ``dropout`` and ``built_in`` are
+    ``expect_plain_lora_in_regime``'s. A forward never unfreezes a frozen factor."""
+    dtype = base.weight.dtype
+    tolerance = RELATIVE_TOLERANCE[dtype]
+    out_features, in_features = linear_weight(base).shape
+    x = strided((*batch_shape, in_features), contiguous, dtype=dtype)
+    told = torch.ones_like(x)  # where dL/dx is known: with dropout, only where x is nonzero (the mask is seen)
+    if dropout:  # one nonzero feature per row, written in place: x stays as (non-)contiguous as it was
+        rows = torch.arange(x[..., 0].numel()).view(x.shape[:-1])
+        told = nn.functional.one_hot(rows % in_features, in_features).to(dtype)
+        x.mul_(told)
+    training_step = grad == "grad on"
+    upstream = torch.randn(*batch_shape, out_features, dtype=dtype) if training_step else None
+    where = f"{where}, x {tuple(x.shape)}{'' if contiguous else ' non-contiguous'}"
+    with GRAD_MODES[grad]():
+        if training_step:
+            x.requires_grad_()
+        y = forward_in_regime(layer, x, where)
+    pair = (found.stored_A, found.stored_B)
+    unfrozen = [name for name, tensor, held in zip("AB", pair, frozen, strict=True) if held and tensor.requires_grad]
+    assert not unfrozen, (
+        f"{where}: the forward set requires_grad back on factor {unfrozen}, expected it left frozen: the caller's "
+        "requires_grad_(False) is theirs to keep"
+    )
+    kept = None
+    if dropout:
+        plain, share = (lora_in_float64(base, found, s, x, None)[0] for s in (scaling, 0.0))
+        plain, measured = plain - share, y.detach().double() - share  # each row's adapter share
+        ratio = (measured * plain).sum(-1, keepdim=True) / (plain * plain).sum(-1, keepdim=True).clamp_min(1e-30)
+        kept = (ratio > 0.5 / (1 - dropout)).double() / (1 - dropout)
+    expected, gradients = lora_in_float64(base, found, scaling, x, upstream, kept)
+    # In half precision, a sum whose terms nearly cancel is far smaller than its rounding: errors are measured
+    # against the sum of the terms' magnitudes there (float32 and float64 keep the plain relative error).
+    half = dtype in (torch.float16, torch.bfloat16)
+    scale, scales = lora_in_float64(base, found, scaling, x, upstream, kept, absolute=True) if half else (None, {})
+    assert (tuple(y.shape), y.dtype) == (tuple(expected.shape), dtype), (
+        f"{where}: the output is {y.dtype} {tuple(y.shape)}, expected {dtype} {tuple(expected.shape)}: "
+        "map (..., in) to (..., out) in the base's dtype, for any number of batch dimensions"
+    )
+    error = relative_error(y, expected, scale)
+    if any(frozen):
+        cause = f": {FROZEN_CAUSE}"
+    elif built_in == torch.float32 and dtype == torch.float64 and error <= RELATIVE_TOLERANCE[torch.float32]:
+        cause = FLOAT32_ROUNDING_KEPT_FROM_CONSTRUCTION
+    elif dtype == torch.float64 and error <= RELATIVE_TOLERANCE[torch.float32]:
+        cause = FLOAT32_ROUNDING_IN_FLOAT64
+    assert error <= tolerance, (
+        f"{where}: the output is off plain LoRA base(x) + scaling (x A^T) B^T by {error:.2g} (relative), "
+        f"expected under {tolerance:.0e}"
+        + (f" for any dropout mask (p={dropout}), each input zeroed or scaled by 1/(1-p)" if dropout else "")
+        + cause
+    )
+    if not training_step:
+        return
+    y.backward(upstream)
+    grad_cause = FROZEN_CAUSE if any(frozen) else "is a constant factor or a detach on the way in this regime?"
+    unused_cause = FROZEN_CAUSE if any(frozen) else "is it used in forward, not detached?"
+    assert x.grad is not None, f"{where}: x received no gradient: {unused_cause}"
+    measured_x, expected_x = x.grad * told, gradients["x"] * told.double()
+    error = relative_error(measured_x, expected_x, scales.get("x"))
+    base_alone = lora_in_float64(base, found, 0.0, x, upstream)[1]["x"] * told.double()
+    only_the_base = relative_error(measured_x, base_alone, scales.get("x")) <= tolerance
+    assert error <= tolerance, (
+        f"{where}: dL/dx is off plain LoRA's g W + scaling (g B) A by {error:.2g} (relative), expected under "
+        f"{tolerance:.0e}" + (" (it is the base's alone: the adapter's share is lost)" if only_the_base else "")
+        + f": {grad_cause}"
+    )  # fmt: skip
+    for name, measured, held in zip("AB", found.grads(), frozen, strict=True):
+        if held:
             continue
-        y.backward(upstream)
-        for name, measured in zip("ABx", (*found.grads(), x.grad), strict=True):
-            assert measured is not None, f"{where}: {name} received no gradient: is it used in forward, not detached?"
-            if name == "x":
-                measured, gradients[name] = measured * told, gradients[name] * told.double()
-            error = relative_error(measured, gradients[name], scales.get(name))
-            assert error <= tolerance, (
-                f"{where}: the gradient of {name} is off plain LoRA's by {error:.2g} (relative), expected under "
-                f"{tolerance:.0e}: is a constant factor or a detach on the way in this regime?"
-            )
-        for tensor in (found.stored_A, found.stored_B):
-            tensor.grad = None
+        assert measured is not None, f"{where}: factor {name} received no gradient: {unused_cause}"
+        error = relative_error(measured, gradients[name], scales.get(name))
+        assert error <= tolerance, (
+            f"{where}: the gradient of {name} is off plain LoRA's by {error:.2g} (relative), expected under "
+            f"{tolerance:.0e}: {grad_cause}"
+        )
+    for tensor in pair:
+        tensor.grad = None
 
 
 def made_under_a_foreign_default_device(make: Callable[[], T], reads_constants: bool = False) -> T | None:
@@ -1337,8 +1382,6 @@ def expect_plain_lora_with_frozen_factors(
     the regime the caller set up (``regime`` describes it, as for ``expect_plain_lora_in_regime``, whose arguments
     these are); a forward never unfreezes a factor. The factors are found while both train (``factors`` sees only
     trainable tensors), given trained-looking values, and left trainable again at the end."""
-    dtype = base.weight.dtype
-    tolerance = RELATIVE_TOLERANCE[dtype]
     out_features, in_features = linear_weight(base).shape
     found = factors(layer, in_features, out_features, r)
     pair = (found.stored_A, found.stored_B)
@@ -1350,76 +1393,9 @@ def expect_plain_lora_with_frozen_factors(
             for tensor, frozen in zip(pair, flags, strict=True):
                 tensor.requires_grad_(not frozen)
                 tensor.grad = None
-            x = strided((*batch_shape, in_features), contiguous, dtype=dtype)
-            told = torch.ones_like(x)  # where dL/dx is known: with dropout, only where x is nonzero (the mask is seen)
-            if dropout:  # one nonzero feature per row, as expect_plain_lora_in_regime does
-                rows = torch.arange(x[..., 0].numel()).view(x.shape[:-1])
-                told = nn.functional.one_hot(rows % in_features, in_features).to(dtype)
-                x.mul_(told)
-            training_step = grad == "grad on"
-            upstream = torch.randn(*batch_shape, out_features, dtype=dtype) if training_step else None
-            where = (
-                f"{regime}, {state} by requires_grad_(False){', x requiring grad' if training_step else ''}, "
-                f"x {tuple(x.shape)}{'' if contiguous else ' non-contiguous'}"
-            )
-            with GRAD_MODES[grad]():
-                if training_step:
-                    x.requires_grad_()
-                y = forward_in_regime(layer, x, where)
-            unfrozen = [
-                name for name, tensor, frozen in zip("AB", pair, flags, strict=True) if frozen and tensor.requires_grad
-            ]
-            assert not unfrozen, (
-                f"{where}: the forward set requires_grad back on factor {unfrozen}, expected it left frozen: the "
-                "caller's requires_grad_(False) is theirs to keep"
-            )
-            kept = None
-            if dropout:
-                plain, share = (lora_in_float64(base, found, s, x, None)[0] for s in (scaling, 0.0))
-                plain, measured = plain - share, y.detach().double() - share  # each row's adapter share
-                ratio = (measured * plain).sum(-1, keepdim=True) / (plain * plain).sum(-1, keepdim=True).clamp_min(
-                    1e-30
-                )
-                kept = (ratio > 0.5 / (1 - dropout)).double() / (1 - dropout)
-            expected, gradients = lora_in_float64(base, found, scaling, x, upstream, kept)
-            half = dtype in (torch.float16, torch.bfloat16)
-            scale, scales = (
-                lora_in_float64(base, found, scaling, x, upstream, kept, absolute=True) if half else (None, {})
-            )
-            assert (tuple(y.shape), y.dtype) == (tuple(expected.shape), dtype), (
-                f"{where}: the output is {y.dtype} {tuple(y.shape)}, expected {dtype} {tuple(expected.shape)}"
-            )
-            error = relative_error(y, expected, scale)
-            assert error <= tolerance, (
-                f"{where}: the output is off plain LoRA base(x) + scaling (x A^T) B^T by {error:.2g} (relative), "
-                f"expected under {tolerance:.0e}: {FROZEN_CAUSE}"
-            )
-            if not training_step:
-                continue
-            y.backward(upstream)
-            measured_x = None if x.grad is None else x.grad * told
-            expected_x = gradients["x"] * told.double()
-            assert measured_x is not None, f"{where}: x received no gradient: {FROZEN_CAUSE}"
-            error = relative_error(measured_x, expected_x, scales.get("x"))
-            base_alone = lora_in_float64(base, found, 0.0, x, upstream)[1]["x"] * told.double()
-            only_the_base = relative_error(measured_x, base_alone, scales.get("x"))
-            assert error <= tolerance, (
-                f"{where}: dL/dx is off plain LoRA's g W + scaling (g B) A by {error:.2g} (relative), expected under "
-                f"{tolerance:.0e}"
-                + (" (it is the base's alone: the adapter's share is lost)" if only_the_base <= tolerance else "")
-                + f": {FROZEN_CAUSE}"
-            )
-            for name, measured, frozen in zip("AB", found.grads(), flags, strict=True):
-                if frozen:
-                    continue
-                assert measured is not None, (
-                    f"{where}: the trainable factor {name} received no gradient: {FROZEN_CAUSE}"
-                )
-                error = relative_error(measured, gradients[name], scales.get(name))
-                assert error <= tolerance, (
-                    f"{where}: the gradient of the trainable factor {name} is off plain LoRA's by {error:.2g} "
-                    f"(relative), expected under {tolerance:.0e}: {FROZEN_CAUSE}"
-                )
+            state = f"{regime}, {state} by requires_grad_(False){', x requiring grad' if grad == 'grad on' else ''}"
+            expect_one_plain_lora_call(layer, base, found, scaling, batch_shape, contiguous, grad, state, "",
+                                       dropout=dropout, frozen=flags)  # fmt: skip
     finally:
         for tensor in pair:
             tensor.requires_grad_(True)
