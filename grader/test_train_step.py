@@ -963,7 +963,9 @@ def poison_the_padding(model: TinyLM, poison: str) -> None:
 
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> object:
         logits = output if isinstance(output, torch.Tensor) else output.logits
-        mask = kwargs["attention_mask"]
+        mask = kwargs.get("attention_mask")
+        if mask is None:  # the model attends to everything (another check names the missing mask)
+            return output
         padding = (mask.flip(1).cumsum(1).flip(1) == 0).unsqueeze(-1).to(logits.device)
         poisoned = torch.where(padding, PADDING_POISONS[poison](logits), logits)
         return poisoned if isinstance(output, torch.Tensor) else type(output)(poisoned, output.loss)
