@@ -864,14 +864,15 @@ FIRST_IDS = (10, 2**16 - 4, 2**15 - 4, LLAMA3_VOCAB - 9)
 
 def synthetic_examples(lengths: list[int], first: int = 10, holes: bool = False) -> list[dict[str, list[int]]]:
     """Examples of the given lengths, their first third masked, ids ``first``, ``first`` + 1, ...; with ``holes``
-    every fourth token's attention_mask is 0 (an example from elsewhere, masking some of its own tokens). Their
+    every fourth token's attention_mask is 0, counted from the last, which is one (an example from elsewhere, masking
+    some of its own tokens, its last too: the longest ends on columns that no row attends to, still its own). Their
     labels are already shifted (each the next token's id, the last -100): labels other than the ids, which collate
     keeps as given."""
     examples = []
     for n in lengths:
         ids = list(range(first, first + n))
         masked = n // 3
-        mask = [int(not holes or i % 4 != 3) for i in range(n)]
+        mask = [int(not holes or (n - 1 - i) % 4 != 0) for i in range(n)]
         labels = [IGNORE] * masked + ids[masked + 1 :] + [IGNORE]
         examples.append({"input_ids": ids, "labels": labels, "attention_mask": mask})
     return examples
@@ -990,6 +991,12 @@ def collate_cause(
         )
     if measured == padded(rows, fill, longest, left=True):
         return "padded on the left: append the padding on the right"
+    if measured and all(len(got) == len(measured[0]) < longest for got in measured):
+        return (
+            f"every row has {len(measured[0])} items, the longest example {longest}: the last columns were trimmed "
+            "(no row attends to them?): they are the longest example's own tokens, its attention_mask 0 there as "
+            "given, not padding; keep (batch, longest)"
+        )
     if any(len(got) != longest for got in measured):
         return (
             f"rows of {sorted({len(got) for got in measured})} items: pad every row to the longest example, {longest}"
@@ -1021,6 +1028,8 @@ def collate_cause(
 @example(lengths=[3, 7, 1], first=LLAMA3_VOCAB - 9, pad=LLAMA3_PAD, holes=False)  # Llama-3's ids, to its last
 @example(lengths=[2, 9], first=2**16 - 4, pad=LLAMA3_EOS, holes=False)  # ids across 2**16, pad = eos of Llama-3
 @example(lengths=[5, 9, 2], first=10, pad=PAD, holes=True)  # the examples' own masks hold zeros: collate keeps them
+@example(lengths=[4, 2], first=10, pad=PAD, holes=True)  # the longest ends on a masked token, and so does every row
+@example(lengths=[8, 3, 8], first=LLAMA3_VOCAB - 9, pad=LLAMA3_PAD, holes=True)  # no row attends to the last column
 def test_collate_pads_on_the_right_to_the_longest(collate, lengths, first, pad, holes):
     examples = synthetic_examples(lengths, first, holes)
     longest, fills = max(lengths), {"input_ids": pad, "labels": IGNORE, "attention_mask": 0}
@@ -1031,7 +1040,8 @@ def test_collate_pads_on_the_right_to_the_longest(collate, lengths, first, pad, 
         expected = padded(rows[key], fill, longest)
         assert measured == expected, (
             f"collate of examples with lengths {lengths}, ids {first} to {first + max(lengths) - 1} "
-            f"(pad_token_id={pad}{', their attention_mask 0 at every fourth token' * holes}): {key} is {measured}, "
+            f"(pad_token_id={pad}{', their attention_mask 0 at every fourth token from the last' * holes}): "
+            f"{key} is {measured}, "
             f"expected {expected}: "
             f"{collate_cause(key, measured, rows[key], fill, longest, pad, rows['input_ids'])}"
         )

@@ -936,6 +936,70 @@ def test_returns_the_windows_mean_token_loss(train_step, with_scaler):
     )
 
 
+# What a model's logits hold at padding: "overflow" a float16 model's past 65504 (+inf and -inf at two vocabulary
+# entries), "nan" a fully masked attention row's. Positions without a target take no part in the loss.
+PADDING_POISONS = {
+    "overflow": lambda logits: (
+        logits.new_zeros(logits.shape[-1])
+        .index_fill(0, torch.tensor([0]), math.inf)
+        .index_fill(0, torch.tensor([1]), -math.inf)
+    ),
+    "nan": lambda logits: logits.new_full((logits.shape[-1],), math.nan),
+}
+SCALERS = {False: "no-scaler", True: "gradscaler", "disabled": "disabled-gradscaler"}
+POISONED_MODELS = [  # (the model's dtype, the autocast dtype or None, the scaler path): a GradScaler unscales no fp16
+    *(pytest.param(torch.float64, None, s, id=f"float64-{i}") for s, i in SCALERS.items()),
+    *(pytest.param(torch.float32, torch.float16, s, id=f"float32-under-fp16-autocast-{i}") for s, i in SCALERS.items()),
+    *(pytest.param(torch.float32, torch.bfloat16, s, id=f"float32-under-bf16-autocast-{i}") for s in (False,)
+      for i in (SCALERS[s],)),
+    *(pytest.param(d, None, s, id=f"{str(d)[6:]}-{SCALERS[s]}") for d in (torch.float16, torch.bfloat16)
+      for s in (False, "disabled")),
+]  # fmt: skip
+
+
+def poison_the_padding(model: TinyLM, poison: str) -> None:
+    """From now on the model's logits are ``PADDING_POISONS[poison]`` at the right padding of every row (the positions
+    from which on the row attends to nothing), whose targets are all -100 (or none: the last position)."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> object:
+        logits = output if isinstance(output, torch.Tensor) else output.logits
+        mask = kwargs.get("attention_mask")
+        if mask is None:  # the model attends to everything (another check names the missing mask)
+            return output
+        padding = (mask.flip(1).cumsum(1).flip(1) == 0).unsqueeze(-1).to(logits.device)
+        poisoned = torch.where(padding, PADDING_POISONS[poison](logits), logits)
+        return poisoned if isinstance(output, torch.Tensor) else type(output)(poisoned, output.loss)
+
+    model.register_forward_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize(("dtype", "autocast", "with_scaler"), POISONED_MODELS)
+@pytest.mark.parametrize("poison", PADDING_POISONS)
+def test_returns_a_finite_loss_when_the_logits_overflow_at_padding(train_step, dtype, autocast, with_scaler, poison):
+    """Only the returned loss is graded: the gradients of a loss over every position (ignore_index) are NaN there,
+    which the spec allows (the step may then write NaN, or a GradScaler skip it)."""
+    r, window = rig(dtype=dtype), unequal_window()
+    grad_scaler, path = on_the_path(with_scaler)
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        expected = window_loss(r.model, window)
+    poison_the_padding(r.model, poison)
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        returned = train_step(r.model, window, r.optimizer, r.scheduler, max_grad_norm=None, scaler=grad_scaler)
+    what = f"a {dtype} model" + (f" under {autocast} autocast" if autocast else "") + path
+    assert isinstance(returned, float), f"{what}: train_step returned {describe(returned)}, expected a Python float"
+    assert math.isclose(returned, expected, rel_tol=1e-4 if autocast or dtype != torch.float64 else 1e-9), (
+        f"{what}, its logits {poison} at the padding (whose targets are -100): train_step returned {returned!r}, "
+        f"expected the window's mean token loss {expected:.6g}, as with any other logits there: "
+        + (
+            "a position without a target takes no part in the loss, yet its token loss was weighted by 0 (inf x 0 "
+            "or NaN x 0 is NaN): leave those positions out (select the targets), as causal_lm_loss does"
+            if not math.isfinite(returned)
+            else "every token loss of the window over its label tokens"
+        )
+    )
+
+
 def scaler(init_scale: float = 2.0**12) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=1)
 

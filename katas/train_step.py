@@ -32,7 +32,8 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
         - Shift by one as causal LMs do: the last position predicts nothing, the first label is never a
           target; targets equal to ``IGNORE_INDEX`` carry no loss. A position without a target (its target
           ``IGNORE_INDEX``, or the last) takes no part in the loss whatever its logits: NaN or inf there (a fully
-          masked attention row, an fp16 overflow) leave the loss unchanged.
+          masked attention row, an fp16 overflow) leave the loss's value unchanged (the gradient that reaches
+          such logits is not part of the contract: ``ignore_index`` cross-entropy's NaN there is fine).
         - ``reduction="sum"``: the sum of the token losses (cross-entropy, natural log) over the targets
           that carry loss; ``"mean"``: that sum divided by their count.
         - Returns a 0-dim tensor that autograd can differentiate. Half-precision logits (float16, bfloat16)
@@ -99,7 +100,8 @@ def train_step(
           with every label token weighted equally across the window: each micro-batch contributes the
           sum of its token losses (``causal_lm_loss(..., reduction="sum")``) divided by N, the number of
           targets that carry loss after the shift in the whole window. Padding and prompt tokens
-          (label -100) never count in N.
+          (label -100) never count in N, nor in the loss: NaN or inf logits there (an fp16 model's
+          overflow at padding) leave the returned loss as it would be with any other logits.
         - Then the gradients are clipped to a total L2 norm of ``max_grad_norm`` over the optimizer's
           parameters (``None``: no clipping), one ``optimizer.step()``, one ``scheduler.step()`` after
           it, and the gradients are zeroed (or set to None), ready for the next window. Entering, the

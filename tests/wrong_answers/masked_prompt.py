@@ -346,4 +346,14 @@ WRONG_ANSWERS = [
                              "(example[key] if key != \"labels\" else [IGNORE_INDEX if label == IGNORE_INDEX else i "
                              "for label, i in zip(example[\"labels\"], example[\"input_ids\"])]) + [value]"),
                 "test_collate_pads_on_the_right_to_the_longest", "filled in from input_ids"),
+    # round 16, red team B
+    WrongAnswer("collate trims the trailing columns no row attends to", KATA, "    return {\n        key: torch.tensor(",
+                "    batch = {\n        key: torch.tensor(",
+                "test_collate_pads_on_the_right_to_the_longest", "trimmed",
+                more_edits=(("        for key, value in padding.items()\n    }\n",
+                             "        for key, value in padding.items()\n    }\n"
+                             "    # no row attends to the trailing columns: padding everywhere, trim them (less compute)\n"
+                             "    attended = batch[\"attention_mask\"].bool().any(0).nonzero()\n"
+                             "    width = int(attended.max()) + 1 if attended.numel() else longest\n"
+                             "    return {key: value[:, :width].clone() for key, value in batch.items()}\n"),)),
 ]  # fmt: skip

@@ -467,4 +467,12 @@ WRONG_ANSWERS = [
     WrongAnswer("the mean's count made a float by * 1.0", KATA, "    return total / count\n",
                 "    return total / (count * 1.0)  # a float count for the division\n",
                 "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "a tensor of the default dtype"),
+    # round 16, red team B
+    WrongAnswer("train_step's token losses weighted by the target mask", KATA, LOSS,
+                "shifted = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))  # vectorized\n"
+                "        shifted_labels = batch[\"labels\"][:, 1:]\n"
+                "        token_losses = F.cross_entropy(shifted.flatten(0, 1), shifted_labels.clamp_min(0).flatten(), "
+                "reduction=\"none\")\n"
+                "        loss = (token_losses * (shifted_labels != IGNORE_INDEX).flatten()).sum() / tokens",
+                "test_returns_a_finite_loss_when_the_logits_overflow_at_padding", "inf x 0"),
 ]  # fmt: skip
