@@ -71,6 +71,7 @@ from grader.probes import (
     expect_plain_lora_in_regime,
     expect_plain_lora_with_frozen_factors,
     expect_r_alpha_and_scaling,
+    expect_the_base_dtype_under_every_default_dtype,
     expect_the_base_output_left_alone,
     expect_value_error,
     factors,
@@ -276,6 +277,18 @@ def test_lives_on_the_base_device_and_dtype(LoRAConv1D, device, dtype):
     expect_on_the_base_device_and_dtype(layer, conv.weight, IN, OUT, device, dtype)
     _, conv, layer = make_layer(LoRAConv1D, dropout=0.25)  # built in float32 on the CPU, then converted
     expect_following_its_base_after_to(layer, conv, IN, OUT, device, dtype, "LoRAConv1D")
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_name)
+def test_factors_follow_the_base_dtype_not_the_default_one(LoRAConv1D, dtype):
+    """The spec's "in its dtype" under every default dtype a script may set (float64, float16, bfloat16)."""
+
+    def make(dtype):
+        _, conv, layer = make_layer(LoRAConv1D, dtype=dtype, dropout=0.25)
+        return conv.weight, layer
+
+    expect_the_base_dtype_under_every_default_dtype(make, IN, OUT, dtype, "LoRAConv1D")
 
 
 @pytest.mark.points(1)
@@ -1151,10 +1164,11 @@ def test_merged_logits_equal_peft_merged(apply_lora_gpt2, merge_gpt2, LoRAConv1D
     in_features=st.integers(1, 12),
     out_features=st.integers(1, 12),
     r=st.integers(1, 5),
-    alpha=st.sampled_from([1.0, 2.5, 4.0, 16.0]),
+    alpha=st.sampled_from([1.0, 2.5, 4.0, 16.0, -2.5]),  # a negative alpha is merged as given
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
 @example(in_features=8, out_features=8, r=2, alpha=4.0, dtype=torch.float32)  # square: a transposed update fits
+@example(in_features=12, out_features=10, r=4, alpha=-2.5, dtype=torch.float32)  # alpha < 0: no sign test
 @example(in_features=16, out_features=48, r=8, alpha=16.0, dtype=torch.float32)
 @example(in_features=16, out_features=48, r=8, alpha=16.0, dtype=torch.float64)  # summed in float64, not float32
 def test_merged_conv1d_holds_W_plus_the_update_transposed(
@@ -1180,6 +1194,8 @@ def test_merged_conv1d_holds_W_plus_the_update_transposed(
         if flipped
         else ": a float64 base is summed in float64, not float32"
         if dtype == torch.float64 and error < 1e-5
+        else f": it is W alone, the update dropped for a negative alpha ({alpha}): merge scaling = alpha / r as given"
+        if alpha < 0 and max_difference(new.weight, weight) < tolerance
         else ": check the scaling, the order B @ A and the transpose"
     )
     assert torch.equal(new.bias.detach(), bias), "the merged bias differs from the base's: keep it as is"
@@ -1233,6 +1249,40 @@ def test_merged_weights_are_parameters_without_grad_history(apply_lora_gpt2, mer
             f"{name}.weight is {describe(weight)}, not an nn.Parameter, so state_dict() misses it: "
             "store it as nn.Parameter(merged, requires_grad=False)"
         )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+@pytest.mark.parametrize("grad", GRAD_MODES)
+def test_merge_gpt2_under_every_grad_mode(LoRAConv1D, LoRALinear, merge_gpt2, grad):
+    """merge_gpt2 called under any grad mode of the caller's (a serving script under torch.inference_mode()): the
+    merged model computes what the adapted one did, holds no inference tensor and runs under autograd."""
+    _, _, conv = make_layer(LoRAConv1D, r=2, alpha=-2.5)  # a negative alpha: scaling -1.25
+    model = nn.Sequential(conv, LoRALinear(nn.Linear(OUT, 8), r=2, alpha=2.5))
+    for layer in model:
+        randomize_factors(layer, std=0.3)
+    x = torch.randn(5, IN)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    with GRAD_MODES[grad]():
+        merged(merge_gpt2(model))
+    call = f"merge_gpt2 of a LoRAConv1D and a LoRALinear, called under {grad}"
+    made = [name for name, tensor in model.state_dict(keep_vars=True).items() if tensor.is_inference()]
+    assert not made, (
+        f"{call}: {made[:2]} are inference tensors, which autograd refuses (a forward with an input that requires "
+        "grad, or load_state_dict into the model, raises): compute the new weights under torch.inference_mode(False) "
+        "and torch.no_grad(), whatever the caller's mode"
+    )
+    with torch.no_grad():
+        error = max_difference(model(x), expected)
+    assert error < 1e-5, f"{call}: the merged outputs differ from the adapted model's by {error:.3g}, expected < 1e-5"
+    x = x.detach().requires_grad_()
+    try:
+        model(x).sum().backward()
+    except RuntimeError as error:
+        pytest.fail(f"{call}: a backward pass from the merged model to its input raised {error}", pytrace=False)
+    assert x.grad is not None, f"{call}: no gradient reached the input through the merged model"
 
 
 @pytest.mark.points(2)
