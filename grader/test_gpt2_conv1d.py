@@ -1562,6 +1562,54 @@ def test_merges_an_adapter_registered_under_two_names(apply_lora_gpt2, merge_gpt
 
 @pytest.mark.points(1)
 @pytest.mark.subject("merge_gpt2")
+def test_merges_a_negative_alpha_in_every_dtype(LoRAConv1D, LoRALinear, merge_gpt2):
+    """alpha is kept as given, its sign too: a negative alpha (scaling < 0) merged in every dtype, the fp16/bf16
+    paths included (a sqrt of the scaling, or a sign test that skips the fold, fails here), Conv1D and nn.Linear."""
+    r, alpha = UNROUNDED_R, -UNROUNDED_ALPHA
+    model = nn.ModuleDict()
+    for dtype in FLOAT_DTYPES:
+        model[f"Conv1D_{dtype_name(dtype)}"] = LoRAConv1D(
+            conv1d_twin(nn.Linear(IN, OUT, dtype=dtype)), r=r, alpha=alpha
+        )
+    model["Linear_float16"] = LoRALinear(nn.Linear(IN, OUT, dtype=torch.float16), r=r, alpha=alpha)
+    exact = {}
+    for name, layer in model.items():
+        randomize_factors(layer, std=0.3)
+        found = factors(layer, IN, OUT, r)
+        update = alpha / r * found.B.double() @ found.A.double()  # (out, in)
+        weight = layer.base.weight.detach().double()
+        exact[name] = weight + (update.T if name.startswith("Conv1D") else update)
+    call = f"merge_gpt2 of adapters with alpha {alpha:g} (r={r})"
+    try:
+        merged(merge_gpt2(model))
+    except (ArithmeticError, RuntimeError, ValueError) as error:
+        message = str(error).splitlines()[0][:120]
+        pytest.fail(
+            f"{call}: raised {type(error).__name__} ({message}): a negative alpha is merged as given "
+            "(scaling = alpha / r < 0), no sqrt of the scaling nor a test of its sign",
+            pytrace=False,
+        )
+    for name, expected in exact.items():
+        new = model[name].weight.detach()
+        where = f"{call}: the merged {name}"
+        assert new.shape == expected.shape, f"{where} weight is {tuple(new.shape)}, expected {tuple(expected.shape)}"
+        dtype = new.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            off = (new != expected.to(dtype)).float().mean().item()
+            error, tolerance, measured = off, 0.01, f"{off:.0%} of its weights differ from"
+        else:
+            error = max_difference(new, expected)
+            tolerance = 1e-12 * (1 + expected.abs().max().item()) if dtype == torch.float64 else 1e-5
+            measured = f"its weight differs by {error:.3g} from"
+        hint = "NaN weights (a sqrt of the negative scaling?): " if torch.isnan(new).any() else ""
+        assert error <= tolerance, (
+            f"{where} ({dtype_name(dtype)}): {measured} W + scaling B @ A, expected under {tolerance:.1g}: {hint}"
+            "a negative alpha is merged as given (scaling = alpha / r < 0), in every dtype"
+        )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
 @pytest.mark.parametrize("shared", ["one Conv1D", "one weight"])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_name)
 def test_merges_adapters_that_share_a_conv1d(LoRAConv1D, merge_gpt2, dtype, shared):

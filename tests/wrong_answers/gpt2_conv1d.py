@@ -476,4 +476,10 @@ WRONG_ANSWERS = [
                 "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling  # (out, in)",
                 "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * max(layer.scaling, 0.0)",
                 "test_merged_conv1d_holds_W_plus_the_update_transposed", "negative alpha"),
+    WrongAnswer("merge_gpt2's half path splits sqrt(scaling) over both factors", KATA,
+                "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling  # (out, in)",
+                "root = math.sqrt(layer.scaling)  # split over both factors, to stay in half precision's range\n"
+                "    update = (layer.lora_B.to(accumulate) * root) @ (layer.lora_A.to(accumulate) * root) "
+                "if accumulate != weight.dtype else (layer.lora_B @ layer.lora_A) * layer.scaling",
+                "test_merges_a_negative_alpha_in_every_dtype", "negative alpha"),
 ]  # fmt: skip
