@@ -1566,18 +1566,16 @@ def test_merges_a_negative_alpha_in_every_dtype(LoRAConv1D, LoRALinear, merge_gp
     """alpha is kept as given, its sign too: a negative alpha (scaling < 0) merged in every dtype, the fp16/bf16
     paths included (a sqrt of the scaling, or a sign test that skips the fold, fails here), Conv1D and nn.Linear."""
     r, alpha = UNROUNDED_R, -UNROUNDED_ALPHA
-    model = nn.ModuleDict()
-    for dtype in FLOAT_DTYPES:
-        model[f"Conv1D_{dtype_name(dtype)}"] = LoRAConv1D(
-            conv1d_twin(nn.Linear(IN, OUT, dtype=dtype)), r=r, alpha=alpha
-        )
-    model["Linear_float16"] = LoRALinear(nn.Linear(IN, OUT, dtype=torch.float16), r=r, alpha=alpha)
+    bases = {f"Conv1D_{dtype_name(dtype)}": conv1d_twin(nn.Linear(IN, OUT, dtype=dtype)) for dtype in FLOAT_DTYPES}
+    bases["Linear_float16"] = nn.Linear(IN, OUT, dtype=torch.float16)
+    wrapper = {name: LoRALinear if name.startswith("Linear") else LoRAConv1D for name in bases}
+    model = nn.ModuleDict({name: wrapper[name](base, r=r, alpha=alpha) for name, base in bases.items()})
     exact = {}
     for name, layer in model.items():
         randomize_factors(layer, std=0.3)
         found = factors(layer, IN, OUT, r)
         update = alpha / r * found.B.double() @ found.A.double()  # (out, in)
-        weight = layer.base.weight.detach().double()
+        weight = bases[name].weight.detach().double()
         exact[name] = weight + (update.T if name.startswith("Conv1D") else update)
     call = f"merge_gpt2 of adapters with alpha {alpha:g} (r={r})"
     try:

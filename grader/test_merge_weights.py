@@ -489,10 +489,11 @@ def test_each_adapter_merges_in_its_own_dtype(LoRALinear, merge_weights, default
     adapters = MIXED_ADAPTERS if order == "half first" else [(d, -sign) for d, sign in reversed(MIXED_ADAPTERS)]
     model, exact = nn.Sequential(), []
     for dtype, sign in adapters:
-        layer = LoRALinear(nn.Linear(in_features, out_features, dtype=dtype), r=r, alpha=sign * UNROUNDED_ALPHA)
+        base = nn.Linear(in_features, out_features, dtype=dtype)
+        layer = LoRALinear(base, r=r, alpha=sign * UNROUNDED_ALPHA)
         randomize_factors(layer, std=0.3)
         found = factors(layer, in_features, out_features, r)
-        weight = layer.base.weight.detach().double()
+        weight = base.weight.detach().double()
         exact.append((weight, weight + sign * UNROUNDED_ALPHA / r * found.B.double() @ found.A.double()))
         model.append(layer)
     what = ", ".join(f"{dtype_name(d)} (alpha {sign * UNROUNDED_ALPHA:g})" for d, sign in adapters)
