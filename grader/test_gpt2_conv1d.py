@@ -1580,6 +1580,8 @@ def test_merges_a_negative_alpha_in_every_dtype(LoRAConv1D, LoRALinear, merge_gp
     call = f"merge_gpt2 of adapters with alpha {alpha:g} (r={r})"
     try:
         merged(merge_gpt2(model))
+    except NotImplementedError:  # a stub: its own one-line message
+        raise
     except (ArithmeticError, RuntimeError, ValueError) as error:
         message = str(error).splitlines()[0][:120]
         pytest.fail(

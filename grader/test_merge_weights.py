@@ -503,6 +503,8 @@ def test_each_adapter_merges_in_its_own_dtype(LoRALinear, merge_weights, default
     try:
         with default_dtype(default) if default else contextlib.nullcontext():
             returned_model(merge_weights(model))
+    except NotImplementedError:  # a stub: its own one-line message
+        raise
     except (ArithmeticError, RuntimeError, ValueError) as error:
         message = str(error).splitlines()[0][:120]
         pytest.fail(
