@@ -1522,3 +1522,30 @@ def an_in_place_update_named(regime: str) -> Iterator[None]:
             "a new tensor",
             pytrace=False,
         )
+
+
+FOREIGN_DEFAULT_DTYPES = (torch.float64, torch.float16, torch.bfloat16)  # a script's set_default_dtype, not float32
+
+
+def expect_the_base_dtype_under_every_default_dtype(
+    make: Callable[[torch.dtype], tuple[torch.Tensor, nn.Module]], in_features: int, out_features: int,
+    dtype: torch.dtype, what: str,
+) -> None:  # fmt: skip
+    """Built and run while torch's default dtype is each of float64, float16 and bfloat16 (a training script that set
+    one), a layer on a ``dtype`` base keeps its factors in the base's dtype and computes there: ``make(dtype)`` returns
+    (the base's weight, the layer). A factor made in the default dtype (torch.empty(r, in) cast only for some base
+    dtypes) fails with its cause."""
+    for default in FOREIGN_DEFAULT_DTYPES:
+        regime = f"{what} on a {dtype_name(dtype)} base, built under torch.set_default_dtype({default})"
+        cause = "create the factors with dtype=base.weight.dtype (never torch's default dtype, nor cast only for some)"
+        with default_dtype(default):
+            try:
+                weight, layer = make(dtype)
+                expect_on_the_base_device_and_dtype(layer, weight, in_features, out_features, "cpu", dtype)
+            except AssertionError as error:
+                pytest.fail(f"{regime}: {str(error).splitlines()[0]}; {cause}", pytrace=False)
+            except NotImplementedError:  # a stub: its own one-line message
+                raise
+            except RuntimeError as error:
+                message = str(error).splitlines()[0][:160]
+                pytest.fail(f"{regime}: building it or its forward raised RuntimeError ({message}): {cause}", False)

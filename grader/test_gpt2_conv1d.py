@@ -71,6 +71,7 @@ from grader.probes import (
     expect_plain_lora_in_regime,
     expect_plain_lora_with_frozen_factors,
     expect_r_alpha_and_scaling,
+    expect_the_base_dtype_under_every_default_dtype,
     expect_the_base_output_left_alone,
     expect_value_error,
     factors,
@@ -276,6 +277,18 @@ def test_lives_on_the_base_device_and_dtype(LoRAConv1D, device, dtype):
     expect_on_the_base_device_and_dtype(layer, conv.weight, IN, OUT, device, dtype)
     _, conv, layer = make_layer(LoRAConv1D, dropout=0.25)  # built in float32 on the CPU, then converted
     expect_following_its_base_after_to(layer, conv, IN, OUT, device, dtype, "LoRAConv1D")
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_name)
+def test_factors_follow_the_base_dtype_not_the_default_one(LoRAConv1D, dtype):
+    """The spec's "in its dtype" under every default dtype a script may set (float64, float16, bfloat16)."""
+
+    def make(dtype):
+        _, conv, layer = make_layer(LoRAConv1D, dtype=dtype, dropout=0.25)
+        return conv.weight, layer
+
+    expect_the_base_dtype_under_every_default_dtype(make, IN, OUT, dtype, "LoRAConv1D")
 
 
 @pytest.mark.points(1)
@@ -1151,10 +1164,11 @@ def test_merged_logits_equal_peft_merged(apply_lora_gpt2, merge_gpt2, LoRAConv1D
     in_features=st.integers(1, 12),
     out_features=st.integers(1, 12),
     r=st.integers(1, 5),
-    alpha=st.sampled_from([1.0, 2.5, 4.0, 16.0]),
+    alpha=st.sampled_from([1.0, 2.5, 4.0, 16.0, -2.5]),  # a negative alpha is merged as given
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
 @example(in_features=8, out_features=8, r=2, alpha=4.0, dtype=torch.float32)  # square: a transposed update fits
+@example(in_features=12, out_features=10, r=4, alpha=-2.5, dtype=torch.float32)  # alpha < 0: no sign test
 @example(in_features=16, out_features=48, r=8, alpha=16.0, dtype=torch.float32)
 @example(in_features=16, out_features=48, r=8, alpha=16.0, dtype=torch.float64)  # summed in float64, not float32
 def test_merged_conv1d_holds_W_plus_the_update_transposed(
@@ -1180,6 +1194,8 @@ def test_merged_conv1d_holds_W_plus_the_update_transposed(
         if flipped
         else ": a float64 base is summed in float64, not float32"
         if dtype == torch.float64 and error < 1e-5
+        else f": it is W alone, the update dropped for a negative alpha ({alpha}): merge scaling = alpha / r as given"
+        if alpha < 0 and max_difference(new.weight, weight) < tolerance
         else ": check the scaling, the order B @ A and the transpose"
     )
     assert torch.equal(new.bias.detach(), bias), "the merged bias differs from the base's: keep it as is"
@@ -1233,6 +1249,40 @@ def test_merged_weights_are_parameters_without_grad_history(apply_lora_gpt2, mer
             f"{name}.weight is {describe(weight)}, not an nn.Parameter, so state_dict() misses it: "
             "store it as nn.Parameter(merged, requires_grad=False)"
         )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+@pytest.mark.parametrize("grad", GRAD_MODES)
+def test_merge_gpt2_under_every_grad_mode(LoRAConv1D, LoRALinear, merge_gpt2, grad):
+    """merge_gpt2 called under any grad mode of the caller's (a serving script under torch.inference_mode()): the
+    merged model computes what the adapted one did, holds no inference tensor and runs under autograd."""
+    _, _, conv = make_layer(LoRAConv1D, r=2, alpha=-2.5)  # a negative alpha: scaling -1.25
+    model = nn.Sequential(conv, LoRALinear(nn.Linear(OUT, 8), r=2, alpha=2.5))
+    for layer in model:
+        randomize_factors(layer, std=0.3)
+    x = torch.randn(5, IN)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    with GRAD_MODES[grad]():
+        merged(merge_gpt2(model))
+    call = f"merge_gpt2 of a LoRAConv1D and a LoRALinear, called under {grad}"
+    made = [name for name, tensor in model.state_dict(keep_vars=True).items() if tensor.is_inference()]
+    assert not made, (
+        f"{call}: {made[:2]} are inference tensors, which autograd refuses (a forward with an input that requires "
+        "grad, or load_state_dict into the model, raises): compute the new weights under torch.inference_mode(False) "
+        "and torch.no_grad(), whatever the caller's mode"
+    )
+    with torch.no_grad():
+        error = max_difference(model(x), expected)
+    assert error < 1e-5, f"{call}: the merged outputs differ from the adapted model's by {error:.3g}, expected < 1e-5"
+    x = x.detach().requires_grad_()
+    try:
+        model(x).sum().backward()
+    except RuntimeError as error:
+        pytest.fail(f"{call}: a backward pass from the merged model to its input raised {error}", pytrace=False)
+    assert x.grad is not None, f"{call}: no gradient reached the input through the merged model"
 
 
 @pytest.mark.points(2)
@@ -1508,6 +1558,54 @@ def test_merges_an_adapter_registered_under_two_names(apply_lora_gpt2, merge_gpt
     )
     error = max_difference(logits(model, ids), expected)
     assert error < 1e-5, f"the merged model's logits differ from the adapted one's by {error:.3g}"
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+def test_merges_a_negative_alpha_in_every_dtype(LoRAConv1D, LoRALinear, merge_gpt2):
+    """alpha is kept as given, its sign too: a negative alpha (scaling < 0) merged in every dtype, the fp16/bf16
+    paths included (a sqrt of the scaling, or a sign test that skips the fold, fails here), Conv1D and nn.Linear."""
+    r, alpha = UNROUNDED_R, -UNROUNDED_ALPHA
+    bases = {f"Conv1D_{dtype_name(dtype)}": conv1d_twin(nn.Linear(IN, OUT, dtype=dtype)) for dtype in FLOAT_DTYPES}
+    bases["Linear_float16"] = nn.Linear(IN, OUT, dtype=torch.float16)
+    wrapper = {name: LoRALinear if name.startswith("Linear") else LoRAConv1D for name in bases}
+    model = nn.ModuleDict({name: wrapper[name](base, r=r, alpha=alpha) for name, base in bases.items()})
+    exact = {}
+    for name, layer in model.items():
+        randomize_factors(layer, std=0.3)
+        found = factors(layer, IN, OUT, r)
+        update = alpha / r * found.B.double() @ found.A.double()  # (out, in)
+        weight = bases[name].weight.detach().double()
+        exact[name] = weight + (update.T if name.startswith("Conv1D") else update)
+    call = f"merge_gpt2 of adapters with alpha {alpha:g} (r={r})"
+    try:
+        merged(merge_gpt2(model))
+    except NotImplementedError:  # a stub: its own one-line message
+        raise
+    except (ArithmeticError, RuntimeError, ValueError) as error:
+        message = str(error).splitlines()[0][:120]
+        pytest.fail(
+            f"{call}: raised {type(error).__name__} ({message}): a negative alpha is merged as given "
+            "(scaling = alpha / r < 0), no sqrt of the scaling nor a test of its sign",
+            pytrace=False,
+        )
+    for name, expected in exact.items():
+        new = model[name].weight.detach()
+        where = f"{call}: the merged {name}"
+        assert new.shape == expected.shape, f"{where} weight is {tuple(new.shape)}, expected {tuple(expected.shape)}"
+        dtype = new.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            off = (new != expected.to(dtype)).float().mean().item()
+            error, tolerance, measured = off, 0.01, f"{off:.0%} of its weights differ from"
+        else:
+            error = max_difference(new, expected)
+            tolerance = 1e-12 * (1 + expected.abs().max().item()) if dtype == torch.float64 else 1e-5
+            measured = f"its weight differs by {error:.3g} from"
+        hint = "NaN weights (a sqrt of the negative scaling?): " if torch.isnan(new).any() else ""
+        assert error <= tolerance, (
+            f"{where} ({dtype_name(dtype)}): {measured} W + scaling B @ A, expected under {tolerance:.1g}: {hint}"
+            "a negative alpha is merged as given (scaling = alpha / r < 0), in every dtype"
+        )
 
 
 @pytest.mark.points(1)

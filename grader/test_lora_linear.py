@@ -53,6 +53,7 @@ from grader.probes import (
     expect_plain_lora_in_regime,
     expect_plain_lora_with_frozen_factors,
     expect_r_alpha_and_scaling,
+    expect_the_base_dtype_under_every_default_dtype,
     expect_the_base_output_left_alone,
     expect_training_fits_a_low_rank_target,
     expect_value_error,
@@ -195,6 +196,18 @@ def test_lives_on_the_base_device_and_dtype(LoRALinear, device, dtype):
     expect_on_the_base_device_and_dtype(layer, base.weight, IN, OUT, device, dtype)
     base, layer = make_layer(LoRALinear, dropout=0.25)  # built in float32 on the CPU, then converted
     expect_following_its_base_after_to(layer, base, IN, OUT, device, dtype, "LoRALinear")
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_factors_follow_the_base_dtype_not_the_default_one(LoRALinear, dtype):
+    """The spec's "in its dtype" under every default dtype a script may set (float64, float16, bfloat16)."""
+
+    def make(dtype):
+        base, layer = make_layer(LoRALinear, dtype=dtype, dropout=0.25)  # train mode: dropout computes too
+        return base.weight, layer
+
+    expect_the_base_dtype_under_every_default_dtype(make, IN, OUT, dtype, "LoRALinear")
 
 
 @pytest.mark.points(1)

@@ -22,6 +22,7 @@ from grader.probes import (
     UNROUNDED_R,
     default_dtype,
     describe,
+    dtype_name,
     expect_instance,
     expect_merged_like_the_adapted,
     expect_on_the_base_device,
@@ -145,13 +146,14 @@ def test_merges_adapters_whose_factors_are_frozen(LoRALinear, merge_weights, how
     in_features=st.integers(1, 16),
     out_features=st.integers(1, 16),
     r=st.integers(1, 6),
-    alpha=st.sampled_from([1.0, 2.5, 4.0, 16.0]),
+    alpha=st.sampled_from([1.0, 2.5, 4.0, 16.0, -2.5]),  # a negative alpha is merged as given
     bias=st.booleans(),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
 @example(in_features=8, out_features=8, r=2, alpha=4.0, bias=False, dtype=torch.float32)  # a transposed update fits
 @example(in_features=12, out_features=10, r=4, alpha=8.0, bias=True, dtype=torch.float32)
 @example(in_features=12, out_features=10, r=4, alpha=8.0, bias=True, dtype=torch.float64)
+@example(in_features=12, out_features=10, r=4, alpha=-2.5, bias=True, dtype=torch.float32)  # alpha < 0
 def test_merged_weight_is_W_plus_the_update(
     LoRALinear, merge_weights, in_features, out_features, r, alpha, bias, dtype
 ):  # fmt: skip
@@ -463,6 +465,84 @@ def test_float32_weights_are_summed_in_float32(LoRALinear, merge_weights, alone,
         + ("" if alone else " (each layer's own dtype decides, not the model's first parameter, float64 here)")
         + (" (each layer's own dtype decides, not torch's default dtype)" if default else "")
     )
+
+
+MIXED_ADAPTERS = [  # (the base's dtype, the sign of alpha): every half dtype and float64, a negative alpha among them
+    (torch.float16, -1.0),
+    (torch.float64, 1.0),
+    (torch.float32, -1.0),
+    (torch.bfloat16, 1.0),
+]
+OWN_DTYPE = (
+    "each layer's own dtype decides (fp16/bf16 add in float32 and round once, float32 and float64 add in their own), "
+    "never torch's default dtype nor the model's first adapter; a negative alpha is merged as given (scaling < 0)"
+)
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("order", ["half first", "bf16 first, signs flipped"])
+@pytest.mark.parametrize("default", [None, torch.float64, torch.bfloat16, torch.float16], ids=str)
+def test_each_adapter_merges_in_its_own_dtype(LoRALinear, merge_weights, default, order):
+    """A model of adapters in four dtypes (the first one half precision) and of both signs of alpha, merged under
+    each default dtype a script may set: every layer is summed in the precision of its own dtype."""
+    r, in_features, out_features = UNROUNDED_R, 24, 16
+    adapters = MIXED_ADAPTERS if order == "half first" else [(d, -sign) for d, sign in reversed(MIXED_ADAPTERS)]
+    model, exact = nn.Sequential(), []
+    for dtype, sign in adapters:
+        base = nn.Linear(in_features, out_features, dtype=dtype)
+        layer = LoRALinear(base, r=r, alpha=sign * UNROUNDED_ALPHA)
+        randomize_factors(layer, std=0.3)
+        found = factors(layer, in_features, out_features, r)
+        weight = base.weight.detach().double()
+        exact.append((weight, weight + sign * UNROUNDED_ALPHA / r * found.B.double() @ found.A.double()))
+        model.append(layer)
+    what = ", ".join(f"{dtype_name(d)} (alpha {sign * UNROUNDED_ALPHA:g})" for d, sign in adapters)
+    regime = f"merge_weights of a model of {what} adapters" + (
+        f", under torch.set_default_dtype({default})" if default else ""
+    )
+    try:
+        with default_dtype(default) if default else contextlib.nullcontext():
+            returned_model(merge_weights(model))
+    except NotImplementedError:  # a stub: its own one-line message
+        raise
+    except (ArithmeticError, RuntimeError, ValueError) as error:
+        message = str(error).splitlines()[0][:120]
+        pytest.fail(
+            f"{regime}: raised {type(error).__name__} ({message}): a negative alpha is merged as given, no sqrt of "
+            f"the scaling nor a test of its sign; {OWN_DTYPE}",
+            pytrace=False,
+        )
+    for index, ((dtype, sign), (weight, expected)) in enumerate(zip(adapters, exact, strict=True)):
+        merged = expect_instance(model[index], nn.Linear, f"the merged model[{index}]", "an nn.Linear")
+        new = merged.weight.detach()
+        where = f"{regime}: the merged {dtype_name(dtype)} model[{index}] (alpha {sign * UNROUNDED_ALPHA:g})"
+        assert new.dtype == dtype, f"{where} is {new.dtype}, expected {dtype}: keep the base's dtype"
+        hint = ""
+        if torch.isnan(new).any():
+            hint = "NaN weights (a sqrt of a negative scaling?): "
+        elif torch.equal(new.double(), weight):
+            hint = "W alone, the update dropped: "
+        if dtype in (torch.float16, torch.bfloat16):
+            off = (new != expected.to(dtype)).float().mean().item()
+            if not hint and default in (torch.float16, torch.bfloat16):
+                hint = f"summed in torch's default dtype {default}, not float32? "
+            assert off < 0.01, (
+                f"{where}: {off:.0%} of its weights differ from W + scaling B @ A computed exactly and rounded once, "
+                f"expected under 1%: {hint}{OWN_DTYPE}"
+            )
+        else:
+            error = max_difference(new, expected)
+            tolerance = (
+                FLOAT64_TOLERANCE * (1 + expected.abs().max().item() + weight.abs().max().item())
+                if dtype == torch.float64
+                else 1e-5
+            )
+            if not hint and dtype == torch.float64 and error < 1e-5:
+                hint = "summed in float32 (a working dtype chosen once for the model?): "
+            assert error <= tolerance, (
+                f"{where} differs from W + scaling B @ A by {error:.3g}, expected under {tolerance:.1g}: "
+                f"{hint}{OWN_DTYPE}"
+            )
 
 
 ZOO_CASES = {  # id: the zoo model, the part of it the grader adapts before merging (the model: ""), the targets

@@ -106,7 +106,9 @@ def merge_gpt2(model: nn.Module) -> nn.Module:
           class) holding weight ``W + dW.T`` (in, out), with ``dW = scaling * B @ A`` (out, in), and the base's
           bias, in the base's dtype and on its device; every ``LoRALinear`` becomes an ``nn.Linear`` (use
           ``merge_weights``).
-        - The new weights are computed without autograd: ``nn.Parameter`` leaves with no grad history.
+        - The new weights are computed without autograd: ``nn.Parameter`` leaves with no grad history, and no
+          inference tensor, even when ``merge_gpt2`` is called under the caller's ``torch.inference_mode()`` (as
+          ``merge_weights``): the merged model still runs under autograd.
         - With fp16/bf16 weights, W and the update are added in float32 and the sum rounded once: every
           merged number within one unit in the last place of that sum (peft's merge, with its float32
           factors, passes).

@@ -130,6 +130,7 @@ def merge_gpt2(model: nn.Module) -> nn.Module:
     return merge_weights(model)
 
 
+@torch.inference_mode(False)  # under the caller's inference_mode too: no inference tensor
 @torch.no_grad()
 def merged_conv1d(layer: LoRAConv1D) -> Conv1D:
     """The ``Conv1D`` computing what ``layer`` computes in eval mode, in the base's dtype and on its device."""

@@ -462,4 +462,24 @@ WRONG_ANSWERS = [
                 "        if isinstance(module, LoRAConv1D):\n",
                 "        if isinstance(module, LoRAConv1D) and module.scaling != 0 and bool(module.lora_B.detach().any()):\n",
                 "test_merges_adapters_with_a_zero_update", "zero update"),
+    # Red-team round 16 (team A): merging, the default dtype, the caller's inference mode and a negative alpha.
+    WrongAnswer("LoRAConv1D factors in the default dtype for a float32 base", KATA,
+                'same_place = {"device": base.weight.device, "dtype": base.weight.dtype}',
+                'same_place = {"device": base.weight.device, "dtype": None if base.weight.dtype == torch.float32 '
+                'else base.weight.dtype}',
+                "test_factors_follow_the_base_dtype_not_the_default_one", "set_default_dtype"),
+    WrongAnswer("merge_gpt2 under the caller's inference_mode makes inference tensors", KATA,
+                "@torch.inference_mode(False)  # under the caller's inference_mode too: no inference tensor\n"
+                "@torch.no_grad()\ndef merged_conv1d", "@torch.no_grad()\ndef merged_conv1d",
+                "test_merge_gpt2_under_every_grad_mode", "inference tensors"),
+    WrongAnswer("merge_gpt2 folds nothing for a negative alpha", KATA,
+                "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling  # (out, in)",
+                "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * max(layer.scaling, 0.0)",
+                "test_merged_conv1d_holds_W_plus_the_update_transposed", "negative alpha"),
+    WrongAnswer("merge_gpt2's half path splits sqrt(scaling) over both factors", KATA,
+                "update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate)) * layer.scaling  # (out, in)",
+                "root = math.sqrt(layer.scaling)  # split over both factors, to stay in half precision's range\n"
+                "    update = (layer.lora_B.to(accumulate) * root) @ (layer.lora_A.to(accumulate) * root) "
+                "if accumulate != weight.dtype else (layer.lora_B @ layer.lora_A) * layer.scaling",
+                "test_merges_a_negative_alpha_in_every_dtype", "negative alpha"),
 ]  # fmt: skip

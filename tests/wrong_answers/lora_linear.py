@@ -424,4 +424,8 @@ WRONG_ANSWERS = [
                 "            return F.linear(x, self.base.weight + self.scaling * (self.lora_B @ self.lora_A), self.base.bias)\n"
                 "        " + RESULT,
                 "test_output_equals_the_base_at_init", "call base(x)"),
+    # Red-team round 16 (team A): factors made in torch's default dtype, cast only off a float32 base.
+    WrongAnswer("factors in the default dtype for a float32 base", KATA, PLACE,
+                '{"device": base.weight.device, "dtype": None if base.weight.dtype == torch.float32 else base.weight.dtype}',
+                "test_factors_follow_the_base_dtype_not_the_default_one", "set_default_dtype"),
 ]  # fmt: skip

@@ -220,4 +220,22 @@ WRONG_ANSWERS = [
                 "        if isinstance(module, LoRALinear):\n",
                 "        if isinstance(module, LoRALinear) and module.scaling != 0 and bool(module.lora_B.detach().any()):\n",
                 "test_merges_adapters_with_a_zero_update", "zero update"),
+    # Red-team round 16 (team A): the working dtype off torch's default or the model's first adapter; a negative alpha.
+    WrongAnswer("merged half precision upcast to the default dtype", KATA, ACCUMULATE,
+                ACCUMULATE.replace("torch.float32 if", "torch.get_default_dtype() if"),
+                "test_each_adapter_merges_in_its_own_dtype", "default dtype"),
+    WrongAnswer("working dtype chosen once, off the first adapter", KATA, ACCUMULATE,
+                "global WORKING\n    if WORKING is None:\n        WORKING = " + ACCUMULATE.replace("accumulate = ", "")
+                + "\n    accumulate = WORKING",
+                "test_each_adapter_merges_in_its_own_dtype", "own dtype",
+                more_edits=(("    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n",
+                             "    global WORKING\n    WORKING = None\n"
+                             "    if isinstance(model, LoRALinear):\n        return merged_linear(model)\n"),
+                            (INFERENCE_OFF, "WORKING = None\n\n\n" + INFERENCE_OFF))),
+    WrongAnswer("half precision splits sqrt(scaling) over both factors", KATA, UPDATE,
+                "root = math.sqrt(layer.scaling)  # split over both factors, to stay in half precision's range\n"
+                "    update = (layer.lora_B.to(accumulate) * root) @ (layer.lora_A.to(accumulate) * root) "
+                "if accumulate != weight.dtype else " + UPDATE.replace("update = ", ""),
+                "test_each_adapter_merges_in_its_own_dtype", "negative alpha",
+                more_edits=(("import torch\n", "import math\n\nimport torch\n"),)),
 ]  # fmt: skip
