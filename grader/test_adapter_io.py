@@ -90,6 +90,27 @@ COLLIDING = {  # the unadapted module of each
     "beside a container": lambda: nn.ModuleDict({"proj": nn.Linear(3, 3)}),  # no weight of its own: still a module
     "beside a sibling it prefixes": lambda: nn.Linear(8, 12),
 }
+# An adapted layer of a dotted name beside an unadapted nn.Linear whose name ends with "." + that name, one and two
+# levels down: the list entry "enc.0" matches "dec.enc.0" too, which a test of the other modules' last name parts
+# ("0") against the entries, or of their names less the first part, misses. kind: (adapted, unadapted).
+DOTTED = {
+    "a dotted name beside it one level down": ("enc.0", "dec.enc.0"),
+    "a twice-dotted name beside it two levels down": ("enc.blk.0", "dec.mid.enc.blk.0"),
+}
+
+
+def tree(paths: list[str]) -> nn.Module:
+    """Nested nn.ModuleDicts holding an nn.Linear(8, 12) at each dotted path."""
+    root = nn.ModuleDict()
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = root
+        for part in parents:
+            if part not in node:
+                node[part] = nn.ModuleDict()
+            node = node[part]
+        node[leaf] = nn.Linear(8, 12)
+    return root
 
 
 def plain(kind: str) -> nn.Module:
@@ -107,6 +128,9 @@ def plain(kind: str) -> nn.Module:
         other = COLLIDING[kind]()
         name, parent = COLLISIONS[kind]
         return nn.Sequential(OrderedDict({name: nn.Linear(8, 12), parent: nn.ModuleDict({name: other})})).eval()
+    if kind in DOTTED:
+        torch.manual_seed(0)
+        return tree(list(DOTTED[kind])).eval()
     if kind == "llama":
         return tiny_llama()
     if kind.startswith("gpt2"):  # a subclass of a kind of layer is one: peft adapts them, a type(m) test skips them
@@ -125,6 +149,8 @@ def target_names(kind: str, model: nn.Module) -> list[str]:
         return list(GPT2_SOME_TARGETS)
     if kind in COLLISIONS:
         return [COLLISIONS[kind][0]]
+    if kind in DOTTED:
+        return [DOTTED[kind][0]]
     suffixes = LLAMA_TARGETS if kind == "llama" else GPT2_TARGETS
     return [name for name, _ in model.named_modules() if name.rpartition(".")[2] in suffixes]
 
@@ -148,10 +174,12 @@ def wrap(model: nn.Module, names: list[str], make) -> dict[str, nn.Module]:
     return layers
 
 
-def adapted_model(kind: str, LoRALinear, LoRAConv1D, dtype=torch.float32, names: list[str] | None = None):
+def adapted_model(
+    kind: str, LoRALinear, LoRAConv1D, dtype=torch.float32, names: list[str] | None = None, r: int = R, alpha=ALPHA
+):
     """(the model adapted with the learner's layers and trained-looking factors, a copy of the plain model,
-    the adapters by name): a LoRALinear on each named nn.Linear, a LoRAConv1D on each named Conv1D; ``names``
-    defaults to ``target_names``."""
+    the adapters by name): a LoRALinear on each named nn.Linear, a LoRAConv1D on each named Conv1D, of rank ``r``
+    and ``alpha``; ``names`` defaults to ``target_names``."""
     model = plain(kind).to(dtype).requires_grad_(False)  # only the factors get random values below
     fresh = copy.deepcopy(model)
     names = target_names(kind, model) if names is None else names
@@ -159,7 +187,7 @@ def adapted_model(kind: str, LoRALinear, LoRAConv1D, dtype=torch.float32, names:
     for name in names:  # on GPT-2, past the first block, the model's own subclasses of the adapters: each is one
         make = LoRALinear if isinstance(model.get_submodule(name), nn.Linear) else LoRAConv1D
         make = own_class(make) if kind.startswith("gpt2") and not name.startswith("transformer.h.0.") else make
-        layers |= wrap(model, [name], lambda layer, make=make: make(layer, r=R, alpha=ALPHA))
+        layers |= wrap(model, [name], lambda layer, make=make: make(layer, r=r, alpha=alpha))
     randomize(model, std=0.2)
     return model, fresh, layers
 
@@ -191,11 +219,12 @@ def read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         pytest.fail(f"{WEIGHTS} is not a safetensors file ({error}): write it with safetensors.torch.save_file")
 
 
-def peft_saved(kind: str, directory: Path, **options) -> tuple[nn.Module, nn.Module]:
-    """(a plain model, a peft model of a copy of it with random factors, whose save_pretrained wrote ``directory``)."""
+def peft_saved(kind: str, directory: Path, r: int = R, alpha=ALPHA, **options) -> tuple[nn.Module, nn.Module]:
+    """(a plain model, a peft model of a copy of it with random factors of rank ``r`` and lora_alpha ``alpha``, whose
+    save_pretrained wrote ``directory``)."""
     model = plain(kind)
     names = options.pop("target_modules", None) or target_names(kind, model)
-    oracle = peft_model(copy.deepcopy(model), names, R, ALPHA, fan_in_fan_out=kind.startswith("gpt2"), **options)
+    oracle = peft_model(copy.deepcopy(model), names, r, alpha, fan_in_fan_out=kind.startswith("gpt2"), **options)
     randomize(oracle, std=0.2)
     with quiet():
         oracle.save_pretrained(str(directory), save_embedding_layers=SAVE_EMBEDDINGS)
@@ -350,7 +379,7 @@ def test_saved_tensors_are_exactly_the_factors(save_adapter, LoRALinear, LoRACon
 
 
 @pytest.mark.points(2)
-@pytest.mark.parametrize("kind", ["llama", "toy", "nested", "gpt2, some layers", *COLLISIONS])
+@pytest.mark.parametrize("kind", ["llama", "toy", "nested", "gpt2, some layers", *COLLISIONS, *DOTTED])
 def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
     model, fresh, layers = adapted_model(kind, LoRALinear, LoRAConv1D)
     config = read_config(saved(save_adapter, model, tmp_path))
@@ -382,11 +411,18 @@ def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALine
             entry = next(t for t in targets if name == t or name.endswith("." + t))
             container = any(True for _ in module.children()) and getattr(module, "weight", None) is None
             prefixed = [layer for layer in layers if name.startswith(layer) and not name.startswith(layer + ".")]
+            dotted = (
+                f" (a dotted entry: {name!r} ends with '.' + the whole {entry!r}; compare the whole names' ends, not "
+                f"their last parts such as {name.rpartition('.')[2]!r})"
+                if "." in entry
+                else ""
+            )
             cause = (
                 f"{entry!r} is no adapted layer's qualified name: list their qualified names"
                 if entry not in layers
                 else "a list entry also matches every name ending with '.' + entry, a module of any kind, containers "
                 "too"
+                + dotted
                 + (
                     f" ({name!r} only starts with {prefixed[0]!r}: it is no module of that adapter, which "
                     "startswith(name + '.') tells)"
@@ -418,6 +454,58 @@ def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALine
             else "list the adapted layers' qualified names"
         )
     )
+
+
+# Ranks that are no power of two, with alphas that alpha / r * r does not give back (0.9 / 3 * 3 is 0.8999999999999999,
+# 1.7 / 5 * 5 is 1.6999999999999997), and ints that r does not divide: a config written from the scaling, or an alpha
+# floor-divided, shows. (kind, r, alpha); GPT-2's LoRAConv1D layers and its nn.Linear lm_head too.
+ANY_RANK = {
+    "toy, r=3, alpha=0.9": ("toy", 3, 0.9),
+    "toy, r=5, alpha=1.7": ("toy", 5, 1.7),
+    "toy, r=3, alpha=10 (an int)": ("toy", 3, 10),
+    "gpt2, r=3, alpha=0.9": ("gpt2", 3, 0.9),
+}
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("case", list(ANY_RANK))
+def test_config_says_alpha_as_given_whatever_the_rank(
+    save_adapter, load_adapter, LoRALinear, LoRAConv1D, case, tmp_path
+):
+    """lora_alpha is alpha as given, bit for bit, whatever r: the file and peft rebuild the scaling from it; and
+    load_adapter gives the model back computing exactly what the saved one did."""
+    kind, r, alpha = ANY_RANK[case]
+    model, fresh, _ = adapted_model(kind, LoRALinear, LoRAConv1D, r=r, alpha=alpha)
+    config = read_config(saved(save_adapter, model, tmp_path))
+    assert config.get("r") == r, f"{case}: r is {config.get('r')!r} in the config, the adapters have r={r}"
+    written = config.get("lora_alpha")
+    causes = {
+        alpha / r * r: f"that is the scaling times r, alpha / r * r, which rounds ({alpha!r} / {r} * {r})",
+        alpha / r: "that is the scaling alpha / r; peft computes it from lora_alpha and r",
+        alpha // r * r: "that is alpha // r * r: an int alpha floor-divided",
+    }
+    cause = next((text for value, text in causes.items() if value != alpha and written == value), "")
+    assert isinstance(written, (int, float)) and not isinstance(written, bool) and written == alpha, (
+        f"{case}: lora_alpha is {written!r} in the config, expected alpha as given, {alpha!r}"
+        + (f": {cause}" if cause else "")
+        + ": write the layers' alpha itself (layer.alpha), not one rebuilt from the scaling"
+    )
+    loaded(load_adapter, fresh, tmp_path, f"{case}, save_adapter's own files")
+    error = max_difference(outputs(kind, fresh), outputs(kind, model))
+    assert error == 0, (
+        f"{case}: the model loaded from the saved files computes outputs {error:.3g} away from the saved model's: "
+        "give each loaded layer the config's r and lora_alpha as they are (its scaling lora_alpha / r)"
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("load_adapter")
+@pytest.mark.parametrize("case", ["toy, r=3, alpha=10 (an int)", "gpt2, r=3, alpha=0.9"])
+def test_loads_peft_files_of_any_rank_and_alpha(load_adapter, LoRALinear, LoRAConv1D, case, tmp_path):
+    kind, r, alpha = ANY_RANK[case]
+    model, oracle = peft_saved(kind, tmp_path, r=r, alpha=alpha)
+    what = f"r={r}, lora_alpha={alpha!r} (the scaling lora_alpha / r, a float)"
+    expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, oracle, tmp_path, what)
 
 
 @pytest.mark.points(1)

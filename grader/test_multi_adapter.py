@@ -753,18 +753,58 @@ def test_add_adapter_takes_positional_and_keyword_arguments_and_alpha_zero(Multi
     assert not registered(layer, sql), "after delete_adapter(name='sql'), sql's factors are still parameters"
 
 
+REAL_ALPHAS = {  # (r, alpha): a float, and ints whose alpha / r is no int (r dividing an int alpha hides alpha // r)
+    "alpha=-8.0": (4, -8.0),
+    "alpha=16 (an int)": (4, 16),
+    "alpha=10 (an int), r=4: a scaling of 2.5": (4, 10),
+    "alpha=16 (an int), r=3: a scaling of 16/3": (3, 16),
+    "alpha=-10 (a negative int), r=4: a scaling of -2.5": (4, -10),
+}
+
+
+def alpha_causes(adapter: Adapter, r: int, alpha: float) -> dict[str, torch.Tensor]:
+    """The likely causes of a wrong scaling for an adapter of ``r`` and ``alpha``, each with the update it gives."""
+    causes, expected = {}, f"not alpha / r = {alpha / r:.6g}"
+    for cause, wrong in (
+        (f"its scaling is alpha // r = {alpha // r!r} (floor division of an int alpha), {expected}", alpha // r),
+        (f"its scaling is int(alpha / r) = {int(alpha / r)!r} (truncated to an int), {expected}", int(alpha / r)),
+    ):
+        if wrong != alpha / r:
+            causes.setdefault(cause, adapter.delta() * (wrong / adapter.scaling))
+    return causes
+
+
 @pytest.mark.points(1)
-@pytest.mark.parametrize("alpha", [-8.0, 16], ids=["alpha=-8.0", "alpha=16 (an int)"])
-def test_add_adapter_takes_any_real_alpha(MultiLoRALinear, alpha):
+@pytest.mark.parametrize("case", REAL_ALPHAS)
+def test_add_adapter_takes_any_real_alpha(MultiLoRALinear, case):
+    """Any real alpha gives the scaling alpha / r, a float, on every path an adapter takes: added active, merged and
+    unmerged, added beside the active one and switched to with set_adapter."""
+    r, alpha = REAL_ALPHAS[case]
     base, layer = make(MultiLoRALinear)
-    call = f"add_adapter('sql', r=4, alpha={alpha!r})"
+    W0 = base.weight.detach().double().clone()
+    call = f"add_adapter('sql', r={r}, alpha={alpha!r})"
     try:
-        sql = add(layer, "sql", r=4, alpha=alpha)
+        sql = add(layer, "sql", r=r, alpha=alpha)
     except ValueError as error:
         pytest.fail(f"{call} raised ValueError ({error}): the stub's Raises name only the name, r and dropout; any "
                     "real alpha is taken, the scaling alpha / r", pytrace=False)  # fmt: skip
     sql.randomize()
-    expect_update(layer, base, base.weight, sql.delta(), f"after {call}", {})
+    expect_update(layer, base, base.weight, sql.delta(), f"after {call}", alpha_causes(sql, r, alpha))
+    layer.merge()
+    expect_weight(base, W0 + sql.delta(), f"after {call}, merge()",
+                  {cause: W0 + wrong for cause, wrong in alpha_causes(sql, r, alpha).items()})  # fmt: skip
+    layer.unmerge()
+    left = {cause: W0 + sql.delta() - wrong for cause, wrong in alpha_causes(sql, r, alpha).items()}
+    expect_weight(base, W0, f"after {call}, merge(), unmerge()", left)
+    other_r = 5 if r != 5 else 3  # another rank, the same alpha: added beside the active sql, then switched to
+    chat = add(layer, "chat", r=other_r, alpha=alpha)
+    chat.randomize()
+    layer.set_adapter("chat")
+    when = f"after {call}, add_adapter('chat', r={other_r}, alpha={alpha!r}) and set_adapter('chat')"
+    expect_update(layer, base, base.weight, chat.delta(), when, alpha_causes(chat, other_r, alpha))
+    layer.merge()
+    expect_weight(base, W0 + chat.delta(), f"{when}, merge()",
+                  {cause: W0 + wrong for cause, wrong in alpha_causes(chat, other_r, alpha).items()})  # fmt: skip
 
 
 VALID_EDGES = {  # (in, out, r, dropout): arguments at the edges of the valid domain, each taken as given

@@ -382,4 +382,13 @@ WRONG_ANSWERS = [
                 "    tensors = {}\n    dtype = factor_views(next(iter(layers.values())))[0].dtype  # one dtype per file\n"
                 "    for name, layer in layers.items():\n        A, B = (f.to(dtype) for f in factor_views(layer))\n",
                 "test_adapters_of_mixed_dtypes_are_saved_and_loaded_each_in_its_own", "not one dtype for the whole file"),
+    # Round 16, team C.
+    WrongAnswer("a list of targets checked against the unadapted modules' short names (a dotted entry's clash missed)",
+                KATA, '    if not any(other.endswith("." + name) for other in others for name in names):',
+                '    if not any(other.rpartition(".")[2] in names for other in others):  # another module called like one',
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "also matches the unadapted 'dec.enc.0'"),
+    WrongAnswer("lora_alpha written as the scaling times r (0.9 / 3 * 3 is 0.8999999999999999)", KATA,
+                "    settings = {(layer.r, float(layer.alpha)) for layer in layers.values()}",
+                "    settings = {(layer.r, layer.scaling * layer.r) for layer in layers.values()}  # peft's alpha",
+                "test_config_says_alpha_as_given_whatever_the_rank", "0.8999999999999999"),
 ]  # fmt: skip

@@ -696,4 +696,9 @@ WRONG_ANSWERS = [
                 "        if safe and not torch.isfinite(merged).all():\n",
                 "        if safe and not (torch.isfinite(merged).all() and torch.isfinite(self._delta(name).to(weight.dtype)).all()):\n",
                 "test_safe_merge_of_a_sound_adapter_merges_as_merge_does", "finite in float16"),
+    # Round 16, team C.
+    WrongAnswer("an int alpha floor-divided by r (alpha // r)", KATA,
+                "        self.scaling[name] = alpha / r\n",
+                "        self.scaling[name] = alpha // r if isinstance(alpha, int) else alpha / r  # an int stays an int\n",
+                "test_add_adapter_takes_any_real_alpha", "alpha // r"),
 ]  # fmt: skip
