@@ -1443,6 +1443,24 @@ def expect_alpha_as_given(make: Callable[[], nn.Module], base: nn.Module, r: int
     )
 
 
+@contextlib.contextmanager
+def a_merge_of_any_alpha(call: str, cause: str = "") -> Iterator[None]:
+    """Inside the block, a merge that raises (ArithmeticError, RuntimeError, ValueError: a sqrt of a negative scaling,
+    a test of its sign) fails the check in one line: ``call`` raised, a negative alpha is merged as given, then
+    ``cause`` ("; ..."). A stub's NotImplementedError goes on up, for its own one-line message."""
+    try:
+        yield
+    except NotImplementedError:
+        raise
+    except (ArithmeticError, RuntimeError, ValueError) as error:
+        message = str(error).splitlines()[0][:120]
+        pytest.fail(
+            f"{call}: raised {type(error).__name__} ({message}): a negative alpha is merged as given (scaling = "
+            f"alpha / r < 0), no sqrt of the scaling nor a test of its sign{cause}",
+            pytrace=False,
+        )
+
+
 # How a user freezes an adapter before merging it: one factor, the other, both, or the whole model (for export).
 FROZEN_BEFORE_MERGING = (
     "one factor frozen",
