@@ -1064,6 +1064,82 @@ def test_qlora_follows_its_factors_in_every_mode(QLoRALinear, nf4_works, mode, g
     expect_only_nf4_storage(layer, OUT, IN, OUT * 4, f"{what}, no train() call since", adapter_bytes)
 
 
+# A checkpoint moves between layers: the state_dict() of one layer, loaded (load_state_dict, strict) into another
+# built from a different weight and bias (other factors; a whole model through apply_qlora), makes that one compute
+# the first one's output. The NF4 buffers are the layer's only copy of its weight: registered persistent
+# (register_buffer's default), they are in state_dict(). (The other reload checks write a layer's own state back into
+# it, where a buffer that state_dict() leaves out still holds the right codes.) Each layer over a float32 and a
+# bfloat16 base (the model in float32: a tenth of a second each), the receiving one called once before the load (a
+# weight it kept from that call goes stale), then in train mode with grad on and in eval mode under inference_mode.
+STATE_DICT_KINDS = ["NF4Linear", "QLoRALinear", "apply_qlora"]
+STATE_DICT_CALLS = [("train", "grad on"), ("eval", "inference mode")]
+
+
+def state_dict_layer(kind: str, NF4Linear, QLoRALinear, apply_qlora, dtype: torch.dtype, seed: int) -> nn.Module:
+    """A layer (or a toy model through apply_qlora) of ``kind`` over weights drawn from ``seed``, factors trained."""
+    torch.manual_seed(seed)
+    if kind == "apply_qlora":
+        layer = apply_qlora(ToyTransformer().to(dtype), ("q_proj", "v_proj"), r=2, alpha=4.0, skip=TOY_SKIP)
+    elif kind == "QLoRALinear":
+        layer = QLoRALinear(make_base(dtype=dtype, seed=seed), R, ALPHA)
+    else:
+        layer = NF4Linear(make_base(dtype=dtype, seed=seed))
+    randomize_factors(layer, std=0.2)
+    return layer
+
+
+def left_out_of_state_dict(layer: nn.Module, what: str) -> list[str]:
+    """Which of the layer's NF4 buffers and factors its state_dict() leaves out (a value there sharing the tensor's
+    memory, or equal to it, counts as in)."""
+    state = list(layer.state_dict().values())
+    held = dict(zip(("the packed codes", "the absmax"), nf4_buffer_tensors(layer, OUT, IN, what), strict=True))
+    if trainable(layer):  # a QLoRALinear
+        found = factors(layer, IN, OUT, R)
+        held |= {"factor A": found.stored_A, "factor B": found.stored_B}
+    same = lambda v, t: v.data_ptr() == t.data_ptr() or (v.shape == t.shape and v.dtype == t.dtype  # noqa: E731
+                                                         and torch.equal(v, t))  # fmt: skip
+    return [name for name, tensor in held.items() if not any(same(value, tensor) for value in state)]
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize(
+    "kind", [pytest.param(kind, marks=pytest.mark.subject(kind), id=kind) for kind in STATE_DICT_KINDS]
+)
+def test_a_state_dict_loaded_into_another_layer_makes_it_compute_the_first(
+    NF4Linear, QLoRALinear, apply_qlora, nf4_works, kind
+):
+    nf4_works()
+    for dtype in (torch.float32,) if kind == "apply_qlora" else (torch.float32, torch.bfloat16):
+        saved = state_dict_layer(kind, NF4Linear, QLoRALinear, apply_qlora, dtype, seed=0)
+        other = state_dict_layer(kind, NF4Linear, QLoRALinear, apply_qlora, dtype, seed=3)
+        what = f"{kind} over a {dtype_name(dtype)} base" if kind != "apply_qlora" else f"a {dtype_name(dtype)} model"
+        if kind != "apply_qlora":
+            missing = left_out_of_state_dict(saved, what)
+            assert not missing, (
+                f"{what}: state_dict() has keys {sorted(saved.state_dict())}, expected {' and '.join(missing)} among "
+                "them too, measured none holding them: register the NF4 buffers persistent (register_buffer's "
+                "default; persistent=False leaves the layer's only copy of its weight out of every checkpoint)"
+            )
+        x = inputs() if kind == "apply_qlora" else strided((2, 3, IN), False)
+        x = x.to(dtype)
+        with torch.inference_mode():
+            output(other.eval(), x)  # a call before the load: whatever it kept must not outlive the load
+        state = {name: value.detach().clone() for name, value in saved.state_dict().items()}
+        other.load_state_dict(state)
+        for mode, grad in STATE_DICT_CALLS:
+            call = f"{what}, in {mode} mode {GRAD_WORDS[grad]}"
+            with GRAD_MODES[grad]():
+                expected = output(saved.train(mode == "train"), x.clone())
+                measured = forward_in_regime(other.train(mode == "train"), x.clone(), call, FAILURES)
+            error = max_difference(measured, expected)
+            assert error <= tolerance(dtype, expected), (
+                f"{call}: another one, built from a different weight and given the first one's state_dict() by "
+                f"load_state_dict, computes the first's output ({describe(expected)}) off by {error:.3g}: is the "
+                "weight kept where state_dict() does not reach (a buffer registered persistent=False, an attribute), "
+                "or dequantized before the load and kept? keep it in persistent buffers and read them at every call"
+            )
+
+
 # The lora_linear kata's contract, which QLoRALinear inherits: a factor the caller froze (one or both:
 # requires_grad_(False), LoRA-FA freezes A) still adds its share to y and to dL/dx; and a forward hook on the NF4 base
 # (an activation observer) keeps the tensor the base returned, the update added into a new one.

@@ -88,7 +88,8 @@ class FusedLoRALinear(nn.Module):
 
     Raises:
         ValueError: ``base`` is not an ``nn.Linear`` (an ``nn.Embedding`` or GPT-2's Conv1D, whose weights are
-            2-D too, is not), or ``r`` is not an integer >= 1 (None, "4" and 2.0 are not).
+            2-D too, is not), or ``r`` is not an integer >= 1 (None, "4" and 2.0 are not; a Python int is what is
+            graded: a numpy or 0-d torch integer may be taken or refused).
     """
 
     def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0) -> None:

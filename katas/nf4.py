@@ -66,7 +66,8 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> tuple[torch.Tens
 
     Raises:
         ValueError: ``weight`` is empty or not a floating-point tensor, or ``block_size`` is not one that
-            bitsandbytes takes: a power of two from 32 to 4096.
+            bitsandbytes takes: a power of two from 32 to 4096 (a Python int is what is graded: a numpy or 0-d
+            torch integer may be taken or refused).
     """
     raise NotImplementedError("kata nf4: write quantize_nf4 (spec in its docstring)")
 
@@ -90,7 +91,8 @@ def dequantize_nf4(
 
     Raises:
         ValueError: ``packed`` does not hold ceil(n / 2) bytes or ``absmax`` not ceil(n / block_size) values,
-            or ``block_size`` is not a power of two from 32 to 4096.
+            or ``block_size`` is not a power of two from 32 to 4096 (a Python int is what is graded: a numpy or
+            0-d torch integer may be taken or refused).
     """
     raise NotImplementedError("kata nf4: write dequantize_nf4 (spec in its docstring)")
 
@@ -115,7 +117,8 @@ def double_quantize(absmax: torch.Tensor, block_size: int = 256) -> QuantizedAbs
 
     Spec:
         - ``absmax``: float32, shape (n,) for any n >= 1 (what ``quantize_nf4`` returns); ``block_size``: any
-          int >= 1 (not only bitsandbytes' 4-bit block sizes).
+          int >= 1 (not only bitsandbytes' 4-bit block sizes; a Python int is what is graded: a numpy or 0-d torch
+          integer may be taken or refused).
         - Subtract the mean of all n absmaxes, cut the centred values into blocks of ``block_size``
           consecutive ones (the last possibly shorter), and code each value in one byte relative to a
           float32 scale of its block. The 8-bit code is yours: linear (int8 times scale / 127) or

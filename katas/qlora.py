@@ -16,16 +16,16 @@ class NF4Linear(nn.Module):
     """A frozen linear layer that keeps its weight only in NF4.
 
     Spec:
-        - ``base`` is an ``nn.Linear`` with weight (out, in) in float32, float16 or bfloat16. Its weight is
-          quantized with ``quantize_nf4(base.weight, 64)`` (blocks of 64) and kept only as two registered
-          buffers (``register_buffer``): the packed uint8 codes and the float32 absmax. No full-precision
-          copy is kept anywhere: no parameter, buffer, attribute, closure, cache (``functools.lru_cache``
-          included) or module-level variable holds the weight or a copy of it, and nothing keeps a reference to
-          ``base`` or to its weight (an autograd graph would, too). The memory of every tensor the layer keeps
-          alive counts whole (a view keeps all of its storage): at most ceil(n / 2) bytes of codes, 4 bytes per
-          block of 64, the bias, and small constant tensors (a copy of the code book, say) of 2 KiB in all; a
-          constant tensor a module-level name holds (a decoding table made at import, one for every layer) is no
-          layer's.
+        - ``base`` is an ``nn.Linear`` with weight (out, in) in float32, float16 or bfloat16. Its weight is quantized
+          with ``quantize_nf4(base.weight, 64)`` (blocks of 64) and kept only as two registered persistent buffers
+          (``register_buffer``'s default, so in ``state_dict()``: another layer given this one's state_dict by
+          ``load_state_dict`` computes with this one's weight): the packed uint8 codes and the float32 absmax. No
+          full-precision copy is kept anywhere: no parameter, buffer, attribute, closure, cache (``functools.lru_cache``
+          included) or module-level variable holds the weight or a copy of it, and nothing keeps a reference to ``base``
+          or to its weight (an autograd graph would, too). The memory of every tensor the layer keeps alive counts whole
+          (a view keeps all of its storage): at most ceil(n / 2) bytes of codes, 4 bytes per block of 64, the bias, and
+          small constant tensors (a copy of the code book, say) of 2 KiB in all; a constant tensor a module-level name
+          holds (a decoding table made at import, one for every layer) is no layer's.
         - The bias is kept as it was (values and dtype; the very parameter is fine), frozen; None stays None.
         - Attributes ``in_features`` and ``out_features``. The layer has no trainable parameter.
         - ``forward(x)``, x (..., in) in any of the three float dtypes: ``F.linear(x, W, b)`` where ``W`` is the
@@ -49,7 +49,9 @@ class QLoRALinear(nn.Module):
     r"""LoRA over an NF4 base: ``y = NF4Linear(base)(x) + (alpha / r) B A dropout(x)``.
 
     Spec: the contract of the `lora_linear` kata's ``LoRALinear`` except that the base is stored quantized:
-        - The base becomes an ``NF4Linear`` submodule (so, again, no full-precision weight anywhere).
+        - The base becomes an ``NF4Linear`` submodule (so, again, no full-precision weight anywhere). Its
+          ``state_dict()`` holds the factors and the NF4 buffers: loaded into another layer, it makes that one
+          compute this one's output.
         - Attributes ``r``, ``alpha`` and ``scaling == alpha / r``.
         - Exactly two trainable tensors, the factors, r * (in + out) numbers, in the base weight's dtype and on
           its device: ``A`` (r, in) or (in, r), Kaiming-uniform or Gaussian; ``B`` (out, r) or (r, out), zeros.
@@ -64,7 +66,8 @@ class QLoRALinear(nn.Module):
 
     Raises:
         ValueError: ``base`` is not an ``nn.Linear``, ``r < 1``, or ``dropout`` outside [0, 1), before anything
-            changes: the refused call leaves ``base`` as it was (values, ``requires_grad``).
+            changes: the refused call leaves ``base`` as it was (values, ``requires_grad``). A Python int r is what
+            is graded: a numpy or 0-d torch integer may be taken or refused.
     """
 
     def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> None:
@@ -98,7 +101,8 @@ def apply_qlora(
           ``NF4Linear(layer)``, in place.
         - Everything but the adapters' factors is frozen (``requires_grad`` False); nothing else changes
           (embeddings, norms and skipped layers keep their values, dtypes and objects: a bfloat16 or float16
-          model stays in its dtype; every module that stays keeps its train/eval mode).
+          model stays in its dtype; every module that stays keeps its train/eval mode; the new layers' train/eval
+          mode is the implementation's choice).
         - Returns ``model`` itself.
 
     Raises:

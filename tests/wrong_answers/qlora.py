@@ -412,3 +412,15 @@ WRONG_ANSWERS += [
                 "        if isinstance(r, bool) or not isinstance(r, int) or r < 1:\n",
                 "test_qlora_rejects_bad_arguments", "requires_grad went True -> False"),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 16 of the red team (team D2): the reload checks only ever wrote a layer's own state back into it.
+    WrongAnswer("NF4 buffers registered persistent=False (left out of state_dict)", KATA,
+                'self.register_buffer("packed", packed)\n        self.register_buffer("absmax", absmax)',
+                'self.register_buffer("packed", packed, persistent=False)  # derived from the weight: not saved\n'
+                '        self.register_buffer("absmax", absmax, persistent=False)',
+                "test_a_state_dict_loaded_into_another_layer_makes_it_compute_the_first", "persistent"),
+    WrongAnswer("the absmax registered persistent=False (a scale thought derived)", KATA,
+                'self.register_buffer("absmax", absmax)',
+                'self.register_buffer("absmax", absmax, persistent=False)  # per-block scales, not state',
+                "test_a_state_dict_loaded_into_another_layer_makes_it_compute_the_first", "the absmax among them"),
+]  # fmt: skip
