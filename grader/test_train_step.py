@@ -261,10 +261,14 @@ def test_loss_gradient_reaches_the_logits(causal_lm_loss):
             call = f"causal_lm_loss({layout} logits and labels, reduction={reduction!r})"
             try:
                 loss = loss_value(causal_lm_loss(mine, these, reduction=reduction), "causal_lm_loss")
+            except NotImplementedError:
+                raise
             except RuntimeError as error:
+                if layout == "contiguous":
+                    raise
                 raise AssertionError(
-                    f"{call} raised RuntimeError ({str(error)[:80]}), expected a loss: .view() needs contiguous "
-                    "memory, use .reshape() or .flatten()"
+                    f"{call} raised RuntimeError ({str(error)[:80]}), expected a loss"
+                    + (": .view() needs contiguous memory, use .reshape()" if "view" in str(error) else "")
                 ) from None
             assert loss.requires_grad, f"{call} is detached from the logits: no .item()"
             loss.backward()
@@ -980,10 +984,12 @@ def test_a_window_edited_in_place_is_read_afresh_and_non_contiguous_logits_taken
     what = f"a model returning non-contiguous logits{path}"
     try:
         train_step(first.model, window, first.optimizer, first.scheduler, None, grad_scaler)
+    except NotImplementedError:
+        raise
     except RuntimeError as error:
         raise AssertionError(
-            f"train_step on {what} raised RuntimeError ({str(error)[:80]}), expected a step: .view() needs "
-            "contiguous memory, use .reshape() or .flatten()"
+            f"train_step on {what} raised RuntimeError ({str(error)[:80]}), expected a step"
+            + (": .view() needs contiguous memory, use .reshape() or .flatten()" if "view" in str(error) else "")
         ) from None
     stale = sum(map(targets, window))
     with torch.no_grad():  # the caller refills the same tensors: fewer targets, other ids
