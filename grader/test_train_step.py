@@ -28,6 +28,7 @@ from grader.training import (
     SpyOptimizer,
     SpyScheduler,
     TinyLM,
+    batch_grads,
     clipped,
     combine,
     expect_handed,
@@ -250,21 +251,34 @@ def test_loss_of_large_logits_is_finite(causal_lm_loss, dtype, offset):
 @pytest.mark.subject("causal_lm_loss")
 def test_loss_gradient_reaches_the_logits(causal_lm_loss):
     logits, labels = random_case(2, 5, 6, 0.3, seed=3)
+    # every reduction takes contiguous and non-contiguous logits and labels (as slices and transposes give them)
     for reduction in ("sum", "mean"):
-        mine, reference = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-        if reduction == "mean":  # non-contiguous logits and labels, as slices and transposes give them
-            mine = mine.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
-            labels = labels.T.contiguous().T
-        loss = loss_value(causal_lm_loss(mine, labels, reduction=reduction), "causal_lm_loss")
-        assert loss.requires_grad, f"causal_lm_loss(reduction={reduction!r}) is detached from the logits: no .item()"
-        loss.backward()
-        reference_loss(reference, labels, reduction).backward()
-        assert mine.grad is not None, "no gradient reached the logits"
-        error = (mine.grad - reference.grad).abs().max().item()
-        assert error < 1e-12, (
-            f"d loss / d logits (reduction={reduction!r}) differs from cross-entropy's by {error:.3g}: "
-            "the last position predicts nothing, so its logits get no gradient"
-        )
+        for layout in ("contiguous", "non-contiguous"):
+            mine, reference, these = logits.clone().requires_grad_(), logits.clone().requires_grad_(), labels
+            if layout == "non-contiguous":
+                mine = mine.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+                these = labels.T.contiguous().T
+            call = f"causal_lm_loss({layout} logits and labels, reduction={reduction!r})"
+            try:
+                loss = loss_value(causal_lm_loss(mine, these, reduction=reduction), "causal_lm_loss")
+            except NotImplementedError:
+                raise
+            except RuntimeError as error:
+                if layout == "contiguous":
+                    raise
+                raise AssertionError(
+                    f"{call} raised RuntimeError ({str(error)[:80]}), expected a loss"
+                    + (": .view() needs contiguous memory, use .reshape()" if "view" in str(error) else "")
+                ) from None
+            assert loss.requires_grad, f"{call} is detached from the logits: no .item()"
+            loss.backward()
+            reference_loss(reference, these, reduction).backward()
+            assert mine.grad is not None, f"{call}: no gradient reached the logits"
+            error = (mine.grad - reference.grad).abs().max().item()
+            assert error < 1e-12, (
+                f"d loss / d logits of {call} differs from cross-entropy's by {error:.3g}: "
+                "the last position predicts nothing, so its logits get no gradient"
+            )
 
 
 # What the logits of a position without a target may hold: "nan" a fully masked attention row's, "-inf" a vocabulary
@@ -652,13 +666,23 @@ def lrs_of(make_schedule, total: int, lr: float = 0.5) -> list[float]:
 @pytest.mark.points(1)
 @pytest.mark.subject("cosine_with_warmup")
 def test_schedule_refuses_impossible_steps(cosine_with_warmup):
-    def optimizer() -> torch.optim.SGD:
-        return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-
+    # one optimizer through every refused call: a refusal leaves the caller's optimizer as it was (its lr, no
+    # initial_lr added), so the scheduler must not be built before the arguments are checked
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     for warmup, total in ((11, 10), (-1, 10), (0, 0), (1, 0)):
-        expect_value_error(
-            lambda warmup=warmup, total=total: cosine_with_warmup(optimizer(), warmup, total),
-            f"cosine_with_warmup(warmup_steps={warmup}, total_steps={total})",
+        call = f"cosine_with_warmup(warmup_steps={warmup}, total_steps={total})"
+        before = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        expect_value_error(lambda warmup=warmup, total=total: cosine_with_warmup(optimizer, warmup, total), call)
+        after = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        changed = {
+            key: (b.get(key, "absent"), a.get(key, "absent"))
+            for b, a in zip(before, after, strict=True)
+            for key in sorted({*b, *a})
+            if b.get(key, "absent") != a.get(key, "absent")
+        }
+        assert not changed, (
+            f"{call} raised but changed the optimizer's param_groups (key: (before, after)) {changed}: validate the "
+            "arguments before building the LambdaLR (building it sets lr to lr_lambda(0) and adds initial_lr)"
         )
 
 
@@ -933,6 +957,68 @@ def test_returns_the_windows_mean_token_loss(train_step, with_scaler):
     raise AssertionError(
         f"train_step{path} returned {returned:.6g}, expected the window's mean token loss {expected:.6g}"
         + (f": it returned {cause}" if cause else ": every token loss of the window over its label tokens")
+    )
+
+
+def non_contiguous_logits(model: TinyLM) -> None:
+    """From now on the model returns its logits non-contiguous (a transpose's layout, as some models' heads give
+    them), with the same values: a .view() over (batch * seq, vocab) raises on them."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> object:
+        logits = output if isinstance(output, torch.Tensor) else output.logits
+        strided = logits.transpose(0, 1).contiguous().transpose(0, 1)
+        return strided if isinstance(output, torch.Tensor) else type(output)(strided, output.loss)
+
+    model.register_forward_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("with_scaler", SCALER_PATHS)
+def test_a_window_edited_in_place_is_read_afresh_and_non_contiguous_logits_taken(train_step, with_scaler):
+    """A training loop may refill the same tensors for every window: each call counts the window's targets and
+    reads its ids anew. The model returns non-contiguous logits throughout."""
+    window = unequal_window()
+    grad_scaler, path = on_the_path(with_scaler)
+    first = rig()
+    non_contiguous_logits(first.model)
+    what = f"a model returning non-contiguous logits{path}"
+    try:
+        train_step(first.model, window, first.optimizer, first.scheduler, None, grad_scaler)
+    except NotImplementedError:
+        raise
+    except RuntimeError as error:
+        raise AssertionError(
+            f"train_step on {what} raised RuntimeError ({str(error)[:80]}), expected a step"
+            + (": .view() needs contiguous memory, use .reshape() or .flatten()" if "view" in str(error) else "")
+        ) from None
+    stale = sum(map(targets, window))
+    with torch.no_grad():  # the caller refills the same tensors: fewer targets, other ids
+        window[1]["labels"][:, :3] = IGNORE
+        window[2]["labels"][:, 4:] = IGNORE
+        for batch in window:
+            batch["input_ids"].add_(1).remainder_(VOCAB)
+    fresh = sum(map(targets, window))
+    r = rig()
+    non_contiguous_logits(r.model)
+    expected, mistakes = expected_and_mistakes(r.model, window, None)
+    per_batch = [batch_grads(r.model, batch) for batch in window]
+    mistakes[
+        f"the gradients were divided by {stale} targets, the count before the labels were edited in place: count "
+        "the window's targets anew at every call (no cache per tensor)"
+    ] = combine(per_batch, [1 / stale] * len(window))
+    expected_loss = window_loss(r.model, window)
+    grad_scaler, path = on_the_path(with_scaler)  # a fresh scaler for the second call
+    returned = train_step(r.model, window, r.optimizer, r.scheduler, None, grad_scaler)
+    edited = f"a window edited in place after a first call ({fresh} targets), {what}"
+    expect_handed(r, expected, mistakes, EXACT, edited)
+    assert math.isclose(returned, expected_loss, rel_tol=1e-9), (
+        f"train_step on a window edited in place after a first call returned {returned:.6g}, expected "
+        f"{expected_loss:.6g} (its {fresh} targets now, {what}): "
+        + (
+            f"divided by the {stale} targets before the edit: count the targets anew at every call"
+            if math.isclose(returned, expected_loss * fresh / stale, rel_tol=1e-9)
+            else "read the window's labels and ids anew at every call"
+        )
     )
 
 

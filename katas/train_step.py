@@ -80,7 +80,8 @@ def cosine_with_warmup(
 
     Raises:
         ValueError: warmup_steps < 0, total_steps < 1, or warmup_steps > total_steps (transformers does
-            not check).
+            not check). Raised before touching ``optimizer``: a refused call leaves its param_groups as
+            they were (building a LambdaLR sets every lr to ``lr_lambda(0)`` and adds ``initial_lr``).
     """
     raise NotImplementedError("kata train_step: write cosine_with_warmup (spec in its docstring)")
 

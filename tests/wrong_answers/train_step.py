@@ -475,4 +475,38 @@ WRONG_ANSWERS = [
                 "reduction=\"none\")\n"
                 "        loss = (token_losses * (shifted_labels != IGNORE_INDEX).flatten()).sum() / tokens",
                 "test_returns_a_finite_loss_when_the_logits_overflow_at_padding", "inf x 0"),
+    # round 17, red team B
+    WrongAnswer("the schedule built before its steps are checked", KATA,
+                "    " + CHECK_STEPS + "\n        raise ValueError(\n"
+                '            f"need 0 <= warmup_steps <= total_steps and total_steps >= 1, got warmup_steps={warmup_steps}, "\n'
+                '            f"total_steps={total_steps}"\n        )\n\n',
+                "",
+                "test_schedule_refuses_impossible_steps", "changed the optimizer's param_groups",
+                more_edits=(("    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)\n",
+                             "    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)\n"
+                             "    if warmup_steps < 0 or total_steps < 1 or warmup_steps > total_steps:\n"
+                             '        raise ValueError(f"bad steps: warmup_steps={warmup_steps}, total_steps={total_steps}")\n'
+                             "    return scheduler\n"),)),
+    WrongAnswer("each micro-batch's target count cached per labels tensor", KATA, TOKENS,
+                'tokens = sum(_targets(batch["labels"]) for batch in micro_batches)',
+                "test_a_window_edited_in_place_is_read_afresh_and_non_contiguous_logits_taken", "before the labels were edited",
+                more_edits=(("import math\n", "import math\nimport weakref\n"),
+                            ("\n\ndef train_step(",
+                             "\n\n_COUNTS: dict[int, int] = {}\n\n\n"
+                             "def _targets(labels: torch.Tensor) -> int:\n"
+                             "    key = id(labels)  # counted once per tensor, forgotten when it dies\n"
+                             "    if key not in _COUNTS:\n"
+                             "        _COUNTS[key] = int((labels[:, 1:] != IGNORE_INDEX).sum())\n"
+                             "        weakref.finalize(labels, _COUNTS.pop, key, None)\n"
+                             "    return _COUNTS[key]\n\n\n"
+                             "def train_step("),)),
+    WrongAnswer("the summed loss over a flat .view() of the logits", KATA, SHIFT,
+                'if reduction == "sum":  # a flat view of every position, the last one\'s rows dropped\n'
+                "        flat = logits.view(-1, logits.shape[-1])\n"
+                "        rows = torch.arange(flat.shape[0], device=flat.device).view(labels.shape)[:, :-1].reshape(-1)\n"
+                "        flat_targets = labels[:, 1:].reshape(-1).to(flat.device)\n"
+                "        chosen = flat_targets != IGNORE_INDEX\n"
+                '        return F.cross_entropy(flat[rows[chosen]], flat_targets[chosen], reduction="sum")\n'
+                "    " + SHIFT,
+                "test_loss_gradient_reaches_the_logits", "needs contiguous memory"),
 ]  # fmt: skip
