@@ -482,4 +482,10 @@ WRONG_ANSWERS = [
                 "    update = (layer.lora_B.to(accumulate) * root) @ (layer.lora_A.to(accumulate) * root) "
                 "if accumulate != weight.dtype else (layer.lora_B @ layer.lora_A) * layer.scaling",
                 "test_merges_a_negative_alpha_in_every_dtype", "negative alpha"),
+    WrongAnswer("gpt2 layers under a module named base skipped", KATA,
+                "        if isinstance(module, (LoRAConv1D, LoRALinear)) or _inside_an_adapter(model, name):",
+                '        if isinstance(module, (LoRAConv1D, LoRALinear)) or _inside_an_adapter(model, name) or (\n'
+                '            "base" in name.split(".")\n'
+                "        ):",
+                "test_adapts_exactly_the_conv1d_and_linear_layers_named", "never by name"),
 ]  # fmt: skip
