@@ -37,6 +37,9 @@ from grader.probes import (
     DROP_OUT,
     DROP_R,
     DROPOUT,
+    EXACT_IN,
+    EXACT_OUT,
+    EXACT_R,
     FLOAT32_ROUNDING_IN_FLOAT64,
     FLOAT_DTYPES,
     FROZEN_BEFORE_MERGING,
@@ -59,6 +62,7 @@ from grader.probes import (
     expect_a_fractional_alpha_kept,
     expect_alpha_as_given,
     expect_centred,
+    expect_dropout_drawn_from_torchs_rng,
     expect_dropout_like_nn_dropout,
     expect_dropout_like_nn_dropout_in_its_dtype,
     expect_exactly_the_base,
@@ -571,6 +575,17 @@ def test_dropout_is_nn_dropouts_in_every_dtype(LoRAConv1D, dtype):
         zero.bias.zero_()
     layer = LoRAConv1D(zero, r=SELECT_R, alpha=float(SELECT_R), dropout=DROPOUT)
     expect_dropout_like_nn_dropout_in_its_dtype(layer, DROPOUT)
+
+
+@pytest.mark.points(1)
+def test_dropout_masks_come_from_torchs_rng(LoRAConv1D):
+    """As nn.Dropout: two layers draw independent masks; torch.manual_seed reproduces a mask, another seed another."""
+
+    def make() -> tuple[nn.Module, nn.Module]:
+        conv = conv1d_twin(nn.Linear(EXACT_IN, EXACT_OUT))
+        return LoRAConv1D(conv, r=EXACT_R, alpha=float(EXACT_R), dropout=DROPOUT), conv
+
+    expect_dropout_drawn_from_torchs_rng(make, DROPOUT)
 
 
 @pytest.mark.points(1)

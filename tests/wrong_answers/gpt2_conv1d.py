@@ -488,4 +488,12 @@ WRONG_ANSWERS = [
                 '            "base" in name.split(".")\n'
                 "        ):",
                 "test_adapts_exactly_the_conv1d_and_linear_layers_named", "never by name"),
+    WrongAnswer("LoRAConv1D dropout masks from a generator seeded at construction", KATA, "self.dropout = nn.Dropout(dropout)",
+                "self.dropout = nn.Dropout(dropout)\n"
+                "        self.generator = torch.Generator(base.weight.device).manual_seed(0)  # reproducible dropout",
+                "test_dropout_masks_come_from_torchs_rng", "torch's global RNG",
+                more_edits=(("down = F.linear(self.dropout(x), self.lora_A) * self.scaling",
+                             "keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.dropout.p\n"
+                             "        dropped = x * keep.to(x.dtype) / (1 - self.dropout.p) if self.training else x\n"
+                             "        down = F.linear(dropped, self.lora_A) * self.scaling"),)),
 ]  # fmt: skip
