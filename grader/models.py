@@ -304,6 +304,20 @@ class GatedGateFirst(Gated):
         self.up_proj, self.down_proj = up_proj, _linear(HIDDEN, CLASSES)
 
 
+class Wrapped(nn.Module):
+    """A backbone held by a wrapper as ``base`` (a value head around a model), beside layers named like an adapter's
+    own parts (``lora_A``, ``dropout.lora_B``): a name says nothing about lying inside an adapter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = Nested()
+        self.lora_A = _linear(CLASSES, CLASSES)
+        self.dropout = nn.Sequential(OrderedDict(lora_B=_linear(CLASSES, CLASSES)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(torch.tanh(self.lora_A(self.base(x))))
+
+
 MODEL_ZOO = {
     "nested": Nested,
     "tied": Tied,
@@ -312,6 +326,7 @@ MODEL_ZOO = {
     "gated": Gated,
     "reused-block-first": ReusedBlockFirst,
     "gated-gate-first": GatedGateFirst,
+    "wrapped": Wrapped,
 }
 
 

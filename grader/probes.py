@@ -1567,3 +1567,49 @@ def expect_the_base_dtype_under_every_default_dtype(
             except RuntimeError as error:
                 message = str(error).splitlines()[0][:160]
                 pytest.fail(f"{regime}: building it or its forward raised RuntimeError ({message}): {cause}", False)
+
+
+def _dropout_mask(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Which adapter inputs one train-mode call of ``layer`` (as ``expect_dropout_drawn_from_torchs_rng`` set it up)
+    zeroed: the output is the adapter's input after dropout, padded with zeros."""
+    with torch.no_grad():
+        return layer.train()(x)[..., :EXACT_IN] == 0
+
+
+def expect_dropout_drawn_from_torchs_rng(make: Callable[[], tuple[nn.Module, nn.Module]], p: float = DROPOUT) -> None:
+    """Fail the check unless the masks of layers built by ``make`` (a fresh (layer, its base) on each call: dropout
+    ``p``, r = alpha = EXACT_R, EXACT_IN -> EXACT_OUT, float32) come from torch's global RNG, as nn.Dropout's do: two
+    layers called one after the other draw different masks, torch.manual_seed(s) before a call reproduces its mask,
+    and another seed gives another mask (no private generator, no seed fixed at construction)."""
+    layers = [make() for _ in range(2)]
+    for layer, base in layers:
+        found = factors(layer, EXACT_IN, EXACT_OUT, EXACT_R)
+        with torch.no_grad():
+            for parameter in base.parameters():
+                parameter.zero_()
+            found.A.copy_(torch.eye(EXACT_R, EXACT_IN))
+            found.B.copy_(torch.eye(EXACT_OUT, EXACT_R))
+    (first, _), (second, _) = layers
+    where = f"two {type(first).__name__}s with dropout={p} in train mode"
+    x = (1 + torch.rand(64, EXACT_IN)) * torch.randn(64, EXACT_IN).sign()
+    with torch.random.fork_rng(devices=[]):  # the re-seeding below leaves the check's random stream as it was
+        torch.manual_seed(1234)
+        masks = [_dropout_mask(first, x), _dropout_mask(second, x)]
+        torch.manual_seed(1234)
+        again = _dropout_mask(first, x)
+        torch.manual_seed(4321)
+        other = _dropout_mask(first, x)
+    private = "draw masks from torch's global RNG (nn.Dropout, F.dropout), not from a generator of the layer's own"
+    assert not torch.equal(*masks), (
+        f"{where}, called one after the other on the same batch, zeroed the very same {x.numel()} adapter inputs, "
+        f"expected independent masks: every layer replays one mask sequence (a generator seeded at construction?): "
+        + private
+    )
+    assert torch.equal(again, masks[0]), (
+        f"{where}: torch.manual_seed(1234) before a call did not reproduce its dropout mask, as it does for "
+        f"nn.Dropout: the mask ignores torch's seed: " + private
+    )
+    assert not torch.equal(other, masks[0]), (
+        f"{where}: torch.manual_seed(1234) and torch.manual_seed(4321) gave the very same dropout mask, expected "
+        f"another mask for another seed: the mask ignores torch's seed: " + private
+    )

@@ -409,6 +409,7 @@ ZOO_CASES = [  # (model, targets): every layer one of whose names matches (named
     # The inner target listed first (its alias gate registered before up_proj): the outcome is that of any order.
     ("gated-gate-first", ("up_proj", "gate")),
     ("gated-gate-first", ("gate",)),  # the inner layer alone: wrapped, under both its names (or one)
+    ("wrapped", ("q_proj", "lora_A", "lora_B")),  # a backbone named base, layers named like an adapter's own parts
 ]
 
 
@@ -465,6 +466,8 @@ def test_adapts_the_model_zoo(apply_lora, LoRALinear, model_name, targets):
     subclassed = [name for name in missed if type(expected[name]) is not nn.Linear]
     inner = [(name, outer) for name in wrong for outer in sorted(allowed) if name.startswith(outer + ".")]
     # or a name, outside it, of a layer inside it (an alias registered before the outer target, listed first)
+    own_parts = {n.split(".")[0] for n in factor_names(LoRALinear)} | {"base", "lora_A", "lora_B", "dropout"}
+    parts = [(name, part) for name in missed for part in name.split(".") if part in own_parts]
     inner = inner or [
         (f"{name} (a name of {held_by[name]}'s inner layer)", held_by[name]) for name in wrong if name in held_by
     ]
@@ -478,6 +481,10 @@ def test_adapts_the_model_zoo(apply_lora, LoRALinear, model_name, targets):
         else f"{missed[0]} is a second name of a layer that named_modules() lists once, under "
         f"{names_of[id(expected[missed[0]])][0]}: match every name, as named_modules(remove_duplicate=False) lists them"
         if missed and missed[0] not in listed_once
+        else f"{parts[0][0]} was skipped for its name part {parts[0][1]!r}, as if inside an adapter: a model's own "
+        "modules may be named like an adapter's parts; find the layers inside adapters by identity (the modules of "
+        "each LoRALinear), never by name"
+        if parts
         else matching_cause(tuple(targets), wrong, missed, adapted_none=not found)
     )
     assert not missed and not wrong, (

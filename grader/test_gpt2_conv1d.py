@@ -37,6 +37,9 @@ from grader.probes import (
     DROP_OUT,
     DROP_R,
     DROPOUT,
+    EXACT_IN,
+    EXACT_OUT,
+    EXACT_R,
     FLOAT32_ROUNDING_IN_FLOAT64,
     FLOAT_DTYPES,
     FROZEN_BEFORE_MERGING,
@@ -59,6 +62,7 @@ from grader.probes import (
     expect_a_fractional_alpha_kept,
     expect_alpha_as_given,
     expect_centred,
+    expect_dropout_drawn_from_torchs_rng,
     expect_dropout_like_nn_dropout,
     expect_dropout_like_nn_dropout_in_its_dtype,
     expect_exactly_the_base,
@@ -574,6 +578,17 @@ def test_dropout_is_nn_dropouts_in_every_dtype(LoRAConv1D, dtype):
 
 
 @pytest.mark.points(1)
+def test_dropout_masks_come_from_torchs_rng(LoRAConv1D):
+    """As nn.Dropout: two layers draw independent masks; torch.manual_seed reproduces a mask, another seed another."""
+
+    def make() -> tuple[nn.Module, nn.Module]:
+        conv = conv1d_twin(nn.Linear(EXACT_IN, EXACT_OUT))
+        return LoRAConv1D(conv, r=EXACT_R, alpha=float(EXACT_R), dropout=DROPOUT), conv
+
+    expect_dropout_drawn_from_torchs_rng(make, DROPOUT)
+
+
+@pytest.mark.points(1)
 @pytest.mark.parametrize(
     "arguments", [*INVALID_ARGUMENTS, {"r": 2.5}, {"r": 2.0}], ids=arguments_id
 )  # r is "an int >= 1": 2.0 is a float, even if a whole one
@@ -653,7 +668,32 @@ def own_classifier() -> nn.Module:
     return with_own_layer_classes(gpt2(classifier=True))
 
 
-GPT2_MODELS = {"GPT2LMHeadModel": lambda: gpt2(n_layer=12), "own classes": own_classifier}
+class ValueHead(nn.Module):
+    """A GPT-2 held by a wrapper as ``base`` (a value head or reward model around the LM), beside a layer named like
+    an adapter's factor (``lora_A``): a name says nothing about lying inside an adapter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = gpt2()
+        self.lora_A = nn.Linear(self.base.config.n_embd, 1)
+
+
+ADAPTER_PARTS = ("base", "lora_A", "lora_B", "dropout")  # what an adapter calls its own parts; models may too
+
+
+def named_like_adapter_parts(missed: list[str]) -> str:
+    """The cause of missing layers one of whose name parts an adapter uses for its own (``base``), or ""."""
+    parts = [(name, part) for name in missed for part in name.split(".") if part in ADAPTER_PARTS]
+    if not parts:
+        return ""
+    return (
+        f"{parts[0][0]} was skipped for its name part {parts[0][1]!r}, as if inside an adapter: a model's own modules "
+        "may be named like an adapter's parts (a wrapper holding GPT-2 as base); find the layers inside adapters by "
+        "their type (a LoRA layer above them), never by name"
+    )
+
+
+GPT2_MODELS = {"GPT2LMHeadModel": lambda: gpt2(n_layer=12), "own classes": own_classifier, "wrapped": ValueHead}
 TARGET_CASES = [
     ("GPT2LMHeadModel", ATTENTION),
     ("GPT2LMHeadModel", ("c_proj",)),  # attn.c_proj and mlp.c_proj
@@ -663,6 +703,8 @@ TARGET_CASES = [
     ("GPT2LMHeadModel", ["transformer.h.11.mlp.c_proj"]),  # a whole qualified name
     ("GPT2LMHeadModel", ("c_attn", "q_proj")),  # q_proj names nothing in GPT-2: no error, as c_attn matches
     ("own classes", ("c_fc", "score")),  # subclasses of Conv1D and nn.Linear, an nn.Linear that is not lm_head
+    ("wrapped", ("c_attn",)),  # a GPT-2 held as base by a wrapper: base.transformer.h.0.attn.c_attn is a target
+    ("wrapped", ("c_proj", "lora_A")),  # and a layer of the wrapper's named like an adapter's factor
 ]
 SUBCLASSES = "a subclass of Conv1D or nn.Linear is one (models define their own): test isinstance, not type(m)"
 
@@ -700,10 +742,11 @@ def test_adapts_exactly_the_conv1d_and_linear_layers_named(
         cause = "raise only when nothing matches; a target that names no layer is no error while another one does"
         if all(kind not in (Conv1D, nn.Linear) for kind in kinds.values()):
             cause = SUBCLASSES
+        cause = named_like_adapter_parts(sorted(expected)) or cause
         pytest.fail(f"{call} raised ValueError ({error}) though {len(expected)} layers match: {cause}", pytrace=False)
     found = set(adapters(model, LoRAConv1D, LoRALinear))
     wrong, missed = sorted(found - expected), sorted(expected - found)
-    cause = missed_cause(missed, kinds, Conv1D)
+    cause = named_like_adapter_parts(missed) or missed_cause(missed, kinds, Conv1D)
     if not cause:
         cause = "match a name when it equals a target or ends with '.' + target"
         if any(t in name for name in wrong for t in targets):

@@ -42,6 +42,7 @@ from grader.probes import (
     expect_alpha_as_given,
     expect_base_precision,
     expect_centred,
+    expect_dropout_drawn_from_torchs_rng,
     expect_exactly_the_base,
     expect_following_base_swaps,
     expect_following_its_base_after_to,
@@ -653,6 +654,17 @@ def test_dropout_acts_as_nn_dropout_in_every_dtype(LoRALinear, device, dtype):
         expect_a_fraction_p_zeroed(multipliers, DROPOUT)
     except AssertionError as error:
         raise AssertionError(f"a {dtype_name(dtype)} LoRALinear on {device}: {error}") from None
+
+
+@pytest.mark.points(1)
+def test_dropout_masks_come_from_torchs_rng(LoRALinear):
+    """As nn.Dropout: two layers draw independent masks; torch.manual_seed reproduces a mask, another seed another."""
+
+    def make() -> tuple[nn.Module, nn.Module]:
+        base = nn.Linear(EXACT_IN, EXACT_OUT)
+        return LoRALinear(base, EXACT_R, float(EXACT_R), DROPOUT), base
+
+    expect_dropout_drawn_from_torchs_rng(make, DROPOUT)
 
 
 @pytest.mark.points(1)

@@ -228,4 +228,7 @@ WRONG_ANSWERS = [
                 "            held.update(id(inner) for inner in list(module.modules())[1:])\n"
                 "    matched = kept\n",
                 "test_adapts_the_model_zoo", "adapt the outer target only"),
+    WrongAnswer("layers under a module named base skipped", KATA, MATCH,
+                'return "base" not in name.split(".") and ' + MATCH.removeprefix("return "),
+                "test_adapts_the_model_zoo", "never by name"),
 ]  # fmt: skip

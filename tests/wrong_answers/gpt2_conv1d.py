@@ -482,4 +482,18 @@ WRONG_ANSWERS = [
                 "    update = (layer.lora_B.to(accumulate) * root) @ (layer.lora_A.to(accumulate) * root) "
                 "if accumulate != weight.dtype else (layer.lora_B @ layer.lora_A) * layer.scaling",
                 "test_merges_a_negative_alpha_in_every_dtype", "negative alpha"),
+    WrongAnswer("gpt2 layers under a module named base skipped", KATA,
+                "        if isinstance(module, (LoRAConv1D, LoRALinear)) or _inside_an_adapter(model, name):",
+                '        if isinstance(module, (LoRAConv1D, LoRALinear)) or _inside_an_adapter(model, name) or (\n'
+                '            "base" in name.split(".")\n'
+                "        ):",
+                "test_adapts_exactly_the_conv1d_and_linear_layers_named", "never by name"),
+    WrongAnswer("LoRAConv1D dropout masks from a generator seeded at construction", KATA, "self.dropout = nn.Dropout(dropout)",
+                "self.dropout = nn.Dropout(dropout)\n"
+                "        self.generator = torch.Generator(base.weight.device).manual_seed(0)  # reproducible dropout",
+                "test_dropout_masks_come_from_torchs_rng", "torch's global RNG",
+                more_edits=(("down = F.linear(self.dropout(x), self.lora_A) * self.scaling",
+                             "keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.dropout.p\n"
+                             "        dropped = x * keep.to(x.dtype) / (1 - self.dropout.p) if self.training else x\n"
+                             "        down = F.linear(dropped, self.lora_A) * self.scaling"),)),
 ]  # fmt: skip

@@ -428,4 +428,12 @@ WRONG_ANSWERS = [
     WrongAnswer("factors in the default dtype for a float32 base", KATA, PLACE,
                 '{"device": base.weight.device, "dtype": None if base.weight.dtype == torch.float32 else base.weight.dtype}',
                 "test_factors_follow_the_base_dtype_not_the_default_one", "set_default_dtype"),
+    WrongAnswer("dropout masks from a generator seeded at construction", KATA, "self.dropout = nn.Dropout(dropout)",
+                "self.dropout = nn.Dropout(dropout)\n"
+                "        self.generator = torch.Generator(base.weight.device).manual_seed(0)  # reproducible dropout",
+                "test_dropout_masks_come_from_torchs_rng", "torch's global RNG",
+                more_edits=(("down = F.linear(self.dropout(x), self.lora_A) * self.scaling",
+                             "keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.dropout.p\n"
+                             "        dropped = x * keep.to(x.dtype) / (1 - self.dropout.p) if self.training else x\n"
+                             "        down = F.linear(dropped, self.lora_A) * self.scaling"),)),
 ]  # fmt: skip
