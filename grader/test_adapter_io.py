@@ -219,12 +219,22 @@ def read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         pytest.fail(f"{WEIGHTS} is not a safetensors file ({error}): write it with safetensors.torch.save_file")
 
 
+# peft's files of a causal LM, as users save them (LoraConfig(task_type="CAUSAL_LM") on a hub model), hold keys a
+# plain nn.Module's do not: "task_type": "CAUSAL_LM", "base_model_name_or_path", "auto_mapping": null. The model is
+# the same plain model: load_adapter reads them as any (only save_adapter leaves task_type out). kind: the hub name.
+CAUSAL_LMS = {"llama": "meta-llama/Llama-3.2-1B", "gpt2": "openai-community/gpt2"}
+
+
 def peft_saved(kind: str, directory: Path, r: int = R, alpha=ALPHA, **options) -> tuple[nn.Module, nn.Module]:
     """(a plain model, a peft model of a copy of it with random factors of rank ``r`` and lora_alpha ``alpha``, whose
     save_pretrained wrote ``directory``)."""
     model = plain(kind)
     names = options.pop("target_modules", None) or target_names(kind, model)
-    oracle = peft_model(copy.deepcopy(model), names, r, alpha, fan_in_fan_out=kind.startswith("gpt2"), **options)
+    copied = copy.deepcopy(model)
+    if kind in CAUSAL_LMS:  # as users save a causal LM's adapter: its task_type, the base model's hub name
+        options = {"task_type": "CAUSAL_LM", **options}
+        copied.name_or_path = copied.config._name_or_path = CAUSAL_LMS[kind]
+    oracle = peft_model(copied, names, r, alpha, fan_in_fan_out=kind.startswith("gpt2"), **options)
     randomize(oracle, std=0.2)
     with quiet():
         oracle.save_pretrained(str(directory), save_embedding_layers=SAVE_EMBEDDINGS)
@@ -254,6 +264,7 @@ def loaded(load_adapter, model: nn.Module, directory: Path | str, what: str = ""
                 ": its layers are the model's own subclasses of Conv1D and nn.Linear, which peft adapts: are they told "
                 "by isinstance, not type(m)?"
             )
+        hint = hint or refused_for_the_task_type(load_adapter, model, directory, error)
         pytest.fail(f"{what}: load_adapter refused them ({str(error)[:160]}){hint}", pytrace=False)
     except KeyError as error:
         if not what:
@@ -265,6 +276,33 @@ def loaded(load_adapter, model: nn.Module, directory: Path | str, what: str = ""
         )
     assert returned is model, f"load_adapter returned {describe(returned)}, expected the model itself, adapted in place"
     return model
+
+
+def refused_for_the_task_type(load_adapter, model: nn.Module, directory: Path | str, error: ValueError) -> str:
+    """The cause of a refusal of peft's files with a task_type, when it is that key: the same files with task_type
+    null load (tried on a copy of the model), or the message names it; else ""."""
+    import tempfile
+
+    config = read_config(Path(directory))
+    task_type = config.get("task_type")
+    if task_type is None:
+        return ""
+    with tempfile.TemporaryDirectory() as other:
+        (Path(other) / WEIGHTS).write_bytes((Path(directory) / WEIGHTS).read_bytes())
+        (Path(other) / CONFIG).write_text(json.dumps(config | {"task_type": None, "auto_mapping": None}))
+        try:
+            load_adapter(copy.deepcopy(model), other)
+        except Exception:  # refused for another reason too (or the model was spoilt): only the message may say
+            if "task_type" not in str(error) and str(task_type) not in str(error):
+                return ""
+            else_loads = ""
+        else:
+            else_loads = ", and loads the same files with task_type null"
+    return (
+        f": the config says task_type {task_type!r}, as peft writes for a causal LM (LoraConfig(task_type=...)), "
+        f"expected it loaded like any{else_loads}: the task_type only names the class peft wraps the model in; the "
+        "layers and tensors are the same: ignore it (only save_adapter leaves it out)"
+    )
 
 
 # save_adapter, read by peft.

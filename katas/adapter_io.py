@@ -57,7 +57,8 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     """Put the adapters saved in ``directory`` on ``model`` (a plain model, in place) and return ``model``.
 
     It reads what ``save_adapter`` writes and what ``PeftModel.save_pretrained`` writes (its config holds about
-    40 keys: ignore those you do not need; with an adapted ``lm_head`` peft saves its weight too unless given
+    40 keys: ignore those you do not need, ``task_type`` among them: peft's files of a causal LM say
+    ``"CAUSAL_LM"``, and load like any; with an adapted ``lm_head`` peft saves its weight too unless given
     ``save_embedding_layers=False``, and such a file holds a tensor the model has no place for):
         - The layers to adapt are the ``nn.Linear`` (and ``Conv1D``) modules, subclasses of them included, that
           the config's ``target_modules`` names as peft matches them: a list matches a qualified name equal to an

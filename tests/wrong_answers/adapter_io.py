@@ -391,4 +391,9 @@ WRONG_ANSWERS = [
                 "    settings = {(layer.r, float(layer.alpha)) for layer in layers.values()}",
                 "    settings = {(layer.r, layer.scaling * layer.r) for layer in layers.values()}  # peft's alpha",
                 "test_config_says_alpha_as_given_whatever_the_rank", "0.8999999999999999"),
+    # Round 17, team C.
+    WrongAnswer("load refuses a config with a task_type (save's no-task_type rule copied over to load)", KATA,
+                CHECK, CHECK + '    if config.get("task_type") is not None:  # save writes none: refuse one that has it\n'
+                '        raise ValueError(f"load_adapter: task_type {config[\'task_type\']!r} is not supported")\n',
+                "test_loads_what_peft_saves_and_computes_what_peft_does", "loads the same files with task_type null"),
 ]  # fmt: skip
