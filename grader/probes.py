@@ -1060,6 +1060,17 @@ def expect_dropout_like_nn_dropout(layer: nn.Module, linear: nn.Linear, p: float
 EXACT_IN, EXACT_R, EXACT_OUT = 6, 8, 12
 
 
+def show_the_dropped_inputs(layer: nn.Module, base: nn.Module) -> None:
+    """Set ``layer`` (r = alpha = EXACT_R on ``base``, EXACT_IN -> EXACT_OUT) up so that its output is the adapter's
+    input after dropout, padded with zeros: the base zeroed, A = [I; 0], B = [I; 0]."""
+    found = factors(layer, EXACT_IN, EXACT_OUT, EXACT_R)
+    with torch.no_grad():
+        for parameter in base.parameters():
+            parameter.zero_()
+        found.A.copy_(torch.eye(EXACT_R, EXACT_IN))
+        found.B.copy_(torch.eye(EXACT_OUT, EXACT_R))
+
+
 def exact_dropout_multipliers(layer: nn.Module, base: nn.Module, p: float = DROPOUT) -> torch.Tensor:
     """What train-mode dropout multiplied each adapter input of ``layer`` by, in its base's dtype and device (half
     precision too), over one call in each of DROP_REGIMES on one batch: shape (calls, *DROP_SHAPE, EXACT_IN), exactly 0
@@ -1071,12 +1082,7 @@ def exact_dropout_multipliers(layer: nn.Module, base: nn.Module, p: float = DROP
     weight = base.weight
     dtype, device = weight.dtype, weight.device
     tolerance = RELATIVE_TOLERANCE[dtype]
-    found = factors(layer, EXACT_IN, EXACT_OUT, EXACT_R)
-    with torch.no_grad():
-        for parameter in base.parameters():
-            parameter.zero_()
-        found.A.copy_(torch.eye(EXACT_R, EXACT_IN))
-        found.B.copy_(torch.eye(EXACT_OUT, EXACT_R))
+    show_the_dropped_inputs(layer, base)
     x = ((1 + torch.rand(*DROP_SHAPE, EXACT_IN)) * torch.randn(*DROP_SHAPE, EXACT_IN).sign()).to(device, dtype)
     upstream = torch.randn(*DROP_SHAPE, EXACT_OUT).to(device, dtype)
     calls = [_train_mode_change(layer, base, x, *regime, upstream) for regime in DROP_REGIMES]
@@ -1583,12 +1589,7 @@ def expect_dropout_drawn_from_torchs_rng(make: Callable[[], tuple[nn.Module, nn.
     and another seed gives another mask (no private generator, no seed fixed at construction)."""
     layers = [make() for _ in range(2)]
     for layer, base in layers:
-        found = factors(layer, EXACT_IN, EXACT_OUT, EXACT_R)
-        with torch.no_grad():
-            for parameter in base.parameters():
-                parameter.zero_()
-            found.A.copy_(torch.eye(EXACT_R, EXACT_IN))
-            found.B.copy_(torch.eye(EXACT_OUT, EXACT_R))
+        show_the_dropped_inputs(layer, base)
     (first, _), (second, _) = layers
     where = f"two {type(first).__name__}s with dropout={p} in train mode"
     x = (1 + torch.rand(64, EXACT_IN)) * torch.randn(64, EXACT_IN).sign()
