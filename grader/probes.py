@@ -198,6 +198,37 @@ def rounded_once_from_float64(measured: torch.Tensor, exact: torch.Tensor) -> bo
     return torch.equal(measured.detach(), exact.to(measured.dtype))
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+HALF_MERGE_MISMATCH = 0.01  # of a half-precision merge's weights, the float32 sum rounds the other way near a midpoint
+MERGED_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}  # float64's relative to the sum's largest entry
+
+
+def expect_merged_weight(merged: torch.Tensor, exact: torch.Tensor, where: str, cause: str, hint: str = "") -> None:
+    """A merged weight against ``exact``, W + scaling B @ A computed in float64, by the merged weight's own dtype: in
+    fp16/bf16 under 1% of the entries differ from ``exact`` rounded once (W, A and B upcast to float32, summed there,
+    cast back once); float32 within 1e-5; float64 within 1e-12 of the sum's largest entry (float32 is 1e-7 off).
+    The verdict names ``where``, then the likely cause (a NaN weight first, then ``hint``), then ``cause``."""
+    new = merged.detach()
+    assert new.shape == exact.shape, f"{where}: the weight is {tuple(new.shape)}, expected {tuple(exact.shape)}"
+    dtype = new.dtype
+    if torch.isnan(new).any():
+        hint = "NaN weights (a sqrt of a negative scaling?): "
+    if dtype in HALF_DTYPES:
+        off = (new != exact.to(dtype)).float().mean().item()
+        assert off < HALF_MERGE_MISMATCH, (
+            f"{where}: {off:.0%} of its weights differ from W + scaling B @ A computed exactly and rounded once, "
+            f"expected under {HALF_MERGE_MISMATCH:.0%}: {hint}{cause}"
+        )
+        return
+    error = max_difference(new, exact)
+    tolerance = MERGED_TOLERANCE[dtype] * (1 + exact.abs().max().item() if dtype == torch.float64 else 1)
+    if not hint and dtype == torch.float64 and error < MERGED_TOLERANCE[torch.float32]:
+        hint = "summed in float32 (a working dtype chosen once for the model?): "
+    assert error <= tolerance, (
+        f"{where} differs from W + scaling B @ A by {error:.3g}, expected under {tolerance:.1g}: {hint}{cause}"
+    )
+
+
 NUDGE_GAIN = 4096.0  # the larger change of x, which float32 resolves, is this many times the nudge
 
 

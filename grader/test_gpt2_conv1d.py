@@ -69,6 +69,7 @@ from grader.probes import (
     expect_following_its_base_after_to,
     expect_instance,
     expect_merged_like_the_adapted,
+    expect_merged_weight,
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
     expect_on_the_base_device_and_dtype,
@@ -1625,21 +1626,9 @@ def test_merges_a_negative_alpha_in_every_dtype(LoRAConv1D, LoRALinear, merge_gp
     with a_merge_of_any_alpha(call):
         merged(merge_gpt2(model))
     for name, expected in exact.items():
-        new = model[name].weight.detach()
-        where = f"{call}: the merged {name}"
-        assert new.shape == expected.shape, f"{where} weight is {tuple(new.shape)}, expected {tuple(expected.shape)}"
-        dtype = new.dtype
-        if dtype in (torch.float16, torch.bfloat16):
-            off = (new != expected.to(dtype)).float().mean().item()
-            error, tolerance, measured = off, 0.01, f"{off:.0%} of its weights differ from"
-        else:
-            error = max_difference(new, expected)
-            tolerance = 1e-12 * (1 + expected.abs().max().item()) if dtype == torch.float64 else 1e-5
-            measured = f"its weight differs by {error:.3g} from"
-        hint = "NaN weights (a sqrt of the negative scaling?): " if torch.isnan(new).any() else ""
-        assert error <= tolerance, (
-            f"{where} ({dtype_name(dtype)}): {measured} W + scaling B @ A, expected under {tolerance:.1g}: {hint}"
-            "a negative alpha is merged as given (scaling = alpha / r < 0), in every dtype"
+        where = f"{call}: the merged {name} ({dtype_name(model[name].weight.dtype)})"
+        expect_merged_weight(
+            model[name].weight, expected, where, "a negative alpha is merged as given (scaling = alpha / r < 0)"
         )
 
 

@@ -17,6 +17,7 @@ from grader.probes import (
     FLOAT_DTYPES,
     FROZEN_BEFORE_MERGING,
     GRAD_MODES,
+    HALF_DTYPES,
     RELATIVE_TOLERANCE,
     UNROUNDED_ALPHA,
     UNROUNDED_R,
@@ -26,6 +27,7 @@ from grader.probes import (
     dtype_name,
     expect_instance,
     expect_merged_like_the_adapted,
+    expect_merged_weight,
     expect_on_the_base_device,
     factors,
     freeze_before_merging,
@@ -394,24 +396,23 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
     assert merged.weight.dtype == dtype and merged.weight.device.type == device, (
         f"merged weight is {merged.weight.dtype} on {merged.weight.device}, expected {dtype} on {device}"
     )
-    rounded_once = exact.to(dtype)
-    off = (merged.weight != rounded_once).float().mean().item()
     half_scaling = torch.tensor(alpha / r, dtype=dtype).double()  # alpha / r rounded to the weight's dtype
     scaled_in_half = (base.weight.double() + half_scaling * found.B.double() @ found.A.double()).to(dtype)
-    rounded_scaling = off >= 0.01 and (merged.weight != scaled_in_half).float().mean().item() < off
-    assert off < 0.01, (
-        f"{off:.0%} of the merged {dtype} weights{where} differ from W + dW computed exactly and rounded once: "
-        + (
-            f"the scaling alpha / r was rounded to {dtype} (W.new_tensor(scaling)?), keep it a Python float: "
-            if rounded_scaling
-            else ""
-        )
-        + "upcast W, A and B to float32, scale and add there, then cast back once"
-        + (
-            ""
-            if alone
-            else " (after a float32 LayerNorm: each layer's own dtype decides, whatever the model's first parameter)"
-        )
+    differing = (merged.weight != exact.to(dtype)).float().mean().item()
+    rounded_scaling = (merged.weight != scaled_in_half).float().mean().item() < differing
+    own_dtype = (
+        ""
+        if alone
+        else " (after a float32 LayerNorm: each layer's own dtype decides, whatever the model's first parameter)"
+    )
+    expect_merged_weight(
+        merged.weight,
+        exact,
+        f"the merged {dtype} weight{where}",
+        f"upcast W, A and B to float32, scale and add there, then cast back once{own_dtype}",
+        f"the scaling alpha / r was rounded to {dtype} (W.new_tensor(scaling)?), keep it a Python float: "
+        if rounded_scaling
+        else "",
     )
     bias = merged.bias
     assert bias is None or base.bias is not None, (
@@ -509,32 +510,10 @@ def test_each_adapter_merges_in_its_own_dtype(LoRALinear, merge_weights, default
         new = merged.weight.detach()
         where = f"{regime}: the merged {dtype_name(dtype)} model[{index}] (alpha {sign * UNROUNDED_ALPHA:g})"
         assert new.dtype == dtype, f"{where} is {new.dtype}, expected {dtype}: keep the base's dtype"
-        hint = ""
-        if torch.isnan(new).any():
-            hint = "NaN weights (a sqrt of a negative scaling?): "
-        elif torch.equal(new.double(), weight):
-            hint = "W alone, the update dropped: "
-        if dtype in (torch.float16, torch.bfloat16):
-            off = (new != expected.to(dtype)).float().mean().item()
-            if not hint and default in (torch.float16, torch.bfloat16):
-                hint = f"summed in torch's default dtype {default}, not float32? "
-            assert off < 0.01, (
-                f"{where}: {off:.0%} of its weights differ from W + scaling B @ A computed exactly and rounded once, "
-                f"expected under 1%: {hint}{OWN_DTYPE}"
-            )
-        else:
-            error = max_difference(new, expected)
-            tolerance = (
-                FLOAT64_TOLERANCE * (1 + expected.abs().max().item() + weight.abs().max().item())
-                if dtype == torch.float64
-                else 1e-5
-            )
-            if not hint and dtype == torch.float64 and error < 1e-5:
-                hint = "summed in float32 (a working dtype chosen once for the model?): "
-            assert error <= tolerance, (
-                f"{where} differs from W + scaling B @ A by {error:.3g}, expected under {tolerance:.1g}: "
-                f"{hint}{OWN_DTYPE}"
-            )
+        hint = "W alone, the update dropped: " if torch.equal(new.double(), weight) else ""
+        if not hint and dtype in HALF_DTYPES and default in HALF_DTYPES:
+            hint = f"summed in torch's default dtype {default}, not float32? "
+        expect_merged_weight(new, expected, where, OWN_DTYPE, hint)
 
 
 ZOO_CASES = {  # id: the zoo model, the part of it the grader adapts before merging (the model: ""), the targets
