@@ -61,6 +61,29 @@ def test_torch_own_wrappers_from_torch_compile_are_no_tampering(tmp_path):
     assert not failed, failed
 
 
+@pytest.mark.parametrize(
+    "slot_names", ["", "        torch.Tensor.__slotnames__ = ['grad']\n"], ids=["python's", "edited"]
+)
+def test_pythons_pickling_cache_is_no_tampering_and_an_edit_of_it_is(tmp_path, slot_names):
+    """Pickling a tensor (torch.save into a buffer, a snapshot) makes CPython's copyreg cache
+    ``Tensor.__slotnames__``: Python's bookkeeping, not the submission's; a value of the submission's own is."""
+    pickled = (
+        (SOLUTIONS / "lora_linear.py")
+        .read_text()
+        .replace(
+            "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n",
+            "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n"
+            "        import io\n\n        torch.save(torch.zeros(2), io.BytesIO())\n" + slot_names,
+        )
+    )
+    assert pickled.count("torch.save") == 1
+    failed = failures(run_grader(implementation_folder(tmp_path / "sub", {"lora_linear": pickled}), ["lora_linear"]))
+    if slot_names:
+        assert any("replaced Tensor.__slotnames__" in message for message in failed.values()), failed
+    else:
+        assert not failed, failed
+
+
 def test_patching_at_call_time_is_caught_after_the_check(tmp_path):
     patched = B_RANDOM.replace(
         "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n",

@@ -29,6 +29,20 @@ LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "saf
 TORCH_MARKERS = frozenset({"___needs_generation_tag_patch"})
 
 
+def pythons_slot_names(cls: type, value: object) -> bool:
+    """Whether ``value`` is the ``__slotnames__`` CPython's copyreg caches on a class the first time one of its
+    instances is pickled (``torch.save``, ``pickle.dumps`` of a tensor): the class's slots, private ones mangled."""
+    names = []
+    for owner in cls.__mro__:
+        slots = owner.__dict__.get("__slots__", ())
+        for name in [slots] if isinstance(slots, str) else slots:
+            if name in ("__dict__", "__weakref__"):
+                continue
+            private = name.startswith("__") and not name.endswith("__")
+            names.append(f"_{owner.__name__.lstrip('_')}{name}" if private else name)
+    return type(value) is list and value == names
+
+
 def library_folders() -> tuple[Path, ...]:
     """The folders of the ``LIBRARIES`` imported so far (only an imported library can have changed torch; looking
     up the others would be an import of theirs to anyone watching the import system)."""
@@ -79,7 +93,8 @@ class ObjectGuard:
 
     A guarded class may gain no attribute (setting ``torch.Tensor.abs`` shadows the C method);
     a guarded module may (torch adds submodules as they are first imported). The oracle libraries' own
-    changes (``done_by_a_library``) and torch's markers (``TORCH_MARKERS``) are adopted, not reported.
+    changes (``done_by_a_library``), torch's markers (``TORCH_MARKERS``) and CPython's pickling cache
+    (``pythons_slot_names``) are adopted, not reported.
     """
 
     def __init__(self) -> None:
@@ -118,7 +133,11 @@ class ObjectGuard:
                     found.append(f"{owner.__name__}.{name}")
             if owner in self.classes:
                 for name in now.keys() - saved.keys():
-                    if name in TORCH_MARKERS or done_by_a_library(now[name], _UNSET, libraries()):
+                    if (
+                        name in TORCH_MARKERS
+                        or (name == "__slotnames__" and pythons_slot_names(owner, now[name]))
+                        or done_by_a_library(now[name], _UNSET, libraries())
+                    ):
                         saved[name] = now[name]
                     else:
                         found.append(f"{owner.__name__}.{name}")
