@@ -1297,6 +1297,81 @@ def expect_following_base_swaps(
             tensor.grad = None
 
 
+def expect_each_adapter_following_its_own_mode(
+    layers: dict[str, nn.Module], x: torch.Tensor, call: str, fix: str
+) -> None:
+    """Fail the check unless each adapter of ``layers`` (by name; dropout on, factors random, modes set per block
+    after the call described by ``call``) drops inputs of ``x`` exactly when it is in train mode itself, as a layer of
+    its own does: a frozen block in eval mode beside trained ones, or one block trained. ``fix`` says how."""
+    with torch.no_grad():
+        drops = {name: max_difference(layer(x), layer(x)) > 0 for name, layer in layers.items()}
+    wrong = [name for name, layer in layers.items() if drops[name] != layer.training]
+    name = next(iter(wrong), "")
+    assert not wrong, (
+        f"{call}: the adapter {name}, in {'train' if layers[name].training else 'eval'} mode, "
+        + ("drops nothing" if layers[name].training else "still drops inputs")
+        + f": each adapter follows its own mode; {fix}, never one dropout module shared by adapters"
+    )
+
+
+def expect_every_layer_in_its_dtype(
+    model: nn.Module, adapt: Callable[[], object], targeted: list[str], call: str, what: str, wrap: str
+) -> None:
+    """Fail the check unless ``adapt()`` (``call`` on ``model``, described by ``what``: a model of several dtypes)
+    leaves every parameter of ``model`` in its dtype and gives each adapter put on a layer of ``targeted`` (their
+    names) parameters in that layer's dtype: ``wrap`` (the adapter's constructor) as it is, no conversion after."""
+    before = {id(p): p.dtype for p in model.parameters()}
+    originals = {name: model.get_submodule(name).weight.dtype for name in targeted}
+    adapt()
+    misplaced = sorted({str(p.dtype) for p in model.parameters() if id(p) in before and p.dtype != before[id(p)]})
+    misplaced += sorted(
+        f"{name}: {p.dtype} (its base {dtype})"
+        for name, dtype in originals.items()
+        for p in model.get_submodule(name).parameters()
+        if p.dtype != dtype
+    )[:1]
+    assert not misplaced, (
+        f"after {call} on {what} some parameters are {misplaced}: leave every layer in its dtype ({wrap} as it is, "
+        "no .float() or .to(...) after the model's first parameter)"
+    )
+
+
+def expect_factor_layers_left_alone(
+    model: nn.Module, originals: set[int], adapter_classes: tuple[type, ...], again: Callable[[list[str]], object],
+    call: str, raised_by_the_call: Callable[[ValueError], bool],
+) -> None:  # fmt: skip
+    """Fail the check unless ``again(names)``, a second apply call on ``model`` whose targets name the factor layers
+    its adapters hold (bias-free nn.Linear submodules, a layout the LoRALinear spec allows; any module not among
+    ``originals``, the ids of the model's modules before the first call, ``call``), wraps nothing there. With raw
+    nn.Parameter factors there is nothing to target, and the check passes. A ValueError the apply function raised
+    itself (``raised_by_the_call``: "nothing matched") is a fair answer."""
+    factor_layers = {
+        name: module
+        for name, module in model.named_modules(remove_duplicate=False)
+        if isinstance(module, nn.Linear) and not isinstance(module, adapter_classes) and id(module) not in originals
+    }
+    if not factor_layers:
+        return  # factors as raw parameters
+    before = dict(model.named_modules(remove_duplicate=False))
+    where = f"{call.split('(')[0]}(model, {sorted(factor_layers)[:2]}...) after {call}"
+    failure: Exception | None = None
+    try:
+        again(sorted(factor_layers))
+    except NotImplementedError:
+        raise
+    except Exception as error:  # a model left half-adapted may raise: what was wrapped tells why
+        failure = error
+    replaced = [name for name, module in before.items() if model.get_submodule(name) is not module]
+    raised = f", then raised {type(failure).__name__}" if failure is not None else ""
+    assert not replaced, (
+        f"{where}: {replaced[:2]} are no longer the modules they were{raised}, expected every one unchanged: "
+        f"{replaced[0]} is a factor layer inside an adapter, and no layer inside an adapter is wrapped (skip every "
+        "module in adapter.modules(), not only those within its base)"
+    )
+    if failure is not None and not (isinstance(failure, ValueError) and raised_by_the_call(failure)):
+        raise failure
+
+
 # Targets that name no layer when compared as strings (a name equal to one, or ending with "." + one), built from two
 # layer names of the model at hand, and that match layers when misread: as glob or regex patterns, stripped of
 # whitespace, split at commas, as peft's "all-linear"; and no target at all. apply_lora's contract, for any model.

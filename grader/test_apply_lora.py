@@ -16,6 +16,9 @@ from grader.models import MODEL_ZOO, WIDTH, ToyTransformer, inputs, matching_lin
 from grader.probes import (
     DEVICES,
     describe,
+    expect_each_adapter_following_its_own_mode,
+    expect_every_layer_in_its_dtype,
+    expect_factor_layers_left_alone,
     expect_instance,
     factors,
     make_a_subclass_instance,
@@ -692,25 +695,13 @@ def test_a_second_call_leaves_factor_layers_alone(apply_lora, LoRALinear):
     model = ToyTransformer()
     originals = {id(module) for module in model.modules()}
     apply_lora(model, ["q_proj"], 2, 4.0)
-    factor_layers = {
-        name: module
-        for name, module in model.named_modules(remove_duplicate=False)
-        if isinstance(module, nn.Linear) and not isinstance(module, LoRALinear) and id(module) not in originals
-    }
-    if not factor_layers:
-        return  # factors as raw parameters
-    before = dict(model.named_modules(remove_duplicate=False))
-    call = f"apply_lora(model, {sorted(factor_layers)[:2]}...) after apply_lora(model, ['q_proj'])"
-    try:
-        apply_lora(model, sorted(factor_layers), 2, 4.0)
-    except ValueError as error:
-        if not raised_by_apply_lora(error):
-            raise
-    replaced = [name for name, module in before.items() if model.get_submodule(name) is not module]
-    assert not replaced, (
-        f"{call}: {replaced[:2]} are no longer the modules they were, expected every one unchanged: {replaced[0]} is "
-        "a factor layer inside an adapter, and no layer inside a LoRALinear is wrapped (skip every module in "
-        "adapter.modules(), not only those within its base)"
+    expect_factor_layers_left_alone(
+        model,
+        originals,
+        (LoRALinear,),
+        lambda names: apply_lora(model, names, 2, 4.0),
+        "apply_lora(model, ['q_proj'])",
+        raised_by_apply_lora,
     )
 
 
@@ -786,18 +777,9 @@ def test_each_adapter_follows_its_own_mode(apply_lora, LoRALinear, last):
     first = "train" if last == "eval" else "eval"
     model.train(first == "train")
     model.layers[0].train(last == "train")
-    x = torch.randn(16, WIDTH)
-    with torch.no_grad():
-        drops = {name: max_difference(layer(x), layer(x)) > 0 for name, layer in layers.items()}
-    wrong = [name for name, layer in layers.items() if drops[name] != layer.training]
-    name = next(iter(wrong), "")
-    assert not wrong, (
-        f"apply_lora(model, {list(DEFAULT_TARGETS)}, dropout=0.5), then model.{first}() and model.layers[0].{last}(): "
-        f"the adapter {name}, in {'train' if layers[name].training else 'eval'} mode, "
-        + ("drops nothing" if layers[name].training else "still drops inputs")
-        + ": each adapter follows its own mode; give each its own LoRALinear(layer, r, alpha, dropout), never one "
-        "dropout module shared by adapters"
-    )
+    call = f"apply_lora(model, {list(DEFAULT_TARGETS)}, dropout=0.5), then model.{first}() and model.layers[0].{last}()"
+    fix = "give each its own LoRALinear(layer, r, alpha, dropout)"
+    expect_each_adapter_following_its_own_mode(layers, torch.randn(16, WIDTH), call, fix)
 
 
 @pytest.mark.points(1)
@@ -807,19 +789,13 @@ def test_adapters_follow_the_model_dtype(apply_lora, LoRALinear, dtype):
     if dtype is None:  # float32 first (model.parameters() starts with the temperature), float64 layers after it
         model.temperature.data = model.temperature.data.float()
     what = f"a {dtype} model" if dtype else "a model whose first parameters are float32, its linears float64"
-    before = {id(p): p.dtype for p in model.parameters()}
-    originals = {name: model.get_submodule(name).weight.dtype for name in matching_linears(model, DEFAULT_TARGETS)}
-    apply_lora(model, DEFAULT_TARGETS, r=2, alpha=4.0)
-    misplaced = sorted({str(p.dtype) for p in model.parameters() if id(p) in before and p.dtype != before[id(p)]})
-    misplaced += sorted(
-        f"{name}: {p.dtype} (its base {originals[name]})"
-        for name, layer in adapters(model, LoRALinear).items()
-        for p in layer.parameters()
-        if p.dtype != originals.get(name, p.dtype)
-    )[:1]
-    assert not misplaced, (
-        f"after apply_lora on {what} some parameters are {misplaced}: leave every layer in its dtype "
-        "(LoRALinear(layer, r, alpha, dropout) as it is, no .float() or .to(...) after the model's first parameter)"
+    expect_every_layer_in_its_dtype(
+        model,
+        lambda: apply_lora(model, DEFAULT_TARGETS, r=2, alpha=4.0),
+        matching_linears(model, DEFAULT_TARGETS),
+        "apply_lora",
+        what,
+        "LoRALinear(layer, r, alpha, dropout)",
     )
     if dtype is None:
         return

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,12 +62,16 @@ from grader.probes import (
     dtype_name,
     examples,
     expect_a_fractional_alpha_kept,
+    expect_a_uniform_or_gaussian_draw,
     expect_alpha_as_given,
     expect_centred,
     expect_dropout_drawn_from_torchs_rng,
     expect_dropout_like_nn_dropout,
     expect_dropout_like_nn_dropout_in_its_dtype,
+    expect_each_adapter_following_its_own_mode,
+    expect_every_layer_in_its_dtype,
     expect_exactly_the_base,
+    expect_factor_layers_left_alone,
     expect_following_its_base_after_to,
     expect_instance,
     expect_merged_like_the_adapted,
@@ -418,6 +424,7 @@ def test_B_starts_at_zero_and_A_random(LoRAConv1D):
     what = f"LoRAConv1D on a Conv1D of in={in_features}, out={out_features}, r={r}"
     expect_centred(wide.A, what)
     expect_nn_linear_bound_if_uniform(wide.A, what)
+    expect_a_uniform_or_gaussian_draw(wide.A, what)  # lora_linear's: not random signs times the bound
 
 
 @pytest.mark.points(4)
@@ -1172,6 +1179,64 @@ def test_defaults_are_c_attn_r_8_alpha_16(apply_lora_gpt2, LoRAConv1D, LoRALinea
 
 
 # merge_gpt2
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_lora_gpt2")
+@pytest.mark.parametrize("last", ["eval", "train"], ids=["a-block-put-in-eval-last", "a-block-put-in-train-last"])
+def test_each_adapter_follows_its_own_mode(apply_lora_gpt2, LoRAConv1D, LoRALinear, last):
+    """apply_lora's check on GPT-2: adapted with dropout, then one block switched on its own; each adapter's own mode
+    decides whether it drops, as a LoRAConv1D or LoRALinear of its own does."""
+    targets = ("c_attn", "c_fc", "lm_head")  # Conv1D and nn.Linear adapters, all taking n_embd inputs
+    model = adapted(apply_lora_gpt2(gpt2(), targets, r=2, alpha=4.0, dropout=0.5))
+    layers = adapters(model, LoRAConv1D, LoRALinear)
+    randomize(model, std=0.5)
+    first = "train" if last == "eval" else "eval"
+    model.train(first == "train")
+    model.transformer.h[0].train(last == "train")
+    call = f"apply_lora_gpt2(model, {list(targets)}, dropout=0.5), then model.{first}() and transformer.h.0.{last}()"
+    fix = "give each its own LoRAConv1D(layer, r, alpha, dropout) or LoRALinear(layer, r, alpha, dropout)"
+    expect_each_adapter_following_its_own_mode(layers, torch.randn(16, model.config.n_embd), call, fix)
+
+
+MIXED_DTYPES = {"h.1-float64": "transformer.h.1", "wte-float64": "transformer.wte"}  # the second: the first parameter
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_lora_gpt2")
+@pytest.mark.parametrize("part", MIXED_DTYPES.values(), ids=MIXED_DTYPES)
+def test_adapters_follow_their_layers_dtypes(apply_lora_gpt2, LoRAConv1D, LoRALinear, Conv1D, part):
+    """apply_lora's mixed-dtype model on GPT-2: one part in float64, the rest float32; each adapter is made in its
+    layer's dtype and left there, whatever dtype the model's first parameter has."""
+    model = gpt2()
+    model.get_submodule(part).to(torch.float64)
+    targets = ("c_attn", "c_fc", "lm_head")
+    expect_every_layer_in_its_dtype(
+        model,
+        lambda: apply_lora_gpt2(model, targets, r=2, alpha=4.0),
+        matching(model, targets, Conv1D),
+        f"apply_lora_gpt2(model, {list(targets)})",
+        f"a GPT-2 whose {part} is float64, the rest float32",
+        "LoRAConv1D(layer, r, alpha, dropout) or LoRALinear(layer, r, alpha, dropout)",
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_lora_gpt2")
+def test_a_second_call_leaves_factor_layers_alone(apply_lora_gpt2, LoRAConv1D, LoRALinear):
+    """apply_lora's check on GPT-2: factors held as bias-free nn.Linear submodules are layers inside an adapter too,
+    whatever their names (lora_A, say, a target a second call may name): a later call wraps nothing there."""
+    model = gpt2()
+    originals = {id(module) for module in model.modules()}
+    adapted(apply_lora_gpt2(model, ("c_attn", "lm_head"), r=2, alpha=4.0))
+    expect_factor_layers_left_alone(
+        model,
+        originals,
+        (LoRAConv1D, LoRALinear),
+        lambda names: apply_lora_gpt2(model, names, r=2, alpha=4.0),
+        "apply_lora_gpt2(model, ['c_attn', 'lm_head'])",
+        lambda error: Path(traceback.extract_tb(error.__traceback__)[-1].filename).stem == "gpt2_conv1d",
+    )
 
 
 def adapted_gpt2(apply_lora_gpt2, targets, dtype=torch.float32, **placement) -> nn.Module:

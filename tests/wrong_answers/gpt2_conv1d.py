@@ -86,6 +86,46 @@ WRONG_ANSWERS = [
     WrongAnswer("half precision added in half precision", KATA,
                 "accumulate = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype",
                 "accumulate = weight.dtype", "test_half_precision_merges_in_float32_and_rounds_once", "units in the last place"),
+    # Red-team round 18 (team A): the checks apply_lora and lora_linear make, with no gpt2_conv1d twin.
+    WrongAnswer("one nn.Dropout shared by a call's adapters", KATA,
+                "        setattr(model.get_submodule(parent_name), child_name, " + WRAP + ")",
+                "        adapter = " + WRAP + "\n        if isinstance(adapter, LoRAConv1D):\n"
+                "            adapter.dropout = shared  # they all hold the same p\n"
+                "        setattr(model.get_submodule(parent_name), child_name, adapter)",
+                "test_each_adapter_follows_its_own_mode", "never one dropout module shared",
+                more_edits=(("    for name, module in matched:\n",
+                             "    shared = nn.Dropout(dropout)\n    for name, module in matched:\n"),)),
+    WrongAnswer("factors moved to the model's first parameter's dtype", KATA,
+                "    # Only the factors train: a base unfrozen since an earlier call is frozen again",
+                "    dtype = next(model.parameters()).dtype  # the model's working dtype: adapters train in it\n"
+                "    for m in model.modules():\n        if isinstance(m, LoRAConv1D):\n"
+                "            m.lora_A.data, m.lora_B.data = m.lora_A.data.to(dtype), m.lora_B.data.to(dtype)\n"
+                "    # Only the factors train: a base unfrozen since an earlier call is frozen again",
+                "test_adapters_follow_their_layers_dtypes", "leave every layer in its dtype"),
+    WrongAnswer("factor layers named lora_A wrapped by a second call", KATA,
+                "        self.lora_A = nn.Parameter(torch.empty(r, in_features, **same_place))\n"
+                "        self.lora_B = nn.Parameter(torch.zeros(out_features, r, **same_place))\n"
+                "        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+                "        self.lora_A = nn.Linear(in_features, r, bias=False, **same_place)\n"
+                "        self.lora_B = nn.Linear(r, out_features, bias=False, **same_place)\n"
+                "        nn.init.zeros_(self.lora_B.weight)",
+                "test_a_second_call_leaves_factor_layers_alone", "no layer inside an adapter is wrapped",
+                more_edits=(
+                    ("down = F.linear(self.dropout(x), self.lora_A) * self.scaling",
+                     "down = self.lora_A(self.dropout(x)) * self.scaling"),
+                    (FORWARD, "return self.base(x) + self.lora_B(down)"),
+                    ("for p in (m.lora_A, m.lora_B)}", "for p in (m.lora_A.weight, m.lora_B.weight)}"),
+                    ("update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate))",
+                     "update = (layer.lora_B.weight.to(accumulate) @ layer.lora_A.weight.to(accumulate))"),
+                    ("        for depth in range(1, len(parts))",  # only an adapter's base is inside it
+                     "        and parts[depth] == \"base\"\n        for depth in range(1, len(parts))"),
+                )),
+    WrongAnswer("A random signs times the Kaiming bound", KATA,
+                "        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+                "        with torch.no_grad():  # centred, full rank, within nn.Linear's bound\n"
+                "            signs = torch.randint(0, 2, self.lora_A.shape, device=self.lora_A.device) * 2 - 1\n"
+                "            self.lora_A.copy_(signs / math.sqrt(in_features))",
+                "test_B_starts_at_zero_and_A_random", "neither uniform nor Gaussian"),
     WrongAnswer("merged into an nn.Linear", KATA,
                 '    with torch.device("meta"):  # no throwaway allocation: both parameters are replaced\n        merged = Conv1D(weight.shape[1], weight.shape[0])\n    merged.weight = nn.Parameter(' + UPDATE + ", requires_grad=False)",
                 "    merged = nn.Linear(weight.shape[0], weight.shape[1])\n    merged.weight = nn.Parameter(" + UPDATE + ".T.contiguous(), requires_grad=False)",
