@@ -1000,7 +1000,7 @@ def test_the_layer_computes_the_base_at_init(FusedLoRALinear):
     largest_B = factors(layer, IN, OUT, R).B.abs().max().item()
     assert largest_B == 0, (
         f"B is not zero at init: max |B| = {largest_B:.3g}, expected exactly 0, so that the layer first computes "
-        "exactly base(x) (a tiny B moves the output and gives A a gradient): initialise B with zeros (A random)"
+        "exactly base(x) (a tiny B moves the output and gives A a gradient): is B initialised to zeros (A random)?"
     )
     x = torch.randn(3, 5, IN, dtype=torch.float64)
     with torch.no_grad():
