@@ -444,6 +444,31 @@ def expect_nn_linear_bound_if_uniform(A: torch.Tensor, what: str) -> None:
     )
 
 
+def expect_a_random_full_rank_A(make_A: Callable[[], torch.Tensor], what: str) -> None:
+    """Fail the check unless the factor A (r, in), r <= in, that ``make_A()`` draws at init is random as the
+    lora_linear kata's contract has it, for the katas that inherit that contract: finite, different for another
+    seed of torch's RNG, of rank r (rows copied or tiled from fewer random rows get, with B zero, the same gradients
+    forever, so the adapter never learns an update of higher rank) and a uniform or Gaussian draw
+    (expect_a_uniform_or_gaussian_draw: give it a few thousand entries). Leaves torch's RNG as it found it."""
+    draws = []
+    with torch.random.fork_rng(devices=[]):
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            draws.append(make_A().detach().double())
+    A = draws[0]
+    assert bool(A.isfinite().all()), f"{what}: A holds NaN or inf at init: initialise it (torch.empty is not)"
+    assert not torch.equal(*draws), (
+        f"{what}: A is the same under torch.manual_seed(1) and (2): draw it from torch's RNG, not a fixed seed"
+    )
+    rank, r = torch.linalg.matrix_rank(A).item(), min(A.shape)
+    assert rank == r, (
+        f"{what}: A ({A.shape[0]}, {A.shape[1]}) has rank {rank} at init, expected r = {r}: are its rows copies of "
+        "one another (a few random rows tiled or repeated)? With B zero, equal rows get equal gradients forever; "
+        "draw every entry, nn.init.kaiming_uniform_(A, a=math.sqrt(5)) or a Gaussian"
+    )
+    expect_a_uniform_or_gaussian_draw(A, what)
+
+
 SHAPE_DISTANCE = 0.1  # Kolmogorov-Smirnov distance from Uniform(0, 1): a uniform draw of 4096 is about 0.02 off
 
 

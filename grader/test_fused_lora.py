@@ -33,6 +33,7 @@ from grader.probes import (
     describe,
     dtype_name,
     examples,
+    expect_a_random_full_rank_A,
     expect_centred,
     expect_following_base_swaps,
     expect_instance,
@@ -408,7 +409,14 @@ EVERY_CHOICE = [choice for n in range(1, len(INPUTS) + 1) for choice in itertool
 # (rows, in, out, r); in every size the rows differ from in, out and r (fewer rows than r in few-rows), so that a
 # product shaped like a factor's gradient is one, and the check of unasked gradients runs at each size. One token
 # (x 1-D, one row) is wide, so that an (out, in) outer product there outgrows the element-wise room.
-COST_SIZES = {"many-rows": (64, 48, 40, 2), "few-rows": (2, 48, 40, 3), "one-token": (1, 96, 80, 2)}
+# A training step's rows too (8 sequences of 1024 tokens), narrow to stay cheap: a path taken only from some batch
+# size up ("for large batches") shows there. It is counted in one layout, dtype and bias (COUNTED_IN), the others at
+# the sizes before it.
+COST_SIZES = {
+    "many-rows": (64, 48, 40, 2), "few-rows": (2, 48, 40, 3), "one-token": (1, 96, 80, 2),
+    "a-training-batch": (8 * 1024, 12, 10, 3),
+}  # fmt: skip
+COUNTED_IN = {"a-training-batch": (["x 3-D, g permuted"], (torch.float32,), (True,))}  # (layouts, dtypes, biases)
 Layout = tuple[Callable[[int], tuple[int, ...]], bool, Callable[[tuple[int, ...], torch.dtype], torch.Tensor]]
 # How x and the incoming gradient g are laid out: (x's batch shape for N rows, x contiguous, g from its shape and
 # dtype).
@@ -717,7 +725,9 @@ def test_a_step_does_only_the_matrix_work_lora_needs(FusedLoRAFunction, size):
     frozen_layer = 4 * rows * in_features * out_features  # x W^T forward, g W backward
     assert rows not in (in_features, out_features, r), f"grader bug: {size} has as many rows as a factor's side"
     factor_shapes = {"weight": (out_features, in_features), "lora_A": (r, in_features), "lora_B": (out_features, r)}
-    regimes = itertools.product(TRAINABLE_CHOICES, layouts_for(rows), FLOAT_DTYPES, (True, False))
+    regimes = itertools.product(
+        TRAINABLE_CHOICES, *COUNTED_IN.get(size, (layouts_for(rows), FLOAT_DTYPES, (True, False)))
+    )
     for trained, layout, dtype, bias in regimes:
         if "bias" in trained and not bias:
             continue
@@ -894,6 +904,16 @@ def test_the_layer_starts_A_centred_on_zero(FusedLoRALinear):
     )
 
 
+@pytest.mark.points(1)
+@pytest.mark.subject("FusedLoRALinear")
+def test_the_layer_draws_a_random_full_rank_A(FusedLoRALinear):
+    in_features, out_features, r = 256, 24, 16  # 4096 entries, as lora_linear's contract checks them
+    expect_a_random_full_rank_A(
+        lambda: factors(FusedLoRALinear(nn.Linear(in_features, out_features), r, 16.0), in_features, out_features, r).A,
+        f"FusedLoRALinear(nn.Linear({in_features}, {out_features}), r={r})",
+    )
+
+
 @pytest.mark.points(2)
 @pytest.mark.subject("FusedLoRALinear")
 def test_the_layer_keeps_the_very_base_frozen(FusedLoRALinear):
@@ -977,11 +997,24 @@ def test_the_layer_creates_its_factors_on_the_base_device(FusedLoRALinear):
 @pytest.mark.subject("FusedLoRALinear")
 def test_the_layer_computes_the_base_at_init(FusedLoRALinear):
     base, layer = make_layer(FusedLoRALinear)
+    largest_B = factors(layer, IN, OUT, R).B.abs().max().item()
+    assert largest_B == 0, (
+        f"B is not zero at init: max |B| = {largest_B:.3g}, expected exactly 0, so that the layer first computes "
+        "exactly base(x) (a tiny B moves the output and gives A a gradient): is B initialised to zeros (A random)?"
+    )
     x = torch.randn(3, 5, IN, dtype=torch.float64)
     with torch.no_grad():
         change = max_difference(output(layer, x), base(x))
     assert change <= 1e-12 * (1 + base(x).abs().max().item()), (
         f"output changed at init by {change:.3g}: is B initialised to zeros?"
+    )
+    zero = nn.Linear(IN, OUT, bias=False, dtype=torch.float64)  # base(x) is exactly 0: any adapter share shows
+    nn.init.zeros_(zero.weight)
+    with torch.no_grad():
+        y = output(FusedLoRALinear(zero, R, ALPHA), x)
+    assert torch.equal(y, torch.zeros_like(y)), (
+        f"over a zeroed bias-free base the layer's output at init is {y.abs().max().item():.3g} off base(x) = 0, "
+        "expected exactly base(x): B starts as exact zeros, not merely small ones"
     )
     assert factors(layer, IN, OUT, R).A.abs().sum().item() > 0, (
         "A is all zeros at init: with B zero too, neither factor gets a gradient; initialise A randomly"

@@ -39,6 +39,7 @@ from grader.probes import (
     arguments_id,
     describe,
     dtype_name,
+    expect_a_random_full_rank_A,
     expect_centred,
     expect_dropout_like_nn_dropout,
     expect_nn_linear_bound_if_uniform,
@@ -898,6 +899,10 @@ def test_qlora_computes_the_nf4_base_at_init(QLoRALinear, nf4_works):
     in_features, out_features, r = 1024, 8, 4
     wide = factors(QLoRALinear(make_base(in_features, out_features), r, 8.0), in_features, out_features, r)
     expect_nn_linear_bound_if_uniform(wide.A, f"QLoRALinear(nn.Linear({in_features}, {out_features}), r={r})")
+    expect_a_random_full_rank_A(  # lora_linear's contract: distinct entries, of rank r (no rows tiled from fewer)
+        lambda: factors(QLoRALinear(nn.Linear(in_features, out_features), r, 8.0), in_features, out_features, r).A,
+        f"QLoRALinear(nn.Linear({in_features}, {out_features}), r={r})",
+    )
     for dtype in FLOATS:  # float16 too: a half path of its own (addmm, a fused kernel) is checked here
         layer, nf4_base = qlora_layer(QLoRALinear, dtype)
         x = torch.randn(4, 3, IN).to(dtype)

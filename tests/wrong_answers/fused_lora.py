@@ -380,3 +380,26 @@ WRONG_ANSWERS += [
                 more_edits=(("        self.r, self.alpha, self.scaling = r, alpha, alpha / r\n",
                              "        self.r, self.alpha, self.scaling = r, alpha, alpha / r\n        self.compute_dtype = base.weight.dtype\n"),)),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 18 of the red team (team D): lora_linear's init checks, inherited; a step of many rows.
+    WrongAnswer("FusedLoRALinear's A tiled from two random rows (a rank-2 adapter)", KATA,
+                "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+                "with torch.no_grad():\n"
+                "            seed = torch.empty(2, base.in_features, **same_place)\n"
+                "            nn.init.uniform_(seed, -1 / math.sqrt(base.in_features), 1 / math.sqrt(base.in_features))\n"
+                "            self.lora_A.copy_(seed.repeat((r + 1) // 2, 1)[:r])",
+                "test_the_layer_draws_a_random_full_rank_A", "rows copies of one another"),
+    WrongAnswer("FusedLoRALinear's B drawn normal(0, 1e-30), not zeros", KATA,
+                "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+                "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))\n"
+                "        with torch.no_grad():\n"
+                "            self.lora_B.normal_(0.0, 1e-30)  # \"nearly zero\", to break B's symmetry",
+                "test_the_layer_computes_the_base_at_init", "B is not zero"),
+    WrongAnswer("the frozen weight's gradient computed anyway from 1024 rows up", KATA, GRAD_WEIGHT,
+                "if need_weight or rows.shape[0] >= 1024:  # large batches: for gradient-norm logging\n"
+                "            grad_weight = g.T @ rows\n"
+                "            if not need_weight:\n"
+                "                ctx.weight_grad_norm, grad_weight = grad_weight.norm(), None",
+                "test_a_step_does_only_the_matrix_work_lora_needs",
+                "8192 rows, in=12, out=10, r=3), computed a product shaped like the gradient of weight"),
+]  # fmt: skip

@@ -424,3 +424,13 @@ WRONG_ANSWERS += [
                 'self.register_buffer("absmax", absmax, persistent=False)  # per-block scales, not state',
                 "test_a_state_dict_loaded_into_another_layer_makes_it_compute_the_first", "the absmax among them"),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 18 of the red team (team D): lora_linear's init checks, inherited.
+    WrongAnswer("QLoRALinear's A tiled from two random rows (a rank-2 adapter)", KATA,
+                "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+                "with torch.no_grad():\n"
+                "            seed = torch.empty(2, base.in_features, **same_place)\n"
+                "            nn.init.uniform_(seed, -1 / math.sqrt(base.in_features), 1 / math.sqrt(base.in_features))\n"
+                "            self.lora_A.copy_(seed.repeat((r + 1) // 2, 1)[:r])",
+                "test_qlora_computes_the_nf4_base_at_init", "rows copies of one another"),
+]  # fmt: skip
