@@ -424,3 +424,11 @@ WRONG_ANSWERS += [
                 'self.register_buffer("absmax", absmax, persistent=False)  # per-block scales, not state',
                 "test_a_state_dict_loaded_into_another_layer_makes_it_compute_the_first", "the absmax among them"),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 18 of the red team (team D): a model's own layers named like an adapter's parts.
+    WrongAnswer("apply_qlora tells an adapter's parts by name (lora_A, lora_B)", KATA,
+                "        if isinstance(module, nn.Linear):\n            held.setdefault",
+                "        if isinstance(module, nn.Linear) and name.rpartition(\".\")[2] not in (\"lora_A\", \"lora_B\"):  # factors\n"
+                "            held.setdefault",
+                "test_apply_qlora_quantizes_the_model_zoo", "lora_A is Linear, expected NF4Linear"),
+]  # fmt: skip
