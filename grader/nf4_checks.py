@@ -162,6 +162,38 @@ def called(function, *args, what: str):
     return returned
 
 
+TINY_EDIT = 2.0**-12  # below half a float32 ulp of the values near 1e4 (2^-11): a float32 sum over them misses it
+BESIDE_A_MIDPOINT = (3, 64 + 3, 128 + 3)  # flat elements, one in each of the blocks of absmax 1000
+
+
+def weight_beside_midpoints() -> torch.Tensor:
+    """A (5, 64) float32 weight whose blocks 0 to 2 have absmax 1000 and blocks 3, 4 values near 1e4, every value a
+    multiple of 2^-14 (float64 sums of it exact in any order). The flat elements BESIDE_A_MIDPOINT lie TINY_EDIT / 2
+    (to within 2^-15) below 1000 x the midpoint of codes 7 and 8: moved up by TINY_EDIT each takes code 8, and scaled
+    each stays over 20 float32 ulps from the midpoint, clear of rounding's freedom."""
+    generator = torch.Generator().manual_seed(18)
+    weight = (torch.rand(5, 64, generator=generator) * 2 - 1) * 900
+    weight[3:] = weight[3:].sign() * (9000 + 1000 * torch.rand(2, 64, generator=generator))
+    weight = weight.mul(2**14).round().div(2**14)
+    weight[:3, 5] = 1000.0
+    below = round((ref.MIDPOINTS[7].item() * 1000 - TINY_EDIT / 2) * 2**14) / 2**14
+    weight.view(-1)[list(BESIDE_A_MIDPOINT)] = below
+    return weight
+
+
+def expected_values_between(packed, absmax, start, stop, block_size, dtype):
+    """The reference's dequantization of flat elements ``start`` to ``stop`` - 1 (``start`` even) alone, read from the
+    packed bytes and absmax directly: code value times its block's absmax in float32, rounded once to ``dtype``."""
+    codes = unpack_between(packed, start, stop)
+    blocks = torch.arange(start, stop, device=absmax.device) // block_size
+    return (ref.CODE_BOOK.to(absmax.device)[codes] * absmax.reshape(-1).float()[blocks]).to(dtype)
+
+
+def unpack_between(packed, start, stop):
+    """The codes of flat elements ``start`` to ``stop`` - 1 (``start`` even) of packed bytes, without the others."""
+    return ref.unpack(packed.reshape(-1)[start // 2 : math.ceil(stop / 2)], stop - start)
+
+
 def wrong_divisor(measured, flat, block, block_size, absmax):
     """The wrong divisor most of a subnormal or tiny block's measured codes come from ("divided by the subnormal
     absmax itself? "), or "" where neither the absmax itself nor float32's smallest normal explains them."""

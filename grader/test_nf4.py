@@ -15,19 +15,24 @@ from torch import nn
 
 from grader import nf4_reference as ref
 from grader.nf4_checks import (
+    BESIDE_A_MIDPOINT,
     CLAMP,
     DTYPES,
     EPS32,
     TINY32,
+    TINY_EDIT,
     call_of,
     called,
     expect_left_alone,
     expect_same_codes,
     expect_sizes,
+    expected_values_between,
     reachable_bytes,
     result_pair,
     state_of,
     swap_nibbles,
+    unpack_between,
+    weight_beside_midpoints,
 )
 from grader.oracles import optional
 from grader.probes import (
@@ -536,6 +541,61 @@ def test_dequantize_gives_code_times_absmax_in_the_dtype_asked(
     )
 
 
+# Past 2^24 values (a Llama-7B MLP weight, 4096 x 11008, holds 45M): float32 holds every integer only up to 2^24, so a
+# flat index or block number computed in float32 goes wrong there. One shape ends in a short block, one in a full one.
+PAST_FLOAT32_INTEGERS = ((4099, 4095), (4097, 4096))
+CHECKED_AROUND = 4096  # values compared on either side of 2^24 and at each end: a full comparison doubles the cost
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("dequantize_nf4")
+@pytest.mark.parametrize("shape", PAST_FLOAT32_INTEGERS, ids=str)
+def test_dequantize_takes_a_weight_past_2_24_values(dequantize_nf4, shape):
+    n, block_size = math.prod(shape), 64
+    generator = torch.Generator().manual_seed(24)
+    packed = torch.randint(0, 256, (math.ceil(n / 2),), generator=generator, dtype=torch.uint8)
+    if n % 2:
+        packed[-1] = (packed[-1] & 0xF0) | ref.ZERO_CODE
+    absmax = torch.rand(math.ceil(n / block_size), generator=generator) * 3 + 0.5  # each block's differs
+    call = f"dequantize_nf4(packed, absmax, {shape}) (n = 2^24 + {n - 2**24} values; a Llama-7B MLP weight has 45M)"
+    cause = (
+        "each element's block is its flat index // block_size in integers: float32 holds every integer only up to "
+        "2^24 (a float32 arange, or an index divided in float32, rounds past it)"
+    )
+    try:
+        restored = called(dequantize_nf4, packed, absmax, shape, torch.float32, block_size, what=call)
+    except (IndexError, RuntimeError) as error:
+        pytest.fail(f"{call} raised {type(error).__name__} ({error}): {cause}", pytrace=False)
+    restored = expect_instance(restored, torch.Tensor, call, "a float32 tensor")
+    assert tuple(restored.shape) == shape and restored.dtype == torch.float32, (
+        f"{call} returned {describe(restored)}, expected float32 of shape {shape}"
+    )
+    flat = restored.reshape(-1)
+    for start, stop in (
+        (0, CHECKED_AROUND),
+        (2**24 - CHECKED_AROUND, 2**24 + CHECKED_AROUND),
+        (n - n % 2 - CHECKED_AROUND, n),
+    ):
+        expected = expected_values_between(packed, absmax, start, stop, block_size, torch.float32)
+        wrong = flat[start:stop] != expected
+        if not wrong.any():
+            continue
+        first = start + int(wrong.nonzero()[0])
+        code = int(unpack_between(packed, first - first % 2, first + 1)[-1])
+        block = first // block_size
+        taken = next(
+            (f" (code x absmax of block {b}, {b - block:+d})" for b in (block + 1, block - 1) if 0 <= b < absmax.numel()
+             and flat[first].item() == (ref.CODE_BOOK[code] * absmax[b]).item()),
+            "",
+        )  # fmt: skip
+        pytest.fail(
+            f"{call}: {int(wrong.sum())} of the {stop - start} values at flat indices {start} to {stop - 1} differ, "
+            f"first at {first} (block {block}): expected {expected[first - start].item():.7g}, measured "
+            f"{flat[first].item():.7g}{taken}: {cause}",
+            pytrace=False,
+        )
+
+
 @pytest.mark.points(1)
 @pytest.mark.subject("dequantize_nf4")
 @pytest.mark.parametrize(
@@ -963,10 +1023,11 @@ def the_functions(quantize_nf4, dequantize_nf4, double_quantize, dequantize_absm
 STALE = (
     "a result memoized per tensor object goes stale when the tensor is edited in place (keyed on its version too: an "
     "edit through .data counts none; on a checksum of its values too: a swap of two entries keeps their sum and sum of "
-    "squares)"
+    "squares, and a float32 fingerprint misses an edit below its rounding)"
 )
 SWAPPED = "its largest and smallest entries swapped through .data (its sum kept)"
 ON_A_GRID = "its values rounded to multiples of 2^-10 through .data"
+TINY_EDIT_OF_ABSMAX = 2.0**-20  # exact on absmaxes below 4 rounded to multiples of 2^-10 (ON_A_GRID)
 
 
 def round_through_data(tensor: torch.Tensor) -> None:
@@ -997,6 +1058,35 @@ def quantized_again_after_an_edit(fixtures):
         expected_packed, expected_absmax = ref.quantize(weight, 64)
         source = f"those of its values now ({STALE})"
         expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, call, source)
+    # Then edits too small for a float32 sum over the weight to see, each moving values across a code midpoint.
+    weight = weight_beside_midpoints()
+    call = call_of(weight, 64) + ", blocks 0 to 2 of absmax 1000, 3 and 4 near 1e4"
+    result_pair(called(quantize_nf4, weight, 64, what=call), call)
+    first, second, third = (weight.data.view(-1)[i : i + 1] for i in BESIDE_A_MIDPOINT)
+    tiny = f"by {TINY_EDIT:g}, below half a float32 ulp of 1e4"
+    edits = {
+        f"flat element {BESIDE_A_MIDPOINT[0]} moved up {tiny} through .data, across a code midpoint": lambda: (
+            first.add_(TINY_EDIT)
+        ),
+        f"flat elements {BESIDE_A_MIDPOINT[:2]} moved down and up {tiny} through .data, each across a code midpoint "
+        "(the sum kept exactly)": lambda: (first.sub_(TINY_EDIT), second.add_(TINY_EDIT)),
+        f"flat elements {BESIDE_A_MIDPOINT[1:]}, of two blocks, swapped through .data, each across a code midpoint": (
+            lambda: swap_through_data(second, third)
+        ),
+    }
+    for edit, apply_edit in edits.items():
+        apply_edit()
+        again = f"{call} again, after {edit}"
+        packed, absmax = result_pair(called(quantize_nf4, weight, 64, what=again), again)
+        expected_packed, expected_absmax = ref.quantize(weight, 64)
+        source = f"those of its values now ({STALE})"
+        expect_same_codes(packed, absmax, expected_packed, expected_absmax, weight, 64, again, source)
+
+
+def swap_through_data(first: torch.Tensor, second: torch.Tensor) -> None:
+    held = first.clone()
+    first.copy_(second)
+    second.copy_(held)
 
 
 def dequantized_again_after_an_edit(fixtures):
@@ -1024,6 +1114,11 @@ def dequantized_again_after_an_edit(fixtures):
         f"packed with {SWAPPED}": lambda: swap_extremes_through_data(packed),
         f"absmax with {ON_A_GRID}": lambda: round_through_data(absmax),
         f"absmax with {SWAPPED}": lambda: swap_extremes_through_data(absmax),
+        f"absmax of blocks 0 and 1 moved up and down by {TINY_EDIT_OF_ABSMAX:g} through .data (its sum kept "
+        "exactly, below a float32 sum's rounding)": lambda: (
+            absmax.data[0:1].add_(TINY_EDIT_OF_ABSMAX),
+            absmax.data[1:2].sub_(TINY_EDIT_OF_ABSMAX),
+        ),
     }
     for edit, apply_edit in edits.items():
         held = packed.clone(), absmax.clone()

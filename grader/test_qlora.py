@@ -1770,6 +1770,13 @@ QLORA_ZOO_CASES = [  # (model, targets, skip)
     ("reused", ("q_proj",), ()),  # held as enc.0 first, then block.q_proj: targeted by its second name only
     ("reused", ("block.q_proj", "v_proj"), ("head",)),  # a dotted second name
     ("tied", ("q_proj",), ("unembed",)),  # embed quantized, its weight tied to unembed, which stays with those values
+    ("reused-block-first", ("q_proj",), ()),  # listed first as block.q_proj: quantized once, under enc.0 too
+    ("reused-block-first", ("enc.0",), ("v_proj",)),  # targeted by its second name only
+    # A backbone held as base, beside the model's own layers lora_A and dropout.lora_B: layers like any other, told
+    # from an adapter's parts by where they lie (inside a QLoRALinear or not), never by their names.
+    ("wrapped", ("q_proj",), ()),
+    ("wrapped", ("q_proj", "lora_A", "lora_B"), ()),
+    # (Not "gated": NF4Linear computes F.linear alone, so the spec leaves a linear subclass holding a layer open.)
 ]
 
 

@@ -409,3 +409,24 @@ WRONG_ANSWERS += [
                 more_edits=(("scales, offset, block_size)  # no padding",
                              "scales * 127, offset, block_size)  # no padding; each block's absmax, as bitsandbytes keeps"),)),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 18 of the red team (team D): a Llama-sized layer has more than 2^24 values; an in-place edit below a float32
+    # fingerprint's rounding.
+    WrongAnswer("dequantize finds each element's block by a float32 index", KATA,
+                "scale = absmax.reshape(-1).float().repeat_interleave(block_size)[:n]",
+                "block = (torch.arange(n, device=packed.device, dtype=torch.float32) / block_size).long()\n"
+                "    scale = absmax.reshape(-1).float()[block]  # no repeated copy of the absmax",
+                "test_dequantize_takes_a_weight_past_2_24_values", "2^24"),
+    WrongAnswer("quantize memoized by a float32 fingerprint of the values", KATA, FLAT,
+                "mix = torch.sin(torch.arange(weight.numel(), device=weight.device, dtype=torch.float32) * 0.7071 + 0.3)\n"
+                "    key = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype, block_size,\n"
+                "           float((weight.detach().reshape(-1).float() * mix).sum()))  # an edit, even through .data, shows\n"
+                "    if key in _FINGERPRINTED:  # the last few quantizations: a weight quantized again costs no second pass\n"
+                "        return tuple(t.clone() for t in _FINGERPRINTED[key])\n"
+                "    " + FLAT,
+                "test_a_result_follows_the_values_not_the_objects", "across a code midpoint",
+                more_edits=(("ZERO_CODE = 7  # index of 0.0 in the code book", "ZERO_CODE = 7  # index of 0.0 in the code book\n_FINGERPRINTED: dict = {}"),
+                            (PACK, "if len(_FINGERPRINTED) >= 4:\n        _FINGERPRINTED.pop(next(iter(_FINGERPRINTED)))\n"
+                                   "    _FINGERPRINTED[key] = result = ((nibbles[0::2] << 4) | nibbles[1::2], absmax)\n"
+                                   "    return tuple(t.clone() for t in result)"))),
+]  # fmt: skip

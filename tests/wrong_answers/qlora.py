@@ -433,4 +433,10 @@ WRONG_ANSWERS += [
                 "            nn.init.uniform_(seed, -1 / math.sqrt(base.in_features), 1 / math.sqrt(base.in_features))\n"
                 "            self.lora_A.copy_(seed.repeat((r + 1) // 2, 1)[:r])",
                 "test_qlora_computes_the_nf4_base_at_init", "rows copies of one another"),
+    # Round 18 of the red team (team D): a model's own layers named like an adapter's parts.
+    WrongAnswer("apply_qlora tells an adapter's parts by name (lora_A, lora_B)", KATA,
+                "        if isinstance(module, nn.Linear):\n            held.setdefault",
+                "        if isinstance(module, nn.Linear) and name.rpartition(\".\")[2] not in (\"lora_A\", \"lora_B\"):  # factors\n"
+                "            held.setdefault",
+                "test_apply_qlora_quantizes_the_model_zoo", "lora_A is Linear, expected NF4Linear"),
 ]  # fmt: skip
