@@ -1318,6 +1318,40 @@ def targets_that_name_no_layer(first: str, second: str) -> dict[str, tuple[str, 
     }
 
 
+REAL_MODEL_WIDTH = 4096  # in and out of Llama-7B's attention projections: a layer of 2**24 weights, as merges meet
+
+
+def expect_a_real_models_layer_merged_in_float32(
+    base: nn.Module, adapter: nn.Module, merge: Callable[[nn.Module], nn.Module], r: int, scaling: float, where: str
+) -> None:
+    """Fail the check unless ``merge(adapter)``, for a fresh ``adapter`` (B zero) of a half-precision ``base``
+    REAL_MODEL_WIDTH square, adds W and the update in float32 and rounds once (``expect_merged_weight``): a merge that
+    saves the float32 copy of a large weight, summing in its own half dtype, shows only at a real model's size."""
+    tensors = trainable(adapter)
+    zero = [tensor for tensor in tensors if not tensor.detach().any()]
+    assert len(tensors) == 2 and len(zero) == 1, (
+        f"{where}: expected two trainable factors, B all zero at construction, measured shapes "
+        f"{[tuple(tensor.shape) for tensor in tensors]} ({len(zero)} all zero)"
+    )
+    stored_B = zero[0]
+    stored_A = next(tensor for tensor in tensors if tensor is not stored_B)
+    found = Factors(
+        stored_A, stored_B, stored_A.shape == (REAL_MODEL_WIDTH, r), stored_B.shape == (r, REAL_MODEL_WIDTH)
+    )
+    with torch.no_grad():
+        stored_B.normal_(0.0, 0.02)
+    # the float32 sum itself (what float64's rounds to but for a rare midpoint), faster than float64 at this size
+    exact = torch.addmm(linear_weight(base).float(), found.B.float(), found.A.float(), alpha=scaling)
+    merged = merge(adapter)
+    expect_merged_weight(
+        linear_weight(merged),
+        exact,
+        f"{where}, a {REAL_MODEL_WIDTH} x {REAL_MODEL_WIDTH} {dtype_name(base.weight.dtype)} layer (Llama-7B's)",
+        "upcast W, A and B to float32 and add there at every size (a real model's layers are this large or larger), "
+        "then cast back once",
+    )
+
+
 def expect_a_fractional_alpha_kept(layer: nn.Module, base: nn.Linear, found: Factors, r: int, alpha: float) -> None:
     """Fail the check unless ``layer`` (made with ``r`` and a fractional ``alpha``, on a base computing what ``base``
     computes) scales B @ A by alpha / r and records alpha as given: no int(alpha), alpha // r, int(alpha / r)."""

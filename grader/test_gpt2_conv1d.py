@@ -46,6 +46,7 @@ from grader.probes import (
     GRAD_MODES,
     INVALID_ARGUMENTS,
     NAMED_AS_STRINGS,
+    REAL_MODEL_WIDTH,
     RELATIVE_TOLERANCE,
     SELECT_IN,
     SELECT_OUT,
@@ -60,6 +61,7 @@ from grader.probes import (
     dtype_name,
     examples,
     expect_a_fractional_alpha_kept,
+    expect_a_real_models_layer_merged_in_float32,
     expect_alpha_as_given,
     expect_centred,
     expect_dropout_drawn_from_torchs_rng,
@@ -1734,7 +1736,9 @@ def nearly_cancelling(layer: nn.Module, r: int, scaling: float) -> tuple[torch.T
 @pytest.mark.subject("merge_gpt2")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("device", DEVICES)
-def test_half_precision_merges_in_float32_and_rounds_once(apply_lora_gpt2, merge_gpt2, device, dtype):
+def test_half_precision_merges_in_float32_and_rounds_once(
+    apply_lora_gpt2, merge_gpt2, LoRAConv1D, Conv1D, device, dtype
+):
     model = gpt2().to(device=device, dtype=dtype)
     adapted(apply_lora_gpt2(model, HALF_MERGED, r=HALF_R, alpha=HALF_ALPHA))
     randomize(model, std=0.2)
@@ -1782,3 +1786,12 @@ def test_half_precision_merges_in_float32_and_rounds_once(apply_lora_gpt2, merge
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[0]
         pytest.fail(f"the merged {dtype} model's forward raised {first_line!r}: keep every tensor in {dtype}", False)
+    big = Conv1D(REAL_MODEL_WIDTH, REAL_MODEL_WIDTH).to(device=device, dtype=dtype)  # and a real model's layer
+    expect_a_real_models_layer_merged_in_float32(
+        big,
+        LoRAConv1D(big, r=HALF_R, alpha=HALF_ALPHA),
+        lambda adapter: expect_instance(merge_gpt2(adapter), Conv1D, "merge_gpt2(a LoRAConv1D)", "the new Conv1D"),
+        HALF_R,
+        HALF_ALPHA / HALF_R,
+        "merge_gpt2(a LoRAConv1D)'s weight",
+    )
