@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -1350,6 +1350,22 @@ def expect_a_real_models_layer_merged_in_float32(
         "upcast W, A and B to float32 and add there at every size (a real model's layers are this large or larger), "
         "then cast back once",
     )
+
+
+def targets_off_by_case(first: str, second: str) -> dict[str, tuple[str, ...]]:
+    """By case id, targets that differ from the layer names ``first`` and ``second`` by case only: compared as strings
+    they name no layer; lower-cased (names read as case-insensitive) they match ``first`` and ``second``."""
+    return {"off-by-case": (first.upper(), second.capitalize())}
+
+
+def case_folded(targets: Iterable[str], adapted: Iterable[str]) -> str:
+    """The likely cause when a layer of ``adapted``, which ``targets`` do not name, matches one of them but for case:
+    names read as case-insensitive; else ""."""
+    folded = [(name, t) for name in adapted for t in targets if f".{name}".lower().endswith(f".{t}".lower())]
+    if not folded:
+        return ""
+    name, t = folded[0]
+    return f"{t!r} matches {name!r} but for case: names are compared as strings, case and all (never lower-cased)"
 
 
 def expect_a_fractional_alpha_kept(layer: nn.Module, base: nn.Linear, found: Factors, r: int, alpha: float) -> None:

@@ -15,6 +15,7 @@ from torch import nn
 from grader.models import MODEL_ZOO, WIDTH, ToyTransformer, inputs, matching_linears, zoo_inputs
 from grader.probes import (
     DEVICES,
+    case_folded,
     describe,
     expect_instance,
     factors,
@@ -22,6 +23,7 @@ from grader.probes import (
     max_difference,
     randomize_factors,
     scaling_ratio,
+    targets_off_by_case,
     train,
     trainable,
 )
@@ -293,6 +295,7 @@ NO_MATCH_CASES = {  # id: (targets, the model they are looked for in, given by a
     "all-linear": (("all-linear",), "toy", False),  # peft's keyword is no target here: it names a layer so called
     "off-by-whitespace": ((" q_proj", "v_proj "), "toy", False),  # compared as strings: never stripped
     "comma-joined": (("q_proj,v_proj", "q_proj, fc1"), "toy", False),  # one string names one layer: never split
+    **{case: (targets, "toy", False) for case, targets in targets_off_by_case("q_proj", "fc1").items()},
 }
 
 
@@ -313,9 +316,13 @@ def test_raises_naming_the_targets_when_nothing_matches(apply_lora, LoRALinear, 
     else:
         new = sorted(set(adapters(model, LoRALinear)) - before)
         cause = (
-            f"it adapted {new[:3]}: targets are compared as strings (a name equal to one or ending with '.' + one), "
-            "never read as glob or regex patterns, nor as peft's 'all-linear', nor stripped of whitespace or split at "
-            "commas (an empty list names no layer either)"
+            f"it adapted {new[:3]}: "
+            + (
+                case_folded(targets, new)
+                or "targets are compared as strings (a name equal to one or ending with '.' + one), never read as "
+                "glob or regex patterns, nor as peft's 'all-linear', nor stripped of whitespace or split at commas "
+                "(an empty list names no layer either)"
+            )
             if new
             else "on a model already adapted (on q_proj) a target naming no layer is an error too"
             if model_kind == "adapted on q_proj"

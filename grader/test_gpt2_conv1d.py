@@ -57,6 +57,7 @@ from grader.probes import (
     a_merge_of_any_alpha,
     an_in_place_update_named,
     arguments_id,
+    case_folded,
     describe,
     dtype_name,
     examples,
@@ -91,6 +92,7 @@ from grader.probes import (
     randomize_factors,
     relative_error,
     scaling_ratio,
+    targets_off_by_case,
     targets_that_name_no_layer,
     trainable,
     trained_numbers,
@@ -705,6 +707,7 @@ TARGET_CASES = [
     ("GPT2LMHeadModel", ("c_fc", "lm_head")),  # a Conv1D and an nn.Linear
     ("GPT2LMHeadModel", ["transformer.h.11.mlp.c_proj"]),  # a whole qualified name
     ("GPT2LMHeadModel", ("c_attn", "q_proj")),  # q_proj names nothing in GPT-2: no error, as c_attn matches
+    ("GPT2LMHeadModel", ("c_attn", "C_FC", "LM_head")),  # not c_fc or lm_head: names are compared case and all
     ("own classes", ("c_fc", "score")),  # subclasses of Conv1D and nn.Linear, an nn.Linear that is not lm_head
     ("wrapped", ("c_attn",)),  # a GPT-2 held as base by a wrapper: base.transformer.h.0.attn.c_attn is a target
     ("wrapped", ("c_proj", "lora_A")),  # and a layer of the wrapper's named like an adapter's factor
@@ -752,7 +755,9 @@ def test_adapts_exactly_the_conv1d_and_linear_layers_named(
     cause = named_like_adapter_parts(missed) or missed_cause(missed, kinds, Conv1D)
     if not cause:
         cause = "match a name when it equals a target or ends with '.' + target"
-        if any(t in name for name in wrong for t in targets):
+        if case_folded(targets, wrong):
+            cause = case_folded(targets, wrong)
+        elif any(t in name for name in wrong for t in targets):
             cause = "substring or bare endswith matching: " + cause
     assert not wrong and not missed, (
         f"{model_name}, targets {list(targets)}: expected adapters on {len(expected)} layers, got {len(found)}; "
@@ -983,6 +988,7 @@ NO_MATCH_CASES = {  # id: (targets, as what they are given: a tuple, one str of 
     "wte-as-one-str": (("wte",), "one str"),
     "q_proj+v_proj-as-an-iterator": (("q_proj", "v_proj"), "a one-shot iterator"),
     **{case: (targets, "a tuple") for case, targets in targets_that_name_no_layer("c_attn", "c_fc").items()},
+    **{case: (targets, "a tuple") for case, targets in targets_off_by_case("c_attn", "c_fc").items()},
     "comma-joined-as-one-str": (("c_fc,c_proj",), "one str"),  # one str is one name, as on no command line
     "regex-as-one-str": (("c_.ttn",), "one str"),
     "on-an-adapted-model": (("q_proj",), "a tuple on an adapted model"),  # adapters there: still no match
@@ -1009,7 +1015,7 @@ def test_raises_naming_the_targets_when_nothing_matches(apply_lora_gpt2, LoRACon
     else:
         new = sorted(set(adapters(model, LoRAConv1D, LoRALinear)) - before)
         cause = (
-            f"it adapted {len(new)} layers, e.g. {new[:2]}: {NAMED_AS_STRINGS}"
+            f"it adapted {len(new)} layers, e.g. {new[:2]}: {case_folded(targets, new) or NAMED_AS_STRINGS}"
             if new
             else "on a model already adapted (on c_attn) a target naming no layer is an error too"
             if form == "a tuple on an adapted model"

@@ -496,4 +496,7 @@ WRONG_ANSWERS = [
                              "keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.dropout.p\n"
                              "        dropped = x * keep.to(x.dtype) / (1 - self.dropout.p) if self.training else x\n"
                              "        down = F.linear(dropped, self.lora_A) * self.scaling"),)),
+    WrongAnswer("gpt2 targets matched case-insensitively", KATA, MATCH,
+                'any(name.lower() == t.lower() or name.lower().endswith("." + t.lower()) for t in targets)',
+                "test_raises_naming_the_targets_when_nothing_matches", "but for case"),
 ]  # fmt: skip
