@@ -1368,6 +1368,26 @@ def case_folded(targets: Iterable[str], adapted: Iterable[str]) -> str:
     return f"{t!r} matches {name!r} but for case: names are compared as strings, case and all (never lower-cased)"
 
 
+# Another library's nn.Linear subclass whose class is named LoRALinear (loralib's, a fork's): an nn.Linear, so a
+# target to wrap, and no adapter of this package, though its name says so. A check by class name skips it.
+ForeignLoRALinear = type("LoRALinear", (nn.Linear,), {"__module__": "another_library"})
+
+
+def adapter_namesakes(kinds: dict[str, type], *adapters: type) -> str:
+    """The likely cause when layers of the classes ``kinds`` (by name), left unwrapped, are of another library's
+    classes named like one of ``adapters`` (this package's adapter classes): adapters told by class name; else ""."""
+    names = {adapter.__name__ for adapter in adapters}
+    namesakes = [name for name, kind in kinds.items() if kind.__name__ in names and not issubclass(kind, adapters)]
+    if not namesakes:
+        return ""
+    kind = kinds[namesakes[0]]
+    return (
+        f"{namesakes[0]} is of class {kind.__module__}.{kind.__name__}, another library's layer (a subclass of "
+        f"{kind.__mro__[1].__name__}) and no adapter of this package: tell adapters by isinstance with this "
+        "package's classes, never by class name"
+    )
+
+
 def expect_a_fractional_alpha_kept(layer: nn.Module, base: nn.Linear, found: Factors, r: int, alpha: float) -> None:
     """Fail the check unless ``layer`` (made with ``r`` and a fractional ``alpha``, on a base computing what ``base``
     computes) scales B @ A by alpha / r and records alpha as given: no int(alpha), alpha // r, int(alpha / r)."""

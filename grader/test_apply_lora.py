@@ -15,6 +15,7 @@ from torch import nn
 from grader.models import MODEL_ZOO, WIDTH, ToyTransformer, inputs, matching_linears, zoo_inputs
 from grader.probes import (
     DEVICES,
+    adapter_namesakes,
     case_folded,
     describe,
     expect_instance,
@@ -408,6 +409,7 @@ ZOO_CASES = [  # (model, targets): every layer one of whose names matches (named
     ("look-alikes", ("v_proj",)),  # the nn.Linear, not the LayerNorm norms.v_proj
     ("look-alikes", ("k_proj", "v_proj")),  # not k_proj, whose class is named Linear but is no nn.Linear
     ("look-alikes", ("attn.q",)),  # not attn_q: a target is a name, not a regular expression
+    ("look-alikes", ("up_proj", "q_proj")),  # another library's nn.Linear named LoRALinear: no adapter, wrapped
     ("tied", ("v_proj", "alias")),  # both names of one layer: one adapter (under both, or under v_proj only)
     ("tied", ("alias",)),  # only a second name matches: named_modules() (deduplicated) lists layers.0.v_proj alone
     ("tied", ("classifier",)),  # a second name of the same parent as head
@@ -478,7 +480,7 @@ def test_adapts_the_model_zoo(apply_lora, LoRALinear, model_name, targets):
     inner = inner or [
         (f"{name} (a name of {held_by[name]}'s inner layer)", held_by[name]) for name in wrong if name in held_by
     ]
-    cause = (
+    cause = adapter_namesakes({name: type(expected[name]) for name in missed}, LoRALinear) or (
         f"{inner[0][0]} lies inside {inner[0][1]}, a target adapted in the same call: it is inside that adapter (in "
         "its base), and no layer inside an adapter is wrapped: adapt the outer target only"
         if inner

@@ -54,7 +54,9 @@ from grader.probes import (
     UNROUNDED_ALPHA,
     UNROUNDED_R,
     Conv1DLike,
+    ForeignLoRALinear,
     a_merge_of_any_alpha,
+    adapter_namesakes,
     an_in_place_update_named,
     arguments_id,
     case_folded,
@@ -698,7 +700,27 @@ def named_like_adapter_parts(missed: list[str]) -> str:
     )
 
 
-GPT2_MODELS = {"GPT2LMHeadModel": lambda: gpt2(n_layer=12), "own classes": own_classifier, "wrapped": ValueHead}
+def with_adapter_namesakes() -> nn.Module:
+    """A tiny GPT-2 whose mlp.c_fc layers are of another library's Conv1D subclass named LoRAConv1D, and lm_head of
+    another library's nn.Linear subclass named LoRALinear (loralib's, a fork's): layers to wrap, no adapters of this
+    package, though their class names say so. The same weights, outputs and tie."""
+    from transformers.pytorch_utils import Conv1D
+
+    foreign = type("LoRAConv1D", (Conv1D,), {"__module__": "another_library"})
+    model = gpt2()
+    for name, module in model.named_modules():
+        if name.endswith("mlp.c_fc"):
+            module.__class__ = foreign
+    model.lm_head.__class__ = ForeignLoRALinear
+    return model
+
+
+GPT2_MODELS = {
+    "GPT2LMHeadModel": lambda: gpt2(n_layer=12),
+    "own classes": own_classifier,
+    "wrapped": ValueHead,
+    "adapter namesakes": with_adapter_namesakes,
+}
 TARGET_CASES = [
     ("GPT2LMHeadModel", ATTENTION),
     ("GPT2LMHeadModel", ("c_proj",)),  # attn.c_proj and mlp.c_proj
@@ -711,6 +733,7 @@ TARGET_CASES = [
     ("own classes", ("c_fc", "score")),  # subclasses of Conv1D and nn.Linear, an nn.Linear that is not lm_head
     ("wrapped", ("c_attn",)),  # a GPT-2 held as base by a wrapper: base.transformer.h.0.attn.c_attn is a target
     ("wrapped", ("c_proj", "lora_A")),  # and a layer of the wrapper's named like an adapter's factor
+    ("adapter namesakes", ("c_fc", "lm_head")),  # another library's LoRAConv1D and LoRALinear: no adapters, wrapped
 ]
 SUBCLASSES = "a subclass of Conv1D or nn.Linear is one (models define their own): test isinstance, not type(m)"
 
@@ -748,11 +771,15 @@ def test_adapts_exactly_the_conv1d_and_linear_layers_named(
         cause = "raise only when nothing matches; a target that names no layer is no error while another one does"
         if all(kind not in (Conv1D, nn.Linear) for kind in kinds.values()):
             cause = SUBCLASSES
-        cause = named_like_adapter_parts(sorted(expected)) or cause
+        cause = named_like_adapter_parts(sorted(expected)) or adapter_namesakes(kinds, LoRAConv1D, LoRALinear) or cause
         pytest.fail(f"{call} raised ValueError ({error}) though {len(expected)} layers match: {cause}", pytrace=False)
     found = set(adapters(model, LoRAConv1D, LoRALinear))
     wrong, missed = sorted(found - expected), sorted(expected - found)
-    cause = named_like_adapter_parts(missed) or missed_cause(missed, kinds, Conv1D)
+    cause = (
+        named_like_adapter_parts(missed)
+        or adapter_namesakes({name: kinds[name] for name in missed}, LoRAConv1D, LoRALinear)
+        or missed_cause(missed, kinds, Conv1D)
+    )
     if not cause:
         cause = "match a name when it equals a target or ends with '.' + target"
         if case_folded(targets, wrong):
