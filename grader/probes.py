@@ -1388,6 +1388,51 @@ def adapter_namesakes(kinds: dict[str, type], *adapters: type) -> str:
     )
 
 
+def expect_the_adapters_bases_left_alone(
+    model: nn.Module,
+    part: str,
+    first: tuple[str, ...],
+    second: tuple[str, ...],
+    apply: Callable[[nn.Module, tuple[str, ...]], object],
+    matching: Callable[[nn.Module, tuple[str, ...]], list[str]],
+    adapter: type | tuple[type, ...],
+    raised_by_apply: Callable[[BaseException], bool],
+    call: str,
+) -> None:
+    """Fail the check unless ``apply(model, second)``, after ``apply(model.get_submodule(part), first)``, leaves every
+    module inside the first call's adapters (their bases, the layers within them) as it was, under each of its names
+    (a layer held outside its adapter too, registered before it or after), and adapts the new targets (``matching``
+    names the layers targets name, ``adapter`` is the adapter class or classes). A ValueError for which
+    ``raised_by_apply`` is true ("nothing left to adapt") is let pass: the checks below judge what was left."""
+    adapted_first = model.get_submodule(part)
+    bases = [adapted_first.get_submodule(name) for name in matching(adapted_first, first)]
+    inside = {id(module) for base in bases for module in base.modules()}  # the bases and the layers within them
+    expected_new = {name for name in matching(model, second) if id(model.get_submodule(name)) not in inside}
+    apply(adapted_first, first)
+    names_of: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(module), []).append(name)
+    held = {  # their names inside the adapters and outside
+        name: module for base in bases for module in base.modules() for name in names_of.get(id(module), [])
+    }
+    try:
+        apply(model, second)
+    except ValueError as error:
+        if not raised_by_apply(error):
+            raise
+    replaced = {name: model.get_submodule(name) for name, base in held.items() if model.get_submodule(name) is not base}
+    name, layer = next(iter(replaced.items()), ("", None))
+    others = [other for other in names_of[id(held[name])] if other != name] if replaced else []
+    assert not replaced, (
+        f"{call}: {name} is now a {type(layer).__name__}, expected the very module it was: it lies inside an adapter "
+        f"(its base, or a layer within that base){f', registered as {others[:2]} too' if others else ''}: skip "
+        "every module inside an adapter by identity (id(module) of each in adapter.modules()), not by a name prefix, "
+        "nor only the base itself"
+    )
+    missed = sorted(name for name in expected_new if not isinstance(model.get_submodule(name), adapter))
+    assert not missed, f"{call} left {missed[:3]} unadapted: the new targets get adapters"
+
+
 def expect_a_fractional_alpha_kept(layer: nn.Module, base: nn.Linear, found: Factors, r: int, alpha: float) -> None:
     """Fail the check unless ``layer`` (made with ``r`` and a fractional ``alpha``, on a base computing what ``base``
     computes) scales B @ A by alpha / r and records alpha as given: no int(alpha), alpha // r, int(alpha / r)."""

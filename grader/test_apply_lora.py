@@ -19,6 +19,7 @@ from grader.probes import (
     case_folded,
     describe,
     expect_instance,
+    expect_the_adapters_bases_left_alone,
     factors,
     make_a_subclass_instance,
     max_difference,
@@ -662,35 +663,14 @@ def test_a_second_call_leaves_the_adapters_bases_alone_under_every_name(
     apply_lora, LoRALinear, model_name, part, first, second
 ):  # fmt: skip
     model, _ = zoo_model(model_name)
-    adapted_first = model.get_submodule(part)
-    bases = [adapted_first.get_submodule(name) for name in matching_linears(adapted_first, first)]
-    inside = {id(module) for base in bases for module in base.modules()}  # the bases and the layers within them
-    expected_new = {name for name in matching_linears(model, second) if id(model.get_submodule(name)) not in inside}
-    adapted(apply_lora(adapted_first, first, 2, 4.0))
-    names_of = aliases(model)
-    held = {  # their names inside the adapters and outside
-        name: module for base in bases for module in base.modules() for name in names_of.get(id(module), [])
-    }
     call = (
         f"apply_lora({model_name} model, {list(second)}) after apply_lora({'model.' + part if part else 'model'}, "
         f"{list(first)})"
     )
-    try:
-        apply_lora(model, second, 2, 4.0)
-    except ValueError as error:
-        if not raised_by_apply_lora(error):
-            raise
-    replaced = {name: model.get_submodule(name) for name, base in held.items() if model.get_submodule(name) is not base}
-    name, layer = next(iter(replaced.items()), ("", None))
-    others = [other for other in names_of[id(held[name])] if other != name] if replaced else []
-    assert not replaced, (
-        f"{call}: {name} is now a {type(layer).__name__}, expected the very module it was: it lies inside an adapter "
-        f"(its base, or a layer within that base){f', registered as {others[:2]} too' if others else ''}: skip "
-        "every module inside an adapter by identity (id(module) of each in adapter.modules()), not by a name prefix, "
-        "nor only the base itself"
-    )
-    missed = sorted(name for name in expected_new if not isinstance(model.get_submodule(name), LoRALinear))
-    assert not missed, f"{call} left {missed[:3]} unadapted: the new targets get adapters"
+    expect_the_adapters_bases_left_alone(
+        model, part, first, second, lambda module, targets: adapted(apply_lora(module, targets, 2, 4.0)),
+        matching_linears, LoRALinear, raised_by_apply_lora, call,
+    )  # fmt: skip
 
 
 @pytest.mark.points(1)

@@ -82,6 +82,7 @@ from grader.probes import (
     expect_plain_lora_in_regime,
     expect_plain_lora_with_frozen_factors,
     expect_r_alpha_and_scaling,
+    expect_the_adapters_bases_left_alone,
     expect_the_base_dtype_under_every_default_dtype,
     expect_the_base_output_left_alone,
     expect_value_error,
@@ -1090,6 +1091,39 @@ def test_never_wraps_an_adapter_again(apply_lora_gpt2, LoRAConv1D, LoRALinear):
 
 INNER_BASE = "<the adapters' own base>"  # stands for c_attn's name inside its adapter: c_attn.base, say
 FIRST, SECOND = ((2, 4.0, 0.0), (3, 7.5, 0.25))  # (r, alpha, dropout) of each call: all three differ
+
+
+def with_a_shared_c_proj(adapted_block: int, alias_block: int) -> nn.Module:
+    """A tiny GPT-2 whose block ``alias_block`` holds the very mlp.c_proj of block ``adapted_block`` (a shared
+    layer): once that block alone is adapted, the adapter's base is still reached under a name outside the adapter."""
+    model = gpt2()
+    blocks = model.transformer.h
+    blocks[alias_block].mlp.c_proj = blocks[adapted_block].mlp.c_proj
+    return model
+
+
+GPT2_SECOND_CALL_CASES = {  # id: (adapted block, its alias's block): the alias registered after the adapter, or before
+    "alias-after": (0, 1),
+    "alias-first": (1, 0),
+}
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_lora_gpt2")
+@pytest.mark.parametrize("adapted_block, alias_block", GPT2_SECOND_CALL_CASES.values(), ids=GPT2_SECOND_CALL_CASES)
+def test_a_second_call_leaves_the_adapters_bases_alone_under_every_name(
+    apply_lora_gpt2, LoRAConv1D, LoRALinear, Conv1D, adapted_block, alias_block
+):
+    """apply_lora's check of the same name, on GPT-2: a Conv1D adapted in one block, held by another too."""
+    model = with_a_shared_c_proj(adapted_block, alias_block)
+    part, first, second = f"transformer.h.{adapted_block}", ("mlp.c_proj",), ("c_proj",)
+    expect_the_adapters_bases_left_alone(
+        model, part, first, second, lambda module, targets: adapted(apply_lora_gpt2(module, targets, 2, 4.0)),
+        lambda module, targets: matching(module, targets, Conv1D), (LoRAConv1D, LoRALinear),
+        lambda error: True,  # the second call has new targets: what it left is judged, whatever it raised
+        f"apply_lora_gpt2(model, {list(second)}) after apply_lora_gpt2(model.{part}, {list(first)}), "
+        f"h.{alias_block}.mlp.c_proj being h.{adapted_block}'s",
+    )  # fmt: skip
 
 
 @pytest.mark.points(2)
