@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from grader.probes import ForeignLinear, output
+from grader.probes import ForeignLinear, ForeignLoRALinear, output
 
 WIDTH, HIDDEN, DEPTH, CLASSES = 8, 12, 11, 5
 
@@ -212,7 +212,8 @@ class LookAlikes(nn.Module):
     """Names that are prefixes, suffixes and substrings of one another (proj, q_proj, qq_proj, proj_q; fc1,
     fc10, fc1_gate; o, oo), names differing only by case (Fc1, Q_PROJ), names a regular expression confuses
     (attn.q and attn_q: "." matches any character), a LayerNorm named like a target, another library's layer whose
-    class is named Linear (``k_proj``, no nn.Linear), and parameters named like
+    class is named Linear (``k_proj``, no nn.Linear), another library's nn.Linear whose class is named LoRALinear
+    (``up_proj``, no adapter: a target), and parameters named like
     LoRA factors (``lora_scale``, ``gate.lora_A``) that are the model's own and must be frozen."""
 
     NAMES = ("proj", "q_proj", "qq_proj", "proj_q", "fc1", "fc10", "fc1_gate", "o", "oo", "attn_q", "Fc1", "Q_PROJ")
@@ -229,11 +230,12 @@ class LookAlikes(nn.Module):
         self.gate.lora_A = nn.Parameter(torch.ones(WIDTH))
         self.lora_scale = nn.Parameter(torch.ones(()))
         self.v_proj = _linear(WIDTH, CLASSES)
+        self.up_proj = ForeignLoRALinear(WIDTH, WIDTH)  # another library's nn.Linear named LoRALinear: no adapter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.NAMES:
             x = torch.tanh(getattr(self, name)(x))
-        x = torch.tanh(self.k_proj(torch.tanh(self.attn.q(x))))
+        x = torch.tanh(self.up_proj(torch.tanh(self.k_proj(torch.tanh(self.attn.q(x))))))
         return self.v_proj(self.norms["v_proj"](x) * self.gate.lora_A) * self.lora_scale
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -1416,6 +1416,121 @@ def targets_that_name_no_layer(first: str, second: str) -> dict[str, tuple[str, 
         "all-linear": ("all-linear",),
         "no-targets": (),
     }
+
+
+REAL_MODEL_WIDTH = 4096  # in and out of Llama-7B's attention projections: a layer of 2**24 weights, as merges meet
+
+
+def expect_a_real_models_layer_merged_in_float32(
+    base: nn.Module, adapter: nn.Module, merge: Callable[[nn.Module], nn.Module], r: int, scaling: float, where: str
+) -> None:
+    """Fail the check unless ``merge(adapter)``, for a fresh ``adapter`` (B zero) of a half-precision ``base``
+    REAL_MODEL_WIDTH square, adds W and the update in float32 and rounds once (``expect_merged_weight``): a merge that
+    saves the float32 copy of a large weight, summing in its own half dtype, shows only at a real model's size."""
+    tensors = trainable(adapter)
+    zero = [tensor for tensor in tensors if not tensor.detach().any()]
+    assert len(tensors) == 2 and len(zero) == 1, (
+        f"{where}: expected two trainable factors, B all zero at construction, measured shapes "
+        f"{[tuple(tensor.shape) for tensor in tensors]} ({len(zero)} all zero)"
+    )
+    stored_B = zero[0]
+    stored_A = next(tensor for tensor in tensors if tensor is not stored_B)
+    found = Factors(
+        stored_A, stored_B, stored_A.shape == (REAL_MODEL_WIDTH, r), stored_B.shape == (r, REAL_MODEL_WIDTH)
+    )
+    with torch.no_grad():
+        stored_B.normal_(0.0, 0.02)
+    # the float32 sum itself (what float64's rounds to but for a rare midpoint), faster than float64 at this size
+    exact = torch.addmm(linear_weight(base).float(), found.B.float(), found.A.float(), alpha=scaling)
+    merged = merge(adapter)
+    expect_merged_weight(
+        linear_weight(merged),
+        exact,
+        f"{where}, a {REAL_MODEL_WIDTH} x {REAL_MODEL_WIDTH} {dtype_name(base.weight.dtype)} layer (Llama-7B's)",
+        "upcast W, A and B to float32 and add there at every size (a real model's layers are this large or larger), "
+        "then cast back once",
+    )
+
+
+def targets_off_by_case(first: str, second: str) -> dict[str, tuple[str, ...]]:
+    """By case id, targets that differ from the layer names ``first`` and ``second`` by case only: compared as strings
+    they name no layer; lower-cased (names read as case-insensitive) they match ``first`` and ``second``."""
+    return {"off-by-case": (first.upper(), second.capitalize())}
+
+
+def case_folded(targets: Iterable[str], adapted: Iterable[str]) -> str:
+    """The likely cause when a layer of ``adapted``, which ``targets`` do not name, matches one of them but for case:
+    names read as case-insensitive; else ""."""
+    folded = [(name, t) for name in adapted for t in targets if f".{name}".lower().endswith(f".{t}".lower())]
+    if not folded:
+        return ""
+    name, t = folded[0]
+    return f"{t!r} matches {name!r} but for case: names are compared as strings, case and all (never lower-cased)"
+
+
+# Another library's nn.Linear subclass whose class is named LoRALinear (loralib's, a fork's): an nn.Linear, so a
+# target to wrap, and no adapter of this package, though its name says so. A check by class name skips it.
+ForeignLoRALinear = type("LoRALinear", (nn.Linear,), {"__module__": "another_library"})
+
+
+def adapter_namesakes(kinds: dict[str, type], *adapters: type) -> str:
+    """The likely cause when layers of the classes ``kinds`` (by name), left unwrapped, are of another library's
+    classes named like one of ``adapters`` (this package's adapter classes): adapters told by class name; else ""."""
+    names = {adapter.__name__ for adapter in adapters}
+    namesakes = [name for name, kind in kinds.items() if kind.__name__ in names and not issubclass(kind, adapters)]
+    if not namesakes:
+        return ""
+    kind = kinds[namesakes[0]]
+    return (
+        f"{namesakes[0]} is of class {kind.__module__}.{kind.__name__}, another library's layer (a subclass of "
+        f"{kind.__mro__[1].__name__}) and no adapter of this package: tell adapters by isinstance with this "
+        "package's classes, never by class name"
+    )
+
+
+def expect_the_adapters_bases_left_alone(
+    model: nn.Module,
+    part: str,
+    first: tuple[str, ...],
+    second: tuple[str, ...],
+    apply: Callable[[nn.Module, tuple[str, ...]], object],
+    matching: Callable[[nn.Module, tuple[str, ...]], list[str]],
+    adapter: type | tuple[type, ...],
+    raised_by_apply: Callable[[BaseException], bool],
+    call: str,
+) -> None:
+    """Fail the check unless ``apply(model, second)``, after ``apply(model.get_submodule(part), first)``, leaves every
+    module inside the first call's adapters (their bases, the layers within them) as it was, under each of its names
+    (a layer held outside its adapter too, registered before it or after), and adapts the new targets (``matching``
+    names the layers targets name, ``adapter`` is the adapter class or classes). A ValueError for which
+    ``raised_by_apply`` is true ("nothing left to adapt") is let pass: the checks below judge what was left."""
+    adapted_first = model.get_submodule(part)
+    bases = [adapted_first.get_submodule(name) for name in matching(adapted_first, first)]
+    inside = {id(module) for base in bases for module in base.modules()}  # the bases and the layers within them
+    expected_new = {name for name in matching(model, second) if id(model.get_submodule(name)) not in inside}
+    apply(adapted_first, first)
+    names_of: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(module), []).append(name)
+    held = {  # their names inside the adapters and outside
+        name: module for base in bases for module in base.modules() for name in names_of.get(id(module), [])
+    }
+    try:
+        apply(model, second)
+    except ValueError as error:
+        if not raised_by_apply(error):
+            raise
+    replaced = {name: model.get_submodule(name) for name, base in held.items() if model.get_submodule(name) is not base}
+    name, layer = next(iter(replaced.items()), ("", None))
+    others = [other for other in names_of[id(held[name])] if other != name] if replaced else []
+    assert not replaced, (
+        f"{call}: {name} is now a {type(layer).__name__}, expected the very module it was: it lies inside an adapter "
+        f"(its base, or a layer within that base){f', registered as {others[:2]} too' if others else ''}: skip "
+        "every module inside an adapter by identity (id(module) of each in adapter.modules()), not by a name prefix, "
+        "nor only the base itself"
+    )
+    missed = sorted(name for name in expected_new if not isinstance(model.get_submodule(name), adapter))
+    assert not missed, f"{call} left {missed[:3]} unadapted: the new targets get adapters"
 
 
 def expect_a_fractional_alpha_kept(layer: nn.Module, base: nn.Linear, found: Factors, r: int, alpha: float) -> None:

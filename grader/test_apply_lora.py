@@ -15,16 +15,20 @@ from torch import nn
 from grader.models import MODEL_ZOO, WIDTH, ToyTransformer, inputs, matching_linears, zoo_inputs
 from grader.probes import (
     DEVICES,
+    adapter_namesakes,
+    case_folded,
     describe,
     expect_each_adapter_following_its_own_mode,
     expect_every_layer_in_its_dtype,
     expect_factor_layers_left_alone,
     expect_instance,
+    expect_the_adapters_bases_left_alone,
     factors,
     make_a_subclass_instance,
     max_difference,
     randomize_factors,
     scaling_ratio,
+    targets_off_by_case,
     train,
     trainable,
 )
@@ -296,6 +300,7 @@ NO_MATCH_CASES = {  # id: (targets, the model they are looked for in, given by a
     "all-linear": (("all-linear",), "toy", False),  # peft's keyword is no target here: it names a layer so called
     "off-by-whitespace": ((" q_proj", "v_proj "), "toy", False),  # compared as strings: never stripped
     "comma-joined": (("q_proj,v_proj", "q_proj, fc1"), "toy", False),  # one string names one layer: never split
+    **{case: (targets, "toy", False) for case, targets in targets_off_by_case("q_proj", "fc1").items()},
 }
 
 
@@ -316,9 +321,13 @@ def test_raises_naming_the_targets_when_nothing_matches(apply_lora, LoRALinear, 
     else:
         new = sorted(set(adapters(model, LoRALinear)) - before)
         cause = (
-            f"it adapted {new[:3]}: targets are compared as strings (a name equal to one or ending with '.' + one), "
-            "never read as glob or regex patterns, nor as peft's 'all-linear', nor stripped of whitespace or split at "
-            "commas (an empty list names no layer either)"
+            f"it adapted {new[:3]}: "
+            + (
+                case_folded(targets, new)
+                or "targets are compared as strings (a name equal to one or ending with '.' + one), never read as "
+                "glob or regex patterns, nor as peft's 'all-linear', nor stripped of whitespace or split at commas "
+                "(an empty list names no layer either)"
+            )
             if new
             else "on a model already adapted (on q_proj) a target naming no layer is an error too"
             if model_kind == "adapted on q_proj"
@@ -404,6 +413,7 @@ ZOO_CASES = [  # (model, targets): every layer one of whose names matches (named
     ("look-alikes", ("v_proj",)),  # the nn.Linear, not the LayerNorm norms.v_proj
     ("look-alikes", ("k_proj", "v_proj")),  # not k_proj, whose class is named Linear but is no nn.Linear
     ("look-alikes", ("attn.q",)),  # not attn_q: a target is a name, not a regular expression
+    ("look-alikes", ("up_proj", "q_proj")),  # another library's nn.Linear named LoRALinear: no adapter, wrapped
     ("tied", ("v_proj", "alias")),  # both names of one layer: one adapter (under both, or under v_proj only)
     ("tied", ("alias",)),  # only a second name matches: named_modules() (deduplicated) lists layers.0.v_proj alone
     ("tied", ("classifier",)),  # a second name of the same parent as head
@@ -474,7 +484,7 @@ def test_adapts_the_model_zoo(apply_lora, LoRALinear, model_name, targets):
     inner = inner or [
         (f"{name} (a name of {held_by[name]}'s inner layer)", held_by[name]) for name in wrong if name in held_by
     ]
-    cause = (
+    cause = adapter_namesakes({name: type(expected[name]) for name in missed}, LoRALinear) or (
         f"{inner[0][0]} lies inside {inner[0][1]}, a target adapted in the same call: it is inside that adapter (in "
         "its base), and no layer inside an adapter is wrapped: adapt the outer target only"
         if inner
@@ -656,35 +666,14 @@ def test_a_second_call_leaves_the_adapters_bases_alone_under_every_name(
     apply_lora, LoRALinear, model_name, part, first, second
 ):  # fmt: skip
     model, _ = zoo_model(model_name)
-    adapted_first = model.get_submodule(part)
-    bases = [adapted_first.get_submodule(name) for name in matching_linears(adapted_first, first)]
-    inside = {id(module) for base in bases for module in base.modules()}  # the bases and the layers within them
-    expected_new = {name for name in matching_linears(model, second) if id(model.get_submodule(name)) not in inside}
-    adapted(apply_lora(adapted_first, first, 2, 4.0))
-    names_of = aliases(model)
-    held = {  # their names inside the adapters and outside
-        name: module for base in bases for module in base.modules() for name in names_of.get(id(module), [])
-    }
     call = (
         f"apply_lora({model_name} model, {list(second)}) after apply_lora({'model.' + part if part else 'model'}, "
         f"{list(first)})"
     )
-    try:
-        apply_lora(model, second, 2, 4.0)
-    except ValueError as error:
-        if not raised_by_apply_lora(error):
-            raise
-    replaced = {name: model.get_submodule(name) for name, base in held.items() if model.get_submodule(name) is not base}
-    name, layer = next(iter(replaced.items()), ("", None))
-    others = [other for other in names_of[id(held[name])] if other != name] if replaced else []
-    assert not replaced, (
-        f"{call}: {name} is now a {type(layer).__name__}, expected the very module it was: it lies inside an adapter "
-        f"(its base, or a layer within that base){f', registered as {others[:2]} too' if others else ''}: skip "
-        "every module inside an adapter by identity (id(module) of each in adapter.modules()), not by a name prefix, "
-        "nor only the base itself"
-    )
-    missed = sorted(name for name in expected_new if not isinstance(model.get_submodule(name), LoRALinear))
-    assert not missed, f"{call} left {missed[:3]} unadapted: the new targets get adapters"
+    expect_the_adapters_bases_left_alone(
+        model, part, first, second, lambda module, targets: adapted(apply_lora(module, targets, 2, 4.0)),
+        matching_linears, LoRALinear, raised_by_apply_lora, call,
+    )  # fmt: skip
 
 
 @pytest.mark.points(1)

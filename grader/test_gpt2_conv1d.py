@@ -48,6 +48,7 @@ from grader.probes import (
     GRAD_MODES,
     INVALID_ARGUMENTS,
     NAMED_AS_STRINGS,
+    REAL_MODEL_WIDTH,
     RELATIVE_TOLERANCE,
     SELECT_IN,
     SELECT_OUT,
@@ -55,13 +56,17 @@ from grader.probes import (
     UNROUNDED_ALPHA,
     UNROUNDED_R,
     Conv1DLike,
+    ForeignLoRALinear,
     a_merge_of_any_alpha,
+    adapter_namesakes,
     an_in_place_update_named,
     arguments_id,
+    case_folded,
     describe,
     dtype_name,
     examples,
     expect_a_fractional_alpha_kept,
+    expect_a_real_models_layer_merged_in_float32,
     expect_a_uniform_or_gaussian_draw,
     expect_alpha_as_given,
     expect_centred,
@@ -83,6 +88,7 @@ from grader.probes import (
     expect_plain_lora_in_regime,
     expect_plain_lora_with_frozen_factors,
     expect_r_alpha_and_scaling,
+    expect_the_adapters_bases_left_alone,
     expect_the_base_dtype_under_every_default_dtype,
     expect_the_base_output_left_alone,
     expect_value_error,
@@ -95,6 +101,7 @@ from grader.probes import (
     randomize_factors,
     relative_error,
     scaling_ratio,
+    targets_off_by_case,
     targets_that_name_no_layer,
     trainable,
     trained_numbers,
@@ -701,7 +708,27 @@ def named_like_adapter_parts(missed: list[str]) -> str:
     )
 
 
-GPT2_MODELS = {"GPT2LMHeadModel": lambda: gpt2(n_layer=12), "own classes": own_classifier, "wrapped": ValueHead}
+def with_adapter_namesakes() -> nn.Module:
+    """A tiny GPT-2 whose mlp.c_fc layers are of another library's Conv1D subclass named LoRAConv1D, and lm_head of
+    another library's nn.Linear subclass named LoRALinear (loralib's, a fork's): layers to wrap, no adapters of this
+    package, though their class names say so. The same weights, outputs and tie."""
+    from transformers.pytorch_utils import Conv1D
+
+    foreign = type("LoRAConv1D", (Conv1D,), {"__module__": "another_library"})
+    model = gpt2()
+    for name, module in model.named_modules():
+        if name.endswith("mlp.c_fc"):
+            module.__class__ = foreign
+    model.lm_head.__class__ = ForeignLoRALinear
+    return model
+
+
+GPT2_MODELS = {
+    "GPT2LMHeadModel": lambda: gpt2(n_layer=12),
+    "own classes": own_classifier,
+    "wrapped": ValueHead,
+    "adapter namesakes": with_adapter_namesakes,
+}
 TARGET_CASES = [
     ("GPT2LMHeadModel", ATTENTION),
     ("GPT2LMHeadModel", ("c_proj",)),  # attn.c_proj and mlp.c_proj
@@ -710,9 +737,11 @@ TARGET_CASES = [
     ("GPT2LMHeadModel", ("c_fc", "lm_head")),  # a Conv1D and an nn.Linear
     ("GPT2LMHeadModel", ["transformer.h.11.mlp.c_proj"]),  # a whole qualified name
     ("GPT2LMHeadModel", ("c_attn", "q_proj")),  # q_proj names nothing in GPT-2: no error, as c_attn matches
+    ("GPT2LMHeadModel", ("c_attn", "C_FC", "LM_head")),  # not c_fc or lm_head: names are compared case and all
     ("own classes", ("c_fc", "score")),  # subclasses of Conv1D and nn.Linear, an nn.Linear that is not lm_head
     ("wrapped", ("c_attn",)),  # a GPT-2 held as base by a wrapper: base.transformer.h.0.attn.c_attn is a target
     ("wrapped", ("c_proj", "lora_A")),  # and a layer of the wrapper's named like an adapter's factor
+    ("adapter namesakes", ("c_fc", "lm_head")),  # another library's LoRAConv1D and LoRALinear: no adapters, wrapped
 ]
 SUBCLASSES = "a subclass of Conv1D or nn.Linear is one (models define their own): test isinstance, not type(m)"
 
@@ -750,14 +779,20 @@ def test_adapts_exactly_the_conv1d_and_linear_layers_named(
         cause = "raise only when nothing matches; a target that names no layer is no error while another one does"
         if all(kind not in (Conv1D, nn.Linear) for kind in kinds.values()):
             cause = SUBCLASSES
-        cause = named_like_adapter_parts(sorted(expected)) or cause
+        cause = named_like_adapter_parts(sorted(expected)) or adapter_namesakes(kinds, LoRAConv1D, LoRALinear) or cause
         pytest.fail(f"{call} raised ValueError ({error}) though {len(expected)} layers match: {cause}", pytrace=False)
     found = set(adapters(model, LoRAConv1D, LoRALinear))
     wrong, missed = sorted(found - expected), sorted(expected - found)
-    cause = named_like_adapter_parts(missed) or missed_cause(missed, kinds, Conv1D)
+    cause = (
+        named_like_adapter_parts(missed)
+        or adapter_namesakes({name: kinds[name] for name in missed}, LoRAConv1D, LoRALinear)
+        or missed_cause(missed, kinds, Conv1D)
+    )
     if not cause:
         cause = "match a name when it equals a target or ends with '.' + target"
-        if any(t in name for name in wrong for t in targets):
+        if case_folded(targets, wrong):
+            cause = case_folded(targets, wrong)
+        elif any(t in name for name in wrong for t in targets):
             cause = "substring or bare endswith matching: " + cause
     assert not wrong and not missed, (
         f"{model_name}, targets {list(targets)}: expected adapters on {len(expected)} layers, got {len(found)}; "
@@ -988,6 +1023,7 @@ NO_MATCH_CASES = {  # id: (targets, as what they are given: a tuple, one str of 
     "wte-as-one-str": (("wte",), "one str"),
     "q_proj+v_proj-as-an-iterator": (("q_proj", "v_proj"), "a one-shot iterator"),
     **{case: (targets, "a tuple") for case, targets in targets_that_name_no_layer("c_attn", "c_fc").items()},
+    **{case: (targets, "a tuple") for case, targets in targets_off_by_case("c_attn", "c_fc").items()},
     "comma-joined-as-one-str": (("c_fc,c_proj",), "one str"),  # one str is one name, as on no command line
     "regex-as-one-str": (("c_.ttn",), "one str"),
     "on-an-adapted-model": (("q_proj",), "a tuple on an adapted model"),  # adapters there: still no match
@@ -1014,7 +1050,7 @@ def test_raises_naming_the_targets_when_nothing_matches(apply_lora_gpt2, LoRACon
     else:
         new = sorted(set(adapters(model, LoRAConv1D, LoRALinear)) - before)
         cause = (
-            f"it adapted {len(new)} layers, e.g. {new[:2]}: {NAMED_AS_STRINGS}"
+            f"it adapted {len(new)} layers, e.g. {new[:2]}: {case_folded(targets, new) or NAMED_AS_STRINGS}"
             if new
             else "on a model already adapted (on c_attn) a target naming no layer is an error too"
             if form == "a tuple on an adapted model"
@@ -1062,6 +1098,39 @@ def test_never_wraps_an_adapter_again(apply_lora_gpt2, LoRAConv1D, LoRALinear):
 
 INNER_BASE = "<the adapters' own base>"  # stands for c_attn's name inside its adapter: c_attn.base, say
 FIRST, SECOND = ((2, 4.0, 0.0), (3, 7.5, 0.25))  # (r, alpha, dropout) of each call: all three differ
+
+
+def with_a_shared_c_proj(adapted_block: int, alias_block: int) -> nn.Module:
+    """A tiny GPT-2 whose block ``alias_block`` holds the very mlp.c_proj of block ``adapted_block`` (a shared
+    layer): once that block alone is adapted, the adapter's base is still reached under a name outside the adapter."""
+    model = gpt2()
+    blocks = model.transformer.h
+    blocks[alias_block].mlp.c_proj = blocks[adapted_block].mlp.c_proj
+    return model
+
+
+GPT2_SECOND_CALL_CASES = {  # id: (adapted block, its alias's block): the alias registered after the adapter, or before
+    "alias-after": (0, 1),
+    "alias-first": (1, 0),
+}
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("apply_lora_gpt2")
+@pytest.mark.parametrize("adapted_block, alias_block", GPT2_SECOND_CALL_CASES.values(), ids=GPT2_SECOND_CALL_CASES)
+def test_a_second_call_leaves_the_adapters_bases_alone_under_every_name(
+    apply_lora_gpt2, LoRAConv1D, LoRALinear, Conv1D, adapted_block, alias_block
+):
+    """apply_lora's check of the same name, on GPT-2: a Conv1D adapted in one block, held by another too."""
+    model = with_a_shared_c_proj(adapted_block, alias_block)
+    part, first, second = f"transformer.h.{adapted_block}", ("mlp.c_proj",), ("c_proj",)
+    expect_the_adapters_bases_left_alone(
+        model, part, first, second, lambda module, targets: adapted(apply_lora_gpt2(module, targets, 2, 4.0)),
+        lambda module, targets: matching(module, targets, Conv1D), (LoRAConv1D, LoRALinear),
+        lambda error: True,  # the second call has new targets: what it left is judged, whatever it raised
+        f"apply_lora_gpt2(model, {list(second)}) after apply_lora_gpt2(model.{part}, {list(first)}), "
+        f"h.{alias_block}.mlp.c_proj being h.{adapted_block}'s",
+    )  # fmt: skip
 
 
 @pytest.mark.points(2)
@@ -1799,7 +1868,9 @@ def nearly_cancelling(layer: nn.Module, r: int, scaling: float) -> tuple[torch.T
 @pytest.mark.subject("merge_gpt2")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("device", DEVICES)
-def test_half_precision_merges_in_float32_and_rounds_once(apply_lora_gpt2, merge_gpt2, device, dtype):
+def test_half_precision_merges_in_float32_and_rounds_once(
+    apply_lora_gpt2, merge_gpt2, LoRAConv1D, Conv1D, device, dtype
+):
     model = gpt2().to(device=device, dtype=dtype)
     adapted(apply_lora_gpt2(model, HALF_MERGED, r=HALF_R, alpha=HALF_ALPHA))
     randomize(model, std=0.2)
@@ -1847,3 +1918,12 @@ def test_half_precision_merges_in_float32_and_rounds_once(apply_lora_gpt2, merge
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[0]
         pytest.fail(f"the merged {dtype} model's forward raised {first_line!r}: keep every tensor in {dtype}", False)
+    big = Conv1D(REAL_MODEL_WIDTH, REAL_MODEL_WIDTH).to(device=device, dtype=dtype)  # and a real model's layer
+    expect_a_real_models_layer_merged_in_float32(
+        big,
+        LoRAConv1D(big, r=HALF_R, alpha=HALF_ALPHA),
+        lambda adapter: expect_instance(merge_gpt2(adapter), Conv1D, "merge_gpt2(a LoRAConv1D)", "the new Conv1D"),
+        HALF_R,
+        HALF_ALPHA / HALF_R,
+        "merge_gpt2(a LoRAConv1D)'s weight",
+    )

@@ -18,6 +18,7 @@ from grader.probes import (
     FROZEN_BEFORE_MERGING,
     GRAD_MODES,
     HALF_DTYPES,
+    REAL_MODEL_WIDTH,
     RELATIVE_TOLERANCE,
     UNROUNDED_ALPHA,
     UNROUNDED_R,
@@ -25,6 +26,7 @@ from grader.probes import (
     default_dtype,
     describe,
     dtype_name,
+    expect_a_real_models_layer_merged_in_float32,
     expect_instance,
     expect_merged_like_the_adapted,
     expect_merged_weight,
@@ -414,6 +416,16 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
         if rounded_scaling
         else "",
     )
+    if alone and bias:  # and one layer of a real model's size, where a merge may save the float32 copy
+        big = nn.Linear(REAL_MODEL_WIDTH, REAL_MODEL_WIDTH, device=device, dtype=dtype)
+        expect_a_real_models_layer_merged_in_float32(
+            big,
+            LoRALinear(big, r=r, alpha=alpha),
+            lambda adapter: returned_linear(merge_weights(adapter)),
+            r,
+            alpha / r,
+            "the merged weight",
+        )
     bias = merged.bias
     assert bias is None or base.bias is not None, (
         f"the base had no bias but the merged {dtype} layer{where} has one: keep bias=None (nn.Linear(..., "

@@ -65,6 +65,10 @@ def apply_lora_gpt2(
     """
     targets = (target_modules,) if isinstance(target_modules, str) else tuple(target_modules)
     adaptable = (Conv1D, nn.Linear, LoRAConv1D, LoRALinear)
+    # An adapter's own base is never a target, under any name (a layer shared with another block is reached outside
+    # its adapter too): layers inside adapters are told by identity, never by their names.
+    adapters = (LoRAConv1D, LoRALinear)
+    inside = {id(m) for a in model.modules() if isinstance(a, adapters) for m in list(a.modules())[1:]}
     matched = [
         (name, module)
         for name, module in model.named_modules()
@@ -73,7 +77,7 @@ def apply_lora_gpt2(
     if not matched:
         raise ValueError(f"apply_lora_gpt2: no Conv1D or nn.Linear matches target_modules={targets}")
     for name, module in matched:
-        if isinstance(module, (LoRAConv1D, LoRALinear)) or _inside_an_adapter(model, name):
+        if isinstance(module, adapters) or id(module) in inside:
             continue  # already adapted, or the base inside an adapter: never wrap twice
         wrapper = LoRAConv1D if isinstance(module, Conv1D) else LoRALinear
         parent_name, _, child_name = name.rpartition(".")
@@ -98,15 +102,6 @@ def _linear_factor_names() -> set[str]:
     with torch.random.fork_rng(devices=[]):  # its random init leaves the caller's random stream as it was
         fresh = LoRALinear(nn.Linear(2, 2), r=1, alpha=1.0)
     return {name for name, parameter in fresh.named_parameters() if parameter.requires_grad}
-
-
-def _inside_an_adapter(model: nn.Module, name: str) -> bool:
-    """Whether the module called ``name`` sits inside a LoRA layer (``...c_attn.base``, say)."""
-    parts = name.split(".")
-    return any(
-        isinstance(model.get_submodule(".".join(parts[:depth])), (LoRAConv1D, LoRALinear))
-        for depth in range(1, len(parts))
-    )
 
 
 def merge_gpt2(model: nn.Module) -> nn.Module:

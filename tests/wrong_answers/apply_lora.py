@@ -231,4 +231,7 @@ WRONG_ANSWERS = [
     WrongAnswer("layers under a module named base skipped", KATA, MATCH,
                 'return "base" not in name.split(".") and ' + MATCH.removeprefix("return "),
                 "test_adapts_the_model_zoo", "never by name"),
+    WrongAnswer("adapters told by class name", KATA, "        if isinstance(module, nn.Linear):\n",
+                '        if isinstance(module, nn.Linear) and type(module).__name__ != "LoRALinear":  # a reloaded class\n',
+                "test_adapts_the_model_zoo", "never by class name"),
 ]  # fmt: skip

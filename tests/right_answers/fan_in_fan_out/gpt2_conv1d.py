@@ -54,10 +54,13 @@ def _walk(module, prefix=""):
 
 def apply_lora_gpt2(model, target_modules=("c_attn",), r=8, alpha=16.0, dropout=0.0):
     targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    # An adapter's base may be held outside it too (a shared layer): told by identity, under every name.
+    inside = {id(m) for a in model.modules() if isinstance(a, (LoRAConv1D, LoRALinear)) for m in list(a.modules())[1:]}
     hits = [
         (parent, name, child)
         for parent, name, full, child in _walk(model)
         if isinstance(child, (Conv1D, nn.Linear, LoRAConv1D, LoRALinear))
+        and id(child) not in inside
         and any(full == t or full.endswith("." + t) for t in targets)
     ]
     if not hits:
