@@ -424,3 +424,14 @@ WRONG_ANSWERS += [
                 'self.register_buffer("absmax", absmax, persistent=False)  # per-block scales, not state',
                 "test_a_state_dict_loaded_into_another_layer_makes_it_compute_the_first", "the absmax among them"),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 18 of the red team (team D): the memory walk saw tensors and Python buffers only.
+    WrongAnswer("the weight's bytes kept as one Python int", KATA, BUFFERS,
+                BUFFERS + "; self._weight_bits = int.from_bytes(base.weight.detach().cpu().contiguous()"
+                '.view(torch.uint8).numpy().tobytes(), "little")  # to unquantize later',
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "_weight_bits (its"),
+    WrongAnswer("the weight's bytes kept in an io.BytesIO", KATA, BUFFERS,
+                BUFFERS + "; self._original = __import__('io').BytesIO(base.weight.detach().cpu().contiguous()"
+                ".view(torch.uint8).numpy().tobytes())  # to unquantize later",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "_original (its"),
+]  # fmt: skip
