@@ -409,3 +409,13 @@ WRONG_ANSWERS += [
                 more_edits=(("scales, offset, block_size)  # no padding",
                              "scales * 127, offset, block_size)  # no padding; each block's absmax, as bitsandbytes keeps"),)),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 18 of the red team (team D): a number's own attributes were never counted.
+    WrongAnswer("the offset a float subclass carrying the absmax", KATA,
+                "    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)",
+                "    offset = _Offset(offset.item())\n"
+                "    offset.source = absmax.detach().float().clone()  # for an exact restore later\n"
+                "    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)",
+                "test_a_512_x_1024_weight_takes_at_most_0_52_bytes_per_parameter", "offset.source",
+                more_edits=(("def dequantize_absmax(", "class _Offset(float):\n    pass\n\n\ndef dequantize_absmax("),)),
+]  # fmt: skip
