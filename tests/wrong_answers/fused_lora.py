@@ -380,3 +380,12 @@ WRONG_ANSWERS += [
                 more_edits=(("        self.r, self.alpha, self.scaling = r, alpha, alpha / r\n",
                              "        self.r, self.alpha, self.scaling = r, alpha, alpha / r\n        self.compute_dtype = base.weight.dtype\n"),)),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 18 of the red team (team D): the saved-memory check looked only at the autograd node.
+    WrongAnswer("the flattened x kept in a module-level dict", KATA, IMPORTS,
+                "import weakref\n\n" + IMPORTS + "\n\n_FLAT_X: dict = {}  # the flattened x of each live call, for backward",
+                "test_forward_saves_only_what_backward_needs", "module-level",
+                more_edits=(("        ctx.scaling, ctx.x_shape = scaling, x.shape\n",
+                             "        ctx.scaling, ctx.x_shape = scaling, x.shape\n"
+                             "        _FLAT_X[id(ctx)] = rows\n        weakref.finalize(ctx, _FLAT_X.pop, id(ctx), None)\n"),)),
+]  # fmt: skip
