@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grader import nf4_reference as ref
-from grader.probes import describe, expect_instance
+from grader.probes import describe, expect_instance, python_bytes
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 EPS32 = torch.finfo(torch.float32).eps
@@ -99,16 +99,26 @@ def layout_parts(tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
 
 
 def reachable_bytes(value: object, name: str, memory: dict, parts: dict, seen: set, call: str) -> int:
-    """Bytes of numbers (4 each) under ``value``; each tensor memory reachable from it (a sparse tensor's indices and
-    values, a tensor's attributes and .grad, lists, tuples, dicts) goes into ``memory`` once, its bytes into
-    ``parts`` under the path that reached it."""
+    """Bytes of numbers (4 each, an int's digits past 30 bits too) under ``value``; each tensor memory reachable from
+    it (a sparse tensor's indices and values, a tensor's attributes and .grad, a number subclass's attributes, lists,
+    tuples, dicts) goes into ``memory`` once, its bytes into ``parts`` under the path that reached it."""
     if id(value) in seen:
         return 0
     seen.add(id(value))
     if isinstance(value, bool) or value is None:
         return 4 if isinstance(value, bool) else 0
     if isinstance(value, (int, float)):
-        return 4
+        digits = max(python_bytes(value) - 4, 0) if isinstance(value, int) else 0  # a number of 4 bytes, but a big int
+        if digits:
+            parts[name] = parts.get(name, 0) + 4 + digits
+        return (
+            4
+            + digits
+            + sum(  # a subclass's attributes (vars, __slots__) stay alive with it
+                reachable_bytes(held, f"{name}.{attribute}", memory, parts, seen, call)
+                for attribute, held in number_attributes(value)
+            )
+        )
     if isinstance(value, torch.Tensor):
         for suffix, part in layout_parts(value):
             key, size = storage_bytes(part)
@@ -126,6 +136,18 @@ def reachable_bytes(value: object, name: str, memory: dict, parts: dict, seen: s
     if isinstance(value, dict):
         return sum(reachable_bytes(v, f"{name}[{k!r}]", memory, parts, seen, call) for k, v in value.items())
     pytest.fail(f"{call}.{name} is {describe(value)}: a QuantizedAbsmax holds tensors and numbers only", pytrace=False)
+
+
+def number_attributes(value: int | float) -> list[tuple[str, object]]:
+    """(name, value) of what an instance of a subclass of int or float holds besides its number: its __dict__ and
+    its __slots__; nothing for a plain int or float."""
+    held = list(vars(value).items()) if hasattr(value, "__dict__") else []
+    for cls in type(value).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__") and hasattr(value, slot):
+                held.append((slot, getattr(value, slot)))
+    return held
 
 
 def state_of(tensor: torch.Tensor) -> tuple[torch.Tensor, bool, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -1652,6 +1653,46 @@ def expect_plain_lora_with_frozen_factors(
         for tensor in pair:
             tensor.requires_grad_(True)
             tensor.grad = None
+
+
+# Names of a dict (a module's globals, a class's or a wrapper's __dict__) whose values describe code, not state: a
+# docstring, a name, annotations, the import machinery's records. Memory walks charge them to nothing.
+METADATA_NAMES = frozenset(
+    {"__doc__", "__name__", "__qualname__", "__module__", "__annotations__", "__file__", "__cached__", "__spec__",
+     "__loader__", "__package__", "__path__", "__builtins__"}
+)  # fmt: skip
+
+
+def python_bytes(value: object) -> int:
+    """The bytes a Python object holds beyond its type's fixed part, as the memory walks charge them: an int's digits,
+    a str's characters, a bytes' or an io.BytesIO's buffer (its ``__sizeof__`` less ``__basicsize__``), or what it
+    exposes through the buffer protocol (a ctypes array, an mmap), whichever is more; 0 for what Python shares (None,
+    bools, the small ints -5 to 256) and for a container (its items are walked and charged one by one)."""
+    if value is None or isinstance(value, (bool, dict, list, tuple, set, frozenset)):
+        return 0
+    if type(value) is int and -5 <= value <= 256:
+        return 0
+    try:
+        exposed = memoryview(value).nbytes
+    except (TypeError, ValueError, BufferError):  # no buffer, or a released one
+        exposed = 0
+    return max(exposed, type(value).__sizeof__(value) - type(value).__basicsize__, 0)
+
+
+def submission_state(source: type | Callable) -> list[dict]:
+    """What the submission keeps at module level, as dicts to walk: the globals of every loaded module of the package
+    ``source`` (a class or a function of the submission) comes from, and the attributes of the classes defined there
+    (a class-level cache). Memory a call leaves there is memory the call keeps alive."""
+    package = source.__module__.split(".")[0]
+    state = []
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__name__", None)
+        if not isinstance(name, str) or name.split(".")[0] != package:
+            continue
+        state.append(vars(module))
+        classes = [value for value in list(vars(module).values()) if isinstance(value, type)]
+        state += [dict(vars(cls)) for cls in classes if cls.__module__ == name]
+    return state
 
 
 # alpha values outside the comfortable positive range, which the stubs take as given: 0 mutes the adapter (scaling 0,

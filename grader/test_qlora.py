@@ -35,6 +35,7 @@ from grader.probes import (
     FORWARD_FAILURES,
     GRAD_MODES,
     INVALID_ARGUMENTS,
+    METADATA_NAMES,
     TRAINING_CASES,
     arguments_id,
     describe,
@@ -54,6 +55,7 @@ from grader.probes import (
     max_difference,
     output,
     plain_lora,
+    python_bytes,
     randomize_factors,
     strided,
     trainable,
@@ -133,7 +135,10 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
     but for a function's default arguments (``alpha=16.0``), which are constants of the code, not of the layer.
     Whatever can hold the weight's bytes counts as a uint8 tensor of them: bytes, bytearray, memoryview,
     array.array, a torch storage (untyped or typed), a numpy array of any kind, and the ints of a list or tuple
-    (as int64, 8 bytes each: list(weight_bytes))."""
+    (as int64, 8 bytes each: list(weight_bytes)). Any other object counts as a uint8 tensor of what it holds beyond
+    its type's fixed part (``python_bytes``: a big int's digits, a str's characters, an io.BytesIO's buffer, a ctypes
+    array), and is walked through too (a float subclass's attributes); what describes code is not the layer's (a
+    docstring, a name, annotations: ``METADATA_NAMES``; a function's own name and doc)."""
     package = type(root).__module__.split(".")[0]
     own = lambda name: isinstance(name, str) and name.split(".")[0] == package  # noqa: E731
     foreign = {id(vars(m)) for m in list(sys.modules.values()) if m is not None and not own(m.__name__)}
@@ -143,7 +148,7 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
     queue = deque([(root, type(root).__name__)])
     while queue and len(seen) < 200_000:
         value, where = queue.popleft()
-        if id(value) in seen or isinstance(value, (types.ModuleType, str, int, float, types.CodeType)):
+        if id(value) in seen or isinstance(value, (types.ModuleType, types.CodeType)):
             continue
         if id(value) in foreign or (isinstance(value, type) and not own(value.__module__)):
             continue
@@ -177,10 +182,17 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
             if ints > 16:  # a shape or a few indices cost nothing; a weight's bytes as ints do
                 made.append(torch.zeros(ints, dtype=torch.int64))
                 yield f"{where} (its Python ints)", made[-1]
+        elif not isinstance(value, (types.FunctionType, type)) and (size := python_bytes(value)) > 0:
+            made.append(torch.empty(size, dtype=torch.uint8))  # its size is what counts
+            yield f"{where} (its {size} bytes as a {type(value).__name__})", made[-1]
         if isinstance(value, torch.autograd.graph.Node):
             children = graph_children(value, where)
+        elif isinstance(value, types.FunctionType):  # its state, not its name, doc or annotations
+            held = [value.__globals__, value.__defaults__, value.__kwdefaults__, value.__closure__, vars(value)]
+            children = [(item, f"{where} (via function)") for item in held if item is not None]
         elif isinstance(value, dict):
-            children = [(item, f"{where}[{key!r}]") for key, item in value.items()]
+            described = lambda key: isinstance(key, str) and key in METADATA_NAMES  # noqa: E731
+            children = [(item, f"{where}[{key!r}]") for key, item in value.items() if not described(key)]
             children += [(key, f"{where} key") for key in value]
         elif isinstance(value, (list, tuple)):
             children = [(item, f"{where}[{index}]") for index, item in enumerate(value)]

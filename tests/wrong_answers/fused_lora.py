@@ -402,4 +402,11 @@ WRONG_ANSWERS += [
                 "                ctx.weight_grad_norm, grad_weight = grad_weight.norm(), None",
                 "test_a_step_does_only_the_matrix_work_lora_needs",
                 "8192 rows, in=12, out=10, r=3), computed a product shaped like the gradient of weight"),
+    # Round 18 of the red team (team D): the saved-memory check looked only at the autograd node.
+    WrongAnswer("the flattened x kept in a module-level dict", KATA, IMPORTS,
+                "import weakref\n\n" + IMPORTS + "\n\n_FLAT_X: dict = {}  # the flattened x of each live call, for backward",
+                "test_forward_saves_only_what_backward_needs", "module-level",
+                more_edits=(("        ctx.scaling, ctx.x_shape = scaling, x.shape\n",
+                             "        ctx.scaling, ctx.x_shape = scaling, x.shape\n"
+                             "        _FLAT_X[id(ctx)] = rows\n        weakref.finalize(ctx, _FLAT_X.pop, id(ctx), None)\n"),)),
 ]  # fmt: skip

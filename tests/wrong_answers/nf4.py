@@ -429,4 +429,12 @@ WRONG_ANSWERS += [
                             (PACK, "if len(_FINGERPRINTED) >= 4:\n        _FINGERPRINTED.pop(next(iter(_FINGERPRINTED)))\n"
                                    "    _FINGERPRINTED[key] = result = ((nibbles[0::2] << 4) | nibbles[1::2], absmax)\n"
                                    "    return tuple(t.clone() for t in result)"))),
+    # Round 18 of the red team (team D): a number's own attributes were never counted.
+    WrongAnswer("the offset a float subclass carrying the absmax", KATA,
+                "    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)",
+                "    offset = _Offset(offset.item())\n"
+                "    offset.source = absmax.detach().float().clone()  # for an exact restore later\n"
+                "    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)",
+                "test_a_512_x_1024_weight_takes_at_most_0_52_bytes_per_parameter", "offset.source",
+                more_edits=(("def dequantize_absmax(", "class _Offset(float):\n    pass\n\n\ndef dequantize_absmax("),)),
 ]  # fmt: skip

@@ -439,4 +439,13 @@ WRONG_ANSWERS += [
                 "        if isinstance(module, nn.Linear) and name.rpartition(\".\")[2] not in (\"lora_A\", \"lora_B\"):  # factors\n"
                 "            held.setdefault",
                 "test_apply_qlora_quantizes_the_model_zoo", "lora_A is Linear, expected NF4Linear"),
+    # Round 18 of the red team (team D): the memory walk saw tensors and Python buffers only.
+    WrongAnswer("the weight's bytes kept as one Python int", KATA, BUFFERS,
+                BUFFERS + "; self._weight_bits = int.from_bytes(base.weight.detach().cpu().contiguous()"
+                '.view(torch.uint8).numpy().tobytes(), "little")  # to unquantize later',
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "_weight_bits (its"),
+    WrongAnswer("the weight's bytes kept in an io.BytesIO", KATA, BUFFERS,
+                BUFFERS + "; self._original = __import__('io').BytesIO(base.weight.detach().cpu().contiguous()"
+                ".view(torch.uint8).numpy().tobytes())  # to unquantize later",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "_original (its"),
 ]  # fmt: skip
