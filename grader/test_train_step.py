@@ -1603,7 +1603,7 @@ def test_one_forward_and_one_backward_per_micro_batch(train_step, with_scaler):
         + (
             f"micro-batches {unseen[0]} to {unseen[-1]} never reached the model: the window was cut (to a fixed "
             "count of accumulation steps?): every micro-batch the window holds is one forward, however many"
-            if unseen and unseen == list(range(unseen[0], len(window) + 1))
+            if unseen and unseen == list(range(r.model.forwards + 1, len(window) + 1))
             else "micro-batches of one shape were merged (concatenated) into one forward; call the model on each"
         )
     )
