@@ -246,6 +246,18 @@ def ids_cause(tokenizer, measured: list, expected: Expected, prompt: str, output
             "the output's pad tokens (the text '<pad>' encodes to the pad id) were dropped: keep enc(output) whole, "
             "whatever it holds; padding is collate's, past an example's length"
         )
+    prompt_ids, response = expected.prefix[len(first) :], expected.response
+    kept = measured[len(first) : len(measured) - len(response)]
+    if (
+        len(first) + len(response) <= len(measured) < len(expected.input_ids)
+        and measured[: len(first)] == first
+        and measured[len(measured) - len(response) :] == response
+        and kept == prompt_ids[len(prompt_ids) - len(kept) :]
+    ):
+        return (
+            f"the prompt was cut to {len(kept)} of its {len(prompt_ids)} tokens, its last: keep it whole, however "
+            "long (only max_length truncates, keeping the first items of the whole example)"
+        )
     if measured[: len(expected.prefix)] != expected.prefix:
         return "the start is not [bos] + the tokens of format_prompt(instruction, input)"
     for how, altered in output_alterations(output).items():
@@ -722,17 +734,26 @@ def test_unicode_and_emoji(build_example, tokenizer, case):
     assert_labels(tokenizer, ids, labels, expected)
 
 
+LONG_TEXT = " ".join(f"Step {i}: the sea is wide, the sea is deep. Hello 🙂" for i in range(400))  # ~9,500 tokens
+LONG_EXAMPLES = {  # the long part: the output (a long story), or the prompt (a long instruction, a long document)
+    "output": ("Write a long story.", "", LONG_TEXT),
+    "instruction": (LONG_TEXT, "", "Done."),
+    "input": ("Summarize the text.", LONG_TEXT, "A sea."),
+}
+
+
 @pytest.mark.points(1)
-def test_very_long_output(build_example, tokenizer, monkeypatch):
-    """An example far longer than the tokenizer's model_max_length (GPT-2's 1024 here) is kept whole unless
-    max_length is given, by default or as max_length=None."""
-    output = " ".join(f"Step {i}: the sea is wide, the sea is deep. Hello 🙂" for i in range(400))
-    expected = expected_example(tokenizer, "Write a long story.", "", output)
+@pytest.mark.parametrize("long", LONG_EXAMPLES)
+def test_very_long_prompt_or_output(build_example, tokenizer, monkeypatch, long):
+    """An example far longer than the tokenizer's model_max_length (GPT-2's 1024 here), by its output or by its prompt,
+    is kept whole unless max_length is given, by default or as max_length=None."""
+    instruction, input, output = LONG_EXAMPLES[long]
+    expected = expected_example(tokenizer, instruction, input, output)
     monkeypatch.setattr(tokenizer, "model_max_length", 1024, raising=False)
     calls = {
-        "build_example(tokenizer, ...)": lambda: build_example(tokenizer, "Write a long story.", "", output),
+        "build_example(tokenizer, ...)": lambda: build_example(tokenizer, instruction, input, output),
         "build_example(tokenizer, ..., max_length=None)": lambda: build_example(
-            tokenizer, "Write a long story.", "", output, max_length=None
+            tokenizer, instruction, input, output, max_length=None
         ),
     }
     for call, make in calls.items():
@@ -742,10 +763,14 @@ def test_very_long_output(build_example, tokenizer, monkeypatch):
             pytest.fail(f"{call} raised TypeError ({error}): max_length=None is the stub's no limit", pytrace=False)
         assert len(ids) >= len(expected.input_ids), (
             f"{call}: a {len(expected.input_ids)}-token example came back with {len(ids)} input_ids, the tokenizer's "
-            "model_max_length is 1024: no truncation unless max_length is given (not the tokenizer's "
-            "model_max_length either)"
+            "model_max_length is 1024: "
+            + (
+                "no truncation unless max_length is given (not the tokenizer's model_max_length either)"
+                if len(ids) <= 1024
+                else ids_cause(tokenizer, ids, expected, template(instruction, input), output)
+            )
         )
-        assert_input_ids(tokenizer, ids, expected, template("Write a long story.", ""), output)
+        assert_input_ids(tokenizer, ids, expected, template(instruction, input), output)
         assert_labels(tokenizer, ids, labels, expected)
 
 
@@ -860,6 +885,12 @@ PAD = 2  # the grader tokenizer's pad id; the examples' own ids start at 10
 # 128,001, pad <|finetune_right_pad_id|> 128,004; the examples' ids start at 10, across 2**16, or end at the last id.
 LLAMA3_VOCAB, LLAMA3_EOS, LLAMA3_PAD = 128_256, 128_001, 128_004
 FIRST_IDS = (10, 2**16 - 4, 2**15 - 4, LLAMA3_VOCAB - 9)
+
+
+MAX_BATCH = 32  # a real batch's size: collate is checked on batches of 1 to 32 examples, past 8 and 16 too
+# The longest example of a batch: short, just past 128 and odd (no rounding up to a multiple of 8, 64 or 128),
+# longer than a 2048 context, and past 4096, 8192 and 32768 (no cap at Llama-2's, Llama-3's or Mistral's context).
+LONGEST = ((2, 5, 3), (129, 16), (3000, 16), (4097, 3), (8193, 16, 8191), (32_769, 2))
 
 
 def synthetic_examples(lengths: list[int], first: int = 10, holes: bool = False) -> list[dict[str, list[int]]]:
@@ -1018,11 +1049,13 @@ def collate_cause(
 
 @pytest.mark.points(3)
 @given(
-    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=5),
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=MAX_BATCH),
     first=st.sampled_from(FIRST_IDS),
     pad=st.sampled_from([PAD, LLAMA3_EOS, LLAMA3_PAD]),
     holes=st.booleans(),
 )
+@example(lengths=[5, 9, 2, 7, 9, 1, 3, 8, 6], first=10, pad=PAD, holes=True)  # 9 examples: past a batch of 8
+@example(lengths=[(i % 9) + 1 for i in range(MAX_BATCH)], first=10, pad=PAD, holes=True)  # a batch of 32
 @example(lengths=[3, 7, 1], first=10, pad=PAD, holes=False)
 @example(lengths=[4], first=10, pad=PAD, holes=False)
 @example(lengths=[3, 7, 1], first=LLAMA3_VOCAB - 9, pad=LLAMA3_PAD, holes=False)  # Llama-3's ids, to its last
@@ -1049,7 +1082,7 @@ def test_collate_pads_on_the_right_to_the_longest(collate, lengths, first, pad, 
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("first, pad", [(10, PAD), (LLAMA3_VOCAB - 9, LLAMA3_PAD)], ids=["small-ids", "llama-3-ids"])
-@pytest.mark.parametrize("lengths", [(2, 5, 3), (3000, 16)], ids=["short", "longer-than-a-context"])
+@pytest.mark.parametrize("lengths", LONGEST, ids=[f"longest-{max(lengths)}" for lengths in LONGEST])
 def test_collate_returns_long_tensors_of_shape_batch_by_longest(collate, first, pad, lengths):
     batch = collated(collate, synthetic_examples(list(lengths), first), pad)
     shape = (len(lengths), max(lengths))
@@ -1060,9 +1093,14 @@ def test_collate_returns_long_tensors_of_shape_batch_by_longest(collate, first, 
             f"collate's {key} is {value.dtype}, expected torch.int64: embeddings and cross_entropy need long "
             "indices; pass dtype=torch.long"
         )
+        wider = value.dim() == 2 and value.shape[1] > shape[1]
         assert tuple(value.shape) == shape, (
-            f"collate's {key} has shape {tuple(value.shape)}, expected {shape}: (batch, longest), however long (no "
-            "cap at a context length: truncating is build_example's max_length)"
+            f"collate's {key} has shape {tuple(value.shape)}, expected {shape}: (batch, longest), however long "
+            + (
+                "(padded past the longest example: no rounding up to a multiple of 8 or 64)"
+                if wider
+                else "(no cap at a context length: truncating is build_example's max_length)"
+            )
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import itertools
 import math
 
 import pytest
@@ -109,6 +110,17 @@ def loss_cause(measured: float, logits: torch.Tensor, labels: torch.Tensor, redu
     for cause, value in candidates.items():
         if math.isclose(measured, value, rel_tol=1e-9, abs_tol=1e-12):
             return cause
+    keep = labels[:, 1:].flatten() != IGNORE
+    token_losses = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).double()[keep], labels[:, 1:].flatten()[keep], reduction="none"
+    )
+    partial = token_losses.cumsum(0) / (shifted_count if reduction == "mean" else 1)
+    stops = ((partial - measured).abs() <= 1e-9 * abs(measured) + 1e-12).nonzero()
+    if len(stops):
+        return (
+            f"the sum stops after the first {int(stops[0]) + 1} of the {shifted_count} targets: a loop over chunks of "
+            "rows dropped the last, partial one (range(0, count, chunk) takes every chunk)"
+        )
     return "the sum of -log softmax(logits[:, t])[labels[:, t + 1]] over the targets that are not -100"
 
 
@@ -129,6 +141,9 @@ def loss_value(returned: object, call: str) -> torch.Tensor:
     seed=st.integers(0, 1000),
 )
 @example(batch=2, seq=6, vocab=5, masked=0.5, seed=0)
+@example(batch=2, seq=2**16 + 1, vocab=3, masked=0.0, seed=0)  # 2**17 targets, a long window's: past any chunk of rows
+@example(batch=2, seq=2**16 + 1, vocab=3, masked=0.3, seed=1)  # about 92,000 targets, not a round count
+@example(batch=1, seq=4, vocab=128_256, masked=0.0, seed=0)  # Llama-3's vocabulary
 def test_loss_is_the_shifted_cross_entropy_of_the_targets(causal_lm_loss, batch, seq, vocab, masked, seed):
     logits, labels = random_case(batch, seq, vocab, masked, seed)
     for reduction in ("sum", "mean"):
@@ -145,21 +160,37 @@ def test_loss_is_the_shifted_cross_entropy_of_the_targets(causal_lm_loss, batch,
     )
 
 
+# The upcast check's cases, (batch, seq, vocab, share masked): about 125 targets; 2097, a count past 2048 that neither
+# float16 nor bfloat16 holds (both round it to 2096), as a mean whose count is summed in the logits' dtype would see;
+# real vocabularies (Llama-3's 128,256, Gemma's 256,000) at a few positions: no size of model is left in half.
+UPCAST_CASES = {
+    "125-targets": (4, 40, 200, 0.2),
+    "2097-targets": (3, 700, 8, 0.0),
+    "llama-3-vocab": (1, 4, 128_256, 0.0),
+    "gemma-vocab": (1, 3, 256_000, 0.0),
+}
+# Every grad mode a loss is computed under: training, an evaluation loop's no_grad and inference_mode.
+GRAD_MODES = {"enable_grad": torch.enable_grad, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+
+
 @pytest.mark.points(2)
 @pytest.mark.subject("causal_lm_loss")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("targets", [125, 2097], ids=lambda n: f"{n}-targets")
-def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_loss, dtype, targets):
-    """About 125 targets, and 2097: a count past 2048 that neither float16 nor bfloat16 holds (both round it to 2096),
-    as a mean whose count is summed in the logits' dtype would see."""
-    logits, labels = random_case(4, 40, 200, 0.2, seed=7) if targets == 125 else random_case(3, 700, 8, 0.0, seed=7)
+@pytest.mark.parametrize("case", UPCAST_CASES)
+def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_loss, dtype, case):
+    """Half-precision logits are upcast, float32 and float64 kept, at every size of ``UPCAST_CASES`` and under every
+    grad mode (an evaluation under torch.no_grad() upcasts too)."""
+    logits, labels = random_case(*UPCAST_CASES[case], seed=7)
     count = int((labels[:, 1:] != IGNORE).sum())
-    assert targets == 125 or count == targets, f"grader bug: {count} targets, expected {targets}"
+    assert case != "2097-targets" or count == 2097, f"grader bug: {count} targets, expected 2097"
     logits = (4 * logits).to(dtype)
     expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    for reduction in ("sum", "mean"):  # every path of the loss, the mean's division too
-        call = f"causal_lm_loss({dtype} logits, labels ({count} targets), reduction={reduction!r})"
-        measured = loss_value(causal_lm_loss(logits, labels, reduction=reduction), call)
+    # every path of the loss, the mean's division too, under every grad mode
+    for reduction, grad_mode in itertools.product(("sum", "mean"), GRAD_MODES):
+        call = f"causal_lm_loss({dtype} logits, vocab {logits.shape[-1]}, labels ({count} targets), reduction="
+        call += f"{reduction!r}) under torch.{grad_mode}()"
+        with GRAD_MODES[grad_mode]():
+            measured = loss_value(causal_lm_loss(logits, labels, reduction=reduction), call)
         assert measured.dtype == expected_dtype, f"{call} is {measured.dtype}, expected {expected_dtype}: " + (
             "keep float64 (logits.float() would round it)"
             if dtype == torch.float64
@@ -1553,16 +1584,28 @@ def test_the_model_is_called_with_the_attention_mask(train_step, with_scaler):
 @pytest.mark.points(1)
 @pytest.mark.parametrize("with_scaler", SCALER_PATHS)
 def test_one_forward_and_one_backward_per_micro_batch(train_step, with_scaler):
-    """A window whose micro-batches repeat a shape (as a fixed padding length makes them): each is its own forward
-    and backward."""
+    """A window of 17 micro-batches (past the 8 or 16 accumulation steps of a training script) whose micro-batches
+    repeat a shape (as a fixed padding length makes them): each is its own forward and backward."""
     r = rig()
-    window = [*unequal_window(), micro_batch([5, 3, 4], [2, 1, 3], seed=20), micro_batch([7], [4], seed=21)]
+    repeated = [micro_batch([5, 3, 4], [2, 1, 3], seed=20 + i) for i in range(13)]
+    window = [*unequal_window(), *repeated, micro_batch([7], [4], seed=40)]
     grad_scaler, path = on_the_path(with_scaler)
     train_step(r.model, window, r.optimizer, r.scheduler, scaler=grad_scaler)
     shapes = [tuple(batch["input_ids"].shape) for batch in window]
+    unseen = [
+        number
+        for number, batch in enumerate(window, start=1)
+        if not any(ids is not None and torch.equal(ids, batch["input_ids"]) for ids in r.model.inputs)
+    ]
     assert r.model.forwards == len(window), (
         f"{len(window)} micro-batches of shapes {shapes} took {r.model.forwards} forward passes{path}, expected one "
-        "each: micro-batches of one shape were merged (concatenated) into one forward; call the model on each"
+        "each: "
+        + (
+            f"micro-batches {unseen[0]} to {unseen[-1]} never reached the model: the window was cut (to a fixed "
+            "count of accumulation steps?): every micro-batch the window holds is one forward, however many"
+            if unseen and unseen == list(range(r.model.forwards + 1, len(window) + 1))
+            else "micro-batches of one shape were merged (concatenated) into one forward; call the model on each"
+        )
     )
     assert r.model.backwards == len(window), (
         f"{len(window)} micro-batches took {r.model.backwards} backward passes{path}, expected one each"

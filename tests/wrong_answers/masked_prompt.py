@@ -298,14 +298,14 @@ WRONG_ANSWERS = [
                 "test_format_prompt_follows_the_template", "str.replace"),
     WrongAnswer("no limit spelled as a huge default", KATA, "output: str, max_length: int | None = None\n",
                 "output: str, max_length: int = int(1e30)\n",
-                "test_very_long_output", "max_length=None",
+                "test_very_long_prompt_or_output", "max_length=None",
                 more_edits=(("    if max_length is not None:\n        if max_length <=", "    if max_length < int(1e30):\n        if max_length <="),)),
     WrongAnswer("no max_length: the tokenizer's model_max_length", KATA, "    if max_length is not None:\n        if max_length <=",
                 '    if max_length is None:  # no limit given: the model\'s own, as truncation=True does\n'
                 '        max_length = getattr(tokenizer, "model_max_length", None)\n'
                 "        if max_length is not None and len(input_ids) <= max_length:\n            max_length = None\n"
                 "    if max_length is not None:\n        if max_length <=",
-                "test_very_long_output", "model_max_length"),
+                "test_very_long_prompt_or_output", "model_max_length"),
     WrongAnswer("collate capped at a context of 2048", KATA, 'longest = max(len(example["input_ids"]) for example in examples)',
                 'longest = min(max(len(example["input_ids"]) for example in examples), 2048)  # the model\'s context',
                 "test_collate_returns_long_tensors_of_shape_batch_by_longest", "expected (2, 3000)",
@@ -356,4 +356,23 @@ WRONG_ANSWERS = [
                              "    attended = batch[\"attention_mask\"].bool().any(0).nonzero()\n"
                              "    width = int(attended.max()) + 1 if attended.numel() else longest\n"
                              "    return {key: value[:, :width].clone() for key, value in batch.items()}\n"),)),
+    # round 18, red team B: sizes far below real ones (a long batch, a large batch, a long prompt)
+    WrongAnswer("collate rounds a longest over 128 up to a multiple of 8", KATA,
+                'longest = max(len(example["input_ids"]) for example in examples)',
+                'longest = max(len(example["input_ids"]) for example in examples)\n'
+                "    if longest > 128:  # long batches: tensor-core friendly shapes\n"
+                "        longest = (longest + 7) // 8 * 8",
+                "test_collate_returns_long_tensors_of_shape_batch_by_longest", "padded past the longest example"),
+    WrongAnswer("collate rebuilds the mask from the lengths for 8+ examples", KATA, ROWS,
+                ROWS.replace("example[key] + [value]",
+                             "(example[key] if key != \"attention_mask\" or len(examples) < 8 "
+                             "else [1] * len(example[key])) + [value]"),
+                "test_collate_pads_on_the_right_to_the_longest", "zeros"),
+    WrongAnswer("collate capped at a context of 4096", KATA, 'longest = max(len(example["input_ids"]) for example in examples)',
+                'longest = min(max(len(example["input_ids"]) for example in examples), 4096)  # Llama-2\'s context',
+                "test_collate_returns_long_tensors_of_shape_batch_by_longest", "no cap at a context length",
+                more_edits=(("[example[key] + [value] * (longest", "[example[key][:longest] + [value] * (longest"),)),
+    WrongAnswer("a long prompt keeps its last 1024 tokens", KATA, PROMPT,
+                PROMPT + "[-1024:]  # the [/INST] end, room for the response",
+                "test_very_long_prompt_or_output", "the prompt was cut to 1024"),
 ]  # fmt: skip

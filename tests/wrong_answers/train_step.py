@@ -509,4 +509,23 @@ WRONG_ANSWERS = [
                 '        return F.cross_entropy(flat[rows[chosen]], flat_targets[chosen], reduction="sum")\n'
                 "    " + SHIFT,
                 "test_loss_gradient_reaches_the_logits", "needs contiguous memory"),
+    # round 18, red team B: sizes far below real ones (rows, vocabularies, windows), one grad mode
+    WrongAnswer("a chunked loss sum drops the last partial chunk", KATA,
+                'total = F.cross_entropy(predictions[keep], targets[keep], reduction="sum")',
+                "rows, chosen, chunk = predictions[keep], targets[keep], 16384  # memory: chunks of target rows\n"
+                "    if len(chosen) > chunk:\n"
+                "        total = sum(F.cross_entropy(rows[i : i + chunk], chosen[i : i + chunk], reduction=\"sum\")\n"
+                "                    for i in range(0, len(chosen) - chunk + 1, chunk))\n"
+                "    else:\n"
+                '        total = F.cross_entropy(rows, chosen, reduction="sum")',
+                "test_loss_is_the_shifted_cross_entropy_of_the_targets", "dropped the last, partial one"),
+    WrongAnswer("a large vocabulary's half logits not upcast", KATA, UPCAST,
+                UPCAST.replace("torch.bfloat16):", "torch.bfloat16) and logits.shape[-1] < 32768:"),
+                "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "vocab 128256"),
+    WrongAnswer("half logits not upcast under no_grad", KATA, UPCAST,
+                UPCAST.replace("torch.bfloat16):", "torch.bfloat16) and torch.is_grad_enabled():"),
+                "test_loss_upcasts_half_precision_and_keeps_float32_and_float64", "under torch.no_grad()"),
+    WrongAnswer("the window cut to 8 accumulation steps", KATA, "micro_batches = list(micro_batches)",
+                "micro_batches = list(micro_batches)[:8]  # the run's gradient-accumulation steps",
+                "test_one_forward_and_one_backward_per_micro_batch", "the window was cut"),
 ]  # fmt: skip
