@@ -42,6 +42,20 @@ WRONG_ANSWERS = [
     WrongAnswer("alpha rounded to float32 in LoRAConv1D", KATA, RECORDED,
                 "self.r, self.alpha = r, float(__import__(\"numpy\").float32(alpha)); self.scaling = self.alpha / r",
                 "test_an_alpha_float32_cannot_hold_is_kept_exactly", "alpha rounded to float32"),
+    # Round 18, team A's dW cache (lora_linear) in LoRAConv1D: keyed on each factor's id, version, sum and
+    # position-weighted sum.
+    WrongAnswer("LoRAConv1D caching dW keyed on the factors' sums", KATA, DOC, DOC + (
+        "        if not torch.is_grad_enabled() and not (self.training and self.dropout.p > 0):\n"
+        "            key = []\n"
+        "            for t in (self.lora_A, self.lora_B):\n"
+        "                d = t.detach().double()\n"
+        "                w = torch.arange(1, t.numel() + 1, device=t.device, dtype=torch.float64).view(t.shape)\n"
+        "                key.append((id(t), t._version, d.sum().item(), (d * w).sum().item()))\n"
+        "            cache = self.__dict__.get('_dW_cache')\n"
+        "            if cache is None or cache[0] != key:\n"
+        "                cache = self.__dict__['_dW_cache'] = (key, (self.lora_B @ self.lora_A) * self.scaling)\n"
+        "            return self.base(x) + F.linear(x, cache[1])\n"
+    ), "test_follows_a_factor_edit_that_keeps_its_checksums", "keyed on a checksum"),
     WrongAnswer("Conv1D weight not transposed when merged", KATA, UPDATE, UPDATE.replace("update.T", "update"),
                 "test_merged_conv1d_holds_W_plus_the_update_transposed", "the update is not transposed"),
     WrongAnswer("in and out read the wrong way round", KATA, "in_features, out_features = base.weight.shape",
