@@ -1268,6 +1268,113 @@ def swap_extremes_through_data(tensor: torch.Tensor) -> None:
     low.copy_(held)
 
 
+# A million tokens (8 sequences of 131072): a fast path from some row count on (dW folded into W, one matmul) skips
+# base(x), its forward and its hooks, at that size only. Narrow features keep it cheap.
+MILLION_ROWS = (8, 131072)
+
+
+def expect_the_base_at_a_million_rows(layer: nn.Module, base: nn.Module, where: str) -> None:
+    """Fail the check unless ``layer`` (at init, around ``base``: a trap base, with its own forward or hooks, narrow)
+    computes exactly base(x) for x of MILLION_ROWS rows in every grad mode (expect_exactly_the_base); ``where``
+    describes the base ("a GatedLinear base in float32")."""
+    in_features = linear_weight(base).shape[1]
+    x = torch.randn(*MILLION_ROWS, in_features, dtype=base.weight.dtype, device=base.weight.device)
+    expect_exactly_the_base(layer, base, x, f"{where} and x {tuple(x.shape)} ({math.prod(MILLION_ROWS)} rows)")
+
+
+# alphas float32 cannot hold (nor bfloat16): "alpha as given (2.5 stays 2.5, never rounded)" read in float64 to 1e-12
+# shows an alpha kept in a float32 tensor or buffer, which every whole or half alpha hides.
+ALPHAS_BEYOND_FLOAT32 = {"alpha-0.3": 0.3, "alpha-7.3": 7.3, "alpha-minus-0.1": -0.1}
+
+
+def expect_alpha_exactly_as_given(
+    make: Callable[[], nn.Module], base: nn.Module, r: int, alpha: float, call: str
+) -> None:
+    """Fail the check unless ``make()`` (``call``, a layer of rank ``r`` on a float64 base computing what ``base``, an
+    nn.Linear, computes) records alpha exactly as given and scaling == alpha / r, and adds alpha / r x B @ A, both
+    to 1e-12 relative: for an ``alpha`` of ALPHAS_BEYOND_FLOAT32, which a float32 (or bfloat16) copy rounds."""
+    layer = make()
+    randomize_factors(layer)
+    rounded = {float(torch.tensor(alpha, dtype=dtype)): dtype_name(dtype) for dtype in (torch.float32, torch.bfloat16)}
+
+    def cause(measured_alpha: float) -> str:
+        held = next((name for value, name in rounded.items() if math.isclose(measured_alpha, value, rel_tol=1e-12)), "")
+        return f"alpha rounded to {held} (kept in a {held} tensor or buffer?): " if held else ""
+
+    recorded, scaling = (
+        None if value is None else float(value)
+        for value in (getattr(layer, "alpha", None), getattr(layer, "scaling", None))
+    )
+    assert recorded == alpha and scaling is not None and math.isclose(scaling, alpha / r, rel_tol=1e-12), (
+        f"{call} records alpha={recorded!r}, scaling={scaling!r}, expected alpha={alpha!r}, scaling = alpha / r = "
+        f"{alpha / r!r}: {cause(recorded) if recorded is not None else ''}"
+        "keep alpha the Python float given (self.alpha = alpha, self.scaling = alpha / r)"
+    )
+    found = factors(layer, base.in_features, base.out_features, r)
+    ratio, proportional = scaling_ratio(layer, base, found)
+    assert proportional and math.isclose(ratio, alpha / r, rel_tol=1e-12), (
+        f"{call} adds "
+        + (f"{ratio!r} x B @ A" if proportional else "an update not proportional to B @ A")
+        + f" in float64, expected alpha / r = {alpha / r!r} x (to 1e-12): "
+        + cause(ratio * r)
+        + "scale by the alpha as given, a Python float, in forward too"
+    )
+
+
+def checkerboard_through_data(tensor: torch.Tensor) -> None:
+    """Add d [[1, -1], [-1, 1]] to a 2 x 2 block of ``tensor`` (2-d, of dyadic entries, so that every sum stays exact)
+    through .data, d = (b + c - a - e) / 2 for the block [[a, b], [c, e]], d != 0: its version, its total, row and
+    column sums, any position-weighted sum f(row) + g(col) (arange over its entries) and its sum of squares all stay
+    as they were; its values do not."""
+    assert tensor.dim() == 2 and min(tensor.shape) >= 2, "grader bug: a checkerboard needs a 2-d tensor of 2 x 2"
+    rows, cols = tensor.shape
+    for i, j in ((i, j) for i in range(rows - 1) for j in range(cols - 1)):
+        block = tensor.data[i : i + 2, j : j + 2]
+        d = (block[0, 1] + block[1, 0] - block[0, 0] - block[1, 1]).item() / 2
+        if d != 0:
+            block.add_(torch.tensor([[d, -d], [-d, d]], dtype=tensor.dtype, device=tensor.device))
+            return
+    raise AssertionError("grader bug: no 2 x 2 block of the factor to edit (all of its entries alike?)")
+
+
+def expect_following_a_checksum_keeping_edit(
+    layer: nn.Module, base: nn.Module, r: int, scaling: float, grad: str, regime: str
+) -> None:
+    """Fail the check unless ``layer`` (rank ``r`` >= 2, around ``base``: an nn.Linear or a Conv1D) computes plain
+    LoRA with its factors as they are now in grad mode ``grad``, after each factor (given dyadic values first) was
+    edited through .data by checkerboard_through_data, the layer called in every grad mode before: an edit that keeps
+    the version and every cheap checksum (sums, weighted sums, sum of squares) a cache of dW may key on. ``regime``
+    describes the one set up (mode, dtype)."""
+    dtype = base.weight.dtype
+    out_features, in_features = linear_weight(base).shape
+    found = factors(layer, in_features, out_features, r)
+    generator = torch.Generator().manual_seed(18)
+    with torch.no_grad():
+        for tensor in (found.stored_A, found.stored_B):  # multiples of 1/16 in [-1/2, 1/2]: exact in every dtype
+            values = torch.randint(-8, 9, tuple(tensor.shape), generator=generator) / 16
+            tensor.data.copy_(values.to(dtype=tensor.dtype, device=tensor.device))
+    for mode in GRAD_MODES:
+        with GRAD_MODES[mode]():
+            forward_in_regime(layer, torch.randn(5, in_features, dtype=dtype), f"{regime}, {mode}")
+    with torch.no_grad():
+        for tensor in (found.stored_A, found.stored_B):
+            checkerboard_through_data(tensor)
+    x = torch.randn(5, in_features, dtype=dtype)
+    where = (
+        f"{regime}, {grad}, after a 2 x 2 block of each factor was edited through .data by +d, -d, -d, +d (its "
+        "version, sums, row and column sums, weighted sums and sum of squares kept)"
+    )
+    with GRAD_MODES[grad]():
+        y = forward_in_regime(layer, x, where)
+    expected, _ = lora_in_float64(base, found, scaling, x, None)
+    error = relative_error(y, expected)
+    assert error <= RELATIVE_TOLERANCE[dtype], (
+        f"{where}: the output is off plain LoRA base(x) + scaling (x A^T) B^T by {error:.2g} (relative), expected "
+        f"under {RELATIVE_TOLERANCE[dtype]:.0e}: dW (or a factor) cached from an earlier call, keyed on a checksum "
+        "of the factors? nothing is cached: compute with the factors' current values at every call"
+    )
+
+
 def expect_following_base_swaps(
     layer: nn.Module,
     base: nn.Module,

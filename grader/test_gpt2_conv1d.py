@@ -34,6 +34,7 @@ from grader.models import gated, with_forward_hooks
 from grader.oracles import requires
 from grader.probes import (
     ALPHAS_AS_GIVEN,
+    ALPHAS_BEYOND_FLOAT32,
     DEVICES,
     DROP_IN,
     DROP_OUT,
@@ -69,6 +70,7 @@ from grader.probes import (
     expect_a_real_models_layer_merged_in_float32,
     expect_a_uniform_or_gaussian_draw,
     expect_alpha_as_given,
+    expect_alpha_exactly_as_given,
     expect_centred,
     expect_dropout_drawn_from_torchs_rng,
     expect_dropout_like_nn_dropout,
@@ -77,6 +79,7 @@ from grader.probes import (
     expect_every_layer_in_its_dtype,
     expect_exactly_the_base,
     expect_factor_layers_left_alone,
+    expect_following_a_checksum_keeping_edit,
     expect_following_its_base_after_to,
     expect_instance,
     expect_merged_like_the_adapted,
@@ -89,6 +92,7 @@ from grader.probes import (
     expect_plain_lora_with_frozen_factors,
     expect_r_alpha_and_scaling,
     expect_the_adapters_bases_left_alone,
+    expect_the_base_at_a_million_rows,
     expect_the_base_dtype_under_every_default_dtype,
     expect_the_base_output_left_alone,
     expect_value_error,
@@ -263,6 +267,28 @@ def test_a_zero_or_negative_alpha_is_kept(LoRAConv1D, alpha):
     expect_alpha_as_given(lambda: LoRAConv1D(conv, R, alpha), twin, R, alpha, f"LoRAConv1D(conv, {R}, {alpha})")
 
 
+@pytest.mark.points(1)
+@pytest.mark.parametrize("alpha", ALPHAS_BEYOND_FLOAT32.values(), ids=ALPHAS_BEYOND_FLOAT32)
+def test_an_alpha_float32_cannot_hold_is_kept_exactly(LoRAConv1D, alpha):
+    """ "alpha as given (2.5 stays 2.5, never rounded)": alpha, scaling and the update's ratio to B @ A in float64,
+    to 1e-12, for alphas float32 rounds."""
+    twin = nn.Linear(IN, OUT, dtype=torch.float64)
+    conv = conv1d_twin(twin)
+    call = f"LoRAConv1D(conv, {R}, {alpha})"
+    expect_alpha_exactly_as_given(lambda: LoRAConv1D(conv, R, alpha), twin, R, alpha, call)
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("grad", GRAD_MODES)
+def test_follows_a_factor_edit_that_keeps_its_checksums(LoRAConv1D, grad, mode):
+    """LoRALinear's "nothing cached from an earlier call" for a Conv1D base: after an edit through .data that keeps
+    every cheap checksum of a factor (version, sums, weighted sums, sum of squares), the output follows it."""
+    _, conv, layer = make_layer(LoRAConv1D)
+    layer.train(mode == "train")
+    expect_following_a_checksum_keeping_edit(layer, conv, R, SCALING, grad, f"{mode} mode, a float32 Conv1D")
+
+
 @pytest.mark.points(3)
 def test_trains_two_factors_shaped_by_the_conv1d_in_and_out(LoRAConv1D):
     _, _, layer = make_layer(LoRAConv1D)
@@ -395,6 +421,16 @@ def test_output_equals_the_base_at_init(LoRAConv1D, in_features, out_features, r
     expect_exactly_the_base(
         layer, base, x, f"a {kind} base in {dtype_name(dtype)} and x {tuple(x.shape)} ({rows} rows)"
     )
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("kind, dtype", [("GatedConv1D", torch.float32), ("hooked Conv1D", torch.bfloat16)])
+def test_output_equals_the_base_at_init_for_a_million_tokens(LoRAConv1D, kind, dtype):
+    """LoRALinear's check for a Conv1D base: exactly base(x) for a million rows (8 x 131072 tokens, a GPT-2 prefill
+    batch) on the trap bases, narrow: a fast path from some row count on (dW.T folded into W) skips base(x)."""
+    base = CONV1D_TRAPS[kind](4, 3, dtype)
+    layer = LoRAConv1D(base, r=2, alpha=ALPHA)
+    expect_the_base_at_a_million_rows(layer, base, f"a {kind} base in {dtype_name(dtype)}")
 
 
 @pytest.mark.points(1)

@@ -13,6 +13,7 @@ from torch import nn
 from grader.models import GAINS, GatedLinear, GatedProjection, ReLULinear, with_forward_hooks
 from grader.probes import (
     ALPHAS_AS_GIVEN,
+    ALPHAS_BEYOND_FLOAT32,
     DEVICES,
     DROP_IN,
     DROP_OUT,
@@ -40,10 +41,12 @@ from grader.probes import (
     expect_a_fresh_mask_for_every_element_and_call,
     expect_a_uniform_or_gaussian_draw,
     expect_alpha_as_given,
+    expect_alpha_exactly_as_given,
     expect_base_precision,
     expect_centred,
     expect_dropout_drawn_from_torchs_rng,
     expect_exactly_the_base,
+    expect_following_a_checksum_keeping_edit,
     expect_following_base_swaps,
     expect_following_its_base_after_to,
     expect_kept_inputs_rescaled,
@@ -54,6 +57,7 @@ from grader.probes import (
     expect_plain_lora_in_regime,
     expect_plain_lora_with_frozen_factors,
     expect_r_alpha_and_scaling,
+    expect_the_base_at_a_million_rows,
     expect_the_base_dtype_under_every_default_dtype,
     expect_the_base_output_left_alone,
     expect_training_fits_a_low_rank_target,
@@ -273,6 +277,16 @@ def test_output_equals_the_base_at_init(
     expect_exactly_the_base(layer, base, x, where)
 
 
+@pytest.mark.points(1)
+@pytest.mark.parametrize("kind, dtype", [("GatedLinear", torch.float32), ("hooked Linear", torch.bfloat16)])
+def test_output_equals_the_base_at_init_for_a_million_tokens(LoRALinear, kind, dtype):
+    """ "At construction the layer computes exactly base(x)" for a million rows (8 x 131072 tokens, a real batch) on
+    the trap bases, narrow: a fast path from some row count on (dW folded into W) skips base(x) there only."""
+    base = BASE_KINDS[kind](4, 3, dtype)
+    layer = LoRALinear(base, r=2, alpha=ALPHA)
+    expect_the_base_at_a_million_rows(layer, base, f"a {kind} base in {dtype_name(dtype)}")
+
+
 # Every way the signature LoRALinear(base, r=8, alpha=16.0, dropout=0.0) may be called.
 CALL_STYLES = {
     "LoRALinear(base, r, alpha)": lambda LoRALinear, base, r, alpha, p: (
@@ -488,6 +502,26 @@ def test_a_zero_or_negative_alpha_is_kept(LoRALinear, alpha):
     """scaling == alpha / r with alpha as given: 0 (a muted adapter) and a negative alpha too."""
     base = nn.Linear(IN, OUT, dtype=torch.float64)
     expect_alpha_as_given(lambda: LoRALinear(base, R, alpha), base, R, alpha, f"LoRALinear(base, {R}, {alpha})")
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("alpha", ALPHAS_BEYOND_FLOAT32.values(), ids=ALPHAS_BEYOND_FLOAT32)
+def test_an_alpha_float32_cannot_hold_is_kept_exactly(LoRALinear, alpha):
+    """ "alpha as given, never rounded": alpha, scaling and the update's ratio to B @ A in float64, to 1e-12."""
+    base = nn.Linear(IN, OUT, dtype=torch.float64)
+    call = f"LoRALinear(base, {R}, {alpha})"
+    expect_alpha_exactly_as_given(lambda: LoRALinear(base, R, alpha), base, R, alpha, call)
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("grad", GRAD_MODES)
+def test_follows_a_factor_edit_that_keeps_its_checksums(LoRALinear, grad, mode):
+    """ "Nothing cached from an earlier call": after an edit through .data that keeps every cheap checksum of a
+    factor (its version, sums, weighted sums, sum of squares), the next output follows the edited values."""
+    base, layer = make_layer(LoRALinear)
+    layer.train(mode == "train")
+    expect_following_a_checksum_keeping_edit(layer, base, R, SCALING, grad, f"{mode} mode, a float32 base")
 
 
 @pytest.mark.points(4)

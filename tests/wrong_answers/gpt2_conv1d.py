@@ -29,7 +29,34 @@ HALF_LINEAR_MERGE = """    for name, module in list(model.named_modules()):
 SKIP = "        if isinstance(module, adapters) or id(module) in inside:\n"
 TARGETS = "targets = (target_modules,) if isinstance(target_modules, str) else tuple(target_modules)"
 
+DOC = '        """Map ``x`` (..., in) to (..., out) in the base\'s dtype."""\n'
+RECORDED = "self.r, self.alpha, self.scaling = r, alpha, alpha / r"
+
 WRONG_ANSWERS = [
+    # Round 18, team A: LoRAConv1D folding dW.T into the Conv1D's weight from 32768 rows on, skipping base(x).
+    WrongAnswer("dW.T folded into the Conv1D weight from 32768 rows", KATA, DOC, DOC + (
+        "        if x[..., 0].numel() >= 32768 and not (self.training and self.dropout.p > 0):\n"
+        "            weight = self.base.weight + self.scaling * (self.lora_B @ self.lora_A).T\n"
+        "            return torch.addmm(self.base.bias, x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], -1)\n"
+    ), "test_output_equals_the_base_at_init_for_a_million_tokens", "skipping the base's forward hooks"),
+    # Round 18, team A: alpha kept in a float32 buffer (saved with the state_dict), 0.3 read back as 0.30000001192...
+    WrongAnswer("alpha rounded to float32 in LoRAConv1D", KATA, RECORDED,
+                "self.r, self.alpha = r, float(__import__(\"numpy\").float32(alpha)); self.scaling = self.alpha / r",
+                "test_an_alpha_float32_cannot_hold_is_kept_exactly", "alpha rounded to float32"),
+    # Round 18, team A's dW cache (lora_linear) in LoRAConv1D: keyed on each factor's id, version, sum and
+    # position-weighted sum.
+    WrongAnswer("LoRAConv1D caching dW keyed on the factors' sums", KATA, DOC, DOC + (
+        "        if not torch.is_grad_enabled() and not (self.training and self.dropout.p > 0):\n"
+        "            key = []\n"
+        "            for t in (self.lora_A, self.lora_B):\n"
+        "                d = t.detach().double()\n"
+        "                w = torch.arange(1, t.numel() + 1, device=t.device, dtype=torch.float64).view(t.shape)\n"
+        "                key.append((id(t), t._version, d.sum().item(), (d * w).sum().item()))\n"
+        "            cache = self.__dict__.get('_dW_cache')\n"
+        "            if cache is None or cache[0] != key:\n"
+        "                cache = self.__dict__['_dW_cache'] = (key, (self.lora_B @ self.lora_A) * self.scaling)\n"
+        "            return self.base(x) + F.linear(x, cache[1])\n"
+    ), "test_follows_a_factor_edit_that_keeps_its_checksums", "keyed on a checksum"),
     WrongAnswer("Conv1D weight not transposed when merged", KATA, UPDATE, UPDATE.replace("update.T", "update"),
                 "test_merged_conv1d_holds_W_plus_the_update_transposed", "the update is not transposed"),
     WrongAnswer("in and out read the wrong way round", KATA, "in_features, out_features = base.weight.shape",

@@ -16,6 +16,23 @@ MASK_AT_INIT = DROPOUT + (
     " / (1 - dropout))"
 )
 
+DOC = '        """Map ``x`` (..., in) to (..., out) in the base\'s dtype."""\n'
+FOLD_FROM_32768_ROWS = (
+    "        if x[..., 0].numel() >= 32768 and not (self.training and self.dropout.p > 0):\n"
+    "            return F.linear(x, self.base.weight + self.scaling * (self.lora_B @ self.lora_A), self.base.bias)\n"
+)
+CACHED_BY_CHECKSUMS = """        if not torch.is_grad_enabled() and not (self.training and self.dropout.p > 0):
+            key = []
+            for t in (self.lora_A, self.lora_B):
+                d = t.detach().double()
+                w = torch.arange(1, t.numel() + 1, device=t.device, dtype=torch.float64).view(t.shape)
+                key.append((id(t), t._version, d.sum().item(), (d * w).sum().item()))
+            cache = self.__dict__.get("_dW_cache")
+            if cache is None or cache[0] != key:
+                cache = self.__dict__["_dW_cache"] = (key, (self.lora_B @ self.lora_A) * self.scaling)
+            return self.base(x) + F.linear(x, cache[1])
+"""
+
 WRONG_ANSWERS = [
     WrongAnswer("B random at init", KATA, B_ZEROS, "0.01 * torch.randn(base.out_features, r, **same_place)",
                 "test_output_equals_the_base_at_init", "is B initialised to zeros"),
@@ -436,4 +453,16 @@ WRONG_ANSWERS = [
                              "keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.dropout.p\n"
                              "        dropped = x * keep.to(x.dtype) / (1 - self.dropout.p) if self.training else x\n"
                              "        down = F.linear(dropped, self.lora_A) * self.scaling"),)),
+    # Round 18, team A: a fold of dW into W from 32768 rows (8 x 4096 tokens) on, skipping base(x) (its hooks, a
+    # subclass's forward); the checks stopped at 16384 rows.
+    WrongAnswer("dW folded into W from 32768 rows", KATA, DOC, DOC + FOLD_FROM_32768_ROWS,
+                "test_output_equals_the_base_at_init_for_a_million_tokens", "skipping the base's forward hooks"),
+    # Round 18, team A: alpha kept in float32 (a buffer saved with the state_dict), 0.3 read back as 0.30000001192...
+    WrongAnswer("alpha rounded to float32", KATA, "self.alpha = alpha\n        self.scaling = alpha / r",
+                "self.alpha = float(__import__(\"numpy\").float32(alpha))\n        self.scaling = self.alpha / r",
+                "test_an_alpha_float32_cannot_hold_is_kept_exactly", "alpha rounded to float32"),
+    # Round 18, team A: dW cached with grad off, keyed on each factor's id, version, sum and position-weighted sum;
+    # an edit through .data that keeps those sums leaves it stale.
+    WrongAnswer("dW cached keyed on the factors' sums", KATA, DOC, DOC + CACHED_BY_CHECKSUMS,
+                "test_follows_a_factor_edit_that_keeps_its_checksums", "keyed on a checksum"),
 ]  # fmt: skip
