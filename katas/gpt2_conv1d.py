@@ -73,10 +73,12 @@ def apply_lora_gpt2(
 
     Spec (apply_lora's contract, for both kinds of layer):
         - A module is targeted when it is a ``Conv1D`` or an ``nn.Linear`` (a subclass of either, as models
-          define them, is one) and its qualified name (as in ``model.named_modules()``) equals a target or
-          ends with ``"." + target``, compared as strings (never as glob or regex patterns, never stripped or
-          split at commas): ``"c_proj"`` is both ``attn.c_proj`` and ``mlp.c_proj``,
-          ``"attn.c_proj"`` only the first, ``"1.attn.c_attn"`` is in ``h.1`` and not in ``h.11``.
+          define them, is one) and its qualified name (as in ``model.named_modules()``; a layer a shared
+          block holds under several names may be matched by the first or, as apply_lora does, by any of
+          them: both are graded right) equals a target or ends with ``"." + target``, compared as strings
+          (never as glob or regex patterns, never stripped or split at commas): ``"c_proj"`` is both
+          ``attn.c_proj`` and ``mlp.c_proj``, ``"attn.c_proj"`` only the first, ``"1.attn.c_attn"`` is in
+          ``h.1`` and not in ``h.11``.
           ``target_modules`` is any iterable of names (a str is one name).
         - Each targeted ``Conv1D`` becomes ``LoRAConv1D(layer, r, alpha, dropout)``, each targeted
           ``nn.Linear`` this package's own ``LoRALinear(layer, r, alpha, dropout)``, wrapping the original
