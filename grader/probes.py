@@ -1659,6 +1659,65 @@ def expect_a_fractional_alpha_kept(layer: nn.Module, base: nn.Linear, found: Fac
     )
 
 
+# Batch sizes past the toy ones, for a layer's forward: no rows at all (an empty batch, sequences of 0 tokens, which a
+# reshape(*lead, -1) of 0 elements refuses), and row counts from 300 to 2^17 (a prefill, an eval pass over a corpus),
+# where a fast path from some row count on (the update folded into the weight, one matmul) shows at its size only.
+# Narrow features keep the largest cheap.
+EMPTY_BATCHES = ((0,), (2, 0))
+MANY_ROW_BATCHES = ((4, 75), (2100,), (8, 1025), (16384,), (1 << 17,))
+MASK_ROWS = 8193  # four blocks of 2048 rows and one more: a mask drawn for a block of rows and tiled repeats in it
+MASK_WINDOW = (
+    16  # rows compared at once: two independent windows of MASK_WINDOW x EXACT_IN entries agree at odds ~1e-20
+)
+
+
+def expect_a_fresh_mask_for_every_row(
+    layer: nn.Module, base: nn.Module, p: float = DROPOUT, rows: int = MASK_ROWS
+) -> None:
+    """Fail the check unless one train-mode call of ``layer`` on ``rows`` rows of x draws every row's dropout mask on
+    its own, as nn.Dropout does: no MASK_WINDOW consecutive rows get the very mask of MASK_WINDOW others (a mask drawn
+    for a block of rows and tiled down the batch, fewer random draws). ``layer`` was made as
+    ``exact_dropout_multipliers`` says (dropout ``p``, r = alpha = EXACT_R on ``base``, EXACT_IN -> EXACT_OUT)."""
+    show_the_dropped_inputs(layer, base)
+    weight = base.weight
+    layer.train()
+    with torch.no_grad():
+        y = output(layer, torch.ones(rows, EXACT_IN, dtype=weight.dtype, device=weight.device))
+    kept = y[:, :EXACT_IN].abs().cpu() > 0.5  # each input 1 / (1 - p) or 0
+    where = f"with dropout={p}, a train-mode call on x of {rows} rows x {EXACT_IN} features"
+    assert not kept.all(), f"{where} zeroed no adapter input: drop a fraction p of them in train mode, at every size"
+    windows = kept.unfold(0, MASK_WINDOW, 1).reshape(rows - MASK_WINDOW + 1, -1).to(torch.uint8)
+    _, inverse, counts = torch.unique(windows, dim=0, return_inverse=True, return_counts=True)
+    repeated = int((counts > 1).sum())
+    if repeated:
+        first, then = (inverse == inverse[counts[inverse] > 1][0]).nonzero().flatten()[:2].tolist()
+        raise AssertionError(
+            f"{where}: rows {first}-{first + MASK_WINDOW - 1} and rows {then}-{then + MASK_WINDOW - 1} got the very "
+            f"same dropout mask ({repeated} windows of {MASK_WINDOW} rows repeat, expected none: independent masks "
+            f"agree there with odds of about 1e-20): one mask entry per element of the whole batch, nn.Dropout on x "
+            f"itself, not a block of {then - first} rows drawn once and tiled down it"
+        )
+
+
+def expect_no_row_or_column_left_out(
+    merged: torch.Tensor, weight: torch.Tensor, exact: torch.Tensor, where: str
+) -> None:
+    """Fail the check unless each row and each column of ``merged`` that ``exact`` (W + scaling B @ A in float64)
+    changes, in the merged weight's dtype, was written: a row or column still holding ``weight``'s values everywhere
+    the sum changes them was left out (a loop over blocks of rows that stops at the last full block). Finer errors are
+    ``expect_merged_weight``'s."""
+    new, old = merged.detach().double(), weight.detach().double()
+    changes = exact.to(merged.dtype).double() != old
+    stale = changes & (new == old)
+    for dim, what in ((1, "row"), (0, "column")):
+        left = ((stale.sum(dim) == changes.sum(dim)) & (changes.sum(dim) > 1)).nonzero().flatten().tolist()
+        assert not left, (
+            f"{where}: {len(left)} of its {changes.shape[1 - dim]} {what}s ({what}s {left[0]} to {left[-1]}) kept W's "
+            f"values, expected W + scaling B @ A there too: merge every {what}, past the last full block of a blocked "
+            f"loop too (range(0, {changes.shape[1 - dim]}, block))"
+        )
+
+
 # Train-mode dropout read in the layer's own dtype, half precision included: with in < r < out, alpha = r (scaling 1)
 # and a base computing zero, the factors A = [I; 0] (r, in) and B = [I, 0] (out, r) make dW pick the input out
 # (dW[:in] = I), so the output's first ``in`` entries are the dropped input itself, rounded by dropout alone.

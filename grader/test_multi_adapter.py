@@ -30,11 +30,15 @@ from grader.probes import (
     DROP_OUT,
     DROP_R,
     DROPOUT,
+    EMPTY_BATCHES,
     EXACT_IN,
     EXACT_OUT,
     EXACT_R,
     FLOAT_DTYPES,
+    FOREIGN_DEFAULT_DTYPES,
     GRAD_MODES,
+    HALF_DTYPES,
+    MANY_ROW_BATCHES,
     RELATIVE_TOLERANCE,
     UNROUNDED_ALPHA,
     UNROUNDED_R,
@@ -44,16 +48,21 @@ from grader.probes import (
     LinearLookalike,
     PeftLoraLinearLike,
     an_in_place_update_named,
+    default_dtype,
     describe,
     dtype_name,
     exact_dropout_multipliers,
     expect_a_fraction_p_zeroed,
     expect_a_fresh_mask_for_every_element_and_call,
+    expect_a_fresh_mask_for_every_row,
     expect_centred,
     expect_dropout_like_nn_dropout,
     expect_following_base_swaps,
+    expect_merged_weight,
     expect_nn_linear_bound_if_uniform,
+    expect_no_row_or_column_left_out,
     expect_on_the_base_device,
+    expect_one_plain_lora_call,
     expect_plain_lora_in_regime,
     expect_value_error,
     factors,
@@ -548,6 +557,31 @@ def test_every_base_computes_plain_lora_in_every_grad_mode_and_after_edits(Multi
         if mode == "eval":  # the swaps compare with dropout off
             built_as = regime.removesuffix(f", {grad}")  # the probe names the grad mode itself
             expect_following_base_swaps(layer, base, r, alpha / r, batch_shape, contiguous, grad, built_as)
+
+
+ROW_COUNTS = [*EMPTY_BATCHES, *MANY_ROW_BATCHES]  # batches of no rows and of a real model's many
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("batch_shape", ROW_COUNTS, ids=lambda shape: "x".join(map(str, shape)))
+@pytest.mark.parametrize("kind", REGIME_BASES)
+def test_many_rows_and_no_rows_compute_plain_lora_on_every_base(MultiLoRALinear, kind, batch_shape):
+    """base(x) + scaling B A x at every batch size, on each base whose output is not F.linear(x, W, b): an empty batch
+    maps to an empty output (with its gradients), and a large one (a prefill, an eval pass) calls the base itself as a
+    small one does; in eval mode, 'sql' active with trained-looking factors, grad on up to 16384 rows."""
+    base = REGIME_BASES[kind](IN, OUT, dtype=torch.float32)
+    layer = MultiLoRALinear(base)
+    sql = add(layer, "sql", r=3, alpha=6.0)
+    add(layer, "chat", r=4, alpha=2.0)  # beside it, frozen
+    sql.randomize()
+    layer.eval()
+    rows = math.prod(batch_shape)
+    grad = "grad on" if rows <= 16384 else "inference mode"
+    regime = f"on an {kind} base, 'sql' (r=3, alpha=6) active, eval mode, {grad}, a batch of {rows} rows"
+    cause = (": a batch of any size computes what a small one does, the base's own call base(x) (its forward, its "
+             "hooks) plus the update: no fast path from some row count on (the update folded into the weight, "
+             "F.linear(x, W + dW, b))")  # fmt: skip
+    expect_one_plain_lora_call(layer, base, sql.factors, sql.scaling, batch_shape, True, grad, regime, cause)
 
 
 BASE_PATHS = ["with no adapter active", "inside disable_adapters()", "on a merged layer"]  # forward = base(x) alone
@@ -1653,11 +1687,16 @@ def test_merging_twice_adds_nothing(MultiLoRALinear):
 
 @pytest.mark.points(3)
 @pytest.mark.parametrize(
-    ("broken", "positional"),
-    [("nan-in-A", False), ("inf-in-B", False), ("inf-in-B", True), ("nan-in-W", False), ("inf-in-W", False)],
-    ids=["nan-in-A", "inf-in-B", "inf-in-B-merge(True)", "nan-in-W", "inf-in-W"],
-)
-def test_safe_merge_of_a_broken_adapter_raises_and_leaves_the_weight_untouched(MultiLoRALinear, broken, positional):
+    ("broken", "positional", "fresh"),
+    [("nan-in-A", False, False), ("inf-in-B", False, False), ("inf-in-B", True, False), ("nan-in-W", False, False),
+     ("inf-in-W", False, False), ("nan-in-W", False, True), ("inf-in-W", False, True)],
+    ids=["nan-in-A", "inf-in-B", "inf-in-B-merge(True)", "nan-in-W", "inf-in-W", "nan-in-W-B-zeros",
+         "inf-in-W-B-zeros"],
+)  # fmt: skip
+def test_safe_merge_of_a_broken_adapter_raises_and_leaves_the_weight_untouched(
+    MultiLoRALinear, broken, positional, fresh
+):  # fmt: skip
+    """``fresh``: the adapter as add_adapter made it, B zeros: a zero update, whose merged weight is W itself."""
     base, layer, sql, _ = two_adapters(MultiLoRALinear)
     with torch.no_grad():
         if broken == "nan-in-A":
@@ -1666,11 +1705,14 @@ def test_safe_merge_of_a_broken_adapter_raises_and_leaves_the_weight_untouched(M
             sql.factors.B[1, 0] = float("inf")
         else:  # the weight itself (a checkpoint gone bad): the merged weight holds it, the update is finite
             base.weight[2, 1] = float("nan" if broken == "nan-in-W" else "-inf")
+        if fresh:
+            sql.factors.B.zero_()
     weight, kept, state = base.weight, base.weight.detach().clone(), observable_state(layer)
     call = "merge(True)" if positional else "merge(safe=True)"
     where = f"an adapter with {broken.replace('-', ' ')}" if broken.endswith(("A", "B")) else (
-        f"a sound adapter onto a weight holding {broken.split('-')[0]} (check every entry of the merged weight, not "
-        "the update alone nor overflows only)")  # fmt: skip
+        f"a {'fresh' if fresh else 'sound'} adapter onto a weight holding {broken.split('-')[0]} ("
+        + ("B still zeros, a zero update: the weight itself may hold NaN or inf; " if fresh else "")
+        + "check every entry of the merged weight, not the update alone nor overflows only)")  # fmt: skip
     expect_value_error(
         (lambda: layer.merge(True)) if positional else (lambda: layer.merge(safe=True)),
         f"{call} of {where}"
@@ -1990,6 +2032,68 @@ def test_merge_and_unmerge_sum_in_the_dtype_the_weight_has_at_each_call(MultiLoR
     )
 
 
+def expect_unmerged(base: nn.Linear, merged: torch.Tensor, update: torch.Tensor, original: torch.Tensor, when: str,
+                    cause: str, hint: str = "") -> None:  # fmt: skip
+    """Fail the check unless the base's weight after an unmerge is ``original`` restored, or the ``merged`` weight
+    minus ``update`` (float64) to the rounding of its dtype (either reading is right)."""
+    if not torch.equal(base.weight.detach().double(), original):
+        where = f"{when} (W the merged weight, the update subtracted)"
+        expect_merged_weight(base.weight, merged - update, where, cause, hint)
+
+
+DEFAULT_DTYPE_CAUSE = (
+    "the weight's own dtype decides (fp16/bf16 upcast to float32, summed there and rounded once; float32 and float64 "
+    "in their own), never torch.get_default_dtype(), which a script may set to anything"
+)
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("default", FOREIGN_DEFAULT_DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_merge_and_unmerge_sum_in_float32_under_every_default_dtype(MultiLoRALinear, dtype, default):
+    in_features, out_features, _ = PRECISION_SHAPE
+    base, layer = make(MultiLoRALinear, dtype=dtype, in_features=in_features, out_features=out_features)
+    sql = add(layer, "sql", r=UNROUNDED_R, alpha=UNROUNDED_ALPHA, in_features=in_features, out_features=out_features)
+    sql.randomize(std=0.2)
+    W0, delta = base.weight.detach().double().clone(), sql.delta()
+    regime = f"a {dtype_name(dtype)} weight, under torch.set_default_dtype({default})"
+    hint = f"summed in torch's default dtype {default}, not float32? " if dtype in HALF_DTYPES else ""
+    with default_dtype(default):
+        layer.merge()
+    expect_merged_weight(base.weight, W0 + delta, f"after merge() of {regime}", DEFAULT_DTYPE_CAUSE, hint)
+    merged = base.weight.detach().double().clone()
+    with default_dtype(default):
+        layer.unmerge()
+    expect_unmerged(base, merged, delta, W0, f"after unmerge() of {regime}", DEFAULT_DTYPE_CAUSE, hint)
+
+
+# (in, out, r, dtype): one dimension a real model's and no multiple of a block size (256, 1024, ...), the other narrow
+REAL_SIZED_MERGES = {
+    "out 4103 (4096 + 7), float64": (16, 4103, 2, torch.float64),
+    "out 1031 (1024 + 7), float16": (24, 1031, 3, torch.float16),
+    "in 4103 (4096 + 7), float32": (4103, 16, 2, torch.float32),
+}
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("case", REAL_SIZED_MERGES)
+def test_merge_and_unmerge_reach_every_entry_of_a_real_sized_weight(MultiLoRALinear, case):
+    in_features, out_features, r, dtype = REAL_SIZED_MERGES[case]
+    base, layer = make(MultiLoRALinear, dtype=dtype, in_features=in_features, out_features=out_features)
+    sql = add(layer, "sql", r=r, alpha=4.0, in_features=in_features, out_features=out_features)
+    sql.randomize()
+    W0, delta = base.weight.detach().double().clone(), sql.delta()
+    cause = "merge writes W + scaling B @ A into every entry of the weight, whatever its size"
+    layer.merge()
+    weight = f"{out_features} x {in_features} {dtype_name(dtype)} weight"
+    where = f"after merge() of a {weight}"
+    expect_no_row_or_column_left_out(base.weight, W0, W0 + delta, where)
+    expect_merged_weight(base.weight, W0 + delta, where, cause)
+    merged = base.weight.detach().double().clone()
+    layer.unmerge()
+    expect_unmerged(base, merged, delta, W0, f"after unmerge() of a {weight}", cause)
+
+
 @pytest.mark.points(2)
 def test_unmerge_takes_the_merged_adapter_out(MultiLoRALinear):
     base, layer, sql, chat = two_adapters(MultiLoRALinear)
@@ -2210,6 +2314,13 @@ def test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime(MultiLo
     base, layer = make(MultiLoRALinear, in_features=DROP_IN, out_features=DROP_OUT)
     layer.add_adapter("sql", r=DROP_R, alpha=2.0 * DROP_R, dropout=DROPOUT)  # r = in: the probe reads x back
     expect_dropout_like_nn_dropout(layer, base, DROPOUT)
+
+
+@pytest.mark.points(1)
+def test_dropout_draws_a_fresh_mask_for_every_row_of_a_large_batch(MultiLoRALinear):
+    base, layer = make(MultiLoRALinear, in_features=EXACT_IN, out_features=EXACT_OUT)
+    layer.add_adapter("sql", r=EXACT_R, alpha=float(EXACT_R), dropout=DROPOUT)  # scaling 1: the probe reads x back
+    expect_a_fresh_mask_for_every_row(layer, base, DROPOUT)
 
 
 @pytest.mark.points(1)

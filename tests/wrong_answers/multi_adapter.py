@@ -701,4 +701,46 @@ WRONG_ANSWERS = [
                 "        self.scaling[name] = alpha / r\n",
                 "        self.scaling[name] = alpha // r if isinstance(alpha, int) else alpha / r  # an int stays an int\n",
                 "test_add_adapter_takes_any_real_alpha", "alpha // r"),
+    # Round 18, team C.
+    WrongAnswer("a safe merge of a zero update (B still zeros) skipping the finiteness check", KATA,
+                "        weight = self.base.weight\n        merged =",
+                "        if not self.lora_B[name].detach().any():  # a zero update: nothing to add, nothing to check\n"
+                "            self._merged.append(name)\n"
+                "            return\n"
+                "        weight = self.base.weight\n        merged =",
+                "test_safe_merge_of_a_broken_adapter_raises_and_leaves_the_weight_untouched", "B still zeros"),
+    WrongAnswer("batches of 2048 rows and more computed as F.linear(x, W + dW, b), skipping the base's call", KATA,
+                FORWARD_DELTA,
+                "        if x.dim() >= 2 and x[..., 0].numel() >= 2048 and not (self.training and self.lora_dropout[name].p > 0):\n"
+                "            # large batches: one matmul with the update folded in\n"
+                "            return F.linear(x, self.base.weight + self._delta(name).to(self.base.weight.dtype), self.base.bias)\n"
+                + FORWARD_DELTA, "test_many_rows_and_no_rows_compute_plain_lora_on_every_base", "hooks"),
+    WrongAnswer("one 2048-row dropout mask repeated down batches of more rows", KATA,
+                "        down = F.linear(self.lora_dropout[name](x), self.lora_A[name]) * self.scaling[name]\n",
+                "        p = self.lora_dropout[name].p\n"
+                "        if p > 0 and self.training and x.dim() >= 2 and x[..., 0].numel() > 2048:  # fewer random draws\n"
+                "            rows = x.reshape(-1, x.shape[-1])\n"
+                "            block = F.dropout(torch.ones(2048, x.shape[-1], dtype=x.dtype, device=x.device), p, True)\n"
+                "            dropped = (rows * block.repeat((rows.shape[0] + 2047) // 2048, 1)[: rows.shape[0]]).reshape(x.shape)\n"
+                "        else:\n"
+                "            dropped = self.lora_dropout[name](x)\n"
+                "        down = F.linear(dropped, self.lora_A[name]) * self.scaling[name]\n",
+                "test_dropout_draws_a_fresh_mask_for_every_row_of_a_large_batch", "the very same dropout mask"),
+    WrongAnswer("the branch restored with reshape(*x.shape[:-1], -1), which an empty batch refuses", KATA,
+                FORWARD_DELTA,
+                "        rows = self.lora_dropout[name](x).reshape(-1, x.shape[-1])\n"
+                "        out = F.linear(F.linear(rows, self.lora_A[name]), self.lora_B[name]) * self.scaling[name]\n"
+                "        return self.base(x) + out.reshape(*x.shape[:-1], -1)",
+                "test_many_rows_and_no_rows_compute_plain_lora_on_every_base", "empty batch"),
+    WrongAnswer("half-precision merges summed in torch's default dtype, not float32", KATA,
+                "        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype\n",
+                "        return torch.get_default_dtype() if dtype in (torch.float16, torch.bfloat16) else dtype\n",
+                "test_merge_and_unmerge_sum_in_float32_under_every_default_dtype", "default dtype"),
+    WrongAnswer("merge in 256-row blocks, the rows past the last full block left unmerged", KATA,
+                "        " + MERGED + "\n",
+                "        merged, delta, rows = weight.detach().clone(), self._delta(name), 256  # no full-size temporary\n"
+                "        for start in range(0, max(weight.shape[0] - rows, 0) + 1, rows):\n"
+                "            block = slice(start, start + rows)\n"
+                "            merged[block] = (weight[block].to(self._accumulation()) + delta[block]).to(weight.dtype)\n",
+                "test_merge_and_unmerge_reach_every_entry_of_a_real_sized_weight", "rows"),
 ]  # fmt: skip
