@@ -564,6 +564,8 @@ def test_dequantize_takes_a_weight_past_2_24_values(dequantize_nf4, shape):
     )
     try:
         restored = called(dequantize_nf4, packed, absmax, shape, torch.float32, block_size, what=call)
+    except NotImplementedError:
+        raise
     except (IndexError, RuntimeError) as error:
         pytest.fail(f"{call} raised {type(error).__name__} ({error}): {cause}", pytrace=False)
     restored = expect_instance(restored, torch.Tensor, call, "a float32 tensor")

@@ -145,8 +145,7 @@ WRONG_ANSWERS = [
                     ("for p in (m.lora_A, m.lora_B)}", "for p in (m.lora_A.weight, m.lora_B.weight)}"),
                     ("update = (layer.lora_B.to(accumulate) @ layer.lora_A.to(accumulate))",
                      "update = (layer.lora_B.weight.to(accumulate) @ layer.lora_A.weight.to(accumulate))"),
-                    ("        for depth in range(1, len(parts))",  # only an adapter's base is inside it
-                     "        and parts[depth] == \"base\"\n        for depth in range(1, len(parts))"),
+                    ("for m in list(a.modules())[1:]}", "for m in a.base.modules()}"),  # only an adapter's base is inside it
                 )),
     WrongAnswer("A random signs times the Kaiming bound", KATA,
                 "        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
