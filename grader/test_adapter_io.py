@@ -35,7 +35,7 @@ from grader.hf import (
     token_ids,
     with_own_layer_classes,
 )
-from grader.models import WIDTH, ToyTransformer, matching_linears
+from grader.models import CLASSES, WIDTH, Gated, ToyTransformer, Wrapped, matching_linears
 from grader.oracles import requires
 from grader.probes import FOREIGN_DEFAULT, describe, dtype_name, max_difference, output, trainable
 from grader.signatures import expect_the_stubs_signatures
@@ -71,9 +71,10 @@ NESTED_TARGETS = ["0", "1.1", "x.y", "heads.q+k", "heads.o[1]"]
 GPT2_SOME_TARGETS = ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_proj"]
 # The adapted nn.Linear NAME of each, beside an unadapted PARENT.NAME of another kind peft adapts (a Conv1D, an
 # nn.Embedding, an nn.Conv2d, torch's nn.Conv1d: any kind, not only those the stub names), or of a kind it refuses (a
-# container, whose own layers the entry does not match), or beside a sibling whose name it starts ("fc" and
-# "fc_stack.fc": a test of startswith without the dot takes that for a module of the adapter): the list entry NAME
-# matches it too. kind: (NAME, PARENT).
+# container, whose own layers the entry does not match; a ReLU, which holds no parameter), or beside a sibling whose
+# name it starts ("fc" and "fc_stack.fc": a test of startswith without the dot takes that for a module of the
+# adapter), or named like an adapter's own parts ("base" beside "enc.base": a name says nothing about lying inside an
+# adapter): the list entry NAME matches it too. kind: (NAME, PARENT).
 COLLISIONS = {
     "beside a Conv1D": ("0", "1"),
     "beside an Embedding": ("embed", "1"),
@@ -81,6 +82,9 @@ COLLISIONS = {
     "beside a Conv1d": ("seq", "1"),
     "beside a container": ("0", "1"),
     "beside a sibling it prefixes": ("fc", "fc_stack"),
+    "beside a ReLU (no parameters)": ("0", "1"),
+    "named like an adapter's base": ("base", "enc"),
+    "named like an adapter's lora_A": ("lora_A", "enc"),
 }
 COLLIDING = {  # the unadapted module of each
     "beside a Conv1D": lambda: __import__("transformers.pytorch_utils", fromlist=["Conv1D"]).Conv1D(12, 8),
@@ -89,6 +93,9 @@ COLLIDING = {  # the unadapted module of each
     "beside a Conv1d": lambda: nn.Conv1d(3, 3, 1),
     "beside a container": lambda: nn.ModuleDict({"proj": nn.Linear(3, 3)}),  # no weight of its own: still a module
     "beside a sibling it prefixes": lambda: nn.Linear(8, 12),
+    "beside a ReLU (no parameters)": nn.ReLU,  # no parameter, no weight: still a module peft refuses to adapt
+    "named like an adapter's base": lambda: nn.Linear(8, 12),  # "enc.base": a layer of the model, no adapter's part
+    "named like an adapter's lora_A": lambda: nn.Linear(8, 12),
 }
 # An adapted layer of a dotted name beside an unadapted nn.Linear whose name ends with "." + that name, one and two
 # levels down: the list entry "enc.0" matches "dec.enc.0" too, which a test of the other modules' last name parts
@@ -113,7 +120,32 @@ def tree(paths: list[str]) -> nn.Module:
     return root
 
 
+# Layers named like an adapter's parts and peft's keys (PARTS): a top-level "base" beside "enc.base" and the zoo's
+# Wrapped as "wrapped" (its "base" a container, "lora_A" and "dropout.lora_B" layers), ".lora_" inside a layer's name
+# ("enc.lora_head": its keys hold ".lora_" twice), a targeted layer with a layer of its own (the zoo's Gated as "mlp":
+# "mlp.up_proj.gate"), "dec.enc.q" beside "enc.q" and a ReLU "enc.act". Adapted for save_adapter: PARTS_ADAPTED.
+PARTS_ADAPTED = ["base", "enc.lora_head", "mlp.up_proj", "wrapped.lora_A", "wrapped.dropout.lora_B"]
+PART_TARGETS = {  # peft's files for it, as load_adapter reads them: a list, and regexes without a leading ".*\."
+    "a list of names like adapter parts": ["enc.base", "enc.lora_head", "lora_A", "lora_B", "up_proj"],
+    # re.fullmatch anchors it at the start: re.search also takes enc.base, dec.enc.q and wrapped.base's layers; a
+    # name prefixed with base_model.model. (as the file's keys spell it) matches none
+    "a regex anchored at the start": r"base|enc\.(q|lora_head)|wrapped\.(lora_A|dropout\.lora_B)|mlp\.up_proj",
+}
+
+
+def named_like_adapter_parts() -> nn.Module:
+    """The model of PARTS_ADAPTED and PART_TARGETS, (..., WIDTH) to (..., CLASSES)."""
+    enc = OrderedDict(lora_head=nn.Linear(WIDTH, WIDTH), act=nn.ReLU(), base=nn.Linear(WIDTH, WIDTH))
+    enc |= {"q": nn.Linear(WIDTH, WIDTH)}
+    dec = nn.Sequential(OrderedDict(enc=nn.Sequential(OrderedDict(q=nn.Linear(WIDTH, WIDTH)))))
+    layers = OrderedDict(base=nn.Linear(WIDTH, WIDTH), enc=nn.Sequential(enc), dec=dec, wrapped=Wrapped())
+    return nn.Sequential(layers | {"back": nn.Linear(CLASSES, WIDTH), "mlp": Gated()})
+
+
 def plain(kind: str) -> nn.Module:
+    if kind == "parts":
+        torch.manual_seed(0)
+        return named_like_adapter_parts().eval()
     if kind == "nested":  # top-level layer "0" beside an unadapted "1.0": no list of names says "0" alone
         torch.manual_seed(0)
         layers = {"0": nn.Linear(8, 12), "1": nn.Sequential(nn.Linear(12, 12), nn.Linear(12, 6))}
@@ -145,6 +177,8 @@ def target_names(kind: str, model: nn.Module) -> list[str]:
         return matching_linears(model, TOY_TARGETS)
     if kind == "nested":
         return list(NESTED_TARGETS)
+    if kind == "parts":
+        return list(PARTS_ADAPTED)
     if kind == "gpt2, some layers":
         return list(GPT2_SOME_TARGETS)
     if kind in COLLISIONS:
@@ -156,7 +190,7 @@ def target_names(kind: str, model: nn.Module) -> list[str]:
 
 
 def outputs(kind: str, model: nn.Module) -> torch.Tensor:
-    if kind != "toy":
+    if kind not in ("toy", "parts"):
         return logits(model, token_ids())
     model.eval()
     with torch.no_grad(), quiet():
@@ -417,7 +451,7 @@ def test_saved_tensors_are_exactly_the_factors(save_adapter, LoRALinear, LoRACon
 
 
 @pytest.mark.points(2)
-@pytest.mark.parametrize("kind", ["llama", "toy", "nested", "gpt2, some layers", *COLLISIONS, *DOTTED])
+@pytest.mark.parametrize("kind", ["llama", "toy", "nested", "gpt2, some layers", "parts", *COLLISIONS, *DOTTED])
 def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
     model, fresh, layers = adapted_model(kind, LoRALinear, LoRAConv1D)
     config = read_config(saved(save_adapter, model, tmp_path))
@@ -654,16 +688,24 @@ def expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, ora
     peft adapted (``oracle``) and the model computes what peft's does. ``what`` says what the files hold."""
     modules = dict(model.named_modules())
     modes = {name: module.training for name, module in modules.items()}
+    own = {id(module): module.training for module in modules.values()}  # the model's modules, wherever they go
     loaded(load_adapter, model, directory, f"{kind}, {what}, peft's own files")
-    kept = [name for name, module in model.named_modules() if modules.get(name) is module]
-    flipped = [name or "the model" for name in kept if model.get_submodule(name).training != modes[name]]
+    flipped = [name or "the model" for name, module in model.named_modules() if own.get(id(module), module.training)
+               != module.training]  # fmt: skip
+    found, wanted = sorted(adapters_in(model, LoRALinear, LoRAConv1D)), sorted(peft_layers(oracle))
+    inside = [name for name in flipped if any(name.startswith(layer + ".") for layer in found)]
     assert not flipped, (
         f"{kind}, {what}: load_adapter flipped the train or eval mode of {flipped[:3]} ({len(flipped)} modules it did "
         "not replace): it replaces the targeted layers and leaves every other module's mode as it was, each its own "
-        "(no model.eval() nor model.train(...), which set every module: peft's from_pretrained(..., "
-        "is_trainable=True) leaves them)"
+        + (
+            f"({inside[0]!r} is the model's own module inside an adapter, kept in its mode: layer.train(mode) "
+            "recurses into the base and the base's own children; give the new modules the replaced layer's mode, "
+            "e.g. layer.training = mode)"
+            if inside
+            else "(no model.eval() nor model.train(...), which set every module: peft's from_pretrained(..., "
+            "is_trainable=True) leaves them)"
+        )
     )
-    found, wanted = sorted(adapters_in(model, LoRALinear, LoRAConv1D)), sorted(peft_layers(oracle))
     wrong, missed = sorted(set(found) - set(wanted)), sorted(set(wanted) - set(found))
     assert not wrong and not missed, (
         f"{kind}, {what}: load_adapter adapted {len(found)} layers, peft {len(wanted)}: wrongly {wrong[:2]}, missed "
@@ -674,7 +716,7 @@ def expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, ora
         f"{name}.{inner}".rstrip(".")
         for name in found
         for inner, module in model.get_submodule(name).named_modules()
-        if module.training != modes[name]
+        if id(module) not in own and module.training != modes[name]  # its new modules; the model's keep their own
     )
     assert not astray, (
         f"{kind}, {what}: after load_adapter on a model in {'train' if model.training else 'eval'} mode, "
@@ -715,6 +757,20 @@ def test_loads_into_a_model_in_train_mode(load_adapter, LoRALinear, LoRAConv1D, 
     for name in targets[::2] + leaves[::2]:
         model.get_submodule(name).eval()
     expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, oracle, tmp_path, "a model in train mode")
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("load_adapter")
+@pytest.mark.parametrize("targets", list(PART_TARGETS))
+def test_loads_layers_named_like_adapter_parts(load_adapter, LoRALinear, LoRAConv1D, targets, tmp_path):
+    """PART_TARGETS on a model in train mode, whose targeted mlp.up_proj holds a layer of its own kept in eval mode
+    (a frozen gate) and whose targeted wrapped.lora_A is in eval mode: each keeps its own mode."""
+    model, oracle = peft_saved("parts", tmp_path, target_modules=PART_TARGETS[targets])
+    model.train()
+    model.mlp.up_proj.gate.eval()
+    model.wrapped.lora_A.eval()
+    what = f"target_modules {PART_TARGETS[targets]!r} (layers named like adapter parts; {MATCHING})"
+    expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, "parts", model, oracle, tmp_path, what)
 
 
 @pytest.mark.points(1)
@@ -1076,9 +1132,20 @@ def lora_bias_too(tensors: dict[str, torch.Tensor], config: dict, layer: str) ->
     tensors[f"{PREFIX}{layer}.lora_B.bias"] = torch.zeros(len(tensors[factor_key(layer, "B")]))
 
 
+def embedding_adapter_too(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> None:
+    """A corruption: an nn.Embedding's adapter among the targets, under the keys and in the shapes peft saves it
+    (``NAME.lora_embedding_A`` (r, num_embeddings), ``NAME.lora_embedding_B`` (embedding_dim, r), no ``.weight``):
+    a kind of layer the package does not adapt (GPT-2's wte; on the toy, which has none, a name it lacks)."""
+    name = "transformer.wte" if layer.startswith("transformer.") else "embed"
+    tensors[f"{PREFIX}{name}.lora_embedding_A"] = torch.zeros(config["r"], 10)
+    tensors[f"{PREFIX}{name}.lora_embedding_B"] = torch.zeros(16, config["r"])
+    config["target_modules"] = [*config["target_modules"], name.rpartition(".")[2]]
+
+
 CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of them is no check
     "a base weight too, as peft saves an adapted lm_head's": base_weight_too,
     "a lora_B bias too (peft's lora_bias=True)": lora_bias_too,
+    "an embedding adapter's keys too (peft's lora_embedding_A)": embedding_adapter_too,
     "a key without the prefix too": lambda tensors, config, layer: tensors.update(
         {factor_key(layer, "A").removeprefix(PREFIX): tensors[factor_key(layer, "A")].clone()}
     ),
@@ -1113,6 +1180,7 @@ WORDS = {  # what the message must name: fields of the corrupted layer, its keys
     # a tensor by its key in the file or by its name in the model (the key without base_model.model.)
     "a base weight too, as peft saves an adapted lm_head's": ["{layer}.base_layer.weight"],
     "a lora_B bias too (peft's lora_bias=True)": ["{layer}.lora_B.bias"],
+    "an embedding adapter's keys too (peft's lora_embedding_A)": ["lora_embedding_"],
     "a key without the prefix too": ["{layer}.lora_A.weight"],
     "a lora_A missing": ["{layer}"],
     "a lora_B missing": ["{layer}"],

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .gpt2_conv1d import LoRAConv1D, apply_lora_gpt2
+from .gpt2_conv1d import LoRAConv1D
 from .lora_linear import LoRALinear
 
 CONFIG, WEIGHTS, PREFIX = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
@@ -98,16 +98,28 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     for key, shape in expected.items():
         if tuple(tensors[key].shape) != shape:
             raise ValueError(f"load_adapter: {key} is {tuple(tensors[key].shape)} in the file, the model needs {shape}")
+    own = {module: module.training for layer in targets.values() for module in layer.modules()}
     modes = {name: module.training for name, module in targets.items()}
-    apply_lora_gpt2(model, list(targets), r=r, alpha=alpha, dropout=float(config.get("lora_dropout") or 0.0))
+    _wrap(model, targets, r=r, alpha=alpha, dropout=float(config.get("lora_dropout") or 0.0))
     for name, training in modes.items():
         model.get_submodule(name).train(training)  # a new layer takes the mode of the one it replaces
+    for module, training in own.items():
+        module.training = training  # the replaced layer and its own children keep theirs, which train() set too
     with torch.no_grad():
         for name in targets:
             A, B = factor_views(model.get_submodule(name))
             A.copy_(tensors[f"{PREFIX}{name}.lora_A.weight"])
             B.copy_(tensors[f"{PREFIX}{name}.lora_B.weight"])
     return model
+
+
+def _wrap(model: nn.Module, targets: dict[str, nn.Module], r: int, alpha: float, dropout: float) -> None:
+    """Each targeted layer, by its qualified name, put in this package's LoRA layer of its kind: exactly these
+    (a name matched by suffix, as apply_lora_gpt2 matches its targets, would wrap "enc.base" for "base" too)."""
+    for name, module in targets.items():
+        parent, _, child = name.rpartition(".")
+        wrapper = LoRALinear if isinstance(module, nn.Linear) else LoRAConv1D
+        setattr(model.get_submodule(parent), child, wrapper(module, r, alpha, dropout))
 
 
 def adapters(model: nn.Module) -> dict[str, nn.Module]:
@@ -168,10 +180,11 @@ def _misfit(layer: nn.Module, base: nn.Module, reading, parameters) -> float:
         for p in parameters:
             p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64))
         eye = torch.eye(_dimensions(base)[0], dtype=base.weight.dtype, device=base.weight.device)
-        was_training = layer.training
+        modes = {module: module.training for module in layer.modules()}
         layer.eval()
         update = (layer(eye) - base(eye)).T.double()
-        layer.train(was_training)
+        for module, training in modes.items():
+            module.training = training  # each its own mode back: layer.train() would set the base's children too
         A, B = reading
         return (update - layer.scaling * B.double() @ A.double()).abs().max().item()
     finally:

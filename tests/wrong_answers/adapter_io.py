@@ -9,9 +9,7 @@ ONE_SETTING = "    ((r, alpha),) = settings\n"
 UNPLACED = "    if unplaced:\n        raise ValueError"
 MISSING = "    if missing:\n        raise ValueError"
 SHAPES = "        if tuple(tensors[key].shape) != shape:\n            raise ValueError"
-APPLY = (
-    '    apply_lora_gpt2(model, list(targets), r=r, alpha=alpha, dropout=float(config.get("lora_dropout") or 0.0))\n'
-)
+APPLY = '    _wrap(model, targets, r=r, alpha=alpha, dropout=float(config.get("lora_dropout") or 0.0))\n'
 COPY_B = '            B.copy_(tensors[f"{PREFIX}{name}.lora_B.weight"])\n'
 CHECK = "    _check_config(config)\n"
 HONOUR_ALPHA = (  # a per-layer lora_alpha set on each adapted layer whose name a key matches ({match}), no break
@@ -23,6 +21,7 @@ HONOUR_ALPHA = (  # a per-layer lora_alpha set on each adapted layer whose name 
     "    return model\n"
 )
 DROPOUT = 'dropout=float(config.get("lora_dropout") or 0.0)'
+ADAPTERS = "ADAPTERS = (LoRALinear, LoRAConv1D)"
 
 WRONG_ANSWERS = [
     WrongAnswer("keys without the base_model.model. prefix", KATA, SAVE_A, SAVE_A.replace("{PREFIX}", ""),
@@ -396,4 +395,42 @@ WRONG_ANSWERS = [
                 CHECK, CHECK + '    if config.get("task_type") is not None:  # save writes none: refuse one that has it\n'
                 '        raise ValueError(f"load_adapter: task_type {config[\'task_type\']!r} is not supported")\n',
                 "test_loads_what_peft_saves_and_computes_what_peft_does", "loads the same files with task_type null"),
+    # Round 18, team C: layers named like an adapter's parts (base, lora_A, enc.lora_head), a parameterless collision,
+    # a targeted layer with a child of its own, a regex without a leading .*\., an embedding adapter's keys.
+    WrongAnswer("collisions skip modules whose last name part is an adapter's part ('enc.base' missed beside 'base')",
+                KATA, "    others = {name for name in modules - set(names) if not name.startswith(inside)}",
+                '    others = {name for name in modules - set(names) if name.rpartition(".")[2] not in PARTS}\n'
+                '    # base, A, B, lora_A, lora_B: an adapter\'s own modules',
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "also matches the unadapted 'enc.base'",
+                more_edits=((ADAPTERS, ADAPTERS + '\nPARTS = ("base", "A", "B", "lora_A", "lora_B")'),)),
+    WrongAnswer("targeted layers named like an adapter's parts skipped on load ('base', 'lora_A')", KATA,
+                "isinstance(m, (nn.Linear, Conv1D)) and targeted(name)}",
+                'isinstance(m, (nn.Linear, Conv1D)) and targeted(name)\n'
+                '             and name.rpartition(".")[2] not in PARTS}  # not an adapter\'s own part',
+                "test_loads_layers_named_like_adapter_parts", "refused them",
+                more_edits=((ADAPTERS, ADAPTERS + '\nPARTS = ("base", "A", "B", "lora_A", "lora_B")'),)),
+    WrongAnswer("file keys split at the first '.lora_' (a layer 'enc.lora_head' has no place)", KATA,
+                "    unplaced = sorted(tensors.keys() - expected.keys())",
+                "    unplaced = sorted(key for key in tensors if key not in expected\n"
+                '                      or key.removeprefix(PREFIX).partition(".lora_")[0] not in targets)',
+                "test_loads_layers_named_like_adapter_parts", "refused them"),
+    WrongAnswer("the replaced layer's mode set with train(), which recurses into the base's own children", KATA,
+                "    for module, training in own.items():\n        module.training = training", "    pass",
+                "test_loads_layers_named_like_adapter_parts", "layer.train(mode) recurses"),
+    WrongAnswer("a regex target fullmatched against base_model.model. + the name, as the file's keys spell it", KATA,
+                "re.fullmatch(target_modules, name)", "re.fullmatch(target_modules, PREFIX + name)",
+                "test_loads_layers_named_like_adapter_parts", "refused them"),
+    WrongAnswer("an embedding adapter's keys (lora_embedding_A) left out of the load without a word", KATA,
+                "    unplaced = sorted(tensors.keys() - expected.keys())",
+                '    unplaced = sorted(key for key in tensors.keys() - expected.keys() if ".lora_embedding_" not in key)',
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was",
+                "accepted a file with an embedding adapter's keys too"),
+    WrongAnswer("collisions looked for among modules with parameters only (a ReLU '1.0' missed)", KATA,
+                "    modules = {name for name, _ in model.named_modules()}",
+                "    modules = {name for name, module in model.named_modules() if any(True for _ in module.parameters())}",
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "(a ReLU)"),
+    WrongAnswer("the targeted layers wrapped by apply_lora_gpt2, which matches their names by suffix too", KATA,
+                APPLY, APPLY.replace("_wrap(model, targets,", "apply_lora_gpt2(model, list(targets),"),
+                "test_loads_layers_named_like_adapter_parts", "wrongly ['dec.enc.q', 'enc.base']",
+                more_edits=(("from .gpt2_conv1d import LoRAConv1D\n", "from .gpt2_conv1d import LoRAConv1D, apply_lora_gpt2\n"),)),
 ]  # fmt: skip

@@ -90,7 +90,10 @@ def load_adapter(model, directory):
     for name, module in plan:
         kind = LoRAConv1D if isinstance(module, Conv1D) else LoRALinear
         parent, _, child = name.rpartition(".")
+        own = {inner: inner.training for inner in module.modules()}
         layer = kind(module, r=r, alpha=alpha_of(name), dropout=dropout).train(module.training)  # the mode it replaces
+        for inner, training in own.items():
+            inner.training = training  # the replaced layer's own children keep theirs, which train() set too
         model.get_submodule(parent).register_module(child, layer)
         for mine, theirs in RENAMES[kind].items():
             renamed[f"{name}.{mine}"] = file[f"base_model.model.{name}.{theirs}"]
