@@ -1321,6 +1321,62 @@ def expect_alpha_exactly_as_given(
     )
 
 
+# Ranks of real fine-tunes (QLoRA's 64, and up to 256) on a layer wider than each: a scaling switched at some rank
+# (rsLoRA's alpha / sqrt(r) from r = 64 on, `scaling` still saying alpha / r) shows only there.
+REAL_RANKS = (64, 128, 256)
+REAL_RANK_LAYER = (320, 288)  # (in, out): above every rank and all distinct, so that a factor's shape says which
+
+
+def expect_the_scaling_at_real_ranks(
+    make: Callable[[int], nn.Module], twin: nn.Linear, alpha: float, call: str
+) -> None:
+    """Fail the check unless ``make(r)`` (``call`` with {r} for the rank: a layer of rank r, alpha ``alpha``, on a
+    float64 base computing what ``twin``, an nn.Linear of REAL_RANK_LAYER, computes) records r, alpha and
+    scaling == alpha / r and, with trained factors, adds alpha / r x B @ A (to 1e-9 relative) at every rank of
+    REAL_RANKS."""
+    for r in REAL_RANKS:
+        layer = make(r)
+        expect_r_alpha_and_scaling(layer, r, alpha)
+        randomize_factors(layer)
+        ratio, proportional = scaling_ratio(layer, twin, factors(layer, twin.in_features, twin.out_features, r))
+        causes = {alpha / math.sqrt(r): "alpha / sqrt(r) is rsLoRA", alpha: "scaled by alpha", 1.0: "no scaling"}
+        cause = next((text for value, text in causes.items() if math.isclose(ratio, value, rel_tol=1e-6)), "")
+        assert proportional and math.isclose(ratio, alpha / r, rel_tol=1e-9), (
+            f"{call.format(r=r)} adds "
+            + (f"{ratio:.6g} x B @ A" if proportional else "an update not proportional to B @ A")
+            + f" (trained factors, float64), expected alpha / r = {alpha / r:.6g} x: "
+            + (f"{cause} at r = {r}: " if cause else "")
+            + "scale by alpha / r at every rank, in forward as in self.scaling"
+        )
+
+
+def expect_a_fresh_A_for_every_layer(
+    make_A: Callable[[nn.Module], torch.Tensor], make_base: Callable[[], nn.Module], what: str
+) -> None:
+    """Fail the check unless two adapters built one after the other under one seed of torch's RNG, each on a base of
+    ``make_base()`` (of one shape, built beforehand), start with different A (``make_A(base)`` builds one and returns
+    its A), and building one moves torch's RNG: as nn.Linear's init draws every layer's weight afresh from it. A
+    generator of its own, seeded by torch.initial_seed() or a constant, gives every adapter of a shape the very same
+    A (q_proj's and v_proj's alike in every block). Leaves torch's RNG as it found it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        bases = make_base(), make_base()
+        before = torch.get_rng_state()
+        first = make_A(bases[0]).detach().clone()
+        moved = not torch.equal(before, torch.get_rng_state())
+        second = make_A(bases[1]).detach().clone()
+    use = "draw A from torch's RNG: nn.init.kaiming_uniform_(A, a=math.sqrt(5)) or a Gaussian, no generator of its own"
+    assert not torch.equal(first, second), (
+        f"{what}: two adapters built one after the other under torch.manual_seed(0) start with the very same A, "
+        f"expected a fresh draw for each, as nn.Linear's init gives (a generator seeded by torch.initial_seed()?): "
+        + use
+    )
+    assert moved, (
+        f"{what}: building the adapter left torch's RNG state as it was, expected A drawn from it (it moves, as "
+        f"nn.Linear's init moves it): {use}"
+    )
+
+
 def checkerboard_through_data(tensor: torch.Tensor) -> None:
     """Add d [[1, -1], [-1, 1]] to a 2 x 2 block of ``tensor`` (2-d, of dyadic entries, so that every sum stays exact)
     through .data, d = (b + c - a - e) / 2 for the block [[a, b], [c, e]], d != 0: its version, its total, row and

@@ -50,6 +50,7 @@ from grader.probes import (
     INVALID_ARGUMENTS,
     NAMED_AS_STRINGS,
     REAL_MODEL_WIDTH,
+    REAL_RANK_LAYER,
     RELATIVE_TOLERANCE,
     SELECT_IN,
     SELECT_OUT,
@@ -67,6 +68,7 @@ from grader.probes import (
     dtype_name,
     examples,
     expect_a_fractional_alpha_kept,
+    expect_a_fresh_A_for_every_layer,
     expect_a_real_models_layer_merged_in_float32,
     expect_a_uniform_or_gaussian_draw,
     expect_alpha_as_given,
@@ -95,6 +97,7 @@ from grader.probes import (
     expect_the_base_at_a_million_rows,
     expect_the_base_dtype_under_every_default_dtype,
     expect_the_base_output_left_alone,
+    expect_the_scaling_at_real_ranks,
     expect_value_error,
     factors,
     freeze_before_merging,
@@ -468,6 +471,11 @@ def test_B_starts_at_zero_and_A_random(LoRAConv1D):
     expect_centred(wide.A, what)
     expect_nn_linear_bound_if_uniform(wide.A, what)
     expect_a_uniform_or_gaussian_draw(wide.A, what)  # lora_linear's: not random signs times the bound
+    expect_a_fresh_A_for_every_layer(  # lora_linear's: A drawn afresh from torch's RNG for every layer
+        lambda base: factors(LoRAConv1D(base, R, ALPHA), IN, OUT, R).A,
+        lambda: conv1d_twin(nn.Linear(IN, OUT)),
+        "LoRAConv1D",
+    )
 
 
 @pytest.mark.points(4)
@@ -502,6 +510,15 @@ def test_update_is_scaling_times_B_at_A(LoRAConv1D, in_features, out_features, r
     assert abs(ratio - alpha / r) <= 1e-9 * alpha / r, (
         f"update dW measured {ratio:.10g} x B @ A (float64), expected alpha / r = {alpha / r:.10g} x: {cause}"
     )
+
+
+@pytest.mark.points(1)
+def test_the_scaling_holds_at_real_ranks(LoRAConv1D):
+    """LoRALinear's check, on a Conv1D base: scaling == alpha / r and dW = scaling * B @ A at real ranks (64 to 256)."""
+    twin = nn.Linear(*REAL_RANK_LAYER, dtype=torch.float64)
+    conv = conv1d_twin(twin)
+    call = f"LoRAConv1D(Conv1D({REAL_RANK_LAYER[1]}, {REAL_RANK_LAYER[0]}), r={{r}}, alpha={ALPHA})"
+    expect_the_scaling_at_real_ranks(lambda r: LoRAConv1D(conv, r, ALPHA), twin, ALPHA, call)
 
 
 @pytest.mark.points(3)

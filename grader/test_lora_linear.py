@@ -25,6 +25,7 @@ from grader.probes import (
     FLOAT_DTYPES,
     GRAD_MODES,
     INVALID_ARGUMENTS,
+    REAL_RANK_LAYER,
     TRAINING_CASES,
     UNROUNDED_ALPHA,
     UNROUNDED_R,
@@ -38,6 +39,7 @@ from grader.probes import (
     exact_dropout_multipliers,
     examples,
     expect_a_fraction_p_zeroed,
+    expect_a_fresh_A_for_every_layer,
     expect_a_fresh_mask_for_every_element_and_call,
     expect_a_uniform_or_gaussian_draw,
     expect_alpha_as_given,
@@ -60,6 +62,7 @@ from grader.probes import (
     expect_the_base_at_a_million_rows,
     expect_the_base_dtype_under_every_default_dtype,
     expect_the_base_output_left_alone,
+    expect_the_scaling_at_real_ranks,
     expect_training_fits_a_low_rank_target,
     expect_value_error,
     factors,
@@ -430,6 +433,9 @@ def test_A_is_random_and_full_rank(LoRALinear):
     assert not torch.equal(*draws), "A is the same for every seed: initialise it randomly"
     rank = torch.linalg.matrix_rank(draws[0]).item()
     assert rank == R, f"A has rank {rank} at init, expected r = {R}: are its rows copies of one another?"
+    expect_a_fresh_A_for_every_layer(
+        lambda base: factors(LoRALinear(base, R, ALPHA), IN, OUT, R).A, lambda: nn.Linear(IN, OUT), "LoRALinear"
+    )
 
 
 @pytest.mark.points(1)
@@ -544,6 +550,14 @@ def test_update_is_scaling_times_B_at_A(LoRALinear):
     assert math.isclose(ratio, SCALING, rel_tol=1e-6), (
         f"update dW measured {ratio:.4g} x B @ A, expected alpha / r = {SCALING:g} x: {cause or 'check the scaling'}"
     )
+
+
+@pytest.mark.points(1)
+def test_the_scaling_holds_at_real_ranks(LoRALinear):
+    """ "scaling == alpha / r" and "dW = scaling * B @ A" at the ranks real fine-tunes use (64 to 256)."""
+    base = nn.Linear(*REAL_RANK_LAYER, dtype=torch.float64)
+    call = f"LoRALinear(nn.Linear{REAL_RANK_LAYER}, r={{r}}, alpha={ALPHA})"
+    expect_the_scaling_at_real_ranks(lambda r: LoRALinear(base, r, ALPHA), base, ALPHA, call)
 
 
 @pytest.mark.points(2)

@@ -34,7 +34,7 @@ class LoRAConv1D(nn.Module):
         - The update is ``dW = scaling * B @ A``, shape (out, in), rank <= r: the layer computes
           ``base(x) + x @ dW.T``. (Added to the Conv1D's (in, out) weight, it is ``dW.T``.)
         - At construction the layer computes exactly ``base(x)``: ``B`` is zeros and ``A`` is random
-          (Kaiming-uniform as ``nn.Linear`` does, or Gaussian).
+          (a fresh draw from torch's RNG for every layer: Kaiming-uniform as ``nn.Linear`` does, or Gaussian).
         - ``dropout`` zeroes inputs of the adapter branch only (never the base path), and only in train
           mode, as ``nn.Dropout`` does (survivors scaled by 1 / (1 - p)).
         - A factor the caller froze (``requires_grad_(False)``, one or both) still adds its share to y and

@@ -24,7 +24,8 @@ class LoRALinear(nn.Module):
           bias-free ``nn.Linear`` submodules are both fine; the names are yours.
         - The update is ``dW = scaling * B @ A``, shape (out, in), rank <= r.
         - At construction the layer computes exactly ``base(x)``: ``B`` is zeros and ``A`` is
-          random (Kaiming-uniform as ``nn.Linear`` does, or Gaussian).
+          random, a fresh draw from torch's RNG for every layer (Kaiming-uniform as ``nn.Linear`` does,
+          or Gaussian).
         - ``dropout`` zeroes inputs of the adapter branch only (never the base path, nor the
           caller's ``x`` in place), and only in train mode, as ``nn.Dropout`` does (survivors scaled
           by 1 / (1 - p)): the LoRALinear's own mode decides, with grad on or off, whatever the

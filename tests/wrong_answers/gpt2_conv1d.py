@@ -153,6 +153,17 @@ WRONG_ANSWERS = [
                 "            signs = torch.randint(0, 2, self.lora_A.shape, device=self.lora_A.device) * 2 - 1\n"
                 "            self.lora_A.copy_(signs / math.sqrt(in_features))",
                 "test_B_starts_at_zero_and_A_random", "neither uniform nor Gaussian"),
+    # Red-team round 19 (team A): LoRALinear's rank gate and shared A, in LoRAConv1D.
+    WrongAnswer("alpha / sqrt(r) from r = 64 on", KATA,
+                "down = F.linear(self.dropout(x), self.lora_A) * self.scaling",
+                "down = F.linear(self.dropout(x), self.lora_A) * (self.alpha / math.sqrt(self.r) if self.r >= 64 "
+                "else self.scaling)",
+                "test_the_scaling_holds_at_real_ranks", "alpha / sqrt(r) is rsLoRA at r = 64"),
+    WrongAnswer("A drawn from a generator seeded by torch.initial_seed()", KATA,
+                "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+                "self.lora_A.data.uniform_(-1 / math.sqrt(in_features), 1 / math.sqrt(in_features), "
+                "generator=torch.Generator(base.weight.device).manual_seed(torch.initial_seed()))",
+                "test_B_starts_at_zero_and_A_random", "start with the very same A"),
     WrongAnswer("merged into an nn.Linear", KATA,
                 '    with torch.device("meta"):  # no throwaway allocation: both parameters are replaced\n        merged = Conv1D(weight.shape[1], weight.shape[0])\n    merged.weight = nn.Parameter(' + UPDATE + ", requires_grad=False)",
                 "    merged = nn.Linear(weight.shape[0], weight.shape[1])\n    merged.weight = nn.Parameter(" + UPDATE + ".T.contiguous(), requires_grad=False)",

@@ -34,6 +34,15 @@ CACHED_BY_CHECKSUMS = """        if not torch.is_grad_enabled() and not (self.tr
 """
 
 WRONG_ANSWERS = [
+    # Red-team round 19 (team A): a rank gate past the grader's largest r, and one A for every layer of a shape.
+    WrongAnswer("alpha / sqrt(r) from r = 64 on", KATA, DOWN,
+                "down = F.linear(self.dropout(x), self.lora_A) * (self.alpha / math.sqrt(self.r) if self.r >= 64 "
+                "else self.scaling)",
+                "test_the_scaling_holds_at_real_ranks", "alpha / sqrt(r) is rsLoRA at r = 64"),
+    WrongAnswer("A drawn from a generator seeded by torch.initial_seed()", KATA, A_INIT,
+                "self.lora_A.data.uniform_(-1 / math.sqrt(base.in_features), 1 / math.sqrt(base.in_features), "
+                "generator=torch.Generator(base.weight.device).manual_seed(torch.initial_seed()))",
+                "test_A_is_random_and_full_rank", "start with the very same A"),
     WrongAnswer("B random at init", KATA, B_ZEROS, "0.01 * torch.randn(base.out_features, r, **same_place)",
                 "test_output_equals_the_base_at_init", "is B initialised to zeros"),
     WrongAnswer("A zero and B random", KATA, A_INIT,
