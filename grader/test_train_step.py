@@ -486,30 +486,48 @@ def returned_adamw(optimizer: object, call: str) -> torch.optim.AdamW:
     return optimizer
 
 
+# Every way make_optimizer is called: the default, and lr and weight_decay given by position and by keyword, with and
+# without decay (a path taken only when weight_decay > 0, nanoGPT's no-decay group or a by-name listing, is checked too)
+OPTIMIZER_CALLS = {
+    "make_optimizer(model)": ((), {}),
+    **{f"make_optimizer(model, 1e-3, {wd})": ((1e-3, wd), {}) for wd in (0.0, 0.01, 0.1)},
+    **{
+        f"make_optimizer(model, lr=2e-4, weight_decay={wd})": ((), {"lr": 2e-4, "weight_decay": wd})
+        for wd in (0.0, 0.1)
+    },
+}
+
+
 @pytest.mark.points(3)
 @pytest.mark.subject("make_optimizer")
 def test_optimizer_holds_exactly_the_trainable_parameters_in_one_group(make_optimizer):
-    model = Adapted()
-    optimizer = returned_adamw(make_optimizer(model), "make_optimizer(model)")
-    assert len(optimizer.param_groups) == 1, (
-        f"the optimizer has {len(optimizer.param_groups)} parameter groups, expected one (no decay split)"
-    )
-    ids = [id(parameter) for parameter in held(optimizer)]
-    frozen = [name for name, p in model.named_parameters() if not p.requires_grad and id(p) in ids]
-    assert not frozen, f"the optimizer holds frozen parameters {frozen}: give it only those that require grad"
-    assert len(ids) == len(set(ids)), "the optimizer holds a parameter twice (a tied one?): list each once"
-    wanted = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
-    missing = [name for key, name in wanted.items() if key not in ids]
-    assert not missing, f"the optimizer lacks the trainable parameters {missing}: give it every one" + (
-        " (parameters are told apart by identity: two may share a storage, or be empty with data_ptr() 0)"
-        * any(name.startswith(("on_b_storage", "empty")) for name in missing)
-    )
-    own = {id(p) for p in model.parameters()}
-    others = [tuple(p.shape) for p in held(optimizer) if id(p) not in own]
-    assert not others, (
-        f"the optimizer also holds parameters that are not the model's (of shapes {others}): hold the model's "
-        "trainable parameters, each once, and no other"
-    )
+    for call, (args, kwargs) in OPTIMIZER_CALLS.items():
+        model = Adapted()
+        optimizer = returned_adamw(make_optimizer(model, *args, **kwargs), call)
+        decays = [group.get("weight_decay") for group in optimizer.param_groups]
+        assert len(optimizer.param_groups) == 1, (
+            f"{call}: the optimizer has {len(optimizer.param_groups)} parameter groups (weight_decay {decays}), "
+            "expected one: no decay split (nanoGPT's no-decay group for biases and norms is not this kata's)"
+        )
+        ids = [id(parameter) for parameter in held(optimizer)]
+        frozen = [name for name, p in model.named_parameters() if not p.requires_grad and id(p) in ids]
+        assert not frozen, (
+            f"{call}: the optimizer holds frozen parameters {frozen}: give it only those that require grad"
+            + (", on the weight_decay > 0 path too" if args[1:] or kwargs.get("weight_decay") else "")
+        )
+        assert len(ids) == len(set(ids)), f"{call}: the optimizer holds a parameter twice (a tied one?): list each once"
+        wanted = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
+        missing = [name for key, name in wanted.items() if key not in ids]
+        assert not missing, f"{call}: the optimizer lacks the trainable parameters {missing}: give it every one" + (
+            " (parameters are told apart by identity: two may share a storage, or be empty with data_ptr() 0)"
+            * any(name.startswith(("on_b_storage", "empty")) for name in missing)
+        )
+        own = {id(p) for p in model.parameters()}
+        others = [tuple(p.shape) for p in held(optimizer) if id(p) not in own]
+        assert not others, (
+            f"{call}: the optimizer also holds parameters that are not the model's (of shapes {others}): hold the "
+            "model's trainable parameters, each once, and no other"
+        )
 
 
 @pytest.mark.points(1)
@@ -554,21 +572,22 @@ def test_optimizer_has_the_learning_rate_no_decay_and_adams_betas(make_optimizer
     }
     plain = torch.optim.AdamW([nn.Parameter(torch.zeros(1))]).defaults  # the options of a plain AdamW
     for call, (optimizer, lr, weight_decay) in cases.items():
-        group = returned_adamw(optimizer, call).param_groups[0]
-        assert group["lr"] == lr, f"{call}: lr {group['lr']}, expected {lr}: " + (
-            "lr=0.0 was taken as unset (`lr or 3e-4`?): 0.0 is a learning rate, only a missing lr takes the default"
-            if lr == 0
-            else "pass lr to AdamW"
-        )
-        assert group["weight_decay"] == weight_decay, (
-            f"{call}: weight_decay {group['weight_decay']}, expected {weight_decay}"
-            + (": AdamW's own default is 0.01, pass weight_decay" if weight_decay == 0 else "")
-        )
-        assert tuple(group["betas"]) == (0.9, 0.999), f"{call}: betas {group['betas']}, expected (0.9, 0.999)"
-        assert group["eps"] == 1e-8, f"{call}: eps {group['eps']}, expected 1e-8"
-        off = {k: group.get(k) for k, v in plain.items() if k not in SET_OPTIONS and group.get(k) != v}
-        defaults = {k: plain[k] for k in off}
-        assert not off, f"{call}: {off}, expected plain AdamW's {defaults}: leave them at AdamW's defaults"
+        for index, group in enumerate(returned_adamw(optimizer, call).param_groups):  # every group
+            where = f"{call}, parameter group {index}"
+            assert group["lr"] == lr, f"{where}: lr {group['lr']}, expected {lr}: " + (
+                "lr=0.0 was taken as unset (`lr or 3e-4`?): 0.0 is a learning rate, only a missing lr takes the default"
+                if lr == 0
+                else "pass lr to AdamW"
+            )
+            assert group["weight_decay"] == weight_decay, (
+                f"{where}: weight_decay {group['weight_decay']}, expected {weight_decay}"
+                + (": AdamW's own default is 0.01, pass weight_decay" if weight_decay == 0 else "")
+            )
+            assert tuple(group["betas"]) == (0.9, 0.999), f"{where}: betas {group['betas']}, expected (0.9, 0.999)"
+            assert group["eps"] == 1e-8, f"{where}: eps {group['eps']}, expected 1e-8"
+            off = {k: group.get(k) for k, v in plain.items() if k not in SET_OPTIONS and group.get(k) != v}
+            defaults = {k: plain[k] for k in off}
+            assert not off, f"{where}: {off}, expected plain AdamW's {defaults}: leave them at AdamW's defaults"
 
 
 @pytest.mark.points(1)

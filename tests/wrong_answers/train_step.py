@@ -528,4 +528,20 @@ WRONG_ANSWERS = [
     WrongAnswer("the window cut to 8 accumulation steps", KATA, "micro_batches = list(micro_batches)",
                 "micro_batches = list(micro_batches)[:8]  # the run's gradient-accumulation steps",
                 "test_one_forward_and_one_backward_per_micro_batch", "the window was cut"),
+    # round 19, red team B: sizes and counts (weight_decay > 0, vocabularies and logits of real models)
+    WrongAnswer("a no-decay group for 1-D parameters when weight_decay > 0", KATA, "    return " + ADAMW,
+                "    if weight_decay > 0:  # nanoGPT's habit: biases and norms not decayed\n"
+                '        groups = [{"params": [p for p in trainable if p.dim() >= 2]},\n'
+                '                  {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}]\n'
+                '        return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999), eps=1e-8,\n'
+                "                                 weight_decay=weight_decay)\n"
+                "    return " + ADAMW,
+                "test_optimizer_holds_exactly_the_trainable_parameters_in_one_group", "no decay split"),
+    WrongAnswer("frozen parameters listed by name when weight_decay > 0", KATA, "    return " + ADAMW,
+                "    if weight_decay > 0:  # nanoGPT's listing by name, the requires_grad filter forgotten\n"
+                "        named = dict(model.named_parameters())\n"
+                "        return torch.optim.AdamW(list(named.values()), lr=lr, betas=(0.9, 0.999), eps=1e-8,\n"
+                "                                 weight_decay=weight_decay)\n"
+                "    return " + ADAMW,
+                "test_optimizer_holds_exactly_the_trainable_parameters_in_one_group", "weight_decay > 0 path"),
 ]  # fmt: skip
