@@ -8,6 +8,7 @@ records the gradients it is handed at step(), a spy scheduler its calls, so mist
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import itertools
 import math
@@ -246,6 +247,47 @@ def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_los
                     else "no value may depend on the default dtype"
                 )
             )
+
+
+# Past 2**22 logits, as any real batch is (42 targets at Llama-3's vocabulary: 5.4M logits): a path chosen by the
+# logits' count (chunks of about 2**20 logits, the upcast or the float64 skipped past 2**22 "to save memory")
+# is taken here.
+# 42 targets: no multiple of the rows of a 2**20-logit chunk (8 at 128,256), so a dropped partial chunk shows.
+MANY_LOGITS = (2, 22, 128_256)
+
+
+@functools.cache
+def many_logits_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """The float64 case of ``MANY_LOGITS``, made once (0.2 s); each dtype hands a loss its own copy."""
+    return random_case(*MANY_LOGITS, 0.0, seed=13)
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("causal_lm_loss")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_loss_of_millions_of_logits_keeps_its_value_and_dtype(causal_lm_loss, dtype):
+    truth, labels = many_logits_case()
+    logits, labels = truth.to(dtype, copy=True), labels.clone()
+    count = int((labels[:, 1:] != IGNORE).sum())
+    expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    total = reference_loss(logits.to(expected_dtype), labels, "sum").item()  # the mean's is total / count
+    for reduction in ("sum", "mean"):
+        call = f"causal_lm_loss({dtype} logits {tuple(logits.shape)} ({logits.numel() / 2**20:.1f}M), {count} targets, "
+        call += f"reduction={reduction!r})"
+        measured = loss_value(causal_lm_loss(logits, labels, reduction=reduction), call)
+        assert measured.dtype == expected_dtype, (
+            f"{call} is {measured.dtype}, expected {expected_dtype}, as at any size: "
+            + (
+                "keep float64 however many logits (logits.float() rounds it)"
+                if dtype == torch.float64
+                else "upcast half precision to float32 however many logits"
+            )
+        )
+        expected = total if reduction == "sum" else total / count
+        assert math.isclose(measured.item(), expected, rel_tol=1e-12 if dtype == torch.float64 else 1e-6), (
+            f"{call} = {measured.item():.10g}, expected {expected:.10g} (computed in {expected_dtype}): "
+            + loss_cause(measured.item(), logits.to(expected_dtype), labels, reduction)
+        )
 
 
 # logits far from 0 in every dtype: exp() of them overflows (or underflows to 0) in that dtype, the loss does not

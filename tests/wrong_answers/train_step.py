@@ -544,4 +544,21 @@ WRONG_ANSWERS = [
                 "                                 weight_decay=weight_decay)\n"
                 "    return " + ADAMW,
                 "test_optimizer_holds_exactly_the_trainable_parameters_in_one_group", "weight_decay > 0 path"),
+    WrongAnswer("a loss summed in chunks of 2**20 logits drops the last partial chunk", KATA,
+                'total = F.cross_entropy(predictions[keep], targets[keep], reduction="sum")',
+                "rows, chosen = predictions[keep], targets[keep]\n"
+                "    chunk = max(1, 2**20 // rows.shape[-1])  # memory: about 2**20 logits at a time\n"
+                "    if len(chosen) > chunk:\n"
+                "        total = sum(F.cross_entropy(rows[i * chunk : (i + 1) * chunk], chosen[i * chunk : (i + 1) * chunk],\n"
+                '                                    reduction="sum") for i in range(len(chosen) // chunk))\n'
+                "    else:\n"
+                '        total = F.cross_entropy(rows, chosen, reduction="sum")',
+                "test_loss_of_millions_of_logits_keeps_its_value_and_dtype", "dropped the last, partial one"),
+    WrongAnswer("half logits not upcast past 2**22 logits", KATA, UPCAST,
+                UPCAST.replace("torch.bfloat16):", "torch.bfloat16) and logits.numel() <= 2**22:"),
+                "test_loss_of_millions_of_logits_keeps_its_value_and_dtype", "upcast half precision to float32 however"),
+    WrongAnswer("float64 logits rounded to float32 past 2**22 logits", KATA, UPCAST,
+                UPCAST + "    elif logits.dtype == torch.float64 and logits.numel() > 2**22:  # memory: 8 bytes a logit\n"
+                "        logits = logits.float()\n",
+                "test_loss_of_millions_of_logits_keeps_its_value_and_dtype", "keep float64 however many logits"),
 ]  # fmt: skip
