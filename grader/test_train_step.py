@@ -354,6 +354,9 @@ def test_loss_gradient_reaches_the_logits(causal_lm_loss):
             )
 
 
+# The vocabularies the loss's poison and error checks run at: a tiny one, Llama-2's and Mistral's, Llama-3's (a path
+# chosen by the vocabulary's size keeps every contract of the small one)
+VOCABULARIES = (6, 32_000, 128_256)
 # What the logits of a position without a target may hold: "nan" a fully masked attention row's, "-inf" a vocabulary
 # mask's (one entry), "all--inf" a row masked whole, "overflow" an fp16 model's past 65504 (+inf and -inf).
 NO_TARGET_POISONS = {
@@ -370,19 +373,23 @@ NO_TARGET_POISONS = {
 @pytest.mark.subject("causal_lm_loss")
 @pytest.mark.parametrize("poison", NO_TARGET_POISONS)
 def test_loss_ignores_the_logits_of_positions_without_a_target(causal_lm_loss, poison):
-    logits, labels = random_case(3, 8, 6, 0.4, seed=5)
-    no_target = F.pad(labels[:, 1:] == IGNORE, (0, 1), value=True)  # the position predicts -100, or nothing
-    poisoned = logits.clone()
-    poisoned[no_target] = NO_TARGET_POISONS[poison](logits.shape[-1]).double()
-    for reduction in ("sum", "mean"):
-        call = f"causal_lm_loss(logits with {poison} where the target is -100 or none, reduction={reduction!r})"
-        measured = loss_value(causal_lm_loss(poisoned, labels, reduction=reduction), call).item()
-        expected = reference_loss(logits, labels, reduction).item()
-        assert math.isclose(measured, expected, rel_tol=1e-9), (
-            f"{call} = {measured:.6g}, expected {expected:.6g}, as with any other logits there: a -100 target carries "
-            "no loss whatever its logits; leave it out (select the targets), never weight it by 0 "
-            "(NaN or -inf times 0 is NaN)"
-        )
+    for vocab in VOCABULARIES:
+        logits, labels = random_case(*((3, 8) if vocab < 1000 else (2, 5)), vocab, 0.4, seed=5)  # few real-vocab rows
+        no_target = F.pad(labels[:, 1:] == IGNORE, (0, 1), value=True)  # the position predicts -100, or nothing
+        poisoned = logits.clone()
+        poisoned[no_target] = NO_TARGET_POISONS[poison](logits.shape[-1]).double()
+        for reduction in ("sum", "mean"):
+            call = (
+                f"causal_lm_loss(logits at vocab {vocab} with {poison} where the target is -100 or none, "
+                f"reduction={reduction!r})"
+            )
+            measured = loss_value(causal_lm_loss(poisoned, labels, reduction=reduction), call).item()
+            expected = reference_loss(logits, labels, reduction).item()
+            assert math.isclose(measured, expected, rel_tol=1e-9), (
+                f"{call} = {measured:.6g}, expected {expected:.6g}, as with any other logits there: a -100 target "
+                "carries no loss whatever its logits, at any vocabulary; leave it out (select the targets), never "
+                "weight it by 0 (NaN or -inf times 0 is NaN)"
+            )
 
 
 @pytest.mark.points(1)
@@ -415,8 +422,9 @@ def test_loss_takes_a_vocabulary_mask_at_the_targets(causal_lm_loss, dtype):
 def test_loss_without_targets_is_zero_summed_and_refused_as_a_mean(causal_lm_loss, dtype):
     expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     # seq 1: one position, which predicts nothing (a valid input, not an error); seq 4: every target -100
-    for batch, seq in ((2, 4), (3, 1), (1, 1), (0, 4)):  # and an empty batch: (batch, seq) with batch 0
-        logits = torch.randn(batch, seq, 5, dtype=torch.float64)
+    # and an empty batch: (batch, seq) with batch 0; at every vocabulary of VOCABULARIES
+    for (batch, seq), vocab in itertools.product(((2, 4), (3, 1), (1, 1), (0, 4)), VOCABULARIES):
+        logits = torch.randn(batch, seq, vocab, dtype=torch.float64)
         logits[..., 0] = -math.inf  # a vocabulary mask: no position is a target, so no logit counts, -inf neither
         logits = logits.to(dtype).requires_grad_()
         labels = torch.full((batch, seq), IGNORE)

@@ -561,4 +561,15 @@ WRONG_ANSWERS = [
                 UPCAST + "    elif logits.dtype == torch.float64 and logits.numel() > 2**22:  # memory: 8 bytes a logit\n"
                 "        logits = logits.float()\n",
                 "test_loss_of_millions_of_logits_keeps_its_value_and_dtype", "keep float64 however many logits"),
+    WrongAnswer("a real vocabulary's token losses weighted by the target mask", KATA, CROSS_ENTROPY,
+                "if predictions.shape[-1] >= 32_000:  # no copy of predictions[keep]: weight by the mask\n"
+                "        picked = predictions.gather(-1, targets.clamp(min=0)[:, None])[:, 0]\n"
+                "        total = ((torch.logsumexp(predictions, -1) - picked) * keep).sum()\n"
+                "    else:\n"
+                "        " + CROSS_ENTROPY,
+                "test_loss_ignores_the_logits_of_positions_without_a_target", "at any vocabulary"),
+    WrongAnswer("a real vocabulary's mean over no target not refused", KATA, MEAN_CHECK,
+                MEAN_CHECK.replace("if count == 0:", "if count == 0 and logits.shape[-1] < 32_000:  # the fused path"),
+                "test_loss_without_targets_is_zero_summed_and_refused_as_a_mean",
+                "(2, 4, 32000), reduction='mean') with no target"),
 ]  # fmt: skip
