@@ -464,36 +464,41 @@ def test_loss_without_targets_is_zero_summed_and_refused_as_a_mean(causal_lm_los
 @pytest.mark.points(1)
 @pytest.mark.subject("causal_lm_loss")
 def test_loss_rejects_bad_arguments(causal_lm_loss):
-    logits, labels = random_case(2, 4, 5, 0.0, seed=1)
-    # only the exact "sum" and "mean": their substrings and a string holding both too (`reduction in "sum mean"`)
-    # and objects that are no string at all: None is no default here (the default is "sum"), nor 0, False, bytes
-    bad = ("none", "avg", "SUM", "Mean", "MEAN", "sum ", "", "um", "me", "m", "an", "sum|mean")
-    for reduction in (*bad, None, 0, False, b"sum", ("sum",)):
-        expect_value_error(
-            lambda reduction=reduction: causal_lm_loss(logits, labels, reduction=reduction),
-            f"causal_lm_loss(reduction={reduction!r}) (only 'sum' and 'mean', exactly)",
-        )
-    expect_value_error(lambda: causal_lm_loss(logits, labels, "avg"), "causal_lm_loss(logits, labels, 'avg')")
-    square = torch.randint(0, 5, (4, 5))  # labels of logits.shape[:2] for 2-D logits: still not (batch, seq, vocab)
-    # as many targets after the shift as logits[:, :-1] has positions (6), in another shape: shape (batch, seq) only
-    # and labels of the same seq but another batch, which a gather or a product would broadcast
-    sizes, seq = "their shifted sizes match", "their seq matches: a gather would broadcast them"
-    cases = {
-        "2-D logits, 1-D labels": (logits[0], labels[0]),
-        "2-D logits (4, 5), labels (4, 5)": (logits[0], square),
-        "4-D logits (2, 4, 5, 1)": (logits[..., None], labels),
-        "labels shorter than logits": (logits, labels[:, :3]),
-        "3-D labels (2, 4, 1)": (logits, labels[..., None]),
-    }
-    for shape, when in (((3, 3), sizes), ((1, 7), sizes), ((6, 2), sizes), ((1, 4), seq), ((3, 4), seq)):
-        case = f"logits (2, 4, 5), labels {shape} (labels must be (batch, seq) = (2, 4), even when {when})"
-        cases[case] = (logits, torch.randint(0, 5, shape))
-    for reduction in ("sum", "mean"):  # every path of the loss checks the shapes, the mean's too
-        for case, (bad_logits, bad_labels) in cases.items():
+    for vocab in VOCABULARIES:  # a path taken at a real vocabulary checks its arguments too
+        logits, labels = random_case(2, 4, vocab, 0.0, seed=1)
+        # only the exact "sum" and "mean": their substrings and a string holding both too (`reduction in "sum mean"`)
+        # and objects that are no string at all: None is no default here (the default is "sum"), nor 0, False, bytes
+        bad = ("none", "avg", "SUM", "Mean", "MEAN", "sum ", "", "um", "me", "m", "an", "sum|mean")
+        for reduction in (*bad, None, 0, False, b"sum", ("sum",)):
             expect_value_error(
-                lambda x=bad_logits, y=bad_labels, reduction=reduction: causal_lm_loss(x, y, reduction=reduction),
-                f"causal_lm_loss({case}, reduction={reduction!r})",
+                lambda x=logits, y=labels, reduction=reduction: causal_lm_loss(x, y, reduction=reduction),
+                f"causal_lm_loss(vocab {vocab}, reduction={reduction!r}) (only 'sum' and 'mean', exactly)",
             )
+        expect_value_error(
+            lambda x=logits, y=labels: causal_lm_loss(x, y, "avg"),
+            f"causal_lm_loss(vocab {vocab} logits, labels, 'avg')",
+        )
+        # labels of logits.shape[:2] for 2-D logits: still not (batch, seq, vocab)
+        square = torch.randint(0, vocab, (4, vocab))
+        # as many targets after the shift as logits[:, :-1] has positions (6), in another shape: shape (batch, seq) only
+        # and labels of the same seq but another batch, which a gather or a product would broadcast
+        sizes, seq = "their shifted sizes match", "their seq matches: a gather would broadcast them"
+        cases = {
+            "2-D logits, 1-D labels": (logits[0], labels[0]),
+            f"2-D logits (4, {vocab}), labels (4, {vocab})": (logits[0], square),
+            f"4-D logits (2, 4, {vocab}, 1)": (logits[..., None], labels),
+            "labels shorter than logits": (logits, labels[:, :3]),
+            "3-D labels (2, 4, 1)": (logits, labels[..., None]),
+        }
+        for shape, when in (((3, 3), sizes), ((1, 7), sizes), ((6, 2), sizes), ((1, 4), seq), ((3, 4), seq)):
+            case = f"logits (2, 4, {vocab}), labels {shape} (labels must be (batch, seq) = (2, 4), even when {when})"
+            cases[case] = (logits, torch.randint(0, vocab, shape))
+        for reduction in ("sum", "mean"):  # every path of the loss checks the shapes, the mean's too
+            for case, (bad_logits, bad_labels) in cases.items():
+                expect_value_error(
+                    lambda x=bad_logits, y=bad_labels, reduction=reduction: causal_lm_loss(x, y, reduction=reduction),
+                    f"causal_lm_loss({case}, reduction={reduction!r})",
+                )
 
 
 # make_optimizer
