@@ -156,7 +156,7 @@ WRONG_ANSWERS = [
     WrongAnswer("labels' shape checked by its dimensions only", KATA, SHAPES, "if logits.dim() != 3 or labels.dim() != 2:",
                 "test_loss_rejects_bad_arguments", "labels shorter than logits"),
     WrongAnswer("logits' dimensions not checked", KATA, SHAPES, "if labels.shape != logits.shape[:2]:",
-                "test_loss_rejects_bad_arguments", "2-D logits (4, 5), labels (4, 5)"),
+                "test_loss_rejects_bad_arguments", "2-D logits (4, 6), labels (4, 6)"),
     WrongAnswer("one position refused", KATA, UPCAST,
                 '    if logits.shape[1] < 2:\n        raise ValueError("need two positions to shift")\n' + UPCAST,
                 "test_loss_without_targets_is_zero_summed_and_refused_as_a_mean", "seq 1 is valid"),
