@@ -47,10 +47,11 @@ OUTPUTS = st.lists(PIECES | st.text(min_size=1, max_size=3), min_size=1, max_siz
 # the same class, size and special ids (a cache keyed by text, or by text, len(tokenizer) and the special ids, goes
 # stale).
 TOKENIZERS = ["bpe", "other-vocab", "permuted-vocab", "bpe-without-bos", "gpt2-like", "neox-like", "adds-eos",
-              "pad-is-eos", "no-pad", "pads-left", "transformers"]  # fmt: skip
+              "pad-is-eos", "no-pad", "pads-left", "llama-3-vocab", "transformers"]  # fmt: skip
 STYLE_OF = {"bpe": "llama", "other-vocab": "other-vocab", "permuted-vocab": "permuted-vocab",
             "bpe-without-bos": "no-bos", "gpt2-like": "gpt2", "neox-like": "neox", "adds-eos": "adds-eos",
-            "pad-is-eos": "pad-is-eos", "no-pad": "no-pad", "pads-left": "pads-left"}  # fmt: skip
+            "pad-is-eos": "pad-is-eos", "no-pad": "no-pad", "pads-left": "pads-left",
+            "llama-3-vocab": "llama-3-vocab"}  # fmt: skip
 NAME_OF_STYLE = {style: name for name, style in STYLE_OF.items()}
 
 
@@ -64,8 +65,8 @@ def tokenizer() -> GraderTokenizer:
 def any_tokenizer(request: pytest.FixtureRequest):
     """The tokenizer zoo: the grader's BPE with the special tokens of Llama (bos added), in another vocabulary,
     in a permuted one with the same special ids, without bos, of GPT-2 (bos = eos = pad, nothing added), of
-    GPT-NeoX (the same, of id 0), adding eos itself, with pad = eos, without a pad token, padding on the left; and
-    transformers' PreTrainedTokenizerFast."""
+    GPT-NeoX (the same, of id 0), adding eos itself, with pad = eos, without a pad token, padding on the left, with
+    Llama-3's ids (past 2**16); and transformers' PreTrainedTokenizerFast."""
     if request.param == "transformers":
         try:
             return transformers_tokenizer()
@@ -85,6 +86,7 @@ NOTES = {  # what sets each tokenizer of the zoo apart, for the verdicts of the 
     "pad-is-eos": "pad = eos",
     "no-pad": "no pad token, as Llama-2's loads: padding=True raises",
     "pads-left": "padding_side 'left'",
+    "llama-3-vocab": "Llama-3-like: every id 127000 higher, past 2**16 (none fits in uint16)",
     "transformers": "transformers' PreTrainedTokenizerFast",
 }
 
@@ -205,6 +207,11 @@ def ids_cause(tokenizer, measured: list, expected: Expected, prompt: str, output
     """The likely mistake behind input_ids that differ from [bos] + enc(prompt) + enc(output) + [eos]."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     first = [] if bos is None else [bos]
+    if measured == [i % 2**16 for i in expected.input_ids] != expected.input_ids:  # a uint16 array, nanoGPT's
+        return (
+            "every id is the expected one modulo 2**16: the ids went through a 16-bit integer (numpy uint16?): keep "
+            "them Python ints, as real vocabularies reach 128,256 and more"
+        )
     if measured == first + enc(tokenizer, prompt + output) + [eos]:
         return (
             "prompt + output were tokenized in one call, and a merge across the seam changed the tokens there: "

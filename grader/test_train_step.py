@@ -8,6 +8,7 @@ records the gradients it is handed at step(), a spy scheduler its calls, so mist
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import itertools
 import math
@@ -248,6 +249,47 @@ def test_loss_upcasts_half_precision_and_keeps_float32_and_float64(causal_lm_los
             )
 
 
+# Past 2**22 logits, as any real batch is (42 targets at Llama-3's vocabulary: 5.4M logits): a path chosen by the
+# logits' count (chunks of about 2**20 logits, the upcast or the float64 skipped past 2**22 "to save memory")
+# is taken here.
+# 42 targets: no multiple of the rows of a 2**20-logit chunk (8 at 128,256), so a dropped partial chunk shows.
+MANY_LOGITS = (2, 22, 128_256)
+
+
+@functools.cache
+def many_logits_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """The float64 case of ``MANY_LOGITS``, made once (0.2 s); each dtype hands a loss its own copy."""
+    return random_case(*MANY_LOGITS, 0.0, seed=13)
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("causal_lm_loss")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_loss_of_millions_of_logits_keeps_its_value_and_dtype(causal_lm_loss, dtype):
+    truth, labels = many_logits_case()
+    logits, labels = truth.to(dtype, copy=True), labels.clone()
+    count = int((labels[:, 1:] != IGNORE).sum())
+    expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    total = reference_loss(logits.to(expected_dtype), labels, "sum").item()  # the mean's is total / count
+    for reduction in ("sum", "mean"):
+        call = f"causal_lm_loss({dtype} logits {tuple(logits.shape)} ({logits.numel() / 2**20:.1f}M), {count} targets, "
+        call += f"reduction={reduction!r})"
+        measured = loss_value(causal_lm_loss(logits, labels, reduction=reduction), call)
+        assert measured.dtype == expected_dtype, (
+            f"{call} is {measured.dtype}, expected {expected_dtype}, as at any size: "
+            + (
+                "keep float64 however many logits (logits.float() rounds it)"
+                if dtype == torch.float64
+                else "upcast half precision to float32 however many logits"
+            )
+        )
+        expected = total if reduction == "sum" else total / count
+        assert math.isclose(measured.item(), expected, rel_tol=1e-12 if dtype == torch.float64 else 1e-6), (
+            f"{call} = {measured.item():.10g}, expected {expected:.10g} (computed in {expected_dtype}): "
+            + loss_cause(measured.item(), logits.to(expected_dtype), labels, reduction)
+        )
+
+
 # logits far from 0 in every dtype: exp() of them overflows (or underflows to 0) in that dtype, the loss does not
 LARGE_LOGITS = [
     pytest.param(torch.float64, 1000.0, id="float64-+1000"),
@@ -312,6 +354,9 @@ def test_loss_gradient_reaches_the_logits(causal_lm_loss):
             )
 
 
+# The vocabularies the loss's poison and error checks run at: a tiny one, Llama-2's and Mistral's, Llama-3's (a path
+# chosen by the vocabulary's size keeps every contract of the small one)
+VOCABULARIES = (6, 32_000, 128_256)
 # What the logits of a position without a target may hold: "nan" a fully masked attention row's, "-inf" a vocabulary
 # mask's (one entry), "all--inf" a row masked whole, "overflow" an fp16 model's past 65504 (+inf and -inf).
 NO_TARGET_POISONS = {
@@ -328,19 +373,23 @@ NO_TARGET_POISONS = {
 @pytest.mark.subject("causal_lm_loss")
 @pytest.mark.parametrize("poison", NO_TARGET_POISONS)
 def test_loss_ignores_the_logits_of_positions_without_a_target(causal_lm_loss, poison):
-    logits, labels = random_case(3, 8, 6, 0.4, seed=5)
-    no_target = F.pad(labels[:, 1:] == IGNORE, (0, 1), value=True)  # the position predicts -100, or nothing
-    poisoned = logits.clone()
-    poisoned[no_target] = NO_TARGET_POISONS[poison](logits.shape[-1]).double()
-    for reduction in ("sum", "mean"):
-        call = f"causal_lm_loss(logits with {poison} where the target is -100 or none, reduction={reduction!r})"
-        measured = loss_value(causal_lm_loss(poisoned, labels, reduction=reduction), call).item()
-        expected = reference_loss(logits, labels, reduction).item()
-        assert math.isclose(measured, expected, rel_tol=1e-9), (
-            f"{call} = {measured:.6g}, expected {expected:.6g}, as with any other logits there: a -100 target carries "
-            "no loss whatever its logits; leave it out (select the targets), never weight it by 0 "
-            "(NaN or -inf times 0 is NaN)"
-        )
+    for vocab in VOCABULARIES:
+        logits, labels = random_case(*((3, 8) if vocab < 1000 else (2, 5)), vocab, 0.4, seed=5)  # few real-vocab rows
+        no_target = F.pad(labels[:, 1:] == IGNORE, (0, 1), value=True)  # the position predicts -100, or nothing
+        poisoned = logits.clone()
+        poisoned[no_target] = NO_TARGET_POISONS[poison](logits.shape[-1]).double()
+        for reduction in ("sum", "mean"):
+            call = (
+                f"causal_lm_loss(logits at vocab {vocab} with {poison} where the target is -100 or none, "
+                f"reduction={reduction!r})"
+            )
+            measured = loss_value(causal_lm_loss(poisoned, labels, reduction=reduction), call).item()
+            expected = reference_loss(logits, labels, reduction).item()
+            assert math.isclose(measured, expected, rel_tol=1e-9), (
+                f"{call} = {measured:.6g}, expected {expected:.6g}, as with any other logits there: a -100 target "
+                "carries no loss whatever its logits, at any vocabulary; leave it out (select the targets), never "
+                "weight it by 0 (NaN or -inf times 0 is NaN)"
+            )
 
 
 @pytest.mark.points(1)
@@ -373,8 +422,9 @@ def test_loss_takes_a_vocabulary_mask_at_the_targets(causal_lm_loss, dtype):
 def test_loss_without_targets_is_zero_summed_and_refused_as_a_mean(causal_lm_loss, dtype):
     expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     # seq 1: one position, which predicts nothing (a valid input, not an error); seq 4: every target -100
-    for batch, seq in ((2, 4), (3, 1), (1, 1), (0, 4)):  # and an empty batch: (batch, seq) with batch 0
-        logits = torch.randn(batch, seq, 5, dtype=torch.float64)
+    # and an empty batch: (batch, seq) with batch 0; at every vocabulary of VOCABULARIES
+    for (batch, seq), vocab in itertools.product(((2, 4), (3, 1), (1, 1), (0, 4)), VOCABULARIES):
+        logits = torch.randn(batch, seq, vocab, dtype=torch.float64)
         logits[..., 0] = -math.inf  # a vocabulary mask: no position is a target, so no logit counts, -inf neither
         logits = logits.to(dtype).requires_grad_()
         labels = torch.full((batch, seq), IGNORE)
@@ -414,36 +464,41 @@ def test_loss_without_targets_is_zero_summed_and_refused_as_a_mean(causal_lm_los
 @pytest.mark.points(1)
 @pytest.mark.subject("causal_lm_loss")
 def test_loss_rejects_bad_arguments(causal_lm_loss):
-    logits, labels = random_case(2, 4, 5, 0.0, seed=1)
-    # only the exact "sum" and "mean": their substrings and a string holding both too (`reduction in "sum mean"`)
-    # and objects that are no string at all: None is no default here (the default is "sum"), nor 0, False, bytes
-    bad = ("none", "avg", "SUM", "Mean", "MEAN", "sum ", "", "um", "me", "m", "an", "sum|mean")
-    for reduction in (*bad, None, 0, False, b"sum", ("sum",)):
-        expect_value_error(
-            lambda reduction=reduction: causal_lm_loss(logits, labels, reduction=reduction),
-            f"causal_lm_loss(reduction={reduction!r}) (only 'sum' and 'mean', exactly)",
-        )
-    expect_value_error(lambda: causal_lm_loss(logits, labels, "avg"), "causal_lm_loss(logits, labels, 'avg')")
-    square = torch.randint(0, 5, (4, 5))  # labels of logits.shape[:2] for 2-D logits: still not (batch, seq, vocab)
-    # as many targets after the shift as logits[:, :-1] has positions (6), in another shape: shape (batch, seq) only
-    # and labels of the same seq but another batch, which a gather or a product would broadcast
-    sizes, seq = "their shifted sizes match", "their seq matches: a gather would broadcast them"
-    cases = {
-        "2-D logits, 1-D labels": (logits[0], labels[0]),
-        "2-D logits (4, 5), labels (4, 5)": (logits[0], square),
-        "4-D logits (2, 4, 5, 1)": (logits[..., None], labels),
-        "labels shorter than logits": (logits, labels[:, :3]),
-        "3-D labels (2, 4, 1)": (logits, labels[..., None]),
-    }
-    for shape, when in (((3, 3), sizes), ((1, 7), sizes), ((6, 2), sizes), ((1, 4), seq), ((3, 4), seq)):
-        case = f"logits (2, 4, 5), labels {shape} (labels must be (batch, seq) = (2, 4), even when {when})"
-        cases[case] = (logits, torch.randint(0, 5, shape))
-    for reduction in ("sum", "mean"):  # every path of the loss checks the shapes, the mean's too
-        for case, (bad_logits, bad_labels) in cases.items():
+    for vocab in VOCABULARIES:  # a path taken at a real vocabulary checks its arguments too
+        logits, labels = random_case(2, 4, vocab, 0.0, seed=1)
+        # only the exact "sum" and "mean": their substrings and a string holding both too (`reduction in "sum mean"`)
+        # and objects that are no string at all: None is no default here (the default is "sum"), nor 0, False, bytes
+        bad = ("none", "avg", "SUM", "Mean", "MEAN", "sum ", "", "um", "me", "m", "an", "sum|mean")
+        for reduction in (*bad, None, 0, False, b"sum", ("sum",)):
             expect_value_error(
-                lambda x=bad_logits, y=bad_labels, reduction=reduction: causal_lm_loss(x, y, reduction=reduction),
-                f"causal_lm_loss({case}, reduction={reduction!r})",
+                lambda x=logits, y=labels, reduction=reduction: causal_lm_loss(x, y, reduction=reduction),
+                f"causal_lm_loss(vocab {vocab}, reduction={reduction!r}) (only 'sum' and 'mean', exactly)",
             )
+        expect_value_error(
+            lambda x=logits, y=labels: causal_lm_loss(x, y, "avg"),
+            f"causal_lm_loss(vocab {vocab} logits, labels, 'avg')",
+        )
+        # labels of logits.shape[:2] for 2-D logits: still not (batch, seq, vocab)
+        square = torch.randint(0, vocab, (4, vocab))
+        # as many targets after the shift as logits[:, :-1] has positions (6), in another shape: shape (batch, seq) only
+        # and labels of the same seq but another batch, which a gather or a product would broadcast
+        sizes, seq = "their shifted sizes match", "their seq matches: a gather would broadcast them"
+        cases = {
+            "2-D logits, 1-D labels": (logits[0], labels[0]),
+            f"2-D logits (4, {vocab}), labels (4, {vocab})": (logits[0], square),
+            f"4-D logits (2, 4, {vocab}, 1)": (logits[..., None], labels),
+            "labels shorter than logits": (logits, labels[:, :3]),
+            "3-D labels (2, 4, 1)": (logits, labels[..., None]),
+        }
+        for shape, when in (((3, 3), sizes), ((1, 7), sizes), ((6, 2), sizes), ((1, 4), seq), ((3, 4), seq)):
+            case = f"logits (2, 4, {vocab}), labels {shape} (labels must be (batch, seq) = (2, 4), even when {when})"
+            cases[case] = (logits, torch.randint(0, vocab, shape))
+        for reduction in ("sum", "mean"):  # every path of the loss checks the shapes, the mean's too
+            for case, (bad_logits, bad_labels) in cases.items():
+                expect_value_error(
+                    lambda x=bad_logits, y=bad_labels, reduction=reduction: causal_lm_loss(x, y, reduction=reduction),
+                    f"causal_lm_loss({case}, reduction={reduction!r})",
+                )
 
 
 # make_optimizer
@@ -486,30 +541,48 @@ def returned_adamw(optimizer: object, call: str) -> torch.optim.AdamW:
     return optimizer
 
 
+# Every way make_optimizer is called: the default, and lr and weight_decay given by position and by keyword, with and
+# without decay (a path taken only when weight_decay > 0, nanoGPT's no-decay group or a by-name listing, is checked too)
+OPTIMIZER_CALLS = {
+    "make_optimizer(model)": ((), {}),
+    **{f"make_optimizer(model, 1e-3, {wd})": ((1e-3, wd), {}) for wd in (0.0, 0.01, 0.1)},
+    **{
+        f"make_optimizer(model, lr=2e-4, weight_decay={wd})": ((), {"lr": 2e-4, "weight_decay": wd})
+        for wd in (0.0, 0.1)
+    },
+}
+
+
 @pytest.mark.points(3)
 @pytest.mark.subject("make_optimizer")
 def test_optimizer_holds_exactly_the_trainable_parameters_in_one_group(make_optimizer):
-    model = Adapted()
-    optimizer = returned_adamw(make_optimizer(model), "make_optimizer(model)")
-    assert len(optimizer.param_groups) == 1, (
-        f"the optimizer has {len(optimizer.param_groups)} parameter groups, expected one (no decay split)"
-    )
-    ids = [id(parameter) for parameter in held(optimizer)]
-    frozen = [name for name, p in model.named_parameters() if not p.requires_grad and id(p) in ids]
-    assert not frozen, f"the optimizer holds frozen parameters {frozen}: give it only those that require grad"
-    assert len(ids) == len(set(ids)), "the optimizer holds a parameter twice (a tied one?): list each once"
-    wanted = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
-    missing = [name for key, name in wanted.items() if key not in ids]
-    assert not missing, f"the optimizer lacks the trainable parameters {missing}: give it every one" + (
-        " (parameters are told apart by identity: two may share a storage, or be empty with data_ptr() 0)"
-        * any(name.startswith(("on_b_storage", "empty")) for name in missing)
-    )
-    own = {id(p) for p in model.parameters()}
-    others = [tuple(p.shape) for p in held(optimizer) if id(p) not in own]
-    assert not others, (
-        f"the optimizer also holds parameters that are not the model's (of shapes {others}): hold the model's "
-        "trainable parameters, each once, and no other"
-    )
+    for call, (args, kwargs) in OPTIMIZER_CALLS.items():
+        model = Adapted()
+        optimizer = returned_adamw(make_optimizer(model, *args, **kwargs), call)
+        decays = [group.get("weight_decay") for group in optimizer.param_groups]
+        assert len(optimizer.param_groups) == 1, (
+            f"{call}: the optimizer has {len(optimizer.param_groups)} parameter groups (weight_decay {decays}), "
+            "expected one: no decay split (nanoGPT's no-decay group for biases and norms is not this kata's)"
+        )
+        ids = [id(parameter) for parameter in held(optimizer)]
+        frozen = [name for name, p in model.named_parameters() if not p.requires_grad and id(p) in ids]
+        assert not frozen, (
+            f"{call}: the optimizer holds frozen parameters {frozen}: give it only those that require grad"
+            + (", on the weight_decay > 0 path too" if args[1:] or kwargs.get("weight_decay") else "")
+        )
+        assert len(ids) == len(set(ids)), f"{call}: the optimizer holds a parameter twice (a tied one?): list each once"
+        wanted = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
+        missing = [name for key, name in wanted.items() if key not in ids]
+        assert not missing, f"{call}: the optimizer lacks the trainable parameters {missing}: give it every one" + (
+            " (parameters are told apart by identity: two may share a storage, or be empty with data_ptr() 0)"
+            * any(name.startswith(("on_b_storage", "empty")) for name in missing)
+        )
+        own = {id(p) for p in model.parameters()}
+        others = [tuple(p.shape) for p in held(optimizer) if id(p) not in own]
+        assert not others, (
+            f"{call}: the optimizer also holds parameters that are not the model's (of shapes {others}): hold the "
+            "model's trainable parameters, each once, and no other"
+        )
 
 
 @pytest.mark.points(1)
@@ -554,21 +627,22 @@ def test_optimizer_has_the_learning_rate_no_decay_and_adams_betas(make_optimizer
     }
     plain = torch.optim.AdamW([nn.Parameter(torch.zeros(1))]).defaults  # the options of a plain AdamW
     for call, (optimizer, lr, weight_decay) in cases.items():
-        group = returned_adamw(optimizer, call).param_groups[0]
-        assert group["lr"] == lr, f"{call}: lr {group['lr']}, expected {lr}: " + (
-            "lr=0.0 was taken as unset (`lr or 3e-4`?): 0.0 is a learning rate, only a missing lr takes the default"
-            if lr == 0
-            else "pass lr to AdamW"
-        )
-        assert group["weight_decay"] == weight_decay, (
-            f"{call}: weight_decay {group['weight_decay']}, expected {weight_decay}"
-            + (": AdamW's own default is 0.01, pass weight_decay" if weight_decay == 0 else "")
-        )
-        assert tuple(group["betas"]) == (0.9, 0.999), f"{call}: betas {group['betas']}, expected (0.9, 0.999)"
-        assert group["eps"] == 1e-8, f"{call}: eps {group['eps']}, expected 1e-8"
-        off = {k: group.get(k) for k, v in plain.items() if k not in SET_OPTIONS and group.get(k) != v}
-        defaults = {k: plain[k] for k in off}
-        assert not off, f"{call}: {off}, expected plain AdamW's {defaults}: leave them at AdamW's defaults"
+        for index, group in enumerate(returned_adamw(optimizer, call).param_groups):  # every group
+            where = f"{call}, parameter group {index}"
+            assert group["lr"] == lr, f"{where}: lr {group['lr']}, expected {lr}: " + (
+                "lr=0.0 was taken as unset (`lr or 3e-4`?): 0.0 is a learning rate, only a missing lr takes the default"
+                if lr == 0
+                else "pass lr to AdamW"
+            )
+            assert group["weight_decay"] == weight_decay, (
+                f"{where}: weight_decay {group['weight_decay']}, expected {weight_decay}"
+                + (": AdamW's own default is 0.01, pass weight_decay" if weight_decay == 0 else "")
+            )
+            assert tuple(group["betas"]) == (0.9, 0.999), f"{where}: betas {group['betas']}, expected (0.9, 0.999)"
+            assert group["eps"] == 1e-8, f"{where}: eps {group['eps']}, expected 1e-8"
+            off = {k: group.get(k) for k, v in plain.items() if k not in SET_OPTIONS and group.get(k) != v}
+            defaults = {k: plain[k] for k in off}
+            assert not off, f"{where}: {off}, expected plain AdamW's {defaults}: leave them at AdamW's defaults"
 
 
 @pytest.mark.points(1)

@@ -84,7 +84,8 @@ class GraderTokenizer:
     ``style`` sets the special tokens as real tokenizers do (``STYLES``); ``bos=False`` is the "no-bos" style.
     Special tokens, when asked for (the default, as in Hugging Face), are what the style adds. The
     "other-vocab" style numbers every token ``OTHER_VOCAB_OFFSET`` higher: another model's vocabulary, in
-    which the same text has other ids (an encoding cached by text alone goes stale); "permuted-vocab" numbers
+    which the same text has other ids (an encoding cached by text alone goes stale), and "llama-3-vocab"
+    ``LLAMA_3_VOCAB_OFFSET`` higher, every id past 2**16 as in Llama-3's vocabulary; "permuted-vocab" numbers
     every other token backwards, its special tokens keeping their ids: a vocabulary of the same class, size and
     special ids, as Llama-2's and Mistral's (a cache keyed by text, ``len`` and the special ids goes stale).
     Tokens added later get the next ids, ``len(tokenizer)`` onwards, in every style.
@@ -117,10 +118,12 @@ class GraderTokenizer:
         "pad-is-eos": (BOS, EOS, EOS, True, False),  # the usual fine-tuning set-up: pad_token = eos_token
         "other-vocab": (BOS, EOS, PAD, True, False),  # Llama's special tokens, every id shifted
         "permuted-vocab": (BOS, EOS, PAD, True, False),  # Llama's special tokens and ids, the others reversed
+        "llama-3-vocab": (BOS, EOS, PAD, True, False),  # Llama's special tokens, every id past 2**16 as Llama-3's
         "no-pad": (BOS, EOS, None, True, False),  # Llama-2 as it loads: no pad token, so padding=True refuses
         "pads-left": (BOS, EOS, PAD, True, False),  # padding_side "left", as generation set-ups load it
     }
     OTHER_VOCAB_OFFSET = 1000
+    LLAMA_3_VOCAB_OFFSET = 127_000  # ids 127,000 to about 128,000, as Llama-3's (128,256): none fits in 16 bits
 
     def __init__(self, bos: bool = True, style: str | None = None) -> None:
         self._backend = trained_bpe()  # shared until this tokenizer is edited (add_tokens): then its own copy
@@ -128,7 +131,9 @@ class GraderTokenizer:
         self._trained = self._backend.get_vocab_size()  # the trained vocabulary; added tokens come after it
         self.style = style or ("llama" if bos else "no-bos")
         bos_token, eos_token, pad_token, self.adds_bos, self.adds_eos = self.STYLES[self.style]
-        self._offset = self.OTHER_VOCAB_OFFSET if self.style == "other-vocab" else 0
+        self._offset = {"other-vocab": self.OTHER_VOCAB_OFFSET, "llama-3-vocab": self.LLAMA_3_VOCAB_OFFSET}.get(
+            self.style, 0
+        )
         self._reversed = self.style == "permuted-vocab"
         self.vocab_size = self._offset + self._trained  # as Hugging Face's: without the tokens added later
         self.bos_token, self.eos_token, self.pad_token, self.unk_token = bos_token, eos_token, pad_token, None

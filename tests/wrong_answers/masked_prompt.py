@@ -375,4 +375,11 @@ WRONG_ANSWERS = [
     WrongAnswer("a long prompt keeps its last 1024 tokens", KATA, PROMPT,
                 PROMPT + "[-1024:]  # the [/INST] end, room for the response",
                 "test_very_long_prompt_or_output", "the prompt was cut to 1024"),
+    # round 19, red team B: ids of a real vocabulary (past 2**16)
+    WrongAnswer("the ids round-tripped through uint16", KATA, LABELS,
+                LABELS + "\n    # token ids kept compactly as uint16, as nanoGPT's data pipeline does (GPT-2's 50,257 ids fit)\n"
+                "    input_ids = np.asarray(input_ids, dtype=np.int64).astype(np.uint16).astype(np.int64).tolist()\n"
+                "    labels = [IGNORE_INDEX if label == IGNORE_INDEX else i for label, i in zip(labels, input_ids)]",
+                "test_input_ids_are_bos_prompt_response_eos", "modulo 2**16",
+                more_edits=(("import torch\n", "import numpy as np\nimport torch\n"),)),
 ]  # fmt: skip

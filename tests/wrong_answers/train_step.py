@@ -156,7 +156,7 @@ WRONG_ANSWERS = [
     WrongAnswer("labels' shape checked by its dimensions only", KATA, SHAPES, "if logits.dim() != 3 or labels.dim() != 2:",
                 "test_loss_rejects_bad_arguments", "labels shorter than logits"),
     WrongAnswer("logits' dimensions not checked", KATA, SHAPES, "if labels.shape != logits.shape[:2]:",
-                "test_loss_rejects_bad_arguments", "2-D logits (4, 5), labels (4, 5)"),
+                "test_loss_rejects_bad_arguments", "2-D logits (4, 6), labels (4, 6)"),
     WrongAnswer("one position refused", KATA, UPCAST,
                 '    if logits.shape[1] < 2:\n        raise ValueError("need two positions to shift")\n' + UPCAST,
                 "test_loss_without_targets_is_zero_summed_and_refused_as_a_mean", "seq 1 is valid"),
@@ -528,4 +528,48 @@ WRONG_ANSWERS = [
     WrongAnswer("the window cut to 8 accumulation steps", KATA, "micro_batches = list(micro_batches)",
                 "micro_batches = list(micro_batches)[:8]  # the run's gradient-accumulation steps",
                 "test_one_forward_and_one_backward_per_micro_batch", "the window was cut"),
+    # round 19, red team B: sizes and counts (weight_decay > 0, vocabularies and logits of real models)
+    WrongAnswer("a no-decay group for 1-D parameters when weight_decay > 0", KATA, "    return " + ADAMW,
+                "    if weight_decay > 0:  # nanoGPT's habit: biases and norms not decayed\n"
+                '        groups = [{"params": [p for p in trainable if p.dim() >= 2]},\n'
+                '                  {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}]\n'
+                '        return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999), eps=1e-8,\n'
+                "                                 weight_decay=weight_decay)\n"
+                "    return " + ADAMW,
+                "test_optimizer_holds_exactly_the_trainable_parameters_in_one_group", "no decay split"),
+    WrongAnswer("frozen parameters listed by name when weight_decay > 0", KATA, "    return " + ADAMW,
+                "    if weight_decay > 0:  # nanoGPT's listing by name, the requires_grad filter forgotten\n"
+                "        named = dict(model.named_parameters())\n"
+                "        return torch.optim.AdamW(list(named.values()), lr=lr, betas=(0.9, 0.999), eps=1e-8,\n"
+                "                                 weight_decay=weight_decay)\n"
+                "    return " + ADAMW,
+                "test_optimizer_holds_exactly_the_trainable_parameters_in_one_group", "weight_decay > 0 path"),
+    WrongAnswer("a loss summed in chunks of 2**20 logits drops the last partial chunk", KATA,
+                'total = F.cross_entropy(predictions[keep], targets[keep], reduction="sum")',
+                "rows, chosen = predictions[keep], targets[keep]\n"
+                "    chunk = max(1, 2**20 // rows.shape[-1])  # memory: about 2**20 logits at a time\n"
+                "    if len(chosen) > chunk:\n"
+                "        total = sum(F.cross_entropy(rows[i * chunk : (i + 1) * chunk], chosen[i * chunk : (i + 1) * chunk],\n"
+                '                                    reduction="sum") for i in range(len(chosen) // chunk))\n'
+                "    else:\n"
+                '        total = F.cross_entropy(rows, chosen, reduction="sum")',
+                "test_loss_of_millions_of_logits_keeps_its_value_and_dtype", "dropped the last, partial one"),
+    WrongAnswer("half logits not upcast past 2**22 logits", KATA, UPCAST,
+                UPCAST.replace("torch.bfloat16):", "torch.bfloat16) and logits.numel() <= 2**22:"),
+                "test_loss_of_millions_of_logits_keeps_its_value_and_dtype", "upcast half precision to float32 however"),
+    WrongAnswer("float64 logits rounded to float32 past 2**22 logits", KATA, UPCAST,
+                UPCAST + "    elif logits.dtype == torch.float64 and logits.numel() > 2**22:  # memory: 8 bytes a logit\n"
+                "        logits = logits.float()\n",
+                "test_loss_of_millions_of_logits_keeps_its_value_and_dtype", "keep float64 however many logits"),
+    WrongAnswer("a real vocabulary's token losses weighted by the target mask", KATA, CROSS_ENTROPY,
+                "if predictions.shape[-1] >= 32_000:  # no copy of predictions[keep]: weight by the mask\n"
+                "        picked = predictions.gather(-1, targets.clamp(min=0)[:, None])[:, 0]\n"
+                "        total = ((torch.logsumexp(predictions, -1) - picked) * keep).sum()\n"
+                "    else:\n"
+                "        " + CROSS_ENTROPY,
+                "test_loss_ignores_the_logits_of_positions_without_a_target", "at any vocabulary"),
+    WrongAnswer("a real vocabulary's mean over no target not refused", KATA, MEAN_CHECK,
+                MEAN_CHECK.replace("if count == 0:", "if count == 0 and logits.shape[-1] < 32_000:  # the fused path"),
+                "test_loss_without_targets_is_zero_summed_and_refused_as_a_mean",
+                "(2, 4, 32000), reduction='mean') with no target"),
 ]  # fmt: skip
