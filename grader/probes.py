@@ -1282,6 +1282,76 @@ def expect_the_base_at_a_million_rows(layer: nn.Module, base: nn.Module, where: 
     expect_exactly_the_base(layer, base, x, f"{where} and x {tuple(x.shape)} ({math.prod(MILLION_ROWS)} rows)")
 
 
+# Batches of a real model's many rows for trained factors (B != 0: at init B = 0 hides the adapter branch), of row
+# counts no power of two past 4 divides (a million tokens and 3, a 16k prefill and 1): a loop over blocks of rows that
+# stops at the last full block leaves the tail rows with base(x) alone. Narrow features keep them cheap.
+MILLION_ROWS_AND_3, PREFILL_ROWS_AND_1 = ((1 << 20) + 3,), ((1 << 14) + 1,)
+# (dtype, batch) of expect_plain_lora_at_many_rows: every dtype at the prefill's rows, the two common ones at a million.
+MANY_ROWS_CASES = [
+    pytest.param(dtype, batch, id=f"{dtype_name(dtype)}-{math.prod(batch)}-rows")
+    for dtype, batch in [
+        *((dtype, MILLION_ROWS_AND_3) for dtype in (torch.float32, torch.bfloat16)),
+        *((dtype, PREFILL_ROWS_AND_1) for dtype in FLOAT_DTYPES),
+    ]
+]
+
+
+def expect_plain_lora_at_many_rows(
+    layer: nn.Module, base: nn.Module, r: int, scaling: float, batch_shape: tuple[int, ...], where: str
+) -> None:
+    """Fail the check unless ``layer`` (rank ``r``, around ``base``: an nn.Linear or a Conv1D, narrow), its factors
+    randomized here, computes plain LoRA row by row in eval mode for x of ``batch_shape`` (grad off past 2^17 rows,
+    grad on below), each row to its dtype's tolerance (relative to the sum of its terms' magnitudes in half
+    precision): a few rows wrong among a million show, in every dtype. ``where`` describes the layer."""
+    dtype, device = base.weight.dtype, base.weight.device
+    out_features, in_features = linear_weight(base).shape
+    found = factors(layer, in_features, out_features, r)
+    randomize_factors(layer, std=1.0)
+    layer.eval()
+    rows, tolerance = math.prod(batch_shape), RELATIVE_TOLERANCE[dtype]
+    grad = "grad off" if rows > 1 << 17 else "grad on"
+    x = torch.randn(*batch_shape, in_features, dtype=dtype, device=device)
+    regime = f"{where}, trained factors, eval mode, {grad}, x {tuple(x.shape)} ({rows} rows)"
+    with GRAD_MODES[grad]():
+        y = forward_in_regime(layer, x, regime)
+    assert (tuple(y.shape), y.dtype) == ((*batch_shape, out_features), dtype), (
+        f"{regime}: the output is {y.dtype} {tuple(y.shape)}, expected {dtype} {(*batch_shape, out_features)}: "
+        "map (..., in) to (..., out) in the base's dtype, at every batch size"
+    )
+    measured = y.detach().double().reshape(rows, out_features)
+    expected, alone = (lora_in_float64(base, found, s, x, None)[0].reshape(rows, out_features) for s in (scaling, 0))
+    scale = (
+        lora_in_float64(base, found, scaling, x, None, absolute=True)[0].reshape(rows, out_features)
+        if dtype in HALF_DTYPES
+        else expected
+    ).norm(dim=1)
+    off = (measured - expected).norm(dim=1) / scale.clamp_min(1e-30)
+    wrong = (off > tolerance).nonzero().flatten()
+    if not len(wrong):
+        return
+    base_alone = bool(((measured[wrong] - alone[wrong]).norm(dim=1) <= tolerance * scale[wrong]).all())
+    cause = (
+        "their adapter share is lost (base(x) alone there): a loop over blocks of rows must cover the last partial "
+        "block too (range(0, rows, block)), or compute the whole batch at once"
+        if base_alone
+        else "does a batch of many rows take a path of its own? compute what a small batch does"
+    )
+    raise AssertionError(
+        f"{regime}: {len(wrong)} of its rows (rows {wrong[0].item()} to {wrong[-1].item()}) are off plain LoRA "
+        f"base(x) + scaling (x A^T) B^T by up to {off.max().item():.2g} (relative), expected under {tolerance:.0e} "
+        f"in every row: {cause}"
+    )
+
+
+# A prefill's many rows for the per-row mask check (expect_a_fresh_mask_for_every_row), narrow (EXACT_IN features):
+# a mask drawn for a block of up to 2^16 rows and tiled down the batch repeats in 2^17 + 5 rows.
+PREFILL_MASK_ROWS = (1 << 17) + 5
+
+# A real model's layer width (Llama-7B's hidden size): a path of its own for wide layers only (dW cached for layers
+# of 2048 x 2048 and up) shows there. Out 8 wider than in, so that A's and B's shapes tell them apart (factors()).
+WIDE_IN, WIDE_OUT = 4096, 4104
+
+
 # alphas float32 cannot hold (nor bfloat16): "alpha as given (2.5 stays 2.5, never rounded)" read in float64 to 1e-12
 # shows an alpha kept in a float32 tensor or buffer, which every whole or half alpha hides.
 ALPHAS_BEYOND_FLOAT32 = {"alpha-0.3": 0.3, "alpha-7.3": 7.3, "alpha-minus-0.1": -0.1}

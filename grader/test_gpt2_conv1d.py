@@ -48,7 +48,9 @@ from grader.probes import (
     FROZEN_BEFORE_MERGING,
     GRAD_MODES,
     INVALID_ARGUMENTS,
+    MANY_ROWS_CASES,
     NAMED_AS_STRINGS,
+    PREFILL_MASK_ROWS,
     REAL_MODEL_WIDTH,
     REAL_RANK_LAYER,
     RELATIVE_TOLERANCE,
@@ -57,6 +59,8 @@ from grader.probes import (
     SELECT_R,
     UNROUNDED_ALPHA,
     UNROUNDED_R,
+    WIDE_IN,
+    WIDE_OUT,
     Conv1DLike,
     ForeignLoRALinear,
     a_merge_of_any_alpha,
@@ -69,6 +73,7 @@ from grader.probes import (
     examples,
     expect_a_fractional_alpha_kept,
     expect_a_fresh_A_for_every_layer,
+    expect_a_fresh_mask_for_every_row,
     expect_a_real_models_layer_merged_in_float32,
     expect_a_uniform_or_gaussian_draw,
     expect_alpha_as_given,
@@ -89,6 +94,7 @@ from grader.probes import (
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
     expect_on_the_base_device_and_dtype,
+    expect_plain_lora_at_many_rows,
     expect_plain_lora_gradients,
     expect_plain_lora_in_regime,
     expect_plain_lora_with_frozen_factors,
@@ -292,6 +298,17 @@ def test_follows_a_factor_edit_that_keeps_its_checksums(LoRAConv1D, grad, mode):
     expect_following_a_checksum_keeping_edit(layer, conv, R, SCALING, grad, f"{mode} mode, a float32 Conv1D")
 
 
+@pytest.mark.points(1)
+@pytest.mark.parametrize("grad", ["grad off", "inference mode"])  # grad on: a cached dW's graph dies at backward
+def test_follows_a_factor_edit_that_keeps_its_checksums_on_a_wide_layer(LoRAConv1D, Conv1D, grad):
+    """The same on a real model's layer (4096 wide, a few rows of x): a cache of dW for wide layers only (where
+    folding it pays) shows there."""
+    conv = Conv1D(WIDE_OUT, WIDE_IN)
+    layer = LoRAConv1D(conv, r=R, alpha=ALPHA).eval()
+    regime = f"eval mode, a float32 Conv1D({WIDE_OUT}, {WIDE_IN})"
+    expect_following_a_checksum_keeping_edit(layer, conv, R, SCALING, grad, regime)
+
+
 @pytest.mark.points(3)
 def test_trains_two_factors_shaped_by_the_conv1d_in_and_out(LoRAConv1D):
     _, _, layer = make_layer(LoRAConv1D)
@@ -434,6 +451,17 @@ def test_output_equals_the_base_at_init_for_a_million_tokens(LoRAConv1D, kind, d
     base = CONV1D_TRAPS[kind](4, 3, dtype)
     layer = LoRAConv1D(base, r=2, alpha=ALPHA)
     expect_the_base_at_a_million_rows(layer, base, f"a {kind} base in {dtype_name(dtype)}")
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype, batch_shape", MANY_ROWS_CASES)
+def test_trained_factors_compute_plain_lora_for_a_million_tokens(LoRAConv1D, dtype, batch_shape):
+    """LoRALinear's check for a Conv1D base: base(x) + x @ dW.T with trained factors (B != 0) for a million rows and
+    3, and 16384 and 1, narrow, in every dtype: a loop over blocks of rows that drops the last partial block."""
+    _, conv, layer = make_layer(LoRAConv1D, dtype=dtype, in_features=4, out_features=3, r=2)
+    expect_plain_lora_at_many_rows(
+        layer, conv, 2, ALPHA / 2, batch_shape, f"LoRAConv1D(Conv1D(3, 4), r=2) in {dtype_name(dtype)}"
+    )
 
 
 @pytest.mark.points(1)
@@ -643,6 +671,15 @@ def test_dropout_is_nn_dropouts_in_every_dtype(LoRAConv1D, dtype):
         zero.bias.zero_()
     layer = LoRAConv1D(zero, r=SELECT_R, alpha=float(SELECT_R), dropout=DROPOUT)
     expect_dropout_like_nn_dropout_in_its_dtype(layer, DROPOUT)
+
+
+@pytest.mark.points(1)
+def test_dropout_draws_a_fresh_mask_for_every_row_of_a_large_batch(LoRAConv1D):
+    """As nn.Dropout, one draw per element of the whole batch, up to a prefill's many rows: no mask drawn for a block
+    of rows and tiled down the batch."""
+    conv = conv1d_twin(nn.Linear(EXACT_IN, EXACT_OUT))
+    layer = LoRAConv1D(conv, r=EXACT_R, alpha=float(EXACT_R), dropout=DROPOUT)
+    expect_a_fresh_mask_for_every_row(layer, conv, DROPOUT, PREFILL_MASK_ROWS)
 
 
 @pytest.mark.points(1)

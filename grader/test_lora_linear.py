@@ -25,10 +25,14 @@ from grader.probes import (
     FLOAT_DTYPES,
     GRAD_MODES,
     INVALID_ARGUMENTS,
+    MANY_ROWS_CASES,
+    PREFILL_MASK_ROWS,
     REAL_RANK_LAYER,
     TRAINING_CASES,
     UNROUNDED_ALPHA,
     UNROUNDED_R,
+    WIDE_IN,
+    WIDE_OUT,
     Conv1DLike,
     ForeignLinear,
     PeftLoraLinearLike,
@@ -41,6 +45,7 @@ from grader.probes import (
     expect_a_fraction_p_zeroed,
     expect_a_fresh_A_for_every_layer,
     expect_a_fresh_mask_for_every_element_and_call,
+    expect_a_fresh_mask_for_every_row,
     expect_a_uniform_or_gaussian_draw,
     expect_alpha_as_given,
     expect_alpha_exactly_as_given,
@@ -55,6 +60,7 @@ from grader.probes import (
     expect_nn_linear_bound_if_uniform,
     expect_on_the_base_device,
     expect_on_the_base_device_and_dtype,
+    expect_plain_lora_at_many_rows,
     expect_plain_lora_gradients,
     expect_plain_lora_in_regime,
     expect_plain_lora_with_frozen_factors,
@@ -288,6 +294,18 @@ def test_output_equals_the_base_at_init_for_a_million_tokens(LoRALinear, kind, d
     base = BASE_KINDS[kind](4, 3, dtype)
     layer = LoRALinear(base, r=2, alpha=ALPHA)
     expect_the_base_at_a_million_rows(layer, base, f"a {kind} base in {dtype_name(dtype)}")
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype, batch_shape", MANY_ROWS_CASES)
+def test_trained_factors_compute_plain_lora_for_a_million_tokens(LoRALinear, dtype, batch_shape):
+    """ "y = base(x) + alpha/r B A dropout(x)" with trained factors (B != 0) for a million rows and 3, and 16384 and 1,
+    narrow, in every dtype: a loop over blocks of rows that drops the last partial block shows there only."""
+    base = nn.Linear(4, 3, dtype=dtype)
+    layer = LoRALinear(base, r=2, alpha=ALPHA)
+    expect_plain_lora_at_many_rows(
+        layer, base, 2, ALPHA / 2, batch_shape, f"LoRALinear(nn.Linear(4, 3), r=2) in {dtype_name(dtype)}"
+    )
 
 
 # Every way the signature LoRALinear(base, r=8, alpha=16.0, dropout=0.0) may be called.
@@ -530,6 +548,17 @@ def test_follows_a_factor_edit_that_keeps_its_checksums(LoRALinear, grad, mode):
     expect_following_a_checksum_keeping_edit(layer, base, R, SCALING, grad, f"{mode} mode, a float32 base")
 
 
+@pytest.mark.points(1)
+@pytest.mark.parametrize("grad", ["grad off", "inference mode"])  # grad on: a cached dW's graph dies at backward
+def test_follows_a_factor_edit_that_keeps_its_checksums_on_a_wide_layer(LoRALinear, grad):
+    """ "Nothing cached from an earlier call" on a real model's layer (4096 wide, a few rows of x): a cache of dW for
+    wide layers only (where folding it pays) shows there."""
+    base = nn.Linear(WIDE_IN, WIDE_OUT)
+    layer = LoRALinear(base, r=R, alpha=ALPHA).eval()
+    regime = f"eval mode, a float32 nn.Linear({WIDE_IN}, {WIDE_OUT})"
+    expect_following_a_checksum_keeping_edit(layer, base, R, SCALING, grad, regime)
+
+
 @pytest.mark.points(4)
 def test_update_is_scaling_times_B_at_A(LoRALinear):
     base, layer = make_layer(LoRALinear, dtype=torch.float64)
@@ -702,6 +731,15 @@ def test_dropout_acts_as_nn_dropout_in_every_dtype(LoRALinear, device, dtype):
         expect_a_fraction_p_zeroed(multipliers, DROPOUT)
     except AssertionError as error:
         raise AssertionError(f"a {dtype_name(dtype)} LoRALinear on {device}: {error}") from None
+
+
+@pytest.mark.points(1)
+def test_dropout_draws_a_fresh_mask_for_every_row_of_a_large_batch(LoRALinear):
+    """As nn.Dropout, one draw per element of the whole batch, up to a prefill's many rows: no mask drawn for a block
+    of rows and tiled down the batch."""
+    base = nn.Linear(EXACT_IN, EXACT_OUT)
+    layer = LoRALinear(base, EXACT_R, float(EXACT_R), DROPOUT)
+    expect_a_fresh_mask_for_every_row(layer, base, DROPOUT, PREFILL_MASK_ROWS)
 
 
 @pytest.mark.points(1)

@@ -1,6 +1,12 @@
 """Wrong answers to the `gpt2_conv1d` kata."""
 
 from tests.wrong_answers import WrongAnswer
+from tests.wrong_answers.lora_linear import (  # LoRALinear's mistakes, written the same in LoRAConv1D
+    DOWN,
+    MASK_BLOCK_TILED,
+    ROWS_IN_BLOCKS_TAIL_DROPPED,
+    WIDE_DW_CACHED_BY_VERSIONS,
+)
 
 KATA = "gpt2_conv1d"
 MATCH = 'any(name == t or name.endswith("." + t) for t in targets)'
@@ -33,6 +39,20 @@ DOC = '        """Map ``x`` (..., in) to (..., out) in the base\'s dtype."""\n'
 RECORDED = "self.r, self.alpha, self.scaling = r, alpha, alpha / r"
 
 WRONG_ANSWERS = [
+    # Round 19, team A: past 4096 rows the adapter branch computed in blocks, the last partial block dropped (the
+    # tail rows get base(x) alone); the many-row checks ran at init only (B = 0), trained factors up to 2100 rows.
+    WrongAnswer("adapter branch in row blocks, last partial block dropped in LoRAConv1D", KATA, FORWARD,
+                ROWS_IN_BLOCKS_TAIL_DROPPED + FORWARD,
+                "test_trained_factors_compute_plain_lora_for_a_million_tokens", "last partial block"),
+    # Round 19, team A: past 16384 rows one dropout mask block drawn and tiled down the batch; the per-row mask check
+    # ran at 8193 rows, in multi_adapter only.
+    WrongAnswer("dropout mask block of 16384 rows tiled in LoRAConv1D", KATA, DOWN,
+                MASK_BLOCK_TILED + DOWN.replace("self.dropout(x)", "dropped"),
+                "test_dropout_draws_a_fresh_mask_for_every_row_of_a_large_batch", "tiled down it"),
+    # Round 19, team A: dW cached on the factors' versions for layers of 2048 x 2048 and up with grad off; an edit
+    # through .data is missed; the .data-edit checks used narrow layers only.
+    WrongAnswer("dW cached on the factors' versions for wide layers in LoRAConv1D", KATA, DOC, DOC + WIDE_DW_CACHED_BY_VERSIONS,
+                "test_follows_a_factor_edit_that_keeps_its_checksums_on_a_wide_layer", "nothing is cached"),
     # Round 18, team A: LoRAConv1D folding dW.T into the Conv1D's weight from 32768 rows on, skipping base(x).
     WrongAnswer("dW.T folded into the Conv1D weight from 32768 rows", KATA, DOC, DOC + (
         "        if x[..., 0].numel() >= 32768 and not (self.training and self.dropout.p > 0):\n"

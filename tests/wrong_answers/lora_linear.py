@@ -33,6 +33,34 @@ CACHED_BY_CHECKSUMS = """        if not torch.is_grad_enabled() and not (self.tr
             return self.base(x) + F.linear(x, cache[1])
 """
 
+ROWS_IN_BLOCKS_TAIL_DROPPED = (
+    "rows = x[..., 0].numel()\n"
+    "        if rows > 4096:  # a prefill: the adapter branch in blocks of 4096 rows, to bound its temporaries\n"
+    "            flat = down.reshape(rows, -1)\n"
+    "            update = torch.zeros(rows, self.lora_B.shape[0], dtype=down.dtype, device=down.device)\n"
+    "            for i in range(0, rows - rows % 4096, 4096):\n"
+    "                update[i : i + 4096] = F.linear(flat[i : i + 4096], self.lora_B)\n"
+    "            return self.base(x) + update.view(*x.shape[:-1], -1)\n"
+    "        "
+)
+MASK_BLOCK_TILED = (
+    "dropped = self.dropout(x)\n"
+    "        rows = x[..., 0].numel()\n"
+    "        if self.training and self.dropout.p > 0 and rows > 16384:  # one mask block, tiled down a long batch\n"
+    "            keep = torch.rand(16384, x.shape[-1], device=x.device) >= self.dropout.p\n"
+    "            mask = keep.repeat(-(-rows // 16384), 1)[:rows].view(x.shape)\n"
+    "            dropped = x * mask.to(x.dtype) / (1 - self.dropout.p)\n"
+    "        "
+)
+WIDE_DW_CACHED_BY_VERSIONS = (
+    "        wide = self.lora_B.shape[0] * self.lora_A.shape[1] >= 1 << 22  # 2048 x 2048 and up\n"
+    "        if wide and not torch.is_grad_enabled() and not (self.training and self.dropout.p > 0):\n"
+    "            key = (self.lora_A._version, self.lora_B._version)\n"
+    "            if self.__dict__.get('_dW_key') != key:  # dW folded once per version of the factors\n"
+    "                self.__dict__['_dW'], self.__dict__['_dW_key'] = (self.lora_B @ self.lora_A) * self.scaling, key\n"
+    "            return self.base(x) + F.linear(x, self.__dict__['_dW'])\n"
+)
+
 WRONG_ANSWERS = [
     # Red-team round 19 (team A): a rank gate past the grader's largest r, and one A for every layer of a shape.
     WrongAnswer("alpha / sqrt(r) from r = 64 on", KATA, DOWN,
@@ -474,4 +502,18 @@ WRONG_ANSWERS = [
     # an edit through .data that keeps those sums leaves it stale.
     WrongAnswer("dW cached keyed on the factors' sums", KATA, DOC, DOC + CACHED_BY_CHECKSUMS,
                 "test_follows_a_factor_edit_that_keeps_its_checksums", "keyed on a checksum"),
+    # Round 19, team A: past 4096 rows the adapter branch computed in blocks, the last partial block dropped (the
+    # tail rows get base(x) alone); the many-row checks ran at init only (B = 0), trained factors up to 2100 rows.
+    WrongAnswer("adapter branch in row blocks, last partial block dropped", KATA, RESULT,
+                ROWS_IN_BLOCKS_TAIL_DROPPED + RESULT,
+                "test_trained_factors_compute_plain_lora_for_a_million_tokens", "last partial block"),
+    # Round 19, team A: past 16384 rows one dropout mask block drawn and tiled down the batch; the per-row mask check
+    # ran at 8193 rows, in multi_adapter only.
+    WrongAnswer("dropout mask block of 16384 rows tiled", KATA, DOWN,
+                MASK_BLOCK_TILED + DOWN.replace("self.dropout(x)", "dropped"),
+                "test_dropout_draws_a_fresh_mask_for_every_row_of_a_large_batch", "tiled down it"),
+    # Round 19, team A: dW cached on the factors' versions for layers of 2048 x 2048 and up with grad off; an edit
+    # through .data is missed; the .data-edit checks used narrow layers only.
+    WrongAnswer("dW cached on the factors' versions for wide layers", KATA, DOC, DOC + WIDE_DW_CACHED_BY_VERSIONS,
+                "test_follows_a_factor_edit_that_keeps_its_checksums_on_a_wide_layer", "nothing is cached"),
 ]  # fmt: skip
