@@ -474,7 +474,8 @@ def test_forward_saves_only_what_backward_needs(FusedLoRAFunction, layout, dtype
             f"largest: {kept_as}), expected at most N r + r (in + out) numbers of x's dtype = {allowed} bytes: "
             "save x, W, A, B themselves (x as given, whichever inputs train: flattening a non-contiguous x copies it; "
             "no float32 copy of a half-precision x) and the rank-r u = x A^T, not y, copies or [W; A], on ctx, in an "
-            "object on it or at module level (a module-level dict; a dict's key, a Python buffer or number counts too)"
+            "object on it or at module level (a module-level dict; a dict's key, a Python number; a Python buffer "
+            "such as a bytearray counts too)"
         )
 
 

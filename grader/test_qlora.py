@@ -398,12 +398,13 @@ def expect_only_nf4_storage(layer, out_features, in_features, bias_bytes, what, 
         if key not in shared:
             memory.setdefault(key, (where, size))
     total = sum(size for _, size in memory.values())
-    holders: dict[str, int] = {}  # the many numbers of one dict or list count together
+    holders: dict[str, list] = {}  # the many numbers of one dict or list count together: [bytes, largest, its bytes]
     for where, size in memory.values():
-        holder = re.sub(r"\[[^\[\]]*\]$| key$", "", where.split(" (its ")[0])
-        holders[holder] = holders.get(holder, 0) + size
-    largest = max(holders, key=holders.__getitem__, default="nothing")
-    largest += f" ({holders.get(largest, 0)} bytes)"
+        holder = holders.setdefault(re.sub(r"\[[^\[\]]*\]$| key$", "", where.split(" (its ")[0]), [0, where, 0])
+        holder[0] += size
+        holder[1:] = [where, size] if size > holder[2] else holder[1:]
+    name, (held, largest, _) = max(holders.items(), key=lambda item: item[1][0], default=("nothing", (0, "nothing", 0)))
+    largest += f" ({held} bytes in {name})"
     assert total <= budget, (
         f"{what} keeps {total} bytes of tensors alive, expected at most {budget} (ceil(n / 2) codes + 4 bytes per "
         f"block of 64 + bias{' + adapters' if allowed_extra else ''} + {CONSTANTS_ALLOWED} of small constants); "
