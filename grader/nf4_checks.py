@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grader import nf4_reference as ref
-from grader.probes import describe, expect_instance, python_bytes
+from grader.probes import describe, expect_instance, held_items, python_bytes
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 EPS32 = torch.finfo(torch.float32).eps
@@ -101,7 +101,8 @@ def layout_parts(tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
 def reachable_bytes(value: object, name: str, memory: dict, parts: dict, seen: set, call: str) -> int:
     """Bytes of numbers (4 each, an int's digits past 30 bits too) under ``value``; each tensor memory reachable from
     it (a sparse tensor's indices and values, a tensor's attributes and .grad, a number subclass's attributes, lists,
-    tuples, dicts) goes into ``memory`` once, its bytes into ``parts`` under the path that reached it."""
+    tuples, sets, dicts' keys and values) goes into ``memory`` once, its bytes into ``parts`` under the path that
+    reached it."""
     if id(value) in seen:
         return 0
     seen.add(id(value))
@@ -131,10 +132,11 @@ def reachable_bytes(value: object, name: str, memory: dict, parts: dict, seen: s
         if value.grad is not None:
             total += reachable_bytes(value.grad, name + ".grad", memory, parts, seen, call)
         return total
-    if isinstance(value, (list, tuple)):
-        return sum(reachable_bytes(v, f"{name}[{i}]", memory, parts, seen, call) for i, v in enumerate(value))
-    if isinstance(value, dict):
-        return sum(reachable_bytes(v, f"{name}[{k!r}]", memory, parts, seen, call) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset, dict)):  # a dict's keys too (held_items)
+        items = held_items(value)
+        if numbers := sum(isinstance(v, (int, float)) for _, v in items):
+            parts[f"{name} ({numbers} numbers)"] = 4 * numbers
+        return sum(reachable_bytes(v, name + step, memory, parts, seen, call) for step, v in items)
     pytest.fail(f"{call}.{name} is {describe(value)}: a QuantizedAbsmax holds tensors and numbers only", pytrace=False)
 
 

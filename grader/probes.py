@@ -4,9 +4,11 @@ its outputs, never through private names, so every sane layout can be graded."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 import sys
+import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -1969,6 +1971,74 @@ def python_bytes(value: object) -> int:
     except (TypeError, ValueError, BufferError):  # no buffer, or a released one
         exposed = 0
     return max(exposed, type(value).__sizeof__(value) - type(value).__basicsize__, 0)
+
+
+def object_bytes(value: object) -> int:
+    """The memory a Python object holds on its own, as every memory walk charges it: all of it (``sys.getsizeof``)
+    for a number of any type (an int past the small ints, a float, a complex, a subclass of one), else what it holds
+    beyond its type's fixed part (``python_bytes``: a str's characters, a bytes' buffer; a container's items are
+    charged one by one); 0 for what the world shares (None, bools, the small ints) and for a tensor (its storage is
+    charged once, by the walk)."""
+    if isinstance(value, torch.Tensor):
+        return 0
+    if isinstance(value, (float, complex)) or (isinstance(value, int) and python_bytes(value) > 0):
+        return sys.getsizeof(value)
+    return python_bytes(value)
+
+
+def held_items(value: object) -> list[tuple[str, object]]:
+    """(where, item) of what ``value`` refers to on its own, as every memory walk enters it: a dict's keys AND values,
+    the items of a list, tuple, set or frozenset, an object's __dict__ and __slots__, a closure's cells, a bound
+    method's object and function, a functools.partial's arguments; nothing of a module, a class or code (shared)."""
+    if isinstance(value, (types.ModuleType, type, types.CodeType)):
+        return []
+    if isinstance(value, dict):
+        named = lambda key: f"[{key!r}]" if isinstance(key, (str, int)) else f"[a {type(key).__name__} key]"  # noqa: E731
+        return [(named(key), item) for key, item in value.items()] + [(f"{named(key)} (the key)", key) for key in value]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [(f"[{index}]", item) for index, item in enumerate(value)]
+    attributes = getattr(value, "__dict__", None)
+    held = [(f".{name}", item) for name, item in attributes.items()] if isinstance(attributes, dict) else []
+    for cls in type(value).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            with contextlib.suppress(AttributeError):
+                held.append((f".{slot}", getattr(value, slot)))
+    for cell in getattr(value, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            held.append((" (a closure's cell)", cell.cell_contents))
+    if isinstance(value, types.MethodType):
+        held += [(".__self__", value.__self__), (".__func__", value.__func__)]
+    if isinstance(value, functools.partial):
+        held += [(".func", value.func), (".args", value.args), (".keywords", value.keywords)]
+    return held
+
+
+def reachable_memory(root: object, where: str = "") -> dict[object, tuple[str, int, object]]:
+    """The memory ``root`` keeps alive, each piece once: key -> (where, bytes, the object). A tensor's storage (key
+    ("storage", device, data_ptr)) counts whole, reached through ``held_items`` (a dict's keys too) and its .grad;
+    every other object (key its id) counts ``object_bytes``. Modules, classes and functions' code are not entered."""
+    memory: dict[object, tuple[str, int, object]] = {}
+    seen: set[int] = set()
+    pending = [(root, where)]
+    while pending and len(seen) < 200_000:
+        value, at = pending.pop()
+        if id(value) in seen or isinstance(value, (types.ModuleType, type, types.CodeType)):
+            continue
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            memory.setdefault(("storage", str(storage.device), storage.data_ptr()), (at, storage.nbytes(), value))
+            if value.grad is not None:
+                pending.append((value.grad, at + ".grad"))
+        elif isinstance(value, torch.UntypedStorage):
+            memory.setdefault(("storage", str(value.device), value.data_ptr()), (at, value.nbytes(), value))
+        elif isinstance(value, torch.TypedStorage):
+            pending.append((value.untyped_storage(), at))
+        elif (size := object_bytes(value)) > 0:
+            memory[id(value)] = (at, size, value)
+        pending += [(item, at + step) for step, item in held_items(value)]
+    return memory
 
 
 def submission_state(source: type | Callable) -> list[dict]:

@@ -7,7 +7,6 @@ import functools
 import itertools
 import math
 import re
-import types
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -50,6 +49,7 @@ from grader.probes import (
     output,
     plain_lora,
     randomize_factors,
+    reachable_memory,
     relative_error,
     scaling_ratio,
     strided,
@@ -458,81 +458,25 @@ def test_forward_saves_only_what_backward_needs(FusedLoRAFunction, layout, dtype
     state = submission_state(FusedLoRAFunction)  # a module-level dict of the submission keeps memory too
     for trained in EVERY_CHOICE:  # x frozen too: the first adapted layer over frozen embeddings
         inputs = requiring_grad(given, trained)
-        before = {t.untyped_storage().data_ptr() for t in tensors_in(state)}
+        before = reachable_memory(state)  # by identity: a constant or a docstring there is not new
         node = apply(FusedLoRAFunction, inputs).grad_fn
-        left = [t for t in tensors_in(state) if t.untyped_storage().data_ptr() not in before]
-        kept = [*getattr(node, "saved_tensors", ()), *tensors_in(vars(node)), *left]
-        own = {value.untyped_storage().data_ptr() for value in inputs.values() if value is not None}
-        extra = {t.untyped_storage().data_ptr(): t for t in kept if t.untyped_storage().data_ptr() not in own}
-        held = sum(t.untyped_storage().nbytes() for t in extra.values())
-        kept_as = sorted((tuple(t.shape), dtype_name(t.dtype)) for t in extra.values())
+        after = reachable_memory((getattr(node, "saved_tensors", ()), vars(node), state), "ctx")
+        own = {("storage", str(v.device), v.untyped_storage().data_ptr()) for v in inputs.values() if v is not None}
+        extra = {key: found for key, found in after.items() if key not in before and key not in own}
+        held = sum(size for _, size, _ in extra.values())
+        kept_as = [
+            f"{where}: {(tuple(t.shape), dtype_name(t.dtype)) if isinstance(t, torch.Tensor) else type(t).__name__}"
+            for where, _, t in sorted(extra.values(), key=lambda found: -found[1])[:4]
+        ]
         assert held <= allowed, (
             f"forward keeps {held} bytes alive for backward besides its inputs (with only {', '.join(trained)} "
-            f"requiring grad, {layout}, {dtype}, {rows} rows, in={in_features}, out={out_features}, r={r}: tensors "
-            f"{kept_as}), expected at most N r + r (in + out) numbers of x's dtype = {allowed} bytes: save x, W, A, B "
-            "themselves (x as given, whichever inputs train: flattening a non-contiguous x copies it; no float32 copy "
-            "of a half-precision x) and the rank-r u = x A^T, not y, copies or [W; A], on ctx, in an object on it or "
-            "at module level (a module-level dict of the submission; a Python buffer such as a bytearray counts too)"
+            f"requiring grad, {layout}, {dtype}, {rows} rows, in={in_features}, out={out_features}, r={r}; the "
+            f"largest: {kept_as}), expected at most N r + r (in + out) numbers of x's dtype = {allowed} bytes: "
+            "save x, W, A, B themselves (x as given, whichever inputs train: flattening a non-contiguous x copies it; "
+            "no float32 copy of a half-precision x) and the rank-r u = x A^T, not y, copies or [W; A], on ctx, in an "
+            "object on it or at module level (a module-level dict; a dict's key, a Python number; a Python buffer "
+            "such as a bytearray counts too)"
         )
-
-
-def tensors_in(value: object) -> list[torch.Tensor]:
-    """The tensors ``value`` is or holds, however deep, as a ctx attribute may keep them: in tuples, lists, sets and
-    dicts, in an object's attributes (its __dict__, a dataclass's fields, __slots__), a closure's cells, a bound
-    method's object; a bare storage as a byte tensor over it; a Python buffer (bytes, bytearray, array.array, a numpy
-    array) as a byte tensor of its size. Modules and classes are not entered."""
-    found, seen, pending = [], set(), [value]
-    while pending:
-        item = pending.pop()
-        if id(item) in seen or item is None or isinstance(item, (str, int, float, type, types.ModuleType)):
-            continue
-        seen.add(id(item))
-        if isinstance(item, torch.Tensor):
-            found.append(item)
-        elif isinstance(item, torch.UntypedStorage):
-            found.append(torch.empty(0, dtype=torch.uint8, device=item.device).set_(item))
-        elif isinstance(item, torch.TypedStorage):
-            pending.append(item._untyped_storage)
-        elif isinstance(item, dict):
-            pending.extend(item.values())
-        elif isinstance(item, (tuple, list, set, frozenset)):
-            pending.extend(item)
-        elif (size := buffer_bytes(item)) is not None:
-            found.append(torch.empty(size, dtype=torch.uint8))
-        else:
-            pending.extend(attributes_of(item))
-    return found
-
-
-def buffer_bytes(item: object) -> int | None:
-    """The size in bytes of what ``item`` holds through Python's buffer protocol, None where it holds no buffer."""
-    try:
-        return memoryview(item).nbytes
-    except TypeError:
-        return None
-
-
-def read(item: object, name: str) -> object:
-    """``item.name``, or None where it cannot be read (an unset slot, an empty cell)."""
-    try:
-        return getattr(item, name)
-    except (AttributeError, ValueError):
-        return None
-
-
-def attributes_of(item: object) -> list[object]:
-    """What an object refers to on its own: its __dict__'s values, its __slots__, a closure's cells' contents, a
-    bound method's object and function, a functools.partial's arguments."""
-    held = list(vars(item).values()) if hasattr(item, "__dict__") else []
-    for cls in type(item).__mro__:
-        slots = cls.__dict__.get("__slots__", ())
-        held += [read(item, slot) for slot in ((slots,) if isinstance(slots, str) else slots)]
-    held += [read(cell, "cell_contents") for cell in getattr(item, "__closure__", None) or ()]
-    if isinstance(item, types.MethodType):
-        held += [item.__self__, item.__func__]
-    if isinstance(item, functools.partial):
-        held += [item.func, item.args, item.keywords]
-    return held
 
 
 @pytest.mark.points(1)

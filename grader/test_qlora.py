@@ -9,6 +9,7 @@ import copy
 import gc
 import itertools
 import math
+import re
 import sys
 import types
 import warnings
@@ -53,9 +54,9 @@ from grader.probes import (
     factors,
     forward_in_regime,
     max_difference,
+    object_bytes,
     output,
     plain_lora,
-    python_bytes,
     randomize_factors,
     strided,
     trainable,
@@ -135,10 +136,11 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
     but for a function's default arguments (``alpha=16.0``), which are constants of the code, not of the layer.
     Whatever can hold the weight's bytes counts as a uint8 tensor of them: bytes, bytearray, memoryview,
     array.array, a torch storage (untyped or typed), a numpy array of any kind, and the ints of a list or tuple
-    (as int64, 8 bytes each: list(weight_bytes)). Any other object counts as a uint8 tensor of what it holds beyond
-    its type's fixed part (``python_bytes``: a big int's digits, a str's characters, an io.BytesIO's buffer, a ctypes
-    array), and is walked through too (a float subclass's attributes); what describes code is not the layer's (a
-    docstring, a name, annotations: ``METADATA_NAMES``; a function's own name and doc)."""
+    (as int64, 8 bytes each: list(weight_bytes)). Any other object counts as a uint8 tensor of its own memory
+    (``object_bytes``: all of a number's, any type's, wherever it sits (a float in a dict, a complex); a str's
+    characters, an io.BytesIO's buffer, a ctypes array), and is walked through too (a float subclass's attributes);
+    what describes code is not the layer's (a docstring, a name, annotations: ``METADATA_NAMES``; a function's own
+    name and doc)."""
     package = type(root).__module__.split(".")[0]
     own = lambda name: isinstance(name, str) and name.split(".")[0] == package  # noqa: E731
     foreign = {id(vars(m)) for m in list(sys.modules.values()) if m is not None and not own(m.__name__)}
@@ -182,7 +184,7 @@ def walk_tensors(root: object) -> Iterator[tuple[str, torch.Tensor]]:
             if ints > 16:  # a shape or a few indices cost nothing; a weight's bytes as ints do
                 made.append(torch.zeros(ints, dtype=torch.int64))
                 yield f"{where} (its Python ints)", made[-1]
-        elif not isinstance(value, (types.FunctionType, type)) and (size := python_bytes(value)) > 0:
+        elif not isinstance(value, (types.FunctionType, type)) and (size := object_bytes(value)) > 0:
             made.append(torch.empty(size, dtype=torch.uint8))  # its size is what counts
             yield f"{where} (its {size} bytes as a {type(value).__name__})", made[-1]
         if isinstance(value, torch.autograd.graph.Node):
@@ -396,7 +398,13 @@ def expect_only_nf4_storage(layer, out_features, in_features, bias_bytes, what, 
         if key not in shared:
             memory.setdefault(key, (where, size))
     total = sum(size for _, size in memory.values())
-    largest = max(memory.values(), key=lambda item: item[1], default=("nothing", 0))[0]
+    holders: dict[str, list] = {}  # the many numbers of one dict or list count together: [bytes, largest, its bytes]
+    for where, size in memory.values():
+        holder = holders.setdefault(re.sub(r"\[[^\[\]]*\]$| key$", "", where.split(" (its ")[0]), [0, where, 0])
+        holder[0] += size
+        holder[1:] = [where, size] if size > holder[2] else holder[1:]
+    name, (held, largest, _) = max(holders.items(), key=lambda item: item[1][0], default=("nothing", (0, "nothing", 0)))
+    largest += f" ({held} bytes in {name})"
     assert total <= budget, (
         f"{what} keeps {total} bytes of tensors alive, expected at most {budget} (ceil(n / 2) codes + 4 bytes per "
         f"block of 64 + bias{' + adapters' if allowed_extra else ''} + {CONSTANTS_ALLOWED} of small constants); "

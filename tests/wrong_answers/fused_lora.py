@@ -410,3 +410,13 @@ WRONG_ANSWERS += [
                              "        ctx.scaling, ctx.x_shape = scaling, x.shape\n"
                              "        _FLAT_X[id(ctx)] = rows\n        weakref.finalize(ctx, _FLAT_X.pop, id(ctx), None)\n"),)),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 19 of the red team (team D): the saved-memory check walked dicts' values only, never their keys.
+    WrongAnswer("the flattened x saved as a dict key on ctx", KATA,
+                "ctx.save_for_backward(x, weight, lora_A, lora_B, down)",
+                "ctx.save_for_backward(weight, lora_A, lora_B, down)\n"
+                "        ctx.rows = {rows: tuple(x.shape)}  # the flattened x (and x's shape), kept for backward",
+                "test_forward_saves_only_what_backward_needs", "(the key)",
+                more_edits=(("x, weight, lora_A, lora_B, down = ctx.saved_tensors",
+                             "weight, lora_A, lora_B, down = ctx.saved_tensors\n        ((x, _),) = ctx.rows.items()"),)),
+]  # fmt: skip

@@ -438,3 +438,12 @@ WRONG_ANSWERS += [
                 "test_a_512_x_1024_weight_takes_at_most_0_52_bytes_per_parameter", "offset.source",
                 more_edits=(("def dequantize_absmax(", "class _Offset(float):\n    pass\n\n\ndef dequantize_absmax("),)),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 19 of the red team (team D): the size walk entered dicts' values only, never their keys.
+    WrongAnswer("the float32 absmaxes hung on the codes as a dict key", KATA,
+                "    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)",
+                "    codes = codes.reshape(-1)[: flat.numel()].clone()\n"
+                "    codes.exact = {tuple(flat.tolist()): None}  # the absmaxes as given, for an exact restore later\n"
+                "    return QuantizedAbsmax(codes, scales, offset, block_size)",
+                "test_a_512_x_1024_weight_takes_at_most_0_52_bytes_per_parameter", "codes.exact[a tuple key] (the key)"),
+]  # fmt: skip

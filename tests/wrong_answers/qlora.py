@@ -449,3 +449,13 @@ WRONG_ANSWERS += [
                 ".view(torch.uint8).numpy().tobytes())  # to unquantize later",
                 "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "_original (its"),
 ]  # fmt: skip
+WRONG_ANSWERS += [
+    # Round 19 of the red team (team D): the memory walk charged Python floats only in a list or tuple, a complex never.
+    WrongAnswer("the weight kept as a list of Python complex numbers", KATA, BUFFERS,
+                BUFFERS + "; self._original = [complex(v) for v in base.weight.detach().float().reshape(-1).tolist()]",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "in NF4Linear._original)"),
+    WrongAnswer("the weight kept in a dict of Python floats keyed by (row, col)", KATA, BUFFERS,
+                BUFFERS + "; self._original = {(i, j): v for i, row in enumerate(base.weight.detach().tolist())"
+                " for j, v in enumerate(row)}",
+                "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "in NF4Linear._original)"),
+]  # fmt: skip
