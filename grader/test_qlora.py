@@ -24,7 +24,7 @@ from torch import nn
 
 from grader import nf4_reference as ref
 from grader.models import MODEL_ZOO, ToyTransformer, inputs, matching_linears, zoo_inputs
-from grader.nf4_checks import expect_same_codes, storage_bytes
+from grader.nf4_checks import expect_same_codes, expected_values_between, storage_bytes
 from grader.oracles import optional
 from grader.probes import (
     CUDA,
@@ -698,6 +698,13 @@ def cancelling_weight(dtype: torch.dtype, base_dtype: torch.dtype) -> torch.Tens
 # Every train/eval mode in every grad mode: an exact-rounding sentence holds in each (a training step's float32
 # product, a serving merge in eval mode, are paths of their own).
 ROUNDING_REGIMES = [(mode, grad) for mode in ("train", "eval") for grad in GRAD_MODES]
+# Two rows of x in each, and real batches of no round number (a path of its own from some batch size on, a long
+# product in float32, an update merged for a big batch, shows only there): 8191 rows in a training step (train mode,
+# grad on), 2^17 + 3 rows of 128 in a validation pass (eval mode, grad off).
+ROUNDING_CALLS = [(mode, grad, 2) for mode, grad in ROUNDING_REGIMES] + [
+    ("train", "grad on", 8191),
+    ("eval", "grad off", 2**17 + 3),
+]
 
 
 def trained_below_the_rounding(layer: nn.Module, dtype: torch.dtype) -> float:
@@ -728,8 +735,6 @@ def test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product(
     nf4_works()
     half = x_dtype if x_dtype != torch.float32 else base_dtype if base_dtype != torch.float32 else torch.bfloat16
     weight = cancelling_weight(half, base_dtype)
-    x = torch.zeros(2, 128, dtype=x_dtype)
-    x[:, 1], x[:, 65] = 1.0, -1.0
     restored = ref.dequantize(*ref.quantize(weight, BLOCK), (4, 128), x_dtype, BLOCK)
     expected = (restored[0, 1] - restored[0, 65]).item()  # 0 for a half x; in float32 the difference
     makers = {"NF4Linear": NF4Linear}
@@ -744,10 +749,13 @@ def test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product(
             update = trained_below_the_rounding(layer, x_dtype)
             wanted = (torch.tensor(expected, dtype=x_dtype) + torch.tensor(update, dtype=x_dtype)).item()
             share = f", plus the update's exact {update:.3g} (scaling B A x, below half an ulp of W[0, 1])"
-        for mode, grad in ROUNDING_REGIMES:
+        for mode, grad, rows in ROUNDING_CALLS:
+            x = torch.zeros(rows, 128, dtype=x_dtype)
+            x[:, 1], x[:, 65] = 1.0, -1.0
             with GRAD_MODES[grad]():
-                y = output(layer.train(mode == "train"), x.clone().requires_grad_(grad == "grad on")).detach()
+                y = output(layer.train(mode == "train"), x.requires_grad_(grad == "grad on")).detach()
             regime = f"{mode} mode, {GRAD_WORDS[grad]}" + (", x requiring grad" if grad == "grad on" else "")
+            regime += f", every one of {rows} rows"
             assert y.dtype == x_dtype, f"{name} returned {describe(y)} for x {x_dtype} ({regime}): return x's dtype"
             cause = (
                 "the update merged into the weight in x's dtype (W + scaling B A rounded drops it)? the spec is "
@@ -764,6 +772,51 @@ def test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product(
                 f"{'' if expected == 0 else f' (the same in {dtype_name(half)})'}{share}, gives {y[0, 0].item():.6g} "
                 f"in row 0, expected exactly {wanted:.6g}: {cause}"
             )
+
+
+# A base past 2^24 weights (float32 holds every integer only up to 2^24: a Llama-7B MLP layer has 45M), and the rows of
+# its output read: the first, and those whose weights lie on either side of flat index 2^24 (4097 * 4095 = 2^24 - 1).
+PAST_2_24 = (4099, 4095)
+ROWS_READ = (0, 4096, 4097, 4098)
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("NF4Linear")
+def test_nf4_linear_computes_a_weight_past_2_24_values(NF4Linear, nf4_works):
+    """Built on the meta device (no 16M-value quantization) and given random NF4 buffers and bias by
+    load_state_dict(assign=True), as a pre-quantized checkpoint is loaded: its forward is F.linear with the weight
+    its own buffers encode, read on rows around flat index 2^24."""
+    nf4_works()
+    out_features, in_features = PAST_2_24
+    n = out_features * in_features
+    layer = NF4Linear(nn.Linear(in_features, out_features, device="meta"))
+    what = f"NF4Linear(nn.Linear({in_features}, {out_features})) (n = 2^24 + {n - 2**24} weights)"
+    generator = torch.Generator().manual_seed(24)
+    packed = torch.randint(0, 256, (math.ceil(n / 2),), generator=generator, dtype=torch.uint8)
+    absmax = torch.rand(math.ceil(n / BLOCK), generator=generator) * 3 + 0.5  # each block's differs
+    bias = torch.randn(out_features, generator=generator)
+    names = {id(t): name for name, t in layer.named_buffers()}
+    held = dict(zip((names[id(t)] for t in nf4_buffer_tensors(layer, out_features, in_features, what)),
+                    (packed, absmax), strict=True))  # fmt: skip
+    others = {out_features: bias, ref.CODE_BOOK.numel(): ref.CODE_BOOK}  # the bias; a code book kept as a buffer
+    state = {name: held.get(name, others.get(t.numel())) for name, t in layer.state_dict().items()}
+    assert None not in state.values(), f"{what} holds tensors {list(layer.state_dict())}: only the NF4 buffers and bias"
+    layer.load_state_dict({name: t.reshape(layer.state_dict()[name].shape) for name, t in state.items()}, assign=True)
+    x = torch.randn(2, in_features, generator=generator)
+    call = f"{what} with random NF4 buffers, on x {tuple(x.shape)}"
+    with torch.no_grad():
+        y = forward_in_regime(layer, x, call, FAILURES)
+    starts = {row: row * in_features for row in ROWS_READ}
+    for row, start in starts.items():
+        weight = expected_values_between(packed, absmax, start - start % 2, start + in_features, BLOCK, torch.float64)
+        expected = x.double() @ weight[start % 2 :] + bias[row].double()
+        error = max_difference(y[:, row], expected)
+        assert error <= tolerance(torch.float32, expected), (
+            f"{call}: output row {row} (weights {start} to {start + in_features - 1}, 2^24 = {2**24}) is off "
+            f"F.linear(x, dequantize_nf4(its buffers), b) by {error:.3g}, expected at most "
+            f"{tolerance(torch.float32, expected):.3g}: each weight's block is its flat index // 64 in integers "
+            "(a float32 arange, or an index divided in float32, rounds past 2^24); dequantize with dequantize_nf4"
+        )
 
 
 @pytest.mark.points(1)
