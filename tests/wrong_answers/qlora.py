@@ -459,13 +459,4 @@ WRONG_ANSWERS += [
                 "            return F.linear(x.float(), self.weight(torch.float32), None if bias is None else bias.float()).to(x.dtype)\n"
                 "        " + FORWARD,
                 "test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product", "float32 and cast afterwards"),
-    WrongAnswer("its own decoding with a float32 block index", KATA,
-                "return dequantize_nf4(self.packed, self.absmax, (self.out_features, self.in_features), dtype, BLOCK_SIZE)",
-                "n, codes = self.out_features * self.in_features, self.packed.reshape(-1).long()\n"
-                "        codes = torch.stack([codes >> 4, codes & 15], dim=1).reshape(-1)[:n]\n"
-                "        blocks = (torch.arange(n, device=codes.device) / BLOCK_SIZE).long()  # true division: float32\n"
-                "        values = nf4_code_book().to(codes.device)[codes] * self.absmax.reshape(-1)[blocks]\n"
-                "        return values.reshape(self.out_features, self.in_features).to(dtype)",
-                "test_nf4_linear_computes_a_weight_past_2_24_values", "flat index // 64 in integers",
-                more_edits=(("from .nf4 import dequantize_nf4, quantize_nf4", "from .nf4 import dequantize_nf4, nf4_code_book, quantize_nf4"),)),
 ]  # fmt: skip
