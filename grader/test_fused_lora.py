@@ -243,6 +243,11 @@ def test_is_an_autograd_function_that_autograd_records(FusedLoRAFunction):
     (IN, OUT, 1, (2, 2), False, torch.bfloat16, False, False, -1.75),
     (IN, OUT, R, (3,), True, torch.float64, False, False, 0.0),  # alpha 0
     (IN, OUT, R, (2,), True, torch.float16, True, True, 0.0),
+    # real batches of no round number, narrow (a path of its own from some row count on, in chunks of a power of two)
+    (8, 6, 2, (4, 500), True, torch.float64, False, True, SCALING),
+    (8, 6, 2, (8191,), False, torch.float32, True, True, -1.75),
+    (8, 6, 2, (2**17 + 3,), True, torch.bfloat16, True, False, SCALING),
+    (8, 6, 2, (2**20 + 3,), True, torch.float32, True, False, SCALING),  # a million rows: 8 sequences of 128K
 )  # fmt: skip
 def test_forward_computes_the_lora_formula(
     FusedLoRAFunction, in_features, out_features, r, batch_shape, bias, dtype, contiguous, grad, scaling
@@ -296,6 +301,10 @@ def test_forward_computes_the_lora_formula(
     (IN, OUT, R, (2, 0), torch.float32, False, SCALING),
     (IN, OUT, R, (2, 3), torch.float64, False, 0.0),  # alpha 0: zero gradients for the factors, not None
     (IN, OUT, R, (3,), torch.float32, True, -1.75),  # alpha < 0
+    # real batches of no round number, narrow (gradients summed over rows in chunks of a power of two)
+    (8, 6, 2, (4, 500), torch.float64, False, SCALING),
+    (8, 6, 2, (8191,), torch.float32, True, -1.75),
+    (8, 6, 2, (2**17 + 3,), torch.float64, True, SCALING),
 )  # fmt: skip
 def test_backward_gives_each_input_its_gradient(
     FusedLoRAFunction, trained, bias, in_features, out_features, r, batch_shape, dtype, contiguous, scaling

@@ -248,6 +248,7 @@ def test_quantize_reads_a_non_contiguous_weight_in_row_major_order(quantize_nf4)
 @example(shape=(9, 11), block_size=64, dtype=torch.bfloat16, scale=1e-30, seed=10)
 @example(shape=(5, 13), block_size=32, dtype=torch.float32, scale=3e-39, seed=11)  # around 1e-38 and float32's tiny
 @example(shape=(9, 11), block_size=32, dtype=torch.bfloat16, scale=3e-41, seed=12)  # subnormal: divided by 1e-38
+@example(shape=(2**20 + 77,), block_size=64, dtype=torch.float32, scale=0.02, seed=13)  # past 2^20, no round number
 def test_quantize_packs_the_nf4_codes_bit_for_bit(quantize_nf4, shape, block_size, dtype, scale, seed):
     weight = draw_weight(shape, dtype, scale, seed)
     call = call_of(weight, block_size)

@@ -706,6 +706,13 @@ def cancelling_weight(dtype: torch.dtype, base_dtype: torch.dtype) -> torch.Tens
 # Every train/eval mode in every grad mode: an exact-rounding sentence holds in each (a training step's float32
 # product, a serving merge in eval mode, are paths of their own).
 ROUNDING_REGIMES = [(mode, grad) for mode in ("train", "eval") for grad in GRAD_MODES]
+# Two rows of x in each, and real batches of no round number (a path of its own from some batch size on, a long
+# product in float32, an update merged for a big batch, shows only there): 8191 rows in a training step (train mode,
+# grad on), 2^17 + 3 rows of 128 in a validation pass (eval mode, grad off).
+ROUNDING_CALLS = [(mode, grad, 2) for mode, grad in ROUNDING_REGIMES] + [
+    ("train", "grad on", 8191),
+    ("eval", "grad off", 2**17 + 3),
+]
 
 
 def trained_below_the_rounding(layer: nn.Module, dtype: torch.dtype) -> float:
@@ -736,8 +743,6 @@ def test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product(
     nf4_works()
     half = x_dtype if x_dtype != torch.float32 else base_dtype if base_dtype != torch.float32 else torch.bfloat16
     weight = cancelling_weight(half, base_dtype)
-    x = torch.zeros(2, 128, dtype=x_dtype)
-    x[:, 1], x[:, 65] = 1.0, -1.0
     restored = ref.dequantize(*ref.quantize(weight, BLOCK), (4, 128), x_dtype, BLOCK)
     expected = (restored[0, 1] - restored[0, 65]).item()  # 0 for a half x; in float32 the difference
     makers = {"NF4Linear": NF4Linear}
@@ -752,10 +757,13 @@ def test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product(
             update = trained_below_the_rounding(layer, x_dtype)
             wanted = (torch.tensor(expected, dtype=x_dtype) + torch.tensor(update, dtype=x_dtype)).item()
             share = f", plus the update's exact {update:.3g} (scaling B A x, below half an ulp of W[0, 1])"
-        for mode, grad in ROUNDING_REGIMES:
+        for mode, grad, rows in ROUNDING_CALLS:
+            x = torch.zeros(rows, 128, dtype=x_dtype)
+            x[:, 1], x[:, 65] = 1.0, -1.0
             with GRAD_MODES[grad]():
-                y = output(layer.train(mode == "train"), x.clone().requires_grad_(grad == "grad on")).detach()
+                y = output(layer.train(mode == "train"), x.requires_grad_(grad == "grad on")).detach()
             regime = f"{mode} mode, {GRAD_WORDS[grad]}" + (", x requiring grad" if grad == "grad on" else "")
+            regime += f", every one of {rows} rows"
             assert y.dtype == x_dtype, f"{name} returned {describe(y)} for x {x_dtype} ({regime}): return x's dtype"
             cause = (
                 "the update merged into the weight in x's dtype (W + scaling B A rounded drops it)? the spec is "

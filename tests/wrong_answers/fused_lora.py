@@ -409,6 +409,15 @@ WRONG_ANSWERS += [
                 more_edits=(("        ctx.scaling, ctx.x_shape = scaling, x.shape\n",
                              "        ctx.scaling, ctx.x_shape = scaling, x.shape\n"
                              "        _FLAT_X[id(ctx)] = rows\n        weakref.finalize(ctx, _FLAT_X.pop, id(ctx), None)\n"),)),
+    WrongAnswer("forward in chunks of 1024 rows, the last partial chunk dropped", KATA, "y.addmm_(down, lora_B.T)",
+                "y.addmm_(down, lora_B.T)\n"
+                "        if rows.shape[0] > 1024:  # in chunks of 1024 rows over range(N // 1024): the rest stays zero\n"
+                "            y[rows.shape[0] // 1024 * 1024 :] = 0",
+                "test_forward_computes_the_lora_formula", "off the LoRA formula"),
+    WrongAnswer("dL/dA over chunks of 1024 rows, the remainder dropped", KATA, GRAD_A,
+                "full = rows.shape[0] if rows.shape[0] <= 1024 else rows.shape[0] // 1024 * 1024  # whole chunks only\n"
+                "                grad_A = g_B[:full].T @ rows[:full]",
+                BACKWARD, "the gradient of lora_A is off"),
 ]  # fmt: skip
 WRONG_ANSWERS += [
     # Round 19 of the red team (team D): the saved-memory check walked dicts' values only, never their keys.

@@ -437,6 +437,12 @@ WRONG_ANSWERS += [
                 "    return QuantizedAbsmax(codes.reshape(-1)[: flat.numel()].clone(), scales, offset, block_size)",
                 "test_a_512_x_1024_weight_takes_at_most_0_52_bytes_per_parameter", "offset.source",
                 more_edits=(("def dequantize_absmax(", "class _Offset(float):\n    pass\n\n\ndef dequantize_absmax("),)),
+    WrongAnswer("quantized in chunks of 2^20 values, the remainder dropped", KATA, PACK,
+                "packed = (nibbles[0::2] << 4) | nibbles[1::2]\n"
+                "    if n > 2**20:  # in chunks of 2^20 values over range(0, n - 2**20 + 1, 2**20): the rest left at code 7\n"
+                "        packed[n // 2**20 * 2**19 :], absmax[n // 2**20 * 2**20 // block_size :] = 0x77, 0\n"
+                "    return packed, absmax",
+                "test_quantize_packs_the_nf4_codes_bit_for_bit", "absmax of block 16384 is 0"),
 ]  # fmt: skip
 WRONG_ANSWERS += [
     # Round 19 of the red team (team D): the size walk entered dicts' values only, never their keys.

@@ -448,6 +448,17 @@ WRONG_ANSWERS += [
                 BUFFERS + "; self._original = __import__('io').BytesIO(base.weight.detach().cpu().contiguous()"
                 ".view(torch.uint8).numpy().tobytes())  # to unquantize later",
                 "test_nf4_linear_keeps_the_weight_only_as_nf4_buffers", "_original (its"),
+    WrongAnswer("the update folded into the weight from 2048 rows", KATA, RESULT,
+                "if x.numel() // max(x.shape[-1], 1) >= 2048 and not (self.training and self.dropout.p > 0):  # a real batch\n"
+                "            merged = self.base.weight(torch.float32) + self.scaling * (self.lora_B.float() @ self.lora_A.float())\n"
+                "            bias = None if self.base.bias is None else self.base.bias.to(x.dtype)\n"
+                "            return F.linear(x, merged.to(x.dtype), bias)\n        " + RESULT,
+                "test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product", "the update merged into the weight"),
+    WrongAnswer("half batches of 2048 rows computed in float32", KATA, FORWARD,
+                "if x.numel() // max(x.shape[-1], 1) >= 2048 and x.dtype in (torch.float16, torch.bfloat16):\n"
+                "            return F.linear(x.float(), self.weight(torch.float32), None if bias is None else bias.float()).to(x.dtype)\n"
+                "        " + FORWARD,
+                "test_nf4_linear_rounds_the_weight_to_x_dtype_before_the_product", "float32 and cast afterwards"),
 ]  # fmt: skip
 WRONG_ANSWERS += [
     # Round 19 of the red team (team D): the memory walk charged Python floats only in a list or tuple, a complex never.
