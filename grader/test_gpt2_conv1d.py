@@ -49,6 +49,8 @@ from grader.probes import (
     GRAD_MODES,
     INVALID_ARGUMENTS,
     NAMED_AS_STRINGS,
+    REAL_MODEL_COLUMNS,
+    REAL_MODEL_ROWS,
     REAL_MODEL_WIDTH,
     RELATIVE_TOLERANCE,
     SELECT_IN,
@@ -67,6 +69,7 @@ from grader.probes import (
     dtype_name,
     examples,
     expect_a_fractional_alpha_kept,
+    expect_a_real_models_layer_merged_in_every_row_and_column,
     expect_a_real_models_layer_merged_in_float32,
     expect_a_uniform_or_gaussian_draw,
     expect_alpha_as_given,
@@ -1956,6 +1959,22 @@ def test_half_precision_merges_in_float32_and_rounds_once(
         pytest.fail(f"the merged {dtype} model's forward raised {first_line!r}: keep every tensor in {dtype}", False)
     big = Conv1D(REAL_MODEL_WIDTH, REAL_MODEL_WIDTH).to(device=device, dtype=dtype)  # and a real model's layer
     expect_a_real_models_layer_merged_in_float32(
+        big,
+        LoRAConv1D(big, r=HALF_R, alpha=HALF_ALPHA),
+        lambda adapter: expect_instance(merge_gpt2(adapter), Conv1D, "merge_gpt2(a LoRAConv1D)", "the new Conv1D"),
+        HALF_R,
+        HALF_ALPHA / HALF_R,
+        "merge_gpt2(a LoRAConv1D)'s weight",
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_a_real_models_conv1d_merges_every_row_and_column_in_every_dtype(merge_gpt2, LoRAConv1D, Conv1D, dtype):
+    # trained factors, a real model's layer (2**22 weights) in full precision too, sizes no block divides
+    big = Conv1D(REAL_MODEL_ROWS, REAL_MODEL_COLUMNS).to(dtype)
+    expect_a_real_models_layer_merged_in_every_row_and_column(
         big,
         LoRAConv1D(big, r=HALF_R, alpha=HALF_ALPHA),
         lambda adapter: expect_instance(merge_gpt2(adapter), Conv1D, "merge_gpt2(a LoRAConv1D)", "the new Conv1D"),
