@@ -66,6 +66,7 @@ from grader.probes import (
     arguments_id,
     case_folded,
     describe,
+    dotted_target_cut_to_its_last_part,
     dtype_name,
     examples,
     expect_a_fractional_alpha_kept,
@@ -781,6 +782,25 @@ TARGET_CASES = [
     ("wrapped", ("c_attn",)),  # a GPT-2 held as base by a wrapper: base.transformer.h.0.attn.c_attn is a target
     ("wrapped", ("c_proj", "lora_A")),  # and a layer of the wrapper's named like an adapter's factor
     ("adapter namesakes", ("c_fc", "lm_head")),  # another library's LoRAConv1D and LoRALinear: no adapters, wrapped
+    # Lists of a real model's length (Llama's all-linear has 7), dotted targets among them; then one per block.
+    ("GPT2LMHeadModel", ("c_attn", "attn.c_proj", "h.0.mlp.c_fc", "h.11.mlp.c_proj", "lm_head")),
+    (
+        "GPT2LMHeadModel",
+        (
+            "h.0.attn.c_attn",
+            "1.attn.c_attn",
+            "h.2.attn.c_proj",
+            "h.3.mlp.c_fc",
+            "h.4.mlp.c_proj",
+            "transformer.h.11.attn.c_attn",
+            "h.10.mlp.c_fc",
+            "lm_head",
+        ),
+    ),
+    (
+        "GPT2LMHeadModel",
+        tuple(f"h.{i}.{('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')[i % 4]}" for i in range(12)),
+    ),
 ]
 SUBCLASSES = "a subclass of Conv1D or nn.Linear is one (models define their own): test isinstance, not type(m)"
 
@@ -829,7 +849,9 @@ def test_adapts_exactly_the_conv1d_and_linear_layers_named(
     )
     if not cause:
         cause = "match a name when it equals a target or ends with '.' + target"
-        if case_folded(targets, wrong):
+        if dotted_target_cut_to_its_last_part(targets, wrong):
+            cause = f"{dotted_target_cut_to_its_last_part(targets, wrong)}: {cause}"
+        elif case_folded(targets, wrong):
             cause = case_folded(targets, wrong)
         elif any(t in name for name in wrong for t in targets):
             cause = "substring or bare endswith matching: " + cause

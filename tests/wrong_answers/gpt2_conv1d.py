@@ -579,4 +579,9 @@ WRONG_ANSWERS = [
                 "            summed[i : i + 1024].add_(update[:, i : i + 1024].T)\n"
                 "    merged.weight = nn.Parameter(summed, requires_grad=False)",
                 "test_a_real_models_conv1d_merges_every_row_and_column_in_every_dtype", "past the last full block"),
+    # Round 19, team A: apply_lora_gpt2 matching more than 4 targets by the layer's last name part only.
+    WrongAnswer("more than 4 gpt2 targets matched by the layer's last name part only", KATA, MATCH,
+                "(any(name == t or name.endswith(\".\" + t) for t in targets) if len(targets) <= 4\n"
+                '             else name.rsplit(".", 1)[-1] in {t.rsplit(".", 1)[-1] for t in targets})',
+                "test_adapts_exactly_the_conv1d_and_linear_layers_named", "by its last part alone"),
 ]  # fmt: skip
