@@ -86,9 +86,6 @@ def raised_by_apply_lora(error: BaseException) -> bool:
 def matching_cause(targets: tuple[str, ...], wrong: list[str], missed: list[str], adapted_none: bool) -> str:
     """The likely mistake behind adapting ``wrong`` and missing ``missed`` for ``targets``."""
     rule = "match a name when it equals a target or ends with '.' + target"
-    cut = dotted_target_cut_to_its_last_part(targets, wrong)
-    if cut:
-        return f"{cut}: {rule}"
     containers = [(name, t) for name in wrong for t in targets if f".{t}." in f".{name}"]
     if containers:
         name, t = containers[0]
@@ -96,6 +93,9 @@ def matching_cause(targets: tuple[str, ...], wrong: list[str], missed: list[str]
             f"{name} lies inside a module that {t!r} names, which is no nn.Linear: a target names the layer itself "
             "(by the end of its qualified name), never the layers inside a container; " + rule
         )
+    cut = dotted_target_cut_to_its_last_part(targets, wrong)
+    if cut:
+        return f"{cut}: {rule}"
     if any(t in name for name in wrong for t in targets):
         return "substring or bare endswith matching: " + rule
     if any(re.search(t, name) for name in wrong for t in targets):
