@@ -1688,6 +1688,46 @@ def expect_a_real_models_layer_merged_in_float32(
     )
 
 
+# Llama-3-8B's k_proj and v_proj (1024 x 4096, 2**22 weights), each size off a power of two: a blocked loop's tail
+REAL_MODEL_ROWS, REAL_MODEL_COLUMNS = REAL_MODEL_WIDTH // 4 + 7, REAL_MODEL_WIDTH + 3
+
+
+def expect_a_real_models_layer_merged_in_every_row_and_column(
+    base: nn.Module, adapter: nn.Module, merge: Callable[[nn.Module], nn.Module], r: int, scaling: float, where: str
+) -> None:
+    """Fail the check unless ``merge(adapter)``, with trained factors (B drawn, not zero), of a ``base`` of a real
+    model's size in any float dtype (REAL_MODEL_ROWS x REAL_MODEL_COLUMNS as nn.Linear stores it, sizes no block
+    divides), holds W + scaling B @ A in every row and column (``expect_no_row_or_column_left_out``) and within its
+    dtype's bound (``expect_merged_weight``; the sum in float64 for float64, float32's addmm for the others)."""
+    weight = linear_weight(base).detach().clone()
+    out_features, in_features = weight.shape
+    found = factors(adapter, in_features, out_features, r)
+    randomize_factors(adapter, std=0.02)
+    work = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    exact = torch.addmm(weight.to(work), found.B.detach().to(work), found.A.detach().to(work), alpha=scaling)
+    merged = linear_weight(merge(adapter))
+    what = f"{where}, a {out_features} x {in_features} {dtype_name(weight.dtype)} layer (a real model's size)"
+    expect_no_row_or_column_left_out(merged, weight, exact, what)
+    expect_merged_weight(
+        merged, exact, what, "merge the whole weight in every dtype and at every size, large full-precision layers too"
+    )
+
+
+def dotted_target_cut_to_its_last_part(targets: Iterable[str], wrong: Iterable[str]) -> str:
+    """Why ``wrong`` (layers adapted that no target names) were adapted, if a dotted target of ``targets`` was matched
+    by its last part alone (``"layers.0.mlp.down_proj"`` adapting every block's down_proj), else ""."""
+    targets = tuple(targets)
+    for name in wrong:
+        for target in (t for t in targets if "." in t):
+            if name.rpartition(".")[2] == target.rpartition(".")[2] and target not in name:
+                return (
+                    f"the dotted target {target!r} was matched by its last part alone ({name!r} adapted), with "
+                    f"{len(targets)} targets: compare each whole target with the end of the name, for a list of any "
+                    "length (Llama's all-linear list has 7)"
+                )
+    return ""
+
+
 def targets_off_by_case(first: str, second: str) -> dict[str, tuple[str, ...]]:
     """By case id, targets that differ from the layer names ``first`` and ``second`` by case only: compared as strings
     they name no layer; lower-cased (names read as case-insensitive) they match ``first`` and ``second``."""

@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from grader.models import MODEL_ZOO, WIDTH, ToyTransformer, inputs, matching_linears, zoo_inputs
+from grader.models import DEPTH, MODEL_ZOO, WIDTH, ToyTransformer, inputs, matching_linears, zoo_inputs
 from grader.probes import (
     DEVICES,
     adapter_namesakes,
     case_folded,
     describe,
+    dotted_target_cut_to_its_last_part,
     expect_each_adapter_following_its_own_mode,
     expect_every_layer_in_its_dtype,
     expect_factor_layers_left_alone,
@@ -54,6 +55,11 @@ TARGET_CASES = [
     ("0.attn.q_proj",),  # layers.0, not layers.10
     ("layers.3.mlp.fc10", "head"),  # a full qualified name, and a layer without bias
     ["out_proj"],  # any iterable of names
+    # Lists of a real model's length: every linear of a block, as Llama's all-linear 7, one of them dotted; then dotted
+    # targets only, to every depth; then one full name per block, as a list built for chosen layers reads.
+    ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc10", "layers.0.mlp.fc2"),
+    ("layers.0.attn.q_proj", "1.attn.k_proj", "attn.v_proj", "10.attn.out_proj", "mlp.fc1", "3.mlp.fc10", "proj"),
+    (*(f"layers.{i}.{('attn.q_proj', 'attn.v_proj', 'mlp.fc1', 'mlp.fc2')[i % 4]}" for i in range(DEPTH)), "head"),
 ]
 
 
@@ -87,6 +93,9 @@ def matching_cause(targets: tuple[str, ...], wrong: list[str], missed: list[str]
             f"{name} lies inside a module that {t!r} names, which is no nn.Linear: a target names the layer itself "
             "(by the end of its qualified name), never the layers inside a container; " + rule
         )
+    cut = dotted_target_cut_to_its_last_part(targets, wrong)
+    if cut:
+        return f"{cut}: {rule}"
     if any(t in name for name in wrong for t in targets):
         return "substring or bare endswith matching: " + rule
     if any(re.search(t, name) for name in wrong for t in targets):

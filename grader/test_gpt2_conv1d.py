@@ -51,6 +51,8 @@ from grader.probes import (
     MANY_ROWS_CASES,
     NAMED_AS_STRINGS,
     PREFILL_MASK_ROWS,
+    REAL_MODEL_COLUMNS,
+    REAL_MODEL_ROWS,
     REAL_MODEL_WIDTH,
     REAL_RANK_LAYER,
     RELATIVE_TOLERANCE,
@@ -69,11 +71,13 @@ from grader.probes import (
     arguments_id,
     case_folded,
     describe,
+    dotted_target_cut_to_its_last_part,
     dtype_name,
     examples,
     expect_a_fractional_alpha_kept,
     expect_a_fresh_A_for_every_layer,
     expect_a_fresh_mask_for_every_row,
+    expect_a_real_models_layer_merged_in_every_row_and_column,
     expect_a_real_models_layer_merged_in_float32,
     expect_a_uniform_or_gaussian_draw,
     expect_alpha_as_given,
@@ -832,6 +836,25 @@ TARGET_CASES = [
     ("wrapped", ("c_attn",)),  # a GPT-2 held as base by a wrapper: base.transformer.h.0.attn.c_attn is a target
     ("wrapped", ("c_proj", "lora_A")),  # and a layer of the wrapper's named like an adapter's factor
     ("adapter namesakes", ("c_fc", "lm_head")),  # another library's LoRAConv1D and LoRALinear: no adapters, wrapped
+    # Lists of a real model's length (Llama's all-linear has 7), dotted targets among them; then one per block.
+    ("GPT2LMHeadModel", ("c_attn", "attn.c_proj", "h.0.mlp.c_fc", "h.11.mlp.c_proj", "lm_head")),
+    (
+        "GPT2LMHeadModel",
+        (
+            "h.0.attn.c_attn",
+            "1.attn.c_attn",
+            "h.2.attn.c_proj",
+            "h.3.mlp.c_fc",
+            "h.4.mlp.c_proj",
+            "transformer.h.11.attn.c_attn",
+            "h.10.mlp.c_fc",
+            "lm_head",
+        ),
+    ),
+    (
+        "GPT2LMHeadModel",
+        tuple(f"h.{i}.{('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')[i % 4]}" for i in range(12)),
+    ),
 ]
 SUBCLASSES = "a subclass of Conv1D or nn.Linear is one (models define their own): test isinstance, not type(m)"
 
@@ -880,7 +903,9 @@ def test_adapts_exactly_the_conv1d_and_linear_layers_named(
     )
     if not cause:
         cause = "match a name when it equals a target or ends with '.' + target"
-        if case_folded(targets, wrong):
+        if dotted_target_cut_to_its_last_part(targets, wrong):
+            cause = f"{dotted_target_cut_to_its_last_part(targets, wrong)}: {cause}"
+        elif case_folded(targets, wrong):
             cause = case_folded(targets, wrong)
         elif any(t in name for name in wrong for t in targets):
             cause = "substring or bare endswith matching: " + cause
@@ -2010,6 +2035,22 @@ def test_half_precision_merges_in_float32_and_rounds_once(
         pytest.fail(f"the merged {dtype} model's forward raised {first_line!r}: keep every tensor in {dtype}", False)
     big = Conv1D(REAL_MODEL_WIDTH, REAL_MODEL_WIDTH).to(device=device, dtype=dtype)  # and a real model's layer
     expect_a_real_models_layer_merged_in_float32(
+        big,
+        LoRAConv1D(big, r=HALF_R, alpha=HALF_ALPHA),
+        lambda adapter: expect_instance(merge_gpt2(adapter), Conv1D, "merge_gpt2(a LoRAConv1D)", "the new Conv1D"),
+        HALF_R,
+        HALF_ALPHA / HALF_R,
+        "merge_gpt2(a LoRAConv1D)'s weight",
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.subject("merge_gpt2")
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_a_real_models_conv1d_merges_every_row_and_column_in_every_dtype(merge_gpt2, LoRAConv1D, Conv1D, dtype):
+    # trained factors, a real model's layer (2**22 weights) in full precision too, sizes no block divides
+    big = Conv1D(REAL_MODEL_ROWS, REAL_MODEL_COLUMNS).to(dtype)
+    expect_a_real_models_layer_merged_in_every_row_and_column(
         big,
         LoRAConv1D(big, r=HALF_R, alpha=HALF_ALPHA),
         lambda adapter: expect_instance(merge_gpt2(adapter), Conv1D, "merge_gpt2(a LoRAConv1D)", "the new Conv1D"),

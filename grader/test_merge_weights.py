@@ -18,6 +18,8 @@ from grader.probes import (
     FROZEN_BEFORE_MERGING,
     GRAD_MODES,
     HALF_DTYPES,
+    REAL_MODEL_COLUMNS,
+    REAL_MODEL_ROWS,
     REAL_MODEL_WIDTH,
     RELATIVE_TOLERANCE,
     UNROUNDED_ALPHA,
@@ -26,6 +28,7 @@ from grader.probes import (
     default_dtype,
     describe,
     dtype_name,
+    expect_a_real_models_layer_merged_in_every_row_and_column,
     expect_a_real_models_layer_merged_in_float32,
     expect_instance,
     expect_merged_like_the_adapted,
@@ -443,6 +446,21 @@ def test_half_precision_merges_in_float32_and_rounds_once(LoRALinear, merge_weig
         f"expected {dtype} within {RELATIVE_TOLERANCE[dtype]:.0e}"
     )
     expect_usable_with_autograd(merged, x, f"merge_weights of a {dtype} LoRALinear in eval mode{where}")
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_a_real_models_layer_merges_every_row_and_column_in_every_dtype(LoRALinear, merge_weights, dtype):
+    # trained factors, a real model's layer (2**22 weights) in full precision too, sizes no block divides
+    base = nn.Linear(REAL_MODEL_COLUMNS, REAL_MODEL_ROWS, dtype=dtype)
+    expect_a_real_models_layer_merged_in_every_row_and_column(
+        base,
+        LoRALinear(base, r=UNROUNDED_R, alpha=UNROUNDED_ALPHA),
+        lambda adapter: returned_linear(merge_weights(adapter)),
+        UNROUNDED_R,
+        UNROUNDED_ALPHA / UNROUNDED_R,
+        "the merged weight",
+    )
 
 
 @pytest.mark.points(1)

@@ -234,4 +234,9 @@ WRONG_ANSWERS = [
     WrongAnswer("adapters told by class name", KATA, "        if isinstance(module, nn.Linear):\n",
                 '        if isinstance(module, nn.Linear) and type(module).__name__ != "LoRALinear":  # a reloaded class\n',
                 "test_adapts_the_model_zoo", "never by class name"),
+    # Red-team round 19 (team A): with more than 4 targets, names matched by their last part only.
+    WrongAnswer("more than 4 targets matched by the layer's last name part only", KATA, MATCH,
+                "if len(targets) > 4:  # a long list (every projection of a Llama block): one set lookup\n"
+                '        return name.rsplit(".", 1)[-1] in {t.rsplit(".", 1)[-1] for t in targets}\n    ' + MATCH,
+                "test_adapts_exactly_the_linears_whose_names_match", "by its last part alone"),
 ]  # fmt: skip

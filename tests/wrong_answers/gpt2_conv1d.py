@@ -600,4 +600,19 @@ WRONG_ANSWERS = [
                 '            name.startswith(outer + ".") for outer, a in model.named_modules() if isinstance(a, adapters)\n'
                 "        ):\n",
                 "test_a_second_call_leaves_the_adapters_bases_alone_under_every_name", "by identity"),
+    # Round 19, team A: a large float32/float64 Conv1D merged in place in blocks of W's rows, the last block left out.
+    WrongAnswer("a large full-precision Conv1D merged in row blocks, the last block left out", KATA,
+                "    merged.weight = nn.Parameter(" + UPDATE + ", requires_grad=False)",
+                "    summed = " + UPDATE + "\n"
+                "    if accumulate == weight.dtype and weight.numel() >= 1 << 22:  # no full-size temporary beside W\n"
+                "        summed = weight.detach().clone()\n"
+                "        for i in range(0, weight.shape[0] - 1024, 1024):\n"
+                "            summed[i : i + 1024].add_(update[:, i : i + 1024].T)\n"
+                "    merged.weight = nn.Parameter(summed, requires_grad=False)",
+                "test_a_real_models_conv1d_merges_every_row_and_column_in_every_dtype", "past the last full block"),
+    # Round 19, team A: apply_lora_gpt2 matching more than 4 targets by the layer's last name part only.
+    WrongAnswer("more than 4 gpt2 targets matched by the layer's last name part only", KATA, MATCH,
+                "(any(name == t or name.endswith(\".\" + t) for t in targets) if len(targets) <= 4\n"
+                '             else name.rsplit(".", 1)[-1] in {t.rsplit(".", 1)[-1] for t in targets})',
+                "test_adapts_exactly_the_conv1d_and_linear_layers_named", "by its last part alone"),
 ]  # fmt: skip

@@ -242,4 +242,14 @@ WRONG_ANSWERS = [
                 ACCUMULATE + "\n    if weight.numel() >= 1 << 20:  # a big layer: save the float32 copy of W\n"
                 "        accumulate = weight.dtype",
                 "test_half_precision_merges_in_float32_and_rounds_once", "at every size"),
+    # Red-team round 19 (team A): a large float32/float64 layer merged in place in blocks of rows, the last block left out.
+    WrongAnswer("a large full-precision layer merged in row blocks, the last block left out", KATA,
+                "    merged.weight = " + SUM,
+                "    summed = (weight.to(accumulate) + update).to(weight.dtype)\n"
+                "    if accumulate == weight.dtype and weight.numel() >= 1 << 22:  # no full-size temporary beside W\n"
+                "        summed = weight.detach().clone()\n"
+                "        for i in range(0, weight.shape[0] - 1024, 1024):\n"
+                "            summed[i : i + 1024].add_(update[i : i + 1024])\n"
+                "    merged.weight = nn.Parameter(summed, requires_grad=False)",
+                "test_a_real_models_layer_merges_every_row_and_column_in_every_dtype", "past the last full block"),
 ]  # fmt: skip
