@@ -765,7 +765,7 @@ WRONG_ANSWERS = [
                 "summed = weight.to(self._accumulation()) + self._delta(name)\n        merged = summed.to(weight.dtype)\n"
                 + SAFE_CHECK.replace("not torch.isfinite(merged).all()",
                                      "not (torch.isfinite(summed).all() and summed.abs().max() <= torch.finfo(weight.dtype).max)"),
-                "test_safe_merge_of_a_sound_adapter_merges_as_merge_does", "rounds to"),
+                "test_safe_merge_of_a_sound_adapter_merges_as_merge_does", "after rounding the sum"),
     WrongAnswer("set_adapter and delete_adapter finding names case-insensitively", KATA,
                 "    def _expect_known(self, name: str) -> None:\n        if name not in self.lora_A:\n" + UNKNOWN + "\n",
                 "    def _expect_known(self, name: str) -> str:\n"
