@@ -368,6 +368,7 @@ def names_in(message: str) -> set[str]:
 def expect_error_naming(call: Callable[[], object], description: str, known: list[str]) -> None:
     """Fail the check unless ``call()`` raises a ValueError whose message names every adapter in ``known``, each as
     a whole name."""
+    listed = ", ".join(map(repr, known)) if len(known) <= 16 else f"{', '.join(map(repr, known[:6]))}, ..."
     try:
         call()
     except (NotImplementedError, KataUnavailable):
@@ -375,7 +376,6 @@ def expect_error_naming(call: Callable[[], object], description: str, known: lis
     except ValueError as error:
         missing = [name for name in known if name not in names_in(str(error))]
         shown = str(error) if len(str(error)) <= 300 else f"{str(error)[:300]}..."
-        listed = ", ".join(map(repr, known)) if len(known) <= 16 else f"{', '.join(map(repr, known[:6]))}, ..."
         assert not missing, (
             f"{description} raised ValueError({shown!r}), which does not name the adapters "
             f"{', '.join(map(repr, missing[:6]))}{f', ... ({len(missing)} in all)' if len(missing) > 6 else ''}: say "
@@ -385,7 +385,11 @@ def expect_error_naming(call: Callable[[], object], description: str, known: lis
         return
     except Exception as error:
         pytest.fail(f"{description} raised {type(error).__name__} ({error}); expected a ValueError", pytrace=False)
-    pytest.fail(f"{description} raised nothing; expected a ValueError naming the adapters {known}", pytrace=False)
+    pytest.fail(
+        f"{description} raised nothing; expected a ValueError naming the {len(known)} adapters ({listed}): "
+        "no adapter has that very name (names are compared exactly, case and spaces too)",
+        pytrace=False,
+    )
 
 
 def merge_allowing_value_error(layer: nn.Module, **kwargs: object) -> None:
