@@ -39,6 +39,7 @@ from grader.probes import (
     GRAD_MODES,
     HALF_DTYPES,
     MANY_ROW_BATCHES,
+    MASK_ROWS,
     RELATIVE_TOLERANCE,
     UNROUNDED_ALPHA,
     UNROUNDED_R,
@@ -96,7 +97,9 @@ NEAR_MISS = "sqll"  # an unknown name one letter off a name the checks add
 MANY_NAMES = [  # added after sql and chat: past any first-8 cut, and the cut ones are inside names listed before them
     "mysql", "nosql", "sql_v2", "chatbot", "chat_v2", "math2", "codex", "mathematics", "math", "code",
 ]  # fmt: skip
-CUSTOMER_NAMES = [f"customer{number}" for number in range(48)]  # between them: 64 names, past any cut of the list
+CUSTOMER_NAMES = [f"customer{number}" for number in range(284)]  # between them: 300 names, as a server of per-customer
+# adapters holds, past any cut of the list (to the first 100, say)
+LOOK_ALIKES = ["SQL", "Chat", "sql "]  # unknown: names equal to one the layer holds but for case, or a trailing space
 LONG_NAMES = [  # added before them: plain identifiers as long as real ones, so no cut of the list (to a width) passes
     f"{task}_adapter_finetuned_on_{data}_v{version}"
     for version, (task, data) in enumerate([("customer_support", "tickets"), ("sql_generation", "spider"),
@@ -365,6 +368,7 @@ def names_in(message: str) -> set[str]:
 def expect_error_naming(call: Callable[[], object], description: str, known: list[str]) -> None:
     """Fail the check unless ``call()`` raises a ValueError whose message names every adapter in ``known``, each as
     a whole name."""
+    listed = ", ".join(map(repr, known)) if len(known) <= 16 else f"{', '.join(map(repr, known[:6]))}, ..."
     try:
         call()
     except (NotImplementedError, KataUnavailable):
@@ -372,7 +376,6 @@ def expect_error_naming(call: Callable[[], object], description: str, known: lis
     except ValueError as error:
         missing = [name for name in known if name not in names_in(str(error))]
         shown = str(error) if len(str(error)) <= 300 else f"{str(error)[:300]}..."
-        listed = ", ".join(map(repr, known)) if len(known) <= 16 else f"{', '.join(map(repr, known[:6]))}, ..."
         assert not missing, (
             f"{description} raised ValueError({shown!r}), which does not name the adapters "
             f"{', '.join(map(repr, missing[:6]))}{f', ... ({len(missing)} in all)' if len(missing) > 6 else ''}: say "
@@ -382,7 +385,11 @@ def expect_error_naming(call: Callable[[], object], description: str, known: lis
         return
     except Exception as error:
         pytest.fail(f"{description} raised {type(error).__name__} ({error}); expected a ValueError", pytrace=False)
-    pytest.fail(f"{description} raised nothing; expected a ValueError naming the adapters {known}", pytrace=False)
+    pytest.fail(
+        f"{description} raised nothing; expected a ValueError naming the {len(known)} adapters ({listed}): "
+        "no adapter has that very name (names are compared exactly, case and spaces too)",
+        pytrace=False,
+    )
 
 
 def merge_allowing_value_error(layer: nn.Module, **kwargs: object) -> None:
@@ -700,6 +707,12 @@ def test_adding_a_name_already_there_is_a_value_error_that_keeps_it(MultiLoRALin
     assert not changed, "a failed add_adapter('sql') changed the existing adapter's factors: raise before touching them"
     expect_update(layer, base, base.weight, sql.delta(), "after a failed add_adapter('sql')",
                   {"the layer's scaling changed to the failed call's alpha / r": 2.0 / 2.5 * sql.delta()})  # fmt: skip
+    try:  # a name equal to 'sql' but for case is another name
+        add(layer, "SQL", r=4)
+    except ValueError as error:
+        pytest.fail(f"add_adapter('SQL') beside 'sql' raised ValueError ({error}), expected a new adapter: names are "
+                    "compared exactly, case too (only 'sql' itself is already there)", pytrace=False)  # fmt: skip
+    assert registered(layer, sql), "add_adapter('SQL') replaced the adapter 'sql': names are compared exactly, case too"
 
 
 @pytest.mark.points(1)
@@ -1258,11 +1271,14 @@ def test_unknown_names_are_value_errors_naming_the_known_adapters(MultiLoRALinea
     sql, chat = add(layer, "sql", r=2, alpha=5.0), add(layer, "chat", r=4, alpha=6.0)
     sql.randomize()
     chat.randomize()
-    others = [add(layer, name, r=3) for name in LONG_NAMES + CUSTOMER_NAMES + MANY_NAMES]  # the last ones shorter
+    others = LONG_NAMES + CUSTOMER_NAMES + MANY_NAMES  # the last ones shorter
+    for name in others:
+        layer.add_adapter(name, r=3)
+    factors = {id(parameter) for parameter in layer.parameters()}  # sql's, chat's and the others'
     layer.merge()
     W, state = base.weight.detach().clone(), observable_state(layer)
     known = ["sql", "chat", *LONG_NAMES, *CUSTOMER_NAMES, *MANY_NAMES]
-    for unknown in (UNKNOWN, NEAR_MISS):  # far from every name, and a typo of one: the message names them all
+    for unknown in (UNKNOWN, NEAR_MISS, *LOOK_ALIKES):  # far from every name, a typo, a look-alike: none is there
         description = f"{method}({unknown!r}) on a layer holding 'sql' (merged), 'chat' and {len(others)} more"
         expect_error_naming(lambda name=unknown: getattr(layer, method)(name), description, known)
         when = f"after a failed {method}({unknown!r})"
@@ -1270,7 +1286,9 @@ def test_unknown_names_are_value_errors_naming_the_known_adapters(MultiLoRALinea
             f"{when} the merged layer was unmerged or its weight changed: check the name before changing anything"
         )
         assert active(layer) == "sql", f"{when} active_adapter is {active(layer)!r}, expected 'sql', as before"
-        assert all(registered(layer, a) for a in [sql, chat, *others]), f"{when} an adapter's factors were removed"
+        assert {id(parameter) for parameter in layer.parameters()} == factors, (
+            f"{when} an adapter's factors were removed or replaced"
+        )
         expect_state_unchanged(layer, state, when)
 
 
@@ -1753,6 +1771,10 @@ OVERFLOWS = {  # a weight and finite factors A, B (r=2, alpha=4: the update is 4
     "a weight at bf16's max": (torch.bfloat16, torch.finfo(torch.bfloat16).max, 5e17, 5e17),
     # float32: 3e38 + 1e38 is finite in float64 only
     "a weight near float32's max": (torch.float32, 3e38, 5e18, 5e18),
+    # at the rounding edge: 65504 + 16 = 65520, half an ulp past fp16's max, rounds (to even) to inf
+    "an fp16 sum of 65520, which rounds to inf": (torch.float16, 65504.0, 2.0, 2.0),
+    # bf16's max + 8e35, past half its last ulp (2^119, about 6.6e35), rounds to inf
+    "a bf16 sum of its max + 8e35, which rounds to inf": (torch.bfloat16, torch.finfo(torch.bfloat16).max, 2e17, 1e18),
 }
 SOUND_MERGES = {  # finite in the weight's dtype (None: two_adapters' random float64 factors)
     "random factors": None,
@@ -1764,6 +1786,14 @@ SOUND_MERGES = {  # finite in the weight's dtype (None: two_adapters' random flo
     # the update alone, 4 * 125 * 200 = 100000, exceeds fp16's 65504; the merged weight, -60000 + 100000, does not:
     # the check is of the merged weight, not of the update cast to the weight's dtype
     "an fp16 update beyond fp16's max, the merged weight finite": (torch.float16, -60000.0, 125.0, 200.0),
+    # float32 sums past the dtype's max but short of half an ulp past it round to the max itself: finite
+    "an fp16 sum of 65519, which rounds to fp16's max 65504": (torch.float16, 65504.0, 1.5, 2.5),
+    "a bf16 sum of its max + 4e35, which rounds to bf16's max": (
+        torch.bfloat16,
+        torch.finfo(torch.bfloat16).max,
+        1e17,
+        1e18,
+    ),
 }
 
 
@@ -1815,13 +1845,14 @@ def test_safe_merge_of_a_sound_adapter_merges_as_merge_does(MultiLoRALinear, cas
         try:
             layer.merge(safe=True)
         except ValueError:
-            cause = f"though the merged weight is finite in {dtype}, the weight's dtype: check it in that dtype, not " \
-                "after a cast"  # fmt: skip
+            cause = f"though the merged weight is finite in {dtype}, the weight's dtype: check it in that dtype, " \
+                "after rounding the sum to it (a sum just past finfo.max rounds to it), not after a cast"  # fmt: skip
         else:
             cause = "raised for the inactive adapter 'broken' (its merge(safe=True) passed once it was deleted): " \
                 "only the active adapter merges, check its merged weight alone"  # fmt: skip
         pytest.fail(f"{when}: ValueError ({error}), {cause}", pytrace=False)
-    expect_weight(base, W0 + sql.delta(), when, {"safe merge did not write the weight": W0})
+    merged = (W0 + sql.delta()).to(base.weight.dtype).double()  # rounded to the weight's dtype, as merge does
+    expect_weight(base, merged, when, {"safe merge did not write the weight": W0})
     assert merged_list(layer, when) == ["sql"], (
         f"{when}, merged_adapters is {merged_list(layer, when)}, expected ['sql']"
     )
@@ -2317,10 +2348,13 @@ def test_dropout_drops_the_adapter_input_and_rescales_it_in_every_regime(MultiLo
 
 
 @pytest.mark.points(1)
-def test_dropout_draws_a_fresh_mask_for_every_row_of_a_large_batch(MultiLoRALinear):
+@pytest.mark.parametrize(
+    "rows", [MASK_ROWS, (1 << 17) + 5]
+)  # past a tiled block of 2048 rows, and of 16384 (a prefill)
+def test_dropout_draws_a_fresh_mask_for_every_row_of_a_large_batch(MultiLoRALinear, rows):
     base, layer = make(MultiLoRALinear, in_features=EXACT_IN, out_features=EXACT_OUT)
     layer.add_adapter("sql", r=EXACT_R, alpha=float(EXACT_R), dropout=DROPOUT)  # scaling 1: the probe reads x back
-    expect_a_fresh_mask_for_every_row(layer, base, DROPOUT)
+    expect_a_fresh_mask_for_every_row(layer, base, DROPOUT, rows)
 
 
 @pytest.mark.points(1)

@@ -678,7 +678,7 @@ WRONG_ANSWERS = [
     WrongAnswer("the unknown-name message lists the first 20 adapters", KATA,
                 '        return ", ".join(repr(name) for name in self.lora_A) or "none yet"',
                 '        return ", ".join(repr(name) for name in list(self.lora_A)[:20]) or "none yet"',
-                "test_unknown_names_are_value_errors_naming_the_known_adapters", "all 64"),
+                "test_unknown_names_are_value_errors_naming_the_known_adapters", "no cut of the list"),
     # Round 15, team C.
     WrongAnswer("a half-precision forward reusing merge's detached float32 update", KATA, FORWARD_DELTA,
                 "        if x.dtype in (torch.float16, torch.bfloat16):  # the update in float32, as merge sums it\n"
@@ -743,4 +743,38 @@ WRONG_ANSWERS = [
                 "            block = slice(start, start + rows)\n"
                 "            merged[block] = (weight[block].to(self._accumulation()) + delta[block]).to(weight.dtype)\n",
                 "test_merge_and_unmerge_reach_every_entry_of_a_real_sized_weight", "rows"),
+    # Red-team round 19 (team C): sizes and counts a real model reaches, and names one case off.
+    WrongAnswer("the unknown-name error listing the first 100 adapters, then 'and N more'", KATA,
+                '        return ", ".join(repr(name) for name in self.lora_A) or "none yet"\n',
+                "        names = [repr(name) for name in self.lora_A]  # a readable message for many adapters\n"
+                '        shown = ", ".join(names[:100]) or "none yet"\n'
+                '        return shown + (f", ... and {len(names) - 100} more" if len(names) > 100 else "")\n',
+                "test_unknown_names_are_value_errors_naming_the_known_adapters", "no cut of the list"),
+    WrongAnswer("one 16384-row dropout mask tiled down batches of more rows", KATA,
+                "        down = F.linear(self.lora_dropout[name](x), self.lora_A[name]) * self.scaling[name]\n",
+                "        p = self.lora_dropout[name].p\n"
+                "        if p > 0 and self.training and x.dim() >= 2 and x[..., 0].numel() > 16384:  # saves RNG work\n"
+                "            rows = x.reshape(-1, x.shape[-1])\n"
+                "            block = F.dropout(torch.ones(16384, x.shape[-1], dtype=x.dtype, device=x.device), p, True)\n"
+                "            dropped = (rows * block.repeat(-(-rows.shape[0] // 16384), 1)[: rows.shape[0]]).reshape(x.shape)\n"
+                "        else:\n"
+                "            dropped = self.lora_dropout[name](x)\n"
+                "        down = F.linear(dropped, self.lora_A[name]) * self.scaling[name]\n",
+                "test_dropout_draws_a_fresh_mask_for_every_row_of_a_large_batch", "the very same dropout mask"),
+    WrongAnswer("safe merge refusing a float32 sum above the dtype's max that rounds to it", KATA, MERGED + "\n" + SAFE_CHECK,
+                "summed = weight.to(self._accumulation()) + self._delta(name)\n        merged = summed.to(weight.dtype)\n"
+                + SAFE_CHECK.replace("not torch.isfinite(merged).all()",
+                                     "not (torch.isfinite(summed).all() and summed.abs().max() <= torch.finfo(weight.dtype).max)"),
+                "test_safe_merge_of_a_sound_adapter_merges_as_merge_does", "after rounding the sum"),
+    WrongAnswer("set_adapter and delete_adapter finding names case-insensitively", KATA,
+                "    def _expect_known(self, name: str) -> None:\n        if name not in self.lora_A:\n" + UNKNOWN + "\n",
+                "    def _expect_known(self, name: str) -> str:\n"
+                "        if name not in self.lora_A:  # 'SQL' finds 'sql'\n"
+                "            name = {known.casefold(): known for known in self.lora_A}.get(name.casefold(), name)\n"
+                "        if name not in self.lora_A:\n" + UNKNOWN + "\n        return name\n",
+                "test_unknown_names_are_value_errors_naming_the_known_adapters", "raised nothing",
+                more_edits=(("        self._expect_known(name)\n        if self._merged:",
+                             "        name = self._expect_known(name)\n        if self._merged:"),
+                            ("        self._expect_known(name)\n        if name in self._merged:",
+                             "        name = self._expect_known(name)\n        if name in self._merged:"))),
 ]  # fmt: skip
