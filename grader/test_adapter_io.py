@@ -106,6 +106,19 @@ DOTTED = {
 }
 
 
+# An adapted top-level "gate" beside an adapted mlp.up_proj (the zoo's Gated: an nn.Linear subclass) that holds an
+# unadapted layer "gate" of its own: in the adapted model it lies inside the adapter ("mlp.up_proj.base.gate"), in the
+# plain model peft sees it is "mlp.up_proj.gate", which the list entry "gate" matches.
+HOLDING = "an adapted layer holding a layer named like another adapted one"
+HOLDING_TARGETS = ["gate", "mlp.up_proj"]
+# GPT-2 whose only adapter is its nn.Linear lm_head: the adapted layers' kind says fan_in_fan_out (false), not
+# the model's.
+LM_HEAD_ONLY = "gpt2, only the nn.Linear lm_head"
+# A toy at the depth of a real model (Llama-2 7B's 32 blocks): block numbers of two digits, layers.0 beside layers.10,
+# 20 and 30, which a dotted entry "0.attn.q_proj" tested with a bare endswith also takes.
+DEEP, REAL_DEPTH = "toy, 32 blocks", 32
+
+
 def tree(paths: list[str]) -> nn.Module:
     """Nested nn.ModuleDicts holding an nn.Linear(8, 12) at each dotted path."""
     root = nn.ModuleDict()
@@ -163,6 +176,12 @@ def plain(kind: str) -> nn.Module:
     if kind in DOTTED:
         torch.manual_seed(0)
         return tree(list(DOTTED[kind])).eval()
+    if kind == HOLDING:
+        torch.manual_seed(0)
+        return nn.Sequential(OrderedDict(gate=nn.Linear(WIDTH, WIDTH), mlp=Gated())).eval()
+    if kind == DEEP:
+        torch.manual_seed(0)
+        return ToyTransformer(depth=REAL_DEPTH).eval()
     if kind == "llama":
         return tiny_llama()
     if kind.startswith("gpt2"):  # a subclass of a kind of layer is one: peft adapts them, a type(m) test skips them
@@ -181,6 +200,10 @@ def target_names(kind: str, model: nn.Module) -> list[str]:
         return list(PARTS_ADAPTED)
     if kind == "gpt2, some layers":
         return list(GPT2_SOME_TARGETS)
+    if kind == HOLDING:
+        return list(HOLDING_TARGETS)
+    if kind == LM_HEAD_ONLY:
+        return ["lm_head"]
     if kind in COLLISIONS:
         return [COLLISIONS[kind][0]]
     if kind in DOTTED:
@@ -190,7 +213,7 @@ def target_names(kind: str, model: nn.Module) -> list[str]:
 
 
 def outputs(kind: str, model: nn.Module) -> torch.Tensor:
-    if kind not in ("toy", "parts"):
+    if kind not in ("toy", "parts", DEEP):
         return logits(model, token_ids())
     model.eval()
     with torch.no_grad(), quiet():
@@ -362,6 +385,32 @@ def test_peft_loads_the_saved_adapter_and_computes_the_same(save_adapter, LoRALi
     )
 
 
+@pytest.mark.points(1)
+def test_saves_an_adapter_held_under_two_names(save_adapter, LoRALinear, LoRAConv1D, tmp_path):
+    """A block shared across depth (the toy's layers.1 is its layers.0, as ALBERT shares its layers): its adapters
+    are held under two names. The files are written (one name's keys, as peft's save_pretrained writes them, or
+    both), and peft loads them and computes what the model does."""
+    model = plain("toy").requires_grad_(False)
+    model.layers[1] = model.layers[0]
+    fresh = copy.deepcopy(model)  # the same sharing
+    wrap(model, target_names("toy", model), lambda layer: LoRALinear(layer, r=R, alpha=ALPHA))
+    randomize(model, std=0.2)
+    what = "toy whose layers.1 is its layers.0 (a shared block: each of its adapters under two names)"
+    try:
+        saved(save_adapter, model, tmp_path)
+    except (NotImplementedError, AssertionError):
+        raise
+    except Exception as error:
+        pytest.fail(
+            f"{what}: save_adapter raised {type(error).__name__} ({str(error).strip()[:160]}), expected the files: "
+            "safetensors refuses two keys over one storage (an adapter's factor under both names): save a copy of "
+            "each factor (.clone()), or each adapter under one name",
+            pytrace=False,
+        )
+    error = max_difference(outputs("toy", peft_loaded(fresh, tmp_path)), outputs("toy", model))
+    assert error < 1e-5, f"{what}: PeftModel.from_pretrained on the saved files computes outputs {error:.3g} away"
+
+
 @pytest.mark.points(2)
 @pytest.mark.parametrize("kind", KINDS)
 def test_saved_keys_and_shapes_are_what_peft_writes(save_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
@@ -451,7 +500,9 @@ def test_saved_tensors_are_exactly_the_factors(save_adapter, LoRALinear, LoRACon
 
 
 @pytest.mark.points(2)
-@pytest.mark.parametrize("kind", ["llama", "toy", "nested", "gpt2, some layers", "parts", *COLLISIONS, *DOTTED])
+@pytest.mark.parametrize(
+    "kind", ["llama", "toy", "nested", "gpt2, some layers", LM_HEAD_ONLY, "parts", HOLDING, *COLLISIONS, *DOTTED]
+)
 def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
     model, fresh, layers = adapted_model(kind, LoRALinear, LoRAConv1D)
     config = read_config(saved(save_adapter, model, tmp_path))
@@ -464,9 +515,14 @@ def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALine
     bias = f"bias is {config['bias']!r}" if "bias" in config else "the config has no bias key"
     assert config.get("bias") == "none", f'{bias}, expected "bias": "none": no bias trains'
     conv1d = any(isinstance(layer, LoRAConv1D) for layer in layers.values())  # GPT-2's: fan_in_fan_out
+    gpt2 = (
+        ""
+        if conv1d or not kind.startswith("gpt2")
+        else " (on a GPT-2 too: the adapted layers' kind says it, not the model's)"
+    )
     assert config.get("fan_in_fan_out") is conv1d, (
         f"fan_in_fan_out is {config.get('fan_in_fan_out')!r} for {'Conv1D' if conv1d else 'nn.Linear'} adapters, "
-        f"expected {str(conv1d).lower()}"
+        f"expected {str(conv1d).lower()}{gpt2}"
     )
     assert config.get("task_type") is None, (
         f"task_type is {config.get('task_type')!r}: peft would wrap a plain model in that task's class; leave it out"
@@ -483,6 +539,7 @@ def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALine
             entry = next(t for t in targets if name == t or name.endswith("." + t))
             container = any(True for _ in module.children()) and getattr(module, "weight", None) is None
             prefixed = [layer for layer in layers if name.startswith(layer) and not name.startswith(layer + ".")]
+            holders = [layer for layer in layers if name.startswith(layer + ".")]
             dotted = (
                 f" (a dotted entry: {name!r} ends with '.' + the whole {entry!r}; compare the whole names' ends, not "
                 f"their last parts such as {name.rpartition('.')[2]!r})"
@@ -499,6 +556,12 @@ def test_config_says_lora_r_alpha_and_exactly_the_targets(save_adapter, LoRALine
                     f" ({name!r} only starts with {prefixed[0]!r}: it is no module of that adapter, which "
                     "startswith(name + '.') tells)"
                     if prefixed
+                    else ""
+                )
+                + (
+                    f" ({name!r} is a layer the adapted {holders[0]!r} holds of its own, inside the adapter's base: "
+                    "the plain model peft sees has it under that name, so count its base's modules too)"
+                    if holders
                     else ""
                 )
                 + ": where no list says exactly the adapted layers, write a str, a regex peft fullmatches (re.escape "
@@ -861,8 +924,10 @@ PATTERNS = {
     "stops short": r".*\.gate|.*\.(q_proj|v_proj)",  # re.search and re.match(pattern + "$") also take gate_proj
     "unanchored start": r".*\.v_proj|layers\.1\.self_attn\.q_proj",  # re.search also takes model.layers.1...q_proj
 }
-# A bare endswith also takes q_proj and layers.11.attn.q_proj; "out.proj" names nothing, read as a regex every out_proj.
-SHORT_NAMES = ["proj", "fc1", "1.attn.q_proj", "head", "out.proj"]
+# A bare endswith also takes q_proj, and for the dotted entries the blocks whose number ends with theirs (layers.10,
+# layers.20 and layers.30 for "0.attn.q_proj"; layers.11... for "1.mlp.fc10", at a real model's depth); "out.proj"
+# names nothing, read as a regex every out_proj.
+SHORT_NAMES = ["proj", "fc1", "0.attn.q_proj", "1.mlp.fc10", "head", "out.proj"]
 
 
 @pytest.mark.points(1)
@@ -877,13 +942,14 @@ def test_loads_a_regex_target_string(load_adapter, LoRALinear, LoRAConv1D, patte
 
 @pytest.mark.points(1)
 @pytest.mark.subject("load_adapter")
-def test_loads_short_target_names_as_peft_matches_them(load_adapter, LoRALinear, LoRAConv1D, tmp_path):
-    model, oracle = peft_saved("toy", tmp_path, target_modules=SHORT_NAMES)
+@pytest.mark.parametrize("kind", ["toy", DEEP])
+def test_loads_short_target_names_as_peft_matches_them(load_adapter, LoRALinear, LoRAConv1D, kind, tmp_path):
+    model, oracle = peft_saved(kind, tmp_path, target_modules=SHORT_NAMES)
     what = (
         f"target_modules {SHORT_NAMES} (a list: equal or ending with '.' + entry, not a bare endswith; an entry is a "
         "name, not a regex: its dots are dots)"
     )
-    expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, "toy", model, oracle, tmp_path, what)
+    expect_loaded_as_peft(load_adapter, LoRALinear, LoRAConv1D, kind, model, oracle, tmp_path, what)
 
 
 DROPOUT_LAYERS = {  # an adapter of each kind the model has
@@ -1119,6 +1185,19 @@ def bare_name_target(tensors: dict[str, torch.Tensor], config: dict, layer: str)
         tensors.pop(key)
 
 
+def comma_target(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> None:
+    """A corruption: a str target, the file's short names joined by commas ("q_proj,v_proj", as a CLI or YAML
+    writes a list): a str is a regex peft fullmatches, which no name does (peft refuses it); the file fits the list
+    reading of it."""
+    config["target_modules"] = ",".join(sorted({layer_of(key).rpartition(".")[2] for key in tensors}))
+
+
+def spaced_entries(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> None:
+    """A corruption: each list entry with a space before or after it (" q_proj", "v_proj ", as hand-edited lists
+    have them): an entry is compared as it is, so none names a layer (peft refuses it)."""
+    config["target_modules"] = [f" {t}" if i % 2 else f"{t} " for i, t in enumerate(config["target_modules"])]
+
+
 def base_weight_too(tensors: dict[str, torch.Tensor], config: dict, layer: str) -> None:
     """A corruption: the layer's base weight, under the key and in the shape peft saves an adapted lm_head's
     (``NAME.base_layer.weight``; (out, in), or (in, out) for a Conv1D): a key of an adapted layer, no factor."""
@@ -1173,6 +1252,8 @@ CORRUPTIONS = {  # each of one kind only, for A and B alike: a check on one of t
     "bias lora_only": lambda tensors, config, layer: config.update(bias="lora_only"),
     "targets that match nothing": lambda tensors, config, layer: config.update(target_modules=["attention.query"]),
     "a str target, a bare name no whole name is": bare_name_target,
+    "a str target of names joined by commas": comma_target,
+    "list entries with a space before or after": spaced_entries,
     "no peft_type": lambda tensors, config, layer: config.pop("peft_type"),
     "a config's r other than the tensors' rank": lambda tensors, config, layer: config.update(r=config["r"] // 2),
 }
@@ -1192,6 +1273,14 @@ WORDS = {  # what the message must name: fields of the corrupted layer, its keys
     "a lora_B of rank 1": ["{key_B}", "{was_B}", "{now_B}"],
     "a lora_A one column wide": ["{key_A}", "{was_A}", "{now_A}"],
     "a lora_B one row tall": ["{key_B}", "{was_B}", "{now_B}"],
+}
+
+
+ACCEPTED = {  # why a corruption whose file fits some other reading of the config is refused
+    "a str target of names joined by commas": "peft refuses it: a str is one regex it fullmatches against each "
+    "whole name (no name holds a comma), never a list to split at commas",
+    "list entries with a space before or after": "peft refuses it: an entry is compared as it is, spaces too (no "
+    "strip()): it names no layer, and nothing matching the targets is a ValueError",
 }
 
 
@@ -1277,8 +1366,12 @@ def test_a_bad_file_is_refused_and_leaves_the_model_as_it_was(
         )
     else:
         pytest.fail(
-            f"{kind}: load_adapter accepted a file with {corruption}, expected a ValueError: never a silent partial "
-            "load; check every key, each of an adapted layer's too, of every layer, nn.Linear and Conv1D alike",
+            f"{kind}: load_adapter accepted a file with {corruption}, expected a ValueError: "
+            + ACCEPTED.get(
+                corruption,
+                "never a silent partial load; check every key, each of an adapted layer's too, of every layer, "
+                "nn.Linear and Conv1D alike",
+            ),
             pytrace=False,
         )
     expect_as_it_was(model, before, what)

@@ -433,4 +433,32 @@ WRONG_ANSWERS = [
                 APPLY, APPLY.replace("_wrap(model, targets,", "apply_lora_gpt2(model, list(targets),"),
                 "test_loads_layers_named_like_adapter_parts", "wrongly ['dec.enc.q', 'enc.base']",
                 more_edits=(("from .gpt2_conv1d import LoRAConv1D\n", "from .gpt2_conv1d import LoRAConv1D, apply_lora_gpt2\n"),)),
+    # round 19, team C
+    WrongAnswer("collisions looked for outside the adapters only (a layer an adapted nn.Linear subclass holds missed)", KATA,
+                "    bases = {name: _base(model.get_submodule(name)) for name in names}\n"
+                '    others |= {f"{name}.{inner}" for name, base in bases.items() for inner, _ in base.named_modules() if inner}\n',
+                "", "test_config_says_lora_r_alpha_and_exactly_the_targets", "is a layer the adapted 'mlp.up_proj' holds"),
+    WrongAnswer("fan_in_fan_out true whenever the model is a GPT-2", KATA,
+                '"fan_in_fan_out": any(isinstance(layer, LoRAConv1D) for layer in layers.values()),',
+                '"fan_in_fan_out": any(isinstance(layer, LoRAConv1D) for layer in layers.values())\n'
+                '        or getattr(getattr(model, "config", None), "model_type", None) == "gpt2",',
+                "test_config_says_lora_r_alpha_and_exactly_the_targets", "not the model's"),
+    WrongAnswer("every name of a shared adapter saved, its factors without a copy", KATA,
+                "model.named_modules() if isinstance(module, ADAPTERS)}",
+                "model.named_modules(remove_duplicate=False) if isinstance(module, ADAPTERS)}",
+                "test_saves_an_adapter_held_under_two_names", "refuses two keys over one storage"),
+    WrongAnswer("a str target holding commas split into a list", KATA,
+                "    def targeted(name: str) -> bool:\n",
+                '    if isinstance(target_modules, str) and "," in target_modules:\n'
+                '        target_modules = target_modules.split(",")\n\n'
+                "    def targeted(name: str) -> bool:\n",
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "never a list to split at commas"),
+    WrongAnswer("list entries strip()ped", KATA,
+                'return any(name == t or name.endswith("." + t) for t in target_modules)',
+                'return any(name == t or name.endswith("." + t) for t in (t.strip() for t in target_modules))',
+                "test_a_bad_file_is_refused_and_leaves_the_model_as_it_was", "no strip()"),
+    WrongAnswer("a dotted list entry matched with a bare endswith ('0.q_proj' takes 'layers.10.q_proj')", KATA,
+                'return any(name == t or name.endswith("." + t) for t in target_modules)',
+                'return any(name == t or name.endswith(t if "." in t else "." + t) for t in target_modules)',
+                "test_loads_short_target_names_as_peft_matches_them", "not a bare endswith"),
 ]  # fmt: skip

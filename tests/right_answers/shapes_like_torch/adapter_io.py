@@ -61,10 +61,13 @@ def _targets(model: nn.Module, names: list[str]) -> list[str] | str:
     """The adapted layers' qualified names as peft's target_modules: the list where peft's suffix rule matches
     them alone, else a regex of exactly these names (peft fullmatches a str against each qualified name). Any
     other module counts: peft adapts an nn.Embedding or a Conv2d a list entry names too, and refuses a kind it
-    cannot adapt."""
-    inside = tuple(name + "." for name in names)  # an adapter's own base: no module of the plain model
+    cannot adapt. The plain model holds each adapted layer's own modules too (a layer an nn.Linear subclass holds),
+    under the adapted layer's name: "mlp.up_proj.gate" for the adapter's "mlp.up_proj.base.gate"."""
+    inside = tuple(name + "." for name in names)  # an adapter's own parts: no module of the plain model
     modules = {name for name, _ in model.named_modules()}
     others = {name for name in modules - set(names) if not name.startswith(inside)}
+    bases = {name: _base(model.get_submodule(name)) for name in names}
+    others |= {f"{name}.{inner}" for name, base in bases.items() for inner, _ in base.named_modules() if inner}
     if not any(other.endswith("." + name) for other in others for name in names):
         return names
     return "|".join(re.escape(name) for name in names)
