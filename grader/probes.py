@@ -18,7 +18,7 @@ import torch
 from hypothesis import example
 from torch import nn
 
-from lora_kata.grading.implementation import KataUnavailable
+from lora_kata.grading.implementation import PACKAGE, KataUnavailable
 
 CUDA = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device here: grade on a GPU machine to run the cuda cases"
@@ -2086,6 +2086,8 @@ def submission_state(source: type | Callable) -> list[dict]:
     ``source`` (a class or a function of the submission) comes from, and the attributes of the classes defined there
     (a class-level cache). Memory a call leaves there is memory the call keeps alive."""
     package = source.__module__.split(".")[0]
+    if package != PACKAGE:  # a stand-in for an object the submission lacks: the grader's own modules are not its state
+        return []
     state = []
     for module in list(sys.modules.values()):
         name = getattr(module, "__name__", None)
